@@ -1,0 +1,147 @@
+package wire
+
+import (
+	"maps"
+	"slices"
+	"time"
+
+	"beam.dev/beam/types/key"
+)
+
+// NetMap is a node's current view of its network, built from the full
+// MapResponse of a stream and the deltas after it.
+type NetMap struct {
+	Self         *Node        `json:"self"`
+	Peers        []*Node      `json:"peers"` // sorted by Name
+	DERPMap      *DERPMap     `json:"derp_map,omitempty"`
+	DNS          *DNSConfig   `json:"dns,omitempty"`
+	PacketFilter []FilterRule `json:"packet_filter,omitempty"`
+	EdgeRoutes   []EdgeRoute  `json:"edge_routes,omitempty"`
+	// ControlTime is the coordinator's clock at the last message and
+	// LocalTime the node's clock when it arrived; their difference is the
+	// skew correction for expiry checks.
+	ControlTime time.Time `json:"control_time,omitzero"`
+	LocalTime   time.Time `json:"local_time,omitzero"`
+}
+
+// Clone returns a deep-enough copy of nm: slices and peers are copied, so
+// applying a delta to the copy does not change nm.
+func (nm *NetMap) Clone() *NetMap {
+	if nm == nil {
+		return nil
+	}
+	c := *nm
+	if nm.Self != nil {
+		s := *nm.Self
+		c.Self = &s
+	}
+	c.Peers = make([]*Node, len(nm.Peers))
+	for i, p := range nm.Peers {
+		pc := *p
+		c.Peers[i] = &pc
+	}
+	c.PacketFilter = slices.Clone(nm.PacketFilter)
+	c.EdgeRoutes = slices.Clone(nm.EdgeRoutes)
+	return &c
+}
+
+// Apply returns the netmap that results from applying resp to nm. nm is
+// not modified. A nil nm is treated as empty. localNow is the node's clock.
+func (nm *NetMap) Apply(resp *MapResponse, localNow time.Time) *NetMap {
+	next := nm.Clone()
+	if next == nil {
+		next = &NetMap{}
+	}
+	if !resp.ControlTime.IsZero() {
+		next.ControlTime = resp.ControlTime
+		next.LocalTime = localNow
+	}
+	if resp.KeepAlive && resp.Self == nil && resp.Peers == nil && len(resp.PeersChanged) == 0 &&
+		len(resp.PeersRemoved) == 0 && len(resp.PeersOnline) == 0 {
+		return next
+	}
+	if resp.Self != nil {
+		s := *resp.Self
+		next.Self = &s
+	}
+	byKey := make(map[key.NodePublic]*Node, len(next.Peers))
+	if resp.Peers != nil {
+		for _, p := range resp.Peers {
+			if p == nil {
+				continue
+			}
+			pc := *p
+			byKey[p.Key] = &pc
+		}
+	} else {
+		for _, p := range next.Peers {
+			byKey[p.Key] = p
+		}
+	}
+	for _, p := range resp.PeersChanged {
+		if p == nil {
+			continue
+		}
+		pc := *p
+		byKey[p.Key] = &pc
+	}
+	for _, k := range resp.PeersRemoved {
+		delete(byKey, k)
+	}
+	for k, online := range resp.PeersOnline {
+		if p, ok := byKey[k]; ok {
+			p.Online = online
+		}
+	}
+	next.Peers = slices.SortedFunc(maps.Values(byKey), func(a, b *Node) int {
+		if c := compareStrings(a.Name, b.Name); c != 0 {
+			return c
+		}
+		return int(a.ID - b.ID)
+	})
+	if resp.DERPMap != nil {
+		next.DERPMap = resp.DERPMap
+	}
+	if resp.DNS != nil {
+		next.DNS = resp.DNS
+	}
+	if resp.PacketFilterSet || resp.PacketFilter != nil {
+		next.PacketFilter = slices.Clone(resp.PacketFilter)
+	}
+	if resp.EdgeRoutes != nil {
+		next.EdgeRoutes = slices.Clone(resp.EdgeRoutes)
+	}
+	return next
+}
+
+// ControlNow estimates the coordinator's current clock from the node's
+// clock now, correcting for the skew seen at the last message.
+func (nm *NetMap) ControlNow(localNow time.Time) time.Time {
+	if nm == nil || nm.ControlTime.IsZero() || nm.LocalTime.IsZero() {
+		return localNow
+	}
+	return nm.ControlTime.Add(localNow.Sub(nm.LocalTime))
+}
+
+// PeerByKey returns the peer with key k, or nil.
+func (nm *NetMap) PeerByKey(k key.NodePublic) *Node {
+	if nm == nil {
+		return nil
+	}
+	for _, p := range nm.Peers {
+		if p.Key == k {
+			return p
+		}
+	}
+	return nil
+}
+
+func compareStrings(a, b string) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}

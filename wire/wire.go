@@ -1,0 +1,223 @@
+// Package wire defines the messages between a node and the coordinator:
+// registration, the streamed map (netmap), and the pieces it carries
+// (peers, relay map, DNS config, packet filter, edge routes).
+//
+// Messages are JSON. On the wire each message is sealed with NaCl box
+// between the node key and the coordinator's machine key (see
+// coordinator and coordclient), so a plain http:// coordinator URL still
+// carries only encrypted, authenticated control traffic.
+package wire
+
+import (
+	"net/netip"
+	"time"
+
+	"beam.dev/beam/types/key"
+)
+
+// CapabilityVersion is the version of the node⇄coordinator protocol the
+// code speaks. Bump it on every protocol change and add a line below.
+//
+//   - 1 (2026-11-25): first version: register, map stream with deltas,
+//     endpoints, DERP map, DNS config, packet filter.
+const CapabilityVersion = 1
+
+// NodeID is the coordinator's stable identifier of a node.
+type NodeID int64
+
+// RegisterRequest asks the coordinator to admit the sending node key into a
+// network. It is sealed with the node's private key, which proves the sender
+// holds the key it registers.
+type RegisterRequest struct {
+	Version  int             `json:"version"`
+	NodeKey  key.NodePublic  `json:"node_key"`
+	DiscoKey key.DiscoPublic `json:"disco_key,omitzero"`
+	// AuthKey is a pre-auth key. Empty means re-register an already known
+	// node key (rejoin) or, where the coordinator allows it, an
+	// interactive or dev-mode join.
+	AuthKey  string `json:"auth_key,omitempty"`
+	Hostname string `json:"hostname"`
+	OS       string `json:"os,omitempty"`
+	// Logout asks the coordinator to deregister NodeKey.
+	Logout bool `json:"logout,omitempty"`
+	// Followup is the code of a pending interactive registration to wait on.
+	Followup string `json:"followup,omitempty"`
+	// Timestamp is the node's clock when sealing; the coordinator refuses
+	// requests too far from its own clock (replay window).
+	Timestamp time.Time `json:"timestamp"`
+}
+
+// RegisterResponse answers a RegisterRequest.
+type RegisterResponse struct {
+	// Node is the registered node as peers will see it. Nil on error or
+	// while waiting for interactive approval.
+	Node *Node `json:"node,omitempty"`
+	// NameChanged is set when the requested hostname was taken and the
+	// node got another name (Node.Name).
+	NameChanged bool `json:"name_changed,omitempty"`
+	// AuthURL, when set, is where a human approves this node; the node
+	// retries with Followup set to AuthCode.
+	AuthURL  string `json:"auth_url,omitempty"`
+	AuthCode string `json:"auth_code,omitempty"`
+	// Error is a human-readable reason the registration was refused.
+	Error string `json:"error,omitempty"`
+}
+
+// MapRequest opens (Stream) or updates the node's map session. It carries
+// what the node knows about itself that peers need.
+type MapRequest struct {
+	Version   int              `json:"version"`
+	NodeKey   key.NodePublic   `json:"node_key"`
+	DiscoKey  key.DiscoPublic  `json:"disco_key,omitzero"`
+	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
+	// HomeDERP is the node's preferred relay region, 0 for none.
+	HomeDERP int    `json:"home_derp,omitempty"`
+	Hostname string `json:"hostname,omitempty"`
+	// Stream asks for a long-lived stream of MapResponses. Without it the
+	// request only updates the fields above and returns at once.
+	Stream    bool      `json:"stream,omitempty"`
+	Timestamp time.Time `json:"timestamp"`
+}
+
+// MapResponse is one message of the map stream. The first one of a stream
+// is full (Self and Peers set); later ones are deltas (PeersChanged,
+// PeersRemoved, PeersOnline) or keepalives. Nil fields mean "unchanged".
+type MapResponse struct {
+	KeepAlive bool `json:"keep_alive,omitempty"`
+
+	// Self is the receiving node as the coordinator sees it.
+	Self *Node `json:"self,omitempty"`
+
+	// Peers, when non-nil, is the complete peer list, replacing any earlier one.
+	Peers []*Node `json:"peers,omitempty"`
+	// PeersChanged are peers that are new or whose fields changed (full records).
+	PeersChanged []*Node `json:"peers_changed,omitempty"`
+	// PeersRemoved are peers to drop.
+	PeersRemoved []key.NodePublic `json:"peers_removed,omitempty"`
+	// PeersOnline updates only the online state of peers.
+	PeersOnline map[key.NodePublic]bool `json:"peers_online,omitempty"`
+
+	DERPMap      *DERPMap     `json:"derp_map,omitempty"`
+	DNS          *DNSConfig   `json:"dns,omitempty"`
+	PacketFilter []FilterRule `json:"packet_filter,omitempty"`
+	// PacketFilterSet distinguishes "no change" from "empty filter".
+	PacketFilterSet bool `json:"packet_filter_set,omitempty"`
+	// EdgeRoutes, when non-nil, is the complete list of public routes this
+	// node serves (for edges) or owns (for devices).
+	EdgeRoutes []EdgeRoute `json:"edge_routes,omitempty"`
+
+	// ControlTime is the coordinator's clock when sending; nodes use it to
+	// correct for skew when judging expiry.
+	ControlTime time.Time `json:"control_time,omitzero"`
+}
+
+// Node is a member of a network as peers and the node itself see it.
+type Node struct {
+	ID       NodeID          `json:"id"`
+	Key      key.NodePublic  `json:"key"`
+	DiscoKey key.DiscoPublic `json:"disco_key,omitzero"`
+	// Name is the DNS label unique within the network ("beta", "beta-2").
+	Name string `json:"name"`
+	// DNSName is the fully qualified name with a trailing dot
+	// ("beta.default.beam.internal.").
+	DNSName  string `json:"dns_name"`
+	Hostname string `json:"hostname,omitempty"`
+	OS       string `json:"os,omitempty"`
+	// Addresses are the node's overlay addresses as host prefixes (/32, /128).
+	Addresses []netip.Prefix   `json:"addresses"`
+	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
+	HomeDERP  int              `json:"home_derp,omitempty"`
+	Online    bool             `json:"online"`
+	LastSeen  time.Time        `json:"last_seen,omitzero"`
+	// KeyExpiry is when the node key stops being valid; zero means never.
+	KeyExpiry time.Time `json:"key_expiry,omitzero"`
+	User      string    `json:"user,omitempty"`
+	Tags      []string  `json:"tags,omitempty"`
+	Ephemeral bool      `json:"ephemeral,omitempty"`
+}
+
+// Expired reports whether n's key has expired at time now.
+func (n *Node) Expired(now time.Time) bool {
+	return !n.KeyExpiry.IsZero() && !now.Before(n.KeyExpiry)
+}
+
+// DERPMap describes the relays nodes may use, by region.
+type DERPMap struct {
+	Regions map[int]*DERPRegion `json:"regions"`
+}
+
+// DERPRegion is a set of relays in one place that mesh with each other.
+type DERPRegion struct {
+	RegionID   int         `json:"region_id"`
+	RegionCode string      `json:"region_code"`
+	Name       string      `json:"name,omitempty"`
+	Nodes      []*DERPNode `json:"nodes"`
+}
+
+// DERPNode is one relay server.
+type DERPNode struct {
+	Name     string `json:"name"`
+	RegionID int    `json:"region_id"`
+	// URL is the relay's base URL (http:// or https://); the relay
+	// protocol is at URL + "/derp".
+	URL string `json:"url"`
+	// STUNAddr is host:port of the STUN responder; empty for none.
+	STUNAddr string `json:"stun_addr,omitempty"`
+	// STUNOnly means the node does not relay.
+	STUNOnly bool `json:"stun_only,omitempty"`
+}
+
+// DNSConfig is how nodes resolve names.
+type DNSConfig struct {
+	// Domain is the network's domain, without trailing dot ("default.beam.internal").
+	Domain string `json:"domain"`
+	// SearchDomains are appended to short names, in order.
+	SearchDomains []string `json:"search_domains,omitempty"`
+	// Nameservers are upstream resolvers; empty means the host's.
+	Nameservers []netip.AddrPort `json:"nameservers,omitempty"`
+	// Routes sends queries for a suffix ("corp.example") to resolvers
+	// reachable over the mesh (split DNS).
+	Routes map[string][]netip.AddrPort `json:"routes,omitempty"`
+	// ExtraRecords are static records the coordinator adds.
+	ExtraRecords []DNSRecord `json:"extra_records,omitempty"`
+}
+
+// DNSRecord is a static DNS record.
+type DNSRecord struct {
+	Name  string `json:"name"`           // FQDN without trailing dot
+	Type  string `json:"type,omitempty"` // "A", "AAAA" or "TXT"; empty means A or AAAA by Value
+	Value string `json:"value"`
+}
+
+// FilterRule allows packets from any of SrcIPs to any of DstPorts. A node
+// accepts an inbound flow if some rule matches; everything else is dropped.
+type FilterRule struct {
+	SrcIPs   []netip.Prefix `json:"src_ips"`
+	DstPorts []NetPortRange `json:"dst_ports"`
+	// Protos lists IP protocol numbers (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6);
+	// empty means TCP, UDP and ICMP.
+	Protos []int `json:"protos,omitempty"`
+}
+
+// NetPortRange is a destination prefix and port range.
+type NetPortRange struct {
+	IP    netip.Prefix `json:"ip"`
+	First uint16       `json:"first"`
+	Last  uint16       `json:"last"`
+}
+
+// EdgeRoute is a public route from an edge to a node's overlay address.
+type EdgeRoute struct {
+	// Host is the public name ("alpha.example.test"), lower case, no trailing dot.
+	Host string `json:"host"`
+	// Proto is "http", "tls" (SNI passthrough), "tcp" or "udp".
+	Proto string `json:"proto"`
+	// PublicPort is the edge port for "tcp" and "udp" routes.
+	PublicPort uint16 `json:"public_port,omitempty"`
+	// Node is the node that serves the route, Target its overlay address and port.
+	Node   key.NodePublic `json:"node"`
+	Target netip.AddrPort `json:"target"`
+	// Options holds per-route policy (basic auth, CIDRs, rate limits, headers),
+	// interpreted by the edge.
+	Options map[string]string `json:"options,omitempty"`
+}
