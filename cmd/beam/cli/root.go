@@ -1,0 +1,73 @@
+// Package cli is the beam command tree: one file per command. It reads
+// flags, environment and config files, turns them into each component's
+// Options and wires components together. It holds no logic of its own.
+package cli
+
+import (
+	"errors"
+	"io"
+	"log/slog"
+	"os"
+
+	"github.com/spf13/cobra"
+)
+
+// Factory carries what every command needs from the outside world, so
+// tests can run commands with their own streams.
+type Factory struct {
+	In     io.Reader
+	Out    io.Writer
+	ErrOut io.Writer
+	// Getenv reads the environment; os.Getenv if nil.
+	Getenv func(string) string
+}
+
+// NewFactory returns a Factory bound to the process's stdio and environment.
+func NewFactory() *Factory {
+	return &Factory{In: os.Stdin, Out: os.Stdout, ErrOut: os.Stderr, Getenv: os.Getenv}
+}
+
+func (f *Factory) getenv(k string) string {
+	if f.Getenv == nil {
+		return os.Getenv(k)
+	}
+	return f.Getenv(k)
+}
+
+// Logger returns a text logger on ErrOut at the given level.
+func (f *Factory) Logger(level slog.Level) *slog.Logger {
+	return slog.New(slog.NewTextHandler(f.ErrOut, &slog.HandlerOptions{Level: level}))
+}
+
+// exitError carries a process exit code through cobra.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// ExitCode returns the exit code main should use for err.
+func ExitCode(err error) int {
+	if e, ok := errors.AsType[*exitError](err); ok {
+		return e.code
+	}
+	return 1
+}
+
+// NewCmdRoot builds the beam command tree.
+func NewCmdRoot(f *Factory) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "beam",
+		Short:         "Beam: a userspace WireGuard overlay network and public edge",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(
+		NewCmdCoordinator(f, nil),
+		NewCmdAdmin(f),
+		NewCmdDERP(f, nil),
+	)
+	return root
+}
