@@ -1,0 +1,103 @@
+// Package apitype holds the JSON request and response types of the
+// daemon's local API (see package localapi), shared by the daemon and the
+// CLI's client.
+package apitype
+
+import (
+	"net/netip"
+	"time"
+)
+
+// State is the daemon's lifecycle state.
+//
+//	NoState --up--> Starting --first netmap--> Running
+//	   ^                |                        |
+//	   |             (error)                   down
+//	 logout             v                        v
+//	   +--------- NeedsLogin <------------- Stopped
+//	Running --key expired--> Expired --up with a new key--> Starting
+type State string
+
+// The daemon's states.
+const (
+	StateNoState    State = "NoState"    // never registered
+	StateNeedsLogin State = "NeedsLogin" // registered before, or key refused: needs `beam up`
+	StateStopped    State = "Stopped"    // `beam down`: state kept, not in the mesh
+	StateStarting   State = "Starting"   // registered, waiting for the first netmap
+	StateRunning    State = "Running"    // in the mesh
+	StateExpired    State = "Expired"    // node key expired: re-authenticate with `beam up --authkey`
+)
+
+// Status is the answer of GET /localapi/v0/status.
+type Status struct {
+	State       State  `json:"state"`
+	Coordinator string `json:"coordinator,omitempty"`
+	// CoordinatorOnline reports whether the map stream is connected.
+	CoordinatorOnline bool         `json:"coordinator_online"`
+	Self              *PeerStatus  `json:"self,omitempty"`
+	Peers             []PeerStatus `json:"peers"`
+	// Health lists human-readable problems ("coordinator unreachable").
+	Health []string `json:"health,omitempty"`
+	// DNSDomain is the network's MagicDNS domain.
+	DNSDomain string `json:"dns_domain,omitempty"`
+}
+
+// PeerStatus describes one node: the daemon itself or a peer.
+type PeerStatus struct {
+	Name    string       `json:"name"`
+	DNSName string       `json:"dns_name"`
+	IPs     []netip.Addr `json:"ips"`
+	Key     string       `json:"key"`
+	OS      string       `json:"os,omitempty"`
+	Online  bool         `json:"online"`
+	// Path is "direct", "relay" or "none".
+	Path string `json:"path"`
+	// Endpoint is the UDP address of a direct path, if any.
+	Endpoint string `json:"endpoint,omitempty"`
+	// Relay names the relay region of a relayed path.
+	Relay         string    `json:"relay,omitempty"`
+	RxBytes       uint64    `json:"rx_bytes"`
+	TxBytes       uint64    `json:"tx_bytes"`
+	LastHandshake time.Time `json:"last_handshake,omitzero"`
+	KeyExpiry     time.Time `json:"key_expiry,omitzero"`
+	Expired       bool      `json:"expired,omitempty"`
+	User          string    `json:"user,omitempty"`
+	Tags          []string  `json:"tags,omitempty"`
+}
+
+// UpRequest is the body of POST /localapi/v0/up.
+type UpRequest struct {
+	// Coordinator is the coordinator URL; empty reuses the stored one.
+	Coordinator string `json:"coordinator,omitempty"`
+	// AuthKey is a pre-auth key; empty rejoins with the stored node key.
+	AuthKey  string `json:"auth_key,omitempty"`
+	Hostname string `json:"hostname,omitempty"`
+	// ShieldsUp refuses all inbound connections from peers.
+	ShieldsUp *bool `json:"shields_up,omitempty"`
+	// ForceReauth registers again with AuthKey even if a node key is stored.
+	ForceReauth bool `json:"force_reauth,omitempty"`
+}
+
+// UpResponse is the answer of POST /localapi/v0/up.
+type UpResponse struct {
+	Name    string       `json:"name"`
+	DNSName string       `json:"dns_name"`
+	IPs     []netip.Addr `json:"ips"`
+	// NameChanged is set when the requested hostname was taken.
+	NameChanged bool `json:"name_changed,omitempty"`
+	// AuthURL is set when a human must approve the node.
+	AuthURL string `json:"auth_url,omitempty"`
+}
+
+// DNSQueryResponse is the answer of GET /localapi/v0/dns/query.
+type DNSQueryResponse struct {
+	Name    string   `json:"name"`
+	Type    string   `json:"type"`
+	Rcode   string   `json:"rcode"`
+	Answers []string `json:"answers"`
+}
+
+// Error is the body of every non-2xx local API answer.
+type Error struct {
+	Error string `json:"error"`
+}

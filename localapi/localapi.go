@@ -1,0 +1,209 @@
+// Package localapi serves the daemon's local API: HTTP over a Unix socket
+// that only the daemon's owner can open, under /localapi/v0/<name>. The CLI
+// reaches it through package localclient.
+package localapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"beam.dev/beam/localapi/apitype"
+	"beam.dev/beam/node"
+)
+
+// DialUpgrade is the Upgrade protocol of /localapi/v0/dial: after the 101
+// answer the connection carries the dialed stream's bytes.
+const DialUpgrade = "beam-dial"
+
+// Handler serves the local API for one node.
+type Handler struct {
+	n      *node.Node
+	logger *slog.Logger
+	mux    *http.ServeMux
+}
+
+// New returns the local API handler for n. A nil logger discards logs.
+func New(n *node.Node, logger *slog.Logger) *Handler {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	h := &Handler{n: n, logger: logger, mux: http.NewServeMux()}
+	h.mux.HandleFunc("GET /localapi/v0/status", h.status)
+	h.mux.HandleFunc("POST /localapi/v0/up", h.up)
+	h.mux.HandleFunc("POST /localapi/v0/down", h.down)
+	h.mux.HandleFunc("POST /localapi/v0/logout", h.logout)
+	h.mux.HandleFunc("GET /localapi/v0/dns/query", h.dnsQuery)
+	h.mux.HandleFunc("POST /localapi/v0/dial", h.dial)
+	return h
+}
+
+// ServeHTTP implements http.Handler. Requests that carry an Origin or
+// Referer header come from a browser and are refused.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Header.Get("Origin") != "" || r.Header.Get("Referer") != "" {
+		writeError(w, http.StatusForbidden, errors.New("cross-origin requests are refused"))
+		return
+	}
+	h.mux.ServeHTTP(w, r)
+}
+
+// ListenUnix creates the Unix socket at path, readable and writable only
+// by the current user, replacing a stale socket file nobody answers on.
+func ListenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create socket dir: %w", err)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("a daemon already answers on %s", path)
+	}
+	os.Remove(path)
+	old := syscall.Umask(0o177)
+	ln, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("chmod %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	json.NewEncoder(w).Encode(apitype.Error{Error: err.Error()})
+}
+
+func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, h.n.Status())
+}
+
+func (h *Handler) up(w http.ResponseWriter, r *http.Request) {
+	var req apitype.UpRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
+		return
+	}
+	resp, err := h.n.Up(r.Context(), req)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	writeJSON(w, resp)
+}
+
+func (h *Handler) down(w http.ResponseWriter, r *http.Request) {
+	if err := h.n.Down(r.Context()); err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	writeJSON(w, struct{}{})
+}
+
+func (h *Handler) logout(w http.ResponseWriter, r *http.Request) {
+	if err := h.n.Logout(r.Context()); err != nil {
+		writeError(w, http.StatusBadGateway, err)
+		return
+	}
+	writeJSON(w, struct{}{})
+}
+
+func (h *Handler) dnsQuery(w http.ResponseWriter, r *http.Request) {
+	name := r.URL.Query().Get("name")
+	typ := strings.ToUpper(r.URL.Query().Get("type"))
+	if name == "" {
+		writeError(w, http.StatusBadRequest, errors.New("missing name"))
+		return
+	}
+	if typ == "" {
+		typ = "A"
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	res, err := h.n.Resolver().Query(ctx, name, typ)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	writeJSON(w, apitype.DNSQueryResponse{Name: res.Name, Type: typ, Rcode: res.Rcode, Answers: res.Answers})
+}
+
+// dial connects to Dial-Host:Dial-Port through the node and, after a 101
+// answer, relays bytes between the local API connection and the target.
+func (h *Handler) dial(w http.ResponseWriter, r *http.Request) {
+	if !strings.EqualFold(r.Header.Get("Upgrade"), DialUpgrade) {
+		writeError(w, http.StatusBadRequest, errors.New("dial needs Upgrade: "+DialUpgrade))
+		return
+	}
+	host, port := r.Header.Get("Dial-Host"), r.Header.Get("Dial-Port")
+	network := r.Header.Get("Dial-Network")
+	if network == "" {
+		network = "tcp"
+	}
+	if network != "tcp" && network != "udp" {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("network %q not supported", network))
+		return
+	}
+	if p, err := strconv.ParseUint(port, 10, 16); host == "" || err != nil || p == 0 {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("bad host or port %q:%q", host, port))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	out, err := h.n.DialContext(ctx, network, net.JoinHostPort(host, port))
+	cancel()
+	if err != nil {
+		writeError(w, http.StatusBadGateway, fmt.Errorf("dial %s:%s: %w", host, port, err))
+		return
+	}
+	defer out.Close()
+	hj, ok := w.(http.Hijacker)
+	if !ok {
+		writeError(w, http.StatusInternalServerError, errors.New("cannot hijack"))
+		return
+	}
+	c, brw, err := hj.Hijack()
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: "+DialUpgrade+"\r\nConnection: Upgrade\r\n\r\n"); err != nil {
+		return
+	}
+	done := make(chan struct{}, 2)
+	go func() {
+		io.Copy(out, brw.Reader)
+		if cw, ok := out.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+		done <- struct{}{}
+	}()
+	go func() {
+		io.Copy(c, out)
+		if cw, ok := c.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+		done <- struct{}{}
+	}()
+	<-done
+	<-done
+}

@@ -1,0 +1,195 @@
+// Package localclient is the Go client of the daemon's local API, used by
+// the CLI. It speaks HTTP over the daemon's Unix socket.
+package localclient
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"beam.dev/beam/localapi/apitype"
+)
+
+// ErrDaemonNotRunning is returned when nothing answers on the socket.
+var ErrDaemonNotRunning = errors.New("beam daemon is not running")
+
+// dialUpgrade mirrors localapi.DialUpgrade (the client does not link the server).
+const dialUpgrade = "beam-dial"
+
+// Client talks to one daemon.
+type Client struct {
+	// Socket is the path of the daemon's Unix socket.
+	Socket string
+}
+
+func (c *Client) dial(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.Socket)
+	if err != nil {
+		return nil, fmt.Errorf("%w (socket %s): %v", ErrDaemonNotRunning, c.Socket, err)
+	}
+	return conn, nil
+}
+
+func (c *Client) httpClient() *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return c.dial(ctx) },
+	}}
+}
+
+// do sends a request and decodes a JSON answer into out (if non-nil).
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://local"+path, body)
+	if err != nil {
+		return err
+	}
+	hc := c.httpClient()
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Do(req)
+	if err != nil {
+		if errors.Is(err, ErrDaemonNotRunning) {
+			return ErrDaemonNotRunning
+		}
+		var ue *url.Error
+		if errors.As(err, &ue) && errors.Is(ue.Err, ErrDaemonNotRunning) {
+			return ErrDaemonNotRunning
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode/100 != 2 {
+		var e apitype.Error
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return errors.New(e.Error)
+		}
+		return fmt.Errorf("local API: %s", resp.Status)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return fmt.Errorf("decode local API answer: %w", err)
+		}
+	}
+	return nil
+}
+
+// Ping reports whether a daemon answers on the socket.
+func (c *Client) Ping(ctx context.Context) bool {
+	_, err := c.Status(ctx)
+	return err == nil
+}
+
+// Status returns the daemon's status.
+func (c *Client) Status(ctx context.Context) (*apitype.Status, error) {
+	var st apitype.Status
+	if err := c.do(ctx, http.MethodGet, "/localapi/v0/status", nil, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
+// Up joins the mesh.
+func (c *Client) Up(ctx context.Context, req apitype.UpRequest) (*apitype.UpResponse, error) {
+	var resp apitype.UpResponse
+	if err := c.do(ctx, http.MethodPost, "/localapi/v0/up", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+// Down leaves the mesh, keeping state.
+func (c *Client) Down(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/localapi/v0/down", struct{}{}, nil)
+}
+
+// Logout deregisters the node.
+func (c *Client) Logout(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/localapi/v0/logout", struct{}{}, nil)
+}
+
+// DNSQuery asks the daemon's MagicDNS resolver.
+func (c *Client) DNSQuery(ctx context.Context, name, typ string) (*apitype.DNSQueryResponse, error) {
+	var resp apitype.DNSQueryResponse
+	q := url.Values{"name": {name}, "type": {typ}}
+	if err := c.do(ctx, http.MethodGet, "/localapi/v0/dns/query?"+q.Encode(), nil, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+// Dial connects to host:port through the daemon (MagicDNS names and
+// overlay addresses work) and returns the stream.
+func (c *Client) Dial(ctx context.Context, network, host string, port uint16) (net.Conn, error) {
+	conn, err := c.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	} else {
+		conn.SetDeadline(time.Now().Add(45 * time.Second))
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://local/localapi/v0/dial", nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", dialUpgrade)
+	req.Header.Set("Dial-Host", host)
+	req.Header.Set("Dial-Port", strconv.Itoa(int(port)))
+	req.Header.Set("Dial-Network", network)
+	if err := req.Write(conn); err != nil {
+		conn.Close()
+		return nil, err
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, req)
+	if err != nil {
+		conn.Close()
+		return nil, fmt.Errorf("dial through daemon: %w", err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		defer conn.Close()
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+		var e apitype.Error
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return nil, errors.New(e.Error)
+		}
+		return nil, fmt.Errorf("dial through daemon: %s", resp.Status)
+	}
+	conn.SetDeadline(time.Time{})
+	return &bufConn{Conn: conn, r: br}, nil
+}
+
+// bufConn is a net.Conn whose reads drain a bufio.Reader first.
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (b *bufConn) Read(p []byte) (int, error) { return b.r.Read(p) }
+
+// CloseWrite half-closes the stream toward the daemon.
+func (b *bufConn) CloseWrite() error {
+	if cw, ok := b.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return b.Conn.Close()
+}
