@@ -1,0 +1,305 @@
+// Package coordclient is the node side of the coordinator protocol:
+// register a node key, then stream netmap updates (a full map followed by
+// deltas) and report the node's endpoints. It also holds Admin, the client
+// of the coordinator's admin API.
+//
+// The protocol (documented in full in beam.dev/beam/coordinator, which
+// this package does not import): every request is a JSON envelope
+// {"node_key", "sealed"} where sealed is the JSON request sealed with the
+// node's private key to the coordinator's machine key (fetched from
+// GET /key); responses are sealed back to the node key. A map stream is a
+// sequence of frames: a 4-byte big-endian length, then that many bytes of
+// sealed JSON wire.MapResponse.
+package coordclient
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// MaxFrameSize is the largest sealed map frame the client accepts.
+const MaxFrameSize = 4 << 20
+
+// maxResponseSize bounds a non-stream response body.
+const maxResponseSize = 4 << 20
+
+// Options configures a Client.
+type Options struct {
+	// ServerURL is the coordinator's base URL ("http://127.0.0.1:8080"). Required.
+	ServerURL string
+	// PrivateKey is the node key. Required.
+	PrivateKey key.NodePrivate
+	// DiscoKey is the node's disco public key, reported to peers; zero for none.
+	DiscoKey key.DiscoPublic
+	// HTTPClient makes the requests; nil means a new http.Client. It must
+	// not set a Timeout, which would cut map streams.
+	HTTPClient *http.Client
+	// Logger receives logs; nil discards them.
+	Logger *slog.Logger
+}
+
+// Client talks to one coordinator as one node. Its methods are safe for
+// concurrent use; Run must not be called twice at once.
+type Client struct {
+	base    *url.URL
+	priv    key.NodePrivate
+	pub     key.NodePublic
+	disco   key.DiscoPublic
+	hc      *http.Client
+	logger  *slog.Logger
+	epsWake chan struct{} // cap 1: endpoints changed
+	now     func() time.Time
+
+	mu        sync.Mutex // guards the following fields
+	serverKey key.MachinePublic
+	hostname  string
+	endpoints []netip.AddrPort
+	homeDERP  int
+	epsGen    uint64 // bumped by SetEndpoints
+}
+
+// New returns a Client for opts. It does no I/O.
+func New(opts Options) (*Client, error) {
+	if opts.ServerURL == "" {
+		return nil, errors.New("coordclient: Options.ServerURL is required")
+	}
+	u, err := url.Parse(strings.TrimRight(opts.ServerURL, "/"))
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("coordclient: bad server URL %q: want http(s)://host[:port]", opts.ServerURL)
+	}
+	if opts.PrivateKey.IsZero() {
+		return nil, errors.New("coordclient: Options.PrivateKey is required")
+	}
+	c := &Client{
+		base:    u,
+		priv:    opts.PrivateKey,
+		pub:     opts.PrivateKey.Public(),
+		disco:   opts.DiscoKey,
+		hc:      opts.HTTPClient,
+		logger:  opts.Logger,
+		epsWake: make(chan struct{}, 1),
+		now:     time.Now,
+	}
+	if c.hc == nil {
+		c.hc = &http.Client{}
+	}
+	if c.logger == nil {
+		c.logger = slog.New(slog.DiscardHandler)
+	}
+	c.logger = c.logger.With("component", "coordclient")
+	return c, nil
+}
+
+// NodeKey returns the client's node public key.
+func (c *Client) NodeKey() key.NodePublic { return c.pub }
+
+func (c *Client) url(path string) string { return c.base.String() + path }
+
+// machineKey returns the coordinator's machine key, fetching it once.
+func (c *Client) machineKey(ctx context.Context) (key.MachinePublic, error) {
+	c.mu.Lock()
+	k := c.serverKey
+	c.mu.Unlock()
+	if !k.IsZero() {
+		return k, nil
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/key"), nil)
+	if err != nil {
+		return k, fmt.Errorf("coordclient: fetch server key: %w", err)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return k, fmt.Errorf("%w: fetch server key: %w", ErrUnreachable, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 1024))
+	if err != nil {
+		return k, fmt.Errorf("%w: fetch server key: %w", ErrUnreachable, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return k, fmt.Errorf("coordclient: fetch server key: %w", errorFromBody(resp.StatusCode, body))
+	}
+	k, err = key.ParseMachinePublic(strings.TrimSpace(string(body)))
+	if err != nil {
+		return k, fmt.Errorf("coordclient: server key: %w", err)
+	}
+	c.mu.Lock()
+	c.serverKey = k
+	c.mu.Unlock()
+	return k, nil
+}
+
+// envelope is the outer JSON of a control request.
+type envelope struct {
+	NodeKey key.NodePublic `json:"node_key"`
+	Sealed  []byte         `json:"sealed"`
+}
+
+// post seals the request that build returns and POSTs it to path. On a
+// bad_seal answer (the coordinator's key changed) it refetches the key and
+// tries once more. A non-200 answer becomes an *Error.
+func (c *Client) post(ctx context.Context, path string, build func(now time.Time) any) (*http.Response, key.MachinePublic, error) {
+	for attempt := 0; ; attempt++ {
+		mk, err := c.machineKey(ctx)
+		if err != nil {
+			return nil, mk, err
+		}
+		clear, err := json.Marshal(build(c.now()))
+		if err != nil {
+			return nil, mk, fmt.Errorf("coordclient: encode request: %w", err)
+		}
+		body, _ := json.Marshal(envelope{NodeKey: c.pub, Sealed: c.priv.SealTo(mk, clear)})
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url(path), bytes.NewReader(body))
+		if err != nil {
+			return nil, mk, fmt.Errorf("coordclient: %s: %w", path, err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := c.hc.Do(req)
+		if err != nil {
+			return nil, mk, fmt.Errorf("%w: %s: %w", ErrUnreachable, path, err)
+		}
+		if resp.StatusCode == http.StatusOK {
+			return resp, mk, nil
+		}
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		e := errorFromBody(resp.StatusCode, b)
+		if e.Code == codeBadSeal && attempt == 0 {
+			c.mu.Lock()
+			c.serverKey = key.MachinePublic{}
+			c.mu.Unlock()
+			continue
+		}
+		return nil, mk, e
+	}
+}
+
+// readSealed reads a sealed JSON response body into v.
+func (c *Client) readSealed(resp *http.Response, mk key.MachinePublic, v any) error {
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseSize))
+	if err != nil {
+		return fmt.Errorf("%w: read response: %w", ErrUnreachable, err)
+	}
+	clear, ok := c.priv.OpenFrom(mk, b)
+	if !ok {
+		return fmt.Errorf("%w: response does not open with the coordinator's key", ErrBadResponse)
+	}
+	if err := json.Unmarshal(clear, v); err != nil {
+		return fmt.Errorf("%w: decode response: %w", ErrBadResponse, err)
+	}
+	return nil
+}
+
+// RegisterParams are the arguments of Register.
+type RegisterParams struct {
+	// AuthKey is a pre-auth key; empty rejoins an already registered node
+	// key (or joins a dev-mode coordinator from loopback).
+	AuthKey string
+	// Hostname is the node's host name; the coordinator derives its DNS
+	// label from it.
+	Hostname string
+	// OS is the node's operating system, for display.
+	OS string
+	// Logout deregisters the node instead.
+	Logout bool
+}
+
+// Register registers the client's node key (or logs it out). Errors match
+// ErrAuthKeyInvalid, ErrNodeNotRegistered, ErrNodeExpired or
+// ErrUnreachable with errors.Is, and carry the coordinator's message.
+func (c *Client) Register(ctx context.Context, p RegisterParams) (*wire.RegisterResponse, error) {
+	resp, mk, err := c.post(ctx, "/machine/register", func(now time.Time) any {
+		return &wire.RegisterRequest{
+			Version:   wire.CapabilityVersion,
+			NodeKey:   c.pub,
+			DiscoKey:  c.disco,
+			AuthKey:   p.AuthKey,
+			Hostname:  p.Hostname,
+			OS:        p.OS,
+			Logout:    p.Logout,
+			Timestamp: now,
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("coordclient: register: %w", err)
+	}
+	var rr wire.RegisterResponse
+	if err := c.readSealed(resp, mk, &rr); err != nil {
+		return nil, fmt.Errorf("coordclient: register: %w", err)
+	}
+	if rr.Error != "" {
+		return nil, fmt.Errorf("coordclient: register: %w", &Error{Status: http.StatusOK, Message: rr.Error})
+	}
+	if p.Hostname != "" {
+		c.mu.Lock()
+		c.hostname = p.Hostname
+		c.mu.Unlock()
+	}
+	return &rr, nil
+}
+
+// SetEndpoints records the node's current endpoints and home relay region
+// and returns at once; the client reports them to the coordinator soon
+// after (while Run is running), coalescing bursts into one update.
+func (c *Client) SetEndpoints(eps []netip.AddrPort, homeDERP int) {
+	c.mu.Lock()
+	c.endpoints = slices.Clone(eps)
+	c.homeDERP = homeDERP
+	c.epsGen++
+	c.mu.Unlock()
+	select {
+	case c.epsWake <- struct{}{}:
+	default:
+	}
+}
+
+// mapRequest builds a MapRequest from the client's current state.
+func (c *Client) mapRequest(now time.Time, stream bool) (*wire.MapRequest, uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return &wire.MapRequest{
+		Version:   wire.CapabilityVersion,
+		NodeKey:   c.pub,
+		DiscoKey:  c.disco,
+		Endpoints: slices.Clone(c.endpoints),
+		HomeDERP:  c.homeDERP,
+		Hostname:  c.hostname,
+		Stream:    stream,
+		Timestamp: now,
+	}, c.epsGen
+}
+
+// sendUpdate sends one non-stream MapRequest with the current endpoints
+// and returns the endpoint generation it carried.
+func (c *Client) sendUpdate(ctx context.Context) (uint64, error) {
+	var gen uint64
+	resp, mk, err := c.post(ctx, "/machine/map", func(now time.Time) any {
+		var req *wire.MapRequest
+		req, gen = c.mapRequest(now, false)
+		return req
+	})
+	if err != nil {
+		return 0, fmt.Errorf("coordclient: update endpoints: %w", err)
+	}
+	var mr wire.MapResponse
+	if err := c.readSealed(resp, mk, &mr); err != nil {
+		return 0, fmt.Errorf("coordclient: update endpoints: %w", err)
+	}
+	return gen, nil
+}

@@ -1,0 +1,112 @@
+package coordclient
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+)
+
+// Sentinel errors. Errors from the Client and Admin match them with
+// errors.Is.
+var (
+	// ErrAuthKeyInvalid means the auth key is unknown, already used, or expired.
+	ErrAuthKeyInvalid = errors.New("auth key invalid")
+	// ErrNodeNotRegistered means the coordinator does not know the node key.
+	ErrNodeNotRegistered = errors.New("node not registered")
+	// ErrNodeExpired means the node key expired; register again with an auth key.
+	ErrNodeExpired = errors.New("node key expired")
+	// ErrNodeRemoved means an admin (or logout, or the ephemeral timeout)
+	// removed the node while it was streaming.
+	ErrNodeRemoved = errors.New("node removed")
+	// ErrUnreachable wraps network errors reaching the coordinator.
+	ErrUnreachable = errors.New("coordinator unreachable")
+	// ErrBadResponse means the coordinator's answer could not be opened or decoded.
+	ErrBadResponse = errors.New("bad response from coordinator")
+	// ErrUnauthorized means the admin token is missing or wrong.
+	ErrUnauthorized = errors.New("unauthorized")
+	// ErrNotFound means the admin API found no such object.
+	ErrNotFound = errors.New("not found")
+)
+
+// Error codes the coordinator sends (see coordinator.ErrorCode).
+const (
+	codeBadSeal           = "bad_seal"
+	codeAuthKeyInvalid    = "auth_key_invalid"
+	codeNodeNotRegistered = "node_not_registered"
+	codeNodeExpired       = "node_expired"
+	codeNodeRemoved       = "node_removed"
+	codeUnauthorized      = "unauthorized"
+	codeNotFound          = "not_found"
+)
+
+// Error is an error answer from the coordinator. It matches the sentinel
+// errors of its Code with errors.Is.
+type Error struct {
+	// Status is the HTTP status (200 for in-band errors and stream trailers).
+	Status int
+	// Code is the coordinator's machine-readable code, empty if none.
+	Code string
+	// Message is the coordinator's human-readable text.
+	Message string
+}
+
+func (e *Error) Error() string {
+	msg := e.Message
+	if msg == "" {
+		msg = http.StatusText(e.Status)
+	}
+	return "coordinator: " + msg
+}
+
+// Is reports whether target is the sentinel for e's code.
+func (e *Error) Is(target error) bool {
+	switch e.Code {
+	case codeAuthKeyInvalid:
+		return target == ErrAuthKeyInvalid
+	case codeNodeNotRegistered:
+		return target == ErrNodeNotRegistered
+	case codeNodeExpired:
+		return target == ErrNodeExpired
+	case codeNodeRemoved:
+		return target == ErrNodeRemoved
+	case codeUnauthorized:
+		return target == ErrUnauthorized
+	case codeNotFound:
+		return target == ErrNotFound
+	}
+	return false
+}
+
+// errorFromBody builds an *Error from a JSON error body.
+func errorFromBody(status int, body []byte) *Error {
+	var eb struct {
+		Error string `json:"error"`
+		Code  string `json:"code"`
+	}
+	e := &Error{Status: status}
+	if json.Unmarshal(body, &eb) == nil {
+		e.Code, e.Message = eb.Code, eb.Error
+	} else {
+		e.Message = strings.TrimSpace(string(body))
+		if len(e.Message) > 200 {
+			e.Message = e.Message[:200]
+		}
+		if e.Message == "" {
+			e.Message = http.StatusText(status)
+		}
+	}
+	if e.Code == "" && status == http.StatusUnauthorized {
+		e.Code = codeUnauthorized
+	}
+	return e
+}
+
+// errorFromTrailer parses a stream's "code: message" trailer.
+func errorFromTrailer(v string) *Error {
+	code, msg, ok := strings.Cut(v, ": ")
+	if !ok {
+		return &Error{Status: http.StatusOK, Message: v}
+	}
+	return &Error{Status: http.StatusOK, Code: code, Message: msg}
+}

@@ -1,0 +1,250 @@
+package coordclient
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// Reconnect backoff and liveness.
+const (
+	backoffMin = 250 * time.Millisecond
+	backoffMax = 30 * time.Second
+	// defaultKeepAlive is assumed when the coordinator does not say.
+	defaultKeepAlive = 30 * time.Second
+	// coalesceDelay gathers bursts of SetEndpoints into one update.
+	coalesceDelay = 50 * time.Millisecond
+)
+
+const (
+	headerKeepAlive = "Beam-Keepalive-Ms"
+	trailerError    = "Beam-Error"
+)
+
+// backoff is capped exponential backoff with jitter.
+type backoff struct{ n int }
+
+func (b *backoff) reset() { b.n = 0 }
+
+// next returns the next wait: a random duration in [d/2, d) where d
+// doubles from backoffMin up to backoffMax.
+func (b *backoff) next() time.Duration {
+	d := backoffMin << min(b.n, 10)
+	d = min(d, backoffMax)
+	b.n++
+	return d/2 + rand.N(d/2)
+}
+
+// wait waits d or until ctx is done; it reports whether the wait ran out.
+func wait(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// isTerminal reports whether err means the node cannot stream any more.
+func isTerminal(err error) bool {
+	return errors.Is(err, ErrNodeRemoved) || errors.Is(err, ErrNodeExpired) || errors.Is(err, ErrNodeNotRegistered)
+}
+
+// Run streams the node's netmap: it calls onNetMap (never concurrently)
+// with each new netmap, built from the full map that starts every stream
+// and the deltas after it. While the coordinator is unreachable it
+// reconnects with capped exponential backoff and jitter; the caller keeps
+// using the last netmap meanwhile. A stream that sends nothing for twice
+// the coordinator's keepalive interval is considered dead. Run also sends
+// the endpoints given to SetEndpoints.
+//
+// Run returns nil when ctx is done, or an error matching ErrNodeRemoved,
+// ErrNodeExpired or ErrNodeNotRegistered when the node cannot stream.
+func (c *Client) Run(ctx context.Context, onNetMap func(*wire.NetMap)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { c.endpointLoop(ctx) })
+
+	var bo backoff
+	for {
+		got, err := c.streamOnce(ctx, onNetMap)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if isTerminal(err) {
+			c.logger.Info("map stream ended for good", "err", err)
+			return err
+		}
+		if got {
+			bo.reset()
+		}
+		d := bo.next()
+		c.logger.Info("map stream lost; reconnecting", "err", err, "in", d.Round(time.Millisecond))
+		if !wait(ctx, d) {
+			return nil
+		}
+	}
+}
+
+// streamOnce runs one map stream. It reports whether it received a full map.
+func (c *Client) streamOnce(ctx context.Context, onNetMap func(*wire.NetMap)) (bool, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	resp, mk, err := c.post(ctx, "/machine/map", func(now time.Time) any {
+		req, _ := c.mapRequest(now, true)
+		return req
+	})
+	if err != nil {
+		return false, fmt.Errorf("coordclient: open map stream: %w", err)
+	}
+	defer resp.Body.Close()
+
+	ka := defaultKeepAlive
+	if ms, err := strconv.ParseInt(resp.Header.Get(headerKeepAlive), 10, 64); err == nil && ms > 0 {
+		ka = time.Duration(ms) * time.Millisecond
+	}
+	dead := 2 * ka
+	var silent bool
+	var silentMu sync.Mutex
+	timer := time.AfterFunc(dead, func() {
+		silentMu.Lock()
+		silent = true
+		silentMu.Unlock()
+		cancel()
+	})
+	defer timer.Stop()
+
+	var nm *wire.NetMap
+	got := false
+	for {
+		mr, err := readFrame(resp.Body, c.priv, mk)
+		if err != nil {
+			silentMu.Lock()
+			wasSilent := silent
+			silentMu.Unlock()
+			switch {
+			case wasSilent:
+				return got, fmt.Errorf("coordclient: map stream silent for %v", dead)
+			case errors.Is(err, io.EOF):
+				if t := resp.Trailer.Get(trailerError); t != "" {
+					return got, fmt.Errorf("coordclient: map stream: %w", errorFromTrailer(t))
+				}
+				return got, fmt.Errorf("coordclient: map stream ended: %w", err)
+			case errors.Is(err, ErrBadResponse):
+				return got, fmt.Errorf("coordclient: map stream: %w", err)
+			}
+			return got, fmt.Errorf("%w: map stream: %w", ErrUnreachable, err)
+		}
+		timer.Reset(dead)
+		now := c.now()
+		if !got {
+			// Every stream starts with a full map: rebuild from scratch so
+			// nothing of an earlier stream lingers.
+			nm = (*wire.NetMap)(nil).Apply(mr, now)
+			got = true
+		} else {
+			nm = nm.Apply(mr, now)
+			if isKeepAlive(mr) {
+				continue
+			}
+		}
+		onNetMap(nm.Clone())
+	}
+}
+
+func isKeepAlive(mr *wire.MapResponse) bool {
+	return mr.KeepAlive && mr.Self == nil && mr.Peers == nil && len(mr.PeersChanged) == 0 && len(mr.PeersRemoved) == 0 &&
+		len(mr.PeersOnline) == 0 && mr.DERPMap == nil && mr.DNS == nil && !mr.PacketFilterSet && mr.PacketFilter == nil && mr.EdgeRoutes == nil
+}
+
+// readFrame reads one frame: 4B big-endian length N, then N bytes of JSON
+// wire.MapResponse sealed by the coordinator (mk) to the node (priv).
+// io.EOF means the stream ended cleanly between frames.
+func readFrame(r io.Reader, priv key.NodePrivate, mk key.MachinePublic) (*wire.MapResponse, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[:])
+	if n == 0 || n > MaxFrameSize {
+		return nil, fmt.Errorf("%w: frame size %d out of range", ErrBadResponse, n)
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	return openFrame(buf, priv, mk)
+}
+
+// openFrame opens and decodes one sealed frame body.
+func openFrame(sealed []byte, priv key.NodePrivate, mk key.MachinePublic) (*wire.MapResponse, error) {
+	clear, ok := priv.OpenFrom(mk, sealed)
+	if !ok {
+		return nil, fmt.Errorf("%w: frame does not open with the coordinator's key", ErrBadResponse)
+	}
+	var mr wire.MapResponse
+	if err := json.Unmarshal(clear, &mr); err != nil {
+		return nil, fmt.Errorf("%w: decode frame: %w", ErrBadResponse, err)
+	}
+	return &mr, nil
+}
+
+// endpointLoop sends endpoint updates from SetEndpoints until ctx is done.
+func (c *Client) endpointLoop(ctx context.Context) {
+	var sent uint64
+	var bo backoff
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.epsWake:
+		}
+		if !wait(ctx, coalesceDelay) {
+			return
+		}
+		for {
+			c.mu.Lock()
+			gen := c.epsGen
+			c.mu.Unlock()
+			if gen == sent {
+				break
+			}
+			g, err := c.sendUpdate(ctx)
+			if err == nil {
+				sent = g
+				bo.reset()
+				continue
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			if isTerminal(err) {
+				// Run's stream sees the same and returns; nothing to retry.
+				c.logger.Debug("endpoint update refused", "err", err)
+				break
+			}
+			d := bo.next()
+			c.logger.Debug("endpoint update failed; retrying", "err", err, "in", d)
+			if !wait(ctx, d) {
+				return
+			}
+		}
+	}
+}

@@ -1,0 +1,239 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"beam.dev/beam/wire"
+)
+
+// Admin API (bearer token), JSON in and out:
+//
+//	POST   /api/v1/authkeys              CreateAuthKeyRequest -> CreateAuthKeyResponse
+//	GET    /api/v1/authkeys              -> []AuthKeyInfo
+//	DELETE /api/v1/authkeys/{prefix}     -> 204
+//	GET    /api/v1/nodes                 -> []wire.Node
+//	DELETE /api/v1/nodes/{name}          -> 204  (name, network/name or nodekey:...)
+//	POST   /api/v1/nodes/{name}/expire   -> 204
+
+// authKeyPrefix starts every auth key; the stored prefix adds 12 hex digits.
+const authKeyPrefix = "beamkey-"
+
+// AuthKeyOptions describes a new auth key.
+type AuthKeyOptions struct {
+	// Network is the network the key joins nodes to; empty means DefaultNetwork.
+	Network string
+	// Reusable keys may register any number of nodes; others exactly one.
+	Reusable bool
+	// Ephemeral nodes are deleted about EphemeralTimeout after going offline.
+	Ephemeral bool
+	// Expiry is how long the key stays valid; zero means forever.
+	Expiry time.Duration
+	// Tags and User are given to nodes registered with the key.
+	Tags []string
+	User string
+}
+
+// CreateAuthKeyRequest is the JSON body of POST /api/v1/authkeys.
+type CreateAuthKeyRequest struct {
+	Network   string   `json:"network,omitempty"`
+	Reusable  bool     `json:"reusable,omitempty"`
+	Ephemeral bool     `json:"ephemeral,omitempty"`
+	Expiry    string   `json:"expiry,omitempty"` // Go duration ("1h"); empty means never
+	Tags      []string `json:"tags,omitempty"`
+	User      string   `json:"user,omitempty"`
+}
+
+// CreateAuthKeyResponse answers POST /api/v1/authkeys. Key is shown only here.
+type CreateAuthKeyResponse struct {
+	Key  string      `json:"key"`
+	Info AuthKeyInfo `json:"info"`
+}
+
+// AuthKeyInfo describes a stored auth key without its secret.
+type AuthKeyInfo struct {
+	Prefix    string    `json:"prefix"`
+	Network   string    `json:"network"`
+	Reusable  bool      `json:"reusable"`
+	Ephemeral bool      `json:"ephemeral"`
+	Expiry    time.Time `json:"expiry,omitzero"`
+	Tags      []string  `json:"tags,omitempty"`
+	User      string    `json:"user,omitempty"`
+	UseCount  int       `json:"use_count"`
+	CreatedAt time.Time `json:"created_at"`
+	// Valid reports whether the key can still register a node.
+	Valid bool `json:"valid"`
+}
+
+// CreateAuthKey creates an auth key and returns its secret, which is not
+// stored and cannot be shown again.
+func (s *Server) CreateAuthKey(ctx context.Context, o AuthKeyOptions) (string, error) {
+	secret, _, err := s.createAuthKey(ctx, o)
+	return secret, err
+}
+
+func (s *Server) createAuthKey(ctx context.Context, o AuthKeyOptions) (string, *AuthKey, error) {
+	if o.Network == "" {
+		o.Network = DefaultNetwork
+	}
+	if o.Expiry < 0 {
+		return "", nil, errors.New("coordinator: negative auth key expiry")
+	}
+	s.mu.Lock()
+	network := s.netNames[o.Network]
+	s.mu.Unlock()
+	if network == nil {
+		return "", nil, fmt.Errorf("%w: network %q", ErrNotFound, o.Network)
+	}
+	now := s.now()
+	for range 5 {
+		var id [6]byte
+		var sec [24]byte
+		rand.Read(id[:])
+		rand.Read(sec[:])
+		prefix := authKeyPrefix + hex.EncodeToString(id[:])
+		secret := prefix + "-" + hex.EncodeToString(sec[:])
+		ak := &AuthKey{
+			NetworkID: network.ID,
+			Prefix:    prefix,
+			Hash:      hashSecret(secret),
+			Reusable:  o.Reusable,
+			Ephemeral: o.Ephemeral,
+			Tags:      slices.Clone(o.Tags),
+			User:      o.User,
+			CreatedAt: now,
+		}
+		if o.Expiry > 0 {
+			ak.Expiry = now.Add(o.Expiry)
+		}
+		err := s.store.CreateAuthKey(ctx, ak)
+		if errors.Is(err, ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return "", nil, fmt.Errorf("coordinator: create auth key: %w", err)
+		}
+		s.logger.Info("auth key created", "auth_key", prefix, "network", network.Name, "reusable", o.Reusable, "ephemeral", o.Ephemeral)
+		return secret, ak, nil
+	}
+	return "", nil, errors.New("coordinator: create auth key: prefix collisions")
+}
+
+func (s *Server) keyInfo(ak *AuthKey) AuthKeyInfo {
+	s.mu.Lock()
+	netName := ""
+	if n := s.networks[ak.NetworkID]; n != nil {
+		netName = n.Name
+	}
+	s.mu.Unlock()
+	valid := (ak.Expiry.IsZero() || s.now().Before(ak.Expiry)) && (ak.Reusable || ak.UseCount == 0)
+	return AuthKeyInfo{
+		Prefix: ak.Prefix, Network: netName, Reusable: ak.Reusable, Ephemeral: ak.Ephemeral,
+		Expiry: ak.Expiry, Tags: ak.Tags, User: ak.User, UseCount: ak.UseCount, CreatedAt: ak.CreatedAt, Valid: valid,
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func (s *Server) adminError(w http.ResponseWriter, op string, err error) {
+	var aerr *apiError
+	switch {
+	case errors.As(err, &aerr):
+	case errors.Is(err, ErrNotFound):
+		aerr = errorf(http.StatusNotFound, CodeNotFound, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
+	default:
+		s.logger.Error(op, "err", err)
+		aerr = errorf(http.StatusInternalServerError, CodeInternal, "%s failed", op)
+	}
+	writeError(w, aerr)
+}
+
+func (s *Server) handleCreateAuthKey(w http.ResponseWriter, r *http.Request) {
+	var req CreateAuthKeyRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestSize))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "malformed request body"))
+		return
+	}
+	var expiry time.Duration
+	if req.Expiry != "" {
+		d, err := time.ParseDuration(req.Expiry)
+		if err != nil || d < 0 {
+			writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "expiry must be a positive duration like 1h"))
+			return
+		}
+		expiry = d
+	}
+	secret, ak, err := s.createAuthKey(r.Context(), AuthKeyOptions{
+		Network: req.Network, Reusable: req.Reusable, Ephemeral: req.Ephemeral, Expiry: expiry, Tags: req.Tags, User: req.User,
+	})
+	if err != nil {
+		s.adminError(w, "create auth key", err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, CreateAuthKeyResponse{Key: secret, Info: s.keyInfo(ak)})
+}
+
+func (s *Server) handleListAuthKeys(w http.ResponseWriter, r *http.Request) {
+	keys, err := s.store.AuthKeys(r.Context())
+	if err != nil {
+		s.adminError(w, "list auth keys", err)
+		return
+	}
+	out := make([]AuthKeyInfo, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, s.keyInfo(k))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) handleDeleteAuthKey(w http.ResponseWriter, r *http.Request) {
+	prefix := r.PathValue("prefix")
+	if err := s.store.DeleteAuthKey(r.Context(), prefix); err != nil {
+		s.adminError(w, "delete auth key", err)
+		return
+	}
+	s.logger.Info("auth key deleted", "auth_key", prefix)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) handleListNodes(w http.ResponseWriter, r *http.Request) {
+	nodes, err := s.Nodes(r.Context())
+	if err != nil {
+		s.adminError(w, "list nodes", err)
+		return
+	}
+	if nodes == nil {
+		nodes = []*wire.Node{}
+	}
+	writeJSON(w, http.StatusOK, nodes)
+}
+
+func (s *Server) handleRemoveNode(w http.ResponseWriter, r *http.Request) {
+	if err := s.RemoveNode(r.Context(), r.PathValue("name")); err != nil {
+		s.adminError(w, "remove node", err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) handleExpireNode(w http.ResponseWriter, r *http.Request) {
+	if err := s.ExpireNode(r.Context(), r.PathValue("name")); err != nil {
+		s.adminError(w, "expire node", err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

@@ -1,0 +1,520 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// Overlay address space. IPv4 comes from 100.64.0.0/10; a node's IPv6
+// address is ULAPrefix with the node's IPv4 address in the low 32 bits, so
+// both are unique and stable together.
+var (
+	// CGNATPrefix is the overlay IPv4 range.
+	CGNATPrefix = netip.MustParsePrefix("100.64.0.0/10")
+	// ULAPrefix is the overlay IPv6 range.
+	ULAPrefix = netip.MustParsePrefix("fd7a:bea0:b0de::/48")
+
+	firstIPv4 = netip.MustParseAddr("100.64.0.1")
+	lastIPv4  = netip.MustParseAddr("100.127.255.254")
+	// magicDNSAddr is the in-overlay DNS server; never handed to a node.
+	magicDNSAddr = netip.MustParseAddr("100.100.100.100")
+)
+
+func nextIPv4(a netip.Addr) netip.Addr {
+	n := a.Next()
+	if !n.IsValid() || lastIPv4.Less(n) {
+		return firstIPv4
+	}
+	return n
+}
+
+// ipv6For returns the overlay IPv6 address that goes with v4.
+func ipv6For(v4 netip.Addr) netip.Addr {
+	b := ULAPrefix.Addr().As16()
+	v := v4.As4()
+	copy(b[12:], v[:])
+	return netip.AddrFrom16(b)
+}
+
+// allocIPv4Locked returns the next free overlay IPv4 address. s.mu held.
+func (s *Server) allocIPv4Locked() (netip.Addr, error) {
+	a := s.nextIPv4
+	for range 1 << 22 {
+		if !s.usedIPv4[a] && a != magicDNSAddr {
+			s.nextIPv4 = nextIPv4(a)
+			return a, nil
+		}
+		a = nextIPv4(a)
+	}
+	return netip.Addr{}, errors.New("coordinator: overlay address space exhausted")
+}
+
+// SanitizeLabel turns a hostname into a DNS label: the first dot-separated
+// part, lower case, runs of other characters than a-z, 0-9 and '-'
+// replaced by one '-', at most 63 bytes, "node" if nothing is left.
+func SanitizeLabel(hostname string) string {
+	hostname, _, _ = strings.Cut(hostname, ".")
+	var b strings.Builder
+	dash := false
+	for _, r := range strings.ToLower(hostname) {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
+			b.WriteRune(r)
+			dash = false
+			continue
+		}
+		if !dash && b.Len() > 0 {
+			b.WriteByte('-')
+			dash = true
+		}
+	}
+	out := strings.Trim(b.String(), "-")
+	if len(out) > 63 {
+		out = strings.TrimRight(out[:63], "-")
+	}
+	if out == "" {
+		return "node"
+	}
+	return out
+}
+
+// uniqueNameLocked returns base, or base-2, base-3, ... whichever is not
+// taken in the network. s.mu held.
+func (s *Server) uniqueNameLocked(networkID int64, base string) string {
+	taken := make(map[string]bool)
+	for _, e := range s.nodes {
+		if e.rec.NetworkID == networkID {
+			taken[e.rec.Node.Name] = true
+		}
+	}
+	if !taken[base] {
+		return base
+	}
+	for i := 2; ; i++ {
+		suf := "-" + strconv.Itoa(i)
+		b := base
+		if len(b)+len(suf) > 63 {
+			b = strings.TrimRight(b[:63-len(suf)], "-")
+		}
+		if c := b + suf; !taken[c] {
+			return c
+		}
+	}
+}
+
+// hashSecret returns the stored hash of an auth key or token.
+func hashSecret(secret string) []byte {
+	h := sha256.Sum256([]byte(secret))
+	return h[:]
+}
+
+// lookupAuthKey finds a usable auth key.
+func (s *Server) lookupAuthKey(ctx context.Context, secret string) (*AuthKey, *apiError) {
+	ak, err := s.store.AuthKeyByHash(ctx, hashSecret(secret))
+	if errors.Is(err, ErrNotFound) {
+		return nil, errorf(http.StatusUnauthorized, CodeAuthKeyInvalid, "auth key is not valid")
+	}
+	if err != nil {
+		s.logger.Error("look up auth key", "err", err)
+		return nil, errorf(http.StatusInternalServerError, CodeInternal, "store error")
+	}
+	if !ak.Expiry.IsZero() && !s.now().Before(ak.Expiry) {
+		return nil, errorf(http.StatusUnauthorized, CodeAuthKeyInvalid, "auth key %s expired", ak.Prefix)
+	}
+	if !ak.Reusable && ak.UseCount > 0 {
+		return nil, errorf(http.StatusUnauthorized, CodeAuthKeyInvalid, "auth key %s was already used", ak.Prefix)
+	}
+	return ak, nil
+}
+
+// register handles a RegisterRequest whose sender proved it holds
+// req.NodeKey. loopback says whether it came from a loopback address.
+func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopback bool) (*wire.RegisterResponse, *apiError) {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	now := s.now()
+	s.mu.Lock()
+	var existing *NodeRecord
+	if e := s.nodes[req.NodeKey]; e != nil {
+		rec := e.rec
+		existing = &rec
+	}
+	s.mu.Unlock()
+
+	if req.Logout {
+		if existing == nil {
+			return nil, errorf(http.StatusForbidden, CodeNodeNotRegistered, "node not registered")
+		}
+		if err := s.removeNode(ctx, req.NodeKey, CodeNodeRemoved, "node logged out"); err != nil {
+			return nil, errorf(http.StatusInternalServerError, CodeInternal, "store error")
+		}
+		s.logger.Info("node logged out", "node", req.NodeKey.ShortString(), "name", existing.Node.Name)
+		return &wire.RegisterResponse{}, nil
+	}
+
+	if existing != nil {
+		if !existing.Node.Expired(now) {
+			// Rejoin: same name and addresses. Refresh what the node says about itself.
+			n, aerr := s.updateSelf(ctx, req.NodeKey, func(n *NodeRecord) {
+				if !req.DiscoKey.IsZero() {
+					n.Node.DiscoKey = req.DiscoKey
+				}
+				if req.Hostname != "" {
+					n.Node.Hostname = req.Hostname
+				}
+				if req.OS != "" {
+					n.Node.OS = req.OS
+				}
+			})
+			if aerr != nil {
+				return nil, aerr
+			}
+			return &wire.RegisterResponse{Node: n}, nil
+		}
+		if req.AuthKey == "" {
+			return nil, errorf(http.StatusForbidden, CodeNodeExpired, "node key expired; register again with an auth key")
+		}
+		ak, aerr := s.lookupAuthKey(ctx, req.AuthKey)
+		if aerr != nil {
+			return nil, aerr
+		}
+		if ak.NetworkID != existing.NetworkID {
+			return nil, errorf(http.StatusUnauthorized, CodeAuthKeyInvalid, "auth key belongs to another network")
+		}
+		if err := s.store.ConsumeAuthKey(ctx, ak.ID, now); err != nil {
+			return nil, s.consumeError(err, ak)
+		}
+		n, aerr := s.updateSelf(ctx, req.NodeKey, func(n *NodeRecord) {
+			n.Node.KeyExpiry = time.Time{} // node keys do not expire by default
+			n.AuthKeyID = ak.ID
+			if !req.DiscoKey.IsZero() {
+				n.Node.DiscoKey = req.DiscoKey
+			}
+		})
+		if aerr != nil {
+			return nil, aerr
+		}
+		s.mu.Lock()
+		if e := s.nodes[req.NodeKey]; e != nil {
+			e.expiryHandled = false
+			s.notifyLocked(e.rec.NetworkID, req.NodeKey)
+		}
+		s.mu.Unlock()
+		s.logger.Info("node re-authenticated", "node", req.NodeKey.ShortString(), "name", n.Name, "auth_key", ak.Prefix)
+		return &wire.RegisterResponse{Node: n}, nil
+	}
+
+	// A new node.
+	var ak *AuthKey
+	s.mu.Lock()
+	network := s.netNames[DefaultNetwork]
+	s.mu.Unlock()
+	switch {
+	case req.AuthKey != "":
+		var aerr *apiError
+		if ak, aerr = s.lookupAuthKey(ctx, req.AuthKey); aerr != nil {
+			return nil, aerr
+		}
+		s.mu.Lock()
+		network = s.networks[ak.NetworkID]
+		s.mu.Unlock()
+		if network == nil {
+			return nil, errorf(http.StatusUnauthorized, CodeAuthKeyInvalid, "auth key's network is gone")
+		}
+	case s.devMode && loopback:
+	default:
+		return nil, errorf(http.StatusUnauthorized, CodeAuthKeyInvalid, "an auth key is required")
+	}
+
+	base := SanitizeLabel(req.Hostname)
+	s.mu.Lock()
+	name := s.uniqueNameLocked(network.ID, base)
+	v4, err := s.allocIPv4Locked()
+	s.mu.Unlock()
+	if err != nil {
+		return nil, errorf(http.StatusServiceUnavailable, CodeUnavailable, "%v", err)
+	}
+	rec := &NodeRecord{
+		Node: wire.Node{
+			Key:       req.NodeKey,
+			DiscoKey:  req.DiscoKey,
+			Name:      name,
+			DNSName:   name + "." + network.Domain + ".",
+			Hostname:  req.Hostname,
+			OS:        req.OS,
+			Addresses: []netip.Prefix{netip.PrefixFrom(v4, 32), netip.PrefixFrom(ipv6For(v4), 128)},
+			LastSeen:  now,
+		},
+		NetworkID: network.ID,
+		CreatedAt: now,
+	}
+	if ak != nil {
+		rec.AuthKeyID = ak.ID
+		rec.Node.User = ak.User
+		rec.Node.Tags = slices.Clone(ak.Tags)
+		rec.Node.Ephemeral = ak.Ephemeral
+	}
+	if err := s.store.InsertNode(ctx, rec, now); err != nil {
+		if ak != nil && errors.Is(err, ErrAuthKeySpent) {
+			return nil, s.consumeError(err, ak)
+		}
+		s.logger.Error("insert node", "node", req.NodeKey.ShortString(), "err", err)
+		return nil, errorf(http.StatusInternalServerError, CodeInternal, "store error")
+	}
+	s.mu.Lock()
+	s.nodes[req.NodeKey] = &nodeEntry{rec: *rec, offlineSince: now}
+	s.usedIPv4[v4] = true
+	s.notifyLocked(network.ID, req.NodeKey)
+	view := s.viewLocked(s.nodes[req.NodeKey])
+	s.mu.Unlock()
+	attrs := []any{"node", req.NodeKey.ShortString(), "name", name, "network", network.Name, "ipv4", v4}
+	if ak != nil {
+		attrs = append(attrs, "auth_key", ak.Prefix)
+	} else {
+		attrs = append(attrs, "dev_mode", true)
+	}
+	s.logger.Info("node registered", attrs...)
+	return &wire.RegisterResponse{Node: view, NameChanged: name != base}, nil
+}
+
+func (s *Server) consumeError(err error, ak *AuthKey) *apiError {
+	if errors.Is(err, ErrAuthKeySpent) {
+		return errorf(http.StatusUnauthorized, CodeAuthKeyInvalid, "auth key %s was already used or expired", ak.Prefix)
+	}
+	s.logger.Error("consume auth key", "auth_key", ak.Prefix, "err", err)
+	return errorf(http.StatusInternalServerError, CodeInternal, "store error")
+}
+
+// updateSelf applies mut to the node nk, persists it, tells peers if the
+// peer-visible fields changed, and returns the node's view.
+func (s *Server) updateSelf(ctx context.Context, nk key.NodePublic, mut func(*NodeRecord)) (*wire.Node, *apiError) {
+	s.mu.Lock()
+	e := s.nodes[nk]
+	if e == nil {
+		s.mu.Unlock()
+		return nil, errorf(http.StatusForbidden, CodeNodeNotRegistered, "node not registered")
+	}
+	before := s.viewLocked(e)
+	mut(&e.rec)
+	after := s.viewLocked(e)
+	changed := !nodeEqual(before, after)
+	if changed {
+		s.notifyLocked(e.rec.NetworkID, nk)
+	}
+	s.mu.Unlock()
+	if changed {
+		if err := s.persist(ctx, nk); err != nil && !errors.Is(err, ErrNotFound) {
+			s.logger.Error("persist node", "node", nk.ShortString(), "err", err)
+			return nil, errorf(http.StatusInternalServerError, CodeInternal, "store error")
+		}
+	}
+	return after, nil
+}
+
+// persist writes the current in-memory record of nk to the store.
+func (s *Server) persist(ctx context.Context, nk key.NodePublic) error {
+	s.persistMu.Lock()
+	defer s.persistMu.Unlock()
+	s.mu.Lock()
+	e := s.nodes[nk]
+	if e == nil {
+		s.mu.Unlock()
+		return ErrNotFound
+	}
+	rec := e.rec
+	rec.Node.Endpoints = slices.Clone(rec.Node.Endpoints)
+	s.mu.Unlock()
+	return s.store.UpdateNode(ctx, &rec)
+}
+
+// viewLocked returns the node as peers and itself see it. s.mu held.
+func (s *Server) viewLocked(e *nodeEntry) *wire.Node {
+	n := e.rec.Node
+	n.Addresses = slices.Clone(n.Addresses)
+	n.Endpoints = slices.Clone(n.Endpoints)
+	n.Tags = slices.Clone(n.Tags)
+	n.Online = s.sessions[n.Key] != nil
+	return &n
+}
+
+// nodeEqual reports whether a and b are equal apart from Online and LastSeen.
+func nodeEqual(a, b *wire.Node) bool {
+	return a.ID == b.ID && a.Key == b.Key && a.DiscoKey == b.DiscoKey && a.Name == b.Name &&
+		a.DNSName == b.DNSName && a.Hostname == b.Hostname && a.OS == b.OS &&
+		slices.Equal(a.Addresses, b.Addresses) && slices.Equal(a.Endpoints, b.Endpoints) &&
+		a.HomeDERP == b.HomeDERP && a.KeyExpiry.Equal(b.KeyExpiry) && a.User == b.User &&
+		slices.Equal(a.Tags, b.Tags) && a.Ephemeral == b.Ephemeral
+}
+
+// removeNode deletes nk from the store and memory, ends its stream with
+// code and msg, and tells its peers.
+func (s *Server) removeNode(ctx context.Context, nk key.NodePublic, code ErrorCode, msg string) error {
+	s.persistMu.Lock()
+	defer s.persistMu.Unlock()
+	s.mu.Lock()
+	e := s.nodes[nk]
+	s.mu.Unlock()
+	if e == nil {
+		return ErrNotFound
+	}
+	if err := s.store.DeleteNode(ctx, e.rec.Node.ID); err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("delete node: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.nodes[nk] != e {
+		return nil
+	}
+	delete(s.nodes, nk)
+	for _, p := range e.rec.Node.Addresses {
+		delete(s.usedIPv4, p.Addr())
+	}
+	if ss := s.sessions[nk]; ss != nil {
+		ss.end(code, msg)
+	}
+	s.notifyLocked(e.rec.NetworkID, nk)
+	return nil
+}
+
+// expireLocked ends e's stream and drops it from its peers' maps. s.mu held.
+func (s *Server) expireLocked(e *nodeEntry) {
+	if ss := s.sessions[e.rec.Node.Key]; ss != nil {
+		ss.end(CodeNodeExpired, "node key expired")
+	}
+	s.notifyLocked(e.rec.NetworkID, e.rec.Node.Key)
+	s.logger.Info("node key expired", "node", e.rec.Node.Key.ShortString(), "name", e.rec.Node.Name)
+}
+
+// findNodeLocked resolves a node by "nodekey:...", "network/name" or a
+// name unique across networks. s.mu held.
+func (s *Server) findNodeLocked(ref string) (*nodeEntry, error) {
+	if strings.HasPrefix(ref, "nodekey:") {
+		nk, err := key.ParseNodePublic(ref)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %q", ErrNotFound, ref)
+		}
+		if e := s.nodes[nk]; e != nil {
+			return e, nil
+		}
+		return nil, fmt.Errorf("%w: node %s", ErrNotFound, nk.ShortString())
+	}
+	netName, name, scoped := strings.Cut(ref, "/")
+	if !scoped {
+		name = ref
+	}
+	var found *nodeEntry
+	for _, e := range s.nodes {
+		if e.rec.Node.Name != name {
+			continue
+		}
+		if scoped {
+			if n := s.networks[e.rec.NetworkID]; n == nil || n.Name != netName {
+				continue
+			}
+		}
+		if found != nil {
+			return nil, fmt.Errorf("coordinator: node name %q is in several networks; use network/name", name)
+		}
+		found = e
+	}
+	if found == nil {
+		return nil, fmt.Errorf("%w: node %q", ErrNotFound, ref)
+	}
+	return found, nil
+}
+
+// Nodes returns every node of every network, sorted by network then name.
+func (s *Server) Nodes(ctx context.Context) ([]*wire.Node, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	type item struct {
+		net string
+		n   *wire.Node
+	}
+	items := make([]item, 0, len(s.nodes))
+	for _, e := range s.nodes {
+		items = append(items, item{s.networks[e.rec.NetworkID].Name, s.viewLocked(e)})
+	}
+	slices.SortFunc(items, func(a, b item) int {
+		if c := strings.Compare(a.net, b.net); c != 0 {
+			return c
+		}
+		return strings.Compare(a.n.Name, b.n.Name)
+	})
+	out := make([]*wire.Node, len(items))
+	for i, it := range items {
+		out[i] = it.n
+	}
+	return out, nil
+}
+
+// RemoveNode deletes the node ref ("name", "network/name" or
+// "nodekey:..."): its stream ends, its peers drop it, and its key is no
+// longer registered. It returns an error wrapping ErrNotFound if there is
+// no such node.
+func (s *Server) RemoveNode(ctx context.Context, ref string) error {
+	s.mu.Lock()
+	e, err := s.findNodeLocked(ref)
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := s.removeNode(ctx, e.rec.Node.Key, CodeNodeRemoved, "node was removed by an admin"); err != nil {
+		return err
+	}
+	s.logger.Info("node removed", "node", e.rec.Node.Key.ShortString(), "name", e.rec.Node.Name)
+	return nil
+}
+
+// ExpireNode sets the key expiry of node ref (as in RemoveNode) to now:
+// its stream ends and its peers drop it until it registers again with an
+// auth key.
+func (s *Server) ExpireNode(ctx context.Context, ref string) error {
+	s.mu.Lock()
+	e, err := s.findNodeLocked(ref)
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	now := s.now()
+	if _, aerr := s.updateSelf(ctx, e.rec.Node.Key, func(n *NodeRecord) { n.Node.KeyExpiry = now }); aerr != nil {
+		return aerr
+	}
+	s.mu.Lock()
+	if e := s.nodes[e.rec.Node.Key]; e != nil && !e.expiryHandled {
+		e.expiryHandled = true
+		s.expireLocked(e)
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
+	var req wire.RegisterRequest
+	nk, aerr := s.readRequest(w, r, &req, func() (key.NodePublic, time.Time) { return req.NodeKey, req.Timestamp })
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	resp, aerr := s.register(r.Context(), &req, remoteIsLoopback(r))
+	if aerr != nil {
+		if aerr.status >= 500 {
+			s.logger.Warn("registration failed", "node", nk.ShortString(), "err", aerr)
+		} else {
+			s.logger.Info("registration refused", "node", nk.ShortString(), "code", aerr.code)
+		}
+		writeError(w, aerr)
+		return
+	}
+	s.writeSealed(w, nk, resp)
+}

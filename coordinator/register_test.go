@@ -1,0 +1,186 @@
+package coordinator_test
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"beam.dev/beam/coordclient"
+	"beam.dev/beam/coordinator"
+)
+
+func TestRegisterHappyPath(t *testing.T) {
+	c := startCoord(t, nil)
+	n := newNode(t, c.URL)
+	resp := n.register(t, c.authKey(t, coordinator.AuthKeyOptions{User: "ann", Tags: []string{"tag:web"}}), "Alpha.local")
+	got := resp.Node
+	if got == nil {
+		t.Fatal("no node in response")
+	}
+	wantAddrs := []netip.Prefix{netip.MustParsePrefix("100.64.0.1/32"), netip.MustParsePrefix("fd7a:bea0:b0de::6440:1/128")}
+	if len(got.Addresses) != 2 || got.Addresses[0] != wantAddrs[0] || got.Addresses[1] != wantAddrs[1] {
+		t.Errorf("addresses = %v, want %v", got.Addresses, wantAddrs)
+	}
+	if got.Name != "alpha" || got.DNSName != "alpha.default.beam.internal." {
+		t.Errorf("name = %q, %q; want alpha, alpha.default.beam.internal.", got.Name, got.DNSName)
+	}
+	if resp.NameChanged {
+		t.Error("NameChanged set for a free name")
+	}
+	if got.Key != n.NodeKey() || got.User != "ann" || len(got.Tags) != 1 || got.Tags[0] != "tag:web" || got.OS != "linux" {
+		t.Errorf("node = %+v", got)
+	}
+}
+
+func TestNameCollisionAndUniqueIPs(t *testing.T) {
+	c := startCoord(t, nil)
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	r1 := newNode(t, c.URL).register(t, ak, "beta")
+	r2 := newNode(t, c.URL).register(t, ak, "beta")
+	r3 := newNode(t, c.URL).register(t, ak, "BETA")
+	if r1.Node.Name != "beta" || r1.NameChanged {
+		t.Errorf("first: %q changed=%v, want beta false", r1.Node.Name, r1.NameChanged)
+	}
+	if r2.Node.Name != "beta-2" || !r2.NameChanged {
+		t.Errorf("second: %q changed=%v, want beta-2 true", r2.Node.Name, r2.NameChanged)
+	}
+	if r3.Node.Name != "beta-3" || !r3.NameChanged {
+		t.Errorf("third: %q changed=%v, want beta-3 true", r3.Node.Name, r3.NameChanged)
+	}
+	seen := make(map[netip.Addr]bool)
+	for i := range 20 {
+		r := newNode(t, c.URL).register(t, ak, "n")
+		for _, p := range r.Node.Addresses {
+			if seen[p.Addr()] {
+				t.Fatalf("node %d got address %v twice", i, p.Addr())
+			}
+			seen[p.Addr()] = true
+			if !coordinator.CGNATPrefix.Contains(p.Addr()) && !coordinator.ULAPrefix.Contains(p.Addr()) {
+				t.Errorf("address %v outside the overlay ranges", p.Addr())
+			}
+		}
+	}
+}
+
+func TestSanitizeLabel(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"beta", "beta"},
+		{"My Laptop", "my-laptop"},
+		{"host.example.com", "host"},
+		{"--a__b--", "a-b"},
+		{"", "node"},
+		{"ünïcode", "n-code"},
+		{"!!!", "node"},
+		{string(make([]byte, 0)) + "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			if got := coordinator.SanitizeLabel(tc.in); got != tc.want {
+				t.Errorf("SanitizeLabel(%q) = %q, want %q", tc.in, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestRejoinAcrossRestart(t *testing.T) {
+	c := startCoord(t, nil)
+	n := newNode(t, c.URL)
+	first := n.register(t, c.authKey(t, coordinator.AuthKeyOptions{}), "gamma")
+	other := newNode(t, c.URL).register(t, c.authKey(t, coordinator.AuthKeyOptions{}), "delta")
+	c.restart()
+	again := n.register(t, "", "gamma")
+	if again.Node.Name != first.Node.Name || again.Node.ID != first.Node.ID ||
+		again.Node.Addresses[0] != first.Node.Addresses[0] || again.Node.Addresses[1] != first.Node.Addresses[1] {
+		t.Errorf("rejoin after restart: got %+v, want name/ID/addresses of %+v", again.Node, first.Node)
+	}
+	// A new node after the restart gets a fresh address, not a taken one.
+	fresh := newNode(t, c.URL).register(t, c.authKey(t, coordinator.AuthKeyOptions{}), "gamma")
+	if fresh.Node.Name != "gamma-2" {
+		t.Errorf("new node named %q, want gamma-2", fresh.Node.Name)
+	}
+	for _, p := range fresh.Node.Addresses {
+		for _, old := range append(first.Node.Addresses, other.Node.Addresses...) {
+			if p == old {
+				t.Errorf("new node reused address %v", p)
+			}
+		}
+	}
+}
+
+func TestAuthKeyErrors(t *testing.T) {
+	var now atomic.Pointer[time.Time]
+	start := time.Now()
+	now.Store(&start)
+	c := startCoord(t, func(o *coordinator.Options) { o.Now = func() time.Time { return *now.Load() } })
+	ctx := context.Background()
+
+	oneOff := c.authKey(t, coordinator.AuthKeyOptions{})
+	newNode(t, c.URL).register(t, oneOff, "first")
+	expiring := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true, Expiry: time.Minute})
+	newNode(t, c.URL).register(t, expiring, "before-expiry")
+
+	tests := []struct {
+		name    string
+		authKey string
+		advance time.Duration
+	}{
+		{"wrong", "beamkey-000000000000-00000000000000000000000000000000000000000000000", 0},
+		{"empty", "", 0},
+		{"used one-off", oneOff, 0},
+		{"expired", expiring, 2 * time.Minute},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.advance > 0 {
+				later := start.Add(tc.advance)
+				now.Store(&later)
+			}
+			_, err := newNode(t, c.URL).Register(ctx, coordclient.RegisterParams{AuthKey: tc.authKey, Hostname: "x"})
+			if !errors.Is(err, coordclient.ErrAuthKeyInvalid) {
+				t.Fatalf("Register = %v, want ErrAuthKeyInvalid", err)
+			}
+		})
+	}
+}
+
+func TestOneOffKeyRace(t *testing.T) {
+	c := startCoord(t, nil)
+	ak := c.authKey(t, coordinator.AuthKeyOptions{})
+	const n = 50
+	nodes := make([]*node, n)
+	for i := range nodes {
+		nodes[i] = newNode(t, c.URL)
+	}
+	var wins, refusals atomic.Int32
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			_, err := nodes[i].Register(context.Background(), coordclient.RegisterParams{AuthKey: ak, Hostname: "racer"})
+			switch {
+			case err == nil:
+				wins.Add(1)
+			case errors.Is(err, coordclient.ErrAuthKeyInvalid):
+				refusals.Add(1)
+			default:
+				t.Errorf("unexpected error: %v", err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if wins.Load() != 1 || refusals.Load() != n-1 {
+		t.Fatalf("wins = %d, refusals = %d; want 1, %d", wins.Load(), refusals.Load(), n-1)
+	}
+	nodesNow, err := c.Server.Nodes(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodesNow) != 1 {
+		t.Fatalf("%d nodes registered, want 1", len(nodesNow))
+	}
+}

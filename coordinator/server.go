@@ -1,0 +1,449 @@
+// Package coordinator is Beam's control plane: networks, pre-auth keys,
+// node registration, overlay addresses and names, policy, and the
+// per-node netmap stream (a full map, then deltas).
+//
+// A Server is an http.Handler; it never opens listeners. Its state lives in
+// a Store the caller injects (beam.dev/beam/coordinator/sqlstore implements
+// it) and in memory: the coordinator keeps every node in memory and writes
+// through to the store, so it assumes it is the only writer (one
+// coordinator per database).
+//
+// Every control request is sealed with NaCl box between the node key and
+// the coordinator's machine key (see protocol.go), so only the holder of a
+// node key can register or update that node.
+package coordinator
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// DefaultNetwork is the name of the network created on first start.
+const DefaultNetwork = "default"
+
+// DefaultBaseDomain is the base domain when Options.BaseDomain is empty.
+const DefaultBaseDomain = "beam.internal"
+
+const adminTokenSetting = "admin_token_sha256"
+
+// PolicyFunc decides, for the node self, which nodes of its network it may
+// see and which inbound packets it accepts. all holds every unexpired node
+// of self's network, self included. It runs with the coordinator's lock
+// held and must not call back into the Server.
+type PolicyFunc func(self *wire.Node, all []*wire.Node) (filter []wire.FilterRule, visible []*wire.Node)
+
+// Options configures a Server.
+type Options struct {
+	// Store keeps networks, keys and nodes. Required.
+	Store Store
+	// PrivateKey is the coordinator's machine key. Required.
+	PrivateKey key.MachinePrivate
+	// Logger receives logs; nil discards them.
+	Logger *slog.Logger
+	// AdminToken, if set, becomes the admin API's bearer token (only its
+	// hash is stored). Empty keeps the token whose hash is already stored;
+	// with none stored, the admin API refuses every request.
+	AdminToken string
+	// BaseDomain is the parent of every network's domain; empty means
+	// DefaultBaseDomain.
+	BaseDomain string
+	// DERPMap is the relay map handed to nodes; nil means none.
+	DERPMap *wire.DERPMap
+	// DevMode lets nodes connecting from a loopback address register
+	// without an auth key, into the default network.
+	DevMode bool
+	// KeepAliveInterval is how often an idle map stream gets a keepalive;
+	// zero means 30 seconds.
+	KeepAliveInterval time.Duration
+	// EphemeralTimeout is how long an ephemeral node may stay offline
+	// before it is deleted; zero means one minute.
+	EphemeralTimeout time.Duration
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Policy decides visibility and packet filters; nil means every node
+	// of a network reaches every other on all ports.
+	Policy PolicyFunc
+}
+
+// Server is the coordinator. It is an http.Handler serving the control
+// protocol (/key, /machine/...), the relay client check
+// (/api/v1/derp/verify) and the admin API (/api/v1/...).
+//
+// Locks, in order: regMu, persistMu, mu, then a session's mu. Handlers of
+// map streams run on net/http's goroutines; ServeHTTP counts them in wg so
+// Close can wait for them, and the janitor goroutine is counted there too.
+type Server struct {
+	store      Store
+	priv       key.MachinePrivate
+	pubText    string
+	logger     *slog.Logger
+	baseDomain string
+	devMode    bool
+	keepAlive  time.Duration
+	ephemeral  time.Duration
+	now        func() time.Time
+	policy     PolicyFunc
+	adminHash  []byte // SHA-256 of the admin token; nil means admin API disabled
+	mux        *http.ServeMux
+	replay     replayCache
+	derpMap    atomic.Pointer[wire.DERPMap]
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	regMu     sync.Mutex // serializes registrations: name and address allocation
+	persistMu sync.Mutex // orders write-through of node snapshots
+
+	mu       sync.Mutex // guards the following fields
+	closed   bool
+	networks map[int64]*Network
+	netNames map[string]*Network
+	nodes    map[key.NodePublic]*nodeEntry
+	usedIPv4 map[netip.Addr]bool
+	nextIPv4 netip.Addr
+	sessions map[key.NodePublic]*session
+}
+
+// nodeEntry is a node in memory. Guarded by Server.mu.
+type nodeEntry struct {
+	rec NodeRecord
+	// offlineSince is when the node's last stream ended (or when it was
+	// loaded or registered without one); zero while online.
+	offlineSince time.Time
+	// expiryHandled is set once the coordinator acted on the key expiring.
+	expiryHandled bool
+}
+
+// New returns a Server on opts, loading its state from opts.Store and
+// creating the default network if needed.
+func New(opts Options) (*Server, error) {
+	if opts.Store == nil {
+		return nil, errors.New("coordinator: Options.Store is required")
+	}
+	if opts.PrivateKey.IsZero() {
+		return nil, errors.New("coordinator: Options.PrivateKey is required")
+	}
+	s := &Server{
+		store:      opts.Store,
+		priv:       opts.PrivateKey,
+		pubText:    opts.PrivateKey.Public().String(),
+		logger:     opts.Logger,
+		baseDomain: opts.BaseDomain,
+		devMode:    opts.DevMode,
+		keepAlive:  opts.KeepAliveInterval,
+		ephemeral:  opts.EphemeralTimeout,
+		now:        opts.Now,
+		policy:     opts.Policy,
+		networks:   make(map[int64]*Network),
+		netNames:   make(map[string]*Network),
+		nodes:      make(map[key.NodePublic]*nodeEntry),
+		usedIPv4:   make(map[netip.Addr]bool),
+		sessions:   make(map[key.NodePublic]*session),
+	}
+	if s.logger == nil {
+		s.logger = slog.New(slog.DiscardHandler)
+	}
+	s.logger = s.logger.With("component", "coordinator")
+	if s.baseDomain == "" {
+		s.baseDomain = DefaultBaseDomain
+	}
+	if s.keepAlive <= 0 {
+		s.keepAlive = 30 * time.Second
+	}
+	if s.ephemeral <= 0 {
+		s.ephemeral = time.Minute
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	s.derpMap.Store(opts.DERPMap)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.load(ctx, opts.AdminToken); err != nil {
+		return nil, err
+	}
+	s.mux = s.routes()
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	if s.devMode {
+		s.logger.Warn("DEV MODE: nodes connecting from loopback may register WITHOUT an auth key; never use this on a shared machine")
+	}
+	s.wg.Add(1)
+	go s.janitorLoop()
+	return s, nil
+}
+
+// load reads networks and nodes from the store.
+func (s *Server) load(ctx context.Context, adminToken string) error {
+	if adminToken != "" {
+		h := sha256.Sum256([]byte(adminToken))
+		if err := s.store.SetSetting(ctx, adminTokenSetting, h[:]); err != nil {
+			return fmt.Errorf("coordinator: store admin token hash: %w", err)
+		}
+		s.adminHash = h[:]
+	} else {
+		h, err := s.store.Setting(ctx, adminTokenSetting)
+		switch {
+		case err == nil && len(h) == sha256.Size:
+			s.adminHash = h
+		case err == nil || errors.Is(err, ErrNotFound):
+		default:
+			return fmt.Errorf("coordinator: load admin token hash: %w", err)
+		}
+	}
+	if _, err := s.store.EnsureNetwork(ctx, DefaultNetwork, DefaultNetwork+"."+s.baseDomain); err != nil {
+		return fmt.Errorf("coordinator: create default network: %w", err)
+	}
+	nets, err := s.store.Networks(ctx)
+	if err != nil {
+		return fmt.Errorf("coordinator: load networks: %w", err)
+	}
+	for _, n := range nets {
+		s.networks[n.ID] = n
+		s.netNames[n.Name] = n
+	}
+	nodes, err := s.store.Nodes(ctx)
+	if err != nil {
+		return fmt.Errorf("coordinator: load nodes: %w", err)
+	}
+	now := s.now()
+	s.nextIPv4 = firstIPv4
+	for _, rec := range nodes {
+		rec.Node.Online = false
+		s.nodes[rec.Node.Key] = &nodeEntry{rec: *rec, offlineSince: now}
+		for _, p := range rec.Node.Addresses {
+			if a := p.Addr(); a.Is4() {
+				s.usedIPv4[a] = true
+				if !a.Less(s.nextIPv4) {
+					s.nextIPv4 = nextIPv4(a)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// Close ends all map streams, stops background work and waits for every
+// goroutine of the Server to return. It does not close the Store.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+// enter counts a request in s.wg, or reports false once the Server is closed.
+func (s *Server) enter() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !s.enter() {
+		writeError(w, errorf(http.StatusServiceUnavailable, CodeUnavailable, "coordinator is shutting down"))
+		return
+	}
+	defer s.wg.Done()
+	defer func() {
+		// A bug in one handler must not take the coordinator down.
+		if p := recover(); p != nil {
+			if p == http.ErrAbortHandler {
+				panic(p)
+			}
+			s.logger.Error("handler panic", "path", r.URL.Path, "panic", fmt.Sprint(p))
+			writeError(w, errorf(http.StatusInternalServerError, CodeInternal, "internal error"))
+		}
+	}()
+	s.mux.ServeHTTP(w, r)
+}
+
+func (s *Server) routes() *http.ServeMux {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /key", s.handleKey)
+	mux.HandleFunc("POST /machine/register", s.handleRegister)
+	mux.HandleFunc("POST /machine/map", s.handleMap)
+	mux.HandleFunc("GET /api/v1/derp/verify", s.handleDERPVerify)
+	admin := http.NewServeMux()
+	admin.HandleFunc("POST /api/v1/authkeys", s.handleCreateAuthKey)
+	admin.HandleFunc("GET /api/v1/authkeys", s.handleListAuthKeys)
+	admin.HandleFunc("DELETE /api/v1/authkeys/{prefix}", s.handleDeleteAuthKey)
+	admin.HandleFunc("GET /api/v1/nodes", s.handleListNodes)
+	admin.HandleFunc("DELETE /api/v1/nodes/{name}", s.handleRemoveNode)
+	admin.HandleFunc("POST /api/v1/nodes/{name}/expire", s.handleExpireNode)
+	mux.Handle("/api/v1/", s.requireAdmin(admin))
+	return mux
+}
+
+func (s *Server) handleKey(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	io.WriteString(w, s.pubText)
+}
+
+// readRequest reads and opens a sealed control request into v, then checks
+// that its node key is the envelope's and that it is fresh. hdr returns
+// the sealed request's node key and timestamp after decoding.
+func (s *Server) readRequest(w http.ResponseWriter, r *http.Request, v any, hdr func() (key.NodePublic, time.Time)) (key.NodePublic, *apiError) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequestSize))
+	if err != nil {
+		return key.NodePublic{}, errorf(http.StatusBadRequest, CodeBadRequest, "read request: too large or cut short")
+	}
+	env, err := decodeEnvelope(body)
+	if err != nil {
+		return key.NodePublic{}, errorf(http.StatusBadRequest, CodeBadRequest, "malformed envelope")
+	}
+	clear, ok := s.priv.OpenFrom(env.NodeKey, env.Sealed)
+	if !ok {
+		return key.NodePublic{}, errorf(http.StatusUnauthorized, CodeBadSeal, "sealed request does not open with node_key and this coordinator's key")
+	}
+	if err := jsonUnmarshal(clear, v); err != nil {
+		return key.NodePublic{}, errorf(http.StatusBadRequest, CodeBadRequest, "malformed sealed request")
+	}
+	nk, ts := hdr()
+	if nk != env.NodeKey {
+		return key.NodePublic{}, errorf(http.StatusUnauthorized, CodeKeyMismatch, "sealed node key differs from the envelope's")
+	}
+	now := s.now()
+	if d := now.Sub(ts); d > MaxClockSkew || d < -MaxClockSkew {
+		return key.NodePublic{}, errorf(http.StatusUnauthorized, CodeClockSkew, "request timestamp is %s away from the coordinator's clock", d.Round(time.Second))
+	}
+	if !s.replay.add(env.Sealed, now) {
+		return key.NodePublic{}, errorf(http.StatusUnauthorized, CodeReplay, "request was already seen")
+	}
+	return env.NodeKey, nil
+}
+
+// writeSealed writes v as JSON sealed to nk.
+func (s *Server) writeSealed(w http.ResponseWriter, nk key.NodePublic, v any) {
+	b, err := jsonMarshal(v)
+	if err != nil {
+		writeError(w, errorf(http.StatusInternalServerError, CodeInternal, "encode response"))
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Write(s.priv.SealTo(nk, b))
+}
+
+func remoteIsLoopback(r *http.Request) bool {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && a.Unmap().IsLoopback()
+}
+
+// SetDERPMap replaces the relay map and pushes it to every streaming node.
+func (s *Server) SetDERPMap(m *wire.DERPMap) {
+	s.derpMap.Store(m)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, ss := range s.sessions {
+		ss.markDERP()
+	}
+}
+
+func (s *Server) handleDERPVerify(w http.ResponseWriter, r *http.Request) {
+	type verdict struct {
+		Allow bool `json:"allow"`
+	}
+	w.Header().Set("Content-Type", "application/json")
+	nk, err := key.ParseNodePublic(r.URL.Query().Get("key"))
+	if err != nil {
+		w.WriteHeader(http.StatusBadRequest)
+		jsonEncode(w, verdict{})
+		return
+	}
+	now := s.now()
+	s.mu.Lock()
+	e := s.nodes[nk]
+	allow := e != nil && !e.rec.Node.Expired(now)
+	s.mu.Unlock()
+	if !allow {
+		w.WriteHeader(http.StatusForbidden)
+	}
+	jsonEncode(w, verdict{Allow: allow})
+}
+
+// requireAdmin wraps h so it runs only with the admin bearer token.
+func (s *Server) requireAdmin(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		const prefix = "Bearer "
+		auth := r.Header.Get("Authorization")
+		ok := false
+		if s.adminHash != nil && len(auth) > len(prefix) && auth[:len(prefix)] == prefix {
+			got := sha256.Sum256([]byte(auth[len(prefix):]))
+			ok = subtle.ConstantTimeCompare(got[:], s.adminHash) == 1
+		}
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="beam"`)
+			writeError(w, errorf(http.StatusUnauthorized, CodeUnauthorized, "missing or wrong admin token"))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// janitorLoop deletes ephemeral nodes that stayed offline, ends streams of
+// nodes whose key expired, and prunes the replay cache.
+func (s *Server) janitorLoop() {
+	defer s.wg.Done()
+	every := min(max(s.ephemeral/4, 10*time.Millisecond), 5*time.Second)
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := s.now()
+		s.replay.prune(now)
+		var drop []key.NodePublic
+		s.mu.Lock()
+		for k, e := range s.nodes {
+			if e.rec.Node.Ephemeral && s.sessions[k] == nil && !e.offlineSince.IsZero() && now.Sub(e.offlineSince) >= s.ephemeral {
+				drop = append(drop, k)
+				continue
+			}
+			if !e.expiryHandled && e.rec.Node.Expired(now) {
+				e.expiryHandled = true
+				s.expireLocked(e)
+			}
+		}
+		s.mu.Unlock()
+		for _, k := range drop {
+			if err := s.removeNode(s.ctx, k, CodeNodeRemoved, "ephemeral node went offline"); err != nil && !errors.Is(err, ErrNotFound) {
+				s.logger.Warn("delete ephemeral node", "node", k.ShortString(), "err", err)
+			} else if err == nil {
+				s.logger.Info("deleted offline ephemeral node", "node", k.ShortString())
+			}
+		}
+	}
+}

@@ -1,0 +1,327 @@
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"beam.dev/beam/coordinator"
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// EnsureNetwork implements coordinator.NetworkStore.
+func (s *Store) EnsureNetwork(ctx context.Context, name, domain string) (*coordinator.Network, error) {
+	_, err := s.db.ExecContext(ctx, s.d.rebind(`INSERT INTO networks (name, domain, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING`),
+		name, domain, time.Now().UnixNano())
+	if err != nil {
+		return nil, s.wrap("ensure network", err)
+	}
+	n := &coordinator.Network{}
+	var created int64
+	err = s.db.QueryRowContext(ctx, s.d.rebind(`SELECT id, name, domain, created_at FROM networks WHERE name = ?`), name).
+		Scan(&n.ID, &n.Name, &n.Domain, &created)
+	if err != nil {
+		return nil, s.wrap("ensure network", err)
+	}
+	n.CreatedAt = fromUnixNano(created)
+	return n, nil
+}
+
+// Networks implements coordinator.NetworkStore.
+func (s *Store) Networks(ctx context.Context) ([]*coordinator.Network, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, name, domain, created_at FROM networks ORDER BY id`)
+	if err != nil {
+		return nil, s.wrap("list networks", err)
+	}
+	defer rows.Close()
+	var out []*coordinator.Network
+	for rows.Next() {
+		n := &coordinator.Network{}
+		var created int64
+		if err := rows.Scan(&n.ID, &n.Name, &n.Domain, &created); err != nil {
+			return nil, s.wrap("list networks", err)
+		}
+		n.CreatedAt = fromUnixNano(created)
+		out = append(out, n)
+	}
+	return out, s.wrap("list networks", rows.Err())
+}
+
+// CreateAuthKey implements coordinator.AuthKeyStore.
+func (s *Store) CreateAuthKey(ctx context.Context, k *coordinator.AuthKey) error {
+	tags, err := json.Marshal(nonNil(k.Tags))
+	if err != nil {
+		return err
+	}
+	res, err := s.db.ExecContext(ctx, s.d.rebind(`INSERT INTO auth_keys
+		(network_id, prefix, hash, reusable, ephemeral, expires_at, tags, user_name, use_count, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		k.NetworkID, k.Prefix, k.Hash, boolInt(k.Reusable), boolInt(k.Ephemeral), unixNano(k.Expiry),
+		string(tags), k.User, k.UseCount, unixNano(k.CreatedAt))
+	if err != nil {
+		return s.wrap("create auth key", err)
+	}
+	k.ID, err = res.LastInsertId()
+	return s.wrap("create auth key", err)
+}
+
+const authKeyCols = `id, network_id, prefix, hash, reusable, ephemeral, expires_at, tags, user_name, use_count, created_at`
+
+func scanAuthKey(sc interface{ Scan(...any) error }) (*coordinator.AuthKey, error) {
+	k := &coordinator.AuthKey{}
+	var reusable, ephemeral int
+	var expires, created int64
+	var tags string
+	if err := sc.Scan(&k.ID, &k.NetworkID, &k.Prefix, &k.Hash, &reusable, &ephemeral, &expires, &tags, &k.User, &k.UseCount, &created); err != nil {
+		return nil, err
+	}
+	k.Reusable, k.Ephemeral = reusable != 0, ephemeral != 0
+	k.Expiry, k.CreatedAt = fromUnixNano(expires), fromUnixNano(created)
+	if err := json.Unmarshal([]byte(tags), &k.Tags); err != nil {
+		return nil, fmt.Errorf("decode tags: %w", err)
+	}
+	if len(k.Tags) == 0 {
+		k.Tags = nil
+	}
+	return k, nil
+}
+
+// AuthKeyByHash implements coordinator.AuthKeyStore.
+func (s *Store) AuthKeyByHash(ctx context.Context, hash []byte) (*coordinator.AuthKey, error) {
+	k, err := scanAuthKey(s.db.QueryRowContext(ctx, s.d.rebind(`SELECT `+authKeyCols+` FROM auth_keys WHERE hash = ?`), hash))
+	return k, s.wrap("auth key by hash", err)
+}
+
+// AuthKeys implements coordinator.AuthKeyStore.
+func (s *Store) AuthKeys(ctx context.Context) ([]*coordinator.AuthKey, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+authKeyCols+` FROM auth_keys ORDER BY id`)
+	if err != nil {
+		return nil, s.wrap("list auth keys", err)
+	}
+	defer rows.Close()
+	var out []*coordinator.AuthKey
+	for rows.Next() {
+		k, err := scanAuthKey(rows)
+		if err != nil {
+			return nil, s.wrap("list auth keys", err)
+		}
+		out = append(out, k)
+	}
+	return out, s.wrap("list auth keys", rows.Err())
+}
+
+// DeleteAuthKey implements coordinator.AuthKeyStore.
+func (s *Store) DeleteAuthKey(ctx context.Context, prefix string) error {
+	res, err := s.db.ExecContext(ctx, s.d.rebind(`DELETE FROM auth_keys WHERE prefix = ?`), prefix)
+	return s.affected("delete auth key", res, err, coordinator.ErrNotFound)
+}
+
+// ConsumeAuthKey implements coordinator.AuthKeyStore.
+func (s *Store) ConsumeAuthKey(ctx context.Context, id int64, now time.Time) error {
+	return s.consume(ctx, s.db, id, now)
+}
+
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+func (s *Store) consume(ctx context.Context, db execer, id int64, now time.Time) error {
+	res, err := db.ExecContext(ctx, s.d.rebind(`UPDATE auth_keys SET use_count = use_count + 1
+		WHERE id = ? AND (reusable = 1 OR use_count = 0) AND (expires_at = 0 OR expires_at > ?)`), id, now.UnixNano())
+	return s.affected("consume auth key", res, err, coordinator.ErrAuthKeySpent)
+}
+
+// affected returns notFound unless the statement changed exactly one row.
+func (s *Store) affected(op string, res sql.Result, err error, notFound error) error {
+	if err != nil {
+		return s.wrap(op, err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return s.wrap(op, err)
+	}
+	if n == 0 {
+		return fmt.Errorf("sqlstore: %s: %w", op, notFound)
+	}
+	return nil
+}
+
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+// nodeAddrs splits a node's addresses into its one IPv4 and one IPv6 address.
+func nodeAddrs(n *wire.Node) (v4, v6 string, err error) {
+	for _, p := range n.Addresses {
+		if p.Addr().Is4() {
+			v4 = p.Addr().String()
+		} else {
+			v6 = p.Addr().String()
+		}
+	}
+	if v4 == "" || v6 == "" {
+		return "", "", errors.New("node needs one IPv4 and one IPv6 address")
+	}
+	return v4, v6, nil
+}
+
+func nullID(id int64) sql.NullInt64 { return sql.NullInt64{Int64: id, Valid: id != 0} }
+
+// InsertNode implements coordinator.NodeStore.
+func (s *Store) InsertNode(ctx context.Context, n *coordinator.NodeRecord, now time.Time) (err error) {
+	v4, v6, err := nodeAddrs(&n.Node)
+	if err != nil {
+		return fmt.Errorf("sqlstore: insert node: %w", err)
+	}
+	eps, _ := json.Marshal(nonNil(n.Node.Endpoints))
+	tags, _ := json.Marshal(nonNil(n.Node.Tags))
+	disco := ""
+	if !n.Node.DiscoKey.IsZero() {
+		disco = n.Node.DiscoKey.String()
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return s.wrap("insert node", err)
+	}
+	defer func() {
+		if err != nil {
+			tx.Rollback()
+		}
+	}()
+	if n.AuthKeyID != 0 {
+		if err := s.consume(ctx, tx, n.AuthKeyID, now); err != nil {
+			return err
+		}
+	}
+	res, err := tx.ExecContext(ctx, s.d.rebind(`INSERT INTO nodes
+		(network_id, node_key, disco_key, name, hostname, os, ipv4, ipv6, endpoints, home_derp, last_seen, key_expiry, user_name, tags, ephemeral, auth_key_id, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		n.NetworkID, n.Node.Key.String(), disco, n.Node.Name, n.Node.Hostname, n.Node.OS, v4, v6, string(eps), n.Node.HomeDERP,
+		unixNano(n.Node.LastSeen), unixNano(n.Node.KeyExpiry), n.Node.User, string(tags), boolInt(n.Node.Ephemeral),
+		nullID(n.AuthKeyID), unixNano(n.CreatedAt))
+	if err != nil {
+		return s.wrap("insert node", err)
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return s.wrap("insert node", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return s.wrap("insert node", err)
+	}
+	n.Node.ID = wire.NodeID(id)
+	return nil
+}
+
+// UpdateNode implements coordinator.NodeStore.
+func (s *Store) UpdateNode(ctx context.Context, n *coordinator.NodeRecord) error {
+	eps, _ := json.Marshal(nonNil(n.Node.Endpoints))
+	disco := ""
+	if !n.Node.DiscoKey.IsZero() {
+		disco = n.Node.DiscoKey.String()
+	}
+	res, err := s.db.ExecContext(ctx, s.d.rebind(`UPDATE nodes SET disco_key = ?, hostname = ?, os = ?, endpoints = ?,
+		home_derp = ?, last_seen = ?, key_expiry = ?, auth_key_id = ? WHERE id = ?`),
+		disco, n.Node.Hostname, n.Node.OS, string(eps), n.Node.HomeDERP, unixNano(n.Node.LastSeen),
+		unixNano(n.Node.KeyExpiry), nullID(n.AuthKeyID), int64(n.Node.ID))
+	return s.affected("update node", res, err, coordinator.ErrNotFound)
+}
+
+// DeleteNode implements coordinator.NodeStore.
+func (s *Store) DeleteNode(ctx context.Context, id wire.NodeID) error {
+	res, err := s.db.ExecContext(ctx, s.d.rebind(`DELETE FROM nodes WHERE id = ?`), int64(id))
+	return s.affected("delete node", res, err, coordinator.ErrNotFound)
+}
+
+// Nodes implements coordinator.NodeStore.
+func (s *Store) Nodes(ctx context.Context) ([]*coordinator.NodeRecord, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT n.id, n.network_id, n.node_key, n.disco_key, n.name, w.domain, n.hostname, n.os,
+		n.ipv4, n.ipv6, n.endpoints, n.home_derp, n.last_seen, n.key_expiry, n.user_name, n.tags, n.ephemeral, n.auth_key_id, n.created_at
+		FROM nodes n JOIN networks w ON w.id = n.network_id ORDER BY n.id`)
+	if err != nil {
+		return nil, s.wrap("list nodes", err)
+	}
+	defer rows.Close()
+	var out []*coordinator.NodeRecord
+	for rows.Next() {
+		var (
+			r                                       coordinator.NodeRecord
+			id                                      int64
+			nodeKey, disco, domain, v4, v6, eps, tg string
+			lastSeen, expiry, created               int64
+			ephemeral                               int
+			authKey                                 sql.NullInt64
+		)
+		if err := rows.Scan(&id, &r.NetworkID, &nodeKey, &disco, &r.Node.Name, &domain, &r.Node.Hostname, &r.Node.OS,
+			&v4, &v6, &eps, &r.Node.HomeDERP, &lastSeen, &expiry, &r.Node.User, &tg, &ephemeral, &authKey, &created); err != nil {
+			return nil, s.wrap("list nodes", err)
+		}
+		if err := decodeNode(&r, id, nodeKey, disco, domain, v4, v6, eps, tg); err != nil {
+			return nil, fmt.Errorf("sqlstore: list nodes: node %d: %w", id, err)
+		}
+		r.Node.LastSeen, r.Node.KeyExpiry, r.CreatedAt = fromUnixNano(lastSeen), fromUnixNano(expiry), fromUnixNano(created)
+		r.Node.Ephemeral = ephemeral != 0
+		r.AuthKeyID = authKey.Int64
+		out = append(out, &r)
+	}
+	return out, s.wrap("list nodes", rows.Err())
+}
+
+func decodeNode(r *coordinator.NodeRecord, id int64, nodeKey, disco, domain, v4, v6, eps, tags string) error {
+	r.Node.ID = wire.NodeID(id)
+	if err := r.Node.Key.UnmarshalText([]byte(nodeKey)); err != nil {
+		return err
+	}
+	if disco != "" {
+		var dk key.DiscoPublic
+		if err := dk.UnmarshalText([]byte(disco)); err != nil {
+			return err
+		}
+		r.Node.DiscoKey = dk
+	}
+	a4, err := netip.ParseAddr(v4)
+	if err != nil {
+		return err
+	}
+	a6, err := netip.ParseAddr(v6)
+	if err != nil {
+		return err
+	}
+	r.Node.Addresses = []netip.Prefix{netip.PrefixFrom(a4, 32), netip.PrefixFrom(a6, 128)}
+	r.Node.DNSName = r.Node.Name + "." + domain + "."
+	if err := json.Unmarshal([]byte(eps), &r.Node.Endpoints); err != nil {
+		return err
+	}
+	if len(r.Node.Endpoints) == 0 {
+		r.Node.Endpoints = nil
+	}
+	if err := json.Unmarshal([]byte(tags), &r.Node.Tags); err != nil {
+		return err
+	}
+	if len(r.Node.Tags) == 0 {
+		r.Node.Tags = nil
+	}
+	return nil
+}
+
+// Setting implements coordinator.SettingStore.
+func (s *Store) Setting(ctx context.Context, name string) ([]byte, error) {
+	var v []byte
+	err := s.db.QueryRowContext(ctx, s.d.rebind(`SELECT value FROM settings WHERE name = ?`), name).Scan(&v)
+	return v, s.wrap("get setting", err)
+}
+
+// SetSetting implements coordinator.SettingStore.
+func (s *Store) SetSetting(ctx context.Context, name string, value []byte) error {
+	_, err := s.db.ExecContext(ctx, s.d.rebind(`INSERT INTO settings (name, value) VALUES (?, ?)
+		ON CONFLICT (name) DO UPDATE SET value = excluded.value`), name, value)
+	return s.wrap("set setting", err)
+}

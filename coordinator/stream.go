@@ -1,0 +1,471 @@
+package coordinator
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"net/http"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// session is one open map stream. Its handler goroutine owns the stream
+// and everything it last sent; other goroutines only mark what changed
+// and wake it.
+type session struct {
+	key       key.NodePublic
+	networkID int64
+	wake      chan struct{} // cap 1; a value means "look at pending"
+
+	mu      sync.Mutex // guards the following fields
+	pending map[key.NodePublic]struct{}
+	full    bool // recompute everything (policy in use)
+	derp    bool // send the DERP map
+	ended   bool
+	endCode ErrorCode
+	endMsg  string
+}
+
+func newSession(nk key.NodePublic, networkID int64) *session {
+	return &session{key: nk, networkID: networkID, wake: make(chan struct{}, 1), pending: make(map[key.NodePublic]struct{})}
+}
+
+func (ss *session) poke() {
+	select {
+	case ss.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (ss *session) mark(k key.NodePublic, full bool) {
+	ss.mu.Lock()
+	ss.pending[k] = struct{}{}
+	ss.full = ss.full || full
+	ss.mu.Unlock()
+	ss.poke()
+}
+
+func (ss *session) markDERP() {
+	ss.mu.Lock()
+	ss.derp = true
+	ss.mu.Unlock()
+	ss.poke()
+}
+
+// end asks the stream to end, telling the node code and msg.
+func (ss *session) end(code ErrorCode, msg string) {
+	ss.mu.Lock()
+	if !ss.ended {
+		ss.ended, ss.endCode, ss.endMsg = true, code, msg
+	}
+	ss.mu.Unlock()
+	ss.poke()
+}
+
+// take returns and clears what changed since the last call.
+func (ss *session) take() (pending map[key.NodePublic]struct{}, full, derp, ended bool, code ErrorCode, msg string) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	pending, ss.pending = ss.pending, make(map[key.NodePublic]struct{})
+	full, derp = ss.full, ss.derp
+	ss.full, ss.derp = false, false
+	return pending, full, derp, ss.ended, ss.endCode, ss.endMsg
+}
+
+// notifyLocked tells every stream of the network that node k changed
+// (joined, left, or any field). s.mu held.
+func (s *Server) notifyLocked(networkID int64, k key.NodePublic) {
+	for _, ss := range s.sessions {
+		if ss.networkID == networkID {
+			ss.mark(k, s.policy != nil)
+		}
+	}
+}
+
+// networkNodesLocked returns the views of all unexpired nodes of a network. s.mu held.
+func (s *Server) networkNodesLocked(networkID int64, now time.Time) []*wire.Node {
+	var all []*wire.Node
+	for _, e := range s.nodes {
+		if e.rec.NetworkID == networkID && !e.rec.Node.Expired(now) {
+			all = append(all, s.viewLocked(e))
+		}
+	}
+	return all
+}
+
+// peersLocked returns what self sees: its visible peers and, with a
+// policy, its filter (nil filter with nil policy: the caller derives it
+// from the peers). s.mu held.
+func (s *Server) peersLocked(self *wire.Node, networkID int64, now time.Time) (map[key.NodePublic]*wire.Node, []wire.FilterRule) {
+	all := s.networkNodesLocked(networkID, now)
+	var filter []wire.FilterRule
+	visible := all
+	if s.policy != nil {
+		filter, visible = s.policy(self, all)
+	}
+	peers := make(map[key.NodePublic]*wire.Node, len(visible))
+	for _, n := range visible {
+		if n != nil && n.Key != self.Key {
+			peers[n.Key] = n
+		}
+	}
+	return peers, filter
+}
+
+// defaultFilter allows every peer's addresses to all of self's ports.
+func defaultFilter(self *wire.Node, peers map[key.NodePublic]*wire.Node) []wire.FilterRule {
+	var src []netip.Prefix
+	for _, p := range peers {
+		src = append(src, p.Addresses...)
+	}
+	if len(src) == 0 {
+		return []wire.FilterRule{}
+	}
+	slices.SortFunc(src, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+	dst := make([]wire.NetPortRange, 0, len(self.Addresses))
+	for _, a := range self.Addresses {
+		dst = append(dst, wire.NetPortRange{IP: a, First: 0, Last: 65535})
+	}
+	return []wire.FilterRule{{SrcIPs: src, DstPorts: dst}}
+}
+
+func (s *Server) dnsConfig(networkID int64) *wire.DNSConfig {
+	s.mu.Lock()
+	n := s.networks[networkID]
+	s.mu.Unlock()
+	return &wire.DNSConfig{Domain: n.Domain, SearchDomains: []string{n.Domain}}
+}
+
+func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
+	var req wire.MapRequest
+	nk, aerr := s.readRequest(w, r, &req, func() (key.NodePublic, time.Time) { return req.NodeKey, req.Timestamp })
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	now := s.now()
+	s.mu.Lock()
+	e := s.nodes[nk]
+	var expired bool
+	if e != nil {
+		expired = e.rec.Node.Expired(now)
+	}
+	s.mu.Unlock()
+	if e == nil {
+		writeError(w, errorf(http.StatusForbidden, CodeNodeNotRegistered, "node not registered"))
+		return
+	}
+	if expired {
+		writeError(w, errorf(http.StatusForbidden, CodeNodeExpired, "node key expired"))
+		return
+	}
+	if _, aerr := s.updateSelf(r.Context(), nk, func(n *NodeRecord) {
+		if !req.DiscoKey.IsZero() {
+			n.Node.DiscoKey = req.DiscoKey
+		}
+		if req.Endpoints != nil || !req.Stream {
+			n.Node.Endpoints = slices.Clone(req.Endpoints)
+		}
+		n.Node.HomeDERP = req.HomeDERP
+		if req.Hostname != "" {
+			n.Node.Hostname = req.Hostname
+		}
+	}); aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	if !req.Stream {
+		s.writeSealed(w, nk, &wire.MapResponse{ControlTime: s.now()})
+		return
+	}
+	s.serveStream(w, r, nk)
+}
+
+// serveStream runs one map stream until the node goes away, the
+// coordinator closes, or the node is removed or expires.
+func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.NodePublic) {
+	log := s.logger.With("node", nk.ShortString())
+	rc := http.NewResponseController(w)
+
+	s.mu.Lock()
+	e := s.nodes[nk]
+	if e == nil {
+		s.mu.Unlock()
+		writeError(w, errorf(http.StatusForbidden, CodeNodeNotRegistered, "node not registered"))
+		return
+	}
+	ss := newSession(nk, e.rec.NetworkID)
+	old := s.sessions[nk]
+	s.sessions[nk] = ss
+	e.offlineSince = time.Time{}
+	if old != nil {
+		old.end(CodeForbidden, "replaced by a newer stream of the same node")
+	} else {
+		s.notifyLocked(e.rec.NetworkID, nk) // online
+	}
+	s.mu.Unlock()
+	log.Debug("map stream opened")
+
+	defer func() {
+		now := s.now()
+		s.mu.Lock()
+		mine := s.sessions[nk] == ss
+		if mine {
+			delete(s.sessions, nk)
+			if e := s.nodes[nk]; e != nil {
+				e.offlineSince = now
+				e.rec.Node.LastSeen = now
+				s.notifyLocked(e.rec.NetworkID, nk) // offline
+			}
+		}
+		s.mu.Unlock()
+		if mine {
+			if err := s.persist(context.WithoutCancel(r.Context()), nk); err != nil && !errors.Is(err, ErrNotFound) {
+				log.Warn("persist last seen", "err", err)
+			}
+		}
+		log.Debug("map stream closed")
+	}()
+
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set(HeaderKeepAlive, strconv.FormatInt(s.keepAlive.Milliseconds(), 10))
+	w.Header().Set("Trailer", TrailerError)
+	w.WriteHeader(http.StatusOK)
+	bw := bufio.NewWriterSize(w, 32<<10)
+
+	send := func(resp *wire.MapResponse) error {
+		resp.ControlTime = s.now()
+		b, err := jsonMarshal(resp)
+		if err != nil {
+			return err
+		}
+		sealed := s.priv.SealTo(nk, b)
+		if len(sealed) > MaxFrameSize {
+			return errors.New("map frame too large")
+		}
+		rc.SetWriteDeadline(time.Now().Add(max(2*s.keepAlive, 10*time.Second)))
+		if err := writeFrame(bw, sealed); err != nil {
+			return err
+		}
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+		return rc.Flush()
+	}
+
+	// State the handler last sent.
+	var (
+		sentSelf   *wire.Node
+		sentPeers  map[key.NodePublic]*wire.Node
+		sentFilter []wire.FilterRule
+	)
+
+	// The full map.
+	{
+		now := s.now()
+		s.mu.Lock()
+		e := s.nodes[nk]
+		if e == nil {
+			s.mu.Unlock()
+			return
+		}
+		self := s.viewLocked(e)
+		peers, filter := s.peersLocked(self, ss.networkID, now)
+		s.mu.Unlock()
+		if s.policy == nil {
+			filter = defaultFilter(self, peers)
+		}
+		resp := &wire.MapResponse{
+			Self:            self,
+			Peers:           sortedPeers(peers),
+			DERPMap:         s.derpMap.Load(),
+			DNS:             s.dnsConfig(ss.networkID),
+			PacketFilter:    filter,
+			PacketFilterSet: true,
+		}
+		if err := send(resp); err != nil {
+			log.Debug("send full map", "err", err)
+			return
+		}
+		sentSelf, sentPeers, sentFilter = self, peers, filter
+	}
+
+	ka := time.NewTicker(s.keepAlive)
+	defer ka.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			w.Header().Set(TrailerError, string(CodeUnavailable)+": coordinator is shutting down")
+			return
+		case <-r.Context().Done():
+			return
+		case <-ka.C:
+			if err := send(&wire.MapResponse{KeepAlive: true}); err != nil {
+				log.Debug("send keepalive", "err", err)
+				return
+			}
+			continue
+		case <-ss.wake:
+		}
+		pending, full, derp, ended, code, msg := ss.take()
+		if ended {
+			w.Header().Set(TrailerError, string(code)+": "+msg)
+			log.Info("ending map stream", "reason", code)
+			return
+		}
+		resp, newSelf, newPeers, newFilter := s.delta(ss, sentSelf, sentPeers, sentFilter, pending, full)
+		if newSelf == nil {
+			continue // the node is gone; end() follows
+		}
+		if derp {
+			resp.DERPMap = s.derpMap.Load()
+			if resp.DERPMap == nil {
+				resp.DERPMap = &wire.DERPMap{Regions: map[int]*wire.DERPRegion{}}
+			}
+		}
+		if resp.Self == nil && resp.Peers == nil && len(resp.PeersChanged) == 0 && len(resp.PeersRemoved) == 0 &&
+			len(resp.PeersOnline) == 0 && resp.DERPMap == nil && !resp.PacketFilterSet {
+			continue
+		}
+		if err := send(resp); err != nil {
+			log.Debug("send map delta", "err", err)
+			return
+		}
+		ka.Reset(s.keepAlive)
+		sentSelf, sentPeers, sentFilter = newSelf, newPeers, newFilter
+	}
+}
+
+// delta computes the MapResponse that brings a node from what it was last
+// sent to now. pending are the keys that changed; full means look at all.
+// It returns nil newSelf if the node itself is gone.
+func (s *Server) delta(ss *session, sentSelf *wire.Node, sentPeers map[key.NodePublic]*wire.Node, sentFilter []wire.FilterRule,
+	pending map[key.NodePublic]struct{}, full bool) (resp *wire.MapResponse, newSelf *wire.Node, newPeers map[key.NodePublic]*wire.Node, newFilter []wire.FilterRule) {
+	resp = &wire.MapResponse{}
+	now := s.now()
+	var current map[key.NodePublic]*wire.Node
+	var policyFilter []wire.FilterRule
+
+	s.mu.Lock()
+	e := s.nodes[ss.key]
+	if e == nil || e.rec.Node.Expired(now) {
+		s.mu.Unlock()
+		return resp, nil, nil, nil
+	}
+	self := s.viewLocked(e)
+	if full {
+		current, policyFilter = s.peersLocked(self, ss.networkID, now)
+	} else {
+		current = make(map[key.NodePublic]*wire.Node, len(pending))
+		for k := range pending {
+			if k == ss.key {
+				continue
+			}
+			if pe := s.nodes[k]; pe != nil && pe.rec.NetworkID == ss.networkID && !pe.rec.Node.Expired(now) {
+				current[k] = s.viewLocked(pe)
+			}
+		}
+	}
+	s.mu.Unlock()
+
+	if !nodeEqual(self, sentSelf) {
+		resp.Self = self
+	}
+	newPeers = sentPeers
+	cloned := false
+	cow := func() {
+		if !cloned {
+			newPeers = make(map[key.NodePublic]*wire.Node, len(sentPeers)+1)
+			for k, v := range sentPeers {
+				newPeers[k] = v
+			}
+			cloned = true
+		}
+	}
+	setChanged := false
+	consider := func(k key.NodePublic) {
+		cur, visible := current[k]
+		old, had := sentPeers[k]
+		switch {
+		case !visible && had:
+			resp.PeersRemoved = append(resp.PeersRemoved, k)
+			cow()
+			delete(newPeers, k)
+			setChanged = true
+		case visible && !had:
+			resp.PeersChanged = append(resp.PeersChanged, cur)
+			cow()
+			newPeers[k] = cur
+			setChanged = true
+		case visible && had:
+			if !nodeEqual(old, cur) {
+				resp.PeersChanged = append(resp.PeersChanged, cur)
+			} else if old.Online != cur.Online {
+				if resp.PeersOnline == nil {
+					resp.PeersOnline = make(map[key.NodePublic]bool)
+				}
+				resp.PeersOnline[k] = cur.Online
+			} else {
+				return
+			}
+			cow()
+			newPeers[k] = cur
+		}
+	}
+	if full {
+		for k := range sentPeers {
+			consider(k)
+		}
+		for k := range current {
+			if _, had := sentPeers[k]; !had {
+				consider(k)
+			}
+		}
+	} else {
+		for k := range pending {
+			if k != ss.key {
+				consider(k)
+			}
+		}
+	}
+	newFilter = sentFilter
+	switch {
+	case s.policy != nil && full:
+		if !reflect.DeepEqual(policyFilter, sentFilter) {
+			newFilter = policyFilter
+			resp.PacketFilter, resp.PacketFilterSet = policyFilter, true
+		}
+	case s.policy == nil && (setChanged || resp.Self != nil):
+		f := defaultFilter(self, newPeers)
+		if !reflect.DeepEqual(f, sentFilter) {
+			newFilter = f
+			resp.PacketFilter, resp.PacketFilterSet = f, true
+		}
+	}
+	return resp, self, newPeers, newFilter
+}
+
+func sortedPeers(m map[key.NodePublic]*wire.Node) []*wire.Node {
+	out := make([]*wire.Node, 0, len(m))
+	for _, n := range m {
+		out = append(out, n)
+	}
+	slices.SortFunc(out, func(a, b *wire.Node) int {
+		if a.Name != b.Name {
+			if a.Name < b.Name {
+				return -1
+			}
+			return 1
+		}
+		return int(a.ID - b.ID)
+	})
+	return out
+}
