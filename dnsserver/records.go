@@ -1,0 +1,213 @@
+package dnsserver
+
+import (
+	"cmp"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/miekg/dns"
+)
+
+// LocalTTL is the TTL, in seconds, of every answer the Resolver gives from Records.
+// It is short so that stub caches follow SetRecords quickly; the Resolver itself
+// answers from the new snapshot at once.
+const LocalTTL = 10
+
+// Records is the data MagicDNS answers from. A Records value handed to
+// Resolver.SetRecords must not be modified afterwards.
+type Records struct {
+	// Domain is the network's domain, e.g. "default.beam.internal" (no trailing dot).
+	// Names under it that are not in Hosts or TXT get NXDOMAIN and are never
+	// forwarded. Empty means the Resolver is authoritative for no domain.
+	Domain string
+
+	// SearchDomains are tried, after Domain, for single-label queries ("beta.").
+	SearchDomains []string
+
+	// Hosts maps a lower-case FQDN without trailing dot
+	// ("beta.default.beam.internal") to its addresses, answered as A and AAAA.
+	// Every address also gets a PTR record back to the name.
+	Hosts map[string][]netip.Addr
+
+	// TXT maps a lower-case FQDN without trailing dot to static TXT strings.
+	TXT map[string][]string
+
+	// Routes is split DNS: a domain suffix ("corp.example.com") mapped to the
+	// resolvers that answer names under it, reached through ResolverOptions.Dial.
+	// The longest matching suffix wins. A suffix with no resolvers is answered
+	// locally with NXDOMAIN (never forwarded). "." may be used for the default,
+	// overriding Upstreams.
+	Routes map[string][]netip.AddrPort
+
+	// Upstreams are the resolvers for every name that neither Domain nor Routes
+	// covers, tried in order. Empty means such queries get REFUSED.
+	Upstreams []netip.AddrPort
+
+	// ReversePrefixes are the address ranges whose reverse (PTR) names are
+	// answered only locally: NXDOMAIN when no host has the address, never
+	// forwarded. 100.64.0.0/10 and the /48 of every IPv6 host address are always
+	// included.
+	ReversePrefixes []netip.Prefix
+}
+
+// route is one split-DNS entry of a snapshot.
+type route struct {
+	suffix    string // lower-case FQDN with trailing dot; "." for the default
+	resolvers []netip.AddrPort
+}
+
+// snapshot is the immutable, lookup-ready form of a Records value.
+type snapshot struct {
+	domain  string   // lower-case FQDN with trailing dot, or "" for none
+	search  []string // Domain first, then SearchDomains; FQDNs, deduplicated
+	hosts   map[string][]netip.Addr
+	txt     map[string][]string
+	names   map[string]bool   // every name with data, and every ancestor of one under domain
+	ptr     map[netip.Addr][]string
+	revPfx  []netip.Prefix
+	routes  []route // sorted by suffix length, longest first; includes "." for Upstreams
+	soa     *dns.SOA
+	forward bool // some route or upstream exists
+}
+
+var cgnatPrefix = netip.MustParsePrefix("100.64.0.0/10")
+
+// canonical returns name as a lower-case FQDN with trailing dot.
+func canonical(name string) string {
+	return strings.ToLower(dns.Fqdn(name))
+}
+
+// newSnapshot builds the lookup form of rec. serial becomes the SOA serial.
+func newSnapshot(rec *Records, serial uint32) *snapshot {
+	if rec == nil {
+		rec = &Records{}
+	}
+	s := &snapshot{
+		hosts: make(map[string][]netip.Addr, len(rec.Hosts)),
+		txt:   make(map[string][]string, len(rec.TXT)),
+		names: make(map[string]bool, 2*len(rec.Hosts)),
+		ptr:   make(map[netip.Addr][]string, len(rec.Hosts)),
+	}
+	if d := strings.Trim(rec.Domain, "."); d != "" {
+		s.domain = canonical(d)
+		s.search = append(s.search, s.domain)
+		s.names[s.domain] = true
+	}
+	for _, d := range rec.SearchDomains {
+		if d = strings.Trim(d, "."); d == "" {
+			continue
+		}
+		if d = canonical(d); !slices.Contains(s.search, d) {
+			s.search = append(s.search, d)
+		}
+	}
+	s.revPfx = append(s.revPfx, cgnatPrefix)
+	for _, p := range rec.ReversePrefixes {
+		if p.IsValid() {
+			s.revPfx = append(s.revPfx, p.Masked())
+		}
+	}
+	for name, addrs := range rec.Hosts {
+		fq := canonical(name)
+		for _, a := range addrs {
+			if !a.IsValid() {
+				continue
+			}
+			a = a.Unmap().WithZone("")
+			s.hosts[fq] = append(s.hosts[fq], a)
+			if !slices.Contains(s.ptr[a], fq) {
+				s.ptr[a] = append(s.ptr[a], fq)
+			}
+			if a.Is6() {
+				p, _ := a.Prefix(48)
+				if !slices.Contains(s.revPfx, p) {
+					s.revPfx = append(s.revPfx, p)
+				}
+			}
+		}
+		s.addName(fq)
+	}
+	for name, vals := range rec.TXT {
+		fq := canonical(name)
+		s.txt[fq] = append(s.txt[fq], vals...)
+		s.addName(fq)
+	}
+	for a := range s.ptr {
+		slices.Sort(s.ptr[a])
+	}
+	if len(rec.Upstreams) > 0 {
+		s.routes = append(s.routes, route{suffix: ".", resolvers: slices.Clone(rec.Upstreams)})
+	}
+	for suffix, res := range rec.Routes {
+		suffix = canonical(strings.Trim(suffix, "."))
+		if i := slices.IndexFunc(s.routes, func(r route) bool { return r.suffix == suffix }); i >= 0 {
+			s.routes[i].resolvers = slices.Clone(res)
+			continue
+		}
+		s.routes = append(s.routes, route{suffix: suffix, resolvers: slices.Clone(res)})
+	}
+	slices.SortFunc(s.routes, func(a, b route) int {
+		return cmp.Or(cmp.Compare(dns.CountLabel(b.suffix), dns.CountLabel(a.suffix)), strings.Compare(a.suffix, b.suffix))
+	})
+	for _, r := range s.routes {
+		if len(r.resolvers) > 0 {
+			s.forward = true
+		}
+	}
+	if s.domain != "" {
+		s.soa = &dns.SOA{
+			Hdr:     dns.RR_Header{Name: s.domain, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: LocalTTL},
+			Ns:      s.domain,
+			Mbox:    "hostmaster." + s.domain,
+			Serial:  serial,
+			Refresh: 3600,
+			Retry:   600,
+			Expire:  86400,
+			Minttl:  LocalTTL,
+		}
+	}
+	return s
+}
+
+// addName records fq and, when it lies under the domain, each of its ancestors
+// down to the domain (empty non-terminals exist: they answer NOERROR, not NXDOMAIN).
+func (s *snapshot) addName(fq string) {
+	s.names[fq] = true
+	if s.domain == "" || !dns.IsSubDomain(s.domain, fq) {
+		return
+	}
+	for name := fq; name != s.domain; {
+		i, end := dns.NextLabel(name, 0)
+		if end {
+			break
+		}
+		name = name[i:]
+		s.names[name] = true
+	}
+}
+
+// inDomain reports whether the canonical name fq is the domain or under it.
+func (s *snapshot) inDomain(fq string) bool {
+	return s.domain != "" && dns.IsSubDomain(s.domain, fq)
+}
+
+// routeFor returns the longest route whose suffix covers the canonical name fq.
+func (s *snapshot) routeFor(fq string) (route, bool) {
+	for _, r := range s.routes {
+		if dns.IsSubDomain(r.suffix, fq) {
+			return r, true
+		}
+	}
+	return route{}, false
+}
+
+// isLocalReverse reports whether a is in a range whose PTR names are answered only locally.
+func (s *snapshot) isLocalReverse(a netip.Addr) bool {
+	for _, p := range s.revPfx {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}

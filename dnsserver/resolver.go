@@ -1,0 +1,301 @@
+package dnsserver
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/dns"
+	"golang.org/x/time/rate"
+)
+
+// ResolverOptions configures a Resolver. The zero value is usable.
+type ResolverOptions struct {
+	// Logger receives the resolver's logs. Nil means discard.
+	Logger *slog.Logger
+
+	// Dial reaches upstream and split-DNS resolvers, with network "udp" or "tcp".
+	// Nil means a plain net.Dialer.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+
+	// AllowSource reports whether a client address may query. Refused sources get
+	// REFUSED. Nil allows every source. The node passes "is loopback or an overlay
+	// peer".
+	AllowSource func(netip.Addr) bool
+
+	// RateLimit is the per-source query rate and Burst its bucket size. Zero means
+	// DefaultRateLimit and DefaultBurst; rate.Inf disables the limit. Over UDP,
+	// queries over the limit are dropped; over TCP they get REFUSED.
+	RateLimit rate.Limit
+	Burst     int
+
+	// CacheSize is the number of upstream answers kept. Zero means
+	// DefaultCacheSize; negative disables the cache.
+	CacheSize int
+
+	// Now is the clock for cache and rate-limit expiry. Nil means time.Now.
+	Now func() time.Time
+}
+
+// Resolver is MagicDNS: a dns.Handler that answers the overlay's names from a
+// Records snapshot and forwards the rest. It is safe for concurrent use; the
+// zero value is not usable, see NewResolver.
+type Resolver struct {
+	logger *slog.Logger
+	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
+	now    func() time.Time
+	fe     *frontend
+	cache  *cache
+
+	snap atomic.Pointer[snapshot] // current records; swapped whole by SetRecords
+
+	setMu  sync.Mutex // serialises SetRecords; guards serial
+	serial uint32
+}
+
+// NewResolver returns a Resolver with empty Records: it answers nothing locally
+// and forwards nowhere until SetRecords is called.
+func NewResolver(opts ResolverOptions) *Resolver {
+	r := &Resolver{
+		logger: opts.Logger,
+		dial:   opts.Dial,
+		now:    opts.Now,
+	}
+	if r.logger == nil {
+		r.logger = slog.New(slog.DiscardHandler)
+	}
+	r.logger = r.logger.With("component", "dnsserver")
+	if r.dial == nil {
+		r.dial = defaultDial
+	}
+	if r.now == nil {
+		r.now = time.Now
+	}
+	size := opts.CacheSize
+	if size == 0 {
+		size = DefaultCacheSize
+	}
+	r.cache = newCache(size)
+	r.fe = newFrontend(r.logger, opts.AllowSource, opts.RateLimit, opts.Burst, r.now)
+	r.serial = uint32(r.now().Unix())
+	r.snap.Store(newSnapshot(nil, r.serial))
+	return r
+}
+
+// SetRecords replaces the records the Resolver answers from. The swap is atomic:
+// every query that starts after SetRecords returns sees rec. rec must not be
+// modified afterwards. A nil rec clears everything. When the upstreams or routes
+// change, cached upstream answers are dropped.
+func (r *Resolver) SetRecords(rec *Records) {
+	r.setMu.Lock()
+	defer r.setMu.Unlock()
+	r.serial++
+	next := newSnapshot(rec, r.serial)
+	prev := r.snap.Swap(next)
+	if !slices.EqualFunc(prev.routes, next.routes, func(a, b route) bool {
+		return a.suffix == b.suffix && slices.Equal(a.resolvers, b.resolvers)
+	}) {
+		r.cache.flush()
+	}
+}
+
+// ServeDNS answers one query; it implements dns.Handler.
+func (r *Resolver) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
+	r.fe.serve(w, req, func(q *request) *dns.Msg {
+		ctx, cancel := context.WithTimeout(context.Background(), forwardTimeout+500*time.Millisecond)
+		defer cancel()
+		opt := q.msg.IsEdns0()
+		m, _ := r.answer(ctx, q.msg.Question[0].Name, q.qtype, opt != nil && opt.Do(), q.msg.CheckingDisabled)
+		return m
+	})
+}
+
+// answerSource says where an answer came from.
+type answerSource struct {
+	local    bool           // from Records (or a local refusal)
+	cached   bool           // from the cache of upstream answers
+	upstream netip.AddrPort // the upstream that answered, if forwarded
+}
+
+// answer resolves the question (qname, qtype) and returns the reply's body; the
+// caller fills in the header (packReply). qname is kept as asked for owner names.
+func (r *Resolver) answer(ctx context.Context, qname string, qtype uint16, do, cd bool) (*dns.Msg, answerSource) {
+	s := r.snap.Load()
+	name := canonical(qname)
+	if qtype == dns.TypeANY {
+		m := replyAny(qname, LocalTTL)
+		m.RecursionAvailable = s.forward
+		return m, answerSource{local: true}
+	}
+	if m := s.local(qname, name, qtype); m != nil {
+		m.RecursionAvailable = s.forward
+		return m, answerSource{local: true}
+	}
+	rt, ok := s.routeFor(name)
+	if !ok {
+		m := replyRcode(dns.RcodeRefused)
+		return m, answerSource{local: true}
+	}
+	if len(rt.resolvers) == 0 {
+		m := replyRcode(dns.RcodeNameError)
+		m.RecursionAvailable = s.forward
+		return m, answerSource{local: true}
+	}
+
+	key := cacheKey{name: name, qtype: qtype, do: do, cd: cd}
+	if m := r.cache.get(key, r.now()); m != nil {
+		m.RecursionAvailable = true
+		restoreCase(m, name, qname)
+		return m, answerSource{cached: true}
+	}
+	resp, up, err := r.forward(ctx, name, qtype, do, cd, rt.resolvers)
+	if err != nil {
+		r.fe.logf(slog.LevelWarn, "dnsserver: forward failed", logKeyName, name, logKeyErr, err)
+		m := replyRcode(dns.RcodeServerFailure)
+		m.RecursionAvailable = true
+		return m, answerSource{}
+	}
+	resp.Extra = stripMeta(resp.Extra)
+	r.cache.put(key, resp, r.now())
+	resp.Authoritative = false
+	resp.RecursionAvailable = true
+	restoreCase(resp, name, qname)
+	return resp, answerSource{upstream: up}
+}
+
+// restoreCase gives records owned by the question name the case the client asked
+// with (we forward lower case; some stubs check 0x20 case randomisation).
+func restoreCase(m *dns.Msg, name, qname string) {
+	if name == qname {
+		return
+	}
+	for _, rr := range m.Answer {
+		if h := rr.Header(); h.Name == name {
+			h.Name = qname
+		}
+	}
+}
+
+// local returns the reply for a query answered from the snapshot, or nil when the
+// query is not for a local name and should be routed. qname is the name as asked
+// (used as the owner of answers) and name its canonical form.
+func (s *snapshot) local(qname, name string, qtype uint16) *dns.Msg {
+	if s.names[name] {
+		return s.answerName(qname, name, qtype)
+	}
+	if s.inDomain(name) {
+		return s.nxdomain(s.soa)
+	}
+	if dns.CountLabel(name) == 1 {
+		for _, d := range s.search {
+			if fq := name + d; s.names[fq] {
+				return s.answerName(qname, fq, qtype)
+			}
+		}
+	}
+	if a, ok := parseReverse(name); ok {
+		if hosts := s.ptr[a]; len(hosts) > 0 {
+			m := &dns.Msg{MsgHdr: dns.MsgHdr{Authoritative: true}}
+			if qtype == dns.TypePTR {
+				for _, h := range hosts {
+					m.Answer = append(m.Answer, &dns.PTR{Hdr: hdr(qname, dns.TypePTR, LocalTTL), Ptr: h})
+				}
+			}
+			return m
+		}
+		if s.isLocalReverse(a) {
+			zone := "in-addr.arpa."
+			if a.Is6() {
+				zone = "ip6.arpa."
+			}
+			soa := &dns.SOA{
+				Hdr: hdr(zone, dns.TypeSOA, LocalTTL), Ns: cmp.Or(s.domain, "."), Mbox: "hostmaster." + s.domain,
+				Serial: 1, Refresh: 3600, Retry: 600, Expire: 86400, Minttl: LocalTTL,
+			}
+			return s.nxdomain(soa)
+		}
+	}
+	return nil
+}
+
+// nxdomain returns an authoritative NXDOMAIN with soa (if any) in the authority section.
+func (s *snapshot) nxdomain(soa *dns.SOA) *dns.Msg {
+	m := &dns.Msg{MsgHdr: dns.MsgHdr{Authoritative: true, Rcode: dns.RcodeNameError}}
+	if soa != nil {
+		m.Ns = []dns.RR{dns.Copy(soa)}
+	}
+	return m
+}
+
+// answerName answers qtype for the known canonical name fq, with owner qname.
+func (s *snapshot) answerName(qname, fq string, qtype uint16) *dns.Msg {
+	m := &dns.Msg{MsgHdr: dns.MsgHdr{Authoritative: true}}
+	switch qtype {
+	case dns.TypeA, dns.TypeAAAA:
+		for _, a := range s.hosts[fq] {
+			if a.Is4() && qtype == dns.TypeA {
+				m.Answer = append(m.Answer, &dns.A{Hdr: hdr(qname, dns.TypeA, LocalTTL), A: a.AsSlice()})
+			} else if a.Is6() && qtype == dns.TypeAAAA {
+				m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr(qname, dns.TypeAAAA, LocalTTL), AAAA: a.AsSlice()})
+			}
+		}
+	case dns.TypeTXT:
+		for _, v := range s.txt[fq] {
+			m.Answer = append(m.Answer, &dns.TXT{Hdr: hdr(qname, dns.TypeTXT, LocalTTL), Txt: splitTXT(v)})
+		}
+	case dns.TypeSOA:
+		if fq == s.domain && s.soa != nil {
+			soa := dns.Copy(s.soa)
+			soa.Header().Name = qname
+			m.Answer = append(m.Answer, soa)
+		}
+	}
+	if len(m.Answer) == 0 && s.soa != nil && s.inDomain(fq) {
+		m.Ns = []dns.RR{dns.Copy(s.soa)} // NODATA: SOA for negative caching (RFC 2308)
+	}
+	return m
+}
+
+// hdr returns an IN-class record header.
+func hdr(name string, t uint16, ttl uint32) dns.RR_Header {
+	return dns.RR_Header{Name: name, Rrtype: t, Class: dns.ClassINET, Ttl: ttl}
+}
+
+// splitTXT cuts a raw TXT value into the 255-byte character-strings of RFC 1035,
+// each escaped the way miekg/dns expects (backslash escapes, \DDD for other bytes).
+func splitTXT(v string) []string {
+	var out []string
+	for {
+		chunk := v[:min(len(v), 255)]
+		v = v[len(chunk):]
+		out = append(out, escapeTXT(chunk))
+		if v == "" {
+			return out
+		}
+	}
+}
+
+func escapeTXT(s string) string {
+	var b strings.Builder
+	for i := range len(s) {
+		c := s[i]
+		switch {
+		case c == '\\' || c == '"':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		case c < ' ' || c > '~':
+			fmt.Fprintf(&b, "\\%03d", c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
