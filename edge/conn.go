@@ -1,0 +1,200 @@
+package edge
+
+import (
+	"crypto/tls"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+)
+
+// addrOf returns the IP and port of a net.Addr (zero if unknown).
+func addrOf(a net.Addr) netip.AddrPort {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		return a.AddrPort()
+	case *net.UDPAddr:
+		return a.AddrPort()
+	}
+	if a == nil {
+		return netip.AddrPort{}
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// trackedConn releases its per-client slot once, on Close.
+type trackedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *trackedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}
+
+// admitConn applies the per-client connection cap to a freshly accepted
+// connection. It returns nil (having closed c) when the client is over the
+// cap; otherwise a conn that frees the slot when closed.
+func (e *Edge) admitConn(c net.Conn) net.Conn {
+	ip := addrOf(c.RemoteAddr()).Addr()
+	if !e.clients.acquire(ip) {
+		c.Close()
+		return nil
+	}
+	return &trackedConn{Conn: c, release: func() { e.clients.release(ip) }}
+}
+
+// prefixConn replays already-read bytes before reading from Conn.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// h1Conn is a client connection as handed to the HTTP server. It watches
+// the bytes of request heads for a header block with both Content-Length
+// and Transfer-Encoding, which net/http would accept (dropping
+// Content-Length) but which we refuse as request smuggling; see
+// smuggleScanner. When it wraps a TLS conn it exposes the TLS state so
+// net/http still fills Request.TLS.
+type h1Conn struct {
+	net.Conn
+	scan    smuggleScanner
+	suspect atomic.Bool
+}
+
+// h1TLSConn is an h1Conn over TLS.
+type h1TLSConn struct {
+	*h1Conn
+	tls *tls.Conn
+}
+
+func (c *h1Conn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if n > 0 && c.scan.feed(p[:n]) {
+		c.suspect.Store(true)
+	}
+	return n, err
+}
+
+// ConnectionState lets net/http set Request.TLS for HTTP/1.1 over TLS.
+func (c h1TLSConn) ConnectionState() tls.ConnectionState {
+	return c.tls.ConnectionState()
+}
+
+// smuggleScanner is a streaming scanner of header lines. It reports when a
+// block of lines (between empty lines) holds both a Content-Length and a
+// Transfer-Encoding field. Body bytes pass through it too; a body that
+// itself looks like such a request head is a smuggling probe, so refusing
+// the connection's next chunked request is the intended outcome.
+type smuggleScanner struct {
+	line    [20]byte // start of the current line, lower-cased
+	n       int      // bytes of the current line seen (may exceed len(line))
+	sawCL   bool
+	sawTE   bool
+	flagged bool
+}
+
+// feed scans p and reports whether a suspicious block has been seen so far.
+func (s *smuggleScanner) feed(p []byte) bool {
+	for _, b := range p {
+		if b == '\n' {
+			s.endLine()
+			continue
+		}
+		if s.n < len(s.line) {
+			if b >= 'A' && b <= 'Z' {
+				b += 'a' - 'A'
+			}
+			s.line[s.n] = b
+		}
+		s.n++
+	}
+	return s.flagged
+}
+
+func (s *smuggleScanner) endLine() {
+	l := s.line[:min(s.n, len(s.line))]
+	if len(l) > 0 && l[len(l)-1] == '\r' && s.n <= len(s.line) {
+		l = l[:len(l)-1]
+	}
+	switch {
+	case len(l) == 0:
+		if s.sawCL && s.sawTE {
+			s.flagged = true
+		}
+		s.sawCL, s.sawTE = false, false
+	case hasFieldName(l, "content-length"):
+		s.sawCL = true
+	case hasFieldName(l, "transfer-encoding"):
+		s.sawTE = true
+	}
+	s.n = 0
+}
+
+// hasFieldName reports whether line starts with name followed by optional
+// whitespace and a colon.
+func hasFieldName(line []byte, name string) bool {
+	if len(line) < len(name) || string(line[:len(name)]) != name {
+		return false
+	}
+	for _, b := range line[len(name):] {
+		switch b {
+		case ':':
+			return true
+		case ' ', '\t':
+		default:
+			return false
+		}
+	}
+	return false
+}
+
+// chanListener is a net.Listener fed by the TLS accept loop.
+type chanListener struct {
+	addr   net.Addr
+	ch     chan net.Conn
+	done   chan struct{}
+	closed sync.Once
+}
+
+func newChanListener(addr net.Addr) *chanListener {
+	return &chanListener{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// push hands c to the server, closing it if the listener is closed.
+func (l *chanListener) push(c net.Conn) {
+	select {
+	case l.ch <- c:
+	case <-l.done:
+		c.Close()
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.closed.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return l.addr }

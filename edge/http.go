@@ -1,0 +1,341 @@
+package edge
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"html"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"net/url"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// reqState travels with a proxied request through the ReverseProxy
+// callbacks.
+type reqState struct {
+	in       *http.Request
+	rt       *route
+	client   netip.Addr
+	target   *target
+	canRetry bool // a failed dial may be retried on another member
+	retry    bool // set by the error handler: try another member
+}
+
+type ctxKey int
+
+const (
+	stateKey ctxKey = iota // *reqState
+	connKey                // net.Conn given to http.Server (for *h1Conn)
+)
+
+func (e *Edge) initProxy() {
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		ap, err := netip.ParseAddrPort(addr)
+		if err != nil {
+			return nil, fmt.Errorf("edge: dial %q: %w", addr, err)
+		}
+		t := e.routes.Load().targets[ap]
+		if t == nil {
+			return nil, fmt.Errorf("edge: dial %v: not a target of any route", ap)
+		}
+		return e.dialTarget(ctx, "tcp", t)
+	}
+	e.h1 = &http.Transport{
+		DialContext:            dial,
+		MaxIdleConnsPerHost:    64,
+		IdleConnTimeout:        90 * time.Second,
+		ExpectContinueTimeout:  time.Second,
+		DisableCompression:     true,
+		MaxResponseHeaderBytes: 1 << 20,
+	}
+	e.h2c = &http.Transport{
+		DialContext:        dial,
+		IdleConnTimeout:    90 * time.Second,
+		DisableCompression: true,
+		Protocols:          new(http.Protocols),
+	}
+	e.h2c.Protocols.SetUnencryptedHTTP2(true)
+	e.proxy = &httputil.ReverseProxy{
+		Rewrite:        e.rewrite,
+		Transport:      overlayTransport{e},
+		FlushInterval:  -1,
+		ErrorLog:       slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
+		ErrorHandler:   e.proxyError,
+		ModifyResponse: e.modifyResponse,
+	}
+}
+
+// overlayTransport sends gRPC as h2c (prior knowledge) and everything else
+// as HTTP/1.1 toward the device.
+type overlayTransport struct{ e *Edge }
+
+func (t overlayTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		return t.e.h2c.RoundTrip(r)
+	}
+	return t.e.h1.RoundTrip(r)
+}
+
+// ServeHTTP is the Host-routed reverse proxy for http routes. It can be
+// mounted on any server; the edge's own listeners add the connection limits
+// and smuggling checks. The client IP is always the TCP peer (RemoteAddr).
+func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := &recorder{ResponseWriter: w}
+	st := &reqState{in: r, client: addrOf(stringAddr(r.RemoteAddr)).Addr()}
+	host, _ := normalizeHost(r.Host)
+	e.serveHTTP(rec, r, st, host)
+	if fn := e.opts.OnRequest; fn != nil {
+		rl := RequestLog{
+			Time:     start,
+			Host:     host,
+			Method:   r.Method,
+			Path:     r.URL.Path,
+			Proto:    r.Proto,
+			Status:   rec.status,
+			Duration: time.Since(start),
+			Bytes:    rec.bytes,
+			ClientIP: st.client,
+		}
+		if rl.Status == 0 {
+			rl.Status = http.StatusOK
+		}
+		if st.target != nil {
+			rl.Target = st.target.addr
+		}
+		fn(rl)
+	}
+}
+
+func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request, st *reqState, host string) {
+	if r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 {
+		var c *h1Conn
+		switch v := r.Context().Value(connKey).(type) {
+		case *h1Conn:
+			c = v
+		case h1TLSConn:
+			c = v.h1Conn
+		}
+		if c != nil && c.suspect.Load() {
+			w.Header().Set("Connection", "close")
+			e.writeError(w, r, http.StatusBadRequest, "Bad request",
+				"A request with both Content-Length and Transfer-Encoding is refused.", errors.New("CL+TE request"))
+			return
+		}
+	}
+	rt := e.routes.Load().hosts[host]
+	if rt == nil || rt.Proto != ProtoHTTP {
+		e.writeError(w, r, http.StatusNotFound, "Not found",
+			fmt.Sprintf("No Beam service is published at %s.", r.Host), nil)
+		return
+	}
+	st.rt = rt
+	if r.TLS != nil && r.TLS.ServerName != "" {
+		if sni, _ := normalizeHost(r.TLS.ServerName); sni != host {
+			e.writeError(w, r, http.StatusMisdirectedRequest, "Misdirected request",
+				"This connection was opened for another name; open a new connection for this one.", nil)
+			return
+		}
+	}
+	p := rt.policy
+	if !p.admitted(st.client) {
+		e.writeError(w, r, http.StatusForbidden, "Forbidden", "Your address may not reach this service.", nil)
+		return
+	}
+	if d := p.allowRate(st.client, time.Now()); d > 0 {
+		w.Header().Set("Retry-After", retryAfter(d))
+		e.writeError(w, r, http.StatusTooManyRequests, "Too many requests", "Slow down and try again later.", nil)
+		return
+	}
+	if r.Method == http.MethodOptions && len(p.CORSOrigins) > 0 &&
+		r.Header.Get("Origin") != "" && r.Header.Get("Access-Control-Request-Method") != "" {
+		e.preflight(w, r, p)
+		return
+	}
+	if !p.authorized(r) {
+		w.Header().Set("WWW-Authenticate", `Basic realm="`+host+`", charset="UTF-8"`)
+		e.writeError(w, r, http.StatusUnauthorized, "Unauthorized", "This service needs a user name and password.", nil)
+		return
+	}
+	st.canRetry = r.ContentLength == 0 && len(rt.targets) > 1
+	skip := map[*target]bool{}
+	for {
+		t, err := rt.pick(time.Now(), skip)
+		if err != nil {
+			e.writeError(w, r, http.StatusBadGateway, "Service unavailable",
+				"Every device behind this name is unreachable right now.", err)
+			return
+		}
+		st.target, st.retry = t, false
+		t.active.Add(1)
+		e.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), stateKey, st)))
+		t.active.Add(-1)
+		if !st.retry {
+			return
+		}
+		skip[t] = true
+	}
+}
+
+// preflight answers a CORS preflight request at the edge.
+func (e *Edge) preflight(w http.ResponseWriter, r *http.Request, p *policy) {
+	allow := p.corsOrigin(r.Header.Get("Origin"))
+	h := w.Header()
+	h.Add("Vary", "Origin")
+	h.Add("Vary", "Access-Control-Request-Method")
+	h.Add("Vary", "Access-Control-Request-Headers")
+	if allow == "" {
+		e.writeError(w, r, http.StatusForbidden, "Forbidden", "This origin may not call this service.", nil)
+		return
+	}
+	h.Set("Access-Control-Allow-Origin", allow)
+	h.Set("Access-Control-Allow-Methods", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+	if rh := r.Header.Get("Access-Control-Request-Headers"); rh != "" {
+		h.Set("Access-Control-Allow-Headers", rh)
+	}
+	if allow != "*" {
+		h.Set("Access-Control-Allow-Credentials", "true")
+	}
+	h.Set("Access-Control-Max-Age", "600")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (e *Edge) rewrite(pr *httputil.ProxyRequest) {
+	st := pr.In.Context().Value(stateKey).(*reqState)
+	pr.SetURL(&url.URL{Scheme: "http", Host: st.target.addr.String()})
+	pr.Out.Host = pr.In.Host
+	pr.SetXForwarded()
+	pr.Out.Header.Set("X-Real-Ip", st.client.String())
+	p := st.rt.policy
+	for _, k := range p.RequestHeaderRemove {
+		pr.Out.Header.Del(k)
+	}
+	for k, v := range p.RequestHeaderAdd {
+		pr.Out.Header.Set(k, v)
+	}
+}
+
+func (e *Edge) modifyResponse(resp *http.Response) error {
+	st := resp.Request.Context().Value(stateKey).(*reqState)
+	p := st.rt.policy
+	for _, k := range p.ResponseHeaderRemove {
+		resp.Header.Del(k)
+	}
+	for k, v := range p.ResponseHeaderAdd {
+		resp.Header.Set(k, v)
+	}
+	if allow := p.corsOrigin(st.in.Header.Get("Origin")); allow != "" {
+		resp.Header.Set("Access-Control-Allow-Origin", allow)
+		if allow != "*" {
+			resp.Header.Set("Access-Control-Allow-Credentials", "true")
+			resp.Header.Add("Vary", "Origin")
+		}
+	}
+	return nil
+}
+
+// proxyError handles a failed round trip to the device.
+func (e *Edge) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	st := r.Context().Value(stateKey).(*reqState)
+	var de *dialError
+	if errors.As(err, &de) {
+		if st.canRetry && st.in.Context().Err() == nil {
+			st.retry = true
+			return
+		}
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			e.writeError(w, r, http.StatusBadGateway, "Nothing listens yet",
+				fmt.Sprintf("The device is connected but nothing listens on port %d yet. Start the service on the device and reload.", de.target.Port()), err)
+			return
+		}
+		e.writeError(w, r, http.StatusBadGateway, "Device unreachable",
+			"The device behind this name cannot be reached right now. It may be offline.", err)
+		return
+	}
+	if st.in.Context().Err() != nil {
+		// The client went away; nobody reads this response.
+		w.WriteHeader(499)
+		return
+	}
+	e.writeError(w, r, http.StatusBadGateway, "Bad gateway",
+		"The device closed the connection without a valid response.", err)
+}
+
+// writeError writes an edge error page. The page shows a log ID under
+// which err (never shown to the client) is logged.
+func (e *Edge) writeError(w http.ResponseWriter, r *http.Request, status int, title, detail string, err error) {
+	var b [6]byte
+	rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	level := slog.LevelDebug
+	if status >= 500 {
+		level = slog.LevelWarn
+	}
+	e.log.Log(r.Context(), level, "request refused", "status", status, "host", r.Host,
+		"path", r.URL.Path, "client", r.RemoteAddr, "log_id", id, "err", err)
+	h := w.Header()
+	h.Set("Content-Type", "text/html; charset=utf-8")
+	h.Set("Cache-Control", "no-store")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("X-Beam-Log-Id", id)
+	w.WriteHeader(status)
+	if r.Method == http.MethodHead {
+		return
+	}
+	fmt.Fprintf(w, `<!doctype html>
+<html><head><meta charset="utf-8"><title>%d %s</title></head>
+<body style="font-family:sans-serif;max-width:40em;margin:4em auto">
+<h1>%d %s</h1>
+<p>%s</p>
+<p><small>Beam edge &middot; log ID %s</small></p>
+</body></html>
+`, status, html.EscapeString(title), status, html.EscapeString(title), html.EscapeString(detail), id)
+}
+
+// recorder notes the status and body size of a response. It keeps
+// Flush and, through Unwrap, Hijack and the other ResponseController
+// features working.
+type recorder struct {
+	http.ResponseWriter
+	status int
+	bytes  int64
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 && code >= 200 || code == http.StatusSwitchingProtocols {
+		r.status = code
+	}
+	if code == 499 {
+		return // client gone; log only
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	n, err := r.ResponseWriter.Write(p)
+	r.bytes += int64(n)
+	return n, err
+}
+
+func (r *recorder) Flush() {
+	http.NewResponseController(r.ResponseWriter).Flush()
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// stringAddr is a net.Addr from a "host:port" string.
+type stringAddr string
+
+func (s stringAddr) Network() string { return "tcp" }
+func (s stringAddr) String() string  { return string(s) }

@@ -1,0 +1,357 @@
+package edge
+
+import (
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"math"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+	"golang.org/x/time/rate"
+)
+
+// policy is a validated Policy ready for enforcement.
+type policy struct {
+	Policy
+	users   []*authUser
+	limiter *clientLimiter // nil without a rate limit
+	anyCORS bool
+}
+
+type authUser struct {
+	user   []byte
+	scheme string // "bcrypt", "sha256", "plain"
+	secret []byte // hash, digest or password
+
+	mu sync.Mutex // guards ok
+	ok [][32]byte // SHA-256 of passwords bcrypt accepted, to spare the CPU
+}
+
+// compilePolicy validates p. The caller holds e.mu.
+func (e *Edge) compilePolicy(name string, proto Proto, p Policy) (*policy, error) {
+	var errs []error
+	cp := &policy{Policy: p}
+	for _, u := range p.BasicAuth {
+		au := &authUser{user: []byte(u.User)}
+		switch {
+		case u.User == "" || strings.ContainsAny(u.User, ":\r\n"):
+			errs = append(errs, fmt.Errorf("basic auth user %q is invalid", u.User))
+		case strings.HasPrefix(u.Secret, "$2a$"), strings.HasPrefix(u.Secret, "$2b$"), strings.HasPrefix(u.Secret, "$2y$"):
+			if _, err := bcrypt.Cost([]byte(u.Secret)); err != nil {
+				errs = append(errs, fmt.Errorf("basic auth user %q: bcrypt hash: %w", u.User, err))
+			}
+			au.scheme, au.secret = "bcrypt", []byte(u.Secret)
+		case strings.HasPrefix(u.Secret, "sha256:"):
+			d, err := hex.DecodeString(strings.TrimPrefix(u.Secret, "sha256:"))
+			if err != nil || len(d) != sha256.Size {
+				errs = append(errs, fmt.Errorf("basic auth user %q: want sha256:<64 hex digits>", u.User))
+			}
+			au.scheme, au.secret = "sha256", d
+		case strings.HasPrefix(u.Secret, "plain:"):
+			au.scheme, au.secret = "plain", []byte(strings.TrimPrefix(u.Secret, "plain:"))
+		default:
+			errs = append(errs, fmt.Errorf("basic auth user %q: secret must start with $2a$/$2b$/$2y$, sha256: or plain:", u.User))
+		}
+		cp.users = append(cp.users, au)
+	}
+	if len(p.BasicAuth) > 0 && proto != ProtoHTTP {
+		errs = append(errs, errors.New("basic auth needs an http route"))
+	}
+	for _, c := range slices.Concat(p.AllowCIDRs, p.DenyCIDRs) {
+		if !c.IsValid() {
+			errs = append(errs, fmt.Errorf("invalid CIDR %v", c))
+		}
+	}
+	if p.RateLimit < 0 || p.RateBurst < 0 {
+		errs = append(errs, errors.New("negative rate limit"))
+	}
+	if p.RateLimit > 0 {
+		burst := max(p.RateBurst, 1)
+		key := fmt.Sprintf("%s|%v|%d", name, float64(p.RateLimit), burst)
+		l := e.limiters[key]
+		if l == nil {
+			l = &clientLimiter{limit: p.RateLimit, burst: burst, m: map[netip.Addr]*limEntry{}}
+			e.limiters[key] = l
+		}
+		cp.limiter = l
+	}
+	checkHeaders := func(add map[string]string, remove []string) {
+		for k, v := range add {
+			if !validHeaderName(k) || !validHeaderValue(v) {
+				errs = append(errs, fmt.Errorf("invalid header %q: %q", k, v))
+			}
+		}
+		for _, k := range remove {
+			if !validHeaderName(k) {
+				errs = append(errs, fmt.Errorf("invalid header name %q", k))
+			}
+		}
+	}
+	checkHeaders(p.RequestHeaderAdd, p.RequestHeaderRemove)
+	checkHeaders(p.ResponseHeaderAdd, p.ResponseHeaderRemove)
+	if (len(p.RequestHeaderAdd)+len(p.RequestHeaderRemove)+len(p.ResponseHeaderAdd)+len(p.ResponseHeaderRemove)+len(p.CORSOrigins) > 0) && proto != ProtoHTTP {
+		errs = append(errs, errors.New("header and CORS policies need an http route"))
+	}
+	for _, o := range p.CORSOrigins {
+		if o == "*" {
+			cp.anyCORS = true
+			continue
+		}
+		if !strings.HasPrefix(o, "http://") && !strings.HasPrefix(o, "https://") || strings.ContainsAny(o, " \r\n,") || strings.Count(o, "/") != 2 {
+			errs = append(errs, fmt.Errorf("CORS origin %q: want scheme://host[:port] or *", o))
+		}
+	}
+	switch p.ProxyProtocol {
+	case 0:
+	case 1, 2:
+		if proto != ProtoTCP && proto != ProtoTLS {
+			errs = append(errs, errors.New("PROXY protocol needs a tcp or tls route"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("PROXY protocol version %d (want 0, 1 or 2)", p.ProxyProtocol))
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	return cp, nil
+}
+
+// admitted reports whether the CIDR lists let client in.
+func (p *policy) admitted(client netip.Addr) bool {
+	client = client.Unmap()
+	for _, c := range p.DenyCIDRs {
+		if c.Contains(client) {
+			return false
+		}
+	}
+	if len(p.AllowCIDRs) == 0 {
+		return true
+	}
+	for _, c := range p.AllowCIDRs {
+		if c.Contains(client) {
+			return true
+		}
+	}
+	return false
+}
+
+// allowRate takes one token for client. It returns 0 if allowed, otherwise
+// how long until a token would be available.
+func (p *policy) allowRate(client netip.Addr, now time.Time) time.Duration {
+	if p.limiter == nil {
+		return 0
+	}
+	return p.limiter.allow(clientKey(client), now)
+}
+
+// authorized checks HTTP basic credentials in constant time per user.
+func (p *policy) authorized(r *http.Request) bool {
+	if len(p.users) == 0 {
+		return true
+	}
+	user, pass, ok := r.BasicAuth()
+	if !ok {
+		return false
+	}
+	good := false
+	for _, u := range p.users {
+		// Evaluate every user so timing does not reveal which names exist.
+		nameOK := subtle.ConstantTimeCompare([]byte(user), u.user) == 1
+		if u.check(pass) && nameOK {
+			good = true
+		}
+	}
+	return good
+}
+
+func (u *authUser) check(pass string) bool {
+	switch u.scheme {
+	case "plain":
+		a := sha256.Sum256([]byte(pass))
+		b := sha256.Sum256(u.secret)
+		return subtle.ConstantTimeCompare(a[:], b[:]) == 1
+	case "sha256":
+		d := sha256.Sum256([]byte(pass))
+		return subtle.ConstantTimeCompare(d[:], u.secret) == 1
+	case "bcrypt":
+		d := sha256.Sum256([]byte(pass))
+		u.mu.Lock()
+		cached := slices.Contains(u.ok, d)
+		u.mu.Unlock()
+		if cached {
+			return true
+		}
+		if bcrypt.CompareHashAndPassword(u.secret, []byte(pass)) != nil {
+			return false
+		}
+		u.mu.Lock()
+		if len(u.ok) < 8 {
+			u.ok = append(u.ok, d)
+		}
+		u.mu.Unlock()
+		return true
+	}
+	return false
+}
+
+// corsOrigin returns the Access-Control-Allow-Origin value for origin, or ""
+// when origin is not allowed.
+func (p *policy) corsOrigin(origin string) string {
+	if origin == "" || len(p.CORSOrigins) == 0 {
+		return ""
+	}
+	if p.anyCORS {
+		return "*"
+	}
+	for _, o := range p.CORSOrigins {
+		if strings.EqualFold(o, origin) {
+			return origin
+		}
+	}
+	return ""
+}
+
+// clientKey groups clients for limits: an IPv4 address, or an IPv6 /64.
+func clientKey(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.Addr()
+	}
+	return a
+}
+
+// clientLimiter is a token bucket per client key.
+type clientLimiter struct {
+	limit rate.Limit
+	burst int
+
+	mu sync.Mutex // guards m
+	m  map[netip.Addr]*limEntry
+}
+
+type limEntry struct {
+	lim  *rate.Limiter
+	last time.Time
+}
+
+func (l *clientLimiter) allow(k netip.Addr, now time.Time) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	en := l.m[k]
+	if en == nil {
+		en = &limEntry{lim: rate.NewLimiter(l.limit, l.burst)}
+		l.m[k] = en
+	}
+	en.last = now
+	r := en.lim.ReserveN(now, 1)
+	if !r.OK() {
+		return time.Duration(math.MaxInt64)
+	}
+	if d := r.DelayFrom(now); d > 0 {
+		r.CancelAt(now)
+		return d
+	}
+	return 0
+}
+
+// prune drops entries idle long enough for their bucket to be full again.
+func (l *clientLimiter) prune(now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	full := time.Duration(float64(l.burst)/float64(l.limit)*float64(time.Second)) + time.Minute
+	for k, en := range l.m {
+		if now.Sub(en.last) > full {
+			delete(l.m, k)
+		}
+	}
+}
+
+// retryAfter formats a wait as a Retry-After value in whole seconds (at
+// least 1).
+func retryAfter(d time.Duration) string {
+	s := int64(math.Ceil(d.Seconds()))
+	if s < 1 || d < 0 {
+		s = 1
+	}
+	if s > 3600 {
+		s = 3600
+	}
+	return strconv.FormatInt(s, 10)
+}
+
+// connLimiter counts concurrent connections per client key.
+type connLimiter struct {
+	max int // <0: unlimited
+
+	mu sync.Mutex // guards n
+	n  map[netip.Addr]int
+}
+
+func newConnLimiter(max int) *connLimiter {
+	return &connLimiter{max: max, n: map[netip.Addr]int{}}
+}
+
+// acquire reserves a slot for client, reporting false when it has max
+// connections already.
+func (l *connLimiter) acquire(client netip.Addr) bool {
+	if l.max < 0 {
+		return true
+	}
+	k := clientKey(client)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n[k] >= l.max {
+		return false
+	}
+	l.n[k]++
+	return true
+}
+
+func (l *connLimiter) release(client netip.Addr) {
+	if l.max < 0 {
+		return
+	}
+	k := clientKey(client)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.n[k] <= 1 {
+		delete(l.n, k)
+	} else {
+		l.n[k]--
+	}
+}
+
+// validHeaderName reports whether k is an RFC 9110 token.
+func validHeaderName(k string) bool {
+	if k == "" {
+		return false
+	}
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0 {
+			continue
+		}
+		return false
+	}
+	return true
+}
+
+// validHeaderValue reports whether v holds no control bytes but tab.
+func validHeaderValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; c < ' ' && c != '\t' || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
