@@ -63,7 +63,7 @@ type snapshot struct {
 	search  []string // Domain first, then SearchDomains; FQDNs, deduplicated
 	hosts   map[string][]netip.Addr
 	txt     map[string][]string
-	names   map[string]bool   // every name with data, and every ancestor of one under domain
+	names   map[string]bool // every name with data, and every ancestor of one under domain
 	ptr     map[netip.Addr][]string
 	revPfx  []netip.Prefix
 	routes  []route // sorted by suffix length, longest first; includes "." for Upstreams
