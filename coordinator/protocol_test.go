@@ -1,0 +1,258 @@
+package coordinator_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"beam.dev/beam/coordinator"
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// rawPost sends body to path and returns the status and decoded error body.
+func rawPost(t *testing.T, url, path string, body []byte) (int, coordinator.ErrorBody, []byte) {
+	t.Helper()
+	resp, err := http.Post(url+path, "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var eb coordinator.ErrorBody
+	json.Unmarshal(b, &eb)
+	return resp.StatusCode, eb, b
+}
+
+// sealEnvelope builds an envelope naming envKey with msg sealed by sealer.
+func sealEnvelope(t *testing.T, envKey key.NodePublic, sealer key.NodePrivate, to key.MachinePublic, msg any) []byte {
+	t.Helper()
+	clear, err := json.Marshal(msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := json.Marshal(map[string]any{"node_key": envKey, "sealed": sealer.SealTo(to, clear)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestControlProtocolRefusals(t *testing.T) {
+	c := startCoord(t, nil)
+	mk := c.priv.Public()
+	victim := key.NewNode()
+	attacker := key.NewNode()
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+
+	// The victim registers properly.
+	good := sealEnvelope(t, victim.Public(), victim, mk, wire.RegisterRequest{Version: 1, NodeKey: victim.Public(), AuthKey: ak, Hostname: "victim", Timestamp: time.Now()})
+	if st, eb, _ := rawPost(t, c.URL, "/machine/register", good); st != http.StatusOK {
+		t.Fatalf("good register: %d %+v", st, eb)
+	}
+
+	shortBox := base64.StdEncoding.EncodeToString([]byte("tiny"))
+	tests := []struct {
+		name       string
+		path       string
+		body       []byte
+		wantStatus int
+		wantCode   coordinator.ErrorCode
+	}{
+		{"replayed register", "/machine/register", good, 401, coordinator.CodeReplay},
+		{"not json", "/machine/register", []byte("hello"), 400, coordinator.CodeBadRequest},
+		{"empty", "/machine/map", nil, 400, coordinator.CodeBadRequest},
+		{"missing key", "/machine/map", []byte(`{"sealed":"` + base64.StdEncoding.EncodeToString(make([]byte, 64)) + `"}`), 400, coordinator.CodeBadRequest},
+		{"bad key text", "/machine/map", []byte(`{"node_key":"nodekey:zz","sealed":"AAAA"}`), 400, coordinator.CodeBadRequest},
+		{"short box", "/machine/map", []byte(`{"node_key":"` + victim.Public().String() + `","sealed":"` + shortBox + `"}`), 400, coordinator.CodeBadRequest},
+		{"box by another key", "/machine/map",
+			sealEnvelope(t, victim.Public(), attacker, mk, wire.MapRequest{Version: 1, NodeKey: victim.Public(), Endpoints: nil, Timestamp: time.Now()}),
+			401, coordinator.CodeBadSeal},
+		{"box to another coordinator", "/machine/map",
+			sealEnvelope(t, victim.Public(), victim, key.NewMachine().Public(), wire.MapRequest{Version: 1, NodeKey: victim.Public(), Timestamp: time.Now()}),
+			401, coordinator.CodeBadSeal},
+		{"sealed key differs from envelope", "/machine/map",
+			sealEnvelope(t, attacker.Public(), attacker, mk, wire.MapRequest{Version: 1, NodeKey: victim.Public(), Timestamp: time.Now()}),
+			401, coordinator.CodeKeyMismatch},
+		{"register as victim", "/machine/register",
+			sealEnvelope(t, attacker.Public(), attacker, mk, wire.RegisterRequest{Version: 1, NodeKey: victim.Public(), AuthKey: ak, Timestamp: time.Now()}),
+			401, coordinator.CodeKeyMismatch},
+		{"garbage inside box", "/machine/map", sealEnvelope(t, victim.Public(), victim, mk, "not a request"), 400, coordinator.CodeBadRequest},
+		{"timestamp in the past", "/machine/map",
+			sealEnvelope(t, victim.Public(), victim, mk, wire.MapRequest{Version: 1, NodeKey: victim.Public(), Timestamp: time.Now().Add(-10 * time.Minute)}),
+			401, coordinator.CodeClockSkew},
+		{"timestamp in the future", "/machine/map",
+			sealEnvelope(t, victim.Public(), victim, mk, wire.MapRequest{Version: 1, NodeKey: victim.Public(), Timestamp: time.Now().Add(10 * time.Minute)}),
+			401, coordinator.CodeClockSkew},
+		{"unknown node map", "/machine/map",
+			sealEnvelope(t, attacker.Public(), attacker, mk, wire.MapRequest{Version: 1, NodeKey: attacker.Public(), Timestamp: time.Now()}),
+			403, coordinator.CodeNodeNotRegistered},
+		{"unknown node rejoin", "/machine/register",
+			sealEnvelope(t, attacker.Public(), attacker, mk, wire.RegisterRequest{Version: 1, NodeKey: attacker.Public(), Timestamp: time.Now()}),
+			401, coordinator.CodeAuthKeyInvalid},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st, eb, raw := rawPost(t, c.URL, tc.path, tc.body)
+			if st != tc.wantStatus || eb.Code != tc.wantCode {
+				t.Fatalf("got %d %q (%s), want %d %q", st, eb.Code, raw, tc.wantStatus, tc.wantCode)
+			}
+			if len(raw) > 300 {
+				t.Errorf("error body is %d bytes; want a short error", len(raw))
+			}
+		})
+	}
+
+	// The refused requests changed nothing about the victim.
+	nodes, _ := c.Server.Nodes(context.Background())
+	if len(nodes) != 1 || nodes[0].Key != victim.Public() || len(nodes[0].Endpoints) != 0 {
+		t.Fatalf("nodes after attacks = %+v", nodes)
+	}
+}
+
+func TestGetKey(t *testing.T) {
+	c := startCoord(t, nil)
+	resp, err := http.Get(c.URL + "/key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	k, err := key.ParseMachinePublic(strings.TrimSpace(string(b)))
+	if err != nil || k != c.priv.Public() {
+		t.Fatalf("GET /key = %q (%v), want %v", b, err, c.priv.Public())
+	}
+}
+
+func TestAdminRequiresToken(t *testing.T) {
+	c := startCoord(t, nil)
+	c.authKey(t, coordinator.AuthKeyOptions{})
+	newNode(t, c.URL).register(t, c.authKey(t, coordinator.AuthKeyOptions{}), "secretive")
+	routes := []struct{ method, path, body string }{
+		{"POST", "/api/v1/authkeys", `{"reusable":true}`},
+		{"GET", "/api/v1/authkeys", ""},
+		{"DELETE", "/api/v1/authkeys/beamkey-000000000000", ""},
+		{"GET", "/api/v1/nodes", ""},
+		{"DELETE", "/api/v1/nodes/secretive", ""},
+		{"POST", "/api/v1/nodes/secretive/expire", ""},
+		{"GET", "/api/v1/unknown", ""},
+	}
+	for _, auth := range []string{"", "Bearer wrong", "Bearer " + testToken + "x", "Basic " + testToken, testToken} {
+		for _, rt := range routes {
+			t.Run(rt.method+" "+rt.path+" "+auth, func(t *testing.T) {
+				req, _ := http.NewRequest(rt.method, c.URL+rt.path, strings.NewReader(rt.body))
+				if auth != "" {
+					req.Header.Set("Authorization", auth)
+				}
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusUnauthorized {
+					t.Fatalf("status %d, want 401", resp.StatusCode)
+				}
+				if len(b) > 120 || bytes.Contains(b, []byte("secretive")) || bytes.Contains(b, []byte("beamkey")) {
+					t.Fatalf("401 body leaks or is long: %s", b)
+				}
+			})
+		}
+	}
+	// Nothing changed.
+	nodes, _ := c.Server.Nodes(context.Background())
+	if len(nodes) != 1 || !nodes[0].KeyExpiry.IsZero() {
+		t.Fatalf("nodes = %+v", nodes)
+	}
+}
+
+func TestDERPVerify(t *testing.T) {
+	c := startCoord(t, nil)
+	n := newNode(t, c.URL)
+	n.register(t, c.authKey(t, coordinator.AuthKeyOptions{}), "relayuser")
+	check := func(k string, wantStatus int, wantAllow bool) {
+		t.Helper()
+		resp, err := http.Get(c.URL + "/api/v1/derp/verify?key=" + k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var v struct{ Allow bool }
+		json.NewDecoder(resp.Body).Decode(&v)
+		if resp.StatusCode != wantStatus || v.Allow != wantAllow {
+			t.Errorf("verify %s = %d %v, want %d %v", k, resp.StatusCode, v.Allow, wantStatus, wantAllow)
+		}
+	}
+	check(n.NodeKey().String(), 200, true)
+	check(key.NewNode().Public().String(), 403, false)
+	check("garbage", 400, false)
+	if err := c.Server.ExpireNode(context.Background(), "relayuser"); err != nil {
+		t.Fatal(err)
+	}
+	check(n.NodeKey().String(), 403, false)
+	if err := c.Server.RemoveNode(context.Background(), "relayuser"); err != nil {
+		t.Fatal(err)
+	}
+	check(n.NodeKey().String(), 403, false)
+}
+
+// TestRawStreamFramesAndKeepAlive reads a map stream by hand: a full first
+// frame, then keepalives carrying ControlTime.
+func TestRawStreamFramesAndKeepAlive(t *testing.T) {
+	c := startCoord(t, func(o *coordinator.Options) { o.KeepAliveInterval = 50 * time.Millisecond })
+	n := newNode(t, c.URL)
+	n.register(t, c.authKey(t, coordinator.AuthKeyOptions{}), "raw")
+	body := sealEnvelope(t, n.NodeKey(), n.priv, c.priv.Public(), wire.MapRequest{Version: 1, NodeKey: n.NodeKey(), Stream: true, Timestamp: time.Now()})
+	resp, err := http.Post(c.URL+"/machine/map", "application/json", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 || resp.Header.Get(coordinator.HeaderKeepAlive) != "50" {
+		t.Fatalf("status %d, keepalive header %q", resp.StatusCode, resp.Header.Get(coordinator.HeaderKeepAlive))
+	}
+	read := func() *wire.MapResponse {
+		t.Helper()
+		var hdr [4]byte
+		if _, err := io.ReadFull(resp.Body, hdr[:]); err != nil {
+			t.Fatal(err)
+		}
+		size := binary.BigEndian.Uint32(hdr[:])
+		if size == 0 || size > coordinator.MaxFrameSize {
+			t.Fatalf("frame size %d", size)
+		}
+		buf := make([]byte, size)
+		if _, err := io.ReadFull(resp.Body, buf); err != nil {
+			t.Fatal(err)
+		}
+		clear, ok := n.priv.OpenFrom(c.priv.Public(), buf)
+		if !ok {
+			t.Fatal("frame does not open")
+		}
+		var mr wire.MapResponse
+		if err := json.Unmarshal(clear, &mr); err != nil {
+			t.Fatal(err)
+		}
+		return &mr
+	}
+	first := read()
+	if first.Self == nil || first.Self.Name != "raw" || first.DNS == nil || first.DNS.Domain != "default.beam.internal" ||
+		!first.PacketFilterSet || first.ControlTime.IsZero() || !first.Self.Online {
+		t.Fatalf("first frame not full: %+v", first)
+	}
+	last := first.ControlTime
+	for range 3 {
+		ka := read()
+		if !ka.KeepAlive || ka.ControlTime.IsZero() || ka.ControlTime.Before(last) {
+			t.Fatalf("want keepalive with ControlTime, got %+v", ka)
+		}
+		last = ka.ControlTime
+	}
+}
