@@ -1,0 +1,426 @@
+package nslab
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// NATKind says what sits between a host and the internet.
+type NATKind int
+
+const (
+	// NATNone puts the host directly on the internet with a public address.
+	NATNone NATKind = iota
+	// NATEasy is an endpoint-independent mapping NAT: nftables masquerade,
+	// which keeps the source port when it is free.
+	NATEasy
+	// NATHard is an address-and-port-dependent mapping NAT: masquerade
+	// random,fully-random picks a new public port for every destination.
+	NATHard
+	// NATUDPBlocked is NATEasy plus a router that drops all UDP forwarded
+	// out to the internet, so only TCP (and ICMP) passes.
+	NATUDPBlocked
+)
+
+// String returns the kind's name, such as "easy".
+func (k NATKind) String() string {
+	switch k {
+	case NATNone:
+		return "none"
+	case NATEasy:
+		return "easy"
+	case NATHard:
+		return "hard"
+	case NATUDPBlocked:
+		return "udp-blocked"
+	}
+	return "NATKind(" + strconv.Itoa(int(k)) + ")"
+}
+
+const (
+	nsPrefix   = "nsl-"
+	maxLANs    = 64
+	firstPub   = 10
+	lastPub    = 254
+	cmdTimeout = 20 * time.Second
+)
+
+var (
+	gatewayAddr = netip.MustParseAddr("203.0.113.1")
+	nameRE      = regexp.MustCompile(`^[a-z][a-z0-9-]{0,15}$`)
+)
+
+// Lab is one test's namespace internet. It is created by [New] and torn down
+// by t.Cleanup (or earlier by [Lab.Close]). Its methods fail the test on
+// error, so call them from the goroutine running the test that created it.
+type Lab struct {
+	t      testing.TB
+	prefix string
+	inet   *Host // the internet namespace; no address of its own but br0's
+
+	mu       sync.Mutex // guards the following fields
+	closed   bool
+	names    map[string]bool
+	nsList   []string // namespaces created, in order
+	procs    []*Proc  // processes started, in order
+	nextPub  int      // next host number in 203.0.113.0/24
+	nextLAN  int      // next LAN /29 index
+	nextPort int      // next bridge port number in the inet namespace
+}
+
+// New builds an empty internet namespace with its bridge and registers the
+// lab's teardown with t.Cleanup. It fails the test if it is not run as root
+// or if ip, nft or conntrack are missing.
+func New(t testing.TB) *Lab {
+	t.Helper()
+	for _, tool := range []string{"ip", "nft", "conntrack"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("nslab: %q not found in PATH (%v); install the Debian packages iproute2, nftables and conntrack", tool, err)
+		}
+	}
+	if os.Geteuid() != 0 {
+		t.Fatalf("nslab: network namespace tests need root (euid is %d)", os.Geteuid())
+	}
+	reapStale(t)
+
+	var rnd [3]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		t.Fatalf("nslab: random prefix: %v", err)
+	}
+	l := &Lab{
+		t:        t,
+		prefix:   fmt.Sprintf("%s%s-%d-", nsPrefix, hex.EncodeToString(rnd[:]), os.Getpid()),
+		names:    map[string]bool{},
+		nextPub:  firstPub,
+		nextPort: 1,
+	}
+	t.Cleanup(l.Close)
+
+	l.inet = l.newNamespace("inet", "inet")
+	ns := l.inet.ns
+	l.mustSysctl(ns,
+		"net.ipv6.conf.all.disable_ipv6=1",
+		"net.ipv6.conf.default.disable_ipv6=1",
+		// Ports taken off the bridge for link impairment must not answer
+		// ARP for br0's address.
+		"net.ipv4.conf.all.arp_ignore=1",
+	)
+	l.mustIP(ns,
+		"link add name br0 type bridge",
+		"addr add "+gatewayAddr.String()+"/24 dev br0",
+		"link set br0 up",
+	)
+	l.inet.addr = gatewayAddr
+	return l
+}
+
+// Prefix returns the prefix of every namespace name of this lab.
+func (l *Lab) Prefix() string { return l.prefix }
+
+// Close stops every process the lab started and deletes its namespaces. It
+// is registered with t.Cleanup by [New]; calling it earlier is allowed, and
+// calling it again does nothing.
+func (l *Lab) Close() {
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return
+	}
+	l.closed = true
+	procs := l.procs
+	nss := l.nsList
+	l.mu.Unlock()
+
+	for i := len(procs) - 1; i >= 0; i-- {
+		p := procs[i]
+		p.Stop()
+		if l.t.Failed() {
+			p.logTail(l.t)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	for i := len(nss) - 1; i >= 0; i-- {
+		if out, err := exec.CommandContext(ctx, "ip", "netns", "del", nss[i]).CombinedOutput(); err != nil {
+			l.t.Errorf("nslab: delete namespace %s: %v: %s", nss[i], err, bytes.TrimSpace(out))
+		}
+	}
+}
+
+// AddServer adds a host with a public address directly on the internet, for
+// coordinators, relays and STUN servers.
+func (l *Lab) AddServer(name string) *Host {
+	l.t.Helper()
+	return l.addPublic(name)
+}
+
+// AddPublicClient adds a host with a public address directly on the
+// internet, for clients of public services (such as the edge).
+func (l *Lab) AddPublicClient(name string) *Host {
+	l.t.Helper()
+	return l.addPublic(name)
+}
+
+// AddNATHost adds a host of the given kind. For NATNone it is a public host
+// like [Lab.AddServer]; otherwise it is a router namespace (WAN on the
+// internet, LAN on its own /29) with a host namespace behind it.
+func (l *Lab) AddNATHost(name string, kind NATKind) *Host {
+	l.t.Helper()
+	switch kind {
+	case NATNone:
+		return l.addPublic(name)
+	case NATEasy, NATHard, NATUDPBlocked:
+	default:
+		l.t.Fatalf("nslab: AddNATHost(%q): unknown NAT kind %v", name, kind)
+	}
+	l.claimName(name)
+	wan := l.allocPublic()
+	lanNet := l.allocLAN()
+	lanGW := lanNet.Addr().Next()
+	hostAddr := lanGW.Next()
+
+	r := l.newNamespace(name, "r-"+name)
+	r.addr = wan
+	port := l.plugIntoBridge(r, "wan0", wan)
+	rt := &Router{Host: r, lab: l, kind: kind, lanAddr: lanGW, port: port}
+
+	h := l.newNamespace(name, "h-"+name)
+	h.addr = hostAddr
+	h.router = rt
+	l.mustIP(r.ns,
+		"link add name lan0 type veth peer name eth0 netns "+h.ns,
+		fmt.Sprintf("addr add %s/%d dev lan0", lanGW, lanNet.Bits()),
+		"link set lan0 up",
+	)
+	l.mustIP(h.ns,
+		fmt.Sprintf("addr add %s/%d dev eth0", hostAddr, lanNet.Bits()),
+		"link set eth0 up",
+		"route add default via "+lanGW.String(),
+	)
+	l.mustSysctl(r.ns, "net.ipv4.ip_forward=1")
+	l.mustNFT(r.ns, routerRuleset(kind))
+	return h
+}
+
+func (l *Lab) addPublic(name string) *Host {
+	l.t.Helper()
+	l.claimName(name)
+	addr := l.allocPublic()
+	h := l.newNamespace(name, "h-"+name)
+	h.addr = addr
+	l.plugIntoBridge(h, "eth0", addr)
+	return h
+}
+
+// plugIntoBridge connects h to br0 with a veth whose end in h is named
+// ifname and has addr/24, and gives h its default route. It returns the name
+// of the bridge port in the inet namespace.
+func (l *Lab) plugIntoBridge(h *Host, ifname string, addr netip.Addr) string {
+	l.t.Helper()
+	l.mu.Lock()
+	port := "p" + strconv.Itoa(l.nextPort)
+	l.nextPort++
+	l.mu.Unlock()
+	l.mustIP(l.inet.ns,
+		"link add name "+port+" type veth peer name "+ifname+" netns "+h.ns,
+		"link set "+port+" master br0",
+		"link set "+port+" up",
+	)
+	l.mustIP(h.ns,
+		"addr add "+addr.String()+"/24 dev "+ifname,
+		"link set "+ifname+" up",
+		"route add default via "+gatewayAddr.String(),
+	)
+	return port
+}
+
+// newNamespace creates the namespace prefix+suffix with lo up and returns a
+// Host for it with the given display name.
+func (l *Lab) newNamespace(name, suffix string) *Host {
+	l.t.Helper()
+	ns := l.prefix + suffix
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "ip", "netns", "add", ns).CombinedOutput(); err != nil {
+		l.t.Fatalf("nslab: add namespace %s: %v: %s", ns, err, bytes.TrimSpace(out))
+	}
+	l.mu.Lock()
+	l.nsList = append(l.nsList, ns)
+	l.mu.Unlock()
+	l.mustIP(ns, "link set lo up")
+	return &Host{lab: l, name: name, ns: ns}
+}
+
+func (l *Lab) claimName(name string) {
+	l.t.Helper()
+	if !nameRE.MatchString(name) {
+		l.t.Fatalf("nslab: bad host name %q: want 1-16 characters of a-z, 0-9 and '-', starting with a letter", name)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.names[name] {
+		l.t.Fatalf("nslab: host name %q already used in this lab", name)
+	}
+	l.names[name] = true
+}
+
+func (l *Lab) allocPublic() netip.Addr {
+	l.t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.nextPub > lastPub {
+		l.t.Fatalf("nslab: out of public addresses in 203.0.113.0/24")
+	}
+	a := netip.AddrFrom4([4]byte{203, 0, 113, byte(l.nextPub)})
+	l.nextPub++
+	return a
+}
+
+// allocLAN returns the next /29 for a router's LAN.
+func (l *Lab) allocLAN() netip.Prefix {
+	l.t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	i := l.nextLAN
+	if i >= maxLANs {
+		l.t.Fatalf("nslab: out of LAN subnets (%d routers per lab)", maxLANs)
+	}
+	l.nextLAN++
+	base := [4]byte{198, 51, 100, 0}
+	if i >= 32 {
+		base = [4]byte{192, 0, 2, 0}
+		i -= 32
+	}
+	base[3] = byte(i * 8)
+	return netip.PrefixFrom(netip.AddrFrom4(base), 29)
+}
+
+// mustIP runs "ip -n ns -batch -" with the given commands.
+func (l *Lab) mustIP(ns string, cmds ...string) {
+	l.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "-n", ns, "-batch", "-")
+	cmd.Stdin = strings.NewReader(strings.Join(cmds, "\n") + "\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		l.t.Fatalf("nslab: ip -n %s: %q: %v: %s", ns, cmds, err, bytes.TrimSpace(out))
+	}
+}
+
+// mustNFT loads an nftables ruleset into namespace ns.
+func (l *Lab) mustNFT(ns, ruleset string) {
+	l.t.Helper()
+	if err := runNFT(ns, ruleset); err != nil {
+		l.t.Fatal(err)
+	}
+}
+
+func runNFT(ns, ruleset string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns, "nft", "-f", "-")
+	cmd.Stdin = strings.NewReader(ruleset)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("nslab: nft in %s: %w: %s\nruleset:\n%s", ns, err, bytes.TrimSpace(out), ruleset)
+	}
+	return nil
+}
+
+func (l *Lab) mustSysctl(ns string, settings ...string) {
+	l.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	args := append([]string{"netns", "exec", ns, "sysctl", "-q", "-w"}, settings...)
+	if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
+		l.t.Fatalf("nslab: sysctl in %s: %v: %s", ns, err, bytes.TrimSpace(out))
+	}
+}
+
+func (l *Lab) track(p *Proc) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return errors.New("nslab: lab is closed")
+	}
+	l.procs = append(l.procs, p)
+	return nil
+}
+
+// reapStale deletes namespaces left behind by test processes that no longer
+// exist (a test binary killed by a timeout never runs its cleanups), after
+// killing the processes still running inside them.
+func reapStale(t testing.TB) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "ip", "netns", "list").Output()
+	if err != nil {
+		t.Fatalf("nslab: ip netns list: %v", err)
+	}
+	for _, ns := range parseNetnsList(out) {
+		pid, ok := ownerPID(ns)
+		if !ok {
+			continue
+		}
+		if _, err := os.Stat("/proc/" + strconv.Itoa(pid)); err == nil {
+			continue // its lab is still running
+		}
+		pids, _ := exec.CommandContext(ctx, "ip", "netns", "pids", ns).Output()
+		for _, f := range strings.Fields(string(pids)) {
+			if p, err := strconv.Atoi(f); err == nil {
+				if proc, err := os.FindProcess(p); err == nil {
+					proc.Kill()
+				}
+			}
+		}
+		if out, err := exec.CommandContext(ctx, "ip", "netns", "del", ns).CombinedOutput(); err != nil {
+			t.Logf("nslab: remove stale namespace %s: %v: %s", ns, err, bytes.TrimSpace(out))
+		}
+	}
+}
+
+// parseNetnsList returns the names in the output of "ip netns list", whose
+// lines look like "name" or "name (id: 3)".
+func parseNetnsList(out []byte) []string {
+	var names []string
+	for line := range strings.Lines(string(out)) {
+		if f := strings.Fields(line); len(f) > 0 {
+			names = append(names, f[0])
+		}
+	}
+	return names
+}
+
+// ownerPID returns the test process id recorded in a lab namespace name
+// ("nsl-<hex>-<pid>-...").
+func ownerPID(ns string) (int, bool) {
+	rest, ok := strings.CutPrefix(ns, nsPrefix)
+	if !ok {
+		return 0, false
+	}
+	f := strings.SplitN(rest, "-", 3)
+	if len(f) < 3 || len(f[0]) != 6 {
+		return 0, false
+	}
+	if _, err := hex.DecodeString(f[0]); err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(f[1])
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	return pid, true
+}

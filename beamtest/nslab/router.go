@@ -1,0 +1,258 @@
+package nslab
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"sync"
+)
+
+// Router is the NAT router namespace in front of a host added by
+// [Lab.AddNATHost]. Its embedded [Host] runs commands in the router's
+// namespace; its Addr is the WAN (public) address. Like [Lab], its methods
+// fail the test on error.
+//
+// The router's nftables table "ip nslab" holds: postrouting masquerade out
+// of wan0; an input chain dropping unsolicited packets arriving on wan0; a
+// forward chain (policy drop) letting LAN to WAN and established or related
+// traffic through, with named counters (see [Router.Counters]); and an empty
+// chain "block" that [Router.BlockUDP] fills.
+type Router struct {
+	*Host
+	lab     *Lab
+	kind    NATKind
+	lanAddr netip.Addr
+	port    string // the router's bridge port in the inet namespace
+
+	mu   sync.Mutex // guards the following fields
+	link *Proc      // the link emulator, once SetNetem has been called
+	// linkSeq counts commands sent to link.
+	linkSeq int
+	// impaired says whether port is off the bridge and link forwards it.
+	impaired bool
+}
+
+// Kind returns the router's NAT kind.
+func (r *Router) Kind() NATKind { return r.kind }
+
+// LANAddr returns the router's address on its LAN (the host's gateway).
+func (r *Router) LANAddr() netip.Addr { return r.lanAddr }
+
+func routerRuleset(kind NATKind) string {
+	masq := "masquerade"
+	if kind == NATHard {
+		masq = "masquerade random,fully-random"
+	}
+	udpBlock := ""
+	if kind == NATUDPBlocked {
+		udpBlock = `iifname "lan0" oifname "wan0" meta l4proto udp drop`
+	}
+	return fmt.Sprintf(`table ip nslab {
+	counter udp_out {}
+	counter udp_in {}
+	counter tcp_out {}
+	counter tcp_in {}
+	counter dropped_in {}
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		oifname "wan0" %s
+	}
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iifname "wan0" ct state established,related accept
+		iifname "wan0" counter name "dropped_in" drop
+	}
+	chain block {
+	}
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+		%s
+		jump block
+		iifname "lan0" oifname "wan0" meta l4proto udp counter name "udp_out" accept
+		iifname "lan0" oifname "wan0" meta l4proto tcp counter name "tcp_out" accept
+		iifname "lan0" oifname "wan0" accept
+		iifname "wan0" ct state established,related meta l4proto udp counter name "udp_in" accept
+		iifname "wan0" ct state established,related meta l4proto tcp counter name "tcp_in" accept
+		ct state established,related accept
+		iifname "wan0" counter name "dropped_in" drop
+	}
+}
+`, masq, udpBlock)
+}
+
+// FlushConntrack deletes every conntrack entry of the router (conntrack -F),
+// like a NAT reboot: existing mappings are forgotten, inbound packets for
+// them are dropped as unsolicited, and the next outbound packet of each flow
+// gets a new mapping.
+func (r *Router) FlushConntrack() {
+	r.lab.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	if _, err := r.Run(ctx, "conntrack", "-F"); err != nil {
+		r.lab.t.Fatalf("nslab: router %s: %v", r.name, err)
+	}
+}
+
+// BlockUDP starts (true) or stops (false) dropping all UDP the router
+// forwards, in both directions, to cut a direct path in the middle of a test.
+// Packets of TCP and other protocols are unaffected.
+func (r *Router) BlockUDP(block bool) {
+	r.lab.t.Helper()
+	rules := "flush chain ip nslab block\n"
+	if block {
+		rules += "add rule ip nslab block meta l4proto udp drop\n"
+	}
+	r.lab.mustNFT(r.ns, rules)
+}
+
+// Counters are packet counts of a router's forward and input chains since
+// it was created.
+type Counters struct {
+	UDPOut, TCPOut uint64 // forwarded from the LAN to the internet
+	UDPIn, TCPIn   uint64 // forwarded from the internet to the LAN (replies)
+	// DroppedIn counts unsolicited packets from the internet that the
+	// router dropped, addressed to itself or to be forwarded.
+	DroppedIn uint64
+}
+
+// Counters returns the router's packet counters. A test can tell whether
+// traffic took a direct UDP path (UDPOut grows) or a relay over TCP.
+func (r *Router) Counters() Counters {
+	r.lab.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	out, err := r.Run(ctx, "nft", "-j", "list", "counters", "table", "ip", "nslab")
+	if err != nil {
+		r.lab.t.Fatalf("nslab: router %s: %v", r.name, err)
+	}
+	c, err := parseCounters(out)
+	if err != nil {
+		r.lab.t.Fatalf("nslab: router %s: %v", r.name, err)
+	}
+	return c
+}
+
+// parseCounters reads the output of "nft -j list counters".
+func parseCounters(out []byte) (Counters, error) {
+	var doc struct {
+		Nftables []struct {
+			Counter *struct {
+				Name    string `json:"name"`
+				Packets uint64 `json:"packets"`
+			} `json:"counter"`
+		} `json:"nftables"`
+	}
+	if err := json.Unmarshal(out, &doc); err != nil {
+		return Counters{}, fmt.Errorf("decode nft counters: %w", err)
+	}
+	var c Counters
+	found := 0
+	for _, o := range doc.Nftables {
+		if o.Counter == nil {
+			continue
+		}
+		found++
+		switch o.Counter.Name {
+		case "udp_out":
+			c.UDPOut = o.Counter.Packets
+		case "udp_in":
+			c.UDPIn = o.Counter.Packets
+		case "tcp_out":
+			c.TCPOut = o.Counter.Packets
+		case "tcp_in":
+			c.TCPIn = o.Counter.Packets
+		case "dropped_in":
+			c.DroppedIn = o.Counter.Packets
+		default:
+			found--
+		}
+	}
+	if found != 5 {
+		return Counters{}, fmt.Errorf("nft counters: found %d of 5 in %s", found, bytes.TrimSpace(out))
+	}
+	return c, nil
+}
+
+// SetNetem impairs the router's WAN link in both directions, replacing any
+// earlier impairment. spec uses tc-netem words: "delay TIME [JITTER]" and
+// "loss PERCENT%", for example "loss 5% delay 50ms" (a round trip through
+// the link then takes 100 ms more). Packets keep their order. See the
+// package documentation for how it works without the kernel's netem.
+func (r *Router) SetNetem(spec string) {
+	r.lab.t.Helper()
+	if _, err := parseNetem(spec); err != nil {
+		r.lab.t.Fatalf("nslab: router %s: SetNetem: %v", r.name, err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.link == nil {
+		r.startLinkLocked()
+	}
+	if !r.impaired {
+		r.lab.mustIP(r.lab.inet.ns, "link set "+r.port+" nomaster")
+		r.impaired = true
+	}
+	r.linkCommandLocked("spec " + spec)
+}
+
+// ClearNetem removes the impairment of [Router.SetNetem] and puts the WAN
+// link straight on the bridge again.
+func (r *Router) ClearNetem() {
+	r.lab.t.Helper()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !r.impaired {
+		return
+	}
+	r.linkCommandLocked("off")
+	r.lab.mustIP(r.lab.inet.ns, "link set "+r.port+" master br0")
+	r.impaired = false
+}
+
+// startLinkLocked creates the spare bridge port (port+"x" on the emulator's
+// side, port+"y" on br0) and starts the link emulator between port and it.
+func (r *Router) startLinkLocked() {
+	r.lab.t.Helper()
+	x, y := r.port+"x", r.port+"y"
+	r.lab.mustIP(r.lab.inet.ns,
+		"link add name "+x+" type veth peer name "+y,
+		"link set "+y+" master br0",
+		"link set "+y+" up",
+		"link set "+x+" up",
+	)
+	cmd := r.lab.inet.HelperCommand(context.Background(), helperLink, r.port, x)
+	w, err := cmd.StdinPipe()
+	if err != nil {
+		r.lab.t.Fatalf("nslab: router %s: link emulator stdin: %v", r.name, err)
+	}
+	p := r.lab.inet.StartCmd(cmd)
+	p.stdin = w
+	r.link = p
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	if _, err := p.WaitOutput(ctx, "ready"); err != nil {
+		r.lab.t.Fatalf("nslab: router %s: %v", r.name, err)
+	}
+}
+
+// linkCommandLocked sends one command line to the link emulator and waits
+// for its acknowledgement.
+func (r *Router) linkCommandLocked(line string) {
+	r.lab.t.Helper()
+	r.linkSeq++
+	if _, err := fmt.Fprintf(r.link.stdin, "%s\n", line); err != nil {
+		r.lab.t.Fatalf("nslab: router %s: link emulator: %v", r.name, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
+	defer cancel()
+	ack := fmt.Sprintf("ack %d ", r.linkSeq)
+	got, err := r.link.WaitOutput(ctx, ack)
+	if err != nil {
+		r.lab.t.Fatalf("nslab: router %s: %v", r.name, err)
+	}
+	if got != ack+"ok" {
+		r.lab.t.Fatalf("nslab: router %s: link emulator answered %q to %q", r.name, got, line)
+	}
+}
