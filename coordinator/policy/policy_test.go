@@ -315,9 +315,8 @@ func TestCompileVisibility(t *testing.T) {
 // checkConsistent checks that c's filters agree with p.Allows for every
 // ordered pair of nodes and every address, protocol and port in ports,
 // and that visibility matches the filters exactly.
-func checkConsistent(t testing.TB, p *Policy, c *Compiled, nodes []*wire.Node, ports []uint16) {
+func checkConsistent(t testing.TB, p *Policy, c *Compiled, nodes []*wire.Node, ports []uint16, protos []uint8) {
 	t.Helper()
-	protos := []uint8{protoTCP, protoUDP, protoICMP, protoICMPv6, protoSCTP, 47}
 	filters := map[key.NodePublic][]wire.FilterRule{}
 	visible := map[key.NodePublic][]key.NodePublic{}
 	for _, n := range nodes {
@@ -370,7 +369,8 @@ func TestCompileConsistentWithAllows(t *testing.T) {
 			overlay = append(overlay, n)
 		}
 	}
-	checkConsistent(t, p, p.Compile(overlay), overlay, []uint16{0, 1, 21, 22, 23, 80, 443, 5432, 7999, 8000, 8500, 8999, 9000, 65535})
+	checkConsistent(t, p, p.Compile(overlay), overlay, []uint16{0, 1, 21, 22, 23, 80, 443, 5432, 7999, 8000, 8500, 8999, 9000, 65535},
+		[]uint8{protoTCP, protoUDP, protoICMP, protoICMPv6, protoSCTP, 47})
 }
 
 func TestCompileSkipsBadNodes(t *testing.T) {
