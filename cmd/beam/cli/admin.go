@@ -1,8 +1,239 @@
 package cli
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"beam.dev/beam/coordclient"
+)
+
+// adminFlags are the flags every beam admin command shares.
+type adminFlags struct {
+	coordinator string
+	tokenFile   string
+}
+
+// client builds the admin API client from flags and environment.
+func (a *adminFlags) client(f *Factory) (*coordclient.Admin, error) {
+	server := a.coordinator
+	if server == "" {
+		server = f.getenv("BEAM_COORDINATOR")
+	}
+	if server == "" {
+		return nil, errors.New("no coordinator: pass --coordinator URL or set BEAM_COORDINATOR")
+	}
+	if u, err := url.Parse(server); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("bad coordinator URL %q: want http(s)://host:port", server)
+	}
+	token := ""
+	if a.tokenFile != "" {
+		b, err := os.ReadFile(a.tokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("read --token-file: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	} else {
+		token = strings.TrimSpace(f.getenv("BEAM_ADMIN_TOKEN"))
+	}
+	if token == "" {
+		return nil, errors.New("no admin token: set BEAM_ADMIN_TOKEN or pass --token-file (the coordinator writes DATA/admin.token)")
+	}
+	return coordclient.NewAdmin(server, token, nil), nil
+}
+
+// adminErr makes an admin API error one readable line.
+func adminErr(err error) error {
+	switch {
+	case errors.Is(err, coordclient.ErrUnauthorized):
+		return errors.New("the coordinator refused the admin token (check BEAM_ADMIN_TOKEN or --token-file)")
+	case errors.Is(err, coordclient.ErrUnreachable):
+		return fmt.Errorf("cannot reach the coordinator: %w", errors.Unwrap(err))
+	}
+	return err
+}
+
+func ctxOf(cmd *cobra.Command) context.Context {
+	if ctx := cmd.Context(); ctx != nil {
+		return ctx
+	}
+	return context.Background()
+}
 
 // NewCmdAdmin returns the beam admin command group.
 func NewCmdAdmin(f *Factory) *cobra.Command {
-	return &cobra.Command{Use: "admin", Short: "Administer a coordinator"}
+	a := &adminFlags{}
+	cmd := &cobra.Command{
+		Use:   "admin",
+		Short: "Administer a coordinator",
+		Long: `Administer a coordinator through its admin API.
+
+The coordinator URL comes from --coordinator or BEAM_COORDINATOR; the admin
+token from BEAM_ADMIN_TOKEN or --token-file.`,
+	}
+	cmd.PersistentFlags().StringVar(&a.coordinator, "coordinator", "", "coordinator URL (env BEAM_COORDINATOR)")
+	cmd.PersistentFlags().StringVar(&a.tokenFile, "token-file", "", "file holding the admin token (default: env BEAM_ADMIN_TOKEN)")
+	cmd.AddCommand(newCmdAdminAuthKey(f, a), newCmdAdminNodes(f, a))
+	return cmd
+}
+
+func newCmdAdminAuthKey(f *Factory, a *adminFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "authkey", Aliases: []string{"authkeys"}, Short: "Create, list and delete auth keys"}
+
+	var req coordclient.AuthKeyRequest
+	create := &cobra.Command{
+		Use:   "create",
+		Short: "Create an auth key and print it (it is shown only once)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ad, err := a.client(f)
+			if err != nil {
+				return err
+			}
+			secret, _, err := ad.CreateAuthKey(ctxOf(cmd), req)
+			if err != nil {
+				return adminErr(err)
+			}
+			fmt.Fprintln(f.Out, secret)
+			return nil
+		},
+	}
+	create.Flags().BoolVar(&req.Reusable, "reusable", false, "the key may register any number of nodes")
+	create.Flags().BoolVar(&req.Ephemeral, "ephemeral", false, "nodes are deleted soon after they go offline")
+	create.Flags().DurationVar(&req.Expiry, "expiry", 0, "how long the key stays valid (e.g. 1h); 0 means forever")
+	create.Flags().StringSliceVar(&req.Tags, "tags", nil, "tags given to nodes (comma-separated)")
+	create.Flags().StringVar(&req.User, "user", "", "user that owns the nodes")
+	create.Flags().StringVar(&req.Network, "network", "", "network to join (default \"default\")")
+
+	var asJSON bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List auth keys (by prefix; secrets are never shown)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ad, err := a.client(f)
+			if err != nil {
+				return err
+			}
+			keys, err := ad.ListAuthKeys(ctxOf(cmd))
+			if err != nil {
+				return adminErr(err)
+			}
+			if asJSON {
+				return printJSON(f, keys)
+			}
+			tw := tabwriter.NewWriter(f.Out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "PREFIX\tNETWORK\tREUSABLE\tEPHEMERAL\tUSED\tEXPIRES\tVALID\tTAGS")
+			for _, k := range keys {
+				fmt.Fprintf(tw, "%s\t%s\t%v\t%v\t%d\t%s\t%v\t%s\n", k.Prefix, k.Network, k.Reusable, k.Ephemeral, k.UseCount,
+					fmtTime(k.Expiry), k.Valid, strings.Join(k.Tags, ","))
+			}
+			return tw.Flush()
+		},
+	}
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+
+	del := &cobra.Command{
+		Use:   "delete PREFIX",
+		Short: "Delete an auth key",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ad, err := a.client(f)
+			if err != nil {
+				return err
+			}
+			if err := ad.DeleteAuthKey(ctxOf(cmd), args[0]); err != nil {
+				if errors.Is(err, coordclient.ErrNotFound) {
+					return fmt.Errorf("no auth key with prefix %q", args[0])
+				}
+				return adminErr(err)
+			}
+			return nil
+		},
+	}
+	cmd.AddCommand(create, list, del)
+	return cmd
+}
+
+func newCmdAdminNodes(f *Factory, a *adminFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "nodes", Aliases: []string{"node"}, Short: "List, remove and expire nodes"}
+
+	var asJSON bool
+	list := &cobra.Command{
+		Use:   "list",
+		Short: "List nodes of all networks",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ad, err := a.client(f)
+			if err != nil {
+				return err
+			}
+			nodes, err := ad.ListNodes(ctxOf(cmd))
+			if err != nil {
+				return adminErr(err)
+			}
+			if asJSON {
+				return printJSON(f, nodes)
+			}
+			tw := tabwriter.NewWriter(f.Out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tDNS NAME\tADDRESSES\tONLINE\tLAST SEEN\tKEY EXPIRY\tOS")
+			for _, n := range nodes {
+				addrs := make([]string, len(n.Addresses))
+				for i, p := range n.Addresses {
+					addrs[i] = p.Addr().String()
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%s\n", n.Name, n.DNSName, strings.Join(addrs, ","), n.Online,
+					fmtTime(n.LastSeen), fmtTime(n.KeyExpiry), n.OS)
+			}
+			return tw.Flush()
+		},
+	}
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+
+	byName := func(use, short string, do func(*coordclient.Admin, context.Context, string) error) *cobra.Command {
+		return &cobra.Command{
+			Use:   use + " NAME",
+			Short: short,
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				ad, err := a.client(f)
+				if err != nil {
+					return err
+				}
+				if err := do(ad, ctxOf(cmd), args[0]); err != nil {
+					if errors.Is(err, coordclient.ErrNotFound) {
+						return fmt.Errorf("no node %q", args[0])
+					}
+					return adminErr(err)
+				}
+				return nil
+			},
+		}
+	}
+	cmd.AddCommand(list,
+		byName("remove", "Remove a node (NAME, NETWORK/NAME or nodekey:...)", (*coordclient.Admin).RemoveNode),
+		byName("expire", "Expire a node's key now", (*coordclient.Admin).ExpireNode),
+	)
+	return cmd
+}
+
+func printJSON(f *Factory, v any) error {
+	enc := json.NewEncoder(f.Out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func fmtTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.Local().Format(time.DateTime)
 }

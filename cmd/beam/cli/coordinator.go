@@ -1,17 +1,278 @@
 package cli
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"beam.dev/beam/coordinator"
+	"beam.dev/beam/coordinator/sqlstore"
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
 )
 
 // CoordinatorOptions are the flags of beam coordinator.
-type CoordinatorOptions struct{}
+type CoordinatorOptions struct {
+	// Addr is the TCP address to serve on.
+	Addr string
+	// DataDir holds coordinator.db, coordinator.key and admin.token.
+	DataDir string
+	// DERPURLs each become a region with one relay.
+	DERPURLs []string
+	// STUN overrides the relays' STUN addresses (host:port), one per
+	// DERPURLs entry or one for all.
+	STUN []string
+	// DERPMapFile is a JSON wire.DERPMap, used instead of DERPURLs.
+	DERPMapFile string
+	// BaseDomain is the parent domain of the networks' domains.
+	BaseDomain string
+	// Dev lets loopback nodes register without an auth key.
+	Dev bool
+	// LogLevel is debug, info, warn or error.
+	LogLevel string
+
+	// ready, if set, is called with the listening address (for tests).
+	ready func(addr string)
+}
 
 // NewCmdCoordinator returns the beam coordinator command.
 func NewCmdCoordinator(f *Factory, runF func(*CoordinatorOptions) error) *cobra.Command {
-	return &cobra.Command{Use: "coordinator", Short: "Run the coordination server", RunE: func(*cobra.Command, []string) error {
-		return errors.New("coordinator: not built yet")
-	}}
+	opts := &CoordinatorOptions{}
+	cmd := &cobra.Command{
+		Use:   "coordinator",
+		Short: "Run the coordination server",
+		Long: `Run the coordination server: registration, overlay addresses and names,
+and the netmap stream for every node.
+
+On first start it creates the data directory with coordinator.db (SQLite),
+coordinator.key (the machine key) and admin.token (the admin API token; only
+its hash is kept in the database). Use the token with beam admin:
+
+  export BEAM_ADMIN_TOKEN=$(cat DATA/admin.token)`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if runF != nil {
+				return runF(opts)
+			}
+			return runCoordinator(cmd.Context(), f, opts)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&opts.Addr, "addr", "127.0.0.1:8080", "address to serve HTTP on")
+	fl.StringVar(&opts.DataDir, "data", "coordinator-data", "data directory (created 0700)")
+	fl.StringArrayVar(&opts.DERPURLs, "derp", nil, "relay base URL; repeat for more regions")
+	fl.StringArrayVar(&opts.STUN, "stun", nil, "STUN host:port for the --derp relays (one for all, or one per --derp); default host:3478")
+	fl.StringVar(&opts.DERPMapFile, "derp-map", "", "JSON file with the full relay map (instead of --derp)")
+	fl.StringVar(&opts.BaseDomain, "base-domain", coordinator.DefaultBaseDomain, "base DNS domain; networks get NETWORK.BASE")
+	fl.BoolVar(&opts.Dev, "dev", false, "dev mode: nodes on loopback may register without an auth key")
+	fl.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	return cmd
+}
+
+func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(opts.LogLevel)); err != nil {
+		return fmt.Errorf("bad --log-level %q: want debug, info, warn or error", opts.LogLevel)
+	}
+	logger := f.Logger(level)
+	derpMap, err := coordinatorDERPMap(opts)
+	if err != nil {
+		return err
+	}
+	if opts.DataDir == "" {
+		return errors.New("--data must not be empty")
+	}
+	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	priv, err := loadOrCreateMachineKey(filepath.Join(opts.DataDir, "coordinator.key"))
+	if err != nil {
+		return err
+	}
+	tokenPath := filepath.Join(opts.DataDir, "admin.token")
+	token, created, err := loadOrCreateToken(tokenPath)
+	if err != nil {
+		return err
+	}
+	st, err := sqlstore.Open(ctx, filepath.Join(opts.DataDir, "coordinator.db"))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	srv, err := coordinator.New(coordinator.Options{
+		Store:      st,
+		PrivateKey: priv,
+		Logger:     logger,
+		AdminToken: token,
+		BaseDomain: opts.BaseDomain,
+		DERPMap:    derpMap,
+		DevMode:    opts.Dev,
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	ln, err := net.Listen("tcp", opts.Addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug)}
+	if created {
+		logger.Info("wrote a new admin token", "file", tokenPath)
+	}
+	logger.Info("coordinator listening", "addr", ln.Addr().String(), "data", opts.DataDir, "machine_key", priv.Public().String())
+	if opts.ready != nil {
+		opts.ready(ln.Addr().String())
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("serve: %w", err)
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down")
+	srv.Close() // ends map streams so Shutdown does not wait on them
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		hs.Close()
+	}
+	<-errc
+	return nil
+}
+
+// coordinatorDERPMap builds the relay map from --derp-map or --derp/--stun.
+func coordinatorDERPMap(opts *CoordinatorOptions) (*wire.DERPMap, error) {
+	if opts.DERPMapFile != "" {
+		if len(opts.DERPURLs) > 0 {
+			return nil, errors.New("use either --derp-map or --derp, not both")
+		}
+		b, err := os.ReadFile(opts.DERPMapFile)
+		if err != nil {
+			return nil, fmt.Errorf("read --derp-map: %w", err)
+		}
+		dec := json.NewDecoder(strings.NewReader(string(b)))
+		dec.DisallowUnknownFields()
+		var m wire.DERPMap
+		if err := dec.Decode(&m); err != nil {
+			return nil, fmt.Errorf("parse --derp-map %s: %w", opts.DERPMapFile, err)
+		}
+		return &m, nil
+	}
+	if len(opts.DERPURLs) == 0 {
+		if len(opts.STUN) > 0 {
+			return nil, errors.New("--stun needs --derp")
+		}
+		return nil, nil
+	}
+	if len(opts.STUN) > 1 && len(opts.STUN) != len(opts.DERPURLs) {
+		return nil, fmt.Errorf("got %d --stun for %d --derp; give one for all or one per relay", len(opts.STUN), len(opts.DERPURLs))
+	}
+	m := &wire.DERPMap{Regions: make(map[int]*wire.DERPRegion)}
+	for i, raw := range opts.DERPURLs {
+		u, err := url.Parse(raw)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
+			return nil, fmt.Errorf("bad --derp URL %q: want http(s)://host[:port]", raw)
+		}
+		id := i + 1
+		stunAddr := net.JoinHostPort(u.Hostname(), "3478")
+		switch len(opts.STUN) {
+		case 1:
+			stunAddr = opts.STUN[0]
+		case len(opts.DERPURLs):
+			stunAddr = opts.STUN[i]
+		}
+		if _, _, err := net.SplitHostPort(stunAddr); err != nil {
+			return nil, fmt.Errorf("bad --stun %q: want host:port", stunAddr)
+		}
+		m.Regions[id] = &wire.DERPRegion{
+			RegionID:   id,
+			RegionCode: fmt.Sprintf("r%d", id),
+			Name:       u.Host,
+			Nodes: []*wire.DERPNode{{
+				Name:     fmt.Sprintf("%da", id),
+				RegionID: id,
+				URL:      strings.TrimRight(raw, "/"),
+				STUNAddr: stunAddr,
+			}},
+		}
+	}
+	return m, nil
+}
+
+// loadOrCreateMachineKey reads the machine key at path, or creates it 0600.
+func loadOrCreateMachineKey(path string) (key.MachinePrivate, error) {
+	var k key.MachinePrivate
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		if err := k.UnmarshalText([]byte(strings.TrimSpace(string(b)))); err != nil {
+			return k, fmt.Errorf("read machine key %s: %w", path, err)
+		}
+		return k, nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return k, fmt.Errorf("read machine key: %w", err)
+	}
+	k = key.NewMachine()
+	text, _ := k.MarshalText()
+	if err := writeFileExcl(path, append(text, '\n')); err != nil {
+		return k, fmt.Errorf("write machine key: %w", err)
+	}
+	return k, nil
+}
+
+// loadOrCreateToken reads the admin token at path, or writes a new random
+// one 0600. It reports whether it created the token.
+func loadOrCreateToken(path string) (string, bool, error) {
+	b, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		tok := strings.TrimSpace(string(b))
+		if len(tok) < 16 {
+			return "", false, fmt.Errorf("admin token in %s is too short (want at least 16 characters)", path)
+		}
+		return tok, false, nil
+	case !errors.Is(err, fs.ErrNotExist):
+		return "", false, fmt.Errorf("read admin token: %w", err)
+	}
+	var raw [32]byte
+	rand.Read(raw[:])
+	tok := hex.EncodeToString(raw[:])
+	if err := writeFileExcl(path, []byte(tok+"\n")); err != nil {
+		return "", false, fmt.Errorf("write admin token: %w", err)
+	}
+	return tok, true, nil
+}
+
+// writeFileExcl creates path 0600 with data; it fails if path exists.
+func writeFileExcl(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(path)
+		return err
+	}
+	return f.Close()
 }
