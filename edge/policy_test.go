@@ -1,0 +1,187 @@
+package edge
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+)
+
+func TestPolicies(t *testing.T) {
+	ov := newOverlay()
+	e := newTestEdge(t, ov, Options{})
+	var hits atomic.Int64
+	a, _ := origin(t, ov, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Header().Set("Server", "secret-version")
+		w.Header().Set("X-Seen-Add", r.Header.Get("X-Add"))
+		w.Header().Set("X-Seen-Cookie", r.Header.Get("Cookie"))
+		w.Write([]byte("ok"))
+	}))
+	bc, err := bcrypt.GenerateFromPassword([]byte("bcpass"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256([]byte("shapass"))
+	route := func(name string, p Policy) Route {
+		r := httpRoute(name, a)
+		r.Policy = p
+		return r
+	}
+	setRoutes(t, e,
+		route("auth", Policy{BasicAuth: []BasicAuthUser{
+			{User: "bob", Secret: string(bc)},
+			{User: "sha", Secret: "sha256:" + hex.EncodeToString(sum[:])},
+			{User: "ann", Secret: "plain:annpass"},
+		}}),
+		route("deny", Policy{DenyCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}),
+		route("allow", Policy{AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}),
+		route("allowed", Policy{AllowCIDRs: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}}),
+		route("rate", Policy{RateLimit: 0.5, RateBurst: 2}),
+		route("hdr", Policy{
+			RequestHeaderAdd: map[string]string{"X-Add": "added"}, RequestHeaderRemove: []string{"Cookie"},
+			ResponseHeaderAdd: map[string]string{"Strict-Transport-Security": "max-age=60"}, ResponseHeaderRemove: []string{"Server"},
+		}),
+		route("cors", Policy{CORSOrigins: []string{"https://app.test"}, BasicAuth: []BasicAuthUser{{User: "ann", Secret: "plain:annpass"}}}),
+	)
+	c := clientTo(serveHTTP(t, e))
+
+	auth := func(u, p string) string {
+		r, _ := http.NewRequest("GET", "/", nil)
+		r.SetBasicAuth(u, p)
+		return r.Header.Get("Authorization")
+	}
+	tests := []struct {
+		name   string
+		url    string
+		hdr    []string
+		status int
+		check  func(t *testing.T, h http.Header)
+	}{
+		{"auth none", "http://auth.example.test/", nil, 401, func(t *testing.T, h http.Header) {
+			if got := h.Get("WWW-Authenticate"); got != `Basic realm="auth.example.test", charset="UTF-8"` {
+				t.Errorf("WWW-Authenticate = %q", got)
+			}
+		}},
+		{"auth wrong password", "http://auth.example.test/", []string{"Authorization", auth("bob", "nope")}, 401, nil},
+		{"auth wrong user", "http://auth.example.test/", []string{"Authorization", auth("eve", "bcpass")}, 401, nil},
+		{"auth other user's password", "http://auth.example.test/", []string{"Authorization", auth("ann", "bcpass")}, 401, nil},
+		{"auth bcrypt", "http://auth.example.test/", []string{"Authorization", auth("bob", "bcpass")}, 200, nil},
+		{"auth bcrypt cached", "http://auth.example.test/", []string{"Authorization", auth("bob", "bcpass")}, 200, nil},
+		{"auth sha256", "http://auth.example.test/", []string{"Authorization", auth("sha", "shapass")}, 200, nil},
+		{"auth plain", "http://auth.example.test/", []string{"Authorization", auth("ann", "annpass")}, 200, nil},
+		{"deny", "http://deny.example.test/", nil, 403, nil},
+		{"allow elsewhere", "http://allow.example.test/", []string{"X-Forwarded-For", "192.0.2.7"}, 403, nil},
+		{"allowed", "http://allowed.example.test/", nil, 200, nil},
+		{"headers", "http://hdr.example.test/", []string{"Cookie", "s=1", "X-Add", "client"}, 200, func(t *testing.T, h http.Header) {
+			if h.Get("X-Seen-Add") != "added" || h.Get("X-Seen-Cookie") != "" {
+				t.Errorf("origin saw X-Add %q Cookie %q, want added and none", h.Get("X-Seen-Add"), h.Get("X-Seen-Cookie"))
+			}
+			if h.Get("Server") != "" || h.Get("Strict-Transport-Security") != "max-age=60" {
+				t.Errorf("response Server %q STS %q", h.Get("Server"), h.Get("Strict-Transport-Security"))
+			}
+		}},
+		{"cors simple allowed", "http://cors.example.test/", []string{"Origin", "https://app.test", "Authorization", auth("ann", "annpass")}, 200, func(t *testing.T, h http.Header) {
+			if h.Get("Access-Control-Allow-Origin") != "https://app.test" {
+				t.Errorf("ACAO = %q", h.Get("Access-Control-Allow-Origin"))
+			}
+		}},
+		{"cors simple other origin", "http://cors.example.test/", []string{"Origin", "https://evil.test", "Authorization", auth("ann", "annpass")}, 200, func(t *testing.T, h http.Header) {
+			if h.Get("Access-Control-Allow-Origin") != "" {
+				t.Errorf("ACAO = %q for a foreign origin", h.Get("Access-Control-Allow-Origin"))
+			}
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := hits.Load()
+			status, body, h := get(t, c, tt.url, tt.hdr...)
+			if status != tt.status {
+				t.Fatalf("status %d (%q), want %d", status, body, tt.status)
+			}
+			if reached := hits.Load() > before; reached != (status == 200) {
+				t.Errorf("origin reached = %v with status %d", reached, status)
+			}
+			if tt.check != nil {
+				tt.check(t, h)
+			}
+		})
+	}
+
+	t.Run("cors preflight", func(t *testing.T) {
+		before := hits.Load()
+		for _, tc := range []struct {
+			origin string
+			status int
+		}{{"https://app.test", 204}, {"https://evil.test", 403}} {
+			req, _ := http.NewRequest("OPTIONS", "http://cors.example.test/api", nil)
+			req.Header.Set("Origin", tc.origin)
+			req.Header.Set("Access-Control-Request-Method", "PUT")
+			req.Header.Set("Access-Control-Request-Headers", "content-type")
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.status {
+				t.Errorf("%s: status %d, want %d", tc.origin, resp.StatusCode, tc.status)
+			}
+			if tc.status == 204 && (resp.Header.Get("Access-Control-Allow-Origin") != tc.origin ||
+				resp.Header.Get("Access-Control-Allow-Headers") != "content-type" ||
+				resp.Header.Get("Access-Control-Allow-Methods") == "") {
+				t.Errorf("preflight headers %v", resp.Header)
+			}
+		}
+		if hits.Load() != before {
+			t.Error("preflight reached the origin")
+		}
+	})
+
+	t.Run("rate limit", func(t *testing.T) {
+		for i := range 2 {
+			if status, _, _ := get(t, c, "http://rate.example.test/"); status != 200 {
+				t.Fatalf("request %d: status %d, want 200 within the burst", i, status)
+			}
+		}
+		status, _, h := get(t, c, "http://rate.example.test/")
+		if status != 429 {
+			t.Fatalf("third request: status %d, want 429", status)
+		}
+		if ra, err := strconv.Atoi(h.Get("Retry-After")); err != nil || ra < 1 || ra > 2 {
+			t.Errorf("Retry-After = %q, want 1 or 2 seconds", h.Get("Retry-After"))
+		}
+		// Other routes are not limited by this one.
+		if status, _, _ := get(t, c, "http://allowed.example.test/"); status != 200 {
+			t.Errorf("other route: status %d", status)
+		}
+	})
+}
+
+func TestRateLimiterRefills(t *testing.T) {
+	l := &clientLimiter{limit: 10, burst: 1, m: map[netip.Addr]*limEntry{}}
+	ip := netip.MustParseAddr("192.0.2.1")
+	other := netip.MustParseAddr("2001:db8::1")
+	now := time.Now()
+	if d := l.allow(ip, now); d != 0 {
+		t.Fatalf("first: wait %v, want 0", d)
+	}
+	if d := l.allow(ip, now); d <= 0 || d > 100*time.Millisecond {
+		t.Fatalf("second: wait %v, want (0, 100ms]", d)
+	}
+	if d := l.allow(clientKey(other), now); d != 0 {
+		t.Fatalf("other client: wait %v, want 0", d)
+	}
+	if d := l.allow(ip, now.Add(100*time.Millisecond)); d != 0 {
+		t.Fatalf("after refill: wait %v, want 0", d)
+	}
+	l.prune(now.Add(time.Hour))
+	if len(l.m) != 0 {
+		t.Errorf("prune left %d entries", len(l.m))
+	}
+}
