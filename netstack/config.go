@@ -1,0 +1,251 @@
+package netstack
+
+import (
+	"bufio"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"beam.dev/beam/netstack/internal/bind"
+	"beam.dev/beam/types/key"
+)
+
+type atomicPolicy = atomic.Pointer[policy]
+
+// Config is the engine's desired state, applied whole by Reconfig.
+type Config struct {
+	// Addresses are the node's overlay addresses (a /32 IPv4 in
+	// 100.64.0.0/10 and a /128 IPv6 ULA). Inbound connections to them
+	// are forwarded to the host's loopback. Empty: the node has none.
+	Addresses []netip.Prefix
+	// ServiceAddrs are extra local addresses (for example 100.100.100.100
+	// for MagicDNS) served only by the engine's own Listen/ListenPacket
+	// sockets; traffic to them is never forwarded to the host.
+	ServiceAddrs []netip.Addr
+	// Peers are the WireGuard peers. Empty: no peers.
+	Peers []Peer
+	// ShieldsUp refuses every inbound connection or flow from peers,
+	// except to the ports in AllowInbound.
+	ShieldsUp bool
+	// AllowInbound are the ports still open with ShieldsUp (used by
+	// `beam expose`). Ignored when ShieldsUp is false.
+	AllowInbound []uint16
+	// Filter, if non-nil, is enforced statefully on inbound packets:
+	// new flows must match a rule, replies to flows this node opened
+	// always pass. Nil accepts every inbound flow.
+	Filter *Filter
+}
+
+// Peer is one WireGuard peer.
+type Peer struct {
+	// Key is the peer's node key.
+	Key key.NodePublic
+	// DiscoKey is the peer's disco key, for path discovery; zero if
+	// unknown. (Not used yet.)
+	DiscoKey key.DiscoPublic
+	// AllowedIPs are the peer's overlay addresses: packets to them go to
+	// this peer, packets from it must come from them.
+	AllowedIPs []netip.Prefix
+	// Endpoints are candidate UDP addresses of the peer.
+	Endpoints []netip.AddrPort
+	// HomeDERP is the peer's relay region; 0 means none. (Not used yet.)
+	HomeDERP int
+}
+
+// Reconfig applies cfg. It may be called any number of times; peers that
+// stay keep their sessions and flows, and only differences are applied.
+func (e *Engine) Reconfig(cfg Config) error {
+	if err := validate(&cfg); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return errors.New("netstack: engine closed")
+	}
+
+	// Addresses first, so the stack accepts traffic as soon as peers
+	// can send it.
+	var addrs []netip.Addr
+	overlay := make(map[netip.Addr]bool)
+	for _, p := range cfg.Addresses {
+		addrs = append(addrs, p.Addr().Unmap())
+		overlay[p.Addr().Unmap()] = true
+	}
+	for _, a := range cfg.ServiceAddrs {
+		addrs = append(addrs, a.Unmap())
+	}
+	if err := e.stack.SetAddresses(addrs); err != nil {
+		return fmt.Errorf("netstack: set addresses: %w", err)
+	}
+	e.overlay = overlay
+	e.pf.pol.Store(newPolicy(&cfg))
+
+	// The bind must know new peers before wireguard-go parses their
+	// endpoints; removed peers go from both.
+	bps := make([]bind.PeerConfig, 0, len(cfg.Peers))
+	for _, p := range cfg.Peers {
+		bps = append(bps, bind.PeerConfig{Key: p.Key, Endpoints: p.Endpoints})
+	}
+	e.bind.SetPeers(bps)
+
+	var sb strings.Builder
+	want := make(map[key.NodePublic]Peer, len(cfg.Peers))
+	for _, p := range cfg.Peers {
+		want[p.Key] = p
+	}
+	for k := range e.peersInDev {
+		if _, ok := want[k]; !ok {
+			raw := k.Raw32()
+			fmt.Fprintf(&sb, "public_key=%s\nremove=true\n", hex.EncodeToString(raw[:]))
+		}
+	}
+	for _, p := range cfg.Peers {
+		old, had := e.peersInDev[p.Key]
+		if had && slices.Equal(old.AllowedIPs, p.AllowedIPs) {
+			continue
+		}
+		raw := p.Key.Raw32()
+		fmt.Fprintf(&sb, "public_key=%s\n", hex.EncodeToString(raw[:]))
+		if !had {
+			fmt.Fprintf(&sb, "endpoint=%s\n", p.Key.String())
+		} else {
+			sb.WriteString("update_only=true\n")
+		}
+		sb.WriteString("replace_allowed_ips=true\n")
+		for _, ip := range p.AllowedIPs {
+			fmt.Fprintf(&sb, "allowed_ip=%s\n", ip.Masked())
+		}
+	}
+	if sb.Len() > 0 {
+		if err := e.dev.IpcSet(sb.String()); err != nil {
+			return fmt.Errorf("netstack: configure peers: %w", err)
+		}
+	}
+	e.peersInDev = want
+	e.cfg = cfg
+	return nil
+}
+
+func validate(cfg *Config) error {
+	var errs []error
+	for _, p := range cfg.Addresses {
+		if !p.IsValid() {
+			errs = append(errs, fmt.Errorf("invalid address %v", p))
+		}
+	}
+	seen := make(map[key.NodePublic]bool)
+	for i, p := range cfg.Peers {
+		if p.Key.IsZero() {
+			errs = append(errs, fmt.Errorf("peer %d: zero key", i))
+		}
+		if seen[p.Key] {
+			errs = append(errs, fmt.Errorf("peer %d: duplicate key %s", i, p.Key.ShortString()))
+		}
+		seen[p.Key] = true
+		for _, ip := range p.AllowedIPs {
+			if !ip.IsValid() {
+				errs = append(errs, fmt.Errorf("peer %s: invalid allowed IP", p.Key.ShortString()))
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("netstack: invalid config: %w", errors.Join(errs...))
+	}
+	return nil
+}
+
+// PeerStatus is a peer's state as the engine sees it.
+type PeerStatus struct {
+	// Key is the peer's node key.
+	Key key.NodePublic
+	// Endpoint is the UDP address packets to the peer go to; invalid if
+	// none is confirmed.
+	Endpoint netip.AddrPort
+	// Path is "direct", "relay" or "none".
+	Path string
+	// RxBytes and TxBytes count WireGuard bytes received from and sent to
+	// the peer.
+	RxBytes, TxBytes uint64
+	// LastHandshake is when the last handshake completed; zero if never.
+	LastHandshake time.Time
+}
+
+// Status returns the state of every configured peer, in config order.
+func (e *Engine) Status() []PeerStatus {
+	e.mu.Lock()
+	peers := slices.Clone(e.cfg.Peers)
+	e.mu.Unlock()
+	text, err := e.dev.IpcGet()
+	if err != nil {
+		e.log.Warn("read device status", "err", err)
+	}
+	counters := parseUAPIPeers(text)
+	out := make([]PeerStatus, 0, len(peers))
+	for _, p := range peers {
+		st := counters[p.Key]
+		st.Key = p.Key
+		pp := e.bind.PeerPath(p.Key)
+		st.Endpoint = pp.Endpoint
+		st.Path = pp.Path
+		out = append(out, st)
+	}
+	return out
+}
+
+// parseUAPIPeers reads the per-peer counters from wireguard-go's UAPI
+// "get" text (key=value lines; each peer starts with public_key=).
+// Unknown keys and malformed lines are skipped.
+func parseUAPIPeers(text string) map[key.NodePublic]PeerStatus {
+	out := make(map[key.NodePublic]PeerStatus)
+	var (
+		cur  key.NodePublic
+		have bool
+		st   PeerStatus
+		sec  int64
+		nsec int64
+	)
+	flush := func() {
+		if have {
+			if sec != 0 || nsec != 0 {
+				st.LastHandshake = time.Unix(sec, nsec)
+			}
+			out[cur] = st
+		}
+	}
+	sc := bufio.NewScanner(strings.NewReader(text))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "public_key":
+			flush()
+			have = false
+			raw, err := hex.DecodeString(v)
+			if err != nil || len(raw) != 32 {
+				continue
+			}
+			cur = key.NodePublicFromRaw32([32]byte(raw))
+			have = true
+			st, sec, nsec = PeerStatus{}, 0, 0
+		case "rx_bytes":
+			st.RxBytes, _ = strconv.ParseUint(v, 10, 64)
+		case "tx_bytes":
+			st.TxBytes, _ = strconv.ParseUint(v, 10, 64)
+		case "last_handshake_time_sec":
+			sec, _ = strconv.ParseInt(v, 10, 64)
+		case "last_handshake_time_nsec":
+			nsec, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	flush()
+	return out
+}

@@ -1,0 +1,283 @@
+// Package netstack is Beam's embeddable userspace data plane: a
+// wireguard-go device over a gVisor TCP/IP stack, with Beam's magic bind
+// underneath. Programs reach the overlay through DialContext, Listen and
+// ListenPacket, which return plain net types; connections from peers to
+// the node's overlay addresses that no local listener claims are forwarded
+// to the same port on the host's loopback, subject to shields-up and the
+// packet filter.
+//
+// Packet flow:
+//
+//	peer --UDP--> bind --> wireguard-go (decrypt) --> filter --> gVisor --> listener / forwarder --> 127.0.0.1:port
+//	app --> DialContext --> gVisor --> flow table --> wireguard-go (encrypt) --> bind --UDP--> peer
+//
+// Goroutines: wireguard-go's (owned by its device), gVisor's (owned by the
+// stack), and the engine's forwarding goroutines, counted in Engine.wg.
+// Close stops all three and waits for them.
+package netstack
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"beam.dev/beam/netstack/internal/bind"
+	"beam.dev/beam/netstack/internal/gv"
+	"beam.dev/beam/types/key"
+	"golang.zx2c4.com/wireguard/device"
+)
+
+// Options configures an Engine. Only PrivateKey is required.
+type Options struct {
+	// PrivateKey is the node's WireGuard key. Required.
+	PrivateKey key.NodePrivate
+	// ListenPort is the UDP port for WireGuard and direct paths, on all
+	// addresses of both families. Zero picks a free port.
+	ListenPort uint16
+	// Logger receives the engine's logs. Nil discards them.
+	Logger *slog.Logger
+	// MaxInFlightTCP caps inbound TCP connection attempts being set up
+	// at once (a SYN flood guard); further SYNs are ignored. Zero means 512.
+	MaxInFlightTCP int
+	// MTU is the overlay (inner) MTU. Zero means 1280, which fits inside
+	// any IPv6 path after WireGuard's 80 bytes of overhead; larger values
+	// only help where every path between peers carries larger datagrams.
+	MTU int
+	// UDPIdleTimeout is how long a forwarded inbound UDP flow's host
+	// socket lives without traffic. Zero means 2 minutes.
+	UDPIdleTimeout time.Duration
+	// MaxUDPFlows caps concurrently forwarded inbound UDP flows. Zero
+	// means 1024.
+	MaxUDPFlows int
+	// HostDialTimeout bounds connecting to a host port for an inbound
+	// TCP connection. Zero means 5 seconds.
+	HostDialTimeout time.Duration
+	// CongestionControl is the overlay TCP congestion control, "cubic" or
+	// "reno". Empty means "cubic".
+	CongestionControl string
+}
+
+// Engine is a running data plane. Its methods are safe for concurrent use.
+type Engine struct {
+	log   *slog.Logger
+	opts  Options
+	bind  *bind.Bind
+	stack *gv.Stack
+	dev   *device.Device
+	pf    packetFilter
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+
+	udpFlows atomic.Int32
+
+	mu         sync.Mutex // guards the following fields
+	closed     bool
+	cfg        Config                  // last applied config
+	overlay    map[netip.Addr]bool     // overlay addresses (forwarded)
+	active     map[io2]struct{}        // forwarded connections, closed on Close
+	wg         sync.WaitGroup          // forwarding goroutines; Add only under mu while !closed
+	peersInDev map[key.NodePublic]Peer // peers configured in the device
+	closeErr   error
+}
+
+// io2 is a forwarded connection the engine closes on Close.
+type io2 interface{ Close() error }
+
+// New starts an engine with no addresses and no peers; call Reconfig to
+// give it both.
+func New(opts Options) (*Engine, error) {
+	if opts.PrivateKey.IsZero() {
+		return nil, errors.New("netstack: Options.PrivateKey is required")
+	}
+	if opts.UDPIdleTimeout == 0 {
+		opts.UDPIdleTimeout = 2 * time.Minute
+	}
+	if opts.MaxUDPFlows == 0 {
+		opts.MaxUDPFlows = 1024
+	}
+	if opts.HostDialTimeout == 0 {
+		opts.HostDialTimeout = 5 * time.Second
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	e := &Engine{
+		log:        log.With("component", "netstack"),
+		opts:       opts,
+		ctx:        ctx,
+		cancel:     cancel,
+		overlay:    make(map[netip.Addr]bool),
+		active:     make(map[io2]struct{}),
+		peersInDev: make(map[key.NodePublic]Peer),
+	}
+	e.pf.now = func() int64 { return time.Now().Unix() }
+	e.pf.pol.Store(&policy{open: true})
+
+	b, err := bind.New(bind.Options{PrivateKey: opts.PrivateKey, Logger: e.log.With("component", "bind")})
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("netstack: %w", err)
+	}
+	e.bind = b
+	st, err := gv.New(gv.Options{
+		MTU:               opts.MTU,
+		Logger:            e.log,
+		MaxInFlightTCP:    opts.MaxInFlightTCP,
+		CongestionControl: opts.CongestionControl,
+		HandleTCP:         e.handleTCP,
+		HandleUDP:         e.handleUDP,
+		Inbound:           e.pf.inbound,
+		Outbound:          e.pf.outbound,
+	})
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("netstack: %w", err)
+	}
+	e.stack = st
+	e.dev = device.NewDevice(st.TUN(), b, wgLogger(e.log))
+	priv := opts.PrivateKey.Raw32()
+	uapi := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(priv[:]), opts.ListenPort)
+	if err := e.dev.IpcSet(uapi); err != nil {
+		e.dev.Close()
+		st.Close()
+		cancel()
+		return nil, fmt.Errorf("netstack: configure device: %w", err)
+	}
+	if err := e.dev.Up(); err != nil {
+		e.dev.Close()
+		st.Close()
+		cancel()
+		return nil, fmt.Errorf("netstack: bring device up: %w", err)
+	}
+	return e, nil
+}
+
+func wgLogger(log *slog.Logger) *device.Logger {
+	l := log.With("component", "wireguard")
+	return &device.Logger{
+		Verbosef: func(format string, args ...any) {
+			if l.Enabled(context.Background(), slog.LevelDebug) {
+				l.Debug(fmt.Sprintf(format, args...))
+			}
+		},
+		Errorf: func(format string, args ...any) {
+			l.Warn(fmt.Sprintf(format, args...))
+		},
+	}
+}
+
+// LocalPort returns the UDP port the engine receives WireGuard on.
+func (e *Engine) LocalPort() uint16 { return e.bind.LocalPort() }
+
+// LocalEndpoints returns this host's interface addresses with LocalPort:
+// non-loopback addresses first, then 127.0.0.1 and ::1. Peers on the same
+// host or network can reach the node at these.
+func (e *Engine) LocalEndpoints() []netip.AddrPort {
+	port := e.LocalPort()
+	var out, loop []netip.AddrPort
+	addrs, err := net.InterfaceAddrs()
+	if err == nil {
+		for _, a := range addrs {
+			ipn, ok := a.(*net.IPNet)
+			if !ok {
+				continue
+			}
+			ip, ok := netip.AddrFromSlice(ipn.IP)
+			if !ok {
+				continue
+			}
+			ip = ip.Unmap()
+			if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsMulticast() || ip.IsUnspecified() {
+				continue
+			}
+			out = append(out, netip.AddrPortFrom(ip, port))
+		}
+	}
+	loop = append(loop, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port), netip.AddrPortFrom(netip.IPv6Loopback(), port))
+	return append(out, loop...)
+}
+
+// Close stops the engine: WireGuard, the stack, every forwarded
+// connection. It returns after all of the engine's goroutines have exited
+// and is idempotent.
+func (e *Engine) Close() error {
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		return e.closeErr
+	}
+	e.closed = true
+	active := make([]io2, 0, len(e.active))
+	for c := range e.active {
+		active = append(active, c)
+	}
+	e.mu.Unlock()
+
+	e.cancel()
+	for _, c := range active {
+		c.Close()
+	}
+	// The device closes the TUN and the bind and waits for its goroutines.
+	e.dev.Close()
+	e.stack.Close()
+	e.wg.Wait()
+	return nil
+}
+
+// track registers a forwarding goroutine (and c, if non-nil, to be closed
+// on Close). It returns false once the engine is closing.
+func (e *Engine) track(c io2) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return false
+	}
+	e.wg.Add(1)
+	if c != nil {
+		e.active[c] = struct{}{}
+	}
+	return true
+}
+
+// untrack undoes track.
+func (e *Engine) untrack(c io2) {
+	e.mu.Lock()
+	if c != nil {
+		delete(e.active, c)
+	}
+	e.mu.Unlock()
+	e.wg.Done()
+}
+
+// addActive registers c to be closed on Close; false if closing.
+func (e *Engine) addActive(c io2) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return false
+	}
+	e.active[c] = struct{}{}
+	return true
+}
+
+func (e *Engine) removeActive(c io2) {
+	e.mu.Lock()
+	delete(e.active, c)
+	e.mu.Unlock()
+}
+
+func (e *Engine) isOverlay(a netip.Addr) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.overlay[a.Unmap()]
+}

@@ -1,0 +1,654 @@
+// Package bind is Beam's magic WireGuard bind: a wireguard-go conn.Bind
+// whose endpoints are peers (public keys), not addresses. wireguard-go
+// hands Send a peer's Endpoint and the bind chooses, per packet, where the
+// packet really goes; on receive the bind maps each datagram's source
+// address back to the peer it belongs to.
+//
+// Paths. In this version the only path is direct UDP (an IPv4 and an IPv6
+// socket on the same port). A peer's confirmed address ("best") is the
+// address wireguard-go last authenticated a packet of that peer from: the
+// bind learns it in Send, when wireguard-go starts using an Endpoint that
+// carries a new source address (wireguard-go only switches a peer's
+// endpoint after a packet decrypted or a handshake verified). Until an
+// address is confirmed, or when the confirmed one has been silent for
+// longer than WireGuard's rekey timeout, handshake initiations are sent
+// to every candidate address so whichever answers wins.
+//
+// Attribution. A datagram from an address the bind does not know yet is
+// tied to a peer by the receiver index it names (the bind remembers the
+// sender index of each handshake message it sends for a peer) or, for a
+// handshake initiation, by the initiator's static key, which the bind
+// decrypts with the node key after checking mac1, at a bounded rate.
+// Datagrams that are not WireGuard messages, or that no peer can be tied
+// to, are dropped silently.
+//
+// Lifecycle. wireguard-go calls Close then Open on every Up; after Close
+// every ReceiveFunc returned by the previous Open returns net.ErrClosed.
+//
+// Relay (DERP) and disco slot in as more paths: Open will return a third
+// ReceiveFunc fed by the relay client, peers gain a home-region path used
+// while no direct address is confirmed, and disco pongs confirm direct
+// addresses the same way Send learning does now (see peer.best).
+package bind
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"beam.dev/beam/types/key"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+	"golang.org/x/time/rate"
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+const (
+	// batchSize is how many datagrams one receive or send syscall moves.
+	batchSize = conn.IdealBatchSize
+	// staleAfter is how long a confirmed address may be silent before
+	// handshake initiations are sprayed to every candidate again. It is
+	// WireGuard's REKEY_TIMEOUT: a handshake unanswered for this long is
+	// retried.
+	staleAfter = 5 * time.Second
+	// maxLearnedPerPeer bounds the addresses remembered per peer beyond
+	// its advertised candidates.
+	maxLearnedPerPeer = 8
+	// maxAnon bounds remembered sources that sent a well-formed
+	// initiation the bind could not attribute (see Options).
+	maxAnon = 256
+	// maxIndicesPerPeer is how many of our recent handshake sender
+	// indices are remembered per peer.
+	maxIndicesPerPeer = 4
+	// socketBuffer is the UDP socket buffer size asked for.
+	socketBuffer = 7 << 20
+)
+
+// Options configures a Bind.
+type Options struct {
+	// PrivateKey is the node key; required. The bind uses it to read the
+	// initiator's identity from handshake initiations from new addresses.
+	PrivateKey key.NodePrivate
+	// Logger receives the bind's logs. Nil discards them.
+	Logger *slog.Logger
+	// ListenAddr4 and ListenAddr6 are the addresses the UDP sockets bind
+	// to. Invalid (zero) means all addresses of that family.
+	ListenAddr4, ListenAddr6 netip.Addr
+	// AttributionRate caps how many handshake initiations per second from
+	// unknown addresses the bind decrypts to learn who sent them (each
+	// costs an X25519 operation). Above it such initiations go to
+	// wireguard-go unattributed, where its cookie mechanism applies. Zero
+	// means 50.
+	AttributionRate float64
+}
+
+// PeerConfig is one peer the bind may send to.
+type PeerConfig struct {
+	// Key is the peer's public key.
+	Key key.NodePublic
+	// Endpoints are the peer's candidate UDP addresses.
+	Endpoints []netip.AddrPort
+}
+
+// Bind is the magic bind. Create it with New; it is safe for concurrent
+// use, as conn.Bind requires.
+type Bind struct {
+	log     *slog.Logger
+	opener  *initiationOpener
+	limiter *rate.Limiter
+	opts    Options
+
+	// addrs maps a source address to its endpoint. It is replaced whole
+	// (copy on write) under mu, and read without locks on receive.
+	addrs atomic.Pointer[map[netip.AddrPort]*Endpoint]
+
+	// sendPool holds *sendBatch values for Send.
+	sendPool sync.Pool
+
+	mu      sync.Mutex // guards the following fields
+	peers   map[key.NodePublic]*peerEntry
+	indices map[uint32]*peer
+	anon    map[netip.AddrPort]*Endpoint
+	v4, v6  *udpSocket
+	port    uint16
+}
+
+// peerEntry is the part of a peer's state guarded by Bind.mu.
+type peerEntry struct {
+	p       *peer
+	eps     map[netip.AddrPort]*Endpoint // candidate and learned endpoints
+	learned []netip.AddrPort             // learned addresses, oldest first
+	indices []uint32                     // our recent sender indices, oldest first
+}
+
+type batchConn interface {
+	ReadBatch(ms []ipv6.Message, flags int) (int, error)
+	WriteBatch(ms []ipv6.Message, flags int) (int, error)
+}
+
+// udpSocket is one open UDP socket of the bind.
+type udpSocket struct {
+	conn *net.UDPConn
+	pc   batchConn
+}
+
+// sendBatch is the reusable state of one Send call.
+type sendBatch struct {
+	msgs []ipv6.Message
+	ua   net.UDPAddr
+	ip   [16]byte
+}
+
+var _ conn.Bind = (*Bind)(nil)
+
+// New returns a closed bind; wireguard-go opens it.
+func New(opts Options) (*Bind, error) {
+	if opts.PrivateKey.IsZero() {
+		return nil, errors.New("bind: PrivateKey is required")
+	}
+	if opts.AttributionRate == 0 {
+		opts.AttributionRate = 50
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	b := &Bind{
+		log:     log,
+		opener:  newInitiationOpener(opts.PrivateKey.Raw32(), opts.PrivateKey.Public().Raw32()),
+		limiter: rate.NewLimiter(rate.Limit(opts.AttributionRate), int(opts.AttributionRate)+1),
+		opts:    opts,
+		peers:   make(map[key.NodePublic]*peerEntry),
+		indices: make(map[uint32]*peer),
+		anon:    make(map[netip.AddrPort]*Endpoint),
+	}
+	b.sendPool.New = func() any {
+		sb := &sendBatch{msgs: make([]ipv6.Message, batchSize)}
+		for i := range sb.msgs {
+			sb.msgs[i].Buffers = make(net.Buffers, 1)
+		}
+		return sb
+	}
+	empty := make(map[netip.AddrPort]*Endpoint)
+	b.addrs.Store(&empty)
+	return b, nil
+}
+
+// SetPeers makes peers exactly the bind's peer table. Peers that stay keep
+// their endpoints and confirmed address; removed peers stop being
+// reachable and their datagrams are dropped.
+func (b *Bind) SetPeers(peers []PeerConfig) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	want := make(map[key.NodePublic]PeerConfig, len(peers))
+	for _, pc := range peers {
+		want[pc.Key] = pc
+	}
+	for k, pe := range b.peers {
+		if _, ok := want[k]; !ok {
+			pe.p.removed.Store(true)
+			for _, idx := range pe.indices {
+				delete(b.indices, idx)
+			}
+			delete(b.peers, k)
+		}
+	}
+	for k, pc := range want {
+		pe := b.peers[k]
+		if pe == nil {
+			p := &peer{key: k}
+			p.canonical = newEndpoint(p, netip.AddrPort{})
+			pe = &peerEntry{p: p, eps: make(map[netip.AddrPort]*Endpoint)}
+			b.peers[k] = pe
+		}
+		cands := make([]netip.AddrPort, 0, len(pc.Endpoints))
+		seen := make(map[netip.AddrPort]bool)
+		for _, ap := range pc.Endpoints {
+			ap = unmap(ap)
+			if !ap.IsValid() || seen[ap] {
+				continue
+			}
+			seen[ap] = true
+			cands = append(cands, ap)
+			if pe.eps[ap] == nil {
+				pe.eps[ap] = newEndpoint(pe.p, ap)
+			}
+		}
+		// Forget endpoints that are neither candidates nor learned.
+		learned := make(map[netip.AddrPort]bool, len(pe.learned))
+		for _, ap := range pe.learned {
+			learned[ap] = true
+		}
+		for ap := range pe.eps {
+			if !seen[ap] && !learned[ap] {
+				delete(pe.eps, ap)
+			}
+		}
+		pe.p.candidates.Store(&cands)
+	}
+	b.rebuildLocked()
+}
+
+// rebuildLocked publishes a new address table from the peer entries.
+func (b *Bind) rebuildLocked() {
+	m := make(map[netip.AddrPort]*Endpoint)
+	for _, pe := range b.peers {
+		for ap, e := range pe.eps {
+			m[ap] = e
+		}
+	}
+	b.addrs.Store(&m)
+}
+
+// learnLocked records that datagrams from ap belong to pe's peer and
+// returns the endpoint for the pair.
+func (b *Bind) learnLocked(pe *peerEntry, ap netip.AddrPort) *Endpoint {
+	if e := pe.eps[ap]; e != nil {
+		return e
+	}
+	if len(pe.learned) >= maxLearnedPerPeer {
+		old := pe.learned[0]
+		pe.learned = pe.learned[1:]
+		if best := pe.p.best.Load(); best == nil || best.src != old {
+			if !b.isCandidate(pe.p, old) {
+				delete(pe.eps, old)
+			}
+		}
+	}
+	pe.learned = append(pe.learned, ap)
+	e := newEndpoint(pe.p, ap)
+	pe.eps[ap] = e
+	delete(b.anon, ap)
+	b.rebuildLocked()
+	return e
+}
+
+func (b *Bind) isCandidate(p *peer, ap netip.AddrPort) bool {
+	for _, c := range *p.candidates.Load() {
+		if c == ap {
+			return true
+		}
+	}
+	return false
+}
+
+// PeerPath reports how the bind currently reaches k.
+func (b *Bind) PeerPath(k key.NodePublic) PeerPath {
+	b.mu.Lock()
+	pe := b.peers[k]
+	b.mu.Unlock()
+	if pe == nil {
+		return PeerPath{Path: "none"}
+	}
+	best := pe.p.best.Load()
+	if best == nil {
+		return PeerPath{Path: "none"}
+	}
+	return PeerPath{Endpoint: best.src, Path: "direct", LastRecv: best.lastRecv.Load()}
+}
+
+// ParseEndpoint returns the canonical endpoint of the peer whose key is s
+// in text form ("nodekey:..."). The peer must have been added with
+// SetPeers first.
+func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
+	k, err := key.ParseNodePublic(s)
+	if err != nil {
+		return nil, fmt.Errorf("bind: parse endpoint %q: %w", s, err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	pe := b.peers[k]
+	if pe == nil {
+		return nil, fmt.Errorf("bind: parse endpoint: unknown peer %s", k.ShortString())
+	}
+	return pe.p.canonical, nil
+}
+
+// BatchSize returns how many datagrams one ReceiveFunc call or one Send
+// may carry.
+func (b *Bind) BatchSize() int { return batchSize }
+
+// SetMark does nothing; Beam does not use fwmarks.
+func (b *Bind) SetMark(uint32) error { return nil }
+
+// LocalPort returns the port the bind's sockets are bound to, or 0 when
+// closed.
+func (b *Bind) LocalPort() uint16 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.port
+}
+
+// Open binds an IPv4 and an IPv6 UDP socket on port (0 picks one free for
+// both) and returns one ReceiveFunc per socket.
+func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.v4 != nil || b.v6 != nil {
+		return nil, 0, conn.ErrBindAlreadyOpen
+	}
+	var (
+		v4, v6 *net.UDPConn
+		err    error
+	)
+	for tries := 0; ; tries++ {
+		p := port
+		v4, p, err = listenUDP("udp4", b.opts.ListenAddr4, p)
+		if err != nil && !errors.Is(err, syscall.EAFNOSUPPORT) {
+			return nil, 0, fmt.Errorf("bind: listen udp4: %w", err)
+		}
+		v6, p, err = listenUDP("udp6", b.opts.ListenAddr6, p)
+		if err != nil && port == 0 && errors.Is(err, syscall.EADDRINUSE) && tries < 100 {
+			if v4 != nil {
+				v4.Close()
+			}
+			continue
+		}
+		if err != nil && !errors.Is(err, syscall.EAFNOSUPPORT) && !errors.Is(err, syscall.EADDRNOTAVAIL) {
+			if v4 != nil {
+				v4.Close()
+			}
+			return nil, 0, fmt.Errorf("bind: listen udp6: %w", err)
+		}
+		port = p
+		break
+	}
+	var fns []conn.ReceiveFunc
+	if v4 != nil {
+		b.v4 = &udpSocket{conn: v4, pc: ipv4PacketConn{ipv4.NewPacketConn(v4)}}
+		fns = append(fns, b.makeReceiveIPv4(b.v4))
+	}
+	if v6 != nil {
+		b.v6 = &udpSocket{conn: v6, pc: ipv6.NewPacketConn(v6)}
+		fns = append(fns, b.makeReceiveIPv6(b.v6))
+	}
+	if len(fns) == 0 {
+		return nil, 0, fmt.Errorf("bind: no UDP socket could be opened: %w", syscall.EAFNOSUPPORT)
+	}
+	b.port = port
+	return fns, port, nil
+}
+
+// ipv4PacketConn adapts ipv4.PacketConn to batchConn (ipv4.Message and
+// ipv6.Message are the same type).
+type ipv4PacketConn struct{ *ipv4.PacketConn }
+
+func (c ipv4PacketConn) ReadBatch(ms []ipv6.Message, flags int) (int, error) {
+	return c.PacketConn.ReadBatch(ms, flags)
+}
+
+func (c ipv4PacketConn) WriteBatch(ms []ipv6.Message, flags int) (int, error) {
+	return c.PacketConn.WriteBatch(ms, flags)
+}
+
+func listenUDP(network string, addr netip.Addr, port uint16) (*net.UDPConn, uint16, error) {
+	la := &net.UDPAddr{Port: int(port)}
+	if addr.IsValid() {
+		la.IP = addr.AsSlice()
+	}
+	c, err := net.ListenUDP(network, la)
+	if err != nil {
+		return nil, 0, err
+	}
+	setSocketBuffers(c, socketBuffer)
+	return c, uint16(c.LocalAddr().(*net.UDPAddr).Port), nil
+}
+
+// Close closes the sockets; the ReceiveFuncs of the last Open return
+// net.ErrClosed from then on. It may be called when already closed.
+func (b *Bind) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var errs []error
+	if b.v4 != nil {
+		errs = append(errs, b.v4.conn.Close())
+		b.v4 = nil
+	}
+	if b.v6 != nil {
+		errs = append(errs, b.v6.conn.Close())
+		b.v6 = nil
+	}
+	b.port = 0
+	return errors.Join(errs...)
+}
+
+func (b *Bind) makeReceiveIPv4(s *udpSocket) conn.ReceiveFunc { return b.makeReceive(s) }
+func (b *Bind) makeReceiveIPv6(s *udpSocket) conn.ReceiveFunc { return b.makeReceive(s) }
+
+// makeReceive returns the ReceiveFunc for s. wireguard-go calls each
+// ReceiveFunc from a single goroutine, so its message slice is reused
+// without locking.
+func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
+	msgs := make([]ipv6.Message, batchSize)
+	for i := range msgs {
+		msgs[i].Buffers = make(net.Buffers, 1)
+	}
+	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		n := min(len(bufs), len(msgs))
+		for i := 0; i < n; i++ {
+			msgs[i].Buffers[0] = bufs[i]
+		}
+		got, err := s.pc.ReadBatch(msgs[:n], 0)
+		if err != nil {
+			return 0, err
+		}
+		now := time.Now().UnixNano()
+		tbl := *b.addrs.Load()
+		for i := 0; i < got; i++ {
+			m := &msgs[i]
+			sizes[i] = 0
+			eps[i] = nil
+			ua, ok := m.Addr.(*net.UDPAddr)
+			if !ok || m.N == 0 {
+				continue
+			}
+			src := unmap(ua.AddrPort())
+			e := b.endpointFor(tbl, src, bufs[i][:m.N])
+			if e == nil {
+				continue
+			}
+			e.lastRecv.Store(now)
+			sizes[i] = m.N
+			eps[i] = e
+		}
+		return got, nil
+	}
+}
+
+// endpointFor ties a received datagram to an endpoint, or returns nil to
+// drop it.
+func (b *Bind) endpointFor(tbl map[netip.AddrPort]*Endpoint, src netip.AddrPort, pkt []byte) *Endpoint {
+	kind, receiver := classify(pkt)
+	if kind == kindGarbage {
+		return nil
+	}
+	if e := tbl[src]; e != nil {
+		return e
+	}
+	// A source we have not seen: find out whom it claims to be.
+	switch kind {
+	case kindReceiver:
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if p := b.indices[receiver]; p != nil && !p.removed.Load() {
+			return b.learnLocked(b.peers[p.key], src)
+		}
+		return b.anon[src]
+	case kindInitiation:
+		if !b.limiter.Allow() {
+			return b.anonEndpoint(src)
+		}
+		static, ok := b.opener.open(pkt)
+		if !ok {
+			return nil
+		}
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if pe := b.peers[key.NodePublicFromRaw32(static)]; pe != nil {
+			return b.learnLocked(pe, src)
+		}
+		return nil
+	}
+	return nil
+}
+
+// anonEndpoint returns an endpoint for a source no peer is tied to, so
+// wireguard-go can judge the datagram itself.
+func (b *Bind) anonEndpoint(src netip.AddrPort) *Endpoint {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if e := b.anon[src]; e != nil {
+		return e
+	}
+	e := newEndpoint(nil, src)
+	if len(b.anon) < maxAnon {
+		b.anon[src] = e
+	}
+	return e
+}
+
+// Send sends bufs to the peer ep stands for, over the peer's current path.
+func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	e, ok := ep.(*Endpoint)
+	if !ok {
+		return conn.ErrWrongEndpointType
+	}
+	if len(bufs) == 0 {
+		return nil
+	}
+	p := e.peer
+	first := bufs[0]
+	// Cookie replies answer one datagram's source, whoever it claims to
+	// be, and prove nothing about the peer: send them back where the
+	// datagram came from and learn nothing.
+	if p == nil || (len(first) == cookieReplySize && first[0] == msgCookie) {
+		if !e.src.IsValid() {
+			return errors.New("bind: endpoint without address")
+		}
+		return b.sendTo(bufs, e.src)
+	}
+	if p.removed.Load() {
+		return net.ErrClosed
+	}
+	// wireguard-go switched this peer to an endpoint with a new source:
+	// it authenticated a packet from there, so that address is now best.
+	if e.src.IsValid() && p.lastSendEp.Load() != e {
+		p.lastSendEp.Store(e)
+		p.best.Store(e)
+	}
+	if idx, ok := senderIndex(first); ok {
+		b.rememberIndex(p, idx)
+	}
+	best := p.best.Load()
+	if isInitiation(first) && (best == nil || time.Since(time.Unix(0, best.lastRecv.Load())) > staleAfter) {
+		return b.spray(bufs, p, best)
+	}
+	if best != nil {
+		return b.sendTo(bufs, best.src)
+	}
+	cands := *p.candidates.Load()
+	if len(cands) == 0 {
+		return fmt.Errorf("bind: no path to peer %s", p.key.ShortString())
+	}
+	return b.sendTo(bufs, cands[0])
+}
+
+// spray sends bufs to best and to every candidate address of p, and
+// succeeds if any send does.
+func (b *Bind) spray(bufs [][]byte, p *peer, best *Endpoint) error {
+	var errs []error
+	sent := false
+	if best != nil {
+		if err := b.sendTo(bufs, best.src); err != nil {
+			errs = append(errs, err)
+		} else {
+			sent = true
+		}
+	}
+	for _, ap := range *p.candidates.Load() {
+		if best != nil && ap == best.src {
+			continue
+		}
+		if err := b.sendTo(bufs, ap); err != nil {
+			errs = append(errs, err)
+		} else {
+			sent = true
+		}
+	}
+	if sent {
+		return nil
+	}
+	if len(errs) == 0 {
+		return fmt.Errorf("bind: no path to peer %s", p.key.ShortString())
+	}
+	return errors.Join(errs...)
+}
+
+func (b *Bind) rememberIndex(p *peer, idx uint32) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	pe := b.peers[p.key]
+	if pe == nil || pe.p != p {
+		return
+	}
+	if len(pe.indices) >= maxIndicesPerPeer {
+		delete(b.indices, pe.indices[0])
+		pe.indices = pe.indices[1:]
+	}
+	pe.indices = append(pe.indices, idx)
+	b.indices[idx] = p
+}
+
+// sendTo writes bufs to dst with as few syscalls as possible.
+func (b *Bind) sendTo(bufs [][]byte, dst netip.AddrPort) error {
+	b.mu.Lock()
+	s := b.v4
+	if dst.Addr().Is6() {
+		s = b.v6
+	}
+	b.mu.Unlock()
+	if s == nil {
+		return net.ErrClosed
+	}
+	sb := b.sendPool.Get().(*sendBatch)
+	defer b.sendPool.Put(sb)
+	if dst.Addr().Is4() {
+		a := dst.Addr().As4()
+		copy(sb.ip[:], a[:])
+		sb.ua.IP = sb.ip[:4]
+	} else {
+		sb.ip = dst.Addr().As16()
+		sb.ua.IP = sb.ip[:16]
+	}
+	sb.ua.Port = int(dst.Port())
+	n := min(len(bufs), len(sb.msgs))
+	for i := 0; i < n; i++ {
+		sb.msgs[i].Buffers[0] = bufs[i]
+		sb.msgs[i].Addr = &sb.ua
+	}
+	msgs := sb.msgs[:n]
+	var err error
+	for len(msgs) > 0 {
+		var w int
+		w, err = s.pc.WriteBatch(msgs, 0)
+		if err != nil {
+			break
+		}
+		msgs = msgs[w:]
+	}
+	for i := 0; i < n; i++ {
+		sb.msgs[i].Buffers[0] = nil
+		sb.msgs[i].Addr = nil
+	}
+	return err
+}
+
+func unmap(ap netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}

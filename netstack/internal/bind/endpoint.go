@@ -1,0 +1,94 @@
+package bind
+
+import (
+	"net/netip"
+	"sync/atomic"
+
+	"beam.dev/beam/types/key"
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// Endpoint is what wireguard-go sees as a peer's address. Its identity for
+// sending is the peer (its public key): Send ignores the address and
+// picks the peer's current path. Endpoints returned by a ReceiveFunc also
+// carry the real source address of the datagram, which wireguard-go uses
+// for cookies (DstToBytes) and rate limiting (DstIP), so its under-load
+// protection keeps working per source address.
+//
+// The bind keeps one Endpoint per (peer, address) and one canonical
+// Endpoint per peer (no address, from ParseEndpoint), so receiving does
+// not allocate.
+type Endpoint struct {
+	peer     *peer          // nil: a source no known peer can be tied to
+	src      netip.AddrPort // datagram source; invalid for a canonical endpoint
+	srcBytes []byte         // src in binary form, for DstToBytes
+	lastRecv atomic.Int64   // unix nanos of the last datagram from src
+}
+
+var _ conn.Endpoint = (*Endpoint)(nil)
+
+func newEndpoint(p *peer, src netip.AddrPort) *Endpoint {
+	e := &Endpoint{peer: p, src: src}
+	if src.IsValid() {
+		e.srcBytes, _ = src.MarshalBinary()
+	} else if p != nil {
+		raw := p.key.Raw32()
+		e.srcBytes = raw[:]
+	}
+	return e
+}
+
+// ClearSrc does nothing: the bind always picks the source itself.
+func (e *Endpoint) ClearSrc() {}
+
+// SrcToString returns "": there is no sticky source address.
+func (e *Endpoint) SrcToString() string { return "" }
+
+// DstToString returns the peer's key in text form, the form ParseEndpoint
+// accepts, or for a source no peer is tied to, that address.
+func (e *Endpoint) DstToString() string {
+	if e.peer == nil {
+		return e.src.String()
+	}
+	return e.peer.key.String()
+}
+
+// DstToBytes returns the datagram source address (or, for a canonical
+// endpoint, the peer key) for wireguard-go's mac2 cookie computation.
+func (e *Endpoint) DstToBytes() []byte { return e.srcBytes }
+
+// DstIP returns the datagram source IP, used by wireguard-go's handshake
+// rate limiter. It is invalid for a canonical endpoint.
+func (e *Endpoint) DstIP() netip.Addr { return e.src.Addr() }
+
+// SrcIP returns the zero Addr: there is no sticky source address.
+func (e *Endpoint) SrcIP() netip.Addr { return netip.Addr{} }
+
+// peer is the bind's state for one WireGuard peer.
+type peer struct {
+	key       key.NodePublic
+	canonical *Endpoint
+
+	// candidates are the peer's advertised UDP endpoints, replaced
+	// whole on SetPeers.
+	candidates atomic.Pointer[[]netip.AddrPort]
+	// best is the endpoint of the address the peer was last
+	// authenticated from (learned in Send, see Bind.Send); nil until then.
+	best atomic.Pointer[Endpoint]
+	// lastSendEp is the last endpoint wireguard-go handed to Send; a
+	// change means wireguard-go accepted a packet from a new address.
+	lastSendEp atomic.Pointer[Endpoint]
+	// removed is set once the peer left the bind's table.
+	removed atomic.Bool
+}
+
+// PeerPath is the bind's view of how a peer is reached.
+type PeerPath struct {
+	// Endpoint is the address packets to the peer go to now; invalid if
+	// none is confirmed.
+	Endpoint netip.AddrPort
+	// Path is "direct" once a UDP address is confirmed, else "none".
+	Path string
+	// LastRecv is when a packet last arrived over Endpoint; zero if never.
+	LastRecv int64
+}

@@ -1,0 +1,145 @@
+package gv
+
+import (
+	"context"
+	"os"
+	"sync"
+
+	"golang.zx2c4.com/wireguard/tun"
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// tunBatchSize is how many packets one Read hands wireguard-go at most.
+const tunBatchSize = 128
+
+// TUN is the stack's link layer seen as a wireguard-go tun.Device: Read
+// returns IP packets the stack sends, Write injects IP packets into the
+// stack. Read and Write may be called concurrently.
+type TUN struct {
+	ep       *channel.Endpoint
+	mtu      int
+	inbound  func([]byte) bool
+	outbound func([]byte)
+	events   chan tun.Event
+	ctx      context.Context // canceled by Close; unblocks Read
+	cancel   context.CancelFunc
+
+	closeOnce sync.Once
+}
+
+var _ tun.Device = (*TUN)(nil)
+
+func newTUN(ep *channel.Endpoint, mtu int, inbound func([]byte) bool, outbound func([]byte)) *TUN {
+	ctx, cancel := context.WithCancel(context.Background())
+	t := &TUN{
+		ep:       ep,
+		mtu:      mtu,
+		inbound:  inbound,
+		outbound: outbound,
+		events:   make(chan tun.Event, 1),
+		ctx:      ctx,
+		cancel:   cancel,
+	}
+	t.events <- tun.EventUp
+	return t
+}
+
+// File returns nil: there is no file descriptor behind this device.
+func (t *TUN) File() *os.File { return nil }
+
+// Name returns "beam".
+func (t *TUN) Name() (string, error) { return "beam", nil }
+
+// MTU returns the link MTU.
+func (t *TUN) MTU() (int, error) { return t.mtu, nil }
+
+// Events returns the device's event channel (one EventUp, closed on Close).
+func (t *TUN) Events() <-chan tun.Event { return t.events }
+
+// BatchSize returns the most packets one Read returns.
+func (t *TUN) BatchSize() int { return tunBatchSize }
+
+// Read blocks for one outbound packet, then takes up to len(bufs)-1 more
+// that are already queued, without blocking. It returns os.ErrClosed after
+// Close.
+func (t *TUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	pkt := t.ep.ReadContext(t.ctx)
+	if pkt == nil {
+		return 0, os.ErrClosed
+	}
+	n := 0
+	for {
+		sizes[n] = copyPacket(bufs[n][offset:], pkt)
+		pkt.DecRef()
+		if t.outbound != nil {
+			t.outbound(bufs[n][offset : offset+sizes[n]])
+		}
+		n++
+		if n == len(bufs) {
+			break
+		}
+		if pkt = t.ep.Read(); pkt == nil {
+			break
+		}
+	}
+	return n, nil
+}
+
+// copyPacket copies pkt's bytes into dst without allocating and returns
+// the number of bytes copied.
+func copyPacket(dst []byte, pkt *stack.PacketBuffer) int {
+	vl, off := pkt.AsViewList()
+	n := 0
+	for v := vl.Front(); v != nil; v = v.Next() {
+		s := v.AsSlice()
+		if off >= len(s) {
+			off -= len(s)
+			continue
+		}
+		n += copy(dst[n:], s[off:])
+		off = 0
+	}
+	return n
+}
+
+// Write injects each IP packet bufs[i][offset:] into the stack. Packets the
+// Inbound hook refuses and packets of unknown IP version are dropped.
+func (t *TUN) Write(bufs [][]byte, offset int) (int, error) {
+	if t.ctx.Err() != nil {
+		return 0, os.ErrClosed
+	}
+	for _, b := range bufs {
+		pkt := b[offset:]
+		if len(pkt) == 0 {
+			continue
+		}
+		var proto = header.IPv4ProtocolNumber
+		switch pkt[0] >> 4 {
+		case 4:
+		case 6:
+			proto = header.IPv6ProtocolNumber
+		default:
+			continue
+		}
+		if t.inbound != nil && !t.inbound(pkt) {
+			continue
+		}
+		pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
+		t.ep.InjectInbound(proto, pb)
+		pb.DecRef()
+	}
+	return len(bufs), nil
+}
+
+// Close stops the device: Read returns os.ErrClosed and Events is closed.
+// It is idempotent.
+func (t *TUN) Close() error {
+	t.closeOnce.Do(func() {
+		t.cancel()
+		close(t.events)
+	})
+	return nil
+}
