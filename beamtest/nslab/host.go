@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strings"
 	"syscall"
 )
 
@@ -74,7 +75,10 @@ func (h *Host) HelperCommand(ctx context.Context, helper string, args ...string)
 		h.lab.t.Fatalf("nslab: encode helper args: %v", err)
 	}
 	cmd := h.Command(ctx, exe, "-test.run=^TestNSLabHelperProcess$", "-test.count=1")
-	cmd.Env = append(os.Environ(), envHelper+"="+helper, envHelperArgs+"="+string(enc))
+	// A race-enabled binary sleeps a second at exit by default, which
+	// would make every short helper slow.
+	gorace := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
+	cmd.Env = append(os.Environ(), envHelper+"="+helper, envHelperArgs+"="+string(enc), "GORACE="+gorace)
 	return cmd
 }
 
