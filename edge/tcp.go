@@ -87,12 +87,27 @@ func (e *Edge) splice(ctx context.Context, client net.Conn, rt *route) {
 		}
 		dev.SetWriteDeadline(time.Time{})
 	}
+	// Copy between the bare conns so the kernel can splice TCP to TCP;
+	// replay bytes already read (a peeked ClientHello) first.
+	raw := client
+	if pc, ok := raw.(*prefixConn); ok {
+		if len(pc.prefix) > 0 {
+			if _, err := dev.Write(pc.prefix); err != nil {
+				log.Info("replay to target", "err", err)
+				return
+			}
+		}
+		raw = pc.Conn
+	}
+	if tc, ok := raw.(*trackedConn); ok {
+		raw = tc.Conn
+	}
 	stop := context.AfterFunc(ctx, func() {
 		client.Close()
 		dev.Close()
 	})
 	defer stop()
-	pipe(client, dev)
+	pipe(raw, dev)
 }
 
 // pipe copies a->b and b->a, half-closing each side as its peer finishes,
