@@ -52,7 +52,7 @@ func benchNetwork(tb testing.TB, n, rules int) (*Policy, []*wire.Node) {
 	nodes := make([]*wire.Node, n)
 	for i := range nodes {
 		a4 := netip.AddrFrom4([4]byte{100, 64, byte(i >> 8), byte(i)})
-		a6 := netip.AddrFrom16([16]byte{0xfd, 0x7a, 0x11, 0x5c, 0xa1, 0xe0, 14: byte(i >> 8), 15: byte(i)})
+		a6 := netip.AddrFrom16([16]byte{0xfd, 0x7a, 0xbe, 0xa0, 0xb0, 0xde, 14: byte(i >> 8), 15: byte(i)})
 		node := &wire.Node{ID: wire.NodeID(i + 1), Key: testKey(i + 1), Addresses: []netip.Prefix{
 			netip.PrefixFrom(a4, 32), netip.PrefixFrom(a6, 128),
 		}}

@@ -29,7 +29,7 @@ var fuzzSeeds = []string{
 		{"action": "accept", "src": ["tag:x", "u"], "dst": ["tag:y:100-200", "tag:y:150-300", "tag:x:1"], "proto": 132},
 	]}`,
 	// Hosts with a CIDR and an IPv6 address.
-	`{"hosts": {"h4": "100.64.0.10", "h6": "fd7a:115c:a1e0::10", "n": "100.64.0.0/24"}, "acls": [
+	`{"hosts": {"h4": "100.64.0.10", "h6": "fd7a:bea0:b0de::10", "n": "100.64.0.0/24"}, "acls": [
 		{"action": "accept", "src": ["n"], "dst": ["h6:53", "h4:*"], "proto": "udp"},
 	]}`,
 	// Syntax and semantic errors.
@@ -162,7 +162,7 @@ func fuzzNodes(p *Policy) []*wire.Node {
 	}
 	v4 := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{100, 64, 0, byte(i)}) }
 	v6 := func(i int) netip.Addr {
-		return netip.AddrFrom16([16]byte{0xfd, 0x7a, 0x11, 0x5c, 0xa1, 0xe0, 15: byte(i)})
+		return netip.AddrFrom16([16]byte{0xfd, 0x7a, 0xbe, 0xa0, 0xb0, 0xde, 15: byte(i)})
 	}
 	// Host addresses first so they are not taken by generated nodes.
 	hosts := slices.Sorted(maps.Keys(p.hosts))

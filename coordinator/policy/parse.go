@@ -215,6 +215,18 @@ func (d *decoder) proto(v *hujson.Value) ([]int, bool) {
 	return protos, true
 }
 
+// noteUser records a reference to a user name for CheckUsers.
+func (d *decoder) noteUser(p *Policy, user string, v *hujson.Value) {
+	p.userRefs = append(p.userRefs, userRef{user: user, pos: d.pos(v)})
+}
+
+// noteSelector records sel if it names a user.
+func (d *decoder) noteSelector(p *Policy, sel selector, v *hujson.Value) {
+	if sel.kind == selUser {
+		d.noteUser(p, sel.name, v)
+	}
+}
+
 // strAt is a string with the value it came from, for positions.
 type strAt struct {
 	s string
@@ -261,6 +273,7 @@ func (d *decoder) groups(p *Policy, v *hujson.Value) {
 					continue
 				}
 				users[u.s] = true
+				d.noteUser(p, u.s, u.v)
 			}
 		}
 		p.groups[name] = users
@@ -294,6 +307,7 @@ func (d *decoder) tagOwners(p *Policy, v *hujson.Value) {
 					d.errorf(u.v, "%v", err)
 					continue
 				}
+				d.noteUser(p, u.s, u.v)
 			}
 			owners = append(owners, u.s)
 		}
@@ -419,6 +433,7 @@ func (d *decoder) acls(p *Policy, v *hujson.Value) {
 					ok = false
 					continue
 				}
+				d.noteSelector(p, sel, s.v)
 				r.src = append(r.src, sel)
 			}
 		}
@@ -435,6 +450,7 @@ func (d *decoder) acls(p *Policy, v *hujson.Value) {
 					ok = false
 					continue
 				}
+				d.noteSelector(p, de.sel, s.v)
 				r.dst = append(r.dst, de)
 			}
 		}
@@ -489,6 +505,7 @@ func (d *decoder) tests(p *Policy, v *hujson.Value) {
 				d.errorf(sv, "%v", err)
 				ok = false
 			}
+			d.noteSelector(p, sel, sv)
 			t.src, t.srcStr = sel, s
 		}
 		if pv := f["proto"]; pv != nil {
@@ -510,6 +527,7 @@ func (d *decoder) tests(p *Policy, v *hujson.Value) {
 					ok = false
 					continue
 				}
+				d.noteSelector(p, td.sel, s.v)
 				td.pos = d.pos(s.v)
 				if which == "accept" {
 					t.accept = append(t.accept, td)
@@ -574,6 +592,7 @@ func (d *decoder) expose(p *Policy, v *hujson.Value) {
 						ok = false
 						continue
 					}
+					d.noteSelector(p, sel, s.v)
 					x.src = append(x.src, sel)
 					continue
 				}

@@ -17,8 +17,8 @@
 // Selectors name sets of nodes of one network: "*" (every node, never
 // anything outside the overlay), a user name (that user's untagged nodes),
 // "group:x", "tag:x" (nodes carrying the tag), a host alias from "hosts",
-// an IP or CIDR literal inside 100.64.0.0/10 or the IPv6 ULA range
-// fc00::/7, and in acls dst "autogroup:self" (the untagged nodes of the
+// an IP or CIDR literal inside the overlay (100.64.0.0/10 or the IPv6 ULA
+// fd7a:bea0:b0de::/48), and in acls dst "autogroup:self" (the untagged nodes of the
 // source node's own user). A bare name that is not a host alias is a user
 // name. Tagged nodes have no user identity: user, group and autogroup:self
 // selectors never match them.
@@ -41,9 +41,12 @@ package policy
 
 import (
 	_ "embed"
+	"errors"
+	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 
 	"beam.dev/beam/wire"
 )
@@ -63,6 +66,14 @@ type Policy struct {
 	acls   []rule
 	tests  []test
 	expose []exposeRule
+	// userRefs are the places that name a user, for CheckUsers.
+	userRefs []userRef
+}
+
+// userRef is a user name at a place in the source.
+type userRef struct {
+	user string
+	pos  pos
 }
 
 // rule is one acls entry.
@@ -108,18 +119,38 @@ var defaultSource []byte
 
 // Default returns the default policy: every node of a network reaches
 // every other node on every port, and every node may publish public routes
-// under any free name. Its source is the file configs/policy.hujson.
-func Default() *Policy {
+// under any free name. Its source is the file configs/policy.hujson. The
+// same immutable *Policy is returned on every call.
+func Default() *Policy { return defaultPolicy() }
+
+var defaultPolicy = sync.OnceValue(func() *Policy {
 	p, err := Parse(defaultSource)
 	if err != nil {
-		panic("policy: embedded default policy does not parse: " + err.Error())
+		panic("policy: embedded default policy does not parse: " + err.Error()) // a programmer error
 	}
 	return p
-}
+})
 
 // Source returns the policy text as it was parsed, comments included.
 // The caller must not modify it.
 func (p *Policy) Source() []byte { return p.src }
+
+// CheckUsers reports every user name the policy mentions (in groups,
+// tagOwners, acls, tests and expose) for which known returns false, as
+// *Error values joined with errors.Join, or nil if there is none.
+//
+// A bare name that is not a host alias is taken for a user name, so Parse
+// cannot tell a misspelt host alias from a user that does not exist; the
+// coordinator, which knows its users, calls this to catch both.
+func (p *Policy) CheckUsers(known func(user string) bool) error {
+	var errs []error
+	for _, r := range p.userRefs {
+		if !known(r.user) {
+			errs = append(errs, &Error{Line: r.pos.line, Column: r.pos.col, Msg: fmt.Sprintf("unknown user or host %q", r.user)})
+		}
+	}
+	return errors.Join(errs...)
+}
 
 // Allows reports whether the policy lets node src open a flow to node dst
 // with IP protocol proto and destination port port. port is ignored for

@@ -76,7 +76,7 @@ const scenario = `// A policy exercising every kind of selector.
     {"action": "accept", "src": ["group:ops"], "dst": ["lab:22", "100.64.2.0/24:80,443"]},
     {"action": "accept", "src": ["tag:web"], "dst": ["db-primary:8000-8999"], "proto": "udp"},
     {"action": "accept", "src": ["*"], "dst": ["tag:web:443"]},
-    {"action": "accept", "src": ["fd7a:115c:a1e0::1"], "dst": ["[fd7a:115c:a1e0::4]:9000"]},
+    {"action": "accept", "src": ["fd7a:bea0:b0de::1"], "dst": ["[fd7a:bea0:b0de::4]:9000"]},
   ],
 }`
 
@@ -88,10 +88,10 @@ type scenarioNodes struct {
 
 func newScenarioNodes() scenarioNodes {
 	s := scenarioNodes{
-		aliceLaptop: mkNode(1, "alice-laptop", "alice", nil, "100.64.0.1", "fd7a:115c:a1e0::1"),
+		aliceLaptop: mkNode(1, "alice-laptop", "alice", nil, "100.64.0.1", "fd7a:bea0:b0de::1"),
 		alicePhone:  mkNode(2, "alice-phone", "alice", nil, "100.64.0.2"),
 		bob:         mkNode(3, "bob", "bob", nil, "100.64.0.3"),
-		carol:       mkNode(4, "carol", "carol", nil, "100.64.0.4", "fd7a:115c:a1e0::4"),
+		carol:       mkNode(4, "carol", "carol", nil, "100.64.0.4", "fd7a:bea0:b0de::4"),
 		db1:         mkNode(5, "db1", "", []string{"tag:db"}, "100.64.0.9"),
 		// db2 was registered by alice but is tagged: it has no user identity.
 		db2: mkNode(6, "db2", "alice", []string{"tag:db"}, "100.64.0.10"),
@@ -176,7 +176,7 @@ func TestCompileFilter(t *testing.T) {
 	}{
 		{"db1", s.db1, []wire.FilterRule{
 			{
-				SrcIPs:   []netip.Prefix{pfx("100.64.0.1"), pfx("fd7a:115c:a1e0::1"), pfx("100.64.0.2")},
+				SrcIPs:   []netip.Prefix{pfx("100.64.0.1"), pfx("fd7a:bea0:b0de::1"), pfx("100.64.0.2")},
 				DstPorts: []wire.NetPortRange{{IP: pfx("100.64.0.9"), First: 5432, Last: 5432}},
 				Protos:   []int{protoTCP},
 			},
@@ -187,18 +187,18 @@ func TestCompileFilter(t *testing.T) {
 			},
 		}},
 		{"alice phone", s.alicePhone, []wire.FilterRule{{
-			SrcIPs:   []netip.Prefix{pfx("100.64.0.1"), pfx("fd7a:115c:a1e0::1"), pfx("100.64.0.2")},
+			SrcIPs:   []netip.Prefix{pfx("100.64.0.1"), pfx("fd7a:bea0:b0de::1"), pfx("100.64.0.2")},
 			DstPorts: []wire.NetPortRange{{IP: pfx("100.64.0.2"), First: 0, Last: 65535}},
 		}}},
 		{"carol", s.carol, []wire.FilterRule{{
-			SrcIPs: []netip.Prefix{pfx("100.64.0.1"), pfx("fd7a:115c:a1e0::1")},
+			SrcIPs: []netip.Prefix{pfx("100.64.0.1"), pfx("fd7a:bea0:b0de::1")},
 			DstPorts: []wire.NetPortRange{
 				{IP: pfx("100.64.0.4"), First: 9000, Last: 9000},
-				{IP: pfx("fd7a:115c:a1e0::4"), First: 9000, Last: 9000},
+				{IP: pfx("fd7a:bea0:b0de::4"), First: 9000, Last: 9000},
 			},
 		}}},
 		{"net", s.net, []wire.FilterRule{{
-			SrcIPs: []netip.Prefix{pfx("100.64.0.4"), pfx("fd7a:115c:a1e0::4")},
+			SrcIPs: []netip.Prefix{pfx("100.64.0.4"), pfx("fd7a:bea0:b0de::4")},
 			DstPorts: []wire.NetPortRange{
 				{IP: pfx("100.64.2.7"), First: 80, Last: 80},
 				{IP: pfx("100.64.2.7"), First: 443, Last: 443},
@@ -436,10 +436,10 @@ func TestParseValid(t *testing.T) {
 		}},
 		{"email user names and bracketed IPv6", `{
 			"groups": {"group:a": ["alice@example.com"]},
-			"acls": [{"action": "accept", "src": ["group:a"], "dst": ["[fd7a:115c:a1e0::2]:22", "fd7a:115c:a1e0::/48:80"]}],
+			"acls": [{"action": "accept", "src": ["group:a"], "dst": ["[fd7a:bea0:b0de::2]:22", "fd7a:bea0:b0de::/48:80"]}],
 		}`, func(t *testing.T, p *Policy) {
 			a := mkNode(1, "a", "alice@example.com", nil, "100.64.0.1")
-			b := mkNode(2, "b", "bob", nil, "fd7a:115c:a1e0::2")
+			b := mkNode(2, "b", "bob", nil, "fd7a:bea0:b0de::2")
 			if !p.Allows(a, b, protoTCP, 22) || !p.Allows(a, b, protoTCP, 80) || p.Allows(a, b, protoTCP, 81) {
 				t.Error("alice@example.com -> b: want 22 and 80 only")
 			}
@@ -494,6 +494,7 @@ func TestParseErrors(t *testing.T) {
 		{"all addresses are outside overlay", acl(`{"action": "accept", "src": ["0.0.0.0/0"], "dst": ["*:*"]}`), 2, 40, `outside the overlay`},
 		{"wider than overlay", acl(`{"action": "accept", "src": ["100.0.0.0/8"], "dst": ["*:*"]}`), 2, 40, `outside the overlay`},
 		{"ipv6 outside ULA", acl(`{"action": "accept", "src": ["*"], "dst": ["[2001:db8::1]:22"]}`), 2, 54, `outside the overlay`},
+		{"other ULA", acl(`{"action": "accept", "src": ["fd00::/64"], "dst": ["*:*"]}`), 2, 40, `outside the overlay`},
 		{"bad IP", acl(`{"action": "accept", "src": ["100.64.0.300"], "dst": ["*:*"]}`), 2, 40, `bad IP address`},
 		{"host bits set", acl(`{"action": "accept", "src": ["100.64.1.5/24"], "dst": ["*:*"]}`), 2, 40, `did you mean 100.64.1.0/24`},
 		{"self in src", acl(`{"action": "accept", "src": ["autogroup:self"], "dst": ["*:*"]}`), 2, 40, `only allowed in acls dst`},
@@ -699,5 +700,44 @@ func TestMayOwnTag(t *testing.T) {
 				t.Errorf("MayOwnTag = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestCheckUsers(t *testing.T) {
+	p := mustParse(t, `{
+  "groups": {"group:eng": ["alice", "bob"]},
+  "tagOwners": {"tag:db": ["carol"]},
+  "hosts": {"db-primary": "100.64.0.9"},
+  "acls": [{"action": "accept", "src": ["group:eng", "dave"], "dst": ["dbprimary:5432", "db-primary:22"]}],
+  "tests": [{"src": "erin", "deny": ["alice:22"]}],
+  "expose": [{"src": ["frank"], "names": ["*"]}],
+}`)
+	if err := p.CheckUsers(func(string) bool { return true }); err != nil {
+		t.Errorf("CheckUsers with all users known: %v", err)
+	}
+	known := map[string]bool{"alice": true, "bob": true, "carol": true, "dave": true, "erin": true, "frank": true}
+	// dbprimary is a misspelt host alias; bob and erin do not exist.
+	delete(known, "bob")
+	delete(known, "erin")
+	err := p.CheckUsers(func(u string) bool { return known[u] })
+	j, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		t.Fatalf("CheckUsers = %v, want joined errors", err)
+	}
+	var got []string
+	for _, e := range j.Unwrap() {
+		pe, ok := errors.AsType[*Error](e)
+		if !ok {
+			t.Fatalf("%v is not an *Error", e)
+		}
+		got = append(got, fmt.Sprintf("%d:%d %s", pe.Line, pe.Column, pe.Msg))
+	}
+	want := []string{
+		`2:37 unknown user or host "bob"`,
+		`5:71 unknown user or host "dbprimary"`,
+		`6:21 unknown user or host "erin"`,
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("CheckUsers errors:\n got %q\nwant %q", got, want)
 	}
 }

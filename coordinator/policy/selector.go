@@ -12,11 +12,12 @@ import (
 
 // The overlay ranges. IP and CIDR literals and host aliases must lie inside
 // them, and compiled filters only ever carry node addresses inside them.
-// IPv6 accepts the whole ULA range (fc00::/7) because the coordinator
-// picks the network's ULA /48.
+// They must equal coordinator.CGNATPrefix and coordinator.ULAPrefix, from
+// which the coordinator allocates node addresses (this package cannot
+// import coordinator, which imports it).
 var (
 	overlayIPv4 = netip.MustParsePrefix("100.64.0.0/10")
-	overlayIPv6 = netip.MustParsePrefix("fc00::/7")
+	overlayIPv6 = netip.MustParsePrefix("fd7a:bea0:b0de::/48")
 )
 
 // inOverlay reports whether every address of p is inside the overlay.
