@@ -18,8 +18,16 @@ import (
 // upstream of its route: a dead upstream costs a client SERVFAIL within it.
 const forwardTimeout = 1500 * time.Millisecond
 
-// errUpstream is returned when no upstream of a route gave a usable answer.
-var errUpstream = errors.New("dnsserver: no upstream answered")
+// maxInflight bounds the forwarded queries in progress at once (each holds a
+// socket for up to forwardTimeout).
+const maxInflight = 512
+
+var (
+	// errUpstream is returned when no upstream of a route gave a usable answer.
+	errUpstream = errors.New("dnsserver: no upstream answered")
+	// errBusy is returned when maxInflight forwarded queries are already running.
+	errBusy = errors.New("dnsserver: too many forwarded queries in progress")
+)
 
 // forward sends the question (name, qtype) to resolvers in order, failing over on
 // errors, timeouts, SERVFAIL and REFUSED. It returns the first usable answer and

@@ -57,6 +57,13 @@ type Resolver struct {
 
 	snap atomic.Pointer[snapshot] // current records; swapped whole by SetRecords
 
+	inflight chan struct{} // semaphore: forwarded queries in progress
+
+	flightMu sync.Mutex           // guards flights
+	flights  map[cacheKey]*flight // forwarded queries in progress, shared by identical queries
+
+	testHookJoin func() // if non-nil, called when a query joins another's flight
+
 	setMu  sync.Mutex // serialises SetRecords; guards serial
 	serial uint32
 }
@@ -84,6 +91,8 @@ func NewResolver(opts ResolverOptions) *Resolver {
 		size = DefaultCacheSize
 	}
 	r.cache = newCache(size)
+	r.inflight = make(chan struct{}, maxInflight)
+	r.flights = make(map[cacheKey]*flight)
 	r.fe = newFrontend(r.logger, opts.AllowSource, opts.RateLimit, opts.Burst, r.now)
 	r.serial = uint32(r.now().Unix())
 	r.snap.Store(newSnapshot(nil, r.serial))
@@ -156,19 +165,72 @@ func (r *Resolver) answer(ctx context.Context, qname string, qtype uint16, do, c
 		restoreCase(m, name, qname)
 		return m, answerSource{cached: true}
 	}
-	resp, up, err := r.forward(ctx, name, qtype, do, cd, rt.resolvers)
+	resp, up, err := r.forwardShared(ctx, key, rt.resolvers)
 	if err != nil {
 		r.fe.logf(slog.LevelWarn, "dnsserver: forward failed", logKeyName, name, logKeyErr, err)
 		m := replyRcode(dns.RcodeServerFailure)
 		m.RecursionAvailable = true
 		return m, answerSource{}
 	}
-	resp.Extra = stripMeta(resp.Extra)
-	r.cache.put(key, resp, r.now())
 	resp.Authoritative = false
 	resp.RecursionAvailable = true
 	restoreCase(resp, name, qname)
 	return resp, answerSource{upstream: up}
+}
+
+// flight is one forwarded query that identical queries wait for instead of
+// sending their own.
+type flight struct {
+	done chan struct{} // closed when the fields below are set
+	resp *dns.Msg      // read-only once done
+	up   netip.AddrPort
+	err  error
+}
+
+// forwardShared forwards the question of key, sharing one upstream exchange among
+// identical concurrent queries, and caches the answer. At most maxInflight
+// exchanges run at once; past that, queries fail at once (SERVFAIL). It returns
+// the caller's own copy of the answer.
+func (r *Resolver) forwardShared(ctx context.Context, key cacheKey, resolvers []netip.AddrPort) (*dns.Msg, netip.AddrPort, error) {
+	r.flightMu.Lock()
+	if f, ok := r.flights[key]; ok {
+		r.flightMu.Unlock()
+		if r.testHookJoin != nil {
+			r.testHookJoin()
+		}
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return nil, netip.AddrPort{}, ctx.Err()
+		}
+		if f.err != nil {
+			return nil, netip.AddrPort{}, f.err
+		}
+		return f.resp.Copy(), f.up, nil
+	}
+	f := &flight{done: make(chan struct{})}
+	r.flights[key] = f
+	r.flightMu.Unlock()
+
+	select {
+	case r.inflight <- struct{}{}:
+		f.resp, f.up, f.err = r.forward(ctx, key.name, key.qtype, key.do, key.cd, resolvers)
+		<-r.inflight
+	default:
+		f.err = errBusy
+	}
+	if f.err == nil {
+		f.resp.Extra = stripMeta(f.resp.Extra)
+		r.cache.put(key, f.resp, r.now())
+	}
+	r.flightMu.Lock()
+	delete(r.flights, key)
+	r.flightMu.Unlock()
+	close(f.done)
+	if f.err != nil {
+		return nil, netip.AddrPort{}, f.err
+	}
+	return f.resp.Copy(), f.up, nil
 }
 
 // restoreCase gives records owned by the question name the case the client asked

@@ -774,3 +774,44 @@ func TestRateLimitOff(t *testing.T) {
 		}
 	}
 }
+
+func TestResolverSharesIdenticalForwards(t *testing.T) {
+	reached := make(chan struct{}, 1)
+	release := make(chan struct{})
+	up := startUpstream(t, func(w dns.ResponseWriter, req *dns.Msg, tcp bool) {
+		reached <- struct{}{}
+		<-release
+		answerA("192.0.2.44", 60)(w, req, tcp)
+	})
+	r := NewResolver(ResolverOptions{})
+	r.SetRecords(testRecords(up.addr))
+	const n = 8
+	joined := make(chan struct{}, n)
+	r.testHookJoin = func() { joined <- struct{}{} }
+
+	results := make(chan *QueryResult, n)
+	errc := make(chan error, n)
+	for range n {
+		go func() {
+			res, err := r.Exchange(t.Context(), "same.example.org", dns.TypeA)
+			errc <- err
+			results <- res
+		}()
+	}
+	<-reached
+	for range n - 1 {
+		<-joined
+	}
+	close(release)
+	for range n {
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		if res := <-results; len(res.Answer) != 1 || res.Answer[0].Data != "192.0.2.44" {
+			t.Errorf("answer = %+v", res.Answer)
+		}
+	}
+	if got := up.count(); got != 1 {
+		t.Errorf("upstream got %d queries for %d identical concurrent ones, want 1", got, n)
+	}
+}
