@@ -16,23 +16,26 @@
 // the test fails: processes the lab started are stopped by PID, then the
 // namespaces are deleted.
 //
-//	                      "internet" namespace (inet)
-//	  +----------------------------------------------------------------+
-//	  |  br0 203.0.113.1/24 (the ISP gateway; forwards nothing)         |
-//	  +----+-------------+-------------------+--------------------+----+
-//	       |p1           |p2                 |p3                  |p4
-//	  +----+-----+  +----+-----+   +---------+--------+   +-------+--------+
-//	  | server   |  | client   |   | router r-alice   |   | router r-bob   |
-//	  | eth0     |  | eth0     |   | wan0 203.0.113.12|   | wan0 .13       |
-//	  | .10      |  | .11      |   | nftables NAT +   |   | (hard NAT)     |
-//	  | AddServer|  | AddPublic|   | home filter      |   |                |
-//	  +----------+  | Client   |   | lan0 198.51.100.1|   | lan0 .9        |
-//	                +----------+   +---------+--------+   +-------+--------+
-//	                                         |                    |
-//	                               +---------+--------+   +-------+--------+
-//	                               | host h-alice     |   | host h-bob     |
-//	                               | eth0 198.51.100.2|   | eth0 .10       |
-//	                               +------------------+   +----------------+
+//	                     "internet" namespace (inet)
+//	+-------------------------------------------------------------------+
+//	|  br0 203.0.113.1/24: the ISP gateway, which forwards nothing      |
+//	+---+------------+-------------+-----------------------+------------+
+//	    |p1          |p2           |p3                     |p4
+//	+---+-----+ +----+-----+ +-----+--------------+ +------+------------+
+//	| server  | | client   | | r-alice (easy)     | | r-bob (hard)      |
+//	| eth0    | | eth0     | | wan0 203.0.113.12  | | wan0 203.0.113.13 |
+//	| .10     | | .11      | | nft NAT + filter   | | nft NAT + filter  |
+//	+---------+ +----------+ | lan0 198.51.100.1  | | lan0 198.51.100.9 |
+//	 AddServer  AddPublic-   +--+--------------+--+ +------+------------+
+//	            Client          |l1            |l2         |l1
+//	                   +--------+-----+ +------+-------+ +-+------------+
+//	                   | h-alice      | | h-carol      | | h-bob        |
+//	                   | eth0 .2      | | eth0 .3      | | eth0 .10     |
+//	                   +--------------+ +--------------+ +--------------+
+//	                    AddNATHost       Router.AddHost   AddNATHost
+//
+// Host and router namespaces are "h-NAME" and "r-NAME" after the prefix;
+// lan0 is a bridge, so hosts added with [Router.AddHost] share the LAN.
 //
 // # Address plan
 //
@@ -42,7 +45,8 @@
 //     public host and router has its default route there), .10 to .254 go in
 //     order to servers, public clients, [NATNone] hosts and routers' WAN sides.
 //   - Each router's LAN is a /29: first 198.51.100.0/24 (LANs 0-31), then
-//     192.0.2.0/24 (LANs 32-63). The router is .1 of its /29, the host .2.
+//     192.0.2.0/24 (LANs 32-63). The router is .1 of its /29, its hosts
+//     .2 to .6.
 //   - No IPv6 addresses are assigned; hosts have IPv6 link-local addresses
 //     only, and IPv6 is disabled inside the inet namespace.
 //
@@ -54,7 +58,8 @@
 // port (endpoint-independent mapping); [NATHard] uses "masquerade
 // random,fully-random" (a new public port per destination); [NATUDPBlocked]
 // is an easy NAT that drops all UDP forwarded out. [NATNone] puts the host on
-// the internet with no router at all.
+// the internet with no router at all. Routers do not hairpin (a host cannot
+// reach a LAN neighbour through the router's WAN address).
 //
 // # Running code in a namespace
 //

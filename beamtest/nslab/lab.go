@@ -117,6 +117,8 @@ func New(t testing.TB) *Lab {
 		// Ports taken off the bridge for link impairment must not answer
 		// ARP for br0's address.
 		"net.ipv4.conf.all.arp_ignore=1",
+		// The bridge only switches; keep netfilter out of it.
+		"net.bridge.bridge-nf-call-iptables=0",
 	)
 	l.mustIP(ns,
 		"link add name br0 type bridge",
@@ -188,31 +190,27 @@ func (l *Lab) AddNATHost(name string, kind NATKind) *Host {
 	}
 	l.claimName(name)
 	wan := l.allocPublic()
-	lanNet := l.allocLAN()
-	lanGW := lanNet.Addr().Next()
-	hostAddr := lanGW.Next()
+	lan := l.allocLAN()
+	gw := lan.Addr().Next()
 
 	r := l.newNamespace(name, "r-"+name)
 	r.addr = wan
 	port := l.plugIntoBridge(r, "wan0", wan)
-	rt := &Router{Host: r, lab: l, kind: kind, lanAddr: lanGW, port: port}
-
-	h := l.newNamespace(name, "h-"+name)
-	h.addr = hostAddr
-	h.router = rt
+	rt := &Router{Host: r, lab: l, kind: kind, lan: lan, lanAddr: gw, nextHost: gw.Next()}
+	rt.port = port
+	l.mustSysctl(r.ns,
+		"net.ipv4.ip_forward=1",
+		// Hosts on the LAN bridge talk to each other without the router's
+		// firewall, as on a home LAN switch.
+		"net.bridge.bridge-nf-call-iptables=0",
+	)
 	l.mustIP(r.ns,
-		"link add name lan0 type veth peer name eth0 netns "+h.ns,
-		fmt.Sprintf("addr add %s/%d dev lan0", lanGW, lanNet.Bits()),
+		"link add name lan0 type bridge",
+		fmt.Sprintf("addr add %s/%d dev lan0", gw, lan.Bits()),
 		"link set lan0 up",
 	)
-	l.mustIP(h.ns,
-		fmt.Sprintf("addr add %s/%d dev eth0", hostAddr, lanNet.Bits()),
-		"link set eth0 up",
-		"route add default via "+lanGW.String(),
-	)
-	l.mustSysctl(r.ns, "net.ipv4.ip_forward=1")
 	l.mustNFT(r.ns, routerRuleset(kind))
-	return h
+	return rt.addHost(name)
 }
 
 func (l *Lab) addPublic(name string) *Host {

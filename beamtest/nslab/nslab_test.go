@@ -570,3 +570,73 @@ func TestProcOutput(t *testing.T) {
 		t.Errorf("Stop of a process that exited with status 3 = nil, want its error")
 	}
 }
+
+func TestSharedLAN(t *testing.T) {
+	t.Parallel()
+	lab := nslab.New(t)
+	srv := lab.AddServer("server")
+	startEcho(t, srv, 3478)
+	alice := lab.AddNATHost("alice", nslab.NATEasy)
+	carol := alice.Router().AddHost("carol")
+
+	if carol.Router() != alice.Router() || carol.PublicAddr() != alice.PublicAddr() {
+		t.Fatalf("carol: router %v, public %v; want alice's %v, %v", carol.Router(), carol.PublicAddr(), alice.Router(), alice.PublicAddr())
+	}
+	if carol.Addr() != alice.Addr().Next() {
+		t.Errorf("carol.Addr() = %v, want the next LAN address after alice's %v", carol.Addr(), alice.Addr())
+	}
+
+	// LAN neighbours talk directly, without NAT.
+	startEcho(t, alice, 7000)
+	if _, res := udpProbe(t, carol, hostPort(alice, 7000)); len(res) != 1 || res[0].seen.Addr() != carol.Addr() {
+		t.Errorf("carol to alice on the LAN: %+v, want alice to see %v", res, carol.Addr())
+	}
+
+	// Two hosts behind one NAT using the same local port get different
+	// public ports: the first keeps it, the second is moved.
+	_, ra := udpProbe(t, alice, "-local=0.0.0.0:44000", hostPort(srv, 3478))
+	_, rc := udpProbe(t, carol, "-local=0.0.0.0:44000", hostPort(srv, 3478))
+	if len(ra) != 1 || len(rc) != 1 || ra[0].timeout || rc[0].timeout {
+		t.Fatalf("probes: alice %+v, carol %+v; want replies", ra, rc)
+	}
+	if ra[0].seen != netip.AddrPortFrom(alice.PublicAddr(), 44000) {
+		t.Errorf("server saw alice as %v, want %v:44000", ra[0].seen, alice.PublicAddr())
+	}
+	if rc[0].seen.Addr() != alice.PublicAddr() || rc[0].seen.Port() == 44000 {
+		t.Errorf("server saw carol as %v, want %v with another port than alice's", rc[0].seen, alice.PublicAddr())
+	}
+
+	// No hairpinning: carol cannot reach alice's mapping through the WAN.
+	if _, res := udpProbe(t, carol, "-tries=2", "-wait=200ms", ra[0].seen.String()); len(res) != 1 || !res[0].timeout {
+		t.Errorf("carol to alice's public mapping %v: %+v, want a timeout", ra[0].seen, res)
+	}
+}
+
+func TestReapStale(t *testing.T) {
+	// A pid that no longer exists: a process that has been waited for.
+	done := exec.Command("true")
+	if err := done.Run(); err != nil {
+		t.Fatal(err)
+	}
+	stale := fmt.Sprintf("nsl-0badc0-%d-h-stale", done.Process.Pid)
+	if out, err := exec.Command("ip", "netns", "add", stale).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", stale).Run() })
+	orphan := exec.Command("ip", "netns", "exec", stale, "sleep", "1000")
+	if err := orphan.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { orphan.Process.Kill() })
+
+	lab := nslab.New(t)
+	if got := netnsWithPrefix(t, stale); len(got) != 0 {
+		t.Errorf("stale namespace still listed after New: %q", got)
+	}
+	if err := orphan.Wait(); err == nil {
+		t.Errorf("process in the stale namespace exited cleanly, want it killed")
+	}
+	if got := netnsWithPrefix(t, lab.Prefix()); len(got) != 1 {
+		t.Errorf("lab namespaces %q, want only inet", got)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"strconv"
 	"sync"
 )
 
@@ -23,11 +24,14 @@ type Router struct {
 	*Host
 	lab     *Lab
 	kind    NATKind
+	lan     netip.Prefix
 	lanAddr netip.Addr
 	port    string // the router's bridge port in the inet namespace
 
-	mu   sync.Mutex // guards the following fields
-	link *Proc      // the link emulator, once SetNetem has been called
+	mu       sync.Mutex // guards the following fields
+	nextHost netip.Addr // next free host address on the LAN
+	nHosts   int
+	link     *Proc // the link emulator, once SetNetem has been called
 	// linkSeq counts commands sent to link.
 	linkSeq int
 	// impaired says whether port is off the bridge and link forwards it.
@@ -39,6 +43,46 @@ func (r *Router) Kind() NATKind { return r.kind }
 
 // LANAddr returns the router's address on its LAN (the host's gateway).
 func (r *Router) LANAddr() netip.Addr { return r.lanAddr }
+
+// AddHost adds another host behind the router, on the same LAN as the
+// first; a LAN has room for 5 hosts. Hosts on one LAN reach each other
+// directly through the router's LAN bridge. The router does not hairpin:
+// a host sending to its own router's WAN address gets no answer.
+func (r *Router) AddHost(name string) *Host {
+	r.lab.t.Helper()
+	r.lab.claimName(name)
+	return r.addHost(name)
+}
+
+// addHost adds a host named name (already claimed) to the router's LAN.
+func (r *Router) addHost(name string) *Host {
+	r.lab.t.Helper()
+	r.mu.Lock()
+	addr := r.nextHost
+	if !r.lan.Contains(addr.Next()) { // keep the broadcast address free
+		r.mu.Unlock()
+		r.lab.t.Fatalf("nslab: router %s: LAN %v is full", r.name, r.lan)
+	}
+	r.nextHost = addr.Next()
+	r.nHosts++
+	port := "l" + strconv.Itoa(r.nHosts)
+	r.mu.Unlock()
+
+	h := r.lab.newNamespace(name, "h-"+name)
+	h.addr = addr
+	h.router = r
+	r.lab.mustIP(r.ns,
+		"link add name "+port+" type veth peer name eth0 netns "+h.ns,
+		"link set "+port+" master lan0",
+		"link set "+port+" up",
+	)
+	r.lab.mustIP(h.ns,
+		fmt.Sprintf("addr add %s/%d dev eth0", addr, r.lan.Bits()),
+		"link set eth0 up",
+		"route add default via "+r.lanAddr.String(),
+	)
+	return h
+}
 
 func routerRuleset(kind NATKind) string {
 	masq := "masquerade"
