@@ -158,7 +158,11 @@ func fuzzNodes(p *Policy) []*wire.Node {
 			used[a] = true
 			n.Addresses = append(n.Addresses, netip.PrefixFrom(a, a.BitLen()))
 		}
-		nodes = append(nodes, n)
+		// The consistency check judges filters by addresses, so every
+		// node needs one.
+		if len(n.Addresses) > 0 {
+			nodes = append(nodes, n)
+		}
 	}
 	v4 := func(i int) netip.Addr { return netip.AddrFrom4([4]byte{100, 64, 0, byte(i)}) }
 	v6 := func(i int) netip.Addr {

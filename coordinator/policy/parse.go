@@ -325,6 +325,10 @@ func (d *decoder) hosts(p *Policy, v *hujson.Value) {
 			d.errorf(nv, "%v", err)
 			return
 		}
+		if g := p.groupOf(name); g != "" {
+			d.errorf(nv, "host alias %q is also a user in %s; rename one of them", name, g)
+			return
+		}
 		s, ok := d.stringValue(v, "host "+name)
 		if !ok {
 			return
@@ -339,6 +343,16 @@ func (d *decoder) hosts(p *Policy, v *hujson.Value) {
 		}
 		p.hosts[name] = pfx
 	})
+}
+
+// groupOf returns a group that lists user, or "".
+func (p *Policy) groupOf(user string) string {
+	for g, members := range p.groups {
+		if members[user] {
+			return g
+		}
+	}
+	return ""
 }
 
 // checkHostName checks a host alias: it must not be mistaken for another

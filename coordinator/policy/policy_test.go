@@ -512,6 +512,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad tag name", `{"tagOwners": {"tag:1x": []}}`, 1, 16, `must start with a letter`},
 		{"host outside overlay", `{"hosts": {"db": "192.0.2.7"}}`, 1, 18, `outside the overlay`},
 		{"host not an address", `{"hosts": {"db": "db.example.com"}}`, 1, 18, `not an IP address or CIDR`},
+		{"host alias is a user", `{"groups": {"group:a": ["db"]}, "hosts": {"db": "100.64.0.1"}}`, 1, 43, `also a user in group:a`},
 		{"host alias like a tag", `{"hosts": {"tag:x": "100.64.0.1"}}`, 1, 12, `must not start with`},
 		{"unknown tag in tests", "{\"tests\": [\n  {\"src\": \"alice\", \"accept\": [\"tag:db:5432\"]}]}", 2, 31, `unknown tag "tag:db"`},
 		{"test port range", `{"tests": [{"src": "alice", "accept": ["bob:1-2"]}]}`, 1, 40, `single port`},
