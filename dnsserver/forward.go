@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/miekg/dns"
@@ -21,6 +22,10 @@ const forwardTimeout = 1500 * time.Millisecond
 // maxInflight bounds the forwarded queries in progress at once (each holds a
 // socket for up to forwardTimeout).
 const maxInflight = 512
+
+// udpBufPool holds read buffers for upstream UDP answers, large enough for any
+// datagram (an upstream may ignore the EDNS0 size we advertise).
+var udpBufPool = sync.Pool{New: func() any { b := make([]byte, dns.MaxMsgSize); return &b }}
 
 var (
 	// errUpstream is returned when no upstream of a route gave a usable answer.
@@ -119,7 +124,9 @@ func (r *Resolver) exchangeConn(ctx context.Context, network string, up netip.Ad
 	if _, err := c.Write(packed); err != nil {
 		return nil, fmt.Errorf("write udp: %w", err)
 	}
-	buf := make([]byte, 4096)
+	bufp := udpBufPool.Get().(*[]byte)
+	defer udpBufPool.Put(bufp)
+	buf := *bufp
 	for {
 		n, err := c.Read(buf)
 		if err != nil {

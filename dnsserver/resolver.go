@@ -122,7 +122,7 @@ func (r *Resolver) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		ctx, cancel := context.WithTimeout(context.Background(), forwardTimeout+500*time.Millisecond)
 		defer cancel()
 		opt := q.msg.IsEdns0()
-		m, _ := r.answer(ctx, q.msg.Question[0].Name, q.qtype, opt != nil && opt.Do(), q.msg.CheckingDisabled)
+		m, _ := r.answerCanonical(ctx, q.msg.Question[0].Name, q.name, q.qtype, opt != nil && opt.Do(), q.msg.CheckingDisabled)
 		return m
 	})
 }
@@ -137,8 +137,12 @@ type answerSource struct {
 // answer resolves the question (qname, qtype) and returns the reply's body; the
 // caller fills in the header (packReply). qname is kept as asked for owner names.
 func (r *Resolver) answer(ctx context.Context, qname string, qtype uint16, do, cd bool) (*dns.Msg, answerSource) {
+	return r.answerCanonical(ctx, qname, canonical(qname), qtype, do, cd)
+}
+
+// answerCanonical is answer with name, the canonical form of qname, already known.
+func (r *Resolver) answerCanonical(ctx context.Context, qname, name string, qtype uint16, do, cd bool) (*dns.Msg, answerSource) {
 	s := r.snap.Load()
-	name := canonical(qname)
 	if qtype == dns.TypeANY {
 		m := replyAny(qname, LocalTTL)
 		m.RecursionAvailable = s.forward

@@ -212,10 +212,18 @@ func packReply(req, resp *dns.Msg, tcp bool) []byte {
 	if !tcp {
 		limit = udpLimit(req)
 	}
-	resp.Compress = true
+	// Small replies go out uncompressed (cheaper to build); compress only when
+	// that is what makes a reply fit.
+	resp.Compress = false
 	b, err := resp.Pack()
 	if err == nil && len(b) <= limit {
 		return b
+	}
+	if err == nil {
+		resp.Compress = true
+		if b, err = resp.Pack(); err == nil && len(b) <= limit {
+			return b
+		}
 	}
 	if err == nil {
 		resp.Truncate(limit)
