@@ -1,0 +1,494 @@
+// Package derpserver is Beam's relay server and STUN responder.
+//
+// A Server relays packets between nodes that cannot reach each other
+// directly. It never opens listeners: it accepts connections handed to
+// Accept, or serves HTTP as an http.Handler (the "/derp" upgrade, its
+// WebSocket variant, and "/derp/probe" and "/generate_204" for latency
+// checks). ServeSTUN answers STUN Binding requests on a PacketConn it is
+// given.
+//
+// Relays of one region mesh with each other: each dials the others with
+// the region's mesh key, watches which clients they hold, and forwards
+// packets for those clients one hop.
+//
+// Policies:
+//   - A client proves it holds the node key it claims by sealing its client
+//     info with it; with Options.VerifyClient set, the key must also be
+//     admitted by it.
+//   - Duplicate connections for one node key: the newest wins. The older
+//     connection gets a health frame saying it was replaced and is closed.
+//   - A packet addressed to its own sender is dropped.
+//   - Each client has bounded send queues, one for disco packets and one for
+//     everything else; a full queue drops its oldest packet.
+//   - When a client disconnects, every client that sent to it gets a peer
+//     gone frame.
+package derpserver
+
+import (
+	"bufio"
+	"context"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"beam.dev/beam/derp"
+	"beam.dev/beam/types/key"
+)
+
+// Options configures a Server.
+type Options struct {
+	// PrivateKey is the relay's machine key. If zero, New generates a
+	// random one (fine for tests; real relays load a stored key so clients
+	// see a stable identity).
+	PrivateKey key.MachinePrivate
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+	// VerifyClient decides whether a node key may connect; nil admits
+	// every key that proves itself. Mesh peers bypass it.
+	VerifyClient func(ctx context.Context, k key.NodePublic) error
+	// MeshKey is the secret shared by the relays of a region; empty means
+	// this server neither accepts nor makes mesh connections.
+	MeshKey string
+	// MeshWith lists the URLs (http:// or https://) of the other relays of
+	// the region to mesh with. Ignored (with an error logged) without a
+	// MeshKey. A URL that turns out to be
+	// this server itself is skipped.
+	MeshWith []string
+	// MeshDialContext dials mesh peers; a net.Dialer if nil.
+	MeshDialContext func(ctx context.Context, network, addr string) (net.Conn, error)
+	// MeshTLSConfig is used to dial https:// mesh peers; the system
+	// defaults if nil.
+	MeshTLSConfig *tls.Config
+	// PerClientRateBytes is each client's sustained send rate in bytes per
+	// second; 0 means unlimited. Mesh peers are not limited.
+	PerClientRateBytes float64
+	// PerClientBurstBytes is each client's burst allowance; if smaller
+	// than one maximum-size frame (or zero) it is raised to that.
+	PerClientBurstBytes int
+	// SendQueueDepth is the number of non-disco packets queued per client;
+	// 32 if zero.
+	SendQueueDepth int
+	// DiscoQueueDepth is the number of disco packets queued per client; 16
+	// if zero.
+	DiscoQueueDepth int
+	// WriteTimeout bounds each write to a client; a client that does not
+	// take its data in time is disconnected. 5s if zero.
+	WriteTimeout time.Duration
+	// KeepAliveInterval is how often idle clients get a keepalive; 60s if
+	// zero.
+	KeepAliveInterval time.Duration
+	// HandshakeTimeout bounds the handshake; 10s if zero.
+	HandshakeTimeout time.Duration
+}
+
+// Stats are counters of a Server since New.
+type Stats struct {
+	// Clients is the number of connected clients, mesh peers included.
+	Clients int `json:"clients"`
+	// MeshClients is how many of Clients are meshed relays.
+	MeshClients int `json:"mesh_clients"`
+	// RemoteClients is the number of clients known to be on meshed relays.
+	RemoteClients int `json:"remote_clients"`
+	// Accepted counts completed handshakes.
+	Accepted int64 `json:"accepted"`
+	// Refused counts failed or refused handshakes.
+	Refused int64 `json:"refused"`
+	// PacketsRelayed and BytesRelayed count packets written to their
+	// destination client.
+	PacketsRelayed int64 `json:"packets_relayed"`
+	BytesRelayed   int64 `json:"bytes_relayed"`
+	// PacketsForwarded counts packets handed to a meshed relay.
+	PacketsForwarded int64 `json:"packets_forwarded"`
+	// PacketsDropped counts every dropped packet; the fields after it
+	// break it down by reason.
+	PacketsDropped   int64 `json:"packets_dropped"`
+	DropsQueueFull   int64 `json:"drops_queue_full"`
+	DropsUnknownDest int64 `json:"drops_unknown_dest"`
+	DropsToSelf      int64 `json:"drops_to_self"`
+	DropsGone        int64 `json:"drops_gone"`
+}
+
+// Server is a relay server. Create it with New; it is safe for concurrent
+// use.
+//
+// Goroutines: Accept runs on its caller's goroutine and starts, per client,
+// one reader and one sendLoop in an errgroup; New starts one goroutine per
+// mesh peer. Close waits for all of them.
+//
+// Lock order: Server.mu before sclient.pmu.
+type Server struct {
+	privateKey key.MachinePrivate
+	publicKey  key.MachinePublic
+	meshNode   key.NodePrivate // this server's identity towards mesh peers
+	logger     *slog.Logger
+	opts       Options
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // Accept calls and mesh loops
+
+	closeOnce sync.Once
+
+	mu       sync.RWMutex // guards the following fields
+	closed   bool
+	clients  map[key.NodePublic]*sclient                // newest connection per key
+	watchers map[*sclient]struct{}                      // mesh peers watching our clients
+	remote   map[key.NodePublic]*meshPeer               // clients on meshed relays
+	sentTo   map[key.NodePublic]map[key.NodePublic]bool // dst -> srcs that sent to it
+	meshUp   int                                        // connected outbound mesh links
+
+	accepted, refused                atomic.Int64
+	packetsRelayed, bytesRelayed     atomic.Int64
+	packetsForwarded                 atomic.Int64
+	dropsQueueFull, dropsUnknownDest atomic.Int64
+	dropsToSelf, dropsGone           atomic.Int64
+}
+
+// New returns a Server that relays with the given options and starts its
+// mesh connections. It does not listen on its own: hand it connections with
+// Accept or serve it over HTTP.
+func New(opts Options) *Server {
+	if opts.PrivateKey.IsZero() {
+		opts.PrivateKey = key.NewMachine()
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if len(opts.MeshWith) > 0 && opts.MeshKey == "" {
+		opts.Logger.Error("derpserver: MeshWith ignored: no MeshKey set")
+		opts.MeshWith = nil
+	}
+	if opts.SendQueueDepth <= 0 {
+		opts.SendQueueDepth = 32
+	}
+	if opts.DiscoQueueDepth <= 0 {
+		opts.DiscoQueueDepth = 16
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 5 * time.Second
+	}
+	if opts.KeepAliveInterval <= 0 {
+		opts.KeepAliveInterval = 60 * time.Second
+	}
+	if opts.HandshakeTimeout <= 0 {
+		opts.HandshakeTimeout = 10 * time.Second
+	}
+	if opts.PerClientBurstBytes < derp.MaxFrameSize {
+		opts.PerClientBurstBytes = derp.MaxFrameSize
+	}
+	s := &Server{
+		privateKey: opts.PrivateKey,
+		publicKey:  opts.PrivateKey.Public(),
+		meshNode:   key.NewNode(),
+		logger:     opts.Logger.With("component", "derpserver"),
+		opts:       opts,
+		clients:    make(map[key.NodePublic]*sclient),
+		watchers:   make(map[*sclient]struct{}),
+		remote:     make(map[key.NodePublic]*meshPeer),
+		sentTo:     make(map[key.NodePublic]map[key.NodePublic]bool),
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	for _, u := range opts.MeshWith {
+		mp := newMeshPeer(s, u)
+		s.wg.Go(func() { mp.run(s.ctx) })
+	}
+	return s
+}
+
+// PublicKey returns the server's machine public key.
+func (s *Server) PublicKey() key.MachinePublic { return s.publicKey }
+
+// Close tells every client the server is restarting, closes them, stops
+// mesh links and waits for all of the server's goroutines and Accept calls
+// to return. It is safe to call more than once.
+func (s *Server) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		s.mu.Unlock()
+		s.cancel()
+		s.wg.Wait()
+	})
+	return nil
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() Stats {
+	st := Stats{
+		Accepted:         s.accepted.Load(),
+		Refused:          s.refused.Load(),
+		PacketsRelayed:   s.packetsRelayed.Load(),
+		BytesRelayed:     s.bytesRelayed.Load(),
+		PacketsForwarded: s.packetsForwarded.Load(),
+		DropsQueueFull:   s.dropsQueueFull.Load(),
+		DropsUnknownDest: s.dropsUnknownDest.Load(),
+		DropsToSelf:      s.dropsToSelf.Load(),
+		DropsGone:        s.dropsGone.Load(),
+	}
+	st.PacketsDropped = st.DropsQueueFull + st.DropsUnknownDest + st.DropsToSelf + st.DropsGone
+	s.mu.RLock()
+	st.Clients = len(s.clients)
+	for _, c := range s.clients {
+		if c.isMesh {
+			st.MeshClients++
+		}
+	}
+	st.RemoteClients = len(s.remote)
+	s.mu.RUnlock()
+	return st
+}
+
+// Accept serves one relay client on nc, which has already been upgraded
+// (the 101 response is written), until the client leaves, ctx is done or
+// the server closes. brw, if not nil, holds bytes already buffered from nc
+// and the writer to use; remoteAddr names the client in logs. Accept closes
+// nc before it returns.
+func (s *Server) Accept(ctx context.Context, nc net.Conn, brw *bufio.ReadWriter, remoteAddr string) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		nc.Close()
+		return
+	}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	defer nc.Close()
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stopServer := context.AfterFunc(s.ctx, cancel)
+	defer stopServer()
+
+	if brw == nil {
+		brw = bufio.NewReadWriter(bufio.NewReaderSize(nc, 4<<10), bufio.NewWriterSize(nc, 4<<10))
+	}
+	logger := s.logger.With("remote", remoteAddr)
+	nc.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
+	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
+	c, serverInfo, err := s.handshake(ctx, nc, brw, logger)
+	if err != nil {
+		stop()
+		s.refused.Add(1)
+		logger.Debug("handshake failed", "err", err)
+		return
+	}
+	c.cancel = cancel
+	// Register before the client learns the handshake is done, so that
+	// packets sent to it as soon as its Dial returns find it.
+	s.register(c)
+	err = derp.WriteFrame(brw.Writer, derp.FrameServerInfo, serverInfo)
+	if err == nil {
+		err = brw.Flush()
+	}
+	if !stop() {
+		err = errors.Join(err, ctx.Err())
+	}
+	if err != nil {
+		s.unregister(c)
+		s.refused.Add(1)
+		logger.Debug("send server info", "err", err)
+		return
+	}
+	nc.SetDeadline(time.Time{})
+	s.accepted.Add(1)
+	c.logger.Debug("client connected", "mesh", c.isMesh)
+	err = c.run(ctx)
+	s.unregister(c)
+	c.logger.Debug("client disconnected", "err", err)
+}
+
+// refuse tells the client why it is refused, best effort.
+func refuse(nc net.Conn, bw *bufio.Writer, reason string) {
+	nc.SetWriteDeadline(time.Now().Add(time.Second))
+	if derp.WriteFrame(bw, derp.FrameHealth, []byte(reason)) == nil {
+		bw.Flush()
+	}
+}
+
+// maxClientInfoLen bounds the FrameClientInfo payload.
+const maxClientInfoLen = 32 + key.SealOverhead + 1024
+
+// handshake reads and checks the client's info. It returns the new client
+// and the sealed server info to send once the client is registered.
+func (s *Server) handshake(ctx context.Context, nc net.Conn, brw *bufio.ReadWriter, logger *slog.Logger) (*sclient, []byte, error) {
+	pub := s.publicKey.Raw32()
+	if err := derp.WriteFrame(brw.Writer, derp.FrameServerKey, []byte(derp.Magic), pub[:]); err != nil {
+		return nil, nil, fmt.Errorf("send server key: %w", err)
+	}
+	if err := brw.Flush(); err != nil {
+		return nil, nil, fmt.Errorf("send server key: %w", err)
+	}
+	t, p, err := derp.ReadFrame(brw.Reader, maxClientInfoLen, nil)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read client info: %w", err)
+	}
+	if t != derp.FrameClientInfo {
+		return nil, nil, fmt.Errorf("got frame type %#x, want client info", byte(t))
+	}
+	raw, sealed, err := derp.ParseClientInfoPayload(p)
+	if err != nil {
+		return nil, nil, err
+	}
+	clientKey := key.NodePublicFromRaw32(raw)
+	msg, ok := s.privateKey.OpenFrom(clientKey, sealed)
+	if !ok {
+		refuse(nc, brw.Writer, "client key not proven")
+		return nil, nil, fmt.Errorf("client %s: client info box does not open", clientKey.ShortString())
+	}
+	var info derp.ClientInfo
+	if err := json.Unmarshal(msg, &info); err != nil {
+		refuse(nc, brw.Writer, "bad client info")
+		return nil, nil, fmt.Errorf("client %s: decode client info: %w", clientKey.ShortString(), err)
+	}
+	isMesh := false
+	if info.MeshKey != "" {
+		if s.opts.MeshKey == "" || subtle.ConstantTimeCompare([]byte(info.MeshKey), []byte(s.opts.MeshKey)) != 1 {
+			refuse(nc, brw.Writer, "mesh key mismatch")
+			return nil, nil, fmt.Errorf("client %s: mesh key mismatch", clientKey.ShortString())
+		}
+		isMesh = true
+	} else if s.opts.VerifyClient != nil {
+		if err := s.opts.VerifyClient(ctx, clientKey); err != nil {
+			refuse(nc, brw.Writer, "node key not admitted")
+			return nil, nil, fmt.Errorf("client %s: not admitted: %w", clientKey.ShortString(), err)
+		}
+	}
+	si := derp.ServerInfo{Version: derp.ProtocolVersion}
+	var lim *rate.Limiter
+	if s.opts.PerClientRateBytes > 0 && !isMesh {
+		lim = rate.NewLimiter(rate.Limit(s.opts.PerClientRateBytes), s.opts.PerClientBurstBytes)
+		si.TokenBucketBytesPerSecond = int(s.opts.PerClientRateBytes)
+		si.TokenBucketBytesBurst = s.opts.PerClientBurstBytes
+	}
+	sib, err := json.Marshal(si)
+	if err != nil {
+		return nil, nil, fmt.Errorf("marshal server info: %w", err)
+	}
+	return newSClient(s, nc, brw, clientKey, info, isMesh, lim, logger), s.privateKey.SealTo(clientKey, sib), nil
+}
+
+// register makes c the connection for its key, evicting an older one.
+func (s *Server) register(c *sclient) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old := s.clients[c.key]; old != nil {
+		old.logger.Debug("replaced by a newer connection")
+		old.evicted.Store(true)
+		old.cancel()
+	}
+	s.clients[c.key] = c
+	if !c.isMesh {
+		for w := range s.watchers {
+			w.queuePeerUpdate(peerUpdate{key: c.key, present: true})
+		}
+	}
+}
+
+// unregister removes c if it is still the connection for its key, and
+// tells senders and watchers that the key is gone.
+func (s *Server) unregister(c *sclient) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.watchers, c)
+	if s.clients[c.key] != c {
+		return // replaced by a newer connection
+	}
+	delete(s.clients, c.key)
+	for dst := range c.sentTo {
+		delete(s.sentTo[dst], c.key)
+	}
+	if c.isMesh {
+		return
+	}
+	for w := range s.watchers {
+		w.queuePeerUpdate(peerUpdate{key: c.key, present: false})
+	}
+	if _, ok := s.remote[c.key]; !ok {
+		s.notifyGoneLocked(c.key)
+	}
+}
+
+// notifyGoneLocked sends a peer gone frame for k to every connected client
+// that sent to it. s.mu must be held.
+func (s *Server) notifyGoneLocked(k key.NodePublic) {
+	for src := range s.sentTo[k] {
+		if sc := s.clients[src]; sc != nil {
+			sc.queueCtrl(ctrlMsg{typ: derp.FramePeerGone, key: k, reason: derp.PeerGoneDisconnected})
+		}
+	}
+	delete(s.sentTo, k)
+}
+
+// noteSentTo records that src sent to dst, for peer gone notices.
+func (s *Server) noteSentTo(src, dst key.NodePublic) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	m := s.sentTo[dst]
+	if m == nil {
+		m = make(map[key.NodePublic]bool)
+		s.sentTo[dst] = m
+	}
+	m[src] = true
+}
+
+// addWatcher subscribes the mesh peer c to client presence.
+func (s *Server) addWatcher(c *sclient) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.watchers[c]; ok {
+		return
+	}
+	s.watchers[c] = struct{}{}
+	for k, sc := range s.clients {
+		if !sc.isMesh {
+			c.queuePeerUpdate(peerUpdate{key: k, present: true})
+		}
+	}
+}
+
+// route delivers a packet from src (connected here as from) to dst.
+func (s *Server) route(from *sclient, dst key.NodePublic, data []byte) {
+	src := from.key
+	if dst == src {
+		s.dropsToSelf.Add(1)
+		return
+	}
+	s.mu.RLock()
+	dc := s.clients[dst]
+	mp := s.remote[dst]
+	s.mu.RUnlock()
+	switch {
+	case dc != nil:
+		from.noteSentTo(dst)
+		dc.enqueuePacket(src, data)
+	case mp != nil:
+		from.noteSentTo(dst)
+		mp.forward(src, dst, data)
+	default:
+		s.dropsUnknownDest.Add(1)
+		from.queueCtrl(ctrlMsg{typ: derp.FramePeerGone, key: dst, reason: derp.PeerGoneNotHere})
+	}
+}
+
+// deliverForwarded delivers a packet a mesh peer forwarded; it is never
+// forwarded again.
+func (s *Server) deliverForwarded(src, dst key.NodePublic, data []byte) {
+	s.mu.RLock()
+	dc := s.clients[dst]
+	s.mu.RUnlock()
+	if dc == nil {
+		s.dropsUnknownDest.Add(1)
+		return
+	}
+	dc.enqueuePacket(src, data)
+}

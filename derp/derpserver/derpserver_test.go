@@ -1,0 +1,560 @@
+package derpserver_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"beam.dev/beam/derp"
+	"beam.dev/beam/derp/derpserver"
+	"beam.dev/beam/types/key"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// testTimeout bounds every wait in these tests.
+const testTimeout = 10 * time.Second
+
+func newServer(t testing.TB, opts derpserver.Options) (*derpserver.Server, string) {
+	t.Helper()
+	s := derpserver.New(opts)
+	hs := httptest.NewServer(s)
+	t.Cleanup(func() {
+		s.Close()
+		hs.Close()
+	})
+	return s, hs.URL
+}
+
+func dial(t testing.TB, url string, priv key.NodePrivate, ws bool) *derp.Client {
+	t.Helper()
+	c, err := derp.Dial(t.Context(), url, priv, derp.ClientOptions{WebSocket: ws})
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// recv returns the next message that is not a keepalive. It closes the
+// client if nothing comes within testTimeout.
+func recv(t testing.TB, c *derp.Client) derp.ReceivedMessage {
+	t.Helper()
+	timer := time.AfterFunc(testTimeout, func() { c.Close() })
+	defer timer.Stop()
+	for {
+		m, err := c.Recv()
+		if err != nil {
+			t.Fatalf("recv: %v", err)
+		}
+		if _, ok := m.(derp.KeepAliveMessage); ok {
+			continue
+		}
+		return m
+	}
+}
+
+func recvPacket(t testing.TB, c *derp.Client) derp.ReceivedPacket {
+	t.Helper()
+	m := recv(t, c)
+	p, ok := m.(derp.ReceivedPacket)
+	if !ok {
+		t.Fatalf("got %T %+v, want ReceivedPacket", m, m)
+	}
+	return p
+}
+
+// recvErr waits until Recv fails and returns the messages seen before.
+func recvErr(t testing.TB, c *derp.Client) []derp.ReceivedMessage {
+	t.Helper()
+	timer := time.AfterFunc(testTimeout, func() { t.Error("Recv did not fail in time"); c.Close() })
+	defer timer.Stop()
+	var msgs []derp.ReceivedMessage
+	for {
+		m, err := c.Recv()
+		if err != nil {
+			return msgs
+		}
+		msgs = append(msgs, m)
+	}
+}
+
+func TestRelay(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		wsA, wsB bool
+	}{
+		{"raw", false, false},
+		{"websocket", true, true},
+		{"mixed", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, url := newServer(t, derpserver.Options{})
+			ka, kb := key.NewNode(), key.NewNode()
+			a := dial(t, url, ka, tc.wsA)
+			b := dial(t, url, kb, tc.wsB)
+			if a.ServerPublicKey() != s.PublicKey() {
+				t.Fatalf("ServerPublicKey = %v, want %v", a.ServerPublicKey(), s.PublicKey())
+			}
+			big := bytes.Repeat([]byte{0xab}, derp.MaxPacketSize)
+			for i, msg := range [][]byte{[]byte("hello"), []byte(derp.DiscoMagic + "disco"), big} {
+				if err := a.Send(kb.Public(), msg); err != nil {
+					t.Fatal(err)
+				}
+				p := recvPacket(t, b)
+				if p.Source != ka.Public() || !bytes.Equal(p.Data, msg) {
+					t.Fatalf("packet %d: got %d bytes from %v, want %d bytes from %v", i, len(p.Data), p.Source, len(msg), ka.Public())
+				}
+			}
+			if err := b.Send(ka.Public(), []byte("reply")); err != nil {
+				t.Fatal(err)
+			}
+			if p := recvPacket(t, a); p.Source != kb.Public() || string(p.Data) != "reply" {
+				t.Fatalf("got %q from %v, want reply from B", p.Data, p.Source)
+			}
+			if err := a.Send(kb.Public(), make([]byte, derp.MaxPacketSize+1)); err == nil {
+				t.Error("Send of an oversized packet succeeded")
+			}
+			if err := a.SendPing([8]byte{1, 2, 3}); err != nil {
+				t.Fatal(err)
+			}
+			if m := recv(t, a); m != (derp.PongMessage{1, 2, 3}) {
+				t.Fatalf("got %#v, want pong", m)
+			}
+			st := s.Stats()
+			if st.Clients != 2 || st.PacketsRelayed != 4 || st.BytesRelayed != int64(5+len(derp.DiscoMagic)+5+len(big)+5) {
+				t.Fatalf("Stats = %+v, want 2 clients, 4 packets", st)
+			}
+		})
+	}
+}
+
+// handshakeAs speaks the handshake by hand: it claims the node key claim
+// but seals its client info with sealer.
+func handshakeAs(t *testing.T, url string, claim key.NodePublic, sealer key.NodePrivate) (derp.FrameType, []byte) {
+	t.Helper()
+	nc, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(testTimeout))
+	fmt.Fprintf(nc, "GET /derp HTTP/1.1\r\nHost: relay\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n")
+	br := bufio.NewReader(nc)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("status %s, want 101", resp.Status)
+	}
+	ft, p, err := derp.ReadFrame(br, derp.MaxFrameSize, nil)
+	if err != nil || ft != derp.FrameServerKey {
+		t.Fatalf("server key frame: %#x, %v", ft, err)
+	}
+	raw, err := derp.ParseServerKeyPayload(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, _ := json.Marshal(derp.ClientInfo{Version: derp.ProtocolVersion})
+	sealed := sealer.SealTo(key.MachinePublicFromRaw32(raw), info)
+	bw := bufio.NewWriter(nc)
+	derp.WriteFrame(bw, derp.FrameClientInfo, derp.AppendClientInfoPayload(nil, claim.Raw32(), sealed))
+	bw.Flush()
+	ft, p, err = derp.ReadFrame(br, derp.MaxFrameSize, nil)
+	if err != nil {
+		t.Fatalf("read reply: %v", err)
+	}
+	if ft != derp.FrameServerInfo {
+		if _, _, err := derp.ReadFrame(br, derp.MaxFrameSize, nil); err == nil {
+			t.Error("refused connection stayed open")
+		}
+	}
+	return ft, p
+}
+
+func TestUnprovenKeyRefused(t *testing.T) {
+	s, url := newServer(t, derpserver.Options{})
+	victim, attacker := key.NewNode(), key.NewNode()
+	if ft, _ := handshakeAs(t, url, attacker.Public(), attacker); ft != derp.FrameServerInfo {
+		t.Fatalf("honest handshake got frame %#x, want server info", ft)
+	}
+	ft, p := handshakeAs(t, url, victim.Public(), attacker)
+	if ft != derp.FrameHealth || !strings.Contains(string(p), "not proven") {
+		t.Fatalf("claimed key got frame %#x %q, want health 'not proven'", ft, p)
+	}
+	if got := s.Stats().Refused; got != 1 {
+		t.Errorf("Stats.Refused = %d, want 1", got)
+	}
+}
+
+func TestVerifyClient(t *testing.T) {
+	allowed, denied := key.NewNode(), key.NewNode()
+	var mu sync.Mutex
+	var asked []key.NodePublic
+	coord := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/api/v1/derp/verify" {
+			http.NotFound(w, r)
+			return
+		}
+		k, err := key.ParseNodePublic(r.URL.Query().Get("key"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		asked = append(asked, k)
+		mu.Unlock()
+		if k == allowed.Public() {
+			w.Write([]byte(`{"allow":true}`))
+			return
+		}
+		w.WriteHeader(http.StatusForbidden)
+		w.Write([]byte(`{"allow":false}`))
+	}))
+	defer coord.Close()
+
+	_, url := newServer(t, derpserver.Options{VerifyClient: derpserver.VerifyWithCoordinator(coord.URL, coord.Client())})
+	dial(t, url, allowed, false)
+	_, err := derp.Dial(t.Context(), url, denied, derp.ClientOptions{})
+	if !errors.Is(err, derp.ErrRefused) {
+		t.Fatalf("dial with unknown key: err = %v, want ErrRefused", err)
+	}
+	mu.Lock()
+	got := append([]key.NodePublic(nil), asked...)
+	mu.Unlock()
+	if len(got) != 2 || got[0] != allowed.Public() || got[1] != denied.Public() {
+		t.Errorf("coordinator was asked %v, want [allowed denied]", got)
+	}
+
+	verify := derpserver.VerifyWithCoordinator(coord.URL+"/", nil)
+	if err := verify(t.Context(), denied.Public()); !errors.Is(err, derpserver.ErrNotAdmitted) {
+		t.Errorf("verify(denied) = %v, want ErrNotAdmitted", err)
+	}
+	if err := verify(t.Context(), allowed.Public()); err != nil {
+		t.Errorf("verify(allowed) = %v, want nil", err)
+	}
+}
+
+// sendUntil sends pkt from c to dst every few milliseconds until the
+// returned stop func is called. It waits for a path that needs time to
+// form (mesh presence) without sleeping on a guess.
+func sendUntil(c *derp.Client, dst key.NodePublic, pkt []byte) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if c.Send(dst, pkt) != nil {
+				return
+			}
+			select {
+			case <-done:
+				return
+			case <-tick.C:
+			}
+		}
+	})
+	return func() { close(done); wg.Wait() }
+}
+
+func TestMesh(t *testing.T) {
+	const meshKey = "region-1-secret"
+	// Each server needs the other's URL, so start the HTTP servers first.
+	var s1, s2 *derpserver.Server
+	h1 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s1.ServeHTTP(w, r) }))
+	h2 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s2.ServeHTTP(w, r) }))
+	s1 = derpserver.New(derpserver.Options{MeshKey: meshKey, MeshWith: []string{h1.URL, h2.URL}})
+	s2 = derpserver.New(derpserver.Options{MeshKey: meshKey, MeshWith: []string{h1.URL}})
+	t.Cleanup(func() {
+		s1.Close()
+		s2.Close()
+		h1.Close()
+		h2.Close()
+	})
+
+	ka, kb := key.NewNode(), key.NewNode()
+	a := dial(t, h1.URL, ka, false)
+	b := dial(t, h2.URL, kb, true)
+
+	stop := sendUntil(a, kb.Public(), []byte("a to b"))
+	p := recvPacket(t, b)
+	stop()
+	if p.Source != ka.Public() || string(p.Data) != "a to b" {
+		t.Fatalf("B got %q from %v, want 'a to b' from A", p.Data, p.Source)
+	}
+	stop = sendUntil(b, ka.Public(), []byte("b to a"))
+	for {
+		m := recv(t, a)
+		if _, ok := m.(derp.PeerGoneMessage); ok {
+			continue // "not here" answers from before the mesh formed
+		}
+		p, ok := m.(derp.ReceivedPacket)
+		if !ok || p.Source != kb.Public() || string(p.Data) != "b to a" {
+			t.Fatalf("A got %#v, want 'b to a' from B", m)
+		}
+		break
+	}
+	stop()
+	if st := s1.Stats(); st.PacketsForwarded == 0 || st.RemoteClients == 0 || st.MeshClients != 1 {
+		t.Errorf("s1 Stats = %+v, want forwarded packets, remote clients and one mesh client", st)
+	}
+
+	// When B leaves relay 2, A (who sent to B) hears it is gone.
+	b.Close()
+	for {
+		m := recv(t, a)
+		if g, ok := m.(derp.PeerGoneMessage); ok && g.Peer == kb.Public() && g.Reason == derp.PeerGoneDisconnected {
+			break
+		}
+	}
+}
+
+func TestMeshWrongKeyRefused(t *testing.T) {
+	s, url := newServer(t, derpserver.Options{MeshKey: "right"})
+	_, err := derp.Dial(t.Context(), url, key.NewNode(), derp.ClientOptions{MeshKey: "wrong"})
+	if !errors.Is(err, derp.ErrRefused) {
+		t.Fatalf("dial with wrong mesh key: err = %v, want ErrRefused", err)
+	}
+	// A server without a mesh key refuses every mesh key.
+	_, url2 := newServer(t, derpserver.Options{})
+	if _, err := derp.Dial(t.Context(), url2, key.NewNode(), derp.ClientOptions{MeshKey: "right"}); !errors.Is(err, derp.ErrRefused) {
+		t.Fatalf("dial meshless server with a mesh key: err = %v, want ErrRefused", err)
+	}
+	// An ordinary client may not use mesh frames.
+	c := dial(t, url, key.NewNode(), false)
+	if err := c.WatchConns(); err != nil {
+		t.Fatal(err)
+	}
+	recvErr(t, c)
+	if got := s.Stats().Refused; got != 1 {
+		t.Errorf("Stats.Refused = %d, want 1", got)
+	}
+	c2, err := derp.Dial(t.Context(), url, key.NewNode(), derp.ClientOptions{MeshKey: "right"})
+	if err != nil {
+		t.Fatalf("dial with the right mesh key: %v", err)
+	}
+	c2.Close()
+}
+
+func TestSlowReaderDoesNotBlockOthers(t *testing.T) {
+	s, url := newServer(t, derpserver.Options{SendQueueDepth: 8, WriteTimeout: time.Minute})
+	ka, kslow, kfast := key.NewNode(), key.NewNode(), key.NewNode()
+	a := dial(t, url, ka, false)
+	// The slow client's socket buffer is small so the server's writes to
+	// it block soon.
+	slow, err := derp.Dial(t.Context(), url, kslow, derp.ClientOptions{
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err == nil {
+				c.(*net.TCPConn).SetReadBuffer(64 << 10)
+			}
+			return c, err
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	fast := dial(t, url, kfast, false)
+
+	const n = 2000
+	pkt := make([]byte, 8<<10)
+	for i := range n {
+		pkt[0], pkt[1] = byte(i>>8), byte(i)
+		if err := a.Send(kslow.Public(), pkt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// While the slow client reads nothing, the fast one is served.
+	if err := a.Send(kfast.Public(), []byte("fast")); err != nil {
+		t.Fatal(err)
+	}
+	if p := recvPacket(t, fast); string(p.Data) != "fast" {
+		t.Fatalf("fast got %q", p.Data)
+	}
+	if d := s.Stats().DropsQueueFull; d == 0 {
+		t.Fatal("no packets dropped for the slow reader")
+	}
+	// The newest packet survives drop-oldest and arrives last.
+	got := 0
+	for {
+		p := recvPacket(t, slow)
+		got++
+		if int(p.Data[0])<<8|int(p.Data[1]) == n-1 {
+			break
+		}
+	}
+	if got >= n {
+		t.Errorf("slow reader got %d packets, want fewer than %d (oldest dropped)", got, n)
+	}
+}
+
+func TestDuplicateConnectionNewestWins(t *testing.T) {
+	_, url := newServer(t, derpserver.Options{})
+	k, kb := key.NewNode(), key.NewNode()
+	old := dial(t, url, k, false)
+	newer := dial(t, url, k, true)
+	msgs := recvErr(t, old)
+	if len(msgs) == 0 {
+		t.Fatal("old connection closed without a message")
+	}
+	if h, ok := msgs[len(msgs)-1].(derp.HealthMessage); !ok || !strings.Contains(h.Problem, "replaced") {
+		t.Fatalf("old connection's last message = %#v, want health 'replaced'", msgs[len(msgs)-1])
+	}
+	b := dial(t, url, kb, false)
+	if err := b.Send(k.Public(), []byte("to newest")); err != nil {
+		t.Fatal(err)
+	}
+	if p := recvPacket(t, newer); string(p.Data) != "to newest" {
+		t.Fatalf("newest got %q", p.Data)
+	}
+}
+
+func TestPeerGone(t *testing.T) {
+	_, url := newServer(t, derpserver.Options{})
+	ka, kb, nobody := key.NewNode(), key.NewNode(), key.NewNode()
+	a := dial(t, url, ka, false)
+	b := dial(t, url, kb, false)
+	if err := a.Send(kb.Public(), []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	recvPacket(t, b)
+	b.Close()
+	if m := recv(t, a); m != (derp.PeerGoneMessage{Peer: kb.Public(), Reason: derp.PeerGoneDisconnected}) {
+		t.Fatalf("got %#v, want peer gone (disconnected) for B", m)
+	}
+	if err := a.Send(nobody.Public(), []byte("anyone?")); err != nil {
+		t.Fatal(err)
+	}
+	if m := recv(t, a); m != (derp.PeerGoneMessage{Peer: nobody.Public(), Reason: derp.PeerGoneNotHere}) {
+		t.Fatalf("got %#v, want peer gone (not here)", m)
+	}
+}
+
+func TestSendToSelfDropped(t *testing.T) {
+	s, url := newServer(t, derpserver.Options{})
+	k := key.NewNode()
+	c := dial(t, url, k, false)
+	if err := c.Send(k.Public(), []byte("me")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SendPing([8]byte{9}); err != nil {
+		t.Fatal(err)
+	}
+	// Frames are handled in order, so the pong comes after the self
+	// packet would have.
+	if m := recv(t, c); m != (derp.PongMessage{9}) {
+		t.Fatalf("got %#v, want only the pong", m)
+	}
+	if st := s.Stats(); st.DropsToSelf != 1 || st.PacketsRelayed != 0 {
+		t.Fatalf("Stats = %+v, want 1 drop to self, 0 relayed", st)
+	}
+}
+
+func TestCloseEndsClients(t *testing.T) {
+	s := derpserver.New(derpserver.Options{})
+	hs := httptest.NewServer(s)
+	defer hs.Close()
+	var clients []*derp.Client
+	for i := range 4 {
+		c, err := derp.Dial(t.Context(), hs.URL, key.NewNode(), derp.ClientOptions{WebSocket: i%2 == 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		clients = append(clients, c)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.Stats().Clients; got != 0 {
+		t.Errorf("Stats.Clients after Close = %d, want 0", got)
+	}
+	for i, c := range clients {
+		msgs := recvErr(t, c)
+		if len(msgs) == 0 {
+			t.Fatalf("client %d: closed without a restarting message", i)
+		}
+		if r, ok := msgs[len(msgs)-1].(derp.ServerRestartingMessage); !ok || r.ReconnectIn <= 0 || r.TryFor <= 0 {
+			t.Fatalf("client %d: last message %#v, want ServerRestartingMessage with hints", i, msgs[len(msgs)-1])
+		}
+	}
+	if _, err := derp.Dial(t.Context(), hs.URL, key.NewNode(), derp.ClientOptions{}); err == nil {
+		t.Fatal("dial after Close succeeded")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	const rateBytes = 4 << 20
+	_, url := newServer(t, derpserver.Options{PerClientRateBytes: rateBytes})
+	ka, kb := key.NewNode(), key.NewNode()
+	a := dial(t, url, ka, false)
+	b := dial(t, url, kb, false)
+	if si := a.ServerInfo(); si.TokenBucketBytesPerSecond != rateBytes || si.TokenBucketBytesBurst < derp.MaxFrameSize {
+		t.Fatalf("ServerInfo = %+v, want the token bucket", si)
+	}
+	const n = 24
+	pkt := make([]byte, derp.MaxPacketSize)
+	start := time.Now()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for range n {
+			if err := a.Send(kb.Public(), pkt); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	})
+	for range n {
+		recvPacket(t, b)
+	}
+	elapsed := time.Since(start)
+	wg.Wait()
+	// The burst covers one frame; the rest must wait for tokens.
+	waitBytes := n*(derp.MaxPacketSize+32) - derp.MaxFrameSize
+	minTime := time.Duration(waitBytes) * time.Second / rateBytes
+	if elapsed < minTime {
+		t.Fatalf("%d packets of %d bytes took %v, want at least %v at %d B/s", n, len(pkt), elapsed, minTime, rateBytes)
+	}
+}
+
+func TestHTTPEndpoints(t *testing.T) {
+	_, url := newServer(t, derpserver.Options{})
+	for _, tc := range []struct {
+		path string
+		want int
+	}{
+		{"/derp/probe", http.StatusOK},
+		{"/generate_204", http.StatusNoContent},
+		{"/derp", http.StatusUpgradeRequired},
+		{"/other", http.StatusNotFound},
+	} {
+		resp, err := http.Get(url + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Errorf("GET %s = %d, want %d", tc.path, resp.StatusCode, tc.want)
+		}
+	}
+}

@@ -1,0 +1,169 @@
+package derpserver
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"beam.dev/beam/derp"
+	"beam.dev/beam/types/key"
+)
+
+// meshPeer is this server's link to another relay of the region: a relay
+// client that dialed it with the mesh key, watches its clients and forwards
+// packets for them.
+//
+// Goroutines: run (owned by Server.wg) dials, reads presence updates and,
+// while connected, owns one writer goroutine draining q.
+type meshPeer struct {
+	s      *Server
+	url    string
+	logger *slog.Logger
+	q      chan fwdPkt // packets to forward; drop-newest when full
+}
+
+type fwdPkt struct {
+	src, dst key.NodePublic
+	data     []byte
+}
+
+func newMeshPeer(s *Server, url string) *meshPeer {
+	return &meshPeer{
+		s:      s,
+		url:    url,
+		logger: s.logger.With("mesh_peer", url),
+		q:      make(chan fwdPkt, 256),
+	}
+}
+
+// forward queues a packet for the meshed relay without blocking.
+func (mp *meshPeer) forward(src, dst key.NodePublic, data []byte) {
+	select {
+	case mp.q <- fwdPkt{src: src, dst: dst, data: data}:
+		mp.s.packetsForwarded.Add(1)
+	default:
+		mp.s.dropsGone.Add(1)
+	}
+}
+
+// run keeps the mesh link up until ctx is done, redialing with backoff.
+func (mp *meshPeer) run(ctx context.Context) {
+	const minBackoff, maxBackoff = 100 * time.Millisecond, 10 * time.Second
+	backoff := minBackoff
+	for ctx.Err() == nil {
+		start := time.Now()
+		self, err := mp.runOnce(ctx)
+		if self {
+			mp.logger.Info("mesh URL is this server itself; not meshing with it")
+			return
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		mp.logger.Warn("mesh link down", "err", err)
+		if time.Since(start) > maxBackoff {
+			backoff = minBackoff
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(2*backoff, maxBackoff)
+	}
+}
+
+// runOnce dials the peer and serves the link until it breaks. It reports
+// self if the peer turned out to be this server.
+func (mp *meshPeer) runOnce(ctx context.Context) (self bool, err error) {
+	c, err := derp.Dial(ctx, mp.url, mp.s.meshNode, derp.ClientOptions{
+		Logger:      mp.logger,
+		DialContext: mp.s.opts.MeshDialContext,
+		TLSConfig:   mp.s.opts.MeshTLSConfig,
+		MeshKey:     mp.s.opts.MeshKey,
+	})
+	if err != nil {
+		return false, err
+	}
+	if c.ServerPublicKey() == mp.s.publicKey {
+		c.Close()
+		return true, nil
+	}
+	if err := c.WatchConns(); err != nil {
+		c.Close()
+		return false, err
+	}
+	mp.logger.Info("mesh link up")
+
+	linkCtx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		<-linkCtx.Done()
+		c.Close()
+	})
+	wg.Go(func() {
+		defer cancel()
+		for {
+			select {
+			case <-linkCtx.Done():
+				return
+			case p := <-mp.q:
+				if err := c.ForwardPacket(p.src, p.dst, p.data); err != nil {
+					return
+				}
+			}
+		}
+	})
+	for {
+		m, rerr := c.Recv()
+		if rerr != nil {
+			err = rerr
+			break
+		}
+		switch m := m.(type) {
+		case derp.PeerPresentMessage:
+			mp.s.addRemote(m.Peer, mp)
+		case derp.PeerGoneMessage:
+			mp.s.removeRemote(m.Peer, mp)
+		}
+	}
+	cancel()
+	wg.Wait()
+	mp.s.removeAllRemote(mp)
+	return false, err
+}
+
+// addRemote records that k is connected to the meshed relay mp.
+func (s *Server) addRemote(k key.NodePublic, mp *meshPeer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.remote[k] = mp
+}
+
+// removeRemote forgets that k is on mp and, if k is not connected here
+// either, tells local senders it is gone.
+func (s *Server) removeRemote(k key.NodePublic, mp *meshPeer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.remote[k] != mp {
+		return
+	}
+	delete(s.remote, k)
+	if s.clients[k] == nil {
+		s.notifyGoneLocked(k)
+	}
+}
+
+// removeAllRemote forgets every client learned from mp.
+func (s *Server) removeAllRemote(mp *meshPeer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, p := range s.remote {
+		if p == mp {
+			delete(s.remote, k)
+		}
+	}
+}
