@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -212,7 +213,16 @@ func TestResolverTruncatedUpstreamFallsBackToTCP(t *testing.T) {
 		}
 		_ = w.WriteMsg(m)
 	})
-	_, addr := newTestResolver(t, ResolverOptions{}, testRecords(up.addr))
+	var dialMu sync.Mutex
+	var dials []string
+	dial := func(ctx context.Context, network, a string) (net.Conn, error) {
+		dialMu.Lock()
+		dials = append(dials, network+" "+a)
+		dialMu.Unlock()
+		var d net.Dialer
+		return d.DialContext(ctx, network, a)
+	}
+	_, addr := newTestResolver(t, ResolverOptions{Dial: dial}, testRecords(up.addr))
 	udp0, tcp0 := up.udp.Load(), up.tcp.Load()
 
 	m := query(t, "tcp", addr, "big.example.", dns.TypeA)
@@ -222,6 +232,11 @@ func TestResolverTruncatedUpstreamFallsBackToTCP(t *testing.T) {
 	if du, dt := up.udp.Load()-udp0, up.tcp.Load()-tcp0; du != 1 || dt != 1 {
 		t.Errorf("upstream queries udp=%d tcp=%d, want 1 and 1", du, dt)
 	}
+	dialMu.Lock()
+	if want := []string{"udp " + up.addr.String(), "tcp " + up.addr.String()}; !slices.Equal(dials, want) {
+		t.Errorf("dials = %q, want %q (through ResolverOptions.Dial)", dials, want)
+	}
+	dialMu.Unlock()
 
 	// The same answer to a UDP client with a large buffer is cut to MaxUDPSize.
 	q := new(dns.Msg)
