@@ -104,6 +104,9 @@ func runHelperFromEnv() int {
 			return 2
 		}
 	}
+	// Programs the helper starts are not helpers.
+	os.Unsetenv(envHelper)
+	os.Unsetenv(envHelperArgs)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := fn(ctx, args); err != nil {

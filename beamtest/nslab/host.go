@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"syscall"
 )
 
 // Host is a network namespace of a [Lab] with one interface (eth0) and a
@@ -52,11 +51,12 @@ func (h *Host) Router() *Router { return h.router }
 // exec.CommandContext does. The caller may set Stdin, Stdout, Env and so on
 // before starting it, or pass it to [Host.StartCmd].
 func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.ns, name}, args...)...)
 	// "ip netns exec" execs the program in place, so the PID is the
-	// program's own and signals reach it directly.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	return cmd
+	// program's own and signals reach it directly. There is deliberately
+	// no Pdeathsig: Linux sends it when the forking thread exits, which the
+	// Go runtime may do at any time. Processes left by a crashed test are
+	// killed by the next New instead.
+	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.ns, name}, args...)...)
 }
 
 // HelperCommand returns a command that runs the registered helper (see

@@ -112,6 +112,7 @@ func New(t testing.TB) *Lab {
 	l.inet = l.newNamespace("inet", "inet")
 	ns := l.inet.ns
 	l.mustSysctl(ns,
+		"net.ipv4.ip_forward=0", // the internet ends at br0
 		"net.ipv6.conf.all.disable_ipv6=1",
 		"net.ipv6.conf.default.disable_ipv6=1",
 		// Ports taken off the bridge for link impairment must not answer
@@ -146,10 +147,15 @@ func (l *Lab) Close() {
 	nss := l.nsList
 	l.mu.Unlock()
 
-	for i := len(procs) - 1; i >= 0; i-- {
-		p := procs[i]
-		p.Stop()
-		if l.t.Failed() {
+	// Stop all at once, so that processes ignoring SIGTERM cost 5 s in
+	// total, not each.
+	var wg sync.WaitGroup
+	for _, p := range procs {
+		wg.Go(func() { p.Stop() })
+	}
+	wg.Wait()
+	if l.t.Failed() {
+		for _, p := range procs {
 			p.logTail(l.t)
 		}
 	}
@@ -196,8 +202,7 @@ func (l *Lab) AddNATHost(name string, kind NATKind) *Host {
 	r := l.newNamespace(name, "r-"+name)
 	r.addr = wan
 	port := l.plugIntoBridge(r, "wan0", wan)
-	rt := &Router{Host: r, lab: l, kind: kind, lan: lan, lanAddr: gw, nextHost: gw.Next()}
-	rt.port = port
+	rt := &Router{Host: r, lab: l, kind: kind, lan: lan, lanAddr: gw, port: port, nextHost: gw.Next()}
 	l.mustSysctl(r.ns,
 		"net.ipv4.ip_forward=1",
 		// Hosts on the LAN bridge talk to each other without the router's
@@ -337,13 +342,16 @@ func runNFT(ns, ruleset string) error {
 	return nil
 }
 
+// mustSysctl sets "key=value" sysctls in namespace ns, through a helper
+// process because /proc/sys/net shows the namespace of the process opening
+// it (this saves a dependency on the sysctl program).
 func (l *Lab) mustSysctl(ns string, settings ...string) {
 	l.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
 	defer cancel()
-	args := append([]string{"netns", "exec", ns, "sysctl", "-q", "-w"}, settings...)
-	if out, err := exec.CommandContext(ctx, "ip", args...).CombinedOutput(); err != nil {
-		l.t.Fatalf("nslab: sysctl in %s: %v: %s", ns, err, bytes.TrimSpace(out))
+	h := &Host{lab: l, name: ns, ns: ns}
+	if _, err := runCmd(h.HelperCommand(ctx, helperSysctl, settings...)); err != nil {
+		l.t.Fatalf("nslab: sysctl in %s: %v", ns, err)
 	}
 }
 

@@ -50,6 +50,9 @@ const (
 
 	// helperLink is the user-space link emulator of Router.SetNetem.
 	helperLink = "nslab.link"
+
+	// helperSysctl writes its "key=value" arguments to /proc/sys.
+	helperSysctl = "nslab.sysctl"
 )
 
 var _ = registerBuiltins()
@@ -61,6 +64,7 @@ func registerBuiltins() bool {
 	registerBuiltin(HelperTCPProbe, tcpProbe)
 	registerBuiltin(HelperPunch, punch)
 	registerBuiltin(helperLink, runLink)
+	registerBuiltin(helperSysctl, sysctl)
 	return true
 }
 
@@ -336,4 +340,18 @@ func punch(ctx context.Context, args []string) error {
 			}
 		}
 	}
+}
+
+func sysctl(ctx context.Context, args []string) error {
+	for _, kv := range args {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" || strings.Contains(k, "..") {
+			return fmt.Errorf("bad sysctl %q, want key=value", kv)
+		}
+		file := "/proc/sys/" + strings.ReplaceAll(k, ".", "/")
+		if err := os.WriteFile(file, []byte(v+"\n"), 0); err != nil {
+			return err
+		}
+	}
+	return nil
 }
