@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"beam.dev/beam/dnsserver"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/node"
 )
@@ -140,12 +141,21 @@ func (h *Handler) dnsQuery(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	res, err := h.n.Resolver().Query(ctx, name, typ)
+	qtype, err := dnsserver.ParseType(typ)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
-	writeJSON(w, apitype.DNSQueryResponse{Name: res.Name, Type: typ, Rcode: res.Rcode, Answers: res.Answers})
+	res, err := h.n.Resolver().Exchange(ctx, name, qtype)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	out := apitype.DNSQueryResponse{Name: res.Name, Type: res.Type, Rcode: res.Rcode, Source: res.Source, Answers: []string{}}
+	for _, a := range res.Answer {
+		out.Answers = append(out.Answers, fmt.Sprintf("%s\t%d\tIN\t%s\t%s", a.Name, a.TTL, a.Type, a.Data))
+	}
+	writeJSON(w, out)
 }
 
 // dial connects to Dial-Host:Dial-Port through the node and, after a 101

@@ -91,9 +91,11 @@ type UpResponse struct {
 
 // DNSQueryResponse is the answer of GET /localapi/v0/dns/query.
 type DNSQueryResponse struct {
-	Name    string   `json:"name"`
-	Type    string   `json:"type"`
-	Rcode   string   `json:"rcode"`
+	Name  string `json:"name"`
+	Type  string `json:"type"`
+	Rcode string `json:"rcode"`
+	// Source says who answered: "local", "cache" or an upstream address.
+	Source  string   `json:"source,omitempty"`
 	Answers []string `json:"answers"`
 }
 

@@ -64,6 +64,18 @@ func NewCmdRoot(f *Factory) *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
+	in := &instanceFlags{}
+	in.register(root)
+	root.AddCommand(
+		NewCmdDaemon(f, in, nil),
+		NewCmdUp(f, in, nil),
+		NewCmdDown(f, in),
+		NewCmdLogout(f, in),
+		NewCmdStatus(f, in),
+		NewCmdIP(f, in),
+		NewCmdNC(f, in),
+		NewCmdDNS(f, in),
+	)
 	root.AddCommand(
 		NewCmdCoordinator(f, nil),
 		NewCmdAdmin(f),

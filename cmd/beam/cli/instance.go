@@ -1,0 +1,63 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"beam.dev/beam/localclient"
+)
+
+// instanceFlags select one daemon instance: its socket and state directory.
+type instanceFlags struct {
+	socket string
+	state  string
+}
+
+func (in *instanceFlags) register(cmd *cobra.Command) {
+	cmd.PersistentFlags().StringVar(&in.socket, "socket", "", "path of the daemon's local API socket (env BEAM_SOCKET)")
+	cmd.PersistentFlags().StringVar(&in.state, "state", "", "daemon state directory (env BEAM_STATE)")
+}
+
+// socketPath returns the chosen socket: flag, env, or the default.
+func (in *instanceFlags) socketPath(f *Factory) string {
+	if in.socket != "" {
+		return in.socket
+	}
+	if s := f.getenv("BEAM_SOCKET"); s != "" {
+		return s
+	}
+	if os.Geteuid() == 0 {
+		return "/run/beam/beamd.sock"
+	}
+	if d := f.getenv("XDG_RUNTIME_DIR"); d != "" {
+		return filepath.Join(d, "beam", "beamd.sock")
+	}
+	return filepath.Join(in.stateDir(f), "beamd.sock")
+}
+
+// stateDir returns the chosen state directory: flag, env, or the default.
+func (in *instanceFlags) stateDir(f *Factory) string {
+	if in.state != "" {
+		return in.state
+	}
+	if s := f.getenv("BEAM_STATE"); s != "" {
+		return s
+	}
+	if os.Geteuid() == 0 {
+		return "/var/lib/beam"
+	}
+	if d := f.getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "beam")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return ".beam"
+	}
+	return filepath.Join(home, ".local", "state", "beam")
+}
+
+func (in *instanceFlags) client(f *Factory) *localclient.Client {
+	return &localclient.Client{Socket: in.socketPath(f)}
+}

@@ -1,0 +1,133 @@
+package cli
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"beam.dev/beam/localapi/apitype"
+)
+
+// NewCmdStatus returns the beam status command.
+func NewCmdStatus(f *Factory, in *instanceFlags) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show this node, its peers and the path to each",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			st, err := in.client(f).Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(f.Out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			printStatus(f, st)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func printStatus(f *Factory, st *apitype.Status) {
+	if st.Self == nil {
+		fmt.Fprintf(f.Out, "state: %s\n", st.State)
+		for _, h := range st.Health {
+			fmt.Fprintf(f.Out, "health: %s\n", h)
+		}
+		return
+	}
+	tw := tabwriter.NewWriter(f.Out, 0, 2, 2, ' ', 0)
+	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", st.Self.Name, joinAddrs(st.Self.IPs), "self", string(st.State))
+	now := time.Now()
+	for _, p := range st.Peers {
+		online := "offline"
+		if p.Online {
+			online = "online"
+		}
+		if p.Expired {
+			online = "expired"
+		}
+		path := p.Path
+		switch {
+		case p.Path == "direct" && p.Endpoint != "":
+			path = "direct " + p.Endpoint
+		case p.Path == "relay" && p.Relay != "":
+			path = "relay " + p.Relay
+		}
+		hs := "-"
+		if !p.LastHandshake.IsZero() {
+			hs = "handshake " + now.Sub(p.LastHandshake).Round(time.Second).String() + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\trx %d tx %d\n", p.Name, joinAddrs(p.IPs), online, path, hs, p.RxBytes, p.TxBytes)
+	}
+	tw.Flush()
+	if !st.CoordinatorOnline {
+		fmt.Fprintln(f.Out, "# coordinator unreachable: running on the last netmap")
+	}
+	for _, h := range st.Health {
+		fmt.Fprintf(f.Out, "# health: %s\n", h)
+	}
+}
+
+func joinAddrs(as []netip.Addr) string {
+	s := make([]string, len(as))
+	for i, a := range as {
+		s[i] = a.String()
+	}
+	return strings.Join(s, " ")
+}
+
+// NewCmdIP returns the beam ip command.
+func NewCmdIP(f *Factory, in *instanceFlags) *cobra.Command {
+	var v4, v6 bool
+	cmd := &cobra.Command{
+		Use:   "ip [NAME]",
+		Short: "Print this node's (or a peer's) overlay addresses",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := in.client(f).Status(cmd.Context())
+			if err != nil {
+				return err
+			}
+			target := st.Self
+			if len(args) == 1 {
+				target = nil
+				for i := range st.Peers {
+					p := &st.Peers[i]
+					if p.Name == args[0] || strings.TrimSuffix(p.DNSName, ".") == strings.TrimSuffix(args[0], ".") {
+						target = p
+					}
+				}
+				if st.Self != nil && st.Self.Name == args[0] {
+					target = st.Self
+				}
+				if target == nil {
+					return fmt.Errorf("no peer named %q", args[0])
+				}
+			}
+			if target == nil {
+				return fmt.Errorf("not in the mesh (state %s); run beam up", st.State)
+			}
+			for _, a := range target.IPs {
+				if (v4 && !a.Is4()) || (v6 && !a.Is6()) {
+					continue
+				}
+				fmt.Fprintln(f.Out, a)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&v4, "4", "4", false, "only IPv4")
+	cmd.Flags().BoolVarP(&v6, "6", "6", false, "only IPv6")
+	return cmd
+}

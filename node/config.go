@@ -1,0 +1,146 @@
+package node
+
+import (
+	"net/netip"
+	"strings"
+	"time"
+
+	"beam.dev/beam/dnsserver"
+	"beam.dev/beam/netstack"
+	"beam.dev/beam/wire"
+)
+
+// MagicDNSIPv4 is the address every node serves MagicDNS on inside its
+// own netstack, as in other overlay networks.
+var MagicDNSIPv4 = netip.MustParseAddr("100.100.100.100")
+
+// magicDNSIPv6 returns the IPv6 MagicDNS address for a node: ::53 in the
+// /48 of the node's overlay IPv6 address, or an invalid Addr if it has none.
+func magicDNSIPv6(self *wire.Node) netip.Addr {
+	for _, p := range self.Addresses {
+		if p.Addr().Is6() {
+			pfx, err := p.Addr().Prefix(48)
+			if err != nil {
+				return netip.Addr{}
+			}
+			a := pfx.Addr().As16()
+			a[15] = 0x53
+			return netip.AddrFrom16(a)
+		}
+	}
+	return netip.Addr{}
+}
+
+// engineConfig turns a netmap into the engine's configuration. Peers whose
+// key has expired (judged on the coordinator's clock, corrected for skew)
+// are left out, and an expired self gets no peers at all: expiry holds even
+// while the coordinator is unreachable.
+func engineConfig(nm *wire.NetMap, localNow time.Time, shieldsUp bool, allowInbound []uint16) netstack.Config {
+	cfg := netstack.Config{ServiceAddrs: []netip.Addr{MagicDNSIPv4}}
+	if nm == nil || nm.Self == nil {
+		return cfg
+	}
+	cfg.Addresses = append(cfg.Addresses, nm.Self.Addresses...)
+	if a := magicDNSIPv6(nm.Self); a.IsValid() {
+		cfg.ServiceAddrs = append(cfg.ServiceAddrs, a)
+	}
+	cfg.ShieldsUp = shieldsUp
+	cfg.AllowInbound = allowInbound
+	now := nm.ControlNow(localNow)
+	if nm.Self.Expired(now) {
+		return cfg
+	}
+	for _, p := range nm.Peers {
+		if p.Expired(now) || len(p.Addresses) == 0 {
+			continue
+		}
+		cfg.Peers = append(cfg.Peers, netstack.Peer{
+			Key:        p.Key,
+			DiscoKey:   p.DiscoKey,
+			AllowedIPs: append([]netip.Prefix(nil), p.Addresses...),
+			Endpoints:  append([]netip.AddrPort(nil), p.Endpoints...),
+			HomeDERP:   p.HomeDERP,
+		})
+	}
+	if nm.PacketFilter != nil {
+		cfg.Filter = convertFilter(nm.PacketFilter)
+	}
+	return cfg
+}
+
+func convertFilter(rules []wire.FilterRule) *netstack.Filter {
+	f := &netstack.Filter{Rules: make([]netstack.FilterRule, 0, len(rules))}
+	for _, r := range rules {
+		fr := netstack.FilterRule{SrcIPs: append([]netip.Prefix(nil), r.SrcIPs...)}
+		for _, d := range r.DstPorts {
+			fr.DstPorts = append(fr.DstPorts, netstack.PortRange{Prefix: d.IP, First: d.First, Last: d.Last})
+		}
+		for _, p := range r.Protos {
+			if p >= 0 && p <= 255 {
+				fr.Protos = append(fr.Protos, uint8(p))
+			}
+		}
+		f.Rules = append(f.Rules, fr)
+	}
+	return f
+}
+
+// dnsRecords turns a netmap into the MagicDNS records: every visible,
+// unexpired peer and the node itself, by full name, plus the coordinator's
+// extra records and split routes.
+func dnsRecords(nm *wire.NetMap, localNow time.Time, upstreams []netip.AddrPort) *dnsserver.Records {
+	rec := &dnsserver.Records{
+		Hosts:     map[string][]netip.Addr{},
+		TXT:       map[string][]string{},
+		Upstreams: upstreams,
+	}
+	if nm == nil || nm.Self == nil {
+		return rec
+	}
+	if nm.DNS != nil {
+		rec.Domain = strings.TrimSuffix(strings.ToLower(nm.DNS.Domain), ".")
+		rec.SearchDomains = append(rec.SearchDomains, nm.DNS.SearchDomains...)
+		if len(nm.DNS.Nameservers) > 0 {
+			rec.Upstreams = nm.DNS.Nameservers
+		}
+		if len(nm.DNS.Routes) > 0 {
+			rec.Routes = nm.DNS.Routes
+		}
+		for _, r := range nm.DNS.ExtraRecords {
+			name := strings.TrimSuffix(strings.ToLower(r.Name), ".")
+			switch strings.ToUpper(r.Type) {
+			case "TXT":
+				rec.TXT[name] = append(rec.TXT[name], r.Value)
+			default:
+				if a, err := netip.ParseAddr(r.Value); err == nil {
+					rec.Hosts[name] = append(rec.Hosts[name], a)
+				}
+			}
+		}
+	}
+	if rec.Domain != "" && len(rec.SearchDomains) == 0 {
+		rec.SearchDomains = []string{rec.Domain}
+	}
+	now := nm.ControlNow(localNow)
+	add := func(n *wire.Node) {
+		name := strings.TrimSuffix(strings.ToLower(n.DNSName), ".")
+		if name == "" {
+			if n.Name == "" || rec.Domain == "" {
+				return
+			}
+			name = n.Name + "." + rec.Domain
+		}
+		for _, p := range n.Addresses {
+			rec.Hosts[name] = append(rec.Hosts[name], p.Addr())
+		}
+	}
+	add(nm.Self)
+	if !nm.Self.Expired(now) {
+		for _, p := range nm.Peers {
+			if !p.Expired(now) {
+				add(p)
+			}
+		}
+	}
+	return rec
+}

@@ -1,0 +1,89 @@
+package node
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+func testNetMap(now time.Time) *wire.NetMap {
+	self := &wire.Node{Key: key.NewNode().Public(), Name: "alpha", DNSName: "alpha.default.beam.internal.",
+		Addresses: []netip.Prefix{netip.MustParsePrefix("100.64.0.1/32"), netip.MustParsePrefix("fd7a:115c:a1e0::1/128")}}
+	beta := &wire.Node{Key: key.NewNode().Public(), Name: "beta", DNSName: "beta.default.beam.internal.",
+		Addresses: []netip.Prefix{netip.MustParsePrefix("100.64.0.2/32")},
+		Endpoints: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.2:41641")}}
+	gamma := &wire.Node{Key: key.NewNode().Public(), Name: "gamma", DNSName: "gamma.default.beam.internal.",
+		Addresses: []netip.Prefix{netip.MustParsePrefix("100.64.0.3/32")},
+		KeyExpiry: now.Add(time.Hour)}
+	return (*wire.NetMap)(nil).Apply(&wire.MapResponse{
+		Self:        self,
+		Peers:       []*wire.Node{beta, gamma},
+		DNS:         &wire.DNSConfig{Domain: "default.beam.internal"},
+		ControlTime: now,
+	}, now)
+}
+
+func TestEngineConfig(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	nm := testNetMap(now)
+	cfg := engineConfig(nm, now, false, nil)
+	if len(cfg.Peers) != 2 {
+		t.Fatalf("got %d peers, want 2", len(cfg.Peers))
+	}
+	if got, want := cfg.ServiceAddrs, []netip.Addr{MagicDNSIPv4, netip.MustParseAddr("fd7a:115c:a1e0::53")}; len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+		t.Fatalf("service addrs = %v, want %v", got, want)
+	}
+	// Two hours later (local clock), gamma's key has expired: it is dropped
+	// even though no new netmap arrived.
+	cfg = engineConfig(nm, now.Add(2*time.Hour), false, nil)
+	if len(cfg.Peers) != 1 || cfg.Peers[0].Key != nm.Peers[0].Key {
+		t.Fatalf("after expiry peers = %+v, want only beta", cfg.Peers)
+	}
+	// Clock skew: the coordinator's clock is an hour ahead of ours, so
+	// gamma is expired already by the coordinator's time.
+	skewed := nm.Apply(&wire.MapResponse{KeepAlive: true, ControlTime: now.Add(90 * time.Minute)}, now)
+	if cfg := engineConfig(skewed, now, false, nil); len(cfg.Peers) != 1 {
+		t.Fatalf("with skew, peers = %d, want 1", len(cfg.Peers))
+	}
+	// An expired self has no peers at all.
+	selfExp := nm.Apply(&wire.MapResponse{Self: &wire.Node{Key: nm.Self.Key, Name: "alpha", Addresses: nm.Self.Addresses, KeyExpiry: now.Add(time.Minute)}}, now)
+	if cfg := engineConfig(selfExp, now.Add(2*time.Minute), false, nil); len(cfg.Peers) != 0 {
+		t.Fatalf("expired self has %d peers, want 0", len(cfg.Peers))
+	}
+	if cfg := engineConfig(nil, now, true, nil); len(cfg.Peers) != 0 || cfg.ShieldsUp {
+		t.Fatalf("nil netmap config = %+v", cfg)
+	}
+}
+
+func TestDNSRecords(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	nm := testNetMap(now)
+	rec := dnsRecords(nm, now, nil)
+	if rec.Domain != "default.beam.internal" {
+		t.Fatalf("domain %q", rec.Domain)
+	}
+	if got := rec.Hosts["beta.default.beam.internal"]; len(got) != 1 || got[0] != netip.MustParseAddr("100.64.0.2") {
+		t.Fatalf("beta = %v", got)
+	}
+	if got := rec.Hosts["alpha.default.beam.internal"]; len(got) != 2 {
+		t.Fatalf("self = %v", got)
+	}
+	rec = dnsRecords(nm, now.Add(2*time.Hour), nil)
+	if _, ok := rec.Hosts["gamma.default.beam.internal"]; ok {
+		t.Fatal("expired gamma still resolves")
+	}
+}
+
+func TestFilterConversion(t *testing.T) {
+	f := convertFilter([]wire.FilterRule{{
+		SrcIPs:   []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10")},
+		DstPorts: []wire.NetPortRange{{IP: netip.MustParsePrefix("100.64.0.1/32"), First: 22, Last: 22}},
+		Protos:   []int{6, 999},
+	}})
+	if len(f.Rules) != 1 || len(f.Rules[0].DstPorts) != 1 || f.Rules[0].DstPorts[0].First != 22 || len(f.Rules[0].Protos) != 1 {
+		t.Fatalf("converted filter = %+v", f)
+	}
+}

@@ -1,0 +1,752 @@
+// Package node is the Beam daemon: it keeps the node's identity and state,
+// registers with the coordinator, streams the netmap and turns each one
+// into the engine's configuration and MagicDNS records, and offers the
+// operations the local API exposes (up, down, logout, status, dial).
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"reflect"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"beam.dev/beam/coordclient"
+	"beam.dev/beam/dnsserver"
+	"beam.dev/beam/localapi/apitype"
+	"beam.dev/beam/netstack"
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// Options configures a Node.
+type Options struct {
+	// StateDir holds the node's state (private key, last netmap). Required.
+	StateDir string
+	// Logger receives the daemon's logs; nil discards them.
+	Logger *slog.Logger
+	// ListenPort is the UDP port for WireGuard; 0 picks one.
+	ListenPort uint16
+	// DNSUpstreams are the resolvers MagicDNS forwards other names to when
+	// the coordinator names none (usually the host's /etc/resolv.conf).
+	DNSUpstreams []netip.AddrPort
+	// HTTPClient reaches the coordinator; nil uses a default client.
+	HTTPClient *http.Client
+	// Hostname is the default hostname to register; empty uses os.Hostname
+	// as given by the caller.
+	Hostname string
+	// UpTimeout bounds how long Up waits for the first netmap; 0 means 30s.
+	UpTimeout time.Duration
+}
+
+// Node is the daemon. Create it with New, start it with Start, and stop it
+// with Close.
+//
+// Goroutines: Start's session goroutine (one at a time, owned by the
+// session and waited for in stopSessionLocked), the MagicDNS servers (owned
+// by the session), and the expiry ticker (inside the session).
+type Node struct {
+	opts     Options
+	logger   *slog.Logger
+	resolver *dnsserver.Resolver
+
+	ctx    context.Context // canceled by Close
+	cancel context.CancelFunc
+
+	upMu sync.Mutex // serializes Up, Down, Logout
+
+	mu            sync.Mutex // guards the following fields
+	st            *persisted
+	state         apitype.State
+	engine        *netstack.Engine
+	sess          *session
+	netmap        *wire.NetMap
+	lastEngineCfg *netstack.Config
+	controlOnline bool
+	lastErr       string
+	allowInbound  []uint16
+}
+
+// session is one run of the control loop and the engine's use of it.
+type session struct {
+	cancel   context.CancelFunc
+	done     chan struct{} // closed when all session goroutines exited
+	firstMap chan struct{} // closed at the first netmap
+	client   *coordclient.Client
+	err      error // set before done is closed
+
+	dnsCtx    context.Context
+	dnsStop   context.CancelFunc
+	dnsWG     sync.WaitGroup
+	dnsServed map[netip.Addr]bool // guarded by Node.mu
+}
+
+// New returns a Node with its state loaded from opts.StateDir.
+func New(opts Options) (*Node, error) {
+	if opts.StateDir == "" {
+		return nil, errors.New("node: StateDir is required")
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	st, err := loadState(opts.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{opts: opts, logger: logger, st: st}
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.resolver = dnsserver.NewResolver(dnsserver.ResolverOptions{
+		Logger:      logger.With("component", "dns"),
+		Dial:        n.dialForDNS,
+		AllowSource: allowDNSSource,
+	})
+	n.resolver.SetRecords(dnsRecords(st.NetMap, time.Now(), opts.DNSUpstreams))
+	switch {
+	case st.Registered && st.WantRunning:
+		n.state = apitype.StateStarting
+	case st.Registered:
+		n.state = apitype.StateStopped
+	case st.PrivateKey.IsZero():
+		n.state = apitype.StateNoState
+	default:
+		n.state = apitype.StateNeedsLogin
+	}
+	return n, nil
+}
+
+// allowDNSSource admits MagicDNS queries from loopback and the overlay only.
+func allowDNSSource(a netip.Addr) bool {
+	a = a.Unmap()
+	return a.IsLoopback() || cgnat.Contains(a) || (a.Is6() && a.IsPrivate())
+}
+
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+
+// Start rejoins the mesh if the node was up when it last stopped. It
+// returns at once; connecting happens in the background.
+func (n *Node) Start() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.st.Registered && n.st.WantRunning {
+		return n.startSessionLocked()
+	}
+	return nil
+}
+
+// Resolver returns the node's MagicDNS resolver.
+func (n *Node) Resolver() *dnsserver.Resolver { return n.resolver }
+
+// Up joins the mesh: it registers with req.AuthKey when given (or when the
+// node was never registered), starts the engine and the netmap stream, and
+// waits for the first netmap.
+func (n *Node) Up(ctx context.Context, req apitype.UpRequest) (*apitype.UpResponse, error) {
+	n.upMu.Lock()
+	defer n.upMu.Unlock()
+
+	n.mu.Lock()
+	if req.Coordinator != "" {
+		if n.st.Coordinator != "" && n.st.Coordinator != req.Coordinator && n.st.Registered && req.AuthKey == "" {
+			n.mu.Unlock()
+			return nil, fmt.Errorf("node is registered with %s; pass --authkey to join %s", n.st.Coordinator, req.Coordinator)
+		}
+		if n.st.Coordinator != req.Coordinator {
+			n.st.Registered = false
+		}
+		n.st.Coordinator = req.Coordinator
+	}
+	if n.st.Coordinator == "" {
+		n.mu.Unlock()
+		return nil, errors.New("no coordinator: pass --coordinator URL")
+	}
+	if req.Hostname != "" {
+		n.st.Hostname = req.Hostname
+	}
+	if n.st.Hostname == "" {
+		n.st.Hostname = n.opts.Hostname
+	}
+	if req.ShieldsUp != nil {
+		n.st.ShieldsUp = *req.ShieldsUp
+	}
+	if n.st.PrivateKey.IsZero() {
+		n.st.PrivateKey = key.NewNode()
+	}
+	needRegister := !n.st.Registered || req.AuthKey != "" || req.ForceReauth || n.state == apitype.StateExpired
+	n.stopSessionLocked()
+	priv := n.st.PrivateKey
+	n.mu.Unlock()
+
+	var resp *apitype.UpResponse
+	if needRegister {
+		r, err := n.register(ctx, priv, req.AuthKey)
+		if err != nil {
+			n.setState(apitype.StateNeedsLogin, err)
+			return nil, err
+		}
+		resp = r
+	} else {
+		// Rejoin: confirm the stored key with the coordinator. If it cannot
+		// be reached, carry on with the last netmap.
+		r, err := n.register(ctx, priv, "")
+		switch {
+		case errors.Is(err, coordclient.ErrUnreachable):
+			n.logger.Warn("coordinator unreachable; running on the last netmap", "err", err)
+		case err != nil:
+			n.mu.Lock()
+			if errors.Is(err, coordclient.ErrNodeNotRegistered) {
+				n.st.Registered = false
+				n.st.NetMap = nil
+			}
+			n.mu.Unlock()
+			n.setState(apitype.StateNeedsLogin, err)
+			return nil, err
+		default:
+			resp = r
+		}
+	}
+
+	n.mu.Lock()
+	n.st.Registered = true
+	n.st.WantRunning = true
+	if err := n.st.save(n.opts.StateDir); err != nil {
+		n.mu.Unlock()
+		return nil, err
+	}
+	if err := n.startSessionLocked(); err != nil {
+		n.mu.Unlock()
+		return nil, err
+	}
+	sess := n.sess
+	n.mu.Unlock()
+
+	timeout := n.opts.UpTimeout
+	if timeout == 0 {
+		timeout = 30 * time.Second
+	}
+	wait := time.NewTimer(timeout)
+	defer wait.Stop()
+	select {
+	case <-sess.firstMap:
+	case <-sess.done:
+		return nil, fmt.Errorf("join: %w", sess.err)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-wait.C:
+		n.mu.Lock()
+		haveMap := n.netmap != nil
+		n.mu.Unlock()
+		if !haveMap {
+			return nil, errors.New("join: no netmap from the coordinator yet; the daemon keeps trying")
+		}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if resp == nil {
+		resp = &apitype.UpResponse{}
+	}
+	if n.netmap != nil && n.netmap.Self != nil {
+		self := n.netmap.Self
+		resp.Name, resp.DNSName, resp.IPs = self.Name, self.DNSName, prefixAddrs(self.Addresses)
+	}
+	return resp, nil
+}
+
+// register runs one registration exchange.
+func (n *Node) register(ctx context.Context, priv key.NodePrivate, authKey string) (*apitype.UpResponse, error) {
+	n.mu.Lock()
+	url, host := n.st.Coordinator, n.st.Hostname
+	n.mu.Unlock()
+	c, err := coordclient.New(coordclient.Options{
+		ServerURL:  url,
+		PrivateKey: priv,
+		HTTPClient: n.opts.HTTPClient,
+		Logger:     n.logger.With("component", "control"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	r, err := c.Register(ctx, coordclient.RegisterParams{AuthKey: authKey, Hostname: host, OS: runtime.GOOS})
+	if err != nil {
+		return nil, err
+	}
+	if r.Error != "" {
+		return nil, errors.New(r.Error)
+	}
+	if r.AuthURL != "" && r.Node == nil {
+		return &apitype.UpResponse{AuthURL: r.AuthURL}, fmt.Errorf("approval needed: visit %s", r.AuthURL)
+	}
+	out := &apitype.UpResponse{NameChanged: r.NameChanged}
+	if r.Node != nil {
+		out.Name, out.DNSName, out.IPs = r.Node.Name, r.Node.DNSName, prefixAddrs(r.Node.Addresses)
+	}
+	return out, nil
+}
+
+// startSessionLocked creates the engine if needed and starts the control
+// loop. n.mu must be held.
+func (n *Node) startSessionLocked() error {
+	if n.sess != nil {
+		return nil
+	}
+	if n.engine == nil {
+		e, err := netstack.New(netstack.Options{
+			PrivateKey: n.st.PrivateKey,
+			ListenPort: n.opts.ListenPort,
+			Logger:     n.logger.With("component", "engine"),
+		})
+		if err != nil {
+			return fmt.Errorf("start engine: %w", err)
+		}
+		n.engine = e
+		n.lastEngineCfg = nil
+	}
+	c, err := coordclient.New(coordclient.Options{
+		ServerURL:  n.st.Coordinator,
+		PrivateKey: n.st.PrivateKey,
+		HTTPClient: n.opts.HTTPClient,
+		Logger:     n.logger.With("component", "control"),
+	})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(n.ctx)
+	s := &session{cancel: cancel, done: make(chan struct{}), firstMap: make(chan struct{}), client: c}
+	s.dnsCtx, s.dnsStop = context.WithCancel(ctx)
+	s.dnsServed = map[netip.Addr]bool{}
+	n.sess = s
+	n.state = apitype.StateStarting
+	if n.st.NetMap != nil && n.netmap == nil {
+		// Start the data plane on the last known netmap at once.
+		n.netmap = n.st.NetMap
+	}
+	n.lastEngineCfg = nil
+	n.applyLocked()
+	c.SetEndpoints(n.engine.LocalEndpoints(), 0)
+	go func() {
+		defer close(s.done)
+		defer s.dnsWG.Wait()
+		defer s.dnsStop()
+		var tickerWG sync.WaitGroup
+		tickerWG.Add(1)
+		go func() {
+			defer tickerWG.Done()
+			n.expiryLoop(ctx)
+		}()
+		err := c.Run(ctx, func(nm *wire.NetMap) { n.onNetMap(s, nm) })
+		cancel()
+		tickerWG.Wait()
+		s.err = err
+		if err != nil && !errors.Is(err, context.Canceled) {
+			n.logger.Warn("control session ended", "err", err)
+			n.mu.Lock()
+			if n.sess == s {
+				n.sess = nil
+				n.controlOnline = false
+				n.st.Registered = false
+				n.st.NetMap = nil
+				n.netmap = nil
+				n.state = apitype.StateNeedsLogin
+				n.lastErr = err.Error()
+				n.applyLocked() // drop every peer: the node was removed
+				if serr := n.st.save(n.opts.StateDir); serr != nil {
+					n.logger.Warn("save state", "err", serr)
+				}
+			}
+			n.mu.Unlock()
+		}
+	}()
+	return nil
+}
+
+// ensureDNSLocked serves MagicDNS inside the netstack on each service
+// address not yet served. The servers stop with the session.
+func (n *Node) ensureDNSLocked(addrs []netip.Addr) {
+	s, e := n.sess, n.engine
+	if s == nil || e == nil {
+		return
+	}
+	for _, addr := range addrs {
+		if s.dnsServed[addr] {
+			continue
+		}
+		s.dnsServed[addr] = true
+		ap := netip.AddrPortFrom(addr, 53).String()
+		if pc, err := e.ListenPacket("udp", ap); err == nil {
+			s.dnsWG.Add(1)
+			go func() {
+				defer s.dnsWG.Done()
+				_ = n.resolver.ServePacket(s.dnsCtx, pc)
+			}()
+		} else {
+			n.logger.Warn("MagicDNS udp listen", "addr", ap, "err", err)
+		}
+		if ln, err := e.Listen("tcp", ap); err == nil {
+			s.dnsWG.Add(1)
+			go func() {
+				defer s.dnsWG.Done()
+				_ = n.resolver.ServeStream(s.dnsCtx, ln)
+			}()
+		} else {
+			n.logger.Warn("MagicDNS tcp listen", "addr", ap, "err", err)
+		}
+	}
+}
+
+// onNetMap is called by the control client for every new netmap.
+func (n *Node) onNetMap(s *session, nm *wire.NetMap) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.sess != s {
+		return
+	}
+	n.netmap = nm
+	n.st.NetMap = nm
+	n.controlOnline = true
+	n.lastErr = ""
+	n.applyLocked()
+	select {
+	case <-s.firstMap:
+	default:
+		close(s.firstMap)
+		if err := n.st.save(n.opts.StateDir); err != nil {
+			n.logger.Warn("save state", "err", err)
+		}
+	}
+}
+
+// expiryLoop re-applies the netmap every second so expiry takes effect on
+// time even when no message arrives.
+func (n *Node) expiryLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	saveEvery := 0
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n.mu.Lock()
+		n.applyLocked()
+		saveEvery++
+		if saveEvery%30 == 0 && n.st.NetMap != nil {
+			if err := n.st.save(n.opts.StateDir); err != nil {
+				n.logger.Warn("save state", "err", err)
+			}
+		}
+		n.mu.Unlock()
+	}
+}
+
+// applyLocked pushes the current netmap into the engine and MagicDNS.
+func (n *Node) applyLocked() {
+	now := time.Now()
+	n.resolver.SetRecords(dnsRecords(n.netmap, now, n.opts.DNSUpstreams))
+	if n.engine == nil {
+		return
+	}
+	cfg := engineConfig(n.netmap, now, n.st.ShieldsUp, n.allowInbound)
+	if n.netmap != nil && n.netmap.Self != nil && n.netmap.Self.Expired(n.netmap.ControlNow(now)) {
+		n.state = apitype.StateExpired
+	} else if n.sess != nil && n.netmap != nil {
+		n.state = apitype.StateRunning
+	}
+	if n.lastEngineCfg != nil && reflect.DeepEqual(*n.lastEngineCfg, cfg) {
+		return
+	}
+	if err := n.engine.Reconfig(cfg); err != nil {
+		n.logger.Warn("reconfigure engine", "err", err)
+		return
+	}
+	n.lastEngineCfg = &cfg
+	n.ensureDNSLocked(cfg.ServiceAddrs)
+}
+
+// setState records a state and the error that caused it.
+func (n *Node) setState(s apitype.State, err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.state = s
+	if err != nil {
+		n.lastErr = err.Error()
+	}
+}
+
+// stopSessionLocked stops the control loop, if any, and waits for it.
+// It releases and retakes n.mu while waiting.
+func (n *Node) stopSessionLocked() {
+	s := n.sess
+	if s == nil {
+		return
+	}
+	n.sess = nil
+	s.cancel()
+	n.mu.Unlock()
+	<-s.done
+	n.mu.Lock()
+	n.controlOnline = false
+}
+
+// Down leaves the mesh but keeps the node's identity and registration.
+func (n *Node) Down(ctx context.Context) error {
+	n.upMu.Lock()
+	defer n.upMu.Unlock()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.stopSessionLocked()
+	n.closeEngineLocked()
+	n.netmap = nil
+	n.st.WantRunning = false
+	if n.st.Registered {
+		n.state = apitype.StateStopped
+	}
+	return n.st.save(n.opts.StateDir)
+}
+
+// Logout deregisters the node from the coordinator and forgets its key.
+func (n *Node) Logout(ctx context.Context) error {
+	n.upMu.Lock()
+	defer n.upMu.Unlock()
+	n.mu.Lock()
+	n.stopSessionLocked()
+	n.closeEngineLocked()
+	st := n.st
+	n.mu.Unlock()
+	if st.Registered && st.Coordinator != "" {
+		c, err := coordclient.New(coordclient.Options{ServerURL: st.Coordinator, PrivateKey: st.PrivateKey, HTTPClient: n.opts.HTTPClient})
+		if err != nil {
+			return err
+		}
+		if _, err := c.Register(ctx, coordclient.RegisterParams{Logout: true, Hostname: st.Hostname}); err != nil && !errors.Is(err, coordclient.ErrNodeNotRegistered) {
+			return fmt.Errorf("logout: %w", err)
+		}
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.st = &persisted{Coordinator: st.Coordinator, Hostname: st.Hostname}
+	n.netmap = nil
+	n.state = apitype.StateNoState
+	n.resolver.SetRecords(dnsRecords(nil, time.Now(), n.opts.DNSUpstreams))
+	return n.st.save(n.opts.StateDir)
+}
+
+func (n *Node) closeEngineLocked() {
+	if n.engine != nil {
+		if err := n.engine.Close(); err != nil {
+			n.logger.Warn("close engine", "err", err)
+		}
+		n.engine = nil
+		n.lastEngineCfg = nil
+	}
+}
+
+// SetAllowInbound sets the ports that stay reachable from peers even with
+// shields up (the ports `beam expose` publishes).
+func (n *Node) SetAllowInbound(ports []uint16) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.allowInbound = append([]uint16(nil), ports...)
+	n.applyLocked()
+}
+
+// Close stops the node and its engine. The state on disk is kept as is,
+// so a restarted daemon rejoins.
+func (n *Node) Close() error {
+	n.upMu.Lock()
+	defer n.upMu.Unlock()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.stopSessionLocked()
+	if n.st.NetMap != nil && n.st.Registered {
+		if err := n.st.save(n.opts.StateDir); err != nil {
+			n.logger.Warn("save state", "err", err)
+		}
+	}
+	n.closeEngineLocked()
+	n.cancel()
+	return nil
+}
+
+// Status reports the node and its peers.
+func (n *Node) Status() *apitype.Status {
+	n.mu.Lock()
+	nm, state, eng := n.netmap, n.state, n.engine
+	st := &apitype.Status{
+		State:             state,
+		Coordinator:       n.st.Coordinator,
+		CoordinatorOnline: n.controlOnline && n.sess != nil,
+		Peers:             []apitype.PeerStatus{},
+	}
+	if n.lastErr != "" {
+		st.Health = append(st.Health, n.lastErr)
+	}
+	n.mu.Unlock()
+	if state == apitype.StateExpired {
+		st.Health = append(st.Health, "node key expired: re-authenticate with `beam up --authkey KEY`")
+	}
+	if nm == nil || nm.Self == nil {
+		return st
+	}
+	if nm.DNS != nil {
+		st.DNSDomain = nm.DNS.Domain
+	}
+	now := nm.ControlNow(time.Now())
+	self := nodeStatus(nm.Self, now)
+	self.Online = state == apitype.StateRunning
+	self.Path = "self"
+	st.Self = &self
+	var es map[key.NodePublic]netstack.PeerStatus
+	if eng != nil {
+		es = map[key.NodePublic]netstack.PeerStatus{}
+		for _, p := range eng.Status() {
+			es[p.Key] = p
+		}
+	}
+	for _, p := range nm.Peers {
+		ps := nodeStatus(p, now)
+		ps.Path = "none"
+		if e, ok := es[p.Key]; ok {
+			ps.RxBytes, ps.TxBytes, ps.LastHandshake = e.RxBytes, e.TxBytes, e.LastHandshake
+			if e.Path != "" {
+				ps.Path = e.Path
+			}
+			if e.Endpoint.IsValid() {
+				ps.Endpoint = e.Endpoint.String()
+			}
+		}
+		st.Peers = append(st.Peers, ps)
+	}
+	return st
+}
+
+func nodeStatus(n *wire.Node, now time.Time) apitype.PeerStatus {
+	return apitype.PeerStatus{
+		Name:      n.Name,
+		DNSName:   n.DNSName,
+		IPs:       prefixAddrs(n.Addresses),
+		Key:       n.Key.String(),
+		OS:        n.OS,
+		Online:    n.Online,
+		KeyExpiry: n.KeyExpiry,
+		Expired:   n.Expired(now),
+		User:      n.User,
+		Tags:      n.Tags,
+	}
+}
+
+func prefixAddrs(ps []netip.Prefix) []netip.Addr {
+	out := make([]netip.Addr, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.Addr())
+	}
+	return out
+}
+
+// ErrNotRunning is returned by operations that need the node in the mesh.
+var ErrNotRunning = errors.New("node: not running; run `beam up`")
+
+// DialContext dials host:port, where host is a MagicDNS name, an overlay
+// address or any other address (reached from the host directly).
+func (n *Node) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	host, port, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, err
+	}
+	addrs, err := n.lookup(ctx, host)
+	if err != nil {
+		return nil, err
+	}
+	var firstErr error
+	for _, a := range addrs {
+		c, err := n.dialAddr(ctx, network, netip.AddrPortFrom(a, parsePort(port)))
+		if err == nil {
+			return c, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	return nil, firstErr
+}
+
+func parsePort(s string) uint16 {
+	var p uint16
+	fmt.Sscanf(s, "%d", &p)
+	return p
+}
+
+// lookup resolves host: an IP literal as is, otherwise through MagicDNS.
+func (n *Node) lookup(ctx context.Context, host string) ([]netip.Addr, error) {
+	host = strings.TrimSuffix(host, ".")
+	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return []netip.Addr{a}, nil
+	}
+	addrs, err := n.resolver.LookupNetIP(ctx, host)
+	if err != nil {
+		return nil, fmt.Errorf("resolve %s: %w", host, err)
+	}
+	// Prefer IPv4 overlay addresses: every peer has one.
+	slicesSortStableFunc(addrs)
+	return addrs, nil
+}
+
+func slicesSortStableFunc(addrs []netip.Addr) {
+	for i := 1; i < len(addrs); i++ {
+		for j := i; j > 0 && addrs[j].Is4() && !addrs[j-1].Is4(); j-- {
+			addrs[j], addrs[j-1] = addrs[j-1], addrs[j]
+		}
+	}
+}
+
+// isOverlay reports whether a belongs on the overlay rather than the host's network.
+func (n *Node) isOverlay(a netip.Addr) bool {
+	a = a.Unmap()
+	if cgnat.Contains(a) {
+		return true
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.netmap == nil || n.netmap.Self == nil {
+		return false
+	}
+	for _, p := range n.netmap.Self.Addresses {
+		if p.Addr().Is6() && a.Is6() {
+			if pfx, err := p.Addr().Prefix(48); err == nil && pfx.Contains(a) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func (n *Node) dialAddr(ctx context.Context, network string, ap netip.AddrPort) (net.Conn, error) {
+	if n.isOverlay(ap.Addr()) {
+		n.mu.Lock()
+		e := n.engine
+		n.mu.Unlock()
+		if e == nil {
+			return nil, ErrNotRunning
+		}
+		return e.DialContext(ctx, network, ap.String())
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, ap.String())
+}
+
+// dialForDNS lets MagicDNS reach resolvers on the overlay (split DNS) or
+// the host's network (upstreams).
+func (n *Node) dialForDNS(ctx context.Context, network, address string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		var d net.Dialer
+		return d.DialContext(ctx, network, address)
+	}
+	return n.dialAddr(ctx, network, ap)
+}
