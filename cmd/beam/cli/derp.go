@@ -1,17 +1,238 @@
 package cli
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
+
+	"beam.dev/beam/derp/derpserver"
+	"beam.dev/beam/types/key"
 )
 
 // DERPOptions are the flags of beam derp.
-type DERPOptions struct{}
+type DERPOptions struct {
+	// Addr is the TCP address to serve HTTP(S) on.
+	Addr string
+	// STUNAddr is the UDP address of the STUN responder; empty disables it.
+	STUNAddr string
+	// TLSCert and TLSKey are PEM files; both empty serves plain HTTP.
+	TLSCert, TLSKey string
+	// VerifyClients is the coordinator's base URL; when set, only node
+	// keys it admits may connect.
+	VerifyClients string
+	// MeshWith lists the URLs of the region's other relays.
+	MeshWith []string
+	// MeshKeyFile holds the region's mesh key.
+	MeshKeyFile string
+	// KeyFile holds the relay's machine key, created 0600 if missing;
+	// StateDir/derp.key if empty.
+	KeyFile string
+	// StateDir is where KeyFile defaults to.
+	StateDir string
+	// LogLevel is debug, info, warn or error.
+	LogLevel string
+
+	// ready, if set, is called with the bound HTTP and STUN addresses
+	// (for tests).
+	ready func(httpAddr, stunAddr string)
+}
 
 // NewCmdDERP returns the beam derp command.
 func NewCmdDERP(f *Factory, runF func(*DERPOptions) error) *cobra.Command {
-	return &cobra.Command{Use: "derp", Short: "Run a relay server with a STUN responder", RunE: func(*cobra.Command, []string) error {
-		return errors.New("derp: not built yet")
-	}}
+	opts := &DERPOptions{}
+	cmd := &cobra.Command{
+		Use:   "derp",
+		Short: "Run a relay server with a STUN responder",
+		Long: `Run a relay server: nodes that cannot reach each other directly exchange
+their (end-to-end encrypted) WireGuard packets through it. It also answers
+STUN so nodes learn their public address.
+
+The relay serves /derp (Upgrade: DERP, or WebSocket), /derp/probe and
+/generate_204 for latency checks, and /derp/stats (JSON counters) to loopback
+clients only.
+
+Relays of one region mesh with each other: give each one the others' URLs
+with --mesh-with and the same secret in --mesh-key-file.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if runF != nil {
+				return runF(opts)
+			}
+			return runDERP(cmd.Context(), f, opts)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&opts.Addr, "addr", ":3340", "address to serve HTTP (or HTTPS with --tls-cert) on")
+	fl.StringVar(&opts.STUNAddr, "stun-addr", ":3478", `UDP address of the STUN responder; "" disables it`)
+	fl.StringVar(&opts.TLSCert, "tls-cert", "", "TLS certificate PEM file (with --tls-key); plain HTTP if unset")
+	fl.StringVar(&opts.TLSKey, "tls-key", "", "TLS private key PEM file")
+	fl.StringVar(&opts.VerifyClients, "verify-clients", "", "coordinator URL; admit only node keys it knows")
+	fl.StringSliceVar(&opts.MeshWith, "mesh-with", nil, "comma-separated URLs of the region's other relays")
+	fl.StringVar(&opts.MeshKeyFile, "mesh-key-file", "", "file holding the region's mesh key (needed with --mesh-with)")
+	fl.StringVar(&opts.KeyFile, "key-file", "", "machine key file, created 0600 if missing (default STATE/derp.key)")
+	fl.StringVar(&opts.StateDir, "state", "derp-data", "state directory (created 0700)")
+	fl.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	return cmd
+}
+
+func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(opts.LogLevel)); err != nil {
+		return fmt.Errorf("bad --log-level %q: want debug, info, warn or error", opts.LogLevel)
+	}
+	logger := f.Logger(level)
+	if (opts.TLSCert == "") != (opts.TLSKey == "") {
+		return errors.New("--tls-cert and --tls-key go together")
+	}
+	for _, u := range opts.MeshWith {
+		pu, err := url.Parse(u)
+		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			return fmt.Errorf("bad --mesh-with URL %q: want http(s)://host[:port]", u)
+		}
+	}
+	var meshKey string
+	if opts.MeshKeyFile != "" {
+		b, err := os.ReadFile(opts.MeshKeyFile)
+		if err != nil {
+			return fmt.Errorf("read --mesh-key-file: %w", err)
+		}
+		meshKey = strings.TrimSpace(string(b))
+		if len(meshKey) < 16 {
+			return fmt.Errorf("mesh key in %s is too short (want at least 16 characters)", opts.MeshKeyFile)
+		}
+	}
+	if len(opts.MeshWith) > 0 && meshKey == "" {
+		return errors.New("--mesh-with needs --mesh-key-file")
+	}
+	keyFile := opts.KeyFile
+	if keyFile == "" {
+		if opts.StateDir == "" {
+			return errors.New("--state or --key-file is required")
+		}
+		if err := os.MkdirAll(opts.StateDir, 0o700); err != nil {
+			return fmt.Errorf("create state directory: %w", err)
+		}
+		keyFile = filepath.Join(opts.StateDir, "derp.key")
+	}
+	priv, err := loadOrCreateMachineKey(keyFile)
+	if err != nil {
+		return err
+	}
+	var verify func(context.Context, key.NodePublic) error
+	if opts.VerifyClients != "" {
+		verify = derpserver.VerifyWithCoordinator(opts.VerifyClients, nil)
+	}
+
+	ln, err := net.Listen("tcp", opts.Addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	var pc net.PacketConn
+	if opts.STUNAddr != "" {
+		pc, err = net.ListenPacket("udp", opts.STUNAddr)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("listen STUN: %w", err)
+		}
+		defer pc.Close()
+	}
+
+	srv := derpserver.New(derpserver.Options{
+		PrivateKey:   priv,
+		Logger:       logger,
+		VerifyClient: verify,
+		MeshKey:      meshKey,
+		MeshWith:     opts.MeshWith,
+	})
+	defer srv.Close()
+	mux := http.NewServeMux()
+	mux.Handle("/", srv)
+	mux.HandleFunc("/derp/stats", func(w http.ResponseWriter, r *http.Request) {
+		if !isLoopback(r.RemoteAddr) {
+			http.Error(w, "stats are served to loopback clients only", http.StatusForbidden)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(srv.Stats())
+	})
+	hs := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+	}
+
+	stunAddr := ""
+	if pc != nil {
+		stunAddr = pc.LocalAddr().String()
+	}
+	logger.Info("relay listening", "addr", ln.Addr().String(), "stun", stunAddr, "tls", opts.TLSCert != "",
+		"machine_key", priv.Public().String(), "mesh_with", len(opts.MeshWith), "verify_clients", opts.VerifyClients != "")
+	if opts.ready != nil {
+		opts.ready(ln.Addr().String(), stunAddr)
+	}
+
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	stunCtx, stopSTUN := context.WithCancel(ctx)
+	defer stopSTUN()
+	if pc != nil {
+		wg.Go(func() {
+			if err := derpserver.ServeSTUN(stunCtx, pc, logger); err != nil {
+				errc <- fmt.Errorf("serve STUN: %w", err)
+			}
+		})
+	}
+	wg.Go(func() {
+		var err error
+		if opts.TLSCert != "" {
+			err = hs.ServeTLS(ln, opts.TLSCert, opts.TLSKey)
+		} else {
+			err = hs.Serve(ln)
+		}
+		if !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("serve: %w", err)
+		}
+	})
+	var runErr error
+	select {
+	case runErr = <-errc:
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down")
+	srv.Close() // tells clients to reconnect elsewhere and ends hijacked conns
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		hs.Close()
+	}
+	stopSTUN()
+	wg.Wait()
+	return runErr
+}
+
+// isLoopback reports whether the host of a "host:port" remote address is a
+// loopback address.
+func isLoopback(remoteAddr string) bool {
+	ap, err := netip.ParseAddrPort(remoteAddr)
+	return err == nil && ap.Addr().Unmap().IsLoopback()
 }
