@@ -102,7 +102,7 @@ func (e *Edge) ServeTLSListener(ctx context.Context, ln net.Listener, getCert fu
 	defer cancel()
 	tlsConf := &tls.Config{
 		GetCertificate: getCert,
-		NextProtos:     []string{"h2", "http/1.1"},
+		NextProtos:     []string{"h2", "http/1.1", "acme-tls/1"}, // acme-tls/1: TLS-ALPN-01 through getCert
 		MinVersion:     tls.VersionTLS12,
 	}
 	if getCert == nil {
@@ -168,7 +168,11 @@ func (e *Edge) handleTLSConn(ctx context.Context, c net.Conn, conf *tls.Config, 
 		return
 	}
 	c.SetReadDeadline(time.Time{})
-	if tc.ConnectionState().NegotiatedProtocol == "h2" {
+	switch tc.ConnectionState().NegotiatedProtocol {
+	case "acme-tls/1":
+		tc.Close() // a TLS-ALPN-01 validation ends with the handshake
+		return
+	case "h2":
 		cl.push(tc) // net/http serves h2 on a *tls.Conn
 		return
 	}

@@ -1,0 +1,256 @@
+package edge
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
+)
+
+// TXTSetter publishes TXT records in the edge domain's authoritative zone,
+// for ACME DNS-01 challenges. The zone (dnsserver) implements it. Names
+// are fully qualified without the trailing dot
+// ("_acme-challenge.example.test"). SetTXT replaces every TXT value of the
+// name; DeleteTXT removes them all. Both must take effect before they
+// return.
+type TXTSetter interface {
+	SetTXT(name string, values []string)
+	DeleteTXT(name string)
+}
+
+// CertOptions configures a CertManager.
+type CertOptions struct {
+	// Domain is the edge domain; the manager obtains a certificate for
+	// "*.Domain" through DNS-01 (routes are one label under Domain).
+	// Required.
+	Domain string
+
+	// TXT publishes the DNS-01 challenge records. Required.
+	TXT TXTSetter
+
+	// DirectoryURL is the ACME directory. If empty, Let's Encrypt's
+	// production directory.
+	DirectoryURL string
+
+	// TrustedRoots, if not nil, are the roots trusted for the ACME server's
+	// HTTPS (a test CA); nil means the system roots.
+	TrustedRoots *x509.CertPool
+
+	// Email is the ACME account contact; may be empty.
+	Email string
+
+	// StorageDir holds account keys, certificates and locks; edges sharing
+	// it share certificates. Required.
+	StorageDir string
+
+	// OnDemand, if not nil, reports whether a TLS handshake for name (a
+	// name outside the wildcard, e.g. a verified custom domain) may obtain a
+	// certificate on the spot, through TLS-ALPN-01 answered by the edge's
+	// TLS listener. Pass Edge.HasHTTPRoute. Nil disables on-demand
+	// certificates.
+	OnDemand func(name string) bool
+
+	// TLSListenAddr is where the edge's ServeTLSListener listens, so the
+	// TLS-ALPN-01 solver leaves that port to it. If empty, ":443".
+	TLSListenAddr string
+
+	// Logger receives the manager's logs. If nil, logs are discarded.
+	Logger *slog.Logger
+}
+
+// CertManager obtains and renews the edge's certificates from an ACME CA:
+// the wildcard of the edge domain through DNS-01 and, on demand, single
+// names of registered routes through TLS-ALPN-01. Use GetCertificate with
+// ServeTLSListener.
+type CertManager struct {
+	opts     CertOptions
+	log      *slog.Logger
+	cache    *certmagic.Cache
+	wildcard *certmagic.Config // DNS-01 only
+	onDemand *certmagic.Config // TLS-ALPN-01 only
+	names    []string          // "*.Domain"
+}
+
+// NewCertManager returns a CertManager. It obtains nothing until
+// ManageWildcard or a handshake asks for a certificate; call Close to stop
+// its renewal loop.
+func NewCertManager(opts CertOptions) (*CertManager, error) {
+	if d, ok := normalizeHost(opts.Domain); !ok || d != opts.Domain {
+		return nil, fmt.Errorf("edge: invalid CertOptions.Domain %q", opts.Domain)
+	}
+	if opts.TXT == nil {
+		return nil, errors.New("edge: CertOptions.TXT is required")
+	}
+	if opts.StorageDir == "" {
+		return nil, errors.New("edge: CertOptions.StorageDir is required")
+	}
+	if opts.DirectoryURL == "" {
+		opts.DirectoryURL = certmagic.LetsEncryptProductionCA
+	}
+	if opts.TLSListenAddr == "" {
+		opts.TLSListenAddr = ":443"
+	}
+	host, portStr, err := net.SplitHostPort(opts.TLSListenAddr)
+	if err != nil {
+		return nil, fmt.Errorf("edge: CertOptions.TLSListenAddr: %w", err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("edge: CertOptions.TLSListenAddr port: %w", err)
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m := &CertManager{
+		opts:  opts,
+		log:   log.With("component", "edge-certs"),
+		names: []string{"*." + opts.Domain},
+	}
+	zl := zap.NewNop()
+	storage := &certmagic.FileStorage{Path: opts.StorageDir}
+	m.cache = certmagic.NewCache(certmagic.CacheOptions{
+		GetConfigForCert: func(c certmagic.Certificate) (*certmagic.Config, error) {
+			if slices.Contains(c.Names, m.names[0]) {
+				return m.wildcard, nil
+			}
+			return m.onDemand, nil
+		},
+		Logger: zl,
+	})
+	newConfig := func(onDemand *certmagic.OnDemandConfig, issuer certmagic.ACMEIssuer) *certmagic.Config {
+		cfg := certmagic.New(m.cache, certmagic.Config{
+			Storage:  storage,
+			OnDemand: onDemand,
+			OCSP:     certmagic.OCSPConfig{DisableStapling: true},
+			Logger:   zl,
+		})
+		issuer.CA = opts.DirectoryURL
+		issuer.Email = opts.Email
+		issuer.Agreed = true
+		issuer.TrustedRoots = opts.TrustedRoots
+		issuer.DisableHTTPChallenge = true
+		issuer.Logger = zl
+		cfg.Issuers = []certmagic.Issuer{certmagic.NewACMEIssuer(cfg, issuer)}
+		return cfg
+	}
+	m.wildcard = newConfig(nil, certmagic.ACMEIssuer{
+		DisableTLSALPNChallenge: true,
+		DNS01Solver:             &dnsSolver{txt: opts.TXT, domain: opts.Domain, values: map[string][]string{}},
+	})
+	var od *certmagic.OnDemandConfig
+	if opts.OnDemand != nil {
+		od = &certmagic.OnDemandConfig{DecisionFunc: m.decide}
+	}
+	m.onDemand = newConfig(od, certmagic.ACMEIssuer{
+		ListenHost:     host,
+		AltTLSALPNPort: port,
+	})
+	return m, nil
+}
+
+// decide is the on-demand decision: only registered names outside the
+// wildcard get a certificate of their own.
+func (m *CertManager) decide(_ context.Context, name string) error {
+	h, ok := normalizeHost(name)
+	if !ok || h == m.opts.Domain || strings.HasSuffix(h, "."+m.opts.Domain) {
+		return fmt.Errorf("edge: no on-demand certificate for %q", name)
+	}
+	if !m.opts.OnDemand(h) {
+		return fmt.Errorf("edge: %q is not a registered route", name)
+	}
+	return nil
+}
+
+// ManageWildcard obtains the wildcard certificate of the edge domain (or
+// finds it in storage) before it returns, retrying until ctx ends, and
+// keeps it renewed until Close. It never prompts.
+func (m *CertManager) ManageWildcard(ctx context.Context) error {
+	for _, name := range m.names {
+		// Non-interactive obtain: retries with backoff until ctx ends; a
+		// no-op when storage already holds the certificate.
+		if err := m.wildcard.ObtainCertAsync(ctx, name); err != nil {
+			return fmt.Errorf("edge: obtain %s: %w", name, err)
+		}
+	}
+	// Load it from storage into the cache, which renews it. (ManageSync
+	// would prompt on stdin if it had to obtain, but storage has it now.)
+	if err := m.wildcard.ManageSync(ctx, m.names); err != nil {
+		return fmt.Errorf("edge: manage %v: %w", m.names, err)
+	}
+	return nil
+}
+
+// GetCertificate returns the certificate for a ClientHello: the wildcard
+// for one-label names under the domain, an on-demand certificate for
+// registered custom names, and the TLS-ALPN-01 challenge certificate when
+// the CA validates. Pass it to ServeTLSListener.
+func (m *CertManager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return m.onDemand.GetCertificate(hello)
+}
+
+// Close stops renewals.
+func (m *CertManager) Close() error {
+	m.cache.Stop()
+	return nil
+}
+
+// dnsSolver answers DNS-01 challenges through a TXTSetter. The wildcard
+// and the bare domain share one record name, so values accumulate.
+type dnsSolver struct {
+	txt    TXTSetter
+	domain string
+
+	mu     sync.Mutex // guards values
+	values map[string][]string
+}
+
+func (s *dnsSolver) Present(_ context.Context, ch acme.Challenge) error {
+	name := strings.TrimSuffix(ch.DNS01TXTRecordName(), ".")
+	if name != "_acme-challenge."+s.domain {
+		return fmt.Errorf("edge: DNS-01 for %q is outside the edge zone", name)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := append(s.values[name], ch.DNS01KeyAuthorization())
+	s.values[name] = v
+	s.txt.SetTXT(name, slices.Clone(v))
+	return nil
+}
+
+func (s *dnsSolver) CleanUp(_ context.Context, ch acme.Challenge) error {
+	name := strings.TrimSuffix(ch.DNS01TXTRecordName(), ".")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := slices.DeleteFunc(s.values[name], func(x string) bool { return x == ch.DNS01KeyAuthorization() })
+	if len(v) == 0 {
+		delete(s.values, name)
+		s.txt.DeleteTXT(name)
+		return nil
+	}
+	s.values[name] = v
+	s.txt.SetTXT(name, slices.Clone(v))
+	return nil
+}
+
+// HasHTTPRoute reports whether host (any spelling) is the name of an http
+// route; it is the natural CertOptions.OnDemand.
+func (e *Edge) HasHTTPRoute(host string) bool {
+	h, ok := normalizeHost(host)
+	if !ok {
+		return false
+	}
+	rt := e.routes.Load().hosts[h]
+	return rt != nil && rt.Proto == ProtoHTTP
+}
