@@ -1,0 +1,7 @@
+package node_test
+
+import "beam.dev/beam/coordinator"
+
+func coordinatorReusable() coordinator.AuthKeyOptions {
+	return coordinator.AuthKeyOptions{Reusable: true}
+}
