@@ -46,6 +46,7 @@ func New(n *node.Node, logger *slog.Logger) *Handler {
 	h.mux.HandleFunc("POST /localapi/v0/down", h.down)
 	h.mux.HandleFunc("POST /localapi/v0/logout", h.logout)
 	h.mux.HandleFunc("GET /localapi/v0/dns/query", h.dnsQuery)
+	h.mux.HandleFunc("GET /localapi/v0/dns/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, h.n.DNSStatus()) })
 	h.mux.HandleFunc("POST /localapi/v0/dial", h.dial)
 	return h
 }

@@ -137,6 +137,15 @@ func (c *Client) DNSQuery(ctx context.Context, name, typ string) (*apitype.DNSQu
 	return &resp, nil
 }
 
+// DNSStatus returns the daemon's MagicDNS configuration.
+func (c *Client) DNSStatus(ctx context.Context) (*apitype.DNSStatus, error) {
+	var st apitype.DNSStatus
+	if err := c.do(ctx, http.MethodGet, "/localapi/v0/dns/status", nil, &st); err != nil {
+		return nil, err
+	}
+	return &st, nil
+}
+
 // Dial connects to host:port through the daemon (MagicDNS names and
 // overlay addresses work) and returns the stream.
 func (c *Client) Dial(ctx context.Context, network, host string, port uint16) (net.Conn, error) {

@@ -750,3 +750,35 @@ func (n *Node) dialForDNS(ctx context.Context, network, address string) (net.Con
 	}
 	return n.dialAddr(ctx, network, ap)
 }
+
+// DNSStatus describes the node's MagicDNS configuration.
+func (n *Node) DNSStatus() *apitype.DNSStatus {
+	n.mu.Lock()
+	nm := n.netmap
+	n.mu.Unlock()
+	rec := dnsRecords(nm, time.Now(), n.opts.DNSUpstreams)
+	st := &apitype.DNSStatus{
+		Domain:        rec.Domain,
+		SearchDomains: append([]string{}, rec.SearchDomains...),
+		Resolvers:     []string{MagicDNSIPv4.String()},
+		Upstreams:     []string{},
+		Names:         len(rec.Hosts),
+	}
+	if nm != nil && nm.Self != nil {
+		if a := magicDNSIPv6(nm.Self); a.IsValid() {
+			st.Resolvers = append(st.Resolvers, a.String())
+		}
+	}
+	for _, u := range rec.Upstreams {
+		st.Upstreams = append(st.Upstreams, u.String())
+	}
+	for suffix, rs := range rec.Routes {
+		if st.Routes == nil {
+			st.Routes = map[string][]string{}
+		}
+		for _, r := range rs {
+			st.Routes[suffix] = append(st.Routes[suffix], r.String())
+		}
+	}
+	return st
+}

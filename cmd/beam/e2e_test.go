@@ -272,9 +272,9 @@ func TestEndToEndSession(t *testing.T) {
 	if key == "" || strings.ContainsAny(key, " \n") {
 		t.Fatalf("authkey create printed %q, want only the key", key)
 	}
-	socksPort := freePort(t)
+	socksPort, dnsPort := freePort(t), freePort(t)
 	alpha, beta := c.device("alpha"), c.device("beta")
-	out := alpha.mustUp("--authkey", key, "--socks5", "127.0.0.1:"+strconv.Itoa(socksPort))
+	out := alpha.mustUp("--authkey", key, "--socks5", "127.0.0.1:"+strconv.Itoa(socksPort), "--dns-listen", "127.0.0.1:"+strconv.Itoa(dnsPort))
 	if !strings.HasPrefix(out, "alpha 100.64.") {
 		t.Fatalf("beam up alpha printed %q, want name and IPs", out)
 	}
@@ -298,6 +298,24 @@ func TestEndToEndSession(t *testing.T) {
 	}
 	if !strings.HasPrefix(betaIP, "100.64.") {
 		t.Fatalf("beta's IPv4 = %q, want 100.64.x.y", betaIP)
+	}
+
+	// Names: beam ip, beam dns query, dig against the daemon's loopback listener.
+	if got := strings.TrimSpace(c.mustBeam(alpha.args("ip", "-4", "beta")...)); got != betaIP {
+		t.Fatalf("beam ip -4 beta = %q, want %s", got, betaIP)
+	}
+	if got := c.mustBeam(alpha.args("dns", "query", "beta")...); !strings.Contains(got, "NOERROR") || !strings.Contains(got, betaIP) {
+		t.Fatalf("beam dns query beta = %q", got)
+	}
+	if _, _, err := c.beam(nil, alpha.args("dns", "query", "nosuch."+st.DNSDomain)...); err == nil {
+		t.Fatal("beam dns query of an unknown name exited 0")
+	}
+	if got := c.mustBeam(alpha.args("dns", "status")...); !strings.Contains(got, st.DNSDomain) || !strings.Contains(got, "100.100.100.100") {
+		t.Fatalf("beam dns status = %q", got)
+	}
+	dig, err := exec.Command("dig", "+short", "+time=2", "+tries=2", "-p", strconv.Itoa(dnsPort), "@127.0.0.1", "beta."+st.DNSDomain).Output()
+	if err != nil || strings.TrimSpace(string(dig)) != betaIP {
+		t.Fatalf("dig beta via --dns-listen = %q, %v; want %s", dig, err, betaIP)
 	}
 
 	// beam nc by name reaches beta's host loopback port.

@@ -103,3 +103,17 @@ type DNSQueryResponse struct {
 type Error struct {
 	Error string `json:"error"`
 }
+
+// DNSStatus is the answer of GET /localapi/v0/dns/status.
+type DNSStatus struct {
+	// Domain is the network's MagicDNS domain.
+	Domain        string   `json:"domain"`
+	SearchDomains []string `json:"search_domains"`
+	// Resolvers are the addresses MagicDNS answers on inside the overlay.
+	Resolvers []string `json:"resolvers"`
+	Upstreams []string `json:"upstreams"`
+	// Routes are split-DNS routes: suffix to resolvers.
+	Routes map[string][]string `json:"routes,omitempty"`
+	// Names counts the names MagicDNS answers locally.
+	Names int `json:"names"`
+}
