@@ -130,7 +130,7 @@ func udpProbe(t *testing.T, h *nslab.Host, args ...string) (string, []probeResul
 // echo server saw, or the error text.
 func tcpProbe(t *testing.T, h *nslab.Host, dst string) (netip.AddrPort, string) {
 	t.Helper()
-	out, err := h.RunHelper(waitCtx(t), nslab.HelperTCPProbe, "-wait=1s", dst)
+	out, err := h.RunHelper(waitCtx(t), nslab.HelperTCPProbe, "-wait=5s", dst)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +238,7 @@ func TestUDPBlocked(t *testing.T) {
 	if seen, errText := tcpProbe(t, h, hostPort(srv, 3478)); seen.Addr() != h.PublicAddr() {
 		t.Errorf("TCP: server saw %v (%s), want %v", seen, errText, h.PublicAddr())
 	}
-	if _, res := udpProbe(t, h, "-tries=2", hostPort(srv, 3478)); len(res) != 1 || !res[0].timeout {
+	if _, res := udpProbe(t, h, "-tries=2", "-wait=300ms", hostPort(srv, 3478)); len(res) != 1 || !res[0].timeout {
 		t.Errorf("UDP through a UDP-blocked NAT: %+v, want a timeout", res)
 	}
 	c := h.Router().Counters()
@@ -252,7 +252,7 @@ func TestUDPBlocked(t *testing.T) {
 			t.Fatalf("UDP before BlockUDP: %+v, want a reply", res)
 		}
 		e.Router().BlockUDP(true)
-		if _, res := udpProbe(t, e, "-tries=2", hostPort(srv, 3478)); len(res) != 1 || !res[0].timeout {
+		if _, res := udpProbe(t, e, "-tries=2", "-wait=300ms", hostPort(srv, 3478)); len(res) != 1 || !res[0].timeout {
 			t.Errorf("UDP with BlockUDP(true): %+v, want a timeout", res)
 		}
 		if seen, errText := tcpProbe(t, e, hostPort(srv, 3478)); seen.Addr() != e.PublicAddr() {
@@ -438,9 +438,11 @@ func TestNetem(t *testing.T) {
 		}
 		return slices.Min(rtts)
 	}
+	// Bounds are loose where a loaded machine only makes things slower;
+	// 90ms still tells an unimpaired link from one with 100ms added.
 	base := rtt()
-	if base > 40*time.Millisecond {
-		t.Fatalf("base RTT %v, want under 40ms", base)
+	if base > 90*time.Millisecond {
+		t.Fatalf("base RTT %v, want under 90ms", base)
 	}
 
 	r.SetNetem("delay 50ms")
@@ -464,8 +466,8 @@ func TestNetem(t *testing.T) {
 	}
 
 	r.ClearNetem()
-	if got := rtt(); got > 40*time.Millisecond {
-		t.Errorf("RTT after ClearNetem = %v, want under 40ms", got)
+	if got := rtt(); got > 90*time.Millisecond {
+		t.Errorf("RTT after ClearNetem = %v, want under 90ms", got)
 	}
 	bulk("after ClearNetem")
 	// Setting it again reuses the emulator.

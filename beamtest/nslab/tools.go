@@ -30,7 +30,7 @@ const (
 
 	// HelperUDPProbe sends from one UDP socket (flag -local, default any
 	// port) to each destination argument in turn, retrying -tries times
-	// (default 3) waiting -wait (default 300ms) each, and prints
+	// (default 4) waiting -wait (default 500ms) each, and prints
 	// "local ADDR" and then, per destination, "reply DEST SEEN RTT" (SEEN
 	// as reported by a HelperUDPEcho) or "timeout DEST".
 	HelperUDPProbe = "nslab.udpprobe"
@@ -153,8 +153,8 @@ func tcpEcho(ctx context.Context, args []string) error {
 func udpProbe(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet(HelperUDPProbe, flag.ContinueOnError)
 	local := fs.String("local", "0.0.0.0:0", "local address")
-	tries := fs.Int("tries", 3, "attempts per destination")
-	wait := fs.Duration("wait", 300*time.Millisecond, "wait per attempt")
+	tries := fs.Int("tries", 4, "attempts per destination")
+	wait := fs.Duration("wait", 500*time.Millisecond, "wait per attempt")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
