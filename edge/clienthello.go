@@ -45,9 +45,8 @@ func readClientHello(r io.Reader) (clientHello, []byte, error) {
 	var raw, msg []byte
 	var hdr [recordHeaderLen]byte
 	for {
-		if _, err := io.ReadFull(r, hdr[:]); err != nil {
-			raw = append(raw, hdr[:]...) // best effort; caller closes anyway
-			return clientHello{}, raw, fmt.Errorf("edge: read TLS record header: %w", err)
+		if n, err := io.ReadFull(r, hdr[:]); err != nil {
+			return clientHello{}, append(raw, hdr[:n]...), fmt.Errorf("edge: read TLS record header: %w", err)
 		}
 		raw = append(raw, hdr[:]...)
 		if hdr[0] != recordTypeHandshake || hdr[1] != 3 {
@@ -59,8 +58,8 @@ func readClientHello(r io.Reader) (clientHello, []byte, error) {
 		}
 		start := len(raw)
 		raw = append(raw, make([]byte, n)...)
-		if _, err := io.ReadFull(r, raw[start:]); err != nil {
-			return clientHello{}, raw, fmt.Errorf("edge: read TLS record: %w", err)
+		if got, err := io.ReadFull(r, raw[start:]); err != nil {
+			return clientHello{}, raw[:start+got], fmt.Errorf("edge: read TLS record: %w", err)
 		}
 		msg = append(msg, raw[start:]...)
 		if len(msg) < handshakeHeaderLen {
