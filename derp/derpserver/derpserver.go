@@ -30,7 +30,6 @@ import (
 	"crypto/subtle"
 	"crypto/tls"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -273,25 +272,38 @@ func (s *Server) Accept(ctx context.Context, nc net.Conn, brw *bufio.ReadWriter,
 		brw = bufio.NewReadWriter(bufio.NewReaderSize(nc, 4<<10), bufio.NewWriterSize(nc, 4<<10))
 	}
 	logger := s.logger.With("remote", remoteAddr)
+	// The handshake is bounded by a deadline and interrupted by closing
+	// nc when ctx ends, but only until the server info goes out: a client
+	// that got it is served by run, which says goodbye properly. (Moving a
+	// deadline into the past would not do: on a WebSocket conn a deadline
+	// that fires mid-write breaks the conn for good.)
 	nc.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
-	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
+	var hsMu sync.Mutex
+	hsDone := false
+	stop := context.AfterFunc(ctx, func() {
+		hsMu.Lock()
+		defer hsMu.Unlock()
+		if !hsDone {
+			nc.Close()
+		}
+	})
+	defer stop()
 	c, serverInfo, err := s.handshake(ctx, nc, brw, logger)
 	if err != nil {
-		stop()
 		s.refused.Add(1)
 		logger.Debug("handshake failed", "err", err)
 		return
 	}
 	c.cancel = cancel
+	hsMu.Lock()
+	hsDone = true
+	hsMu.Unlock()
 	// Register before the client learns the handshake is done, so that
 	// packets sent to it as soon as its Dial returns find it.
 	s.register(c)
 	err = derp.WriteFrame(brw.Writer, derp.FrameServerInfo, serverInfo)
 	if err == nil {
 		err = brw.Flush()
-	}
-	if !stop() {
-		err = errors.Join(err, ctx.Err())
 	}
 	if err != nil {
 		s.unregister(c)

@@ -273,14 +273,26 @@ func sendUntil(c *derp.Client, dst key.NodePublic, pkt []byte) (stop func()) {
 	return func() { close(done); wg.Wait() }
 }
 
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
+}
+
 func TestMesh(t *testing.T) {
 	const meshKey = "region-1-secret"
-	// Each server needs the other's URL, so start the HTTP servers first.
-	var s1, s2 *derpserver.Server
-	h1 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s1.ServeHTTP(w, r) }))
-	h2 := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s2.ServeHTTP(w, r) }))
-	s1 = derpserver.New(derpserver.Options{MeshKey: meshKey, MeshWith: []string{h1.URL, h2.URL}})
-	s2 = derpserver.New(derpserver.Options{MeshKey: meshKey, MeshWith: []string{h1.URL}})
+	// Each server needs the other's URL, so listen first.
+	l1, l2 := listen(t), listen(t)
+	u1, u2 := "http://"+l1.Addr().String(), "http://"+l2.Addr().String()
+	s1 := derpserver.New(derpserver.Options{MeshKey: meshKey, MeshWith: []string{u1, u2}})
+	s2 := derpserver.New(derpserver.Options{MeshKey: meshKey, MeshWith: []string{u1}})
+	h1 := &httptest.Server{Listener: l1, Config: &http.Server{Handler: s1}}
+	h2 := &httptest.Server{Listener: l2, Config: &http.Server{Handler: s2}}
+	h1.Start()
+	h2.Start()
 	t.Cleanup(func() {
 		s1.Close()
 		s2.Close()

@@ -39,10 +39,12 @@ func newMeshPeer(s *Server, url string) *meshPeer {
 
 // forward queues a packet for the meshed relay without blocking.
 func (mp *meshPeer) forward(src, dst key.NodePublic, data []byte) {
+	// Count first so the counter never lags a delivered packet.
+	mp.s.packetsForwarded.Add(1)
 	select {
 	case mp.q <- fwdPkt{src: src, dst: dst, data: data}:
-		mp.s.packetsForwarded.Add(1)
 	default:
+		mp.s.packetsForwarded.Add(-1)
 		mp.s.dropsGone.Add(1)
 	}
 }
