@@ -378,6 +378,7 @@ func TestSmugglingRefused(t *testing.T) {
 		{"TE then CL", "POST /te-cl HTTP/1.1\r\nHost: alpha.example.test\r\ntransfer-encoding: chunked\r\ncontent-length: 40\r\n\r\n0\r\n\r\n", "HTTP/1.1 400 Bad Request"},
 		{"TE list", "POST /te-list HTTP/1.1\r\nHost: alpha.example.test\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", "HTTP/1.1 501 Not Implemented"},
 		{"two CLs", "POST /two-cl HTTP/1.1\r\nHost: alpha.example.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", "HTTP/1.1 400 Bad Request"},
+		{"header too large", "GET /big HTTP/1.1\r\nHost: alpha.example.test\r\nX-Big: " + strings.Repeat("a", 100<<10) + "\r\n\r\n", "HTTP/1.1 431 Request Header Fields Too Large"},
 		{"chunked alone is fine", "POST /chunked HTTP/1.1\r\nHost: alpha.example.test\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n", "HTTP/1.1 200 OK"},
 	}
 	for _, tt := range tests {
