@@ -65,6 +65,55 @@ var _ = nslab.RegisterHelper("tcpbulk", func(ctx context.Context, args []string)
 	return nil
 })
 
+// udpGSO is a helper that sends one write of args[1] segments of 1000
+// bytes with UDP generic segmentation offload (as wireguard-go does) to a
+// HelperUDPEcho at args[0], and prints "replies N" with the number of
+// datagrams echoed within a second.
+var _ = nslab.RegisterHelper("udpgso", func(ctx context.Context, args []string) error {
+	if len(args) != 2 {
+		return fmt.Errorf("want address and segment count, got %q", args)
+	}
+	segs, err := strconv.Atoi(args[1])
+	if err != nil {
+		return err
+	}
+	ua, err := net.ResolveUDPAddr("udp4", args[0])
+	if err != nil {
+		return err
+	}
+	c, err := net.ListenUDP("udp4", nil)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	rc.Control(func(fd uintptr) {
+		const udpSegment = 103 // UDP_SEGMENT, linux/udp.h
+		serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_UDP, udpSegment, 1000)
+	})
+	if serr != nil {
+		return fmt.Errorf("UDP_SEGMENT: %w", serr)
+	}
+	if _, err := c.WriteToUDP(bytes.Repeat([]byte("g"), 1000*segs), ua); err != nil {
+		return err
+	}
+	n := 0
+	buf := make([]byte, 4096)
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	for {
+		if _, err := c.Read(buf); err != nil {
+			break
+		}
+		n++
+	}
+	fmt.Printf("replies %d\n", n)
+	return nil
+})
+
 func TestNSLabHelperProcess(t *testing.T) { nslab.RunHelperProcess(t) }
 
 func waitCtx(t *testing.T) context.Context {
@@ -459,6 +508,10 @@ func TestNetem(t *testing.T) {
 		}
 	}
 	bulk("with delay")
+	// So do UDP packets sent with segmentation offload.
+	if out, err := h.RunHelper(waitCtx(t), "udpgso", dst, "8"); err != nil || string(out) != "replies 8\n" {
+		t.Errorf("UDP GSO through the emulator: %q, %v; want replies 8", out, err)
+	}
 
 	r.SetNetem("loss 100%")
 	if _, res := udpProbe(t, h, "-tries=2", "-wait=200ms", dst); len(res) != 1 || !res[0].timeout {
