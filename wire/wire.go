@@ -20,7 +20,9 @@ import (
 //
 //   - 1 (2026-11-25): first version: register, map stream with deltas,
 //     endpoints, DERP map, DNS config, packet filter.
-const CapabilityVersion = 1
+//   - 2 (2026-11-25): public edge: ExposeRequest/ExposeResponse at
+//     /machine/expose, EdgeRoutes in MapResponse, Node.Edge.
+const CapabilityVersion = 2
 
 // NodeID is the coordinator's stable identifier of a node.
 type NodeID int64
@@ -134,6 +136,9 @@ type Node struct {
 	User      string    `json:"user,omitempty"`
 	Tags      []string  `json:"tags,omitempty"`
 	Ephemeral bool      `json:"ephemeral,omitempty"`
+	// Edge marks a public edge node: it receives every route in EdgeRoutes
+	// and may reach only the exposed ports of the nodes that serve them.
+	Edge bool `json:"edge,omitempty"`
 }
 
 // Expired reports whether n's key has expired at time now.
@@ -206,7 +211,43 @@ type NetPortRange struct {
 	Last  uint16       `json:"last"`
 }
 
+// ExposeRequest asks the coordinator to publish (or, with Remove, to stop
+// publishing) one of the sending node's ports on the public edge. It is
+// sealed like a MapRequest and sent to /machine/expose.
+type ExposeRequest struct {
+	Version   int            `json:"version"`
+	NodeKey   key.NodePublic `json:"node_key"`
+	Timestamp time.Time      `json:"timestamp"`
+	// Name is the label under the edge domain ("app" for app.example.test);
+	// empty means the node's own name.
+	Name string `json:"name,omitempty"`
+	// CustomDomain is a full domain the network proved it controls
+	// (TXT record or CNAME to the edge); it replaces Name.
+	CustomDomain string `json:"custom_domain,omitempty"`
+	// Proto is "http", "tls" (SNI passthrough), "tcp" or "udp".
+	Proto string `json:"proto"`
+	// Port is the node's port the edge connects to (on its overlay address).
+	Port uint16 `json:"port"`
+	// Options holds per-route policy, see EdgeRoute.Options.
+	Options map[string]string `json:"options,omitempty"`
+	// Remove withdraws the route named by Name/CustomDomain and Proto.
+	Remove bool `json:"remove,omitempty"`
+}
+
+// ExposeResponse answers an ExposeRequest.
+type ExposeResponse struct {
+	// Route is the route as published; nil after Remove or on error.
+	Route *EdgeRoute `json:"route,omitempty"`
+	// URL is what users open: "https://app.example.test" or
+	// "tcp://edge.example.test:20001".
+	URL string `json:"url,omitempty"`
+	// Error is a human-readable reason the request was refused.
+	Error string `json:"error,omitempty"`
+}
+
 // EdgeRoute is a public route from an edge to a node's overlay address.
+// Several routes with the same Host and Proto (from different nodes of one
+// network) form a pool.
 type EdgeRoute struct {
 	// Host is the public name ("alpha.example.test"), lower case, no trailing dot.
 	Host string `json:"host"`
@@ -217,7 +258,14 @@ type EdgeRoute struct {
 	// Node is the node that serves the route, Target its overlay address and port.
 	Node   key.NodePublic `json:"node"`
 	Target netip.AddrPort `json:"target"`
-	// Options holds per-route policy (basic auth, CIDRs, rate limits, headers),
-	// interpreted by the edge.
+	// CustomDomain is set when Host is a verified custom domain rather
+	// than a name under the edge domain.
+	CustomDomain bool `json:"custom_domain,omitempty"`
+	// Options holds per-route policy, interpreted by the edge. Keys:
+	// "basic_auth" (user:pass[,user:pass]), "allow_ip" and "deny_ip"
+	// (comma-separated CIDRs), "rate_limit" ("20/s" or "600/m"),
+	// "header_add" (newline-separated "K: V"), "header_remove"
+	// (comma-separated), "cors" (comma-separated origins),
+	// "proxy_protocol" ("v1" or "v2").
 	Options map[string]string `json:"options,omitempty"`
 }
