@@ -64,8 +64,12 @@ var (
 )
 
 // Lab is one test's namespace internet. It is created by [New] and torn down
-// by t.Cleanup (or earlier by [Lab.Close]). Its methods fail the test on
-// error, so call them from the goroutine running the test that created it.
+// by t.Cleanup (or earlier by [Lab.Close]). Its methods, and those of its
+// hosts and routers, fail the test given to New on error (with t.Fatal), so
+// call them from that test's goroutine: not from other goroutines and not
+// from its subtests (the testing package crashes the binary when a subtest
+// calls FailNow of its parent). Give each test or parallel subtest its own
+// Lab; a Lab takes a few tens of milliseconds to build.
 type Lab struct {
 	t      testing.TB
 	prefix string

@@ -204,41 +204,40 @@ func TestPublicSeesPublicAddress(t *testing.T) {
 	srv := lab.AddServer("server")
 	startEcho(t, srv, 3478)
 
+	// No subtests: Lab methods may only fail the test that made the lab.
 	for _, kind := range []nslab.NATKind{nslab.NATNone, nslab.NATEasy, nslab.NATHard, nslab.NATUDPBlocked} {
 		h := lab.AddNATHost("h-"+kind.String(), kind)
-		t.Run(kind.String(), func(t *testing.T) {
-			if kind == nslab.NATNone {
-				if h.Router() != nil {
-					t.Errorf("Router() = %v, want nil for NATNone", h.Router())
-				}
-				if h.PublicAddr() != h.Addr() {
-					t.Errorf("PublicAddr() = %v, want Addr() %v", h.PublicAddr(), h.Addr())
-				}
-			} else {
-				r := h.Router()
-				if r == nil || r.Kind() != kind || r.Addr() != h.PublicAddr() {
-					t.Fatalf("Router() = %v, want a %v router at %v", r, kind, h.PublicAddr())
-				}
-				if h.Addr() == h.PublicAddr() || !r.LANAddr().IsValid() {
-					t.Errorf("NATed host Addr() = %v, PublicAddr() = %v, router LAN %v; want a LAN address", h.Addr(), h.PublicAddr(), r.LANAddr())
-				}
+		if kind == nslab.NATNone {
+			if h.Router() != nil {
+				t.Errorf("%v: Router() = %v, want nil", kind, h.Router())
 			}
-			if !netip.MustParsePrefix("203.0.113.0/24").Contains(h.PublicAddr()) {
-				t.Errorf("PublicAddr() = %v, want one in 203.0.113.0/24", h.PublicAddr())
+			if h.PublicAddr() != h.Addr() {
+				t.Errorf("%v: PublicAddr() = %v, want Addr() %v", kind, h.PublicAddr(), h.Addr())
 			}
+		} else {
+			r := h.Router()
+			if r == nil || r.Kind() != kind || r.Addr() != h.PublicAddr() {
+				t.Fatalf("%v: Router() = %v, want a %v router at %v", kind, r, kind, h.PublicAddr())
+			}
+			if h.Addr() == h.PublicAddr() || !r.LANAddr().IsValid() {
+				t.Errorf("%v: host Addr() = %v, PublicAddr() = %v, router LAN %v; want a LAN address", kind, h.Addr(), h.PublicAddr(), r.LANAddr())
+			}
+		}
+		if !netip.MustParsePrefix("203.0.113.0/24").Contains(h.PublicAddr()) {
+			t.Errorf("%v: PublicAddr() = %v, want one in 203.0.113.0/24", kind, h.PublicAddr())
+		}
 
-			seen, errText := tcpProbe(t, h, hostPort(srv, 3478))
-			if seen.Addr() != h.PublicAddr() {
-				t.Errorf("TCP: server saw %v (%s), want address %v", seen, errText, h.PublicAddr())
-			}
-			if kind == nslab.NATUDPBlocked {
-				return
-			}
-			_, res := udpProbe(t, h, hostPort(srv, 3478))
-			if len(res) != 1 || res[0].seen.Addr() != h.PublicAddr() {
-				t.Errorf("UDP: probe results %+v, want server to see %v", res, h.PublicAddr())
-			}
-		})
+		seen, errText := tcpProbe(t, h, hostPort(srv, 3478))
+		if seen.Addr() != h.PublicAddr() {
+			t.Errorf("%v: TCP: server saw %v (%s), want address %v", kind, seen, errText, h.PublicAddr())
+		}
+		if kind == nslab.NATUDPBlocked {
+			continue
+		}
+		_, res := udpProbe(t, h, hostPort(srv, 3478))
+		if len(res) != 1 || res[0].seen.Addr() != h.PublicAddr() {
+			t.Errorf("%v: UDP: probe results %+v, want server to see %v", kind, res, h.PublicAddr())
+		}
 	}
 }
 
@@ -251,7 +250,7 @@ func TestMapping(t *testing.T) {
 	easy := lab.AddNATHost("easy", nslab.NATEasy)
 	hard := lab.AddNATHost("hard", nslab.NATHard)
 
-	t.Run("easy keeps one mapping per socket", func(t *testing.T) {
+	{ // Easy NAT: one mapping per socket, keeping the source port.
 		local, res := udpProbe(t, easy, "-local=0.0.0.0:41000", hostPort(s1, 3478), hostPort(s2, 3478))
 		if len(res) != 2 || res[0].timeout || res[1].timeout {
 			t.Fatalf("probe from %s: %+v, want two replies", local, res)
@@ -262,8 +261,8 @@ func TestMapping(t *testing.T) {
 		if res[0].seen.Port() != 41000 {
 			t.Errorf("mapped port %d, want the source port 41000 kept", res[0].seen.Port())
 		}
-	})
-	t.Run("hard maps per destination", func(t *testing.T) {
+	}
+	{ // Hard NAT: a mapping per destination.
 		local, res := udpProbe(t, hard, "-local=0.0.0.0:41000", hostPort(s1, 3478), hostPort(s2, 3478))
 		if len(res) != 2 || res[0].timeout || res[1].timeout {
 			t.Fatalf("probe from %s: %+v, want two replies", local, res)
@@ -274,7 +273,7 @@ func TestMapping(t *testing.T) {
 		if res[0].seen.Port() == res[1].seen.Port() {
 			t.Errorf("both servers saw port %d, want a different port per destination", res[0].seen.Port())
 		}
-	})
+	}
 }
 
 func TestUDPBlocked(t *testing.T) {
@@ -294,8 +293,14 @@ func TestUDPBlocked(t *testing.T) {
 	if c.TCPOut == 0 || c.TCPIn == 0 || c.UDPOut != 0 || c.UDPIn != 0 {
 		t.Errorf("counters %+v, want TCP both ways and no UDP forwarded", c)
 	}
+}
 
-	t.Run("BlockUDP", func(t *testing.T) {
+func TestBlockUDP(t *testing.T) {
+	t.Parallel()
+	lab := nslab.New(t)
+	srv := lab.AddServer("server")
+	startEcho(t, srv, 3478)
+	{
 		e := lab.AddNATHost("easy", nslab.NATEasy)
 		if _, res := udpProbe(t, e, hostPort(srv, 3478)); len(res) != 1 || res[0].timeout {
 			t.Fatalf("UDP before BlockUDP: %+v, want a reply", res)
@@ -311,7 +316,7 @@ func TestUDPBlocked(t *testing.T) {
 		if _, res := udpProbe(t, e, hostPort(srv, 3478)); len(res) != 1 || res[0].timeout {
 			t.Errorf("UDP after BlockUDP(false): %+v, want a reply", res)
 		}
-	})
+	}
 }
 
 func TestUnsolicitedInboundDropped(t *testing.T) {
@@ -378,14 +383,18 @@ func punchPair(t *testing.T, stun string, a, b *nslab.Host) (pa, pb *nslab.Proc,
 	return pa, pb, ma, mb
 }
 
-func TestHolePunching(t *testing.T) {
-	t.Parallel()
+// stunLab returns a lab with a HelperUDPEcho server and its address.
+func stunLab(t *testing.T) (*nslab.Lab, string) {
 	lab := nslab.New(t)
 	srv := lab.AddServer("stun")
 	startEcho(t, srv, 3478)
-	stun := hostPort(srv, 3478)
+	return lab, hostPort(srv, 3478)
+}
 
-	t.Run("easy-easy", func(t *testing.T) {
+func TestHolePunchEasyEasy(t *testing.T) {
+	t.Parallel()
+	lab, stun := stunLab(t)
+	{
 		a := lab.AddNATHost("ea", nslab.NATEasy)
 		b := lab.AddNATHost("eb", nslab.NATEasy)
 		pa, pb, ma, mb := punchPair(t, stun, a, b)
@@ -406,9 +415,13 @@ func TestHolePunching(t *testing.T) {
 				t.Errorf("%s router counters %+v, want UDP forwarded both ways", h.Name(), c)
 			}
 		}
-	})
+	}
+}
 
-	t.Run("easy-hard fails", func(t *testing.T) {
+func TestHolePunchEasyHardFails(t *testing.T) {
+	t.Parallel()
+	lab, stun := stunLab(t)
+	{
 		a := lab.AddNATHost("fa", nslab.NATEasy)
 		b := lab.AddNATHost("fb", nslab.NATHard)
 		pa, pb, _, _ := punchPair(t, stun, a, b)
@@ -423,7 +436,7 @@ func TestHolePunching(t *testing.T) {
 		if c := a.Router().Counters(); c.DroppedIn == 0 {
 			t.Errorf("easy router counters %+v, want the hard side's pings dropped", c)
 		}
-	})
+	}
 }
 
 func TestFlushConntrack(t *testing.T) {
