@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"beam.dev/beam/beamtest/nslab"
+	"go.uber.org/goleak"
 )
 
 // tcpBulk is a helper registered by this test package, to check the
@@ -115,6 +116,10 @@ var _ = nslab.RegisterHelper("udpgso", func(ctx context.Context, args []string) 
 })
 
 func TestNSLabHelperProcess(t *testing.T) { nslab.RunHelperProcess(t) }
+
+// TestMain checks that no goroutine of a lab (process waiters, output
+// copiers) outlives the tests.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func waitCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
