@@ -15,13 +15,13 @@ import (
 // parser must not panic on it.
 func FuzzReadFrame(f *testing.F) {
 	k := key.NewNode().Public().Raw32()
-	f.Add(frameBytes(FrameKeepAlive, nil))                          // empty payload
+	f.Add(frameBytes(FrameKeepAlive, nil))                           // empty payload
 	f.Add(frameBytes(FrameRecvPacket, append(k[:], "wg packet"...))) // packet
-	f.Add(frameBytes(FramePeerGone, append(k[:], 1)))               // peer gone, not here
-	f.Add(frameBytes(FramePing, []byte("12345678")))                // ping
-	f.Add([]byte{byte(FrameSendPacket), 0xff, 0xff, 0xff, 0xff})    // absurd length
-	f.Add([]byte{byte(FramePing), 0, 0, 0, 8, 1, 2})                // truncated
-	f.Add([]byte{0xee, 0, 0, 0, 1, 9})                              // unknown type
+	f.Add(frameBytes(FramePeerGone, append(k[:], 1)))                // peer gone, not here
+	f.Add(frameBytes(FramePing, []byte("12345678")))                 // ping
+	f.Add([]byte{byte(FrameSendPacket), 0xff, 0xff, 0xff, 0xff})     // absurd length
+	f.Add([]byte{byte(FramePing), 0, 0, 0, 8, 1, 2})                 // truncated
+	f.Add([]byte{0xee, 0, 0, 0, 1, 9})                               // unknown type
 	f.Fuzz(func(t *testing.T, in []byte) {
 		ft, p, err := ReadFrame(bufio.NewReader(bytes.NewReader(in)), MaxFrameSize, nil)
 		if err != nil {
@@ -44,8 +44,8 @@ func FuzzClientInfo(f *testing.F) {
 	info, _ := json.Marshal(ClientInfo{Version: ProtocolVersion, CanAckPings: true})
 	pub := node.Public().Raw32()
 	f.Add(AppendClientInfoPayload(nil, pub, node.SealTo(server.Public(), info))) // valid
-	f.Add(pub[:])                                                                   // key, no box
-	f.Add([]byte("short"))                                                          // too short
+	f.Add(pub[:])                                                                // key, no box
+	f.Add([]byte("short"))                                                       // too short
 	f.Fuzz(func(t *testing.T, p []byte) {
 		k, sealed, err := ParseClientInfoPayload(p)
 		if err != nil {
