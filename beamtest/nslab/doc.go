@@ -2,10 +2,12 @@
 // real nftables NAT routers, for integration tests that run real processes
 // (the beam binary, or helper processes re-executed from the test binary).
 //
-// It needs root and the iproute2 (ip), nftables (nft) and conntrack-tools
-// (conntrack) programs; on Debian the packages are iproute2, nftables and
-// conntrack. When they are missing, [New] fails the test with a message
-// saying what to install: these tests never skip.
+// It needs root, a Linux kernel with veth, bridge, nf_tables NAT and packet
+// sockets (4.20 or later; sch_netem is not needed), and the iproute2 (ip),
+// nftables (nft) and conntrack-tools (conntrack) programs; on Debian the
+// packages are iproute2, nftables and conntrack. When they are missing,
+// [New] fails the test with a message saying what to install: these tests
+// never skip.
 //
 // # Topology
 //

@@ -13,7 +13,8 @@ import (
 
 // Host is a network namespace of a [Lab] with one interface (eth0) and a
 // default route: a public host on the internet bridge, or a host behind a
-// [Router]. A [Router] is a Host too (its namespace, its WAN address).
+// [Router]. A [Router] is a Host too: its namespace (interfaces wan0 and
+// lan0) and its WAN address.
 type Host struct {
 	lab    *Lab
 	name   string
