@@ -91,14 +91,12 @@ func tcpEchoServer(t testing.TB, ln net.Listener) {
 	go func() {
 		defer close(done)
 		var conns []net.Conn
+		cdone := make(chan struct{}, 1024)
+		n := 0
 		defer func() {
 			for _, c := range conns {
 				c.Close()
 			}
-		}()
-		cdone := make(chan struct{}, 1024)
-		n := 0
-		defer func() {
 			for range n {
 				<-cdone
 			}
@@ -279,6 +277,7 @@ func TestLargeTransfer(t *testing.T) {
 	if want := h.Sum(nil); !bytes.Equal(r.sum[:], want) {
 		t.Fatalf("sha256 mismatch: got %x, want %x", r.sum, want)
 	}
+	logStats(t, nodes)
 	t.Logf("64 MiB in %v (%.0f Mbit/s)", time.Since(start), float64(size)*8/time.Since(start).Seconds()/1e6)
 }
 

@@ -1,0 +1,269 @@
+package bind
+
+import (
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"beam.dev/beam/types/key"
+	"go.uber.org/goleak"
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func newBind(t *testing.T) *Bind {
+	t.Helper()
+	b, err := New(Options{PrivateKey: key.NewNode()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// recvAll runs fn once and reports its result.
+func recvOnce(fn conn.ReceiveFunc, n int) <-chan error {
+	ch := make(chan error, 1)
+	go func() {
+		bufs := make([][]byte, n)
+		for i := range bufs {
+			bufs[i] = make([]byte, 2048)
+		}
+		_, err := fn(bufs, make([]int, n), make([]conn.Endpoint, n))
+		ch <- err
+	}()
+	return ch
+}
+
+func TestCloseOpenCycles(t *testing.T) {
+	b := newBind(t)
+	var port uint16
+	for i := range 5 {
+		fns, p, err := b.Open(port)
+		if err != nil {
+			t.Fatalf("cycle %d: Open: %v", i, err)
+		}
+		if len(fns) != 2 {
+			t.Fatalf("cycle %d: got %d receive funcs, want 2 (IPv4, IPv6)", i, len(fns))
+		}
+		if port != 0 && p != port {
+			t.Fatalf("cycle %d: reopened on port %d, want %d", i, p, port)
+		}
+		port = p
+		if _, _, err := b.Open(port); !errors.Is(err, conn.ErrBindAlreadyOpen) {
+			t.Fatalf("second Open: got %v, want ErrBindAlreadyOpen", err)
+		}
+		var waits []<-chan error
+		for _, fn := range fns {
+			waits = append(waits, recvOnce(fn, b.BatchSize()))
+		}
+		if err := b.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		for _, w := range waits {
+			select {
+			case err := <-w:
+				if !errors.Is(err, net.ErrClosed) {
+					t.Fatalf("receive after Close: got %v, want net.ErrClosed", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("receive func still blocked after Close")
+			}
+		}
+		// Calls after Close fail the same way.
+		for _, fn := range fns {
+			if err := <-recvOnce(fn, 1); !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("receive on closed bind: got %v, want net.ErrClosed", err)
+			}
+		}
+		if err := b.Close(); err != nil {
+			t.Fatalf("second Close: %v", err)
+		}
+	}
+}
+
+func transport(receiver uint32, n int) []byte {
+	p := make([]byte, n)
+	binary.LittleEndian.PutUint32(p, msgTransport)
+	binary.LittleEndian.PutUint32(p[4:], receiver)
+	return p
+}
+
+func TestReceiveAttribution(t *testing.T) {
+	a := newBind(t)
+	fns, port, err := a.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	peerKey := key.NewNode().Public()
+
+	known, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer known.Close()
+	stranger, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	knownAP := known.LocalAddr().(*net.UDPAddr).AddrPort()
+	a.SetPeers([]PeerConfig{{Key: peerKey, Endpoints: []netip.AddrPort{knownAP}}})
+
+	aAddr := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(port)}
+	recv := func(from *net.UDPConn, pkt []byte) *Endpoint {
+		t.Helper()
+		if _, err := from.WriteToUDP(pkt, aAddr); err != nil {
+			t.Fatal(err)
+		}
+		bufs := [][]byte{make([]byte, 2048)}
+		sizes := []int{0}
+		eps := []conn.Endpoint{nil}
+		n, err := fns[0](bufs, sizes, eps)
+		if err != nil || n != 1 {
+			t.Fatalf("receive: n=%d err=%v", n, err)
+		}
+		if sizes[0] == 0 {
+			return nil
+		}
+		if sizes[0] != len(pkt) {
+			t.Fatalf("size %d, want %d", sizes[0], len(pkt))
+		}
+		return eps[0].(*Endpoint)
+	}
+
+	// From a candidate address: tied to the peer, with the real source
+	// for cookies.
+	e := recv(known, transport(7, 48))
+	if e == nil || e.peer == nil || e.peer.key != peerKey || e.src != knownAP {
+		t.Fatalf("datagram from candidate: got %+v, want peer endpoint at %v", e, knownAP)
+	}
+	if got, want := e.DstIP(), knownAP.Addr(); got != want {
+		t.Errorf("DstIP = %v, want %v", got, want)
+	}
+	// Garbage from a candidate is still dropped.
+	if e := recv(known, []byte("hello")); e != nil {
+		t.Fatalf("garbage from candidate was accepted: %+v", e)
+	}
+	// An unknown address naming an index we never handed out: dropped.
+	if e := recv(stranger, transport(7, 48)); e != nil {
+		t.Fatalf("unknown sender was accepted: %+v", e)
+	}
+	// Once we sent a handshake for the peer with sender index 9, data
+	// naming index 9 from a new address is tied to the peer (roaming).
+	init := make([]byte, initiationSize)
+	binary.LittleEndian.PutUint32(init, msgInitiation)
+	binary.LittleEndian.PutUint32(init[4:], 9)
+	ep, err := a.ParseEndpoint(peerKey.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Send([][]byte{init}, ep); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	// The initiation went to the candidate.
+	known.SetReadDeadline(time.Now().Add(2 * time.Second))
+	buf := make([]byte, 512)
+	if n, _, err := known.ReadFromUDP(buf); err != nil || n != initiationSize {
+		t.Fatalf("candidate got n=%d err=%v, want the initiation", n, err)
+	}
+	e = recv(stranger, transport(9, 48))
+	strangerAP := stranger.LocalAddr().(*net.UDPAddr).AddrPort()
+	if e == nil || e.peer == nil || e.peer.key != peerKey || e.src != strangerAP {
+		t.Fatalf("roamed datagram: got %+v, want peer endpoint at %v", e, strangerAP)
+	}
+	// Not confirmed until wireguard-go uses the endpoint to send.
+	if pp := a.PeerPath(peerKey); pp.Endpoint == strangerAP {
+		t.Fatalf("address confirmed before authentication: %+v", pp)
+	}
+	if err := a.Send([][]byte{transport(1, 48)}, e); err != nil {
+		t.Fatal(err)
+	}
+	if pp := a.PeerPath(peerKey); pp.Endpoint != strangerAP || pp.Path != "direct" {
+		t.Fatalf("after send via roamed endpoint: %+v, want %v", pp, strangerAP)
+	}
+	stranger.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, _, err := stranger.ReadFromUDP(buf); err != nil || n != 48 {
+		t.Fatalf("roamed address got n=%d err=%v, want the data packet", n, err)
+	}
+
+	// Removing the peer cuts it off.
+	a.SetPeers(nil)
+	if e := recv(known, transport(9, 48)); e != nil {
+		t.Fatalf("datagram from removed peer accepted: %+v", e)
+	}
+	if err := a.Send([][]byte{transport(1, 48)}, ep); err == nil {
+		t.Fatal("Send to removed peer succeeded")
+	}
+	if _, err := a.ParseEndpoint(peerKey.String()); err == nil {
+		t.Fatal("ParseEndpoint of removed peer succeeded")
+	}
+}
+
+func TestClassify(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		pkt  []byte
+		kind packetKind
+		recv uint32
+	}{
+		{"empty", nil, kindGarbage, 0},
+		{"short", []byte{1, 0, 0}, kindGarbage, 0},
+		{"initiation", pad([]byte{1, 0, 0, 0}, initiationSize), kindInitiation, 0},
+		{"initiation wrong size", pad([]byte{1, 0, 0, 0}, initiationSize-1), kindGarbage, 0},
+		{"reserved bytes set", pad([]byte{1, 1, 0, 0}, initiationSize), kindGarbage, 0},
+		{"response", pad([]byte{2, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0}, responseSize), kindReceiver, 5},
+		{"cookie", pad([]byte{3, 0, 0, 0, 6, 0, 0, 0}, cookieReplySize), kindReceiver, 6},
+		{"keepalive", pad([]byte{4, 0, 0, 0, 7, 0, 0, 0}, 32), kindReceiver, 7},
+		{"transport too short", pad([]byte{4, 0, 0, 0, 7, 0, 0, 0}, 31), kindGarbage, 0},
+		{"type 5", pad([]byte{5, 0, 0, 0}, 100), kindGarbage, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kind, recv := classify(tc.pkt)
+			if kind != tc.kind || recv != tc.recv {
+				t.Errorf("classify = (%v, %d), want (%v, %d)", kind, recv, tc.kind, tc.recv)
+			}
+		})
+	}
+}
+
+func pad(b []byte, n int) []byte {
+	out := make([]byte, n)
+	copy(out, b)
+	return out
+}
+
+// FuzzClassify checks that classification never panics, agrees with the
+// size rules, and that the opener rejects anything but a well-formed
+// initiation for us.
+func FuzzClassify(f *testing.F) {
+	f.Add([]byte{})                                          // empty datagram
+	f.Add(pad([]byte{1, 0, 0, 0}, initiationSize))           // initiation with bad mac1
+	f.Add(pad([]byte{2, 0, 0, 0, 1, 0, 0, 0}, responseSize)) // response
+	f.Add(pad([]byte{3, 0, 0, 0}, cookieReplySize))          // cookie reply
+	f.Add(pad([]byte{4, 0, 0, 0, 9, 0, 0, 0}, 80))           // data
+	f.Add([]byte("GET / HTTP/1.1\r\n"))                      // stray text
+	priv := key.NewNode()
+	o := newInitiationOpener(priv.Raw32(), priv.Public().Raw32())
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		kind, _ := classify(pkt)
+		switch kind {
+		case kindInitiation:
+			if len(pkt) != initiationSize {
+				t.Fatalf("initiation of size %d", len(pkt))
+			}
+		case kindReceiver:
+			if len(pkt) < minTransportSize {
+				t.Fatalf("receiver message of size %d", len(pkt))
+			}
+		}
+		if _, ok := o.open(pkt); ok {
+			t.Fatal("opener accepted a fuzzed initiation")
+		}
+		senderIndex(pkt)
+	})
+}
