@@ -506,7 +506,8 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
-	resp, aerr := s.register(r.Context(), &req, remoteIsLoopback(r))
+	// Finish a registration even if the node hangs up, so memory and store agree.
+	resp, aerr := s.register(context.WithoutCancel(r.Context()), &req, remoteIsLoopback(r))
 	if aerr != nil {
 		if aerr.status >= 500 {
 			s.logger.Warn("registration failed", "node", nk.ShortString(), "err", aerr)

@@ -166,7 +166,7 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusForbidden, CodeNodeExpired, "node key expired"))
 		return
 	}
-	if _, aerr := s.updateSelf(r.Context(), nk, func(n *NodeRecord) {
+	if _, aerr := s.updateSelf(context.WithoutCancel(r.Context()), nk, func(n *NodeRecord) {
 		if !req.DiscoKey.IsZero() {
 			n.Node.DiscoKey = req.DiscoKey
 		}

@@ -1,0 +1,313 @@
+package coordclient
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// fakeCoord is a minimal coordinator written from the protocol
+// description, so the client can be tested against misbehaviour the real
+// one never shows (silence, junk frames).
+type fakeCoord struct {
+	t    *testing.T
+	priv key.MachinePrivate
+	// onStream writes the stream body after the 200 header; it runs on
+	// the handler goroutine and returns when the stream should end.
+	onStream func(w http.ResponseWriter, r *http.Request, nk key.NodePublic)
+	keepMS   string
+
+	mu      sync.Mutex
+	streams int
+	updates []*wire.MapRequest
+}
+
+func (fc *fakeCoord) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/key":
+		io.WriteString(w, fc.priv.Public().String())
+		return
+	case "/machine/map":
+	default:
+		http.NotFound(w, r)
+		return
+	}
+	var env envelope
+	if err := json.NewDecoder(r.Body).Decode(&env); err != nil {
+		http.Error(w, `{"error":"bad","code":"bad_request"}`, 400)
+		return
+	}
+	clear, ok := fc.priv.OpenFrom(env.NodeKey, env.Sealed)
+	if !ok {
+		http.Error(w, `{"error":"bad seal","code":"bad_seal"}`, 401)
+		return
+	}
+	var req wire.MapRequest
+	json.Unmarshal(clear, &req)
+	if !req.Stream {
+		fc.mu.Lock()
+		fc.updates = append(fc.updates, &req)
+		fc.mu.Unlock()
+		b, _ := json.Marshal(wire.MapResponse{ControlTime: time.Now()})
+		w.Write(fc.priv.SealTo(env.NodeKey, b))
+		return
+	}
+	fc.mu.Lock()
+	fc.streams++
+	fc.mu.Unlock()
+	w.Header().Set("Beam-Keepalive-Ms", fc.keepMS)
+	w.Header().Set("Trailer", "Beam-Error")
+	w.WriteHeader(200)
+	fc.onStream(w, r, env.NodeKey)
+}
+
+func (fc *fakeCoord) frame(w http.ResponseWriter, nk key.NodePublic, mr *wire.MapResponse) {
+	b, _ := json.Marshal(mr)
+	sealed := fc.priv.SealTo(nk, b)
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(sealed)))
+	w.Write(hdr[:])
+	w.Write(sealed)
+	w.(http.Flusher).Flush()
+}
+
+func newFake(t *testing.T, onStream func(fc *fakeCoord, w http.ResponseWriter, r *http.Request, nk key.NodePublic)) (*fakeCoord, *Client) {
+	fc := &fakeCoord{t: t, priv: key.NewMachine(), keepMS: "50"}
+	fc.onStream = func(w http.ResponseWriter, r *http.Request, nk key.NodePublic) { onStream(fc, w, r, nk) }
+	hs := httptest.NewServer(fc)
+	t.Cleanup(hs.Close)
+	cl, err := New(Options{ServerURL: hs.URL, PrivateKey: key.NewNode()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fc, cl
+}
+
+// TestSilentStreamIsDead: a stream that stops sending (no keepalives) is
+// dropped after 2x the keepalive interval and reopened.
+func TestSilentStreamIsDead(t *testing.T) {
+	fc, cl := newFake(t, func(fc *fakeCoord, w http.ResponseWriter, r *http.Request, nk key.NodePublic) {
+		fc.frame(w, nk, &wire.MapResponse{Self: &wire.Node{Name: "me"}, ControlTime: time.Now()})
+		<-r.Context().Done() // then silence
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	var got []*wire.NetMap
+	done := make(chan error)
+	go func() {
+		done <- cl.Run(ctx, func(nm *wire.NetMap) {
+			got = append(got, nm)
+			if len(got) == 3 {
+				cancel()
+			}
+		})
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v, want nil after cancel", err)
+		}
+	case <-time.After(10 * time.Second):
+		cancel()
+		<-done
+		t.Fatalf("stream not detected dead and reopened; %d netmaps", len(got))
+	}
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if fc.streams < 3 || got[2].Self.Name != "me" {
+		t.Fatalf("streams = %d, netmaps = %d", fc.streams, len(got))
+	}
+}
+
+// TestBadFramesReconnect: junk frames end the stream (no panic), and the
+// client reconnects; a trailer naming removal ends Run.
+func TestBadFramesAndRemovalTrailer(t *testing.T) {
+	var n int
+	var mu sync.Mutex
+	fc, cl := newFake(t, func(fc *fakeCoord, w http.ResponseWriter, r *http.Request, nk key.NodePublic) {
+		mu.Lock()
+		n++
+		i := n
+		mu.Unlock()
+		switch i {
+		case 1: // oversized length
+			w.Write([]byte{0xff, 0xff, 0xff, 0xff})
+		case 2: // zero length
+			w.Write([]byte{0, 0, 0, 0})
+		case 3: // box that does not open
+			w.Write([]byte{0, 0, 0, 50})
+			w.Write(bytes.Repeat([]byte{7}, 50))
+		case 4: // cut short
+			w.Write([]byte{0, 0, 1, 0, 1, 2})
+		default:
+			fc.frame(w, nk, &wire.MapResponse{Self: &wire.Node{Name: "me"}})
+			w.Header().Set("Beam-Error", "node_removed: removed by an admin")
+		}
+	})
+	_ = fc
+	var maps int
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	err := cl.Run(ctx, func(*wire.NetMap) { maps++ })
+	if !errors.Is(err, ErrNodeRemoved) {
+		t.Fatalf("Run = %v, want ErrNodeRemoved", err)
+	}
+	if maps != 1 || n != 5 {
+		t.Fatalf("maps = %d, streams = %d; want 1, 5", maps, n)
+	}
+}
+
+func TestSetEndpointsCoalesces(t *testing.T) {
+	fc, cl := newFake(t, func(fc *fakeCoord, w http.ResponseWriter, r *http.Request, nk key.NodePublic) {
+		fc.frame(w, nk, &wire.MapResponse{Self: &wire.Node{Name: "me"}})
+		for {
+			select {
+			case <-r.Context().Done():
+				return
+			case <-time.After(20 * time.Millisecond):
+				fc.frame(w, nk, &wire.MapResponse{KeepAlive: true})
+			}
+		}
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	started := make(chan struct{}, 1)
+	done := make(chan error)
+	go func() {
+		done <- cl.Run(ctx, func(*wire.NetMap) {
+			select {
+			case started <- struct{}{}:
+			default:
+			}
+		})
+	}()
+	<-started
+	var last []netip.AddrPort
+	for i := range 20 { // a burst
+		last = []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(1000+i))}
+		cl.SetEndpoints(last, 2)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		fc.mu.Lock()
+		ups := slices.Clone(fc.updates)
+		fc.mu.Unlock()
+		if len(ups) > 0 && slices.Equal(ups[len(ups)-1].Endpoints, last) {
+			if len(ups) > 3 {
+				t.Errorf("a burst of 20 SetEndpoints sent %d updates, want few", len(ups))
+			}
+			if ups[len(ups)-1].HomeDERP != 2 || ups[len(ups)-1].Stream {
+				t.Errorf("update = %+v", ups[len(ups)-1])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("updates = %d, last endpoints never arrived", len(ups))
+		}
+		<-time.After(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBackoffBounds(t *testing.T) {
+	var b backoff
+	prev := time.Duration(0)
+	for i := range 20 {
+		d := b.next()
+		hi := min(backoffMin<<min(i, 10), backoffMax)
+		if d < hi/2 || d >= hi {
+			t.Fatalf("step %d: %v outside [%v, %v)", i, d, hi/2, hi)
+		}
+		prev = d
+	}
+	if prev < backoffMax/2 {
+		t.Errorf("backoff never reached the cap: %v", prev)
+	}
+	b.reset()
+	if d := b.next(); d >= backoffMin {
+		t.Errorf("after reset: %v, want < %v", d, backoffMin)
+	}
+}
+
+func TestErrorMapping(t *testing.T) {
+	for _, tc := range []struct {
+		status int
+		body   string
+		want   error
+	}{
+		{401, `{"error":"auth key is not valid","code":"auth_key_invalid"}`, ErrAuthKeyInvalid},
+		{403, `{"error":"node not registered","code":"node_not_registered"}`, ErrNodeNotRegistered},
+		{403, `{"error":"node key expired","code":"node_expired"}`, ErrNodeExpired},
+		{401, `not json`, ErrUnauthorized},
+		{404, `{"error":"no such node","code":"not_found"}`, ErrNotFound},
+	} {
+		e := errorFromBody(tc.status, []byte(tc.body))
+		if !errors.Is(e, tc.want) {
+			t.Errorf("errorFromBody(%d, %s) = %v, want it to match %v", tc.status, tc.body, e, tc.want)
+		}
+	}
+	if e := errorFromTrailer("node_removed: bye"); !errors.Is(e, ErrNodeRemoved) || e.Message != "bye" {
+		t.Errorf("trailer error = %+v", e)
+	}
+}
+
+func TestRegisterUnreachable(t *testing.T) {
+	hs := httptest.NewServer(http.NotFoundHandler())
+	url := hs.URL
+	hs.Close()
+	cl, err := New(Options{ServerURL: url, PrivateKey: key.NewNode()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Register(t.Context(), RegisterParams{AuthKey: "k"}); !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("Register = %v, want ErrUnreachable", err)
+	}
+	for _, bad := range []string{"", "ftp://x", "http://"} {
+		if _, err := New(Options{ServerURL: bad, PrivateKey: key.NewNode()}); err == nil {
+			t.Errorf("New(%q) = nil error", bad)
+		}
+	}
+}
+
+// FuzzReadFrame checks that no byte stream makes the frame reader panic
+// or accept an unsealed frame.
+func FuzzReadFrame(f *testing.F) {
+	node := key.NewNode()
+	mk := key.NewMachine()
+	good, _ := json.Marshal(wire.MapResponse{KeepAlive: true})
+	sealed := mk.SealTo(node.Public(), good)
+	var hdr [4]byte
+	binary.BigEndian.PutUint32(hdr[:], uint32(len(sealed)))
+	f.Add(append(hdr[:], sealed...))                        // one valid keepalive frame
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff})                   // length over the cap
+	f.Add([]byte{0, 0, 0, 0})                               // zero length
+	f.Add([]byte{0, 0, 0, 40, 1, 2, 3})                     // cut short
+	f.Add(append([]byte{0, 0, 0, 50}, make([]byte, 50)...)) // junk box
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := bytes.NewReader(b)
+		for {
+			mr, err := readFrame(r, node, mk.Public())
+			if err != nil {
+				return
+			}
+			if mr == nil {
+				t.Fatal("nil frame without error")
+			}
+		}
+	})
+}
