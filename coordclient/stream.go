@@ -63,7 +63,7 @@ func isTerminal(err error) bool {
 }
 
 // Run streams the node's netmap: it calls onNetMap (never concurrently)
-// with each new netmap, built from the full map that starts every stream
+// with each new netmap, which the callback may keep but must not modify, built from the full map that starts every stream
 // and the deltas after it. While the coordinator is unreachable it
 // reconnects with capped exponential backoff and jitter; the caller keeps
 // using the last netmap meanwhile. A stream that sends nothing for twice
@@ -162,7 +162,7 @@ func (c *Client) streamOnce(ctx context.Context, onNetMap func(*wire.NetMap)) (b
 				continue
 			}
 		}
-		onNetMap(nm.Clone())
+		onNetMap(nm)
 	}
 }
 

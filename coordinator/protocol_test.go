@@ -96,7 +96,7 @@ func TestControlProtocolRefusals(t *testing.T) {
 			403, coordinator.CodeNodeNotRegistered},
 		{"unknown node rejoin", "/machine/register",
 			sealEnvelope(t, attacker.Public(), attacker, mk, wire.RegisterRequest{Version: 1, NodeKey: attacker.Public(), Timestamp: time.Now()}),
-			401, coordinator.CodeAuthKeyInvalid},
+			403, coordinator.CodeNodeNotRegistered},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

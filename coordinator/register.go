@@ -233,7 +233,7 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 		}
 	case s.devMode && loopback:
 	default:
-		return nil, errorf(http.StatusUnauthorized, CodeAuthKeyInvalid, "an auth key is required")
+		return nil, errorf(http.StatusForbidden, CodeNodeNotRegistered, "node not registered; joining needs an auth key")
 	}
 
 	base := SanitizeLabel(req.Hostname)

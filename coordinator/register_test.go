@@ -122,13 +122,15 @@ func TestAuthKeyErrors(t *testing.T) {
 	expiring := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true, Expiry: time.Minute})
 	newNode(t, c.URL).register(t, expiring, "before-expiry")
 
+	if _, err := newNode(t, c.URL).Register(ctx, coordclient.RegisterParams{Hostname: "x"}); !errors.Is(err, coordclient.ErrNodeNotRegistered) {
+		t.Fatalf("Register of a new node without a key = %v, want ErrNodeNotRegistered", err)
+	}
 	tests := []struct {
 		name    string
 		authKey string
 		advance time.Duration
 	}{
 		{"wrong", "beamkey-000000000000-00000000000000000000000000000000000000000000000", 0},
-		{"empty", "", 0},
 		{"used one-off", oneOff, 0},
 		{"expired", expiring, 2 * time.Minute},
 	}
@@ -182,5 +184,54 @@ func TestOneOffKeyRace(t *testing.T) {
 	}
 	if len(nodesNow) != 1 {
 		t.Fatalf("%d nodes registered, want 1", len(nodesNow))
+	}
+}
+
+func TestLogoutAndAdminByNetworkName(t *testing.T) {
+	c := startCoord(t, nil)
+	ctx := context.Background()
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	a := newNode(t, c.URL)
+	a.register(t, ak, "leaver")
+	if _, err := a.Register(ctx, coordclient.RegisterParams{Logout: true}); err != nil {
+		t.Fatalf("logout: %v", err)
+	}
+	if _, err := a.Register(ctx, coordclient.RegisterParams{Logout: true}); !errors.Is(err, coordclient.ErrNodeNotRegistered) {
+		t.Fatalf("second logout = %v, want ErrNodeNotRegistered", err)
+	}
+	newNode(t, c.URL).register(t, ak, "scoped")
+	admin := coordclient.NewAdmin(c.URL, testToken, nil)
+	if err := admin.RemoveNode(ctx, "lab/scoped"); !errors.Is(err, coordclient.ErrNotFound) {
+		t.Fatalf("remove in the wrong network = %v, want ErrNotFound", err)
+	}
+	if err := admin.RemoveNode(ctx, "default/scoped"); err != nil {
+		t.Fatalf("remove default/scoped: %v", err)
+	}
+	nodes, err := admin.ListNodes(ctx)
+	if err != nil || len(nodes) != 0 {
+		t.Fatalf("nodes = %v, %v; want none", nodes, err)
+	}
+	// Auth keys through the admin API: create, list by prefix, delete.
+	secret, info, err := admin.CreateAuthKey(ctx, coordclient.AuthKeyRequest{Ephemeral: true, Expiry: time.Hour, Tags: []string{"tag:ci"}})
+	if err != nil || !info.Valid || !info.Ephemeral || info.Expiry.IsZero() {
+		t.Fatalf("CreateAuthKey = %+v, %v", info, err)
+	}
+	keys, err := admin.ListAuthKeys(ctx)
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("ListAuthKeys = %v, %v", keys, err)
+	}
+	for _, k := range keys {
+		if len(k.Prefix) >= len(secret) {
+			t.Fatalf("listing shows a secret-length prefix %q", k.Prefix)
+		}
+	}
+	if err := admin.DeleteAuthKey(ctx, info.Prefix); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newNode(t, c.URL).Register(ctx, coordclient.RegisterParams{AuthKey: secret}); !errors.Is(err, coordclient.ErrAuthKeyInvalid) {
+		t.Fatalf("deleted key = %v, want ErrAuthKeyInvalid", err)
+	}
+	if _, _, err := admin.CreateAuthKey(ctx, coordclient.AuthKeyRequest{Network: "nope"}); !errors.Is(err, coordclient.ErrNotFound) {
+		t.Fatalf("key for a missing network = %v, want ErrNotFound", err)
 	}
 }

@@ -16,6 +16,9 @@ import (
 	"beam.dev/beam/wire"
 )
 
+// deltaBatchDelay is how long a stream gathers changes before sending a delta.
+const deltaBatchDelay = 25 * time.Millisecond
+
 // session is one open map stream. Its handler goroutine owns the stream
 // and everything it last sent; other goroutines only mark what changed
 // and wake it.
@@ -69,6 +72,12 @@ func (ss *session) end(code ErrorCode, msg string) {
 	ss.poke()
 }
 
+func (ss *session) isEnded() bool {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.ended
+}
+
 // take returns and clears what changed since the last call.
 func (ss *session) take() (pending map[key.NodePublic]struct{}, full, derp, ended bool, code ErrorCode, msg string) {
 	ss.mu.Lock()
@@ -119,21 +128,16 @@ func (s *Server) peersLocked(self *wire.Node, networkID int64, now time.Time) (m
 	return peers, filter
 }
 
-// defaultFilter allows every peer's addresses to all of self's ports.
-func defaultFilter(self *wire.Node, peers map[key.NodePublic]*wire.Node) []wire.FilterRule {
-	var src []netip.Prefix
-	for _, p := range peers {
-		src = append(src, p.Addresses...)
-	}
-	if len(src) == 0 {
-		return []wire.FilterRule{}
-	}
-	slices.SortFunc(src, func(a, b netip.Prefix) int { return a.Addr().Compare(b.Addr()) })
+// defaultFilter is the filter without a policy: every overlay source
+// address may reach all of self's ports. Only peers of self's network can
+// deliver packets to it (nothing else is a WireGuard peer), so this is
+// "everyone in the network", and it stays the same as peers come and go.
+func defaultFilter(self *wire.Node) []wire.FilterRule {
 	dst := make([]wire.NetPortRange, 0, len(self.Addresses))
 	for _, a := range self.Addresses {
 		dst = append(dst, wire.NetPortRange{IP: a, First: 0, Last: 65535})
 	}
-	return []wire.FilterRule{{SrcIPs: src, DstPorts: dst}}
+	return []wire.FilterRule{{SrcIPs: []netip.Prefix{CGNATPrefix, ULAPrefix}, DstPorts: dst}}
 }
 
 func (s *Server) dnsConfig(networkID int64) *wire.DNSConfig {
@@ -281,7 +285,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 		peers, filter := s.peersLocked(self, ss.networkID, now)
 		s.mu.Unlock()
 		if s.policy == nil {
-			filter = defaultFilter(self, peers)
+			filter = defaultFilter(self)
 		}
 		resp := &wire.MapResponse{
 			Self:            self,
@@ -314,6 +318,17 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 			}
 			continue
 		case <-ss.wake:
+		}
+		// Gather a burst of changes (a restart brings every node back at
+		// once) into one frame, unless the stream is ending.
+		if !ss.isEnded() {
+			batch := time.NewTimer(deltaBatchDelay)
+			select {
+			case <-batch.C:
+			case <-s.ctx.Done():
+			case <-r.Context().Done():
+			}
+			batch.Stop()
 		}
 		pending, full, derp, ended, code, msg := ss.take()
 		if ended {
@@ -390,7 +405,6 @@ func (s *Server) delta(ss *session, sentSelf *wire.Node, sentPeers map[key.NodeP
 			cloned = true
 		}
 	}
-	setChanged := false
 	consider := func(k key.NodePublic) {
 		cur, visible := current[k]
 		old, had := sentPeers[k]
@@ -399,12 +413,10 @@ func (s *Server) delta(ss *session, sentSelf *wire.Node, sentPeers map[key.NodeP
 			resp.PeersRemoved = append(resp.PeersRemoved, k)
 			cow()
 			delete(newPeers, k)
-			setChanged = true
 		case visible && !had:
 			resp.PeersChanged = append(resp.PeersChanged, cur)
 			cow()
 			newPeers[k] = cur
-			setChanged = true
 		case visible && had:
 			if !nodeEqual(old, cur) {
 				resp.PeersChanged = append(resp.PeersChanged, cur)
@@ -443,8 +455,8 @@ func (s *Server) delta(ss *session, sentSelf *wire.Node, sentPeers map[key.NodeP
 			newFilter = policyFilter
 			resp.PacketFilter, resp.PacketFilterSet = policyFilter, true
 		}
-	case s.policy == nil && (setChanged || resp.Self != nil):
-		f := defaultFilter(self, newPeers)
+	case s.policy == nil && resp.Self != nil:
+		f := defaultFilter(self)
 		if !reflect.DeepEqual(f, sentFilter) {
 			newFilter = f
 			resp.PacketFilter, resp.PacketFilterSet = f, true
