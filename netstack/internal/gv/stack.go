@@ -130,6 +130,10 @@ func New(opts Options) (*Stack, error) {
 		inFl:  opts.MaxInFlightTCP,
 		addrs: make(map[netip.Addr]bool),
 	}
+	// WireGuard authenticates every packet before it reaches the stack,
+	// so verifying TCP/UDP checksums again on receive is wasted work.
+	// Outbound checksums are still computed: peers may be any WireGuard.
+	st.ep.LinkEPCapabilities = stack.CapabilityRXChecksumOffload
 	if err := st.tune(opts); err != nil {
 		s.Destroy()
 		return nil, err

@@ -13,7 +13,7 @@ import (
 )
 
 // tunBatchSize is how many packets one Read hands wireguard-go at most.
-const tunBatchSize = 128
+const tunBatchSize = 32
 
 // TUN is the stack's link layer seen as a wireguard-go tun.Device: Read
 // returns IP packets the stack sends, Write injects IP packets into the
