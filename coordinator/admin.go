@@ -29,7 +29,8 @@ const authKeyPrefix = "beamkey-"
 
 // AuthKeyOptions describes a new auth key.
 type AuthKeyOptions struct {
-	// Network is the network the key joins nodes to; empty means DefaultNetwork.
+	// Network is the network the key joins nodes to, created if it does
+	// not exist; empty means DefaultNetwork.
 	Network string
 	// Reusable keys may register any number of nodes; others exactly one.
 	Reusable bool
@@ -87,11 +88,9 @@ func (s *Server) createAuthKey(ctx context.Context, o AuthKeyOptions) (string, *
 	if o.Expiry < 0 {
 		return "", nil, errors.New("coordinator: negative auth key expiry")
 	}
-	s.mu.Lock()
-	network := s.netNames[o.Network]
-	s.mu.Unlock()
-	if network == nil {
-		return "", nil, fmt.Errorf("%w: network %q", ErrNotFound, o.Network)
+	network, err := s.ensureNetwork(ctx, o.Network)
+	if err != nil {
+		return "", nil, err
 	}
 	now := s.now()
 	for range 5 {
@@ -127,6 +126,33 @@ func (s *Server) createAuthKey(ctx context.Context, o AuthKeyOptions) (string, *
 	return "", nil, errors.New("coordinator: create auth key: prefix collisions")
 }
 
+// ensureNetwork returns the network called name, creating it (with domain
+// NAME.BaseDomain) if it does not exist yet.
+func (s *Server) ensureNetwork(ctx context.Context, name string) (*Network, error) {
+	s.mu.Lock()
+	network := s.netNames[name]
+	s.mu.Unlock()
+	if network != nil {
+		return network, nil
+	}
+	if SanitizeLabel(name) != name {
+		return nil, fmt.Errorf("%w: network name %q must be a DNS label (a-z, 0-9, -)", ErrInvalid, name)
+	}
+	n, err := s.store.EnsureNetwork(ctx, name, name+"."+s.baseDomain)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: create network %q: %w", name, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur := s.netNames[name]; cur != nil {
+		return cur, nil
+	}
+	s.networks[n.ID] = n
+	s.netNames[n.Name] = n
+	s.logger.Info("network created", "network", n.Name, "domain", n.Domain)
+	return n, nil
+}
+
 func (s *Server) keyInfo(ak *AuthKey) AuthKeyInfo {
 	s.mu.Lock()
 	netName := ""
@@ -151,6 +177,8 @@ func (s *Server) adminError(w http.ResponseWriter, op string, err error) {
 	var aerr *apiError
 	switch {
 	case errors.As(err, &aerr):
+	case errors.Is(err, ErrInvalid):
+		aerr = errorf(http.StatusBadRequest, CodeBadRequest, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
 	case errors.Is(err, ErrNotFound):
 		aerr = errorf(http.StatusNotFound, CodeNotFound, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
 	default:

@@ -11,6 +11,7 @@ import (
 
 	"beam.dev/beam/coordclient"
 	"beam.dev/beam/coordinator"
+	"beam.dev/beam/wire"
 )
 
 func TestRegisterHappyPath(t *testing.T) {
@@ -231,7 +232,24 @@ func TestLogoutAndAdminByNetworkName(t *testing.T) {
 	if _, err := newNode(t, c.URL).Register(ctx, coordclient.RegisterParams{AuthKey: secret}); !errors.Is(err, coordclient.ErrAuthKeyInvalid) {
 		t.Fatalf("deleted key = %v, want ErrAuthKeyInvalid", err)
 	}
-	if _, _, err := admin.CreateAuthKey(ctx, coordclient.AuthKeyRequest{Network: "nope"}); !errors.Is(err, coordclient.ErrNotFound) {
-		t.Fatalf("key for a missing network = %v, want ErrNotFound", err)
+	if _, _, err := admin.CreateAuthKey(ctx, coordclient.AuthKeyRequest{Network: "Not A Label"}); err == nil {
+		t.Fatal("key for a network with a bad name was created")
+	}
+	// A key for a new network creates it; its nodes get its domain and
+	// do not see the default network's nodes.
+	labKey, _, err := admin.CreateAuthKey(ctx, coordclient.AuthKeyRequest{Network: "lab", Reusable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	newNode(t, c.URL).register(t, ak, "outsider")
+	l1 := newNode(t, c.URL)
+	if r := l1.register(t, labKey, "scoped"); r.Node.DNSName != "scoped.lab.beam.internal." {
+		t.Fatalf("lab node DNS name = %q", r.Node.DNSName)
+	}
+	newNode(t, c.URL).register(t, labKey, "peer")
+	w := watch(t, l1)
+	nm := w.waitFor("lab peer", wait, func(nm *wire.NetMap) bool { return peerNamed(nm, "peer") != nil })
+	if peerNamed(nm, "outsider") != nil || nm.DNS.Domain != "lab.beam.internal" {
+		t.Fatalf("lab netmap = %+v", nm)
 	}
 }

@@ -15,6 +15,8 @@ var (
 	ErrNotFound = errors.New("coordinator: not found")
 	// ErrConflict means a unique field (node key, name, address) is taken.
 	ErrConflict = errors.New("coordinator: conflict")
+	// ErrInvalid means a caller-supplied value is not acceptable.
+	ErrInvalid = errors.New("coordinator: invalid argument")
 	// ErrAuthKeySpent means a one-off auth key was already used, or the
 	// key expired or was deleted, when the store tried to consume it.
 	ErrAuthKeySpent = errors.New("coordinator: auth key already used or expired")

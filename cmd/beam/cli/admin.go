@@ -56,7 +56,7 @@ func adminErr(err error) error {
 	case errors.Is(err, coordclient.ErrUnauthorized):
 		return errors.New("the coordinator refused the admin token (check BEAM_ADMIN_TOKEN or --token-file)")
 	case errors.Is(err, coordclient.ErrUnreachable):
-		return fmt.Errorf("cannot reach the coordinator: %w", errors.Unwrap(err))
+		return fmt.Errorf("cannot reach the coordinator: %s", strings.TrimPrefix(err.Error(), coordclient.ErrUnreachable.Error()+": "))
 	}
 	return err
 }

@@ -70,7 +70,7 @@ func TestCoordinatorAndAdminCommands(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 	}
-	for name, want := range map[string]os.FileMode{".": 0o700, "admin.token": 0o600, "coordinator.key": 0o600} {
+	for name, want := range map[string]os.FileMode{".": 0o700, "admin.token": 0o600, "coordinator.key": 0o600, "coordinator.db": 0o600} {
 		st, _ := os.Stat(filepath.Join(data, name))
 		if st.Mode().Perm() != want {
 			t.Errorf("%s mode = %v, want %v", name, st.Mode().Perm(), want)
@@ -139,7 +139,7 @@ func TestCoordinatorAndAdminCommands(t *testing.T) {
 		{map[string]string{"BEAM_COORDINATOR": "http://127.0.0.1:1", "BEAM_ADMIN_TOKEN": token}, []string{"nodes", "list"}, "cannot reach"},
 	} {
 		_, err := runAdmin(t, tc.env, tc.args...)
-		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), "%!") {
 			t.Errorf("admin %v with %v = %v, want one line containing %q", tc.args, tc.env, err, tc.want)
 		}
 	}

@@ -111,7 +111,15 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	if err != nil {
 		return err
 	}
-	st, err := sqlstore.Open(ctx, filepath.Join(opts.DataDir, "coordinator.db"))
+	dbPath := filepath.Join(opts.DataDir, "coordinator.db")
+	// Create the database 0600 before SQLite does (it would use 0644);
+	// SQLite gives its -wal and -shm files the same mode.
+	if f, err := os.OpenFile(dbPath, os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+		return fmt.Errorf("create database: %w", err)
+	} else {
+		f.Close()
+	}
+	st, err := sqlstore.Open(ctx, dbPath)
 	if err != nil {
 		return err
 	}
