@@ -80,7 +80,7 @@ type Options struct {
 // TUN device. Its methods are safe for concurrent use.
 type Stack struct {
 	s      *stack.Stack
-	ep     *channel.Endpoint
+	ep     *link
 	tun    *TUN
 	log    *slog.Logger
 	mtu    int
@@ -124,7 +124,7 @@ func New(opts Options) (*Stack, error) {
 	})
 	st := &Stack{
 		s:     s,
-		ep:    channel.New(opts.QueueLen, uint32(opts.MTU), ""),
+		ep:    &link{Endpoint: channel.New(opts.QueueLen, uint32(opts.MTU), "")},
 		log:   log,
 		mtu:   opts.MTU,
 		inFl:  opts.MaxInFlightTCP,

@@ -10,6 +10,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 )
 
 // tunBatchSize is how many packets one Read hands wireguard-go at most.
@@ -19,7 +20,7 @@ const tunBatchSize = 32
 // returns IP packets the stack sends, Write injects IP packets into the
 // stack. Read and Write may be called concurrently.
 type TUN struct {
-	ep       *channel.Endpoint
+	ep       *link
 	mtu      int
 	inbound  func([]byte) bool
 	outbound func([]byte)
@@ -27,12 +28,37 @@ type TUN struct {
 	ctx      context.Context // canceled by Close; unblocks Read
 	cancel   context.CancelFunc
 
+	gros sync.Pool // of *gro.GRO: one per concurrent Write
+
 	closeOnce sync.Once
+}
+
+// link is the stack's NIC: a channel endpoint that also remembers the
+// stack's dispatcher, so Write can hand it TCP segments coalesced by GRO.
+type link struct {
+	*channel.Endpoint
+
+	mu sync.RWMutex // guards d
+	d  stack.NetworkDispatcher
+}
+
+// Attach implements stack.LinkEndpoint.
+func (l *link) Attach(d stack.NetworkDispatcher) {
+	l.Endpoint.Attach(d)
+	l.mu.Lock()
+	l.d = d
+	l.mu.Unlock()
+}
+
+func (l *link) dispatcher() stack.NetworkDispatcher {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.d
 }
 
 var _ tun.Device = (*TUN)(nil)
 
-func newTUN(ep *channel.Endpoint, mtu int, inbound func([]byte) bool, outbound func([]byte)) *TUN {
+func newTUN(ep *link, mtu int, inbound func([]byte) bool, outbound func([]byte)) *TUN {
 	ctx, cancel := context.WithCancel(context.Background())
 	t := &TUN{
 		ep:       ep,
@@ -42,6 +68,11 @@ func newTUN(ep *channel.Endpoint, mtu int, inbound func([]byte) bool, outbound f
 		events:   make(chan tun.Event, 1),
 		ctx:      ctx,
 		cancel:   cancel,
+	}
+	t.gros.New = func() any {
+		g := new(gro.GRO)
+		g.Init(true)
+		return g
 	}
 	t.events <- tun.EventUp
 	return t
@@ -107,10 +138,18 @@ func copyPacket(dst []byte, pkt *stack.PacketBuffer) int {
 
 // Write injects each IP packet bufs[i][offset:] into the stack. Packets the
 // Inbound hook refuses and packets of unknown IP version are dropped.
+// Consecutive TCP segments of one connection are coalesced (GRO) so the
+// stack processes them as one.
 func (t *TUN) Write(bufs [][]byte, offset int) (int, error) {
 	if t.ctx.Err() != nil {
 		return 0, os.ErrClosed
 	}
+	d := t.ep.dispatcher()
+	if d == nil {
+		return len(bufs), nil
+	}
+	g := t.gros.Get().(*gro.GRO)
+	g.Dispatcher = d
 	for _, b := range bufs {
 		pkt := b[offset:]
 		if len(pkt) == 0 {
@@ -128,9 +167,15 @@ func (t *TUN) Write(bufs [][]byte, offset int) (int, error) {
 			continue
 		}
 		pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
-		t.ep.InjectInbound(proto, pb)
+		pb.NetworkProtocolNumber = proto
+		// WireGuard authenticated the packet; see CapabilityRXChecksumOffload.
+		pb.RXChecksumValidated = true
+		g.Enqueue(pb)
 		pb.DecRef()
 	}
+	g.Flush()
+	g.Dispatcher = nil
+	t.gros.Put(g)
 	return len(bufs), nil
 }
 
