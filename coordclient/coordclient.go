@@ -51,6 +51,10 @@ type Options struct {
 	HTTPClient *http.Client
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
+	// OnConnState, if non-nil, is called by Run with true when a map
+	// stream delivers its first (full) map and with false when a stream
+	// ends. It must not block.
+	OnConnState func(connected bool)
 }
 
 // Client talks to one coordinator as one node. Its methods are safe for
@@ -64,6 +68,7 @@ type Client struct {
 	logger  *slog.Logger
 	epsWake chan struct{} // cap 1: endpoints changed
 	now     func() time.Time
+	onConn  func(bool)
 
 	mu        sync.Mutex // guards the following fields
 	serverKey key.MachinePublic
@@ -94,6 +99,7 @@ func New(opts Options) (*Client, error) {
 		logger:  opts.Logger,
 		epsWake: make(chan struct{}, 1),
 		now:     time.Now,
+		onConn:  opts.OnConnState,
 	}
 	if c.hc == nil {
 		c.hc = &http.Client{}

@@ -82,6 +82,9 @@ func (c *Client) Run(ctx context.Context, onNetMap func(*wire.NetMap)) error {
 	var bo backoff
 	for {
 		got, err := c.streamOnce(ctx, onNetMap)
+		if c.onConn != nil {
+			c.onConn(false)
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -156,6 +159,9 @@ func (c *Client) streamOnce(ctx context.Context, onNetMap func(*wire.NetMap)) (b
 			// nothing of an earlier stream lingers.
 			nm = (*wire.NetMap)(nil).Apply(mr, now)
 			got = true
+			if c.onConn != nil {
+				c.onConn(true)
+			}
 		} else {
 			nm = nm.Apply(mr, now)
 			if isKeepAlive(mr) {

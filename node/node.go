@@ -307,17 +307,25 @@ func (n *Node) startSessionLocked() error {
 		n.engine = e
 		n.lastEngineCfg = nil
 	}
+	s := &session{done: make(chan struct{}), firstMap: make(chan struct{})}
 	c, err := coordclient.New(coordclient.Options{
 		ServerURL:  n.st.Coordinator,
 		PrivateKey: n.st.PrivateKey,
 		HTTPClient: n.opts.HTTPClient,
 		Logger:     n.logger.With("component", "control"),
+		OnConnState: func(up bool) {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			if n.sess == s {
+				n.controlOnline = up
+			}
+		},
 	})
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(n.ctx)
-	s := &session{cancel: cancel, done: make(chan struct{}), firstMap: make(chan struct{}), client: c}
+	s.cancel, s.client = cancel, c
 	s.dnsCtx, s.dnsStop = context.WithCancel(ctx)
 	s.dnsServed = map[netip.Addr]bool{}
 	n.sess = s
