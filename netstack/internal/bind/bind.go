@@ -432,40 +432,47 @@ func (b *Bind) Close() error {
 func (b *Bind) makeReceiveIPv4(s *udpSocket) conn.ReceiveFunc { return b.makeReceive(s) }
 func (b *Bind) makeReceiveIPv6(s *udpSocket) conn.ReceiveFunc { return b.makeReceive(s) }
 
+// receiver reads batches of datagrams from one socket; rx_linux.go has
+// the recvmmsg(2) one.
+type receiver interface {
+	// read fills bufs and returns how many datagrams arrived.
+	read(bufs [][]byte) (int, error)
+	// size and addr describe datagram i of the last read.
+	size(i int) int
+	addr(i int) netip.AddrPort
+}
+
 // makeReceive returns the ReceiveFunc for s. wireguard-go calls each
-// ReceiveFunc from a single goroutine, so its message slice is reused
-// without locking.
+// ReceiveFunc from a single goroutine, so its receiver is reused without
+// locking.
 func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
-	msgs := make([]ipv6.Message, batchSize)
-	for i := range msgs {
-		msgs[i].Buffers = make(net.Buffers, 1)
+	r, err := newReceiver(s, batchSize)
+	if err != nil {
+		return func([][]byte, []int, []conn.Endpoint) (int, error) {
+			return 0, fmt.Errorf("bind: receive: %w", err)
+		}
 	}
 	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
-		n := min(len(bufs), len(msgs))
-		for i := 0; i < n; i++ {
-			msgs[i].Buffers[0] = bufs[i]
-		}
-		got, err := s.pc.ReadBatch(msgs[:n], 0)
+		got, err := r.read(bufs)
 		if err != nil {
 			return 0, err
 		}
 		now := time.Now().UnixNano()
 		tbl := *b.addrs.Load()
 		for i := 0; i < got; i++ {
-			m := &msgs[i]
 			sizes[i] = 0
 			eps[i] = nil
-			ua, ok := m.Addr.(*net.UDPAddr)
-			if !ok || m.N == 0 {
+			n := r.size(i)
+			src := unmap(r.addr(i))
+			if n == 0 || !src.IsValid() {
 				continue
 			}
-			src := unmap(ua.AddrPort())
-			e := b.endpointFor(tbl, src, bufs[i][:m.N])
+			e := b.endpointFor(tbl, src, bufs[i][:n])
 			if e == nil {
 				continue
 			}
 			e.lastRecv.Store(now)
-			sizes[i] = m.N
+			sizes[i] = n
 			eps[i] = e
 		}
 		return got, nil

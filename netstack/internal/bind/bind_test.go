@@ -267,3 +267,47 @@ func FuzzClassify(f *testing.F) {
 		senderIndex(pkt)
 	})
 }
+
+func TestReceiveDoesNotAllocate(t *testing.T) {
+	if raceEnabled {
+		// The race detector allocates on its own.
+		t.Log("allocation count not meaningful under -race; checking the receive path runs")
+	}
+	a := newBind(t)
+	fns, port, err := a.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	src, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	a.SetPeers([]PeerConfig{{Key: key.NewNode().Public(), Endpoints: []netip.AddrPort{src.LocalAddr().(*net.UDPAddr).AddrPort()}}})
+	dst := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(port)}
+	const runs = 50
+	pkt := transport(3, 96)
+	for range runs + 1 {
+		if _, err := src.WriteToUDP(pkt, dst); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bufs := make([][]byte, a.BatchSize())
+	for i := range bufs {
+		bufs[i] = make([]byte, 2048)
+	}
+	sizes := make([]int, len(bufs))
+	eps := make([]conn.Endpoint, len(bufs))
+	// Read one datagram per call so every run finds one waiting.
+	one, oneSizes, oneEps := bufs[:1], sizes[:1], eps[:1]
+	allocs := testing.AllocsPerRun(runs, func() {
+		n, err := fns[0](one, oneSizes, oneEps)
+		if err != nil || n != 1 || oneSizes[0] != len(pkt) {
+			t.Fatalf("receive: n=%d size=%d err=%v", n, oneSizes[0], err)
+		}
+	})
+	if !raceEnabled && allocs != 0 {
+		t.Fatalf("receive allocates %.1f times per call, want 0", allocs)
+	}
+}
