@@ -1,0 +1,61 @@
+package natlab
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"beam.dev/beam/beamtest/nslab"
+)
+
+// timeToDirectRuns is how many fresh joins TestTimeToDirect times.
+const timeToDirectRuns = 5
+
+// TestTimeToDirect measures, timeToDirectRuns times with freshly joined
+// devices, how long after both are up traffic flows on a direct path, and
+// reports the median. The easy-easy variant is the figure the issue asks
+// for (pending hole punching); easy-public is today's reference.
+func TestTimeToDirect(t *testing.T) {
+	runVariants(t, []pairVariant{
+		{A: nslab.NATEasy, B: nslab.NATNone},
+		{A: nslab.NATEasy, B: nslab.NATEasy, pending: true},
+	}, testTimeToDirect)
+}
+
+func testTimeToDirect(t *testing.T, v pairVariant) {
+	w := newWorld(t, worldConfig{})
+	ctx := t.Context()
+	var runs []pathRun
+	var times []time.Duration
+	for i := range timeToDirectRuns {
+		a, b := w.addDevice(fmt.Sprintf("a%d", i), v.A), w.addDevice(fmt.Sprintf("b%d", i), v.B)
+		if err := upPair(ctx, a, b); err != nil {
+			t.Fatal(err)
+		}
+		r := reachPath(ctx, a, b, pathDirect, time.Now(), 30*time.Second)
+		runs = append(runs, r)
+		if !r.ok() {
+			t.Errorf("run %d: %s", i, r.Err)
+		} else {
+			times = append(times, time.Duration(r.ToWant))
+		}
+		// Stop this pair so the next one measures on a quiet machine.
+		a.daemon.Stop()
+		b.daemon.Stop()
+	}
+	var text strings.Builder
+	fmt.Fprintf(&text, "%s: time from both up to traffic on a direct path, %d fresh joins:", v.name(), timeToDirectRuns)
+	for _, r := range runs {
+		fmt.Fprintf(&text, " %v", r.ToWant)
+	}
+	med := time.Duration(-1)
+	if len(times) > 0 {
+		slices.Sort(times)
+		med = times[len(times)/2]
+	}
+	fmt.Fprintf(&text, "; median %v\n", msDur(med))
+	t.Log(text.String())
+	writeArtefact(t, w.out, "time-to-direct-"+v.name(), map[string]any{"runs": runs, "median_ms": msDur(med)}, text.String())
+}

@@ -1,0 +1,160 @@
+package natlab
+
+import (
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"beam.dev/beam/beamtest/nslab"
+)
+
+// gridKinds are the NAT kinds of the grid, in table order.
+var gridKinds = []nslab.NATKind{nslab.NATNone, nslab.NATEasy, nslab.NATHard, nslab.NATUDPBlocked}
+
+// gridPair is one cell of the grid: A (who sends) behind kind A, B behind
+// kind B.
+type gridPair struct{ A, B nslab.NATKind }
+
+// gridPassingToday are the pairs the engine connects without a relay,
+// endpoint discovery or hole punching: A reaches B's advertised address
+// directly, and B learns A's public address from A's handshake.
+var gridPassingToday = []gridPair{
+	{nslab.NATNone, nslab.NATNone},
+	{nslab.NATEasy, nslab.NATNone},
+	{nslab.NATHard, nslab.NATNone},
+}
+
+// gridPairs returns the pairs TestGrid runs: all of them with the build
+// tag natlab_pending, else those passing today.
+func gridPairs() []gridPair {
+	if !pendingBuild {
+		return gridPassingToday
+	}
+	var all []gridPair
+	for _, a := range gridKinds {
+		for _, b := range gridKinds {
+			all = append(all, gridPair{a, b})
+		}
+	}
+	return all
+}
+
+const (
+	// gridParallel is how many pairs join and measure at once.
+	gridParallel = 6
+	// gridPairLimit bounds each pair's wait for its path.
+	gridPairLimit = 30 * time.Second
+	// gridLimit bounds the whole grid, lab setup included.
+	gridLimit = 3 * time.Minute
+)
+
+// kindLabel names a NAT kind in tables and host names.
+func kindLabel(k nslab.NATKind) string {
+	switch k {
+	case nslab.NATNone:
+		return "public"
+	case nslab.NATUDPBlocked:
+		return "udpblk"
+	}
+	return k.String()
+}
+
+// expectedPath is the path a pair must reach: direct whenever UDP can
+// flow and one side is public or both NATs are easy; relayed otherwise.
+// A better path than expected (direct across a hard NAT) also passes.
+func expectedPath(a, b nslab.NATKind) string {
+	switch {
+	case a == nslab.NATUDPBlocked || b == nslab.NATUDPBlocked:
+		return pathRelay
+	case a == nslab.NATNone || b == nslab.NATNone:
+		return pathDirect
+	case a == nslab.NATEasy && b == nslab.NATEasy:
+		return pathDirect
+	}
+	return pathRelay
+}
+
+// gridResult is one row of the grid artefact.
+type gridResult struct {
+	A      string `json:"a"`
+	B      string `json:"b"`
+	UpTime msDur  `json:"up_ms"` // beam up of both until each sees the other
+	pathRun
+}
+
+// TestGrid joins one pair of devices per NAT pair to one coordinator and
+// relay, sends traffic from A to B, and reports the path each pair reached
+// and how long it took, as a table.
+func TestGrid(t *testing.T) {
+	gridStart := time.Now()
+	w := newWorld(t, worldConfig{})
+	pairs := gridPairs()
+	type cell struct{ a, b *device }
+	cells := make([]cell, len(pairs))
+	for i, p := range pairs {
+		base := kindLabel(p.A) + "-" + kindLabel(p.B)
+		cells[i] = cell{w.addDevice(base+"-a", p.A), w.addDevice(base+"-b", p.B)}
+	}
+	t.Logf("lab with %d devices built in %v", 2*len(pairs), time.Since(gridStart).Round(time.Millisecond))
+
+	results := make([]gridResult, len(pairs))
+	sem := make(chan struct{}, gridParallel)
+	var wg sync.WaitGroup
+	ctx := t.Context()
+	for i, p := range pairs {
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			res := gridResult{A: kindLabel(p.A), B: kindLabel(p.B)}
+			upStart := time.Now()
+			if err := upPair(ctx, cells[i].a, cells[i].b); err != nil {
+				res.pathRun = pathRun{Want: expectedPath(p.A, p.B), FirstTraffic: -1, ToRelay: -1, ToDirect: -1, ToWant: -1, Err: err.Error()}
+				results[i] = res
+				return
+			}
+			start := time.Now()
+			res.UpTime = msDur(start.Sub(upStart))
+			res.pathRun = reachPath(ctx, cells[i].a, cells[i].b, expectedPath(p.A, p.B), start, gridPairLimit)
+			results[i] = res
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(gridStart)
+
+	text := gridTable(results) + fmt.Sprintf("grid of %d pairs in %v (%d at a time, %v per pair at most)\n",
+		len(pairs), elapsed.Round(time.Millisecond), gridParallel, gridPairLimit)
+	t.Logf("NAT grid (times since both devices were up):\n%s", text)
+	writeArtefact(t, w.out, "grid", map[string]any{
+		"pairs":      results,
+		"elapsed_ms": msDur(elapsed),
+		"pending":    pendingBuild,
+	}, text)
+	for _, r := range results {
+		if !r.ok() {
+			t.Errorf("%s -> %s: want %s: %s", r.A, r.B, r.Want, r.Err)
+		}
+	}
+	if elapsed > gridLimit {
+		t.Errorf("grid took %v, want under %v", elapsed, gridLimit)
+	}
+}
+
+// gridTable renders results as an aligned text table.
+func gridTable(results []gridResult) string {
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "A\tB\tWANT\tPATH\tB SEES\tUP\tFIRST RT\tTO RELAY\tTO DIRECT\tTO WANT\tRT OK/FAIL\tRESULT")
+	for _, r := range results {
+		res := "ok"
+		if !r.ok() {
+			res = "FAIL"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\t%v\t%v\t%v\t%v\t%d/%d\t%s\n", r.A, r.B, r.Want, r.Path, r.PeerPath,
+			r.UpTime, r.FirstTraffic, r.ToRelay, r.ToDirect, r.ToWant, r.RoundTrips, r.Failures, res)
+	}
+	tw.Flush()
+	return b.String()
+}

