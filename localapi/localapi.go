@@ -48,6 +48,10 @@ func New(n *node.Node, logger *slog.Logger) *Handler {
 	h.mux.HandleFunc("GET /localapi/v0/dns/query", h.dnsQuery)
 	h.mux.HandleFunc("GET /localapi/v0/dns/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, h.n.DNSStatus()) })
 	h.mux.HandleFunc("POST /localapi/v0/dial", h.dial)
+	h.mux.HandleFunc("POST /localapi/v0/expose", h.expose)
+	h.mux.HandleFunc("GET /localapi/v0/expose", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, h.n.ExposedRoutes()) })
+	h.mux.HandleFunc("POST /localapi/v0/expose/stop", h.exposeStop)
+	h.mux.HandleFunc("GET /localapi/v0/expose/watch", h.exposeWatch)
 	return h
 }
 
@@ -217,4 +221,55 @@ func (h *Handler) dial(w http.ResponseWriter, r *http.Request) {
 	}()
 	<-done
 	<-done
+}
+
+func (h *Handler) expose(w http.ResponseWriter, r *http.Request) {
+	var req apitype.ExposeRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
+		return
+	}
+	resp, err := h.n.Expose(r.Context(), req)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	writeJSON(w, resp)
+}
+
+func (h *Handler) exposeStop(w http.ResponseWriter, r *http.Request) {
+	var req apitype.ExposeStopRequest
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
+		return
+	}
+	if err := h.n.Unexpose(r.Context(), req.Name); err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	writeJSON(w, struct{}{})
+}
+
+// exposeWatch streams one JSON line per request served through this
+// device's HTTP routes until the client goes away.
+func (h *Handler) exposeWatch(w http.ResponseWriter, r *http.Request) {
+	ch := h.n.WatchRequests(r.Context())
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	rc.Flush()
+	enc := json.NewEncoder(w)
+	for {
+		select {
+		case <-r.Context().Done():
+			return
+		case l := <-ch:
+			if err := enc.Encode(l); err != nil {
+				return
+			}
+			if err := rc.Flush(); err != nil {
+				return
+			}
+		}
+	}
 }

@@ -146,6 +146,59 @@ func (c *Client) DNSStatus(ctx context.Context) (*apitype.DNSStatus, error) {
 	return &st, nil
 }
 
+// Expose publishes a local port on the edge.
+func (c *Client) Expose(ctx context.Context, req apitype.ExposeRequest) (*apitype.ExposeResponse, error) {
+	var resp apitype.ExposeResponse
+	if err := c.do(ctx, http.MethodPost, "/localapi/v0/expose", req, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+// ExposeStop withdraws a published route.
+func (c *Client) ExposeStop(ctx context.Context, name string) error {
+	return c.do(ctx, http.MethodPost, "/localapi/v0/expose/stop", apitype.ExposeStopRequest{Name: name}, nil)
+}
+
+// ExposeList lists this device's published routes.
+func (c *Client) ExposeList(ctx context.Context) ([]apitype.Route, error) {
+	var routes []apitype.Route
+	if err := c.do(ctx, http.MethodGet, "/localapi/v0/expose", nil, &routes); err != nil {
+		return nil, err
+	}
+	return routes, nil
+}
+
+// WatchRequests calls fn for each request served through this device's
+// HTTP routes until ctx ends or the daemon goes away.
+func (c *Client) WatchRequests(ctx context.Context, fn func(apitype.RequestLog)) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://local/localapi/v0/expose/watch", nil)
+	if err != nil {
+		return err
+	}
+	hc := c.httpClient()
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var l apitype.RequestLog
+		if err := dec.Decode(&l); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("watch requests: %w", err)
+		}
+		fn(l)
+	}
+}
+
 // Dial connects to host:port through the daemon (MagicDNS names and
 // overlay addresses work) and returns the stream.
 func (c *Client) Dial(ctx context.Context, network, host string, port uint16) (net.Conn, error) {

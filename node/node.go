@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"reflect"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -44,6 +45,10 @@ type Options struct {
 	Hostname string
 	// UpTimeout bounds how long Up waits for the first netmap; 0 means 30s.
 	UpTimeout time.Duration
+	// OnNetMap, if non-nil, is called with every netmap from the
+	// coordinator, in order, outside the node's locks. An edge uses it to
+	// follow its routes. It must not modify the netmap.
+	OnNetMap func(*wire.NetMap)
 }
 
 // Node is the daemon. Create it with New, start it with Start, and stop it
@@ -72,6 +77,10 @@ type Node struct {
 	controlOnline bool
 	lastErr       string
 	allowInbound  []uint16
+	proxies       map[uint16]*exposeProxy // device side of exposed HTTP ports
+
+	watchMu  sync.Mutex // guards watchers
+	watchers map[chan apitype.RequestLog]struct{}
 }
 
 // session is one run of the control loop and the engine's use of it.
@@ -410,8 +419,8 @@ func (n *Node) ensureDNSLocked(addrs []netip.Addr) {
 // onNetMap is called by the control client for every new netmap.
 func (n *Node) onNetMap(s *session, nm *wire.NetMap) {
 	n.mu.Lock()
-	defer n.mu.Unlock()
 	if n.sess != s {
+		n.mu.Unlock()
 		return
 	}
 	n.netmap = nm
@@ -426,6 +435,10 @@ func (n *Node) onNetMap(s *session, nm *wire.NetMap) {
 		if err := n.st.save(n.opts.StateDir); err != nil {
 			n.logger.Warn("save state", "err", err)
 		}
+	}
+	n.mu.Unlock()
+	if n.opts.OnNetMap != nil {
+		n.opts.OnNetMap(nm)
 	}
 }
 
@@ -460,13 +473,14 @@ func (n *Node) applyLocked() {
 	if n.engine == nil {
 		return
 	}
-	cfg := engineConfig(n.netmap, now, n.st.ShieldsUp, n.allowInbound)
+	cfg := engineConfig(n.netmap, now, n.st.ShieldsUp, slices.Concat(n.allowInbound, n.exposedPortsLocked()))
 	if n.netmap != nil && n.netmap.Self != nil && n.netmap.Self.Expired(n.netmap.ControlNow(now)) {
 		n.state = apitype.StateExpired
 	} else if n.sess != nil && n.netmap != nil {
 		n.state = apitype.StateRunning
 	}
 	if n.lastEngineCfg != nil && reflect.DeepEqual(*n.lastEngineCfg, cfg) {
+		n.syncExposeProxiesLocked(cfg)
 		return
 	}
 	if err := n.engine.Reconfig(cfg); err != nil {
@@ -475,6 +489,7 @@ func (n *Node) applyLocked() {
 	}
 	n.lastEngineCfg = &cfg
 	n.ensureDNSLocked(cfg.ServiceAddrs)
+	n.syncExposeProxiesLocked(cfg)
 }
 
 // setState records a state and the error that caused it.
@@ -546,6 +561,10 @@ func (n *Node) Logout(ctx context.Context) error {
 }
 
 func (n *Node) closeEngineLocked() {
+	for port, p := range n.proxies {
+		p.close()
+		delete(n.proxies, port)
+	}
 	if n.engine != nil {
 		if err := n.engine.Close(); err != nil {
 			n.logger.Warn("close engine", "err", err)

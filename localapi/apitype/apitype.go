@@ -117,3 +117,58 @@ type DNSStatus struct {
 	// Names counts the names MagicDNS answers locally.
 	Names int `json:"names"`
 }
+
+// ExposeRequest is the body of POST /localapi/v0/expose.
+type ExposeRequest struct {
+	// Port is the local port to publish (on 127.0.0.1 / [::1] of this device).
+	Port uint16 `json:"port"`
+	// Proto is "http" (default), "tls" (passthrough), "tcp" or "udp".
+	Proto string `json:"proto,omitempty"`
+	// Name is the label under the edge domain; empty means the node's name.
+	Name string `json:"name,omitempty"`
+	// Domain is a verified custom domain to publish under instead.
+	Domain string `json:"domain,omitempty"`
+	// Options is the route's edge policy (see wire.EdgeRoute.Options).
+	Options map[string]string `json:"options,omitempty"`
+}
+
+// ExposeResponse is the answer of POST /localapi/v0/expose.
+type ExposeResponse struct {
+	URL        string `json:"url"`
+	Host       string `json:"host,omitempty"`
+	Proto      string `json:"proto"`
+	PublicPort uint16 `json:"public_port,omitempty"`
+	Port       uint16 `json:"port"`
+	// Warning says when nothing listens on the local port yet.
+	Warning string `json:"warning,omitempty"`
+}
+
+// ExposeStopRequest is the body of POST /localapi/v0/expose/stop.
+type ExposeStopRequest struct {
+	// Name is the route's host ("app.example.test"), its label ("app") or,
+	// for tcp/udp routes, "tcp:PORT" / "udp:PORT" with the public port.
+	Name string `json:"name"`
+}
+
+// Route is one published route of this device, as listed by GET
+// /localapi/v0/expose.
+type Route struct {
+	Host       string            `json:"host,omitempty"`
+	Proto      string            `json:"proto"`
+	PublicPort uint16            `json:"public_port,omitempty"`
+	Port       uint16            `json:"port"`
+	Options    map[string]string `json:"options,omitempty"`
+}
+
+// RequestLog is one line of GET /localapi/v0/expose/watch (JSON lines):
+// a request served through an exposed HTTP route.
+type RequestLog struct {
+	Time     time.Time     `json:"time"`
+	Host     string        `json:"host"`
+	Method   string        `json:"method"`
+	Path     string        `json:"path"`
+	Status   int           `json:"status"`
+	Duration time.Duration `json:"duration"`
+	Port     uint16        `json:"port"`
+	Client   string        `json:"client,omitempty"`
+}

@@ -75,6 +75,7 @@ func NewCmdRoot(f *Factory) *cobra.Command {
 		NewCmdIP(f, in),
 		NewCmdNC(f, in),
 		NewCmdDNS(f, in),
+		NewCmdExpose(f, in, nil),
 	)
 	root.AddCommand(
 		NewCmdCoordinator(f, nil),

@@ -1,0 +1,261 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/mdp/qrterminal/v3"
+	"github.com/spf13/cobra"
+
+	"beam.dev/beam/localapi/apitype"
+)
+
+// ExposeOptions are the flags of beam expose.
+type ExposeOptions struct {
+	Port           uint16
+	Name           string
+	Domain         string
+	TCP            bool
+	UDP            bool
+	TLSPassthrough bool
+	BasicAuth      []string
+	AllowIP        []string
+	DenyIP         []string
+	RateLimit      string
+	HeaderAdd      []string
+	HeaderRemove   []string
+	CORS           []string
+	ProxyProtocol  string
+	QR             bool
+	JSON           bool
+	Background     bool
+}
+
+// NewCmdExpose returns the beam expose command.
+func NewCmdExpose(f *Factory, in *instanceFlags, runF func(*ExposeOptions) error) *cobra.Command {
+	o := &ExposeOptions{}
+	cmd := &cobra.Command{
+		Use:   "expose PORT",
+		Short: "Publish a local port on the public edge",
+		Long: `Publish a local port of this device on the public edge.
+
+  beam expose 3000                 https://NAME.DOMAIN -> 127.0.0.1:3000, one line per request until Ctrl-C
+  beam expose 3000 --name app      https://app.DOMAIN
+  beam expose --tcp 5432           tcp://EDGE:PORT -> 127.0.0.1:5432
+  beam expose --udp 53             udp://EDGE:PORT -> 127.0.0.1:53
+  beam expose 3000 --bg            keep it published by the daemon; see beam expose list / stop`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := strconv.ParseUint(args[0], 10, 16)
+			if err != nil || p == 0 {
+				return fmt.Errorf("bad port %q: want 1-65535", args[0])
+			}
+			o.Port = uint16(p)
+			if runF != nil {
+				return runF(o)
+			}
+			return runExpose(cmd.Context(), f, in, o)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&o.Name, "name", "", "name under the edge domain (default: this node's name)")
+	fl.StringVar(&o.Domain, "domain", "", "a verified custom domain to publish under")
+	fl.BoolVar(&o.TCP, "tcp", false, "publish raw TCP on an edge port")
+	fl.BoolVar(&o.UDP, "udp", false, "publish raw UDP datagrams on an edge port")
+	fl.BoolVar(&o.TLSPassthrough, "tls-passthrough", false, "route TLS by SNI without decrypting; the device terminates TLS")
+	fl.StringArrayVar(&o.BasicAuth, "basic-auth", nil, "require HTTP basic auth user:pass (repeatable)")
+	fl.StringArrayVar(&o.AllowIP, "allow-ip", nil, "only allow clients from this CIDR (repeatable)")
+	fl.StringArrayVar(&o.DenyIP, "deny-ip", nil, "refuse clients from this CIDR (repeatable)")
+	fl.StringVar(&o.RateLimit, "rate-limit", "", "requests per client IP, like 20/s or 600/m")
+	fl.StringArrayVar(&o.HeaderAdd, "header-add", nil, "add a request header 'Name: value' (repeatable)")
+	fl.StringArrayVar(&o.HeaderRemove, "header-remove", nil, "remove a request header (repeatable)")
+	fl.StringArrayVar(&o.CORS, "cors", nil, "allow this CORS origin (repeatable)")
+	fl.StringVar(&o.ProxyProtocol, "proxy-protocol", "", "send a PROXY protocol header (v1 or v2) to the device (tcp)")
+	fl.BoolVar(&o.QR, "qr", false, "print the URL as a QR code")
+	fl.BoolVar(&o.JSON, "json", false, "print JSON (the route, then one object per request)")
+	fl.BoolVar(&o.Background, "bg", false, "leave the route published by the daemon and exit")
+
+	cmd.AddCommand(newCmdExposeList(f, in), newCmdExposeStop(f, in))
+	return cmd
+}
+
+// exposeRequest turns the flags into a local API request.
+func (o *ExposeOptions) exposeRequest() (apitype.ExposeRequest, error) {
+	req := apitype.ExposeRequest{Port: o.Port, Name: o.Name, Domain: o.Domain, Proto: "http", Options: map[string]string{}}
+	n := 0
+	for _, b := range []bool{o.TCP, o.UDP, o.TLSPassthrough} {
+		if b {
+			n++
+		}
+	}
+	if n > 1 {
+		return req, fmt.Errorf("choose one of --tcp, --udp and --tls-passthrough")
+	}
+	switch {
+	case o.TCP:
+		req.Proto = "tcp"
+	case o.UDP:
+		req.Proto = "udp"
+	case o.TLSPassthrough:
+		req.Proto = "tls"
+	}
+	httpOnly := map[string]bool{}
+	if len(o.BasicAuth) > 0 {
+		for _, ba := range o.BasicAuth {
+			if u, p, ok := strings.Cut(ba, ":"); !ok || u == "" || p == "" {
+				return req, fmt.Errorf("--basic-auth %q: want user:pass", ba)
+			}
+		}
+		req.Options["basic_auth"] = strings.Join(o.BasicAuth, ",")
+		httpOnly["--basic-auth"] = true
+	}
+	if len(o.AllowIP) > 0 {
+		req.Options["allow_ip"] = strings.Join(o.AllowIP, ",")
+	}
+	if len(o.DenyIP) > 0 {
+		req.Options["deny_ip"] = strings.Join(o.DenyIP, ",")
+	}
+	if o.RateLimit != "" {
+		req.Options["rate_limit"] = o.RateLimit
+	}
+	if len(o.HeaderAdd) > 0 {
+		for _, h := range o.HeaderAdd {
+			if k, _, ok := strings.Cut(h, ":"); !ok || strings.TrimSpace(k) == "" {
+				return req, fmt.Errorf("--header-add %q: want 'Name: value'", h)
+			}
+		}
+		req.Options["header_add"] = strings.Join(o.HeaderAdd, "\n")
+		httpOnly["--header-add"] = true
+	}
+	if len(o.HeaderRemove) > 0 {
+		req.Options["header_remove"] = strings.Join(o.HeaderRemove, ",")
+		httpOnly["--header-remove"] = true
+	}
+	if len(o.CORS) > 0 {
+		req.Options["cors"] = strings.Join(o.CORS, ",")
+		httpOnly["--cors"] = true
+	}
+	if o.ProxyProtocol != "" {
+		if o.ProxyProtocol != "v1" && o.ProxyProtocol != "v2" {
+			return req, fmt.Errorf("--proxy-protocol %q: want v1 or v2", o.ProxyProtocol)
+		}
+		if req.Proto != "tcp" {
+			return req, fmt.Errorf("--proxy-protocol needs --tcp")
+		}
+		req.Options["proxy_protocol"] = o.ProxyProtocol
+	}
+	if req.Proto != "http" {
+		for flag := range httpOnly {
+			return req, fmt.Errorf("%s works only for HTTP routes", flag)
+		}
+	}
+	if len(req.Options) == 0 {
+		req.Options = nil
+	}
+	return req, nil
+}
+
+func runExpose(ctx context.Context, f *Factory, in *instanceFlags, o *ExposeOptions) error {
+	req, err := o.exposeRequest()
+	if err != nil {
+		return err
+	}
+	lc := in.client(f)
+	resp, err := lc.Expose(ctx, req)
+	if err != nil {
+		return err
+	}
+	if o.JSON {
+		json.NewEncoder(f.Out).Encode(resp)
+	} else {
+		fmt.Fprintln(f.Out, resp.URL)
+		if resp.Warning != "" {
+			fmt.Fprintln(f.ErrOut, "warning:", resp.Warning)
+		}
+	}
+	if o.QR {
+		qrterminal.GenerateHalfBlock(resp.URL, qrterminal.L, f.Out)
+	}
+	if o.Background {
+		return nil
+	}
+	name := resp.Host
+	if name == "" {
+		name = fmt.Sprintf("%s:%d", resp.Proto, resp.PublicPort)
+	}
+	if !o.JSON {
+		fmt.Fprintf(f.ErrOut, "forwarding %s -> 127.0.0.1:%d; Ctrl-C to stop\n", resp.URL, resp.Port)
+	}
+	werr := lc.WatchRequests(ctx, func(l apitype.RequestLog) {
+		if l.Port != o.Port {
+			return
+		}
+		if o.JSON {
+			json.NewEncoder(f.Out).Encode(l)
+			return
+		}
+		fmt.Fprintf(f.Out, "%s %-7s %-40s %d %s\n", l.Time.Format("15:04:05"), l.Method, l.Path, l.Status, l.Duration.Round(time.Millisecond))
+	})
+	// Ctrl-C (ctx done) or the daemon going away: withdraw the route.
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := lc.ExposeStop(sctx, name); err != nil {
+		return fmt.Errorf("remove route %s: %w", name, err)
+	}
+	if !o.JSON {
+		fmt.Fprintf(f.ErrOut, "stopped %s\n", resp.URL)
+	}
+	return werr
+}
+
+func newCmdExposeList(f *Factory, in *instanceFlags) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List this device's published routes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			routes, err := in.client(f).ExposeList(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(f.Out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(routes)
+			}
+			tw := tabwriter.NewWriter(f.Out, 0, 2, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tPROTO\tPUBLIC PORT\tLOCAL PORT")
+			for _, r := range routes {
+				name := r.Host
+				if name == "" {
+					name = fmt.Sprintf("%s:%d", r.Proto, r.PublicPort)
+				}
+				pp := "-"
+				if r.PublicPort != 0 {
+					pp = strconv.Itoa(int(r.PublicPort))
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", name, r.Proto, pp, r.Port)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newCmdExposeStop(f *Factory, in *instanceFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "stop NAME",
+		Short: "Withdraw a published route (its host, first label, or tcp:PORT / udp:PORT)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return in.client(f).ExposeStop(cmd.Context(), args[0])
+		},
+	}
+}

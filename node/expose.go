@@ -1,0 +1,407 @@
+package node
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"html"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/h2c"
+
+	"beam.dev/beam/localapi/apitype"
+	"beam.dev/beam/netstack"
+	"beam.dev/beam/wire"
+)
+
+// exposer is the part of the control client that publishes routes.
+// *coordclient.Client implements it.
+type exposer interface {
+	Expose(ctx context.Context, req wire.ExposeRequest) (*wire.ExposeResponse, error)
+}
+
+// ErrNoSuchRoute is returned by Unexpose for a route this node does not serve.
+var ErrNoSuchRoute = errors.New("no such published route")
+
+// Expose publishes a local port of this device on the public edge.
+func (n *Node) Expose(ctx context.Context, req apitype.ExposeRequest) (*apitype.ExposeResponse, error) {
+	if req.Port == 0 {
+		return nil, errors.New("expose: port must be between 1 and 65535")
+	}
+	if req.Proto == "" {
+		req.Proto = "http"
+	}
+	switch req.Proto {
+	case "http", "tls", "tcp", "udp":
+	default:
+		return nil, fmt.Errorf("expose: unknown protocol %q (want http, tls, tcp or udp)", req.Proto)
+	}
+	n.mu.Lock()
+	s, nm := n.sess, n.netmap
+	n.mu.Unlock()
+	if s == nil || nm == nil || nm.Self == nil {
+		return nil, ErrNotRunning
+	}
+	ex, ok := any(s.client).(exposer)
+	if !ok {
+		return nil, errors.New("expose: this build's control client cannot publish routes")
+	}
+	resp, err := ex.Expose(ctx, wire.ExposeRequest{
+		Name:         req.Name,
+		CustomDomain: req.Domain,
+		Proto:        req.Proto,
+		Port:         req.Port,
+		Options:      req.Options,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("expose: %w", err)
+	}
+	if resp.Error != "" {
+		return nil, fmt.Errorf("expose: %s", resp.Error)
+	}
+	out := &apitype.ExposeResponse{URL: resp.URL, Proto: req.Proto, Port: req.Port}
+	if resp.Route != nil {
+		out.Host, out.PublicPort = resp.Route.Host, resp.Route.PublicPort
+		// Apply the route locally at once rather than waiting for the stream.
+		n.mu.Lock()
+		if n.netmap != nil && !slices.ContainsFunc(n.netmap.EdgeRoutes, func(r wire.EdgeRoute) bool { return sameRoute(r, *resp.Route) }) {
+			nm := n.netmap.Clone()
+			nm.EdgeRoutes = append(nm.EdgeRoutes, *resp.Route)
+			n.netmap = nm
+			n.applyLocked()
+		}
+		n.mu.Unlock()
+	}
+	if req.Proto != "udp" && !localListening(ctx, req.Port) {
+		out.Warning = fmt.Sprintf("nothing is listening on port %d of this device yet; the route stays up and works once your app starts", req.Port)
+	}
+	return out, nil
+}
+
+func sameRoute(a, b wire.EdgeRoute) bool {
+	return a.Host == b.Host && a.Proto == b.Proto && a.PublicPort == b.PublicPort && a.Node == b.Node && a.Target == b.Target
+}
+
+// localListening reports whether something accepts TCP on the port on loopback.
+func localListening(ctx context.Context, port uint16) bool {
+	for _, host := range []string{"127.0.0.1", "::1"} {
+		d := net.Dialer{Timeout: 500 * time.Millisecond}
+		c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(host, strconv.Itoa(int(port))))
+		if err == nil {
+			c.Close()
+			return true
+		}
+	}
+	return false
+}
+
+// Unexpose withdraws one of this device's routes. name is the route's
+// host, its first label, or "tcp:PORT"/"udp:PORT" (public port).
+func (n *Node) Unexpose(ctx context.Context, name string) error {
+	n.mu.Lock()
+	s := n.sess
+	routes := n.ownRoutesLocked()
+	n.mu.Unlock()
+	if s == nil {
+		return ErrNotRunning
+	}
+	var match []wire.EdgeRoute
+	for _, r := range routes {
+		label, _, _ := strings.Cut(r.Host, ".")
+		pp := r.Proto + ":" + strconv.Itoa(int(r.PublicPort))
+		if strings.EqualFold(name, r.Host) || strings.EqualFold(name, label) || name == pp {
+			match = append(match, r)
+		}
+	}
+	if len(match) == 0 {
+		return fmt.Errorf("%w: %s", ErrNoSuchRoute, name)
+	}
+	ex, ok := any(s.client).(exposer)
+	if !ok {
+		return errors.New("expose: this build's control client cannot publish routes")
+	}
+	for _, r := range match {
+		req := wire.ExposeRequest{Proto: r.Proto, Port: r.Target.Port(), Remove: true}
+		if r.CustomDomain {
+			req.CustomDomain = r.Host
+		} else {
+			req.Name, _, _ = strings.Cut(r.Host, ".")
+		}
+		resp, err := ex.Expose(ctx, req)
+		if err != nil {
+			return fmt.Errorf("unexpose %s: %w", r.Host, err)
+		}
+		if resp.Error != "" {
+			return fmt.Errorf("unexpose %s: %s", r.Host, resp.Error)
+		}
+	}
+	n.mu.Lock()
+	if n.netmap != nil {
+		nm := n.netmap.Clone()
+		nm.EdgeRoutes = slices.DeleteFunc(nm.EdgeRoutes, func(r wire.EdgeRoute) bool {
+			return slices.ContainsFunc(match, func(m wire.EdgeRoute) bool { return sameRoute(r, m) })
+		})
+		n.netmap = nm
+		n.applyLocked()
+	}
+	n.mu.Unlock()
+	return nil
+}
+
+// ExposedRoutes lists the routes this device serves.
+func (n *Node) ExposedRoutes() []apitype.Route {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := []apitype.Route{}
+	for _, r := range n.ownRoutesLocked() {
+		out = append(out, apitype.Route{Host: r.Host, Proto: r.Proto, PublicPort: r.PublicPort, Port: r.Target.Port(), Options: r.Options})
+	}
+	return out
+}
+
+// ownRoutesLocked returns the netmap's routes served by this node.
+func (n *Node) ownRoutesLocked() []wire.EdgeRoute {
+	if n.netmap == nil || n.netmap.Self == nil {
+		return nil
+	}
+	var out []wire.EdgeRoute
+	for _, r := range n.netmap.EdgeRoutes {
+		if r.Node == n.netmap.Self.Key {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+// exposedPortsLocked returns the local ports of this node's routes, which
+// stay open to peers even with shields up.
+func (n *Node) exposedPortsLocked() []uint16 {
+	var ports []uint16
+	for _, r := range n.ownRoutesLocked() {
+		if p := r.Target.Port(); !slices.Contains(ports, p) {
+			ports = append(ports, p)
+		}
+	}
+	slices.Sort(ports)
+	return ports
+}
+
+// WatchRequests returns a channel of requests served through this
+// device's HTTP routes until ctx ends. Slow readers miss lines rather than
+// slowing requests down.
+func (n *Node) WatchRequests(ctx context.Context) <-chan apitype.RequestLog {
+	ch := make(chan apitype.RequestLog, 256)
+	n.watchMu.Lock()
+	if n.watchers == nil {
+		n.watchers = map[chan apitype.RequestLog]struct{}{}
+	}
+	n.watchers[ch] = struct{}{}
+	n.watchMu.Unlock()
+	context.AfterFunc(ctx, func() {
+		n.watchMu.Lock()
+		delete(n.watchers, ch)
+		n.watchMu.Unlock()
+	})
+	return ch
+}
+
+func (n *Node) publishRequest(l apitype.RequestLog) {
+	n.watchMu.Lock()
+	defer n.watchMu.Unlock()
+	for ch := range n.watchers {
+		select {
+		case ch <- l:
+		default:
+		}
+	}
+}
+
+// syncExposeProxiesLocked runs one device-side HTTP proxy per exposed HTTP
+// port: it listens on the node's overlay addresses inside the netstack,
+// logs each request and answers 502 with a helpful page while nothing
+// listens on the local port. Other protocols use plain forwarding.
+func (n *Node) syncExposeProxiesLocked(cfg netstack.Config) {
+	want := map[uint16]bool{}
+	if n.engine != nil {
+		for _, r := range n.ownRoutesLocked() {
+			if r.Proto == "http" {
+				want[r.Target.Port()] = true
+			}
+		}
+	}
+	for port, p := range n.proxies {
+		if !want[port] || p.engine != n.engine {
+			p.close()
+			delete(n.proxies, port)
+		}
+	}
+	for port := range want {
+		if _, ok := n.proxies[port]; ok {
+			continue
+		}
+		p, err := startExposeProxy(n, n.engine, cfg.Addresses, port)
+		if err != nil {
+			n.logger.Warn("expose proxy", "port", port, "err", err)
+			continue
+		}
+		if n.proxies == nil {
+			n.proxies = map[uint16]*exposeProxy{}
+		}
+		n.proxies[port] = p
+	}
+}
+
+// exposeProxy is the device side of one exposed HTTP port.
+type exposeProxy struct {
+	engine *netstack.Engine
+	srv    *http.Server
+	wg     sync.WaitGroup
+}
+
+func startExposeProxy(n *Node, e *netstack.Engine, addrs []netip.Prefix, port uint16) (*exposeProxy, error) {
+	target := "127.0.0.1:" + strconv.Itoa(int(port))
+	dialer := &net.Dialer{Timeout: 10 * time.Second}
+	h1 := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dialer.DialContext(ctx, "tcp", target)
+		},
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	h2 := &http2.Transport{
+		AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
+			return dialer.DialContext(ctx, "tcp", target)
+		},
+	}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = target
+			pr.Out.Host = pr.In.Host
+			// The edge set X-Forwarded-*; keep them as they are.
+			pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
+		},
+		Transport: transportSwitch{h1: h1, h2: h2},
+		// Stream responses (server-sent events) without buffering.
+		FlushInterval: -1,
+		ErrorLog:      slog.NewLogLogger(n.logger.Handler(), slog.LevelDebug),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				writeNothingListening(w, port)
+				return
+			}
+			http.Error(w, "beam: the device could not reach its app: "+err.Error(), http.StatusBadGateway)
+		},
+	}
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		rp.ServeHTTP(sw, r)
+		n.publishRequest(apitype.RequestLog{
+			Time: start, Host: r.Host, Method: r.Method, Path: r.URL.RequestURI(), Status: sw.status,
+			Duration: time.Since(start), Port: port, Client: firstForwardedFor(r),
+		})
+	})
+	p := &exposeProxy{engine: e, srv: &http.Server{
+		Handler:           h2c.NewHandler(handler, &http2.Server{}),
+		ReadHeaderTimeout: 60 * time.Second,
+	}}
+	var lns []net.Listener
+	for _, a := range addrs {
+		ln, err := e.Listen("tcp", netip.AddrPortFrom(a.Addr(), port).String())
+		if err != nil {
+			for _, l := range lns {
+				l.Close()
+			}
+			return nil, err
+		}
+		lns = append(lns, ln)
+	}
+	for _, ln := range lns {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.srv.Serve(ln)
+		}()
+	}
+	return p, nil
+}
+
+func (p *exposeProxy) close() {
+	p.srv.Close()
+	p.wg.Wait()
+}
+
+// transportSwitch sends gRPC (and other HTTP/2-only requests) to the app
+// over h2c and everything else over HTTP/1.1.
+type transportSwitch struct {
+	h1 *http.Transport
+	h2 *http2.Transport
+}
+
+func (t transportSwitch) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.ProtoMajor == 2 && strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		return t.h2.RoundTrip(r)
+	}
+	return t.h1.RoundTrip(r)
+}
+
+// statusWriter records the status code; Unwrap lets http.ResponseController
+// reach Flush and Hijack (WebSocket upgrades) of the real writer.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+	wrote  bool
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	if !w.wrote && code >= 200 {
+		w.status, w.wrote = code, true
+	}
+	if code == http.StatusSwitchingProtocols {
+		w.status = code
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Write(b []byte) (int, error) {
+	w.wrote = true
+	return w.ResponseWriter.Write(b)
+}
+
+func (w *statusWriter) Flush() {
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func firstForwardedFor(r *http.Request) string {
+	xff := r.Header.Get("X-Forwarded-For")
+	first, _, _ := strings.Cut(xff, ",")
+	return strings.TrimSpace(first)
+}
+
+func writeNothingListening(w http.ResponseWriter, port uint16) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusBadGateway)
+	fmt.Fprintf(w, `<!doctype html><title>502: nothing listening yet</title>
+<h1>Almost there</h1>
+<p>This address is published by Beam and the device is connected, but nothing is listening on its port %s yet.</p>
+<p>Start your app on port %s on the device and reload this page.</p>`, html.EscapeString(strconv.Itoa(int(port))), html.EscapeString(strconv.Itoa(int(port))))
+}
