@@ -405,3 +405,25 @@ func writeNothingListening(w http.ResponseWriter, port uint16) {
 <p>This address is published by Beam and the device is connected, but nothing is listening on its port %s yet.</p>
 <p>Start your app on port %s on the device and reload this page.</p>`, html.EscapeString(strconv.Itoa(int(port))), html.EscapeString(strconv.Itoa(int(port))))
 }
+
+// txtSetter is the part of the control client an edge uses to publish
+// ACME DNS-01 records in the coordinator's public zone.
+type txtSetter interface {
+	SetTXT(ctx context.Context, name string, values []string) error
+}
+
+// SetTXT asks the coordinator to publish (or, with no values, delete) a
+// TXT record in its public zone. Only edge nodes may do this.
+func (n *Node) SetTXT(ctx context.Context, name string, values []string) error {
+	n.mu.Lock()
+	s := n.sess
+	n.mu.Unlock()
+	if s == nil {
+		return ErrNotRunning
+	}
+	ts, ok := any(s.client).(txtSetter)
+	if !ok {
+		return errors.New("this build's control client cannot set TXT records")
+	}
+	return ts.SetTXT(ctx, name, values)
+}

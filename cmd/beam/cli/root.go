@@ -76,6 +76,7 @@ func NewCmdRoot(f *Factory) *cobra.Command {
 		NewCmdNC(f, in),
 		NewCmdDNS(f, in),
 		NewCmdExpose(f, in, nil),
+		NewCmdEdge(f, in, nil),
 	)
 	root.AddCommand(
 		NewCmdCoordinator(f, nil),

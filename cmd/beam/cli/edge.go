@@ -1,0 +1,216 @@
+package cli
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"beam.dev/beam/edge"
+	"beam.dev/beam/edgenode"
+	"beam.dev/beam/localapi/apitype"
+	"beam.dev/beam/node"
+	"beam.dev/beam/wire"
+)
+
+// EdgeOptions are the flags of beam edge.
+type EdgeOptions struct {
+	Coordinator string
+	AuthKey     string
+	Domain      string
+	HTTPAddr    string
+	HTTPSAddr   string
+	BindHost    string
+	ACMECA      string
+	ACMECARoot  string
+	ACMEEmail   string
+	TLSCert     string
+	TLSKey      string
+	StateDir    string
+	Port        uint16
+	Hostname    string
+	LogLevel    string
+}
+
+// NewCmdEdge returns the beam edge command: a public ingress that is a
+// mesh node of its own.
+func NewCmdEdge(f *Factory, in *instanceFlags, runF func(*EdgeOptions) error) *cobra.Command {
+	o := &EdgeOptions{}
+	cmd := &cobra.Command{
+		Use:   "edge",
+		Short: "Run a public edge: HTTP(S), TLS passthrough, TCP and UDP routes into the mesh",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.StateDir = in.stateDir(f)
+			if o.AuthKey == "" {
+				o.AuthKey = f.getenv("BEAM_AUTHKEY")
+			}
+			if o.Domain == "" {
+				return errors.New("--domain is required")
+			}
+			if runF != nil {
+				return runF(o)
+			}
+			return runEdge(cmd.Context(), f, o)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&o.Coordinator, "coordinator", "", "coordinator URL")
+	fl.StringVar(&o.AuthKey, "authkey", "", "an edge auth key (beam admin authkey create --edge) (env BEAM_AUTHKEY)")
+	fl.StringVar(&o.Domain, "domain", "", "the public domain routes live under (NAME.DOMAIN)")
+	fl.StringVar(&o.HTTPAddr, "http-addr", ":80", "plain HTTP listener (\"\" disables)")
+	fl.StringVar(&o.HTTPSAddr, "https-addr", ":443", "TLS listener (\"\" disables); needs --acme-ca or --tls-cert")
+	fl.StringVar(&o.BindHost, "bind-host", "", "address TCP and UDP route ports listen on (default all)")
+	fl.StringVar(&o.ACMECA, "acme-ca", "", "ACME directory URL for certificates (wildcard by DNS-01 through the coordinator's zone)")
+	fl.StringVar(&o.ACMECARoot, "acme-ca-root", "", "PEM file of the root that signs the ACME server's HTTPS certificate")
+	fl.StringVar(&o.ACMEEmail, "acme-email", "", "ACME account contact")
+	fl.StringVar(&o.TLSCert, "tls-cert", "", "a fixed certificate (PEM) instead of ACME")
+	fl.StringVar(&o.TLSKey, "tls-key", "", "the key of --tls-cert")
+	fl.Uint16Var(&o.Port, "port", 0, "UDP port for WireGuard (0 picks one)")
+	fl.StringVar(&o.Hostname, "hostname", "edge", "this edge's node name")
+	fl.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+// edgeTXT publishes ACME challenges through the node's coordinator.
+type edgeTXT struct {
+	n      *node.Node
+	logger *slog.Logger
+}
+
+func (t edgeTXT) SetTXT(name string, values []string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := t.n.SetTXT(ctx, name, values); err != nil {
+		t.logger.Warn("publish ACME TXT record", "name", name, "err", err)
+	}
+}
+
+func (t edgeTXT) DeleteTXT(name string) { t.SetTXT(name, nil) }
+
+func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
+	level, err := parseLevel(o.LogLevel)
+	if err != nil {
+		return err
+	}
+	logger := f.Logger(level)
+	var srv *edgenode.Server
+	routes := make(chan []wire.EdgeRoute, 1)
+	n, err := node.New(node.Options{
+		StateDir:   o.StateDir,
+		Logger:     logger,
+		ListenPort: o.Port,
+		Hostname:   o.Hostname,
+		OnNetMap: func(nm *wire.NetMap) {
+			// Keep only the latest route table.
+			select {
+			case <-routes:
+			default:
+			}
+			routes <- nm.EdgeRoutes
+		},
+	})
+	if err != nil {
+		return err
+	}
+	defer n.Close()
+	if _, err := n.Up(ctx, apitype.UpRequest{Coordinator: o.Coordinator, AuthKey: o.AuthKey, Hostname: o.Hostname}); err != nil {
+		return fmt.Errorf("join the mesh: %w", err)
+	}
+	e, err := edge.New(edge.Options{
+		Dial:   n.DialContext,
+		Domain: o.Domain,
+		Logger: logger.With("component", "edge"),
+		OnRequest: func(l edge.RequestLog) {
+			logger.Info("request", "host", l.Host, "method", l.Method, "path", l.Path, "status", l.Status, "duration", l.Duration, "client", l.ClientIP)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	getCert, closeCerts, err := edgeCertificates(ctx, o, e, edgeTXT{n: n, logger: logger}, logger)
+	if err != nil {
+		return err
+	}
+	defer closeCerts()
+	httpsAddr := o.HTTPSAddr
+	if getCert == nil {
+		if httpsAddr != "" {
+			logger.Warn("no --acme-ca or --tls-cert: HTTPS listener disabled")
+		}
+		httpsAddr = ""
+	}
+	srv, err = edgenode.New(edgenode.Options{
+		Edge: e, HTTPAddr: o.HTTPAddr, HTTPSAddr: httpsAddr, GetCertificate: getCert,
+		BindHost: o.BindHost, Logger: logger,
+	})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	logger.Info("edge running", "domain", o.Domain, "http", o.HTTPAddr, "https", httpsAddr)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case rs := <-routes:
+			if err := srv.Update(rs); err != nil {
+				logger.Warn("routes", "err", err)
+			}
+		}
+	}
+}
+
+// edgeCertificates returns the TLS certificate source for the edge: a
+// fixed certificate, an ACME manager, or nil for none.
+func edgeCertificates(ctx context.Context, o *EdgeOptions, e *edge.Edge, txt edge.TXTSetter, logger *slog.Logger) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), func(), error) {
+	switch {
+	case o.TLSCert != "":
+		cert, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey)
+		if err != nil {
+			return nil, nil, fmt.Errorf("load --tls-cert: %w", err)
+		}
+		return func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, func() {}, nil
+	case o.ACMECA != "":
+		var roots *x509.CertPool
+		if o.ACMECARoot != "" {
+			pem, err := os.ReadFile(o.ACMECARoot)
+			if err != nil {
+				return nil, nil, fmt.Errorf("read --acme-ca-root: %w", err)
+			}
+			roots = x509.NewCertPool()
+			if !roots.AppendCertsFromPEM(pem) {
+				return nil, nil, fmt.Errorf("--acme-ca-root %s holds no PEM certificate", o.ACMECARoot)
+			}
+		}
+		cm, err := edge.NewCertManager(edge.CertOptions{
+			Domain:        o.Domain,
+			TXT:           txt,
+			DirectoryURL:  o.ACMECA,
+			TrustedRoots:  roots,
+			Email:         o.ACMEEmail,
+			StorageDir:    filepath.Join(o.StateDir, "certs"),
+			OnDemand:      e.HasHTTPRoute,
+			TLSListenAddr: o.HTTPSAddr,
+			Logger:        logger.With("component", "acme"),
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		go func() {
+			if err := cm.ManageWildcard(ctx); err != nil && ctx.Err() == nil {
+				logger.Warn("wildcard certificate", "err", err)
+			}
+		}()
+		return cm.GetCertificate, func() { cm.Close() }, nil
+	}
+	return nil, func() {}, nil
+}
