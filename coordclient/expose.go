@@ -1,0 +1,207 @@
+package coordclient
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"time"
+
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// Errors of the public edge requests; they match with errors.Is and the
+// error carries the coordinator's message.
+var (
+	// ErrNameTaken means the public name belongs to another network.
+	ErrNameTaken = errors.New("public name taken by another network")
+	// ErrNameInvalid means the name, proto, port or an option is not acceptable.
+	ErrNameInvalid = errors.New("invalid public route")
+	// ErrNameReserved means the name is reserved (www, edge, api, _*, the apex).
+	ErrNameReserved = errors.New("public name reserved")
+	// ErrDomainNotVerified means the network has not proved control of
+	// the custom domain; the message says how.
+	ErrDomainNotVerified = errors.New("custom domain not verified")
+	// ErrPortsExhausted means the edge has no free port for a tcp or udp route.
+	ErrPortsExhausted = errors.New("edge ports exhausted")
+	// ErrEdgeDisabled means the coordinator has no public edge, or does
+	// not serve the route's protocol.
+	ErrEdgeDisabled = errors.New("public edge not available")
+	// ErrRouteNotFound means a route to remove does not exist.
+	ErrRouteNotFound = errors.New("route not found")
+	// ErrForbidden means the coordinator refused the request (an edge
+	// exposing a port, a non-edge setting TXT records).
+	ErrForbidden = errors.New("forbidden")
+)
+
+// edgeCodes maps the coordinator's edge error codes to sentinels.
+var edgeCodes = map[string]error{
+	"name_taken":            ErrNameTaken,
+	"name_invalid":          ErrNameInvalid,
+	"name_reserved":         ErrNameReserved,
+	"domain_not_verified":   ErrDomainNotVerified,
+	"ports_exhausted":       ErrPortsExhausted,
+	"edge_disabled":         ErrEdgeDisabled,
+	"edge_proto_not_served": ErrEdgeDisabled,
+	"no_zone":               ErrEdgeDisabled,
+	"route_not_found":       ErrRouteNotFound,
+	"forbidden":             ErrForbidden,
+}
+
+// Expose asks the coordinator to publish (or, with req.Remove, withdraw)
+// one of the node's ports on the public edge. It fills in Version,
+// NodeKey and Timestamp. Errors match ErrNameTaken, ErrNameInvalid,
+// ErrNameReserved, ErrDomainNotVerified, ErrPortsExhausted,
+// ErrEdgeDisabled, ErrRouteNotFound, ErrNodeNotRegistered or
+// ErrUnreachable, and carry the coordinator's message.
+func (c *Client) Expose(ctx context.Context, req wire.ExposeRequest) (*wire.ExposeResponse, error) {
+	resp, mk, err := c.post(ctx, "/machine/expose", func(now time.Time) any {
+		r := req
+		r.Version, r.NodeKey, r.Timestamp = wire.CapabilityVersion, c.pub, now
+		return &r
+	})
+	if err != nil {
+		return nil, fmt.Errorf("coordclient: expose: %w", err)
+	}
+	var er wire.ExposeResponse
+	if err := c.readSealed(resp, mk, &er); err != nil {
+		return nil, fmt.Errorf("coordclient: expose: %w", err)
+	}
+	if er.Error != "" {
+		return nil, fmt.Errorf("coordclient: expose: %w", &Error{Status: http.StatusOK, Message: er.Error})
+	}
+	return &er, nil
+}
+
+// txtRequest is the sealed body of POST /machine/txt (see coordinator.TXTRequest).
+type txtRequest struct {
+	Version   int            `json:"version"`
+	NodeKey   key.NodePublic `json:"node_key"`
+	Timestamp time.Time      `json:"timestamp"`
+	Name      string         `json:"name"`
+	Values    []string       `json:"values,omitempty"`
+}
+
+// SetTXT sets the TXT records of name ("_acme-challenge.app.example.test")
+// in the coordinator's public zone to values; no values deletes them.
+// Only edge nodes may, and only for _acme-challenge names of the edge
+// domain or of verified custom domains (ErrForbidden otherwise).
+func (c *Client) SetTXT(ctx context.Context, name string, values []string) error {
+	resp, mk, err := c.post(ctx, "/machine/txt", func(now time.Time) any {
+		return &txtRequest{Version: wire.CapabilityVersion, NodeKey: c.pub, Timestamp: now, Name: name, Values: values}
+	})
+	if err != nil {
+		return fmt.Errorf("coordclient: set TXT %s: %w", name, err)
+	}
+	var tr struct {
+		Error string `json:"error,omitempty"`
+	}
+	if err := c.readSealed(resp, mk, &tr); err != nil {
+		return fmt.Errorf("coordclient: set TXT %s: %w", name, err)
+	}
+	if tr.Error != "" {
+		return fmt.Errorf("coordclient: set TXT %s: %w", name, &Error{Status: http.StatusOK, Message: tr.Error})
+	}
+	return nil
+}
+
+// Route is a published route as the admin API lists it.
+type Route struct {
+	wire.EdgeRoute
+	// Network and NodeName name the serving node.
+	Network  string `json:"network"`
+	NodeName string `json:"node_name"`
+	// Port is the node's port.
+	Port      uint16    `json:"port"`
+	URL       string    `json:"url"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// DomainStatus is a network's claim on a custom domain.
+type DomainStatus struct {
+	Domain  string `json:"domain"`
+	Network string `json:"network"`
+	// TXTName and Token say what to publish: a TXT record TXTName with
+	// the value Token (or a CNAME of Domain to a name the network exposes).
+	TXTName    string    `json:"txt_name"`
+	Token      string    `json:"token"`
+	Verified   bool      `json:"verified"`
+	VerifiedAt time.Time `json:"verified_at,omitzero"`
+	// Problem says why the last check failed.
+	Problem string `json:"problem,omitempty"`
+}
+
+// DNSConfig is the coordinator's DNS settings, handed to every node.
+type DNSConfig struct {
+	Nameservers  []netip.AddrPort            `json:"nameservers,omitempty"`
+	Routes       map[string][]netip.AddrPort `json:"routes,omitempty"`
+	ExtraRecords []wire.DNSRecord            `json:"extra_records,omitempty"`
+}
+
+// ListRoutes lists every published route.
+func (a *Admin) ListRoutes(ctx context.Context) ([]*Route, error) {
+	var out []*Route
+	return out, a.do(ctx, http.MethodGet, "/api/v1/routes", nil, &out)
+}
+
+// RemoveRoutes withdraws every route of host (any node, any protocol).
+func (a *Admin) RemoveRoutes(ctx context.Context, host string) error {
+	return a.do(ctx, http.MethodDelete, "/api/v1/routes/"+url.PathEscape(host), nil, nil)
+}
+
+// VerifyDomain starts or checks network's proof of control of domain
+// (empty network means "default") and returns the claim: the token to
+// publish and whether the proof was found.
+func (a *Admin) VerifyDomain(ctx context.Context, domain, network string) (*DomainStatus, error) {
+	in := struct {
+		Network string `json:"network,omitempty"`
+	}{network}
+	var out DomainStatus
+	if err := a.do(ctx, http.MethodPost, "/api/v1/domains/"+url.PathEscape(domain)+"/verify", in, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ListDomains lists every custom domain claim.
+func (a *Admin) ListDomains(ctx context.Context) ([]*DomainStatus, error) {
+	var out []*DomainStatus
+	return out, a.do(ctx, http.MethodGet, "/api/v1/domains", nil, &out)
+}
+
+// SetTXT sets the TXT records of name in the coordinator's public zone.
+func (a *Admin) SetTXT(ctx context.Context, name string, values []string) error {
+	in := struct {
+		Values []string `json:"values"`
+	}{values}
+	return a.do(ctx, http.MethodPut, "/api/v1/dns/txt/"+url.PathEscape(name), in, nil)
+}
+
+// DeleteTXT removes the TXT records of name from the public zone.
+func (a *Admin) DeleteTXT(ctx context.Context, name string) error {
+	return a.do(ctx, http.MethodDelete, "/api/v1/dns/txt/"+url.PathEscape(name), nil, nil)
+}
+
+// DNSConfig returns the coordinator's DNS settings.
+func (a *Admin) DNSConfig(ctx context.Context) (*DNSConfig, error) {
+	var out DNSConfig
+	if err := a.do(ctx, http.MethodGet, "/api/v1/dns/config", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// SetDNSConfig replaces the coordinator's DNS settings with the JSON
+// document raw (see DNSConfig; unknown fields are refused) and returns
+// them as stored.
+func (a *Admin) SetDNSConfig(ctx context.Context, raw json.RawMessage) (*DNSConfig, error) {
+	var out DNSConfig
+	if err := a.do(ctx, http.MethodPut, "/api/v1/dns/config", raw, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

@@ -1,0 +1,384 @@
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// dnsSetting is the SettingStore name of the DNS settings (JSON).
+const dnsSetting = "dns_config"
+
+// DNSSettings is the operator's DNS configuration (MagicDNS). Every node
+// gets it in its map, next to its network's domain. The JSON form is the
+// file of beam coordinator --dns-config:
+//
+//	{"nameservers": ["192.0.2.53:53"],
+//	 "routes": {"corp.example": ["100.64.0.9:53"]},
+//	 "extra_records": [{"name": "db.default.beam.internal", "type": "A", "value": "100.64.0.9"}]}
+type DNSSettings struct {
+	// Nameservers are the upstream resolvers; empty means the host's.
+	Nameservers []netip.AddrPort `json:"nameservers,omitempty"`
+	// Routes sends queries under a suffix to the given resolvers (split DNS).
+	Routes map[string][]netip.AddrPort `json:"routes,omitempty"`
+	// ExtraRecords are static records (A, AAAA or TXT).
+	ExtraRecords []wire.DNSRecord `json:"extra_records,omitempty"`
+}
+
+// ParseDNSSettings decodes b strictly (unknown fields are errors) and
+// validates the result.
+func ParseDNSSettings(b []byte) (*DNSSettings, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var d DNSSettings
+	if err := dec.Decode(&d); err != nil {
+		return nil, fmt.Errorf("%w: DNS settings: %w", ErrInvalid, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%w: DNS settings: trailing data after the JSON object", ErrInvalid)
+	}
+	if err := d.Validate(); err != nil {
+		return nil, err
+	}
+	d.normalize()
+	return &d, nil
+}
+
+// Validate reports every problem of d, joined; each wraps ErrInvalid.
+func (d *DNSSettings) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%w: DNS settings: %s", ErrInvalid, fmt.Sprintf(format, args...)))
+	}
+	checkAddr := func(where string, ap netip.AddrPort) {
+		if !ap.IsValid() || ap.Port() == 0 || ap.Addr().IsUnspecified() {
+			bad("%s: resolver %q needs an address and a port", where, ap)
+		}
+	}
+	for _, ns := range d.Nameservers {
+		checkAddr("nameservers", ns)
+	}
+	for suffix, rs := range d.Routes {
+		if !isDomainName(strings.ToLower(strings.TrimSuffix(suffix, "."))) {
+			bad("routes: %q is not a domain name", suffix)
+		}
+		if len(rs) == 0 {
+			bad("routes: %q has no resolvers", suffix)
+		}
+		for _, r := range rs {
+			checkAddr("routes: "+suffix, r)
+		}
+	}
+	for i, r := range d.ExtraRecords {
+		name := strings.ToLower(strings.TrimSuffix(r.Name, "."))
+		if !isDomainName(name) {
+			bad("extra_records[%d]: name %q is not a domain name", i, r.Name)
+		}
+		switch strings.ToUpper(r.Type) {
+		case "", "A", "AAAA":
+			a, err := netip.ParseAddr(r.Value)
+			switch t := strings.ToUpper(r.Type); {
+			case err != nil || a.Zone() != "":
+				bad("extra_records[%d]: value %q is not an IP address", i, r.Value)
+			case t == "A" && !a.Is4():
+				bad("extra_records[%d]: A record value %q is not IPv4", i, r.Value)
+			case t == "AAAA" && !a.Is6():
+				bad("extra_records[%d]: AAAA record value %q is not IPv6", i, r.Value)
+			}
+		case "TXT":
+			if len(r.Value) > 255 {
+				bad("extra_records[%d]: TXT value longer than 255 bytes", i)
+			}
+		default:
+			bad("extra_records[%d]: type %q: want A, AAAA or TXT", i, r.Type)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// normalize lower-cases names and drops trailing dots.
+func (d *DNSSettings) normalize() {
+	if len(d.Routes) > 0 {
+		rs := make(map[string][]netip.AddrPort, len(d.Routes))
+		for k, v := range d.Routes {
+			k = strings.ToLower(strings.TrimSuffix(k, "."))
+			rs[k] = append(rs[k], v...)
+		}
+		d.Routes = rs
+	}
+	for i := range d.ExtraRecords {
+		r := &d.ExtraRecords[i]
+		r.Name = strings.ToLower(strings.TrimSuffix(r.Name, "."))
+		r.Type = strings.ToUpper(r.Type)
+	}
+}
+
+func (d *DNSSettings) clone() *DNSSettings {
+	c := &DNSSettings{
+		Nameservers:  slices.Clone(d.Nameservers),
+		ExtraRecords: slices.Clone(d.ExtraRecords),
+	}
+	if d.Routes != nil {
+		c.Routes = make(map[string][]netip.AddrPort, len(d.Routes))
+		for k, v := range d.Routes {
+			c.Routes[k] = slices.Clone(v)
+		}
+	}
+	return c
+}
+
+// DNSSettings returns the current DNS settings.
+func (s *Server) DNSSettings() *DNSSettings { return s.edge.dns.Load().clone() }
+
+// SetDNSSettings validates d, stores it and sends it to every node.
+func (s *Server) SetDNSSettings(ctx context.Context, d *DNSSettings) error {
+	if d == nil {
+		d = &DNSSettings{}
+	}
+	if err := d.Validate(); err != nil {
+		return err
+	}
+	d = d.clone()
+	d.normalize()
+	s.edge.changeMu.Lock()
+	defer s.edge.changeMu.Unlock()
+	if err := s.storeDNSSettings(ctx, d); err != nil {
+		return err
+	}
+	s.edge.dns.Store(d)
+	s.mu.Lock()
+	s.edge.dnsGen++
+	for _, ss := range s.sessions {
+		ss.poke()
+	}
+	s.mu.Unlock()
+	s.audit(ctx, actorAdmin, "dns.set", "dns", fmt.Sprintf("%d nameservers, %d routes, %d extra records", len(d.Nameservers), len(d.Routes), len(d.ExtraRecords)))
+	s.logger.Info("DNS settings changed", "nameservers", len(d.Nameservers), "routes", len(d.Routes), "extra_records", len(d.ExtraRecords))
+	return nil
+}
+
+func (s *Server) storeDNSSettings(ctx context.Context, d *DNSSettings) error {
+	b, err := json.Marshal(d)
+	if err != nil {
+		return fmt.Errorf("coordinator: encode DNS settings: %w", err)
+	}
+	if err := s.store.SetSetting(ctx, dnsSetting, b); err != nil {
+		return fmt.Errorf("coordinator: store DNS settings: %w", err)
+	}
+	return nil
+}
+
+// withDNSSettings adds the operator's DNS settings to a network's config.
+func (s *Server) withDNSSettings(c *wire.DNSConfig) *wire.DNSConfig {
+	d := s.edge.dns.Load()
+	c.Nameservers = slices.Clone(d.Nameservers)
+	c.ExtraRecords = slices.Clone(d.ExtraRecords)
+	if len(d.Routes) > 0 {
+		c.Routes = maps.Clone(d.Routes)
+	}
+	return c
+}
+
+func (s *Server) handleGetDNSConfig(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.DNSSettings())
+}
+
+func (s *Server) handlePutDNSConfig(w http.ResponseWriter, r *http.Request) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequestSize))
+	if err != nil {
+		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "request body too large"))
+		return
+	}
+	d, err := ParseDNSSettings(b)
+	if err == nil {
+		err = s.SetDNSSettings(r.Context(), d)
+	}
+	if err != nil {
+		s.adminError(w, "set DNS settings", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.DNSSettings())
+}
+
+// TXTRequest is the sealed body of POST /machine/txt: an edge node sets
+// (or, with no Values, deletes) the TXT records of Name in the public zone.
+//
+// TODO(wire): this belongs in package wire next to ExposeRequest.
+type TXTRequest struct {
+	Version   int            `json:"version"`
+	NodeKey   key.NodePublic `json:"node_key"`
+	Timestamp time.Time      `json:"timestamp"`
+	// Name is absolute ("_acme-challenge.app.example.test").
+	Name   string   `json:"name"`
+	Values []string `json:"values,omitempty"`
+}
+
+// TXTResponse answers a TXTRequest.
+type TXTResponse struct {
+	// Error is a human-readable reason the request was refused.
+	Error string `json:"error,omitempty"`
+}
+
+// TXTBody is the JSON body of PUT /api/v1/dns/txt/{name}.
+type TXTBody struct {
+	Values []string `json:"values"`
+}
+
+const (
+	maxTXTValues   = 8
+	maxTXTValueLen = 255
+)
+
+func checkTXTValues(values []string) *apiError {
+	if len(values) > maxTXTValues {
+		return errorf(http.StatusBadRequest, CodeBadRequest, "at most %d TXT values", maxTXTValues)
+	}
+	for _, v := range values {
+		if len(v) > maxTXTValueLen {
+			return errorf(http.StatusBadRequest, CodeBadRequest, "TXT value longer than %d bytes", maxTXTValueLen)
+		}
+	}
+	return nil
+}
+
+// SetTXT sets (or, with no values, deletes) the TXT records of name in the
+// public zone. It fails if the Server has no Zone.
+func (s *Server) SetTXT(ctx context.Context, name string, values []string) error {
+	return s.setTXT(ctx, actorAdmin, name, values)
+}
+
+func (s *Server) setTXT(ctx context.Context, actor, name string, values []string) error {
+	z := s.edge.cfg.zone
+	if z == nil {
+		return errorf(http.StatusNotImplemented, CodeNoZone, "no public DNS zone is configured")
+	}
+	if aerr := checkTXTValues(values); aerr != nil {
+		return aerr
+	}
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	var err error
+	if len(values) == 0 {
+		err = z.DeleteTXT(name)
+	} else {
+		err = z.SetTXT(name, values)
+	}
+	if err != nil {
+		return errorf(http.StatusBadRequest, CodeBadRequest, "%s: %v", name, err)
+	}
+	action := "dns.txt.set"
+	if len(values) == 0 {
+		action = "dns.txt.delete"
+	}
+	s.audit(ctx, actor, action, name, "")
+	s.logger.Info("zone TXT record changed", "name", name, "values", len(values))
+	return nil
+}
+
+// txtNameAllowedLocked reports whether an edge may set TXT name: an
+// _acme-challenge name of the edge domain, a name under it, or a
+// verified custom domain. Server.mu held.
+func (s *Server) txtNameAllowedLocked(name string) bool {
+	rest, ok := strings.CutPrefix(name, "_acme-challenge.")
+	if !ok {
+		return false
+	}
+	d := s.edge.cfg.domain
+	if d != "" && (rest == d || strings.HasSuffix(rest, "."+d)) {
+		label := strings.TrimSuffix(strings.TrimSuffix(rest, d), ".")
+		return label == "" || isLabel(label)
+	}
+	for _, dom := range s.edge.domains {
+		if dom.Domain == rest && !dom.VerifiedAt.IsZero() {
+			return true
+		}
+	}
+	return false
+}
+
+func (s *Server) handleTXT(w http.ResponseWriter, r *http.Request) {
+	var req TXTRequest
+	nk, aerr := s.readRequest(w, r, &req, func() (key.NodePublic, time.Time) { return req.NodeKey, req.Timestamp })
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	name := strings.ToLower(strings.TrimSuffix(req.Name, "."))
+	now := s.now()
+	s.mu.Lock()
+	e := s.nodes[nk]
+	var isEdge, expired, allowed bool
+	var nodeName string
+	if e != nil {
+		isEdge, expired, nodeName = e.rec.Node.Edge, e.rec.Node.Expired(now), e.rec.Node.Name
+		allowed = s.txtNameAllowedLocked(name)
+	}
+	s.mu.Unlock()
+	switch {
+	case e == nil:
+		aerr = errorf(http.StatusForbidden, CodeNodeNotRegistered, "node not registered")
+	case expired:
+		aerr = errorf(http.StatusForbidden, CodeNodeExpired, "node key expired")
+	case !isEdge:
+		aerr = errorf(http.StatusForbidden, CodeForbidden, "only edge nodes may set TXT records")
+	case !allowed:
+		aerr = errorf(http.StatusForbidden, CodeForbidden, "edges may set only _acme-challenge names of the edge domain or a verified custom domain, not %q", name)
+	}
+	if aerr == nil {
+		if err := s.setTXT(r.Context(), actorNode(nodeName), name, req.Values); err != nil {
+			aerr = asAPIError(err)
+		}
+	}
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	s.writeSealed(w, nk, &TXTResponse{})
+}
+
+func (s *Server) handlePutTXT(w http.ResponseWriter, r *http.Request) {
+	var body TXTBody
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestSize))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&body); err != nil {
+		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "malformed request body"))
+		return
+	}
+	if len(body.Values) == 0 {
+		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "no values; use DELETE to remove a TXT record"))
+		return
+	}
+	if err := s.SetTXT(r.Context(), r.PathValue("name"), body.Values); err != nil {
+		s.adminError(w, "set TXT", err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) handleDeleteTXT(w http.ResponseWriter, r *http.Request) {
+	if err := s.SetTXT(r.Context(), r.PathValue("name"), nil); err != nil {
+		s.adminError(w, "delete TXT", err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// asAPIError returns err as an *apiError, or a 500.
+func asAPIError(err error) *apiError {
+	var aerr *apiError
+	if errors.As(err, &aerr) {
+		return aerr
+	}
+	return errorf(http.StatusInternalServerError, CodeInternal, "internal error")
+}

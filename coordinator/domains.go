@@ -1,0 +1,229 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+)
+
+// ChallengePrefix is the label under a custom domain whose TXT record
+// proves control: "_beam-challenge.shop.example.com" = the network's token.
+const ChallengePrefix = "_beam-challenge."
+
+// dnsCheckTimeout bounds the DNS lookups of one proof check.
+const dnsCheckTimeout = 5 * time.Second
+
+// DomainStatus is a network's claim on a custom domain.
+type DomainStatus struct {
+	Domain  string `json:"domain"`
+	Network string `json:"network"`
+	// TXTName and Token say what to publish: a TXT record TXTName with
+	// the value Token. A CNAME of Domain to a name of the network under
+	// the edge domain proves control too.
+	TXTName string `json:"txt_name"`
+	Token   string `json:"token"`
+	// Verified reports whether control was proved, and VerifiedAt when.
+	Verified   bool      `json:"verified"`
+	VerifiedAt time.Time `json:"verified_at,omitzero"`
+	// Problem says why the last check failed.
+	Problem string `json:"problem,omitempty"`
+}
+
+// VerifyDomain gives network (empty means DefaultNetwork) a token for
+// domain if it has none, and checks the proof of control in DNS: a TXT
+// record "_beam-challenge.DOMAIN" holding the token, or a CNAME of DOMAIN
+// to a name under the edge domain that the network publishes. Once
+// verified, nodes of the network may expose the domain.
+func (s *Server) VerifyDomain(ctx context.Context, network, domain string) (*DomainStatus, error) {
+	es := s.edge
+	if es.cfg.domain == "" || es.domainStore == nil {
+		return nil, errEdgeDisabled
+	}
+	if network == "" {
+		network = DefaultNetwork
+	}
+	d, aerr := s.customHost(domain)
+	if aerr != nil {
+		return nil, fmt.Errorf("%w: %s", ErrInvalid, aerr.msg)
+	}
+	s.mu.Lock()
+	n := s.netNames[network]
+	s.mu.Unlock()
+	if n == nil {
+		return nil, fmt.Errorf("%w: network %q", ErrNotFound, network)
+	}
+	es.changeMu.Lock()
+	defer es.changeMu.Unlock()
+	dom, err := s.domainClaimLocked(ctx, n.ID, d)
+	if err != nil {
+		return nil, err
+	}
+	st := &DomainStatus{Domain: d, Network: n.Name, TXTName: ChallengePrefix + d, Token: dom.Token}
+	if dom.VerifiedAt.IsZero() {
+		st.Problem = s.checkProof(ctx, n.ID, dom)
+		if st.Problem == "" {
+			v := *dom
+			v.VerifiedAt = s.now()
+			if err := es.domainStore.PutDomain(ctx, &v); err != nil {
+				return nil, fmt.Errorf("coordinator: store domain: %w", err)
+			}
+			s.mu.Lock()
+			es.domains[domainKey{n.ID, d}] = &v
+			s.mu.Unlock()
+			dom = &v
+			s.audit(ctx, actorAdmin, "domain.verify", d, "network "+n.Name)
+			s.logger.Info("custom domain verified", "domain", d, "network", n.Name)
+		}
+	}
+	st.Verified, st.VerifiedAt = !dom.VerifiedAt.IsZero(), dom.VerifiedAt
+	return st, nil
+}
+
+// domainClaimLocked returns network's claim on domain, creating it with
+// a new token. es.changeMu held.
+func (s *Server) domainClaimLocked(ctx context.Context, networkID int64, domain string) (*Domain, error) {
+	es := s.edge
+	k := domainKey{networkID, domain}
+	s.mu.Lock()
+	dom := es.domains[k]
+	s.mu.Unlock()
+	if dom != nil {
+		return dom, nil
+	}
+	var tok [16]byte
+	rand.Read(tok[:])
+	dom = &Domain{NetworkID: networkID, Domain: domain, Token: "beam-verify-" + hex.EncodeToString(tok[:]), CreatedAt: s.now()}
+	if err := es.domainStore.PutDomain(ctx, dom); err != nil {
+		return nil, fmt.Errorf("coordinator: store domain: %w", err)
+	}
+	s.mu.Lock()
+	es.domains[k] = dom
+	s.mu.Unlock()
+	return dom, nil
+}
+
+// checkProof looks for dom's proof in DNS and returns "" if it holds, or
+// what is missing.
+func (s *Server) checkProof(ctx context.Context, networkID int64, dom *Domain) string {
+	c := s.edge.cfg
+	ctx, cancel := context.WithTimeout(ctx, dnsCheckTimeout)
+	defer cancel()
+	txts, txtErr := c.lookupTXT(ctx, ChallengePrefix+dom.Domain)
+	for _, t := range txts {
+		if strings.TrimSpace(t) == dom.Token {
+			return ""
+		}
+	}
+	target, cnameErr := c.lookupCNAME(ctx, dom.Domain)
+	target = strings.ToLower(strings.TrimSuffix(target, "."))
+	if cnameErr == nil && strings.HasSuffix(target, "."+c.domain) {
+		s.mu.Lock()
+		owned := false
+		for _, r := range s.edge.routes {
+			if r.Host == target && r.NetworkID == networkID {
+				owned = true
+				break
+			}
+		}
+		s.mu.Unlock()
+		if owned {
+			return ""
+		}
+		return fmt.Sprintf("%s is a CNAME of %s, which this network does not publish; expose that name first or use the TXT record", dom.Domain, target)
+	}
+	why := "no TXT record found"
+	if txtErr == nil {
+		why = fmt.Sprintf("found %d TXT records, none with the token", len(txts))
+	}
+	return fmt.Sprintf("add a TXT record %s%s with value %q, or a CNAME of %s to a name this network exposes under %s (%s)",
+		ChallengePrefix, dom.Domain, dom.Token, dom.Domain, c.domain, why)
+}
+
+// requireVerified fails unless network proved control of domain; a
+// pending claim is checked again first. es.changeMu held.
+func (s *Server) requireVerified(ctx context.Context, networkID int64, domain string) *apiError {
+	dom, err := s.domainClaimLocked(ctx, networkID, domain)
+	if err != nil {
+		s.logger.Error("domain claim", "domain", domain, "err", err)
+		return errorf(http.StatusInternalServerError, CodeInternal, "store error")
+	}
+	if !dom.VerifiedAt.IsZero() {
+		return nil
+	}
+	problem := s.checkProof(ctx, networkID, dom)
+	if problem != "" {
+		return errorf(http.StatusForbidden, CodeDomainNotVerified, "custom domain %s is not verified: %s; then run beam admin domains verify %s", domain, problem, domain)
+	}
+	v := *dom
+	v.VerifiedAt = s.now()
+	if err := s.edge.domainStore.PutDomain(ctx, &v); err != nil {
+		s.logger.Error("store domain", "domain", domain, "err", err)
+		return errorf(http.StatusInternalServerError, CodeInternal, "store error")
+	}
+	s.mu.Lock()
+	s.edge.domains[domainKey{networkID, domain}] = &v
+	s.mu.Unlock()
+	s.audit(ctx, actorCoordinator, "domain.verify", domain, "checked on expose")
+	return nil
+}
+
+// Domains lists every custom domain claim.
+func (s *Server) Domains(ctx context.Context) []DomainStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]DomainStatus, 0, len(s.edge.domains))
+	for _, d := range s.edge.domains {
+		st := DomainStatus{Domain: d.Domain, TXTName: ChallengePrefix + d.Domain, Token: d.Token,
+			Verified: !d.VerifiedAt.IsZero(), VerifiedAt: d.VerifiedAt}
+		if n := s.networks[d.NetworkID]; n != nil {
+			st.Network = n.Name
+		}
+		out = append(out, st)
+	}
+	slices.SortFunc(out, func(a, b DomainStatus) int {
+		if c := strings.Compare(a.Domain, b.Domain); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Network, b.Network)
+	})
+	return out
+}
+
+// VerifyDomainRequest is the optional JSON body of
+// POST /api/v1/domains/{domain}/verify.
+type VerifyDomainRequest struct {
+	// Network is the claiming network; empty means DefaultNetwork.
+	Network string `json:"network,omitempty"`
+}
+
+func (s *Server) handleVerifyDomain(w http.ResponseWriter, r *http.Request) {
+	var req VerifyDomainRequest
+	if r.ContentLength != 0 {
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestSize))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "malformed request body"))
+			return
+		}
+	}
+	st, err := s.VerifyDomain(r.Context(), req.Network, r.PathValue("domain"))
+	if err == errEdgeDisabled {
+		writeError(w, errorf(http.StatusNotImplemented, CodeEdgeDisabled, "this coordinator has no public edge (no edge domain configured)"))
+		return
+	}
+	if err != nil {
+		s.adminError(w, "verify domain", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) handleListDomains(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.Domains(r.Context()))
+}

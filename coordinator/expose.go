@@ -1,0 +1,476 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// Error codes of the public edge endpoints.
+const (
+	CodeNameInvalid         ErrorCode = "name_invalid"          // 400: bad name, proto, port or option
+	CodeNameReserved        ErrorCode = "name_reserved"         // 400: a reserved name (www, edge, api, _*, the apex)
+	CodeNameTaken           ErrorCode = "name_taken"            // 409: the name belongs to another network
+	CodeDomainNotVerified   ErrorCode = "domain_not_verified"   // 403: custom domain without proof of control
+	CodePortsExhausted      ErrorCode = "ports_exhausted"       // 503: no free edge port for a tcp/udp route
+	CodeEdgeDisabled        ErrorCode = "edge_disabled"         // 501: the coordinator has no edge domain
+	CodeNoZone              ErrorCode = "no_zone"               // 501: the coordinator has no public DNS zone
+	CodeRouteNotFound       ErrorCode = "route_not_found"       // 404: Remove of a route that does not exist
+	CodeEdgeProtoNotAllowed ErrorCode = "edge_proto_not_served" // 501: tcp/udp without an edge port range
+)
+
+// Reserved labels under the edge domain, besides the apex and names
+// starting with "_".
+var reservedLabels = map[string]bool{"www": true, "edge": true, "api": true}
+
+// routeOptionKeys are the option keys an edge understands (see
+// wire.EdgeRoute.Options).
+var routeOptionKeys = map[string]bool{
+	"basic_auth": true, "allow_ip": true, "deny_ip": true, "rate_limit": true,
+	"header_add": true, "header_remove": true, "cors": true, "proxy_protocol": true,
+}
+
+const maxOptionLen = 4096
+
+// isLabel reports whether l is a lower-case DNS label of letters, digits
+// and inner hyphens.
+func isLabel(l string) bool {
+	if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(l); i++ {
+		c := l[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+// isDomainName reports whether d (lower case, no trailing dot) is a
+// domain of at least two labels, each allowed by isLabel.
+func isDomainName(d string) bool {
+	if len(d) > 253 {
+		return false
+	}
+	labels := strings.Split(d, ".")
+	if len(labels) < 2 {
+		return false
+	}
+	for _, l := range labels {
+		if !isLabel(l) {
+			return false
+		}
+	}
+	return true
+}
+
+// publicHost returns the public host for the label name (or a full name
+// under the edge domain), lower case: "app" -> "app.example.test".
+func (s *Server) publicHost(name string) (string, *apiError) {
+	d := s.edge.cfg.domain
+	n := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(name), "."))
+	if n == d || n == "" {
+		return "", errorf(http.StatusBadRequest, CodeNameReserved, "the apex %s is reserved", d)
+	}
+	if label, ok := strings.CutSuffix(n, "."+d); ok {
+		n = label
+	}
+	switch {
+	case strings.Contains(n, "*"):
+		return "", errorf(http.StatusBadRequest, CodeNameInvalid, "wildcard names are not allowed: %q", name)
+	case strings.HasPrefix(n, "_") || reservedLabels[n]:
+		return "", errorf(http.StatusBadRequest, CodeNameReserved, "name %q is reserved", n)
+	case strings.Contains(n, "."):
+		return "", errorf(http.StatusBadRequest, CodeNameInvalid, "name %q must be one DNS label (or a custom domain)", name)
+	case !isLabel(n):
+		return "", errorf(http.StatusBadRequest, CodeNameInvalid, "name %q is not a DNS label (a-z, 0-9 and inner '-', at most 63)", name)
+	}
+	return n + "." + d, nil
+}
+
+// customHost checks a custom domain's form.
+func (s *Server) customHost(domain string) (string, *apiError) {
+	d := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(domain), "."))
+	edge := s.edge.cfg.domain
+	switch {
+	case strings.Contains(d, "*"):
+		return "", errorf(http.StatusBadRequest, CodeNameInvalid, "wildcard domains are not allowed: %q", domain)
+	case strings.HasPrefix(d, "_") || strings.Contains(d, "._"):
+		return "", errorf(http.StatusBadRequest, CodeNameReserved, "domain %q is reserved", d)
+	case !isDomainName(d):
+		return "", errorf(http.StatusBadRequest, CodeNameInvalid, "custom domain %q is not a domain name", domain)
+	case d == edge || strings.HasSuffix(d, "."+edge):
+		return "", errorf(http.StatusBadRequest, CodeNameInvalid, "%s is under the edge domain; pass its first label as the name instead", d)
+	case d == s.baseDomain || strings.HasSuffix(d, "."+s.baseDomain):
+		return "", errorf(http.StatusBadRequest, CodeNameInvalid, "%s is under the overlay domain", d)
+	}
+	return d, nil
+}
+
+// checkExpose validates the fields of an ExposeRequest that need no state.
+func checkExpose(req *wire.ExposeRequest) *apiError {
+	if req.Remove {
+		switch req.Proto {
+		case "", "http", "tls", "tcp", "udp":
+			return nil
+		}
+		return errorf(http.StatusBadRequest, CodeNameInvalid, "proto %q: want http, tls, tcp or udp", req.Proto)
+	}
+	switch req.Proto {
+	case "http", "tls", "tcp", "udp":
+	default:
+		return errorf(http.StatusBadRequest, CodeNameInvalid, "proto %q: want http, tls, tcp or udp", req.Proto)
+	}
+	if req.Port == 0 {
+		return errorf(http.StatusBadRequest, CodeNameInvalid, "port must be 1-65535")
+	}
+	if len(req.Options) > len(routeOptionKeys) {
+		return errorf(http.StatusBadRequest, CodeNameInvalid, "too many options")
+	}
+	for k, v := range req.Options {
+		if !routeOptionKeys[k] {
+			return errorf(http.StatusBadRequest, CodeNameInvalid, "unknown route option %q", k)
+		}
+		if len(v) > maxOptionLen {
+			return errorf(http.StatusBadRequest, CodeNameInvalid, "route option %q longer than %d bytes", k, maxOptionLen)
+		}
+	}
+	return nil
+}
+
+// routeURL is what users open for r.
+func (s *Server) routeURL(r *memRoute) string {
+	c := s.edge.cfg
+	switch r.Proto {
+	case "http":
+		if c.httpURL != "" {
+			return strings.ReplaceAll(c.httpURL, "{host}", r.Host)
+		}
+		return "https://" + r.Host
+	case "tls":
+		return "https://" + r.Host
+	}
+	h := c.host
+	if a, err := netip.ParseAddr(h); err == nil && a.Is6() {
+		h = "[" + h + "]"
+	}
+	return r.Proto + "://" + h + ":" + strconv.Itoa(int(r.PublicPort))
+}
+
+func (s *Server) handleExpose(w http.ResponseWriter, r *http.Request) {
+	var req wire.ExposeRequest
+	nk, aerr := s.readRequest(w, r, &req, func() (key.NodePublic, time.Time) { return req.NodeKey, req.Timestamp })
+	if aerr != nil {
+		writeError(w, aerr)
+		return
+	}
+	resp, aerr := s.expose(context.WithoutCancel(r.Context()), nk, &req)
+	if aerr != nil {
+		if aerr.status >= 500 && aerr.code == CodeInternal {
+			s.logger.Warn("expose failed", "node", nk.ShortString(), "err", aerr)
+		}
+		writeError(w, aerr)
+		return
+	}
+	s.writeSealed(w, nk, resp)
+}
+
+// expose publishes or withdraws a route of node nk.
+func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.ExposeRequest) (*wire.ExposeResponse, *apiError) {
+	es := s.edge
+	if es.cfg.domain == "" {
+		return nil, errorf(http.StatusNotImplemented, CodeEdgeDisabled, "this coordinator has no public edge (no edge domain configured)")
+	}
+	if aerr := checkExpose(req); aerr != nil {
+		return nil, aerr
+	}
+	es.changeMu.Lock()
+	defer es.changeMu.Unlock()
+
+	now := s.now()
+	s.mu.Lock()
+	e := s.nodes[nk]
+	var self NodeRecord
+	if e != nil {
+		self = e.rec
+	}
+	s.mu.Unlock()
+	switch {
+	case e == nil:
+		return nil, errorf(http.StatusForbidden, CodeNodeNotRegistered, "node not registered")
+	case self.Node.Expired(now):
+		return nil, errorf(http.StatusForbidden, CodeNodeExpired, "node key expired")
+	case self.Node.Edge:
+		return nil, errorf(http.StatusForbidden, CodeForbidden, "edge nodes cannot expose ports")
+	}
+
+	var host string
+	var aerr *apiError
+	custom := req.CustomDomain != ""
+	if custom {
+		host, aerr = s.customHost(req.CustomDomain)
+	} else {
+		name := req.Name
+		if name == "" {
+			name = self.Node.Name
+		}
+		host, aerr = s.publicHost(name)
+	}
+	if aerr != nil {
+		return nil, aerr
+	}
+	if req.Remove {
+		return s.unexposeLocked(ctx, e, host, req.Proto)
+	}
+
+	s.mu.Lock()
+	var owner int64 = -1
+	var same, pool *memRoute
+	used := map[uint16]bool{}
+	for _, r := range es.routes {
+		if r.Host == host {
+			owner = r.NetworkID
+			if r.Proto == req.Proto {
+				pool = r
+				if r.node == nk {
+					same = r
+				}
+			}
+		}
+		if r.Proto == req.Proto && r.PublicPort != 0 {
+			used[r.PublicPort] = true
+		}
+	}
+	s.mu.Unlock()
+	if owner >= 0 && owner != self.NetworkID {
+		return nil, errorf(http.StatusConflict, CodeNameTaken, "name %s is taken by another network", host)
+	}
+	if custom {
+		if aerr := s.requireVerified(ctx, self.NetworkID, host); aerr != nil {
+			return nil, aerr
+		}
+	}
+
+	rt := &memRoute{Route: Route{
+		NetworkID:    self.NetworkID,
+		NodeID:       self.Node.ID,
+		Host:         host,
+		Proto:        req.Proto,
+		Port:         req.Port,
+		CustomDomain: custom,
+		Options:      maps.Clone(req.Options),
+		CreatedAt:    now,
+	}, node: nk}
+	if len(rt.Options) == 0 {
+		rt.Options = nil
+	}
+	if same != nil {
+		rt.ID, rt.CreatedAt = same.ID, same.CreatedAt
+	}
+	if req.Proto == "tcp" || req.Proto == "udp" {
+		rng := es.cfg.tcpPorts
+		if req.Proto == "udp" {
+			rng = es.cfg.udpPorts
+		}
+		switch {
+		case rng.IsZero():
+			return nil, errorf(http.StatusNotImplemented, CodeEdgeProtoNotAllowed, "this edge serves no %s routes (no %s port range configured)", req.Proto, req.Proto)
+		case pool != nil:
+			rt.PublicPort = pool.PublicPort // pool members and re-exposes share the port
+		default:
+			for p := int(rng.First); p <= int(rng.Last); p++ {
+				if !used[uint16(p)] {
+					rt.PublicPort = uint16(p)
+					break
+				}
+			}
+			if rt.PublicPort == 0 {
+				return nil, errorf(http.StatusServiceUnavailable, CodePortsExhausted, "all %d edge %s ports (%s) are in use", int(rng.Last)-int(rng.First)+1, req.Proto, rng)
+			}
+		}
+	}
+	if err := es.routeStore.PutRoute(ctx, &rt.Route); err != nil {
+		s.logger.Error("store route", "host", host, "err", err)
+		return nil, errorf(http.StatusInternalServerError, CodeInternal, "store error")
+	}
+	s.mu.Lock()
+	if cur := s.nodes[nk]; cur != e || cur.rec.Node.Expired(now) {
+		// The node went away while we wrote; its routes go too.
+		s.mu.Unlock()
+		es.routeStore.DeleteRoutes(ctx, []int64{rt.ID})
+		return nil, errorf(http.StatusForbidden, CodeNodeNotRegistered, "node not registered")
+	}
+	es.addLocked(rt)
+	s.routesChangedLocked(nk)
+	s.notifyEdgesLocked(self.NetworkID, nk)
+	wr, _ := s.wireRouteLocked(rt)
+	s.mu.Unlock()
+	s.audit(ctx, actorNode(self.Node.Name), "route.claim", host, fmt.Sprintf("%s port %d public port %d", req.Proto, req.Port, rt.PublicPort))
+	s.logger.Info("edge route published", "node", nk.ShortString(), "name", self.Node.Name, "host", host, "proto", req.Proto, "port", req.Port, "public_port", rt.PublicPort)
+	return &wire.ExposeResponse{Route: &wr, URL: s.routeURL(rt)}, nil
+}
+
+// unexposeLocked withdraws node e's routes for host (and proto, if not
+// empty). es.changeMu held.
+func (s *Server) unexposeLocked(ctx context.Context, e *nodeEntry, host, proto string) (*wire.ExposeResponse, *apiError) {
+	es := s.edge
+	s.mu.Lock()
+	var gone []*memRoute
+	for _, r := range es.byNode[e.rec.Node.Key] {
+		if r.Host == host && (proto == "" || r.Proto == proto) {
+			gone = append(gone, r)
+		}
+	}
+	s.mu.Unlock()
+	if len(gone) == 0 {
+		what := host
+		if proto != "" {
+			what += " (" + proto + ")"
+		}
+		return nil, errorf(http.StatusNotFound, CodeRouteNotFound, "this node does not serve %s", what)
+	}
+	if aerr := s.deleteRoutesLocked(ctx, gone); aerr != nil {
+		return nil, aerr
+	}
+	s.audit(ctx, actorNode(e.rec.Node.Name), "route.release", host, proto)
+	s.logger.Info("edge route withdrawn", "node", e.rec.Node.Key.ShortString(), "host", host, "proto", proto)
+	return &wire.ExposeResponse{}, nil
+}
+
+// deleteRoutesLocked deletes rs from the store and memory. es.changeMu held.
+func (s *Server) deleteRoutesLocked(ctx context.Context, rs []*memRoute) *apiError {
+	es := s.edge
+	ids := make([]int64, len(rs))
+	for i, r := range rs {
+		ids[i] = r.ID
+	}
+	if err := es.routeStore.DeleteRoutes(ctx, ids); err != nil {
+		s.logger.Error("delete routes", "err", err)
+		return errorf(http.StatusInternalServerError, CodeInternal, "store error")
+	}
+	s.mu.Lock()
+	var nodes []key.NodePublic
+	for _, r := range rs {
+		if es.routes[r.ID] == r {
+			es.removeLocked(r)
+			nodes = append(nodes, r.node)
+		}
+	}
+	s.routesChangedLocked(nodes...)
+	for _, k := range nodes {
+		if e := s.nodes[k]; e != nil {
+			s.notifyEdgesLocked(e.rec.NetworkID, k)
+		}
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+// RouteInfo describes a published route for the admin API.
+type RouteInfo struct {
+	wire.EdgeRoute
+	// Network and NodeName name the serving node.
+	Network  string `json:"network"`
+	NodeName string `json:"node_name"`
+	// Port is the node's port.
+	Port      uint16    `json:"port"`
+	URL       string    `json:"url"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// Routes lists every published route, sorted by host, proto and node.
+func (s *Server) Routes(ctx context.Context) []RouteInfo {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]RouteInfo, 0, len(s.edge.routes))
+	for _, r := range s.edge.routes {
+		wr, ok := s.wireRouteLocked(r)
+		if !ok {
+			continue
+		}
+		ri := RouteInfo{EdgeRoute: wr, Port: r.Port, URL: s.routeURL(r), CreatedAt: r.CreatedAt}
+		if n := s.networks[r.NetworkID]; n != nil {
+			ri.Network = n.Name
+		}
+		if e := s.nodes[r.node]; e != nil {
+			ri.NodeName = e.rec.Node.Name
+		}
+		out = append(out, ri)
+	}
+	slices.SortFunc(out, func(a, b RouteInfo) int {
+		if c := strings.Compare(a.Host, b.Host); c != 0 {
+			return c
+		}
+		if c := strings.Compare(a.Proto, b.Proto); c != 0 {
+			return c
+		}
+		return strings.Compare(a.NodeName, b.NodeName)
+	})
+	return out
+}
+
+// RemoveRoutes withdraws every route of host (any node, any proto). It
+// returns an error wrapping ErrNotFound if there is none.
+func (s *Server) RemoveRoutes(ctx context.Context, host string) error {
+	host = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(host), "."))
+	es := s.edge
+	es.changeMu.Lock()
+	defer es.changeMu.Unlock()
+	s.mu.Lock()
+	var gone []*memRoute
+	for _, r := range es.routes {
+		if r.Host == host {
+			gone = append(gone, r)
+		}
+	}
+	s.mu.Unlock()
+	if len(gone) == 0 {
+		return fmt.Errorf("%w: no route for %s", ErrNotFound, host)
+	}
+	if aerr := s.deleteRoutesLocked(ctx, gone); aerr != nil {
+		return aerr
+	}
+	s.audit(ctx, actorAdmin, "route.release", host, fmt.Sprintf("%d routes", len(gone)))
+	s.logger.Info("edge routes removed by an admin", "host", host, "routes", len(gone))
+	return nil
+}
+
+func (s *Server) handleListRoutes(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.Routes(r.Context()))
+}
+
+func (s *Server) handleRemoveRoutes(w http.ResponseWriter, r *http.Request) {
+	if err := s.RemoveRoutes(r.Context(), r.PathValue("host")); err != nil {
+		s.adminError(w, "remove routes", err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// edgeRoutes registers the public edge endpoints on the control mux and
+// the admin mux.
+func (s *Server) edgeRoutes(mux, admin *http.ServeMux) {
+	mux.HandleFunc("POST /machine/expose", s.handleExpose)
+	mux.HandleFunc("POST /machine/txt", s.handleTXT)
+	admin.HandleFunc("GET /api/v1/routes", s.handleListRoutes)
+	admin.HandleFunc("DELETE /api/v1/routes/{host}", s.handleRemoveRoutes)
+	admin.HandleFunc("POST /api/v1/domains/{domain}/verify", s.handleVerifyDomain)
+	admin.HandleFunc("GET /api/v1/domains", s.handleListDomains)
+	admin.HandleFunc("PUT /api/v1/dns/txt/{name}", s.handlePutTXT)
+	admin.HandleFunc("DELETE /api/v1/dns/txt/{name}", s.handleDeleteTXT)
+	admin.HandleFunc("GET /api/v1/dns/config", s.handleGetDNSConfig)
+	admin.HandleFunc("PUT /api/v1/dns/config", s.handlePutDNSConfig)
+}
+
+var errEdgeDisabled = errors.New("coordinator: no public edge configured")

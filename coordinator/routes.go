@@ -1,0 +1,560 @@
+package coordinator
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// Route is a published edge route as the store keeps it.
+type Route struct {
+	ID        int64
+	NetworkID int64
+	// NodeID is the node that serves the route.
+	NodeID wire.NodeID
+	// Host is the public name, lower case without trailing dot.
+	Host string
+	// Proto is "http", "tls", "tcp" or "udp".
+	Proto string
+	// PublicPort is the edge port of tcp and udp routes, 0 otherwise.
+	PublicPort uint16
+	// Port is the node's port the edge connects to.
+	Port uint16
+	// CustomDomain is set when Host is a verified custom domain.
+	CustomDomain bool
+	// Options is the route's policy (see wire.EdgeRoute.Options).
+	Options   map[string]string
+	CreatedAt time.Time
+}
+
+// RouteStore keeps edge routes. Deleting a node deletes its routes. A
+// Store that implements it (and DomainStore) enables the public edge.
+type RouteStore interface {
+	// PutRoute inserts r, or replaces the route with the same node, host
+	// and proto, and sets r.ID. A node that no longer exists fails.
+	PutRoute(ctx context.Context, r *Route) error
+	// DeleteRoutes deletes the routes with the given IDs; missing ones
+	// are ignored.
+	DeleteRoutes(ctx context.Context, ids []int64) error
+	// Routes lists all routes.
+	Routes(ctx context.Context) ([]*Route, error)
+}
+
+// Domain is a network's claim on a custom domain.
+type Domain struct {
+	NetworkID int64
+	// Domain is lower case, without trailing dot.
+	Domain string
+	// Token is what the network publishes in DNS to prove control.
+	Token string
+	// VerifiedAt is when control was proved; zero means not yet.
+	VerifiedAt time.Time
+	CreatedAt  time.Time
+}
+
+// DomainStore keeps custom domain claims.
+type DomainStore interface {
+	// PutDomain inserts d or replaces the claim of d.NetworkID on d.Domain.
+	PutDomain(ctx context.Context, d *Domain) error
+	// Domains lists all claims.
+	Domains(ctx context.Context) ([]*Domain, error)
+}
+
+// Zone is the public DNS zone of the edge domain, where TXT records for
+// ACME DNS-01 challenges go. beam.dev/beam/dnsserver.Zone implements it.
+type Zone interface {
+	// SetTXT sets the TXT records of the absolute name to values.
+	SetTXT(name string, values []string) error
+	// DeleteTXT removes the TXT records of name.
+	DeleteTXT(name string) error
+}
+
+// PortRange is an inclusive range of edge ports; the zero value is empty.
+type PortRange struct {
+	First, Last uint16
+}
+
+// ParsePortRange parses "20000-20999" (or a single port "20000").
+func ParsePortRange(s string) (PortRange, error) {
+	lo, hi, ok := strings.Cut(strings.TrimSpace(s), "-")
+	if !ok {
+		hi = lo
+	}
+	a, err1 := strconv.ParseUint(strings.TrimSpace(lo), 10, 16)
+	b, err2 := strconv.ParseUint(strings.TrimSpace(hi), 10, 16)
+	if err1 != nil || err2 != nil || a == 0 || b < a {
+		return PortRange{}, fmt.Errorf("%w: port range %q: want FIRST-LAST within 1-65535", ErrInvalid, s)
+	}
+	return PortRange{uint16(a), uint16(b)}, nil
+}
+
+// String returns "FIRST-LAST", or "" for the empty range.
+func (r PortRange) String() string {
+	if r.IsZero() {
+		return ""
+	}
+	return fmt.Sprintf("%d-%d", r.First, r.Last)
+}
+
+// IsZero reports whether r is the empty range.
+func (r PortRange) IsZero() bool { return r.First == 0 && r.Last == 0 }
+
+// edgeConfig is the edge part of Options, normalized.
+type edgeConfig struct {
+	domain, host, httpURL string
+	tcpPorts, udpPorts    PortRange
+	zone                  Zone
+	lookupTXT             func(ctx context.Context, name string) ([]string, error)
+	lookupCNAME           func(ctx context.Context, name string) (string, error)
+}
+
+// memRoute is a route in memory with its node's key.
+type memRoute struct {
+	Route
+	node key.NodePublic
+}
+
+// edgeState is the Server's public-edge state.
+//
+// Lock order: changeMu, then Server.persistMu, then Server.mu.
+type edgeState struct {
+	cfg edgeConfig
+	// routeStore and domainStore are nil when the Store keeps no routes;
+	// then the edge is disabled.
+	routeStore  RouteStore
+	domainStore DomainStore
+
+	// changeMu serializes route and domain changes: ownership checks,
+	// port allocation and their store writes.
+	changeMu sync.Mutex
+
+	dns atomic.Pointer[DNSSettings] // never nil after New
+
+	// The following fields are guarded by Server.mu.
+	routes  map[int64]*memRoute
+	byNode  map[key.NodePublic][]*memRoute
+	domains map[domainKey]*Domain
+	// gen counts route changes and dnsGen DNS settings changes; streams
+	// compare them to what they sent.
+	gen    uint64
+	dnsGen uint64
+}
+
+type domainKey struct {
+	network int64
+	domain  string
+}
+
+// newEdgeState checks the edge options and finds the route stores.
+func newEdgeState(opts Options) (*edgeState, error) {
+	c := edgeConfig{
+		domain:      strings.ToLower(strings.Trim(opts.EdgeDomain, ".")),
+		host:        strings.TrimSuffix(opts.EdgeHost, "."),
+		httpURL:     opts.EdgeHTTPURL,
+		tcpPorts:    opts.EdgeTCPPorts,
+		udpPorts:    opts.EdgeUDPPorts,
+		zone:        opts.Zone,
+		lookupTXT:   opts.LookupTXT,
+		lookupCNAME: opts.LookupCNAME,
+	}
+	if c.domain != "" && !isDomainName(c.domain) {
+		return nil, fmt.Errorf("coordinator: edge domain %q is not a domain name", opts.EdgeDomain)
+	}
+	if c.host == "" {
+		c.host = c.domain
+	}
+	for _, r := range []PortRange{c.tcpPorts, c.udpPorts} {
+		if !r.IsZero() && (r.First == 0 || r.Last < r.First) {
+			return nil, fmt.Errorf("coordinator: bad edge port range %d-%d", r.First, r.Last)
+		}
+	}
+	if c.httpURL != "" && !strings.Contains(c.httpURL, "{host}") {
+		return nil, fmt.Errorf("coordinator: edge HTTP URL template %q lacks {host}", c.httpURL)
+	}
+	if c.lookupTXT == nil {
+		c.lookupTXT = net.DefaultResolver.LookupTXT
+	}
+	if c.lookupCNAME == nil {
+		c.lookupCNAME = net.DefaultResolver.LookupCNAME
+	}
+	es := &edgeState{
+		cfg:     c,
+		routes:  make(map[int64]*memRoute),
+		byNode:  make(map[key.NodePublic][]*memRoute),
+		domains: make(map[domainKey]*Domain),
+	}
+	es.routeStore, _ = opts.Store.(RouteStore)
+	es.domainStore, _ = opts.Store.(DomainStore)
+	if es.routeStore == nil || es.domainStore == nil {
+		es.routeStore, es.domainStore = nil, nil
+		if c.domain != "" {
+			return nil, errors.New("coordinator: the Store keeps no edge routes (RouteStore, DomainStore); cannot enable the edge")
+		}
+	}
+	dns := &DNSSettings{}
+	if opts.DNS != nil {
+		dns = opts.DNS.clone()
+	}
+	es.dns.Store(dns)
+	return es, nil
+}
+
+// loadEdge reads routes, domains and DNS settings from the store. Routes
+// of nodes that are gone or expired are deleted.
+func (s *Server) loadEdge(ctx context.Context, dnsFromOptions bool) error {
+	es := s.edge
+	if dnsFromOptions {
+		if err := s.storeDNSSettings(ctx, es.dns.Load()); err != nil {
+			return err
+		}
+	} else if b, err := s.store.Setting(ctx, dnsSetting); err == nil {
+		d, err := ParseDNSSettings(b)
+		if err != nil {
+			return fmt.Errorf("coordinator: stored DNS settings: %w", err)
+		}
+		es.dns.Store(d)
+	} else if !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("coordinator: load DNS settings: %w", err)
+	}
+	if es.routeStore == nil {
+		return nil
+	}
+	routes, err := es.routeStore.Routes(ctx)
+	if err != nil {
+		return fmt.Errorf("coordinator: load routes: %w", err)
+	}
+	domains, err := es.domainStore.Domains(ctx)
+	if err != nil {
+		return fmt.Errorf("coordinator: load domains: %w", err)
+	}
+	now := s.now()
+	byID := make(map[wire.NodeID]*nodeEntry, len(s.nodes))
+	for _, e := range s.nodes {
+		byID[e.rec.Node.ID] = e
+	}
+	var stale []int64
+	for _, r := range routes {
+		e := byID[r.NodeID]
+		if e == nil || e.rec.Node.Expired(now) {
+			stale = append(stale, r.ID)
+			continue
+		}
+		es.addLocked(&memRoute{Route: *r, node: e.rec.Node.Key})
+	}
+	if len(stale) > 0 {
+		if err := es.routeStore.DeleteRoutes(ctx, stale); err != nil {
+			return fmt.Errorf("coordinator: delete stale routes: %w", err)
+		}
+	}
+	for _, d := range domains {
+		es.domains[domainKey{d.NetworkID, d.Domain}] = d
+	}
+	return nil
+}
+
+// addLocked indexes r, replacing a route with the same ID. Server.mu held.
+func (es *edgeState) addLocked(r *memRoute) {
+	if old := es.routes[r.ID]; old != nil {
+		es.removeLocked(old)
+	}
+	es.routes[r.ID] = r
+	es.byNode[r.node] = append(es.byNode[r.node], r)
+	es.gen++
+}
+
+// removeLocked drops r from the index. Server.mu held.
+func (es *edgeState) removeLocked(r *memRoute) {
+	delete(es.routes, r.ID)
+	rs := slices.DeleteFunc(es.byNode[r.node], func(x *memRoute) bool { return x.ID == r.ID })
+	if len(rs) == 0 {
+		delete(es.byNode, r.node)
+	} else {
+		es.byNode[r.node] = rs
+	}
+	es.gen++
+}
+
+// dropRoutesLocked removes every route of node e from memory and tells
+// edges. With persist it also deletes them from the store, in the
+// background (a removed node's routes go with its row). Server.mu held.
+func (s *Server) dropRoutesLocked(e *nodeEntry, persist bool) {
+	es := s.edge
+	rs := slices.Clone(es.byNode[e.rec.Node.Key])
+	if len(rs) == 0 {
+		return
+	}
+	ids := make([]int64, len(rs))
+	for i, r := range rs {
+		ids[i] = r.ID
+		es.removeLocked(r)
+	}
+	s.routesChangedLocked(e.rec.Node.Key)
+	s.audit(context.Background(), actorCoordinator, "route.release", e.rec.Node.Name, fmt.Sprintf("%d routes with their node", len(ids)))
+	s.logger.Info("edge routes withdrawn with their node", "node", e.rec.Node.Key.ShortString(), "name", e.rec.Node.Name, "routes", len(ids))
+	if !persist || s.closed {
+		return
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), 30*time.Second)
+		defer cancel()
+		if err := es.routeStore.DeleteRoutes(ctx, ids); err != nil {
+			s.logger.Warn("delete routes of expired node", "node", e.rec.Node.Key.ShortString(), "err", err)
+		}
+	}()
+}
+
+// routesChangedLocked wakes the streams that must see a route change:
+// every edge (all routes, peers) and the nodes in changed (their routes,
+// peers and filter). Server.mu held.
+func (s *Server) routesChangedLocked(changed ...key.NodePublic) {
+	for k, ss := range s.sessions {
+		e := s.nodes[k]
+		if (e != nil && e.rec.Node.Edge) || slices.Contains(changed, k) {
+			ss.mark(k, true)
+		}
+	}
+}
+
+// needsFullLocked reports whether a change of node k must make the stream
+// of self recompute everything: edges and nodes that serve routes see
+// peers of other networks, and an edge in self's network must stay
+// hidden from it. Server.mu held.
+func (s *Server) needsFullLocked(self, k key.NodePublic) bool {
+	if e := s.nodes[self]; e != nil && e.rec.Node.Edge {
+		return true
+	}
+	if len(s.edge.byNode[self]) > 0 {
+		return true
+	}
+	e := s.nodes[k]
+	return e != nil && e.rec.Node.Edge
+}
+
+// notifyEdgesLocked tells the streams outside networkID that see node k
+// across networks: edges when k serves routes, serving nodes when k is an
+// edge (and both when k is gone). Server.mu held.
+func (s *Server) notifyEdgesLocked(networkID int64, k key.NodePublic) {
+	e := s.nodes[k]
+	isEdge := e == nil || e.rec.Node.Edge
+	serves := e == nil || len(s.edge.byNode[k]) > 0
+	if !isEdge && !serves {
+		return
+	}
+	for sk, ss := range s.sessions {
+		if ss.networkID == networkID || sk == k {
+			continue // notifyLocked marked it
+		}
+		se := s.nodes[sk]
+		if se == nil {
+			continue
+		}
+		if (serves && se.rec.Node.Edge) || (isEdge && len(s.edge.byNode[sk]) > 0) {
+			ss.mark(k, true)
+		}
+	}
+}
+
+// addEdgePeers adjusts what self sees for the public edge, after policy:
+//   - an edge sees exactly the nodes that serve routes, and accepts
+//     nothing unsolicited (an empty, set filter);
+//   - other nodes never see edges, except that a node serving routes sees
+//     every edge and lets the edges' addresses reach its exposed ports
+//     (TCP for http, tls and tcp routes, UDP for udp routes) and nothing
+//     else: filter rules whose sources cover an edge address are narrowed
+//     to the addresses of self's other peers.
+//
+// It does not modify filter or visible. Server.mu held.
+func (s *Server) addEdgePeers(self *wire.Node, filter []wire.FilterRule, visible []*wire.Node, now time.Time) ([]wire.FilterRule, []*wire.Node) {
+	es := s.edge
+	if self.Edge {
+		var out []*wire.Node
+		for k, rs := range es.byNode {
+			if e := s.nodes[k]; len(rs) > 0 && e != nil && !e.rec.Node.Expired(now) {
+				out = append(out, s.viewLocked(e))
+			}
+		}
+		return []wire.FilterRule{}, out
+	}
+	visible = slices.DeleteFunc(slices.Clone(visible), func(n *wire.Node) bool { return n != nil && n.Edge })
+	routes := es.byNode[self.Key]
+	if len(routes) == 0 {
+		return filter, visible
+	}
+	var edges []*wire.Node
+	var edgeSrc []netip.Prefix
+	for _, e := range s.nodes {
+		if e.rec.Node.Edge && !e.rec.Node.Expired(now) {
+			v := s.viewLocked(e)
+			edges = append(edges, v)
+			edgeSrc = append(edgeSrc, v.Addresses...)
+		}
+	}
+	if len(edges) == 0 {
+		return filter, visible
+	}
+	slices.SortFunc(edgeSrc, netip.Prefix.Compare)
+
+	// Narrow rules that would let edges in.
+	var peerAddrs []netip.Prefix
+	for _, n := range visible {
+		if n != nil && n.Key != self.Key {
+			peerAddrs = append(peerAddrs, n.Addresses...)
+		}
+	}
+	slices.SortFunc(peerAddrs, netip.Prefix.Compare)
+	out := make([]wire.FilterRule, 0, len(filter)+2)
+	for _, r := range filter {
+		if !overlapsAny(r.SrcIPs, edgeSrc) {
+			out = append(out, r)
+			continue
+		}
+		var src []netip.Prefix
+		for _, p := range r.SrcIPs {
+			if !overlapsAny([]netip.Prefix{p}, edgeSrc) {
+				src = append(src, p)
+				continue
+			}
+			for _, a := range peerAddrs {
+				if p.Overlaps(a) && !slices.Contains(src, a) {
+					src = append(src, a)
+				}
+			}
+		}
+		if len(src) > 0 {
+			r.SrcIPs = src
+			out = append(out, r)
+		}
+	}
+
+	// Let edges reach the exposed ports.
+	var tcpPorts, udpPorts []uint16
+	for _, r := range routes {
+		if r.Proto == "udp" {
+			udpPorts = append(udpPorts, r.Port)
+		} else {
+			tcpPorts = append(tcpPorts, r.Port)
+		}
+	}
+	for _, g := range []struct {
+		proto int
+		ports []uint16
+	}{{6, tcpPorts}, {17, udpPorts}} {
+		if len(g.ports) == 0 {
+			continue
+		}
+		slices.Sort(g.ports)
+		g.ports = slices.Compact(g.ports)
+		var dst []wire.NetPortRange
+		for _, a := range self.Addresses {
+			for _, p := range g.ports {
+				dst = append(dst, wire.NetPortRange{IP: a, First: p, Last: p})
+			}
+		}
+		out = append(out, wire.FilterRule{SrcIPs: slices.Clone(edgeSrc), DstPorts: dst, Protos: []int{g.proto}})
+	}
+	return out, append(visible, edges...)
+}
+
+func overlapsAny(ps, qs []netip.Prefix) bool {
+	for _, p := range ps {
+		for _, q := range qs {
+			if p.Overlaps(q) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// streamExtras is what a map stream last sent of the edge routes and DNS
+// settings. Only the stream's handler goroutine uses it.
+type streamExtras struct {
+	init   bool
+	dnsGen uint64
+	gen    uint64
+	routes []wire.EdgeRoute
+}
+
+// fillExtras adds to resp the node's edge routes (every route for an
+// edge, its own for other nodes) and DNS config if they changed since
+// st was last updated, and updates st.
+func (s *Server) fillExtras(ss *session, st *streamExtras, resp *wire.MapResponse) {
+	s.mu.Lock()
+	es := s.edge
+	dnsGen, gen := es.dnsGen, es.gen
+	var routes []wire.EdgeRoute
+	if !st.init || gen != st.gen {
+		if e := s.nodes[ss.key]; e != nil && e.rec.Node.Edge {
+			routes = s.edgeRoutesLocked(slices.Collect(maps.Values(es.routes)))
+		} else {
+			routes = s.edgeRoutesLocked(es.byNode[ss.key])
+		}
+	}
+	s.mu.Unlock()
+	if !st.init || dnsGen != st.dnsGen {
+		resp.DNS = s.dnsConfig(ss.networkID)
+	}
+	if (!st.init || gen != st.gen) && !slices.EqualFunc(routes, st.routes, edgeRouteEqual) {
+		resp.EdgeRoutes = routes
+		st.routes = routes
+	}
+	st.init, st.dnsGen, st.gen = true, dnsGen, gen
+}
+
+func edgeRouteEqual(a, b wire.EdgeRoute) bool {
+	return a.Host == b.Host && a.Proto == b.Proto && a.PublicPort == b.PublicPort && a.Node == b.Node &&
+		a.Target == b.Target && a.CustomDomain == b.CustomDomain && maps.Equal(a.Options, b.Options)
+}
+
+// edgeRoutesLocked returns rs as wire routes, sorted. Server.mu held.
+func (s *Server) edgeRoutesLocked(rs []*memRoute) []wire.EdgeRoute {
+	out := make([]wire.EdgeRoute, 0, len(rs))
+	for _, r := range rs {
+		if wr, ok := s.wireRouteLocked(r); ok {
+			out = append(out, wr)
+		}
+	}
+	slices.SortFunc(out, func(a, b wire.EdgeRoute) int {
+		return cmp.Or(strings.Compare(a.Host, b.Host), strings.Compare(a.Proto, b.Proto), a.Target.Compare(b.Target))
+	})
+	return out
+}
+
+// wireRouteLocked returns r as the edge sees it; false if its node is gone. Server.mu held.
+func (s *Server) wireRouteLocked(r *memRoute) (wire.EdgeRoute, bool) {
+	e := s.nodes[r.node]
+	if e == nil {
+		return wire.EdgeRoute{}, false
+	}
+	var v4 netip.Addr
+	for _, p := range e.rec.Node.Addresses {
+		if p.Addr().Is4() {
+			v4 = p.Addr()
+			break
+		}
+	}
+	return wire.EdgeRoute{
+		Host:         r.Host,
+		Proto:        r.Proto,
+		PublicPort:   r.PublicPort,
+		Node:         r.node,
+		Target:       netip.AddrPortFrom(v4, r.Port),
+		CustomDomain: r.CustomDomain,
+		Options:      maps.Clone(r.Options),
+	}, true
+}

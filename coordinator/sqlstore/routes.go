@@ -1,0 +1,120 @@
+package sqlstore
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"beam.dev/beam/coordinator"
+	"beam.dev/beam/wire"
+)
+
+var (
+	_ coordinator.RouteStore  = (*Store)(nil)
+	_ coordinator.DomainStore = (*Store)(nil)
+)
+
+// PutRoute implements coordinator.RouteStore.
+func (s *Store) PutRoute(ctx context.Context, r *coordinator.Route) error {
+	opts := "{}"
+	if len(r.Options) > 0 {
+		b, err := json.Marshal(r.Options)
+		if err != nil {
+			return fmt.Errorf("sqlstore: put route: %w", err)
+		}
+		opts = string(b)
+	}
+	var id int64
+	err := s.db.QueryRowContext(ctx, s.d.rebind(`INSERT INTO routes
+		(node_id, network_id, host, proto, public_port, port, custom_domain, options, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (node_id, host, proto) DO UPDATE SET
+			public_port = excluded.public_port, port = excluded.port,
+			custom_domain = excluded.custom_domain, options = excluded.options
+		RETURNING id`),
+		int64(r.NodeID), r.NetworkID, r.Host, r.Proto, int(r.PublicPort), int(r.Port), boolInt(r.CustomDomain), opts,
+		unixNano(r.CreatedAt)).Scan(&id)
+	if err != nil {
+		return s.wrap("put route", err)
+	}
+	r.ID = id
+	return nil
+}
+
+// DeleteRoutes implements coordinator.RouteStore.
+func (s *Store) DeleteRoutes(ctx context.Context, ids []int64) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	q := `DELETE FROM routes WHERE id IN (?` + strings.Repeat(", ?", len(ids)-1) + `)`
+	_, err := s.db.ExecContext(ctx, s.d.rebind(q), args...)
+	return s.wrap("delete routes", err)
+}
+
+// Routes implements coordinator.RouteStore.
+func (s *Store) Routes(ctx context.Context) ([]*coordinator.Route, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, node_id, network_id, host, proto, public_port, port, custom_domain, options, created_at
+		FROM routes ORDER BY id`)
+	if err != nil {
+		return nil, s.wrap("list routes", err)
+	}
+	defer rows.Close()
+	var out []*coordinator.Route
+	for rows.Next() {
+		var (
+			r                        coordinator.Route
+			nodeID                   int64
+			publicPort, port, custom int
+			opts                     string
+			created                  int64
+		)
+		if err := rows.Scan(&r.ID, &nodeID, &r.NetworkID, &r.Host, &r.Proto, &publicPort, &port, &custom, &opts, &created); err != nil {
+			return nil, s.wrap("list routes", err)
+		}
+		r.NodeID = wire.NodeID(nodeID)
+		r.PublicPort, r.Port, r.CustomDomain = uint16(publicPort), uint16(port), custom != 0
+		r.CreatedAt = fromUnixNano(created)
+		if err := json.Unmarshal([]byte(opts), &r.Options); err != nil {
+			return nil, fmt.Errorf("sqlstore: list routes: route %d options: %w", r.ID, err)
+		}
+		if len(r.Options) == 0 {
+			r.Options = nil
+		}
+		out = append(out, &r)
+	}
+	return out, s.wrap("list routes", rows.Err())
+}
+
+// PutDomain implements coordinator.DomainStore.
+func (s *Store) PutDomain(ctx context.Context, d *coordinator.Domain) error {
+	_, err := s.db.ExecContext(ctx, s.d.rebind(`INSERT INTO domains (network_id, domain, token, verified_at, created_at)
+		VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (network_id, domain) DO UPDATE SET token = excluded.token, verified_at = excluded.verified_at`),
+		d.NetworkID, d.Domain, d.Token, unixNano(d.VerifiedAt), unixNano(d.CreatedAt))
+	return s.wrap("put domain", err)
+}
+
+// Domains implements coordinator.DomainStore.
+func (s *Store) Domains(ctx context.Context) ([]*coordinator.Domain, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT network_id, domain, token, verified_at, created_at FROM domains ORDER BY domain, network_id`)
+	if err != nil {
+		return nil, s.wrap("list domains", err)
+	}
+	defer rows.Close()
+	var out []*coordinator.Domain
+	for rows.Next() {
+		d := &coordinator.Domain{}
+		var verified, created int64
+		if err := rows.Scan(&d.NetworkID, &d.Domain, &d.Token, &verified, &created); err != nil {
+			return nil, s.wrap("list domains", err)
+		}
+		d.VerifiedAt, d.CreatedAt = fromUnixNano(verified), fromUnixNano(created)
+		out = append(out, d)
+	}
+	return out, s.wrap("list domains", rows.Err())
+}
