@@ -42,6 +42,12 @@ type AuthKeyRequest struct {
 	Expiry time.Duration
 	Tags   []string
 	User   string
+	// Edge keys register public edge nodes.
+	Edge bool
+	// KeyExpiry is how long the node keys of nodes registered with the
+	// key stay valid: zero means the coordinator's default (180 days for
+	// nodes of a user, none for tagged nodes), negative means never.
+	KeyExpiry time.Duration
 }
 
 // AuthKey describes a stored auth key (never its secret).
@@ -57,6 +63,11 @@ type AuthKey struct {
 	CreatedAt time.Time `json:"created_at"`
 	// Valid reports whether the key can still register a node.
 	Valid bool `json:"valid"`
+	// Edge reports whether the key registers public edge nodes.
+	Edge bool `json:"edge,omitempty"`
+	// KeyExpiry is the node key expiry of the key's nodes: a Go duration,
+	// "never", or empty for the default.
+	KeyExpiry string `json:"key_expiry,omitempty"`
 }
 
 // do sends one admin request; out, if not nil, receives the JSON answer.
@@ -107,7 +118,15 @@ func (a *Admin) CreateAuthKey(ctx context.Context, r AuthKeyRequest) (string, *A
 		Expiry    string   `json:"expiry,omitempty"`
 		Tags      []string `json:"tags,omitempty"`
 		User      string   `json:"user,omitempty"`
-	}{Network: r.Network, Reusable: r.Reusable, Ephemeral: r.Ephemeral, Tags: r.Tags, User: r.User}
+		Edge      bool     `json:"edge,omitempty"`
+		KeyExpiry string   `json:"key_expiry,omitempty"`
+	}{Network: r.Network, Reusable: r.Reusable, Ephemeral: r.Ephemeral, Tags: r.Tags, User: r.User, Edge: r.Edge}
+	switch {
+	case r.KeyExpiry < 0:
+		in.KeyExpiry = "never"
+	case r.KeyExpiry > 0:
+		in.KeyExpiry = r.KeyExpiry.String()
+	}
 	if r.Expiry > 0 {
 		in.Expiry = r.Expiry.String()
 	}

@@ -224,6 +224,12 @@ type RegisterParams struct {
 	OS string
 	// Logout deregisters the node instead.
 	Logout bool
+	// OnAuthURL, if set, makes a registration without an auth key
+	// interactive: when the coordinator answers with an approval code,
+	// Register calls OnAuthURL once with the URL a person should open and
+	// the code, then waits until the node is approved or ctx ends. Nil
+	// makes such a registration fail with ErrNodeNotRegistered.
+	OnAuthURL func(url, code string)
 }
 
 // Register registers the client's node key (or logs it out). Errors match
@@ -251,6 +257,9 @@ func (c *Client) Register(ctx context.Context, p RegisterParams) (*wire.Register
 	}
 	if rr.Error != "" {
 		return nil, fmt.Errorf("coordclient: register: %w", &Error{Status: http.StatusOK, Message: rr.Error})
+	}
+	if rr.Node == nil && rr.AuthCode != "" && !p.Logout {
+		return c.awaitApproval(ctx, p, &rr)
 	}
 	if p.Hostname != "" {
 		c.mu.Lock()

@@ -61,6 +61,9 @@ func (e *Error) Error() string {
 
 // Is reports whether target is the sentinel for e's code.
 func (e *Error) Is(target error) bool {
+	if s, ok := edgeCodes[e.Code]; ok {
+		return target == s
+	}
 	switch e.Code {
 	case codeAuthKeyInvalid:
 		return target == ErrAuthKeyInvalid

@@ -38,9 +38,17 @@ type AuthKeyOptions struct {
 	Ephemeral bool
 	// Expiry is how long the key stays valid; zero means forever.
 	Expiry time.Duration
-	// Tags and User are given to nodes registered with the key.
+	// Tags and User are given to nodes registered with the key. User
+	// must exist and every tag must be listed in the policy's tagOwners.
 	Tags []string
 	User string
+	// Edge keys register public edge nodes: they see only the nodes that
+	// serve routes, get every route, and are invisible to other nodes.
+	Edge bool
+	// NodeKeyExpiry is how long the keys of nodes registered with the key
+	// stay valid: zero means the default (DefaultNodeKeyExpiry for nodes
+	// of a user, none for tagged nodes), negative means never.
+	NodeKeyExpiry time.Duration
 }
 
 // CreateAuthKeyRequest is the JSON body of POST /api/v1/authkeys.
@@ -51,6 +59,10 @@ type CreateAuthKeyRequest struct {
 	Expiry    string   `json:"expiry,omitempty"` // Go duration ("1h"); empty means never
 	Tags      []string `json:"tags,omitempty"`
 	User      string   `json:"user,omitempty"`
+	Edge      bool     `json:"edge,omitempty"`
+	// KeyExpiry is the node key expiry of nodes registered with the key:
+	// a Go duration, "never" (or "0"), or empty for the default.
+	KeyExpiry string `json:"key_expiry,omitempty"`
 }
 
 // CreateAuthKeyResponse answers POST /api/v1/authkeys. Key is shown only here.
@@ -72,6 +84,11 @@ type AuthKeyInfo struct {
 	CreatedAt time.Time `json:"created_at"`
 	// Valid reports whether the key can still register a node.
 	Valid bool `json:"valid"`
+	// Edge reports whether the key registers public edge nodes.
+	Edge bool `json:"edge,omitempty"`
+	// KeyExpiry is the node key expiry of its nodes: a Go duration,
+	// "never", or empty for the default.
+	KeyExpiry string `json:"key_expiry,omitempty"`
 }
 
 // CreateAuthKey creates an auth key and returns its secret, which is not
@@ -87,6 +104,9 @@ func (s *Server) createAuthKey(ctx context.Context, o AuthKeyOptions) (string, *
 	}
 	if o.Expiry < 0 {
 		return "", nil, errors.New("coordinator: negative auth key expiry")
+	}
+	if err := s.checkKeyOwner(ctx, o.User, o.Tags); err != nil {
+		return "", nil, err
 	}
 	network, err := s.ensureNetwork(ctx, o.Network)
 	if err != nil {
@@ -108,7 +128,10 @@ func (s *Server) createAuthKey(ctx context.Context, o AuthKeyOptions) (string, *
 			Ephemeral: o.Ephemeral,
 			Tags:      slices.Clone(o.Tags),
 			User:      o.User,
+			Edge:      o.Edge,
 			CreatedAt: now,
+
+			NodeKeyExpiry: o.NodeKeyExpiry,
 		}
 		if o.Expiry > 0 {
 			ak.Expiry = now.Add(o.Expiry)
@@ -163,7 +186,8 @@ func (s *Server) keyInfo(ak *AuthKey) AuthKeyInfo {
 	valid := (ak.Expiry.IsZero() || s.now().Before(ak.Expiry)) && (ak.Reusable || ak.UseCount == 0)
 	return AuthKeyInfo{
 		Prefix: ak.Prefix, Network: netName, Reusable: ak.Reusable, Ephemeral: ak.Ephemeral,
-		Expiry: ak.Expiry, Tags: ak.Tags, User: ak.User, UseCount: ak.UseCount, CreatedAt: ak.CreatedAt, Valid: valid,
+		Expiry: ak.Expiry, Tags: ak.Tags, User: ak.User, UseCount: ak.UseCount, CreatedAt: ak.CreatedAt, Valid: valid, Edge: ak.Edge,
+		KeyExpiry: formatKeyExpiry(ak.NodeKeyExpiry),
 	}
 }
 
@@ -181,6 +205,8 @@ func (s *Server) adminError(w http.ResponseWriter, op string, err error) {
 		aerr = errorf(http.StatusBadRequest, CodeBadRequest, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
 	case errors.Is(err, ErrNotFound):
 		aerr = errorf(http.StatusNotFound, CodeNotFound, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
+	case errors.Is(err, ErrConflict):
+		aerr = errorf(http.StatusConflict, CodeConflict, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
 	default:
 		s.logger.Error(op, "err", err)
 		aerr = errorf(http.StatusInternalServerError, CodeInternal, "%s failed", op)
@@ -205,13 +231,24 @@ func (s *Server) handleCreateAuthKey(w http.ResponseWriter, r *http.Request) {
 		}
 		expiry = d
 	}
+	var nodeKeyExpiry time.Duration
+	if req.KeyExpiry != "" {
+		d, err := parseKeyExpiry(req.KeyExpiry)
+		if err != nil {
+			s.adminError(w, "create auth key", err)
+			return
+		}
+		nodeKeyExpiry = d
+	}
 	secret, ak, err := s.createAuthKey(r.Context(), AuthKeyOptions{
-		Network: req.Network, Reusable: req.Reusable, Ephemeral: req.Ephemeral, Expiry: expiry, Tags: req.Tags, User: req.User,
+		Network: req.Network, Reusable: req.Reusable, Ephemeral: req.Ephemeral, Expiry: expiry, Tags: req.Tags, User: req.User, Edge: req.Edge,
+		NodeKeyExpiry: nodeKeyExpiry,
 	})
 	if err != nil {
 		s.adminError(w, "create auth key", err)
 		return
 	}
+	s.audit(r.Context(), actorAdmin, "authkey.create", ak.Prefix, authKeyDetail(ak))
 	writeJSON(w, http.StatusCreated, CreateAuthKeyResponse{Key: secret, Info: s.keyInfo(ak)})
 }
 
@@ -235,6 +272,7 @@ func (s *Server) handleDeleteAuthKey(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.logger.Info("auth key deleted", "auth_key", prefix)
+	s.audit(r.Context(), actorAdmin, "authkey.delete", prefix, "")
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -255,6 +293,7 @@ func (s *Server) handleRemoveNode(w http.ResponseWriter, r *http.Request) {
 		s.adminError(w, "remove node", err)
 		return
 	}
+	s.audit(r.Context(), actorAdmin, "node.remove", r.PathValue("name"), "")
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -263,5 +302,6 @@ func (s *Server) handleExpireNode(w http.ResponseWriter, r *http.Request) {
 		s.adminError(w, "expire node", err)
 		return
 	}
+	s.audit(r.Context(), actorAdmin, "node.expire", r.PathValue("name"), "")
 	w.WriteHeader(http.StatusNoContent)
 }

@@ -23,11 +23,11 @@ func TestDeps(t *testing.T) {
 		allowedBeam []string
 	}{
 		{"beam.dev/beam/coordinator", []string{"database/sql", "modernc.org/", "testing"},
-			[]string{"beam.dev/beam/coordinator", "beam.dev/beam/wire", "beam.dev/beam/types/key"}},
+			[]string{"beam.dev/beam/coordinator", "beam.dev/beam/coordinator/policy", "beam.dev/beam/wire", "beam.dev/beam/types/key"}},
 		{"beam.dev/beam/coordclient", []string{"database/sql", "modernc.org/", "testing"},
 			[]string{"beam.dev/beam/coordclient", "beam.dev/beam/wire", "beam.dev/beam/types/key"}},
 		{"beam.dev/beam/coordinator/sqlstore", []string{"testing"},
-			[]string{"beam.dev/beam/coordinator/sqlstore", "beam.dev/beam/coordinator", "beam.dev/beam/wire", "beam.dev/beam/types/key"}},
+			[]string{"beam.dev/beam/coordinator/sqlstore", "beam.dev/beam/coordinator", "beam.dev/beam/coordinator/policy", "beam.dev/beam/wire", "beam.dev/beam/types/key"}},
 	}
 	for _, r := range rules {
 		t.Run(r.pkg, func(t *testing.T) {

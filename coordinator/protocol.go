@@ -24,6 +24,10 @@ import (
 //	                        -> Stream=true:  200, body = frames (below), until
 //	                           the stream ends; a "Beam-Error" trailer then says
 //	                           why ("node_removed: ...", "node_expired: ...")
+//	POST /machine/expose    <- envelope sealing a wire.ExposeRequest
+//	                        -> 200, body = sealed JSON wire.ExposeResponse
+//	POST /machine/txt       <- envelope sealing a TXTRequest (edge nodes only)
+//	                        -> 200, body = sealed JSON TXTResponse
 //
 // The envelope is JSON:
 //

@@ -94,9 +94,9 @@ func TestControlProtocolRefusals(t *testing.T) {
 		{"unknown node map", "/machine/map",
 			sealEnvelope(t, attacker.Public(), attacker, mk, wire.MapRequest{Version: 1, NodeKey: attacker.Public(), Timestamp: time.Now()}),
 			403, coordinator.CodeNodeNotRegistered},
-		{"unknown node rejoin", "/machine/register",
-			sealEnvelope(t, attacker.Public(), attacker, mk, wire.RegisterRequest{Version: 1, NodeKey: attacker.Public(), Timestamp: time.Now()}),
-			403, coordinator.CodeNodeNotRegistered},
+		{"unknown approval code", "/machine/register",
+			sealEnvelope(t, attacker.Public(), attacker, mk, wire.RegisterRequest{Version: 1, NodeKey: attacker.Public(), Followup: "NOPE2345", Timestamp: time.Now()}),
+			403, coordinator.CodeApprovalExpired},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

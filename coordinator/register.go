@@ -159,6 +159,7 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 			return nil, errorf(http.StatusInternalServerError, CodeInternal, "store error")
 		}
 		s.logger.Info("node logged out", "node", req.NodeKey.ShortString(), "name", existing.Node.Name)
+		s.audit(ctx, actorNode(existing.Node.Name), "node.logout", existing.Node.Name, "")
 		return &wire.RegisterResponse{}, nil
 	}
 
@@ -195,7 +196,7 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 			return nil, s.consumeError(err, ak)
 		}
 		n, aerr := s.updateSelf(ctx, req.NodeKey, func(n *NodeRecord) {
-			n.Node.KeyExpiry = time.Time{} // node keys do not expire by default
+			n.Node.KeyExpiry = keyExpiryFor(ak, &n.Node, now)
 			n.AuthKeyID = ak.ID
 			if !req.DiscoKey.IsZero() {
 				n.Node.DiscoKey = req.DiscoKey
@@ -211,6 +212,7 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 		}
 		s.mu.Unlock()
 		s.logger.Info("node re-authenticated", "node", req.NodeKey.ShortString(), "name", n.Name, "auth_key", ak.Prefix)
+		s.audit(ctx, actorNode(n.Name), "node.reauth", n.Name, "auth_key="+ak.Prefix)
 		return &wire.RegisterResponse{Node: n}, nil
 	}
 
@@ -263,7 +265,9 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 		rec.Node.User = ak.User
 		rec.Node.Tags = slices.Clone(ak.Tags)
 		rec.Node.Ephemeral = ak.Ephemeral
+		rec.Node.Edge = ak.Edge
 	}
+	rec.Node.KeyExpiry = keyExpiryFor(ak, &rec.Node, now)
 	if err := s.store.InsertNode(ctx, rec, now); err != nil {
 		if ak != nil && errors.Is(err, ErrAuthKeySpent) {
 			return nil, s.consumeError(err, ak)
@@ -284,6 +288,11 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 		attrs = append(attrs, "dev_mode", true)
 	}
 	s.logger.Info("node registered", attrs...)
+	if ak != nil {
+		s.audit(ctx, actorNode(name), "node.register", name, "network="+network.Name+" auth_key="+ak.Prefix)
+	} else {
+		s.audit(ctx, actorNode(name), "node.register", name, "network="+network.Name+" dev_mode")
+	}
 	return &wire.RegisterResponse{Node: view, NameChanged: name != base}, nil
 }
 
@@ -379,6 +388,7 @@ func (s *Server) removeNode(ctx context.Context, nk key.NodePublic, code ErrorCo
 	for _, p := range e.rec.Node.Addresses {
 		delete(s.usedIPv4, p.Addr())
 	}
+	s.dropRoutesLocked(e, false) // the store deleted them with the node
 	if ss := s.sessions[nk]; ss != nil {
 		ss.end(code, msg)
 	}
@@ -392,7 +402,9 @@ func (s *Server) expireLocked(e *nodeEntry) {
 		ss.end(CodeNodeExpired, "node key expired")
 	}
 	s.notifyLocked(e.rec.NetworkID, e.rec.Node.Key)
+	s.dropRoutesLocked(e, true)
 	s.logger.Info("node key expired", "node", e.rec.Node.Key.ShortString(), "name", e.rec.Node.Name)
+	s.audit(s.ctx, actorCoordinator, "node.expired", e.rec.Node.Name, "")
 }
 
 // findNodeLocked resolves a node by "nodekey:...", "network/name" or a
@@ -507,6 +519,9 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Finish a registration even if the node hangs up, so memory and store agree.
+	if s.interactiveRegister(w, r, nk, &req) {
+		return
+	}
 	resp, aerr := s.register(context.WithoutCancel(r.Context()), &req, remoteIsLoopback(r))
 	if aerr != nil {
 		if aerr.status >= 500 {

@@ -17,6 +17,8 @@ import (
 func TestRegisterHappyPath(t *testing.T) {
 	c := startCoord(t, nil)
 	n := newNode(t, c.URL)
+	// Keys name existing users and tags the policy lists in tagOwners.
+	setupACL(t, c, `{"tagOwners": {"tag:web": []}, "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}`, "ann")
 	resp := n.register(t, c.authKey(t, coordinator.AuthKeyOptions{User: "ann", Tags: []string{"tag:web"}}), "Alpha.local")
 	got := resp.Node
 	if got == nil {
@@ -213,6 +215,7 @@ func TestLogoutAndAdminByNetworkName(t *testing.T) {
 		t.Fatalf("nodes = %v, %v; want none", nodes, err)
 	}
 	// Auth keys through the admin API: create, list by prefix, delete.
+	setupACL(t, c, `{"tagOwners": {"tag:ci": []}, "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}`)
 	secret, info, err := admin.CreateAuthKey(ctx, coordclient.AuthKeyRequest{Ephemeral: true, Expiry: time.Hour, Tags: []string{"tag:ci"}})
 	if err != nil || !info.Valid || !info.Ephemeral || info.Expiry.IsZero() {
 		t.Fatalf("CreateAuthKey = %+v, %v", info, err)

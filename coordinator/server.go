@@ -74,9 +74,38 @@ type Options struct {
 	EphemeralTimeout time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
-	// Policy decides visibility and packet filters; nil means every node
-	// of a network reaches every other on all ports.
+	// Policy, if set, overrides the access policy (the stored HuJSON
+	// policy, see SetPolicy) in deciding visibility and packet filters.
+	// It is meant for tests.
 	Policy PolicyFunc
+	// Approver serves the page a node waiting for interactive approval
+	// is sent to (/register/CODE); nil means a page that says how to
+	// approve with beam admin.
+	Approver Approver
+
+	// EdgeDomain is the public edge's domain ("example.test"): exposed
+	// routes get NAME.EdgeDomain. Empty disables /machine/expose. The
+	// Store must implement RouteStore and DomainStore.
+	EdgeDomain string
+	// EdgeHost is the edge's host name in tcp:// and udp:// route URLs;
+	// empty means EdgeDomain.
+	EdgeHost string
+	// EdgeTCPPorts and EdgeUDPPorts are the edge ports given to tcp and
+	// udp routes; the zero range refuses such routes.
+	EdgeTCPPorts, EdgeUDPPorts PortRange
+	// EdgeHTTPURL is the URL template of http routes, {host} replaced by
+	// the route's host ("http://{host}:18081"); empty means "https://{host}".
+	EdgeHTTPURL string
+	// Zone is the public DNS zone edges set ACME TXT records in; nil
+	// means none (POST /machine/txt and the TXT admin API then fail).
+	Zone Zone
+	// LookupTXT and LookupCNAME check custom-domain proofs; nil means
+	// net.DefaultResolver's.
+	LookupTXT   func(ctx context.Context, name string) ([]string, error)
+	LookupCNAME func(ctx context.Context, name string) (string, error)
+	// DNS, if not nil, replaces the stored DNS settings at start; nil
+	// keeps them (see SetDNSSettings).
+	DNS *DNSSettings
 }
 
 // Server is the coordinator. It is an http.Handler serving the control
@@ -117,6 +146,10 @@ type Server struct {
 	usedIPv4 map[netip.Addr]bool
 	nextIPv4 netip.Addr
 	sessions map[key.NodePublic]*session
+
+	edge *edgeState // public edge routes, domains and DNS settings
+
+	ac accessControl // users, policy, interactive approval, audit log (acl.go)
 }
 
 // nodeEntry is a node in memory. Guarded by Server.mu.
@@ -172,10 +205,21 @@ func New(opts Options) (*Server, error) {
 		s.now = time.Now
 	}
 	s.derpMap.Store(opts.DERPMap)
+	es, err := newEdgeState(opts)
+	if err != nil {
+		return nil, err
+	}
+	s.edge = es
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := s.load(ctx, opts.AdminToken); err != nil {
+		return nil, err
+	}
+	if err := s.loadEdge(ctx, opts.DNS != nil); err != nil {
+		return nil, err
+	}
+	if err := s.initAccessControl(ctx, opts); err != nil {
 		return nil, err
 	}
 	s.mux = s.routes()
@@ -185,6 +229,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.wg.Add(1)
 	go s.janitorLoop()
+	s.startAccessControl()
 	return s, nil
 }
 
@@ -297,6 +342,8 @@ func (s *Server) routes() *http.ServeMux {
 	admin.HandleFunc("GET /api/v1/nodes", s.handleListNodes)
 	admin.HandleFunc("DELETE /api/v1/nodes/{name}", s.handleRemoveNode)
 	admin.HandleFunc("POST /api/v1/nodes/{name}/expire", s.handleExpireNode)
+	s.edgeRoutes(mux, admin)
+	s.accessRoutes(mux, admin)
 	mux.Handle("/api/v1/", s.requireAdmin(admin))
 	return mux
 }
@@ -443,6 +490,7 @@ func (s *Server) janitorLoop() {
 				s.logger.Warn("delete ephemeral node", "node", k.ShortString(), "err", err)
 			} else if err == nil {
 				s.logger.Info("deleted offline ephemeral node", "node", k.ShortString())
+				s.audit(s.ctx, actorCoordinator, "node.remove", k.ShortString(), "ephemeral node went offline")
 			}
 		}
 	}

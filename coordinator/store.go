@@ -45,6 +45,13 @@ type AuthKey struct {
 	Expiry time.Time
 	Tags   []string
 	User   string
+	// NodeKeyExpiry is how long the node key of a node registered with
+	// the key stays valid: zero means the default (DefaultNodeKeyExpiry
+	// for nodes owned by a user, none for tagged or ownerless nodes),
+	// negative means never.
+	NodeKeyExpiry time.Duration
+	// Edge keys register public edge nodes (wire.Node.Edge).
+	Edge bool
 	// UseCount is how many registrations used the key.
 	UseCount  int
 	CreatedAt time.Time
@@ -69,6 +76,8 @@ type Store interface {
 	AuthKeyStore
 	NodeStore
 	SettingStore
+	UserStore
+	AuditStore
 }
 
 // NetworkStore keeps networks.
@@ -106,7 +115,8 @@ type NodeStore interface {
 	InsertNode(ctx context.Context, n *NodeRecord, now time.Time) error
 	// UpdateNode rewrites the mutable fields of the node with n.Node.ID
 	// (disco key, hostname, OS, endpoints, home relay, last seen, key
-	// expiry, auth key). It returns ErrNotFound if the node is gone.
+	// expiry, auth key; an auth key that no longer exists is stored as
+	// none). It returns ErrNotFound if the node is gone.
 	UpdateNode(ctx context.Context, n *NodeRecord) error
 	// DeleteNode deletes the node with the given ID, or returns ErrNotFound.
 	DeleteNode(ctx context.Context, id wire.NodeID) error

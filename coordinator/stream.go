@@ -91,11 +91,13 @@ func (ss *session) take() (pending map[key.NodePublic]struct{}, full, derp, ende
 // notifyLocked tells every stream of the network that node k changed
 // (joined, left, or any field). s.mu held.
 func (s *Server) notifyLocked(networkID int64, k key.NodePublic) {
+	aclFull := s.aclNotifyLocked(networkID, k)
 	for _, ss := range s.sessions {
 		if ss.networkID == networkID {
-			ss.mark(k, s.policy != nil)
+			ss.mark(k, s.policy != nil || aclFull || s.needsFullLocked(ss.key, k))
 		}
 	}
+	s.notifyEdgesLocked(networkID, k)
 }
 
 // networkNodesLocked returns the views of all unexpired nodes of a network. s.mu held.
@@ -109,16 +111,18 @@ func (s *Server) networkNodesLocked(networkID int64, now time.Time) []*wire.Node
 	return all
 }
 
-// peersLocked returns what self sees: its visible peers and, with a
-// policy, its filter (nil filter with nil policy: the caller derives it
-// from the peers). s.mu held.
+// peersLocked returns what self sees: its visible peers and its filter
+// (from Options.Policy or the access policy, see aclLocked), adjusted for
+// the public edge. s.mu held.
 func (s *Server) peersLocked(self *wire.Node, networkID int64, now time.Time) (map[key.NodePublic]*wire.Node, []wire.FilterRule) {
-	all := s.networkNodesLocked(networkID, now)
 	var filter []wire.FilterRule
-	visible := all
+	var visible []*wire.Node
 	if s.policy != nil {
-		filter, visible = s.policy(self, all)
+		filter, visible = s.policy(self, s.networkNodesLocked(networkID, now))
+	} else {
+		filter, visible = s.aclLocked(self, networkID, now)
 	}
+	filter, visible = s.addEdgePeers(self, filter, visible, now)
 	peers := make(map[key.NodePublic]*wire.Node, len(visible))
 	for _, n := range visible {
 		if n != nil && n.Key != self.Key {
@@ -144,7 +148,7 @@ func (s *Server) dnsConfig(networkID int64) *wire.DNSConfig {
 	s.mu.Lock()
 	n := s.networks[networkID]
 	s.mu.Unlock()
-	return &wire.DNSConfig{Domain: n.Domain, SearchDomains: []string{n.Domain}}
+	return s.withDNSSettings(&wire.DNSConfig{Domain: n.Domain, SearchDomains: []string{n.Domain}})
 }
 
 func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
@@ -270,6 +274,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 		sentSelf   *wire.Node
 		sentPeers  map[key.NodePublic]*wire.Node
 		sentFilter []wire.FilterRule
+		sentExtra  streamExtras // edge routes and DNS settings
 	)
 
 	// The full map.
@@ -284,9 +289,6 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 		self := s.viewLocked(e)
 		peers, filter := s.peersLocked(self, ss.networkID, now)
 		s.mu.Unlock()
-		if s.policy == nil {
-			filter = defaultFilter(self)
-		}
 		resp := &wire.MapResponse{
 			Self:            self,
 			Peers:           sortedPeers(peers),
@@ -295,6 +297,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 			PacketFilter:    filter,
 			PacketFilterSet: true,
 		}
+		s.fillExtras(ss, &sentExtra, resp)
 		if err := send(resp); err != nil {
 			log.Debug("send full map", "err", err)
 			return
@@ -346,8 +349,9 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 				resp.DERPMap = &wire.DERPMap{Regions: map[int]*wire.DERPRegion{}}
 			}
 		}
+		s.fillExtras(ss, &sentExtra, resp)
 		if resp.Self == nil && resp.Peers == nil && len(resp.PeersChanged) == 0 && len(resp.PeersRemoved) == 0 &&
-			len(resp.PeersOnline) == 0 && resp.DERPMap == nil && !resp.PacketFilterSet {
+			len(resp.PeersOnline) == 0 && resp.DERPMap == nil && !resp.PacketFilterSet && resp.DNS == nil && resp.EdgeRoutes == nil {
 			continue
 		}
 		if err := send(resp); err != nil {
@@ -384,7 +388,8 @@ func (s *Server) delta(ss *session, sentSelf *wire.Node, sentPeers map[key.NodeP
 			if k == ss.key {
 				continue
 			}
-			if pe := s.nodes[k]; pe != nil && pe.rec.NetworkID == ss.networkID && !pe.rec.Node.Expired(now) {
+			if pe := s.nodes[k]; pe != nil && pe.rec.NetworkID == ss.networkID && !pe.rec.Node.Expired(now) &&
+				s.mayPeerLocked(self, ss.networkID, k, now) {
 				current[k] = s.viewLocked(pe)
 			}
 		}
@@ -450,16 +455,10 @@ func (s *Server) delta(ss *session, sentSelf *wire.Node, sentPeers map[key.NodeP
 	}
 	newFilter = sentFilter
 	switch {
-	case s.policy != nil && full:
+	case full:
 		if !reflect.DeepEqual(policyFilter, sentFilter) {
 			newFilter = policyFilter
 			resp.PacketFilter, resp.PacketFilterSet = policyFilter, true
-		}
-	case s.policy == nil && resp.Self != nil:
-		f := defaultFilter(self)
-		if !reflect.DeepEqual(f, sentFilter) {
-			newFilter = f
-			resp.PacketFilter, resp.PacketFilterSet = f, true
 		}
 	}
 	return resp, self, newPeers, newFilter

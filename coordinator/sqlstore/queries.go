@@ -59,10 +59,10 @@ func (s *Store) CreateAuthKey(ctx context.Context, k *coordinator.AuthKey) error
 		return err
 	}
 	res, err := s.db.ExecContext(ctx, s.d.rebind(`INSERT INTO auth_keys
-		(network_id, prefix, hash, reusable, ephemeral, expires_at, tags, user_name, use_count, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		(network_id, prefix, hash, reusable, ephemeral, expires_at, tags, user_name, use_count, created_at, node_key_expiry, edge)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 		k.NetworkID, k.Prefix, k.Hash, boolInt(k.Reusable), boolInt(k.Ephemeral), unixNano(k.Expiry),
-		string(tags), k.User, k.UseCount, unixNano(k.CreatedAt))
+		string(tags), k.User, k.UseCount, unixNano(k.CreatedAt), int64(k.NodeKeyExpiry), boolInt(k.Edge))
 	if err != nil {
 		return s.wrap("create auth key", err)
 	}
@@ -70,17 +70,18 @@ func (s *Store) CreateAuthKey(ctx context.Context, k *coordinator.AuthKey) error
 	return s.wrap("create auth key", err)
 }
 
-const authKeyCols = `id, network_id, prefix, hash, reusable, ephemeral, expires_at, tags, user_name, use_count, created_at`
+const authKeyCols = `id, network_id, prefix, hash, reusable, ephemeral, expires_at, tags, user_name, use_count, created_at, node_key_expiry, edge`
 
 func scanAuthKey(sc interface{ Scan(...any) error }) (*coordinator.AuthKey, error) {
 	k := &coordinator.AuthKey{}
-	var reusable, ephemeral int
-	var expires, created int64
+	var reusable, ephemeral, edge int
+	var expires, created, nodeKeyExpiry int64
 	var tags string
-	if err := sc.Scan(&k.ID, &k.NetworkID, &k.Prefix, &k.Hash, &reusable, &ephemeral, &expires, &tags, &k.User, &k.UseCount, &created); err != nil {
+	if err := sc.Scan(&k.ID, &k.NetworkID, &k.Prefix, &k.Hash, &reusable, &ephemeral, &expires, &tags, &k.User, &k.UseCount, &created, &nodeKeyExpiry, &edge); err != nil {
 		return nil, err
 	}
-	k.Reusable, k.Ephemeral = reusable != 0, ephemeral != 0
+	k.NodeKeyExpiry = time.Duration(nodeKeyExpiry)
+	k.Reusable, k.Ephemeral, k.Edge = reusable != 0, ephemeral != 0, edge != 0
 	k.Expiry, k.CreatedAt = fromUnixNano(expires), fromUnixNano(created)
 	if err := json.Unmarshal([]byte(tags), &k.Tags); err != nil {
 		return nil, fmt.Errorf("decode tags: %w", err)
@@ -202,11 +203,11 @@ func (s *Store) InsertNode(ctx context.Context, n *coordinator.NodeRecord, now t
 		}
 	}
 	res, err := tx.ExecContext(ctx, s.d.rebind(`INSERT INTO nodes
-		(network_id, node_key, disco_key, name, hostname, os, ipv4, ipv6, endpoints, home_derp, last_seen, key_expiry, user_name, tags, ephemeral, auth_key_id, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		(network_id, node_key, disco_key, name, hostname, os, ipv4, ipv6, endpoints, home_derp, last_seen, key_expiry, user_name, tags, ephemeral, auth_key_id, created_at, edge)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
 		n.NetworkID, n.Node.Key.String(), disco, n.Node.Name, n.Node.Hostname, n.Node.OS, v4, v6, string(eps), n.Node.HomeDERP,
 		unixNano(n.Node.LastSeen), unixNano(n.Node.KeyExpiry), n.Node.User, string(tags), boolInt(n.Node.Ephemeral),
-		nullID(n.AuthKeyID), unixNano(n.CreatedAt))
+		nullID(n.AuthKeyID), unixNano(n.CreatedAt), boolInt(n.Node.Edge))
 	if err != nil {
 		return s.wrap("insert node", err)
 	}
@@ -229,7 +230,7 @@ func (s *Store) UpdateNode(ctx context.Context, n *coordinator.NodeRecord) error
 		disco = n.Node.DiscoKey.String()
 	}
 	res, err := s.db.ExecContext(ctx, s.d.rebind(`UPDATE nodes SET disco_key = ?, hostname = ?, os = ?, endpoints = ?,
-		home_derp = ?, last_seen = ?, key_expiry = ?, auth_key_id = ? WHERE id = ?`),
+		home_derp = ?, last_seen = ?, key_expiry = ?, auth_key_id = (SELECT id FROM auth_keys WHERE id = ?) WHERE id = ?`),
 		disco, n.Node.Hostname, n.Node.OS, string(eps), n.Node.HomeDERP, unixNano(n.Node.LastSeen),
 		unixNano(n.Node.KeyExpiry), nullID(n.AuthKeyID), int64(n.Node.ID))
 	return s.affected("update node", res, err, coordinator.ErrNotFound)
@@ -244,7 +245,7 @@ func (s *Store) DeleteNode(ctx context.Context, id wire.NodeID) error {
 // Nodes implements coordinator.NodeStore.
 func (s *Store) Nodes(ctx context.Context) ([]*coordinator.NodeRecord, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT n.id, n.network_id, n.node_key, n.disco_key, n.name, w.domain, n.hostname, n.os,
-		n.ipv4, n.ipv6, n.endpoints, n.home_derp, n.last_seen, n.key_expiry, n.user_name, n.tags, n.ephemeral, n.auth_key_id, n.created_at
+		n.ipv4, n.ipv6, n.endpoints, n.home_derp, n.last_seen, n.key_expiry, n.user_name, n.tags, n.ephemeral, n.auth_key_id, n.created_at, n.edge
 		FROM nodes n JOIN networks w ON w.id = n.network_id ORDER BY n.id`)
 	if err != nil {
 		return nil, s.wrap("list nodes", err)
@@ -257,18 +258,18 @@ func (s *Store) Nodes(ctx context.Context) ([]*coordinator.NodeRecord, error) {
 			id                                      int64
 			nodeKey, disco, domain, v4, v6, eps, tg string
 			lastSeen, expiry, created               int64
-			ephemeral                               int
+			ephemeral, edge                         int
 			authKey                                 sql.NullInt64
 		)
 		if err := rows.Scan(&id, &r.NetworkID, &nodeKey, &disco, &r.Node.Name, &domain, &r.Node.Hostname, &r.Node.OS,
-			&v4, &v6, &eps, &r.Node.HomeDERP, &lastSeen, &expiry, &r.Node.User, &tg, &ephemeral, &authKey, &created); err != nil {
+			&v4, &v6, &eps, &r.Node.HomeDERP, &lastSeen, &expiry, &r.Node.User, &tg, &ephemeral, &authKey, &created, &edge); err != nil {
 			return nil, s.wrap("list nodes", err)
 		}
 		if err := decodeNode(&r, id, nodeKey, disco, domain, v4, v6, eps, tg); err != nil {
 			return nil, fmt.Errorf("sqlstore: list nodes: node %d: %w", id, err)
 		}
 		r.Node.LastSeen, r.Node.KeyExpiry, r.CreatedAt = fromUnixNano(lastSeen), fromUnixNano(expiry), fromUnixNano(created)
-		r.Node.Ephemeral = ephemeral != 0
+		r.Node.Ephemeral, r.Node.Edge = ephemeral != 0, edge != 0
 		r.AuthKeyID = authKey.Int64
 		out = append(out, &r)
 	}

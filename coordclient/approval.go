@@ -1,0 +1,61 @@
+package coordclient
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"beam.dev/beam/wire"
+)
+
+// awaitApproval runs an interactive registration after the coordinator
+// answered first with an approval code: it hands the URL to p.OnAuthURL
+// once, then re-sends the registration with Followup set to the code
+// (each request is held by the coordinator until approval or about a
+// minute) until the node is registered or ctx ends.
+func (c *Client) awaitApproval(ctx context.Context, p RegisterParams, first *wire.RegisterResponse) (*wire.RegisterResponse, error) {
+	if p.OnAuthURL == nil {
+		return nil, fmt.Errorf("coordclient: register: %w", &Error{Status: http.StatusOK, Code: codeNodeNotRegistered,
+			Message: "node not registered; it needs an auth key, or approval at " + first.AuthURL})
+	}
+	p.OnAuthURL(first.AuthURL, first.AuthCode)
+	code := first.AuthCode
+	for {
+		resp, mk, err := c.post(ctx, "/machine/register", func(now time.Time) any {
+			return &wire.RegisterRequest{
+				Version:   wire.CapabilityVersion,
+				NodeKey:   c.pub,
+				DiscoKey:  c.disco,
+				Hostname:  p.Hostname,
+				OS:        p.OS,
+				Followup:  code,
+				Timestamp: now,
+			}
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, fmt.Errorf("coordclient: waiting for approval: %w", ctx.Err())
+			}
+			return nil, fmt.Errorf("coordclient: waiting for approval: %w", err)
+		}
+		var rr wire.RegisterResponse
+		if err := c.readSealed(resp, mk, &rr); err != nil {
+			return nil, fmt.Errorf("coordclient: waiting for approval: %w", err)
+		}
+		if rr.Error != "" {
+			return nil, fmt.Errorf("coordclient: waiting for approval: %w", &Error{Status: http.StatusOK, Message: rr.Error})
+		}
+		if rr.Node != nil {
+			if p.Hostname != "" {
+				c.mu.Lock()
+				c.hostname = p.Hostname
+				c.mu.Unlock()
+			}
+			return &rr, nil
+		}
+		if rr.AuthCode != "" {
+			code = rr.AuthCode
+		}
+	}
+}

@@ -1,0 +1,373 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// Interactive join. A RegisterRequest without an auth key from an unknown
+// node key (outside dev mode) is answered with an AuthCode and an AuthURL
+// (/register/CODE) instead of a refusal. The node re-sends the request
+// with Followup set to the code; the coordinator holds each such request
+// up to followupWait and answers either with the registered node (once
+// approved) or with the code again. A person approves with
+// `beam admin nodes approve CODE` (POST /api/v1/registrations/{code}/approve);
+// an Approver can offer another way at the AuthURL.
+//
+// Admin API (bearer token):
+//
+//	GET  /api/v1/registrations                 -> []PendingRegistration
+//	POST /api/v1/registrations/{code}/approve  Approval -> 204
+
+// CodeApprovalExpired is the error code of a followup whose approval code
+// is unknown or expired; the node must start over.
+const CodeApprovalExpired ErrorCode = "approval_expired"
+
+const (
+	// approvalTTL is how long an approval code stays valid.
+	approvalTTL = 10 * time.Minute
+	// followupWait is how long a followup request is held waiting for approval.
+	followupWait = 60 * time.Second
+	// maxPending bounds the registrations waiting for approval.
+	maxPending = 1024
+	// codeAlphabet has no 0/O, 1/I/L: codes are read aloud and typed.
+	codeAlphabet = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+	codeLen      = 8
+)
+
+// PendingRegistration is a new node waiting for a person to approve it.
+type PendingRegistration struct {
+	Code     string         `json:"code"`
+	NodeKey  key.NodePublic `json:"node_key"`
+	Hostname string         `json:"hostname"`
+	OS       string         `json:"os,omitempty"`
+	Created  time.Time      `json:"created"`
+	Expires  time.Time      `json:"expires"`
+}
+
+// Approval says how to admit a pending node: as a node of User, or
+// carrying Tags (which the policy's tagOwners must list), or neither.
+type Approval struct {
+	User string   `json:"user,omitempty"`
+	Tags []string `json:"tags,omitempty"`
+	// Actor names who approved, for the audit log; empty means "admin".
+	Actor string `json:"-"`
+}
+
+// Approver shows a person how to approve a pending node. A node's AuthURL
+// points at /register/CODE; the Server answers it by calling
+// ServeApproval with the pending registration (unknown or expired codes
+// get 404 without reaching the Approver). The default page explains how
+// to approve with beam admin. A login-based approver (OIDC) would instead
+// authenticate the visitor and call Server.ApproveRegistration with the
+// visitor's user.
+type Approver interface {
+	ServeApproval(w http.ResponseWriter, r *http.Request, p PendingRegistration)
+}
+
+// adminApprover is the default Approver: a page saying how to approve.
+type adminApprover struct{}
+
+func (adminApprover) ServeApproval(w http.ResponseWriter, r *http.Request, p PendingRegistration) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Cache-Control", "no-store")
+	fmt.Fprintf(w, "Beam: a node is waiting to join this network.\n\n"+
+		"  code:      %s\n  hostname:  %q\n  expires:   %s\n\n"+
+		"An admin of this coordinator approves it with:\n\n"+
+		"  beam admin nodes approve %s [--user NAME | --tag tag:NAME]\n\n"+
+		"The node joins the default network as soon as it is approved.\n",
+		p.Code, p.Hostname, p.Expires.UTC().Format(time.RFC3339), p.Code)
+}
+
+// pendingReg is one registration waiting for approval.
+type pendingReg struct {
+	PendingRegistration
+	done chan struct{} // closed once approved
+
+	// Set before done is closed, never changed after.
+	approval Approval
+	authKey  string // one-off auth key the followup registers with
+}
+
+// pendingRegs holds the registrations waiting for approval.
+type pendingRegs struct {
+	mu     sync.Mutex // guards the following fields
+	byCode map[string]*pendingReg
+	byKey  map[key.NodePublic]*pendingReg
+}
+
+// normalizeCode upper-cases a typed code and drops spaces and dashes.
+func normalizeCode(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r == '-' || r == ' ' {
+			return -1
+		}
+		if r >= 'a' && r <= 'z' {
+			return r - 'a' + 'A'
+		}
+		return r
+	}, s)
+}
+
+func newApprovalCode() string {
+	b := make([]byte, codeLen)
+	rand.Read(b)
+	for i := range b {
+		// 256 % 31 != 0: the bias is under 1% per character, harmless for a
+		// code that only names a pending registration.
+		b[i] = codeAlphabet[int(b[i])%len(codeAlphabet)]
+	}
+	return string(b)
+}
+
+// pruneLocked drops expired registrations. pendingRegs.mu held.
+func (pr *pendingRegs) pruneLocked(now time.Time) {
+	for c, p := range pr.byCode {
+		if !now.Before(p.Expires) {
+			delete(pr.byCode, c)
+			if pr.byKey[p.NodeKey] == p {
+				delete(pr.byKey, p.NodeKey)
+			}
+		}
+	}
+}
+
+// lookup returns the unexpired registration with code, or nil.
+func (pr *pendingRegs) lookup(code string, now time.Time) *pendingReg {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	p := pr.byCode[normalizeCode(code)]
+	if p == nil || !now.Before(p.Expires) {
+		return nil
+	}
+	return p
+}
+
+// remove forgets p.
+func (pr *pendingRegs) remove(p *pendingReg) {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	if pr.byCode[p.Code] == p {
+		delete(pr.byCode, p.Code)
+	}
+	if pr.byKey[p.NodeKey] == p {
+		delete(pr.byKey, p.NodeKey)
+	}
+}
+
+// addPending returns the registration waiting for nk, creating it.
+func (s *Server) addPending(req *wire.RegisterRequest) (*pendingReg, *apiError) {
+	now := s.now()
+	pr := &s.ac.pending
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	pr.pruneLocked(now)
+	if p := pr.byKey[req.NodeKey]; p != nil {
+		return p, nil
+	}
+	if len(pr.byCode) >= maxPending {
+		return nil, errorf(http.StatusServiceUnavailable, CodeUnavailable, "too many registrations are waiting for approval")
+	}
+	code := newApprovalCode()
+	for pr.byCode[code] != nil {
+		code = newApprovalCode()
+	}
+	p := &pendingReg{
+		PendingRegistration: PendingRegistration{
+			Code: code, NodeKey: req.NodeKey, Hostname: req.Hostname, OS: req.OS, Created: now, Expires: now.Add(approvalTTL),
+		},
+		done: make(chan struct{}),
+	}
+	pr.byCode[code] = p
+	pr.byKey[req.NodeKey] = p
+	s.logger.Info("registration waiting for approval", "node", req.NodeKey.ShortString(), "hostname", req.Hostname, "code", code)
+	return p, nil
+}
+
+// PendingRegistrations lists the registrations waiting for approval.
+func (s *Server) PendingRegistrations() []PendingRegistration {
+	pr := &s.ac.pending
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	pr.pruneLocked(s.now())
+	out := make([]PendingRegistration, 0, len(pr.byCode))
+	for _, p := range pr.byCode {
+		select {
+		case <-p.done:
+			continue // approved; the node is on its way
+		default:
+		}
+		out = append(out, p.PendingRegistration)
+	}
+	slices.SortFunc(out, func(a, b PendingRegistration) int { return a.Created.Compare(b.Created) })
+	return out
+}
+
+// ApproveRegistration admits the node waiting with code into the default
+// network, owned by a.User or carrying a.Tags. It fails with ErrNotFound
+// for an unknown or expired code and ErrConflict if it was approved
+// already; an unknown user or a tag the policy does not list fails with
+// ErrInvalid.
+func (s *Server) ApproveRegistration(ctx context.Context, code string, a Approval) error {
+	p := s.ac.pending.lookup(code, s.now())
+	if p == nil {
+		return fmt.Errorf("%w: no node is waiting with code %q (codes expire after %v)", ErrNotFound, normalizeCode(code), approvalTTL)
+	}
+	select {
+	case <-p.done:
+		return fmt.Errorf("%w: code %s was approved already", ErrConflict, p.Code)
+	default:
+	}
+	secret, ak, err := s.createAuthKey(ctx, AuthKeyOptions{User: a.User, Tags: a.Tags, Expiry: approvalTTL})
+	if err != nil {
+		return err
+	}
+	pr := &s.ac.pending
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	select {
+	case <-p.done:
+		return fmt.Errorf("%w: code %s was approved already", ErrConflict, p.Code)
+	default:
+	}
+	p.approval, p.authKey = a, secret
+	close(p.done)
+	actor := a.Actor
+	if actor == "" {
+		actor = actorAdmin
+	}
+	detail := "user=" + a.User
+	if len(a.Tags) > 0 {
+		detail += " tags=" + strings.Join(a.Tags, ",")
+	}
+	s.audit(ctx, actor, "node.approve", p.Code, detail+" auth_key="+ak.Prefix+" hostname="+p.Hostname)
+	s.logger.Info("registration approved", "code", p.Code, "node", p.NodeKey.ShortString(), "user", a.User, "tags", a.Tags)
+	return nil
+}
+
+// authURL is where the person approving node with code goes.
+func authURL(r *http.Request, code string) string {
+	scheme := "http"
+	if r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https" {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host + "/register/" + code
+}
+
+// interactiveRegister handles the registrations that need approval: a
+// new node key without an auth key (outside dev mode on loopback), and
+// every Followup. It reports false, having written nothing, for the
+// requests register handles.
+func (s *Server) interactiveRegister(w http.ResponseWriter, r *http.Request, nk key.NodePublic, req *wire.RegisterRequest) bool {
+	if req.Followup != "" {
+		s.followup(w, r, nk, req)
+		return true
+	}
+	if req.AuthKey != "" || req.Logout || (s.devMode && remoteIsLoopback(r)) {
+		return false
+	}
+	s.mu.Lock()
+	known := s.nodes[nk] != nil
+	s.mu.Unlock()
+	if known {
+		return false
+	}
+	p, aerr := s.addPending(req)
+	if aerr != nil {
+		writeError(w, aerr)
+		return true
+	}
+	s.writeSealed(w, nk, &wire.RegisterResponse{AuthURL: authURL(r, p.Code), AuthCode: p.Code})
+	return true
+}
+
+// followup holds a Followup request until its registration is approved,
+// followupWait passes, or the node hangs up.
+func (s *Server) followup(w http.ResponseWriter, r *http.Request, nk key.NodePublic, req *wire.RegisterRequest) {
+	p := s.ac.pending.lookup(req.Followup, s.now())
+	if p == nil {
+		s.mu.Lock()
+		known := s.nodes[nk] != nil
+		s.mu.Unlock()
+		if known {
+			// Approved and registered by an earlier followup whose answer was lost.
+			s.finishApproved(w, r, nk, req, "")
+			return
+		}
+		writeError(w, errorf(http.StatusForbidden, CodeApprovalExpired, "approval code is unknown or expired; register again"))
+		return
+	}
+	if p.NodeKey != nk {
+		writeError(w, errorf(http.StatusForbidden, CodeForbidden, "approval code belongs to another node key"))
+		return
+	}
+	t := time.NewTimer(followupWait)
+	defer t.Stop()
+	select {
+	case <-p.done:
+	case <-t.C:
+		s.writeSealed(w, nk, &wire.RegisterResponse{AuthURL: authURL(r, p.Code), AuthCode: p.Code})
+		return
+	case <-r.Context().Done():
+		return
+	case <-s.ctx.Done():
+		writeError(w, errorf(http.StatusServiceUnavailable, CodeUnavailable, "coordinator is shutting down"))
+		return
+	}
+	s.finishApproved(w, r, nk, req, p.authKey)
+	s.ac.pending.remove(p)
+}
+
+// finishApproved registers an approved node with the auth key made for it
+// (or rejoins it if it is registered already) and answers the followup.
+func (s *Server) finishApproved(w http.ResponseWriter, r *http.Request, nk key.NodePublic, req *wire.RegisterRequest, authKey string) {
+	rr := *req
+	rr.AuthKey, rr.Followup = authKey, ""
+	resp, aerr := s.register(context.WithoutCancel(r.Context()), &rr, remoteIsLoopback(r))
+	if aerr != nil {
+		if aerr.status >= 500 {
+			s.logger.Warn("approved registration failed", "node", nk.ShortString(), "err", aerr)
+		}
+		writeError(w, aerr)
+		return
+	}
+	s.writeSealed(w, nk, resp)
+}
+
+func (s *Server) handleApprovalPage(w http.ResponseWriter, r *http.Request) {
+	p := s.ac.pending.lookup(r.PathValue("code"), s.now())
+	if p == nil {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusNotFound)
+		fmt.Fprintln(w, "Beam: no node is waiting with this code; it may have expired. Start the node's login again.")
+		return
+	}
+	s.ac.approver.ServeApproval(w, r, p.PendingRegistration)
+}
+
+func (s *Server) handleListPending(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.PendingRegistrations())
+}
+
+func (s *Server) handleApprove(w http.ResponseWriter, r *http.Request) {
+	var a Approval
+	if !decodeJSONBody(w, r, &a) {
+		return
+	}
+	a.Actor = actorAdmin
+	if err := s.ApproveRegistration(r.Context(), r.PathValue("code"), a); err != nil {
+		s.adminError(w, "approve registration", err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}

@@ -1,0 +1,181 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Admin API for the audit log (bearer token):
+//
+//	GET /api/v1/audit?limit=N   -> []AuditEntry, newest first (N defaults to 100, at most 10000)
+//
+// Actions recorded (Action, with Target):
+//
+//	authkey.create, authkey.delete   auth key prefix (never the secret)
+//	user.create, user.delete         user name
+//	node.register, node.reauth       node name (actor: the node, Detail: how it joined)
+//	node.logout                      node name
+//	node.remove                      node name (actor: admin, or coordinator for ephemeral nodes)
+//	node.expire                      node name (actor: admin) ; node.expired when the key ran out
+//	node.set_expiry                  node name, Detail the new expiry
+//	node.approve                     approval code, Detail user/tags
+//	policy.set                       "policy", Detail a hash of the new text
+//	route.claim, route.release       public route name (from the expose path)
+
+// AuditEntry is one record of the audit log.
+type AuditEntry struct {
+	ID   int64     `json:"id"`
+	Time time.Time `json:"time"`
+	// Actor is who acted: "admin", "node:NAME" or "coordinator".
+	Actor string `json:"actor"`
+	// Action is what happened, such as "node.register".
+	Action string `json:"action"`
+	// Target is what it happened to: a node or user name, a key prefix.
+	Target string `json:"target,omitempty"`
+	// Detail is free text; it never holds a secret.
+	Detail string `json:"detail,omitempty"`
+}
+
+// AuditStore keeps the audit log.
+type AuditStore interface {
+	// AppendAudit stores entries in order; their IDs are assigned by the store.
+	AppendAudit(ctx context.Context, entries []AuditEntry) error
+	// Audit returns the newest limit entries, newest first.
+	Audit(ctx context.Context, limit int) ([]AuditEntry, error)
+}
+
+// Actors of audit entries.
+const (
+	actorAdmin       = "admin"
+	actorCoordinator = "coordinator"
+)
+
+func actorNode(name string) string { return "node:" + name }
+
+// maxAuditQueue bounds the entries waiting to be written.
+const maxAuditQueue = 10000
+
+// auditLog queues entries so audit can be called with any lock held; the
+// auditLoop goroutine writes them, and readers flush first.
+type auditLog struct {
+	wake chan struct{} // cap 1
+
+	mu      sync.Mutex // guards the following fields
+	queue   []AuditEntry
+	dropped int
+
+	writeMu sync.Mutex // serializes flushes so entries are stored in order
+}
+
+// audit records that actor did action to target. It never blocks on I/O
+// and may be called with any of the Server's locks held; the entry is
+// written to the store shortly after (and before any read of the log).
+// detail must not hold secrets.
+func (s *Server) audit(_ context.Context, actor, action, target, detail string) {
+	a := &s.ac.audit
+	a.mu.Lock()
+	if len(a.queue) >= maxAuditQueue {
+		a.dropped++
+	} else {
+		a.queue = append(a.queue, AuditEntry{Time: s.now(), Actor: actor, Action: action, Target: target, Detail: detail})
+	}
+	a.mu.Unlock()
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// flushAudit writes every queued entry to the store.
+func (s *Server) flushAudit(ctx context.Context) error {
+	a := &s.ac.audit
+	a.writeMu.Lock()
+	defer a.writeMu.Unlock()
+	a.mu.Lock()
+	batch, dropped := a.queue, a.dropped
+	a.queue, a.dropped = nil, 0
+	a.mu.Unlock()
+	if dropped > 0 {
+		s.logger.Warn("audit queue overflowed; entries lost", "count", dropped)
+	}
+	if len(batch) == 0 {
+		return nil
+	}
+	if err := s.store.AppendAudit(ctx, batch); err != nil {
+		s.logger.Error("write audit log", "entries", len(batch), "err", err)
+		return err
+	}
+	return nil
+}
+
+// auditLoop writes queued audit entries until the Server closes, then
+// writes what is left.
+func (s *Server) auditLoop() {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.ctx.Done():
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			s.flushAudit(ctx)
+			cancel()
+			return
+		case <-s.ac.audit.wake:
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+		s.flushAudit(ctx)
+		cancel()
+	}
+}
+
+// Audit returns the newest limit audit entries, newest first.
+func (s *Server) Audit(ctx context.Context, limit int) ([]AuditEntry, error) {
+	if err := s.flushAudit(ctx); err != nil {
+		return nil, err
+	}
+	return s.store.Audit(ctx, limit)
+}
+
+func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
+	limit := 100
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 {
+			writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "limit must be a positive number"))
+			return
+		}
+		limit = min(n, 10000)
+	}
+	out, err := s.Audit(r.Context(), limit)
+	if err != nil {
+		s.adminError(w, "read audit log", err)
+		return
+	}
+	if out == nil {
+		out = []AuditEntry{}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// authKeyDetail describes a new auth key for the audit log (never its secret).
+func authKeyDetail(ak *AuthKey) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "reusable=%v ephemeral=%v", ak.Reusable, ak.Ephemeral)
+	if ak.User != "" {
+		fmt.Fprintf(&b, " user=%s", ak.User)
+	}
+	if len(ak.Tags) > 0 {
+		fmt.Fprintf(&b, " tags=%s", strings.Join(ak.Tags, ","))
+	}
+	if !ak.Expiry.IsZero() {
+		fmt.Fprintf(&b, " expires=%s", ak.Expiry.UTC().Format(time.RFC3339))
+	}
+	if ak.NodeKeyExpiry != 0 {
+		fmt.Fprintf(&b, " node_key_expiry=%s", formatKeyExpiry(ak.NodeKeyExpiry))
+	}
+	return b.String()
+}

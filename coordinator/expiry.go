@@ -1,0 +1,125 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"beam.dev/beam/wire"
+)
+
+// Admin API for node key expiry (bearer token):
+//
+//	PUT /api/v1/nodes/{name}/expiry   SetExpiryRequest -> 200 wire.Node
+
+// DefaultNodeKeyExpiry is how long the key of a node owned by a user stays
+// valid when its auth key does not say otherwise. Tagged nodes and nodes
+// without a user (servers, dev mode) do not expire by default.
+const DefaultNodeKeyExpiry = 180 * 24 * time.Hour
+
+// keyExpiryFor returns the key expiry of node n (its User and Tags) when
+// it registers at now with ak (nil for none); zero means never.
+func keyExpiryFor(ak *AuthKey, n *wire.Node, now time.Time) time.Time {
+	var d time.Duration
+	switch {
+	case ak != nil && ak.NodeKeyExpiry < 0:
+		return time.Time{}
+	case ak != nil && ak.NodeKeyExpiry > 0:
+		d = ak.NodeKeyExpiry
+	case n.User != "" && len(n.Tags) == 0:
+		d = DefaultNodeKeyExpiry
+	default:
+		return time.Time{}
+	}
+	return now.Add(d)
+}
+
+// SetExpiryRequest is the JSON body of PUT /api/v1/nodes/{name}/expiry.
+type SetExpiryRequest struct {
+	// Expiry is a Go duration from now ("720h") or "never".
+	Expiry string `json:"expiry"`
+}
+
+// parseKeyExpiry parses a key expiry setting: a positive Go duration, or
+// "never" (or "0") for none, returned as a negative duration.
+func parseKeyExpiry(s string) (time.Duration, error) {
+	if s == "never" || s == "0" {
+		return -1, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d <= 0 {
+		return 0, fmt.Errorf("%w: key expiry %q: want a positive duration like 720h, or never", ErrInvalid, s)
+	}
+	return d, nil
+}
+
+// SetNodeExpiry sets when the key of node ref (as in RemoveNode) expires;
+// zero means never. A node whose key had expired may stream again (and is
+// back in its peers' maps) once the new expiry is in the future.
+func (s *Server) SetNodeExpiry(ctx context.Context, ref string, expiry time.Time) (*wire.Node, error) {
+	s.mu.Lock()
+	e, err := s.findNodeLocked(ref)
+	s.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	nk := e.rec.Node.Key
+	n, aerr := s.updateSelf(ctx, nk, func(n *NodeRecord) { n.Node.KeyExpiry = expiry })
+	if aerr != nil {
+		return nil, aerr
+	}
+	now := s.now()
+	s.mu.Lock()
+	if e := s.nodes[nk]; e != nil {
+		if e.rec.Node.Expired(now) {
+			if !e.expiryHandled {
+				e.expiryHandled = true
+				s.expireLocked(e)
+			}
+		} else {
+			e.expiryHandled = false
+		}
+	}
+	s.mu.Unlock()
+	return n, nil
+}
+
+func (s *Server) handleSetNodeExpiry(w http.ResponseWriter, r *http.Request) {
+	var req SetExpiryRequest
+	if !decodeJSONBody(w, r, &req) {
+		return
+	}
+	d, err := parseKeyExpiry(req.Expiry)
+	if err != nil {
+		s.adminError(w, "set node expiry", err)
+		return
+	}
+	var at time.Time
+	if d > 0 {
+		at = s.now().Add(d)
+	}
+	n, err := s.SetNodeExpiry(r.Context(), r.PathValue("name"), at)
+	if err != nil {
+		s.adminError(w, "set node expiry", err)
+		return
+	}
+	detail := "never"
+	if !at.IsZero() {
+		detail = at.UTC().Format(time.RFC3339)
+	}
+	s.audit(r.Context(), actorAdmin, "node.set_expiry", n.Name, detail)
+	writeJSON(w, http.StatusOK, n)
+}
+
+// formatKeyExpiry shows an auth key's NodeKeyExpiry: "" for the default,
+// "never", or a Go duration.
+func formatKeyExpiry(d time.Duration) string {
+	switch {
+	case d == 0:
+		return ""
+	case d < 0:
+		return "never"
+	}
+	return d.String()
+}

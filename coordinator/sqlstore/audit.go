@@ -1,0 +1,54 @@
+package sqlstore
+
+import (
+	"context"
+	"fmt"
+
+	"beam.dev/beam/coordinator"
+)
+
+// AppendAudit implements coordinator.AuditStore.
+func (s *Store) AppendAudit(ctx context.Context, entries []coordinator.AuditEntry) (err error) {
+	if len(entries) == 0 {
+		return nil
+	}
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return s.wrap("append audit", err)
+	}
+	defer func() {
+		if err != nil {
+			tx.Rollback()
+		}
+	}()
+	q := s.d.rebind(`INSERT INTO audit_log (at, actor, action, target, detail) VALUES (?, ?, ?, ?, ?)`)
+	for _, e := range entries {
+		if _, err := tx.ExecContext(ctx, q, unixNano(e.Time), e.Actor, e.Action, e.Target, e.Detail); err != nil {
+			return s.wrap("append audit", err)
+		}
+	}
+	return s.wrap("append audit", tx.Commit())
+}
+
+// Audit implements coordinator.AuditStore.
+func (s *Store) Audit(ctx context.Context, limit int) ([]coordinator.AuditEntry, error) {
+	if limit <= 0 {
+		return nil, fmt.Errorf("sqlstore: audit: limit %d: %w", limit, coordinator.ErrInvalid)
+	}
+	rows, err := s.db.QueryContext(ctx, s.d.rebind(`SELECT id, at, actor, action, target, detail FROM audit_log ORDER BY id DESC LIMIT ?`), limit)
+	if err != nil {
+		return nil, s.wrap("audit", err)
+	}
+	defer rows.Close()
+	var out []coordinator.AuditEntry
+	for rows.Next() {
+		var e coordinator.AuditEntry
+		var at int64
+		if err := rows.Scan(&e.ID, &at, &e.Actor, &e.Action, &e.Target, &e.Detail); err != nil {
+			return nil, s.wrap("audit", err)
+		}
+		e.Time = fromUnixNano(at)
+		out = append(out, e)
+	}
+	return out, s.wrap("audit", rows.Err())
+}

@@ -1,0 +1,192 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Admin API for users (bearer token), JSON in and out:
+//
+//	POST   /api/v1/users          CreateUserRequest -> 201 User
+//	GET    /api/v1/users          -> []User
+//	DELETE /api/v1/users/{name}   -> 204 (409 while nodes or auth keys name the user)
+
+// User is a person who owns nodes. Auth keys created for a user give
+// their nodes that user; the policy refers to users by Name.
+type User struct {
+	ID        int64     `json:"id"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// UserStore keeps users.
+type UserStore interface {
+	// CreateUser inserts u and sets u.ID; a taken name fails with ErrConflict.
+	CreateUser(ctx context.Context, u *User) error
+	// Users lists all users sorted by name.
+	Users(ctx context.Context) ([]*User, error)
+	// DeleteUser deletes the user called name, or returns ErrNotFound.
+	DeleteUser(ctx context.Context, name string) error
+}
+
+// CreateUserRequest is the JSON body of POST /api/v1/users.
+type CreateUserRequest struct {
+	Name string `json:"name"`
+}
+
+// checkUserName reports whether name can be a user name: 1 to 64 bytes of
+// letters, digits and ".-_@+", starting with a letter or digit. Policies
+// name users bare, so a user name never holds ':' (tag:, group:) or '*'.
+func checkUserName(name string) error {
+	if name == "" || len(name) > 64 {
+		return fmt.Errorf("%w: user name must be 1 to 64 characters", ErrInvalid)
+	}
+	for i, c := range name {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			i > 0 && strings.ContainsRune(".-_@+", c)
+		if !ok {
+			return fmt.Errorf("%w: user name %q: use letters, digits and . - _ @ + (starting with a letter or digit)", ErrInvalid, name)
+		}
+	}
+	return nil
+}
+
+// CreateUser adds a user called name.
+func (s *Server) CreateUser(ctx context.Context, name string) (*User, error) {
+	if err := checkUserName(name); err != nil {
+		return nil, err
+	}
+	u := &User{Name: name, CreatedAt: s.now()}
+	if err := s.store.CreateUser(ctx, u); err != nil {
+		if errors.Is(err, ErrConflict) {
+			return nil, fmt.Errorf("%w: user %q exists", ErrConflict, name)
+		}
+		return nil, fmt.Errorf("coordinator: create user: %w", err)
+	}
+	s.logger.Info("user created", "user", name)
+	return u, nil
+}
+
+// Users lists all users sorted by name.
+func (s *Server) Users(ctx context.Context) ([]*User, error) {
+	us, err := s.store.Users(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: list users: %w", err)
+	}
+	return us, nil
+}
+
+// userExists reports whether a user called name exists.
+func (s *Server) userExists(ctx context.Context, name string) (bool, error) {
+	us, err := s.Users(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, u := range us {
+		if u.Name == name {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// DeleteUser deletes the user called name. It fails with ErrConflict while
+// a node, an auth key or the policy still names the user.
+func (s *Server) DeleteUser(ctx context.Context, name string) error {
+	s.mu.Lock()
+	nodes := 0
+	for _, e := range s.nodes {
+		if e.rec.Node.User == name {
+			nodes++
+		}
+	}
+	s.mu.Unlock()
+	if nodes > 0 {
+		return fmt.Errorf("%w: user %q owns %d node(s); remove them first", ErrConflict, name, nodes)
+	}
+	keys, err := s.store.AuthKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("coordinator: delete user: %w", err)
+	}
+	for _, k := range keys {
+		if k.User == name {
+			return fmt.Errorf("%w: auth key %s belongs to user %q; delete it first", ErrConflict, k.Prefix, name)
+		}
+	}
+	if err := s.currentPolicy().CheckUsers(func(u string) bool { return u != name }); err != nil {
+		return fmt.Errorf("%w: the policy names user %q; change it first", ErrConflict, name)
+	}
+	if err := s.store.DeleteUser(ctx, name); err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return fmt.Errorf("%w: user %q", ErrNotFound, name)
+		}
+		return fmt.Errorf("coordinator: delete user: %w", err)
+	}
+	s.logger.Info("user deleted", "user", name)
+	return nil
+}
+
+func (s *Server) handleCreateUser(w http.ResponseWriter, r *http.Request) {
+	var req CreateUserRequest
+	if !decodeJSONBody(w, r, &req) {
+		return
+	}
+	u, err := s.CreateUser(r.Context(), req.Name)
+	if err != nil {
+		s.adminError(w, "create user", err)
+		return
+	}
+	s.audit(r.Context(), actorAdmin, "user.create", u.Name, "")
+	writeJSON(w, http.StatusCreated, u)
+}
+
+func (s *Server) handleListUsers(w http.ResponseWriter, r *http.Request) {
+	us, err := s.Users(r.Context())
+	if err != nil {
+		s.adminError(w, "list users", err)
+		return
+	}
+	if us == nil {
+		us = []*User{}
+	}
+	writeJSON(w, http.StatusOK, us)
+}
+
+func (s *Server) handleDeleteUser(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if err := s.DeleteUser(r.Context(), name); err != nil {
+		s.adminError(w, "delete user", err)
+		return
+	}
+	s.audit(r.Context(), actorAdmin, "user.delete", name, "")
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// checkKeyOwner checks the owner of a new auth key: user, if set, must
+// exist, and every tag must be listed in the policy's tagOwners (only
+// admins create keys, and admins may use every listed tag).
+func (s *Server) checkKeyOwner(ctx context.Context, user string, tags []string) error {
+	if user != "" {
+		ok, err := s.userExists(ctx, user)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return fmt.Errorf("%w: unknown user %q (create it with beam admin users create)", ErrInvalid, user)
+		}
+	}
+	p := s.currentPolicy()
+	for _, t := range tags {
+		if !strings.HasPrefix(t, "tag:") {
+			return fmt.Errorf("%w: tag %q must start with \"tag:\"", ErrInvalid, t)
+		}
+		if !p.MayOwnTag(user, true, t) {
+			return fmt.Errorf("%w: tag %q is not listed in the policy's tagOwners", ErrInvalid, t)
+		}
+	}
+	return nil
+}
