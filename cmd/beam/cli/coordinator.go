@@ -44,6 +44,8 @@ type CoordinatorOptions struct {
 	Dev bool
 	// LogLevel is debug, info, warn or error.
 	LogLevel string
+	// Edge holds the public edge and DNS settings flags.
+	Edge CoordinatorEdgeOptions
 
 	// ready, if set, is called with the listening address (for tests).
 	ready func(addr string)
@@ -80,6 +82,7 @@ its hash is kept in the database). Use the token with beam admin:
 	fl.StringVar(&opts.BaseDomain, "base-domain", coordinator.DefaultBaseDomain, "base DNS domain; networks get NETWORK.BASE")
 	fl.BoolVar(&opts.Dev, "dev", false, "dev mode: nodes on loopback may register without an auth key")
 	fl.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	bindCoordinatorEdgeFlags(cmd, &opts.Edge)
 	return cmd
 }
 
@@ -124,7 +127,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 		return err
 	}
 	defer st.Close()
-	srv, err := coordinator.New(coordinator.Options{
+	copts := coordinator.Options{
 		Store:      st,
 		PrivateKey: priv,
 		Logger:     logger,
@@ -132,7 +135,11 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 		BaseDomain: opts.BaseDomain,
 		DERPMap:    derpMap,
 		DevMode:    opts.Dev,
-	})
+	}
+	if err := opts.Edge.apply(&copts); err != nil {
+		return err
+	}
+	srv, err := coordinator.New(copts)
 	if err != nil {
 		return err
 	}
