@@ -95,8 +95,12 @@ func TestGrid(t *testing.T) {
 	type cell struct{ a, b *device }
 	cells := make([]cell, len(pairs))
 	for i, p := range pairs {
+		// Each pair has a network of its own: its devices see only each
+		// other, as two devices of a small network would.
 		base := kindLabel(p.A) + "-" + kindLabel(p.B)
+		key := w.createAuthKey(base)
 		cells[i] = cell{w.addDevice(base+"-a", p.A), w.addDevice(base+"-b", p.B)}
+		cells[i].a.authKey, cells[i].b.authKey = key, key
 	}
 	t.Logf("lab with %d devices built in %v", 2*len(pairs), time.Since(gridStart).Round(time.Millisecond))
 
@@ -124,7 +128,7 @@ func TestGrid(t *testing.T) {
 	wg.Wait()
 	elapsed := time.Since(gridStart)
 
-	text := gridTable(results) + fmt.Sprintf("grid of %d pairs in %v (%d at a time, %v per pair at most)\n",
+	text := gridTable(results) + "\n" + gridMatrix(results) + fmt.Sprintf("grid of %d pairs in %v (%d at a time, %v per pair at most)\n",
 		len(pairs), elapsed.Round(time.Millisecond), gridParallel, gridPairLimit)
 	t.Logf("NAT grid (times since both devices were up):\n%s", text)
 	writeArtefact(t, w.out, "grid", map[string]any{
@@ -154,6 +158,39 @@ func gridTable(results []gridResult) string {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\t%v\t%v\t%v\t%v\t%d/%d\t%s\n", r.A, r.B, r.Want, r.Path, r.PeerPath,
 			r.UpTime, r.FirstTraffic, r.ToRelay, r.ToDirect, r.ToWant, r.RoundTrips, r.Failures, res)
+	}
+	tw.Flush()
+	return b.String()
+}
+
+// gridMatrix renders results as a matrix, A down and B across: the path
+// reached and when, or FAIL and the path expected.
+func gridMatrix(results []gridResult) string {
+	cell := map[[2]string]string{}
+	for _, r := range results {
+		c := fmt.Sprintf("%s %v", r.Path, r.ToWant)
+		if !r.ok() {
+			c = "FAIL (want " + r.Want + ")"
+		}
+		cell[[2]string{r.A, r.B}] = c
+	}
+	var b strings.Builder
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	fmt.Fprint(tw, "A \\ B")
+	for _, k := range gridKinds {
+		fmt.Fprintf(tw, "\t%s", kindLabel(k))
+	}
+	fmt.Fprintln(tw)
+	for _, ka := range gridKinds {
+		fmt.Fprint(tw, kindLabel(ka))
+		for _, kb := range gridKinds {
+			c, ok := cell[[2]string{kindLabel(ka), kindLabel(kb)}]
+			if !ok {
+				c = "(pending)"
+			}
+			fmt.Fprintf(tw, "\t%s", c)
+		}
+		fmt.Fprintln(tw)
 	}
 	tw.Flush()
 	return b.String()

@@ -49,7 +49,7 @@ type world struct {
 	srv      *nslab.Host
 	coord    *nslab.Proc
 	coordURL string
-	authKey  string
+	authKey  string // joins the default network
 	relays   []*relay
 	devices  []*device
 }
@@ -115,13 +115,26 @@ func newWorld(t *testing.T, cfg worldConfig) *world {
 			t.Fatal(err)
 		}
 	}
-	out, err := w.srv.Run(waitCtx, w.bin, "admin", "authkey", "create", "--coordinator", w.coordURL,
-		"--token-file", filepath.Join(w.dir, "coord", "admin.token"), "--reusable")
-	if err != nil {
-		t.Fatalf("create auth key: %v", err)
-	}
-	w.authKey = strings.TrimSpace(string(out))
+	w.authKey = w.createAuthKey("")
 	return w
+}
+
+// createAuthKey creates a reusable auth key for the network (the default
+// network if empty; the coordinator creates a network on its first key).
+func (w *world) createAuthKey(network string) string {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(w.t.Context(), 20*time.Second)
+	defer cancel()
+	args := []string{"admin", "authkey", "create", "--coordinator", w.coordURL,
+		"--token-file", filepath.Join(w.dir, "coord", "admin.token"), "--reusable"}
+	if network != "" {
+		args = append(args, "--network", network)
+	}
+	out, err := w.srv.Run(ctx, w.bin, args...)
+	if err != nil {
+		w.t.Fatalf("create auth key: %v", err)
+	}
+	return strings.TrimSpace(string(out))
 }
 
 func relayURL(a netip.Addr) string { return "http://" + hostPort(a, relayPort) }
@@ -197,16 +210,17 @@ func (r *relay) stats(ctx context.Context) (relayStats, error) {
 // device is one beam daemon in its own host namespace, with an echo server
 // and a hashing sink on the host's loopback for peers to reach.
 type device struct {
-	w      *world
-	name   string
-	kind   nslab.NATKind
-	host   *nslab.Host
-	state  string
-	socket string
-	daemon *nslab.Proc
-	echo   *nslab.Proc
-	sink   *nslab.Proc
-	lc     *localclient.Client
+	w       *world
+	name    string
+	kind    nslab.NATKind
+	authKey string
+	host    *nslab.Host
+	state   string
+	socket  string
+	daemon  *nslab.Proc
+	echo    *nslab.Proc
+	sink    *nslab.Proc
+	lc      *localclient.Client
 }
 
 // addDevice adds a host of the given NAT kind and starts a beam daemon and
@@ -217,7 +231,7 @@ func (w *world) addDevice(name string, kind nslab.NATKind) *device {
 	w.t.Helper()
 	h := w.lab.AddNATHost(name, kind)
 	d := &device{
-		w: w, name: name, kind: kind, host: h,
+		w: w, name: name, kind: kind, host: h, authKey: w.authKey,
 		state:  filepath.Join(w.dir, name),
 		socket: filepath.Join(w.dir, name+".sock"),
 	}
@@ -298,7 +312,7 @@ func (d *device) up(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 40*time.Second)
 	defer cancel()
 	cmd := d.host.Command(ctx, d.w.bin, "--socket", d.socket, "--state", d.state, "up",
-		"--coordinator", d.w.coordURL, "--authkey", d.w.authKey, "--hostname", d.name, "--timeout", "30s")
+		"--coordinator", d.w.coordURL, "--authkey", d.authKey, "--hostname", d.name, "--timeout", "30s")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("beam up %s: %w: %s", d.name, err, bytes.TrimSpace(out))
