@@ -459,7 +459,16 @@ func (s *Server) handleRemoveRoutes(w http.ResponseWriter, r *http.Request) {
 }
 
 // edgeRoutes registers the public edge endpoints on the control mux and
-// the admin mux.
+// the admin mux. Admin API (bearer token), JSON in and out:
+//
+//	GET    /api/v1/routes                  -> []RouteInfo
+//	DELETE /api/v1/routes/{host}           -> 204  (every route of host)
+//	POST   /api/v1/domains/{domain}/verify VerifyDomainRequest (optional) -> DomainStatus
+//	GET    /api/v1/domains                 -> []DomainStatus
+//	PUT    /api/v1/dns/txt/{name}          TXTBody -> 204  (501 no_zone without a Zone)
+//	DELETE /api/v1/dns/txt/{name}          -> 204
+//	GET    /api/v1/dns/config              -> DNSSettings
+//	PUT    /api/v1/dns/config              DNSSettings (strict) -> DNSSettings
 func (s *Server) edgeRoutes(mux, admin *http.ServeMux) {
 	mux.HandleFunc("POST /machine/expose", s.handleExpose)
 	mux.HandleFunc("POST /machine/txt", s.handleTXT)

@@ -765,3 +765,47 @@ func TestOverlayAddressesUniqueAcrossNetworks(t *testing.T) {
 		}
 	}
 }
+
+// A policy that admits the whole overlay must not admit the edge beyond
+// the exposed ports.
+func TestEdgeFilterNarrowsWidePolicy(t *testing.T) {
+	c := startCoord(t, func(o *coordinator.Options) {
+		edgeOpts("", "")(o)
+		o.Policy = func(self *wire.Node, all []*wire.Node) ([]wire.FilterRule, []*wire.Node) {
+			var dst []wire.NetPortRange
+			for _, a := range self.Addresses {
+				dst = append(dst, wire.NetPortRange{IP: a, First: 0, Last: 65535})
+			}
+			return []wire.FilterRule{{SrcIPs: []netip.Prefix{coordinator.CGNATPrefix, coordinator.ULAPrefix}, DstPorts: dst}}, all
+		}
+	})
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	a, b, ed := newNode(t, c.URL), newNode(t, c.URL), newNode(t, c.URL)
+	a.register(t, ak, "alpha")
+	b.register(t, ak, "beta")
+	// The edge is in the same network: the policy sees it in all.
+	edgeAddr := v4(ed.register(t, c.authKey(t, coordinator.AuthKeyOptions{Edge: true}), "edge").Node)
+	wa, wb := watch(t, a), watch(t, b)
+	wb.waitFor("beta map", wait, func(nm *wire.NetMap) bool { return peerNamed(nm, "alpha") != nil })
+	expose(t, a, wire.ExposeRequest{Proto: "http", Port: 8080})
+	nm := wa.waitFor("edge admitted", wait, func(nm *wire.NetMap) bool {
+		return peerNamed(nm, "edge") != nil && filterAllowsProto(nm.PacketFilter, edgeAddr, v4(nm.Self), 8080, 6)
+	})
+	self := v4(nm.Self)
+	if filterAllowsProto(nm.PacketFilter, edgeAddr, self, 22, 6) || filterAllowsProto(nm.PacketFilter, edgeAddr, self, 8080, 17) {
+		t.Errorf("edge reaches more than tcp/8080: %+v", nm.PacketFilter)
+	}
+	if !filterAllowsProto(nm.PacketFilter, v4(peerNamed(nm, "beta")), self, 22, 6) {
+		t.Errorf("beta lost access: %+v", nm.PacketFilter)
+	}
+	if nmb := wb.waitFor("beta map", wait, func(nm *wire.NetMap) bool { return true }); peerNamed(nmb, "edge") != nil {
+		t.Error("beta sees the edge")
+	}
+	// A node joining later is admitted by the narrowed rule too.
+	n3 := newNode(t, c.URL)
+	n3.register(t, ak, "gamma")
+	wa.waitFor("gamma admitted", wait, func(nm *wire.NetMap) bool {
+		p := peerNamed(nm, "gamma")
+		return p != nil && filterAllowsProto(nm.PacketFilter, v4(p), self, 22, 6)
+	})
+}

@@ -509,6 +509,9 @@ func (s *Server) fillExtras(ss *session, st *streamExtras, resp *wire.MapRespons
 	if !st.init || dnsGen != st.dnsGen {
 		resp.DNS = s.dnsConfig(ss.networkID)
 	}
+	// An empty list cannot be sent while wire.MapResponse.EdgeRoutes is
+	// tagged omitempty (it reads as "unchanged"); the node then keeps its
+	// last list, though the withdrawn routes' nodes leave its peers.
 	if (!st.init || gen != st.gen) && !slices.EqualFunc(routes, st.routes, edgeRouteEqual) {
 		resp.EdgeRoutes = routes
 		st.routes = routes
