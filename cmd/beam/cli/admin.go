@@ -82,6 +82,8 @@ token from BEAM_ADMIN_TOKEN or --token-file.`,
 	cmd.PersistentFlags().StringVar(&a.coordinator, "coordinator", "", "coordinator URL (env BEAM_COORDINATOR)")
 	cmd.PersistentFlags().StringVar(&a.tokenFile, "token-file", "", "file holding the admin token (default: env BEAM_ADMIN_TOKEN)")
 	cmd.AddCommand(newCmdAdminAuthKey(f, a), newCmdAdminNodes(f, a))
+	cmd.AddCommand(newCmdAdminRoutes(f, a), newCmdAdminDomains(f, a), newCmdAdminDNS(f, a))
+	cmd.AddCommand(newCmdAdminUsers(f, a), newCmdAdminPolicy(f, a), newCmdAdminAudit(f, a))
 	return cmd
 }
 
@@ -89,11 +91,27 @@ func newCmdAdminAuthKey(f *Factory, a *adminFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "authkey", Aliases: []string{"authkeys"}, Short: "Create, list and delete auth keys"}
 
 	var req coordclient.AuthKeyRequest
+	var tags []string
+	var keyExpiry string
 	create := &cobra.Command{
 		Use:   "create",
 		Short: "Create an auth key and print it (it is shown only once)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			req.Tags = append(req.Tags, tags...)
+			if keyExpiry != "" {
+				d, err := parseExpiryArg(keyExpiry)
+				if keyExpiry == "0" {
+					d, err = 0, nil
+				}
+				if err != nil {
+					return err
+				}
+				req.KeyExpiry = d
+				if d == 0 {
+					req.KeyExpiry = -1 // never
+				}
+			}
 			ad, err := a.client(f)
 			if err != nil {
 				return err
@@ -111,7 +129,10 @@ func newCmdAdminAuthKey(f *Factory, a *adminFlags) *cobra.Command {
 	create.Flags().DurationVar(&req.Expiry, "expiry", 0, "how long the key stays valid (e.g. 1h); 0 means forever")
 	create.Flags().StringSliceVar(&req.Tags, "tags", nil, "tags given to nodes (comma-separated)")
 	create.Flags().StringVar(&req.User, "user", "", "user that owns the nodes")
+	create.Flags().StringArrayVar(&tags, "tag", nil, "tag given to nodes, like tag:server (repeatable; the policy's tagOwners must list it)")
+	create.Flags().StringVar(&keyExpiry, "key-expiry", "", "node key expiry of its nodes (e.g. 720h, 30d; 0 or never for none; default 180d for user nodes, none for tagged)")
 	create.Flags().StringVar(&req.Network, "network", "", "network to join (default \"default\")")
+	create.Flags().BoolVar(&req.Edge, "edge", false, "the key registers public edge nodes")
 
 	var asJSON bool
 	list := &cobra.Command{
@@ -221,6 +242,7 @@ func newCmdAdminNodes(f *Factory, a *adminFlags) *cobra.Command {
 	cmd.AddCommand(list,
 		byName("remove", "Remove a node (NAME, NETWORK/NAME or nodekey:...)", (*coordclient.Admin).RemoveNode),
 		byName("expire", "Expire a node's key now", (*coordclient.Admin).ExpireNode),
+		newCmdAdminSetExpiry(f, a), newCmdAdminApprove(f, a), newCmdAdminPending(f, a),
 	)
 	return cmd
 }
