@@ -63,3 +63,18 @@ func FuzzMapResponseJSON(f *testing.F) {
 		}
 	})
 }
+
+func TestEmptyEdgeRoutesRoundTrip(t *testing.T) {
+	nm := (*NetMap)(nil).Apply(&MapResponse{EdgeRoutes: []EdgeRoute{{Host: "a.example.test", Proto: "http"}}}, time.Now())
+	b, err := json.Marshal(&MapResponse{EdgeRoutes: []EdgeRoute{}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resp MapResponse
+	if err := json.Unmarshal(b, &resp); err != nil {
+		t.Fatal(err)
+	}
+	if nm2 := nm.Apply(&resp, time.Now()); len(nm2.EdgeRoutes) != 0 {
+		t.Fatalf("an empty route list (%s) did not clear the routes: %v", b, nm2.EdgeRoutes)
+	}
+}

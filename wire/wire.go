@@ -106,7 +106,7 @@ type MapResponse struct {
 	PacketFilterSet bool `json:"packet_filter_set,omitempty"`
 	// EdgeRoutes, when non-nil, is the complete list of public routes this
 	// node serves (for edges) or owns (for devices).
-	EdgeRoutes []EdgeRoute `json:"edge_routes,omitempty"`
+	EdgeRoutes []EdgeRoute `json:"edge_routes,omitzero"`
 
 	// ControlTime is the coordinator's clock when sending; nodes use it to
 	// correct for skew when judging expiry.
