@@ -170,7 +170,9 @@ func newEdgeState(opts Options) (*edgeState, error) {
 		lookupTXT:   opts.LookupTXT,
 		lookupCNAME: opts.LookupCNAME,
 	}
-	if c.domain != "" && !isDomainName(c.domain) {
+	// "localhost" (one label) is allowed for local development: browsers
+	// and curl resolve every *.localhost name to loopback.
+	if c.domain != "" && c.domain != "localhost" && !isDomainName(c.domain) {
 		return nil, fmt.Errorf("coordinator: edge domain %q is not a domain name", opts.EdgeDomain)
 	}
 	if c.host == "" {
@@ -509,9 +511,9 @@ func (s *Server) fillExtras(ss *session, st *streamExtras, resp *wire.MapRespons
 	if !st.init || dnsGen != st.dnsGen {
 		resp.DNS = s.dnsConfig(ss.networkID)
 	}
-	// An empty list cannot be sent while wire.MapResponse.EdgeRoutes is
-	// tagged omitempty (it reads as "unchanged"); the node then keeps its
-	// last list, though the withdrawn routes' nodes leave its peers.
+	// routes is never nil here when it was computed, so an emptied list is
+	// sent as [] (wire.MapResponse.EdgeRoutes is omitzero) and clears the
+	// node's routes; nil means unchanged.
 	if (!st.init || gen != st.gen) && !slices.EqualFunc(routes, st.routes, edgeRouteEqual) {
 		resp.EdgeRoutes = routes
 		st.routes = routes

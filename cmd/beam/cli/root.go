@@ -77,6 +77,7 @@ func NewCmdRoot(f *Factory) *cobra.Command {
 		NewCmdDNS(f, in),
 		NewCmdExpose(f, in, nil),
 		NewCmdEdge(f, in, nil),
+		NewCmdServer(f, nil),
 	)
 	root.AddCommand(
 		NewCmdCoordinator(f, nil),

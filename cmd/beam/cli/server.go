@@ -1,0 +1,353 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"beam.dev/beam/coordinator"
+	"beam.dev/beam/coordinator/sqlstore"
+	"beam.dev/beam/derp/derpserver"
+	"beam.dev/beam/dnsserver"
+	"beam.dev/beam/edge"
+	"beam.dev/beam/edgenode"
+	"beam.dev/beam/localapi/apitype"
+	"beam.dev/beam/node"
+	"beam.dev/beam/wire"
+)
+
+// ServerOptions are the flags of beam server.
+type ServerOptions struct {
+	DataDir    string
+	Domain     string
+	Addr       string
+	PublicURL  string
+	HTTPAddr   string
+	HTTPSAddr  string
+	TCPPorts   string
+	UDPPorts   string
+	STUNAddr   string
+	DNSAddr    string
+	PublicIPs  []string
+	ACMECA     string
+	ACMECARoot string
+	ACMEEmail  string
+	Dev        bool
+	LogLevel   string
+
+	// ready, if set, is called with the coordinator's listen address and
+	// the edge's HTTP address once everything serves (tests).
+	ready func(addr, httpAddr string)
+}
+
+// NewCmdServer returns the beam server command: coordinator, relay, STUN,
+// edge and the public zone in one process.
+func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
+	o := &ServerOptions{}
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run everything on one machine: coordinator, relay + STUN, edge and the public DNS zone",
+		Long: `Run coordinator, relay + STUN, edge and the public DNS zone in one process, with SQLite.
+
+  beam server --data ./beam --domain example.test      a public server
+  beam server --dev                                    a local one: no domain, certificates or root;
+                                                       devices on this machine join without an auth key
+                                                       and beam expose gives http://NAME.localhost:8081`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fl := cmd.Flags()
+			if o.Dev {
+				o.devDefaults(fl.Changed)
+			}
+			if o.Domain == "" {
+				return errors.New("--domain is required (or use --dev)")
+			}
+			if runF != nil {
+				return runF(o)
+			}
+			return runServer(cmd.Context(), f, o)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&o.DataDir, "data", "beam-server", "data directory (SQLite database, keys, admin token)")
+	fl.StringVar(&o.Domain, "domain", "", "public domain: routes are NAME.DOMAIN")
+	fl.StringVar(&o.Addr, "addr", ":8080", "coordinator and relay HTTP listener")
+	fl.StringVar(&o.PublicURL, "public-url", "", "URL devices use to reach --addr (default http://DOMAIN:PORT)")
+	fl.StringVar(&o.HTTPAddr, "http-addr", ":80", "edge HTTP listener (\"\" disables)")
+	fl.StringVar(&o.HTTPSAddr, "https-addr", ":443", "edge TLS listener (\"\" disables; needs --acme-ca)")
+	fl.StringVar(&o.TCPPorts, "tcp-ports", "20000-20999", "edge ports for --tcp routes")
+	fl.StringVar(&o.UDPPorts, "udp-ports", "21000-21999", "edge ports for --udp routes")
+	fl.StringVar(&o.STUNAddr, "stun-addr", ":3478", "STUN responder (\"\" disables)")
+	fl.StringVar(&o.DNSAddr, "dns-addr", ":53", "authoritative DNS for DOMAIN (\"\" disables)")
+	fl.StringSliceVar(&o.PublicIPs, "public-ip", nil, "the edge's public addresses, for the zone's A/AAAA records")
+	fl.StringVar(&o.ACMECA, "acme-ca", "", "ACME directory URL (certificates by DNS-01 through the zone)")
+	fl.StringVar(&o.ACMECARoot, "acme-ca-root", "", "PEM root of the ACME server's HTTPS certificate")
+	fl.StringVar(&o.ACMEEmail, "acme-email", "", "ACME account contact")
+	fl.BoolVar(&o.Dev, "dev", false, "local development: loopback listeners, *.localhost URLs, join without an auth key from this machine")
+	fl.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	return cmd
+}
+
+// devDefaults replaces the flags the user did not set with loopback ones.
+func (o *ServerOptions) devDefaults(changed func(string) bool) {
+	set := func(name string, p *string, v string) {
+		if !changed(name) {
+			*p = v
+		}
+	}
+	set("domain", &o.Domain, "localhost")
+	set("addr", &o.Addr, "127.0.0.1:8080")
+	set("http-addr", &o.HTTPAddr, "127.0.0.1:8081")
+	set("https-addr", &o.HTTPSAddr, "")
+	set("stun-addr", &o.STUNAddr, "127.0.0.1:3478")
+	set("dns-addr", &o.DNSAddr, "")
+}
+
+func parsePortRange(s string) (first, last uint16, err error) {
+	a, b, ok := strings.Cut(s, "-")
+	if !ok {
+		b = a
+	}
+	f, err1 := strconv.ParseUint(strings.TrimSpace(a), 10, 16)
+	l, err2 := strconv.ParseUint(strings.TrimSpace(b), 10, 16)
+	if err1 != nil || err2 != nil || f == 0 || l < f {
+		return 0, 0, fmt.Errorf("bad port range %q: want FIRST-LAST", s)
+	}
+	return uint16(f), uint16(l), nil
+}
+
+func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
+	level, err := parseLevel(o.LogLevel)
+	if err != nil {
+		return err
+	}
+	logger := f.Logger(level)
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	priv, err := loadOrCreateMachineKey(filepath.Join(o.DataDir, "coordinator.key"))
+	if err != nil {
+		return err
+	}
+	derpKey, err := loadOrCreateMachineKey(filepath.Join(o.DataDir, "derp.key"))
+	if err != nil {
+		return err
+	}
+	token, created, err := loadOrCreateToken(filepath.Join(o.DataDir, "admin.token"))
+	if err != nil {
+		return err
+	}
+	dbPath := filepath.Join(o.DataDir, "coordinator.db")
+	if fh, err := os.OpenFile(dbPath, os.O_RDWR|os.O_CREATE, 0o600); err != nil {
+		return fmt.Errorf("create database: %w", err)
+	} else {
+		fh.Close()
+	}
+	st, err := sqlstore.Open(ctx, dbPath)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	ln, err := net.Listen("tcp", o.Addr)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", o.Addr, err)
+	}
+	defer ln.Close()
+	addr := ln.Addr().(*net.TCPAddr)
+	publicURL := o.PublicURL
+	if publicURL == "" {
+		host := o.Domain
+		if o.Dev || addr.IP.IsLoopback() {
+			host = addr.IP.String()
+		}
+		publicURL = "http://" + net.JoinHostPort(host, strconv.Itoa(addr.Port))
+	}
+	localURL := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(addr.Port))
+
+	var wg sync.WaitGroup
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() { cancel(); wg.Wait() }()
+
+	// Relay and STUN.
+	derpSrv := derpserver.New(derpserver.Options{PrivateKey: derpKey, Logger: logger.With("component", "derp")})
+	defer derpSrv.Close()
+	region := &wire.DERPRegion{RegionID: 1, RegionCode: "server", Name: "beam server", Nodes: []*wire.DERPNode{{Name: "1", RegionID: 1, URL: publicURL}}}
+	if o.STUNAddr != "" {
+		pc, err := net.ListenPacket("udp", o.STUNAddr)
+		if err != nil {
+			return fmt.Errorf("stun listen: %w", err)
+		}
+		stunHost, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(publicURL, "http://"), "https://"), ":")
+		if h, _, err := net.SplitHostPort(strings.TrimPrefix(strings.TrimPrefix(publicURL, "http://"), "https://")); err == nil {
+			stunHost = h
+		}
+		region.Nodes[0].STUNAddr = net.JoinHostPort(stunHost, strconv.Itoa(pc.LocalAddr().(*net.UDPAddr).Port))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			derpserver.ServeSTUN(ctx, pc, logger.With("component", "stun"))
+		}()
+	}
+	derpMap := &wire.DERPMap{Regions: map[int]*wire.DERPRegion{1: region}}
+
+	// The public zone.
+	var zone *dnsserver.Zone
+	if o.DNSAddr != "" {
+		var edgeAddrs []netip.Addr
+		for _, s := range o.PublicIPs {
+			a, err := netip.ParseAddr(s)
+			if err != nil {
+				return fmt.Errorf("bad --public-ip %q", s)
+			}
+			edgeAddrs = append(edgeAddrs, a)
+		}
+		zone = dnsserver.NewZone(dnsserver.ZoneOptions{Origin: o.Domain, NS: []string{"ns1." + o.Domain}, EdgeAddrs: edgeAddrs, Logger: logger.With("component", "zone")})
+		pc, err := net.ListenPacket("udp", o.DNSAddr)
+		if err != nil {
+			return fmt.Errorf("dns listen: %w", err)
+		}
+		zln, err := net.Listen("tcp", o.DNSAddr)
+		if err != nil {
+			pc.Close()
+			return fmt.Errorf("dns listen: %w", err)
+		}
+		wg.Add(2)
+		go func() { defer wg.Done(); zone.ServePacket(ctx, pc) }()
+		go func() { defer wg.Done(); zone.ServeStream(ctx, zln) }()
+	}
+
+	copts := coordinator.Options{
+		Store:      st,
+		PrivateKey: priv,
+		Logger:     logger.With("component", "coordinator"),
+		AdminToken: token,
+		DERPMap:    derpMap,
+		DevMode:    o.Dev,
+	}
+	if err := serverEdgeOptions(&copts, o, zone); err != nil {
+		return err
+	}
+	coord, err := coordinator.New(copts)
+	if err != nil {
+		return err
+	}
+	defer coord.Close()
+	mux := http.NewServeMux()
+	mux.Handle("/derp", derpSrv)
+	mux.Handle("/derp/", derpSrv)
+	mux.Handle("/generate_204", derpSrv)
+	mux.Handle("/", coord)
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug)}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logger.Error("serve", "err", err)
+			cancel()
+		}
+	}()
+	defer hs.Close()
+	if o.Dev {
+		logger.Warn("DEV MODE: devices connecting from this machine join WITHOUT an auth key; do not expose this server")
+	}
+	if created {
+		logger.Info("wrote a new admin token", "file", filepath.Join(o.DataDir, "admin.token"))
+	}
+
+	// The edge: a mesh node of its own, registered in-process.
+	edgeKey, err := serverEdgeAuthKey(ctx, coord)
+	if err != nil {
+		return err
+	}
+	routes := make(chan []wire.EdgeRoute, 1)
+	en, err := node.New(node.Options{
+		StateDir: filepath.Join(o.DataDir, "edge-node"),
+		Logger:   logger.With("component", "edge-node"),
+		Hostname: "edge",
+		OnNetMap: func(nm *wire.NetMap) {
+			select {
+			case <-routes:
+			default:
+			}
+			routes <- nm.EdgeRoutes
+		},
+	})
+	if err != nil {
+		return err
+	}
+	defer en.Close()
+	if _, err := en.Up(ctx, apitype.UpRequest{Coordinator: localURL, AuthKey: edgeKey, Hostname: "edge"}); err != nil {
+		return fmt.Errorf("edge joins the mesh: %w", err)
+	}
+	e, err := edge.New(edge.Options{
+		Dial:   en.DialContext,
+		Domain: o.Domain,
+		Logger: logger.With("component", "edge"),
+		OnRequest: func(l edge.RequestLog) {
+			logger.Info("request", "host", l.Host, "method", l.Method, "path", l.Path, "status", l.Status, "duration", l.Duration, "client", l.ClientIP)
+		},
+	})
+	if err != nil {
+		return err
+	}
+	defer e.Close()
+	var txt edge.TXTSetter
+	if zone != nil {
+		txt = zoneTXT{zone}
+	}
+	eo := &EdgeOptions{Domain: o.Domain, HTTPSAddr: o.HTTPSAddr, ACMECA: o.ACMECA, ACMECARoot: o.ACMECARoot, ACMEEmail: o.ACMEEmail, StateDir: o.DataDir}
+	if o.ACMECA != "" && txt == nil {
+		return errors.New("--acme-ca needs --dns-addr: certificates are issued by DNS-01 through the zone")
+	}
+	getCert, closeCerts, err := edgeCertificates(ctx, eo, e, txt, logger)
+	if err != nil {
+		return err
+	}
+	defer closeCerts()
+	httpsAddr := o.HTTPSAddr
+	if getCert == nil {
+		httpsAddr = ""
+	}
+	esrv, err := edgenode.New(edgenode.Options{Edge: e, HTTPAddr: o.HTTPAddr, HTTPSAddr: httpsAddr, GetCertificate: getCert, Logger: logger.With("component", "edge")})
+	if err != nil {
+		return err
+	}
+	defer esrv.Close()
+	httpAddr := ""
+	if a := esrv.Addr("http"); a != nil {
+		httpAddr = a.String()
+	}
+	logger.Info("beam server running", "coordinator", publicURL, "edge_http", httpAddr, "edge_https", httpsAddr, "domain", o.Domain)
+	if o.ready != nil {
+		o.ready(addr.String(), httpAddr)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case rs := <-routes:
+			if err := esrv.Update(rs); err != nil {
+				logger.Warn("routes", "err", err)
+			}
+		}
+	}
+}
+
+// zoneTXT adapts the zone to the certificate manager's TXT setter.
+type zoneTXT struct{ z *dnsserver.Zone }
+
+func (t zoneTXT) SetTXT(name string, values []string) { t.z.SetTXT(name, values) }
+func (t zoneTXT) DeleteTXT(name string)               { t.z.DeleteTXT(name) }
