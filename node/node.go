@@ -78,6 +78,8 @@ type Node struct {
 	lastErr       string
 	allowInbound  []uint16
 	proxies       map[uint16]*exposeProxy // device side of exposed HTTP ports
+	authURL       string                  // pending interactive approval
+	authCode      string
 
 	watchMu  sync.Mutex // guards watchers
 	watchers map[chan apitype.RequestLog]struct{}
@@ -281,7 +283,23 @@ func (n *Node) register(ctx context.Context, priv key.NodePrivate, authKey strin
 	if err != nil {
 		return nil, err
 	}
-	r, err := c.Register(ctx, coordclient.RegisterParams{AuthKey: authKey, Hostname: host, OS: runtime.GOOS})
+	params := coordclient.RegisterParams{AuthKey: authKey, Hostname: host, OS: runtime.GOOS}
+	if authKey == "" {
+		// A new node without a key waits for a person to approve it.
+		params.OnAuthURL = func(url, code string) {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			n.authURL, n.authCode = url, code
+			n.state = apitype.StateNeedsApproval
+			n.logger.Info("waiting for approval", "url", url, "code", code)
+		}
+		defer func() {
+			n.mu.Lock()
+			n.authURL, n.authCode = "", ""
+			n.mu.Unlock()
+		}()
+	}
+	r, err := c.Register(ctx, params)
 	if err != nil {
 		return nil, err
 	}
@@ -614,6 +632,7 @@ func (n *Node) Status() *apitype.Status {
 	if n.lastErr != "" {
 		st.Health = append(st.Health, n.lastErr)
 	}
+	st.AuthURL, st.AuthCode = n.authURL, n.authCode
 	n.mu.Unlock()
 	if state == apitype.StateExpired {
 		st.Health = append(st.Health, "node key expired: re-authenticate with `beam up --authkey KEY`")

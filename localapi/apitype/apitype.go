@@ -26,6 +26,9 @@ const (
 	StateStarting   State = "Starting"   // registered, waiting for the first netmap
 	StateRunning    State = "Running"    // in the mesh
 	StateExpired    State = "Expired"    // node key expired: re-authenticate with `beam up --authkey`
+	// StateNeedsApproval: a new node without an auth key waits for
+	// `beam admin nodes approve CODE`.
+	StateNeedsApproval State = "NeedsApproval"
 )
 
 // Status is the answer of GET /localapi/v0/status.
@@ -40,6 +43,10 @@ type Status struct {
 	Health []string `json:"health,omitempty"`
 	// DNSDomain is the network's MagicDNS domain.
 	DNSDomain string `json:"dns_domain,omitempty"`
+	// AuthURL and AuthCode are set while the node waits for a person to
+	// approve it (StateNeedsApproval).
+	AuthURL  string `json:"auth_url,omitempty"`
+	AuthCode string `json:"auth_code,omitempty"`
 }
 
 // PeerStatus describes one node: the daemon itself or a peer.

@@ -61,7 +61,7 @@ func NewCmdUp(f *Factory, in *instanceFlags, runF func(*UpOptions) error) *cobra
 	cmd.Flags().BoolVar(&o.ShieldsUp, "shields-up", false, "refuse all inbound connections from peers")
 	cmd.Flags().BoolVar(&o.ForceReauth, "force-reauth", false, "register again even if a node key is stored")
 	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the result as JSON")
-	cmd.Flags().DurationVar(&o.Timeout, "timeout", 60*time.Second, "how long to wait for the mesh")
+	cmd.Flags().DurationVar(&o.Timeout, "timeout", 10*time.Minute, "how long to wait for the mesh (and for approval of a node without an auth key)")
 	daemonFlags(cmd, &o.Daemon)
 	return cmd
 }
@@ -84,7 +84,30 @@ func runUp(ctx context.Context, f *Factory, in *instanceFlags, o *UpOptions) err
 	if o.shieldsUpSet {
 		req.ShieldsUp = &o.ShieldsUp
 	}
+	// While the daemon registers, show an approval code if the
+	// coordinator asks for one.
+	waitCtx, stopWait := context.WithCancel(ctx)
+	waitDone := make(chan struct{})
+	go func() {
+		defer close(waitDone)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-waitCtx.Done():
+				return
+			case <-tick.C:
+			}
+			st, err := lc.Status(waitCtx)
+			if err == nil && st.AuthCode != "" {
+				fmt.Fprintf(f.ErrOut, "This node needs approval. Ask an admin to run:\n\n\tbeam admin nodes approve %s\n\nor open %s\nWaiting...\n", st.AuthCode, st.AuthURL)
+				return
+			}
+		}
+	}()
 	resp, err := lc.Up(ctx, req)
+	stopWait()
+	<-waitDone
 	if err != nil {
 		return err
 	}
