@@ -72,14 +72,17 @@ func mbits(n int64, d time.Duration) float64 { return float64(n) * 8 / d.Seconds
 // BenchmarkTCPThroughput measures bulk TCP through the overlay between two
 // engines against raw loopback TCP measured in the same run.
 func BenchmarkTCPThroughput(b *testing.B) {
-	for _, mtu := range []int{1280, 8000, 32000, 60000} {
-		b.Run(fmt.Sprintf("mtu=%d", mtu), func(b *testing.B) {
-			benchThroughput(b, mtu)
+	for _, tc := range []struct {
+		mtu int
+		cc  string
+	}{{1280, "cubic"}, {1280, "reno"}, {8000, "cubic"}, {32000, "cubic"}, {60000, "cubic"}} {
+		b.Run(fmt.Sprintf("mtu=%d/cc=%s", tc.mtu, tc.cc), func(b *testing.B) {
+			benchThroughput(b, tc.mtu, tc.cc)
 		})
 	}
 }
 
-func benchThroughput(b *testing.B, mtu int) {
+func benchThroughput(b *testing.B, mtu int, cc string) {
 	const chunk = 1 << 20
 	const baseBytes = 256 << 20
 	// Baseline: raw loopback TCP.
@@ -96,7 +99,10 @@ func benchThroughput(b *testing.B, mtu int) {
 	rw <- baseBytes
 	raw := mbits(baseBytes, transfer(b, rc, baseBytes, rg))
 
-	nodes := newNodes(b, 2, func(_ int, o *Options) { o.MTU = mtu })
+	nodes := newNodes(b, 2, func(_ int, o *Options) {
+		o.MTU = mtu
+		o.CongestionControl = cc
+	})
 	a, z := nodes[0], nodes[1]
 	ln, err := z.e.Listen("tcp", fmt.Sprintf("%v:9000", z.v4))
 	if err != nil {

@@ -40,6 +40,13 @@ type Config struct {
 	// new flows must match a rule, replies to flows this node opened
 	// always pass. Nil accepts every inbound flow.
 	Filter *Filter
+	// DERPMap maps relay region IDs to the URL of a relay of that region
+	// (http:// or https://, path /derp). Nil: no relays, peers are reached
+	// over direct UDP only.
+	DERPMap map[int]string
+	// HomeDERP is this node's home relay region, which it stays connected
+	// to so peers can reach it; 0 means none.
+	HomeDERP int
 }
 
 // Peer is one WireGuard peer.
@@ -54,7 +61,8 @@ type Peer struct {
 	AllowedIPs []netip.Prefix
 	// Endpoints are candidate UDP addresses of the peer.
 	Endpoints []netip.AddrPort
-	// HomeDERP is the peer's relay region; 0 means none. (Not used yet.)
+	// HomeDERP is the peer's home relay region, used while no direct
+	// path to the peer is confirmed; 0 means none.
 	HomeDERP int
 }
 
@@ -91,9 +99,10 @@ func (e *Engine) Reconfig(cfg Config) error {
 	// endpoints; removed peers go from both.
 	bps := make([]bind.PeerConfig, 0, len(cfg.Peers))
 	for _, p := range cfg.Peers {
-		bps = append(bps, bind.PeerConfig{Key: p.Key, Endpoints: p.Endpoints})
+		bps = append(bps, bind.PeerConfig{Key: p.Key, Endpoints: p.Endpoints, HomeRegion: p.HomeDERP})
 	}
 	e.bind.SetPeers(bps)
+	e.relays.setMap(cfg.DERPMap, cfg.HomeDERP)
 
 	var sb strings.Builder
 	want := make(map[key.NodePublic]Peer, len(cfg.Peers))

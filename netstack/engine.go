@@ -66,12 +66,13 @@ type Options struct {
 
 // Engine is a running data plane. Its methods are safe for concurrent use.
 type Engine struct {
-	log   *slog.Logger
-	opts  Options
-	bind  *bind.Bind
-	stack *gv.Stack
-	dev   *device.Device
-	pf    packetFilter
+	log    *slog.Logger
+	opts   Options
+	bind   *bind.Bind
+	stack  *gv.Stack
+	dev    *device.Device
+	relays *relays
+	pf     packetFilter
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -123,7 +124,8 @@ func New(opts Options) (*Engine, error) {
 	e.pf.now = func() int64 { return time.Now().Unix() }
 	e.pf.pol.Store(&policy{open: true})
 
-	b, err := bind.New(bind.Options{PrivateKey: opts.PrivateKey, Logger: e.log.With("component", "bind")})
+	e.relays = newRelays(e, opts.PrivateKey)
+	b, err := bind.New(bind.Options{PrivateKey: opts.PrivateKey, Logger: e.log.With("component", "bind"), Relay: e.relays})
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("netstack: %w", err)
@@ -224,6 +226,7 @@ func (e *Engine) Close() error {
 	e.mu.Unlock()
 
 	e.cancel()
+	e.relays.close()
 	for _, c := range active {
 		c.Close()
 	}

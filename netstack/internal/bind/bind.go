@@ -25,10 +25,15 @@
 // Lifecycle. wireguard-go calls Close then Open on every Up; after Close
 // every ReceiveFunc returned by the previous Open returns net.ErrClosed.
 //
-// Relay (DERP) and disco slot in as more paths: Open will return a third
-// ReceiveFunc fed by the relay client, peers gain a home-region path used
-// while no direct address is confirmed, and disco pongs confirm direct
-// addresses the same way Send learning does now (see peer.best).
+// Relay. With Options.Relay set, Open also returns a relay ReceiveFunc,
+// fed by DeliverRelayed; a peer with a home region is reached through the
+// relay while no direct address is confirmed (or the confirmed one went
+// stale), and handshake initiations go to the relay as well as to every
+// candidate, so a direct path replaces the relay as soon as one answers.
+//
+// Disco (next) plugs in at endpointFor (disco datagrams are told apart
+// by their magic before classify) and at peer.best: a disco pong from an
+// address confirms it exactly as Send learning does now.
 package bind
 
 import (
@@ -83,6 +88,9 @@ type Options struct {
 	// ListenAddr4 and ListenAddr6 are the addresses the UDP sockets bind
 	// to. Invalid (zero) means all addresses of that family.
 	ListenAddr4, ListenAddr6 netip.Addr
+	// Relay is the relay (DERP) path. Nil means peers are reached over
+	// direct UDP only.
+	Relay Relay
 	// AttributionRate caps how many handshake initiations per second from
 	// unknown addresses the bind decrypts to learn who sent them (each
 	// costs an X25519 operation). Above it such initiations go to
@@ -97,6 +105,8 @@ type PeerConfig struct {
 	Key key.NodePublic
 	// Endpoints are the peer's candidate UDP addresses.
 	Endpoints []netip.AddrPort
+	// HomeRegion is the peer's home relay region; 0 means none.
+	HomeRegion int
 }
 
 // Bind is the magic bind. Create it with New; it is safe for concurrent
@@ -113,6 +123,8 @@ type Bind struct {
 
 	// sendPool holds *sendBatch values for Send.
 	sendPool sync.Pool
+	// rs is the relay path; rs.relay is nil without one.
+	rs relayState
 
 	mu      sync.Mutex // guards the following fields
 	peers   map[key.NodePublic]*peerEntry
@@ -120,6 +132,9 @@ type Bind struct {
 	anon    map[netip.AddrPort]*Endpoint
 	v4, v6  *udpSocket
 	port    uint16
+	// relayClosed is closed by Close to stop the relay ReceiveFunc of
+	// the current Open; nil while closed or without a relay.
+	relayClosed chan struct{}
 }
 
 // peerEntry is the part of a peer's state guarded by Bind.mu.
@@ -177,6 +192,14 @@ func New(opts Options) (*Bind, error) {
 		peers:   make(map[key.NodePublic]*peerEntry),
 		indices: make(map[uint32]*peer),
 		anon:    make(map[netip.AddrPort]*Endpoint),
+	}
+	if opts.Relay != nil {
+		b.rs.relay = opts.Relay
+		b.rs.queue = make(chan relayed, relayQueueLen)
+		b.rs.bufs.New = func() any {
+			buf := make([]byte, maxRelayed)
+			return &buf
+		}
 	}
 	b.sendPool.New = func() any {
 		sb := &sendBatch{msgs: make([]ipv6.Message, batchSize)}
@@ -236,12 +259,13 @@ func (b *Bind) SetPeers(peers []PeerConfig) {
 		for _, ap := range pe.learned {
 			learned[ap] = true
 		}
-		for ap := range pe.eps {
-			if !seen[ap] && !learned[ap] {
+		for ap, e := range pe.eps {
+			if !seen[ap] && !learned[ap] && !e.isRelay() {
 				delete(pe.eps, ap)
 			}
 		}
 		pe.p.candidates.Store(&cands)
+		pe.p.home.Store(int32(pc.HomeRegion))
 	}
 	b.rebuildLocked()
 }
@@ -251,7 +275,9 @@ func (b *Bind) rebuildLocked() {
 	m := make(map[netip.AddrPort]*Endpoint)
 	for _, pe := range b.peers {
 		for ap, e := range pe.eps {
-			m[ap] = e
+			if !e.isRelay() {
+				m[ap] = e
+			}
 		}
 	}
 	b.addrs.Store(&m)
@@ -300,6 +326,9 @@ func (b *Bind) PeerPath(k key.NodePublic) PeerPath {
 	best := pe.p.best.Load()
 	if best == nil {
 		return PeerPath{Path: "none"}
+	}
+	if best.isRelay() {
+		return PeerPath{Path: "relay", Region: int(best.src.Port()), LastRecv: best.lastRecv.Load()}
 	}
 	return PeerPath{Endpoint: best.src, Path: "direct", LastRecv: best.lastRecv.Load()}
 }
@@ -382,6 +411,10 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	if len(fns) == 0 {
 		return nil, 0, fmt.Errorf("bind: no UDP socket could be opened: %w", syscall.EAFNOSUPPORT)
 	}
+	if b.rs.relay != nil {
+		b.relayClosed = make(chan struct{})
+		fns = append(fns, b.makeReceiveDERP(b.relayClosed))
+	}
 	b.port = port
 	return fns, port, nil
 }
@@ -424,6 +457,19 @@ func (b *Bind) Close() error {
 	if b.v6 != nil {
 		errs = append(errs, b.v6.conn.Close())
 		b.v6 = nil
+	}
+	if b.relayClosed != nil {
+		close(b.relayClosed)
+		b.relayClosed = nil
+	drain:
+		for {
+			select {
+			case r := <-b.rs.queue:
+				b.rs.bufs.Put(r.buf)
+			default:
+				break drain
+			}
+		}
 	}
 	b.port = 0
 	return errors.Join(errs...)
@@ -546,6 +592,9 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	// be, and prove nothing about the peer: send them back where the
 	// datagram came from and learn nothing.
 	if p == nil || (len(first) == cookieReplySize && first[0] == msgCookie) {
+		if e.isRelay() && p != nil {
+			return b.sendRelay(bufs, p, int(e.src.Port()))
+		}
 		if !e.src.IsValid() {
 			return errors.New("bind: endpoint without address")
 		}
@@ -555,20 +604,32 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		return net.ErrClosed
 	}
 	// wireguard-go switched this peer to an endpoint with a new source:
-	// it authenticated a packet from there, so that address is now best.
+	// it authenticated a packet from there, so that path is now best,
+	// except that a relayed packet does not displace a direct address
+	// that is still fresh.
+	now := time.Now().UnixNano()
 	if e.src.IsValid() && p.lastSendEp.Load() != e {
 		p.lastSendEp.Store(e)
-		p.best.Store(e)
+		if best := p.best.Load(); !e.isRelay() || best == nil || best.isRelay() || !fresh(best, now) {
+			p.best.Store(e)
+		}
 	}
 	if idx, ok := senderIndex(first); ok {
 		b.rememberIndex(p, idx)
 	}
 	best := p.best.Load()
-	if isInitiation(first) && (best == nil || time.Since(time.Unix(0, best.lastRecv.Load())) > staleAfter) {
-		return b.spray(bufs, p, best)
+	home := int(p.home.Load())
+	if isInitiation(first) && (best == nil || best.isRelay() || !fresh(best, now)) {
+		return b.spray(bufs, p, best, home)
 	}
 	if best != nil {
+		if best.isRelay() {
+			return b.sendRelay(bufs, p, relayRegion(best, home))
+		}
 		return b.sendTo(bufs, best.src)
+	}
+	if home != 0 && b.rs.relay != nil {
+		return b.sendRelay(bufs, p, home)
 	}
 	cands := *p.candidates.Load()
 	if len(cands) == 0 {
@@ -577,27 +638,43 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	return b.sendTo(bufs, cands[0])
 }
 
-// spray sends bufs to best and to every candidate address of p, and
-// succeeds if any send does.
-func (b *Bind) spray(bufs [][]byte, p *peer, best *Endpoint) error {
+// fresh reports whether a packet arrived over e within staleAfter.
+func fresh(e *Endpoint, now int64) bool {
+	return now-e.lastRecv.Load() <= int64(staleAfter)
+}
+
+// relayRegion is the region to relay through: the peer's home region if
+// known, else the one its packets came through.
+func relayRegion(e *Endpoint, home int) int {
+	if home != 0 {
+		return home
+	}
+	return int(e.src.Port())
+}
+
+// spray sends bufs to every path of p: its best address, every candidate
+// address and its home relay. It succeeds if any send does.
+func (b *Bind) spray(bufs [][]byte, p *peer, best *Endpoint, home int) error {
 	var errs []error
 	sent := false
-	if best != nil {
-		if err := b.sendTo(bufs, best.src); err != nil {
+	note := func(err error) {
+		if err != nil {
 			errs = append(errs, err)
 		} else {
 			sent = true
 		}
 	}
+	if best != nil && !best.isRelay() {
+		note(b.sendTo(bufs, best.src))
+	}
 	for _, ap := range *p.candidates.Load() {
 		if best != nil && ap == best.src {
 			continue
 		}
-		if err := b.sendTo(bufs, ap); err != nil {
-			errs = append(errs, err)
-		} else {
-			sent = true
-		}
+		note(b.sendTo(bufs, ap))
+	}
+	if b.rs.relay != nil && (home != 0 || (best != nil && best.isRelay())) {
+		note(b.sendRelay(bufs, p, relayRegion(best, home)))
 	}
 	if sent {
 		return nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -309,5 +310,111 @@ func TestReceiveDoesNotAllocate(t *testing.T) {
 	})
 	if !raceEnabled && allocs != 0 {
 		t.Fatalf("receive allocates %.1f times per call, want 0", allocs)
+	}
+}
+
+// fakeRelay records what the bind sends through the relay.
+type fakeRelay struct {
+	mu   sync.Mutex
+	sent []relaySent
+}
+
+type relaySent struct {
+	region int
+	dst    key.NodePublic
+	n      int
+}
+
+func (f *fakeRelay) Send(region int, dst key.NodePublic, pkt []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.sent = append(f.sent, relaySent{region, dst, len(pkt)})
+	return nil
+}
+
+func (f *fakeRelay) take() []relaySent {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.sent
+	f.sent = nil
+	return s
+}
+
+func TestRelayPath(t *testing.T) {
+	fr := &fakeRelay{}
+	b, err := New(Options{PrivateKey: key.NewNode(), Relay: fr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerKey := key.NewNode().Public()
+	b.SetPeers([]PeerConfig{{Key: peerKey, HomeRegion: 3}})
+	for cycle := range 3 {
+		fns, _, err := b.Open(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(fns) != 3 {
+			t.Fatalf("got %d receive funcs, want 3 (IPv4, IPv6, relay)", len(fns))
+		}
+		relayRecv := fns[2]
+
+		// Packets from strangers or that are not WireGuard are dropped.
+		b.DeliverRelayed(3, key.NewNode().Public(), transport(1, 48))
+		b.DeliverRelayed(3, peerKey, []byte("not wireguard"))
+		b.DeliverRelayed(3, peerKey, transport(1, 64))
+		bufs := [][]byte{make([]byte, 2048), make([]byte, 2048)}
+		sizes := make([]int, 2)
+		eps := make([]conn.Endpoint, 2)
+		n, err := relayRecv(bufs, sizes, eps)
+		if err != nil || n != 1 || sizes[0] != 64 {
+			t.Fatalf("cycle %d: relay receive: n=%d sizes=%v err=%v, want the one peer packet", cycle, n, sizes, err)
+		}
+		e := eps[0].(*Endpoint)
+		if e.peer == nil || e.peer.key != peerKey || !e.isRelay() {
+			t.Fatalf("relayed endpoint: %+v", e)
+		}
+		// wireguard-go answering over the relayed endpoint confirms the relay path.
+		if err := b.Send([][]byte{transport(5, 48)}, e); err != nil {
+			t.Fatal(err)
+		}
+		if got := fr.take(); len(got) != 1 || got[0] != (relaySent{3, peerKey, 48}) {
+			t.Fatalf("relay sends: %+v", got)
+		}
+		if pp := b.PeerPath(peerKey); pp.Path != "relay" || pp.Region != 3 {
+			t.Fatalf("path: %+v, want relay region 3", pp)
+		}
+		w := recvOnce(relayRecv, 2)
+		if err := b.Close(); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-w:
+			if !errors.Is(err, net.ErrClosed) {
+				t.Fatalf("relay receive after Close: %v, want net.ErrClosed", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("relay receive still blocked after Close")
+		}
+		// Delivered while closed: dropped, not queued for the next Open.
+		b.DeliverRelayed(3, peerKey, transport(1, 64))
+	}
+	// Without a confirmed path, initiations go to the relay and candidates.
+	b2, err := New(Options{PrivateKey: key.NewNode(), Relay: fr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b2.SetPeers([]PeerConfig{{Key: peerKey, HomeRegion: 4, Endpoints: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:9")}}})
+	if _, _, err := b2.Open(0); err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	ep, _ := b2.ParseEndpoint(peerKey.String())
+	init := make([]byte, initiationSize)
+	binary.LittleEndian.PutUint32(init, msgInitiation)
+	if err := b2.Send([][]byte{init}, ep); err != nil {
+		t.Fatal(err)
+	}
+	if got := fr.take(); len(got) != 1 || got[0].region != 4 {
+		t.Fatalf("initiation relay sends: %+v, want one to region 4", got)
 	}
 }

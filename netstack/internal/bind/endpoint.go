@@ -80,6 +80,8 @@ type peer struct {
 	lastSendEp atomic.Pointer[Endpoint]
 	// removed is set once the peer left the bind's table.
 	removed atomic.Bool
+	// home is the peer's home relay region; 0 means none.
+	home atomic.Int32
 }
 
 // PeerPath is the bind's view of how a peer is reached.
@@ -87,8 +89,11 @@ type PeerPath struct {
 	// Endpoint is the address packets to the peer go to now; invalid if
 	// none is confirmed.
 	Endpoint netip.AddrPort
-	// Path is "direct" once a UDP address is confirmed, else "none".
+	// Path is "direct" once a UDP address is confirmed, "relay" while
+	// the peer is reached through a relay, else "none".
 	Path string
+	// Region is the relay region in use when Path is "relay".
+	Region int
 	// LastRecv is when a packet last arrived over Endpoint; zero if never.
 	LastRecv int64
 }

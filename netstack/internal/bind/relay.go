@@ -1,0 +1,135 @@
+package bind
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+
+	"beam.dev/beam/types/key"
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// Relay is the relay (DERP) path: packets to a peer that has no confirmed
+// direct address go through the peer's home relay region. The netstack
+// package implements it over derp.Client; the bind only calls Send, from
+// wireguard-go's sending goroutines, so Send must not block for long.
+// Packets arriving from a relay are handed to Bind.DeliverRelayed.
+type Relay interface {
+	// Send passes pkt to dst through relay region. It must not keep pkt.
+	Send(region int, dst key.NodePublic, pkt []byte) error
+}
+
+// relayAddrBase is the pseudo address relay endpoints carry (port = relay
+// region), so wireguard-go's cookies and rate limits see one stable
+// source per relay path. 127.3.3.40 is never a real peer address here.
+var relayAddrBase = netip.AddrFrom4([4]byte{127, 3, 3, 40})
+
+// relayQueueLen bounds relayed packets waiting for wireguard-go.
+const relayQueueLen = 256
+
+// relayed is one packet from a relay, waiting for the relay ReceiveFunc.
+type relayed struct {
+	e   *Endpoint
+	buf *[]byte
+	n   int
+}
+
+// relayState is the relay path's part of a Bind.
+type relayState struct {
+	relay Relay
+	queue chan relayed // DeliverRelayed -> the relay ReceiveFunc
+	bufs  sync.Pool    // of *[]byte of maxRelayed bytes
+}
+
+const maxRelayed = 64 << 10
+
+func (e *Endpoint) isRelay() bool { return e.src.Addr() == relayAddrBase }
+
+// relayEndpointLocked returns pe's endpoint for packets relayed through
+// region.
+func (pe *peerEntry) relayEndpointLocked(region int) *Endpoint {
+	ap := netip.AddrPortFrom(relayAddrBase, uint16(region))
+	if e := pe.eps[ap]; e != nil {
+		return e
+	}
+	e := newEndpoint(pe.p, ap)
+	pe.eps[ap] = e
+	return e
+}
+
+// DeliverRelayed hands wireguard-go a packet that arrived from src
+// through relay region. It copies pkt and never blocks: when the bind is
+// closed, src is not a peer, pkt is not WireGuard, or the queue is full,
+// the packet is dropped. The relay server authenticated src, so the
+// packet is tied to that peer directly.
+func (b *Bind) DeliverRelayed(region int, src key.NodePublic, pkt []byte) {
+	if b.rs.relay == nil || len(pkt) > maxRelayed {
+		return
+	}
+	if kind, _ := classify(pkt); kind == kindGarbage {
+		return
+	}
+	b.mu.Lock()
+	pe := b.peers[src]
+	open := b.relayClosed != nil
+	var e *Endpoint
+	if pe != nil && open {
+		e = pe.relayEndpointLocked(region)
+	}
+	b.mu.Unlock()
+	if e == nil {
+		return
+	}
+	buf := b.rs.bufs.Get().(*[]byte)
+	n := copy(*buf, pkt)
+	select {
+	case b.rs.queue <- relayed{e: e, buf: buf, n: n}:
+	default:
+		b.rs.bufs.Put(buf)
+	}
+}
+
+// makeReceiveDERP returns the relay ReceiveFunc of one Open; it returns
+// net.ErrClosed once closed is closed (by Close).
+func (b *Bind) makeReceiveDERP(closed <-chan struct{}) conn.ReceiveFunc {
+	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		var r relayed
+		select {
+		case r = <-b.rs.queue:
+		case <-closed:
+			return 0, net.ErrClosed
+		}
+		n := 0
+		for {
+			sizes[n] = copy(bufs[n], (*r.buf)[:r.n])
+			eps[n] = r.e
+			b.rs.bufs.Put(r.buf)
+			n++
+			if n == len(bufs) {
+				return n, nil
+			}
+			select {
+			case r = <-b.rs.queue:
+			default:
+				return n, nil
+			}
+		}
+	}
+}
+
+// sendRelay sends bufs to p through its home region.
+func (b *Bind) sendRelay(bufs [][]byte, p *peer, region int) error {
+	if b.rs.relay == nil || region == 0 {
+		return errNoRelay
+	}
+	var errs []error
+	for _, pkt := range bufs {
+		if err := b.rs.relay.Send(region, p.key, pkt); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+var errNoRelay = errors.New("bind: no relay path")

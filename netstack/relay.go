@@ -1,0 +1,227 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"sync"
+	"time"
+
+	"beam.dev/beam/derp"
+	"beam.dev/beam/netstack/internal/bind"
+	"beam.dev/beam/types/key"
+)
+
+// relays keeps one relay (DERP) client per region in use: the node's home
+// region, always (so peers can reach it), and the home region of each peer
+// it sends to through a relay. It implements bind.Relay.
+//
+// Goroutines: one loop per region in use, counted in wg; a loop redials
+// its region with backoff while the region is wanted. close stops them
+// and waits.
+type relays struct {
+	e    *Engine
+	priv key.NodePrivate
+
+	wg sync.WaitGroup // region loops; Add only under mu while !closed
+
+	mu     sync.Mutex // guards the following fields
+	urls   map[int]string
+	home   int
+	conns  map[int]*relayConn
+	closed bool
+}
+
+// relayConn is one region's connection; client is nil while dialing.
+type relayConn struct {
+	url     string
+	client  *derp.Client
+	stop    chan struct{}   // closed to make the region's loop give up
+	pending []pendingPacket // sent while dialing; flushed on connect
+}
+
+type pendingPacket struct {
+	dst key.NodePublic
+	pkt []byte
+}
+
+// maxPending bounds packets held per region while it is dialing (enough
+// for the handshake that triggered the dial).
+const maxPending = 16
+
+var _ bind.Relay = (*relays)(nil)
+
+const (
+	relayDialTimeout = 10 * time.Second
+	relayBackoffMin  = 250 * time.Millisecond
+	relayBackoffMax  = 10 * time.Second
+)
+
+func newRelays(e *Engine, priv key.NodePrivate) *relays {
+	return &relays{e: e, priv: priv, conns: make(map[int]*relayConn)}
+}
+
+// setMap applies the regions' URLs and the home region: connections to
+// regions that left the map or changed URL are closed, and the home
+// region is connected.
+func (r *relays) setMap(urls map[int]string, home int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	r.urls = maps.Clone(urls)
+	r.home = home
+	for region, c := range r.conns {
+		if u, ok := r.urls[region]; !ok || u != c.url {
+			r.dropLocked(region)
+		}
+	}
+	if home != 0 {
+		r.ensureLocked(home)
+	}
+}
+
+// dropLocked stops region's connection.
+func (r *relays) dropLocked(region int) {
+	c := r.conns[region]
+	if c == nil {
+		return
+	}
+	delete(r.conns, region)
+	close(c.stop)
+	if c.client != nil {
+		c.client.Close()
+	}
+}
+
+// ensureLocked starts connecting to region if it is known and not
+// connected or connecting.
+func (r *relays) ensureLocked(region int) {
+	if r.conns[region] != nil || r.closed {
+		return
+	}
+	u, ok := r.urls[region]
+	if !ok {
+		return
+	}
+	c := &relayConn{url: u, stop: make(chan struct{})}
+	r.conns[region] = c
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.loop(region, c)
+	}()
+}
+
+// Send implements bind.Relay. A packet to a region not connected yet
+// starts the connection and waits for it (a few are kept, the rest
+// dropped; WireGuard retries).
+func (r *relays) Send(region int, dst key.NodePublic, pkt []byte) error {
+	r.mu.Lock()
+	c := r.conns[region]
+	if c == nil {
+		r.ensureLocked(region)
+		c = r.conns[region]
+	}
+	if c == nil {
+		r.mu.Unlock()
+		return errNoRegion
+	}
+	client := c.client
+	if client == nil {
+		if len(c.pending) < maxPending {
+			c.pending = append(c.pending, pendingPacket{dst: dst, pkt: append([]byte(nil), pkt...)})
+		}
+		r.mu.Unlock()
+		return nil
+	}
+	r.mu.Unlock()
+	return client.Send(dst, pkt)
+}
+
+var errNoRegion = errors.New("netstack: relay region unknown")
+
+// loop dials region, reads from it until the connection fails, and redials
+// with backoff until stopped.
+func (r *relays) loop(region int, c *relayConn) {
+	log := r.e.log.With("derp_region", region)
+	backoff := relayBackoffMin
+	for {
+		ctx, cancel := context.WithTimeout(r.e.ctx, relayDialTimeout)
+		client, err := derp.Dial(ctx, c.url, r.priv, derp.ClientOptions{Logger: log})
+		cancel()
+		if err == nil {
+			r.mu.Lock()
+			stopped := r.conns[region] != c
+			var pending []pendingPacket
+			if !stopped {
+				c.client = client
+				pending, c.pending = c.pending, nil
+			}
+			r.mu.Unlock()
+			if stopped {
+				client.Close()
+				return
+			}
+			for _, p := range pending {
+				client.Send(p.dst, p.pkt)
+			}
+			if region == r.homeRegion() {
+				client.NotePreferred(true)
+			}
+			backoff = relayBackoffMin
+			r.read(region, client)
+			r.mu.Lock()
+			if r.conns[region] == c {
+				c.client = nil
+			}
+			r.mu.Unlock()
+			client.Close()
+		} else {
+			log.Debug("dial relay", "err", err)
+		}
+		t := time.NewTimer(backoff)
+		select {
+		case <-c.stop:
+			t.Stop()
+			return
+		case <-r.e.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(backoff*2, relayBackoffMax)
+	}
+}
+
+func (r *relays) homeRegion() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.home
+}
+
+// read hands relayed packets to the bind until the connection fails.
+func (r *relays) read(region int, client *derp.Client) {
+	for {
+		m, err := client.Recv()
+		if err != nil {
+			return
+		}
+		if p, ok := m.(derp.ReceivedPacket); ok {
+			r.e.bind.DeliverRelayed(region, p.Source, p.Data)
+		}
+	}
+}
+
+// close stops every region and waits for the loops to exit. The engine's
+// context must be canceled first, so dials in progress give up.
+func (r *relays) close() {
+	r.mu.Lock()
+	r.closed = true
+	for region := range r.conns {
+		r.dropLocked(region)
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+}
