@@ -243,3 +243,18 @@ func TestInteractiveApproval(t *testing.T) {
 		t.Fatalf("state %s after approval", st.State)
 	}
 }
+
+// TestDemo runs the README's first command (beam demo) and checks it
+// reached the app through the mesh and through the edge.
+func TestDemo(t *testing.T) {
+	bin := buildBeam(t)
+	out, err := exec.Command(bin, "demo", "--port", "0").CombinedOutput()
+	if err != nil {
+		t.Fatalf("beam demo: %v\n%s", err, out)
+	}
+	for _, want := range []string{"mesh      alpha GET http://beta:", "Hello from beta's app! You asked for /mesh", "public    GET http://beta.localhost:", "You asked for /public via beta.localhost", "ok: the mesh and the edge work"} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("beam demo output lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -78,6 +78,7 @@ func NewCmdRoot(f *Factory) *cobra.Command {
 		NewCmdExpose(f, in, nil),
 		NewCmdEdge(f, in, nil),
 		NewCmdServer(f, nil),
+		NewCmdDemo(f, nil),
 	)
 	root.AddCommand(
 		NewCmdCoordinator(f, nil),

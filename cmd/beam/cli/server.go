@@ -229,6 +229,17 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		go func() { defer wg.Done(); zone.ServeStream(ctx, zln) }()
 	}
 
+	if o.HTTPAddr != "" {
+		// Route URLs name the edge's port: pick it now if it is 0.
+		if host, port, err := net.SplitHostPort(o.HTTPAddr); err == nil && port == "0" {
+			l, err := net.Listen("tcp", o.HTTPAddr)
+			if err != nil {
+				return fmt.Errorf("edge http listen: %w", err)
+			}
+			o.HTTPAddr = net.JoinHostPort(host, strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
+			l.Close()
+		}
+	}
 	copts := coordinator.Options{
 		Store:      st,
 		PrivateKey: priv,
