@@ -6,14 +6,18 @@
 // to the same port on the host's loopback, subject to shields-up and the
 // packet filter.
 //
+// Peers are reached over direct UDP, or through their home relay (DERP)
+// region while no direct path is confirmed (see Config.DERPMap).
+//
 // Packet flow:
 //
-//	peer --UDP--> bind --> wireguard-go (decrypt) --> filter --> gVisor --> listener / forwarder --> 127.0.0.1:port
+//	peer --UDP/relay--> bind --> wireguard-go (decrypt) --> filter --> gVisor --> listener / forwarder --> 127.0.0.1:port
 //	app --> DialContext --> gVisor --> flow table --> wireguard-go (encrypt) --> bind --UDP--> peer
 //
 // Goroutines: wireguard-go's (owned by its device), gVisor's (owned by the
-// stack), and the engine's forwarding goroutines, counted in Engine.wg.
-// Close stops all three and waits for them.
+// stack), the engine's forwarding goroutines (counted in Engine.wg) and
+// one per relay region in use (counted in relays.wg). Close stops them
+// all and waits for them.
 package netstack
 
 import (
@@ -83,14 +87,13 @@ type Engine struct {
 	closed     bool
 	cfg        Config                  // last applied config
 	overlay    map[netip.Addr]bool     // overlay addresses (forwarded)
-	active     map[io2]struct{}        // forwarded connections, closed on Close
+	active     map[closer]struct{}        // forwarded connections, closed on Close
 	wg         sync.WaitGroup          // forwarding goroutines; Add only under mu while !closed
 	peersInDev map[key.NodePublic]Peer // peers configured in the device
-	closeErr   error
 }
 
-// io2 is a forwarded connection the engine closes on Close.
-type io2 interface{ Close() error }
+// closer is a forwarded connection the engine closes on Close.
+type closer interface{ Close() error }
 
 // New starts an engine with no addresses and no peers; call Reconfig to
 // give it both.
@@ -118,7 +121,7 @@ func New(opts Options) (*Engine, error) {
 		ctx:        ctx,
 		cancel:     cancel,
 		overlay:    make(map[netip.Addr]bool),
-		active:     make(map[io2]struct{}),
+		active:     make(map[closer]struct{}),
 		peersInDev: make(map[key.NodePublic]Peer),
 	}
 	e.pf.now = func() int64 { return time.Now().Unix() }
@@ -216,10 +219,10 @@ func (e *Engine) Close() error {
 	e.mu.Lock()
 	if e.closed {
 		e.mu.Unlock()
-		return e.closeErr
+		return nil
 	}
 	e.closed = true
-	active := make([]io2, 0, len(e.active))
+	active := make([]closer, 0, len(e.active))
 	for c := range e.active {
 		active = append(active, c)
 	}
@@ -239,7 +242,7 @@ func (e *Engine) Close() error {
 
 // track registers a forwarding goroutine (and c, if non-nil, to be closed
 // on Close). It returns false once the engine is closing.
-func (e *Engine) track(c io2) bool {
+func (e *Engine) track(c closer) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
@@ -253,7 +256,7 @@ func (e *Engine) track(c io2) bool {
 }
 
 // untrack undoes track.
-func (e *Engine) untrack(c io2) {
+func (e *Engine) untrack(c closer) {
 	e.mu.Lock()
 	if c != nil {
 		delete(e.active, c)
@@ -263,7 +266,7 @@ func (e *Engine) untrack(c io2) {
 }
 
 // addActive registers c to be closed on Close; false if closing.
-func (e *Engine) addActive(c io2) bool {
+func (e *Engine) addActive(c closer) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
@@ -273,7 +276,7 @@ func (e *Engine) addActive(c io2) bool {
 	return true
 }
 
-func (e *Engine) removeActive(c io2) {
+func (e *Engine) removeActive(c closer) {
 	e.mu.Lock()
 	delete(e.active, c)
 	e.mu.Unlock()
