@@ -87,7 +87,7 @@ type Engine struct {
 	closed     bool
 	cfg        Config                  // last applied config
 	overlay    map[netip.Addr]bool     // overlay addresses (forwarded)
-	active     map[closer]struct{}        // forwarded connections, closed on Close
+	active     map[closer]struct{}     // forwarded connections, closed on Close
 	wg         sync.WaitGroup          // forwarding goroutines; Add only under mu while !closed
 	peersInDev map[key.NodePublic]Peer // peers configured in the device
 }
