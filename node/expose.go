@@ -84,6 +84,17 @@ func (n *Node) Expose(ctx context.Context, req apitype.ExposeRequest) (*apitype.
 		}
 		n.mu.Unlock()
 	}
+	if resp.Route != nil {
+		// The coordinator fans the route out to edges and to this node in
+		// the same round: once this node's stream carries it, the edges
+		// have it too (give up waiting after a few seconds).
+		wctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		route := *resp.Route
+		n.waitStreamNetMap(wctx, func(nm *wire.NetMap) bool {
+			return slices.ContainsFunc(nm.EdgeRoutes, func(r wire.EdgeRoute) bool { return sameRoute(r, route) })
+		})
+		cancel()
+	}
 	if req.Proto != "udp" && !localListening(ctx, req.Port) {
 		out.Warning = fmt.Sprintf("nothing is listening on port %d of this device yet; the route stays up and works once your app starts", req.Port)
 	}

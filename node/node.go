@@ -80,6 +80,8 @@ type Node struct {
 	proxies       map[uint16]*exposeProxy // device side of exposed HTTP ports
 	authURL       string                  // pending interactive approval
 	authCode      string
+	streamNM      *wire.NetMap  // the last netmap from the coordinator itself
+	nmChanged     chan struct{} // closed and replaced at each netmap from the coordinator
 
 	watchMu  sync.Mutex // guards watchers
 	watchers map[chan apitype.RequestLog]struct{}
@@ -443,6 +445,11 @@ func (n *Node) onNetMap(s *session, nm *wire.NetMap) {
 	}
 	n.netmap = nm
 	n.st.NetMap = nm
+	n.streamNM = nm
+	if n.nmChanged != nil {
+		close(n.nmChanged)
+		n.nmChanged = nil
+	}
 	n.controlOnline = true
 	n.lastErr = ""
 	n.applyLocked()
@@ -457,6 +464,28 @@ func (n *Node) onNetMap(s *session, nm *wire.NetMap) {
 	n.mu.Unlock()
 	if n.opts.OnNetMap != nil {
 		n.opts.OnNetMap(nm)
+	}
+}
+
+// waitStreamNetMap waits until a netmap from the coordinator satisfies
+// cond, or ctx ends.
+func (n *Node) waitStreamNetMap(ctx context.Context, cond func(*wire.NetMap) bool) error {
+	for {
+		n.mu.Lock()
+		if n.streamNM != nil && cond(n.streamNM) {
+			n.mu.Unlock()
+			return nil
+		}
+		if n.nmChanged == nil {
+			n.nmChanged = make(chan struct{})
+		}
+		ch := n.nmChanged
+		n.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 }
 
