@@ -65,7 +65,38 @@ func engineConfig(nm *wire.NetMap, localNow time.Time, shieldsUp bool, allowInbo
 	if nm.PacketFilter != nil {
 		cfg.Filter = convertFilter(nm.PacketFilter)
 	}
+	cfg.DERPMap, cfg.HomeDERP = derpConfig(nm.DERPMap)
 	return cfg
+}
+
+// derpConfig returns the engine's relay map (region to the URL of its
+// first relaying node) and this node's home region: the lowest region ID,
+// so every node of a one-region deployment homes on the same relay.
+func derpConfig(dm *wire.DERPMap) (map[int]string, int) {
+	if dm == nil || len(dm.Regions) == 0 {
+		return nil, 0
+	}
+	out := map[int]string{}
+	home := 0
+	for id, r := range dm.Regions {
+		if r == nil {
+			continue
+		}
+		for _, n := range r.Nodes {
+			if n == nil || n.STUNOnly || n.URL == "" {
+				continue
+			}
+			out[id] = n.URL
+			if home == 0 || id < home {
+				home = id
+			}
+			break
+		}
+	}
+	if len(out) == 0 {
+		return nil, 0
+	}
+	return out, home
 }
 
 func convertFilter(rules []wire.FilterRule) *netstack.Filter {

@@ -80,6 +80,7 @@ type Node struct {
 	proxies       map[uint16]*exposeProxy // device side of exposed HTTP ports
 	authURL       string                  // pending interactive approval
 	authCode      string
+	reportedHome  int           // home relay region last reported to the coordinator
 	streamNM      *wire.NetMap  // the last netmap from the coordinator itself
 	nmChanged     chan struct{} // closed and replaced at each netmap from the coordinator
 
@@ -364,8 +365,8 @@ func (n *Node) startSessionLocked() error {
 		n.netmap = n.st.NetMap
 	}
 	n.lastEngineCfg = nil
+	n.reportedHome = -1 // report endpoints and home relay to this new session
 	n.applyLocked()
-	c.SetEndpoints(n.engine.LocalEndpoints(), 0)
 	go func() {
 		defer close(s.done)
 		defer s.dnsWG.Wait()
@@ -535,6 +536,10 @@ func (n *Node) applyLocked() {
 		return
 	}
 	n.lastEngineCfg = &cfg
+	if n.sess != nil && cfg.HomeDERP != n.reportedHome {
+		n.reportedHome = cfg.HomeDERP
+		n.sess.client.SetEndpoints(n.engine.LocalEndpoints(), cfg.HomeDERP)
+	}
 	n.ensureDNSLocked(cfg.ServiceAddrs)
 	n.syncExposeProxiesLocked(cfg)
 }
