@@ -23,6 +23,7 @@ import (
 //	node.remove                      node name (actor: admin, or coordinator for ephemeral nodes)
 //	node.expire                      node name (actor: admin) ; node.expired when the key ran out
 //	node.set_expiry                  node name, Detail the new expiry
+//	node.rename                      old node name, Detail the new name
 //	node.approve                     approval code, Detail user/tags
 //	policy.set                       "policy", Detail a hash of the new text
 //	route.claim, route.release       public route name (from the expose path)

@@ -342,6 +342,7 @@ func (s *Server) routes() *http.ServeMux {
 	admin.HandleFunc("GET /api/v1/nodes", s.handleListNodes)
 	admin.HandleFunc("DELETE /api/v1/nodes/{name}", s.handleRemoveNode)
 	admin.HandleFunc("POST /api/v1/nodes/{name}/expire", s.handleExpireNode)
+	admin.HandleFunc("POST /api/v1/nodes/{name}/rename", s.handleRenameNode)
 	s.edgeRoutes(mux, admin)
 	s.accessRoutes(mux, admin)
 	mux.Handle("/api/v1/", s.requireAdmin(admin))

@@ -185,7 +185,7 @@ func newCmdAdminAuthKey(f *Factory, a *adminFlags) *cobra.Command {
 }
 
 func newCmdAdminNodes(f *Factory, a *adminFlags) *cobra.Command {
-	cmd := &cobra.Command{Use: "nodes", Aliases: []string{"node"}, Short: "List, remove and expire nodes"}
+	cmd := &cobra.Command{Use: "nodes", Aliases: []string{"node"}, Short: "List, rename, remove and expire nodes"}
 
 	var asJSON bool
 	list := &cobra.Command{
@@ -242,6 +242,7 @@ func newCmdAdminNodes(f *Factory, a *adminFlags) *cobra.Command {
 	cmd.AddCommand(list,
 		byName("remove", "Remove a node (NAME, NETWORK/NAME or nodekey:...)", (*coordclient.Admin).RemoveNode),
 		byName("expire", "Expire a node's key now", (*coordclient.Admin).ExpireNode),
+		newCmdAdminRename(f, a),
 		newCmdAdminSetExpiry(f, a), newCmdAdminApprove(f, a), newCmdAdminPending(f, a),
 	)
 	return cmd

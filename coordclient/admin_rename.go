@@ -1,0 +1,25 @@
+package coordclient
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+
+	"beam.dev/beam/wire"
+)
+
+// RenameNode gives node name ("name", "network/name" or "nodekey:...")
+// the name newName, a DNS label unique within its network, and returns
+// the renamed node. Its MagicDNS name changes on every peer at once. A
+// missing node matches ErrNotFound; a taken name is an *Error with Status
+// 409, a name that is not a DNS label one with Status 400.
+func (a *Admin) RenameNode(ctx context.Context, name, newName string) (*wire.Node, error) {
+	in := struct {
+		Name string `json:"name"`
+	}{Name: newName}
+	var n wire.Node
+	if err := a.do(ctx, http.MethodPost, "/api/v1/nodes/"+url.PathEscape(name)+"/rename", in, &n); err != nil {
+		return nil, err
+	}
+	return &n, nil
+}
