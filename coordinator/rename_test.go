@@ -66,7 +66,7 @@ func TestRenameNode(t *testing.T) {
 	// Errors.
 	for _, tc := range []struct {
 		name, ref, to string
-		status      int
+		status        int
 	}{
 		{"taken", "gamma", "alpha", http.StatusConflict},
 		{"old name gone", "beta", "b2", http.StatusNotFound},
