@@ -38,6 +38,7 @@ type relayConn struct {
 	client  *derp.Client
 	stop    chan struct{}   // closed to make the region's loop give up
 	pending []pendingPacket // sent while dialing; flushed on connect
+	up      chan struct{}   // closed once first connected
 }
 
 type pendingPacket struct {
@@ -105,7 +106,7 @@ func (r *relays) ensureLocked(region int) {
 	if !ok {
 		return
 	}
-	c := &relayConn{url: u, stop: make(chan struct{})}
+	c := &relayConn{url: u, stop: make(chan struct{}), up: make(chan struct{})}
 	r.conns[region] = c
 	r.wg.Add(1)
 	go func() {
@@ -156,6 +157,9 @@ func (r *relays) loop(region int, c *relayConn) {
 			stopped := r.conns[region] != c
 			var pending []pendingPacket
 			if !stopped {
+				if c.client == nil && !isClosed(c.up) {
+					close(c.up)
+				}
 				c.client = client
 				pending, c.pending = c.pending, nil
 			}
@@ -192,6 +196,31 @@ func (r *relays) loop(region int, c *relayConn) {
 		case <-t.C:
 		}
 		backoff = min(backoff*2, relayBackoffMax)
+	}
+}
+
+func isClosed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitConnectedForTest blocks until region has been connected once.
+func (r *relays) waitConnectedForTest(ctx context.Context, region int) error {
+	r.mu.Lock()
+	c := r.conns[region]
+	r.mu.Unlock()
+	if c == nil {
+		return errNoRegion
+	}
+	select {
+	case <-c.up:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

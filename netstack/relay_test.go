@@ -35,6 +35,13 @@ func TestRelayOnly(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// Both must be on the relay before traffic starts, or the first
+	// handshake is lost and WireGuard waits 5 s to retry.
+	for _, n := range nodes {
+		if err := n.e.relays.waitConnectedForTest(t.Context(), 1); err != nil {
+			t.Fatalf("connect to relay: %v", err)
+		}
+	}
 	ln, err := b.e.Listen("tcp", ":7")
 	if err != nil {
 		t.Fatal(err)
