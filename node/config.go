@@ -62,9 +62,10 @@ func engineConfig(nm *wire.NetMap, localNow time.Time, shieldsUp bool, allowInbo
 			HomeDERP:   p.HomeDERP,
 		})
 	}
-	if nm.PacketFilter != nil {
-		cfg.Filter = convertFilter(nm.PacketFilter)
-	}
+	// The coordinator always sends the filter its policy compiles for this
+	// node; an empty one arrives as an absent JSON field (nil here) and
+	// means nothing may open a flow to this node, never "accept all".
+	cfg.Filter = convertFilter(nm.PacketFilter)
 	cfg.DERPMap, cfg.HomeDERP = derpConfig(nm.DERPMap)
 	return cfg
 }

@@ -391,6 +391,9 @@ func (n *Node) startSessionLocked() error {
 				n.st.NetMap = nil
 				n.netmap = nil
 				n.state = apitype.StateNeedsLogin
+				if errors.Is(err, coordclient.ErrNodeExpired) {
+					n.state = apitype.StateExpired // shows the re-authenticate hint
+				}
 				n.lastErr = err.Error()
 				n.applyLocked() // drop every peer: the node was removed
 				if serr := n.st.save(n.opts.StateDir); serr != nil {
