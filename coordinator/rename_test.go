@@ -1,9 +1,13 @@
 package coordinator_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -223,4 +227,61 @@ func TestRenameNodeRegisterRace(t *testing.T) {
 	if len(nodes) != 5 {
 		t.Errorf("%d nodes, want 5", len(nodes))
 	}
+}
+
+// FuzzRenameRequest feeds arbitrary bodies and node references to
+// POST /api/v1/nodes/{name}/rename. Every answer is 200, 400, 404 or 409;
+// after a 200 the node's name is a DNS label and names stay unique.
+func FuzzRenameRequest(f *testing.F) {
+	c := startCoord(f, nil)
+	ak := c.authKey(f, coordinator.AuthKeyOptions{Reusable: true})
+	newNode(f, c.URL).register(f, ak, "alpha")
+	newNode(f, c.URL).register(f, ak, "beta")
+	f.Add("alpha", []byte(`{"name": "gamma"}`))      // a valid rename
+	f.Add("beta", []byte(`{"name": "alpha"}`))       // taken
+	f.Add("alpha", []byte(`{"name": "Upper-Case"}`)) // folded to lower case
+	f.Add("alpha", []byte(`{"name": "a.b"}`))        // not a label
+	f.Add("alpha", []byte(`{"name": "x", "more": 1}`))
+	f.Add("nosuch", []byte(`{"name": "x"}`))
+	f.Add("default/beta", []byte(`{"name": "b2"}`))
+	f.Add("alpha", []byte(`{"name": 5}`))
+	f.Add("alpha", []byte(`[]`))
+	f.Add("alpha", []byte{})
+	f.Fuzz(func(t *testing.T, ref string, body []byte) {
+		if ref == "" || ref == "." || ref == ".." || strings.ContainsAny(ref, "?#%") {
+			return // not a path segment this test can address
+		}
+		req, err := http.NewRequest(http.MethodPost, c.URL+"/api/v1/nodes/"+url.PathEscape(ref)+"/rename", bytes.NewReader(body))
+		if err != nil {
+			return
+		}
+		req.Header.Set("Authorization", "Bearer "+testToken)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var n wire.Node
+		decErr := json.NewDecoder(resp.Body).Decode(&n)
+		resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusOK:
+			if decErr != nil || n.Name == "" || n.Name != coordinator.SanitizeLabel(n.Name) {
+				t.Fatalf("200 with node name %q (%v)", n.Name, decErr)
+			}
+		case http.StatusBadRequest, http.StatusNotFound, http.StatusConflict:
+		default:
+			t.Fatalf("status %d for ref %q body %q", resp.StatusCode, ref, body)
+		}
+		nodes, err := c.Server.Nodes(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen := map[string]bool{}
+		for _, n := range nodes {
+			if seen[n.Name] {
+				t.Fatalf("name %q used twice", n.Name)
+			}
+			seen[n.Name] = true
+		}
+	})
 }
