@@ -31,7 +31,7 @@ var (
 	buildErr  error
 )
 
-func buildBeam(t *testing.T) string {
+func buildBeam(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "beam-e2e-bin-")
@@ -61,7 +61,7 @@ func TestMain(m *testing.M) {
 
 // cluster is a coordinator and the daemons of one test.
 type cluster struct {
-	t     *testing.T
+	t     testing.TB
 	bin   string
 	dir   string
 	url   string
@@ -70,7 +70,7 @@ type cluster struct {
 	coord *exec.Cmd
 }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -80,7 +80,10 @@ func freePort(t *testing.T) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t *testing.T) *cluster { return newClusterTB(t) }
+
+// newClusterTB starts a coordinator for a test or benchmark.
+func newClusterTB(t testing.TB) *cluster {
 	c := &cluster{t: t, bin: buildBeam(t), dir: t.TempDir()}
 	c.addr = "127.0.0.1:" + strconv.Itoa(freePort(t))
 	c.url = "http://" + c.addr
@@ -231,7 +234,7 @@ func (d *device) kill() {
 	p.Kill()
 }
 
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	tick := time.NewTicker(50 * time.Millisecond)
@@ -245,7 +248,7 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 // echoServer serves TCP echo on host loopback and returns its port.
-func echoServer(t *testing.T) int {
+func echoServer(t testing.TB) int {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
