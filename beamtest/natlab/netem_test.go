@@ -32,9 +32,11 @@ type netemVariant struct {
 // amount first goes over plain kernel TCP from alice's host to a server,
 // across the same impaired link.
 //
-// The issue asks for 16 MiB. Today the overlay's TCP moves about 1 MiB in
-// 20 s on this link (kernel TCP: about 1 s), so the 16 MiB variants are
-// pending and a 1 MiB variant guards integrity under loss meanwhile.
+// The issue asks for 16 MiB. Today the overlay's TCP needs 5 to 20 s per
+// MiB on this link on a direct path (kernel TCP: 16 MiB in about 2 s), and
+// about 90 s for 16 MiB over the relay, so the 16 MiB variants are pending
+// (too slow for the default suite, or not done within the limit) and a
+// 1 MiB variant guards integrity under loss meanwhile.
 func TestLossAndDelay(t *testing.T) {
 	variants := []netemVariant{
 		{pairVariant{A: nslab.NATEasy, B: nslab.NATNone}, 1 << 20},
