@@ -175,7 +175,13 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		}
 		publicURL = "http://" + net.JoinHostPort(host, strconv.Itoa(addr.Port))
 	}
-	localURL := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(addr.Port))
+	// The in-process edge joins through the listener itself: loopback
+	// when it listens on every address, else the address it is bound to.
+	localHost := "127.0.0.1"
+	if !addr.IP.IsUnspecified() {
+		localHost = addr.IP.String()
+	}
+	localURL := "http://" + net.JoinHostPort(localHost, strconv.Itoa(addr.Port))
 
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithCancel(ctx)
