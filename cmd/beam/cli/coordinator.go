@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"beam.dev/beam/configs"
 	"beam.dev/beam/coordinator"
 	"beam.dev/beam/coordinator/sqlstore"
 	"beam.dev/beam/types/key"
@@ -185,13 +185,11 @@ func coordinatorDERPMap(opts *CoordinatorOptions) (*wire.DERPMap, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read --derp-map: %w", err)
 		}
-		dec := json.NewDecoder(strings.NewReader(string(b)))
-		dec.DisallowUnknownFields()
-		var m wire.DERPMap
-		if err := dec.Decode(&m); err != nil {
-			return nil, fmt.Errorf("parse --derp-map %s: %w", opts.DERPMapFile, err)
+		m, err := configs.ParseDERPMap(b)
+		if err != nil {
+			return nil, fmt.Errorf("--derp-map %s: %w", opts.DERPMapFile, err)
 		}
-		return &m, nil
+		return m, nil
 	}
 	if len(opts.DERPURLs) == 0 {
 		if len(opts.STUN) > 0 {
