@@ -10,7 +10,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -248,12 +250,18 @@ type httpProxy struct {
 }
 
 func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method == http.MethodConnect {
-		p.connect(w, r)
+	if r.Method != http.MethodConnect && !r.URL.IsAbs() {
+		// Origin form: a browser page (CSRF) or a rebound DNS name
+		// talking to the proxy as if it were a web server.
+		http.Error(w, "this is a proxy: send absolute-URI requests or CONNECT", http.StatusBadRequest)
 		return
 	}
-	if !r.URL.IsAbs() {
-		http.Error(w, "this is a proxy: send absolute-URI requests or CONNECT", http.StatusBadRequest)
+	if !sameSiteOrLoopback(r) {
+		http.Error(w, "beam proxy: refused a request from a web page of another site", http.StatusForbidden)
+		return
+	}
+	if r.Method == http.MethodConnect {
+		p.connect(w, r)
 		return
 	}
 	out := r.Clone(r.Context())
@@ -274,6 +282,34 @@ func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(resp.StatusCode)
 	io.Copy(w, resp.Body)
+}
+
+// sameSiteOrLoopback reports whether r's Origin and Referer, if any, are a
+// page on loopback or on the host r goes to. A browser configured to use
+// the proxy sends them on requests a page makes; a page of another site
+// must not reach into the mesh through the proxy.
+func sameSiteOrLoopback(r *http.Request) bool {
+	target := r.URL.Hostname()
+	if r.Method == http.MethodConnect {
+		target, _, _ = net.SplitHostPort(r.Host)
+	}
+	for _, h := range []string{"Origin", "Referer"} {
+		for _, v := range r.Header.Values(h) {
+			u, err := url.Parse(v)
+			if err != nil || u.Host == "" {
+				return false // "null" and other opaque origins
+			}
+			host := u.Hostname()
+			if strings.EqualFold(host, target) || strings.EqualFold(host, "localhost") {
+				continue
+			}
+			if a, err := netip.ParseAddr(host); err == nil && a.Unmap().IsLoopback() {
+				continue
+			}
+			return false
+		}
+	}
+	return true
 }
 
 func (p *httpProxy) connect(w http.ResponseWriter, r *http.Request) {

@@ -168,7 +168,7 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 	mux := http.NewServeMux()
 	mux.Handle("/", srv)
 	mux.HandleFunc("/derp/stats", func(w http.ResponseWriter, r *http.Request) {
-		if !isLoopback(r.RemoteAddr) {
+		if !isLoopback(r.RemoteAddr) || !loopbackPage(r) {
 			http.Error(w, "stats are served to loopback clients only", http.StatusForbidden)
 			return
 		}
@@ -228,6 +228,34 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 	stopSTUN()
 	wg.Wait()
 	return runErr
+}
+
+// loopbackPage reports whether r names the server by an IP address or
+// localhost (not a DNS name rebound to loopback) and any Origin or Referer
+// is a loopback page (not another site's page in the user's browser).
+func loopbackPage(r *http.Request) bool {
+	isLocal := func(host string) bool {
+		if strings.EqualFold(host, "localhost") {
+			return true
+		}
+		a, err := netip.ParseAddr(host)
+		return err == nil && a.Unmap().IsLoopback()
+	}
+	host := r.Host
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	if _, err := netip.ParseAddr(host); err != nil && !strings.EqualFold(host, "localhost") {
+		return false
+	}
+	for _, h := range []string{"Origin", "Referer"} {
+		for _, v := range r.Header.Values(h) {
+			if u, err := url.Parse(v); err != nil || !isLocal(u.Hostname()) {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // isLoopback reports whether the host of a "host:port" remote address is a
