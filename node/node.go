@@ -45,6 +45,9 @@ type Options struct {
 	Hostname string
 	// UpTimeout bounds how long Up waits for the first netmap; 0 means 30s.
 	UpTimeout time.Duration
+	// WireGuardName, if set, serves the engine's device read-only at
+	// /var/run/wireguard/NAME.sock, where `wg show NAME` and wgctrl find it.
+	WireGuardName string
 	// OnNetMap, if non-nil, is called with every netmap from the
 	// coordinator, in order, outside the node's locks. An edge uses it to
 	// follow its routes. It must not modify the netmap.
@@ -81,6 +84,7 @@ type Node struct {
 	authURL       string                  // pending interactive approval
 	authCode      string
 	reportedHome  int           // home relay region last reported to the coordinator
+	uapiStop      func()        // stops the UAPI socket, if served
 	streamNM      *wire.NetMap  // the last netmap from the coordinator itself
 	nmChanged     chan struct{} // closed and replaced at each netmap from the coordinator
 
@@ -336,6 +340,9 @@ func (n *Node) startSessionLocked() error {
 		}
 		n.engine = e
 		n.lastEngineCfg = nil
+		if err := n.startUAPILocked(); err != nil {
+			n.logger.Warn("WireGuard UAPI socket not served", "err", err)
+		}
 	}
 	s := &session{done: make(chan struct{}), firstMap: make(chan struct{})}
 	c, err := coordclient.New(coordclient.Options{
@@ -616,6 +623,7 @@ func (n *Node) Logout(ctx context.Context) error {
 }
 
 func (n *Node) closeEngineLocked() {
+	n.stopUAPILocked()
 	for port, p := range n.proxies {
 		p.close()
 		delete(n.proxies, port)

@@ -32,6 +32,7 @@ type DaemonOptions struct {
 	DNSUpstreams []string
 	LogLevel     string
 	Hostname     string
+	WGName       string
 }
 
 // daemonFlags registers the daemon's own flags on cmd (beam up passes them on).
@@ -61,6 +62,7 @@ func NewCmdDaemon(f *Factory, in *instanceFlags, runF func(*DaemonOptions) error
 	}
 	daemonFlags(cmd, o)
 	cmd.Flags().StringVar(&o.Hostname, "hostname", "", "default hostname to register (default: the host's name)")
+	cmd.Flags().StringVar(&o.WGName, "wg-name", "", "serve the WireGuard device read-only as NAME for `wg show NAME` and wgctrl (/var/run/wireguard/NAME.sock)")
 	return cmd
 }
 
@@ -107,11 +109,12 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 		hostname, _ = os.Hostname()
 	}
 	n, err := node.New(node.Options{
-		StateDir:     o.StateDir,
-		Logger:       logger,
-		ListenPort:   o.Port,
-		DNSUpstreams: upstreams,
-		Hostname:     hostname,
+		StateDir:      o.StateDir,
+		Logger:        logger,
+		ListenPort:    o.Port,
+		DNSUpstreams:  upstreams,
+		Hostname:      hostname,
+		WireGuardName: o.WGName,
 	})
 	if err != nil {
 		return err
