@@ -20,8 +20,8 @@ import (
 // reads its device with wgctrl, as `wg show` would (needs root, as CI has).
 func TestWireGuardNameWithWgctrl(t *testing.T) {
 	c := harness.NewCluster(t, harness.Options{})
-	key := c.AuthKey(coordinatorReusable())
-	b := c.AddNode("beta", key)
+	authKey := c.AuthKey(coordinatorReusable())
+	b := c.AddNode("beta", authKey)
 	var rnd [4]byte
 	rand.Read(rnd[:])
 	name := "beamnode-" + hex.EncodeToString(rnd[:])
@@ -32,7 +32,7 @@ func TestWireGuardNameWithWgctrl(t *testing.T) {
 	defer n.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := n.Up(ctx, apitype.UpRequest{Coordinator: c.URL, AuthKey: key, Hostname: "alpha"}); err != nil {
+	if _, err := n.Up(ctx, apitype.UpRequest{Coordinator: c.URL, AuthKey: authKey, Hostname: "alpha"}); err != nil {
 		t.Fatal(err)
 	}
 	wc, err := wgctrl.New()
