@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -205,8 +206,8 @@ func TestACLPolicyOnRealBinaries(t *testing.T) {
 	// policy in force unchanged.
 	bad := writeFile(t, c.dir, "bad.hujson", "{\n  \"acls\": [\n    {\"action\": \"accept\" \"src\": [\"*\"]},\n  ],\n}\n")
 	_, errOut, err := c.beam(nil, "admin", "--coordinator", c.url, "policy", "set", bad)
-	if err == nil || !strings.Contains(errOut, bad+":3:") {
-		t.Fatalf("policy set of a broken file: err=%v stderr=%q; want non-zero and %s:3:COL", err, errOut, bad)
+	if err == nil || !regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(bad)+`:3:[1-9][0-9]*: .+`).MatchString(errOut) {
+		t.Fatalf("policy set of a broken file: err=%v stderr=%q; want non-zero and %s:3:COL: message", err, errOut, bad)
 	}
 	// A policy whose tests fail: the failing test is reported.
 	failing := writeFile(t, c.dir, "failing.hujson", strings.Replace(policyV2,
@@ -214,7 +215,7 @@ func TestACLPolicyOnRealBinaries(t *testing.T) {
     {"src": "alice", "deny": ["tag:db:%d"]},`, p2, p1), 1))
 	_, errOut, err = c.beam(nil, "admin", "--coordinator", c.url, "policy", "set", failing)
 	wantFail := fmt.Sprintf("test failed: alice -> tag:db:%d: accepted, want denied", p1)
-	if err == nil || !strings.Contains(errOut, failing+":") || !strings.Contains(errOut, wantFail) {
+	if err == nil || !regexp.MustCompile(`(?m)^`+regexp.QuoteMeta(failing)+`:[1-9][0-9]*:[1-9][0-9]*: `+regexp.QuoteMeta(wantFail)).MatchString(errOut) {
 		t.Fatalf("policy set with a failing test: err=%v stderr=%q; want non-zero and %q", err, errOut, wantFail)
 	}
 	if got := admin("policy", "get"); got != policyV2 {

@@ -64,17 +64,19 @@ func newDebugCluster(t *testing.T) *cluster {
 func freeUDPPort(t *testing.T) int {
 	t.Helper()
 	for range 20 {
-		pc, err := net.ListenPacket("udp", ":0")
+		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
 		}
 		port := pc.LocalAddr().(*net.UDPAddr).Port
+		pc6, err := net.ListenPacket("udp6", "[::1]:"+strconv.Itoa(port))
 		pc.Close()
-		if port > 0 {
+		if err == nil {
+			pc6.Close()
 			return port
 		}
 	}
-	t.Fatal("no free UDP port")
+	t.Fatal("no UDP port free on both 127.0.0.1 and ::1")
 	return 0
 }
 
@@ -462,9 +464,30 @@ func attackWireGuardPort(t *testing.T, alpha, beta *device, pb, echo int, betaUp
 	// restart alpha (so it must handshake anew) and make it talk to beta.
 	beta.kill()
 	alpha.kill()
-	capture, err := net.ListenPacket("udp", ":"+strconv.Itoa(pb))
-	if err != nil {
-		t.Fatalf("hold beta's port: %v", err)
+	// One socket per loopback family on beta's port.
+	type datagram struct{ b []byte }
+	got := make(chan datagram, 64)
+	var readers sync.WaitGroup
+	var socks []net.PacketConn
+	for _, target := range targets {
+		pc, err := net.ListenPacket("udp", target)
+		if err != nil {
+			t.Fatalf("hold beta's port %s: %v", target, err)
+		}
+		socks = append(socks, pc)
+		readers.Go(func() {
+			buf := make([]byte, 65536)
+			for {
+				n, _, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				select {
+				case got <- datagram{bytes.Clone(buf[:n])}:
+				default:
+				}
+			}
+		})
 	}
 	alpha.mustUp()
 	// Traffic for beta makes alpha handshake with beta's port.
@@ -477,23 +500,27 @@ func attackWireGuardPort(t *testing.T, alpha, beta *device, pb, echo int, betaUp
 	}
 	var captured [][]byte
 	kinds := map[byte]int{}
-	buf := make([]byte, 65536)
-	capture.SetReadDeadline(time.Now().Add(5 * time.Second))
+	stop := time.After(5 * time.Second)
+capture:
 	for {
-		n, _, err := capture.ReadFrom(buf)
-		if err != nil {
-			break
-		}
-		captured = append(captured, bytes.Clone(buf[:n]))
-		if n > 0 {
-			kinds[buf[0]]++
-		}
-		if kinds[1] == 1 && n > 0 && buf[0] == 1 {
-			// Take what else comes with the first handshake.
-			capture.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		select {
+		case d := <-got:
+			captured = append(captured, d.b)
+			if len(d.b) > 0 {
+				kinds[d.b[0]]++
+				if d.b[0] == 1 && kinds[1] == 1 {
+					// Take what else comes with the first handshake.
+					stop = time.After(300 * time.Millisecond)
+				}
+			}
+		case <-stop:
+			break capture
 		}
 	}
-	capture.Close()
+	for _, pc := range socks {
+		pc.Close()
+	}
+	readers.Wait()
 	cancel()
 	nc.Wait()
 	t.Logf("captured %d datagrams from alpha to beta's port (by first byte: %v)", len(captured), kinds)
@@ -511,17 +538,18 @@ func attackWireGuardPort(t *testing.T, alpha, beta *device, pb, echo int, betaUp
 
 	// The attacker: garbage, then each captured datagram three times, to
 	// beta's port on both loopback families, from one socket.
-	atk, err := net.ListenPacket("udp", ":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer atk.Close()
 	sent := 0
+	var atks sync.WaitGroup
 	for _, target := range targets {
 		raddr, err := net.ResolveUDPAddr("udp", target)
 		if err != nil {
 			t.Fatal(err)
 		}
+		atk, err := net.ListenUDP("udp", &net.UDPAddr{IP: raddr.IP})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer atk.Close()
 		for _, d := range garbageDatagrams() {
 			if _, err := atk.WriteTo(d, raddr); err == nil {
 				sent++
@@ -534,14 +562,18 @@ func attackWireGuardPort(t *testing.T, alpha, beta *device, pb, echo int, betaUp
 				}
 			}
 		}
+		atks.Go(func() {
+			buf := make([]byte, 65536)
+			atk.SetReadDeadline(time.Now().Add(2 * time.Second))
+			n, from, err := atk.ReadFrom(buf)
+			if err == nil {
+				t.Errorf("beta answered the attacker at %s: %d bytes from %v: %x", target, n, from, buf[:min(n, 32)])
+			} else if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
+				t.Errorf("reading replies at %s: %v (want a timeout: no reply)", target, err)
+			}
+		})
 	}
-	atk.SetReadDeadline(time.Now().Add(2 * time.Second))
-	n, from, err := atk.ReadFrom(buf)
-	if err == nil {
-		t.Errorf("beta answered the attacker: %d bytes from %v: %x", n, from, buf[:min(n, 32)])
-	} else if ne, ok := err.(net.Error); !ok || !ne.Timeout() {
-		t.Errorf("reading replies: %v (want a timeout: no reply)", err)
-	}
+	atks.Wait()
 	t.Logf("sent %d datagrams (garbage and replays) to %v, got no reply in 2s", sent, targets)
 }
 
