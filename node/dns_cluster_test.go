@@ -293,9 +293,15 @@ func TestMagicDNSSettings(t *testing.T) {
 	t.Run("split", func(t *testing.T) {
 		var r *dns.Msg
 		var err error
-		// The first query may start the WireGuard handshake with beta.
-		harness.WaitFor(t, 10*time.Second, "x.corp.example answered through beta", func() bool {
+		// The first query may start the WireGuard handshake with beta
+		// (retried every 5 seconds if a handshake packet is lost).
+		tries := 0
+		harness.WaitFor(t, 15*time.Second, "x.corp.example answered through beta", func() bool {
 			r, err = magicQuery(ctx, a, "udp", "100.100.100.100:53", "x.corp.example", dns.TypeA)
+			tries++
+			if tries%5 == 0 {
+				t.Logf("try %d: %s; split resolver asked %d times; alpha sees beta: %+v", tries, rcode(r, err), len(corp.Asked()), a.Status().Peers)
+			}
 			return err == nil && r.Rcode == dns.RcodeSuccess
 		})
 		if got := answerAddrs(r); !slices.Equal(got, []string{"198.51.100.10"}) || r.Authoritative {
