@@ -38,7 +38,7 @@ import (
 //	download URL SIZE     stream SIZE bytes back, check the SHA-256
 //	tlsinfo URL           print the server certificate's issuer and the body
 //	raw ADDR REQUEST      send REQUEST (Go-quoted) on TCP, print the first line back
-//	load URL DUR WORKERS  GET URL from WORKERS connections for DUR; one line per request
+//	load URL DUR RATE     GET URL RATE times a second for DUR; one line per request
 //	wshold URL N          open N WebSockets, echo once on each, hold them until stopped
 const helperClient = "edgelab.client"
 
@@ -120,7 +120,7 @@ func runClient(ctx context.Context, args []string) error {
 		return c.raw(ctx, a[1], req)
 	case "load":
 		if len(a) != 4 {
-			return errors.New("load: want URL DURATION WORKERS")
+			return errors.New("load: want URL DURATION RATE")
 		}
 		d, err := time.ParseDuration(a[2])
 		if err != nil {
@@ -339,38 +339,48 @@ func (c *client) raw(ctx context.Context, addr, req string) error {
 	return nil
 }
 
-// load prints "req START_UNIX_MS ok|err DETAIL" per request.
-func (c *client) load(ctx context.Context, url string, d time.Duration, workers int) error {
-	ctx, cancel := context.WithTimeout(ctx, d)
-	defer cancel()
+// load starts a GET of url every 1/rate seconds for d, each on its own
+// goroutine (an open loop: a slow answer does not hold the next request
+// back), and prints "req START_UNIX_MS ok|err MS DETAIL" per request.
+func (c *client) load(ctx context.Context, url string, d time.Duration, rate int) error {
 	hc := c.httpClient(false)
-	hc.Timeout = 15 * time.Second
-	var mu sync.Mutex // guards out
+	hc.Timeout = 10 * time.Second
+	var mu sync.Mutex // serializes output lines
 	var wg sync.WaitGroup
-	for range workers {
+	tick := time.NewTicker(time.Second / time.Duration(rate))
+	defer tick.Stop()
+	end := time.After(d)
+	for done := false; !done; {
+		select {
+		case <-ctx.Done():
+			done = true
+			continue
+		case <-end:
+			done = true
+			continue
+		case <-tick.C:
+		}
 		wg.Go(func() {
-			for ctx.Err() == nil {
-				start := time.Now()
-				req, _ := http.NewRequest("GET", url, nil)
-				resp, err := hc.Do(req)
-				var detail string
-				ok := false
-				if err == nil {
-					b, rerr := io.ReadAll(resp.Body)
-					resp.Body.Close()
-					ok = rerr == nil && resp.StatusCode == 200
-					detail = fmt.Sprintf("%d %s", resp.StatusCode, strings.Fields(string(b)+" x x x")[2])
-				} else {
-					detail = strings.ReplaceAll(err.Error(), "\n", " ")
-				}
-				word := "err"
-				if ok {
-					word = "ok"
-				}
-				mu.Lock()
-				fmt.Fprintf(c.out, "req %d %s %d %s\n", start.UnixMilli(), word, time.Since(start).Milliseconds(), detail)
-				mu.Unlock()
+			start := time.Now()
+			req, _ := http.NewRequestWithContext(ctx, "GET", url, nil)
+			resp, err := hc.Do(req)
+			var detail string
+			ok := false
+			if err == nil {
+				b, rerr := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				ok = rerr == nil && resp.StatusCode == 200
+				detail = fmt.Sprintf("%d %s", resp.StatusCode, strings.Fields(string(b) + " x x x")[2])
+			} else {
+				detail = strings.ReplaceAll(err.Error(), "\n", " ")
 			}
+			word := "err"
+			if ok {
+				word = "ok"
+			}
+			mu.Lock()
+			fmt.Fprintf(c.out, "req %d %s %d %s\n", start.UnixMilli(), word, time.Since(start).Milliseconds(), detail)
+			mu.Unlock()
 		})
 	}
 	wg.Wait()

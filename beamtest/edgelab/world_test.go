@@ -65,6 +65,8 @@ type world struct {
 	roots    string // PEM: the ACME CA's root, for clients
 	pebbleCA string // PEM: the root of Pebble's own HTTPS certificate
 	devices  []*device
+	// serverStart is when beam server was started.
+	serverStart time.Time
 }
 
 // worldConfig selects the parts of a world.
@@ -80,6 +82,7 @@ type worldConfig struct {
 func newWorld(t *testing.T, cfg worldConfig) *world {
 	t.Helper()
 	w := &world{t: t, lab: nslab.New(t), bin: nslab.BuildBinary(t, "beam.dev/beam/cmd/beam"), dir: shortTempDir(t)}
+	t.Cleanup(w.saveLogs)
 	w.srv = w.lab.AddServer("srv")
 	for i := range max(cfg.clients, 1) {
 		w.clients = append(w.clients, w.lab.AddPublicClient("client"+strconv.Itoa(i)))
@@ -110,6 +113,7 @@ func newWorld(t *testing.T, cfg worldConfig) *world {
 	} else {
 		args = append(args, "--https-addr", "")
 	}
+	w.serverStart = time.Now()
 	w.server = w.srv.Start(ctx, w.bin, args...)
 	waitOut(t, w.server, "beam server running", 30*time.Second)
 	w.coordURL = "http://" + hostPort(srvIP, coordPort)
@@ -119,6 +123,31 @@ func newWorld(t *testing.T, cfg worldConfig) *world {
 		w.roots = w.fetchACMERoot(ctx)
 	}
 	return w
+}
+
+// saveLogs writes the output of the servers and daemons to the directory
+// named by BEAM_EDGELAB_OUT, if set.
+func (w *world) saveLogs() {
+	dir := os.Getenv("BEAM_EDGELAB_OUT")
+	if dir == "" {
+		return
+	}
+	dir = filepath.Join(dir, w.t.Name()+"-logs")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		w.t.Log(err)
+		return
+	}
+	write := func(name string, p *nslab.Proc) {
+		if p != nil {
+			os.WriteFile(filepath.Join(dir, name+".log"), append(p.Output(), p.Stderr()...), 0o644)
+		}
+	}
+	write("server", w.server)
+	write("pebble", w.pebble)
+	for _, d := range w.devices {
+		write(d.name, d.daemon)
+	}
+	w.t.Logf("process logs in %s", dir)
 }
 
 // waitOut waits for a line of p's output containing s.
