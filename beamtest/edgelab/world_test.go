@@ -357,9 +357,11 @@ func (w *world) curl(ctx context.Context, i int, args ...string) (string, error)
 		base = append(base, "--cacert", w.roots)
 	}
 	for _, a := range args {
-		if h, ok := strings.CutPrefix(a, "https://"); ok {
-			h, _, _ = strings.Cut(h, "/")
-			base = append(base, "--resolve", h+":443:"+w.srv.Addr().String())
+		for scheme, port := range map[string]string{"https://": "443", "http://": "80"} {
+			if h, ok := strings.CutPrefix(a, scheme); ok {
+				h, _, _ = strings.Cut(h, "/")
+				base = append(base, "--resolve", h+":"+port+":"+w.srv.Addr().String())
+			}
 		}
 	}
 	out, err := w.clients[i].Run(ctx, "curl", append(base, args...)...)
