@@ -422,7 +422,7 @@ func attackLoopbackListeners(t *testing.T, c *cluster, beta *device, socksPort, 
 	}
 }
 
-// wgPackets returns datagrams that look like WireGuard, disco or STUN but
+// garbageDatagrams returns datagrams that look like WireGuard, disco or STUN but
 // carry random or wrong contents, plus plain garbage.
 func garbageDatagrams() [][]byte {
 	rnd := func(n int) []byte {
