@@ -124,7 +124,7 @@ func New(opts Options) (*Node, error) {
 	n.resolver = dnsserver.NewResolver(dnsserver.ResolverOptions{
 		Logger:      logger.With("component", "dns"),
 		Dial:        n.dialForDNS,
-		AllowSource: allowDNSSource,
+		AllowSource: func(a netip.Addr) bool { return allowDNSSource(a) && (a.Unmap().IsLoopback() || n.isOverlay(a)) },
 	})
 	n.resolver.SetRecords(dnsRecords(st.NetMap, time.Now(), opts.DNSUpstreams))
 	switch {
