@@ -170,7 +170,9 @@ func TestExposeEdgeStream(t *testing.T) {
 
 	// The serving node sees the edge and lets it reach only the exposed ports.
 	nma = wa.waitFor("alpha sees the edge", wait, func(nm *wire.NetMap) bool {
-		return peerNamed(nm, "edge1") != nil && filterAllowsProto(nm.PacketFilter, edgeAddr, alphaAddr, 3000, 6)
+		// Both routes (3000/tcp and 5000/udp) may arrive in separate deltas.
+		return peerNamed(nm, "edge1") != nil && filterAllowsProto(nm.PacketFilter, edgeAddr, alphaAddr, 3000, 6) &&
+			filterAllowsProto(nm.PacketFilter, edgeAddr, alphaAddr, 5000, 17) && len(nm.EdgeRoutes) == 2
 	})
 	checks := []struct {
 		src   netip.Addr
