@@ -17,11 +17,15 @@
 // and report the edge's memory per open WebSocket.
 //
 // They need root and the programs curl, dig, redis-server, redis-cli and
-// wrk (.ci/run installs them), and never skip. Tests of behaviour the
-// engine does not have yet (devices behind hard NATs, which need the relay
-// path) are built only with the build tag edgelab_pending:
+// wrk (.ci/run installs them), and never skip. Devices sit behind easy
+// NATs (reached directly) and hard NATs (reached over the relay). Tests of
+// behaviour the engine does not have yet go behind the build tag
+// edgelab_pending (none today):
 //
 //	go test -tags edgelab_pending ./beamtest/edgelab/
+//
+// Set BEAM_EDGELAB_OUT to a directory to keep the logs of the servers and
+// daemons.
 //
 // Nothing imports this package; it holds only tests.
 package edgelab
