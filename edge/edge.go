@@ -257,7 +257,7 @@ func (e *Edge) dialTarget(ctx context.Context, network string, t *target) (net.C
 		}
 		return nil, &dialError{target: t.addr, err: err}
 	}
-	return c, nil
+	return t.track(c), nil
 }
 
 // dialError is a failed dial toward a device target.

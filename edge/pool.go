@@ -3,6 +3,7 @@ package edge
 import (
 	"context"
 	"errors"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,60 @@ type target struct {
 	addr      netip.AddrPort
 	downUntil atomic.Int64 // unix nanoseconds; skipped in pools while in the future
 	active    atomic.Int64 // requests and connections under way
+
+	mu    sync.Mutex // guards conns
+	conns map[*targetConn]struct{}
+}
+
+// targetConn is a connection to a target, closed by closeConns when the
+// target leaves the routes or its device stops answering: requests under
+// way then fail at once instead of hanging on a peer that is gone.
+type targetConn struct {
+	net.Conn
+	t    *target
+	once sync.Once
+}
+
+func (c *targetConn) Close() error {
+	c.once.Do(func() {
+		c.t.mu.Lock()
+		delete(c.t.conns, c)
+		c.t.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+// CloseWrite half-closes the connection when the underlying one can.
+func (c *targetConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Close()
+}
+
+// track registers c as a connection to t.
+func (t *target) track(c net.Conn) net.Conn {
+	tc := &targetConn{Conn: c, t: t}
+	t.mu.Lock()
+	if t.conns == nil {
+		t.conns = map[*targetConn]struct{}{}
+	}
+	t.conns[tc] = struct{}{}
+	t.mu.Unlock()
+	return tc
+}
+
+// closeConns closes every connection to t.
+func (t *target) closeConns() {
+	t.mu.Lock()
+	conns := make([]*targetConn, 0, len(t.conns))
+	for c := range t.conns {
+		conns = append(conns, c)
+	}
+	t.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
 }
 
 func (t *target) markDown(until time.Time) { t.downUntil.Store(until.UnixNano()) }
@@ -110,6 +165,9 @@ func (e *Edge) checkPools() {
 						e.log.Info("pool member down", "target", t.addr, "err", err)
 					}
 					t.markDown(time.Now().Add(e.opts.DownFor))
+					// The device stopped answering: fail what is under way
+					// to it so clients retry on another member.
+					t.closeConns()
 				}
 				return
 			}

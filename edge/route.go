@@ -189,12 +189,20 @@ func (e *Edge) SetRoutes(routes []Route) error {
 			e.attachTargetsLocked(t, rt)
 		}
 	}
-	for a := range e.targets {
+	var gone []*target
+	for a, tg := range e.targets {
 		if t.targets[a] == nil {
 			delete(e.targets, a)
+			gone = append(gone, tg)
 		}
 	}
 	e.routes.Store(t)
+	// Connections to targets no route has any more would otherwise hang
+	// on a device that may be gone for good.
+	for _, tg := range gone {
+		tg.closeConns()
+	}
+	e.h1.CloseIdleConnections()
 	return nil
 }
 
