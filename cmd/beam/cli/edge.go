@@ -129,7 +129,7 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 		Domain: o.Domain,
 		Logger: logger.With("component", "edge"),
 		OnRequest: func(l edge.RequestLog) {
-			logger.Info("request", "host", l.Host, "method", l.Method, "path", l.Path, "status", l.Status, "duration", l.Duration, "client", l.ClientIP)
+			logger.Debug("request", "host", l.Host, "method", l.Method, "path", l.Path, "status", l.Status, "duration", l.Duration, "client", l.ClientIP)
 		},
 	})
 	if err != nil {
