@@ -40,21 +40,36 @@ type Config struct {
 	// new flows must match a rule, replies to flows this node opened
 	// always pass. Nil accepts every inbound flow.
 	Filter *Filter
-	// DERPMap maps relay region IDs to the URL of a relay of that region
-	// (http:// or https://, path /derp). Nil: no relays, peers are reached
-	// over direct UDP only.
-	DERPMap map[int]string
-	// HomeDERP is this node's home relay region, which it stays connected
-	// to so peers can reach it; 0 means none.
+	// DERPMap maps relay region IDs to the region's relay and STUN
+	// servers. Nil: no relays and no STUN, peers are reached over direct
+	// UDP only and the node's endpoints are its interface addresses.
+	DERPMap map[int]DERPRegion
+	// HomeDERP is a hint for this node's home relay region: the engine
+	// starts there and stays connected to it (peers that were told it can
+	// reach the node there), but makes the region with the lowest STUN
+	// latency its home once it is clearly better, and reports its choice
+	// through Options.OnEndpoints. 0: the engine chooses from the start.
 	HomeDERP int
+}
+
+// DERPRegion is one relay region as the engine uses it.
+type DERPRegion struct {
+	// URL is the region's relay (http:// or https://, path /derp).
+	// Empty: the region only has STUN servers.
+	URL string
+	// STUNAddrs are the host:port addresses of the region's STUN
+	// servers, used for endpoint discovery and relay latency. Empty: none.
+	STUNAddrs []string
 }
 
 // Peer is one WireGuard peer.
 type Peer struct {
 	// Key is the peer's node key.
 	Key key.NodePublic
-	// DiscoKey is the peer's disco key, for path discovery; zero if
-	// unknown. (Not used yet.)
+	// DiscoKey is the peer's disco key, for path discovery (pings,
+	// hole punching); zero if unknown: the peer is then reached through
+	// its advertised endpoints and relay, and paths are learned only from
+	// WireGuard traffic.
 	DiscoKey key.DiscoPublic
 	// AllowedIPs are the peer's overlay addresses: packets to them go to
 	// this peer, packets from it must come from them.
@@ -99,10 +114,10 @@ func (e *Engine) Reconfig(cfg Config) error {
 	// endpoints; removed peers go from both.
 	bps := make([]bind.PeerConfig, 0, len(cfg.Peers))
 	for _, p := range cfg.Peers {
-		bps = append(bps, bind.PeerConfig{Key: p.Key, Endpoints: p.Endpoints, HomeRegion: p.HomeDERP})
+		bps = append(bps, bind.PeerConfig{Key: p.Key, Endpoints: p.Endpoints, HomeRegion: p.HomeDERP, DiscoKey: p.DiscoKey})
 	}
 	e.bind.SetPeers(bps)
-	e.relays.setMap(cfg.DERPMap, cfg.HomeDERP)
+	e.setDERPMapLocked(cfg.DERPMap, cfg.HomeDERP)
 
 	var sb strings.Builder
 	want := make(map[key.NodePublic]Peer, len(cfg.Peers))
@@ -179,6 +194,12 @@ type PeerStatus struct {
 	Endpoint netip.AddrPort
 	// Path is "direct", "relay" or "none".
 	Path string
+	// DERPRegion is the relay region packets go through when Path is
+	// "relay"; 0 otherwise.
+	DERPRegion int
+	// Latency is the last measured round trip of the direct path; zero
+	// if unknown or not direct.
+	Latency time.Duration
 	// RxBytes and TxBytes count WireGuard bytes received from and sent to
 	// the peer.
 	RxBytes, TxBytes uint64
@@ -203,6 +224,8 @@ func (e *Engine) Status() []PeerStatus {
 		pp := e.bind.PeerPath(p.Key)
 		st.Endpoint = pp.Endpoint
 		st.Path = pp.Path
+		st.DERPRegion = pp.Region
+		st.Latency = pp.Latency
 		out = append(out, st)
 	}
 	return out

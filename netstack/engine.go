@@ -66,6 +66,17 @@ type Options struct {
 	// CongestionControl is the overlay TCP congestion control, "cubic" or
 	// "reno". Empty means "cubic".
 	CongestionControl string
+	// DiscoKey is the node's disco key, which seals path discovery
+	// messages. Zero generates one for this process (the usual case: the
+	// node reports DiscoPublic to the coordinator, which hands it to
+	// peers).
+	DiscoKey key.DiscoPrivate
+	// OnEndpoints, if set, is called when the node's endpoints (interface
+	// addresses and STUN-mapped public addresses, with the WireGuard
+	// port) or its home relay region change, so the node can report them
+	// to the coordinator. It runs on an engine goroutine, never
+	// concurrently with itself, and must not call Close.
+	OnEndpoints func(eps []netip.AddrPort, homeDERP int)
 }
 
 // Engine is a running data plane. Its methods are safe for concurrent use.
@@ -82,6 +93,11 @@ type Engine struct {
 	cancel context.CancelFunc
 
 	udpFlows atomic.Int32
+
+	// disc is endpoint discovery and relay latency (discovery.go).
+	disc discovery
+	// loopWG counts discoveryLoop.
+	loopWG sync.WaitGroup
 
 	mu         sync.Mutex // guards the following fields
 	closed     bool
@@ -127,8 +143,19 @@ func New(opts Options) (*Engine, error) {
 	e.pf.now = func() int64 { return time.Now().Unix() }
 	e.pf.pol.Store(&policy{open: true})
 
+	if opts.DiscoKey.IsZero() {
+		opts.DiscoKey = key.NewDisco()
+		e.opts.DiscoKey = opts.DiscoKey
+	}
+	e.disc.init()
 	e.relays = newRelays(e, opts.PrivateKey)
-	b, err := bind.New(bind.Options{PrivateKey: opts.PrivateKey, Logger: e.log.With("component", "bind"), Relay: e.relays})
+	b, err := bind.New(bind.Options{
+		PrivateKey: opts.PrivateKey,
+		Logger:     e.log.With("component", "bind"),
+		Relay:      e.relays,
+		DiscoKey:   opts.DiscoKey,
+		OnSTUN:     e.onSTUN,
+	})
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("netstack: %w", err)
@@ -164,6 +191,11 @@ func New(opts Options) (*Engine, error) {
 		cancel()
 		return nil, fmt.Errorf("netstack: bring device up: %w", err)
 	}
+	e.loopWG.Add(1)
+	go func() {
+		defer e.loopWG.Done()
+		e.discoveryLoop()
+	}()
 	return e, nil
 }
 
@@ -229,6 +261,7 @@ func (e *Engine) Close() error {
 	e.mu.Unlock()
 
 	e.cancel()
+	e.loopWG.Wait()
 	e.relays.close()
 	for _, c := range active {
 		c.Close()

@@ -36,6 +36,7 @@ func (n *node) peer() Peer {
 	port := n.e.LocalPort()
 	return Peer{
 		Key:        n.key.Public(),
+		DiscoKey:   n.e.DiscoPublic(),
 		AllowedIPs: []netip.Prefix{netip.PrefixFrom(n.v4, 32), netip.PrefixFrom(n.v6, 128)},
 		Endpoints: []netip.AddrPort{
 			netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port),

@@ -27,7 +27,8 @@ type relays struct {
 
 	mu     sync.Mutex // guards the following fields
 	urls   map[int]string
-	home   int
+	home   int // preferred region, announced as such to its relay
+	hint   int // the configured home hint, kept connected too
 	conns  map[int]*relayConn
 	closed bool
 }
@@ -62,24 +63,49 @@ func newRelays(e *Engine, priv key.NodePrivate) *relays {
 	return &relays{e: e, priv: priv, conns: make(map[int]*relayConn)}
 }
 
-// setMap applies the regions' URLs and the home region: connections to
-// regions that left the map or changed URL are closed, and the home
-// region is connected.
-func (r *relays) setMap(urls map[int]string, home int) {
+// setMap applies the regions' URLs, the home region and the configured
+// home hint: connections to regions that left the map or changed URL are
+// closed, and the home and hint regions are connected.
+func (r *relays) setMap(urls map[int]string, home, hint int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
 		return
 	}
 	r.urls = maps.Clone(urls)
-	r.home = home
 	for region, c := range r.conns {
 		if u, ok := r.urls[region]; !ok || u != c.url {
 			r.dropLocked(region)
 		}
 	}
-	if home != 0 {
-		r.ensureLocked(home)
+	r.setHomeLocked(home, hint)
+}
+
+// setHome makes home the preferred region (connected, and announced as
+// preferred to its relay) and keeps hint connected.
+func (r *relays) setHome(home, hint int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return
+	}
+	r.setHomeLocked(home, hint)
+}
+
+func (r *relays) setHomeLocked(home, hint int) {
+	old := r.home
+	r.home, r.hint = home, hint
+	for _, region := range []int{home, hint} {
+		if region != 0 {
+			r.ensureLocked(region)
+		}
+	}
+	if old != home {
+		for region, c := range r.conns {
+			if c.client != nil && (region == old || region == home) {
+				c.client.NotePreferred(region == home)
+			}
+		}
 	}
 }
 

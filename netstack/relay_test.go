@@ -6,10 +6,12 @@ import (
 	"testing"
 
 	"beam.dev/beam/derp/derpserver"
+	"beam.dev/beam/types/key"
 )
 
 // TestRelayOnly connects two engines that cannot reach each other
-// directly (no endpoints) through an in-process relay server.
+// directly (no endpoints, and no disco keys, so they cannot learn each
+// other's addresses) through an in-process relay server.
 func TestRelayOnly(t *testing.T) {
 	srv := derpserver.New(derpserver.Options{})
 	hs := httptest.NewServer(srv)
@@ -18,7 +20,7 @@ func TestRelayOnly(t *testing.T) {
 		hs.Close()
 		srv.Close()
 	})
-	derpMap := map[int]string{1: hs.URL + "/derp"}
+	derpMap := map[int]DERPRegion{1: {URL: hs.URL + "/derp"}}
 
 	nodes := newNodes(t, 2, nil)
 	a, b := nodes[0], nodes[1]
@@ -29,6 +31,7 @@ func TestRelayOnly(t *testing.T) {
 		cfg.HomeDERP = 1
 		p := other.peer()
 		p.Endpoints = nil
+		p.DiscoKey = key.DiscoPublic{}
 		p.HomeDERP = 1
 		cfg.Peers = []Peer{p}
 		if err := n.e.Reconfig(cfg); err != nil {

@@ -70,28 +70,39 @@ func engineConfig(nm *wire.NetMap, localNow time.Time, shieldsUp bool, allowInbo
 	return cfg
 }
 
-// derpConfig returns the engine's relay map (region to the URL of its
-// first relaying node) and this node's home region: the lowest region ID,
-// so every node of a one-region deployment homes on the same relay.
-func derpConfig(dm *wire.DERPMap) (map[int]string, int) {
+// derpConfig returns the engine's relay map (per region, the URL of its
+// first relaying node and the STUN addresses of all its nodes) and a hint
+// for this node's home region: the lowest region ID with a relay, so every
+// node of a one-region deployment homes on the same relay. The engine
+// stays connected to the hint and may choose a faster home by latency.
+func derpConfig(dm *wire.DERPMap) (map[int]netstack.DERPRegion, int) {
 	if dm == nil || len(dm.Regions) == 0 {
 		return nil, 0
 	}
-	out := map[int]string{}
+	out := map[int]netstack.DERPRegion{}
 	home := 0
 	for id, r := range dm.Regions {
 		if r == nil {
 			continue
 		}
+		var reg netstack.DERPRegion
 		for _, n := range r.Nodes {
-			if n == nil || n.STUNOnly || n.URL == "" {
+			if n == nil {
 				continue
 			}
-			out[id] = n.URL
-			if home == 0 || id < home {
-				home = id
+			if n.STUNAddr != "" {
+				reg.STUNAddrs = append(reg.STUNAddrs, n.STUNAddr)
 			}
-			break
+			if reg.URL == "" && !n.STUNOnly && n.URL != "" {
+				reg.URL = n.URL
+			}
+		}
+		if reg.URL == "" && len(reg.STUNAddrs) == 0 {
+			continue
+		}
+		out[id] = reg
+		if reg.URL != "" && (home == 0 || id < home) {
+			home = id
 		}
 	}
 	if len(out) == 0 {

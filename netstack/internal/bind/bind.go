@@ -31,9 +31,17 @@
 // stale), and handshake initiations go to the relay as well as to every
 // candidate, so a direct path replaces the relay as soon as one answers.
 //
-// Disco (next) plugs in at endpointFor (disco datagrams are told apart
-// by their magic before classify) and at peer.best: a disco pong from an
-// address confirms it exactly as Send learning does now.
+// Disco. With Options.DiscoKey set, datagrams that start with the disco
+// magic (package disco) are taken out of the receive path before the
+// WireGuard check (on UDP and from the relay) and handled in disco.go:
+// pings are answered with pongs over the same path, a pong confirms a
+// direct address exactly as an authenticated WireGuard packet does, and a
+// call-me-maybe (sent through the relay) makes the bind ping all the
+// sender's endpoints at once, which is how two NATs get punched. Send
+// decides per packet between the direct address and the relay (see
+// route): direct once confirmed, both while a new path is untrusted, the
+// relay when direct stops answering. STUN answers are also taken out and
+// handed to Options.OnSTUN.
 package bind
 
 import (
@@ -47,6 +55,7 @@ import (
 	"syscall"
 	"time"
 
+	"beam.dev/beam/netstack/internal/disco"
 	"beam.dev/beam/types/key"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -97,6 +106,14 @@ type Options struct {
 	// wireguard-go unattributed, where its cookie mechanism applies. Zero
 	// means 50.
 	AttributionRate float64
+	// DiscoKey is the node's disco key, which seals path discovery
+	// messages (see package disco). Zero turns disco off: paths are then
+	// learned only from WireGuard traffic.
+	DiscoKey key.DiscoPrivate
+	// OnSTUN, if set, receives the STUN messages that arrive on the UDP
+	// sockets (answers to Binding requests sent with WriteTo). It runs on
+	// a receive goroutine: it must be quick and must not keep pkt.
+	OnSTUN func(pkt []byte, src netip.AddrPort)
 }
 
 // PeerConfig is one peer the bind may send to.
@@ -107,6 +124,9 @@ type PeerConfig struct {
 	Endpoints []netip.AddrPort
 	// HomeRegion is the peer's home relay region; 0 means none.
 	HomeRegion int
+	// DiscoKey is the peer's disco key; zero if unknown (then the peer
+	// is never pinged and its disco messages are dropped).
+	DiscoKey key.DiscoPublic
 }
 
 // Bind is the magic bind. Create it with New; it is safe for concurrent
@@ -125,9 +145,14 @@ type Bind struct {
 	sendPool sync.Pool
 	// rs is the relay path; rs.relay is nil without one.
 	rs relayState
+	// disco is the path discovery state.
+	disco discoState
+	// lastSend is when Send last sent to a peer (unix nanos).
+	lastSend atomic.Int64
 
 	mu      sync.Mutex // guards the following fields
 	peers   map[key.NodePublic]*peerEntry
+	byDisco map[key.DiscoPublic]*peerEntry
 	indices map[uint32]*peer
 	anon    map[netip.AddrPort]*Endpoint
 	v4, v6  *udpSocket
@@ -142,6 +167,7 @@ type peerEntry struct {
 	p       *peer
 	eps     map[netip.AddrPort]*Endpoint // candidate and learned endpoints
 	learned []netip.AddrPort             // learned addresses, oldest first
+	cmm     []netip.AddrPort             // addresses from the peer's last call-me-maybe
 	indices []uint32                     // our recent sender indices, oldest first
 }
 
@@ -190,6 +216,7 @@ func New(opts Options) (*Bind, error) {
 		limiter: rate.NewLimiter(rate.Limit(opts.AttributionRate), int(opts.AttributionRate)+1),
 		opts:    opts,
 		peers:   make(map[key.NodePublic]*peerEntry),
+		byDisco: make(map[key.DiscoPublic]*peerEntry),
 		indices: make(map[uint32]*peer),
 		anon:    make(map[netip.AddrPort]*Endpoint),
 	}
@@ -211,13 +238,31 @@ func New(opts Options) (*Bind, error) {
 	}
 	empty := make(map[netip.AddrPort]*Endpoint)
 	b.addrs.Store(&empty)
+	b.disco.pending = make(map[[12]byte]*pendingPing)
+	b.disco.nodeKey = opts.PrivateKey.Public()
+	if !opts.DiscoKey.IsZero() {
+		b.disco.on = true
+		b.disco.priv = opts.DiscoKey
+		b.disco.pub = opts.DiscoKey.Public()
+	}
 	return b, nil
 }
 
 // SetPeers makes peers exactly the bind's peer table. Peers that stay keep
 // their endpoints and confirmed address; removed peers stop being
-// reachable and their datagrams are dropped.
+// reachable and their datagrams are dropped. New peers with a disco key,
+// and peers whose disco key changed, are probed at once (pings to their
+// addresses, a call-me-maybe through the relay): that finds a direct path
+// early, and tells a peer that sent us a handshake before it knew us that
+// we are up now (see resendInit).
 func (b *Bind) SetPeers(peers []PeerConfig) {
+	var probe []*peer
+	defer func() {
+		now := time.Now().UnixNano()
+		for _, p := range probe {
+			b.probe(p, now)
+		}
+	}()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	want := make(map[key.NodePublic]PeerConfig, len(peers))
@@ -259,6 +304,9 @@ func (b *Bind) SetPeers(peers []PeerConfig) {
 		for _, ap := range pe.learned {
 			learned[ap] = true
 		}
+		for _, ap := range pe.cmm {
+			learned[ap] = true
+		}
 		for ap, e := range pe.eps {
 			if !seen[ap] && !learned[ap] && !e.isRelay() {
 				delete(pe.eps, ap)
@@ -266,6 +314,18 @@ func (b *Bind) SetPeers(peers []PeerConfig) {
 		}
 		pe.p.candidates.Store(&cands)
 		pe.p.home.Store(int32(pc.HomeRegion))
+		if old := pe.p.disco.Load(); pc.DiscoKey.IsZero() {
+			pe.p.disco.Store(nil)
+		} else if b.disco.on && (old == nil || old.key != pc.DiscoKey) {
+			pe.p.disco.Store(&discoPeer{key: pc.DiscoKey, shared: b.disco.priv.Shared(pc.DiscoKey)})
+			probe = append(probe, pe.p)
+		}
+	}
+	clear(b.byDisco)
+	for _, pe := range b.peers {
+		if dp := pe.p.disco.Load(); dp != nil {
+			b.byDisco[dp.key] = pe
+		}
 	}
 	b.rebuildLocked()
 }
@@ -293,7 +353,7 @@ func (b *Bind) learnLocked(pe *peerEntry, ap netip.AddrPort) *Endpoint {
 		old := pe.learned[0]
 		pe.learned = pe.learned[1:]
 		if best := pe.p.best.Load(); best == nil || best.src != old {
-			if !b.isCandidate(pe.p, old) {
+			if !b.isCandidate(pe.p, old) && !contains(pe.cmm, old) {
 				delete(pe.eps, old)
 			}
 		}
@@ -323,14 +383,19 @@ func (b *Bind) PeerPath(k key.NodePublic) PeerPath {
 	if pe == nil {
 		return PeerPath{Path: "none"}
 	}
-	best := pe.p.best.Load()
-	if best == nil {
-		return PeerPath{Path: "none"}
+	p := pe.p
+	direct, region := b.route(p, time.Now().UnixNano(), false)
+	switch {
+	case direct != nil:
+		return PeerPath{Endpoint: direct.src, Path: "direct", LastRecv: direct.lastRecv.Load(), Latency: time.Duration(direct.latency.Load())}
+	case region != 0:
+		var last int64
+		if best := p.best.Load(); best != nil && best.isRelay() {
+			last = best.lastRecv.Load()
+		}
+		return PeerPath{Path: "relay", Region: region, LastRecv: last}
 	}
-	if best.isRelay() {
-		return PeerPath{Path: "relay", Region: int(best.src.Port()), LastRecv: best.lastRecv.Load()}
-	}
-	return PeerPath{Endpoint: best.src, Path: "direct", LastRecv: best.lastRecv.Load()}
+	return PeerPath{Path: "none"}
 }
 
 // ParseEndpoint returns the canonical endpoint of the peer whose key is s
@@ -348,6 +413,14 @@ func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
 		return nil, fmt.Errorf("bind: parse endpoint: unknown peer %s", k.ShortString())
 	}
 	return pe.p.canonical, nil
+}
+
+// LastSend returns when a packet was last sent to a peer; zero if never.
+func (b *Bind) LastSend() time.Time {
+	if t := b.lastSend.Load(); t != 0 {
+		return time.Unix(0, t)
+	}
+	return time.Time{}
 }
 
 // BatchSize returns how many datagrams one ReceiveFunc call or one Send
@@ -513,11 +586,25 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 			if n == 0 || !src.IsValid() {
 				continue
 			}
-			e := b.endpointFor(tbl, src, bufs[i][:n])
+			pkt := bufs[i][:n]
+			if disco.IsPacket(pkt) {
+				b.handleDisco(src, 0, key.NodePublic{}, pkt)
+				continue
+			}
+			if isSTUNResponse(pkt) {
+				if b.opts.OnSTUN != nil {
+					b.opts.OnSTUN(pkt, src)
+				}
+				continue
+			}
+			e := b.endpointFor(tbl, src, pkt)
 			if e == nil {
 				continue
 			}
 			e.lastRecv.Store(now)
+			if e.peer != nil {
+				e.peer.lastWGRecv.Store(now)
+			}
 			sizes[i] = n
 			eps[i] = e
 		}
@@ -619,23 +706,93 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	}
 	best := p.best.Load()
 	home := int(p.home.Load())
-	if isInitiation(first) && (best == nil || best.isRelay() || !fresh(best, now)) {
-		return b.spray(bufs, p, best, home)
-	}
-	if best != nil {
-		if best.isRelay() {
-			return b.sendRelay(bufs, p, relayRegion(best, home))
+	idle := now-p.lastSend.Swap(now) > int64(staleAfter)
+	b.lastSend.Store(now)
+	if isInitiation(first) {
+		p.noteInitiation(first, now)
+		if best == nil || best.isRelay() || !fresh(best, now) {
+			if p.disco.Load() != nil {
+				b.maybeProbe(p, now, relayProbeEvery)
+			}
+			return b.spray(bufs, p, best, home)
 		}
-		return b.sendTo(bufs, best.src)
 	}
-	if home != 0 && b.rs.relay != nil {
-		return b.sendRelay(bufs, p, home)
+	direct, region := b.route(p, now, idle)
+	if p.disco.Load() != nil {
+		switch {
+		case direct != nil && fresh(direct, now):
+			b.maybeHeartbeat(p, direct, now)
+			b.maybeProbe(p, now, directProbeEvery)
+		case direct != nil:
+			// Stale but still in use (resuming after idle, or no
+			// relay): check it now.
+			b.maybeHeartbeat(p, direct, now)
+			b.maybeProbe(p, now, relayProbeEvery)
+		default:
+			b.maybeProbe(p, now, relayProbeEvery)
+		}
+	}
+	switch {
+	case direct != nil && region != 0:
+		err := b.sendTo(bufs, direct.src)
+		if rerr := b.sendRelay(bufs, p, region); err != nil {
+			return rerr
+		}
+		return nil
+	case direct != nil:
+		return b.sendTo(bufs, direct.src)
+	case region != 0:
+		return b.sendRelay(bufs, p, region)
 	}
 	cands := *p.candidates.Load()
 	if len(cands) == 0 {
 		return fmt.Errorf("bind: no path to peer %s", p.key.ShortString())
 	}
 	return b.sendTo(bufs, cands[0])
+}
+
+// route decides where packets to p go now: to a direct endpoint, through
+// a relay region, or both (direct non-nil and region non-zero).
+//
+//   - A direct path that answered within staleAfter carries the traffic
+//     alone, except during dualWindow after it was confirmed, when the
+//     relay carries a copy too.
+//   - A direct path silent for longer (it stopped answering) gives way to
+//     the relay while pings check it; if the peer was idle (resumed is
+//     true), the silence proves nothing, so both carry the traffic for
+//     dualWindow.
+//   - Without a direct path, the relay; without a relay, the direct
+//     address even if stale.
+func (b *Bind) route(p *peer, now int64, resumed bool) (direct *Endpoint, region int) {
+	best := p.best.Load()
+	region = b.relayRegionFor(p)
+	if best == nil || best.isRelay() {
+		return nil, region
+	}
+	if region == 0 {
+		return best, 0
+	}
+	if fresh(best, now) {
+		if now < p.dualUntil.Load() {
+			return best, region
+		}
+		return best, 0
+	}
+	if resumed {
+		p.dualUntil.Store(now + int64(dualWindow))
+	}
+	if now < p.dualUntil.Load() {
+		return best, region
+	}
+	return nil, region
+}
+
+// isSTUNResponse reports whether pkt is a STUN Binding response. Its
+// first two bytes (0x01 0x01 for success, 0x01 0x11 for error) never
+// start a WireGuard message, whose second byte is zero.
+func isSTUNResponse(pkt []byte) bool {
+	return len(pkt) >= 20 && pkt[0] == 0x01 && (pkt[1] == 0x01 || pkt[1] == 0x11) &&
+		pkt[4] == 0x21 && pkt[5] == 0x12 && pkt[6] == 0xa4 && pkt[7] == 0x42
 }
 
 // fresh reports whether a packet arrived over e within staleAfter.

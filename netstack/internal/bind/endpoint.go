@@ -3,6 +3,7 @@ package bind
 import (
 	"net/netip"
 	"sync/atomic"
+	"time"
 
 	"beam.dev/beam/types/key"
 	"golang.zx2c4.com/wireguard/conn"
@@ -22,7 +23,8 @@ type Endpoint struct {
 	peer     *peer          // nil: a source no known peer can be tied to
 	src      netip.AddrPort // datagram source; invalid for a canonical endpoint
 	srcBytes []byte         // src in binary form, for DstToBytes
-	lastRecv atomic.Int64   // unix nanos of the last datagram from src
+	lastRecv atomic.Int64   // unix nanos of the last datagram (or pong) from src
+	latency  atomic.Int64   // round trip of the last pong from src, nanos; 0 if unknown
 }
 
 var _ conn.Endpoint = (*Endpoint)(nil)
@@ -82,6 +84,23 @@ type peer struct {
 	removed atomic.Bool
 	// home is the peer's home relay region; 0 means none.
 	home atomic.Int32
+
+	// disco is the peer's disco key; nil without one (no disco).
+	disco atomic.Pointer[discoPeer]
+	// lastWGRecv is when a WireGuard datagram from the peer last
+	// arrived, over any path (unix nanos).
+	lastWGRecv atomic.Int64
+	// lastSend is when wireguard-go last sent to the peer.
+	lastSend atomic.Int64
+	// lastProbe, lastHeartbeat and lastReply rate-limit the pings of
+	// probes, heartbeats and answers to pings from new addresses.
+	lastProbe, lastHeartbeat, lastReply atomic.Int64
+	// dualUntil: until then, packets to the peer go over both its direct
+	// path and the relay (a new or reawakened direct path is not trusted
+	// yet).
+	dualUntil atomic.Int64
+	// init is the last handshake initiation sent to the peer.
+	init initState
 }
 
 // PeerPath is the bind's view of how a peer is reached.
@@ -96,4 +115,7 @@ type PeerPath struct {
 	Region int
 	// LastRecv is when a packet last arrived over Endpoint; zero if never.
 	LastRecv int64
+	// Latency is the round trip of the last disco pong over the direct
+	// path; zero if unknown.
+	Latency time.Duration
 }

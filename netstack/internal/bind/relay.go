@@ -5,7 +5,9 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
+	"beam.dev/beam/netstack/internal/disco"
 	"beam.dev/beam/types/key"
 	"golang.zx2c4.com/wireguard/conn"
 )
@@ -67,6 +69,10 @@ func (b *Bind) DeliverRelayed(region int, src key.NodePublic, pkt []byte) {
 	if b.rs.relay == nil || len(pkt) > maxRelayed {
 		return
 	}
+	if disco.IsPacket(pkt) {
+		b.handleDisco(netip.AddrPortFrom(relayAddrBase, uint16(region)), region, src, pkt)
+		return
+	}
 	if kind, _ := classify(pkt); kind == kindGarbage {
 		return
 	}
@@ -81,6 +87,7 @@ func (b *Bind) DeliverRelayed(region int, src key.NodePublic, pkt []byte) {
 	if e == nil {
 		return
 	}
+	pe.p.lastWGRecv.Store(time.Now().UnixNano())
 	buf := b.rs.bufs.Get().(*[]byte)
 	n := copy(*buf, pkt)
 	select {

@@ -1,0 +1,166 @@
+package netstack
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"beam.dev/beam/derp/derpserver"
+)
+
+// stunServer runs derpserver.ServeSTUN on a loopback UDP socket until the
+// test ends and returns its address.
+func stunServer(t testing.TB) netip.AddrPort {
+	t.Helper()
+	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- derpserver.ServeSTUN(ctx, pc, nil) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("ServeSTUN: %v", err)
+		}
+		pc.Close()
+	})
+	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// TestSTUNDiscovery puts a STUN server behind a NAT-like proxy: the
+// engine's endpoints must then include the proxy's outside address (what
+// the STUN server saw), reported through OnEndpoints too.
+func TestSTUNDiscovery(t *testing.T) {
+	stun := stunServer(t)
+	nat := newNATProxy(t, stun)
+	type report struct {
+		eps  []netip.AddrPort
+		home int
+	}
+	reports := make(chan report, 16)
+	nodes := newNodes(t, 1, func(_ int, o *Options) {
+		o.OnEndpoints = func(eps []netip.AddrPort, home int) {
+			select {
+			case reports <- report{eps, home}:
+			default:
+			}
+		}
+	})
+	n := nodes[0]
+	cfg := n.cfg
+	cfg.DERPMap = map[int]DERPRegion{3: {STUNAddrs: []string{nat.frontAddr().String()}}}
+	if err := n.e.Reconfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	want := nat.outsideAddr()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	for {
+		select {
+		case r := <-reports:
+			if !slices.Contains(r.eps, want) {
+				continue
+			}
+			if r.eps[0] != want {
+				t.Errorf("endpoints %v: want the STUN mapping %v first", r.eps, want)
+			}
+			if r.home != 0 {
+				t.Errorf("home region %d, want 0 (the region has no relay)", r.home)
+			}
+			if got := n.e.Endpoints(); !slices.Contains(got, want) {
+				t.Errorf("Endpoints() = %v, want it to contain %v", got, want)
+			}
+			for _, l := range n.e.LocalEndpoints() {
+				if !slices.Contains(r.eps, l) {
+					t.Errorf("endpoints %v lack local endpoint %v", r.eps, l)
+				}
+			}
+			return
+		case <-ctx.Done():
+			t.Fatalf("no endpoints report with the STUN mapping %v; Endpoints() = %v", want, n.e.Endpoints())
+		}
+	}
+}
+
+// TestNetcheck asks two STUN servers in two regions. Directly, both see
+// the same mapping; with the second behind a NAT-like proxy, the mappings
+// differ, as behind a hard NAT.
+func TestNetcheck(t *testing.T) {
+	s1, s2 := stunServer(t), stunServer(t)
+	nat := newNATProxy(t, s2)
+	nodes := newNodes(t, 1, nil)
+	n := nodes[0]
+	local := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), n.e.LocalPort())
+
+	if _, err := n.e.Netcheck(t.Context()); err == nil {
+		t.Error("Netcheck without STUN servers: nil error")
+	}
+	for _, tc := range []struct {
+		name   string
+		second netip.AddrPort
+		varies bool
+	}{
+		{"easy", s2, false},
+		{"hard", nat.frontAddr(), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := n.cfg
+			cfg.DERPMap = map[int]DERPRegion{
+				1: {URL: "http://127.0.0.1:1/derp", STUNAddrs: []string{s1.String()}},
+				2: {URL: "http://127.0.0.1:1/derp", STUNAddrs: []string{tc.second.String()}},
+			}
+			if err := n.e.Reconfig(cfg); err != nil {
+				t.Fatal(err)
+			}
+			rep, err := n.e.Netcheck(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !rep.UDP || rep.GlobalV4 != local {
+				t.Errorf("UDP %v, GlobalV4 %v; want true, %v", rep.UDP, rep.GlobalV4, local)
+			}
+			if rep.MappingVariesByDestIP == nil || *rep.MappingVariesByDestIP != tc.varies {
+				t.Errorf("MappingVariesByDestIP = %v, want %v", rep.MappingVariesByDestIP, tc.varies)
+			}
+			if len(rep.RegionLatency) != 2 || rep.RegionLatency[1] <= 0 || rep.RegionLatency[2] <= 0 {
+				t.Errorf("RegionLatency = %v, want both regions", rep.RegionLatency)
+			}
+			if rep.PreferredDERP != 1 && rep.PreferredDERP != 2 {
+				t.Errorf("PreferredDERP = %d, want 1 or 2", rep.PreferredDERP)
+			}
+		})
+	}
+}
+
+func TestChooseHome(t *testing.T) {
+	ms := time.Millisecond
+	urls := map[int]bool{1: true, 2: true, 3: true}
+	for _, tc := range []struct {
+		name      string
+		cur, hint int
+		lat       map[int]time.Duration
+		want      int
+	}{
+		{"nothing measured: hint", 0, 2, nil, 2},
+		{"nothing measured: keep", 3, 2, nil, 3},
+		{"nothing measured, no hint: lowest", 0, 0, nil, 1},
+		{"first choice: fastest", 0, 0, map[int]time.Duration{1: 50 * ms, 2: 20 * ms}, 2},
+		{"clearly better: switch", 1, 1, map[int]time.Duration{1: 50 * ms, 2: 20 * ms}, 2},
+		{"not 30% better: stay", 1, 1, map[int]time.Duration{1: 50 * ms, 2: 40 * ms}, 1},
+		{"30% better but under 10ms: stay", 1, 1, map[int]time.Duration{1: 12 * ms, 2: 3 * ms}, 1},
+		{"current silent: fastest", 1, 1, map[int]time.Duration{2: 80 * ms, 3: 60 * ms}, 3},
+		{"region without relay ignored", 1, 1, map[int]time.Duration{1: 80 * ms, 9: 1 * ms}, 1},
+		{"current left the map", 7, 0, map[int]time.Duration{2: 5 * ms}, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := chooseHome(tc.cur, tc.hint, tc.lat, urls); got != tc.want {
+				t.Errorf("chooseHome(%d, %d, %v) = %d, want %d", tc.cur, tc.hint, tc.lat, got, tc.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,472 @@
+package bind
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"beam.dev/beam/netstack/internal/disco"
+	"beam.dev/beam/types/key"
+)
+
+// Path discovery timing.
+const (
+	// heartbeatAfter is how long a direct path may be silent while we
+	// send before it is pinged.
+	heartbeatAfter = 2 * time.Second
+	// heartbeatEvery bounds heartbeat pings per peer.
+	heartbeatEvery = time.Second
+	// relayProbeEvery is how often a peer reached through the relay has
+	// its direct addresses pinged (and is sent a call-me-maybe) while we
+	// send to it.
+	relayProbeEvery = 3 * time.Second
+	// directProbeEvery is how often a peer with a direct path has all
+	// its addresses pinged again while we send to it, to find a better
+	// one.
+	directProbeEvery = 30 * time.Second
+	// dualWindow is how long after a path change packets go over both
+	// the new direct path and the relay, so none are lost if the new
+	// path turns out one-way.
+	dualWindow = 1500 * time.Millisecond
+	// replyPingEvery bounds the pings sent back to a peer whose ping
+	// arrived over an unconfirmed address.
+	replyPingEvery = 500 * time.Millisecond
+	// pingTimeout is how long a ping waits for its pong.
+	pingTimeout = 5 * time.Second
+	// maxPending bounds pings waiting for a pong.
+	maxPendingPings = 4096
+	// maxProbeAddrs bounds the addresses one probe pings.
+	maxProbeAddrs = 32
+)
+
+// discoPeer is a peer's disco key and the box key shared with it.
+type discoPeer struct {
+	key    key.DiscoPublic
+	shared key.DiscoShared
+}
+
+// discoState is the disco part of a Bind.
+type discoState struct {
+	on       bool
+	priv     key.DiscoPrivate
+	pub      key.DiscoPublic
+	nodeKey  key.NodePublic
+	localEps atomic.Pointer[[]netip.AddrPort] // ours, for call-me-maybe
+
+	mu      sync.Mutex // guards the following
+	pending map[[12]byte]*pendingPing
+}
+
+// pendingPing is a ping waiting for its pong.
+type pendingPing struct {
+	p      *peer
+	dst    netip.AddrPort // direct destination; invalid if sent through a relay
+	region int            // relay region when dst is invalid
+	at     int64          // unix nanos sent
+	res    chan PingResult
+}
+
+// PingResult is the answer to Bind.Ping.
+type PingResult struct {
+	// Latency is the round-trip time of the ping.
+	Latency time.Duration
+	// Path is "direct" or "relay": the path the pong came back over.
+	Path string
+	// Endpoint is the peer's address for a direct path.
+	Endpoint netip.AddrPort
+	// Region is the relay region for a relayed path.
+	Region int
+}
+
+// initState is the last handshake initiation sent to a peer, kept so it
+// can be sent again the moment the peer shows it is up (see resendInit).
+type initState struct {
+	mu     sync.Mutex // guards the following
+	pkt    []byte
+	at     int64
+	resent bool
+}
+
+// DiscoPublic returns the bind's disco public key; zero when disco is off.
+func (b *Bind) DiscoPublic() key.DiscoPublic { return b.disco.pub }
+
+// SetLocalEndpoints sets the node's own endpoints, which call-me-maybe
+// messages tell peers to ping.
+func (b *Bind) SetLocalEndpoints(eps []netip.AddrPort) {
+	c := append([]netip.AddrPort(nil), eps...)
+	b.disco.localEps.Store(&c)
+}
+
+// WriteTo sends one datagram from the bind's UDP socket of dst's family
+// (for STUN, so the mapping learned is the one WireGuard uses).
+func (b *Bind) WriteTo(pkt []byte, dst netip.AddrPort) error {
+	return b.sendTo([][]byte{pkt}, unmap(dst))
+}
+
+// Maintain drops pings that went unanswered; the engine calls it about
+// once a second.
+func (b *Bind) Maintain() {
+	now := time.Now().UnixNano()
+	b.disco.mu.Lock()
+	defer b.disco.mu.Unlock()
+	for id, pp := range b.disco.pending {
+		if now-pp.at > int64(pingTimeout) {
+			delete(b.disco.pending, id)
+		}
+	}
+}
+
+// discoPacket seals m for dp.
+func (b *Bind) discoPacket(dp *discoPeer, m disco.Message) []byte {
+	return disco.AppendPacket(make([]byte, 0, 128), b.disco.pub, dp.shared, m)
+}
+
+// ping sends a ping to p at dst, or through relay region when dst is
+// invalid, and registers it; res, if non-nil, receives the result.
+func (b *Bind) ping(p *peer, dp *discoPeer, dst netip.AddrPort, region int, res chan PingResult) error {
+	var tx [12]byte
+	rand.Read(tx[:])
+	pp := &pendingPing{p: p, dst: dst, region: region, at: time.Now().UnixNano(), res: res}
+	b.disco.mu.Lock()
+	if len(b.disco.pending) >= maxPendingPings {
+		b.disco.mu.Unlock()
+		return errors.New("bind: too many pings in flight")
+	}
+	b.disco.pending[tx] = pp
+	b.disco.mu.Unlock()
+	pkt := b.discoPacket(dp, &disco.Ping{TxID: tx, NodeKey: b.disco.nodeKey})
+	if dst.IsValid() {
+		return b.sendTo([][]byte{pkt}, dst)
+	}
+	return b.sendRelay([][]byte{pkt}, p, region)
+}
+
+// directAddrs returns the addresses a probe of p pings: its candidates,
+// the addresses its call-me-maybe named and the ones learned from it.
+func (b *Bind) directAddrs(p *peer) []netip.AddrPort {
+	out := append([]netip.AddrPort(nil), *p.candidates.Load()...)
+	b.mu.Lock()
+	if pe := b.peers[p.key]; pe != nil && pe.p == p {
+		out = append(out, pe.cmm...)
+		out = append(out, pe.learned...)
+	}
+	b.mu.Unlock()
+	seen := make(map[netip.AddrPort]bool, len(out))
+	res := out[:0]
+	for _, ap := range out {
+		if !seen[ap] && ap.IsValid() {
+			seen[ap] = true
+			res = append(res, ap)
+		}
+	}
+	if len(res) > maxProbeAddrs {
+		res = res[:maxProbeAddrs]
+	}
+	return res
+}
+
+// probe pings every direct address of p and, through the relay, asks p to
+// ping ours (call-me-maybe), so both NATs open at about the same time.
+func (b *Bind) probe(p *peer, now int64) {
+	dp := p.disco.Load()
+	if dp == nil || p.removed.Load() {
+		return
+	}
+	p.lastProbe.Store(now)
+	for _, ap := range b.directAddrs(p) {
+		b.ping(p, dp, ap, 0, nil)
+	}
+	if region := b.relayRegionFor(p); region != 0 {
+		var eps []netip.AddrPort
+		if l := b.disco.localEps.Load(); l != nil {
+			eps = *l
+		}
+		b.sendRelay([][]byte{b.discoPacket(dp, &disco.CallMeMaybe{Endpoints: eps})}, p, region)
+	}
+}
+
+// maybeProbe probes p if it was last probed more than every ago.
+func (b *Bind) maybeProbe(p *peer, now int64, every time.Duration) {
+	last := p.lastProbe.Load()
+	if now-last < int64(every) || !p.lastProbe.CompareAndSwap(last, now) {
+		return
+	}
+	b.probe(p, now)
+}
+
+// maybeHeartbeat pings p's direct path best if nothing came over it for
+// heartbeatAfter, at most every heartbeatEvery.
+func (b *Bind) maybeHeartbeat(p *peer, best *Endpoint, now int64) {
+	if now-best.lastRecv.Load() < int64(heartbeatAfter) {
+		return
+	}
+	last := p.lastHeartbeat.Load()
+	if now-last < int64(heartbeatEvery) || !p.lastHeartbeat.CompareAndSwap(last, now) {
+		return
+	}
+	if dp := p.disco.Load(); dp != nil {
+		b.ping(p, dp, best.src, 0, nil)
+	}
+}
+
+// relayRegionFor is the relay region to reach p through, or 0.
+func (b *Bind) relayRegionFor(p *peer) int {
+	if b.rs.relay == nil {
+		return 0
+	}
+	if home := int(p.home.Load()); home != 0 {
+		return home
+	}
+	if best := p.best.Load(); best != nil && best.isRelay() {
+		return int(best.src.Port())
+	}
+	return 0
+}
+
+// handleDisco processes a disco packet from src: a UDP source, or (region
+// non-zero) the relay region it came through, sent by the node relaySrc
+// (which the relay authenticated).
+func (b *Bind) handleDisco(src netip.AddrPort, region int, relaySrc key.NodePublic, pkt []byte) {
+	if !b.disco.on {
+		return
+	}
+	sender, sealed, ok := disco.Sender(pkt)
+	if !ok {
+		return
+	}
+	b.mu.Lock()
+	pe := b.byDisco[sender]
+	b.mu.Unlock()
+	if pe == nil {
+		return
+	}
+	p := pe.p
+	dp := p.disco.Load()
+	if dp == nil || dp.key != sender || p.removed.Load() {
+		return
+	}
+	if region != 0 && relaySrc != p.key {
+		return
+	}
+	m, err := disco.Open(dp.shared, sealed)
+	if err != nil {
+		return
+	}
+	now := time.Now().UnixNano()
+	switch m := m.(type) {
+	case *disco.Ping:
+		if m.NodeKey != p.key {
+			return
+		}
+		pong := b.discoPacket(dp, &disco.Pong{TxID: m.TxID, Src: src})
+		if region != 0 {
+			b.sendRelay([][]byte{b.discoPacket(dp, &disco.Pong{TxID: m.TxID})}, p, region)
+		} else {
+			// Packets from src are this peer's from now on.
+			b.mu.Lock()
+			if cur := b.peers[p.key]; cur == pe {
+				b.learnLocked(pe, src)
+			}
+			b.mu.Unlock()
+			b.sendTo([][]byte{pong}, src)
+			// The ping opened the way from src to us; ping back so the
+			// peer's NAT lets our pings in and we confirm src too.
+			if best := p.best.Load(); best == nil || best.isRelay() || !fresh(best, now) {
+				last := p.lastReply.Load()
+				if now-last >= int64(replyPingEvery) && p.lastReply.CompareAndSwap(last, now) {
+					b.ping(p, dp, src, 0, nil)
+				}
+			}
+		}
+	case *disco.Pong:
+		b.disco.mu.Lock()
+		pp := b.disco.pending[m.TxID]
+		if pp != nil && pp.p == p && (pp.dst == src || (region != 0 && !pp.dst.IsValid())) {
+			delete(b.disco.pending, m.TxID)
+		} else {
+			pp = nil
+		}
+		b.disco.mu.Unlock()
+		if pp == nil {
+			return
+		}
+		lat := time.Duration(now - pp.at)
+		res := PingResult{Latency: lat}
+		if region == 0 {
+			b.confirmDirect(pe, src, lat, now)
+			res.Path, res.Endpoint = "direct", src
+		} else {
+			res.Path, res.Region = "relay", region
+		}
+		if pp.res != nil {
+			select {
+			case pp.res <- res:
+			default:
+			}
+		}
+	case *disco.CallMeMaybe:
+		eps := make([]netip.AddrPort, 0, len(m.Endpoints))
+		for _, ap := range m.Endpoints {
+			if ap = unmap(ap); ap.IsValid() && ap.Port() != 0 {
+				eps = append(eps, ap)
+			}
+		}
+		b.mu.Lock()
+		if cur := b.peers[p.key]; cur == pe {
+			b.setCMMLocked(pe, eps)
+		}
+		b.mu.Unlock()
+		for _, ap := range eps {
+			b.ping(p, dp, ap, 0, nil)
+		}
+	}
+	b.resendInit(p, now)
+}
+
+// setCMMLocked records the endpoints a peer's call-me-maybe named, so
+// packets from them are tied to the peer.
+func (b *Bind) setCMMLocked(pe *peerEntry, eps []netip.AddrPort) {
+	if len(eps) > maxProbeAddrs {
+		eps = eps[:maxProbeAddrs]
+	}
+	keep := make(map[netip.AddrPort]bool, len(eps))
+	for _, ap := range eps {
+		keep[ap] = true
+	}
+	for _, ap := range pe.cmm {
+		if !keep[ap] && !b.isCandidate(pe.p, ap) && !contains(pe.learned, ap) {
+			if best := pe.p.best.Load(); best == nil || best.src != ap {
+				delete(pe.eps, ap)
+			}
+		}
+	}
+	pe.cmm = eps
+	for _, ap := range eps {
+		if pe.eps[ap] == nil {
+			pe.eps[ap] = newEndpoint(pe.p, ap)
+		}
+	}
+	b.rebuildLocked()
+}
+
+func contains(s []netip.AddrPort, ap netip.AddrPort) bool {
+	for _, x := range s {
+		if x == ap {
+			return true
+		}
+	}
+	return false
+}
+
+// confirmDirect records that a pong came back from ap after lat and makes
+// ap the peer's path if it is the first working direct path, or clearly
+// faster than the current one.
+func (b *Bind) confirmDirect(pe *peerEntry, ap netip.AddrPort, lat time.Duration, now int64) {
+	p := pe.p
+	b.mu.Lock()
+	if b.peers[p.key] != pe {
+		b.mu.Unlock()
+		return
+	}
+	e := b.learnLocked(pe, ap)
+	b.mu.Unlock()
+	e.lastRecv.Store(now)
+	e.latency.Store(int64(lat))
+	best := p.best.Load()
+	switch {
+	case best == e:
+		return
+	case best == nil || best.isRelay() || !fresh(best, now):
+		if p.best.CompareAndSwap(best, e) {
+			p.dualUntil.Store(now + int64(dualWindow))
+			b.log.Info("direct path confirmed", "peer", p.key.ShortString(), "addr", ap.String(), "latency", lat)
+		}
+	default:
+		bl := time.Duration(best.latency.Load())
+		if bl > 0 && lat+lat/2 < bl && bl-lat > time.Millisecond {
+			if p.best.CompareAndSwap(best, e) {
+				b.log.Info("faster direct path", "peer", p.key.ShortString(), "addr", ap.String(), "latency", lat, "was", bl)
+			}
+		}
+	}
+}
+
+// resendInit sends the peer's last handshake initiation again if it is
+// recent and went unanswered: the peer just showed it is up (it sent disco),
+// so it probably dropped the first copy while it did not know us yet, and
+// wireguard-go would wait REKEY_TIMEOUT (5 s) before retrying. A copy the
+// peer already processed is rejected by its replay check, so this is
+// harmless.
+func (b *Bind) resendInit(p *peer, now int64) {
+	p.init.mu.Lock()
+	pkt := p.init.pkt
+	ok := pkt != nil && !p.init.resent && now-p.init.at < int64(staleAfter) && p.lastWGRecv.Load() < p.init.at
+	if ok {
+		p.init.resent = true
+	}
+	p.init.mu.Unlock()
+	if ok {
+		b.log.Debug("peer is up; resending handshake initiation", "peer", p.key.ShortString())
+		b.spray([][]byte{pkt}, p, p.best.Load(), b.relayRegionFor(p))
+	}
+}
+
+// noteInitiation remembers an initiation wireguard-go sends to p.
+func (p *peer) noteInitiation(pkt []byte, now int64) {
+	p.init.mu.Lock()
+	p.init.pkt = append(p.init.pkt[:0], pkt...)
+	p.init.at = now
+	p.init.resent = false
+	p.init.mu.Unlock()
+}
+
+// Ping sends a disco ping to peer k over its current path (the direct
+// address in use, else the relay, else every candidate address) and
+// waits for the pong.
+func (b *Bind) Ping(ctx context.Context, k key.NodePublic) (PingResult, error) {
+	b.mu.Lock()
+	pe := b.peers[k]
+	b.mu.Unlock()
+	if pe == nil {
+		return PingResult{}, fmt.Errorf("bind: unknown peer %s", k.ShortString())
+	}
+	p := pe.p
+	dp := p.disco.Load()
+	if dp == nil || !b.disco.on {
+		return PingResult{}, fmt.Errorf("bind: peer %s has no disco key", k.ShortString())
+	}
+	res := make(chan PingResult, 1)
+	now := time.Now().UnixNano()
+	var err error
+	switch best := p.best.Load(); {
+	case best != nil && !best.isRelay() && fresh(best, now):
+		err = b.ping(p, dp, best.src, 0, res)
+	case b.relayRegionFor(p) != 0:
+		err = b.ping(p, dp, netip.AddrPort{}, b.relayRegionFor(p), res)
+	default:
+		addrs := b.directAddrs(p)
+		if len(addrs) == 0 {
+			return PingResult{}, fmt.Errorf("bind: no path to peer %s", k.ShortString())
+		}
+		for _, ap := range addrs {
+			if e := b.ping(p, dp, ap, 0, res); e != nil {
+				err = e
+			}
+		}
+		err = nil
+	}
+	if err != nil {
+		return PingResult{}, fmt.Errorf("bind: ping: %w", err)
+	}
+	select {
+	case r := <-res:
+		return r, nil
+	case <-ctx.Done():
+		return PingResult{}, ctx.Err()
+	}
+}
