@@ -233,6 +233,14 @@ func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.Expose
 	if req.Remove {
 		return s.unexposeLocked(ctx, e, host, req.Proto)
 	}
+	// The policy's expose section says who may publish which names.
+	policyName := host
+	if !custom {
+		policyName, _, _ = strings.Cut(host, ".")
+	}
+	if node := self.Node; !s.mayExpose(&node, policyName) {
+		return nil, errorf(http.StatusForbidden, CodeForbidden, "the access policy does not let this node publish %q", policyName)
+	}
 
 	s.mu.Lock()
 	var owner int64 = -1
