@@ -149,6 +149,9 @@ type Bind struct {
 	disco discoState
 	// lastSend is when Send last sent to a peer (unix nanos).
 	lastSend atomic.Int64
+	// testFilter, set only by tests, drops UDP datagrams to or from
+	// addresses it refuses.
+	testFilter atomic.Pointer[func(remote netip.AddrPort) bool]
 
 	mu      sync.Mutex // guards the following fields
 	peers   map[key.NodePublic]*peerEntry
@@ -587,6 +590,9 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 				continue
 			}
 			pkt := bufs[i][:n]
+			if f := b.testFilter.Load(); f != nil && !(*f)(src) {
+				continue
+			}
 			if disco.IsPacket(pkt) {
 				b.handleDisco(src, 0, key.NodePublic{}, pkt)
 				continue
@@ -857,8 +863,22 @@ func (b *Bind) rememberIndex(p *peer, idx uint32) {
 	b.indices[idx] = p
 }
 
+// SetUDPFilterForTest makes the bind drop UDP datagrams to and from the
+// addresses allow refuses, as a firewall would; nil removes the filter.
+// Only tests call it.
+func (b *Bind) SetUDPFilterForTest(allow func(remote netip.AddrPort) bool) {
+	if allow == nil {
+		b.testFilter.Store(nil)
+		return
+	}
+	b.testFilter.Store(&allow)
+}
+
 // sendTo writes bufs to dst with as few syscalls as possible.
 func (b *Bind) sendTo(bufs [][]byte, dst netip.AddrPort) error {
+	if f := b.testFilter.Load(); f != nil && !(*f)(dst) {
+		return nil
+	}
 	b.mu.Lock()
 	s := b.v4
 	if dst.Addr().Is6() {
