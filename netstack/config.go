@@ -154,6 +154,9 @@ func (e *Engine) Reconfig(cfg Config) error {
 	}
 	e.peersInDev = want
 	e.cfg = cfg
+	// Only now that wireguard-go knows the new peers may they learn we
+	// are up (a handshake they answer must not be dropped).
+	e.bind.ProbeNew()
 	return nil
 }
 

@@ -16,6 +16,19 @@ import (
 	"beam.dev/beam/types/key"
 )
 
+// resetPeers removes every peer, so what the loopback config of newNodes
+// taught (addresses confirmed by pings) does not linger.
+func resetPeers(t testing.TB, nodes []*node) {
+	t.Helper()
+	for _, n := range nodes {
+		cfg := n.cfg
+		cfg.Peers = nil
+		if err := n.e.Reconfig(cfg); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // relayURL starts an in-process relay server and returns its /derp URL.
 func relayURL(t testing.TB) string {
 	t.Helper()
@@ -52,15 +65,7 @@ func relayPair(t *testing.T, prepare func(a, b *node)) (a, b *node) {
 	url := relayURL(t)
 	nodes := newNodes(t, 2, nil)
 	a, b = nodes[0], nodes[1]
-	// Start over, so what the loopback config of newNodes taught does
-	// not linger.
-	for _, n := range nodes {
-		cfg := n.cfg
-		cfg.Peers = nil
-		if err := n.e.Reconfig(cfg); err != nil {
-			t.Fatal(err)
-		}
-	}
+	resetPeers(t, nodes)
 	if prepare != nil {
 		prepare(a, b)
 	}
@@ -308,13 +313,7 @@ func TestRelayToDirect(t *testing.T) {
 func TestPeerAddedLate(t *testing.T) {
 	nodes := newNodes(t, 2, nil)
 	a, b := nodes[0], nodes[1]
-	for _, n := range nodes {
-		cfg := n.cfg
-		cfg.Peers = nil
-		if err := n.e.Reconfig(cfg); err != nil {
-			t.Fatal(err)
-		}
-	}
+	resetPeers(t, nodes)
 	ln, err := b.e.Listen("tcp", ":7")
 	if err != nil {
 		t.Fatal(err)

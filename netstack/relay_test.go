@@ -24,6 +24,7 @@ func TestRelayOnly(t *testing.T) {
 
 	nodes := newNodes(t, 2, nil)
 	a, b := nodes[0], nodes[1]
+	resetPeers(t, nodes)
 	for i, n := range nodes {
 		other := nodes[1-i]
 		cfg := n.cfg

@@ -109,14 +109,7 @@ func (p *natProxy) outsideLoop(o *net.UDPConn) {
 func TestRoaming(t *testing.T) {
 	nodes := newNodes(t, 2, nil)
 	a, b := nodes[0], nodes[1]
-	// Start from scratch: forget what the first config's pings taught.
-	for _, n := range nodes {
-		cfg := n.cfg
-		cfg.Peers = nil
-		if err := n.e.Reconfig(cfg); err != nil {
-			t.Fatal(err)
-		}
-	}
+	resetPeers(t, nodes)
 	ln, err := a.e.Listen("tcp", ":7")
 	if err != nil {
 		t.Fatal(err)

@@ -156,6 +156,7 @@ type Bind struct {
 	mu      sync.Mutex // guards the following fields
 	peers   map[key.NodePublic]*peerEntry
 	byDisco map[key.DiscoPublic]*peerEntry
+	toProbe []*peer // new peers for ProbeNew
 	indices map[uint32]*peer
 	anon    map[netip.AddrPort]*Endpoint
 	v4, v6  *udpSocket
@@ -254,18 +255,8 @@ func New(opts Options) (*Bind, error) {
 // SetPeers makes peers exactly the bind's peer table. Peers that stay keep
 // their endpoints and confirmed address; removed peers stop being
 // reachable and their datagrams are dropped. New peers with a disco key,
-// and peers whose disco key changed, are probed at once (pings to their
-// addresses, a call-me-maybe through the relay): that finds a direct path
-// early, and tells a peer that sent us a handshake before it knew us that
-// we are up now (see resendInit).
+// and peers whose disco key changed, are probed by the next ProbeNew.
 func (b *Bind) SetPeers(peers []PeerConfig) {
-	var probe []*peer
-	defer func() {
-		now := time.Now().UnixNano()
-		for _, p := range probe {
-			b.probe(p, now)
-		}
-	}()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	want := make(map[key.NodePublic]PeerConfig, len(peers))
@@ -321,7 +312,7 @@ func (b *Bind) SetPeers(peers []PeerConfig) {
 			pe.p.disco.Store(nil)
 		} else if b.disco.on && (old == nil || old.key != pc.DiscoKey) {
 			pe.p.disco.Store(&discoPeer{key: pc.DiscoKey, shared: b.disco.priv.Shared(pc.DiscoKey)})
-			probe = append(probe, pe.p)
+			b.toProbe = append(b.toProbe, pe.p)
 		}
 	}
 	clear(b.byDisco)
@@ -331,6 +322,22 @@ func (b *Bind) SetPeers(peers []PeerConfig) {
 		}
 	}
 	b.rebuildLocked()
+}
+
+// ProbeNew probes the peers SetPeers added (or gave a new disco key):
+// pings to their addresses and a call-me-maybe through the relay. That
+// finds a direct path early, and tells a peer that sent us a handshake
+// before it knew us that we are up now (see resendInit), so the caller
+// must have configured the peers in wireguard-go first.
+func (b *Bind) ProbeNew() {
+	b.mu.Lock()
+	ps := b.toProbe
+	b.toProbe = nil
+	b.mu.Unlock()
+	now := time.Now().UnixNano()
+	for _, p := range ps {
+		b.probe(p, now)
+	}
 }
 
 // rebuildLocked publishes a new address table from the peer entries.
