@@ -282,8 +282,10 @@ func TestRelayToDirect(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Ping over the direct path: %v", err)
 	}
-	if r.Path != "direct" || r.Endpoint != st.Endpoint || r.DERPRegion != 0 || r.Latency <= 0 {
-		t.Errorf("Ping = %+v, want the direct path %v", r, st.Endpoint)
+	// The direct address may change to another of b's interfaces that
+	// answered faster; the port is b's.
+	if r.Path != "direct" || r.Endpoint.Port() != b.e.LocalPort() || r.DERPRegion != 0 || r.Latency <= 0 {
+		t.Errorf("Ping = %+v, want a direct path to port %d", r, b.e.LocalPort())
 	}
 	lost, total := f.missing(t)
 	if len(lost) > 0 {

@@ -42,6 +42,10 @@ const (
 	maxPendingPings = 4096
 	// maxProbeAddrs bounds the addresses one probe pings.
 	maxProbeAddrs = 32
+	// maxInitResends and resendInitEvery bound how often one handshake
+	// initiation is sent again (see resendInit).
+	maxInitResends  = 4
+	resendInitEvery = 100 * time.Millisecond
 )
 
 // discoPeer is a peer's disco key and the box key shared with it.
@@ -86,10 +90,11 @@ type PingResult struct {
 // initState is the last handshake initiation sent to a peer, kept so it
 // can be sent again the moment the peer shows it is up (see resendInit).
 type initState struct {
-	mu     sync.Mutex // guards the following
-	pkt    []byte
-	at     int64
-	resent bool
+	mu       sync.Mutex // guards the following
+	pkt      []byte
+	at       int64
+	resent   int   // times pkt was sent again
+	resentAt int64 // when it last was
 }
 
 // DiscoPublic returns the bind's disco public key; zero when disco is off.
@@ -401,13 +406,17 @@ func (b *Bind) confirmDirect(pe *peerEntry, ap netip.AddrPort, lat time.Duration
 // so it probably dropped the first copy while it did not know us yet, and
 // wireguard-go would wait REKEY_TIMEOUT (5 s) before retrying. A copy the
 // peer already processed is rejected by its replay check, so this is
-// harmless.
+// harmless. A disco message can also be old (sent before the peer forgot
+// and re-learned us), so an initiation is resent up to maxInitResends
+// times, resendInitEvery apart.
 func (b *Bind) resendInit(p *peer, now int64) {
 	p.init.mu.Lock()
 	pkt := p.init.pkt
-	ok := pkt != nil && !p.init.resent && now-p.init.at < int64(staleAfter) && p.lastWGRecv.Load() < p.init.at
+	ok := pkt != nil && p.init.resent < maxInitResends && now-p.init.resentAt >= int64(resendInitEvery) &&
+		now-p.init.at < int64(staleAfter) && p.lastWGRecv.Load() < p.init.at
 	if ok {
-		p.init.resent = true
+		p.init.resent++
+		p.init.resentAt = now
 	}
 	p.init.mu.Unlock()
 	if ok {
@@ -421,7 +430,8 @@ func (p *peer) noteInitiation(pkt []byte, now int64) {
 	p.init.mu.Lock()
 	p.init.pkt = append(p.init.pkt[:0], pkt...)
 	p.init.at = now
-	p.init.resent = false
+	p.init.resent = 0
+	p.init.resentAt = 0
 	p.init.mu.Unlock()
 }
 
