@@ -2,8 +2,8 @@ package edge
 
 import (
 	"net"
-	"net/netip"
 	"net/http"
+	"net/netip"
 	"testing"
 	"time"
 )

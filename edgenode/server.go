@@ -46,7 +46,7 @@ type Server struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu    sync.Mutex // guards the following fields
+	mu    sync.Mutex                    // guards the following fields
 	ports map[string]context.CancelFunc // "tcp:20001" -> stop
 	// Addrs are the actual addresses of the fixed listeners (for tests
 	// that listen on port 0).
