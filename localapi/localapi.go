@@ -48,6 +48,8 @@ func New(n *node.Node, logger *slog.Logger) *Handler {
 	h.mux.HandleFunc("GET /localapi/v0/dns/query", h.dnsQuery)
 	h.mux.HandleFunc("GET /localapi/v0/dns/status", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, h.n.DNSStatus()) })
 	h.mux.HandleFunc("POST /localapi/v0/dial", h.dial)
+	h.mux.HandleFunc("GET /localapi/v0/ping", h.ping)
+	h.mux.HandleFunc("GET /localapi/v0/netcheck", h.netcheck)
 	h.mux.HandleFunc("POST /localapi/v0/expose", h.expose)
 	h.mux.HandleFunc("GET /localapi/v0/expose", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, h.n.ExposedRoutes()) })
 	h.mux.HandleFunc("POST /localapi/v0/expose/stop", h.exposeStop)
@@ -272,4 +274,31 @@ func (h *Handler) exposeWatch(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+}
+
+func (h *Handler) ping(w http.ResponseWriter, r *http.Request) {
+	host := r.URL.Query().Get("host")
+	if host == "" {
+		writeError(w, http.StatusBadRequest, errors.New("missing host"))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	res, err := h.n.Ping(ctx, host)
+	if err != nil {
+		writeError(w, http.StatusBadGateway, err)
+		return
+	}
+	writeJSON(w, res)
+}
+
+func (h *Handler) netcheck(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	res, err := h.n.Netcheck(ctx)
+	if err != nil {
+		writeError(w, http.StatusBadGateway, err)
+		return
+	}
+	writeJSON(w, res)
 }

@@ -93,8 +93,8 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	return nil
 }
 
-// Ping reports whether a daemon answers on the socket.
-func (c *Client) Ping(ctx context.Context) bool {
+// Alive reports whether a daemon answers on the socket.
+func (c *Client) Alive(ctx context.Context) bool {
 	_, err := c.Status(ctx)
 	return err == nil
 }
@@ -197,6 +197,24 @@ func (c *Client) WatchRequests(ctx context.Context, fn func(apitype.RequestLog))
 		}
 		fn(l)
 	}
+}
+
+// PingPeer sends one disco ping to a peer through the daemon.
+func (c *Client) PingPeer(ctx context.Context, host string) (*apitype.PingResult, error) {
+	var res apitype.PingResult
+	if err := c.do(ctx, http.MethodGet, "/localapi/v0/ping?"+url.Values{"host": {host}}.Encode(), nil, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
+}
+
+// Netcheck asks the daemon for a report of its network conditions.
+func (c *Client) Netcheck(ctx context.Context) (*apitype.NetcheckReport, error) {
+	var res apitype.NetcheckReport
+	if err := c.do(ctx, http.MethodGet, "/localapi/v0/netcheck", nil, &res); err != nil {
+		return nil, err
+	}
+	return &res, nil
 }
 
 // Dial connects to host:port through the daemon (MagicDNS names and

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"beam.dev/beam/coordclient"
@@ -83,7 +84,9 @@ type Node struct {
 	proxies       map[uint16]*exposeProxy // device side of exposed HTTP ports
 	authURL       string                  // pending interactive approval
 	authCode      string
-	reportedHome  int           // home relay region last reported to the coordinator
+	discoKey      key.DiscoPrivate // per-process disco key
+	curClient     atomic.Pointer[coordclient.Client]
+	eps           atomic.Pointer[endpointsReport]
 	uapiStop      func()        // stops the UAPI socket, if served
 	streamNM      *wire.NetMap  // the last netmap from the coordinator itself
 	nmChanged     chan struct{} // closed and replaced at each netmap from the coordinator
@@ -119,7 +122,7 @@ func New(opts Options) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{opts: opts, logger: logger, st: st}
+	n := &Node{opts: opts, logger: logger, st: st, discoKey: key.NewDisco()}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.resolver = dnsserver.NewResolver(dnsserver.ResolverOptions{
 		Logger:      logger.With("component", "dns"),
@@ -331,9 +334,11 @@ func (n *Node) startSessionLocked() error {
 	}
 	if n.engine == nil {
 		e, err := netstack.New(netstack.Options{
-			PrivateKey: n.st.PrivateKey,
-			ListenPort: n.opts.ListenPort,
-			Logger:     n.logger.With("component", "engine"),
+			PrivateKey:  n.st.PrivateKey,
+			DiscoKey:    n.discoKey,
+			ListenPort:  n.opts.ListenPort,
+			Logger:      n.logger.With("component", "engine"),
+			OnEndpoints: n.onEngineEndpoints,
 		})
 		if err != nil {
 			return fmt.Errorf("start engine: %w", err)
@@ -348,6 +353,7 @@ func (n *Node) startSessionLocked() error {
 	c, err := coordclient.New(coordclient.Options{
 		ServerURL:  n.st.Coordinator,
 		PrivateKey: n.st.PrivateKey,
+		DiscoKey:   n.discoKey.Public(),
 		HTTPClient: n.opts.HTTPClient,
 		Logger:     n.logger.With("component", "control"),
 		OnConnState: func(up bool) {
@@ -372,7 +378,12 @@ func (n *Node) startSessionLocked() error {
 		n.netmap = n.st.NetMap
 	}
 	n.lastEngineCfg = nil
-	n.reportedHome = -1 // report endpoints and home relay to this new session
+	n.curClient.Store(c)
+	if r := n.eps.Load(); r != nil {
+		c.SetEndpoints(r.eps, r.home)
+	} else {
+		c.SetEndpoints(n.engine.LocalEndpoints(), 0)
+	}
 	n.applyLocked()
 	go func() {
 		defer close(s.done)
@@ -393,6 +404,7 @@ func (n *Node) startSessionLocked() error {
 			n.mu.Lock()
 			if n.sess == s {
 				n.sess = nil
+				n.curClient.Store(nil)
 				n.controlOnline = false
 				n.st.Registered = false
 				n.st.NetMap = nil
@@ -546,10 +558,6 @@ func (n *Node) applyLocked() {
 		return
 	}
 	n.lastEngineCfg = &cfg
-	if n.sess != nil && cfg.HomeDERP != n.reportedHome {
-		n.reportedHome = cfg.HomeDERP
-		n.sess.client.SetEndpoints(n.engine.LocalEndpoints(), cfg.HomeDERP)
-	}
 	n.ensureDNSLocked(cfg.ServiceAddrs)
 	n.syncExposeProxiesLocked(cfg)
 }
@@ -572,6 +580,7 @@ func (n *Node) stopSessionLocked() {
 		return
 	}
 	n.sess = nil
+	n.curClient.Store(nil)
 	s.cancel()
 	n.mu.Unlock()
 	<-s.done

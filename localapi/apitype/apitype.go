@@ -179,3 +179,29 @@ type RequestLog struct {
 	Port     uint16        `json:"port"`
 	Client   string        `json:"client,omitempty"`
 }
+
+// PingResult is the answer of GET /localapi/v0/ping: one disco ping.
+type PingResult struct {
+	Name string     `json:"name"`
+	IP   netip.Addr `json:"ip"`
+	// Latency is the round trip.
+	Latency time.Duration `json:"latency"`
+	// Path is "direct" or "relay".
+	Path string `json:"path"`
+	// Endpoint is the peer's UDP address on a direct path.
+	Endpoint string `json:"endpoint,omitempty"`
+	// Relay names the relay region ("DERP(code)") on a relayed path.
+	Relay string `json:"relay,omitempty"`
+}
+
+// NetcheckReport is the answer of GET /localapi/v0/netcheck.
+type NetcheckReport struct {
+	UDP      bool   `json:"udp"`
+	GlobalV4 string `json:"global_v4,omitempty"`
+	GlobalV6 string `json:"global_v6,omitempty"`
+	// MappingVariesByDestIP is nil when unknown.
+	MappingVariesByDestIP *bool `json:"mapping_varies_by_dest_ip,omitempty"`
+	// RegionLatency maps a relay region's code to its STUN round trip.
+	RegionLatency  map[string]time.Duration `json:"region_latency,omitempty"`
+	PreferredRelay string                   `json:"preferred_relay,omitempty"`
+}

@@ -76,6 +76,8 @@ func NewCmdRoot(f *Factory) *cobra.Command {
 		NewCmdNC(f, in),
 		NewCmdDNS(f, in),
 		NewCmdExpose(f, in, nil),
+		NewCmdPing(f, in),
+		NewCmdNetcheck(f, in),
 		NewCmdEdge(f, in, nil),
 		NewCmdServer(f, nil),
 		NewCmdDemo(f, nil),

@@ -70,7 +70,7 @@ func runUp(ctx context.Context, f *Factory, in *instanceFlags, o *UpOptions) err
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 	lc := in.client(f)
-	if !lc.Ping(ctx) {
+	if !lc.Alive(ctx) {
 		if err := startDaemon(ctx, lc, o); err != nil {
 			return err
 		}
@@ -170,7 +170,7 @@ func startDaemon(ctx context.Context, lc *localclient.Client, o *UpOptions) erro
 		case <-ctx.Done():
 			return errors.New("daemon did not start in time; see " + logPath)
 		case <-tick.C:
-			if lc.Ping(ctx) {
+			if lc.Alive(ctx) {
 				return nil
 			}
 		}

@@ -1,0 +1,122 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// PingOptions are the flags of beam ping.
+type PingOptions struct {
+	Host        string
+	Count       int
+	UntilDirect bool
+	Timeout     time.Duration
+}
+
+// NewCmdPing returns the beam ping command.
+func NewCmdPing(f *Factory, in *instanceFlags) *cobra.Command {
+	o := &PingOptions{}
+	cmd := &cobra.Command{
+		Use:   "ping NAME",
+		Short: "Ping a peer over the mesh with disco pings and show the path each pong took",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.Host = args[0]
+			return runPing(cmd.Context(), f, in, o)
+		},
+	}
+	cmd.Flags().IntVarP(&o.Count, "count", "c", 10, "number of pings (with --until-direct: the most to send)")
+	cmd.Flags().BoolVar(&o.UntilDirect, "until-direct", false, "stop at the first pong over a direct path; exit non-zero if none")
+	cmd.Flags().DurationVar(&o.Timeout, "timeout", 5*time.Second, "how long to wait for each pong")
+	return cmd
+}
+
+func runPing(ctx context.Context, f *Factory, in *instanceFlags, o *PingOptions) error {
+	lc := in.client(f)
+	answered := 0
+	for i := 0; i < o.Count; i++ {
+		if i > 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(time.Second):
+			}
+		}
+		pctx, cancel := context.WithTimeout(ctx, o.Timeout)
+		r, err := lc.PingPeer(pctx, o.Host)
+		cancel()
+		if err != nil {
+			fmt.Fprintf(f.Out, "no pong from %s: %v\n", o.Host, err)
+			continue
+		}
+		answered++
+		via := r.Relay
+		if r.Path == "direct" {
+			via = r.Endpoint
+		}
+		fmt.Fprintf(f.Out, "pong from %s (%s) via %s in %s\n", r.Name, r.IP, via, r.Latency.Round(100*time.Microsecond))
+		if o.UntilDirect && r.Path == "direct" {
+			return nil
+		}
+	}
+	if o.UntilDirect {
+		return &exitError{code: 1, err: fmt.Errorf("no direct path to %s after %d pings", o.Host, o.Count)}
+	}
+	if answered == 0 {
+		return &exitError{code: 1, err: errors.New("no pongs")}
+	}
+	return nil
+}
+
+// NewCmdNetcheck returns the beam netcheck command.
+func NewCmdNetcheck(f *Factory, in *instanceFlags) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "netcheck",
+		Short: "Report UDP reachability, public address, NAT kind and relay latencies",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			r, err := in.client(f).Netcheck(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				enc := json.NewEncoder(f.Out)
+				enc.SetIndent("", "  ")
+				return enc.Encode(r)
+			}
+			fmt.Fprintf(f.Out, "Report:\n\t* UDP: %v\n", r.UDP)
+			if r.GlobalV4 != "" {
+				fmt.Fprintf(f.Out, "\t* IPv4: %s\n", r.GlobalV4)
+			} else {
+				fmt.Fprintf(f.Out, "\t* IPv4: (no public address seen)\n")
+			}
+			if r.GlobalV6 != "" {
+				fmt.Fprintf(f.Out, "\t* IPv6: %s\n", r.GlobalV6)
+			} else {
+				fmt.Fprintf(f.Out, "\t* IPv6: no\n")
+			}
+			switch {
+			case r.MappingVariesByDestIP == nil:
+				fmt.Fprintf(f.Out, "\t* MappingVariesByDestIP: unknown\n")
+			default:
+				fmt.Fprintf(f.Out, "\t* MappingVariesByDestIP: %v\n", *r.MappingVariesByDestIP)
+			}
+			fmt.Fprintf(f.Out, "\t* Nearest relay: %s\n", r.PreferredRelay)
+			fmt.Fprintf(f.Out, "\t* Relay latency:\n")
+			for _, name := range slices.Sorted(maps.Keys(r.RegionLatency)) {
+				fmt.Fprintf(f.Out, "\t\t- %s: %s\n", name, r.RegionLatency[name].Round(100*time.Microsecond))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
