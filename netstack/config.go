@@ -54,9 +54,11 @@ type Config struct {
 
 // DERPRegion is one relay region as the engine uses it.
 type DERPRegion struct {
-	// URL is the region's relay (http:// or https://, path /derp).
-	// Empty: the region only has STUN servers.
-	URL string
+	// URLs are the region's relays (http:// or https://, path /derp),
+	// which mesh with each other; the engine uses one at a time and moves
+	// to the next when it cannot connect. Empty: the region only has STUN
+	// servers.
+	URLs []string
 	// STUNAddrs are the host:port addresses of the region's STUN
 	// servers, used for endpoint discovery and relay latency. Empty: none.
 	STUNAddrs []string

@@ -82,11 +82,11 @@ type stunResult struct {
 
 // setDERPMapLocked applies the relay map and home hint (e.mu held).
 func (e *Engine) setDERPMapLocked(dm map[int]DERPRegion, hint int) {
-	urls := make(map[int]string)
+	urls := make(map[int][]string)
 	stun := make(map[int][]string)
 	for id, r := range dm {
-		if r.URL != "" {
-			urls[id] = r.URL
+		if len(r.URLs) > 0 {
+			urls[id] = slices.Clone(r.URLs)
 		}
 		if len(r.STUNAddrs) > 0 {
 			stun[id] = slices.Clone(r.STUNAddrs)

@@ -111,8 +111,8 @@ func TestNetcheck(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := n.cfg
 			cfg.DERPMap = map[int]DERPRegion{
-				1: {URL: "http://127.0.0.1:1/derp", STUNAddrs: []string{s1.String()}},
-				2: {URL: "http://127.0.0.1:1/derp", STUNAddrs: []string{tc.second.String()}},
+				1: {URLs: []string{"http://127.0.0.1:1/derp"}, STUNAddrs: []string{s1.String()}},
+				2: {URLs: []string{"http://127.0.0.1:1/derp"}, STUNAddrs: []string{tc.second.String()}},
 			}
 			if err := n.e.Reconfig(cfg); err != nil {
 				t.Fatal(err)

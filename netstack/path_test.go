@@ -72,7 +72,7 @@ func relayPair(t *testing.T, prepare func(a, b *node)) (a, b *node) {
 	for i, n := range nodes {
 		other := nodes[1-i]
 		cfg := n.cfg
-		cfg.DERPMap = map[int]DERPRegion{1: {URL: url}}
+		cfg.DERPMap = map[int]DERPRegion{1: {URLs: []string{url}}}
 		cfg.HomeDERP = 1
 		p := other.peer()
 		p.HomeDERP = 1

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -26,7 +27,7 @@ type relays struct {
 	wg sync.WaitGroup // region loops; Add only under mu while !closed
 
 	mu     sync.Mutex // guards the following fields
-	urls   map[int]string
+	urls   map[int][]string
 	home   int // preferred region, announced as such to its relay
 	hint   int // the configured home hint, kept connected too
 	conns  map[int]*relayConn
@@ -35,7 +36,7 @@ type relays struct {
 
 // relayConn is one region's connection; client is nil while dialing.
 type relayConn struct {
-	url     string
+	urls    []string // the region's relays, tried in turn
 	client  *derp.Client
 	stop    chan struct{}   // closed to make the region's loop give up
 	pending []pendingPacket // sent while dialing; flushed on connect
@@ -66,7 +67,7 @@ func newRelays(e *Engine, priv key.NodePrivate) *relays {
 // setMap applies the regions' URLs, the home region and the configured
 // home hint: connections to regions that left the map or changed URL are
 // closed, and the home and hint regions are connected.
-func (r *relays) setMap(urls map[int]string, home, hint int) {
+func (r *relays) setMap(urls map[int][]string, home, hint int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closed {
@@ -74,7 +75,7 @@ func (r *relays) setMap(urls map[int]string, home, hint int) {
 	}
 	r.urls = maps.Clone(urls)
 	for region, c := range r.conns {
-		if u, ok := r.urls[region]; !ok || u != c.url {
+		if u, ok := r.urls[region]; !ok || !slices.Equal(u, c.urls) {
 			r.dropLocked(region)
 		}
 	}
@@ -132,7 +133,7 @@ func (r *relays) ensureLocked(region int) {
 	if !ok {
 		return
 	}
-	c := &relayConn{url: u, stop: make(chan struct{}), up: make(chan struct{})}
+	c := &relayConn{urls: u, stop: make(chan struct{}), up: make(chan struct{})}
 	r.conns[region] = c
 	r.wg.Add(1)
 	go func() {
@@ -174,9 +175,14 @@ var errNoRegion = errors.New("netstack: relay region unknown")
 func (r *relays) loop(region int, c *relayConn) {
 	log := r.e.log.With("derp_region", region)
 	backoff := relayBackoffMin
+	next := 0
 	for {
 		ctx, cancel := context.WithTimeout(r.e.ctx, relayDialTimeout)
-		client, err := derp.Dial(ctx, c.url, r.priv, derp.ClientOptions{Logger: log})
+		// A region's relays mesh with each other: any of them reaches
+		// the region's clients. Try them in turn, starting with the one
+		// that worked last.
+		u := c.urls[next%len(c.urls)]
+		client, err := derp.Dial(ctx, u, r.priv, derp.ClientOptions{Logger: log})
 		cancel()
 		if err == nil {
 			r.mu.Lock()
@@ -209,7 +215,12 @@ func (r *relays) loop(region int, c *relayConn) {
 			r.mu.Unlock()
 			client.Close()
 		} else {
-			log.Debug("dial relay", "err", err)
+			log.Debug("dial relay", "url", u, "err", err)
+			next++
+			if next%len(c.urls) != 0 {
+				// Another relay of the region may work: try it now.
+				continue
+			}
 		}
 		t := time.NewTimer(backoff)
 		select {

@@ -20,7 +20,7 @@ func TestRelayOnly(t *testing.T) {
 		hs.Close()
 		srv.Close()
 	})
-	derpMap := map[int]DERPRegion{1: {URL: hs.URL + "/derp"}}
+	derpMap := map[int]DERPRegion{1: {URLs: []string{hs.URL + "/derp"}}}
 
 	nodes := newNodes(t, 2, nil)
 	a, b := nodes[0], nodes[1]

@@ -70,8 +70,8 @@ func engineConfig(nm *wire.NetMap, localNow time.Time, shieldsUp bool, allowInbo
 	return cfg
 }
 
-// derpConfig returns the engine's relay map (per region, the URL of its
-// first relaying node and the STUN addresses of all its nodes) and a hint
+// derpConfig returns the engine's relay map (per region, the URLs of its
+// relaying nodes and the STUN addresses of all its nodes) and a hint
 // for this node's home region: the lowest region ID with a relay, so every
 // node of a one-region deployment homes on the same relay. The engine
 // stays connected to the hint and may choose a faster home by latency.
@@ -93,15 +93,15 @@ func derpConfig(dm *wire.DERPMap) (map[int]netstack.DERPRegion, int) {
 			if n.STUNAddr != "" {
 				reg.STUNAddrs = append(reg.STUNAddrs, n.STUNAddr)
 			}
-			if reg.URL == "" && !n.STUNOnly && n.URL != "" {
-				reg.URL = n.URL
+			if !n.STUNOnly && n.URL != "" {
+				reg.URLs = append(reg.URLs, n.URL)
 			}
 		}
-		if reg.URL == "" && len(reg.STUNAddrs) == 0 {
+		if len(reg.URLs) == 0 && len(reg.STUNAddrs) == 0 {
 			continue
 		}
 		out[id] = reg
-		if reg.URL != "" && (home == 0 || id < home) {
+		if len(reg.URLs) > 0 && (home == 0 || id < home) {
 			home = id
 		}
 	}

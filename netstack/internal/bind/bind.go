@@ -50,6 +50,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -306,12 +307,17 @@ func (b *Bind) SetPeers(peers []PeerConfig) {
 				delete(pe.eps, ap)
 			}
 		}
+		oldCands := pe.p.candidates.Load()
 		pe.p.candidates.Store(&cands)
 		pe.p.home.Store(int32(pc.HomeRegion))
 		if old := pe.p.disco.Load(); pc.DiscoKey.IsZero() {
 			pe.p.disco.Store(nil)
 		} else if b.disco.on && (old == nil || old.key != pc.DiscoKey) {
 			pe.p.disco.Store(&discoPeer{key: pc.DiscoKey, shared: b.disco.priv.Shared(pc.DiscoKey)})
+			b.toProbe = append(b.toProbe, pe.p)
+		} else if old != nil && (oldCands == nil || !slices.Equal(*oldCands, cands)) {
+			// New addresses (the peer's STUN mapping arrived, or it
+			// moved): try them now rather than at the next probe.
 			b.toProbe = append(b.toProbe, pe.p)
 		}
 	}
@@ -615,8 +621,14 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 				continue
 			}
 			e.lastRecv.Store(now)
-			if e.peer != nil {
-				e.peer.lastWGRecv.Store(now)
+			if p := e.peer; p != nil {
+				p.lastWGRecv.Store(now)
+				// WireGuard arriving over the direct path in use proves
+				// it both ways (a pong proved the other way): stop
+				// copying packets to the relay.
+				if p.dualUntil.Load() != 0 && p.best.Load() == e {
+					p.dualUntil.Store(0)
+				}
 			}
 			sizes[i] = n
 			eps[i] = e
