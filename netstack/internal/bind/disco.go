@@ -46,6 +46,9 @@ const (
 	// initiation is sent again (see resendInit).
 	maxInitResends  = 4
 	resendInitEvery = 100 * time.Millisecond
+	// initRetryAfter is how long an initiation may go unanswered
+	// before Maintain sends it again.
+	initRetryAfter = time.Second
 )
 
 // discoPeer is a peer's disco key and the box key shared with it.
@@ -113,15 +116,30 @@ func (b *Bind) WriteTo(pkt []byte, dst netip.AddrPort) error {
 	return b.sendTo([][]byte{pkt}, unmap(dst))
 }
 
-// Maintain drops pings that went unanswered; the engine calls it about
-// once a second.
+// Maintain drops pings that went unanswered and sends again handshake
+// initiations unanswered for a second (a lost initiation would otherwise
+// cost WireGuard's 5 s retry); the engine calls it about once a second.
 func (b *Bind) Maintain() {
 	now := time.Now().UnixNano()
 	b.disco.mu.Lock()
-	defer b.disco.mu.Unlock()
 	for id, pp := range b.disco.pending {
 		if now-pp.at > int64(pingTimeout) {
 			delete(b.disco.pending, id)
+		}
+	}
+	b.disco.mu.Unlock()
+	b.mu.Lock()
+	ps := make([]*peer, 0, len(b.peers))
+	for _, pe := range b.peers {
+		ps = append(ps, pe.p)
+	}
+	b.mu.Unlock()
+	for _, p := range ps {
+		p.init.mu.Lock()
+		waiting := p.init.pkt != nil && now-p.init.at >= int64(initRetryAfter) && now-p.init.resentAt >= int64(initRetryAfter)
+		p.init.mu.Unlock()
+		if waiting {
+			b.resendInit(p, now)
 		}
 	}
 }
