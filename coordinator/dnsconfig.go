@@ -322,7 +322,11 @@ func (s *Server) handleTXT(w http.ResponseWriter, r *http.Request) {
 	var nodeName string
 	if e != nil {
 		isEdge, expired, nodeName = e.rec.Node.Edge, e.rec.Node.Expired(now), e.rec.Node.Name
-		allowed = s.txtNameAllowedLocked(name)
+		if isEdge {
+			allowed = s.txtNameAllowedLocked(name)
+		} else {
+			allowed = s.nodeTXTAllowedLocked(nk, name)
+		}
 	}
 	s.mu.Unlock()
 	switch {
@@ -330,8 +334,8 @@ func (s *Server) handleTXT(w http.ResponseWriter, r *http.Request) {
 		aerr = errorf(http.StatusForbidden, CodeNodeNotRegistered, "node not registered")
 	case expired:
 		aerr = errorf(http.StatusForbidden, CodeNodeExpired, "node key expired")
-	case !isEdge:
-		aerr = errorf(http.StatusForbidden, CodeForbidden, "only edge nodes may set TXT records")
+	case !isEdge && !allowed:
+		aerr = errorf(http.StatusForbidden, CodeForbidden, "only edge nodes may set TXT records; other nodes only _acme-challenge.HOST of their own tls routes, not %q", name)
 	case !allowed:
 		aerr = errorf(http.StatusForbidden, CodeForbidden, "edges may set only _acme-challenge names of the edge domain or a verified custom domain, not %q", name)
 	}
