@@ -64,9 +64,13 @@ func (e *Edge) initProxy() {
 	}
 	e.h2c.Protocols.SetUnencryptedHTTP2(true)
 	e.proxy = &httputil.ReverseProxy{
-		Rewrite:        e.rewrite,
-		Transport:      overlayTransport{e},
-		FlushInterval:  -1,
+		Rewrite:   e.rewrite,
+		Transport: overlayTransport{e},
+		// FlushInterval stays 0: ReverseProxy flushes every write of
+		// server-sent events and of responses without a Content-Length
+		// by itself. A negative interval would flush the header alone,
+		// from a timer goroutine, before every body: two writes to the
+		// client where one does.
 		ErrorLog:       slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
 		ErrorHandler:   e.proxyError,
 		ModifyResponse: e.modifyResponse,
