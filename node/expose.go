@@ -272,6 +272,7 @@ func (n *Node) syncExposeProxiesLocked(cfg netstack.Config) {
 		}
 		n.proxies[port] = p
 	}
+	n.syncTLSRoutesLocked(cfg)
 }
 
 // exposeProxy is the device side of one exposed HTTP port.

@@ -6,6 +6,7 @@ package node
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,6 +54,18 @@ type Options struct {
 	// coordinator, in order, outside the node's locks. An edge uses it to
 	// follow its routes. It must not modify the netmap.
 	OnNetMap func(*wire.NetMap)
+
+	// ACMEDirectoryURL, if set, makes the daemon terminate TLS itself for
+	// its own "tls" routes, with a certificate for each route host that it
+	// obtains (and renews) from this ACME directory by DNS-01 through the
+	// coordinator's zone, stored under StateDir/certs. Empty: tls routes
+	// pass the TLS stream through to the app, which terminates it.
+	ACMEDirectoryURL string
+	// ACMETrustedRoots, if not nil, are the roots trusted for the ACME
+	// server's HTTPS (a private CA); nil means the system roots.
+	ACMETrustedRoots *x509.CertPool
+	// ACMEEmail is the ACME account's contact; may be empty.
+	ACMEEmail string
 }
 
 // Node is the daemon. Create it with New, start it with Start, and stop it
@@ -82,6 +95,7 @@ type Node struct {
 	lastErr       string
 	allowInbound  []uint16
 	proxies       map[uint16]*exposeProxy // device side of exposed HTTP ports
+	tlsTerm       *tlsTerminator          // device side of tls routes with ACME; nil until needed
 	authURL       string                  // pending interactive approval
 	authCode      string
 	discoKey      key.DiscoPrivate // per-process disco key
@@ -633,6 +647,7 @@ func (n *Node) Logout(ctx context.Context) error {
 
 func (n *Node) closeEngineLocked() {
 	n.stopUAPILocked()
+	n.closeTLSRoutesLocked()
 	for port, p := range n.proxies {
 		p.close()
 		delete(n.proxies, port)

@@ -382,8 +382,8 @@ type device struct {
 
 // addDevice adds a host of the given NAT kind, starts a beam daemon and
 // the device's web app there, and joins the network of authKey ("" is the
-// default network).
-func (w *world) addDevice(name string, kind nslab.NATKind, authKey string) *device {
+// default network). daemonArgs are extra flags of beam daemon.
+func (w *world) addDevice(name string, kind nslab.NATKind, authKey string, daemonArgs ...string) *device {
 	w.t.Helper()
 	if authKey == "" {
 		authKey = w.authKey
@@ -395,7 +395,7 @@ func (w *world) addDevice(name string, kind nslab.NATKind, authKey string) *devi
 		w.t.Fatal(err)
 	}
 	ctx := w.t.Context()
-	d.daemon = d.host.Start(ctx, w.bin, "--socket", d.socket, "--state", d.state, "daemon", "--hostname", name)
+	d.daemon = d.host.Start(ctx, w.bin, append([]string{"--socket", d.socket, "--state", d.state, "daemon", "--hostname", name}, daemonArgs...)...)
 	app := d.host.StartHelper(ctx, helperApp, name, "127.0.0.1:"+strconv.Itoa(appPort))
 	w.t.Cleanup(d.stopStrayDaemon)
 	waitOut(w.t, d.daemon, "daemon started", 20*time.Second)

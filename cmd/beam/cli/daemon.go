@@ -3,6 +3,7 @@ package cli
 import (
 	"bufio"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -33,6 +34,9 @@ type DaemonOptions struct {
 	LogLevel     string
 	Hostname     string
 	WGName       string
+	ACMECA       string // ACME directory for the certificates of tls routes
+	ACMECARoot   string // PEM file: roots trusted for the ACME server's HTTPS
+	ACMEEmail    string
 }
 
 // daemonFlags registers the daemon's own flags on cmd (beam up passes them on).
@@ -43,6 +47,9 @@ func daemonFlags(cmd *cobra.Command, o *DaemonOptions) {
 	cmd.Flags().StringVar(&o.DNSListen, "dns-listen", "", "also serve MagicDNS on this loopback address (UDP and TCP)")
 	cmd.Flags().StringSliceVar(&o.DNSUpstreams, "dns-upstream", nil, "upstream resolvers for other names (default: /etc/resolv.conf)")
 	cmd.Flags().StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.Flags().StringVar(&o.ACMECA, "acme-ca", "", "ACME directory URL: terminate TLS of this device's --tls-passthrough routes with its own certificate, obtained by DNS-01 through the coordinator (default: the app terminates TLS)")
+	cmd.Flags().StringVar(&o.ACMECARoot, "acme-ca-root", "", "PEM file of the roots to trust for the ACME server's HTTPS (default: the system roots)")
+	cmd.Flags().StringVar(&o.ACMEEmail, "acme-email", "", "contact email of the ACME account")
 }
 
 // NewCmdDaemon returns the beam daemon command: the headless daemon.
@@ -108,13 +115,27 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 	if hostname == "" {
 		hostname, _ = os.Hostname()
 	}
+	var acmeRoots *x509.CertPool
+	if o.ACMECARoot != "" {
+		pem, err := os.ReadFile(o.ACMECARoot)
+		if err != nil {
+			return fmt.Errorf("--acme-ca-root: %w", err)
+		}
+		acmeRoots = x509.NewCertPool()
+		if !acmeRoots.AppendCertsFromPEM(pem) {
+			return fmt.Errorf("--acme-ca-root %s: no PEM certificates", o.ACMECARoot)
+		}
+	}
 	n, err := node.New(node.Options{
-		StateDir:      o.StateDir,
-		Logger:        logger,
-		ListenPort:    o.Port,
-		DNSUpstreams:  upstreams,
-		Hostname:      hostname,
-		WireGuardName: o.WGName,
+		StateDir:         o.StateDir,
+		Logger:           logger,
+		ListenPort:       o.Port,
+		DNSUpstreams:     upstreams,
+		Hostname:         hostname,
+		WireGuardName:    o.WGName,
+		ACMEDirectoryURL: o.ACMECA,
+		ACMETrustedRoots: acmeRoots,
+		ACMEEmail:        o.ACMEEmail,
 	})
 	if err != nil {
 		return err

@@ -145,7 +145,8 @@ func startDaemon(ctx context.Context, lc *localclient.Client, o *UpOptions) erro
 	defer logf.Close()
 	args := []string{"--socket", o.Daemon.Socket, "--state", o.Daemon.StateDir, "daemon",
 		"--port", strconv.Itoa(int(o.Daemon.Port)), "--log-level", o.Daemon.LogLevel}
-	for flag, v := range map[string]string{"--socks5": o.Daemon.SOCKS5, "--http-proxy": o.Daemon.HTTPProxy, "--dns-listen": o.Daemon.DNSListen, "--hostname": o.Hostname} {
+	for flag, v := range map[string]string{"--socks5": o.Daemon.SOCKS5, "--http-proxy": o.Daemon.HTTPProxy, "--dns-listen": o.Daemon.DNSListen, "--hostname": o.Hostname,
+		"--acme-ca": o.Daemon.ACMECA, "--acme-ca-root": o.Daemon.ACMECARoot, "--acme-email": o.Daemon.ACMEEmail} {
 		if v != "" {
 			args = append(args, flag, v)
 		}

@@ -1,0 +1,108 @@
+package edgelab
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"beam.dev/beam/beamtest/nslab"
+)
+
+// tlsinfoRE parses the public client's tlsinfo line.
+var tlsinfoRE = regexp.MustCompile(`^issuer="([^"]*)" subject="[^"]*" dns=\[([^\]]*)\] status=(\d+) body="(.*)" sha256=([0-9a-f]{64})$`)
+
+type tlsInfo struct {
+	issuer, dns, status, body, sha string
+}
+
+// tlsinfo fetches url from public client 0, trusting only the ACME CA's
+// root, and parses what the client saw.
+func (w *world) tlsinfo(ctx context.Context, url string) (tlsInfo, error) {
+	out, err := w.client(ctx, 0, "tlsinfo", url)
+	if err != nil {
+		return tlsInfo{}, fmt.Errorf("tlsinfo %s: %w: %s", url, err, out)
+	}
+	m := tlsinfoRE.FindStringSubmatch(out)
+	if m == nil {
+		return tlsInfo{}, fmt.Errorf("tlsinfo %s printed %q", url, out)
+	}
+	return tlsInfo{issuer: m[1], dns: m[2], status: m[3], body: m[4], sha: m[5]}, nil
+}
+
+// TestTLSPassthroughDeviceCert: a device started with --acme-ca obtains a
+// certificate for its --tls-passthrough route from the ACME CA by DNS-01
+// through the coordinator's zone, and terminates TLS itself in front of a
+// plain HTTP app. The public client verifies the chain against the CA's
+// root and sees the device's certificate for exactly the route's name,
+// not the edge's wildcard.
+func TestTLSPassthroughDeviceCert(t *testing.T) {
+	w := newWorld(t, worldConfig{acme: true, clients: 1})
+	ctx := t.Context()
+	alpha := w.addDevice("alpha", nslab.NATEasy, "",
+		"--acme-ca", "https://"+hostPort(w.srv.Addr(), pebblePort)+"/dir", "--acme-ca-root", w.pebbleCA)
+	if err := alpha.up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// A plain HTTP app where the TLS app would be.
+	waitOut(t, alpha.host.StartHelper(ctx, helperApp, "alpha", "127.0.0.1:"+strconv.Itoa(tlsAppPort)), "listening", 10*time.Second)
+
+	// What the edge serves for its own names: the wildcard.
+	if _, err := alpha.expose(ctx, strconv.Itoa(appPort)); err != nil {
+		t.Fatal(err)
+	}
+	var edge tlsInfo
+	err := retry(ctx, 60*time.Second, func() error {
+		var err error
+		edge, err = w.tlsinfo(ctx, "https://alpha."+domain+"/")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("the edge's wildcard certificate: %v", err)
+	}
+	if edge.dns != "*."+domain {
+		t.Fatalf("the edge serves alpha.%s with names [%s], want [*.%s]", domain, edge.dns, domain)
+	}
+
+	start := time.Now()
+	url, err := alpha.expose(ctx, strconv.Itoa(tlsAppPort), "--tls-passthrough", "--name", "secure")
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := "secure." + domain
+	if url != "https://"+host {
+		t.Fatalf("expose --tls-passthrough printed %q, want https://%s", url, host)
+	}
+	var dev tlsInfo
+	err = retry(ctx, 60*time.Second, func() error {
+		var err error
+		dev, err = w.tlsinfo(ctx, url+"/")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("GET %s verified against the ACME root: %v", url, err)
+	}
+	t.Logf("device certificate served %v after expose: issuer=%q dns=[%s] sha256=%s", time.Since(start).Round(time.Millisecond), dev.issuer, dev.dns, dev.sha)
+	if dev.dns != host {
+		t.Errorf("device certificate names = [%s], want exactly [%s]", dev.dns, host)
+	}
+	if dev.sha == edge.sha {
+		t.Errorf("the device's route is served with the edge's certificate (sha256 %s)", dev.sha)
+	}
+	if !strings.Contains(dev.issuer, "Pebble") {
+		t.Errorf("device certificate issuer = %q, want the ACME CA (Pebble)", dev.issuer)
+	}
+	// The app is plain HTTP: the device terminated TLS and passed the
+	// plaintext on; HTTP/1.1 since the device offers no ALPN.
+	if want := "hello from alpha host=" + host + " proto=HTTP/1.1 path=/"; dev.status != "200" || dev.body != want {
+		t.Errorf("GET %s = %s %q, want 200 %q", url, dev.status, dev.body, want)
+	}
+	// The edge still serves its wildcard for its own names.
+	again, err := w.tlsinfo(ctx, "https://alpha."+domain+"/")
+	if err != nil || again.sha != edge.sha {
+		t.Errorf("the edge's certificate for alpha.%s changed: %+v, %v (was %s)", domain, again, err, edge.sha)
+	}
+}

@@ -1,0 +1,430 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/certmagic"
+	"github.com/mholt/acmez/v3/acme"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"beam.dev/beam/netstack"
+)
+
+// tlsHandshakeTimeout bounds a client's TLS handshake with the device,
+// including the wait for a certificate still being obtained.
+const tlsHandshakeTimeout = 30 * time.Second
+
+// tlsTerminator is the device side of "tls" routes when the daemon holds
+// the certificates itself (Options.ACMEDirectoryURL set). For each host of
+// this node's own tls routes it obtains and renews a certificate from the
+// ACME CA by DNS-01, publishing the challenge in the coordinator's public
+// zone through the node's control client (the coordinator lets a node set
+// only the _acme-challenge name of its own tls routes). It listens inside
+// the netstack on the node's overlay addresses at each such route's port,
+// terminates TLS there and copies the plaintext stream to
+// 127.0.0.1:PORT, so any protocol over TLS reaches the app. The edge
+// routes by SNI and never sees plaintext.
+//
+// Without ACME the netstack's plain forwarding carries the TLS stream to
+// the app, which terminates TLS itself.
+//
+// Goroutines: one per managed host (obtain, then load into the cache),
+// one accept loop per listener and one per connection (plus one copier);
+// all are counted in wg and waited for in close. The certmagic cache runs
+// its own renewal goroutine, stopped in close.
+//
+// Lock order: Node.mu, then tlsTerminator.mu. Nothing here takes Node.mu:
+// the DNS-01 solver reaches the control client through Node.curClient.
+type tlsTerminator struct {
+	n      *Node
+	log    *slog.Logger
+	cache  *certmagic.Cache
+	cfg    *certmagic.Config
+	ctx    context.Context // canceled by close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	// listeners are the netstack listeners per local port; guarded by
+	// Node.mu (only syncLocked and close touch them).
+	listeners map[uint16]*tlsListener
+
+	mu    sync.Mutex // guards the following fields
+	hosts map[string]*tlsHost
+	conns map[net.Conn]struct{}
+}
+
+// tlsHost is one route host whose certificate the terminator manages.
+type tlsHost struct {
+	cancel context.CancelFunc
+	ready  chan struct{} // closed once the certificate is cached or obtaining gave up
+	err    error         // set before ready is closed
+}
+
+// tlsListener listens on the overlay addresses of one engine at one port.
+type tlsListener struct {
+	engine *netstack.Engine
+	lns    []net.Listener
+}
+
+// newTLSTerminator returns a terminator using the node's ACME options,
+// with certmagic storage under STATE/certs.
+func newTLSTerminator(n *Node) *tlsTerminator {
+	t := &tlsTerminator{
+		n:         n,
+		log:       n.logger.With("component", "tls-routes"),
+		listeners: map[uint16]*tlsListener{},
+		hosts:     map[string]*tlsHost{},
+		conns:     map[net.Conn]struct{}{},
+	}
+	t.ctx, t.cancel = context.WithCancel(context.Background())
+	// certmagic logs through zap: its info lines become debug records,
+	// its warnings and errors warnings.
+	enc := zap.NewProductionEncoderConfig()
+	enc.TimeKey = ""
+	zl := zap.New(zapcore.NewTee(
+		zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.AddSync(slogWriter{t.log, slog.LevelDebug}),
+			zap.LevelEnablerFunc(func(l zapcore.Level) bool { return l == zapcore.InfoLevel })),
+		zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.AddSync(slogWriter{t.log, slog.LevelWarn}), zap.WarnLevel),
+	))
+	t.cache = certmagic.NewCache(certmagic.CacheOptions{
+		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return t.cfg, nil },
+		Logger:           zl,
+	})
+	t.cfg = certmagic.New(t.cache, certmagic.Config{
+		Storage: &certmagic.FileStorage{Path: filepath.Join(n.opts.StateDir, "certs")},
+		OCSP:    certmagic.OCSPConfig{DisableStapling: true},
+		Logger:  zl,
+	})
+	t.cfg.Issuers = []certmagic.Issuer{certmagic.NewACMEIssuer(t.cfg, certmagic.ACMEIssuer{
+		CA:                      n.opts.ACMEDirectoryURL,
+		Email:                   n.opts.ACMEEmail,
+		Agreed:                  true,
+		TrustedRoots:            n.opts.ACMETrustedRoots,
+		DisableHTTPChallenge:    true,
+		DisableTLSALPNChallenge: true,
+		DNS01Solver:             &nodeDNSSolver{n: n, values: map[string][]string{}},
+		Logger:                  zl,
+	})}
+	return t
+}
+
+// syncTLSRoutesLocked starts or stops the terminator's work to match this
+// node's own tls routes. It does nothing without Options.ACMEDirectoryURL
+// (tls routes then pass through to the app). Node.mu held.
+func (n *Node) syncTLSRoutesLocked(cfg netstack.Config) {
+	if n.opts.ACMEDirectoryURL == "" {
+		return
+	}
+	want := map[uint16][]string{} // local port -> hosts
+	if n.engine != nil {
+		for _, r := range n.ownRoutesLocked() {
+			if r.Proto != "tls" {
+				continue
+			}
+			if p := r.Target.Port(); n.proxies[p] == nil {
+				want[p] = append(want[p], strings.ToLower(strings.TrimSuffix(r.Host, ".")))
+			} else {
+				n.logger.Warn("tls route shares its port with an http route; serving http", "host", r.Host, "port", p)
+			}
+		}
+	}
+	if len(want) == 0 && n.tlsTerm == nil {
+		return
+	}
+	if n.tlsTerm == nil {
+		n.tlsTerm = newTLSTerminator(n)
+	}
+	n.tlsTerm.syncLocked(n.engine, cfg.Addresses, want)
+}
+
+// closeTLSRoutesLocked stops the terminator, if any. Node.mu held.
+func (n *Node) closeTLSRoutesLocked() {
+	if n.tlsTerm != nil {
+		n.tlsTerm.close()
+		n.tlsTerm = nil
+	}
+}
+
+// syncLocked makes the listeners and managed hosts match want. Node.mu held.
+func (t *tlsTerminator) syncLocked(e *netstack.Engine, addrs []netip.Prefix, want map[uint16][]string) {
+	for port, l := range t.listeners {
+		if _, ok := want[port]; !ok || l.engine != e {
+			l.close()
+			delete(t.listeners, port)
+		}
+	}
+	for port := range want {
+		if _, ok := t.listeners[port]; ok {
+			continue
+		}
+		l, err := t.listen(e, addrs, port)
+		if err != nil {
+			t.log.Warn("tls route listen", "port", port, "err", err)
+			continue
+		}
+		t.listeners[port] = l
+	}
+
+	hosts := map[string]bool{}
+	for _, hs := range want {
+		for _, h := range hs {
+			hosts[h] = true
+		}
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for name, h := range t.hosts {
+		if !hosts[name] {
+			h.cancel()
+			delete(t.hosts, name)
+			t.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: name}})
+		}
+	}
+	for name := range hosts {
+		if _, ok := t.hosts[name]; ok {
+			continue
+		}
+		ctx, cancel := context.WithCancel(t.ctx)
+		h := &tlsHost{cancel: cancel, ready: make(chan struct{})}
+		t.hosts[name] = h
+		t.wg.Add(1)
+		go t.manage(ctx, name, h)
+	}
+}
+
+// manage obtains the certificate of name (or finds it in storage) and
+// loads it into the cache, which renews it until close.
+func (t *tlsTerminator) manage(ctx context.Context, name string, h *tlsHost) {
+	defer t.wg.Done()
+	start := time.Now()
+	t.log.Info("obtaining certificate", "host", name)
+	// Non-interactive: retries with backoff until ctx ends; a no-op when
+	// storage already holds the certificate.
+	err := t.cfg.ObtainCertAsync(ctx, name)
+	if err == nil {
+		err = t.cfg.ManageSync(ctx, []string{name})
+	}
+	if err == nil && ctx.Err() != nil {
+		// The route went away while the certificate was being loaded.
+		t.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: name}})
+		err = ctx.Err()
+	}
+	h.err = err
+	close(h.ready)
+	if err != nil {
+		if ctx.Err() == nil {
+			t.log.Warn("certificate", "host", name, "err", err)
+		}
+		return
+	}
+	t.log.Info("certificate ready", "host", name, "took", time.Since(start).Round(time.Millisecond))
+}
+
+// listen opens the listeners of one port on every overlay address.
+func (t *tlsTerminator) listen(e *netstack.Engine, addrs []netip.Prefix, port uint16) (*tlsListener, error) {
+	l := &tlsListener{engine: e}
+	for _, a := range addrs {
+		ln, err := e.Listen("tcp", netip.AddrPortFrom(a.Addr(), port).String())
+		if err != nil {
+			l.close()
+			return nil, fmt.Errorf("listen %s port %d: %w", a.Addr(), port, err)
+		}
+		l.lns = append(l.lns, ln)
+	}
+	for _, ln := range l.lns {
+		t.wg.Add(1)
+		go t.acceptLoop(ln, port)
+	}
+	return l, nil
+}
+
+func (l *tlsListener) close() {
+	for _, ln := range l.lns {
+		ln.Close()
+	}
+}
+
+func (t *tlsTerminator) acceptLoop(ln net.Listener, port uint16) {
+	defer t.wg.Done()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		if !t.track(c) {
+			c.Close()
+			return
+		}
+		t.wg.Add(1)
+		go t.serveConn(c, port)
+	}
+}
+
+// track records an open connection so close can cut it; it reports false
+// once the terminator is closing.
+func (t *tlsTerminator) track(c net.Conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.ctx.Err() != nil {
+		return false
+	}
+	t.conns[c] = struct{}{}
+	return true
+}
+
+func (t *tlsTerminator) untrack(c net.Conn) {
+	t.mu.Lock()
+	delete(t.conns, c)
+	t.mu.Unlock()
+}
+
+// serveConn terminates TLS on c and copies the plaintext to and from the
+// app on 127.0.0.1:port.
+func (t *tlsTerminator) serveConn(c net.Conn, port uint16) {
+	defer t.wg.Done()
+	defer t.untrack(c)
+	defer c.Close()
+	// No ALPN: the app behind is raw TCP, so the client's first choice
+	// (HTTP/1.1 for browsers) is what it gets.
+	tc := tls.Server(c, &tls.Config{GetCertificate: t.getCertificate, MinVersion: tls.VersionTLS12})
+	hctx, cancel := context.WithTimeout(t.ctx, tlsHandshakeTimeout)
+	err := tc.HandshakeContext(hctx)
+	cancel()
+	if err != nil {
+		t.log.Debug("tls handshake", "port", port, "remote", c.RemoteAddr(), "err", err)
+		return
+	}
+	d := net.Dialer{Timeout: 10 * time.Second}
+	app, err := d.DialContext(t.ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
+	if err != nil {
+		t.log.Debug("dial app", "port", port, "err", err)
+		return
+	}
+	defer app.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		io.Copy(app, tc)
+		if cw, ok := app.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+	}()
+	io.Copy(tc, app)
+	tc.CloseWrite()
+	<-done
+}
+
+// getCertificate waits for the certificate of the ClientHello's name,
+// which must be the host of one of this node's tls routes.
+func (t *tlsTerminator) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	name := strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
+	t.mu.Lock()
+	h := t.hosts[name]
+	t.mu.Unlock()
+	if h == nil {
+		return nil, fmt.Errorf("node: no tls route for %q", hello.ServerName)
+	}
+	select {
+	case <-h.ready:
+	case <-hello.Context().Done():
+		return nil, fmt.Errorf("node: certificate for %s not ready: %w", name, hello.Context().Err())
+	}
+	if h.err != nil {
+		return nil, fmt.Errorf("node: certificate for %s: %w", name, h.err)
+	}
+	return t.cfg.GetCertificate(hello)
+}
+
+// close stops listening, cuts open connections, stops obtaining and
+// renewing, and waits for every goroutine.
+func (t *tlsTerminator) close() {
+	t.mu.Lock()
+	t.cancel()
+	for c := range t.conns {
+		c.Close()
+	}
+	t.mu.Unlock()
+	for port, l := range t.listeners {
+		l.close()
+		delete(t.listeners, port)
+	}
+	t.wg.Wait()
+	t.cache.Stop()
+}
+
+// nodeDNSSolver answers DNS-01 challenges by setting TXT records in the
+// coordinator's zone through the node's control client. Values of one
+// name accumulate while several challenges are under way.
+type nodeDNSSolver struct {
+	n *Node
+
+	mu     sync.Mutex // guards values and serializes updates
+	values map[string][]string
+}
+
+// errNoControl is returned while the node has no control session.
+var errNoControl = errors.New("node: not connected to the coordinator")
+
+func (s *nodeDNSSolver) set(ctx context.Context, name string, values []string) error {
+	c := s.n.curClient.Load()
+	if c == nil {
+		return errNoControl
+	}
+	if err := c.SetTXT(ctx, name, values); err != nil {
+		return fmt.Errorf("node: DNS-01 record %s: %w", name, err)
+	}
+	return nil
+}
+
+// Present publishes the challenge's key authorization.
+func (s *nodeDNSSolver) Present(ctx context.Context, ch acme.Challenge) error {
+	name := strings.TrimSuffix(ch.DNS01TXTRecordName(), ".")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := append(slices.Clone(s.values[name]), ch.DNS01KeyAuthorization())
+	if err := s.set(ctx, name, v); err != nil {
+		return err
+	}
+	s.values[name] = v
+	return nil
+}
+
+// CleanUp withdraws the challenge's key authorization.
+func (s *nodeDNSSolver) CleanUp(ctx context.Context, ch acme.Challenge) error {
+	name := strings.TrimSuffix(ch.DNS01TXTRecordName(), ".")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	v := slices.DeleteFunc(slices.Clone(s.values[name]), func(x string) bool { return x == ch.DNS01KeyAuthorization() })
+	if len(v) == 0 {
+		delete(s.values, name)
+		return s.set(ctx, name, nil)
+	}
+	s.values[name] = v
+	return s.set(ctx, name, v)
+}
+
+// slogWriter turns certmagic's log lines (zap) into slog records.
+type slogWriter struct {
+	log   *slog.Logger
+	level slog.Level
+}
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.log.Log(context.Background(), w.level, "certmagic", "line", string(bytes.TrimSpace(p)))
+	return len(p), nil
+}
