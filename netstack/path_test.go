@@ -297,6 +297,11 @@ func TestRelayToDirect(t *testing.T) {
 	f2.waitEcho(t, 0, 5*time.Second)
 	blockDirect(a, b)
 	cut := time.Now()
+	// The relay carries a copy once the direct path has been quiet for
+	// a second: the flow pauses for about that long, not until the
+	// direct path is declared dead.
+	f2.waitEcho(t, f2.sent.Load()+1, 3*time.Second)
+	t.Logf("flow resumed %v after the cut", time.Since(cut))
 	waitPath(t, a, "relay", 10*time.Second)
 	f2.waitEcho(t, f2.sent.Load(), 5*time.Second)
 	t.Logf("back on the relay %v after the cut", time.Since(cut))

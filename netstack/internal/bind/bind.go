@@ -779,13 +779,15 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 // route decides where packets to p go now: to a direct endpoint, through
 // a relay region, or both (direct non-nil and region non-zero).
 //
-//   - A direct path that answered within staleAfter carries the traffic
+//   - A direct path that answered within suspectAfter carries the traffic
 //     alone, except during dualWindow after it was confirmed, when the
 //     relay carries a copy too.
-//   - A direct path silent for longer (it stopped answering) gives way to
-//     the relay while pings check it; if the peer was idle (resumed is
-//     true), the silence proves nothing, so both carry the traffic for
-//     dualWindow.
+//   - A direct path silent for longer, up to staleAfter, may have died:
+//     both carry the traffic while heartbeat pings check it.
+//   - A direct path silent for longer than staleAfter (it stopped
+//     answering) gives way to the relay while pings check it; if the peer
+//     was idle (resumed is true), the silence proves nothing, so both
+//     carry the traffic for dualWindow.
 //   - Without a direct path, the relay; without a relay, the direct
 //     address even if stale.
 func (b *Bind) route(p *peer, now int64, resumed bool) (direct *Endpoint, region int) {
@@ -797,11 +799,17 @@ func (b *Bind) route(p *peer, now int64, resumed bool) (direct *Endpoint, region
 	if region == 0 {
 		return best, 0
 	}
-	if fresh(best, now) {
+	switch silence := now - best.lastRecv.Load(); {
+	case silence <= int64(suspectAfter):
 		if now < p.dualUntil.Load() {
 			return best, region
 		}
 		return best, 0
+	case silence <= int64(staleAfter):
+		// Quiet while we send: the path may have died. The relay
+		// carries a copy until it answers again (heartbeat pings
+		// check it) or is declared stale.
+		return best, region
 	}
 	if resumed {
 		p.dualUntil.Store(now + int64(dualWindow))

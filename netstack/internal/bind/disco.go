@@ -18,9 +18,12 @@ import (
 const (
 	// heartbeatAfter is how long a direct path may be silent while we
 	// send before it is pinged.
-	heartbeatAfter = 2 * time.Second
+	heartbeatAfter = 500 * time.Millisecond
 	// heartbeatEvery bounds heartbeat pings per peer.
-	heartbeatEvery = time.Second
+	heartbeatEvery = 500 * time.Millisecond
+	// suspectAfter is how long a direct path may be silent while we send
+	// before the relay carries a copy of the traffic (see Bind.route).
+	suspectAfter = time.Second
 	// relayProbeEvery is how often a peer reached through the relay has
 	// its direct addresses pinged (and is sent a call-me-maybe) while we
 	// send to it.
