@@ -425,7 +425,8 @@ type txtSetter interface {
 }
 
 // SetTXT asks the coordinator to publish (or, with no values, delete) a
-// TXT record in its public zone. Only edge nodes may do this.
+// TXT record in its public zone. Edge nodes may set the _acme-challenge
+// names of their domains; other nodes only those of their own tls routes.
 func (n *Node) SetTXT(ctx context.Context, name string, values []string) error {
 	n.mu.Lock()
 	s := n.sess
