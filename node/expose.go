@@ -291,6 +291,9 @@ func startExposeProxy(n *Node, e *netstack.Engine, addrs []netip.Prefix, port ui
 		},
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
+		// Pass Accept-Encoding and compressed bodies through untouched
+		// rather than asking the app for gzip and inflating it here.
+		DisableCompression: true,
 	}
 	h2 := &http2.Transport{
 		AllowHTTP: true,
@@ -307,9 +310,12 @@ func startExposeProxy(n *Node, e *netstack.Engine, addrs []netip.Prefix, port ui
 			pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
 		},
 		Transport: transportSwitch{h1: h1, h2: h2},
-		// Stream responses (server-sent events) without buffering.
-		FlushInterval: -1,
-		ErrorLog:      slog.NewLogLogger(n.logger.Handler(), slog.LevelDebug),
+		// FlushInterval stays 0: ReverseProxy already flushes every write
+		// of server-sent events and of responses without a Content-Length
+		// (streams). A negative interval would also flush the header on
+		// its own, from a timer goroutine, before the body of every
+		// response: two segments through WireGuard instead of one.
+		ErrorLog: slog.NewLogLogger(n.logger.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, syscall.ECONNREFUSED) {
 				writeNothingListening(w, port)
