@@ -7,7 +7,11 @@
 // packet filter.
 //
 // Peers are reached over direct UDP, or through their home relay (DERP)
-// region while no direct path is confirmed (see Config.DERPMap).
+// region while no direct path is confirmed (see Config.DERPMap). Direct
+// paths are found with disco (pings, pongs and call-me-maybe through the
+// relay, which punch both NATs at once) to the endpoints each node learns
+// by STUN from its WireGuard socket (Endpoints, Options.OnEndpoints); Ping
+// and Netcheck expose both to the CLI.
 //
 // Packet flow:
 //
@@ -15,8 +19,9 @@
 //	app --> DialContext --> gVisor --> flow table --> wireguard-go (encrypt) --> bind --UDP--> peer
 //
 // Goroutines: wireguard-go's (owned by its device), gVisor's (owned by the
-// stack), the engine's forwarding goroutines (counted in Engine.wg) and
-// one per relay region in use (counted in relays.wg). Close stops them
+// stack), the engine's forwarding goroutines (counted in Engine.wg),
+// discoveryLoop (STUN refresh and bind housekeeping, counted in
+// Engine.loopWG) and one per relay region in use (counted in relays.wg). Close stops them
 // all and waits for them.
 package netstack
 
