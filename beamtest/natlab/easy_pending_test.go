@@ -62,9 +62,11 @@ func TestEasyEasyDirect(t *testing.T) {
 	if relayed > easyRelayAllowance {
 		t.Errorf("the relay carried %d bytes during a %d-byte direct transfer, want at most %d", relayed, easyTransfer, easyRelayAllowance)
 	}
-	// Alice sends about 1500 data packets, bob at least some hundreds of
-	// acknowledgements; all of it as UDP through the NATs.
-	if udpA < easyTransfer/1500 || udpB < 100 {
+	// The transfer went as UDP through both NATs. The engine sends with
+	// UDP segmentation offload, so netfilter counts a burst of up to 64
+	// datagrams as one packet: expect at least 1/64 of the ~1500 data
+	// datagrams, and some acknowledgements back.
+	if udpA < easyTransfer/1500/64 || udpB < 10 {
 		t.Errorf("UDP packets out during the transfer: alice's NAT %d, bob's NAT %d; want the transfer's packets", udpA, udpB)
 	}
 }
