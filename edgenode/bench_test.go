@@ -1,6 +1,7 @@
 package edgenode_test
 
 import (
+	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,9 +30,10 @@ import (
 // whose netmaps feed an edgenode.Server, and a device that exposes an
 // origin HTTP server on its loopback.
 type meshEdge struct {
-	edgeAddr   string // the edge's HTTP listener
-	originAddr string // the origin, straight
-	host       string // the route's public host
+	dials      atomic.Int64 // dials of the edge toward devices
+	edgeAddr   string       // the edge's HTTP listener
+	originAddr string       // the origin, straight
+	host       string       // the route's public host
 }
 
 const benchDomain = "example.test"
@@ -89,7 +92,12 @@ func newMeshEdge(tb testing.TB, origin http.Handler) *meshEdge {
 	if _, err := en.Up(ctx, apitype.UpRequest{Coordinator: hs.URL, AuthKey: authKey(coordinator.AuthKeyOptions{Reusable: true, Edge: true}), Hostname: "edge"}); err != nil {
 		tb.Fatalf("edge up: %v", err)
 	}
-	e, err := edge.New(edge.Options{Dial: en.DialContext, Domain: benchDomain})
+	m := &meshEdge{}
+	dial := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		m.dials.Add(1)
+		return en.DialContext(ctx, network, addr)
+	}
+	e, err := edge.New(edge.Options{Dial: dial, Domain: benchDomain})
 	if err != nil {
 		tb.Fatalf("edge: %v", err)
 	}
@@ -135,7 +143,7 @@ func newMeshEdge(tb testing.TB, origin http.Handler) *meshEdge {
 	if err != nil {
 		tb.Fatalf("expose: %v", err)
 	}
-	m := &meshEdge{edgeAddr: srv.Addr("http").String(), originAddr: ln.Addr().String(), host: resp.Host}
+	m.edgeAddr, m.originAddr, m.host = srv.Addr("http").String(), ln.Addr().String(), resp.Host
 	if m.host != "app."+benchDomain {
 		tb.Fatalf("exposed host = %q, want app.%s", m.host, benchDomain)
 	}
@@ -255,10 +263,13 @@ func BenchmarkEdgeKeepAlive(b *testing.B) {
 	const conns = 50
 	per := time.Second
 	var direct, viaEdge, direct1, viaEdge1 loadResult
+	var dials int64
 	b.ResetTimer()
 	for range b.N {
 		direct = load(b, m.originAddr, m.host, conns, per)
+		d0 := m.dials.Load()
 		viaEdge = load(b, m.edgeAddr, m.host, conns, per)
+		dials += m.dials.Load() - d0
 		direct1 = load(b, m.originAddr, m.host, 1, per/2)
 		viaEdge1 = load(b, m.edgeAddr, m.host, 1, per/2)
 	}
@@ -266,6 +277,7 @@ func BenchmarkEdgeKeepAlive(b *testing.B) {
 	b.ReportMetric(direct.rps, "direct-req/s")
 	b.ReportMetric(viaEdge.rps, "edge-req/s")
 	b.ReportMetric(viaEdge.rps/direct.rps, "edge/direct")
+	b.ReportMetric(float64(dials)/float64(b.N), "device-dials/run")
 	b.ReportMetric(float64(viaEdge.p50.Microseconds()), "edge-p50-µs")
 	b.ReportMetric(float64(viaEdge.p99.Microseconds()), "edge-p99-µs")
 	b.ReportMetric(float64(direct.p99.Microseconds()), "direct-p99-µs")
@@ -274,13 +286,57 @@ func BenchmarkEdgeKeepAlive(b *testing.B) {
 }
 
 // TestEdgeKeepAlive is a short run of the benchmark's path: requests go
-// through the edge on reused connections and all of them succeed.
+// through the edge on reused connections (the edge dials the device about
+// once per client connection, not per request) and all of them succeed.
 func TestEdgeKeepAlive(t *testing.T) {
 	m := newMeshEdge(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintf(w, "host=%s", r.Host)
 	}))
-	r := load(t, m.edgeAddr, m.host, 4, 300*time.Millisecond)
-	if r.requests < 4 {
+	const conns = 4
+	d0 := m.dials.Load()
+	r := load(t, m.edgeAddr, m.host, conns, 300*time.Millisecond)
+	dials := m.dials.Load() - d0
+	if r.requests < 4*conns {
 		t.Fatalf("only %d requests in 300ms", r.requests)
+	}
+	if dials > conns {
+		t.Errorf("%d requests on %d connections dialed the device %d times; want at most %d", r.requests, conns, dials, conns)
+	}
+}
+
+// TestEdgeStreams checks that responses without a Content-Length (server-
+// sent events, chunked streams) reach the client through edge and device
+// as they are written, not when the handler returns.
+func TestEdgeStreams(t *testing.T) {
+	release := make(chan struct{})
+	m := newMeshEdge(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/sse":
+			w.Header().Set("Content-Type", "text/event-stream")
+		case "/chunked":
+		default:
+			return // the readiness probe
+		}
+		fmt.Fprint(w, "first\n")
+		http.NewResponseController(w).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		fmt.Fprint(w, "second\n")
+	}))
+	defer close(release)
+	c := clientFor(m.edgeAddr, 1)
+	defer c.CloseIdleConnections()
+	for _, path := range []string{"/sse", "/chunked"} {
+		resp, err := c.Get("http://" + m.host + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		line, err := bufio.NewReader(resp.Body).ReadString('\n')
+		if err != nil || line != "first\n" {
+			t.Fatalf("GET %s: first line = %q, %v", path, line, err)
+		}
+		resp.Body.Close()
 	}
 }
