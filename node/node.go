@@ -396,7 +396,7 @@ func (n *Node) startSessionLocked() error {
 	if r := n.eps.Load(); r != nil {
 		c.SetEndpoints(r.eps, r.home)
 	} else {
-		c.SetEndpoints(n.engine.LocalEndpoints(), 0)
+		c.SetEndpoints(n.engine.Endpoints(), n.engine.HomeDERP())
 	}
 	n.applyLocked()
 	go func() {
