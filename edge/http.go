@@ -170,7 +170,7 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request, st *reqState, h
 		return
 	}
 	st.canRetry = r.ContentLength == 0 && len(rt.targets) > 1
-	skip := map[*target]bool{}
+	var skip map[*target]bool // made on the first retry
 	for {
 		t, err := rt.pick(time.Now(), skip)
 		if err != nil {
@@ -184,6 +184,9 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request, st *reqState, h
 		t.active.Add(-1)
 		if !st.retry {
 			return
+		}
+		if skip == nil {
+			skip = map[*target]bool{}
 		}
 		skip[t] = true
 	}
