@@ -46,10 +46,15 @@ func TestErr(t *testing.T) {
 	}
 }
 
-// wire connects two stacks' TUNs back to back and returns a stop func.
-func wire(t *testing.T, a, b *Stack) {
+// wire connects two stacks' TUNs back to back; the stacks are closed and
+// the pumps stopped at the end of the test.
+func wire(t *testing.T, a, b *Stack) { wireWith(t, a, b, nil) }
+
+// wireWith is wire with a hook run after each batch the pump moves from a
+// to b (nil: none).
+func wireWith(t *testing.T, a, b *Stack, afterAB func()) {
 	var wg sync.WaitGroup
-	pump := func(from, to *TUN) {
+	pump := func(from, to *TUN, after func()) {
 		defer wg.Done()
 		bufs := make([][]byte, from.BatchSize())
 		for i := range bufs {
@@ -66,11 +71,14 @@ func wire(t *testing.T, a, b *Stack) {
 				out[i] = bufs[i][:sizes[i]]
 			}
 			to.Write(out, 0)
+			if after != nil {
+				after()
+			}
 		}
 	}
 	wg.Add(2)
-	go pump(a.TUN(), b.TUN())
-	go pump(b.TUN(), a.TUN())
+	go pump(a.TUN(), b.TUN(), afterAB)
+	go pump(b.TUN(), a.TUN(), nil)
 	t.Cleanup(func() {
 		a.Close()
 		b.Close()

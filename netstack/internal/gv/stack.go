@@ -16,10 +16,10 @@ import (
 	"log/slog"
 	"net/netip"
 	"sync"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -42,12 +42,24 @@ const (
 	tcpTXBufMax = 6 << 20
 )
 
+// tcpMaxRTO caps TCP's retransmission timeout backoff (gVisor's default,
+// like Linux's, is 120 s). An overlay path can vanish for seconds while
+// the bind moves between direct UDP and the relay; with the default cap a
+// connection that lost packets meanwhile could sit out another minute or
+// two after the path came back. The minimum stays at 200 ms.
+const tcpMaxRTO = 10 * time.Second
+
 // Options configures a Stack.
 type Options struct {
 	// MTU is the link MTU of the stack's NIC. Zero means 1280.
 	MTU int
-	// QueueLen is the number of outbound packets the link can hold before
-	// the stack sees back-pressure (drops). Zero means 2048.
+	// QueueLen is the number of outbound packets the link holds for the
+	// TUN reader; when it is full, senders wait for room rather than
+	// having packets dropped. Zero means 256: enough for several full GSO
+	// bursts, short enough that a bulk sender's excess waits in its send
+	// buffer rather than inflating the round-trip time every other
+	// connection sees (a long queue made retransmission timeouts fire on
+	// ACKs that were merely late when the machine was busy).
 	QueueLen int
 	// Logger receives the stack's logs. Nil discards them.
 	Logger *slog.Logger
@@ -103,7 +115,7 @@ func New(opts Options) (*Stack, error) {
 		return nil, fmt.Errorf("gv: MTU %d out of range [1280, 65535]", opts.MTU)
 	}
 	if opts.QueueLen == 0 {
-		opts.QueueLen = 2048
+		opts.QueueLen = 256
 	}
 	if opts.MaxInFlightTCP == 0 {
 		opts.MaxInFlightTCP = 512
@@ -123,20 +135,19 @@ func New(opts Options) (*Stack, error) {
 		HandleLocal: true,
 	})
 	st := &Stack{
-		s:     s,
-		ep:    &link{Endpoint: channel.New(opts.QueueLen, uint32(opts.MTU), "")},
+		s: s,
+		// WireGuard authenticates every packet before it reaches the
+		// stack, so verifying TCP/UDP checksums again on receive is wasted
+		// work. Outbound checksums are still computed: peers may be any
+		// WireGuard. gVisor GSO: TCP builds segments of up to 32 KiB and
+		// splits them into MTU-sized packets in one batch, saving
+		// per-segment work.
+		ep:    newLink(opts.QueueLen, uint32(opts.MTU), stack.CapabilityRXChecksumOffload, stack.GVisorGSOSupported),
 		log:   log,
 		mtu:   opts.MTU,
 		inFl:  opts.MaxInFlightTCP,
 		addrs: make(map[netip.Addr]bool),
 	}
-	// WireGuard authenticates every packet before it reaches the stack,
-	// so verifying TCP/UDP checksums again on receive is wasted work.
-	// Outbound checksums are still computed: peers may be any WireGuard.
-	st.ep.LinkEPCapabilities = stack.CapabilityRXChecksumOffload
-	// gVisor GSO: TCP builds segments of up to 32 KiB and splits them
-	// into MTU-sized packets in one batch, saving per-segment work.
-	st.ep.SupportedGSOKind = stack.GVisorGSOSupported
 	if err := st.tune(opts); err != nil {
 		s.Destroy()
 		return nil, err
@@ -178,6 +189,7 @@ func (st *Stack) tune(opts Options) error {
 	rx := tcpip.TCPReceiveBufferSizeRangeOption{Min: tcpRXBufMin, Default: tcpRXBufDef, Max: tcpRXBufMax}
 	tx := tcpip.TCPSendBufferSizeRangeOption{Min: tcpTXBufMin, Default: tcpTXBufDef, Max: tcpTXBufMax}
 	cc := tcpip.CongestionControlOption(opts.CongestionControl)
+	maxRTO := tcpip.TCPMaxRTOOption(tcpMaxRTO)
 	recovery := tcpip.TCPRecovery(0)
 	if opts.RACK {
 		recovery = tcpip.TCPRACKLossDetection
@@ -192,6 +204,7 @@ func (st *Stack) tune(opts Options) error {
 		{"send buffer range", &tx},
 		{"congestion control", &cc},
 		{"recovery", &recovery},
+		{"max RTO", &maxRTO},
 	} {
 		if err := Err(s.SetTransportProtocolOption(tcp.ProtocolNumber, o.opt)); err != nil {
 			return fmt.Errorf("gv: set TCP %s: %w", o.name, err)

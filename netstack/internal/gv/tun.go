@@ -8,7 +8,6 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 )
@@ -31,29 +30,6 @@ type TUN struct {
 	gros sync.Pool // of *gro.GRO: one per concurrent Write
 
 	closeOnce sync.Once
-}
-
-// link is the stack's NIC: a channel endpoint that also remembers the
-// stack's dispatcher, so Write can hand it TCP segments coalesced by GRO.
-type link struct {
-	*channel.Endpoint
-
-	mu sync.RWMutex // guards d
-	d  stack.NetworkDispatcher
-}
-
-// Attach implements stack.LinkEndpoint.
-func (l *link) Attach(d stack.NetworkDispatcher) {
-	l.Endpoint.Attach(d)
-	l.mu.Lock()
-	l.d = d
-	l.mu.Unlock()
-}
-
-func (l *link) dispatcher() stack.NetworkDispatcher {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return l.d
 }
 
 var _ tun.Device = (*TUN)(nil)
@@ -97,7 +73,7 @@ func (t *TUN) BatchSize() int { return tunBatchSize }
 // that are already queued, without blocking. It returns os.ErrClosed after
 // Close.
 func (t *TUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	pkt := t.ep.ReadContext(t.ctx)
+	pkt := t.ep.read(t.ctx)
 	if pkt == nil {
 		return 0, os.ErrClosed
 	}
@@ -112,7 +88,7 @@ func (t *TUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		if n == len(bufs) {
 			break
 		}
-		if pkt = t.ep.Read(); pkt == nil {
+		if pkt = t.ep.tryRead(); pkt == nil {
 			break
 		}
 	}
