@@ -20,7 +20,7 @@ const timeToDirectRuns = 5
 func TestTimeToDirect(t *testing.T) {
 	runVariants(t, []pairVariant{
 		{A: nslab.NATEasy, B: nslab.NATNone},
-		{A: nslab.NATEasy, B: nslab.NATEasy, pending: true},
+		{A: nslab.NATEasy, B: nslab.NATEasy},
 	}, testTimeToDirect)
 }
 

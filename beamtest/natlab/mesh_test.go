@@ -1,5 +1,3 @@
-//go:build natlab_pending
-
 package natlab
 
 import (
