@@ -735,6 +735,9 @@ func (n *Node) Status() *apitype.Status {
 			if e.Endpoint.IsValid() {
 				ps.Endpoint = e.Endpoint.String()
 			}
+			if e.Path == "relay" && e.DERPRegion != 0 {
+				ps.Relay = regionName(nm, e.DERPRegion)
+			}
 		}
 		st.Peers = append(st.Peers, ps)
 	}
