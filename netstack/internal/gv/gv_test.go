@@ -50,11 +50,11 @@ func TestErr(t *testing.T) {
 // the pumps stopped at the end of the test.
 func wire(t *testing.T, a, b *Stack) { wireWith(t, a, b, nil) }
 
-// wireWith is wire with a hook run after each batch the pump moves from a
-// to b (nil: none).
-func wireWith(t *testing.T, a, b *Stack, afterAB func()) {
+// wireWith is wire with a hook run after each batch of packets the pump
+// moves from a to b (nil: none).
+func wireWith(t *testing.T, a, b *Stack, afterAB func(pkts [][]byte)) {
 	var wg sync.WaitGroup
-	pump := func(from, to *TUN, after func()) {
+	pump := func(from, to *TUN, after func([][]byte)) {
 		defer wg.Done()
 		bufs := make([][]byte, from.BatchSize())
 		for i := range bufs {
@@ -70,10 +70,10 @@ func wireWith(t *testing.T, a, b *Stack, afterAB func()) {
 			for i := range n {
 				out[i] = bufs[i][:sizes[i]]
 			}
-			to.Write(out, 0)
 			if after != nil {
-				after()
+				after(out)
 			}
+			to.Write(out, 0)
 		}
 	}
 	wg.Add(2)

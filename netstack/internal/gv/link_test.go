@@ -13,8 +13,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
-// TestLinkBackPressure sends through a link whose queue is far shorter
-// than TCP's window, drained by a wire that pauses now and then, as
+// TestLinkBackPressure sends through a link whose queue holds one packet, drained by a wire that pauses now and then, as
 // wireguard-go's TUN reader does when it is descheduled on a busy machine.
 // Senders must wait for room rather than lose packets, so the transfer
 // completes without one retransmission. (When the link dropped on a full
@@ -22,7 +21,7 @@ import (
 // recovered by a retransmission timeout, whose backoff stalled transfers
 // for seconds.)
 func TestLinkBackPressure(t *testing.T) {
-	a, err := New(Options{QueueLen: 8})
+	a, err := New(Options{QueueBytes: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,7 +39,7 @@ func TestLinkBackPressure(t *testing.T) {
 	batches := 0
 	// The a->b pump stops for a moment every 16 batches: a slow consumer,
 	// not a wait for an event.
-	wireWith(t, a, b, func() {
+	wireWith(t, a, b, func([][]byte) {
 		if batches++; batches%16 == 0 {
 			<-time.After(time.Millisecond)
 		}
@@ -90,7 +89,7 @@ func TestLinkBackPressure(t *testing.T) {
 // TestLinkCloseUnblocksWriters fills the link with nobody reading and
 // checks that Close releases a sender waiting for room.
 func TestLinkCloseUnblocksWriters(t *testing.T) {
-	st, err := New(Options{QueueLen: 4})
+	st, err := New(Options{QueueBytes: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +120,7 @@ func TestLinkCloseUnblocksWriters(t *testing.T) {
 	select {
 	case <-waiting:
 	case err := <-done:
-		t.Fatalf("writer finished (err %v) without waiting on a 4-packet queue", err)
+		t.Fatalf("writer finished (err %v) without waiting on a one-packet queue", err)
 	}
 	st.Close()
 	select {

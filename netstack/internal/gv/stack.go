@@ -53,14 +53,14 @@ const tcpMaxRTO = 10 * time.Second
 type Options struct {
 	// MTU is the link MTU of the stack's NIC. Zero means 1280.
 	MTU int
-	// QueueLen is the number of outbound packets the link holds for the
-	// TUN reader; when it is full, senders wait for room rather than
-	// having packets dropped. Zero means 256: enough for several full GSO
+	// QueueBytes bounds the outbound packets the link holds for the TUN
+	// reader; when it is full, senders wait for room rather than having
+	// packets dropped. Zero means 320 KiB: a few segmentation-offload
 	// bursts, short enough that a bulk sender's excess waits in its send
-	// buffer rather than inflating the round-trip time every other
-	// connection sees (a long queue made retransmission timeouts fire on
-	// ACKs that were merely late when the machine was busy).
-	QueueLen int
+	// buffer rather than inflating the round-trip time every connection
+	// sees (a long queue made retransmission timeouts fire on ACKs that
+	// were merely late when the machine was busy).
+	QueueBytes int
 	// Logger receives the stack's logs. Nil discards them.
 	Logger *slog.Logger
 	// MaxInFlightTCP caps inbound TCP connection attempts that HandleTCP
@@ -114,8 +114,8 @@ func New(opts Options) (*Stack, error) {
 	if opts.MTU < 1280 || opts.MTU > 65535 {
 		return nil, fmt.Errorf("gv: MTU %d out of range [1280, 65535]", opts.MTU)
 	}
-	if opts.QueueLen == 0 {
-		opts.QueueLen = 256
+	if opts.QueueBytes == 0 {
+		opts.QueueBytes = 320 << 10
 	}
 	if opts.MaxInFlightTCP == 0 {
 		opts.MaxInFlightTCP = 512
@@ -139,10 +139,10 @@ func New(opts Options) (*Stack, error) {
 		// WireGuard authenticates every packet before it reaches the
 		// stack, so verifying TCP/UDP checksums again on receive is wasted
 		// work. Outbound checksums are still computed: peers may be any
-		// WireGuard. gVisor GSO: TCP builds segments of up to 32 KiB and
-		// splits them into MTU-sized packets in one batch, saving
-		// per-segment work.
-		ep:    newLink(opts.QueueLen, uint32(opts.MTU), stack.CapabilityRXChecksumOffload, stack.GVisorGSOSupported),
+		// WireGuard. Segmentation offload: TCP hands the link packets of
+		// up to 64 KiB, which the TUN reader cuts to the MTU (see
+		// segmenter), saving gVisor's per-packet work.
+		ep:    newLink(opts.QueueBytes, uint32(opts.MTU), stack.CapabilityRXChecksumOffload, stack.HostGSOSupported),
 		log:   log,
 		mtu:   opts.MTU,
 		inFl:  opts.MaxInFlightTCP,

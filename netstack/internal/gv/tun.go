@@ -29,6 +29,9 @@ type TUN struct {
 
 	gros sync.Pool // of *gro.GRO: one per concurrent Write
 
+	readMu sync.Mutex // serializes Read; guards seg
+	seg    segmenter
+
 	closeOnce sync.Once
 }
 
@@ -69,27 +72,43 @@ func (t *TUN) Events() <-chan tun.Event { return t.events }
 // BatchSize returns the most packets one Read returns.
 func (t *TUN) BatchSize() int { return tunBatchSize }
 
-// Read blocks for one outbound packet, then takes up to len(bufs)-1 more
-// that are already queued, without blocking. It returns os.ErrClosed after
-// Close.
+// Read blocks for one outbound packet, then takes more that are already
+// queued, without blocking, until bufs are full. A TCP packet larger than
+// the MTU (segmentation offload) is cut into MTU-sized packets; if bufs
+// fill up part way through one, the next Read continues it. Read returns
+// os.ErrClosed after Close.
 func (t *TUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
-	pkt := t.ep.read(t.ctx)
-	if pkt == nil {
-		return 0, os.ErrClosed
-	}
+	t.readMu.Lock()
+	defer t.readMu.Unlock()
 	n := 0
-	for {
-		sizes[n] = copyPacket(bufs[n][offset:], pkt)
-		pkt.DecRef()
-		if t.outbound != nil {
-			t.outbound(bufs[n][offset : offset+sizes[n]])
+	for n < len(bufs) {
+		if t.seg.done() {
+			var pkt *stack.PacketBuffer
+			if n == 0 {
+				pkt = t.ep.read(t.ctx)
+				if pkt == nil {
+					return 0, os.ErrClosed
+				}
+			} else if pkt = t.ep.tryRead(); pkt == nil {
+				break
+			}
+			if pkt.GSOOptions.Type == stack.GSONone {
+				sizes[n] = copyPacket(bufs[n][offset:], pkt)
+				pkt.DecRef()
+				n++
+				continue
+			}
+			if !t.seg.start(pkt) {
+				t.ep.drops.Add(1)
+				continue
+			}
 		}
+		sizes[n] = t.seg.next(bufs[n][offset:])
 		n++
-		if n == len(bufs) {
-			break
-		}
-		if pkt = t.ep.tryRead(); pkt == nil {
-			break
+	}
+	if t.outbound != nil {
+		for i := range n {
+			t.outbound(bufs[i][offset : offset+sizes[i]])
 		}
 	}
 	return n, nil
@@ -161,6 +180,9 @@ func (t *TUN) Close() error {
 	t.closeOnce.Do(func() {
 		t.cancel()
 		close(t.events)
+		t.readMu.Lock()
+		t.seg.reset()
+		t.readMu.Unlock()
 	})
 	return nil
 }
