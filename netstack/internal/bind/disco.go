@@ -119,9 +119,11 @@ func (b *Bind) WriteTo(pkt []byte, dst netip.AddrPort) error {
 	return b.sendTo([][]byte{pkt}, unmap(dst))
 }
 
-// Maintain drops pings that went unanswered and sends again handshake
+// Maintain drops pings that went unanswered, sends again handshake
 // initiations unanswered for a second (a lost initiation would otherwise
-// cost WireGuard's 5 s retry); the engine calls it about once a second.
+// cost WireGuard's 5 s retry) and pings direct paths that went quiet
+// while traffic flows (see watchDirect); the engine calls it about once a
+// second.
 func (b *Bind) Maintain() {
 	now := time.Now().UnixNano()
 	b.disco.mu.Lock()
@@ -144,6 +146,36 @@ func (b *Bind) Maintain() {
 		if waiting {
 			b.resendInit(p, now)
 		}
+		b.watchDirect(p, now)
+	}
+}
+
+// watchDirect checks p's direct path when it went quiet while WireGuard
+// traffic flows to or from p. Send does this for packets we send; this
+// covers the side that only receives (or waits for a retransmission):
+// when both NATs forget their mappings, each NAT drops the other side's
+// packets as unsolicited until its own host sends something out, and a
+// host that nothing reaches sends nothing. A heartbeat ping reopens our
+// NAT towards the peer, which is sending to us; silent past
+// suspectAfter, the peer is also probed, whose call-me-maybe through the
+// relay also reopens our relay connection if the NAT forgot it too.
+func (b *Bind) watchDirect(p *peer, now int64) {
+	if p.disco.Load() == nil || p.removed.Load() {
+		return
+	}
+	best := p.best.Load()
+	if best == nil || best.isRelay() {
+		return
+	}
+	if now-max(p.lastWGRecv.Load(), p.lastSend.Load()) > int64(staleAfter) {
+		return // idle: the silence proves nothing
+	}
+	silence := now - best.lastRecv.Load()
+	if silence <= int64(staleAfter) {
+		b.maybeHeartbeat(p, best, now)
+	}
+	if silence > int64(suspectAfter) {
+		b.maybeProbe(p, now, relayProbeEvery)
 	}
 }
 
