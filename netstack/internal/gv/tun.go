@@ -6,10 +6,7 @@ import (
 	"sync"
 
 	"golang.zx2c4.com/wireguard/tun"
-	"gvisor.dev/gvisor/pkg/buffer"
-	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 )
 
 // tunBatchSize is how many packets one Read hands wireguard-go at most.
@@ -27,7 +24,7 @@ type TUN struct {
 	ctx      context.Context // canceled by Close; unblocks Read
 	cancel   context.CancelFunc
 
-	gros sync.Pool // of *gro.GRO: one per concurrent Write
+	coalescers sync.Pool // of *coalescer: one per concurrent Write
 
 	readMu sync.Mutex // serializes Read; guards seg
 	seg    segmenter
@@ -48,10 +45,8 @@ func newTUN(ep *link, mtu int, inbound func([]byte) bool, outbound func([]byte))
 		ctx:      ctx,
 		cancel:   cancel,
 	}
-	t.gros.New = func() any {
-		g := new(gro.GRO)
-		g.Init(true)
-		return g
+	t.coalescers.New = func() any {
+		return &coalescer{segs: make([][]byte, 0, maxCoalesceSegs)}
 	}
 	t.events <- tun.EventUp
 	return t
@@ -133,8 +128,8 @@ func copyPacket(dst []byte, pkt *stack.PacketBuffer) int {
 
 // Write injects each IP packet bufs[i][offset:] into the stack. Packets the
 // Inbound hook refuses and packets of unknown IP version are dropped.
-// Consecutive TCP segments of one connection are coalesced (GRO) so the
-// stack processes them as one.
+// Consecutive TCP segments of one connection are merged (see coalescer) so
+// the stack processes them as one packet.
 func (t *TUN) Write(bufs [][]byte, offset int) (int, error) {
 	if t.ctx.Err() != nil {
 		return 0, os.ErrClosed
@@ -143,34 +138,21 @@ func (t *TUN) Write(bufs [][]byte, offset int) (int, error) {
 	if d == nil {
 		return len(bufs), nil
 	}
-	g := t.gros.Get().(*gro.GRO)
-	g.Dispatcher = d
+	c := t.coalescers.Get().(*coalescer)
+	c.d = d
 	for _, b := range bufs {
 		pkt := b[offset:]
-		if len(pkt) == 0 {
-			continue
-		}
-		var proto = header.IPv4ProtocolNumber
-		switch pkt[0] >> 4 {
-		case 4:
-		case 6:
-			proto = header.IPv6ProtocolNumber
-		default:
+		if len(pkt) == 0 || (pkt[0]>>4 != 4 && pkt[0]>>4 != 6) {
 			continue
 		}
 		if t.inbound != nil && !t.inbound(pkt) {
 			continue
 		}
-		pb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(pkt)})
-		pb.NetworkProtocolNumber = proto
-		// WireGuard authenticated the packet; see CapabilityRXChecksumOffload.
-		pb.RXChecksumValidated = true
-		g.Enqueue(pb)
-		pb.DecRef()
+		c.add(pkt)
 	}
-	g.Flush()
-	g.Dispatcher = nil
-	t.gros.Put(g)
+	c.flush()
+	c.d = nil
+	t.coalescers.Put(c)
 	return len(bufs), nil
 }
 
