@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"io"
 	"net"
 	"net/netip"
 	"sync"
@@ -38,7 +39,7 @@ func TestHandshakeFlood(t *testing.T) {
 	}
 	defer atk.Close()
 
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
 	floodCtx, stopFlood := context.WithCancel(ctx)
 	var sent, cookies, other atomic.Int64
@@ -46,13 +47,24 @@ func TestHandshakeFlood(t *testing.T) {
 	wg.Add(2)
 	go func() { // the flood
 		defer wg.Done()
+		// About 20,000 initiations a second: more than the handshake
+		// workers can check on two shared cores, bounded so the test
+		// machine stays usable.
 		msg := make([]byte, device.MessageInitiationSize)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
 		for floodCtx.Err() == nil {
-			rand.Read(msg)
-			binary.LittleEndian.PutUint32(msg[:4], device.MessageInitiationType)
-			cg.AddMacs(msg)
-			if _, err := atk.WriteToUDPAddrPort(msg, target); err == nil {
-				sent.Add(1)
+			for range 200 {
+				rand.Read(msg)
+				binary.LittleEndian.PutUint32(msg[:4], device.MessageInitiationType)
+				cg.AddMacs(msg)
+				if _, err := atk.WriteToUDPAddrPort(msg, target); err == nil {
+					sent.Add(1)
+				}
+			}
+			select {
+			case <-floodCtx.Done():
+			case <-tick.C:
 			}
 		}
 	}()
@@ -78,12 +90,25 @@ func TestHandshakeFlood(t *testing.T) {
 	// Let the flood build up, then the real peer connects through it.
 	time.Sleep(300 * time.Millisecond)
 	start := time.Now()
-	checkTCPEcho(t, ctx, a, netip.AddrPortFrom(b.v4, 7).String())
+	c, err := a.e.DialContext(ctx, "tcp", netip.AddrPortFrom(b.v4, 7).String())
+	if err != nil {
+		t.Fatalf("dial during the flood: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	want := []byte("through the flood")
+	got := make([]byte, len(want))
+	if _, err := c.Write(want); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != string(want) {
+		t.Fatalf("echo during the flood: %q, %v", got, err)
+	}
 	took := time.Since(start)
 	stopFlood()
 	wg.Wait()
 	t.Logf("peer connected and echoed in %v while %d forged initiations were sent (%d cookie replies, %d other answers)", took, sent.Load(), cookies.Load(), other.Load())
-	if sent.Load() < 1000 {
+	if sent.Load() < 10000 {
 		t.Fatalf("flood sent only %d packets", sent.Load())
 	}
 	if cookies.Load() == 0 {
@@ -91,7 +116,7 @@ func TestHandshakeFlood(t *testing.T) {
 	}
 	// Under load WireGuard answers the peer's first initiation with a
 	// cookie and the peer retries with it after its 5 s rekey timeout.
-	if took > 15*time.Second {
+	if took > 25*time.Second {
 		t.Fatalf("the peer needed %v to connect during the flood", took)
 	}
 	if other.Load() != 0 {
