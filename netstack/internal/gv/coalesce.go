@@ -31,6 +31,8 @@ type coalescer struct {
 	mss    int    // payload size of segs[0]; all but the last match it
 	next   uint32 // sequence number the next segment must carry
 	pushed bool   // the last segment had PSH: the run is complete
+
+	hdr [maxSegHeaders]byte // scratch for the merged packet's headers
 }
 
 // A merged packet holds at most maxCoalesceSegs segments and
@@ -127,33 +129,39 @@ func (c *coalescer) joins(pkt []byte, ipLen, tcpLen int) bool {
 }
 
 // flush hands the current run to the stack as one packet.
+//
+// The headers go in a buffer view of their own, apart from the payload:
+// gVisor's IPv4 receive path copies the whole first chunk of every packet
+// (it pulls the header up while holding a second reference to it), which
+// is cheap for 64 bytes of headers and not for 64 KiB of data.
 func (c *coalescer) flush() {
-	switch len(c.segs) {
-	case 0:
+	if len(c.segs) == 0 {
 		return
-	case 1:
-		c.deliver(c.segs[0])
-	default:
-		v := buffer.NewView(c.hl + c.size)
-		v.Write(c.segs[0][:c.hl])
-		for _, s := range c.segs {
-			v.Write(s[c.hl:])
-		}
-		b := v.AsSlice()
+	}
+	hdr := c.hdr[:c.hl]
+	copy(hdr, c.segs[0])
+	pv := buffer.NewView(c.size)
+	for _, s := range c.segs {
+		pv.Write(s[c.hl:])
+	}
+	if len(c.segs) > 1 {
+		n := c.hl + c.size
 		if c.ipLen == header.IPv4MinimumSize {
-			h := header.IPv4(b)
-			h.SetTotalLength(uint16(len(b)))
+			h := header.IPv4(hdr)
+			h.SetTotalLength(uint16(n))
 			h.SetChecksum(0)
 			h.SetChecksum(^h.CalculateChecksum())
 		} else {
-			binary.BigEndian.PutUint16(b[4:], uint16(len(b)-header.IPv6MinimumSize))
+			binary.BigEndian.PutUint16(hdr[4:], uint16(n-header.IPv6MinimumSize))
 		}
 		if c.pushed {
-			tcp := header.TCP(b[c.ipLen:])
+			tcp := header.TCP(hdr[c.ipLen:])
 			tcp.SetFlags(uint8(tcp.Flags() | header.TCPFlagPsh))
 		}
-		c.dispatch(buffer.MakeWithView(v), b[0]>>4)
 	}
+	buf := buffer.MakeWithView(buffer.NewViewWithData(hdr))
+	buf.Append(pv)
+	c.dispatch(buf, hdr[0]>>4)
 	clear(c.segs)
 	c.segs = c.segs[:0]
 	c.size = 0
