@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -102,20 +103,13 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 	}
 	logger := f.Logger(level)
 	var srv *edgenode.Server
-	routes := make(chan []wire.EdgeRoute, 1)
+	routes := newRouteFeed()
 	n, err := node.New(node.Options{
 		StateDir:   o.StateDir,
 		Logger:     logger,
 		ListenPort: o.Port,
 		Hostname:   o.Hostname,
-		OnNetMap: func(nm *wire.NetMap) {
-			// Keep only the latest route table.
-			select {
-			case <-routes:
-			default:
-			}
-			routes <- nm.EdgeRoutes
-		},
+		OnNetMap:   routes.onNetMap,
 	})
 	if err != nil {
 		return err
@@ -124,14 +118,7 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 	if _, err := n.Up(ctx, apitype.UpRequest{Coordinator: o.Coordinator, AuthKey: o.AuthKey, Hostname: o.Hostname}); err != nil {
 		return fmt.Errorf("join the mesh: %w", err)
 	}
-	e, err := edge.New(edge.Options{
-		Dial:   n.DialContext,
-		Domain: o.Domain,
-		Logger: logger.With("component", "edge"),
-		OnRequest: func(l edge.RequestLog) {
-			logger.Debug("request", "host", l.Host, "method", l.Method, "path", l.Path, "status", l.Status, "duration", l.Duration, "client", l.ClientIP)
-		},
-	})
+	e, err := newEdge(n.DialContext, o.Domain, logger)
 	if err != nil {
 		return err
 	}
@@ -157,16 +144,49 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 	}
 	defer srv.Close()
 	logger.Info("edge running", "domain", o.Domain, "http", o.HTTPAddr, "https", httpsAddr)
+	return routes.follow(ctx, srv, logger)
+}
+
+// routeFeed carries the latest edge route table from a node's netmaps to
+// the edge's listeners; older tables not yet taken are dropped.
+type routeFeed chan []wire.EdgeRoute
+
+func newRouteFeed() routeFeed { return make(routeFeed, 1) }
+
+// onNetMap is a node.Options.OnNetMap that feeds the routes.
+func (f routeFeed) onNetMap(nm *wire.NetMap) {
+	select {
+	case <-f:
+	default:
+	}
+	f <- nm.EdgeRoutes
+}
+
+// follow applies route tables to srv until ctx ends.
+func (f routeFeed) follow(ctx context.Context, srv *edgenode.Server, logger *slog.Logger) error {
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case rs := <-routes:
+		case rs := <-f:
 			if err := srv.Update(rs); err != nil {
 				logger.Warn("routes", "err", err)
 			}
 		}
 	}
+}
+
+// newEdge returns an edge for domain that reaches devices through dial,
+// logging each request at debug level.
+func newEdge(dial func(ctx context.Context, network, addr string) (net.Conn, error), domain string, logger *slog.Logger) (*edge.Edge, error) {
+	return edge.New(edge.Options{
+		Dial:   dial,
+		Domain: domain,
+		Logger: logger.With("component", "edge"),
+		OnRequest: func(l edge.RequestLog) {
+			logger.Debug("request", "host", l.Host, "method", l.Method, "path", l.Path, "status", l.Status, "duration", l.Duration, "client", l.ClientIP)
+		},
+	})
 }
 
 // edgeCertificates returns the TLS certificate source for the edge: a

@@ -289,18 +289,12 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if err != nil {
 		return err
 	}
-	routes := make(chan []wire.EdgeRoute, 1)
+	routes := newRouteFeed()
 	en, err := node.New(node.Options{
 		StateDir: filepath.Join(o.DataDir, "edge-node"),
 		Logger:   logger.With("component", "edge-node"),
 		Hostname: "edge",
-		OnNetMap: func(nm *wire.NetMap) {
-			select {
-			case <-routes:
-			default:
-			}
-			routes <- nm.EdgeRoutes
-		},
+		OnNetMap: routes.onNetMap,
 	})
 	if err != nil {
 		return err
@@ -309,14 +303,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if _, err := en.Up(ctx, apitype.UpRequest{Coordinator: localURL, AuthKey: edgeKey, Hostname: "edge"}); err != nil {
 		return fmt.Errorf("edge joins the mesh: %w", err)
 	}
-	e, err := edge.New(edge.Options{
-		Dial:   en.DialContext,
-		Domain: o.Domain,
-		Logger: logger.With("component", "edge"),
-		OnRequest: func(l edge.RequestLog) {
-			logger.Debug("request", "host", l.Host, "method", l.Method, "path", l.Path, "status", l.Status, "duration", l.Duration, "client", l.ClientIP)
-		},
-	})
+	e, err := newEdge(en.DialContext, o.Domain, logger)
 	if err != nil {
 		return err
 	}
@@ -351,16 +338,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if o.ready != nil {
 		o.ready(addr.String(), httpAddr)
 	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case rs := <-routes:
-			if err := esrv.Update(rs); err != nil {
-				logger.Warn("routes", "err", err)
-			}
-		}
-	}
+	return routes.follow(ctx, esrv, logger)
 }
 
 // zoneTXT adapts the zone to the certificate manager's TXT setter.
