@@ -6,6 +6,8 @@ import (
 	"crypto/rand"
 	"io"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -131,4 +133,75 @@ func TestLinkCloseUnblocksWriters(t *testing.T) {
 	if s := st.Stats(); s.LinkDrops == 0 {
 		t.Errorf("LinkDrops = 0 after Close discarded a full queue")
 	}
+}
+
+// TestCloseWithBlockedTCPSender closes a stack while a TCP sender inside
+// it waits for room on a link nobody reads any more: Close must release
+// it rather than wait for the endpoint it holds locked.
+func TestCloseWithBlockedTCPSender(t *testing.T) {
+	a, err := New(Options{QueueBytes: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetAddresses([]netip.Addr{netip.MustParseAddr("100.64.0.1")}); err != nil {
+		t.Fatal(err)
+	}
+	b := newStack(t, "100.64.0.2")
+	stall := make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(stall) }) }
+	var stalled atomic.Bool
+	wireWith(t, a, b, func([][]byte) {
+		if stalled.Load() {
+			<-stall
+		}
+	})
+	t.Cleanup(release) // runs before wireWith's cleanup waits for the pumps
+
+	ln, err := b.ListenTCP(netip.MustParseAddrPort("100.64.0.2:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			io.Copy(io.Discard, c)
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	c, err := a.DialTCP(ctx, netip.MustParseAddrPort("100.64.0.2:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiting := make(chan struct{}, 1)
+	a.ep.mu.Lock()
+	a.ep.testHookWait = func() {
+		select {
+		case waiting <- struct{}{}:
+		default:
+		}
+	}
+	a.ep.mu.Unlock()
+	stalled.Store(true)
+	writeDone := make(chan struct{})
+	go func() {
+		defer close(writeDone)
+		c.Write(make([]byte, 8<<20))
+	}()
+	<-waiting
+	closed := make(chan struct{})
+	go func() {
+		a.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		release()
+		t.Fatal("Stack.Close still blocked 10 s after it began, with a sender waiting on the link")
+	}
+	<-writeDone
+	release()
 }

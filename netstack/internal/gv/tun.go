@@ -156,12 +156,17 @@ func (t *TUN) Write(bufs [][]byte, offset int) (int, error) {
 	return len(bufs), nil
 }
 
-// Close stops the device: Read returns os.ErrClosed and Events is closed.
-// It is idempotent.
+// Close stops the device: Read returns os.ErrClosed, Events is closed and
+// the stack's outbound packets are discarded from then on. It is
+// idempotent.
 func (t *TUN) Close() error {
 	t.closeOnce.Do(func() {
 		t.cancel()
 		close(t.events)
+		// Nobody reads the link any more: release senders waiting for
+		// room (gVisor goroutines that may hold endpoint locks the
+		// stack's Close needs) and fail later sends.
+		t.ep.Close()
 		t.readMu.Lock()
 		t.seg.reset()
 		t.readMu.Unlock()
