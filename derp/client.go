@@ -265,11 +265,18 @@ func (c *Client) ServerInfo() ServerInfo { return c.serverInfo }
 func (c *Client) writeFrame(t FrameType, parts ...[]byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	// A relay that stops reading must not hold up the caller (the
+	// engine's send path) for long: after clientWriteTimeout the write
+	// fails and the connection is treated as broken.
+	c.nc.SetWriteDeadline(time.Now().Add(clientWriteTimeout))
 	if err := WriteFrame(c.bw, t, parts...); err != nil {
 		return err
 	}
 	return c.bw.Flush()
 }
+
+// clientWriteTimeout bounds one frame write to the relay.
+const clientWriteTimeout = 5 * time.Second
 
 // Send asks the relay to deliver pkt to dst. It returns an error for a
 // packet over MaxPacketSize or when the connection is broken; delivery is
