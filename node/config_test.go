@@ -87,3 +87,16 @@ func TestFilterConversion(t *testing.T) {
 		t.Fatalf("converted filter = %+v", f)
 	}
 }
+
+func TestDialBadPort(t *testing.T) {
+	n, err := New(Options{StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	for _, addr := range []string{"beta:http", "beta:0", "beta:70000", "beta"} {
+		if _, err := n.DialContext(t.Context(), "tcp", addr); err == nil {
+			t.Errorf("DialContext(%q) succeeded, want an error", addr)
+		}
+	}
+}

@@ -16,6 +16,7 @@ import (
 	"reflect"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -91,6 +92,7 @@ type Node struct {
 	sess          *session
 	netmap        *wire.NetMap
 	lastEngineCfg *netstack.Config
+	lastRecords   *dnsserver.Records // the last MagicDNS records set (applyLocked runs every second)
 	controlOnline bool
 	lastErr       string
 	allowInbound  []uint16
@@ -143,7 +145,8 @@ func New(opts Options) (*Node, error) {
 		Dial:        n.dialForDNS,
 		AllowSource: func(a netip.Addr) bool { return allowDNSSource(a) && (a.Unmap().IsLoopback() || n.isOverlay(a)) },
 	})
-	n.resolver.SetRecords(dnsRecords(st.NetMap, time.Now(), opts.DNSUpstreams))
+	n.lastRecords = dnsRecords(st.NetMap, time.Now(), opts.DNSUpstreams)
+	n.resolver.SetRecords(n.lastRecords)
 	switch {
 	case st.Registered && st.WantRunning:
 		n.state = apitype.StateStarting
@@ -553,7 +556,10 @@ func (n *Node) expiryLoop(ctx context.Context) {
 // applyLocked pushes the current netmap into the engine and MagicDNS.
 func (n *Node) applyLocked() {
 	now := time.Now()
-	n.resolver.SetRecords(dnsRecords(n.netmap, now, n.opts.DNSUpstreams))
+	if rec := dnsRecords(n.netmap, now, n.opts.DNSUpstreams); !reflect.DeepEqual(rec, n.lastRecords) {
+		n.resolver.SetRecords(rec)
+		n.lastRecords = rec
+	}
 	if n.engine == nil {
 		return
 	}
@@ -641,7 +647,8 @@ func (n *Node) Logout(ctx context.Context) error {
 	n.st = &persisted{Coordinator: st.Coordinator, Hostname: st.Hostname}
 	n.netmap = nil
 	n.state = apitype.StateNoState
-	n.resolver.SetRecords(dnsRecords(nil, time.Now(), n.opts.DNSUpstreams))
+	n.lastRecords = dnsRecords(nil, time.Now(), n.opts.DNSUpstreams)
+	n.resolver.SetRecords(n.lastRecords)
 	return n.st.save(n.opts.StateDir)
 }
 
@@ -777,13 +784,17 @@ func (n *Node) DialContext(ctx context.Context, network, address string) (net.Co
 	if err != nil {
 		return nil, err
 	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || p == 0 {
+		return nil, fmt.Errorf("dial %s: bad port %q", address, port)
+	}
 	addrs, err := n.lookup(ctx, host)
 	if err != nil {
 		return nil, err
 	}
 	var firstErr error
 	for _, a := range addrs {
-		c, err := n.dialAddr(ctx, network, netip.AddrPortFrom(a, parsePort(port)))
+		c, err := n.dialAddr(ctx, network, netip.AddrPortFrom(a, uint16(p)))
 		if err == nil {
 			return c, nil
 		}
@@ -792,12 +803,6 @@ func (n *Node) DialContext(ctx context.Context, network, address string) (net.Co
 		}
 	}
 	return nil, firstErr
-}
-
-func parsePort(s string) uint16 {
-	var p uint16
-	fmt.Sscanf(s, "%d", &p)
-	return p
 }
 
 // lookup resolves host: an IP literal as is, otherwise through MagicDNS.
@@ -811,16 +816,16 @@ func (n *Node) lookup(ctx context.Context, host string) ([]netip.Addr, error) {
 		return nil, fmt.Errorf("resolve %s: %w", host, err)
 	}
 	// Prefer IPv4 overlay addresses: every peer has one.
-	slicesSortStableFunc(addrs)
-	return addrs, nil
-}
-
-func slicesSortStableFunc(addrs []netip.Addr) {
-	for i := 1; i < len(addrs); i++ {
-		for j := i; j > 0 && addrs[j].Is4() && !addrs[j-1].Is4(); j-- {
-			addrs[j], addrs[j-1] = addrs[j-1], addrs[j]
+	slices.SortStableFunc(addrs, func(a, b netip.Addr) int {
+		switch {
+		case a.Is4() == b.Is4():
+			return 0
+		case a.Is4():
+			return -1
 		}
-	}
+		return 1
+	})
+	return addrs, nil
 }
 
 // isOverlay reports whether a belongs on the overlay rather than the host's network.
