@@ -9,7 +9,6 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -84,44 +83,13 @@ func runSink(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Printf("listening %s\n", ln.Addr())
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	var mu sync.Mutex // guards conns
-	conns := map[net.Conn]bool{}
-	stop := context.AfterFunc(ctx, func() {
-		ln.Close()
-		mu.Lock()
-		defer mu.Unlock()
-		for c := range conns {
-			c.Close()
-		}
-	})
-	defer stop()
-	for {
-		c, err := ln.Accept()
+	return nslab.ServeConns(ctx, ln, func(c net.Conn) {
+		h := sha256.New()
+		n, err := io.Copy(h, c)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
+			fmt.Printf("read from %s: %v\n", c.RemoteAddr(), err)
+			return
 		}
-		mu.Lock()
-		conns[c] = true
-		mu.Unlock()
-		wg.Go(func() {
-			defer func() {
-				mu.Lock()
-				delete(conns, c)
-				mu.Unlock()
-				c.Close()
-			}()
-			h := sha256.New()
-			n, err := io.Copy(h, c)
-			if err != nil {
-				fmt.Printf("read from %s: %v\n", c.RemoteAddr(), err)
-				return
-			}
-			fmt.Fprintf(c, "%x %d\n", h.Sum(nil), n)
-		})
-	}
+		fmt.Fprintf(c, "%x %d\n", h.Sum(nil), n)
+	})
 }

@@ -113,9 +113,20 @@ func tcpEcho(ctx context.Context, args []string) error {
 		return err
 	}
 	fmt.Printf("listening %s\n", ln.Addr())
+	return ServeConns(ctx, ln, func(c net.Conn) {
+		fmt.Fprintf(c, "seen %s\n", c.RemoteAddr())
+		io.Copy(c, c)
+	})
+}
+
+// ServeConns accepts on ln and runs handle on its own goroutine for each
+// connection, closing the connection when handle returns. When ctx ends it
+// closes ln and every open connection, waits for the handlers and returns
+// nil; other accept errors are returned. Helpers use it for their servers.
+func ServeConns(ctx context.Context, ln net.Listener, handle func(net.Conn)) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	var mu sync.Mutex
+	var mu sync.Mutex // guards conns
 	conns := map[net.Conn]bool{}
 	stop := context.AfterFunc(ctx, func() {
 		ln.Close()
@@ -144,8 +155,7 @@ func tcpEcho(ctx context.Context, args []string) error {
 				mu.Unlock()
 				c.Close()
 			}()
-			fmt.Fprintf(c, "seen %s\n", c.RemoteAddr())
-			io.Copy(c, c)
+			handle(c)
 		})
 	}
 }
