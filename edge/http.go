@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -74,6 +75,23 @@ func (e *Edge) initProxy() {
 		ErrorLog:       slog.NewLogLogger(e.log.Handler(), slog.LevelDebug),
 		ErrorHandler:   e.proxyError,
 		ModifyResponse: e.modifyResponse,
+		// Without a pool ReverseProxy allocates (and zeroes) a 32 KiB
+		// copy buffer for every response body.
+		BufferPool: copyBufferPool{},
+	}
+}
+
+// copyBufPool holds the 32 KiB buffers ReverseProxy copies bodies with.
+var copyBufPool = sync.Pool{New: func() any { return new([32 << 10]byte) }}
+
+// copyBufferPool is the httputil.BufferPool of the edge's ReverseProxy.
+type copyBufferPool struct{}
+
+func (copyBufferPool) Get() []byte { return copyBufPool.Get().(*[32 << 10]byte)[:] }
+
+func (copyBufferPool) Put(b []byte) {
+	if cap(b) == 32<<10 {
+		copyBufPool.Put((*[32 << 10]byte)(b[:32<<10]))
 	}
 }
 
