@@ -186,11 +186,17 @@ type udpSocket struct {
 	conn *net.UDPConn
 	pc   batchConn
 	gso  atomic.Bool // kernel UDP segmentation offload usable
+	// gro is whether the kernel accepted UDP_GRO (generic receive
+	// offload) for the socket; the receiver then splits what it reads.
+	gro bool
+	// closed is set by Close before the socket is closed.
+	closed atomic.Bool
 }
 
 func newUDPSocket(c *net.UDPConn, pc batchConn) *udpSocket {
 	s := &udpSocket{conn: c, pc: pc}
 	s.gso.Store(supportsGSO(c))
+	s.gro = enableGRO(c)
 	return s
 }
 
@@ -540,10 +546,12 @@ func (b *Bind) Close() error {
 	defer b.mu.Unlock()
 	var errs []error
 	if b.v4 != nil {
+		b.v4.closed.Store(true)
 		errs = append(errs, b.v4.conn.Close())
 		b.v4 = nil
 	}
 	if b.v6 != nil {
+		b.v6.closed.Store(true)
 		errs = append(errs, b.v6.conn.Close())
 		b.v6 = nil
 	}
