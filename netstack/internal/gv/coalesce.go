@@ -3,6 +3,7 @@ package gv
 import (
 	"bytes"
 	"encoding/binary"
+	"math/bits"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -140,10 +141,6 @@ func (c *coalescer) flush() {
 	}
 	hdr := c.hdr[:c.hl]
 	copy(hdr, c.segs[0])
-	pv := buffer.NewView(c.size)
-	for _, s := range c.segs {
-		pv.Write(s[c.hl:])
-	}
 	if len(c.segs) > 1 {
 		n := c.hl + c.size
 		if c.ipLen == header.IPv4MinimumSize {
@@ -160,12 +157,56 @@ func (c *coalescer) flush() {
 		}
 	}
 	buf := buffer.MakeWithView(buffer.NewViewWithData(hdr))
-	buf.Append(pv)
+	c.appendPayload(&buf)
 	c.dispatch(buf, hdr[0]>>4)
 	clear(c.segs)
 	c.segs = c.segs[:0]
 	c.size = 0
 	c.pushed = false
+}
+
+// minPiece is the smallest payload view appendPayload cuts off before the
+// last one.
+const minPiece = 1 << 10
+
+// appendPayload copies the run's payloads into views appended to buf.
+//
+// gVisor takes a view's memory from pools of power-of-two chunks and
+// clears the whole chunk first, so one view for a 40 KiB run clears
+// 64 KiB. The payload goes instead into views of the largest power of two
+// that fits what is left, down to minPiece, and a last view for the rest:
+// what is cleared is then within 1 KiB of what is written.
+func (c *coalescer) appendPayload(buf *buffer.Buffer) {
+	rest := c.size
+	var v *buffer.View
+	for _, s := range c.segs {
+		p := s[c.hl:]
+		for len(p) > 0 {
+			if v == nil || v.AvailableSize() == 0 {
+				if v != nil {
+					buf.Append(v)
+				}
+				v = buffer.NewView(pieceSize(rest))
+			}
+			n := min(len(p), v.AvailableSize())
+			v.Write(p[:n])
+			p = p[n:]
+			rest -= n
+		}
+	}
+	if v != nil {
+		buf.Append(v)
+	}
+}
+
+// pieceSize returns the size of the next payload view when rest bytes
+// remain: the largest power of two not above rest (and not above gVisor's
+// largest pooled chunk), or rest itself below minPiece.
+func pieceSize(rest int) int {
+	if rest < minPiece {
+		return rest
+	}
+	return min(1<<(bits.Len(uint(rest))-1), buffer.MaxChunkSize)
 }
 
 // deliver hands one packet to the stack as it is.

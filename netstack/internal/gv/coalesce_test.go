@@ -3,9 +3,11 @@ package gv
 import (
 	"bytes"
 	"encoding/binary"
+	"math/bits"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -323,4 +325,31 @@ func FuzzCoalescer(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestPieceSize checks that the payload views of a merged packet add up
+// to its payload and that the pooled chunks behind them (powers of two,
+// cleared whole) exceed it by less than minPiece.
+func TestPieceSize(t *testing.T) {
+	for _, tc := range []struct{ rest, want int }{
+		{1, 1}, {1023, 1023}, {1024, 1024}, {1025, 1024}, {39296, 32768}, {65535, 32768}, {65536, 65536}, {1 << 20, buffer.MaxChunkSize},
+	} {
+		if got := pieceSize(tc.rest); got != tc.want {
+			t.Errorf("pieceSize(%d) = %d, want %d", tc.rest, got, tc.want)
+		}
+	}
+	for size := 1; size <= maxCoalesce; size++ {
+		cleared := 0
+		for rest := size; rest > 0; {
+			p := pieceSize(rest)
+			if p <= 0 || p > rest {
+				t.Fatalf("size %d: piece %d with %d left", size, p, rest)
+			}
+			cleared += max(64, 1<<bits.Len(uint(p-1))) // the chunk gVisor pools it in
+			rest -= p
+		}
+		if cleared-size >= minPiece {
+			t.Fatalf("size %d: chunks of %d bytes cleared, want under %d", size, cleared, size+minPiece)
+		}
+	}
 }

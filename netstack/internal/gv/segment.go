@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 
 	"gvisor.dev/gvisor/pkg/buffer"
-	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -37,6 +36,13 @@ type segmenter struct {
 	payload int // payload bytes not yet emitted
 	mss     int
 	seg     int // index of the next segment
+
+	// Checksums every segment starts from, computed once per packet:
+	// ipSum is the IPv4 header's sum with total length, ID and checksum
+	// zeroed; pseudoSum is the TCP pseudo-header's sum without the
+	// length.
+	ipSum     uint16
+	pseudoSum uint16
 }
 
 // start takes pkt (and its reference). It reports false, releasing pkt,
@@ -78,6 +84,17 @@ func (s *segmenter) start(pkt *stack.PacketBuffer) bool {
 		s.mss = int(pkt.GSOOptions.MSS)
 	}
 	s.seg = 0
+	hdr := s.hdr[:s.ipLen]
+	if s.v6 {
+		s.pseudoSum = checksum.Checksum(hdr[8:40], uint16(header.TCPProtocolNumber))
+	} else {
+		s.pseudoSum = checksum.Checksum(hdr[12:20], uint16(header.TCPProtocolNumber))
+		var ip [60]byte
+		copy(ip[:], hdr)
+		clear(ip[2:6])   // total length, ID
+		clear(ip[10:12]) // checksum
+		s.ipSum = checksum.Checksum(ip[:s.ipLen], 0)
+	}
 	return true
 }
 
@@ -136,11 +153,12 @@ func (s *segmenter) next(dst []byte) int {
 	if s.v6 {
 		binary.BigEndian.PutUint16(ip[4:], uint16(n-s.ipLen))
 	} else {
-		h := header.IPv4(ip)
-		h.SetTotalLength(uint16(n))
-		h.SetID(h.ID() + uint16(s.seg))
-		h.SetChecksum(0)
-		h.SetChecksum(^h.CalculateChecksum())
+		// The header is the template's but for length, ID and checksum,
+		// so its checksum is the template's sum plus those two fields.
+		id := binary.BigEndian.Uint16(ip[4:]) + uint16(s.seg)
+		binary.BigEndian.PutUint16(ip[2:], uint16(n))
+		binary.BigEndian.PutUint16(ip[4:], id)
+		binary.BigEndian.PutUint16(ip[10:], ^checksum.Combine(checksum.Combine(s.ipSum, uint16(n)), id))
 	}
 	tcp := header.TCP(dst[s.ipLen:n])
 	tcp.SetSequenceNumber(tcp.SequenceNumber() + uint32(s.seg*s.mss))
@@ -153,15 +171,8 @@ func (s *segmenter) next(dst []byte) int {
 		}
 		tcp.SetFlags(uint8(flags))
 	}
-	var src, dstAddr tcpip.Address
-	if s.v6 {
-		src, dstAddr = tcpip.AddrFrom16Slice(ip[8:24]), tcpip.AddrFrom16Slice(ip[24:40])
-	} else {
-		src, dstAddr = tcpip.AddrFrom4Slice(ip[12:16]), tcpip.AddrFrom4Slice(ip[16:20])
-	}
 	tcp.SetChecksum(0)
-	sum := header.PseudoHeaderChecksum(header.TCPProtocolNumber, src, dstAddr, uint16(len(tcp)))
-	tcp.SetChecksum(^checksum.Checksum(tcp, sum))
+	tcp.SetChecksum(^checksum.Checksum(tcp, checksum.Combine(s.pseudoSum, uint16(len(tcp)))))
 
 	s.seg++
 	if last {

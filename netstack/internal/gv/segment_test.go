@@ -11,9 +11,11 @@ import (
 	"testing"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
 
 // checkPacket returns why pkt is not a well-formed IP packet of at most
@@ -146,6 +148,88 @@ func TestSegmentation(t *testing.T) {
 			// gVisor's MSS leaves room for TCP options (timestamps, SACK).
 			if maxLen < tc.mtu-80 {
 				t.Errorf("largest packet %d bytes, want segments near the %d MTU", maxLen, tc.mtu)
+			}
+		})
+	}
+}
+
+// TestSegmenterHeaders cuts crafted offload packets and checks each
+// segment's headers against ones built from scratch: IPv4 with options
+// and an ID that wraps, and IPv6, with checksums that must verify.
+func TestSegmenterHeaders(t *testing.T) {
+	payload := make([]byte, 2*1000+333)
+	rand.Read(payload)
+	for _, tc := range []struct {
+		name string
+		v6   bool
+	}{{"v4 options id wrap", false}, {"v6", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			var ip []byte
+			if tc.v6 {
+				ip = make([]byte, header.IPv6MinimumSize)
+				header.IPv6(ip).Encode(&header.IPv6Fields{
+					PayloadLength:     uint16(header.TCPMinimumSize + len(payload)),
+					TransportProtocol: header.TCPProtocolNumber,
+					HopLimit:          64,
+					SrcAddr:           tcpip.AddrFrom16Slice(netip.MustParseAddr("fd7a:115c:a1e0::1").AsSlice()),
+					DstAddr:           tcpip.AddrFrom16Slice(netip.MustParseAddr("fd7a:115c:a1e0::2").AsSlice()),
+				})
+			} else {
+				ip = make([]byte, header.IPv4MinimumSize+4)
+				header.IPv4(ip).Encode(&header.IPv4Fields{
+					TotalLength: uint16(len(ip) + header.TCPMinimumSize + len(payload)),
+					ID:          0xfffe,
+					TTL:         64,
+					Protocol:    uint8(header.TCPProtocolNumber),
+					SrcAddr:     tcpip.AddrFrom4([4]byte{100, 64, 0, 1}),
+					DstAddr:     tcpip.AddrFrom4([4]byte{100, 64, 0, 2}),
+					Options:     header.IPv4OptionsSerializer{&header.IPv4SerializableListEndOption{}},
+				})
+				if header.IPv4(ip).HeaderLength() != 24 {
+					t.Fatalf("IPv4 header of %d bytes, want 24", header.IPv4(ip).HeaderLength())
+				}
+			}
+			tcp := make([]byte, header.TCPMinimumSize)
+			header.TCP(tcp).Encode(&header.TCPFields{
+				SrcPort: 40000, DstPort: 80, SeqNum: 0xffffff00, AckNum: 7,
+				DataOffset: header.TCPMinimumSize, Flags: header.TCPFlagAck | header.TCPFlagPsh, WindowSize: 1000,
+			})
+			pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{
+				Payload: buffer.MakeWithData(append(append(append([]byte(nil), ip...), tcp...), payload...)),
+			})
+			pkt.GSOOptions = stack.GSO{Type: stack.GSOTCPv4, MSS: 1000}
+			var s segmenter
+			if !s.start(pkt) {
+				t.Fatal("start refused the packet")
+			}
+			var got []byte
+			for i := 0; !s.done(); i++ {
+				buf := make([]byte, 2048)
+				n := s.next(buf)
+				seg := buf[:n]
+				if why := checkPacket(seg, 1100); why != "" {
+					t.Fatalf("segment %d: %s", i, why)
+				}
+				hl := len(ip)
+				if tc.v6 {
+					if c := header.IPv6(seg); c.HopLimit() != 64 {
+						t.Errorf("segment %d: hop limit %d, want 64", i, c.HopLimit())
+					}
+				} else if id := header.IPv4(seg).ID(); id != uint16(0xfffe+i) {
+					t.Errorf("segment %d: IPv4 ID %#x, want %#x", i, id, uint16(0xfffe+i))
+				}
+				th := header.TCP(seg[hl:])
+				if want := uint32(0xffffff00) + uint32(i*1000); th.SequenceNumber() != want {
+					t.Errorf("segment %d: seq %#x, want %#x", i, th.SequenceNumber(), want)
+				}
+				last := s.done()
+				if psh := th.Flags()&header.TCPFlagPsh != 0; psh != last {
+					t.Errorf("segment %d: PSH %v, want %v", i, psh, last)
+				}
+				got = append(got, seg[hl+header.TCPMinimumSize:]...)
+			}
+			if !bytes.Equal(got, payload) {
+				t.Fatalf("segments carry %d bytes, want the %d sent", len(got), len(payload))
 			}
 		})
 	}
