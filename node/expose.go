@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"html"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -19,7 +20,6 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
-	"golang.org/x/net/http2/h2c"
 
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/netstack"
@@ -228,6 +228,13 @@ func (n *Node) WatchRequests(ctx context.Context) <-chan apitype.RequestLog {
 	return ch
 }
 
+// watchingRequests reports whether anyone watches the request log.
+func (n *Node) watchingRequests() bool {
+	n.watchMu.Lock()
+	defer n.watchMu.Unlock()
+	return len(n.watchers) > 0
+}
+
 func (n *Node) publishRequest(l apitype.RequestLog) {
 	n.watchMu.Lock()
 	defer n.watchMu.Unlock()
@@ -275,68 +282,28 @@ func (n *Node) syncExposeProxiesLocked(cfg netstack.Config) {
 	n.syncTLSRoutesLocked(cfg)
 }
 
-// exposeProxy is the device side of one exposed HTTP port.
+// exposeProxy is the device side of one exposed HTTP port: it accepts
+// connections on the node's overlay addresses and relays each to the app
+// (expose_relay.go).
+//
+// Goroutines: one accept loop per listener and one per connection (two
+// while a connection has an app side), all counted in wg; close ends them
+// and waits.
 type exposeProxy struct {
 	engine *netstack.Engine
-	srv    *http.Server
+	relay  *exposeRelay
+	h1     *http.Transport // the HTTP/2 path's transport to the app
+	ctx    context.Context
+	cancel context.CancelFunc
+	lns    []net.Listener
 	wg     sync.WaitGroup
+
+	mu     sync.Mutex // guards the following fields
+	conns  map[*relayConn]struct{}
+	closed bool
 }
 
 func startExposeProxy(n *Node, e *netstack.Engine, addrs []netip.Prefix, port uint16) (*exposeProxy, error) {
-	target := "127.0.0.1:" + strconv.Itoa(int(port))
-	dialer := &net.Dialer{Timeout: 10 * time.Second}
-	h1 := &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return dialer.DialContext(ctx, "tcp", target)
-		},
-		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     90 * time.Second,
-		// Pass Accept-Encoding and compressed bodies through untouched
-		// rather than asking the app for gzip and inflating it here.
-		DisableCompression: true,
-	}
-	h2 := &http2.Transport{
-		AllowHTTP: true,
-		DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
-			return dialer.DialContext(ctx, "tcp", target)
-		},
-	}
-	rp := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme = "http"
-			pr.Out.URL.Host = target
-			pr.Out.Host = pr.In.Host
-			// The edge set X-Forwarded-*; keep them as they are.
-			pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
-		},
-		Transport: transportSwitch{h1: h1, h2: h2},
-		// FlushInterval stays 0: ReverseProxy already flushes every write
-		// of server-sent events and of responses without a Content-Length
-		// (streams). A negative interval would also flush the header on
-		// its own, from a timer goroutine, before the body of every
-		// response: two segments through WireGuard instead of one.
-		ErrorLog: slog.NewLogLogger(n.logger.Handler(), slog.LevelDebug),
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if errors.Is(err, syscall.ECONNREFUSED) {
-				writeNothingListening(w, port)
-				return
-			}
-			http.Error(w, "beam: the device could not reach its app: "+err.Error(), http.StatusBadGateway)
-		},
-	}
-	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		start := time.Now()
-		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
-		rp.ServeHTTP(sw, r)
-		n.publishRequest(apitype.RequestLog{
-			Time: start, Host: r.Host, Method: r.Method, Path: r.URL.RequestURI(), Status: sw.status,
-			Duration: time.Since(start), Port: port, Client: firstForwardedFor(r),
-		})
-	})
-	p := &exposeProxy{engine: e, srv: &http.Server{
-		Handler:           h2c.NewHandler(handler, &http2.Server{}),
-		ReadHeaderTimeout: 60 * time.Second,
-	}}
 	var lns []net.Listener
 	for _, a := range addrs {
 		ln, err := e.Listen("tcp", netip.AddrPortFrom(a.Addr(), port).String())
@@ -348,19 +315,152 @@ func startExposeProxy(n *Node, e *netstack.Engine, addrs []netip.Prefix, port ui
 		}
 		lns = append(lns, ln)
 	}
+	p := newExposeProxy(exposeProxyOptions{
+		Port:     port,
+		Target:   "127.0.0.1:" + strconv.Itoa(int(port)),
+		Watching: n.watchingRequests,
+		Publish:  n.publishRequest,
+		Logger:   n.logger,
+	})
+	p.engine = e
 	for _, ln := range lns {
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			p.srv.Serve(ln)
-		}()
+		p.serve(ln)
 	}
 	return p, nil
 }
 
+// exposeProxyOptions configures an exposeProxy.
+type exposeProxyOptions struct {
+	Port   uint16 // the exposed port, for logs and the 502 page
+	Target string // the app's address, host:port
+	// Watching reports whether anyone reads the request log; nil means
+	// nobody does.
+	Watching func() bool
+	// Publish sends a request log line; nil drops them.
+	Publish func(apitype.RequestLog)
+	// Logger receives debug logs; nil discards them.
+	Logger *slog.Logger
+}
+
+func newExposeProxy(o exposeProxyOptions) *exposeProxy {
+	logger := o.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Watching == nil {
+		o.Watching = func() bool { return false }
+	}
+	if o.Publish == nil {
+		o.Publish = func(apitype.RequestLog) {}
+	}
+	dialer := &net.Dialer{Timeout: 10 * time.Second}
+	p := &exposeProxy{conns: map[*relayConn]struct{}{}}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.h1 = &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return dialer.DialContext(ctx, "tcp", o.Target)
+		},
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		// Pass Accept-Encoding and compressed bodies through untouched
+		// rather than asking the app for gzip and inflating it here.
+		DisableCompression: true,
+	}
+	h2 := &http2.Transport{
+		AllowHTTP: true,
+		DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
+			return dialer.DialContext(ctx, "tcp", o.Target)
+		},
+	}
+	p.relay = &exposeRelay{
+		port: o.Port,
+		dial: func(ctx context.Context) (net.Conn, error) {
+			return dialer.DialContext(ctx, "tcp", o.Target)
+		},
+		h2:        &http2.Server{},
+		h2Handler: h2Handler(o, logger, transportSwitch{h1: p.h1, h2: h2}),
+		watching:  o.Watching,
+		publish:   o.Publish,
+		logger:    logger,
+	}
+	return p
+}
+
+// h2Handler is the HTTP/2 path: a reverse proxy to the app that logs each
+// request and answers 502 with a helpful page while nothing listens.
+func h2Handler(o exposeProxyOptions, logger *slog.Logger, tr http.RoundTripper) http.Handler {
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme = "http"
+			pr.Out.URL.Host = o.Target
+			pr.Out.Host = pr.In.Host
+			// The edge set X-Forwarded-*; keep them as they are.
+			pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
+		},
+		Transport: tr,
+		ErrorLog:  slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				writeNothingListening(w, o.Port)
+				return
+			}
+			http.Error(w, "beam: the device could not reach its app: "+err.Error(), http.StatusBadGateway)
+		},
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		rp.ServeHTTP(sw, r)
+		o.Publish(apitype.RequestLog{
+			Time: start, Host: r.Host, Method: r.Method, Path: r.URL.RequestURI(), Status: sw.status,
+			Duration: time.Since(start), Port: o.Port, Client: firstForwardedFor(r),
+		})
+	})
+}
+
+// serve accepts connections on ln and relays each until the proxy closes.
+func (p *exposeProxy) serve(ln net.Listener) {
+	p.mu.Lock()
+	p.lns = append(p.lns, ln)
+	p.mu.Unlock()
+	p.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			rc := newRelayConn(p.relay, c)
+			p.mu.Lock()
+			if p.closed {
+				p.mu.Unlock()
+				c.Close()
+				return
+			}
+			p.conns[rc] = struct{}{}
+			p.wg.Go(func() {
+				rc.run(p.ctx)
+				p.mu.Lock()
+				delete(p.conns, rc)
+				p.mu.Unlock()
+			})
+			p.mu.Unlock()
+		}
+	})
+}
+
 func (p *exposeProxy) close() {
-	p.srv.Close()
+	p.cancel()
+	p.mu.Lock()
+	p.closed = true
+	for _, ln := range p.lns {
+		ln.Close()
+	}
+	for rc := range p.conns {
+		rc.end()
+	}
+	p.mu.Unlock()
 	p.wg.Wait()
+	p.h1.CloseIdleConnections()
 }
 
 // transportSwitch sends gRPC (and other HTTP/2-only requests) to the app
@@ -418,10 +518,17 @@ func writeNothingListening(w http.ResponseWriter, port uint16) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusBadGateway)
-	fmt.Fprintf(w, `<!doctype html><title>502: nothing listening yet</title>
+	io.WriteString(w, nothingListeningHTML(port))
+}
+
+// nothingListeningHTML is the page of a 502 while nothing listens on the
+// exposed port.
+func nothingListeningHTML(port uint16) string {
+	p := html.EscapeString(strconv.Itoa(int(port)))
+	return `<!doctype html><title>502: nothing listening yet</title>
 <h1>Almost there</h1>
-<p>This address is published by Beam and the device is connected, but nothing is listening on its port %s yet.</p>
-<p>Start your app on port %s on the device and reload this page.</p>`, html.EscapeString(strconv.Itoa(int(port))), html.EscapeString(strconv.Itoa(int(port))))
+<p>This address is published by Beam and the device is connected, but nothing is listening on its port ` + p + ` yet.</p>
+<p>Start your app on port ` + p + ` on the device and reload this page.</p>`
 }
 
 // txtSetter is the part of the control client an edge uses to publish

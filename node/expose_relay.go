@@ -1,0 +1,468 @@
+package node
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/net/http2"
+
+	"beam.dev/beam/localapi/apitype"
+)
+
+// The device side of an exposed HTTP port relays each connection from the
+// edge to one connection to the app and copies HTTP/1.x messages through
+// as they are, byte for byte. It reads only the heads, to find where each
+// message ends (expose_http1.go), to log each exchange for beam expose,
+// to answer the "nothing is listening" page while the app is down, and to
+// follow a switch of protocols (WebSocket). HTTP/2 connections (h2c with
+// prior knowledge, which the edge uses for gRPC) go to a full HTTP/2
+// server instead.
+
+const (
+	// relayBufSize is the read buffer of each direction of a relayed
+	// connection: the most a single write carries. It holds at least a
+	// chunk-size line (maxChunkLine).
+	relayBufSize = 16 << 10
+	// maxPipelined caps requests sent to the app ahead of their
+	// responses; the relay stops reading the client beyond it.
+	maxPipelined = 16
+	// relayHeadTimeout bounds the arrival of a request head once its
+	// first byte is in.
+	relayHeadTimeout = 60 * time.Second
+	// lingerTimeout and lingerBytes bound how long and how much the
+	// relay reads and drops after refusing a request, before it closes.
+	lingerTimeout = 500 * time.Millisecond
+	lingerBytes   = 1 << 20
+)
+
+// h2Preface is how an HTTP/2 connection with prior knowledge starts; the
+// relay's head reader sees its first part as a request head.
+const h2Preface = "PRI * HTTP/2.0\r\n\r\n"
+
+var relayReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, relayBufSize) }}
+
+// exposeRelay relays connections to one exposed HTTP port of the device.
+type exposeRelay struct {
+	port uint16
+	// dial connects to the app.
+	dial func(ctx context.Context) (net.Conn, error)
+	// h2 serves HTTP/2 connections with h2Handler.
+	h2        *http2.Server
+	h2Handler http.Handler
+	// watching reports whether anyone reads the request log; publish
+	// sends a line to it.
+	watching func() bool
+	publish  func(apitype.RequestLog)
+	logger   *slog.Logger
+}
+
+// relayConn is one relayed connection. Its run goroutine reads requests
+// from the client and writes them to the app; a second goroutine,
+// started once the app is dialed, reads responses and writes them to the
+// client.
+type relayConn struct {
+	x      *exposeRelay
+	client net.Conn
+	cr     splicer // client -> app
+	or     splicer // app -> client
+	queue  chan *exchange
+	done   chan struct{} // closed by end
+	ended  sync.Once
+	wg     sync.WaitGroup // the response goroutine
+
+	mu          sync.Mutex // guards the following fields
+	origin      net.Conn   // the connection to the app, once dialed
+	outstanding int        // requests sent to the app whose responses are not through yet
+	clientEOF   bool       // the client finished sending; end once outstanding is 0
+	final       []byte     // a response to write once outstanding is 0, before ending
+}
+
+// exchange is one request sent to the app, waiting for its response.
+type exchange struct {
+	kind     reqKind
+	switched chan bool           // with kind.mayUpgrade: whether the response switched protocols
+	log      *apitype.RequestLog // nil unless someone watches the request log
+}
+
+func newRelayConn(x *exposeRelay, c net.Conn) *relayConn {
+	return &relayConn{x: x, client: c, done: make(chan struct{})}
+}
+
+// end closes both connections, which stops both goroutines. It may be
+// called from anywhere, any number of times.
+func (rc *relayConn) end() {
+	rc.ended.Do(func() {
+		close(rc.done)
+		rc.client.Close()
+		rc.mu.Lock()
+		o := rc.origin
+		rc.mu.Unlock()
+		if o != nil {
+			o.Close()
+		}
+	})
+}
+
+// run relays the connection until either side closes or fails.
+func (rc *relayConn) run(ctx context.Context) {
+	cbr := relayReaders.Get().(*bufio.Reader)
+	cbr.Reset(rc.client)
+	rc.cr = splicer{r: cbr}
+	h2 := false
+	defer func() {
+		rc.end()
+		rc.wg.Wait()
+		if !h2 {
+			// (The HTTP/2 server's reader may outlive ServeConn.)
+			cbr.Reset(nil)
+			relayReaders.Put(cbr)
+		}
+		if rc.or.r != nil {
+			rc.or.r.Reset(nil)
+			relayReaders.Put(rc.or.r)
+		}
+	}()
+	first := true
+	for {
+		h, err := rc.nextHead()
+		if err != nil {
+			switch {
+			case err == io.EOF:
+				rc.clientDone()
+			case errors.Is(err, errHeadTooLarge):
+				rc.refuse(&headError{status: http.StatusRequestHeaderFieldsTooLarge, reason: "request header too large"})
+			}
+			return
+		}
+		if first && string(h) == h2Preface {
+			h2 = true
+			rc.serveHTTP2(ctx, cbr)
+			return
+		}
+		first = false
+		rh, herr := parseRequestHead(h)
+		if herr != nil {
+			rc.refuse(herr)
+			return
+		}
+		ex := &exchange{kind: rh.kind()}
+		if ex.kind.mayUpgrade {
+			ex.switched = make(chan bool, 1)
+		}
+		if rc.x.watching() {
+			ex.log = &apitype.RequestLog{
+				Time:   time.Now(),
+				Host:   string(rh.host),
+				Method: string(rh.method),
+				Path:   string(rh.target),
+				Port:   rc.x.port,
+				Client: string(firstAddr(rh.forwarded)),
+			}
+		}
+		if rc.cr.w == nil {
+			ok, keep := rc.dialApp(ctx, h, &rh, ex)
+			if !ok {
+				if !keep {
+					return
+				}
+				continue
+			}
+		}
+		rc.mu.Lock()
+		rc.outstanding++
+		rc.mu.Unlock()
+		select {
+		case rc.queue <- ex:
+		case <-rc.done:
+			return
+		}
+		if err := rc.cr.takeHead(h); err != nil {
+			return
+		}
+		if err := rc.cr.copyBody(rh.framing, rh.length, true); err != nil {
+			rc.x.logger.Debug("expose relay: request body", "port", rc.x.port, "err", err)
+			return
+		}
+		if err := rc.cr.flush(); err != nil {
+			return
+		}
+		if ex.kind.mayUpgrade {
+			select {
+			case sw := <-ex.switched:
+				if sw {
+					rc.cr.copyAll()
+					return
+				}
+			case <-rc.done:
+				return
+			}
+		}
+	}
+}
+
+// nextHead waits for the next request head from the client. It skips
+// empty lines before it (RFC 9112 section 2.2) and bounds the time the
+// rest of a head may take once its first byte is in.
+func (rc *relayConn) nextHead() ([]byte, error) {
+	b, err := rc.cr.fill(1)
+	if len(b) == 0 {
+		return nil, err
+	}
+	if b[0] != '\r' && headEnd(b, 0) >= 0 {
+		return rc.cr.readHead() // the whole head is in: the common case
+	}
+	rc.client.SetReadDeadline(time.Now().Add(relayHeadTimeout))
+	defer rc.client.SetReadDeadline(time.Time{})
+	for {
+		b, err := rc.cr.fill(2)
+		if len(b) < 2 || b[0] != '\r' || b[1] != '\n' {
+			if len(b) == 0 {
+				return nil, err
+			}
+			return rc.cr.readHead()
+		}
+		if err := rc.cr.drop(2); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// dialApp connects to the app for the first request and starts the
+// response goroutine. When the app cannot be reached it answers the
+// request with 502 itself (ok false) and says whether the connection may
+// carry another request (keep).
+func (rc *relayConn) dialApp(ctx context.Context, h []byte, rh *reqHead, ex *exchange) (ok, keep bool) {
+	c, err := rc.x.dial(ctx)
+	if err == nil {
+		rc.mu.Lock()
+		select {
+		case <-rc.done:
+			rc.mu.Unlock()
+			c.Close()
+			return false, false
+		default:
+		}
+		rc.origin = c
+		rc.mu.Unlock()
+		obr := relayReaders.Get().(*bufio.Reader)
+		obr.Reset(c)
+		rc.or = splicer{r: obr, w: rc.client}
+		rc.cr.w = c
+		rc.queue = make(chan *exchange, maxPipelined)
+		rc.wg.Go(rc.respond)
+		return true, true
+	}
+	if err := rc.cr.dropHead(h); err != nil {
+		return false, false
+	}
+	// A request with a body (whose client may be waiting for 100
+	// Continue) gets its answer and the connection closes.
+	keep = !rh.close && rh.framing == bodyNone
+	var resp []byte
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		resp = localResponse(http.StatusBadGateway, "text/html; charset=utf-8", nothingListeningHTML(rc.x.port), ex.kind.head, !keep)
+	} else {
+		resp = localResponse(http.StatusBadGateway, "text/plain; charset=utf-8",
+			"beam: the device could not reach its app: "+err.Error()+"\n", ex.kind.head, !keep)
+	}
+	if _, err := rc.client.Write(resp); err != nil {
+		keep = false
+	}
+	rc.logDone(ex, http.StatusBadGateway)
+	return false, keep
+}
+
+// clientDone handles the client's EOF between requests: the connection
+// ends once the app has answered what it was sent.
+func (rc *relayConn) clientDone() {
+	rc.mu.Lock()
+	rc.clientEOF = true
+	n, o := rc.outstanding, rc.origin
+	rc.mu.Unlock()
+	if n == 0 || o == nil {
+		return
+	}
+	closeWrite(o)
+	<-rc.done
+}
+
+// refuse answers a request the relay will not forward and ends the
+// connection, after the responses to requests before it.
+func (rc *relayConn) refuse(e *headError) {
+	resp := localResponse(e.status, "text/plain; charset=utf-8", strconv.Itoa(e.status)+" "+http.StatusText(e.status)+": "+e.reason+"\n", false, true)
+	rc.mu.Lock()
+	if rc.outstanding > 0 {
+		rc.final = resp
+		rc.mu.Unlock()
+		<-rc.done
+		return
+	}
+	rc.mu.Unlock()
+	if _, err := rc.client.Write(resp); err != nil {
+		return
+	}
+	// Close gently, like net/http: a close with unread input (the rest
+	// of a refused head or body) resets the connection, and the reset
+	// can destroy the answer before the client reads it.
+	closeWrite(rc.client)
+	rc.client.SetReadDeadline(time.Now().Add(lingerTimeout))
+	rc.cr.r.Discard(rc.cr.r.Buffered())
+	io.CopyN(io.Discard, rc.client, lingerBytes)
+}
+
+// serveHTTP2 hands an HTTP/2 connection (its preface still unread in br)
+// to the HTTP/2 server.
+func (rc *relayConn) serveHTTP2(ctx context.Context, br *bufio.Reader) {
+	rc.x.h2.ServeConn(&bufferedConn{Conn: rc.client, r: br}, &http2.ServeConnOpts{
+		Context: ctx,
+		Handler: rc.x.h2Handler,
+	})
+}
+
+// bufferedConn reads through r, which holds bytes already read from Conn.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// respond is the response goroutine: it reads the app's responses, in the
+// order of the requests in rc.queue, and writes them to the client.
+func (rc *relayConn) respond() {
+	defer rc.end()
+	for {
+		b, _ := rc.or.fill(1)
+		if len(b) == 0 {
+			// The app closed (or failed) between responses. The
+			// client sees its connection close the same way; a
+			// request it sent meanwhile is one the client may retry.
+			return
+		}
+		var ex *exchange
+		select {
+		case ex = <-rc.queue:
+		default:
+			rc.x.logger.Debug("expose relay: app sent bytes nobody asked for", "port", rc.x.port)
+			return
+		}
+		var rh respHead
+		for {
+			h, err := rc.or.readHead()
+			if err == nil {
+				rh, err = parseResponseHead(h, ex.kind)
+			}
+			if err != nil {
+				rc.badGateway(ex, err)
+				return
+			}
+			if err := rc.or.takeHead(h); err != nil {
+				return
+			}
+			if rh.status >= 200 || rh.framing == bodyTunnel {
+				break
+			}
+			// An interim response (100 Continue): the client may be
+			// waiting for it.
+			if err := rc.or.flush(); err != nil {
+				return
+			}
+		}
+		if rh.framing == bodyTunnel {
+			if err := rc.or.flush(); err != nil {
+				return
+			}
+			ex.switched <- true
+			rc.or.copyAll()
+			rc.logDone(ex, rh.status)
+			return
+		}
+		if ex.switched != nil {
+			ex.switched <- false
+		}
+		err := rc.or.copyBody(rh.framing, rh.length, false)
+		if ferr := rc.or.flush(); err == nil {
+			err = ferr
+		}
+		rc.logDone(ex, rh.status)
+		if err != nil || rh.framing == bodyUntilClose {
+			if err != nil {
+				rc.x.logger.Debug("expose relay: response body", "port", rc.x.port, "err", err)
+			}
+			return
+		}
+		rc.mu.Lock()
+		rc.outstanding--
+		last := rc.outstanding == 0 && (rc.clientEOF || rc.final != nil)
+		final := rc.final
+		rc.mu.Unlock()
+		if last {
+			if final != nil {
+				rc.client.Write(final)
+			}
+			return
+		}
+	}
+}
+
+// badGateway answers a request whose response from the app was malformed
+// (nothing of it was forwarded yet), then the connection ends.
+func (rc *relayConn) badGateway(ex *exchange, err error) {
+	rc.x.logger.Debug("expose relay: bad response from the app", "port", rc.x.port, "err", err)
+	if rc.or.flush() != nil {
+		return
+	}
+	rc.client.Write(localResponse(http.StatusBadGateway, "text/plain; charset=utf-8",
+		"beam: the device could not reach its app: "+err.Error()+"\n", ex.kind.head, true))
+	rc.logDone(ex, http.StatusBadGateway)
+}
+
+// logDone publishes the request log line of a finished exchange.
+func (rc *relayConn) logDone(ex *exchange, status int) {
+	if ex.log == nil {
+		return
+	}
+	l := *ex.log
+	l.Status = status
+	l.Duration = time.Since(l.Time)
+	rc.x.publish(l)
+}
+
+// firstAddr returns the first element of an X-Forwarded-For list.
+func firstAddr(b []byte) []byte {
+	if i := bytes.IndexByte(b, ','); i >= 0 {
+		b = b[:i]
+	}
+	return trimOWS(b)
+}
+
+// localResponse formats a complete response the relay answers itself.
+func localResponse(status int, contentType, body string, head, close bool) []byte {
+	b := make([]byte, 0, 256+len(body))
+	b = fmt.Appendf(b, "HTTP/1.1 %d %s\r\n", status, http.StatusText(status))
+	b = append(b, "Content-Type: "...)
+	b = append(b, contentType...)
+	b = append(b, "\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nDate: "...)
+	b = time.Now().UTC().AppendFormat(b, http.TimeFormat)
+	b = append(b, "\r\nContent-Length: "...)
+	b = strconv.AppendInt(b, int64(len(body)), 10)
+	if close {
+		b = append(b, "\r\nConnection: close"...)
+	}
+	b = append(b, "\r\n\r\n"...)
+	if !head {
+		b = append(b, body...)
+	}
+	return b
+}
