@@ -55,11 +55,15 @@ type Options struct {
 	MTU int
 	// QueueBytes bounds the outbound packets the link holds for the TUN
 	// reader; when it is full, senders wait for room rather than having
-	// packets dropped. Zero means 320 KiB: a few segmentation-offload
-	// bursts, short enough that a bulk sender's excess waits in its send
-	// buffer rather than inflating the round-trip time every connection
-	// sees (a long queue made retransmission timeouts fire on ACKs that
-	// were merely late when the machine was busy).
+	// packets dropped. Zero means 64 KiB: one segmentation-offload burst
+	// waits while the TUN reader cuts up the previous one, so the reader
+	// never starves, and a bulk sender's excess waits in its send buffer
+	// rather than inflating the round-trip time every connection sees. A
+	// long queue made retransmission timeouts fire on ACKs that were
+	// merely late when the machine was busy, and slowed bulk transfers:
+	// TCP grows its window by about a segment per round trip, so every
+	// millisecond queued here costs window growth (320 KiB measured 20-25%
+	// less throughput than 64 KiB at MTU 1280).
 	QueueBytes int
 	// Logger receives the stack's logs. Nil discards them.
 	Logger *slog.Logger
@@ -115,7 +119,7 @@ func New(opts Options) (*Stack, error) {
 		return nil, fmt.Errorf("gv: MTU %d out of range [1280, 65535]", opts.MTU)
 	}
 	if opts.QueueBytes == 0 {
-		opts.QueueBytes = 320 << 10
+		opts.QueueBytes = 64 << 10
 	}
 	if opts.MaxInFlightTCP == 0 {
 		opts.MaxInFlightTCP = 512
