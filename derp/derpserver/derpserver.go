@@ -73,9 +73,12 @@ type Options struct {
 	// PerClientBurstBytes is each client's burst allowance; if smaller
 	// than one maximum-size frame (or zero) it is raised to that.
 	PerClientBurstBytes int
-	// SendQueueDepth is the number of non-disco packets queued per client;
-	// 32 if zero.
+	// SendQueueDepth bounds the non-disco packets queued per client;
+	// 4096 if zero. SendQueueBytes bounds their bytes; 2 MiB if zero (the
+	// worst case of 32 maximum-size packets). Past either bound the oldest
+	// packets are dropped. Queue memory is taken only while packets wait.
 	SendQueueDepth int
+	SendQueueBytes int
 	// DiscoQueueDepth is the number of disco packets queued per client; 16
 	// if zero.
 	DiscoQueueDepth int
@@ -167,7 +170,10 @@ func New(opts Options) *Server {
 		opts.MeshWith = nil
 	}
 	if opts.SendQueueDepth <= 0 {
-		opts.SendQueueDepth = 32
+		opts.SendQueueDepth = 4096
+	}
+	if opts.SendQueueBytes <= 0 {
+		opts.SendQueueBytes = 2 << 20
 	}
 	if opts.DiscoQueueDepth <= 0 {
 		opts.DiscoQueueDepth = 16

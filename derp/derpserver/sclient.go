@@ -63,7 +63,7 @@ type sclient struct {
 	limiter *rate.Limiter // nil if unlimited
 	cancel  context.CancelFunc
 
-	sendQ  chan pkt     // non-disco packets, drop-oldest
+	sendQ  *pktQueue    // non-disco packets, drop-oldest
 	discoQ chan pkt     // disco packets, drop-oldest
 	ctrlQ  chan ctrlMsg // peer gone and pong frames, drop-newest
 
@@ -88,7 +88,7 @@ func newSClient(s *Server, nc net.Conn, brw *bufio.ReadWriter, k key.NodePublic,
 		isMesh:    isMesh,
 		logger:    logger.With("peer", k.ShortString()),
 		limiter:   lim,
-		sendQ:     make(chan pkt, s.opts.SendQueueDepth),
+		sendQ:     newPktQueue(s.opts.SendQueueDepth, s.opts.SendQueueBytes),
 		discoQ:    make(chan pkt, s.opts.DiscoQueueDepth),
 		ctrlQ:     make(chan ctrlMsg, 16),
 		sentTo:    make(map[key.NodePublic]bool),
@@ -109,13 +109,16 @@ func (c *sclient) run(ctx context.Context) error {
 }
 
 // enqueuePacket queues a packet for the client, dropping the oldest queued
-// packet when the queue is full. It never blocks.
+// packets when a queue is full. It never blocks.
 func (c *sclient) enqueuePacket(src key.NodePublic, data []byte) {
-	q := c.sendQ
-	if derp.IsDisco(data) {
-		q = c.discoQ
-	}
 	p := pkt{src: src, data: data}
+	if !derp.IsDisco(data) {
+		if n := c.sendQ.push(p); n > 0 {
+			c.s.dropsQueueFull.Add(int64(n))
+		}
+		return
+	}
+	q := c.discoQ
 	for range 3 {
 		select {
 		case q <- p:
@@ -250,8 +253,8 @@ func (c *sclient) sendLoop(ctx context.Context) error {
 			return nil
 		case p := <-c.discoQ:
 			err = c.writePacket(p)
-		case p := <-c.sendQ:
-			err = c.writePacket(p)
+		case <-c.sendQ.ready:
+			err = c.writeQueued()
 		case m := <-c.ctrlQ:
 			err = c.writeCtrl(m)
 		case <-c.peerReady:
@@ -263,7 +266,7 @@ func (c *sclient) sendLoop(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("write: %w", err)
 		}
-		if len(c.discoQ) == 0 && len(c.sendQ) == 0 && len(c.ctrlQ) == 0 {
+		if len(c.discoQ) == 0 && c.sendQ.len() == 0 && len(c.ctrlQ) == 0 {
 			c.setWriteDeadline()
 			if err := c.bw.Flush(); err != nil {
 				return fmt.Errorf("flush: %w", err)
@@ -289,6 +292,31 @@ func (c *sclient) sendGoodbye() {
 		derp.WriteFrame(c.bw, derp.FrameHealth, []byte("replaced by a newer connection with the same node key"))
 	}
 	c.bw.Flush()
+}
+
+// writeBatch is how many queued packets writeQueued writes before the
+// send loop looks at disco and control frames again.
+const writeBatch = 64
+
+// writeQueued writes up to writeBatch queued packets; if more wait, it
+// leaves the queue marked ready for the next turn of the send loop.
+func (c *sclient) writeQueued() error {
+	for range writeBatch {
+		p, ok := c.sendQ.pop()
+		if !ok {
+			return nil
+		}
+		if err := c.writePacket(p); err != nil {
+			return err
+		}
+	}
+	if c.sendQ.len() > 0 {
+		select {
+		case c.sendQ.ready <- struct{}{}:
+		default:
+		}
+	}
+	return nil
 }
 
 func (c *sclient) writePacket(p pkt) error {

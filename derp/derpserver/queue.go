@@ -1,0 +1,95 @@
+package derpserver
+
+import "sync"
+
+// pktQueue is a client's FIFO of packets waiting to be written to it. It
+// is bounded both in packets and in bytes; a push that goes over either
+// bound drops the oldest packets (drop-oldest keeps the newest data, which
+// is what a sender's congestion control is acting on). Its storage grows
+// only while packets wait and is given back once the queue drains, so an
+// idle client costs no queue memory however deep the bound.
+//
+// The bound has to hold a burst: when a sender's TCP connection to the
+// relay recovers from a loss, the kernel releases everything queued behind
+// the hole at once, and the relay reads it faster than the receiver's
+// writer is scheduled. A queue of a few dozen packets turned each such
+// release into a burst of drops that the tunnelled connections then had
+// to recover from.
+type pktQueue struct {
+	maxPkts  int
+	maxBytes int
+	ready    chan struct{} // 1-buffered: the queue may be non-empty
+
+	mu    sync.Mutex // guards the fields below
+	items []pkt      // items[head:] are queued, oldest first
+	head  int
+	bytes int // sum of len(data) over items[head:]
+}
+
+// releaseCap is the capacity above which a drained queue frees its slice.
+const releaseCap = 64
+
+func newPktQueue(maxPkts, maxBytes int) *pktQueue {
+	return &pktQueue{maxPkts: maxPkts, maxBytes: maxBytes, ready: make(chan struct{}, 1)}
+}
+
+// push appends p, dropping the oldest packets while the queue is over a
+// bound, and returns how many were dropped. A packet larger than maxBytes
+// on its own is still queued (alone). It never blocks.
+func (q *pktQueue) push(p pkt) (dropped int) {
+	q.mu.Lock()
+	if q.head > 0 && q.head == len(q.items) {
+		q.items, q.head = q.items[:0], 0
+	}
+	q.items = append(q.items, p)
+	q.bytes += len(p.data)
+	for n := len(q.items) - q.head; n > 1 && (n > q.maxPkts || q.bytes > q.maxBytes); n-- {
+		q.bytes -= len(q.items[q.head].data)
+		q.items[q.head] = pkt{}
+		q.head++
+		dropped++
+	}
+	// Slide the live packets down once the dead prefix is the larger part,
+	// so a queue that never fully drains does not grow without end.
+	if q.head > releaseCap && q.head*2 > len(q.items) {
+		n := copy(q.items, q.items[q.head:])
+		clear(q.items[n:])
+		q.items, q.head = q.items[:n], 0
+	}
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+	return dropped
+}
+
+// pop removes and returns the oldest packet; ok is false if the queue is
+// empty.
+func (q *pktQueue) pop() (p pkt, ok bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.head == len(q.items) {
+		return pkt{}, false
+	}
+	p = q.items[q.head]
+	q.items[q.head] = pkt{}
+	q.head++
+	q.bytes -= len(p.data)
+	if q.head == len(q.items) {
+		if cap(q.items) > releaseCap {
+			q.items = nil
+		} else {
+			q.items = q.items[:0]
+		}
+		q.head = 0
+	}
+	return p, true
+}
+
+// len returns the number of queued packets.
+func (q *pktQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items) - q.head
+}
