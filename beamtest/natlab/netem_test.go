@@ -32,16 +32,18 @@ type netemVariant struct {
 // amount first goes over plain kernel TCP from alice's host to a server,
 // across the same impaired link.
 //
-// The issue asks for 16 MiB. Today the overlay's TCP needs 5 to 20 s per
-// MiB on this link on a direct path (kernel TCP: 16 MiB in about 2 s), and
-// about 90 s for 16 MiB over the relay, so the 16 MiB variants are pending
-// (too slow for the default suite, or not done within the limit) and a
-// 1 MiB variant guards integrity under loss meanwhile.
+// 16 MiB crosses the relay path (hard/hard) in about 15-25 s. On a direct
+// path the overlay's TCP (gVisor's) is still far slower than kernel TCP
+// here: the link drops whole UDP segmentation-offload bursts, which at a
+// small congestion window is the whole flight, and gVisor recovers only by
+// retransmission timeout (its RACK/TLP is unusable: cubic can drive the
+// window to zero under it). So the 16 MiB direct variant is pending and a
+// 1 MiB direct variant guards integrity under loss meanwhile.
 func TestLossAndDelay(t *testing.T) {
 	variants := []netemVariant{
 		{pairVariant{A: nslab.NATEasy, B: nslab.NATNone}, 1 << 20},
 		{pairVariant{A: nslab.NATEasy, B: nslab.NATNone, pending: true}, 16 << 20},
-		{pairVariant{A: nslab.NATHard, B: nslab.NATHard, pending: true}, 16 << 20}, // over the relay
+		{pairVariant{A: nslab.NATHard, B: nslab.NATHard}, 16 << 20}, // over the relay
 	}
 	ran := 0
 	for _, v := range variants {
