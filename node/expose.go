@@ -398,7 +398,10 @@ func h2Handler(o exposeProxyOptions, logger *slog.Logger, tr http.RoundTripper) 
 			pr.Out.Header["X-Forwarded-For"] = pr.In.Header["X-Forwarded-For"]
 		},
 		Transport: tr,
-		ErrorLog:  slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
+		// Without a pool ReverseProxy allocates a 32 KiB copy buffer
+		// for every response (every gRPC call).
+		BufferPool: h2BufferPool{},
+		ErrorLog:   slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, syscall.ECONNREFUSED) {
 				writeNothingListening(w, o.Port)
@@ -416,6 +419,20 @@ func h2Handler(o exposeProxyOptions, logger *slog.Logger, tr http.RoundTripper) 
 			Duration: time.Since(start), Port: o.Port, Client: firstForwardedFor(r),
 		})
 	})
+}
+
+// h2Buffers holds the copy buffers of the HTTP/2 path's reverse proxy.
+var h2Buffers = sync.Pool{New: func() any { return new([32 << 10]byte) }}
+
+// h2BufferPool is the httputil.BufferPool of the HTTP/2 path.
+type h2BufferPool struct{}
+
+func (h2BufferPool) Get() []byte { return h2Buffers.Get().(*[32 << 10]byte)[:] }
+
+func (h2BufferPool) Put(b []byte) {
+	if cap(b) == 32<<10 {
+		h2Buffers.Put((*[32 << 10]byte)(b[:32<<10]))
+	}
 }
 
 // serve accepts connections on ln and relays each until the proxy closes.
