@@ -371,6 +371,28 @@ func (s *Server) notifyEdgesLocked(networkID int64, k key.NodePublic) {
 	}
 }
 
+// edgeDeliveryWait bounds how long an expose waits for the edges' map
+// streams to carry the new route.
+const edgeDeliveryWait = 2 * time.Second
+
+// edgeWait is an edge's map stream and the mark count it must deliver.
+type edgeWait struct {
+	ss  *session
+	gen uint64
+}
+
+// edgeSessionsLocked returns the map streams of edge nodes with their
+// current mark counts. s.mu held.
+func (s *Server) edgeSessionsLocked() []edgeWait {
+	var out []edgeWait
+	for sk, ss := range s.sessions {
+		if e := s.nodes[sk]; e != nil && e.rec.Node.Edge {
+			out = append(out, edgeWait{ss, ss.generation()})
+		}
+	}
+	return out
+}
+
 // addEdgePeers adjusts what self sees for the public edge, after policy:
 //   - an edge sees exactly the nodes that serve routes, and accepts
 //     nothing unsolicited (an empty, set filter);

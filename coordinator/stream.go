@@ -34,10 +34,13 @@ type session struct {
 	ended   bool
 	endCode ErrorCode
 	endMsg  string
+	marks   uint64        // counts mark and markDERP calls
+	sent    uint64        // marks covered by what the stream has written
+	sentC   chan struct{} // closed and replaced when sent advances
 }
 
 func newSession(nk key.NodePublic, networkID int64) *session {
-	return &session{key: nk, networkID: networkID, wake: make(chan struct{}, 1), pending: make(map[key.NodePublic]struct{})}
+	return &session{key: nk, networkID: networkID, wake: make(chan struct{}, 1), pending: make(map[key.NodePublic]struct{}), sentC: make(chan struct{})}
 }
 
 func (ss *session) poke() {
@@ -51,6 +54,7 @@ func (ss *session) mark(k key.NodePublic, full bool) {
 	ss.mu.Lock()
 	ss.pending[k] = struct{}{}
 	ss.full = ss.full || full
+	ss.marks++
 	ss.mu.Unlock()
 	ss.poke()
 }
@@ -58,6 +62,7 @@ func (ss *session) mark(k key.NodePublic, full bool) {
 func (ss *session) markDERP() {
 	ss.mu.Lock()
 	ss.derp = true
+	ss.marks++
 	ss.mu.Unlock()
 	ss.poke()
 }
@@ -67,6 +72,8 @@ func (ss *session) end(code ErrorCode, msg string) {
 	ss.mu.Lock()
 	if !ss.ended {
 		ss.ended, ss.endCode, ss.endMsg = true, code, msg
+		close(ss.sentC) // wake waitDelivered callers
+		ss.sentC = make(chan struct{})
 	}
 	ss.mu.Unlock()
 	ss.poke()
@@ -78,14 +85,57 @@ func (ss *session) isEnded() bool {
 	return ss.ended
 }
 
-// take returns and clears what changed since the last call.
-func (ss *session) take() (pending map[key.NodePublic]struct{}, full, derp, ended bool, code ErrorCode, msg string) {
+// take returns and clears what changed since the last call; gen is the
+// mark count it covers, for delivered.
+func (ss *session) take() (pending map[key.NodePublic]struct{}, full, derp, ended bool, code ErrorCode, msg string, gen uint64) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	pending, ss.pending = ss.pending, make(map[key.NodePublic]struct{})
 	full, derp = ss.full, ss.derp
 	ss.full, ss.derp = false, false
-	return pending, full, derp, ss.ended, ss.endCode, ss.endMsg
+	return pending, full, derp, ss.ended, ss.endCode, ss.endMsg, ss.marks
+}
+
+// generation returns the current mark count: once delivered reaches it,
+// the node has been sent every change marked so far.
+func (ss *session) generation() uint64 {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	return ss.marks
+}
+
+// delivered records that the stream has written everything up to mark
+// gen, waking waitDelivered callers.
+func (ss *session) delivered(gen uint64) {
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if gen > ss.sent {
+		ss.sent = gen
+		close(ss.sentC)
+		ss.sentC = make(chan struct{})
+	}
+}
+
+// waitDelivered waits until the stream has written the changes up to mark
+// gen, the stream ends, or ctx is done; it reports whether they were
+// written.
+func (ss *session) waitDelivered(ctx context.Context, gen uint64) bool {
+	for {
+		ss.mu.Lock()
+		sent, ended, c := ss.sent, ss.ended, ss.sentC
+		ss.mu.Unlock()
+		if sent >= gen {
+			return true
+		}
+		if ended {
+			return false
+		}
+		select {
+		case <-c:
+		case <-ctx.Done():
+			return false
+		}
+	}
 }
 
 // notifyLocked tells every stream of the network that node k changed
@@ -288,6 +338,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 		}
 		self := s.viewLocked(e)
 		peers, filter := s.peersLocked(self, ss.networkID, now)
+		gen0 := ss.generation() // marks happen under s.mu: this map covers them
 		s.mu.Unlock()
 		resp := &wire.MapResponse{
 			Self:            self,
@@ -302,6 +353,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 			log.Debug("send full map", "err", err)
 			return
 		}
+		ss.delivered(gen0)
 		sentSelf, sentPeers, sentFilter = self, peers, filter
 	}
 
@@ -333,7 +385,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 			}
 			batch.Stop()
 		}
-		pending, full, derp, ended, code, msg := ss.take()
+		pending, full, derp, ended, code, msg, gen := ss.take()
 		if ended {
 			w.Header().Set(TrailerError, string(code)+": "+msg)
 			log.Info("ending map stream", "reason", code)
@@ -352,12 +404,14 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 		s.fillExtras(ss, &sentExtra, resp)
 		if resp.Self == nil && resp.Peers == nil && len(resp.PeersChanged) == 0 && len(resp.PeersRemoved) == 0 &&
 			len(resp.PeersOnline) == 0 && resp.DERPMap == nil && !resp.PacketFilterSet && resp.DNS == nil && resp.EdgeRoutes == nil {
+			ss.delivered(gen) // nothing this node sees changed
 			continue
 		}
 		if err := send(resp); err != nil {
 			log.Debug("send map delta", "err", err)
 			return
 		}
+		ss.delivered(gen)
 		ka.Reset(s.keepAlive)
 		sentSelf, sentPeers, sentFilter = newSelf, newPeers, newFilter
 	}

@@ -1,0 +1,59 @@
+package coordinator
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"beam.dev/beam/types/key"
+)
+
+// TestSessionDelivery checks the bookkeeping an expose uses to answer
+// only after the edges' streams have written the new route.
+func TestSessionDelivery(t *testing.T) {
+	ss := newSession(key.NewNode().Public(), 1)
+	if !ss.waitDelivered(t.Context(), ss.generation()) {
+		t.Fatal("nothing marked, yet waitDelivered did not return true")
+	}
+	ss.mark(key.NewNode().Public(), false)
+	gen := ss.generation()
+
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
+	if ss.waitDelivered(ctx, gen) {
+		t.Fatal("waitDelivered returned true before the stream wrote anything")
+	}
+	cancel()
+
+	done := make(chan bool, 1)
+	go func() { done <- ss.waitDelivered(t.Context(), gen) }()
+	_, _, _, _, _, _, took := ss.take()
+	if took != gen {
+		t.Fatalf("take covers mark %d, want %d", took, gen)
+	}
+	ss.delivered(took)
+	select {
+	case ok := <-done:
+		if !ok {
+			t.Fatal("waitDelivered returned false after delivery")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("waitDelivered did not wake on delivery")
+	}
+
+	// A later mark is not covered by an earlier delivery; an ended stream
+	// releases waiters with false.
+	ss.markDERP()
+	gen2 := ss.generation()
+	go func() { done <- ss.waitDelivered(t.Context(), gen2) }()
+	ss.delivered(gen)
+	time.Sleep(10 * time.Millisecond) // let the waiter block, so end must wake it
+	ss.end(CodeForbidden, "replaced")
+	select {
+	case ok := <-done:
+		if ok {
+			t.Fatal("waitDelivered returned true for an undelivered mark")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("waitDelivered did not return when the stream ended")
+	}
+}
