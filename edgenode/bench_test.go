@@ -299,8 +299,11 @@ func TestEdgeKeepAlive(t *testing.T) {
 	if r.requests < 4*conns {
 		t.Fatalf("only %d requests in 300ms", r.requests)
 	}
-	if dials > conns {
-		t.Errorf("%d requests on %d connections dialed the device %d times; want at most %d", r.requests, conns, dials, conns)
+	// net/http's Transport may start a dial for a request and then hand
+	// it a connection that came free meanwhile, keeping the new one idle:
+	// a few dials more than connections are fine, one per request is not.
+	if limit := 2 * conns; dials > int64(limit) {
+		t.Errorf("%d requests on %d connections dialed the device %d times; want at most %d", r.requests, conns, dials, limit)
 	}
 }
 
