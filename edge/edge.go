@@ -257,8 +257,19 @@ func (e *Edge) dialTarget(ctx context.Context, network string, t *target) (net.C
 		}
 		return nil, &dialError{target: t.addr, err: err}
 	}
-	return t.track(c), nil
+	tc := t.track(c)
+	// A route withdrawn while the dial was under way closed the
+	// connections it knew of: this one was not among them.
+	if t.removed.Load() {
+		tc.Close()
+		return nil, &dialError{target: t.addr, err: errTargetRemoved}
+	}
+	return tc, nil
 }
+
+// errTargetRemoved is the error of a dial to a target whose route was
+// withdrawn meanwhile.
+var errTargetRemoved = errors.New("edge: the route to this target was withdrawn")
 
 // dialError is a failed dial toward a device target.
 type dialError struct {

@@ -16,6 +16,7 @@ type target struct {
 	addr      netip.AddrPort
 	downUntil atomic.Int64 // unix nanoseconds; skipped in pools while in the future
 	active    atomic.Int64 // requests and connections under way
+	removed   atomic.Bool  // no route has the target any more
 
 	mu    sync.Mutex // guards conns
 	conns map[*targetConn]struct{}
@@ -57,6 +58,13 @@ func (t *target) track(c net.Conn) net.Conn {
 	t.conns[tc] = struct{}{}
 	t.mu.Unlock()
 	return tc
+}
+
+// remove marks t as gone from the routes and closes its connections,
+// including one whose dial completes meanwhile (see Edge.dialTarget).
+func (t *target) remove() {
+	t.removed.Store(true)
+	t.closeConns()
 }
 
 // closeConns closes every connection to t.

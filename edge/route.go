@@ -200,7 +200,7 @@ func (e *Edge) SetRoutes(routes []Route) error {
 	// Connections to targets no route has any more would otherwise hang
 	// on a device that may be gone for good.
 	for _, tg := range gone {
-		tg.closeConns()
+		tg.remove()
 	}
 	e.h1.CloseIdleConnections()
 	return nil
