@@ -14,9 +14,10 @@ import (
 	"net/netip"
 	"net/url"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"beam.dev/beam/internal/copybuf"
 )
 
 // reqState travels with a proxied request through the ReverseProxy
@@ -77,21 +78,7 @@ func (e *Edge) initProxy() {
 		ModifyResponse: e.modifyResponse,
 		// Without a pool ReverseProxy allocates (and zeroes) a 32 KiB
 		// copy buffer for every response body.
-		BufferPool: copyBufferPool{},
-	}
-}
-
-// copyBufPool holds the 32 KiB buffers ReverseProxy copies bodies with.
-var copyBufPool = sync.Pool{New: func() any { return new([32 << 10]byte) }}
-
-// copyBufferPool is the httputil.BufferPool of the edge's ReverseProxy.
-type copyBufferPool struct{}
-
-func (copyBufferPool) Get() []byte { return copyBufPool.Get().(*[32 << 10]byte)[:] }
-
-func (copyBufferPool) Put(b []byte) {
-	if cap(b) == 32<<10 {
-		copyBufPool.Put((*[32 << 10]byte)(b[:32<<10]))
+		BufferPool: copybuf.Pool,
 	}
 }
 

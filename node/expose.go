@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"beam.dev/beam/internal/copybuf"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/netstack"
 	"beam.dev/beam/wire"
@@ -400,7 +401,7 @@ func h2Handler(o exposeProxyOptions, logger *slog.Logger, tr http.RoundTripper) 
 		Transport: tr,
 		// Without a pool ReverseProxy allocates a 32 KiB copy buffer
 		// for every response (every gRPC call).
-		BufferPool: h2BufferPool{},
+		BufferPool: copybuf.Pool,
 		ErrorLog:   slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if errors.Is(err, syscall.ECONNREFUSED) {
@@ -419,20 +420,6 @@ func h2Handler(o exposeProxyOptions, logger *slog.Logger, tr http.RoundTripper) 
 			Duration: time.Since(start), Port: o.Port, Client: firstForwardedFor(r),
 		})
 	})
-}
-
-// h2Buffers holds the copy buffers of the HTTP/2 path's reverse proxy.
-var h2Buffers = sync.Pool{New: func() any { return new([32 << 10]byte) }}
-
-// h2BufferPool is the httputil.BufferPool of the HTTP/2 path.
-type h2BufferPool struct{}
-
-func (h2BufferPool) Get() []byte { return h2Buffers.Get().(*[32 << 10]byte)[:] }
-
-func (h2BufferPool) Put(b []byte) {
-	if cap(b) == 32<<10 {
-		h2Buffers.Put((*[32 << 10]byte)(b[:32<<10]))
-	}
 }
 
 // serve accepts connections on ln and relays each until the proxy closes.
