@@ -124,12 +124,12 @@ func (c *Client) handshake(priv key.NodePrivate, meshKey string) error {
 	if t != FrameServerKey {
 		return fmt.Errorf("derp: got frame type %#x, want server key", byte(t))
 	}
-	raw, err := ParseServerKeyPayload(p)
+	raw, challenge, err := ParseServerKeyPayload(p)
 	if err != nil {
 		return err
 	}
 	c.serverKey = key.MachinePublicFromRaw32(raw)
-	info, err := json.Marshal(ClientInfo{Version: ProtocolVersion, MeshKey: meshKey, CanAckPings: true})
+	info, err := json.Marshal(ClientInfo{Version: ProtocolVersion, MeshKey: meshKey, CanAckPings: true, Challenge: challenge})
 	if err != nil {
 		return fmt.Errorf("derp: marshal client info: %w", err)
 	}

@@ -14,13 +14,15 @@
 //
 // The handshake is:
 //
-//	server -> client  FrameServerKey   (server's machine public key)
+//	server -> client  FrameServerKey   (server's machine public key, challenge)
 //	client -> server  FrameClientInfo  (client's node key, sealed ClientInfo)
 //	server -> client  FrameServerInfo  (sealed ServerInfo)
 //
 // The client seals its ClientInfo with its node private key to the
 // server's machine key, so a server that can open it knows the client holds
-// the private half of the node key it claims. After the handshake the
+// the private half of the node key it claims. The ClientInfo carries the
+// connection's random challenge back, so a box recorded from one
+// connection (the relay may run over plain HTTP) proves nothing on another. After the handshake the
 // client sends FrameSendPacket frames and receives FrameRecvPacket frames;
 // the relay never sees the cleartext of the WireGuard or disco packets it
 // carries.
@@ -28,6 +30,7 @@
 // Version history of ProtocolVersion:
 //
 //	1 (2026-07): first version.
+//	2 (2026-11): FrameServerKey carries a challenge that ClientInfo echoes.
 package derp
 
 import (
@@ -40,7 +43,7 @@ import (
 
 // ProtocolVersion is the version of the relay protocol this package speaks.
 // It is sent in ClientInfo and ServerInfo.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
 // Magic is the 8-byte prefix of the FrameServerKey payload: "BEAM" followed
 // by the UTF-8 bytes of U+1F511 (key emoji).
@@ -72,7 +75,7 @@ type FrameType byte
 // Frame types. Each comment gives the payload layout.
 const (
 	// FrameServerKey is the first frame the server sends:
-	//	8B Magic | 32B server machine public key
+	//	8B Magic | 32B server machine public key | 16B challenge
 	FrameServerKey = FrameType(0x01)
 	// FrameClientInfo is the client's reply to FrameServerKey:
 	//	32B client node public key | sealed box
@@ -146,7 +149,12 @@ type ClientInfo struct {
 	MeshKey string `json:"mesh_key,omitempty"`
 	// CanAckPings reports whether the client answers FramePing.
 	CanAckPings bool `json:"can_ack_pings,omitempty"`
+	// Challenge is the challenge of this connection's FrameServerKey.
+	Challenge []byte `json:"challenge,omitempty"`
 }
+
+// ChallengeLen is the length of the FrameServerKey challenge.
+const ChallengeLen = 16
 
 // ServerInfo is the JSON sealed inside FrameServerInfo.
 type ServerInfo struct {
@@ -251,17 +259,17 @@ func ParseClientInfoPayload(p []byte) (clientKey [32]byte, sealed []byte, err er
 }
 
 // ParseServerKeyPayload checks the magic of a FrameServerKey payload and
-// returns the server's machine public key.
-func ParseServerKeyPayload(p []byte) ([32]byte, error) {
-	var k [32]byte
-	if len(p) < len(Magic)+keyLen {
-		return k, fmt.Errorf("server key: %w", ErrShortFrame)
+// returns the server's machine public key and the connection's challenge
+// (which aliases p). Bytes after the challenge are ignored.
+func ParseServerKeyPayload(p []byte) (k [32]byte, challenge []byte, err error) {
+	if len(p) < len(Magic)+keyLen+ChallengeLen {
+		return k, nil, fmt.Errorf("server key: %w", ErrShortFrame)
 	}
 	if string(p[:len(Magic)]) != Magic {
-		return k, errors.New("derp: server key frame has bad magic")
+		return k, nil, errors.New("derp: server key frame has bad magic")
 	}
 	copy(k[:], p[len(Magic):])
-	return k, nil
+	return k, p[len(Magic)+keyLen : len(Magic)+keyLen+ChallengeLen], nil
 }
 
 // IsDisco reports whether pkt is a disco packet (starts with DiscoMagic).

@@ -136,15 +136,20 @@ func TestParseMessage(t *testing.T) {
 func TestServerKeyPayload(t *testing.T) {
 	m := key.NewMachine().Public()
 	raw := m.Raw32()
-	got, err := ParseServerKeyPayload(append([]byte(Magic), raw[:]...))
-	if err != nil || got != raw {
-		t.Fatalf("ParseServerKeyPayload = %x, %v; want %x", got, err, raw)
+	ch := []byte("0123456789abcdef")
+	p := append(append([]byte(Magic), raw[:]...), ch...)
+	got, gotCh, err := ParseServerKeyPayload(append(p, "later"...))
+	if err != nil || got != raw || string(gotCh) != string(ch) {
+		t.Fatalf("ParseServerKeyPayload = %x, %q, %v; want %x, %q", got, gotCh, err, raw, ch)
 	}
-	if _, err := ParseServerKeyPayload(append([]byte("NOTMAGIC"), raw[:]...)); err == nil {
+	if _, _, err := ParseServerKeyPayload(append([]byte("NOTMAGIC"), p[len(Magic):]...)); err == nil {
 		t.Error("bad magic accepted")
 	}
-	if _, err := ParseServerKeyPayload([]byte(Magic)); !errors.Is(err, ErrShortFrame) {
-		t.Errorf("short payload err = %v, want ErrShortFrame", err)
+	// A version 1 frame (no challenge) and shorter ones are refused.
+	for _, short := range [][]byte{[]byte(Magic), p[:len(Magic)+32], p[:len(p)-1]} {
+		if _, _, err := ParseServerKeyPayload(short); !errors.Is(err, ErrShortFrame) {
+			t.Errorf("%d-byte payload err = %v, want ErrShortFrame", len(short), err)
+		}
 	}
 }
 

@@ -187,11 +187,11 @@ func rawHandshake(addr string, priv key.NodePrivate) (net.Conn, error) {
 	if err != nil {
 		return fail(err)
 	}
-	raw, err := derp.ParseServerKeyPayload(p)
+	raw, challenge, err := derp.ParseServerKeyPayload(p)
 	if err != nil {
 		return fail(err)
 	}
-	info, _ := json.Marshal(derp.ClientInfo{Version: derp.ProtocolVersion})
+	info, _ := json.Marshal(derp.ClientInfo{Version: derp.ProtocolVersion, Challenge: challenge})
 	bw := bufio.NewWriterSize(nc, 256)
 	derp.WriteFrame(bw, derp.FrameClientInfo, derp.AppendClientInfoPayload(nil, priv.Public().Raw32(), priv.SealTo(key.MachinePublicFromRaw32(raw), info)))
 	if err := bw.Flush(); err != nil {

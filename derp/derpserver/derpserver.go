@@ -27,6 +27,7 @@ package derpserver
 import (
 	"bufio"
 	"context"
+	"crypto/rand"
 	"crypto/subtle"
 	"crypto/tls"
 	"encoding/json"
@@ -340,7 +341,9 @@ const maxClientInfoLen = 32 + key.SealOverhead + 1024
 // and the sealed server info to send once the client is registered.
 func (s *Server) handshake(ctx context.Context, nc net.Conn, brw *bufio.ReadWriter, logger *slog.Logger) (*sclient, []byte, error) {
 	pub := s.publicKey.Raw32()
-	if err := derp.WriteFrame(brw.Writer, derp.FrameServerKey, []byte(derp.Magic), pub[:]); err != nil {
+	var challenge [derp.ChallengeLen]byte
+	rand.Read(challenge[:])
+	if err := derp.WriteFrame(brw.Writer, derp.FrameServerKey, []byte(derp.Magic), pub[:], challenge[:]); err != nil {
 		return nil, nil, fmt.Errorf("send server key: %w", err)
 	}
 	if err := brw.Flush(); err != nil {
@@ -367,6 +370,10 @@ func (s *Server) handshake(ctx context.Context, nc net.Conn, brw *bufio.ReadWrit
 	if err := json.Unmarshal(msg, &info); err != nil {
 		refuse(nc, brw.Writer, "bad client info")
 		return nil, nil, fmt.Errorf("client %s: decode client info: %w", clientKey.ShortString(), err)
+	}
+	if subtle.ConstantTimeCompare(info.Challenge, challenge[:]) != 1 {
+		refuse(nc, brw.Writer, "client info does not answer this connection's challenge (replayed or stale)")
+		return nil, nil, fmt.Errorf("client %s: client info does not carry this connection's challenge", clientKey.ShortString())
 	}
 	isMesh := false
 	if info.MeshKey != "" {

@@ -147,6 +147,18 @@ func TestRelay(t *testing.T) {
 // but seals its client info with sealer.
 func handshakeAs(t *testing.T, url string, claim key.NodePublic, sealer key.NodePrivate) (derp.FrameType, []byte) {
 	t.Helper()
+	ft, p, _ := handshakeWith(t, url, claim, func(server key.MachinePublic, challenge []byte) []byte {
+		info, _ := json.Marshal(derp.ClientInfo{Version: derp.ProtocolVersion, Challenge: challenge})
+		return sealer.SealTo(server, info)
+	})
+	return ft, p
+}
+
+// handshakeWith speaks the handshake by hand, claiming the node key claim
+// and sending the box seal returns for the server's key and challenge. It
+// returns the server's reply and the box it sent.
+func handshakeWith(t *testing.T, url string, claim key.NodePublic, seal func(server key.MachinePublic, challenge []byte) []byte) (derp.FrameType, []byte, []byte) {
+	t.Helper()
 	nc, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
 	if err != nil {
 		t.Fatal(err)
@@ -166,12 +178,11 @@ func handshakeAs(t *testing.T, url string, claim key.NodePublic, sealer key.Node
 	if err != nil || ft != derp.FrameServerKey {
 		t.Fatalf("server key frame: %#x, %v", ft, err)
 	}
-	raw, err := derp.ParseServerKeyPayload(p)
+	raw, challenge, err := derp.ParseServerKeyPayload(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	info, _ := json.Marshal(derp.ClientInfo{Version: derp.ProtocolVersion})
-	sealed := sealer.SealTo(key.MachinePublicFromRaw32(raw), info)
+	sealed := seal(key.MachinePublicFromRaw32(raw), challenge)
 	bw := bufio.NewWriter(nc)
 	derp.WriteFrame(bw, derp.FrameClientInfo, derp.AppendClientInfoPayload(nil, claim.Raw32(), sealed))
 	bw.Flush()
@@ -184,7 +195,38 @@ func handshakeAs(t *testing.T, url string, claim key.NodePublic, sealer key.Node
 			t.Error("refused connection stayed open")
 		}
 	}
-	return ft, p
+	return ft, p, sealed
+}
+
+// TestReplayedClientInfoRefused records an honest client's sealed client
+// info and replays it on a new connection, as someone watching a relay
+// over plain HTTP could: the box opens (it was sealed with the real key)
+// but answers an old challenge, so it is refused. So is a box with no
+// challenge at all.
+func TestReplayedClientInfoRefused(t *testing.T) {
+	s, url := newServer(t, derpserver.Options{})
+	victim := key.NewNode()
+	ft, _, recorded := handshakeWith(t, url, victim.Public(), func(server key.MachinePublic, challenge []byte) []byte {
+		info, _ := json.Marshal(derp.ClientInfo{Version: derp.ProtocolVersion, Challenge: challenge})
+		return victim.SealTo(server, info)
+	})
+	if ft != derp.FrameServerInfo {
+		t.Fatalf("honest handshake got frame %#x, want server info", ft)
+	}
+	ft, p, _ := handshakeWith(t, url, victim.Public(), func(key.MachinePublic, []byte) []byte { return recorded })
+	if ft != derp.FrameHealth || !strings.Contains(string(p), "challenge") {
+		t.Fatalf("replayed client info got frame %#x %q, want health about the challenge", ft, p)
+	}
+	ft, p, _ = handshakeWith(t, url, victim.Public(), func(server key.MachinePublic, _ []byte) []byte {
+		info, _ := json.Marshal(derp.ClientInfo{Version: 1})
+		return victim.SealTo(server, info)
+	})
+	if ft != derp.FrameHealth || !strings.Contains(string(p), "challenge") {
+		t.Fatalf("client info without a challenge got frame %#x %q, want health about the challenge", ft, p)
+	}
+	if got := s.Stats().Refused; got != 2 {
+		t.Errorf("Stats.Refused = %d, want 2", got)
+	}
 }
 
 func TestUnprovenKeyRefused(t *testing.T) {
