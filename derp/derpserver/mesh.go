@@ -20,20 +20,22 @@ type meshPeer struct {
 	s      *Server
 	url    string
 	logger *slog.Logger
-	q      chan fwdPkt // packets to forward; drop-newest when full
+	q      *pktQueue // packets to forward (pkt.dst set); drop-oldest when full
 }
 
-type fwdPkt struct {
-	src, dst key.NodePublic
-	data     []byte
-}
+// Bounds of a mesh link's forward queue, shared by every client whose
+// packets cross it: deeper than a client's queue, for the same bursts.
+const (
+	meshQueueDepth = 8192
+	meshQueueBytes = 8 << 20
+)
 
 func newMeshPeer(s *Server, url string) *meshPeer {
 	return &meshPeer{
 		s:      s,
 		url:    url,
 		logger: s.logger.With("mesh_peer", url),
-		q:      make(chan fwdPkt, 256),
+		q:      newPktQueue(meshQueueDepth, meshQueueBytes),
 	}
 }
 
@@ -41,11 +43,9 @@ func newMeshPeer(s *Server, url string) *meshPeer {
 func (mp *meshPeer) forward(src, dst key.NodePublic, data []byte) {
 	// Count first so the counter never lags a delivered packet.
 	mp.s.packetsForwarded.Add(1)
-	select {
-	case mp.q <- fwdPkt{src: src, dst: dst, data: data}:
-	default:
-		mp.s.packetsForwarded.Add(-1)
-		mp.s.dropsGone.Add(1)
+	if n := mp.q.push(pkt{src: src, dst: dst, data: data}); n > 0 {
+		mp.s.packetsForwarded.Add(-int64(n))
+		mp.s.dropsGone.Add(int64(n))
 	}
 }
 
@@ -112,9 +112,15 @@ func (mp *meshPeer) runOnce(ctx context.Context) (self bool, err error) {
 			select {
 			case <-linkCtx.Done():
 				return
-			case p := <-mp.q:
-				if err := c.ForwardPacket(p.src, p.dst, p.data); err != nil {
-					return
+			case <-mp.q.ready:
+				for {
+					p, ok := mp.q.pop()
+					if !ok {
+						break
+					}
+					if err := c.ForwardPacket(p.src, p.dst, p.data); err != nil {
+						return
+					}
 				}
 			}
 		}

@@ -26,9 +26,10 @@ const (
 	restartTryFor      = 30 * time.Second
 )
 
-// pkt is a packet queued for a client.
+// pkt is a packet queued for a client or a mesh link.
 type pkt struct {
 	src  key.NodePublic
+	dst  key.NodePublic // set only on a mesh link's forward queue
 	data []byte
 }
 
