@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -416,7 +417,9 @@ type NetcheckReport struct {
 	// UDP is whether any STUN server answered over UDP.
 	UDP bool
 	// GlobalV4 and GlobalV6 are the node's public address and port of the
-	// WireGuard socket as STUN servers saw them; invalid if unknown.
+	// WireGuard socket as the STUN servers of the lowest-numbered region
+	// that answered saw them (behind a hard NAT each server sees another
+	// port); invalid if unknown.
 	GlobalV4, GlobalV6 netip.AddrPort
 	// MappingVariesByDestIP reports whether STUN servers at different
 	// addresses saw different public ports (a "hard" NAT, which makes
@@ -439,6 +442,10 @@ func (e *Engine) Netcheck(ctx context.Context) (NetcheckReport, error) {
 		return NetcheckReport{}, errors.New("netstack: netcheck: the relay map has no STUN servers")
 	}
 	results := e.stunRound(ctx)
+	// Answers arrive in any order; the report must not depend on it.
+	slices.SortFunc(results, func(a, b stunResult) int {
+		return cmp.Or(cmp.Compare(a.region, b.region), a.server.Compare(b.server))
+	})
 	rep := NetcheckReport{UDP: len(results) > 0, RegionLatency: make(map[int]time.Duration)}
 	mapped4 := make(map[netip.AddrPort]netip.AddrPort) // server -> mapping
 	for _, r := range results {
