@@ -129,7 +129,11 @@ func (c *Client) handshake(priv key.NodePrivate, meshKey string) error {
 		return err
 	}
 	c.serverKey = key.MachinePublicFromRaw32(raw)
-	info, err := json.Marshal(ClientInfo{Version: ProtocolVersion, MeshKey: meshKey, CanAckPings: true, Challenge: challenge})
+	ci := ClientInfo{Version: ProtocolVersion, CanAckPings: true, Challenge: challenge}
+	if meshKey != "" {
+		ci.MeshProof = MeshProof(meshKey, challenge, raw, priv.Public().Raw32())
+	}
+	info, err := json.Marshal(ci)
 	if err != nil {
 		return fmt.Errorf("derp: marshal client info: %w", err)
 	}

@@ -30,11 +30,14 @@
 // Version history of ProtocolVersion:
 //
 //	1 (2026-07): first version.
-//	2 (2026-11): FrameServerKey carries a challenge that ClientInfo echoes.
+//	2 (2026-11): FrameServerKey carries a challenge that ClientInfo echoes;
+//	   a meshing relay sends a MeshProof instead of the mesh key itself.
 package derp
 
 import (
 	"bufio"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -144,9 +147,10 @@ const (
 type ClientInfo struct {
 	// Version is the client's ProtocolVersion.
 	Version int `json:"version"`
-	// MeshKey is the region's mesh key for relay-to-relay connections,
-	// empty for ordinary clients.
-	MeshKey string `json:"mesh_key,omitempty"`
+	// MeshProof proves a relay-to-relay connection knows the region's
+	// mesh key without revealing it (see MeshProof); empty for ordinary
+	// clients.
+	MeshProof []byte `json:"mesh_proof,omitempty"`
 	// CanAckPings reports whether the client answers FramePing.
 	CanAckPings bool `json:"can_ack_pings,omitempty"`
 	// Challenge is the challenge of this connection's FrameServerKey.
@@ -155,6 +159,20 @@ type ClientInfo struct {
 
 // ChallengeLen is the length of the FrameServerKey challenge.
 const ChallengeLen = 16
+
+// MeshProof is HMAC-SHA256 under meshKey of the connection's challenge,
+// the server's machine key and the client's node key. The mesh key never
+// crosses the wire, so a server that is not what the client thinks it is
+// (over plain HTTP) learns nothing it can reuse, and a proof relayed to
+// another server, or to another connection, does not verify there.
+func MeshProof(meshKey string, challenge []byte, server, client [32]byte) []byte {
+	m := hmac.New(sha256.New, []byte(meshKey))
+	m.Write([]byte("beam derp mesh v1"))
+	m.Write(challenge)
+	m.Write(server[:])
+	m.Write(client[:])
+	return m.Sum(nil)
+}
 
 // ServerInfo is the JSON sealed inside FrameServerInfo.
 type ServerInfo struct {

@@ -72,7 +72,7 @@ func FuzzClientInfo(f *testing.F) {
 			}
 			var ci2 ClientInfo
 			err = json.Unmarshal(b, &ci2)
-			same := ci2.Version == ci.Version && ci2.MeshKey == ci.MeshKey && ci2.CanAckPings == ci.CanAckPings && bytes.Equal(ci2.Challenge, ci.Challenge)
+			same := ci2.Version == ci.Version && bytes.Equal(ci2.MeshProof, ci.MeshProof) && ci2.CanAckPings == ci.CanAckPings && bytes.Equal(ci2.Challenge, ci.Challenge)
 			if err != nil || !same {
 				t.Fatalf("client info JSON round trip: %+v -> %+v (%v)", ci, ci2, err)
 			}

@@ -27,6 +27,7 @@ package derpserver
 import (
 	"bufio"
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/subtle"
 	"crypto/tls"
@@ -376,8 +377,9 @@ func (s *Server) handshake(ctx context.Context, nc net.Conn, brw *bufio.ReadWrit
 		return nil, nil, fmt.Errorf("client %s: client info does not carry this connection's challenge", clientKey.ShortString())
 	}
 	isMesh := false
-	if info.MeshKey != "" {
-		if s.opts.MeshKey == "" || subtle.ConstantTimeCompare([]byte(info.MeshKey), []byte(s.opts.MeshKey)) != 1 {
+	if len(info.MeshProof) > 0 {
+		want := derp.MeshProof(s.opts.MeshKey, challenge[:], pub, raw)
+		if s.opts.MeshKey == "" || !hmac.Equal(info.MeshProof, want) {
 			refuse(nc, brw.Writer, "mesh key mismatch")
 			return nil, nil, fmt.Errorf("client %s: mesh key mismatch", clientKey.ShortString())
 		}
