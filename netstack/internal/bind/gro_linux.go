@@ -3,7 +3,6 @@ package bind
 import (
 	"encoding/binary"
 	"net"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -29,47 +28,26 @@ func enableGRO(c *net.UDPConn) bool {
 	return ok
 }
 
-// Layout of struct cmsghdr: cmsg_len (size_t), cmsg_level (int),
-// cmsg_type (int), then the data at the aligned header size.
-const (
-	cmsgLevelOff = unsafe.Offsetof(unix.Cmsghdr{}.Level)
-	cmsgTypeOff  = unsafe.Offsetof(unix.Cmsghdr{}.Type)
-	cmsgLenSize  = unsafe.Sizeof(unix.Cmsghdr{}.Len)
-)
-
 // groSegmentSize returns the segment size a UDP_GRO control message in
 // oob reports, or 0 if there is none (the message is one datagram). The
 // kernel writes an int; a 2-byte value (as some kernels' users expect) is
 // read too. Malformed control data yields 0.
 func groSegmentSize(oob []byte) int {
-	ne := binary.NativeEndian
 	for len(oob) >= unix.SizeofCmsghdr {
-		var l uint64
-		if cmsgLenSize == 8 {
-			l = ne.Uint64(oob)
-		} else {
-			l = uint64(ne.Uint32(oob))
-		}
-		if l < uint64(unix.SizeofCmsghdr) || l > uint64(len(oob)) {
+		hdr, data, rest, err := unix.ParseOneSocketControlMessage(oob)
+		if err != nil {
 			return 0
 		}
-		level := int32(ne.Uint32(oob[cmsgLevelOff:]))
-		typ := int32(ne.Uint32(oob[cmsgTypeOff:]))
-		if level == unix.SOL_UDP && typ == unix.UDP_GRO {
-			data := oob[unix.SizeofCmsghdr:l]
+		if hdr.Level == unix.SOL_UDP && hdr.Type == unix.UDP_GRO {
 			switch {
 			case len(data) >= 4:
-				return max(int(int32(ne.Uint32(data))), 0)
+				return max(int(int32(binary.NativeEndian.Uint32(data))), 0)
 			case len(data) >= 2:
-				return int(ne.Uint16(data))
+				return int(binary.NativeEndian.Uint16(data))
 			}
 			return 0
 		}
-		next := unix.CmsgSpace(int(l) - unix.SizeofCmsghdr)
-		if next > len(oob) {
-			return 0
-		}
-		oob = oob[next:]
+		oob = rest
 	}
 	return 0
 }
