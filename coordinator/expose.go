@@ -183,6 +183,20 @@ func (s *Server) handleExpose(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
+	if resp.Route != nil {
+		// Answer once the edges have been sent the route, so the URL
+		// works as soon as the device prints it. Waited for here, not
+		// under the edge's change lock, and bounded: a stuck edge stream
+		// must hold up neither this device nor other changes.
+		s.mu.Lock()
+		edges := s.edgeSessionsLocked()
+		s.mu.Unlock()
+		ctx, cancel := context.WithTimeout(r.Context(), edgeDeliveryWait)
+		for _, e := range edges {
+			e.ss.waitDelivered(ctx, e.gen)
+		}
+		cancel()
+	}
 	s.writeSealed(w, nk, resp)
 }
 
@@ -323,16 +337,7 @@ func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.Expose
 	s.routesChangedLocked(nk)
 	s.notifyEdgesLocked(self.NetworkID, nk)
 	wr, _ := s.wireRouteLocked(rt)
-	edges := s.edgeSessionsLocked()
 	s.mu.Unlock()
-	// Answer once the edges have been sent the route, so the URL works
-	// as soon as the device prints it (bounded: a stuck edge stream must
-	// not hold the device up).
-	waitCtx, cancel := context.WithTimeout(ctx, edgeDeliveryWait)
-	for _, w := range edges {
-		w.ss.waitDelivered(waitCtx, w.gen)
-	}
-	cancel()
 	s.audit(ctx, actorNode(self.Node.Name), "route.claim", host, fmt.Sprintf("%s port %d public port %d", req.Proto, req.Port, rt.PublicPort))
 	s.logger.Info("edge route published", "node", nk.ShortString(), "name", self.Node.Name, "host", host, "proto", req.Proto, "port", req.Port, "public_port", rt.PublicPort)
 	return &wire.ExposeResponse{Route: &wr, URL: s.routeURL(rt)}, nil
