@@ -65,7 +65,7 @@ type sclient struct {
 	cancel  context.CancelFunc
 
 	sendQ  *pktQueue    // non-disco packets, drop-oldest
-	discoQ chan pkt     // disco packets, drop-oldest
+	discoQ *pktQueue    // disco packets, drop-oldest
 	ctrlQ  chan ctrlMsg // peer gone and pong frames, drop-newest
 
 	evicted   atomic.Bool // replaced by a newer connection for key
@@ -90,7 +90,7 @@ func newSClient(s *Server, nc net.Conn, brw *bufio.ReadWriter, k key.NodePublic,
 		logger:    logger.With("peer", k.ShortString()),
 		limiter:   lim,
 		sendQ:     newPktQueue(s.opts.SendQueueDepth, s.opts.SendQueueBytes),
-		discoQ:    make(chan pkt, s.opts.DiscoQueueDepth),
+		discoQ:    newPktQueue(s.opts.DiscoQueueDepth, s.opts.DiscoQueueDepth*derp.MaxPacketSize),
 		ctrlQ:     make(chan ctrlMsg, 16),
 		sentTo:    make(map[key.NodePublic]bool),
 		peerReady: make(chan struct{}, 1),
@@ -112,27 +112,13 @@ func (c *sclient) run(ctx context.Context) error {
 // enqueuePacket queues a packet for the client, dropping the oldest queued
 // packets when a queue is full. It never blocks.
 func (c *sclient) enqueuePacket(src key.NodePublic, data []byte) {
-	p := pkt{src: src, data: data}
-	if !derp.IsDisco(data) {
-		if n := c.sendQ.push(p); n > 0 {
-			c.s.dropsQueueFull.Add(int64(n))
-		}
-		return
+	q := c.sendQ
+	if derp.IsDisco(data) {
+		q = c.discoQ
 	}
-	q := c.discoQ
-	for range 3 {
-		select {
-		case q <- p:
-			return
-		default:
-		}
-		select {
-		case <-q:
-			c.s.dropsQueueFull.Add(1)
-		default:
-		}
+	if n := q.push(pkt{src: src, data: data}); n > 0 {
+		c.s.dropsQueueFull.Add(int64(n))
 	}
-	c.s.dropsQueueFull.Add(1)
 }
 
 // queueCtrl queues a control frame, dropping it if the queue is full.
@@ -252,10 +238,10 @@ func (c *sclient) sendLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			c.sendGoodbye()
 			return nil
-		case p := <-c.discoQ:
-			err = c.writePacket(p)
+		case <-c.discoQ.ready:
+			err = c.writeQueued(c.discoQ)
 		case <-c.sendQ.ready:
-			err = c.writeQueued()
+			err = c.writeQueued(c.sendQ)
 		case m := <-c.ctrlQ:
 			err = c.writeCtrl(m)
 		case <-c.peerReady:
@@ -267,7 +253,7 @@ func (c *sclient) sendLoop(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("write: %w", err)
 		}
-		if len(c.discoQ) == 0 && c.sendQ.len() == 0 && len(c.ctrlQ) == 0 {
+		if c.discoQ.len() == 0 && c.sendQ.len() == 0 && len(c.ctrlQ) == 0 {
 			c.setWriteDeadline()
 			if err := c.bw.Flush(); err != nil {
 				return fmt.Errorf("flush: %w", err)
@@ -299,11 +285,11 @@ func (c *sclient) sendGoodbye() {
 // send loop looks at disco and control frames again.
 const writeBatch = 64
 
-// writeQueued writes up to writeBatch queued packets; if more wait, it
-// leaves the queue marked ready for the next turn of the send loop.
-func (c *sclient) writeQueued() error {
+// writeQueued writes up to writeBatch packets of q; if more wait, it
+// leaves q marked ready for the next turn of the send loop.
+func (c *sclient) writeQueued(q *pktQueue) error {
 	for range writeBatch {
-		p, ok := c.sendQ.pop()
+		p, ok := q.pop()
 		if !ok {
 			return nil
 		}
@@ -311,9 +297,9 @@ func (c *sclient) writeQueued() error {
 			return err
 		}
 	}
-	if c.sendQ.len() > 0 {
+	if q.len() > 0 {
 		select {
-		case c.sendQ.ready <- struct{}{}:
+		case q.ready <- struct{}{}:
 		default:
 		}
 	}
