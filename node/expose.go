@@ -513,9 +513,7 @@ func (w *statusWriter) Flush() {
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 func firstForwardedFor(r *http.Request) string {
-	xff := r.Header.Get("X-Forwarded-For")
-	first, _, _ := strings.Cut(xff, ",")
-	return strings.TrimSpace(first)
+	return string(firstAddr([]byte(r.Header.Get("X-Forwarded-For"))))
 }
 
 func writeNothingListening(w http.ResponseWriter, port uint16) {
