@@ -174,11 +174,11 @@ func New(opts Options) (*Stack, error) {
 	})
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, st.tcpFwd.HandlePacket)
 	handleUDP := opts.HandleUDP
-	st.udpFwd = udp.NewForwarder(s, func(r *udp.ForwarderRequest) {
-		if handleUDP == nil {
-			return
+	st.udpFwd = udp.NewForwarder(s, func(r *udp.ForwarderRequest) bool {
+		if handleUDP != nil {
+			handleUDP(newUDPRequest(st, r))
 		}
-		handleUDP(newUDPRequest(st, r))
+		return true // taken either way: no ICMP port unreachable
 	})
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, st.udpFwd.HandlePacket)
 
