@@ -3,6 +3,7 @@ package derp
 import (
 	"bufio"
 	"context"
+	"crypto/hmac"
 	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
@@ -28,6 +29,11 @@ const WebSocketSubprotocol = "derp"
 // ErrRefused is returned by Dial when the server refused the client: an
 // unproven or unadmitted node key, or a wrong mesh key.
 var ErrRefused = errors.New("derp: server refused connection")
+
+// ErrMeshUnproven is returned by Dial with a mesh key when the server did
+// not prove it knows the same key: an impostor, a relay with another mesh
+// key, or one older than protocol version 3.
+var ErrMeshUnproven = errors.New("derp: server did not prove the mesh key")
 
 // ClientOptions configures Dial. The zero value dials plainly over TCP.
 type ClientOptions struct {
@@ -155,6 +161,9 @@ func (c *Client) handshake(priv key.NodePrivate, meshKey string) error {
 			}
 			if err := json.Unmarshal(msg, &c.serverInfo); err != nil {
 				return fmt.Errorf("derp: decode server info: %w", err)
+			}
+			if meshKey != "" && !hmac.Equal(c.serverInfo.MeshProof, ServerMeshProof(meshKey, challenge, raw, pub)) {
+				return fmt.Errorf("%w (server key %s, protocol version %d)", ErrMeshUnproven, c.serverKey.ShortString(), c.serverInfo.Version)
 			}
 			return nil
 		case FrameHealth:

@@ -32,6 +32,9 @@
 //	1 (2026-07): first version.
 //	2 (2026-11): FrameServerKey carries a challenge that ClientInfo echoes;
 //	   a meshing relay sends a MeshProof instead of the mesh key itself.
+//	3 (2026-11): the server proves the mesh key back: ServerInfo carries
+//	   a MeshProof of its own for a meshing client, which the client
+//	   requires, so a relay of one region never forwards to an impostor.
 package derp
 
 import (
@@ -46,7 +49,7 @@ import (
 
 // ProtocolVersion is the version of the relay protocol this package speaks.
 // It is sent in ClientInfo and ServerInfo.
-const ProtocolVersion = 2
+const ProtocolVersion = 3
 
 // Magic is the 8-byte prefix of the FrameServerKey payload: "BEAM" followed
 // by the UTF-8 bytes of U+1F511 (key emoji).
@@ -166,8 +169,22 @@ const ChallengeLen = 16
 // (over plain HTTP) learns nothing it can reuse, and a proof relayed to
 // another server, or to another connection, does not verify there.
 func MeshProof(meshKey string, challenge []byte, server, client [32]byte) []byte {
+	return meshMAC("beam derp mesh v1", meshKey, challenge, server, client)
+}
+
+// ServerMeshProof is the server's answer to a meshing client's
+// MeshProof: the same MAC under another label, so neither side can turn
+// the other's proof into its own. A client that meshes requires it, so an
+// impostor in the path of a plain-HTTP mesh link (which does not know the
+// mesh key) cannot pose as the region's other relay and swallow the
+// packets forwarded to it.
+func ServerMeshProof(meshKey string, challenge []byte, server, client [32]byte) []byte {
+	return meshMAC("beam derp mesh server v1", meshKey, challenge, server, client)
+}
+
+func meshMAC(label, meshKey string, challenge []byte, server, client [32]byte) []byte {
 	m := hmac.New(sha256.New, []byte(meshKey))
-	m.Write([]byte("beam derp mesh v1"))
+	m.Write([]byte(label))
 	m.Write(challenge)
 	m.Write(server[:])
 	m.Write(client[:])
@@ -182,6 +199,9 @@ type ServerInfo struct {
 	TokenBucketBytesPerSecond int `json:"token_bucket_bytes_per_second,omitempty"`
 	// TokenBucketBytesBurst is the client's burst allowance, 0 if none.
 	TokenBucketBytesBurst int `json:"token_bucket_bytes_burst,omitempty"`
+	// MeshProof is the server's ServerMeshProof for a meshing client;
+	// empty for ordinary clients.
+	MeshProof []byte `json:"mesh_proof,omitempty"`
 }
 
 // Errors returned by the frame codec.

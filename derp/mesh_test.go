@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"testing"
@@ -103,4 +104,114 @@ func TestMeshKeyNeverSent(t *testing.T) {
 			t.Errorf("proof for %s equals the client's", name)
 		}
 	}
+}
+
+// TestMeshClientRequiresServerProof has an impostor finish the handshake
+// (it can: it holds its own machine key) and checks that a meshing client
+// refuses every server info that does not prove the mesh key: none, the
+// client's own proof reflected back, and a proof under another key.
+func TestMeshClientRequiresServerProof(t *testing.T) {
+	const meshKey = "region-secret-mesh-key"
+	for name, answer := range map[string]func(ci ClientInfo, server, client [32]byte) []byte{
+		"no proof":        func(ClientInfo, [32]byte, [32]byte) []byte { return nil },
+		"reflected proof": func(ci ClientInfo, _, _ [32]byte) []byte { return ci.MeshProof },
+		"wrong mesh key": func(ci ClientInfo, server, client [32]byte) []byte {
+			return ServerMeshProof("guess", ci.Challenge, server, client)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			impostor := key.NewMachine()
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			errc := make(chan error, 1)
+			go func() {
+				errc <- serveOneHandshake(ln, impostor, func(ci ClientInfo, client [32]byte) ServerInfo {
+					return ServerInfo{Version: ProtocolVersion, MeshProof: answer(ci, impostor.Public().Raw32(), client)}
+				})
+			}()
+			_, err = Dial(t.Context(), "http://"+ln.Addr().String()+"/derp", key.NewNode(), ClientOptions{MeshKey: meshKey})
+			if !errors.Is(err, ErrMeshUnproven) {
+				t.Fatalf("Dial = %v, want ErrMeshUnproven", err)
+			}
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+
+	// The same fake server with the right proof is accepted, so the
+	// refusals above are about the proof and nothing else.
+	srv := key.NewMachine()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	errc := make(chan error, 1)
+	go func() {
+		errc <- serveOneHandshake(ln, srv, func(ci ClientInfo, client [32]byte) ServerInfo {
+			return ServerInfo{Version: ProtocolVersion, MeshProof: ServerMeshProof(meshKey, ci.Challenge, srv.Public().Raw32(), client)}
+		})
+	}()
+	c, err := Dial(t.Context(), "http://"+ln.Addr().String()+"/derp", key.NewNode(), ClientOptions{MeshKey: meshKey})
+	if err != nil {
+		t.Fatalf("Dial with a valid server proof: %v", err)
+	}
+	c.Close()
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// serveOneHandshake accepts one relay connection on ln and answers its
+// handshake as server key srv, with the server info info returns.
+func serveOneHandshake(ln net.Listener, srv key.MachinePrivate, info func(ci ClientInfo, client [32]byte) ServerInfo) error {
+	nc, err := ln.Accept()
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(nc)
+	if _, err := http.ReadRequest(br); err != nil {
+		return err
+	}
+	nc.Write([]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n"))
+	bw := bufio.NewWriter(nc)
+	pub := srv.Public().Raw32()
+	WriteFrame(bw, FrameServerKey, []byte(Magic), pub[:], []byte("0123456789abcdef"))
+	bw.Flush()
+	ft, p, err := ReadFrame(br, MaxFrameSize, nil)
+	if err != nil || ft != FrameClientInfo {
+		return errors.Join(err, errors.New("no client info"))
+	}
+	raw, sealed, err := ParseClientInfoPayload(p)
+	if err != nil {
+		return err
+	}
+	clientKey := key.NodePublicFromRaw32(raw)
+	msg, ok := srv.OpenFrom(clientKey, sealed)
+	if !ok {
+		return errors.New("client info does not open")
+	}
+	var ci ClientInfo
+	if err := json.Unmarshal(msg, &ci); err != nil {
+		return err
+	}
+	si, err := json.Marshal(info(ci, raw))
+	if err != nil {
+		return err
+	}
+	if err := WriteFrame(bw, FrameServerInfo, srv.SealTo(clientKey, si)); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	// Wait for the client to hang up so it reads the whole answer.
+	io.Copy(io.Discard, br)
+	return nil
 }

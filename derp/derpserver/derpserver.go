@@ -391,6 +391,9 @@ func (s *Server) handshake(ctx context.Context, nc net.Conn, brw *bufio.ReadWrit
 		}
 	}
 	si := derp.ServerInfo{Version: derp.ProtocolVersion}
+	if isMesh {
+		si.MeshProof = derp.ServerMeshProof(s.opts.MeshKey, challenge[:], pub, raw)
+	}
 	var lim *rate.Limiter
 	if s.opts.PerClientRateBytes > 0 && !isMesh {
 		lim = rate.NewLimiter(rate.Limit(s.opts.PerClientRateBytes), s.opts.PerClientBurstBytes)
