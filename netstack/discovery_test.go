@@ -15,7 +15,13 @@ import (
 // test ends and returns its address.
 func stunServer(t testing.TB) netip.AddrPort {
 	t.Helper()
-	pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	return stunServerOn(t, "udp4", "127.0.0.1:0")
+}
+
+// stunServerOn is stunServer on the given network and address.
+func stunServerOn(t testing.TB, network, addr string) netip.AddrPort {
+	t.Helper()
+	pc, err := net.ListenPacket(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,6 +140,34 @@ func TestNetcheck(t *testing.T) {
 				t.Errorf("PreferredDERP = %d, want 1 or 2", rep.PreferredDERP)
 			}
 		})
+	}
+}
+
+// TestNetcheckIPv6 asks a STUN server on the IPv6 loopback: the answer
+// comes back to the bind's IPv6 socket and is the node's GlobalV6, and an
+// IPv6 answer alone says nothing of IPv4.
+func TestNetcheckIPv6(t *testing.T) {
+	s6 := stunServerOn(t, "udp6", "[::1]:0")
+	nodes := newNodes(t, 1, nil)
+	n := nodes[0]
+	cfg := n.cfg
+	cfg.DERPMap = map[int]DERPRegion{4: {STUNAddrs: []string{s6.String()}}}
+	if err := n.e.Reconfig(cfg); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := n.e.Netcheck(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := netip.AddrPortFrom(netip.IPv6Loopback(), n.e.LocalPort())
+	if !rep.UDP || rep.GlobalV6 != want {
+		t.Errorf("UDP %v, GlobalV6 %v; want true, %v", rep.UDP, rep.GlobalV6, want)
+	}
+	if rep.GlobalV4.IsValid() || rep.MappingVariesByDestIP != nil {
+		t.Errorf("GlobalV4 %v, MappingVariesByDestIP %v; want both unknown", rep.GlobalV4, rep.MappingVariesByDestIP)
+	}
+	if rep.RegionLatency[4] <= 0 {
+		t.Errorf("RegionLatency = %v, want region 4", rep.RegionLatency)
 	}
 }
 
