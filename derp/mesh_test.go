@@ -106,21 +106,30 @@ func TestMeshKeyNeverSent(t *testing.T) {
 	}
 }
 
-// TestMeshClientRequiresServerProof has an impostor finish the handshake
-// (it can: it holds its own machine key) and checks that a meshing client
-// refuses every server info that does not prove the mesh key: none, the
-// client's own proof reflected back, and a proof under another key.
+// TestMeshClientRequiresServerProof has a server finish the handshake (an
+// impostor can: it holds its own machine key) and checks that a meshing
+// client refuses every server info that does not prove the mesh key:
+// none, the client's own proof reflected back, and a proof under another
+// key. The same server with the right proof is accepted, so the refusals
+// are about the proof and nothing else.
 func TestMeshClientRequiresServerProof(t *testing.T) {
 	const meshKey = "region-secret-mesh-key"
-	for name, answer := range map[string]func(ci ClientInfo, server, client [32]byte) []byte{
-		"no proof":        func(ClientInfo, [32]byte, [32]byte) []byte { return nil },
-		"reflected proof": func(ci ClientInfo, _, _ [32]byte) []byte { return ci.MeshProof },
-		"wrong mesh key": func(ci ClientInfo, server, client [32]byte) []byte {
+	for _, tc := range []struct {
+		name   string
+		answer func(ci ClientInfo, server, client [32]byte) []byte
+		ok     bool
+	}{
+		{"no proof", func(ClientInfo, [32]byte, [32]byte) []byte { return nil }, false},
+		{"reflected proof", func(ci ClientInfo, _, _ [32]byte) []byte { return ci.MeshProof }, false},
+		{"wrong mesh key", func(ci ClientInfo, server, client [32]byte) []byte {
 			return ServerMeshProof("guess", ci.Challenge, server, client)
-		},
+		}, false},
+		{"right proof", func(ci ClientInfo, server, client [32]byte) []byte {
+			return ServerMeshProof(meshKey, ci.Challenge, server, client)
+		}, true},
 	} {
-		t.Run(name, func(t *testing.T) {
-			impostor := key.NewMachine()
+		t.Run(tc.name, func(t *testing.T) {
+			srv := key.NewMachine()
 			ln, err := net.Listen("tcp", "127.0.0.1:0")
 			if err != nil {
 				t.Fatal(err)
@@ -128,41 +137,23 @@ func TestMeshClientRequiresServerProof(t *testing.T) {
 			defer ln.Close()
 			errc := make(chan error, 1)
 			go func() {
-				errc <- serveOneHandshake(ln, impostor, func(ci ClientInfo, client [32]byte) ServerInfo {
-					return ServerInfo{Version: ProtocolVersion, MeshProof: answer(ci, impostor.Public().Raw32(), client)}
+				errc <- serveOneHandshake(ln, srv, func(ci ClientInfo, client [32]byte) ServerInfo {
+					return ServerInfo{Version: ProtocolVersion, MeshProof: tc.answer(ci, srv.Public().Raw32(), client)}
 				})
 			}()
-			_, err = Dial(t.Context(), "http://"+ln.Addr().String()+"/derp", key.NewNode(), ClientOptions{MeshKey: meshKey})
-			if !errors.Is(err, ErrMeshUnproven) {
+			c, err := Dial(t.Context(), "http://"+ln.Addr().String()+"/derp", key.NewNode(), ClientOptions{MeshKey: meshKey})
+			switch {
+			case tc.ok && err != nil:
+				t.Fatalf("Dial with a valid server proof: %v", err)
+			case tc.ok:
+				c.Close()
+			case !errors.Is(err, ErrMeshUnproven):
 				t.Fatalf("Dial = %v, want ErrMeshUnproven", err)
 			}
 			if err := <-errc; err != nil {
 				t.Fatal(err)
 			}
 		})
-	}
-
-	// The same fake server with the right proof is accepted, so the
-	// refusals above are about the proof and nothing else.
-	srv := key.NewMachine()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	errc := make(chan error, 1)
-	go func() {
-		errc <- serveOneHandshake(ln, srv, func(ci ClientInfo, client [32]byte) ServerInfo {
-			return ServerInfo{Version: ProtocolVersion, MeshProof: ServerMeshProof(meshKey, ci.Challenge, srv.Public().Raw32(), client)}
-		})
-	}()
-	c, err := Dial(t.Context(), "http://"+ln.Addr().String()+"/derp", key.NewNode(), ClientOptions{MeshKey: meshKey})
-	if err != nil {
-		t.Fatalf("Dial with a valid server proof: %v", err)
-	}
-	c.Close()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
 	}
 }
 
