@@ -15,7 +15,8 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3/acme"
-	"go.uber.org/zap"
+
+	"beam.dev/beam/internal/zapslog"
 )
 
 // TXTSetter publishes TXT records in the edge domain's authoritative zone,
@@ -118,7 +119,7 @@ func NewCertManager(opts CertOptions) (*CertManager, error) {
 		log:   log.With("component", "edge-certs"),
 		names: []string{"*." + opts.Domain},
 	}
-	zl := zap.NewNop()
+	zl := zapslog.New(m.log) // certmagic: ACME orders, renewals, failures
 	storage := &certmagic.FileStorage{Path: opts.StorageDir}
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert: func(c certmagic.Certificate) (*certmagic.Config, error) {

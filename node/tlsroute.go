@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -19,9 +18,8 @@ import (
 
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3/acme"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
+	"beam.dev/beam/internal/zapslog"
 	"beam.dev/beam/netstack"
 )
 
@@ -92,15 +90,8 @@ func newTLSTerminator(n *Node) *tlsTerminator {
 		conns:     map[net.Conn]struct{}{},
 	}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
-	// certmagic logs through zap: its info lines become debug records,
-	// its warnings and errors warnings.
-	enc := zap.NewProductionEncoderConfig()
-	enc.TimeKey = ""
-	zl := zap.New(zapcore.NewTee(
-		zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.AddSync(slogWriter{t.log, slog.LevelDebug}),
-			zap.LevelEnablerFunc(func(l zapcore.Level) bool { return l == zapcore.InfoLevel })),
-		zapcore.NewCore(zapcore.NewConsoleEncoder(enc), zapcore.AddSync(slogWriter{t.log, slog.LevelWarn}), zap.WarnLevel),
-	))
+	// certmagic logs through zap: its info lines become debug records.
+	zl := zapslog.New(t.log)
 	t.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return t.cfg, nil },
 		Logger:           zl,
@@ -416,15 +407,4 @@ func (s *nodeDNSSolver) CleanUp(ctx context.Context, ch acme.Challenge) error {
 	}
 	s.values[name] = v
 	return s.set(ctx, name, v)
-}
-
-// slogWriter turns certmagic's log lines (zap) into slog records.
-type slogWriter struct {
-	log   *slog.Logger
-	level slog.Level
-}
-
-func (w slogWriter) Write(p []byte) (int, error) {
-	w.log.Log(context.Background(), w.level, "certmagic", "line", string(bytes.TrimSpace(p)))
-	return len(p), nil
 }
