@@ -158,6 +158,9 @@ type Edge struct {
 	h2c      *http.Transport
 	clients  *connLimiter
 	reqCount atomic.Uint64
+	// httpsPort, when not zero, sends plain-HTTP requests of http routes
+	// to HTTPS on that port (SetHTTPSRedirect).
+	httpsPort atomic.Uint32
 
 	mu        sync.Mutex // guards the following fields
 	targets   map[netip.AddrPort]*target
@@ -165,6 +168,14 @@ type Edge struct {
 	closed    bool
 	closeOnce sync.Once
 }
+
+// SetHTTPSRedirect makes the edge answer every plain-HTTP request for an
+// http route with 308 Permanent Redirect to the same URL over HTTPS on
+// port (443 leaves the port out of the URL), before any route policy, so
+// a password or cookie is never asked for over plain HTTP. Port 0 turns
+// it off (the default: the edge then serves http routes over both). Set
+// it once the edge has certificates to serve HTTPS with.
+func (e *Edge) SetHTTPSRedirect(port uint16) { e.httpsPort.Store(uint32(port)) }
 
 // New returns an Edge with no routes. It starts background loops; call Close
 // to stop them.

@@ -13,6 +13,7 @@ import (
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -147,6 +148,15 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request, st *reqState, h
 		return
 	}
 	st.rt = rt
+	if port := e.httpsPort.Load(); port != 0 && r.TLS == nil {
+		u := "https://" + host
+		if port != 443 {
+			u += ":" + strconv.Itoa(int(port))
+		}
+		w.Header().Set("Location", u+r.URL.RequestURI())
+		w.WriteHeader(http.StatusPermanentRedirect)
+		return
+	}
 	if r.TLS != nil && r.TLS.ServerName != "" {
 		if sni, _ := normalizeHost(r.TLS.ServerName); sni != host {
 			e.writeError(w, r, http.StatusMisdirectedRequest, "Misdirected request",

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -517,4 +519,58 @@ func TestCloseStopsServing(t *testing.T) {
 		t.Error("listener still open after Close")
 	}
 	e.Close() // idempotent
+}
+
+// TestHTTPSRedirect: with SetHTTPSRedirect, a plain-HTTP request for an
+// http route gets 308 to the same URL over HTTPS (method and body kept by
+// the client), before basic auth asks for a password; the route still
+// serves over TLS, unknown hosts still get 404, and port 0 turns it off.
+func TestHTTPSRedirect(t *testing.T) {
+	ov := newOverlay()
+	app, _ := origin(t, ov, nameHandler("alpha"))
+	e := newTestEdge(t, ov, Options{})
+	rt := httpRoute("alpha", app)
+	rt.Policy.BasicAuth = []BasicAuthUser{{User: "u", Secret: "plain:p"}}
+	setRoutes(t, e, rt)
+	plain := clientTo(serveHTTP(t, e))
+	plain.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	cert := selfSigned(t, "alpha."+testDomain)
+	tlsAddr := serveTLS(t, e, cert)
+
+	e.SetHTTPSRedirect(443)
+	for _, tc := range []struct{ url, host, want string }{
+		{"http://alpha." + testDomain + "/a/b?x=1&y=%20", "", "https://alpha." + testDomain + "/a/b?x=1&y=%20"},
+		{"http://alpha." + testDomain + "/", "ALPHA." + testDomain + ":80", "https://alpha." + testDomain + "/"},
+	} {
+		var hdr []string
+		if tc.host != "" {
+			hdr = []string{"Host", tc.host}
+		}
+		code, _, h := get(t, plain, tc.url, hdr...)
+		if code != http.StatusPermanentRedirect || h.Get("Location") != tc.want {
+			t.Errorf("GET %s: %d Location %q, want 308 %q", tc.url, code, h.Get("Location"), tc.want)
+		}
+	}
+	if code, _, _ := get(t, plain, "http://nope."+testDomain+"/"); code != http.StatusNotFound {
+		t.Errorf("unknown host: %d, want 404", code)
+	}
+
+	e.SetHTTPSRedirect(8443)
+	if _, _, h := get(t, plain, "http://alpha."+testDomain+"/p"); h.Get("Location") != "https://alpha."+testDomain+":8443/p" {
+		t.Errorf("Location %q, want the HTTPS port in it", h.Get("Location"))
+	}
+
+	// Over TLS the route serves as before (401: basic auth).
+	roots := x509.NewCertPool()
+	roots.AddCert(cert.Leaf)
+	tc := clientTo(tlsAddr)
+	tc.Transport.(*http.Transport).TLSClientConfig = &tls.Config{RootCAs: roots}
+	if code, _, _ := get(t, tc, "https://alpha."+testDomain+"/"); code != http.StatusUnauthorized {
+		t.Errorf("over TLS: %d, want 401", code)
+	}
+
+	e.SetHTTPSRedirect(0)
+	if code, _, _ := get(t, plain, "http://alpha."+testDomain+"/"); code != http.StatusUnauthorized {
+		t.Errorf("redirect off: %d, want 401", code)
+	}
 }

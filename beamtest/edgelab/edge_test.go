@@ -95,6 +95,18 @@ func testHTTPS(t *testing.T, w *world, alpha *device) {
 		t.Fatalf("curl --http2: %q, %v; want HTTP/2 200", body, err)
 	}
 
+	// Plain HTTP is answered with a redirect to the same URL over HTTPS,
+	// which curl -L then follows to the app.
+	plain := "http://alpha." + domain + "/path?q=1"
+	body, err = w.curl(ctx, 0, "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", plain)
+	if err != nil || body != "308 https://alpha."+domain+"/path?q=1" {
+		t.Fatalf("GET %s: %q, %v; want 308 to the https URL", plain, body, err)
+	}
+	body, err = w.curl(ctx, 0, "--resolve", "alpha."+domain+":443:"+w.srv.Addr().String(), "-L", "-w", "\n%{http_code} %{url_effective}", plain)
+	if err != nil || !strings.HasPrefix(body, "hello from alpha") || !strings.HasSuffix(body, "200 https://alpha."+domain+"/path?q=1") {
+		t.Fatalf("curl -L %s: %q, %v; want the app over HTTPS", plain, body, err)
+	}
+
 	out, err := w.client(ctx, 0, "ws", "wss://alpha."+domain+"/ws", "100")
 	if err != nil || !strings.HasPrefix(out, "ws echoed 100 messages status=101") {
 		t.Fatalf("websocket: %q, %v", out, err)

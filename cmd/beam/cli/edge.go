@@ -28,6 +28,7 @@ type EdgeOptions struct {
 	Domain      string
 	HTTPAddr    string
 	HTTPSAddr   string
+	NoRedirect  bool
 	BindHost    string
 	ACMECA      string
 	ACMECARoot  string
@@ -68,6 +69,7 @@ func NewCmdEdge(f *Factory, in *instanceFlags, runF func(*EdgeOptions) error) *c
 	fl.StringVar(&o.Domain, "domain", "", "the public domain routes live under (NAME.DOMAIN)")
 	fl.StringVar(&o.HTTPAddr, "http-addr", ":80", "plain HTTP listener (\"\" disables)")
 	fl.StringVar(&o.HTTPSAddr, "https-addr", ":443", "TLS listener (\"\" disables); needs --acme-ca or --tls-cert")
+	fl.BoolVar(&o.NoRedirect, "no-https-redirect", false, "serve http routes over plain HTTP too, instead of redirecting to HTTPS")
 	fl.StringVar(&o.BindHost, "bind-host", "", "address TCP and UDP route ports listen on (default all)")
 	fl.StringVar(&o.ACMECA, "acme-ca", "", "ACME directory URL for certificates (wildcard by DNS-01 through the coordinator's zone)")
 	fl.StringVar(&o.ACMECARoot, "acme-ca-root", "", "PEM file of the root that signs the ACME server's HTTPS certificate")
@@ -143,6 +145,7 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 		return err
 	}
 	defer srv.Close()
+	redirectToHTTPS(e, srv, !o.NoRedirect)
 	logger.Info("edge running", "domain", o.Domain, "http", o.HTTPAddr, "https", httpsAddr)
 	return routes.follow(ctx, srv, logger)
 }
@@ -173,6 +176,14 @@ func (f routeFeed) follow(ctx context.Context, srv *edgenode.Server, logger *slo
 				logger.Warn("routes", "err", err)
 			}
 		}
+	}
+}
+
+// redirectToHTTPS makes e redirect plain-HTTP requests of http routes to
+// the HTTPS listener of srv, when on and srv has one.
+func redirectToHTTPS(e *edge.Edge, srv *edgenode.Server, on bool) {
+	if a, ok := srv.Addr("https").(*net.TCPAddr); ok && on {
+		e.SetHTTPSRedirect(uint16(a.Port))
 	}
 }
 

@@ -36,6 +36,7 @@ type ServerOptions struct {
 	PublicURL  string
 	HTTPAddr   string
 	HTTPSAddr  string
+	NoRedirect bool
 	TCPPorts   string
 	UDPPorts   string
 	STUNAddr   string
@@ -87,6 +88,7 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 	fl.StringVar(&o.PublicURL, "public-url", "", "URL devices use to reach --addr (default http://DOMAIN:PORT)")
 	fl.StringVar(&o.HTTPAddr, "http-addr", ":80", "edge HTTP listener (\"\" disables)")
 	fl.StringVar(&o.HTTPSAddr, "https-addr", ":443", "edge TLS listener (\"\" disables; needs --acme-ca)")
+	fl.BoolVar(&o.NoRedirect, "no-https-redirect", false, "serve http routes over plain HTTP too, instead of redirecting to HTTPS")
 	fl.StringVar(&o.TCPPorts, "tcp-ports", "20000-20999", "edge ports for --tcp routes")
 	fl.StringVar(&o.UDPPorts, "udp-ports", "21000-21999", "edge ports for --udp routes")
 	fl.StringVar(&o.STUNAddr, "stun-addr", ":3478", "STUN responder (\"\" disables)")
@@ -330,6 +332,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		return err
 	}
 	defer esrv.Close()
+	redirectToHTTPS(e, esrv, !o.NoRedirect)
 	httpAddr := ""
 	if a := esrv.Addr("http"); a != nil {
 		httpAddr = a.String()
