@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"beam.dev/beam/beamtest/nslab"
 )
 
@@ -55,6 +57,11 @@ func runSend(ctx context.Context, args []string) error {
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
+	cc, err := congestionControl(c.(*net.TCPConn))
+	if err != nil {
+		return err
+	}
+	fmt.Printf("congestion=%s\n", cc)
 	if _, err := c.Write(data); err != nil {
 		return err
 	}
@@ -92,4 +99,21 @@ func runSink(ctx context.Context, args []string) error {
 		}
 		fmt.Fprintf(c, "%x %d\n", h.Sum(nil), n)
 	})
+}
+
+// congestionControl returns the name of c's TCP congestion control (the
+// namespace's default, such as "bbr" or "cubic").
+func congestionControl(c *net.TCPConn) (string, error) {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return "", err
+	}
+	var name string
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		name, serr = unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION)
+	}); err != nil {
+		return "", err
+	}
+	return name, serr
 }
