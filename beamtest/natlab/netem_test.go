@@ -1,6 +1,7 @@
 package natlab
 
 import (
+	"cmp"
 	"fmt"
 	"strconv"
 	"strings"
@@ -20,10 +21,14 @@ const (
 	baselinePort = 7002
 )
 
-// netemVariant is a pair and how much to move between them.
+// netemVariant is a pair, how much to move between them and across what
+// impairment.
 type netemVariant struct {
 	pairVariant
 	size int
+	// spec is the impairment; empty means netemSpec. label tells the
+	// subtest and its artefact from others of the same pair and size.
+	spec, label string
 }
 
 // TestLossAndDelay moves data through `beam nc` while alice's NAT loses 5%
@@ -45,13 +50,19 @@ type netemVariant struct {
 // trip is short ("loss 5%" alone: over 180 s by default, 25-30 s with
 // either, 4 s with both), and both retransmit spuriously on a busy machine
 // (netstack's TestBulkTransferNoStall), so neither is on. So the 16 MiB
-// direct variant is pending and a 1 MiB direct variant guards integrity
-// under loss meanwhile.
+// direct variant is pending. Meanwhile a 1 MiB direct variant guards
+// integrity under that loss, and 16 MiB crosses a direct path through a
+// milder "loss 1% delay 10ms" (about 6 s), so a regression in the engine's
+// loss recovery still fails here.
 func TestLossAndDelay(t *testing.T) {
+	easyPublic, hardHard := pairVariant{A: nslab.NATEasy, B: nslab.NATNone}, pairVariant{A: nslab.NATHard, B: nslab.NATHard}
+	pending := easyPublic
+	pending.pending = true
 	variants := []netemVariant{
-		{pairVariant{A: nslab.NATEasy, B: nslab.NATNone}, 1 << 20},
-		{pairVariant{A: nslab.NATEasy, B: nslab.NATNone, pending: true}, 16 << 20},
-		{pairVariant{A: nslab.NATHard, B: nslab.NATHard}, 16 << 20}, // over the relay
+		{pairVariant: easyPublic, size: 1 << 20},
+		{pairVariant: pending, size: 16 << 20},
+		{pairVariant: easyPublic, size: 16 << 20, spec: "loss 1% delay 10ms", label: "-loss1"},
+		{pairVariant: hardHard, size: 16 << 20}, // over the relay
 	}
 	ran := 0
 	for _, v := range variants {
@@ -59,7 +70,7 @@ func TestLossAndDelay(t *testing.T) {
 			continue
 		}
 		ran++
-		t.Run(fmt.Sprintf("%s-%dMiB", v.name(), v.size>>20), func(t *testing.T) { testLossAndDelay(t, v) })
+		t.Run(fmt.Sprintf("%s-%dMiB%s", v.name(), v.size>>20, v.label), func(t *testing.T) { testLossAndDelay(t, v) })
 	}
 	if ran == 0 {
 		t.Fatal("no variant built")
@@ -77,7 +88,8 @@ func testLossAndDelay(t *testing.T, v netemVariant) {
 
 	const seed = 6
 	data := testData(v.size, seed)
-	a.host.Router().SetNetem(netemSpec)
+	spec := cmp.Or(v.spec, netemSpec)
+	a.host.Router().SetNetem(spec)
 	baseStart := time.Now()
 	baseOut, baseErr := a.host.RunHelper(ctx, helperSend, hostPort(w.srv.Addr(), baselinePort), strconv.Itoa(v.size), strconv.Itoa(seed))
 	base := time.Since(baseStart)
@@ -92,7 +104,7 @@ func testLossAndDelay(t *testing.T, v netemVariant) {
 	mbps := float64(v.size) * 8 / took.Seconds() / 1e6
 	var text strings.Builder
 	fmt.Fprintf(&text, "%s (%s path, then %s): %d KiB with %q on alice's link: overlay %v (%.2f Mbit/s), kernel TCP (%s) to the server %v (%.1fx)\n",
-		v.name(), run.Path, after.Path, v.size>>10, netemSpec, took.Round(time.Millisecond), mbps,
+		v.name(), run.Path, after.Path, v.size>>10, spec, took.Round(time.Millisecond), mbps,
 		cc, base.Round(time.Millisecond), took.Seconds()/base.Seconds())
 	if err != nil {
 		fmt.Fprintf(&text, "overlay error: %v\n", err)
@@ -101,8 +113,8 @@ func testLossAndDelay(t *testing.T, v netemVariant) {
 		fmt.Fprintf(&text, "baseline error: %v\n", baseErr)
 	}
 	t.Log(text.String())
-	writeArtefact(t, w.out, fmt.Sprintf("loss-delay-%s-%dKiB", v.name(), v.size>>10), map[string]any{
-		"variant": v.name(), "netem": netemSpec, "bytes": v.size,
+	writeArtefact(t, w.out, fmt.Sprintf("loss-delay-%s-%dKiB%s", v.name(), v.size>>10, v.label), map[string]any{
+		"variant": v.name(), "netem": spec, "bytes": v.size,
 		"overlay_ms": msDur(took), "overlay_mbit_s": mbps, "kernel_tcp_ms": msDur(base), "kernel_tcp_congestion": cc,
 		"path": run.Path, "path_after": after.Path, "error": errString(err), "baseline_error": errString(baseErr),
 	}, text.String())
