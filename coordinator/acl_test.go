@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -363,6 +364,66 @@ func TestKeyExpiryDefaults(t *testing.T) {
 
 // TestInteractiveApproval: a node without an auth key waits, an admin
 // approves its code, and the node gets registered and its map.
+// authKeyPrefixes lists the prefixes of the coordinator's auth keys,
+// sorted.
+func authKeyPrefixes(t *testing.T, admin *coordclient.Admin) []string {
+	t.Helper()
+	keys, err := admin.ListAuthKeys(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, k := range keys {
+		out = append(out, k.Prefix)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestUncollectedApprovalKeyDeleted: a registration approved after its
+// node stopped waiting leaves a one-off auth key; once the registration
+// expires, the janitor deletes that key.
+func TestUncollectedApprovalKeyDeleted(t *testing.T) {
+	var skew atomic.Int64
+	c := startCoord(t, func(o *coordinator.Options) {
+		o.Now = func() time.Time { return time.Now().Add(time.Duration(skew.Load())) }
+		o.EphemeralTimeout = 40 * time.Millisecond // the janitor runs every 10 ms
+	})
+	setupACL(t, c, `{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}`, "alice")
+	admin := coordclient.NewAdmin(c.URL, testToken, nil)
+	before := authKeyPrefixes(t, admin)
+
+	ctx, cancel := context.WithCancel(t.Context())
+	codes := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		_, err := newNode(t, c.URL).Register(ctx, coordclient.RegisterParams{Hostname: "gone", OnAuthURL: func(_, code string) { codes <- code }})
+		done <- err
+	}()
+	var code string
+	select {
+	case code = <-codes:
+	case <-time.After(wait):
+		t.Fatal("no auth code")
+	}
+	cancel() // the node stops waiting before anyone approves it
+	<-done
+	if err := admin.Approve(t.Context(), code, "alice", nil); err != nil {
+		t.Fatalf("approve: %v", err)
+	}
+	if got := authKeyPrefixes(t, admin); len(got) != len(before)+1 {
+		t.Fatalf("auth keys after approval: %v, want one more than %v", got, before)
+	}
+	skew.Store(int64(11 * time.Minute)) // past the code's 10 minutes
+	deadline := time.Now().Add(wait)
+	for !slices.Equal(authKeyPrefixes(t, admin), before) {
+		if time.Now().After(deadline) {
+			t.Fatalf("auth keys %v after the approval expired, want %v", authKeyPrefixes(t, admin), before)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 func TestInteractiveApproval(t *testing.T) {
 	c := startCoord(t, nil)
 	ctx := context.Background()
@@ -425,6 +486,7 @@ func TestInteractiveApproval(t *testing.T) {
 	if err := admin.Approve(ctx, "WRONG234", "alice", nil); !errors.Is(err, coordclient.ErrNotFound) {
 		t.Fatalf("approval of an unknown code = %v", err)
 	}
+	keysBefore := authKeyPrefixes(t, admin)
 	if err := admin.Approve(ctx, strings.ToLower(code[:4])+"-"+code[4:], "alice", nil); err != nil {
 		t.Fatalf("approve: %v", err)
 	}
@@ -439,6 +501,10 @@ func TestInteractiveApproval(t *testing.T) {
 	}
 	if len(urls) != 0 {
 		t.Error("OnAuthURL called more than once")
+	}
+	// The one-off key made for the approval is gone once used.
+	if got := authKeyPrefixes(t, admin); !slices.Equal(got, keysBefore) {
+		t.Errorf("auth keys after the approved node registered: %v, want %v", got, keysBefore)
 	}
 	w := watch(t, n)
 	w.waitFor("approved node's map", wait, func(nm *wire.NetMap) bool { return nm.Self != nil && peerNamed(nm, "other") != nil })

@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
@@ -95,8 +96,9 @@ type pendingReg struct {
 	done chan struct{} // closed once approved
 
 	// Set before done is closed, never changed after.
-	approval Approval
-	authKey  string // one-off auth key the followup registers with
+	approval  Approval
+	authKey   string // one-off auth key the followup registers with
+	keyPrefix string // its stored prefix, to delete it once used or expired
 }
 
 // pendingRegs holds the registrations waiting for approval.
@@ -104,6 +106,9 @@ type pendingRegs struct {
 	mu     sync.Mutex // guards the following fields
 	byCode map[string]*pendingReg
 	byKey  map[key.NodePublic]*pendingReg
+	// uncollected are the prefixes of auth keys made for approved
+	// registrations that expired unused; the janitor deletes them.
+	uncollected []string
 }
 
 // normalizeCode upper-cases a typed code and drops spaces and dashes.
@@ -130,7 +135,8 @@ func newApprovalCode() string {
 	return string(b)
 }
 
-// pruneLocked drops expired registrations. pendingRegs.mu held.
+// pruneLocked drops expired registrations, noting the auth keys made for
+// those that were approved but never collected. pendingRegs.mu held.
 func (pr *pendingRegs) pruneLocked(now time.Time) {
 	for c, p := range pr.byCode {
 		if !now.Before(p.Expires) {
@@ -138,8 +144,38 @@ func (pr *pendingRegs) pruneLocked(now time.Time) {
 			if pr.byKey[p.NodeKey] == p {
 				delete(pr.byKey, p.NodeKey)
 			}
+			if p.keyPrefix != "" {
+				pr.uncollected = append(pr.uncollected, p.keyPrefix)
+			}
 		}
 	}
+}
+
+// pruneApprovals drops expired registrations and deletes the auth keys
+// made for approved ones that were never collected (janitor).
+func (s *Server) pruneApprovals(ctx context.Context) {
+	pr := &s.ac.pending
+	pr.mu.Lock()
+	pr.pruneLocked(s.now())
+	keys := pr.uncollected
+	pr.uncollected = nil
+	pr.mu.Unlock()
+	for _, prefix := range keys {
+		s.deleteApprovalKey(ctx, prefix, "approved registration expired uncollected")
+	}
+}
+
+// deleteApprovalKey deletes a one-off auth key made for an approval: once
+// used, or once its registration expired, it can admit nobody. The audit
+// log keeps its creation and says why it went.
+func (s *Server) deleteApprovalKey(ctx context.Context, prefix, why string) {
+	if err := s.store.DeleteAuthKey(ctx, prefix); err != nil {
+		if !errors.Is(err, ErrNotFound) {
+			s.logger.Warn("delete approval auth key", "prefix", prefix, "err", err)
+		}
+		return
+	}
+	s.audit(ctx, actorCoordinator, "authkey.delete", prefix, why)
 }
 
 // lookup returns the unexpired registration with code, or nil.
@@ -240,7 +276,7 @@ func (s *Server) ApproveRegistration(ctx context.Context, code string, a Approva
 		return fmt.Errorf("%w: code %s was approved already", ErrConflict, p.Code)
 	default:
 	}
-	p.approval, p.authKey = a, secret
+	p.approval, p.authKey, p.keyPrefix = a, secret, ak.Prefix
 	close(p.done)
 	actor := a.Actor
 	if actor == "" {
@@ -324,13 +360,16 @@ func (s *Server) followup(w http.ResponseWriter, r *http.Request, nk key.NodePub
 		writeError(w, errorf(http.StatusServiceUnavailable, CodeUnavailable, "coordinator is shutting down"))
 		return
 	}
-	s.finishApproved(w, r, nk, req, p.authKey)
-	s.ac.pending.remove(p)
+	if s.finishApproved(w, r, nk, req, p.authKey) {
+		s.ac.pending.remove(p)
+		s.deleteApprovalKey(context.WithoutCancel(r.Context()), p.keyPrefix, "approval key used")
+	}
 }
 
 // finishApproved registers an approved node with the auth key made for it
 // (or rejoins it if it is registered already) and answers the followup.
-func (s *Server) finishApproved(w http.ResponseWriter, r *http.Request, nk key.NodePublic, req *wire.RegisterRequest, authKey string) {
+// It reports whether the node is registered.
+func (s *Server) finishApproved(w http.ResponseWriter, r *http.Request, nk key.NodePublic, req *wire.RegisterRequest, authKey string) bool {
 	rr := *req
 	rr.AuthKey, rr.Followup = authKey, ""
 	resp, aerr := s.register(context.WithoutCancel(r.Context()), &rr, remoteIsLoopback(r))
@@ -339,9 +378,10 @@ func (s *Server) finishApproved(w http.ResponseWriter, r *http.Request, nk key.N
 			s.logger.Warn("approved registration failed", "node", nk.ShortString(), "err", aerr)
 		}
 		writeError(w, aerr)
-		return
+		return false
 	}
 	s.writeSealed(w, nk, resp)
+	return true
 }
 
 func (s *Server) handleApprovalPage(w http.ResponseWriter, r *http.Request) {

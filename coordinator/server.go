@@ -459,7 +459,8 @@ func (s *Server) requireAdmin(h http.Handler) http.Handler {
 }
 
 // janitorLoop deletes ephemeral nodes that stayed offline, ends streams of
-// nodes whose key expired, and prunes the replay cache.
+// nodes whose key expired, prunes the replay cache and drops expired
+// approvals with their uncollected auth keys.
 func (s *Server) janitorLoop() {
 	defer s.wg.Done()
 	every := min(max(s.ephemeral/4, 10*time.Millisecond), 5*time.Second)
@@ -473,6 +474,7 @@ func (s *Server) janitorLoop() {
 		}
 		now := s.now()
 		s.replay.prune(now)
+		s.pruneApprovals(s.ctx)
 		var drop []key.NodePublic
 		s.mu.Lock()
 		for k, e := range s.nodes {
