@@ -223,30 +223,39 @@ func (e *Engine) LocalPort() uint16 { return e.bind.LocalPort() }
 
 // LocalEndpoints returns this host's interface addresses with LocalPort:
 // non-loopback addresses first, then 127.0.0.1 and ::1. Peers on the same
-// host or network can reach the node at these.
+// host or network can reach the node at these. Addresses of a family the
+// engine has no UDP socket for (IPv6 on a host without it) are left out.
 func (e *Engine) LocalEndpoints() []netip.AddrPort {
-	port := e.LocalPort()
-	var out, loop []netip.AddrPort
-	addrs, err := net.InterfaceAddrs()
-	if err == nil {
-		for _, a := range addrs {
-			ipn, ok := a.(*net.IPNet)
-			if !ok {
-				continue
-			}
-			ip, ok := netip.AddrFromSlice(ipn.IP)
-			if !ok {
-				continue
-			}
-			ip = ip.Unmap()
-			if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsMulticast() || ip.IsUnspecified() {
-				continue
-			}
+	addrs, _ := net.InterfaceAddrs()
+	v4, v6 := e.bind.Families()
+	return localEndpoints(addrs, e.LocalPort(), v4, v6)
+}
+
+// localEndpoints is LocalEndpoints for the interface addresses addrs.
+func localEndpoints(addrs []net.Addr, port uint16, v4, v6 bool) []netip.AddrPort {
+	usable := func(ip netip.Addr) bool { return ip.Is4() && v4 || ip.Is6() && v6 }
+	var out []netip.AddrPort
+	for _, a := range addrs {
+		ipn, ok := a.(*net.IPNet)
+		if !ok {
+			continue
+		}
+		ip, ok := netip.AddrFromSlice(ipn.IP)
+		if !ok {
+			continue
+		}
+		ip = ip.Unmap()
+		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsMulticast() || ip.IsUnspecified() || !usable(ip) {
+			continue
+		}
+		out = append(out, netip.AddrPortFrom(ip, port))
+	}
+	for _, ip := range []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1}), netip.IPv6Loopback()} {
+		if usable(ip) {
 			out = append(out, netip.AddrPortFrom(ip, port))
 		}
 	}
-	loop = append(loop, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port), netip.AddrPortFrom(netip.IPv6Loopback(), port))
-	return append(out, loop...)
+	return out
 }
 
 // Close stops the engine: WireGuard, the stack, every forwarded

@@ -157,3 +157,33 @@ func TestNewValidates(t *testing.T) {
 		}
 	}
 }
+
+// TestLocalEndpointsFamilies: interface addresses of a family the engine
+// has no socket for are not advertised, loopbacks included; link-local,
+// loopback and unspecified interface addresses never are.
+func TestLocalEndpointsFamilies(t *testing.T) {
+	ipnet := func(s string) net.Addr {
+		p := netip.MustParsePrefix(s)
+		return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+	}
+	addrs := []net.Addr{
+		ipnet("192.0.2.7/24"), ipnet("2001:db8::7/64"), ipnet("127.0.0.1/8"), ipnet("::1/128"),
+		ipnet("fe80::1/64"), ipnet("169.254.1.1/16"), ipnet("0.0.0.0/0"),
+		&net.IPAddr{IP: net.ParseIP("198.51.100.1")}, // not an *net.IPNet: skipped
+	}
+	ap := func(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+	for _, tc := range []struct {
+		name   string
+		v4, v6 bool
+		want   []netip.AddrPort
+	}{
+		{"both", true, true, []netip.AddrPort{ap("192.0.2.7:41641"), ap("[2001:db8::7]:41641"), ap("127.0.0.1:41641"), ap("[::1]:41641")}},
+		{"IPv4 only", true, false, []netip.AddrPort{ap("192.0.2.7:41641"), ap("127.0.0.1:41641")}},
+		{"IPv6 only", false, true, []netip.AddrPort{ap("[2001:db8::7]:41641"), ap("[::1]:41641")}},
+	} {
+		got := localEndpoints(addrs, 41641, tc.v4, tc.v6)
+		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+			t.Errorf("%s: localEndpoints = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

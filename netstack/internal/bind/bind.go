@@ -452,6 +452,14 @@ func (b *Bind) BatchSize() int { return batchSize }
 // SetMark does nothing; Beam does not use fwmarks.
 func (b *Bind) SetMark(uint32) error { return nil }
 
+// Families reports which of the bind's UDP sockets are open: a host
+// without IPv6 (or with it disabled) has only the IPv4 one.
+func (b *Bind) Families() (v4, v6 bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.v4 != nil, b.v6 != nil
+}
+
 // LocalPort returns the port the bind's sockets are bound to, or 0 when
 // closed.
 func (b *Bind) LocalPort() uint16 {

@@ -418,3 +418,31 @@ func TestRelayPath(t *testing.T) {
 		t.Fatalf("initiation relay sends: %+v, want one to region 4", got)
 	}
 }
+
+// TestFamilies: the bind reports which sockets it opened. An IPv6 listen
+// address the host does not have (as on a host without IPv6) leaves only
+// the IPv4 socket, and the bind still opens.
+func TestFamilies(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		addr6  netip.Addr
+		v4, v6 bool
+	}{
+		{"both", netip.Addr{}, true, true},
+		{"no IPv6 address", netip.MustParseAddr("2001:db8::1"), true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := New(Options{PrivateKey: key.NewNode(), ListenAddr6: tc.addr6})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := b.Open(0); err != nil {
+				t.Fatal(err)
+			}
+			defer b.Close()
+			if v4, v6 := b.Families(); v4 != tc.v4 || v6 != tc.v6 {
+				t.Errorf("Families() = %v, %v; want %v, %v", v4, v6, tc.v4, tc.v6)
+			}
+		})
+	}
+}
