@@ -408,7 +408,7 @@ func h2Handler(o exposeProxyOptions, logger *slog.Logger, tr http.RoundTripper) 
 				writeNothingListening(w, o.Port)
 				return
 			}
-			http.Error(w, "beam: the device could not reach its app: "+err.Error(), http.StatusBadGateway)
+			http.Error(w, appUnreachable(err), http.StatusBadGateway)
 		},
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

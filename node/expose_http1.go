@@ -104,20 +104,15 @@ func headEnd(b []byte, from int) int {
 	}
 }
 
-// nextLine cuts the first line off b. strict requires CRLF; otherwise a
-// bare LF ends a line too and a CR before it is dropped.
+// nextLine cuts the first line off b, without its line ending (see
+// cutLineEnd).
 func nextLine(b []byte, strict bool) (line, rest []byte, ok bool) {
 	i := bytes.IndexByte(b, '\n')
 	if i < 0 {
 		return nil, nil, false
 	}
-	line, rest = b[:i], b[i+1:]
-	if n := len(line); n > 0 && line[n-1] == '\r' {
-		line = line[:n-1]
-	} else if strict {
-		return nil, nil, false
-	}
-	return line, rest, true
+	line, ok = cutLineEnd(b[:i+1], strict)
+	return line, b[i+1:], ok
 }
 
 // isToken reports whether b is a non-empty RFC 9110 token.

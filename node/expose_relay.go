@@ -273,8 +273,7 @@ func (rc *relayConn) dialApp(ctx context.Context, h []byte, rh *reqHead, ex *exc
 	if errors.Is(err, syscall.ECONNREFUSED) {
 		resp = localResponse(http.StatusBadGateway, "text/html; charset=utf-8", nothingListeningHTML(rc.x.port), ex.kind.head, !keep)
 	} else {
-		resp = localResponse(http.StatusBadGateway, "text/plain; charset=utf-8",
-			"beam: the device could not reach its app: "+err.Error()+"\n", ex.kind.head, !keep)
+		resp = localResponse(http.StatusBadGateway, "text/plain; charset=utf-8", appUnreachable(err)+"\n", ex.kind.head, !keep)
 	}
 	if _, err := rc.client.Write(resp); err != nil {
 		keep = false
@@ -424,8 +423,14 @@ func (rc *relayConn) badGateway(ex *exchange, err error) {
 		return
 	}
 	rc.client.Write(localResponse(http.StatusBadGateway, "text/plain; charset=utf-8",
-		"beam: the device could not reach its app: "+err.Error()+"\n", ex.kind.head, true))
+		"beam: the device's app sent a malformed response: "+err.Error()+"\n", ex.kind.head, true))
 	rc.logDone(ex, http.StatusBadGateway)
+}
+
+// appUnreachable is the 502 text when dialing the app fails for a reason
+// other than nothing listening.
+func appUnreachable(err error) string {
+	return "beam: the device could not reach its app: " + err.Error()
 }
 
 // logDone publishes the request log line of a finished exchange.

@@ -38,9 +38,6 @@ func newPktQueue(maxPkts, maxBytes int) *pktQueue {
 // on its own is still queued (alone). It never blocks.
 func (q *pktQueue) push(p pkt) (dropped int) {
 	q.mu.Lock()
-	if q.head > 0 && q.head == len(q.items) {
-		q.items, q.head = q.items[:0], 0
-	}
 	q.items = append(q.items, p)
 	q.bytes += len(p.data)
 	for n := len(q.items) - q.head; n > 1 && (n > q.maxPkts || q.bytes > q.maxBytes); n-- {
@@ -57,11 +54,17 @@ func (q *pktQueue) push(p pkt) (dropped int) {
 		q.items, q.head = q.items[:n], 0
 	}
 	q.mu.Unlock()
+	q.signal()
+	return dropped
+}
+
+// signal marks the queue ready, for a reader that stopped before it was
+// empty as well as after a push.
+func (q *pktQueue) signal() {
 	select {
 	case q.ready <- struct{}{}:
 	default:
 	}
-	return dropped
 }
 
 // pop removes and returns the oldest packet; ok is false if the queue is

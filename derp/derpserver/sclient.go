@@ -298,10 +298,7 @@ func (c *sclient) writeQueued(q *pktQueue) error {
 		}
 	}
 	if q.len() > 0 {
-		select {
-		case q.ready <- struct{}{}:
-		default:
-		}
+		q.signal()
 	}
 	return nil
 }

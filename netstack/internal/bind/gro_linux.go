@@ -17,15 +17,7 @@ var groControlSize = 2 * unix.CmsgSpace(4)
 // it also keeps a UDP_SEGMENT send whole instead of cutting it into
 // datagrams. It reports whether the kernel accepted.
 func enableGRO(c *net.UDPConn) bool {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return false
-	}
-	ok := false
-	rc.Control(func(fd uintptr) {
-		ok = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
-	})
-	return ok
+	return onSocket(c, func(fd int) error { return unix.SetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_GRO, 1) })
 }
 
 // groSegmentSize returns the segment size a UDP_GRO control message in

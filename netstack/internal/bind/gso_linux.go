@@ -14,16 +14,23 @@ var gsoControlSize = unix.CmsgSpace(2)
 // supportsGSO reports whether the kernel segments UDP for c (UDP_SEGMENT,
 // Linux 4.18+): one sendmsg then carries many equal-size datagrams.
 func supportsGSO(c *net.UDPConn) bool {
+	return onSocket(c, func(fd int) error {
+		_, err := unix.GetsockoptInt(fd, unix.IPPROTO_UDP, unix.UDP_SEGMENT)
+		return err
+	})
+}
+
+// onSocket runs f on c's descriptor and reports whether it succeeded.
+func onSocket(c *net.UDPConn, f func(fd int) error) bool {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return false
 	}
-	ok := false
-	rc.Control(func(fd uintptr) {
-		_, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT)
-		ok = err == nil
-	})
-	return ok
+	var ferr error
+	if err := rc.Control(func(fd uintptr) { ferr = f(int(fd)) }); err != nil {
+		return false
+	}
+	return ferr == nil
 }
 
 // putGSOSize writes a UDP_SEGMENT control message for segments of size
