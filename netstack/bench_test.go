@@ -144,7 +144,7 @@ func BenchmarkTCPThroughput(b *testing.B) {
 	for _, tc := range []struct {
 		mtu int
 		cc  string
-	}{{1280, "cubic"}, {1280, "reno"}, {8000, "cubic"}, {32000, "cubic"}, {60000, "cubic"}} {
+	}{{1280, "bbr"}, {1280, "cubic"}, {1280, "reno"}, {8000, "bbr"}, {8000, "cubic"}, {32000, "cubic"}, {60000, "cubic"}} {
 		b.Run(fmt.Sprintf("mtu=%d/cc=%s", tc.mtu, tc.cc), func(b *testing.B) {
 			benchThroughput(b, tc.mtu, tc.cc)
 		})

@@ -68,8 +68,8 @@ type Options struct {
 	// HostDialTimeout bounds connecting to a host port for an inbound
 	// TCP connection. Zero means 5 seconds.
 	HostDialTimeout time.Duration
-	// CongestionControl is the overlay TCP congestion control, "cubic" or
-	// "reno". Empty means "cubic".
+	// CongestionControl is the overlay TCP congestion control, "bbr",
+	// "cubic" or "reno". Empty means "bbr" (see gv.Options).
 	CongestionControl string
 	// DiscoKey is the node's disco key, which seals path discovery
 	// messages. Zero generates one for this process (the usual case: the

@@ -9,11 +9,5 @@
 // text artefacts, to the directory named by BEAM_NATLAB_OUT or to the test's
 // temporary directory. They need root and never skip.
 //
-// Tests of behaviour the engine does not have yet (relay paths, endpoint
-// discovery, hole punching) are built only with the build tag
-// natlab_pending:
-//
-//	go test -tags natlab_pending ./beamtest/natlab/
-//
 // Nothing imports this package; it holds only tests.
 package natlab

@@ -18,22 +18,12 @@ var gridKinds = []nslab.NATKind{nslab.NATNone, nslab.NATEasy, nslab.NATHard, nsl
 // kind B.
 type gridPair struct{ A, B nslab.NATKind }
 
-// gridPending are the pairs that need endpoint discovery and hole
-// punching (a direct path through a NAT that A cannot reach unasked); they
-// run only with the build tag natlab_pending. Every other pair passes
-// today: A reaches a public B directly (B learns A's public address from
-// A's handshake), and every relay pair through the relay.
-var gridPending = map[gridPair]bool{}
-
-// gridPairs returns the pairs TestGrid runs: all of them with the build
-// tag natlab_pending, else all but gridPending.
+// gridPairs returns every pair of NAT kinds, A before B.
 func gridPairs() []gridPair {
 	var pairs []gridPair
 	for _, a := range gridKinds {
 		for _, b := range gridKinds {
-			if p := (gridPair{a, b}); pendingBuild || !gridPending[p] {
-				pairs = append(pairs, p)
-			}
+			pairs = append(pairs, gridPair{a, b})
 		}
 	}
 	return pairs
@@ -131,7 +121,6 @@ func TestGrid(t *testing.T) {
 	writeArtefact(t, w.out, "grid", map[string]any{
 		"pairs":      results,
 		"elapsed_ms": msDur(elapsed),
-		"pending":    pendingBuild,
 	}, text)
 	for _, r := range results {
 		if !r.ok() {
@@ -183,7 +172,7 @@ func gridMatrix(results []gridResult) string {
 		for _, kb := range gridKinds {
 			c, ok := cell[[2]string{kindLabel(ka), kindLabel(kb)}]
 			if !ok {
-				c = "(pending)"
+				c = "-"
 			}
 			fmt.Fprintf(tw, "\t%s", c)
 		}

@@ -3,7 +3,7 @@ package gv
 import (
 	"fmt"
 
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"beam.dev/beam/third_party/gvisor/tcp"
 )
 
 // Stats counts events on a stack's data path that explain a slow or

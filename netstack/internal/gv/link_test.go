@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"beam.dev/beam/third_party/gvisor/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
 // TestLinkBackPressure sends through a link whose queue holds one packet, drained by a wire that pauses now and then, as

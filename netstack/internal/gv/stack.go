@@ -1,6 +1,7 @@
 // Package gv is Beam's glue to the gVisor TCP/IP stack. It is the only
-// package in Beam that imports gvisor.dev/...; everything it exports speaks
-// net, netip and wireguard-go's tun.Device.
+// package in Beam that imports gvisor.dev/... (and third_party/gvisor/tcp,
+// Beam's copy of gVisor's TCP with a BBR-style congestion control);
+// everything it exports speaks net, netip and wireguard-go's tun.Device.
 //
 // A Stack is a gVisor stack with one NIC whose link layer is an in-memory
 // channel; that channel is exposed as a tun.Device (see TUN) for a
@@ -18,13 +19,13 @@ import (
 	"sync"
 	"time"
 
+	"beam.dev/beam/third_party/gvisor/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 )
 
@@ -70,7 +71,11 @@ type Options struct {
 	// MaxInFlightTCP caps inbound TCP connection attempts that HandleTCP
 	// has not completed yet; further SYNs are ignored. Zero means 512.
 	MaxInFlightTCP int
-	// CongestionControl is "cubic" or "reno". Empty means "cubic".
+	// CongestionControl is "bbr", "cubic" or "reno". Empty means "bbr":
+	// a BBR-style control (third_party/gvisor/tcp) that sizes the window
+	// from the path's measured bandwidth and round trip, so random loss
+	// (Wi-Fi, a lossy uplink) does not shrink it. Cubic and Reno halve
+	// the window at every loss and crawl at a few percent loss.
 	CongestionControl string
 	// RACK enables gVisor's RACK loss detection. False disables it (like
 	// Tailscale, whose measurements found it costly in user space).
@@ -125,7 +130,7 @@ func New(opts Options) (*Stack, error) {
 		opts.MaxInFlightTCP = 512
 	}
 	if opts.CongestionControl == "" {
-		opts.CongestionControl = "cubic"
+		opts.CongestionControl = "bbr"
 	}
 	log := opts.Logger
 	if log == nil {

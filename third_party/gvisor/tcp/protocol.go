@@ -83,6 +83,7 @@ const (
 const (
 	ccReno  = "reno"
 	ccCubic = "cubic"
+	ccBBR   = "bbr"
 )
 
 // +stateify savable
@@ -609,7 +610,7 @@ func newProtocol(s *stack.Stack, cc string, probe TCPProbeFunc) stack.TransportP
 		},
 		sackEnabled:                true,
 		congestionControl:          cc,
-		availableCongestionControl: []string{ccReno, ccCubic},
+		availableCongestionControl: []string{ccReno, ccCubic, ccBBR},
 		moderateReceiveBuffer:      true,
 		lingerTimeout:              DefaultTCPLingerTimeout,
 		timeWaitTimeout:            DefaultTCPTimeWaitTimeout,

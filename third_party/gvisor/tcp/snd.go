@@ -86,6 +86,15 @@ type congestionControl interface {
 	PostRecovery()
 }
 
+// ackObserver is implemented by a congestion control that models the path
+// from every ACK, also during recovery (BBR), rather than from cumulative
+// progress outside it. OnAck is called once the ACK's SACK blocks and
+// cumulative acknowledgement have been taken in, before loss recovery
+// sends; rtt is the ACK's round-trip sample or unknownRTT.
+type ackObserver interface {
+	OnAck(rtt time.Duration, ackTime tcpip.MonotonicTime)
+}
+
 // lossRecovery is an interface that must be implemented by any supported
 // loss recovery algorithm.
 type lossRecovery interface {
@@ -341,6 +350,8 @@ func (s *sender) initCongestionControl(congestionControlName tcpip.CongestionCon
 	s.Ssthresh = InitialSsthresh
 
 	switch congestionControlName {
+	case ccBBR:
+		return newBBRCC(s)
 	case ccCubic:
 		return newCubicCC(s)
 	case ccReno:
@@ -1763,6 +1774,10 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 			s.resendTimer.disable()
 			s.probeTimer.disable()
 		}
+	}
+
+	if o, ok := s.cc.(ackObserver); ok {
+		o.OnAck(bestRTT, rcvdSeg.rcvdTime)
 	}
 
 	if s.ep.SACKPermitted && s.ep.tcpRecovery&tcpip.TCPRACKLossDetection != 0 {
