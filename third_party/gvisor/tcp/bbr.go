@@ -32,7 +32,9 @@ import (
 //     the bandwidth estimate is the largest sample of the last bbrBWRounds
 //     rounds. Rounds in which the sender ran out of data only raise it.
 //   - Startup grows the window by what each ACK delivers, as slow start
-//     does, until the estimate stops growing by a quarter for three rounds.
+//     does, up to bbrStartupGain times the estimated bandwidth-delay
+//     product, until the estimate stops growing by a quarter for three
+//     rounds.
 //   - Then the window is bbrCwndGain times the estimated bandwidth-delay
 //     product. If the path could carry more, a window of twice the estimate
 //     delivers more than the estimate, so the estimate keeps rising; if it
@@ -42,17 +44,24 @@ import (
 //     bbrProbeRTTTime so queues drain and a fresh minimum is seen.
 //   - Loss, detected by duplicate ACKs, SACK or RACK, does not shrink the
 //     window: the loss recovery in snd.go resends what was lost within it.
-//     A retransmission timeout restarts from one segment and grows back to
-//     the window held before by what each ACK delivers.
+//     A retransmission timeout restarts from a few segments, grows back by
+//     what each ACK delivers, and restores the window held before once
+//     the recovery it started ends. Beam's changes to snd.go for this
+//     control keep such timeouts rare and cheap: see resendLostRetransmit,
+//     lossAfterRecovery and rtoIntoSACKRecovery.
 const (
 	bbrBWRounds      = 10
 	bbrStartupGrowth = 1.25
 	bbrStartupRounds = 3
 	bbrCwndGain      = 2
-	bbrMinCwnd       = 4
-	bbrMinRTTWindow  = 10 * time.Second
-	bbrProbeRTTCwnd  = 4
-	bbrProbeRTTTime  = 200 * time.Millisecond
+	// bbrStartupGain bounds the window in Startup to this many times the
+	// estimated bandwidth-delay product (BBR's 2/ln 2), so the estimate
+	// can grow by as much each round.
+	bbrStartupGain  = 2.89
+	bbrMinCwnd      = 4
+	bbrMinRTTWindow = 10 * time.Second
+	bbrProbeRTTCwnd = 4
+	bbrProbeRTTTime = 200 * time.Millisecond
 	// bbrMinRound bounds a round from below so that a round trip of a few
 	// microseconds (loopback) does not sample the ACK clock's jitter.
 	bbrMinRound = time.Millisecond
@@ -101,6 +110,9 @@ type bbrState struct {
 	// restore after it, or after a retransmission timeout.
 	probeRTTEnd tcpip.MonotonicTime
 	priorCwnd   int
+	// rtoRecovery is set from a retransmission timeout until the
+	// recovery it started ends.
+	rtoRecovery bool
 }
 
 func newBBRCC(s *sender) *bbrState {
@@ -120,14 +132,20 @@ func (b *bbrState) maxBW() float64 {
 // times the estimated bandwidth-delay product. Zero means no estimate yet.
 //
 // +checklocks:b.s.ep.mu
-func (b *bbrState) target() int {
+func (b *bbrState) target() int { return b.window(bbrCwndGain) }
+
+// window is gain times the estimated bandwidth-delay product, in
+// segments, or zero if there is no estimate yet.
+//
+// +checklocks:b.s.ep.mu
+func (b *bbrState) window(gain float64) int {
 	bw := b.maxBW()
 	if bw == 0 || b.minRTT == 0 {
 		return 0
 	}
 	bdp := bw * b.minRTT.Seconds() / float64(b.s.MaxPayloadSize)
 	// Three segments more for delayed and stretched ACKs.
-	return max(bbrMinCwnd, int(math.Ceil(bbrCwndGain*bdp))+3)
+	return max(bbrMinCwnd, int(math.Ceil(gain*bdp))+3)
 }
 
 // Update implements congestionControl.Update. The model is fed by OnAck,
@@ -148,7 +166,11 @@ func (b *bbrState) HandleLossDetected() {
 // +checklocks:b.s.ep.mu
 func (b *bbrState) HandleRTOExpired() {
 	b.priorCwnd = max(b.priorCwnd, b.s.SndCwnd)
-	b.s.Ssthresh = max(b.priorCwnd, bbrMinCwnd)
+	b.rtoRecovery = true
+	// One segment (or, when the sender goes on in SACK recovery, the
+	// Ssthresh+3 that enterRecovery sets) and back up by what each ACK
+	// delivers; the window held before returns when recovery ends.
+	b.s.Ssthresh = 1
 	b.s.SndCwnd = 1
 }
 
@@ -156,9 +178,22 @@ func (b *bbrState) HandleRTOExpired() {
 //
 // +checklocks:b.s.ep.mu
 func (b *bbrState) PostRecovery() {
+	if b.rtoRecovery {
+		b.restore()
+		return
+	}
 	if t := b.target(); t > 0 && b.mode == bbrProbeBW {
 		b.s.SndCwnd = t
 	}
+}
+
+// restore ends recovery from a retransmission timeout: everything sent
+// before it has arrived, so the window held before it is safe again.
+//
+// +checklocks:b.s.ep.mu
+func (b *bbrState) restore() {
+	b.s.SndCwnd = max(b.s.SndCwnd, b.priorCwnd)
+	b.rtoRecovery, b.priorCwnd = false, 0
 }
 
 // OnAck implements ackObserver: it brings the model up to date with an
@@ -193,15 +228,21 @@ func (b *bbrState) OnAck(rtt time.Duration, now tcpip.MonotonicTime) {
 	b.maybeEndRound(now)
 	b.maybeProbeRTT(now, expired)
 
+	if b.rtoRecovery && !s.FastRecovery.Active && s.state != tcpip.RTORecovery {
+		b.restore()
+	}
+
 	switch {
 	case b.mode == bbrProbeRTT:
 		s.SndCwnd = bbrProbeRTTCwnd
-	case b.mode == bbrStartup || s.state == tcpip.RTORecovery:
+	case b.mode == bbrStartup || b.rtoRecovery:
 		// Grow by what was delivered, as slow start does; after a
 		// timeout, only back up to the window held before it.
 		cwnd := s.SndCwnd + deliveredPkts
 		if b.mode == bbrProbeBW {
 			cwnd = min(cwnd, max(b.priorCwnd, b.target()))
+		} else if w := b.window(bbrStartupGain); w > 0 {
+			cwnd = min(cwnd, max(w, s.SndCwnd))
 		}
 		s.SndCwnd = max(cwnd, 1)
 	default:

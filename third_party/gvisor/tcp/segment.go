@@ -78,6 +78,9 @@ type segment struct {
 	// xmitTime is the last transmit time of this segment.
 	xmitTime  tcpip.MonotonicTime
 	xmitCount uint32
+	// xmitOrder is the sender's count of segments sent (see
+	// sender.xmitOrder) when this segment was last sent.
+	xmitOrder uint64
 
 	// acked indicates if the segment has already been SACKed.
 	acked bool

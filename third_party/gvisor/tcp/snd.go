@@ -121,6 +121,21 @@ type sender struct {
 	// queued behind blocked data; finSent guards closing ACK completions.
 	finSent bool
 
+	// rtoKeptSACK is set once a retransmission timeout kept the SACK
+	// scoreboard, at SndUna rtoKeptUna (see rtoIntoSACKRecovery).
+	rtoKeptSACK bool
+	rtoKeptUna  seqnum.Value
+	// rtoLostEnd is SndNxt when such a timeout struck: until recovery
+	// ends, every unSACKed segment below it not retransmitted since counts
+	// as lost (see rtoMarkedLost).
+	rtoLostEnd seqnum.Value
+
+	// xmitOrder counts the segments sent, retransmissions included;
+	// deliveredOrder is the highest count at which a segment sent only
+	// once was sent and then acknowledged (see resendLostRetransmit).
+	xmitOrder      uint64
+	deliveredOrder uint64
+
 	// lr is the loss recovery algorithm used by the sender.
 	lr lossRecovery
 
@@ -642,6 +657,10 @@ func (s *sender) retransmitTimerExpired() tcpip.Error {
 	// https://datatracker.ietf.org/doc/html/rfc3522#section-3.2 Step 2
 	s.recordRetransmitTS()
 
+	if s.rtoIntoSACKRecovery() {
+		return nil
+	}
+
 	s.state = tcpip.RTORecovery
 	s.cc.HandleRTOExpired()
 
@@ -776,10 +795,10 @@ func (s *sender) NextSeg(nextSegHint *segment) (nextSeg, hint *segment, rescueRt
 			//    (1.a) S2 is greater than HighRxt
 			//    (1.b) S2 is less than highest octet covered by
 			//    any received SACK.
-			if s.FastRecovery.HighRxt.LessThan(segSeq) && segSeq.LessThan(s.ep.scoreboard.maxSACKED) {
+			if s.FastRecovery.HighRxt.LessThan(segSeq) && (segSeq.LessThan(s.ep.scoreboard.maxSACKED) || s.rtoMarkedLost(segSeq)) {
 				// NextSeg():
 				//     (1.c) IsLost(S2) returns true.
-				if s.ep.scoreboard.IsLost(segSeq) {
+				if s.ep.scoreboard.IsLost(segSeq) || s.rtoMarkedLost(segSeq) {
 					return seg, seg.Next(), false
 				}
 
@@ -1249,7 +1268,7 @@ func (s *sender) SetPipe() {
 			// NOTE: here we mark the whole segment as lost. We do not try
 			// and test every byte in our write buffer as we maintain our
 			// pipe in terms of outstanding packets and not bytes.
-			if !s.ep.scoreboard.IsRangeLost(sb) {
+			if !s.ep.scoreboard.IsRangeLost(sb) && !s.rtoMarkedLost(startSeq) {
 				pipe++
 			}
 			// SetPipe():
@@ -1602,6 +1621,9 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 		if s.ep.tcpRecovery&tcpip.TCPRACKLossDetection != 0 {
 			hasDSACK = s.walkSACK(rcvdSeg)
 		}
+		if _, ok := s.cc.(ackObserver); ok && rcvdSeg.hasNewSACKInfo {
+			s.noteDelivered(rcvdSeg)
+		}
 		s.SetPipe()
 	}
 
@@ -1709,6 +1731,10 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 				s.updateWriteNext(seg.Next())
 			}
 
+			if seg.xmitCount == 1 {
+				s.deliveredOrder = max(s.deliveredOrder, seg.xmitOrder)
+			}
+
 			// Update the RACK fields if SACK is enabled.
 			if s.ep.SACKPermitted && !seg.acked && s.ep.tcpRecovery&tcpip.TCPRACKLossDetection != 0 {
 				s.rc.update(seg, rcvdSeg)
@@ -1778,6 +1804,13 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 
 	if o, ok := s.cc.(ackObserver); ok {
 		o.OnAck(bestRTT, rcvdSeg.rcvdTime)
+		if s.lossAfterRecovery() {
+			s.cc.HandleLossDetected()
+			s.enterRecovery()
+			fastRetransmit = true
+		} else if s.FastRecovery.Active || s.state == tcpip.RTORecovery {
+			s.resendLostRetransmit()
+		}
 	}
 
 	if s.ep.SACKPermitted && s.ep.tcpRecovery&tcpip.TCPRACKLossDetection != 0 {
@@ -1823,6 +1856,115 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 	s.sendData()
 }
 
+// noteDelivered raises deliveredOrder to the send order of the newest
+// segment, sent only once, that the ACK's first SACK block covers: the
+// block of the segment that triggered the ACK (RFC 2018). A segment sent
+// more than once is left out, as the copy that arrived is unknown.
+//
+// +checklocks:s.ep.mu
+func (s *sender) noteDelivered(rcvdSeg *segment) {
+	blocks := rcvdSeg.parsedOptions.SACKBlocks
+	if len(blocks) == 0 || !s.SndUna.LessThan(blocks[0].Start) {
+		return
+	}
+	sb := blocks[0]
+	for seg := s.writeList.Front(); seg != nil && seg.sequenceNumber.LessThan(sb.End); seg = seg.Next() {
+		if seg.xmitCount == 1 && sb.Start.LessThanEq(seg.sequenceNumber) {
+			s.deliveredOrder = max(s.deliveredOrder, seg.xmitOrder)
+		}
+	}
+}
+
+// rtoIntoSACKRecovery handles a retransmission timeout by entering SACK
+// recovery with the SACK information kept, when the congestion control
+// models the path (ackObserver) and SACK is on, rather than going back to
+// the first unacknowledged segment with the scoreboard cleared. It
+// returns false when the caller should do the latter.
+//
+// Going back N resends data the receiver already holds, and until every
+// segment sent before the timeout is acknowledged no loss can start fast
+// recovery (RFC 6582) and nothing SACKed leaves the count of segments in
+// flight, so each lost retransmission then cost a round trip per segment.
+// Here the first unacknowledged segment is sent again and recovery
+// resends, within the window, every segment not SACKed, earlier
+// retransmissions included (HighRxt restarts at SndUna): as in Linux,
+// a timeout marks all of them lost (rtoMarkedLost), so they no longer
+// count as in flight. Without that, a tail lost whole (nothing SACKed
+// above it) kept the window full and went one segment per timeout.
+//
+// A receiver may discard data it has SACKed (RFC 2018 allows reneging);
+// if the timer expires again with SndUna unmoved, the scoreboard is
+// cleared and the sender goes back N as upstream does.
+//
+// +checklocks:s.ep.mu
+// +checklocksexclude:s.rtt.rttMutex
+func (s *sender) rtoIntoSACKRecovery() bool {
+	if _, ok := s.cc.(ackObserver); !ok || !s.ep.SACKPermitted || s.ep.tcpRecovery&tcpip.TCPRACKLossDetection != 0 || s.zeroWindowProbing {
+		return false
+	}
+	if seg := s.writeList.Front(); seg == nil || seg.xmitCount > s.maxRetries || (s.rtoKeptSACK && s.rtoKeptUna == s.SndUna) {
+		return false
+	}
+	s.rtoKeptSACK, s.rtoKeptUna = true, s.SndUna
+	s.cc.HandleRTOExpired()
+	s.enterRecovery()
+	s.rtoLostEnd = s.SndNxt
+	s.resendSegment()
+	s.lr.(*sackRecovery).handleSACKRecovery(s.MaxPayloadSize, s.SndUna.Add(s.SndWnd))
+	s.postXmit(true, true /* shouldScheduleProbe */)
+	return true
+}
+
+// rtoMarkedLost reports whether seq, not SACKed, counts as lost because a
+// timeout struck after it was sent and it has not been sent again since
+// (see rtoIntoSACKRecovery).
+//
+// +checklocks:s.ep.mu
+func (s *sender) rtoMarkedLost(seq seqnum.Value) bool {
+	return s.rtoKeptSACK && s.FastRecovery.Active && seq.LessThan(s.rtoLostEnd) && s.FastRecovery.HighRxt.LessThan(seq)
+}
+
+// lossAfterRecovery reports whether the SACK scoreboard shows the first
+// unacknowledged segment lost while no recovery is under way. Recovery
+// is entered on a duplicate ACK; an ACK that ends a recovery is not one,
+// and when loss beyond the recovery point leaves nothing else in flight
+// no duplicate ACK follows, so the sender would wait for the
+// retransmission timer. With a window of hundreds of segments and a few
+// percent loss, new loss is nearly always there when a recovery ends.
+//
+// +checklocks:s.ep.mu
+func (s *sender) lossAfterRecovery() bool {
+	return !s.FastRecovery.Active && s.state != tcpip.RTORecovery &&
+		s.ep.SACKPermitted && s.ep.tcpRecovery&tcpip.TCPRACKLossDetection == 0 &&
+		s.FastRecovery.Last.LessThan(s.SndUna) && s.ep.scoreboard.IsLost(s.SndUna)
+}
+
+// resendLostRetransmit resends the first unacknowledged segment if it was
+// retransmitted and that retransmission was lost too: nDupAckThreshold
+// segments sent after it have been acknowledged. Without this only the
+// retransmission timer recovers a lost retransmission (RFC 6675 sends a
+// segment at most once per recovery), with the window reset and, without
+// the SACK information, everything sent again; at a few percent loss and
+// a window of hundreds of segments, one retransmission is lost in nearly
+// every recovery. It is used with a congestion control that models the
+// path (ackObserver), which does not read this second loss as more
+// congestion.
+//
+// +checklocks:s.ep.mu
+// +checklocksexclude:s.rtt.rttMutex
+func (s *sender) resendLostRetransmit() {
+	seg := s.writeList.Front()
+	if seg == nil || seg.xmitCount < 2 || !s.isAssignedSequenceNumber(seg) || seg.xmitOrder+nDupAckThreshold > s.deliveredOrder {
+		return
+	}
+	if smss := int(s.ep.scoreboard.SMSS()); seg.payloadSize() > smss {
+		s.splitSeg(seg, smss)
+	}
+	s.RTTMeasureSeqNum = s.SndNxt
+	s.sendSegment(seg)
+	s.Outstanding++
+}
+
 // sendSegment sends the specified segment.
 // +checklocks:s.ep.mu
 func (s *sender) sendSegment(seg *segment) tcpip.Error {
@@ -1835,6 +1977,8 @@ func (s *sender) sendSegment(seg *segment) tcpip.Error {
 	}
 	seg.xmitTime = s.ep.stack.Clock().NowMonotonic()
 	seg.xmitCount++
+	s.xmitOrder++
+	seg.xmitOrder = s.xmitOrder
 	seg.lost = false
 
 	err := s.sendSegmentFromPacketBuffer(seg.pkt, seg.flags, seg.sequenceNumber)
