@@ -41,9 +41,10 @@ type netemVariant struct {
 // On a direct path the overlay's TCP sees the loss itself. Its congestion
 // control is BBR-style (third_party/gvisor/tcp): it sizes the window from
 // the path's measured bandwidth and round trip, so random loss does not
-// shrink it, and 16 MiB takes 7-20 s. With a loss-based one (gVisor's
-// Cubic or Reno, or the kernel's cubic) the window stays at a few
-// segments at 5% loss and a 100 ms round trip, and 16 MiB took minutes.
+// shrink it, and 16 MiB takes 5-6 s (kernel TCP with BBR: 3-4 s). With a
+// loss-based one (gVisor's Cubic or Reno, or the kernel's cubic) the
+// window stays at a few segments at 5% loss and a 100 ms round trip, and
+// 16 MiB took minutes.
 // Over the relay path (hard/hard) the relay leg is kernel TCP and the
 // overlay's TCP above it sees no loss. A 1 MiB direct variant and 16 MiB
 // through a milder "loss 1% delay 10ms" cover smaller windows.

@@ -27,8 +27,8 @@ import (
 // shrink it. It follows BBR v1 (draft-cardwell-iccrg-bbr-congestion-control)
 // without pacing, which this stack does not do:
 //
-//   - The delivery rate is sampled once per round (about one smoothed
-//     RTT) from the bytes cumulatively or selectively acknowledged in it;
+//   - The delivery rate is sampled once per round (one minimum RTT)
+//     from the bytes cumulatively or selectively acknowledged in it;
 //     the bandwidth estimate is the largest sample of the last bbrBWRounds
 //     rounds. Rounds in which the sender ran out of data only raise it.
 //   - Startup grows the window by what each ACK delivers, as slow start
@@ -144,8 +144,10 @@ func (b *bbrState) window(gain float64) int {
 		return 0
 	}
 	bdp := bw * b.minRTT.Seconds() / float64(b.s.MaxPayloadSize)
-	// Three segments more for delayed and stretched ACKs.
-	return max(bbrMinCwnd, int(math.Ceil(gain*bdp))+3)
+	// Three segments more for delayed and stretched ACKs, and never less
+	// than a new connection starts with, so a request-response flow whose
+	// estimate stays small still sends a response's first flight whole.
+	return max(InitialCwnd, int(math.Ceil(gain*bdp))+3)
 }
 
 // Update implements congestionControl.Update. The model is fed by OnAck,
@@ -265,12 +267,16 @@ func (b *bbrState) OnAck(rtt time.Duration, now tcpip.MonotonicTime) {
 	}
 }
 
-// maybeEndRound closes the round once it has lasted a smoothed RTT,
+// maybeEndRound closes the round once it has lasted a minimum RTT,
 // recording its delivery rate.
 //
 // +checklocks:b.s.ep.mu
 func (b *bbrState) maybeEndRound(now tcpip.MonotonicTime) {
-	round := max(b.s.RTTState.SRTT, b.minRTT, bbrMinRound)
+	// The minimum RTT, not the smoothed one: with timestamps on every
+	// segment, SRTT moves by 1/(window/2) of a sample per ACK (RFC 7323
+	// appendix G), so one slow handshake kept it near a second for
+	// seconds, and rounds that long left Startup blind.
+	round := max(b.minRTT, bbrMinRound)
 	elapsed := now.Sub(b.roundStart)
 	if elapsed < round {
 		return

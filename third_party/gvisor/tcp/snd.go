@@ -131,10 +131,12 @@ type sender struct {
 	rtoLostEnd seqnum.Value
 
 	// xmitOrder counts the segments sent, retransmissions included;
-	// deliveredOrder is the highest count at which a segment sent only
-	// once was sent and then acknowledged (see resendLostRetransmit).
+	// deliveredOrder is the highest count at which a segment was sent
+	// and then acknowledged (see noteSegDelivered); rttMin is the least
+	// RTT sample seen.
 	xmitOrder      uint64
 	deliveredOrder uint64
+	rttMin         time.Duration
 
 	// lr is the loss recovery algorithm used by the sender.
 	lr lossRecovery
@@ -475,6 +477,9 @@ func (s *sender) updateRTO(rtt time.Duration) {
 	// occur; guard defensively rather than corrupt the estimator.
 	if rtt < 0 {
 		return
+	}
+	if rtt > 0 && (s.rttMin == 0 || rtt < s.rttMin) {
+		s.rttMin = rtt
 	}
 	s.rtt.Lock()
 	if !s.rtt.TCPRTTState.SRTTInited {
@@ -1731,9 +1736,7 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 				s.updateWriteNext(seg.Next())
 			}
 
-			if seg.xmitCount == 1 {
-				s.deliveredOrder = max(s.deliveredOrder, seg.xmitOrder)
-			}
+			s.noteSegDelivered(seg, rcvdSeg.rcvdTime)
 
 			// Update the RACK fields if SACK is enabled.
 			if s.ep.SACKPermitted && !seg.acked && s.ep.tcpRecovery&tcpip.TCPRACKLossDetection != 0 {
@@ -1856,10 +1859,9 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 	s.sendData()
 }
 
-// noteDelivered raises deliveredOrder to the send order of the newest
-// segment, sent only once, that the ACK's first SACK block covers: the
-// block of the segment that triggered the ACK (RFC 2018). A segment sent
-// more than once is left out, as the copy that arrived is unknown.
+// noteDelivered raises deliveredOrder by the segments the ACK's first
+// SACK block covers: the block of the segment that triggered the ACK
+// (RFC 2018). See noteSegDelivered.
 //
 // +checklocks:s.ep.mu
 func (s *sender) noteDelivered(rcvdSeg *segment) {
@@ -1869,8 +1871,8 @@ func (s *sender) noteDelivered(rcvdSeg *segment) {
 	}
 	sb := blocks[0]
 	for seg := s.writeList.Front(); seg != nil && seg.sequenceNumber.LessThan(sb.End); seg = seg.Next() {
-		if seg.xmitCount == 1 && sb.Start.LessThanEq(seg.sequenceNumber) {
-			s.deliveredOrder = max(s.deliveredOrder, seg.xmitOrder)
+		if sb.Start.LessThanEq(seg.sequenceNumber) {
+			s.noteSegDelivered(seg, rcvdSeg.rcvdTime)
 		}
 	}
 }
@@ -1939,30 +1941,54 @@ func (s *sender) lossAfterRecovery() bool {
 		s.FastRecovery.Last.LessThan(s.SndUna) && s.ep.scoreboard.IsLost(s.SndUna)
 }
 
-// resendLostRetransmit resends the first unacknowledged segment if it was
-// retransmitted and that retransmission was lost too: nDupAckThreshold
-// segments sent after it have been acknowledged. Without this only the
+// resendLostRetransmit sends again the segments whose retransmission was
+// lost too: not SACKed, and nDupAckThreshold segments sent after their
+// last transmission have been acknowledged. It sends at most what the
+// window leaves room for, and at least one. Without this only the
 // retransmission timer recovers a lost retransmission (RFC 6675 sends a
-// segment at most once per recovery), with the window reset and, without
-// the SACK information, everything sent again; at a few percent loss and
-// a window of hundreds of segments, one retransmission is lost in nearly
-// every recovery. It is used with a congestion control that models the
-// path (ackObserver), which does not read this second loss as more
-// congestion.
+// segment at most once per recovery), and when the receive window is
+// full no new data can follow to show the loss, so a burst of lost
+// retransmissions went one segment per round trip (the rescue
+// retransmission). At a few percent loss and a window of hundreds of
+// segments, some retransmission is lost in nearly every recovery. It is
+// used with a congestion control that models the path (ackObserver),
+// which does not read this second loss as more congestion.
 //
 // +checklocks:s.ep.mu
 // +checklocksexclude:s.rtt.rttMutex
 func (s *sender) resendLostRetransmit() {
-	seg := s.writeList.Front()
-	if seg == nil || seg.xmitCount < 2 || !s.isAssignedSequenceNumber(seg) || seg.xmitOrder+nDupAckThreshold > s.deliveredOrder {
-		return
+	if s.ep.tcpRecovery&tcpip.TCPRACKLossDetection != 0 {
+		return // RACK finds lost retransmissions itself
 	}
-	if smss := int(s.ep.scoreboard.SMSS()); seg.payloadSize() > smss {
-		s.splitSeg(seg, smss)
+	budget := max(1, s.SndCwnd-s.Outstanding)
+	smss := int(s.ep.scoreboard.SMSS())
+	for seg := s.writeList.Front(); seg != nil && budget > 0; seg = seg.Next() {
+		if !s.isAssignedSequenceNumber(seg) || !seg.sequenceNumber.LessThan(s.SndNxt) {
+			break
+		}
+		if seg.xmitCount < 2 || seg.xmitOrder+nDupAckThreshold > s.deliveredOrder || s.ep.scoreboard.IsSACKED(seg.sackBlock()) {
+			continue
+		}
+		if seg.payloadSize() > smss {
+			s.splitSeg(seg, smss)
+		}
+		s.RTTMeasureSeqNum = s.SndNxt
+		s.sendSegment(seg)
+		s.Outstanding++
+		budget--
 	}
-	s.RTTMeasureSeqNum = s.SndNxt
-	s.sendSegment(seg)
-	s.Outstanding++
+}
+
+// noteSegDelivered raises deliveredOrder to seg's send order when seg is
+// acknowledged at ackTime. A segment sent more than once counts only if
+// its last transmission was at least the minimum RTT before: an earlier
+// ACK must be for an earlier copy (as RACK reasons).
+//
+// +checklocks:s.ep.mu
+func (s *sender) noteSegDelivered(seg *segment, ackTime tcpip.MonotonicTime) {
+	if seg.xmitCount == 1 || (s.rttMin > 0 && ackTime.Sub(seg.xmitTime) >= s.rttMin) {
+		s.deliveredOrder = max(s.deliveredOrder, seg.xmitOrder)
+	}
 }
 
 // sendSegment sends the specified segment.
