@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
-	"io"
 	mrand "math/rand/v2"
 	"net/netip"
 	"slices"
@@ -75,11 +74,7 @@ func wireLossy(t *testing.T, a, b *Stack, delay time.Duration, loss float64) *lo
 // read takes packets from the TUN until it is closed, dropping some and
 // queueing the rest with their due time.
 func (l *lossyLine) read(from *TUN) {
-	bufs := make([][]byte, from.BatchSize())
-	for i := range bufs {
-		bufs[i] = make([]byte, 65536)
-	}
-	sizes := make([]int, len(bufs))
+	bufs, sizes := readBufs(from)
 	for {
 		n, err := from.Read(bufs, sizes, 0)
 		if err != nil {
@@ -243,23 +238,8 @@ func lossyTransfer(t *testing.T, cc string, size int) transferStats {
 	b := newStack(t, "100.64.0.2")
 	line := wireLossy(t, a, b, 20*time.Millisecond, 0.05)
 
-	ln, err := b.ListenTCP(netip.MustParseAddrPort("100.64.0.2:80"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	got := make(chan []byte, 1)
 	var received atomic.Int64
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- nil
-			return
-		}
-		defer c.Close()
-		data, _ := io.ReadAll(io.TeeReader(c, writerFunc(func(p []byte) { received.Add(int64(len(p))) })))
-		got <- data
-	}()
+	got := acceptAll(t, b, "100.64.0.2:80", func(n int) { received.Add(int64(n)) })
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	c, err := a.DialTCP(ctx, netip.MustParseAddrPort("100.64.0.2:80"))
@@ -306,14 +286,6 @@ func lossyTransfer(t *testing.T, cc string, size int) transferStats {
 	}
 	lost, offered := line.counts()
 	return transferStats{cwnds: cwnds, lost: lost, sentRatio: float64(offered) / float64(size), retrans: a.Stats().TCPRetransmits}
-}
-
-// writerFunc is an io.Writer that hands each write to a function.
-type writerFunc func(p []byte)
-
-func (f writerFunc) Write(p []byte) (int, error) {
-	f(p)
-	return len(p), nil
 }
 
 func median(v []uint32) uint32 {

@@ -56,11 +56,7 @@ func wireWith(t *testing.T, a, b *Stack, afterAB func(pkts [][]byte)) {
 	var wg sync.WaitGroup
 	pump := func(from, to *TUN, after func([][]byte)) {
 		defer wg.Done()
-		bufs := make([][]byte, from.BatchSize())
-		for i := range bufs {
-			bufs[i] = make([]byte, 65536)
-		}
-		sizes := make([]int, len(bufs))
+		bufs, sizes := readBufs(from)
 		for {
 			n, err := from.Read(bufs, sizes, 0)
 			if err != nil {
@@ -84,6 +80,52 @@ func wireWith(t *testing.T, a, b *Stack, afterAB func(pkts [][]byte)) {
 		b.Close()
 		wg.Wait()
 	})
+}
+
+// readBufs returns buffers for one batch read from tun.
+func readBufs(tun *TUN) ([][]byte, []int) {
+	bufs := make([][]byte, tun.BatchSize())
+	for i := range bufs {
+		bufs[i] = make([]byte, 65536)
+	}
+	return bufs, make([]int, len(bufs))
+}
+
+// acceptAll listens on addr of st and returns a channel that receives
+// everything the first connection accepted there sends, or nil if the
+// accept fails. onRead, if not nil, sees the size of each read. The
+// listener is closed at the end of the test.
+func acceptAll(t *testing.T, st *Stack, addr string, onRead func(n int)) <-chan []byte {
+	t.Helper()
+	ln, err := st.ListenTCP(netip.MustParseAddrPort(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	got := make(chan []byte, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- nil
+			return
+		}
+		defer c.Close()
+		var r io.Reader = c
+		if onRead != nil {
+			r = io.TeeReader(c, writerFunc(func(p []byte) { onRead(len(p)) }))
+		}
+		data, _ := io.ReadAll(r)
+		got <- data
+	}()
+	return got
+}
+
+// writerFunc is an io.Writer that hands each write to a function.
+type writerFunc func(p []byte)
+
+func (f writerFunc) Write(p []byte) (int, error) {
+	f(p)
+	return len(p), nil
 }
 
 func newStack(t *testing.T, addrs ...string) *Stack {

@@ -47,22 +47,7 @@ func TestLinkBackPressure(t *testing.T) {
 		}
 	})
 
-	ln, err := b.ListenTCP(netip.MustParseAddrPort("100.64.0.2:80"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	got := make(chan []byte, 1)
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			got <- nil
-			return
-		}
-		defer c.Close()
-		data, _ := io.ReadAll(c)
-		got <- data
-	}()
+	got := acceptAll(t, b, "100.64.0.2:80", nil)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	c, err := a.DialTCP(ctx, netip.MustParseAddrPort("100.64.0.2:80"))

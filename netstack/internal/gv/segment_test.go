@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"io"
 	"net/netip"
 	"sync"
 	"testing"
@@ -102,22 +101,7 @@ func TestSegmentation(t *testing.T) {
 					}
 				}
 			})
-			ln, err := b.ListenTCP(netip.MustParseAddrPort(tc.dstStr))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer ln.Close()
-			got := make(chan []byte, 1)
-			go func() {
-				c, err := ln.Accept()
-				if err != nil {
-					got <- nil
-					return
-				}
-				defer c.Close()
-				data, _ := io.ReadAll(c)
-				got <- data
-			}()
+			got := acceptAll(t, b, tc.dstStr, nil)
 			ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 			defer cancel()
 			c, err := a.DialTCP(ctx, netip.MustParseAddrPort(tc.dstStr))
