@@ -184,7 +184,7 @@ func (st *Stack) sendCwnd() uint32 {
 func TestLossTolerantCongestionControl(t *testing.T) {
 	const (
 		bbrWantCwnd  = 24
-		cubicFactor  = 4
+		cubicFactor  = 3
 		maxSentRatio = 1.25
 	)
 	bbr := lossyTransfer(t, "", 4<<20)
