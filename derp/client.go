@@ -19,6 +19,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"beam.dev/beam/internal/tcpcc"
 	"beam.dev/beam/types/key"
 )
 
@@ -39,7 +40,8 @@ var ErrMeshUnproven = errors.New("derp: server did not prove the mesh key")
 type ClientOptions struct {
 	// Logger receives debug logs; nil discards them.
 	Logger *slog.Logger
-	// DialContext opens the TCP connection; a net.Dialer if nil.
+	// DialContext opens the TCP connection; if nil, a net.Dialer that
+	// asks the kernel for BBR congestion control.
 	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// TLSConfig is used for https:// URLs; if nil, a default config with
 	// ServerName taken from the URL. Ignored for http:// URLs.
@@ -174,13 +176,20 @@ func (c *Client) handshake(priv key.NodePrivate, meshKey string) error {
 	}
 }
 
+// dialContext is opts.DialContext, or a dialer that asks the kernel for
+// BBR: the overlay's TCP rides inside the relay connection, so on a lossy
+// link this connection's congestion control sets the pace (see
+// internal/tcpcc).
+func dialContext(opts ClientOptions) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	if opts.DialContext != nil {
+		return opts.DialContext
+	}
+	return tcpcc.Dialer().DialContext
+}
+
 func dialUpgrade(ctx context.Context, u *url.URL, opts ClientOptions) (net.Conn, *bufio.Reader, error) {
 	addr := hostPort(u)
-	dial := opts.DialContext
-	if dial == nil {
-		dial = (&net.Dialer{}).DialContext
-	}
-	nc, err := dial(ctx, "tcp", addr)
+	nc, err := dialContext(opts)(ctx, "tcp", addr)
 	if err != nil {
 		return nil, nil, fmt.Errorf("derp: dial %s: %w", addr, err)
 	}
@@ -225,7 +234,7 @@ func dialUpgrade(ctx context.Context, u *url.URL, opts ClientOptions) (net.Conn,
 
 func dialWebSocket(ctx context.Context, u *url.URL, opts ClientOptions) (net.Conn, error) {
 	tr := &http.Transport{
-		DialContext:       opts.DialContext,
+		DialContext:       dialContext(opts),
 		TLSClientConfig:   tlsConfig(opts.TLSConfig, u),
 		ForceAttemptHTTP2: false,
 	}

@@ -29,11 +29,11 @@ func goList(t *testing.T, pkg, format string) []string {
 }
 
 // TestDeps enforces derp's place in the tree: of Beam it imports only
-// types/key; beyond the stdlib only x/crypto, coder/websocket and
+// types/key and internal/tcpcc; beyond the stdlib only x/crypto, coder/websocket and
 // pion/stun (with what they need); never testing code.
 func TestDeps(t *testing.T) {
 	allowed := []string{
-		"beam.dev/beam/derp", "beam.dev/beam/types/key",
+		"beam.dev/beam/derp", "beam.dev/beam/types/key", "beam.dev/beam/internal/tcpcc",
 		"golang.org/x/crypto/", "golang.org/x/sys/", "github.com/coder/websocket",
 		"github.com/pion/", "github.com/wlynxg/anet",
 	}

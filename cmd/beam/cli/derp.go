@@ -21,6 +21,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"beam.dev/beam/derp/derpserver"
+	"beam.dev/beam/internal/tcpcc"
 	"beam.dev/beam/types/key"
 )
 
@@ -143,7 +144,8 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 		verify = derpserver.VerifyWithCoordinator(opts.VerifyClients, nil)
 	}
 
-	ln, err := net.Listen("tcp", opts.Addr)
+	// Relay connections ask for BBR (see internal/tcpcc).
+	ln, err := tcpcc.ListenConfig().Listen(ctx, "tcp", opts.Addr)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}

@@ -23,6 +23,7 @@ import (
 	"beam.dev/beam/dnsserver"
 	"beam.dev/beam/edge"
 	"beam.dev/beam/edgenode"
+	"beam.dev/beam/internal/tcpcc"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/node"
 	"beam.dev/beam/wire"
@@ -163,7 +164,8 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	}
 	defer st.Close()
 
-	ln, err := net.Listen("tcp", o.Addr)
+	// Relay connections on this listener ask for BBR (see internal/tcpcc).
+	ln, err := tcpcc.ListenConfig().Listen(ctx, "tcp", o.Addr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", o.Addr, err)
 	}
