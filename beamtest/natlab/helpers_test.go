@@ -12,9 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"beam.dev/beam/beamtest/nslab"
+	"beam.dev/beam/internal/tcpcc"
 )
 
 // helperSink serves TCP on its one argument, a listen address. It prints
@@ -25,7 +24,9 @@ const helperSink = "natlab.sink"
 // helperSend connects to its first argument (ADDR, a helperSink), sends
 // as many bytes of testData as its second argument says, with the seed of
 // its third, and checks the sink's answer. It prints "sent N in DURATION".
-// It measures plain kernel TCP over the same links, as a baseline.
+// It measures kernel TCP over the same links, as a baseline, with BBR where
+// the kernel has it (as Beam's relay connections ask for), and prints
+// "congestion=NAME" with the congestion control it got.
 const helperSend = "natlab.send"
 
 var (
@@ -49,15 +50,14 @@ func runSend(ctx context.Context, args []string) error {
 	sum := sha256.Sum256(data)
 	want := fmt.Sprintf("%x %d", sum, size)
 	start := time.Now()
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp4", args[0])
+	c, err := tcpcc.Dialer().DialContext(ctx, "tcp4", args[0])
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	stop := context.AfterFunc(ctx, func() { c.Close() })
 	defer stop()
-	cc, err := congestionControl(c.(*net.TCPConn))
+	cc, err := tcpcc.Of(c)
 	if err != nil {
 		return err
 	}
@@ -99,21 +99,4 @@ func runSink(ctx context.Context, args []string) error {
 		}
 		fmt.Fprintf(c, "%x %d\n", h.Sum(nil), n)
 	})
-}
-
-// congestionControl returns the name of c's TCP congestion control (the
-// namespace's default, such as "bbr" or "cubic").
-func congestionControl(c *net.TCPConn) (string, error) {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return "", err
-	}
-	var name string
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		name, serr = unix.GetsockoptString(int(fd), unix.IPPROTO_TCP, unix.TCP_CONGESTION)
-	}); err != nil {
-		return "", err
-	}
-	return name, serr
 }

@@ -62,7 +62,10 @@ func TestLossAndDelay(t *testing.T) {
 }
 
 func testLossAndDelay(t *testing.T, v netemVariant) {
-	w, a, b, start := newPair(t, worldConfig{}, v.A, v.B)
+	// Cubic is the lab's default congestion control, as on most hosts,
+	// so the relay variant shows Beam's relay connections asking for BBR
+	// (and the baseline, which asks too, does not depend on the host).
+	w, a, b, start := newPair(t, worldConfig{tcpCC: "cubic"}, v.A, v.B)
 	ctx := t.Context()
 	run := mustReach(t, a, b, expectedPath(v.A, v.B), start, 30*time.Second)
 	sink := w.srv.StartHelper(ctx, helperSink, hostPort(w.srv.Addr(), baselinePort))

@@ -67,6 +67,9 @@ type worldConfig struct {
 	// listed as the two nodes of one region; otherwise one relay runs on
 	// the coordinator's server.
 	meshed bool
+	// tcpCC, if set, is the default TCP congestion control of every
+	// namespace of the lab, instead of this machine's.
+	tcpCC string
 }
 
 // newWorld builds a lab and starts the coordinator and relays. Call it,
@@ -82,6 +85,9 @@ func newWorld(t *testing.T, cfg worldConfig) *world {
 		out: artefactDir(t),
 	}
 	t.Cleanup(w.saveLogs)
+	if cfg.tcpCC != "" {
+		w.lab.SetTCPCongestionControl(cfg.tcpCC)
+	}
 	w.srv = w.lab.AddServer("srv")
 	ctx := t.Context()
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,6 +84,7 @@ type Lab struct {
 	nextPub  int      // next host number in 203.0.113.0/24
 	nextLAN  int      // next LAN /29 index
 	nextPort int      // next bridge port number in the inet namespace
+	tcpCC    string   // default TCP congestion control of new namespaces; "" keeps the host's
 }
 
 // New builds an empty internet namespace with its bridge and registers the
@@ -268,7 +270,29 @@ func (l *Lab) newNamespace(name, suffix string) *Host {
 	l.nsList = append(l.nsList, ns)
 	l.mu.Unlock()
 	l.mustIP(ns, "link set lo up")
+	l.mu.Lock()
+	cc := l.tcpCC
+	l.mu.Unlock()
+	if cc != "" {
+		l.mustSysctl(ns, "net.ipv4.tcp_congestion_control="+cc)
+	}
 	return &Host{lab: l, name: name, ns: ns}
+}
+
+// SetTCPCongestionControl makes name the default TCP congestion control
+// of every namespace of the lab, those made so far and those to come, in
+// place of the one they inherit from the host: a test can then run on,
+// say, Cubic whatever this machine's default is. Sockets opened before
+// keep theirs.
+func (l *Lab) SetTCPCongestionControl(name string) {
+	l.t.Helper()
+	l.mu.Lock()
+	l.tcpCC = name
+	nss := slices.Clone(l.nsList)
+	l.mu.Unlock()
+	for _, ns := range nss {
+		l.mustSysctl(ns, "net.ipv4.tcp_congestion_control="+name)
+	}
 }
 
 func (l *Lab) claimName(name string) {
