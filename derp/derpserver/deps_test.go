@@ -9,7 +9,7 @@ import (
 )
 
 // TestDeps enforces derpserver's place in the tree: of Beam it imports
-// only derp and types/key (never netstack, coordinator or node), and no
+// only derp, types/key and internal/tcpcc (never netstack, coordinator or node), and no
 // testing code.
 func TestDeps(t *testing.T) {
 	goBin, err := exec.LookPath("go")
@@ -26,6 +26,7 @@ func TestDeps(t *testing.T) {
 		"beam.dev/beam/derp/derpserver": true,
 		"beam.dev/beam/derp":            true,
 		"beam.dev/beam/types/key":       true,
+		"beam.dev/beam/internal/tcpcc":  true,
 	}
 	for dep := range strings.FieldsSeq(string(out)) {
 		if strings.HasPrefix(dep, "beam.dev/") && !allowedBeam[dep] {
