@@ -41,7 +41,7 @@ type netemVariant struct {
 // On a direct path the overlay's TCP sees the loss itself. Its congestion
 // control is BBR-style (third_party/gvisor/tcp): it sizes the window from
 // the path's measured bandwidth and round trip, so random loss does not
-// shrink it, and 16 MiB takes 5-6 s (kernel TCP with BBR: 3-4 s). With a
+// shrink it, and 16 MiB takes 5-7 s (kernel TCP with BBR: 2-6 s). With a
 // loss-based one (gVisor's Cubic or Reno, or the kernel's cubic) the
 // window stays at a few segments at 5% loss and a 100 ms round trip, and
 // 16 MiB took minutes.

@@ -27,8 +27,8 @@ import (
 // shrink it. It follows BBR v1 (draft-cardwell-iccrg-bbr-congestion-control)
 // without pacing, which this stack does not do:
 //
-//   - The delivery rate is sampled once per round (one minimum RTT)
-//     from the bytes cumulatively or selectively acknowledged in it;
+//   - The delivery rate is sampled once per round (a round trip of the
+//     data) from the bytes cumulatively or selectively acknowledged in it;
 //     the bandwidth estimate is the largest sample of the last bbrBWRounds
 //     rounds. Rounds in which the sender ran out of data only raise it.
 //   - Startup grows the window by what each ACK delivers, as slow start
@@ -87,10 +87,11 @@ type bbrState struct {
 	lastUna    seqnum.Value
 	lastSacked seqnum.Size
 
-	// The current round: when it began, delivered then, and whether the
-	// sender ran out of data during it.
+	// The current round: when it began, delivered then, the send order
+	// then, and whether the sender ran out of data during it.
 	roundStart     tcpip.MonotonicTime
 	roundDelivered uint64
+	roundEndOrder  uint64
 	appLimited     bool
 
 	// bw holds the delivery rate samples (bytes per second) of the last
@@ -267,18 +268,21 @@ func (b *bbrState) OnAck(rtt time.Duration, now tcpip.MonotonicTime) {
 	}
 }
 
-// maybeEndRound closes the round once it has lasted a minimum RTT,
+// maybeEndRound closes the round once data sent in it is acknowledged,
 // recording its delivery rate.
 //
 // +checklocks:b.s.ep.mu
 func (b *bbrState) maybeEndRound(now tcpip.MonotonicTime) {
-	// The minimum RTT, not the smoothed one: with timestamps on every
-	// segment, SRTT moves by 1/(window/2) of a sample per ACK (RFC 7323
-	// appendix G), so one slow handshake kept it near a second for
-	// seconds, and rounds that long left Startup blind.
-	round := max(b.minRTT, bbrMinRound)
+	// A round is a round trip of the data itself: it ends once a segment
+	// sent after it began is acknowledged (the sender's send order, see
+	// noteSegDelivered). Timed rounds went wrong both ways: the smoothed
+	// RTT moves by 1/(window/2) of a sample per ACK with timestamps on
+	// every segment (RFC 7323 appendix G), so one slow handshake held it
+	// near a second and left Startup blind; the minimum RTT is shorter
+	// than a round trip through a queue, so its samples caught bursts of
+	// ACKs.
 	elapsed := now.Sub(b.roundStart)
-	if elapsed < round {
+	if b.s.deliveredOrder <= b.roundEndOrder || elapsed < bbrMinRound {
 		return
 	}
 	sample := float64(b.delivered-b.roundDelivered) / elapsed.Seconds()
@@ -295,6 +299,7 @@ func (b *bbrState) maybeEndRound(now tcpip.MonotonicTime) {
 		}
 	}
 	b.roundStart, b.roundDelivered, b.appLimited = now, b.delivered, false
+	b.roundEndOrder = b.s.xmitOrder
 }
 
 // maybeProbeRTT enters ProbeRTT when the minimum RTT had not been seen
