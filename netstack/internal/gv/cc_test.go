@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/binary"
 	"fmt"
+	"io"
 	mrand "math/rand/v2"
 	"net/netip"
 	"slices"
@@ -22,11 +23,11 @@ import (
 // each with probability loss (from a seeded generator, so a run is
 // reproducible up to scheduling).
 type lossyLine struct {
-	delay time.Duration
-	loss  float64
-	rng   *mrand.Rand
+	loss float64
+	rng  *mrand.Rand
 
-	mu     sync.Mutex
+	mu     sync.Mutex // guards the following fields
+	delay  time.Duration
 	q      []delayed
 	signal chan struct{}
 	lost   int
@@ -80,8 +81,8 @@ func (l *lossyLine) read(from *TUN) {
 		if err != nil {
 			return
 		}
-		due := time.Now().Add(l.delay)
 		l.mu.Lock()
+		due := time.Now().Add(l.delay)
 		for i := range n {
 			l.payload += tcpPayloadLen(bufs[i][:sizes[i]])
 			if l.rng.Float64() < l.loss {
@@ -130,6 +131,12 @@ func (l *lossyLine) deliver(to *TUN, done <-chan struct{}) {
 		case <-timer.C:
 		}
 	}
+}
+
+func (l *lossyLine) setDelay(d time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.delay = d
 }
 
 func (l *lossyLine) counts() (lost, payload int) {
@@ -201,6 +208,63 @@ func TestLossTolerantCongestionControl(t *testing.T) {
 	}
 	if bbr.sentRatio > maxSentRatio {
 		t.Errorf("sent %.2f times the data, want at most %.2f", bbr.sentRatio, maxSentRatio)
+	}
+}
+
+// TestBBRFollowsLongerRoundTrip streams across a line whose one-way delay
+// grows from 1 ms to 25 ms mid-transfer, as when the overlay falls back
+// from a direct path to the relay, and samples the sender's window from
+// one to two seconds after. A BBR window is twice the bandwidth times the
+// minimum RTT; kept from before the change, that minimum made the window
+// a fraction of the new bandwidth-delay product, the measured rate fell
+// with it round after round, and the window sat at its floor (10
+// segments, a few Mbit/s) until the minimum expired 10 s later. The
+// window must instead follow the new round trip.
+func TestBBRFollowsLongerRoundTrip(t *testing.T) {
+	const wantCwnd = 200
+	a := newStack(t, "100.64.0.1")
+	b := newStack(t, "100.64.0.2")
+	line := wireLossy(t, a, b, time.Millisecond, 0)
+	ln, err := b.ListenTCP(netip.MustParseAddrPort("100.64.0.2:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(io.Discard, c)
+	}()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	c, err := a.DialTCP(ctx, netip.MustParseAddrPort("100.64.0.2:80"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	go func() {
+		buf := make([]byte, 256<<10)
+		for {
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	time.Sleep(time.Second)
+	line.setDelay(25 * time.Millisecond)
+	time.Sleep(time.Second)
+	var cwnds []uint32
+	for range 100 {
+		time.Sleep(10 * time.Millisecond)
+		cwnds = append(cwnds, a.sendCwnd())
+	}
+	med := median(cwnds)
+	t.Logf("window after the round trip grew: median %d segments (min %d, max %d)", med, slices.Min(cwnds), slices.Max(cwnds))
+	if med < wantCwnd {
+		t.Errorf("median window %d segments after the round trip grew, want at least %d", med, wantCwnd)
 	}
 }
 

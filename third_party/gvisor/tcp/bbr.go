@@ -40,8 +40,9 @@ import (
 //     delivers more than the estimate, so the estimate keeps rising; if it
 //     cannot, at most one bandwidth-delay product waits in queues.
 //   - The minimum RTT is the least sample of the last bbrMinRTTWindow. When
-//     it is that old, the window drops to bbrProbeRTTCwnd for
-//     bbrProbeRTTTime so queues drain and a fresh minimum is seen.
+//     it is that old, or rounds show the path's round trip has grown well
+//     beyond it, the window drops to bbrProbeRTTCwnd for bbrProbeRTTTime
+//     so queues drain and a fresh minimum is seen.
 //   - Loss, detected by duplicate ACKs, SACK or RACK, does not shrink the
 //     window: the loss recovery in snd.go resends what was lost within it.
 //     A retransmission timeout restarts from a few segments, grows back by
@@ -62,6 +63,15 @@ const (
 	bbrMinRTTWindow = 10 * time.Second
 	bbrProbeRTTCwnd = 4
 	bbrProbeRTTTime = 200 * time.Millisecond
+	// A round whose least RTT sample is at least bbrStretch times the
+	// minimum RTT plus bbrStretchSlack, bbrStretchRounds rounds in a row,
+	// means the path's round trip grew (the overlay moved from a direct
+	// path to the relay): the window's own queue stays under one
+	// bandwidth-delay product, twice the minimum RTT at most. See
+	// maybeEndRound.
+	bbrStretch       = 4
+	bbrStretchSlack  = 2 * time.Millisecond
+	bbrStretchRounds = 2
 	// bbrMinRound bounds a round from below so that a round trip of a few
 	// microseconds (loopback) does not sample the ACK clock's jitter.
 	bbrMinRound = time.Millisecond
@@ -93,6 +103,11 @@ type bbrState struct {
 	roundDelivered uint64
 	roundEndOrder  uint64
 	appLimited     bool
+	// roundMinRTT is the least RTT sample of the round; stretched
+	// counts the rounds in a row whose least sample was far above the
+	// minimum RTT.
+	roundMinRTT time.Duration
+	stretched   int
 
 	// bw holds the delivery rate samples (bytes per second) of the last
 	// rounds, next is where the next goes.
@@ -104,8 +119,11 @@ type bbrState struct {
 	fullBW     float64
 	fullRounds int
 
+	// minRTT is the minimum RTT, seen at minRTTStamp; minRTTStale marks
+	// it expired early (see maybeEndRound).
 	minRTT      time.Duration
 	minRTTStamp tcpip.MonotonicTime
+	minRTTStale bool
 
 	// probeRTTEnd is when ProbeRTT may end; priorCwnd is the window to
 	// restore after it, or after a retransmission timeout.
@@ -220,9 +238,12 @@ func (b *bbrState) OnAck(rtt time.Duration, now tcpip.MonotonicTime) {
 	b.lastUna, b.lastSacked = s.SndUna, sacked
 	deliveredPkts := int((uint64(max(d, 0)) + uint64(s.MaxPayloadSize) - 1) / uint64(s.MaxPayloadSize))
 
-	expired := b.minRTT != 0 && now.Sub(b.minRTTStamp) > bbrMinRTTWindow
+	if rtt > 0 && (b.roundMinRTT == 0 || rtt < b.roundMinRTT) {
+		b.roundMinRTT = rtt
+	}
+	expired := b.minRTT != 0 && (b.minRTTStale || now.Sub(b.minRTTStamp) > bbrMinRTTWindow)
 	if rtt > 0 && (b.minRTT == 0 || rtt <= b.minRTT || expired) {
-		b.minRTT, b.minRTTStamp = rtt, now
+		b.minRTT, b.minRTTStamp, b.minRTTStale = rtt, now, false
 	}
 	if s.writeNext == nil && s.Outstanding < s.SndCwnd {
 		b.appLimited = true
@@ -298,8 +319,26 @@ func (b *bbrState) maybeEndRound(now tcpip.MonotonicTime) {
 			b.mode = bbrProbeBW
 		}
 	}
+	// A minimum RTT from before the path's round trip grew keeps the
+	// window at a fraction of the new bandwidth-delay product; the
+	// delivery rate, and with it the estimate and the window, then fall
+	// round after round to the floor until the minimum expires (10 s of
+	// a few Mbit/s, measured). Rounds stretched far beyond what the
+	// window's own queue explains expire it now: ProbeRTT drains the
+	// queue and measures the new one.
+	switch {
+	case b.roundMinRTT == 0:
+		// No sample this round: no evidence either way.
+	case b.mode == bbrProbeBW && !b.appLimited && b.minRTT > 0 && b.roundMinRTT >= bbrStretch*b.minRTT+bbrStretchSlack:
+		if b.stretched++; b.stretched >= bbrStretchRounds {
+			b.minRTTStale = true
+			b.stretched = 0
+		}
+	default:
+		b.stretched = 0
+	}
 	b.roundStart, b.roundDelivered, b.appLimited = now, b.delivered, false
-	b.roundEndOrder = b.s.xmitOrder
+	b.roundEndOrder, b.roundMinRTT = b.s.xmitOrder, 0
 }
 
 // maybeProbeRTT enters ProbeRTT when the minimum RTT had not been seen
