@@ -253,12 +253,15 @@ func TestBBRFollowsLongerRoundTrip(t *testing.T) {
 			}
 		}
 	}()
-	time.Sleep(time.Second)
+	// The phases are spans of the transfer, not waits for an event.
+	<-time.After(time.Second)
 	line.setDelay(25 * time.Millisecond)
-	time.Sleep(time.Second)
+	<-time.After(time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
 	var cwnds []uint32
 	for range 100 {
-		time.Sleep(10 * time.Millisecond)
+		<-tick.C
 		cwnds = append(cwnds, a.sendCwnd())
 	}
 	med := median(cwnds)
