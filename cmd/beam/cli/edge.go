@@ -29,16 +29,19 @@ type EdgeOptions struct {
 	HTTPAddr    string
 	HTTPSAddr   string
 	NoRedirect  bool
-	BindHost    string
-	ACMECA      string
-	ACMECARoot  string
-	ACMEEmail   string
-	TLSCert     string
-	TLSKey      string
-	StateDir    string
-	Port        uint16
-	Hostname    string
-	LogLevel    string
+	// RedirectPort is the port the HTTP-to-HTTPS redirect names; 0 means
+	// the HTTPS listener's own.
+	RedirectPort uint16
+	BindHost     string
+	ACMECA       string
+	ACMECARoot   string
+	ACMEEmail    string
+	TLSCert      string
+	TLSKey       string
+	StateDir     string
+	Port         uint16
+	Hostname     string
+	LogLevel     string
 }
 
 // NewCmdEdge returns the beam edge command: a public ingress that is a
@@ -70,6 +73,7 @@ func NewCmdEdge(f *Factory, in *instanceFlags, runF func(*EdgeOptions) error) *c
 	fl.StringVar(&o.HTTPAddr, "http-addr", ":80", "plain HTTP listener (\"\" disables)")
 	fl.StringVar(&o.HTTPSAddr, "https-addr", ":443", "TLS listener (\"\" disables); needs --acme-ca or --tls-cert")
 	fl.BoolVar(&o.NoRedirect, "no-https-redirect", false, "serve http routes over plain HTTP too, instead of redirecting to HTTPS")
+	fl.Uint16Var(&o.RedirectPort, "https-redirect-port", 0, "port the HTTPS redirect names, where clients reach --https-addr through a port mapping (0: the listener's own)")
 	fl.StringVar(&o.BindHost, "bind-host", "", "address TCP and UDP route ports listen on (default all)")
 	fl.StringVar(&o.ACMECA, "acme-ca", "", "ACME directory URL for certificates (wildcard by DNS-01 through the coordinator's zone)")
 	fl.StringVar(&o.ACMECARoot, "acme-ca-root", "", "PEM file of the root that signs the ACME server's HTTPS certificate")
@@ -145,7 +149,7 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 		return err
 	}
 	defer srv.Close()
-	redirectToHTTPS(e, srv, !o.NoRedirect)
+	redirectToHTTPS(e, srv, !o.NoRedirect, o.RedirectPort)
 	logger.Info("edge running", "domain", o.Domain, "http", o.HTTPAddr, "https", httpsAddr)
 	return routes.follow(ctx, srv, logger)
 }
@@ -180,10 +184,26 @@ func (f routeFeed) follow(ctx context.Context, srv *edgenode.Server, logger *slo
 }
 
 // redirectToHTTPS makes e redirect plain-HTTP requests of http routes to
-// the HTTPS listener of srv, when on and srv has one.
-func redirectToHTTPS(e *edge.Edge, srv *edgenode.Server, on bool) {
-	if a, ok := srv.Addr("https").(*net.TCPAddr); ok && on {
-		e.SetHTTPSRedirect(uint16(a.Port))
+// the HTTPS listener of srv, when on and srv has one, naming port (see
+// redirectPort).
+func redirectToHTTPS(e *edge.Edge, srv *edgenode.Server, on bool, port uint16) {
+	if p := redirectPort(srv.Addr("https"), port); on && p != 0 {
+		e.SetHTTPSRedirect(p)
+	}
+}
+
+// redirectPort is the port a redirect to the HTTPS listener https names:
+// override if set (clients reach the listener through a port mapping),
+// else the listener's own; 0 if there is no HTTPS listener.
+func redirectPort(https net.Addr, override uint16) uint16 {
+	a, ok := https.(*net.TCPAddr)
+	switch {
+	case !ok:
+		return 0
+	case override != 0:
+		return override
+	default:
+		return uint16(a.Port)
 	}
 }
 

@@ -38,16 +38,19 @@ type ServerOptions struct {
 	HTTPAddr   string
 	HTTPSAddr  string
 	NoRedirect bool
-	TCPPorts   string
-	UDPPorts   string
-	STUNAddr   string
-	DNSAddr    string
-	PublicIPs  []string
-	ACMECA     string
-	ACMECARoot string
-	ACMEEmail  string
-	Dev        bool
-	LogLevel   string
+	// RedirectPort is the port the HTTP-to-HTTPS redirect names; 0 means
+	// the HTTPS listener's own.
+	RedirectPort uint16
+	TCPPorts     string
+	UDPPorts     string
+	STUNAddr     string
+	DNSAddr      string
+	PublicIPs    []string
+	ACMECA       string
+	ACMECARoot   string
+	ACMEEmail    string
+	Dev          bool
+	LogLevel     string
 
 	// ready, if set, is called with the coordinator's listen address and
 	// the edge's HTTP address once everything serves (tests).
@@ -90,6 +93,7 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 	fl.StringVar(&o.HTTPAddr, "http-addr", ":80", "edge HTTP listener (\"\" disables)")
 	fl.StringVar(&o.HTTPSAddr, "https-addr", ":443", "edge TLS listener (\"\" disables; needs --acme-ca)")
 	fl.BoolVar(&o.NoRedirect, "no-https-redirect", false, "serve http routes over plain HTTP too, instead of redirecting to HTTPS")
+	fl.Uint16Var(&o.RedirectPort, "https-redirect-port", 0, "port the HTTPS redirect names, where clients reach --https-addr through a port mapping (0: the listener's own)")
 	fl.StringVar(&o.TCPPorts, "tcp-ports", "20000-20999", "edge ports for --tcp routes")
 	fl.StringVar(&o.UDPPorts, "udp-ports", "21000-21999", "edge ports for --udp routes")
 	fl.StringVar(&o.STUNAddr, "stun-addr", ":3478", "STUN responder (\"\" disables)")
@@ -334,7 +338,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		return err
 	}
 	defer esrv.Close()
-	redirectToHTTPS(e, esrv, !o.NoRedirect)
+	redirectToHTTPS(e, esrv, !o.NoRedirect, o.RedirectPort)
 	httpAddr := ""
 	if a := esrv.Addr("http"); a != nil {
 		httpAddr = a.String()
