@@ -121,6 +121,10 @@ type sender struct {
 	// queued behind blocked data; finSent guards closing ACK completions.
 	finSent bool
 
+	// obs is cc as an ackObserver, or nil: Beam's loss recovery changes
+	// apply only when it is set.
+	obs ackObserver
+
 	// rtoKeptSACK is set once a retransmission timeout kept the SACK
 	// scoreboard, at SndUna rtoKeptUna (see rtoIntoSACKRecovery).
 	rtoKeptSACK bool
@@ -366,16 +370,19 @@ func (s *sender) initCongestionControl(congestionControlName tcpip.CongestionCon
 	s.SndCwnd = InitialCwnd
 	s.Ssthresh = InitialSsthresh
 
+	var cc congestionControl
 	switch congestionControlName {
 	case ccBBR:
-		return newBBRCC(s)
+		cc = newBBRCC(s)
 	case ccCubic:
-		return newCubicCC(s)
+		cc = newCubicCC(s)
 	case ccReno:
 		fallthrough
 	default:
-		return newRenoCC(s)
+		cc = newRenoCC(s)
 	}
+	s.obs, _ = cc.(ackObserver)
+	return cc
 }
 
 // initLossRecovery initiates the loss recovery algorithm for the sender.
@@ -1626,7 +1633,7 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 		if s.ep.tcpRecovery&tcpip.TCPRACKLossDetection != 0 {
 			hasDSACK = s.walkSACK(rcvdSeg)
 		}
-		if _, ok := s.cc.(ackObserver); ok && rcvdSeg.hasNewSACKInfo {
+		if s.obs != nil && rcvdSeg.hasNewSACKInfo {
 			s.noteDelivered(rcvdSeg)
 		}
 		s.SetPipe()
@@ -1805,13 +1812,13 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 		}
 	}
 
-	if o, ok := s.cc.(ackObserver); ok {
-		o.OnAck(bestRTT, rcvdSeg.rcvdTime)
+	if s.obs != nil {
+		s.obs.OnAck(bestRTT, rcvdSeg.rcvdTime)
 		if s.lossAfterRecovery() {
 			s.cc.HandleLossDetected()
 			s.enterRecovery()
 			fastRetransmit = true
-		} else if s.FastRecovery.Active || s.state == tcpip.RTORecovery {
+		} else if s.FastRecovery.Active {
 			s.resendLostRetransmit()
 		}
 	}
@@ -1901,7 +1908,7 @@ func (s *sender) noteDelivered(rcvdSeg *segment) {
 // +checklocks:s.ep.mu
 // +checklocksexclude:s.rtt.rttMutex
 func (s *sender) rtoIntoSACKRecovery() bool {
-	if _, ok := s.cc.(ackObserver); !ok || !s.ep.SACKPermitted || s.ep.tcpRecovery&tcpip.TCPRACKLossDetection != 0 || s.zeroWindowProbing {
+	if s.obs == nil || !s.ep.SACKPermitted || s.ep.tcpRecovery&tcpip.TCPRACKLossDetection != 0 || s.zeroWindowProbing {
 		return false
 	}
 	if seg := s.writeList.Front(); seg == nil || seg.xmitCount > s.maxRetries || (s.rtoKeptSACK && s.rtoKeptUna == s.SndUna) {
@@ -1941,10 +1948,11 @@ func (s *sender) lossAfterRecovery() bool {
 		s.FastRecovery.Last.LessThan(s.SndUna) && s.ep.scoreboard.IsLost(s.SndUna)
 }
 
-// resendLostRetransmit sends again the segments whose retransmission was
-// lost too: not SACKed, and nDupAckThreshold segments sent after their
-// last transmission have been acknowledged. It sends at most what the
-// window leaves room for, and at least one. Without this only the
+// resendLostRetransmit sends again the segments this recovery
+// retransmitted (those up to HighRxt) whose retransmission was lost too:
+// not SACKed, and nDupAckThreshold segments sent after their last
+// transmission have been acknowledged. It sends at most what the window
+// leaves room for, and at least one. Without this only the
 // retransmission timer recovers a lost retransmission (RFC 6675 sends a
 // segment at most once per recovery), and when the receive window is
 // full no new data can follow to show the loss, so a burst of lost
@@ -1963,7 +1971,7 @@ func (s *sender) resendLostRetransmit() {
 	budget := max(1, s.SndCwnd-s.Outstanding)
 	smss := int(s.ep.scoreboard.SMSS())
 	for seg := s.writeList.Front(); seg != nil && budget > 0; seg = seg.Next() {
-		if !s.isAssignedSequenceNumber(seg) || !seg.sequenceNumber.LessThan(s.SndNxt) {
+		if !s.isAssignedSequenceNumber(seg) || s.FastRecovery.HighRxt.LessThan(seg.sequenceNumber) {
 			break
 		}
 		if seg.xmitCount < 2 || seg.xmitOrder+nDupAckThreshold > s.deliveredOrder || s.ep.scoreboard.IsSACKED(seg.sackBlock()) {
