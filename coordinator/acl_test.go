@@ -362,8 +362,6 @@ func TestKeyExpiryDefaults(t *testing.T) {
 	w.waitFor("revived node's map", wait, func(nm *wire.NetMap) bool { return nm.Self != nil && peerNamed(nm, "user") != nil })
 }
 
-// TestInteractiveApproval: a node without an auth key waits, an admin
-// approves its code, and the node gets registered and its map.
 // authKeyPrefixes lists the prefixes of the coordinator's auth keys,
 // sorted.
 func authKeyPrefixes(t *testing.T, admin *coordclient.Admin) []string {
@@ -424,6 +422,8 @@ func TestUncollectedApprovalKeyDeleted(t *testing.T) {
 	}
 }
 
+// TestInteractiveApproval: a node without an auth key waits, an admin
+// approves its code, and the node gets registered and its map.
 func TestInteractiveApproval(t *testing.T) {
 	c := startCoord(t, nil)
 	ctx := context.Background()

@@ -268,11 +268,9 @@ func (l *Lab) newNamespace(name, suffix string) *Host {
 	}
 	l.mu.Lock()
 	l.nsList = append(l.nsList, ns)
-	l.mu.Unlock()
-	l.mustIP(ns, "link set lo up")
-	l.mu.Lock()
 	cc := l.tcpCC
 	l.mu.Unlock()
+	l.mustIP(ns, "link set lo up")
 	if cc != "" {
 		l.mustSysctl(ns, "net.ipv4.tcp_congestion_control="+cc)
 	}

@@ -20,8 +20,8 @@ func New(log *slog.Logger) *zap.Logger {
 	return zap.New(&core{log: log})
 }
 
-// Level maps a zap level to the slog level New uses.
-func Level(l zapcore.Level) slog.Level {
+// level maps a zap level to the slog level New uses.
+func level(l zapcore.Level) slog.Level {
 	switch {
 	case l <= zapcore.InfoLevel:
 		return slog.LevelDebug
@@ -38,7 +38,7 @@ type core struct {
 }
 
 func (c *core) Enabled(l zapcore.Level) bool {
-	return c.log.Enabled(context.Background(), Level(l))
+	return c.log.Enabled(context.Background(), level(l))
 }
 
 func (c *core) With(fields []zapcore.Field) zapcore.Core {
@@ -67,7 +67,7 @@ func (c *core) Write(e zapcore.Entry, fields []zapcore.Field) error {
 	for _, k := range slices.Sorted(maps.Keys(enc.Fields)) {
 		attrs = append(attrs, slog.Any(k, enc.Fields[k]))
 	}
-	c.log.LogAttrs(context.Background(), Level(e.Level), e.Message, attrs...)
+	c.log.LogAttrs(context.Background(), level(e.Level), e.Message, attrs...)
 	return nil
 }
 
