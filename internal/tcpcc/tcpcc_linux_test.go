@@ -6,24 +6,15 @@ import (
 	"testing"
 )
 
-// pair returns both ends of a loopback TCP connection: the dialer's
-// socket made with dialName, the accepted one from a listener made with
-// listenName ("" for none).
-func pair(t *testing.T, dialName, listenName string) (dialed, accepted net.Conn) {
+// pair returns both ends of a loopback TCP connection: the socket d
+// dialed and the one a listener made with lc accepted.
+func pair(t *testing.T, d *net.Dialer, lc *net.ListenConfig) (dialed, accepted net.Conn) {
 	t.Helper()
-	lc := net.ListenConfig{}
-	if listenName != "" {
-		lc.Control = Control(listenName)
-	}
 	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	d := net.Dialer{}
-	if dialName != "" {
-		d.Control = Control(dialName)
-	}
 	c, err := d.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
@@ -55,14 +46,14 @@ func TestControl(t *testing.T) {
 	if defName == "reno" {
 		t.Fatal("the system default is reno, so this test could not tell a choice from the default")
 	}
-	c, a := pair(t, "reno", "reno")
+	c, a := pair(t, &net.Dialer{Control: Control("reno")}, &net.ListenConfig{Control: Control("reno")})
 	if got := of(t, c); got != "reno" {
 		t.Errorf("dialed socket: congestion control %q, want reno", got)
 	}
 	if got := of(t, a); got != "reno" {
 		t.Errorf("accepted socket: congestion control %q, want reno (inherited from the listener)", got)
 	}
-	c, a = pair(t, "no-such-control", "")
+	c, a = pair(t, &net.Dialer{Control: Control("no-such-control")}, &net.ListenConfig{})
 	if got := of(t, c); got != defName {
 		t.Errorf("dialed socket after a refused choice: %q, want the default %q", got, defName)
 	}
@@ -81,21 +72,7 @@ func TestPreferred(t *testing.T) {
 	if want == "" {
 		t.Fatal("no default congestion control in /proc/sys/net/ipv4")
 	}
-	ln, err := ListenConfig().Listen(context.Background(), "tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := Dialer().Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	a, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
+	c, a := pair(t, Dialer(), ListenConfig())
 	for side, conn := range map[string]net.Conn{"dialed": c, "accepted": a} {
 		if got := of(t, conn); got != want {
 			t.Errorf("%s socket: congestion control %q, want %s", side, got, want)
