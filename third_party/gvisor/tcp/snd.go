@@ -1868,7 +1868,9 @@ func (s *sender) handleRcvdSegment(rcvdSeg *segment) {
 
 // noteDelivered raises deliveredOrder by the segments the ACK's first
 // SACK block covers: the block of the segment that triggered the ACK
-// (RFC 2018). See noteSegDelivered.
+// (RFC 2018), so usually data sent last. The walk goes back from the last
+// segment sent, so it stays short however long the send queue is. See
+// noteSegDelivered.
 //
 // +checklocks:s.ep.mu
 func (s *sender) noteDelivered(rcvdSeg *segment) {
@@ -1877,8 +1879,12 @@ func (s *sender) noteDelivered(rcvdSeg *segment) {
 		return
 	}
 	sb := blocks[0]
-	for seg := s.writeList.Front(); seg != nil && seg.sequenceNumber.LessThan(sb.End); seg = seg.Next() {
-		if sb.Start.LessThanEq(seg.sequenceNumber) {
+	last := s.writeList.Back()
+	if s.writeNext != nil {
+		last = s.writeNext.Prev()
+	}
+	for seg := last; seg != nil && sb.Start.LessThanEq(seg.sequenceNumber); seg = seg.Prev() {
+		if seg.sequenceNumber.LessThan(sb.End) {
 			s.noteSegDelivered(seg, rcvdSeg.rcvdTime)
 		}
 	}
