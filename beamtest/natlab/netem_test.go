@@ -62,10 +62,12 @@ func TestLossAndDelay(t *testing.T) {
 }
 
 func testLossAndDelay(t *testing.T, v netemVariant) {
-	// Cubic is the lab's default congestion control, as on most hosts,
-	// so the relay variant shows Beam's relay connections asking for BBR
-	// (and the baseline, which asks too, does not depend on the host).
-	w, a, b, start := newPair(t, worldConfig{tcpCC: "cubic"}, v.A, v.B)
+	// The lab runs on a loss-based congestion control, Cubic as on most
+	// hosts (or Reno, which every host allows, where namespaces may not
+	// choose Cubic), so the relay variant shows Beam's relay connections
+	// asking for BBR (and the baseline, which asks too, does not depend on
+	// the host).
+	w, a, b, start := newPair(t, worldConfig{tcpCC: []string{"cubic", "reno"}}, v.A, v.B)
 	ctx := t.Context()
 	run := mustReach(t, a, b, expectedPath(v.A, v.B), start, 30*time.Second)
 	sink := w.srv.StartHelper(ctx, helperSink, hostPort(w.srv.Addr(), baselinePort))
@@ -102,7 +104,7 @@ func testLossAndDelay(t *testing.T, v netemVariant) {
 	t.Log(text.String())
 	writeArtefact(t, w.out, fmt.Sprintf("loss-delay-%s-%dKiB%s", v.name(), v.size>>10, v.label), map[string]any{
 		"variant": v.name(), "netem": spec, "bytes": v.size,
-		"overlay_ms": msDur(took), "overlay_mbit_s": mbps, "kernel_tcp_ms": msDur(base), "kernel_tcp_congestion": cc,
+		"overlay_ms": msDur(took), "overlay_mbit_s": mbps, "kernel_tcp_ms": msDur(base), "kernel_tcp_congestion": cc, "lab_congestion": w.tcpCC,
 		"path": run.Path, "path_after": after.Path, "error": errString(err), "baseline_error": errString(baseErr),
 	}, text.String())
 	if baseErr != nil {

@@ -46,6 +46,7 @@ type world struct {
 	bin      string // the beam binary
 	dir      string // state directories, sockets, key files
 	out      string // artefacts
+	tcpCC    string // the lab's TCP congestion control, if the test chose one
 	srv      *nslab.Host
 	coord    *nslab.Proc
 	coordURL string
@@ -67,9 +68,11 @@ type worldConfig struct {
 	// listed as the two nodes of one region; otherwise one relay runs on
 	// the coordinator's server.
 	meshed bool
-	// tcpCC, if set, is the default TCP congestion control of every
-	// namespace of the lab, instead of this machine's.
-	tcpCC string
+	// tcpCC, if set, lists the TCP congestion controls the test can live
+	// with, most wanted first; the first one this host allows namespaces
+	// to choose becomes the default of every namespace of the lab, instead
+	// of this machine's, and is kept in world.tcpCC.
+	tcpCC []string
 }
 
 // newWorld builds a lab and starts the coordinator and relays. Call it,
@@ -85,8 +88,8 @@ func newWorld(t *testing.T, cfg worldConfig) *world {
 		out: artefactDir(t),
 	}
 	t.Cleanup(w.saveLogs)
-	if cfg.tcpCC != "" {
-		w.lab.SetTCPCongestionControl(cfg.tcpCC)
+	if len(cfg.tcpCC) > 0 {
+		w.tcpCC = w.lab.SetTCPCongestionControl(cfg.tcpCC...)
 	}
 	w.srv = w.lab.AddServer("srv")
 	ctx := t.Context()

@@ -277,13 +277,34 @@ func (l *Lab) newNamespace(name, suffix string) *Host {
 	return &Host{lab: l, name: name, ns: ns}
 }
 
-// SetTCPCongestionControl makes name the default TCP congestion control
-// of every namespace of the lab, those made so far and those to come, in
-// place of the one they inherit from the host: a test can then run on,
-// say, Cubic whatever this machine's default is. Sockets opened before
-// keep theirs.
-func (l *Lab) SetTCPCongestionControl(name string) {
+// SetTCPCongestionControl makes the first of names that this host lets a
+// network namespace choose the default TCP congestion control of every
+// namespace of the lab, those made so far and those to come, in place of
+// the one they inherit from the host, and returns it: a test can then run
+// on, say, Cubic whatever this machine's default is. A namespace may only
+// choose among the host's net.ipv4.tcp_allowed_congestion_control (on some
+// machines just "reno bbr"), so a test lists what it can live with, most
+// wanted first; Reno is always allowed. It fails the test if none is.
+// Sockets opened before keep theirs.
+func (l *Lab) SetTCPCongestionControl(names ...string) string {
 	l.t.Helper()
+	allowed, err := AllowedTCPCongestionControls()
+	if err != nil {
+		l.t.Fatalf("nslab: %v", err)
+	}
+	name := ""
+	for _, n := range names {
+		if slices.Contains(allowed, n) {
+			name = n
+			break
+		}
+	}
+	if name == "" {
+		l.t.Fatalf("nslab: none of the congestion controls %q is allowed in namespaces on this host (allowed: %q)", names, allowed)
+	}
+	if name != names[0] {
+		l.t.Logf("nslab: congestion control %q is not allowed in namespaces on this host (allowed: %q); the lab uses %q", names[0], allowed, name)
+	}
 	l.mu.Lock()
 	l.tcpCC = name
 	nss := slices.Clone(l.nsList)
@@ -291,6 +312,18 @@ func (l *Lab) SetTCPCongestionControl(name string) {
 	for _, ns := range nss {
 		l.mustSysctl(ns, "net.ipv4.tcp_congestion_control="+name)
 	}
+	return name
+}
+
+// AllowedTCPCongestionControls returns the congestion controls that a
+// network namespace may choose on this host, read from the initial
+// namespace's net.ipv4.tcp_allowed_congestion_control.
+func AllowedTCPCongestionControls() ([]string, error) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_allowed_congestion_control")
+	if err != nil {
+		return nil, fmt.Errorf("read allowed congestion controls: %w", err)
+	}
+	return strings.Fields(string(b)), nil
 }
 
 func (l *Lab) claimName(name string) {

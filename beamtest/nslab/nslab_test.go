@@ -713,3 +713,27 @@ func TestReapStale(t *testing.T) {
 		t.Errorf("lab namespaces %q, want only inet", got)
 	}
 }
+
+// TestSetTCPCongestionControl checks that the lab takes the first
+// congestion control this host allows namespaces to choose, skipping one
+// the kernel does not know, and that its namespaces then use it.
+func TestSetTCPCongestionControl(t *testing.T) {
+	t.Parallel()
+	lab := nslab.New(t)
+	srv := lab.AddServer("server")
+	got := lab.SetTCPCongestionControl("no-such-cc", "reno")
+	if got != "reno" {
+		t.Fatalf("SetTCPCongestionControl chose %q, want reno (the only allowed one listed)", got)
+	}
+	out, err := srv.Run(waitCtx(t), "cat", "/proc/sys/net/ipv4/tcp_congestion_control")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cc := strings.TrimSpace(string(out)); cc != "reno" {
+		t.Errorf("namespace's congestion control is %q, want reno", cc)
+	}
+	allowed, err := nslab.AllowedTCPCongestionControls()
+	if err != nil || !slices.Contains(allowed, "reno") {
+		t.Errorf("AllowedTCPCongestionControls() = %q, %v; want a list with reno", allowed, err)
+	}
+}
