@@ -33,7 +33,13 @@ import (
 // Options configures a Node.
 type Options struct {
 	// StateDir holds the node's state (private key, last netmap). Required.
+	// New creates it (0700) if needed and locks it while the node lives:
+	// a second Node on the same directory fails with *StateInUseError.
 	StateDir string
+	// Socket is the local API socket the daemon serves; it is recorded
+	// with the state lock so a refused second daemon can name it. May be
+	// empty.
+	Socket string
 	// Logger receives the daemon's logs; nil discards them.
 	Logger *slog.Logger
 	// ListenPort is the UDP port for WireGuard; 0 picks one.
@@ -82,6 +88,7 @@ type Node struct {
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
+	lock   *stateLock // held from New to Close
 
 	upMu sync.Mutex // serializes Up, Down, Logout
 
@@ -134,11 +141,16 @@ func New(opts Options) (*Node, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	st, err := loadState(opts.StateDir)
+	lock, err := lockStateDir(opts.StateDir, opts.Socket)
 	if err != nil {
 		return nil, err
 	}
-	n := &Node{opts: opts, logger: logger, st: st, discoKey: key.NewDisco()}
+	st, err := loadState(opts.StateDir)
+	if err != nil {
+		lock.release()
+		return nil, err
+	}
+	n := &Node{opts: opts, logger: logger, st: st, discoKey: key.NewDisco(), lock: lock}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.resolver = dnsserver.NewResolver(dnsserver.ResolverOptions{
 		Logger:      logger.With("component", "dns"),
@@ -692,6 +704,7 @@ func (n *Node) Close() error {
 	}
 	n.closeEngineLocked()
 	n.cancel()
+	n.lock.release()
 	return nil
 }
 

@@ -128,6 +128,7 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 	}
 	n, err := node.New(node.Options{
 		StateDir:         o.StateDir,
+		Socket:           o.Socket,
 		Logger:           logger,
 		ListenPort:       o.Port,
 		DNSUpstreams:     upstreams,

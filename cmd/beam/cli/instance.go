@@ -20,7 +20,14 @@ func (in *instanceFlags) register(cmd *cobra.Command) {
 	cmd.PersistentFlags().StringVar(&in.state, "state", "", "daemon state directory (env BEAM_STATE)")
 }
 
-// socketPath returns the chosen socket: flag, env, or the default.
+// systemSocket is where the system daemon (configs/systemd) listens.
+const systemSocket = "/run/beam/beamd.sock"
+
+// socketPath returns the chosen socket: flag or env; else, when a state
+// directory was chosen (flag or env), STATE/beamd.sock, so one state
+// directory always goes with one socket; else the system daemon's socket
+// for root, or for a user when the system daemon runs (it lets its
+// operator in); else one in the user's runtime or state directory.
 func (in *instanceFlags) socketPath(f *Factory) string {
 	if in.socket != "" {
 		return in.socket
@@ -28,8 +35,14 @@ func (in *instanceFlags) socketPath(f *Factory) string {
 	if s := f.getenv("BEAM_SOCKET"); s != "" {
 		return s
 	}
+	if in.state != "" || f.getenv("BEAM_STATE") != "" {
+		return filepath.Join(in.stateDir(f), "beamd.sock")
+	}
 	if os.Geteuid() == 0 {
-		return "/run/beam/beamd.sock"
+		return systemSocket
+	}
+	if fi, err := os.Stat(systemSocket); err == nil && fi.Mode().Type() == os.ModeSocket {
+		return systemSocket
 	}
 	if d := f.getenv("XDG_RUNTIME_DIR"); d != "" {
 		return filepath.Join(d, "beam", "beamd.sock")
