@@ -17,8 +17,9 @@ import (
 // Errors of the public edge requests; they match with errors.Is and the
 // error carries the coordinator's message.
 var (
-	// ErrNameTaken means the public name belongs to another network.
-	ErrNameTaken = errors.New("public name taken by another network")
+	// ErrNameTaken means the public name belongs to another node or network;
+	// the message names the owner.
+	ErrNameTaken = errors.New("public name taken")
 	// ErrNameInvalid means the name, proto, port or an option is not acceptable.
 	ErrNameInvalid = errors.New("invalid public route")
 	// ErrNameReserved means the name is reserved (www, edge, api, _*, the apex).

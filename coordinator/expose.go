@@ -20,7 +20,7 @@ import (
 const (
 	CodeNameInvalid         ErrorCode = "name_invalid"          // 400: bad name, proto, port or option
 	CodeNameReserved        ErrorCode = "name_reserved"         // 400: a reserved name (www, edge, api, _*, the apex)
-	CodeNameTaken           ErrorCode = "name_taken"            // 409: the name belongs to another network
+	CodeNameTaken           ErrorCode = "name_taken"            // 409: the name belongs to another node or network
 	CodeDomainNotVerified   ErrorCode = "domain_not_verified"   // 403: custom domain without proof of control
 	CodePortsExhausted      ErrorCode = "ports_exhausted"       // 503: no free edge port for a tcp/udp route
 	CodeEdgeDisabled        ErrorCode = "edge_disabled"         // 501: the coordinator has no edge domain
@@ -229,55 +229,29 @@ func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.Expose
 		return nil, errorf(http.StatusForbidden, CodeForbidden, "edge nodes cannot expose ports")
 	}
 
-	var host string
-	var aerr *apiError
 	custom := req.CustomDomain != ""
-	if custom {
-		host, aerr = s.customHost(req.CustomDomain)
-	} else {
-		name := req.Name
-		if name == "" {
-			name = self.Node.Name
+	if req.Remove {
+		var host string
+		var aerr *apiError
+		if custom {
+			host, aerr = s.customHost(req.CustomDomain)
+		} else {
+			name := req.Name
+			if name == "" {
+				name = self.Node.Name
+			}
+			host, aerr = s.publicHost(name)
 		}
-		host, aerr = s.publicHost(name)
+		if aerr != nil {
+			return nil, aerr
+		}
+		return s.unexposeLocked(ctx, e, host, req.Proto)
 	}
+	c, aerr := s.claim(&self, nk, req)
 	if aerr != nil {
 		return nil, aerr
 	}
-	if req.Remove {
-		return s.unexposeLocked(ctx, e, host, req.Proto)
-	}
-	// The policy's expose section says who may publish which names.
-	policyName := host
-	if !custom {
-		policyName, _, _ = strings.Cut(host, ".")
-	}
-	if node := self.Node; !s.mayExpose(&node, policyName) {
-		return nil, errorf(http.StatusForbidden, CodeForbidden, "the access policy does not let this node publish %q", policyName)
-	}
-
-	s.mu.Lock()
-	var owner int64 = -1
-	var same, pool *memRoute
-	used := map[uint16]bool{}
-	for _, r := range es.routes {
-		if r.Host == host {
-			owner = r.NetworkID
-			if r.Proto == req.Proto {
-				pool = r
-				if r.node == nk {
-					same = r
-				}
-			}
-		}
-		if r.Proto == req.Proto && r.PublicPort != 0 {
-			used[r.PublicPort] = true
-		}
-	}
-	s.mu.Unlock()
-	if owner >= 0 && owner != self.NetworkID {
-		return nil, errorf(http.StatusConflict, CodeNameTaken, "name %s is taken by another network", host)
-	}
+	host := c.host
 	if custom {
 		if aerr := s.requireVerified(ctx, self.NetworkID, host); aerr != nil {
 			return nil, aerr
@@ -291,14 +265,15 @@ func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.Expose
 		Proto:        req.Proto,
 		Port:         req.Port,
 		CustomDomain: custom,
+		Pool:         req.Pool,
 		Options:      maps.Clone(req.Options),
 		CreatedAt:    now,
 	}, node: nk}
 	if len(rt.Options) == 0 {
 		rt.Options = nil
 	}
-	if same != nil {
-		rt.ID, rt.CreatedAt = same.ID, same.CreatedAt
+	if c.same != nil {
+		rt.ID, rt.CreatedAt = c.same.ID, c.same.CreatedAt
 	}
 	if req.Proto == "tcp" || req.Proto == "udp" {
 		rng := es.cfg.tcpPorts
@@ -308,9 +283,19 @@ func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.Expose
 		switch {
 		case rng.IsZero():
 			return nil, errorf(http.StatusNotImplemented, CodeEdgeProtoNotAllowed, "this edge serves no %s routes (no %s port range configured)", req.Proto, req.Proto)
-		case pool != nil:
-			rt.PublicPort = pool.PublicPort // pool members and re-exposes share the port
+		case c.same != nil:
+			rt.PublicPort = c.same.PublicPort // a re-expose keeps its port
+		case c.pool != nil:
+			rt.PublicPort = c.pool.PublicPort // pool members share the port
 		default:
+			s.mu.Lock()
+			used := map[uint16]bool{}
+			for _, r := range es.routes {
+				if r.Proto == req.Proto && r.PublicPort != 0 {
+					used[r.PublicPort] = true
+				}
+			}
+			s.mu.Unlock()
 			for p := int(rng.First); p <= int(rng.Last); p++ {
 				if !used[uint16(p)] {
 					rt.PublicPort = uint16(p)

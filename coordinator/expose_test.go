@@ -233,46 +233,151 @@ func TestExposeEdgeStream(t *testing.T) {
 
 func TestExposeNameOwnership(t *testing.T) {
 	c := startCoord(t, edgeOpts("20000-20009", ""))
-	a1, a2 := newNode(t, c.URL), newNode(t, c.URL)
-	akA := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
-	a1.register(t, akA, "one")
-	a2.register(t, akA, "two")
-	b := newNode(t, c.URL)
-	b.register(t, c.authKey(t, coordinator.AuthKeyOptions{Network: "other"}), "bee")
+	ctx := context.Background()
+	if err := c.Server.SetPolicy(ctx, []byte(`{
+		"tagOwners": {"tag:web": []},
+		"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
+		"expose": [{"src": ["*"], "names": ["*"]}],
+	}`)); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []string{"alice", "bob"} {
+		if _, err := c.Server.CreateUser(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg := func(opts coordinator.AuthKeyOptions, name string) *node {
+		n := newNode(t, c.URL)
+		n.register(t, c.authKey(t, opts), name)
+		return n
+	}
+	a1 := reg(coordinator.AuthKeyOptions{User: "alice"}, "one")
+	a2 := reg(coordinator.AuthKeyOptions{User: "alice"}, "two")
+	bob := reg(coordinator.AuthKeyOptions{User: "bob"}, "bob")
+	web1 := reg(coordinator.AuthKeyOptions{Tags: []string{"tag:web"}}, "web1")
+	web2 := reg(coordinator.AuthKeyOptions{Tags: []string{"tag:web"}}, "web2")
+	other := reg(coordinator.AuthKeyOptions{Network: "other"}, "bee")
 
-	expose(t, a1, wire.ExposeRequest{Name: "app", Proto: "http", Port: 3000})
+	expose(t, a1, wire.ExposeRequest{Name: "app", Proto: "http", Port: 3000, Options: map[string]string{"basic_auth": "u:p"}})
 	for _, name := range []string{"app", "APP", "app.", "App.Example.Test."} {
-		_, err := b.Expose(context.Background(), wire.ExposeRequest{Name: name, Proto: "http", Port: 80})
+		_, err := other.Expose(ctx, wire.ExposeRequest{Name: name, Proto: "http", Port: 80})
 		if !errors.Is(err, coordclient.ErrNameTaken) || !strings.Contains(err.Error(), "name app.example.test is taken by another network") {
 			t.Errorf("other network exposing %q = %v, want ErrNameTaken", name, err)
 		}
 	}
 	// Another protocol on the same name is still the same name.
-	if _, err := b.Expose(context.Background(), wire.ExposeRequest{Name: "app", Proto: "tcp", Port: 80}); !errors.Is(err, coordclient.ErrNameTaken) {
+	if _, err := other.Expose(ctx, wire.ExposeRequest{Name: "app", Proto: "tcp", Port: 80}); !errors.Is(err, coordclient.ErrNameTaken) {
 		t.Errorf("other network, other proto = %v, want ErrNameTaken", err)
 	}
 
-	// A node of the same network joins the pool.
-	r2 := expose(t, a2, wire.ExposeRequest{Name: "App.", Proto: "http", Port: 3001})
-	if r2.Route.Host != "app.example.test" {
-		t.Fatalf("pool host = %q", r2.Route.Host)
+	// Within the network, a name served by one node is refused to every
+	// other, naming the owner, unless both asked for a pool and share a
+	// user or tag.
+	refused := []struct {
+		name string
+		n    *node
+		req  wire.ExposeRequest
+	}{
+		{"same user without pool", a2, wire.ExposeRequest{Name: "app", Proto: "http", Port: 3001}},
+		{"other user", bob, wire.ExposeRequest{Name: "app", Proto: "http", Port: 8001}},
+		{"other user with pool, owner without", bob, wire.ExposeRequest{Name: "app", Proto: "http", Port: 8001, Pool: true}},
+		{"same user with pool, owner without", a2, wire.ExposeRequest{Name: "app", Proto: "http", Port: 3001, Pool: true}},
+		{"other proto", bob, wire.ExposeRequest{Name: "app", Proto: "tcp", Port: 8001}},
+		{"tls on the name", bob, wire.ExposeRequest{Name: "App", Proto: "tls", Port: 8443}},
 	}
-	routes := c.Server.Routes(context.Background())
-	if len(routes) != 2 || routes[0].Host != routes[1].Host || routes[0].Node == routes[1].Node {
-		t.Fatalf("routes = %+v, want a pool of two nodes", routes)
+	for _, tt := range refused {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := tt.n.Expose(ctx, tt.req)
+			if !errors.Is(err, coordclient.ErrNameTaken) || !strings.Contains(err.Error(), "node one (user alice)") {
+				t.Errorf("expose = %v, want ErrNameTaken naming node one (user alice)", err)
+			}
+		})
 	}
-	// tcp pools share the public port.
-	t1 := expose(t, a1, wire.ExposeRequest{Name: "db", Proto: "tcp", Port: 5432})
-	t2 := expose(t, a2, wire.ExposeRequest{Name: "db", Proto: "tcp", Port: 5432})
+	if got := c.Server.Routes(ctx); len(got) != 1 || got[0].NodeName != "one" {
+		t.Fatalf("routes after refusals = %+v, want only one's", got)
+	}
+	// Nor may the refused node prove control of the name for a certificate.
+	if err := bob.SetTXT(ctx, "_acme-challenge.app.example.test", []string{"x"}); !errors.Is(err, coordclient.ErrForbidden) {
+		t.Errorf("non-owner SetTXT = %v, want ErrForbidden", err)
+	}
+
+	// Pools: every member asks, and they share a user or a tag.
+	expose(t, a1, wire.ExposeRequest{Name: "shop", Proto: "http", Port: 3000, Pool: true})
+	if r := expose(t, a2, wire.ExposeRequest{Name: "Shop.", Proto: "http", Port: 3001, Pool: true}); r.Route.Host != "shop.example.test" || !r.Route.Pool {
+		t.Fatalf("pool member route = %+v", r.Route)
+	}
+	for _, n := range []*node{bob, web1} {
+		if _, err := n.Expose(ctx, wire.ExposeRequest{Name: "shop", Proto: "http", Port: 80, Pool: true}); !errors.Is(err, coordclient.ErrNameTaken) ||
+			!strings.Contains(err.Error(), "one user or one tag") {
+			t.Errorf("outsider joining the pool = %v, want ErrNameTaken", err)
+		}
+	}
+	// tcp pools share the public port; tagged nodes pool by tag.
+	t1 := expose(t, web1, wire.ExposeRequest{Name: "db", Proto: "tcp", Port: 5432, Pool: true})
+	t2 := expose(t, web2, wire.ExposeRequest{Name: "db", Proto: "tcp", Port: 5432, Pool: true})
 	if t1.Route.PublicPort == 0 || t1.Route.PublicPort != t2.Route.PublicPort {
 		t.Errorf("tcp pool ports %d and %d, want one shared port", t1.Route.PublicPort, t2.Route.PublicPort)
 	}
 
 	// Once the owner's routes are gone, the name is free again.
-	if err := c.Server.RemoveRoutes(context.Background(), "app.example.test"); err != nil {
+	if err := c.Server.RemoveRoutes(ctx, "app.example.test"); err != nil {
 		t.Fatal(err)
 	}
-	expose(t, b, wire.ExposeRequest{Name: "app", Proto: "http", Port: 80})
+	expose(t, bob, wire.ExposeRequest{Name: "app", Proto: "http", Port: 80})
+}
+
+// TestExposeRoutesIndependent checks that each expose of one device owns
+// its route: a second one under the default name gets the next name, under
+// an explicit name it is refused, and a re-expose of the same port keeps
+// the route.
+func TestExposeRoutesIndependent(t *testing.T) {
+	c := startCoord(t, edgeOpts("20000-20009", "21000-21009"))
+	ctx := context.Background()
+	a := newNode(t, c.URL)
+	a.register(t, c.authKey(t, coordinator.AuthKeyOptions{}), "alpha")
+
+	hosts := []struct {
+		req  wire.ExposeRequest
+		host string
+		port uint16
+	}{
+		{wire.ExposeRequest{Proto: "http", Port: 3000}, "alpha.example.test", 0},
+		{wire.ExposeRequest{Proto: "http", Port: 4000}, "alpha-2.example.test", 0},
+		{wire.ExposeRequest{Proto: "http", Port: 3000}, "alpha.example.test", 0}, // re-expose
+		{wire.ExposeRequest{Proto: "http", Port: 5000}, "alpha-3.example.test", 0},
+		{wire.ExposeRequest{Proto: "tcp", Port: 5432}, "alpha.example.test", 20000},
+		{wire.ExposeRequest{Proto: "tcp", Port: 6379}, "alpha-2.example.test", 20001},
+		{wire.ExposeRequest{Proto: "tcp", Port: 5432}, "alpha.example.test", 20000},
+		{wire.ExposeRequest{Proto: "udp", Port: 53}, "alpha.example.test", 21000},
+	}
+	for _, tt := range hosts {
+		r := expose(t, a, tt.req).Route
+		if r.Host != tt.host || r.PublicPort != tt.port {
+			t.Errorf("expose %s %d = %s port %d, want %s port %d", tt.req.Proto, tt.req.Port, r.Host, r.PublicPort, tt.host, tt.port)
+		}
+	}
+	if got := len(c.Server.Routes(ctx)); got != 6 {
+		t.Errorf("%d routes, want 6", got)
+	}
+	// An explicit name already used for another port is refused with a hint.
+	expose(t, a, wire.ExposeRequest{Name: "app", Proto: "http", Port: 3000})
+	_, err := a.Expose(ctx, wire.ExposeRequest{Name: "app", Proto: "http", Port: 4000})
+	if !errors.Is(err, coordclient.ErrNameTaken) || !strings.Contains(err.Error(), "beam expose stop app") {
+		t.Errorf("second route on an explicit name = %v, want ErrNameTaken with a hint", err)
+	}
+	// Withdrawing the tcp route leaves the udp and http routes of the name.
+	if _, err := a.Expose(ctx, wire.ExposeRequest{Proto: "tcp", Remove: true}); err != nil {
+		t.Fatal(err)
+	}
+	var protos []string
+	for _, r := range c.Server.Routes(ctx) {
+		if r.Host == "alpha.example.test" {
+			protos = append(protos, r.Proto)
+		}
+	}
+	if !slices.Equal(protos, []string{"http", "udp"}) {
+		t.Errorf("alpha's routes after removing tcp = %v, want [http udp]", protos)
+	}
 }
 
 func TestExposeReservedNames(t *testing.T) {
@@ -339,8 +444,8 @@ func TestExposePorts(t *testing.T) {
 	if p1 != 20000 || p2 != 20001 {
 		t.Fatalf("ports %d, %d; want 20000, 20001", p1, p2)
 	}
-	// Re-exposing keeps the port, even with another local port.
-	if p := expose(t, a, wire.ExposeRequest{Name: "one", Proto: "tcp", Port: 2222}).Route.PublicPort; p != p1 {
+	// Re-exposing keeps the port.
+	if p := expose(t, a, wire.ExposeRequest{Name: "one", Proto: "tcp", Port: 22}).Route.PublicPort; p != p1 {
 		t.Errorf("re-expose got port %d, want %d", p, p1)
 	}
 	// udp has its own range.

@@ -35,6 +35,9 @@ type Route struct {
 	Port uint16
 	// CustomDomain is set when Host is a verified custom domain.
 	CustomDomain bool
+	// Pool is set when the node agreed to share Host with other nodes of
+	// its user or tag (wire.ExposeRequest.Pool).
+	Pool bool
 	// Options is the route's policy (see wire.EdgeRoute.Options).
 	Options   map[string]string
 	CreatedAt time.Time
@@ -545,7 +548,7 @@ func (s *Server) fillExtras(ss *session, st *streamExtras, resp *wire.MapRespons
 
 func edgeRouteEqual(a, b wire.EdgeRoute) bool {
 	return a.Host == b.Host && a.Proto == b.Proto && a.PublicPort == b.PublicPort && a.Node == b.Node &&
-		a.Target == b.Target && a.CustomDomain == b.CustomDomain && maps.Equal(a.Options, b.Options)
+		a.Target == b.Target && a.CustomDomain == b.CustomDomain && a.Pool == b.Pool && maps.Equal(a.Options, b.Options)
 }
 
 // edgeRoutesLocked returns rs as wire routes, sorted. Server.mu held.
@@ -582,6 +585,7 @@ func (s *Server) wireRouteLocked(r *memRoute) (wire.EdgeRoute, bool) {
 		Node:         r.node,
 		Target:       netip.AddrPortFrom(v4, r.Port),
 		CustomDomain: r.CustomDomain,
+		Pool:         r.Pool,
 		Options:      maps.Clone(r.Options),
 	}, true
 }

@@ -237,6 +237,11 @@ func (e *Edge) rewrite(pr *httputil.ProxyRequest) {
 	pr.SetXForwarded()
 	pr.Out.Header.Set("X-Real-Ip", st.client.String())
 	p := st.rt.policy
+	if len(p.users) > 0 {
+		// The credentials were checked here and are the edge's: the app
+		// behind the route never sees them.
+		pr.Out.Header.Del("Authorization")
+	}
 	for _, k := range p.RequestHeaderRemove {
 		pr.Out.Header.Del(k)
 	}

@@ -574,3 +574,41 @@ func TestHTTPSRedirect(t *testing.T) {
 		t.Errorf("redirect off: %d, want 401", code)
 	}
 }
+
+// TestBasicAuthStaysAtEdge checks that the credentials a route's basic auth
+// checked never reach the app, while a route without basic auth passes an
+// Authorization header through (it is the app's own).
+func TestBasicAuthStaysAtEdge(t *testing.T) {
+	ov := newOverlay()
+	e := newTestEdge(t, ov, Options{})
+	seen := make(chan string, 4)
+	a, _ := origin(t, ov, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Get("Authorization")
+		io.WriteString(w, "ok")
+	}))
+	locked := httpRoute("locked", a)
+	locked.Policy.BasicAuth = []BasicAuthUser{{User: "u", Secret: "plain:p"}}
+	setRoutes(t, e, locked, httpRoute("open", a))
+	c := clientTo(serveHTTP(t, e))
+	r, _ := http.NewRequest("GET", "/", nil)
+	r.SetBasicAuth("u", "p")
+	creds := r.Header.Get("Authorization")
+
+	tests := []struct {
+		host, want string
+	}{
+		{"locked." + testDomain, ""},
+		{"open." + testDomain, creds},
+	}
+	for _, tt := range tests {
+		t.Run(tt.host, func(t *testing.T) {
+			code, body, _ := get(t, c, "http://"+tt.host+"/", "Authorization", creds)
+			if code != http.StatusOK || body != "ok" {
+				t.Fatalf("GET = %d %q, want 200 ok", code, body)
+			}
+			if got := <-seen; got != tt.want {
+				t.Errorf("app saw Authorization %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

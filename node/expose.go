@@ -65,6 +65,7 @@ func (n *Node) Expose(ctx context.Context, req apitype.ExposeRequest) (*apitype.
 		Proto:        req.Proto,
 		Port:         req.Port,
 		Options:      req.Options,
+		Pool:         req.Pool,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("expose: %w", err)

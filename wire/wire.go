@@ -230,6 +230,10 @@ type ExposeRequest struct {
 	Port uint16 `json:"port"`
 	// Options holds per-route policy, see EdgeRoute.Options.
 	Options map[string]string `json:"options,omitempty"`
+	// Pool lets other nodes of the same user or tag serve the name too,
+	// and asks to join their pool when they already serve it with Pool
+	// set. Without it a name belongs to the one node that claimed it.
+	Pool bool `json:"pool,omitempty"`
 	// Remove withdraws the route named by Name/CustomDomain and Proto.
 	Remove bool `json:"remove,omitempty"`
 }
@@ -246,8 +250,8 @@ type ExposeResponse struct {
 }
 
 // EdgeRoute is a public route from an edge to a node's overlay address.
-// Several routes with the same Host and Proto (from different nodes of one
-// network) form a pool.
+// Several routes with the same Host and Proto (from nodes of one user or
+// tag that all asked for it, see Pool) form a pool.
 type EdgeRoute struct {
 	// Host is the public name ("alpha.example.test"), lower case, no trailing dot.
 	Host string `json:"host"`
@@ -261,6 +265,9 @@ type EdgeRoute struct {
 	// CustomDomain is set when Host is a verified custom domain rather
 	// than a name under the edge domain.
 	CustomDomain bool `json:"custom_domain,omitempty"`
+	// Pool is set when the node published the route with
+	// ExposeRequest.Pool: it shares the name with others.
+	Pool bool `json:"pool,omitempty"`
 	// Options holds per-route policy, interpreted by the edge. Keys:
 	// "basic_auth" (user:pass[,user:pass]), "allow_ip" and "deny_ip"
 	// (comma-separated CIDRs), "rate_limit" ("20/s" or "600/m"),

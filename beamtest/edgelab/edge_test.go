@@ -460,13 +460,13 @@ func testTLSPassthrough(t *testing.T, w *world, alpha *device, deviceCA string) 
 	}
 }
 
-// testPool: alpha and beta publish one name; beta's daemon is killed
+// testPool: alpha and beta publish one name with --pool; beta's daemon is killed
 // under load; every request that starts 5 s after the kill succeeds.
 func testPool(t *testing.T, w *world, alpha, beta *device) {
 	ctx := t.Context()
 	port := strconv.Itoa(appPort)
 	for _, d := range []*device{alpha, beta} {
-		if _, err := d.expose(ctx, port, "--name", "pool"); err != nil {
+		if _, err := d.expose(ctx, port, "--name", "pool", "--pool"); err != nil {
 			t.Fatal(err)
 		}
 	}

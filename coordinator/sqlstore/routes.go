@@ -27,13 +27,13 @@ func (s *Store) PutRoute(ctx context.Context, r *coordinator.Route) error {
 	}
 	var id int64
 	err := s.db.QueryRowContext(ctx, s.d.rebind(`INSERT INTO routes
-		(node_id, network_id, host, proto, public_port, port, custom_domain, options, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+		(node_id, network_id, host, proto, public_port, port, custom_domain, pool, options, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (node_id, host, proto) DO UPDATE SET
 			public_port = excluded.public_port, port = excluded.port,
-			custom_domain = excluded.custom_domain, options = excluded.options
+			custom_domain = excluded.custom_domain, pool = excluded.pool, options = excluded.options
 		RETURNING id`),
-		int64(r.NodeID), r.NetworkID, r.Host, r.Proto, int(r.PublicPort), int(r.Port), boolInt(r.CustomDomain), opts,
+		int64(r.NodeID), r.NetworkID, r.Host, r.Proto, int(r.PublicPort), int(r.Port), boolInt(r.CustomDomain), boolInt(r.Pool), opts,
 		unixNano(r.CreatedAt)).Scan(&id)
 	if err != nil {
 		return s.wrap("put route", err)
@@ -58,7 +58,7 @@ func (s *Store) DeleteRoutes(ctx context.Context, ids []int64) error {
 
 // Routes implements coordinator.RouteStore.
 func (s *Store) Routes(ctx context.Context) ([]*coordinator.Route, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, node_id, network_id, host, proto, public_port, port, custom_domain, options, created_at
+	rows, err := s.db.QueryContext(ctx, `SELECT id, node_id, network_id, host, proto, public_port, port, custom_domain, pool, options, created_at
 		FROM routes ORDER BY id`)
 	if err != nil {
 		return nil, s.wrap("list routes", err)
@@ -70,14 +70,15 @@ func (s *Store) Routes(ctx context.Context) ([]*coordinator.Route, error) {
 			r                        coordinator.Route
 			nodeID                   int64
 			publicPort, port, custom int
+			pool                     int
 			opts                     string
 			created                  int64
 		)
-		if err := rows.Scan(&r.ID, &nodeID, &r.NetworkID, &r.Host, &r.Proto, &publicPort, &port, &custom, &opts, &created); err != nil {
+		if err := rows.Scan(&r.ID, &nodeID, &r.NetworkID, &r.Host, &r.Proto, &publicPort, &port, &custom, &pool, &opts, &created); err != nil {
 			return nil, s.wrap("list routes", err)
 		}
 		r.NodeID = wire.NodeID(nodeID)
-		r.PublicPort, r.Port, r.CustomDomain = uint16(publicPort), uint16(port), custom != 0
+		r.PublicPort, r.Port, r.CustomDomain, r.Pool = uint16(publicPort), uint16(port), custom != 0, pool != 0
 		r.CreatedAt = fromUnixNano(created)
 		if err := json.Unmarshal([]byte(opts), &r.Options); err != nil {
 			return nil, fmt.Errorf("sqlstore: list routes: route %d options: %w", r.ID, err)

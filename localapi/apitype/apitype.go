@@ -137,6 +137,9 @@ type ExposeRequest struct {
 	Domain string `json:"domain,omitempty"`
 	// Options is the route's edge policy (see wire.EdgeRoute.Options).
 	Options map[string]string `json:"options,omitempty"`
+	// Pool shares the name with other devices of the same user or tag
+	// that publish it with Pool too (see wire.ExposeRequest.Pool).
+	Pool bool `json:"pool,omitempty"`
 }
 
 // ExposeResponse is the answer of POST /localapi/v0/expose.

@@ -31,6 +31,7 @@ type ExposeOptions struct {
 	HeaderRemove   []string
 	CORS           []string
 	ProxyProtocol  string
+	Pool           bool
 	QR             bool
 	JSON           bool
 	Background     bool
@@ -48,7 +49,11 @@ func NewCmdExpose(f *Factory, in *instanceFlags, runF func(*ExposeOptions) error
   beam expose 3000 --name app      https://app.DOMAIN
   beam expose --tcp 5432           tcp://EDGE:PORT -> 127.0.0.1:5432
   beam expose --udp 53             udp://EDGE:PORT -> 127.0.0.1:53
-  beam expose 3000 --bg            keep it published by the daemon; see beam expose list / stop`,
+  beam expose 3000 --bg            keep it published by the daemon; see beam expose list / stop
+  beam expose 3000 --name app --pool   serve app from several devices of one user or tag (each passes --pool)
+
+A name belongs to the device that published it first; other devices are
+refused until it is withdrawn, unless every one of them asks for --pool.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p, err := strconv.ParseUint(args[0], 10, 16)
@@ -76,6 +81,7 @@ func NewCmdExpose(f *Factory, in *instanceFlags, runF func(*ExposeOptions) error
 	fl.StringArrayVar(&o.HeaderRemove, "header-remove", nil, "remove a request header (repeatable)")
 	fl.StringArrayVar(&o.CORS, "cors", nil, "allow this CORS origin (repeatable)")
 	fl.StringVar(&o.ProxyProtocol, "proxy-protocol", "", "send a PROXY protocol header (v1 or v2) to the device (tcp)")
+	fl.BoolVar(&o.Pool, "pool", false, "share the name with other devices of your user or tag that publish it with --pool (load-balanced)")
 	fl.BoolVar(&o.QR, "qr", false, "print the URL as a QR code")
 	fl.BoolVar(&o.JSON, "json", false, "print JSON (the route, then one object per request)")
 	fl.BoolVar(&o.Background, "bg", false, "leave the route published by the daemon and exit")
@@ -86,7 +92,7 @@ func NewCmdExpose(f *Factory, in *instanceFlags, runF func(*ExposeOptions) error
 
 // exposeRequest turns the flags into a local API request.
 func (o *ExposeOptions) exposeRequest() (apitype.ExposeRequest, error) {
-	req := apitype.ExposeRequest{Port: o.Port, Name: o.Name, Domain: o.Domain, Proto: "http", Options: map[string]string{}}
+	req := apitype.ExposeRequest{Port: o.Port, Name: o.Name, Domain: o.Domain, Proto: "http", Pool: o.Pool, Options: map[string]string{}}
 	n := 0
 	for _, b := range []bool{o.TCP, o.UDP, o.TLSPassthrough} {
 		if b {

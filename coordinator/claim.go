@@ -1,0 +1,170 @@
+package coordinator
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// A public name (and with it the edge port of a tcp or udp route) belongs
+// to the node that claimed it first. Another node may serve it too only in
+// a pool: every node on the name asked for one (wire.ExposeRequest.Pool)
+// and they share a user or a tag. Everyone else is refused with the
+// owner's name. Each route of one node is its own: a second route of the
+// same protocol under the node's default name gets the next free name
+// (NAME-2, NAME-3, ...), and under an explicit name it is refused rather
+// than taking over the first one's URL.
+
+// claim is where a new route goes.
+type claim struct {
+	host string
+	// same is this node's route with the same host, proto and port, which
+	// the new one replaces in place (a re-expose); nil for none.
+	same *memRoute
+	// pool is another node's route on host that the new one joins; nil
+	// for none.
+	pool *memRoute
+}
+
+// maxDefaultNames bounds the names tried for a route published under the
+// node's default name: NAME, NAME-2, ..., NAME-9.
+const maxDefaultNames = 9
+
+// claim finds the host for req from node self (key nk) and checks that
+// the node may publish there. es.changeMu held.
+func (s *Server) claim(self *NodeRecord, nk key.NodePublic, req *wire.ExposeRequest) (claim, *apiError) {
+	custom := req.CustomDomain != ""
+	var hosts []string
+	switch {
+	case custom:
+		h, aerr := s.customHost(req.CustomDomain)
+		if aerr != nil {
+			return claim{}, aerr
+		}
+		hosts = []string{h}
+	case req.Name != "":
+		h, aerr := s.publicHost(req.Name)
+		if aerr != nil {
+			return claim{}, aerr
+		}
+		hosts = []string{h}
+	default:
+		h, aerr := s.publicHost(self.Node.Name)
+		if aerr != nil {
+			return claim{}, aerr
+		}
+		hosts = []string{h}
+		label, _, _ := strings.Cut(h, ".")
+		for i := 2; i <= maxDefaultNames; i++ {
+			if l := fmt.Sprintf("%s-%d", label, i); len(l) <= 63 {
+				hosts = append(hosts, l+"."+s.edge.cfg.domain)
+			}
+		}
+	}
+	var first *apiError
+	for _, host := range hosts {
+		c, aerr := s.claimHost(self, nk, host, custom, req)
+		if aerr == nil {
+			return c, nil
+		}
+		if aerr.status != http.StatusConflict || len(hosts) == 1 {
+			return claim{}, aerr
+		}
+		if first == nil {
+			first = aerr
+		}
+	}
+	first.msg += "; choose a name with --name"
+	return claim{}, first
+}
+
+// claimHost checks that node self (key nk) may publish req under host.
+func (s *Server) claimHost(self *NodeRecord, nk key.NodePublic, host string, custom bool, req *wire.ExposeRequest) (claim, *apiError) {
+	// The policy's expose section says who may publish which names.
+	policyName := host
+	if !custom {
+		policyName, _, _ = strings.Cut(host, ".")
+	}
+	if node := self.Node; !s.mayExpose(&node, policyName) {
+		return claim{}, errorf(http.StatusForbidden, CodeForbidden, "the access policy does not let this node publish %q", policyName)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := claim{host: host}
+	var others []*memRoute
+	for _, r := range s.edge.routes {
+		if r.Host != host {
+			continue
+		}
+		switch {
+		case r.NetworkID != self.NetworkID:
+			return claim{}, errorf(http.StatusConflict, CodeNameTaken, "name %s is taken by another network", host)
+		case r.node != nk:
+			others = append(others, r)
+		case r.Proto != req.Proto:
+			// The node's own route of another protocol: independent.
+		case r.Port != req.Port:
+			label := host
+			if !custom {
+				label, _, _ = strings.Cut(host, ".")
+			}
+			return claim{}, errorf(http.StatusConflict, CodeNameTaken,
+				"this device already publishes %s (%s) for its port %d; stop that route first (beam expose stop %s) or choose another name", host, r.Proto, r.Port, label)
+		default:
+			c.same = r
+		}
+	}
+	slices.SortFunc(others, func(a, b *memRoute) int { return int(a.ID - b.ID) })
+	for _, o := range others {
+		owner, ownerNode := s.describeNodeLocked(o.node)
+		switch {
+		case !req.Pool:
+			return claim{}, errorf(http.StatusConflict, CodeNameTaken,
+				"name %s is published by %s; a name belongs to the node that claimed it (devices of one user or tag can share it when each publishes it with --pool)", host, owner)
+		case !o.Pool:
+			return claim{}, errorf(http.StatusConflict, CodeNameTaken,
+				"name %s is published by %s, which did not ask for a pool (--pool)", host, owner)
+		case o.Proto != req.Proto:
+			return claim{}, errorf(http.StatusConflict, CodeNameTaken,
+				"name %s is published by %s as %s, not %s", host, owner, o.Proto, req.Proto)
+		case ownerNode == nil || !mayShare(&self.Node, ownerNode):
+			return claim{}, errorf(http.StatusConflict, CodeNameTaken,
+				"name %s is published by %s; pools are only for devices of one user or one tag", host, owner)
+		}
+		c.pool = o
+	}
+	return c, nil
+}
+
+// describeNodeLocked names node k for an error message: "node web (user
+// alice)", "node db (tag:db)". Server.mu held.
+func (s *Server) describeNodeLocked(k key.NodePublic) (string, *wire.Node) {
+	e := s.nodes[k]
+	if e == nil {
+		return "another node", nil
+	}
+	n := &e.rec.Node
+	switch {
+	case len(n.Tags) > 0:
+		return fmt.Sprintf("node %s (%s)", n.Name, strings.Join(n.Tags, ", ")), n
+	case n.User != "":
+		return fmt.Sprintf("node %s (user %s)", n.Name, n.User), n
+	}
+	return "node " + n.Name, n
+}
+
+// mayShare reports whether nodes a and b may serve one name as a pool:
+// they share a tag, or neither is tagged and they belong to the same user
+// (nodes without a user belong to the network's admin).
+func mayShare(a, b *wire.Node) bool {
+	for _, t := range a.Tags {
+		if slices.Contains(b.Tags, t) {
+			return true
+		}
+	}
+	return len(a.Tags) == 0 && len(b.Tags) == 0 && a.User == b.User
+}
