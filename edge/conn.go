@@ -36,16 +36,29 @@ func (c *trackedConn) Close() error {
 	return err
 }
 
-// admitConn applies the per-client connection cap to a freshly accepted
-// connection. It returns nil (having closed c) when the client is over the
-// cap; otherwise a conn that frees the slot when closed.
+// admitConn applies the connection caps (MaxConns, MaxConnsPerClient) to
+// a freshly accepted connection. It returns nil (having closed c) when
+// either is reached; otherwise a conn that frees its slots when closed.
 func (e *Edge) admitConn(c net.Conn) net.Conn {
-	ip := addrOf(c.RemoteAddr()).Addr()
-	if !e.clients.acquire(ip) {
+	if max := e.opts.MaxConns; max > 0 && e.conns.Add(1) > int64(max) {
+		e.conns.Add(-1)
 		c.Close()
 		return nil
 	}
-	return &trackedConn{Conn: c, release: func() { e.clients.release(ip) }}
+	ip := addrOf(c.RemoteAddr()).Addr()
+	if !e.clients.acquire(ip) {
+		e.releaseConn()
+		c.Close()
+		return nil
+	}
+	return &trackedConn{Conn: c, release: func() { e.clients.release(ip); e.releaseConn() }}
+}
+
+// releaseConn frees a slot admitConn took against MaxConns.
+func (e *Edge) releaseConn() {
+	if e.opts.MaxConns > 0 {
+		e.conns.Add(-1)
+	}
 }
 
 // prefixConn replays already-read bytes before reading from Conn.

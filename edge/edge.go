@@ -44,6 +44,9 @@ const (
 	DefaultReadHeaderTimeout = 10 * time.Second
 	DefaultIdleTimeout       = 2 * time.Minute
 	DefaultMaxConnsPerClient = 512
+	DefaultMaxConns          = 10000
+	DefaultBodyTimeout       = 30 * time.Second
+	DefaultBodyMinRate       = 1024
 	DefaultDialTimeout       = 10 * time.Second
 	DefaultHealthInterval    = 2 * time.Second
 	DefaultDownFor           = 5 * time.Second
@@ -84,8 +87,8 @@ type Options struct {
 
 	// ReadHeaderTimeout bounds the time a client may take to send a request
 	// header, a TLS ClientHello and a TLS handshake (slowloris). If zero,
-	// DefaultReadHeaderTimeout (10 s). Request bodies and responses have no
-	// fixed time limit.
+	// DefaultReadHeaderTimeout (10 s). Request bodies are bounded by
+	// BodyTimeout; responses have no time limit.
 	ReadHeaderTimeout time.Duration
 
 	// IdleTimeout closes idle keep-alive client connections. If zero,
@@ -96,6 +99,23 @@ type Options struct {
 	// together) of one client IP (IPv6: one /64). If zero,
 	// DefaultMaxConnsPerClient (512); negative means no cap.
 	MaxConnsPerClient int
+
+	// MaxConns caps the concurrent client TCP connections of all
+	// listeners together, so that clients from many addresses cannot take
+	// every file descriptor of the process. Connections over it are
+	// closed as soon as they are accepted. If zero, DefaultMaxConns
+	// (10000); negative means no cap.
+	MaxConns int
+
+	// BodyTimeout and BodyMinRate bound how slowly a client may send a
+	// request body: a body read fails once BodyTimeout passes without a
+	// byte, or once the body is slower than BodyMinRate bytes a second
+	// after a first BodyTimeout of grace (it gains a second per
+	// BodyMinRate bytes received). gRPC requests, whose bodies are
+	// streams, are exempt. If zero, DefaultBodyTimeout (30 s) and
+	// DefaultBodyMinRate (1 KiB/s); a negative BodyTimeout means no limit.
+	BodyTimeout time.Duration
+	BodyMinRate int
 
 	// DialTimeout bounds one dial toward a device. If zero,
 	// DefaultDialTimeout (10 s).
@@ -157,6 +177,7 @@ type Edge struct {
 	h1       *http.Transport
 	h2c      *http.Transport
 	clients  *connLimiter
+	conns    atomic.Int64 // client TCP connections open, against MaxConns
 	reqCount atomic.Uint64
 	// httpsPort, when not zero, sends plain-HTTP requests of http routes
 	// to HTTPS on that port (SetHTTPSRedirect).
@@ -200,6 +221,13 @@ func New(opts Options) (*Edge, error) {
 	def(&opts.UDPIdleTimeout, DefaultUDPIdleTimeout)
 	if opts.MaxHeaderBytes == 0 {
 		opts.MaxHeaderBytes = DefaultMaxHeaderBytes
+	}
+	if opts.MaxConns == 0 {
+		opts.MaxConns = DefaultMaxConns
+	}
+	def(&opts.BodyTimeout, DefaultBodyTimeout)
+	if opts.BodyMinRate <= 0 {
+		opts.BodyMinRate = DefaultBodyMinRate
 	}
 	if opts.MaxConnsPerClient == 0 {
 		opts.MaxConnsPerClient = DefaultMaxConnsPerClient

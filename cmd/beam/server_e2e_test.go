@@ -23,7 +23,11 @@ import (
 
 // startDevServer runs `beam server --dev` on free loopback ports and
 // returns a cluster pointing at it and the edge's HTTP port.
-func startDevServer(t *testing.T) (*cluster, int) {
+func startDevServer(t *testing.T) (*cluster, int) { return startDevServerWith(t, 0) }
+
+// startDevServerWith is startDevServer with the server's open files
+// limit (soft and hard) set to nofile, if not 0, and extra flags.
+func startDevServerWith(t *testing.T, nofile int, extra ...string) (*cluster, int) {
 	c := &cluster{t: t, bin: buildBeam(t), dir: t.TempDir()}
 	c.addr = "127.0.0.1:" + strconv.Itoa(freePort(t))
 	c.url = "http://" + c.addr
@@ -32,8 +36,13 @@ func startDevServer(t *testing.T) (*cluster, int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(c.bin, "server", "--dev", "--data", filepath.Join(c.dir, "srv"), "--addr", c.addr,
-		"--http-addr", "127.0.0.1:"+strconv.Itoa(httpPort), "--stun-addr", "127.0.0.1:"+strconv.Itoa(freePort(t)))
+	args := append([]string{"server", "--dev", "--data", filepath.Join(c.dir, "srv"), "--addr", c.addr,
+		"--http-addr", "127.0.0.1:" + strconv.Itoa(httpPort), "--stun-addr", "127.0.0.1:" + strconv.Itoa(freePort(t))}, extra...)
+	cmd := exec.Command(c.bin, args...)
+	if nofile != 0 {
+		// The shell sets the limit and becomes beam (exec): one process.
+		cmd = exec.Command("sh", append([]string{"-c", `ulimit -n "$0" && exec "$@"`, strconv.Itoa(nofile), c.bin}, args...)...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

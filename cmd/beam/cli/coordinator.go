@@ -9,7 +9,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -44,6 +43,9 @@ type CoordinatorOptions struct {
 	Dev bool
 	// LogLevel is debug, info, warn or error.
 	LogLevel string
+	// MaxConns caps the coordinator's connections; 0 derives it from the
+	// open files limit, negative means none.
+	MaxConns int
 	// Edge holds the public edge and DNS settings flags.
 	Edge CoordinatorEdgeOptions
 
@@ -82,6 +84,7 @@ its hash is kept in the database). Use the token with beam admin:
 	fl.StringVar(&opts.BaseDomain, "base-domain", coordinator.DefaultBaseDomain, "base DNS domain; networks get NETWORK.BASE")
 	fl.BoolVar(&opts.Dev, "dev", false, "dev mode: nodes on loopback may register without an auth key")
 	fl.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none)")
 	bindCoordinatorEdgeFlags(cmd, &opts.Edge)
 	return cmd
 }
@@ -95,6 +98,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 		return fmt.Errorf("bad --log-level %q: want debug, info, warn or error", opts.LogLevel)
 	}
 	logger := f.Logger(level)
+	nofile := raiseFileLimit()
 	derpMap, err := coordinatorDERPMap(opts)
 	if err != nil {
 		return err
@@ -149,7 +153,9 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	hs := &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug)}
+	lim := connLimits(opts.MaxConns, shareAlone, nofile)
+	logLimits(logger, "coordinator", nofile, lim)
+	ln, hs := limitedServer(ln, lim, srv, logger)
 	if created {
 		logger.Info("wrote a new admin token", "file", tokenPath)
 	}

@@ -47,6 +47,9 @@ type DERPOptions struct {
 	StateDir string
 	// LogLevel is debug, info, warn or error.
 	LogLevel string
+	// MaxConns caps the relay's connections; 0 derives it from the open
+	// files limit, negative means none.
+	MaxConns int
 
 	// ready, if set, is called with the bound HTTP and STUN addresses
 	// (for tests).
@@ -88,6 +91,7 @@ with --mesh-with and the same secret in --mesh-key-file.`,
 	fl.StringVar(&opts.KeyFile, "key-file", "", "machine key file, created 0600 if missing (default STATE/derp.key)")
 	fl.StringVar(&opts.StateDir, "state", "derp-data", "state directory (created 0700)")
 	fl.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none)")
 	return cmd
 }
 
@@ -102,6 +106,7 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 		return fmt.Errorf("bad --log-level %q: want debug, info, warn or error", opts.LogLevel)
 	}
 	logger := f.Logger(level)
+	nofile := raiseFileLimit()
 	if (opts.TLSCert == "") != (opts.TLSKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
@@ -177,11 +182,9 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(srv.Stats())
 	})
-	hs := &http.Server{
-		Handler:           mux,
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
-	}
+	lim := connLimits(opts.MaxConns, shareAlone, nofile)
+	logLimits(logger, "relay", nofile, lim)
+	ln, hs := limitedServer(ln, lim, mux, logger)
 
 	stunAddr := ""
 	if pc != nil {

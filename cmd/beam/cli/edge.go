@@ -16,6 +16,7 @@ import (
 
 	"beam.dev/beam/edge"
 	"beam.dev/beam/edgenode"
+	"beam.dev/beam/internal/connlimit"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/node"
 	"beam.dev/beam/wire"
@@ -42,6 +43,11 @@ type EdgeOptions struct {
 	Port         uint16
 	Hostname     string
 	LogLevel     string
+	// MaxConns caps the client connections of all listeners; 0 derives
+	// it from the open files limit, negative means none.
+	MaxConns int
+	// BodyTimeout bounds request bodies (edge.Options.BodyTimeout).
+	BodyTimeout time.Duration
 }
 
 // NewCmdEdge returns the beam edge command: a public ingress that is a
@@ -83,6 +89,8 @@ func NewCmdEdge(f *Factory, in *instanceFlags, runF func(*EdgeOptions) error) *c
 	fl.Uint16Var(&o.Port, "port", 0, "UDP port for WireGuard (0 picks one)")
 	fl.StringVar(&o.Hostname, "hostname", "edge", "this edge's node name")
 	fl.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fl.IntVar(&o.MaxConns, "max-conns", 0, "cap on client connections of all listeners (0: 3/4 of the open files limit; -1: none)")
+	fl.DurationVar(&o.BodyTimeout, "body-timeout", edge.DefaultBodyTimeout, "longest wait for a byte of a request body, and grace before it must arrive at 1 KiB/s or more")
 	return cmd
 }
 
@@ -108,6 +116,7 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 		return err
 	}
 	logger := f.Logger(level)
+	nofile := raiseFileLimit()
 	var srv *edgenode.Server
 	routes := newRouteFeed()
 	n, err := node.New(node.Options{
@@ -124,7 +133,9 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 	if _, err := n.Up(ctx, apitype.UpRequest{Coordinator: o.Coordinator, AuthKey: o.AuthKey, Hostname: o.Hostname}); err != nil {
 		return fmt.Errorf("join the mesh: %w", err)
 	}
-	e, err := newEdge(n.DialContext, o.Domain, logger)
+	lim := connLimits(o.MaxConns, shareAlone, nofile)
+	logLimits(logger, "edge", nofile, lim)
+	e, err := newEdge(n.DialContext, o.Domain, lim, o.BodyTimeout, logger)
 	if err != nil {
 		return err
 	}
@@ -209,15 +220,17 @@ func redirectPort(https net.Addr, override uint16) uint16 {
 
 // newEdge returns an edge for domain that reaches devices through dial,
 // logging each request at debug level.
-func newEdge(dial func(ctx context.Context, network, addr string) (net.Conn, error), domain string, logger *slog.Logger) (*edge.Edge, error) {
-	return edge.New(edge.Options{
+func newEdge(dial func(ctx context.Context, network, addr string) (net.Conn, error), domain string, lim connlimit.Limits, bodyTimeout time.Duration, logger *slog.Logger) (*edge.Edge, error) {
+	opts := edge.Options{
 		Dial:   dial,
 		Domain: domain,
 		Logger: logger.With("component", "edge"),
 		OnRequest: func(l edge.RequestLog) {
 			logger.Debug("request", "host", l.Host, "method", l.Method, "path", l.Path, "status", l.Status, "duration", l.Duration, "client", l.ClientIP)
 		},
-	})
+	}
+	edgeLimits(&opts, lim, bodyTimeout)
+	return edge.New(opts)
 }
 
 // edgeCertificates returns the TLS certificate source for the edge: a

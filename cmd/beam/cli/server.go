@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -51,6 +50,13 @@ type ServerOptions struct {
 	ACMEEmail    string
 	Dev          bool
 	LogLevel     string
+	// MaxConns caps the connections of the coordinator and relay
+	// listener, EdgeMaxConns those of the edge's listeners; 0 derives
+	// them from the open files limit, negative means none.
+	MaxConns     int
+	EdgeMaxConns int
+	// BodyTimeout bounds request bodies at the edge.
+	BodyTimeout time.Duration
 
 	// ready, if set, is called with the coordinator's listen address and
 	// the edge's HTTP address once everything serves (tests).
@@ -104,6 +110,9 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 	fl.StringVar(&o.ACMEEmail, "acme-email", "", "ACME account contact")
 	fl.BoolVar(&o.Dev, "dev", false, "local development: loopback listeners, *.localhost URLs, join without an auth key from this machine")
 	fl.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fl.IntVar(&o.MaxConns, "max-conns", 0, "cap on connections to --addr, the coordinator and relay (0: 1/4 of the open files limit; -1: none)")
+	fl.DurationVar(&o.BodyTimeout, "body-timeout", edge.DefaultBodyTimeout, "longest wait for a byte of a request body at the edge, and grace before it must arrive at 1 KiB/s or more")
+	fl.IntVar(&o.EdgeMaxConns, "edge-max-conns", 0, "cap on client connections of the edge's listeners (0: 1/2 of the open files limit; -1: none)")
 	return cmd
 }
 
@@ -141,6 +150,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		return err
 	}
 	logger := f.Logger(level)
+	nofile := raiseFileLimit()
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
@@ -275,11 +285,13 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	mux.Handle("/derp/", derpSrv)
 	mux.Handle("/generate_204", derpSrv)
 	mux.Handle("/", coord)
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug)}
+	clim := connLimits(o.MaxConns, shareServerControl, nofile)
+	logLimits(logger, "coordinator and relay", nofile, clim)
+	cln, hs := limitedServer(ln, clim, mux, logger)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := hs.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := hs.Serve(cln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			logger.Error("serve", "err", err)
 			cancel()
 		}
@@ -311,7 +323,9 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if _, err := en.Up(ctx, apitype.UpRequest{Coordinator: localURL, AuthKey: edgeKey, Hostname: "edge"}); err != nil {
 		return fmt.Errorf("edge joins the mesh: %w", err)
 	}
-	e, err := newEdge(en.DialContext, o.Domain, logger)
+	elim := connLimits(o.EdgeMaxConns, shareServerEdge, nofile)
+	logLimits(logger, "edge", nofile, elim)
+	e, err := newEdge(en.DialContext, o.Domain, elim, o.BodyTimeout, logger)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,270 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The attacks of this file flood the cheap paths of a real beam server:
+// idle connections from many loopback addresses, slow request bodies,
+// registrations without a key, wrong passwords. Each is bounded in count
+// and time and stops by itself.
+
+// floodSource returns the i-th source address of a flood: 127.0.1.1,
+// 127.0.1.2, ... (all loopback, on this machine).
+func floodSource(i int) net.IP { return net.IPv4(127, 0, 1, byte(1+i%250)) }
+
+// idleFlood holds connections to addr from many loopback source
+// addresses, each having sent half a request header.
+type idleFlood struct {
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+// open dials n connections to addr from sources addresses (at most
+// workers at once, for at most d), sends half a request header on each
+// and keeps those the server did not close. It returns how many dials
+// succeeded.
+func (f *idleFlood) open(t *testing.T, addr string, n, sources, workers int, d time.Duration) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	defer cancel()
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	dialed := 0
+	for range workers {
+		wg.Go(func() {
+			for i := range jobs {
+				dl := net.Dialer{LocalAddr: &net.TCPAddr{IP: floodSource(i % sources)}, Timeout: 2 * time.Second}
+				c, err := dl.DialContext(ctx, "tcp", addr)
+				if err != nil {
+					continue
+				}
+				mu.Lock()
+				dialed++
+				mu.Unlock()
+				c.SetWriteDeadline(time.Now().Add(time.Second))
+				if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: flood.localhost\r\n"); err != nil {
+					c.Close()
+					continue
+				}
+				f.mu.Lock()
+				f.conns = append(f.conns, c)
+				f.mu.Unlock()
+			}
+		})
+	}
+feed:
+	for i := range n {
+		select {
+		case jobs <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	return dialed
+}
+
+// held counts the flood's connections the server still holds open.
+func (f *idleFlood) held() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	buf := make([]byte, 1)
+	for _, c := range f.conns {
+		c.SetReadDeadline(time.Now().Add(time.Millisecond))
+		if _, err := c.Read(buf); err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func (f *idleFlood) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.conns {
+		c.Close()
+	}
+	f.conns = nil
+}
+
+// openFiles counts the descriptors process pid holds.
+func openFiles(t *testing.T, pid int) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/fd")
+	if err != nil {
+		t.Fatalf("count open files of %d: %v", pid, err)
+	}
+	return len(ents)
+}
+
+// getRoute fetches path of host at the edge's HTTP port.
+func getRoute(httpPort int, host, path string) (int, string, error) {
+	req, err := http.NewRequest("GET", fmt.Sprintf("http://127.0.0.1:%d%s", httpPort, path), nil)
+	if err != nil {
+		return 0, "", err
+	}
+	req.Host = host
+	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	return resp.StatusCode, string(b), nil
+}
+
+// exposeApp serves a small web app on host loopback and publishes it
+// through d at the edge, returning the route's host name.
+func exposeApp(t *testing.T, c *cluster, d *device, httpPort int, body string) string {
+	t.Helper()
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, body)
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go app.Serve(ln)
+	t.Cleanup(func() { app.Close() })
+	out := strings.TrimSpace(c.mustBeam(d.args("expose", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port), "--bg")...))
+	host := strings.TrimPrefix(out, "http://")
+	host, _, _ = strings.Cut(host, ":")
+	waitFor(t, 10*time.Second, "the route answers at the edge", func() bool {
+		code, got, err := getRoute(httpPort, host, "/")
+		return err == nil && code == 200 && got == body
+	})
+	return host
+}
+
+// TestIdleConnectionFlood floods the edge of a beam server whose open
+// files limit is 2,048 with 3,000 idle connections (half a request header
+// each) from 30 loopback addresses. The edge's caps keep descriptors for
+// the rest of the process: the coordinator answers within a second, a
+// device stays online with its route and another joins, and the edge
+// serves the route again once the flood ends.
+func TestIdleConnectionFlood(t *testing.T) {
+	const nofile = 2048
+	c, httpPort := startDevServerWith(t, nofile)
+	pid := c.coord.Process.Pid
+	alpha, beta := c.device("alpha"), c.device("beta")
+	alpha.mustUp()
+	host := exposeApp(t, c, alpha, httpPort, "hello from alpha")
+	t.Logf("before the flood: the server holds %d open files", openFiles(t, pid))
+
+	var flood idleFlood
+	defer flood.close()
+	t0 := time.Now()
+	dialed := flood.open(t, "127.0.0.1:"+strconv.Itoa(httpPort), 3000, 30, 64, 20*time.Second)
+	held := flood.held()
+	files := openFiles(t, pid)
+	t.Logf("flood: %d connections dialed from 30 addresses in %v, %d held open by the server, which holds %d open files (limit %d)",
+		dialed, time.Since(t0).Round(time.Millisecond), held, files, nofile)
+	if dialed <= nofile {
+		t.Fatalf("the flood dialed %d connections, want more than the limit %d", dialed, nofile)
+	}
+	if files > nofile*3/4 {
+		t.Errorf("the server holds %d open files under the flood, want at most %d (3/4 of its limit)", files, nofile*3/4)
+	}
+	if held == 0 {
+		t.Errorf("the server held none of the flood's connections: the test did not load it")
+	}
+
+	// The coordinator answers within a second, and the devices keep going.
+	for i := range 3 {
+		start := time.Now()
+		resp, err := (&http.Client{Timeout: 5 * time.Second}).Get(c.url + "/key")
+		took := time.Since(start)
+		if err != nil {
+			t.Fatalf("GET /key under the flood (try %d): %v after %v", i, err, took)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || took > time.Second {
+			t.Errorf("GET /key under the flood: %d in %v, want 200 within 1s", resp.StatusCode, took)
+		}
+	}
+	beta.mustUp()
+	waitFor(t, 15*time.Second, "beta sees alpha online under the flood", func() bool {
+		p := peerByName(beta.status(), "alpha")
+		return p != nil && p.Online
+	})
+	if routes := c.mustBeam("admin", "--coordinator", c.url, "routes", "list"); !strings.Contains(routes, host) {
+		t.Errorf("alpha's route is gone under the flood: %s", routes)
+	}
+	if flood.held() == 0 {
+		t.Log("the flood's connections were already closed by the header timeout")
+	}
+
+	// The flood ends; everything works again.
+	flood.close()
+	waitFor(t, 20*time.Second, "the route answers after the flood", func() bool {
+		code, got, err := getRoute(httpPort, host, "/")
+		return err == nil && code == 200 && got == "hello from alpha"
+	})
+	if ok, why := ncEcho(beta, "alpha", echoServer(t), 10*time.Second); !ok {
+		t.Fatalf("beta -> alpha after the flood: %s", why)
+	}
+}
+
+// TestSlowBody sends a request body to a route at the edge one byte
+// every 200 ms (a 2,000-byte body would take 400 s): with --body-timeout
+// 2s the edge cuts it off within seconds.
+func TestSlowBody(t *testing.T) {
+	c, httpPort := startDevServerWith(t, 0, "--body-timeout", "2s")
+	alpha := c.device("alpha")
+	alpha.mustUp()
+	host := exposeApp(t, c, alpha, httpPort, "took it")
+
+	conn, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(httpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "POST / HTTP/1.1\r\nHost: %s\r\nContent-Length: 2000\r\n\r\n", host)
+	closed := make(chan string, 1)
+	go func() {
+		b, _ := io.ReadAll(conn)
+		closed <- string(b)
+	}()
+	start := time.Now()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	sent := 0
+	for {
+		select {
+		case got := <-closed:
+			took := time.Since(start)
+			t.Logf("the edge ended the slow body after %v and %d bytes: %.80q", took.Round(time.Millisecond), sent, got)
+			if took > 15*time.Second {
+				t.Errorf("the edge took %v to end a body sent at 5 bytes/s, want about 2s", took)
+			}
+			if strings.Contains(got, "took it") {
+				t.Errorf("the app got the slow body: %q", got)
+			}
+			return
+		case <-tick.C:
+			if time.Since(start) > 30*time.Second {
+				t.Fatalf("the edge still reads a body sent at 5 bytes/s after %v (%d bytes)", time.Since(start), sent)
+			}
+			if _, err := conn.Write([]byte{'x'}); err == nil {
+				sent++
+			}
+		}
+	}
+}
