@@ -65,6 +65,7 @@ func (s *Server) initAccessControl(ctx context.Context, opts Options) error {
 	}
 	s.ac.pending.byCode = make(map[string]*pendingReg)
 	s.ac.pending.byKey = make(map[key.NodePublic]*pendingReg)
+	s.ac.pending.bySource = make(map[netip.Addr]int)
 	src, err := s.store.Setting(ctx, policySetting)
 	switch {
 	case errors.Is(err, ErrNotFound):

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
@@ -40,6 +41,12 @@ const (
 	followupWait = 60 * time.Second
 	// maxPending bounds the registrations waiting for approval.
 	maxPending = 1024
+	// maxPendingPerSource bounds those of one source address (IPv6: one
+	// /64). A source over it loses its oldest waiting registration, and
+	// a full queue loses the oldest of the source with the most: a flood
+	// from a few places churns its own registrations and never locks out
+	// a person's.
+	maxPendingPerSource = 8
 	// codeAlphabet has no 0/O, 1/I/L: codes are read aloud and typed.
 	codeAlphabet = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 	codeLen      = 8
@@ -93,7 +100,8 @@ func (adminApprover) ServeApproval(w http.ResponseWriter, r *http.Request, p Pen
 // pendingReg is one registration waiting for approval.
 type pendingReg struct {
 	PendingRegistration
-	done chan struct{} // closed once approved
+	source netip.Addr    // the registering client's address (sourceKey)
+	done   chan struct{} // closed once approved
 
 	// Set before done is closed, never changed after.
 	approval  Approval
@@ -106,6 +114,8 @@ type pendingRegs struct {
 	mu     sync.Mutex // guards the following fields
 	byCode map[string]*pendingReg
 	byKey  map[key.NodePublic]*pendingReg
+	// bySource counts the registrations of each source address.
+	bySource map[netip.Addr]int
 	// uncollected are the prefixes of auth keys made for approved
 	// registrations that expired unused; the janitor deletes them.
 	uncollected []string
@@ -138,12 +148,9 @@ func newApprovalCode() string {
 // pruneLocked drops expired registrations, noting the auth keys made for
 // those that were approved but never collected. pendingRegs.mu held.
 func (pr *pendingRegs) pruneLocked(now time.Time) {
-	for c, p := range pr.byCode {
+	for _, p := range pr.byCode {
 		if !now.Before(p.Expires) {
-			delete(pr.byCode, c)
-			if pr.byKey[p.NodeKey] == p {
-				delete(pr.byKey, p.NodeKey)
-			}
+			pr.dropLocked(p)
 			if p.keyPrefix != "" {
 				pr.uncollected = append(pr.uncollected, p.keyPrefix)
 			}
@@ -193,17 +200,66 @@ func (pr *pendingRegs) lookup(code string, now time.Time) *pendingReg {
 func (pr *pendingRegs) remove(p *pendingReg) {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
-	if pr.byCode[p.Code] == p {
-		delete(pr.byCode, p.Code)
+	pr.dropLocked(p)
+}
+
+// dropLocked forgets p, if it is still held. pendingRegs.mu held.
+func (pr *pendingRegs) dropLocked(p *pendingReg) {
+	if pr.byCode[p.Code] != p {
+		return
 	}
+	delete(pr.byCode, p.Code)
 	if pr.byKey[p.NodeKey] == p {
 		delete(pr.byKey, p.NodeKey)
 	}
+	if n := pr.bySource[p.source]; n <= 1 {
+		delete(pr.bySource, p.source)
+	} else {
+		pr.bySource[p.source] = n - 1
+	}
 }
 
-// addPending returns the registration waiting for nk, creating it.
-func (s *Server) addPending(req *wire.RegisterRequest) (*pendingReg, *apiError) {
+// oldestWaitingLocked returns the oldest registration not yet approved,
+// of source if it is valid, else of the source with the most; nil if
+// none waits. pendingRegs.mu held.
+func (pr *pendingRegs) oldestWaitingLocked(source netip.Addr) *pendingReg {
+	if !source.IsValid() {
+		most := 0
+		for s, n := range pr.bySource {
+			if n > most {
+				source, most = s, n
+			}
+		}
+	}
+	var oldest *pendingReg
+	for _, p := range pr.byCode {
+		if p.source != source || p.approved() {
+			continue
+		}
+		if oldest == nil || p.Created.Before(oldest.Created) {
+			oldest = p
+		}
+	}
+	return oldest
+}
+
+// approved reports whether p was approved.
+func (p *pendingReg) approved() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// addPending returns the registration waiting for nk, creating it for a
+// client at source. To make room it drops the oldest waiting registration
+// of source when source has maxPendingPerSource, or of the source with
+// the most when the queue is full.
+func (s *Server) addPending(req *wire.RegisterRequest, source netip.Addr) (*pendingReg, *apiError) {
 	now := s.now()
+	source = sourceKey(source)
 	pr := &s.ac.pending
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
@@ -211,8 +267,20 @@ func (s *Server) addPending(req *wire.RegisterRequest) (*pendingReg, *apiError) 
 	if p := pr.byKey[req.NodeKey]; p != nil {
 		return p, nil
 	}
-	if len(pr.byCode) >= maxPending {
-		return nil, errorf(http.StatusServiceUnavailable, CodeUnavailable, "too many registrations are waiting for approval")
+	for _, from := range []netip.Addr{source, {}} {
+		full := len(pr.byCode) >= maxPending
+		if from.IsValid() {
+			full = pr.bySource[from] >= maxPendingPerSource
+		}
+		if !full {
+			continue
+		}
+		old := pr.oldestWaitingLocked(from)
+		if old == nil {
+			return nil, errorf(http.StatusServiceUnavailable, CodeUnavailable, "too many registrations are waiting for approval")
+		}
+		pr.dropLocked(old)
+		s.logger.Info("registration dropped to make room", "code", old.Code, "source", old.source, "hostname", old.Hostname)
 	}
 	code := newApprovalCode()
 	for pr.byCode[code] != nil {
@@ -222,10 +290,12 @@ func (s *Server) addPending(req *wire.RegisterRequest) (*pendingReg, *apiError) 
 		PendingRegistration: PendingRegistration{
 			Code: code, NodeKey: req.NodeKey, Hostname: req.Hostname, OS: req.OS, Created: now, Expires: now.Add(approvalTTL),
 		},
-		done: make(chan struct{}),
+		source: source,
+		done:   make(chan struct{}),
 	}
 	pr.byCode[code] = p
 	pr.byKey[req.NodeKey] = p
+	pr.bySource[source]++
 	s.logger.Info("registration waiting for approval", "node", req.NodeKey.ShortString(), "hostname", req.Hostname, "code", code)
 	return p, nil
 }
@@ -276,6 +346,11 @@ func (s *Server) ApproveRegistration(ctx context.Context, code string, a Approva
 		return fmt.Errorf("%w: code %s was approved already", ErrConflict, p.Code)
 	default:
 	}
+	if pr.byCode[p.Code] != p {
+		// Dropped meanwhile (expired, or to make room): its node starts over.
+		pr.uncollected = append(pr.uncollected, ak.Prefix)
+		return fmt.Errorf("%w: no node is waiting with code %q any more", ErrNotFound, p.Code)
+	}
 	p.approval, p.authKey, p.keyPrefix = a, secret, ak.Prefix
 	close(p.done)
 	actor := a.Actor
@@ -289,6 +364,26 @@ func (s *Server) ApproveRegistration(ctx context.Context, code string, a Approva
 	s.audit(ctx, actor, "node.approve", p.Code, detail+" auth_key="+ak.Prefix+" hostname="+p.Hostname)
 	s.logger.Info("registration approved", "code", p.Code, "node", p.NodeKey.ShortString(), "user", a.User, "tags", a.Tags)
 	return nil
+}
+
+// sourceKey groups client addresses for the per-source bound: an IPv4
+// address, or the /64 of an IPv6 one.
+func sourceKey(a netip.Addr) netip.Addr {
+	a = a.Unmap()
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.Addr()
+	}
+	return a
+}
+
+// remoteAddr is the IP address r came from; the zero Addr if unknown.
+func remoteAddr(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr()
 }
 
 // authURL is where the person approving node with code goes.
@@ -318,7 +413,7 @@ func (s *Server) interactiveRegister(w http.ResponseWriter, r *http.Request, nk 
 	if known {
 		return false
 	}
-	p, aerr := s.addPending(req)
+	p, aerr := s.addPending(req, remoteAddr(r))
 	if aerr != nil {
 		writeError(w, aerr)
 		return true

@@ -1,17 +1,24 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"beam.dev/beam/coordclient"
+	"beam.dev/beam/types/key"
 )
 
 // The attacks of this file flood the cheap paths of a real beam server:
@@ -266,5 +273,125 @@ func TestSlowBody(t *testing.T) {
 				sent++
 			}
 		}
+	}
+}
+
+// source returns the i-th of many loopback source addresses, from
+// 127.0.2.1 on (never 127.0.0.1, where the test's devices are).
+func source(i int) net.IP { return net.IPv4(127, 0, byte(2+i/250), byte(1+i%250)) }
+
+// registrationFlood sends n registrations without an auth key, each with
+// a new node key, from sources loopback addresses (source(first) on),
+// and returns how many were answered with an approval code.
+func registrationFlood(t *testing.T, coordURL string, first, sources, n int) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
+	defer cancel()
+	clients := make([]*http.Client, sources)
+	for i := range clients {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: source(first + i)}, Timeout: 5 * time.Second}
+		tr := &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: 2}
+		defer tr.CloseIdleConnections()
+		clients[i] = &http.Client{Transport: tr}
+	}
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	coded := 0
+	for range 16 {
+		wg.Go(func() {
+			for i := range jobs {
+				cc, err := coordclient.New(coordclient.Options{ServerURL: coordURL, PrivateKey: key.NewNode(), HTTPClient: clients[i%sources]})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				_, err = cc.Register(ctx, coordclient.RegisterParams{Hostname: fmt.Sprintf("flood-%d", i)})
+				if errors.Is(err, coordclient.ErrNodeNotRegistered) && strings.Contains(err.Error(), "approval") {
+					mu.Lock()
+					coded++
+					mu.Unlock()
+				}
+			}
+		})
+	}
+feed:
+	for i := range n {
+		select {
+		case jobs <- i:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(jobs)
+	wg.Wait()
+	return coded
+}
+
+// TestRegistrationFlood fills the approval queue with registrations
+// without an auth key, from one address and then from 200, and checks a
+// person's beam up without a key still gets a code, survives a refill,
+// and joins once approved.
+func TestRegistrationFlood(t *testing.T) {
+	c := newCluster(t)
+	admin := coordclient.NewAdmin(c.url, c.token, nil)
+	pending := func() int {
+		t.Helper()
+		p, err := admin.ListPending(t.Context())
+		if err != nil {
+			t.Fatalf("list pending registrations: %v", err)
+		}
+		return len(p)
+	}
+
+	t0 := time.Now()
+	coded := registrationFlood(t, c.url, 0, 1, 1100)
+	t.Logf("1,100 registrations from one address in %v: %d got a code, %d wait", time.Since(t0).Round(time.Millisecond), coded, pending())
+	if n := pending(); n == 0 || n > 16 {
+		t.Errorf("one address holds %d waiting registrations, want a few (1-16)", n)
+	}
+
+	t0 = time.Now()
+	coded = registrationFlood(t, c.url, 1, 200, 1600)
+	full := pending()
+	t.Logf("1,600 registrations from 200 addresses in %v: %d got a code, %d wait", time.Since(t0).Round(time.Millisecond), coded, full)
+	if full > 1024 {
+		t.Errorf("%d registrations wait, want at most the queue's 1,024", full)
+	}
+
+	// A person's beam up without a key gets a code all the same...
+	d := c.device("laptop")
+	cmd := exec.Command(c.bin, d.args("up", "--coordinator", c.url, "--hostname", "laptop", "--timeout", "90s")...)
+	stderr, _ := cmd.StderrPipe()
+	var stdout strings.Builder
+	cmd.Stdout = &stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	br := bufio.NewReader(stderr)
+	code := ""
+	re := regexp.MustCompile(`beam admin nodes approve (\S+)`)
+	for code == "" {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("beam up without a key under the flood ended without an approval code: %v", err)
+		}
+		if m := re.FindStringSubmatch(line); m != nil {
+			code = m[1]
+		}
+	}
+	go io.Copy(io.Discard, br)
+
+	// ...which a refill of the queue from the same 200 addresses does not
+	// push out.
+	coded = registrationFlood(t, c.url, 1, 200, 1600)
+	t.Logf("refill: %d got a code, %d wait", coded, pending())
+	c.mustBeam("admin", "nodes", "approve", code, "--coordinator", c.url)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("beam up after approval under the flood: %v", err)
+	}
+	if !strings.HasPrefix(stdout.String(), "laptop 100.64.") {
+		t.Fatalf("beam up printed %q", stdout.String())
 	}
 }
