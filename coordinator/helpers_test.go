@@ -174,11 +174,13 @@ func (w *watcher) waitFor(what string, d time.Duration, cond func(*wire.NetMap) 
 		w.mu.Unlock()
 	})
 	defer timer.Stop()
-	deadline := time.Now().Add(d)
+	start := time.Now()
+	deadline := start.Add(d)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for {
 		if w.nm != nil && cond(w.nm) {
+			w.t.Logf("%s after %v", what, time.Since(start).Round(time.Millisecond))
 			return w.nm
 		}
 		select {

@@ -279,6 +279,13 @@ func rawExchange(t testing.TB, addr string, q *dns.Msg) []byte {
 	return buf[:n]
 }
 
+// maxForwardAnswer bounds how long a forwarded query may take to answer
+// when upstreams fail: the forward budget plus scheduling slack. Measured
+// on 2 cores under load, 32 runs: at most 11 ms past the budget; the slack
+// is a second, still well under the 5 s a stub resolver (glibc, dig)
+// waits before giving up, which is what the budget protects.
+const maxForwardAnswer = forwardTimeout + time.Second
+
 func TestResolverUpstreamDown(t *testing.T) {
 	good := startUpstream(t, answerA("192.0.2.9", 60))
 	tests := []struct {
@@ -296,8 +303,10 @@ func TestResolverUpstreamDown(t *testing.T) {
 			_, addr := newTestResolver(t, ResolverOptions{}, testRecords(tt.upstreams...))
 			start := time.Now()
 			m := query(t, "udp", addr, "down.example.", dns.TypeA)
-			if el := time.Since(start); el > 2*time.Second {
-				t.Errorf("answer took %v, want <= 2s", el)
+			el := time.Since(start)
+			t.Logf("answer after %v", el)
+			if el > maxForwardAnswer {
+				t.Errorf("answer took %v, want at most %v", el, maxForwardAnswer)
 			}
 			if m.Rcode != tt.rcode {
 				t.Errorf("rcode = %s, want %s", dns.RcodeToString[m.Rcode], dns.RcodeToString[tt.rcode])

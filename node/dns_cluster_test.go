@@ -381,8 +381,13 @@ func TestMagicDNSSettings(t *testing.T) {
 		if err != nil || r.Rcode != dns.RcodeServerFailure {
 			t.Fatalf("A down.example.org with a dead upstream = %s, want SERVFAIL", rcode(r, err))
 		}
-		if took > 2*time.Second {
-			t.Errorf("SERVFAIL took %v, want at most 2s", took)
+		// dnsserver's forward budget is 1.5 s; a second more is slack
+		// for a loaded machine (dnsserver's own test measured at most
+		// 11 ms past the budget), still well under the 5 s a stub
+		// resolver waits.
+		t.Logf("SERVFAIL after %v", took)
+		if maxTook := 2500 * time.Millisecond; took > maxTook {
+			t.Errorf("SERVFAIL took %v, want at most %v", took, maxTook)
 		}
 		// Local names still answer.
 		if r := mustQuery(t, ctx, a, "beta."+domain, dns.TypeA); !slices.Equal(answerAddrs(r), []string{betaIP.String()}) {

@@ -127,7 +127,8 @@ func (c *Cluster) WaitPeers(nodes ...*Node) {
 // WaitFor polls cond until it holds or d passes.
 func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(d)
+	start := time.Now()
+	deadline := start.Add(d)
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
 	for !cond() {
@@ -136,6 +137,7 @@ func WaitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 		}
 		<-tick.C
 	}
+	t.Logf("%s after %v", what, time.Since(start).Round(time.Millisecond))
 }
 
 // PeerIP returns the first IPv4 (or IPv6 if v6) overlay address of the
