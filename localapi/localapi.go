@@ -16,10 +16,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"beam.dev/beam/dnsserver"
+	"beam.dev/beam/internal/privsock"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/node"
 )
@@ -78,9 +78,7 @@ func ListenUnix(path string) (net.Listener, error) {
 		return nil, fmt.Errorf("a daemon already answers on %s", path)
 	}
 	os.Remove(path)
-	old := syscall.Umask(0o177)
-	ln, err := net.Listen("unix", path)
-	syscall.Umask(old)
+	ln, err := privsock.Listen(path)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}

@@ -2,12 +2,15 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
-	"syscall"
+
+	"beam.dev/beam/internal/privsock"
 )
 
 // UAPIDir is where WireGuard tools (wg(8), wgctrl) look for userspace
@@ -20,6 +23,9 @@ func (n *Node) startUAPILocked() error {
 	if n.opts.WireGuardName == "" || n.engine == nil || n.uapiStop != nil {
 		return nil
 	}
+	if runtime.GOOS == "windows" {
+		return errors.New("a WireGuard UAPI socket (--wg-name) is served on Linux and macOS only")
+	}
 	if err := os.MkdirAll(UAPIDir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", UAPIDir, err)
 	}
@@ -29,9 +35,7 @@ func (n *Node) startUAPILocked() error {
 		return fmt.Errorf("a WireGuard device named %q is already served at %s", n.opts.WireGuardName, path)
 	}
 	os.Remove(path)
-	old := syscall.Umask(0o177)
-	ln, err := net.Listen("unix", path)
-	syscall.Umask(old)
+	ln, err := privsock.Listen(path)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", path, err)
 	}

@@ -7,13 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 )
 
@@ -181,28 +179,6 @@ func newForwarder(ifA, ifB string) (*forwarder, error) {
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
-
-func openPacketSocket(ifname string) (*os.File, error) {
-	ifi, err := net.InterfaceByName(ifname)
-	if err != nil {
-		return nil, err
-	}
-	fd, err := syscall.Socket(syscall.AF_PACKET, syscall.SOCK_RAW|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, int(htons(ethPAll)))
-	if err != nil {
-		return nil, fmt.Errorf("packet socket: %w", err)
-	}
-	for _, opt := range []int{packetVnetHdr, packetIgnoreOutgoing} {
-		if err := syscall.SetsockoptInt(fd, syscall.SOL_PACKET, opt, 1); err != nil {
-			syscall.Close(fd)
-			return nil, fmt.Errorf("packet socket option %d: %w", opt, err)
-		}
-	}
-	if err := syscall.Bind(fd, &syscall.SockaddrLinklayer{Protocol: htons(ethPAll), Ifindex: ifi.Index}); err != nil {
-		syscall.Close(fd)
-		return nil, fmt.Errorf("bind packet socket to %s: %w", ifname, err)
-	}
-	return os.NewFile(uintptr(fd), "packet:"+ifname), nil
-}
 
 type frame struct {
 	due  time.Time
