@@ -45,6 +45,8 @@ const (
 	DefaultIdleTimeout       = 2 * time.Minute
 	DefaultMaxConnsPerClient = 512
 	DefaultMaxConns          = 10000
+	DefaultMaxAuthFailures   = 10
+	DefaultAuthLockout       = time.Minute
 	DefaultBodyTimeout       = 30 * time.Second
 	DefaultBodyMinRate       = 1024
 	DefaultDialTimeout       = 10 * time.Second
@@ -117,6 +119,16 @@ type Options struct {
 	BodyTimeout time.Duration
 	BodyMinRate int
 
+	// MaxAuthFailures and AuthLockout throttle password guessing on
+	// basic-auth routes, rate limit or not: a client (IPv4 address, IPv6
+	// /64) whose credentials fail MaxAuthFailures times within
+	// AuthLockout gets 429 Too Many Requests, with Retry-After, until
+	// AuthLockout has passed since its first failure. If zero,
+	// DefaultMaxAuthFailures (10) and DefaultAuthLockout (1 min); a
+	// negative MaxAuthFailures turns the throttle off.
+	MaxAuthFailures int
+	AuthLockout     time.Duration
+
 	// DialTimeout bounds one dial toward a device. If zero,
 	// DefaultDialTimeout (10 s).
 	DialTimeout time.Duration
@@ -166,19 +178,20 @@ type RequestLog struct {
 // returns. Close cancels the Edge's context, which stops every Serve method,
 // and waits for the loops.
 type Edge struct {
-	opts     Options
-	log      *slog.Logger
-	overlay  []netip.Prefix
-	ctx      context.Context // canceled by Close
-	cancel   context.CancelFunc
-	loops    sync.WaitGroup // health and janitor loops
-	routes   atomic.Pointer[table]
-	proxy    *httputil.ReverseProxy
-	h1       *http.Transport
-	h2c      *http.Transport
-	clients  *connLimiter
-	conns    atomic.Int64 // client TCP connections open, against MaxConns
-	reqCount atomic.Uint64
+	opts      Options
+	log       *slog.Logger
+	overlay   []netip.Prefix
+	ctx       context.Context // canceled by Close
+	cancel    context.CancelFunc
+	loops     sync.WaitGroup // health and janitor loops
+	routes    atomic.Pointer[table]
+	proxy     *httputil.ReverseProxy
+	h1        *http.Transport
+	h2c       *http.Transport
+	clients   *connLimiter
+	conns     atomic.Int64 // client TCP connections open, against MaxConns
+	authFails *authThrottle
+	reqCount  atomic.Uint64
 	// httpsPort, when not zero, sends plain-HTTP requests of http routes
 	// to HTTPS on that port (SetHTTPSRedirect).
 	httpsPort atomic.Uint32
@@ -226,6 +239,10 @@ func New(opts Options) (*Edge, error) {
 		opts.MaxConns = DefaultMaxConns
 	}
 	def(&opts.BodyTimeout, DefaultBodyTimeout)
+	def(&opts.AuthLockout, DefaultAuthLockout)
+	if opts.MaxAuthFailures == 0 {
+		opts.MaxAuthFailures = DefaultMaxAuthFailures
+	}
 	if opts.BodyMinRate <= 0 {
 		opts.BodyMinRate = DefaultBodyMinRate
 	}
@@ -245,14 +262,15 @@ func New(opts Options) (*Edge, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &Edge{
-		opts:     opts,
-		log:      log.With("component", "edge"),
-		overlay:  overlay,
-		ctx:      ctx,
-		cancel:   cancel,
-		clients:  newConnLimiter(opts.MaxConnsPerClient),
-		targets:  make(map[netip.AddrPort]*target),
-		limiters: make(map[string]*clientLimiter),
+		opts:      opts,
+		log:       log.With("component", "edge"),
+		overlay:   overlay,
+		ctx:       ctx,
+		cancel:    cancel,
+		clients:   newConnLimiter(opts.MaxConnsPerClient),
+		authFails: newAuthThrottle(opts.MaxAuthFailures, opts.AuthLockout),
+		targets:   make(map[netip.AddrPort]*target),
+		limiters:  make(map[string]*clientLimiter),
 	}
 	e.routes.Store(&table{hosts: map[string]*route{}, tcp: map[uint16]*route{}, udp: map[uint16]*route{}, targets: map[netip.AddrPort]*target{}})
 	e.initProxy()

@@ -181,7 +181,17 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request, st *reqState, h
 		e.preflight(w, r, p)
 		return
 	}
+	if len(p.users) > 0 {
+		if d := e.authFails.wait(st.client, time.Now()); d > 0 {
+			w.Header().Set("Retry-After", retryAfter(d))
+			e.writeError(w, r, http.StatusTooManyRequests, "Too many attempts", "Too many wrong passwords from your address; try again later.", nil)
+			return
+		}
+	}
 	if !p.authorized(r) {
+		if _, _, ok := r.BasicAuth(); ok {
+			e.authFails.failed(st.client, time.Now())
+		}
 		w.Header().Set("WWW-Authenticate", `Basic realm="`+host+`", charset="UTF-8"`)
 		e.writeError(w, r, http.StatusUnauthorized, "Unauthorized", "This service needs a user name and password.", nil)
 		return

@@ -395,3 +395,68 @@ func TestRegistrationFlood(t *testing.T) {
 		t.Fatalf("beam up printed %q", stdout.String())
 	}
 }
+
+// TestPasswordGuessing guesses the password of a basic-auth route (no
+// rate limit) from one address for up to 3 s or 2,000 requests: after a
+// few wrong passwords the edge answers 429 with Retry-After, while
+// another address still gets in with the right password.
+func TestPasswordGuessing(t *testing.T) {
+	c, httpPort := startDevServer(t)
+	alpha := c.device("alpha")
+	alpha.mustUp()
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "secret page") })}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go app.Serve(ln)
+	t.Cleanup(func() { app.Close() })
+	c.mustBeam(alpha.args("expose", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port), "--name", "vault", "--basic-auth", "admin:right-password", "--bg")...)
+	edgeURL := fmt.Sprintf("http://127.0.0.1:%d/", httpPort)
+	from := func(src net.IP) *http.Client {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: src}, Timeout: 5 * time.Second}
+		return &http.Client{Transport: &http.Transport{DialContext: d.DialContext}, Timeout: 10 * time.Second}
+	}
+	try := func(hc *http.Client, pass string) (int, string) {
+		t.Helper()
+		req, _ := http.NewRequest("GET", edgeURL, nil)
+		req.Host = "vault.localhost"
+		req.SetBasicAuth("admin", pass)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("GET vault.localhost: %v", err)
+		}
+		defer resp.Body.Close()
+		io.Copy(io.Discard, resp.Body)
+		return resp.StatusCode, resp.Header.Get("Retry-After")
+	}
+	guesser, user := from(source(0)), from(source(1))
+	waitFor(t, 10*time.Second, "the route asks for a password", func() bool {
+		code, _ := try(user, "")
+		return code == 401
+	})
+
+	codes := map[int]int{}
+	retry := ""
+	deadline := time.Now().Add(3 * time.Second)
+	for i := 0; i < 2000 && time.Now().Before(deadline); i++ {
+		code, ra := try(guesser, fmt.Sprintf("guess-%d", i))
+		codes[code]++
+		if code == 429 {
+			retry = ra
+		}
+	}
+	t.Logf("wrong passwords from one address: %v (Retry-After %q)", codes, retry)
+	if codes[401] > 20 {
+		t.Errorf("%d wrong passwords were checked, want at most 20 before 429", codes[401])
+	}
+	if codes[429] == 0 || retry == "" {
+		t.Errorf("no 429 with Retry-After for a guessing client: %v", codes)
+	}
+	if code, _ := try(guesser, "right-password"); code != 429 {
+		t.Errorf("the guessing address with the right password: %d, want 429 until the lockout ends", code)
+	}
+	if code, _ := try(user, "right-password"); code != 200 {
+		t.Errorf("another address with the right password: %d, want 200", code)
+	}
+}
