@@ -28,19 +28,33 @@ import (
 // answer the connection carries the dialed stream's bytes.
 const DialUpgrade = "beam-dial"
 
+// Options configures a Handler.
+type Options struct {
+	// Logger receives the handler's logs; nil discards them.
+	Logger *slog.Logger
+	// Shutdown, if not nil, is called (once per request) by POST
+	// /localapi/v0/shutdown to stop the daemon; nil refuses the request.
+	Shutdown func()
+}
+
 // Handler serves the local API for one node.
 type Handler struct {
 	n      *node.Node
+	opts   Options
 	logger *slog.Logger
 	mux    *http.ServeMux
 }
 
-// New returns the local API handler for n. A nil logger discards logs.
-func New(n *node.Node, logger *slog.Logger) *Handler {
+// New returns the local API handler for n.
+func New(n *node.Node, opts Options) *Handler {
+	logger := opts.Logger
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	h := &Handler{n: n, logger: logger, mux: http.NewServeMux()}
+	h := &Handler{n: n, opts: opts, logger: logger, mux: http.NewServeMux()}
+	h.mux.HandleFunc("GET /localapi/v0/prefs", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, h.n.Prefs()) })
+	h.mux.HandleFunc("POST /localapi/v0/prefs", h.setPrefs)
+	h.mux.HandleFunc("POST /localapi/v0/shutdown", h.shutdown)
 	h.mux.HandleFunc("GET /localapi/v0/status", h.status)
 	h.mux.HandleFunc("POST /localapi/v0/up", h.up)
 	h.mux.HandleFunc("POST /localapi/v0/down", h.down)
@@ -116,6 +130,32 @@ func (h *Handler) up(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, resp)
+}
+
+func (h *Handler) setPrefs(w http.ResponseWriter, r *http.Request) {
+	var p apitype.PrefsPatch
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&p); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
+		return
+	}
+	resp, err := h.n.SetPrefs(r.Context(), p)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	writeJSON(w, resp)
+}
+
+// shutdown answers, then asks the daemon to stop.
+func (h *Handler) shutdown(w http.ResponseWriter, r *http.Request) {
+	if h.opts.Shutdown == nil {
+		writeError(w, http.StatusNotImplemented, errors.New("this daemon cannot be stopped through its local API"))
+		return
+	}
+	writeJSON(w, struct{}{})
+	http.NewResponseController(w).Flush()
+	h.logger.Info("stop requested through the local API")
+	h.opts.Shutdown()
 }
 
 func (h *Handler) down(w http.ResponseWriter, r *http.Request) {

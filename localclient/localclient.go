@@ -122,6 +122,30 @@ func (c *Client) Down(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/localapi/v0/down", struct{}{}, nil)
 }
 
+// Prefs returns the daemon's settings.
+func (c *Client) Prefs(ctx context.Context) (*apitype.Prefs, error) {
+	var p apitype.Prefs
+	if err := c.do(ctx, http.MethodGet, "/localapi/v0/prefs", nil, &p); err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
+// SetPrefs changes the daemon's settings; they apply at once and persist.
+func (c *Client) SetPrefs(ctx context.Context, p apitype.PrefsPatch) (*apitype.SetPrefsResponse, error) {
+	var resp apitype.SetPrefsResponse
+	if err := c.do(ctx, http.MethodPost, "/localapi/v0/prefs", p, &resp); err != nil {
+		return nil, err
+	}
+	return &resp, nil
+}
+
+// Shutdown asks the daemon to exit. It returns once the daemon accepted;
+// the daemon then stops in the background.
+func (c *Client) Shutdown(ctx context.Context) error {
+	return c.do(ctx, http.MethodPost, "/localapi/v0/shutdown", struct{}{}, nil)
+}
+
 // Logout deregisters the node.
 func (c *Client) Logout(ctx context.Context) error {
 	return c.do(ctx, http.MethodPost, "/localapi/v0/logout", struct{}{}, nil)

@@ -102,6 +102,7 @@ type Node struct {
 	lastRecords   *dnsserver.Records // the last MagicDNS records set (applyLocked runs every second)
 	controlOnline bool
 	lastErr       string
+	hosts         hostServers // SOCKS5, HTTP proxy and MagicDNS on host loopback
 	allowInbound  []uint16
 	proxies       map[uint16]*exposeProxy // device side of exposed HTTP ports
 	tlsTerm       *tlsTerminator          // device side of tls routes with ACME; nil until needed
@@ -157,7 +158,7 @@ func New(opts Options) (*Node, error) {
 		Dial:        n.dialForDNS,
 		AllowSource: func(a netip.Addr) bool { return allowDNSSource(a) && (a.Unmap().IsLoopback() || n.isOverlay(a)) },
 	})
-	n.lastRecords = dnsRecords(st.NetMap, time.Now(), opts.DNSUpstreams)
+	n.lastRecords = dnsRecords(st.NetMap, time.Now(), n.upstreamsLocked())
 	n.resolver.SetRecords(n.lastRecords)
 	switch {
 	case st.Registered && st.WantRunning:
@@ -180,11 +181,15 @@ func allowDNSSource(a netip.Addr) bool {
 
 var cgnat = netip.MustParsePrefix("100.64.0.0/10")
 
-// Start rejoins the mesh if the node was up when it last stopped. It
-// returns at once; connecting happens in the background.
+// Start serves the host servers the settings name (SOCKS5, HTTP proxy,
+// MagicDNS on loopback) and rejoins the mesh if the node was up when it
+// last stopped. It returns at once; connecting happens in the background.
 func (n *Node) Start() error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	if err := n.startHostServersLocked(); err != nil {
+		return err
+	}
 	if n.st.Registered && n.st.WantRunning {
 		return n.startSessionLocked()
 	}
@@ -201,7 +206,20 @@ func (n *Node) Up(ctx context.Context, req apitype.UpRequest) (*apitype.UpRespon
 	n.upMu.Lock()
 	defer n.upMu.Unlock()
 
+	if req.Prefs != nil {
+		p := cleanPatch(*req.Prefs)
+		req.Prefs = &p
+		if err := validatePatch(p); err != nil {
+			return nil, err
+		}
+	}
 	n.mu.Lock()
+	if req.Prefs != nil {
+		if err := n.applyPrefsLocked(*req.Prefs); err != nil {
+			n.mu.Unlock()
+			return nil, err
+		}
+	}
 	if req.Coordinator != "" {
 		if n.st.Coordinator != "" && n.st.Coordinator != req.Coordinator && n.st.Registered && req.AuthKey == "" {
 			n.mu.Unlock()
@@ -365,7 +383,7 @@ func (n *Node) startSessionLocked() error {
 		e, err := netstack.New(netstack.Options{
 			PrivateKey:  n.st.PrivateKey,
 			DiscoKey:    n.discoKey,
-			ListenPort:  n.opts.ListenPort,
+			ListenPort:  n.listenPortLocked(),
 			Logger:      n.logger.With("component", "engine"),
 			OnEndpoints: n.onEngineEndpoints,
 		})
@@ -568,7 +586,7 @@ func (n *Node) expiryLoop(ctx context.Context) {
 // applyLocked pushes the current netmap into the engine and MagicDNS.
 func (n *Node) applyLocked() {
 	now := time.Now()
-	if rec := dnsRecords(n.netmap, now, n.opts.DNSUpstreams); !reflect.DeepEqual(rec, n.lastRecords) {
+	if rec := dnsRecords(n.netmap, now, n.upstreamsLocked()); !reflect.DeepEqual(rec, n.lastRecords) {
 		n.resolver.SetRecords(rec)
 		n.lastRecords = rec
 	}
@@ -656,10 +674,15 @@ func (n *Node) Logout(ctx context.Context) error {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.st = &persisted{Coordinator: st.Coordinator, Hostname: st.Hostname}
+	// Forget the identity, keep the settings.
+	n.st = &persisted{
+		Coordinator: st.Coordinator, Hostname: st.Hostname, ShieldsUp: st.ShieldsUp,
+		SOCKS5: st.SOCKS5, HTTPProxy: st.HTTPProxy, DNSListen: st.DNSListen,
+		DNSUpstreams: st.DNSUpstreams, Port: st.Port, Operator: st.Operator,
+	}
 	n.netmap = nil
 	n.state = apitype.StateNoState
-	n.lastRecords = dnsRecords(nil, time.Now(), n.opts.DNSUpstreams)
+	n.lastRecords = dnsRecords(nil, time.Now(), n.upstreamsLocked())
 	n.resolver.SetRecords(n.lastRecords)
 	return n.st.save(n.opts.StateDir)
 }
@@ -703,7 +726,11 @@ func (n *Node) Close() error {
 		}
 	}
 	n.closeEngineLocked()
+	n.stopHostServersLocked()
 	n.cancel()
+	n.mu.Unlock()
+	n.hosts.wg.Wait() // outside mu: their dials take it
+	n.mu.Lock()
 	n.lock.release()
 	return nil
 }
@@ -890,9 +917,9 @@ func (n *Node) dialForDNS(ctx context.Context, network, address string) (net.Con
 // DNSStatus describes the node's MagicDNS configuration.
 func (n *Node) DNSStatus() *apitype.DNSStatus {
 	n.mu.Lock()
-	nm := n.netmap
+	nm, ups := n.netmap, n.upstreamsLocked()
 	n.mu.Unlock()
-	rec := dnsRecords(nm, time.Now(), n.opts.DNSUpstreams)
+	rec := dnsRecords(nm, time.Now(), ups)
 	st := &apitype.DNSStatus{
 		Domain:        rec.Domain,
 		SearchDomains: append([]string{}, rec.SearchDomains...),

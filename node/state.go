@@ -25,6 +25,13 @@ type persisted struct {
 	// a restarted daemon rejoins on its own.
 	WantRunning bool `json:"want_running,omitempty"`
 	ShieldsUp   bool `json:"shields_up,omitempty"`
+	// The daemon settings that `beam set` changes (see apitype.Prefs).
+	SOCKS5       string   `json:"socks5,omitempty"`
+	HTTPProxy    string   `json:"http_proxy,omitempty"`
+	DNSListen    string   `json:"dns_listen,omitempty"`
+	DNSUpstreams []string `json:"dns_upstreams,omitempty"`
+	Port         uint16   `json:"port,omitempty"`
+	Operator     string   `json:"operator,omitempty"`
 	// NetMap is the last netmap, so a daemon restarted while the
 	// coordinator is down still reaches its peers.
 	NetMap *wire.NetMap `json:"netmap,omitempty"`

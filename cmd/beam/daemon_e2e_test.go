@@ -2,7 +2,12 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"beam.dev/beam/localapi/apitype"
 )
 
 // daemonProc is a `beam daemon` the test runs in the foreground.
@@ -111,4 +118,147 @@ func TestDaemonStateDir(t *testing.T) {
 	if _, _, err := c.beam(nil, d.args("status")...); err != nil {
 		t.Fatalf("first daemon after the second was refused: %v", err)
 	}
+}
+
+// daemonPID reads the PID a daemon recorded in its state directory.
+func (d *device) daemonPID() int {
+	b, err := os.ReadFile(filepath.Join(d.state, "daemon.pid"))
+	if err != nil {
+		d.c.t.Fatalf("daemon pid file: %v", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		d.c.t.Fatal(err)
+	}
+	return pid
+}
+
+// processGone reports whether pid has exited (or is a zombie nobody reaped).
+func processGone(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return true
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	// The state is the field after the parenthesized command name.
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] == 'Z'
+	}
+	return false
+}
+
+// TestSettingsLive: settings given to `beam up` on a running daemon apply at
+// once (MagicDNS on a new loopback address answers dig), `beam set
+// --socks5` opens a working proxy, both survive a daemon restart, and
+// `beam daemon stop` stops the daemon.
+func TestSettingsLive(t *testing.T) {
+	c := newCluster(t)
+	key := strings.TrimSpace(c.mustBeam("admin", "authkey", "create", "--coordinator", c.url, "--reusable", "--expiry", "1h"))
+	alpha, beta := c.device("alpha"), c.device("beta")
+	alpha.mustUp("--authkey", key)
+	beta.mustUp("--authkey", key)
+	var betaIP string
+	waitFor(t, 15*time.Second, "alpha sees beta", func() bool {
+		for _, p := range alpha.status().Peers {
+			if p.Name == "beta" && len(p.IPs) > 0 {
+				betaIP = p.IPs[0].String()
+				return true
+			}
+		}
+		return false
+	})
+	domain := alpha.status().DNSDomain
+
+	dnsPort := freePort(t)
+	dig := func() (string, error) {
+		out, err := exec.Command("dig", "+short", "+time=2", "+tries=2", "-p", strconv.Itoa(dnsPort), "@127.0.0.1", "beta."+domain).Output()
+		return strings.TrimSpace(string(out)), err
+	}
+	pidBefore := alpha.daemonPID()
+	alpha.mustUp("--dns-listen", "127.0.0.1:"+strconv.Itoa(dnsPort))
+	if got, err := dig(); err != nil || got != betaIP {
+		t.Fatalf("dig beta after beam up --dns-listen on a running daemon = %q, %v; want %s", got, err, betaIP)
+	}
+	if pid := alpha.daemonPID(); pid != pidBefore {
+		t.Fatalf("beam up replaced the daemon (pid %d, was %d); want the running one to take the setting", pid, pidBefore)
+	}
+
+	hsrv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello from beta") })}
+	hln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go hsrv.Serve(hln)
+	t.Cleanup(func() { hsrv.Close() })
+	socks := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	curl := func() (string, error) {
+		out, err := exec.Command("curl", "-sS", "--max-time", "20", "--socks5-hostname", socks,
+			fmt.Sprintf("http://beta:%d/", hln.Addr().(*net.TCPAddr).Port)).CombinedOutput()
+		return string(out), err
+	}
+	c.mustBeam(alpha.args("set", "--socks5", socks)...)
+	if got, err := curl(); err != nil || got != "hello from beta" {
+		t.Fatalf("curl through the SOCKS5 proxy beam set opened: %q, %v", got, err)
+	}
+	if got := c.mustBeam(alpha.args("set")...); !strings.Contains(got, socks) || !strings.Contains(got, strconv.Itoa(dnsPort)) {
+		t.Fatalf("beam set without flags printed %q; want the SOCKS5 and DNS addresses", got)
+	}
+
+	// beam daemon stop: the daemon exits; the settings stay in the state.
+	c.mustBeam(alpha.args("daemon", "stop")...)
+	waitFor(t, 20*time.Second, "alpha's daemon exits", func() bool { return processGone(pidBefore) })
+	if _, _, err := c.beam(nil, alpha.args("status")...); err == nil {
+		t.Fatal("beam status answers after beam daemon stop")
+	}
+
+	// Restarted without any setting on its command line, it serves both again.
+	p := alpha.startDaemonProc()
+	alpha.waitAlive(p)
+	waitFor(t, 20*time.Second, "alpha rejoins after the restart", func() bool { return alpha.status().State == apitype.StateRunning })
+	if got, err := curl(); err != nil || got != "hello from beta" {
+		t.Fatalf("curl through SOCKS5 after a daemon restart: %q, %v", got, err)
+	}
+	if got, err := dig(); err != nil || got != betaIP {
+		t.Fatalf("dig beta after a daemon restart = %q, %v; want %s", got, err, betaIP)
+	}
+
+	// Turning the proxy off closes it.
+	c.mustBeam(alpha.args("set", "--socks5=")...)
+	if conn, err := net.Dial("tcp", socks); err == nil {
+		conn.Close()
+		t.Fatalf("SOCKS5 still accepts on %s after beam set --socks5=", socks)
+	}
+}
+
+// TestUpDeadCoordinator: `beam up` that starts a daemon and cannot join
+// stops that daemon again and says why.
+func TestUpDeadCoordinator(t *testing.T) {
+	c := newCluster(t)
+	c.stopCoordinator()
+	d := c.device("lonely")
+	out, errOut, err := c.beam(nil, d.args("up", "--coordinator", c.url, "--authkey", "nokey", "--timeout", "60s")...)
+	if err == nil {
+		t.Fatalf("beam up against a dead coordinator exited 0: %q", out)
+	}
+	if !strings.Contains(errOut, "stopped the daemon") {
+		t.Errorf("beam up stderr %q does not say it stopped the daemon", errOut)
+	}
+	// The daemon it started has exited: nothing answers, and the state
+	// directory is free for the next daemon.
+	if _, _, err := c.beam(nil, d.args("status")...); err == nil {
+		t.Fatal("a daemon still answers after the failed beam up")
+	}
+	b, _ := os.ReadFile(filepath.Join(d.state, "daemon.lock"))
+	var holder struct {
+		PID int `json:"pid"`
+	}
+	if err := json.Unmarshal(b, &holder); err != nil || holder.PID == 0 {
+		t.Fatalf("daemon.lock = %q: %v; want the PID of the daemon beam up started", b, err)
+	}
+	waitFor(t, 10*time.Second, "the started daemon's process is gone", func() bool { return processGone(holder.PID) })
+	p := d.startDaemonProc()
+	d.waitAlive(p)
 }

@@ -83,6 +83,59 @@ type UpRequest struct {
 	ShieldsUp *bool `json:"shields_up,omitempty"`
 	// ForceReauth registers again with AuthKey even if a node key is stored.
 	ForceReauth bool `json:"force_reauth,omitempty"`
+	// Prefs, if not nil, changes daemon settings before joining (see
+	// POST /localapi/v0/prefs).
+	Prefs *PrefsPatch `json:"prefs,omitempty"`
+}
+
+// Prefs are the daemon's settings that persist in its state directory and
+// change at run time (beam set, beam up): a restarted daemon keeps them.
+type Prefs struct {
+	// Hostname is the name the node registers with.
+	Hostname string `json:"hostname,omitempty"`
+	// ShieldsUp refuses all inbound connections from peers.
+	ShieldsUp bool `json:"shields_up,omitempty"`
+	// SOCKS5, HTTPProxy and DNSListen are the loopback addresses the
+	// daemon serves a SOCKS5 proxy, an HTTP proxy and MagicDNS on for host
+	// applications; empty serves none.
+	SOCKS5    string `json:"socks5,omitempty"`
+	HTTPProxy string `json:"http_proxy,omitempty"`
+	DNSListen string `json:"dns_listen,omitempty"`
+	// DNSUpstreams are the resolvers (IP or IP:PORT) MagicDNS forwards
+	// other names to when the coordinator names none; empty uses the
+	// host's resolvers.
+	DNSUpstreams []string `json:"dns_upstreams,omitempty"`
+	// Port is the UDP port for WireGuard; 0 is the daemon's default.
+	Port uint16 `json:"port,omitempty"`
+	// Operator is a local user who may use the daemon's socket besides
+	// the daemon's own user and root.
+	Operator string `json:"operator,omitempty"`
+}
+
+// PrefsPatch changes some Prefs: a nil field is left as it is.
+type PrefsPatch struct {
+	Hostname     *string   `json:"hostname,omitempty"`
+	ShieldsUp    *bool     `json:"shields_up,omitempty"`
+	SOCKS5       *string   `json:"socks5,omitempty"`
+	HTTPProxy    *string   `json:"http_proxy,omitempty"`
+	DNSListen    *string   `json:"dns_listen,omitempty"`
+	DNSUpstreams *[]string `json:"dns_upstreams,omitempty"`
+	Port         *uint16   `json:"port,omitempty"`
+	Operator     *string   `json:"operator,omitempty"`
+}
+
+// IsZero reports whether p changes nothing.
+func (p PrefsPatch) IsZero() bool { return p == PrefsPatch{} }
+
+// SetPrefsResponse is the answer of POST /localapi/v0/prefs.
+type SetPrefsResponse struct {
+	// Prefs are the settings now in effect.
+	Prefs Prefs `json:"prefs"`
+	// Name is the node's name at the coordinator after a hostname change
+	// of a registered node; NameChanged is set when the name the hostname
+	// asked for was taken, so the node kept Name.
+	Name        string `json:"name,omitempty"`
+	NameChanged bool   `json:"name_changed,omitempty"`
 }
 
 // UpResponse is the answer of POST /localapi/v0/up.

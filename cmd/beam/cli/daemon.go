@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -15,10 +14,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"beam.dev/beam/localapi"
+	"beam.dev/beam/localapi/apitype"
+	"beam.dev/beam/localclient"
 	"beam.dev/beam/node"
 )
 
@@ -37,15 +39,18 @@ type DaemonOptions struct {
 	ACMECA       string // ACME directory for the certificates of tls routes
 	ACMECARoot   string // PEM file: roots trusted for the ACME server's HTTPS
 	ACMEEmail    string
+	// Prefs holds the settings given as flags (only those given): they
+	// replace the stored ones.
+	Prefs apitype.PrefsPatch
 }
 
 // daemonFlags registers the daemon's own flags on cmd (beam up passes them on).
 func daemonFlags(cmd *cobra.Command, o *DaemonOptions) {
-	cmd.Flags().Uint16Var(&o.Port, "port", 0, "UDP port for WireGuard (0 picks one)")
-	cmd.Flags().StringVar(&o.SOCKS5, "socks5", "", "serve a SOCKS5 proxy into the mesh on this loopback address (e.g. 127.0.0.1:1080)")
-	cmd.Flags().StringVar(&o.HTTPProxy, "http-proxy", "", "serve an HTTP proxy into the mesh on this loopback address")
-	cmd.Flags().StringVar(&o.DNSListen, "dns-listen", "", "also serve MagicDNS on this loopback address (UDP and TCP)")
-	cmd.Flags().StringSliceVar(&o.DNSUpstreams, "dns-upstream", nil, "upstream resolvers for other names (default: /etc/resolv.conf)")
+	cmd.Flags().Uint16Var(&o.Port, "port", 0, "UDP port for WireGuard (0 picks one; kept in the state)")
+	cmd.Flags().StringVar(&o.SOCKS5, "socks5", "", "serve a SOCKS5 proxy into the mesh on this loopback address (e.g. 127.0.0.1:1080; kept in the state, \"\" stops it)")
+	cmd.Flags().StringVar(&o.HTTPProxy, "http-proxy", "", "serve an HTTP proxy into the mesh on this loopback address (kept in the state, \"\" stops it)")
+	cmd.Flags().StringVar(&o.DNSListen, "dns-listen", "", "also serve MagicDNS on this loopback address, UDP and TCP (kept in the state, \"\" stops it)")
+	cmd.Flags().StringSliceVar(&o.DNSUpstreams, "dns-upstream", nil, "upstream resolvers for other names (default: /etc/resolv.conf; kept in the state)")
 	cmd.Flags().StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.Flags().StringVar(&o.ACMECA, "acme-ca", "", "ACME directory URL: terminate TLS of this device's --tls-passthrough routes with its own certificate, obtained by DNS-01 through the coordinator (default: the app terminates TLS)")
 	cmd.Flags().StringVar(&o.ACMECARoot, "acme-ca-root", "", "PEM file of the roots to trust for the ACME server's HTTPS (default: the system roots)")
@@ -58,15 +63,23 @@ func NewCmdDaemon(f *Factory, in *instanceFlags, runF func(*DaemonOptions) error
 	cmd := &cobra.Command{
 		Use:   "daemon",
 		Short: "Run the node daemon in the foreground (beam up starts one if needed)",
-		Args:  cobra.NoArgs,
+		Long: `Run the node daemon in the foreground (beam up starts one if needed).
+
+The settings --socks5, --http-proxy, --dns-listen, --dns-upstream and --port
+are kept in the state directory: a daemon started without them uses the
+stored ones, and 'beam set' changes them while the daemon runs.
+'beam daemon stop' stops the daemon that answers on the socket.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Socket, o.StateDir = in.socketPath(f), in.stateDir(f)
+			o.Prefs = prefsFromFlags(cmd, o)
 			if runF != nil {
 				return runF(o)
 			}
 			return runDaemon(cmd.Context(), f, o)
 		},
 	}
+	cmd.AddCommand(newCmdDaemonStop(f, in))
 	daemonFlags(cmd, o)
 	cmd.Flags().StringVar(&o.Hostname, "hostname", "", "default hostname to register (default: the host's name)")
 	cmd.Flags().StringVar(&o.WGName, "wg-name", "", "serve the WireGuard device read-only as NAME for `wg show NAME` and wgctrl (/var/run/wireguard/NAME.sock)")
@@ -81,33 +94,13 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
-// requireLoopback refuses proxy/DNS listeners on non-loopback addresses:
-// they would open the mesh to the host's network.
-func requireLoopback(flag, addr string) error {
-	ap, err := netip.ParseAddrPort(addr)
-	if err != nil {
-		return fmt.Errorf("--%s %q: want IP:PORT: %w", flag, addr, err)
-	}
-	if !ap.Addr().IsLoopback() {
-		return fmt.Errorf("--%s %s: only loopback addresses are allowed", flag, addr)
-	}
-	return nil
-}
-
 func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 	level, err := parseLevel(o.LogLevel)
 	if err != nil {
 		return err
 	}
-	for flag, v := range map[string]string{"socks5": o.SOCKS5, "http-proxy": o.HTTPProxy, "dns-listen": o.DNSListen} {
-		if v != "" {
-			if err := requireLoopback(flag, v); err != nil {
-				return err
-			}
-		}
-	}
 	logger := f.Logger(level)
-	upstreams, err := dnsUpstreams(o.DNSUpstreams)
+	hostUpstreams, err := dnsUpstreams(nil)
 	if err != nil {
 		return err
 	}
@@ -131,7 +124,7 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 		Socket:           o.Socket,
 		Logger:           logger,
 		ListenPort:       o.Port,
-		DNSUpstreams:     upstreams,
+		DNSUpstreams:     hostUpstreams,
 		Hostname:         hostname,
 		WireGuardName:    o.WGName,
 		ACMEDirectoryURL: o.ACMECA,
@@ -146,12 +139,18 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 	if err != nil {
 		return err
 	}
+	defer ln.Close()
+	// Settings given as flags replace the stored ones and are kept.
+	if !o.Prefs.IsZero() {
+		if _, err := n.SetPrefs(ctx, o.Prefs); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	defer wg.Wait()
-	errc := make(chan error, 4)
-	srv := &http.Server{Handler: localapi.New(n, logger)}
+	errc := make(chan error, 1)
+	srv := &http.Server{Handler: localapi.New(n, localapi.Options{Logger: logger, Shutdown: cancel})}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -159,48 +158,14 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 			errc <- fmt.Errorf("local API: %w", err)
 		}
 	}()
-	defer srv.Close()
-	serve := func(name, addr string, fn func(context.Context, net.Listener) error) error {
-		l, err := net.Listen("tcp", addr)
-		if err != nil {
-			return fmt.Errorf("%s listen: %w", name, err)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := fn(ctx, l); err != nil {
-				errc <- fmt.Errorf("%s: %w", name, err)
-			}
-		}()
-		logger.Info("serving", "what", name, "addr", addr)
-		return nil
-	}
-	if o.SOCKS5 != "" {
-		if err := serve("socks5", o.SOCKS5, n.ServeSOCKS5); err != nil {
-			return err
-		}
-	}
-	if o.HTTPProxy != "" {
-		if err := serve("http-proxy", o.HTTPProxy, n.ServeHTTPProxy); err != nil {
-			return err
-		}
-	}
-	if o.DNSListen != "" {
-		if err := serve("dns-tcp", o.DNSListen, n.Resolver().ServeStream); err != nil {
-			return err
-		}
-		pc, err := net.ListenPacket("udp", o.DNSListen)
-		if err != nil {
-			return fmt.Errorf("dns listen: %w", err)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := n.Resolver().ServePacket(ctx, pc); err != nil {
-				errc <- fmt.Errorf("dns: %w", err)
-			}
-		}()
-	}
+	// The socket answers until the node has stopped and released its
+	// state, so a client that waits for the socket to go quiet (beam
+	// daemon stop) knows the state is free.
+	defer func() {
+		n.Close()
+		srv.Close()
+		wg.Wait()
+	}()
 	if err := n.Start(); err != nil {
 		return err
 	}
@@ -209,7 +174,7 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 		return fmt.Errorf("write pid file: %w", err)
 	}
 	defer os.Remove(pidFile)
-	logger.Info("daemon started", "socket", o.Socket, "state", o.StateDir)
+	logger.Info("daemon started", "socket", o.Socket, "state", o.StateDir, "pid", os.Getpid())
 	select {
 	case <-ctx.Done():
 		logger.Info("daemon stopping")
@@ -251,4 +216,67 @@ func dnsUpstreams(flags []string) ([]netip.AddrPort, error) {
 		}
 	}
 	return out, nil
+}
+
+// prefsFromFlags returns the settings among o's daemon flags that were
+// given on the command line.
+func prefsFromFlags(cmd *cobra.Command, o *DaemonOptions) apitype.PrefsPatch {
+	var p apitype.PrefsPatch
+	fl := cmd.Flags()
+	if fl.Changed("socks5") {
+		p.SOCKS5 = &o.SOCKS5
+	}
+	if fl.Changed("http-proxy") {
+		p.HTTPProxy = &o.HTTPProxy
+	}
+	if fl.Changed("dns-listen") {
+		p.DNSListen = &o.DNSListen
+	}
+	if fl.Changed("dns-upstream") {
+		p.DNSUpstreams = &o.DNSUpstreams
+	}
+	if fl.Changed("port") {
+		p.Port = &o.Port
+	}
+	return p
+}
+
+// newCmdDaemonStop returns beam daemon stop.
+func newCmdDaemonStop(f *Factory, in *instanceFlags) *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "stop",
+		Short: "Stop the daemon that answers on the socket (its state is kept; beam up starts it again)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			lc := in.client(f)
+			if err := stopDaemon(ctx, lc); err != nil {
+				return err
+			}
+			fmt.Fprintf(f.ErrOut, "daemon on %s stopped\n", lc.Socket)
+			return nil
+		},
+	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 30*time.Second, "how long to wait for the daemon to exit")
+	return cmd
+}
+
+// stopDaemon asks the daemon on lc's socket to exit and waits until
+// nothing answers there any more.
+func stopDaemon(ctx context.Context, lc *localclient.Client) error {
+	if err := lc.Shutdown(ctx); err != nil {
+		return fmt.Errorf("stop daemon: %w", err)
+	}
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for lc.Alive(ctx) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("stop daemon: still answering on %s", lc.Socket)
+		case <-tick.C:
+		}
+	}
+	return nil
 }

@@ -70,6 +70,7 @@ func NewCmdRoot(f *Factory) *cobra.Command {
 		NewCmdDaemon(f, in, nil),
 		NewCmdUp(f, in, nil),
 		NewCmdDown(f, in),
+		NewCmdSet(f, in, nil),
 		NewCmdLogout(f, in),
 		NewCmdStatus(f, in),
 		NewCmdIP(f, in),

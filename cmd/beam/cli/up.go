@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
@@ -42,6 +41,7 @@ func NewCmdUp(f *Factory, in *instanceFlags, runF func(*UpOptions) error) *cobra
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.shieldsUpSet = cmd.Flags().Changed("shields-up")
 			o.Daemon.Socket, o.Daemon.StateDir = in.socketPath(f), in.stateDir(f)
+			o.Daemon.Prefs = prefsFromFlags(cmd, &o.Daemon)
 			if o.AuthKey == "" {
 				o.AuthKey = f.getenv("BEAM_AUTHKEY")
 			}
@@ -69,16 +69,22 @@ func runUp(ctx context.Context, f *Factory, in *instanceFlags, o *UpOptions) err
 	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
 	defer cancel()
 	lc := in.client(f)
+	var started *startedDaemon
 	if !lc.Alive(ctx) {
-		if err := startDaemon(ctx, lc, o); err != nil {
+		d, err := startDaemon(ctx, lc, o)
+		if err != nil {
 			return err
 		}
+		started = d
 	}
 	req := apitype.UpRequest{
 		Coordinator: o.Coordinator,
 		AuthKey:     o.AuthKey,
 		Hostname:    o.Hostname,
 		ForceReauth: o.ForceReauth,
+	}
+	if !o.Daemon.Prefs.IsZero() {
+		req.Prefs = &o.Daemon.Prefs
 	}
 	if o.shieldsUpSet {
 		req.ShieldsUp = &o.ShieldsUp
@@ -108,6 +114,14 @@ func runUp(ctx context.Context, f *Factory, in *instanceFlags, o *UpOptions) err
 	stopWait()
 	<-waitDone
 	if err != nil {
+		if started != nil {
+			// Leave nothing behind that this command started for a join
+			// that did not happen.
+			if serr := started.stop(lc); serr != nil {
+				return fmt.Errorf("%w (and the daemon beam up started for this did not stop: %v; log: %s)", err, serr, started.logPath)
+			}
+			return fmt.Errorf("%w (beam up stopped the daemon it had started for this; log: %s)", err, started.logPath)
+		}
 		return err
 	}
 	if o.JSON {
@@ -126,55 +140,97 @@ func runUp(ctx context.Context, f *Factory, in *instanceFlags, o *UpOptions) err
 	return nil
 }
 
+// startedDaemon is a daemon beam up started.
+type startedDaemon struct {
+	cmd     *exec.Cmd
+	exited  chan struct{} // closed when it exited
+	logPath string
+}
+
+// stop asks the daemon to exit and waits for it; after a grace period it
+// is killed.
+func (d *startedDaemon) stop(lc *localclient.Client) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := lc.Shutdown(ctx); err != nil {
+		d.cmd.Process.Signal(syscall.SIGTERM)
+	}
+	select {
+	case <-d.exited:
+		return nil
+	case <-ctx.Done():
+	}
+	d.cmd.Process.Kill()
+	select {
+	case <-d.exited:
+		return nil
+	case <-time.After(5 * time.Second):
+		return fmt.Errorf("pid %d does not exit", d.cmd.Process.Pid)
+	}
+}
+
 // startDaemon runs `beam daemon` detached, logging to STATE/beam.log, and
-// waits until it answers on the socket.
-func startDaemon(ctx context.Context, lc *localclient.Client, o *UpOptions) error {
+// waits until it answers on the socket. The settings among o's flags go
+// to the daemon with the up request, not on its command line.
+func startDaemon(ctx context.Context, lc *localclient.Client, o *UpOptions) (*startedDaemon, error) {
 	exe, err := os.Executable()
 	if err != nil {
-		return fmt.Errorf("find beam binary: %w", err)
+		return nil, fmt.Errorf("find beam binary: %w", err)
 	}
 	if err := os.MkdirAll(o.Daemon.StateDir, 0o700); err != nil {
-		return fmt.Errorf("create state dir: %w", err)
+		return nil, fmt.Errorf("create state dir: %w", err)
 	}
 	logPath := filepath.Join(o.Daemon.StateDir, "beam.log")
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return fmt.Errorf("open daemon log: %w", err)
+		return nil, fmt.Errorf("open daemon log: %w", err)
 	}
 	defer logf.Close()
-	args := []string{"--socket", o.Daemon.Socket, "--state", o.Daemon.StateDir, "daemon",
-		"--port", strconv.Itoa(int(o.Daemon.Port)), "--log-level", o.Daemon.LogLevel}
-	for flag, v := range map[string]string{"--socks5": o.Daemon.SOCKS5, "--http-proxy": o.Daemon.HTTPProxy, "--dns-listen": o.Daemon.DNSListen, "--hostname": o.Hostname,
-		"--acme-ca": o.Daemon.ACMECA, "--acme-ca-root": o.Daemon.ACMECARoot, "--acme-email": o.Daemon.ACMEEmail} {
-		if v != "" {
-			args = append(args, flag, v)
+	args := []string{"--socket", o.Daemon.Socket, "--state", o.Daemon.StateDir, "daemon", "--log-level", o.Daemon.LogLevel}
+	for _, fv := range [][2]string{{"--hostname", o.Hostname},
+		{"--acme-ca", o.Daemon.ACMECA}, {"--acme-ca-root", o.Daemon.ACMECARoot}, {"--acme-email", o.Daemon.ACMEEmail}} {
+		if fv[1] != "" {
+			args = append(args, fv[0], fv[1])
 		}
-	}
-	for _, u := range o.Daemon.DNSUpstreams {
-		args = append(args, "--dns-upstream", u)
 	}
 	cmd := exec.Command(exe, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = detachAttr()
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start daemon: %w", err)
+		return nil, fmt.Errorf("start daemon: %w", err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	d := &startedDaemon{cmd: cmd, exited: make(chan struct{}), logPath: logPath}
+	var waitErr error
+	go func() {
+		waitErr = cmd.Wait()
+		close(d.exited)
+	}()
 	tick := time.NewTicker(50 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		select {
-		case err := <-exited:
-			return fmt.Errorf("daemon exited at start (%v); see %s", err, logPath)
+		case <-d.exited:
+			return nil, fmt.Errorf("daemon exited at start (%v): %s", waitErr, lastLogLine(logPath))
 		case <-ctx.Done():
-			return errors.New("daemon did not start in time; see " + logPath)
+			d.stop(lc)
+			return nil, errors.New("daemon did not start in time; see " + logPath)
 		case <-tick.C:
 			if lc.Alive(ctx) {
-				return nil
+				return d, nil
 			}
 		}
 	}
+}
+
+// lastLogLine returns the last line of the daemon log at path (where a
+// daemon that failed at start wrote why), or a pointer to the file.
+func lastLogLine(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "see " + path
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	return lines[len(lines)-1] + " (log: " + path + ")"
 }
 
 // NewCmdDown returns the beam down command.

@@ -1,0 +1,126 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"beam.dev/beam/localapi/apitype"
+)
+
+// SetOptions are the flags of beam set.
+type SetOptions struct {
+	Daemon    DaemonOptions
+	Hostname  string
+	ShieldsUp bool
+	Operator  string
+	JSON      bool
+
+	// Prefs holds the settings given on the command line.
+	Prefs apitype.PrefsPatch
+}
+
+// NewCmdSet returns the beam set command: change daemon settings without
+// joining again.
+func NewCmdSet(f *Factory, in *instanceFlags, runF func(*SetOptions) error) *cobra.Command {
+	o := &SetOptions{}
+	cmd := &cobra.Command{
+		Use:   "set",
+		Short: "Change daemon settings at once, without joining again (no flags: show them)",
+		Long: `Change the running daemon's settings. They apply at once and are kept in the
+state directory, so a restarted daemon keeps them. Only the flags given change;
+an empty value ("") stops a listener or resets a setting to its default.
+A new --hostname of a registered node renames it at the coordinator when the
+name is free. Without flags, beam set prints the settings.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.Prefs = prefsFromFlags(cmd, &o.Daemon)
+			fl := cmd.Flags()
+			if fl.Changed("hostname") {
+				o.Prefs.Hostname = &o.Hostname
+			}
+			if fl.Changed("shields-up") {
+				o.Prefs.ShieldsUp = &o.ShieldsUp
+			}
+			if fl.Changed("operator") {
+				o.Prefs.Operator = &o.Operator
+			}
+			if runF != nil {
+				return runF(o)
+			}
+			return runSet(cmd.Context(), f, in, o)
+		},
+	}
+	fl := cmd.Flags()
+	fl.Uint16Var(&o.Daemon.Port, "port", 0, "UDP port for WireGuard (0 picks one); the engine restarts on it")
+	fl.StringVar(&o.Daemon.SOCKS5, "socks5", "", "serve a SOCKS5 proxy into the mesh on this loopback address (\"\" stops it)")
+	fl.StringVar(&o.Daemon.HTTPProxy, "http-proxy", "", "serve an HTTP proxy into the mesh on this loopback address (\"\" stops it)")
+	fl.StringVar(&o.Daemon.DNSListen, "dns-listen", "", "serve MagicDNS on this loopback address, UDP and TCP (\"\" stops it)")
+	fl.StringSliceVar(&o.Daemon.DNSUpstreams, "dns-upstream", nil, "upstream resolvers for other names (\"\" resets to /etc/resolv.conf)")
+	fl.StringVar(&o.Hostname, "hostname", "", "the node's hostname; renames a registered node when the name is free")
+	fl.BoolVar(&o.ShieldsUp, "shields-up", false, "refuse all inbound connections from peers")
+	fl.StringVar(&o.Operator, "operator", "", "local user who may use the daemon's socket besides its own user and root (\"\" removes it)")
+	fl.BoolVar(&o.JSON, "json", false, "print the result as JSON")
+	return cmd
+}
+
+func runSet(ctx context.Context, f *Factory, in *instanceFlags, o *SetOptions) error {
+	lc := in.client(f)
+	if o.Prefs.IsZero() {
+		p, err := lc.Prefs(ctx)
+		if err != nil {
+			return err
+		}
+		if o.JSON {
+			return writeIndentedJSON(f.Out, p)
+		}
+		printPrefs(f.Out, p)
+		return nil
+	}
+	resp, err := lc.SetPrefs(ctx, o.Prefs)
+	if err != nil {
+		return err
+	}
+	if o.JSON {
+		return writeIndentedJSON(f.Out, resp)
+	}
+	if resp.NameChanged {
+		fmt.Fprintf(f.ErrOut, "note: the name for hostname %q is taken; this node stays %q\n", resp.Prefs.Hostname, resp.Name)
+	} else if resp.Name != "" {
+		fmt.Fprintf(f.ErrOut, "this node is now %q\n", resp.Name)
+	}
+	printPrefs(f.Out, &resp.Prefs)
+	return nil
+}
+
+func writeIndentedJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// printPrefs prints one setting per line; unset ones show their default.
+func printPrefs(w io.Writer, p *apitype.Prefs) {
+	or := func(s, def string) string {
+		if s == "" {
+			return def
+		}
+		return s
+	}
+	port := "auto"
+	if p.Port != 0 {
+		port = fmt.Sprint(p.Port)
+	}
+	fmt.Fprintf(w, "hostname      %s\n", or(p.Hostname, "(the host's name)"))
+	fmt.Fprintf(w, "shields-up    %v\n", p.ShieldsUp)
+	fmt.Fprintf(w, "socks5        %s\n", or(p.SOCKS5, "off"))
+	fmt.Fprintf(w, "http-proxy    %s\n", or(p.HTTPProxy, "off"))
+	fmt.Fprintf(w, "dns-listen    %s\n", or(p.DNSListen, "off"))
+	fmt.Fprintf(w, "dns-upstream  %s\n", or(strings.Join(p.DNSUpstreams, ","), "(the host's resolvers)"))
+	fmt.Fprintf(w, "port          %s\n", port)
+	fmt.Fprintf(w, "operator      %s\n", or(p.Operator, "(none)"))
+}
