@@ -135,7 +135,7 @@ func (d *device) daemonPID() int {
 
 // processGone reports whether pid has exited (or is a zombie nobody reaped).
 func processGone(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
+	if p, err := os.FindProcess(pid); err != nil || p.Signal(syscall.Signal(0)) != nil {
 		return true
 	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))

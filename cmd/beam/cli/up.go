@@ -153,7 +153,7 @@ func (d *startedDaemon) stop(lc *localclient.Client) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := lc.Shutdown(ctx); err != nil {
-		d.cmd.Process.Signal(syscall.SIGTERM)
+		d.cmd.Process.Signal(os.Interrupt)
 	}
 	select {
 	case <-d.exited:
