@@ -11,10 +11,14 @@ import (
 
 const (
 	// switchUpgradeMaxGap is the longest pause a flow may show while its
-	// path upgrades from relay to direct.
+	// path upgrades from relay to direct. An upgrade should not pause the
+	// flow at all: measured 29-106 ms (the flow's own 20 ms spacing plus
+	// scheduling) in 6 upgrades; the bound is ten times that.
 	switchUpgradeMaxGap = time.Second
 	// switchFallbackMaxGap is the longest pause a flow may show when its
-	// direct path dies and traffic falls back to the relay.
+	// direct path dies and traffic falls back to the relay: a second of
+	// quiet before the relay carries a copy, then a round trip. Measured
+	// 1.42-1.43 s in 3 runs; the bound leaves 1.5 s for a loaded machine.
 	switchFallbackMaxGap = 3 * time.Second
 	// switchLimit bounds each path change.
 	switchLimit = 30 * time.Second
