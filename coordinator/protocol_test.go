@@ -174,15 +174,47 @@ func TestAdminRequiresToken(t *testing.T) {
 }
 
 func TestDERPVerify(t *testing.T) {
-	c := startCoord(t, nil)
+	const relayToken = "relay-token-0123456789"
+	c := startCoord(t, func(o *coordinator.Options) { o.RelayToken = relayToken })
 	n := newNode(t, c.URL)
 	n.register(t, c.authKey(t, coordinator.AuthKeyOptions{}), "relayuser")
-	check := func(k string, wantStatus int, wantAllow bool) {
+	ask := func(k, token string) *http.Response {
 		t.Helper()
-		resp, err := http.Get(c.URL + "/api/v1/derp/verify?key=" + k)
+		req, _ := http.NewRequest("GET", c.URL+"/api/v1/derp/verify?key="+k, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
+		return resp
+	}
+	// Only relays (and the admin) may ask: anyone else learns nothing,
+	// whether the key is registered or not.
+	var bodies []string
+	for _, k := range []string{n.NodeKey().String(), key.NewNode().Public().String(), "garbage"} {
+		for _, tok := range []string{"", "wrong", relayToken + "x"} {
+			resp := ask(k, tok)
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusUnauthorized {
+				t.Errorf("verify %.20s with token %q: %d, want 401", k, tok, resp.StatusCode)
+			}
+			bodies = append(bodies, string(b))
+		}
+	}
+	for _, b := range bodies[1:] {
+		if b != bodies[0] {
+			t.Errorf("refusals differ: %q and %q", bodies[0], b)
+		}
+	}
+	if resp := ask(n.NodeKey().String(), testToken); resp.StatusCode != 200 {
+		t.Errorf("verify with the admin token: %d, want 200", resp.StatusCode)
+	}
+	check := func(k string, wantStatus int, wantAllow bool) {
+		t.Helper()
+		resp := ask(k, relayToken)
 		defer resp.Body.Close()
 		var v struct{ Allow bool }
 		json.NewDecoder(resp.Body).Decode(&v)

@@ -58,6 +58,11 @@ type Options struct {
 	// hash is stored). Empty keeps the token whose hash is already stored;
 	// with none stored, the admin API refuses every request.
 	AdminToken string
+	// RelayToken, if set, is the bearer token relays present to ask
+	// GET /api/v1/derp/verify whether a node key may use them (the admin
+	// token may ask too). Nobody else may: the answer tells whether a
+	// key is registered. Only its hash is kept, in memory.
+	RelayToken string
 	// BaseDomain is the parent of every network's domain; empty means
 	// DefaultBaseDomain.
 	BaseDomain string
@@ -127,6 +132,7 @@ type Server struct {
 	now        func() time.Time
 	policy     PolicyFunc
 	adminHash  []byte // SHA-256 of the admin token; nil means admin API disabled
+	relayHash  []byte // SHA-256 of the relay token; nil means none
 	mux        *http.ServeMux
 	replay     replayCache
 	derpMap    atomic.Pointer[wire.DERPMap]
@@ -213,6 +219,10 @@ func New(opts Options) (*Server, error) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	if opts.RelayToken != "" {
+		h := sha256.Sum256([]byte(opts.RelayToken))
+		s.relayHash = h[:]
+	}
 	if err := s.load(ctx, opts.AdminToken); err != nil {
 		return nil, err
 	}
@@ -421,6 +431,11 @@ func (s *Server) handleDERPVerify(w http.ResponseWriter, r *http.Request) {
 	type verdict struct {
 		Allow bool `json:"allow"`
 	}
+	if !bearerIs(r, s.relayHash) && !bearerIs(r, s.adminHash) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="beam"`)
+		writeError(w, errorf(http.StatusUnauthorized, CodeUnauthorized, "missing or wrong relay token"))
+		return
+	}
 	w.Header().Set("Content-Type", "application/json")
 	nk, err := key.ParseNodePublic(r.URL.Query().Get("key"))
 	if err != nil {
@@ -439,17 +454,22 @@ func (s *Server) handleDERPVerify(w http.ResponseWriter, r *http.Request) {
 	jsonEncode(w, verdict{Allow: allow})
 }
 
+// bearerIs reports whether r carries a bearer token whose SHA-256 is
+// hash (never, for a nil hash).
+func bearerIs(r *http.Request, hash []byte) bool {
+	const prefix = "Bearer "
+	auth := r.Header.Get("Authorization")
+	if hash == nil || len(auth) <= len(prefix) || auth[:len(prefix)] != prefix {
+		return false
+	}
+	got := sha256.Sum256([]byte(auth[len(prefix):]))
+	return subtle.ConstantTimeCompare(got[:], hash) == 1
+}
+
 // requireAdmin wraps h so it runs only with the admin bearer token.
 func (s *Server) requireAdmin(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		const prefix = "Bearer "
-		auth := r.Header.Get("Authorization")
-		ok := false
-		if s.adminHash != nil && len(auth) > len(prefix) && auth[:len(prefix)] == prefix {
-			got := sha256.Sum256([]byte(auth[len(prefix):]))
-			ok = subtle.ConstantTimeCompare(got[:], s.adminHash) == 1
-		}
-		if !ok {
+		if !bearerIs(r, s.adminHash) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="beam"`)
 			writeError(w, errorf(http.StatusUnauthorized, CodeUnauthorized, "missing or wrong admin token"))
 			return

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	"time"
 
 	"beam.dev/beam/coordclient"
+	"beam.dev/beam/derp"
 	"beam.dev/beam/types/key"
 )
 
@@ -458,5 +461,93 @@ func TestPasswordGuessing(t *testing.T) {
 	}
 	if code, _ := try(user, "right-password"); code != 200 {
 		t.Errorf("another address with the right password: %d, want 200", code)
+	}
+}
+
+// TestRelayVerifyNeedsRelayToken asks the coordinator whether node keys
+// are registered, as an outsider: it learns nothing. A relay given the
+// coordinator's relay token still admits the registered node and refuses
+// an unknown key; one started without the token refuses to start.
+func TestRelayVerifyNeedsRelayToken(t *testing.T) {
+	c := newCluster(t)
+	key1 := strings.TrimSpace(c.mustBeam("admin", "authkey", "create", "--coordinator", c.url))
+	alpha := c.device("alpha")
+	alpha.mustUp("--authkey", key1)
+	b, err := os.ReadFile(filepath.Join(alpha.state, "state.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		PrivateKey key.NodePrivate `json:"private_key"`
+	}
+	if err := json.Unmarshal(b, &st); err != nil || st.PrivateKey.IsZero() {
+		t.Fatalf("alpha's node key: %v", err)
+	}
+	stranger := key.NewNode()
+
+	// The outsider: the same refusal for a registered key and for any other.
+	var answers []string
+	for _, k := range []string{st.PrivateKey.Public().String(), stranger.Public().String()} {
+		for _, auth := range []string{"", "Bearer " + strings.Repeat("x", 64)} {
+			req, _ := http.NewRequest("GET", c.url+"/api/v1/derp/verify?key="+k, nil)
+			if auth != "" {
+				req.Header.Set("Authorization", auth)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusUnauthorized {
+				t.Errorf("an outsider asked about %.20s (auth %q): %d %s, want 401", k, auth, resp.StatusCode, body)
+			}
+			answers = append(answers, string(body))
+		}
+	}
+	for _, a := range answers[1:] {
+		if a != answers[0] {
+			t.Errorf("the outsider can tell keys apart: %q vs %q", answers[0], a)
+		}
+	}
+
+	// A relay without the token does not start.
+	_, errOut, err := c.beam(nil, "derp", "--addr", "127.0.0.1:0", "--stun-addr", "", "--state", filepath.Join(c.dir, "derp-x"), "--verify-clients", c.url)
+	if err == nil || !strings.Contains(errOut, "--verify-token-file") {
+		t.Errorf("beam derp --verify-clients without a token: err %v, stderr %q; want a refusal naming --verify-token-file", err, errOut)
+	}
+
+	// A relay with it admits alpha and refuses the stranger.
+	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	logf, err := os.Create(filepath.Join(c.dir, "derp.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(c.bin, "derp", "--addr", addr, "--stun-addr", "", "--state", filepath.Join(c.dir, "derp"),
+		"--verify-clients", c.url, "--verify-token-file", filepath.Join(c.dir, "coord", "relay.token"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logf.Close()
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	waitFor(t, 10*time.Second, "relay answers", func() bool {
+		resp, err := http.Get("http://" + addr + "/generate_204")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return true
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	dc, err := derp.Dial(ctx, "http://"+addr, st.PrivateKey, derp.ClientOptions{})
+	if err != nil {
+		b, _ := os.ReadFile(filepath.Join(c.dir, "derp.log"))
+		t.Fatalf("alpha's key at the verifying relay: %v\nrelay log:\n%s", err, b)
+	}
+	dc.Close()
+	if _, err := derp.Dial(ctx, "http://"+addr, stranger, derp.ClientOptions{}); !errors.Is(err, derp.ErrRefused) {
+		t.Errorf("a stranger's key at the verifying relay: %v, want refused", err)
 	}
 }

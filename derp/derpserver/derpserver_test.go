@@ -253,6 +253,10 @@ func TestVerifyClient(t *testing.T) {
 			http.NotFound(w, r)
 			return
 		}
+		if r.Header.Get("Authorization") != "Bearer relay-secret" {
+			http.Error(w, "no relay token", http.StatusUnauthorized)
+			return
+		}
 		k, err := key.ParseNodePublic(r.URL.Query().Get("key"))
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
@@ -270,7 +274,7 @@ func TestVerifyClient(t *testing.T) {
 	}))
 	defer coord.Close()
 
-	_, url := newServer(t, derpserver.Options{VerifyClient: derpserver.VerifyWithCoordinator(coord.URL, coord.Client())})
+	_, url := newServer(t, derpserver.Options{VerifyClient: derpserver.VerifyWithCoordinator(coord.URL, "relay-secret", coord.Client())})
 	dial(t, url, allowed, false)
 	_, err := derp.Dial(t.Context(), url, denied, derp.ClientOptions{})
 	if !errors.Is(err, derp.ErrRefused) {
@@ -283,12 +287,16 @@ func TestVerifyClient(t *testing.T) {
 		t.Errorf("coordinator was asked %v, want [allowed denied]", got)
 	}
 
-	verify := derpserver.VerifyWithCoordinator(coord.URL+"/", nil)
+	verify := derpserver.VerifyWithCoordinator(coord.URL+"/", "relay-secret", nil)
 	if err := verify(t.Context(), denied.Public()); !errors.Is(err, derpserver.ErrNotAdmitted) {
 		t.Errorf("verify(denied) = %v, want ErrNotAdmitted", err)
 	}
 	if err := verify(t.Context(), allowed.Public()); err != nil {
 		t.Errorf("verify(allowed) = %v, want nil", err)
+	}
+	noToken := derpserver.VerifyWithCoordinator(coord.URL, "", nil)
+	if err := noToken(t.Context(), allowed.Public()); !errors.Is(err, derpserver.ErrNotAdmitted) {
+		t.Errorf("verify(allowed) without the relay token = %v, want ErrNotAdmitted", err)
 	}
 }
 

@@ -98,12 +98,13 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 var ErrNotAdmitted = errors.New("derpserver: node key not admitted")
 
 // VerifyWithCoordinator returns an Options.VerifyClient func that asks the
-// coordinator at baseURL with GET <baseURL>/api/v1/derp/verify?key=nodekey:…
+// coordinator at baseURL with GET <baseURL>/api/v1/derp/verify?key=nodekey:…,
+// presenting token (the coordinator's relay token) as a bearer token,
 // and admits the key on HTTP 200 (unless the JSON body says
 // {"allow":false}). Any other status, or an unreachable coordinator,
 // refuses the key. hc is the HTTP client to use; a client with a 10s
 // timeout if nil.
-func VerifyWithCoordinator(baseURL string, hc *http.Client) func(ctx context.Context, k key.NodePublic) error {
+func VerifyWithCoordinator(baseURL, token string, hc *http.Client) func(ctx context.Context, k key.NodePublic) error {
 	if hc == nil {
 		hc = &http.Client{Timeout: 10 * time.Second}
 	}
@@ -113,6 +114,9 @@ func VerifyWithCoordinator(baseURL string, hc *http.Client) func(ctx context.Con
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 		if err != nil {
 			return fmt.Errorf("derpserver: verify %s: %w", k.ShortString(), err)
+		}
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
 		}
 		resp, err := hc.Do(req)
 		if err != nil {

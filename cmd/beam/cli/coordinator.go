@@ -63,8 +63,10 @@ func NewCmdCoordinator(f *Factory, runF func(*CoordinatorOptions) error) *cobra.
 and the netmap stream for every node.
 
 On first start it creates the data directory with coordinator.db (SQLite),
-coordinator.key (the machine key) and admin.token (the admin API token; only
-its hash is kept in the database). Use the token with beam admin:
+coordinator.key (the machine key), admin.token (the admin API token; only
+its hash is kept in the database) and relay.token (what relays started with
+--verify-clients present to ask whether a node may use them; give it to
+them with --verify-token-file). Use the admin token with beam admin:
 
   export BEAM_ADMIN_TOKEN=$(cat DATA/admin.token)`,
 		Args: cobra.NoArgs,
@@ -118,6 +120,10 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	if err != nil {
 		return err
 	}
+	relayToken, _, err := loadOrCreateToken(filepath.Join(opts.DataDir, "relay.token"))
+	if err != nil {
+		return err
+	}
 	dbPath := filepath.Join(opts.DataDir, "coordinator.db")
 	// Create the database 0600 before SQLite does (it would use 0644);
 	// SQLite gives its -wal and -shm files the same mode.
@@ -136,6 +142,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 		PrivateKey: priv,
 		Logger:     logger,
 		AdminToken: token,
+		RelayToken: relayToken,
 		BaseDomain: opts.BaseDomain,
 		DERPMap:    derpMap,
 		DevMode:    opts.Dev,

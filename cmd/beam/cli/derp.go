@@ -36,6 +36,9 @@ type DERPOptions struct {
 	// VerifyClients is the coordinator's base URL; when set, only node
 	// keys it admits may connect.
 	VerifyClients string
+	// VerifyTokenFile holds the coordinator's relay token (its
+	// DATA/relay.token), needed with VerifyClients.
+	VerifyTokenFile string
 	// MeshWith lists the URLs of the region's other relays.
 	MeshWith []string
 	// MeshKeyFile holds the region's mesh key.
@@ -85,7 +88,8 @@ with --mesh-with and the same secret in --mesh-key-file.`,
 	fl.StringVar(&opts.STUNAddr, "stun-addr", ":3478", `UDP address of the STUN responder; "" disables it`)
 	fl.StringVar(&opts.TLSCert, "tls-cert", "", "TLS certificate PEM file (with --tls-key); plain HTTP if unset")
 	fl.StringVar(&opts.TLSKey, "tls-key", "", "TLS private key PEM file")
-	fl.StringVar(&opts.VerifyClients, "verify-clients", "", "coordinator URL; admit only node keys it knows")
+	fl.StringVar(&opts.VerifyClients, "verify-clients", "", "coordinator URL; admit only node keys it knows (needs --verify-token-file)")
+	fl.StringVar(&opts.VerifyTokenFile, "verify-token-file", "", "file holding the coordinator's relay token (the coordinator's DATA/relay.token)")
 	fl.StringSliceVar(&opts.MeshWith, "mesh-with", nil, "comma-separated URLs of the region's other relays")
 	fl.StringVar(&opts.MeshKeyFile, "mesh-key-file", "", "file holding the region's mesh key (needed with --mesh-with)")
 	fl.StringVar(&opts.KeyFile, "key-file", "", "machine key file, created 0600 if missing (default STATE/derp.key)")
@@ -146,7 +150,18 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 	}
 	var verify func(context.Context, key.NodePublic) error
 	if opts.VerifyClients != "" {
-		verify = derpserver.VerifyWithCoordinator(opts.VerifyClients, nil)
+		if opts.VerifyTokenFile == "" {
+			return errors.New("--verify-clients needs --verify-token-file: the coordinator answers relays only (its DATA/relay.token)")
+		}
+		b, err := os.ReadFile(opts.VerifyTokenFile)
+		if err != nil {
+			return fmt.Errorf("read --verify-token-file: %w", err)
+		}
+		tok := strings.TrimSpace(string(b))
+		if len(tok) < 16 {
+			return fmt.Errorf("relay token in %s is too short (want at least 16 characters)", opts.VerifyTokenFile)
+		}
+		verify = derpserver.VerifyWithCoordinator(opts.VerifyClients, tok, nil)
 	}
 
 	// Relay connections ask for BBR (see internal/tcpcc).

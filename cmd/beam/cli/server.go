@@ -166,6 +166,10 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if err != nil {
 		return err
 	}
+	relayToken, _, err := loadOrCreateToken(filepath.Join(o.DataDir, "relay.token"))
+	if err != nil {
+		return err
+	}
 	dbPath := filepath.Join(o.DataDir, "coordinator.db")
 	if fh, err := os.OpenFile(dbPath, os.O_RDWR|os.O_CREATE, 0o600); err != nil {
 		return fmt.Errorf("create database: %w", err)
@@ -269,6 +273,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		PrivateKey: priv,
 		Logger:     logger.With("component", "coordinator"),
 		AdminToken: token,
+		RelayToken: relayToken,
 		DERPMap:    derpMap,
 		DevMode:    o.Dev,
 	}
