@@ -31,6 +31,18 @@ type ResolverOptions struct {
 	// peer".
 	AllowSource func(netip.Addr) bool
 
+	// AllowClient, if non-nil, is also asked about each query's client
+	// address (with its port); refused clients get REFUSED. Nil allows every
+	// client AllowSource admits. The node refuses clients that are its
+	// netstack forwarding a peer's connection or flow to the host's loopback.
+	AllowClient func(net.Addr) bool
+
+	// OnServe, if non-nil, is called with the local address of each listener
+	// and packet conn when ServeStream or ServePacket starts serving it
+	// (serving true) and when it stops (false). The node keeps peers off its
+	// own DNS listeners with it.
+	OnServe func(addr net.Addr, serving bool)
+
 	// RateLimit is the per-source query rate and Burst its bucket size. Zero means
 	// DefaultRateLimit and DefaultBurst; rate.Inf disables the limit. Over UDP,
 	// queries over the limit are dropped; over TCP they get REFUSED.
@@ -49,11 +61,12 @@ type ResolverOptions struct {
 // Records snapshot and forwards the rest. It is safe for concurrent use; the
 // zero value is not usable, see NewResolver.
 type Resolver struct {
-	logger *slog.Logger
-	dial   func(ctx context.Context, network, addr string) (net.Conn, error)
-	now    func() time.Time
-	fe     *frontend
-	cache  *cache
+	logger  *slog.Logger
+	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
+	now     func() time.Time
+	fe      *frontend
+	cache   *cache
+	onServe func(net.Addr, bool) // nil: nobody to tell
 
 	snap atomic.Pointer[snapshot] // current records; swapped whole by SetRecords
 
@@ -72,9 +85,10 @@ type Resolver struct {
 // and forwards nowhere until SetRecords is called.
 func NewResolver(opts ResolverOptions) *Resolver {
 	r := &Resolver{
-		logger: opts.Logger,
-		dial:   opts.Dial,
-		now:    opts.Now,
+		logger:  opts.Logger,
+		dial:    opts.Dial,
+		now:     opts.Now,
+		onServe: opts.OnServe,
 	}
 	if r.logger == nil {
 		r.logger = slog.New(slog.DiscardHandler)
@@ -94,6 +108,7 @@ func NewResolver(opts ResolverOptions) *Resolver {
 	r.inflight = make(chan struct{}, maxInflight)
 	r.flights = make(map[cacheKey]*flight)
 	r.fe = newFrontend(r.logger, opts.AllowSource, opts.RateLimit, opts.Burst, r.now)
+	r.fe.allowClient = opts.AllowClient
 	r.serial = uint32(r.now().Unix())
 	r.snap.Store(newSnapshot(nil, r.serial))
 	return r

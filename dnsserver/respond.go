@@ -45,10 +45,12 @@ type request struct {
 
 // frontend holds the abuse rules both servers apply before answering.
 type frontend struct {
-	logger  *slog.Logger
-	allow   func(netip.Addr) bool // nil = all
-	limiter *sourceLimiter
-	logRate rate.Sometimes // rate-limits logs on the per-query path
+	logger *slog.Logger
+	allow  func(netip.Addr) bool // nil = all
+	// allowClient judges the client's full address after allow; nil = all.
+	allowClient func(net.Addr) bool
+	limiter     *sourceLimiter
+	logRate     rate.Sometimes // rate-limits logs on the per-query path
 }
 
 func newFrontend(logger *slog.Logger, allow func(netip.Addr) bool, limit rate.Limit, burst int, now func() time.Time) *frontend {
@@ -81,6 +83,11 @@ func (f *frontend) serve(w dns.ResponseWriter, req *dns.Msg, answer func(*reques
 	src, tcp := remoteInfo(w.RemoteAddr())
 	if f.allow != nil && !f.allow(src) {
 		f.logf(slog.LevelDebug, "dnsserver: refused query from disallowed source", logKeySource, src)
+		writeReply(w, req, replyRcode(dns.RcodeRefused), tcp)
+		return
+	}
+	if f.allowClient != nil && !f.allowClient(w.RemoteAddr()) {
+		f.logf(slog.LevelWarn, "dnsserver: refused query from disallowed client", logKeySource, w.RemoteAddr().String())
 		writeReply(w, req, replyRcode(dns.RcodeRefused), tcp)
 		return
 	}

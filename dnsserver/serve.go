@@ -28,6 +28,7 @@ const (
 // closed, then returns. It returns nil in both cases and the read error otherwise.
 // pc is closed when ServePacket returns.
 func (r *Resolver) ServePacket(ctx context.Context, pc net.PacketConn) error {
+	defer r.serving(pc.LocalAddr())()
 	return serve(ctx, &dns.Server{PacketConn: pc, Handler: r, UDPSize: maxQuerySize})
 }
 
@@ -35,7 +36,18 @@ func (r *Resolver) ServePacket(ctx context.Context, pc net.PacketConn) error {
 // is done or ln is closed, then returns. It returns nil in both cases and the accept
 // error otherwise. ln is closed when ServeStream returns.
 func (r *Resolver) ServeStream(ctx context.Context, ln net.Listener) error {
+	defer r.serving(ln.Addr())()
 	return serve(ctx, &dns.Server{Listener: newLimitListener(ln, maxStreamConns), Handler: r})
+}
+
+// serving tells ResolverOptions.OnServe that addr is being served, and
+// returns the func that tells it addr no longer is.
+func (r *Resolver) serving(addr net.Addr) func() {
+	if r.onServe == nil {
+		return func() {}
+	}
+	r.onServe(addr, true)
+	return func() { r.onServe(addr, false) }
 }
 
 // serve runs srv until ctx is done or its conn fails. Shutdown is called only after

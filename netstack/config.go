@@ -40,6 +40,15 @@ type Config struct {
 	// new flows must match a rule, replies to flows this node opened
 	// always pass. Nil accepts every inbound flow.
 	Filter *Filter
+	// OwnListeners are the host addresses of the program's own loopback
+	// services (a node's SOCKS5 and HTTP proxies, its DNS listener, ...).
+	// Inbound connections and flows from peers are never forwarded to
+	// them, whatever Filter says: a TCP SYN gets a RST and UDP datagrams
+	// are dropped, for both protocols on each address. An unspecified
+	// address (0.0.0.0 or ::) stands for every address of its port.
+	// Without this a peer allowed to reach the node's ports could use the
+	// node's proxy to reach what the policy denies it. Empty: none.
+	OwnListeners []netip.AddrPort
 	// DERPMap maps relay region IDs to the region's relay and STUN
 	// servers. Nil: no relays and no STUN, peers are reached over direct
 	// UDP only and the node's endpoints are its interface addresses.
@@ -110,6 +119,11 @@ func (e *Engine) Reconfig(cfg Config) error {
 		return fmt.Errorf("netstack: set addresses: %w", err)
 	}
 	e.overlay = overlay
+	own := make(map[netip.AddrPort]bool, len(cfg.OwnListeners))
+	for _, ap := range cfg.OwnListeners {
+		own[netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())] = true
+	}
+	e.own = own
 	e.pf.pol.Store(newPolicy(&cfg))
 
 	// The bind must know new peers before wireguard-go parses their

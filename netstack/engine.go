@@ -99,6 +99,9 @@ type Engine struct {
 
 	udpFlows atomic.Int32
 
+	ownRefused atomic.Uint64 // inbound connections and flows refused by Config.OwnListeners
+	ownLogAt   atomic.Int64  // unix nanoseconds of the last such refusal logged
+
 	// disc is endpoint discovery and relay latency (discovery.go).
 	disc discovery
 	// loopWG counts discoveryLoop.
@@ -108,6 +111,7 @@ type Engine struct {
 	closed     bool
 	cfg        Config                  // last applied config
 	overlay    map[netip.Addr]bool     // overlay addresses (forwarded)
+	own        map[netip.AddrPort]bool // Config.OwnListeners: never forwarded to
 	active     map[closer]struct{}     // forwarded connections, closed on Close
 	wg         sync.WaitGroup          // forwarding goroutines; Add only under mu while !closed
 	peersInDev map[key.NodePublic]Peer // peers configured in the device

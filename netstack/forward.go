@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"beam.dev/beam/netstack/internal/gv"
@@ -32,17 +33,23 @@ func (e *Engine) handleTCP(r *gv.TCPRequest) {
 		r.Drop()
 		return
 	}
+	host := hostAddr(r.Dst)
+	if e.isOwnListener(host) {
+		e.refuseOwn("tcp", r.Src, host)
+		r.Reject()
+		return
+	}
 	if !e.track(nil) {
 		r.Drop()
 		return
 	}
 	defer e.untrack(nil)
-	d := net.Dialer{Timeout: e.opts.HostDialTimeout}
-	hc, err := d.DialContext(e.ctx, "tcp", hostAddr(r.Dst).String())
+	hc, release, err := e.dialHost(host)
 	if err != nil {
 		r.Reject()
 		return
 	}
+	defer release()
 	oc, err := r.Accept()
 	if err != nil {
 		hc.Close()
@@ -51,6 +58,77 @@ func (e *Engine) handleTCP(r *gv.TCPRequest) {
 	}
 	e.proxyTCP(oc, hc)
 }
+
+// dialHost connects to host, on the host's loopback, for a forwarded
+// connection, and registers the connection's local address as one the
+// overlay owns (see FromOverlay) until release is called. Where the
+// platform allows, the address is bound and registered before connecting,
+// so the host's listener cannot accept the connection first.
+func (e *Engine) dialHost(host netip.AddrPort) (c net.Conn, release func(), err error) {
+	var bound netip.AddrPort
+	d := net.Dialer{
+		Timeout: e.opts.HostDialTimeout,
+		Control: func(network, _ string, rc syscall.RawConn) error {
+			if bound.IsValid() {
+				removeForwarded(bound)
+				bound = netip.AddrPort{}
+			}
+			var berr error
+			if err := rc.Control(func(fd uintptr) { bound, berr = bindLoopback(network, fd) }); err != nil {
+				return err
+			}
+			if errors.Is(berr, errors.ErrUnsupported) {
+				return nil
+			}
+			if berr != nil {
+				return berr
+			}
+			addForwarded(bound)
+			return nil
+		},
+	}
+	hc, err := d.DialContext(e.ctx, "tcp", host.String())
+	if err != nil {
+		if bound.IsValid() {
+			removeForwarded(bound)
+		}
+		return nil, nil, err
+	}
+	if !bound.IsValid() {
+		bound, _ = addrPortOf(hc.LocalAddr())
+		addForwarded(bound)
+	}
+	return hc, func() { removeForwarded(bound) }, nil
+}
+
+// isOwnListener reports whether host is one of Config.OwnListeners (an
+// unspecified address in the list stands for every address of its port).
+func (e *Engine) isOwnListener(host netip.AddrPort) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if len(e.own) == 0 {
+		return false
+	}
+	return e.own[host] ||
+		e.own[netip.AddrPortFrom(netip.IPv4Unspecified(), host.Port())] ||
+		e.own[netip.AddrPortFrom(netip.IPv6Unspecified(), host.Port())]
+}
+
+// refuseOwn counts an inbound connection or flow refused because it would
+// reach one of the node's own listeners, and logs it at most every few
+// seconds (a peer can send such SYNs and datagrams as fast as it likes).
+func (e *Engine) refuseOwn(proto string, src, host netip.AddrPort) {
+	n := e.ownRefused.Add(1)
+	now := time.Now().UnixNano()
+	last := e.ownLogAt.Load()
+	if now-last < int64(ownLogInterval) || !e.ownLogAt.CompareAndSwap(last, now) {
+		return
+	}
+	e.log.Warn("refused a peer's connection to one of the node's own listeners", "proto", proto, "src", src, "host", host, "refused_total", n)
+}
+
+// ownLogInterval is the least time between two refuseOwn logs.
+const ownLogInterval = 10 * time.Second
 
 // proxyTCP copies both ways between a and b until both directions end,
 // passing half-closes through.
@@ -101,30 +179,42 @@ func (e *Engine) handleUDP(r *gv.UDPRequest) {
 	if !e.isOverlay(r.Dst.Addr()) {
 		return
 	}
+	host := hostAddr(r.Dst)
+	if e.isOwnListener(host) {
+		e.refuseOwn("udp", r.Src, host)
+		return
+	}
 	if int(e.udpFlows.Add(1)) > e.opts.MaxUDPFlows {
 		e.udpFlows.Add(-1)
 		return
 	}
-	hc, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(hostAddr(r.Dst)))
+	hc, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(host))
 	if err != nil {
 		e.udpFlows.Add(-1)
 		return
 	}
+	// Nothing was sent yet: registered before the host socket can see a
+	// datagram from it.
+	local, _ := addrPortOf(hc.LocalAddr())
+	addForwarded(local)
 	oc, err := r.Accept()
 	if err != nil {
 		hc.Close()
+		removeForwarded(local)
 		e.udpFlows.Add(-1)
 		return
 	}
 	if !e.track(nil) {
 		hc.Close()
 		oc.Close()
+		removeForwarded(local)
 		e.udpFlows.Add(-1)
 		return
 	}
 	go func() {
 		defer e.untrack(nil)
 		defer e.udpFlows.Add(-1)
+		defer removeForwarded(local)
 		e.proxyUDP(oc, hc)
 	}()
 }

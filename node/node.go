@@ -115,6 +115,8 @@ type Node struct {
 	streamNM      *wire.NetMap  // the last netmap from the coordinator itself
 	nmChanged     chan struct{} // closed and replaced at each netmap from the coordinator
 
+	own ownListeners // the daemon's loopback listeners, kept from peers (ownlisteners.go)
+
 	watchMu  sync.Mutex // guards watchers
 	watchers map[chan apitype.RequestLog]struct{}
 }
@@ -153,10 +155,13 @@ func New(opts Options) (*Node, error) {
 	}
 	n := &Node{opts: opts, logger: logger, st: st, discoKey: key.NewDisco(), lock: lock}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
+	n.own.logRate.Interval = 10 * time.Second
 	n.resolver = dnsserver.NewResolver(dnsserver.ResolverOptions{
 		Logger:      logger.With("component", "dns"),
 		Dial:        n.dialForDNS,
 		AllowSource: func(a netip.Addr) bool { return allowDNSSource(a) && (a.Unmap().IsLoopback() || n.isOverlay(a)) },
+		AllowClient: n.allowDNSClient,
+		OnServe:     n.setOwnListener,
 	})
 	n.lastRecords = dnsRecords(st.NetMap, time.Now(), n.upstreamsLocked())
 	n.resolver.SetRecords(n.lastRecords)
@@ -594,6 +599,7 @@ func (n *Node) applyLocked() {
 		return
 	}
 	cfg := engineConfig(n.netmap, now, n.st.ShieldsUp, slices.Concat(n.allowInbound, n.exposedPortsLocked()))
+	cfg.OwnListeners = n.own.list()
 	if n.netmap != nil && n.netmap.Self != nil && n.netmap.Self.Expired(n.netmap.ControlNow(now)) {
 		n.state = apitype.StateExpired
 	} else if n.sess != nil && n.netmap != nil {

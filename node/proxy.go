@@ -43,14 +43,21 @@ type dialer interface {
 
 // ServeSOCKS5 serves a SOCKS5 proxy (CONNECT, no authentication) on ln,
 // dialing through the node so MagicDNS names and overlay addresses work.
-// ln should be on loopback. It returns when ctx is done or ln fails.
+// ln should be on loopback. Peers never reach it: the engine does not
+// forward their connections to ln's address, and ln refuses any that is
+// the engine's forwarder. It returns when ctx is done or ln fails.
 func (n *Node) ServeSOCKS5(ctx context.Context, ln net.Listener) error {
+	defer n.ownListener(ln.Addr())()
+	ln = refuseOverlay{Listener: ln, n: n}
 	return serveConns(ctx, ln, func(c net.Conn) { socks5Handle(ctx, n, c) })
 }
 
 // ServeHTTPProxy serves an HTTP proxy (CONNECT and absolute-URI requests)
-// on ln, dialing through the node.
+// on ln, dialing through the node. Like ServeSOCKS5's, it serves the host
+// only, never peers.
 func (n *Node) ServeHTTPProxy(ctx context.Context, ln net.Listener) error {
+	defer n.ownListener(ln.Addr())()
+	ln = refuseOverlay{Listener: ln, n: n}
 	tr := &http.Transport{DialContext: n.DialContext, ForceAttemptHTTP2: false, MaxIdleConnsPerHost: 16}
 	defer tr.CloseIdleConnections()
 	srv := &http.Server{
