@@ -136,7 +136,7 @@ func TestAttackSweep(t *testing.T) {
 	t.Run("AdminAPI", func(t *testing.T) { attackAdminAPI(t, c) })
 	t.Run("LocalSocket", func(t *testing.T) { attackLocalSocket(t, alpha) })
 	t.Run("LoopbackListeners", func(t *testing.T) {
-		attackLoopbackListeners(t, c, beta, socksPort, proxyPort, dnsPort)
+		attackLoopbackListeners(t, c, beta, echo, socksPort, proxyPort, dnsPort)
 	})
 	t.Run("WireGuardPort", func(t *testing.T) {
 		attackWireGuardPort(t, alpha, beta, pb, echo, betaUp)
@@ -328,7 +328,7 @@ func startRelay(t *testing.T, c *cluster) string {
 	return addr
 }
 
-func attackLoopbackListeners(t *testing.T, c *cluster, beta *device, socksPort, proxyPort, dnsPort int) {
+func attackLoopbackListeners(t *testing.T, c *cluster, beta *device, echo, socksPort, proxyPort, dnsPort int) {
 	// A web app on beta's host, reached through alpha's HTTP proxy.
 	const secret = "hello from beta's web app"
 	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, secret) })}
@@ -338,9 +338,24 @@ func attackLoopbackListeners(t *testing.T, c *cluster, beta *device, socksPort, 
 	}
 	go app.Serve(ln)
 	t.Cleanup(func() { app.Close() })
-	appURL := fmt.Sprintf("http://beta:%d/", ln.Addr().(*net.TCPAddr).Port)
+	appPort := ln.Addr().(*net.TCPAddr).Port
+	appURL := fmt.Sprintf("http://beta:%d/", appPort)
 	proxyAddr := "127.0.0.1:" + strconv.Itoa(proxyPort)
 	proxyURL := "http://" + proxyAddr
+
+	// A peer: beta may open any port of alpha, which forwards it to the
+	// same port of its host's loopback, but never to alpha's own
+	// listeners, which would dial and resolve as alpha.
+	playPeerAttacks(t, beta, "alpha", []peerAttack{
+		{"SOCKS5 CONNECT", socksPort, socks5Connect("beta", appPort, "GET / HTTP/1.0\r\n\r\n")},
+		{"HTTP CONNECT", proxyPort, []byte(fmt.Sprintf("CONNECT beta:%d HTTP/1.1\r\nHost: beta\r\n\r\n", appPort))},
+		{"HTTP proxy request", proxyPort, []byte("GET " + appURL + " HTTP/1.1\r\nHost: beta\r\nConnection: close\r\n\r\n")},
+		{"DNS over TCP", dnsPort, dnsTCPQuery(t, "beta")},
+	})
+	// Forwarding to alpha's other host ports still works.
+	if ok, why := ncEcho(beta, "alpha", echo, 10*time.Second); !ok {
+		t.Fatalf("beta -> alpha:%d after the attempts: %s", echo, why)
+	}
 
 	viaProxy := func(hdr map[string]string) (int, string) {
 		t.Helper()
