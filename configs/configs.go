@@ -1,7 +1,9 @@
 // Package configs holds Beam's configuration files and their typed,
 // strictly decoded forms: the relay map a coordinator hands to nodes
 // (derpmap.example.json), the default access policy (policy.hujson) and
-// systemd units for the daemon and the coordinator (systemd/).
+// systemd units for the daemon and the coordinator (systemd/); and the
+// settings of each role (Server, Coordinator, Edge, DERP, Node) with the
+// Validate every command runs before it starts.
 //
 // Only package cmd/beam/cli imports configs.
 package configs

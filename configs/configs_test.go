@@ -48,3 +48,35 @@ func FuzzParseDERPMap(f *testing.F) {
 		}
 	})
 }
+
+func TestCheckDomain(t *testing.T) {
+	for _, tc := range []struct {
+		in string
+		ok bool
+	}{
+		{"localhost", true}, {"example.test", true}, {"a-b.c1.test", true}, {strings.Repeat("a", 63) + ".test", true},
+		{"", false}, {"a..b", false}, {".a", false}, {"a.", false}, {"-a.test", false}, {"a-.test", false},
+		{"A.test", false}, {"a_b.test", false}, {"a b", false}, {strings.Repeat("a", 64), false},
+		{strings.Repeat("abcdefgh.", 29) + "test", false},
+	} {
+		if err := CheckDomain(tc.in); (err == nil) != tc.ok {
+			t.Errorf("CheckDomain(%q) = %v, want ok %v", tc.in, err, tc.ok)
+		}
+	}
+}
+
+func TestParsePortRange(t *testing.T) {
+	for _, tc := range []struct {
+		in          string
+		first, last uint16
+		ok          bool
+	}{
+		{"20000-20999", 20000, 20999, true}, {"80", 80, 80, true}, {"1-65535", 1, 65535, true},
+		{"0-10", 0, 0, false}, {"10-9", 0, 0, false}, {"1-65536", 0, 0, false}, {"a-b", 0, 0, false}, {"", 0, 0, false}, {"-", 0, 0, false},
+	} {
+		f, l, err := ParsePortRange(tc.in)
+		if (err == nil) != tc.ok || f != tc.first || l != tc.last {
+			t.Errorf("ParsePortRange(%q) = %d, %d, %v; want %d, %d, ok %v", tc.in, f, l, err, tc.first, tc.last, tc.ok)
+		}
+	}
+}

@@ -551,3 +551,30 @@ func TestRelayVerifyNeedsRelayToken(t *testing.T) {
 		t.Errorf("a stranger's key at the verifying relay: %v, want refused", err)
 	}
 }
+
+// TestBadFlagsRefused starts each role of the real binary with a bad
+// flag: it exits at once with one line naming the flag, never a panic.
+func TestBadFlagsRefused(t *testing.T) {
+	bin := buildBeam(t)
+	dir := t.TempDir()
+	for _, args := range [][]string{
+		{"server", "--domain", "a..b", "--data", filepath.Join(dir, "srv"), "--addr", "127.0.0.1:0", "--http-addr", "", "--https-addr", "", "--stun-addr", "", "--dns-addr", "127.0.0.1:0"},
+		{"server", "--dev", "--data", filepath.Join(dir, "srv"), "--tcp-ports", "30000-20000"},
+		{"coordinator", "--data", filepath.Join(dir, "coord"), "--addr", "127.0.0.1:0", "--edge-domain", "-x.test"},
+		{"derp", "--state", filepath.Join(dir, "derp"), "--addr", "127.0.0.1:65536"},
+		{"edge", "--state", filepath.Join(dir, "edge"), "--socket", filepath.Join(dir, "edge.sock"), "--coordinator", "http://127.0.0.1:1", "--domain", "a..b"},
+		{"up", "--state", filepath.Join(dir, "node"), "--socket", filepath.Join(dir, "node.sock"), "--coordinator", "http://127.0.0.1:1", "--socks5", "0.0.0.0:1080"},
+	} {
+		ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+		out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput()
+		timedOut := ctx.Err() != nil
+		cancel()
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if err == nil || timedOut || strings.Contains(string(out), "panic") || len(lines) != 1 || !strings.HasPrefix(lines[0], "beam: bad --") {
+			t.Errorf("beam %s: err %v, output %q; want a one-line refusal naming the flag", strings.Join(args, " "), err, out)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "node", "daemon.pid")); err == nil {
+		t.Error("beam up with a bad flag started a daemon")
+	}
+}

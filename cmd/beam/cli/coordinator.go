@@ -71,6 +71,12 @@ them with --verify-token-file). Use the admin token with beam admin:
   export BEAM_ADMIN_TOKEN=$(cat DATA/admin.token)`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := configs.Coordinator{Addr: opts.Addr, BaseDomain: opts.BaseDomain, DERPURLs: opts.DERPURLs, STUN: opts.STUN,
+				EdgeDomain: opts.Edge.Domain, EdgeHost: opts.Edge.Host, EdgeTCPPorts: opts.Edge.TCPPorts, EdgeUDPPorts: opts.Edge.UDPPorts,
+				EdgeHTTPURL: opts.Edge.HTTPURL, LogLevel: opts.LogLevel}
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
 			if runF != nil {
 				return runF(opts)
 			}

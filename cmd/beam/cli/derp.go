@@ -20,6 +20,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"beam.dev/beam/configs"
 	"beam.dev/beam/derp/derpserver"
 	"beam.dev/beam/internal/tcpcc"
 	"beam.dev/beam/types/key"
@@ -77,6 +78,10 @@ Relays of one region mesh with each other: give each one the others' URLs
 with --mesh-with and the same secret in --mesh-key-file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := configs.DERP{Addr: opts.Addr, STUNAddr: opts.STUNAddr, MeshWith: opts.MeshWith, VerifyClients: opts.VerifyClients, LogLevel: opts.LogLevel}
+			if err := cfg.Validate(); err != nil {
+				return err
+			}
 			if runF != nil {
 				return runF(opts)
 			}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"beam.dev/beam/configs"
 	"beam.dev/beam/edge"
 	"beam.dev/beam/edgenode"
 	"beam.dev/beam/internal/connlimit"
@@ -65,6 +66,11 @@ func NewCmdEdge(f *Factory, in *instanceFlags, runF func(*EdgeOptions) error) *c
 			}
 			if o.Domain == "" {
 				return errors.New("--domain is required")
+			}
+			cfg := configs.Edge{Coordinator: o.Coordinator, Domain: o.Domain, HTTPAddr: o.HTTPAddr, HTTPSAddr: o.HTTPSAddr,
+				BindHost: o.BindHost, ACMECA: o.ACMECA, LogLevel: o.LogLevel}
+			if err := cfg.Validate(); err != nil {
+				return err
 			}
 			if runF != nil {
 				return runF(o)

@@ -67,8 +67,8 @@ func NewCmdRoot(f *Factory) *cobra.Command {
 	in := &instanceFlags{}
 	in.register(root)
 	root.AddCommand(
-		NewCmdDaemon(f, in, nil),
-		NewCmdUp(f, in, nil),
+		checkNodeFlags(NewCmdDaemon(f, in, nil)),
+		checkNodeFlags(NewCmdUp(f, in, nil)),
 		NewCmdDown(f, in),
 		NewCmdSet(f, in, nil),
 		NewCmdLogout(f, in),

@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"beam.dev/beam/configs"
 	"beam.dev/beam/coordinator"
 	"beam.dev/beam/coordinator/sqlstore"
 	"beam.dev/beam/derp/derpserver"
@@ -85,6 +86,9 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 			if o.Domain == "" {
 				return errors.New("--domain is required (or use --dev)")
 			}
+			if err := o.config().Validate(); err != nil {
+				return err
+			}
 			if runF != nil {
 				return runF(o)
 			}
@@ -114,6 +118,15 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 	fl.DurationVar(&o.BodyTimeout, "body-timeout", edge.DefaultBodyTimeout, "longest wait for a byte of a request body at the edge, and grace before it must arrive at 1 KiB/s or more")
 	fl.IntVar(&o.EdgeMaxConns, "edge-max-conns", 0, "cap on client connections of the edge's listeners (0: 1/2 of the open files limit; -1: none)")
 	return cmd
+}
+
+// config returns the settings to validate.
+func (o *ServerOptions) config() *configs.Server {
+	return &configs.Server{
+		Domain: o.Domain, Addr: o.Addr, PublicURL: o.PublicURL, HTTPAddr: o.HTTPAddr, HTTPSAddr: o.HTTPSAddr,
+		TCPPorts: o.TCPPorts, UDPPorts: o.UDPPorts, STUNAddr: o.STUNAddr, DNSAddr: o.DNSAddr,
+		PublicIPs: o.PublicIPs, ACMECA: o.ACMECA, LogLevel: o.LogLevel,
+	}
 }
 
 // devDefaults replaces the flags the user did not set with loopback ones.
