@@ -15,9 +15,11 @@ func TestBadFlags(t *testing.T) {
 	f := &Factory{In: strings.NewReader(""), Out: io.Discard, ErrOut: io.Discard}
 	ran := false
 	commands := map[string]func() *cobra.Command{
-		"server":      func() *cobra.Command { return NewCmdServer(f, func(*ServerOptions) error { ran = true; return nil }) },
-		"coordinator": func() *cobra.Command { return NewCmdCoordinator(f, func(*CoordinatorOptions) error { ran = true; return nil }) },
-		"derp":        func() *cobra.Command { return NewCmdDERP(f, func(*DERPOptions) error { ran = true; return nil }) },
+		"server": func() *cobra.Command { return NewCmdServer(f, func(*ServerOptions) error { ran = true; return nil }) },
+		"coordinator": func() *cobra.Command {
+			return NewCmdCoordinator(f, func(*CoordinatorOptions) error { ran = true; return nil })
+		},
+		"derp": func() *cobra.Command { return NewCmdDERP(f, func(*DERPOptions) error { ran = true; return nil }) },
 		"edge": func() *cobra.Command {
 			return NewCmdEdge(f, &instanceFlags{}, func(*EdgeOptions) error { ran = true; return nil })
 		},
