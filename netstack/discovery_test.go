@@ -21,9 +21,19 @@ func stunServer(t testing.TB) netip.AddrPort {
 // stunServerOn is stunServer on the given network and address.
 func stunServerOn(t testing.TB, network, addr string) netip.AddrPort {
 	t.Helper()
+	return stunServerDelayed(t, network, addr, 0)
+}
+
+// stunServerDelayed is stunServerOn whose answers leave delay after the
+// request came in, as from a far-away server.
+func stunServerDelayed(t testing.TB, network, addr string, delay time.Duration) netip.AddrPort {
+	t.Helper()
 	pc, err := net.ListenPacket(network, addr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if delay > 0 {
+		pc = &delayedWriter{PacketConn: pc, delay: delay}
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -36,6 +46,18 @@ func stunServerOn(t testing.TB, network, addr string) netip.AddrPort {
 		pc.Close()
 	})
 	return pc.LocalAddr().(*net.UDPAddr).AddrPort()
+}
+
+// delayedWriter sends each datagram delay after WriteTo is called.
+type delayedWriter struct {
+	net.PacketConn
+	delay time.Duration
+}
+
+func (d *delayedWriter) WriteTo(b []byte, addr net.Addr) (int, error) {
+	b = slices.Clone(b)
+	time.AfterFunc(d.delay, func() { d.PacketConn.WriteTo(b, addr) })
+	return len(b), nil
 }
 
 // TestSTUNDiscovery puts a STUN server behind a NAT-like proxy: the
@@ -95,9 +117,12 @@ func TestSTUNDiscovery(t *testing.T) {
 
 // TestNetcheck asks two STUN servers in two regions. Directly, both see
 // the same mapping; with the second behind a NAT-like proxy, the mappings
-// differ, as behind a hard NAT.
+// differ, as behind a hard NAT. The first region's server answers
+// slowDelay late, so the second, lower latency, is the preferred relay
+// (not the first by number).
 func TestNetcheck(t *testing.T) {
-	s1, s2 := stunServer(t), stunServer(t)
+	const slowDelay = 100 * time.Millisecond
+	s1, s2 := stunServerDelayed(t, "udp4", "127.0.0.1:0", slowDelay), stunServer(t)
 	nat := newNATProxy(t, s2)
 	nodes := newNodes(t, 1, nil)
 	n := nodes[0]
@@ -133,11 +158,11 @@ func TestNetcheck(t *testing.T) {
 			if rep.MappingVariesByDestIP == nil || *rep.MappingVariesByDestIP != tc.varies {
 				t.Errorf("MappingVariesByDestIP = %v, want %v", rep.MappingVariesByDestIP, tc.varies)
 			}
-			if len(rep.RegionLatency) != 2 || rep.RegionLatency[1] <= 0 || rep.RegionLatency[2] <= 0 {
-				t.Errorf("RegionLatency = %v, want both regions", rep.RegionLatency)
+			if len(rep.RegionLatency) != 2 || rep.RegionLatency[1] < slowDelay || rep.RegionLatency[2] <= 0 {
+				t.Errorf("RegionLatency = %v, want both regions, region 1 at least %v", rep.RegionLatency, slowDelay)
 			}
-			if rep.PreferredDERP != 1 && rep.PreferredDERP != 2 {
-				t.Errorf("PreferredDERP = %d, want 1 or 2", rep.PreferredDERP)
+			if rep.PreferredDERP != 2 {
+				t.Errorf("PreferredDERP = %d, want 2 (latencies %v)", rep.PreferredDERP, rep.RegionLatency)
 			}
 		})
 	}

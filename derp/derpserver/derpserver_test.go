@@ -565,37 +565,61 @@ func TestCloseEndsClients(t *testing.T) {
 	}
 }
 
+// TestRateLimit sends n full packets through a relay that limits each
+// client to rateBytes a second. The burst covers one frame; the rest must
+// wait for tokens, so the transfer takes at least minTime. It must not
+// take much longer either (a limiter slower than its setting would pass
+// the first check alone): at most 1.5 x minTime plus twice what the same
+// transfer takes through an unlimited relay in the same run, which
+// absorbs a loaded machine's slowness; a limiter at half its rate would
+// need 2 x minTime.
 func TestRateLimit(t *testing.T) {
-	const rateBytes = 4 << 20
-	_, url := newServer(t, derpserver.Options{PerClientRateBytes: rateBytes})
-	ka, kb := key.NewNode(), key.NewNode()
-	a := dial(t, url, ka, false)
-	b := dial(t, url, kb, false)
+	const (
+		rateBytes = 4 << 20
+		n         = 64
+	)
+	pkt := make([]byte, derp.MaxPacketSize)
+	// transfer sends n packets from one client to another through the
+	// relay at url and returns how long until the last arrived.
+	transfer := func(url string) time.Duration {
+		ka, kb := key.NewNode(), key.NewNode()
+		a := dial(t, url, ka, false)
+		b := dial(t, url, kb, false)
+		start := time.Now()
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			for range n {
+				if err := a.Send(kb.Public(), pkt); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+		for range n {
+			recvPacket(t, b)
+		}
+		elapsed := time.Since(start)
+		wg.Wait()
+		return elapsed
+	}
+
+	// The queue holds the whole transfer, so a slow receiver loses nothing.
+	queue := 2 * n * (derp.MaxPacketSize + 32)
+	_, unlimitedURL := newServer(t, derpserver.Options{SendQueueBytes: queue})
+	baseline := transfer(unlimitedURL)
+
+	_, url := newServer(t, derpserver.Options{PerClientRateBytes: rateBytes, SendQueueBytes: queue})
+	a := dial(t, url, key.NewNode(), false)
 	if si := a.ServerInfo(); si.TokenBucketBytesPerSecond != rateBytes || si.TokenBucketBytesBurst < derp.MaxFrameSize {
 		t.Fatalf("ServerInfo = %+v, want the token bucket", si)
 	}
-	const n = 24
-	pkt := make([]byte, derp.MaxPacketSize)
-	start := time.Now()
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for range n {
-			if err := a.Send(kb.Public(), pkt); err != nil {
-				t.Error(err)
-				return
-			}
-		}
-	})
-	for range n {
-		recvPacket(t, b)
-	}
-	elapsed := time.Since(start)
-	wg.Wait()
-	// The burst covers one frame; the rest must wait for tokens.
+	elapsed := transfer(url)
 	waitBytes := n*(derp.MaxPacketSize+32) - derp.MaxFrameSize
 	minTime := time.Duration(waitBytes) * time.Second / rateBytes
-	if elapsed < minTime {
-		t.Fatalf("%d packets of %d bytes took %v, want at least %v at %d B/s", n, len(pkt), elapsed, minTime, rateBytes)
+	maxTime := minTime*3/2 + 2*baseline
+	t.Logf("%d packets of %d bytes: %v at %d B/s (%v unlimited); want %v to %v", n, len(pkt), elapsed, rateBytes, baseline, minTime, maxTime)
+	if elapsed < minTime || elapsed > maxTime {
+		t.Fatalf("%d packets of %d bytes took %v, want %v to %v at %d B/s", n, len(pkt), elapsed, minTime, maxTime, rateBytes)
 	}
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"net"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // pair returns both ends of a loopback TCP connection: the socket d
@@ -63,15 +65,34 @@ func TestControl(t *testing.T) {
 }
 
 // TestPreferred checks Dialer and ListenConfig give BBR where the kernel
-// offers it to this process, and keep the default where it does not.
+// grants it to this process, and keep the default where it does not. The
+// expectation comes from the kernel, not from this package: the default
+// is what a socket nobody configured has, and BBR is grantable if a
+// setsockopt of it on a fresh socket succeeds. Default and Grantable must
+// agree with the kernel too.
 func TestPreferred(t *testing.T) {
-	want := Default()
-	if Grantable(Preferred) {
+	c, _ := pair(t, &net.Dialer{}, &net.ListenConfig{})
+	def := of(t, c)
+	if def == "" {
+		t.Fatal("a plain socket reports no congestion control")
+	}
+	if got := Default(); got != def {
+		t.Errorf("Default() = %q, want %q, what a plain socket has", got, def)
+	}
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	granted := unix.SetsockoptString(fd, unix.IPPROTO_TCP, unix.TCP_CONGESTION, Preferred) == nil
+	if got := Grantable(Preferred); got != granted {
+		t.Errorf("Grantable(%q) = %v, but setsockopt says %v", Preferred, got, granted)
+	}
+	want := def
+	if granted {
 		want = Preferred
 	}
-	if want == "" {
-		t.Fatal("no default congestion control in /proc/sys/net/ipv4")
-	}
+	t.Logf("default %s; %s granted: %v", def, Preferred, granted)
 	c, a := pair(t, Dialer(), ListenConfig())
 	for side, conn := range map[string]net.Conn{"dialed": c, "accepted": a} {
 		if got := of(t, conn); got != want {

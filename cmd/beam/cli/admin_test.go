@@ -76,8 +76,11 @@ func TestCoordinatorAndAdminCommands(t *testing.T) {
 			t.Errorf("%s mode = %v, want %v", name, st.Mode().Perm(), want)
 		}
 	}
-	tokenBytes, _ := os.ReadFile(filepath.Join(data, "admin.token"))
+	tokenBytes := mustReadFile(t, filepath.Join(data, "admin.token"))
 	token := strings.TrimSpace(string(tokenBytes))
+	if token == "" {
+		t.Fatal("admin.token is empty")
+	}
 	env := map[string]string{"BEAM_ADMIN_TOKEN": token}
 
 	out, err := runAdmin(t, env, "authkey", "create", "--coordinator", url, "--reusable", "--expiry", "1h")
@@ -151,11 +154,11 @@ func TestCoordinatorAndAdminCommands(t *testing.T) {
 	stop()
 
 	// A restart keeps the token and machine key.
-	keyBefore, _ := os.ReadFile(filepath.Join(data, "coordinator.key"))
+	keyBefore := mustReadFile(t, filepath.Join(data, "coordinator.key"))
 	url, stop = startTestCoordinator(t, data)
 	defer stop()
-	tokenAfter, _ := os.ReadFile(filepath.Join(data, "admin.token"))
-	keyAfter, _ := os.ReadFile(filepath.Join(data, "coordinator.key"))
+	tokenAfter := mustReadFile(t, filepath.Join(data, "admin.token"))
+	keyAfter := mustReadFile(t, filepath.Join(data, "coordinator.key"))
 	if !bytes.Equal(tokenBytes, tokenAfter) || !bytes.Equal(keyBefore, keyAfter) {
 		t.Fatal("restart rewrote admin.token or coordinator.key")
 	}
@@ -199,4 +202,18 @@ func TestCoordinatorDERPFlags(t *testing.T) {
 	if _, err := coordinatorDERPMap(&CoordinatorOptions{DERPMapFile: path}); err == nil {
 		t.Error("--derp-map with unknown field accepted")
 	}
+}
+
+// mustReadFile returns the contents of a file that must exist and not be
+// empty.
+func mustReadFile(t *testing.T, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) == 0 {
+		t.Fatalf("%s is empty", name)
+	}
+	return b
 }
