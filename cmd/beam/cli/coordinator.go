@@ -166,7 +166,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	lim := connLimits(opts.MaxConns, shareAlone, nofile)
+	lim := connLimits(opts.MaxConns, shareAlone, nofile, controlConnsPerSource)
 	logLimits(logger, "coordinator", nofile, lim)
 	ln, hs := limitedServer(ln, lim, srv, logger)
 	if created {

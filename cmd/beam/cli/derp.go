@@ -202,7 +202,7 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(srv.Stats())
 	})
-	lim := connLimits(opts.MaxConns, shareAlone, nofile)
+	lim := connLimits(opts.MaxConns, shareAlone, nofile, controlConnsPerSource)
 	logLimits(logger, "relay", nofile, lim)
 	ln, hs := limitedServer(ln, lim, mux, logger)
 

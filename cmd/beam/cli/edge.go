@@ -139,7 +139,7 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 	if _, err := n.Up(ctx, apitype.UpRequest{Coordinator: o.Coordinator, AuthKey: o.AuthKey, Hostname: o.Hostname}); err != nil {
 		return fmt.Errorf("join the mesh: %w", err)
 	}
-	lim := connLimits(o.MaxConns, shareAlone, nofile)
+	lim := connLimits(o.MaxConns, shareAlone, nofile, edgeConnsPerSource)
 	logLimits(logger, "edge", nofile, lim)
 	e, err := newEdge(n.DialContext, o.Domain, lim, o.BodyTimeout, logger)
 	if err != nil {

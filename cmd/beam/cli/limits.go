@@ -28,15 +28,21 @@ const (
 	fallbackMaxConns = 10000
 	// minMaxConns is the smallest default cap, whatever the limit.
 	minMaxConns = 64
-	// maxConnsPerSource caps one source address's share by default.
-	maxConnsPerSource = 512
+	// edgeConnsPerSource caps one source address at the edge, where a
+	// client is a browser or an app (edge.DefaultMaxConnsPerClient).
+	edgeConnsPerSource = edge.DefaultMaxConnsPerClient
+	// controlConnsPerSource leaves the coordinator and relay listeners
+	// only the quarter-of-the-cap bound: many nodes may share one
+	// address behind a NAT, each with a map stream and a relay
+	// connection.
+	controlConnsPerSource = 0
 )
 
 // connLimits returns the caps of a listener: maxConns if the user set it
 // (a flag; 0 means derived, negative means none), else share of the
 // descriptor limit nofile. One source address gets at most a quarter of
-// the cap, and at most maxConnsPerSource.
-func connLimits(maxConns int, share float64, nofile uint64) connlimit.Limits {
+// the cap, and at most perSource if that is positive.
+func connLimits(maxConns int, share float64, nofile uint64, perSource int) connlimit.Limits {
 	m := maxConns
 	if m == 0 {
 		m = fallbackMaxConns
@@ -47,7 +53,11 @@ func connLimits(maxConns int, share float64, nofile uint64) connlimit.Limits {
 	if m < 0 {
 		return connlimit.Limits{}
 	}
-	return connlimit.Limits{Max: m, PerSource: min(max(m/4, 1), maxConnsPerSource)}
+	ps := max(m/4, 1)
+	if perSource > 0 {
+		ps = min(ps, perSource)
+	}
+	return connlimit.Limits{Max: m, PerSource: ps}
 }
 
 // logLimits says which caps are in force.

@@ -303,7 +303,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	mux.Handle("/derp/", derpSrv)
 	mux.Handle("/generate_204", derpSrv)
 	mux.Handle("/", coord)
-	clim := connLimits(o.MaxConns, shareServerControl, nofile)
+	clim := connLimits(o.MaxConns, shareServerControl, nofile, controlConnsPerSource)
 	logLimits(logger, "coordinator and relay", nofile, clim)
 	cln, hs := limitedServer(ln, clim, mux, logger)
 	wg.Add(1)
@@ -341,7 +341,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if _, err := en.Up(ctx, apitype.UpRequest{Coordinator: localURL, AuthKey: edgeKey, Hostname: "edge"}); err != nil {
 		return fmt.Errorf("edge joins the mesh: %w", err)
 	}
-	elim := connLimits(o.EdgeMaxConns, shareServerEdge, nofile)
+	elim := connLimits(o.EdgeMaxConns, shareServerEdge, nofile, edgeConnsPerSource)
 	logLimits(logger, "edge", nofile, elim)
 	e, err := newEdge(en.DialContext, o.Domain, elim, o.BodyTimeout, logger)
 	if err != nil {
