@@ -578,3 +578,112 @@ func TestBadFlagsRefused(t *testing.T) {
 		t.Error("beam up with a bad flag started a daemon")
 	}
 }
+
+// TestRelayIdleFlood floods a beam derp whose open files limit is 512
+// with 1,000 idle connections from 20 loopback addresses: the relay stays
+// within its descriptors, two clients connected before the flood keep
+// relaying to each other, and new clients connect once it ends.
+func TestRelayIdleFlood(t *testing.T) {
+	const nofile = 512
+	bin, dir := buildBeam(t), t.TempDir()
+	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	logf, err := os.Create(filepath.Join(dir, "derp.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command("sh", "-c", `ulimit -n "$0" && exec "$@"`, strconv.Itoa(nofile), bin, "derp", "--addr", addr, "--stun-addr", "", "--state", filepath.Join(dir, "derp"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logf.Close()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, "derp.log"))
+			t.Logf("relay log:\n%s", b)
+		}
+	})
+	relayURL := "http://" + addr
+	waitFor(t, 10*time.Second, "relay answers", func() bool {
+		resp, err := http.Get(relayURL + "/generate_204")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return true
+	})
+	dialRelay := func() (*derp.Client, key.NodePrivate) {
+		t.Helper()
+		k := key.NewNode()
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		dc, err := derp.Dial(ctx, relayURL, k, derp.ClientOptions{})
+		if err != nil {
+			t.Fatalf("connect to the relay: %v", err)
+		}
+		t.Cleanup(func() { dc.Close() })
+		return dc, k
+	}
+	a, _ := dialRelay()
+	b, bKey := dialRelay()
+	got := make(chan string, 16)
+	go func() {
+		for {
+			m, err := b.Recv()
+			if err != nil {
+				return
+			}
+			if p, ok := m.(derp.ReceivedPacket); ok {
+				got <- string(p.Data)
+			}
+		}
+	}()
+	relays := func(what string) {
+		t.Helper()
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		deadline := time.After(10 * time.Second)
+		for {
+			if err := a.Send(bKey.Public(), []byte(what)); err != nil {
+				t.Fatalf("%s: send: %v", what, err)
+			}
+			select {
+			case s := <-got:
+				if s == what {
+					return
+				}
+			case <-tick.C:
+			case <-deadline:
+				t.Fatalf("%s: no packet relayed in 10s", what)
+			}
+		}
+	}
+	relays("before the flood")
+
+	var flood idleFlood
+	defer flood.close()
+	dialed := flood.open(t, addr, 1000, 20, 32, 20*time.Second)
+	files := openFiles(t, cmd.Process.Pid)
+	t.Logf("flood: %d connections dialed from 20 addresses, %d held open by the relay, which holds %d open files (limit %d)", dialed, flood.held(), files, nofile)
+	if dialed <= nofile {
+		t.Fatalf("the flood dialed %d connections, want more than the limit %d", dialed, nofile)
+	}
+	if files > nofile*7/8 {
+		t.Errorf("the relay holds %d open files under the flood, want at most %d", files, nofile*7/8)
+	}
+	relays("under the flood")
+
+	flood.close()
+	waitFor(t, 20*time.Second, "a new client connects after the flood", func() bool {
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+		defer cancel()
+		dc, err := derp.Dial(ctx, relayURL, key.NewNode(), derp.ClientOptions{})
+		if err != nil {
+			return false
+		}
+		dc.Close()
+		return true
+	})
+}
