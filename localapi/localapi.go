@@ -68,6 +68,7 @@ func New(n *node.Node, opts Options) *Handler {
 	h.mux.HandleFunc("GET /localapi/v0/expose", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, h.n.ExposedRoutes()) })
 	h.mux.HandleFunc("POST /localapi/v0/expose/stop", h.exposeStop)
 	h.mux.HandleFunc("GET /localapi/v0/expose/watch", h.exposeWatch)
+	h.mux.HandleFunc("POST /localapi/v0/expose/wait", h.exposeWait)
 	return h
 }
 
@@ -283,11 +284,24 @@ func (h *Handler) exposeStop(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
 		return
 	}
-	if err := h.n.Unexpose(r.Context(), req.Name); err != nil {
+	if err := h.n.Unexpose(r.Context(), req.Name, req.Proto); err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
 	writeJSON(w, struct{}{})
+}
+
+// exposeWait answers once the route in the body is no longer published
+// (apitype.RouteGone), or never if the client goes away first.
+func (h *Handler) exposeWait(w http.ResponseWriter, r *http.Request) {
+	var req apitype.Route
+	if err := json.NewDecoder(io.LimitReader(r.Body, 1<<20)).Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
+		return
+	}
+	if reason := h.n.WaitRouteGone(r.Context(), req); reason != "" {
+		writeJSON(w, apitype.RouteGone{Reason: reason})
+	}
 }
 
 // exposeWatch streams one JSON line per request served through this

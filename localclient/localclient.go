@@ -181,7 +181,23 @@ func (c *Client) Expose(ctx context.Context, req apitype.ExposeRequest) (*apityp
 
 // ExposeStop withdraws a published route.
 func (c *Client) ExposeStop(ctx context.Context, name string) error {
-	return c.do(ctx, http.MethodPost, "/localapi/v0/expose/stop", apitype.ExposeStopRequest{Name: name}, nil)
+	return c.ExposeStopRoute(ctx, apitype.ExposeStopRequest{Name: name})
+}
+
+// ExposeStopRoute withdraws the routes req names.
+func (c *Client) ExposeStopRoute(ctx context.Context, req apitype.ExposeStopRequest) error {
+	return c.do(ctx, http.MethodPost, "/localapi/v0/expose/stop", req, nil)
+}
+
+// WaitRouteGone waits until route r of this device is no longer
+// published and returns why; it returns "" and ctx's error if ctx ends
+// first.
+func (c *Client) WaitRouteGone(ctx context.Context, r apitype.Route) (string, error) {
+	var g apitype.RouteGone
+	if err := c.do(ctx, http.MethodPost, "/localapi/v0/expose/wait", r, &g); err != nil {
+		return "", err
+	}
+	return g.Reason, nil
 }
 
 // ExposeList lists this device's published routes.

@@ -121,8 +121,9 @@ func localListening(ctx context.Context, port uint16) bool {
 }
 
 // Unexpose withdraws one of this device's routes. name is the route's
-// host, its first label, or "tcp:PORT"/"udp:PORT" (public port).
-func (n *Node) Unexpose(ctx context.Context, name string) error {
+// host, its first label, or "tcp:PORT"/"udp:PORT" (public port); a
+// non-empty proto limits it to the route of that protocol.
+func (n *Node) Unexpose(ctx context.Context, name, proto string) error {
 	n.mu.Lock()
 	s := n.sess
 	routes := n.ownRoutesLocked()
@@ -134,6 +135,9 @@ func (n *Node) Unexpose(ctx context.Context, name string) error {
 	for _, r := range routes {
 		label, _, _ := strings.Cut(r.Host, ".")
 		pp := r.Proto + ":" + strconv.Itoa(int(r.PublicPort))
+		if proto != "" && r.Proto != proto {
+			continue
+		}
 		if strings.EqualFold(name, r.Host) || strings.EqualFold(name, label) || name == pp {
 			match = append(match, r)
 		}
@@ -171,6 +175,49 @@ func (n *Node) Unexpose(ctx context.Context, name string) error {
 	}
 	n.mu.Unlock()
 	return nil
+}
+
+// routeGonePoll is how often WaitRouteGone looks again when no netmap
+// arrives: leaving the network (down, logout, removal) sends none.
+const routeGonePoll = time.Second
+
+// WaitRouteGone waits until route r of this device (matched by host,
+// protocol and public port) is no longer published, and says why. It
+// returns "" when ctx ends first. A route not yet in the coordinator's
+// map counts as gone only once it has been seen there.
+func (n *Node) WaitRouteGone(ctx context.Context, r apitype.Route) string {
+	t := time.NewTicker(routeGonePoll)
+	defer t.Stop()
+	seen := false
+	for {
+		n.mu.Lock()
+		running := n.sess != nil && n.netmap != nil
+		var in bool
+		if nm := n.streamNM; nm != nil && nm.Self != nil {
+			in = slices.ContainsFunc(nm.EdgeRoutes, func(w wire.EdgeRoute) bool {
+				return w.Node == nm.Self.Key && strings.EqualFold(w.Host, r.Host) && w.Proto == r.Proto && w.PublicPort == r.PublicPort
+			})
+		}
+		if n.nmChanged == nil {
+			n.nmChanged = make(chan struct{})
+		}
+		ch := n.nmChanged
+		n.mu.Unlock()
+		switch {
+		case !running:
+			return "this device left the network (beam down, logout, or its removal by an admin)"
+		case in:
+			seen = true
+		case seen:
+			return "the route was withdrawn (beam expose stop, an admin, or the removal of this device)"
+		}
+		select {
+		case <-ctx.Done():
+			return ""
+		case <-ch:
+		case <-t.C:
+		}
+	}
 }
 
 // ExposedRoutes lists the routes this device serves.

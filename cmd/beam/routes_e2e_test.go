@@ -1,14 +1,22 @@
 package main
 
 import (
+	"bufio"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"beam.dev/beam/localapi/apitype"
 )
 
 // appServer serves name on a loopback port and records the Authorization
@@ -100,5 +108,130 @@ func TestPublicNameOwners(t *testing.T) {
 		if a != "" {
 			t.Errorf("request %d reached the app with Authorization %q; the edge must keep the credentials", i, a)
 		}
+	}
+}
+
+// fgExpose is a foreground `beam expose`.
+type fgExpose struct {
+	cmd    *exec.Cmd
+	url    string
+	stderr strings.Builder // written by the exec package until Wait returns
+	done   chan struct{}   // closed once the command exited; then err is set
+	err    error
+}
+
+// startExpose runs `beam expose ARGS` in the foreground on d and waits for
+// its URL.
+func startExpose(t *testing.T, d *device, args ...string) *fgExpose {
+	t.Helper()
+	cmd := exec.Command(d.c.bin, d.args(append([]string{"expose"}, args...)...)...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fg := &fgExpose{cmd: cmd, done: make(chan struct{})}
+	cmd.Stderr = &fg.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-fg.done
+	})
+	br := bufio.NewReader(stdout)
+	line, err := br.ReadString('\n')
+	go func() {
+		io.Copy(io.Discard, br)
+		fg.err = cmd.Wait()
+		close(fg.done)
+	}()
+	if err != nil {
+		t.Fatalf("beam expose %s: no URL (%v)", strings.Join(args, " "), err)
+	}
+	fg.url = strings.TrimSpace(line)
+	return fg
+}
+
+// wait returns the exit error and the stderr text once the command ends.
+func (fg *fgExpose) wait(t *testing.T, d time.Duration) (error, string) {
+	t.Helper()
+	select {
+	case <-fg.done:
+	case <-time.After(d):
+		t.Fatalf("beam expose (%s) still running after %v", fg.url, d)
+	}
+	return fg.err, fg.stderr.String()
+}
+
+func routeList(t *testing.T, d *device) []apitype.Route {
+	t.Helper()
+	var routes []apitype.Route
+	if err := json.Unmarshal([]byte(d.c.mustBeam(d.args("expose", "list", "--json")...)), &routes); err != nil {
+		t.Fatal(err)
+	}
+	return routes
+}
+
+// TestExposeRoutesDoNotCollide plays issue #22 on the real binaries: each
+// beam expose owns its route, and a foreground expose whose route goes
+// away says so and exits non-zero.
+func TestExposeRoutesDoNotCollide(t *testing.T) {
+	c, httpPort := startDevServer(t)
+	alpha := c.device("alpha")
+	alpha.mustUp()
+	appA, appB := startApp(t, "first"), startApp(t, "second")
+
+	// A second http expose under the default name gets its own name.
+	first := strings.TrimSpace(c.mustBeam(alpha.args("expose", strconv.Itoa(appA.port), "--bg")...))
+	second := strings.TrimSpace(c.mustBeam(alpha.args("expose", strconv.Itoa(appB.port), "--bg")...))
+	if want := fmt.Sprintf("http://alpha-2.localhost:%d", httpPort); first == second || second != want {
+		t.Fatalf("second expose printed %q (first %q), want %q", second, first, want)
+	}
+	for url, want := range map[string]string{first: "first", second: "second"} {
+		waitFor(t, 10*time.Second, url+" serves its own app", func() bool {
+			body, err := curl(t, url+"/")
+			return err == nil && body == want
+		})
+	}
+	// Under an explicit name it is refused with a hint.
+	c.mustBeam(alpha.args("expose", strconv.Itoa(appA.port), "--name", "web", "--bg")...)
+	if _, errOut, err := c.beam(nil, alpha.args("expose", strconv.Itoa(appB.port), "--name", "web", "--bg")...); err == nil || !strings.Contains(errOut, "beam expose stop web") {
+		t.Errorf("second route under --name web: err %v, stderr %q; want a refusal with a hint", err, errOut)
+	}
+
+	// Two tcp exposes get two ports; Ctrl-C on a tcp expose leaves the
+	// udp route of the same name alone.
+	e1, e2 := echoServer(t), echoServer(t)
+	t1 := strings.TrimSpace(c.mustBeam(alpha.args("expose", "--tcp", strconv.Itoa(e1), "--bg")...))
+	udp := startExpose(t, alpha, "--udp", strconv.Itoa(freeUDPPort(t)))
+	tcp := startExpose(t, alpha, "--tcp", strconv.Itoa(e2))
+	if t1 == tcp.url {
+		t.Fatalf("two tcp exposes share %s", t1)
+	}
+	tcp.cmd.Process.Signal(syscall.SIGINT)
+	if err, _ := tcp.wait(t, 20*time.Second); err != nil {
+		t.Fatalf("tcp expose after Ctrl-C: %v", err)
+	}
+	var protos []string
+	for _, r := range routeList(t, alpha) {
+		protos = append(protos, r.Proto)
+	}
+	slices.Sort(protos)
+	if want := []string{"http", "http", "http", "tcp", "udp"}; !slices.Equal(protos, want) {
+		t.Fatalf("routes after Ctrl-C on the second tcp expose: %v, want %v", protos, want)
+	}
+
+	// beam expose stop from another shell ends the foreground expose.
+	udpName := "udp:" + udp.url[strings.LastIndexByte(udp.url, ':')+1:]
+	c.mustBeam(alpha.args("expose", "stop", udpName)...)
+	if err, stderr := udp.wait(t, 20*time.Second); err == nil || !strings.Contains(stderr, "no longer published") {
+		t.Errorf("udp expose after beam expose stop: exit %v, stderr %q; want non-zero and why", err, stderr)
+	}
+
+	// So does an admin removing the route.
+	fg := startExpose(t, alpha, strconv.Itoa(appB.port), "--name", "fg")
+	c.mustBeam("admin", "--coordinator", c.url, "routes", "remove", "fg.localhost")
+	if err, stderr := fg.wait(t, 20*time.Second); err == nil || !strings.Contains(stderr, "no longer published") || strings.Contains(stderr, "forwarding "+fg.url+" ->\n") {
+		t.Errorf("foreground expose after an admin removal: exit %v, stderr %q; want non-zero and why", err, stderr)
 	}
 }

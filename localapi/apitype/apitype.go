@@ -211,6 +211,16 @@ type ExposeStopRequest struct {
 	// Name is the route's host ("app.example.test"), its label ("app") or,
 	// for tcp/udp routes, "tcp:PORT" / "udp:PORT" with the public port.
 	Name string `json:"name"`
+	// Proto, if set, withdraws only the route of that protocol; empty
+	// means every route Name matches.
+	Proto string `json:"proto,omitempty"`
+}
+
+// RouteGone is the answer of POST /localapi/v0/expose/wait (body: the
+// Route to watch), sent once the route is no longer published.
+type RouteGone struct {
+	// Reason says why: withdrawn, or this device left the network.
+	Reason string `json:"reason"`
 }
 
 // Route is one published route of this device, as listed by GET

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -190,15 +191,29 @@ func runExpose(ctx context.Context, f *Factory, in *instanceFlags, o *ExposeOpti
 	if o.Background {
 		return nil
 	}
-	name := resp.Host
-	if name == "" {
-		name = fmt.Sprintf("%s:%d", resp.Proto, resp.PublicPort)
+	route := apitype.Route{Host: resp.Host, Proto: resp.Proto, PublicPort: resp.PublicPort, Port: resp.Port}
+	stop := apitype.ExposeStopRequest{Name: resp.Host, Proto: resp.Proto}
+	if resp.Proto == "tcp" || resp.Proto == "udp" {
+		stop.Name = fmt.Sprintf("%s:%d", resp.Proto, resp.PublicPort)
 	}
 	if !o.JSON {
 		fmt.Fprintf(f.ErrOut, "forwarding %s -> 127.0.0.1:%d; Ctrl-C to stop\n", resp.URL, resp.Port)
 	}
-	werr := lc.WatchRequests(ctx, func(l apitype.RequestLog) {
-		if l.Port != o.Port {
+	// Watch the request log until Ctrl-C (ctx done), the daemon going
+	// away, or the route disappearing (beam expose stop, an admin, the
+	// device leaving the network): then this command has nothing left to
+	// forward and says so.
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	gone := make(chan string, 1)
+	go func() {
+		defer wcancel()
+		if reason, err := lc.WaitRouteGone(wctx, route); err == nil && reason != "" {
+			gone <- reason
+		}
+	}()
+	werr := lc.WatchRequests(wctx, func(l apitype.RequestLog) {
+		if l.Port != resp.Port || !logForHost(l.Host, resp.Host) {
 			return
 		}
 		if o.JSON {
@@ -207,16 +222,34 @@ func runExpose(ctx context.Context, f *Factory, in *instanceFlags, o *ExposeOpti
 		}
 		fmt.Fprintf(f.Out, "%s %-7s %-40s %d %s\n", l.Time.Format("15:04:05"), l.Method, l.Path, l.Status, l.Duration.Round(time.Millisecond))
 	})
-	// Ctrl-C (ctx done) or the daemon going away: withdraw the route.
+	wcancel()
+	select {
+	case reason := <-gone:
+		return fmt.Errorf("%s is no longer published: %s", resp.URL, reason)
+	default:
+	}
+	// Ctrl-C or the daemon going away: withdraw the route, this one only.
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := lc.ExposeStop(sctx, name); err != nil {
-		return fmt.Errorf("remove route %s: %w", name, err)
+	if err := lc.ExposeStopRoute(sctx, stop); err != nil {
+		return fmt.Errorf("remove route %s: %w", stop.Name, err)
 	}
 	if !o.JSON {
 		fmt.Fprintf(f.ErrOut, "stopped %s\n", resp.URL)
 	}
 	return werr
+}
+
+// logForHost reports whether a request log line with Host header h
+// belongs to the route of host (empty host: any).
+func logForHost(h, host string) bool {
+	if host == "" {
+		return true
+	}
+	if hh, _, err := net.SplitHostPort(h); err == nil {
+		h = hh
+	}
+	return strings.EqualFold(strings.TrimSuffix(h, "."), host)
 }
 
 func newCmdExposeList(f *Factory, in *instanceFlags) *cobra.Command {
