@@ -86,11 +86,29 @@ func (n *Node) Netcheck(ctx context.Context) (*apitype.NetcheckReport, error) {
 	if e == nil {
 		return nil, ErrNotRunning
 	}
+	var local []string
+	if rep := n.eps.Load(); rep != nil {
+		for _, ep := range rep.eps {
+			local = append(local, ep.String())
+		}
+	}
+	if !hasSTUN(nm) {
+		// Without STUN there is nothing to ask about the outside, but the
+		// node still knows its own UDP endpoints.
+		return &apitype.NetcheckReport{
+			UDP:        len(local) > 0,
+			LocalAddrs: local,
+			Missing:    []string{"the relay map has no STUN servers, so no public address, NAT kind or relay latency (give the coordinator --stun, or run beam server, which serves STUN)"},
+		}, nil
+	}
 	r, err := e.Netcheck(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("netcheck: %w", err)
 	}
-	out := &apitype.NetcheckReport{UDP: r.UDP, MappingVariesByDestIP: r.MappingVariesByDestIP, RegionLatency: map[string]time.Duration{}}
+	out := &apitype.NetcheckReport{UDP: r.UDP, MappingVariesByDestIP: r.MappingVariesByDestIP, RegionLatency: map[string]time.Duration{}, LocalAddrs: local}
+	if !r.UDP {
+		out.Missing = append(out.Missing, "no STUN server answered over UDP: UDP may be blocked, so peers will use the relay")
+	}
 	if r.GlobalV4.IsValid() {
 		out.GlobalV4 = r.GlobalV4.String()
 	}
@@ -104,4 +122,19 @@ func (n *Node) Netcheck(ctx context.Context) (*apitype.NetcheckReport, error) {
 		out.PreferredRelay = regionName(nm, r.PreferredDERP)
 	}
 	return out, nil
+}
+
+// hasSTUN reports whether the netmap's relay map names a STUN server.
+func hasSTUN(nm *wire.NetMap) bool {
+	if nm == nil || nm.DERPMap == nil {
+		return false
+	}
+	for _, r := range nm.DERPMap.Regions {
+		for _, d := range r.Nodes {
+			if d != nil && d.STUNAddr != "" {
+				return true
+			}
+		}
+	}
+	return false
 }

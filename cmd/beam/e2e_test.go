@@ -106,6 +106,7 @@ func (c *cluster) startCoordinator() {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(c.bin, "coordinator", "--addr", c.addr, "--data", filepath.Join(c.dir, "coord"))
+	cmd.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+c.dir) // its discovery file stays in the test
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

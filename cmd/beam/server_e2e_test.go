@@ -44,6 +44,7 @@ func startDevServerWith(t *testing.T, nofile int, extra ...string) (*cluster, in
 		cmd = exec.Command("sh", append([]string{"-c", `ulimit -n "$0" && exec "$@"`, strconv.Itoa(nofile), c.bin}, args...)...)
 	}
 	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+c.dir) // its discovery file stays in the test
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

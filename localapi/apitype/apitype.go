@@ -270,4 +270,10 @@ type NetcheckReport struct {
 	// RegionLatency maps a relay region's code to its STUN round trip.
 	RegionLatency  map[string]time.Duration `json:"region_latency,omitempty"`
 	PreferredRelay string                   `json:"preferred_relay,omitempty"`
+	// LocalAddrs are the node's own UDP endpoints (interface addresses
+	// and the WireGuard port), known without any STUN server.
+	LocalAddrs []string `json:"local_addrs,omitempty"`
+	// Missing says, one sentence each, what the report could not learn
+	// and why (for example, the relay map has no STUN servers).
+	Missing []string `json:"missing,omitempty"`
 }

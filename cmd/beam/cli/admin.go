@@ -20,29 +20,52 @@ import (
 type adminFlags struct {
 	coordinator string
 	tokenFile   string
+	dataDir     string
 }
 
-// client builds the admin API client from flags and environment.
+// client builds the admin API client. It is the one place that finds the
+// coordinator and its token, for every admin command:
+//
+//   - URL: --coordinator, else BEAM_COORDINATOR, else the discovery file
+//     of a coordinator on this host (DATA/coordinator.json with --data,
+//     else the user's copy; see coorddiscovery.go).
+//   - token: --token-file, else BEAM_ADMIN_TOKEN, else the token file the
+//     discovery file names, used only when the URL is the discovered one
+//     (a token is never sent to a coordinator it does not belong to).
 func (a *adminFlags) client(f *Factory) (*coordclient.Admin, error) {
 	server := a.coordinator
 	if server == "" {
 		server = f.getenv("BEAM_COORDINATOR")
 	}
+	d, dpath, err := discover(f, a.dataDir)
+	if err != nil {
+		return nil, err
+	}
+	if server == "" && d != nil {
+		server = d.URL
+	}
 	if server == "" {
-		return nil, errors.New("no coordinator: pass --coordinator URL or set BEAM_COORDINATOR")
+		return nil, errors.New("no coordinator found: pass --coordinator URL or set BEAM_COORDINATOR (on the coordinator's host, beam admin finds one that runs as this user, or pass --data DIR)")
 	}
 	if u, err := url.Parse(server); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("bad coordinator URL %q: want http(s)://host:port", server)
 	}
 	token := ""
-	if a.tokenFile != "" {
+	switch {
+	case a.tokenFile != "":
 		b, err := os.ReadFile(a.tokenFile)
 		if err != nil {
 			return nil, fmt.Errorf("read --token-file: %w", err)
 		}
 		token = strings.TrimSpace(string(b))
-	} else {
+	case f.getenv("BEAM_ADMIN_TOKEN") != "":
 		token = strings.TrimSpace(f.getenv("BEAM_ADMIN_TOKEN"))
+	case d != nil && strings.TrimRight(server, "/") == d.URL:
+		b, err := os.ReadFile(d.TokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("read the admin token named in %s: %w (run beam admin as the coordinator's user, or set BEAM_ADMIN_TOKEN)", dpath, err)
+		}
+		token = strings.TrimSpace(string(b))
 	}
 	if token == "" {
 		return nil, errors.New("no admin token: set BEAM_ADMIN_TOKEN or pass --token-file (the coordinator writes DATA/admin.token)")
@@ -77,10 +100,15 @@ func NewCmdAdmin(f *Factory) *cobra.Command {
 		Long: `Administer a coordinator through its admin API.
 
 The coordinator URL comes from --coordinator or BEAM_COORDINATOR; the admin
-token from BEAM_ADMIN_TOKEN or --token-file.`,
+token from --token-file or BEAM_ADMIN_TOKEN. On the coordinator's own host
+neither is needed: beam coordinator and beam server write DATA/coordinator.json
+(URL and token file) and a copy in $XDG_RUNTIME_DIR/beam (else the user's
+config directory), which beam admin reads when run by the same user. --data
+DIR reads DIR/coordinator.json instead.`,
 	}
 	cmd.PersistentFlags().StringVar(&a.coordinator, "coordinator", "", "coordinator URL (env BEAM_COORDINATOR)")
-	cmd.PersistentFlags().StringVar(&a.tokenFile, "token-file", "", "file holding the admin token (default: env BEAM_ADMIN_TOKEN)")
+	cmd.PersistentFlags().StringVar(&a.tokenFile, "token-file", "", "file holding the admin token (default: env BEAM_ADMIN_TOKEN, else the local coordinator's)")
+	cmd.PersistentFlags().StringVar(&a.dataDir, "data", "", "data directory of a coordinator on this host: read its URL and token from DIR/coordinator.json")
 	cmd.AddCommand(newCmdAdminAuthKey(f, a), newCmdAdminNodes(f, a))
 	cmd.AddCommand(newCmdAdminRoutes(f, a), newCmdAdminDomains(f, a), newCmdAdminDNS(f, a))
 	cmd.AddCommand(newCmdAdminUsers(f, a), newCmdAdminPolicy(f, a), newCmdAdminAudit(f, a))

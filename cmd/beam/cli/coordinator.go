@@ -66,9 +66,12 @@ On first start it creates the data directory with coordinator.db (SQLite),
 coordinator.key (the machine key), admin.token (the admin API token; only
 its hash is kept in the database) and relay.token (what relays started with
 --verify-clients present to ask whether a node may use them; give it to
-them with --verify-token-file). Use the admin token with beam admin:
+them with --verify-token-file). Once it listens it writes
+DATA/coordinator.json (its URL and admin token file) and a copy for beam
+admin on this host, which then needs neither --coordinator nor a token.
+From elsewhere:
 
-  export BEAM_ADMIN_TOKEN=$(cat DATA/admin.token)`,
+  export BEAM_COORDINATOR=http://HOST:PORT BEAM_ADMIN_TOKEN=$(cat DATA/admin.token)`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := configs.Coordinator{Addr: opts.Addr, BaseDomain: opts.BaseDomain, DERPURLs: opts.DERPURLs, STUN: opts.STUN,
@@ -173,6 +176,12 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 		logger.Info("wrote a new admin token", "file", tokenPath)
 	}
 	logger.Info("coordinator listening", "addr", ln.Addr().String(), "data", opts.DataDir, "machine_key", priv.Public().String())
+	forget, err := writeDiscovery(f, opts.DataDir, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer forget()
 	if opts.ready != nil {
 		opts.ready(ln.Addr().String())
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -93,6 +94,9 @@ func NewCmdNetcheck(f *Factory, in *instanceFlags) *cobra.Command {
 				return enc.Encode(r)
 			}
 			fmt.Fprintf(f.Out, "Report:\n\t* UDP: %v\n", r.UDP)
+			if len(r.LocalAddrs) > 0 {
+				fmt.Fprintf(f.Out, "\t* Local addresses: %s\n", strings.Join(r.LocalAddrs, " "))
+			}
 			if r.GlobalV4 != "" {
 				fmt.Fprintf(f.Out, "\t* IPv4: %s\n", r.GlobalV4)
 			} else {
@@ -109,10 +113,17 @@ func NewCmdNetcheck(f *Factory, in *instanceFlags) *cobra.Command {
 			default:
 				fmt.Fprintf(f.Out, "\t* MappingVariesByDestIP: %v\n", *r.MappingVariesByDestIP)
 			}
-			fmt.Fprintf(f.Out, "\t* Nearest relay: %s\n", r.PreferredRelay)
-			fmt.Fprintf(f.Out, "\t* Relay latency:\n")
-			for _, name := range slices.Sorted(maps.Keys(r.RegionLatency)) {
-				fmt.Fprintf(f.Out, "\t\t- %s: %s\n", name, r.RegionLatency[name].Round(100*time.Microsecond))
+			if r.PreferredRelay != "" {
+				fmt.Fprintf(f.Out, "\t* Nearest relay: %s\n", r.PreferredRelay)
+			}
+			if len(r.RegionLatency) > 0 {
+				fmt.Fprintf(f.Out, "\t* Relay latency:\n")
+				for _, name := range slices.Sorted(maps.Keys(r.RegionLatency)) {
+					fmt.Fprintf(f.Out, "\t\t- %s: %s\n", name, r.RegionLatency[name].Round(100*time.Microsecond))
+				}
+			}
+			for _, m := range r.Missing {
+				fmt.Fprintf(f.Out, "\t* Missing: %s\n", m)
 			}
 			return nil
 		},

@@ -315,6 +315,11 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		}
 	}()
 	defer hs.Close()
+	forget, err := writeDiscovery(f, o.DataDir, addr)
+	if err != nil {
+		return err
+	}
+	defer forget()
 	if o.Dev {
 		logger.Warn("DEV MODE: devices connecting from this machine join WITHOUT an auth key; do not expose this server")
 	}
