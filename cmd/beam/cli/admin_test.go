@@ -19,9 +19,15 @@ import (
 // returns its URL and a stop func that waits for it to return.
 func startTestCoordinator(t *testing.T, dataDir string, extra ...string) (string, func()) {
 	t.Helper()
+	return startTestCoordinatorEnv(t, nil, dataDir, extra...)
+}
+
+// startTestCoordinatorEnv is startTestCoordinator with an environment.
+func startTestCoordinatorEnv(t *testing.T, env map[string]string, dataDir string, extra ...string) (string, func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var errOut bytes.Buffer
-	f := &Factory{Out: &bytes.Buffer{}, ErrOut: &errOut, Getenv: func(string) string { return "" }}
+	f := &Factory{Out: &bytes.Buffer{}, ErrOut: &errOut, Getenv: func(k string) string { return env[k] }}
 	ready := make(chan string, 1)
 	cmd := NewCmdCoordinator(f, func(o *CoordinatorOptions) error {
 		o.ready = func(addr string) { ready <- addr }

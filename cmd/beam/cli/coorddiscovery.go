@@ -14,8 +14,7 @@ import (
 // The coordinator's discovery file lets beam admin find a coordinator on
 // its own host without flags: `beam coordinator` and `beam server` write
 // DATA/coordinator.json once they listen, and a copy at
-// USERDIR/beam/coordinator.json, where USERDIR is $XDG_RUNTIME_DIR or else
-// the user's config directory (os.UserConfigDir). Both name the URL that
+// USERDIR/beam/coordinator.json (see userDiscoveryPath). Both name the URL that
 // reaches the coordinator from this host and the admin token file. The copy
 // is removed at a clean shutdown if it still names this coordinator.
 const discoveryName = "coordinator.json"
@@ -31,19 +30,18 @@ type coordDiscovery struct {
 }
 
 // userDiscoveryPath returns USERDIR/beam/coordinator.json, or "" if the
-// user has no such directory.
+// environment names no such directory. USERDIR is $XDG_RUNTIME_DIR, else
+// $XDG_CONFIG_HOME, else $HOME/.config (%AppData% on Windows).
 func userDiscoveryPath(f *Factory) string {
-	if d := f.getenv("XDG_RUNTIME_DIR"); d != "" {
-		return filepath.Join(d, "beam", discoveryName)
+	for _, d := range []string{f.getenv("XDG_RUNTIME_DIR"), f.getenv("XDG_CONFIG_HOME"), f.getenv("APPDATA")} {
+		if d != "" {
+			return filepath.Join(d, "beam", discoveryName)
+		}
 	}
-	if d := f.getenv("XDG_CONFIG_HOME"); d != "" {
-		return filepath.Join(d, "beam", discoveryName)
+	if h := f.getenv("HOME"); h != "" {
+		return filepath.Join(h, ".config", "beam", discoveryName)
 	}
-	d, err := os.UserConfigDir()
-	if err != nil {
-		return ""
-	}
-	return filepath.Join(d, "beam", discoveryName)
+	return ""
 }
 
 // loopbackURL returns the URL that reaches a listener at addr from its own
