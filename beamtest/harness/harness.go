@@ -37,6 +37,10 @@ type Options struct {
 	Policy coordinator.PolicyFunc
 	// DERPMap is handed to nodes; nil means none.
 	DERPMap *wire.DERPMap
+	// EdgeDomain and EdgeTCPPorts are the coordinator's (see
+	// coordinator.Options); empty means nodes cannot publish routes.
+	EdgeDomain   string
+	EdgeTCPPorts coordinator.PortRange
 }
 
 // NewCluster starts a coordinator. Everything stops at the end of the test.
@@ -58,6 +62,8 @@ func NewCluster(t testing.TB, opts Options) *Cluster {
 		KeepAliveInterval: ka,
 		Policy:            opts.Policy,
 		DERPMap:           opts.DERPMap,
+		EdgeDomain:        opts.EdgeDomain,
+		EdgeTCPPorts:      opts.EdgeTCPPorts,
 	})
 	if err != nil {
 		t.Fatalf("start coordinator: %v", err)
