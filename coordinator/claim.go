@@ -118,6 +118,14 @@ func (s *Server) claimHost(self *NodeRecord, nk key.NodePublic, host string, cus
 			c.same = r
 		}
 	}
+	// The device tells its http routes apart by port: one port, one
+	// upstream.
+	for _, r := range s.edge.byNode[nk] {
+		if r.Port == req.Port && r.Proto == "http" && req.Proto == "http" && r.Upstream != req.Upstream && r != c.same {
+			return claim{}, errorf(http.StatusConflict, CodeNameTaken,
+				"port %d of this device already forwards %s to %s; stop that route first or use another port", r.Port, r.Host, upstreamOrLocal(r.Upstream, r.Port))
+		}
+	}
 	slices.SortFunc(others, func(a, b *memRoute) int { return int(a.ID - b.ID) })
 	for _, o := range others {
 		owner, ownerNode := s.describeNodeLocked(o.node)
@@ -138,6 +146,14 @@ func (s *Server) claimHost(self *NodeRecord, nk key.NodePublic, host string, cus
 		c.pool = o
 	}
 	return c, nil
+}
+
+// upstreamOrLocal says where a route of port forwards to.
+func upstreamOrLocal(upstream string, port uint16) string {
+	if upstream == "" {
+		return fmt.Sprintf("127.0.0.1:%d", port)
+	}
+	return upstream
 }
 
 // describeNodeLocked names node k for an error message: "node web (user

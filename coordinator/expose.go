@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -135,6 +136,9 @@ func checkExpose(req *wire.ExposeRequest) *apiError {
 	if req.Port == 0 {
 		return errorf(http.StatusBadRequest, CodeNameInvalid, "port must be 1-65535")
 	}
+	if aerr := checkUpstream(req); aerr != nil {
+		return aerr
+	}
 	if len(req.Options) > len(routeOptionKeys) {
 		return errorf(http.StatusBadRequest, CodeNameInvalid, "too many options")
 	}
@@ -145,6 +149,32 @@ func checkExpose(req *wire.ExposeRequest) *apiError {
 		if len(v) > maxOptionLen {
 			return errorf(http.StatusBadRequest, CodeNameInvalid, "route option %q longer than %d bytes", k, maxOptionLen)
 		}
+	}
+	return nil
+}
+
+// maxUpstreamLen bounds ExposeRequest.Upstream: "https://", a DNS name
+// and a port.
+const maxUpstreamLen = 8 + 253 + 6
+
+// checkUpstream checks the form of req.Upstream: "host:port" or
+// "https://host:port" with req.Port as the port, for http routes.
+func checkUpstream(req *wire.ExposeRequest) *apiError {
+	if req.Upstream == "" {
+		return nil
+	}
+	if req.Proto != "http" {
+		return errorf(http.StatusBadRequest, CodeNameInvalid, "only http routes forward to an upstream other than the device's own port")
+	}
+	hp := strings.TrimPrefix(req.Upstream, "https://")
+	host, port, err := net.SplitHostPort(hp)
+	switch {
+	case len(req.Upstream) > maxUpstreamLen:
+		return errorf(http.StatusBadRequest, CodeNameInvalid, "upstream longer than %d bytes", maxUpstreamLen)
+	case err != nil || host == "" || strings.ContainsAny(host, " /?#@\\\x00\r\n\t"):
+		return errorf(http.StatusBadRequest, CodeNameInvalid, "upstream %q: want host:port or https://host:port", req.Upstream)
+	case port != strconv.Itoa(int(req.Port)):
+		return errorf(http.StatusBadRequest, CodeNameInvalid, "upstream %q: its port must be the route's port %d", req.Upstream, req.Port)
 	}
 	return nil
 }
@@ -266,6 +296,7 @@ func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.Expose
 		Port:         req.Port,
 		CustomDomain: custom,
 		Pool:         req.Pool,
+		Upstream:     req.Upstream,
 		Options:      maps.Clone(req.Options),
 		CreatedAt:    now,
 	}, node: nk}

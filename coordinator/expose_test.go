@@ -151,7 +151,7 @@ func TestExposeEdgeStream(t *testing.T) {
 	alphaAddr := v4(nma.Self)
 
 	start := time.Now()
-	expose(t, a, wire.ExposeRequest{Proto: "http", Port: 3000})
+	expose(t, a, wire.ExposeRequest{Proto: "http", Port: 3000, Upstream: "https://localhost:3000"})
 	expose(t, a, wire.ExposeRequest{Name: "voice", Proto: "udp", Port: 5000})
 	nm = we.waitFor("edge gets routes", wait, func(nm *wire.NetMap) bool {
 		return hasRoute(nm.EdgeRoutes, "alpha.example.test", "http", netip.AddrPortFrom(alphaAddr, 3000)) &&
@@ -160,6 +160,11 @@ func TestExposeEdgeStream(t *testing.T) {
 	})
 	if d := time.Since(start); d > time.Second {
 		t.Errorf("routes took %v to reach the edge, want under a second", d)
+	}
+	for _, r := range nm.EdgeRoutes {
+		if r.Upstream != "" {
+			t.Errorf("the edge sees the device's upstream %q of %s", r.Upstream, r.Host)
+		}
 	}
 	if peerNamed(nm, "beta") != nil || len(nm.Peers) != 1 {
 		t.Errorf("edge peers = %v, want only alpha", nm.Peers)
@@ -364,6 +369,27 @@ func TestExposeRoutesIndependent(t *testing.T) {
 	_, err := a.Expose(ctx, wire.ExposeRequest{Name: "app", Proto: "http", Port: 4000})
 	if !errors.Is(err, coordclient.ErrNameTaken) || !strings.Contains(err.Error(), "beam expose stop app") {
 		t.Errorf("second route on an explicit name = %v, want ErrNameTaken with a hint", err)
+	}
+	// Upstreams: http only, host:port or https://host:port with the
+	// route's port, one per port of the device.
+	for _, bad := range []wire.ExposeRequest{
+		{Name: "up", Proto: "tcp", Port: 80, Upstream: "127.0.0.2:80"},
+		{Name: "up", Proto: "http", Port: 80, Upstream: "127.0.0.2"},
+		{Name: "up", Proto: "http", Port: 80, Upstream: "127.0.0.2:81"},
+		{Name: "up", Proto: "http", Port: 80, Upstream: "ftp://127.0.0.2:80"},
+		{Name: "up", Proto: "http", Port: 80, Upstream: "a b:80"},
+		{Name: "up", Proto: "http", Port: 80, Upstream: ":80"},
+	} {
+		if _, err := a.Expose(ctx, bad); !errors.Is(err, coordclient.ErrNameInvalid) {
+			t.Errorf("expose with upstream %q (%s) = %v, want ErrNameInvalid", bad.Upstream, bad.Proto, err)
+		}
+	}
+	if r := expose(t, a, wire.ExposeRequest{Name: "lan", Proto: "http", Port: 80, Upstream: "127.0.0.2:80"}).Route; r.Upstream != "127.0.0.2:80" {
+		t.Errorf("route upstream = %q, want 127.0.0.2:80", r.Upstream)
+	}
+	if _, err := a.Expose(ctx, wire.ExposeRequest{Name: "lan2", Proto: "http", Port: 80, Upstream: "127.0.0.3:80"}); !errors.Is(err, coordclient.ErrNameTaken) ||
+		!strings.Contains(err.Error(), "already forwards lan.example.test to 127.0.0.2:80") {
+		t.Errorf("second upstream on port 80 = %v, want ErrNameTaken naming the first", err)
 	}
 	// Withdrawing the tcp route leaves the udp and http routes of the name.
 	if _, err := a.Expose(ctx, wire.ExposeRequest{Proto: "tcp", Remove: true}); err != nil {

@@ -38,6 +38,9 @@ type Route struct {
 	// Pool is set when the node agreed to share Host with other nodes of
 	// its user or tag (wire.ExposeRequest.Pool).
 	Pool bool
+	// Upstream is where the node forwards the route (see
+	// wire.ExposeRequest.Upstream); empty for its own port.
+	Upstream string
 	// Options is the route's policy (see wire.EdgeRoute.Options).
 	Options   map[string]string
 	CreatedAt time.Time
@@ -528,6 +531,9 @@ func (s *Server) fillExtras(ss *session, st *streamExtras, resp *wire.MapRespons
 	if !st.init || gen != st.gen {
 		if e := s.nodes[ss.key]; e != nil && e.rec.Node.Edge {
 			routes = s.edgeRoutesLocked(slices.Collect(maps.Values(es.routes)))
+			for i := range routes {
+				routes[i].Upstream = "" // the serving node's business
+			}
 		} else {
 			routes = s.edgeRoutesLocked(es.byNode[ss.key])
 		}
@@ -548,7 +554,7 @@ func (s *Server) fillExtras(ss *session, st *streamExtras, resp *wire.MapRespons
 
 func edgeRouteEqual(a, b wire.EdgeRoute) bool {
 	return a.Host == b.Host && a.Proto == b.Proto && a.PublicPort == b.PublicPort && a.Node == b.Node &&
-		a.Target == b.Target && a.CustomDomain == b.CustomDomain && a.Pool == b.Pool && maps.Equal(a.Options, b.Options)
+		a.Target == b.Target && a.CustomDomain == b.CustomDomain && a.Pool == b.Pool && a.Upstream == b.Upstream && maps.Equal(a.Options, b.Options)
 }
 
 // edgeRoutesLocked returns rs as wire routes, sorted. Server.mu held.
@@ -586,6 +592,7 @@ func (s *Server) wireRouteLocked(r *memRoute) (wire.EdgeRoute, bool) {
 		Target:       netip.AddrPortFrom(v4, r.Port),
 		CustomDomain: r.CustomDomain,
 		Pool:         r.Pool,
+		Upstream:     r.Upstream,
 		Options:      maps.Clone(r.Options),
 	}, true
 }

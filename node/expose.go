@@ -49,6 +49,9 @@ func (n *Node) Expose(ctx context.Context, req apitype.ExposeRequest) (*apitype.
 	default:
 		return nil, fmt.Errorf("expose: unknown protocol %q (want http, tls, tcp or udp)", req.Proto)
 	}
+	if req.Upstream != "" && req.Proto != "http" {
+		return nil, fmt.Errorf("expose: %s routes forward to this device's own port; give a port number, not %s", req.Proto, req.Upstream)
+	}
 	n.mu.Lock()
 	s, nm := n.sess, n.netmap
 	n.mu.Unlock()
@@ -66,6 +69,7 @@ func (n *Node) Expose(ctx context.Context, req apitype.ExposeRequest) (*apitype.
 		Port:         req.Port,
 		Options:      req.Options,
 		Pool:         req.Pool,
+		Upstream:     req.Upstream,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("expose: %w", err)
@@ -73,7 +77,8 @@ func (n *Node) Expose(ctx context.Context, req apitype.ExposeRequest) (*apitype.
 	if resp.Error != "" {
 		return nil, fmt.Errorf("expose: %s", resp.Error)
 	}
-	out := &apitype.ExposeResponse{URL: resp.URL, Proto: req.Proto, Port: req.Port}
+	up := appAddr(req.Port, req.Upstream)
+	out := &apitype.ExposeResponse{URL: resp.URL, Proto: req.Proto, Port: req.Port, Upstream: up.String()}
 	if resp.Route != nil {
 		out.Host, out.PublicPort = resp.Route.Host, resp.Route.PublicPort
 		// Apply the route locally at once rather than waiting for the stream.
@@ -97,8 +102,11 @@ func (n *Node) Expose(ctx context.Context, req apitype.ExposeRequest) (*apitype.
 		})
 		cancel()
 	}
-	if req.Proto != "udp" && !localListening(ctx, req.Port) {
-		out.Warning = fmt.Sprintf("nothing is listening on port %d of this device yet; the route stays up and works once your app starts", req.Port)
+	if req.Proto != "udp" && !up.listening(ctx) {
+		out.Warning = fmt.Sprintf("nothing is listening on %s yet; the route stays up and works once your app starts", up)
+		if req.Upstream == "" {
+			out.Warning = fmt.Sprintf("nothing is listening on port %d of this device yet; the route stays up and works once your app starts", req.Port)
+		}
 	}
 	return out, nil
 }
@@ -107,17 +115,65 @@ func sameRoute(a, b wire.EdgeRoute) bool {
 	return a.Host == b.Host && a.Proto == b.Proto && a.PublicPort == b.PublicPort && a.Node == b.Node && a.Target == b.Target
 }
 
-// localListening reports whether something accepts TCP on the port on loopback.
-func localListening(ctx context.Context, port uint16) bool {
-	for _, host := range []string{"127.0.0.1", "::1"} {
+// upstream is where the device forwards an http route: a TCP address,
+// spoken to over TLS when tls is set.
+type upstream struct {
+	addr string // host:port
+	tls  bool
+}
+
+// appAddr returns the upstream of a route of port with wire upstream up
+// (see wire.ExposeRequest.Upstream).
+func appAddr(port uint16, up string) upstream {
+	if up == "" {
+		return upstream{addr: "127.0.0.1:" + strconv.Itoa(int(port))}
+	}
+	if a, ok := strings.CutPrefix(up, "https://"); ok {
+		return upstream{addr: a, tls: true}
+	}
+	return upstream{addr: up}
+}
+
+func (u upstream) String() string {
+	if u.tls {
+		return "https://" + u.addr
+	}
+	return u.addr
+}
+
+// listening reports whether something accepts TCP at u (for the device's
+// own port: on 127.0.0.1 or [::1]).
+func (u upstream) listening(ctx context.Context) bool {
+	addrs := []string{u.addr}
+	if h, p, _ := net.SplitHostPort(u.addr); h == "127.0.0.1" {
+		addrs = append(addrs, net.JoinHostPort("::1", p))
+	}
+	for _, a := range addrs {
 		d := net.Dialer{Timeout: 500 * time.Millisecond}
-		c, err := d.DialContext(ctx, "tcp", net.JoinHostPort(host, strconv.Itoa(int(port))))
+		c, err := d.DialContext(ctx, "tcp", a)
 		if err == nil {
 			c.Close()
 			return true
 		}
 	}
 	return false
+}
+
+// dial connects to u; over TLS it offers alpn and does not verify the
+// app's certificate: the app is the device's own (or on its network), and
+// self-signed certificates are the rule there, as ngrok assumes too.
+func (u upstream) dial(ctx context.Context, d *net.Dialer, alpn ...string) (net.Conn, error) {
+	c, err := d.DialContext(ctx, "tcp", u.addr)
+	if err != nil || !u.tls {
+		return c, err
+	}
+	host, _, _ := net.SplitHostPort(u.addr)
+	tc := tls.Client(c, &tls.Config{ServerName: host, InsecureSkipVerify: true, NextProtos: alpn})
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("TLS to %s: %w", u, err)
+	}
+	return tc, nil
 }
 
 // Unexpose withdraws one of this device's routes. name is the route's
@@ -226,7 +282,7 @@ func (n *Node) ExposedRoutes() []apitype.Route {
 	defer n.mu.Unlock()
 	out := []apitype.Route{}
 	for _, r := range n.ownRoutesLocked() {
-		out = append(out, apitype.Route{Host: r.Host, Proto: r.Proto, PublicPort: r.PublicPort, Port: r.Target.Port(), Options: r.Options})
+		out = append(out, apitype.Route{Host: r.Host, Proto: r.Proto, PublicPort: r.PublicPort, Port: r.Target.Port(), Upstream: r.Upstream, Options: r.Options})
 	}
 	return out
 }
@@ -300,25 +356,25 @@ func (n *Node) publishRequest(l apitype.RequestLog) {
 // logs each request and answers 502 with a helpful page while nothing
 // listens on the local port. Other protocols use plain forwarding.
 func (n *Node) syncExposeProxiesLocked(cfg netstack.Config) {
-	want := map[uint16]bool{}
+	want := map[uint16]upstream{}
 	if n.engine != nil {
 		for _, r := range n.ownRoutesLocked() {
 			if r.Proto == "http" {
-				want[r.Target.Port()] = true
+				want[r.Target.Port()] = appAddr(r.Target.Port(), r.Upstream)
 			}
 		}
 	}
 	for port, p := range n.proxies {
-		if !want[port] || p.engine != n.engine {
+		if up, ok := want[port]; !ok || p.engine != n.engine || p.upstream != up {
 			p.close()
 			delete(n.proxies, port)
 		}
 	}
-	for port := range want {
+	for port, up := range want {
 		if _, ok := n.proxies[port]; ok {
 			continue
 		}
-		p, err := startExposeProxy(n, n.engine, cfg.Addresses, port)
+		p, err := startExposeProxy(n, n.engine, cfg.Addresses, port, up)
 		if err != nil {
 			n.logger.Warn("expose proxy", "port", port, "err", err)
 			continue
@@ -339,20 +395,21 @@ func (n *Node) syncExposeProxiesLocked(cfg netstack.Config) {
 // while a connection has an app side), all counted in wg; close ends them
 // and waits.
 type exposeProxy struct {
-	engine *netstack.Engine
-	relay  *exposeRelay
-	h1     *http.Transport // the HTTP/2 path's transport to the app
-	ctx    context.Context
-	cancel context.CancelFunc
-	lns    []net.Listener
-	wg     sync.WaitGroup
+	engine   *netstack.Engine
+	upstream upstream
+	relay    *exposeRelay
+	h1       *http.Transport // the HTTP/2 path's transport to the app
+	ctx      context.Context
+	cancel   context.CancelFunc
+	lns      []net.Listener
+	wg       sync.WaitGroup
 
 	mu     sync.Mutex // guards the following fields
 	conns  map[*relayConn]struct{}
 	closed bool
 }
 
-func startExposeProxy(n *Node, e *netstack.Engine, addrs []netip.Prefix, port uint16) (*exposeProxy, error) {
+func startExposeProxy(n *Node, e *netstack.Engine, addrs []netip.Prefix, port uint16, up upstream) (*exposeProxy, error) {
 	var lns []net.Listener
 	for _, a := range addrs {
 		ln, err := e.Listen("tcp", netip.AddrPortFrom(a.Addr(), port).String())
@@ -366,12 +423,13 @@ func startExposeProxy(n *Node, e *netstack.Engine, addrs []netip.Prefix, port ui
 	}
 	p := newExposeProxy(exposeProxyOptions{
 		Port:     port,
-		Target:   "127.0.0.1:" + strconv.Itoa(int(port)),
+		Target:   up.addr,
+		TLS:      up.tls,
 		Watching: n.watchingRequests,
 		Publish:  n.publishRequest,
 		Logger:   n.logger,
 	})
-	p.engine = e
+	p.engine, p.upstream = e, up
 	for _, ln := range lns {
 		p.serve(ln)
 	}
@@ -382,6 +440,7 @@ func startExposeProxy(n *Node, e *netstack.Engine, addrs []netip.Prefix, port ui
 type exposeProxyOptions struct {
 	Port   uint16 // the exposed port, for logs and the 502 page
 	Target string // the app's address, host:port
+	TLS    bool   // speak TLS to the app (its certificate is not verified)
 	// Watching reports whether anyone reads the request log; nil means
 	// nobody does.
 	Watching func() bool
@@ -403,11 +462,12 @@ func newExposeProxy(o exposeProxyOptions) *exposeProxy {
 		o.Publish = func(apitype.RequestLog) {}
 	}
 	dialer := &net.Dialer{Timeout: 10 * time.Second}
+	up := upstream{addr: o.Target, tls: o.TLS}
 	p := &exposeProxy{conns: map[*relayConn]struct{}{}}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.h1 = &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return dialer.DialContext(ctx, "tcp", o.Target)
+			return up.dial(ctx, dialer, "http/1.1")
 		},
 		MaxIdleConnsPerHost: 64,
 		IdleConnTimeout:     90 * time.Second,
@@ -418,13 +478,13 @@ func newExposeProxy(o exposeProxyOptions) *exposeProxy {
 	h2 := &http2.Transport{
 		AllowHTTP: true,
 		DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) {
-			return dialer.DialContext(ctx, "tcp", o.Target)
+			return up.dial(ctx, dialer, "h2")
 		},
 	}
 	p.relay = &exposeRelay{
 		port: o.Port,
 		dial: func(ctx context.Context) (net.Conn, error) {
-			return dialer.DialContext(ctx, "tcp", o.Target)
+			return up.dial(ctx, dialer, "http/1.1")
 		},
 		h2:        &http2.Server{},
 		h2Handler: h2Handler(o, logger, transportSwitch{h1: p.h1, h2: h2}),

@@ -234,6 +234,10 @@ type ExposeRequest struct {
 	// and asks to join their pool when they already serve it with Pool
 	// set. Without it a name belongs to the one node that claimed it.
 	Pool bool `json:"pool,omitempty"`
+	// Upstream is where the device forwards an http route: "host:port"
+	// or "https://host:port" (TLS to the app), with Port as the port.
+	// Empty means the device's own 127.0.0.1:Port. The edge never sees it.
+	Upstream string `json:"upstream,omitempty"`
 	// Remove withdraws the route named by Name/CustomDomain and Proto.
 	Remove bool `json:"remove,omitempty"`
 }
@@ -268,6 +272,9 @@ type EdgeRoute struct {
 	// Pool is set when the node published the route with
 	// ExposeRequest.Pool: it shares the name with others.
 	Pool bool `json:"pool,omitempty"`
+	// Upstream is ExposeRequest.Upstream; it is sent only to the node
+	// that serves the route.
+	Upstream string `json:"upstream,omitempty"`
 	// Options holds per-route policy, interpreted by the edge. Keys:
 	// "basic_auth" (user:pass[,user:pass]), "allow_ip" and "deny_ip"
 	// (comma-separated CIDRs), "rate_limit" ("20/s" or "600/m"),

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -233,5 +234,58 @@ func TestExposeRoutesDoNotCollide(t *testing.T) {
 	c.mustBeam("admin", "--coordinator", c.url, "routes", "remove", "fg.localhost")
 	if err, stderr := fg.wait(t, 20*time.Second); err == nil || !strings.Contains(stderr, "no longer published") || strings.Contains(stderr, "forwarding "+fg.url+" ->\n") {
 		t.Errorf("foreground expose after an admin removal: exit %v, stderr %q; want non-zero and why", err, stderr)
+	}
+}
+
+// TestExposeTargets publishes targets as users write them: a port,
+// localhost:PORT, http://localhost:PORT, an app speaking HTTPS itself
+// (https://localhost:PORT) and another address the device reaches
+// (127.0.0.2:PORT standing for a LAN host).
+func TestExposeTargets(t *testing.T) {
+	c, httpPort := startDevServer(t)
+	alpha := c.device("alpha")
+	alpha.mustUp()
+
+	plain := startApp(t, "plain")
+	tlsApp := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "tls app, host %s", r.Host)
+	}))
+	t.Cleanup(tlsApp.Close)
+	tlsPort := tlsApp.Listener.Addr().(*net.TCPAddr).Port
+	lanLn, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lan := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "lan host") })}
+	go lan.Serve(lanLn)
+	t.Cleanup(func() { lan.Close() })
+	lanPort := lanLn.Addr().(*net.TCPAddr).Port
+
+	tests := []struct {
+		name, target, want string
+	}{
+		{"port", strconv.Itoa(plain.port), "plain"},
+		{"lh", "localhost:" + strconv.Itoa(plain.port), "plain"},
+		{"httpurl", "http://localhost:" + strconv.Itoa(plain.port), "plain"},
+		{"https", "https://localhost:" + strconv.Itoa(tlsPort), fmt.Sprintf("tls app, host https.localhost:%d", httpPort)},
+		{"lan", "127.0.0.2:" + strconv.Itoa(lanPort), "lan host"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, errOut, err := c.beam(nil, alpha.args("expose", tt.target, "--name", tt.name, "--bg")...)
+			if err != nil {
+				t.Fatalf("beam expose %s: %v\n%s", tt.target, err, errOut)
+			}
+			url := strings.TrimSpace(out) + "/"
+			var body string
+			waitFor(t, 10*time.Second, url+" answers from "+tt.target, func() bool {
+				body, err = curl(t, url)
+				return err == nil && body == tt.want
+			})
+		})
+	}
+	// A LAN target is listed as such.
+	if out := c.mustBeam(alpha.args("expose", "list")...); !strings.Contains(out, "127.0.0.2:"+strconv.Itoa(lanPort)) || !strings.Contains(out, "https://localhost:"+strconv.Itoa(tlsPort)) {
+		t.Errorf("expose list does not show the targets:\n%s", out)
 	}
 }

@@ -27,13 +27,14 @@ func (s *Store) PutRoute(ctx context.Context, r *coordinator.Route) error {
 	}
 	var id int64
 	err := s.db.QueryRowContext(ctx, s.d.rebind(`INSERT INTO routes
-		(node_id, network_id, host, proto, public_port, port, custom_domain, pool, options, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		(node_id, network_id, host, proto, public_port, port, custom_domain, pool, upstream, options, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (node_id, host, proto) DO UPDATE SET
 			public_port = excluded.public_port, port = excluded.port,
-			custom_domain = excluded.custom_domain, pool = excluded.pool, options = excluded.options
+			custom_domain = excluded.custom_domain, pool = excluded.pool, upstream = excluded.upstream,
+			options = excluded.options
 		RETURNING id`),
-		int64(r.NodeID), r.NetworkID, r.Host, r.Proto, int(r.PublicPort), int(r.Port), boolInt(r.CustomDomain), boolInt(r.Pool), opts,
+		int64(r.NodeID), r.NetworkID, r.Host, r.Proto, int(r.PublicPort), int(r.Port), boolInt(r.CustomDomain), boolInt(r.Pool), r.Upstream, opts,
 		unixNano(r.CreatedAt)).Scan(&id)
 	if err != nil {
 		return s.wrap("put route", err)
@@ -58,7 +59,7 @@ func (s *Store) DeleteRoutes(ctx context.Context, ids []int64) error {
 
 // Routes implements coordinator.RouteStore.
 func (s *Store) Routes(ctx context.Context) ([]*coordinator.Route, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, node_id, network_id, host, proto, public_port, port, custom_domain, pool, options, created_at
+	rows, err := s.db.QueryContext(ctx, `SELECT id, node_id, network_id, host, proto, public_port, port, custom_domain, pool, upstream, options, created_at
 		FROM routes ORDER BY id`)
 	if err != nil {
 		return nil, s.wrap("list routes", err)
@@ -74,7 +75,7 @@ func (s *Store) Routes(ctx context.Context) ([]*coordinator.Route, error) {
 			opts                     string
 			created                  int64
 		)
-		if err := rows.Scan(&r.ID, &nodeID, &r.NetworkID, &r.Host, &r.Proto, &publicPort, &port, &custom, &pool, &opts, &created); err != nil {
+		if err := rows.Scan(&r.ID, &nodeID, &r.NetworkID, &r.Host, &r.Proto, &publicPort, &port, &custom, &pool, &r.Upstream, &opts, &created); err != nil {
 			return nil, s.wrap("list routes", err)
 		}
 		r.NodeID = wire.NodeID(nodeID)

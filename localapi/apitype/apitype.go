@@ -193,6 +193,10 @@ type ExposeRequest struct {
 	// Pool shares the name with other devices of the same user or tag
 	// that publish it with Pool too (see wire.ExposeRequest.Pool).
 	Pool bool `json:"pool,omitempty"`
+	// Upstream, for http routes, is where the daemon forwards instead of
+	// 127.0.0.1:Port: "host:port" (another address the device reaches)
+	// or "https://host:port" (TLS to the app); its port is Port.
+	Upstream string `json:"upstream,omitempty"`
 }
 
 // ExposeResponse is the answer of POST /localapi/v0/expose.
@@ -202,6 +206,9 @@ type ExposeResponse struct {
 	Proto      string `json:"proto"`
 	PublicPort uint16 `json:"public_port,omitempty"`
 	Port       uint16 `json:"port"`
+	// Upstream is where the daemon forwards: "127.0.0.1:PORT", another
+	// host:port, or https://host:port.
+	Upstream string `json:"upstream,omitempty"`
 	// Warning says when nothing listens on the local port yet.
 	Warning string `json:"warning,omitempty"`
 }
@@ -230,6 +237,7 @@ type Route struct {
 	Proto      string            `json:"proto"`
 	PublicPort uint16            `json:"public_port,omitempty"`
 	Port       uint16            `json:"port"`
+	Upstream   string            `json:"upstream,omitempty"`
 	Options    map[string]string `json:"options,omitempty"`
 }
 

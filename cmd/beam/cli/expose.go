@@ -18,7 +18,10 @@ import (
 
 // ExposeOptions are the flags of beam expose.
 type ExposeOptions struct {
-	Port           uint16
+	Port uint16
+	// Upstream is where the daemon forwards instead of 127.0.0.1:Port
+	// (see parseTarget).
+	Upstream       string
 	Name           string
 	Domain         string
 	TCP            bool
@@ -42,11 +45,13 @@ type ExposeOptions struct {
 func NewCmdExpose(f *Factory, in *instanceFlags, runF func(*ExposeOptions) error) *cobra.Command {
 	o := &ExposeOptions{}
 	cmd := &cobra.Command{
-		Use:   "expose PORT",
+		Use:   "expose TARGET",
 		Short: "Publish a local port on the public edge",
 		Long: `Publish a local port of this device on the public edge.
 
   beam expose 3000                 https://NAME.DOMAIN -> 127.0.0.1:3000, one line per request until Ctrl-C
+  beam expose https://localhost:8443   an app that speaks HTTPS itself (its certificate is not checked)
+  beam expose 192.0.2.10:80        another host this device reaches
   beam expose 3000 --name app      https://app.DOMAIN
   beam expose --tcp 5432           tcp://EDGE:PORT -> 127.0.0.1:5432
   beam expose --udp 53             udp://EDGE:PORT -> 127.0.0.1:53
@@ -57,11 +62,11 @@ A name belongs to the device that published it first; other devices are
 refused until it is withdrawn, unless every one of them asks for --pool.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			p, err := strconv.ParseUint(args[0], 10, 16)
-			if err != nil || p == 0 {
-				return fmt.Errorf("bad port %q: want 1-65535", args[0])
+			port, up, err := parseTarget(args[0])
+			if err != nil {
+				return err
 			}
-			o.Port = uint16(p)
+			o.Port, o.Upstream = port, up
 			if runF != nil {
 				return runF(o)
 			}
@@ -91,9 +96,63 @@ refused until it is withdrawn, unless every one of them asks for --pool.`,
 	return cmd
 }
 
+// parseTarget reads what beam expose forwards to, as users write it:
+// "3000", "localhost:3000" and "http://localhost:3000" (this device's
+// 127.0.0.1:3000), "https://localhost:8443" (an app that speaks TLS) and
+// "192.0.2.10:80" (another host the device reaches). It returns the
+// route's port and the upstream for the daemon ("" for 127.0.0.1:PORT).
+func parseTarget(s string) (uint16, string, error) {
+	bad := func(why string) (uint16, string, error) {
+		return 0, "", fmt.Errorf("bad target %q: %s (want PORT, HOST:PORT, http://HOST:PORT or https://HOST:PORT)", s, why)
+	}
+	scheme, rest, hasScheme := strings.Cut(s, "://")
+	if !hasScheme {
+		scheme, rest = "", s
+	}
+	scheme = strings.ToLower(scheme)
+	switch scheme {
+	case "", "http", "https":
+	default:
+		return bad("the scheme must be http or https")
+	}
+	rest = strings.TrimSuffix(rest, "/")
+	if strings.ContainsAny(rest, "/?#@") {
+		return bad("no path, query or user")
+	}
+	if !hasScheme && !strings.Contains(rest, ":") {
+		p, err := strconv.ParseUint(rest, 10, 16)
+		if err != nil || p == 0 {
+			return bad("the port must be 1-65535")
+		}
+		return uint16(p), "", nil
+	}
+	host, ps, err := net.SplitHostPort(rest)
+	if err != nil && hasScheme {
+		host, ps, err = rest, "80", nil
+		if scheme == "https" {
+			ps = "443"
+		}
+	}
+	if err != nil || host == "" {
+		return bad("want a host and a port")
+	}
+	p, err := strconv.ParseUint(ps, 10, 16)
+	if err != nil || p == 0 {
+		return bad("the port must be 1-65535")
+	}
+	port := uint16(p)
+	switch {
+	case scheme == "https":
+		return port, "https://" + net.JoinHostPort(host, ps), nil
+	case strings.EqualFold(host, "localhost") || host == "127.0.0.1":
+		return port, "", nil
+	}
+	return port, net.JoinHostPort(host, ps), nil
+}
+
 // exposeRequest turns the flags into a local API request.
 func (o *ExposeOptions) exposeRequest() (apitype.ExposeRequest, error) {
-	req := apitype.ExposeRequest{Port: o.Port, Name: o.Name, Domain: o.Domain, Proto: "http", Pool: o.Pool, Options: map[string]string{}}
+	req := apitype.ExposeRequest{Port: o.Port, Upstream: o.Upstream, Name: o.Name, Domain: o.Domain, Proto: "http", Pool: o.Pool, Options: map[string]string{}}
 	n := 0
 	for _, b := range []bool{o.TCP, o.UDP, o.TLSPassthrough} {
 		if b {
@@ -156,6 +215,9 @@ func (o *ExposeOptions) exposeRequest() (apitype.ExposeRequest, error) {
 		}
 		req.Options["proxy_protocol"] = o.ProxyProtocol
 	}
+	if req.Proto != "http" && o.Upstream != "" {
+		return req, fmt.Errorf("--tcp, --udp and --tls-passthrough forward to a port of this device: give a port number, not %s", o.Upstream)
+	}
 	if req.Proto != "http" {
 		for flag := range httpOnly {
 			return req, fmt.Errorf("%s works only for HTTP routes", flag)
@@ -197,7 +259,11 @@ func runExpose(ctx context.Context, f *Factory, in *instanceFlags, o *ExposeOpti
 		stop.Name = fmt.Sprintf("%s:%d", resp.Proto, resp.PublicPort)
 	}
 	if !o.JSON {
-		fmt.Fprintf(f.ErrOut, "forwarding %s -> 127.0.0.1:%d; Ctrl-C to stop\n", resp.URL, resp.Port)
+		to := resp.Upstream
+		if to == "" {
+			to = fmt.Sprintf("127.0.0.1:%d", resp.Port)
+		}
+		fmt.Fprintf(f.ErrOut, "forwarding %s -> %s; Ctrl-C to stop\n", resp.URL, to)
 	}
 	// Watch the request log until Ctrl-C (ctx done), the daemon going
 	// away, or the route disappearing (beam expose stop, an admin, the
@@ -269,7 +335,7 @@ func newCmdExposeList(f *Factory, in *instanceFlags) *cobra.Command {
 				return enc.Encode(routes)
 			}
 			tw := tabwriter.NewWriter(f.Out, 0, 2, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tPROTO\tPUBLIC PORT\tLOCAL PORT")
+			fmt.Fprintln(tw, "NAME\tPROTO\tPUBLIC PORT\tTARGET")
 			for _, r := range routes {
 				name := r.Host
 				if name == "" {
@@ -279,7 +345,11 @@ func newCmdExposeList(f *Factory, in *instanceFlags) *cobra.Command {
 				if r.PublicPort != 0 {
 					pp = strconv.Itoa(int(r.PublicPort))
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", name, r.Proto, pp, r.Port)
+				to := r.Upstream
+				if to == "" {
+					to = fmt.Sprintf("127.0.0.1:%d", r.Port)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", name, r.Proto, pp, to)
 			}
 			return tw.Flush()
 		},
