@@ -282,6 +282,24 @@ func TestExposeTargets(t *testing.T) {
 				body, err = curl(t, url)
 				return err == nil && body == tt.want
 			})
+			// Clients that do not resolve *.localhost get a loopback URL
+			// and the Host header to send.
+			host := tt.name + ".localhost"
+			lb := fmt.Sprintf("http://127.0.0.1:%d", httpPort)
+			if !strings.Contains(errOut, lb) || !strings.Contains(errOut, "Host: "+host) {
+				t.Fatalf("beam expose stderr %q lacks the loopback URL %s and Host %s", errOut, lb, host)
+			}
+			req, _ := http.NewRequest("GET", lb+"/", nil)
+			req.Host = fmt.Sprintf("%s:%d", host, httpPort) // as a browser sends it
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(b) != tt.want {
+				t.Errorf("Go client at %s with Host %s: %q, want %q", lb, host, b, tt.want)
+			}
 		})
 	}
 	// A LAN target is listed as such.

@@ -139,6 +139,9 @@ func runDemo(ctx context.Context, f *Factory, o *DemoOptions) error {
 		return fmt.Errorf("expose: %w", err)
 	}
 	say("expose    beta:%d -> %s", appPort, ex.URL)
+	if h := loopbackHint(ex.URL); h != "" {
+		say("          %s", h)
+	}
 	// Fetch through the edge as a browser would (*.localhost is loopback).
 	edgeClient := &http.Client{Timeout: 15 * time.Second}
 	deadline := time.Now().Add(10 * time.Second)

@@ -96,6 +96,23 @@ refused until it is withdrawn, unless every one of them asks for --pool.`,
 	return cmd
 }
 
+// loopbackHint returns, for the URL of a dev edge (http://NAME.localhost:PORT),
+// how clients that do not resolve *.localhost reach it: browsers and curl
+// map every *.localhost name to loopback, but getaddrinfo on most Linux
+// systems (Python, Go, redis-cli, getent) does not. "" for other URLs.
+func loopbackHint(u string) string {
+	rest, ok := strings.CutPrefix(u, "http://")
+	if !ok {
+		return ""
+	}
+	host, port, err := net.SplitHostPort(rest)
+	if err != nil || !strings.HasSuffix(host, ".localhost") {
+		return ""
+	}
+	lb := "http://" + net.JoinHostPort("127.0.0.1", port)
+	return fmt.Sprintf("from clients that do not resolve *.localhost: %s with the header \"Host: %s\" (curl -H 'Host: %s' %s/)", lb, host, host, lb)
+}
+
 // parseTarget reads what beam expose forwards to, as users write it:
 // "3000", "localhost:3000" and "http://localhost:3000" (this device's
 // 127.0.0.1:3000), "https://localhost:8443" (an app that speaks TLS) and
@@ -243,6 +260,9 @@ func runExpose(ctx context.Context, f *Factory, in *instanceFlags, o *ExposeOpti
 		json.NewEncoder(f.Out).Encode(resp)
 	} else {
 		fmt.Fprintln(f.Out, resp.URL)
+		if h := loopbackHint(resp.URL); h != "" {
+			fmt.Fprintln(f.ErrOut, h)
+		}
 		if resp.Warning != "" {
 			fmt.Fprintln(f.ErrOut, "warning:", resp.Warning)
 		}

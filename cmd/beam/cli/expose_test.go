@@ -42,3 +42,17 @@ func TestParseTarget(t *testing.T) {
 		})
 	}
 }
+
+func TestLoopbackHint(t *testing.T) {
+	tests := []struct{ url, want string }{
+		{"http://alpha.localhost:18080", `from clients that do not resolve *.localhost: http://127.0.0.1:18080 with the header "Host: alpha.localhost" (curl -H 'Host: alpha.localhost' http://127.0.0.1:18080/)`},
+		{"https://alpha.example.test", ""},
+		{"tcp://localhost:20000", ""},
+		{"http://alpha.example.test:8080", ""},
+	}
+	for _, tt := range tests {
+		if got := loopbackHint(tt.url); got != tt.want {
+			t.Errorf("loopbackHint(%q) = %q, want %q", tt.url, got, tt.want)
+		}
+	}
+}
