@@ -165,6 +165,9 @@ func New(opts Options) (*Node, error) {
 	})
 	n.lastRecords = dnsRecords(st.NetMap, time.Now(), n.upstreamsLocked())
 	n.resolver.SetRecords(n.lastRecords)
+	if st.Unknown {
+		n.lastErr = unknownNodeError(st.Coordinator).Error()
+	}
 	switch {
 	case st.Registered && st.WantRunning:
 		n.state = apitype.StateStarting
@@ -177,6 +180,21 @@ func New(opts Options) (*Node, error) {
 	}
 	return n, nil
 }
+
+// ErrNodeUnknown means the coordinator does not know the node's key any
+// more although it had accepted it: it was reset (recreated with a fresh
+// data directory) or the node was removed. Joining again needs an auth key.
+var ErrNodeUnknown = errors.New("node: the coordinator does not know this node")
+
+// unknownNodeError is ErrNodeUnknown for the coordinator at URL, with what
+// to do about it.
+type unknownNodeError string
+
+func (e unknownNodeError) Error() string {
+	return fmt.Sprintf("the coordinator at %s does not know this node (was it reset, or the node removed?); run `beam up --authkey KEY` to join it again", string(e))
+}
+
+func (e unknownNodeError) Is(target error) bool { return target == ErrNodeUnknown }
 
 // allowDNSSource admits MagicDNS queries from loopback and the overlay only.
 func allowDNSSource(a netip.Addr) bool {
@@ -251,6 +269,11 @@ func (n *Node) Up(ctx context.Context, req apitype.UpRequest) (*apitype.UpRespon
 	if n.st.PrivateKey.IsZero() {
 		n.st.PrivateKey = key.NewNode()
 	}
+	if n.st.Unknown && req.AuthKey == "" && !req.ForceReauth {
+		err := unknownNodeError(n.st.Coordinator)
+		n.mu.Unlock()
+		return nil, err
+	}
 	needRegister := !n.st.Registered || req.AuthKey != "" || req.ForceReauth || n.state == apitype.StateExpired
 	n.stopSessionLocked()
 	priv := n.st.PrivateKey
@@ -276,6 +299,11 @@ func (n *Node) Up(ctx context.Context, req apitype.UpRequest) (*apitype.UpRespon
 			if errors.Is(err, coordclient.ErrNodeNotRegistered) {
 				n.st.Registered = false
 				n.st.NetMap = nil
+				n.st.Unknown = true
+				err = unknownNodeError(n.st.Coordinator)
+				if serr := n.st.save(n.opts.StateDir); serr != nil {
+					n.logger.Warn("save state", "err", serr)
+				}
 			}
 			n.mu.Unlock()
 			n.setState(apitype.StateNeedsLogin, err)
@@ -288,6 +316,8 @@ func (n *Node) Up(ctx context.Context, req apitype.UpRequest) (*apitype.UpRespon
 	n.mu.Lock()
 	n.st.Registered = true
 	n.st.WantRunning = true
+	n.st.Unknown = false
+	n.lastErr = ""
 	if err := n.st.save(n.opts.StateDir); err != nil {
 		n.mu.Unlock()
 		return nil, err
@@ -466,6 +496,10 @@ func (n *Node) startSessionLocked() error {
 					n.state = apitype.StateExpired // shows the re-authenticate hint
 				}
 				n.lastErr = err.Error()
+				if errors.Is(err, coordclient.ErrNodeNotRegistered) {
+					n.st.Unknown = true
+					n.lastErr = unknownNodeError(n.st.Coordinator).Error()
+				}
 				n.applyLocked() // drop every peer: the node was removed
 				if serr := n.st.save(n.opts.StateDir); serr != nil {
 					n.logger.Warn("save state", "err", serr)

@@ -282,7 +282,7 @@ func (n *Node) moveHostServersLocked(addrs [numHostServers]*string) error {
 			continue
 		}
 		cur := n.hosts.srv[kind]
-		if cur != nil && cur.addr == *a {
+		if cur != nil && cur.addr == *a || cur == nil && *a == "" {
 			continue
 		}
 		b := bound{kind: kind, addr: *a}

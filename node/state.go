@@ -25,6 +25,10 @@ type persisted struct {
 	// a restarted daemon rejoins on its own.
 	WantRunning bool `json:"want_running,omitempty"`
 	ShieldsUp   bool `json:"shields_up,omitempty"`
+	// Unknown means the coordinator answered that it does not know
+	// PrivateKey's public half although it had accepted it (it was reset,
+	// or the node removed): rejoining needs an auth key.
+	Unknown bool `json:"unknown,omitempty"`
 	// The daemon settings that `beam set` changes (see apitype.Prefs).
 	SOCKS5       string   `json:"socks5,omitempty"`
 	HTTPProxy    string   `json:"http_proxy,omitempty"`

@@ -262,3 +262,46 @@ func TestUpDeadCoordinator(t *testing.T) {
 	p := d.startDaemonProc()
 	d.waitAlive(p)
 }
+
+// TestCoordinatorReset: a device whose coordinator was recreated with a
+// fresh data directory (same URL) says so, in status and in beam up, and
+// beam up --authkey with a key of the new coordinator joins it again.
+func TestCoordinatorReset(t *testing.T) {
+	c := newCluster(t)
+	key := strings.TrimSpace(c.mustBeam("admin", "authkey", "create", "--coordinator", c.url, "--reusable", "--expiry", "1h"))
+	d := c.device("phoenix")
+	d.mustUp("--authkey", key)
+
+	c.stopCoordinator()
+	if err := os.RemoveAll(filepath.Join(c.dir, "coord")); err != nil {
+		t.Fatal(err)
+	}
+	c.startCoordinator()
+	tok, err := os.ReadFile(filepath.Join(c.dir, "coord", "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.token = strings.TrimSpace(string(tok))
+
+	const why = "does not know this node"
+	waitFor(t, 30*time.Second, "status says the coordinator does not know the node", func() bool {
+		st := d.status()
+		return st.State == apitype.StateNeedsLogin && strings.Contains(strings.Join(st.Health, "\n"), why)
+	})
+	out, errOut, err := c.beam(nil, d.args("up")...)
+	if err == nil || !strings.Contains(errOut, why) || !strings.Contains(errOut, "--authkey") {
+		t.Fatalf("beam up without a key after the reset: err=%v stdout=%q stderr=%q; want a failure that says why and how to recover", err, out, errOut)
+	}
+	if got := c.mustBeam(d.args("status")...); !strings.Contains(got, why) {
+		t.Errorf("beam status after the reset = %q; want it to say %q", got, why)
+	}
+
+	key2 := strings.TrimSpace(c.mustBeam("admin", "authkey", "create", "--coordinator", c.url, "--reusable", "--expiry", "1h"))
+	out = d.mustUp("--authkey", key2)
+	if !strings.HasPrefix(out, "phoenix 100.64.") {
+		t.Fatalf("beam up --authkey after the reset printed %q, want the name and addresses", out)
+	}
+	if st := d.status(); st.State != apitype.StateRunning || len(st.Health) != 0 {
+		t.Fatalf("after rejoining: state %s health %q, want Running and healthy", st.State, st.Health)
+	}
+}
