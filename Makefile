@@ -4,8 +4,12 @@ PKGS := ./...
 
 .PHONY: build test bench stress lint fuzz
 
+# The version beam reports: git's description of the checkout, if any
+# (else the Go toolchain's VCS stamp, else "devel").
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
+
 build:
-	$(GO) build -o bin/beam ./cmd/beam
+	$(GO) build -ldflags "-X beam.dev/beam/internal/version.override=$(VERSION)" -o bin/beam ./cmd/beam
 
 # Checks the race detector switches off (it allocates and inflates RSS on
 # its own), run once more without it: the receive path's zero allocations

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+
+	"beam.dev/beam/wire"
 )
 
 // Sentinel errors. Errors from the Client and Admin match them with
@@ -20,7 +22,8 @@ var (
 	// removed the node while it was streaming.
 	ErrNodeRemoved = errors.New("node removed")
 	// ErrUnreachable wraps network errors reaching the coordinator.
-	ErrUnreachable = errors.New("coordinator unreachable")
+	ErrUnreachable error = &userSentinel{msg: "coordinator unreachable",
+		user: "cannot reach the coordinator: check the --coordinator URL and that the coordinator runs"}
 	// ErrBadResponse means the coordinator's answer could not be opened or decoded.
 	ErrBadResponse = errors.New("bad response from coordinator")
 	// ErrUnauthorized means the admin token is missing or wrong.
@@ -29,16 +32,26 @@ var (
 	ErrNotFound = errors.New("not found")
 )
 
-// Error codes the coordinator sends (see coordinator.ErrorCode).
+// Error codes the coordinator sends (see coordinator.ErrorCode and
+// wire.ErrorCode).
 const (
-	codeBadSeal           = "bad_seal"
-	codeAuthKeyInvalid    = "auth_key_invalid"
-	codeNodeNotRegistered = "node_not_registered"
-	codeNodeExpired       = "node_expired"
-	codeNodeRemoved       = "node_removed"
-	codeUnauthorized      = "unauthorized"
+	codeBadSeal           = string(wire.CodeBadSeal)
+	codeAuthKeyInvalid    = string(wire.CodeAuthKeyInvalid)
+	codeNodeNotRegistered = string(wire.CodeNodeNotRegistered)
+	codeNodeExpired       = string(wire.CodeNodeExpired)
+	codeNodeRemoved       = string(wire.CodeNodeRemoved)
+	codeUnauthorized      = string(wire.CodeUnauthorized)
 	codeNotFound          = "not_found"
 )
+
+// userSentinel is a sentinel error that also says, for a user, what
+// failed and what to do next.
+type userSentinel struct{ msg, user string }
+
+func (e *userSentinel) Error() string { return e.msg }
+
+// UserMessage returns the sentence for a user.
+func (e *userSentinel) UserMessage() string { return e.user }
 
 // Error is an error answer from the coordinator. It matches the sentinel
 // errors of its Code with errors.Is.
@@ -57,6 +70,19 @@ func (e *Error) Error() string {
 		msg = http.StatusText(e.Status)
 	}
 	return "coordinator: " + msg
+}
+
+// UserMessage returns what a user should read: the sentence for e's
+// code (what failed and the next step), else the coordinator's message.
+func (e *Error) UserMessage() string {
+	if m := wire.ErrorCode(e.Code).UserMessage(); m != "" {
+		return m
+	}
+	msg := e.Message
+	if msg == "" {
+		msg = http.StatusText(e.Status)
+	}
+	return "the coordinator refused: " + msg
 }
 
 // Is reports whether target is the sentinel for e's code.

@@ -20,6 +20,7 @@ import (
 
 	"beam.dev/beam/dnsserver"
 	"beam.dev/beam/internal/privsock"
+	"beam.dev/beam/internal/version"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/node"
 )
@@ -112,11 +113,13 @@ func writeJSON(w http.ResponseWriter, v any) {
 func writeError(w http.ResponseWriter, code int, err error) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(apitype.Error{Error: err.Error()})
+	json.NewEncoder(w).Encode(apitype.Error{Error: err.Error(), Message: userMessage(err)})
 }
 
 func (h *Handler) status(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, h.n.Status())
+	st := h.n.Status()
+	st.Version = version.String()
+	writeJSON(w, st)
 }
 
 func (h *Handler) up(w http.ResponseWriter, r *http.Request) {

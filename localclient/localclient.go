@@ -20,7 +20,49 @@ import (
 )
 
 // ErrDaemonNotRunning is returned when nothing answers on the socket.
+// Errors of the Client match it with errors.Is; they are *NotRunningError.
 var ErrDaemonNotRunning = errors.New("beam daemon is not running")
+
+// NotRunningError means nothing answers on the daemon's socket.
+type NotRunningError struct {
+	// Socket is the path the client dialed.
+	Socket string
+	// Err is the dial error.
+	Err error
+}
+
+func (e *NotRunningError) Error() string {
+	return fmt.Sprintf("beam daemon is not running (socket %s): %v", e.Socket, e.Err)
+}
+
+// Is makes a NotRunningError match ErrDaemonNotRunning.
+func (e *NotRunningError) Is(target error) bool { return target == ErrDaemonNotRunning }
+
+// UserMessage says what failed and what to do next.
+func (e *NotRunningError) UserMessage() string {
+	return "the daemon is not running (nothing answers on " + e.Socket + "): run beam up, or pass the --socket of a running one"
+}
+
+// Error is an error answer from the daemon.
+type Error struct {
+	// Status is the HTTP status of the answer.
+	Status int
+	// Detail is the daemon's full error text.
+	Detail string
+	// Message is what a user should read (what failed and the next step);
+	// empty when the daemon has nothing better than Detail.
+	Message string
+}
+
+func (e *Error) Error() string { return e.Detail }
+
+// UserMessage returns Message, or Detail when the daemon gave none.
+func (e *Error) UserMessage() string {
+	if e.Message != "" {
+		return e.Message
+	}
+	return e.Detail
+}
 
 // dialUpgrade mirrors localapi.DialUpgrade (the client does not link the server).
 const dialUpgrade = "beam-dial"
@@ -35,7 +77,7 @@ func (c *Client) dial(ctx context.Context) (net.Conn, error) {
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", c.Socket)
 	if err != nil {
-		return nil, fmt.Errorf("%w (socket %s): %v", ErrDaemonNotRunning, c.Socket, err)
+		return nil, &NotRunningError{Socket: c.Socket, Err: err}
 	}
 	return conn, nil
 }
@@ -44,6 +86,19 @@ func (c *Client) httpClient() *http.Client {
 	return &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) { return c.dial(ctx) },
 	}}
+}
+
+// transportErr turns an error of the HTTP client into one for a user: the
+// daemon is not running, or it did not answer (without the client's
+// internal "http://local/..." URL).
+func (c *Client) transportErr(path string, err error) error {
+	if nr, ok := errors.AsType[*NotRunningError](err); ok {
+		return nr
+	}
+	if ue, ok := errors.AsType[*url.Error](err); ok {
+		return fmt.Errorf("beam daemon on %s did not answer %s: %w", c.Socket, path, ue.Err)
+	}
+	return err
 }
 
 // do sends a request and decodes a JSON answer into out (if non-nil).
@@ -64,14 +119,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	defer hc.CloseIdleConnections()
 	resp, err := hc.Do(req)
 	if err != nil {
-		if errors.Is(err, ErrDaemonNotRunning) {
-			return ErrDaemonNotRunning
-		}
-		var ue *url.Error
-		if errors.As(err, &ue) && errors.Is(ue.Err, ErrDaemonNotRunning) {
-			return ErrDaemonNotRunning
-		}
-		return err
+		return c.transportErr(path, err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
@@ -81,7 +129,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 	if resp.StatusCode/100 != 2 {
 		var e apitype.Error
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return errors.New(e.Error)
+			return &Error{Status: resp.StatusCode, Detail: e.Error, Message: e.Message}
 		}
 		return fmt.Errorf("local API: %s", resp.Status)
 	}
@@ -223,7 +271,7 @@ func (c *Client) WatchRequests(ctx context.Context, fn func(apitype.RequestLog))
 		if ctx.Err() != nil {
 			return nil
 		}
-		return err
+		return c.transportErr("/localapi/v0/expose/watch", err)
 	}
 	defer resp.Body.Close()
 	dec := json.NewDecoder(resp.Body)
@@ -290,7 +338,7 @@ func (c *Client) Dial(ctx context.Context, network, host string, port uint16) (n
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
 		var e apitype.Error
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return nil, errors.New(e.Error)
+			return nil, &Error{Status: resp.StatusCode, Detail: e.Error, Message: e.Message}
 		}
 		return nil, fmt.Errorf("dial through daemon: %s", resp.Status)
 	}

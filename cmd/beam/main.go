@@ -16,7 +16,7 @@ func main() {
 	err := cli.NewCmdRoot(cli.NewFactory()).ExecuteContext(ctx)
 	stop()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "beam:", err)
+		fmt.Fprintln(os.Stderr, "beam:", cli.ErrorMessage(err))
 		os.Exit(cli.ExitCode(err))
 	}
 }

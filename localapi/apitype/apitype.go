@@ -33,6 +33,8 @@ const (
 
 // Status is the answer of GET /localapi/v0/status.
 type Status struct {
+	// Version is the daemon's build (internal/version.String).
+	Version     string `json:"version,omitempty"`
 	State       State  `json:"state"`
 	Coordinator string `json:"coordinator,omitempty"`
 	// CoordinatorOnline reports whether the map stream is connected.
@@ -161,7 +163,11 @@ type DNSQueryResponse struct {
 
 // Error is the body of every non-2xx local API answer.
 type Error struct {
+	// Error is the daemon's full error text.
 	Error string `json:"error"`
+	// Message, if set, is what a user should read: what failed and the
+	// next step, without the daemon's internal detail.
+	Message string `json:"message,omitempty"`
 }
 
 // DNSStatus is the answer of GET /localapi/v0/dns/status.

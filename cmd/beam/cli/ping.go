@@ -54,7 +54,7 @@ func runPing(ctx context.Context, f *Factory, in *instanceFlags, o *PingOptions)
 		r, err := lc.PingPeer(pctx, o.Host)
 		cancel()
 		if err != nil {
-			fmt.Fprintf(f.Out, "no pong from %s: %v\n", o.Host, err)
+			fmt.Fprintf(f.Out, "no pong from %s: %s\n", o.Host, ErrorMessage(err))
 			continue
 		}
 		answered++

@@ -10,6 +10,8 @@ import (
 	"os"
 
 	"github.com/spf13/cobra"
+
+	"beam.dev/beam/internal/version"
 )
 
 // Factory carries what every command needs from the outside world, so
@@ -56,6 +58,26 @@ func ExitCode(err error) int {
 	return 1
 }
 
+// userMessager is an error that says, for a user, what failed and what to
+// do next (localclient's and coordclient's errors).
+type userMessager interface {
+	error
+	UserMessage() string
+}
+
+// ErrorMessage returns what beam prints for err: the user message of the
+// outermost error that has one (what failed and the next step, without
+// the chain of packages it came through), else err's own text. It is the
+// one formatter of errors shown to users.
+func ErrorMessage(err error) string {
+	if um, ok := errors.AsType[userMessager](err); ok {
+		if m := um.UserMessage(); m != "" {
+			return m
+		}
+	}
+	return err.Error()
+}
+
 // NewCmdRoot builds the beam command tree.
 func NewCmdRoot(f *Factory) *cobra.Command {
 	root := &cobra.Command{
@@ -63,7 +85,9 @@ func NewCmdRoot(f *Factory) *cobra.Command {
 		Short:         "Beam: a userspace WireGuard overlay network and public edge",
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		Version:       version.String(),
 	}
+	root.SetVersionTemplate("beam {{.Version}}\n")
 	in := &instanceFlags{}
 	in.register(root)
 	root.AddCommand(
@@ -82,6 +106,7 @@ func NewCmdRoot(f *Factory) *cobra.Command {
 		NewCmdEdge(f, in, nil),
 		NewCmdServer(f, nil),
 		NewCmdDemo(f, nil),
+		NewCmdVersion(f, in),
 	)
 	root.AddCommand(
 		NewCmdCoordinator(f, nil),
