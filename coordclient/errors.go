@@ -23,7 +23,7 @@ var (
 	ErrNodeRemoved = errors.New("node removed")
 	// ErrUnreachable wraps network errors reaching the coordinator.
 	ErrUnreachable error = &userSentinel{msg: "coordinator unreachable",
-		user: "cannot reach the coordinator: check the --coordinator URL and that the coordinator runs"}
+		user: "the coordinator is unreachable: check the --coordinator URL and that the coordinator runs"}
 	// ErrBadResponse means the coordinator's answer could not be opened or decoded.
 	ErrBadResponse = errors.New("bad response from coordinator")
 	// ErrUnauthorized means the admin token is missing or wrong.

@@ -2,6 +2,8 @@ package localapi
 
 import (
 	"errors"
+	"net"
+	"strings"
 
 	"beam.dev/beam/dnsserver"
 	"beam.dev/beam/node"
@@ -24,8 +26,17 @@ func userMessage(err error) string {
 	case errors.Is(err, dnsserver.ErrNotFound):
 		return "no such name in this network: beam status lists the peers (a new one appears within a second of joining)"
 	}
-	if um, ok := errors.AsType[userMessager](err); ok {
-		return um.UserMessage()
+	um, ok := errors.AsType[userMessager](err)
+	if !ok {
+		return ""
 	}
-	return ""
+	m := um.UserMessage()
+	// A network failure's own words ("connect: connection refused") tell
+	// the user which of the possible causes it is.
+	if oe, ok := errors.AsType[*net.OpError](err); ok && oe.Err != nil && m != "" {
+		if head, tail, ok := strings.Cut(m, ": "); ok {
+			return head + " (" + oe.Err.Error() + "): " + tail
+		}
+	}
+	return m
 }

@@ -25,7 +25,7 @@ func TestErrorMessage(t *testing.T) {
 		{"coordinator code", fmt.Errorf("coordclient: register: %w", &coordclient.Error{Status: http.StatusUnauthorized, Code: "auth_key_invalid", Message: "auth key is not valid"}),
 			"the auth key is not valid (unknown, used up or expired): create a new one with beam admin authkey create and pass it with --authkey"},
 		{"coordinator without code", &coordclient.Error{Status: http.StatusConflict, Message: "name in use"}, "the coordinator refused: name in use"},
-		{"unreachable", fmt.Errorf("%w: dial tcp: refused", coordclient.ErrUnreachable), "cannot reach the coordinator: check the --coordinator URL and that the coordinator runs"},
+		{"unreachable", fmt.Errorf("%w: dial tcp: refused", coordclient.ErrUnreachable), "the coordinator is unreachable: check the --coordinator URL and that the coordinator runs"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := ErrorMessage(tc.err); got != tc.want {
