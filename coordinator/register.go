@@ -165,7 +165,22 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 
 	if existing != nil {
 		if !existing.Node.Expired(now) {
-			// Rejoin: same name and addresses. Refresh what the node says about itself.
+			// Rejoin: same name and addresses, unless the node's hostname
+			// changed: then it asks for the name of its new hostname, and
+			// keeps its name if that one is taken.
+			nameTaken := false
+			if req.Hostname != "" && req.Hostname != existing.Node.Hostname {
+				if want := SanitizeLabel(req.Hostname); want != "" && want != existing.Node.Name {
+					_, err := s.renameNodeRegLocked(ctx, actorNode(existing.Node.Name), existing.Node.Key.String(), want)
+					switch {
+					case errors.Is(err, ErrConflict):
+						nameTaken = true
+					case err != nil:
+						s.logger.Warn("rename on a hostname change", "node", req.NodeKey.ShortString(), "to", want, "err", err)
+					}
+				}
+			}
+			// Refresh what the node says about itself.
 			n, aerr := s.updateSelf(ctx, req.NodeKey, func(n *NodeRecord) {
 				if !req.DiscoKey.IsZero() {
 					n.Node.DiscoKey = req.DiscoKey
@@ -180,7 +195,7 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 			if aerr != nil {
 				return nil, aerr
 			}
-			return &wire.RegisterResponse{Node: n}, nil
+			return &wire.RegisterResponse{Node: n, NameChanged: nameTaken}, nil
 		}
 		if req.AuthKey == "" {
 			return nil, errorf(http.StatusForbidden, CodeNodeExpired, "node key expired; register again with an auth key")

@@ -41,13 +41,25 @@ type RenameNodeRequest struct {
 // network; errors wrap ErrInvalid, ErrNotFound or ErrConflict. Renaming a
 // node to its own name changes nothing. It returns the node as it is now.
 //
-// A renamed node keeps its name when it rejoins; its hostname is not
-// changed. Public edge routes it claimed keep their names.
+// A renamed node keeps its name when it rejoins with the same hostname;
+// its hostname is not changed. A node that rejoins with a new hostname
+// asks for the name that hostname gives, and gets it when it is free
+// (see wire.RegisterRequest.Hostname). Public edge routes it claimed keep
+// their names.
 func (s *Server) RenameNode(ctx context.Context, ref, newName string) (*wire.Node, error) {
 	return s.renameNode(ctx, actorAdmin, ref, newName)
 }
 
 func (s *Server) renameNode(ctx context.Context, actor, ref, newName string) (*wire.Node, error) {
+	// regMu: registration picks free names.
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	return s.renameNodeRegLocked(ctx, actor, ref, newName)
+}
+
+// renameNodeRegLocked is renameNode with s.regMu held by the caller
+// (register, when a rejoining node's hostname changed).
+func (s *Server) renameNodeRegLocked(ctx context.Context, actor, ref, newName string) (*wire.Node, error) {
 	name := strings.ToLower(strings.TrimSpace(newName))
 	if !isLabel(name) {
 		return nil, fmt.Errorf("%w: node name %q must be a DNS label: 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'", ErrInvalid, newName)
@@ -57,10 +69,8 @@ func (s *Server) renameNode(ctx context.Context, actor, ref, newName string) (*w
 		return nil, errorf(http.StatusNotImplemented, CodeInternal, "the coordinator's store cannot rename nodes")
 	}
 
-	// regMu: registration picks free names; persistMu: the store write
-	// and the in-memory change happen in the same order for every writer.
-	s.regMu.Lock()
-	defer s.regMu.Unlock()
+	// persistMu: the store write and the in-memory change happen in the
+	// same order for every writer.
 	s.persistMu.Lock()
 	defer s.persistMu.Unlock()
 

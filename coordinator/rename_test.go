@@ -285,3 +285,45 @@ func FuzzRenameRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestRenameOnHostnameChange: a node that rejoins with a new hostname gets
+// that hostname's name when it is free and keeps its own (with
+// NameChanged) when it is taken; rejoining with the same hostname keeps an
+// admin's rename.
+func TestRenameOnHostnameChange(t *testing.T) {
+	c := startCoord(t, nil)
+	ctx := context.Background()
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	a, b := newNode(t, c.URL), newNode(t, c.URL)
+	a.register(t, ak, "alpha")
+	b.register(t, ak, "beta")
+	admin := coordclient.NewAdmin(c.URL, testToken, nil)
+
+	steps := []struct {
+		what, hostname string
+		adminRename    string // before the rejoin, if set
+		wantName       string
+		wantTaken      bool
+	}{
+		{what: "same hostname", hostname: "beta", wantName: "beta"},
+		{what: "new free hostname", hostname: "Gamma.example.com", wantName: "gamma"},
+		{what: "taken hostname", hostname: "alpha", wantName: "gamma", wantTaken: true},
+		{what: "admin rename sticks", hostname: "alpha", adminRename: "web", wantName: "web"},
+		{what: "then a new hostname", hostname: "delta", wantName: "delta"},
+	}
+	for _, st := range steps {
+		if st.adminRename != "" {
+			cur := b.register(t, "", st.hostname).Node.Name
+			if _, err := admin.RenameNode(ctx, cur, st.adminRename); err != nil {
+				t.Fatalf("%s: admin rename: %v", st.what, err)
+			}
+		}
+		r := b.register(t, "", st.hostname)
+		if r.Node.Name != st.wantName || r.NameChanged != st.wantTaken {
+			t.Errorf("%s: rejoin with hostname %q: got name %q name_changed %v, want %q %v", st.what, st.hostname, r.Node.Name, r.NameChanged, st.wantName, st.wantTaken)
+		}
+		if r.Node.DNSName != st.wantName+".default.beam.internal." {
+			t.Errorf("%s: DNS name %q, want %s.default.beam.internal.", st.what, r.Node.DNSName, st.wantName)
+		}
+	}
+}

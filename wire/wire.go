@@ -22,7 +22,11 @@ import (
 //     endpoints, DERP map, DNS config, packet filter.
 //   - 2 (2026-11-25): public edge: ExposeRequest/ExposeResponse at
 //     /machine/expose, EdgeRoutes in MapResponse, Node.Edge.
-const CapabilityVersion = 2
+//   - 3 (2026-12-06): a rejoin (RegisterRequest without AuthKey of a known
+//     key) whose Hostname differs from the registered one renames the node
+//     to that hostname's label when it is free; NameChanged answers a
+//     taken one (the node keeps its name).
+const CapabilityVersion = 3
 
 // NodeID is the coordinator's stable identifier of a node.
 type NodeID int64
@@ -37,7 +41,11 @@ type RegisterRequest struct {
 	// AuthKey is a pre-auth key. Empty means re-register an already known
 	// node key (rejoin) or, where the coordinator allows it, an
 	// interactive or dev-mode join.
-	AuthKey  string `json:"auth_key,omitempty"`
+	AuthKey string `json:"auth_key,omitempty"`
+	// Hostname is the node's host name; its DNS label is the node's name
+	// when the node is new. On a rejoin, a Hostname other than the one
+	// last registered renames the node to its label if that name is free
+	// (since version 3).
 	Hostname string `json:"hostname"`
 	OS       string `json:"os,omitempty"`
 	// Logout asks the coordinator to deregister NodeKey.

@@ -231,6 +231,21 @@ func TestSettingsLive(t *testing.T) {
 		conn.Close()
 		t.Fatalf("SOCKS5 still accepts on %s after beam set --socks5=", socks)
 	}
+
+	// A new hostname renames the node when the name is free; a taken one
+	// is reported and changes nothing.
+	c.mustBeam(alpha.args("set", "--hostname", "alpha2")...)
+	waitFor(t, 10*time.Second, "beta resolves alpha2", func() bool {
+		out, _, err := c.beam(nil, beta.args("dns", "query", "alpha2")...)
+		return err == nil && strings.Contains(out, "NOERROR")
+	})
+	_, errOut, err := c.beam(nil, alpha.args("set", "--hostname", "beta")...)
+	if err != nil || !strings.Contains(errOut, "taken") {
+		t.Fatalf("beam set --hostname to a taken name: err=%v stderr=%q; want a note that it is taken", err, errOut)
+	}
+	if st := alpha.status(); st.Self == nil || st.Self.Name != "alpha2" {
+		t.Fatalf("after asking for a taken name: self %+v, want alpha2", st.Self)
+	}
 }
 
 // TestUpDeadCoordinator: `beam up` that starts a daemon and cannot join
