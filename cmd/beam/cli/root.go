@@ -36,9 +36,10 @@ func (f *Factory) getenv(k string) string {
 	return f.Getenv(k)
 }
 
-// Logger returns a text logger on ErrOut at the given level.
+// Logger returns a text logger on ErrOut at the given level, with one
+// component= per line (see componentHandler).
 func (f *Factory) Logger(level slog.Level) *slog.Logger {
-	return slog.New(slog.NewTextHandler(f.ErrOut, &slog.HandlerOptions{Level: level}))
+	return slog.New(newComponentHandler(slog.NewTextHandler(f.ErrOut, &slog.HandlerOptions{Level: level})))
 }
 
 // exitError carries a process exit code through cobra.
@@ -113,5 +114,6 @@ func NewCmdRoot(f *Factory) *cobra.Command {
 		NewCmdAdmin(f),
 		NewCmdDERP(f, nil),
 	)
+	addCompletions(root, f, in)
 	return root
 }

@@ -223,7 +223,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	defer func() { cancel(); wg.Wait() }()
 
 	// Relay and STUN.
-	derpSrv := derpserver.New(derpserver.Options{PrivateKey: derpKey, Logger: logger.With("component", "derp")})
+	derpSrv := derpserver.New(derpserver.Options{PrivateKey: derpKey, Logger: logger})
 	defer derpSrv.Close()
 	region := &wire.DERPRegion{RegionID: 1, RegionCode: "server", Name: "beam server", Nodes: []*wire.DERPNode{{Name: "1", RegionID: 1, URL: publicURL}}}
 	if o.STUNAddr != "" {
@@ -239,7 +239,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			derpserver.ServeSTUN(ctx, pc, logger.With("component", "stun"))
+			derpserver.ServeSTUN(ctx, pc, logger)
 		}()
 	}
 	derpMap := &wire.DERPMap{Regions: map[int]*wire.DERPRegion{1: region}}
@@ -255,7 +255,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 			}
 			edgeAddrs = append(edgeAddrs, a)
 		}
-		zone = dnsserver.NewZone(dnsserver.ZoneOptions{Origin: o.Domain, NS: []string{"ns1." + o.Domain}, EdgeAddrs: edgeAddrs, Logger: logger.With("component", "zone")})
+		zone = dnsserver.NewZone(dnsserver.ZoneOptions{Origin: o.Domain, NS: []string{"ns1." + o.Domain}, EdgeAddrs: edgeAddrs, Logger: logger})
 		pc, err := net.ListenPacket("udp", o.DNSAddr)
 		if err != nil {
 			return fmt.Errorf("dns listen: %w", err)
@@ -284,7 +284,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	copts := coordinator.Options{
 		Store:      st,
 		PrivateKey: priv,
-		Logger:     logger.With("component", "coordinator"),
+		Logger:     logger, // the coordinator names itself
 		AdminToken: token,
 		RelayToken: relayToken,
 		DERPMap:    derpMap,
@@ -381,10 +381,28 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		httpAddr = a.String()
 	}
 	logger.Info("beam server running", "coordinator", publicURL, "edge_http", httpAddr, "edge_https", httpsAddr, "domain", o.Domain)
+	printServerNext(f, o, publicURL, httpAddr)
 	if o.ready != nil {
 		o.ready(addr.String(), httpAddr)
 	}
 	return routes.follow(ctx, esrv, logger)
+}
+
+// printServerNext tells the person who started beam server what to run
+// next: how devices join, how to get an auth key, how to publish a port.
+func printServerNext(f *Factory, o *ServerOptions, publicURL, httpAddr string) {
+	w := f.Out
+	fmt.Fprintf(w, "beam server is running: coordinator and relay at %s", publicURL)
+	if httpAddr != "" {
+		fmt.Fprintf(w, ", edge at http://%s", httpAddr)
+	}
+	fmt.Fprintf(w, "; data in %s\n\nNext:\n", o.DataDir)
+	if o.Dev {
+		fmt.Fprintf(w, "  join a device on this machine (dev mode: no auth key):\n    beam up --coordinator %s --hostname NAME --state DIR --socket DIR/beamd.sock\n", publicURL)
+	}
+	fmt.Fprintf(w, "  create an auth key (on this machine, as this user; beam admin finds the server):\n    beam admin authkey create --reusable --expiry 24h\n")
+	fmt.Fprintf(w, "  join a device with it:\n    beam up --coordinator %s --authkey KEY --hostname NAME\n", publicURL)
+	fmt.Fprintf(w, "  publish a port of a joined device:\n    beam expose PORT\n")
 }
 
 // zoneTXT adapts the zone to the certificate manager's TXT setter.
