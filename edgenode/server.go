@@ -29,6 +29,9 @@ type Options struct {
 	// BindHost is the address tcp and udp route ports listen on; empty
 	// means all addresses.
 	BindHost string
+	// Reporter, if not nil, learns the http routes on every Update so it
+	// can report refused requests to their devices.
+	Reporter *Reporter
 	// Logger receives logs; nil discards them.
 	Logger *slog.Logger
 }
@@ -112,6 +115,9 @@ func (s *Server) serve(name string, fn func() error) {
 func (s *Server) Update(in []wire.EdgeRoute) error {
 	routes, convErr := Routes(in)
 	setErr := s.opts.Edge.SetRoutes(routes)
+	if s.opts.Reporter != nil {
+		s.opts.Reporter.SetRoutes(routes)
+	}
 	want := map[string]uint16{}
 	for _, r := range routes {
 		switch r.Proto {

@@ -333,6 +333,23 @@ func (n *Node) WatchRequests(ctx context.Context) <-chan apitype.RequestLog {
 	return ch
 }
 
+// edgeAddrsLocked returns the overlay addresses of the edge nodes of the
+// current netmap.
+func (n *Node) edgeAddrsLocked() []netip.Addr {
+	var out []netip.Addr
+	if n.netmap == nil {
+		return nil
+	}
+	for _, p := range n.netmap.Peers {
+		if p.Edge {
+			for _, pfx := range p.Addresses {
+				out = append(out, pfx.Addr())
+			}
+		}
+	}
+	return out
+}
+
 // watchingRequests reports whether anyone watches the request log.
 func (n *Node) watchingRequests() bool {
 	n.watchMu.Lock()
@@ -383,6 +400,10 @@ func (n *Node) syncExposeProxiesLocked(cfg netstack.Config) {
 			n.proxies = map[uint16]*exposeProxy{}
 		}
 		n.proxies[port] = p
+	}
+	edges := n.edgeAddrsLocked()
+	for _, p := range n.proxies {
+		p.relay.edges.Store(&edges)
 	}
 	n.syncTLSRoutesLocked(cfg)
 }
@@ -446,6 +467,7 @@ type exposeProxyOptions struct {
 	Watching func() bool
 	// Publish sends a request log line; nil drops them.
 	Publish func(apitype.RequestLog)
+
 	// Logger receives debug logs; nil discards them.
 	Logger *slog.Logger
 }

@@ -4,20 +4,25 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/net/http2"
 
 	"beam.dev/beam/localapi/apitype"
+	"beam.dev/beam/wire"
 )
 
 // The device side of an exposed HTTP port relays each connection from the
@@ -65,6 +70,10 @@ type exposeRelay struct {
 	watching func() bool
 	publish  func(apitype.RequestLog)
 	logger   *slog.Logger
+	// edges are the overlay addresses of the edge nodes, whose reports of
+	// refused requests (wire.EdgeReportPreface) go to the log; the node
+	// stores them on every netmap. Nil: none.
+	edges atomic.Pointer[[]netip.Addr]
 }
 
 // relayConn is one relayed connection. Its run goroutine reads requests
@@ -148,6 +157,11 @@ func (rc *relayConn) run(ctx context.Context) {
 		if first && string(h) == h2Preface {
 			h2 = true
 			rc.serveHTTP2(ctx, cbr)
+			return
+		}
+		if first && string(h) == wire.EdgeReportPreface && rc.fromEdge() {
+			cbr.Discard(len(h))
+			rc.readEdgeReports(cbr)
 			return
 		}
 		first = false
@@ -327,6 +341,54 @@ func (rc *relayConn) serveHTTP2(ctx context.Context, br *bufio.Reader) {
 		Context: ctx,
 		Handler: rc.x.h2Handler,
 	})
+}
+
+// fromEdge reports whether the client is an edge node.
+func (rc *relayConn) fromEdge() bool {
+	ap, err := netip.ParseAddrPort(rc.client.RemoteAddr().String())
+	edges := rc.x.edges.Load()
+	return err == nil && edges != nil && slices.Contains(*edges, ap.Addr().Unmap())
+}
+
+// readEdgeReports publishes the edge's refused requests (JSON lines of
+// wire.EdgeRefusal) to the request log until the edge closes.
+func (rc *relayConn) readEdgeReports(br *bufio.Reader) {
+	for {
+		line, err := readLine(br, wire.MaxEdgeRefusalLine)
+		if err != nil {
+			return
+		}
+		var r wire.EdgeRefusal
+		if err := json.Unmarshal(line, &r); err != nil {
+			rc.x.logger.Debug("expose relay: edge report", "err", err)
+			return
+		}
+		if !rc.x.watching() {
+			continue
+		}
+		rc.x.publish(apitype.RequestLog{
+			Time: r.Time, Host: r.Host, Method: r.Method, Path: r.Path, Status: r.Status,
+			Port: rc.x.port, Client: r.Client, Edge: true,
+		})
+	}
+}
+
+// readLine reads one line of at most max bytes, without its newline.
+func readLine(br *bufio.Reader, max int) ([]byte, error) {
+	var line []byte
+	for {
+		b, err := br.ReadSlice('\n')
+		line = append(line, b...)
+		if len(line) > max {
+			return nil, errors.New("line too long")
+		}
+		if err == nil {
+			return bytes.TrimRight(line, "\r\n"), nil
+		}
+		if err != bufio.ErrBufferFull {
+			return nil, err
+		}
+	}
 }
 
 // bufferedConn reads through r, which holds bytes already read from Conn.

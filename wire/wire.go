@@ -291,3 +291,28 @@ type EdgeRoute struct {
 	// "proxy_protocol" ("v1" or "v2").
 	Options map[string]string `json:"options,omitempty"`
 }
+
+// EdgeReportPreface opens a connection on which an edge tells the device
+// behind an http route about requests the edge refused itself (basic
+// auth, IP lists, rate limits), so the device's owner sees them in
+// `beam expose`. The edge dials the route's target like any request;
+// the bytes that follow are JSON lines of EdgeRefusal. No request an
+// edge proxies can start this way (a proxied request always carries a
+// Host header), and devices accept it only from edge nodes.
+const EdgeReportPreface = "BEAM-EDGE-REPORT * HTTP/1.1\r\n\r\n"
+
+// MaxEdgeRefusalLine bounds one JSON line after EdgeReportPreface.
+const MaxEdgeRefusalLine = 4096
+
+// EdgeRefusal is a request an edge answered itself without reaching the
+// device.
+type EdgeRefusal struct {
+	Time   time.Time `json:"time"`
+	Host   string    `json:"host"`
+	Method string    `json:"method"`
+	Path   string    `json:"path"`
+	// Status is what the client got: 401, 403 or 429.
+	Status int `json:"status"`
+	// Client is the client's IP address.
+	Client string `json:"client,omitempty"`
+}

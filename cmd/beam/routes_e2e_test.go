@@ -307,3 +307,74 @@ func TestExposeTargets(t *testing.T) {
 		t.Errorf("expose list does not show the targets:\n%s", out)
 	}
 }
+
+// TestExposeShowsEdgeRefusals checks that requests the edge refuses itself
+// (401 without credentials, 429 over the rate limit) appear in the
+// foreground expose's log and --json, so the owner sees them.
+func TestExposeShowsEdgeRefusals(t *testing.T) {
+	c, httpPort := startDevServer(t)
+	alpha := c.device("alpha")
+	alpha.mustUp()
+	app := startApp(t, "app")
+
+	cmd := exec.Command(c.bin, alpha.args("expose", strconv.Itoa(app.port), "--name", "guarded", "--basic-auth", "u:p", "--rate-limit", "1/m", "--json")...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGINT)
+		cmd.Wait()
+	})
+	dec := json.NewDecoder(stdout)
+	var resp apitype.ExposeResponse
+	if err := dec.Decode(&resp); err != nil || resp.URL == "" {
+		t.Fatalf("first JSON line: %+v, %v", resp, err)
+	}
+	lines := make(chan apitype.RequestLog, 16)
+	go func() {
+		for {
+			var l apitype.RequestLog
+			if err := dec.Decode(&l); err != nil {
+				close(lines)
+				return
+			}
+			lines <- l
+		}
+	}()
+	url := fmt.Sprintf("http://guarded.localhost:%d/secret", httpPort)
+	waitFor(t, 10*time.Second, "the route at the edge", func() bool {
+		code, _ := curl(t, "-o", "/dev/null", "-w", "%{http_code}", "-X", "OPTIONS", fmt.Sprintf("http://guarded.localhost:%d/", httpPort))
+		return code != "404"
+	})
+	// The probe above got 401 and took the one request a minute: the
+	// next is 429.
+	if code, _ := curl(t, "-o", "/dev/null", "-w", "%{http_code}", url); code != "429" {
+		t.Fatalf("GET %s = %s, want 429", url, code)
+	}
+	seen := map[int]bool{}
+	deadline := time.After(15 * time.Second)
+	for !seen[401] || !seen[429] {
+		select {
+		case l, ok := <-lines:
+			if !ok {
+				t.Fatal("expose --json ended")
+			}
+			if !l.Edge || l.Host != "guarded.localhost" {
+				t.Errorf("log line %+v: want a refusal at the edge for guarded.localhost", l)
+			}
+			seen[l.Status] = true
+			if l.Status == 429 && (l.Path != "/secret" || l.Method != "GET" || l.Client != "127.0.0.1") {
+				t.Errorf("429 line %+v, want GET /secret from 127.0.0.1", l)
+			}
+		case <-deadline:
+			t.Fatalf("refusals in the log: %v; want 401 and 429", seen)
+		}
+	}
+	if got := app.seen(); len(got) != 0 {
+		t.Errorf("the app got %d refused requests", len(got))
+	}
+}

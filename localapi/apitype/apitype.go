@@ -258,6 +258,10 @@ type RequestLog struct {
 	Duration time.Duration `json:"duration"`
 	Port     uint16        `json:"port"`
 	Client   string        `json:"client,omitempty"`
+	// Edge is set for a request the edge refused itself (basic auth, IP
+	// lists, rate limit: Status 401, 403 or 429); it never reached this
+	// device.
+	Edge bool `json:"edge,omitempty"`
 }
 
 // PingResult is the answer of GET /localapi/v0/ping: one disco ping.

@@ -141,7 +141,9 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 	}
 	lim := connLimits(o.MaxConns, shareAlone, nofile, edgeConnsPerSource)
 	logLimits(logger, "edge", nofile, lim)
-	e, err := newEdge(n.DialContext, o.Domain, lim, o.BodyTimeout, logger)
+	rep := edgenode.NewReporter(n.DialContext, logger.With("component", "edge-report"))
+	defer rep.Close()
+	e, err := newEdge(n.DialContext, o.Domain, lim, o.BodyTimeout, rep, logger)
 	if err != nil {
 		return err
 	}
@@ -160,7 +162,7 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 	}
 	srv, err = edgenode.New(edgenode.Options{
 		Edge: e, HTTPAddr: o.HTTPAddr, HTTPSAddr: httpsAddr, GetCertificate: getCert,
-		BindHost: o.BindHost, Logger: logger,
+		BindHost: o.BindHost, Reporter: rep, Logger: logger,
 	})
 	if err != nil {
 		return err
@@ -225,14 +227,15 @@ func redirectPort(https net.Addr, override uint16) uint16 {
 }
 
 // newEdge returns an edge for domain that reaches devices through dial,
-// logging each request at debug level.
-func newEdge(dial func(ctx context.Context, network, addr string) (net.Conn, error), domain string, lim connlimit.Limits, bodyTimeout time.Duration, logger *slog.Logger) (*edge.Edge, error) {
+// logging each request at debug level and telling rep about each.
+func newEdge(dial func(ctx context.Context, network, addr string) (net.Conn, error), domain string, lim connlimit.Limits, bodyTimeout time.Duration, rep *edgenode.Reporter, logger *slog.Logger) (*edge.Edge, error) {
 	opts := edge.Options{
 		Dial:   dial,
 		Domain: domain,
 		Logger: logger.With("component", "edge"),
 		OnRequest: func(l edge.RequestLog) {
 			logger.Debug("request", "host", l.Host, "method", l.Method, "path", l.Path, "status", l.Status, "duration", l.Duration, "client", l.ClientIP)
+			rep.Observe(l)
 		},
 	}
 	edgeLimits(&opts, lim, bodyTimeout)

@@ -306,6 +306,10 @@ func runExpose(ctx context.Context, f *Factory, in *instanceFlags, o *ExposeOpti
 			json.NewEncoder(f.Out).Encode(l)
 			return
 		}
+		if l.Edge {
+			fmt.Fprintf(f.Out, "%s %-7s %-40s %d refused at the edge (%s)\n", l.Time.Format("15:04:05"), l.Method, l.Path, l.Status, edgeRefusal(l.Status))
+			return
+		}
 		fmt.Fprintf(f.Out, "%s %-7s %-40s %d %s\n", l.Time.Format("15:04:05"), l.Method, l.Path, l.Status, l.Duration.Round(time.Millisecond))
 	})
 	wcancel()
@@ -324,6 +328,20 @@ func runExpose(ctx context.Context, f *Factory, in *instanceFlags, o *ExposeOpti
 		fmt.Fprintf(f.ErrOut, "stopped %s\n", resp.URL)
 	}
 	return werr
+}
+
+// edgeRefusal says which policy of the route a status the edge answered
+// itself comes from.
+func edgeRefusal(status int) string {
+	switch status {
+	case 401:
+		return "no or wrong credentials, --basic-auth"
+	case 403:
+		return "client address not allowed, --allow-ip/--deny-ip"
+	case 429:
+		return "too many requests, --rate-limit"
+	}
+	return "route policy"
 }
 
 // logForHost reports whether a request log line with Host header h

@@ -348,7 +348,9 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	}
 	elim := connLimits(o.EdgeMaxConns, shareServerEdge, nofile, edgeConnsPerSource)
 	logLimits(logger, "edge", nofile, elim)
-	e, err := newEdge(en.DialContext, o.Domain, elim, o.BodyTimeout, logger)
+	rep := edgenode.NewReporter(en.DialContext, logger.With("component", "edge-report"))
+	defer rep.Close()
+	e, err := newEdge(en.DialContext, o.Domain, elim, o.BodyTimeout, rep, logger)
 	if err != nil {
 		return err
 	}
@@ -370,7 +372,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if getCert == nil {
 		httpsAddr = ""
 	}
-	esrv, err := edgenode.New(edgenode.Options{Edge: e, HTTPAddr: o.HTTPAddr, HTTPSAddr: httpsAddr, GetCertificate: getCert, Logger: logger.With("component", "edge")})
+	esrv, err := edgenode.New(edgenode.Options{Edge: e, HTTPAddr: o.HTTPAddr, HTTPSAddr: httpsAddr, GetCertificate: getCert, Reporter: rep, Logger: logger.With("component", "edge")})
 	if err != nil {
 		return err
 	}
