@@ -87,10 +87,8 @@ func (n *Node) Netcheck(ctx context.Context) (*apitype.NetcheckReport, error) {
 		return nil, ErrNotRunning
 	}
 	var local []string
-	if rep := n.eps.Load(); rep != nil {
-		for _, ep := range rep.eps {
-			local = append(local, ep.String())
-		}
+	for _, ep := range e.LocalEndpoints() {
+		local = append(local, ep.String())
 	}
 	if !hasSTUN(nm) {
 		// Without STUN there is nothing to ask about the outside, but the

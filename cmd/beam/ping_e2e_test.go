@@ -39,7 +39,34 @@ func TestPingAndNetcheck(t *testing.T) {
 	if !r.UDP || !strings.HasPrefix(r.GlobalV4, "127.0.0.1:") || len(r.RegionLatency) == 0 || r.PreferredRelay == "" {
 		t.Fatalf("netcheck = %+v, want UDP, a mapped 127.0.0.1 address, a region latency and a preferred relay", r)
 	}
+	if len(r.LocalAddrs) == 0 || len(r.Missing) != 0 {
+		t.Fatalf("netcheck = %+v, want local addresses and nothing missing", r)
+	}
 	if txt := c.mustBeam(a.args("netcheck")...); !strings.Contains(txt, "UDP: true") || !strings.Contains(txt, "Nearest relay: DERP(") {
 		t.Fatalf("netcheck text = %q", txt)
+	}
+}
+
+// TestNetcheckWithoutSTUN: a coordinator whose relay map names no STUN
+// server still gets a report of UDP and the local addresses, saying what
+// is missing, instead of an error.
+func TestNetcheckWithoutSTUN(t *testing.T) {
+	c := newCluster(t)
+	key := strings.TrimSpace(c.mustBeam("admin", "authkey", "create", "--coordinator", c.url))
+	a := c.device("alpha")
+	a.mustUp("--authkey", key)
+	var r apitype.NetcheckReport
+	if err := json.Unmarshal([]byte(c.mustBeam(a.args("netcheck", "--json")...)), &r); err != nil {
+		t.Fatal(err)
+	}
+	if !r.UDP || len(r.LocalAddrs) == 0 || r.GlobalV4 != "" || len(r.RegionLatency) != 0 {
+		t.Fatalf("netcheck = %+v, want UDP and local addresses, no public address or latency", r)
+	}
+	if len(r.Missing) != 1 || !strings.Contains(r.Missing[0], "no STUN servers") {
+		t.Fatalf("netcheck missing = %q, want one line naming the absent STUN servers", r.Missing)
+	}
+	txt := c.mustBeam(a.args("netcheck")...)
+	if !strings.Contains(txt, "Missing: the relay map has no STUN servers") || strings.Contains(txt, "IPv4:") {
+		t.Fatalf("netcheck text = %q, want the missing STUN named and no IPv4 line", txt)
 	}
 }

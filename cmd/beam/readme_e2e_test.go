@@ -169,10 +169,15 @@ func TestREADME(t *testing.T) {
 		}
 		env = append(env, kv)
 	}
-	gocache, _ := exec.Command("go", "env", "GOCACHE").Output()
-	gomodcache, _ := exec.Command("go", "env", "GOMODCACHE").Output()
-	env = append(env, "HOME="+home, "XDG_RUNTIME_DIR="+filepath.Join(dir, ".run"),
-		"GOCACHE="+strings.TrimSpace(string(gocache)), "GOMODCACHE="+strings.TrimSpace(string(gomodcache)), "GOFLAGS=-buildvcs=false")
+	env = append(env, "HOME="+home, "XDG_RUNTIME_DIR="+filepath.Join(dir, ".run"), "GOFLAGS=-buildvcs=false")
+	// The go command keeps its caches and settings, which HOME would move.
+	for _, k := range []string{"GOCACHE", "GOMODCACHE", "GOPATH", "GOENV"} {
+		v, err := exec.Command("go", "env", k).Output()
+		if err != nil {
+			t.Fatalf("go env %s: %v", k, err)
+		}
+		env = append(env, k+"="+strings.TrimSpace(string(v)))
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()

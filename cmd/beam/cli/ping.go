@@ -97,21 +97,24 @@ func NewCmdNetcheck(f *Factory, in *instanceFlags) *cobra.Command {
 			if len(r.LocalAddrs) > 0 {
 				fmt.Fprintf(f.Out, "\t* Local addresses: %s\n", strings.Join(r.LocalAddrs, " "))
 			}
-			if r.GlobalV4 != "" {
-				fmt.Fprintf(f.Out, "\t* IPv4: %s\n", r.GlobalV4)
-			} else {
-				fmt.Fprintf(f.Out, "\t* IPv4: (no public address seen)\n")
-			}
-			if r.GlobalV6 != "" {
-				fmt.Fprintf(f.Out, "\t* IPv6: %s\n", r.GlobalV6)
-			} else {
-				fmt.Fprintf(f.Out, "\t* IPv6: no\n")
-			}
-			switch {
-			case r.MappingVariesByDestIP == nil:
-				fmt.Fprintf(f.Out, "\t* MappingVariesByDestIP: unknown\n")
-			default:
-				fmt.Fprintf(f.Out, "\t* MappingVariesByDestIP: %v\n", *r.MappingVariesByDestIP)
+			// What STUN tells: only when some STUN server answered.
+			if len(r.RegionLatency) > 0 {
+				if r.GlobalV4 != "" {
+					fmt.Fprintf(f.Out, "\t* IPv4: %s\n", r.GlobalV4)
+				} else {
+					fmt.Fprintf(f.Out, "\t* IPv4: (no public address seen)\n")
+				}
+				if r.GlobalV6 != "" {
+					fmt.Fprintf(f.Out, "\t* IPv6: %s\n", r.GlobalV6)
+				} else {
+					fmt.Fprintf(f.Out, "\t* IPv6: no\n")
+				}
+				switch {
+				case r.MappingVariesByDestIP == nil:
+					fmt.Fprintf(f.Out, "\t* MappingVariesByDestIP: unknown\n")
+				default:
+					fmt.Fprintf(f.Out, "\t* MappingVariesByDestIP: %v\n", *r.MappingVariesByDestIP)
+				}
 			}
 			if r.PreferredRelay != "" {
 				fmt.Fprintf(f.Out, "\t* Nearest relay: %s\n", r.PreferredRelay)
