@@ -36,6 +36,10 @@ type Options struct {
 	// Shutdown, if not nil, is called (once per request) by POST
 	// /localapi/v0/shutdown to stop the daemon; nil refuses the request.
 	Shutdown func()
+	// Socket is the path of the socket the handler is served on; its mode
+	// follows the operator setting (0666 with an operator, else 0600).
+	// Empty leaves the mode alone.
+	Socket string
 }
 
 // Handler serves the local API for one node.
@@ -70,14 +74,21 @@ func New(n *node.Node, opts Options) *Handler {
 	h.mux.HandleFunc("POST /localapi/v0/expose/stop", h.exposeStop)
 	h.mux.HandleFunc("GET /localapi/v0/expose/watch", h.exposeWatch)
 	h.mux.HandleFunc("POST /localapi/v0/expose/wait", h.exposeWait)
+	h.syncSocketMode()
 	return h
 }
 
 // ServeHTTP implements http.Handler. Requests that carry an Origin or
-// Referer header come from a browser and are refused.
+// Referer header come from a browser and are refused, and so are requests
+// from local users other than the daemon's own, root and the operator
+// (where the server's ConnContext is ConnContext).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Header.Get("Origin") != "" || r.Header.Get("Referer") != "" {
 		writeError(w, http.StatusForbidden, errors.New("cross-origin requests are refused"))
+		return
+	}
+	if err := h.checkAccess(r); err != nil {
+		writeError(w, http.StatusForbidden, err)
 		return
 	}
 	h.mux.ServeHTTP(w, r)
@@ -128,7 +139,16 @@ func (h *Handler) up(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
 		return
 	}
+	if req.Prefs != nil {
+		if err := h.checkOperatorChange(r, req.Prefs.Operator); err != nil {
+			writeError(w, http.StatusForbidden, err)
+			return
+		}
+	}
 	resp, err := h.n.Up(r.Context(), req)
+	if req.Prefs != nil && req.Prefs.Operator != nil {
+		h.syncSocketMode() // before the answer: the operator may connect next
+	}
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
@@ -142,7 +162,14 @@ func (h *Handler) setPrefs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
 		return
 	}
+	if err := h.checkOperatorChange(r, p.Operator); err != nil {
+		writeError(w, http.StatusForbidden, err)
+		return
+	}
 	resp, err := h.n.SetPrefs(r.Context(), p)
+	if p.Operator != nil {
+		h.syncSocketMode()
+	}
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return

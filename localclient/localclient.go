@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"net/url"
@@ -40,6 +41,9 @@ func (e *NotRunningError) Is(target error) bool { return target == ErrDaemonNotR
 
 // UserMessage says what failed and what to do next.
 func (e *NotRunningError) UserMessage() string {
+	if errors.Is(e.Err, fs.ErrPermission) {
+		return "no permission to use the daemon's socket " + e.Socket + ": its admin can allow one local user with beam set --operator USER"
+	}
 	return "the daemon is not running (nothing answers on " + e.Socket + "): run beam up, or pass the --socket of a running one"
 }
 

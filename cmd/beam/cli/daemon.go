@@ -39,6 +39,7 @@ type DaemonOptions struct {
 	ACMECA       string // ACME directory for the certificates of tls routes
 	ACMECARoot   string // PEM file: roots trusted for the ACME server's HTTPS
 	ACMEEmail    string
+	Operator     string
 	// Prefs holds the settings given as flags (only those given): they
 	// replace the stored ones.
 	Prefs apitype.PrefsPatch
@@ -51,6 +52,7 @@ func daemonFlags(cmd *cobra.Command, o *DaemonOptions) {
 	cmd.Flags().StringVar(&o.HTTPProxy, "http-proxy", "", "serve an HTTP proxy into the mesh on this loopback address (kept in the state, \"\" stops it)")
 	cmd.Flags().StringVar(&o.DNSListen, "dns-listen", "", "also serve MagicDNS on this loopback address, UDP and TCP (kept in the state, \"\" stops it)")
 	cmd.Flags().StringSliceVar(&o.DNSUpstreams, "dns-upstream", nil, "upstream resolvers for other names (default: /etc/resolv.conf; kept in the state)")
+	cmd.Flags().StringVar(&o.Operator, "operator", "", "local user who may use the daemon's socket besides its own user and root (Linux; kept in the state, \"\" removes it)")
 	cmd.Flags().StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.Flags().StringVar(&o.ACMECA, "acme-ca", "", "ACME directory URL: terminate TLS of this device's --tls-passthrough routes with its own certificate, obtained by DNS-01 through the coordinator (default: the app terminates TLS)")
 	cmd.Flags().StringVar(&o.ACMECARoot, "acme-ca-root", "", "PEM file of the roots to trust for the ACME server's HTTPS (default: the system roots)")
@@ -150,7 +152,10 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 1)
-	srv := &http.Server{Handler: localapi.New(n, localapi.Options{Logger: logger, Shutdown: cancel})}
+	srv := &http.Server{
+		Handler:     localapi.New(n, localapi.Options{Logger: logger, Shutdown: cancel, Socket: o.Socket}),
+		ConnContext: localapi.ConnContext,
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -237,6 +242,9 @@ func prefsFromFlags(cmd *cobra.Command, o *DaemonOptions) apitype.PrefsPatch {
 	}
 	if fl.Changed("port") {
 		p.Port = &o.Port
+	}
+	if fl.Changed("operator") {
+		p.Operator = &o.Operator
 	}
 	return p
 }

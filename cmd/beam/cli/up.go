@@ -118,9 +118,9 @@ func runUp(ctx context.Context, f *Factory, in *instanceFlags, o *UpOptions) err
 			// Leave nothing behind that this command started for a join
 			// that did not happen.
 			if serr := started.stop(lc); serr != nil {
-				return fmt.Errorf("%w (and the daemon beam up started for this did not stop: %v; log: %s)", err, serr, started.logPath)
+				return &noteError{err: err, note: fmt.Sprintf("and the daemon beam up started for this did not stop: %v; log: %s", serr, started.logPath)}
 			}
-			return fmt.Errorf("%w (beam up stopped the daemon it had started for this; log: %s)", err, started.logPath)
+			return &noteError{err: err, note: "beam up stopped the daemon it had started for this; log: " + started.logPath}
 		}
 		return err
 	}
@@ -139,6 +139,16 @@ func runUp(ctx context.Context, f *Factory, in *instanceFlags, o *UpOptions) err
 	fmt.Fprintf(f.Out, "%s %s\n", resp.Name, strings.Join(ips, " "))
 	return nil
 }
+
+// noteError adds a note to an error, in its text and in its user message.
+type noteError struct {
+	err  error
+	note string
+}
+
+func (e *noteError) Error() string       { return e.err.Error() + " (" + e.note + ")" }
+func (e *noteError) Unwrap() error       { return e.err }
+func (e *noteError) UserMessage() string { return ErrorMessage(e.err) + " (" + e.note + ")" }
 
 // startedDaemon is a daemon beam up started.
 type startedDaemon struct {

@@ -1,0 +1,106 @@
+package localapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+)
+
+// Who may use the local API: the daemon's own user and root always; the
+// operator (apitype.Prefs.Operator, `beam up --operator USER`) too, where
+// the socket gives the peer's credentials (Linux: SO_PEERCRED). Without an
+// operator the socket is 0600; with one it is 0666 and every request is
+// checked against the peer's uid. Only the daemon's user and root may
+// change the operator.
+
+type peerKey struct{}
+
+// peer is what ConnContext learned about a connection's other end.
+type peer struct {
+	uid   int
+	known bool
+}
+
+// ConnContext is the http.Server ConnContext of the local API: it records
+// the peer's uid for the checks in Handler.
+func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	uid, err := peerUID(c)
+	return context.WithValue(ctx, peerKey{}, peer{uid: uid, known: err == nil})
+}
+
+func peerOf(r *http.Request) peer {
+	p, _ := r.Context().Value(peerKey{}).(peer)
+	return p
+}
+
+// isOwner reports whether uid is the daemon's own user or root.
+func isOwner(uid int) bool { return uid == 0 || uid == os.Geteuid() }
+
+// lookupUID returns the uid of a local user name.
+func lookupUID(name string) (int, error) {
+	u, err := user.Lookup(name)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(u.Uid)
+}
+
+// checkAccess refuses requests from a peer that is neither the daemon's
+// user, root, nor the operator. Peers of unknown identity passed the
+// socket's file mode, which then admits only the daemon's user.
+func (h *Handler) checkAccess(r *http.Request) error {
+	p := peerOf(r)
+	if !p.known || isOwner(p.uid) {
+		return nil
+	}
+	if op := h.n.Prefs().Operator; op != "" {
+		if uid, err := lookupUID(op); err == nil && uid == p.uid {
+			return nil
+		}
+	}
+	name := strconv.Itoa(p.uid)
+	if u, err := user.LookupId(name); err == nil {
+		name = u.Username + " (uid " + name + ")"
+	}
+	return fmt.Errorf("user %s may not use this beam daemon; its admin can allow one user with `beam up --operator USER` or `beam set --operator USER`", name)
+}
+
+// checkOperatorChange refuses a change of the operator from anyone but the
+// daemon's user and root, and where the socket gives no peer credentials.
+func (h *Handler) checkOperatorChange(r *http.Request, op *string) error {
+	if op == nil {
+		return nil
+	}
+	if p := peerOf(r); p.known && !isOwner(p.uid) {
+		return errors.New("only root or the daemon's own user may change the operator")
+	}
+	if *op != "" && !peerCredSupported {
+		return errors.New("an operator needs peer credentials on the local socket, which only Linux gives")
+	}
+	return nil
+}
+
+// syncSocketMode makes the socket usable by an operator (0666, with every
+// request checked by uid) or by the daemon's user only (0600).
+func (h *Handler) syncSocketMode() {
+	if h.opts.Socket == "" {
+		return
+	}
+	op := h.n.Prefs().Operator
+	mode := os.FileMode(0o600)
+	if op != "" && peerCredSupported {
+		mode = 0o666
+		if fi, err := os.Stat(filepath.Dir(h.opts.Socket)); err == nil && fi.Mode().Perm()&0o001 == 0 {
+			h.logger.Warn("the operator cannot reach the socket: its directory is not searchable by other users", "operator", op, "dir", filepath.Dir(h.opts.Socket), "mode", fi.Mode().Perm())
+		}
+	}
+	if err := os.Chmod(h.opts.Socket, mode); err != nil {
+		h.logger.Warn("set socket mode", "socket", h.opts.Socket, "err", err)
+	}
+}
