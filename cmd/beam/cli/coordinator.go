@@ -20,6 +20,7 @@ import (
 	"beam.dev/beam/configs"
 	"beam.dev/beam/coordinator"
 	"beam.dev/beam/coordinator/sqlstore"
+	"beam.dev/beam/internal/version"
 	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
 )
@@ -175,7 +176,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	if created {
 		logger.Info("wrote a new admin token", "file", tokenPath)
 	}
-	logger.Info("coordinator listening", "addr", ln.Addr().String(), "data", opts.DataDir, "machine_key", priv.Public().String())
+	logger.Info("coordinator listening", "version", version.String(), "addr", ln.Addr().String(), "data", opts.DataDir, "machine_key", priv.Public().String())
 	forget, err := writeDiscovery(f, opts.DataDir, ln.Addr().(*net.TCPAddr))
 	if err != nil {
 		ln.Close()

@@ -24,6 +24,7 @@ import (
 	"beam.dev/beam/edge"
 	"beam.dev/beam/edgenode"
 	"beam.dev/beam/internal/tcpcc"
+	"beam.dev/beam/internal/version"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/node"
 	"beam.dev/beam/wire"
@@ -382,7 +383,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if a := esrv.Addr("http"); a != nil {
 		httpAddr = a.String()
 	}
-	logger.Info("beam server running", "coordinator", publicURL, "edge_http", httpAddr, "edge_https", httpsAddr, "domain", o.Domain)
+	logger.Info("beam server running", "version", version.String(), "coordinator", publicURL, "edge_http", httpAddr, "edge_https", httpsAddr, "domain", o.Domain)
 	printServerNext(f, o, publicURL, httpAddr)
 	if o.ready != nil {
 		o.ready(addr.String(), httpAddr)
