@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"strings"
+	"syscall"
 
 	"beam.dev/beam/dnsserver"
 	"beam.dev/beam/node"
@@ -28,6 +29,11 @@ func userMessage(err error) string {
 	}
 	um, ok := errors.AsType[userMessager](err)
 	if !ok {
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			// The operation (dial beta:8000) is the error's first part.
+			op, _, _ := strings.Cut(err.Error(), ": ")
+			return op + ": connection refused: nothing listens on that port of the peer (peers reach its loopback, 127.0.0.1)"
+		}
 		return ""
 	}
 	m := um.UserMessage()

@@ -21,6 +21,7 @@ func TestUserMessage(t *testing.T) {
 		want string
 	}{
 		{"internal", errors.New("decode request: EOF"), ""},
+		{"refused", fmt.Errorf("dial beta:8000: %w", refused), "dial beta:8000: connection refused: nothing listens on that port of the peer (peers reach its loopback, 127.0.0.1)"},
 		{"not running", fmt.Errorf("ping: %w", node.ErrNotRunning), "this node is not in the mesh: run beam up"},
 		{"no such name", fmt.Errorf("resolve x: %w", dnsserver.ErrNotFound), "no such name in this network: beam status lists the peers (a new one appears within a second of joining)"},
 		{"unreachable", fmt.Errorf("coordclient: %w: fetch server key: %w", coordclient.ErrUnreachable, refused),
