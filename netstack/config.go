@@ -169,6 +169,22 @@ func (e *Engine) Reconfig(cfg Config) error {
 		}
 	}
 	e.peersInDev = want
+	// A peer whose disco key changed is a new process of that node (the
+	// key lives as long as the process): the connections we had with
+	// its previous process are gone, whether or not we send on them.
+	old := make(map[key.NodePublic]key.DiscoPublic, len(e.cfg.Peers))
+	for _, p := range e.cfg.Peers {
+		old[p.Key] = p.DiscoKey
+	}
+	for _, p := range cfg.Peers {
+		if d, ok := old[p.Key]; ok && !d.IsZero() && !p.DiscoKey.IsZero() && d != p.DiscoKey {
+			e.wg.Add(1)
+			go func() {
+				defer e.wg.Done()
+				e.peerRestarted(p)
+			}()
+		}
+	}
 	e.cfg = cfg
 	// Only now that wireguard-go knows the new peers may they learn we
 	// are up (a handshake they answer must not be dropped).

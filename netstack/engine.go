@@ -13,6 +13,12 @@
 // by STUN from its WireGuard socket (Endpoints, Options.OnEndpoints); Ping
 // and Netcheck expose both to the CLI.
 //
+// Connections do not outlive a process at either end: when a peer
+// restarts (its disco key changes) the engine probes its TCP connections
+// with the peer, and a restarted engine that receives data of a session it
+// never had starts a handshake; either way the peer's connections with
+// the old process are reset at once rather than left waiting.
+//
 // Packet flow:
 //
 //	peer --UDP/relay--> bind --> wireguard-go (decrypt) --> filter --> gVisor --> listener / forwarder --> 127.0.0.1:port
@@ -164,6 +170,10 @@ func New(opts Options) (*Engine, error) {
 		Relay:      e.relays,
 		DiscoKey:   opts.DiscoKey,
 		OnSTUN:     e.onSTUN,
+		// A peer still sending on a session of this node's previous
+		// process gets a handshake at once: its connections to that
+		// process then reach this stack, which resets them.
+		OnStaleSession: e.onStaleSession,
 	})
 	if err != nil {
 		cancel()
@@ -206,6 +216,46 @@ func New(opts Options) (*Engine, error) {
 		e.discoveryLoop()
 	}()
 	return e, nil
+}
+
+// onStaleSession starts a handshake with a peer that sends transport data
+// of a session this engine never had (see bind.Options.OnStaleSession).
+func (e *Engine) onStaleSession(k key.NodePublic) {
+	if !e.track(nil) {
+		return
+	}
+	go func() {
+		defer e.untrack(nil)
+		p := e.dev.LookupPeer(device.NoisePublicKey(k.Raw32()))
+		if p == nil {
+			return
+		}
+		e.log.Debug("peer sends on a session this node does not have; starting a handshake", "peer", k.ShortString())
+		p.SendHandshakeInitiation(false)
+	}()
+}
+
+// peerRestarted ends our connections with a peer's previous process: it
+// drops the WireGuard session (the new process cannot decrypt it), and
+// probes every TCP connection with the peer. The probes wait for the new
+// handshake, and the peer's new stack answers each with a RST, so even a
+// connection that only receives learns at once that its data will not
+// come.
+func (e *Engine) peerRestarted(p Peer) {
+	wp := e.dev.LookupPeer(device.NoisePublicKey(p.Key.Raw32()))
+	if wp == nil {
+		return
+	}
+	wp.ExpireCurrentKeypairs()
+	n := e.stack.ProbeTCP(func(a netip.Addr) bool {
+		for _, pfx := range p.AllowedIPs {
+			if pfx.Contains(a) {
+				return true
+			}
+		}
+		return false
+	})
+	e.log.Info("peer restarted; probing its connections", "peer", p.Key.ShortString(), "connections", n)
 }
 
 func wgLogger(log *slog.Logger) *device.Logger {

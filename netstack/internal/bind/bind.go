@@ -45,6 +45,7 @@
 package bind
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -81,6 +82,10 @@ const (
 	// maxAnon bounds remembered sources that sent a well-formed
 	// initiation the bind could not attribute (see Options).
 	maxAnon = 256
+	// staleSessionEvery is the least time between two reports of one
+	// peer to Options.OnStaleSession (wireguard-go sends at most one
+	// initiation per RekeyTimeout, 5 s, anyway).
+	staleSessionEvery = 5 * time.Second
 	// maxIndicesPerPeer is how many of our recent handshake sender
 	// indices are remembered per peer.
 	maxIndicesPerPeer = 4
@@ -115,6 +120,15 @@ type Options struct {
 	// sockets (answers to Binding requests sent with WriteTo). It runs on
 	// a receive goroutine: it must be quick and must not keep pkt.
 	OnSTUN func(pkt []byte, src netip.AddrPort)
+	// OnStaleSession, if set, is called when a peer sends transport data
+	// naming a receiver index this bind never handed out: a session the
+	// peer keeps with an earlier process of this node, which this one
+	// cannot decrypt. The caller starts a handshake, so the peer moves to
+	// a new session at once instead of after WireGuard's 15 s without an
+	// answer, and its connections to the old process learn they are gone
+	// (the new stack resets them). It runs on a receive goroutine, must
+	// not block, and is called at most once per staleSessionEvery per peer.
+	OnStaleSession func(peer key.NodePublic)
 }
 
 // PeerConfig is one peer the bind may send to.
@@ -639,6 +653,7 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 			e.lastRecv.Store(now)
 			if p := e.peer; p != nil {
 				p.lastWGRecv.Store(now)
+				b.noteTransport(p, pkt, now)
 				// WireGuard arriving over the direct path in use proves
 				// it both ways (a pong proved the other way): stop
 				// copying packets to the relay.
@@ -889,6 +904,33 @@ func (b *Bind) spray(bufs [][]byte, p *peer, best *Endpoint, home int) error {
 		return fmt.Errorf("bind: no path to peer %s", p.key.ShortString())
 	}
 	return errors.Join(errs...)
+}
+
+// noteTransport reports p to Options.OnStaleSession if pkt is transport
+// data naming a receiver index that is not one of ours for p.
+func (b *Bind) noteTransport(p *peer, pkt []byte, now int64) {
+	if b.opts.OnStaleSession == nil || len(pkt) < minTransportSize || binary.LittleEndian.Uint32(pkt) != msgTransport {
+		return
+	}
+	idx := binary.LittleEndian.Uint32(pkt[4:8])
+	if idx == p.sessionIdx.Load() {
+		return
+	}
+	last := p.lastStale.Load()
+	if last != 0 && now-last < int64(staleSessionEvery) {
+		return
+	}
+	b.mu.Lock()
+	ours := b.indices[idx] == p
+	b.mu.Unlock()
+	if ours {
+		p.sessionIdx.Store(idx)
+		return
+	}
+	if !p.lastStale.CompareAndSwap(last, now) {
+		return
+	}
+	b.opts.OnStaleSession(p.key)
 }
 
 func (b *Bind) rememberIndex(p *peer, idx uint32) {

@@ -101,6 +101,11 @@ type peer struct {
 	dualUntil atomic.Int64
 	// init is the last handshake initiation sent to the peer.
 	init initState
+	// sessionIdx is a receiver index the peer's transport data named
+	// that is ours (the fast path of noteTransport); lastStale is when
+	// the peer was last reported to Options.OnStaleSession (unix nanos).
+	sessionIdx atomic.Uint32
+	lastStale  atomic.Int64
 }
 
 // PeerPath is the bind's view of how a peer is reached.

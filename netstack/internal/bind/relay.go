@@ -87,7 +87,9 @@ func (b *Bind) DeliverRelayed(region int, src key.NodePublic, pkt []byte) {
 	if e == nil {
 		return
 	}
-	pe.p.lastWGRecv.Store(time.Now().UnixNano())
+	now := time.Now().UnixNano()
+	pe.p.lastWGRecv.Store(now)
+	b.noteTransport(pe.p, pkt, now)
 	buf := b.rs.bufs.Get().(*[]byte)
 	n := copy(*buf, pkt)
 	select {

@@ -313,3 +313,24 @@ func toFull(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber) 
 	}
 	return fa, proto
 }
+
+// ProbeTCP sends a keepalive-style probe on every connected TCP endpoint
+// whose remote address remote accepts (see tcp.Endpoint.Probe): a peer
+// that restarted answers each with a RST, so connections that only wait
+// for data learn at once that it will not come.
+func (st *Stack) ProbeTCP(remote func(netip.Addr) bool) int {
+	n := 0
+	for _, ep := range st.s.RegisteredEndpoints() {
+		tep, ok := ep.(*tcp.Endpoint)
+		if !ok {
+			continue
+		}
+		info, ok := tep.Info().(*stack.TransportEndpointInfo)
+		if !ok || !remote(toAddr(info.ID.RemoteAddress).Unmap()) {
+			continue
+		}
+		tep.Probe()
+		n++
+	}
+	return n
+}

@@ -3490,3 +3490,22 @@ func (e *Endpoint) getExperimentOptionValue(route *stack.Route) uint16 {
 	}
 	return 0
 }
+
+// Probe sends a keepalive-style probe (a dataless ACK with sequence number
+// SndNxt-1, RFC 1122 4.2.3.6) at once on a connected endpoint, so that a
+// peer that no longer knows the connection answers it with a RST. Beam
+// calls it when a peer restarted: a connection that only receives would
+// otherwise wait for data that never comes. Added for Beam.
+func (e *Endpoint) Probe() {
+	e.LockUser()
+	defer e.UnlockUser()
+	switch e.EndpointState() {
+	case StateEstablished, StateFinWait1, StateFinWait2, StateCloseWait, StateLastAck, StateClosing:
+	default:
+		return
+	}
+	if e.route == nil || e.snd == nil {
+		return
+	}
+	e.snd.sendEmptySegment(header.TCPFlagAck, e.snd.SndNxt-1)
+}
