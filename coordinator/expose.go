@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -33,15 +32,6 @@ const (
 // Reserved labels under the edge domain, besides the apex and names
 // starting with "_".
 var reservedLabels = map[string]bool{"www": true, "edge": true, "api": true}
-
-// routeOptionKeys are the option keys an edge understands (see
-// wire.EdgeRoute.Options).
-var routeOptionKeys = map[string]bool{
-	"basic_auth": true, "allow_ip": true, "deny_ip": true, "rate_limit": true,
-	"header_add": true, "header_remove": true, "cors": true, "proxy_protocol": true,
-}
-
-const maxOptionLen = 4096
 
 // isLabel reports whether l is a lower-case DNS label of letters, digits
 // and inner hyphens.
@@ -139,16 +129,8 @@ func checkExpose(req *wire.ExposeRequest) *apiError {
 	if aerr := checkUpstream(req); aerr != nil {
 		return aerr
 	}
-	if len(req.Options) > len(routeOptionKeys) {
-		return errorf(http.StatusBadRequest, CodeNameInvalid, "too many options")
-	}
-	for k, v := range req.Options {
-		if !routeOptionKeys[k] {
-			return errorf(http.StatusBadRequest, CodeNameInvalid, "unknown route option %q", k)
-		}
-		if len(v) > maxOptionLen {
-			return errorf(http.StatusBadRequest, CodeNameInvalid, "route option %q longer than %d bytes", k, maxOptionLen)
-		}
+	if err := req.Options.Validate(req.Proto); err != nil {
+		return errorf(http.StatusBadRequest, CodeNameInvalid, "route options: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
 	return nil
 }
@@ -297,12 +279,9 @@ func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.Expose
 		CustomDomain: custom,
 		Pool:         req.Pool,
 		Upstream:     req.Upstream,
-		Options:      maps.Clone(req.Options),
+		Options:      req.Options.Clone(),
 		CreatedAt:    now,
 	}, node: nk}
-	if len(rt.Options) == 0 {
-		rt.Options = nil
-	}
 	if c.same != nil {
 		rt.ID, rt.CreatedAt = c.same.ID, c.same.CreatedAt
 	}

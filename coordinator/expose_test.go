@@ -107,13 +107,27 @@ func TestExposeProtos(t *testing.T) {
 	if got := len(c.Server.Routes(context.Background())); got != len(tests) {
 		t.Errorf("admin lists %d routes, want %d", got, len(tests))
 	}
-	// Options reach the route; unknown options and bad requests do not.
-	resp := expose(t, a, wire.ExposeRequest{Proto: "http", Port: 3000, Options: map[string]string{"basic_auth": "u:p"}})
-	if resp.Route.Options["basic_auth"] != "u:p" {
-		t.Errorf("options = %v", resp.Route.Options)
+	// Options reach the route; options the edge could not enforce and
+	// bad requests do not.
+	auth := wire.RouteOptions{BasicAuth: []wire.BasicAuthUser{{User: "u", Secret: "plain:p"}}}
+	resp := expose(t, a, wire.ExposeRequest{Proto: "http", Port: 3000, Options: auth})
+	if !resp.Route.Options.Equal(auth) {
+		t.Errorf("options = %+v, want %+v", resp.Route.Options, auth)
+	}
+	// A rate that is no rate does not even decode.
+	for _, r := range []wire.Rate{{Count: 0, Per: time.Second}, {Count: 5, Per: 3 * time.Second}} {
+		_, err := a.Expose(context.Background(), wire.ExposeRequest{Proto: "http", Port: 3000, Options: wire.RouteOptions{RateLimit: r}})
+		if err == nil || !strings.Contains(err.Error(), "rate") {
+			t.Errorf("expose with rate %+v = %v, want an error about the rate", r, err)
+		}
 	}
 	for _, bad := range []wire.ExposeRequest{
-		{Proto: "http", Port: 3000, Options: map[string]string{"rm_rf": "/"}},
+		{Proto: "http", Port: 3000, Options: wire.RouteOptions{AllowIP: []netip.Prefix{{}}}},
+		{Proto: "http", Port: 3000, Options: wire.RouteOptions{AllowIP: []netip.Prefix{netip.MustParsePrefix("192.0.2.1/24")}}},
+		{Proto: "http", Port: 3000, Options: wire.RouteOptions{BasicAuth: []wire.BasicAuthUser{{User: "u", Secret: "hunter2"}}}},
+		{Proto: "tcp", Port: 3000, Options: auth},
+		{Proto: "http", Port: 3000, Options: wire.RouteOptions{ProxyProtocol: 2}},
+		{Proto: "http", Port: 3000, Options: wire.RouteOptions{HeaderAdd: map[string]string{"X-A": "a\nb"}}},
 		{Proto: "gopher", Port: 70},
 		{Proto: "http", Port: 0},
 	} {
@@ -263,7 +277,7 @@ func TestExposeNameOwnership(t *testing.T) {
 	web2 := reg(coordinator.AuthKeyOptions{Tags: []string{"tag:web"}}, "web2")
 	other := reg(coordinator.AuthKeyOptions{Network: "other"}, "bee")
 
-	expose(t, a1, wire.ExposeRequest{Name: "app", Proto: "http", Port: 3000, Options: map[string]string{"basic_auth": "u:p"}})
+	expose(t, a1, wire.ExposeRequest{Name: "app", Proto: "http", Port: 3000, Options: wire.RouteOptions{BasicAuth: []wire.BasicAuthUser{{User: "u", Secret: "plain:p"}}}})
 	for _, name := range []string{"app", "APP", "app.", "App.Example.Test."} {
 		_, err := other.Expose(ctx, wire.ExposeRequest{Name: name, Proto: "http", Port: 80})
 		if !errors.Is(err, coordclient.ErrNameTaken) || !strings.Contains(err.Error(), "name app.example.test is taken by another network") {
@@ -560,7 +574,7 @@ func TestRoutesSurviveRestart(t *testing.T) {
 	c := startCoord(t, edgeOpts("20000-20009", ""))
 	a := newNode(t, c.URL)
 	a.register(t, c.authKey(t, coordinator.AuthKeyOptions{}), "alpha")
-	expose(t, a, wire.ExposeRequest{Proto: "http", Port: 3000, Options: map[string]string{"rate_limit": "20/s"}})
+	expose(t, a, wire.ExposeRequest{Proto: "http", Port: 3000, Options: wire.RouteOptions{RateLimit: wire.Rate{Count: 20, Per: time.Second}}})
 	db := expose(t, a, wire.ExposeRequest{Name: "db", Proto: "tcp", Port: 5432})
 	before := c.Server.Routes(context.Background())
 
@@ -572,7 +586,7 @@ func TestRoutesSurviveRestart(t *testing.T) {
 	for i := range before {
 		b, a := before[i], after[i]
 		if b.Host != a.Host || b.Proto != a.Proto || b.PublicPort != a.PublicPort || b.Target != a.Target ||
-			b.Options["rate_limit"] != a.Options["rate_limit"] || b.URL != a.URL {
+			!b.Options.Equal(a.Options) || a.Options.RateLimit.String() != map[int]string{0: "20/s", 1: ""}[i] || b.URL != a.URL {
 			t.Errorf("route %d: before %+v, after %+v", i, b, a)
 		}
 	}

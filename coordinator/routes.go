@@ -41,8 +41,8 @@ type Route struct {
 	// Upstream is where the node forwards the route (see
 	// wire.ExposeRequest.Upstream); empty for its own port.
 	Upstream string
-	// Options is the route's policy (see wire.EdgeRoute.Options).
-	Options   map[string]string
+	// Options is the route's policy, valid for Proto.
+	Options   wire.RouteOptions
 	CreatedAt time.Time
 }
 
@@ -554,7 +554,7 @@ func (s *Server) fillExtras(ss *session, st *streamExtras, resp *wire.MapRespons
 
 func edgeRouteEqual(a, b wire.EdgeRoute) bool {
 	return a.Host == b.Host && a.Proto == b.Proto && a.PublicPort == b.PublicPort && a.Node == b.Node &&
-		a.Target == b.Target && a.CustomDomain == b.CustomDomain && a.Pool == b.Pool && a.Upstream == b.Upstream && maps.Equal(a.Options, b.Options)
+		a.Target == b.Target && a.CustomDomain == b.CustomDomain && a.Pool == b.Pool && a.Upstream == b.Upstream && a.Options.Equal(b.Options)
 }
 
 // edgeRoutesLocked returns rs as wire routes, sorted. Server.mu held.
@@ -593,6 +593,6 @@ func (s *Server) wireRouteLocked(r *memRoute) (wire.EdgeRoute, bool) {
 		CustomDomain: r.CustomDomain,
 		Pool:         r.Pool,
 		Upstream:     r.Upstream,
-		Options:      maps.Clone(r.Options),
+		Options:      r.Options.Clone(),
 	}, true
 }

@@ -1,7 +1,7 @@
 // Package edgenode runs the public edge as a member of the mesh: it turns
 // the edge routes a coordinator streams to an edge node into the edge's
 // route table, pooling routes that share a name, and parses each route's
-// policy options. It joins package edge (which knows nothing of the
+// typed policy options (wire.RouteOptions). It joins package edge (which knows nothing of the
 // control protocol) to package wire (which knows nothing of HTTP).
 package edgenode
 
@@ -9,9 +9,9 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 
 	"golang.org/x/time/rate"
@@ -23,8 +23,9 @@ import (
 // Routes converts the coordinator's routes into edge routes. Routes with
 // the same host and protocol (or the same public port) become one pooled
 // route with several targets; their options must agree, and the first
-// route's options win otherwise. Routes whose options do not parse are
-// skipped and reported in the returned error, which never stops the others.
+// route's options win otherwise. Routes whose options do not validate are
+// skipped (not served without them) and reported in the returned error,
+// which never stops the others.
 func Routes(in []wire.EdgeRoute) ([]edge.Route, error) {
 	type poolKey struct {
 		host  string
@@ -45,7 +46,7 @@ func Routes(in []wire.EdgeRoute) ([]edge.Route, error) {
 			}
 			continue
 		}
-		pol, err := ParsePolicy(r.Options)
+		pol, err := Policy(r.Options, r.Proto)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("route %s (%s): %w", r.Host, r.Proto, err))
 			continue
@@ -76,132 +77,30 @@ func Routes(in []wire.EdgeRoute) ([]edge.Route, error) {
 	return out, errors.Join(errs...)
 }
 
-// ParsePolicy parses a route's options (see wire.EdgeRoute.Options).
-func ParsePolicy(opts map[string]string) (edge.Policy, error) {
-	var p edge.Policy
-	var errs []error
-	for k, v := range opts {
-		switch k {
-		case "basic_auth":
-			for _, pair := range splitList(v) {
-				user, pass, ok := strings.Cut(pair, ":")
-				if !ok || user == "" || pass == "" {
-					errs = append(errs, fmt.Errorf("basic_auth: want user:pass, got %q", pair))
-					continue
-				}
-				if !strings.HasPrefix(pass, "$2") && !strings.HasPrefix(pass, "sha256:") && !strings.HasPrefix(pass, "plain:") {
-					pass = "plain:" + pass
-				}
-				p.BasicAuth = append(p.BasicAuth, edge.BasicAuthUser{User: user, Secret: pass})
-			}
-		case "allow_ip", "deny_ip":
-			for _, s := range splitList(v) {
-				pfx, err := parsePrefix(s)
-				if err != nil {
-					errs = append(errs, fmt.Errorf("%s: %w", k, err))
-					continue
-				}
-				if k == "allow_ip" {
-					p.AllowCIDRs = append(p.AllowCIDRs, pfx)
-				} else {
-					p.DenyCIDRs = append(p.DenyCIDRs, pfx)
-				}
-			}
-		case "rate_limit":
-			lim, burst, err := ParseRate(v)
-			if err != nil {
-				errs = append(errs, err)
-				continue
-			}
-			p.RateLimit, p.RateBurst = lim, burst
-		case "header_add", "response_header_add":
-			m := map[string]string{}
-			for _, line := range strings.Split(v, "\n") {
-				if strings.TrimSpace(line) == "" {
-					continue
-				}
-				hk, hv, ok := strings.Cut(line, ":")
-				if !ok || strings.TrimSpace(hk) == "" {
-					errs = append(errs, fmt.Errorf("%s: want 'Name: value', got %q", k, line))
-					continue
-				}
-				m[strings.TrimSpace(hk)] = strings.TrimSpace(hv)
-			}
-			if k == "header_add" {
-				p.RequestHeaderAdd = m
-			} else {
-				p.ResponseHeaderAdd = m
-			}
-		case "header_remove":
-			p.RequestHeaderRemove = splitList(v)
-		case "response_header_remove":
-			p.ResponseHeaderRemove = splitList(v)
-		case "cors":
-			p.CORSOrigins = splitList(v)
-		case "proxy_protocol":
-			switch v {
-			case "", "none":
-			case "v1", "1":
-				p.ProxyProtocol = 1
-			case "v2", "2":
-				p.ProxyProtocol = 2
-			default:
-				errs = append(errs, fmt.Errorf("proxy_protocol: want v1 or v2, got %q", v))
-			}
-		default:
-			errs = append(errs, fmt.Errorf("unknown option %q", k))
-		}
+// Policy turns a route's options into the edge's policy for a route of
+// proto. Options that do not validate (a coordinator of another version)
+// are refused whole: a route must never run without a limit its owner
+// asked for.
+func Policy(o wire.RouteOptions, proto string) (edge.Policy, error) {
+	if err := o.Validate(proto); err != nil {
+		return edge.Policy{}, err
 	}
-	return p, errors.Join(errs...)
-}
-
-// ParseRate parses "20/s", "600/m" or "5000/h" into a rate and a burst
-// (the per-second rate rounded up, at least 1).
-func ParseRate(s string) (rate.Limit, int, error) {
-	n, unit, ok := strings.Cut(strings.TrimSpace(s), "/")
-	if !ok {
-		return 0, 0, fmt.Errorf("rate_limit: want N/s, N/m or N/h, got %q", s)
+	p := edge.Policy{
+		AllowCIDRs:          slices.Clone(o.AllowIP),
+		DenyCIDRs:           slices.Clone(o.DenyIP),
+		RequestHeaderRemove: slices.Clone(o.HeaderRemove),
+		CORSOrigins:         slices.Clone(o.CORS),
+		ProxyProtocol:       o.ProxyProtocol,
 	}
-	count, err := strconv.ParseFloat(n, 64)
-	if err != nil || count <= 0 {
-		return 0, 0, fmt.Errorf("rate_limit: bad count in %q", s)
+	for _, u := range o.BasicAuth {
+		p.BasicAuth = append(p.BasicAuth, edge.BasicAuthUser{User: u.User, Secret: u.Secret})
 	}
-	var per float64
-	switch unit {
-	case "s", "sec", "second":
-		per = 1
-	case "m", "min", "minute":
-		per = 60
-	case "h", "hour":
-		per = 3600
-	default:
-		return 0, 0, fmt.Errorf("rate_limit: bad unit in %q", s)
+	if !o.RateLimit.IsZero() {
+		// Bursts of one period's count, refilled at the average rate.
+		p.RateLimit, p.RateBurst = rate.Limit(o.RateLimit.PerSecond()), o.RateLimit.Count
 	}
-	r := count / per
-	return rate.Limit(r), max(1, int(count)), nil
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, f := range strings.Split(s, ",") {
-		if f = strings.TrimSpace(f); f != "" {
-			out = append(out, f)
-		}
+	if len(o.HeaderAdd) > 0 {
+		p.RequestHeaderAdd = maps.Clone(o.HeaderAdd)
 	}
-	return out
-}
-
-func parsePrefix(s string) (netip.Prefix, error) {
-	if strings.Contains(s, "/") {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return netip.Prefix{}, err
-		}
-		return p.Masked(), nil
-	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Prefix{}, err
-	}
-	return netip.PrefixFrom(a, a.BitLen()), nil
+	return p, nil
 }

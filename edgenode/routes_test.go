@@ -3,6 +3,7 @@ package edgenode
 import (
 	"net/netip"
 	"testing"
+	"time"
 
 	"golang.org/x/time/rate"
 
@@ -13,14 +14,17 @@ import (
 func TestRoutesPool(t *testing.T) {
 	a := netip.MustParseAddrPort("100.64.0.2:3000")
 	b := netip.MustParseAddrPort("100.64.0.3:3000")
+	auth := wire.RouteOptions{BasicAuth: []wire.BasicAuthUser{{User: "u", Secret: "plain:p"}}}
 	got, err := Routes([]wire.EdgeRoute{
-		{Host: "App.Example.Test.", Proto: "http", Target: a, Options: map[string]string{"basic_auth": "u:p"}},
+		{Host: "App.Example.Test.", Proto: "http", Target: a, Options: auth},
 		{Host: "app.example.test", Proto: "http", Target: b},
-		{Proto: "tcp", PublicPort: 20001, Target: netip.MustParseAddrPort("100.64.0.2:5432"), Options: map[string]string{"proxy_protocol": "v2"}},
-		{Host: "bad.example.test", Proto: "http", Target: a, Options: map[string]string{"nope": "1"}},
+		{Proto: "tcp", PublicPort: 20001, Target: netip.MustParseAddrPort("100.64.0.2:5432"), Options: wire.RouteOptions{ProxyProtocol: 2}},
+		// A limit the edge cannot enforce: the route is not served
+		// without it.
+		{Host: "bad.example.test", Proto: "http", Target: a, Options: wire.RouteOptions{RateLimit: wire.Rate{Count: 0, Per: time.Second}}},
 	})
 	if err == nil {
-		t.Fatal("want an error for the unknown option")
+		t.Fatal("want an error for the bad rate limit")
 	}
 	if len(got) != 2 {
 		t.Fatalf("got %d routes, want 2: %+v", len(got), got)
@@ -33,15 +37,15 @@ func TestRoutesPool(t *testing.T) {
 	}
 }
 
-func TestParsePolicy(t *testing.T) {
-	p, err := ParsePolicy(map[string]string{
-		"allow_ip":      "192.0.2.0/24, 198.51.100.7",
-		"deny_ip":       "203.0.113.0/24",
-		"rate_limit":    "120/m",
-		"header_add":    "X-A: 1\nX-B: two",
-		"header_remove": "Cookie",
-		"cors":          "https://a.test,https://b.test",
-	})
+func TestPolicy(t *testing.T) {
+	p, err := Policy(wire.RouteOptions{
+		AllowIP:      []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("198.51.100.7/32")},
+		DenyIP:       []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24")},
+		RateLimit:    wire.Rate{Count: 120, Per: time.Minute},
+		HeaderAdd:    map[string]string{"X-A": "1", "X-B": "two"},
+		HeaderRemove: []string{"Cookie"},
+		CORS:         []string{"https://a.test", "https://b.test"},
+	}, "http")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,11 +58,22 @@ func TestParsePolicy(t *testing.T) {
 	if p.RequestHeaderAdd["X-B"] != "two" || len(p.RequestHeaderRemove) != 1 || len(p.CORSOrigins) != 2 {
 		t.Fatalf("policy = %+v", p)
 	}
-	for _, bad := range []map[string]string{
-		{"rate_limit": "fast"}, {"rate_limit": "0/s"}, {"allow_ip": "nope"}, {"basic_auth": "nopass"}, {"proxy_protocol": "v3"}, {"header_add": "novalue"},
+	// Every problem is refused, never dropped.
+	for name, bad := range map[string]struct {
+		o     wire.RouteOptions
+		proto string
+	}{
+		"zero rate":        {wire.RouteOptions{RateLimit: wire.Rate{Count: 0, Per: time.Second}}, "http"},
+		"odd period":       {wire.RouteOptions{RateLimit: wire.Rate{Count: 3, Per: 2 * time.Second}}, "http"},
+		"invalid prefix":   {wire.RouteOptions{AllowIP: []netip.Prefix{{}}}, "http"},
+		"bad secret":       {wire.RouteOptions{BasicAuth: []wire.BasicAuthUser{{User: "u", Secret: "p"}}}, "http"},
+		"auth on tcp":      {wire.RouteOptions{BasicAuth: []wire.BasicAuthUser{{User: "u", Secret: "plain:p"}}}, "tcp"},
+		"proxy v3":         {wire.RouteOptions{ProxyProtocol: 3}, "tcp"},
+		"proxy on http":    {wire.RouteOptions{ProxyProtocol: 1}, "http"},
+		"header injection": {wire.RouteOptions{HeaderAdd: map[string]string{"X-A": "1\r\nX-B: 2"}}, "http"},
 	} {
-		if _, err := ParsePolicy(bad); err == nil {
-			t.Errorf("ParsePolicy(%v) = nil error", bad)
+		if _, err := Policy(bad.o, bad.proto); err == nil {
+			t.Errorf("%s: Policy(%+v, %s) = nil error", name, bad.o, bad.proto)
 		}
 	}
 }

@@ -282,7 +282,7 @@ func (n *Node) ExposedRoutes() []apitype.Route {
 	defer n.mu.Unlock()
 	out := []apitype.Route{}
 	for _, r := range n.ownRoutesLocked() {
-		out = append(out, apitype.Route{Host: r.Host, Proto: r.Proto, PublicPort: r.PublicPort, Port: r.Target.Port(), Upstream: r.Upstream, Options: r.Options})
+		out = append(out, apitype.Route{Host: r.Host, Proto: r.Proto, PublicPort: r.PublicPort, Port: r.Target.Port(), Upstream: r.Upstream, Options: r.Options.Clone()})
 	}
 	return out
 }

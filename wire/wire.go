@@ -236,8 +236,9 @@ type ExposeRequest struct {
 	Proto string `json:"proto"`
 	// Port is the node's port the edge connects to (on its overlay address).
 	Port uint16 `json:"port"`
-	// Options holds per-route policy, see EdgeRoute.Options.
-	Options map[string]string `json:"options,omitempty"`
+	// Options is the route's edge policy; the coordinator refuses options
+	// that do not Validate for Proto.
+	Options RouteOptions `json:"options,omitzero"`
 	// Pool lets other nodes of the same user or tag serve the name too,
 	// and asks to join their pool when they already serve it with Pool
 	// set. Without it a name belongs to the one node that claimed it.
@@ -283,13 +284,8 @@ type EdgeRoute struct {
 	// Upstream is ExposeRequest.Upstream; it is sent only to the node
 	// that serves the route.
 	Upstream string `json:"upstream,omitempty"`
-	// Options holds per-route policy, interpreted by the edge. Keys:
-	// "basic_auth" (user:pass[,user:pass]), "allow_ip" and "deny_ip"
-	// (comma-separated CIDRs), "rate_limit" ("20/s" or "600/m"),
-	// "header_add" (newline-separated "K: V"), "header_remove"
-	// (comma-separated), "cors" (comma-separated origins),
-	// "proxy_protocol" ("v1" or "v2").
-	Options map[string]string `json:"options,omitempty"`
+	// Options is the route's policy, enforced by the edge.
+	Options RouteOptions `json:"options,omitzero"`
 }
 
 // EdgeReportPreface opens a connection on which an edge tells the device

@@ -317,6 +317,18 @@ func TestExposeShowsEdgeRefusals(t *testing.T) {
 	alpha.mustUp()
 	app := startApp(t, "app")
 
+	// Policy values the edge could not enforce are refused up front, and
+	// no route runs without them.
+	for _, bad := range [][]string{{"--rate-limit", "fast"}, {"--rate-limit", "0/s"}, {"--allow-ip", "office"}, {"--deny-ip", "192.0.2.0/33"}} {
+		args := append([]string{"expose", strconv.Itoa(app.port), "--name", "bad", "--bg"}, bad...)
+		if _, errOut, err := c.beam(nil, alpha.args(args...)...); err == nil || !strings.Contains(errOut, bad[0]) {
+			t.Errorf("beam expose %s %q: err %v, stderr %q; want a refusal naming %s", bad[0], bad[1], err, errOut, bad[0])
+		}
+	}
+	if routes := routeList(t, alpha); len(routes) != 0 {
+		t.Fatalf("routes after refused options: %+v", routes)
+	}
+
 	cmd := exec.Command(c.bin, alpha.args("expose", strconv.Itoa(app.port), "--name", "guarded", "--basic-auth", "u:p", "--rate-limit", "1/m", "--json")...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {

@@ -18,7 +18,7 @@ var (
 // PutRoute implements coordinator.RouteStore.
 func (s *Store) PutRoute(ctx context.Context, r *coordinator.Route) error {
 	opts := "{}"
-	if len(r.Options) > 0 {
+	if !r.Options.IsZero() {
 		b, err := json.Marshal(r.Options)
 		if err != nil {
 			return fmt.Errorf("sqlstore: put route: %w", err)
@@ -81,15 +81,30 @@ func (s *Store) Routes(ctx context.Context) ([]*coordinator.Route, error) {
 		r.NodeID = wire.NodeID(nodeID)
 		r.PublicPort, r.Port, r.CustomDomain, r.Pool = uint16(publicPort), uint16(port), custom != 0, pool != 0
 		r.CreatedAt = fromUnixNano(created)
-		if err := json.Unmarshal([]byte(opts), &r.Options); err != nil {
+		o, err := decodeRouteOptions(opts)
+		if err != nil {
 			return nil, fmt.Errorf("sqlstore: list routes: route %d options: %w", r.ID, err)
 		}
-		if len(r.Options) == 0 {
-			r.Options = nil
-		}
+		r.Options = o
 		out = append(out, &r)
 	}
 	return out, s.wrap("list routes", rows.Err())
+}
+
+// decodeRouteOptions reads a route's stored options: wire.RouteOptions as
+// JSON, or the string map routes were stored with before options were
+// typed (wire.RouteOptionsFromLegacy).
+func decodeRouteOptions(s string) (wire.RouteOptions, error) {
+	var o wire.RouteOptions
+	err := json.Unmarshal([]byte(s), &o)
+	if err == nil {
+		return o, nil
+	}
+	var legacy map[string]string
+	if json.Unmarshal([]byte(s), &legacy) != nil {
+		return o, err
+	}
+	return wire.RouteOptionsFromLegacy(legacy)
 }
 
 // PutDomain implements coordinator.DomainStore.

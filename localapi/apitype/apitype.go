@@ -6,6 +6,8 @@ package apitype
 import (
 	"net/netip"
 	"time"
+
+	"beam.dev/beam/wire"
 )
 
 // State is the daemon's lifecycle state.
@@ -194,8 +196,9 @@ type ExposeRequest struct {
 	Name string `json:"name,omitempty"`
 	// Domain is a verified custom domain to publish under instead.
 	Domain string `json:"domain,omitempty"`
-	// Options is the route's edge policy (see wire.EdgeRoute.Options).
-	Options map[string]string `json:"options,omitempty"`
+	// Options is the route's edge policy; the daemon and the coordinator
+	// refuse options that do not Validate for Proto.
+	Options wire.RouteOptions `json:"options,omitzero"`
 	// Pool shares the name with other devices of the same user or tag
 	// that publish it with Pool too (see wire.ExposeRequest.Pool).
 	Pool bool `json:"pool,omitempty"`
@@ -244,7 +247,7 @@ type Route struct {
 	PublicPort uint16            `json:"public_port,omitempty"`
 	Port       uint16            `json:"port"`
 	Upstream   string            `json:"upstream,omitempty"`
-	Options    map[string]string `json:"options,omitempty"`
+	Options    wire.RouteOptions `json:"options,omitzero"`
 }
 
 // RequestLog is one line of GET /localapi/v0/expose/watch (JSON lines):

@@ -38,11 +38,7 @@ func newCmdAdminRoutes(f *Factory, a *adminFlags) *cobra.Command {
 			tw := tabwriter.NewWriter(f.Out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "URL\tPROTO\tNETWORK\tNODE\tTARGET\tOPTIONS")
 			for _, r := range routes {
-				opts := make([]string, 0, len(r.Options))
-				for k := range r.Options {
-					opts = append(opts, k)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.URL, r.Proto, r.Network, r.NodeName, r.Target, strings.Join(opts, ","))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.URL, r.Proto, r.Network, r.NodeName, r.Target, strings.Join(r.Options.Names(), ","))
 			}
 			return tw.Flush()
 		},

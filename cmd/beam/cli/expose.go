@@ -3,8 +3,10 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -14,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"beam.dev/beam/localapi/apitype"
+	"beam.dev/beam/wire"
 )
 
 // ExposeOptions are the flags of beam expose.
@@ -169,7 +172,7 @@ func parseTarget(s string) (uint16, string, error) {
 
 // exposeRequest turns the flags into a local API request.
 func (o *ExposeOptions) exposeRequest() (apitype.ExposeRequest, error) {
-	req := apitype.ExposeRequest{Port: o.Port, Upstream: o.Upstream, Name: o.Name, Domain: o.Domain, Proto: "http", Pool: o.Pool, Options: map[string]string{}}
+	req := apitype.ExposeRequest{Port: o.Port, Upstream: o.Upstream, Name: o.Name, Domain: o.Domain, Proto: "http", Pool: o.Pool}
 	n := 0
 	for _, b := range []bool{o.TCP, o.UDP, o.TLSPassthrough} {
 		if b {
@@ -187,63 +190,86 @@ func (o *ExposeOptions) exposeRequest() (apitype.ExposeRequest, error) {
 	case o.TLSPassthrough:
 		req.Proto = "tls"
 	}
-	httpOnly := map[string]bool{}
-	if len(o.BasicAuth) > 0 {
-		for _, ba := range o.BasicAuth {
-			if u, p, ok := strings.Cut(ba, ":"); !ok || u == "" || p == "" {
-				return req, fmt.Errorf("--basic-auth %q: want user:pass", ba)
-			}
-		}
-		req.Options["basic_auth"] = strings.Join(o.BasicAuth, ",")
-		httpOnly["--basic-auth"] = true
-	}
-	if len(o.AllowIP) > 0 {
-		req.Options["allow_ip"] = strings.Join(o.AllowIP, ",")
-	}
-	if len(o.DenyIP) > 0 {
-		req.Options["deny_ip"] = strings.Join(o.DenyIP, ",")
-	}
-	if o.RateLimit != "" {
-		req.Options["rate_limit"] = o.RateLimit
-	}
-	if len(o.HeaderAdd) > 0 {
-		for _, h := range o.HeaderAdd {
-			if k, _, ok := strings.Cut(h, ":"); !ok || strings.TrimSpace(k) == "" {
-				return req, fmt.Errorf("--header-add %q: want 'Name: value'", h)
-			}
-		}
-		req.Options["header_add"] = strings.Join(o.HeaderAdd, "\n")
-		httpOnly["--header-add"] = true
-	}
-	if len(o.HeaderRemove) > 0 {
-		req.Options["header_remove"] = strings.Join(o.HeaderRemove, ",")
-		httpOnly["--header-remove"] = true
-	}
-	if len(o.CORS) > 0 {
-		req.Options["cors"] = strings.Join(o.CORS, ",")
-		httpOnly["--cors"] = true
-	}
-	if o.ProxyProtocol != "" {
-		if o.ProxyProtocol != "v1" && o.ProxyProtocol != "v2" {
-			return req, fmt.Errorf("--proxy-protocol %q: want v1 or v2", o.ProxyProtocol)
-		}
-		if req.Proto != "tcp" {
-			return req, fmt.Errorf("--proxy-protocol needs --tcp")
-		}
-		req.Options["proxy_protocol"] = o.ProxyProtocol
-	}
 	if req.Proto != "http" && o.Upstream != "" {
 		return req, fmt.Errorf("--tcp, --udp and --tls-passthrough forward to a port of this device: give a port number, not %s", o.Upstream)
 	}
-	if req.Proto != "http" {
-		for flag := range httpOnly {
-			return req, fmt.Errorf("%s works only for HTTP routes", flag)
+	opts, err := o.routeOptions(req.Proto)
+	if err != nil {
+		return req, err
+	}
+	req.Options = opts
+	return req, nil
+}
+
+// routeOptions turns the policy flags into route options for proto and
+// checks them as the coordinator and the edge will: a value the edge
+// could not enforce is refused here, never dropped there.
+func (o *ExposeOptions) routeOptions(proto string) (wire.RouteOptions, error) {
+	var ro wire.RouteOptions
+	var errs []error
+	for _, ba := range o.BasicAuth {
+		u, p, ok := strings.Cut(ba, ":")
+		if !ok || u == "" || p == "" {
+			errs = append(errs, fmt.Errorf("--basic-auth %q: want user:pass", ba))
+			continue
+		}
+		if !strings.HasPrefix(p, "$2") && !strings.HasPrefix(p, "sha256:") && !strings.HasPrefix(p, "plain:") {
+			p = "plain:" + p
+		}
+		ro.BasicAuth = append(ro.BasicAuth, wire.BasicAuthUser{User: u, Secret: p})
+	}
+	for _, l := range []struct {
+		flag string
+		in   []string
+		out  *[]netip.Prefix
+	}{{"--allow-ip", o.AllowIP, &ro.AllowIP}, {"--deny-ip", o.DenyIP, &ro.DenyIP}} {
+		for _, v := range l.in {
+			for _, f := range strings.Split(v, ",") {
+				p, err := wire.ParsePrefix(strings.TrimSpace(f))
+				if err != nil {
+					errs = append(errs, fmt.Errorf("%s %q: want an address or a CIDR like 192.0.2.0/24", l.flag, f))
+					continue
+				}
+				*l.out = append(*l.out, p)
+			}
 		}
 	}
-	if len(req.Options) == 0 {
-		req.Options = nil
+	if o.RateLimit != "" {
+		r, err := wire.ParseRate(o.RateLimit)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--rate-limit: %w", err))
+		}
+		ro.RateLimit = r
 	}
-	return req, nil
+	for _, h := range o.HeaderAdd {
+		k, v, ok := strings.Cut(h, ":")
+		if !ok || strings.TrimSpace(k) == "" {
+			errs = append(errs, fmt.Errorf("--header-add %q: want 'Name: value'", h))
+			continue
+		}
+		if ro.HeaderAdd == nil {
+			ro.HeaderAdd = map[string]string{}
+		}
+		ro.HeaderAdd[strings.TrimSpace(k)] = strings.TrimSpace(v)
+	}
+	ro.HeaderRemove = append(ro.HeaderRemove, o.HeaderRemove...)
+	ro.CORS = append(ro.CORS, o.CORS...)
+	switch o.ProxyProtocol {
+	case "":
+	case "v1", "1":
+		ro.ProxyProtocol = 1
+	case "v2", "2":
+		ro.ProxyProtocol = 2
+	default:
+		errs = append(errs, fmt.Errorf("--proxy-protocol %q: want v1 or v2", o.ProxyProtocol))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return ro, err
+	}
+	if err := ro.Validate(proto); err != nil {
+		return ro, fmt.Errorf("route options: %w", err)
+	}
+	return ro, nil
 }
 
 func runExpose(ctx context.Context, f *Factory, in *instanceFlags, o *ExposeOptions) error {

@@ -1,6 +1,9 @@
 package cli
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 func TestParseTarget(t *testing.T) {
 	tests := []struct {
@@ -54,5 +57,43 @@ func TestLoopbackHint(t *testing.T) {
 		if got := loopbackHint(tt.url); got != tt.want {
 			t.Errorf("loopbackHint(%q) = %q, want %q", tt.url, got, tt.want)
 		}
+	}
+}
+
+// TestExposeRequestOptions checks that beam expose refuses policy flags the
+// edge could not enforce, before anything is sent.
+func TestExposeRequestOptions(t *testing.T) {
+	good := ExposeOptions{Port: 3000, BasicAuth: []string{"u:p"}, AllowIP: []string{"192.0.2.0/24,198.51.100.7"}, RateLimit: "20/s", HeaderAdd: []string{"X-A: 1"}}
+	req, err := good.exposeRequest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := req.Options; len(o.BasicAuth) != 1 || o.BasicAuth[0].Secret != "plain:p" || len(o.AllowIP) != 2 || o.RateLimit.String() != "20/s" || o.HeaderAdd["X-A"] != "1" {
+		t.Fatalf("options = %+v", o)
+	}
+	tests := []struct {
+		name string
+		o    ExposeOptions
+		want string
+	}{
+		{"rate word", ExposeOptions{RateLimit: "fast"}, "--rate-limit"},
+		{"rate zero", ExposeOptions{RateLimit: "0/s"}, "--rate-limit"},
+		{"rate unit", ExposeOptions{RateLimit: "5/d"}, "--rate-limit"},
+		{"allow junk", ExposeOptions{AllowIP: []string{"office"}}, "--allow-ip"},
+		{"deny junk", ExposeOptions{DenyIP: []string{"192.0.2.0/33"}}, "--deny-ip"},
+		{"auth form", ExposeOptions{BasicAuth: []string{"nopass"}}, "--basic-auth"},
+		{"auth on tcp", ExposeOptions{TCP: true, BasicAuth: []string{"u:p"}}, "only for http"},
+		{"cors origin", ExposeOptions{CORS: []string{"app.test"}}, "CORS origin"},
+		{"proxy on http", ExposeOptions{ProxyProtocol: "v2"}, "tcp and tls"},
+		{"proxy version", ExposeOptions{TCP: true, ProxyProtocol: "v3"}, "--proxy-protocol"},
+		{"header form", ExposeOptions{HeaderAdd: []string{"novalue"}}, "--header-add"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tt.o.Port = 3000
+			if _, err := tt.o.exposeRequest(); err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("exposeRequest = %v, want an error with %q", err, tt.want)
+			}
+		})
 	}
 }
