@@ -183,6 +183,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 		return err
 	}
 	defer forget()
+	printCoordinatorNext(f, opts, loopbackURL(ln.Addr().(*net.TCPAddr)), derpMap != nil)
 	if opts.ready != nil {
 		opts.ready(ln.Addr().String())
 	}
@@ -317,4 +318,19 @@ func writeFileExcl(path string, data []byte) error {
 		return err
 	}
 	return f.Close()
+}
+
+// printCoordinatorNext tells the person who started beam coordinator what
+// to run next: how to get an auth key and join a device.
+func printCoordinatorNext(f *Factory, o *CoordinatorOptions, url string, relays bool) {
+	w := f.Out
+	fmt.Fprintf(w, "beam coordinator is running at %s; data in %s\n\nNext:\n", url, o.DataDir)
+	if o.Dev {
+		fmt.Fprintf(w, "  join a device on this machine (dev mode: no auth key):\n    beam up --coordinator %s --hostname NAME\n", url)
+	}
+	fmt.Fprintf(w, "  create an auth key (on this machine, as this user; beam admin finds the coordinator):\n    beam admin authkey create --reusable --expiry 24h\n")
+	fmt.Fprintf(w, "  join a device with it:\n    beam up --coordinator %s --authkey KEY --hostname NAME\n", url)
+	if !relays {
+		fmt.Fprintf(w, "  no relay or STUN server (--derp): devices connect only directly; beam server runs one with the coordinator\n")
+	}
 }
