@@ -523,7 +523,10 @@ func routeHosts(c *coord) []string {
 func TestRoutesFollowNodeLifecycle(t *testing.T) {
 	c := startCoord(t, func(o *coordinator.Options) {
 		edgeOpts("20000-20009", "")(o)
-		o.EphemeralTimeout = 100 * time.Millisecond
+		// Long enough that the ephemeral node, watched from its
+		// registration on, is not collected before the test lets it go
+		// on a loaded machine; short enough to wait for its removal.
+		o.EphemeralTimeout = 500 * time.Millisecond
 	})
 	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
 	nodes := map[string]*node{}
@@ -535,6 +538,11 @@ func TestRoutesFollowNodeLifecycle(t *testing.T) {
 	}
 	eph := newNode(t, c.URL)
 	eph.register(t, c.authKey(t, coordinator.AuthKeyOptions{Ephemeral: true}), "eph")
+	// The ephemeral node streams at once: one that never connects is
+	// collected after EphemeralTimeout, which a loaded machine can spend
+	// before the steps below are done.
+	we := watch(t, eph)
+	we.waitFor("eph map", wait, func(nm *wire.NetMap) bool { return nm.Self != nil })
 	expose(t, eph, wire.ExposeRequest{Proto: "tcp", Port: 22})
 	if got := len(routeHosts(c)); got != 5 {
 		t.Fatalf("routes = %v", routeHosts(c))
@@ -554,8 +562,6 @@ func TestRoutesFollowNodeLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The ephemeral node goes offline after one stream and is deleted.
-	we := watch(t, eph)
-	we.waitFor("eph map", wait, func(nm *wire.NetMap) bool { return nm.Self != nil })
 	we.stop()
 	wed.waitFor("only kept's route and peer", wait, func(nm *wire.NetMap) bool {
 		return len(nm.EdgeRoutes) == 1 && nm.EdgeRoutes[0].Host == "kept.example.test" && len(nm.Peers) == 1 && peerNamed(nm, "kept") != nil

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -78,6 +79,38 @@ func freePort(t testing.TB) int {
 	}
 	defer ln.Close()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// freePortRange returns "FIRST-LAST", n loopback ports of network ("tcp"
+// or "udp") that were all free a moment ago, for a server's edge port
+// range: the default range would be shared by every server a test run
+// starts at once (the edge binds a route's port when it is published).
+func freePortRange(t testing.TB, network string, n int) string {
+	t.Helper()
+	for range 100 {
+		first := 30000 + mathrand.IntN(30000-n)
+		free := true
+		for p := first; p < first+n && free; p++ {
+			addr := "127.0.0.1:" + strconv.Itoa(p)
+			var c io.Closer
+			var err error
+			if network == "udp" {
+				c, err = net.ListenPacket("udp", addr)
+			} else {
+				c, err = net.Listen("tcp", addr)
+			}
+			if err != nil {
+				free = false
+				continue
+			}
+			c.Close()
+		}
+		if free {
+			return fmt.Sprintf("%d-%d", first, first+n-1)
+		}
+	}
+	t.Fatalf("no %d free %s ports in a row", n, network)
+	return ""
 }
 
 func newCluster(t *testing.T) *cluster { return newClusterTB(t) }

@@ -37,7 +37,8 @@ func startDevServerWith(t *testing.T, nofile int, extra ...string) (*cluster, in
 		t.Fatal(err)
 	}
 	args := append([]string{"server", "--dev", "--data", filepath.Join(c.dir, "srv"), "--addr", c.addr,
-		"--http-addr", "127.0.0.1:" + strconv.Itoa(httpPort), "--stun-addr", "127.0.0.1:" + strconv.Itoa(freePort(t))}, extra...)
+		"--http-addr", "127.0.0.1:" + strconv.Itoa(httpPort), "--stun-addr", "127.0.0.1:" + strconv.Itoa(freePort(t)),
+		"--tcp-ports", freePortRange(t, "tcp", 10), "--udp-ports", freePortRange(t, "udp", 10)}, extra...)
 	cmd := exec.Command(c.bin, args...)
 	if nofile != 0 {
 		// The shell sets the limit and becomes beam (exec): one process.
