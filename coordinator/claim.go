@@ -118,10 +118,11 @@ func (s *Server) claimHost(self *NodeRecord, nk key.NodePublic, host string, cus
 			c.same = r
 		}
 	}
-	// The device tells its http routes apart by port: one port, one
-	// upstream.
+	// The device tells its http and tcp routes apart by port: one port,
+	// one upstream.
+	forwards := func(proto string) bool { return proto == "http" || proto == "tcp" }
 	for _, r := range s.edge.byNode[nk] {
-		if r.Port == req.Port && r.Proto == "http" && req.Proto == "http" && r.Upstream != req.Upstream && r != c.same {
+		if r.Port == req.Port && forwards(r.Proto) && forwards(req.Proto) && r.Upstream != req.Upstream && r != c.same {
 			return claim{}, errorf(http.StatusConflict, CodeNameTaken,
 				"port %d of this device already forwards %s to %s; stop that route first or use another port", r.Port, r.Host, upstreamOrLocal(r.Upstream, r.Port))
 		}

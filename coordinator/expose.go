@@ -139,14 +139,18 @@ func checkExpose(req *wire.ExposeRequest) *apiError {
 // and a port.
 const maxUpstreamLen = 8 + 253 + 6
 
-// checkUpstream checks the form of req.Upstream: "host:port" or
-// "https://host:port" with req.Port as the port, for http routes.
+// checkUpstream checks the form of req.Upstream: "host:port" or, for
+// http routes, "https://host:port", with req.Port as the port; only http
+// and tcp routes have one.
 func checkUpstream(req *wire.ExposeRequest) *apiError {
 	if req.Upstream == "" {
 		return nil
 	}
-	if req.Proto != "http" {
-		return errorf(http.StatusBadRequest, CodeNameInvalid, "only http routes forward to an upstream other than the device's own port")
+	switch {
+	case req.Proto != "http" && req.Proto != "tcp":
+		return errorf(http.StatusBadRequest, CodeNameInvalid, "only http and tcp routes forward to an upstream other than the device's own port")
+	case req.Proto == "tcp" && strings.HasPrefix(req.Upstream, "https://"):
+		return errorf(http.StatusBadRequest, CodeNameInvalid, "a tcp route copies bytes as they are: its upstream is host:port, not %s", req.Upstream)
 	}
 	hp := strings.TrimPrefix(req.Upstream, "https://")
 	host, port, err := net.SplitHostPort(hp)

@@ -387,7 +387,8 @@ func TestExposeRoutesIndependent(t *testing.T) {
 	// Upstreams: http only, host:port or https://host:port with the
 	// route's port, one per port of the device.
 	for _, bad := range []wire.ExposeRequest{
-		{Name: "up", Proto: "tcp", Port: 80, Upstream: "127.0.0.2:80"},
+		{Name: "up", Proto: "udp", Port: 80, Upstream: "127.0.0.2:80"},
+		{Name: "up", Proto: "tcp", Port: 80, Upstream: "https://127.0.0.2:80"},
 		{Name: "up", Proto: "http", Port: 80, Upstream: "127.0.0.2"},
 		{Name: "up", Proto: "http", Port: 80, Upstream: "127.0.0.2:81"},
 		{Name: "up", Proto: "http", Port: 80, Upstream: "ftp://127.0.0.2:80"},
@@ -401,9 +402,14 @@ func TestExposeRoutesIndependent(t *testing.T) {
 	if r := expose(t, a, wire.ExposeRequest{Name: "lan", Proto: "http", Port: 80, Upstream: "127.0.0.2:80"}).Route; r.Upstream != "127.0.0.2:80" {
 		t.Errorf("route upstream = %q, want 127.0.0.2:80", r.Upstream)
 	}
-	if _, err := a.Expose(ctx, wire.ExposeRequest{Name: "lan2", Proto: "http", Port: 80, Upstream: "127.0.0.3:80"}); !errors.Is(err, coordclient.ErrNameTaken) ||
-		!strings.Contains(err.Error(), "already forwards lan.example.test to 127.0.0.2:80") {
-		t.Errorf("second upstream on port 80 = %v, want ErrNameTaken naming the first", err)
+	for _, proto := range []string{"http", "tcp"} {
+		if _, err := a.Expose(ctx, wire.ExposeRequest{Name: "lan2", Proto: proto, Port: 80, Upstream: "127.0.0.3:80"}); !errors.Is(err, coordclient.ErrNameTaken) ||
+			!strings.Contains(err.Error(), "already forwards lan.example.test to 127.0.0.2:80") {
+			t.Errorf("second upstream on port 80 (%s) = %v, want ErrNameTaken naming the first", proto, err)
+		}
+	}
+	if r := expose(t, a, wire.ExposeRequest{Name: "ssh", Proto: "tcp", Port: 22, Upstream: "127.0.0.2:22"}).Route; r.Upstream != "127.0.0.2:22" || r.PublicPort == 0 {
+		t.Errorf("tcp route with an upstream = %+v", r)
 	}
 	// Withdrawing the tcp route leaves the udp and http routes of the name.
 	if _, err := a.Expose(ctx, wire.ExposeRequest{Proto: "tcp", Remove: true}); err != nil {

@@ -49,8 +49,8 @@ func (n *Node) Expose(ctx context.Context, req apitype.ExposeRequest) (*apitype.
 	default:
 		return nil, fmt.Errorf("expose: unknown protocol %q (want http, tls, tcp or udp)", req.Proto)
 	}
-	if req.Upstream != "" && req.Proto != "http" {
-		return nil, fmt.Errorf("expose: %s routes forward to this device's own port; give a port number, not %s", req.Proto, req.Upstream)
+	if req.Upstream != "" && req.Proto != "http" && (req.Proto != "tcp" || strings.HasPrefix(req.Upstream, "https://")) {
+		return nil, fmt.Errorf("expose: %s routes forward to a port of this device or, for tcp, another host:port; not %s", req.Proto, req.Upstream)
 	}
 	n.mu.Lock()
 	s, nm := n.sess, n.netmap
@@ -115,11 +115,13 @@ func sameRoute(a, b wire.EdgeRoute) bool {
 	return a.Host == b.Host && a.Proto == b.Proto && a.PublicPort == b.PublicPort && a.Node == b.Node && a.Target == b.Target
 }
 
-// upstream is where the device forwards an http route: a TCP address,
-// spoken to over TLS when tls is set.
+// upstream is where the device forwards a route: a TCP address, spoken
+// to over TLS when tls is set. raw marks a tcp route's upstream, whose
+// bytes are copied as they are rather than relayed as HTTP.
 type upstream struct {
 	addr string // host:port
 	tls  bool
+	raw  bool
 }
 
 // appAddr returns the upstream of a route of port with wire upstream up
@@ -376,8 +378,17 @@ func (n *Node) syncExposeProxiesLocked(cfg netstack.Config) {
 	want := map[uint16]upstream{}
 	if n.engine != nil {
 		for _, r := range n.ownRoutesLocked() {
-			if r.Proto == "http" {
+			switch {
+			case r.Proto == "http":
 				want[r.Target.Port()] = appAddr(r.Target.Port(), r.Upstream)
+			case r.Proto == "tcp" && r.Upstream != "":
+				// Another host than this device's 127.0.0.1:PORT, which
+				// plain forwarding would reach.
+				if _, ok := want[r.Target.Port()]; !ok {
+					up := appAddr(r.Target.Port(), r.Upstream)
+					up.raw = true
+					want[r.Target.Port()] = up
+				}
 			}
 		}
 	}
@@ -446,6 +457,7 @@ func startExposeProxy(n *Node, e *netstack.Engine, addrs []netip.Prefix, port ui
 		Port:     port,
 		Target:   up.addr,
 		TLS:      up.tls,
+		Raw:      up.raw,
 		Watching: n.watchingRequests,
 		Publish:  n.publishRequest,
 		Logger:   n.logger,
@@ -462,6 +474,7 @@ type exposeProxyOptions struct {
 	Port   uint16 // the exposed port, for logs and the 502 page
 	Target string // the app's address, host:port
 	TLS    bool   // speak TLS to the app (its certificate is not verified)
+	Raw    bool   // copy bytes as they are (a tcp route), no HTTP relay
 	// Watching reports whether anyone reads the request log; nil means
 	// nobody does.
 	Watching func() bool
@@ -484,7 +497,7 @@ func newExposeProxy(o exposeProxyOptions) *exposeProxy {
 		o.Publish = func(apitype.RequestLog) {}
 	}
 	dialer := &net.Dialer{Timeout: 10 * time.Second}
-	up := upstream{addr: o.Target, tls: o.TLS}
+	up := upstream{addr: o.Target, tls: o.TLS, raw: o.Raw}
 	p := &exposeProxy{conns: map[*relayConn]struct{}{}}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.h1 = &http.Transport{
@@ -572,7 +585,11 @@ func (p *exposeProxy) serve(ln net.Listener) {
 			}
 			p.conns[rc] = struct{}{}
 			p.wg.Go(func() {
-				rc.run(p.ctx)
+				if p.upstream.raw {
+					rc.spliceRaw(p.ctx)
+				} else {
+					rc.run(p.ctx)
+				}
 				p.mu.Lock()
 				delete(p.conns, rc)
 				p.mu.Unlock()

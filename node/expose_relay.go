@@ -343,6 +343,36 @@ func (rc *relayConn) serveHTTP2(ctx context.Context, br *bufio.Reader) {
 	})
 }
 
+// spliceRaw copies bytes both ways between the client and the app, for a
+// tcp route whose upstream is not the device's own port. It ends both
+// connections once the app is done sending.
+func (rc *relayConn) spliceRaw(ctx context.Context) {
+	defer func() {
+		rc.end()
+		rc.wg.Wait()
+	}()
+	o, err := rc.x.dial(ctx)
+	if err != nil {
+		rc.x.logger.Debug("expose relay: dial upstream", "port", rc.x.port, "err", err)
+		return
+	}
+	rc.mu.Lock()
+	select {
+	case <-rc.done:
+		rc.mu.Unlock()
+		o.Close()
+		return
+	default:
+	}
+	rc.origin = o
+	rc.mu.Unlock()
+	rc.wg.Go(func() {
+		io.Copy(o, rc.client)
+		closeWrite(o)
+	})
+	io.Copy(rc.client, o)
+}
+
 // fromEdge reports whether the client is an edge node.
 func (rc *relayConn) fromEdge() bool {
 	ap, err := netip.ParseAddrPort(rc.client.RemoteAddr().String())

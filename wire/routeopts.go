@@ -351,7 +351,7 @@ func origin(o string) bool {
 }
 
 // RouteOptionsFromLegacy converts the string map that held route options
-// before they were typed (wire.CapabilityVersion 5 and earlier; routes
+// before they were typed (CapabilityVersion 6 and earlier; routes
 // stored then still hold it): "basic_auth" (user:pass[,user:pass]),
 // "allow_ip"/"deny_ip" (comma-separated CIDRs or addresses), "rate_limit"
 // ("20/s"), "header_add" (newline-separated "K: V"), "header_remove" and

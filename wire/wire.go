@@ -26,7 +26,19 @@ import (
 //     key) whose Hostname differs from the registered one renames the node
 //     to that hostname's label when it is free; NameChanged answers a
 //     taken one (the node keeps its name).
-const CapabilityVersion = 3
+//   - 4 (2026-12-06): public names have owners: ExposeRequest.Pool and
+//     EdgeRoute.Pool; a name another node serves is refused unless both
+//     ask for a pool; a node's second route of one protocol under its
+//     default name gets a name of its own (NAME-2, ...).
+//   - 5 (2026-12-06): ExposeRequest.Upstream and EdgeRoute.Upstream: an
+//     http route may forward to another address the device reaches, or
+//     to its app over TLS.
+//   - 6 (2026-12-06): EdgeReportPreface and EdgeRefusal: edges report the
+//     requests they refused to the device behind the route.
+//   - 7 (2026-12-06): route options are typed (RouteOptions) instead of
+//     a string map, validated by the CLI and the coordinator.
+//   - 8 (2026-12-06): tcp routes may have an Upstream (host:port) too.
+const CapabilityVersion = 8
 
 // NodeID is the coordinator's stable identifier of a node.
 type NodeID int64
@@ -243,9 +255,10 @@ type ExposeRequest struct {
 	// and asks to join their pool when they already serve it with Pool
 	// set. Without it a name belongs to the one node that claimed it.
 	Pool bool `json:"pool,omitempty"`
-	// Upstream is where the device forwards an http route: "host:port"
-	// or "https://host:port" (TLS to the app), with Port as the port.
-	// Empty means the device's own 127.0.0.1:Port. The edge never sees it.
+	// Upstream is where the device forwards an http or tcp route:
+	// "host:port" or, for http, "https://host:port" (TLS to the app),
+	// with Port as the port. Empty means the device's own
+	// 127.0.0.1:Port. The edge never sees it.
 	Upstream string `json:"upstream,omitempty"`
 	// Remove withdraws the route named by Name/CustomDomain and Proto.
 	Remove bool `json:"remove,omitempty"`

@@ -302,6 +302,39 @@ func TestExposeTargets(t *testing.T) {
 			}
 		})
 	}
+	// A raw TCP route to a LAN-style address: an echo server on
+	// 127.0.0.2 through the edge port.
+	echoLn, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { echoLn.Close() })
+	go func() {
+		for {
+			c, err := echoLn.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	tcpURL := strings.TrimSpace(c.mustBeam(alpha.args("expose", "--tcp", echoLn.Addr().String(), "--bg")...))
+	edgePort := tcpURL[strings.LastIndexByte(tcpURL, ':')+1:]
+	waitFor(t, 10*time.Second, "echo through "+tcpURL, func() bool {
+		conn, err := net.DialTimeout("tcp", "127.0.0.1:"+edgePort, 5*time.Second)
+		if err != nil {
+			return false
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprint(conn, "ping\n")
+		line, _ := bufio.NewReader(conn).ReadString('\n')
+		return line == "ping\n"
+	})
+
 	// A LAN target is listed as such.
 	if out := c.mustBeam(alpha.args("expose", "list")...); !strings.Contains(out, "127.0.0.2:"+strconv.Itoa(lanPort)) || !strings.Contains(out, "https://localhost:"+strconv.Itoa(tlsPort)) {
 		t.Errorf("expose list does not show the targets:\n%s", out)

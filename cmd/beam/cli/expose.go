@@ -190,8 +190,13 @@ func (o *ExposeOptions) exposeRequest() (apitype.ExposeRequest, error) {
 	case o.TLSPassthrough:
 		req.Proto = "tls"
 	}
-	if req.Proto != "http" && o.Upstream != "" {
-		return req, fmt.Errorf("--tcp, --udp and --tls-passthrough forward to a port of this device: give a port number, not %s", o.Upstream)
+	switch {
+	case o.Upstream == "" || req.Proto == "http":
+	case req.Proto == "tcp" && !strings.HasPrefix(o.Upstream, "https://"):
+	case req.Proto == "tcp":
+		return req, fmt.Errorf("--tcp copies bytes as they are: give HOST:PORT or a port, not %s", o.Upstream)
+	default:
+		return req, fmt.Errorf("--udp and --tls-passthrough forward to a port of this device: give a port number, not %s", o.Upstream)
 	}
 	opts, err := o.routeOptions(req.Proto)
 	if err != nil {
