@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -79,7 +80,17 @@ func adminErr(err error) error {
 	case errors.Is(err, coordclient.ErrUnauthorized):
 		return errors.New("the coordinator refused the admin token (check BEAM_ADMIN_TOKEN or --token-file)")
 	case errors.Is(err, coordclient.ErrUnreachable):
-		return fmt.Errorf("cannot reach the coordinator: %s", strings.TrimPrefix(err.Error(), coordclient.ErrUnreachable.Error()+": "))
+		// Say where and why, not the HTTP client's request line.
+		msg := "cannot reach the coordinator"
+		if ue, ok := errors.AsType[*url.Error](err); ok {
+			if u, perr := url.Parse(ue.URL); perr == nil {
+				msg += " at " + u.Scheme + "://" + u.Host
+			}
+		}
+		if oe, ok := errors.AsType[*net.OpError](err); ok && oe.Err != nil {
+			msg += " (" + oe.Err.Error() + ")"
+		}
+		return errors.New(msg + ": check --coordinator or BEAM_COORDINATOR, and that the coordinator runs")
 	}
 	return err
 }

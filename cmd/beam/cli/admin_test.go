@@ -145,7 +145,7 @@ func TestCoordinatorAndAdminCommands(t *testing.T) {
 		{map[string]string{"BEAM_COORDINATOR": url, "BEAM_ADMIN_TOKEN": "wrong"}, []string{"nodes", "list"}, "refused the admin token"},
 		{map[string]string{"BEAM_ADMIN_TOKEN": token}, []string{"nodes", "list"}, "no coordinator"},
 		{map[string]string{"BEAM_COORDINATOR": url}, []string{"nodes", "list"}, "no admin token"},
-		{map[string]string{"BEAM_COORDINATOR": "http://127.0.0.1:1", "BEAM_ADMIN_TOKEN": token}, []string{"nodes", "list"}, "cannot reach"},
+		{map[string]string{"BEAM_COORDINATOR": "http://127.0.0.1:1", "BEAM_ADMIN_TOKEN": token}, []string{"nodes", "list"}, "cannot reach the coordinator at http://127.0.0.1:1 (connect: connection refused)"},
 	} {
 		_, err := runAdmin(t, tc.env, tc.args...)
 		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), "%!") {
