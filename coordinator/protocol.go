@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
 )
 
 // Control protocol, as spoken with beam.dev/beam/coordclient:
@@ -65,25 +66,26 @@ const (
 	TrailerError = "Beam-Error"
 )
 
-// ErrorCode is the machine-readable code of an error response.
-type ErrorCode string
+// ErrorCode is the machine-readable code of an error response; the codes
+// a user can act on are declared in wire, with their user messages.
+type ErrorCode = wire.ErrorCode
 
 // Error codes of the control and admin APIs.
 const (
-	CodeBadRequest        ErrorCode = "bad_request"         // 400: malformed envelope, box or JSON
-	CodeBadSeal           ErrorCode = "bad_seal"            // 401: the box does not open with the envelope's key and the coordinator's
-	CodeKeyMismatch       ErrorCode = "key_mismatch"        // 401: sealed node key differs from the envelope's
-	CodeReplay            ErrorCode = "replay"              // 401: sealed request seen before
-	CodeClockSkew         ErrorCode = "clock_skew"          // 401: timestamp outside MaxClockSkew
-	CodeAuthKeyInvalid    ErrorCode = "auth_key_invalid"    // 401: unknown, used or expired auth key
-	CodeUnauthorized      ErrorCode = "unauthorized"        // 401: admin API without a valid token
-	CodeNodeNotRegistered ErrorCode = "node_not_registered" // 403: the node key is unknown (or was removed)
-	CodeNodeExpired       ErrorCode = "node_expired"        // 403: the node key expired
-	CodeNodeRemoved       ErrorCode = "node_removed"        // stream trailer: the node was removed
-	CodeForbidden         ErrorCode = "forbidden"           // 403: otherwise refused
-	CodeNotFound          ErrorCode = "not_found"           // 404: admin API object missing
-	CodeUnavailable       ErrorCode = "unavailable"         // 503: coordinator shutting down
-	CodeInternal          ErrorCode = "internal"            // 500
+	CodeBadRequest        ErrorCode = "bad_request"              // 400: malformed envelope, box or JSON
+	CodeBadSeal                     = wire.CodeBadSeal           // 401: the box does not open with the envelope's key and the coordinator's
+	CodeKeyMismatch       ErrorCode = "key_mismatch"             // 401: sealed node key differs from the envelope's
+	CodeReplay            ErrorCode = "replay"                   // 401: sealed request seen before
+	CodeClockSkew                   = wire.CodeClockSkew         // 401: timestamp outside MaxClockSkew
+	CodeAuthKeyInvalid              = wire.CodeAuthKeyInvalid    // 401: unknown, used or expired auth key
+	CodeUnauthorized                = wire.CodeUnauthorized      // 401: admin API without a valid token
+	CodeNodeNotRegistered           = wire.CodeNodeNotRegistered // 403: the node key is unknown (or was removed)
+	CodeNodeExpired                 = wire.CodeNodeExpired       // 403: the node key expired
+	CodeNodeRemoved                 = wire.CodeNodeRemoved       // stream trailer: the node was removed
+	CodeForbidden         ErrorCode = "forbidden"                // 403: otherwise refused
+	CodeNotFound          ErrorCode = "not_found"                // 404: admin API object missing
+	CodeUnavailable                 = wire.CodeUnavailable       // 503: coordinator shutting down
+	CodeInternal          ErrorCode = "internal"                 // 500
 )
 
 // ErrorBody is the JSON body of every error response.

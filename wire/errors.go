@@ -2,9 +2,9 @@ package wire
 
 // ErrorCode is the machine-readable code of a coordinator error: the
 // "code" of a JSON error answer ({"error": MESSAGE, "code": CODE}) or the
-// CODE of a stream trailer ("CODE: MESSAGE"). The coordinator declares
-// the codes it sends (coordinator.ErrorCode); the codes below are those
-// a user can act on, with what to tell them.
+// CODE of a stream trailer ("CODE: MESSAGE"). coordinator.ErrorCode is
+// this type; the codes declared here are those a user can act on, each
+// with what to tell them, and both sides use these definitions.
 type ErrorCode string
 
 // Codes with a user message.
