@@ -132,7 +132,7 @@ func cleanPatch(p apitype.PrefsPatch) apitype.PrefsPatch {
 }
 
 // ErrBadPrefs wraps every refusal of a setting.
-var ErrBadPrefs = errors.New("node: bad setting")
+var ErrBadPrefs = errors.New("bad setting")
 
 // validatePatch checks p without changing anything.
 func validatePatch(p apitype.PrefsPatch) error {

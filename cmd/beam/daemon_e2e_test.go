@@ -246,6 +246,19 @@ func TestSettingsLive(t *testing.T) {
 	if st := alpha.status(); st.Self == nil || st.Self.Name != "alpha2" {
 		t.Fatalf("after asking for a taken name: self %+v, want alpha2", st.Self)
 	}
+
+	// A new WireGuard port: the engine moves to it, and peers reach it there.
+	port := strconv.Itoa(freePort(t))
+	c.mustBeam(alpha.args("set", "--port", port)...)
+	waitFor(t, 30*time.Second, "beta's direct path to alpha2 on port "+port, func() bool {
+		c.beam(nil, beta.args("ping", "alpha2", "-c", "1")...)
+		for _, p := range beta.status().Peers {
+			if p.Name == "alpha2" && p.Path == "direct" && strings.HasSuffix(p.Endpoint, ":"+port) {
+				return true
+			}
+		}
+		return false
+	})
 }
 
 // TestUpDeadCoordinator: `beam up` that starts a daemon and cannot join

@@ -121,9 +121,13 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 			return fmt.Errorf("--acme-ca-root %s: no PEM certificates", o.ACMECARoot)
 		}
 	}
+	lockSocket := o.Socket // recorded with the state lock: absolute, so it names the socket from anywhere
+	if abs, err := filepath.Abs(o.Socket); err == nil {
+		lockSocket = abs
+	}
 	n, err := node.New(node.Options{
 		StateDir:         o.StateDir,
-		Socket:           o.Socket,
+		Socket:           lockSocket,
 		Logger:           logger,
 		ListenPort:       o.Port,
 		DNSUpstreams:     hostUpstreams,
