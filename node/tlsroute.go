@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -8,16 +9,19 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3/acme"
+	"golang.org/x/net/http2"
 
 	"beam.dev/beam/internal/zapslog"
 	"beam.dev/beam/netstack"
@@ -37,6 +41,17 @@ const tlsHandshakeTimeout = 30 * time.Second
 // terminates TLS there and copies the plaintext stream to
 // 127.0.0.1:PORT, so any protocol over TLS reaches the app. The edge
 // routes by SNI and never sees plaintext.
+//
+// A client that offers h2 or http/1.1 by ALPN is offered both; one that
+// chooses h2 is served by an HTTP/2 server that proxies each request to
+// the app over HTTP/1.1 (h2c for gRPC), as the http routes' device side
+// does. Other clients get no ALPN and the byte stream, as before.
+//
+// A route with a PROXY protocol option gets the edge's header (v1 or v2)
+// before the ClientHello. The terminator reads it, only on connections
+// from edge nodes, and passes it on to the app in front of the plaintext
+// (each connection to the app starts with it, on the HTTP/2 path too);
+// the HTTP/2 path also sets X-Forwarded-For to the client it names.
 //
 // Without ACME the netstack's plain forwarding carries the TLS stream to
 // the app, which terminates TLS itself.
@@ -60,6 +75,9 @@ type tlsTerminator struct {
 	// listeners are the netstack listeners per local port; guarded by
 	// Node.mu (only syncLocked and close touch them).
 	listeners map[uint16]*tlsListener
+	// edges are the overlay addresses of the edge nodes, the only
+	// clients whose PROXY protocol header is read; stored on every sync.
+	edges atomic.Pointer[[]netip.Addr]
 
 	mu    sync.Mutex // guards the following fields
 	hosts map[string]*tlsHost
@@ -140,6 +158,8 @@ func (n *Node) syncTLSRoutesLocked(cfg netstack.Config) {
 	if n.tlsTerm == nil {
 		n.tlsTerm = newTLSTerminator(n)
 	}
+	edges := n.edgeAddrsLocked()
+	n.tlsTerm.edges.Store(&edges)
 	n.tlsTerm.syncLocked(n.engine, cfg.Addresses, want)
 }
 
@@ -285,14 +305,42 @@ func (t *tlsTerminator) untrack(c net.Conn) {
 }
 
 // serveConn terminates TLS on c and copies the plaintext to and from the
-// app on 127.0.0.1:port.
+// app on 127.0.0.1:port, or serves HTTP/2 in front of it when the client
+// chose h2.
 func (t *tlsTerminator) serveConn(c net.Conn, port uint16) {
 	defer t.wg.Done()
 	defer t.untrack(c)
 	defer c.Close()
-	// No ALPN: the app behind is raw TCP, so the client's first choice
-	// (HTTP/1.1 for browsers) is what it gets.
-	tc := tls.Server(c, &tls.Config{GetCertificate: t.getCertificate, MinVersion: tls.VersionTLS12})
+	c.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
+	var proxyHdr []byte
+	client, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+	fromEdge := t.fromEdge(client.Addr())
+	var under net.Conn = c
+	if fromEdge {
+		br := bufio.NewReaderSize(c, 512)
+		hdr, src, err := readProxyHeader(br)
+		if err != nil {
+			t.log.Debug("PROXY header", "port", port, "remote", c.RemoteAddr(), "err", err)
+			return
+		}
+		proxyHdr = hdr
+		client = src // the edge's own address says nothing about the client
+		under = &bufferedConn{Conn: c, r: br}
+	}
+	base := &tls.Config{GetCertificate: t.getCertificate, MinVersion: tls.VersionTLS12}
+	base.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		// Offer ALPN only to HTTP clients: a server that names
+		// protocols refuses a client whose list shares none, and the
+		// app behind may speak anything over TLS.
+		if !slices.Contains(hello.SupportedProtos, "h2") && !slices.Contains(hello.SupportedProtos, "http/1.1") {
+			return nil, nil
+		}
+		cfg := base.Clone()
+		cfg.GetConfigForClient = nil
+		cfg.NextProtos = []string{"h2", "http/1.1"}
+		return cfg, nil
+	}
+	tc := tls.Server(under, base)
 	hctx, cancel := context.WithTimeout(t.ctx, tlsHandshakeTimeout)
 	err := tc.HandshakeContext(hctx)
 	cancel()
@@ -300,24 +348,85 @@ func (t *tlsTerminator) serveConn(c net.Conn, port uint16) {
 		t.log.Debug("tls handshake", "port", port, "remote", c.RemoteAddr(), "err", err)
 		return
 	}
-	d := net.Dialer{Timeout: 10 * time.Second}
-	app, err := d.DialContext(t.ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
+	c.SetDeadline(time.Time{})
+	app := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))
+	if tc.ConnectionState().NegotiatedProtocol == "h2" {
+		t.serveHTTP2(tc, port, app, proxyHdr, client.Addr())
+		return
+	}
+	ac, err := dialApp(t.ctx, app, proxyHdr)
 	if err != nil {
 		t.log.Debug("dial app", "port", port, "err", err)
 		return
 	}
-	defer app.Close()
+	defer ac.Close()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		io.Copy(app, tc)
-		if cw, ok := app.(interface{ CloseWrite() error }); ok {
+		io.Copy(ac, tc)
+		if cw, ok := ac.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 		}
 	}()
-	io.Copy(tc, app)
+	io.Copy(tc, ac)
 	tc.CloseWrite()
 	<-done
+}
+
+// fromEdge reports whether a is an edge node's overlay address.
+func (t *tlsTerminator) fromEdge(a netip.Addr) bool {
+	edges := t.edges.Load()
+	return edges != nil && slices.Contains(*edges, a.Unmap())
+}
+
+// dialApp connects to the app at addr and writes proxyHdr, if any, first.
+func dialApp(ctx context.Context, addr string, proxyHdr []byte) (net.Conn, error) {
+	d := net.Dialer{Timeout: 10 * time.Second}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil || proxyHdr == nil {
+		return c, err
+	}
+	if _, err := c.Write(proxyHdr); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("write PROXY header to %s: %w", addr, err)
+	}
+	return c, nil
+}
+
+// serveHTTP2 serves the HTTP/2 connection tc, proxying its requests to the
+// app at addr on connections of its own (which each start with proxyHdr,
+// if any, so an app that expects the PROXY protocol gets it on every
+// connection). client, if valid, becomes X-Forwarded-For: this device is
+// the first HTTP hop, so whatever the client sent there is dropped.
+func (t *tlsTerminator) serveHTTP2(tc *tls.Conn, port uint16, addr string, proxyHdr []byte, client netip.Addr) {
+	dial := func(ctx context.Context) (net.Conn, error) { return dialApp(ctx, addr, proxyHdr) }
+	h1 := &http.Transport{
+		DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return dial(ctx) },
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+		DisableCompression:  true,
+	}
+	defer h1.CloseIdleConnections()
+	h2 := &http2.Transport{
+		AllowHTTP:      true,
+		DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) { return dial(ctx) },
+	}
+	defer h2.CloseIdleConnections()
+	o := exposeProxyOptions{Port: port, Target: addr, Watching: t.n.watchingRequests, Publish: t.n.publishRequest, Logger: t.log}
+	proxy := h2Handler(o, t.log, transportSwitch{h1: h1, h2: h2})
+	var xff []string
+	if client.IsValid() {
+		xff = []string{client.Unmap().String()}
+	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if xff == nil {
+			r.Header.Del("X-Forwarded-For")
+		} else {
+			r.Header["X-Forwarded-For"] = xff
+		}
+		proxy.ServeHTTP(w, r)
+	})
+	(&http2.Server{}).ServeConn(tc, &http2.ServeConnOpts{Context: t.ctx, Handler: h})
 }
 
 // getCertificate waits for the certificate of the ClientHello's name,
