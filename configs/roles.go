@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+
+	"beam.dev/beam/types/key"
 )
 
 // The settings of each role as its flags give them, checked before the
@@ -119,12 +121,31 @@ func (d *DERP) Validate() error {
 	var c checker
 	c.listen("--addr", d.Addr, true)
 	c.listen("--stun-addr", d.STUNAddr, false)
-	for _, u := range d.MeshWith {
+	for _, m := range d.MeshWith {
+		u, _, err := ParseMeshPeer(m)
+		if err != nil {
+			c.add("--mesh-with", m, err.Error())
+			continue
+		}
 		c.url("--mesh-with", u, true)
 	}
 	c.url("--verify-clients", d.VerifyClients, false)
 	c.logLevel(d.LogLevel)
 	return c.err()
+}
+
+// ParseMeshPeer splits a --mesh-with entry, "URL" or "URL#KEY", into the
+// relay's URL and its pinned machine key (KEY is the "mkey:..." text the
+// relay logs as machine_key at start). The key is zero when none is given.
+func ParseMeshPeer(s string) (u string, k key.MachinePublic, err error) {
+	u, frag, pinned := strings.Cut(s, "#")
+	if !pinned {
+		return u, k, nil
+	}
+	if k, err = key.ParseMachinePublic(frag); err != nil {
+		return "", key.MachinePublic{}, fmt.Errorf("the part after # must be the relay's key (mkey:<64 hex>, the machine_key it logs at start): %w", err)
+	}
+	return u, k, nil
 }
 
 // Node is the settings of beam daemon and beam up.

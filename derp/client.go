@@ -36,6 +36,11 @@ var ErrRefused = errors.New("derp: server refused connection")
 // key, or one older than protocol version 3.
 var ErrMeshUnproven = errors.New("derp: server did not prove the mesh key")
 
+// ErrServerKey is returned by Dial with ClientOptions.ServerKey set when
+// the server presents another key: not the relay the caller pinned. Dial
+// returns it before sending the server anything.
+var ErrServerKey = errors.New("derp: server presented another key than the pinned one")
+
 // ClientOptions configures Dial. The zero value dials plainly over TCP.
 type ClientOptions struct {
 	// Logger receives debug logs; nil discards them.
@@ -52,6 +57,10 @@ type ClientOptions struct {
 	// MeshKey is the region's mesh key; set only by relays meshing with
 	// each other.
 	MeshKey string
+	// ServerKey, if not zero, is the relay's pinned machine key: Dial
+	// refuses a server that presents another one (ErrServerKey) before
+	// sending it anything. Zero accepts any server key.
+	ServerKey key.MachinePublic
 }
 
 // Client is a connection to a relay server. Send, SendPing, NotePreferred
@@ -112,7 +121,7 @@ func Dial(ctx context.Context, serverURL string, priv key.NodePrivate, opts Clie
 		logger: logger.With("component", "derpclient", "server", u.Host),
 	}
 	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
-	err = c.handshake(priv, opts.MeshKey)
+	err = c.handshake(priv, opts.MeshKey, opts.ServerKey)
 	if !stop() {
 		err = errors.Join(err, ctx.Err())
 	}
@@ -124,7 +133,7 @@ func Dial(ctx context.Context, serverURL string, priv key.NodePrivate, opts Clie
 	return c, nil
 }
 
-func (c *Client) handshake(priv key.NodePrivate, meshKey string) error {
+func (c *Client) handshake(priv key.NodePrivate, meshKey string, pinned key.MachinePublic) error {
 	t, p, err := ReadFrame(c.br, MaxFrameSize, nil)
 	if err != nil {
 		return fmt.Errorf("derp: read server key: %w", err)
@@ -137,6 +146,9 @@ func (c *Client) handshake(priv key.NodePrivate, meshKey string) error {
 		return err
 	}
 	c.serverKey = key.MachinePublicFromRaw32(raw)
+	if !pinned.IsZero() && c.serverKey != pinned {
+		return fmt.Errorf("%w: got %s, want %s", ErrServerKey, c.serverKey, pinned)
+	}
 	ci := ClientInfo{Version: ProtocolVersion, CanAckPings: true, Challenge: challenge}
 	if meshKey != "" {
 		ci.MeshProof = MeshProof(meshKey, challenge, raw, priv.Public().Raw32())

@@ -206,3 +206,50 @@ func serveOneHandshake(ln net.Listener, srv key.MachinePrivate, info func(ci Cli
 	io.Copy(io.Discard, br)
 	return nil
 }
+
+// TestPinnedServerKey dials a server with a pinned key: the right key
+// completes the handshake; another is refused with ErrServerKey, and the
+// server reads nothing from the client (no client info, no mesh proof).
+func TestPinnedServerKey(t *testing.T) {
+	const meshKey = "region-secret-mesh-key"
+	srv := key.NewMachine()
+	for _, tc := range []struct {
+		name   string
+		pinned key.MachinePublic
+		ok     bool
+	}{
+		{"right key", srv.Public(), true},
+		{"another key", key.NewMachine().Public(), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			errc := make(chan error, 1)
+			go func() {
+				errc <- serveOneHandshake(ln, srv, func(ci ClientInfo, client [32]byte) ServerInfo {
+					return ServerInfo{Version: ProtocolVersion, MeshProof: ServerMeshProof(meshKey, ci.Challenge, srv.Public().Raw32(), client)}
+				})
+			}()
+			c, err := Dial(t.Context(), "http://"+ln.Addr().String()+"/derp", key.NewNode(), ClientOptions{MeshKey: meshKey, ServerKey: tc.pinned})
+			if tc.ok {
+				if err != nil {
+					t.Fatalf("Dial with the server's key pinned: %v", err)
+				}
+				c.Close()
+				if serverErr := <-errc; serverErr != nil {
+					t.Fatal(serverErr)
+				}
+				return
+			}
+			if !errors.Is(err, ErrServerKey) {
+				t.Fatalf("Dial = %v, want ErrServerKey", err)
+			}
+			if serverErr := <-errc; !errors.Is(serverErr, io.EOF) {
+				t.Fatalf("server side = %v, want EOF before any client info", serverErr)
+			}
+		})
+	}
+}

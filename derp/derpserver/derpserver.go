@@ -59,11 +59,10 @@ type Options struct {
 	// MeshKey is the secret shared by the relays of a region; empty means
 	// this server neither accepts nor makes mesh connections.
 	MeshKey string
-	// MeshWith lists the URLs (http:// or https://) of the other relays of
-	// the region to mesh with. Ignored (with an error logged) without a
-	// MeshKey. A URL that turns out to be
-	// this server itself is skipped.
-	MeshWith []string
+	// MeshWith lists the other relays of the region to mesh with. Ignored
+	// (with an error logged) without a MeshKey. A peer that turns out to
+	// be this server itself is skipped.
+	MeshWith []MeshPeer
 	// MeshDialContext dials mesh peers; a net.Dialer if nil.
 	MeshDialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 	// MeshTLSConfig is used to dial https:// mesh peers; the system
@@ -204,8 +203,11 @@ func New(opts Options) *Server {
 		sentTo:     make(map[key.NodePublic]map[key.NodePublic]bool),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	for _, u := range opts.MeshWith {
-		mp := newMeshPeer(s, u)
+	for _, p := range opts.MeshWith {
+		mp := newMeshPeer(s, p)
+		if p.Key.IsZero() {
+			mp.logger.Warn("mesh peer's server key is not pinned: whoever answers at this URL gets the packets forwarded to it; pin it as URL#KEY with the key the peer logs as machine_key")
+		}
 		s.wg.Go(func() { mp.run(s.ctx) })
 	}
 	return s

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -337,8 +338,11 @@ func TestMesh(t *testing.T) {
 	// Each server needs the other's URL, so listen first.
 	l1, l2 := listen(t), listen(t)
 	u1, u2 := "http://"+l1.Addr().String(), "http://"+l2.Addr().String()
-	s1 := derpserver.New(derpserver.Options{MeshKey: meshKey, MeshWith: []string{u1, u2}})
-	s2 := derpserver.New(derpserver.Options{MeshKey: meshKey, MeshWith: []string{u1}})
+	k1, k2 := key.NewMachine(), key.NewMachine()
+	// s1 lists itself too (unpinned, found out on dial) and pins s2; s2
+	// pins s1.
+	s1 := derpserver.New(derpserver.Options{PrivateKey: k1, MeshKey: meshKey, MeshWith: []derpserver.MeshPeer{{URL: u1}, {URL: u2, Key: k2.Public()}}})
+	s2 := derpserver.New(derpserver.Options{PrivateKey: k2, MeshKey: meshKey, MeshWith: []derpserver.MeshPeer{{URL: u1, Key: k1.Public()}}})
 	h1 := &httptest.Server{Listener: l1, Config: &http.Server{Handler: s1}}
 	h2 := &httptest.Server{Listener: l2, Config: &http.Server{Handler: s2}}
 	h1.Start()
@@ -384,6 +388,88 @@ func TestMesh(t *testing.T) {
 		if g, ok := m.(derp.PeerGoneMessage); ok && g.Peer == kb.Public() && g.Reason == derp.PeerGoneDisconnected {
 			break
 		}
+	}
+}
+
+// logWatch is a slog handler that reports when a record whose message
+// contains want is logged.
+type logWatch struct {
+	want string
+	once sync.Once
+	seen chan struct{}
+}
+
+func newLogWatch(want string) *logWatch { return &logWatch{want: want, seen: make(chan struct{})} }
+
+func (w *logWatch) Enabled(context.Context, slog.Level) bool { return true }
+func (w *logWatch) Handle(_ context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, w.want) {
+		w.once.Do(func() { close(w.seen) })
+	}
+	return nil
+}
+func (w *logWatch) WithAttrs([]slog.Attr) slog.Handler { return w }
+func (w *logWatch) WithGroup(string) slog.Handler      { return w }
+
+func (w *logWatch) wait(t *testing.T) {
+	t.Helper()
+	select {
+	case <-w.seen:
+	case <-time.After(testTimeout):
+		t.Fatalf("no log %q within %v", w.want, testTimeout)
+	}
+}
+
+// TestMeshImpostorRefused puts an impostor at the URL where a relay with a
+// pinned key should be: a real relay of the same region (it knows the
+// mesh key, so the mesh proofs alone pass) with another machine key. The
+// pinning relay refuses it before sending it anything, so it gets no
+// client info, no watch, and none of the packets for its clients. An
+// unpinned relay, for comparison, meshes with the impostor.
+func TestMeshImpostorRefused(t *testing.T) {
+	const meshKey = "region-1-secret"
+	impostor, impostorURL := newServer(t, derpserver.Options{MeshKey: meshKey})
+	real := key.NewMachine() // the relay that should be at impostorURL
+	if impostor.PublicKey() == real.Public() {
+		t.Fatal("impostor has the real relay's key")
+	}
+
+	refused := newLogWatch("refusing mesh peer")
+	s1, url1 := newServer(t, derpserver.Options{
+		Logger:   slog.New(refused),
+		MeshKey:  meshKey,
+		MeshWith: []derpserver.MeshPeer{{URL: impostorURL, Key: real.Public()}},
+	})
+	refused.wait(t)
+	if st := impostor.Stats(); st.Accepted != 0 || st.MeshClients != 0 {
+		t.Errorf("impostor Stats = %+v after the pinned relay refused it, want nothing accepted, no mesh client", st)
+	}
+
+	// A client of the impostor is unknown to s1: a packet for it is
+	// answered "not here", never forwarded.
+	ka, kb := key.NewNode(), key.NewNode()
+	a := dial(t, url1, ka, false)
+	dial(t, impostorURL, kb, false)
+	if err := a.Send(kb.Public(), []byte("for b")); err != nil {
+		t.Fatal(err)
+	}
+	m := recv(t, a)
+	if g, ok := m.(derp.PeerGoneMessage); !ok || g.Peer != kb.Public() || g.Reason != derp.PeerGoneNotHere {
+		t.Fatalf("A got %#v, want PeerGone(not here) for B", m)
+	}
+	if st := s1.Stats(); st.PacketsForwarded != 0 || st.RemoteClients != 0 || st.DropsUnknownDest != 1 {
+		t.Errorf("s1 Stats = %+v, want nothing forwarded, no remote clients, one drop for an unknown destination", st)
+	}
+	if st := impostor.Stats(); st.PacketsRelayed != 0 || st.Accepted != 1 {
+		t.Errorf("impostor Stats = %+v, want only its own client accepted and nothing relayed", st)
+	}
+
+	// The same impostor, unpinned: the link comes up.
+	up := newLogWatch("mesh link up")
+	newServer(t, derpserver.Options{Logger: slog.New(up), MeshKey: meshKey, MeshWith: []derpserver.MeshPeer{{URL: impostorURL}}})
+	up.wait(t)
+	if st := impostor.Stats(); st.MeshClients != 1 {
+		t.Errorf("impostor Stats = %+v with an unpinned relay meshed, want one mesh client", st)
 	}
 }
 

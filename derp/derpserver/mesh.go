@@ -2,6 +2,7 @@ package derpserver
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -9,6 +10,16 @@ import (
 	"beam.dev/beam/derp"
 	"beam.dev/beam/types/key"
 )
+
+// MeshPeer is another relay of the region to mesh with.
+type MeshPeer struct {
+	// URL is the relay's base URL, http:// or https://.
+	URL string
+	// Key is the relay's machine public key, pinned: a server at URL that
+	// presents another key is refused before it is sent anything. Zero
+	// trusts whichever relay answers at URL (a warning is logged).
+	Key key.MachinePublic
+}
 
 // meshPeer is this server's link to another relay of the region: a relay
 // client that dialed it with the mesh key, watches its clients and forwards
@@ -18,7 +29,7 @@ import (
 // while connected, owns one writer goroutine draining q.
 type meshPeer struct {
 	s      *Server
-	url    string
+	peer   MeshPeer
 	logger *slog.Logger
 	q      *pktQueue // packets to forward (pkt.dst set); drop-oldest when full
 }
@@ -30,11 +41,15 @@ const (
 	meshQueueBytes = 8 << 20
 )
 
-func newMeshPeer(s *Server, url string) *meshPeer {
+func newMeshPeer(s *Server, p MeshPeer) *meshPeer {
+	l := s.logger.With("mesh_peer", p.URL)
+	if !p.Key.IsZero() {
+		l = l.With("pinned_key", p.Key.ShortString())
+	}
 	return &meshPeer{
 		s:      s,
-		url:    url,
-		logger: s.logger.With("mesh_peer", url),
+		peer:   p,
+		logger: l,
 		q:      newPktQueue(meshQueueDepth, meshQueueBytes),
 	}
 }
@@ -53,6 +68,10 @@ func (mp *meshPeer) forward(src, dst key.NodePublic, data []byte) {
 func (mp *meshPeer) run(ctx context.Context) {
 	const minBackoff, maxBackoff = 100 * time.Millisecond, 10 * time.Second
 	backoff := minBackoff
+	if mp.peer.Key == mp.s.publicKey {
+		mp.logger.Info("mesh peer's pinned key is this server's own; not meshing with it")
+		return
+	}
 	for ctx.Err() == nil {
 		start := time.Now()
 		self, err := mp.runOnce(ctx)
@@ -63,7 +82,11 @@ func (mp *meshPeer) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		mp.logger.Warn("mesh link down", "err", err)
+		if errors.Is(err, derp.ErrServerKey) {
+			mp.logger.Error("refusing mesh peer: it presents another server key than the pinned one (an impostor, or a relay whose key changed); nothing was sent to it", "err", err)
+		} else {
+			mp.logger.Warn("mesh link down", "err", err)
+		}
 		if time.Since(start) > maxBackoff {
 			backoff = minBackoff
 		}
@@ -81,11 +104,12 @@ func (mp *meshPeer) run(ctx context.Context) {
 // runOnce dials the peer and serves the link until it breaks. It reports
 // self if the peer turned out to be this server.
 func (mp *meshPeer) runOnce(ctx context.Context) (self bool, err error) {
-	c, err := derp.Dial(ctx, mp.url, mp.s.meshNode, derp.ClientOptions{
+	c, err := derp.Dial(ctx, mp.peer.URL, mp.s.meshNode, derp.ClientOptions{
 		Logger:      mp.logger,
 		DialContext: mp.s.opts.MeshDialContext,
 		TLSConfig:   mp.s.opts.MeshTLSConfig,
 		MeshKey:     mp.s.opts.MeshKey,
+		ServerKey:   mp.peer.Key,
 	})
 	if err != nil {
 		return false, err
@@ -98,7 +122,7 @@ func (mp *meshPeer) runOnce(ctx context.Context) (self bool, err error) {
 		c.Close()
 		return false, err
 	}
-	mp.logger.Info("mesh link up")
+	mp.logger.Info("mesh link up", "server_key", c.ServerPublicKey().String())
 
 	linkCtx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup

@@ -40,7 +40,8 @@ type DERPOptions struct {
 	// VerifyTokenFile holds the coordinator's relay token (its
 	// DATA/relay.token), needed with VerifyClients.
 	VerifyTokenFile string
-	// MeshWith lists the URLs of the region's other relays.
+	// MeshWith lists the region's other relays as "URL" or "URL#KEY"
+	// (KEY pins the relay's machine key; see configs.ParseMeshPeer).
 	MeshWith []string
 	// MeshKeyFile holds the region's mesh key.
 	MeshKeyFile string
@@ -75,7 +76,11 @@ The relay serves /derp (Upgrade: DERP, or WebSocket), /derp/probe and
 clients only.
 
 Relays of one region mesh with each other: give each one the others' URLs
-with --mesh-with and the same secret in --mesh-key-file.`,
+with --mesh-with and the same secret in --mesh-key-file. Pin each peer to
+its key (the machine_key it logs at start) as URL#KEY, e.g.
+--mesh-with http://relay2:3340#mkey:...; a relay at that URL with another
+key is refused before it is sent anything. An unpinned peer is trusted
+whatever key it has, with a warning.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg := configs.DERP{Addr: opts.Addr, STUNAddr: opts.STUNAddr, MeshWith: opts.MeshWith, VerifyClients: opts.VerifyClients, LogLevel: opts.LogLevel}
@@ -95,7 +100,7 @@ with --mesh-with and the same secret in --mesh-key-file.`,
 	fl.StringVar(&opts.TLSKey, "tls-key", "", "TLS private key PEM file")
 	fl.StringVar(&opts.VerifyClients, "verify-clients", "", "coordinator URL; admit only node keys it knows (needs --verify-token-file)")
 	fl.StringVar(&opts.VerifyTokenFile, "verify-token-file", "", "file holding the coordinator's relay token (the coordinator's DATA/relay.token)")
-	fl.StringSliceVar(&opts.MeshWith, "mesh-with", nil, "comma-separated URLs of the region's other relays")
+	fl.StringSliceVar(&opts.MeshWith, "mesh-with", nil, "comma-separated URLs of the region's other relays, each pinned to its key as URL#mkey:... (the machine_key it logs)")
 	fl.StringVar(&opts.MeshKeyFile, "mesh-key-file", "", "file holding the region's mesh key (needed with --mesh-with)")
 	fl.StringVar(&opts.KeyFile, "key-file", "", "machine key file, created 0600 if missing (default STATE/derp.key)")
 	fl.StringVar(&opts.StateDir, "state", "derp-data", "state directory (created 0700)")
@@ -119,11 +124,17 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 	if (opts.TLSCert == "") != (opts.TLSKey == "") {
 		return errors.New("--tls-cert and --tls-key go together")
 	}
-	for _, u := range opts.MeshWith {
+	var meshWith []derpserver.MeshPeer
+	for _, m := range opts.MeshWith {
+		u, k, err := configs.ParseMeshPeer(m)
+		if err != nil {
+			return fmt.Errorf("bad --mesh-with %q: %w", m, err)
+		}
 		pu, err := url.Parse(u)
 		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
 			return fmt.Errorf("bad --mesh-with URL %q: want http(s)://host[:port]", u)
 		}
+		meshWith = append(meshWith, derpserver.MeshPeer{URL: u, Key: k})
 	}
 	var meshKey string
 	if opts.MeshKeyFile != "" {
@@ -189,7 +200,7 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 		Logger:       logger,
 		VerifyClient: verify,
 		MeshKey:      meshKey,
-		MeshWith:     opts.MeshWith,
+		MeshWith:     meshWith,
 	})
 	defer srv.Close()
 	mux := http.NewServeMux()
