@@ -195,7 +195,7 @@ func (n *Node) SetPrefs(ctx context.Context, p apitype.PrefsPatch) (*apitype.Set
 	if rename {
 		r, err := n.register(ctx, priv, "")
 		if err != nil {
-			return nil, fmt.Errorf("rename at the coordinator: %w", err)
+			return nil, fmt.Errorf("hostname %q saved, but the rename at the coordinator failed (beam up retries it): %w", n.Prefs().Hostname, err)
 		}
 		resp.Name, resp.NameChanged = r.Name, r.NameChanged
 	}

@@ -61,6 +61,11 @@ func TestOperator(t *testing.T) {
 		t.Fatalf("another user with an operator set: err=%v out=%q; want a refusal naming uid 65533", err, out)
 	}
 
+	// beam up by that user does not start a daemon of its own in its place.
+	if out, err := as(stranger, "up", "--coordinator", "http://127.0.0.1:1"); err == nil || !strings.Contains(out, "may not use") {
+		t.Fatalf("beam up by another user: err=%v out=%q; want the daemon's refusal", err, out)
+	}
+
 	// The operator survives a restart.
 	c.mustBeam(d.args("daemon", "stop")...)
 	<-p.done

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -70,7 +71,13 @@ func runUp(ctx context.Context, f *Factory, in *instanceFlags, o *UpOptions) err
 	defer cancel()
 	lc := in.client(f)
 	var started *startedDaemon
-	if !lc.Alive(ctx) {
+	if _, err := lc.Status(ctx); err != nil {
+		// Start a daemon only where none runs: a daemon that refuses this
+		// user (socket permissions, not its operator) is not replaced.
+		nr, ok := errors.AsType[*localclient.NotRunningError](err)
+		if !ok || errors.Is(nr.Err, fs.ErrPermission) {
+			return err
+		}
 		d, err := startDaemon(ctx, lc, o)
 		if err != nil {
 			return err
