@@ -174,6 +174,7 @@ func New(opts Options) (*Engine, error) {
 		// process gets a handshake at once: its connections to that
 		// process then reach this stack, which resets them.
 		OnStaleSession: e.onStaleSession,
+		RelayOnly:      debugAlwaysRelay(),
 	})
 	if err != nil {
 		cancel()

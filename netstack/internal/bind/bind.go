@@ -129,6 +129,12 @@ type Options struct {
 	// (the new stack resets them). It runs on a receive goroutine, must
 	// not block, and is called at most once per staleSessionEvery per peer.
 	OnStaleSession func(peer key.NodePublic)
+	// RelayOnly makes the bind reach peers through the relay alone: it
+	// sends them nothing over UDP (no WireGuard, no disco) and ignores
+	// what they send it over UDP, as if a firewall dropped it. STUN still
+	// works. A debugging and benchmarking aid (netstack's
+	// BEAM_DEBUG_ALWAYS_RELAY); without a Relay, peers are unreachable.
+	RelayOnly bool
 }
 
 // PeerConfig is one peer the bind may send to.
@@ -636,6 +642,9 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 			if f := b.testFilter.Load(); f != nil && !(*f)(src) {
 				continue
 			}
+			if b.opts.RelayOnly && !isSTUNResponse(pkt) {
+				continue
+			}
 			if disco.IsPacket(pkt) {
 				b.handleDisco(src, 0, key.NodePublic{}, pkt)
 				continue
@@ -959,8 +968,17 @@ func (b *Bind) SetUDPFilterForTest(allow func(remote netip.AddrPort) bool) {
 	b.testFilter.Store(&allow)
 }
 
-// sendTo writes bufs to dst with as few syscalls as possible.
+// sendTo writes bufs for a peer to dst with as few syscalls as
+// possible; with Options.RelayOnly it drops them.
 func (b *Bind) sendTo(bufs [][]byte, dst netip.AddrPort) error {
+	if b.opts.RelayOnly {
+		return nil
+	}
+	return b.writeUDP(bufs, dst)
+}
+
+// writeUDP writes bufs to dst with as few syscalls as possible.
+func (b *Bind) writeUDP(bufs [][]byte, dst netip.AddrPort) error {
 	if f := b.testFilter.Load(); f != nil && !(*f)(dst) {
 		return nil
 	}

@@ -116,7 +116,7 @@ func (b *Bind) SetLocalEndpoints(eps []netip.AddrPort) {
 // WriteTo sends one datagram from the bind's UDP socket of dst's family
 // (for STUN, so the mapping learned is the one WireGuard uses).
 func (b *Bind) WriteTo(pkt []byte, dst netip.AddrPort) error {
-	return b.sendTo([][]byte{pkt}, unmap(dst))
+	return b.writeUDP([][]byte{pkt}, unmap(dst))
 }
 
 // Maintain drops pings that went unanswered, sends again handshake

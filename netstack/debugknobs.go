@@ -1,0 +1,23 @@
+package netstack
+
+import (
+	"os"
+	"strconv"
+)
+
+// Debug knobs: environment variables that change how an engine behaves,
+// for debugging and benchmarks only. Each is read when an engine is
+// created (New); none is meant for production use.
+
+// debugAlwaysRelay reports whether BEAM_DEBUG_ALWAYS_RELAY is set to a
+// true value (1, true): the engine then reaches its peers only through the
+// relay, never over direct UDP (see bind.Options.RelayOnly), so the relay
+// path can be measured on a machine where direct paths always work.
+func debugAlwaysRelay() bool { return envBool("BEAM_DEBUG_ALWAYS_RELAY") }
+
+// envBool reports whether the environment variable name holds a true
+// value as strconv.ParseBool reads it; unset or unparsable is false.
+func envBool(name string) bool {
+	v, _ := strconv.ParseBool(os.Getenv(name))
+	return v
+}
