@@ -23,11 +23,11 @@ import (
 
 // startDevServer runs `beam server --dev` on free loopback ports and
 // returns a cluster pointing at it and the edge's HTTP port.
-func startDevServer(t *testing.T) (*cluster, int) { return startDevServerWith(t, 0) }
+func startDevServer(t testing.TB) (*cluster, int) { return startDevServerWith(t, 0) }
 
 // startDevServerWith is startDevServer with the server's open files
 // limit (soft and hard) set to nofile, if not 0, and extra flags.
-func startDevServerWith(t *testing.T, nofile int, extra ...string) (*cluster, int) {
+func startDevServerWith(t testing.TB, nofile int, extra ...string) (*cluster, int) {
 	c := &cluster{t: t, bin: buildBeam(t), dir: t.TempDir()}
 	c.addr = "127.0.0.1:" + strconv.Itoa(freePort(t))
 	c.url = "http://" + c.addr
