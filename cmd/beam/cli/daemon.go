@@ -67,10 +67,13 @@ func NewCmdDaemon(f *Factory, in *instanceFlags, runF func(*DaemonOptions) error
 		Short: "Run the node daemon in the foreground (beam up starts one if needed)",
 		Long: `Run the node daemon in the foreground (beam up starts one if needed).
 
-The settings --socks5, --http-proxy, --dns-listen, --dns-upstream and --port
-are kept in the state directory: a daemon started without them uses the
-stored ones, and 'beam set' changes them while the daemon runs.
-'beam daemon stop' stops the daemon that answers on the socket.`,
+The settings --socks5, --http-proxy, --dns-listen, --dns-upstream, --port and
+--operator are kept in the state directory: a daemon started without them uses
+the stored ones, and 'beam set' changes them while the daemon runs.
+One daemon holds a state directory at a time; a second one is refused with the
+first one's PID and socket. With --state alone, the socket is STATE/beamd.sock.
+'beam daemon stop' stops the daemon that answers on the socket ('beam down'
+leaves the mesh and keeps the daemon running).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.Socket, o.StateDir = in.socketPath(f), in.stateDir(f)

@@ -38,7 +38,13 @@ func NewCmdUp(f *Factory, in *instanceFlags, runF func(*UpOptions) error) *cobra
 	cmd := &cobra.Command{
 		Use:   "up",
 		Short: "Join the mesh (starting the daemon if none runs)",
-		Args:  cobra.NoArgs,
+		Long: `Join the mesh, starting the daemon if none answers on the socket. If the join
+fails, a daemon this command started is stopped again.
+
+The daemon settings (--socks5, --http-proxy, --dns-listen, --dns-upstream,
+--port, --hostname, --shields-up, --operator) apply at once on a running daemon
+and are kept in its state; 'beam set' changes them without joining again.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.shieldsUpSet = cmd.Flags().Changed("shields-up")
 			o.Daemon.Socket, o.Daemon.StateDir = in.socketPath(f), in.stateDir(f)
@@ -254,7 +260,7 @@ func lastLogLine(path string) string {
 func NewCmdDown(f *Factory, in *instanceFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "down",
-		Short: "Leave the mesh but keep this node's identity",
+		Short: "Leave the mesh but keep this node's identity (the daemon keeps running; beam daemon stop stops it)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return in.client(f).Down(cmd.Context())
