@@ -138,7 +138,7 @@ func (s *Server) CheckPolicy(ctx context.Context, src []byte) (*policy.Policy, e
 	}
 	for _, e := range s.nodes {
 		if !e.rec.Node.Expired(now) && !e.rec.Node.Edge {
-			byNet[e.rec.NetworkID] = append(byNet[e.rec.NetworkID], policyNode(&e.rec.Node))
+			byNet[e.rec.NetworkID] = append(byNet[e.rec.NetworkID], policyNode(p, &e.rec.Node))
 		}
 	}
 	s.mu.Unlock()
@@ -287,10 +287,20 @@ func decodeJSONBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	return true
 }
 
-// policyNode is the part of n the policy looks at, copied so the compiled
-// policy does not share memory with live records.
-func policyNode(n *wire.Node) *wire.Node {
-	return &wire.Node{ID: n.ID, Key: n.Key, Name: n.Name, User: n.User, Tags: slices.Clone(n.Tags), Addresses: slices.Clone(n.Addresses)}
+// policyNode is the part of n the policy p looks at, copied so the
+// compiled policy does not share memory with live records. Tags p no
+// longer grants (dropped from tagOwners after the node got them) are left
+// out: the node does not hold them. A node whose tags are all ungranted
+// holds none and has no user either: it was given a tag's identity, never
+// its user's, so losing the tag leaves it matched only by "*" and its
+// addresses.
+func policyNode(p *policy.Policy, n *wire.Node) *wire.Node {
+	held, ungranted := p.HeldTags(n)
+	user := n.User
+	if len(held) == 0 && len(ungranted) > 0 {
+		user = ""
+	}
+	return &wire.Node{ID: n.ID, Key: n.Key, Name: n.Name, User: user, Tags: slices.Clone(held), Addresses: slices.Clone(n.Addresses)}
 }
 
 // aclFingerprint is what of n the compiled policy depends on.
@@ -364,7 +374,7 @@ func (s *Server) netACLLocked(networkID int64, now time.Time) *netACL {
 			}
 		}
 		if !e.rec.Node.Edge {
-			ms = append(ms, member{e.rec.Node.ID, policyNode(&e.rec.Node)})
+			ms = append(ms, member{e.rec.Node.ID, policyNode(pol, &e.rec.Node)})
 		}
 	}
 	// A stable order keeps filters identical across recompiles.

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 
+	"beam.dev/beam/coordinator/policy"
 	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
 )
@@ -140,7 +141,7 @@ func (s *Server) claimHost(self *NodeRecord, nk key.NodePublic, host string, cus
 		case o.Proto != req.Proto:
 			return claim{}, errorf(http.StatusConflict, CodeNameTaken,
 				"name %s is published by %s as %s, not %s", host, owner, o.Proto, req.Proto)
-		case ownerNode == nil || !mayShare(&self.Node, ownerNode):
+		case ownerNode == nil || !mayShare(s.currentPolicy(), &self.Node, ownerNode):
 			return claim{}, errorf(http.StatusConflict, CodeNameTaken,
 				"name %s is published by %s; pools are only for devices of one user or one tag", host, owner)
 		}
@@ -175,11 +176,14 @@ func (s *Server) describeNodeLocked(k key.NodePublic) (string, *wire.Node) {
 }
 
 // mayShare reports whether nodes a and b may serve one name as a pool:
-// they share a tag, or neither is tagged and they belong to the same user
-// (nodes without a user belong to the network's admin).
-func mayShare(a, b *wire.Node) bool {
-	for _, t := range a.Tags {
-		if slices.Contains(b.Tags, t) {
+// they share a tag the policy p grants (one dropped from tagOwners is not
+// held), or neither is tagged and they belong to the same user (nodes
+// without a user belong to the network's admin).
+func mayShare(p *policy.Policy, a, b *wire.Node) bool {
+	heldA, _ := p.HeldTags(a)
+	heldB, _ := p.HeldTags(b)
+	for _, t := range heldA {
+		if slices.Contains(heldB, t) {
 			return true
 		}
 	}

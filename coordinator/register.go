@@ -469,8 +469,15 @@ func (s *Server) Nodes(ctx context.Context) ([]*wire.Node, error) {
 		n   *wire.Node
 	}
 	items := make([]item, 0, len(s.nodes))
+	pol := s.currentPolicy()
 	for _, e := range s.nodes {
-		items = append(items, item{s.networks[e.rec.NetworkID].Name, s.viewLocked(e)})
+		n := s.viewLocked(e)
+		if _, ungranted := pol.HeldTags(n); len(ungranted) > 0 {
+			c := *n // the view is shared: copy before adding to it
+			c.UngrantedTags = ungranted
+			n = &c
+		}
+		items = append(items, item{s.networks[e.rec.NetworkID].Name, n})
 	}
 	slices.SortFunc(items, func(a, b item) int {
 		if c := strings.Compare(a.net, b.net); c != 0 {

@@ -155,7 +155,11 @@ type Node struct {
 	KeyExpiry time.Time `json:"key_expiry,omitzero"`
 	User      string    `json:"user,omitempty"`
 	Tags      []string  `json:"tags,omitempty"`
-	Ephemeral bool      `json:"ephemeral,omitempty"`
+	// UngrantedTags are the Tags the policy's tagOwners no longer list:
+	// the node carries them but does not hold them for the policy. Set
+	// only in the admin API's node list.
+	UngrantedTags []string `json:"ungranted_tags,omitempty"`
+	Ephemeral     bool     `json:"ephemeral,omitempty"`
 	// Edge marks a public edge node: it receives every route in EdgeRoutes
 	// and may reach only the exposed ports of the nodes that serve them.
 	Edge bool `json:"edge,omitempty"`

@@ -224,6 +224,31 @@ func nameMatch(pat, name string) bool {
 	return pat == name
 }
 
+// GrantsTag reports whether tag is listed in tagOwners, so that nodes may
+// hold it. A node carrying a tag the policy no longer lists (dropped since
+// its auth key was made) does not hold it: see HeldTags.
+func (p *Policy) GrantsTag(tag string) bool {
+	_, ok := p.tagOwners[tag]
+	return ok
+}
+
+// HeldTags splits n's tags into those the policy grants (held: they count
+// for every selector) and those it no longer does (ungranted: treated as
+// not held). held aliases n.Tags when every tag is granted.
+func (p *Policy) HeldTags(n *wire.Node) (held, ungranted []string) {
+	if !slices.ContainsFunc(n.Tags, func(t string) bool { return !p.GrantsTag(t) }) {
+		return n.Tags, nil
+	}
+	for _, t := range n.Tags {
+		if p.GrantsTag(t) {
+			held = append(held, t)
+		} else {
+			ungranted = append(ungranted, t)
+		}
+	}
+	return held, ungranted
+}
+
 // MayOwnTag reports whether user may create auth keys (and so nodes) that
 // carry tag. The tag must be listed in tagOwners. An admin may use any
 // listed tag; others must be listed as owners, directly or through a

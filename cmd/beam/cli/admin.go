@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"beam.dev/beam/coordclient"
+	"beam.dev/beam/wire"
 )
 
 // adminFlags are the flags every beam admin command shares.
@@ -244,16 +246,24 @@ func newCmdAdminNodes(f *Factory, a *adminFlags) *cobra.Command {
 				return printJSON(f, nodes)
 			}
 			tw := tabwriter.NewWriter(f.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tDNS NAME\tADDRESSES\tONLINE\tLAST SEEN\tKEY EXPIRY\tOS")
+			fmt.Fprintln(tw, "NAME\tDNS NAME\tADDRESSES\tONLINE\tLAST SEEN\tKEY EXPIRY\tOS\tOWNER")
+			var ungranted bool
 			for _, n := range nodes {
 				addrs := make([]string, len(n.Addresses))
 				for i, p := range n.Addresses {
 					addrs[i] = p.Addr().String()
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%s\n", n.Name, n.DNSName, strings.Join(addrs, ","), n.Online,
-					fmtTime(n.LastSeen), fmtTime(n.KeyExpiry), n.OS)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", n.Name, n.DNSName, strings.Join(addrs, ","), n.Online,
+					fmtTime(n.LastSeen), fmtTime(n.KeyExpiry), n.OS, nodeOwner(n))
+				ungranted = ungranted || len(n.UngrantedTags) > 0
 			}
-			return tw.Flush()
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if ungranted {
+				fmt.Fprintln(f.Out, "(no owner): a tag the policy's tagOwners no longer lists; the node does not hold it for the policy")
+			}
+			return nil
 		},
 	}
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
@@ -298,4 +308,23 @@ func fmtTime(t time.Time) string {
 		return "-"
 	}
 	return t.Local().Format(time.DateTime)
+}
+
+// nodeOwner is the OWNER column of beam admin nodes list: the node's tags
+// (those no owner grants marked "(no owner)") or its user, "-" for neither.
+func nodeOwner(n *wire.Node) string {
+	if len(n.Tags) == 0 {
+		if n.User == "" {
+			return "-"
+		}
+		return n.User
+	}
+	tags := make([]string, len(n.Tags))
+	for i, t := range n.Tags {
+		tags[i] = t
+		if slices.Contains(n.UngrantedTags, t) {
+			tags[i] += "(no owner)"
+		}
+	}
+	return strings.Join(tags, ",")
 }

@@ -144,4 +144,38 @@ func TestAdminAccessControlCommands(t *testing.T) {
 	if out := must("audit"); !strings.Contains(out, "policy.set") || strings.Contains(out, secret) || strings.Contains(out, userKey) {
 		t.Fatalf("audit = %q", out)
 	}
+
+	// A node tagged tag:db, then tag:db dropped from tagOwners: the list
+	// shows the node carrying a tag no owner grants, until it is listed
+	// again.
+	dbNode, _ := coordclient.New(coordclient.Options{ServerURL: url, PrivateKey: key.NewNode()})
+	if _, err := dbNode.Register(context.Background(), coordclient.RegisterParams{AuthKey: secret, Hostname: "db"}); err != nil {
+		t.Fatal(err)
+	}
+	dbRow := func() string {
+		t.Helper()
+		for line := range strings.SplitSeq(must("nodes", "list"), "\n") {
+			if strings.HasPrefix(line, "db ") {
+				return line
+			}
+		}
+		t.Fatal("nodes list has no db row")
+		return ""
+	}
+	if row := strings.TrimSpace(dbRow()); !strings.HasSuffix(row, " tag:db") {
+		t.Errorf("db row = %q under a policy listing tag:db, want it to end with its owner tag:db, unmarked", row)
+	}
+	noDB := filepath.Join(dir, "nodb.hujson")
+	os.WriteFile(noDB, []byte(`{"acls": [{"action": "accept", "src": ["alice"], "dst": ["alice:*"]}]}`), 0o600)
+	must("policy", "set", noDB)
+	if row := dbRow(); !strings.Contains(row, "tag:db(no owner)") {
+		t.Errorf("db row = %q after tag:db left tagOwners, want tag:db(no owner)", row)
+	}
+	if out := must("nodes", "list"); !strings.Contains(out, "no longer lists") {
+		t.Errorf("nodes list = %q, want the note explaining (no owner)", out)
+	}
+	must("policy", "set", good)
+	if row := dbRow(); strings.Contains(row, "no owner") {
+		t.Errorf("db row = %q once tag:db is listed again, want no mark", row)
+	}
 }
