@@ -13,6 +13,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -36,7 +37,10 @@ const (
 	// "/upload" answers the SHA-256 and length of the body, "/download"
 	// streams ?size= bytes of testStream, and the gRPC health service
 	// answers SERVING over h2c. Args: NAME ADDR [CERT KEY] (with CERT and
-	// KEY it serves TLS). It prints "listening ADDR".
+	// KEY it serves TLS) or NAME ADDR proxy-v2 (each connection must start
+	// with a PROXY protocol v2 header; "/" then says hello with the
+	// client it names and the request's X-Forwarded-For). It prints
+	// "listening ADDR".
 	helperApp = "edgelab.app"
 
 	// helperDNSApp serves DNS over UDP on ADDR: every question gets a TXT
@@ -161,14 +165,24 @@ func grpcHealth(w http.ResponseWriter, r *http.Request) {
 }
 
 func runApp(ctx context.Context, args []string) error {
-	if len(args) != 2 && len(args) != 4 {
-		return errors.New("want NAME ADDR [CERT KEY]")
+	if len(args) != 2 && len(args) != 4 && (len(args) != 3 || args[2] != "proxy-v2") {
+		return errors.New("want NAME ADDR [CERT KEY | proxy-v2]")
 	}
 	ln, err := net.Listen("tcp", args[1])
 	if err != nil {
 		return err
 	}
 	srv := &http.Server{Handler: appHandler(args[0]), ReadHeaderTimeout: 10 * time.Second}
+	if len(args) == 3 {
+		ln = proxyV2Listener{ln}
+		srv.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, proxyClientKey{}, c.(*proxiedConn).client)
+		}
+		srv.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintf(w, "hello from %s host=%s proto=%s proxy-client=%s xff=%s\n", args[0], r.Host, r.Proto,
+				r.Context().Value(proxyClientKey{}), r.Header.Get("X-Forwarded-For"))
+		})
+	}
 	if len(args) == 4 {
 		cert, err := tls.LoadX509KeyPair(args[2], args[3])
 		if err != nil {
@@ -187,6 +201,46 @@ func runApp(ctx context.Context, args []string) error {
 		return err
 	}
 	return nil
+}
+
+// proxyV2Listener reads a PROXY protocol v2 header (TCP over IPv4 or
+// IPv6) at the start of each connection and drops connections without.
+type proxyV2Listener struct{ net.Listener }
+
+type proxiedConn struct {
+	net.Conn
+	client netip.Addr
+}
+
+type proxyClientKey struct{}
+
+func (l proxyV2Listener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		h := make([]byte, 16)
+		if _, err := io.ReadFull(c, h); err != nil || string(h[:12]) != "\r\n\r\n\x00\r\nQUIT\n" || h[12] != 0x21 {
+			c.Close()
+			continue
+		}
+		a := make([]byte, binary.BigEndian.Uint16(h[14:16]))
+		if _, err := io.ReadFull(c, a); err != nil {
+			c.Close()
+			continue
+		}
+		c.SetReadDeadline(time.Time{})
+		var client netip.Addr
+		switch {
+		case h[13] == 0x11 && len(a) >= 12:
+			client = netip.AddrFrom4([4]byte(a[:4]))
+		case h[13] == 0x21 && len(a) >= 36:
+			client = netip.AddrFrom16([16]byte(a[:16])).Unmap()
+		}
+		return &proxiedConn{Conn: c, client: client}, nil
+	}
 }
 
 func runDNSApp(ctx context.Context, args []string) error {

@@ -36,7 +36,7 @@ import (
 //	sse URL               time the events of a server-sent event stream
 //	upload URL SIZE       stream SIZE bytes of testStream, check the SHA-256
 //	download URL SIZE     stream SIZE bytes back, check the SHA-256
-//	tlsinfo URL           print the server certificate's issuer, names and SHA-256, and the body
+//	tlsinfo URL           print the server certificate's issuer, names and SHA-256, the body and the ALPN protocol
 //	raw ADDR REQUEST      send REQUEST (Go-quoted) on TCP, print the first line back
 //	load URL DUR RATE     GET URL RATE times a second for DUR; one line per request
 //	wshold URL N          open N WebSockets, echo once on each, hold them until stopped
@@ -316,7 +316,7 @@ func (c *client) tlsinfo(ctx context.Context, url string) error {
 		return err
 	}
 	leaf := resp.TLS.PeerCertificates[0]
-	fmt.Fprintf(c.out, "issuer=%q subject=%q dns=%v status=%d body=%q sha256=%x\n", leaf.Issuer.CommonName, leaf.Subject.CommonName, leaf.DNSNames, resp.StatusCode, strings.TrimSpace(string(body)), sha256.Sum256(leaf.Raw))
+	fmt.Fprintf(c.out, "issuer=%q subject=%q dns=%v status=%d body=%q sha256=%x alpn=%s\n", leaf.Issuer.CommonName, leaf.Subject.CommonName, leaf.DNSNames, resp.StatusCode, strings.TrimSpace(string(body)), sha256.Sum256(leaf.Raw), resp.TLS.NegotiatedProtocol)
 	return nil
 }
 

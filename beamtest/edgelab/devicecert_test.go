@@ -13,10 +13,10 @@ import (
 )
 
 // tlsinfoRE parses the public client's tlsinfo line.
-var tlsinfoRE = regexp.MustCompile(`^issuer="([^"]*)" subject="[^"]*" dns=\[([^\]]*)\] status=(\d+) body="(.*)" sha256=([0-9a-f]{64})$`)
+var tlsinfoRE = regexp.MustCompile(`^issuer="([^"]*)" subject="[^"]*" dns=\[([^\]]*)\] status=(\d+) body="(.*)" sha256=([0-9a-f]{64}) alpn=(\S*)$`)
 
 type tlsInfo struct {
-	issuer, dns, status, body, sha string
+	issuer, dns, status, body, sha, alpn string
 }
 
 // tlsinfo fetches url from public client 0, trusting only the ACME CA's
@@ -30,7 +30,7 @@ func (w *world) tlsinfo(ctx context.Context, url string) (tlsInfo, error) {
 	if m == nil {
 		return tlsInfo{}, fmt.Errorf("tlsinfo %s printed %q", url, out)
 	}
-	return tlsInfo{issuer: m[1], dns: m[2], status: m[3], body: m[4], sha: m[5]}, nil
+	return tlsInfo{issuer: m[1], dns: m[2], status: m[3], body: m[4], sha: m[5], alpn: m[6]}, nil
 }
 
 // TestTLSPassthroughDeviceCert: a device started with --acme-ca obtains a
@@ -38,7 +38,10 @@ func (w *world) tlsinfo(ctx context.Context, url string) (tlsInfo, error) {
 // through the coordinator's zone, and terminates TLS itself in front of a
 // plain HTTP app. The public client verifies the chain against the CA's
 // root and sees the device's certificate for exactly the route's name,
-// not the edge's wildcard.
+// not the edge's wildcard, and speaks HTTP/2 with the device (which
+// speaks HTTP/1.1 to the app). A second route with --proxy-protocol v2
+// works too: the device reads the edge's PROXY header before the
+// ClientHello and hands it to the app, which sees the public client.
 func TestTLSPassthroughDeviceCert(t *testing.T) {
 	w := newWorld(t, worldConfig{acme: true, clients: 1})
 	ctx := t.Context()
@@ -95,14 +98,38 @@ func TestTLSPassthroughDeviceCert(t *testing.T) {
 	if !strings.Contains(dev.issuer, "Pebble") {
 		t.Errorf("device certificate issuer = %q, want the ACME CA (Pebble)", dev.issuer)
 	}
-	// The app is plain HTTP: the device terminated TLS and passed the
-	// plaintext on; HTTP/1.1 since the device offers no ALPN.
+	// The app is plain HTTP/1.1: the device terminated TLS, speaking
+	// HTTP/2 with the client, and proxied each request.
 	if want := "hello from alpha host=" + host + " proto=HTTP/1.1 path=/"; dev.status != "200" || dev.body != want {
 		t.Errorf("GET %s = %s %q, want 200 %q", url, dev.status, dev.body, want)
+	}
+	if dev.alpn != "h2" {
+		t.Errorf("GET %s negotiated ALPN %q with the device, want h2", url, dev.alpn)
 	}
 	// The edge still serves its wildcard for its own names.
 	again, err := w.tlsinfo(ctx, "https://alpha."+domain+"/")
 	if err != nil || again.sha != edge.sha {
 		t.Errorf("the edge's certificate for alpha.%s changed: %+v, %v (was %s)", domain, again, err, edge.sha)
+	}
+
+	// --proxy-protocol with a device-terminated route: the app on
+	// tlsAppPort+1 requires a PROXY v2 header on every connection.
+	waitOut(t, alpha.host.StartHelper(ctx, helperApp, "alpha", "127.0.0.1:"+strconv.Itoa(tlsAppPort+1), "proxy-v2"), "listening", 10*time.Second)
+	ppURL, err := alpha.expose(ctx, strconv.Itoa(tlsAppPort+1), "--tls-passthrough", "--proxy-protocol", "v2", "--name", "proxied")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pp tlsInfo
+	err = retry(ctx, 60*time.Second, func() error {
+		var err error
+		pp, err = w.tlsinfo(ctx, ppURL+"/")
+		return err
+	})
+	if err != nil {
+		t.Fatalf("GET %s with --proxy-protocol v2: %v", ppURL, err)
+	}
+	client := w.clients[0].Addr().String()
+	if want := "hello from alpha host=proxied." + domain + " proto=HTTP/1.1 proxy-client=" + client + " xff=" + client; pp.status != "200" || pp.body != want || pp.alpn != "h2" {
+		t.Errorf("GET %s = %s %q alpn %q, want 200 %q alpn h2", ppURL, pp.status, pp.body, pp.alpn, want)
 	}
 }
