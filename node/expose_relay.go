@@ -92,6 +92,7 @@ type relayConn struct {
 
 	mu          sync.Mutex // guards the following fields
 	origin      net.Conn   // the connection to the app, once dialed
+	appGone     bool       // the app closed origin between responses; dial again for the next request
 	outstanding int        // requests sent to the app whose responses are not through yet
 	clientEOF   bool       // the client finished sending; end once outstanding is 0
 	final       []byte     // a response to write once outstanding is 0, before ending
@@ -100,6 +101,7 @@ type relayConn struct {
 // exchange is one request sent to the app, waiting for its response.
 type exchange struct {
 	kind     reqKind
+	replay   bool                // the client may send it again: an idempotent method and no body
 	switched chan bool           // with kind.mayUpgrade: whether the response switched protocols
 	log      *apitype.RequestLog // nil unless someone watches the request log
 }
@@ -170,7 +172,7 @@ func (rc *relayConn) run(ctx context.Context) {
 			rc.refuse(herr)
 			return
 		}
-		ex := &exchange{kind: rh.kind()}
+		ex := &exchange{kind: rh.kind(), replay: rh.framing == bodyNone && idempotent(rh.method)}
 		if ex.kind.mayUpgrade {
 			ex.switched = make(chan bool, 1)
 		}
@@ -184,6 +186,25 @@ func (rc *relayConn) run(ctx context.Context) {
 				Client: string(firstAddr(rh.forwarded)),
 			}
 		}
+		counted := false
+		if rc.cr.w != nil {
+			// Whether the app closed its idle connection is decided
+			// in the same critical section that counts this request:
+			// either the response goroutine saw the close first and
+			// nothing of this request was written (dial again, for
+			// any method), or this request counts as sent and a close
+			// before its response is answered with a clear 502.
+			rc.mu.Lock()
+			gone := rc.appGone
+			if !gone {
+				rc.outstanding++
+				counted = true
+			}
+			rc.mu.Unlock()
+			if gone {
+				rc.dropApp()
+			}
+		}
 		if rc.cr.w == nil {
 			ok, keep := rc.dialApp(ctx, h, &rh, ex)
 			if !ok {
@@ -193,9 +214,11 @@ func (rc *relayConn) run(ctx context.Context) {
 				continue
 			}
 		}
-		rc.mu.Lock()
-		rc.outstanding++
-		rc.mu.Unlock()
+		if !counted {
+			rc.mu.Lock()
+			rc.outstanding++
+			rc.mu.Unlock()
+		}
 		select {
 		case rc.queue <- ex:
 		case <-rc.done:
@@ -250,6 +273,19 @@ func (rc *relayConn) nextHead() ([]byte, error) {
 			return nil, err
 		}
 	}
+}
+
+// dropApp forgets the connection to the app, which the app closed between
+// responses, once the response goroutine has ended.
+func (rc *relayConn) dropApp() {
+	rc.wg.Wait()
+	rc.mu.Lock()
+	rc.origin, rc.appGone = nil, false
+	rc.mu.Unlock()
+	rc.or.r.Reset(nil)
+	relayReaders.Put(rc.or.r)
+	rc.or = splicer{}
+	rc.cr.w = nil
 }
 
 // dialApp connects to the app for the first request and starts the
@@ -432,13 +468,16 @@ func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 // respond is the response goroutine: it reads the app's responses, in the
 // order of the requests in rc.queue, and writes them to the client.
 func (rc *relayConn) respond() {
-	defer rc.end()
+	ended := true
+	defer func() {
+		if ended {
+			rc.end()
+		}
+	}()
 	for {
-		b, _ := rc.or.fill(1)
+		b, err := rc.or.fill(1)
 		if len(b) == 0 {
-			// The app closed (or failed) between responses. The
-			// client sees its connection close the same way; a
-			// request it sent meanwhile is one the client may retry.
+			ended = !rc.appClosed(err)
 			return
 		}
 		var ex *exchange
@@ -482,7 +521,7 @@ func (rc *relayConn) respond() {
 		if ex.switched != nil {
 			ex.switched <- false
 		}
-		err := rc.or.copyBody(rh.framing, rh.length, false)
+		err = rc.or.copyBody(rh.framing, rh.length, false)
 		if ferr := rc.or.flush(); err == nil {
 			err = ferr
 		}
@@ -507,6 +546,56 @@ func (rc *relayConn) respond() {
 	}
 }
 
+// appClosed handles the app's close (or failure) of its connection
+// between responses. With no request sent on it, the app merely closed
+// an idle keep-alive connection: the client's connection stays, and the
+// next request goes on a new connection to the app (appClosed reports
+// true). Otherwise the app closed as a request arrived, and may have
+// read it. An idempotent request without a body gets no answer, so the
+// client may send it again (Go's HTTP client, the edge's, does on a
+// reused connection); any other one, which sending again could repeat
+// (a POST), is answered with a 502 that says so. Either way the
+// connection ends (false).
+func (rc *relayConn) appClosed(err error) (keep bool) {
+	select {
+	case <-rc.done:
+		return false
+	default:
+	}
+	rc.mu.Lock()
+	if rc.outstanding == 0 && !rc.clientEOF && rc.final == nil {
+		rc.appGone = true
+		o := rc.origin
+		rc.mu.Unlock()
+		o.Close()
+		return true
+	}
+	rc.mu.Unlock()
+	var ex *exchange
+	select {
+	case ex = <-rc.queue:
+	case <-rc.done:
+		return false
+	}
+	if ex.replay {
+		// Closing without an answer lets the client (the edge's
+		// HTTP client) send it again on another connection.
+		return false
+	}
+	if rc.or.flush() != nil {
+		return false
+	}
+	reason := "closed its connection"
+	if err != nil && err != io.EOF {
+		reason = "failed its connection (" + err.Error() + ")"
+	}
+	rc.x.logger.Debug("expose relay: app closed with a request outstanding", "port", rc.x.port, "err", err)
+	rc.client.Write(localResponse(http.StatusBadGateway, "text/plain; charset=utf-8",
+		"beam: the device's app "+reason+" as this request arrived, without answering. The request may have reached the app, so it was not sent again.\n", ex.kind.head, true))
+	rc.logDone(ex, http.StatusBadGateway)
+	return false
+}
+
 // badGateway answers a request whose response from the app was malformed
 // (nothing of it was forwarded yet), then the connection ends.
 func (rc *relayConn) badGateway(ex *exchange, err error) {
@@ -517,6 +606,17 @@ func (rc *relayConn) badGateway(ex *exchange, err error) {
 	rc.client.Write(localResponse(http.StatusBadGateway, "text/plain; charset=utf-8",
 		"beam: the device's app sent a malformed response: "+err.Error()+"\n", ex.kind.head, true))
 	rc.logDone(ex, http.StatusBadGateway)
+}
+
+// idempotent reports whether method is one RFC 9110 section 9.2.2 lets a
+// client repeat, minus PUT and DELETE, which Go's HTTP client does not
+// send again on its own either.
+func idempotent(method []byte) bool {
+	switch string(method) {
+	case "GET", "HEAD", "OPTIONS", "TRACE":
+		return true
+	}
+	return false
 }
 
 // appUnreachable is the 502 text when dialing the app fails for a reason

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +27,7 @@ import (
 // relayLab is an exposeProxy in front of an app, both on loopback: the
 // test plays the edge.
 type relayLab struct {
+	proxy   *exposeProxy
 	addr    string // the relay's listener
 	appAddr string
 	accepts atomic.Int64 // connections the app accepted
@@ -77,6 +79,13 @@ func newRelayLab(t *testing.T, app http.Handler) *relayLab {
 	} else {
 		appLn.Close()
 	}
+	lab.startRelay(t)
+	return lab
+}
+
+// startRelay starts the relay to lab.appAddr.
+func (lab *relayLab) startRelay(t *testing.T) {
+	t.Helper()
 	_, port, _ := net.SplitHostPort(lab.appAddr)
 	p16, _ := strconv.Atoi(port)
 	p := newExposeProxy(exposeProxyOptions{
@@ -98,9 +107,9 @@ func newRelayLab(t *testing.T, app http.Handler) *relayLab {
 		t.Fatal(err)
 	}
 	lab.addr = ln.Addr().String()
+	lab.proxy = p
 	p.serve(ln)
 	t.Cleanup(p.close)
-	return lab
 }
 
 // waitLogs waits for n request log lines in all.
@@ -608,4 +617,175 @@ func TestRelayClose(t *testing.T) {
 			t.Errorf("connection %d after close: read %v, want EOF", i, err)
 		}
 	}
+}
+
+// newRawRelayLab starts a relay to an app that serves each connection
+// with serve.
+func newRawRelayLab(t *testing.T, serve func(net.Conn)) *relayLab {
+	t.Helper()
+	lab := &relayLab{logged: make(chan struct{}, 1)}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab.appAddr = ln.Addr().String()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			lab.accepts.Add(1)
+			wg.Go(func() {
+				defer c.Close()
+				serve(c)
+			})
+		}
+	})
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	lab.startRelay(t)
+	return lab
+}
+
+// appGoneSeen reports whether every relayed connection has seen the app
+// close its idle connection.
+func (lab *relayLab) appGoneSeen() bool {
+	p := lab.proxy
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for rc := range p.conns {
+		rc.mu.Lock()
+		gone := rc.appGone
+		rc.mu.Unlock()
+		if !gone {
+			return false
+		}
+	}
+	return len(p.conns) > 0
+}
+
+// answerEcho answers one request on br/c with its method and body, keeping
+// the connection open.
+func answerEcho(c net.Conn, br *bufio.Reader) bool {
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		return false
+	}
+	body, _ := io.ReadAll(req.Body)
+	msg := req.Method + " " + string(body)
+	_, err = fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(msg), msg)
+	return err == nil
+}
+
+// TestRelayAppClosesKeepAlive plays an app that closes its keep-alive
+// connections, at the two moments that matter, many times over.
+func TestRelayAppClosesKeepAlive(t *testing.T) {
+	const rounds = 40
+	post := func(c *http.Client, i int) (int, string, error) {
+		resp, err := c.Post("http://app.example.test/", "text/plain", strings.NewReader("body "+strconv.Itoa(i)))
+		if err != nil {
+			return 0, "", err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), err
+	}
+
+	// The app closes each connection after its first answer. The relay
+	// notices before the next request (the test waits for that), so
+	// nothing of the request was written: it goes to a new connection to
+	// the app, POST included, and the client's connection stays.
+	t.Run("while idle", func(t *testing.T) {
+		checkLeaks(t)
+		closed := make(chan struct{}, 1)
+		lab := newRawRelayLab(t, func(c net.Conn) {
+			answerEcho(c, bufio.NewReader(c))
+			c.Close()
+			closed <- struct{}{}
+		})
+		var dials atomic.Int32
+		c := lab.client(1)
+		tr := c.Transport.(*http.Transport)
+		dial := tr.DialContext
+		tr.DialContext = func(ctx context.Context, n, a string) (net.Conn, error) {
+			dials.Add(1)
+			return dial(ctx, n, a)
+		}
+		defer c.CloseIdleConnections()
+		for i := range rounds {
+			status, body, err := post(c, i)
+			if err != nil || status != 200 || body != "POST body "+strconv.Itoa(i) {
+				t.Fatalf("POST %d: %d %q %v, want 200 %q", i, status, body, err, "POST body "+strconv.Itoa(i))
+			}
+			<-closed
+			deadline := time.Now().Add(10 * time.Second)
+			for !lab.appGoneSeen() {
+				if time.Now().After(deadline) {
+					t.Fatalf("round %d: the relay did not see the app close within 10 s", i)
+				}
+				runtime.Gosched()
+			}
+		}
+		if n := dials.Load(); n != 1 {
+			t.Errorf("client opened %d connections to the relay, want 1", n)
+		}
+		if n := lab.accepts.Load(); n != rounds {
+			t.Errorf("app accepted %d connections, want %d", n, rounds)
+		}
+	})
+
+	// The app answers a connection's first request, then closes it the
+	// moment the next request's first byte arrives. That request reached
+	// the app: a POST gets a 502 saying so (never sent twice); a GET
+	// gets no answer, which Go's HTTP client (as the edge) sends again.
+	t.Run("as the request arrives", func(t *testing.T) {
+		checkLeaks(t)
+		var got atomic.Int32 // requests the app saw, answered or not
+		lab := newRawRelayLab(t, func(c net.Conn) {
+			br := bufio.NewReader(c)
+			if !answerEcho(c, br) {
+				return
+			}
+			got.Add(1)
+			if _, err := br.Peek(1); err == nil {
+				got.Add(1)
+			}
+		})
+		c := lab.client(1)
+		defer c.CloseIdleConnections()
+		for i := range rounds {
+			status, body, err := post(c, i)
+			if err != nil {
+				t.Fatalf("POST %d: %v", i, err)
+			}
+			if i%2 == 0 {
+				if status != 200 || body != "POST body "+strconv.Itoa(i) {
+					t.Fatalf("POST %d on a new connection: %d %q, want 200", i, status, body)
+				}
+				continue
+			}
+			if status != http.StatusBadGateway || !strings.Contains(body, "closed its connection as this request arrived") || !strings.Contains(body, "not sent again") {
+				t.Fatalf("POST %d as the app closed: %d %q, want 502 saying it was not sent again", i, status, body)
+			}
+		}
+		if n := got.Load(); n != rounds {
+			t.Errorf("the app saw %d POSTs, want %d (none sent twice)", n, rounds)
+		}
+		got.Store(0)
+		for i := range rounds {
+			resp, err := c.Get("http://app.example.test/")
+			if err != nil {
+				t.Fatalf("GET %d: %v", i, err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(b) != "GET " {
+				t.Fatalf("GET %d: %d %q, want 200 %q", i, resp.StatusCode, b, "GET ")
+			}
+		}
+	})
 }
