@@ -95,7 +95,7 @@ func NewCmdRoot(f *Factory) *cobra.Command {
 		checkNodeFlags(NewCmdDaemon(f, in, nil)),
 		checkNodeFlags(NewCmdUp(f, in, nil)),
 		NewCmdDown(f, in),
-		NewCmdSet(f, in, nil),
+		checkNodeFlags(NewCmdSet(f, in, nil)),
 		NewCmdLogout(f, in),
 		NewCmdStatus(f, in),
 		NewCmdIP(f, in),
