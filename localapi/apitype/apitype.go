@@ -23,7 +23,7 @@ type State string
 // The daemon's states.
 const (
 	StateNoState    State = "NoState"    // never registered
-	StateNeedsLogin State = "NeedsLogin" // registered before, or key refused: needs `beam up`
+	StateNeedsLogin State = "NeedsLogin" // registered before, or key refused: needs `beam up` (Health says why; a coordinator that no longer knows the node needs `beam up --authkey`)
 	StateStopped    State = "Stopped"    // `beam down`: state kept, not in the mesh
 	StateStarting   State = "Starting"   // registered, waiting for the first netmap
 	StateRunning    State = "Running"    // in the mesh
