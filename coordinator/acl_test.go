@@ -309,6 +309,9 @@ func TestKeyExpiryDefaults(t *testing.T) {
 	if coordinator.DefaultNodeKeyExpiry != 180*24*time.Hour {
 		t.Errorf("DefaultNodeKeyExpiry = %v", coordinator.DefaultNodeKeyExpiry)
 	}
+	if n := newNode(t, c.URL).register(t, key(coordclient.AuthKeyRequest{}), "plain").Node; !approx(n.KeyExpiry, coordinator.DefaultNodeKeyExpiry) {
+		t.Errorf("node of a key with neither user nor tag expires %v, want about 180 days from now", n.KeyExpiry)
+	}
 	if n := newNode(t, c.URL).register(t, key(coordclient.AuthKeyRequest{Tags: []string{"tag:server"}}), "tagged").Node; !n.KeyExpiry.IsZero() {
 		t.Errorf("tagged node expiry = %v, want none", n.KeyExpiry)
 	}
@@ -323,7 +326,7 @@ func TestKeyExpiryDefaults(t *testing.T) {
 	for _, k := range keys {
 		shown = append(shown, k.KeyExpiry)
 	}
-	if !slices.Equal(shown, []string{"", "", "1h0m0s", "never"}) {
+	if !slices.Equal(shown, []string{"", "", "", "1h0m0s", "never"}) {
 		t.Errorf("key expiries listed = %q", shown)
 	}
 
@@ -360,6 +363,51 @@ func TestKeyExpiryDefaults(t *testing.T) {
 	}
 	w := watch(t, sn)
 	w.waitFor("revived node's map", wait, func(nm *wire.NetMap) bool { return nm.Self != nil && peerNamed(nm, "user") != nil })
+}
+
+// TestNodeKeyExpiryOption: Options.NodeKeyExpiry sets the default of
+// nodes with neither user nor tag, dev mode ones included; negative means
+// never.
+func TestNodeKeyExpiryOption(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opt  time.Duration
+		want time.Duration // 0: never
+	}{
+		{"2h", 2 * time.Hour, 2 * time.Hour},
+		{"never", -1, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := startCoord(t, func(o *coordinator.Options) { o.NodeKeyExpiry = tc.opt; o.DevMode = true })
+			nodes := map[string]*node{}
+			for name, ak := range map[string]string{"plain": c.authKey(t, coordinator.AuthKeyOptions{}), "dev": ""} {
+				nodes[name] = newNode(t, c.URL)
+				n := nodes[name].register(t, ak, name).Node
+				if tc.want == 0 {
+					if !n.KeyExpiry.IsZero() {
+						t.Errorf("%s node expires %v, want never", name, n.KeyExpiry)
+					}
+					continue
+				}
+				if d := time.Until(n.KeyExpiry); d <= tc.want-time.Minute || d > tc.want {
+					t.Errorf("%s node expires in %v, want %v", name, d, tc.want)
+				}
+			}
+			if tc.want == 0 {
+				return
+			}
+			// Once expired, a dev mode node on loopback renews without
+			// a key, as it joined.
+			admin := coordclient.NewAdmin(c.URL, testToken, nil)
+			if err := admin.ExpireNode(context.Background(), "dev"); err != nil {
+				t.Fatal(err)
+			}
+			n := nodes["dev"].register(t, "", "dev").Node
+			if d := time.Until(n.KeyExpiry); d <= tc.want-time.Minute || d > tc.want {
+				t.Errorf("renewed dev node expires in %v, want %v", d, tc.want)
+			}
+		})
+	}
 }
 
 // authKeyPrefixes lists the prefixes of the coordinator's auth keys,

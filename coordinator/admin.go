@@ -47,8 +47,8 @@ type AuthKeyOptions struct {
 	// serve routes, get every route, and are invisible to other nodes.
 	Edge bool
 	// NodeKeyExpiry is how long the keys of nodes registered with the key
-	// stay valid: zero means the default (DefaultNodeKeyExpiry for nodes
-	// of a user, none for tagged nodes), negative means never.
+	// stay valid: zero means the default (Options.NodeKeyExpiry for
+	// untagged nodes, none for tagged and edge nodes), negative means never.
 	NodeKeyExpiry time.Duration
 }
 

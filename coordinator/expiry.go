@@ -13,22 +13,26 @@ import (
 //
 //	PUT /api/v1/nodes/{name}/expiry   SetExpiryRequest -> 200 wire.Node
 
-// DefaultNodeKeyExpiry is how long the key of a node owned by a user stays
-// valid when its auth key does not say otherwise. Tagged nodes and nodes
-// without a user (servers, dev mode) do not expire by default.
+// DefaultNodeKeyExpiry is how long the key of an untagged node stays valid
+// when its auth key does not say otherwise and Options.NodeKeyExpiry is
+// zero: nodes of a user, and nodes with neither user nor tag (plain auth
+// keys, dev mode). Tagged nodes (servers) and edge nodes do not expire by
+// default.
 const DefaultNodeKeyExpiry = 180 * 24 * time.Hour
 
 // keyExpiryFor returns the key expiry of node n (its User and Tags) when
-// it registers at now with ak (nil for none); zero means never.
-func keyExpiryFor(ak *AuthKey, n *wire.Node, now time.Time) time.Time {
+// it registers at now with ak (nil for none); zero means never. def is the
+// default of untagged nodes (Options.NodeKeyExpiry, resolved: negative
+// means never).
+func keyExpiryFor(ak *AuthKey, n *wire.Node, now time.Time, def time.Duration) time.Time {
 	var d time.Duration
 	switch {
 	case ak != nil && ak.NodeKeyExpiry < 0:
 		return time.Time{}
 	case ak != nil && ak.NodeKeyExpiry > 0:
 		d = ak.NodeKeyExpiry
-	case n.User != "" && len(n.Tags) == 0:
-		d = DefaultNodeKeyExpiry
+	case len(n.Tags) == 0 && !n.Edge && def > 0:
+		d = def
 	default:
 		return time.Time{}
 	}

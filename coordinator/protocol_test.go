@@ -134,7 +134,7 @@ func TestGetKey(t *testing.T) {
 func TestAdminRequiresToken(t *testing.T) {
 	c := startCoord(t, nil)
 	c.authKey(t, coordinator.AuthKeyOptions{})
-	newNode(t, c.URL).register(t, c.authKey(t, coordinator.AuthKeyOptions{}), "secretive")
+	registered := newNode(t, c.URL).register(t, c.authKey(t, coordinator.AuthKeyOptions{}), "secretive").Node
 	routes := []struct{ method, path, body string }{
 		{"POST", "/api/v1/authkeys", `{"reusable":true}`},
 		{"GET", "/api/v1/authkeys", ""},
@@ -168,7 +168,7 @@ func TestAdminRequiresToken(t *testing.T) {
 	}
 	// Nothing changed.
 	nodes, _ := c.Server.Nodes(context.Background())
-	if len(nodes) != 1 || !nodes[0].KeyExpiry.IsZero() {
+	if len(nodes) != 1 || !nodes[0].KeyExpiry.Equal(registered.KeyExpiry) {
 		t.Fatalf("nodes = %+v", nodes)
 	}
 }

@@ -197,22 +197,30 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 			}
 			return &wire.RegisterResponse{Node: n, NameChanged: nameTaken}, nil
 		}
-		if req.AuthKey == "" {
+		// In dev mode a node on loopback renews without a key, as it
+		// joined; anywhere else renewing takes an auth key.
+		var ak *AuthKey
+		switch {
+		case req.AuthKey != "":
+			var aerr *apiError
+			if ak, aerr = s.lookupAuthKey(ctx, req.AuthKey); aerr != nil {
+				return nil, aerr
+			}
+			if ak.NetworkID != existing.NetworkID {
+				return nil, errorf(http.StatusUnauthorized, CodeAuthKeyInvalid, "auth key belongs to another network")
+			}
+			if err := s.store.ConsumeAuthKey(ctx, ak.ID, now); err != nil {
+				return nil, s.consumeError(err, ak)
+			}
+		case s.devMode && loopback:
+		default:
 			return nil, errorf(http.StatusForbidden, CodeNodeExpired, "node key expired; register again with an auth key")
 		}
-		ak, aerr := s.lookupAuthKey(ctx, req.AuthKey)
-		if aerr != nil {
-			return nil, aerr
-		}
-		if ak.NetworkID != existing.NetworkID {
-			return nil, errorf(http.StatusUnauthorized, CodeAuthKeyInvalid, "auth key belongs to another network")
-		}
-		if err := s.store.ConsumeAuthKey(ctx, ak.ID, now); err != nil {
-			return nil, s.consumeError(err, ak)
-		}
 		n, aerr := s.updateSelf(ctx, req.NodeKey, func(n *NodeRecord) {
-			n.Node.KeyExpiry = keyExpiryFor(ak, &n.Node, now)
-			n.AuthKeyID = ak.ID
+			n.Node.KeyExpiry = keyExpiryFor(ak, &n.Node, now, s.nodeKeyExpiry)
+			if ak != nil {
+				n.AuthKeyID = ak.ID
+			}
 			if !req.DiscoKey.IsZero() {
 				n.Node.DiscoKey = req.DiscoKey
 			}
@@ -226,8 +234,12 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 			s.notifyLocked(e.rec.NetworkID, req.NodeKey)
 		}
 		s.mu.Unlock()
-		s.logger.Info("node re-authenticated", "node", req.NodeKey.ShortString(), "name", n.Name, "auth_key", ak.Prefix)
-		s.audit(ctx, actorNode(n.Name), "node.reauth", n.Name, "auth_key="+ak.Prefix)
+		via := "dev mode"
+		if ak != nil {
+			via = "auth_key=" + ak.Prefix
+		}
+		s.logger.Info("node re-authenticated", "node", req.NodeKey.ShortString(), "name", n.Name, "via", via)
+		s.audit(ctx, actorNode(n.Name), "node.reauth", n.Name, via)
 		return &wire.RegisterResponse{Node: n}, nil
 	}
 
@@ -282,7 +294,7 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 		rec.Node.Ephemeral = ak.Ephemeral
 		rec.Node.Edge = ak.Edge
 	}
-	rec.Node.KeyExpiry = keyExpiryFor(ak, &rec.Node, now)
+	rec.Node.KeyExpiry = keyExpiryFor(ak, &rec.Node, now, s.nodeKeyExpiry)
 	if err := s.store.InsertNode(ctx, rec, now); err != nil {
 		if ak != nil && errors.Is(err, ErrAuthKeySpent) {
 			return nil, s.consumeError(err, ak)

@@ -74,6 +74,12 @@ type Options struct {
 	// KeepAliveInterval is how often an idle map stream gets a keepalive;
 	// zero means 30 seconds.
 	KeepAliveInterval time.Duration
+	// NodeKeyExpiry is how long the key of an untagged node stays valid
+	// when its auth key does not set it: a user's nodes, and nodes with
+	// neither user nor tag (plain auth keys, dev mode). Zero means
+	// DefaultNodeKeyExpiry; negative means never. Tagged and edge nodes
+	// do not expire unless their auth key says so.
+	NodeKeyExpiry time.Duration
 	// EphemeralTimeout is how long an ephemeral node may stay offline
 	// before it is deleted; zero means one minute.
 	EphemeralTimeout time.Duration
@@ -129,13 +135,15 @@ type Server struct {
 	devMode    bool
 	keepAlive  time.Duration
 	ephemeral  time.Duration
-	now        func() time.Time
-	policy     PolicyFunc
-	adminHash  []byte // SHA-256 of the admin token; nil means admin API disabled
-	relayHash  []byte // SHA-256 of the relay token; nil means none
-	mux        *http.ServeMux
-	replay     replayCache
-	derpMap    atomic.Pointer[wire.DERPMap]
+	// nodeKeyExpiry is Options.NodeKeyExpiry resolved: > 0, or < 0 for never.
+	nodeKeyExpiry time.Duration
+	now           func() time.Time
+	policy        PolicyFunc
+	adminHash     []byte // SHA-256 of the admin token; nil means admin API disabled
+	relayHash     []byte // SHA-256 of the relay token; nil means none
+	mux           *http.ServeMux
+	replay        replayCache
+	derpMap       atomic.Pointer[wire.DERPMap]
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -178,21 +186,22 @@ func New(opts Options) (*Server, error) {
 		return nil, errors.New("coordinator: Options.PrivateKey is required")
 	}
 	s := &Server{
-		store:      opts.Store,
-		priv:       opts.PrivateKey,
-		pubText:    opts.PrivateKey.Public().String(),
-		logger:     opts.Logger,
-		baseDomain: opts.BaseDomain,
-		devMode:    opts.DevMode,
-		keepAlive:  opts.KeepAliveInterval,
-		ephemeral:  opts.EphemeralTimeout,
-		now:        opts.Now,
-		policy:     opts.Policy,
-		networks:   make(map[int64]*Network),
-		netNames:   make(map[string]*Network),
-		nodes:      make(map[key.NodePublic]*nodeEntry),
-		usedIPv4:   make(map[netip.Addr]bool),
-		sessions:   make(map[key.NodePublic]*session),
+		store:         opts.Store,
+		priv:          opts.PrivateKey,
+		pubText:       opts.PrivateKey.Public().String(),
+		logger:        opts.Logger,
+		baseDomain:    opts.BaseDomain,
+		devMode:       opts.DevMode,
+		keepAlive:     opts.KeepAliveInterval,
+		ephemeral:     opts.EphemeralTimeout,
+		nodeKeyExpiry: opts.NodeKeyExpiry,
+		now:           opts.Now,
+		policy:        opts.Policy,
+		networks:      make(map[int64]*Network),
+		netNames:      make(map[string]*Network),
+		nodes:         make(map[key.NodePublic]*nodeEntry),
+		usedIPv4:      make(map[netip.Addr]bool),
+		sessions:      make(map[key.NodePublic]*session),
 	}
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
@@ -206,6 +215,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if s.ephemeral <= 0 {
 		s.ephemeral = time.Minute
+	}
+	if s.nodeKeyExpiry == 0 {
+		s.nodeKeyExpiry = DefaultNodeKeyExpiry
 	}
 	if s.now == nil {
 		s.now = time.Now

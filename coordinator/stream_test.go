@@ -109,9 +109,10 @@ func TestExpireNode(t *testing.T) {
 	if _, err := b.Register(context.Background(), coordclient.RegisterParams{Hostname: "beta"}); !errors.Is(err, coordclient.ErrNodeExpired) {
 		t.Fatalf("rejoin without key = %v, want ErrNodeExpired", err)
 	}
-	// Re-authenticating with a key brings it back under the same name.
+	// Re-authenticating with a key brings it back under the same name,
+	// with the default expiry of a node without user or tag from now.
 	resp := b.register(t, ak, "beta")
-	if resp.Node.Name != "beta" || !resp.Node.KeyExpiry.IsZero() {
+	if d := time.Until(resp.Node.KeyExpiry); resp.Node.Name != "beta" || d <= coordinator.DefaultNodeKeyExpiry-time.Minute || d > coordinator.DefaultNodeKeyExpiry {
 		t.Fatalf("re-auth = %+v", resp.Node)
 	}
 	wa.waitFor("beta back", wait, func(nm *wire.NetMap) bool { return peerNamed(nm, "beta") != nil })

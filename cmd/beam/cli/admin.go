@@ -171,7 +171,7 @@ func newCmdAdminAuthKey(f *Factory, a *adminFlags) *cobra.Command {
 	create.Flags().StringSliceVar(&req.Tags, "tags", nil, "tags given to nodes (comma-separated)")
 	create.Flags().StringVar(&req.User, "user", "", "user that owns the nodes")
 	create.Flags().StringArrayVar(&tags, "tag", nil, "tag given to nodes, like tag:server (repeatable; the policy's tagOwners must list it)")
-	create.Flags().StringVar(&keyExpiry, "key-expiry", "", "node key expiry of its nodes (e.g. 720h, 30d; 0 or never for none; default 180d for user nodes, none for tagged)")
+	create.Flags().StringVar(&keyExpiry, "key-expiry", "", "node key expiry of its nodes (e.g. 720h, 30d; 0 or never for none; default: the coordinator's --node-key-expiry (180d) for untagged nodes, none for tagged)")
 	create.Flags().StringVar(&req.Network, "network", "", "network to join (default \"default\")")
 	create.Flags().BoolVar(&req.Edge, "edge", false, "the key registers public edge nodes")
 

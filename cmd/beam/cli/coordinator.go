@@ -42,6 +42,9 @@ type CoordinatorOptions struct {
 	BaseDomain string
 	// Dev lets loopback nodes register without an auth key.
 	Dev bool
+	// NodeKeyExpiry is the default key expiry of untagged nodes ("180d",
+	// "720h", "never"); empty means coordinator.DefaultNodeKeyExpiry.
+	NodeKeyExpiry string
 	// LogLevel is debug, info, warn or error.
 	LogLevel string
 	// MaxConns caps the coordinator's connections; 0 derives it from the
@@ -95,6 +98,7 @@ From elsewhere:
 	fl.StringVar(&opts.DERPMapFile, "derp-map", "", "JSON file with the full relay map (instead of --derp)")
 	fl.StringVar(&opts.BaseDomain, "base-domain", coordinator.DefaultBaseDomain, "base DNS domain; networks get NETWORK.BASE")
 	fl.BoolVar(&opts.Dev, "dev", false, "dev mode: nodes on loopback may register without an auth key")
+	fl.StringVar(&opts.NodeKeyExpiry, "node-key-expiry", "180d", nodeKeyExpiryUsage)
 	fl.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none)")
 	bindCoordinatorEdgeFlags(cmd, &opts.Edge)
@@ -147,15 +151,20 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 		return err
 	}
 	defer st.Close()
+	nodeExpiry, err := parseNodeKeyExpiry(opts.NodeKeyExpiry)
+	if err != nil {
+		return err
+	}
 	copts := coordinator.Options{
-		Store:      st,
-		PrivateKey: priv,
-		Logger:     logger,
-		AdminToken: token,
-		RelayToken: relayToken,
-		BaseDomain: opts.BaseDomain,
-		DERPMap:    derpMap,
-		DevMode:    opts.Dev,
+		Store:         st,
+		PrivateKey:    priv,
+		Logger:        logger,
+		AdminToken:    token,
+		RelayToken:    relayToken,
+		BaseDomain:    opts.BaseDomain,
+		DERPMap:       derpMap,
+		DevMode:       opts.Dev,
+		NodeKeyExpiry: nodeExpiry,
 	}
 	if err := opts.Edge.apply(&copts); err != nil {
 		return err
@@ -333,4 +342,23 @@ func printCoordinatorNext(f *Factory, o *CoordinatorOptions, url string, relays 
 	if !relays {
 		fmt.Fprintf(w, "  no relay or STUN server (--derp): devices connect only directly; beam server runs one with the coordinator\n")
 	}
+}
+
+// nodeKeyExpiryUsage is the help of --node-key-expiry.
+const nodeKeyExpiryUsage = "default key expiry of untagged nodes (a user's, and those with neither user nor tag: plain auth keys, dev mode) whose auth key sets none: e.g. 180d, 720h, or never; tagged nodes do not expire by default"
+
+// parseNodeKeyExpiry parses --node-key-expiry: a duration like 720h or
+// 30d, or "never" (or "0"), returned as a negative duration.
+func parseNodeKeyExpiry(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	if s == "never" || s == "0" {
+		return -1, nil
+	}
+	d, err := parseExpiryArg(s)
+	if err != nil {
+		return 0, fmt.Errorf("--node-key-expiry: %w", err)
+	}
+	return d, nil
 }

@@ -52,6 +52,8 @@ type ServerOptions struct {
 	ACMEEmail    string
 	Dev          bool
 	LogLevel     string
+	// NodeKeyExpiry is as CoordinatorOptions.NodeKeyExpiry.
+	NodeKeyExpiry string
 	// MaxConns caps the connections of the coordinator and relay
 	// listener, EdgeMaxConns those of the edge's listeners; 0 derives
 	// them from the open files limit, negative means none.
@@ -114,6 +116,7 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 	fl.StringVar(&o.ACMECARoot, "acme-ca-root", "", "PEM root of the ACME server's HTTPS certificate")
 	fl.StringVar(&o.ACMEEmail, "acme-email", "", "ACME account contact")
 	fl.BoolVar(&o.Dev, "dev", false, "local development: loopback listeners, *.localhost URLs, join without an auth key from this machine")
+	fl.StringVar(&o.NodeKeyExpiry, "node-key-expiry", "180d", nodeKeyExpiryUsage)
 	fl.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fl.IntVar(&o.MaxConns, "max-conns", 0, "cap on connections to --addr, the coordinator and relay (0: 1/4 of the open files limit; -1: none)")
 	fl.DurationVar(&o.BodyTimeout, "body-timeout", edge.DefaultBodyTimeout, "longest wait for a byte of a request body at the edge, and grace before it must arrive at 1 KiB/s or more")
@@ -282,14 +285,19 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 			l.Close()
 		}
 	}
+	nodeExpiry, err := parseNodeKeyExpiry(o.NodeKeyExpiry)
+	if err != nil {
+		return err
+	}
 	copts := coordinator.Options{
-		Store:      st,
-		PrivateKey: priv,
-		Logger:     logger, // the coordinator names itself
-		AdminToken: token,
-		RelayToken: relayToken,
-		DERPMap:    derpMap,
-		DevMode:    o.Dev,
+		Store:         st,
+		PrivateKey:    priv,
+		Logger:        logger, // the coordinator names itself
+		AdminToken:    token,
+		RelayToken:    relayToken,
+		DERPMap:       derpMap,
+		DevMode:       o.Dev,
+		NodeKeyExpiry: nodeExpiry,
 	}
 	if err := serverEdgeOptions(&copts, o, zone); err != nil {
 		return err
