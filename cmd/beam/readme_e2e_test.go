@@ -294,11 +294,21 @@ func stopREADMEProcesses(t *testing.T, dir, jobsFile string, cmd *exec.Cmd) {
 	for _, pid := range pids {
 		syscall.Kill(pid, syscall.SIGTERM)
 	}
-	deadline := time.Now().Add(15 * time.Second)
+	// They are not this process's children: poll until they are gone.
+	deadline := time.After(15 * time.Second)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+wait:
 	for _, pid := range pids {
-		for syscall.Kill(pid, 0) == nil && time.Now().Before(deadline) {
-			time.Sleep(50 * time.Millisecond)
+		for syscall.Kill(pid, 0) == nil {
+			select {
+			case <-tick.C:
+			case <-deadline:
+				break wait
+			}
 		}
+	}
+	for _, pid := range pids {
 		if err := syscall.Kill(pid, syscall.SIGKILL); err == nil {
 			t.Logf("pid %d did not stop on SIGTERM; killed", pid)
 		}
