@@ -207,7 +207,11 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request, st *reqState, h
 		}
 		st.target, st.retry = t, false
 		t.active.Add(1)
-		e.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), stateKey, st)))
+		if rr := r.WithContext(context.WithValue(r.Context(), stateKey, st)); isWebSocketH2(r) {
+			e.proxyWebSocketH2(w, rr)
+		} else {
+			e.proxy.ServeHTTP(w, rr)
+		}
 		t.active.Add(-1)
 		if !st.retry {
 			return
