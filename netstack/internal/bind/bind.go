@@ -170,6 +170,10 @@ type Bind struct {
 	disco discoState
 	// lastSend is when Send last sent to a peer (unix nanos).
 	lastSend atomic.Int64
+	// oversized counts datagrams dropped because, split from a UDP_GRO
+	// message, they were larger than wireguard-go's receive buffer;
+	// oversizedLog is when that was last logged (unix nanos).
+	oversized, oversizedLog atomic.Int64
 	// testFilter, set only by tests, drops UDP datagrams to or from
 	// addresses it refuses.
 	testFilter atomic.Pointer[func(remote netip.AddrPort) bool]
@@ -611,6 +615,10 @@ type receiver interface {
 	// size and addr describe datagram i of the last read.
 	size(i int) int
 	addr(i int) netip.AddrPort
+	// oversized reports how many datagrams of the last read were
+	// dropped because, split from a UDP_GRO message, they did not fit
+	// their buffer, and the size of the last of them.
+	oversized() (count, size int)
 }
 
 // makeReceive returns the ReceiveFunc for s. wireguard-go calls each
@@ -627,6 +635,9 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 		got, err := r.read(bufs)
 		if err != nil {
 			return 0, err
+		}
+		if c, size := r.oversized(); c > 0 {
+			b.noteOversized(c, size, len(bufs[0]))
 		}
 		now := time.Now().UnixNano()
 		tbl := *b.addrs.Load()
@@ -676,6 +687,28 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 		return got, nil
 	}
 }
+
+// oversizedLogEvery is how often at most the bind logs datagrams dropped
+// as larger than the receive buffer.
+const oversizedLogEvery = time.Minute
+
+// noteOversized counts count datagrams dropped as larger (the last size
+// bytes) than the receive buffer (buf bytes) and logs it: the first time
+// at once, then at most once per oversizedLogEvery.
+func (b *Bind) noteOversized(count, size, buf int) {
+	total := b.oversized.Add(int64(count))
+	now := time.Now().UnixNano()
+	last := b.oversizedLog.Load()
+	if last != 0 && now-last < int64(oversizedLogEvery) || !b.oversizedLog.CompareAndSwap(last, now) {
+		return
+	}
+	b.log.Warn("dropped UDP datagrams larger than the receive buffer after GRO splitting", "dropped_total", total, "size", size, "buffer", buf)
+}
+
+// OversizedDrops returns how many received UDP datagrams were dropped
+// because, split from a UDP_GRO message, they were larger than the
+// receive buffer.
+func (b *Bind) OversizedDrops() int64 { return b.oversized.Load() }
 
 // endpointFor ties a received datagram to an endpoint, or returns nil to
 // drop it.

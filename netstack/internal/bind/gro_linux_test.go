@@ -1,11 +1,15 @@
 package bind
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -316,6 +320,78 @@ func TestReceiveGROClassifiesEachDatagram(t *testing.T) {
 				t.Fatalf("pong %+v, want TxID %x and Src %v", pong, txID, peerAP)
 			}
 			break
+		}
+	}
+}
+
+// countHandler counts the log records whose message contains want.
+type countHandler struct {
+	want string
+	n    atomic.Int64
+	last atomic.Pointer[slog.Record]
+}
+
+func (h *countHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countHandler) Handle(_ context.Context, r slog.Record) error {
+	if strings.Contains(r.Message, h.want) {
+		h.n.Add(1)
+		h.last.Store(&r)
+	}
+	return nil
+}
+func (h *countHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countHandler) WithGroup(string) slog.Handler      { return h }
+
+// TestReceiveGROOversizedCounted sends three datagrams larger than the
+// receive buffers as one coalesced message: each is dropped, all three are
+// counted, and the drop is logged once, not per datagram or per read.
+func TestReceiveGROOversizedCounted(t *testing.T) {
+	h := &countHandler{want: "larger than the receive buffer"}
+	a, err := New(Options{PrivateKey: key.NewNode(), Logger: slog.New(h)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fns, port, err := a.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if !a.v4.gro {
+		t.Fatal("kernel refused UDP_GRO on the bind's IPv4 socket")
+	}
+	a.v4.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	pc := listenLoopback(t)
+	const segSize, bufSize = 1200, 1000
+	sendGSO(t, pc, netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), port),
+		transport(7, segSize), transport(7, segSize), transport(7, segSize))
+
+	bufs := [][]byte{make([]byte, bufSize), make([]byte, bufSize)}
+	sizes := make([]int, 2)
+	eps := make([]conn.Endpoint, 2)
+	seen := 0
+	for seen < 3 {
+		n, err := fns[0](bufs, sizes, eps)
+		if err != nil {
+			t.Fatalf("receive: %v", err)
+		}
+		for i := range n {
+			if sizes[i] != 0 {
+				t.Errorf("datagram %d handed out with %d bytes, want dropped", seen+i, sizes[i])
+			}
+		}
+		seen += n
+	}
+	if got := a.OversizedDrops(); got != 3 {
+		t.Errorf("OversizedDrops = %d, want 3", got)
+	}
+	if got := h.n.Load(); got != 1 {
+		t.Errorf("logged %d times, want once", got)
+	}
+	if r := h.last.Load(); r != nil {
+		attrs := map[string]string{}
+		r.Attrs(func(a slog.Attr) bool { attrs[a.Key] = a.Value.String(); return true })
+		if attrs["size"] != "1200" || attrs["buffer"] != "1000" {
+			t.Errorf("log attributes %v, want size 1200 and buffer 1000", attrs)
 		}
 	}
 }

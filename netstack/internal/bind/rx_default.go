@@ -34,6 +34,10 @@ func (r *xnetReceiver) read(bufs [][]byte) (int, error) {
 
 func (r *xnetReceiver) size(i int) int { return r.msgs[i].N }
 
+// oversized reports nothing: without UDP_GRO the kernel never hands out
+// more than one datagram per buffer.
+func (r *xnetReceiver) oversized() (int, int) { return 0, 0 }
+
 func (r *xnetReceiver) addr(i int) netip.AddrPort {
 	ua, ok := r.msgs[i].Addr.(*net.UDPAddr)
 	if !ok {

@@ -47,6 +47,9 @@ type batchReceiver struct {
 	gro   bool
 	oob   []byte // groControlSize bytes per message
 	split groSplitter
+	// tooBig counts the datagrams of the last read that did not fit the
+	// caller's buffer after splitting, tooBigLen the size of the last.
+	tooBig, tooBigLen int
 
 	// state of the call in progress, for readF
 	count int
@@ -156,11 +159,16 @@ func (r *batchReceiver) read(bufs [][]byte) (int, error) {
 		return 0, net.ErrClosed
 	}
 	n := 0
+	r.tooBig = 0
 	for ; n < len(bufs) && n < len(r.sizes) && r.split.pending(); n++ {
 		pkt, src := r.split.next()
 		r.addrs[n] = src
 		if len(pkt) > len(bufs[n]) {
-			r.sizes[n] = 0 // does not fit: dropped, as a truncated read would be
+			// Does not fit: dropped, as a truncated read would be, and
+			// reported through oversized.
+			r.sizes[n] = 0
+			r.tooBig++
+			r.tooBigLen = len(pkt)
 			continue
 		}
 		r.sizes[n] = copy(bufs[n], pkt)
@@ -184,4 +192,5 @@ func sockaddrToAddrPort(sa *unix.RawSockaddrInet6) netip.AddrPort {
 func newReceiver(s *udpSocket, size int) (receiver, error) { return newBatchReceiver(s, size) }
 
 func (r *batchReceiver) size(i int) int            { return r.sizes[i] }
+func (r *batchReceiver) oversized() (int, int)     { return r.tooBig, r.tooBigLen }
 func (r *batchReceiver) addr(i int) netip.AddrPort { return r.addrs[i] }
