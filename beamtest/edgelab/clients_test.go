@@ -25,6 +25,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"beam.dev/beam/beamtest/nslab"
+	_ "beam.dev/beam/internal/h2xconnect" // wsh2's extended CONNECT
 )
 
 // helperClient is the public client written in Go. It resolves every name
@@ -36,6 +37,7 @@ import (
 //	sse URL               time the events of a server-sent event stream
 //	upload URL SIZE       stream SIZE bytes of testStream, check the SHA-256
 //	download URL SIZE     stream SIZE bytes back, check the SHA-256
+//	wsh2 URL N            open a WebSocket over HTTP/2 (RFC 8441 extended CONNECT) to https URL, echo N messages
 //	tlsinfo URL           print the server certificate's issuer, names and SHA-256, the body and the ALPN protocol
 //	raw ADDR REQUEST      send REQUEST (Go-quoted) on TCP, print the first line back
 //	load URL DUR RATE     GET URL RATE times a second for DUR; one line per request
@@ -131,6 +133,12 @@ func runClient(ctx context.Context, args []string) error {
 			return err
 		}
 		return c.load(ctx, a[1], d, int(n))
+	case "wsh2":
+		n, err := num(2)
+		if err != nil {
+			return err
+		}
+		return c.wsh2(ctx, a[1], int(n))
 	case "wshold":
 		n, err := num(2)
 		if err != nil {
@@ -424,5 +432,73 @@ func (c *client) wshold(ctx context.Context, url string, n int) error {
 			conn.CloseNow()
 		}
 	}
+	return nil
+}
+
+// wsh2 opens a WebSocket over HTTP/2 with an extended CONNECT and checks
+// N echoed text messages, with frames built by hand (no WebSocket
+// library here speaks RFC 8441).
+func (c *client) wsh2(ctx context.Context, url string, n int) error {
+	tr := &http2.Transport{
+		TLSClientConfig: c.tlsConfig(),
+		DialTLSContext: func(ctx context.Context, network, addr string, cfg *tls.Config) (net.Conn, error) {
+			raw, err := c.dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			tc := tls.Client(raw, cfg)
+			if err := tc.HandshakeContext(ctx); err != nil {
+				raw.Close()
+				return nil, err
+			}
+			return tc, nil
+		},
+	}
+	defer tr.CloseIdleConnections()
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, err := http.NewRequestWithContext(ctx, http.MethodConnect, url, pr)
+	if err != nil {
+		return err
+	}
+	req.Header.Set(":protocol", "websocket")
+	req.Header.Set("Sec-WebSocket-Version", "13")
+	start := time.Now()
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		return fmt.Errorf("extended CONNECT %s: %w", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("extended CONNECT %s: %s %d", url, resp.Proto, resp.StatusCode)
+	}
+	br := bufio.NewReader(resp.Body)
+	mask := [4]byte{0x5a, 0x17, 0xc3, 0x08}
+	for i := range n {
+		msg := fmt.Sprintf("message %d of %d", i, n)
+		f := []byte{0x81, 0x80 | byte(len(msg))}
+		f = append(f, mask[:]...)
+		for j := range len(msg) {
+			f = append(f, msg[j]^mask[j%4])
+		}
+		if _, err := pw.Write(f); err != nil {
+			return err
+		}
+		var h [2]byte
+		if _, err := io.ReadFull(br, h[:]); err != nil {
+			return fmt.Errorf("read frame %d: %w", i, err)
+		}
+		if h[0] != 0x81 || h[1] >= 126 {
+			return fmt.Errorf("frame %d: header % x, want an unmasked short text frame", i, h)
+		}
+		got := make([]byte, h[1])
+		if _, err := io.ReadFull(br, got); err != nil {
+			return err
+		}
+		if string(got) != msg {
+			return fmt.Errorf("echo %q, want %q", got, msg)
+		}
+	}
+	fmt.Fprintf(c.out, "wsh2 echoed %d messages proto=%s status=%d mean_rtt=%v\n", n, resp.Proto, resp.StatusCode, time.Since(start)/time.Duration(max(n, 1)))
 	return nil
 }

@@ -112,6 +112,11 @@ func testHTTPS(t *testing.T, w *world, alpha *device) {
 		t.Fatalf("websocket: %q, %v", out, err)
 	}
 	t.Log(out)
+	out, err = w.client(ctx, 0, "wsh2", "https://alpha."+domain+"/ws", "100")
+	if err != nil || !strings.HasPrefix(out, "wsh2 echoed 100 messages proto=HTTP/2.0 status=200") {
+		t.Fatalf("websocket over HTTP/2: %q, %v", out, err)
+	}
+	t.Log(out)
 
 	out, err = w.client(ctx, 0, "grpc", url)
 	if err != nil || out != `grpc proto=HTTP/2.0 health=SERVING grpc-status="0"` {
