@@ -19,6 +19,7 @@ import (
 	"beam.dev/beam/beamtest/nslab"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/localclient"
+	"beam.dev/beam/types/key"
 )
 
 // Ports used inside the lab. Every namespace has its own loopback, so the
@@ -104,7 +105,8 @@ func newWorld(t *testing.T, cfg worldConfig) *world {
 		if err := os.WriteFile(keyFile, []byte("natlab-mesh-key-0123456789abcdef\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		u1, u2 := relayURL(h1.Addr()), relayURL(h2.Addr())
+		// Each relay pins the other's machine key.
+		u1, u2 := relayURL(h1.Addr())+"#"+w.relayKey(h1), relayURL(h2.Addr())+"#"+w.relayKey(h2)
 		w.relays = append(w.relays, w.startRelay(h1, []string{u2}, keyFile), w.startRelay(h2, []string{u1}, keyFile))
 		mapFile := filepath.Join(w.dir, "derpmap.json")
 		if err := os.WriteFile(mapFile, meshDERPMap(h1.Addr(), h2.Addr()), 0o600); err != nil {
@@ -175,6 +177,22 @@ func meshDERPMap(a1, a2 netip.Addr) []byte {
 		panic(err) // static types; cannot fail
 	}
 	return b
+}
+
+// relayKey creates the machine key the relay on h will load and returns
+// its public half's text, to pin in --mesh-with.
+func (w *world) relayKey(h *nslab.Host) string {
+	w.t.Helper()
+	dir := filepath.Join(w.dir, "derp-"+h.Name())
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		w.t.Fatal(err)
+	}
+	k := key.NewMachine()
+	text, _ := k.MarshalText()
+	if err := os.WriteFile(filepath.Join(dir, "derp.key"), append(text, '\n'), 0o600); err != nil {
+		w.t.Fatal(err)
+	}
+	return k.Public().String()
 }
 
 // startRelay starts beam derp on h, listening on all of h's addresses so
