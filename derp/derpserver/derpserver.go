@@ -9,7 +9,9 @@
 //
 // Relays of one region mesh with each other: each dials the others with
 // the region's mesh key, watches which clients they hold, and forwards
-// packets for those clients one hop.
+// packets for those clients one hop. A peer pinned to its machine key
+// (MeshPeer.Key) that presents another is refused before it is sent
+// anything.
 //
 // Policies:
 //   - A client proves it holds the node key it claims by sealing its client
