@@ -74,6 +74,7 @@ func New(n *node.Node, opts Options) *Handler {
 	h.mux.HandleFunc("POST /localapi/v0/expose/stop", h.exposeStop)
 	h.mux.HandleFunc("GET /localapi/v0/expose/watch", h.exposeWatch)
 	h.mux.HandleFunc("POST /localapi/v0/expose/wait", h.exposeWait)
+	h.mux.HandleFunc("GET /localapi/v0/debug/profile/{name}", h.debugProfile)
 	h.syncSocketMode()
 	return h
 }
