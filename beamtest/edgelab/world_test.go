@@ -235,7 +235,7 @@ func (w *world) startPebble(ctx context.Context) {
 	}
 	bin := nslab.BuildBinary(t, "github.com/letsencrypt/pebble/v2/cmd/pebble")
 	cmd := w.srv.Command(ctx, bin, "-config", cfgFile, "-dnsserver", hostPort(w.custDNS.Addr(), 53))
-	cmd.Env = append(os.Environ(), "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0")
+	cmd.Env = append(cmd.Env, "PEBBLE_VA_NOSLEEP=1", "PEBBLE_WFE_NONCEREJECT=0")
 	w.pebble = w.srv.StartCmd(cmd)
 	waitOut(t, w.pebble, "ACME directory available", 20*time.Second)
 }

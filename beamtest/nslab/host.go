@@ -57,7 +57,11 @@ func (h *Host) Command(ctx context.Context, name string, args ...string) *exec.C
 	// no Pdeathsig: Linux sends it when the forking thread exits, which the
 	// Go runtime may do at any time. Processes left by a crashed test are
 	// killed by the next New instead.
-	return exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.ns, name}, args...)...)
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", h.ns, name}, args...)...)
+	// Programs that keep per-user runtime files (a coordinator's discovery
+	// copy) keep them in the lab, not in the user's directories.
+	cmd.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+h.lab.runDir)
+	return cmd
 }
 
 // HelperCommand returns a command that runs the registered helper (see
@@ -79,7 +83,7 @@ func (h *Host) HelperCommand(ctx context.Context, helper string, args ...string)
 	// A race-enabled binary sleeps a second at exit by default, which
 	// would make every short helper slow.
 	gorace := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
-	cmd.Env = append(os.Environ(), envHelper+"="+helper, envHelperArgs+"="+string(enc), "GORACE="+gorace)
+	cmd.Env = append(cmd.Env, envHelper+"="+helper, envHelperArgs+"="+string(enc), "GORACE="+gorace)
 	return cmd
 }
 

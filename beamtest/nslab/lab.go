@@ -85,6 +85,7 @@ type Lab struct {
 	nextLAN  int      // next LAN /29 index
 	nextPort int      // next bridge port number in the inet namespace
 	tcpCC    string   // default TCP congestion control of new namespaces; "" keeps the host's
+	runDir   string   // XDG_RUNTIME_DIR of the lab's programs
 }
 
 // New builds an empty internet namespace with its bridge and registers the
@@ -112,6 +113,7 @@ func New(t testing.TB) *Lab {
 		names:    map[string]bool{},
 		nextPub:  firstPub,
 		nextPort: 1,
+		runDir:   t.TempDir(),
 	}
 	t.Cleanup(l.Close)
 

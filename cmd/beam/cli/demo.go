@@ -60,7 +60,15 @@ func runDemo(ctx context.Context, f *Factory, o *DemoOptions) error {
 	say := func(format string, args ...any) { fmt.Fprintf(f.Out, format+"\n", args...) }
 
 	// 1. The server: coordinator, relay, STUN and edge, in dev mode.
-	quiet := &Factory{In: f.In, Out: io.Discard, ErrOut: io.Discard, Getenv: f.Getenv}
+	// The demo's server is gone when it ends: it leaves no discovery copy
+	// for beam admin in the user's directories.
+	quiet := &Factory{In: f.In, Out: io.Discard, ErrOut: io.Discard, Getenv: func(k string) string {
+		switch k {
+		case "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "APPDATA", "HOME":
+			return ""
+		}
+		return f.getenv(k)
+	}}
 	type readyInfo struct{ addr, http string }
 	ready := make(chan readyInfo, 1)
 	srvDone := make(chan error, 1)
