@@ -37,7 +37,9 @@ test:
 # idle RSS, runs once per count); the summary after the raw output gives
 # each figure's median and spread. BENCH selects benchmarks by name. The
 # whole run took 13 minutes on 2 busy cores (1,000-node registration and
-# policy change are most of it).
+# policy change are most of it). cmd/beam's benchmarks run the real binary
+# (a server and daemons started afresh for each count, about 10 s each
+# with their setup); they are the figures that count.
 BENCH ?= .
 BENCHCOUNT ?= 5
 BENCHTIME ?= 1s
