@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"beam.dev/beam/configs"
+	"beam.dev/beam/coordclient"
 	"beam.dev/beam/edge"
 	"beam.dev/beam/edgenode"
 	"beam.dev/beam/internal/connlimit"
@@ -139,6 +140,9 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 	if _, err := n.Up(ctx, apitype.UpRequest{Coordinator: o.Coordinator, AuthKey: o.AuthKey, Hostname: o.Hostname}); err != nil {
 		return fmt.Errorf("join the mesh: %w", err)
 	}
+	if err := checkEdgeDomain(ctx, n, o.Coordinator); err != nil {
+		return err
+	}
 	lim := connLimits(o.MaxConns, shareAlone, nofile, edgeConnsPerSource)
 	logLimits(logger, "edge", nofile, lim)
 	rep := edgenode.NewReporter(n.DialContext, logger.With("component", "edge-report"))
@@ -171,6 +175,20 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 	redirectToHTTPS(e, srv, !o.NoRedirect, o.RedirectPort)
 	logger.Info("edge running", "domain", o.Domain, "http", o.HTTPAddr, "https", httpsAddr)
 	return routes.follow(ctx, srv, logger)
+}
+
+// checkEdgeDomain refuses to run an edge whose coordinator has no edge
+// domain: it would serve no routes, and every beam expose would fail. It
+// asks the coordinator to publish a route for the edge node, which a
+// coordinator with an edge domain refuses without changing anything
+// (edges expose nothing) and one without answers edge_disabled.
+func checkEdgeDomain(ctx context.Context, n *node.Node, coord string) error {
+	_, err := n.Expose(ctx, apitype.ExposeRequest{Port: 1, Proto: "http"})
+	var ce *coordclient.Error
+	if errors.As(err, &ce) && ce.Code == string(wire.CodeEdgeDisabled) {
+		return fmt.Errorf("the coordinator at %s has no edge domain, so this edge would serve nothing and beam expose would fail: start the coordinator with --edge-domain DOMAIN (the --domain of this edge), or run beam server, which is coordinator and edge in one", coord)
+	}
+	return nil
 }
 
 // routeFeed carries the latest edge route table from a node's netmaps to

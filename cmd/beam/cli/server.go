@@ -50,8 +50,10 @@ type ServerOptions struct {
 	ACMECA       string
 	ACMECARoot   string
 	ACMEEmail    string
-	Dev          bool
-	LogLevel     string
+	// ACMEStaging selects Let's Encrypt's staging directory.
+	ACMEStaging bool
+	Dev         bool
+	LogLevel    string
 	// NodeKeyExpiry is as CoordinatorOptions.NodeKeyExpiry.
 	NodeKeyExpiry string
 	// MaxConns caps the connections of the coordinator and relay
@@ -92,6 +94,12 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 			if err := o.config().Validate(); err != nil {
 				return err
 			}
+			for _, w := range o.setupWarnings() {
+				fmt.Fprintf(f.ErrOut, "WARNING: %s\n", w)
+			}
+			if err := o.settleACME(); err != nil {
+				return err
+			}
 			if runF != nil {
 				return runF(o)
 			}
@@ -104,7 +112,7 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 	fl.StringVar(&o.Addr, "addr", ":8080", "coordinator and relay HTTP listener")
 	fl.StringVar(&o.PublicURL, "public-url", "", "URL devices use to reach --addr (default http://DOMAIN:PORT)")
 	fl.StringVar(&o.HTTPAddr, "http-addr", ":80", "edge HTTP listener (\"\" disables)")
-	fl.StringVar(&o.HTTPSAddr, "https-addr", ":443", "edge TLS listener (\"\" disables; needs --acme-ca)")
+	fl.StringVar(&o.HTTPSAddr, "https-addr", ":443", "edge TLS listener, with a wildcard certificate from ACME (\"\" disables: plain HTTP only)")
 	fl.BoolVar(&o.NoRedirect, "no-https-redirect", false, "serve http routes over plain HTTP too, instead of redirecting to HTTPS")
 	fl.Uint16Var(&o.RedirectPort, "https-redirect-port", 0, "port the HTTPS redirect names, where clients reach --https-addr through a port mapping (0: the listener's own)")
 	fl.StringVar(&o.TCPPorts, "tcp-ports", "20000-20999", "edge ports for --tcp routes")
@@ -112,7 +120,8 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 	fl.StringVar(&o.STUNAddr, "stun-addr", ":3478", "STUN responder (\"\" disables)")
 	fl.StringVar(&o.DNSAddr, "dns-addr", ":53", "authoritative DNS for DOMAIN (\"\" disables)")
 	fl.StringSliceVar(&o.PublicIPs, "public-ip", nil, "the edge's public addresses, for the zone's A/AAAA records")
-	fl.StringVar(&o.ACMECA, "acme-ca", "", "ACME directory URL (certificates by DNS-01 through the zone)")
+	fl.StringVar(&o.ACMECA, "acme-ca", "", "ACME directory URL (certificates by DNS-01 through the zone; default Let's Encrypt's production directory)")
+	fl.BoolVar(&o.ACMEStaging, "acme-staging", false, "use Let's Encrypt's staging directory (untrusted certificates, generous rate limits) for trying a setup")
 	fl.StringVar(&o.ACMECARoot, "acme-ca-root", "", "PEM root of the ACME server's HTTPS certificate")
 	fl.StringVar(&o.ACMEEmail, "acme-email", "", "ACME account contact")
 	fl.BoolVar(&o.Dev, "dev", false, "local development: loopback listeners, *.localhost URLs, join without an auth key from this machine")

@@ -1,0 +1,82 @@
+package cli
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+)
+
+// TestServerACMEDirectory checks which ACME directory beam server uses
+// and which settings it refuses before running.
+func TestServerACMEDirectory(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		args    []string
+		wantCA  string
+		wantErr string
+	}{
+		{"public default", []string{"--domain", "example.test"}, letsEncryptProduction, ""},
+		{"staging", []string{"--domain", "example.test", "--acme-staging"}, letsEncryptStaging, ""},
+		{"own CA", []string{"--domain", "example.test", "--acme-ca", "https://ca.example.test/dir"}, "https://ca.example.test/dir", ""},
+		{"plain HTTP", []string{"--domain", "example.test", "--https-addr", ""}, "", ""},
+		{"dev", []string{"--dev"}, "", ""},
+		{"both", []string{"--domain", "example.test", "--acme-staging", "--acme-ca", "https://ca.example.test/dir"}, "", "--acme-staging and --acme-ca"},
+		{"no zone", []string{"--domain", "example.test", "--dns-addr", ""}, "", "no way to get certificates"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var got *ServerOptions
+			f := &Factory{Out: &bytes.Buffer{}, ErrOut: &bytes.Buffer{}}
+			cmd := NewCmdServer(f, func(o *ServerOptions) error { got = o; return nil })
+			quiet(cmd, tc.args)
+			err := cmd.Execute()
+			switch {
+			case tc.wantErr != "":
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want it to say %q", err, tc.wantErr)
+				}
+				if got != nil {
+					t.Error("ran despite the error")
+				}
+			case err != nil:
+				t.Fatalf("err %v", err)
+			case got.ACMECA != tc.wantCA:
+				t.Errorf("ACME directory %q, want %q", got.ACMECA, tc.wantCA)
+			}
+		})
+	}
+}
+
+// TestServerSetupWarnings checks the loud warnings of a public server:
+// plain HTTP only, and listeners or public addresses on loopback.
+func TestServerSetupWarnings(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"defaults", []string{"--domain", "example.test"}, nil},
+		{"plain HTTP", []string{"--domain", "example.test", "--https-addr", ""}, []string{"no HTTPS"}},
+		{"loopback", []string{"--domain", "example.test", "--addr", "127.0.0.1:8080", "--http-addr", "[::1]:80", "--public-ip", "127.0.0.1"},
+			[]string{"--addr 127.0.0.1:8080 listens on loopback only", "--http-addr [::1]:80 listens on loopback only", "--public-ip 127.0.0.1 is not a public address"}},
+		{"dev", []string{"--dev"}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var errOut bytes.Buffer
+			f := &Factory{Out: &bytes.Buffer{}, ErrOut: &errOut}
+			cmd := NewCmdServer(f, func(*ServerOptions) error { return nil })
+			quiet(cmd, tc.args)
+			if err := cmd.Execute(); err != nil {
+				t.Fatal(err)
+			}
+			got := errOut.String()
+			if n := strings.Count(got, "WARNING: "); n != len(tc.want) {
+				t.Errorf("%d warnings, want %d:\n%s", n, len(tc.want), got)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("no warning %q in:\n%s", w, got)
+				}
+			}
+		})
+	}
+}
