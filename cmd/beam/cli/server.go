@@ -416,7 +416,11 @@ func printServerNext(f *Factory, o *ServerOptions, publicURL, httpAddr string) {
 	if httpAddr != "" {
 		fmt.Fprintf(w, ", edge at http://%s", httpAddr)
 	}
-	fmt.Fprintf(w, "; data in %s\n\nNext:\n", o.DataDir)
+	fmt.Fprintf(w, "; data in %s\n", o.DataDir)
+	if !o.Dev {
+		printPublicSetup(w, o, publicURL)
+	}
+	fmt.Fprintf(w, "\nNext:\n")
 	if o.Dev {
 		fmt.Fprintf(w, "  join a device on this machine (dev mode: no auth key):\n    beam up --coordinator %s --hostname NAME --state DIR --socket DIR/beamd.sock\n", publicURL)
 	}

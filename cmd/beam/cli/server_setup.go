@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -56,6 +57,9 @@ func (o *ServerOptions) setupWarnings() []string {
 			out = append(out, fmt.Sprintf("%s %s listens on loopback only: devices and resolvers elsewhere cannot reach it under %s; listen on all addresses (%s) or the public one, or use --dev for a local server", l.flag, l.addr, o.Domain, anyAddr(l.addr)))
 		}
 	}
+	if o.DNSAddr != "" && len(o.PublicIPs) == 0 {
+		out = append(out, fmt.Sprintf("no --public-ip: the zone gives NAME.%s no address, so browsers find nothing; pass this server's public address", o.Domain))
+	}
 	for _, s := range o.PublicIPs {
 		if a, err := netip.ParseAddr(s); err == nil && (a.IsLoopback() || a.IsPrivate() || a.IsLinkLocalUnicast()) {
 			out = append(out, fmt.Sprintf("--public-ip %s is not a public address: the zone sends browsers there", s))
@@ -82,4 +86,65 @@ func loopbackAddr(hostport string) bool {
 func anyAddr(hostport string) string {
 	_, port, _ := net.SplitHostPort(hostport)
 	return ":" + port
+}
+
+// routeURL is the URL a published port of device NAME gets, as the
+// coordinator will hand it out (see serverEdgeOptions).
+func (o *ServerOptions) routeURL() string {
+	if o.HTTPSAddr != "" && o.ACMECA != "" {
+		if _, port, err := net.SplitHostPort(o.HTTPSAddr); err == nil && port != "443" {
+			return "https://NAME." + o.Domain + ":" + port
+		}
+		return "https://NAME." + o.Domain
+	}
+	if _, port, err := net.SplitHostPort(o.HTTPAddr); err == nil && port != "80" {
+		return "http://NAME." + o.Domain + ":" + port
+	}
+	return "http://NAME." + o.Domain
+}
+
+// printPublicSetup tells the operator of a public server what the world
+// must see for it to work: the URLs, the DNS records to create at the
+// registrar (the zone's delegation and its glue), and the ports to open.
+func printPublicSetup(w io.Writer, o *ServerOptions, publicURL string) {
+	fmt.Fprintf(w, "\nPublic setup for %s:\n", o.Domain)
+	fmt.Fprintf(w, "  devices join at:       %s\n", publicURL)
+	fmt.Fprintf(w, "  beam expose gives:     %s\n", o.routeURL())
+	if o.HTTPSAddr != "" && o.ACMECA != "" {
+		fmt.Fprintf(w, "  certificate:           *.%s from %s, by DNS-01 through this server's zone\n", o.Domain, o.ACMECA)
+	}
+	if o.DNSAddr != "" {
+		ns := "ns1." + o.Domain
+		fmt.Fprintf(w, "  create these records where %s is registered (at the registrar, or in the parent zone):\n", o.Domain)
+		fmt.Fprintf(w, "    %s. NS %s.          (delegation: this server answers for %s)\n", o.Domain, ns, o.Domain)
+		ips := o.PublicIPs
+		if len(ips) == 0 {
+			ips = []string{"PUBLIC-IP"}
+		}
+		for _, ip := range ips {
+			typ := "A"
+			if a, err := netip.ParseAddr(ip); err == nil && a.Is6() {
+				typ = "AAAA"
+			}
+			fmt.Fprintf(w, "    %s. %s %s          (glue: this server's public address)\n", ns, typ, ip)
+		}
+		if len(o.PublicIPs) == 0 {
+			fmt.Fprintf(w, "    and restart with --public-ip PUBLIC-IP: without it the zone sends browsers nowhere\n")
+		}
+	}
+	var ports []string
+	for _, l := range []struct{ proto, addr string }{
+		{"tcp+udp", o.DNSAddr}, {"tcp", o.HTTPAddr}, {"tcp", o.HTTPSAddr}, {"tcp", o.Addr}, {"udp", o.STUNAddr},
+	} {
+		if _, port, err := net.SplitHostPort(l.addr); err == nil {
+			ports = append(ports, l.proto+" "+port)
+		}
+	}
+	if o.TCPPorts != "" {
+		ports = append(ports, "tcp "+o.TCPPorts+" (for --tcp routes)")
+	}
+	if o.UDPPorts != "" {
+		ports = append(ports, "udp "+o.UDPPorts+" (for --udp routes)")
+	}
+	fmt.Fprintf(w, "  open these ports to this host: %s\n", strings.Join(ports, ", "))
 }

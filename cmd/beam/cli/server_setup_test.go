@@ -54,8 +54,9 @@ func TestServerSetupWarnings(t *testing.T) {
 		args []string
 		want []string
 	}{
-		{"defaults", []string{"--domain", "example.test"}, nil},
-		{"plain HTTP", []string{"--domain", "example.test", "--https-addr", ""}, []string{"no HTTPS"}},
+		{"defaults", []string{"--domain", "example.test", "--public-ip", "203.0.113.10"}, nil},
+		{"no public address", []string{"--domain", "example.test"}, []string{"no --public-ip"}},
+		{"plain HTTP", []string{"--domain", "example.test", "--https-addr", "", "--public-ip", "203.0.113.10"}, []string{"no HTTPS"}},
 		{"loopback", []string{"--domain", "example.test", "--addr", "127.0.0.1:8080", "--http-addr", "[::1]:80", "--public-ip", "127.0.0.1"},
 			[]string{"--addr 127.0.0.1:8080 listens on loopback only", "--http-addr [::1]:80 listens on loopback only", "--public-ip 127.0.0.1 is not a public address"}},
 		{"dev", []string{"--dev"}, nil},
@@ -78,5 +79,37 @@ func TestServerSetupWarnings(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestPublicSetupSummary checks the records and ports a public server
+// tells its operator to create and open.
+func TestPublicSetupSummary(t *testing.T) {
+	o := &ServerOptions{Domain: "example.test", Addr: ":8080", HTTPAddr: ":80", HTTPSAddr: ":443", DNSAddr: ":53", STUNAddr: ":3478",
+		TCPPorts: "20000-20999", PublicIPs: []string{"203.0.113.10", "2001:db8::10"}, ACMECA: letsEncryptProduction}
+	var b bytes.Buffer
+	printPublicSetup(&b, o, "http://example.test:8080")
+	got := b.String()
+	for _, want := range []string{
+		"devices join at:       http://example.test:8080",
+		"beam expose gives:     https://NAME.example.test\n",
+		"example.test. NS ns1.example.test.",
+		"ns1.example.test. A 203.0.113.10",
+		"ns1.example.test. AAAA 2001:db8::10",
+		"tcp+udp 53, tcp 80, tcp 443, tcp 8080, udp 3478, tcp 20000-20999",
+		letsEncryptProduction,
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("summary lacks %q:\n%s", want, got)
+		}
+	}
+	o.HTTPSAddr, o.HTTPAddr, o.PublicIPs = "", ":8081", nil
+	b.Reset()
+	printPublicSetup(&b, o, "http://example.test:8080")
+	got = b.String()
+	for _, want := range []string{"beam expose gives:     http://NAME.example.test:8081", "ns1.example.test. A PUBLIC-IP", "--public-ip PUBLIC-IP"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("summary lacks %q:\n%s", want, got)
+		}
 	}
 }
