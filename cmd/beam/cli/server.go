@@ -106,6 +106,7 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 			return runServer(cmd.Context(), f, o)
 		},
 	}
+	cmd.AddCommand(newCmdServerCheck(f))
 	fl := cmd.Flags()
 	fl.StringVar(&o.DataDir, "data", "beam-server", "data directory (SQLite database, keys, admin token)")
 	fl.StringVar(&o.Domain, "domain", "", "public domain: routes are NAME.DOMAIN")
@@ -402,6 +403,10 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	}
 	logger.Info("beam server running", "version", version.String(), "coordinator", publicURL, "edge_http", httpAddr, "edge_https", httpsAddr, "domain", o.Domain)
 	printServerNext(f, o, publicURL, httpAddr)
+	if !o.Dev && len(o.PublicIPs) > 0 {
+		wg.Add(1)
+		go func() { defer wg.Done(); startupCheck(ctx, o, logger) }()
+	}
 	if o.ready != nil {
 		o.ready(addr.String(), httpAddr)
 	}
