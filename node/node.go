@@ -495,7 +495,7 @@ func (n *Node) startSessionLocked() error {
 				if errors.Is(err, coordclient.ErrNodeExpired) {
 					n.state = apitype.StateExpired // shows the re-authenticate hint
 				}
-				n.lastErr = err.Error()
+				n.lastErr = healthText(err)
 				if errors.Is(err, coordclient.ErrNodeNotRegistered) {
 					n.st.Unknown = true
 					n.lastErr = unknownNodeError(n.st.Coordinator).Error()
@@ -658,8 +658,23 @@ func (n *Node) setState(s apitype.State, err error) {
 	defer n.mu.Unlock()
 	n.state = s
 	if err != nil {
-		n.lastErr = err.Error()
+		n.lastErr = healthText(err)
 	}
+}
+
+// healthText returns what status shows for err: the sentence for a user
+// when the error carries one (coordclient's do: what failed and what to do
+// next), else the error's own text.
+func healthText(err error) string {
+	if um, ok := errors.AsType[interface {
+		error
+		UserMessage() string
+	}](err); ok {
+		if m := um.UserMessage(); m != "" {
+			return m
+		}
+	}
+	return err.Error()
 }
 
 // stopSessionLocked stops the control loop, if any, and waits for it.
