@@ -78,7 +78,11 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 		Short: "Run everything on one machine: coordinator, relay + STUN, edge and the public DNS zone",
 		Long: `Run coordinator, relay + STUN, edge and the public DNS zone in one process, with SQLite.
 
-  beam server --data ./beam --domain example.test      a public server
+  beam server --data ./beam --domain example.com --public-ip 203.0.113.10 --acme-email you@example.com
+                                                       a public server: HTTPS with a Let's Encrypt wildcard
+                                                       certificate; prints the DNS records to create
+  beam server check --domain example.com --public-ip 203.0.113.10
+                                                       what the world sees of it, and what to fix
   beam server --dev                                    a local one: no domain, certificates or root;
                                                        devices on this machine join without an auth key
                                                        and beam expose gives http://NAME.localhost:8081`,
