@@ -128,10 +128,15 @@ type DomainStatus struct {
 	Network string `json:"network"`
 	// TXTName and Token say what to publish: a TXT record TXTName with
 	// the value Token (or a CNAME of Domain to a name the network exposes).
-	TXTName    string    `json:"txt_name"`
-	Token      string    `json:"token"`
-	Verified   bool      `json:"verified"`
-	VerifiedAt time.Time `json:"verified_at,omitzero"`
+	TXTName string `json:"txt_name"`
+	Token   string `json:"token"`
+	// ACMEChallenge CNAME ACMEChallengeCNAME delegates the domain's ACME
+	// DNS-01 challenge to the edge domain's zone, so that a device can
+	// get its own certificate for a --tls-passthrough route.
+	ACMEChallenge      string    `json:"acme_challenge,omitempty"`
+	ACMEChallengeCNAME string    `json:"acme_challenge_cname,omitempty"`
+	Verified           bool      `json:"verified"`
+	VerifiedAt         time.Time `json:"verified_at,omitzero"`
 	// Problem says why the last check failed.
 	Problem string `json:"problem,omitempty"`
 }

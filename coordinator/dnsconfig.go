@@ -267,7 +267,7 @@ func (s *Server) setTXT(ctx context.Context, actor, name string, values []string
 	if aerr := checkTXTValues(values); aerr != nil {
 		return aerr
 	}
-	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	name = s.zoneTXTName(strings.ToLower(strings.TrimSuffix(name, ".")))
 	var err error
 	if len(values) == 0 {
 		err = z.DeleteTXT(name)
@@ -284,6 +284,23 @@ func (s *Server) setTXT(ctx context.Context, actor, name string, values []string
 	s.audit(ctx, actor, action, name, "")
 	s.logger.Info("zone TXT record changed", "name", name, "values", len(values))
 	return nil
+}
+
+// zoneTXTName returns the zone name that holds TXT name: name itself,
+// except that the challenge name "_acme-challenge.HOST" of a host outside
+// the edge domain (a custom domain, which the zone cannot serve) is stored
+// at ACMEChallengeCNAME(HOST), where the custom domain's owner points it
+// by a CNAME. Callers have checked that the actor may set name.
+func (s *Server) zoneTXTName(name string) string {
+	d := s.edge.cfg.domain
+	host, ok := strings.CutPrefix(name, "_acme-challenge.")
+	if !ok || d == "" || host == d || strings.HasSuffix(host, "."+d) {
+		return name
+	}
+	if t := ACMEChallengeCNAME(host, d); t != "" {
+		return t
+	}
+	return name
 }
 
 // txtNameAllowedLocked reports whether an edge may set TXT name: an

@@ -16,6 +16,26 @@ import (
 // proves control: "_beam-challenge.shop.example.com" = the network's token.
 const ChallengePrefix = "_beam-challenge."
 
+// acmeDelegationLabel is the label under the edge domain below which the
+// zone holds the DNS-01 challenges of custom domains:
+// "_acme-challenge.app.customer.test" is delegated by a CNAME to
+// "app.customer.test._acme-challenge.EDGE". The underscore keeps these
+// names apart from route names, which are plain labels.
+const acmeDelegationLabel = "_acme-challenge"
+
+// ACMEChallengeCNAME returns the name in the edge domain's zone that holds
+// the ACME DNS-01 challenge of custom domain host, the target of the CNAME
+// "_acme-challenge.HOST" its owner creates once so that a device (or an
+// edge) can obtain a certificate for HOST by DNS-01: ACME CAs follow the
+// CNAME. It returns "" when the name would be too long for DNS.
+func ACMEChallengeCNAME(host, edgeDomain string) string {
+	n := host + "." + acmeDelegationLabel + "." + edgeDomain
+	if len(n) > 253 {
+		return ""
+	}
+	return n
+}
+
 // dnsCheckTimeout bounds the DNS lookups of one proof check.
 const dnsCheckTimeout = 5 * time.Second
 
@@ -28,6 +48,13 @@ type DomainStatus struct {
 	// the edge domain proves control too.
 	TXTName string `json:"txt_name"`
 	Token   string `json:"token"`
+	// ACMEChallenge and ACMEChallengeCNAME are the CNAME record that
+	// delegates the domain's ACME DNS-01 challenge to Beam's zone:
+	// "_acme-challenge.DOMAIN" CNAME "DOMAIN._acme-challenge.EDGE". With it
+	// a device exposing the domain with --tls-passthrough gets its own
+	// certificate. Empty if the name would be too long.
+	ACMEChallenge      string `json:"acme_challenge,omitempty"`
+	ACMEChallengeCNAME string `json:"acme_challenge_cname,omitempty"`
 	// Verified reports whether control was proved, and VerifiedAt when.
 	Verified   bool      `json:"verified"`
 	VerifiedAt time.Time `json:"verified_at,omitzero"`
@@ -65,6 +92,7 @@ func (s *Server) VerifyDomain(ctx context.Context, network, domain string) (*Dom
 		return nil, err
 	}
 	st := &DomainStatus{Domain: d, Network: n.Name, TXTName: ChallengePrefix + d, Token: dom.Token}
+	st.setACMEChallenge(es.cfg.domain)
 	if dom.VerifiedAt.IsZero() {
 		st.Problem = s.checkProof(ctx, n.ID, dom)
 		if st.Problem == "" {
@@ -83,6 +111,13 @@ func (s *Server) VerifyDomain(ctx context.Context, network, domain string) (*Dom
 	}
 	st.Verified, st.VerifiedAt = !dom.VerifiedAt.IsZero(), dom.VerifiedAt
 	return st, nil
+}
+
+// setACMEChallenge fills in the ACME challenge delegation of st.Domain.
+func (st *DomainStatus) setACMEChallenge(edgeDomain string) {
+	if t := ACMEChallengeCNAME(st.Domain, edgeDomain); t != "" {
+		st.ACMEChallenge, st.ACMEChallengeCNAME = "_acme-challenge."+st.Domain, t
+	}
 }
 
 // domainClaimLocked returns network's claim on domain, creating it with
@@ -184,6 +219,7 @@ func (s *Server) Domains(ctx context.Context) []DomainStatus {
 		if n := s.networks[d.NetworkID]; n != nil {
 			st.Network = n.Name
 		}
+		st.setACMEChallenge(s.edge.cfg.domain)
 		out = append(out, st)
 	}
 	slices.SortFunc(out, func(a, b DomainStatus) int {

@@ -339,7 +339,11 @@ func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.Expose
 	s.mu.Unlock()
 	s.audit(ctx, actorNode(self.Node.Name), "route.claim", host, fmt.Sprintf("%s port %d public port %d", req.Proto, req.Port, rt.PublicPort))
 	s.logger.Info("edge route published", "node", nk.ShortString(), "name", self.Node.Name, "host", host, "proto", req.Proto, "port", req.Port, "public_port", rt.PublicPort)
-	return &wire.ExposeResponse{Route: &wr, URL: s.routeURL(rt)}, nil
+	resp := &wire.ExposeResponse{Route: &wr, URL: s.routeURL(rt)}
+	if rt.Proto == "tls" && wr.CustomDomain {
+		resp.ACMEChallengeCNAME = ACMEChallengeCNAME(host, es.cfg.domain)
+	}
+	return resp, nil
 }
 
 // unexposeLocked withdraws node e's routes for host (and proto, if not

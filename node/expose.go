@@ -78,7 +78,7 @@ func (n *Node) Expose(ctx context.Context, req apitype.ExposeRequest) (*apitype.
 		return nil, fmt.Errorf("expose: %s", resp.Error)
 	}
 	up := appAddr(req.Port, req.Upstream)
-	out := &apitype.ExposeResponse{URL: resp.URL, Proto: req.Proto, Port: req.Port, Upstream: up.String()}
+	out := &apitype.ExposeResponse{URL: resp.URL, Proto: req.Proto, Port: req.Port, Upstream: up.String(), ACMEChallengeCNAME: resp.ACMEChallengeCNAME}
 	if resp.Route != nil {
 		out.Host, out.PublicPort = resp.Route.Host, resp.Route.PublicPort
 		// Apply the route locally at once rather than waiting for the stream.

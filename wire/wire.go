@@ -38,7 +38,10 @@ import (
 //   - 7 (2026-12-06): route options are typed (RouteOptions) instead of
 //     a string map, validated by the CLI and the coordinator.
 //   - 8 (2026-12-06): tcp routes may have an Upstream (host:port) too.
-const CapabilityVersion = 8
+//   - 9 (2026-12-06): ExposeResponse.ACMEChallengeCNAME: a tls route on a
+//     custom domain gets its DNS-01 challenge through a CNAME into the
+//     edge domain's zone.
+const CapabilityVersion = 9
 
 // NodeID is the coordinator's stable identifier of a node.
 type NodeID int64
@@ -275,6 +278,11 @@ type ExposeResponse struct {
 	// URL is what users open: "https://app.example.test" or
 	// "tcp://edge.example.test:20001".
 	URL string `json:"url,omitempty"`
+	// ACMEChallengeCNAME is set for a tls route on a custom domain: the
+	// name in the edge domain's zone where the route's node publishes its
+	// ACME DNS-01 challenge. The domain's owner delegates to it once with
+	// the CNAME "_acme-challenge.HOST" -> ACMEChallengeCNAME.
+	ACMEChallengeCNAME string `json:"acme_challenge_cname,omitempty"`
 	// Error is a human-readable reason the request was refused.
 	Error string `json:"error,omitempty"`
 }

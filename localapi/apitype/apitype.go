@@ -220,6 +220,10 @@ type ExposeResponse struct {
 	Upstream string `json:"upstream,omitempty"`
 	// Warning says when nothing listens on the local port yet.
 	Warning string `json:"warning,omitempty"`
+	// ACMEChallengeCNAME is set for a tls route on a custom domain HOST:
+	// the name the domain's owner points "_acme-challenge.HOST" to with a
+	// CNAME, so that the device gets its certificate by DNS-01.
+	ACMEChallengeCNAME string `json:"acme_challenge_cname,omitempty"`
 }
 
 // ExposeStopRequest is the body of POST /localapi/v0/expose/stop.

@@ -96,6 +96,10 @@ domain with beam expose --domain.`,
 			}
 			if st.Verified {
 				fmt.Fprintf(f.Out, "%s is verified for network %s (since %s)\n", st.Domain, st.Network, fmtTime(st.VerifiedAt))
+				if st.ACMEChallengeCNAME != "" {
+					fmt.Fprintf(f.Out, "For devices' own certificates (beam expose --tls-passthrough --domain %s\non a device started with --acme-ca), publish this CNAME record once:\n\n  %s.  CNAME  %s.\n",
+						st.Domain, st.ACMEChallenge, st.ACMEChallengeCNAME)
+				}
 				return nil
 			}
 			fmt.Fprintf(f.Out, "%s is not verified yet for network %s.\nPublish this TXT record, then run this command again:\n\n  %s.  TXT  %q\n\n%s\n",

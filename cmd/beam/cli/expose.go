@@ -297,6 +297,10 @@ func runExpose(ctx context.Context, f *Factory, in *instanceFlags, o *ExposeOpti
 		if resp.Warning != "" {
 			fmt.Fprintln(f.ErrOut, "warning:", resp.Warning)
 		}
+		if resp.ACMEChallengeCNAME != "" {
+			fmt.Fprintf(f.ErrOut, "for this device's own certificate (beam up --acme-ca), create once at %s's DNS provider:\n  _acme-challenge.%s.  CNAME  %s.\n",
+				resp.Host, resp.Host, resp.ACMEChallengeCNAME)
+		}
 	}
 	if o.QR {
 		qrterminal.GenerateHalfBlock(resp.URL, qrterminal.L, f.Out)
