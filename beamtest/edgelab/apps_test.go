@@ -49,7 +49,8 @@ const (
 
 	// helperCustomerDNS is the customer's DNS: it answers names under
 	// customer.test from a records file ("NAME TYPE VALUE" lines, read on
-	// every query) and forwards every other question to UPSTREAM. Args:
+	// every query), following a CNAME out of customer.test through
+	// UPSTREAM, and forwards every other question to UPSTREAM. Args:
 	// ADDR UPSTREAM FILE.
 	helperCustomerDNS = "edgelab.custdns"
 )
@@ -347,8 +348,21 @@ func runCustomerDNS(ctx context.Context, args []string) error {
 			}
 			found = true
 			rr, err := dns.NewRR(dns.Fqdn(rec[0]) + " 5 IN " + rec[1] + " " + rec[2])
-			if err == nil && rr.Header().Rrtype == q.Qtype {
+			if err != nil {
+				continue
+			}
+			if rr.Header().Rrtype == q.Qtype {
 				m.Answer = append(m.Answer, rr)
+			} else if cn, ok := rr.(*dns.CNAME); ok && !dns.IsSubDomain("customer.test.", strings.ToLower(cn.Target)) {
+				// A recursive resolver follows the CNAME out of the
+				// zone (as to an "_acme-challenge" delegated to Beam's).
+				m.Answer = append(m.Answer, rr)
+				fq := new(dns.Msg)
+				fq.SetQuestion(cn.Target, q.Qtype)
+				c := &dns.Client{Timeout: 3 * time.Second}
+				if resp, _, err := c.Exchange(fq, upstream); err == nil {
+					m.Answer = append(m.Answer, resp.Answer...)
+				}
 			}
 		}
 		if !found {

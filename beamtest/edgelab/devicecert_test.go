@@ -2,6 +2,7 @@ package edgelab
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"regexp"
 	"strconv"
@@ -42,6 +43,9 @@ func (w *world) tlsinfo(ctx context.Context, url string) (tlsInfo, error) {
 // speaks HTTP/1.1 to the app). A second route with --proxy-protocol v2
 // works too: the device reads the edge's PROXY header before the
 // ClientHello and hands it to the app, which sees the public client.
+// Last, a verified custom domain gets a device certificate too: its
+// "_acme-challenge" is a CNAME (in the customer's DNS) into Beam's zone,
+// as beam admin domains verify and beam expose say.
 func TestTLSPassthroughDeviceCert(t *testing.T) {
 	w := newWorld(t, worldConfig{acme: true, clients: 1})
 	ctx := t.Context()
@@ -131,5 +135,87 @@ func TestTLSPassthroughDeviceCert(t *testing.T) {
 	client := w.clients[0].Addr().String()
 	if want := "hello from alpha host=proxied." + domain + " proto=HTTP/1.1 proxy-client=" + client + " xff=" + client; pp.status != "200" || pp.body != want || pp.alpn != "h2" {
 		t.Errorf("GET %s = %s %q alpn %q, want 200 %q alpn h2", ppURL, pp.status, pp.body, pp.alpn, want)
+	}
+
+	testDeviceCertCustomDomain(t, w, alpha)
+}
+
+// testDeviceCertCustomDomain: the customer proves control of
+// dev.customer.test, creates the CNAME of its _acme-challenge name that
+// beam admin domains verify prints, and a device exposing the domain with
+// --tls-passthrough gets its own certificate for it by DNS-01: Pebble
+// resolves through the customer's DNS, which follows the CNAME into
+// Beam's zone. A public client resolving through the customer's DNS
+// verifies the chain against the ACME root.
+func testDeviceCertCustomDomain(t *testing.T, w *world, alpha *device) {
+	ctx := t.Context()
+	const host = "dev." + customerDNS
+	out, err := w.admin(ctx, "domains", "verify", host)
+	if err != nil {
+		t.Fatalf("domains verify: %v: %s", err, out)
+	}
+	m := regexp.MustCompile(`_beam-challenge\.` + regexp.QuoteMeta(host) + `\.\s+TXT\s+"([^"]+)"`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("domains verify printed no TXT record:\n%s", out)
+	}
+	proof := []string{"_beam-challenge." + host + " TXT \"" + m[1] + "\"", host + " A " + w.srv.Addr().String()}
+	if err := writeRecords(w.records, proof...); err != nil {
+		t.Fatal(err)
+	}
+	out, err = w.admin(ctx, "domains", "verify", host)
+	if err != nil || !strings.Contains(out, "is verified") {
+		t.Fatalf("domains verify after publishing the TXT record: %v: %s", err, out)
+	}
+	cn := regexp.MustCompile(`(?m)^\s*_acme-challenge\.` + regexp.QuoteMeta(host) + `\.\s+CNAME\s+(\S+)\.$`).FindStringSubmatch(out)
+	if cn == nil {
+		t.Fatalf("domains verify of a verified domain printed no _acme-challenge CNAME:\n%s", out)
+	}
+	target := cn[1]
+	if !strings.HasSuffix(target, "."+domain) {
+		t.Fatalf("the _acme-challenge CNAME points to %s, not into the edge domain %s", target, domain)
+	}
+	if err := writeRecords(w.records, append(proof, "_acme-challenge."+host+" CNAME "+target+".")...); err != nil {
+		t.Fatal(err)
+	}
+
+	const port = tlsAppPort + 2
+	waitOut(t, alpha.host.StartHelper(ctx, helperApp, "alpha", "127.0.0.1:"+strconv.Itoa(port)), "listening", 10*time.Second)
+	start := time.Now()
+	js, err := alpha.expose(ctx, strconv.Itoa(port), "--tls-passthrough", "--domain", host, "--json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var resp struct {
+		URL                string `json:"url"`
+		ACMEChallengeCNAME string `json:"acme_challenge_cname"`
+	}
+	if err := json.Unmarshal([]byte(js), &resp); err != nil {
+		t.Fatalf("expose --json printed %q: %v", js, err)
+	}
+	if resp.URL != "https://"+host || resp.ACMEChallengeCNAME != target {
+		t.Fatalf("expose --tls-passthrough --domain %s = URL %q, CNAME target %q; want https://%s, %s", host, resp.URL, resp.ACMEChallengeCNAME, host, target)
+	}
+	var line string
+	err = retry(ctx, 90*time.Second, func() error {
+		b, err := w.clients[0].RunHelper(ctx, helperClient, "-zone", hostPort(w.custDNS.Addr(), 53), "-ca", w.roots, "tlsinfo", resp.URL+"/")
+		line = strings.TrimSpace(string(b))
+		if err != nil {
+			return fmt.Errorf("%w: %s", err, line)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("GET %s through the customer's DNS, verified against the ACME root: %v", resp.URL, err)
+	}
+	t.Logf("custom domain device certificate served %v after expose: %s", time.Since(start).Round(time.Millisecond), line)
+	d := tlsinfoRE.FindStringSubmatch(line)
+	if d == nil {
+		t.Fatalf("tlsinfo printed %q", line)
+	}
+	if d[2] != host || !strings.Contains(d[1], "Pebble") {
+		t.Errorf("certificate of %s: issuer %q names [%s], want Pebble's for exactly [%s]", host, d[1], d[2], host)
+	}
+	if want := "hello from alpha host=" + host + " proto=HTTP/1.1 path=/"; d[4] != want || d[3] != "200" || d[6] != "h2" {
+		t.Errorf("GET %s = %s %q alpn %q, want 200 %q over h2 (the device terminates TLS)", resp.URL, d[3], d[4], d[6], want)
 	}
 }
