@@ -86,9 +86,14 @@ func TestRestartedPeerResets(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), "connection reset") {
 				t.Fatalf("read after the peer restarted: got %v after %v, want connection reset", err, took)
 			}
-			// Measured 0.2 s; without the handshake, 22 s.
-			if took > 5*time.Second {
-				t.Errorf("reset came %v after the first write, want it within 5 s (WireGuard alone retries after 15 s)", took)
+			// Measured 0.2 s; without the handshake, 22.6 s. Once, in a
+			// full suite under -race, 12.6 s: the first handshake was
+			// lost, wireguard-go sends the next no sooner than 5 s later
+			// (RekeyTimeout), and TCP's backed-off retransmission came
+			// at 12.6 s (0.2 + 0.4 + ... + 6.4). The bound allows that
+			// one loss and still fails without the fix.
+			if took > 14*time.Second {
+				t.Errorf("reset came %v after the first write, want it within 14 s (without the handshake it comes after 22 s)", took)
 			}
 			t.Logf("reset %v after the first write", took)
 		})
