@@ -110,6 +110,7 @@ func TestREADME(t *testing.T) {
 			t.Fatalf("the README's examples need %s (install it: .ci/run lists the packages)", tool)
 		}
 	}
+	lockREADMEPorts(t)
 	repo, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)
@@ -318,4 +319,26 @@ wait:
 			t.Logf("kill process group %d: %v", cmd.Process.Pid, err)
 		}
 	}
+}
+
+// lockREADMEPorts holds a lock, shared by every test run on this machine,
+// until t ends: the README's commands use fixed ports (8080, 8081, 9080,
+// 1080, 5353, 3000, 8000), so two suites at once (make stress) would run
+// one README into the other's servers. The second waits for the first.
+func lockREADMEPorts(t *testing.T) {
+	t.Helper()
+	path := filepath.Join(os.TempDir(), "beam-readme-ports.lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		t.Fatalf("open %s: %v", path, err)
+	}
+	start := time.Now()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil {
+		f.Close()
+		t.Fatalf("lock %s: %v", path, err)
+	}
+	if waited := time.Since(start); waited > time.Second {
+		t.Logf("waited %v for another run's README test (the README's ports are fixed)", waited.Round(time.Millisecond))
+	}
+	t.Cleanup(func() { f.Close() }) // closing releases the lock
 }
