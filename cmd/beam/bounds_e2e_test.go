@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -364,27 +362,8 @@ func TestRegistrationFlood(t *testing.T) {
 
 	// A person's beam up without a key gets a code all the same...
 	d := c.device("laptop")
-	cmd := exec.Command(c.bin, d.args("up", "--coordinator", c.url, "--hostname", "laptop", "--timeout", "90s")...)
-	stderr, _ := cmd.StderrPipe()
-	var stdout strings.Builder
-	cmd.Stdout = &stdout
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
+	cmd, stdout, code := upAwaitingApproval(t, c, d, "90s")
 	defer cmd.Process.Kill()
-	br := bufio.NewReader(stderr)
-	code := ""
-	re := regexp.MustCompile(`beam admin nodes approve (\S+)`)
-	for code == "" {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			t.Fatalf("beam up without a key under the flood ended without an approval code: %v", err)
-		}
-		if m := re.FindStringSubmatch(line); m != nil {
-			code = m[1]
-		}
-	}
-	go io.Copy(io.Discard, br)
 
 	// ...which a refill of the queue from the same 200 addresses does not
 	// push out.

@@ -219,30 +219,38 @@ func TestServerDevExpose(t *testing.T) {
 	})
 }
 
-func TestInteractiveApproval(t *testing.T) {
-	c := newCluster(t)
-	d := c.device("laptop")
-	cmd := exec.Command(c.bin, d.args("up", "--coordinator", c.url, "--hostname", "laptop", "--timeout", "60s")...)
+// upAwaitingApproval starts `beam up` without an auth key for d and
+// returns it, its stdout, and the approval code it printed; the caller
+// kills it when done.
+func upAwaitingApproval(t *testing.T, c *cluster, d *device, timeout string) (*exec.Cmd, *strings.Builder, string) {
+	t.Helper()
+	cmd := exec.Command(c.bin, d.args("up", "--coordinator", c.url, "--hostname", d.name, "--timeout", timeout)...)
 	stderr, _ := cmd.StderrPipe()
-	var stdout strings.Builder
-	cmd.Stdout = &stdout
+	stdout := new(strings.Builder)
+	cmd.Stdout = stdout
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer cmd.Process.Kill()
 	br := bufio.NewReader(stderr)
-	code := ""
 	re := regexp.MustCompile(`beam admin nodes approve (\S+)`)
-	for code == "" {
+	for {
 		line, err := br.ReadString('\n')
 		if err != nil {
-			t.Fatalf("beam up ended without printing an approval code: %v", err)
+			cmd.Process.Kill()
+			t.Fatalf("beam up without a key ended without printing an approval code: %v", err)
 		}
 		if m := re.FindStringSubmatch(line); m != nil {
-			code = m[1]
+			go io.Copy(io.Discard, br)
+			return cmd, stdout, m[1]
 		}
 	}
-	go io.Copy(io.Discard, br)
+}
+
+func TestInteractiveApproval(t *testing.T) {
+	c := newCluster(t)
+	d := c.device("laptop")
+	cmd, stdout, code := upAwaitingApproval(t, c, d, "60s")
+	defer cmd.Process.Kill()
 	c.mustBeam("admin", "nodes", "approve", code, "--coordinator", c.url)
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("beam up after approval: %v", err)
