@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"path/filepath"
 	"reflect"
 	"runtime"
 	"slices"
@@ -24,6 +25,7 @@ import (
 
 	"beam.dev/beam/coordclient"
 	"beam.dev/beam/dnsserver"
+	"beam.dev/beam/expose"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/netstack"
 	"beam.dev/beam/types/key"
@@ -104,9 +106,7 @@ type Node struct {
 	lastErr       string
 	hosts         hostServers // SOCKS5, HTTP proxy and MagicDNS on host loopback
 	allowInbound  []uint16
-	proxies       map[uint16]*exposeProxy // device side of exposed HTTP ports
-	tlsTerm       *tlsTerminator          // device side of tls routes with ACME; nil until needed
-	authURL       string                  // pending interactive approval
+	authURL       string // pending interactive approval
 	authCode      string
 	discoKey      key.DiscoPrivate // per-process disco key
 	curClient     atomic.Pointer[coordclient.Client]
@@ -117,8 +117,7 @@ type Node struct {
 
 	own ownListeners // the daemon's loopback listeners, kept from peers (ownlisteners.go)
 
-	watchMu  sync.Mutex // guards watchers
-	watchers map[chan apitype.RequestLog]struct{}
+	exp *expose.Server // the device side of this node's edge routes
 }
 
 // session is one run of the control loop and the engine's use of it.
@@ -156,6 +155,14 @@ func New(opts Options) (*Node, error) {
 	n := &Node{opts: opts, logger: logger, st: st, discoKey: key.NewDisco(), lock: lock}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.own.logRate.Interval = 10 * time.Second
+	n.exp = expose.New(expose.Options{
+		Logger:           logger,
+		ACMEDirectoryURL: opts.ACMEDirectoryURL,
+		ACMETrustedRoots: opts.ACMETrustedRoots,
+		ACMEEmail:        opts.ACMEEmail,
+		CertDir:          filepath.Join(opts.StateDir, "certs"),
+		SetTXT:           n.setTXTNow,
+	})
 	n.resolver = dnsserver.NewResolver(dnsserver.ResolverOptions{
 		Logger:      logger.With("component", "dns"),
 		Dial:        n.dialForDNS,
@@ -640,7 +647,7 @@ func (n *Node) applyLocked() {
 		n.state = apitype.StateRunning
 	}
 	if n.lastEngineCfg != nil && reflect.DeepEqual(*n.lastEngineCfg, cfg) {
-		n.syncExposeProxiesLocked(cfg)
+		n.syncExposeLocked(cfg)
 		return
 	}
 	if err := n.engine.Reconfig(cfg); err != nil {
@@ -649,7 +656,7 @@ func (n *Node) applyLocked() {
 	}
 	n.lastEngineCfg = &cfg
 	n.ensureDNSLocked(cfg.ServiceAddrs)
-	n.syncExposeProxiesLocked(cfg)
+	n.syncExposeLocked(cfg)
 }
 
 // setState records a state and the error that caused it.
@@ -744,11 +751,7 @@ func (n *Node) Logout(ctx context.Context) error {
 
 func (n *Node) closeEngineLocked() {
 	n.stopUAPILocked()
-	n.closeTLSRoutesLocked()
-	for port, p := range n.proxies {
-		p.close()
-		delete(n.proxies, port)
-	}
+	n.exp.Close()
 	if n.engine != nil {
 		if err := n.engine.Close(); err != nil {
 			n.logger.Warn("close engine", "err", err)

@@ -63,8 +63,9 @@ var forbidden = map[string][]string{
 	"coordinator/sqlstore": {"netstack", "node", "dnsserver", "edge", "derp", "cmd", "localapi"},
 	"coordclient":          {"coordinator", "netstack", "node", "cmd"},
 	"dnsserver":            {"netstack", "node", "coordinator", "wire", "edge", "cmd"},
-	"edge":                 {"netstack", "node", "coordinator", "wire", "configs", "dnsserver", "cmd"},
+	"edge":                 {"netstack", "node", "expose", "coordinator", "wire", "configs", "dnsserver", "cmd"},
 	"node":                 {"coordinator", "derp/derpserver", "edge", "localapi", "cmd"},
+	"expose":               {"node", "netstack", "coordinator", "coordclient", "derp", "dnsserver", "edge", "localapi", "localclient", "configs", "cmd"},
 	"localapi":             {"cmd"},
 	"localclient":          {"node", "netstack", "localapi", "cmd"},
 }

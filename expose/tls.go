@@ -1,4 +1,4 @@
-package node
+package expose
 
 import (
 	"bufio"
@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -24,14 +23,13 @@ import (
 	"golang.org/x/net/http2"
 
 	"beam.dev/beam/internal/zapslog"
-	"beam.dev/beam/netstack"
 )
 
 // tlsHandshakeTimeout bounds a client's TLS handshake with the device,
 // including the wait for a certificate still being obtained.
 const tlsHandshakeTimeout = 30 * time.Second
 
-// tlsTerminator is the device side of "tls" routes when the daemon holds
+// tlsTerminator is the device side of "tls" routes when the device holds
 // the certificates itself (Options.ACMEDirectoryURL set). For each host of
 // this node's own tls routes it obtains and renews a certificate from the
 // ACME CA by DNS-01, publishing the challenge in the coordinator's public
@@ -61,10 +59,11 @@ const tlsHandshakeTimeout = 30 * time.Second
 // all are counted in wg and waited for in close. The certmagic cache runs
 // its own renewal goroutine, stopped in close.
 //
-// Lock order: Node.mu, then tlsTerminator.mu. Nothing here takes Node.mu:
-// the DNS-01 solver reaches the control client through Node.curClient.
+// Lock order: Server.mu, then tlsTerminator.mu. Nothing here takes
+// Server.mu: the DNS-01 solver reaches the control client through
+// Options.SetTXT.
 type tlsTerminator struct {
-	n      *Node
+	s      *Server
 	log    *slog.Logger
 	cache  *certmagic.Cache
 	cfg    *certmagic.Config
@@ -73,7 +72,7 @@ type tlsTerminator struct {
 	wg     sync.WaitGroup
 
 	// listeners are the netstack listeners per local port; guarded by
-	// Node.mu (only syncLocked and close touch them).
+	// Server.mu (only syncLocked and close touch them).
 	listeners map[uint16]*tlsListener
 	// edges are the overlay addresses of the edge nodes, the only
 	// clients whose PROXY protocol header is read; stored on every sync.
@@ -93,16 +92,16 @@ type tlsHost struct {
 
 // tlsListener listens on the overlay addresses of one engine at one port.
 type tlsListener struct {
-	engine *netstack.Engine
-	lns    []net.Listener
+	net Network
+	lns []net.Listener
 }
 
-// newTLSTerminator returns a terminator using the node's ACME options,
-// with certmagic storage under STATE/certs.
-func newTLSTerminator(n *Node) *tlsTerminator {
+// newTLSTerminator returns a terminator using the server's ACME options,
+// with certmagic storage in Options.CertDir.
+func newTLSTerminator(s *Server) *tlsTerminator {
 	t := &tlsTerminator{
-		n:         n,
-		log:       n.logger.With("component", "tls-routes"),
+		s:         s,
+		log:       s.logger.With("component", "tls-routes"),
 		listeners: map[uint16]*tlsListener{},
 		hosts:     map[string]*tlsHost{},
 		conns:     map[net.Conn]struct{}{},
@@ -115,66 +114,60 @@ func newTLSTerminator(n *Node) *tlsTerminator {
 		Logger:           zl,
 	})
 	t.cfg = certmagic.New(t.cache, certmagic.Config{
-		Storage: &certmagic.FileStorage{Path: filepath.Join(n.opts.StateDir, "certs")},
+		Storage: &certmagic.FileStorage{Path: s.opts.CertDir},
 		OCSP:    certmagic.OCSPConfig{DisableStapling: true},
 		Logger:  zl,
 	})
 	t.cfg.Issuers = []certmagic.Issuer{certmagic.NewACMEIssuer(t.cfg, certmagic.ACMEIssuer{
-		CA:                      n.opts.ACMEDirectoryURL,
-		Email:                   n.opts.ACMEEmail,
+		CA:                      s.opts.ACMEDirectoryURL,
+		Email:                   s.opts.ACMEEmail,
 		Agreed:                  true,
-		TrustedRoots:            n.opts.ACMETrustedRoots,
+		TrustedRoots:            s.opts.ACMETrustedRoots,
 		DisableHTTPChallenge:    true,
 		DisableTLSALPNChallenge: true,
-		DNS01Solver:             &nodeDNSSolver{n: n, values: map[string][]string{}},
+		DNS01Solver:             &txtSolver{setTXT: s.opts.SetTXT, values: map[string][]string{}},
 		Logger:                  zl,
 	})}
 	return t
 }
 
-// syncTLSRoutesLocked starts or stops the terminator's work to match this
-// node's own tls routes. It does nothing without Options.ACMEDirectoryURL
-// (tls routes then pass through to the app). Node.mu held.
-func (n *Node) syncTLSRoutesLocked(cfg netstack.Config) {
-	if n.opts.ACMEDirectoryURL == "" {
+// syncTLSLocked starts or stops the terminator's work to match the
+// device's own tls routes. It does nothing without
+// Options.ACMEDirectoryURL (tls routes then pass through to the app).
+// Server.mu held.
+func (s *Server) syncTLSLocked(cfg Config) {
+	if s.opts.ACMEDirectoryURL == "" {
 		return
 	}
 	want := map[uint16][]string{} // local port -> hosts
-	if n.engine != nil {
-		for _, r := range n.ownRoutesLocked() {
+	if cfg.Net != nil {
+		for _, r := range cfg.Routes {
 			if r.Proto != "tls" {
 				continue
 			}
-			if p := r.Target.Port(); n.proxies[p] == nil {
-				want[p] = append(want[p], strings.ToLower(strings.TrimSuffix(r.Host, ".")))
+			if s.proxies[r.Port] == nil {
+				want[r.Port] = append(want[r.Port], strings.ToLower(strings.TrimSuffix(r.Host, ".")))
 			} else {
-				n.logger.Warn("tls route shares its port with an http route; serving http", "host", r.Host, "port", p)
+				s.logger.Warn("tls route shares its port with an http route; serving http", "host", r.Host, "port", r.Port)
 			}
 		}
 	}
-	if len(want) == 0 && n.tlsTerm == nil {
+	if len(want) == 0 && s.tlsTerm == nil {
 		return
 	}
-	if n.tlsTerm == nil {
-		n.tlsTerm = newTLSTerminator(n)
+	if s.tlsTerm == nil {
+		s.tlsTerm = newTLSTerminator(s)
 	}
-	edges := n.edgeAddrsLocked()
-	n.tlsTerm.edges.Store(&edges)
-	n.tlsTerm.syncLocked(n.engine, cfg.Addresses, want)
+	edges := slices.Clone(cfg.Edges)
+	s.tlsTerm.edges.Store(&edges)
+	s.tlsTerm.syncLocked(cfg.Net, cfg.Addrs, want)
 }
 
-// closeTLSRoutesLocked stops the terminator, if any. Node.mu held.
-func (n *Node) closeTLSRoutesLocked() {
-	if n.tlsTerm != nil {
-		n.tlsTerm.close()
-		n.tlsTerm = nil
-	}
-}
-
-// syncLocked makes the listeners and managed hosts match want. Node.mu held.
-func (t *tlsTerminator) syncLocked(e *netstack.Engine, addrs []netip.Prefix, want map[uint16][]string) {
+// syncLocked makes the listeners and managed hosts match want. Server.mu
+// held.
+func (t *tlsTerminator) syncLocked(e Network, addrs []netip.Prefix, want map[uint16][]string) {
 	for port, l := range t.listeners {
-		if _, ok := want[port]; !ok || l.engine != e {
+		if _, ok := want[port]; !ok || l.net != e {
 			l.close()
 			delete(t.listeners, port)
 		}
@@ -247,8 +240,8 @@ func (t *tlsTerminator) manage(ctx context.Context, name string, h *tlsHost) {
 }
 
 // listen opens the listeners of one port on every overlay address.
-func (t *tlsTerminator) listen(e *netstack.Engine, addrs []netip.Prefix, port uint16) (*tlsListener, error) {
-	l := &tlsListener{engine: e}
+func (t *tlsTerminator) listen(e Network, addrs []netip.Prefix, port uint16) (*tlsListener, error) {
+	l := &tlsListener{net: e}
 	for _, a := range addrs {
 		ln, err := e.Listen("tcp", netip.AddrPortFrom(a.Addr(), port).String())
 		if err != nil {
@@ -412,7 +405,7 @@ func (t *tlsTerminator) serveHTTP2(tc *tls.Conn, port uint16, addr string, proxy
 		DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) { return dial(ctx) },
 	}
 	defer h2.CloseIdleConnections()
-	o := exposeProxyOptions{Port: port, Target: addr, Watching: t.n.watchingRequests, Publish: t.n.publishRequest, Logger: t.log}
+	o := exposeProxyOptions{Port: port, Target: addr, Watching: t.s.watching, Publish: t.s.publish, Logger: t.log}
 	proxy := h2Handler(o, t.log, transportSwitch{h1: h1, h2: h2})
 	var xff []string
 	if client.IsValid() {
@@ -430,22 +423,22 @@ func (t *tlsTerminator) serveHTTP2(tc *tls.Conn, port uint16, addr string, proxy
 }
 
 // getCertificate waits for the certificate of the ClientHello's name,
-// which must be the host of one of this node's tls routes.
+// which must be the host of one of this device's tls routes.
 func (t *tlsTerminator) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	name := strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
 	t.mu.Lock()
 	h := t.hosts[name]
 	t.mu.Unlock()
 	if h == nil {
-		return nil, fmt.Errorf("node: no tls route for %q", hello.ServerName)
+		return nil, fmt.Errorf("expose: no tls route for %q", hello.ServerName)
 	}
 	select {
 	case <-h.ready:
 	case <-hello.Context().Done():
-		return nil, fmt.Errorf("node: certificate for %s not ready: %w", name, hello.Context().Err())
+		return nil, fmt.Errorf("expose: certificate for %s not ready: %w", name, hello.Context().Err())
 	}
 	if h.err != nil {
-		return nil, fmt.Errorf("node: certificate for %s: %w", name, h.err)
+		return nil, fmt.Errorf("expose: certificate for %s: %w", name, h.err)
 	}
 	return t.cfg.GetCertificate(hello)
 }
@@ -467,32 +460,28 @@ func (t *tlsTerminator) close() {
 	t.cache.Stop()
 }
 
-// nodeDNSSolver answers DNS-01 challenges by setting TXT records in the
-// coordinator's zone through the node's control client. Values of one
+// txtSolver answers DNS-01 challenges by setting TXT records in the
+// coordinator's zone through the device's control client. Values of one
 // name accumulate while several challenges are under way.
-type nodeDNSSolver struct {
-	n *Node
+type txtSolver struct {
+	setTXT func(ctx context.Context, name string, values []string) error
 
 	mu     sync.Mutex // guards values and serializes updates
 	values map[string][]string
 }
 
-// errNoControl is returned while the node has no control session.
-var errNoControl = errors.New("node: not connected to the coordinator")
-
-func (s *nodeDNSSolver) set(ctx context.Context, name string, values []string) error {
-	c := s.n.curClient.Load()
-	if c == nil {
-		return errNoControl
+func (s *txtSolver) set(ctx context.Context, name string, values []string) error {
+	if s.setTXT == nil {
+		return errors.New("expose: no way to publish DNS-01 records")
 	}
-	if err := c.SetTXT(ctx, name, values); err != nil {
-		return fmt.Errorf("node: DNS-01 record %s: %w", name, err)
+	if err := s.setTXT(ctx, name, values); err != nil {
+		return fmt.Errorf("expose: DNS-01 record %s: %w", name, err)
 	}
 	return nil
 }
 
 // Present publishes the challenge's key authorization.
-func (s *nodeDNSSolver) Present(ctx context.Context, ch acme.Challenge) error {
+func (s *txtSolver) Present(ctx context.Context, ch acme.Challenge) error {
 	name := strings.TrimSuffix(ch.DNS01TXTRecordName(), ".")
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -505,7 +494,7 @@ func (s *nodeDNSSolver) Present(ctx context.Context, ch acme.Challenge) error {
 }
 
 // CleanUp withdraws the challenge's key authorization.
-func (s *nodeDNSSolver) CleanUp(ctx context.Context, ch acme.Challenge) error {
+func (s *txtSolver) CleanUp(ctx context.Context, ch acme.Challenge) error {
 	name := strings.TrimSuffix(ch.DNS01TXTRecordName(), ".")
 	s.mu.Lock()
 	defer s.mu.Unlock()

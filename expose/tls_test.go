@@ -1,4 +1,4 @@
-package node
+package expose
 
 import (
 	"bufio"
@@ -13,7 +13,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -95,8 +94,7 @@ func newTLSTermLab(t *testing.T) *tlsTermLab {
 
 	cert, pool := selfSigned(t, tlsRouteHost)
 	lab.pool = pool
-	n := &Node{logger: slog.New(slog.DiscardHandler), opts: Options{StateDir: t.TempDir()}}
-	term := newTLSTerminator(n)
+	term := newTLSTerminator(New(Options{CertDir: t.TempDir()}))
 	if _, err := term.cfg.CacheUnmanagedTLSCertificate(t.Context(), cert, nil); err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,162 @@
+// Package expose is the device side of publishing a local port on the
+// edge: for each of the device's own routes it listens on the device's
+// overlay addresses (inside the netstack) and relays what the edge sends
+// to the app. HTTP routes go through a byte-for-byte HTTP/1 relay (with
+// an HTTP/2 server for h2c), tls routes through a TLS terminator when the
+// device holds its certificates (ACME by DNS-01), and tcp routes to
+// another host through a plain splice. It also keeps the request log that
+// beam expose prints.
+//
+// The daemon (package node) owns a Server, hands it the routes of each
+// netmap with Sync, and closes it when the engine stops. Nothing here
+// knows the daemon.
+package expose
+
+import (
+	"context"
+	"crypto/x509"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+
+	"beam.dev/beam/localapi/apitype"
+)
+
+// Network is where the device listens for the edge's connections: the
+// node's netstack engine (*netstack.Engine) implements it.
+type Network interface {
+	Listen(network, address string) (net.Listener, error)
+}
+
+// Options configures a Server.
+type Options struct {
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+
+	// ACMEDirectoryURL, if set, makes the device terminate TLS itself for
+	// its tls routes, with certificates it obtains (and renews) from this
+	// ACME directory by DNS-01 through SetTXT. Empty: tls routes pass
+	// through to the app, which terminates TLS.
+	ACMEDirectoryURL string
+	// ACMETrustedRoots, if not nil, are the roots trusted for the ACME
+	// directory's HTTPS; nil means the system roots.
+	ACMETrustedRoots *x509.CertPool
+	// ACMEEmail is the ACME account's contact; may be empty.
+	ACMEEmail string
+	// CertDir holds the ACME account and certificates. Required with
+	// ACMEDirectoryURL.
+	CertDir string
+	// SetTXT publishes (or, with no values, deletes) a TXT record in the
+	// coordinator's public zone, for DNS-01 challenges. Required with
+	// ACMEDirectoryURL.
+	SetTXT func(ctx context.Context, name string, values []string) error
+}
+
+// Route is one of the device's own published routes.
+type Route struct {
+	Proto    string // "http", "tls", "tcp" or "udp"
+	Host     string // the public host name
+	Port     uint16 // the local port the route forwards to
+	Upstream string // wire.EdgeRoute.Upstream; empty for 127.0.0.1:Port
+}
+
+// Config is what the Server serves: the device's routes on one network.
+type Config struct {
+	// Net is where to listen; nil serves nothing (the engine is down).
+	Net Network
+	// Addrs are the device's overlay addresses, listened on at each
+	// route's port.
+	Addrs []netip.Prefix
+	// Routes are the device's own routes.
+	Routes []Route
+	// Edges are the overlay addresses of the edge nodes: only their
+	// PROXY protocol headers and refusal reports are believed.
+	Edges []netip.Addr
+}
+
+// Server is the device side of all of the device's routes.
+//
+// Lock order: the caller's locks, then mu, then the proxies' and the
+// terminator's own.
+type Server struct {
+	opts   Options
+	logger *slog.Logger
+
+	mu      sync.Mutex // guards the following fields
+	proxies map[uint16]*exposeProxy
+	tlsTerm *tlsTerminator // nil until a tls route needs it
+
+	watchMu  sync.Mutex // guards watchers
+	watchers map[chan apitype.RequestLog]struct{}
+}
+
+// New returns a Server serving nothing until Sync.
+func New(o Options) *Server {
+	logger := o.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Server{opts: o, logger: logger, proxies: map[uint16]*exposeProxy{}}
+}
+
+// Sync starts and stops listeners and proxies to serve cfg. Connections
+// of routes that remain are kept.
+func (s *Server) Sync(cfg Config) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.syncProxiesLocked(cfg)
+	s.syncTLSLocked(cfg)
+}
+
+// Close stops serving every route and waits for the goroutines of its
+// connections. The Server may be synced again afterwards.
+func (s *Server) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.tlsTerm != nil {
+		s.tlsTerm.close()
+		s.tlsTerm = nil
+	}
+	for port, p := range s.proxies {
+		p.close()
+		delete(s.proxies, port)
+	}
+}
+
+// Watch returns a channel of requests served through the device's HTTP
+// routes until ctx ends. Slow readers miss lines rather than slowing
+// requests down.
+func (s *Server) Watch(ctx context.Context) <-chan apitype.RequestLog {
+	ch := make(chan apitype.RequestLog, 256)
+	s.watchMu.Lock()
+	if s.watchers == nil {
+		s.watchers = map[chan apitype.RequestLog]struct{}{}
+	}
+	s.watchers[ch] = struct{}{}
+	s.watchMu.Unlock()
+	context.AfterFunc(ctx, func() {
+		s.watchMu.Lock()
+		delete(s.watchers, ch)
+		s.watchMu.Unlock()
+	})
+	return ch
+}
+
+// watching reports whether anyone watches the request log.
+func (s *Server) watching() bool {
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	return len(s.watchers) > 0
+}
+
+func (s *Server) publish(l apitype.RequestLog) {
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	for ch := range s.watchers {
+		select {
+		case ch <- l:
+		default:
+		}
+	}
+}
