@@ -29,6 +29,8 @@ import (
 //	                        -> 200, body = sealed JSON wire.ExposeResponse
 //	POST /machine/txt       <- envelope sealing a TXTRequest (edge nodes only)
 //	                        -> 200, body = sealed JSON TXTResponse
+//	GET  /server/setup      -> JSON wire.ServerSetup, unsealed (public), or
+//	                           404 without Options.ServerSetup
 //
 // The envelope is JSON:
 //

@@ -6,12 +6,16 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
+	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"beam.dev/beam/coordclient"
 	"beam.dev/beam/coordinator"
 	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
@@ -128,6 +132,34 @@ func TestGetKey(t *testing.T) {
 	k, err := key.ParseMachinePublic(strings.TrimSpace(string(b)))
 	if err != nil || k != c.priv.Public() {
 		t.Fatalf("GET /key = %q (%v), want %v", b, err, c.priv.Public())
+	}
+}
+
+// TestServerSetup checks GET /server/setup: 404 from a coordinator with
+// no public setup, and the setup of the moment, to anyone, from one with
+// it.
+func TestServerSetup(t *testing.T) {
+	_, err := coordclient.ServerSetup(t.Context(), startCoord(t, nil).URL, nil)
+	if ce, ok := errors.AsType[*coordclient.Error](err); !ok || ce.Status != http.StatusNotFound {
+		t.Errorf("setup of a coordinator without one: %v, want a 404 error", err)
+	}
+	var state atomic.Value
+	state.Store(wire.CertPending)
+	c := startCoord(t, func(o *coordinator.Options) {
+		o.ServerSetup = func() *wire.ServerSetup {
+			return &wire.ServerSetup{Domain: "example.test", PublicIPs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, HTTPSPort: 443,
+				Certificate: &wire.CertStatus{Name: "*.example.test", State: state.Load().(string)}}
+		}
+	})
+	for _, want := range []string{wire.CertPending, wire.CertFailed} {
+		state.Store(want)
+		got, err := coordclient.ServerSetup(t.Context(), c.URL, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Domain != "example.test" || len(got.PublicIPs) != 1 || got.HTTPSPort != 443 || got.Certificate == nil || got.Certificate.State != want {
+			t.Errorf("setup = %+v, want example.test at 192.0.2.1 with HTTPS and a %s certificate", got, want)
+		}
 	}
 }
 

@@ -117,6 +117,9 @@ type Options struct {
 	// DNS, if not nil, replaces the stored DNS settings at start; nil
 	// keeps them (see SetDNSSettings).
 	DNS *DNSSettings
+	// ServerSetup, if not nil, is answered to GET wire.ServerSetupPath
+	// (public: see wire.ServerSetup); nil answers 404.
+	ServerSetup func() *wire.ServerSetup
 }
 
 // Server is the coordinator. It is an http.Handler serving the control
@@ -144,6 +147,7 @@ type Server struct {
 	mux           *http.ServeMux
 	replay        replayCache
 	derpMap       atomic.Pointer[wire.DERPMap]
+	serverSetup   func() *wire.ServerSetup // nil: none
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -197,6 +201,7 @@ func New(opts Options) (*Server, error) {
 		nodeKeyExpiry: opts.NodeKeyExpiry,
 		now:           opts.Now,
 		policy:        opts.Policy,
+		serverSetup:   opts.ServerSetup,
 		networks:      make(map[int64]*Network),
 		netNames:      make(map[string]*Network),
 		nodes:         make(map[key.NodePublic]*nodeEntry),
@@ -357,6 +362,7 @@ func (s *Server) routes() *http.ServeMux {
 	mux.HandleFunc("POST /machine/register", s.handleRegister)
 	mux.HandleFunc("POST /machine/map", s.handleMap)
 	mux.HandleFunc("GET /api/v1/derp/verify", s.handleDERPVerify)
+	mux.HandleFunc("GET "+wire.ServerSetupPath, s.handleServerSetup)
 	admin := http.NewServeMux()
 	admin.HandleFunc("POST /api/v1/authkeys", s.handleCreateAuthKey)
 	admin.HandleFunc("GET /api/v1/authkeys", s.handleListAuthKeys)
@@ -369,6 +375,14 @@ func (s *Server) routes() *http.ServeMux {
 	s.accessRoutes(mux, admin)
 	mux.Handle("/api/v1/", s.requireAdmin(admin))
 	return mux
+}
+
+func (s *Server) handleServerSetup(w http.ResponseWriter, r *http.Request) {
+	if s.serverSetup == nil {
+		writeError(w, errorf(http.StatusNotFound, CodeNotFound, "this coordinator has no public server setup (it is not run by beam server with a domain)"))
+		return
+	}
+	writeJSON(w, http.StatusOK, s.serverSetup())
 }
 
 func (s *Server) handleKey(w http.ResponseWriter, r *http.Request) {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3/acme"
@@ -81,6 +82,90 @@ type CertManager struct {
 	wildcard *certmagic.Config // DNS-01 only
 	onDemand *certmagic.Config // TLS-ALPN-01 only
 	names    []string          // "*.Domain"
+
+	mu     sync.Mutex // guards status
+	status CertStatus
+}
+
+// CertState is where the wildcard certificate stands.
+type CertState string
+
+// The states of the wildcard certificate: pending until the first order
+// ends (or storage is found to hold the certificate), then issued or
+// failed. A failed order is retried with backoff, and a later success
+// makes the state issued.
+const (
+	CertPending CertState = "pending"
+	CertIssued  CertState = "issued"
+	CertFailed  CertState = "failed"
+)
+
+// CertStatus is the state of the wildcard certificate's ACME orders, for
+// a setup check to explain.
+type CertStatus struct {
+	// Name is the certificate's name, "*.Domain".
+	Name string
+	// CA is the ACME directory URL.
+	CA    string
+	State CertState
+	// Orders counts the orders started since the manager was created
+	// (none when storage already held the certificate).
+	Orders int
+	// Problem is the ACME problem type of the last failure without its
+	// "urn:ietf:params:acme:error:" prefix ("unauthorized", "dns",
+	// "rateLimited", ...), empty when the failure was not the CA's answer
+	// (the directory could not be reached) or nothing failed.
+	Problem string
+	// Error is the last failure, empty when nothing failed since the
+	// certificate was last issued. A failed renewal sets it while the
+	// state stays issued.
+	Error string
+	// Changed is when the status last changed.
+	Changed time.Time
+}
+
+// Status returns the wildcard certificate's status.
+func (m *CertManager) Status() CertStatus {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.status
+}
+
+// onEvent follows certmagic's events about the wildcard certificate into
+// m.status.
+func (m *CertManager) onEvent(_ context.Context, event string, data map[string]any) error {
+	if id, _ := data["identifier"].(string); id != m.names[0] {
+		return nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch event {
+	case "cert_obtaining":
+		m.status.Orders++
+	case "cert_obtained":
+		m.status.State, m.status.Problem, m.status.Error = CertIssued, "", ""
+	case "cert_failed":
+		err, _ := data["error"].(error)
+		if err == nil {
+			err = errors.New("unknown error")
+		}
+		m.status.Problem, m.status.Error = "", err.Error()
+		var p acme.Problem
+		if errors.As(err, &p) {
+			m.status.Problem = strings.TrimPrefix(p.Type, acme.ProblemTypeNamespace)
+			m.status.Error = p.Detail
+			if p.Detail == "" {
+				m.status.Error = p.Error()
+			}
+		}
+		if m.status.State != CertIssued {
+			m.status.State = CertFailed
+		}
+	default:
+		return nil
+	}
+	m.status.Changed = time.Now()
+	return nil
 }
 
 // NewCertManager returns a CertManager. It obtains nothing until
@@ -119,6 +204,7 @@ func NewCertManager(opts CertOptions) (*CertManager, error) {
 		log:   log.With("component", "edge-certs"),
 		names: []string{"*." + opts.Domain},
 	}
+	m.status = CertStatus{Name: m.names[0], CA: opts.DirectoryURL, State: CertPending, Changed: time.Now()}
 	zl := zapslog.New(m.log) // certmagic: ACME orders, renewals, failures
 	storage := &certmagic.FileStorage{Path: opts.StorageDir}
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
@@ -136,6 +222,7 @@ func NewCertManager(opts CertOptions) (*CertManager, error) {
 			OnDemand: onDemand,
 			OCSP:     certmagic.OCSPConfig{DisableStapling: true},
 			Logger:   zl,
+			OnEvent:  m.onEvent,
 		})
 		issuer.CA = opts.DirectoryURL
 		issuer.Email = opts.Email
@@ -185,6 +272,11 @@ func (m *CertManager) ManageWildcard(ctx context.Context) error {
 			return fmt.Errorf("edge: obtain %s: %w", name, err)
 		}
 	}
+	m.mu.Lock()
+	if m.status.State != CertIssued { // found in storage: no event
+		m.status.State, m.status.Problem, m.status.Error, m.status.Changed = CertIssued, "", "", time.Now()
+	}
+	m.mu.Unlock()
 	// Load it from storage into the cache, which renews it. (ManageSync
 	// would prompt on stdin if it had to obtain, but storage has it now.)
 	if err := m.wildcard.ManageSync(ctx, m.names); err != nil {

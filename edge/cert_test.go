@@ -167,8 +167,14 @@ func TestACMECertificates(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
+	if st := cm.Status(); st.State != CertPending || st.Name != "*.example.test" || st.CA != dir {
+		t.Errorf("status before ManageWildcard = %+v, want pending *.example.test from %s", st, dir)
+	}
 	if err := cm.ManageWildcard(ctx); err != nil {
 		t.Fatalf("ManageWildcard: %v", err)
+	}
+	if st := cm.Status(); st.State != CertIssued || st.Orders != 1 || st.Error != "" {
+		t.Errorf("status after ManageWildcard = %+v, want issued after 1 order, no error", st)
 	}
 	zone.mu.Lock()
 	zlog, left := slices.Clone(zone.log), len(zone.txt)
@@ -227,5 +233,46 @@ func TestACMECertificates(t *testing.T) {
 				t.Errorf("body %q, want %q", body, want)
 			}
 		})
+	}
+}
+
+// lostTXT is a zone whose records never reach the CA: a delegation the
+// CA cannot follow.
+type lostTXT struct{}
+
+func (lostTXT) SetTXT(string, []string) {}
+func (lostTXT) DeleteTXT(string)        {}
+
+// TestACMEOrderFails checks that a failed order of the wildcard shows in
+// Status with the CA's problem, while ManageWildcard keeps retrying.
+func TestACMEOrderFails(t *testing.T) {
+	zone := &testZone{txt: map[string][]string{}}
+	dir, apiRoots, _ := startPebble(t, startZone(t, zone), 1)
+	cm, err := NewCertManager(CertOptions{Domain: testDomain, TXT: lostTXT{}, DirectoryURL: dir, TrustedRoots: apiRoots, StorageDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cm.Close()
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- cm.ManageWildcard(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(60 * time.Second)
+	for cm.Status().State == CertPending {
+		select {
+		case err := <-done:
+			t.Fatalf("ManageWildcard returned %v before the order failed", err)
+		case <-deadline:
+			t.Fatalf("status still %+v after 60 s", cm.Status())
+		case <-tick.C:
+		}
+	}
+	st := cm.Status()
+	t.Logf("status %+v", st)
+	if st.State != CertFailed || st.Orders != 1 || st.Problem != "unauthorized" || st.Error == "" {
+		t.Errorf("status = %+v, want failed after 1 order with the CA's unauthorized problem", st)
 	}
 }

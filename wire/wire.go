@@ -41,7 +41,9 @@ import (
 //   - 9 (2026-12-06): ExposeResponse.ACMEChallengeCNAME: a tls route on a
 //     custom domain gets its DNS-01 challenge through a CNAME into the
 //     edge domain's zone.
-const CapabilityVersion = 9
+//   - 10 (2026-12-06): GET ServerSetupPath: a public server's domain,
+//     addresses, ports and certificate status, for beam netcheck --server.
+const CapabilityVersion = 10
 
 // NodeID is the coordinator's stable identifier of a node.
 type NodeID int64

@@ -152,11 +152,12 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 		return err
 	}
 	defer e.Close()
-	getCert, closeCerts, err := edgeCertificates(ctx, o, e, edgeTXT{n: n, logger: logger}, logger)
+	certs, err := edgeCertificates(ctx, o, e, edgeTXT{n: n, logger: logger}, logger)
 	if err != nil {
 		return err
 	}
-	defer closeCerts()
+	defer certs.close()
+	getCert := certs.get
 	httpsAddr := o.HTTPSAddr
 	if getCert == nil {
 		if httpsAddr != "" {
@@ -260,26 +261,38 @@ func newEdge(dial func(ctx context.Context, network, addr string) (net.Conn, err
 	return edge.New(opts)
 }
 
+// edgeCerts is the edge's TLS certificate source.
+type edgeCerts struct {
+	// get is the GetCertificate of the edge's TLS listener; nil means no
+	// certificates (no HTTPS).
+	get func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	// status is the ACME wildcard certificate's status; nil when the
+	// certificates do not come from ACME.
+	status func() edge.CertStatus
+	// close stops renewals.
+	close func()
+}
+
 // edgeCertificates returns the TLS certificate source for the edge: a
-// fixed certificate, an ACME manager, or nil for none.
-func edgeCertificates(ctx context.Context, o *EdgeOptions, e *edge.Edge, txt edge.TXTSetter, logger *slog.Logger) (func(*tls.ClientHelloInfo) (*tls.Certificate, error), func(), error) {
+// fixed certificate, an ACME manager, or none.
+func edgeCertificates(ctx context.Context, o *EdgeOptions, e *edge.Edge, txt edge.TXTSetter, logger *slog.Logger) (edgeCerts, error) {
 	switch {
 	case o.TLSCert != "":
 		cert, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey)
 		if err != nil {
-			return nil, nil, fmt.Errorf("load --tls-cert: %w", err)
+			return edgeCerts{}, fmt.Errorf("load --tls-cert: %w", err)
 		}
-		return func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, func() {}, nil
+		return edgeCerts{get: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, close: func() {}}, nil
 	case o.ACMECA != "":
 		var roots *x509.CertPool
 		if o.ACMECARoot != "" {
 			pem, err := os.ReadFile(o.ACMECARoot)
 			if err != nil {
-				return nil, nil, fmt.Errorf("read --acme-ca-root: %w", err)
+				return edgeCerts{}, fmt.Errorf("read --acme-ca-root: %w", err)
 			}
 			roots = x509.NewCertPool()
 			if !roots.AppendCertsFromPEM(pem) {
-				return nil, nil, fmt.Errorf("--acme-ca-root %s holds no PEM certificate", o.ACMECARoot)
+				return edgeCerts{}, fmt.Errorf("--acme-ca-root %s holds no PEM certificate", o.ACMECARoot)
 			}
 		}
 		cm, err := edge.NewCertManager(edge.CertOptions{
@@ -294,14 +307,14 @@ func edgeCertificates(ctx context.Context, o *EdgeOptions, e *edge.Edge, txt edg
 			Logger:        logger.With("component", "acme"),
 		})
 		if err != nil {
-			return nil, nil, err
+			return edgeCerts{}, err
 		}
 		go func() {
 			if err := cm.ManageWildcard(ctx); err != nil && ctx.Err() == nil {
 				logger.Warn("wildcard certificate", "err", err)
 			}
 		}()
-		return cm.GetCertificate, func() { cm.Close() }, nil
+		return edgeCerts{get: cm.GetCertificate, status: cm.Status, close: func() { cm.Close() }}, nil
 	}
-	return nil, func() {}, nil
+	return edgeCerts{close: func() {}}, nil
 }

@@ -240,15 +240,25 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer func() { cancel(); wg.Wait() }()
 
+	// What GET /server/setup answers, filled in as the listeners start.
+	setup := &publicSetup{ServerSetup: wire.ServerSetup{Domain: o.Domain}}
+	for _, ip := range o.PublicIPs {
+		if a, err := netip.ParseAddr(ip); err == nil {
+			setup.ServerSetup.PublicIPs = append(setup.ServerSetup.PublicIPs, a)
+		}
+	}
+
 	// Relay and STUN.
 	derpSrv := derpserver.New(derpserver.Options{PrivateKey: derpKey, Logger: logger})
 	defer derpSrv.Close()
 	region := &wire.DERPRegion{RegionID: 1, RegionCode: "server", Name: "beam server", Nodes: []*wire.DERPNode{{Name: "1", RegionID: 1, URL: publicURL}}}
+	var stunPC net.PacketConn
 	if o.STUNAddr != "" {
 		pc, err := net.ListenPacket("udp", o.STUNAddr)
 		if err != nil {
 			return fmt.Errorf("stun listen: %w", err)
 		}
+		stunPC = pc
 		stunHost, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(publicURL, "http://"), "https://"), ":")
 		if h, _, err := net.SplitHostPort(strings.TrimPrefix(strings.TrimPrefix(publicURL, "http://"), "https://")); err == nil {
 			stunHost = h
@@ -261,6 +271,10 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		}()
 	}
 	derpMap := &wire.DERPMap{Regions: map[int]*wire.DERPRegion{1: region}}
+	setup.ServerSetup.CoordinatorPort = uint16(addr.Port)
+	if stunPC != nil {
+		setup.ServerSetup.STUNPort = uint16(stunPC.LocalAddr().(*net.UDPAddr).Port)
+	}
 
 	// The public zone.
 	var zone *dnsserver.Zone
@@ -278,6 +292,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		if err != nil {
 			return fmt.Errorf("dns listen: %w", err)
 		}
+		setup.ServerSetup.DNSPort = uint16(pc.LocalAddr().(*net.UDPAddr).Port)
 		zln, err := net.Listen("tcp", o.DNSAddr)
 		if err != nil {
 			pc.Close()
@@ -315,6 +330,9 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	}
 	if err := serverEdgeOptions(&copts, o, zone); err != nil {
 		return err
+	}
+	if !o.Dev {
+		copts.ServerSetup = setup.get
 	}
 	coord, err := coordinator.New(copts)
 	if err != nil {
@@ -386,16 +404,16 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if o.ACMECA != "" && txt == nil {
 		return errors.New("--acme-ca needs --dns-addr: certificates are issued by DNS-01 through the zone")
 	}
-	getCert, closeCerts, err := edgeCertificates(ctx, eo, e, txt, logger)
+	certs, err := edgeCertificates(ctx, eo, e, txt, logger)
 	if err != nil {
 		return err
 	}
-	defer closeCerts()
+	defer certs.close()
 	httpsAddr := o.HTTPSAddr
-	if getCert == nil {
+	if certs.get == nil {
 		httpsAddr = ""
 	}
-	esrv, err := edgenode.New(edgenode.Options{Edge: e, HTTPAddr: o.HTTPAddr, HTTPSAddr: httpsAddr, GetCertificate: getCert, Reporter: rep, Logger: logger.With("component", "edge")})
+	esrv, err := edgenode.New(edgenode.Options{Edge: e, HTTPAddr: o.HTTPAddr, HTTPSAddr: httpsAddr, GetCertificate: certs.get, Reporter: rep, Logger: logger.With("component", "edge")})
 	if err != nil {
 		return err
 	}
@@ -405,6 +423,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if a := esrv.Addr("http"); a != nil {
 		httpAddr = a.String()
 	}
+	setup.setEdge(esrv.Addr("http"), esrv.Addr("https"), certs.status)
 	logger.Info("beam server running", "version", version.String(), "coordinator", publicURL, "edge_http", httpAddr, "edge_https", httpsAddr, "domain", o.Domain)
 	printServerNext(f, o, publicURL, httpAddr)
 	if !o.Dev && len(o.PublicIPs) > 0 {

@@ -19,7 +19,9 @@ import (
 	"github.com/miekg/dns"
 	"github.com/spf13/cobra"
 
+	"beam.dev/beam/coordclient"
 	"beam.dev/beam/derp"
+	"beam.dev/beam/wire"
 )
 
 // serverCheck is what beam server check looks at: the domain's
@@ -37,6 +39,9 @@ type serverCheck struct {
 	// Roots verify the edge's certificate; nil means the system's.
 	Roots   *x509.CertPool
 	Timeout time.Duration
+	// Setup, if not nil, asks the server for its setup, whose certificate
+	// status explains an edge that has no certificate.
+	Setup func(ctx context.Context) (*wire.ServerSetup, error)
 }
 
 // checkResult is one finding: what was checked, whether it is fine, and
@@ -253,8 +258,7 @@ func (c *serverCheck) certificate(ctx context.Context, ip netip.Addr) checkResul
 			res.Said, res.Fix = fmt.Sprintf("closed: %v", err), closedFix("tcp", c.HTTPSPort)
 			return res
 		}
-		res.Said = fmt.Sprintf("no certificate for %s yet: %v", name, err)
-		res.Fix = "the ACME order has not succeeded: read beam server's log lines of component acme; the usual cause is a delegation the CA cannot follow (see above), or the CA's rate limit (try --acme-staging)"
+		res.Said, res.Fix = c.noCertificate(ctx, name, err)
 		return res
 	}
 	defer conn.Close()
@@ -271,6 +275,62 @@ func (c *serverCheck) certificate(ctx context.Context, ip netip.Addr) checkResul
 	}
 	res.OK, res.Said = true, fmt.Sprintf("%s, issued by %s, valid until %s", strings.Join(leaf.DNSNames, ", "), leaf.Issuer.CommonName, leaf.NotAfter.UTC().Format(time.DateOnly))
 	return res
+}
+
+// noCertificate explains a handshake for name that got no certificate
+// (err), from the server's status of its ACME order when it tells it.
+func (c *serverCheck) noCertificate(ctx context.Context, name string, herr error) (said, fix string) {
+	said = fmt.Sprintf("no certificate for %s yet: %v", name, herr)
+	fix = "the ACME order has not succeeded: read beam server's log lines of component acme; the usual cause is a delegation the CA cannot follow (see above), or the CA's rate limit (try --acme-staging)"
+	if c.Setup == nil {
+		return said, fix
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	setup, err := c.Setup(ctx)
+	if err != nil {
+		return said + fmt.Sprintf(" (and the server did not say how its ACME order stands: %v)", err), fix
+	}
+	cs := setup.Certificate
+	if cs == nil {
+		return fmt.Sprintf("no certificate for %s: the server gets none by ACME", name),
+			"start beam server with an HTTPS listener (--https-addr, default :443) and an ACME directory (the default Let's Encrypt, --acme-staging or --acme-ca URL)"
+	}
+	switch cs.State {
+	case wire.CertFailed:
+		what := cs.Error
+		if cs.Problem != "" {
+			what = cs.Problem + ": " + cs.Error
+		}
+		return fmt.Sprintf("no certificate for %s: the ACME order for %s at %s failed (%d order(s), the last %s ago): %s", name, cs.Name, cs.CA, cs.Orders, time.Since(cs.Changed).Round(time.Second), what),
+			c.orderFix(cs)
+	case wire.CertPending:
+		return fmt.Sprintf("no certificate for %s yet: the ACME order for %s at %s is under way", name, cs.Name, cs.CA),
+			"wait a minute and check again: orders take seconds to a minute; if it stays pending, read beam server's log lines of component acme"
+	}
+	return said + fmt.Sprintf(" (the server says %s is %s)", cs.Name, cs.State), "restart beam server; if that does not help, read its log lines of component acme and edge"
+}
+
+// orderFix is what to do about a failed ACME order, by the CA's problem.
+func (c *serverCheck) orderFix(cs *wire.CertStatus) string {
+	ns := "ns1." + c.Domain + "."
+	again := "; the server orders again on its own with backoff (1, 2, 2, 5, 10 minutes, ...), or restart it to order at once"
+	switch cs.Problem {
+	case "unauthorized", "dns", "incorrectResponse", "connection":
+		return fmt.Sprintf("the CA could not read the DNS-01 record _acme-challenge.%s from this server's zone: create %s. NS %s at the registrar of %s with the glue record %s A %s, and open port 53 (UDP and TCP) to this host (see the delegation and DNS checks)%s",
+			c.Domain, c.Domain, ns, c.Domain, ns, c.ipList(), again)
+	case "rateLimited":
+		return fmt.Sprintf("the CA's rate limit for %s: wait for the time its error names; try setups against --acme-staging, whose limits are generous, and switch to the production directory once they pass", c.Domain)
+	case "caa":
+		return fmt.Sprintf("a CAA record of %s (or a parent) forbids this CA: remove it or add one naming the CA%s", c.Domain, again)
+	case "invalidContact", "unsupportedContact":
+		return "the CA refuses the contact address: give beam server a working --acme-email" + again
+	case "rejectedIdentifier", "unsupportedIdentifier":
+		return fmt.Sprintf("the CA will not issue certificates for %s: use a domain under a public suffix the CA accepts", c.Domain)
+	case "":
+		return fmt.Sprintf("beam server could not talk to the ACME directory %s: check that the server reaches it over HTTPS (outbound TCP 443 and DNS), the --acme-ca URL, and --acme-ca-root for a private CA%s", cs.CA, again)
+	}
+	return "read the CA's error above, and beam server's log lines of component acme" + again
 }
 
 func (c *serverCheck) stun(ctx context.Context, ip netip.Addr) checkResult {
@@ -339,6 +399,12 @@ func portOf(hostport string) int {
 func newServerCheck(o *ServerOptions, resolver string) (*serverCheck, error) {
 	c := &serverCheck{Domain: o.Domain, Resolver: resolver,
 		DNSPort: portOf(o.DNSAddr), HTTPPort: portOf(o.HTTPAddr), CoordPort: portOf(o.Addr), STUNPort: portOf(o.STUNAddr)}
+	// The coordinator at the first public address tells how the
+	// certificate's order stands.
+	if c.CoordPort != 0 && len(o.PublicIPs) > 0 {
+		url := "http://" + net.JoinHostPort(o.PublicIPs[0], strconv.Itoa(c.CoordPort))
+		c.Setup = func(ctx context.Context) (*wire.ServerSetup, error) { return coordclient.ServerSetup(ctx, url, nil) }
+	}
 	if o.ACMECA != "" {
 		c.HTTPSPort = portOf(o.HTTPSAddr)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"beam.dev/beam/derp/derpserver"
 	"beam.dev/beam/dnsserver"
+	"beam.dev/beam/wire"
 )
 
 // serveZone serves a zone for example.test naming ns as its name server
@@ -148,6 +149,22 @@ func TestServerCheck(t *testing.T) {
 		{"broken delegation", func(c *serverCheck) { c.Resolver = elsewhere }, "delegation of example.test", "delegated to ns.elsewhere.test., not to this server", "example.test. NS ns1.example.test."},
 		{"closed port", func(c *serverCheck) { c.HTTPPort = tcpPort(t, true) }, "edge HTTP at 127.0.0.1:", "closed", "firewalls"},
 		{"failed order", func(c *serverCheck) { c.HTTPSPort = tlsPort(t, nil) }, "certificate at 127.0.0.1:", "no certificate for beam-check.example.test yet", "ACME order"},
+		{"failed order, CA saw no record", failedOrder(t, &wire.CertStatus{State: wire.CertFailed, Problem: "unauthorized", Error: "No TXT records found for DNS challenge"}), "certificate at 127.0.0.1:",
+			"the ACME order for *.example.test at https://ca.test/dir failed (2 order(s), the last 1m",
+			"the CA could not read the DNS-01 record _acme-challenge.example.test from this server's zone: create example.test. NS ns1.example.test. at the registrar of example.test with the glue record ns1.example.test. A 127.0.0.1, and open port 53"},
+		{"failed order, CA's problem", failedOrder(t, &wire.CertStatus{State: wire.CertFailed, Problem: "unauthorized", Error: "No TXT records found for DNS challenge"}), "certificate at 127.0.0.1:",
+			"ago): unauthorized: No TXT records found for DNS challenge", "(see the delegation and DNS checks)"},
+		{"failed order, CA unreachable", failedOrder(t, &wire.CertStatus{State: wire.CertFailed, Error: "dial tcp 192.0.2.9:443: connect: connection refused"}), "certificate at 127.0.0.1:",
+			"failed (2 order(s), the last 1m", "could not talk to the ACME directory https://ca.test/dir"},
+		{"failed order, rate limited", failedOrder(t, &wire.CertStatus{State: wire.CertFailed, Problem: "rateLimited", Error: "too many certificates"}), "certificate at 127.0.0.1:",
+			"rateLimited: too many certificates", "--acme-staging"},
+		{"order under way", failedOrder(t, &wire.CertStatus{State: wire.CertPending}), "certificate at 127.0.0.1:",
+			"no certificate for beam-check.example.test yet: the ACME order for *.example.test at https://ca.test/dir is under way", "wait a minute"},
+		{"no ACME", failedOrder(t, nil), "certificate at 127.0.0.1:", "the server gets none by ACME", "--https-addr"},
+		{"status unavailable", func(c *serverCheck) {
+			c.HTTPSPort = tlsPort(t, nil)
+			c.Setup = func(context.Context) (*wire.ServerSetup, error) { return nil, errors.New("coordinator unreachable") }
+		}, "certificate at 127.0.0.1:", "did not say how its ACME order stands: coordinator unreachable", "ACME order"},
 		{"untrusted certificate", func(c *serverCheck) { c.Roots = x509.NewCertPool() }, "certificate at 127.0.0.1:", "does not verify", "--acme-staging"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -174,6 +191,20 @@ func TestServerCheck(t *testing.T) {
 				t.Errorf("got %q, want %q saying %q, fix naming %q", r, tc.what, tc.said, tc.fix)
 			}
 		})
+	}
+}
+
+// failedOrder breaks a check by an edge without a certificate whose
+// server reports cs (nil: no ACME) as its certificate's status.
+func failedOrder(t *testing.T, cs *wire.CertStatus) func(c *serverCheck) {
+	if cs != nil {
+		cs.Name, cs.CA, cs.Orders, cs.Changed = "*.example.test", "https://ca.test/dir", 2, time.Now().Add(-time.Minute)
+	}
+	return func(c *serverCheck) {
+		c.HTTPSPort = tlsPort(t, nil)
+		c.Setup = func(context.Context) (*wire.ServerSetup, error) {
+			return &wire.ServerSetup{Domain: "example.test", Certificate: cs}, nil
+		}
 	}
 }
 

@@ -6,7 +6,12 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
+	"sync"
+
+	"beam.dev/beam/edge"
+	"beam.dev/beam/wire"
 )
 
 // ACME directories used when --acme-ca is not given.
@@ -147,4 +152,48 @@ func printPublicSetup(w io.Writer, o *ServerOptions, publicURL string) {
 		ports = append(ports, "udp "+o.UDPPorts+" (for --udp routes)")
 	}
 	fmt.Fprintf(w, "  open these ports to this host: %s\n", strings.Join(ports, ", "))
+}
+
+// publicSetup is what a public server answers to GET
+// wire.ServerSetupPath. runServer fills in the ports as its listeners
+// start, before the coordinator serves; the edge's ports and the
+// certificate's status come last, through setEdge.
+type publicSetup struct {
+	wire.ServerSetup
+
+	mu         sync.Mutex // guards the following fields
+	httpPort   uint16
+	httpsPort  uint16
+	certStatus func() edge.CertStatus // nil: no ACME
+}
+
+// setEdge records the edge's listeners (nil: none) and the certificate
+// status source (nil: not ACME).
+func (p *publicSetup) setEdge(http, https net.Addr, status func() edge.CertStatus) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.httpPort, p.httpsPort, p.certStatus = addrPort(http), addrPort(https), status
+}
+
+// get returns the setup of the moment.
+func (p *publicSetup) get() *wire.ServerSetup {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := p.ServerSetup
+	s.PublicIPs = slices.Clone(s.PublicIPs)
+	s.HTTPPort, s.HTTPSPort = p.httpPort, p.httpsPort
+	if p.certStatus != nil {
+		st := p.certStatus()
+		s.Certificate = &wire.CertStatus{Name: st.Name, CA: st.CA, State: string(st.State), Orders: st.Orders,
+			Problem: st.Problem, Error: st.Error, Changed: st.Changed}
+	}
+	return &s
+}
+
+// addrPort is the port of a TCP listener's address, 0 for nil.
+func addrPort(a net.Addr) uint16 {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return uint16(ta.Port)
+	}
+	return 0
 }

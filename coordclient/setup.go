@@ -1,0 +1,44 @@
+package coordclient
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"beam.dev/beam/wire"
+)
+
+// ServerSetup asks the coordinator at serverURL for its public server's
+// setup (GET wire.ServerSetupPath; no key or token needed). A nil hc
+// means a client with a 30 second timeout. A coordinator without one
+// answers an *Error with Status 404.
+func ServerSetup(ctx context.Context, serverURL string, hc *http.Client) (*wire.ServerSetup, error) {
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(serverURL, "/")+wire.ServerSetupPath, nil)
+	if err != nil {
+		return nil, fmt.Errorf("coordclient: server setup: %w", err)
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseSize))
+	if err != nil {
+		return nil, fmt.Errorf("%w: read answer: %w", ErrUnreachable, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, errorFromBody(resp.StatusCode, b)
+	}
+	var s wire.ServerSetup
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadResponse, err)
+	}
+	return &s, nil
+}
