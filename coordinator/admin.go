@@ -223,57 +223,28 @@ func (s *Server) handleCreateAuthKey(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "malformed request body"))
 		return
 	}
-	var expiry time.Duration
-	if req.Expiry != "" {
-		d, err := time.ParseDuration(req.Expiry)
-		if err != nil || d < 0 {
-			writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "expiry must be a positive duration like 1h"))
-			return
-		}
-		expiry = d
-	}
-	var nodeKeyExpiry time.Duration
-	if req.KeyExpiry != "" {
-		d, err := parseKeyExpiry(req.KeyExpiry)
-		if err != nil {
-			s.adminError(w, "create auth key", err)
-			return
-		}
-		nodeKeyExpiry = d
-	}
-	secret, ak, err := s.createAuthKey(r.Context(), AuthKeyOptions{
-		Network: req.Network, Reusable: req.Reusable, Ephemeral: req.Ephemeral, Expiry: expiry, Tags: req.Tags, User: req.User, Edge: req.Edge,
-		NodeKeyExpiry: nodeKeyExpiry,
-	})
+	resp, err := s.CreateAuthKeyAs(r.Context(), actorAdmin, req)
 	if err != nil {
 		s.adminError(w, "create auth key", err)
 		return
 	}
-	s.audit(r.Context(), actorAdmin, "authkey.create", ak.Prefix, authKeyDetail(ak))
-	writeJSON(w, http.StatusCreated, CreateAuthKeyResponse{Key: secret, Info: s.keyInfo(ak)})
+	writeJSON(w, http.StatusCreated, resp)
 }
 
 func (s *Server) handleListAuthKeys(w http.ResponseWriter, r *http.Request) {
-	keys, err := s.store.AuthKeys(r.Context())
+	keys, err := s.AuthKeys(r.Context())
 	if err != nil {
 		s.adminError(w, "list auth keys", err)
 		return
 	}
-	out := make([]AuthKeyInfo, 0, len(keys))
-	for _, k := range keys {
-		out = append(out, s.keyInfo(k))
-	}
-	writeJSON(w, http.StatusOK, out)
+	writeJSON(w, http.StatusOK, keys)
 }
 
 func (s *Server) handleDeleteAuthKey(w http.ResponseWriter, r *http.Request) {
-	prefix := r.PathValue("prefix")
-	if err := s.store.DeleteAuthKey(r.Context(), prefix); err != nil {
+	if err := s.DeleteAuthKeyAs(r.Context(), actorAdmin, r.PathValue("prefix")); err != nil {
 		s.adminError(w, "delete auth key", err)
 		return
 	}
-	s.logger.Info("auth key deleted", "auth_key", prefix)
-	s.audit(r.Context(), actorAdmin, "authkey.delete", prefix, "")
 	w.WriteHeader(http.StatusNoContent)
 }
 

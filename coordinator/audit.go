@@ -27,12 +27,18 @@ import (
 //	node.approve                     approval code, Detail user/tags
 //	policy.set                       "policy", Detail a hash of the new text
 //	route.claim, route.release       public route name (from the expose path)
+//	console.login, console.logout    who signed in to the web console (Detail: how, from where)
+//	console.login_failed             "admin" (actor console:?, Detail: from where)
+//
+// The web console (coordinator/console) records the same actions as the
+// admin API for what it does, with the actor "console:NAME".
 
 // AuditEntry is one record of the audit log.
 type AuditEntry struct {
 	ID   int64     `json:"id"`
 	Time time.Time `json:"time"`
-	// Actor is who acted: "admin", "node:NAME" or "coordinator".
+	// Actor is who acted: "admin" (the admin API), "console:NAME" (the
+	// web console), "node:NAME" or "coordinator".
 	Actor string `json:"actor"`
 	// Action is what happened, such as "node.register".
 	Action string `json:"action"`

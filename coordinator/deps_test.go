@@ -10,7 +10,8 @@ import (
 
 // TestDeps enforces the dependency rules of the control-plane packages:
 // coordinator never sees SQL drivers or its store, coordclient never sees
-// coordinator, and sqlstore stays on coordinator, wire, key and drivers.
+// coordinator, the console sees only coordinator, and sqlstore stays on
+// coordinator, wire, key and drivers.
 func TestDeps(t *testing.T) {
 	goTool, err := exec.LookPath("go")
 	if err != nil {
@@ -26,6 +27,8 @@ func TestDeps(t *testing.T) {
 			[]string{"beam.dev/beam/coordinator", "beam.dev/beam/coordinator/policy", "beam.dev/beam/wire", "beam.dev/beam/types/key"}},
 		{"beam.dev/beam/coordclient", []string{"database/sql", "modernc.org/", "testing"},
 			[]string{"beam.dev/beam/coordclient", "beam.dev/beam/wire", "beam.dev/beam/types/key"}},
+		{"beam.dev/beam/coordinator/console", []string{"database/sql", "modernc.org/", "testing"},
+			[]string{"beam.dev/beam/coordinator/console", "beam.dev/beam/coordinator", "beam.dev/beam/coordinator/policy", "beam.dev/beam/wire", "beam.dev/beam/types/key"}},
 		{"beam.dev/beam/coordinator/sqlstore", []string{"testing"},
 			[]string{"beam.dev/beam/coordinator/sqlstore", "beam.dev/beam/coordinator", "beam.dev/beam/coordinator/policy", "beam.dev/beam/wire", "beam.dev/beam/types/key"}},
 	}

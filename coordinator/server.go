@@ -178,6 +178,9 @@ type nodeEntry struct {
 	offlineSince time.Time
 	// expiryHandled is set once the coordinator acted on the key expiring.
 	expiryHandled bool
+	// version is the protocol version of its last map request; 0 if none
+	// since the coordinator started.
+	version int
 }
 
 // New returns a Server on opts, loading its state from opts.Store and

@@ -214,6 +214,7 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 	var expired bool
 	if e != nil {
 		expired = e.rec.Node.Expired(now)
+		e.version = req.Version
 	}
 	s.mu.Unlock()
 	if e == nil {

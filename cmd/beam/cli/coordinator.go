@@ -6,9 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -19,6 +21,7 @@ import (
 
 	"beam.dev/beam/configs"
 	"beam.dev/beam/coordinator"
+	"beam.dev/beam/coordinator/console"
 	"beam.dev/beam/coordinator/sqlstore"
 	"beam.dev/beam/internal/version"
 	"beam.dev/beam/types/key"
@@ -165,6 +168,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 		DERPMap:       derpMap,
 		DevMode:       opts.Dev,
 		NodeKeyExpiry: nodeExpiry,
+		Approver:      console.Approver{}, // approval URLs lead to the console
 	}
 	if err := opts.Edge.apply(&copts); err != nil {
 		return err
@@ -174,6 +178,13 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 		return err
 	}
 	defer srv.Close()
+	con, err := console.New(console.Options{Coordinator: srv, Logger: logger})
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle(console.Path, con)
+	mux.Handle("/", srv)
 
 	ln, err := net.Listen("tcp", opts.Addr)
 	if err != nil {
@@ -181,7 +192,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	}
 	lim := connLimits(opts.MaxConns, shareAlone, nofile, controlConnsPerSource)
 	logLimits(logger, "coordinator", nofile, lim)
-	ln, hs := limitedServer(ln, lim, srv, logger)
+	ln, hs := limitedServer(ln, lim, mux, logger)
 	if created {
 		logger.Info("wrote a new admin token", "file", tokenPath)
 	}
@@ -333,7 +344,9 @@ func writeFileExcl(path string, data []byte) error {
 // to run next: how to get an auth key and join a device.
 func printCoordinatorNext(f *Factory, o *CoordinatorOptions, url string, relays bool) {
 	w := f.Out
-	fmt.Fprintf(w, "beam coordinator is running at %s; data in %s\n\nNext:\n", url, o.DataDir)
+	fmt.Fprintf(w, "beam coordinator is running at %s; data in %s\n", url, o.DataDir)
+	printConsoleURL(w, url, o.DataDir)
+	fmt.Fprintf(w, "\nNext:\n")
 	if o.Dev {
 		fmt.Fprintf(w, "  join a device on this machine (dev mode: no auth key):\n    beam up --coordinator %s --hostname NAME\n", url)
 	}
@@ -342,6 +355,11 @@ func printCoordinatorNext(f *Factory, o *CoordinatorOptions, url string, relays 
 	if !relays {
 		fmt.Fprintf(w, "  no relay or STUN server (--derp): devices connect only directly; beam server runs one with the coordinator\n")
 	}
+}
+
+// printConsoleURL says where the web console is and how to sign in.
+func printConsoleURL(w io.Writer, url, dataDir string) {
+	fmt.Fprintf(w, "web console at %s%s (sign in with the admin token in %s)\n", strings.TrimRight(url, "/"), console.Path, filepath.Join(dataDir, "admin.token"))
 }
 
 // nodeKeyExpiryUsage is the help of --node-key-expiry.

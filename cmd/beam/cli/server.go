@@ -18,6 +18,7 @@ import (
 
 	"beam.dev/beam/configs"
 	"beam.dev/beam/coordinator"
+	"beam.dev/beam/coordinator/console"
 	"beam.dev/beam/coordinator/sqlstore"
 	"beam.dev/beam/derp/derpserver"
 	"beam.dev/beam/dnsserver"
@@ -327,6 +328,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		DERPMap:       derpMap,
 		DevMode:       o.Dev,
 		NodeKeyExpiry: nodeExpiry,
+		Approver:      console.Approver{}, // approval URLs lead to the console
 	}
 	if err := serverEdgeOptions(&copts, o, zone); err != nil {
 		return err
@@ -339,7 +341,12 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		return err
 	}
 	defer coord.Close()
+	con, err := console.New(console.Options{Coordinator: coord, Logger: logger})
+	if err != nil {
+		return err
+	}
 	mux := http.NewServeMux()
+	mux.Handle(console.Path, con)
 	mux.Handle("/derp", derpSrv)
 	mux.Handle("/derp/", derpSrv)
 	mux.Handle("/generate_204", derpSrv)
@@ -445,6 +452,7 @@ func printServerNext(f *Factory, o *ServerOptions, publicURL, httpAddr string) {
 		fmt.Fprintf(w, ", edge at http://%s", httpAddr)
 	}
 	fmt.Fprintf(w, "; data in %s\n", o.DataDir)
+	printConsoleURL(w, publicURL, o.DataDir)
 	if !o.Dev {
 		printPublicSetup(w, o, publicURL)
 	}

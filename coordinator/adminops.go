@@ -1,0 +1,109 @@
+package coordinator
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"time"
+
+	"beam.dev/beam/types/key"
+)
+
+// Admin operations for front ends other than the admin API (the web
+// console in coordinator/console): the same operations the API handlers
+// run, with the audit actor named by the caller. The exported operations
+// elsewhere (CreateUser, RemoveNode, SetPolicy, ...) leave auditing to
+// their caller; RecordAudit is how a front end does it.
+
+// ActorConsole returns the audit actor of a person signed in to the web
+// console as who ("admin" for the admin token): "console:WHO".
+func ActorConsole(who string) string { return "console:" + who }
+
+// RecordAudit records that actor did action to target, as the admin API
+// handlers do for their requests. detail must not hold secrets.
+func (s *Server) RecordAudit(ctx context.Context, actor, action, target, detail string) {
+	s.audit(ctx, actor, action, target, detail)
+}
+
+// AdminTokenValid reports whether token is the admin token (never, when
+// none is set). It compares hashes in constant time.
+func (s *Server) AdminTokenValid(token string) bool {
+	if s.adminHash == nil || token == "" {
+		return false
+	}
+	got := sha256.Sum256([]byte(token))
+	return subtle.ConstantTimeCompare(got[:], s.adminHash) == 1
+}
+
+// AuthKeys lists the stored auth keys, without their secrets.
+func (s *Server) AuthKeys(ctx context.Context) ([]AuthKeyInfo, error) {
+	keys, err := s.store.AuthKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: list auth keys: %w", err)
+	}
+	out := make([]AuthKeyInfo, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, s.keyInfo(k))
+	}
+	return out, nil
+}
+
+// CreateAuthKeyAs creates the auth key req describes, as POST
+// /api/v1/authkeys does, and records it in the audit log as done by actor.
+// A malformed expiry fails with ErrInvalid. The response holds the
+// secret, which is not stored and cannot be shown again.
+func (s *Server) CreateAuthKeyAs(ctx context.Context, actor string, req CreateAuthKeyRequest) (*CreateAuthKeyResponse, error) {
+	var expiry time.Duration
+	if req.Expiry != "" {
+		d, err := time.ParseDuration(req.Expiry)
+		if err != nil || d < 0 {
+			return nil, fmt.Errorf("%w: expiry must be a positive duration like 1h", ErrInvalid)
+		}
+		expiry = d
+	}
+	var nodeKeyExpiry time.Duration
+	if req.KeyExpiry != "" {
+		d, err := parseKeyExpiry(req.KeyExpiry)
+		if err != nil {
+			return nil, err
+		}
+		nodeKeyExpiry = d
+	}
+	secret, ak, err := s.createAuthKey(ctx, AuthKeyOptions{
+		Network: req.Network, Reusable: req.Reusable, Ephemeral: req.Ephemeral, Expiry: expiry, Tags: req.Tags, User: req.User, Edge: req.Edge,
+		NodeKeyExpiry: nodeKeyExpiry,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.audit(ctx, actor, "authkey.create", ak.Prefix, authKeyDetail(ak))
+	return &CreateAuthKeyResponse{Key: secret, Info: s.keyInfo(ak)}, nil
+}
+
+// DeleteAuthKeyAs deletes (revokes) the auth key with prefix, as DELETE
+// /api/v1/authkeys/{prefix} does, and records it in the audit log as done
+// by actor. An unknown prefix fails with ErrNotFound.
+func (s *Server) DeleteAuthKeyAs(ctx context.Context, actor, prefix string) error {
+	if err := s.store.DeleteAuthKey(ctx, prefix); err != nil {
+		return err
+	}
+	s.logger.Info("auth key deleted", "auth_key", prefix)
+	s.audit(ctx, actor, "authkey.delete", prefix, "")
+	return nil
+}
+
+// NodeVersions returns the protocol version (wire.CapabilityVersion) each
+// node last sent in a map request since the coordinator started; nodes
+// that sent none are missing.
+func (s *Server) NodeVersions() map[key.NodePublic]int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make(map[key.NodePublic]int, len(s.nodes))
+	for k, e := range s.nodes {
+		if e.version != 0 {
+			out[k] = e.version
+		}
+	}
+	return out
+}
