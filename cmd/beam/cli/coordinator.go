@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -358,8 +359,20 @@ func printCoordinatorNext(f *Factory, o *CoordinatorOptions, url string, relays 
 }
 
 // printConsoleURL says where the web console is and how to sign in.
-func printConsoleURL(w io.Writer, url, dataDir string) {
-	fmt.Fprintf(w, "web console at %s%s (sign in with the admin token in %s)\n", strings.TrimRight(url, "/"), console.Path, filepath.Join(dataDir, "admin.token"))
+func printConsoleURL(w io.Writer, base, dataDir string) {
+	fmt.Fprintf(w, "web console at %s%s (sign in with the admin token in %s)\n", strings.TrimRight(base, "/"), console.Path, filepath.Join(dataDir, "admin.token"))
+	u, err := url.Parse(base)
+	if err != nil || u.Scheme != "http" {
+		return
+	}
+	if a, err := netip.ParseAddr(u.Hostname()); (err == nil && a.IsLoopback()) || u.Hostname() == "localhost" {
+		return
+	}
+	port := u.Port()
+	if port == "" {
+		port = "80"
+	}
+	fmt.Fprintf(w, "  over plain HTTP it takes a sign-in only on this machine: from elsewhere use a TLS proxy, or\n    ssh -L %s:127.0.0.1:%s %s   and open http://127.0.0.1:%s%s\n", port, port, u.Hostname(), port, console.Path)
 }
 
 // nodeKeyExpiryUsage is the help of --node-key-expiry.
