@@ -13,7 +13,11 @@
 // served with an on-demand certificate, pools that lose a member,
 // per-route policies, attacks on names (another network, spelling tricks,
 // dangling names, Host/SNI mismatch, request smuggling) and TLS
-// passthrough. Benchmarks compare the edge with the origin in the same run
+// passthrough. TestPublicServerREADME follows the README's "Public
+// server" section command by command (the domain, address and ACME
+// directory replaced by the lab's), and beam server check and beam
+// netcheck --server report a broken delegation, a closed port and a
+// failed ACME order with their fixes. Benchmarks compare the edge with the origin in the same run
 // and report the edge's memory per open WebSocket.
 //
 // They need root and the programs curl, dig, redis-server, redis-cli and

@@ -67,6 +67,8 @@ type world struct {
 	devices  []*device
 	// serverStart is when beam server was started.
 	serverStart time.Time
+	// systemResolver is worldConfig.systemResolver.
+	systemResolver bool
 }
 
 // worldConfig selects the parts of a world.
@@ -75,13 +77,22 @@ type worldConfig struct {
 	acme bool
 	// clients is the number of public clients (at least 1).
 	clients int
+	// server, if set, returns beam server's arguments in place of the
+	// lab's own (with acme, w.pebbleDir and w.pebbleCA name the CA); the
+	// world then creates no auth key.
+	server func(w *world) []string
+	// systemResolver makes the customer's DNS (which forwards the rest
+	// to Beam's zone) the system resolver of the public clients and
+	// devices, so that they resolve names as a host on the internet
+	// does. Needs acme.
+	systemResolver bool
 }
 
 // newWorld builds the lab and starts the servers. Call it, and world
 // methods not marked goroutine-safe, from the test's goroutine.
 func newWorld(t *testing.T, cfg worldConfig) *world {
 	t.Helper()
-	w := &world{t: t, lab: nslab.New(t), bin: nslab.BuildBinary(t, "beam.dev/beam/cmd/beam"), dir: shortTempDir(t)}
+	w := &world{t: t, lab: nslab.New(t), bin: nslab.BuildBinary(t, "beam.dev/beam/cmd/beam"), dir: shortTempDir(t), systemResolver: cfg.systemResolver}
 	t.Cleanup(w.saveLogs)
 	w.srv = w.lab.AddServer("srv")
 	for i := range max(cfg.clients, 1) {
@@ -108,21 +119,35 @@ func newWorld(t *testing.T, cfg worldConfig) *world {
 		// resolver: give the server namespace the customer's DNS as its
 		// resolver ("ip netns exec" mounts /etc/netns/NS/resolv.conf).
 		w.netnsResolvConf(w.srv, w.custDNS.Addr())
-		args = append(args, "--https-addr", ":443",
-			"--acme-ca", "https://"+hostPort(srvIP, pebblePort)+"/dir", "--acme-ca-root", w.pebbleCA)
+		if cfg.systemResolver {
+			for _, c := range w.clients {
+				w.netnsResolvConf(c, w.custDNS.Addr())
+			}
+		}
+		args = append(args, "--https-addr", ":443", "--acme-ca", w.pebbleDir(), "--acme-ca-root", w.pebbleCA)
 	} else {
 		args = append(args, "--https-addr", "")
+	}
+	if cfg.server != nil {
+		args = cfg.server(w)
 	}
 	w.serverStart = time.Now()
 	w.server = w.srv.Start(ctx, w.bin, args...)
 	waitOut(t, w.server, "beam server running", 30*time.Second)
 	w.coordURL = "http://" + hostPort(srvIP, coordPort)
 	w.token = filepath.Join(w.dir, "srv", "admin.token")
-	w.authKey = w.createAuthKey("")
+	if cfg.server == nil {
+		w.authKey = w.createAuthKey("")
+	}
 	if cfg.acme {
 		w.roots = w.fetchACMERoot(ctx)
 	}
 	return w
+}
+
+// pebbleDir is the URL of Pebble's ACME directory.
+func (w *world) pebbleDir() string {
+	return "https://" + hostPort(w.srv.Addr(), pebblePort) + "/dir"
 }
 
 // saveLogs writes the output of the servers and daemons to the directory
@@ -393,6 +418,10 @@ func (w *world) addDevice(name string, kind nslab.NATKind, authKey string, daemo
 	d.lc = &localclient.Client{Socket: d.socket}
 	if err := os.MkdirAll(d.state, 0o700); err != nil {
 		w.t.Fatal(err)
+	}
+	if w.systemResolver {
+		// Before the daemon starts: ip netns exec mounts it then.
+		w.netnsResolvConf(d.host, w.custDNS.Addr())
 	}
 	ctx := w.t.Context()
 	d.daemon = d.host.Start(ctx, w.bin, append([]string{"--socket", d.socket, "--state", d.state, "daemon", "--hostname", name}, daemonArgs...)...)

@@ -78,12 +78,26 @@ func runPing(ctx context.Context, f *Factory, in *instanceFlags, o *PingOptions)
 
 // NewCmdNetcheck returns the beam netcheck command.
 func NewCmdNetcheck(f *Factory, in *instanceFlags) *cobra.Command {
-	var asJSON bool
+	var asJSON, server bool
+	so := &netcheckServerOptions{}
 	cmd := &cobra.Command{
 		Use:   "netcheck",
-		Short: "Report UDP reachability, public address, NAT kind and relay latencies",
-		Args:  cobra.NoArgs,
+		Short: "Report UDP reachability, public address, NAT kind and relay latencies; with --server, check the public server's setup",
+		Long: `Report UDP reachability, public address, NAT kind and relay latencies.
+
+With --server, check from this device the public server it joined, as beam
+server check does on the server: whether the domain's delegation points at
+the server's zone (through this device's resolver), whether the server's
+ports answer from here, and whether its certificate was issued. Each failure
+says what to fix; the exit status is 1 if any check fails.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if server {
+				if asJSON {
+					return errors.New("--json and --server: pick one")
+				}
+				return runNetcheckServer(cmd.Context(), f, in, so)
+			}
 			r, err := in.client(f).Netcheck(cmd.Context())
 			if err != nil {
 				return err
@@ -131,6 +145,11 @@ func NewCmdNetcheck(f *Factory, in *instanceFlags) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	fl := cmd.Flags()
+	fl.BoolVar(&asJSON, "json", false, "print JSON")
+	fl.BoolVar(&server, "server", false, "check the public server this device joined: delegation, ports, certificate")
+	fl.StringVar(&so.Resolver, "resolver", "", "with --server: recursive resolver HOST:PORT to look the delegation up through (default: the system's)")
+	fl.StringVar(&so.CertRoot, "cert-root", "", "with --server: PEM root the edge's certificate must chain to (default: the system's roots)")
+	fl.DurationVar(&so.Timeout, "timeout", 5*time.Second, "with --server: how long each probe waits")
 	return cmd
 }
