@@ -53,6 +53,10 @@ type Config struct {
 	// servers. Nil: no relays and no STUN, peers are reached over direct
 	// UDP only and the node's endpoints are its interface addresses.
 	DERPMap map[int]DERPRegion
+	// Routes are the prefixes routed through the TUN device in kernel
+	// TUN mode (Options.TUN): the overlay's ranges. The userspace stack
+	// ignores them (it receives whatever WireGuard's allowed IPs send it).
+	Routes []netip.Prefix
 	// HomeDERP is a hint for this node's home relay region: the engine
 	// starts there and stays connected to it (peers that were told it can
 	// reach the node there), but makes the region with the lowest STUN
@@ -115,8 +119,21 @@ func (e *Engine) Reconfig(cfg Config) error {
 	for _, a := range cfg.ServiceAddrs {
 		addrs = append(addrs, a.Unmap())
 	}
-	if err := e.stack.SetAddresses(addrs); err != nil {
-		return fmt.Errorf("netstack: set addresses: %w", err)
+	if e.stack != nil {
+		if err := e.stack.SetAddresses(addrs); err != nil {
+			return fmt.Errorf("netstack: set addresses: %w", err)
+		}
+	} else {
+		var src []netip.Addr
+		for _, p := range cfg.Addresses {
+			src = append(src, p.Addr())
+		}
+		if err := e.host.setAddrs(addrs, cfg.Routes, src); err != nil {
+			// Keep going: what could be set is, and the next Reconfig
+			// with a change tries the rest again.
+			e.log.Warn("set TUN device addresses and routes", "err", err)
+		}
+		e.tun.ownPorts.Store(newOwnPortSet(cfg.OwnListeners, overlay, cfg.ServiceAddrs))
 	}
 	e.overlay = overlay
 	own := make(map[netip.AddrPort]bool, len(cfg.OwnListeners))

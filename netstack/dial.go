@@ -54,6 +54,9 @@ func (e *Engine) DialContext(ctx context.Context, network, address string) (net.
 	if err != nil {
 		return nil, err
 	}
+	if e.stack == nil {
+		return tunDial(ctx, proto, ap)
+	}
 	if proto == "tcp" {
 		return e.stack.DialTCP(ctx, ap)
 	}
@@ -71,6 +74,13 @@ func (e *Engine) Listen(network, address string) (net.Listener, error) {
 	if proto != "tcp" {
 		return nil, fmt.Errorf("netstack: Listen: network %q is not TCP", network)
 	}
+	if e.stack == nil {
+		ln, err := e.tunListen(proto, ap)
+		if err != nil {
+			return nil, err
+		}
+		return ln.(net.Listener), nil
+	}
 	return e.stack.ListenTCP(ap)
 }
 
@@ -84,6 +94,13 @@ func (e *Engine) ListenPacket(network, address string) (net.PacketConn, error) {
 	}
 	if proto != "udp" {
 		return nil, fmt.Errorf("netstack: ListenPacket: network %q is not UDP", network)
+	}
+	if e.stack == nil {
+		pc, err := e.tunListen(proto, ap)
+		if err != nil {
+			return nil, err
+		}
+		return pc.(net.PacketConn), nil
 	}
 	return e.stack.ListenUDP(ap)
 }

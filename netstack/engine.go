@@ -88,6 +88,18 @@ type Options struct {
 	// to the coordinator. It runs on an engine goroutine, never
 	// concurrently with itself, and must not call Close.
 	OnEndpoints func(eps []netip.AddrPort, homeDERP int)
+	// TUN, if not empty, runs the engine in kernel TUN mode (Linux, with
+	// root or CAP_NET_ADMIN): WireGuard runs on a kernel TUN device of this
+	// name, created by New with its offloads (TCP segmentation and receive
+	// coalescing), instead of the userspace stack. The host's own TCP/IP
+	// then serves the overlay: the engine puts Config.Addresses and
+	// Config.ServiceAddrs on the device and routes Config.Routes through
+	// it, inbound flows that the filter accepts reach the host's sockets
+	// (nothing is forwarded to loopback), and DialContext, Listen and
+	// ListenPacket use host sockets. The device, its addresses and its
+	// routes go when the engine closes or the process exits. Empty: the
+	// userspace stack (no privileges needed).
+	TUN string
 }
 
 // Engine is a running data plane. Its methods are safe for concurrent use.
@@ -95,8 +107,10 @@ type Engine struct {
 	log    *slog.Logger
 	opts   Options
 	bind   *bind.Bind
-	stack  *gv.Stack
+	stack  *gv.Stack // nil in TUN mode
 	dev    *device.Device
+	tun    *tunFilter // TUN mode only (Options.TUN); else nil
+	host   hostNet    // TUN mode only
 	relays *relays
 	pf     packetFilter
 
@@ -181,33 +195,49 @@ func New(opts Options) (*Engine, error) {
 		return nil, fmt.Errorf("netstack: %w", err)
 	}
 	e.bind = b
-	st, err := gv.New(gv.Options{
-		MTU:               opts.MTU,
-		Logger:            e.log,
-		MaxInFlightTCP:    opts.MaxInFlightTCP,
-		CongestionControl: opts.CongestionControl,
-		HandleTCP:         e.handleTCP,
-		HandleUDP:         e.handleUDP,
-		Inbound:           e.pf.inbound,
-		Outbound:          e.pf.outbound,
-	})
-	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("netstack: %w", err)
+	closeTUN := func() {}
+	if opts.TUN != "" {
+		mtu := opts.MTU
+		if mtu == 0 {
+			mtu = 1280
+		}
+		tf, hn, err := e.newTUNDevice(opts.TUN, mtu)
+		if err != nil {
+			cancel()
+			return nil, err
+		}
+		e.tun, e.host = tf, hn
+		e.dev = device.NewDevice(tf, b, wgLogger(e.log)) // closes tf
+	} else {
+		st, err := gv.New(gv.Options{
+			MTU:               opts.MTU,
+			Logger:            e.log,
+			MaxInFlightTCP:    opts.MaxInFlightTCP,
+			CongestionControl: opts.CongestionControl,
+			HandleTCP:         e.handleTCP,
+			HandleUDP:         e.handleUDP,
+			Inbound:           e.pf.inbound,
+			Outbound:          e.pf.outbound,
+		})
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("netstack: %w", err)
+		}
+		e.stack = st
+		e.dev = device.NewDevice(st.TUN(), b, wgLogger(e.log))
+		closeTUN = func() { st.Close() }
 	}
-	e.stack = st
-	e.dev = device.NewDevice(st.TUN(), b, wgLogger(e.log))
 	priv := opts.PrivateKey.Raw32()
 	uapi := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(priv[:]), opts.ListenPort)
 	if err := e.dev.IpcSet(uapi); err != nil {
 		e.dev.Close()
-		st.Close()
+		closeTUN()
 		cancel()
 		return nil, fmt.Errorf("netstack: configure device: %w", err)
 	}
 	if err := e.dev.Up(); err != nil {
 		e.dev.Close()
-		st.Close()
+		closeTUN()
 		cancel()
 		return nil, fmt.Errorf("netstack: bring device up: %w", err)
 	}
@@ -248,6 +278,12 @@ func (e *Engine) peerRestarted(p Peer) {
 		return
 	}
 	wp.ExpireCurrentKeypairs()
+	if e.stack == nil {
+		// TUN mode: the host's TCP learns of the restart from the
+		// peer's new stack, which answers its next segment with a RST.
+		e.log.Info("peer restarted", "peer", p.Key.ShortString())
+		return
+	}
 	n := e.stack.ProbeTCP(func(a netip.Addr) bool {
 		for _, pfx := range p.AllowedIPs {
 			if pfx.Contains(a) {
@@ -337,7 +373,9 @@ func (e *Engine) Close() error {
 	}
 	// The device closes the TUN and the bind and waits for its goroutines.
 	e.dev.Close()
-	e.stack.Close()
+	if e.stack != nil {
+		e.stack.Close()
+	}
 	e.wg.Wait()
 	return nil
 }

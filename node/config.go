@@ -2,6 +2,7 @@ package node
 
 import (
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -31,6 +32,27 @@ func magicDNSIPv6(self *wire.Node) netip.Addr {
 	return netip.Addr{}
 }
 
+// overlayRoutes returns the overlay's ranges as seen from self, for the
+// engine's routes in kernel TUN mode: 100.64.0.0/10 if self has an IPv4
+// address in it, and the /48 of self's IPv6 (ULA) address.
+func overlayRoutes(self *wire.Node) []netip.Prefix {
+	var out []netip.Prefix
+	for _, p := range self.Addresses {
+		a := p.Addr().Unmap()
+		switch {
+		case a.Is4() && cgnat.Contains(a):
+			if !slices.Contains(out, cgnat) {
+				out = append(out, cgnat)
+			}
+		case a.Is6():
+			if pfx, err := a.Prefix(48); err == nil && !slices.Contains(out, pfx) {
+				out = append(out, pfx)
+			}
+		}
+	}
+	return out
+}
+
 // engineConfig turns a netmap into the engine's configuration. Peers whose
 // key has expired (judged on the coordinator's clock, corrected for skew)
 // are left out, and an expired self gets no peers at all: expiry holds even
@@ -41,6 +63,7 @@ func engineConfig(nm *wire.NetMap, localNow time.Time, shieldsUp bool, allowInbo
 		return cfg
 	}
 	cfg.Addresses = append(cfg.Addresses, nm.Self.Addresses...)
+	cfg.Routes = overlayRoutes(nm.Self)
 	if a := magicDNSIPv6(nm.Self); a.IsValid() {
 		cfg.ServiceAddrs = append(cfg.ServiceAddrs, a)
 	}

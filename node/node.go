@@ -59,6 +59,11 @@ type Options struct {
 	// WireGuardName, if set, serves the engine's device read-only at
 	// /var/run/wireguard/NAME.sock, where `wg show NAME` and wgctrl find it.
 	WireGuardName string
+	// TUN, if not empty, runs the data plane in kernel TUN mode on a device
+	// of this name (see netstack.Options.TUN; needs root or
+	// CAP_NET_ADMIN): apps on the host reach the overlay directly, and
+	// peers reach the host's own sockets. Empty: the userspace stack.
+	TUN string
 	// OnNetMap, if non-nil, is called with every netmap from the
 	// coordinator, in order, outside the node's locks. An edge uses it to
 	// follow its routes. It must not modify the netmap.
@@ -428,6 +433,7 @@ func (n *Node) startSessionLocked() error {
 			ListenPort:  n.listenPortLocked(),
 			Logger:      n.logger.With("component", "engine"),
 			OnEndpoints: n.onEngineEndpoints,
+			TUN:         n.opts.TUN,
 		})
 		if err != nil {
 			return fmt.Errorf("start engine: %w", err)

@@ -40,6 +40,9 @@ type DaemonOptions struct {
 	ACMECARoot   string // PEM file: roots trusted for the ACME server's HTTPS
 	ACMEEmail    string
 	Operator     string
+	// TUN names the kernel TUN device of --tun; empty runs the userspace
+	// data plane.
+	TUN string
 	// Prefs holds the settings given as flags (only those given): they
 	// replace the stored ones.
 	Prefs apitype.PrefsPatch
@@ -63,7 +66,7 @@ func daemonFlags(cmd *cobra.Command, o *DaemonOptions) {
 func NewCmdDaemon(f *Factory, in *instanceFlags, runF func(*DaemonOptions) error) *cobra.Command {
 	o := &DaemonOptions{}
 	cmd := &cobra.Command{
-		Use:   "daemon",
+		Use:   "daemon [--tun [NAME]]",
 		Short: "Run the node daemon in the foreground (beam up starts one if needed)",
 		Long: `Run the node daemon in the foreground (beam up starts one if needed).
 
@@ -73,9 +76,27 @@ the stored ones, and 'beam set' changes them while the daemon runs.
 One daemon holds a state directory at a time; a second one is refused with the
 first one's PID and socket. With --state alone, the socket is STATE/beamd.sock.
 'beam daemon stop' stops the daemon that answers on the socket ('beam down'
-leaves the mesh and keeps the daemon running).`,
-		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+leaves the mesh and keeps the daemon running).
+
+With --tun (root or CAP_NET_ADMIN, Linux), the daemon runs WireGuard on a
+kernel TUN device (default name beam0) instead of its userspace stack: every
+app on the host reaches peers at their overlay addresses and MagicDNS names,
+and peers reach the host's own sockets on its overlay addresses, subject to
+the same policy. The device, its routes and the resolver settings go when the
+daemon stops or leaves the mesh, and after a crash at its next start.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 {
+				return nil
+			}
+			if len(args) == 1 && cmd.Flags().Changed("tun") && o.TUN == defaultTUNName {
+				return nil
+			}
+			return fmt.Errorf("unexpected argument %q (only --tun takes a NAME)", args[0])
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 {
+				o.TUN = args[0]
+			}
 			o.Socket, o.StateDir = in.socketPath(f), in.stateDir(f)
 			o.Prefs = prefsFromFlags(cmd, o)
 			if runF != nil {
@@ -87,9 +108,14 @@ leaves the mesh and keeps the daemon running).`,
 	cmd.AddCommand(newCmdDaemonStop(f, in))
 	daemonFlags(cmd, o)
 	cmd.Flags().StringVar(&o.Hostname, "hostname", "", "default hostname to register (default: the host's name)")
+	cmd.Flags().StringVar(&o.TUN, "tun", "", "run on a kernel TUN device of this name (default "+defaultTUNName+" when --tun has no NAME; needs root or CAP_NET_ADMIN)")
+	cmd.Flags().Lookup("tun").NoOptDefVal = defaultTUNName
 	cmd.Flags().StringVar(&o.WGName, "wg-name", "", "serve the WireGuard device read-only as NAME for `wg show NAME` and wgctrl (/var/run/wireguard/NAME.sock)")
 	return cmd
 }
+
+// defaultTUNName is the device --tun creates when given no name.
+const defaultTUNName = "beam0"
 
 func parseLevel(s string) (slog.Level, error) {
 	var l slog.Level
@@ -139,6 +165,7 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 		ACMEDirectoryURL: o.ACMECA,
 		ACMETrustedRoots: acmeRoots,
 		ACMEEmail:        o.ACMEEmail,
+		TUN:              o.TUN,
 	})
 	if err != nil {
 		return err

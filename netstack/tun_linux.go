@@ -1,0 +1,151 @@
+package netstack
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"os/exec"
+	"strconv"
+	"sync"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// linuxHostNet is the kernel TUN device with its addresses and routes,
+// configured with iproute2's ip command. The device is not persistent:
+// when the process exits, however it exits, the kernel removes it and,
+// with it, its addresses and routes.
+type linuxHostNet struct {
+	dev  tun.Device
+	name string
+	log  *slog.Logger
+
+	mu     sync.Mutex // guards the following fields
+	addrs  map[netip.Addr]bool
+	routes map[netip.Prefix]netip.Addr // prefix -> preferred source
+}
+
+// ipTimeout bounds one ip command.
+const ipTimeout = 10 * time.Second
+
+func newHostNet(name string, mtu int, log *slog.Logger) (hostNet, error) {
+	if _, err := exec.LookPath("ip"); err != nil {
+		return nil, fmt.Errorf("netstack: kernel TUN mode needs iproute2's ip command: %w", err)
+	}
+	dev, err := tun.CreateTUN(name, mtu)
+	if err != nil {
+		return nil, fmt.Errorf("netstack: create TUN device %q (needs root or CAP_NET_ADMIN): %w", name, err)
+	}
+	real, err := dev.Name()
+	if err != nil {
+		dev.Close()
+		return nil, fmt.Errorf("netstack: TUN device name: %w", err)
+	}
+	h := &linuxHostNet{dev: dev, name: real, log: log, addrs: map[netip.Addr]bool{}, routes: map[netip.Prefix]netip.Addr{}}
+	if err := h.ip("link", "set", "dev", real, "up"); err != nil {
+		dev.Close()
+		return nil, err
+	}
+	return h, nil
+}
+
+func (h *linuxHostNet) device() tun.Device { return h.dev }
+
+// ip runs one ip command.
+func (h *linuxHostNet) ip(args ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), ipTimeout)
+	defer cancel()
+	var stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, "ip", args...)
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("netstack: ip %v: %w: %s", args, err, bytes.TrimSpace(stderr.Bytes()))
+	}
+	return nil
+}
+
+func (h *linuxHostNet) setAddrs(addrs []netip.Addr, routes []netip.Prefix, src []netip.Addr) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	var firstErr error
+	keep := func(err error) {
+		if err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	want := map[netip.Addr]bool{}
+	for _, a := range addrs {
+		want[a.Unmap()] = true
+	}
+	wantRoutes := map[netip.Prefix]netip.Addr{}
+	for _, p := range routes {
+		p = p.Masked()
+		var s netip.Addr
+		for _, a := range src {
+			if a.Is4() == p.Addr().Is4() && want[a.Unmap()] {
+				s = a.Unmap()
+				break
+			}
+		}
+		wantRoutes[p] = s
+	}
+	// Routes that go or change first, so none names a source about to go.
+	for p, s := range h.routes {
+		if ns, ok := wantRoutes[p]; !ok || ns != s {
+			keep(h.ip(family(p.Addr()), "route", "del", p.String(), "dev", h.name))
+			delete(h.routes, p)
+		}
+	}
+	for a := range h.addrs {
+		if !want[a] {
+			keep(h.ip(family(a), "addr", "del", hostPrefix(a), "dev", h.name))
+			delete(h.addrs, a)
+		}
+	}
+	for a := range want {
+		if h.addrs[a] {
+			continue
+		}
+		args := []string{family(a), "addr", "replace", hostPrefix(a), "dev", h.name}
+		if a.Is6() {
+			args = append(args, "nodad") // usable at once, for listeners
+		}
+		if err := h.ip(args...); err != nil {
+			keep(err)
+			continue
+		}
+		h.addrs[a] = true
+	}
+	for p, s := range wantRoutes {
+		if _, ok := h.routes[p]; ok {
+			continue
+		}
+		if s.IsValid() && !h.addrs[s] {
+			continue // its address failed above
+		}
+		args := []string{family(p.Addr()), "route", "replace", p.String(), "dev", h.name}
+		if s.IsValid() {
+			args = append(args, "src", s.String())
+		}
+		if err := h.ip(args...); err != nil {
+			keep(err)
+			continue
+		}
+		h.routes[p] = s
+	}
+	return firstErr
+}
+
+func family(a netip.Addr) string {
+	if a.Is4() {
+		return "-4"
+	}
+	return "-6"
+}
+
+func hostPrefix(a netip.Addr) string {
+	return a.String() + "/" + strconv.Itoa(a.BitLen())
+}

@@ -1,0 +1,210 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+	"sync/atomic"
+
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// Kernel TUN mode (Options.TUN): wireguard-go runs on a kernel TUN device
+// instead of the gVisor stack, and the host's own TCP/IP serves the overlay.
+//
+//	peer --UDP/relay--> bind --> wireguard-go (decrypt) --> tunFilter.Write --> kernel TUN --> host sockets
+//	host app --> kernel routes (Config.Routes) --> kernel TUN --> tunFilter.Read --> wireguard-go (encrypt) --> bind --> peer
+//
+// The packet filter is the same as in userspace mode (packetFilter): new
+// inbound flows must match the policy, flows this node opened are
+// recorded on the way out so their replies pass. Nothing is forwarded to
+// loopback: a peer reaches whatever the host serves on its overlay
+// addresses, and, like userspace mode, never the node's own listeners
+// (Config.OwnListeners on an unspecified or overlay address).
+
+// tunFilter wraps the kernel TUN device with the engine's packet filter.
+// wireguard-go calls Read from one goroutine and Write from one per peer.
+type tunFilter struct {
+	tun.Device
+	pf *packetFilter
+	// ownPorts are the ports of Config.OwnListeners that an inbound flow
+	// to an overlay address could reach (listeners on an unspecified or
+	// overlay address); nil when none.
+	ownPorts atomic.Pointer[ownPortSet]
+	// onOwn is called for each new inbound flow refused by ownPorts.
+	onOwn func(proto string, src, dst netip.AddrPort)
+}
+
+// ownPortSet is an immutable set of the destinations of Config.OwnListeners,
+// for both TCP and UDP.
+type ownPortSet struct {
+	any  map[uint16]bool         // listeners on an unspecified address
+	addr map[netip.AddrPort]bool // listeners on one overlay address
+	svc  map[netip.Addr]bool     // Config.ServiceAddrs: only this node's own programs use them
+}
+
+// Read reads packets the host sends into the overlay and records the
+// flows they open (see packetFilter.outbound).
+func (t *tunFilter) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n, err := t.Device.Read(bufs, sizes, offset)
+	if n > 0 && !t.pf.pol.Load().open {
+		for i := range n {
+			t.pf.outbound(bufs[i][offset : offset+sizes[i]])
+		}
+	}
+	return n, err
+}
+
+// Write hands the host the packets from peers that the filter accepts.
+// Refused packets are dropped; bufs is compacted in place (wireguard-go
+// rebuilds the slice for every call).
+func (t *tunFilter) Write(bufs [][]byte, offset int) (int, error) {
+	own := t.ownPorts.Load()
+	if own == nil && t.pf.pol.Load().open {
+		return t.Device.Write(bufs, offset)
+	}
+	kept := bufs[:0]
+	for _, b := range bufs {
+		pkt := b[offset:]
+		if !t.pf.inbound(pkt) || (own != nil && t.refusedOwn(own, pkt)) {
+			continue
+		}
+		kept = append(kept, b)
+	}
+	if len(kept) == 0 {
+		return 0, nil
+	}
+	return t.Device.Write(kept, offset)
+}
+
+// refusedOwn reports whether pkt is for a service address or opens a flow
+// to one of the node's own listeners.
+func (t *tunFilter) refusedOwn(own *ownPortSet, pkt []byte) bool {
+	pi, ok := parsePacket(pkt)
+	if !ok {
+		return false
+	}
+	if own.svc[pi.dst] {
+		// MagicDNS and the like serve this host; a peer has its own.
+		return true
+	}
+	if pi.fragment {
+		return false
+	}
+	var proto string
+	switch {
+	case pi.proto == protoTCP && pi.tcpSYNOnly:
+		proto = "tcp"
+	case pi.proto == protoUDP:
+		proto = "udp"
+	default:
+		return false
+	}
+	dst := netip.AddrPortFrom(pi.dst, pi.dport)
+	if !own.any[pi.dport] && !own.addr[dst] {
+		return false
+	}
+	if t.onOwn != nil {
+		t.onOwn(proto, netip.AddrPortFrom(pi.src, pi.sport), dst)
+	}
+	return true
+}
+
+// newOwnPortSet returns what inbound packets from peers must not reach in
+// TUN mode, or nil if nothing: the service addresses, and the own
+// listeners on an unspecified address or on one of the overlay addresses
+// (loopback listeners are out of the overlay's reach).
+func newOwnPortSet(own []netip.AddrPort, overlay map[netip.Addr]bool, svc []netip.Addr) *ownPortSet {
+	s := &ownPortSet{any: map[uint16]bool{}, addr: map[netip.AddrPort]bool{}, svc: map[netip.Addr]bool{}}
+	for _, a := range svc {
+		s.svc[a.Unmap()] = true
+	}
+	for _, ap := range own {
+		a := ap.Addr().Unmap()
+		switch {
+		case a.IsUnspecified():
+			s.any[ap.Port()] = true
+		case overlay[a]:
+			s.addr[netip.AddrPortFrom(a, ap.Port())] = true
+		}
+	}
+	if len(s.any) == 0 && len(s.addr) == 0 && len(s.svc) == 0 {
+		return nil
+	}
+	return s
+}
+
+// hostNet is the data plane's face to the host in TUN mode: the kernel
+// device with its addresses and routes. Implemented per platform
+// (tun_linux.go; elsewhere newHostNet fails).
+type hostNet interface {
+	// device is the kernel TUN device, for wireguard-go.
+	device() tun.Device
+	// setAddrs makes addrs the device's addresses and routes the device's
+	// routes (each with a preferred source address of its family from
+	// src, if any), changing only what differs from the last call.
+	setAddrs(addrs []netip.Addr, routes []netip.Prefix, src []netip.Addr) error
+}
+
+// ErrTUNUnsupported is returned by New for Options.TUN on platforms
+// without kernel TUN mode.
+var ErrTUNUnsupported = errors.New("netstack: kernel TUN mode is not supported on this platform")
+
+// tunDial dials address from the host (TUN mode): the kernel routes
+// overlay destinations through the device.
+func tunDial(ctx context.Context, proto string, ap netip.AddrPort) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, proto, ap.String())
+}
+
+// tunListen listens on the host (TUN mode). An unspecified address is
+// replaced by the node's overlay addresses of both families: the
+// engine's listeners are the overlay's, never the host's other networks.
+func (e *Engine) tunListen(proto string, ap netip.AddrPort) (any, error) {
+	if ap.Addr().IsValid() && !ap.Addr().IsUnspecified() {
+		if proto == "tcp" {
+			return net.Listen("tcp", ap.String())
+		}
+		return net.ListenPacket("udp", ap.String())
+	}
+	e.mu.Lock()
+	var addrs []netip.Addr
+	for a := range e.overlay {
+		addrs = append(addrs, a)
+	}
+	e.mu.Unlock()
+	slices.SortFunc(addrs, func(a, b netip.Addr) int { return a.Compare(b) })
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("netstack: listen %s: the node has no overlay address yet", ap)
+	}
+	// One socket per address would need a merged listener; the first
+	// IPv4 address covers what peers dial in practice.
+	a := addrs[0]
+	for _, x := range addrs {
+		if x.Is4() {
+			a = x
+			break
+		}
+	}
+	bound := netip.AddrPortFrom(a, ap.Port())
+	if proto == "tcp" {
+		return net.Listen("tcp", bound.String())
+	}
+	return net.ListenPacket("udp", bound.String())
+}
+
+// newTUNDevice creates the kernel device for Options.TUN and wraps it
+// with the engine's filter.
+func (e *Engine) newTUNDevice(name string, mtu int) (*tunFilter, hostNet, error) {
+	hn, err := newHostNet(name, mtu, e.log)
+	if err != nil {
+		return nil, nil, err
+	}
+	tf := &tunFilter{Device: hn.device(), pf: &e.pf, onOwn: func(proto string, src, dst netip.AddrPort) {
+		e.refuseOwn(proto, src, dst)
+	}}
+	return tf, hn, nil
+}
