@@ -319,7 +319,7 @@ func (e *Engine) LocalPort() uint16 { return e.bind.LocalPort() }
 func (e *Engine) LocalEndpoints() []netip.AddrPort {
 	addrs, _ := net.InterfaceAddrs()
 	v4, v6 := e.bind.Families()
-	return localEndpoints(addrs, e.LocalPort(), v4, v6)
+	return e.dropDeviceAddrs(localEndpoints(addrs, e.LocalPort(), v4, v6))
 }
 
 // localEndpoints is LocalEndpoints for the interface addresses addrs.

@@ -208,3 +208,18 @@ func (e *Engine) newTUNDevice(name string, mtu int) (*tunFilter, hostNet, error)
 	}}
 	return tf, hn, nil
 }
+
+// dropDeviceAddrs leaves out of eps the addresses the engine put on its
+// TUN device (TUN mode): they are reached through the overlay, so they
+// cannot carry the overlay itself.
+func (e *Engine) dropDeviceAddrs(eps []netip.AddrPort) []netip.AddrPort {
+	if e.tun == nil {
+		return eps
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.DeleteFunc(eps, func(ap netip.AddrPort) bool {
+		a := ap.Addr().Unmap()
+		return e.overlay[a] || slices.Contains(e.cfg.ServiceAddrs, a)
+	})
+}

@@ -1,0 +1,143 @@
+package netstack
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// recordingTUN is a tun.Device that keeps what is written to it and reads
+// the packets queued in toRead.
+type recordingTUN struct {
+	tun.Device // nil: only Read and Write are used
+	written    [][]byte
+	toRead     [][]byte
+}
+
+func (r *recordingTUN) Write(bufs [][]byte, offset int) (int, error) {
+	for _, b := range bufs {
+		r.written = append(r.written, slices.Clone(b[offset:]))
+	}
+	return len(bufs), nil
+}
+
+func (r *recordingTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	n := 0
+	for n < len(bufs) && len(r.toRead) > 0 {
+		sizes[n] = copy(bufs[n][offset:], r.toRead[0])
+		r.toRead = r.toRead[1:]
+		n++
+	}
+	return n, nil
+}
+
+// TestTUNFilter checks the filter that TUN mode wraps around the kernel
+// device: what a peer's packets may reach on the host, with the same
+// policy as the userspace stack.
+func TestTUNFilter(t *testing.T) {
+	self := netip.MustParseAddr("100.64.0.1")
+	self6 := netip.MustParseAddr("fd7a:bea0:b0de::6440:1")
+	peer := netip.MustParseAddr("100.64.0.2")
+	peer6 := netip.MustParseAddr("fd7a:bea0:b0de::6440:2")
+	magic := netip.MustParseAddr("100.100.100.100")
+	const offset = 16
+
+	newFilter := func(cfg Config) (*tunFilter, *recordingTUN) {
+		rt := &recordingTUN{}
+		pf := &packetFilter{now: func() int64 { return 1000 }}
+		pf.pol.Store(newPolicy(&cfg))
+		tf := &tunFilter{Device: rt, pf: pf}
+		overlay := map[netip.Addr]bool{self: true, self6: true}
+		tf.ownPorts.Store(newOwnPortSet(cfg.OwnListeners, overlay, cfg.ServiceAddrs))
+		return tf, rt
+	}
+	allow80 := &Filter{Rules: []FilterRule{{
+		SrcIPs:   []netip.Prefix{netip.PrefixFrom(peer, 32), netip.PrefixFrom(peer6, 128)},
+		DstPorts: []PortRange{{First: 80, Last: 80}},
+	}}}
+	own := []netip.AddrPort{
+		netip.MustParseAddrPort("0.0.0.0:1080"),      // a proxy on every address
+		netip.MustParseAddrPort("127.0.0.1:5353"),    // loopback: out of reach anyway
+		netip.MustParseAddrPort("100.64.0.1:9090"),   // on the overlay address
+		netip.MustParseAddrPort("[::]:8053"),         // IPv6 unspecified
+		netip.MustParseAddrPort("198.51.100.2:7777"), // a LAN address: not the overlay's
+	}
+	tests := []struct {
+		name string
+		cfg  Config
+		pkt  []byte
+		want bool
+	}{
+		{"open policy passes anything", Config{}, ipv4Packet(protoTCP, peer, self, 4000, 22, tcpSYN), true},
+		{"allowed port", Config{Filter: allow80}, ipv4Packet(protoTCP, peer, self, 4000, 80, tcpSYN), true},
+		{"allowed port v6", Config{Filter: allow80}, ipv6Packet(protoTCP, peer6, self6, 4000, 80, tcpSYN), true},
+		{"denied SYN dropped", Config{Filter: allow80}, ipv4Packet(protoTCP, peer, self, 4000, 22, tcpSYN), false},
+		{"denied SYN dropped v6", Config{Filter: allow80}, ipv6Packet(protoTCP, peer6, self6, 4000, 22, tcpSYN), false},
+		{"segment of an existing connection passes", Config{Filter: allow80}, ipv4Packet(protoTCP, peer, self, 22, 4000, tcpACK), true},
+		{"denied UDP dropped", Config{Filter: allow80}, ipv4Packet(protoUDP, peer, self, 4000, 53, 0), false},
+		{"shields up", Config{ShieldsUp: true}, ipv4Packet(protoTCP, peer, self, 4000, 80, tcpSYN), false},
+		{"shields up, allowed inbound", Config{ShieldsUp: true, AllowInbound: []uint16{80}}, ipv4Packet(protoTCP, peer, self, 4000, 80, tcpSYN), true},
+		{"own listener on every address", Config{OwnListeners: own}, ipv4Packet(protoTCP, peer, self, 4000, 1080, tcpSYN), false},
+		{"own listener on every address, UDP", Config{OwnListeners: own}, ipv4Packet(protoUDP, peer, self, 4000, 1080, 0), false},
+		{"own listener on the overlay address", Config{OwnListeners: own}, ipv4Packet(protoTCP, peer, self, 4000, 9090, tcpSYN), false},
+		{"own listener on [::]", Config{OwnListeners: own}, ipv6Packet(protoTCP, peer6, self6, 4000, 8053, tcpSYN), false},
+		{"own loopback listener's port is the host's to serve", Config{OwnListeners: own}, ipv4Packet(protoTCP, peer, self, 4000, 5353, tcpSYN), true},
+		{"own LAN listener's port is the host's to serve", Config{OwnListeners: own}, ipv4Packet(protoTCP, peer, self, 4000, 7777, tcpSYN), true},
+		{"service address refused", Config{ServiceAddrs: []netip.Addr{magic}}, ipv4Packet(protoUDP, peer, magic, 4000, 53, 0), false},
+		{"service address refused, even TCP segments", Config{ServiceAddrs: []netip.Addr{magic}}, ipv4Packet(protoTCP, peer, magic, 4000, 53, tcpACK), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tf, rt := newFilter(tt.cfg)
+			buf := append(make([]byte, offset), tt.pkt...)
+			other := append(make([]byte, offset), ipv4Packet(protoTCP, peer, self, 22, 4000, tcpACK)...)
+			if _, err := tf.Write([][]byte{buf, other}, offset); err != nil {
+				t.Fatal(err)
+			}
+			got := len(rt.written) == 2
+			if got != tt.want {
+				t.Errorf("passed = %v, want %v (written %d of 2)", got, tt.want, len(rt.written))
+			}
+			if len(rt.written) == 0 || !slices.Equal(rt.written[len(rt.written)-1], other[offset:]) {
+				t.Errorf("the accepted packet beside it did not pass")
+			}
+		})
+	}
+
+	t.Run("replies to flows the host opened", func(t *testing.T) {
+		tf, rt := newFilter(Config{Filter: allow80})
+		reply := append(make([]byte, offset), ipv4Packet(protoUDP, peer, self, 53, 4000, 0)...)
+		tf.Write([][]byte{reply}, offset)
+		if len(rt.written) != 0 {
+			t.Fatalf("an unsolicited UDP datagram passed")
+		}
+		rt.toRead = [][]byte{ipv4Packet(protoUDP, self, peer, 4000, 53, 0)}
+		bufs := [][]byte{make([]byte, 1500)}
+		if n, _ := tf.Read(bufs, make([]int, 1), offset); n != 1 {
+			t.Fatalf("Read = %d packets, want 1", n)
+		}
+		reply = append(make([]byte, offset), ipv4Packet(protoUDP, peer, self, 53, 4000, 0)...)
+		tf.Write([][]byte{reply}, offset)
+		if len(rt.written) != 1 {
+			t.Fatalf("the reply to a flow the host opened was dropped")
+		}
+	})
+}
+
+func TestDropDeviceAddrs(t *testing.T) {
+	e := &Engine{tun: &tunFilter{}, overlay: map[netip.Addr]bool{netip.MustParseAddr("100.64.0.1"): true}}
+	e.cfg.ServiceAddrs = []netip.Addr{netip.MustParseAddr("100.100.100.100")}
+	eps := []netip.AddrPort{
+		netip.MustParseAddrPort("198.51.100.2:41641"),
+		netip.MustParseAddrPort("100.64.0.1:41641"),
+		netip.MustParseAddrPort("100.100.100.100:41641"),
+		netip.MustParseAddrPort("127.0.0.1:41641"),
+	}
+	got := e.dropDeviceAddrs(slices.Clone(eps))
+	want := []netip.AddrPort{eps[0], eps[3]}
+	if !slices.Equal(got, want) {
+		t.Errorf("dropDeviceAddrs = %v, want %v", got, want)
+	}
+}
