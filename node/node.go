@@ -26,6 +26,7 @@ import (
 	"beam.dev/beam/coordclient"
 	"beam.dev/beam/dnsserver"
 	"beam.dev/beam/expose"
+	"beam.dev/beam/hostdns"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/netstack"
 	"beam.dev/beam/types/key"
@@ -120,6 +121,8 @@ type Node struct {
 	streamNM      *wire.NetMap  // the last netmap from the coordinator itself
 	nmChanged     chan struct{} // closed and replaced at each netmap from the coordinator
 
+	hostDNS *hostdns.Manager // the host's resolver in TUN mode; nil otherwise (hostdns.go)
+
 	own ownListeners // the daemon's loopback listeners, kept from peers (ownlisteners.go)
 
 	exp *expose.Server // the device side of this node's edge routes
@@ -151,6 +154,11 @@ func New(opts Options) (*Node, error) {
 	lock, err := lockStateDir(opts.StateDir, opts.Socket)
 	if err != nil {
 		return nil, err
+	}
+	// A TUN-mode run that crashed may have left the host's resolver
+	// pointing at its MagicDNS: put it back first.
+	if err := hostdns.Recover(opts.StateDir, logger); err != nil {
+		logger.Warn("restore the host's DNS settings a previous run left", "err", err)
 	}
 	st, err := loadState(opts.StateDir)
 	if err != nil {
@@ -440,6 +448,7 @@ func (n *Node) startSessionLocked() error {
 		}
 		n.engine = e
 		n.lastEngineCfg = nil
+		n.startHostDNSLocked()
 		if err := n.startUAPILocked(); err != nil {
 			n.logger.Warn("WireGuard UAPI socket not served", "err", err)
 		}
@@ -654,6 +663,7 @@ func (n *Node) applyLocked() {
 	}
 	if n.lastEngineCfg != nil && reflect.DeepEqual(*n.lastEngineCfg, cfg) {
 		n.syncExposeLocked(cfg)
+		n.applyHostDNSLocked()
 		return
 	}
 	if err := n.engine.Reconfig(cfg); err != nil {
@@ -662,6 +672,7 @@ func (n *Node) applyLocked() {
 	}
 	n.lastEngineCfg = &cfg
 	n.ensureDNSLocked(cfg.ServiceAddrs)
+	n.applyHostDNSLocked()
 	n.syncExposeLocked(cfg)
 }
 
@@ -756,6 +767,7 @@ func (n *Node) Logout(ctx context.Context) error {
 }
 
 func (n *Node) closeEngineLocked() {
+	n.stopHostDNSLocked()
 	n.stopUAPILocked()
 	n.exp.Close()
 	if n.engine != nil {

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -12,12 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"beam.dev/beam/hostdns"
 	"beam.dev/beam/localapi"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/localclient"
@@ -131,7 +130,7 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 		return err
 	}
 	logger := f.Logger(level)
-	hostUpstreams, err := dnsUpstreams(nil)
+	hostUpstreams, err := dnsUpstreams(nil, o.StateDir)
 	if err != nil {
 		return err
 	}
@@ -224,8 +223,9 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 	}
 }
 
-// dnsUpstreams parses --dns-upstream values, or reads /etc/resolv.conf.
-func dnsUpstreams(flags []string) ([]netip.AddrPort, error) {
+// dnsUpstreams parses --dns-upstream values, or reads /etc/resolv.conf as
+// it was before a TUN-mode daemon of stateDir managed it.
+func dnsUpstreams(flags []string, stateDir string) ([]netip.AddrPort, error) {
 	var out []netip.AddrPort
 	for _, s := range flags {
 		if ap, err := netip.ParseAddrPort(s); err == nil {
@@ -241,18 +241,13 @@ func dnsUpstreams(flags []string) ([]netip.AddrPort, error) {
 	if len(flags) > 0 {
 		return out, nil
 	}
-	fh, err := os.Open("/etc/resolv.conf")
+	conf, err := hostdns.OriginalResolvConf(stateDir, "")
 	if err != nil {
 		return nil, nil
 	}
-	defer fh.Close()
-	sc := bufio.NewScanner(fh)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) >= 2 && fields[0] == "nameserver" {
-			if a, err := netip.ParseAddr(fields[1]); err == nil && a != node.MagicDNSIPv4 {
-				out = append(out, netip.AddrPortFrom(a, 53))
-			}
+	for _, a := range hostdns.Nameservers(conf) {
+		if a != node.MagicDNSIPv4 {
+			out = append(out, netip.AddrPortFrom(a, 53))
 		}
 	}
 	return out, nil
