@@ -67,6 +67,11 @@ type CertOptions struct {
 	// TLS-ALPN-01 solver leaves that port to it. If empty, ":443".
 	TLSListenAddr string
 
+	// OnStatus, if not nil, is called with the wildcard certificate's
+	// status after each change (see CertManager.Status): an order started,
+	// failed or succeeded. Calls may overlap; it must return quickly.
+	OnStatus func(CertStatus)
+
 	// Logger receives the manager's logs. If nil, logs are discarded.
 	Logger *slog.Logger
 }
@@ -132,40 +137,49 @@ func (m *CertManager) Status() CertStatus {
 }
 
 // onEvent follows certmagic's events about the wildcard certificate into
-// m.status.
+// the status.
 func (m *CertManager) onEvent(_ context.Context, event string, data map[string]any) error {
 	if id, _ := data["identifier"].(string); id != m.names[0] {
 		return nil
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	switch event {
 	case "cert_obtaining":
-		m.status.Orders++
+		m.update(func(st *CertStatus) { st.Orders++ })
 	case "cert_obtained":
-		m.status.State, m.status.Problem, m.status.Error = CertIssued, "", ""
+		m.update(func(st *CertStatus) { st.State, st.Problem, st.Error = CertIssued, "", "" })
 	case "cert_failed":
 		err, _ := data["error"].(error)
 		if err == nil {
 			err = errors.New("unknown error")
 		}
-		m.status.Problem, m.status.Error = "", err.Error()
+		problem, detail := "", err.Error()
 		var p acme.Problem
 		if errors.As(err, &p) {
-			m.status.Problem = strings.TrimPrefix(p.Type, acme.ProblemTypeNamespace)
-			m.status.Error = p.Detail
-			if p.Detail == "" {
-				m.status.Error = p.Error()
+			problem, detail = strings.TrimPrefix(p.Type, acme.ProblemTypeNamespace), p.Detail
+			if detail == "" {
+				detail = p.Error()
 			}
 		}
-		if m.status.State != CertIssued {
-			m.status.State = CertFailed
-		}
-	default:
-		return nil
+		m.update(func(st *CertStatus) {
+			st.Problem, st.Error = problem, detail
+			if st.State != CertIssued {
+				st.State = CertFailed
+			}
+		})
 	}
-	m.status.Changed = time.Now()
 	return nil
+}
+
+// update changes the status with f and tells CertOptions.OnStatus.
+func (m *CertManager) update(f func(st *CertStatus)) {
+	m.mu.Lock()
+	f(&m.status)
+	m.status.Changed = time.Now()
+	st := m.status
+	m.mu.Unlock()
+	if m.opts.OnStatus != nil {
+		m.opts.OnStatus(st)
+	}
 }
 
 // NewCertManager returns a CertManager. It obtains nothing until
@@ -272,11 +286,9 @@ func (m *CertManager) ManageWildcard(ctx context.Context) error {
 			return fmt.Errorf("edge: obtain %s: %w", name, err)
 		}
 	}
-	m.mu.Lock()
-	if m.status.State != CertIssued { // found in storage: no event
-		m.status.State, m.status.Problem, m.status.Error, m.status.Changed = CertIssued, "", "", time.Now()
+	if m.Status().State != CertIssued { // found in storage: no event
+		m.update(func(st *CertStatus) { st.State, st.Problem, st.Error = CertIssued, "", "" })
 	}
-	m.mu.Unlock()
 	// Load it from storage into the cache, which renews it. (ManageSync
 	// would prompt on stdin if it had to obtain, but storage has it now.)
 	if err := m.wildcard.ManageSync(ctx, m.names); err != nil {

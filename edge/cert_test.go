@@ -244,11 +244,19 @@ func (lostTXT) SetTXT(string, []string) {}
 func (lostTXT) DeleteTXT(string)        {}
 
 // TestACMEOrderFails checks that a failed order of the wildcard shows in
-// Status with the CA's problem, while ManageWildcard keeps retrying.
+// Status and OnStatus with the CA's problem, while ManageWildcard keeps
+// retrying.
 func TestACMEOrderFails(t *testing.T) {
 	zone := &testZone{txt: map[string][]string{}}
 	dir, apiRoots, _ := startPebble(t, startZone(t, zone), 1)
-	cm, err := NewCertManager(CertOptions{Domain: testDomain, TXT: lostTXT{}, DirectoryURL: dir, TrustedRoots: apiRoots, StorageDir: t.TempDir()})
+	changes := make(chan CertStatus, 16)
+	cm, err := NewCertManager(CertOptions{Domain: testDomain, TXT: lostTXT{}, DirectoryURL: dir, TrustedRoots: apiRoots, StorageDir: t.TempDir(),
+		OnStatus: func(st CertStatus) {
+			select {
+			case changes <- st:
+			default:
+			}
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,20 +266,22 @@ func TestACMEOrderFails(t *testing.T) {
 	go func() { done <- cm.ManageWildcard(ctx) }()
 	defer func() { cancel(); <-done }()
 
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
+	var seen []CertState
 	deadline := time.After(60 * time.Second)
-	for cm.Status().State == CertPending {
+	for len(seen) == 0 || seen[len(seen)-1] == CertPending {
 		select {
+		case st := <-changes:
+			seen = append(seen, st.State)
 		case err := <-done:
 			t.Fatalf("ManageWildcard returned %v before the order failed", err)
 		case <-deadline:
-			t.Fatalf("status still %+v after 60 s", cm.Status())
-		case <-tick.C:
+			t.Fatalf("status changes %v, then nothing for 60 s", seen)
 		}
 	}
+	if want := []CertState{CertPending, CertFailed}; !slices.Equal(seen, want) {
+		t.Errorf("status changes %v, want %v (the order starts, then fails)", seen, want)
+	}
 	st := cm.Status()
-	t.Logf("status %+v", st)
 	if st.State != CertFailed || st.Orders != 1 || st.Problem != "unauthorized" || st.Error == "" {
 		t.Errorf("status = %+v, want failed after 1 order with the CA's unauthorized problem", st)
 	}

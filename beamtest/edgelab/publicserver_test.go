@@ -317,6 +317,11 @@ func TestPublicServerREADME(t *testing.T) {
 	wantFails(t, "failed order", out6, err6,
 		fmt.Sprintf("FAIL certificate at %s: no certificate for beam-check.broken.test: the ACME order for *.broken.test at %s failed (1 order(s), the last", hostPort(srv2.Addr(), 443), w.pebbleDir()),
 		"fix: the CA could not read the DNS-01 record _acme-challenge.broken.test from this server's zone: create broken.test. NS ns1.broken.test. at the registrar of broken.test with the glue record ns1.broken.test. A "+srv2.Addr().String())
+	// The servers said so in their logs too.
+	if line := waitOut(t, server2, "certificate order failed", 5*time.Second); !strings.Contains(line, "problem=unauthorized") || !strings.Contains(line, "_acme-challenge.broken.test") {
+		t.Errorf("the failed order's log line names no problem or fix: %s", line)
+	}
+	waitOut(t, w.server, `msg="certificate issued" name=*.example.test`, 5*time.Second)
 	t.Logf("README's public server path in %s", time.Since(start).Round(100*time.Millisecond))
 }
 

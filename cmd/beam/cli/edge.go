@@ -50,6 +50,10 @@ type EdgeOptions struct {
 	MaxConns int
 	// BodyTimeout bounds request bodies (edge.Options.BodyTimeout).
 	BodyTimeout time.Duration
+
+	// onCertStatus, if set, is told each change of the ACME wildcard
+	// certificate's status (beam server explains failed orders).
+	onCertStatus func(edge.CertStatus)
 }
 
 // NewCmdEdge returns the beam edge command: a public ingress that is a
@@ -304,6 +308,7 @@ func edgeCertificates(ctx context.Context, o *EdgeOptions, e *edge.Edge, txt edg
 			StorageDir:    filepath.Join(o.StateDir, "certs"),
 			OnDemand:      e.HasHTTPRoute,
 			TLSListenAddr: o.HTTPSAddr,
+			OnStatus:      o.onCertStatus,
 			Logger:        logger.With("component", "acme"),
 		})
 		if err != nil {

@@ -407,7 +407,8 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if zone != nil {
 		txt = zoneTXT{zone}
 	}
-	eo := &EdgeOptions{Domain: o.Domain, HTTPSAddr: o.HTTPSAddr, ACMECA: o.ACMECA, ACMECARoot: o.ACMECARoot, ACMEEmail: o.ACMEEmail, StateDir: o.DataDir}
+	eo := &EdgeOptions{Domain: o.Domain, HTTPSAddr: o.HTTPSAddr, ACMECA: o.ACMECA, ACMECARoot: o.ACMECARoot, ACMEEmail: o.ACMEEmail, StateDir: o.DataDir,
+		onCertStatus: logCertStatus(o, logger)}
 	if o.ACMECA != "" && txt == nil {
 		return errors.New("--acme-ca needs --dns-addr: certificates are issued by DNS-01 through the zone")
 	}

@@ -437,8 +437,10 @@ func newCmdServerCheck(f *Factory) *cobra.Command {
 		Short: "Check a public server's setup: delegation, listeners at its public addresses, certificate",
 		Long: `Check what the world sees of a beam server started with the same flags:
 whether the domain's NS delegation points at this server's zone, whether its
-listeners answer at its public addresses, and whether the edge has a certificate.
-Each failure says what to fix. Probing from the server itself does not prove the
+listeners answer at its public addresses, and whether the edge has a certificate;
+if not, the server's coordinator says how its ACME order stands and why it failed.
+Each failure says what to fix (from a device, beam netcheck --server runs the same
+checks against the server it joined). Probing from the server itself does not prove the
 ports are open from outside (a firewall may let the host reach itself).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

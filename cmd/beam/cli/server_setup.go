@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
@@ -183,11 +184,38 @@ func (p *publicSetup) get() *wire.ServerSetup {
 	s.PublicIPs = slices.Clone(s.PublicIPs)
 	s.HTTPPort, s.HTTPSPort = p.httpPort, p.httpsPort
 	if p.certStatus != nil {
-		st := p.certStatus()
-		s.Certificate = &wire.CertStatus{Name: st.Name, CA: st.CA, State: string(st.State), Orders: st.Orders,
-			Problem: st.Problem, Error: st.Error, Changed: st.Changed}
+		s.Certificate = wireCertStatus(p.certStatus())
 	}
 	return &s
+}
+
+// wireCertStatus is st as the setup check reads it.
+func wireCertStatus(st edge.CertStatus) *wire.CertStatus {
+	return &wire.CertStatus{Name: st.Name, CA: st.CA, State: string(st.State), Orders: st.Orders,
+		Problem: st.Problem, Error: st.Error, Changed: st.Changed}
+}
+
+// logCertStatus logs the certificate's status changes for the operator:
+// an issued certificate, and a failed order with what to do about it, as
+// beam server check would say it.
+func logCertStatus(o *ServerOptions, logger *slog.Logger) func(edge.CertStatus) {
+	c := &serverCheck{Domain: o.Domain}
+	for _, s := range o.PublicIPs {
+		if a, err := netip.ParseAddr(s); err == nil {
+			c.PublicIPs = append(c.PublicIPs, a)
+		}
+	}
+	return func(st edge.CertStatus) {
+		switch st.State {
+		case edge.CertIssued:
+			if st.Error == "" {
+				logger.Info("certificate issued", "name", st.Name, "ca", st.CA)
+			}
+		case edge.CertFailed:
+			logger.Warn("certificate order failed", "name", st.Name, "ca", st.CA, "orders", st.Orders, "problem", st.Problem, "err", st.Error,
+				"fix", c.orderFix(wireCertStatus(st)))
+		}
+	}
 }
 
 // addrPort is the port of a TCP listener's address, 0 for nil.
