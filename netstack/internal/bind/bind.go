@@ -430,7 +430,11 @@ func (b *Bind) PeerPath(k key.NodePublic) PeerPath {
 		return PeerPath{Path: "none"}
 	}
 	p := pe.p
-	direct, region := b.route(p, time.Now().UnixNano(), false)
+	// Report the path the next packet would take. A direct path that is
+	// silent only because nothing was sent over it (idle) is still the
+	// path: traffic that resumes goes over it (see route).
+	now := time.Now().UnixNano()
+	direct, region := b.route(p, now, b.idleDirect(p, now), false)
 	switch {
 	case direct != nil:
 		return PeerPath{Endpoint: direct.src, Path: "direct", LastRecv: direct.lastRecv.Load(), Latency: time.Duration(direct.latency.Load())}
@@ -815,7 +819,7 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 			return b.spray(bufs, p, best, home)
 		}
 	}
-	direct, region := b.route(p, now, idle)
+	direct, region := b.route(p, now, idle, true)
 	if p.disco.Load() != nil {
 		switch {
 		case direct != nil && fresh(direct, now):
@@ -860,10 +864,10 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 //   - A direct path silent for longer than staleAfter (it stopped
 //     answering) gives way to the relay while pings check it; if the peer
 //     was idle (resumed is true), the silence proves nothing, so both
-//     carry the traffic for dualWindow.
+//     carry the traffic for dualWindow (from now, if commit is true).
 //   - Without a direct path, the relay; without a relay, the direct
 //     address even if stale.
-func (b *Bind) route(p *peer, now int64, resumed bool) (direct *Endpoint, region int) {
+func (b *Bind) route(p *peer, now int64, resumed, commit bool) (direct *Endpoint, region int) {
 	best := p.best.Load()
 	region = b.relayRegionFor(p)
 	if best == nil || best.isRelay() {
@@ -885,12 +889,29 @@ func (b *Bind) route(p *peer, now int64, resumed bool) (direct *Endpoint, region
 		return best, region
 	}
 	if resumed {
-		p.dualUntil.Store(now + int64(dualWindow))
+		if commit {
+			p.dualUntil.Store(now + int64(dualWindow))
+		}
+		return best, region
 	}
 	if now < p.dualUntil.Load() {
 		return best, region
 	}
 	return nil, region
+}
+
+// idleDirect reports whether p's direct path is silent only because
+// nothing asked it to speak: wireguard-go sent p nothing for staleAfter,
+// and no ping to the path went unanswered for longer than suspectAfter.
+// Such a path is still p's path (its NAT mappings may have lapsed, which
+// the pings that go with resumed traffic find out and repair).
+func (b *Bind) idleDirect(p *peer, now int64) bool {
+	best := p.best.Load()
+	if best == nil || best.isRelay() || now-p.lastSend.Load() <= int64(staleAfter) {
+		return false
+	}
+	tried := p.lastDirectPing.Load()
+	return tried <= best.lastRecv.Load() || now-tried <= int64(suspectAfter)
 }
 
 // isSTUNResponse reports whether pkt is a STUN Binding response. Its
@@ -1103,4 +1124,34 @@ func (b *Bind) writeBatch(s *udpSocket, sb *sendBatch, bufs [][]byte, gso bool) 
 
 func unmap(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// AgeForTest moves every time the bind keeps about peer k (packets sent
+// and received, pings, probes) d into the past, as if d had passed with
+// nothing sent to or heard from k. Only tests call it.
+func (b *Bind) AgeForTest(k key.NodePublic, d time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	pe := b.peers[k]
+	if pe == nil {
+		return
+	}
+	age := func(v *atomic.Int64) {
+		if t := v.Load(); t != 0 {
+			v.Store(t - int64(d))
+		}
+	}
+	p := pe.p
+	for _, v := range []*atomic.Int64{&p.lastWGRecv, &p.lastSend, &p.lastProbe, &p.lastHeartbeat,
+		&p.lastReply, &p.lastDirectPing, &p.dualUntil, &p.lastStale} {
+		age(v)
+	}
+	for _, e := range pe.eps {
+		age(&e.lastRecv)
+	}
+	p.init.mu.Lock()
+	if p.init.at != 0 {
+		p.init.at -= int64(d)
+	}
+	p.init.mu.Unlock()
 }

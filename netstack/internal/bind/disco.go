@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -199,6 +200,9 @@ func (b *Bind) ping(p *peer, dp *discoPeer, dst netip.AddrPort, region int, res 
 	b.disco.mu.Unlock()
 	pkt := b.discoPacket(dp, &disco.Ping{TxID: tx, NodeKey: b.disco.nodeKey})
 	if dst.IsValid() {
+		if best := p.best.Load(); best != nil && best.src == dst {
+			p.lastDirectPing.Store(pp.at)
+		}
 		return b.sendTo([][]byte{pkt}, dst)
 	}
 	return b.sendRelay([][]byte{pkt}, p, region)
@@ -230,14 +234,17 @@ func (b *Bind) directAddrs(p *peer) []netip.AddrPort {
 
 // probe pings every direct address of p and, through the relay, asks p to
 // ping ours (call-me-maybe), so both NATs open at about the same time.
-func (b *Bind) probe(p *peer, now int64) {
+func (b *Bind) probe(p *peer, now int64) { b.probeFor(p, now, nil) }
+
+// probeFor is probe whose pongs also go to res, if non-nil.
+func (b *Bind) probeFor(p *peer, now int64, res chan PingResult) {
 	dp := p.disco.Load()
 	if dp == nil || p.removed.Load() {
 		return
 	}
 	p.lastProbe.Store(now)
 	for _, ap := range b.directAddrs(p) {
-		b.ping(p, dp, ap, 0, nil)
+		b.ping(p, dp, ap, 0, res)
 	}
 	if region := b.relayRegionFor(p); region != 0 {
 		var eps []netip.AddrPort
@@ -488,9 +495,31 @@ func (p *peer) noteInitiation(pkt []byte, now int64) {
 	p.init.mu.Unlock()
 }
 
-// Ping sends a disco ping to peer k over its current path (the direct
-// address in use, else the relay, else every candidate address) and
-// waits for the pong.
+// Timing of Bind.Ping.
+const (
+	// pingRetryFirst and pingRetryMax: an unanswered Ping sends its
+	// pings again after pingRetryFirst, then at doubling intervals up to
+	// pingRetryMax, so a ping sent before the peer knew us (or before
+	// its address or relay region reached us) is answered soon after.
+	pingRetryFirst = 100 * time.Millisecond
+	pingRetryMax   = time.Second
+	// pingDirectGrace is how long, beyond the relay's round trip, Ping
+	// waits after a pong through the relay for one over a direct path.
+	pingDirectGrace = 50 * time.Millisecond
+	// maxPingResults bounds the pongs one Ping keeps; it needs the first
+	// direct one and the first relayed one, and later ones are dropped.
+	maxPingResults = 16
+)
+
+// Ping sends disco pings to peer k and waits for a pong, or ctx. A direct
+// path in use (answering within staleAfter) is pinged alone. Otherwise
+// every path is tried at once: the direct address last used, every
+// candidate address, the peer's relay, and a call-me-maybe through the
+// relay so the peer pings back (an idle path's NAT mappings may have
+// lapsed). A pong over a direct path wins; a relayed one is reported if
+// no direct pong follows within the relay's round trip plus
+// pingDirectGrace. Unanswered pings are sent again, backing off from
+// pingRetryFirst to pingRetryMax, each time to the paths known then.
 func (b *Bind) Ping(ctx context.Context, k key.NodePublic) (PingResult, error) {
 	b.mu.Lock()
 	pe := b.peers[k]
@@ -499,37 +528,74 @@ func (b *Bind) Ping(ctx context.Context, k key.NodePublic) (PingResult, error) {
 		return PingResult{}, fmt.Errorf("bind: unknown peer %s", k.ShortString())
 	}
 	p := pe.p
-	dp := p.disco.Load()
-	if dp == nil || !b.disco.on {
+	if p.disco.Load() == nil || !b.disco.on {
 		return PingResult{}, fmt.Errorf("bind: peer %s has no disco key", k.ShortString())
 	}
-	res := make(chan PingResult, 1)
-	now := time.Now().UnixNano()
-	var err error
-	switch best := p.best.Load(); {
-	case best != nil && !best.isRelay() && fresh(best, now):
-		err = b.ping(p, dp, best.src, 0, res)
-	case b.relayRegionFor(p) != 0:
-		err = b.ping(p, dp, netip.AddrPort{}, b.relayRegionFor(p), res)
-	default:
-		addrs := b.directAddrs(p)
-		if len(addrs) == 0 {
-			return PingResult{}, fmt.Errorf("bind: no path to peer %s", k.ShortString())
-		}
-		for _, ap := range addrs {
-			if e := b.ping(p, dp, ap, 0, res); e != nil {
-				err = e
-			}
-		}
-		err = nil
-	}
-	if err != nil {
+	res := make(chan PingResult, maxPingResults)
+	if err := b.pingRound(p, res); err != nil {
 		return PingResult{}, fmt.Errorf("bind: ping: %w", err)
 	}
-	select {
-	case r := <-res:
-		return r, nil
-	case <-ctx.Done():
-		return PingResult{}, ctx.Err()
+	retry := time.NewTimer(pingRetryFirst)
+	defer retry.Stop()
+	wait := pingRetryFirst
+	var (
+		relayed *PingResult
+		grace   <-chan time.Time
+	)
+	for {
+		select {
+		case r := <-res:
+			if r.Path == "direct" {
+				return r, nil
+			}
+			if relayed == nil {
+				relayed = &r
+				t := time.NewTimer(r.Latency + pingDirectGrace)
+				defer t.Stop()
+				grace = t.C
+			}
+		case <-grace:
+			return *relayed, nil
+		case <-retry.C:
+			if relayed == nil {
+				b.pingRound(p, res)
+				wait = min(2*wait, pingRetryMax)
+				retry.Reset(wait)
+			}
+		case <-ctx.Done():
+			if relayed != nil {
+				return *relayed, nil
+			}
+			return PingResult{}, ctx.Err()
+		}
 	}
+}
+
+// pingRound sends one round of Ping's pings to p (see Ping), their pongs
+// going to res. It fails only if no path to p is known.
+func (b *Bind) pingRound(p *peer, res chan PingResult) error {
+	dp := p.disco.Load()
+	if dp == nil || p.removed.Load() {
+		return fmt.Errorf("peer %s is gone", p.key.ShortString())
+	}
+	now := time.Now().UnixNano()
+	best := p.best.Load()
+	if best != nil && !best.isRelay() && fresh(best, now) {
+		return b.ping(p, dp, best.src, 0, res)
+	}
+	region := b.relayRegionFor(p)
+	addrs := b.directAddrs(p)
+	if best != nil && !best.isRelay() && !slices.Contains(addrs, best.src) {
+		b.ping(p, dp, best.src, 0, res)
+		addrs = append(addrs, best.src)
+	}
+	if len(addrs) == 0 && region == 0 {
+		return fmt.Errorf("no path to peer %s", p.key.ShortString())
+	}
+	// The direct addresses, and a call-me-maybe through the relay.
+	b.probeFor(p, now, res)
+	if region != 0 {
+		b.ping(p, dp, netip.AddrPort{}, region, res)
+	}
+	return nil
 }

@@ -95,6 +95,10 @@ type peer struct {
 	// lastProbe, lastHeartbeat and lastReply rate-limit the pings of
 	// probes, heartbeats and answers to pings from new addresses.
 	lastProbe, lastHeartbeat, lastReply atomic.Int64
+	// lastDirectPing is when a ping last went to the address of best
+	// (unix nanos): a pong after it shows the path answers, none shows
+	// it does not (see Bind.idleDirect).
+	lastDirectPing atomic.Int64
 	// dualUntil: until then, packets to the peer go over both its direct
 	// path and the relay (a new or reawakened direct path is not trusted
 	// yet).
