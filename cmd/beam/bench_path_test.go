@@ -112,6 +112,12 @@ func newCountSink(tb testing.TB) *countSink {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	return serveCountSink(tb, ln)
+}
+
+// serveCountSink counts what arrives on the connections ln accepts until
+// tb is cleaned up.
+func serveCountSink(tb testing.TB, ln net.Listener) *countSink {
 	k := &countSink{ln: ln}
 	k.moved.L = &k.mu
 	var wg sync.WaitGroup
