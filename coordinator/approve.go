@@ -467,7 +467,7 @@ func (s *Server) followup(w http.ResponseWriter, r *http.Request, nk key.NodePub
 func (s *Server) finishApproved(w http.ResponseWriter, r *http.Request, nk key.NodePublic, req *wire.RegisterRequest, authKey string) bool {
 	rr := *req
 	rr.AuthKey, rr.Followup = authKey, ""
-	resp, aerr := s.register(context.WithoutCancel(r.Context()), &rr, remoteIsLoopback(r))
+	resp, aerr := s.countRegistration(s.register(context.WithoutCancel(r.Context()), &rr, remoteIsLoopback(r)))
 	if aerr != nil {
 		if aerr.status >= 500 {
 			s.logger.Warn("approved registration failed", "node", nk.ShortString(), "err", aerr)

@@ -556,7 +556,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 	if s.interactiveRegister(w, r, nk, &req) {
 		return
 	}
-	resp, aerr := s.register(context.WithoutCancel(r.Context()), &req, remoteIsLoopback(r))
+	resp, aerr := s.countRegistration(s.register(context.WithoutCancel(r.Context()), &req, remoteIsLoopback(r)))
 	if aerr != nil {
 		if aerr.status >= 500 {
 			s.logger.Warn("registration failed", "node", nk.ShortString(), "err", aerr)

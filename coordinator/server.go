@@ -168,6 +168,8 @@ type Server struct {
 	edge *edgeState // public edge routes, domains and DNS settings
 
 	ac accessControl // users, policy, interactive approval, audit log (acl.go)
+
+	met *metrics // metrics.go
 }
 
 // nodeEntry is a node in memory. Guarded by Server.mu.
@@ -210,6 +212,7 @@ func New(opts Options) (*Server, error) {
 		nodes:         make(map[key.NodePublic]*nodeEntry),
 		usedIPv4:      make(map[netip.Addr]bool),
 		sessions:      make(map[key.NodePublic]*session),
+		met:           newMetrics(),
 	}
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)

@@ -37,6 +37,9 @@ type session struct {
 	marks   uint64        // counts mark and markDERP calls
 	sent    uint64        // marks covered by what the stream has written
 	sentC   chan struct{} // closed and replaced when sent advances
+	// firstMark is when the first change not yet taken was marked
+	// (metrics.go); zero if none.
+	firstMark time.Time
 }
 
 func newSession(nk key.NodePublic, networkID int64) *session {
@@ -55,6 +58,7 @@ func (ss *session) mark(k key.NodePublic, full bool) {
 	ss.pending[k] = struct{}{}
 	ss.full = ss.full || full
 	ss.marks++
+	ss.noteMarkLocked()
 	ss.mu.Unlock()
 	ss.poke()
 }
@@ -63,6 +67,7 @@ func (ss *session) markDERP() {
 	ss.mu.Lock()
 	ss.derp = true
 	ss.marks++
+	ss.noteMarkLocked()
 	ss.mu.Unlock()
 	ss.poke()
 }
@@ -270,6 +275,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 		s.notifyLocked(e.rec.NetworkID, nk) // online
 	}
 	s.mu.Unlock()
+	s.met.streamsOpened.Add(1)
 	log.Debug("map stream opened")
 
 	defer func() {
@@ -387,6 +393,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 			batch.Stop()
 		}
 		pending, full, derp, ended, code, msg, gen := ss.take()
+		marked := ss.takeFirstMark()
 		if ended {
 			w.Header().Set(TrailerError, string(code)+": "+msg)
 			log.Info("ending map stream", "reason", code)
@@ -413,6 +420,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 			return
 		}
 		ss.delivered(gen)
+		s.observeFanout(marked)
 		ka.Reset(s.keepAlive)
 		sentSelf, sentPeers, sentFilter = newSelf, newPeers, newFilter
 	}

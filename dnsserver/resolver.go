@@ -79,6 +79,8 @@ type Resolver struct {
 
 	setMu  sync.Mutex // serialises SetRecords; guards serial
 	serial uint32
+
+	counts queryCounts // counts.go
 }
 
 // NewResolver returns a Resolver with empty Records: it answers nothing locally
@@ -137,7 +139,8 @@ func (r *Resolver) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		ctx, cancel := context.WithTimeout(context.Background(), forwardTimeout+500*time.Millisecond)
 		defer cancel()
 		opt := q.msg.IsEdns0()
-		m, _ := r.answerCanonical(ctx, q.msg.Question[0].Name, q.name, q.qtype, opt != nil && opt.Do(), q.msg.CheckingDisabled)
+		m, src := r.answerCanonical(ctx, q.msg.Question[0].Name, q.name, q.qtype, opt != nil && opt.Do(), q.msg.CheckingDisabled)
+		r.counts.count(src)
 		return m
 	})
 }

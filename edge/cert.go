@@ -88,6 +88,8 @@ type CertManager struct {
 	onDemand *certmagic.Config // TLS-ALPN-01 only
 	names    []string          // "*.Domain"
 
+	orders certOrders // metrics.go
+
 	mu     sync.Mutex // guards status
 	status CertStatus
 }
@@ -139,6 +141,7 @@ func (m *CertManager) Status() CertStatus {
 // onEvent follows certmagic's events about the wildcard certificate into
 // the status.
 func (m *CertManager) onEvent(_ context.Context, event string, data map[string]any) error {
+	m.countOrder(event, data)
 	if id, _ := data["identifier"].(string); id != m.names[0] {
 		return nil
 	}

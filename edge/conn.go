@@ -42,16 +42,19 @@ func (c *trackedConn) Close() error {
 func (e *Edge) admitConn(c net.Conn) net.Conn {
 	if max := e.opts.MaxConns; max > 0 && e.conns.Add(1) > int64(max) {
 		e.conns.Add(-1)
+		e.met.connRefused()
 		c.Close()
 		return nil
 	}
 	ip := addrOf(c.RemoteAddr()).Addr()
 	if !e.clients.acquire(ip) {
 		e.releaseConn()
+		e.met.connRefused()
 		c.Close()
 		return nil
 	}
-	return &trackedConn{Conn: c, release: func() { e.clients.release(ip); e.releaseConn() }}
+	e.met.connOpened()
+	return &trackedConn{Conn: c, release: func() { e.met.connClosed(); e.clients.release(ip); e.releaseConn() }}
 }
 
 // releaseConn frees a slot admitConn took against MaxConns.

@@ -192,6 +192,7 @@ type Edge struct {
 	conns     atomic.Int64 // client TCP connections open, against MaxConns
 	authFails *authThrottle
 	reqCount  atomic.Uint64
+	met       *edgeMetrics // metrics.go
 	// httpsPort, when not zero, sends plain-HTTP requests of http routes
 	// to HTTPS on that port (SetHTTPSRedirect).
 	httpsPort atomic.Uint32
@@ -271,6 +272,7 @@ func New(opts Options) (*Edge, error) {
 		authFails: newAuthThrottle(opts.MaxAuthFailures, opts.AuthLockout),
 		targets:   make(map[netip.AddrPort]*target),
 		limiters:  make(map[string]*clientLimiter),
+		met:       newEdgeMetrics(),
 	}
 	e.routes.Store(&table{hosts: map[string]*route{}, tcp: map[uint16]*route{}, udp: map[uint16]*route{}, targets: map[netip.AddrPort]*target{}})
 	e.initProxy()

@@ -105,6 +105,7 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st := &reqState{in: r, client: addrOf(stringAddr(r.RemoteAddr)).Addr()}
 	host, _ := normalizeHost(r.Host)
 	e.serveHTTP(rec, r, st, host)
+	e.observeRequest(host, rec.status, time.Since(start))
 	if fn := e.opts.OnRequest; fn != nil {
 		rl := RequestLog{
 			Time:     start,

@@ -18,6 +18,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"beam.dev/beam/dnsserver"
 	"beam.dev/beam/internal/privsock"
 	"beam.dev/beam/internal/version"
@@ -40,6 +43,9 @@ type Options struct {
 	// follows the operator setting (0666 with an operator, else 0600).
 	// Empty leaves the mode alone.
 	Socket string
+	// Metrics, if not nil, is served at GET /localapi/v0/metrics in
+	// Prometheus's text format (beam metrics); nil answers 404.
+	Metrics prometheus.Gatherer
 }
 
 // Handler serves the local API for one node.
@@ -75,6 +81,9 @@ func New(n *node.Node, opts Options) *Handler {
 	h.mux.HandleFunc("GET /localapi/v0/expose/watch", h.exposeWatch)
 	h.mux.HandleFunc("POST /localapi/v0/expose/wait", h.exposeWait)
 	h.mux.HandleFunc("GET /localapi/v0/debug/profile/{name}", h.debugProfile)
+	if opts.Metrics != nil {
+		h.mux.Handle("GET /localapi/v0/metrics", promhttp.HandlerFor(opts.Metrics, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError}))
+	}
 	h.syncSocketMode()
 	return h
 }

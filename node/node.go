@@ -124,6 +124,7 @@ type Node struct {
 	hostDNS *hostdns.Manager // the host's resolver in TUN mode; nil otherwise (hostdns.go)
 
 	own ownListeners // the daemon's loopback listeners, kept from peers (ownlisteners.go)
+	met nodeMetrics  // metrics.go
 
 	exp *expose.Server // the device side of this node's edge routes
 }

@@ -49,7 +49,7 @@ type dialer interface {
 func (n *Node) ServeSOCKS5(ctx context.Context, ln net.Listener) error {
 	defer n.ownListener(ln.Addr())()
 	ln = refuseOverlay{Listener: ln, n: n}
-	return serveConns(ctx, ln, func(c net.Conn) { socks5Handle(ctx, n, c) })
+	return serveConns(ctx, ln, func(c net.Conn) { n.met.socks5Conns.Add(1); socks5Handle(ctx, n, c) })
 }
 
 // ServeHTTPProxy serves an HTTP proxy (CONNECT and absolute-URI requests)
@@ -63,6 +63,7 @@ func (n *Node) ServeHTTPProxy(ctx context.Context, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           &httpProxy{d: n, tr: tr},
 		ReadHeaderTimeout: 30 * time.Second,
+		ConnState:         n.met.httpProxyConnState,
 	}
 	go func() {
 		<-ctx.Done()

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"modernc.org/sqlite"
@@ -52,8 +53,9 @@ var sqliteDialect = dialect{
 
 // Store implements coordinator.Store on a database/sql database.
 type Store struct {
-	db *sql.DB
-	d  dialect
+	db   *sql.DB
+	d    dialect
+	errs atomic.Uint64 // failed database operations (see wrap)
 }
 
 var _ coordinator.Store = (*Store)(nil)
@@ -90,6 +92,10 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	}
 	return s, nil
 }
+
+// StoreErrors returns how many database operations failed (not found
+// and unique conflicts excepted), for the coordinator's metrics.
+func (s *Store) StoreErrors() uint64 { return s.errs.Load() }
 
 // Close closes the database.
 func (s *Store) Close() error { return s.db.Close() }
@@ -181,5 +187,6 @@ func (s *Store) wrap(op string, err error) error {
 	case s.d.isUnique(err):
 		return fmt.Errorf("sqlstore: %s: %w: %v", op, coordinator.ErrConflict, err)
 	}
+	s.errs.Add(1)
 	return fmt.Errorf("sqlstore: %s: %w", op, err)
 }

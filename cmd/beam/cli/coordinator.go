@@ -56,6 +56,8 @@ type CoordinatorOptions struct {
 	MaxConns int
 	// Edge holds the public edge and DNS settings flags.
 	Edge CoordinatorEdgeOptions
+	// Telemetry holds --metrics-addr and --debug-addr.
+	Telemetry TelemetryOptions
 
 	// ready, if set, is called with the listening address (for tests).
 	ready func(addr string)
@@ -88,6 +90,9 @@ From elsewhere:
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
+			if err := opts.Telemetry.check(); err != nil {
+				return err
+			}
 			if runF != nil {
 				return runF(opts)
 			}
@@ -106,6 +111,7 @@ From elsewhere:
 	fl.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none)")
 	bindCoordinatorEdgeFlags(cmd, &opts.Edge)
+	opts.Telemetry.register(fl)
 	return cmd
 }
 
@@ -186,6 +192,11 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	mux := http.NewServeMux()
 	mux.Handle(console.Path, con)
 	mux.Handle("/", srv)
+	stopTelemetry, err := opts.Telemetry.start(ctx, logger, roleRegistry(srv.Collector()))
+	if err != nil {
+		return err
+	}
+	defer stopTelemetry()
 
 	ln, err := net.Listen("tcp", opts.Addr)
 	if err != nil {

@@ -14,9 +14,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"beam.dev/beam/hostdns"
+	"beam.dev/beam/internal/telemetry"
 	"beam.dev/beam/localapi"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/localclient"
@@ -42,6 +44,8 @@ type DaemonOptions struct {
 	// TUN names the kernel TUN device of --tun; empty runs the userspace
 	// data plane.
 	TUN string
+	// Telemetry holds --metrics-addr and --debug-addr.
+	Telemetry TelemetryOptions
 	// Prefs holds the settings given as flags (only those given): they
 	// replace the stored ones.
 	Prefs apitype.PrefsPatch
@@ -59,6 +63,7 @@ func daemonFlags(cmd *cobra.Command, o *DaemonOptions) {
 	cmd.Flags().StringVar(&o.ACMECA, "acme-ca", "", "ACME directory URL: terminate TLS of this device's --tls-passthrough routes with its own certificate, obtained by DNS-01 through the coordinator (default: the app terminates TLS)")
 	cmd.Flags().StringVar(&o.ACMECARoot, "acme-ca-root", "", "PEM file of the roots to trust for the ACME server's HTTPS (default: the system roots)")
 	cmd.Flags().StringVar(&o.ACMEEmail, "acme-email", "", "contact email of the ACME account")
+	o.Telemetry.register(cmd.Flags())
 }
 
 // NewCmdDaemon returns the beam daemon command: the headless daemon.
@@ -130,6 +135,9 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 		return err
 	}
 	logger := f.Logger(level)
+	if err := o.Telemetry.check(); err != nil {
+		return err
+	}
 	hostUpstreams, err := dnsUpstreams(nil, o.StateDir)
 	if err != nil {
 		return err
@@ -170,6 +178,12 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 		return err
 	}
 	defer n.Close()
+	metrics := roleRegistry(n.Collector())
+	stopTelemetry, err := o.Telemetry.start(ctx, logger, metrics)
+	if err != nil {
+		return err
+	}
+	defer stopTelemetry()
 	ln, err := localapi.ListenUnix(o.Socket)
 	if err != nil {
 		return err
@@ -186,7 +200,7 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 	var wg sync.WaitGroup
 	errc := make(chan error, 1)
 	srv := &http.Server{
-		Handler:     localapi.New(n, localapi.Options{Logger: logger, Shutdown: cancel, Socket: o.Socket}),
+		Handler:     localapi.New(n, localapi.Options{Logger: logger, Shutdown: cancel, Socket: o.Socket, Metrics: prometheus.Gatherers{telemetry.NewProcessRegistry(), metrics}}),
 		ConnContext: localapi.ConnContext,
 	}
 	wg.Add(1)

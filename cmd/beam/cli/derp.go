@@ -55,6 +55,8 @@ type DERPOptions struct {
 	// MaxConns caps the relay's connections; 0 derives it from the open
 	// files limit, negative means none.
 	MaxConns int
+	// Telemetry holds --metrics-addr and --debug-addr.
+	Telemetry TelemetryOptions
 
 	// ready, if set, is called with the bound HTTP and STUN addresses
 	// (for tests).
@@ -87,6 +89,9 @@ whatever key it has, with a warning.`,
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
+			if err := opts.Telemetry.check(); err != nil {
+				return err
+			}
 			if runF != nil {
 				return runF(opts)
 			}
@@ -106,6 +111,7 @@ whatever key it has, with a warning.`,
 	fl.StringVar(&opts.StateDir, "state", "derp-data", "state directory (created 0700)")
 	fl.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
 	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none)")
+	opts.Telemetry.register(fl)
 	return cmd
 }
 
@@ -203,6 +209,11 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 		MeshWith:     meshWith,
 	})
 	defer srv.Close()
+	stopTelemetry, err := opts.Telemetry.start(ctx, logger, roleRegistry(srv.Collector()))
+	if err != nil {
+		return err
+	}
+	defer stopTelemetry()
 	mux := http.NewServeMux()
 	mux.Handle("/", srv)
 	mux.HandleFunc("/derp/stats", func(w http.ResponseWriter, r *http.Request) {

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"beam.dev/beam/configs"
@@ -50,6 +51,8 @@ type EdgeOptions struct {
 	MaxConns int
 	// BodyTimeout bounds request bodies (edge.Options.BodyTimeout).
 	BodyTimeout time.Duration
+	// Telemetry holds --metrics-addr and --debug-addr.
+	Telemetry TelemetryOptions
 
 	// onCertStatus, if set, is told each change of the ACME wildcard
 	// certificate's status (beam server explains failed orders).
@@ -77,6 +80,9 @@ func NewCmdEdge(f *Factory, in *instanceFlags, runF func(*EdgeOptions) error) *c
 			if err := cfg.Validate(); err != nil {
 				return err
 			}
+			if err := o.Telemetry.check(); err != nil {
+				return err
+			}
 			if runF != nil {
 				return runF(o)
 			}
@@ -102,6 +108,7 @@ func NewCmdEdge(f *Factory, in *instanceFlags, runF func(*EdgeOptions) error) *c
 	fl.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
 	fl.IntVar(&o.MaxConns, "max-conns", 0, "cap on client connections of all listeners (0: 3/4 of the open files limit; -1: none)")
 	fl.DurationVar(&o.BodyTimeout, "body-timeout", edge.DefaultBodyTimeout, "longest wait for a byte of a request body, and grace before it must arrive at 1 KiB/s or more")
+	o.Telemetry.register(fl)
 	return cmd
 }
 
@@ -156,12 +163,18 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 		return err
 	}
 	defer e.Close()
-	certs, err := edgeCertificates(ctx, o, e, edgeTXT{n: n, logger: logger}, logger)
+	metrics := roleRegistry(e.Collector(), n.Collector())
+	certs, err := edgeCertificates(ctx, o, e, edgeTXT{n: n, logger: logger}, logger, metrics)
 	if err != nil {
 		return err
 	}
 	defer certs.close()
 	getCert := certs.get
+	stopTelemetry, err := o.Telemetry.start(ctx, logger, metrics)
+	if err != nil {
+		return err
+	}
+	defer stopTelemetry()
 	httpsAddr := o.HTTPSAddr
 	if getCert == nil {
 		if httpsAddr != "" {
@@ -279,7 +292,7 @@ type edgeCerts struct {
 
 // edgeCertificates returns the TLS certificate source for the edge: a
 // fixed certificate, an ACME manager, or none.
-func edgeCertificates(ctx context.Context, o *EdgeOptions, e *edge.Edge, txt edge.TXTSetter, logger *slog.Logger) (edgeCerts, error) {
+func edgeCertificates(ctx context.Context, o *EdgeOptions, e *edge.Edge, txt edge.TXTSetter, logger *slog.Logger, reg prometheus.Registerer) (edgeCerts, error) {
 	switch {
 	case o.TLSCert != "":
 		cert, err := tls.LoadX509KeyPair(o.TLSCert, o.TLSKey)
@@ -313,6 +326,9 @@ func edgeCertificates(ctx context.Context, o *EdgeOptions, e *edge.Edge, txt edg
 		})
 		if err != nil {
 			return edgeCerts{}, err
+		}
+		if reg != nil {
+			reg.MustRegister(cm.Collector())
 		}
 		go func() {
 			if err := cm.ManageWildcard(ctx); err != nil && ctx.Err() == nil {

@@ -104,6 +104,7 @@ func NewCmdRoot(f *Factory) *cobra.Command {
 		NewCmdExpose(f, in, nil),
 		NewCmdPing(f, in),
 		NewCmdNetcheck(f, in),
+		NewCmdMetrics(f, in),
 		NewCmdEdge(f, in, nil),
 		NewCmdServer(f, nil),
 		NewCmdDemo(f, nil),

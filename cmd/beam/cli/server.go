@@ -64,6 +64,9 @@ type ServerOptions struct {
 	EdgeMaxConns int
 	// BodyTimeout bounds request bodies at the edge.
 	BodyTimeout time.Duration
+	// Telemetry holds --metrics-addr and --debug-addr: one listener each
+	// for all of the server's roles.
+	Telemetry TelemetryOptions
 
 	// ready, if set, is called with the coordinator's listen address and
 	// the edge's HTTP address once everything serves (tests).
@@ -97,6 +100,9 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 				return errors.New("--domain is required (or use --dev)")
 			}
 			if err := o.config().Validate(); err != nil {
+				return err
+			}
+			if err := o.Telemetry.check(); err != nil {
 				return err
 			}
 			for _, w := range o.setupWarnings() {
@@ -136,6 +142,7 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 	fl.IntVar(&o.MaxConns, "max-conns", 0, "cap on connections to --addr, the coordinator and relay (0: 1/4 of the open files limit; -1: none)")
 	fl.DurationVar(&o.BodyTimeout, "body-timeout", edge.DefaultBodyTimeout, "longest wait for a byte of a request body at the edge, and grace before it must arrive at 1 KiB/s or more")
 	fl.IntVar(&o.EdgeMaxConns, "edge-max-conns", 0, "cap on client connections of the edge's listeners (0: 1/2 of the open files limit; -1: none)")
+	o.Telemetry.register(fl)
 	return cmd
 }
 
@@ -412,11 +419,18 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if o.ACMECA != "" && txt == nil {
 		return errors.New("--acme-ca needs --dns-addr: certificates are issued by DNS-01 through the zone")
 	}
-	certs, err := edgeCertificates(ctx, eo, e, txt, logger)
+	// One metrics listener serves every role's registry.
+	edgeMetrics := roleRegistry(e.Collector(), en.Collector())
+	certs, err := edgeCertificates(ctx, eo, e, txt, logger, edgeMetrics)
 	if err != nil {
 		return err
 	}
 	defer certs.close()
+	stopTelemetry, err := o.Telemetry.start(ctx, logger, roleRegistry(coord.Collector()), roleRegistry(derpSrv.Collector()), edgeMetrics)
+	if err != nil {
+		return err
+	}
+	defer stopTelemetry()
 	httpsAddr := o.HTTPSAddr
 	if certs.get == nil {
 		httpsAddr = ""

@@ -211,7 +211,8 @@ func startDaemon(ctx context.Context, lc *localclient.Client, o *UpOptions) (*st
 	defer logf.Close()
 	args := []string{"--socket", o.Daemon.Socket, "--state", o.Daemon.StateDir, "daemon", "--log-level", o.Daemon.LogLevel}
 	for _, fv := range [][2]string{{"--hostname", o.Hostname},
-		{"--acme-ca", o.Daemon.ACMECA}, {"--acme-ca-root", o.Daemon.ACMECARoot}, {"--acme-email", o.Daemon.ACMEEmail}} {
+		{"--acme-ca", o.Daemon.ACMECA}, {"--acme-ca-root", o.Daemon.ACMECARoot}, {"--acme-email", o.Daemon.ACMEEmail},
+		{"--metrics-addr", o.Daemon.Telemetry.MetricsAddr}, {"--debug-addr", o.Daemon.Telemetry.DebugAddr}} {
 		if fv[1] != "" {
 			args = append(args, fv[0], fv[1])
 		}

@@ -677,6 +677,7 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 			e.lastRecv.Store(now)
 			if p := e.peer; p != nil {
 				p.lastWGRecv.Store(now)
+				p.traffic.received(pathDirect, n)
 				b.noteTransport(p, pkt, now)
 				// WireGuard arriving over the direct path in use proves
 				// it both ways (a pong proved the other way): stop
@@ -813,6 +814,7 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	if isInitiation(first) {
 		p.noteInitiation(first, now)
 		if best == nil || best.isRelay() || !fresh(best, now) {
+			p.traffic.sending(first, false, false)
 			if p.disco.Load() != nil {
 				b.maybeProbe(p, now, relayProbeEvery)
 			}
@@ -820,6 +822,7 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		}
 	}
 	direct, region := b.route(p, now, idle, true)
+	p.traffic.sending(first, direct != nil, region != 0)
 	if p.disco.Load() != nil {
 		switch {
 		case direct != nil && fresh(direct, now):
@@ -836,13 +839,13 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	}
 	switch {
 	case direct != nil && region != 0:
-		err := b.sendTo(bufs, direct.src)
+		err := b.sendDirect(p, bufs, direct.src)
 		if rerr := b.sendRelay(bufs, p, region); err != nil {
 			return rerr
 		}
 		return nil
 	case direct != nil:
-		return b.sendTo(bufs, direct.src)
+		return b.sendDirect(p, bufs, direct.src)
 	case region != 0:
 		return b.sendRelay(bufs, p, region)
 	}
@@ -850,7 +853,7 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	if len(cands) == 0 {
 		return fmt.Errorf("bind: no path to peer %s", p.key.ShortString())
 	}
-	return b.sendTo(bufs, cands[0])
+	return b.sendDirect(p, bufs, cands[0])
 }
 
 // route decides where packets to p go now: to a direct endpoint, through
@@ -949,13 +952,13 @@ func (b *Bind) spray(bufs [][]byte, p *peer, best *Endpoint, home int) error {
 		}
 	}
 	if best != nil && !best.isRelay() {
-		note(b.sendTo(bufs, best.src))
+		note(b.sendDirect(p, bufs, best.src))
 	}
 	for _, ap := range *p.candidates.Load() {
 		if best != nil && ap == best.src {
 			continue
 		}
-		note(b.sendTo(bufs, ap))
+		note(b.sendDirect(p, bufs, ap))
 	}
 	if b.rs.relay != nil && (home != 0 || (best != nil && best.isRelay())) {
 		note(b.sendRelay(bufs, p, relayRegion(best, home)))

@@ -110,6 +110,8 @@ type peer struct {
 	// the peer was last reported to Options.OnStaleSession (unix nanos).
 	sessionIdx atomic.Uint32
 	lastStale  atomic.Int64
+	// traffic counts datagrams per path (traffic.go).
+	traffic traffic
 }
 
 // PeerPath is the bind's view of how a peer is reached.

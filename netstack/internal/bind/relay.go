@@ -94,6 +94,7 @@ func (b *Bind) DeliverRelayed(region int, src key.NodePublic, pkt []byte) {
 	n := copy(*buf, pkt)
 	select {
 	case b.rs.queue <- relayed{e: e, buf: buf, n: n}:
+		pe.p.traffic.received(pathRelay, n)
 	default:
 		b.rs.bufs.Put(buf)
 	}
@@ -136,6 +137,8 @@ func (b *Bind) sendRelay(bufs [][]byte, p *peer, region int) error {
 	for _, pkt := range bufs {
 		if err := b.rs.relay.Send(region, p.key, pkt); err != nil {
 			errs = append(errs, err)
+		} else if !disco.IsPacket(pkt) {
+			p.traffic.sentOne(pathRelay, len(pkt))
 		}
 	}
 	return errors.Join(errs...)

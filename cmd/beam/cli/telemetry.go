@@ -1,0 +1,85 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spf13/pflag"
+
+	"beam.dev/beam/internal/telemetry"
+)
+
+// TelemetryOptions are --metrics-addr and --debug-addr, which every role
+// (daemon, coordinator, derp, edge, server) has.
+type TelemetryOptions struct {
+	// MetricsAddr serves Prometheus metrics at /metrics; "" disables.
+	MetricsAddr string
+	// DebugAddr serves Go's pprof at /debug/pprof/; "" disables.
+	DebugAddr string
+}
+
+const (
+	metricsAddrUsage = "serve Prometheus metrics at http://ADDR/metrics, on loopback only (\":9464\" means 127.0.0.1:9464; \"\" disables)"
+	debugAddrUsage   = "serve Go's pprof profiles at http://ADDR/debug/pprof/, on loopback only (\"\" disables)"
+)
+
+// register adds the flags to fl.
+func (o *TelemetryOptions) register(fl *pflag.FlagSet) {
+	fl.StringVar(&o.MetricsAddr, "metrics-addr", "", metricsAddrUsage)
+	fl.StringVar(&o.DebugAddr, "debug-addr", "", debugAddrUsage)
+}
+
+// check refuses an address off this machine before the role starts.
+func (o *TelemetryOptions) check() error {
+	for _, f := range []struct{ name, v string }{{"--metrics-addr", o.MetricsAddr}, {"--debug-addr", o.DebugAddr}} {
+		if f.v == "" {
+			continue
+		}
+		if _, err := telemetry.LoopbackAddr(f.v); err != nil {
+			return fmt.Errorf("%s: %w", f.name, err)
+		}
+	}
+	return nil
+}
+
+// roleRegistry returns a registry of its own holding cs: one per role,
+// never the global default registry, so roles in one process and tests
+// do not collide.
+func roleRegistry(cs ...prometheus.Collector) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(cs...)
+	return reg
+}
+
+// start serves the union of the process registry and the roles'
+// registries on --metrics-addr, and pprof on --debug-addr. The returned
+// func stops both.
+func (o *TelemetryOptions) start(ctx context.Context, logger *slog.Logger, roles ...prometheus.Gatherer) (stop func(), err error) {
+	var closers []func() error
+	stop = func() {
+		for _, c := range closers {
+			c()
+		}
+	}
+	if o.MetricsAddr != "" {
+		gs := append([]prometheus.Gatherer{telemetry.NewProcessRegistry()}, roles...)
+		s, err := telemetry.Listen(ctx, "--metrics-addr", o.MetricsAddr, telemetry.MetricsHandler(gs...), logger)
+		if err != nil {
+			return nil, err
+		}
+		closers = append(closers, s.Close)
+		logger.Info("serving metrics", "url", "http://"+s.Addr().String()+"/metrics")
+	}
+	if o.DebugAddr != "" {
+		s, err := telemetry.Listen(ctx, "--debug-addr", o.DebugAddr, telemetry.PprofHandler(), logger)
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		closers = append(closers, s.Close)
+		logger.Info("serving pprof", "url", "http://"+s.Addr().String()+"/debug/pprof/")
+	}
+	return stop, nil
+}
