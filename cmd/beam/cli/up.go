@@ -55,6 +55,9 @@ and are kept in its state; 'beam set' changes them without joining again.`,
 			if o.Coordinator == "" {
 				o.Coordinator = f.getenv("BEAM_COORDINATOR")
 			}
+			if err := o.Daemon.Telemetry.check(); err != nil {
+				return err
+			}
 			if runF != nil {
 				return runF(o)
 			}
