@@ -9,7 +9,7 @@ import (
 // TestCertOrderMetrics feeds certmagic's events to a CertManager and
 // reads beam_edge_acme_orders_total back from a registry.
 func TestCertOrderMetrics(t *testing.T) {
-	m := &CertManager{}
+	m := &CertManager{names: []string{"*.example.test"}}
 	for _, ev := range []struct {
 		name    string
 		renewal bool
@@ -21,7 +21,7 @@ func TestCertOrderMetrics(t *testing.T) {
 		{"cert_obtained", true},
 		{"cert_ocsp_revoked", false},
 	} {
-		if err := m.onEvent(t.Context(), ev.name, map[string]any{"renewal": ev.renewal}); err != nil {
+		if err := m.onEvent(t.Context(), ev.name, map[string]any{"renewal": ev.renewal, "identifier": "app.example.test"}); err != nil {
 			t.Fatalf("onEvent(%s) = %v: a hook error would cancel the order", ev.name, err)
 		}
 	}
