@@ -356,8 +356,8 @@ func checkDashboard(t *testing.T, scrapes ...families) {
 	}
 }
 
-// TestMetricsStandaloneRoles scrapes beam coordinator and beam derp,
-// each started alone with --metrics-addr.
+// TestMetricsStandaloneRoles scrapes beam coordinator, beam derp and
+// beam edge, each started alone with --metrics-addr.
 func TestMetricsStandaloneRoles(t *testing.T) {
 	bin := buildBeam(t)
 	dir := t.TempDir()
@@ -392,7 +392,8 @@ func TestMetricsStandaloneRoles(t *testing.T) {
 		})
 		return addr
 	}
-	coord := start("coordinator", "coordinator", "--addr", "127.0.0.1:"+strconv.Itoa(freePort(t)), "--data", filepath.Join(dir, "coord"))
+	coordAddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	coord := start("coordinator", "coordinator", "--addr", coordAddr, "--data", filepath.Join(dir, "coord"), "--edge-domain", "example.test")
 	fs := scrape(t, coord)
 	if v := fs.must(t, "beam_coordinator_networks", nil); v != 1 {
 		t.Errorf("coordinator networks = %v, want 1 (the default)", v)
@@ -411,6 +412,42 @@ func TestMetricsStandaloneRoles(t *testing.T) {
 	fs.must(t, "beam_relay_drops_total", map[string]string{"reason": "queue_full"})
 	if _, ok := fs.value("beam_coordinator_nodes", nil); ok {
 		t.Errorf("a relay alone exports coordinator metrics")
+	}
+
+	// beam edge: its own requests and its node's daemon metrics.
+	tok, err := os.ReadFile(filepath.Join(dir, "coord", "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	akCmd := exec.Command(bin, "admin", "--coordinator", "http://"+coordAddr, "authkey", "create", "--edge")
+	akCmd.Env = append(os.Environ(), "BEAM_ADMIN_TOKEN="+strings.TrimSpace(string(tok)), "XDG_RUNTIME_DIR="+dir)
+	key, err := akCmd.Output()
+	if err != nil {
+		t.Fatalf("authkey create: %v", err)
+	}
+	httpAddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	edgeMetrics := start("edge", "--state", filepath.Join(dir, "edge"), "--socket", filepath.Join(dir, "edge.sock"), "edge",
+		"--coordinator", "http://"+coordAddr, "--authkey", strings.TrimSpace(string(key)), "--domain", "example.test",
+		"--http-addr", httpAddr, "--https-addr", "")
+	waitFor(t, 20*time.Second, "edge answers", func() bool {
+		req, _ := http.NewRequest("GET", "http://"+httpAddr+"/", nil)
+		req.Host = "nosuch.example.test"
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusNotFound
+	})
+	fs = scrape(t, edgeMetrics)
+	if v := fs.must(t, "beam_edge_http_requests_total", map[string]string{"route": "none", "code": "404"}); v != 1 {
+		t.Errorf("edge requests {none, 404} = %v, want 1", v)
+	}
+	if v := fs.must(t, "beam_daemon_running", nil); v != 1 {
+		t.Errorf("the edge's node: beam_daemon_running = %v, want 1", v)
+	}
+	if v := scrape(t, coord).must(t, "beam_coordinator_nodes", map[string]string{"state": "online"}); v != 1 {
+		t.Errorf("coordinator online nodes = %v, want 1 (the edge)", v)
 	}
 }
 
