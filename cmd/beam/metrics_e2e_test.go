@@ -121,6 +121,10 @@ func TestMetrics(t *testing.T) {
 	alpha, beta := c.device("alpha"), c.device("beta")
 	alpha.mustUp("--metrics-addr", alphaMetrics, "--socks5", "127.0.0.1:"+strconv.Itoa(socksPort), "--dns-listen", "127.0.0.1:"+strconv.Itoa(dnsPort))
 	beta.mustUp()
+	// The flags apply when a daemon starts: beam up on a running one says so.
+	if _, errOut, err := beta.up("--metrics-addr", "127.0.0.1:"+strconv.Itoa(freePort(t))); err != nil || !strings.Contains(errOut, "apply when a daemon starts") {
+		t.Fatalf("beam up --metrics-addr on a running daemon: %v, stderr %q; want a warning", err, errOut)
+	}
 
 	// The daemon's metrics before any traffic: beta is a peer, with
 	// counters for both paths.

@@ -92,6 +92,8 @@ func runUp(ctx context.Context, f *Factory, in *instanceFlags, o *UpOptions) err
 			return err
 		}
 		started = d
+	} else if o.Daemon.Telemetry != (TelemetryOptions{}) {
+		fmt.Fprintf(f.ErrOut, "warning: --metrics-addr and --debug-addr apply when a daemon starts; the daemon on %s is already running (beam daemon stop, then beam up again)\n", lc.Socket)
 	}
 	req := apitype.UpRequest{
 		Coordinator: o.Coordinator,
