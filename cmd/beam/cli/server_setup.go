@@ -138,6 +138,9 @@ func printPublicSetup(w io.Writer, o *ServerOptions, publicURL string) {
 			fmt.Fprintf(w, "    and restart with --public-ip PUBLIC-IP: without it the zone sends browsers nowhere\n")
 		}
 	}
+	fmt.Fprintf(w, "  for a custom domain of a route (app.customer.com), where that domain's DNS is hosted:\n")
+	fmt.Fprintf(w, "    app.customer.com. CNAME NAME.%s.          (traffic: to this server's edge)\n", o.Domain)
+	fmt.Fprintf(w, "    the TXT record beam admin domains verify app.customer.com prints          (proof of control, once)\n")
 	var ports []string
 	for _, l := range []struct{ proto, addr string }{
 		{"tcp+udp", o.DNSAddr}, {"tcp", o.HTTPAddr}, {"tcp", o.HTTPSAddr}, {"tcp", o.Addr}, {"udp", o.STUNAddr},

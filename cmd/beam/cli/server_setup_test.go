@@ -98,6 +98,8 @@ func TestPublicSetupSummary(t *testing.T) {
 		"ns1.example.test. AAAA 2001:db8::10",
 		"tcp+udp 53, tcp 80, tcp 443, tcp 8080, udp 3478, tcp 20000-20999",
 		letsEncryptProduction,
+		"app.customer.com. CNAME NAME.example.test.",
+		"the TXT record beam admin domains verify app.customer.com prints",
 	} {
 		if !strings.Contains(got, want) {
 			t.Errorf("summary lacks %q:\n%s", want, got)
