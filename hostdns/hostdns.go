@@ -234,8 +234,9 @@ func Recover(stateDir string, log *slog.Logger) error {
 		// The link's settings went with the device; revert in case a
 		// device of that name is back.
 		if rec.Interface != "" {
-			cmd := exec.Command("resolvectl", "revert", rec.Interface)
-			_ = cmd.Run()
+			ctx, cancel := context.WithTimeout(context.Background(), resolvectlTimeout)
+			_ = exec.CommandContext(ctx, "resolvectl", "revert", rec.Interface).Run()
+			cancel()
 		}
 	}
 	log.Info("restored the host's DNS settings a previous run left", "mode", rec.Mode, "path", rec.Path)

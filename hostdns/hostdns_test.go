@@ -150,3 +150,69 @@ func TestNameservers(t *testing.T) {
 		t.Errorf("Nameservers = %v, want %v", got, want)
 	}
 }
+
+// TestResolvedMode drives ModeResolved against a stand-in resolvectl that
+// logs its arguments: Set configures the link, an unchanged Set does
+// nothing, Close reverts it, and a crashed run's record makes Recover
+// revert the link too.
+func TestResolvedMode(t *testing.T) {
+	bin := t.TempDir()
+	logFile := filepath.Join(bin, "calls")
+	script := "#!/bin/sh\necho \"$@\" >> " + logFile + "\n"
+	if err := os.WriteFile(filepath.Join(bin, "resolvectl"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	calls := func() []string {
+		b, _ := os.ReadFile(logFile)
+		os.Remove(logFile)
+		return strings.Split(strings.TrimSpace(string(b)), "\n")
+	}
+	state := t.TempDir()
+	m, err := New(Options{StateDir: state, Mode: ModeResolved, Interface: "beam0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Nameservers: []netip.Addr{netip.MustParseAddr("100.100.100.100")}, SearchDomains: []string{"n.beam.internal"}, MatchDomains: []string{"n.beam.internal"}}
+	if err := m.Set(cfg); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"dns beam0 100.100.100.100", "domain beam0 n.beam.internal", "default-route beam0 false"}
+	if got := calls(); strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("Set ran %q, want %q", got, want)
+	}
+	if err := m.Set(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if got := calls(); strings.Join(got, "") != "" {
+		t.Errorf("an unchanged Set ran %q, want nothing", got)
+	}
+	if err := m.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := calls(); strings.Join(got, "|") != "revert beam0" {
+		t.Errorf("Close ran %q, want revert beam0", got)
+	}
+	if _, err := os.Stat(filepath.Join(state, recordName)); !os.IsNotExist(err) {
+		t.Errorf("record left after Close: %v", err)
+	}
+
+	// A run that dies after Set leaves its record; Recover reverts.
+	m, err = New(Options{StateDir: state, Mode: ModeResolved, Interface: "beam0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Set(cfg); err != nil {
+		t.Fatal(err)
+	}
+	calls()
+	if err := Recover(state, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := calls(); strings.Join(got, "|") != "revert beam0" {
+		t.Errorf("Recover ran %q, want revert beam0", got)
+	}
+	if _, err := os.Stat(filepath.Join(state, recordName)); !os.IsNotExist(err) {
+		t.Errorf("record left after Recover: %v", err)
+	}
+}
