@@ -821,6 +821,7 @@ func (n *Node) Status() *apitype.Status {
 		Coordinator:       n.st.Coordinator,
 		CoordinatorOnline: n.controlOnline && n.sess != nil,
 		Peers:             []apitype.PeerStatus{},
+		TUN:               n.opts.TUN,
 	}
 	if n.lastErr != "" {
 		st.Health = append(st.Health, n.lastErr)

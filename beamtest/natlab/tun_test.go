@@ -230,6 +230,9 @@ func TestTUNModeByName(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if ast.TUN != "beam0" {
+		t.Errorf("alpha's status names TUN device %q, want beam0", ast.TUN)
+	}
 	fromAlpha := map[string]bool{}
 	for _, ip := range ast.Self.IPs {
 		fromAlpha["hello from beta to "+ip.String()+"\n"] = true

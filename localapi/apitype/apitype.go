@@ -51,6 +51,9 @@ type Status struct {
 	// approve it (StateNeedsApproval).
 	AuthURL  string `json:"auth_url,omitempty"`
 	AuthCode string `json:"auth_code,omitempty"`
+	// TUN names the kernel TUN device the daemon runs the overlay on
+	// (beam daemon --tun); empty in userspace mode.
+	TUN string `json:"tun,omitempty"`
 }
 
 // PeerStatus describes one node: the daemon itself or a peer.

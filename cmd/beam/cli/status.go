@@ -71,6 +71,9 @@ func printStatus(f *Factory, st *apitype.Status) {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\trx %d tx %d\n", p.Name, joinAddrs(p.IPs), online, path, hs, p.RxBytes, p.TxBytes)
 	}
 	tw.Flush()
+	if st.TUN != "" {
+		fmt.Fprintf(f.Out, "# kernel TUN mode: device %s\n", st.TUN)
+	}
 	if !st.CoordinatorOnline {
 		fmt.Fprintln(f.Out, "# coordinator unreachable: running on the last netmap")
 	}
