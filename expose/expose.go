@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"beam.dev/beam/localapi/apitype"
 )
@@ -89,6 +90,9 @@ type Server struct {
 
 	watchMu  sync.Mutex // guards watchers
 	watchers map[chan apitype.RequestLog]struct{}
+
+	rec   *store       // the inspector's exchanges
+	limit atomic.Int64 // the inspector's body limit; 0 while nobody inspects
 }
 
 // New returns a Server serving nothing until Sync.
@@ -97,7 +101,7 @@ func New(o Options) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{opts: o, logger: logger, proxies: map[uint16]*exposeProxy{}}
+	return &Server{opts: o, logger: logger, proxies: map[uint16]*exposeProxy{}, rec: newStore()}
 }
 
 // Sync starts and stops listeners and proxies to serve cfg. Connections
@@ -160,3 +164,10 @@ func (s *Server) publish(l apitype.RequestLog) {
 		}
 	}
 }
+
+// captureLimit returns the inspector's body limit, 0 while nobody
+// inspects.
+func (s *Server) captureLimit() int { return int(s.limit.Load()) }
+
+// record keeps a captured exchange for the inspector.
+func (s *Server) record(x *Exchange) { s.rec.add(x) }

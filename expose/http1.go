@@ -509,6 +509,10 @@ type splicer struct {
 	pend int // bytes at the front of r's buffer that are due to w
 
 	big []byte // a head larger than r's buffer, copied out of it
+
+	// tap, if not nil, gets a copy of what is written to w (the
+	// inspector's capture).
+	tap *capBuf
 }
 
 // flush writes the pending bytes.
@@ -517,6 +521,9 @@ func (s *splicer) flush() error {
 		return nil
 	}
 	b, _ := s.r.Peek(s.pend)
+	if s.tap != nil {
+		s.tap.write(b)
+	}
 	_, err := s.w.Write(b)
 	s.r.Discard(s.pend)
 	s.pend = 0
@@ -621,6 +628,9 @@ func (s *splicer) takeHead(h []byte) error {
 	}
 	if err := s.flush(); err != nil {
 		return err
+	}
+	if s.tap != nil {
+		s.tap.write(h)
 	}
 	_, err := s.w.Write(h)
 	s.big = nil

@@ -175,6 +175,8 @@ func (s *Server) startProxy(e Network, addrs []netip.Prefix, port uint16, up Ups
 		Raw:      up.raw,
 		Watching: s.watching,
 		Publish:  s.publish,
+		Capture:  s.captureLimit,
+		Record:   s.record,
 		Logger:   s.logger,
 	})
 	p.net, p.upstream = e, up
@@ -195,6 +197,11 @@ type exposeProxyOptions struct {
 	Watching func() bool
 	// Publish sends a request log line; nil drops them.
 	Publish func(apitype.RequestLog)
+	// Capture returns the inspector's body limit, 0 while nobody
+	// inspects; nil means nobody does. Record keeps a captured exchange;
+	// nil drops them.
+	Capture func() int
+	Record  func(*Exchange)
 
 	// Logger receives debug logs; nil discards them.
 	Logger *slog.Logger
@@ -210,6 +217,9 @@ func newExposeProxy(o exposeProxyOptions) *exposeProxy {
 	}
 	if o.Publish == nil {
 		o.Publish = func(apitype.RequestLog) {}
+	}
+	if o.Capture == nil || o.Record == nil {
+		o.Capture = func() int { return 0 }
 	}
 	dialer := &net.Dialer{Timeout: 10 * time.Second}
 	up := Upstream{addr: o.Target, tls: o.TLS, raw: o.Raw}
@@ -240,6 +250,8 @@ func newExposeProxy(o exposeProxyOptions) *exposeProxy {
 		h2Handler: h2Handler(o, logger, transportSwitch{h1: p.h1, h2: h2}),
 		watching:  o.Watching,
 		publish:   o.Publish,
+		capture:   o.Capture,
+		record:    o.Record,
 		logger:    logger,
 	}
 	return p
@@ -262,6 +274,9 @@ func h2Handler(o exposeProxyOptions, logger *slog.Logger, tr http.RoundTripper) 
 		BufferPool: copybuf.Pool,
 		ErrorLog:   slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if sw, ok := w.(*statusWriter); ok {
+				sw.local = true
+			}
 			if errors.Is(err, syscall.ECONNREFUSED) {
 				writeNothingListening(w, o.Port)
 				return
@@ -269,14 +284,46 @@ func h2Handler(o exposeProxyOptions, logger *slog.Logger, tr http.RoundTripper) 
 			http.Error(w, appUnreachable(err), http.StatusBadGateway)
 		},
 	}
+	capture := o.Capture
+	if capture == nil || o.Record == nil {
+		capture = func() int { return 0 }
+	}
+	dialer := &net.Dialer{Timeout: 10 * time.Second}
+	up := Upstream{addr: o.Target, tls: o.TLS}
+	dial := func(ctx context.Context) (net.Conn, error) { return up.dial(ctx, dialer, "http/1.1") }
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		var x *Exchange
+		var reqBody, respBody *capBuf
+		if limit := capture(); limit > 0 {
+			x = &Exchange{Kind: "http", Start: start, Method: r.Method, Host: r.Host, Path: r.URL.RequestURI(),
+				Client: firstForwardedFor(r), Port: o.Port, AnsweredBy: ByApp, dial: dial}
+			hdr := r.Header.Clone()
+			hdr.Set("Host", r.Host)
+			x.Request = &Message{Proto: r.Proto, Header: hdr}
+			reqBody, respBody = &capBuf{limit: limit}, &capBuf{limit: limit}
+			r.Body = teeBody{r.Body, reqBody}
+			sw.tap, sw.firstByte, sw.start = respBody, &x.FirstByte, start
+		}
 		rp.ServeHTTP(sw, r)
-		o.Publish(apitype.RequestLog{
+		l := apitype.RequestLog{
 			Time: start, Host: r.Host, Method: r.Method, Path: r.URL.RequestURI(), Status: sw.status,
 			Duration: time.Since(start), Port: o.Port, Client: firstForwardedFor(r),
-		})
+		}
+		o.Publish(l)
+		if x != nil {
+			x.Status, x.Duration = l.Status, l.Duration
+			x.Request.Body, x.Request.BodySize = reqBody.snapshot()
+			x.Request.Truncated = x.Request.BodySize > int64(len(x.Request.Body))
+			b, n := respBody.snapshot()
+			x.Response = &Message{Proto: r.Proto, Header: w.Header().Clone(), Body: b, BodySize: n, Truncated: n > int64(len(b))}
+			x.Size = n
+			if sw.local {
+				x.AnsweredBy = ByBeam
+			}
+			o.Record(x)
+		}
 	})
 }
 
@@ -349,9 +396,32 @@ type statusWriter struct {
 	http.ResponseWriter
 	status int
 	wrote  bool
+
+	// With the inspector: tap gets a copy of the body, firstByte the
+	// time to the response head, and local says the device answered
+	// itself (the app could not be reached).
+	tap       *capBuf
+	firstByte *time.Duration
+	start     time.Time
+	local     bool
+}
+
+// teeBody copies what is read of a request body to a capture.
+type teeBody struct {
+	io.ReadCloser
+	tap *capBuf
+}
+
+func (t teeBody) Read(p []byte) (int, error) {
+	n, err := t.ReadCloser.Read(p)
+	t.tap.write(p[:n])
+	return n, err
 }
 
 func (w *statusWriter) WriteHeader(code int) {
+	if w.firstByte != nil && *w.firstByte == 0 {
+		*w.firstByte = time.Since(w.start)
+	}
 	if !w.wrote && code >= 200 {
 		w.status, w.wrote = code, true
 	}
@@ -362,7 +432,13 @@ func (w *statusWriter) WriteHeader(code int) {
 }
 
 func (w *statusWriter) Write(b []byte) (int, error) {
+	if !w.wrote && w.firstByte != nil && *w.firstByte == 0 {
+		*w.firstByte = time.Since(w.start)
+	}
 	w.wrote = true
+	if w.tap != nil {
+		w.tap.write(b)
+	}
 	return w.ResponseWriter.Write(b)
 }
 

@@ -69,7 +69,11 @@ type exposeRelay struct {
 	// sends a line to it.
 	watching func() bool
 	publish  func(apitype.RequestLog)
-	logger   *slog.Logger
+	// capture returns the inspector's body limit, or 0 while nobody
+	// inspects; record keeps a captured exchange. Both may be nil.
+	capture func() int
+	record  func(*Exchange)
+	logger  *slog.Logger
 	// edges are the overlay addresses of the edge nodes, whose reports of
 	// refused requests (wire.EdgeReportPreface) go to the log; the node
 	// stores them on every netmap. Nil: none.
@@ -103,7 +107,8 @@ type exchange struct {
 	kind     reqKind
 	replay   bool                // the client may send it again: an idempotent method and no body
 	switched chan bool           // with kind.mayUpgrade: whether the response switched protocols
-	log      *apitype.RequestLog // nil unless someone watches the request log
+	log      *apitype.RequestLog // nil unless someone watches the request log or inspects
+	cap      *capture            // nil unless someone inspects
 }
 
 func newRelayConn(x *exposeRelay, c net.Conn) *relayConn {
@@ -176,7 +181,12 @@ func (rc *relayConn) run(ctx context.Context) {
 		if ex.kind.mayUpgrade {
 			ex.switched = make(chan bool, 1)
 		}
-		if rc.x.watching() {
+		if limit := rc.x.captureLimit(); limit > 0 {
+			ex.cap = newCapture(limit)
+			ex.cap.reqHead = len(h)
+			ex.cap.req.grow(len(h))
+		}
+		if ex.cap != nil || rc.x.watching() {
 			ex.log = &apitype.RequestLog{
 				Time:   time.Now(),
 				Host:   string(rh.host),
@@ -224,6 +234,9 @@ func (rc *relayConn) run(ctx context.Context) {
 		case <-rc.done:
 			return
 		}
+		if ex.cap != nil {
+			rc.cr.tap = &ex.cap.req
+		}
 		if err := rc.cr.takeHead(h); err != nil {
 			return
 		}
@@ -234,6 +247,7 @@ func (rc *relayConn) run(ctx context.Context) {
 		if err := rc.cr.flush(); err != nil {
 			return
 		}
+		rc.cr.tap = nil
 		if ex.kind.mayUpgrade {
 			select {
 			case sw := <-ex.switched:
@@ -313,6 +327,10 @@ func (rc *relayConn) dialApp(ctx context.Context, h []byte, rh *reqHead, ex *exc
 		rc.wg.Go(rc.respond)
 		return true, true
 	}
+	if ex.cap != nil {
+		ex.cap.req.write(h)
+		ex.cap.by = ByBeam
+	}
 	if err := rc.cr.dropHead(h); err != nil {
 		return false, false
 	}
@@ -328,6 +346,7 @@ func (rc *relayConn) dialApp(ctx context.Context, h []byte, rh *reqHead, ex *exc
 	if _, err := rc.client.Write(resp); err != nil {
 		keep = false
 	}
+	ex.localAnswer(resp)
 	rc.logDone(ex, http.StatusBadGateway)
 	return false, keep
 }
@@ -383,12 +402,24 @@ func (rc *relayConn) serveHTTP2(ctx context.Context, br *bufio.Reader) {
 // tcp route whose upstream is not the device's own port. It ends both
 // connections once the app is done sending.
 func (rc *relayConn) spliceRaw(ctx context.Context) {
+	start := time.Now()
+	var in, out int64
+	var dialErr error
 	defer func() {
 		rc.end()
 		rc.wg.Wait()
+		if rc.x.captureLimit() > 0 && rc.x.record != nil {
+			x := &Exchange{Kind: "tcp", Start: start, Duration: time.Since(start), Client: rc.client.RemoteAddr().String(),
+				Port: rc.x.port, AnsweredBy: ByApp, Size: out, BytesIn: in}
+			if dialErr != nil {
+				x.AnsweredBy, x.Error = ByBeam, dialErr.Error()
+			}
+			rc.x.record(x)
+		}
 	}()
 	o, err := rc.x.dial(ctx)
 	if err != nil {
+		dialErr = err
 		rc.x.logger.Debug("expose relay: dial upstream", "port", rc.x.port, "err", err)
 		return
 	}
@@ -403,10 +434,10 @@ func (rc *relayConn) spliceRaw(ctx context.Context) {
 	rc.origin = o
 	rc.mu.Unlock()
 	rc.wg.Go(func() {
-		io.Copy(o, rc.client)
+		in, _ = io.Copy(o, rc.client)
 		closeWrite(o)
 	})
-	io.Copy(rc.client, o)
+	out, _ = io.Copy(rc.client, o)
 }
 
 // fromEdge reports whether the client is an edge node.
@@ -428,6 +459,12 @@ func (rc *relayConn) readEdgeReports(br *bufio.Reader) {
 		if err := json.Unmarshal(line, &r); err != nil {
 			rc.x.logger.Debug("expose relay: edge report", "err", err)
 			return
+		}
+		if rc.x.captureLimit() > 0 && rc.x.record != nil {
+			rc.x.record(&Exchange{
+				Kind: "http", Start: r.Time, Method: r.Method, Host: r.Host, Path: r.Path, Status: r.Status,
+				Client: r.Client, Port: rc.x.port, AnsweredBy: ByEdge, dial: rc.x.dial,
+			})
 		}
 		if !rc.x.watching() {
 			continue
@@ -487,6 +524,9 @@ func (rc *relayConn) respond() {
 			rc.x.logger.Debug("expose relay: app sent bytes nobody asked for", "port", rc.x.port)
 			return
 		}
+		if ex.cap != nil {
+			rc.or.tap = &ex.cap.resp
+		}
 		var rh respHead
 		for {
 			h, err := rc.or.readHead()
@@ -494,8 +534,16 @@ func (rc *relayConn) respond() {
 				rh, err = parseResponseHead(h, ex.kind)
 			}
 			if err != nil {
+				rc.or.tap = nil
 				rc.badGateway(ex, err)
 				return
+			}
+			if ex.cap != nil {
+				if ex.cap.respAt.IsZero() {
+					ex.cap.respAt = time.Now()
+				}
+				ex.cap.respHead += len(h)
+				ex.cap.resp.grow(len(h))
 			}
 			if err := rc.or.takeHead(h); err != nil {
 				return
@@ -513,6 +561,7 @@ func (rc *relayConn) respond() {
 			if err := rc.or.flush(); err != nil {
 				return
 			}
+			rc.or.tap = nil
 			ex.switched <- true
 			rc.or.copyAll()
 			rc.logDone(ex, rh.status)
@@ -525,6 +574,7 @@ func (rc *relayConn) respond() {
 		if ferr := rc.or.flush(); err == nil {
 			err = ferr
 		}
+		rc.or.tap = nil
 		rc.logDone(ex, rh.status)
 		if err != nil || rh.framing == bodyUntilClose {
 			if err != nil {
@@ -590,8 +640,10 @@ func (rc *relayConn) appClosed(err error) (keep bool) {
 		reason = "failed its connection (" + err.Error() + ")"
 	}
 	rc.x.logger.Debug("expose relay: app closed with a request outstanding", "port", rc.x.port, "err", err)
-	rc.client.Write(localResponse(http.StatusBadGateway, "text/plain; charset=utf-8",
-		"beam: the device's app "+reason+" as this request arrived, without answering. The request may have reached the app, so it was not sent again.\n", ex.kind.head, true))
+	resp := localResponse(http.StatusBadGateway, "text/plain; charset=utf-8",
+		"beam: the device's app "+reason+" as this request arrived, without answering. The request may have reached the app, so it was not sent again.\n", ex.kind.head, true)
+	rc.client.Write(resp)
+	ex.localAnswer(resp)
 	rc.logDone(ex, http.StatusBadGateway)
 	return false
 }
@@ -603,8 +655,10 @@ func (rc *relayConn) badGateway(ex *exchange, err error) {
 	if rc.or.flush() != nil {
 		return
 	}
-	rc.client.Write(localResponse(http.StatusBadGateway, "text/plain; charset=utf-8",
-		"beam: the device's app sent a malformed response: "+err.Error()+"\n", ex.kind.head, true))
+	resp := localResponse(http.StatusBadGateway, "text/plain; charset=utf-8",
+		"beam: the device's app sent a malformed response: "+err.Error()+"\n", ex.kind.head, true)
+	rc.client.Write(resp)
+	ex.localAnswer(resp)
 	rc.logDone(ex, http.StatusBadGateway)
 }
 
@@ -625,7 +679,8 @@ func appUnreachable(err error) string {
 	return "beam: the device could not reach its app: " + err.Error()
 }
 
-// logDone publishes the request log line of a finished exchange.
+// logDone publishes the request log line of a finished exchange, and
+// hands its capture, if any, to the inspector.
 func (rc *relayConn) logDone(ex *exchange, status int) {
 	if ex.log == nil {
 		return
@@ -634,6 +689,33 @@ func (rc *relayConn) logDone(ex *exchange, status int) {
 	l.Status = status
 	l.Duration = time.Since(l.Time)
 	rc.x.publish(l)
+	if ex.cap != nil && rc.x.record != nil {
+		rc.x.record(ex.cap.exchange(l, rc.x.dial))
+	}
+}
+
+// captureLimit returns the inspector's body limit, 0 if nobody inspects.
+func (x *exposeRelay) captureLimit() int {
+	if x.capture == nil {
+		return 0
+	}
+	return x.capture()
+}
+
+// localAnswer captures resp, which the relay answered itself instead of
+// the app (whose partial response, if any, is dropped from the capture).
+func (ex *exchange) localAnswer(resp []byte) {
+	if ex.cap == nil {
+		return
+	}
+	c := ex.cap
+	c.by = ByBeam
+	c.resp.mu.Lock()
+	c.resp.b, c.resp.total = nil, 0
+	c.respHead = bytes.Index(resp, []byte("\r\n\r\n")) + 4
+	c.resp.limit = len(resp)
+	c.resp.mu.Unlock()
+	c.resp.write(resp)
 }
 
 // firstAddr returns the first element of an X-Forwarded-For list.

@@ -97,6 +97,13 @@ func (n *Node) Expose(ctx context.Context, req apitype.ExposeRequest) (*apitype.
 			out.Warning = fmt.Sprintf("nothing is listening on port %d of this device yet; the route stays up and works once your app starts", req.Port)
 		}
 	}
+	if req.Inspect {
+		if u, err := n.ensureInspector(); err != nil {
+			out.Warning = strings.TrimPrefix(out.Warning+"; no request inspector: "+err.Error(), "; ")
+		} else {
+			out.InspectURL = u
+		}
+	}
 	return out, nil
 }
 

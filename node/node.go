@@ -81,6 +81,13 @@ type Options struct {
 	ACMETrustedRoots *x509.CertPool
 	// ACMEEmail is the ACME account's contact; may be empty.
 	ACMEEmail string
+
+	// InspectorPort is the first port the request inspector tries on
+	// 127.0.0.1 (the next ones if taken); 0 means DefaultInspectorPort.
+	InspectorPort uint16
+	// InspectorBodyLimit caps each request and response body the
+	// inspector keeps; 0 means expose.DefaultBodyLimit.
+	InspectorBodyLimit int
 }
 
 // Node is the daemon. Create it with New, start it with Start, and stop it
@@ -127,6 +134,9 @@ type Node struct {
 	met nodeMetrics  // metrics.go
 
 	exp *expose.Server // the device side of this node's edge routes
+
+	inspMu sync.Mutex       // guards insp
+	insp   *inspectorServer // the request inspector, once asked for (inspector.go)
 }
 
 // session is one run of the control loop and the engine's use of it.
@@ -806,6 +816,7 @@ func (n *Node) Close() error {
 	n.stopHostServersLocked()
 	n.cancel()
 	n.mu.Unlock()
+	n.stopInspector()
 	n.hosts.wg.Wait() // outside mu: their dials take it
 	n.mu.Lock()
 	n.lock.release()

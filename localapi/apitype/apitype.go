@@ -209,6 +209,9 @@ type ExposeRequest struct {
 	// 127.0.0.1:Port: "host:port" (another address the device reaches)
 	// or "https://host:port" (TLS to the app); its port is Port.
 	Upstream string `json:"upstream,omitempty"`
+	// Inspect asks the daemon to serve the request inspector (on
+	// 127.0.0.1:4040 or the next free port) if it does not yet.
+	Inspect bool `json:"inspect,omitempty"`
 }
 
 // ExposeResponse is the answer of POST /localapi/v0/expose.
@@ -227,6 +230,9 @@ type ExposeResponse struct {
 	// the name the domain's owner points "_acme-challenge.HOST" to with a
 	// CNAME, so that the device gets its certificate by DNS-01.
 	ACMEChallengeCNAME string `json:"acme_challenge_cname,omitempty"`
+	// InspectURL is the request inspector's address, when asked for
+	// (ExposeRequest.Inspect) and serving.
+	InspectURL string `json:"inspect_url,omitempty"`
 }
 
 // ExposeStopRequest is the body of POST /localapi/v0/expose/stop.

@@ -42,6 +42,8 @@ type ExposeOptions struct {
 	QR             bool
 	JSON           bool
 	Background     bool
+	// Inspect asks the daemon for the request inspector.
+	Inspect bool
 }
 
 // NewCmdExpose returns the beam expose command.
@@ -52,7 +54,9 @@ func NewCmdExpose(f *Factory, in *instanceFlags, runF func(*ExposeOptions) error
 		Short: "Publish a local port on the public edge",
 		Long: `Publish a local port of this device on the public edge.
 
-  beam expose 3000                 https://NAME.DOMAIN -> 127.0.0.1:3000, one line per request until Ctrl-C
+  beam expose 3000                 https://NAME.DOMAIN -> 127.0.0.1:3000, one line per request until Ctrl-C;
+                                   every request, replay and edit-and-replay at http://127.0.0.1:4040
+  beam expose 3000 --inspect=false   without the request inspector
   beam expose https://localhost:8443   an app that speaks HTTPS itself (its certificate is not checked)
   beam expose 192.0.2.10:80        another host this device reaches
   beam expose 3000 --name app      https://app.DOMAIN
@@ -94,6 +98,7 @@ refused until it is withdrawn, unless every one of them asks for --pool.`,
 	fl.BoolVar(&o.QR, "qr", false, "print the URL as a QR code")
 	fl.BoolVar(&o.JSON, "json", false, "print JSON (the route, then one object per request)")
 	fl.BoolVar(&o.Background, "bg", false, "leave the route published by the daemon and exit")
+	fl.BoolVar(&o.Inspect, "inspect", true, "serve the request inspector (http://127.0.0.1:4040, or the next free port) for this device's routes")
 
 	cmd.AddCommand(newCmdExposeList(f, in), newCmdExposeStop(f, in))
 	return cmd
@@ -172,7 +177,7 @@ func parseTarget(s string) (uint16, string, error) {
 
 // exposeRequest turns the flags into a local API request.
 func (o *ExposeOptions) exposeRequest() (apitype.ExposeRequest, error) {
-	req := apitype.ExposeRequest{Port: o.Port, Upstream: o.Upstream, Name: o.Name, Domain: o.Domain, Proto: "http", Pool: o.Pool}
+	req := apitype.ExposeRequest{Port: o.Port, Upstream: o.Upstream, Name: o.Name, Domain: o.Domain, Proto: "http", Pool: o.Pool, Inspect: o.Inspect}
 	n := 0
 	for _, b := range []bool{o.TCP, o.UDP, o.TLSPassthrough} {
 		if b {
@@ -296,6 +301,13 @@ func runExpose(ctx context.Context, f *Factory, in *instanceFlags, o *ExposeOpti
 		}
 		if resp.Warning != "" {
 			fmt.Fprintln(f.ErrOut, "warning:", resp.Warning)
+		}
+		if resp.InspectURL != "" {
+			what := "requests"
+			if resp.Proto == "tcp" || resp.Proto == "udp" || resp.Proto == "tls" {
+				what = "connections"
+			}
+			fmt.Fprintf(f.ErrOut, "inspect %s at %s\n", what, resp.InspectURL)
 		}
 		if resp.ACMEChallengeCNAME != "" {
 			fmt.Fprintf(f.ErrOut, "for this device's own certificate (beam up --acme-ca), create once at %s's DNS provider:\n  _acme-challenge.%s.  CNAME  %s.\n",

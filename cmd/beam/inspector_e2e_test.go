@@ -1,0 +1,294 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+)
+
+// inspectorChromium starts a headless Chromium for one test and returns a
+// browser context; the test fails (not skips) without Chromium.
+func inspectorChromium(t *testing.T) context.Context {
+	t.Helper()
+	path, err := exec.LookPath("chromium")
+	if err != nil {
+		path = "/usr/bin/chromium"
+		if _, err := os.Stat(path); err != nil {
+			t.Fatalf("Chromium is needed for the browser tests (Debian: apt-get install chromium): %v", err)
+		}
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(path),
+		chromedp.Flag("headless", true),
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.NoFirstRun,
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("no-proxy-server", true),
+		chromedp.UserDataDir(t.TempDir()),
+	)
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	bctx, cancelB := chromedp.NewContext(actx)
+	t.Cleanup(func() {
+		cancelB()
+		cancelA()
+	})
+	if err := chromedp.Do(bctx); err != nil {
+		t.Fatalf("start Chromium: %v", err)
+	}
+	return bctx
+}
+
+// into runs a and stores its value in dst, as a step of chromedp.Do.
+func into[T any](dst *T, a chromedp.Action[T]) chromedp.Action[chromedp.Void] {
+	return func(ctx context.Context, t *chromedp.Target) (chromedp.Void, error) {
+		v, err := a(ctx, t)
+		*dst = v
+		return chromedp.Void{}, err
+	}
+}
+
+// pageState describes the browser's page for a failure message.
+func pageState(ctx context.Context) string {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[string](`location.href + "\n" + (document.body ? document.body.innerText : "")`))
+	if err != nil {
+		return "(page state: " + err.Error() + ")"
+	}
+	return v
+}
+
+// appRequest is what the test's app saw of one request.
+type appRequest struct {
+	method, path, edited, body string
+}
+
+// TestInspectorInBrowser drives the inspector of a real daemon in headless
+// Chromium: a request made through the edge appears in the open list
+// live, its detail shows the pretty-printed JSON body, Replay sends it to
+// the app again and marks the new exchange, edit-and-replay sends the
+// edited request, and a page on another origin that knows the session
+// token still cannot make the inspector replay anything.
+func TestInspectorInBrowser(t *testing.T) {
+	c, httpPort := startDevServer(t)
+	alpha := c.device("alpha")
+	alpha.mustUp()
+
+	got := make(chan appRequest, 16)
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- appRequest{method: r.Method, path: r.URL.RequestURI(), edited: r.Header.Get("X-Edited"), body: string(b)}
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"seen":%q,"n":1}`, r.URL.Path)
+	})}
+	aln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go app.Serve(aln)
+	t.Cleanup(func() { app.Close() })
+	appPort := aln.Addr().(*net.TCPAddr).Port
+
+	out, errOut, err := c.beam(nil, alpha.args("expose", strconv.Itoa(appPort), "--bg")...)
+	if err != nil {
+		t.Fatalf("beam expose: %v\n%s", err, errOut)
+	}
+	m := regexp.MustCompile(`inspect requests at (http://127\.0\.0\.1:\d+)`).FindStringSubmatch(errOut)
+	if m == nil {
+		t.Fatalf("beam expose did not print the inspector URL; stderr:\n%s", errOut)
+	}
+	insp := m[1]
+	publicURL := strings.TrimSpace(out)
+	host := strings.TrimPrefix(publicURL, "http://")
+
+	bctx := inspectorChromium(t)
+	ctx, cancel := context.WithTimeout(bctx, 60*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := chromedp.Do(ctx, chromedp.Navigate(insp+"/"), chromedp.WaitVisible(chromedp.CSS(`#empty`))); err != nil {
+		t.Fatalf("open the inspector: %v\npage: %s", err, pageState(bctx))
+	}
+
+	// A request through the edge (retried until the edge has the route).
+	edgeReq := func() (*http.Response, error) {
+		req, _ := http.NewRequest("POST", fmt.Sprintf("http://127.0.0.1:%d/hello?x=1", httpPort), strings.NewReader(`{"hello":"world","list":[1,2]}`))
+		req.Host = host
+		req.Header.Set("Content-Type", "application/json")
+		return http.DefaultClient.Do(req)
+	}
+	waitFor(t, 10*time.Second, "the app answers through the edge", func() bool {
+		resp, err := edgeReq()
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	if r := <-got; r.method != "POST" || r.path != "/hello?x=1" {
+		t.Fatalf("app got %+v", r)
+	}
+
+	// It appears in the open page without a reload.
+	row := `#rows tr[data-path="/hello?x=1"] a`
+	var reqBody, respHead string
+	if err := chromedp.Do(ctx,
+		chromedp.WaitVisible(chromedp.CSS(row)),
+		chromedp.Click(chromedp.CSS(row)),
+		chromedp.WaitVisible(chromedp.CSS(`#replay`)),
+		into(&reqBody, chromedp.Text(chromedp.CSS(`#request-body`))),
+		into(&respHead, chromedp.Text(chromedp.CSS(`#response-headers`))),
+	); err != nil {
+		t.Fatalf("see the request live and open it: %v\npage: %s", err, pageState(bctx))
+	}
+	if !strings.Contains(reqBody, "\"hello\": \"world\",\n") || !strings.Contains(respHead, "200") {
+		t.Fatalf("detail: request body %q (want pretty JSON), response head %q", reqBody, respHead)
+	}
+	origID := ""
+	if err := chromedp.Do(ctx, into(&origID, chromedp.Evaluate[string](`location.pathname.split('/').pop()`))); err != nil {
+		t.Fatal(err)
+	}
+
+	// Replay: the app gets the same request; the new exchange is marked.
+	var mark string
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#replay`)), chromedp.WaitVisible(chromedp.CSS(`#replay-mark`)), into(&mark, chromedp.Text(chromedp.CSS(`#replay-mark`)))); err != nil {
+		t.Fatalf("replay: %v\npage: %s", err, pageState(bctx))
+	}
+	if r := <-got; r.method != "POST" || r.path != "/hello?x=1" || r.body != `{"hello":"world","list":[1,2]}` {
+		t.Fatalf("replayed request at the app: %+v", r)
+	}
+	if !strings.Contains(mark, "replay of "+origID) || strings.Contains(mark, "edited") {
+		t.Fatalf("replay mark %q, want replay of %s", mark, origID)
+	}
+
+	// Edit and replay: method, path, a header and the body.
+	if err := chromedp.Do(ctx,
+		chromedp.Click(chromedp.CSS(`#edit summary`)),
+		chromedp.WaitVisible(chromedp.CSS(`#edit-path`)),
+		chromedp.SetValue(chromedp.CSS(`#edit-method`), "PUT"),
+		chromedp.SetValue(chromedp.CSS(`#edit-path`), "/edited?y=2"),
+		chromedp.Evaluate[chromedp.Void](`document.getElementById('edit-headers').value += "\nX-Edited: yes"`),
+		chromedp.SetValue(chromedp.CSS(`#edit-body`), "edited body"),
+		chromedp.Click(chromedp.CSS(`#edit-send`)),
+		chromedp.WaitVisible(chromedp.CSS(`#replay-mark`)),
+		into(&mark, chromedp.Text(chromedp.CSS(`#replay-mark`))),
+	); err != nil {
+		t.Fatalf("edit and replay: %v\npage: %s", err, pageState(bctx))
+	}
+	if r := <-got; r != (appRequest{method: "PUT", path: "/edited?y=2", edited: "yes", body: "edited body"}) {
+		t.Fatalf("edited request at the app: %+v", r)
+	}
+	if !strings.Contains(mark, "edited") {
+		t.Fatalf("edited replay mark %q", mark)
+	}
+	// Both replays are marked in the list too.
+	var marks int
+	if err := chromedp.Do(ctx, chromedp.Navigate(insp+"/"), chromedp.WaitVisible(chromedp.CSS(`#requests`)),
+		into(&marks, chromedp.Evaluate[int](`document.querySelectorAll('#rows tr.replay').length`))); err != nil || marks != 2 {
+		t.Fatalf("replays marked in the list: %d, %v; want 2", marks, err)
+	}
+
+	// A page on another origin, even one that knows the session token,
+	// cannot make the inspector replay: not by fetch with the token
+	// header (the preflight is refused), not by a simple form post.
+	var token struct{ Token string }
+	if err := inspectorGet(insp+"/api/session", &token); err != nil || token.Token == "" {
+		t.Fatalf("session token: %+v, %v", token, err)
+	}
+	evil := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		fmt.Fprintf(w, `<!doctype html><title>evil</title>
+<form id="f" method="post" action="%[1]s/requests/%[2]s/replay"><input name="token" value="%[3]s"></form>
+<script>
+async function attack() {
+  const out = [];
+  try {
+    const r = await fetch('%[1]s/api/requests/http', {method: 'POST', headers: {'Content-Type': 'application/json', 'X-Beam-Inspector-Token': '%[3]s'}, body: JSON.stringify({id: '%[2]s'})});
+    out.push('fetch:' + r.status);
+  } catch (e) { out.push('fetch:failed'); }
+  try {
+    await fetch('%[1]s/requests/%[2]s/replay', {method: 'POST', mode: 'no-cors', headers: {'Content-Type': 'application/x-www-form-urlencoded'}, body: 'token=%[3]s'});
+    out.push('nocors:sent');
+  } catch (e) { out.push('nocors:failed'); }
+  try {
+    const r = await fetch('%[1]s/api/session');
+    out.push('session:' + (await r.text()));
+  } catch (e) { out.push('session:failed'); }
+  document.title = out.join(' ');
+}
+attack();
+</script>`, insp, origID, token.Token)
+	})}
+	eln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go evil.Serve(eln)
+	t.Cleanup(func() { evil.Close() })
+	var title, refused string
+	if err := chromedp.Do(ctx,
+		chromedp.Navigate("http://"+eln.Addr().String()+"/"),
+		chromedp.Poll[chromedp.Void](`document.title.includes('session:')`, chromedp.WithPollingTimeout(15*time.Second)),
+		into(&title, chromedp.Title()),
+		chromedp.Submit(chromedp.CSS(`#f`)),
+		chromedp.WaitReady(chromedp.CSS(`body`)),
+		chromedp.Poll[chromedp.Void](`location.href.includes('/replay') && document.body && document.body.innerText.length > 0`, chromedp.WithPollingTimeout(15*time.Second)),
+		into(&refused, chromedp.Text(chromedp.CSS(`body`))),
+	); err != nil {
+		t.Fatalf("the other origin's page: %v\npage: %s", err, pageState(bctx))
+	}
+	if !strings.Contains(title, "fetch:failed") || !strings.Contains(title, "session:failed") {
+		t.Fatalf("the other origin's fetches: %q; want them refused", title)
+	}
+	if !strings.Contains(refused, "cross-origin requests are refused") {
+		t.Fatalf("the other origin's form post got %q", refused)
+	}
+	var list struct{ Requests []struct{ Replay bool } }
+	if err := inspectorGet(insp+"/api/requests/http", &list); err != nil {
+		t.Fatal(err)
+	}
+	replays := 0
+	for _, r := range list.Requests {
+		if r.Replay {
+			replays++
+		}
+	}
+	select {
+	case r := <-got:
+		t.Fatalf("the app got a request from the other origin's page: %+v", r)
+	default:
+	}
+	if replays != 2 {
+		t.Fatalf("%d replays in the API list, want 2 (none from the other origin)", replays)
+	}
+	t.Logf("browser part took %v", time.Since(start).Round(time.Millisecond))
+}
+
+// inspectorGet GETs an inspector API URL into v.
+func inspectorGet(u string, v any) error {
+	resp, err := http.Get(u)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("GET %s: %s: %s", u, resp.Status, b)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
+}

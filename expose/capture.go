@@ -1,0 +1,272 @@
+package expose
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"beam.dev/beam/localapi/apitype"
+)
+
+// This file holds what the inspector (inspector.go) shows: each exchange
+// the device's routes carried, with its request and response heads and
+// bodies, captured as they pass through the relay and bounded per body.
+
+const (
+	// DefaultBodyLimit is how much of each request and response body the
+	// inspector keeps when InspectorOptions.BodyLimit is 0.
+	DefaultBodyLimit = 1 << 20
+	// maxExchanges and maxStoredBytes bound the inspector's memory: the
+	// oldest exchanges go first.
+	maxExchanges   = 500
+	maxStoredBytes = 64 << 20
+)
+
+// Answerer says who answered an exchange.
+type Answerer string
+
+const (
+	ByApp  Answerer = "app"  // the device's app
+	ByEdge Answerer = "edge" // the edge refused it (route policy); it never reached the device
+	ByBeam Answerer = "beam" // the device answered itself: the app could not be reached or answered badly
+)
+
+// Exchange is one request and its response through one of the device's
+// routes, or one connection of a tcp route (Kind "tcp": no heads or
+// bodies, only sizes).
+type Exchange struct {
+	ID         string        `json:"id"`
+	Kind       string        `json:"kind"` // "http" or "tcp"
+	Start      time.Time     `json:"start"`
+	Duration   time.Duration `json:"duration"`
+	Method     string        `json:"method,omitempty"`
+	Host       string        `json:"host,omitempty"`
+	Path       string        `json:"path,omitempty"`
+	Status     int           `json:"status,omitempty"`
+	Client     string        `json:"client,omitempty"`
+	Port       uint16        `json:"port"`
+	AnsweredBy Answerer      `json:"answered_by"`
+	// Replay is set for an exchange the inspector sent to the app itself;
+	// ReplayOf names the exchange it repeated (edited if Edited).
+	Replay   bool   `json:"replay,omitempty"`
+	ReplayOf string `json:"replay_of,omitempty"`
+	Edited   bool   `json:"edited,omitempty"`
+	// Size is the response body's size in bytes as sent (for a tcp
+	// connection: the bytes from the app).
+	Size int64 `json:"size"`
+	// BytesIn, of a tcp connection, are the bytes from the client.
+	BytesIn int64 `json:"bytes_in,omitempty"`
+	// Timings.
+	FirstByte time.Duration `json:"first_byte,omitempty"` // from the request's head to the response's
+	Error     string        `json:"error,omitempty"`
+
+	Request  *Message `json:"request,omitempty"`
+	Response *Message `json:"response,omitempty"`
+
+	seq  uint64
+	dial func(context.Context) (net.Conn, error) // reaches the app, for replays
+}
+
+// Message is the captured head and body of a request or response.
+type Message struct {
+	Proto  string      `json:"proto,omitempty"`
+	Header http.Header `json:"headers"`
+	// Body is at most the inspector's body limit; Truncated says it was
+	// cut. BodySize is the whole body's size as sent (with chunked
+	// framing, if any).
+	Body      []byte `json:"body"`
+	BodySize  int64  `json:"body_size"`
+	Truncated bool   `json:"truncated,omitempty"`
+}
+
+// capBuf keeps the first limit bytes written to it and counts all.
+type capBuf struct {
+	mu    sync.Mutex // guards the following fields
+	b     []byte
+	limit int
+	total int64
+}
+
+func (c *capBuf) write(p []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.total += int64(len(p))
+	if room := c.limit - len(c.b); room > 0 {
+		c.b = append(c.b, p[:min(room, len(p))]...)
+	}
+}
+
+// grow lets the next n bytes (a head) in on top of the body limit.
+func (c *capBuf) grow(n int) {
+	c.mu.Lock()
+	c.limit += n
+	c.mu.Unlock()
+}
+
+func (c *capBuf) snapshot() ([]byte, int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return bytes.Clone(c.b), c.total
+}
+
+// capture is the raw bytes of one relayed exchange as they went through.
+type capture struct {
+	req, resp capBuf
+	reqHead   int // bytes of the request head in req
+	respHead  int // bytes of response heads (interim ones too) in resp
+	respAt    time.Time
+	by        Answerer
+}
+
+func newCapture(limit int) *capture {
+	return &capture{req: capBuf{limit: limit}, resp: capBuf{limit: limit}, by: ByApp}
+}
+
+// parseRequest turns a captured request into a Message. raw holds the
+// head and at most the body limit; total counts everything sent.
+func parseRequest(raw []byte, headLen int, total int64, limit int) (*http.Request, *Message) {
+	r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(raw)))
+	if err != nil {
+		return nil, &Message{Header: http.Header{}, Body: raw, BodySize: total, Truncated: total > int64(len(raw))}
+	}
+	body, _ := io.ReadAll(io.LimitReader(r.Body, int64(limit)))
+	m := &Message{Proto: r.Proto, Header: r.Header, Body: body, BodySize: total - int64(headLen)}
+	m.Truncated = total > int64(len(raw))
+	if r.Host != "" && m.Header.Get("Host") == "" {
+		m.Header.Set("Host", r.Host)
+	}
+	return r, m
+}
+
+// parseResponse turns a captured response to req (nil if unknown) into a
+// Message, skipping interim (1xx) responses other than 101.
+func parseResponse(raw []byte, headLen int, total int64, limit int, req *http.Request) *Message {
+	br := bufio.NewReader(bytes.NewReader(raw))
+	for {
+		resp, err := http.ReadResponse(br, req)
+		if err != nil {
+			return &Message{Header: http.Header{}, Body: raw, BodySize: total, Truncated: total > int64(len(raw))}
+		}
+		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
+			continue
+		}
+		body, _ := io.ReadAll(io.LimitReader(resp.Body, int64(limit)))
+		m := &Message{Proto: resp.Proto, Header: resp.Header, Body: body, BodySize: max(0, total-int64(headLen))}
+		m.Truncated = total > int64(len(raw))
+		return m
+	}
+}
+
+// store keeps the latest exchanges for the inspector and tells waiters
+// about new ones.
+type store struct {
+	mu      sync.Mutex // guards the following fields
+	seq     uint64
+	list    []*Exchange // oldest first
+	bytes   int
+	changed chan struct{} // closed and replaced at each add
+}
+
+func newStore() *store { return &store{changed: make(chan struct{})} }
+
+// add assigns x its ID and keeps it.
+func (s *store) add(x *Exchange) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.seq++
+	x.seq = s.seq
+	x.ID = "req_" + strconv.FormatUint(s.seq, 10)
+	s.list = append(s.list, x)
+	s.bytes += x.memSize()
+	for len(s.list) > maxExchanges || s.bytes > maxStoredBytes && len(s.list) > 1 {
+		s.bytes -= s.list[0].memSize()
+		s.list[0] = nil
+		s.list = s.list[1:]
+	}
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+func (x *Exchange) memSize() int {
+	n := 512
+	for _, m := range []*Message{x.Request, x.Response} {
+		if m != nil {
+			n += len(m.Body)
+			for k, vs := range m.Header {
+				n += len(k)
+				for _, v := range vs {
+					n += len(v)
+				}
+			}
+		}
+	}
+	return n
+}
+
+// get returns the exchange with id, or nil.
+func (s *store) get(id string) *Exchange {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, x := range s.list {
+		if x.ID == id {
+			return x
+		}
+	}
+	return nil
+}
+
+// since returns the exchanges after seq, oldest first, and a channel
+// closed at the next add.
+func (s *store) since(seq uint64) ([]*Exchange, <-chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*Exchange
+	for _, x := range s.list {
+		if x.seq > seq {
+			out = append(out, x)
+		}
+	}
+	return out, s.changed
+}
+
+// clear forgets every exchange.
+func (s *store) clear() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.list, s.bytes = nil, 0
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// errNotReplayable is returned for an exchange the inspector cannot send
+// again.
+var errNotReplayable = errors.New("expose: this exchange cannot be replayed")
+
+// exchange builds the inspector's record of a finished exchange from
+// its log line and its capture.
+func (c *capture) exchange(l apitype.RequestLog, dial func(context.Context) (net.Conn, error)) *Exchange {
+	x := &Exchange{
+		Kind: "http", Start: l.Time, Duration: l.Duration, Method: l.Method, Host: l.Host, Path: l.Path,
+		Status: l.Status, Client: l.Client, Port: l.Port, AnsweredBy: c.by, dial: dial,
+	}
+	if !c.respAt.IsZero() {
+		x.FirstByte = c.respAt.Sub(l.Time)
+	}
+	reqRaw, reqTotal := c.req.snapshot()
+	limit := c.req.limit - c.reqHead
+	req, m := parseRequest(reqRaw, c.reqHead, reqTotal, limit)
+	x.Request = m
+	respRaw, respTotal := c.resp.snapshot()
+	if len(respRaw) > 0 {
+		x.Response = parseResponse(respRaw, c.respHead, respTotal, max(limit, len(respRaw)), req)
+		x.Size = x.Response.BodySize
+	}
+	return x
+}
