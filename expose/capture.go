@@ -123,10 +123,24 @@ type capture struct {
 	respHead  int // bytes of response heads (interim ones too) in resp
 	respAt    time.Time
 	by        Answerer
+	limit     int // the body limit
 }
 
+// newCapture returns a capture of bodies up to limit bytes. It keeps a
+// little more of the raw stream, for the framing of chunked bodies.
 func newCapture(limit int) *capture {
-	return &capture{req: capBuf{limit: limit}, resp: capBuf{limit: limit}, by: ByApp}
+	raw := limit + limit/16 + 4096
+	return &capture{req: capBuf{limit: raw}, resp: capBuf{limit: raw}, by: ByApp, limit: limit}
+}
+
+// readBody reads at most limit bytes of a body parsed from a capture
+// that was cut if cut is set.
+func readBody(r io.Reader, limit int, cut bool) ([]byte, bool) {
+	b, _ := io.ReadAll(io.LimitReader(r, int64(limit)+1))
+	if len(b) > limit {
+		return b[:limit], true
+	}
+	return b, cut
 }
 
 // parseRequest turns a captured request into a Message. raw holds the
@@ -136,9 +150,8 @@ func parseRequest(raw []byte, headLen int, total int64, limit int) (*http.Reques
 	if err != nil {
 		return nil, &Message{Header: http.Header{}, Body: raw, BodySize: total, Truncated: total > int64(len(raw))}
 	}
-	body, _ := io.ReadAll(io.LimitReader(r.Body, int64(limit)))
-	m := &Message{Proto: r.Proto, Header: r.Header, Body: body, BodySize: total - int64(headLen)}
-	m.Truncated = total > int64(len(raw))
+	m := &Message{Proto: r.Proto, Header: r.Header, BodySize: total - int64(headLen)}
+	m.Body, m.Truncated = readBody(r.Body, limit, total > int64(len(raw)))
 	if r.Host != "" && m.Header.Get("Host") == "" {
 		m.Header.Set("Host", r.Host)
 	}
@@ -157,9 +170,8 @@ func parseResponse(raw []byte, headLen int, total int64, limit int, req *http.Re
 		if resp.StatusCode >= 100 && resp.StatusCode < 200 && resp.StatusCode != http.StatusSwitchingProtocols {
 			continue
 		}
-		body, _ := io.ReadAll(io.LimitReader(resp.Body, int64(limit)))
-		m := &Message{Proto: resp.Proto, Header: resp.Header, Body: body, BodySize: max(0, total-int64(headLen))}
-		m.Truncated = total > int64(len(raw))
+		m := &Message{Proto: resp.Proto, Header: resp.Header, BodySize: max(0, total-int64(headLen))}
+		m.Body, m.Truncated = readBody(resp.Body, limit, total > int64(len(raw)))
 		return m
 	}
 }
@@ -260,12 +272,15 @@ func (c *capture) exchange(l apitype.RequestLog, dial func(context.Context) (net
 		x.FirstByte = c.respAt.Sub(l.Time)
 	}
 	reqRaw, reqTotal := c.req.snapshot()
-	limit := c.req.limit - c.reqHead
-	req, m := parseRequest(reqRaw, c.reqHead, reqTotal, limit)
+	req, m := parseRequest(reqRaw, c.reqHead, reqTotal, c.limit)
 	x.Request = m
 	respRaw, respTotal := c.resp.snapshot()
 	if len(respRaw) > 0 {
-		x.Response = parseResponse(respRaw, c.respHead, respTotal, max(limit, len(respRaw)), req)
+		limit := c.limit
+		if c.by == ByBeam {
+			limit = max(limit, len(respRaw)) // the device's own page, whole
+		}
+		x.Response = parseResponse(respRaw, c.respHead, respTotal, limit, req)
 		x.Size = x.Response.BodySize
 	}
 	return x

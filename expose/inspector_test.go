@@ -1,0 +1,445 @@
+package expose
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/net/http2"
+)
+
+// inspectorAddr is the address the tests' inspectors pretend to listen on.
+var inspectorAddr = netip.MustParseAddrPort("127.0.0.1:4040")
+
+// inspectLab is a Server with an inspector and one HTTP route's proxy
+// in front of app, on loopback.
+type inspectLab struct {
+	s     *Server
+	insp  *Inspector
+	addr  string // the proxy's listener
+	appLn net.Listener
+}
+
+func newInspectLab(t *testing.T, limit int, app http.Handler) *inspectLab {
+	t.Helper()
+	lab := &inspectLab{s: New(Options{})}
+	var err error
+	lab.insp, err = NewInspector(lab.s, InspectorOptions{Addr: inspectorAddr, BodyLimit: limit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab.appLn, err = net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: app}
+	srv.Protocols = new(http.Protocols)
+	srv.Protocols.SetHTTP1(true)
+	srv.Protocols.SetUnencryptedHTTP2(true)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(lab.appLn)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	p := newExposeProxy(exposeProxyOptions{
+		Port: 3000, Target: lab.appLn.Addr().String(),
+		Watching: lab.s.watching, Publish: lab.s.publish, Capture: lab.s.captureLimit, Record: lab.s.record,
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lab.addr = ln.Addr().String()
+	p.serve(ln)
+	t.Cleanup(p.close)
+	return lab
+}
+
+// client returns an HTTP client whose connections go to the proxy, over
+// HTTP/1.1 or, with h2c, HTTP/2 with prior knowledge (as the edge does
+// for gRPC).
+func (lab *inspectLab) client(h2c bool) *http.Client {
+	dial := func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "tcp", lab.addr)
+	}
+	if h2c {
+		return &http.Client{Timeout: 10 * time.Second, Transport: &http2.Transport{
+			AllowHTTP:      true,
+			DialTLSContext: func(ctx context.Context, n, a string, _ *tls.Config) (net.Conn, error) { return dial(ctx, n, a) },
+		}}
+	}
+	return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DialContext: dial, DisableCompression: true}}
+}
+
+// waitExchanges waits until the inspector holds n exchanges.
+func (lab *inspectLab) waitExchanges(t *testing.T, n int) []*Exchange {
+	t.Helper()
+	timeout := time.NewTimer(10 * time.Second)
+	defer timeout.Stop()
+	for {
+		xs, changed := lab.s.rec.since(0)
+		if len(xs) >= n {
+			return xs
+		}
+		select {
+		case <-changed:
+		case <-timeout.C:
+			t.Fatalf("%d exchanges captured, want %d", len(xs), n)
+		}
+	}
+}
+
+// inspectorRequest is a request to the inspector from its own page.
+func inspectorRequest(method, target string, body io.Reader) *http.Request {
+	r := httptest.NewRequest(method, target, body)
+	r.Host = inspectorAddr.String()
+	r.RemoteAddr = "127.0.0.1:50000"
+	return r
+}
+
+// TestCaptureBounds checks what the relay captures of an exchange, over
+// HTTP/1.1 (fixed length and chunked) and HTTP/2: the heads, bodies up
+// to the limit, sizes as sent, who answered, and that the exchange
+// still went through whole.
+func TestCaptureBounds(t *testing.T) {
+	const limit = 1000
+	app := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("X-App", "yes")
+		if r.URL.Path == "/chunked" {
+			w.WriteHeader(201)
+			for range 5 {
+				w.Write(bytes.Repeat([]byte("c"), 500))
+				w.(http.Flusher).Flush()
+			}
+			return
+		}
+		fmt.Fprintf(w, "got %d bytes", len(b))
+	})
+	lab := newInspectLab(t, limit, app)
+	big := strings.Repeat("b", 3000)
+	for _, tc := range []struct {
+		name     string
+		h2c      bool
+		path     string
+		body     string
+		status   int
+		reqTrunc bool
+		respBody string // the captured response body, or its prefix with respTrunc
+		respSize int64
+		respTrun bool
+	}{
+		{name: "small", path: "/small", body: `{"a":1}`, status: 200, respBody: "got 7 bytes", respSize: 11},
+		{name: "request body over the limit", path: "/big", body: big, status: 200, reqTrunc: true, respBody: "got 3000 bytes", respSize: 14},
+		{name: "chunked response over the limit", path: "/chunked", status: 201, respBody: strings.Repeat("c", limit), respTrun: true},
+		{name: "h2c", h2c: true, path: "/h2", body: big, status: 200, reqTrunc: true, respBody: "got 3000 bytes", respSize: 14},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lab.s.rec.clear()
+			req, _ := http.NewRequest("POST", "http://app.example"+tc.path+"?q=1", strings.NewReader(tc.body))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("X-Forwarded-For", "192.0.2.7")
+			resp, err := lab.client(tc.h2c).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			whole, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if tc.path == "/chunked" && len(whole) != 2500 {
+				t.Fatalf("client got %d bytes, want 2500: the capture must not cut the exchange", len(whole))
+			}
+			x := lab.waitExchanges(t, 1)[0]
+			if x.Method != "POST" || x.Path != tc.path+"?q=1" || x.Host != "app.example" || x.Status != tc.status || x.Client != "192.0.2.7" || x.AnsweredBy != ByApp {
+				t.Fatalf("exchange %+v", x)
+			}
+			if x.Request == nil || x.Response == nil {
+				t.Fatalf("no heads captured: %+v", x)
+			}
+			if got := x.Request.Header.Get("Content-Type"); got != "application/json" {
+				t.Errorf("request Content-Type %q", got)
+			}
+			wantReq := tc.body
+			if tc.reqTrunc {
+				wantReq = tc.body[:limit]
+			}
+			if string(x.Request.Body) != wantReq || x.Request.Truncated != tc.reqTrunc {
+				t.Errorf("request body %d bytes (truncated %v), want %d (truncated %v)", len(x.Request.Body), x.Request.Truncated, len(wantReq), tc.reqTrunc)
+			}
+			if !tc.h2c && !tc.reqTrunc && x.Request.BodySize != int64(len(tc.body)) {
+				t.Errorf("request body size %d, want %d", x.Request.BodySize, len(tc.body))
+			}
+			if x.Response.Header.Get("X-App") != "yes" {
+				t.Errorf("response headers %v", x.Response.Header)
+			}
+			if !strings.HasPrefix(string(x.Response.Body), tc.respBody) || len(x.Response.Body) > limit || x.Response.Truncated != tc.respTrun {
+				t.Errorf("response body %q (truncated %v), want %q (truncated %v)", x.Response.Body, x.Response.Truncated, tc.respBody, tc.respTrun)
+			}
+			if tc.respSize != 0 && x.Size != tc.respSize {
+				t.Errorf("size %d, want %d", x.Size, tc.respSize)
+			}
+			if x.Duration <= 0 || x.FirstByte <= 0 || x.FirstByte > x.Duration {
+				t.Errorf("timings: duration %v, first byte %v", x.Duration, x.FirstByte)
+			}
+		})
+	}
+}
+
+// TestCaptureAppDown checks that a request the device answers itself
+// (nothing listens) is captured as answered by beam, with its page.
+func TestCaptureAppDown(t *testing.T) {
+	lab := newInspectLab(t, 0, http.NotFoundHandler())
+	lab.appLn.Close()
+	resp, err := lab.client(false).Get("http://app.example/down")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	x := lab.waitExchanges(t, 1)[0]
+	if x.Status != 502 || x.AnsweredBy != ByBeam || x.Response == nil || !bytes.Contains(x.Response.Body, []byte("nothing is listening")) {
+		t.Fatalf("exchange %+v, response %+v", x, x.Response)
+	}
+}
+
+// TestInspectorRefuses checks the inspector's defenses against other web
+// pages: DNS rebinding (Host), cross-origin and cross-site requests, and
+// changes without the session token.
+func TestInspectorRefuses(t *testing.T) {
+	s := New(Options{})
+	insp, err := NewInspector(s, InspectorOptions{Addr: inspectorAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := "http://" + inspectorAddr.String()
+	for _, tc := range []struct {
+		name   string
+		method string
+		path   string
+		remote string
+		host   string
+		header map[string]string
+		token  bool
+		want   int
+	}{
+		{name: "own page", method: "GET", path: "/", want: 200},
+		{name: "localhost name", method: "GET", path: "/", host: "localhost:4040", want: 200},
+		{name: "API from a script", method: "GET", path: "/api/requests/http", want: 200},
+		{name: "rebound DNS name", method: "GET", path: "/api/requests/http", host: "evil.example:4040", want: 421},
+		{name: "other port", method: "GET", path: "/", host: "127.0.0.1:4041", want: 421},
+		{name: "no port", method: "GET", path: "/", host: "127.0.0.1", want: 421},
+		{name: "not loopback", method: "GET", path: "/", remote: "192.0.2.1:5000", want: 403},
+		{name: "foreign origin", method: "GET", path: "/api/session", header: map[string]string{"Origin": "http://evil.example"}, want: 403},
+		{name: "null origin", method: "POST", path: "/api/requests/http", header: map[string]string{"Origin": "null"}, token: true, want: 403},
+		{name: "other port origin", method: "POST", path: "/api/requests/http", header: map[string]string{"Origin": "http://127.0.0.1:8000"}, token: true, want: 403},
+		{name: "cross-site fetch", method: "GET", path: "/api/session", header: map[string]string{"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "cors"}, want: 403},
+		{name: "same-site fetch", method: "GET", path: "/api/session", header: map[string]string{"Sec-Fetch-Site": "same-site", "Sec-Fetch-Mode": "no-cors"}, want: 403},
+		{name: "link from elsewhere", method: "GET", path: "/", header: map[string]string{"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}, want: 200},
+		{name: "navigation to the API", method: "GET", path: "/api/session", header: map[string]string{"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}, want: 403},
+		{name: "cross-site form post", method: "POST", path: "/requests/req_1/replay", header: map[string]string{"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}, token: true, want: 403},
+		{name: "replay without token", method: "POST", path: "/api/requests/http", header: map[string]string{"Origin": own}, want: 403},
+		{name: "clear without token", method: "DELETE", path: "/api/requests/http", want: 403},
+		{name: "replay with token", method: "POST", path: "/api/requests/http", header: map[string]string{"Origin": own, "Sec-Fetch-Site": "same-origin"}, token: true, want: 404},
+		{name: "clear with token", method: "DELETE", path: "/api/requests/http", token: true, want: 204},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := inspectorRequest(tc.method, tc.path, strings.NewReader(`{"id":"req_9"}`))
+			if tc.host != "" {
+				r.Host = tc.host
+			}
+			if tc.remote != "" {
+				r.RemoteAddr = tc.remote
+			}
+			for k, v := range tc.header {
+				r.Header.Set(k, v)
+			}
+			if tc.token {
+				r.Header.Set(TokenHeader, insp.token)
+			}
+			w := httptest.NewRecorder()
+			insp.ServeHTTP(w, r)
+			if w.Code != tc.want {
+				t.Fatalf("status %d, want %d: %s", w.Code, tc.want, w.Body)
+			}
+			if w.Header().Get("X-Frame-Options") != "DENY" {
+				t.Errorf("no X-Frame-Options")
+			}
+		})
+	}
+	if _, err := NewInspector(s, InspectorOptions{Addr: netip.MustParseAddrPort("0.0.0.0:4040")}); err == nil {
+		t.Errorf("an inspector on all addresses was accepted")
+	}
+}
+
+// TestReplay replays a captured exchange as it was and edited, through
+// the API, and checks what the app received and how the replays are
+// recorded.
+func TestReplay(t *testing.T) {
+	type seen struct{ method, path, hdr, body, host string }
+	got := make(chan seen, 4)
+	lab := newInspectLab(t, 0, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- seen{r.Method, r.URL.RequestURI(), r.Header.Get("X-Test"), string(b), r.Host}
+		w.Header().Set("Content-Type", "text/plain")
+		io.WriteString(w, "answer to "+r.Method)
+	}))
+	req, _ := http.NewRequest("POST", "http://app.example/orig?a=1", strings.NewReader("original"))
+	req.Header.Set("X-Test", "1")
+	resp, err := lab.client(false).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	<-got
+	orig := lab.waitExchanges(t, 1)[0]
+
+	replay := func(body string) (*Exchange, int) {
+		t.Helper()
+		r := inspectorRequest("POST", "/api/requests/http", strings.NewReader(body))
+		r.Header.Set(TokenHeader, lab.insp.token)
+		w := httptest.NewRecorder()
+		lab.insp.ServeHTTP(w, r)
+		var x Exchange
+		json.Unmarshal(w.Body.Bytes(), &x)
+		return &x, w.Code
+	}
+	for _, tc := range []struct {
+		name   string
+		body   string
+		want   seen
+		edited bool
+	}{
+		{name: "as it was", body: `{"id":"` + orig.ID + `"}`, want: seen{"POST", "/orig?a=1", "1", "original", "app.example"}},
+		{name: "edited", body: `{"id":"` + orig.ID + `","method":"PUT","path":"/new","headers":{"X-Test":["2"],"Host":["other.example"]},"body":"changed"}`,
+			want: seen{"PUT", "/new", "2", "changed", "other.example"}, edited: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x, code := replay(tc.body)
+			if code != 200 {
+				t.Fatalf("status %d", code)
+			}
+			if g := <-got; g != tc.want {
+				t.Fatalf("the app got %+v, want %+v", g, tc.want)
+			}
+			if !x.Replay || x.ReplayOf != orig.ID || x.Edited != tc.edited || x.Status != 200 || string(x.Response.Body) != "answer to "+tc.want.method {
+				t.Fatalf("replay recorded as %+v", x)
+			}
+			if stored := lab.s.rec.get(x.ID); stored == nil || !stored.Replay {
+				t.Fatalf("replay %s not kept", x.ID)
+			}
+		})
+	}
+	for _, tc := range []struct{ name, body string }{
+		{"bad path", `{"id":"` + orig.ID + `","path":"http://elsewhere/"}`},
+		{"bad method", `{"id":"` + orig.ID + `","method":"GE T"}`},
+		{"bad JSON", `{"id":`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if _, code := replay(tc.body); code != 400 {
+				t.Fatalf("status %d, want 400", code)
+			}
+		})
+	}
+}
+
+// TestFilter checks the list's filters.
+func TestFilter(t *testing.T) {
+	x := &Exchange{Method: "GET", Path: "/api/users?id=3", Status: 404}
+	for _, tc := range []struct {
+		f    filter
+		want bool
+	}{
+		{filter{}, true},
+		{filter{path: "users"}, true},
+		{filter{path: "orders"}, false},
+		{filter{status: "404"}, true},
+		{filter{status: "4xx"}, true},
+		{filter{status: "4"}, true},
+		{filter{status: "40x"}, true},
+		{filter{status: "200"}, false},
+		{filter{status: "5xx"}, false},
+		{filter{status: "40"}, true},
+		{filter{method: "get"}, true},
+		{filter{method: "POST"}, false},
+	} {
+		t.Run(fmt.Sprintf("%+v", tc.f), func(t *testing.T) {
+			if got := tc.f.match(x); got != tc.want {
+				t.Fatalf("match = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestPrettyBody checks how the detail page shows bodies.
+func TestPrettyBody(t *testing.T) {
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write([]byte(`{"z":true}`))
+	zw.Close()
+	for _, tc := range []struct {
+		name, ctype, enc string
+		body             []byte
+		kind, want       string
+	}{
+		{name: "json", ctype: "application/json", body: []byte(`{"a":[1,2]}`), kind: "json", want: "{\n  \"a\": [\n    1,\n    2\n  ]\n}"},
+		{name: "json without a type", body: []byte(`[1]`), kind: "json", want: "[\n  1\n]"},
+		{name: "problem+json", ctype: "application/problem+json", body: []byte(`{"t":1}`), kind: "json", want: "{\n  \"t\": 1\n}"},
+		{name: "xml", ctype: "application/xml", body: []byte(`<a><b>1</b></a>`), kind: "xml", want: "<a>\n  <b>1</b>\n</a>"},
+		{name: "form", ctype: "application/x-www-form-urlencoded", body: []byte(`b=2&a=1&a=x+y`), kind: "form", want: "a = 1\na = x y\nb = 2\n"},
+		{name: "text", ctype: "text/plain", body: []byte("hi\n"), kind: "text", want: "hi\n"},
+		{name: "binary", ctype: "application/octet-stream", body: []byte{0, 1, 2, 0xff}, kind: "hex", want: "00000000  00 01 02 ff"},
+		{name: "gzip", ctype: "application/json", enc: "gzip", body: gz.Bytes(), kind: "json", want: "{\n  \"z\": true\n}"},
+		{name: "bad json", ctype: "application/json", body: []byte(`{"a":`), kind: "text", want: `{"a":`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := http.Header{}
+			if tc.ctype != "" {
+				h.Set("Content-Type", tc.ctype)
+			}
+			if tc.enc != "" {
+				h.Set("Content-Encoding", tc.enc)
+			}
+			v := prettyBody(&Message{Header: h, Body: tc.body, BodySize: int64(len(tc.body))})
+			if v.Kind != tc.kind || !strings.HasPrefix(v.Text, tc.want) {
+				t.Fatalf("got %s %q, want %s %q", v.Kind, v.Text, tc.kind, tc.want)
+			}
+		})
+	}
+}
+
+// TestStoreBounds checks that the inspector forgets the oldest exchanges
+// beyond its count and size bounds.
+func TestStoreBounds(t *testing.T) {
+	s := newStore()
+	for i := range maxExchanges + 10 {
+		s.add(&Exchange{Path: "/" + strconv.Itoa(i)})
+	}
+	xs, _ := s.since(0)
+	if len(xs) != maxExchanges || xs[0].Path != "/10" {
+		t.Fatalf("%d kept, oldest %s; want %d, oldest /10", len(xs), xs[0].Path, maxExchanges)
+	}
+	s.clear()
+	body := make([]byte, 10<<20)
+	for range 10 {
+		s.add(&Exchange{Response: &Message{Body: body}})
+	}
+	xs, _ = s.since(0)
+	if n := len(xs); n*len(body) > maxStoredBytes || n == 0 {
+		t.Fatalf("%d exchanges of %d bytes kept, more than %d bytes", n, len(body), maxStoredBytes)
+	}
+}
