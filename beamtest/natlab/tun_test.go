@@ -22,8 +22,9 @@ import (
 
 // Kernel TUN mode (beam daemon --tun) across real NATs: apps of the host
 // reach peers by MagicDNS name through the host's own resolver and TCP,
-// peers reach the host's own sockets, the policy holds, and nothing is
-// left behind after beam down or a crash.
+// over a direct path (alpha and beta, easy NATs) and over the relay
+// (carol, whose router drops UDP); peers reach the host's own sockets, the
+// policy holds, and nothing is left behind after beam down or a crash.
 //
 // Every process of a TUN-mode device runs in a mount namespace of its own
 // ("ip netns exec" makes one) where the device's resolver file is
@@ -216,7 +217,18 @@ func TestTUNModeByName(t *testing.T) {
 		t.Fatalf("policy set: %v: %s", err, out)
 	}
 	alpha, beta := w.addTUNDevice("alpha", nslab.NATEasy), w.addTUNDevice("beta", nslab.NATEasy)
+	// carol's router drops UDP: she is reached through the relay only.
+	carol := w.addTUNDevice("carol", nslab.NATUDPBlocked)
 	if err := upPair(ctx, alpha.device, beta.device); err != nil {
+		t.Fatal(err)
+	}
+	if err := carol.ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := carol.up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := alpha.waitPeer(ctx, "carol", 15*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if err := alpha.waitManaged(ctx, 10*time.Second); err != nil {
@@ -233,9 +245,15 @@ func TestTUNModeByName(t *testing.T) {
 	if ast.TUN != "beam0" {
 		t.Errorf("alpha's status names TUN device %q, want beam0", ast.TUN)
 	}
-	fromAlpha := map[string]bool{}
-	for _, ip := range ast.Self.IPs {
-		fromAlpha["hello from beta to "+ip.String()+"\n"] = true
+	// fromAlphaTo reports whether got is peer's hello to one of alpha's
+	// overlay addresses.
+	fromAlphaTo := func(peer, got string) bool {
+		for _, ip := range ast.Self.IPs {
+			if got == "hello from "+peer+" to "+ip.String()+"\n" {
+				return true
+			}
+		}
+		return false
 	}
 
 	// By name, through the host's resolver and the kernel's TCP; beta's
@@ -245,10 +263,18 @@ func TestTUNModeByName(t *testing.T) {
 	if err != nil {
 		t.Fatalf("curl http://beta from alpha: %v", err)
 	}
-	if !fromAlpha[got] {
+	if !fromAlphaTo("beta", got) {
 		t.Fatalf("curl http://beta from alpha = %q, want beta's hello to one of alpha's overlay addresses %v", got, ast.Self.IPs)
 	}
 	t.Logf("alpha -> http://beta:%d by name in %v (beta is %v)", tunHTTPPort, time.Since(start), bst.Self.IPs)
+
+	// The relay path carries TUN traffic the same way.
+	if got, err := alpha.curl(ctx, "http://carol:"+strconv.Itoa(tunHTTPPort)+"/", 20*time.Second); err != nil || !fromAlphaTo("carol", got) {
+		t.Fatalf("curl http://carol from alpha over the relay = %q, %v", got, err)
+	}
+	if p, _, err := alpha.peer(ctx, "carol"); err != nil || p.Path != pathRelay {
+		t.Errorf("alpha's path to carol = %q (%v), want %q", p.Path, err, pathRelay)
+	}
 
 	// A bulk transfer through the sink checks integrity with the
 	// device's offloads (segments larger than the MTU both ways).
