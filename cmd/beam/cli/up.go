@@ -72,6 +72,8 @@ and are kept in its state; 'beam set' changes them without joining again.`,
 	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the result as JSON")
 	cmd.Flags().DurationVar(&o.Timeout, "timeout", 10*time.Minute, "how long to wait for the mesh (and for approval of a node without an auth key)")
 	daemonFlags(cmd, &o.Daemon)
+	cmd.Flags().StringVar(&o.Daemon.TUN, "tun", "", "if beam up starts the daemon, start it in kernel TUN mode on this device (--tun alone: "+defaultTUNName+"; --tun=NAME; root or CAP_NET_ADMIN)")
+	cmd.Flags().Lookup("tun").NoOptDefVal = defaultTUNName
 	return cmd
 }
 
@@ -80,7 +82,7 @@ func runUp(ctx context.Context, f *Factory, in *instanceFlags, o *UpOptions) err
 	defer cancel()
 	lc := in.client(f)
 	var started *startedDaemon
-	if _, err := lc.Status(ctx); err != nil {
+	if st, err := lc.Status(ctx); err != nil {
 		// Start a daemon only where none runs: a daemon that refuses this
 		// user (socket permissions, not its operator) is not replaced.
 		nr, ok := errors.AsType[*localclient.NotRunningError](err)
@@ -92,8 +94,17 @@ func runUp(ctx context.Context, f *Factory, in *instanceFlags, o *UpOptions) err
 			return err
 		}
 		started = d
-	} else if o.Daemon.Telemetry != (TelemetryOptions{}) {
-		fmt.Fprintf(f.ErrOut, "warning: --metrics-addr and --debug-addr apply when a daemon starts; the daemon on %s is already running (beam daemon stop, then beam up again)\n", lc.Socket)
+	} else {
+		if o.Daemon.Telemetry != (TelemetryOptions{}) {
+			fmt.Fprintf(f.ErrOut, "warning: --metrics-addr and --debug-addr apply when a daemon starts; the daemon on %s is already running (beam daemon stop, then beam up again)\n", lc.Socket)
+		}
+		if o.Daemon.TUN != "" && st.TUN != o.Daemon.TUN {
+			mode := "in userspace mode"
+			if st.TUN != "" {
+				mode = "on TUN device " + st.TUN
+			}
+			fmt.Fprintf(f.ErrOut, "warning: --tun applies when a daemon starts; the daemon on %s is already running %s (beam daemon stop, then beam up --tun again)\n", lc.Socket, mode)
+		}
 	}
 	req := apitype.UpRequest{
 		Coordinator: o.Coordinator,
@@ -221,6 +232,9 @@ func startDaemon(ctx context.Context, lc *localclient.Client, o *UpOptions) (*st
 		if fv[1] != "" {
 			args = append(args, fv[0], fv[1])
 		}
+	}
+	if o.Daemon.TUN != "" {
+		args = append(args, "--tun="+o.Daemon.TUN)
 	}
 	cmd := exec.Command(exe, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
