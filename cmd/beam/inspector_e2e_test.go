@@ -74,6 +74,33 @@ func pageState(ctx context.Context) string {
 	return v
 }
 
+// waitPage waits until the JavaScript expression is true in the tab's
+// page, across navigations (an evaluation that meets a page being
+// replaced fails and is tried again), and returns the page's path.
+func waitPage(t *testing.T, ctx context.Context, what, expr string) string {
+	t.Helper()
+	var path string
+	waitFor(t, 15*time.Second, what, func() bool {
+		actx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		v, err := chromedp.Run(actx, chromedp.Evaluate[string](`document.readyState === 'complete' && (`+expr+`) ? location.pathname : ''`))
+		path = v
+		return err == nil && v != ""
+	})
+	return path
+}
+
+// pageText returns the text of the element with id in a page that
+// waitPage found ready.
+func pageText(t *testing.T, ctx context.Context, id string) string {
+	t.Helper()
+	v, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById('`+id+`').innerText`))
+	if err != nil {
+		t.Fatalf("read #%s: %v\npage: %s", id, err, pageState(ctx))
+	}
+	return v
+}
+
 // appRequest is what the test's app saw of one request.
 type appRequest struct {
 	method, path, edited, body string
@@ -146,29 +173,22 @@ func TestInspectorInBrowser(t *testing.T) {
 
 	// It appears in the open page without a reload.
 	row := `#rows tr[data-path="/hello?x=1"] a`
-	var reqBody, respHead string
-	if err := chromedp.Do(ctx,
-		chromedp.WaitVisible(chromedp.CSS(row)),
-		chromedp.Click(chromedp.CSS(row)),
-		chromedp.WaitVisible(chromedp.CSS(`#replay`)),
-		into(&reqBody, chromedp.Text(chromedp.CSS(`#request-body`))),
-		into(&respHead, chromedp.Text(chromedp.CSS(`#response-headers`))),
-	); err != nil {
+	if err := chromedp.Do(ctx, chromedp.WaitVisible(chromedp.CSS(row)), chromedp.Click(chromedp.CSS(row))); err != nil {
 		t.Fatalf("see the request live and open it: %v\npage: %s", err, pageState(bctx))
 	}
+	origPath := waitPage(t, ctx, "the request's page", `!!document.getElementById('replay')`)
+	origID := strings.TrimPrefix(origPath, "/requests/")
+	reqBody, respHead := pageText(t, ctx, "request-body"), pageText(t, ctx, "response-headers")
 	if !strings.Contains(reqBody, "\"hello\": \"world\",\n") || !strings.Contains(respHead, "200") {
 		t.Fatalf("detail: request body %q (want pretty JSON), response head %q", reqBody, respHead)
 	}
-	origID := ""
-	if err := chromedp.Do(ctx, into(&origID, chromedp.Evaluate[string](`location.pathname.split('/').pop()`))); err != nil {
-		t.Fatal(err)
-	}
 
 	// Replay: the app gets the same request; the new exchange is marked.
-	var mark string
-	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#replay`)), chromedp.WaitVisible(chromedp.CSS(`#replay-mark`)), into(&mark, chromedp.Text(chromedp.CSS(`#replay-mark`)))); err != nil {
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#replay`))); err != nil {
 		t.Fatalf("replay: %v\npage: %s", err, pageState(bctx))
 	}
+	replayPath := waitPage(t, ctx, "the replay's page", `!!document.getElementById('replay-mark')`)
+	mark := pageText(t, ctx, "replay-mark")
 	if r := <-got; r.method != "POST" || r.path != "/hello?x=1" || r.body != `{"hello":"world","list":[1,2]}` {
 		t.Fatalf("replayed request at the app: %+v", r)
 	}
@@ -176,7 +196,8 @@ func TestInspectorInBrowser(t *testing.T) {
 		t.Fatalf("replay mark %q, want replay of %s", mark, origID)
 	}
 
-	// Edit and replay: method, path, a header and the body.
+	// Edit and replay (on the replay's page): method, path, a header
+	// and the body.
 	if err := chromedp.Do(ctx,
 		chromedp.Click(chromedp.CSS(`#edit summary`)),
 		chromedp.WaitVisible(chromedp.CSS(`#edit-path`)),
@@ -185,11 +206,11 @@ func TestInspectorInBrowser(t *testing.T) {
 		chromedp.Evaluate[chromedp.Void](`document.getElementById('edit-headers').value += "\nX-Edited: yes"`),
 		chromedp.SetValue(chromedp.CSS(`#edit-body`), "edited body"),
 		chromedp.Click(chromedp.CSS(`#edit-send`)),
-		chromedp.WaitVisible(chromedp.CSS(`#replay-mark`)),
-		into(&mark, chromedp.Text(chromedp.CSS(`#replay-mark`))),
 	); err != nil {
 		t.Fatalf("edit and replay: %v\npage: %s", err, pageState(bctx))
 	}
+	waitPage(t, ctx, "the edited replay's page", `location.pathname !== '`+replayPath+`' && !!document.getElementById('replay-mark')`)
+	mark = pageText(t, ctx, "replay-mark")
 	if r := <-got; r != (appRequest{method: "PUT", path: "/edited?y=2", edited: "yes", body: "edited body"}) {
 		t.Fatalf("edited request at the app: %+v", r)
 	}
@@ -197,10 +218,12 @@ func TestInspectorInBrowser(t *testing.T) {
 		t.Fatalf("edited replay mark %q", mark)
 	}
 	// Both replays are marked in the list too.
-	var marks int
-	if err := chromedp.Do(ctx, chromedp.Navigate(insp+"/"), chromedp.WaitVisible(chromedp.CSS(`#requests`)),
-		into(&marks, chromedp.Evaluate[int](`document.querySelectorAll('#rows tr.replay').length`))); err != nil || marks != 2 {
-		t.Fatalf("replays marked in the list: %d, %v; want 2", marks, err)
+	if err := chromedp.Do(ctx, chromedp.Navigate(insp+"/")); err != nil {
+		t.Fatalf("back to the list: %v", err)
+	}
+	waitPage(t, ctx, "the list", `!!document.getElementById('requests')`)
+	if marks := pageText(t, ctx, "rows"); strings.Count(marks, "replay") != 2 || strings.Count(marks, "replay, edited") != 1 {
+		t.Fatalf("replays marked in the list: %q; want two, one edited", marks)
 	}
 
 	// A page on another origin, even one that knows the session token,
@@ -240,17 +263,19 @@ attack();
 	}
 	go evil.Serve(eln)
 	t.Cleanup(func() { evil.Close() })
-	var title, refused string
+	var title string
 	if err := chromedp.Do(ctx,
 		chromedp.Navigate("http://"+eln.Addr().String()+"/"),
 		chromedp.Poll[chromedp.Void](`document.title.includes('session:')`, chromedp.WithPollingTimeout(15*time.Second)),
 		into(&title, chromedp.Title()),
 		chromedp.Submit(chromedp.CSS(`#f`)),
-		chromedp.WaitReady(chromedp.CSS(`body`)),
-		chromedp.Poll[chromedp.Void](`location.href.includes('/replay') && document.body && document.body.innerText.length > 0`, chromedp.WithPollingTimeout(15*time.Second)),
-		into(&refused, chromedp.Text(chromedp.CSS(`body`))),
 	); err != nil {
 		t.Fatalf("the other origin's page: %v\npage: %s", err, pageState(bctx))
+	}
+	waitPage(t, ctx, "the answer to the other origin's form post", `location.href.includes('/replay') && document.body.innerText.length > 0`)
+	refused, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.innerText`))
+	if err != nil {
+		t.Fatal(err)
 	}
 	if !strings.Contains(title, "fetch:failed") || !strings.Contains(title, "session:failed") {
 		t.Fatalf("the other origin's fetches: %q; want them refused", title)
