@@ -277,10 +277,12 @@ func TestEdgeBench(t *testing.T) {
 		cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 		cmd := exec.CommandContext(cctx, w.bin, "--socket", pub.socket, "--state", pub.state, "nc", "alpha", strconv.Itoa(sinkPort))
 		cmd.Stdin = testStream(size)
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
 		got, err := cmd.Output()
 		cancel()
 		if err != nil || strings.TrimSpace(string(got)) != want {
-			t.Fatalf("beam nc alpha: %q, %v; want %q", got, err, want)
+			t.Fatalf("beam nc alpha after %v: %q, %v (stderr %q); want %q", time.Since(start).Round(time.Millisecond), got, err, stderr.String(), want)
 		}
 		viaOverlay = append(viaOverlay, mbps(size, int(time.Since(start).Milliseconds())))
 	}

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -173,6 +174,9 @@ func (l *Lab) Close() {
 		if out, err := exec.CommandContext(ctx, "ip", "netns", "del", nss[i]).CombinedOutput(); err != nil {
 			l.t.Errorf("nslab: delete namespace %s: %v: %s", nss[i], err, bytes.TrimSpace(out))
 		}
+		if err := os.RemoveAll(filepath.Join("/etc/netns", nss[i])); err != nil {
+			l.t.Errorf("nslab: remove the resolver of %s: %v", nss[i], err)
+		}
 	}
 }
 
@@ -272,11 +276,33 @@ func (l *Lab) newNamespace(name, suffix string) *Host {
 	l.nsList = append(l.nsList, ns)
 	cc := l.tcpCC
 	l.mu.Unlock()
+	l.isolateResolver(ns)
 	l.mustIP(ns, "link set lo up")
 	if cc != "" {
 		l.mustSysctl(ns, "net.ipv4.tcp_congestion_control="+cc)
 	}
 	return &Host{lab: l, name: name, ns: ns}
+}
+
+// labResolvConf is every lab namespace's /etc/resolv.conf until a test
+// gives it another: the machine's own resolver is outside the lab, and a
+// program in the lab that looks a name up through the system resolver
+// (the setup check of beam server, a daemon's upstreams) must neither send
+// to it nor wait for it. Nothing answers on the namespace's loopback, so a
+// lookup fails at once.
+const labResolvConf = "# nslab: the machine's resolver is outside the lab\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n"
+
+// isolateResolver writes ns's resolver file, which "ip netns exec" mounts
+// over /etc/resolv.conf for the programs it runs.
+func (l *Lab) isolateResolver(ns string) {
+	l.t.Helper()
+	dir := filepath.Join("/etc/netns", ns)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		l.t.Fatalf("nslab: resolver of %s: %v", ns, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(labResolvConf), 0o644); err != nil {
+		l.t.Fatalf("nslab: resolver of %s: %v", ns, err)
+	}
 }
 
 // SetTCPCongestionControl makes the first of names that this host lets a
@@ -456,6 +482,7 @@ func reapStale(t testing.TB) {
 		if out, err := exec.CommandContext(ctx, "ip", "netns", "del", ns).CombinedOutput(); err != nil {
 			t.Logf("nslab: remove stale namespace %s: %v: %s", ns, err, bytes.TrimSpace(out))
 		}
+		os.RemoveAll(filepath.Join("/etc/netns", ns))
 	}
 }
 

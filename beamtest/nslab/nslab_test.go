@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -603,10 +604,19 @@ func TestClose(t *testing.T) {
 	if got := netnsWithPrefix(t, prefix); len(got) != 4 {
 		t.Errorf("namespaces before Close: %q, want 4 (inet, server, router, host)", got)
 	}
+	// A lab program looking a name up through the system resolver asks the
+	// namespace's loopback, never the machine's resolver, and fails at once.
+	out, err := h.Run(t.Context(), "cat", "/etc/resolv.conf")
+	if err != nil || !strings.Contains(string(out), "nameserver 127.0.0.1\n") || strings.Count(string(out), "nameserver") != 1 {
+		t.Errorf("the host's /etc/resolv.conf: %q, %v; want only nameserver 127.0.0.1", out, err)
+	}
 
 	lab.Close()
 	if got := netnsWithPrefix(t, prefix); len(got) != 0 {
 		t.Errorf("namespaces left after Close: %q", got)
+	}
+	if _, err := os.Stat("/etc/netns/" + h.Namespace()); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the namespace's resolver directory after Close: %v, want it removed", err)
 	}
 	select {
 	case <-sleeper.Done():
