@@ -28,6 +28,16 @@ func (m *nodeMetrics) httpProxyConnState(_ net.Conn, s http.ConnState) {
 	}
 }
 
+// GuardListener makes ln one of the daemon's own loopback listeners, like
+// its proxies: the engine never forwards a peer's connection to its
+// address (a peer must not read the node's metrics or profiles because the
+// policy lets it reach the node's ports), and the returned listener closes
+// any such connection that gets through. Call release once ln is closed.
+func (n *Node) GuardListener(ln net.Listener) (guarded net.Listener, release func()) {
+	release = n.ownListener(ln.Addr())
+	return refuseOverlay{Listener: ln, n: n}, release
+}
+
 // Collector returns a Prometheus collector of the daemon's metrics
 // (beam_daemon_*): traffic per peer and path, handshakes, path changes,
 // MagicDNS queries and proxy connections. It reads the engine's per-peer

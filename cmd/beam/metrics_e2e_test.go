@@ -116,10 +116,12 @@ func (fs families) names() []string {
 func TestMetrics(t *testing.T) {
 	srvMetrics, srvDebug := "127.0.0.1:"+strconv.Itoa(freePort(t)), "127.0.0.1:"+strconv.Itoa(freePort(t))
 	c, httpPort := startDevServerWith(t, 0, "--metrics-addr", srvMetrics, "--debug-addr", srvDebug)
-	alphaMetrics := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	alphaMetricsPort, alphaDebugPort := freePort(t), freePort(t)
+	alphaMetrics := "127.0.0.1:" + strconv.Itoa(alphaMetricsPort)
 	socksPort, dnsPort := freePort(t), freePort(t)
 	alpha, beta := c.device("alpha"), c.device("beta")
-	alpha.mustUp("--metrics-addr", alphaMetrics, "--socks5", "127.0.0.1:"+strconv.Itoa(socksPort), "--dns-listen", "127.0.0.1:"+strconv.Itoa(dnsPort))
+	alpha.mustUp("--metrics-addr", alphaMetrics, "--debug-addr", "127.0.0.1:"+strconv.Itoa(alphaDebugPort),
+		"--socks5", "127.0.0.1:"+strconv.Itoa(socksPort), "--dns-listen", "127.0.0.1:"+strconv.Itoa(dnsPort))
 	beta.mustUp()
 	// The flags apply when a daemon starts: beam up on a running one says so.
 	if _, errOut, err := beta.up("--metrics-addr", "127.0.0.1:"+strconv.Itoa(freePort(t))); err != nil || !strings.Contains(errOut, "apply when a daemon starts") {
@@ -193,6 +195,13 @@ func TestMetrics(t *testing.T) {
 	if v := scrape(t, alphaMetrics).must(t, "beam_daemon_dns_queries_total", map[string]string{"answer": "local"}); v != dns0+1 {
 		t.Errorf("local DNS answers = %v, want %v", v, dns0+1)
 	}
+
+	// The listeners serve alpha's host only: beta, which may reach every
+	// port of alpha, is refused at both (like at the proxies).
+	playPeerAttacks(t, beta, "alpha", []peerAttack{
+		{"metrics", alphaMetricsPort, []byte("GET /metrics HTTP/1.0\r\n\r\n")},
+		{"pprof", alphaDebugPort, []byte("GET /debug/pprof/heap?debug=1 HTTP/1.0\r\n\r\n")},
+	})
 
 	// beam metrics on beta, through its local API: it received the MiB.
 	text := c.mustBeam(beta.args("metrics")...)

@@ -102,14 +102,23 @@ func PprofHandler() http.Handler {
 
 // Server serves one handler on one loopback listener until Close.
 type Server struct {
-	ln   net.Listener
-	srv  *http.Server
-	done chan struct{}
+	ln      net.Listener
+	srv     *http.Server
+	done    chan struct{}
+	release func() // undoes the Guard; nil without one
 }
 
+// Guard wraps a listener of the process's own, and returns a func that
+// undoes what it did once the listener is closed. A daemon's guard keeps
+// its peers from the listener (node.Node.GuardListener): a peer that may
+// reach the node's ports would otherwise reach its loopback listeners
+// through the engine's forwarding.
+type Guard func(net.Listener) (guarded net.Listener, release func())
+
 // Listen checks addr with LoopbackAddr, listens there and serves h. name
-// ("metrics", "debug") names it in errors and logs.
-func Listen(ctx context.Context, name, addr string, h http.Handler, logger *slog.Logger) (*Server, error) {
+// ("metrics", "debug") names it in errors and logs. guard, if not nil,
+// wraps the listener.
+func Listen(ctx context.Context, name, addr string, h http.Handler, guard Guard, logger *slog.Logger) (*Server, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -123,13 +132,16 @@ func Listen(ctx context.Context, name, addr string, h http.Handler, logger *slog
 		return nil, fmt.Errorf("%s: listen: %w", name, err)
 	}
 	s := &Server{
-		ln: ln,
+		ln: ln, // the address to report; Serve gets the guarded one
 		srv: &http.Server{
 			Handler:           h,
 			ReadHeaderTimeout: 10 * time.Second,
 			ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 		},
 		done: make(chan struct{}),
+	}
+	if guard != nil {
+		ln, s.release = guard(ln)
 	}
 	go func() {
 		defer close(s.done)
@@ -147,5 +159,8 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 func (s *Server) Close() error {
 	err := s.srv.Close()
 	<-s.done
+	if s.release != nil {
+		s.release()
+	}
 	return err
 }

@@ -3,6 +3,7 @@ package telemetry
 import (
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -54,7 +55,7 @@ func TestServe(t *testing.T) {
 	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "beam_test_things_total", Help: "Things."})
 	role.MustRegister(c)
 	c.Add(3)
-	ms, err := Listen(t.Context(), "metrics", "127.0.0.1:0", MetricsHandler(NewProcessRegistry(), role), nil)
+	ms, err := Listen(t.Context(), "metrics", "127.0.0.1:0", MetricsHandler(NewProcessRegistry(), role), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,19 +66,35 @@ func TestServe(t *testing.T) {
 			t.Errorf("metrics lack %q", want)
 		}
 	}
-	ds, err := Listen(t.Context(), "debug", ":0", PprofHandler(), nil)
+	var guarded string
+	released := false
+	guard := func(ln net.Listener) (net.Listener, func()) {
+		guarded = ln.Addr().String()
+		return ln, func() { released = true }
+	}
+	ds, err := Listen(t.Context(), "debug", ":0", PprofHandler(), guard, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ds.Close()
+	if guarded != ds.Addr().String() {
+		t.Errorf("guard saw %q, want the listener's address %s", guarded, ds.Addr())
+	}
 	if !strings.HasPrefix(ds.Addr().String(), "127.0.0.1:") {
 		t.Errorf("debug listener on %s, want 127.0.0.1", ds.Addr())
 	}
 	if body := get(t, "http://"+ds.Addr().String()+"/debug/pprof/goroutine?debug=1"); !strings.Contains(body, "goroutine profile:") {
 		t.Errorf("goroutine profile: %.200q", body)
 	}
-	if _, err := Listen(t.Context(), "metrics", "0.0.0.0:0", MetricsHandler(role), nil); !errors.Is(err, ErrNotLoopback) {
+	if _, err := Listen(t.Context(), "metrics", "0.0.0.0:0", MetricsHandler(role), nil, nil); !errors.Is(err, ErrNotLoopback) {
 		t.Errorf("listen on 0.0.0.0: %v, want ErrNotLoopback", err)
+	}
+	if released {
+		t.Errorf("guard released before Close")
+	}
+	ds.Close()
+	if !released {
+		t.Errorf("guard not released by Close")
 	}
 }
 

@@ -192,7 +192,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	mux := http.NewServeMux()
 	mux.Handle(console.Path, con)
 	mux.Handle("/", srv)
-	stopTelemetry, err := opts.Telemetry.start(ctx, logger, roleRegistry(srv.Collector()))
+	stopTelemetry, err := opts.Telemetry.start(ctx, logger, nil, roleRegistry(srv.Collector()))
 	if err != nil {
 		return err
 	}

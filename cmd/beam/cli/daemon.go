@@ -179,7 +179,7 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 	}
 	defer n.Close()
 	metrics := roleRegistry(n.Collector())
-	stopTelemetry, err := o.Telemetry.start(ctx, logger, metrics)
+	stopTelemetry, err := o.Telemetry.start(ctx, logger, n.GuardListener, metrics)
 	if err != nil {
 		return err
 	}

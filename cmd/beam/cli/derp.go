@@ -209,7 +209,7 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 		MeshWith:     meshWith,
 	})
 	defer srv.Close()
-	stopTelemetry, err := opts.Telemetry.start(ctx, logger, roleRegistry(srv.Collector()))
+	stopTelemetry, err := opts.Telemetry.start(ctx, logger, nil, roleRegistry(srv.Collector()))
 	if err != nil {
 		return err
 	}

@@ -170,7 +170,7 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 	}
 	defer certs.close()
 	getCert := certs.get
-	stopTelemetry, err := o.Telemetry.start(ctx, logger, metrics)
+	stopTelemetry, err := o.Telemetry.start(ctx, logger, n.GuardListener, metrics)
 	if err != nil {
 		return err
 	}

@@ -426,7 +426,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		return err
 	}
 	defer certs.close()
-	stopTelemetry, err := o.Telemetry.start(ctx, logger, roleRegistry(coord.Collector()), roleRegistry(derpSrv.Collector()), edgeMetrics)
+	stopTelemetry, err := o.Telemetry.start(ctx, logger, en.GuardListener, roleRegistry(coord.Collector()), roleRegistry(derpSrv.Collector()), edgeMetrics)
 	if err != nil {
 		return err
 	}

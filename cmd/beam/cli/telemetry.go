@@ -54,9 +54,11 @@ func roleRegistry(cs ...prometheus.Collector) *prometheus.Registry {
 }
 
 // start serves the union of the process registry and the roles'
-// registries on --metrics-addr, and pprof on --debug-addr. The returned
-// func stops both.
-func (o *TelemetryOptions) start(ctx context.Context, logger *slog.Logger, roles ...prometheus.Gatherer) (stop func(), err error) {
+// registries on --metrics-addr, and pprof on --debug-addr. guard is the
+// process's node's GuardListener, so its peers cannot reach either
+// listener; nil for a process without a node. The returned func stops
+// both.
+func (o *TelemetryOptions) start(ctx context.Context, logger *slog.Logger, guard telemetry.Guard, roles ...prometheus.Gatherer) (stop func(), err error) {
 	var closers []func() error
 	stop = func() {
 		for _, c := range closers {
@@ -65,7 +67,7 @@ func (o *TelemetryOptions) start(ctx context.Context, logger *slog.Logger, roles
 	}
 	if o.MetricsAddr != "" {
 		gs := append([]prometheus.Gatherer{telemetry.NewProcessRegistry()}, roles...)
-		s, err := telemetry.Listen(ctx, "--metrics-addr", o.MetricsAddr, telemetry.MetricsHandler(gs...), logger)
+		s, err := telemetry.Listen(ctx, "--metrics-addr", o.MetricsAddr, telemetry.MetricsHandler(gs...), guard, logger)
 		if err != nil {
 			return nil, err
 		}
@@ -73,7 +75,7 @@ func (o *TelemetryOptions) start(ctx context.Context, logger *slog.Logger, roles
 		logger.Info("serving metrics", "url", "http://"+s.Addr().String()+"/metrics")
 	}
 	if o.DebugAddr != "" {
-		s, err := telemetry.Listen(ctx, "--debug-addr", o.DebugAddr, telemetry.PprofHandler(), logger)
+		s, err := telemetry.Listen(ctx, "--debug-addr", o.DebugAddr, telemetry.PprofHandler(), guard, logger)
 		if err != nil {
 			stop()
 			return nil, err
