@@ -39,11 +39,11 @@ const (
 )
 
 // Exchange is one request and its response through one of the device's
-// routes, or one connection of a tcp route (Kind "tcp": no heads or
-// bodies, only sizes).
+// routes, or one connection of a tcp, udp or tls (passthrough) route
+// (Kind other than "http": no heads or bodies, only sizes).
 type Exchange struct {
 	ID         string        `json:"id"`
-	Kind       string        `json:"kind"` // "http" or "tcp"
+	Kind       string        `json:"kind"` // "http", "tcp", "udp" or "tls"
 	Start      time.Time     `json:"start"`
 	Duration   time.Duration `json:"duration"`
 	Method     string        `json:"method,omitempty"`
@@ -58,10 +58,10 @@ type Exchange struct {
 	Replay   bool   `json:"replay,omitempty"`
 	ReplayOf string `json:"replay_of,omitempty"`
 	Edited   bool   `json:"edited,omitempty"`
-	// Size is the response body's size in bytes as sent (for a tcp
+	// Size is the response body's size in bytes as sent (for a
 	// connection: the bytes from the app).
 	Size int64 `json:"size"`
-	// BytesIn, of a tcp connection, are the bytes from the client.
+	// BytesIn, of a connection, are the bytes from the client.
 	BytesIn int64 `json:"bytes_in,omitempty"`
 	// Timings.
 	FirstByte time.Duration `json:"first_byte,omitempty"` // from the request's head to the response's
@@ -220,6 +220,25 @@ func (x *Exchange) memSize() int {
 		}
 	}
 	return n
+}
+
+// replace puts x in place of the exchange with id, as a change that
+// live lists receive again; it reports false if id is gone.
+func (s *store) replace(id string, x *Exchange) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for k, old := range s.list {
+		if old.ID == id {
+			s.seq++
+			x.ID, x.seq = id, s.seq
+			s.bytes += x.memSize() - old.memSize()
+			s.list[k] = x
+			close(s.changed)
+			s.changed = make(chan struct{})
+			return true
+		}
+	}
+	return false
 }
 
 // get returns the exchange with id, or nil.

@@ -18,8 +18,10 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"beam.dev/beam/localapi/apitype"
 )
@@ -91,8 +93,12 @@ type Server struct {
 	watchMu  sync.Mutex // guards watchers
 	watchers map[chan apitype.RequestLog]struct{}
 
-	rec   *store       // the inspector's exchanges
-	limit atomic.Int64 // the inspector's body limit; 0 while nobody inspects
+	rec    *store                  // the inspector's exchanges
+	limit  atomic.Int64            // the inspector's body limit; 0 while nobody inspects
+	routes atomic.Pointer[[]Route] // the routes of the last Sync
+
+	flowMu sync.Mutex         // guards flows
+	flows  map[flowKey]string // open flows shown in the inspector -> their exchange IDs
 }
 
 // New returns a Server serving nothing until Sync.
@@ -107,6 +113,8 @@ func New(o Options) *Server {
 // Sync starts and stops listeners and proxies to serve cfg. Connections
 // of routes that remain are kept.
 func (s *Server) Sync(cfg Config) {
+	routes := slices.Clone(cfg.Routes)
+	s.routes.Store(&routes)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.syncProxiesLocked(cfg)
@@ -171,3 +179,60 @@ func (s *Server) captureLimit() int { return int(s.limit.Load()) }
 
 // record keeps a captured exchange for the inspector.
 func (s *Server) record(x *Exchange) { s.rec.add(x) }
+
+// Flow is a connection (Proto "tcp") or flow ("udp") that the engine
+// forwarded to a local port, as it starts (End zero) or ends.
+type Flow struct {
+	Proto      string
+	Client     netip.AddrPort
+	Port       uint16
+	Start, End time.Time
+	// FromClient and ToClient are the bytes each way, once it ended.
+	FromClient, ToClient int64
+}
+
+// flowKey names a flow between its start and its end.
+type flowKey struct {
+	proto  string
+	client netip.AddrPort
+	port   uint16
+	start  time.Time
+}
+
+// RecordFlow shows f in the inspector, while it runs, if its port is the
+// local port of one of the device's tcp, udp or tls routes: its start
+// adds it, its end completes it.
+func (s *Server) RecordFlow(f Flow) {
+	if s.captureLimit() == 0 {
+		return
+	}
+	rp := s.routes.Load()
+	if rp == nil {
+		return
+	}
+	k := flowKey{f.Proto, f.Client, f.Port, f.Start}
+	for _, r := range *rp {
+		if r.Port != f.Port || r.Upstream != "" || !(r.Proto == f.Proto || r.Proto == "tls" && f.Proto == "tcp") {
+			continue
+		}
+		x := &Exchange{Kind: r.Proto, Start: f.Start, Host: r.Host, Client: f.Client.String(), Port: f.Port, AnsweredBy: ByApp}
+		s.flowMu.Lock()
+		defer s.flowMu.Unlock()
+		if f.End.IsZero() {
+			if s.flows == nil {
+				s.flows = map[flowKey]string{}
+			}
+			s.rec.add(x)
+			s.flows[k] = x.ID
+			return
+		}
+		x.Duration, x.Size, x.BytesIn = f.End.Sub(f.Start), f.ToClient, f.FromClient
+		if id, ok := s.flows[k]; ok {
+			delete(s.flows, k)
+			s.rec.replace(id, x)
+			return
+		}
+		s.rec.add(x)
+		return
+	}
+}

@@ -225,9 +225,13 @@ type summary struct {
 }
 
 func summarize(x *Exchange) summary {
+	took := roundDuration(x.Duration)
+	if x.Kind != "http" && x.Duration == 0 {
+		took = "open"
+	}
 	return summary{
 		ID: x.ID, Seq: x.seq, Kind: x.Kind, Start: x.Start, Time: x.Start.Format("15:04:05.000"),
-		Duration: x.Duration, Took: roundDuration(x.Duration), Method: x.Method, Host: x.Host, Path: x.Path,
+		Duration: x.Duration, Took: took, Method: x.Method, Host: x.Host, Path: x.Path,
 		Status: x.Status, Size: x.Size, Client: x.Client, Port: x.Port, AnsweredBy: x.AnsweredBy,
 		Replay: x.Replay, ReplayOf: x.ReplayOf, Edited: x.Edited,
 	}
@@ -529,7 +533,7 @@ func (i *Inspector) serveEvents(w http.ResponseWriter, r *http.Request) {
 	for {
 		xs, changed := i.s.rec.since(after)
 		for _, x := range xs {
-			after = x.seq
+			after = max(after, x.seq) // a changed exchange comes again, in its place
 			if !f.match(x) {
 				continue
 			}

@@ -45,8 +45,8 @@ func (i *Inspector) servePage(w http.ResponseWriter, r *http.Request) {
 	f := filterOf(r)
 	all, _ := i.s.rec.since(0)
 	var after uint64
-	if len(all) > 0 {
-		after = all[len(all)-1].seq
+	for _, x := range all {
+		after = max(after, x.seq)
 	}
 	rows := []summary{}
 	for k := len(all) - 1; k >= 0; k-- {
@@ -238,7 +238,7 @@ var listPage = template.Must(template.New("list").Parse(`<!doctype html>
 </form>
 <table id="requests"><thead><tr><th>Time</th><th>Method</th><th>Host</th><th>Path</th><th>Status</th><th>Duration</th><th>Size</th><th>Client</th><th>Answered by</th></tr></thead>
 <tbody id="rows">{{range .Rows}}
-<tr data-id="{{.ID}}" data-path="{{.Path}}" class="s{{printf "%.1d" .Status}}{{if .Replay}} replay{{end}}"><td>{{.Time}}</td><td>{{.Method}}{{if eq .Kind "tcp"}}TCP{{end}}</td><td>{{.Host}}</td><td class="path"><a href="/requests/{{.ID}}">{{if eq .Kind "tcp"}}connection{{else}}{{.Path}}{{end}}</a>{{if .Replay}}<span class="badge replay">replay{{if .Edited}}, edited{{end}}</span>{{end}}</td><td class="st">{{if .Status}}{{.Status}}{{end}}</td><td>{{.Took}}</td><td>{{.Size}}</td><td>{{.Client}}</td><td><span class="badge {{.AnsweredBy}}">{{.AnsweredBy}}</span></td></tr>{{end}}
+<tr data-id="{{.ID}}" data-path="{{.Path}}" class="s{{printf "%.1d" .Status}}{{if .Replay}} replay{{end}}"><td>{{.Time}}</td><td>{{.Method}}{{if ne .Kind "http"}}{{.Kind}}{{end}}</td><td>{{.Host}}</td><td class="path"><a href="/requests/{{.ID}}">{{if ne .Kind "http"}}connection{{else}}{{.Path}}{{end}}</a>{{if .Replay}}<span class="badge replay">replay{{if .Edited}}, edited{{end}}</span>{{end}}</td><td class="st">{{if .Status}}{{.Status}}{{end}}</td><td>{{.Took}}</td><td>{{.Size}}</td><td>{{.Client}}</td><td><span class="badge {{.AnsweredBy}}">{{.AnsweredBy}}</span></td></tr>{{end}}
 </tbody></table>
 <p class="muted" id="empty"{{if .Rows}} hidden{{end}}>No requests yet. Requests to this device's published routes appear here as they arrive.</p>
 </main>
@@ -253,13 +253,14 @@ var listPage = template.Must(template.New("list").Parse(`<!doctype html>
     const tr = document.createElement('tr');
     tr.dataset.id = s.id; tr.dataset.path = s.path || '';
     tr.className = 's' + String(s.status || 0).charAt(0) + (s.replay ? ' replay' : '');
-    td(tr, s.time); td(tr, s.kind === 'tcp' ? 'TCP' : s.method); td(tr, s.host || '');
+    td(tr, s.time); td(tr, s.kind === 'http' ? s.method : s.kind); td(tr, s.host || '');
     const p = td(tr, '', 'path'); const a = document.createElement('a');
-    a.href = '/requests/' + encodeURIComponent(s.id); a.textContent = s.kind === 'tcp' ? 'connection' : s.path; p.appendChild(a);
+    a.href = '/requests/' + encodeURIComponent(s.id); a.textContent = s.kind === 'http' ? s.path : 'connection'; p.appendChild(a);
     if (s.replay) { const b = document.createElement('span'); b.className = 'badge replay'; b.textContent = s.edited ? 'replay, edited' : 'replay'; p.appendChild(b); }
     td(tr, s.status ? String(s.status) : '', 'st'); td(tr, s.took); td(tr, String(s.size)); td(tr, s.client || '');
     const by = td(tr, ''); const bb = document.createElement('span'); bb.className = 'badge ' + s.answered_by; bb.textContent = s.answered_by; by.appendChild(bb);
-    rows.insertBefore(tr, rows.firstChild);
+    const old = rows.querySelector('tr[data-id="' + CSS.escape(s.id) + '"]');
+    if (old) old.replaceWith(tr); else rows.insertBefore(tr, rows.firstChild);
     document.getElementById('empty').hidden = true;
   };
 })();
@@ -270,7 +271,7 @@ var detailPage = template.Must(template.New("detail").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{.X.Method}} {{.X.Path}} - Beam inspector</title>` + pageStyle + `</head>
 <body><header><h1>Beam inspector</h1><a href="/">all requests</a></header>
 <main>
-<h2 id="title">{{if eq .X.Kind "tcp"}}TCP connection{{else}}{{.X.Method}} {{.X.Path}}{{end}}{{if .X.Replay}} <span class="badge replay" id="replay-mark">replay of <a href="/requests/{{.X.ReplayOf}}">{{.X.ReplayOf}}</a>{{if .X.Edited}}, edited{{end}}</span>{{end}}</h2>
+<h2 id="title">{{if ne .X.Kind "http"}}{{.X.Kind}} connection{{else}}{{.X.Method}} {{.X.Path}}{{end}}{{if .X.Replay}} <span class="badge replay" id="replay-mark">replay of <a href="/requests/{{.X.ReplayOf}}">{{.X.ReplayOf}}</a>{{if .X.Edited}}, edited{{end}}</span>{{end}}</h2>
 <dl>
 <dt>Status</dt><dd id="status">{{if .X.Status}}{{.X.Status}}{{else}}-{{end}}</dd>
 <dt>Host</dt><dd>{{.X.Host}}</dd>
@@ -279,8 +280,8 @@ var detailPage = template.Must(template.New("detail").Parse(`<!doctype html>
 <dt>Started</dt><dd>{{.S.Time}}</dd>
 <dt>Duration</dt><dd>{{.S.Took}}</dd>
 {{if .X.FirstByte}}<dt>First byte</dt><dd>{{.FirstByte}}</dd>{{end}}
-<dt>{{if eq .X.Kind "tcp"}}Bytes from the app{{else}}Response size{{end}}</dt><dd>{{.X.Size}}</dd>
-{{if eq .X.Kind "tcp"}}<dt>Bytes from the client</dt><dd>{{.X.BytesIn}}</dd>{{end}}
+<dt>{{if ne .X.Kind "http"}}Bytes from the app{{else}}Response size{{end}}</dt><dd>{{.X.Size}}</dd>
+{{if ne .X.Kind "http"}}<dt>Bytes from the client</dt><dd>{{.X.BytesIn}}</dd>{{end}}
 <dt>Port</dt><dd>{{.X.Port}}</dd>
 {{if .X.Error}}<dt>Error</dt><dd>{{.X.Error}}</dd>{{end}}
 </dl>

@@ -88,6 +88,11 @@ type Options struct {
 	// to the coordinator. It runs on an engine goroutine, never
 	// concurrently with itself, and must not call Close.
 	OnEndpoints func(eps []netip.AddrPort, homeDERP int)
+	// OnFlow, if set, is called as each inbound TCP connection or UDP
+	// flow forwarded to the host starts (Flow.End zero) and as it ends
+	// (not in TUN mode, where nothing is forwarded), on the flow's
+	// goroutine; it must return quickly.
+	OnFlow func(Flow)
 	// TUN, if not empty, runs the engine in kernel TUN mode (Linux, with
 	// root or CAP_NET_ADMIN): WireGuard runs on a kernel TUN device of this
 	// name, created by New with its offloads (TCP segmentation and receive

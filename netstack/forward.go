@@ -56,7 +56,29 @@ func (e *Engine) handleTCP(r *gv.TCPRequest) {
 		e.log.Debug("accept forwarded connection", "src", r.Src, "dst", r.Dst, "err", err)
 		return
 	}
-	e.proxyTCP(oc, hc)
+	f := Flow{Proto: "tcp", Src: r.Src, Dst: r.Dst, Start: time.Now()}
+	e.flowEvent(f)
+	f.FromPeer, f.ToPeer = e.proxyTCP(oc, hc)
+	f.End = time.Now()
+	e.flowEvent(f)
+}
+
+// Flow is an inbound TCP connection or UDP flow that the engine forwarded
+// to the host (see Options.OnFlow).
+type Flow struct {
+	Proto    string         // "tcp" or "udp"
+	Src, Dst netip.AddrPort // the peer's address and the node's
+	Start    time.Time
+	End      time.Time // zero while the flow lasts
+	// FromPeer and ToPeer count the bytes (UDP: payload bytes) each way,
+	// once the flow ended.
+	FromPeer, ToPeer int64
+}
+
+func (e *Engine) flowEvent(f Flow) {
+	if e.opts.OnFlow != nil {
+		e.opts.OnFlow(f)
+	}
 }
 
 // dialHost connects to host, on the host's loopback, for a forwarded
@@ -132,7 +154,7 @@ const ownLogInterval = 10 * time.Second
 
 // proxyTCP copies both ways between a and b until both directions end,
 // passing half-closes through.
-func (e *Engine) proxyTCP(a, b net.Conn) {
+func (e *Engine) proxyTCP(a, b net.Conn) (ab, ba int64) {
 	if !e.addActive(a) {
 		a.Close()
 		b.Close()
@@ -148,29 +170,31 @@ func (e *Engine) proxyTCP(a, b net.Conn) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		copyHalf(b, a)
+		ab = copyHalf(b, a)
 	}()
-	copyHalf(a, b)
+	ba = copyHalf(a, b)
 	wg.Wait()
 	e.removeActive(a)
 	e.removeActive(b)
 	a.Close()
 	b.Close()
+	return ab, ba
 }
 
 type closeWriter interface{ CloseWrite() error }
 
 // copyHalf copies src to dst, then half-closes dst (or closes both if a
-// half-close is not possible).
-func copyHalf(dst, src net.Conn) {
+// half-close is not possible). It returns the bytes copied.
+func copyHalf(dst, src net.Conn) int64 {
 	buf := make([]byte, 64<<10)
-	_, err := io.CopyBuffer(dst, src, buf)
+	n, err := io.CopyBuffer(dst, src, buf)
 	if cw, ok := dst.(closeWriter); ok && err == nil {
 		cw.CloseWrite()
-		return
+		return n
 	}
 	dst.Close()
 	src.Close()
+	return n
 }
 
 // handleUDP starts forwarding a new inbound UDP flow to the host. It runs
@@ -215,13 +239,17 @@ func (e *Engine) handleUDP(r *gv.UDPRequest) {
 		defer e.untrack(nil)
 		defer e.udpFlows.Add(-1)
 		defer removeForwarded(local)
-		e.proxyUDP(oc, hc)
+		f := Flow{Proto: "udp", Src: r.Src, Dst: r.Dst, Start: time.Now()}
+		e.flowEvent(f)
+		f.FromPeer, f.ToPeer = e.proxyUDP(oc, hc)
+		f.End = time.Now()
+		e.flowEvent(f)
 	}()
 }
 
 // proxyUDP relays datagrams between the overlay flow and its host socket
 // until the flow has been idle for UDPIdleTimeout or the engine closes.
-func (e *Engine) proxyUDP(oc net.Conn, hc *net.UDPConn) {
+func (e *Engine) proxyUDP(oc net.Conn, hc *net.UDPConn) (in, out int64) {
 	if !e.addActive(oc) {
 		oc.Close()
 		hc.Close()
@@ -240,16 +268,17 @@ func (e *Engine) proxyUDP(oc net.Conn, hc *net.UDPConn) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		relayUDP(hc, oc, idle, &last)
+		in = relayUDP(hc, oc, idle, &last)
 		oc.Close()
 		hc.Close()
 	}()
-	relayUDP(oc, hc, idle, &last)
+	out = relayUDP(oc, hc, idle, &last)
 	oc.Close()
 	hc.Close()
 	wg.Wait()
 	e.removeActive(oc)
 	e.removeActive(hc)
+	return in, out
 }
 
 // lastActive is the last time a datagram moved in either direction.
@@ -272,7 +301,7 @@ func (l *lastActive) since() time.Duration {
 
 // relayUDP copies datagrams from src to dst until an error, or until no
 // datagram moved either way for idle.
-func relayUDP(dst, src net.Conn, idle time.Duration, last *lastActive) {
+func relayUDP(dst, src net.Conn, idle time.Duration, last *lastActive) (total int64) {
 	buf := make([]byte, 64<<10)
 	for {
 		src.SetReadDeadline(time.Now().Add(idle))
@@ -283,8 +312,9 @@ func relayUDP(dst, src net.Conn, idle time.Duration, last *lastActive) {
 					continue
 				}
 			}
-			return
+			return total
 		}
+		total += int64(n)
 		last.touch()
 		if _, err := dst.Write(buf[:n]); err != nil && !isTransientUDP(err) {
 			return

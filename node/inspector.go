@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"beam.dev/beam/expose"
+	"beam.dev/beam/netstack"
 )
 
 // The daemon serves the request inspector (expose.Inspector) on host
@@ -116,4 +117,10 @@ func (n *Node) stopInspector() {
 	}
 	<-s.done
 	s.release()
+}
+
+// onFlow shows the engine's forwarded connections to the ports of this
+// node's tcp, udp and tls routes in the inspector.
+func (n *Node) onFlow(f netstack.Flow) {
+	n.exp.RecordFlow(expose.Flow{Proto: f.Proto, Client: f.Src, Port: f.Dst.Port(), Start: f.Start, End: f.End, FromClient: f.FromPeer, ToClient: f.ToPeer})
 }

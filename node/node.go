@@ -452,6 +452,7 @@ func (n *Node) startSessionLocked() error {
 			ListenPort:  n.listenPortLocked(),
 			Logger:      n.logger.With("component", "engine"),
 			OnEndpoints: n.onEngineEndpoints,
+			OnFlow:      n.onFlow,
 			TUN:         n.opts.TUN,
 		})
 		if err != nil {

@@ -317,3 +317,58 @@ func inspectorGet(u string, v any) error {
 	}
 	return json.NewDecoder(resp.Body).Decode(v)
 }
+
+// TestInspectorShowsConnections checks that the inspector lists the
+// connections of a tcp route (forwarded by the engine, not relayed as
+// HTTP) while they are open and, once closed, with their sizes.
+func TestInspectorShowsConnections(t *testing.T) {
+	c, _ := startDevServer(t)
+	alpha := c.device("alpha")
+	alpha.mustUp()
+	echo := echoServer(t)
+	out, errOut, err := c.beam(nil, alpha.args("expose", "--tcp", strconv.Itoa(echo), "--bg")...)
+	if err != nil {
+		t.Fatalf("beam expose --tcp: %v\n%s", err, errOut)
+	}
+	m := regexp.MustCompile(`inspect connections at (http://127\.0\.0\.1:\d+)`).FindStringSubmatch(errOut)
+	pm := regexp.MustCompile(`^tcp://[^:]+:(\d+)$`).FindStringSubmatch(strings.TrimSpace(out))
+	if m == nil || pm == nil {
+		t.Fatalf("beam expose --tcp printed %q, stderr:\n%s", out, errOut)
+	}
+	insp := m[1]
+	type conn struct {
+		Kind, Took string
+		Size       int64
+		Port       int
+	}
+	conns := func() []conn {
+		var list struct{ Requests []conn }
+		if err := inspectorGet(insp+"/api/requests/http", &list); err != nil {
+			t.Fatal(err)
+		}
+		return list.Requests
+	}
+	var nc net.Conn
+	waitFor(t, 5*time.Second, "edge tcp port open", func() bool {
+		nc, err = net.Dial("tcp", "127.0.0.1:"+pm[1])
+		return err == nil
+	})
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 5)
+	if _, err := fmt.Fprint(nc, "ping\n"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(nc, buf); err != nil || string(buf) != "ping\n" {
+		t.Fatalf("echo through the route: %q, %v", buf, err)
+	}
+	waitFor(t, 5*time.Second, "the open connection in the inspector", func() bool {
+		cs := conns()
+		return len(cs) == 1 && cs[0].Kind == "tcp" && cs[0].Took == "open" && cs[0].Port == echo
+	})
+	nc.Close()
+	waitFor(t, 5*time.Second, "the closed connection with its size", func() bool {
+		cs := conns()
+		return len(cs) == 1 && cs[0].Took != "open" && cs[0].Size == 5
+	})
+}
