@@ -62,6 +62,9 @@ type Route struct {
 	Host     string // the public host name
 	Port     uint16 // the local port the route forwards to
 	Upstream string // wire.EdgeRoute.Upstream; empty for 127.0.0.1:Port
+	// NoInspect keeps the route's exchanges out of the inspector (beam
+	// expose --inspect=false); it applies to every route of Port.
+	NoInspect bool
 }
 
 // Config is what the Server serves: the device's routes on one network.
@@ -93,9 +96,10 @@ type Server struct {
 	watchMu  sync.Mutex // guards watchers
 	watchers map[chan apitype.RequestLog]struct{}
 
-	rec    *store                  // the inspector's exchanges
-	limit  atomic.Int64            // the inspector's body limit; 0 while nobody inspects
-	routes atomic.Pointer[[]Route] // the routes of the last Sync
+	rec    *store                          // the inspector's exchanges
+	limit  atomic.Int64                    // the inspector's body limit; 0 while nobody inspects
+	routes atomic.Pointer[[]Route]         // the routes of the last Sync
+	hidden atomic.Pointer[map[uint16]bool] // local ports kept out of the inspector (Route.NoInspect)
 
 	flowMu sync.Mutex         // guards flows
 	flows  map[flowKey]string // open flows shown in the inspector -> their exchange IDs
@@ -115,6 +119,13 @@ func New(o Options) *Server {
 func (s *Server) Sync(cfg Config) {
 	routes := slices.Clone(cfg.Routes)
 	s.routes.Store(&routes)
+	hidden := map[uint16]bool{}
+	for _, r := range routes {
+		if r.NoInspect {
+			hidden[r.Port] = true
+		}
+	}
+	s.hidden.Store(&hidden)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.syncProxiesLocked(cfg)
@@ -177,6 +188,18 @@ func (s *Server) publish(l apitype.RequestLog) {
 // inspects.
 func (s *Server) captureLimit() int { return int(s.limit.Load()) }
 
+// captureFor returns the capture func of the routes of a local port: the
+// inspector's body limit, or 0 while nobody inspects or the port's routes
+// are kept out of the inspector.
+func (s *Server) captureFor(port uint16) func() int {
+	return func() int {
+		if h := s.hidden.Load(); h != nil && (*h)[port] {
+			return 0
+		}
+		return s.captureLimit()
+	}
+}
+
 // record keeps a captured exchange for the inspector.
 func (s *Server) record(x *Exchange) { s.rec.add(x) }
 
@@ -203,7 +226,7 @@ type flowKey struct {
 // local port of one of the device's tcp, udp or tls routes: its start
 // adds it, its end completes it.
 func (s *Server) RecordFlow(f Flow) {
-	if s.captureLimit() == 0 {
+	if s.captureFor(f.Port)() == 0 {
 		return
 	}
 	rp := s.routes.Load()

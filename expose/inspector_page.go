@@ -183,6 +183,7 @@ func (i *Inspector) serveDetail(w http.ResponseWriter, r *http.Request) {
 		"X": x, "S": summarize(x), "Token": i.token,
 		"Replayable": x.Kind == "http" && x.dial != nil,
 		"FirstByte":  roundDuration(x.FirstByte),
+		"StatusText": http.StatusText(x.Status),
 	}
 	if x.Request != nil {
 		data["ReqHeaders"] = headerLines(x.Request.Header)
@@ -305,7 +306,7 @@ var detailPage = template.Must(template.New("detail").Parse(`<!doctype html>
 {{with .ReqBody}}{{if .Kind}}<p class="muted">Body ({{.Kind}}){{if .Note}}: {{.Note}}{{end}}</p><pre id="request-body">{{.Text}}</pre>{{end}}{{end}}
 {{end}}
 {{if .X.Response}}<h3>Response</h3>
-<pre id="response-headers">{{.X.Response.Proto}} {{.X.Status}}
+<pre id="response-headers">{{.X.Response.Proto}} {{.X.Status}} {{.StatusText}}
 {{range .RespHeaders}}{{.}}
 {{end}}</pre>
 {{with .RespBody}}{{if .Kind}}<p class="muted">Body ({{.Kind}}){{if .Note}}: {{.Note}}{{end}}</p><pre id="response-body">{{.Text}}</pre>{{end}}{{end}}

@@ -443,3 +443,36 @@ func TestStoreBounds(t *testing.T) {
 		t.Fatalf("%d exchanges of %d bytes kept, more than %d bytes", n, len(body), maxStoredBytes)
 	}
 }
+
+// TestNoInspect checks that the routes of a port published with
+// --inspect=false are kept out of the inspector, and only those.
+func TestNoInspect(t *testing.T) {
+	s := New(Options{})
+	if _, err := NewInspector(s, InspectorOptions{Addr: inspectorAddr, BodyLimit: 100}); err != nil {
+		t.Fatal(err)
+	}
+	s.Sync(Config{Routes: []Route{
+		{Proto: "http", Host: "a.example", Port: 3000, NoInspect: true},
+		{Proto: "http", Host: "b.example", Port: 3001},
+		{Proto: "tcp", Host: "c.example", Port: 3002, NoInspect: true},
+		{Proto: "tcp", Host: "d.example", Port: 3003},
+	}})
+	for port, want := range map[uint16]int{3000: 0, 3001: 100, 3002: 0, 3003: 100} {
+		if got := s.captureFor(port)(); got != want {
+			t.Errorf("port %d: capture limit %d, want %d", port, got, want)
+		}
+	}
+	start := time.Now()
+	for _, port := range []uint16{3002, 3003} {
+		s.RecordFlow(Flow{Proto: "tcp", Client: netip.MustParseAddrPort("100.64.0.1:5000"), Port: port, Start: start})
+	}
+	xs, _ := s.rec.since(0)
+	if len(xs) != 1 || xs[0].Host != "d.example" {
+		t.Fatalf("recorded %+v, want only d.example's connection", xs)
+	}
+	s.RecordFlow(Flow{Proto: "tcp", Client: netip.MustParseAddrPort("100.64.0.1:5000"), Port: 3003, Start: start, End: start.Add(time.Second), FromClient: 3, ToClient: 4})
+	xs, _ = s.rec.since(0)
+	if len(xs) != 1 || xs[0].Duration != time.Second || xs[0].Size != 4 || xs[0].BytesIn != 3 {
+		t.Fatalf("after the end: %+v, want one connection of 1s, 3 bytes in and 4 out", xs[0])
+	}
+}

@@ -175,7 +175,7 @@ func (s *Server) startProxy(e Network, addrs []netip.Prefix, port uint16, up Ups
 		Raw:      up.raw,
 		Watching: s.watching,
 		Publish:  s.publish,
-		Capture:  s.captureLimit,
+		Capture:  s.captureFor(port),
 		Record:   s.record,
 		Logger:   s.logger,
 	})

@@ -405,7 +405,7 @@ func (t *tlsTerminator) serveHTTP2(tc *tls.Conn, port uint16, addr string, proxy
 		DialTLSContext: func(ctx context.Context, _, _ string, _ *tls.Config) (net.Conn, error) { return dial(ctx) },
 	}
 	defer h2.CloseIdleConnections()
-	o := exposeProxyOptions{Port: port, Target: addr, Watching: t.s.watching, Publish: t.s.publish, Capture: t.s.captureLimit, Record: t.s.record, Logger: t.log}
+	o := exposeProxyOptions{Port: port, Target: addr, Watching: t.s.watching, Publish: t.s.publish, Capture: t.s.captureFor(port), Record: t.s.record, Logger: t.log}
 	proxy := h2Handler(o, t.log, transportSwitch{h1: h1, h2: h2})
 	var xff []string
 	if client.IsValid() {

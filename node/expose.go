@@ -66,6 +66,16 @@ func (n *Node) Expose(ctx context.Context, req apitype.ExposeRequest) (*apitype.
 	if resp.Error != "" {
 		return nil, fmt.Errorf("expose: %s", resp.Error)
 	}
+	n.mu.Lock()
+	if req.Inspect {
+		delete(n.uninspected, req.Port)
+	} else {
+		if n.uninspected == nil {
+			n.uninspected = map[uint16]bool{}
+		}
+		n.uninspected[req.Port] = true
+	}
+	n.mu.Unlock()
 	up := expose.AppAddr(req.Port, req.Upstream)
 	out := &apitype.ExposeResponse{URL: resp.URL, Proto: req.Proto, Port: req.Port, Upstream: up.String(), ACMEChallengeCNAME: resp.ACMEChallengeCNAME}
 	if resp.Route != nil {
@@ -264,7 +274,7 @@ func (n *Node) syncExposeLocked(cfg netstack.Config) {
 		ec.Net = n.engine
 	}
 	for _, r := range n.ownRoutesLocked() {
-		ec.Routes = append(ec.Routes, expose.Route{Proto: r.Proto, Host: r.Host, Port: r.Target.Port(), Upstream: r.Upstream})
+		ec.Routes = append(ec.Routes, expose.Route{Proto: r.Proto, Host: r.Host, Port: r.Target.Port(), Upstream: r.Upstream, NoInspect: n.uninspected[r.Target.Port()]})
 	}
 	n.exp.Sync(ec)
 }

@@ -134,6 +134,9 @@ type Node struct {
 	met nodeMetrics  // metrics.go
 
 	exp *expose.Server // the device side of this node's edge routes
+	// uninspected are the local ports whose routes were published with
+	// Inspect off, kept out of the inspector; guarded by mu.
+	uninspected map[uint16]bool
 
 	inspMu sync.Mutex       // guards insp
 	insp   *inspectorServer // the request inspector, once asked for (inspector.go)

@@ -210,7 +210,9 @@ type ExposeRequest struct {
 	// or "https://host:port" (TLS to the app); its port is Port.
 	Upstream string `json:"upstream,omitempty"`
 	// Inspect asks the daemon to serve the request inspector (on
-	// 127.0.0.1:4040 or the next free port) if it does not yet.
+	// 127.0.0.1:4040 or the next free port) if it does not yet. Without
+	// it, the exchanges of the routes of Port are kept out of the
+	// inspector (beam expose --inspect=false).
 	Inspect bool `json:"inspect,omitempty"`
 }
 
