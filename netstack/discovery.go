@@ -229,6 +229,7 @@ func (e *Engine) applyRound(local []netip.AddrPort, results []stunResult) {
 			eps = append(eps, ap)
 		}
 	}
+	e.bind.SetHardNAT(hardNAT(results))
 	d := &e.disc
 	d.mu.Lock()
 	d.latency = lat
@@ -248,6 +249,31 @@ func (e *Engine) applyRound(local []netip.AddrPort, results []stunResult) {
 	if e.opts.OnEndpoints != nil {
 		e.opts.OnEndpoints(slices.Clone(eps), home)
 	}
+}
+
+// hardNAT returns the public IPv4 address STUN saw if servers at two or
+// more addresses saw different mappings (the NAT maps each destination to
+// another port, and hole punching needs birthday probing); otherwise, or
+// with fewer than two servers to compare, the zero Addr.
+func hardNAT(results []stunResult) netip.Addr {
+	var first netip.AddrPort
+	servers := make(map[netip.Addr]bool)
+	varies := false
+	for _, r := range results {
+		if !r.mapped.Addr().Is4() {
+			continue
+		}
+		servers[r.server.Addr()] = true
+		if !first.IsValid() {
+			first = r.mapped
+		} else if r.mapped != first {
+			varies = true
+		}
+	}
+	if !varies || len(servers) < 2 {
+		return netip.Addr{}
+	}
+	return first.Addr()
 }
 
 // chooseHome picks the home relay region: the current one unless another

@@ -189,6 +189,17 @@ type Bind struct {
 	// relayClosed is closed by Close to stop the relay ReceiveFunc of
 	// the current Open; nil while closed or without a relay.
 	relayClosed chan struct{}
+
+	// hardNAT is our public IPv4 address when our NAT maps each
+	// destination to another port (see SetHardNAT); invalid otherwise.
+	hardNAT atomic.Pointer[netip.Addr]
+	// bwg counts the goroutines of birthday probing (socket readers,
+	// probe senders); Close waits for them.
+	bwg sync.WaitGroup
+	// bmu guards bopen, bstop and every peer's bday.
+	bmu   sync.Mutex
+	bopen bool          // the bind is open: birthday probing may start
+	bstop chan struct{} // closed by Close to stop probe senders
 }
 
 // peerEntry is the part of a peer's state guarded by Bind.mu.
@@ -297,6 +308,7 @@ func (b *Bind) SetPeers(peers []PeerConfig) {
 	for k, pe := range b.peers {
 		if _, ok := want[k]; !ok {
 			pe.p.removed.Store(true)
+			b.dropPeerSocksLocked(pe.p)
 			for _, idx := range pe.indices {
 				delete(b.indices, idx)
 			}
@@ -547,6 +559,10 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		fns = append(fns, b.makeReceiveDERP(b.relayClosed))
 	}
 	b.port = port
+	b.bmu.Lock()
+	b.bopen = true
+	b.bstop = make(chan struct{})
+	b.bmu.Unlock()
 	return fns, port, nil
 }
 
@@ -578,6 +594,7 @@ func listenUDP(network string, addr netip.Addr, port uint16) (*net.UDPConn, uint
 // Close closes the sockets; the ReceiveFuncs of the last Open return
 // net.ErrClosed from then on. It may be called when already closed.
 func (b *Bind) Close() error {
+	b.stopBirthdays()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	var errs []error
@@ -661,7 +678,7 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 				continue
 			}
 			if disco.IsPacket(pkt) {
-				b.handleDisco(src, 0, key.NodePublic{}, pkt)
+				b.handleDisco(src, 0, key.NodePublic{}, pkt, nil)
 				continue
 			}
 			if isSTUNResponse(pkt) {
@@ -828,6 +845,13 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		case direct != nil && fresh(direct, now):
 			b.maybeHeartbeat(p, direct, now)
 			b.maybeProbe(p, now, directProbeEvery)
+		case b.wantBirthday(p, now):
+			// Behind a hard NAT: probe at once, opening ports for
+			// birthday probing (birthday.go).
+			if direct != nil {
+				b.maybeHeartbeat(p, direct, now)
+			}
+			b.maybeProbe(p, now, birthdayProbeAfter)
 		case direct != nil:
 			// Stale but still in use (resuming after idle, or no
 			// relay): check it now.
@@ -839,13 +863,13 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	}
 	switch {
 	case direct != nil && region != 0:
-		err := b.sendDirect(p, bufs, direct.src)
+		err := b.sendEp(p, bufs, direct)
 		if rerr := b.sendRelay(bufs, p, region); err != nil {
 			return rerr
 		}
 		return nil
 	case direct != nil:
-		return b.sendDirect(p, bufs, direct.src)
+		return b.sendEp(p, bufs, direct)
 	case region != 0:
 		return b.sendRelay(bufs, p, region)
 	}
@@ -952,7 +976,7 @@ func (b *Bind) spray(bufs [][]byte, p *peer, best *Endpoint, home int) error {
 		}
 	}
 	if best != nil && !best.isRelay() {
-		note(b.sendDirect(p, bufs, best.src))
+		note(b.sendEp(p, bufs, best))
 	}
 	for _, ap := range *p.candidates.Load() {
 		if best != nil && ap == best.src {
@@ -1023,6 +1047,19 @@ func (b *Bind) SetUDPFilterForTest(allow func(remote netip.AddrPort) bool) {
 		return
 	}
 	b.testFilter.Store(&allow)
+}
+
+// sendEp sends bufs to p over the direct path e (from e's socket),
+// counting them once sent.
+func (b *Bind) sendEp(p *peer, bufs [][]byte, e *Endpoint) error {
+	if e.sock == nil {
+		return b.sendDirect(p, bufs, e.src)
+	}
+	err := b.sendExtra(e.sock, bufs, e.src)
+	if err == nil && !b.opts.RelayOnly {
+		p.traffic.sent(pathDirect, bufs)
+	}
+	return err
 }
 
 // sendTo writes bufs for a peer to dst with as few syscalls as

@@ -42,8 +42,9 @@ const (
 	replyPingEvery = 500 * time.Millisecond
 	// pingTimeout is how long a ping waits for its pong.
 	pingTimeout = 5 * time.Second
-	// maxPending bounds pings waiting for a pong.
-	maxPendingPings = 4096
+	// maxPendingPings bounds pings waiting for a pong (room for two
+	// birthday sprays, see birthday.go, and everything else).
+	maxPendingPings = 8192
 	// maxProbeAddrs bounds the addresses one probe pings.
 	maxProbeAddrs = 32
 	// maxInitResends and resendInitEvery bound how often one handshake
@@ -76,6 +77,7 @@ type discoState struct {
 // pendingPing is a ping waiting for its pong.
 type pendingPing struct {
 	p      *peer
+	sock   *extraSock     // the extra socket it went out of; nil for the bind's own
 	dst    netip.AddrPort // direct destination; invalid if sent through a relay
 	region int            // relay region when dst is invalid
 	at     int64          // unix nanos sent
@@ -188,9 +190,19 @@ func (b *Bind) discoPacket(dp *discoPeer, m disco.Message) []byte {
 // ping sends a ping to p at dst, or through relay region when dst is
 // invalid, and registers it; res, if non-nil, receives the result.
 func (b *Bind) ping(p *peer, dp *discoPeer, dst netip.AddrPort, region int, res chan PingResult) error {
+	return b.pingVia(p, dp, nil, dst, region, res)
+}
+
+// pingEp pings p over the direct path e.
+func (b *Bind) pingEp(p *peer, dp *discoPeer, e *Endpoint, res chan PingResult) error {
+	return b.pingVia(p, dp, e.sock, e.src, 0, res)
+}
+
+// pingVia is ping out of the extra socket sock (nil: the bind's own).
+func (b *Bind) pingVia(p *peer, dp *discoPeer, sock *extraSock, dst netip.AddrPort, region int, res chan PingResult) error {
 	var tx [12]byte
 	rand.Read(tx[:])
-	pp := &pendingPing{p: p, dst: dst, region: region, at: time.Now().UnixNano(), res: res}
+	pp := &pendingPing{p: p, sock: sock, dst: dst, region: region, at: time.Now().UnixNano(), res: res}
 	b.disco.mu.Lock()
 	if len(b.disco.pending) >= maxPendingPings {
 		b.disco.mu.Unlock()
@@ -200,8 +212,11 @@ func (b *Bind) ping(p *peer, dp *discoPeer, dst netip.AddrPort, region int, res 
 	b.disco.mu.Unlock()
 	pkt := b.discoPacket(dp, &disco.Ping{TxID: tx, NodeKey: b.disco.nodeKey})
 	if dst.IsValid() {
-		if best := p.best.Load(); best != nil && best.src == dst {
+		if best := p.best.Load(); best != nil && best.src == dst && best.sock == sock {
 			p.lastDirectPing.Store(pp.at)
+		}
+		if sock != nil {
+			return b.sendExtra(sock, [][]byte{pkt}, dst)
 		}
 		return b.sendTo([][]byte{pkt}, dst)
 	}
@@ -251,7 +266,14 @@ func (b *Bind) probeFor(p *peer, now int64, res chan PingResult) {
 		if l := b.disco.localEps.Load(); l != nil {
 			eps = *l
 		}
-		b.sendRelay([][]byte{b.discoPacket(dp, &disco.CallMeMaybe{Endpoints: eps})}, p, region)
+		cmm := &disco.CallMeMaybe{Endpoints: eps}
+		// Behind a hard NAT, open many ports towards the peer first and
+		// ask it to probe ours (birthday.go).
+		active := res != nil || now-p.lastSend.Load() < int64(staleAfter)
+		if ip := b.birthday(p, dp, now, active); ip.IsValid() {
+			cmm.HardNAT = []netip.Addr{ip}
+		}
+		b.sendRelay([][]byte{b.discoPacket(dp, cmm)}, p, region)
 	}
 }
 
@@ -275,7 +297,7 @@ func (b *Bind) maybeHeartbeat(p *peer, best *Endpoint, now int64) {
 		return
 	}
 	if dp := p.disco.Load(); dp != nil {
-		b.ping(p, dp, best.src, 0, nil)
+		b.pingEp(p, dp, best, nil)
 	}
 }
 
@@ -293,10 +315,10 @@ func (b *Bind) relayRegionFor(p *peer) int {
 	return 0
 }
 
-// handleDisco processes a disco packet from src: a UDP source, or (region
-// non-zero) the relay region it came through, sent by the node relaySrc
-// (which the relay authenticated).
-func (b *Bind) handleDisco(src netip.AddrPort, region int, relaySrc key.NodePublic, pkt []byte) {
+// handleDisco processes a disco packet from src: a UDP source (on the
+// extra socket sock, if not nil), or (region non-zero) the relay region it
+// came through, sent by the node relaySrc (which the relay authenticated).
+func (b *Bind) handleDisco(src netip.AddrPort, region int, relaySrc key.NodePublic, pkt []byte, sock *extraSock) {
 	if !b.disco.on {
 		return
 	}
@@ -315,7 +337,7 @@ func (b *Bind) handleDisco(src netip.AddrPort, region int, relaySrc key.NodePubl
 	if dp == nil || dp.key != sender || p.removed.Load() {
 		return
 	}
-	if region != 0 && relaySrc != p.key {
+	if region != 0 && relaySrc != p.key || sock != nil && sock.p != p {
 		return
 	}
 	m, err := disco.Open(dp.shared, sealed)
@@ -329,9 +351,23 @@ func (b *Bind) handleDisco(src netip.AddrPort, region int, relaySrc key.NodePubl
 			return
 		}
 		pong := b.discoPacket(dp, &disco.Pong{TxID: m.TxID, Src: src})
-		if region != 0 {
+		switch {
+		case region != 0:
 			b.sendRelay([][]byte{b.discoPacket(dp, &disco.Pong{TxID: m.TxID})}, p, region)
-		} else {
+		case sock != nil:
+			// Birthday probing found a port of ours the peer reaches.
+			e := b.birthdayHit(sock, src)
+			if e == nil {
+				return
+			}
+			b.sendExtra(sock, [][]byte{pong}, src)
+			if best := p.best.Load(); best != e || !fresh(best, now) {
+				last := p.lastReply.Load()
+				if now-last >= int64(replyPingEvery) && p.lastReply.CompareAndSwap(last, now) {
+					b.pingEp(p, dp, e, nil)
+				}
+			}
+		default:
 			// Packets from src are this peer's from now on.
 			b.mu.Lock()
 			if cur := b.peers[p.key]; cur == pe {
@@ -351,7 +387,7 @@ func (b *Bind) handleDisco(src netip.AddrPort, region int, relaySrc key.NodePubl
 	case *disco.Pong:
 		b.disco.mu.Lock()
 		pp := b.disco.pending[m.TxID]
-		if pp != nil && pp.p == p && (pp.dst == src || (region != 0 && !pp.dst.IsValid())) {
+		if pp != nil && pp.p == p && pp.sock == sock && (pp.dst == src || (region != 0 && !pp.dst.IsValid())) {
 			delete(b.disco.pending, m.TxID)
 		} else {
 			pp = nil
@@ -363,7 +399,7 @@ func (b *Bind) handleDisco(src netip.AddrPort, region int, relaySrc key.NodePubl
 		lat := time.Duration(now - pp.at)
 		res := PingResult{Latency: lat}
 		if region == 0 {
-			b.confirmDirect(pe, src, lat, now)
+			b.confirmDirect(pe, src, sock, lat, now)
 			res.Path, res.Endpoint = "direct", src
 		} else {
 			res.Path, res.Region = "relay", region
@@ -388,6 +424,9 @@ func (b *Bind) handleDisco(src netip.AddrPort, region int, relaySrc key.NodePubl
 		b.mu.Unlock()
 		for _, ap := range eps {
 			b.ping(p, dp, ap, 0, nil)
+		}
+		if region != 0 && len(m.HardNAT) > 0 {
+			b.maybeSpray(p, m.HardNAT, now)
 		}
 	}
 	b.resendInit(p, now)
@@ -431,15 +470,22 @@ func contains(s []netip.AddrPort, ap netip.AddrPort) bool {
 // confirmDirect records that a pong came back from ap after lat and makes
 // ap the peer's path if it is the first working direct path, or clearly
 // faster than the current one.
-func (b *Bind) confirmDirect(pe *peerEntry, ap netip.AddrPort, lat time.Duration, now int64) {
+func (b *Bind) confirmDirect(pe *peerEntry, ap netip.AddrPort, sock *extraSock, lat time.Duration, now int64) {
 	p := pe.p
-	b.mu.Lock()
-	if b.peers[p.key] != pe {
+	var e *Endpoint
+	if sock != nil {
+		if e = b.birthdayHit(sock, ap); e == nil {
+			return
+		}
+	} else {
+		b.mu.Lock()
+		if b.peers[p.key] != pe {
+			b.mu.Unlock()
+			return
+		}
+		e = b.learnLocked(pe, ap)
 		b.mu.Unlock()
-		return
 	}
-	e := b.learnLocked(pe, ap)
-	b.mu.Unlock()
 	e.lastRecv.Store(now)
 	e.latency.Store(int64(lat))
 	best := p.best.Load()

@@ -25,6 +25,9 @@ type Endpoint struct {
 	srcBytes []byte         // src in binary form, for DstToBytes
 	lastRecv atomic.Int64   // unix nanos of the last datagram (or pong) from src
 	latency  atomic.Int64   // round trip of the last pong from src, nanos; 0 if unknown
+	// sock is the extra socket (birthday probing, birthday.go) the path
+	// runs over; nil for the bind's own sockets.
+	sock *extraSock
 }
 
 var _ conn.Endpoint = (*Endpoint)(nil)
@@ -105,6 +108,9 @@ type peer struct {
 	dualUntil atomic.Int64
 	// init is the last handshake initiation sent to the peer.
 	init initState
+	// bday is the peer's birthday probing state (birthday.go), guarded
+	// by Bind.bmu.
+	bday birthdayState
 	// sessionIdx is a receiver index the peer's transport data named
 	// that is ours (the fast path of noteTransport); lastStale is when
 	// the peer was last reported to Options.OnStaleSession (unix nanos).

@@ -70,7 +70,7 @@ func (b *Bind) DeliverRelayed(region int, src key.NodePublic, pkt []byte) {
 		return
 	}
 	if disco.IsPacket(pkt) {
-		b.handleDisco(netip.AddrPortFrom(relayAddrBase, uint16(region)), region, src, pkt)
+		b.handleDisco(netip.AddrPortFrom(relayAddrBase, uint16(region)), region, src, pkt, nil)
 		return
 	}
 	if kind, _ := classify(pkt); kind == kindGarbage {

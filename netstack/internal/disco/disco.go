@@ -25,7 +25,12 @@
 //	                  (the source address the ping was seen from; an IPv4
 //	                  address is written IPv4-mapped)
 //	CallMeMaybe 0x03  N × (16B IP | 2B port): the sender's endpoints,
-//	                  N at most MaxCallMeMaybeEndpoints
+//	                  N at most MaxCallMeMaybeEndpoints. An entry with
+//	                  port 0 is not an endpoint: it names a public IP of
+//	                  the sender behind a NAT that maps each destination
+//	                  to another port (endpoint-dependent, "hard"), whose
+//	                  ports the sender asks the addressee to probe (see
+//	                  CallMeMaybe.HardNAT). Version 0 receivers skip it.
 //
 // Ping and Pong bodies may carry further bytes that newer versions define;
 // they are ignored. A CallMeMaybe body must be a whole number of entries.
@@ -33,6 +38,9 @@
 // Version history:
 //
 //	0 (2026-07): first version: Ping, Pong, CallMeMaybe.
+//	0 (2026-12): CallMeMaybe entries with port 0 name hard-NAT IPs; the
+//	             version stays 0 because older receivers already ignore
+//	             such entries (a port-0 address is never pinged).
 package disco
 
 import (
@@ -105,6 +113,12 @@ type Pong struct {
 type CallMeMaybe struct {
 	// Endpoints are the sender's candidate UDP addresses.
 	Endpoints []netip.AddrPort
+	// HardNAT are public IPs of the sender behind an endpoint-dependent
+	// NAT: the sender has opened many ports towards the addressee and
+	// asks it to probe random ports of these IPs (birthday probing).
+	// Marshaled as entries with port 0, after the endpoints, sharing the
+	// MaxCallMeMaybeEndpoints bound.
+	HardNAT []netip.Addr
 }
 
 func (*Ping) isMessage()        {}
@@ -130,11 +144,26 @@ func (m *Pong) AppendMarshal(b []byte) []byte {
 // MaxCallMeMaybeEndpoints are left out.
 func (m *CallMeMaybe) AppendMarshal(b []byte) []byte {
 	b = append(b, TypeCallMeMaybe, 0)
-	for i, ep := range m.Endpoints {
-		if i == MaxCallMeMaybeEndpoints {
-			break
+	n := 0
+	for _, ep := range m.Endpoints {
+		if n == MaxCallMeMaybeEndpoints {
+			return b
+		}
+		if ep.Port() == 0 {
+			continue // would read as a hard-NAT IP
 		}
 		b = appendAddrPort(b, ep)
+		n++
+	}
+	for _, ip := range m.HardNAT {
+		if n == MaxCallMeMaybeEndpoints {
+			return b
+		}
+		if !ip.IsValid() || ip.IsUnspecified() {
+			continue
+		}
+		b = appendAddrPort(b, netip.AddrPortFrom(ip, 0))
+		n++
 	}
 	return b
 }
@@ -184,7 +213,11 @@ func Parse(p []byte) (Message, error) {
 		}
 		m := &CallMeMaybe{}
 		for ; len(body) > 0; body = body[epLen:] {
-			if ap := parseAddrPort(body); ap.IsValid() {
+			switch ap := parseAddrPort(body); {
+			case !ap.IsValid():
+			case ap.Port() == 0:
+				m.HardNAT = append(m.HardNAT, ap.Addr())
+			default:
 				m.Endpoints = append(m.Endpoints, ap)
 			}
 		}

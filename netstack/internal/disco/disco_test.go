@@ -10,7 +10,10 @@ import (
 	"github.com/google/go-cmp/cmp"
 )
 
-var cmpAddrs = cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })
+var cmpAddrs = cmp.Options{
+	cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b }),
+	cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
+}
 
 func TestRoundTrip(t *testing.T) {
 	a, b := key.NewDisco(), key.NewDisco()
@@ -28,6 +31,10 @@ func TestRoundTrip(t *testing.T) {
 			netip.MustParseAddrPort("[2001:db8::2]:65535"),
 		}}},
 		{"cmm-empty", &CallMeMaybe{}},
+		{"cmm-hard-nat", &CallMeMaybe{
+			Endpoints: []netip.AddrPort{netip.MustParseAddrPort("203.0.113.9:40000")},
+			HardNAT:   []netip.Addr{netip.MustParseAddr("203.0.113.9")},
+		}},
 	}
 	for _, tc := range msgs {
 		t.Run(tc.name, func(t *testing.T) {
