@@ -22,7 +22,7 @@ import (
 //
 //   - The hard side (it knows it is hard from STUN, see SetHardNAT), when
 //     it wants to reach a peer it has no direct path to, opens
-//     birthdaySockets extra UDP sockets and pings the peer's IPv4
+//     birthdaySockets extra UDP sockets and pings the peer's public IPv4
 //     addresses from each: its NAT opens that many random ports towards
 //     the peer. Its call-me-maybe then names its public IP with port 0
 //     (disco.CallMeMaybe.HardNAT): "probe my ports".
@@ -66,6 +66,10 @@ const (
 	// (yet) a path: disco messages only.
 	extraReadSize = 2048
 )
+
+// cgnat is the shared address space of carrier-grade NATs (RFC 6598),
+// never a public address.
+var cgnat = netip.MustParsePrefix("100.64.0.0/10")
 
 // birthdayState is a peer's birthday probing state.
 type birthdayState struct {
@@ -160,9 +164,12 @@ func (b *Bind) birthday(p *peer, dp *discoPeer, now int64, active bool) netip.Ad
 	if !ip.IsValid() || b.opts.RelayOnly || hasDirect(p, now) || now-p.bday.peerHard.Load() < int64(birthdayEvery) {
 		return netip.Addr{}
 	}
+	// Each socket pings the peer's public IPv4 addresses: a private,
+	// loopback or link-local one would have another host of our own
+	// network take hundreds of pings.
 	var targets []netip.AddrPort
 	for _, ap := range b.directAddrs(p) {
-		if ap.Addr().Is4() && !ap.Addr().IsLoopback() {
+		if a := ap.Addr(); a.Is4() && !a.IsLoopback() && !a.IsPrivate() && !a.IsLinkLocalUnicast() && !cgnat.Contains(a) {
 			targets = append(targets, ap)
 		}
 	}
