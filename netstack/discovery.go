@@ -251,19 +251,20 @@ func (e *Engine) applyRound(local []netip.AddrPort, results []stunResult) {
 	}
 }
 
-// hardNAT returns the public IPv4 address STUN saw if servers at two or
-// more addresses saw different mappings (the NAT maps each destination to
-// another port, and hole punching needs birthday probing); otherwise, or
-// with fewer than two servers to compare, the zero Addr.
+// hardNAT returns the public IPv4 address STUN saw if two or more servers
+// (different addresses, or ports of one address) saw different mappings:
+// the NAT maps each destination to another port, and hole punching needs
+// birthday probing. Otherwise, or with fewer than two servers to compare,
+// it returns the zero Addr.
 func hardNAT(results []stunResult) netip.Addr {
 	var first netip.AddrPort
-	servers := make(map[netip.Addr]bool)
+	servers := make(map[netip.AddrPort]bool)
 	varies := false
 	for _, r := range results {
 		if !r.mapped.Addr().Is4() {
 			continue
 		}
-		servers[r.server.Addr()] = true
+		servers[r.server] = true
 		if !first.IsValid() {
 			first = r.mapped
 		} else if r.mapped != first {

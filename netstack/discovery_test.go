@@ -223,3 +223,31 @@ func TestChooseHome(t *testing.T) {
 		})
 	}
 }
+
+// TestHardNAT: the NAT is hard when two STUN servers saw different
+// IPv4 mappings, and unknown (not hard) with fewer than two servers.
+func TestHardNAT(t *testing.T) {
+	ap := netip.MustParseAddrPort
+	s1, s2, s1b := ap("192.0.2.1:3478"), ap("192.0.2.2:3478"), ap("192.0.2.1:3479")
+	m1, m2 := ap("203.0.113.9:40000"), ap("203.0.113.9:51234")
+	tests := []struct {
+		name    string
+		results []stunResult
+		want    netip.Addr
+	}{
+		{"no answers", nil, netip.Addr{}},
+		{"one server", []stunResult{{server: s1, mapped: m1}}, netip.Addr{}},
+		{"one server, two answers that differ", []stunResult{{server: s1, mapped: m1}, {server: s1, mapped: m2}}, netip.Addr{}},
+		{"two servers, same mapping", []stunResult{{server: s1, mapped: m1}, {server: s2, mapped: m1}}, netip.Addr{}},
+		{"two servers, mappings differ", []stunResult{{server: s1, mapped: m1}, {server: s2, mapped: m2}}, m1.Addr()},
+		{"two ports of one server, mappings differ", []stunResult{{server: s1, mapped: m1}, {server: s1b, mapped: m2}}, m1.Addr()},
+		{"IPv6 only", []stunResult{{server: ap("[2001:db8::1]:3478"), mapped: ap("[2001:db8::9]:1")}, {server: ap("[2001:db8::2]:3478"), mapped: ap("[2001:db8::9]:2")}}, netip.Addr{}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := hardNAT(tc.results); got != tc.want {
+				t.Errorf("hardNAT = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
