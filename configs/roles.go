@@ -3,29 +3,107 @@ package configs
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"beam.dev/beam/types/key"
 )
 
-// The settings of each role as its flags give them, checked before the
-// role starts: a bad domain, address, port range, URL or prefix is an
-// error that names the flag, never a failure (or a panic) deep inside a
-// component. Validate returns every problem found, joined.
+// The settings of each role, as its flags and its config file give them
+// (the flag --tcp-ports is the key "tcp_ports"), checked before the role
+// starts: a bad domain, address, port range, URL or prefix is an error
+// that names the flag and the key, never a failure (or a panic) deep
+// inside a component. Validate returns every problem found, joined. The
+// Default* functions are the one place defaults live: the flags take
+// theirs from them, and a file's absent keys keep them.
 
-// Server is beam server's settings.
+// Telemetry is the metrics and pprof listeners every role has.
+type Telemetry struct {
+	// MetricsAddr serves Prometheus metrics at /metrics; "" disables.
+	MetricsAddr string `json:"metrics_addr"`
+	// DebugAddr serves Go's pprof at /debug/pprof/; "" disables.
+	DebugAddr string `json:"debug_addr"`
+}
+
+// Zone is the public DNS zone's settings (part of beam server).
+type Zone struct {
+	// DNSAddr is the zone's UDP and TCP listener; "" disables it.
+	DNSAddr string `json:"dns_addr"`
+	// PublicIPs are the edge's public addresses, the zone's A/AAAA records.
+	PublicIPs []string `json:"public_ip"`
+}
+
+// Validate checks z.
+func (z *Zone) Validate() error {
+	var c checker
+	z.check(&c)
+	return c.err()
+}
+
+func (z *Zone) check(c *checker) {
+	c.listen("--dns-addr", z.DNSAddr, false)
+	for _, ip := range z.PublicIPs {
+		c.ip("--public-ip", ip)
+	}
+}
+
+// Server is beam server's settings: coordinator, relay, STUN, edge and
+// public zone in one process.
 type Server struct {
-	Domain, Addr, PublicURL string
-	HTTPAddr, HTTPSAddr     string
-	TCPPorts, UDPPorts      string
-	STUNAddr, DNSAddr       string
-	PublicIPs               []string
-	ACMECA                  string
-	LogLevel                string
+	DataDir    string `json:"data"`
+	Domain     string `json:"domain"`
+	Addr       string `json:"addr"`
+	PublicURL  string `json:"public_url"`
+	HTTPAddr   string `json:"http_addr"`
+	HTTPSAddr  string `json:"https_addr"`
+	NoRedirect bool   `json:"no_https_redirect"`
+	// RedirectPort is the port the HTTP-to-HTTPS redirect names; 0 means
+	// the HTTPS listener's own.
+	RedirectPort uint16 `json:"https_redirect_port"`
+	TCPPorts     string `json:"tcp_ports"`
+	UDPPorts     string `json:"udp_ports"`
+	STUNAddr     string `json:"stun_addr"`
+	Zone
+	ACMECA     string `json:"acme_ca"`
+	ACMECARoot string `json:"acme_ca_root"`
+	ACMEEmail  string `json:"acme_email"`
+	// ACMEStaging selects Let's Encrypt's staging directory.
+	ACMEStaging bool   `json:"acme_staging"`
+	Dev         bool   `json:"dev"`
+	LogLevel    string `json:"log_level"`
+	// NodeKeyExpiry is as Coordinator.NodeKeyExpiry.
+	NodeKeyExpiry string `json:"node_key_expiry"`
+	// PolicyFile is as Coordinator.PolicyFile.
+	PolicyFile string `json:"policy_file"`
+	// MaxConns caps the connections of the coordinator and relay
+	// listener, EdgeMaxConns those of the edge's listeners; 0 derives
+	// them from the open files limit, negative means none.
+	MaxConns     int `json:"max_conns"`
+	EdgeMaxConns int `json:"edge_max_conns"`
+	// BodyTimeout bounds request bodies at the edge.
+	BodyTimeout Duration `json:"body_timeout"`
+	// Telemetry: one listener each for all of the server's roles.
+	Telemetry
+}
+
+// DefaultBodyTimeout is the edge's default body timeout (as
+// edge.DefaultBodyTimeout, which configs may not import).
+const DefaultBodyTimeout = Duration(30 * time.Second)
+
+// DefaultServer returns beam server's defaults.
+func DefaultServer() Server {
+	return Server{
+		DataDir: "beam-server", Addr: ":8080", HTTPAddr: ":80", HTTPSAddr: ":443",
+		TCPPorts: "20000-20999", UDPPorts: "21000-21999", STUNAddr: ":3478",
+		Zone:     Zone{DNSAddr: ":53"},
+		LogLevel: "info", NodeKeyExpiry: "180d", BodyTimeout: DefaultBodyTimeout,
+	}
 }
 
 // Validate checks s.
@@ -39,26 +117,74 @@ func (s *Server) Validate() error {
 	c.portRange("--tcp-ports", s.TCPPorts)
 	c.portRange("--udp-ports", s.UDPPorts)
 	c.listen("--stun-addr", s.STUNAddr, false)
-	c.listen("--dns-addr", s.DNSAddr, false)
-	for _, ip := range s.PublicIPs {
-		c.ip("--public-ip", ip)
-	}
+	s.Zone.check(&c)
 	c.url("--acme-ca", s.ACMECA, false)
 	c.logLevel(s.LogLevel)
+	c.nonNegative("--body-timeout", time.Duration(s.BodyTimeout))
 	return c.err()
 }
 
 // Coordinator is beam coordinator's settings.
 type Coordinator struct {
-	Addr, BaseDomain           string
-	DERPURLs, STUN             []string
-	EdgeDomain, EdgeHost       string
-	EdgeTCPPorts, EdgeUDPPorts string
-	EdgeHTTPURL                string
-	LogLevel                   string
+	// Addr is the TCP address to serve on.
+	Addr string `json:"addr"`
+	// DataDir holds coordinator.db, coordinator.key and admin.token.
+	DataDir string `json:"data"`
+	// DERPURLs each become a region with one relay.
+	DERPURLs []string `json:"derp"`
+	// STUN overrides the relays' STUN addresses (host:port), one per
+	// DERPURLs entry or one for all.
+	STUN []string `json:"stun"`
+	// DERPMapFile is a JSON relay map file, used instead of DERPURLs.
+	DERPMapFile string `json:"derp_map"`
+	// BaseDomain is the parent domain of the networks' domains.
+	BaseDomain string `json:"base_domain"`
+	// Dev lets loopback nodes register without an auth key.
+	Dev bool `json:"dev"`
+	// NodeKeyExpiry is the default key expiry of untagged nodes ("180d",
+	// "720h", "never"); empty means the coordinator's default.
+	NodeKeyExpiry string `json:"node_key_expiry"`
+	// PolicyFile is a HuJSON access policy applied at start and on each
+	// reload; "" leaves the stored policy (set with beam admin policy).
+	PolicyFile string `json:"policy_file"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `json:"log_level"`
+	// MaxConns caps the coordinator's connections; 0 derives it from the
+	// open files limit, negative means none.
+	MaxConns int `json:"max_conns"`
+	CoordinatorEdge
+	Telemetry
 }
 
-// Validate checks c.
+// CoordinatorEdge is the coordinator's public edge and DNS settings.
+type CoordinatorEdge struct {
+	// Domain is the edge domain; routes get NAME.Domain. Empty disables expose.
+	Domain string `json:"edge_domain"`
+	// Host is the edge host in tcp:// and udp:// URLs (default Domain).
+	Host string `json:"edge_host"`
+	// TCPPorts and UDPPorts are edge port ranges ("20000-20999").
+	TCPPorts string `json:"edge_tcp_ports"`
+	UDPPorts string `json:"edge_udp_ports"`
+	// HTTPURL is the URL template of http routes ("http://{host}:18081").
+	HTTPURL string `json:"edge_http_url"`
+	// DNSConfigFile is a JSON DNS settings file applied at start.
+	DNSConfigFile string `json:"dns_config"`
+}
+
+// DefaultBaseDomain is the coordinator's default base domain (as
+// coordinator.DefaultBaseDomain, which configs may not import).
+const DefaultBaseDomain = "beam.internal"
+
+// DefaultCoordinator returns beam coordinator's defaults.
+func DefaultCoordinator() Coordinator {
+	return Coordinator{
+		Addr: "127.0.0.1:8080", DataDir: "coordinator-data", BaseDomain: DefaultBaseDomain,
+		NodeKeyExpiry: "180d", LogLevel: "info",
+		CoordinatorEdge: CoordinatorEdge{TCPPorts: "20000-20999", UDPPorts: "21000-21999"},
+	}
+}
+
+// Validate checks co.
 func (co *Coordinator) Validate() error {
 	var c checker
 	c.listen("--addr", co.Addr, true)
@@ -69,16 +195,16 @@ func (co *Coordinator) Validate() error {
 	for _, a := range co.STUN {
 		c.hostPort("--stun", a)
 	}
-	c.domain("--edge-domain", co.EdgeDomain, false)
-	if co.EdgeHost != "" {
-		if _, err := netip.ParseAddr(co.EdgeHost); err != nil {
-			c.domain("--edge-host", co.EdgeHost, true)
+	c.domain("--edge-domain", co.Domain, false)
+	if co.Host != "" {
+		if _, err := netip.ParseAddr(co.Host); err != nil {
+			c.domain("--edge-host", co.Host, true)
 		}
 	}
-	c.portRange("--edge-tcp-ports", co.EdgeTCPPorts)
-	c.portRange("--edge-udp-ports", co.EdgeUDPPorts)
-	if co.EdgeHTTPURL != "" {
-		c.url("--edge-http-url", strings.ReplaceAll(co.EdgeHTTPURL, "{host}", "host.example"), true)
+	c.portRange("--edge-tcp-ports", co.TCPPorts)
+	c.portRange("--edge-udp-ports", co.UDPPorts)
+	if co.HTTPURL != "" {
+		c.url("--edge-http-url", strings.ReplaceAll(co.HTTPURL, "{host}", "host.example"), true)
 	}
 	c.logLevel(co.LogLevel)
 	return c.err()
@@ -86,11 +212,37 @@ func (co *Coordinator) Validate() error {
 
 // Edge is beam edge's settings.
 type Edge struct {
-	Coordinator, Domain string
-	HTTPAddr, HTTPSAddr string
-	BindHost            string
-	ACMECA              string
-	LogLevel            string
+	Coordinator string `json:"coordinator"`
+	AuthKey     string `json:"authkey"`
+	Domain      string `json:"domain"`
+	HTTPAddr    string `json:"http_addr"`
+	HTTPSAddr   string `json:"https_addr"`
+	NoRedirect  bool   `json:"no_https_redirect"`
+	// RedirectPort is the port the HTTP-to-HTTPS redirect names; 0 means
+	// the HTTPS listener's own.
+	RedirectPort uint16 `json:"https_redirect_port"`
+	BindHost     string `json:"bind_host"`
+	ACMECA       string `json:"acme_ca"`
+	ACMECARoot   string `json:"acme_ca_root"`
+	ACMEEmail    string `json:"acme_email"`
+	TLSCert      string `json:"tls_cert"`
+	TLSKey       string `json:"tls_key"`
+	// StateDir is the edge node's state directory (--state).
+	StateDir string `json:"state"`
+	Port     uint16 `json:"port"`
+	Hostname string `json:"hostname"`
+	LogLevel string `json:"log_level"`
+	// MaxConns caps the client connections of all listeners; 0 derives
+	// it from the open files limit, negative means none.
+	MaxConns int `json:"max_conns"`
+	// BodyTimeout bounds request bodies.
+	BodyTimeout Duration `json:"body_timeout"`
+	Telemetry
+}
+
+// DefaultEdge returns beam edge's defaults.
+func DefaultEdge() Edge {
+	return Edge{HTTPAddr: ":80", HTTPSAddr: ":443", Hostname: "edge", LogLevel: "info", BodyTimeout: DefaultBodyTimeout}
 }
 
 // Validate checks e.
@@ -104,16 +256,47 @@ func (e *Edge) Validate() error {
 		c.ip("--bind-host", e.BindHost)
 	}
 	c.url("--acme-ca", e.ACMECA, false)
+	if (e.TLSCert == "") != (e.TLSKey == "") {
+		c.add("--tls-cert", e.TLSCert, "--tls-cert and --tls-key go together")
+	}
 	c.logLevel(e.LogLevel)
+	c.nonNegative("--body-timeout", time.Duration(e.BodyTimeout))
 	return c.err()
 }
 
 // DERP is beam derp's settings.
 type DERP struct {
-	Addr, STUNAddr string
-	MeshWith       []string
-	VerifyClients  string
-	LogLevel       string
+	// Addr is the TCP address to serve HTTP(S) on.
+	Addr string `json:"addr"`
+	// STUNAddr is the UDP address of the STUN responder; empty disables it.
+	STUNAddr string `json:"stun_addr"`
+	// TLSCert and TLSKey are PEM files; both empty serves plain HTTP.
+	TLSCert string `json:"tls_cert"`
+	TLSKey  string `json:"tls_key"`
+	// VerifyClients is the coordinator's base URL; when set, only node
+	// keys it admits may connect.
+	VerifyClients string `json:"verify_clients"`
+	// VerifyTokenFile holds the coordinator's relay token.
+	VerifyTokenFile string `json:"verify_token_file"`
+	// MeshWith lists the region's other relays as "URL" or "URL#KEY"
+	// (see ParseMeshPeer).
+	MeshWith []string `json:"mesh_with"`
+	// MeshKeyFile holds the region's mesh key.
+	MeshKeyFile string `json:"mesh_key_file"`
+	// KeyFile holds the relay's machine key; StateDir/derp.key if empty.
+	KeyFile string `json:"key_file"`
+	// StateDir is where KeyFile defaults to.
+	StateDir string `json:"state"`
+	LogLevel string `json:"log_level"`
+	// MaxConns caps the relay's connections; 0 derives it from the open
+	// files limit, negative means none.
+	MaxConns int `json:"max_conns"`
+	Telemetry
+}
+
+// DefaultDERP returns beam derp's defaults.
+func DefaultDERP() DERP {
+	return DERP{Addr: ":3340", STUNAddr: ":3478", StateDir: "derp-data", LogLevel: "info"}
 }
 
 // Validate checks d.
@@ -130,8 +313,43 @@ func (d *DERP) Validate() error {
 		c.url("--mesh-with", u, true)
 	}
 	c.url("--verify-clients", d.VerifyClients, false)
+	if (d.TLSCert == "") != (d.TLSKey == "") {
+		c.add("--tls-cert", d.TLSCert, "--tls-cert and --tls-key go together")
+	}
 	c.logLevel(d.LogLevel)
 	return c.err()
+}
+
+// Daemon is beam daemon's settings. Those the daemon keeps in its state
+// (Port, SOCKS5, HTTPProxy, DNSListen, DNSUpstreams, Operator) replace the
+// stored ones when a flag or the file gives them.
+type Daemon struct {
+	Port         uint16   `json:"port"`
+	SOCKS5       string   `json:"socks5"`
+	HTTPProxy    string   `json:"http_proxy"`
+	DNSListen    string   `json:"dns_listen"`
+	DNSUpstreams []string `json:"dns_upstream"`
+	LogLevel     string   `json:"log_level"`
+	Hostname     string   `json:"hostname"`
+	WGName       string   `json:"wg_name"`
+	// ACMECA is the ACME directory for the certificates of tls routes.
+	ACMECA string `json:"acme_ca"`
+	// ACMECARoot is a PEM file: roots trusted for the ACME server's HTTPS.
+	ACMECARoot string `json:"acme_ca_root"`
+	ACMEEmail  string `json:"acme_email"`
+	Operator   string `json:"operator"`
+	// TUN names the kernel TUN device; empty runs the userspace data plane.
+	TUN string `json:"tun"`
+	Telemetry
+}
+
+// DefaultDaemon returns beam daemon's defaults.
+func DefaultDaemon() Daemon { return Daemon{LogLevel: "info"} }
+
+// Validate checks d.
+func (d *Daemon) Validate() error {
+	n := Node{SOCKS5: d.SOCKS5, HTTPProxy: d.HTTPProxy, DNSListen: d.DNSListen, DNSUpstreams: d.DNSUpstreams, ACMECA: d.ACMECA, LogLevel: d.LogLevel}
+	return n.Validate()
 }
 
 // ParseMeshPeer splits a --mesh-with entry, "URL" or "URL#KEY", into the
@@ -190,8 +408,21 @@ func (n *Node) Validate() error {
 // checker collects problems.
 type checker struct{ errs []error }
 
+// add records a problem with the value v of flag, naming its config
+// file key too.
 func (c *checker) add(flag, v, problem string) {
-	c.errs = append(c.errs, fmt.Errorf("bad %s %q: %s", flag, v, problem))
+	c.errs = append(c.errs, fmt.Errorf("bad %s %q (config key %s): %s", flag, v, FlagKey(flag), problem))
+}
+
+// FlagKey returns the config file key of a flag: --tcp-ports is tcp_ports.
+func FlagKey(flag string) string {
+	return strings.ReplaceAll(strings.TrimLeft(flag, "-"), "-", "_")
+}
+
+func (c *checker) nonNegative(flag string, d time.Duration) {
+	if d < 0 {
+		c.add(flag, d.String(), "must not be negative")
+	}
 }
 
 func (c *checker) err() error { return errors.Join(c.errs...) }
@@ -340,4 +571,82 @@ func checkAddr(s string, listen bool) error {
 		return fmt.Errorf("host %q: %v", host, err)
 	}
 	return nil
+}
+
+// Tunnels is a beam expose config file: every route in it is published at
+// once (beam expose --config FILE).
+type Tunnels struct {
+	// Tunnels maps a label to a route. The label is the route's name
+	// under the edge domain unless the route gives one.
+	Tunnels map[string]Tunnel `json:"tunnels"`
+}
+
+// Tunnel is one route of a tunnels file, with beam expose's options: the
+// key basic_auth is --basic-auth, and so on.
+type Tunnel struct {
+	// Port is the local port to publish (127.0.0.1:Port); Target is what
+	// beam expose takes as its argument instead ("localhost:3000",
+	// "https://localhost:8443", "192.0.2.10:80"). Give one of them.
+	Port   uint16 `json:"port"`
+	Target string `json:"target"`
+	// Name is the name under the edge domain; the tunnel's label if empty
+	// (http and tls routes).
+	Name           string   `json:"name"`
+	Domain         string   `json:"domain"`
+	TCP            bool     `json:"tcp"`
+	UDP            bool     `json:"udp"`
+	TLSPassthrough bool     `json:"tls_passthrough"`
+	BasicAuth      []string `json:"basic_auth"`
+	AllowIP        []string `json:"allow_ip"`
+	DenyIP         []string `json:"deny_ip"`
+	RateLimit      string   `json:"rate_limit"`
+	HeaderAdd      []string `json:"header_add"`
+	HeaderRemove   []string `json:"header_remove"`
+	CORS           []string `json:"cors"`
+	ProxyProtocol  string   `json:"proxy_protocol"`
+	Pool           bool     `json:"pool"`
+	// Inspect serves the request inspector for the route; nil means yes.
+	Inspect *bool `json:"inspect"`
+}
+
+// Labels returns t's labels, sorted.
+func (t *Tunnels) Labels() []string {
+	return slices.Sorted(maps.Keys(t.Tunnels))
+}
+
+// Validate checks what can be checked without the daemon: each tunnel has
+// a valid label, one target and at most one of tcp, udp and
+// tls_passthrough. beam expose checks the route options as for its flags.
+func (t *Tunnels) Validate() error {
+	var errs []error
+	if len(t.Tunnels) == 0 {
+		errs = append(errs, errors.New("tunnels: none given (want \"tunnels\": {\"web\": {\"port\": 3000}})"))
+	}
+	for _, label := range t.Labels() {
+		tu := t.Tunnels[label]
+		bad := func(format string, args ...any) {
+			errs = append(errs, fmt.Errorf("tunnel %q: %s", label, fmt.Sprintf(format, args...)))
+		}
+		if err := CheckDomain(label); err != nil || strings.Contains(label, ".") {
+			bad("the label must be one DNS label (letters, digits, hyphens)")
+		}
+		if (tu.Port == 0) == (tu.Target == "") {
+			bad("give port or target (one of them)")
+		}
+		n := 0
+		for _, b := range []bool{tu.TCP, tu.UDP, tu.TLSPassthrough} {
+			if b {
+				n++
+			}
+		}
+		if n > 1 {
+			bad("choose one of tcp, udp and tls_passthrough")
+		}
+		if tu.Name != "" {
+			if err := CheckDomain(tu.Name); err != nil {
+				bad("bad name %q: %v", tu.Name, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
 }
