@@ -94,7 +94,7 @@ func TestAdminRoutesAndDNSCommands(t *testing.T) {
 func TestCoordinatorEdgeFlags(t *testing.T) {
 	var c coordinator.Options
 	o := CoordinatorEdgeOptions{Domain: "example.test", TCPPorts: "20000", UDPPorts: "21000-21999"}
-	if err := o.apply(&c); err != nil || c.EdgeTCPPorts != (coordinator.PortRange{First: 20000, Last: 20000}) ||
+	if err := applyCoordinatorEdge(&o, &c); err != nil || c.EdgeTCPPorts != (coordinator.PortRange{First: 20000, Last: 20000}) ||
 		c.EdgeUDPPorts != (coordinator.PortRange{First: 21000, Last: 21999}) || c.EdgeDomain != "example.test" {
 		t.Errorf("apply(%+v) = %v, %+v", o, err, c)
 	}
@@ -108,7 +108,7 @@ func TestCoordinatorEdgeFlags(t *testing.T) {
 		{DNSConfigFile: bad},
 	} {
 		var c coordinator.Options
-		if err := o.apply(&c); err == nil {
+		if err := applyCoordinatorEdge(&o, &c); err == nil {
 			t.Errorf("apply(%+v) = nil error", o)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"beam.dev/beam/configs"
 	"beam.dev/beam/coordclient"
 	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
@@ -175,7 +176,7 @@ func TestCoordinatorAndAdminCommands(t *testing.T) {
 }
 
 func TestCoordinatorDERPFlags(t *testing.T) {
-	m, err := coordinatorDERPMap(&CoordinatorOptions{DERPURLs: []string{"https://relay1.example.test", "http://127.0.0.1:3340/"}})
+	m, err := coordinatorDERPMap(&configs.Coordinator{DERPURLs: []string{"https://relay1.example.test", "http://127.0.0.1:3340/"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,11 +186,11 @@ func TestCoordinatorDERPFlags(t *testing.T) {
 	if got := m.Regions[2].Nodes[0]; got.STUNAddr != "127.0.0.1:3478" || got.URL != "http://127.0.0.1:3340" {
 		t.Errorf("region 2 node = %+v", got)
 	}
-	m, err = coordinatorDERPMap(&CoordinatorOptions{DERPURLs: []string{"http://127.0.0.1:3340"}, STUN: []string{"127.0.0.1:3479"}})
+	m, err = coordinatorDERPMap(&configs.Coordinator{DERPURLs: []string{"http://127.0.0.1:3340"}, STUN: []string{"127.0.0.1:3479"}})
 	if err != nil || m.Regions[1].Nodes[0].STUNAddr != "127.0.0.1:3479" {
 		t.Errorf("--stun override: %+v, %v", m, err)
 	}
-	for _, bad := range []*CoordinatorOptions{
+	for _, bad := range []*configs.Coordinator{
 		{DERPURLs: []string{"ftp://x"}},
 		{DERPURLs: []string{"http://a", "http://b", "http://c"}, STUN: []string{"a:1", "b:2"}},
 		{STUN: []string{"a:1"}},
@@ -201,11 +202,11 @@ func TestCoordinatorDERPFlags(t *testing.T) {
 	}
 	path := filepath.Join(t.TempDir(), "derp.json")
 	os.WriteFile(path, []byte(`{"regions":{"7":{"region_id":7,"region_code":"x","nodes":[{"name":"7a","region_id":7,"url":"http://127.0.0.1:1"}]}}}`), 0o600)
-	if m, err := coordinatorDERPMap(&CoordinatorOptions{DERPMapFile: path}); err != nil || m.Regions[7] == nil {
+	if m, err := coordinatorDERPMap(&configs.Coordinator{DERPMapFile: path}); err != nil || m.Regions[7] == nil {
 		t.Errorf("--derp-map: %+v, %v", m, err)
 	}
 	os.WriteFile(path, []byte(`{"regionz":{}}`), 0o600)
-	if _, err := coordinatorDERPMap(&CoordinatorOptions{DERPMapFile: path}); err == nil {
+	if _, err := coordinatorDERPMap(&configs.Coordinator{DERPMapFile: path}); err == nil {
 		t.Error("--derp-map with unknown field accepted")
 	}
 }

@@ -29,35 +29,12 @@ import (
 	"beam.dev/beam/wire"
 )
 
-// CoordinatorOptions are the flags of beam coordinator.
+// CoordinatorOptions are the settings of beam coordinator: its flags and
+// config file fill the configs.Coordinator.
 type CoordinatorOptions struct {
-	// Addr is the TCP address to serve on.
-	Addr string
-	// DataDir holds coordinator.db, coordinator.key and admin.token.
-	DataDir string
-	// DERPURLs each become a region with one relay.
-	DERPURLs []string
-	// STUN overrides the relays' STUN addresses (host:port), one per
-	// DERPURLs entry or one for all.
-	STUN []string
-	// DERPMapFile is a JSON wire.DERPMap, used instead of DERPURLs.
-	DERPMapFile string
-	// BaseDomain is the parent domain of the networks' domains.
-	BaseDomain string
-	// Dev lets loopback nodes register without an auth key.
-	Dev bool
-	// NodeKeyExpiry is the default key expiry of untagged nodes ("180d",
-	// "720h", "never"); empty means coordinator.DefaultNodeKeyExpiry.
-	NodeKeyExpiry string
-	// LogLevel is debug, info, warn or error.
-	LogLevel string
-	// MaxConns caps the coordinator's connections; 0 derives it from the
-	// open files limit, negative means none.
-	MaxConns int
-	// Edge holds the public edge and DNS settings flags.
-	Edge CoordinatorEdgeOptions
-	// Telemetry holds --metrics-addr and --debug-addr.
-	Telemetry TelemetryOptions
+	configs.Coordinator
+	// ConfigFile is --config.
+	ConfigFile string
 
 	// ready, if set, is called with the listening address (for tests).
 	ready func(addr string)
@@ -84,13 +61,13 @@ From elsewhere:
   export BEAM_COORDINATOR=http://HOST:PORT BEAM_ADMIN_TOKEN=$(cat DATA/admin.token)`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg := configs.Coordinator{Addr: opts.Addr, BaseDomain: opts.BaseDomain, DERPURLs: opts.DERPURLs, STUN: opts.STUN,
-				EdgeDomain: opts.Edge.Domain, EdgeHost: opts.Edge.Host, EdgeTCPPorts: opts.Edge.TCPPorts, EdgeUDPPorts: opts.Edge.UDPPorts,
-				EdgeHTTPURL: opts.Edge.HTTPURL, LogLevel: opts.LogLevel}
-			if err := cfg.Validate(); err != nil {
+			if _, err := loadConfig(cmd.Flags(), opts.ConfigFile, &opts.Coordinator); err != nil {
 				return err
 			}
-			if err := opts.Telemetry.check(); err != nil {
+			if err := opts.Validate(); err != nil {
+				return err
+			}
+			if err := checkTelemetry(&opts.Telemetry); err != nil {
 				return err
 			}
 			if runF != nil {
@@ -100,18 +77,21 @@ From elsewhere:
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&opts.Addr, "addr", "127.0.0.1:8080", "address to serve HTTP on")
-	fl.StringVar(&opts.DataDir, "data", "coordinator-data", "data directory (created 0700)")
+	def := configs.DefaultCoordinator()
+	fl.StringVar(&opts.ConfigFile, "config", "", configUsage)
+	fl.StringVar(&opts.Addr, "addr", def.Addr, "address to serve HTTP on")
+	fl.StringVar(&opts.DataDir, "data", def.DataDir, "data directory (created 0700)")
 	fl.StringArrayVar(&opts.DERPURLs, "derp", nil, "relay base URL; repeat for more regions")
 	fl.StringArrayVar(&opts.STUN, "stun", nil, "STUN host:port for the --derp relays (one for all, or one per --derp); default host:3478")
 	fl.StringVar(&opts.DERPMapFile, "derp-map", "", "JSON file with the full relay map (instead of --derp)")
-	fl.StringVar(&opts.BaseDomain, "base-domain", coordinator.DefaultBaseDomain, "base DNS domain; networks get NETWORK.BASE")
+	fl.StringVar(&opts.BaseDomain, "base-domain", def.BaseDomain, "base DNS domain; networks get NETWORK.BASE")
 	fl.BoolVar(&opts.Dev, "dev", false, "dev mode: nodes on loopback may register without an auth key")
-	fl.StringVar(&opts.NodeKeyExpiry, "node-key-expiry", "180d", nodeKeyExpiryUsage)
-	fl.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fl.StringVar(&opts.NodeKeyExpiry, "node-key-expiry", def.NodeKeyExpiry, nodeKeyExpiryUsage)
+	fl.StringVar(&opts.PolicyFile, "policy-file", "", policyFileUsage)
+	fl.StringVar(&opts.LogLevel, "log-level", def.LogLevel, "log level: debug, info, warn, error")
 	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none)")
-	bindCoordinatorEdgeFlags(cmd, &opts.Edge)
-	opts.Telemetry.register(fl)
+	bindCoordinatorEdgeFlags(cmd, &opts.CoordinatorEdge, def.CoordinatorEdge)
+	registerTelemetry(fl, &opts.Telemetry)
 	return cmd
 }
 
@@ -125,7 +105,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	}
 	logger := f.Logger(level)
 	nofile := raiseFileLimit()
-	derpMap, err := coordinatorDERPMap(opts)
+	derpMap, err := coordinatorDERPMap(&opts.Coordinator)
 	if err != nil {
 		return err
 	}
@@ -177,7 +157,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 		NodeKeyExpiry: nodeExpiry,
 		Approver:      console.Approver{}, // approval URLs lead to the console
 	}
-	if err := opts.Edge.apply(&copts); err != nil {
+	if err := applyCoordinatorEdge(&opts.CoordinatorEdge, &copts); err != nil {
 		return err
 	}
 	srv, err := coordinator.New(copts)
@@ -185,6 +165,9 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 		return err
 	}
 	defer srv.Close()
+	if err := applyPolicyFile(ctx, srv, opts.PolicyFile); err != nil {
+		return err
+	}
 	con, err := console.New(console.Options{Coordinator: srv, Logger: logger})
 	if err != nil {
 		return err
@@ -192,7 +175,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	mux := http.NewServeMux()
 	mux.Handle(console.Path, con)
 	mux.Handle("/", srv)
-	stopTelemetry, err := opts.Telemetry.start(ctx, logger, nil, roleRegistry(srv.Collector()))
+	stopTelemetry, err := startTelemetry(ctx, &opts.Telemetry, logger, nil, roleRegistry(srv.Collector()))
 	if err != nil {
 		return err
 	}
@@ -238,7 +221,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 }
 
 // coordinatorDERPMap builds the relay map from --derp-map or --derp/--stun.
-func coordinatorDERPMap(opts *CoordinatorOptions) (*wire.DERPMap, error) {
+func coordinatorDERPMap(opts *configs.Coordinator) (*wire.DERPMap, error) {
 	if opts.DERPMapFile != "" {
 		if len(opts.DERPURLs) > 0 {
 			return nil, errors.New("use either --derp-map or --derp, not both")
@@ -385,6 +368,25 @@ func printConsoleURL(w io.Writer, base, dataDir string) {
 	}
 	fmt.Fprintf(w, "  over plain HTTP it takes a sign-in only on this machine: from elsewhere use a TLS proxy, or\n    ssh -L %s:127.0.0.1:%s %s   and open http://127.0.0.1:%s%s\n", port, port, u.Hostname(), port, console.Path)
 }
+
+// applyPolicyFile sets the policy in the file at path ("" leaves the
+// stored one) on coord.
+func applyPolicyFile(ctx context.Context, coord *coordinator.Server, path string) error {
+	if path == "" {
+		return nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("read --policy-file: %w", err)
+	}
+	if err := coord.SetPolicy(ctx, b); err != nil {
+		return fmt.Errorf("--policy-file %s: %w", path, err)
+	}
+	return nil
+}
+
+// policyFileUsage is the help of --policy-file.
+const policyFileUsage = "HuJSON access policy applied at start and on every SIGHUP (default: the stored one, set with beam admin policy set)"
 
 // nodeKeyExpiryUsage is the help of --node-key-expiry.
 const nodeKeyExpiryUsage = "default key expiry of untagged nodes (a user's, and those with neither user nor tag: plain auth keys, dev mode) whose auth key sets none: e.g. 180d, 720h, or never; tagged nodes do not expire by default"

@@ -6,36 +6,26 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"beam.dev/beam/configs"
 	"beam.dev/beam/coordinator"
 )
 
 // CoordinatorEdgeOptions are the public edge and DNS flags of beam coordinator.
-type CoordinatorEdgeOptions struct {
-	// Domain is the edge domain; routes get NAME.Domain. Empty disables expose.
-	Domain string
-	// Host is the edge host in tcp:// and udp:// URLs (default Domain).
-	Host string
-	// TCPPorts and UDPPorts are edge port ranges ("20000-20999").
-	TCPPorts, UDPPorts string
-	// HTTPURL is the URL template of http routes ("http://{host}:18081").
-	HTTPURL string
-	// DNSConfigFile is a JSON DNS settings file applied at start.
-	DNSConfigFile string
-}
+type CoordinatorEdgeOptions = configs.CoordinatorEdge
 
 // bindCoordinatorEdgeFlags adds the edge and DNS flags to cmd.
-func bindCoordinatorEdgeFlags(cmd *cobra.Command, o *CoordinatorEdgeOptions) {
+func bindCoordinatorEdgeFlags(cmd *cobra.Command, o *CoordinatorEdgeOptions, def CoordinatorEdgeOptions) {
 	fl := cmd.Flags()
 	fl.StringVar(&o.Domain, "edge-domain", "", "public edge domain: exposed ports get NAME.DOMAIN (empty: no beam expose)")
 	fl.StringVar(&o.Host, "edge-host", "", "edge host name in tcp:// and udp:// URLs (default: --edge-domain)")
-	fl.StringVar(&o.TCPPorts, "edge-tcp-ports", "20000-20999", "edge ports for tcp routes (FIRST-LAST; empty: none)")
-	fl.StringVar(&o.UDPPorts, "edge-udp-ports", "21000-21999", "edge ports for udp routes (FIRST-LAST; empty: none)")
+	fl.StringVar(&o.TCPPorts, "edge-tcp-ports", def.TCPPorts, "edge ports for tcp routes (FIRST-LAST; empty: none)")
+	fl.StringVar(&o.UDPPorts, "edge-udp-ports", def.UDPPorts, "edge ports for udp routes (FIRST-LAST; empty: none)")
 	fl.StringVar(&o.HTTPURL, "edge-http-url", "", "URL template of http routes, e.g. http://{host}:18081 (default https://{host})")
 	fl.StringVar(&o.DNSConfigFile, "dns-config", "", "JSON file of DNS settings for every node (nameservers, routes, extra_records)")
 }
 
-// apply sets the edge and DNS fields of c.
-func (o *CoordinatorEdgeOptions) apply(c *coordinator.Options) error {
+// applyCoordinatorEdge sets the edge and DNS fields of c.
+func applyCoordinatorEdge(o *CoordinatorEdgeOptions, c *coordinator.Options) error {
 	c.EdgeDomain, c.EdgeHost, c.EdgeHTTPURL = o.Domain, o.Host, o.HTTPURL
 	for _, p := range []struct {
 		flag, val string

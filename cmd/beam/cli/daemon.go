@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
+	"beam.dev/beam/configs"
 	"beam.dev/beam/hostdns"
 	"beam.dev/beam/internal/telemetry"
 	"beam.dev/beam/localapi"
@@ -25,29 +26,16 @@ import (
 	"beam.dev/beam/node"
 )
 
-// DaemonOptions are the flags of beam daemon.
+// DaemonOptions are the settings of beam daemon: its flags and config
+// file fill the configs.Daemon.
 type DaemonOptions struct {
-	Socket       string
-	StateDir     string
-	Port         uint16
-	SOCKS5       string
-	HTTPProxy    string
-	DNSListen    string
-	DNSUpstreams []string
-	LogLevel     string
-	Hostname     string
-	WGName       string
-	ACMECA       string // ACME directory for the certificates of tls routes
-	ACMECARoot   string // PEM file: roots trusted for the ACME server's HTTPS
-	ACMEEmail    string
-	Operator     string
-	// TUN names the kernel TUN device of --tun; empty runs the userspace
-	// data plane.
-	TUN string
-	// Telemetry holds --metrics-addr and --debug-addr.
-	Telemetry TelemetryOptions
-	// Prefs holds the settings given as flags (only those given): they
-	// replace the stored ones.
+	configs.Daemon
+	// ConfigFile is --config.
+	ConfigFile string
+	Socket     string
+	StateDir   string
+	// Prefs holds the settings given as flags or in the config file
+	// (only those given): they replace the stored ones.
 	Prefs apitype.PrefsPatch
 }
 
@@ -59,11 +47,11 @@ func daemonFlags(cmd *cobra.Command, o *DaemonOptions) {
 	cmd.Flags().StringVar(&o.DNSListen, "dns-listen", "", "also serve MagicDNS on this loopback address, UDP and TCP (kept in the state, \"\" stops it)")
 	cmd.Flags().StringSliceVar(&o.DNSUpstreams, "dns-upstream", nil, "upstream resolvers for other names (default: /etc/resolv.conf; kept in the state)")
 	cmd.Flags().StringVar(&o.Operator, "operator", "", "local user who may use the daemon's socket besides its own user and root (Linux; kept in the state, \"\" removes it)")
-	cmd.Flags().StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.Flags().StringVar(&o.LogLevel, "log-level", configs.DefaultDaemon().LogLevel, "debug, info, warn or error")
 	cmd.Flags().StringVar(&o.ACMECA, "acme-ca", "", "ACME directory URL: terminate TLS of this device's --tls-passthrough routes with its own certificate, obtained by DNS-01 through the coordinator (default: the app terminates TLS)")
 	cmd.Flags().StringVar(&o.ACMECARoot, "acme-ca-root", "", "PEM file of the roots to trust for the ACME server's HTTPS (default: the system roots)")
 	cmd.Flags().StringVar(&o.ACMEEmail, "acme-email", "", "contact email of the ACME account")
-	o.Telemetry.register(cmd.Flags())
+	registerTelemetry(cmd.Flags(), &o.Telemetry)
 }
 
 // NewCmdDaemon returns the beam daemon command: the headless daemon.
@@ -101,8 +89,17 @@ daemon stops or leaves the mesh, and after a crash at its next start.`,
 			if len(args) == 1 {
 				o.TUN = args[0]
 			}
+			given, err := loadConfig(cmd.Flags(), o.ConfigFile, &o.Daemon)
+			if err != nil {
+				return err
+			}
+			if o.ConfigFile != "" {
+				if err := o.Validate(); err != nil {
+					return err
+				}
+			}
 			o.Socket, o.StateDir = in.socketPath(f), in.stateDir(f)
-			o.Prefs = prefsFromFlags(cmd, o)
+			o.Prefs = prefsFromFlags(given, o)
 			if runF != nil {
 				return runF(o)
 			}
@@ -111,6 +108,7 @@ daemon stops or leaves the mesh, and after a crash at its next start.`,
 	}
 	cmd.AddCommand(newCmdDaemonStop(f, in))
 	daemonFlags(cmd, o)
+	cmd.Flags().StringVar(&o.ConfigFile, "config", "", configUsage)
 	cmd.Flags().StringVar(&o.Hostname, "hostname", "", "default hostname to register (default: the host's name)")
 	cmd.Flags().StringVar(&o.TUN, "tun", "", "run on a kernel TUN device of this name (default "+defaultTUNName+" when --tun has no NAME; needs root or CAP_NET_ADMIN)")
 	cmd.Flags().Lookup("tun").NoOptDefVal = defaultTUNName
@@ -135,7 +133,7 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 		return err
 	}
 	logger := f.Logger(level)
-	if err := o.Telemetry.check(); err != nil {
+	if err := checkTelemetry(&o.Telemetry); err != nil {
 		return err
 	}
 	hostUpstreams, err := dnsUpstreams(nil, o.StateDir)
@@ -179,7 +177,7 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 	}
 	defer n.Close()
 	metrics := roleRegistry(n.Collector())
-	stopTelemetry, err := o.Telemetry.start(ctx, logger, n.GuardListener, metrics)
+	stopTelemetry, err := startTelemetry(ctx, &o.Telemetry, logger, n.GuardListener, metrics)
 	if err != nil {
 		return err
 	}
@@ -268,26 +266,25 @@ func dnsUpstreams(flags []string, stateDir string) ([]netip.AddrPort, error) {
 }
 
 // prefsFromFlags returns the settings among o's daemon flags that were
-// given on the command line.
-func prefsFromFlags(cmd *cobra.Command, o *DaemonOptions) apitype.PrefsPatch {
+// given (on the command line, or in the config file: see loadConfig).
+func prefsFromFlags(given func(flag string) bool, o *DaemonOptions) apitype.PrefsPatch {
 	var p apitype.PrefsPatch
-	fl := cmd.Flags()
-	if fl.Changed("socks5") {
+	if given("socks5") {
 		p.SOCKS5 = &o.SOCKS5
 	}
-	if fl.Changed("http-proxy") {
+	if given("http-proxy") {
 		p.HTTPProxy = &o.HTTPProxy
 	}
-	if fl.Changed("dns-listen") {
+	if given("dns-listen") {
 		p.DNSListen = &o.DNSListen
 	}
-	if fl.Changed("dns-upstream") {
+	if given("dns-upstream") {
 		p.DNSUpstreams = &o.DNSUpstreams
 	}
-	if fl.Changed("port") {
+	if given("port") {
 		p.Port = &o.Port
 	}
-	if fl.Changed("operator") {
+	if given("operator") {
 		p.Operator = &o.Operator
 	}
 	return p

@@ -15,6 +15,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"beam.dev/beam/configs"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/node"
 )
@@ -73,9 +74,11 @@ func runDemo(ctx context.Context, f *Factory, o *DemoOptions) error {
 	ready := make(chan readyInfo, 1)
 	srvDone := make(chan error, 1)
 	so := &ServerOptions{
-		DataDir: filepath.Join(dir, "server"), Dev: true, Domain: "localhost",
-		Addr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:" + strconv.Itoa(o.Port), STUNAddr: "127.0.0.1:0",
-		TCPPorts: "20000-20999", UDPPorts: "21000-21999", LogLevel: "error",
+		Server: configs.Server{
+			DataDir: filepath.Join(dir, "server"), Dev: true, Domain: "localhost",
+			Addr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:" + strconv.Itoa(o.Port), STUNAddr: "127.0.0.1:0",
+			TCPPorts: "20000-20999", UDPPorts: "21000-21999", LogLevel: "error",
+		},
 		ready: func(addr, httpAddr string) { ready <- readyInfo{addr, httpAddr} },
 	}
 	go func() { srvDone <- runServer(ctx, quiet, so) }()

@@ -26,37 +26,12 @@ import (
 	"beam.dev/beam/types/key"
 )
 
-// DERPOptions are the flags of beam derp.
+// DERPOptions are the settings of beam derp: its flags and config file
+// fill the configs.DERP.
 type DERPOptions struct {
-	// Addr is the TCP address to serve HTTP(S) on.
-	Addr string
-	// STUNAddr is the UDP address of the STUN responder; empty disables it.
-	STUNAddr string
-	// TLSCert and TLSKey are PEM files; both empty serves plain HTTP.
-	TLSCert, TLSKey string
-	// VerifyClients is the coordinator's base URL; when set, only node
-	// keys it admits may connect.
-	VerifyClients string
-	// VerifyTokenFile holds the coordinator's relay token (its
-	// DATA/relay.token), needed with VerifyClients.
-	VerifyTokenFile string
-	// MeshWith lists the region's other relays as "URL" or "URL#KEY"
-	// (KEY pins the relay's machine key; see configs.ParseMeshPeer).
-	MeshWith []string
-	// MeshKeyFile holds the region's mesh key.
-	MeshKeyFile string
-	// KeyFile holds the relay's machine key, created 0600 if missing;
-	// StateDir/derp.key if empty.
-	KeyFile string
-	// StateDir is where KeyFile defaults to.
-	StateDir string
-	// LogLevel is debug, info, warn or error.
-	LogLevel string
-	// MaxConns caps the relay's connections; 0 derives it from the open
-	// files limit, negative means none.
-	MaxConns int
-	// Telemetry holds --metrics-addr and --debug-addr.
-	Telemetry TelemetryOptions
+	configs.DERP
+	// ConfigFile is --config.
+	ConfigFile string
 
 	// ready, if set, is called with the bound HTTP and STUN addresses
 	// (for tests).
@@ -85,11 +60,13 @@ key is refused before it is sent anything. An unpinned peer is trusted
 whatever key it has, with a warning.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg := configs.DERP{Addr: opts.Addr, STUNAddr: opts.STUNAddr, MeshWith: opts.MeshWith, VerifyClients: opts.VerifyClients, LogLevel: opts.LogLevel}
-			if err := cfg.Validate(); err != nil {
+			if _, err := loadConfig(cmd.Flags(), opts.ConfigFile, &opts.DERP); err != nil {
 				return err
 			}
-			if err := opts.Telemetry.check(); err != nil {
+			if err := opts.Validate(); err != nil {
+				return err
+			}
+			if err := checkTelemetry(&opts.Telemetry); err != nil {
 				return err
 			}
 			if runF != nil {
@@ -99,8 +76,10 @@ whatever key it has, with a warning.`,
 		},
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&opts.Addr, "addr", ":3340", "address to serve HTTP (or HTTPS with --tls-cert) on")
-	fl.StringVar(&opts.STUNAddr, "stun-addr", ":3478", `UDP address of the STUN responder; "" disables it`)
+	def := configs.DefaultDERP()
+	fl.StringVar(&opts.ConfigFile, "config", "", configUsage)
+	fl.StringVar(&opts.Addr, "addr", def.Addr, "address to serve HTTP (or HTTPS with --tls-cert) on")
+	fl.StringVar(&opts.STUNAddr, "stun-addr", def.STUNAddr, `UDP address of the STUN responder; "" disables it`)
 	fl.StringVar(&opts.TLSCert, "tls-cert", "", "TLS certificate PEM file (with --tls-key); plain HTTP if unset")
 	fl.StringVar(&opts.TLSKey, "tls-key", "", "TLS private key PEM file")
 	fl.StringVar(&opts.VerifyClients, "verify-clients", "", "coordinator URL; admit only node keys it knows (needs --verify-token-file)")
@@ -108,10 +87,10 @@ whatever key it has, with a warning.`,
 	fl.StringSliceVar(&opts.MeshWith, "mesh-with", nil, "comma-separated URLs of the region's other relays, each pinned to its key as URL#mkey:... (the machine_key it logs)")
 	fl.StringVar(&opts.MeshKeyFile, "mesh-key-file", "", "file holding the region's mesh key (needed with --mesh-with)")
 	fl.StringVar(&opts.KeyFile, "key-file", "", "machine key file, created 0600 if missing (default STATE/derp.key)")
-	fl.StringVar(&opts.StateDir, "state", "derp-data", "state directory (created 0700)")
-	fl.StringVar(&opts.LogLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fl.StringVar(&opts.StateDir, "state", def.StateDir, "state directory (created 0700)")
+	fl.StringVar(&opts.LogLevel, "log-level", def.LogLevel, "log level: debug, info, warn, error")
 	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none)")
-	opts.Telemetry.register(fl)
+	registerTelemetry(fl, &opts.Telemetry)
 	return cmd
 }
 
@@ -209,7 +188,7 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 		MeshWith:     meshWith,
 	})
 	defer srv.Close()
-	stopTelemetry, err := opts.Telemetry.start(ctx, logger, nil, roleRegistry(srv.Collector()))
+	stopTelemetry, err := startTelemetry(ctx, &opts.Telemetry, logger, nil, roleRegistry(srv.Collector()))
 	if err != nil {
 		return err
 	}

@@ -25,34 +25,12 @@ import (
 	"beam.dev/beam/wire"
 )
 
-// EdgeOptions are the flags of beam edge.
+// EdgeOptions are the settings of beam edge: its flags and config file
+// fill the configs.Edge.
 type EdgeOptions struct {
-	Coordinator string
-	AuthKey     string
-	Domain      string
-	HTTPAddr    string
-	HTTPSAddr   string
-	NoRedirect  bool
-	// RedirectPort is the port the HTTP-to-HTTPS redirect names; 0 means
-	// the HTTPS listener's own.
-	RedirectPort uint16
-	BindHost     string
-	ACMECA       string
-	ACMECARoot   string
-	ACMEEmail    string
-	TLSCert      string
-	TLSKey       string
-	StateDir     string
-	Port         uint16
-	Hostname     string
-	LogLevel     string
-	// MaxConns caps the client connections of all listeners; 0 derives
-	// it from the open files limit, negative means none.
-	MaxConns int
-	// BodyTimeout bounds request bodies (edge.Options.BodyTimeout).
-	BodyTimeout time.Duration
-	// Telemetry holds --metrics-addr and --debug-addr.
-	Telemetry TelemetryOptions
+	configs.Edge
+	// ConfigFile is --config.
+	ConfigFile string
 
 	// onCertStatus, if set, is told each change of the ACME wildcard
 	// certificate's status (beam server explains failed orders).
@@ -68,19 +46,24 @@ func NewCmdEdge(f *Factory, in *instanceFlags, runF func(*EdgeOptions) error) *c
 		Short: "Run a public edge: HTTP(S), TLS passthrough, TCP and UDP routes into the mesh",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.StateDir = in.stateDir(f)
+			given, err := loadConfig(cmd.Flags(), o.ConfigFile, &o.Edge)
+			if err != nil {
+				return err
+			}
+			// --state or BEAM_STATE win over the file's state.
+			if !given("state") || in.state != "" || f.getenv("BEAM_STATE") != "" {
+				o.StateDir = in.stateDir(f)
+			}
 			if o.AuthKey == "" {
 				o.AuthKey = f.getenv("BEAM_AUTHKEY")
 			}
 			if o.Domain == "" {
 				return errors.New("--domain is required")
 			}
-			cfg := configs.Edge{Coordinator: o.Coordinator, Domain: o.Domain, HTTPAddr: o.HTTPAddr, HTTPSAddr: o.HTTPSAddr,
-				BindHost: o.BindHost, ACMECA: o.ACMECA, LogLevel: o.LogLevel}
-			if err := cfg.Validate(); err != nil {
+			if err := o.Validate(); err != nil {
 				return err
 			}
-			if err := o.Telemetry.check(); err != nil {
+			if err := checkTelemetry(&o.Telemetry); err != nil {
 				return err
 			}
 			if runF != nil {
@@ -90,11 +73,13 @@ func NewCmdEdge(f *Factory, in *instanceFlags, runF func(*EdgeOptions) error) *c
 		},
 	}
 	fl := cmd.Flags()
+	def := configs.DefaultEdge()
+	fl.StringVar(&o.ConfigFile, "config", "", configUsage)
 	fl.StringVar(&o.Coordinator, "coordinator", "", "coordinator URL")
 	fl.StringVar(&o.AuthKey, "authkey", "", "an edge auth key (beam admin authkey create --edge) (env BEAM_AUTHKEY)")
 	fl.StringVar(&o.Domain, "domain", "", "the public domain routes live under (NAME.DOMAIN)")
-	fl.StringVar(&o.HTTPAddr, "http-addr", ":80", "plain HTTP listener (\"\" disables)")
-	fl.StringVar(&o.HTTPSAddr, "https-addr", ":443", "TLS listener (\"\" disables); needs --acme-ca or --tls-cert")
+	fl.StringVar(&o.HTTPAddr, "http-addr", def.HTTPAddr, "plain HTTP listener (\"\" disables)")
+	fl.StringVar(&o.HTTPSAddr, "https-addr", def.HTTPSAddr, "TLS listener (\"\" disables); needs --acme-ca or --tls-cert")
 	fl.BoolVar(&o.NoRedirect, "no-https-redirect", false, "serve http routes over plain HTTP too, instead of redirecting to HTTPS")
 	fl.Uint16Var(&o.RedirectPort, "https-redirect-port", 0, "port the HTTPS redirect names, where clients reach --https-addr through a port mapping (0: the listener's own)")
 	fl.StringVar(&o.BindHost, "bind-host", "", "address TCP and UDP route ports listen on (default all)")
@@ -104,11 +89,11 @@ func NewCmdEdge(f *Factory, in *instanceFlags, runF func(*EdgeOptions) error) *c
 	fl.StringVar(&o.TLSCert, "tls-cert", "", "a fixed certificate (PEM) instead of ACME")
 	fl.StringVar(&o.TLSKey, "tls-key", "", "the key of --tls-cert")
 	fl.Uint16Var(&o.Port, "port", 0, "UDP port for WireGuard (0 picks one)")
-	fl.StringVar(&o.Hostname, "hostname", "edge", "this edge's node name")
-	fl.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&o.Hostname, "hostname", def.Hostname, "this edge's node name")
+	fl.StringVar(&o.LogLevel, "log-level", def.LogLevel, "debug, info, warn or error")
 	fl.IntVar(&o.MaxConns, "max-conns", 0, "cap on client connections of all listeners (0: 3/4 of the open files limit; -1: none)")
-	fl.DurationVar(&o.BodyTimeout, "body-timeout", edge.DefaultBodyTimeout, "longest wait for a byte of a request body, and grace before it must arrive at 1 KiB/s or more")
-	o.Telemetry.register(fl)
+	fl.DurationVar((*time.Duration)(&o.BodyTimeout), "body-timeout", time.Duration(def.BodyTimeout), "longest wait for a byte of a request body, and grace before it must arrive at 1 KiB/s or more")
+	registerTelemetry(fl, &o.Telemetry)
 	return cmd
 }
 
@@ -158,7 +143,7 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 	logLimits(logger, "edge", nofile, lim)
 	rep := edgenode.NewReporter(n.DialContext, logger.With("component", "edge-report"))
 	defer rep.Close()
-	e, err := newEdge(n.DialContext, o.Domain, lim, o.BodyTimeout, rep, logger)
+	e, err := newEdge(n.DialContext, o.Domain, lim, time.Duration(o.BodyTimeout), rep, logger)
 	if err != nil {
 		return err
 	}
@@ -170,7 +155,7 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 	}
 	defer certs.close()
 	getCert := certs.get
-	stopTelemetry, err := o.Telemetry.start(ctx, logger, n.GuardListener, metrics)
+	stopTelemetry, err := startTelemetry(ctx, &o.Telemetry, logger, n.GuardListener, metrics)
 	if err != nil {
 		return err
 	}

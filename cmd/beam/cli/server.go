@@ -31,42 +31,12 @@ import (
 	"beam.dev/beam/wire"
 )
 
-// ServerOptions are the flags of beam server.
+// ServerOptions are the settings of beam server: its flags and config
+// file fill the configs.Server.
 type ServerOptions struct {
-	DataDir    string
-	Domain     string
-	Addr       string
-	PublicURL  string
-	HTTPAddr   string
-	HTTPSAddr  string
-	NoRedirect bool
-	// RedirectPort is the port the HTTP-to-HTTPS redirect names; 0 means
-	// the HTTPS listener's own.
-	RedirectPort uint16
-	TCPPorts     string
-	UDPPorts     string
-	STUNAddr     string
-	DNSAddr      string
-	PublicIPs    []string
-	ACMECA       string
-	ACMECARoot   string
-	ACMEEmail    string
-	// ACMEStaging selects Let's Encrypt's staging directory.
-	ACMEStaging bool
-	Dev         bool
-	LogLevel    string
-	// NodeKeyExpiry is as CoordinatorOptions.NodeKeyExpiry.
-	NodeKeyExpiry string
-	// MaxConns caps the connections of the coordinator and relay
-	// listener, EdgeMaxConns those of the edge's listeners; 0 derives
-	// them from the open files limit, negative means none.
-	MaxConns     int
-	EdgeMaxConns int
-	// BodyTimeout bounds request bodies at the edge.
-	BodyTimeout time.Duration
-	// Telemetry holds --metrics-addr and --debug-addr: one listener each
-	// for all of the server's roles.
-	Telemetry TelemetryOptions
+	configs.Server
+	// ConfigFile is --config.
+	ConfigFile string
 
 	// ready, if set, is called with the coordinator's listen address and
 	// the edge's HTTP address once everything serves (tests).
@@ -93,8 +63,12 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			fl := cmd.Flags()
+			given, err := loadConfig(fl, o.ConfigFile, &o.Server)
+			if err != nil {
+				return err
+			}
 			if o.Dev {
-				o.devDefaults(fl.Changed)
+				o.devDefaults(given)
 			}
 			if o.Domain == "" {
 				return errors.New("--domain is required (or use --dev)")
@@ -102,7 +76,7 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 			if err := o.config().Validate(); err != nil {
 				return err
 			}
-			if err := o.Telemetry.check(); err != nil {
+			if err := checkTelemetry(&o.Telemetry); err != nil {
 				return err
 			}
 			for _, w := range o.setupWarnings() {
@@ -119,41 +93,38 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 	}
 	cmd.AddCommand(newCmdServerCheck(f))
 	fl := cmd.Flags()
-	fl.StringVar(&o.DataDir, "data", "beam-server", "data directory (SQLite database, keys, admin token)")
+	def := configs.DefaultServer()
+	fl.StringVar(&o.ConfigFile, "config", "", configUsage)
+	fl.StringVar(&o.DataDir, "data", def.DataDir, "data directory (SQLite database, keys, admin token)")
 	fl.StringVar(&o.Domain, "domain", "", "public domain: routes are NAME.DOMAIN")
-	fl.StringVar(&o.Addr, "addr", ":8080", "coordinator and relay HTTP listener")
+	fl.StringVar(&o.Addr, "addr", def.Addr, "coordinator and relay HTTP listener")
 	fl.StringVar(&o.PublicURL, "public-url", "", "URL devices use to reach --addr (default http://DOMAIN:PORT)")
-	fl.StringVar(&o.HTTPAddr, "http-addr", ":80", "edge HTTP listener (\"\" disables)")
-	fl.StringVar(&o.HTTPSAddr, "https-addr", ":443", "edge TLS listener, with a wildcard certificate from ACME (\"\" disables: plain HTTP only)")
+	fl.StringVar(&o.HTTPAddr, "http-addr", def.HTTPAddr, "edge HTTP listener (\"\" disables)")
+	fl.StringVar(&o.HTTPSAddr, "https-addr", def.HTTPSAddr, "edge TLS listener, with a wildcard certificate from ACME (\"\" disables: plain HTTP only)")
 	fl.BoolVar(&o.NoRedirect, "no-https-redirect", false, "serve http routes over plain HTTP too, instead of redirecting to HTTPS")
 	fl.Uint16Var(&o.RedirectPort, "https-redirect-port", 0, "port the HTTPS redirect names, where clients reach --https-addr through a port mapping (0: the listener's own)")
-	fl.StringVar(&o.TCPPorts, "tcp-ports", "20000-20999", "edge ports for --tcp routes")
-	fl.StringVar(&o.UDPPorts, "udp-ports", "21000-21999", "edge ports for --udp routes")
-	fl.StringVar(&o.STUNAddr, "stun-addr", ":3478", "STUN responder (\"\" disables)")
-	fl.StringVar(&o.DNSAddr, "dns-addr", ":53", "authoritative DNS for DOMAIN (\"\" disables)")
+	fl.StringVar(&o.TCPPorts, "tcp-ports", def.TCPPorts, "edge ports for --tcp routes")
+	fl.StringVar(&o.UDPPorts, "udp-ports", def.UDPPorts, "edge ports for --udp routes")
+	fl.StringVar(&o.STUNAddr, "stun-addr", def.STUNAddr, "STUN responder (\"\" disables)")
+	fl.StringVar(&o.DNSAddr, "dns-addr", def.DNSAddr, "authoritative DNS for DOMAIN (\"\" disables)")
 	fl.StringSliceVar(&o.PublicIPs, "public-ip", nil, "the edge's public addresses, for the zone's A/AAAA records")
 	fl.StringVar(&o.ACMECA, "acme-ca", "", "ACME directory URL (certificates by DNS-01 through the zone; default Let's Encrypt's production directory)")
 	fl.BoolVar(&o.ACMEStaging, "acme-staging", false, "use Let's Encrypt's staging directory (untrusted certificates, generous rate limits) for trying a setup")
 	fl.StringVar(&o.ACMECARoot, "acme-ca-root", "", "PEM root of the ACME server's HTTPS certificate")
 	fl.StringVar(&o.ACMEEmail, "acme-email", "", "ACME account contact")
 	fl.BoolVar(&o.Dev, "dev", false, "local development: loopback listeners, *.localhost URLs, join without an auth key from this machine")
-	fl.StringVar(&o.NodeKeyExpiry, "node-key-expiry", "180d", nodeKeyExpiryUsage)
-	fl.StringVar(&o.LogLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&o.NodeKeyExpiry, "node-key-expiry", def.NodeKeyExpiry, nodeKeyExpiryUsage)
+	fl.StringVar(&o.LogLevel, "log-level", def.LogLevel, "debug, info, warn or error")
 	fl.IntVar(&o.MaxConns, "max-conns", 0, "cap on connections to --addr, the coordinator and relay (0: 1/4 of the open files limit; -1: none)")
-	fl.DurationVar(&o.BodyTimeout, "body-timeout", edge.DefaultBodyTimeout, "longest wait for a byte of a request body at the edge, and grace before it must arrive at 1 KiB/s or more")
+	fl.DurationVar((*time.Duration)(&o.BodyTimeout), "body-timeout", time.Duration(def.BodyTimeout), "longest wait for a byte of a request body at the edge, and grace before it must arrive at 1 KiB/s or more")
+	fl.StringVar(&o.PolicyFile, "policy-file", "", policyFileUsage)
 	fl.IntVar(&o.EdgeMaxConns, "edge-max-conns", 0, "cap on client connections of the edge's listeners (0: 1/2 of the open files limit; -1: none)")
-	o.Telemetry.register(fl)
+	registerTelemetry(fl, &o.Telemetry)
 	return cmd
 }
 
 // config returns the settings to validate.
-func (o *ServerOptions) config() *configs.Server {
-	return &configs.Server{
-		Domain: o.Domain, Addr: o.Addr, PublicURL: o.PublicURL, HTTPAddr: o.HTTPAddr, HTTPSAddr: o.HTTPSAddr,
-		TCPPorts: o.TCPPorts, UDPPorts: o.UDPPorts, STUNAddr: o.STUNAddr, DNSAddr: o.DNSAddr,
-		PublicIPs: o.PublicIPs, ACMECA: o.ACMECA, LogLevel: o.LogLevel,
-	}
-}
+func (o *ServerOptions) config() *configs.Server { return &o.Server }
 
 // devDefaults replaces the flags the user did not set with loopback ones.
 func (o *ServerOptions) devDefaults(changed func(string) bool) {
@@ -348,6 +319,9 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		return err
 	}
 	defer coord.Close()
+	if err := applyPolicyFile(ctx, coord, o.PolicyFile); err != nil {
+		return err
+	}
 	con, err := console.New(console.Options{Coordinator: coord, Logger: logger})
 	if err != nil {
 		return err
@@ -405,7 +379,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	logLimits(logger, "edge", nofile, elim)
 	rep := edgenode.NewReporter(en.DialContext, logger.With("component", "edge-report"))
 	defer rep.Close()
-	e, err := newEdge(en.DialContext, o.Domain, elim, o.BodyTimeout, rep, logger)
+	e, err := newEdge(en.DialContext, o.Domain, elim, time.Duration(o.BodyTimeout), rep, logger)
 	if err != nil {
 		return err
 	}
@@ -414,7 +388,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if zone != nil {
 		txt = zoneTXT{zone}
 	}
-	eo := &EdgeOptions{Domain: o.Domain, HTTPSAddr: o.HTTPSAddr, ACMECA: o.ACMECA, ACMECARoot: o.ACMECARoot, ACMEEmail: o.ACMEEmail, StateDir: o.DataDir,
+	eo := &EdgeOptions{Edge: configs.Edge{Domain: o.Domain, HTTPSAddr: o.HTTPSAddr, ACMECA: o.ACMECA, ACMECARoot: o.ACMECARoot, ACMEEmail: o.ACMEEmail, StateDir: o.DataDir},
 		onCertStatus: logCertStatus(o, logger)}
 	if o.ACMECA != "" && txt == nil {
 		return errors.New("--acme-ca needs --dns-addr: certificates are issued by DNS-01 through the zone")
@@ -426,7 +400,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		return err
 	}
 	defer certs.close()
-	stopTelemetry, err := o.Telemetry.start(ctx, logger, en.GuardListener, roleRegistry(coord.Collector()), roleRegistry(derpSrv.Collector()), edgeMetrics)
+	stopTelemetry, err := startTelemetry(ctx, &o.Telemetry, logger, en.GuardListener, roleRegistry(coord.Collector()), roleRegistry(derpSrv.Collector()), edgeMetrics)
 	if err != nil {
 		return err
 	}

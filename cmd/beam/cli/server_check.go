@@ -19,6 +19,7 @@ import (
 	"github.com/miekg/dns"
 	"github.com/spf13/cobra"
 
+	"beam.dev/beam/configs"
 	"beam.dev/beam/coordclient"
 	"beam.dev/beam/derp"
 	"beam.dev/beam/wire"
@@ -485,8 +486,8 @@ ports are open from outside (a firewall may let the host reach itself).`,
 // failure. The certificate is left to beam server check: it takes the CA
 // a while.
 func startupCheck(ctx context.Context, o *ServerOptions, logger *slog.Logger) {
-	c, err := newServerCheck(&ServerOptions{Domain: o.Domain, PublicIPs: o.PublicIPs, Addr: o.Addr, HTTPAddr: o.HTTPAddr,
-		DNSAddr: o.DNSAddr, STUNAddr: o.STUNAddr}, "")
+	c, err := newServerCheck(&ServerOptions{Server: configs.Server{Domain: o.Domain, Zone: o.Zone, Addr: o.Addr, HTTPAddr: o.HTTPAddr,
+		STUNAddr: o.STUNAddr}}, "")
 	if err != nil {
 		logger.Warn("setup check", "err", err)
 		return

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+
+	"beam.dev/beam/configs"
 )
 
 // TestServerACMEDirectory checks which ACME directory beam server uses
@@ -85,8 +87,9 @@ func TestServerSetupWarnings(t *testing.T) {
 // TestPublicSetupSummary checks the records and ports a public server
 // tells its operator to create and open.
 func TestPublicSetupSummary(t *testing.T) {
-	o := &ServerOptions{Domain: "example.test", Addr: ":8080", HTTPAddr: ":80", HTTPSAddr: ":443", DNSAddr: ":53", STUNAddr: ":3478",
-		TCPPorts: "20000-20999", PublicIPs: []string{"203.0.113.10", "2001:db8::10"}, ACMECA: letsEncryptProduction}
+	o := &ServerOptions{Server: configs.Server{Domain: "example.test", Addr: ":8080", HTTPAddr: ":80", HTTPSAddr: ":443", STUNAddr: ":3478",
+		Zone:     configs.Zone{DNSAddr: ":53", PublicIPs: []string{"203.0.113.10", "2001:db8::10"}},
+		TCPPorts: "20000-20999", ACMECA: letsEncryptProduction}}
 	var b bytes.Buffer
 	printPublicSetup(&b, o, "http://example.test:8080")
 	got := b.String()

@@ -38,7 +38,7 @@ A new --hostname of a registered node renames it at the coordinator when the
 name is free. Without flags, beam set prints the settings.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.Prefs = prefsFromFlags(cmd, &o.Daemon)
+			o.Prefs = prefsFromFlags(cmd.Flags().Changed, &o.Daemon)
 			fl := cmd.Flags()
 			if fl.Changed("hostname") {
 				o.Prefs.Hostname = &o.Hostname

@@ -8,31 +8,28 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/pflag"
 
+	"beam.dev/beam/configs"
 	"beam.dev/beam/internal/telemetry"
 )
 
 // TelemetryOptions are --metrics-addr and --debug-addr, which every role
-// (daemon, coordinator, derp, edge, server) has.
-type TelemetryOptions struct {
-	// MetricsAddr serves Prometheus metrics at /metrics; "" disables.
-	MetricsAddr string
-	// DebugAddr serves Go's pprof at /debug/pprof/; "" disables.
-	DebugAddr string
-}
+// (daemon, coordinator, derp, edge, server) has: the metrics_addr and
+// debug_addr keys of its config file.
+type TelemetryOptions = configs.Telemetry
 
 const (
 	metricsAddrUsage = "serve Prometheus metrics at http://ADDR/metrics, on loopback only (\":9464\" means 127.0.0.1:9464; \"\" disables)"
 	debugAddrUsage   = "serve Go's pprof profiles at http://ADDR/debug/pprof/, on loopback only (\"\" disables)"
 )
 
-// register adds the flags to fl.
-func (o *TelemetryOptions) register(fl *pflag.FlagSet) {
+// registerTelemetry adds the flags to fl.
+func registerTelemetry(fl *pflag.FlagSet, o *TelemetryOptions) {
 	fl.StringVar(&o.MetricsAddr, "metrics-addr", "", metricsAddrUsage)
 	fl.StringVar(&o.DebugAddr, "debug-addr", "", debugAddrUsage)
 }
 
-// check refuses an address off this machine before the role starts.
-func (o *TelemetryOptions) check() error {
+// checkTelemetry refuses an address off this machine before the role starts.
+func checkTelemetry(o *TelemetryOptions) error {
 	for _, f := range []struct{ name, v string }{{"--metrics-addr", o.MetricsAddr}, {"--debug-addr", o.DebugAddr}} {
 		if f.v == "" {
 			continue
@@ -53,12 +50,12 @@ func roleRegistry(cs ...prometheus.Collector) *prometheus.Registry {
 	return reg
 }
 
-// start serves the union of the process registry and the roles'
+// startTelemetry serves the union of the process registry and the roles'
 // registries on --metrics-addr, and pprof on --debug-addr. guard is the
 // process's node's GuardListener, so its peers cannot reach either
 // listener; nil for a process without a node. The returned func stops
 // both.
-func (o *TelemetryOptions) start(ctx context.Context, logger *slog.Logger, guard telemetry.Guard, roles ...prometheus.Gatherer) (stop func(), err error) {
+func startTelemetry(ctx context.Context, o *TelemetryOptions, logger *slog.Logger, guard telemetry.Guard, roles ...prometheus.Gatherer) (stop func(), err error) {
 	var closers []func() error
 	stop = func() {
 		for _, c := range closers {

@@ -48,14 +48,14 @@ and are kept in its state; 'beam set' changes them without joining again.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.shieldsUpSet = cmd.Flags().Changed("shields-up")
 			o.Daemon.Socket, o.Daemon.StateDir = in.socketPath(f), in.stateDir(f)
-			o.Daemon.Prefs = prefsFromFlags(cmd, &o.Daemon)
+			o.Daemon.Prefs = prefsFromFlags(cmd.Flags().Changed, &o.Daemon)
 			if o.AuthKey == "" {
 				o.AuthKey = f.getenv("BEAM_AUTHKEY")
 			}
 			if o.Coordinator == "" {
 				o.Coordinator = f.getenv("BEAM_COORDINATOR")
 			}
-			if err := o.Daemon.Telemetry.check(); err != nil {
+			if err := checkTelemetry(&o.Daemon.Telemetry); err != nil {
 				return err
 			}
 			if runF != nil {

@@ -1,0 +1,179 @@
+package cli
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"beam.dev/beam/configs"
+	"beam.dev/beam/coordinator"
+	"beam.dev/beam/edge"
+)
+
+// writeConfig writes a config file and returns its path.
+func writeConfig(t *testing.T, body string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "c.hujson")
+	if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestConfigFlagOverridesFile: a file's keys replace the defaults, a flag
+// given on the command line wins over the file, and a key the file leaves
+// out keeps its default.
+func TestConfigFlagOverridesFile(t *testing.T) {
+	f := &Factory{In: strings.NewReader(""), Out: io.Discard, ErrOut: io.Discard}
+	path := writeConfig(t, `{
+		// comments and trailing commas are fine
+		"domain": "file.example",
+		"addr": "127.0.0.1:9000",
+		"public_ip": ["192.0.2.1", "192.0.2.2"],
+		"tcp_ports": "30000-30099",
+		"body_timeout": "45s",
+		"max_conns": 7,
+		"metrics_addr": "127.0.0.1:9999",
+	}`)
+	var got *ServerOptions
+	cmd := NewCmdServer(f, func(o *ServerOptions) error { got = o; return nil })
+	quiet(cmd, []string{"--config", path, "--addr", "127.0.0.1:9100", "--public-ip", "198.51.100.7", "--max-conns", "0"})
+	if err := cmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ what, got, want string }{
+		{"domain (file)", got.Domain, "file.example"},
+		{"addr (flag over file)", got.Addr, "127.0.0.1:9100"},
+		{"public_ip (flag over file)", strings.Join(got.PublicIPs, ","), "198.51.100.7"},
+		{"tcp_ports (file)", got.TCPPorts, "30000-30099"},
+		{"udp_ports (default)", got.UDPPorts, configs.DefaultServer().UDPPorts},
+		{"body_timeout (file)", time.Duration(got.BodyTimeout).String(), "45s"},
+		{"metrics_addr (file)", got.MetricsAddr, "127.0.0.1:9999"},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: got %q, want %q", c.what, c.got, c.want)
+		}
+	}
+	if got.MaxConns != 0 {
+		t.Errorf("max_conns: got %d, want the flag's 0 over the file's 7", got.MaxConns)
+	}
+
+	// beam daemon: settings the file gives replace the stored ones, as
+	// flags do; a flag still wins.
+	dpath := writeConfig(t, `{"socks5": "127.0.0.1:1081", "hostname": "filehost", "log_level": "debug"}`)
+	var d *DaemonOptions
+	dcmd := checkNodeFlags(NewCmdDaemon(f, &instanceFlags{state: t.TempDir()}, func(o *DaemonOptions) error { d = o; return nil }))
+	quiet(dcmd, []string{"--config", dpath, "--log-level", "warn"})
+	if err := dcmd.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	if d.Hostname != "filehost" || d.LogLevel != "warn" || d.Prefs.SOCKS5 == nil || *d.Prefs.SOCKS5 != "127.0.0.1:1081" || d.Prefs.HTTPProxy != nil {
+		t.Errorf("daemon: hostname %q log_level %q prefs %+v; want filehost, warn, socks5 from the file only", d.Hostname, d.LogLevel, d.Prefs)
+	}
+}
+
+// TestConfigFileRefused: each role's command refuses an unknown key
+// naming it, and a bad value naming its key, before it runs.
+func TestConfigFileRefused(t *testing.T) {
+	f := &Factory{In: strings.NewReader(""), Out: io.Discard, ErrOut: io.Discard}
+	ran := false
+	for _, tc := range []struct {
+		cmd, body string
+		want      []string
+	}{
+		{"server", "{\"domain\": \"a.test\",\n\"tcp_port\": \"1-2\"}", []string{`unknown key "tcp_port"`, ":2:"}},
+		{"server", `{"domain": "a.test", "tcp_ports": "9-1"}`, []string{"tcp_ports", "9-1"}},
+		{"server", `{"domain": "a.test", "max_conns": "lots"}`, []string{"max_conns", "integer"}},
+		{"coordinator", `{"edge_domain": "A..b"}`, []string{"edge_domain"}},
+		{"coordinator", `{"edge": {"domain": "a.test"}}`, []string{`unknown key "edge"`}},
+		{"derp", `{"mesh_with": ["relay2:3340"]}`, []string{"mesh_with"}},
+		{"edge", `{"coordinator": "http://127.0.0.1:1", "domain": "a.test", "bind_host": "x"}`, []string{"bind_host"}},
+		{"daemon", `{"socks5": "0.0.0.0:1080"}`, []string{"socks5", "loopback"}},
+		{"daemon", `{"sock5": "127.0.0.1:1080"}`, []string{`unknown key "sock5"`}},
+	} {
+		t.Run(tc.cmd+" "+tc.body, func(t *testing.T) {
+			ran = false
+			mark := func() error { ran = true; return nil }
+			cmd := map[string]func() interface {
+				SetArgs([]string)
+				Execute() error
+			}{
+				"server": func() interface {
+					SetArgs([]string)
+					Execute() error
+				} { return NewCmdServer(f, func(*ServerOptions) error { return mark() }) },
+				"coordinator": func() interface {
+					SetArgs([]string)
+					Execute() error
+				} { return NewCmdCoordinator(f, func(*CoordinatorOptions) error { return mark() }) },
+				"derp": func() interface {
+					SetArgs([]string)
+					Execute() error
+				} { return NewCmdDERP(f, func(*DERPOptions) error { return mark() }) },
+				"edge": func() interface {
+					SetArgs([]string)
+					Execute() error
+				} { return NewCmdEdge(f, &instanceFlags{state: t.TempDir()}, func(*EdgeOptions) error { return mark() }) },
+				"daemon": func() interface {
+					SetArgs([]string)
+					Execute() error
+				} { return NewCmdDaemon(f, &instanceFlags{state: t.TempDir()}, func(*DaemonOptions) error { return mark() }) },
+			}[tc.cmd]()
+			cmd.SetArgs([]string{"--config", writeConfig(t, tc.body)})
+			err := cmd.Execute()
+			if err == nil || ran {
+				t.Fatalf("accepted (ran %v, err %v), want it refused", ran, err)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("err %q does not name %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+// TestExampleConfigsRun: each role's command takes its example file
+// from configs/ and fills its settings from it.
+func TestExampleConfigsRun(t *testing.T) {
+	f := &Factory{In: strings.NewReader(""), Out: io.Discard, ErrOut: io.Discard}
+	dir := filepath.Join("..", "..", "..", "configs")
+	var s *ServerOptions
+	sc := NewCmdServer(f, func(o *ServerOptions) error { s = o; return nil })
+	quiet(sc, []string{"--config", filepath.Join(dir, "server.hujson")})
+	if err := sc.Execute(); err != nil || s.Domain != "beam.example.com" || len(s.PublicIPs) != 1 {
+		t.Errorf("server.hujson: err %v, got %+v", err, s)
+	}
+	var c *CoordinatorOptions
+	cc := NewCmdCoordinator(f, func(o *CoordinatorOptions) error { c = o; return nil })
+	quiet(cc, []string{"--config", filepath.Join(dir, "coordinator.hujson")})
+	if err := cc.Execute(); err != nil || c.CoordinatorEdge.Domain != "beam.example.com" || c.PolicyFile == "" {
+		t.Errorf("coordinator.hujson: err %v, got %+v", err, c)
+	}
+	var d *DERPOptions
+	dc := NewCmdDERP(f, func(o *DERPOptions) error { d = o; return nil })
+	quiet(dc, []string{"--config", filepath.Join(dir, "derp.hujson")})
+	if err := dc.Execute(); err != nil || d.StateDir != "/var/lib/beam-derp" {
+		t.Errorf("derp.hujson: err %v, got %+v", err, d)
+	}
+	var e *EdgeOptions
+	ec := NewCmdEdge(f, &instanceFlags{}, func(o *EdgeOptions) error { e = o; return nil })
+	quiet(ec, []string{"--config", filepath.Join(dir, "edge.hujson")})
+	if err := ec.Execute(); err != nil || e.StateDir != "/var/lib/beam-edge" || e.Domain != "beam.example.com" {
+		t.Errorf("edge.hujson: err %v, got %+v", err, e)
+	}
+}
+
+// TestConfigDefaultsMatchComponents: the defaults configs may not import
+// are the components' own.
+func TestConfigDefaultsMatchComponents(t *testing.T) {
+	if time.Duration(configs.DefaultBodyTimeout) != edge.DefaultBodyTimeout {
+		t.Errorf("configs.DefaultBodyTimeout %v, edge's %v", time.Duration(configs.DefaultBodyTimeout), edge.DefaultBodyTimeout)
+	}
+	if configs.DefaultBaseDomain != coordinator.DefaultBaseDomain {
+		t.Errorf("configs.DefaultBaseDomain %q, coordinator's %q", configs.DefaultBaseDomain, coordinator.DefaultBaseDomain)
+	}
+}
