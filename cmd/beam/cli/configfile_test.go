@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"beam.dev/beam/configs"
 	"beam.dev/beam/coordinator"
 	"beam.dev/beam/edge"
@@ -97,31 +99,18 @@ func TestConfigFileRefused(t *testing.T) {
 		t.Run(tc.cmd+" "+tc.body, func(t *testing.T) {
 			ran = false
 			mark := func() error { ran = true; return nil }
-			cmd := map[string]func() interface {
-				SetArgs([]string)
-				Execute() error
-			}{
-				"server": func() interface {
-					SetArgs([]string)
-					Execute() error
-				} { return NewCmdServer(f, func(*ServerOptions) error { return mark() }) },
-				"coordinator": func() interface {
-					SetArgs([]string)
-					Execute() error
-				} { return NewCmdCoordinator(f, func(*CoordinatorOptions) error { return mark() }) },
-				"derp": func() interface {
-					SetArgs([]string)
-					Execute() error
-				} { return NewCmdDERP(f, func(*DERPOptions) error { return mark() }) },
-				"edge": func() interface {
-					SetArgs([]string)
-					Execute() error
-				} { return NewCmdEdge(f, &instanceFlags{state: t.TempDir()}, func(*EdgeOptions) error { return mark() }) },
-				"daemon": func() interface {
-					SetArgs([]string)
-					Execute() error
-				} { return NewCmdDaemon(f, &instanceFlags{state: t.TempDir()}, func(*DaemonOptions) error { return mark() }) },
+			cmd := map[string]func() *cobra.Command{
+				"server":      func() *cobra.Command { return NewCmdServer(f, func(*ServerOptions) error { return mark() }) },
+				"coordinator": func() *cobra.Command { return NewCmdCoordinator(f, func(*CoordinatorOptions) error { return mark() }) },
+				"derp":        func() *cobra.Command { return NewCmdDERP(f, func(*DERPOptions) error { return mark() }) },
+				"edge": func() *cobra.Command {
+					return NewCmdEdge(f, &instanceFlags{state: t.TempDir()}, func(*EdgeOptions) error { return mark() })
+				},
+				"daemon": func() *cobra.Command {
+					return NewCmdDaemon(f, &instanceFlags{state: t.TempDir()}, func(*DaemonOptions) error { return mark() })
+				},
 			}[tc.cmd]()
+			quiet(cmd, nil)
 			cmd.SetArgs([]string{"--config", writeConfig(t, tc.body)})
 			err := cmd.Execute()
 			if err == nil || ran {
