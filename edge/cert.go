@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,7 +16,7 @@ import (
 	"github.com/caddyserver/certmagic"
 	"github.com/mholt/acmez/v3/acme"
 
-	"beam.dev/beam/internal/zapslog"
+	"beam.dev/beam/acmecert"
 )
 
 // TXTSetter publishes TXT records in the edge domain's authoritative zone,
@@ -81,12 +80,10 @@ type CertOptions struct {
 // names of registered routes through TLS-ALPN-01. Use GetCertificate with
 // ServeTLSListener.
 type CertManager struct {
-	opts     CertOptions
-	log      *slog.Logger
-	cache    *certmagic.Cache
-	wildcard *certmagic.Config // DNS-01 only
-	onDemand *certmagic.Config // TLS-ALPN-01 only
-	names    []string          // "*.Domain"
+	opts  CertOptions
+	log   *slog.Logger
+	acme  *acmecert.Manager
+	names []string // "*.Domain"
 
 	orders certOrders // metrics.go
 
@@ -222,46 +219,24 @@ func NewCertManager(opts CertOptions) (*CertManager, error) {
 		names: []string{"*." + opts.Domain},
 	}
 	m.status = CertStatus{Name: m.names[0], CA: opts.DirectoryURL, State: CertPending, Changed: time.Now()}
-	zl := zapslog.New(m.log) // certmagic: ACME orders, renewals, failures
-	storage := &certmagic.FileStorage{Path: opts.StorageDir}
-	m.cache = certmagic.NewCache(certmagic.CacheOptions{
-		GetConfigForCert: func(c certmagic.Certificate) (*certmagic.Config, error) {
-			if slices.Contains(c.Names, m.names[0]) {
-				return m.wildcard, nil
-			}
-			return m.onDemand, nil
-		},
-		Logger: zl,
-	})
-	newConfig := func(onDemand *certmagic.OnDemandConfig, issuer certmagic.ACMEIssuer) *certmagic.Config {
-		cfg := certmagic.New(m.cache, certmagic.Config{
-			Storage:  storage,
-			OnDemand: onDemand,
-			OCSP:     certmagic.OCSPConfig{DisableStapling: true},
-			Logger:   zl,
-			OnEvent:  m.onEvent,
-		})
-		issuer.CA = opts.DirectoryURL
-		issuer.Email = opts.Email
-		issuer.Agreed = true
-		issuer.TrustedRoots = opts.TrustedRoots
-		issuer.DisableHTTPChallenge = true
-		issuer.Logger = zl
-		cfg.Issuers = []certmagic.Issuer{certmagic.NewACMEIssuer(cfg, issuer)}
-		return cfg
-	}
-	m.wildcard = newConfig(nil, certmagic.ACMEIssuer{
-		DisableTLSALPNChallenge: true,
-		DNS01Solver:             &dnsSolver{txt: opts.TXT, domain: opts.Domain, values: map[string][]string{}},
-	})
-	var od *certmagic.OnDemandConfig
+	var od *acmecert.OnDemand
 	if opts.OnDemand != nil {
-		od = &certmagic.OnDemandConfig{DecisionFunc: m.decide}
+		od = &acmecert.OnDemand{Allow: m.decide, ListenHost: host, ListenPort: port}
 	}
-	m.onDemand = newConfig(od, certmagic.ACMEIssuer{
-		ListenHost:     host,
-		AltTLSALPNPort: port,
+	txt := &zoneTXT{txt: opts.TXT, name: "_acme-challenge." + opts.Domain}
+	m.acme, err = acmecert.New(acmecert.Options{
+		DirectoryURL: opts.DirectoryURL,
+		TrustedRoots: opts.TrustedRoots,
+		Email:        opts.Email,
+		StorageDir:   opts.StorageDir,
+		SetTXT:       txt.set,
+		OnDemand:     od,
+		OnEvent:      m.onEvent,
+		Logger:       m.log, // certmagic: ACME orders, renewals, failures
 	})
+	if err != nil {
+		return nil, fmt.Errorf("edge: %w", err)
+	}
 	return m, nil
 }
 
@@ -282,20 +257,11 @@ func (m *CertManager) decide(_ context.Context, name string) error {
 // finds it in storage) before it returns, retrying until ctx ends, and
 // keeps it renewed until Close. It never prompts.
 func (m *CertManager) ManageWildcard(ctx context.Context) error {
-	for _, name := range m.names {
-		// Non-interactive obtain: retries with backoff until ctx ends; a
-		// no-op when storage already holds the certificate.
-		if err := m.wildcard.ObtainCertAsync(ctx, name); err != nil {
-			return fmt.Errorf("edge: obtain %s: %w", name, err)
-		}
+	if err := m.acme.Obtain(ctx, m.names...); err != nil {
+		return fmt.Errorf("edge: %w", err)
 	}
 	if m.Status().State != CertIssued { // found in storage: no event
 		m.update(func(st *CertStatus) { st.State, st.Problem, st.Error = CertIssued, "", "" })
-	}
-	// Load it from storage into the cache, which renews it. (ManageSync
-	// would prompt on stdin if it had to obtain, but storage has it now.)
-	if err := m.wildcard.ManageSync(ctx, m.names); err != nil {
-		return fmt.Errorf("edge: manage %v: %w", m.names, err)
 	}
 	return nil
 }
@@ -305,50 +271,31 @@ func (m *CertManager) ManageWildcard(ctx context.Context) error {
 // registered custom names, and the TLS-ALPN-01 challenge certificate when
 // the CA validates. Pass it to ServeTLSListener.
 func (m *CertManager) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	return m.onDemand.GetCertificate(hello)
+	return m.acme.GetCertificate(hello)
 }
 
 // Close stops renewals.
 func (m *CertManager) Close() error {
-	m.cache.Stop()
+	m.acme.Close()
 	return nil
 }
 
-// dnsSolver answers DNS-01 challenges through a TXTSetter. The wildcard
-// and the bare domain share one record name, so values accumulate.
-type dnsSolver struct {
-	txt    TXTSetter
-	domain string
-
-	mu     sync.Mutex // guards values
-	values map[string][]string
+// zoneTXT publishes the edge domain's DNS-01 record through a TXTSetter,
+// and refuses records outside the edge zone.
+type zoneTXT struct {
+	txt  TXTSetter
+	name string // _acme-challenge.DOMAIN
 }
 
-func (s *dnsSolver) Present(_ context.Context, ch acme.Challenge) error {
-	name := strings.TrimSuffix(ch.DNS01TXTRecordName(), ".")
-	if name != "_acme-challenge."+s.domain {
+func (z *zoneTXT) set(_ context.Context, name string, values []string) error {
+	if name != z.name {
 		return fmt.Errorf("edge: DNS-01 for %q is outside the edge zone", name)
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v := append(s.values[name], ch.DNS01KeyAuthorization())
-	s.values[name] = v
-	s.txt.SetTXT(name, slices.Clone(v))
-	return nil
-}
-
-func (s *dnsSolver) CleanUp(_ context.Context, ch acme.Challenge) error {
-	name := strings.TrimSuffix(ch.DNS01TXTRecordName(), ".")
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v := slices.DeleteFunc(s.values[name], func(x string) bool { return x == ch.DNS01KeyAuthorization() })
-	if len(v) == 0 {
-		delete(s.values, name)
-		s.txt.DeleteTXT(name)
+	if len(values) == 0 {
+		z.txt.DeleteTXT(name)
 		return nil
 	}
-	s.values[name] = v
-	s.txt.SetTXT(name, slices.Clone(v))
+	z.txt.SetTXT(name, values)
 	return nil
 }
 

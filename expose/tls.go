@@ -18,11 +18,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/caddyserver/certmagic"
-	"github.com/mholt/acmez/v3/acme"
 	"golang.org/x/net/http2"
 
-	"beam.dev/beam/internal/zapslog"
+	"beam.dev/beam/acmecert"
 )
 
 // tlsHandshakeTimeout bounds a client's TLS handshake with the device,
@@ -56,7 +54,7 @@ const tlsHandshakeTimeout = 30 * time.Second
 //
 // Goroutines: one per managed host (obtain, then load into the cache),
 // one accept loop per listener and one per connection (plus one copier);
-// all are counted in wg and waited for in close. The certmagic cache runs
+// all are counted in wg and waited for in close. The ACME manager runs
 // its own renewal goroutine, stopped in close.
 //
 // Lock order: Server.mu, then tlsTerminator.mu. Nothing here takes
@@ -65,8 +63,7 @@ const tlsHandshakeTimeout = 30 * time.Second
 type tlsTerminator struct {
 	s      *Server
 	log    *slog.Logger
-	cache  *certmagic.Cache
-	cfg    *certmagic.Config
+	acme   *acmecert.Manager
 	ctx    context.Context // canceled by close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -97,8 +94,8 @@ type tlsListener struct {
 }
 
 // newTLSTerminator returns a terminator using the server's ACME options,
-// with certmagic storage in Options.CertDir.
-func newTLSTerminator(s *Server) *tlsTerminator {
+// with its certificates in Options.CertDir.
+func newTLSTerminator(s *Server) (*tlsTerminator, error) {
 	t := &tlsTerminator{
 		s:         s,
 		log:       s.logger.With("component", "tls-routes"),
@@ -107,28 +104,25 @@ func newTLSTerminator(s *Server) *tlsTerminator {
 		conns:     map[net.Conn]struct{}{},
 	}
 	t.ctx, t.cancel = context.WithCancel(context.Background())
-	// certmagic logs through zap: its info lines become debug records.
-	zl := zapslog.New(t.log)
-	t.cache = certmagic.NewCache(certmagic.CacheOptions{
-		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return t.cfg, nil },
-		Logger:           zl,
+	setTXT := s.opts.SetTXT
+	if setTXT == nil {
+		setTXT = func(context.Context, string, []string) error {
+			return errors.New("expose: no way to publish DNS-01 records")
+		}
+	}
+	var err error
+	t.acme, err = acmecert.New(acmecert.Options{
+		DirectoryURL: s.opts.ACMEDirectoryURL,
+		TrustedRoots: s.opts.ACMETrustedRoots,
+		Email:        s.opts.ACMEEmail,
+		StorageDir:   s.opts.CertDir,
+		SetTXT:       setTXT,
+		Logger:       t.log,
 	})
-	t.cfg = certmagic.New(t.cache, certmagic.Config{
-		Storage: &certmagic.FileStorage{Path: s.opts.CertDir},
-		OCSP:    certmagic.OCSPConfig{DisableStapling: true},
-		Logger:  zl,
-	})
-	t.cfg.Issuers = []certmagic.Issuer{certmagic.NewACMEIssuer(t.cfg, certmagic.ACMEIssuer{
-		CA:                      s.opts.ACMEDirectoryURL,
-		Email:                   s.opts.ACMEEmail,
-		Agreed:                  true,
-		TrustedRoots:            s.opts.ACMETrustedRoots,
-		DisableHTTPChallenge:    true,
-		DisableTLSALPNChallenge: true,
-		DNS01Solver:             &txtSolver{setTXT: s.opts.SetTXT, values: map[string][]string{}},
-		Logger:                  zl,
-	})}
-	return t
+	if err != nil {
+		return nil, fmt.Errorf("expose: tls routes: %w", err)
+	}
+	return t, nil
 }
 
 // syncTLSLocked starts or stops the terminator's work to match the
@@ -156,7 +150,12 @@ func (s *Server) syncTLSLocked(cfg Config) {
 		return
 	}
 	if s.tlsTerm == nil {
-		s.tlsTerm = newTLSTerminator(s)
+		t, err := newTLSTerminator(s)
+		if err != nil {
+			s.logger.Warn("tls routes", "err", err)
+			return
+		}
+		s.tlsTerm = t
 	}
 	edges := slices.Clone(cfg.Edges)
 	s.tlsTerm.edges.Store(&edges)
@@ -196,7 +195,7 @@ func (t *tlsTerminator) syncLocked(e Network, addrs []netip.Prefix, want map[uin
 		if !hosts[name] {
 			h.cancel()
 			delete(t.hosts, name)
-			t.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: name}})
+			t.acme.Forget(name)
 		}
 	}
 	for name := range hosts {
@@ -219,13 +218,10 @@ func (t *tlsTerminator) manage(ctx context.Context, name string, h *tlsHost) {
 	t.log.Info("obtaining certificate", "host", name)
 	// Non-interactive: retries with backoff until ctx ends; a no-op when
 	// storage already holds the certificate.
-	err := t.cfg.ObtainCertAsync(ctx, name)
-	if err == nil {
-		err = t.cfg.ManageSync(ctx, []string{name})
-	}
+	err := t.acme.Obtain(ctx, name)
 	if err == nil && ctx.Err() != nil {
 		// The route went away while the certificate was being loaded.
-		t.cache.RemoveManaged([]certmagic.SubjectIssuer{{Subject: name}})
+		t.acme.Forget(name)
 		err = ctx.Err()
 	}
 	h.err = err
@@ -440,7 +436,7 @@ func (t *tlsTerminator) getCertificate(hello *tls.ClientHelloInfo) (*tls.Certifi
 	if h.err != nil {
 		return nil, fmt.Errorf("expose: certificate for %s: %w", name, h.err)
 	}
-	return t.cfg.GetCertificate(hello)
+	return t.acme.GetCertificate(hello)
 }
 
 // close stops listening, cuts open connections, stops obtaining and
@@ -457,52 +453,5 @@ func (t *tlsTerminator) close() {
 		delete(t.listeners, port)
 	}
 	t.wg.Wait()
-	t.cache.Stop()
-}
-
-// txtSolver answers DNS-01 challenges by setting TXT records in the
-// coordinator's zone through the device's control client. Values of one
-// name accumulate while several challenges are under way.
-type txtSolver struct {
-	setTXT func(ctx context.Context, name string, values []string) error
-
-	mu     sync.Mutex // guards values and serializes updates
-	values map[string][]string
-}
-
-func (s *txtSolver) set(ctx context.Context, name string, values []string) error {
-	if s.setTXT == nil {
-		return errors.New("expose: no way to publish DNS-01 records")
-	}
-	if err := s.setTXT(ctx, name, values); err != nil {
-		return fmt.Errorf("expose: DNS-01 record %s: %w", name, err)
-	}
-	return nil
-}
-
-// Present publishes the challenge's key authorization.
-func (s *txtSolver) Present(ctx context.Context, ch acme.Challenge) error {
-	name := strings.TrimSuffix(ch.DNS01TXTRecordName(), ".")
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v := append(slices.Clone(s.values[name]), ch.DNS01KeyAuthorization())
-	if err := s.set(ctx, name, v); err != nil {
-		return err
-	}
-	s.values[name] = v
-	return nil
-}
-
-// CleanUp withdraws the challenge's key authorization.
-func (s *txtSolver) CleanUp(ctx context.Context, ch acme.Challenge) error {
-	name := strings.TrimSuffix(ch.DNS01TXTRecordName(), ".")
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	v := slices.DeleteFunc(slices.Clone(s.values[name]), func(x string) bool { return x == ch.DNS01KeyAuthorization() })
-	if len(v) == 0 {
-		delete(s.values, name)
-		return s.set(ctx, name, nil)
-	}
-	s.values[name] = v
-	return s.set(ctx, name, v)
+	t.acme.Close()
 }

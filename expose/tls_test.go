@@ -94,8 +94,11 @@ func newTLSTermLab(t *testing.T) *tlsTermLab {
 
 	cert, pool := selfSigned(t, tlsRouteHost)
 	lab.pool = pool
-	term := newTLSTerminator(New(Options{CertDir: t.TempDir()}))
-	if _, err := term.cfg.CacheUnmanagedTLSCertificate(t.Context(), cert, nil); err != nil {
+	term, err := newTLSTerminator(New(Options{CertDir: t.TempDir()}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := term.acme.CacheUnmanaged(t.Context(), cert); err != nil {
 		t.Fatal(err)
 	}
 	ready := make(chan struct{})

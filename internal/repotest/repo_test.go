@@ -65,6 +65,7 @@ var forbidden = map[string][]string{
 	"dnsserver":            {"netstack", "node", "coordinator", "wire", "edge", "cmd"},
 	"edge":                 {"netstack", "node", "expose", "coordinator", "wire", "configs", "dnsserver", "cmd"},
 	"node":                 {"coordinator", "derp/derpserver", "edge", "localapi", "cmd"},
+	"acmecert":             {"node", "expose", "netstack", "coordinator", "coordclient", "derp", "dnsserver", "edge", "localapi", "localclient", "configs", "cmd", "wire"},
 	"expose":               {"node", "netstack", "coordinator", "coordclient", "derp", "dnsserver", "edge", "localapi", "localclient", "configs", "cmd"},
 	"localapi":             {"cmd"},
 	"localclient":          {"node", "netstack", "localapi", "cmd"},
