@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: build test bench stress lint fuzz
+.PHONY: build test bench stress lint fuzz dist release packages npm
 
 # The version beam reports: git's description of the checkout, if any
 # (else the Go toolchain's VCS stamp, else "devel").
@@ -91,3 +91,35 @@ cross:
 	GOOS=linux GOARCH=arm64 $(GO) vet $(PKGS)
 	GOOS=windows GOARCH=amd64 $(GO) build $(PKGS)
 	GOOS=windows GOARCH=amd64 $(GO) vet $$($(GO) list $(PKGS) | grep -v $(CROSS_WINDOWS_SKIP))
+
+# Release builds: a static binary for each platform Beam ships (the list
+# internal/release.Platforms holds; a test compares them), named
+# beam-GOOS-GOARCH, in DIST.
+DIST ?= bin/dist
+RELEASE_PLATFORMS := linux/amd64 linux/arm64 darwin/amd64 darwin/arm64 windows/amd64
+RELEASE_LDFLAGS := -s -w -X beam.dev/beam/internal/version.override=$(VERSION)
+dist:
+	@mkdir -p $(DIST)
+	@for p in $(RELEASE_PLATFORMS); do \
+	  os=$${p%/*}; arch=$${p#*/}; ext=; if [ $$os = windows ]; then ext=.exe; fi; \
+	  echo "build $(DIST)/beam-$$os-$$arch$$ext"; \
+	  CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(RELEASE_LDFLAGS)" -o $(DIST)/beam-$$os-$$arch$$ext ./cmd/beam || exit 1; \
+	done
+
+# Debian and RPM packages for linux amd64 and arm64 (beam, the systemd
+# units of every role, sysusers.d and tmpfiles.d entries, example settings
+# in /etc/beam), built with nfpm.
+packages:
+	@$(MAKE) --no-print-directory dist RELEASE_PLATFORMS="linux/amd64 linux/arm64"
+	$(GO) run ./tools/release packages -version "$(VERSION)" -bin-dir $(DIST) -out $(DIST)
+
+# Everything a release publishes, in DIST: the five binaries, the packages
+# and SHA256SUMS over them.
+release: dist
+	$(GO) run ./tools/release packages -version "$(VERSION)" -bin-dir $(DIST) -out $(DIST)
+	$(GO) run ./tools/release sums $(DIST)
+
+# The npm packages of `npx beam`, in bin/npm: the launcher (beam) and one
+# package per platform (@beam/linux-x64, ...), each ready for npm publish.
+npm: dist
+	$(GO) run ./tools/release npm -version "$(VERSION)" -bin-dir $(DIST) -out bin/npm

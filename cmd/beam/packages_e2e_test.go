@@ -1,0 +1,270 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"beam.dev/beam/internal/release"
+)
+
+// systemdEnv reads an EnvironmentFile= as systemd does (KEY=VALUE lines,
+// # comments, optional quotes around the value).
+func systemdEnv(t *testing.T, path string) map[string]string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	env := map[string]string{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") || strings.HasPrefix(line, ";") {
+			continue
+		}
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			t.Fatalf("%s: line %q is not KEY=VALUE", path, line)
+		}
+		env[strings.TrimSpace(k)] = strings.Trim(strings.TrimSpace(v), `"'`)
+	}
+	return env
+}
+
+// unitKeys returns the values of key in a unit file, in order.
+func unitKeys(t *testing.T, path, key string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var vs []string
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), key+"="); ok {
+			vs = append(vs, v)
+		}
+	}
+	return vs
+}
+
+// execStart returns the words of a unit's ExecStart= as systemd runs it:
+// the unit's EnvironmentFile= (read under root) expands $VAR into words
+// and ${VAR} into one word, the binary and every /var/lib or /run path
+// are taken under root.
+func execStart(t *testing.T, root, unit string, env map[string]string) []string {
+	t.Helper()
+	path := filepath.Join(root, "usr/lib/systemd/system", unit)
+	for _, ef := range unitKeys(t, path, "EnvironmentFile") {
+		for k, v := range systemdEnv(t, filepath.Join(root, strings.TrimPrefix(ef, "-"))) {
+			if _, set := env[k]; !set {
+				env[k] = v
+			}
+		}
+	}
+	es := unitKeys(t, path, "ExecStart")
+	if len(es) != 1 {
+		t.Fatalf("%s: %d ExecStart lines, want 1", unit, len(es))
+	}
+	var words []string
+	for _, w := range strings.Fields(es[0]) {
+		switch {
+		case strings.HasPrefix(w, "${") && strings.HasSuffix(w, "}"):
+			words = append(words, env[w[2:len(w)-1]])
+		case strings.HasPrefix(w, "$"):
+			words = append(words, strings.Fields(env[w[1:]])...)
+		case strings.HasPrefix(w, "/"):
+			words = append(words, filepath.Join(root, w))
+		default:
+			words = append(words, w)
+		}
+	}
+	return words
+}
+
+// TestDebPackage builds the .deb (and the .rpm) as `make packages` does,
+// installs the .deb into a scratch root (its files, then its postinst's
+// systemd-sysusers and systemd-tmpfiles with --root), checks the user,
+// the directories and units it creates, checks that every unit's
+// ExecStart parses, then runs beam-server.service's ExecStart with dev
+// settings in /etc/beam/beam-server.env and joins a device with beam up.
+func TestDebPackage(t *testing.T) {
+	for _, tool := range []string{"dpkg-deb", "systemd-sysusers", "systemd-tmpfiles"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is needed to check the package: %v", tool, err)
+		}
+	}
+	bin := buildBeam(t)
+	dir := t.TempDir()
+	var deb string
+	for _, format := range []string{"deb", "rpm"} {
+		p, err := release.BuildPackage(release.PackageOptions{
+			Binary: bin, Configs: filepath.Join("..", "..", "configs"), Version: "v1.2.3",
+			Arch: runtime.GOARCH, Format: format, OutDir: dir,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch format {
+		case "deb":
+			deb = p
+			if want := "beam_1.2.3_" + runtime.GOARCH + ".deb"; filepath.Base(p) != want {
+				t.Errorf("deb is %s, want %s", filepath.Base(p), want)
+			}
+		case "rpm":
+			// An RPM starts with its lead: magic, then the name-version-release.
+			if !bytes.HasPrefix(b, []byte{0xed, 0xab, 0xee, 0xdb}) || !bytes.Contains(b[:96], []byte("beam-1.2.3-1")) {
+				t.Errorf("%s does not start with an RPM lead for beam-1.2.3-1: % x", filepath.Base(p), b[:16])
+			}
+		}
+	}
+
+	out, err := exec.Command("dpkg-deb", "--show", "--showformat", "${Package} ${Version} ${Architecture}", deb).CombinedOutput()
+	if got, want := string(out), "beam 1.2.3 "+runtime.GOARCH; err != nil || got != want {
+		t.Errorf("dpkg-deb --show = %q, %v; want %q", got, err, want)
+	}
+	ctrl := filepath.Join(dir, "control")
+	if out, err := exec.Command("dpkg-deb", "--control", deb, ctrl).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg-deb --control: %v\n%s", err, out)
+	}
+	conffiles, _ := os.ReadFile(filepath.Join(ctrl, "conffiles"))
+	postinst, _ := os.ReadFile(filepath.Join(ctrl, "postinst"))
+	for _, f := range []string{"/etc/beam/beam-server.env", "/etc/beam/beam-edge.env", "/etc/beam/beam-daemon.env"} {
+		if !strings.Contains(string(conffiles), f+"\n") {
+			t.Errorf("conffiles does not keep %s across upgrades:\n%s", f, conffiles)
+		}
+	}
+	for _, c := range []string{"systemd-sysusers /usr/lib/sysusers.d/beam.conf", "systemd-tmpfiles --create /usr/lib/tmpfiles.d/beam.conf"} {
+		if !strings.Contains(string(postinst), c) {
+			t.Errorf("postinst does not run %q:\n%s", c, postinst)
+		}
+	}
+
+	// Install into the scratch root: what dpkg unpacks, then what postinst
+	// does, rooted there.
+	root := filepath.Join(dir, "root")
+	start := time.Now()
+	for _, args := range [][]string{
+		{"dpkg-deb", "--extract", deb, root},
+		{"systemd-sysusers", "--root=" + root, "beam.conf"},
+		{"systemd-tmpfiles", "--root=" + root, "--create", "beam.conf"},
+	} {
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	t.Logf("installed into a scratch root in %v", time.Since(start).Round(time.Millisecond))
+	passwd, err := os.ReadFile(filepath.Join(root, "etc", "passwd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid := -1
+	for line := range strings.SplitSeq(string(passwd), "\n") {
+		if f := strings.Split(line, ":"); len(f) == 7 && f[0] == "beam" {
+			uid, _ = strconv.Atoi(f[2])
+			if f[5] != "/var/lib/beam" || !strings.HasSuffix(f[6], "nologin") || uid == 0 || uid >= 1000 {
+				t.Errorf("user beam is %q, want a system user (uid < 1000) with home /var/lib/beam and no login shell", line)
+			}
+		}
+	}
+	if uid < 0 {
+		t.Fatalf("the package created no user beam:\n%s", passwd)
+	}
+	for _, d := range []string{"var/lib/beam", "var/lib/beam-server", "var/lib/beam-coordinator", "var/lib/beam-derp", "var/lib/beam-edge", "run/beam"} {
+		fi, err := os.Stat(filepath.Join(root, d))
+		if err != nil {
+			t.Errorf("the package created no /%s: %v", d, err)
+			continue
+		}
+		want := os.FileMode(0o700)
+		if d == "run/beam" {
+			want = 0o755
+		}
+		if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != uid || fi.Mode().Perm() != want {
+			t.Errorf("/%s: uid %d mode %v, want uid %d (beam) mode %v", d, st.Uid, fi.Mode().Perm(), uid, want)
+		}
+	}
+	units, err := filepath.Glob(filepath.Join(root, "usr/lib/systemd/system/*.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, u := range units {
+		names = append(names, filepath.Base(u))
+	}
+	if want := []string{"beam-coordinator.service", "beam-daemon.service", "beam-derp.service", "beam-edge.service", "beam-server.service"}; !slices.Equal(names, want) {
+		t.Errorf("units %v, want %v", names, want)
+	}
+	// Every unit's command line, with its shipped settings, is one beam
+	// accepts: --help after it fails on an unknown command or flag.
+	for _, u := range names {
+		words := execStart(t, root, u, map[string]string{})
+		if out, err := exec.Command(words[0], append(words[1:], "--help")...).CombinedOutput(); err != nil {
+			t.Errorf("%s: %s --help: %v\n%s", u, strings.Join(words, " "), err, out)
+		}
+	}
+
+	// beam-server.service as a user would start it: settings in
+	// /etc/beam/beam-server.env (here a dev server on free loopback ports).
+	c := &cluster{t: t, bin: filepath.Join(root, "usr/bin/beam"), dir: dir}
+	c.addr = "127.0.0.1:" + strconv.Itoa(freePort(t))
+	c.url = "http://" + c.addr
+	httpPort := freePort(t)
+	settings := fmt.Sprintf("BEAM_SERVER_ARGS=--dev --addr %s --http-addr 127.0.0.1:%d --stun-addr 127.0.0.1:%d --tcp-ports %s --udp-ports %s\n",
+		c.addr, httpPort, freePort(t), freePortRange(t, "tcp", 10), freePortRange(t, "udp", 10))
+	if err := os.WriteFile(filepath.Join(root, "etc/beam/beam-server.env"), []byte(settings), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	words := execStart(t, root, "beam-server.service", map[string]string{})
+	logPath := filepath.Join(dir, "server.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(words[0], words[1:]...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+dir) // its discovery file stays in the test
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logf.Close()
+	c.coord = cmd
+	t.Cleanup(func() {
+		c.stopCoordinator()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("%s\nserver log:\n%s", strings.Join(words, " "), b)
+		}
+	})
+	waitFor(t, 20*time.Second, "the server unit's coordinator answers", func() bool {
+		resp, err := http.Get(c.url + "/key")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	if _, err := os.Stat(filepath.Join(root, "var/lib/beam-server/admin.token")); err != nil {
+		t.Errorf("the server keeps no admin token in /var/lib/beam-server: %v", err)
+	}
+	out2 := c.device("alpha").mustUp()
+	if !strings.HasPrefix(out2, "alpha 100.64.") {
+		t.Errorf("beam up printed %q, want the name and an overlay address", out2)
+	}
+}
