@@ -11,7 +11,11 @@
 // paths are found with disco (pings, pongs and call-me-maybe through the
 // relay, which punch both NATs at once) to the endpoints each node learns
 // by STUN from its WireGuard socket (Endpoints, Options.OnEndpoints); Ping
-// and Netcheck expose both to the CLI.
+// and Netcheck expose both to the CLI. A node whose STUN servers saw
+// different mappings (a NAT that maps each destination to another port)
+// finds paths to nodes behind friendlier NATs by birthday probing: it opens
+// many ports towards the peer and the peer probes random ports of its
+// public IP (see the bind's birthday.go).
 //
 // Connections do not outlive a process at either end: when a peer
 // restarts (its disco key changes) the engine probes its TCP connections

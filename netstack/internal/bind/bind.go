@@ -42,6 +42,12 @@
 // route): direct once confirmed, both while a new path is untrusted, the
 // relay when direct stops answering. STUN answers are also taken out and
 // handed to Options.OnSTUN.
+//
+// Birthday probing (birthday.go) adds extra UDP sockets, per peer and
+// short-lived, for a node behind a NAT that maps each destination to
+// another port (SetHardNAT); the one a peer's probe reaches becomes that
+// peer's path, its packets reaching wireguard-go through the relay
+// ReceiveFunc's queue.
 package bind
 
 import (
