@@ -1,6 +1,7 @@
 package expose
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -474,5 +475,89 @@ func TestNoInspect(t *testing.T) {
 	xs, _ = s.rec.since(0)
 	if len(xs) != 1 || xs[0].Duration != time.Second || xs[0].Size != 4 || xs[0].BytesIn != 3 {
 		t.Fatalf("after the end: %+v, want one connection of 1s, 3 bytes in and 4 out", xs[0])
+	}
+}
+
+// TestEvents checks the live list's event stream: new exchanges as they
+// are recorded, filtered, a changed exchange again under its ID, and the
+// Last-Event-ID a reconnecting EventSource sends.
+func TestEvents(t *testing.T) {
+	s := New(Options{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	insp, err := NewInspector(s, InspectorOptions{Addr: netip.MustParseAddrPort(ln.Addr().String())})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: insp}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(ln)
+	}()
+	t.Cleanup(func() {
+		srv.Close()
+		<-done
+	})
+	// stream opens the event stream with query and returns a func that
+	// reads the next event's summary.
+	stream := func(query, lastID string) func() summary {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		t.Cleanup(cancel)
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+ln.Addr().String()+"/api/events?"+query, nil)
+		if lastID != "" {
+			req.Header.Set("Last-Event-ID", lastID)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { resp.Body.Close() })
+		if ct := resp.Header.Get("Content-Type"); resp.StatusCode != 200 || ct != "text/event-stream" {
+			t.Fatalf("events: %s, %s", resp.Status, ct)
+		}
+		br := bufio.NewReader(resp.Body)
+		return func() summary {
+			t.Helper()
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					t.Fatalf("read event: %v", err)
+				}
+				if data, ok := strings.CutPrefix(line, "data: "); ok {
+					var sm summary
+					if err := json.Unmarshal([]byte(data), &sm); err != nil {
+						t.Fatal(err)
+					}
+					return sm
+				}
+			}
+		}
+	}
+	s.record(&Exchange{Kind: "http", Method: "GET", Path: "/before", Status: 200})
+	all := stream("after=0", "")
+	errs := stream("status=5xx", "")
+	if sm := all(); sm.Path != "/before" || sm.ID != "req_1" {
+		t.Fatalf("first event %+v, want /before (recorded before the stream opened)", sm)
+	}
+	s.record(&Exchange{Kind: "http", Method: "GET", Path: "/ok", Status: 200})
+	s.record(&Exchange{Kind: "http", Method: "POST", Path: "/boom", Status: 502})
+	if sm := all(); sm.Path != "/ok" {
+		t.Fatalf("second event %+v, want /ok", sm)
+	}
+	if sm := all(); sm.Path != "/boom" {
+		t.Fatalf("third event %+v, want /boom", sm)
+	}
+	if sm := errs(); sm.Path != "/boom" {
+		t.Fatalf("filtered stream: %+v, want only /boom", sm)
+	}
+	s.rec.replace("req_2", &Exchange{Kind: "tcp", Port: 9, Duration: time.Second})
+	if sm := all(); sm.ID != "req_2" || sm.Kind != "tcp" || sm.Seq != 4 {
+		t.Fatalf("changed exchange: %+v, want req_2 again as seq 4", sm)
+	}
+	if sm := stream("", "3")(); sm.ID != "req_2" {
+		t.Fatalf("after Last-Event-ID 3: %+v, want the change of req_2", sm)
 	}
 }

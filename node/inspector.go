@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -35,6 +34,10 @@ type inspectorServer struct {
 	release func() // undoes ownListener
 	done    chan struct{}
 }
+
+// StartInspector starts the request inspector unless it runs, and
+// returns its URL. (Expose starts it when asked to.)
+func (n *Node) StartInspector() (string, error) { return n.ensureInspector() }
 
 // ensureInspector starts the inspector unless it runs, and returns its
 // URL. It must not be called with n.mu held.
@@ -110,11 +113,8 @@ func (n *Node) stopInspector() {
 		return
 	}
 	s.insp.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if s.srv.Shutdown(ctx) != nil {
-		s.srv.Close() // event streams stay open until closed
-	}
+	// Close, not Shutdown: an open page's event stream never goes idle.
+	s.srv.Close()
 	<-s.done
 	s.release()
 }

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -318,5 +320,41 @@ func TestOwnListenersRefuseForwardedClients(t *testing.T) {
 	}
 	if got, want := answerAddrs(r), alpha.PeerIP("beta", false); !slices.Equal(got, []string{want}) {
 		t.Fatalf("host query for beta: got %v, want %s", got, want)
+	}
+}
+
+// TestInspectorKeptFromPeers checks that a peer cannot reach alpha's
+// request inspector through the overlay (it could read every captured
+// request and replay them), while the host can.
+func TestInspectorKeptFromPeers(t *testing.T) {
+	c := harness.NewCluster(t, harness.Options{})
+	key := c.AuthKey(coordinatorReusable())
+	alpha, beta := c.AddNode("alpha", key), c.AddNode("beta", key)
+	c.WaitPeers(alpha, beta)
+	u, err := alpha.StartInspector()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, err := alpha.StartInspector(); err != nil || again != u {
+		t.Fatalf("second start: %q, %v; want the same inspector %q", again, err, u)
+	}
+	resp, err := http.Get(u + "/api/requests/http")
+	if err != nil {
+		t.Fatalf("host GET of the inspector: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("host GET of the inspector: %s", resp.Status)
+	}
+	port := netip.MustParseAddrPort(strings.TrimPrefix(u, "http://")).Port()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := beta.DialContext(ctx, "tcp", net.JoinHostPort(beta.PeerIP("alpha", false), fmt.Sprint(port)))
+	if err == nil {
+		conn.Close()
+		t.Fatal("a peer connected to alpha's inspector")
+	}
+	if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("peer dial to alpha's inspector: %v, want connection refused", err)
 	}
 }
