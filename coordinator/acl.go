@@ -79,6 +79,13 @@ func (s *Server) initAccessControl(ctx context.Context, opts Options) error {
 		}
 		s.ac.policy.Store(p)
 	}
+	groups, err := s.loadUserGroups(ctx)
+	if err != nil {
+		return err
+	}
+	if len(groups) > 0 {
+		s.ac.policy.Store(s.currentPolicy().WithGroupMembers(byGroup(groups)))
+	}
 	return nil
 }
 
@@ -163,13 +170,11 @@ func (s *Server) SetPolicy(ctx context.Context, src []byte) error {
 	if err := s.store.SetSetting(ctx, policySetting, src); err != nil {
 		return fmt.Errorf("coordinator: store policy: %w", err)
 	}
-	s.ac.policy.Store(p)
-	s.mu.Lock()
-	clear(s.ac.nets)
-	for _, ss := range s.sessions {
-		ss.mark(ss.key, true)
+	groups, err := s.loadUserGroups(ctx)
+	if err != nil {
+		return err
 	}
-	s.mu.Unlock()
+	s.applyPolicyLocked(p.WithGroupMembers(byGroup(groups)))
 	sum := sha256.Sum256(src)
 	s.logger.Info("policy changed", "sha256", hex.EncodeToString(sum[:8]))
 	return nil

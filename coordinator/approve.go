@@ -69,6 +69,10 @@ type Approval struct {
 	Tags []string `json:"tags,omitempty"`
 	// Actor names who approved, for the audit log; empty means "admin".
 	Actor string `json:"-"`
+	// NodeKeyExpiry is how long the node's key stays valid, as
+	// AuthKeyOptions.NodeKeyExpiry (a login's lifetime); zero means the
+	// default.
+	NodeKeyExpiry time.Duration `json:"-"`
 }
 
 // Approver shows a person how to approve a pending node. A node's AuthURL
@@ -334,7 +338,7 @@ func (s *Server) ApproveRegistration(ctx context.Context, code string, a Approva
 		return fmt.Errorf("%w: code %s was approved already", ErrConflict, p.Code)
 	default:
 	}
-	secret, ak, err := s.createAuthKey(ctx, AuthKeyOptions{User: a.User, Tags: a.Tags, Expiry: approvalTTL})
+	secret, ak, err := s.createAuthKey(ctx, AuthKeyOptions{User: a.User, Tags: a.Tags, Expiry: approvalTTL, NodeKeyExpiry: a.NodeKeyExpiry})
 	if err != nil {
 		return err
 	}

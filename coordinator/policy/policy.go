@@ -68,6 +68,35 @@ type Policy struct {
 	expose []exposeRule
 	// userRefs are the places that name a user, for CheckUsers.
 	userRefs []userRef
+	// base is the policy as parsed when groups hold members added by
+	// WithGroupMembers; nil for a parsed policy.
+	base *Policy
+}
+
+// WithGroupMembers returns a copy of p whose groups also list the users in
+// extra (group name -> users), as an identity provider's groups claim
+// gives them. Groups the policy does not define are ignored: the policy
+// decides which groups exist. Members added by an earlier call are
+// replaced, not kept.
+func (p *Policy) WithGroupMembers(extra map[string][]string) *Policy {
+	base := p
+	if p.base != nil {
+		base = p.base
+	}
+	q := *base
+	q.base = base
+	q.groups = make(map[string]map[string]bool, len(base.groups))
+	for g, members := range base.groups {
+		m := make(map[string]bool, len(members)+len(extra[g]))
+		for u := range members {
+			m[u] = true
+		}
+		for _, u := range extra[g] {
+			m[u] = true
+		}
+		q.groups[g] = m
+	}
+	return &q
 }
 
 // userRef is a user name at a place in the source.

@@ -1,0 +1,103 @@
+package coordinator
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+
+	"beam.dev/beam/coordinator/policy"
+)
+
+// Group memberships from a login provider. A user who signs in through
+// OIDC brings the groups of the provider's groups claim, mapped to policy
+// groups ("group:eng"); the coordinator keeps each user's groups from
+// their last sign-in (stored, so they survive a restart) and adds them to
+// the policy's groups. The policy still decides which groups exist and
+// what they may do: a claimed group it does not define gives nothing.
+
+// userGroupsSetting is the settings name of the stored memberships, a
+// JSON object user -> ["group:x", ...].
+const userGroupsSetting = "user_groups_json"
+
+// loadUserGroups reads the stored memberships. Called from New.
+func (s *Server) loadUserGroups(ctx context.Context) (map[string][]string, error) {
+	b, err := s.store.Setting(ctx, userGroupsSetting)
+	if errors.Is(err, ErrNotFound) {
+		return map[string][]string{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: load user groups: %w", err)
+	}
+	m := map[string][]string{}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("coordinator: stored user groups: %w", err)
+	}
+	return m, nil
+}
+
+// byGroup turns user -> groups into group -> users.
+func byGroup(m map[string][]string) map[string][]string {
+	out := map[string][]string{}
+	for _, u := range slices.Sorted(maps.Keys(m)) {
+		for _, g := range m[u] {
+			out[g] = append(out[g], u)
+		}
+	}
+	return out
+}
+
+// UserGroups returns the policy groups user got from their last sign-in.
+func (s *Server) UserGroups(ctx context.Context, user string) ([]string, error) {
+	m, err := s.loadUserGroups(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return m[user], nil
+}
+
+// SetUserGroups records that user belongs to groups ("group:x") according
+// to the login provider, replacing what their last sign-in said, and
+// applies it to the policy in force: streaming nodes get their new
+// filters and peers within moments.
+func (s *Server) SetUserGroups(ctx context.Context, user string, groups []string) error {
+	s.ac.setMu.Lock()
+	defer s.ac.setMu.Unlock()
+	m, err := s.loadUserGroups(ctx)
+	if err != nil {
+		return err
+	}
+	groups = slices.Compact(slices.Sorted(slices.Values(groups)))
+	if slices.Equal(m[user], groups) {
+		return nil
+	}
+	if len(groups) == 0 {
+		delete(m, user)
+	} else {
+		m[user] = groups
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("coordinator: set user groups: %w", err)
+	}
+	if err := s.store.SetSetting(ctx, userGroupsSetting, b); err != nil {
+		return fmt.Errorf("coordinator: store user groups: %w", err)
+	}
+	s.applyPolicyLocked(s.currentPolicy().WithGroupMembers(byGroup(m)))
+	s.logger.Info("user groups changed", "user", user, "groups", groups)
+	return nil
+}
+
+// applyPolicyLocked puts p in force and recomputes every node's filter
+// and peers. ac.setMu held.
+func (s *Server) applyPolicyLocked(p *policy.Policy) {
+	s.ac.policy.Store(p)
+	s.mu.Lock()
+	clear(s.ac.nets)
+	for _, ss := range s.sessions {
+		ss.mark(ss.key, true)
+	}
+	s.mu.Unlock()
+}

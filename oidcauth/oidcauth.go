@@ -1,0 +1,269 @@
+// Package oidcauth is Beam's OpenID Connect relying party: it sends a
+// browser to the provider (authorization code flow with PKCE S256, state
+// and nonce) and, on the callback, exchanges the code and verifies the ID
+// token (signature against the provider's published keys, issuer,
+// audience, expiry, nonce) with github.com/zitadel/oidc/v3's rp package.
+// What it returns is an Identity: subject, email, name and groups.
+//
+// Each sign-in's state lives on the server, is good once and for
+// StateTTL, and is bound to the browser that started it by a cookie, so a
+// callback replayed, or completed in another browser, is refused. The
+// coordinator (device sign-in, console admins) and the edge (routes
+// behind --oidc) use it; Allow says who may pass.
+package oidcauth
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/zitadel/oidc/v3/pkg/client/rp"
+	"github.com/zitadel/oidc/v3/pkg/oidc"
+)
+
+// StateTTL is how long a started sign-in may take.
+const StateTTL = 10 * time.Minute
+
+// maxStates bounds the sign-ins in flight; the oldest goes first.
+const maxStates = 4096
+
+// Options configures an RP.
+type Options struct {
+	// Issuer is the provider's issuer URL. Required.
+	Issuer string
+	// ClientID and ClientSecret are the client registered at the
+	// provider. ClientID is required.
+	ClientID, ClientSecret string
+	// RedirectURL is the absolute callback URL registered at the
+	// provider; the caller routes it to RP.Finish. Required.
+	RedirectURL string
+	// Scopes are requested besides "openid"; nil means email and profile.
+	Scopes []string
+	// GroupsClaim is the ID token claim listing the user's groups; empty
+	// means "groups".
+	GroupsClaim string
+	// CookieName names the cookie binding a sign-in to its browser;
+	// empty means "beam_oidc".
+	CookieName string
+	// HTTPClient reaches the provider; nil means a client with a 30s timeout.
+	HTTPClient *http.Client
+	// Logger receives logs; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Identity is who signed in, from the verified ID token.
+type Identity struct {
+	Subject       string
+	Email         string
+	EmailVerified bool
+	Name          string
+	// Groups are the values of the groups claim.
+	Groups []string
+	// Expiry is when the ID token expires.
+	Expiry time.Time
+}
+
+// ErrSignIn is wrapped by every refused callback.
+var ErrSignIn = errors.New("oidcauth: sign-in refused")
+
+// RP is a relying party of one provider. It is safe for concurrent use.
+type RP struct {
+	rp          rp.RelyingParty
+	groupsClaim string
+	cookie      string
+	secure      bool
+	logger      *slog.Logger
+	now         func() time.Time
+
+	mu     sync.Mutex // guards the following fields
+	states map[string]*flow
+}
+
+// flow is one started sign-in.
+type flow struct {
+	verifier, nonce, data string
+	browser               [32]byte // SHA-256 of the browser cookie's value
+	expires               time.Time
+}
+
+type nonceKey struct{}
+
+// New discovers the provider at opts.Issuer and returns its RP.
+func New(ctx context.Context, opts Options) (*RP, error) {
+	if opts.Issuer == "" || opts.ClientID == "" || opts.RedirectURL == "" {
+		return nil, errors.New("oidcauth: Options.Issuer, ClientID and RedirectURL are required")
+	}
+	scopes := opts.Scopes
+	if scopes == nil {
+		scopes = []string{oidc.ScopeEmail, oidc.ScopeProfile}
+	}
+	scopes = append([]string{oidc.ScopeOpenID}, scopes...)
+	hc := opts.HTTPClient
+	if hc == nil {
+		hc = &http.Client{Timeout: 30 * time.Second}
+	}
+	r := &RP{
+		groupsClaim: opts.GroupsClaim,
+		cookie:      opts.CookieName,
+		secure:      strings.HasPrefix(opts.RedirectURL, "https://"),
+		logger:      opts.Logger,
+		now:         opts.Now,
+		states:      map[string]*flow{},
+	}
+	if r.groupsClaim == "" {
+		r.groupsClaim = "groups"
+	}
+	if r.cookie == "" {
+		r.cookie = "beam_oidc"
+	}
+	if r.logger == nil {
+		r.logger = slog.New(slog.DiscardHandler)
+	}
+	if r.now == nil {
+		r.now = time.Now
+	}
+	p, err := rp.NewRelyingPartyOIDC(ctx, opts.Issuer, opts.ClientID, opts.ClientSecret, opts.RedirectURL, scopes,
+		rp.WithHTTPClient(hc),
+		rp.WithVerifierOpts(rp.WithNonce(func(ctx context.Context) string {
+			n, _ := ctx.Value(nonceKey{}).(string)
+			return n
+		})),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("oidcauth: discover provider %s: %w", opts.Issuer, err)
+	}
+	r.rp = p
+	return r, nil
+}
+
+func random() string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// AuthURL starts a sign-in for the browser of w and returns the
+// provider's URL to send it to; data comes back from Finish.
+func (r *RP) AuthURL(w http.ResponseWriter, data string) string {
+	state, verifier, nonce, browser := random(), random(), random(), random()
+	now := r.now()
+	r.mu.Lock()
+	for s, f := range r.states {
+		if !now.Before(f.expires) {
+			delete(r.states, s)
+		}
+	}
+	if len(r.states) >= maxStates {
+		var oldest string
+		for s, f := range r.states {
+			if oldest == "" || f.expires.Before(r.states[oldest].expires) {
+				oldest = s
+			}
+		}
+		delete(r.states, oldest)
+	}
+	r.states[state] = &flow{verifier: verifier, nonce: nonce, data: data, browser: sha256.Sum256([]byte(browser)), expires: now.Add(StateTTL)}
+	r.mu.Unlock()
+	// One cookie per sign-in (named by the state's hash), so sign-ins in
+	// several tabs do not undo each other. SameSite=Lax: the callback is a
+	// top-level navigation from the provider's site.
+	http.SetCookie(w, &http.Cookie{
+		Name: r.cookieName(state), Value: browser, Path: "/", MaxAge: int(StateTTL / time.Second),
+		HttpOnly: true, Secure: r.secure, SameSite: http.SameSiteLaxMode,
+	})
+	return rp.AuthURL(state, r.rp, rp.WithCodeChallenge(oidc.NewSHACodeChallenge(verifier)), rp.AuthURLOpt(rp.WithURLParam("nonce", nonce)))
+}
+
+// Begin redirects the browser to the provider (see AuthURL).
+func (r *RP) Begin(w http.ResponseWriter, req *http.Request, data string) {
+	u := r.AuthURL(w, data)
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, req, u, http.StatusFound)
+}
+
+func (r *RP) cookieName(state string) string {
+	h := sha256.Sum256([]byte(state))
+	return r.cookie + "_" + base64.RawURLEncoding.EncodeToString(h[:9])
+}
+
+// Finish completes the sign-in whose callback req is: the state must be
+// one this RP issued, unexpired, unused and started by the same browser;
+// then the code is exchanged with the PKCE verifier and the ID token
+// verified. It returns who signed in and the data given to AuthURL.
+// Errors wrap ErrSignIn; their text is safe to show.
+func (r *RP) Finish(w http.ResponseWriter, req *http.Request) (*Identity, string, error) {
+	q := req.URL.Query()
+	state := q.Get("state")
+	if e := q.Get("error"); e != "" {
+		r.forget(w, state)
+		return nil, "", fmt.Errorf("%w: the provider said %s: %s", ErrSignIn, e, q.Get("error_description"))
+	}
+	r.mu.Lock()
+	f := r.states[state]
+	delete(r.states, state) // good once, whatever happens next
+	r.mu.Unlock()
+	if state == "" || f == nil || !r.now().Before(f.expires) {
+		return nil, "", fmt.Errorf("%w: this sign-in is unknown, used or expired; start again", ErrSignIn)
+	}
+	c, err := req.Cookie(r.cookieName(state))
+	r.forget(w, state)
+	if err != nil || subtle.ConstantTimeCompare(f.browser[:], hashOf(c.Value)) != 1 {
+		return nil, "", fmt.Errorf("%w: this sign-in was started in another browser; start again", ErrSignIn)
+	}
+	code := q.Get("code")
+	if code == "" {
+		return nil, "", fmt.Errorf("%w: the provider sent no code", ErrSignIn)
+	}
+	ctx := context.WithValue(req.Context(), nonceKey{}, f.nonce)
+	tokens, err := rp.CodeExchange[*oidc.IDTokenClaims](ctx, code, r.rp, rp.WithCodeVerifier(f.verifier))
+	if err != nil {
+		r.logger.Info("oidc code exchange failed", "err", err)
+		return nil, "", fmt.Errorf("%w: the provider's answer did not check out: %v", ErrSignIn, err)
+	}
+	return r.identity(tokens.IDTokenClaims), f.data, nil
+}
+
+func hashOf(s string) []byte {
+	h := sha256.Sum256([]byte(s))
+	return h[:]
+}
+
+// forget deletes the browser cookie of state.
+func (r *RP) forget(w http.ResponseWriter, state string) {
+	if state == "" {
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: r.cookieName(state), Value: "", Path: "/", MaxAge: -1, HttpOnly: true, Secure: r.secure, SameSite: http.SameSiteLaxMode})
+}
+
+func (r *RP) identity(c *oidc.IDTokenClaims) *Identity {
+	id := &Identity{
+		Subject:       c.Subject,
+		Email:         strings.ToLower(c.Email),
+		EmailVerified: bool(c.EmailVerified),
+		Name:          c.Name,
+		Expiry:        c.GetExpiration(),
+	}
+	switch g := c.Claims[r.groupsClaim].(type) {
+	case []any:
+		for _, v := range g {
+			if s, ok := v.(string); ok {
+				id.Groups = append(id.Groups, s)
+			}
+		}
+	case string:
+		id.Groups = strings.Fields(g)
+	}
+	return id
+}
