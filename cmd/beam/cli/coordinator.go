@@ -35,6 +35,8 @@ type CoordinatorOptions struct {
 	configs.Coordinator
 	// ConfigFile is --config.
 	ConfigFile string
+	// OIDC holds the --oidc-* flags.
+	OIDC OIDCOptions
 
 	// ready, if set, is called with the listening address (for tests).
 	ready func(addr string)
@@ -92,6 +94,7 @@ From elsewhere:
 	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none)")
 	bindCoordinatorEdgeFlags(cmd, &opts.CoordinatorEdge, def.CoordinatorEdge)
 	registerTelemetry(fl, &opts.Telemetry)
+	opts.OIDC.register(fl)
 	return cmd
 }
 
@@ -160,6 +163,13 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	if err := applyCoordinatorEdge(&opts.CoordinatorEdge, &copts); err != nil {
 		return err
 	}
+	oidc, err := newOIDC(ctx, &opts.OIDC, opts.Addr, logger)
+	if err != nil {
+		return err
+	}
+	if oidc != nil {
+		copts.Approver = oidc // approval URLs lead to the sign-in
+	}
 	srv, err := coordinator.New(copts)
 	if err != nil {
 		return err
@@ -175,6 +185,11 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	mux := http.NewServeMux()
 	mux.Handle(console.Path, con)
 	mux.Handle("/", srv)
+	if oidc != nil {
+		if err := oidc.attach(srv, con, mux, logger); err != nil {
+			return err
+		}
+	}
 	stopTelemetry, err := startTelemetry(ctx, &opts.Telemetry, logger, nil, roleRegistry(srv.Collector()))
 	if err != nil {
 		return err

@@ -37,6 +37,8 @@ type ServerOptions struct {
 	configs.Server
 	// ConfigFile is --config.
 	ConfigFile string
+	// OIDC holds the --oidc-* flags.
+	OIDC OIDCOptions
 
 	// ready, if set, is called with the coordinator's listen address and
 	// the edge's HTTP address once everything serves (tests).
@@ -120,6 +122,7 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 	fl.StringVar(&o.PolicyFile, "policy-file", "", policyFileUsage)
 	fl.IntVar(&o.EdgeMaxConns, "edge-max-conns", 0, "cap on client connections of the edge's listeners (0: 1/2 of the open files limit; -1: none)")
 	registerTelemetry(fl, &o.Telemetry)
+	o.OIDC.register(fl)
 	return cmd
 }
 
@@ -311,6 +314,13 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if err := serverEdgeOptions(&copts, o, zone); err != nil {
 		return err
 	}
+	oidc, err := newOIDC(ctx, &o.OIDC, addr.String(), logger)
+	if err != nil {
+		return err
+	}
+	if oidc != nil {
+		copts.Approver = oidc // approval URLs lead to the sign-in
+	}
 	if !o.Dev {
 		copts.ServerSetup = setup.get
 	}
@@ -332,6 +342,11 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	mux.Handle("/derp/", derpSrv)
 	mux.Handle("/generate_204", derpSrv)
 	mux.Handle("/", coord)
+	if oidc != nil {
+		if err := oidc.attach(coord, con, mux, logger); err != nil {
+			return err
+		}
+	}
 	clim := connLimits(o.MaxConns, shareServerControl, nofile, controlConnsPerSource)
 	logLimits(logger, "coordinator and relay", nofile, clim)
 	cln, hs := limitedServer(ln, clim, mux, logger)

@@ -134,7 +134,8 @@ func runUp(ctx context.Context, f *Factory, in *instanceFlags, o *UpOptions) err
 			}
 			st, err := lc.Status(waitCtx)
 			if err == nil && st.AuthCode != "" {
-				fmt.Fprintf(f.ErrOut, "This node needs approval. Ask an admin to run:\n\n\tbeam admin nodes approve %s\n\nor to approve it in the coordinator's web console:\n\n\t%s\n\nWaiting...\n", st.AuthCode, st.AuthURL)
+				fmt.Fprintf(f.ErrOut, "To add this node, open this URL and sign in (or approve it there as an admin):\n\n\t%s\n\nor ask an admin to run:\n\n\tbeam admin nodes approve %s\n\nWaiting...\n", st.AuthURL, st.AuthCode)
+				openBrowser(st.AuthURL)
 				return
 			}
 		}

@@ -1,0 +1,166 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"beam.dev/beam/coordinator"
+	"beam.dev/beam/coordinator/console"
+	"beam.dev/beam/coordinator/oidclogin"
+	"beam.dev/beam/oidcauth"
+)
+
+// OIDCOptions are the --oidc-* flags of beam coordinator and beam server:
+// sign-in through an OpenID Connect provider.
+type OIDCOptions struct {
+	Issuer, ClientID, ClientSecretFile string
+	// RedirectURL is where the provider sends browsers back; empty means
+	// http://ADDR/oidc/callback for a concrete --addr.
+	RedirectURL    string
+	Scopes         []string
+	GroupsClaim    string
+	GroupMap       []string // PROVIDER_GROUP=group:NAME
+	AllowedDomains []string
+	AllowedEmails  []string
+	AllowedGroups  []string
+	Admins         []string
+	KeyLifetime    string
+}
+
+func (o *OIDCOptions) register(fl *pflag.FlagSet) {
+	fl.StringVar(&o.Issuer, "oidc-issuer", "", "OpenID Connect provider's issuer URL: devices join by signing in there")
+	fl.StringVar(&o.ClientID, "oidc-client-id", "", "client ID registered at the provider")
+	fl.StringVar(&o.ClientSecretFile, "oidc-client-secret-file", "", "file holding the client secret")
+	fl.StringVar(&o.RedirectURL, "oidc-redirect-url", "", "callback URL registered at the provider (default http://ADDR/oidc/callback)")
+	fl.StringSliceVar(&o.Scopes, "oidc-scopes", []string{"email", "profile"}, "scopes to request besides openid (add groups if your provider needs it for the groups claim)")
+	fl.StringVar(&o.GroupsClaim, "oidc-groups-claim", "groups", "ID token claim listing the user's groups")
+	fl.StringSliceVar(&o.GroupMap, "oidc-group-map", nil, "map a provider group to a policy group: NAME=group:POLICYNAME (default: group:NAME)")
+	fl.StringSliceVar(&o.AllowedDomains, "oidc-allowed-domains", nil, "email domains whose users may join devices")
+	fl.StringSliceVar(&o.AllowedEmails, "oidc-allowed-emails", nil, "email addresses that may join devices")
+	fl.StringSliceVar(&o.AllowedGroups, "oidc-allowed-groups", nil, "provider groups whose members may join devices")
+	fl.StringSliceVar(&o.Admins, "oidc-admins", nil, "who may sign in to the web console with their login: emails, *@DOMAIN or group:NAME (a provider group)")
+	fl.StringVar(&o.KeyLifetime, "oidc-key-lifetime", "", "how long a device joined by a sign-in stays valid before its user signs in again (e.g. 720h; default --node-key-expiry)")
+}
+
+// enabled reports whether OIDC sign-in is configured.
+func (o *OIDCOptions) enabled() bool { return o.Issuer != "" }
+
+// oidcSetup is OIDC sign-in built from the flags: an Approver to give
+// the coordinator before it exists, then attach.
+type oidcSetup struct {
+	o     *OIDCOptions
+	rp    *oidcauth.RP
+	allow *oidcauth.Allow
+	login *oidclogin.Login
+}
+
+// ServeApproval implements coordinator.Approver once attach has run.
+func (s *oidcSetup) ServeApproval(w http.ResponseWriter, r *http.Request, p coordinator.PendingRegistration) {
+	s.login.ServeApproval(w, r, p)
+}
+
+// newOIDC checks the flags and discovers the provider; nil, nil if
+// --oidc-issuer is not set.
+func newOIDC(ctx context.Context, o *OIDCOptions, addr string, logger *slog.Logger) (*oidcSetup, error) {
+	if !o.enabled() {
+		if o.ClientID != "" || o.ClientSecretFile != "" || len(o.AllowedDomains)+len(o.AllowedEmails)+len(o.AllowedGroups)+len(o.Admins) > 0 {
+			return nil, errors.New("the --oidc-* flags need --oidc-issuer")
+		}
+		return nil, nil
+	}
+	if o.ClientID == "" {
+		return nil, errors.New("--oidc-issuer needs --oidc-client-id")
+	}
+	secret := ""
+	if o.ClientSecretFile != "" {
+		b, err := os.ReadFile(o.ClientSecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("read --oidc-client-secret-file: %w", err)
+		}
+		secret = strings.TrimSpace(string(b))
+	}
+	redirect := o.RedirectURL
+	if redirect == "" {
+		host, port, err := net.SplitHostPort(addr)
+		ip := net.ParseIP(host)
+		if err != nil || port == "0" || host == "" || (ip != nil && ip.IsUnspecified()) {
+			return nil, fmt.Errorf("--oidc-issuer needs --oidc-redirect-url: the URL at which browsers reach this server's %s (register it at the provider)", oidclogin.CallbackPath)
+		}
+		redirect = "http://" + net.JoinHostPort(host, port) + oidclogin.CallbackPath
+	}
+	var rules []string
+	for _, d := range o.AllowedDomains {
+		rules = append(rules, "email:*@"+strings.TrimPrefix(d, "@"))
+	}
+	for _, e := range o.AllowedEmails {
+		rules = append(rules, "email:"+e)
+	}
+	for _, g := range o.AllowedGroups {
+		rules = append(rules, "group:"+strings.TrimPrefix(g, "group:"))
+	}
+	allow, err := oidcauth.ParseAllow(rules)
+	if err != nil {
+		return nil, fmt.Errorf("--oidc-allowed-*: %w", err)
+	}
+	if allow.Empty() {
+		return nil, errors.New("--oidc-issuer needs --oidc-allowed-domains, --oidc-allowed-emails or --oidc-allowed-groups: who may join devices")
+	}
+	rp, err := oidcauth.New(ctx, oidcauth.Options{
+		Issuer: o.Issuer, ClientID: o.ClientID, ClientSecret: secret, RedirectURL: redirect,
+		Scopes: o.Scopes, GroupsClaim: o.GroupsClaim, Logger: logger.With("component", "oidc"),
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &oidcSetup{o: o, rp: rp, allow: allow}, nil
+}
+
+// attach builds the sign-in handler for coord and the console, and
+// routes it on mux.
+func (s *oidcSetup) attach(coord *coordinator.Server, con *console.Console, mux *http.ServeMux, logger *slog.Logger) error {
+	groupMap := map[string]string{}
+	for _, m := range s.o.GroupMap {
+		from, to, ok := strings.Cut(m, "=")
+		if !ok || from == "" || !strings.HasPrefix(to, "group:") {
+			return fmt.Errorf("bad --oidc-group-map %q: want PROVIDER_GROUP=group:NAME", m)
+		}
+		groupMap[from] = to
+	}
+	var adminRules []string
+	for _, a := range s.o.Admins {
+		if strings.HasPrefix(a, "group:") || strings.HasPrefix(a, "email:") {
+			adminRules = append(adminRules, a)
+		} else {
+			adminRules = append(adminRules, "email:"+a)
+		}
+	}
+	admins, err := oidcauth.ParseAllow(adminRules)
+	if err != nil {
+		return fmt.Errorf("--oidc-admins: %w", err)
+	}
+	var lifetime time.Duration
+	if s.o.KeyLifetime != "" {
+		lifetime, err = parseExpiryArg(s.o.KeyLifetime)
+		if err != nil {
+			return fmt.Errorf("--oidc-key-lifetime: %w", err)
+		}
+	}
+	opts := oidclogin.Options{Coordinator: coord, RP: s.rp, Allow: s.allow, GroupMap: groupMap,
+		NodeKeyExpiry: lifetime, Admins: admins, Logger: logger.With("component", "oidc")}
+	_ = con
+	s.login, err = oidclogin.New(opts)
+	if err != nil {
+		return err
+	}
+	mux.Handle(oidclogin.Prefix, s.login)
+	return nil
+}
