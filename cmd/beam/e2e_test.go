@@ -69,6 +69,8 @@ type cluster struct {
 	addr  string
 	token string
 	coord *exec.Cmd
+	// coordArgs are extra flags of beam coordinator.
+	coordArgs []string
 }
 
 func freePort(t testing.TB) int {
@@ -115,9 +117,10 @@ func freePortRange(t testing.TB, network string, n int) string {
 
 func newCluster(t *testing.T) *cluster { return newClusterTB(t) }
 
-// newClusterTB starts a coordinator for a test or benchmark.
-func newClusterTB(t testing.TB) *cluster {
-	c := &cluster{t: t, bin: buildBeam(t), dir: t.TempDir()}
+// newClusterTB starts a coordinator for a test or benchmark, with extra
+// beam coordinator flags coordArgs.
+func newClusterTB(t testing.TB, coordArgs ...string) *cluster {
+	c := &cluster{t: t, bin: buildBeam(t), dir: t.TempDir(), coordArgs: coordArgs}
 	c.addr = "127.0.0.1:" + strconv.Itoa(freePort(t))
 	c.url = "http://" + c.addr
 	c.startCoordinator()
@@ -138,7 +141,7 @@ func (c *cluster) startCoordinator() {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(c.bin, "coordinator", "--addr", c.addr, "--data", filepath.Join(c.dir, "coord"))
+	cmd := exec.Command(c.bin, append([]string{"coordinator", "--addr", c.addr, "--data", filepath.Join(c.dir, "coord")}, c.coordArgs...)...)
 	cmd.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+c.dir) // its discovery file stays in the test
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"beam.dev/beam/beamtest/oidctest"
+)
+
+// Sign-in through an OpenID Connect provider, on the real binary: a real
+// provider (zitadel's OP, in this test process) and headless Chromium.
+
+var (
+	oidcAlice = oidctest.User{Subject: "u-alice", Email: "alice@example.com", Name: "Alice", Password: "alice-pw", Groups: []string{"eng"}}
+	oidcEve   = oidctest.User{Subject: "u-eve", Email: "eve@evil.test", Name: "Eve", Password: "eve-pw", Groups: []string{"eng"}}
+)
+
+// oidcCluster starts a provider and a coordinator that signs people in
+// there, with extra coordinator flags.
+func oidcCluster(t *testing.T, extra ...string) (*cluster, *oidctest.Provider) {
+	t.Helper()
+	p := oidctest.Start(t, []oidctest.User{oidcAlice, oidcEve}, []oidctest.Client{
+		{ID: "beam", Secret: "beam-secret", RedirectURIs: []string{"http://127.0.0.1:*/oidc/callback"}},
+	})
+	secret := filepath.Join(t.TempDir(), "oidc.secret")
+	if err := os.WriteFile(secret, []byte("beam-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	args := append([]string{"--oidc-issuer", p.Issuer, "--oidc-client-id", "beam", "--oidc-client-secret-file", secret,
+		"--oidc-scopes", "email,profile,groups", "--oidc-allowed-domains", "example.com"}, extra...)
+	return newClusterTB(t, args...), p
+}
+
+// signInAtProvider fills in the test provider's sign-in form in the tab.
+func signInAtProvider(t *testing.T, ctx context.Context, u oidctest.User) {
+	t.Helper()
+	browse(t, ctx, "sign in at the provider as "+u.Email,
+		chromedp.WaitVisible(chromedp.ID("email")),
+		chromedp.SendKeys(chromedp.ID("email"), u.Email),
+		chromedp.SendKeys(chromedp.ID("password"), u.Password),
+		chromedp.Click(chromedp.ID("submit")),
+		chromedp.WaitVisible(chromedp.ID("title")),
+	)
+}
+
+// TestOIDCDeviceSignIn: beam up without a key prints a URL; a person
+// opens it, sees the device, signs in at the provider, and the device
+// joins as their user, in the policy group their groups claim names,
+// with the login's key lifetime. Someone outside the allowed domain is
+// refused and their device keeps waiting.
+func TestOIDCDeviceSignIn(t *testing.T) {
+	c, _ := oidcCluster(t, "--oidc-key-lifetime", "720h")
+	admin := func(args ...string) string {
+		return c.mustBeam(append([]string{"admin", "--coordinator", c.url}, args...)...)
+	}
+	admin("policy", "set", writeFile(t, c.dir, "policy.hujson", `{
+		"groups": {"group:eng": []},
+		"tagOwners": {"tag:srv": []},
+		"acls": [{"action": "accept", "src": ["group:eng"], "dst": ["tag:srv:*"]}],
+	}`))
+	srv := c.device("srv")
+	srv.mustUp("--authkey", strings.TrimSpace(admin("authkey", "create", "--tag", "tag:srv")))
+	ctx := consoleBrowser(t)
+
+	laptop := c.device("laptop")
+	up, stdout, code := upAwaitingApproval(t, c, laptop, "60s")
+	defer up.Process.Kill()
+	browse(t, ctx, "open the sign-in URL", chromedp.Navigate(c.url+"/register/"+code), chromedp.WaitVisible(chromedp.ID("signin")))
+	if host := read(t, ctx, "hostname", chromedp.Text(chromedp.ID("hostname"))); host != "laptop" {
+		t.Fatalf("sign-in page shows device %q, want laptop", host)
+	}
+	browse(t, ctx, "follow the sign-in link", chromedp.Click(chromedp.ID("signin")))
+	signInAtProvider(t, ctx, oidcAlice)
+	if title := read(t, ctx, "result", chromedp.Text(chromedp.ID("title"))); title != "Device added" {
+		body := read(t, ctx, "page", chromedp.Text("body"))
+		t.Fatalf("after signing in: page %q\n%s", title, body)
+	}
+	waited := make(chan error, 1)
+	go func() { waited <- up.Wait() }()
+	select {
+	case err := <-waited:
+		if err != nil || !strings.HasPrefix(stdout.String(), "laptop 100.64.") {
+			t.Fatalf("beam up after the sign-in: %v, printed %q", err, stdout.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("beam up did not finish within 30 s of the sign-in")
+	}
+	st := laptop.status()
+	if st.Self == nil || st.Self.User != "alice@example.com" {
+		t.Fatalf("laptop joined as %+v, want user alice@example.com", st.Self)
+	}
+	if left := time.Until(st.Self.KeyExpiry); left < 719*time.Hour || left > 721*time.Hour {
+		t.Errorf("laptop's key expires in %v, want about 720h (--oidc-key-lifetime)", left)
+	}
+	// group:eng (from the groups claim) may reach tag:srv: laptop sees srv.
+	waitFor(t, 20*time.Second, "laptop sees srv through group:eng", func() bool { return peerByName(laptop.status(), "srv") != nil })
+
+	// Outside the allowed domain: refused, and the device keeps waiting.
+	evil := c.device("evilbox")
+	up2, _, code2 := upAwaitingApproval(t, c, evil, "60s")
+	defer up2.Process.Kill()
+	browse(t, ctx, "open the outsider's sign-in URL", chromedp.Navigate(c.url+"/oidc/login/"+code2))
+	signInAtProvider(t, ctx, oidcEve)
+	if title := read(t, ctx, "result", chromedp.Text(chromedp.ID("title"))); title != "Not allowed" {
+		t.Fatalf("outsider: page %q, want Not allowed", title)
+	}
+	if body := read(t, ctx, "page", chromedp.Text("body")); !strings.Contains(body, "eve@evil.test may not join devices to this network") {
+		t.Fatalf("outsider: page says %q", body)
+	}
+	out := admin("nodes", "list")
+	if strings.Contains(out, "evilbox") {
+		t.Fatalf("the outsider's device joined:\n%s", out)
+	}
+	if st := evil.status(); st.AuthCode == "" {
+		t.Errorf("the outsider's device stopped waiting: state %s", st.State)
+	}
+}
