@@ -65,6 +65,22 @@ type Route struct {
 	// NoInspect keeps the route's exchanges out of the inspector (beam
 	// expose --inspect=false); it applies to every route of Port.
 	NoInspect bool
+	// App, if not nil, is where an http route's requests go instead of
+	// 127.0.0.1:Port: a listener of the program the device runs in (an
+	// embedding program, package beamnet). Ignored with Upstream set and
+	// for other protocols.
+	App AppDialer
+}
+
+// AppDialer connects to an app that lives in the device's own process.
+// Its dynamic type must be comparable (a pointer): Sync compares it to
+// keep a route's proxy when nothing changed. beamnet's public listener
+// implements it.
+type AppDialer interface {
+	// DialApp returns a new connection to the app; an error that wraps
+	// syscall.ECONNREFUSED makes the device answer the "nothing is
+	// listening" page.
+	DialApp(ctx context.Context) (net.Conn, error)
 }
 
 // Config is what the Server serves: the device's routes on one network.

@@ -32,6 +32,7 @@ type Upstream struct {
 	addr string // host:port
 	tls  bool
 	raw  bool
+	app  AppDialer // if not nil, the app is in this process (Route.App)
 }
 
 // AppAddr returns the upstream of a route of port with wire upstream up
@@ -47,6 +48,9 @@ func AppAddr(port uint16, up string) Upstream {
 }
 
 func (u Upstream) String() string {
+	if u.app != nil {
+		return "the program's listener"
+	}
 	if u.tls {
 		return "https://" + u.addr
 	}
@@ -56,6 +60,9 @@ func (u Upstream) String() string {
 // Listening reports whether something accepts TCP at u (for the device's
 // own port: on 127.0.0.1 or [::1]).
 func (u Upstream) Listening(ctx context.Context) bool {
+	if u.app != nil {
+		return true
+	}
 	addrs := []string{u.addr}
 	if h, p, _ := net.SplitHostPort(u.addr); h == "127.0.0.1" {
 		addrs = append(addrs, net.JoinHostPort("::1", p))
@@ -75,6 +82,9 @@ func (u Upstream) Listening(ctx context.Context) bool {
 // app's certificate: the app is the device's own (or on its network), and
 // self-signed certificates are the rule there, as ngrok assumes too.
 func (u Upstream) dial(ctx context.Context, d *net.Dialer, alpn ...string) (net.Conn, error) {
+	if u.app != nil {
+		return u.app.DialApp(ctx)
+	}
 	c, err := d.DialContext(ctx, "tcp", u.addr)
 	if err != nil || !u.tls {
 		return c, err
@@ -99,7 +109,11 @@ func (s *Server) syncProxiesLocked(cfg Config) {
 		for _, r := range cfg.Routes {
 			switch {
 			case r.Proto == "http":
-				want[r.Port] = AppAddr(r.Port, r.Upstream)
+				up := AppAddr(r.Port, r.Upstream)
+				if r.Upstream == "" {
+					up.app = r.App
+				}
+				want[r.Port] = up
 			case r.Proto == "tcp" && r.Upstream != "":
 				// Another host than this device's 127.0.0.1:PORT, which
 				// plain forwarding would reach.
@@ -173,6 +187,7 @@ func (s *Server) startProxy(e Network, addrs []netip.Prefix, port uint16, up Ups
 		Target:   up.addr,
 		TLS:      up.tls,
 		Raw:      up.raw,
+		App:      up.app,
 		Watching: s.watching,
 		Publish:  s.publish,
 		Capture:  s.captureFor(port),
@@ -192,6 +207,9 @@ type exposeProxyOptions struct {
 	Target string // the app's address, host:port
 	TLS    bool   // speak TLS to the app (its certificate is not verified)
 	Raw    bool   // copy bytes as they are (a tcp route), no HTTP relay
+	// App, if not nil, is the app itself, in this process (Route.App);
+	// Target and TLS are then ignored.
+	App AppDialer
 	// Watching reports whether anyone reads the request log; nil means
 	// nobody does.
 	Watching func() bool
@@ -222,7 +240,7 @@ func newExposeProxy(o exposeProxyOptions) *exposeProxy {
 		o.Capture = func() int { return 0 }
 	}
 	dialer := &net.Dialer{Timeout: 10 * time.Second}
-	up := Upstream{addr: o.Target, tls: o.TLS, raw: o.Raw}
+	up := Upstream{addr: o.Target, tls: o.TLS, raw: o.Raw, app: o.App}
 	p := &exposeProxy{conns: map[*relayConn]struct{}{}}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.h1 = &http.Transport{

@@ -137,6 +137,9 @@ type Node struct {
 	// uninspected are the local ports whose routes were published with
 	// Inspect off, kept out of the inspector; guarded by mu.
 	uninspected map[uint16]bool
+	// routeApps are in-process apps of routes, by local port (embed.go);
+	// guarded by mu.
+	routeApps map[uint16]expose.AppDialer
 
 	inspMu sync.Mutex       // guards insp
 	insp   *inspectorServer // the request inspector, once asked for (inspector.go)
