@@ -78,6 +78,7 @@ type Server struct {
 	closers  []io.Closer                  // the program's listeners, closed by Close
 	publics  map[*PublicListener]struct{} // open public listeners
 	ctrlTr   *http.Transport              // to the coordinator
+	ctrlConn connSet                      // ctrlTr's connections
 	overlayT *http.Transport              // HTTPClient's, over the overlay
 }
 
@@ -160,6 +161,7 @@ func (s *Server) initLocked() error {
 		dir = filepath.Join(conf, "beamnet-"+s.hostname())
 	}
 	s.ctrlTr = http.DefaultTransport.(*http.Transport).Clone()
+	s.ctrlTr.DialContext = s.ctrlConn.dial
 	n, err := node.New(node.Options{
 		StateDir:   dir,
 		Logger:     s.Logger,
@@ -333,6 +335,7 @@ func (s *Server) Close() error {
 	}
 	if s.ctrlTr != nil {
 		s.ctrlTr.CloseIdleConnections()
+		s.ctrlConn.closeAll()
 	}
 	if s.tmpDir {
 		if err := os.RemoveAll(s.dir); err != nil {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"beam.dev/beam/beamnet"
 	"beam.dev/beam/coordinator"
 	"beam.dev/beam/coordinator/sqlstore"
 	"beam.dev/beam/edge"
@@ -100,6 +101,9 @@ func startCluster(dir string) (*cluster, error) {
 	en, err := node.New(node.Options{
 		StateDir: dir,
 		Hostname: "edge",
+		// No idle connections to the coordinator: a connection the edge
+		// opens while a test counts goroutines would look like the test's.
+		HTTPClient: &http.Client{Transport: &http.Transport{DisableKeepAlives: true}},
 		OnNetMap: func(nm *wire.NetMap) {
 			select {
 			case <-routes:
@@ -168,6 +172,12 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	defer c.close()
+	// One node joins, publishes and leaves first, so the cluster has
+	// started every goroutine it keeps before a test counts them.
+	if err := warmUp(); err != nil {
+		fmt.Fprintln(os.Stderr, "warm up the test cluster:", err)
+		return 1
+	}
 	return m.Run()
 }
 
@@ -205,4 +215,25 @@ func get(c *http.Client, url string) (string, int, error) {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
 	return string(b), resp.StatusCode, err
+}
+
+// warmUp runs one Server through Up, ListenPublic and Close.
+func warmUp() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s := &beamnet.Server{Hostname: "warmup", ControlURL: controlURL, AuthKey: authKey, Ephemeral: true}
+	defer s.Close()
+	if _, err := s.Up(ctx); err != nil {
+		return err
+	}
+	ln, err := s.ListenPublic(ctx, "warmup")
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "warm") })}
+	go hs.Serve(ln)
+	defer hs.Close()
+	_, err = getPublic(ln.URL())
+	edgeClient.CloseIdleConnections()
+	return err
 }

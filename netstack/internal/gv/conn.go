@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"sync/atomic"
 
 	"beam.dev/beam/third_party/gvisor/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -86,7 +87,29 @@ func (st *Stack) ListenTCP(addr netip.AddrPort) (net.Listener, error) {
 		ep.Close()
 		return nil, opError("listen", "tcp", addr, Err(terr))
 	}
-	return gonet.NewTCPListener(st.s, &wq, ep), nil
+	return &tcpListener{TCPListener: gonet.NewTCPListener(st.s, &wq, ep)}, nil
+}
+
+// tcpListener is a gonet listener whose Accept, once Close was called,
+// fails with an error matching net.ErrClosed, as a net.TCPListener's does
+// (servers such as http.Server tell a closed listener by it); gonet's says
+// "endpoint is in invalid state".
+type tcpListener struct {
+	*gonet.TCPListener
+	closed atomic.Bool
+}
+
+func (l *tcpListener) Accept() (net.Conn, error) {
+	c, err := l.TCPListener.Accept()
+	if err != nil && l.closed.Load() {
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: l.Addr(), Err: net.ErrClosed}
+	}
+	return c, err
+}
+
+func (l *tcpListener) Close() error {
+	l.closed.Store(true)
+	return l.TCPListener.Close()
 }
 
 // ListenUDP opens an unconnected UDP socket bound to addr inside the
