@@ -37,10 +37,12 @@ A Prometheus server scrapes the same metrics from a daemon started with
 }
 
 // writeMetricsWithPrefix writes the lines of the text exposition b that
-// belong to metrics whose names start with one of prefixes.
+// belong to metrics whose names start with one of prefixes. A prefix no
+// metric has is an error, so a mistyped name is not an empty answer.
 func writeMetricsWithPrefix(f *Factory, b []byte, prefixes []string) error {
 	sc := bufio.NewScanner(bytes.NewReader(b))
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	matched := make([]bool, len(prefixes))
 	for sc.Scan() {
 		line := sc.Text()
 		name := line
@@ -50,14 +52,27 @@ func writeMetricsWithPrefix(f *Factory, b []byte, prefixes []string) error {
 				name = after
 			}
 		}
-		for _, p := range prefixes {
-			if strings.HasPrefix(name, p) {
+		printed := false
+		for i, p := range prefixes {
+			if !strings.HasPrefix(name, p) {
+				continue
+			}
+			matched[i] = true
+			if !printed {
 				if _, err := fmt.Fprintln(f.Out, line); err != nil {
 					return err
 				}
-				break
+				printed = true
 			}
 		}
 	}
-	return sc.Err()
+	if err := sc.Err(); err != nil {
+		return err
+	}
+	for i, p := range prefixes {
+		if !matched[i] {
+			return fmt.Errorf("no metric name starts with %q (the daemon's names start with beam_daemon_, beam_build_, beam_go_ or beam_process_)", p)
+		}
+	}
+	return nil
 }
