@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -55,7 +56,7 @@ func signInAtProvider(t *testing.T, ctx context.Context, u oidctest.User) {
 // with the login's key lifetime. Someone outside the allowed domain is
 // refused and their device keeps waiting.
 func TestOIDCDeviceSignIn(t *testing.T) {
-	c, _ := oidcCluster(t, "--oidc-key-lifetime", "720h")
+	c, _ := oidcCluster(t, "--oidc-key-lifetime", "720h", "--oidc-admins", "alice@example.com")
 	admin := func(args ...string) string {
 		return c.mustBeam(append([]string{"admin", "--coordinator", c.url}, args...)...)
 	}
@@ -119,5 +120,34 @@ func TestOIDCDeviceSignIn(t *testing.T) {
 	}
 	if st := evil.status(); st.AuthCode == "" {
 		t.Errorf("the outsider's device stopped waiting: state %s", st.State)
+	}
+
+	// An admin signs in to the console with their login; an action there
+	// is recorded in the audit log as theirs. Someone not listed is not let in.
+	browse(t, ctx, "console sign-in page", chromedp.Navigate(c.url+"/console/login"), chromedp.Click(chromedp.ID("sso")))
+	signInAtProvider(t, ctx, oidcEve)
+	if title := read(t, ctx, "result", chromedp.Text(chromedp.ID("title"))); title != "Not an admin" {
+		t.Fatalf("non-admin console sign-in: page %q, want Not an admin", title)
+	}
+	browse(t, ctx, "console sign-in page", chromedp.Navigate(c.url+"/console/login?next=%2Fconsole%2Fusers"), chromedp.Click(chromedp.ID("sso")))
+	browse(t, ctx, "sign in at the provider as the admin",
+		chromedp.WaitVisible(chromedp.ID("email")),
+		chromedp.SendKeys(chromedp.ID("email"), oidcAlice.Email),
+		chromedp.SendKeys(chromedp.ID("password"), oidcAlice.Password),
+		chromedp.Click(chromedp.ID("submit")),
+		chromedp.WaitVisible(chromedp.ID("create-user")),
+		chromedp.SendKeys(chromedp.ID("name"), "carol"),
+		chromedp.Submit(chromedp.ID("name")),
+		chromedp.WaitVisible(chromedp.ID("user-carol")),
+	)
+	if who := read(t, ctx, "who", chromedp.Text("form.logout span")); who != "alice@example.com" {
+		t.Errorf("console signed in as %q, want alice@example.com", who)
+	}
+	audit := admin("audit")
+	if !regexp.MustCompile(`(?m)console:alice@example\.com\s+user\.create\s+carol`).MatchString(audit) {
+		t.Errorf("audit log lacks alice's creating carol in the console:\n%s", audit)
+	}
+	if !strings.Contains(audit, "console.login_failed") || !strings.Contains(audit, "oidc:eve@evil.test") {
+		t.Errorf("audit log lacks the refused console sign-in of eve:\n%s", audit)
 	}
 }

@@ -67,6 +67,10 @@ type Options struct {
 	// 5 and 12 seconds.
 	LoginBurst    int
 	LoginInterval time.Duration
+	// SSOURL, if set, is where the sign-in page's "Sign in with your
+	// identity provider" link goes (with ?next=); its callback ends in
+	// SignInWith. Empty shows the admin-token form only.
+	SSOURL string
 }
 
 // Console is the web console, an http.Handler for the paths under Path.
@@ -78,6 +82,7 @@ type Console struct {
 	now      func() time.Time
 	sessions *sessionStore
 	limiter  *loginLimiter
+	ssoURL   string // Options.SSOURL
 	xorigin  *http.CrossOriginProtection
 	mux      *http.ServeMux
 	pages    map[string]*template.Template
@@ -98,7 +103,7 @@ func New(opts Options) (*Console, error) {
 	if opts.Coordinator == nil {
 		return nil, errors.New("console: Options.Coordinator is required")
 	}
-	c := &Console{coord: opts.Coordinator, logger: opts.Logger, now: opts.Now}
+	c := &Console{coord: opts.Coordinator, logger: opts.Logger, now: opts.Now, ssoURL: opts.SSOURL}
 	if c.logger == nil {
 		c.logger = slog.New(slog.DiscardHandler)
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -36,6 +37,8 @@ func (c *Console) userText(op string, err error) string {
 
 type loginData struct {
 	Next string
+	// SSO is the identity provider sign-in link; empty if none.
+	SSO string
 }
 
 func (c *Console) handleLoginForm(w http.ResponseWriter, r *http.Request) {
@@ -56,7 +59,15 @@ func (c *Console) loginForm(w http.ResponseWriter, r *http.Request, ss *session,
 		ss, value = c.sessions.create(Identity{})
 		http.SetCookie(w, sessionCookie(r, value, c.sessions.formLifetime))
 	}
-	c.render(w, r, status, "login", ss, pageData{Title: "Sign in", Error: errMsg, Data: loginData{Next: next}})
+	c.render(w, r, status, "login", ss, pageData{Title: "Sign in", Error: errMsg, Data: c.loginData(next)})
+}
+
+func (c *Console) loginData(next string) loginData {
+	d := loginData{Next: next}
+	if c.ssoURL != "" {
+		d.SSO = c.ssoURL + "?next=" + url.QueryEscape(next)
+	}
+	return d
 }
 
 func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
@@ -94,7 +105,7 @@ func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
 	if !c.coord.AdminTokenValid(r.PostForm.Get("token")) {
 		c.coord.RecordAudit(r.Context(), coordinator.ActorConsole("?"), "console.login_failed", "admin", "wrong admin token from "+remoteAddr(r).String())
 		c.logger.Warn("sign-in with a wrong admin token", "remote", r.RemoteAddr)
-		c.render(w, r, http.StatusUnauthorized, "login", ss, pageData{Title: "Sign in", Error: "Wrong admin token.", Data: loginData{Next: next}})
+		c.render(w, r, http.StatusUnauthorized, "login", ss, pageData{Title: "Sign in", Error: "Wrong admin token.", Data: c.loginData(next)})
 		return
 	}
 	c.signIn(w, r, ss, Identity{Name: "admin", Method: "admin token"}, next)

@@ -178,7 +178,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	if err := applyPolicyFile(ctx, srv, opts.PolicyFile); err != nil {
 		return err
 	}
-	con, err := console.New(console.Options{Coordinator: srv, Logger: logger})
+	con, err := console.New(console.Options{Coordinator: srv, Logger: logger, SSOURL: oidc.adminURL()})
 	if err != nil {
 		return err
 	}

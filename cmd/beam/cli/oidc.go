@@ -124,6 +124,15 @@ func newOIDC(ctx context.Context, o *OIDCOptions, addr string, logger *slog.Logg
 	return &oidcSetup{o: o, rp: rp, allow: allow}, nil
 }
 
+// adminURL is where the console's sign-in page links for a sign-in at
+// the provider; empty without --oidc-admins.
+func (s *oidcSetup) adminURL() string {
+	if s == nil || len(s.o.Admins) == 0 {
+		return ""
+	}
+	return oidclogin.AdminPath
+}
+
 // attach builds the sign-in handler for coord and the console, and
 // routes it on mux.
 func (s *oidcSetup) attach(coord *coordinator.Server, con *console.Console, mux *http.ServeMux, logger *slog.Logger) error {
@@ -156,7 +165,9 @@ func (s *oidcSetup) attach(coord *coordinator.Server, con *console.Console, mux 
 	}
 	opts := oidclogin.Options{Coordinator: coord, RP: s.rp, Allow: s.allow, GroupMap: groupMap,
 		NodeKeyExpiry: lifetime, Admins: admins, Logger: logger.With("component", "oidc")}
-	_ = con
+	if !admins.Empty() {
+		opts.AdminSignIn = con.SignInWith
+	}
 	s.login, err = oidclogin.New(opts)
 	if err != nil {
 		return err

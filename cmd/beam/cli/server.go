@@ -332,7 +332,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if err := applyPolicyFile(ctx, coord, o.PolicyFile); err != nil {
 		return err
 	}
-	con, err := console.New(console.Options{Coordinator: coord, Logger: logger})
+	con, err := console.New(console.Options{Coordinator: coord, Logger: logger, SSOURL: oidc.adminURL()})
 	if err != nil {
 		return err
 	}
