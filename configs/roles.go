@@ -69,6 +69,8 @@ type Server struct {
 	TCPPorts     string `json:"tcp_ports"`
 	UDPPorts     string `json:"udp_ports"`
 	STUNAddr     string `json:"stun_addr"`
+	// STUNAltAddr is the second STUN responder (see STUNAltUsage).
+	STUNAltAddr string `json:"stun_alt_addr"`
 	Zone
 	ACMECA     string `json:"acme_ca"`
 	ACMECARoot string `json:"acme_ca_root"`
@@ -117,6 +119,7 @@ func (s *Server) Validate() error {
 	c.portRange("--tcp-ports", s.TCPPorts)
 	c.portRange("--udp-ports", s.UDPPorts)
 	c.listen("--stun-addr", s.STUNAddr, false)
+	c.stunAlt(s.STUNAltAddr)
 	s.Zone.check(&c)
 	c.url("--acme-ca", s.ACMECA, false)
 	c.logLevel(s.LogLevel)
@@ -135,6 +138,10 @@ type Coordinator struct {
 	// STUN overrides the relays' STUN addresses (host:port), one per
 	// DERPURLs entry or one for all.
 	STUN []string `json:"stun"`
+	// STUNAltPort is the port of the relays' second STUN responder, on
+	// the host of their STUN address: 0 means that address's port + 1
+	// (what beam derp serves by default), -1 none.
+	STUNAltPort int `json:"stun_alt_port"`
 	// DERPMapFile is a JSON relay map file, used instead of DERPURLs.
 	DERPMapFile string `json:"derp_map"`
 	// BaseDomain is the parent domain of the networks' domains.
@@ -194,6 +201,9 @@ func (co *Coordinator) Validate() error {
 	}
 	for _, a := range co.STUN {
 		c.hostPort("--stun", a)
+	}
+	if co.STUNAltPort < -1 || co.STUNAltPort > 65535 {
+		c.add("--stun-alt-port", strconv.Itoa(co.STUNAltPort), "want 1-65535, 0 (the STUN port + 1) or -1 (none)")
 	}
 	c.domain("--edge-domain", co.Domain, false)
 	if co.Host != "" {
@@ -270,6 +280,8 @@ type DERP struct {
 	Addr string `json:"addr"`
 	// STUNAddr is the UDP address of the STUN responder; empty disables it.
 	STUNAddr string `json:"stun_addr"`
+	// STUNAltAddr is the second STUN responder (see STUNAltUsage).
+	STUNAltAddr string `json:"stun_alt_addr"`
 	// TLSCert and TLSKey are PEM files; both empty serves plain HTTP.
 	TLSCert string `json:"tls_cert"`
 	TLSKey  string `json:"tls_key"`
@@ -304,6 +316,7 @@ func (d *DERP) Validate() error {
 	var c checker
 	c.listen("--addr", d.Addr, true)
 	c.listen("--stun-addr", d.STUNAddr, false)
+	c.stunAlt(d.STUNAltAddr)
 	for _, m := range d.MeshWith {
 		u, _, err := ParseMeshPeer(m)
 		if err != nil {
@@ -446,6 +459,23 @@ func (c *checker) listen(flag, v string, required bool) {
 	if err := checkAddr(v, true); err != nil {
 		c.add(flag, v, err.Error())
 	}
+}
+
+// STUNAltOff is the STUNAltAddr that turns the second STUN responder off.
+const STUNAltOff = "off"
+
+// STUNAltUsage describes --stun-alt-addr. A node compares the mappings
+// two STUN ports saw: if they differ, its NAT maps each destination to
+// another port (a hard NAT) and it turns on birthday probing, which a
+// single relay could not tell without the second port.
+const STUNAltUsage = `second STUN responder, so nodes can tell a hard NAT with one relay: "" is --stun-addr's port + 1 (an ephemeral port if that is 0; skipped with a warning if taken), "off" none`
+
+// stunAlt checks --stun-alt-addr: "", "off" or a listen address.
+func (c *checker) stunAlt(v string) {
+	if v == "" || v == STUNAltOff {
+		return
+	}
+	c.listen("--stun-alt-addr", v, false)
 }
 
 // hostPort checks a host:port to reach (port 1-65535).

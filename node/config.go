@@ -1,8 +1,10 @@
 package node
 
 import (
+	"net"
 	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -115,6 +117,9 @@ func derpConfig(dm *wire.DERPMap) (map[int]netstack.DERPRegion, int) {
 			}
 			if n.STUNAddr != "" {
 				reg.STUNAddrs = append(reg.STUNAddrs, n.STUNAddr)
+				if host, _, err := net.SplitHostPort(n.STUNAddr); err == nil && n.STUNAltPort != 0 {
+					reg.STUNAddrs = append(reg.STUNAddrs, net.JoinHostPort(host, strconv.Itoa(int(n.STUNAltPort))))
+				}
 			}
 			if !n.STUNOnly && n.URL != "" {
 				reg.URLs = append(reg.URLs, n.URL)

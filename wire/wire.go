@@ -197,6 +197,11 @@ type DERPNode struct {
 	URL string `json:"url"`
 	// STUNAddr is host:port of the STUN responder; empty for none.
 	STUNAddr string `json:"stun_addr,omitempty"`
+	// STUNAltPort is a second STUN responder's port on STUNAddr's host;
+	// 0 for none. A node behind a NAT that maps each destination to
+	// another port sees two mappings from the two ports, so one relay
+	// suffices to tell a hard NAT.
+	STUNAltPort uint16 `json:"stun_alt_port,omitempty"`
 	// STUNOnly means the node does not relay.
 	STUNOnly bool `json:"stun_only,omitempty"`
 }

@@ -50,18 +50,18 @@ func kindLabel(k nslab.NATKind) string {
 }
 
 // expectedPath is the path a pair must reach: direct whenever UDP can
-// flow and one side is public or both NATs are easy; relayed otherwise.
-// A better path than expected (direct across a hard NAT) also passes.
+// flow and at most one side is behind a hard NAT (easy/hard by birthday
+// probing: the hard side learns its NAT is hard from the one relay's two
+// STUN ports); relayed otherwise (hard/hard, or UDP blocked). A better
+// path than expected (direct across two hard NATs) also passes.
 func expectedPath(a, b nslab.NATKind) string {
 	switch {
 	case a == nslab.NATUDPBlocked || b == nslab.NATUDPBlocked:
 		return pathRelay
-	case a == nslab.NATNone || b == nslab.NATNone:
-		return pathDirect
-	case a == nslab.NATEasy && b == nslab.NATEasy:
-		return pathDirect
+	case a == nslab.NATHard && b == nslab.NATHard:
+		return pathRelay
 	}
-	return pathRelay
+	return pathDirect
 }
 
 // gridResult is one row of the grid artefact.

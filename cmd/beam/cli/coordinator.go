@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -85,6 +86,7 @@ From elsewhere:
 	fl.StringVar(&opts.DataDir, "data", def.DataDir, "data directory (created 0700)")
 	fl.StringArrayVar(&opts.DERPURLs, "derp", nil, "relay base URL; repeat for more regions")
 	fl.StringArrayVar(&opts.STUN, "stun", nil, "STUN host:port for the --derp relays (one for all, or one per --derp); default host:3478")
+	fl.IntVar(&opts.STUNAltPort, "stun-alt-port", 0, "port of the relays' second STUN responder, on the --stun host (0: the --stun port + 1, as beam derp serves by default; -1: none)")
 	fl.StringVar(&opts.DERPMapFile, "derp-map", "", "JSON file with the full relay map (instead of --derp)")
 	fl.StringVar(&opts.BaseDomain, "base-domain", def.BaseDomain, "base DNS domain; networks get NETWORK.BASE")
 	fl.BoolVar(&opts.Dev, "dev", false, "dev mode: nodes on loopback may register without an auth key")
@@ -274,18 +276,27 @@ func coordinatorDERPMap(opts *configs.Coordinator) (*wire.DERPMap, error) {
 		case len(opts.DERPURLs):
 			stunAddr = opts.STUN[i]
 		}
-		if _, _, err := net.SplitHostPort(stunAddr); err != nil {
+		_, stunPort, err := net.SplitHostPort(stunAddr)
+		if err != nil {
 			return nil, fmt.Errorf("bad --stun %q: want host:port", stunAddr)
+		}
+		var altPort uint16
+		switch n, _ := strconv.Atoi(stunPort); {
+		case opts.STUNAltPort > 0:
+			altPort = uint16(opts.STUNAltPort)
+		case opts.STUNAltPort == 0 && n > 0 && n < 65535:
+			altPort = uint16(n + 1)
 		}
 		m.Regions[id] = &wire.DERPRegion{
 			RegionID:   id,
 			RegionCode: fmt.Sprintf("r%d", id),
 			Name:       u.Host,
 			Nodes: []*wire.DERPNode{{
-				Name:     fmt.Sprintf("%da", id),
-				RegionID: id,
-				URL:      strings.TrimRight(raw, "/"),
-				STUNAddr: stunAddr,
+				Name:        fmt.Sprintf("%da", id),
+				RegionID:    id,
+				URL:         strings.TrimRight(raw, "/"),
+				STUNAddr:    stunAddr,
+				STUNAltPort: altPort,
 			}},
 		}
 	}

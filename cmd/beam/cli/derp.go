@@ -80,6 +80,7 @@ whatever key it has, with a warning.`,
 	fl.StringVar(&opts.ConfigFile, "config", "", configUsage)
 	fl.StringVar(&opts.Addr, "addr", def.Addr, "address to serve HTTP (or HTTPS with --tls-cert) on")
 	fl.StringVar(&opts.STUNAddr, "stun-addr", def.STUNAddr, `UDP address of the STUN responder; "" disables it`)
+	fl.StringVar(&opts.STUNAltAddr, "stun-alt-addr", def.STUNAltAddr, configs.STUNAltUsage)
 	fl.StringVar(&opts.TLSCert, "tls-cert", "", "TLS certificate PEM file (with --tls-key); plain HTTP if unset")
 	fl.StringVar(&opts.TLSKey, "tls-key", "", "TLS private key PEM file")
 	fl.StringVar(&opts.VerifyClients, "verify-clients", "", "coordinator URL; admit only node keys it knows (needs --verify-token-file)")
@@ -179,6 +180,14 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 		}
 		defer pc.Close()
 	}
+	altPC, err := listenSTUNAlt(pc, opts.STUNAddr, opts.STUNAltAddr, logger)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	if altPC != nil {
+		defer altPC.Close()
+	}
 
 	srv := derpserver.New(derpserver.Options{
 		PrivateKey:   priv,
@@ -211,7 +220,11 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 	if pc != nil {
 		stunAddr = pc.LocalAddr().String()
 	}
-	logger.Info("relay listening", "addr", ln.Addr().String(), "stun", stunAddr, "tls", opts.TLSCert != "",
+	stunAlt := ""
+	if altPC != nil {
+		stunAlt = altPC.LocalAddr().String()
+	}
+	logger.Info("relay listening", "addr", ln.Addr().String(), "stun", stunAddr, "stun_alt", stunAlt, "tls", opts.TLSCert != "",
 		"machine_key", priv.Public().String(), "mesh_with", len(opts.MeshWith), "verify_clients", opts.VerifyClients != "")
 	if opts.ready != nil {
 		opts.ready(ln.Addr().String(), stunAddr)
@@ -225,6 +238,13 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 		wg.Go(func() {
 			if err := derpserver.ServeSTUN(stunCtx, pc, logger); err != nil {
 				errc <- fmt.Errorf("serve STUN: %w", err)
+			}
+		})
+	}
+	if altPC != nil {
+		wg.Go(func() {
+			if err := derpserver.ServeSTUN(stunCtx, altPC, logger); err != nil {
+				errc <- fmt.Errorf("serve second STUN port: %w", err)
 			}
 		})
 	}

@@ -108,6 +108,7 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 	fl.StringVar(&o.TCPPorts, "tcp-ports", def.TCPPorts, "edge ports for --tcp routes")
 	fl.StringVar(&o.UDPPorts, "udp-ports", def.UDPPorts, "edge ports for --udp routes")
 	fl.StringVar(&o.STUNAddr, "stun-addr", def.STUNAddr, "STUN responder (\"\" disables)")
+	fl.StringVar(&o.STUNAltAddr, "stun-alt-addr", def.STUNAltAddr, configs.STUNAltUsage)
 	fl.StringVar(&o.DNSAddr, "dns-addr", def.DNSAddr, "authoritative DNS for DOMAIN (\"\" disables)")
 	fl.StringSliceVar(&o.PublicIPs, "public-ip", nil, "the edge's public addresses, for the zone's A/AAAA records")
 	fl.StringVar(&o.ACMECA, "acme-ca", "", "ACME directory URL (certificates by DNS-01 through the zone; default Let's Encrypt's production directory)")
@@ -251,6 +252,15 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 			defer wg.Done()
 			derpserver.ServeSTUN(ctx, pc, logger)
 		}()
+		alt, err := listenSTUNAlt(pc, o.STUNAddr, o.STUNAltAddr, logger)
+		if err != nil {
+			pc.Close()
+			return err
+		}
+		if alt != nil {
+			region.Nodes[0].STUNAltPort = uint16(alt.LocalAddr().(*net.UDPAddr).Port)
+			wg.Go(func() { derpserver.ServeSTUN(ctx, alt, logger) })
+		}
 	}
 	derpMap := &wire.DERPMap{Regions: map[int]*wire.DERPRegion{1: region}}
 	setup.ServerSetup.CoordinatorPort = uint16(addr.Port)

@@ -149,6 +149,9 @@ func printPublicSetup(w io.Writer, o *ServerOptions, publicURL string) {
 			ports = append(ports, l.proto+" "+port)
 		}
 	}
+	if p := stunAltPort(o.STUNAddr, o.STUNAltAddr); p != "" {
+		ports = append(ports, "udp "+p+" (second STUN port)")
+	}
 	if o.TCPPorts != "" {
 		ports = append(ports, "tcp "+o.TCPPorts+" (for --tcp routes)")
 	}

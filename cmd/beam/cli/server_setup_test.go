@@ -99,7 +99,7 @@ func TestPublicSetupSummary(t *testing.T) {
 		"example.test. NS ns1.example.test.",
 		"ns1.example.test. A 203.0.113.10",
 		"ns1.example.test. AAAA 2001:db8::10",
-		"tcp+udp 53, tcp 80, tcp 443, tcp 8080, udp 3478, tcp 20000-20999",
+		"tcp+udp 53, tcp 80, tcp 443, tcp 8080, udp 3478, udp 3479 (second STUN port), tcp 20000-20999",
 		letsEncryptProduction,
 		"app.customer.com. CNAME NAME.example.test.",
 		"the TXT record beam admin domains verify app.customer.com prints",
