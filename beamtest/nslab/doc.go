@@ -49,8 +49,13 @@
 //   - Each router's LAN is a /29: first 198.51.100.0/24 (LANs 0-31), then
 //     192.0.2.0/24 (LANs 32-63). The router is .1 of its /29, its hosts
 //     .2 to .6.
-//   - No IPv6 addresses are assigned; hosts have IPv6 link-local addresses
-//     only, and IPv6 is disabled inside the inet namespace.
+//   - By default no IPv6 addresses are assigned; hosts have IPv6 link-local
+//     addresses only, and IPv6 is disabled inside the inet namespace.
+//     [Lab.EnableIPv6] adds 2001:db8::/64 to the internet (br0 is
+//     2001:db8::1 and routes) and a routed /64 to every LAN,
+//     2001:db8:N::/64, with no NAT66 but a stateful filter on each router:
+//     hosts behind IPv4 NATs then have global IPv6, as many homes and
+//     phones do.
 //
 // # NAT kinds
 //

@@ -20,7 +20,8 @@ type Host struct {
 	name   string
 	ns     string
 	addr   netip.Addr
-	router *Router // nil for hosts on the internet and for routers
+	addr6  netip.Addr // global IPv6 address; invalid without Lab.EnableIPv6
+	router *Router    // nil for hosts on the internet and for routers
 }
 
 // Name returns the name the host was added with.
@@ -33,6 +34,12 @@ func (h *Host) Namespace() string { return h.ns }
 // Addr returns the host's own address: public for hosts on the internet,
 // the LAN address for hosts behind a router, the WAN address for a router.
 func (h *Host) Addr() netip.Addr { return h.addr }
+
+// Addr6 returns the host's global IPv6 address in a lab with
+// [Lab.EnableIPv6] (the WAN address for a router; br0's for the internet
+// namespace), and the zero Addr otherwise. Without NAT66 it is also the
+// address the internet sees the host's IPv6 traffic come from.
+func (h *Host) Addr6() netip.Addr { return h.addr6 }
 
 // PublicAddr returns the address the internet sees the host's traffic come
 // from: the router's WAN address for a host behind a router, else Addr.

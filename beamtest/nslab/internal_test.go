@@ -1,6 +1,7 @@
 package nslab
 
 import (
+	"net/netip"
 	"testing"
 	"time"
 
@@ -89,5 +90,37 @@ func TestOwnerPID(t *testing.T) {
 	got := parseNetnsList([]byte("nsl-a1b2c3-1-inet (id: 3)\nplain\n\n"))
 	if diff := cmp.Diff([]string{"nsl-a1b2c3-1-inet", "plain"}, got); diff != "" {
 		t.Errorf("parseNetnsList mismatch (-want +got):\n%s", diff)
+	}
+}
+
+func TestAddressPlan6(t *testing.T) {
+	tests := []struct {
+		lan        string // the LAN's IPv4 /29
+		v4         string // an address in it
+		wantPrefix string
+		wantAddr   string
+	}{
+		{"198.51.100.0/29", "198.51.100.1", "2001:db8:1::/64", "2001:db8:1::1"},
+		{"198.51.100.0/29", "198.51.100.2", "2001:db8:1::/64", "2001:db8:1::2"},
+		{"198.51.100.8/29", "198.51.100.14", "2001:db8:2::/64", "2001:db8:2::6"},
+		{"198.51.100.248/29", "198.51.100.250", "2001:db8:20::/64", "2001:db8:20::2"},
+		{"192.0.2.0/29", "192.0.2.3", "2001:db8:21::/64", "2001:db8:21::3"},
+		{"192.0.2.248/29", "192.0.2.249", "2001:db8:40::/64", "2001:db8:40::1"},
+	}
+	for _, tt := range tests {
+		lan := netip.MustParsePrefix(tt.lan)
+		p6 := lanPrefix6(lan)
+		if p6.String() != tt.wantPrefix {
+			t.Errorf("lanPrefix6(%v) = %v, want %v", lan, p6, tt.wantPrefix)
+		}
+		if got := lanAddr6(p6, lan, netip.MustParseAddr(tt.v4)); got.String() != tt.wantAddr {
+			t.Errorf("lanAddr6(%v, %v, %v) = %v, want %v", p6, lan, tt.v4, got, tt.wantAddr)
+		}
+	}
+	if got := publicAddr6(netip.MustParseAddr("203.0.113.12")); got.String() != "2001:db8::12" {
+		t.Errorf("publicAddr6(203.0.113.12) = %v, want 2001:db8::12", got)
+	}
+	if got := publicAddr6(netip.MustParseAddr("203.0.113.254")); got.String() != "2001:db8::254" {
+		t.Errorf("publicAddr6(203.0.113.254) = %v, want 2001:db8::254", got)
 	}
 }

@@ -62,7 +62,13 @@ const (
 
 var (
 	gatewayAddr = netip.MustParseAddr("203.0.113.1")
-	nameRE      = regexp.MustCompile(`^[a-z][a-z0-9-]{0,15}$`)
+	// gateway6 is br0's IPv6 address in a lab with IPv6: the router of
+	// the internet's 2001:db8::/64 to every LAN's /64.
+	gateway6 = netip.MustParseAddr("2001:db8::1")
+	// bridgeMAC is the address of br0 and of every router's lan0, which
+	// are on different links.
+	bridgeMAC = "02:00:00:00:00:01"
+	nameRE    = regexp.MustCompile(`^[a-z][a-z0-9-]{0,15}$`)
 )
 
 // Lab is one test's namespace internet. It is created by [New] and torn down
@@ -87,6 +93,7 @@ type Lab struct {
 	nextPort int      // next bridge port number in the inet namespace
 	tcpCC    string   // default TCP congestion control of new namespaces; "" keeps the host's
 	runDir   string   // XDG_RUNTIME_DIR of the lab's programs
+	v6       bool     // EnableIPv6 was called
 }
 
 // New builds an empty internet namespace with its bridge and registers the
@@ -131,7 +138,11 @@ func New(t testing.TB) *Lab {
 		"net.bridge.bridge-nf-call-iptables=0",
 	)
 	l.mustIP(ns,
-		"link add name br0 type bridge",
+		// A bridge without an address of its own takes its ports'
+		// lowest, which changes as ports are added: neighbours would
+		// keep sending to the old one, which the bridge takes in and its
+		// IP stack drops.
+		"link add name br0 address "+bridgeMAC+" type bridge",
 		"addr add "+gatewayAddr.String()+"/24 dev br0",
 		"link set br0 up",
 	)
@@ -213,20 +224,36 @@ func (l *Lab) AddNATHost(name string, kind NATKind) *Host {
 
 	r := l.newNamespace(name, "r-"+name)
 	r.addr = wan
-	port := l.plugIntoBridge(r, "wan0", wan)
+	v6 := l.ipv6()
+	if v6 {
+		r.addr6 = publicAddr6(wan)
+	}
+	port := l.plugIntoBridge(r, "wan0", wan, r.addr6)
 	rt := &Router{Host: r, lab: l, kind: kind, lan: lan, lanAddr: gw, port: port, nextHost: gw.Next()}
-	l.mustSysctl(r.ns,
+	sysctls := []string{
 		"net.ipv4.ip_forward=1",
 		// Hosts on the LAN bridge talk to each other without the router's
 		// firewall, as on a home LAN switch.
 		"net.bridge.bridge-nf-call-iptables=0",
-	)
+	}
+	if v6 {
+		sysctls = append(sysctls, "net.ipv6.conf.all.forwarding=1", "net.bridge.bridge-nf-call-ip6tables=0")
+	}
+	l.mustSysctl(r.ns, sysctls...)
 	l.mustIP(r.ns,
-		"link add name lan0 type bridge",
+		"link add name lan0 address "+bridgeMAC+" type bridge", // see New
 		fmt.Sprintf("addr add %s/%d dev lan0", gw, lan.Bits()),
 		"link set lan0 up",
 	)
 	l.mustNFT(r.ns, routerRuleset(kind))
+	if v6 {
+		rt.lan6 = lanPrefix6(lan)
+		rt.lanAddr6 = lanAddr6(rt.lan6, lan, gw)
+		l.mustIP(r.ns, fmt.Sprintf("addr add %s/64 dev lan0 nodad", rt.lanAddr6))
+		l.mustNFT(r.ns, routerRuleset6())
+		// The internet routes the LAN's /64 to the router: no NAT66.
+		l.mustIP(l.inet.ns, fmt.Sprintf("route add %s via %s", rt.lan6, r.addr6))
+	}
 	return rt.addHost(name)
 }
 
@@ -236,14 +263,17 @@ func (l *Lab) addPublic(name string) *Host {
 	addr := l.allocPublic()
 	h := l.newNamespace(name, "h-"+name)
 	h.addr = addr
-	l.plugIntoBridge(h, "eth0", addr)
+	if l.ipv6() {
+		h.addr6 = publicAddr6(addr)
+	}
+	l.plugIntoBridge(h, "eth0", addr, h.addr6)
 	return h
 }
 
 // plugIntoBridge connects h to br0 with a veth whose end in h is named
-// ifname and has addr/24, and gives h its default route. It returns the name
-// of the bridge port in the inet namespace.
-func (l *Lab) plugIntoBridge(h *Host, ifname string, addr netip.Addr) string {
+// ifname and has addr/24 (and addr6/64 if valid), and gives h its default
+// routes. It returns the name of the bridge port in the inet namespace.
+func (l *Lab) plugIntoBridge(h *Host, ifname string, addr, addr6 netip.Addr) string {
 	l.t.Helper()
 	l.mu.Lock()
 	port := "p" + strconv.Itoa(l.nextPort)
@@ -259,7 +289,85 @@ func (l *Lab) plugIntoBridge(h *Host, ifname string, addr netip.Addr) string {
 		"link set "+ifname+" up",
 		"route add default via "+gatewayAddr.String(),
 	)
+	if addr6.IsValid() {
+		l.mustIP(h.ns,
+			"addr add "+addr6.String()+"/64 dev "+ifname+" nodad",
+			"route add ::/0 via "+gateway6.String(),
+		)
+	}
 	return port
+}
+
+// EnableIPv6 gives the lab IPv6, which it has none of otherwise; call it
+// right after [New], before adding any host. The internet is then also
+// 2001:db8::/64: br0 is 2001:db8::1, the router of the internet, and every
+// public host and router WAN side gets the address whose last group reads
+// as the last byte of its IPv4 address (203.0.113.12 is 2001:db8::12).
+// Each router's LAN gets a /64 of its own, 2001:db8:N::/64 with N the LAN
+// number plus one, routed to the router's WAN address (no NAT66): the
+// router is ::1 of it and its hosts ::2 to ::6, as in their IPv4 /29. So a
+// host behind an IPv4 NAT of any kind has a global IPv6 address, behind a
+// stateful filter like a home router's: outbound and its replies pass,
+// unsolicited inbound packets are dropped (hole punching works, as on an
+// easy NAT). [NATUDPBlocked] blocks IPv4 UDP only: IPv6 UDP passes.
+// Addresses skip duplicate address detection, so they are usable at once.
+func (l *Lab) EnableIPv6() {
+	l.t.Helper()
+	l.mu.Lock()
+	if len(l.names) > 0 {
+		l.mu.Unlock()
+		l.t.Fatalf("nslab: EnableIPv6 must come before the first host is added")
+	}
+	already := l.v6
+	l.v6 = true
+	l.mu.Unlock()
+	if already {
+		return
+	}
+	// Only br0 gets IPv6: new bridge ports keep the namespace default
+	// (disabled), so a port taken off the bridge by SetNetem answers
+	// nothing for br0.
+	l.mustSysctl(l.inet.ns,
+		"net.ipv6.conf.br0.accept_dad=0",
+		"net.ipv6.conf.br0.disable_ipv6=0",
+		"net.ipv6.conf.all.forwarding=1",
+		"net.bridge.bridge-nf-call-ip6tables=0",
+	)
+	l.mustIP(l.inet.ns, "addr add "+gateway6.String()+"/64 dev br0 nodad")
+	l.inet.addr6 = gateway6
+}
+
+// ipv6 reports whether EnableIPv6 was called.
+func (l *Lab) ipv6() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.v6
+}
+
+// publicAddr6 is the IPv6 address of the public host or router WAN side
+// with IPv4 address a: 2001:db8:: and a's last byte, in decimal digits.
+func publicAddr6(a netip.Addr) netip.Addr {
+	return netip.MustParseAddr("2001:db8::" + strconv.Itoa(int(a.As4()[3])))
+}
+
+// lanPrefix6 is the IPv6 /64 of the LAN whose IPv4 /29 is lan:
+// 2001:db8:N::/64, N being one more than the LAN's number.
+func lanPrefix6(lan netip.Prefix) netip.Prefix {
+	b := lan.Addr().As4()
+	n := int(b[3]) / 8
+	if b[0] == 192 { // 192.0.2.0/24 holds LANs 32-63
+		n += 32
+	}
+	return netip.MustParsePrefix(fmt.Sprintf("2001:db8:%x::/64", n+1))
+}
+
+// lanAddr6 is the IPv6 address in lan6 of the LAN address a of the IPv4
+// /29 lan: the same offset in the subnet.
+func lanAddr6(lan6, lan netip.Prefix, a netip.Addr) netip.Addr {
+	off := a.As4()[3] - lan.Addr().As4()[3]
+	b := lan6.Addr().As16()
+	b[15] = off
+	return netip.AddrFrom16(b)
 }
 
 // newNamespace creates the namespace prefix+suffix with lo up and returns a
@@ -274,12 +382,21 @@ func (l *Lab) newNamespace(name, suffix string) *Host {
 	}
 	l.mu.Lock()
 	l.nsList = append(l.nsList, ns)
-	cc := l.tcpCC
+	cc, v6 := l.tcpCC, l.v6
 	l.mu.Unlock()
 	l.isolateResolver(ns)
 	l.mustIP(ns, "link set lo up")
+	var sysctls []string
 	if cc != "" {
-		l.mustSysctl(ns, "net.ipv4.tcp_congestion_control="+cc)
+		sysctls = append(sysctls, "net.ipv4.tcp_congestion_control="+cc)
+	}
+	if v6 {
+		// No duplicate address detection, for link-local addresses
+		// too: without it a new interface's IPv6 is usable at once.
+		sysctls = append(sysctls, "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
+	}
+	if len(sysctls) > 0 {
+		l.mustSysctl(ns, sysctls...)
 	}
 	return &Host{lab: l, name: name, ns: ns}
 }

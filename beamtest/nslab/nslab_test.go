@@ -747,3 +747,125 @@ func TestSetTCPCongestionControl(t *testing.T) {
 		t.Errorf("AllowedTCPCongestionControls() = %q, %v; want a list with reno", allowed, err)
 	}
 }
+
+func hostPort6(h *nslab.Host, port int) string {
+	return netip.AddrPortFrom(h.Addr6(), uint16(port)).String()
+}
+
+// TestIPv6 checks the IPv6 of a lab with EnableIPv6: every host has a
+// global address that the internet sees unchanged (no NAT66) whatever its
+// router's IPv4 NAT kind, UDP-blocked included; routers drop unsolicited
+// inbound IPv6 but let two hosts behind them punch a hole; IPv4 works as
+// without IPv6.
+func TestIPv6(t *testing.T) {
+	t.Parallel()
+	lab := nslab.New(t)
+	lab.EnableIPv6()
+	srv := lab.AddServer("server")
+	startEcho(t, srv, 3478)
+	for _, helper := range []string{nslab.HelperUDPEcho, nslab.HelperTCPEcho} {
+		p := srv.StartHelper(t.Context(), helper, hostPort6(srv, 3478))
+		if _, err := p.WaitOutput(waitCtx(t), "listening"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if want := netip.MustParseAddr("2001:db8::10"); srv.Addr6() != want {
+		t.Errorf("server Addr6() = %v, want %v (the last byte of %v)", srv.Addr6(), want, srv.Addr())
+	}
+	internet := netip.MustParsePrefix("2001:db8::/64")
+	hosts := map[nslab.NATKind]*nslab.Host{}
+	for _, kind := range []nslab.NATKind{nslab.NATNone, nslab.NATEasy, nslab.NATHard, nslab.NATUDPBlocked} {
+		h := lab.AddNATHost("h-"+kind.String(), kind)
+		hosts[kind] = h
+		a6 := h.Addr6()
+		if !netip.MustParsePrefix("2001:db8::/32").Contains(a6) {
+			t.Fatalf("%v: Addr6() = %v, want one in 2001:db8::/32", kind, a6)
+		}
+		if r := h.Router(); r != nil {
+			if internet.Contains(a6) || !internet.Contains(r.Addr6()) {
+				t.Errorf("%v: host Addr6 %v, router Addr6 %v; want the host on a LAN /64 and the router on %v", kind, a6, r.Addr6(), internet)
+			}
+		} else if !internet.Contains(a6) {
+			t.Errorf("%v: Addr6() = %v, want one in %v", kind, a6, internet)
+		}
+
+		_, res := udpProbe(t, h, "-local=[::]:0", hostPort6(srv, 3478))
+		if len(res) != 1 || res[0].seen.Addr() != a6 {
+			t.Errorf("%v: UDP over IPv6: probe results %+v, want the server to see %v", kind, res, a6)
+		}
+		if seen, errText := tcpProbe(t, h, hostPort6(srv, 3478)); seen.Addr() != a6 {
+			t.Errorf("%v: TCP over IPv6: server saw %v (%s), want %v", kind, seen, errText, a6)
+		}
+		if seen, errText := tcpProbe(t, h, hostPort(srv, 3478)); seen.Addr() != h.PublicAddr() {
+			t.Errorf("%v: TCP over IPv4: server saw %v (%s), want %v", kind, seen, errText, h.PublicAddr())
+		}
+		_, res = udpProbe(t, h, "-tries=2", "-wait=300ms", hostPort(srv, 3478))
+		if got, want := len(res) == 1 && !res[0].timeout, kind != nslab.NATUDPBlocked; got != want {
+			t.Errorf("%v: UDP over IPv4: probe results %+v, want a reply: %v", kind, res, want)
+		}
+	}
+	if c := hosts[nslab.NATUDPBlocked].Router().Counters(); c.UDPOut != 0 || c.UDPOut6 == 0 || c.UDPIn6 == 0 {
+		t.Errorf("UDP-blocked router counters %+v, want IPv6 UDP both ways and no IPv4 UDP", c)
+	}
+
+	// Unsolicited inbound IPv6 is dropped, to the host and to the router.
+	easy := hosts[nslab.NATEasy]
+	startEcho6 := func(h *nslab.Host, port int) {
+		p := h.StartHelper(t.Context(), nslab.HelperUDPEcho, hostPort6(h, port))
+		if _, err := p.WaitOutput(waitCtx(t), "listening"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	startEcho6(easy, 7001)
+	startEcho6(easy.Router().Host, 7000)
+	before := easy.Router().Counters().DroppedIn6
+	_, res := udpProbe(t, srv, "-local=[::]:0", "-tries=2", "-wait=300ms", hostPort6(easy, 7001), hostPort6(easy.Router().Host, 7000))
+	if len(res) != 2 || !res[0].timeout || !res[1].timeout {
+		t.Errorf("unsolicited IPv6 UDP to a host and to its router: %+v, want timeouts", res)
+	}
+	if d := easy.Router().Counters().DroppedIn6 - before; d < 4 {
+		t.Errorf("DroppedIn6 grew by %d, want at least 4 (2 tries to each)", d)
+	}
+	// The public host is reachable unsolicited: it has no router.
+	none := hosts[nslab.NATNone]
+	startEcho6(none, 7002)
+	if _, res := udpProbe(t, srv, "-local=[::]:0", hostPort6(none, 7002)); len(res) != 1 || res[0].seen.Addr() != srv.Addr6() {
+		t.Errorf("IPv6 UDP to a public host: %+v, want a reply seeing %v", res, srv.Addr6())
+	}
+
+	// Two hosts behind routers (one a hard NAT for IPv4) punch a hole over
+	// IPv6, their "mappings" being their own addresses.
+	hard := hosts[nslab.NATHard]
+	start := func(h *nslab.Host) (*nslab.Proc, io.Writer, string) {
+		cmd := h.HelperCommand(t.Context(), nslab.HelperPunch, "-stun="+hostPort6(srv, 3478), "-local=[::]:42000")
+		w, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := h.StartCmd(cmd)
+		line, err := p.WaitOutput(waitCtx(t), "mapped ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return p, w, strings.TrimPrefix(line, "mapped ")
+	}
+	pa, wa, ma := start(easy)
+	pb, wb, mb := start(hard)
+	if ma != hostPort6(easy, 42000) || mb != hostPort6(hard, 42000) {
+		t.Errorf("mapped %s and %s, want the hosts' own addresses %s and %s", ma, mb, hostPort6(easy, 42000), hostPort6(hard, 42000))
+	}
+	fmt.Fprintf(wa, "peer %s\n", mb)
+	fmt.Fprintf(wb, "peer %s\n", ma)
+	for _, c := range []struct {
+		p    *nslab.Proc
+		peer string
+	}{{pa, mb}, {pb, ma}} {
+		line, err := c.p.WaitOutput(waitCtx(t), "direct ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f := strings.Fields(line); len(f) != 3 || f[1] != c.peer {
+			t.Errorf("got %q, want a pong from the peer's address %s", line, c.peer)
+		}
+	}
+}

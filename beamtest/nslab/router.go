@@ -19,7 +19,10 @@ import (
 // of wan0; an input chain dropping unsolicited packets arriving on wan0; a
 // forward chain (policy drop) letting LAN to WAN and established or related
 // traffic through, with named counters (see [Router.Counters]); and an empty
-// chain "block" that [Router.BlockUDP] fills.
+// chain "block" that [Router.BlockUDP] fills. With [Lab.EnableIPv6] a table
+// "ip6 nslab6" does the same for IPv6, without NAT: it forwards between the
+// LAN's /64 and the internet, letting outbound traffic and its replies
+// through and dropping unsolicited inbound packets.
 type Router struct {
 	*Host
 	lab     *Lab
@@ -27,6 +30,10 @@ type Router struct {
 	lan     netip.Prefix
 	lanAddr netip.Addr
 	port    string // the router's bridge port in the inet namespace
+	// lan6 and lanAddr6 are the LAN's IPv6 /64 and the router's address
+	// in it; invalid without Lab.EnableIPv6.
+	lan6     netip.Prefix
+	lanAddr6 netip.Addr
 
 	mu       sync.Mutex // guards the following fields
 	nextHost netip.Addr // next free host address on the LAN
@@ -81,6 +88,13 @@ func (r *Router) addHost(name string) *Host {
 		"link set eth0 up",
 		"route add default via "+r.lanAddr.String(),
 	)
+	if r.lan6.IsValid() {
+		h.addr6 = lanAddr6(r.lan6, r.lan, addr)
+		r.lab.mustIP(h.ns,
+			"addr add "+h.addr6.String()+"/64 dev eth0 nodad",
+			"route add ::/0 via "+r.lanAddr6.String(),
+		)
+	}
 	return h
 }
 
@@ -126,6 +140,35 @@ func routerRuleset(kind NATKind) string {
 `, masq, udpBlock)
 }
 
+// routerRuleset6 is the IPv6 filter of every router in a lab with IPv6:
+// stateful like a home router's, whatever the IPv4 NAT kind. Neighbour
+// discovery must reach the router itself from the WAN side.
+func routerRuleset6() string {
+	return `table ip6 nslab6 {
+	counter udp6_out {}
+	counter udp6_in {}
+	counter dropped6_in {}
+	chain input {
+		type filter hook input priority filter; policy accept;
+		iifname "wan0" icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept
+		iifname "wan0" ct state established,related accept
+		iifname "wan0" counter name "dropped6_in" drop
+	}
+	chain block {
+	}
+	chain forward {
+		type filter hook forward priority filter; policy drop;
+		jump block
+		iifname "lan0" oifname "wan0" meta l4proto udp counter name "udp6_out" accept
+		iifname "lan0" oifname "wan0" accept
+		iifname "wan0" ct state established,related meta l4proto udp counter name "udp6_in" accept
+		ct state established,related accept
+		iifname "wan0" counter name "dropped6_in" drop
+	}
+}
+`
+}
+
 // FlushConntrack deletes every conntrack entry of the router (conntrack -F),
 // like a NAT reboot: existing mappings are forgotten, inbound packets for
 // them are dropped as unsolicited, and the next outbound packet of each flow
@@ -140,25 +183,35 @@ func (r *Router) FlushConntrack() {
 }
 
 // BlockUDP starts (true) or stops (false) dropping all UDP the router
-// forwards, in both directions, to cut a direct path in the middle of a test.
-// Packets of TCP and other protocols are unaffected.
+// forwards, in both directions and over IPv4 and IPv6, to cut a direct path
+// in the middle of a test. Packets of TCP and other protocols are
+// unaffected.
 func (r *Router) BlockUDP(block bool) {
 	r.lab.t.Helper()
 	rules := "flush chain ip nslab block\n"
 	if block {
 		rules += "add rule ip nslab block meta l4proto udp drop\n"
 	}
+	if r.lan6.IsValid() {
+		rules += "flush chain ip6 nslab6 block\n"
+		if block {
+			rules += "add rule ip6 nslab6 block meta l4proto udp drop\n"
+		}
+	}
 	r.lab.mustNFT(r.ns, rules)
 }
 
 // Counters are packet counts of a router's forward and input chains since
-// it was created.
+// it was created. The plain fields count IPv4; those ending in 6 count IPv6
+// and stay zero without [Lab.EnableIPv6].
 type Counters struct {
 	UDPOut, TCPOut uint64 // forwarded from the LAN to the internet
 	UDPIn, TCPIn   uint64 // forwarded from the internet to the LAN (replies)
 	// DroppedIn counts unsolicited packets from the internet that the
 	// router dropped, addressed to itself or to be forwarded.
 	DroppedIn uint64
+
+	UDPOut6, UDPIn6, DroppedIn6 uint64
 }
 
 // Counters returns the router's packet counters. A test can tell whether
@@ -175,11 +228,23 @@ func (r *Router) Counters() Counters {
 	if err != nil {
 		r.lab.t.Fatalf("nslab: router %s: %v", r.name, err)
 	}
+	if r.lan6.IsValid() {
+		out, err := r.Run(ctx, "nft", "-j", "list", "counters", "table", "ip6", "nslab6")
+		if err != nil {
+			r.lab.t.Fatalf("nslab: router %s: %v", r.name, err)
+		}
+		m, err := counterMap(out)
+		if err != nil || len(m) != 3 {
+			r.lab.t.Fatalf("nslab: router %s: IPv6 counters %v (%v), want 3", r.name, m, err)
+		}
+		c.UDPOut6, c.UDPIn6, c.DroppedIn6 = m["udp6_out"], m["udp6_in"], m["dropped6_in"]
+	}
 	return c
 }
 
-// parseCounters reads the output of "nft -j list counters".
-func parseCounters(out []byte) (Counters, error) {
+// counterMap reads the named counters in the output of "nft -j list
+// counters".
+func counterMap(out []byte) (map[string]uint64, error) {
 	var doc struct {
 		Nftables []struct {
 			Counter *struct {
@@ -189,32 +254,32 @@ func parseCounters(out []byte) (Counters, error) {
 		} `json:"nftables"`
 	}
 	if err := json.Unmarshal(out, &doc); err != nil {
-		return Counters{}, fmt.Errorf("decode nft counters: %w", err)
+		return nil, fmt.Errorf("decode nft counters: %w", err)
+	}
+	m := make(map[string]uint64)
+	for _, o := range doc.Nftables {
+		if o.Counter != nil {
+			m[o.Counter.Name] = o.Counter.Packets
+		}
+	}
+	return m, nil
+}
+
+// parseCounters reads the output of "nft -j list counters" for the
+// table "ip nslab".
+func parseCounters(out []byte) (Counters, error) {
+	m, err := counterMap(out)
+	if err != nil {
+		return Counters{}, err
 	}
 	var c Counters
-	found := 0
-	for _, o := range doc.Nftables {
-		if o.Counter == nil {
-			continue
+	for name, v := range map[string]*uint64{"udp_out": &c.UDPOut, "udp_in": &c.UDPIn,
+		"tcp_out": &c.TCPOut, "tcp_in": &c.TCPIn, "dropped_in": &c.DroppedIn} {
+		n, ok := m[name]
+		if !ok {
+			return Counters{}, fmt.Errorf("nft counters: no %q in %s", name, bytes.TrimSpace(out))
 		}
-		found++
-		switch o.Counter.Name {
-		case "udp_out":
-			c.UDPOut = o.Counter.Packets
-		case "udp_in":
-			c.UDPIn = o.Counter.Packets
-		case "tcp_out":
-			c.TCPOut = o.Counter.Packets
-		case "tcp_in":
-			c.TCPIn = o.Counter.Packets
-		case "dropped_in":
-			c.DroppedIn = o.Counter.Packets
-		default:
-			found--
-		}
-	}
-	if found != 5 {
-		return Counters{}, fmt.Errorf("nft counters: found %d of 5 in %s", found, bytes.TrimSpace(out))
+		*v = n
 	}
 	return c, nil
 }

@@ -16,7 +16,9 @@ import (
 )
 
 // Built-in helpers for [Host.StartHelper] and [Host.RunHelper]. They work in
-// every test binary that imports nslab. Addresses are IPv4 "ip:port".
+// every test binary that imports nslab. Addresses are "ip:port", IPv4 or
+// (in a lab with [Lab.EnableIPv6]) IPv6 "[ip]:port"; a helper's sockets
+// are of its listen or local address's family.
 const (
 	// HelperUDPEcho serves UDP on its one argument, a listen address. It
 	// prints "listening ADDR" once bound and answers each datagram with
@@ -75,12 +77,21 @@ func oneArg(args []string, what string) (string, error) {
 	return args[0], nil
 }
 
+// family returns "4" for an IPv4 "ip:port" and "6" for an IPv6 one, to
+// complete "udp" or "tcp". Anything else counts as IPv4, as before IPv6.
+func family(addr string) string {
+	if ap, err := netip.ParseAddrPort(addr); err == nil && ap.Addr().Is6() && !ap.Addr().Is4In6() {
+		return "6"
+	}
+	return "4"
+}
+
 func udpEcho(ctx context.Context, args []string) error {
 	addr, err := oneArg(args, "the listen address")
 	if err != nil {
 		return err
 	}
-	pc, err := net.ListenPacket("udp4", addr)
+	pc, err := net.ListenPacket("udp"+family(addr), addr)
 	if err != nil {
 		return err
 	}
@@ -108,7 +119,7 @@ func tcpEcho(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp4", addr)
+	ln, err := net.Listen("tcp"+family(addr), addr)
 	if err != nil {
 		return err
 	}
@@ -168,7 +179,8 @@ func udpProbe(ctx context.Context, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	pc, err := net.ListenPacket("udp4", *local)
+	network := "udp" + family(*local)
+	pc, err := net.ListenPacket(network, *local)
 	if err != nil {
 		return err
 	}
@@ -176,7 +188,7 @@ func udpProbe(ctx context.Context, args []string) error {
 	fmt.Printf("local %s\n", pc.LocalAddr())
 	buf := make([]byte, 64<<10)
 	for i, dst := range fs.Args() {
-		ua, err := net.ResolveUDPAddr("udp4", dst)
+		ua, err := net.ResolveUDPAddr(network, dst)
 		if err != nil {
 			return err
 		}
@@ -231,7 +243,7 @@ func tcpProbeOne(ctx context.Context, dst string, wait time.Duration) (string, e
 	ctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp4", dst)
+	c, err := d.DialContext(ctx, "tcp"+family(dst), dst)
 	if err != nil {
 		return "", err
 	}
@@ -259,7 +271,7 @@ func punch(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("-stun: %w", err)
 	}
-	lc, err := net.ListenPacket("udp4", *local)
+	lc, err := net.ListenPacket("udp"+family(*local), *local)
 	if err != nil {
 		return err
 	}
