@@ -21,3 +21,12 @@ func envBool(name string) bool {
 	v, _ := strconv.ParseBool(os.Getenv(name))
 	return v
 }
+
+// debugInflight returns the value of BEAM_DEBUG_INFLIGHT as a number of
+// packets, and whether it is set to one: the size of both in-flight
+// windows (see inflightWindow), 0 for none, so a benchmark can compare
+// window sizes, or windows against none, in one run.
+func debugInflight() (int, bool) {
+	n, err := strconv.Atoi(os.Getenv("BEAM_DEBUG_INFLIGHT"))
+	return n, err == nil && n >= 0
+}

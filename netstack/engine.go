@@ -43,12 +43,14 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"beam.dev/beam/netstack/internal/bind"
 	"beam.dev/beam/netstack/internal/gv"
+	"beam.dev/beam/netstack/internal/inflight"
 	"beam.dev/beam/types/key"
 	"golang.zx2c4.com/wireguard/device"
 )
@@ -187,7 +189,14 @@ func New(opts Options) (*Engine, error) {
 	}
 	e.disc.init()
 	e.relays = newRelays(e, opts.PrivateKey)
+	// The windows are released by the gVisor TUN; a kernel TUN has none.
+	var inWin, outWin *inflight.Window
+	if opts.TUN == "" {
+		inWin, outWin = newWindows()
+	}
 	b, err := bind.New(bind.Options{
+		Inbound:    inWin,
+		Outbound:   outWin,
 		PrivateKey: opts.PrivateKey,
 		Logger:     e.log.With("component", "bind"),
 		Relay:      e.relays,
@@ -227,6 +236,8 @@ func New(opts Options) (*Engine, error) {
 			HandleUDP:         e.handleUDP,
 			Inbound:           e.pf.inbound,
 			Outbound:          e.pf.outbound,
+			InboundWindow:     inWin,
+			OutboundWindow:    outWin,
 		})
 		if err != nil {
 			cancel()
@@ -436,3 +447,33 @@ func (e *Engine) isOverlay(a netip.Addr) bool {
 	defer e.mu.Unlock()
 	return e.overlay[a.Unmap()]
 }
+
+// newWindows returns the engine's in-flight windows (see package
+// inflight): inbound from the bind to the TUN, outbound from the TUN to the
+// bind.
+func newWindows() (in, out *inflight.Window) {
+	n := inflightWindow(runtime.GOMAXPROCS(0))
+	if d, ok := debugInflight(); ok {
+		n = d
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	return inflight.New(n, inflightPeriod), inflight.New(n, inflightPeriod)
+}
+
+// inflightWindow is how many packets each direction lets wireguard-go
+// hold at once on a machine with procs processors: room for a batch in
+// encryption or decryption on each and one being sent or delivered, from
+// 128 to 256 packets (8-16 MiB of wireguard-go's 64 KiB buffers). Two real
+// daemons on 2 busy cores, one bulk stream, medians of three interleaved
+// rounds: no window 0.58 Gbit/s at 11.0 daemon CPU-s/GiB, 64 packets
+// 0.63 at 8.1, 128 0.92 at 7.9, 256 1.01 at 7.2. Fewer packets waiting
+// means fewer buffers touched (page faults, cache misses) and less
+// queueing delay for TCP to see.
+func inflightWindow(procs int) int { return min(max(64*procs, 128), 256) }
+
+// inflightPeriod is how long a window remembers a packet at least (at
+// most twice that): one wireguard-go took and dropped is released by
+// then.
+const inflightPeriod = 10 * time.Millisecond

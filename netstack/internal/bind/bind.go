@@ -64,6 +64,7 @@ import (
 	"time"
 
 	"beam.dev/beam/netstack/internal/disco"
+	"beam.dev/beam/netstack/internal/inflight"
 	"beam.dev/beam/types/key"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -141,6 +142,14 @@ type Options struct {
 	// works. A debugging and benchmarking aid (netstack's
 	// BEAM_DEBUG_ALWAYS_RELAY); without a Relay, peers are unreachable.
 	RelayOnly bool
+	// Inbound, if set, counts the transport data packets the bind hands
+	// wireguard-go (released when they reach the TUN); a receive waits
+	// while it is full, leaving datagrams in the socket's buffer rather
+	// than in wireguard-go's 64 KiB buffers (see package inflight).
+	Inbound *inflight.Window
+	// Outbound, if set, is released by the transport data packets sent
+	// (counted when wireguard-go read them from the TUN).
+	Outbound *inflight.Window
 }
 
 // PeerConfig is one peer the bind may send to.
@@ -658,11 +667,14 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 			return 0, fmt.Errorf("bind: receive: %w", err)
 		}
 	}
+	wait := b.opts.Inbound.NewWaiter()
 	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+		wait.Wait()
 		got, err := r.read(bufs)
 		if err != nil {
 			return 0, err
 		}
+		data := 0
 		if c, size := r.oversized(); c > 0 {
 			b.noteOversized(c, size, len(bufs[0]))
 		}
@@ -711,9 +723,30 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 			}
 			sizes[i] = n
 			eps[i] = e
+			if isData(pkt) {
+				data++
+			}
 		}
+		b.opts.Inbound.Add(data)
 		return got, nil
 	}
+}
+
+// isData reports whether pkt is WireGuard transport data carrying a packet
+// (a keepalive is a bare header and tag).
+func isData(pkt []byte) bool {
+	return len(pkt) > minTransportSize && pkt[0] == msgTransport
+}
+
+// dataPackets counts the packets of bufs that isData.
+func dataPackets(bufs [][]byte) int {
+	n := 0
+	for _, b := range bufs {
+		if isData(b) {
+			n++
+		}
+	}
+	return n
 }
 
 // oversizedLogEvery is how often at most the bind logs datagrams dropped
@@ -799,6 +832,9 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	if len(bufs) == 0 {
 		return nil
 	}
+	// wireguard-go returns the packets' buffers to its pool once Send
+	// returns.
+	defer b.opts.Outbound.Done(dataPackets(bufs))
 	p := e.peer
 	first := bufs[0]
 	// Cookie replies answer one datagram's source, whoever it claims to

@@ -103,14 +103,24 @@ func (b *Bind) DeliverRelayed(region int, src key.NodePublic, pkt []byte) {
 // makeReceiveDERP returns the relay ReceiveFunc of one Open; it returns
 // net.ErrClosed once closed is closed (by Close).
 func (b *Bind) makeReceiveDERP(closed <-chan struct{}) conn.ReceiveFunc {
-	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+	wait := b.opts.Inbound.NewWaiter()
+	return func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (n int, err error) {
+		wait.Wait()
+		defer func() {
+			data := 0
+			for i := range n {
+				if isData(bufs[i][:sizes[i]]) {
+					data++
+				}
+			}
+			b.opts.Inbound.Add(data)
+		}()
 		var r relayed
 		select {
 		case r = <-b.rs.queue:
 		case <-closed:
 			return 0, net.ErrClosed
 		}
-		n := 0
 		for {
 			sizes[n] = copy(bufs[n], (*r.buf)[:r.n])
 			eps[n] = r.e

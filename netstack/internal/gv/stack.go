@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"beam.dev/beam/netstack/internal/inflight"
 	"beam.dev/beam/third_party/gvisor/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -95,6 +96,11 @@ type Options struct {
 	// Outbound, if non-nil, sees every IP packet the stack sends, before it
 	// is handed to the TUN reader. It must not keep pkt.
 	Outbound func(pkt []byte)
+	// OutboundWindow, if set, counts the packets the TUN hands its reader
+	// (wireguard-go), and the TUN waits while it is full; InboundWindow,
+	// if set, is released by the packets written to the TUN. See package
+	// inflight.
+	OutboundWindow, InboundWindow *inflight.Window
 }
 
 // Stack is a gVisor network stack with a single channel NIC exposed as a
@@ -187,7 +193,7 @@ func New(opts Options) (*Stack, error) {
 	})
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, st.udpFwd.HandlePacket)
 
-	st.tun = newTUN(st.ep, opts.MTU, opts.Inbound, opts.Outbound)
+	st.tun = newTUN(st.ep, opts.MTU, opts.Inbound, opts.Outbound, opts.OutboundWindow, opts.InboundWindow)
 	return st, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"os"
 	"sync"
 
+	"beam.dev/beam/netstack/internal/inflight"
 	"golang.zx2c4.com/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 )
@@ -26,15 +27,21 @@ type TUN struct {
 
 	coalescers sync.Pool // of *coalescer: one per concurrent Write
 
-	readMu sync.Mutex // serializes Read; guards seg
-	seg    segmenter
+	// outWin counts the packets Read hands wireguard-go until the bind
+	// sent them; inWin is released by the packets Write takes. Either
+	// may be nil (see package inflight).
+	outWin, inWin *inflight.Window
+
+	readMu   sync.Mutex // serializes Read; guards seg and readWait
+	seg      segmenter
+	readWait *inflight.Waiter
 
 	closeOnce sync.Once
 }
 
 var _ tun.Device = (*TUN)(nil)
 
-func newTUN(ep *link, mtu int, inbound func([]byte) bool, outbound func([]byte)) *TUN {
+func newTUN(ep *link, mtu int, inbound func([]byte) bool, outbound func([]byte), outWin, inWin *inflight.Window) *TUN {
 	ctx, cancel := context.WithCancel(context.Background())
 	t := &TUN{
 		ep:       ep,
@@ -44,6 +51,9 @@ func newTUN(ep *link, mtu int, inbound func([]byte) bool, outbound func([]byte))
 		events:   make(chan tun.Event, 1),
 		ctx:      ctx,
 		cancel:   cancel,
+		outWin:   outWin,
+		inWin:    inWin,
+		readWait: outWin.NewWaiter(),
 	}
 	t.coalescers.New = func() any {
 		return &coalescer{segs: make([][]byte, 0, maxCoalesceSegs)}
@@ -70,11 +80,13 @@ func (t *TUN) BatchSize() int { return tunBatchSize }
 // Read blocks for one outbound packet, then takes more that are already
 // queued, without blocking, until bufs are full. A TCP packet larger than
 // the MTU (segmentation offload) is cut into MTU-sized packets; if bufs
-// fill up part way through one, the next Read continues it. Read returns
-// os.ErrClosed after Close.
+// fill up part way through one, the next Read continues it. While the
+// outbound window is full, Read waits first. Read returns os.ErrClosed
+// after Close.
 func (t *TUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	t.readMu.Lock()
 	defer t.readMu.Unlock()
+	t.readWait.Wait()
 	n := 0
 	for n < len(bufs) {
 		if t.seg.done() {
@@ -106,6 +118,7 @@ func (t *TUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			t.outbound(bufs[i][offset : offset+sizes[i]])
 		}
 	}
+	t.outWin.Add(n)
 	return n, nil
 }
 
@@ -131,6 +144,7 @@ func copyPacket(dst []byte, pkt *stack.PacketBuffer) int {
 // Consecutive TCP segments of one connection are merged (see coalescer) so
 // the stack processes them as one packet.
 func (t *TUN) Write(bufs [][]byte, offset int) (int, error) {
+	t.inWin.Done(len(bufs))
 	if t.ctx.Err() != nil {
 		return 0, os.ErrClosed
 	}
