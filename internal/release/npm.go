@@ -1,6 +1,7 @@
 package release
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -110,16 +111,17 @@ func WriteNPM(o NPMOptions) ([]string, error) {
 	if err != nil {
 		return fail(err)
 	}
-	var launcher map[string]any
-	if err := json.Unmarshal(b, &launcher); err != nil {
+	var launcher packageJSON
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&launcher); err != nil {
 		return fail(fmt.Errorf("%s: %w", filepath.Join(o.Launcher, "package.json"), err))
 	}
-	launcher["version"] = version
-	deps := map[string]string{}
+	launcher.Version = version
+	launcher.OptionalDependencies = map[string]string{}
 	for _, p := range Platforms {
-		deps[p.NPMName()] = version
+		launcher.OptionalDependencies[p.NPMName()] = version
 	}
-	launcher["optionalDependencies"] = deps
 	dir := filepath.Join(o.OutDir, "beam")
 	if err := os.RemoveAll(dir); err != nil {
 		return fail(err)
@@ -149,15 +151,15 @@ func WriteNPM(o NPMOptions) ([]string, error) {
 		if err := copyFile(filepath.Join(o.Binaries, p.BinaryName()), filepath.Join(pd, "bin", exe), 0o755); err != nil {
 			return fail(err)
 		}
-		pj := map[string]any{
-			"name":            p.NPMName(),
-			"version":         version,
-			"description":     fmt.Sprintf("The beam binary for %s %s; installed by the beam package.", nos, cpu),
-			"homepage":        launcher["homepage"],
-			"os":              []string{nos},
-			"cpu":             []string{cpu},
-			"files":           []string{"bin/" + exe},
-			"preferUnplugged": true,
+		pj := packageJSON{
+			Name:            p.NPMName(),
+			Version:         version,
+			Description:     fmt.Sprintf("The beam binary for %s %s; installed by the beam package.", nos, cpu),
+			Homepage:        launcher.Homepage,
+			Files:           []string{"bin/" + exe},
+			OS:              []string{nos},
+			CPU:             []string{cpu},
+			PreferUnplugged: true,
 		}
 		if err := writeJSON(filepath.Join(pd, "package.json"), pj); err != nil {
 			return fail(err)
@@ -167,15 +169,34 @@ func WriteNPM(o NPMOptions) ([]string, error) {
 	return dirs, nil
 }
 
+// packageJSON is the part of npm's package.json Beam's packages use, in
+// the order npm's own files have it.
+type packageJSON struct {
+	Name                 string            `json:"name"`
+	Version              string            `json:"version"`
+	Description          string            `json:"description,omitempty"`
+	Homepage             string            `json:"homepage,omitempty"`
+	Bin                  map[string]string `json:"bin,omitempty"`
+	Files                []string          `json:"files,omitempty"`
+	Engines              map[string]string `json:"engines,omitempty"`
+	OS                   []string          `json:"os,omitempty"`
+	CPU                  []string          `json:"cpu,omitempty"`
+	PreferUnplugged      bool              `json:"preferUnplugged,omitempty"`
+	OptionalDependencies map[string]string `json:"optionalDependencies,omitempty"`
+}
+
 func writeJSON(path string, v any) error {
-	b, err := json.MarshalIndent(v, "", "  ")
-	if err != nil {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(v); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return err
 	}
-	return os.WriteFile(path, append(b, '\n'), 0o644)
+	return os.WriteFile(path, b.Bytes(), 0o644)
 }
 
 func copyFile(src, dst string, mode os.FileMode) error {

@@ -75,7 +75,9 @@ func TestDockerfile(t *testing.T) {
 			cmd = c.CmdLine
 		}
 	}
-	if len(user) == 0 || slices.ContainsFunc(user, func(u string) bool { return u == "root" || u == "0" || strings.HasPrefix(u, "0:") || strings.HasPrefix(u, "root:") }) {
+	if len(user) == 0 || slices.ContainsFunc(user, func(u string) bool {
+		return u == "root" || u == "0" || strings.HasPrefix(u, "0:") || strings.HasPrefix(u, "root:")
+	}) {
 		t.Errorf("USER %v: want a non-root user", user)
 	}
 	if !slices.Contains(volumes, "/var/lib/beam") {

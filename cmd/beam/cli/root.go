@@ -115,6 +115,7 @@ func NewCmdRoot(f *Factory) *cobra.Command {
 		NewCmdAdmin(f),
 		NewCmdDERP(f, nil),
 	)
+	barePort(root, f, in)
 	addCompletions(root, f, in)
 	return root
 }
