@@ -534,6 +534,10 @@ func (s *Server) fillExtras(ss *session, st *streamExtras, resp *wire.MapRespons
 			for i := range routes {
 				routes[i].Upstream = "" // the serving node's business
 			}
+			if e.version < 11 {
+				// It would not know the sign-in and serve the route open.
+				routes = slices.DeleteFunc(routes, func(r wire.EdgeRoute) bool { return len(r.Options.OIDC) > 0 })
+			}
 		} else {
 			routes = s.edgeRoutesLocked(es.byNode[ss.key])
 		}

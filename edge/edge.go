@@ -133,6 +133,11 @@ type Options struct {
 	// DefaultDialTimeout (10 s).
 	DialTimeout time.Duration
 
+	// SignIn checks the people who reach routes whose Policy.SignIn is
+	// set (see SignIn). Nil refuses every request to such routes (503):
+	// a route never runs without the sign-in its owner asked for.
+	SignIn SignIn
+
 	// HealthInterval is the period of active health checks (a TCP dial) of
 	// the members of pools (routes with several targets). If zero,
 	// DefaultHealthInterval (2 s).

@@ -29,8 +29,9 @@ type reqState struct {
 	rt       *route
 	client   netip.Addr
 	target   *target
-	canRetry bool // a failed dial may be retried on another member
-	retry    bool // set by the error handler: try another member
+	who      *Identity // the signed-in person on a route with Policy.SignIn
+	canRetry bool      // a failed dial may be retried on another member
+	retry    bool      // set by the error handler: try another member
 }
 
 type ctxKey int
@@ -197,6 +198,18 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request, st *reqState, h
 		e.writeError(w, r, http.StatusUnauthorized, "Unauthorized", "This service needs a user name and password.", nil)
 		return
 	}
+	if len(p.SignIn) > 0 {
+		if e.opts.SignIn == nil {
+			e.writeError(w, r, http.StatusServiceUnavailable, "Service unavailable",
+				"This service needs a sign-in that this edge is not set up for.", errors.New("route needs sign-in; edge has no SignIn"))
+			return
+		}
+		id, ok := e.opts.SignIn.Authenticate(w, r, p.SignIn)
+		if !ok {
+			return
+		}
+		st.who = &id
+	}
 	st.canRetry = r.ContentLength == 0 && len(rt.targets) > 1
 	var skip map[*target]bool // made on the first retry
 	for {
@@ -253,6 +266,15 @@ func (e *Edge) rewrite(pr *httputil.ProxyRequest) {
 	pr.Out.Host = pr.In.Host
 	pr.SetXForwarded()
 	pr.Out.Header.Set("X-Real-Ip", st.client.String())
+	// Only the edge says who signed in.
+	pr.Out.Header.Del(SignInUserHeader)
+	pr.Out.Header.Del(SignInEmailHeader)
+	if st.who != nil {
+		pr.Out.Header.Set(SignInUserHeader, st.who.User)
+		if st.who.Email != "" {
+			pr.Out.Header.Set(SignInEmailHeader, st.who.Email)
+		}
+	}
 	p := st.rt.policy
 	if len(p.users) > 0 {
 		// The credentials were checked here and are the edge's: the app

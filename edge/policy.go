@@ -66,6 +66,9 @@ func (e *Edge) compilePolicy(name string, proto Proto, p Policy) (*policy, error
 	if len(p.BasicAuth) > 0 && proto != ProtoHTTP {
 		errs = append(errs, errors.New("basic auth needs an http route"))
 	}
+	if len(p.SignIn) > 0 && proto != ProtoHTTP {
+		errs = append(errs, errors.New("sign-in needs an http route"))
+	}
 	for _, c := range slices.Concat(p.AllowCIDRs, p.DenyCIDRs) {
 		if !c.IsValid() {
 			errs = append(errs, fmt.Errorf("invalid CIDR %v", c))

@@ -3,6 +3,7 @@ package edge
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"strings"
 	"sync/atomic"
@@ -95,6 +96,13 @@ type Policy struct {
 	// preflight OPTIONS requests itself and adds Access-Control-Allow-Origin
 	// to responses for them.
 	CORSOrigins []string
+
+	// SignIn, if not empty, puts an http route behind the edge's
+	// Options.SignIn with these rules ("email:*@example.com",
+	// "group:eng"): the person must sign in and match one. The device then
+	// gets SignInUserHeader and SignInEmailHeader, which the edge always
+	// strips from clients' requests.
+	SignIn []string
 
 	// ProxyProtocol, for tcp and tls routes, sends a PROXY protocol header of
 	// that version (1 or 2) to the device before the client's bytes; 0 sends
@@ -382,4 +390,29 @@ func normalizeHost(h string) (string, bool) {
 		return string(b), true
 	}
 	return h, true
+}
+
+// Headers naming the signed-in person on requests of routes with
+// Policy.SignIn. The edge deletes them from every client request.
+const (
+	SignInUserHeader  = "X-Beam-User"
+	SignInEmailHeader = "X-Beam-Email"
+)
+
+// SignIn authenticates people at the edge for routes with Policy.SignIn
+// (an OpenID Connect relying party: beam.dev/beam/edge/edgeoidc).
+type SignIn interface {
+	// Authenticate returns who made r if they are signed in and match
+	// one of rules. Otherwise it answers r itself (a redirect to sign in,
+	// 401 for API clients, 403, or its own callback path) and returns ok
+	// false.
+	Authenticate(w http.ResponseWriter, r *http.Request, rules []string) (id Identity, ok bool)
+}
+
+// Identity is a signed-in person, as SignIn.Authenticate returns it.
+type Identity struct {
+	// User is the provider's name for the person (the email, else the
+	// subject).
+	User  string
+	Email string
 }

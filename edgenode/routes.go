@@ -91,6 +91,7 @@ func Policy(o wire.RouteOptions, proto string) (edge.Policy, error) {
 		RequestHeaderRemove: slices.Clone(o.HeaderRemove),
 		CORSOrigins:         slices.Clone(o.CORS),
 		ProxyProtocol:       o.ProxyProtocol,
+		SignIn:              slices.Clone(o.OIDC),
 	}
 	for _, u := range o.BasicAuth {
 		p.BasicAuth = append(p.BasicAuth, edge.BasicAuthUser{User: u.User, Secret: u.Secret})

@@ -38,6 +38,12 @@ type RouteOptions struct {
 	// ProxyProtocol, 1 or 2, sends a PROXY protocol header of that
 	// version to the device; 0 sends none. tcp and tls routes only.
 	ProxyProtocol int `json:"proxy_protocol,omitempty"`
+	// OIDC, if not empty, puts the route behind a sign-in at the edge's
+	// OpenID Connect provider; a signed-in person passes if one rule
+	// matches: "email:ADDRESS", "email:*@DOMAIN" (verified emails) or
+	// "group:NAME" (a group of the provider's groups claim). The app
+	// gets X-Beam-User and X-Beam-Email. http routes only.
+	OIDC []string `json:"oidc,omitempty"`
 }
 
 // BasicAuthUser is one user of RouteOptions.BasicAuth.
@@ -148,7 +154,7 @@ func (r *Rate) UnmarshalText(b []byte) error {
 // IsZero reports whether o sets nothing.
 func (o RouteOptions) IsZero() bool {
 	return len(o.BasicAuth) == 0 && len(o.AllowIP) == 0 && len(o.DenyIP) == 0 && o.RateLimit.IsZero() &&
-		len(o.HeaderAdd) == 0 && len(o.HeaderRemove) == 0 && len(o.CORS) == 0 && o.ProxyProtocol == 0
+		len(o.HeaderAdd) == 0 && len(o.HeaderRemove) == 0 && len(o.CORS) == 0 && o.ProxyProtocol == 0 && len(o.OIDC) == 0
 }
 
 // Names lists the options o sets, by their JSON names.
@@ -160,7 +166,7 @@ func (o RouteOptions) Names() []string {
 	}{
 		{"basic_auth", len(o.BasicAuth) > 0}, {"allow_ip", len(o.AllowIP) > 0}, {"deny_ip", len(o.DenyIP) > 0},
 		{"rate_limit", !o.RateLimit.IsZero()}, {"header_add", len(o.HeaderAdd) > 0}, {"header_remove", len(o.HeaderRemove) > 0},
-		{"cors", len(o.CORS) > 0}, {"proxy_protocol", o.ProxyProtocol != 0},
+		{"cors", len(o.CORS) > 0}, {"proxy_protocol", o.ProxyProtocol != 0}, {"oidc", len(o.OIDC) > 0},
 	} {
 		if x.set {
 			out = append(out, x.name)
@@ -183,6 +189,7 @@ func (o RouteOptions) Clone() RouteOptions {
 	}
 	c.HeaderRemove = slices.Clone(o.HeaderRemove)
 	c.CORS = slices.Clone(o.CORS)
+	c.OIDC = slices.Clone(o.OIDC)
 	return c
 }
 
@@ -198,7 +205,7 @@ func (o RouteOptions) Equal(p RouteOptions) bool {
 	}
 	return slices.Equal(o.BasicAuth, p.BasicAuth) && slices.Equal(o.AllowIP, p.AllowIP) && slices.Equal(o.DenyIP, p.DenyIP) &&
 		o.RateLimit == p.RateLimit && slices.Equal(o.HeaderRemove, p.HeaderRemove) && slices.Equal(o.CORS, p.CORS) &&
-		o.ProxyProtocol == p.ProxyProtocol
+		o.ProxyProtocol == p.ProxyProtocol && slices.Equal(o.OIDC, p.OIDC)
 }
 
 // Validate checks o for a route of proto ("http", "tls", "tcp" or
@@ -215,6 +222,15 @@ func (o RouteOptions) Validate(proto string) error {
 	httpOnly("basic auth", len(o.BasicAuth) > 0)
 	httpOnly("header rewriting", len(o.HeaderAdd)+len(o.HeaderRemove) > 0)
 	httpOnly("CORS", len(o.CORS) > 0)
+	httpOnly("OIDC sign-in", len(o.OIDC) > 0)
+	if len(o.OIDC) > maxAuthUsers {
+		bad("OIDC: at most %d rules", maxAuthUsers)
+	}
+	for _, r := range o.OIDC {
+		if !validOIDCRule(r) {
+			bad("OIDC rule %q: want email:ADDRESS, email:*@DOMAIN or group:NAME", r)
+		}
+	}
 	if len(o.BasicAuth) > maxAuthUsers {
 		bad("basic auth: at most %d users", maxAuthUsers)
 	}
@@ -443,4 +459,21 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 		return netip.Prefix{}, err
 	}
 	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// validOIDCRule reports whether r is an OIDC rule of RouteOptions.OIDC.
+func validOIDCRule(r string) bool {
+	kind, v, ok := strings.Cut(r, ":")
+	if !ok || v == "" || len(r) > maxOptionText || !printable(r) || strings.ContainsAny(v, " \t") {
+		return false
+	}
+	switch kind {
+	case "group":
+		return true
+	case "email":
+		local, domain, ok := strings.Cut(v, "@")
+		return ok && local != "" && domain != "" && !strings.ContainsAny(domain, "@*/") &&
+			(local == "*" || !strings.Contains(local, "*"))
+	}
+	return false
 }

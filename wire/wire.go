@@ -43,7 +43,10 @@ import (
 //     edge domain's zone.
 //   - 10 (2026-12-06): GET ServerSetupPath: a public server's domain,
 //     addresses, ports and certificate status, for beam netcheck --server.
-const CapabilityVersion = 10
+//   - 11 (2026-12-06): RouteOptions.OIDC: an http route behind a sign-in at
+//     the edge. Edges of older versions do not get such routes (they would
+//     serve them open).
+const CapabilityVersion = 11
 
 // NodeID is the coordinator's stable identifier of a node.
 type NodeID int64

@@ -2,13 +2,18 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 
 	"beam.dev/beam/beamtest/oidctest"
@@ -149,5 +154,67 @@ func TestOIDCDeviceSignIn(t *testing.T) {
 	}
 	if !strings.Contains(audit, "console.login_failed") || !strings.Contains(audit, "oidc:eve@evil.test") {
 		t.Errorf("audit log lacks the refused console sign-in of eve:\n%s", audit)
+	}
+}
+
+// TestOIDCRouteInBrowser: a route exposed with --oidc sends a browser
+// through the provider's sign-in and back to the page it asked for; the
+// app gets the person in X-Beam-User and X-Beam-Email (a client's own
+// X-Beam-User never gets through); API clients get 401.
+func TestOIDCRouteInBrowser(t *testing.T) {
+	p := oidctest.Start(t, []oidctest.User{oidcAlice, oidcEve}, []oidctest.Client{
+		{ID: "beam", Secret: "beam-secret", RedirectURIs: []string{"http://127.0.0.1:*/oidc/callback", "http://*/.beam/oidc/callback"}},
+	})
+	secret := writeFile(t, t.TempDir(), "oidc.secret", "beam-secret\n")
+	c, httpPort := startDevServerWith(t, 0, "--oidc-issuer", p.Issuer, "--oidc-client-id", "beam", "--oidc-client-secret-file", secret,
+		"--oidc-scopes", "email,profile,groups", "--oidc-allowed-domains", "example.com")
+	alpha := c.device("alpha")
+	alpha.mustUp()
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "app saw %s user=%q email=%q", r.URL.Path, r.Header.Get("X-Beam-User"), r.Header.Get("X-Beam-Email"))
+	})}
+	aln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go app.Serve(aln)
+	t.Cleanup(func() { app.Close() })
+	appPort := aln.Addr().(*net.TCPAddr).Port
+	u := strings.TrimSpace(c.mustBeam(alpha.args("expose", strconv.Itoa(appPort), "--oidc", "group:eng", "--bg")...))
+	if want := fmt.Sprintf("http://alpha.localhost:%d", httpPort); u != want {
+		t.Fatalf("beam expose printed %q, want %q", u, want)
+	}
+	// An API client (no text/html) gets 401, forged identity or not.
+	code, err := curl(t, "-o", "/dev/null", "-w", "%{http_code}", "-H", "X-Beam-User: alice@example.com", u+"/api")
+	if err != nil || code != "401" {
+		t.Fatalf("API client: got %q, %v; want 401", code, err)
+	}
+
+	ctx := consoleBrowser(t)
+	// Every request of the browser carries a forged X-Beam-User.
+	if _, err := chromedp.Call(ctx, network.Enable, network.EnableParams{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chromedp.Call(ctx, network.SetExtraHTTPHeaders, network.SetExtraHTTPHeadersParams{Headers: network.Headers{"X-Beam-User": "mallory"}}); err != nil {
+		t.Fatal(err)
+	}
+	browse(t, ctx, "open the route", chromedp.Navigate(u+"/hello"))
+	browse(t, ctx, "sign in at the provider as "+oidcAlice.Email,
+		chromedp.WaitVisible(chromedp.ID("email")),
+		chromedp.SendKeys(chromedp.ID("email"), oidcAlice.Email),
+		chromedp.SendKeys(chromedp.ID("password"), oidcAlice.Password),
+		chromedp.Click(chromedp.ID("submit")),
+		chromedp.WaitReady("body"),
+	)
+	var body string
+	waitFor(t, 20*time.Second, "the app's page after the sign-in", func() bool {
+		body = read(t, ctx, "page", chromedp.Text("body"))
+		return strings.Contains(body, "app saw")
+	})
+	if want := `app saw /hello user="alice@example.com" email="alice@example.com"`; strings.TrimSpace(body) != want {
+		t.Fatalf("after sign-in the app saw %q, want %q", body, want)
+	}
+	if loc := read(t, ctx, "location", chromedp.Location()); loc != u+"/hello" {
+		t.Errorf("the browser ended at %s, want %s/hello", loc, u)
 	}
 }

@@ -31,6 +31,8 @@ type EdgeOptions struct {
 	configs.Edge
 	// ConfigFile is --config.
 	ConfigFile string
+	// OIDC names the provider of routes exposed with --oidc.
+	OIDC OIDCOptions
 
 	// onCertStatus, if set, is told each change of the ACME wildcard
 	// certificate's status (beam server explains failed orders).
@@ -94,6 +96,7 @@ func NewCmdEdge(f *Factory, in *instanceFlags, runF func(*EdgeOptions) error) *c
 	fl.IntVar(&o.MaxConns, "max-conns", 0, "cap on client connections of all listeners (0: 3/4 of the open files limit; -1: none)")
 	fl.DurationVar((*time.Duration)(&o.BodyTimeout), "body-timeout", time.Duration(def.BodyTimeout), "longest wait for a byte of a request body, and grace before it must arrive at 1 KiB/s or more")
 	registerTelemetry(fl, &o.Telemetry)
+	o.OIDC.registerProvider(fl, "routes exposed with --oidc sign people in there (register https://ROUTE/.beam/oidc/callback)")
 	return cmd
 }
 
@@ -143,7 +146,11 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 	logLimits(logger, "edge", nofile, lim)
 	rep := edgenode.NewReporter(n.DialContext, logger.With("component", "edge-report"))
 	defer rep.Close()
-	e, err := newEdge(n.DialContext, o.Domain, lim, time.Duration(o.BodyTimeout), rep, logger)
+	signIn, err := edgeSignIn(&o.OIDC, logger)
+	if err != nil {
+		return err
+	}
+	e, err := newEdge(n.DialContext, o.Domain, lim, time.Duration(o.BodyTimeout), rep, signIn, logger)
 	if err != nil {
 		return err
 	}
@@ -249,10 +256,11 @@ func redirectPort(https net.Addr, override uint16) uint16 {
 
 // newEdge returns an edge for domain that reaches devices through dial,
 // logging each request at debug level and telling rep about each.
-func newEdge(dial func(ctx context.Context, network, addr string) (net.Conn, error), domain string, lim connlimit.Limits, bodyTimeout time.Duration, rep *edgenode.Reporter, logger *slog.Logger) (*edge.Edge, error) {
+func newEdge(dial func(ctx context.Context, network, addr string) (net.Conn, error), domain string, lim connlimit.Limits, bodyTimeout time.Duration, rep *edgenode.Reporter, signIn edge.SignIn, logger *slog.Logger) (*edge.Edge, error) {
 	opts := edge.Options{
 		Dial:   dial,
 		Domain: domain,
+		SignIn: signIn,
 		Logger: logger.With("component", "edge"),
 		OnRequest: func(l edge.RequestLog) {
 			logger.Debug("request", "host", l.Host, "method", l.Method, "path", l.Path, "status", l.Status, "duration", l.Duration, "client", l.ClientIP)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -31,17 +32,19 @@ type ExposeOptions struct {
 	UDP            bool
 	TLSPassthrough bool
 	BasicAuth      []string
-	AllowIP        []string
-	DenyIP         []string
-	RateLimit      string
-	HeaderAdd      []string
-	HeaderRemove   []string
-	CORS           []string
-	ProxyProtocol  string
-	Pool           bool
-	QR             bool
-	JSON           bool
-	Background     bool
+	// OIDC are the sign-in rules of --oidc.
+	OIDC          []string
+	AllowIP       []string
+	DenyIP        []string
+	RateLimit     string
+	HeaderAdd     []string
+	HeaderRemove  []string
+	CORS          []string
+	ProxyProtocol string
+	Pool          bool
+	QR            bool
+	JSON          bool
+	Background    bool
 	// Inspect asks the daemon for the request inspector.
 	Inspect bool
 }
@@ -93,6 +96,7 @@ refused until it is withdrawn, unless every one of them asks for --pool.`,
 	fl.StringArrayVar(&o.HeaderAdd, "header-add", nil, "add a request header 'Name: value' (repeatable)")
 	fl.StringArrayVar(&o.HeaderRemove, "header-remove", nil, "remove a request header (repeatable)")
 	fl.StringArrayVar(&o.CORS, "cors", nil, "allow this CORS origin (repeatable)")
+	fl.StringArrayVar(&o.OIDC, "oidc", nil, "require a sign-in at the edge's OIDC provider by someone matching 'email:*@example.com', 'email:ADDRESS' or 'group:NAME' (repeatable)")
 	fl.StringVar(&o.ProxyProtocol, "proxy-protocol", "", "send a PROXY protocol header (v1 or v2) to the device (tcp)")
 	fl.BoolVar(&o.Pool, "pool", false, "share the name with other devices of your user or tag that publish it with --pool (load-balanced)")
 	fl.BoolVar(&o.QR, "qr", false, "print the URL as a QR code")
@@ -217,6 +221,7 @@ func (o *ExposeOptions) exposeRequest() (apitype.ExposeRequest, error) {
 func (o *ExposeOptions) routeOptions(proto string) (wire.RouteOptions, error) {
 	var ro wire.RouteOptions
 	var errs []error
+	ro.OIDC = slices.Clone(o.OIDC)
 	for _, ba := range o.BasicAuth {
 		u, p, ok := strings.Cut(ba, ":")
 		if !ok || u == "" || p == "" {

@@ -16,6 +16,8 @@ import (
 	"beam.dev/beam/coordinator"
 	"beam.dev/beam/coordinator/console"
 	"beam.dev/beam/coordinator/oidclogin"
+	"beam.dev/beam/edge"
+	"beam.dev/beam/edge/edgeoidc"
 	"beam.dev/beam/oidcauth"
 )
 
@@ -36,19 +38,55 @@ type OIDCOptions struct {
 	KeyLifetime    string
 }
 
-func (o *OIDCOptions) register(fl *pflag.FlagSet) {
-	fl.StringVar(&o.Issuer, "oidc-issuer", "", "OpenID Connect provider's issuer URL: devices join by signing in there")
+// registerProvider registers the flags naming the provider and client,
+// which beam edge shares.
+func (o *OIDCOptions) registerProvider(fl *pflag.FlagSet, what string) {
+	fl.StringVar(&o.Issuer, "oidc-issuer", "", "OpenID Connect provider's issuer URL: "+what)
 	fl.StringVar(&o.ClientID, "oidc-client-id", "", "client ID registered at the provider")
 	fl.StringVar(&o.ClientSecretFile, "oidc-client-secret-file", "", "file holding the client secret")
-	fl.StringVar(&o.RedirectURL, "oidc-redirect-url", "", "callback URL registered at the provider (default http://ADDR/oidc/callback)")
 	fl.StringSliceVar(&o.Scopes, "oidc-scopes", []string{"email", "profile"}, "scopes to request besides openid (add groups if your provider needs it for the groups claim)")
 	fl.StringVar(&o.GroupsClaim, "oidc-groups-claim", "groups", "ID token claim listing the user's groups")
+}
+
+func (o *OIDCOptions) register(fl *pflag.FlagSet) {
+	o.registerProvider(fl, "devices join by signing in there, and routes exposed with --oidc sign people in there")
+	fl.StringVar(&o.RedirectURL, "oidc-redirect-url", "", "callback URL registered at the provider (default http://ADDR/oidc/callback)")
 	fl.StringSliceVar(&o.GroupMap, "oidc-group-map", nil, "map a provider group to a policy group: NAME=group:POLICYNAME (default: group:NAME)")
 	fl.StringSliceVar(&o.AllowedDomains, "oidc-allowed-domains", nil, "email domains whose users may join devices")
 	fl.StringSliceVar(&o.AllowedEmails, "oidc-allowed-emails", nil, "email addresses that may join devices")
 	fl.StringSliceVar(&o.AllowedGroups, "oidc-allowed-groups", nil, "provider groups whose members may join devices")
 	fl.StringSliceVar(&o.Admins, "oidc-admins", nil, "who may sign in to the web console with their login: emails, *@DOMAIN or group:NAME (a provider group)")
 	fl.StringVar(&o.KeyLifetime, "oidc-key-lifetime", "", "how long a device joined by a sign-in stays valid before its user signs in again (e.g. 720h; default --node-key-expiry)")
+}
+
+// clientSecret reads --oidc-client-secret-file; "" without one.
+func (o *OIDCOptions) clientSecret() (string, error) {
+	if o.ClientSecretFile == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(o.ClientSecretFile)
+	if err != nil {
+		return "", fmt.Errorf("read --oidc-client-secret-file: %w", err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// edgeSignIn is the edge's sign-in for routes exposed with --oidc; nil
+// without --oidc-issuer (such routes then get 503).
+func edgeSignIn(o *OIDCOptions, logger *slog.Logger) (edge.SignIn, error) {
+	if o.Issuer == "" {
+		return nil, nil
+	}
+	secret, err := o.clientSecret()
+	if err != nil {
+		return nil, err
+	}
+	s, err := edgeoidc.New(edgeoidc.Options{Issuer: o.Issuer, ClientID: o.ClientID, ClientSecret: secret,
+		Scopes: o.Scopes, GroupsClaim: o.GroupsClaim, Logger: logger.With("component", "edge-oidc")})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // enabled reports whether OIDC sign-in is configured.
@@ -80,13 +118,9 @@ func newOIDC(ctx context.Context, o *OIDCOptions, addr string, logger *slog.Logg
 	if o.ClientID == "" {
 		return nil, errors.New("--oidc-issuer needs --oidc-client-id")
 	}
-	secret := ""
-	if o.ClientSecretFile != "" {
-		b, err := os.ReadFile(o.ClientSecretFile)
-		if err != nil {
-			return nil, fmt.Errorf("read --oidc-client-secret-file: %w", err)
-		}
-		secret = strings.TrimSpace(string(b))
+	secret, err := o.clientSecret()
+	if err != nil {
+		return nil, err
 	}
 	redirect := o.RedirectURL
 	if redirect == "" {

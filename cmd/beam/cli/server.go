@@ -404,7 +404,11 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	logLimits(logger, "edge", nofile, elim)
 	rep := edgenode.NewReporter(en.DialContext, logger.With("component", "edge-report"))
 	defer rep.Close()
-	e, err := newEdge(en.DialContext, o.Domain, elim, time.Duration(o.BodyTimeout), rep, logger)
+	signIn, err := edgeSignIn(&o.OIDC, logger)
+	if err != nil {
+		return err
+	}
+	e, err := newEdge(en.DialContext, o.Domain, elim, time.Duration(o.BodyTimeout), rep, signIn, logger)
 	if err != nil {
 		return err
 	}

@@ -1,0 +1,286 @@
+// Package edgeoidc puts public routes behind a sign-in at an OpenID
+// Connect provider: it implements edge.SignIn with oidcauth.
+//
+// Each route host is its own relying party: the provider sends the
+// browser back to https://HOST/.beam/oidc/callback (CallbackPath), so
+// every cookie stays scoped to that host and no token crosses from one
+// route to another. Register that URL for each route at the provider, or
+// one wildcard URL where the provider allows it. After the callback the
+// browser holds a session cookie for the host (HttpOnly, SameSite=Lax,
+// Secure over HTTPS); the edge keeps the session in memory and strips
+// the cookie before the request goes to the device. A request without a
+// session is sent to sign in if it comes from a browser (GET or HEAD
+// accepting text/html) and gets 401 otherwise; a signed-in person whom no
+// rule admits gets 403.
+package edgeoidc
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"html"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"beam.dev/beam/edge"
+	"beam.dev/beam/oidcauth"
+)
+
+// CallbackPath is where the provider sends browsers back, on every route host.
+const CallbackPath = "/.beam/oidc/callback"
+
+// DefaultSessionLifetime is how long a sign-in lasts at a route.
+const DefaultSessionLifetime = 8 * time.Hour
+
+const (
+	cookieName  = "beam_edge_session"
+	maxSessions = 100000
+	maxHosts    = 10000
+)
+
+// Options configures a SignIn.
+type Options struct {
+	// Issuer, ClientID and ClientSecret name the provider and the client
+	// registered there. Issuer and ClientID are required.
+	Issuer, ClientID, ClientSecret string
+	// Scopes and GroupsClaim are as oidcauth.Options.
+	Scopes      []string
+	GroupsClaim string
+	// SessionLifetime is how long a sign-in lasts; zero means
+	// DefaultSessionLifetime.
+	SessionLifetime time.Duration
+	// HTTPClient reaches the provider; nil means oidcauth's default.
+	HTTPClient *http.Client
+	// Logger receives logs; nil discards them.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// SignIn is an edge.SignIn. It is safe for concurrent use.
+type SignIn struct {
+	opts   Options
+	logger *slog.Logger
+	now    func() time.Time
+	life   time.Duration
+
+	mu       sync.Mutex                 // guards the following fields
+	rps      map[string]*oidcauth.RP    // by scheme://host
+	sessions map[string]*session        // by cookie value
+	rules    map[string]*oidcauth.Allow // parsed rules, by their joined text
+}
+
+type session struct {
+	host    string
+	id      oidcauth.Identity
+	expires time.Time
+}
+
+var _ edge.SignIn = (*SignIn)(nil)
+
+// New returns a SignIn on opts. It contacts the provider only when a
+// route host first needs it.
+func New(opts Options) (*SignIn, error) {
+	if opts.Issuer == "" || opts.ClientID == "" {
+		return nil, errors.New("edgeoidc: Options.Issuer and ClientID are required")
+	}
+	s := &SignIn{opts: opts, logger: opts.Logger, now: opts.Now, life: opts.SessionLifetime,
+		rps: map[string]*oidcauth.RP{}, sessions: map[string]*session{}, rules: map[string]*oidcauth.Allow{}}
+	if s.logger == nil {
+		s.logger = slog.New(slog.DiscardHandler)
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.life <= 0 {
+		s.life = DefaultSessionLifetime
+	}
+	return s, nil
+}
+
+func origin(r *http.Request) string {
+	if r.TLS != nil {
+		return "https://" + r.Host
+	}
+	return "http://" + r.Host
+}
+
+// rp returns the relying party of r's host, discovering the provider for
+// the first request of each.
+func (s *SignIn) rp(ctx context.Context, r *http.Request) (*oidcauth.RP, error) {
+	o := origin(r)
+	s.mu.Lock()
+	rp := s.rps[o]
+	s.mu.Unlock()
+	if rp != nil {
+		return rp, nil
+	}
+	rp, err := oidcauth.New(ctx, oidcauth.Options{
+		Issuer: s.opts.Issuer, ClientID: s.opts.ClientID, ClientSecret: s.opts.ClientSecret,
+		RedirectURL: o + CallbackPath, Scopes: s.opts.Scopes, GroupsClaim: s.opts.GroupsClaim,
+		CookieName: "beam_edge_oidc", HTTPClient: s.opts.HTTPClient, Logger: s.logger, Now: s.now,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.rps) >= maxHosts {
+		clear(s.rps)
+	}
+	if prev := s.rps[o]; prev != nil {
+		return prev, nil
+	}
+	s.rps[o] = rp
+	return rp, nil
+}
+
+func (s *SignIn) allow(rules []string) (*oidcauth.Allow, error) {
+	k := strings.Join(rules, "\n")
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a := s.rules[k]; a != nil {
+		return a, nil
+	}
+	a, err := oidcauth.ParseAllow(rules)
+	if err != nil {
+		return nil, err
+	}
+	if len(s.rules) >= maxHosts {
+		clear(s.rules)
+	}
+	s.rules[k] = a
+	return a, nil
+}
+
+func cookieFor(r *http.Request) string {
+	if r.TLS != nil {
+		return "__Host-" + cookieName
+	}
+	return cookieName
+}
+
+// Authenticate implements edge.SignIn.
+func (s *SignIn) Authenticate(w http.ResponseWriter, r *http.Request, rules []string) (edge.Identity, bool) {
+	allow, err := s.allow(rules)
+	if err != nil {
+		page(w, http.StatusInternalServerError, "Sign-in misconfigured", "This route's sign-in rules do not parse.")
+		return edge.Identity{}, false
+	}
+	if r.URL.Path == CallbackPath {
+		s.callback(w, r)
+		return edge.Identity{}, false
+	}
+	if ss := s.session(r); ss != nil {
+		if !allow.Permits(&ss.id) {
+			page(w, http.StatusForbidden, "Not allowed", "You are signed in as "+who(&ss.id)+", who may not use this service.")
+			return edge.Identity{}, false
+		}
+		stripCookie(r, cookieFor(r))
+		return edge.Identity{User: who(&ss.id), Email: ss.id.Email}, true
+	}
+	if (r.Method != http.MethodGet && r.Method != http.MethodHead) || !strings.Contains(r.Header.Get("Accept"), "text/html") {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="`+r.Host+`"`)
+		page(w, http.StatusUnauthorized, "Unauthorized", "This service needs a sign-in: open it in a browser.")
+		return edge.Identity{}, false
+	}
+	rp, err := s.rp(r.Context(), r)
+	if err != nil {
+		s.logger.Warn("oidc provider unreachable", "host", r.Host, "err", err)
+		page(w, http.StatusBadGateway, "Sign-in unavailable", "The sign-in provider cannot be reached; try again later.")
+		return edge.Identity{}, false
+	}
+	rp.Begin(w, r, r.URL.RequestURI())
+	return edge.Identity{}, false
+}
+
+func who(id *oidcauth.Identity) string {
+	if id.Email != "" && id.EmailVerified {
+		return id.Email
+	}
+	return id.Subject
+}
+
+// session returns r's unexpired session for its host, or nil.
+func (s *SignIn) session(r *http.Request) *session {
+	c, err := r.Cookie(cookieFor(r))
+	if err != nil {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ss := s.sessions[c.Value]
+	if ss == nil || ss.host != r.Host {
+		return nil
+	}
+	if !s.now().Before(ss.expires) {
+		delete(s.sessions, c.Value)
+		return nil
+	}
+	return ss
+}
+
+func (s *SignIn) callback(w http.ResponseWriter, r *http.Request) {
+	rp, err := s.rp(r.Context(), r)
+	if err != nil {
+		page(w, http.StatusBadGateway, "Sign-in unavailable", "The sign-in provider cannot be reached; try again later.")
+		return
+	}
+	id, next, err := rp.Finish(w, r)
+	if err != nil {
+		s.logger.Info("edge sign-in refused", "host", r.Host, "err", err)
+		page(w, http.StatusForbidden, "Sign-in failed", strings.TrimPrefix(err.Error(), "oidcauth: "))
+		return
+	}
+	b := make([]byte, 32)
+	rand.Read(b)
+	value := base64.RawURLEncoding.EncodeToString(b)
+	now := s.now()
+	s.mu.Lock()
+	if len(s.sessions) >= maxSessions {
+		for k, ss := range s.sessions {
+			if !now.Before(ss.expires) || len(s.sessions) >= maxSessions {
+				delete(s.sessions, k)
+			}
+		}
+	}
+	s.sessions[value] = &session{host: r.Host, id: *id, expires: now.Add(s.life)}
+	s.mu.Unlock()
+	http.SetCookie(w, &http.Cookie{Name: cookieFor(r), Value: value, Path: "/", MaxAge: int(s.life / time.Second),
+		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode})
+	s.logger.Info("edge sign-in", "host", r.Host, "user", who(id))
+	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") {
+		next = "/"
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	http.Redirect(w, r, next, http.StatusFound)
+}
+
+// stripCookie removes the cookie called name from r, so the device never
+// sees the edge's session.
+func stripCookie(r *http.Request, name string) {
+	var keep []string
+	for _, c := range r.Cookies() {
+		if c.Name != name {
+			keep = append(keep, c.Name+"="+c.Value)
+		}
+	}
+	r.Header.Del("Cookie")
+	if len(keep) > 0 {
+		r.Header.Set("Cookie", strings.Join(keep, "; "))
+	}
+}
+
+func page(w http.ResponseWriter, status int, title, msg string) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>%s</title></head><body><h1 id=\"title\">%s</h1><p id=\"message\">%s</p></body></html>\n",
+		html.EscapeString(title), html.EscapeString(title), html.EscapeString(msg))
+}

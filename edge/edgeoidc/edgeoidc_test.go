@@ -1,0 +1,153 @@
+package edgeoidc_test
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"beam.dev/beam/beamtest/oidctest"
+	"beam.dev/beam/edge/edgeoidc"
+)
+
+var (
+	alice = oidctest.User{Subject: "u-alice", Email: "alice@example.com", Name: "Alice", Password: "pw-a", Groups: []string{"eng"}}
+	eve   = oidctest.User{Subject: "u-eve", Email: "eve@evil.test", Name: "Eve", Password: "pw-e"}
+)
+
+// route serves what a device behind a route would see: the identity and
+// the cookies that got through.
+func route(t *testing.T, s *edgeoidc.SignIn, rules []string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id, ok := s.Authenticate(w, r, rules)
+		if !ok {
+			return
+		}
+		fmt.Fprintf(w, "app: user=%s email=%s path=%s cookie=%q", id.User, id.Email, r.URL.RequestURI(), r.Header.Get("Cookie"))
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return "http://" + ln.Addr().String()
+}
+
+func newSignIn(t *testing.T) *edgeoidc.SignIn {
+	p := oidctest.Start(t, []oidctest.User{alice, eve}, []oidctest.Client{{ID: "edge", Secret: "s", RedirectURIs: []string{"http://*" + edgeoidc.CallbackPath}}})
+	s, err := edgeoidc.New(edgeoidc.Options{Issuer: p.Issuer, ClientID: "edge", ClientSecret: "s", Scopes: []string{"email", "profile", "groups"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func browser() *http.Client {
+	jar, _ := cookiejar.New(nil)
+	return &http.Client{Jar: jar, Timeout: 30 * time.Second}
+}
+
+func get(t *testing.T, c *http.Client, u, accept string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", u, nil)
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestBrowserSignsInAndComesBack(t *testing.T) {
+	s := newSignIn(t)
+	base := route(t, s, []string{"email:*@example.com"})
+	c := browser()
+	c.Jar.SetCookies(mustURL(t, base), []*http.Cookie{{Name: "app_pref", Value: "dark"}})
+	resp, body, err := oidctest.Login(t.Context(), c, base+"/reports?q=1", alice.Email, alice.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `app: user=alice@example.com email=alice@example.com path=/reports?q=1 cookie="app_pref=dark"`
+	if resp.StatusCode != 200 || body != want {
+		t.Fatalf("after sign-in: %d %q, want 200 %q", resp.StatusCode, body, want)
+	}
+	// The session holds: no second trip to the provider.
+	if code, body := get(t, c, base+"/other", "text/html"); code != 200 || !strings.Contains(body, "user=alice@example.com") {
+		t.Fatalf("second request: %d %q", code, body)
+	}
+	// The same cookie is worthless on another route host.
+	other := route(t, s, []string{"email:*@example.com"})
+	var session *http.Cookie
+	for _, ck := range c.Jar.Cookies(mustURL(t, base)) {
+		if ck.Name == "beam_edge_session" {
+			session = ck
+		}
+	}
+	if session == nil {
+		t.Fatal("no session cookie")
+	}
+	req, _ := http.NewRequest("GET", other+"/", nil)
+	req.AddCookie(session)
+	resp, err = http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("session cookie on another host: got %d, want 401", resp.StatusCode)
+	}
+}
+
+func TestAPIClientGets401(t *testing.T) {
+	s := newSignIn(t)
+	base := route(t, s, []string{"group:eng"})
+	for _, accept := range []string{"", "application/json", "*/*"} {
+		if code, body := get(t, browser(), base+"/api", accept); code != http.StatusUnauthorized || strings.Contains(body, "app:") {
+			t.Errorf("Accept %q: got %d %q, want 401", accept, code, body)
+		}
+	}
+}
+
+func TestOutsiderGets403(t *testing.T) {
+	s := newSignIn(t)
+	base := route(t, s, []string{"email:*@example.com", "group:eng"})
+	resp, body, err := oidctest.Login(t.Context(), browser(), base+"/", eve.Email, eve.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusForbidden || !strings.Contains(body, "eve@evil.test, who may not use this service") {
+		t.Fatalf("outsider: %d %q", resp.StatusCode, body)
+	}
+}
+
+func TestCallbackRedirectStaysOnHost(t *testing.T) {
+	s := newSignIn(t)
+	base := route(t, s, []string{"group:eng"})
+	c := browser()
+	resp, body, err := oidctest.Login(t.Context(), c, base+"//evil.test/x", alice.Email, alice.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Request.URL.Host != mustURL(t, base).Host {
+		t.Fatalf("sign-in ended at %s, want the route host: %q", resp.Request.URL, body)
+	}
+}
+
+func mustURL(t *testing.T, s string) *url.URL {
+	u, err := url.Parse(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
