@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -164,5 +165,46 @@ func TestConfigDefaultsMatchComponents(t *testing.T) {
 	}
 	if configs.DefaultBaseDomain != coordinator.DefaultBaseDomain {
 		t.Errorf("configs.DefaultBaseDomain %q, coordinator's %q", configs.DefaultBaseDomain, coordinator.DefaultBaseDomain)
+	}
+}
+
+// TestLoadTunnels: the example tunnels file becomes the requests beam
+// expose sends for the same flags; a bad option is refused naming its
+// tunnel, and a TARGET or route flag next to --config is refused.
+func TestLoadTunnels(t *testing.T) {
+	ts, err := loadTunnels(filepath.Join("..", "..", "..", "configs", "beam.hujson"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, tu := range ts {
+		got = append(got, fmt.Sprintf("%s:%s:%s:%d:%s", tu.label, tu.req.Proto, tu.req.Name, tu.req.Port, tu.req.Upstream))
+	}
+	want := "api:http:api:8443:https://localhost:8443 db:tcp::5432: web:http:web:3000:"
+	if strings.Join(got, " ") != want {
+		t.Errorf("got %s, want %s", strings.Join(got, " "), want)
+	}
+	if web := ts[2].req; len(web.Options.BasicAuth) != 1 || !web.Inspect {
+		t.Errorf("web options = %+v, inspect %v", web.Options, web.Inspect)
+	}
+	for body, want := range map[string]string{
+		`{"tunnels": {"a": {"port": 1, "basic_auth": ["nopass"]}}}`:   `tunnel "a": --basic-auth "nopass"`,
+		`{"tunnels": {"b": {"target": "ftp://x:1"}}}`:                 `tunnel "b": bad target`,
+		`{"tunnels": {"c": {"port": 1, "udp": true, "target": "1"}}}`: `tunnel "c": give port or target`,
+		`{"tunnels": {"d": {"port": 1, "rate": "1/s"}}}`:              `unknown key "rate"`,
+		`{"tunnel": {}}`: `unknown key "tunnel"`,
+	} {
+		if _, err := loadTunnels(writeConfig(t, body)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: err = %v, want %q", body, err, want)
+		}
+	}
+	f := &Factory{In: strings.NewReader(""), Out: io.Discard, ErrOut: io.Discard}
+	for _, args := range [][]string{{"--config", "x.hujson", "3000"}, {"--config", "x.hujson", "--tcp"}} {
+		ran := false
+		cmd := NewCmdExpose(f, &instanceFlags{}, func(*ExposeOptions) error { ran = true; return nil })
+		quiet(cmd, args)
+		if err := cmd.Execute(); err == nil || ran {
+			t.Errorf("%v: accepted (err %v)", args, err)
+		}
 	}
 }

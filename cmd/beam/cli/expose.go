@@ -47,6 +47,9 @@ type ExposeOptions struct {
 	Background    bool
 	// Inspect asks the daemon for the request inspector.
 	Inspect bool
+	// ConfigFile is a tunnels file (configs.Tunnels) to publish instead
+	// of one TARGET.
+	ConfigFile string
 }
 
 // NewCmdExpose returns the beam expose command.
@@ -67,11 +70,23 @@ func NewCmdExpose(f *Factory, in *instanceFlags, runF func(*ExposeOptions) error
   beam expose --udp 53             udp://EDGE:PORT -> 127.0.0.1:53
   beam expose 3000 --bg            keep it published by the daemon; see beam expose list / stop
   beam expose 3000 --name app --pool   serve app from several devices of one user or tag (each passes --pool)
+  beam expose --config beam.hujson    every tunnel in the file at once (configs/beam.hujson shows one)
 
 A name belongs to the device that published it first; other devices are
 refused until it is withdrawn, unless every one of them asks for --pool.`,
-		Args: cobra.ExactArgs(1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if o.ConfigFile != "" {
+				return exposeConfigArgs(cmd, args)
+			}
+			return cobra.ExactArgs(1)(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.ConfigFile != "" {
+				if runF != nil {
+					return runF(o)
+				}
+				return runExposeConfig(cmd.Context(), f, in, o)
+			}
 			port, up, err := parseTarget(args[0])
 			if err != nil {
 				return err
@@ -84,6 +99,7 @@ refused until it is withdrawn, unless every one of them asks for --pool.`,
 		},
 	}
 	fl := cmd.Flags()
+	fl.StringVar(&o.ConfigFile, "config", "", "HuJSON tunnels file: publish every route in it at once (keys are this command's flags, _ for -)")
 	fl.StringVar(&o.Name, "name", "", "name under the edge domain (default: this node's name)")
 	fl.StringVar(&o.Domain, "domain", "", "a verified custom domain to publish under")
 	fl.BoolVar(&o.TCP, "tcp", false, "publish raw TCP on an edge port")
