@@ -2,7 +2,7 @@
 GO ?= go
 PKGS := ./...
 
-.PHONY: build test bench stress lint fuzz dist release packages npm
+.PHONY: build test bench stress lint fuzz dist release packages npm image
 
 # The version beam reports: git's description of the checkout, if any
 # (else the Go toolchain's VCS stamp, else "devel").
@@ -126,3 +126,9 @@ release: dist
 # package per platform (@beam/linux-x64, ...), each ready for npm publish.
 npm: dist
 	$(GO) run ./tools/release npm -version "$(VERSION)" -bin-dir $(DIST) -out bin/npm
+
+# The container image from the Dockerfile, where a builder is available
+# (CI lints the Dockerfile instead: TestDockerfile in internal/release).
+DOCKER ?= docker
+image:
+	$(DOCKER) build --build-arg VERSION="$(VERSION)" -t beam:latest .

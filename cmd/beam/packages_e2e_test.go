@@ -2,8 +2,8 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"os/exec"
@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sassoftware/go-rpmutils"
 
 	"beam.dev/beam/internal/release"
 )
@@ -108,7 +110,7 @@ func TestDebPackage(t *testing.T) {
 	}
 	bin := buildBeam(t)
 	dir := t.TempDir()
-	var deb string
+	var deb, rpm string
 	for _, format := range []string{"deb", "rpm"} {
 		p, err := release.BuildPackage(release.PackageOptions{
 			Binary: bin, Configs: filepath.Join("..", "..", "configs"), Version: "v1.2.3",
@@ -117,22 +119,14 @@ func TestDebPackage(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		b, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		switch format {
-		case "deb":
+		if format == "deb" {
 			deb = p
-			if want := "beam_1.2.3_" + runtime.GOARCH + ".deb"; filepath.Base(p) != want {
-				t.Errorf("deb is %s, want %s", filepath.Base(p), want)
-			}
-		case "rpm":
-			// An RPM starts with its lead: magic, then the name-version-release.
-			if !bytes.HasPrefix(b, []byte{0xed, 0xab, 0xee, 0xdb}) || !bytes.Contains(b[:96], []byte("beam-1.2.3-1")) {
-				t.Errorf("%s does not start with an RPM lead for beam-1.2.3-1: % x", filepath.Base(p), b[:16])
-			}
+		} else {
+			rpm = p
 		}
+	}
+	if want := "beam_1.2.3_" + runtime.GOARCH + ".deb"; filepath.Base(deb) != want {
+		t.Errorf("deb is %s, want %s", filepath.Base(deb), want)
 	}
 
 	out, err := exec.Command("dpkg-deb", "--show", "--showformat", "${Package} ${Version} ${Architecture}", deb).CombinedOutput()
@@ -167,6 +161,9 @@ func TestDebPackage(t *testing.T) {
 	} {
 		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
 			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		if args[0] == "dpkg-deb" {
+			checkRPM(t, rpm, root) // against the deb's files alone
 		}
 	}
 	t.Logf("installed into a scratch root in %v", time.Since(start).Round(time.Millisecond))
@@ -266,5 +263,64 @@ func TestDebPackage(t *testing.T) {
 	out2 := c.device("alpha").mustUp()
 	if !strings.HasPrefix(out2, "alpha 100.64.") {
 		t.Errorf("beam up printed %q, want the name and an overlay address", out2)
+	}
+}
+
+// checkRPM reads the .rpm's header: the same version, files, modes and
+// install script as the .deb (whose files are unpacked under debRoot),
+// with the settings files kept across upgrades (%config(noreplace)).
+func checkRPM(t *testing.T, path, debRoot string) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	r, err := rpmutils.ReadRpm(f)
+	if err != nil {
+		t.Fatalf("read %s: %v", path, err)
+	}
+	nevra, err := r.Header.GetNEVRA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nevra.Name != "beam" || nevra.Version != "1.2.3" {
+		t.Errorf("rpm is %s-%s, want beam-1.2.3", nevra.Name, nevra.Version)
+	}
+	post, err := r.Header.GetString(rpmutils.POSTIN)
+	if err != nil || !strings.Contains(post, "systemd-sysusers /usr/lib/sysusers.d/beam.conf") {
+		t.Errorf("the rpm's %%post does not run systemd-sysusers (%v):\n%s", err, post)
+	}
+	files, err := r.Header.GetFiles()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, fi := range files {
+		if fi.Mode()&syscall.S_IFMT != syscall.S_IFREG {
+			continue
+		}
+		got[fi.Name()] = fmt.Sprintf("%o", fi.Mode()&0o7777)
+		if strings.HasPrefix(fi.Name(), "/etc/") && fi.Flags()&(rpmutils.RPMFILE_CONFIG|rpmutils.RPMFILE_NOREPLACE) != rpmutils.RPMFILE_CONFIG|rpmutils.RPMFILE_NOREPLACE {
+			t.Errorf("rpm: %s is not %%config(noreplace)", fi.Name())
+		}
+	}
+	want := map[string]string{}
+	err = filepath.WalkDir(debRoot, func(p string, d os.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		want["/"+strings.TrimPrefix(p, debRoot+"/")] = fmt.Sprintf("%o", fi.Mode().Perm())
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("rpm files (mode) %v\nwant the deb's %v", got, want)
 	}
 }

@@ -48,7 +48,7 @@ func TestMakefilePlatforms(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("Makefile RELEASE_PLATFORMS = %v, want %v", got, want)
 	}
-	for _, target := range []string{"dist", "release", "packages", "npm"} {
+	for _, target := range []string{"dist", "release", "packages", "npm", "image"} {
 		if !regexp.MustCompile(`(?m)^` + target + `:`).Match(b) {
 			t.Errorf("Makefile has no %s target", target)
 		}
