@@ -136,7 +136,9 @@ type Coordinator struct {
 	// DERPURLs each become a region with one relay.
 	DERPURLs []string `json:"derp"`
 	// STUN overrides the relays' STUN addresses (host:port), one per
-	// DERPURLs entry or one for all.
+	// DERPURLs entry or one for all; an entry may list several,
+	// comma-separated (a relay's IPv4 and IPv6 addresses), the ones after
+	// the first becoming STUN-only nodes of its region.
 	STUN []string `json:"stun"`
 	// STUNAltPort is the port of the relays' second STUN responder, on
 	// the host of their STUN address: 0 means that address's port + 1
@@ -199,8 +201,10 @@ func (co *Coordinator) Validate() error {
 	for _, u := range co.DERPURLs {
 		c.url("--derp", u, true)
 	}
-	for _, a := range co.STUN {
-		c.hostPort("--stun", a)
+	for _, list := range co.STUN {
+		for a := range strings.SplitSeq(list, ",") {
+			c.hostPort("--stun", a)
+		}
 	}
 	if co.STUNAltPort < -1 || co.STUNAltPort > 65535 {
 		c.add("--stun-alt-port", strconv.Itoa(co.STUNAltPort), "want 1-65535, 0 (the STUN port + 1) or -1 (none)")

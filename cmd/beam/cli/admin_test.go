@@ -190,7 +190,16 @@ func TestCoordinatorDERPFlags(t *testing.T) {
 	if err != nil || m.Regions[1].Nodes[0].STUNAddr != "127.0.0.1:3479" {
 		t.Errorf("--stun override: %+v, %v", m, err)
 	}
+	m, err = coordinatorDERPMap(&configs.Coordinator{DERPURLs: []string{"http://203.0.113.10:3340"}, STUN: []string{"203.0.113.10:3478,[2001:db8::10]:3478"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nodes := m.Regions[1].Nodes; len(nodes) != 2 || nodes[0].STUNAddr != "203.0.113.10:3478" || nodes[0].STUNAltPort != 3479 ||
+		nodes[1].STUNAddr != "[2001:db8::10]:3478" || !nodes[1].STUNOnly || nodes[1].URL != "" || nodes[1].Name != "1b" {
+		t.Errorf("--stun with an IPv6 address: nodes %+v, want the relay with the IPv4 STUN address and a STUN-only node with the IPv6 one", nodes)
+	}
 	for _, bad := range []*configs.Coordinator{
+		{DERPURLs: []string{"http://a"}, STUN: []string{"a:1,nohostport"}},
 		{DERPURLs: []string{"ftp://x"}},
 		{DERPURLs: []string{"http://a", "http://b", "http://c"}, STUN: []string{"a:1", "b:2"}},
 		{STUN: []string{"a:1"}},

@@ -85,7 +85,7 @@ From elsewhere:
 	fl.StringVar(&opts.Addr, "addr", def.Addr, "address to serve HTTP on")
 	fl.StringVar(&opts.DataDir, "data", def.DataDir, "data directory (created 0700)")
 	fl.StringArrayVar(&opts.DERPURLs, "derp", nil, "relay base URL; repeat for more regions")
-	fl.StringArrayVar(&opts.STUN, "stun", nil, "STUN host:port for the --derp relays (one for all, or one per --derp); default host:3478")
+	fl.StringArrayVar(&opts.STUN, "stun", nil, "STUN host:port for the --derp relays (one for all, or one per --derp; several comma-separated, such as the relay's IPv4 and IPv6 addresses); default host:3478")
 	fl.IntVar(&opts.STUNAltPort, "stun-alt-port", 0, "port of the relays' second STUN responder, on the --stun host (0: the --stun port + 1, as beam derp serves by default; -1: none)")
 	fl.StringVar(&opts.DERPMapFile, "derp-map", "", "JSON file with the full relay map (instead of --derp)")
 	fl.StringVar(&opts.BaseDomain, "base-domain", def.BaseDomain, "base DNS domain; networks get NETWORK.BASE")
@@ -276,6 +276,9 @@ func coordinatorDERPMap(opts *configs.Coordinator) (*wire.DERPMap, error) {
 		case len(opts.DERPURLs):
 			stunAddr = opts.STUN[i]
 		}
+		// More addresses of the relay's STUN responder (its IPv6 one)
+		// follow the first, comma-separated, as STUN-only nodes.
+		stunAddr, more, _ := strings.Cut(stunAddr, ",")
 		_, stunPort, err := net.SplitHostPort(stunAddr)
 		if err != nil {
 			return nil, fmt.Errorf("bad --stun %q: want host:port", stunAddr)
@@ -298,6 +301,17 @@ func coordinatorDERPMap(opts *configs.Coordinator) (*wire.DERPMap, error) {
 				STUNAddr:    stunAddr,
 				STUNAltPort: altPort,
 			}},
+		}
+		for j, a := range strings.Split(more, ",") {
+			if more == "" {
+				break
+			}
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				return nil, fmt.Errorf("bad --stun %q: want host:port", a)
+			}
+			m.Regions[id].Nodes = append(m.Regions[id].Nodes, &wire.DERPNode{
+				Name: fmt.Sprintf("%d%c", id, 'b'+j), RegionID: id, STUNAddr: a, STUNOnly: true,
+			})
 		}
 	}
 	return m, nil
