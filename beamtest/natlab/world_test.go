@@ -74,6 +74,10 @@ type worldConfig struct {
 	// to choose becomes the default of every namespace of the lab, instead
 	// of this machine's, and is kept in world.tcpCC.
 	tcpCC []string
+	// ipv6 gives the lab IPv6 (nslab's Lab.EnableIPv6): every device has
+	// a global IPv6 address behind its router's IPv4 NAT, and the relay
+	// map lists the relay's IPv6 STUN address too. Not with meshed.
+	ipv6 bool
 }
 
 // newWorld builds a lab and starts the coordinator and relays. Call it,
@@ -89,6 +93,9 @@ func newWorld(t *testing.T, cfg worldConfig) *world {
 		out: artefactDir(t),
 	}
 	t.Cleanup(w.saveLogs)
+	if cfg.ipv6 {
+		w.lab.EnableIPv6()
+	}
 	if len(cfg.tcpCC) > 0 {
 		w.tcpCC = w.lab.SetTCPCongestionControl(cfg.tcpCC...)
 	}
@@ -98,7 +105,11 @@ func newWorld(t *testing.T, cfg worldConfig) *world {
 	coordArgs := []string{"coordinator", "--addr", hostPort(w.srv.Addr(), coordPort), "--data", filepath.Join(w.dir, "coord")}
 	if !cfg.meshed {
 		w.relays = append(w.relays, w.startRelay(w.srv, nil, ""))
-		coordArgs = append(coordArgs, "--derp", w.relays[0].url, "--stun", hostPort(w.srv.Addr(), stunPort))
+		stun := hostPort(w.srv.Addr(), stunPort)
+		if cfg.ipv6 {
+			stun += "," + hostPort(w.srv.Addr6(), stunPort)
+		}
+		coordArgs = append(coordArgs, "--derp", w.relays[0].url, "--stun", stun)
 	} else {
 		h1, h2 := w.lab.AddServer("derp1"), w.lab.AddServer("derp2")
 		keyFile := filepath.Join(w.dir, "mesh.key")

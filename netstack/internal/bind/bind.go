@@ -40,7 +40,10 @@
 // sender's endpoints at once, which is how two NATs get punched. Send
 // decides per packet between the direct address and the relay (see
 // route): direct once confirmed, both while a new path is untrusted, the
-// relay when direct stops answering. STUN answers are also taken out and
+// relay when direct stops answering. Of two working direct paths the
+// pongs' round trips decide: a clearly faster one wins, and IPv6 wins over
+// IPv4 of about the same latency (betterPath), so two nodes behind IPv4
+// NATs with global IPv6 use it. STUN answers are also taken out and
 // handed to Options.OnSTUN.
 //
 // Birthday probing (birthday.go) adds extra UDP sockets, per peer and
@@ -855,12 +858,15 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	// wireguard-go switched this peer to an endpoint with a new source:
 	// it authenticated a packet from there, so that path is now best,
 	// except that a relayed packet does not displace a direct address
-	// that is still fresh.
+	// that is still fresh, nor an IPv4 one a fresh IPv6 path (keepFor;
+	// lastSendEp stays, so the switch happens once best goes stale).
 	now := time.Now().UnixNano()
 	if e.src.IsValid() && p.lastSendEp.Load() != e {
-		p.lastSendEp.Store(e)
-		if best := p.best.Load(); !e.isRelay() || best == nil || best.isRelay() || !fresh(best, now) {
-			p.best.Store(e)
+		if best := p.best.Load(); !keepFor(best, e, now) {
+			p.lastSendEp.Store(e)
+			if !e.isRelay() || best == nil || best.isRelay() || !fresh(best, now) {
+				p.best.Store(e)
+			}
 		}
 	}
 	if idx, ok := senderIndex(first); ok {

@@ -468,8 +468,9 @@ func contains(s []netip.AddrPort, ap netip.AddrPort) bool {
 }
 
 // confirmDirect records that a pong came back from ap after lat and makes
-// ap the peer's path if it is the first working direct path, or clearly
-// faster than the current one.
+// ap the peer's path if it is the first working direct path, or better
+// than the current one (clearly faster, or IPv6 about as fast as IPv4:
+// see betterPath).
 func (b *Bind) confirmDirect(pe *peerEntry, ap netip.AddrPort, sock *extraSock, lat time.Duration, now int64) {
 	p := pe.p
 	var e *Endpoint
@@ -499,9 +500,9 @@ func (b *Bind) confirmDirect(pe *peerEntry, ap netip.AddrPort, sock *extraSock, 
 		}
 	default:
 		bl := time.Duration(best.latency.Load())
-		if bl > 0 && lat+lat/2 < bl && bl-lat > time.Millisecond {
+		if betterPath(ap, lat, best.src, bl) {
 			if p.best.CompareAndSwap(best, e) {
-				b.log.Info("faster direct path", "peer", p.key.ShortString(), "addr", ap.String(), "latency", lat, "was", bl)
+				b.log.Info("better direct path", "peer", p.key.ShortString(), "addr", ap.String(), "latency", lat, "was", best.src.String(), "was_latency", bl)
 			}
 		}
 	}

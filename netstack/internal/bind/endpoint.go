@@ -136,3 +136,52 @@ type PeerPath struct {
 	// path; zero if unknown.
 	Latency time.Duration
 }
+
+// Path preference between two working direct paths.
+const (
+	// fasterMin: a path replaces one of its own family (or an IPv4 path
+	// an IPv6 one) only if its round trip is under 2/3 of the current
+	// one's and shorter by fasterMin, so two paths of about the same
+	// latency do not take turns.
+	fasterMin = time.Millisecond
+	// v6Slack and v6SlackRatio: an IPv6 path replaces an IPv4 one unless
+	// it is slower by more than the larger of v6Slack and v6SlackRatio of
+	// the IPv4 round trip. IPv6 has no NAT whose mapping can lapse or be
+	// rebound, so it is the sturdier path at equal latency (Tailscale's
+	// betterAddr prefers it likewise). The two rules leave a gap (an IPv4
+	// path replaces an IPv6 one only if the IPv6 one is over 1.5 times
+	// slower and 1 ms slower), so the choice does not flap.
+	v6Slack      = time.Millisecond
+	v6SlackRatio = 10 // percent
+)
+
+// betterPath reports whether the direct path to a, whose pong took aLat,
+// should replace the current direct path to b, whose last pong took bLat
+// (0 if it was never measured). Both are the peer's addresses. An unmeasured
+// a is never better, except that IPv6 is preferred to IPv4 of unknown
+// latency.
+func betterPath(a netip.AddrPort, aLat time.Duration, b netip.AddrPort, bLat time.Duration) bool {
+	if a == b {
+		return false
+	}
+	if a.Addr().Is6() && b.Addr().Is4() {
+		if bLat == 0 {
+			return true
+		}
+		return aLat > 0 && aLat <= bLat+max(bLat*v6SlackRatio/100, v6Slack)
+	}
+	return aLat > 0 && bLat > 0 && aLat+aLat/2 < bLat && bLat-aLat > fasterMin
+}
+
+// keepFor reports whether best, p's direct path, should stay p's path
+// although wireguard-go now sends to e, an IPv4 address it authenticated a
+// packet from: best is IPv6, answered within staleAfter, and e is not
+// clearly faster (see betterPath). Both sides prefer IPv6, but packets the
+// peer sent over IPv4 before it switched arrive after we did; following
+// them would switch both sides back.
+func keepFor(best, e *Endpoint, now int64) bool {
+	if best == nil || best.isRelay() || e.isRelay() || !best.src.Addr().Is6() || !e.src.Addr().Is4() || !fresh(best, now) {
+		return false
+	}
+	return !betterPath(e.src, time.Duration(e.latency.Load()), best.src, time.Duration(best.latency.Load()))
+}
