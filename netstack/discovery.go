@@ -223,6 +223,10 @@ func (e *Engine) applyRound(local []netip.AddrPort, results []stunResult) {
 			eps = append(eps, r.mapped)
 		}
 	}
+	if ap := e.portMapEndpoint(); ap.IsValid() && !seen[ap] {
+		seen[ap] = true
+		eps = append(eps, ap)
+	}
 	for _, ap := range local {
 		if !seen[ap] {
 			seen[ap] = true

@@ -99,6 +99,20 @@ type Options struct {
 	// (not in TUN mode, where nothing is forwarded), on the flow's
 	// goroutine; it must return quickly.
 	OnFlow func(Flow)
+	// PortMapping asks the NAT gateway (PortMapGateway, else the IPv4
+	// default route's next hop) for a mapping of the WireGuard port, by
+	// PCP or NAT-PMP, advertises the public address it grants as an
+	// endpoint, renews the mapping before it expires and deletes it on
+	// Close (see portmap.go). Off by default: it sends to the gateway,
+	// which tests and programs outside a lab must not do unasked.
+	PortMapping bool
+	// PortMapGateway, if valid, is the gateway PortMapping asks instead
+	// of the default route's next hop.
+	PortMapGateway netip.Addr
+	// PortMapLifetime is the mapping lifetime asked; it is renewed
+	// halfway through the shorter of this and the one granted. Zero
+	// means 2 hours.
+	PortMapLifetime time.Duration
 	// TUN, if not empty, runs the engine in kernel TUN mode (Linux, with
 	// root or CAP_NET_ADMIN): WireGuard runs on a kernel TUN device of this
 	// name, created by New with its offloads (TCP segmentation and receive
@@ -135,6 +149,8 @@ type Engine struct {
 
 	// disc is endpoint discovery and relay latency (discovery.go).
 	disc discovery
+	// pmap is the port mapping (portmap.go), with Options.PortMapping.
+	pmap portMapState
 	// loopWG counts discoveryLoop.
 	loopWG sync.WaitGroup
 
@@ -266,6 +282,9 @@ func New(opts Options) (*Engine, error) {
 		defer e.loopWG.Done()
 		e.discoveryLoop()
 	}()
+	if opts.PortMapping {
+		e.loopWG.Go(e.portMapLoop)
+	}
 	return e, nil
 }
 

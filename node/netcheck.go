@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"beam.dev/beam/localapi/apitype"
+	"beam.dev/beam/netstack"
 	"beam.dev/beam/wire"
 )
 
@@ -94,16 +95,21 @@ func (n *Node) Netcheck(ctx context.Context) (*apitype.NetcheckReport, error) {
 		// Without STUN there is nothing to ask about the outside, but the
 		// node still knows its own UDP endpoints.
 		return &apitype.NetcheckReport{
-			UDP:        len(local) > 0,
-			LocalAddrs: local,
-			Missing:    []string{"the relay map has no STUN servers, so no public address, NAT kind or relay latency (give the coordinator --stun, or run beam server, which serves STUN)"},
+			UDP:         len(local) > 0,
+			LocalAddrs:  local,
+			Missing:     []string{"the relay map has no STUN servers, so no public address, NAT kind or relay latency (give the coordinator --stun, or run beam server, which serves STUN)"},
+			PortMapping: portMapping(ctx, e),
 		}, nil
 	}
+	pm := make(chan *apitype.PortMapping, 1)
+	go func() { pm <- portMapping(ctx, e) }() // at the same time as STUN
 	r, err := e.Netcheck(ctx)
 	if err != nil {
+		<-pm
 		return nil, fmt.Errorf("netcheck: %w", err)
 	}
 	out := &apitype.NetcheckReport{UDP: r.UDP, MappingVariesByDestIP: r.MappingVariesByDestIP, RegionLatency: map[string]time.Duration{}, LocalAddrs: local}
+	out.PortMapping = <-pm
 	if !r.UDP {
 		out.Missing = append(out.Missing, "no STUN server answered over UDP: UDP may be blocked, so peers will use the relay")
 	}
@@ -120,6 +126,27 @@ func (n *Node) Netcheck(ctx context.Context) (*apitype.NetcheckReport, error) {
 		out.PreferredRelay = regionName(nm, r.PreferredDERP)
 	}
 	return out, nil
+}
+
+// portMapping asks the gateway which port mapping protocols it offers;
+// nil if the engine runs without port mapping.
+func portMapping(ctx context.Context, e *netstack.Engine) *apitype.PortMapping {
+	r, err := e.PortMapProbe(ctx)
+	if !r.Enabled {
+		return nil
+	}
+	out := &apitype.PortMapping{Protocols: r.Protocols, Protocol: r.MappingProtocol}
+	if out.Protocols == nil {
+		out.Protocols = []string{}
+	}
+	if r.Gateway.IsValid() {
+		out.Gateway = r.Gateway.String()
+	}
+	if r.Mapped.IsValid() {
+		out.Mapped = r.Mapped.String()
+	}
+	_ = err // a gateway that does not answer offers nothing
+	return out
 }
 
 // hasSTUN reports whether the netmap's relay map names a STUN server.

@@ -65,6 +65,11 @@ type Options struct {
 	// CAP_NET_ADMIN): apps on the host reach the overlay directly, and
 	// peers reach the host's own sockets. Empty: the userspace stack.
 	TUN string
+	// PortMapping and PortMapLifetime are netstack.Options.PortMapping
+	// and PortMapLifetime: ask the NAT gateway for a mapping of the
+	// WireGuard port and advertise it. Off by default.
+	PortMapping     bool
+	PortMapLifetime time.Duration
 	// OnNetMap, if non-nil, is called with every netmap from the
 	// coordinator, in order, outside the node's locks. An edge uses it to
 	// follow its routes. It must not modify the netmap.
@@ -460,6 +465,9 @@ func (n *Node) startSessionLocked() error {
 			OnEndpoints: n.onEngineEndpoints,
 			OnFlow:      n.onFlow,
 			TUN:         n.opts.TUN,
+
+			PortMapping:     n.opts.PortMapping,
+			PortMapLifetime: n.opts.PortMapLifetime,
 		})
 		if err != nil {
 			return fmt.Errorf("start engine: %w", err)

@@ -267,7 +267,17 @@ type device struct {
 // running. Call from the test's goroutine.
 func (w *world) addDevice(name string, kind nslab.NATKind) *device {
 	w.t.Helper()
+	return w.addDeviceWith(name, kind, nil)
+}
+
+// addDeviceWith is addDevice that runs setup (if not nil) on the new host
+// before the daemon starts and passes daemonArgs to beam daemon.
+func (w *world) addDeviceWith(name string, kind nslab.NATKind, setup func(*nslab.Host), daemonArgs ...string) *device {
+	w.t.Helper()
 	h := w.lab.AddNATHost(name, kind)
+	if setup != nil {
+		setup(h)
+	}
 	d := &device{
 		w: w, name: name, kind: kind, host: h, authKey: w.authKey,
 		state:  filepath.Join(w.dir, name),
@@ -280,7 +290,7 @@ func (w *world) addDevice(name string, kind nslab.NATKind) *device {
 		w.t.Fatal(err)
 	}
 	ctx := w.t.Context()
-	d.daemon = h.Start(ctx, w.bin, "--socket", d.socket, "--state", d.state, "daemon", "--hostname", name)
+	d.daemon = h.Start(ctx, w.bin, append([]string{"--socket", d.socket, "--state", d.state, "daemon", "--hostname", name}, daemonArgs...)...)
 	d.echo = h.StartHelper(ctx, nslab.HelperTCPEcho, "127.0.0.1:"+strconv.Itoa(echoPort))
 	d.sink = h.StartHelper(ctx, helperSink, "127.0.0.1:"+strconv.Itoa(sinkPort))
 	w.t.Cleanup(d.stopStrayDaemon)

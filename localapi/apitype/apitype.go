@@ -312,4 +312,21 @@ type NetcheckReport struct {
 	// Missing says, one sentence each, what the report could not learn
 	// and why (for example, the relay map has no STUN servers).
 	Missing []string `json:"missing,omitempty"`
+	// PortMapping is what the NAT gateway offers for port mapping; nil
+	// when the daemon runs without port mapping (then nothing asks the
+	// gateway).
+	PortMapping *PortMapping `json:"port_mapping,omitempty"`
+}
+
+// PortMapping is the port mapping part of a NetcheckReport.
+type PortMapping struct {
+	// Gateway is the gateway asked; empty if the host has none.
+	Gateway string `json:"gateway,omitempty"`
+	// Protocols are those the gateway answered: "PCP", "NAT-PMP",
+	// "UPnP".
+	Protocols []string `json:"protocols"`
+	// Protocol and Mapped are the current mapping of the WireGuard
+	// port, which the node advertises as an endpoint; empty if none.
+	Protocol string `json:"protocol,omitempty"`
+	Mapped   string `json:"mapped,omitempty"`
 }

@@ -139,6 +139,7 @@ says what to fix; the exit status is 1 if any check fails.`,
 					fmt.Fprintf(f.Out, "\t\t- %s: %s\n", name, r.RegionLatency[name].Round(100*time.Microsecond))
 				}
 			}
+			fmt.Fprintf(f.Out, "\t* PortMapping: %s\n", portMappingLine(r.PortMapping))
 			for _, m := range r.Missing {
 				fmt.Fprintf(f.Out, "\t* Missing: %s\n", m)
 			}
