@@ -70,6 +70,19 @@ type Client struct {
 	Timeout time.Duration
 	// Lifetime is asked for new mappings; zero means DefaultLifetime.
 	Lifetime time.Duration
+
+	// pmpPort and ssdpPort replace the standard ports in tests.
+	pmpPort, ssdpPort int
+}
+
+func (c *Client) port(std int) int {
+	switch {
+	case std == pmpPort && c.pmpPort != 0:
+		return c.pmpPort
+	case std == ssdpPort && c.ssdpPort != 0:
+		return c.ssdpPort
+	}
+	return std
 }
 
 func (c *Client) timeout() time.Duration {
@@ -98,6 +111,7 @@ func (c *Client) exchange(ctx context.Context, port int, req []byte, accept func
 		return nil, netip.Addr{}, ErrNoGateway
 	}
 	var d net.Dialer
+	port = c.port(port)
 	conn, err := d.DialContext(ctx, "udp4", netip.AddrPortFrom(c.Gateway, uint16(port)).String())
 	if err != nil {
 		return nil, netip.Addr{}, fmt.Errorf("dial gateway: %w", err)
