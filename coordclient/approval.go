@@ -30,6 +30,7 @@ func (c *Client) awaitApproval(ctx context.Context, p RegisterParams, first *wir
 				Hostname:  p.Hostname,
 				OS:        p.OS,
 				Followup:  code,
+				Reauth:    p.Reauth,
 				Timestamp: now,
 			}
 		})

@@ -224,6 +224,9 @@ type RegisterParams struct {
 	OS string
 	// Logout deregisters the node instead.
 	Logout bool
+	// Reauth authenticates an already registered node key again: with
+	// AuthKey, or interactively (OnAuthURL) without.
+	Reauth bool
 	// OnAuthURL, if set, makes a registration without an auth key
 	// interactive: when the coordinator answers with an approval code,
 	// Register calls OnAuthURL once with the URL a person should open and
@@ -245,6 +248,7 @@ func (c *Client) Register(ctx context.Context, p RegisterParams) (*wire.Register
 			Hostname:  p.Hostname,
 			OS:        p.OS,
 			Logout:    p.Logout,
+			Reauth:    p.Reauth,
 			Timestamp: now,
 		}
 	})

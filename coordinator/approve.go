@@ -338,6 +338,15 @@ func (s *Server) ApproveRegistration(ctx context.Context, code string, a Approva
 		return fmt.Errorf("%w: code %s was approved already", ErrConflict, p.Code)
 	default:
 	}
+	s.mu.Lock()
+	owner := ""
+	if e := s.nodes[p.NodeKey]; e != nil {
+		owner = e.rec.Node.User
+	}
+	s.mu.Unlock()
+	if owner != "" && a.User != "" && owner != a.User {
+		return fmt.Errorf("%w: this device belongs to %s; only %s can authenticate it again", ErrInvalid, owner, owner)
+	}
 	secret, ak, err := s.createAuthKey(ctx, AuthKeyOptions{User: a.User, Tags: a.Tags, Expiry: approvalTTL, NodeKeyExpiry: a.NodeKeyExpiry})
 	if err != nil {
 		return err
@@ -414,7 +423,7 @@ func (s *Server) interactiveRegister(w http.ResponseWriter, r *http.Request, nk 
 	s.mu.Lock()
 	known := s.nodes[nk] != nil
 	s.mu.Unlock()
-	if known {
+	if known && !req.Reauth {
 		return false
 	}
 	p, aerr := s.addPending(req, remoteAddr(r))

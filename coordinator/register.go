@@ -164,7 +164,7 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 	}
 
 	if existing != nil {
-		if !existing.Node.Expired(now) {
+		if !existing.Node.Expired(now) && !req.Reauth {
 			// Rejoin: same name and addresses, unless the node's hostname
 			// changed: then it asks for the name of its new hostname, and
 			// keeps its name if that one is taken.
@@ -208,6 +208,9 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 			}
 			if ak.NetworkID != existing.NetworkID {
 				return nil, errorf(http.StatusUnauthorized, CodeAuthKeyInvalid, "auth key belongs to another network")
+			}
+			if ak.User != "" && existing.Node.User != "" && ak.User != existing.Node.User {
+				return nil, errorf(http.StatusForbidden, CodeForbidden, "this node belongs to %s; authenticate it again as %s", existing.Node.User, existing.Node.User)
 			}
 			if err := s.store.ConsumeAuthKey(ctx, ak.ID, now); err != nil {
 				return nil, s.consumeError(err, ak)

@@ -323,7 +323,7 @@ func (n *Node) Up(ctx context.Context, req apitype.UpRequest) (*apitype.UpRespon
 
 	var resp *apitype.UpResponse
 	if needRegister {
-		r, err := n.register(ctx, priv, req.AuthKey)
+		r, err := n.register(ctx, priv, req.AuthKey, req.ForceReauth)
 		if err != nil {
 			n.setState(apitype.StateNeedsLogin, err)
 			return nil, err
@@ -332,7 +332,7 @@ func (n *Node) Up(ctx context.Context, req apitype.UpRequest) (*apitype.UpRespon
 	} else {
 		// Rejoin: confirm the stored key with the coordinator. If it cannot
 		// be reached, carry on with the last netmap.
-		r, err := n.register(ctx, priv, "")
+		r, err := n.register(ctx, priv, "", false)
 		switch {
 		case errors.Is(err, coordclient.ErrUnreachable):
 			n.logger.Warn("coordinator unreachable; running on the last netmap", "err", err)
@@ -404,7 +404,7 @@ func (n *Node) Up(ctx context.Context, req apitype.UpRequest) (*apitype.UpRespon
 }
 
 // register runs one registration exchange.
-func (n *Node) register(ctx context.Context, priv key.NodePrivate, authKey string) (*apitype.UpResponse, error) {
+func (n *Node) register(ctx context.Context, priv key.NodePrivate, authKey string, reauth bool) (*apitype.UpResponse, error) {
 	n.mu.Lock()
 	url, host := n.st.Coordinator, n.st.Hostname
 	n.mu.Unlock()
@@ -417,7 +417,7 @@ func (n *Node) register(ctx context.Context, priv key.NodePrivate, authKey strin
 	if err != nil {
 		return nil, err
 	}
-	params := coordclient.RegisterParams{AuthKey: authKey, Hostname: host, OS: runtime.GOOS}
+	params := coordclient.RegisterParams{AuthKey: authKey, Hostname: host, OS: runtime.GOOS, Reauth: reauth}
 	if authKey == "" {
 		// A new node without a key waits for a person to approve it.
 		params.OnAuthURL = func(url, code string) {

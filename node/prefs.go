@@ -193,7 +193,7 @@ func (n *Node) SetPrefs(ctx context.Context, p apitype.PrefsPatch) (*apitype.Set
 
 	resp := &apitype.SetPrefsResponse{}
 	if rename {
-		r, err := n.register(ctx, priv, "")
+		r, err := n.register(ctx, priv, "", false)
 		if err != nil {
 			return nil, fmt.Errorf("hostname %q saved, but the rename at the coordinator failed (beam up retries it): %w", n.Prefs().Hostname, err)
 		}

@@ -45,7 +45,8 @@ import (
 //     addresses, ports and certificate status, for beam netcheck --server.
 //   - 11 (2026-12-06): RouteOptions.OIDC: an http route behind a sign-in at
 //     the edge. Edges of older versions do not get such routes (they would
-//     serve them open).
+//     serve them open). RegisterRequest.Reauth: a known node key
+//     authenticates again (a sign-in renews its key expiry).
 const CapabilityVersion = 11
 
 // NodeID is the coordinator's stable identifier of a node.
@@ -72,6 +73,12 @@ type RegisterRequest struct {
 	Logout bool `json:"logout,omitempty"`
 	// Followup is the code of a pending interactive registration to wait on.
 	Followup string `json:"followup,omitempty"`
+	// Reauth asks to authenticate an already registered node key again
+	// (beam up --force-reauth): with AuthKey, the key renews it; without,
+	// it goes through interactive approval (a sign-in) as a new node
+	// would. A node keeps its user: approval as another user is refused.
+	// Since version 11.
+	Reauth bool `json:"reauth,omitempty"`
 	// Timestamp is the node's clock when sealing; the coordinator refuses
 	// requests too far from its own clock (replay window).
 	Timestamp time.Time `json:"timestamp"`

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -24,6 +27,7 @@ import (
 
 var (
 	oidcAlice = oidctest.User{Subject: "u-alice", Email: "alice@example.com", Name: "Alice", Password: "alice-pw", Groups: []string{"eng"}}
+	oidcBob   = oidctest.User{Subject: "u-bob", Email: "bob@example.com", Name: "Bob", Password: "bob-pw"}
 	oidcEve   = oidctest.User{Subject: "u-eve", Email: "eve@evil.test", Name: "Eve", Password: "eve-pw", Groups: []string{"eng"}}
 )
 
@@ -31,7 +35,7 @@ var (
 // there, with extra coordinator flags.
 func oidcCluster(t *testing.T, extra ...string) (*cluster, *oidctest.Provider) {
 	t.Helper()
-	p := oidctest.Start(t, []oidctest.User{oidcAlice, oidcEve}, []oidctest.Client{
+	p := oidctest.Start(t, []oidctest.User{oidcAlice, oidcBob, oidcEve}, []oidctest.Client{
 		{ID: "beam", Secret: "beam-secret", RedirectURIs: []string{"http://127.0.0.1:*/oidc/callback"}},
 	})
 	secret := filepath.Join(t.TempDir(), "oidc.secret")
@@ -107,6 +111,59 @@ func TestOIDCDeviceSignIn(t *testing.T) {
 	// group:eng (from the groups claim) may reach tag:srv: laptop sees srv.
 	waitFor(t, 20*time.Second, "laptop sees srv through group:eng", func() bool { return peerByName(laptop.status(), "srv") != nil })
 
+	// beam up --force-reauth signs in again; only the device's own user may.
+	reauth := func(u oidctest.User) (string, chan error, *strings.Builder, *exec.Cmd) {
+		t.Helper()
+		cmd := exec.Command(c.bin, laptop.args("up", "--coordinator", c.url, "--force-reauth", "--timeout", "60s")...)
+		stderr, _ := cmd.StderrPipe()
+		out := new(strings.Builder)
+		cmd.Stdout = out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cmd.Process.Kill() })
+		br := bufio.NewReader(stderr)
+		re := regexp.MustCompile(`beam admin nodes approve (\S+)`)
+		for {
+			line, err := br.ReadString('\n')
+			if err != nil {
+				t.Fatalf("beam up --force-reauth printed no sign-in URL: %v", err)
+			}
+			if m := re.FindStringSubmatch(line); m != nil {
+				go io.Copy(io.Discard, br)
+				done := make(chan error, 1)
+				go func() { done <- cmd.Wait() }()
+				browse(t, ctx, "sign in again", chromedp.Navigate(c.url+"/oidc/login/"+m[1]))
+				signInAtProvider(t, ctx, u)
+				return read(t, ctx, "result", chromedp.Text("body")), done, out, cmd
+			}
+		}
+	}
+	page, done, _, cmd := reauth(oidcBob)
+	if !strings.Contains(page, "this device belongs to alice@example.com") {
+		t.Fatalf("re-authentication as bob: page says %q", page)
+	}
+	cmd.Process.Kill()
+	<-done
+	page, done, out, _ := reauth(oidcAlice)
+	if !strings.Contains(page, "Device added") {
+		t.Fatalf("re-authentication as alice: page says %q", page)
+	}
+	select {
+	case err := <-done:
+		if err != nil || !strings.HasPrefix(out.String(), "laptop 100.64.") {
+			t.Fatalf("beam up --force-reauth: %v, printed %q", err, out.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("beam up --force-reauth did not finish within 30 s of the sign-in")
+	}
+	if audit := admin("audit"); !regexp.MustCompile(`node:laptop\s+node\.reauth\s+laptop`).MatchString(audit) {
+		t.Errorf("audit log lacks laptop's re-authentication:\n%s", audit)
+	}
+	if st := laptop.status(); st.Self == nil || st.Self.User != "alice@example.com" {
+		t.Errorf("after re-authentication laptop is %+v, want alice's", st.Self)
+	}
+
 	// Outside the allowed domain: refused, and the device keeps waiting.
 	evil := c.device("evilbox")
 	up2, _, code2 := upAwaitingApproval(t, c, evil, "60s")
@@ -119,9 +176,9 @@ func TestOIDCDeviceSignIn(t *testing.T) {
 	if body := read(t, ctx, "page", chromedp.Text("body")); !strings.Contains(body, "eve@evil.test may not join devices to this network") {
 		t.Fatalf("outsider: page says %q", body)
 	}
-	out := admin("nodes", "list")
-	if strings.Contains(out, "evilbox") {
-		t.Fatalf("the outsider's device joined:\n%s", out)
+	nodes := admin("nodes", "list")
+	if strings.Contains(nodes, "evilbox") {
+		t.Fatalf("the outsider's device joined:\n%s", nodes)
 	}
 	if st := evil.status(); st.AuthCode == "" {
 		t.Errorf("the outsider's device stopped waiting: state %s", st.State)

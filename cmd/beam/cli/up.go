@@ -68,7 +68,7 @@ and are kept in its state; 'beam set' changes them without joining again.`,
 	cmd.Flags().StringVar(&o.AuthKey, "authkey", "", "auth key to register with (env BEAM_AUTHKEY)")
 	cmd.Flags().StringVar(&o.Hostname, "hostname", "", "name to register (default: the host's name)")
 	cmd.Flags().BoolVar(&o.ShieldsUp, "shields-up", false, "refuse all inbound connections from peers")
-	cmd.Flags().BoolVar(&o.ForceReauth, "force-reauth", false, "register again even if a node key is stored")
+	cmd.Flags().BoolVar(&o.ForceReauth, "force-reauth", false, "authenticate again even if a node key is stored: with --authkey, or by signing in (or approval) at the URL printed")
 	cmd.Flags().BoolVar(&o.JSON, "json", false, "print the result as JSON")
 	cmd.Flags().DurationVar(&o.Timeout, "timeout", 10*time.Minute, "how long to wait for the mesh (and for approval of a node without an auth key)")
 	daemonFlags(cmd, &o.Daemon)
