@@ -17,6 +17,13 @@ const (
 	v6DirectWithin = 10 * time.Second
 	// v6Transfer is how much the IPv6 path check moves.
 	v6Transfer = 1 << 20
+	// v6LostWithin is how soon after its IPv6 path dies a pair must be
+	// direct over IPv4. The IPv6 path stays the pair's until it has been
+	// silent for 5 s (a working IPv4 path is not clearly faster), and
+	// the next probe, at most 3 s later, finds IPv4: measured 5.9 s; the
+	// bound leaves room for a loaded machine. The relay carries the
+	// traffic meanwhile.
+	v6LostWithin = 15 * time.Second
 )
 
 // TestIPv6Direct joins two devices that have global IPv6 addresses behind
@@ -112,5 +119,59 @@ func waitV6Path(t *testing.T, from, to *device, start time.Time) time.Duration {
 			t.Fatalf("%s -> %s: no direct path to %v within %v of both being up (last: %s)", from.name, to.name, to.host.Addr6(), v6DirectWithin, last)
 		case <-tick.C:
 		}
+	}
+}
+
+// TestIPv6PathLost moves a steady flow between two devices behind easy
+// NATs with global IPv6 off their direct IPv6 path: once they use it,
+// alice's router starts dropping IPv6 UDP, and the pair must go direct over
+// IPv4 instead, losing no line of the flow (the relay carries it
+// meanwhile) and pausing it no longer than a fall back to the relay may,
+// within 15 s.
+func TestIPv6PathLost(t *testing.T) {
+	w, a, b, start := newPair(t, worldConfig{ipv6: true}, nslab.NATEasy, nslab.NATEasy)
+	ctx := t.Context()
+	mustReach(t, a, b, pathDirect, start, 30*time.Second)
+	waitV6Path(t, a, b, start)
+
+	f, err := startFlow(ctx, a, b.name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.waitEchoes(ctx, 50, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	cut := time.Now()
+	if err := nft(ctx, a.host.Router(), "flush chain ip6 nslab6 block\nadd rule ip6 nslab6 block meta l4proto udp drop\n"); err != nil {
+		t.Fatal(err)
+	}
+	took, last := time.Duration(-1), ""
+	for deadline := cut.Add(v6LostWithin); time.Now().Before(deadline); {
+		p, found, err := a.peer(ctx, b.name)
+		if err == nil && found {
+			last = p.Path + " " + p.Endpoint
+			if ap, err := netip.ParseAddrPort(p.Endpoint); err == nil && p.Path == pathDirect && ap.Addr() == b.host.PublicAddr() {
+				took = time.Since(cut)
+				break
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if took < 0 {
+		t.Errorf("no direct IPv4 path to %v within %v of cutting IPv6 (last: %s)", b.host.PublicAddr(), v6LostWithin, last)
+	}
+	if err := f.waitEchoes(ctx, f.received()+100, 10*time.Second); err != nil {
+		t.Error(err)
+	}
+	gap := f.maxGapBetween(cut, time.Now())
+	res := f.close(20 * time.Second)
+	text := fmt.Sprintf("IPv6 cut: direct over IPv4 after %v; longest pause %v; flow %d lines sent, %d echoed\n", took, gap, res.Sent, res.Received)
+	t.Log(text)
+	writeArtefact(t, w.out, "ipv6-path-lost", map[string]any{"to_v4_ms": msDur(took), "max_gap_ms": msDur(gap), "flow": res}, text)
+	if gap > switchFallbackMaxGap {
+		t.Errorf("flow paused %v after the cut, want at most %v", gap, switchFallbackMaxGap)
+	}
+	if res.Err != "" {
+		t.Errorf("flow: %s", res.Err)
 	}
 }
