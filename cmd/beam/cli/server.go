@@ -246,7 +246,11 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		if h, _, err := net.SplitHostPort(strings.TrimPrefix(strings.TrimPrefix(publicURL, "http://"), "https://")); err == nil {
 			stunHost = h
 		}
-		region.Nodes[0].STUNAddr = net.JoinHostPort(stunHost, strconv.Itoa(pc.LocalAddr().(*net.UDPAddr).Port))
+		la := pc.LocalAddr().(*net.UDPAddr)
+		region.Nodes[0].STUNAddr = net.JoinHostPort(stunHost, strconv.Itoa(la.Port))
+		if la.IP.Equal(net.IPv6unspecified) { // serves both families
+			region.Nodes = append(region.Nodes, otherFamilySTUN(stunHost, uint16(la.Port), o.PublicIPs)...)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -488,3 +492,27 @@ type zoneTXT struct{ z *dnsserver.Zone }
 
 func (t zoneTXT) SetTXT(name string, values []string) { t.z.SetTXT(name, values) }
 func (t zoneTXT) DeleteTXT(name string)               { t.z.DeleteTXT(name) }
+
+// otherFamilySTUN returns STUN-only relay map nodes for the public
+// addresses (--public-ip) of the family that the relay's STUN host, an IP
+// literal, is not of: a server reached at its IPv4 address tells nodes its
+// IPv6 one too, so they learn their IPv6 endpoints. A host name needs none:
+// nodes look up both of its families.
+func otherFamilySTUN(stunHost string, port uint16, publicIPs []string) []*wire.DERPNode {
+	host, err := netip.ParseAddr(stunHost)
+	if err != nil {
+		return nil
+	}
+	var out []*wire.DERPNode
+	for _, s := range publicIPs {
+		ip, err := netip.ParseAddr(s)
+		if err != nil || ip.Is4() == host.Is4() {
+			continue
+		}
+		out = append(out, &wire.DERPNode{
+			Name: fmt.Sprintf("1%c", 'b'+len(out)), RegionID: 1, STUNOnly: true,
+			STUNAddr: netip.AddrPortFrom(ip, port).String(),
+		})
+	}
+	return out
+}
