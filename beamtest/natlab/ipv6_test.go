@@ -2,6 +2,7 @@ package natlab
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"beam.dev/beam/beamtest/nslab"
+	"beam.dev/beam/localapi/apitype"
 )
 
 const (
@@ -32,7 +34,8 @@ const (
 // must go direct over IPv6 within 10 s, both ways: behind two hard NATs
 // (IPv4 could only relay), behind two easy NATs (IPv4 could go direct too:
 // IPv6 is preferred) and behind two routers that block IPv4 UDP (only
-// IPv6 UDP works). beam status and beam ping show the IPv6 endpoint, and a
+// IPv6 UDP works). beam netcheck reports the IPv6 address STUN saw, beam
+// status and beam ping show the peer's IPv6 endpoint, and a
 // 1 MiB transfer leaves the relay almost untouched while both routers
 // forward it as IPv6 UDP.
 func TestIPv6Direct(t *testing.T) {
@@ -46,6 +49,20 @@ func TestIPv6Direct(t *testing.T) {
 		mustReach(t, a, b, pathDirect, start, 30*time.Second)
 		toAB := waitV6Path(t, a, b, start)
 		toBA := waitV6Path(t, b, a, start)
+
+		// STUN over IPv6: the relay's IPv6 STUN address (from the relay
+		// map) saw alice's own IPv6 address, no NAT66 in between.
+		out, err := a.beam(ctx, nil, "netcheck", "--json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var nc apitype.NetcheckReport
+		if err := json.Unmarshal(out, &nc); err != nil {
+			t.Fatalf("beam netcheck --json: %v: %s", err, out)
+		}
+		if ap, err := netip.ParseAddrPort(nc.GlobalV6); err != nil || ap.Addr() != a.host.Addr6() {
+			t.Errorf("beam netcheck: IPv6 %q, want %v and the daemon's port", nc.GlobalV6, a.host.Addr6())
+		}
 
 		p, err := a.ping(ctx, b.name, 20*time.Second, "--count", "1")
 		if err != nil {
