@@ -42,6 +42,12 @@ func (a *Admin) DeleteUser(ctx context.Context, name string) error {
 	return a.do(ctx, http.MethodDelete, "/api/v1/users/"+url.PathEscape(name), nil, nil)
 }
 
+// DeleteUserAndNodes deletes a user with their nodes and auth keys; it
+// fails while the policy names the user.
+func (a *Admin) DeleteUserAndNodes(ctx context.Context, name string) error {
+	return a.do(ctx, http.MethodDelete, "/api/v1/users/"+url.PathEscape(name)+"?nodes=delete", nil, nil)
+}
+
 // PolicyProblem is one problem the coordinator found in a policy.
 type PolicyProblem struct {
 	// Line and Column locate it (1-based); zero when unknown.

@@ -13,7 +13,8 @@ import (
 //
 //	POST   /api/v1/users          CreateUserRequest -> 201 User
 //	GET    /api/v1/users          -> []User
-//	DELETE /api/v1/users/{name}   -> 204 (409 while nodes or auth keys name the user)
+//	DELETE /api/v1/users/{name}   -> 204 (409 while nodes or auth keys name the user;
+//	                                 ?nodes=delete removes them with the user)
 
 // User is a person who owns nodes. Auth keys created for a user give
 // their nodes that user; the policy refers to users by Name.
@@ -106,7 +107,7 @@ func (s *Server) DeleteUser(ctx context.Context, name string) error {
 	}
 	s.mu.Unlock()
 	if nodes > 0 {
-		return fmt.Errorf("%w: user %q owns %d node(s); remove them first", ErrConflict, name, nodes)
+		return fmt.Errorf("%w: user %q owns %d node(s); remove them first (or delete the user with its nodes)", ErrConflict, name, nodes)
 	}
 	keys, err := s.store.AuthKeys(ctx)
 	if err != nil {
@@ -158,6 +159,14 @@ func (s *Server) handleListUsers(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) handleDeleteUser(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
+	if r.URL.Query().Get("nodes") == "delete" {
+		if _, err := s.DeleteUserAndNodes(r.Context(), actorAdmin, name); err != nil {
+			s.adminError(w, "delete user", err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
 	if err := s.DeleteUser(r.Context(), name); err != nil {
 		s.adminError(w, "delete user", err)
 		return

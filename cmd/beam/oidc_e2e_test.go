@@ -163,6 +163,16 @@ func TestOIDCDeviceSignIn(t *testing.T) {
 	if st := laptop.status(); st.Self == nil || st.Self.User != "alice@example.com" {
 		t.Errorf("after re-authentication laptop is %+v, want alice's", st.Self)
 	}
+	// Removing the user removes their devices.
+	waitFor(t, 20*time.Second, "srv sees laptop", func() bool { return peerByName(srv.status(), "laptop") != nil })
+	if _, errOut, err := c.beam(nil, "admin", "--coordinator", c.url, "users", "delete", "alice@example.com"); err == nil || !strings.Contains(errOut, "owns 1 node") {
+		t.Fatalf("deleting a user with a device: %v %s, want a refusal naming the node", err, errOut)
+	}
+	admin("users", "delete", "alice@example.com", "--with-nodes")
+	if out := admin("nodes", "list"); strings.Contains(out, "laptop") {
+		t.Fatalf("laptop still listed after its user was removed:\n%s", out)
+	}
+	waitFor(t, 20*time.Second, "srv drops laptop", func() bool { return peerByName(srv.status(), "laptop") == nil })
 
 	// Outside the allowed domain: refused, and the device keeps waiting.
 	evil := c.device("evilbox")

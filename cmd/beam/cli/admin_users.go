@@ -27,7 +27,7 @@ func newCmdAdminUsers(f *Factory, a *adminFlags) *cobra.Command {
 			return nil
 		},
 	}
-	var asJSON bool
+	var asJSON, withNodes bool
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List users",
@@ -55,14 +55,18 @@ func newCmdAdminUsers(f *Factory, a *adminFlags) *cobra.Command {
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	del := &cobra.Command{
 		Use:   "delete NAME",
-		Short: "Delete a user that owns no nodes or auth keys and is not named by the policy",
+		Short: "Delete a user that owns no nodes or auth keys (or, with --with-nodes, remove them too) and is not named by the policy",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ad, err := a.client(f)
 			if err != nil {
 				return err
 			}
-			if err := ad.DeleteUser(ctxOf(cmd), args[0]); err != nil {
+			del := ad.DeleteUser
+			if withNodes {
+				del = ad.DeleteUserAndNodes
+			}
+			if err := del(ctxOf(cmd), args[0]); err != nil {
 				if errors.Is(err, coordclient.ErrNotFound) {
 					return fmt.Errorf("no user %q", args[0])
 				}
@@ -71,6 +75,7 @@ func newCmdAdminUsers(f *Factory, a *adminFlags) *cobra.Command {
 			return nil
 		},
 	}
+	del.Flags().BoolVar(&withNodes, "with-nodes", false, "also remove the user's devices and delete their auth keys")
 	cmd.AddCommand(create, list, del)
 	return cmd
 }
