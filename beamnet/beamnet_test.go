@@ -191,6 +191,30 @@ func TestTwoServers(t *testing.T) {
 		})
 	}
 
+	// A port the program listens on is the program's, even where the
+	// host listens on the same port of its loopback (where a daemon
+	// would forward the connection).
+	host, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	go echoTCP(host, "the host says ")
+	_, port, _ := net.SplitHostPort(host.Addr().String())
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	if got, err := roundTripTCP(ctx, a, "bravo:"+port, "who"); err != nil || got != "the host says who" {
+		t.Fatalf("before bravo listens on %s: got %q, %v; want the host's loopback listener (forwarding)", port, got, err)
+	}
+	pln, err := b.Listen("tcp", ":"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go echoTCP(pln, "the program says ")
+	if got, err := roundTripTCP(ctx, a, "bravo:"+port, "who"); err != nil || got != "the program says who" {
+		t.Errorf("with bravo listening on %s: got %q, %v; want the program's listener", port, got, err)
+	}
+
 	// HTTPClient reaches a peer's listener by name.
 	ln, err := b.Listen("tcp", ":80")
 	if err != nil {

@@ -74,6 +74,12 @@ type PublicListener struct {
 	conns chan net.Conn // handed over by publicApp.DialApp
 	done  chan struct{} // closed by close
 
+	// sendMu is held for reading while DialApp may send on conns, and
+	// for writing by close once done is closed, so that close drains
+	// every connection sent.
+	sendMu sync.RWMutex
+	closed bool // guarded by sendMu
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -124,6 +130,9 @@ func (l *PublicListener) close(withdraw bool) error {
 			cancel()
 		}
 		n.SetRouteApp(l.port, nil)
+		l.sendMu.Lock()
+		l.closed = true
+		l.sendMu.Unlock()
 		for {
 			select {
 			case c := <-l.conns:
@@ -144,10 +153,10 @@ type publicApp struct{ l *PublicListener }
 // Accept returns.
 func (a *publicApp) DialApp(ctx context.Context) (net.Conn, error) {
 	l := a.l
-	select {
-	case <-l.done:
+	l.sendMu.RLock()
+	defer l.sendMu.RUnlock()
+	if l.closed {
 		return nil, fmt.Errorf("beamnet: public listener closed: %w", syscall.ECONNREFUSED)
-	default:
 	}
 	relay, app := net.Pipe()
 	select {
