@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"net/netip"
 	"regexp"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -32,12 +31,31 @@ var mappedRE = regexp.MustCompile(`external=(\S+)`)
 // TestPortMapHardHard joins two devices behind hard NATs (a random public
 // port for each destination), which only reach each other through the
 // relay on their own (TestGrid). The router of one runs miniupnpd (UPnP
-// IGD, NAT-PMP and PCP) and its daemon runs with --port-mapping: it maps
+// IGD, NAT-PMP and PCP; or UPnP alone) and its daemon runs with
+// --port-mapping: it maps
 // its WireGuard port, advertises the mapped address, and the pair goes
 // direct. The mapping is renewed before it expires, beam netcheck names
 // the protocols the gateway offers, and the mapping is gone from the
 // router once the daemon has stopped.
 func TestPortMapHardHard(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts nslab.MiniUPnPdOptions
+		// proto is the protocol the mapping must use, offers what
+		// netcheck must list, and request a log line of miniupnpd's
+		// that marks each map request of that protocol.
+		proto, offers, request string
+	}{
+		{"PCP", nslab.MiniUPnPdOptions{}, "PCP", "PCP, NAT-PMP, UPnP", "60bytes"},
+		{"UPnP", nslab.MiniUPnPdOptions{UPnPOnly: true}, "UPnP", "UPnP", "AddPortMapping: ext port"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			testPortMapHardHard(t, tc.opts, tc.proto, tc.offers, tc.request)
+		})
+	}
+}
+
+func testPortMapHardHard(t *testing.T, opts nslab.MiniUPnPdOptions, proto, offers, request string) {
 	w := newWorld(t, worldConfig{})
 	ctx := t.Context()
 	var (
@@ -46,7 +64,8 @@ func TestPortMapHardHard(t *testing.T) {
 	)
 	a := w.addDeviceWith("mapped", nslab.NATHard, func(h *nslab.Host) {
 		router = h.Router()
-		upnpd = router.StartMiniUPnPd(netip.AddrPortFrom(w.srv.Addr(), stunPort))
+		opts.STUN = netip.AddrPortFrom(w.srv.Addr(), stunPort)
+		upnpd = router.StartMiniUPnPd(opts)
 	}, "--port-mapping", "--port-mapping-lifetime", portMapLifetime.String())
 	b := w.addDevice("hard", nslab.NATHard)
 	if err := upPair(ctx, a, b); err != nil {
@@ -76,11 +95,10 @@ func TestPortMapHardHard(t *testing.T) {
 		t.Errorf("router holds %d port mappings, want 1: %q", len(m), m)
 	}
 
-	// Renewals: each map request is a 60-byte PCP request in miniupnpd's
-	// log.
+	// Renewals: miniupnpd logs each map request.
 	start := time.Now()
 	for {
-		n := bytes.Count(upnpd.Stderr(), []byte("60bytes"))
+		n := bytes.Count(upnpd.Stderr(), []byte(request))
 		if n >= portMapRenewals {
 			t.Logf("%d map requests seen %v after the path check (lifetime asked %v)", n, time.Since(start).Round(time.Millisecond), portMapLifetime)
 			break
@@ -110,19 +128,17 @@ func TestPortMapHardHard(t *testing.T) {
 		t.Fatalf("beam netcheck --json has no port_mapping: %s", out)
 	}
 	pm := rep.PortMapping
-	for _, p := range []string{"PCP", "NAT-PMP", "UPnP"} {
-		if !slices.Contains(pm.Protocols, p) {
-			t.Errorf("netcheck protocols = %q, want %s among them", pm.Protocols, p)
-		}
+	if got := strings.Join(pm.Protocols, ", "); got != offers {
+		t.Errorf("netcheck protocols = %q, want %q", got, offers)
 	}
-	if pm.Gateway != router.LANAddr().String() || pm.Protocol != "PCP" || !strings.HasPrefix(pm.Mapped, router.Addr().String()+":") {
-		t.Errorf("netcheck port mapping = %+v, want gateway %v and a PCP mapping on %v", pm, router.LANAddr(), router.Addr())
+	if pm.Gateway != router.LANAddr().String() || pm.Protocol != proto || !strings.HasPrefix(pm.Mapped, router.Addr().String()+":") {
+		t.Errorf("netcheck port mapping = %+v, want gateway %v and a %s mapping on %v", pm, router.LANAddr(), proto, router.Addr())
 	}
 	text, err := a.beam(nctx, nil, "netcheck")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := "PortMapping: PCP, NAT-PMP, UPnP"; !strings.Contains(string(text), want) {
+	if want := "PortMapping: " + offers + " (gateway"; !strings.Contains(string(text), want) {
 		t.Errorf("beam netcheck lacks %q:\n%s", want, text)
 	}
 	t.Logf("beam netcheck:\n%s", text)

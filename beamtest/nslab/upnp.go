@@ -42,17 +42,25 @@ const miniUPnPdRuleset = `table inet filter {
 
 var blockJumpRE = regexp.MustCompile(`jump block # handle (\d+)`)
 
+// MiniUPnPdOptions configures [Router.StartMiniUPnPd].
+type MiniUPnPdOptions struct {
+	// STUN is a STUN server in the internet namespace (required):
+	// miniupnpd refuses a WAN address from the documentation ranges as
+	// its public address unless STUN confirms it.
+	STUN netip.AddrPort
+	// UPnPOnly turns NAT-PMP and PCP off.
+	UPnPOnly bool
+}
+
 // StartMiniUPnPd runs miniupnpd on the router, offering UPnP IGD, NAT-PMP
-// and PCP to its LAN (listening on lan0, in secure mode: a host may map
-// ports only to itself), with mappings of 2 to 60 minutes. stun is a STUN
-// server in the internet namespace: miniupnpd refuses a WAN address from
-// the documentation ranges as its public address unless STUN confirms it,
-// so it asks stun at start (from the router's own address, which the
+// and PCP (or UPnP only) to its LAN (listening on lan0, in secure mode: a
+// host may map ports only to itself), with mappings of 2 to 60 minutes.
+// It asks opts.STUN for its public address at start (from the router's own address, which the
 // router then leaves unmasqueraded). The router's forward chain lets in
 // what a mapping forwards (ct status dnat); miniupnpd's rules go to the
 // table "inet filter" (see [Router.PortMappings]). The lab stops the
 // daemon at cleanup; stop it earlier with [Proc.Stop].
-func (r *Router) StartMiniUPnPd(stun netip.AddrPort) *Proc {
+func (r *Router) StartMiniUPnPd(opts MiniUPnPdOptions) *Proc {
 	r.lab.t.Helper()
 	if _, err := os.Stat(MiniUPnPd); err != nil {
 		r.lab.t.Fatalf("nslab: %v: install the Debian package miniupnpd", err)
@@ -82,12 +90,12 @@ func (r *Router) StartMiniUPnPd(stun netip.AddrPort) *Proc {
 		"listening_ip=lan0",
 		"port=0",
 		"enable_upnp=yes",
-		"enable_natpmp=yes",
+		"enable_natpmp=" + map[bool]string{false: "yes", true: "no"}[opts.UPnPOnly],
 		"secure_mode=yes",
 		"system_uptime=yes",
 		"ext_perform_stun=yes",
-		"ext_stun_host=" + stun.Addr().String(),
-		fmt.Sprintf("ext_stun_port=%d", stun.Port()),
+		"ext_stun_host=" + opts.STUN.Addr().String(),
+		fmt.Sprintf("ext_stun_port=%d", opts.STUN.Port()),
 		"min_lifetime=120",
 		"max_lifetime=3600",
 		"lease_file=" + filepath.Join(dir, "leases"),
@@ -109,7 +117,11 @@ func (r *Router) StartMiniUPnPd(stun netip.AddrPort) *Proc {
 		p.Stop()
 		r.lab.t.Fatalf("nslab: router %s: miniupnpd did not enable port forwarding: %v\n%s", r.name, err, p.Stderr())
 	}
-	if _, err := p.WaitOutput(wctx, "Listening for NAT-PMP/PCP traffic"); err != nil {
+	ready := "Listening for NAT-PMP/PCP traffic"
+	if opts.UPnPOnly {
+		ready = "HTTP listening on port"
+	}
+	if _, err := p.WaitOutput(wctx, ready); err != nil {
 		p.Stop()
 		r.lab.t.Fatalf("nslab: router %s: miniupnpd: %v\n%s", r.name, err, p.Stderr())
 	}

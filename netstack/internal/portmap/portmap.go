@@ -1,9 +1,11 @@
 // Package portmap asks the local NAT gateway for a UDP port mapping, by
-// PCP (RFC 6887) or NAT-PMP (RFC 6886), and tells which of those and UPnP
-// IGD (by an SSDP search) the gateway offers.
+// PCP (RFC 6887), NAT-PMP (RFC 6886) or UPnP IGD (SSDP, then SOAP), and
+// tells which of them the gateway offers.
 //
-// It sends only to the gateway it is given, on UDP ports 5351 (PCP and
-// NAT-PMP) and 1900 (SSDP), and every exchange is bounded by a timeout.
+// It sends only to the gateway it is given: UDP ports 5351 (PCP and
+// NAT-PMP) and 1900 (SSDP, unicast), and HTTP to URLs on the gateway's
+// own address (a description naming another host is refused). Every
+// exchange is bounded by a timeout.
 // Finding the gateway, and deciding whether to ask it at all, is the
 // caller's business (see [DefaultGateway]).
 package portmap
@@ -56,6 +58,8 @@ type Mapping struct {
 	Granted  time.Time
 	// nonce is the PCP mapping nonce (renewals and deletion reuse it).
 	nonce [12]byte
+	// upnp is the UPnP service that holds the mapping.
+	upnp upnpService
 }
 
 // RenewAt returns when the mapping should be renewed: halfway through
@@ -290,11 +294,11 @@ func (c *Client) localAddr(ctx context.Context) (netip.Addr, error) {
 }
 
 // Map asks the gateway to forward a public UDP port to the local port
-// internal: by PCP, else by NAT-PMP. prev, if valid, is the mapping to
-// renew (its protocol, port and nonce are asked again).
+// internal: by PCP, else NAT-PMP, else UPnP IGD. prev, if valid, is the
+// mapping to renew (its protocol, port and nonce are asked again).
 func (c *Client) Map(ctx context.Context, internal uint16, prev Mapping) (Mapping, error) {
 	var errs []error
-	if prev.Protocol != ProtoNATPMP {
+	if prev.Protocol == "" || prev.Protocol == ProtoPCP {
 		nonce := prev.nonce
 		suggested, suggestedIP := internal, netip.Addr{}
 		if prev.Protocol == ProtoPCP {
@@ -311,13 +315,44 @@ func (c *Client) Map(ctx context.Context, internal uint16, prev Mapping) (Mappin
 			return Mapping{}, errors.Join(errs...)
 		}
 	}
+	if prev.Protocol == "" || prev.Protocol == ProtoNATPMP {
+		m, err := c.mapNATPMP(ctx, internal, prev)
+		if err == nil {
+			return m, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			return Mapping{}, errors.Join(errs...)
+		}
+	}
+	if prev.Protocol == "" || prev.Protocol == ProtoUPnP {
+		svc, suggested := prev.upnp, internal
+		if prev.Protocol == ProtoUPnP {
+			suggested = prev.External.Port()
+		} else {
+			var err error
+			if svc, err = c.upnpFind(ctx); err != nil {
+				return Mapping{}, errors.Join(append(errs, err)...)
+			}
+		}
+		ext, life, err := c.upnpMap(ctx, svc, internal, suggested)
+		if err == nil {
+			return Mapping{Protocol: ProtoUPnP, External: ext, Internal: internal, Lifetime: life, Granted: time.Now(), upnp: svc}, nil
+		}
+		errs = append(errs, err)
+	}
+	return Mapping{}, errors.Join(errs...)
+}
+
+// mapNATPMP is Map by NAT-PMP.
+func (c *Client) mapNATPMP(ctx context.Context, internal uint16, prev Mapping) (Mapping, error) {
 	suggested := internal
 	if prev.Protocol == ProtoNATPMP {
 		suggested = prev.External.Port()
 	}
 	port, life, err := c.pmpMap(ctx, internal, suggested, c.lifetime())
 	if err != nil {
-		return Mapping{}, errors.Join(append(errs, err)...)
+		return Mapping{}, err
 	}
 	ip, err := c.pmpExternal(ctx)
 	if err != nil {
@@ -335,6 +370,8 @@ func (c *Client) Delete(ctx context.Context, m Mapping) error {
 	case ProtoNATPMP:
 		_, _, err := c.pmpMap(ctx, m.Internal, 0, 0)
 		return err
+	case ProtoUPnP:
+		return c.upnpDelete(ctx, m.upnp, m.External.Port())
 	}
 	return fmt.Errorf("portmap: delete: unknown protocol %q", m.Protocol)
 }
@@ -346,8 +383,7 @@ type Offers struct {
 	ExternalIP netip.Addr
 }
 
-// Protocols lists the protocols offered, in the order Map tries them
-// (UPnP last: Map does not use it).
+// Protocols lists the protocols offered, in the order Map tries them.
 func (o Offers) Protocols() []string {
 	var out []string
 	if o.PCP {

@@ -21,6 +21,7 @@ type fakeGateway struct {
 	natpmp   bool
 	silent   bool // answer nothing
 	upnp     bool
+	location string // the SSDP answer's LOCATION; empty: the fake's own
 
 	mu       sync.Mutex
 	mappings map[uint16]uint16 // internal -> external port
@@ -146,7 +147,11 @@ func (g *fakeGateway) answerSSDP(req []byte, from netip.AddrPort) []byte {
 		return nil
 	}
 	g.requests = append(g.requests, "ssdp")
-	return []byte("HTTP/1.1 200 OK\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nLOCATION: http://127.0.0.1:1/rootDesc.xml\r\n\r\n")
+	loc := g.location
+	if loc == "" {
+		loc = "http://127.0.0.1:1/rootDesc.xml"
+	}
+	return []byte("HTTP/1.1 200 OK\r\nST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\nLOCATION: " + loc + "\r\n\r\n")
 }
 
 func (g *fakeGateway) mapped(internal uint16) (uint16, bool) {
@@ -242,9 +247,9 @@ func TestSilentGateway(t *testing.T) {
 	if _, err := c.Map(t.Context(), 41641, Mapping{}); err == nil {
 		t.Fatal("Map succeeded with a silent gateway")
 	}
-	// PCP, then NAT-PMP: two timeouts.
-	if d := time.Since(start); d > 2*c.Timeout+time.Second {
-		t.Errorf("Map took %v, want about %v", d, 2*c.Timeout)
+	// PCP, NAT-PMP, then the SSDP search: three timeouts.
+	if d := time.Since(start); d > 3*c.Timeout+time.Second {
+		t.Errorf("Map took %v, want about %v", d, 3*c.Timeout)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
 	defer cancel()
