@@ -358,7 +358,7 @@ type Daemon struct {
 	// TUN names the kernel TUN device; empty runs the userspace data plane.
 	TUN string `json:"tun"`
 	// PortMapping asks the NAT gateway for a mapping of the WireGuard
-	// port (PCP or NAT-PMP) and advertises it; off unless set, since it
+	// port (PCP, NAT-PMP or UPnP) and advertises it; off unless set, since it
 	// sends to the default route's next hop.
 	PortMapping bool `json:"port_mapping"`
 	// PortMappingLifetime is the mapping lifetime asked (renewed halfway

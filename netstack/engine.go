@@ -101,7 +101,7 @@ type Options struct {
 	OnFlow func(Flow)
 	// PortMapping asks the NAT gateway (PortMapGateway, else the IPv4
 	// default route's next hop) for a mapping of the WireGuard port, by
-	// PCP or NAT-PMP, advertises the public address it grants as an
+	// PCP, NAT-PMP or UPnP IGD, advertises the public address it grants as an
 	// endpoint, renews the mapping before it expires and deletes it on
 	// Close (see portmap.go). Off by default: it sends to the gateway,
 	// which tests and programs outside a lab must not do unasked.

@@ -50,7 +50,7 @@ func (e *Engine) portMapGateway() (netip.Addr, error) {
 }
 
 // portMapLoop keeps a mapping of the WireGuard port while the engine
-// runs (Options.PortMapping): it asks the gateway by PCP or NAT-PMP,
+// runs (Options.PortMapping): it asks the gateway by PCP, NAT-PMP or UPnP,
 // renews halfway through the lifetime (the shorter of the one asked and
 // the one granted), and deletes the mapping when the engine closes. A
 // new or lost mapping triggers an endpoint refresh.

@@ -112,7 +112,7 @@ daemon stops or leaves the mesh, and after a crash at its next start.`,
 	cmd.Flags().StringVar(&o.Hostname, "hostname", "", "default hostname to register (default: the host's name)")
 	cmd.Flags().StringVar(&o.TUN, "tun", "", "run on a kernel TUN device of this name (default "+defaultTUNName+" when --tun has no NAME; needs root or CAP_NET_ADMIN)")
 	cmd.Flags().Lookup("tun").NoOptDefVal = defaultTUNName
-	cmd.Flags().BoolVar(&o.PortMapping, "port-mapping", false, "ask the NAT gateway (the default route's next hop) for a mapping of the WireGuard port by PCP or NAT-PMP and advertise it, so peers behind hard NATs can reach this device directly; renewed while the daemon runs, deleted when it stops")
+	cmd.Flags().BoolVar(&o.PortMapping, "port-mapping", false, "ask the NAT gateway (the default route's next hop) for a mapping of the WireGuard port by PCP, NAT-PMP or UPnP and advertise it, so peers behind hard NATs can reach this device directly; renewed while the daemon runs, deleted when it stops")
 	cmd.Flags().DurationVar((*time.Duration)(&o.PortMappingLifetime), "port-mapping-lifetime", 0, "lifetime asked for the port mapping, renewed halfway through (0: 2h)")
 	cmd.Flags().StringVar(&o.WGName, "wg-name", "", "serve the WireGuard device read-only as NAME for `wg show NAME` and wgctrl (/var/run/wireguard/NAME.sock)")
 	return cmd
