@@ -76,6 +76,8 @@ type Client struct {
 	wmu sync.Mutex // guards bw and writes to nc
 	bw  *bufio.Writer
 
+	rbuf []byte // RecvReuse's frame buffer; only Recv and RecvReuse touch it
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -106,7 +108,7 @@ func Dial(ctx context.Context, serverURL string, priv key.NodePrivate, opts Clie
 	if opts.WebSocket {
 		nc, err = dialWebSocket(ctx, u, opts)
 		if err == nil {
-			br = bufio.NewReaderSize(nc, 4<<10)
+			br = bufio.NewReaderSize(nc, clientBufSize)
 		}
 	} else {
 		nc, br, err = dialUpgrade(ctx, u, opts)
@@ -117,7 +119,7 @@ func Dial(ctx context.Context, serverURL string, priv key.NodePrivate, opts Clie
 	c := &Client{
 		nc:     nc,
 		br:     br,
-		bw:     bufio.NewWriterSize(nc, 4<<10),
+		bw:     bufio.NewWriterSize(nc, clientBufSize),
 		logger: logger.With("component", "derpclient", "server", u.Host),
 	}
 	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
@@ -230,7 +232,7 @@ func dialUpgrade(ctx context.Context, u *url.URL, opts ClientOptions) (net.Conn,
 	if err := req.Write(nc); err != nil {
 		return nil, nil, fmt.Errorf("derp: send upgrade request: %w", err)
 	}
-	br := bufio.NewReaderSize(nc, 4<<10)
+	br := bufio.NewReaderSize(nc, clientBufSize)
 	resp, err := http.ReadResponse(br, req)
 	if err != nil {
 		return nil, nil, fmt.Errorf("derp: read upgrade response: %w", err)
@@ -309,6 +311,11 @@ func (c *Client) writeFrame(t FrameType, parts ...[]byte) error {
 	return c.bw.Flush()
 }
 
+// clientBufSize is the size of a client's read and write buffers: a batch
+// of WireGuard packets (SendBatch) or a burst of them arriving takes one
+// system call rather than one per three packets.
+const clientBufSize = 64 << 10
+
 // clientWriteTimeout bounds one frame write to the relay.
 const clientWriteTimeout = 5 * time.Second
 
@@ -321,6 +328,37 @@ func (c *Client) Send(dst key.NodePublic, pkt []byte) error {
 	}
 	k := dst.Raw32()
 	if err := c.writeFrame(FrameSendPacket, k[:], pkt); err != nil {
+		return fmt.Errorf("derp: send: %w", err)
+	}
+	return nil
+}
+
+// SendBatch asks the relay to deliver each of pkts to dst, in order,
+// flushing once after the last: a batch costs a few writes to the
+// connection rather than one per packet. It fails like Send; packets
+// before the one that failed may have been sent.
+func (c *Client) SendBatch(dst key.NodePublic, pkts [][]byte) error {
+	for _, pkt := range pkts {
+		if len(pkt) > MaxPacketSize {
+			return fmt.Errorf("derp: send: packet of %d bytes exceeds %d", len(pkt), MaxPacketSize)
+		}
+	}
+	k := dst.Raw32()
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.nc.SetWriteDeadline(time.Now().Add(clientWriteTimeout))
+	for _, pkt := range pkts {
+		if err := WriteFrameHeader(c.bw, FrameSendPacket, uint32(len(k)+len(pkt))); err != nil {
+			return fmt.Errorf("derp: send: %w", err)
+		}
+		if _, err := c.bw.Write(k[:]); err != nil {
+			return fmt.Errorf("derp: send: %w", err)
+		}
+		if _, err := c.bw.Write(pkt); err != nil {
+			return fmt.Errorf("derp: send: %w", err)
+		}
+	}
+	if err := c.bw.Flush(); err != nil {
 		return fmt.Errorf("derp: send: %w", err)
 	}
 	return nil
@@ -389,9 +427,21 @@ func (c *Client) Close() error {
 // know are skipped. A FramePing from the server is answered with a pong
 // before Recv returns the PingMessage. Each ReceivedPacket's Data is a new
 // slice the caller owns.
-func (c *Client) Recv() (ReceivedMessage, error) {
+func (c *Client) Recv() (ReceivedMessage, error) { return c.recv(nil) }
+
+// RecvReuse is Recv, except that a ReceivedPacket's Data is valid only
+// until the next call of RecvReuse: frames are read into one buffer, so
+// relaying bulk data allocates nothing per packet.
+func (c *Client) RecvReuse() (ReceivedMessage, error) {
+	if c.rbuf == nil {
+		c.rbuf = make([]byte, keyLen+MaxPacketSize)
+	}
+	return c.recv(c.rbuf)
+}
+
+func (c *Client) recv(buf []byte) (ReceivedMessage, error) {
 	for {
-		t, p, err := ReadFrame(c.br, MaxFrameSize, nil)
+		t, p, err := ReadFrame(c.br, MaxFrameSize, buf)
 		if err != nil {
 			return nil, fmt.Errorf("derp: recv: %w", err)
 		}

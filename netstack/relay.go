@@ -145,7 +145,7 @@ func (r *relays) ensureLocked(region int) {
 // Send implements bind.Relay. A packet to a region not connected yet
 // starts the connection and waits for it (a few are kept, the rest
 // dropped; WireGuard retries).
-func (r *relays) Send(region int, dst key.NodePublic, pkt []byte) error {
+func (r *relays) Send(region int, dst key.NodePublic, pkts [][]byte) error {
 	r.mu.Lock()
 	c := r.conns[region]
 	if c == nil {
@@ -158,14 +158,16 @@ func (r *relays) Send(region int, dst key.NodePublic, pkt []byte) error {
 	}
 	client := c.client
 	if client == nil {
-		if len(c.pending) < maxPending {
-			c.pending = append(c.pending, pendingPacket{dst: dst, pkt: append([]byte(nil), pkt...)})
+		for _, pkt := range pkts {
+			if len(c.pending) < maxPending {
+				c.pending = append(c.pending, pendingPacket{dst: dst, pkt: append([]byte(nil), pkt...)})
+			}
 		}
 		r.mu.Unlock()
 		return nil
 	}
 	r.mu.Unlock()
-	return client.Send(dst, pkt)
+	return client.SendBatch(dst, pkts)
 }
 
 var errNoRegion = errors.New("netstack: relay region unknown")
@@ -270,7 +272,7 @@ func (r *relays) homeRegion() int {
 // read hands relayed packets to the bind until the connection fails.
 func (r *relays) read(region int, client *derp.Client) {
 	for {
-		m, err := client.Recv()
+		m, err := client.RecvReuse() // DeliverRelayed copies what it keeps
 		if err != nil {
 			return
 		}

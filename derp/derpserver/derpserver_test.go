@@ -144,6 +144,55 @@ func TestRelay(t *testing.T) {
 	}
 }
 
+// TestSendBatch sends batches, raw and over WebSocket, and reads them
+// with RecvReuse: every packet arrives, in order, and intact until the
+// next read; a batch holding an oversized packet is refused whole.
+func TestSendBatch(t *testing.T) {
+	for _, ws := range []bool{false, true} {
+		t.Run(fmt.Sprintf("websocket=%v", ws), func(t *testing.T) {
+			_, url := newServer(t, derpserver.Options{})
+			ka, kb := key.NewNode(), key.NewNode()
+			a := dial(t, url, ka, ws)
+			b := dial(t, url, kb, ws)
+			var want [][]byte
+			for i := range 100 {
+				want = append(want, bytes.Repeat([]byte{byte(i)}, 1000+i*13))
+			}
+			want = append(want, bytes.Repeat([]byte{0xab}, derp.MaxPacketSize))
+			for i := 0; i < len(want); i += 32 {
+				if err := a.SendBatch(kb.Public(), want[i:min(i+32, len(want))]); err != nil {
+					t.Fatal(err)
+				}
+			}
+			timer := time.AfterFunc(testTimeout, func() { b.Close() })
+			defer timer.Stop()
+			for i := 0; i < len(want); {
+				m, err := b.RecvReuse()
+				if err != nil {
+					t.Fatalf("packet %d: %v", i, err)
+				}
+				p, ok := m.(derp.ReceivedPacket)
+				if !ok {
+					continue
+				}
+				if p.Source != ka.Public() || !bytes.Equal(p.Data, want[i]) {
+					t.Fatalf("packet %d: got %d bytes from %v, want %d bytes from %v", i, len(p.Data), p.Source, len(want[i]), ka.Public())
+				}
+				i++
+			}
+			if err := a.SendBatch(kb.Public(), [][]byte{[]byte("fits"), make([]byte, derp.MaxPacketSize+1)}); err == nil {
+				t.Error("SendBatch with an oversized packet succeeded")
+			}
+			if err := a.Send(kb.Public(), []byte("after")); err != nil {
+				t.Fatal(err)
+			}
+			if p := recvPacket(t, b); string(p.Data) != "after" {
+				t.Errorf("after the refused batch got %q, want \"after\" (nothing of the batch)", p.Data)
+			}
+		})
+	}
+}
+
 // handshakeAs speaks the handshake by hand: it claims the node key claim
 // but seals its client info with sealer.
 func handshakeAs(t *testing.T, url string, claim key.NodePublic, sealer key.NodePrivate) (derp.FrameType, []byte) {

@@ -288,7 +288,7 @@ func New(opts Options) (*Bind, error) {
 		b.rs.relay = opts.Relay
 		b.rs.queue = make(chan relayed, relayQueueLen)
 		b.rs.bufs.New = func() any {
-			buf := make([]byte, maxRelayed)
+			buf := make([]byte, 0, relayBuf)
 			return &buf
 		}
 	}
@@ -633,7 +633,7 @@ func (b *Bind) Close() error {
 		for {
 			select {
 			case r := <-b.rs.queue:
-				b.rs.bufs.Put(r.buf)
+				b.rs.put(r.buf)
 			default:
 				break drain
 			}

@@ -325,10 +325,12 @@ type relaySent struct {
 	n      int
 }
 
-func (f *fakeRelay) Send(region int, dst key.NodePublic, pkt []byte) error {
+func (f *fakeRelay) Send(region int, dst key.NodePublic, pkts [][]byte) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.sent = append(f.sent, relaySent{region, dst, len(pkt)})
+	for _, pkt := range pkts {
+		f.sent = append(f.sent, relaySent{region, dst, len(pkt)})
+	}
 	return nil
 }
 

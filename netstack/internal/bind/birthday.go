@@ -505,12 +505,11 @@ func (b *Bind) deliverQueued(e *Endpoint, pkt []byte) {
 	if !open {
 		return
 	}
-	buf := b.rs.bufs.Get().(*[]byte)
-	n := copy(*buf, pkt)
+	buf := b.rs.copyPacket(pkt)
 	select {
-	case b.rs.queue <- relayed{e: e, buf: buf, n: n}:
+	case b.rs.queue <- relayed{e: e, buf: buf, n: len(pkt)}:
 	default:
-		b.rs.bufs.Put(buf)
+		b.rs.put(buf)
 	}
 }
 

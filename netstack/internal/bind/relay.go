@@ -18,8 +18,9 @@ import (
 // wireguard-go's sending goroutines, so Send must not block for long.
 // Packets arriving from a relay are handed to Bind.DeliverRelayed.
 type Relay interface {
-	// Send passes pkt to dst through relay region. It must not keep pkt.
-	Send(region int, dst key.NodePublic, pkt []byte) error
+	// Send passes pkts to dst through relay region, in order (a batch of
+	// wireguard-go's, or a single disco message). It must not keep them.
+	Send(region int, dst key.NodePublic, pkts [][]byte) error
 }
 
 // relayAddrBase is the pseudo address relay endpoints carry (port = relay
@@ -27,8 +28,12 @@ type Relay interface {
 // source per relay path. 127.3.3.40 is never a real peer address here.
 var relayAddrBase = netip.AddrFrom4([4]byte{127, 3, 3, 40})
 
-// relayQueueLen bounds relayed packets waiting for wireguard-go.
-const relayQueueLen = 256
+// relayQueueLen bounds relayed packets waiting for wireguard-go. The
+// relay ReceiveFunc waits while the inbound window is full, so the queue
+// has to absorb what arrives meanwhile; a packet that finds it full is
+// dropped after it already crossed the relay. Its buffers fit the packet
+// (see relayBuf), so a full queue holds about 2 MiB.
+const relayQueueLen = 1024
 
 // relayed is one packet from a relay, waiting for the relay ReceiveFunc.
 type relayed struct {
@@ -41,10 +46,36 @@ type relayed struct {
 type relayState struct {
 	relay Relay
 	queue chan relayed // DeliverRelayed -> the relay ReceiveFunc
-	bufs  sync.Pool    // of *[]byte of maxRelayed bytes
+	bufs  sync.Pool    // of *[]byte of relayBuf bytes
 }
 
+// maxRelayed is the largest packet taken from a relay.
 const maxRelayed = 64 << 10
+
+// relayBuf is the size of the pooled buffers relayed packets wait in:
+// every packet of an overlay MTU up to 1,968 bytes. Larger ones get a
+// buffer of their own (until the queue had pooled 64 KiB buffers for all,
+// 16 MiB of heap when full).
+const relayBuf = 2 << 10
+
+// copyPacket returns a buffer holding a copy of pkt: a pooled one if it
+// fits.
+func (rs *relayState) copyPacket(pkt []byte) *[]byte {
+	if len(pkt) > relayBuf {
+		buf := append([]byte(nil), pkt...)
+		return &buf
+	}
+	buf := rs.bufs.Get().(*[]byte)
+	*buf = append((*buf)[:0], pkt...)
+	return buf
+}
+
+// put returns a buffer of copyPacket's to the pool, if it came from it.
+func (rs *relayState) put(buf *[]byte) {
+	if cap(*buf) == relayBuf {
+		rs.bufs.Put(buf)
+	}
+}
 
 func (e *Endpoint) isRelay() bool { return e.src.Addr() == relayAddrBase }
 
@@ -90,13 +121,12 @@ func (b *Bind) DeliverRelayed(region int, src key.NodePublic, pkt []byte) {
 	now := time.Now().UnixNano()
 	pe.p.lastWGRecv.Store(now)
 	b.noteTransport(pe.p, pkt, now)
-	buf := b.rs.bufs.Get().(*[]byte)
-	n := copy(*buf, pkt)
+	buf := b.rs.copyPacket(pkt)
 	select {
-	case b.rs.queue <- relayed{e: e, buf: buf, n: n}:
-		pe.p.traffic.received(pathRelay, n)
+	case b.rs.queue <- relayed{e: e, buf: buf, n: len(pkt)}:
+		pe.p.traffic.received(pathRelay, len(pkt))
 	default:
-		b.rs.bufs.Put(buf)
+		b.rs.put(buf)
 	}
 }
 
@@ -124,7 +154,7 @@ func (b *Bind) makeReceiveDERP(closed <-chan struct{}) conn.ReceiveFunc {
 		for {
 			sizes[n] = copy(bufs[n], (*r.buf)[:r.n])
 			eps[n] = r.e
-			b.rs.bufs.Put(r.buf)
+			b.rs.put(r.buf)
 			n++
 			if n == len(bufs) {
 				return n, nil
@@ -143,15 +173,15 @@ func (b *Bind) sendRelay(bufs [][]byte, p *peer, region int) error {
 	if b.rs.relay == nil || region == 0 {
 		return errNoRelay
 	}
-	var errs []error
+	if err := b.rs.relay.Send(region, p.key, bufs); err != nil {
+		return err
+	}
 	for _, pkt := range bufs {
-		if err := b.rs.relay.Send(region, p.key, pkt); err != nil {
-			errs = append(errs, err)
-		} else if !disco.IsPacket(pkt) {
+		if !disco.IsPacket(pkt) {
 			p.traffic.sentOne(pathRelay, len(pkt))
 		}
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 var errNoRelay = errors.New("bind: no relay path")
