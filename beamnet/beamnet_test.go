@@ -465,3 +465,30 @@ func TestCloseReleasesEverything(t *testing.T) {
 	// The test's own client of the edge is not the Server's.
 	edgeClient.CloseIdleConnections()
 }
+
+// An Ephemeral Server leaves the network on Close: its peers stop seeing
+// it. Up is idempotent, and refused after Close.
+func TestEphemeralLeavesOnClose(t *testing.T) {
+	watcher := up(t, controlURL, authKey, "watcher")
+	s := up(t, controlURL, authKey, "passerby")
+	waitPeers(t, watcher, s, "watcher", "passerby")
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	st1, _ := s.Up(ctx)
+	st2, err := s.Up(ctx)
+	if err != nil || st2 != st1 {
+		t.Errorf("second Up: %+v, %v; want the first's status %+v", st2, err, st1)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	harness.WaitFor(t, 15*time.Second, "watcher stops seeing passerby", func() bool {
+		return !slices.ContainsFunc(watcher.Peers(), func(p beamnet.Status) bool { return p.Name == "passerby" })
+	})
+	if _, err := s.Up(ctx); err == nil {
+		t.Error("Up after Close succeeded, want an error")
+	}
+	if _, err := s.Dial(ctx, "tcp", "watcher:80"); !errors.Is(err, beamnet.ErrNotUp) {
+		t.Errorf("Dial after Close: %v, want ErrNotUp", err)
+	}
+}
