@@ -92,6 +92,7 @@ type Server struct {
 	BodyTimeout Duration `json:"body_timeout"`
 	// Telemetry: one listener each for all of the server's roles.
 	Telemetry
+	OIDC
 }
 
 // DefaultBodyTimeout is the edge's default body timeout (as
@@ -163,6 +164,7 @@ type Coordinator struct {
 	MaxConns int `json:"max_conns"`
 	CoordinatorEdge
 	Telemetry
+	OIDC
 }
 
 // CoordinatorEdge is the coordinator's public edge and DNS settings.
@@ -252,6 +254,7 @@ type Edge struct {
 	// BodyTimeout bounds request bodies.
 	BodyTimeout Duration `json:"body_timeout"`
 	Telemetry
+	OIDCProvider
 }
 
 // DefaultEdge returns beam edge's defaults.

@@ -36,8 +36,6 @@ type CoordinatorOptions struct {
 	configs.Coordinator
 	// ConfigFile is --config.
 	ConfigFile string
-	// OIDC holds the --oidc-* flags.
-	OIDC OIDCOptions
 
 	// ready, if set, is called with the listening address (for tests).
 	ready func(addr string)
@@ -96,7 +94,7 @@ From elsewhere:
 	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none)")
 	bindCoordinatorEdgeFlags(cmd, &opts.CoordinatorEdge, def.CoordinatorEdge)
 	registerTelemetry(fl, &opts.Telemetry)
-	opts.OIDC.register(fl)
+	registerOIDC(fl, &opts.OIDC)
 	return cmd
 }
 

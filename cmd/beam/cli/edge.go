@@ -31,8 +31,6 @@ type EdgeOptions struct {
 	configs.Edge
 	// ConfigFile is --config.
 	ConfigFile string
-	// OIDC names the provider of routes exposed with --oidc.
-	OIDC OIDCOptions
 
 	// onCertStatus, if set, is told each change of the ACME wildcard
 	// certificate's status (beam server explains failed orders).
@@ -96,7 +94,7 @@ func NewCmdEdge(f *Factory, in *instanceFlags, runF func(*EdgeOptions) error) *c
 	fl.IntVar(&o.MaxConns, "max-conns", 0, "cap on client connections of all listeners (0: 3/4 of the open files limit; -1: none)")
 	fl.DurationVar((*time.Duration)(&o.BodyTimeout), "body-timeout", time.Duration(def.BodyTimeout), "longest wait for a byte of a request body, and grace before it must arrive at 1 KiB/s or more")
 	registerTelemetry(fl, &o.Telemetry)
-	o.OIDC.registerProvider(fl, "routes exposed with --oidc sign people in there (register https://ROUTE/.beam/oidc/callback)")
+	registerOIDCProvider(fl, &o.OIDCProvider, "routes exposed with --oidc sign people in there (register https://ROUTE/.beam/oidc/callback)")
 	return cmd
 }
 
@@ -146,7 +144,7 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 	logLimits(logger, "edge", nofile, lim)
 	rep := edgenode.NewReporter(n.DialContext, logger.With("component", "edge-report"))
 	defer rep.Close()
-	signIn, err := edgeSignIn(&o.OIDC, logger)
+	signIn, err := edgeSignIn(&o.OIDCProvider, logger)
 	if err != nil {
 		return err
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"beam.dev/beam/configs"
 	"beam.dev/beam/coordinator"
 	"beam.dev/beam/coordinator/console"
 	"beam.dev/beam/coordinator/oidclogin"
@@ -21,26 +22,9 @@ import (
 	"beam.dev/beam/oidcauth"
 )
 
-// OIDCOptions are the --oidc-* flags of beam coordinator and beam server:
-// sign-in through an OpenID Connect provider.
-type OIDCOptions struct {
-	Issuer, ClientID, ClientSecretFile string
-	// RedirectURL is where the provider sends browsers back; empty means
-	// http://ADDR/oidc/callback for a concrete --addr.
-	RedirectURL    string
-	Scopes         []string
-	GroupsClaim    string
-	GroupMap       []string // PROVIDER_GROUP=group:NAME
-	AllowedDomains []string
-	AllowedEmails  []string
-	AllowedGroups  []string
-	Admins         []string
-	KeyLifetime    string
-}
-
-// registerProvider registers the flags naming the provider and client,
-// which beam edge shares.
-func (o *OIDCOptions) registerProvider(fl *pflag.FlagSet, what string) {
+// registerOIDCProvider registers the --oidc-* flags naming the provider
+// and client, which beam edge shares with beam coordinator and server.
+func registerOIDCProvider(fl *pflag.FlagSet, o *configs.OIDCProvider, what string) {
 	fl.StringVar(&o.Issuer, "oidc-issuer", "", "OpenID Connect provider's issuer URL: "+what)
 	fl.StringVar(&o.ClientID, "oidc-client-id", "", "client ID registered at the provider")
 	fl.StringVar(&o.ClientSecretFile, "oidc-client-secret-file", "", "file holding the client secret")
@@ -48,8 +32,10 @@ func (o *OIDCOptions) registerProvider(fl *pflag.FlagSet, what string) {
 	fl.StringVar(&o.GroupsClaim, "oidc-groups-claim", "groups", "ID token claim listing the user's groups")
 }
 
-func (o *OIDCOptions) register(fl *pflag.FlagSet) {
-	o.registerProvider(fl, "devices join by signing in there, and routes exposed with --oidc sign people in there")
+// registerOIDC registers the --oidc-* flags of beam coordinator and beam
+// server: sign-in through an OpenID Connect provider.
+func registerOIDC(fl *pflag.FlagSet, o *configs.OIDC) {
+	registerOIDCProvider(fl, &o.OIDCProvider, "devices join by signing in there, and routes exposed with --oidc sign people in there")
 	fl.StringVar(&o.RedirectURL, "oidc-redirect-url", "", "callback URL registered at the provider (default http://ADDR/oidc/callback)")
 	fl.StringSliceVar(&o.GroupMap, "oidc-group-map", nil, "map a provider group to a policy group: NAME=group:POLICYNAME (default: group:NAME)")
 	fl.StringSliceVar(&o.AllowedDomains, "oidc-allowed-domains", nil, "email domains whose users may join devices")
@@ -60,7 +46,7 @@ func (o *OIDCOptions) register(fl *pflag.FlagSet) {
 }
 
 // clientSecret reads --oidc-client-secret-file; "" without one.
-func (o *OIDCOptions) clientSecret() (string, error) {
+func oidcClientSecret(o *configs.OIDCProvider) (string, error) {
 	if o.ClientSecretFile == "" {
 		return "", nil
 	}
@@ -73,11 +59,11 @@ func (o *OIDCOptions) clientSecret() (string, error) {
 
 // edgeSignIn is the edge's sign-in for routes exposed with --oidc; nil
 // without --oidc-issuer (such routes then get 503).
-func edgeSignIn(o *OIDCOptions, logger *slog.Logger) (edge.SignIn, error) {
+func edgeSignIn(o *configs.OIDCProvider, logger *slog.Logger) (edge.SignIn, error) {
 	if o.Issuer == "" {
 		return nil, nil
 	}
-	secret, err := o.clientSecret()
+	secret, err := oidcClientSecret(o)
 	if err != nil {
 		return nil, err
 	}
@@ -89,13 +75,10 @@ func edgeSignIn(o *OIDCOptions, logger *slog.Logger) (edge.SignIn, error) {
 	return s, nil
 }
 
-// enabled reports whether OIDC sign-in is configured.
-func (o *OIDCOptions) enabled() bool { return o.Issuer != "" }
-
 // oidcSetup is OIDC sign-in built from the flags: an Approver to give
 // the coordinator before it exists, then attach.
 type oidcSetup struct {
-	o     *OIDCOptions
+	o     *configs.OIDC
 	rp    *oidcauth.RP
 	allow *oidcauth.Allow
 	login *oidclogin.Login
@@ -108,8 +91,8 @@ func (s *oidcSetup) ServeApproval(w http.ResponseWriter, r *http.Request, p coor
 
 // newOIDC checks the flags and discovers the provider; nil, nil if
 // --oidc-issuer is not set.
-func newOIDC(ctx context.Context, o *OIDCOptions, addr string, logger *slog.Logger) (*oidcSetup, error) {
-	if !o.enabled() {
+func newOIDC(ctx context.Context, o *configs.OIDC, addr string, logger *slog.Logger) (*oidcSetup, error) {
+	if o.Issuer == "" {
 		if o.ClientID != "" || o.ClientSecretFile != "" || len(o.AllowedDomains)+len(o.AllowedEmails)+len(o.AllowedGroups)+len(o.Admins) > 0 {
 			return nil, errors.New("the --oidc-* flags need --oidc-issuer")
 		}
@@ -118,7 +101,7 @@ func newOIDC(ctx context.Context, o *OIDCOptions, addr string, logger *slog.Logg
 	if o.ClientID == "" {
 		return nil, errors.New("--oidc-issuer needs --oidc-client-id")
 	}
-	secret, err := o.clientSecret()
+	secret, err := oidcClientSecret(&o.OIDCProvider)
 	if err != nil {
 		return nil, err
 	}

@@ -37,8 +37,6 @@ type ServerOptions struct {
 	configs.Server
 	// ConfigFile is --config.
 	ConfigFile string
-	// OIDC holds the --oidc-* flags.
-	OIDC OIDCOptions
 
 	// ready, if set, is called with the coordinator's listen address and
 	// the edge's HTTP address once everything serves (tests).
@@ -123,7 +121,7 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 	fl.StringVar(&o.PolicyFile, "policy-file", "", policyFileUsage)
 	fl.IntVar(&o.EdgeMaxConns, "edge-max-conns", 0, "cap on client connections of the edge's listeners (0: 1/2 of the open files limit; -1: none)")
 	registerTelemetry(fl, &o.Telemetry)
-	o.OIDC.register(fl)
+	registerOIDC(fl, &o.OIDC)
 	return cmd
 }
 
@@ -408,7 +406,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	logLimits(logger, "edge", nofile, elim)
 	rep := edgenode.NewReporter(en.DialContext, logger.With("component", "edge-report"))
 	defer rep.Close()
-	signIn, err := edgeSignIn(&o.OIDC, logger)
+	signIn, err := edgeSignIn(&o.OIDCProvider, logger)
 	if err != nil {
 		return err
 	}
