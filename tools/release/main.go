@@ -2,6 +2,7 @@
 // `make` cross-compiled: Linux packages, npm packages and checksums.
 //
 //	go run ./tools/release packages -version V -bin-dir DIR -out DIR   beam_V_ARCH.deb and .rpm for linux amd64 and arm64
+//	    [-arch A,B] [-format deb,rpm] [-binary PATH]                   (some of them; -binary for one -arch)
 //	go run ./tools/release npm -version V -bin-dir DIR -out DIR        the npm launcher and one package per platform
 //	go run ./tools/release sums DIR                                    DIR/SHA256SUMS
 package main
@@ -11,6 +12,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"beam.dev/beam/internal/release"
 )
@@ -32,16 +34,26 @@ func run(args []string) error {
 	out := fs.String("out", "bin/dist", "output directory")
 	configs := fs.String("configs", "configs", "the repository's configs directory")
 	launcher := fs.String("launcher", "npm/beam", "the npm launcher package")
+	archs := fs.String("arch", "amd64,arm64", "packages: the GOARCHes to package")
+	formats := fs.String("format", "deb,rpm", "packages: the package formats")
+	binary := fs.String("binary", "", "packages: the beam binary (one -arch) instead of BIN-DIR/beam-linux-ARCH")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
 	switch args[0] {
 	case "packages":
-		for _, arch := range []string{"amd64", "arm64"} {
-			for _, format := range []string{"deb", "rpm"} {
+		as := strings.Split(*archs, ",")
+		if *binary != "" && len(as) != 1 {
+			return fmt.Errorf("-binary goes with one -arch, not %q", *archs)
+		}
+		for _, arch := range as {
+			bin := *binary
+			if bin == "" {
+				bin = filepath.Join(*binDir, release.Platform{GOOS: "linux", GOARCH: arch}.BinaryName())
+			}
+			for _, format := range strings.Split(*formats, ",") {
 				p, err := release.BuildPackage(release.PackageOptions{
-					Binary:  filepath.Join(*binDir, release.Platform{GOOS: "linux", GOARCH: arch}.BinaryName()),
-					Configs: *configs, Version: *version, Arch: arch, Format: format, OutDir: *out,
+					Binary: bin, Configs: *configs, Version: *version, Arch: arch, Format: format, OutDir: *out,
 				})
 				if err != nil {
 					return err
