@@ -39,6 +39,7 @@ const DefaultSessionLifetime = 8 * time.Hour
 
 const (
 	cookieName  = "beam_edge_session"
+	stateCookie = "beam_edge_oidc"
 	maxSessions = 100000
 	maxHosts    = 10000
 )
@@ -123,7 +124,7 @@ func (s *SignIn) rp(ctx context.Context, r *http.Request) (*oidcauth.RP, error) 
 	rp, err := oidcauth.New(ctx, oidcauth.Options{
 		Issuer: s.opts.Issuer, ClientID: s.opts.ClientID, ClientSecret: s.opts.ClientSecret,
 		RedirectURL: o + CallbackPath, Scopes: s.opts.Scopes, GroupsClaim: s.opts.GroupsClaim,
-		CookieName: "beam_edge_oidc", HTTPClient: s.opts.HTTPClient, Logger: s.logger, Now: s.now,
+		CookieName: stateCookie, HTTPClient: s.opts.HTTPClient, Logger: s.logger, Now: s.now,
 	})
 	if err != nil {
 		return nil, err
@@ -181,7 +182,7 @@ func (s *SignIn) Authenticate(w http.ResponseWriter, r *http.Request, rules []st
 			page(w, http.StatusForbidden, "Not allowed", "You are signed in as "+who(&ss.id)+", who may not use this service.")
 			return edge.Identity{}, false
 		}
-		stripCookie(r, cookieFor(r))
+		stripCookies(r)
 		return edge.Identity{User: who(&ss.id), Email: ss.id.Email}, true
 	}
 	if (r.Method != http.MethodGet && r.Method != http.MethodHead) || !strings.Contains(r.Header.Get("Accept"), "text/html") {
@@ -261,12 +262,12 @@ func (s *SignIn) callback(w http.ResponseWriter, r *http.Request) {
 	http.Redirect(w, r, next, http.StatusFound)
 }
 
-// stripCookie removes the cookie called name from r, so the device never
-// sees the edge's session.
-func stripCookie(r *http.Request, name string) {
+// stripCookies removes the edge's cookies (the session, and those of
+// sign-ins in flight) from r: the device never sees them.
+func stripCookies(r *http.Request) {
 	var keep []string
 	for _, c := range r.Cookies() {
-		if c.Name != name {
+		if c.Name != cookieName && c.Name != "__Host-"+cookieName && !strings.HasPrefix(c.Name, stateCookie+"_") {
 			keep = append(keep, c.Name+"="+c.Value)
 		}
 	}

@@ -74,6 +74,10 @@ func TestBrowserSignsInAndComesBack(t *testing.T) {
 	base := route(t, s, []string{"email:*@example.com"})
 	c := browser()
 	c.Jar.SetCookies(mustURL(t, base), []*http.Cookie{{Name: "app_pref", Value: "dark"}})
+	// A sign-in started and abandoned leaves its state cookie behind.
+	if code, body := get(t, c, base+"/abandoned", "text/html"); code != 200 || !strings.Contains(body, `action="/login"`) {
+		t.Fatalf("starting a sign-in: %d %q, want the provider's form", code, body)
+	}
 	resp, body, err := oidctest.Login(t.Context(), c, base+"/reports?q=1", alice.Email, alice.Password)
 	if err != nil {
 		t.Fatal(err)
