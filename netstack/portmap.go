@@ -18,6 +18,9 @@ const (
 	// portMapRetryFailed is the wait after a renewal failed, before
 	// asking for a new mapping.
 	portMapRetryFailed = 10 * time.Second
+	// portMapGatewayCheck is how often the routing table is read for
+	// another gateway (the host moved), which is asked at once.
+	portMapGatewayCheck = 30 * time.Second
 	// portMapDeleteTimeout bounds deleting the mapping on Close.
 	portMapDeleteTimeout = time.Second
 )
@@ -52,8 +55,9 @@ func (e *Engine) portMapGateway() (netip.Addr, error) {
 // portMapLoop keeps a mapping of the WireGuard port while the engine
 // runs (Options.PortMapping): it asks the gateway by PCP, NAT-PMP or UPnP,
 // renews halfway through the lifetime (the shorter of the one asked and
-// the one granted), and deletes the mapping when the engine closes. A
-// new or lost mapping triggers an endpoint refresh.
+// the one granted), asks a new gateway at once when the default route
+// changes, and deletes the mapping when the engine closes. A new or lost
+// mapping triggers an endpoint refresh.
 func (e *Engine) portMapLoop() {
 	var (
 		m      portmap.Mapping
@@ -84,9 +88,11 @@ func (e *Engine) portMapLoop() {
 		}
 		e.log.Info("port mapping deleted", "protocol", m.Protocol, "external", m.External)
 	}()
-	wait := time.Duration(0)
+	next := time.Now() // when to ask the gateway next
 	for {
-		t := time.NewTimer(wait)
+		// Look at the routing table (a local read) more often than the
+		// gateway is asked, to follow the host to another network.
+		t := time.NewTimer(min(max(time.Until(next), 0), portMapGatewayCheck))
 		select {
 		case <-e.ctx.Done():
 			t.Stop()
@@ -98,8 +104,10 @@ func (e *Engine) portMapLoop() {
 			if m.Protocol != "" {
 				setMapping(portmap.Mapping{})
 			}
-			e.log.Debug("port mapping: no gateway", "err", err)
-			wait = portMapRetry
+			if client != nil {
+				e.log.Info("port mapping: no gateway", "err", err)
+			}
+			client = nil
 			continue
 		}
 		if client == nil || client.Gateway != gw {
@@ -110,6 +118,10 @@ func (e *Engine) portMapLoop() {
 			e.pmap.mu.Lock()
 			e.pmap.gateway = gw
 			e.pmap.mu.Unlock()
+			next = time.Now()
+		}
+		if time.Now().Before(next) {
+			continue
 		}
 		nm, err := client.Map(e.ctx, e.LocalPort(), m)
 		if err != nil {
@@ -119,11 +131,11 @@ func (e *Engine) portMapLoop() {
 			if m.Protocol != "" {
 				e.log.Info("port mapping: renewal failed", "protocol", m.Protocol, "external", m.External, "err", err)
 				setMapping(portmap.Mapping{})
-				wait = portMapRetryFailed
+				next = time.Now().Add(portMapRetryFailed)
 				continue
 			}
 			e.log.Debug("port mapping: the gateway offers none", "gateway", gw, "err", err)
-			wait = portMapRetry
+			next = time.Now().Add(portMapRetry)
 			continue
 		}
 		if nm.External != m.External || nm.Protocol != m.Protocol {
@@ -136,7 +148,7 @@ func (e *Engine) portMapLoop() {
 		if asked := e.opts.PortMapLifetime; asked > 0 && asked < life {
 			life = asked
 		}
-		wait = max(life/2, time.Second)
+		next = time.Now().Add(max(life/2, time.Second))
 	}
 }
 
