@@ -892,7 +892,12 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		switch {
 		case direct != nil && fresh(direct, now):
 			b.maybeHeartbeat(p, direct, now)
-			b.maybeProbe(p, now, directProbeEvery)
+			every := directProbeEvery
+			if quiet(p, direct, now) {
+				// Look for another path before this one goes stale.
+				every = relayProbeEvery
+			}
+			b.maybeProbe(p, now, every)
 		case b.wantBirthday(p, now):
 			// Behind a hard NAT: probe at once, opening ports for
 			// birthday probing (birthday.go).
@@ -1231,7 +1236,7 @@ func (b *Bind) AgeForTest(k key.NodePublic, d time.Duration) {
 	}
 	p := pe.p
 	for _, v := range []*atomic.Int64{&p.lastWGRecv, &p.lastSend, &p.lastProbe, &p.lastHeartbeat,
-		&p.lastReply, &p.lastDirectPing, &p.dualUntil, &p.lastStale} {
+		&p.lastReply, &p.lastDirectPing, &p.unansweredSince, &p.dualUntil, &p.lastStale} {
 		age(v)
 	}
 	for _, e := range pe.eps {

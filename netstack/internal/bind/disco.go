@@ -214,6 +214,9 @@ func (b *Bind) pingVia(p *peer, dp *discoPeer, sock *extraSock, dst netip.AddrPo
 	if dst.IsValid() {
 		if best := p.best.Load(); best != nil && best.src == dst && best.sock == sock {
 			p.lastDirectPing.Store(pp.at)
+			if u := p.unansweredSince.Load(); u <= best.lastRecv.Load() {
+				p.unansweredSince.CompareAndSwap(u, pp.at)
+			}
 		}
 		if sock != nil {
 			return b.sendExtra(sock, [][]byte{pkt}, dst)
@@ -468,9 +471,9 @@ func contains(s []netip.AddrPort, ap netip.AddrPort) bool {
 }
 
 // confirmDirect records that a pong came back from ap after lat and makes
-// ap the peer's path if it is the first working direct path, or better
-// than the current one (clearly faster, or IPv6 about as fast as IPv4:
-// see betterPath).
+// ap the peer's path if it is the first working direct path, the current
+// one has stopped answering (quiet), or it is better than the current one
+// (clearly faster, or IPv6 about as fast as IPv4: see betterPath).
 func (b *Bind) confirmDirect(pe *peerEntry, ap netip.AddrPort, sock *extraSock, lat time.Duration, now int64) {
 	p := pe.p
 	var e *Endpoint
@@ -493,7 +496,7 @@ func (b *Bind) confirmDirect(pe *peerEntry, ap netip.AddrPort, sock *extraSock, 
 	switch {
 	case best == e:
 		return
-	case best == nil || best.isRelay() || !fresh(best, now):
+	case best == nil || best.isRelay() || !fresh(best, now) || quiet(p, best, now):
 		if p.best.CompareAndSwap(best, e) {
 			p.dualUntil.Store(now + int64(dualWindow))
 			b.log.Info("direct path confirmed", "peer", p.key.ShortString(), "addr", ap.String(), "latency", lat)

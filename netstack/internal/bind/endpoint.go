@@ -102,6 +102,9 @@ type peer struct {
 	// (unix nanos): a pong after it shows the path answers, none shows
 	// it does not (see Bind.idleDirect).
 	lastDirectPing atomic.Int64
+	// unansweredSince is when the first ping to best's address since
+	// best was last heard from went out (unix nanos); see quiet.
+	unansweredSince atomic.Int64
 	// dualUntil: until then, packets to the peer go over both its direct
 	// path and the relay (a new or reawakened direct path is not trusted
 	// yet).
@@ -171,6 +174,15 @@ func betterPath(a netip.AddrPort, aLat time.Duration, b netip.AddrPort, bLat tim
 		return aLat > 0 && aLat <= bLat+max(bLat*v6SlackRatio/100, v6Slack)
 	}
 	return aLat > 0 && bLat > 0 && aLat+aLat/2 < bLat && bLat-aLat > fasterMin
+}
+
+// quiet reports whether best, p's direct path, has left a ping unanswered
+// for longer than suspectAfter: it may have died, and a probe of all of p's
+// addresses looks for another (any that answers replaces it, see
+// confirmDirect) before it goes stale.
+func quiet(p *peer, best *Endpoint, now int64) bool {
+	u := p.unansweredSince.Load()
+	return u > best.lastRecv.Load() && now-u > int64(suspectAfter)
 }
 
 // keepFor reports whether best, p's direct path, should stay p's path

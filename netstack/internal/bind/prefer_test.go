@@ -111,3 +111,31 @@ func TestKeepFor(t *testing.T) {
 		})
 	}
 }
+
+func TestQuiet(t *testing.T) {
+	now := time.Now().UnixNano()
+	sec := int64(time.Second)
+	tests := []struct {
+		name            string
+		lastRecv        int64
+		unansweredSince int64
+		want            bool
+	}{
+		{"never pinged", now - 3*sec, 0, false},
+		{"ping answered", now - sec/2, now - sec, false},
+		{"ping out for 0.5 s", now - 3*sec, now - sec/2, false},
+		{"ping out for 1.5 s", now - 3*sec, now - 3*sec/2, true},
+		{"ping out for 1.5 s, path heard just now", now, now - 3*sec/2, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := &peer{}
+			best := newEndpoint(p, netip.MustParseAddrPort("[2001:db8:1::2]:41641"))
+			best.lastRecv.Store(tt.lastRecv)
+			p.unansweredSince.Store(tt.unansweredSince)
+			if got := quiet(p, best, now); got != tt.want {
+				t.Errorf("quiet = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
