@@ -101,3 +101,72 @@ func (s *Server) applyPolicyLocked(p *policy.Policy) {
 	}
 	s.mu.Unlock()
 }
+
+// userSubjectsSetting is the settings name of the login identities users
+// are bound to, a JSON object user -> LoginIdentity.
+const userSubjectsSetting = "user_subjects_json"
+
+// LoginIdentity is who a user is at the login provider.
+type LoginIdentity struct {
+	// Subject is the provider's stable ID of the person (issuer and sub).
+	Subject string `json:"subject"`
+	// DisplayName is the name claim of their last sign-in.
+	DisplayName string `json:"name,omitempty"`
+}
+
+// BindLogin records that user is id.Subject at the login provider: on a
+// user's first sign-in it binds them, later sign-ins must be the same
+// subject (ErrConflict otherwise: the provider gave the email to another
+// account). It updates the display name.
+func (s *Server) BindLogin(ctx context.Context, user string, id LoginIdentity) error {
+	s.ac.setMu.Lock()
+	defer s.ac.setMu.Unlock()
+	m := map[string]LoginIdentity{}
+	b, err := s.store.Setting(ctx, userSubjectsSetting)
+	switch {
+	case errors.Is(err, ErrNotFound):
+	case err != nil:
+		return fmt.Errorf("coordinator: load user logins: %w", err)
+	default:
+		if err := json.Unmarshal(b, &m); err != nil {
+			return fmt.Errorf("coordinator: stored user logins: %w", err)
+		}
+	}
+	if old, ok := m[user]; ok && old.Subject != id.Subject {
+		return fmt.Errorf("%w: user %q belongs to another account at the login provider", ErrConflict, user)
+	}
+	if m[user] == id {
+		return nil
+	}
+	m[user] = id
+	if b, err = json.Marshal(m); err != nil {
+		return fmt.Errorf("coordinator: bind login: %w", err)
+	}
+	if err := s.store.SetSetting(ctx, userSubjectsSetting, b); err != nil {
+		return fmt.Errorf("coordinator: store user logins: %w", err)
+	}
+	return nil
+}
+
+// forgetLogin drops user's login binding (the user is being deleted).
+func (s *Server) forgetLogin(ctx context.Context, user string) error {
+	s.ac.setMu.Lock()
+	defer s.ac.setMu.Unlock()
+	b, err := s.store.Setting(ctx, userSubjectsSetting)
+	if errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("coordinator: load user logins: %w", err)
+	}
+	m := map[string]LoginIdentity{}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("coordinator: stored user logins: %w", err)
+	}
+	if _, ok := m[user]; !ok {
+		return nil
+	}
+	delete(m, user)
+	b, _ = json.Marshal(m)
+	return s.store.SetSetting(ctx, userSubjectsSetting, b)
+}

@@ -62,6 +62,9 @@ func (s *Server) DeleteUserAndNodes(ctx context.Context, actor, name string) ([]
 	if err := s.SetUserGroups(ctx, name, nil); err != nil {
 		return removed, err
 	}
+	if err := s.forgetLogin(ctx, name); err != nil {
+		return removed, err
+	}
 	if err := s.DeleteUser(ctx, name); err != nil {
 		return removed, err
 	}

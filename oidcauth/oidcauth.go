@@ -147,6 +147,9 @@ func New(ctx context.Context, opts Options) (*RP, error) {
 	return r, nil
 }
 
+// Issuer is the provider's issuer URL.
+func (r *RP) Issuer() string { return r.rp.Issuer() }
+
 func random() string {
 	b := make([]byte, 32)
 	rand.Read(b)

@@ -260,6 +260,13 @@ func (l *Login) ensureUser(ctx context.Context, id *oidcauth.Identity, name stri
 	default:
 		return errors.New("could not create the user; try again")
 	}
+	if err := l.coord.BindLogin(ctx, name, coordinator.LoginIdentity{Subject: l.opts.RP.Issuer() + " " + id.Subject, DisplayName: id.Name}); err != nil {
+		if errors.Is(err, coordinator.ErrConflict) {
+			l.coord.RecordAudit(ctx, "oidc:"+name, "oidc.refused", name, "sub="+id.Subject+" is not the account this user first signed in with")
+			return fmt.Errorf("%s is bound to another account at the sign-in provider; ask an admin", name)
+		}
+		return errors.New("could not record the sign-in; try again")
+	}
 	if err := l.coord.SetUserGroups(ctx, name, l.policyGroups(id.Groups)); err != nil {
 		return errors.New("could not record the user's groups; try again")
 	}

@@ -24,7 +24,9 @@ import (
 
 var (
 	alice = oidctest.User{Subject: "u-alice", Email: "alice@example.com", Name: "Alice", Password: "pw-a", Groups: []string{"eng", "admins"}}
-	eve   = oidctest.User{Subject: "u-eve", Email: "eve@evil.test", Name: "Eve", Password: "pw-e", Groups: []string{"eng"}}
+	// impostor got alice's address at the provider after her: another account.
+	impostor = oidctest.User{Subject: "u-new", Email: "alice@example.com", Name: "Not Alice", Password: "pw-i"}
+	eve      = oidctest.User{Subject: "u-eve", Email: "eve@evil.test", Name: "Eve", Password: "pw-e", Groups: []string{"eng"}}
 )
 
 type env struct {
@@ -34,7 +36,7 @@ type env struct {
 
 func newEnv(t *testing.T, expiry time.Duration) *env {
 	t.Helper()
-	p := oidctest.Start(t, []oidctest.User{alice, eve}, []oidctest.Client{{ID: "beam", Secret: "s", RedirectURIs: []string{"http://127.0.0.1:*" + oidclogin.CallbackPath}}})
+	p := oidctest.Start(t, []oidctest.User{alice, impostor, eve}, []oidctest.Client{{ID: "beam", Secret: "s", RedirectURIs: []string{"http://127.0.0.1:*" + oidclogin.CallbackPath}}})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -209,5 +211,30 @@ func TestApprovalPageShowsDevice(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusNotFound {
 		t.Errorf("login of an unknown code: got %d, want 404", resp.StatusCode)
+	}
+}
+
+func TestEmailReusedByAnotherAccountRefused(t *testing.T) {
+	e := newEnv(t, 0)
+	signIn := func(u oidctest.User) (int, string, chan *wire.RegisterResponse) {
+		authURL, done := e.startJoin(t, "dev-"+u.Subject)
+		code := authURL[strings.LastIndex(authURL, "/")+1:]
+		resp, body, err := oidctest.Login(t.Context(), nil, e.base+oidclogin.LoginPath+code, u.Email, u.Password)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode, body, done
+	}
+	if code, body, _ := signIn(alice); code != 200 {
+		t.Fatalf("alice: %d %s", code, body)
+	}
+	code, body, done := signIn(impostor)
+	if code != http.StatusForbidden || !strings.Contains(body, "bound to another account") {
+		t.Fatalf("another account with alice's email: %d\n%s", code, body)
+	}
+	select {
+	case r := <-done:
+		t.Fatalf("the impostor's device registered: %+v", r)
+	default:
 	}
 }
