@@ -69,8 +69,12 @@ type Server struct {
 	// Logger receives the node's logs; nil discards them.
 	Logger *slog.Logger
 
+	upMu sync.Mutex // serializes Up
+
 	mu       sync.Mutex // guards the following fields
 	node     *node.Node
+	closing  context.Context // canceled by Close, which ends a pending Up
+	cancel   context.CancelFunc
 	dir      string // the state directory in use
 	tmpDir   bool   // dir is a temporary directory of Ephemeral
 	status   *Status
@@ -106,18 +110,31 @@ var ErrNotUp = errors.New("beamnet: not up; call Server.Up first")
 // AuthKey if Dir holds no registration. Calling Up again returns the same
 // status.
 func (s *Server) Up(ctx context.Context) (*Status, error) {
+	s.upMu.Lock()
+	defer s.upMu.Unlock()
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
-		return nil, errors.New("beamnet: Up after Close")
+		s.mu.Unlock()
+		return nil, errClosed
 	}
 	if s.status != nil {
-		return s.status, nil
+		st := s.status
+		s.mu.Unlock()
+		return st, nil
 	}
 	if err := s.initLocked(); err != nil {
+		s.mu.Unlock()
 		return nil, err
 	}
-	st := s.node.Status()
+	n, closing := s.node, s.closing
+	s.mu.Unlock()
+
+	// Close ends a pending Up.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(closing, cancel)()
+
+	st := n.Status()
 	key := ""
 	switch {
 	case st.Coordinator != s.ControlURL,
@@ -125,17 +142,28 @@ func (s *Server) Up(ctx context.Context) (*Status, error) {
 		key = s.AuthKey
 	}
 	req := apitype.UpRequest{Coordinator: s.ControlURL, AuthKey: key, Hostname: s.hostname()}
-	resp, err := s.node.Up(ctx, req)
+	resp, err := n.Up(ctx, req)
 	if errors.Is(err, node.ErrNodeUnknown) && key == "" && s.AuthKey != "" {
 		req.AuthKey = s.AuthKey
-		resp, err = s.node.Up(ctx, req)
+		resp, err = n.Up(ctx, req)
+	}
+	if closing.Err() != nil {
+		return nil, errClosed
 	}
 	if err != nil {
 		return nil, fmt.Errorf("beamnet: join %s: %w", s.ControlURL, err)
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errClosed
+	}
 	s.status = &Status{Name: resp.Name, DNSName: resp.DNSName, IPs: resp.IPs}
 	return s.status, nil
 }
+
+// errClosed is Up's error once Close was called.
+var errClosed = errors.New("beamnet: Server closed")
 
 // initLocked creates the node on its state directory. s.mu held.
 func (s *Server) initLocked() error {
@@ -176,13 +204,17 @@ func (s *Server) initLocked() error {
 		return fmt.Errorf("beamnet: %w", err)
 	}
 	s.node, s.dir = n, dir
-	s.overlayT = &http.Transport{
-		DialContext:         s.Dial,
-		ForceAttemptHTTP2:   false,
+	s.closing, s.cancel = context.WithCancel(context.Background())
+	return nil
+}
+
+// newOverlayTransport returns HTTPClient's transport, which dials with dial.
+func newOverlayTransport(dial func(ctx context.Context, network, addr string) (net.Conn, error)) *http.Transport {
+	return &http.Transport{
+		DialContext:         dial,
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     90 * time.Second,
 	}
-	return nil
 }
 
 // hostname is Hostname or the program's name.
@@ -285,11 +317,10 @@ func (s *Server) track(c io.Closer) {
 func (s *Server) HTTPClient() *http.Client {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	tr := s.overlayT
-	if tr == nil {
-		tr = &http.Transport{DialContext: s.Dial}
+	if s.overlayT == nil {
+		s.overlayT = newOverlayTransport(s.Dial)
 	}
-	return &http.Client{Transport: tr}
+	return &http.Client{Transport: s.overlayT}
 }
 
 // Close leaves the network (logging out first with Ephemeral), stops the
@@ -304,6 +335,10 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
+	if s.cancel != nil {
+		s.cancel()
+	}
+	joined := s.status != nil
 	closers, publics := s.closers, s.publics
 	s.closers, s.publics = nil, nil
 	n := s.node
@@ -311,7 +346,7 @@ func (s *Server) Close() error {
 
 	var errs []error
 	for l := range publics {
-		if err := l.close(true); err != nil {
+		if err := l.close(); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -319,7 +354,7 @@ func (s *Server) Close() error {
 		c.Close()
 	}
 	if n != nil {
-		if s.Ephemeral && s.status != nil {
+		if s.Ephemeral && joined {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			if err := n.Logout(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("beamnet: log out: %w", err))
@@ -330,8 +365,11 @@ func (s *Server) Close() error {
 			errs = append(errs, fmt.Errorf("beamnet: %w", err))
 		}
 	}
-	if s.overlayT != nil {
-		s.overlayT.CloseIdleConnections()
+	s.mu.Lock()
+	overlayT := s.overlayT
+	s.mu.Unlock()
+	if overlayT != nil {
+		overlayT.CloseIdleConnections()
 	}
 	if s.ctrlTr != nil {
 		s.ctrlTr.CloseIdleConnections()

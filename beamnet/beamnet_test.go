@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -332,9 +333,19 @@ func TestListenPublic(t *testing.T) {
 	if err := ln.Close(); err != nil {
 		t.Fatalf("close the public listener: %v", err)
 	}
-	harness.WaitFor(t, 15*time.Second, "the edge forgets the withdrawn route", func() bool {
-		_, status, err := get(edgeClient, ln.URL()+"/path")
-		return err == nil && status == http.StatusNotFound
+	// A request that reaches the edge before the news waits for its dial
+	// to the device (which no longer admits the edge on that port) to
+	// time out: ask with a short timeout.
+	harness.WaitFor(t, 20*time.Second, "the edge forgets the withdrawn route", func() bool {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, ln.URL()+"/path", nil)
+		resp, err := edgeClient.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusNotFound
 	})
 }
 
@@ -490,5 +501,42 @@ func TestEphemeralLeavesOnClose(t *testing.T) {
 	}
 	if _, err := s.Dial(ctx, "tcp", "watcher:80"); !errors.Is(err, beamnet.ErrNotUp) {
 		t.Errorf("Dial after Close: %v, want ErrNotUp", err)
+	}
+}
+
+// Close ends an Up that is still waiting for the coordinator.
+func TestCloseEndsPendingUp(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case arrived <- struct{}{}:
+		default:
+		}
+		<-r.Context().Done()
+	}))
+	defer hang.Close()
+	s := &beamnet.Server{Hostname: "stuck", ControlURL: hang.URL, AuthKey: "k", Dir: t.TempDir()}
+	done := make(chan error, 1)
+	go func() {
+		_, err := s.Up(t.Context())
+		done <- err
+	}()
+	select {
+	case <-arrived:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Up never asked the coordinator")
+	}
+	start := time.Now()
+	if err := s.Close(); err != nil {
+		t.Errorf("close: %v", err)
+	}
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Up succeeded against a coordinator that never answers")
+		}
+		t.Logf("Up returned %v, %v after Close", err, time.Since(start).Round(time.Millisecond))
+	case <-time.After(10 * time.Second):
+		t.Fatal("Up still waiting 10s after Close")
 	}
 }

@@ -52,7 +52,7 @@ func (s *Server) ListenPublic(ctx context.Context, name string) (*PublicListener
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		l.close(true)
+		l.close()
 		return nil, ErrNotUp
 	}
 	if s.publics == nil {
@@ -112,17 +112,17 @@ func (l *PublicListener) Close() error {
 	l.s.mu.Lock()
 	delete(l.s.publics, l)
 	l.s.mu.Unlock()
-	return l.close(true)
+	return l.close()
 }
 
-// close stops the listener and, with withdraw, the route.
-func (l *PublicListener) close(withdraw bool) error {
+// close stops the listener and withdraws the route.
+func (l *PublicListener) close() error {
 	l.closeOnce.Do(func() {
 		close(l.done)
 		l.s.mu.Lock()
 		n := l.s.node
 		l.s.mu.Unlock()
-		if withdraw && l.host != "" {
+		if l.host != "" {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			if err := n.Unexpose(ctx, l.host, "http"); err != nil {
 				l.closeErr = fmt.Errorf("beamnet: withdraw %s: %w", l.host, err)
