@@ -26,6 +26,7 @@ type ServerSetup struct {
 	HTTPPort        uint16 `json:"http_port,omitempty"`
 	HTTPSPort       uint16 `json:"https_port,omitempty"`
 	STUNPort        uint16 `json:"stun_port,omitempty"`
+	STUNAltPort     uint16 `json:"stun_alt_port,omitempty"`
 	// Certificate is the wildcard certificate's status; nil when the
 	// server gets no certificate by ACME.
 	Certificate *CertStatus `json:"certificate,omitempty"`

@@ -64,6 +64,6 @@ func serverCheckFromSetup(setup *wire.ServerSetup, resolver string, timeout time
 	return &serverCheck{
 		Domain: setup.Domain, PublicIPs: setup.PublicIPs, Resolver: resolver,
 		DNSPort: int(setup.DNSPort), HTTPPort: int(setup.HTTPPort), HTTPSPort: int(setup.HTTPSPort),
-		CoordPort: int(setup.CoordinatorPort), STUNPort: int(setup.STUNPort), Timeout: timeout,
+		CoordPort: int(setup.CoordinatorPort), STUNPort: int(setup.STUNPort), STUNAltPort: int(setup.STUNAltPort), Timeout: timeout,
 	}
 }

@@ -261,6 +261,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		}
 		if alt != nil {
 			region.Nodes[0].STUNAltPort = uint16(alt.LocalAddr().(*net.UDPAddr).Port)
+			setup.ServerSetup.STUNAltPort = region.Nodes[0].STUNAltPort
 			wg.Go(func() { derpserver.ServeSTUN(ctx, alt, logger) })
 		}
 	}

@@ -37,6 +37,8 @@ type serverCheck struct {
 	Resolver string
 	// Ports of the listeners to probe at each public address; 0 skips.
 	DNSPort, HTTPPort, HTTPSPort, CoordPort, STUNPort int
+	// STUNAltPort is the second STUN port; 0 for none.
+	STUNAltPort int
 	// Roots verify the edge's certificate; nil means the system's.
 	Roots   *x509.CertPool
 	Timeout time.Duration
@@ -92,8 +94,10 @@ func (c *serverCheck) run(ctx context.Context) []checkResult {
 		if c.HTTPSPort != 0 {
 			out = append(out, c.certificate(ctx, ip))
 		}
-		if c.STUNPort != 0 {
-			out = append(out, c.stun(ctx, ip))
+		for _, p := range []int{c.STUNPort, c.STUNAltPort} {
+			if p != 0 {
+				out = append(out, c.stun(ctx, ip, p))
+			}
 		}
 	}
 	return out
@@ -334,9 +338,9 @@ func (c *serverCheck) orderFix(cs *wire.CertStatus) string {
 	return "read the CA's error above, and beam server's log lines of component acme" + again
 }
 
-func (c *serverCheck) stun(ctx context.Context, ip netip.Addr) checkResult {
-	addr := netip.AddrPortFrom(ip, uint16(c.STUNPort)).String()
-	res := checkResult{What: "STUN at " + addr, Fix: closedFix("udp", c.STUNPort)}
+func (c *serverCheck) stun(ctx context.Context, ip netip.Addr, port int) checkResult {
+	addr := netip.AddrPortFrom(ip, uint16(port)).String()
+	res := checkResult{What: "STUN at " + addr, Fix: closedFix("udp", port)}
 	conn, err := net.Dial("udp", addr)
 	if err != nil {
 		res.Said = err.Error()
@@ -400,6 +404,7 @@ func portOf(hostport string) int {
 func newServerCheck(o *ServerOptions, resolver string) (*serverCheck, error) {
 	c := &serverCheck{Domain: o.Domain, Resolver: resolver,
 		DNSPort: portOf(o.DNSAddr), HTTPPort: portOf(o.HTTPAddr), CoordPort: portOf(o.Addr), STUNPort: portOf(o.STUNAddr)}
+	c.STUNAltPort, _ = strconv.Atoi(stunAltPort(o.STUNAddr, o.STUNAltAddr))
 	// The coordinator at the first public address tells how the
 	// certificate's order stands.
 	if c.CoordPort != 0 && len(o.PublicIPs) > 0 {
@@ -472,6 +477,7 @@ ports are open from outside (a firewall may let the host reach itself).`,
 	fl.StringVar(&o.HTTPAddr, "http-addr", ":80", "the server's --http-addr")
 	fl.StringVar(&o.HTTPSAddr, "https-addr", ":443", "the server's --https-addr")
 	fl.StringVar(&o.STUNAddr, "stun-addr", ":3478", "the server's --stun-addr")
+	fl.StringVar(&o.STUNAltAddr, "stun-alt-addr", "", "the server's --stun-alt-addr (\"\": --stun-addr's port + 1; \"off\": none)")
 	fl.StringVar(&o.DNSAddr, "dns-addr", ":53", "the server's --dns-addr")
 	fl.StringVar(&o.ACMECA, "acme-ca", "", "the server's --acme-ca")
 	fl.BoolVar(&o.ACMEStaging, "acme-staging", false, "the server's --acme-staging")
@@ -487,7 +493,9 @@ ports are open from outside (a firewall may let the host reach itself).`,
 // a while.
 func startupCheck(ctx context.Context, o *ServerOptions, logger *slog.Logger) {
 	c, err := newServerCheck(&ServerOptions{Server: configs.Server{Domain: o.Domain, Zone: o.Zone, Addr: o.Addr, HTTPAddr: o.HTTPAddr,
-		STUNAddr: o.STUNAddr}}, "")
+		// The second STUN port is left out: beam server skips a derived
+		// one that is taken, with a warning of its own.
+		STUNAddr: o.STUNAddr, STUNAltAddr: configs.STUNAltOff}}, "")
 	if err != nil {
 		logger.Warn("setup check", "err", err)
 		return

@@ -2,10 +2,13 @@ package cli
 
 import (
 	"net"
+	"net/netip"
 	"strconv"
 	"testing"
+	"time"
 
 	"beam.dev/beam/configs"
+	"beam.dev/beam/derp/derpserver"
 )
 
 func TestCoordinatorSTUNAltPort(t *testing.T) {
@@ -88,5 +91,46 @@ func TestListenSTUNAlt(t *testing.T) {
 		if got := stunAltPort(tc.stun, tc.alt); got != tc.want {
 			t.Errorf("stunAltPort(%q, %q) = %q, want %q", tc.stun, tc.alt, got, tc.want)
 		}
+	}
+}
+
+// TestServerCheckSTUNAlt checks that beam server check asks the second
+// STUN port too, and reports it closed when nothing answers there.
+func TestServerCheckSTUNAlt(t *testing.T) {
+	for _, tc := range []struct{ stun, alt string }{
+		{":3478", ""}, {":3478", "off"}, {":3478", ":4000"},
+	} {
+		c, err := newServerCheck(&ServerOptions{Server: configs.Server{Domain: "example.test", STUNAddr: tc.stun, STUNAltAddr: tc.alt}}, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want, _ := strconv.Atoi(stunAltPort(tc.stun, tc.alt)); c.STUNAltPort != want {
+			t.Errorf("stun %q alt %q: STUNAltPort %d, want %d", tc.stun, tc.alt, c.STUNAltPort, want)
+		}
+	}
+
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		derpserver.ServeSTUN(t.Context(), pc, nil)
+	}()
+	defer func() { pc.Close(); <-done }()
+	closed, err := net.ListenPacket("udp", "127.0.0.1:0") // bound, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closed.Close()
+	c := &serverCheck{Timeout: 300 * time.Millisecond}
+	ip := netip.MustParseAddr("127.0.0.1")
+	if r := c.stun(t.Context(), ip, pc.LocalAddr().(*net.UDPAddr).Port); !r.OK {
+		t.Errorf("STUN check of a responder: %+v", r)
+	}
+	if r := c.stun(t.Context(), ip, closed.LocalAddr().(*net.UDPAddr).Port); r.OK {
+		t.Errorf("STUN check of a silent port passed: %+v", r)
 	}
 }
