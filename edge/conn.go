@@ -40,7 +40,7 @@ func (c *trackedConn) Close() error {
 // a freshly accepted connection. It returns nil (having closed c) when
 // either is reached; otherwise a conn that frees its slots when closed.
 func (e *Edge) admitConn(c net.Conn) net.Conn {
-	if max := e.opts.MaxConns; max > 0 && e.conns.Add(1) > int64(max) {
+	if max := e.maxConns.Load(); e.conns.Add(1) > max && max > 0 {
 		e.conns.Add(-1)
 		e.met.connRefused()
 		c.Close()
@@ -57,12 +57,10 @@ func (e *Edge) admitConn(c net.Conn) net.Conn {
 	return &trackedConn{Conn: c, release: func() { e.met.connClosed(); e.clients.release(ip); e.releaseConn() }}
 }
 
-// releaseConn frees a slot admitConn took against MaxConns.
-func (e *Edge) releaseConn() {
-	if e.opts.MaxConns > 0 {
-		e.conns.Add(-1)
-	}
-}
+// releaseConn frees a slot admitConn took against MaxConns. Every
+// connection is counted, so a cap set later (SetLimits) counts those
+// already open.
+func (e *Edge) releaseConn() { e.conns.Add(-1) }
 
 // prefixConn replays already-read bytes before reading from Conn.
 type prefixConn struct {

@@ -183,21 +183,25 @@ type RequestLog struct {
 // returns. Close cancels the Edge's context, which stops every Serve method,
 // and waits for the loops.
 type Edge struct {
-	opts      Options
-	log       *slog.Logger
-	overlay   []netip.Prefix
-	ctx       context.Context // canceled by Close
-	cancel    context.CancelFunc
-	loops     sync.WaitGroup // health and janitor loops
-	routes    atomic.Pointer[table]
-	proxy     *httputil.ReverseProxy
-	h1        *http.Transport
-	h2c       *http.Transport
-	clients   *connLimiter
-	conns     atomic.Int64 // client TCP connections open, against MaxConns
-	authFails *authThrottle
-	reqCount  atomic.Uint64
-	met       *edgeMetrics // metrics.go
+	opts    Options
+	log     *slog.Logger
+	overlay []netip.Prefix
+	ctx     context.Context // canceled by Close
+	cancel  context.CancelFunc
+	loops   sync.WaitGroup // health and janitor loops
+	routes  atomic.Pointer[table]
+	proxy   *httputil.ReverseProxy
+	h1      *http.Transport
+	h2c     *http.Transport
+	clients *connLimiter
+	conns   atomic.Int64 // client TCP connections open, against maxConns
+	// maxConns and bodyTimeout are Options.MaxConns and BodyTimeout as
+	// SetLimits last set them (limits.go).
+	maxConns    atomic.Int64
+	bodyTimeout atomic.Int64
+	authFails   *authThrottle
+	reqCount    atomic.Uint64
+	met         *edgeMetrics // metrics.go
 	// httpsPort, when not zero, sends plain-HTTP requests of http routes
 	// to HTTPS on that port (SetHTTPSRedirect).
 	httpsPort atomic.Uint32
@@ -279,6 +283,8 @@ func New(opts Options) (*Edge, error) {
 		limiters:  make(map[string]*clientLimiter),
 		met:       newEdgeMetrics(),
 	}
+	e.maxConns.Store(int64(opts.MaxConns))
+	e.bodyTimeout.Store(int64(opts.BodyTimeout))
 	e.routes.Store(&table{hosts: map[string]*route{}, tcp: map[uint16]*route{}, udp: map[uint16]*route{}, targets: map[netip.AddrPort]*target{}})
 	e.initProxy()
 	e.loops.Go(e.healthLoop)

@@ -101,7 +101,7 @@ func (t overlayTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 // and smuggling checks. The client IP is always the TCP peer (RemoteAddr).
 func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	bodyrate.Wrap(w, r, bodyrate.Limit{Timeout: e.opts.BodyTimeout, MinRate: e.opts.BodyMinRate})
+	bodyrate.Wrap(w, r, bodyrate.Limit{Timeout: time.Duration(e.bodyTimeout.Load()), MinRate: e.opts.BodyMinRate})
 	rec := &recorder{ResponseWriter: w}
 	st := &reqState{in: r, client: addrOf(stringAddr(r.RemoteAddr)).Addr()}
 	host, _ := normalizeHost(r.Host)

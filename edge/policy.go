@@ -294,26 +294,31 @@ func retryAfter(d time.Duration) string {
 
 // connLimiter counts concurrent connections per client key.
 type connLimiter struct {
-	max int // <0: unlimited
-
-	mu sync.Mutex // guards n
-	n  map[netip.Addr]int
+	mu  sync.Mutex // guards the following fields
+	max int        // <0: unlimited
+	n   map[netip.Addr]int
 }
 
 func newConnLimiter(max int) *connLimiter {
 	return &connLimiter{max: max, n: map[netip.Addr]int{}}
 }
 
+// setMax changes the cap; clients over a lowered cap keep their
+// connections and get no new ones until they are under it.
+func (l *connLimiter) setMax(max int) {
+	l.mu.Lock()
+	l.max = max
+	l.mu.Unlock()
+}
+
 // acquire reserves a slot for client, reporting false when it has max
-// connections already.
+// connections already. Slots are counted even without a cap, so that a
+// cap set later (setMax) counts the connections already open.
 func (l *connLimiter) acquire(client netip.Addr) bool {
-	if l.max < 0 {
-		return true
-	}
 	k := clientKey(client)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.n[k] >= l.max {
+	if l.max >= 0 && l.n[k] >= l.max {
 		return false
 	}
 	l.n[k]++
@@ -321,9 +326,6 @@ func (l *connLimiter) acquire(client netip.Addr) bool {
 }
 
 func (l *connLimiter) release(client netip.Addr) {
-	if l.max < 0 {
-		return
-	}
 	k := clientKey(client)
 	l.mu.Lock()
 	defer l.mu.Unlock()

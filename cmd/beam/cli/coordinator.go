@@ -10,7 +10,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"net/url"
 	"os"
@@ -24,7 +23,6 @@ import (
 	"beam.dev/beam/configs"
 	"beam.dev/beam/coordinator"
 	"beam.dev/beam/coordinator/console"
-	"beam.dev/beam/coordinator/sqlstore"
 	"beam.dev/beam/internal/version"
 	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
@@ -112,84 +110,19 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	if err != nil {
 		return err
 	}
-	if opts.DataDir == "" {
-		return errors.New("--data must not be empty")
+	base := coordinator.Options{BaseDomain: opts.BaseDomain, DERPMap: derpMap, DevMode: opts.Dev}
+	if err := applyCoordinatorEdge(&opts.CoordinatorEdge, &base); err != nil {
+		return err
 	}
-	if err := os.MkdirAll(opts.DataDir, 0o700); err != nil {
-		return fmt.Errorf("create data directory: %w", err)
-	}
-	priv, err := loadOrCreateMachineKey(filepath.Join(opts.DataDir, "coordinator.key"))
+	role, err := assembleCoordinator(ctx, coordinatorSpec{
+		DataDir: opts.DataDir, NodeKeyExpiry: opts.NodeKeyExpiry, PolicyFile: opts.PolicyFile,
+		Addr: opts.Addr, OIDC: &opts.OIDC, Logger: logger, Options: base,
+	})
 	if err != nil {
 		return err
 	}
-	tokenPath := filepath.Join(opts.DataDir, "admin.token")
-	token, created, err := loadOrCreateToken(tokenPath)
-	if err != nil {
-		return err
-	}
-	relayToken, _, err := loadOrCreateToken(filepath.Join(opts.DataDir, "relay.token"))
-	if err != nil {
-		return err
-	}
-	dbPath := filepath.Join(opts.DataDir, "coordinator.db")
-	// Create the database 0600 before SQLite does (it would use 0644);
-	// SQLite gives its -wal and -shm files the same mode.
-	if f, err := os.OpenFile(dbPath, os.O_RDWR|os.O_CREATE, 0o600); err != nil {
-		return fmt.Errorf("create database: %w", err)
-	} else {
-		f.Close()
-	}
-	st, err := sqlstore.Open(ctx, dbPath)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	nodeExpiry, err := parseNodeKeyExpiry(opts.NodeKeyExpiry)
-	if err != nil {
-		return err
-	}
-	copts := coordinator.Options{
-		Store:         st,
-		PrivateKey:    priv,
-		Logger:        logger,
-		AdminToken:    token,
-		RelayToken:    relayToken,
-		BaseDomain:    opts.BaseDomain,
-		DERPMap:       derpMap,
-		DevMode:       opts.Dev,
-		NodeKeyExpiry: nodeExpiry,
-		Approver:      console.Approver{}, // approval URLs lead to the console
-	}
-	if err := applyCoordinatorEdge(&opts.CoordinatorEdge, &copts); err != nil {
-		return err
-	}
-	oidc, err := newOIDC(ctx, &opts.OIDC, opts.Addr, logger)
-	if err != nil {
-		return err
-	}
-	if oidc != nil {
-		copts.Approver = oidc // approval URLs lead to the sign-in
-	}
-	srv, err := coordinator.New(copts)
-	if err != nil {
-		return err
-	}
-	defer srv.Close()
-	if err := applyPolicyFile(ctx, srv, opts.PolicyFile); err != nil {
-		return err
-	}
-	con, err := console.New(console.Options{Coordinator: srv, Logger: logger, SSOURL: oidc.adminURL()})
-	if err != nil {
-		return err
-	}
-	mux := http.NewServeMux()
-	mux.Handle(console.Path, con)
-	mux.Handle("/", srv)
-	if oidc != nil {
-		if err := oidc.attach(srv, con, mux, logger); err != nil {
-			return err
-		}
-	}
+	defer role.close()
+	srv, mux := role.coord, role.mux
 	stopTelemetry, err := startTelemetry(ctx, &opts.Telemetry, logger, nil, roleRegistry(srv.Collector()))
 	if err != nil {
 		return err
@@ -203,10 +136,10 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	lim := connLimits(opts.MaxConns, shareAlone, nofile, controlConnsPerSource)
 	logLimits(logger, "coordinator", nofile, lim)
 	ln, hs := limitedServer(ln, lim, mux, logger)
-	if created {
-		logger.Info("wrote a new admin token", "file", tokenPath)
+	if role.tokenCreated {
+		logger.Info("wrote a new admin token", "file", role.tokenPath)
 	}
-	logger.Info("coordinator listening", "version", version.String(), "addr", ln.Addr().String(), "data", opts.DataDir, "machine_key", priv.Public().String())
+	logger.Info("coordinator listening", "version", version.String(), "addr", ln.Addr().String(), "data", opts.DataDir, "machine_key", role.machineKey.Public().String())
 	forget, err := writeDiscovery(f, opts.DataDir, ln.Addr().(*net.TCPAddr))
 	if err != nil {
 		ln.Close()

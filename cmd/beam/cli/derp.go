@@ -171,32 +171,19 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	var pc net.PacketConn
-	if opts.STUNAddr != "" {
-		pc, err = net.ListenPacket("udp", opts.STUNAddr)
-		if err != nil {
-			ln.Close()
-			return fmt.Errorf("listen STUN: %w", err)
-		}
-		defer pc.Close()
-	}
-	altPC, err := listenSTUNAlt(pc, opts.STUNAddr, opts.STUNAltAddr, logger)
-	if err != nil {
-		ln.Close()
-		return err
-	}
-	if altPC != nil {
-		defer altPC.Close()
-	}
-
-	srv := derpserver.New(derpserver.Options{
+	relay, err := assembleRelay(derpserver.Options{
 		PrivateKey:   priv,
 		Logger:       logger,
 		VerifyClient: verify,
 		MeshKey:      meshKey,
 		MeshWith:     meshWith,
-	})
-	defer srv.Close()
+	}, opts.STUNAddr, opts.STUNAltAddr, logger)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer relay.close()
+	srv, pc, altPC := relay.srv, relay.stun, relay.stunAlt
 	stopTelemetry, err := startTelemetry(ctx, &opts.Telemetry, logger, nil, roleRegistry(srv.Collector()))
 	if err != nil {
 		return err
@@ -234,20 +221,12 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 	errc := make(chan error, 2)
 	stunCtx, stopSTUN := context.WithCancel(ctx)
 	defer stopSTUN()
-	if pc != nil {
-		wg.Go(func() {
-			if err := derpserver.ServeSTUN(stunCtx, pc, logger); err != nil {
-				errc <- fmt.Errorf("serve STUN: %w", err)
-			}
-		})
-	}
-	if altPC != nil {
-		wg.Go(func() {
-			if err := derpserver.ServeSTUN(stunCtx, altPC, logger); err != nil {
-				errc <- fmt.Errorf("serve second STUN port: %w", err)
-			}
-		})
-	}
+	relay.serveSTUN(stunCtx, &wg, logger, func(err error) {
+		select {
+		case errc <- err:
+		default: // another error ends the run already
+		}
+	})
 	wg.Go(func() {
 		var err error
 		if opts.TLSCert != "" {

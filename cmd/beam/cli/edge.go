@@ -121,7 +121,6 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 	}
 	logger := f.Logger(level)
 	nofile := raiseFileLimit()
-	var srv *edgenode.Server
 	routes := newRouteFeed()
 	n, err := node.New(node.Options{
 		StateDir:   o.StateDir,
@@ -142,45 +141,20 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 	}
 	lim := connLimits(o.MaxConns, shareAlone, nofile, edgeConnsPerSource)
 	logLimits(logger, "edge", nofile, lim)
-	rep := edgenode.NewReporter(n.DialContext, logger.With("component", "edge-report"))
-	defer rep.Close()
-	signIn, err := edgeSignIn(&o.OIDCProvider, logger)
-	if err != nil {
-		return err
-	}
-	e, err := newEdge(n.DialContext, o.Domain, lim, time.Duration(o.BodyTimeout), rep, signIn, logger)
-	if err != nil {
-		return err
-	}
-	defer e.Close()
-	metrics := roleRegistry(e.Collector(), n.Collector())
-	certs, err := edgeCertificates(ctx, o, e, edgeTXT{n: n, logger: logger}, logger, metrics)
-	if err != nil {
-		return err
-	}
-	defer certs.close()
-	getCert := certs.get
-	stopTelemetry, err := startTelemetry(ctx, &o.Telemetry, logger, n.GuardListener, metrics)
-	if err != nil {
-		return err
-	}
-	defer stopTelemetry()
-	httpsAddr := o.HTTPSAddr
-	if getCert == nil {
-		if httpsAddr != "" {
-			logger.Warn("no --acme-ca or --tls-cert: HTTPS listener disabled")
-		}
-		httpsAddr = ""
-	}
-	srv, err = edgenode.New(edgenode.Options{
-		Edge: e, HTTPAddr: o.HTTPAddr, HTTPSAddr: httpsAddr, GetCertificate: getCert,
-		BindHost: o.BindHost, Reporter: rep, Logger: logger,
+	er, err := assembleEdge(ctx, edgeSpec{
+		Node: n, Options: o, Limits: lim, TXT: edgeTXT{n: n, logger: logger},
+		WarnNoHTTPS: true, Logger: logger, ListenerLogger: logger,
 	})
 	if err != nil {
 		return err
 	}
-	defer srv.Close()
-	redirectToHTTPS(e, srv, !o.NoRedirect, o.RedirectPort)
+	defer er.close()
+	stopTelemetry, err := startTelemetry(ctx, &o.Telemetry, logger, n.GuardListener, er.metrics)
+	if err != nil {
+		return err
+	}
+	defer stopTelemetry()
+	srv, httpsAddr := er.srv, er.httpsAddr
 	logger.Info("edge running", "domain", o.Domain, "http", o.HTTPAddr, "https", httpsAddr)
 	return routes.follow(ctx, srv, logger)
 }

@@ -18,12 +18,9 @@ import (
 
 	"beam.dev/beam/configs"
 	"beam.dev/beam/coordinator"
-	"beam.dev/beam/coordinator/console"
-	"beam.dev/beam/coordinator/sqlstore"
 	"beam.dev/beam/derp/derpserver"
 	"beam.dev/beam/dnsserver"
 	"beam.dev/beam/edge"
-	"beam.dev/beam/edgenode"
 	"beam.dev/beam/internal/tcpcc"
 	"beam.dev/beam/internal/version"
 	"beam.dev/beam/localapi/apitype"
@@ -166,35 +163,13 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data directory: %w", err)
 	}
-	priv, err := loadOrCreateMachineKey(filepath.Join(o.DataDir, "coordinator.key"))
-	if err != nil {
-		return err
-	}
 	derpKey, err := loadOrCreateMachineKey(filepath.Join(o.DataDir, "derp.key"))
 	if err != nil {
 		return err
 	}
-	token, created, err := loadOrCreateToken(filepath.Join(o.DataDir, "admin.token"))
-	if err != nil {
-		return err
-	}
-	relayToken, _, err := loadOrCreateToken(filepath.Join(o.DataDir, "relay.token"))
-	if err != nil {
-		return err
-	}
-	dbPath := filepath.Join(o.DataDir, "coordinator.db")
-	if fh, err := os.OpenFile(dbPath, os.O_RDWR|os.O_CREATE, 0o600); err != nil {
-		return fmt.Errorf("create database: %w", err)
-	} else {
-		fh.Close()
-	}
-	st, err := sqlstore.Open(ctx, dbPath)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
 
-	// Relay connections on this listener ask for BBR (see internal/tcpcc).
+	// One listener for the coordinator and the relay. Relay connections
+	// on it ask for BBR (see internal/tcpcc).
 	ln, err := tcpcc.ListenConfig().Listen(ctx, "tcp", o.Addr)
 	if err != nil {
 		return fmt.Errorf("listen %s: %w", o.Addr, err)
@@ -222,81 +197,30 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	defer func() { cancel(); wg.Wait() }()
 
 	// What GET /server/setup answers, filled in as the listeners start.
-	setup := &publicSetup{ServerSetup: wire.ServerSetup{Domain: o.Domain}}
+	setup := &publicSetup{ServerSetup: wire.ServerSetup{Domain: o.Domain, CoordinatorPort: uint16(addr.Port)}}
 	for _, ip := range o.PublicIPs {
 		if a, err := netip.ParseAddr(ip); err == nil {
 			setup.ServerSetup.PublicIPs = append(setup.ServerSetup.PublicIPs, a)
 		}
 	}
 
-	// Relay and STUN.
-	derpSrv := derpserver.New(derpserver.Options{PrivateKey: derpKey, Logger: logger})
-	defer derpSrv.Close()
-	region := &wire.DERPRegion{RegionID: 1, RegionCode: "server", Name: "beam server", Nodes: []*wire.DERPNode{{Name: "1", RegionID: 1, URL: publicURL}}}
-	var stunPC net.PacketConn
-	if o.STUNAddr != "" {
-		pc, err := net.ListenPacket("udp", o.STUNAddr)
-		if err != nil {
-			return fmt.Errorf("stun listen: %w", err)
-		}
-		stunPC = pc
-		stunHost, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(publicURL, "http://"), "https://"), ":")
-		if h, _, err := net.SplitHostPort(strings.TrimPrefix(strings.TrimPrefix(publicURL, "http://"), "https://")); err == nil {
-			stunHost = h
-		}
-		la := pc.LocalAddr().(*net.UDPAddr)
-		region.Nodes[0].STUNAddr = net.JoinHostPort(stunHost, strconv.Itoa(la.Port))
-		if la.IP.Equal(net.IPv6unspecified) { // serves both families
-			region.Nodes = append(region.Nodes, otherFamilySTUN(stunHost, uint16(la.Port), o.PublicIPs)...)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			derpserver.ServeSTUN(ctx, pc, logger)
-		}()
-		alt, err := listenSTUNAlt(pc, o.STUNAddr, o.STUNAltAddr, logger)
-		if err != nil {
-			pc.Close()
-			return err
-		}
-		if alt != nil {
-			region.Nodes[0].STUNAltPort = uint16(alt.LocalAddr().(*net.UDPAddr).Port)
-			setup.ServerSetup.STUNAltPort = region.Nodes[0].STUNAltPort
-			wg.Go(func() { derpserver.ServeSTUN(ctx, alt, logger) })
-		}
+	// The relay and STUN: one region, at the public URL.
+	relay, err := assembleRelay(derpserver.Options{PrivateKey: derpKey, Logger: logger}, o.STUNAddr, o.STUNAltAddr, logger)
+	if err != nil {
+		return err
 	}
-	derpMap := &wire.DERPMap{Regions: map[int]*wire.DERPRegion{1: region}}
-	setup.ServerSetup.CoordinatorPort = uint16(addr.Port)
-	if stunPC != nil {
-		setup.ServerSetup.STUNPort = uint16(stunPC.LocalAddr().(*net.UDPAddr).Port)
-	}
+	defer relay.close()
+	relay.serveSTUN(ctx, &wg, logger, nil)
+	derpMap := serverDERPMap(publicURL, relay, o.PublicIPs)
+	setup.ServerSetup.STUNPort = pcPort(relay.stun)
+	setup.ServerSetup.STUNAltPort = pcPort(relay.stunAlt)
 
 	// The public zone.
-	var zone *dnsserver.Zone
-	if o.DNSAddr != "" {
-		var edgeAddrs []netip.Addr
-		for _, s := range o.PublicIPs {
-			a, err := netip.ParseAddr(s)
-			if err != nil {
-				return fmt.Errorf("bad --public-ip %q", s)
-			}
-			edgeAddrs = append(edgeAddrs, a)
-		}
-		zone = dnsserver.NewZone(dnsserver.ZoneOptions{Origin: o.Domain, NS: []string{"ns1." + o.Domain}, EdgeAddrs: edgeAddrs, Logger: logger})
-		pc, err := net.ListenPacket("udp", o.DNSAddr)
-		if err != nil {
-			return fmt.Errorf("dns listen: %w", err)
-		}
-		setup.ServerSetup.DNSPort = uint16(pc.LocalAddr().(*net.UDPAddr).Port)
-		zln, err := net.Listen("tcp", o.DNSAddr)
-		if err != nil {
-			pc.Close()
-			return fmt.Errorf("dns listen: %w", err)
-		}
-		wg.Add(2)
-		go func() { defer wg.Done(); zone.ServePacket(ctx, pc) }()
-		go func() { defer wg.Done(); zone.ServeStream(ctx, zln) }()
+	zone, dnsPort, err := assembleZone(ctx, &wg, o.Domain, o.Zone, logger)
+	if err != nil {
+		return err
 	}
+	setup.ServerSetup.DNSPort = dnsPort
 
 	if o.HTTPAddr != "" {
 		// Route URLs name the edge's port: pick it now if it is 0.
@@ -309,57 +233,27 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 			l.Close()
 		}
 	}
-	nodeExpiry, err := parseNodeKeyExpiry(o.NodeKeyExpiry)
-	if err != nil {
+
+	// The coordinator, with the relay on its listener.
+	base := coordinator.Options{DERPMap: derpMap, DevMode: o.Dev}
+	if err := serverEdgeOptions(&base, o, zone); err != nil {
 		return err
-	}
-	copts := coordinator.Options{
-		Store:         st,
-		PrivateKey:    priv,
-		Logger:        logger, // the coordinator names itself
-		AdminToken:    token,
-		RelayToken:    relayToken,
-		DERPMap:       derpMap,
-		DevMode:       o.Dev,
-		NodeKeyExpiry: nodeExpiry,
-		Approver:      console.Approver{}, // approval URLs lead to the console
-	}
-	if err := serverEdgeOptions(&copts, o, zone); err != nil {
-		return err
-	}
-	oidc, err := newOIDC(ctx, &o.OIDC, addr.String(), logger)
-	if err != nil {
-		return err
-	}
-	if oidc != nil {
-		copts.Approver = oidc // approval URLs lead to the sign-in
 	}
 	if !o.Dev {
-		copts.ServerSetup = setup.get
+		base.ServerSetup = setup.get
 	}
-	coord, err := coordinator.New(copts)
+	cr, err := assembleCoordinator(ctx, coordinatorSpec{
+		DataDir: o.DataDir, NodeKeyExpiry: o.NodeKeyExpiry, PolicyFile: o.PolicyFile,
+		Addr: addr.String(), OIDC: &o.OIDC, Logger: logger, Options: base,
+	})
 	if err != nil {
 		return err
 	}
-	defer coord.Close()
-	if err := applyPolicyFile(ctx, coord, o.PolicyFile); err != nil {
-		return err
-	}
-	con, err := console.New(console.Options{Coordinator: coord, Logger: logger, SSOURL: oidc.adminURL()})
-	if err != nil {
-		return err
-	}
-	mux := http.NewServeMux()
-	mux.Handle(console.Path, con)
-	mux.Handle("/derp", derpSrv)
-	mux.Handle("/derp/", derpSrv)
-	mux.Handle("/generate_204", derpSrv)
-	mux.Handle("/", coord)
-	if oidc != nil {
-		if err := oidc.attach(coord, con, mux, logger); err != nil {
-			return err
-		}
-	}
+	defer cr.close()
+	coord, mux := cr.coord, cr.mux
+	mux.Handle("/derp", relay.srv)
+	mux.Handle("/derp/", relay.srv)
+	mux.Handle("/generate_204", relay.srv)
 	clim := connLimits(o.MaxConns, shareServerControl, nofile, controlConnsPerSource)
 	logLimits(logger, "coordinator and relay", nofile, clim)
 	cln, hs := limitedServer(ln, clim, mux, logger)
@@ -380,8 +274,8 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if o.Dev {
 		logger.Warn("DEV MODE: devices connecting from this machine join WITHOUT an auth key; do not expose this server")
 	}
-	if created {
-		logger.Info("wrote a new admin token", "file", filepath.Join(o.DataDir, "admin.token"))
+	if cr.tokenCreated {
+		logger.Info("wrote a new admin token", "file", cr.tokenPath)
 	}
 
 	// The edge: a mesh node of its own, registered in-process.
@@ -405,53 +299,33 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	}
 	elim := connLimits(o.EdgeMaxConns, shareServerEdge, nofile, edgeConnsPerSource)
 	logLimits(logger, "edge", nofile, elim)
-	rep := edgenode.NewReporter(en.DialContext, logger.With("component", "edge-report"))
-	defer rep.Close()
-	signIn, err := edgeSignIn(&o.OIDCProvider, logger)
-	if err != nil {
-		return err
-	}
-	e, err := newEdge(en.DialContext, o.Domain, elim, time.Duration(o.BodyTimeout), rep, signIn, logger)
-	if err != nil {
-		return err
-	}
-	defer e.Close()
 	var txt edge.TXTSetter
 	if zone != nil {
 		txt = zoneTXT{zone}
 	}
-	eo := &EdgeOptions{Edge: configs.Edge{Domain: o.Domain, HTTPSAddr: o.HTTPSAddr, ACMECA: o.ACMECA, ACMECARoot: o.ACMECARoot, ACMEEmail: o.ACMEEmail, StateDir: o.DataDir},
-		onCertStatus: logCertStatus(o, logger)}
 	if o.ACMECA != "" && txt == nil {
 		return errors.New("--acme-ca needs --dns-addr: certificates are issued by DNS-01 through the zone")
 	}
-	// One metrics listener serves every role's registry.
-	edgeMetrics := roleRegistry(e.Collector(), en.Collector())
-	certs, err := edgeCertificates(ctx, eo, e, txt, logger, edgeMetrics)
+	er, err := assembleEdge(ctx, edgeSpec{
+		Node: en, Options: serverEdge(o, logCertStatus(o, logger)), Limits: elim, TXT: txt,
+		Logger: logger, ListenerLogger: logger.With("component", "edge"),
+	})
 	if err != nil {
 		return err
 	}
-	defer certs.close()
-	stopTelemetry, err := startTelemetry(ctx, &o.Telemetry, logger, en.GuardListener, roleRegistry(coord.Collector()), roleRegistry(derpSrv.Collector()), edgeMetrics)
+	defer er.close()
+	// One metrics listener serves every role's registry.
+	stopTelemetry, err := startTelemetry(ctx, &o.Telemetry, logger, en.GuardListener, roleRegistry(coord.Collector()), roleRegistry(relay.srv.Collector()), er.metrics)
 	if err != nil {
 		return err
 	}
 	defer stopTelemetry()
-	httpsAddr := o.HTTPSAddr
-	if certs.get == nil {
-		httpsAddr = ""
-	}
-	esrv, err := edgenode.New(edgenode.Options{Edge: e, HTTPAddr: o.HTTPAddr, HTTPSAddr: httpsAddr, GetCertificate: certs.get, Reporter: rep, Logger: logger.With("component", "edge")})
-	if err != nil {
-		return err
-	}
-	defer esrv.Close()
-	redirectToHTTPS(e, esrv, !o.NoRedirect, o.RedirectPort)
+	esrv, httpsAddr := er.srv, er.httpsAddr
 	httpAddr := ""
 	if a := esrv.Addr("http"); a != nil {
 		httpAddr = a.String()
 	}
-	setup.setEdge(esrv.Addr("http"), esrv.Addr("https"), certs.status)
+	setup.setEdge(esrv.Addr("http"), esrv.Addr("https"), er.certs.status)
 	logger.Info("beam server running", "version", version.String(), "coordinator", publicURL, "edge_http", httpAddr, "edge_https", httpsAddr, "domain", o.Domain)
 	printServerNext(f, o, publicURL, httpAddr)
 	if !o.Dev && len(o.PublicIPs) > 0 {
@@ -462,6 +336,42 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		o.ready(addr.String(), httpAddr)
 	}
 	return routes.follow(ctx, esrv, logger)
+}
+
+// serverDERPMap is beam server's relay map: one region, its relay at the
+// public URL, its STUN responders at the same host (and, listening on
+// both families, at the public IPs of the other family).
+func serverDERPMap(publicURL string, relay *relayRole, publicIPs []string) *wire.DERPMap {
+	region := &wire.DERPRegion{RegionID: 1, RegionCode: "server", Name: "beam server", Nodes: []*wire.DERPNode{{Name: "1", RegionID: 1, URL: publicURL}}}
+	if relay.stun != nil {
+		hostPort := strings.TrimPrefix(strings.TrimPrefix(publicURL, "http://"), "https://")
+		stunHost, _, _ := strings.Cut(hostPort, ":")
+		if h, _, err := net.SplitHostPort(hostPort); err == nil {
+			stunHost = h
+		}
+		la := relay.stun.LocalAddr().(*net.UDPAddr)
+		region.Nodes[0].STUNAddr = net.JoinHostPort(stunHost, strconv.Itoa(la.Port))
+		if la.IP.Equal(net.IPv6unspecified) { // serves both families
+			region.Nodes = append(region.Nodes, otherFamilySTUN(stunHost, uint16(la.Port), publicIPs)...)
+		}
+		if relay.stunAlt != nil {
+			region.Nodes[0].STUNAltPort = pcPort(relay.stunAlt)
+		}
+	}
+	return &wire.DERPMap{Regions: map[int]*wire.DERPRegion{1: region}}
+}
+
+// serverEdge returns the settings of beam server's edge, taken from the
+// server's: its domain, listeners, certificates, limits and sign-in.
+func serverEdge(o *ServerOptions, onCertStatus func(edge.CertStatus)) *EdgeOptions {
+	return &EdgeOptions{
+		Edge: configs.Edge{
+			Domain: o.Domain, HTTPAddr: o.HTTPAddr, HTTPSAddr: o.HTTPSAddr, NoRedirect: o.NoRedirect, RedirectPort: o.RedirectPort,
+			ACMECA: o.ACMECA, ACMECARoot: o.ACMECARoot, ACMEEmail: o.ACMEEmail, StateDir: o.DataDir,
+			MaxConns: o.EdgeMaxConns, BodyTimeout: o.BodyTimeout, OIDCProvider: o.OIDCProvider,
+		},
+		onCertStatus: onCertStatus,
+	}
 }
 
 // printServerNext tells the person who started beam server what to run
