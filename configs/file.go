@@ -246,3 +246,65 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	*d = Duration(v)
 	return nil
 }
+
+// fieldsByKey returns the settable fields of the struct v points to, by
+// config key (embedded structs flattened, as encoding/json does).
+func fieldsByKey(v any) map[string]reflect.Value {
+	out := map[string]reflect.Value{}
+	rv := reflect.ValueOf(v)
+	for rv.Kind() == reflect.Pointer {
+		rv = rv.Elem()
+	}
+	if rv.Kind() != reflect.Struct {
+		return out
+	}
+	var walk func(reflect.Value)
+	walk = func(s reflect.Value) {
+		t := s.Type()
+		for i := range t.NumField() {
+			f := t.Field(i)
+			name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+			if name == "-" || !f.IsExported() {
+				continue
+			}
+			if f.Anonymous && name == "" && f.Type.Kind() == reflect.Struct {
+				walk(s.Field(i))
+				continue
+			}
+			if name == "" {
+				name = f.Name
+			}
+			out[name] = s.Field(i)
+		}
+	}
+	walk(rv)
+	return out
+}
+
+// CopyKeys sets the settings keys of dst to their values in src, both
+// pointers to the same config type: a reload keeps what the command line
+// set at start this way.
+func CopyKeys(dst, src any, keys []string) {
+	d, s := fieldsByKey(dst), fieldsByKey(src)
+	for _, k := range keys {
+		if dv, ok := d[k]; ok {
+			if sv, ok := s[k]; ok && dv.CanSet() {
+				dv.Set(sv)
+			}
+		}
+	}
+}
+
+// ChangedKeys returns the keys whose settings differ between a and b,
+// pointers to the same config type, sorted.
+func ChangedKeys(a, b any) []string {
+	av, bv := fieldsByKey(a), fieldsByKey(b)
+	var out []string
+	for k, x := range av {
+		if y, ok := bv[k]; ok && !reflect.DeepEqual(x.Interface(), y.Interface()) {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}

@@ -156,3 +156,15 @@ func FuzzDecode(f *testing.F) {
 		Decode("f", b, &tu)
 	})
 }
+
+func TestCopyAndChangedKeys(t *testing.T) {
+	a, b := DefaultServer(), DefaultServer()
+	b.Domain, b.LogLevel, b.PublicIPs, b.MetricsAddr = "b.test", "debug", []string{"192.0.2.1"}, "127.0.0.1:1"
+	if got := strings.Join(ChangedKeys(&a, &b), ","); got != "domain,log_level,metrics_addr,public_ip" {
+		t.Errorf("ChangedKeys = %s", got)
+	}
+	CopyKeys(&a, &b, []string{"public_ip", "metrics_addr", "no_such_key"})
+	if a.MetricsAddr != "127.0.0.1:1" || len(a.PublicIPs) != 1 || a.Domain != "" {
+		t.Errorf("after CopyKeys: %+v", a)
+	}
+}

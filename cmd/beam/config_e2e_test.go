@@ -218,3 +218,76 @@ func TestServerConfigFile(t *testing.T) {
 		t.Fatalf("after Ctrl-C, routes = %+v, %v; want none", routes, err)
 	}
 }
+
+// TestServerConfigReload sends a running beam server SIGHUP: a file with
+// an unknown key, then a policy file that does not parse, are refused
+// and the server keeps serving with its config; a good file reloads the
+// log level, the policy and the edge's limits, and names the setting
+// that needs a restart.
+func TestServerConfigReload(t *testing.T) {
+	dir := t.TempDir()
+	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	policy := filepath.Join(dir, "policy.hujson")
+	os.WriteFile(policy, []byte(`{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}`), 0o600)
+	tcpPorts, udpPorts := freePortRange(t, "tcp", 2), freePortRange(t, "udp", 2)
+	body := func(extra string) string {
+		return fmt.Sprintf(`{
+			"dev": true, "data": %q, "addr": %q, "http_addr": "127.0.0.1:0", "stun_addr": "127.0.0.1:0",
+			"tcp_ports": %q, "udp_ports": %q, "policy_file": %q,
+			%s
+		}`, filepath.Join(dir, "srv"), addr, tcpPorts, udpPorts, policy, extra)
+	}
+	c, cfg := startConfigServer(t, body(`"log_level": "info",`), addr)
+	logPath := filepath.Join(c.dir, "server.log")
+	logHas := func(what string, n int) {
+		t.Helper()
+		waitFor(t, 15*time.Second, fmt.Sprintf("%d× %q in the server log", n, what), func() bool {
+			b, _ := os.ReadFile(logPath)
+			return strings.Count(string(b), what) >= n
+		})
+	}
+	hup := func() {
+		t.Helper()
+		if err := c.coord.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	serves := func() {
+		t.Helper()
+		resp, err := http.Get(c.url + "/key")
+		if err != nil {
+			t.Fatalf("after a refused reload the server does not answer: %v", err)
+		}
+		resp.Body.Close()
+	}
+
+	os.WriteFile(cfg, []byte(body(`"log_levle": "debug",`)), 0o600)
+	hup()
+	logHas("config reload refused", 1)
+	logHas(`unknown key \"log_levle\"`, 1)
+	serves()
+
+	os.WriteFile(cfg, []byte(body(`"log_level": "debug",`)), 0o600)
+	os.WriteFile(policy, []byte(`{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:nope"]}]}`), 0o600)
+	hup()
+	logHas("config reload refused", 2)
+	serves()
+	if b, _ := os.ReadFile(logPath); strings.Contains(string(b), "level=DEBUG") {
+		t.Fatal("the log level of a refused reload took effect")
+	}
+
+	os.WriteFile(policy, []byte(`{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:22"]}]}`), 0o600)
+	os.WriteFile(cfg, []byte(body(`"log_level": "debug", "edge_max_conns": 50, "public_url": "http://127.0.0.1:1",`)), 0o600)
+	hup()
+	logHas("config reloaded", 1)
+	logHas("reloaded=\"[edge_max_conns log_level policy_file]\" needs_restart=[public_url]", 1)
+	serves()
+	tok, err := os.ReadFile(filepath.Join(dir, "srv", "admin.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.token = strings.TrimSpace(string(tok))
+	if got := c.mustBeam("admin", "--coordinator", c.url, "policy", "get"); !strings.Contains(got, "*:22") {
+		t.Errorf("policy after reload:\n%s\nwant the file's *:22", got)
+	}
+}

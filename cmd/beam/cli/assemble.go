@@ -325,6 +325,14 @@ func assembleEdge(ctx context.Context, spec edgeSpec) (_ *edgeRole, err error) {
 	return r, nil
 }
 
+// setLimits changes the edge's connection caps and body timeout while it
+// runs, keeping its connections.
+func (r *edgeRole) setLimits(lim connlimit.Limits, bodyTimeout time.Duration) {
+	var o edge.Options
+	edgeLimits(&o, lim, bodyTimeout)
+	r.e.SetLimits(edge.Limits{MaxConns: o.MaxConns, MaxConnsPerClient: o.MaxConnsPerClient, BodyTimeout: o.BodyTimeout})
+}
+
 // close closes the listeners, the edge, its certificate renewals and its
 // reporter.
 func (r *edgeRole) close() {

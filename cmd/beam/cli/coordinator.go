@@ -34,6 +34,8 @@ type CoordinatorOptions struct {
 	configs.Coordinator
 	// ConfigFile is --config.
 	ConfigFile string
+	// cmdline holds the config keys the command line set.
+	cmdline []string
 
 	// ready, if set, is called with the listening address (for tests).
 	ready func(addr string)
@@ -63,6 +65,7 @@ From elsewhere:
 			if _, err := loadConfig(cmd.Flags(), opts.ConfigFile, &opts.Coordinator); err != nil {
 				return err
 			}
+			opts.cmdline = cmdlineKeys(cmd.Flags())
 			if err := opts.Validate(); err != nil {
 				return err
 			}
@@ -100,10 +103,12 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(opts.LogLevel)); err != nil {
-		return fmt.Errorf("bad --log-level %q: want debug, info, warn or error", opts.LogLevel)
+	level := new(slog.LevelVar)
+	if err := reloadLevel(level, opts.LogLevel); err != nil {
+		return err
 	}
+	hup := reloadSignal(opts.ConfigFile != "" || opts.PolicyFile != "")
+	defer stopSignal(hup)
 	logger := f.Logger(level)
 	nofile := raiseFileLimit()
 	derpMap, err := coordinatorDERPMap(&opts.Coordinator)
@@ -149,6 +154,17 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	printCoordinatorNext(f, opts, loopbackURL(ln.Addr().(*net.TCPAddr)), derpMap != nil)
 	if opts.ready != nil {
 		opts.ready(ln.Addr().String())
+	}
+	if hup != nil {
+		start := opts.Coordinator
+		defer watchReload(ctx, reloadSpec[configs.Coordinator]{
+			ConfigFile: opts.ConfigFile, Defaults: configs.DefaultCoordinator, Start: &start, Cmdline: opts.cmdline,
+			Validate: validateOnly[configs.Coordinator], Logger: logger,
+			HUP: hup,
+			Apply: func(_, next *configs.Coordinator) ([]string, error) {
+				return reloadCoordinator(ctx, srv, level, next.PolicyFile, next.LogLevel)
+			},
+		})()
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
@@ -354,6 +370,24 @@ func applyPolicyFile(ctx context.Context, coord *coordinator.Server, path string
 		return fmt.Errorf("--policy-file %s: %w", path, err)
 	}
 	return nil
+}
+
+// reloadCoordinator applies what a coordinator reloads: its policy file
+// (read again, refused whole if invalid) and log level.
+func reloadCoordinator(ctx context.Context, coord *coordinator.Server, level *slog.LevelVar, policyFile, logLevel string) ([]string, error) {
+	l, err := parseLevel(logLevel)
+	if err != nil {
+		return nil, err
+	}
+	applied := []string{"log_level"}
+	if policyFile != "" {
+		if err := applyPolicyFile(ctx, coord, policyFile); err != nil {
+			return nil, err
+		}
+		applied = append(applied, "policy_file")
+	}
+	level.Set(l)
+	return applied, nil
 }
 
 // policyFileUsage is the help of --policy-file.

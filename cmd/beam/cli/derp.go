@@ -32,6 +32,8 @@ type DERPOptions struct {
 	configs.DERP
 	// ConfigFile is --config.
 	ConfigFile string
+	// cmdline holds the config keys the command line set.
+	cmdline []string
 
 	// ready, if set, is called with the bound HTTP and STUN addresses
 	// (for tests).
@@ -63,6 +65,7 @@ whatever key it has, with a warning.`,
 			if _, err := loadConfig(cmd.Flags(), opts.ConfigFile, &opts.DERP); err != nil {
 				return err
 			}
+			opts.cmdline = cmdlineKeys(cmd.Flags())
 			if err := opts.Validate(); err != nil {
 				return err
 			}
@@ -101,10 +104,12 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(opts.LogLevel)); err != nil {
-		return fmt.Errorf("bad --log-level %q: want debug, info, warn or error", opts.LogLevel)
+	level := new(slog.LevelVar)
+	if err := reloadLevel(level, opts.LogLevel); err != nil {
+		return err
 	}
+	hup := reloadSignal(opts.ConfigFile != "")
+	defer stopSignal(hup)
 	logger := f.Logger(level)
 	nofile := raiseFileLimit()
 	if (opts.TLSCert == "") != (opts.TLSKey == "") {
@@ -217,6 +222,17 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 		opts.ready(ln.Addr().String(), stunAddr)
 	}
 
+	if hup != nil {
+		start := opts.DERP
+		defer watchReload(ctx, reloadSpec[configs.DERP]{
+			ConfigFile: opts.ConfigFile, Defaults: configs.DefaultDERP, Start: &start, Cmdline: opts.cmdline,
+			Validate: validateOnly[configs.DERP], Logger: logger,
+			HUP: hup,
+			Apply: func(_, next *configs.DERP) ([]string, error) {
+				return []string{"log_level"}, reloadLevel(level, next.LogLevel)
+			},
+		})()
+	}
 	var wg sync.WaitGroup
 	errc := make(chan error, 2)
 	stunCtx, stopSTUN := context.WithCancel(ctx)

@@ -31,6 +31,8 @@ type EdgeOptions struct {
 	configs.Edge
 	// ConfigFile is --config.
 	ConfigFile string
+	// cmdline holds the config keys the command line set.
+	cmdline []string
 
 	// onCertStatus, if set, is told each change of the ACME wildcard
 	// certificate's status (beam server explains failed orders).
@@ -50,6 +52,7 @@ func NewCmdEdge(f *Factory, in *instanceFlags, runF func(*EdgeOptions) error) *c
 			if err != nil {
 				return err
 			}
+			o.cmdline = cmdlineKeys(cmd.Flags())
 			// --state or BEAM_STATE win over the file's state.
 			if !given("state") || in.state != "" || f.getenv("BEAM_STATE") != "" {
 				o.StateDir = in.stateDir(f)
@@ -115,10 +118,12 @@ func (t edgeTXT) SetTXT(name string, values []string) {
 func (t edgeTXT) DeleteTXT(name string) { t.SetTXT(name, nil) }
 
 func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
-	level, err := parseLevel(o.LogLevel)
-	if err != nil {
+	level := new(slog.LevelVar)
+	if err := reloadLevel(level, o.LogLevel); err != nil {
 		return err
 	}
+	hup := reloadSignal(o.ConfigFile != "")
+	defer stopSignal(hup)
 	logger := f.Logger(level)
 	nofile := raiseFileLimit()
 	routes := newRouteFeed()
@@ -155,6 +160,31 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 	}
 	defer stopTelemetry()
 	srv, httpsAddr := er.srv, er.httpsAddr
+	if hup != nil {
+		start := o.Edge
+		defer watchReload(ctx, reloadSpec[configs.Edge]{
+			ConfigFile: o.ConfigFile, Defaults: configs.DefaultEdge, Start: &start, Cmdline: o.cmdline,
+			Validate: func(next *configs.Edge, given func(string) bool) error {
+				// What came from the environment at start stays.
+				if !given("authkey") {
+					next.AuthKey = start.AuthKey
+				}
+				if !given("state") {
+					next.StateDir = start.StateDir
+				}
+				return next.Validate()
+			},
+			Logger: logger,
+			HUP:    hup,
+			Apply: func(_, next *configs.Edge) ([]string, error) {
+				if err := reloadLevel(level, next.LogLevel); err != nil {
+					return nil, err
+				}
+				er.setLimits(connLimits(next.MaxConns, shareAlone, nofile, edgeConnsPerSource), time.Duration(next.BodyTimeout))
+				return []string{"log_level", "max_conns", "body_timeout"}, nil
+			},
+		})()
+	}
 	logger.Info("edge running", "domain", o.Domain, "http", o.HTTPAddr, "https", httpsAddr)
 	return routes.follow(ctx, srv, logger)
 }

@@ -36,9 +36,10 @@ func (f *Factory) getenv(k string) string {
 	return f.Getenv(k)
 }
 
-// Logger returns a text logger on ErrOut at the given level, with one
-// component= per line (see componentHandler).
-func (f *Factory) Logger(level slog.Level) *slog.Logger {
+// Logger returns a text logger on ErrOut at the given level (a
+// *slog.LevelVar changes it while it runs), with one component= per line
+// (see componentHandler).
+func (f *Factory) Logger(level slog.Leveler) *slog.Logger {
 	return slog.New(newComponentHandler(slog.NewTextHandler(f.ErrOut, &slog.HandlerOptions{Level: level})))
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -34,6 +35,8 @@ type ServerOptions struct {
 	configs.Server
 	// ConfigFile is --config.
 	ConfigFile string
+	// cmdline holds the config keys the command line set.
+	cmdline []string
 
 	// ready, if set, is called with the coordinator's listen address and
 	// the edge's HTTP address once everything serves (tests).
@@ -64,6 +67,7 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			o.cmdline = cmdlineKeys(fl)
 			if o.Dev {
 				o.devDefaults(given)
 			}
@@ -154,10 +158,13 @@ func parsePortRange(s string) (first, last uint16, err error) {
 }
 
 func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
-	level, err := parseLevel(o.LogLevel)
-	if err != nil {
+	level := new(slog.LevelVar)
+	if err := reloadLevel(level, o.LogLevel); err != nil {
 		return err
 	}
+	hup := reloadSignal(o.ConfigFile != "" || o.PolicyFile != "")
+	defer stopSignal(hup)
+	start := o.Server // as configured: runServer settles some of o (a port 0 picked)
 	logger := f.Logger(level)
 	nofile := raiseFileLimit()
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
@@ -332,10 +339,46 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); startupCheck(ctx, o, logger) }()
 	}
+	if hup != nil {
+		defer watchReload(ctx, reloadSpec[configs.Server]{
+			ConfigFile: o.ConfigFile, Defaults: configs.DefaultServer, Start: &start, Cmdline: o.cmdline,
+			Validate: settleServer, Logger: logger,
+			HUP: hup,
+			Apply: func(_, next *configs.Server) ([]string, error) {
+				applied, err := reloadCoordinator(ctx, coord, level, next.PolicyFile, next.LogLevel)
+				if err != nil {
+					return nil, err
+				}
+				er.setLimits(connLimits(next.EdgeMaxConns, shareServerEdge, nofile, edgeConnsPerSource), time.Duration(next.BodyTimeout))
+				return append(applied, "edge_max_conns", "body_timeout"), nil
+			},
+		})()
+	}
 	if o.ready != nil {
 		o.ready(addr.String(), httpAddr)
 	}
 	return routes.follow(ctx, esrv, logger)
+}
+
+// settleServer completes and checks settings reloaded from a config file
+// as beam server's command does at start: loopback defaults in dev mode,
+// a domain, Validate, the ACME directory.
+func settleServer(s *configs.Server, given func(flag string) bool) error {
+	o := &ServerOptions{Server: *s}
+	if o.Dev {
+		o.devDefaults(given)
+	}
+	if o.Domain == "" {
+		return errors.New("--domain is required (or use --dev)")
+	}
+	if err := o.Validate(); err != nil {
+		return err
+	}
+	if err := o.settleACME(); err != nil {
+		return err
+	}
+	*s = o.Server
+	return nil
 }
 
 // serverDERPMap is beam server's relay map: one region, its relay at the

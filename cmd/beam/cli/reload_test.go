@@ -1,0 +1,117 @@
+//go:build unix
+
+package cli
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"beam.dev/beam/configs"
+)
+
+// syncBuffer is a log sink tests can read while a goroutine writes.
+type syncBuffer struct {
+	mu   sync.Mutex
+	b    bytes.Buffer
+	grew chan struct{}
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n, err := s.b.Write(p)
+	select {
+	case s.grew <- struct{}{}:
+	default:
+	}
+	return n, err
+}
+
+// waitFor waits until the log holds want, or fails after d.
+func (s *syncBuffer) waitFor(t *testing.T, want string, d time.Duration) {
+	t.Helper()
+	deadline := time.After(d)
+	for {
+		s.mu.Lock()
+		ok := strings.Contains(s.b.String(), want)
+		s.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-s.grew:
+		case <-deadline:
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			t.Fatalf("log has no %q after %v:\n%s", want, d, s.b.String())
+		}
+	}
+}
+
+// TestSIGHUPReload sends this process SIGHUP: a file with an unknown key
+// or a bad value is refused and the running config stays; a good one is
+// applied, the log naming what was reloaded and what needs a restart; a
+// flag given at start still wins over the file.
+func TestSIGHUPReload(t *testing.T) {
+	path := writeConfig(t, `{"addr": "127.0.0.1:1", "log_level": "info", "policy_file": ""}`)
+	logs := &syncBuffer{grew: make(chan struct{}, 1)}
+	logger := slog.New(slog.NewTextHandler(logs, nil))
+	start := configs.DefaultCoordinator()
+	if _, err := configs.LoadFile(path, &start); err != nil {
+		t.Fatal(err)
+	}
+	start.BaseDomain = "flag.test" // as if --base-domain flag.test
+	var mu sync.Mutex
+	var applied []*configs.Coordinator
+	stop := watchReload(context.Background(), reloadSpec[configs.Coordinator]{
+		ConfigFile: path, Defaults: configs.DefaultCoordinator, Start: &start, Cmdline: []string{"base_domain"},
+		Validate: validateOnly[configs.Coordinator], Logger: logger,
+		Apply: func(_, next *configs.Coordinator) ([]string, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			applied = append(applied, next)
+			return []string{"log_level"}, nil
+		},
+	})
+	defer stop()
+	hup := func() {
+		if err := syscall.Kill(os.Getpid(), syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	os.WriteFile(path, []byte("{\n\"log_levl\": \"debug\"\n}"), 0o600)
+	hup()
+	logs.waitFor(t, `unknown key \"log_levl\"`, 10*time.Second)
+	os.WriteFile(path, []byte(`{"log_level": "loud"}`), 0o600)
+	hup()
+	logs.waitFor(t, "log_level", 10*time.Second)
+	logs.waitFor(t, "loud", 10*time.Second)
+	mu.Lock()
+	if len(applied) != 0 {
+		t.Fatalf("a refused file was applied: %+v", applied[0])
+	}
+	mu.Unlock()
+	logs.mu.Lock()
+	if got := strings.Count(logs.b.String(), "config reload refused"); got != 2 {
+		t.Errorf("%d refusals logged, want 2:\n%s", got, logs.b.String())
+	}
+	logs.mu.Unlock()
+
+	os.WriteFile(path, []byte(`{"addr": "127.0.0.1:2", "log_level": "debug", "base_domain": "file.test"}`), 0o600)
+	hup()
+	logs.waitFor(t, "config reloaded", 10*time.Second)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(applied) != 1 || applied[0].LogLevel != "debug" || applied[0].BaseDomain != "flag.test" || applied[0].Addr != "127.0.0.1:2" {
+		t.Fatalf("applied %+v; want log_level debug, the flag's base_domain, the file's addr", applied)
+	}
+	logs.waitFor(t, "reloaded=[log_level] needs_restart=[addr]", time.Second)
+}
