@@ -2,6 +2,8 @@ package configs
 
 import (
 	"errors"
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -166,5 +168,39 @@ func TestCopyAndChangedKeys(t *testing.T) {
 	CopyKeys(&a, &b, []string{"public_ip", "metrics_addr", "no_such_key"})
 	if a.MetricsAddr != "127.0.0.1:1" || len(a.PublicIPs) != 1 || a.Domain != "" {
 		t.Errorf("after CopyKeys: %+v", a)
+	}
+}
+
+// TestREADMEConfigs decodes the README's ```hujson examples: a server
+// config and a tunnels file, so they cannot drift from the types.
+func TestREADMEConfigs(t *testing.T) {
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blocks []string
+	for _, part := range strings.Split(string(b), "```hujson\n")[1:] {
+		blk, _, ok := strings.Cut(part, "```")
+		if !ok {
+			t.Fatal("unclosed ```hujson block")
+		}
+		blocks = append(blocks, blk)
+	}
+	if len(blocks) < 2 {
+		t.Fatalf("%d hujson blocks in the README, want a server config and a tunnels file", len(blocks))
+	}
+	for i, blk := range blocks {
+		var cfg interface{ Validate() error }
+		if strings.Contains(blk, `"tunnels"`) {
+			cfg = &Tunnels{}
+		} else {
+			cfg = ptr(DefaultServer())
+		}
+		if _, err := Decode(fmt.Sprintf("README block %d", i+1), []byte(blk), cfg); err != nil {
+			t.Fatal(err)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("README block %d: %v", i+1, err)
+		}
 	}
 }

@@ -35,3 +35,9 @@ type OIDC struct {
 	// ("720h"); "" means the node key expiry.
 	KeyLifetime string `json:"oidc_key_lifetime"`
 }
+
+// DefaultOIDCProvider returns the provider settings' defaults (the
+// scopes and groups claim; sign-in itself is off).
+func DefaultOIDCProvider() OIDCProvider {
+	return OIDCProvider{Scopes: []string{"email", "profile"}, GroupsClaim: "groups"}
+}

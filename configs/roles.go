@@ -106,6 +106,7 @@ func DefaultServer() Server {
 		TCPPorts: "20000-20999", UDPPorts: "21000-21999", STUNAddr: ":3478",
 		Zone:     Zone{DNSAddr: ":53"},
 		LogLevel: "info", NodeKeyExpiry: "180d", BodyTimeout: DefaultBodyTimeout,
+		OIDC: OIDC{OIDCProvider: DefaultOIDCProvider()},
 	}
 }
 
@@ -192,6 +193,7 @@ func DefaultCoordinator() Coordinator {
 		Addr: "127.0.0.1:8080", DataDir: "coordinator-data", BaseDomain: DefaultBaseDomain,
 		NodeKeyExpiry: "180d", LogLevel: "info",
 		CoordinatorEdge: CoordinatorEdge{TCPPorts: "20000-20999", UDPPorts: "21000-21999"},
+		OIDC:            OIDC{OIDCProvider: DefaultOIDCProvider()},
 	}
 }
 
@@ -259,7 +261,8 @@ type Edge struct {
 
 // DefaultEdge returns beam edge's defaults.
 func DefaultEdge() Edge {
-	return Edge{HTTPAddr: ":80", HTTPSAddr: ":443", Hostname: "edge", LogLevel: "info", BodyTimeout: DefaultBodyTimeout}
+	return Edge{HTTPAddr: ":80", HTTPSAddr: ":443", Hostname: "edge", LogLevel: "info", BodyTimeout: DefaultBodyTimeout,
+		OIDCProvider: DefaultOIDCProvider()}
 }
 
 // Validate checks e.

@@ -28,8 +28,9 @@ func registerOIDCProvider(fl *pflag.FlagSet, o *configs.OIDCProvider, what strin
 	fl.StringVar(&o.Issuer, "oidc-issuer", "", "OpenID Connect provider's issuer URL: "+what)
 	fl.StringVar(&o.ClientID, "oidc-client-id", "", "client ID registered at the provider")
 	fl.StringVar(&o.ClientSecretFile, "oidc-client-secret-file", "", "file holding the client secret")
-	fl.StringSliceVar(&o.Scopes, "oidc-scopes", []string{"email", "profile"}, "scopes to request besides openid (add groups if your provider needs it for the groups claim)")
-	fl.StringVar(&o.GroupsClaim, "oidc-groups-claim", "groups", "ID token claim listing the user's groups")
+	def := configs.DefaultOIDCProvider()
+	fl.StringSliceVar(&o.Scopes, "oidc-scopes", def.Scopes, "scopes to request besides openid (add groups if your provider needs it for the groups claim)")
+	fl.StringVar(&o.GroupsClaim, "oidc-groups-claim", def.GroupsClaim, "ID token claim listing the user's groups")
 }
 
 // registerOIDC registers the --oidc-* flags of beam coordinator and beam

@@ -5,8 +5,10 @@ package cli
 import (
 	"bytes"
 	"context"
+	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -114,4 +116,83 @@ func TestSIGHUPReload(t *testing.T) {
 		t.Fatalf("applied %+v; want log_level debug, the flag's base_domain, the file's addr", applied)
 	}
 	logs.waitFor(t, "reloaded=[log_level] needs_restart=[addr]", time.Second)
+}
+
+// TestReloadUnchangedFile: reloading the file a role started with changes
+// no setting, so a reload never asks for a restart it does not need (a
+// default kept outside configs would show here).
+func TestReloadUnchangedFile(t *testing.T) {
+	f := &Factory{In: strings.NewReader(""), Out: io.Discard, ErrOut: io.Discard}
+	dir := filepath.Join("..", "..", "..", "configs")
+	logger := slog.New(slog.DiscardHandler)
+	none := func() ([]string, error) { return nil, nil }
+	check := func(name string, changed []string, err error) {
+		t.Helper()
+		if err != nil || len(changed) > 0 {
+			t.Errorf("%s: reload of the same file: changed %v, err %v; want nothing changed", name, changed, err)
+		}
+	}
+	args := func(file string, extra ...string) []string {
+		return append([]string{"--config", filepath.Join(dir, file)}, extra...)
+	}
+
+	var s *ServerOptions
+	sc := NewCmdServer(f, func(o *ServerOptions) error { s = o; return nil })
+	quiet(sc, args("server.hujson", "--log-level", "debug"))
+	if err := sc.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	sspec := reloadSpec[configs.Server]{ConfigFile: s.ConfigFile, Defaults: configs.DefaultServer, Start: &s.Server, Cmdline: s.cmdline,
+		Validate: settleServer, Logger: logger, Apply: func(_, _ *configs.Server) ([]string, error) { return none() }}
+	next, err := sspec.reload(&s.Server)
+	if err == nil {
+		check("server", configs.ChangedKeys(&s.Server, next), nil)
+		if next.LogLevel != "debug" {
+			t.Errorf("server: log_level %q after reload, want the flag's debug", next.LogLevel)
+		}
+	} else {
+		check("server", nil, err)
+	}
+
+	var c *CoordinatorOptions
+	cc := NewCmdCoordinator(f, func(o *CoordinatorOptions) error { c = o; return nil })
+	quiet(cc, args("coordinator.hujson"))
+	if err := cc.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	cspec := reloadSpec[configs.Coordinator]{ConfigFile: c.ConfigFile, Defaults: configs.DefaultCoordinator, Start: &c.Coordinator, Cmdline: c.cmdline,
+		Validate: validateOnly[configs.Coordinator], Logger: logger, Apply: func(_, _ *configs.Coordinator) ([]string, error) { return none() }}
+	if cn, err := cspec.reload(&c.Coordinator); err == nil {
+		check("coordinator", configs.ChangedKeys(&c.Coordinator, cn), nil)
+	} else {
+		check("coordinator", nil, err)
+	}
+
+	var d *DERPOptions
+	dc := NewCmdDERP(f, func(o *DERPOptions) error { d = o; return nil })
+	quiet(dc, args("derp.hujson"))
+	if err := dc.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	dspec := reloadSpec[configs.DERP]{ConfigFile: d.ConfigFile, Defaults: configs.DefaultDERP, Start: &d.DERP, Cmdline: d.cmdline,
+		Validate: validateOnly[configs.DERP], Logger: logger, Apply: func(_, _ *configs.DERP) ([]string, error) { return none() }}
+	if dn, err := dspec.reload(&d.DERP); err == nil {
+		check("derp", configs.ChangedKeys(&d.DERP, dn), nil)
+	} else {
+		check("derp", nil, err)
+	}
+
+	var e *EdgeOptions
+	ec := NewCmdEdge(f, &instanceFlags{}, func(o *EdgeOptions) error { e = o; return nil })
+	quiet(ec, args("edge.hujson"))
+	if err := ec.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	espec := reloadSpec[configs.Edge]{ConfigFile: e.ConfigFile, Defaults: configs.DefaultEdge, Start: &e.Edge, Cmdline: e.cmdline,
+		Validate: validateOnly[configs.Edge], Logger: logger, Apply: func(_, _ *configs.Edge) ([]string, error) { return none() }}
+	if en, err := espec.reload(&e.Edge); err == nil {
+		check("edge", configs.ChangedKeys(&e.Edge, en), nil)
+	} else {
+		check("edge", nil, err)
+	}
 }
