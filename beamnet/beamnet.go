@@ -13,10 +13,10 @@
 // A Server is a node.Node (the daemon's state machine) without the
 // daemon: registration, netmaps, MagicDNS and the engine are the same,
 // and its state directory is the same as a daemon's --state. What differs
-// is where inbound connections go: a daemon forwards them to the host's
+// is where peers' connections go: a daemon forwards them to the host's
 // loopback, while a Server hands them to the listeners the program opened
-// (connections to other ports are still forwarded to the host's loopback,
-// as the daemon does, subject to the same policy).
+// and refuses the rest, so embedding Beam never opens the host's
+// loopback ports to the network. The network's policy applies to both.
 package beamnet
 
 import (
@@ -191,10 +191,11 @@ func (s *Server) initLocked() error {
 	s.ctrlTr = http.DefaultTransport.(*http.Transport).Clone()
 	s.ctrlTr.DialContext = s.ctrlConn.dial
 	n, err := node.New(node.Options{
-		StateDir:   dir,
-		Logger:     s.Logger,
-		Hostname:   s.hostname(),
-		HTTPClient: &http.Client{Transport: s.ctrlTr},
+		StateDir:      dir,
+		Logger:        s.Logger,
+		Hostname:      s.hostname(),
+		HTTPClient:    &http.Client{Transport: s.ctrlTr},
+		NoHostForward: true,
 	})
 	if err != nil {
 		if s.tmpDir {
@@ -253,9 +254,10 @@ func (s *Server) Dial(ctx context.Context, network, addr string) (net.Conn, erro
 
 // Listen listens for peers' TCP connections on addr: ":port" (every
 // overlay address of the node) or an overlay IP and port; ":0" picks a
-// port. Connections to that port reach the listener instead of the
-// host's loopback, under the same policy (a peer the policy does not
-// allow on the port never connects). Close closes the listener.
+// port. Peers connect only where the network's policy allows them (a
+// peer it does not allow on the port never connects), and only to ports
+// the program listens on: others are refused, never forwarded to the
+// host. Close closes the listener.
 func (s *Server) Listen(network, addr string) (net.Listener, error) {
 	n, err := s.upNode()
 	if err != nil {

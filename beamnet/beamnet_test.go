@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -192,20 +193,29 @@ func TestTwoServers(t *testing.T) {
 		})
 	}
 
-	// A port the program listens on is the program's, even where the
-	// host listens on the same port of its loopback (where a daemon
-	// would forward the connection).
+	// A port the program listens on is the program's; a port it does not
+	// listen on is refused, even where the host listens on its loopback
+	// (where a daemon would forward the connection).
 	host, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer host.Close()
-	go echoTCP(host, "the host says ")
+	hostAccepted := make(chan struct{}, 1)
+	go func() {
+		if c, err := host.Accept(); err == nil {
+			hostAccepted <- struct{}{}
+			c.Close()
+		}
+	}()
 	_, port, _ := net.SplitHostPort(host.Addr().String())
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
 	defer cancel()
-	if got, err := roundTripTCP(ctx, a, "bravo:"+port, "who"); err != nil || got != "the host says who" {
-		t.Fatalf("before bravo listens on %s: got %q, %v; want the host's loopback listener (forwarding)", port, got, err)
+	if c, err := a.Dial(ctx, "tcp", "bravo:"+port); !errors.Is(err, syscall.ECONNREFUSED) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("dial bravo:%s, where only the host listens: %v, want ECONNREFUSED", port, err)
 	}
 	pln, err := b.Listen("tcp", ":"+port)
 	if err != nil {
@@ -214,6 +224,11 @@ func TestTwoServers(t *testing.T) {
 	go echoTCP(pln, "the program says ")
 	if got, err := roundTripTCP(ctx, a, "bravo:"+port, "who"); err != nil || got != "the program says who" {
 		t.Errorf("with bravo listening on %s: got %q, %v; want the program's listener", port, got, err)
+	}
+	select {
+	case <-hostAccepted:
+		t.Error("a peer's connection reached the host's loopback listener")
+	default:
 	}
 
 	// HTTPClient reaches a peer's listener by name.

@@ -125,6 +125,12 @@ type Options struct {
 	// routes go when the engine closes or the process exits. Empty: the
 	// userspace stack (no privileges needed).
 	TUN string
+	// NoHostForward refuses inbound TCP connections (with a reset) and
+	// UDP flows that no listener of the engine claims, instead of
+	// forwarding them to the host's loopback: for a program that embeds
+	// the engine and serves peers only on its own listeners (package
+	// beamnet). Ignored in TUN mode, where nothing is forwarded.
+	NoHostForward bool
 }
 
 // Engine is a running data plane. Its methods are safe for concurrent use.

@@ -353,3 +353,91 @@ func TestInboundForwarding(t *testing.T) {
 		t.Fatal(s)
 	}
 }
+
+// With NoHostForward, a peer's connection to a port no engine listener
+// claims is refused and its datagrams go nowhere, though the host listens
+// on that port of its loopback; an engine listener still gets its flows.
+func TestNoHostForward(t *testing.T) {
+	nodes := newNodes(t, 2, func(i int, o *Options) { o.NoHostForward = i == 1 })
+	a, b := nodes[0], nodes[1]
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+
+	hl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hl.Close()
+	reached := make(chan string, 2)
+	go func() {
+		if c, err := hl.Accept(); err == nil {
+			reached <- "tcp"
+			c.Close()
+		}
+	}()
+	port := hl.Addr().(*net.TCPAddr).Port
+	if c, err := a.e.DialContext(ctx, "tcp", fmt.Sprintf("%v:%d", b.v4, port)); !errors.Is(err, syscall.ECONNREFUSED) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("dial a port only the host listens on: %v, want connection refused", err)
+	}
+
+	hu, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hu.Close()
+	go func() {
+		buf := make([]byte, 100)
+		if _, _, err := hu.ReadFrom(buf); err == nil {
+			reached <- "udp"
+		}
+	}()
+	uport := hu.LocalAddr().(*net.UDPAddr).Port
+	// The engine listener on the same UDP port afterwards proves the
+	// path carries datagrams.
+	uc, err := a.e.DialContext(ctx, "udp", fmt.Sprintf("%v:%d", b.v4, uport))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	uc.Write([]byte("to the host?"))
+
+	pc, err := b.e.ListenPacket("udp", fmt.Sprintf(":%d", uport))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	got := make(chan string, 1)
+	go func() {
+		buf := make([]byte, 100)
+		for {
+			n, _, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if string(buf[:n]) == "to the engine" {
+				got <- "ok"
+				return
+			}
+		}
+	}()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for done := false; !done; {
+		uc.Write([]byte("to the engine"))
+		select {
+		case <-got:
+			done = true
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatal("the engine's UDP listener got nothing")
+		}
+	}
+	select {
+	case p := <-reached:
+		t.Errorf("a peer's %s flow reached the host's loopback listener", p)
+	default:
+	}
+}

@@ -33,6 +33,10 @@ func (e *Engine) handleTCP(r *gv.TCPRequest) {
 		r.Drop()
 		return
 	}
+	if e.opts.NoHostForward {
+		r.Reject()
+		return
+	}
 	host := hostAddr(r.Dst)
 	if e.isOwnListener(host) {
 		e.refuseOwn("tcp", r.Src, host)
@@ -200,7 +204,7 @@ func copyHalf(dst, src net.Conn) int64 {
 // handleUDP starts forwarding a new inbound UDP flow to the host. It runs
 // on the packet path and must not block.
 func (e *Engine) handleUDP(r *gv.UDPRequest) {
-	if !e.isOverlay(r.Dst.Addr()) {
+	if !e.isOverlay(r.Dst.Addr()) || e.opts.NoHostForward {
 		return
 	}
 	host := hostAddr(r.Dst)

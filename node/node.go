@@ -70,6 +70,11 @@ type Options struct {
 	// WireGuard port and advertise it. Off by default.
 	PortMapping     bool
 	PortMapLifetime time.Duration
+	// NoHostForward keeps peers' connections and flows to ports no
+	// listener in the engine claims from reaching the host's loopback
+	// (see netstack.Options.NoHostForward): for a program that embeds
+	// the node and serves peers only on its own listeners (Listen).
+	NoHostForward bool
 	// OnNetMap, if non-nil, is called with every netmap from the
 	// coordinator, in order, outside the node's locks. An edge uses it to
 	// follow its routes. It must not modify the netmap.
@@ -458,13 +463,14 @@ func (n *Node) startSessionLocked() error {
 	}
 	if n.engine == nil {
 		e, err := netstack.New(netstack.Options{
-			PrivateKey:  n.st.PrivateKey,
-			DiscoKey:    n.discoKey,
-			ListenPort:  n.listenPortLocked(),
-			Logger:      n.logger.With("component", "engine"),
-			OnEndpoints: n.onEngineEndpoints,
-			OnFlow:      n.onFlow,
-			TUN:         n.opts.TUN,
+			PrivateKey:    n.st.PrivateKey,
+			DiscoKey:      n.discoKey,
+			ListenPort:    n.listenPortLocked(),
+			Logger:        n.logger.With("component", "engine"),
+			OnEndpoints:   n.onEngineEndpoints,
+			OnFlow:        n.onFlow,
+			TUN:           n.opts.TUN,
+			NoHostForward: n.opts.NoHostForward,
 
 			PortMapping:     n.opts.PortMapping,
 			PortMapLifetime: n.opts.PortMapLifetime,
