@@ -101,7 +101,7 @@ func execStart(t *testing.T, root, unit string, env map[string]string) []string 
 // ExecStart parses, then runs beam-server.service's ExecStart with dev
 // settings in /etc/beam/beam-server.env and joins a device with beam up.
 func TestDebPackage(t *testing.T) {
-	for _, tool := range []string{"dpkg-deb", "systemd-sysusers", "systemd-tmpfiles"} {
+	for _, tool := range []string{"dpkg-deb", "systemd-sysusers", "systemd-tmpfiles", "systemd-analyze"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is needed to check the package: %v", tool, err)
 		}
@@ -217,6 +217,29 @@ func TestDebPackage(t *testing.T) {
 	}
 	if want := []string{"beam-coordinator.service", "beam-daemon.service", "beam-derp.service", "beam-edge.service", "beam-server.service"}; !slices.Equal(names, want) {
 		t.Errorf("units %v, want %v", names, want)
+	}
+	// systemd-analyze verify reads the units as systemd would (unknown
+	// keys, bad values, a command that is not there): copies whose
+	// ExecStart names the unpacked binary, since nothing is installed in
+	// /usr/bin.
+	verify := filepath.Join(dir, "verify")
+	if err := os.MkdirAll(verify, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var copies []string
+	for _, u := range units {
+		b, err := os.ReadFile(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := filepath.Join(verify, filepath.Base(u))
+		if err := os.WriteFile(c, []byte(strings.ReplaceAll(string(b), "/usr/bin/beam", filepath.Join(root, "usr/bin/beam"))), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		copies = append(copies, c)
+	}
+	if out, err := exec.Command("systemd-analyze", append([]string{"verify"}, copies...)...).CombinedOutput(); err != nil || len(out) > 0 {
+		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 	// Every unit's command line, with its shipped settings, is one beam
 	// accepts: --help after it fails on an unknown command or flag.
