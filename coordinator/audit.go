@@ -82,8 +82,12 @@ type auditLog struct {
 // audit records that actor did action to target. It never blocks on I/O
 // and may be called with any of the Server's locks held; the entry is
 // written to the store shortly after (and before any read of the log).
-// detail must not hold secrets.
-func (s *Server) audit(_ context.Context, actor, action, target, detail string) {
+// detail must not hold secrets. On a request Options.AdminAuth admitted
+// (ctx), the actor "admin" becomes "admin:WHO".
+func (s *Server) audit(ctx context.Context, actor, action, target, detail string) {
+	if who, ok := ctx.Value(adminWhoKey{}).(string); ok && actor == actorAdmin {
+		actor = actorAdmin + ":" + who // admitted by Options.AdminAuth
+	}
 	a := &s.ac.audit
 	a.mu.Lock()
 	if len(a.queue) >= maxAuditQueue {

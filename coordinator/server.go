@@ -117,6 +117,10 @@ type Options struct {
 	// DNS, if not nil, replaces the stored DNS settings at start; nil
 	// keeps them (see SetDNSSettings).
 	DNS *DNSSettings
+	// AdminAuth, if set, is asked about an admin API request whose bearer
+	// token is not the admin token (an OIDC ID token of an admin): ok
+	// admits it, and the audit log names who ("admin:WHO").
+	AdminAuth func(r *http.Request) (who string, ok bool)
 	// ServerSetup, if not nil, is answered to GET wire.ServerSetupPath
 	// (public: see wire.ServerSetup); nil answers 404.
 	ServerSetup func() *wire.ServerSetup
@@ -148,6 +152,7 @@ type Server struct {
 	replay        replayCache
 	derpMap       atomic.Pointer[wire.DERPMap]
 	serverSetup   func() *wire.ServerSetup // nil: none
+	adminAuth     func(r *http.Request) (string, bool)
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -207,6 +212,7 @@ func New(opts Options) (*Server, error) {
 		now:           opts.Now,
 		policy:        opts.Policy,
 		serverSetup:   opts.ServerSetup,
+		adminAuth:     opts.AdminAuth,
 		networks:      make(map[int64]*Network),
 		netNames:      make(map[string]*Network),
 		nodes:         make(map[key.NodePublic]*nodeEntry),
@@ -498,10 +504,20 @@ func bearerIs(r *http.Request, hash []byte) bool {
 	return subtle.ConstantTimeCompare(got[:], hash) == 1
 }
 
-// requireAdmin wraps h so it runs only with the admin bearer token.
+// adminWhoKey is the context key of the admin Options.AdminAuth admitted.
+type adminWhoKey struct{}
+
+// requireAdmin wraps h so it runs only with the admin bearer token, or
+// what Options.AdminAuth admits.
 func (s *Server) requireAdmin(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !bearerIs(r, s.adminHash) {
+			if s.adminAuth != nil {
+				if who, ok := s.adminAuth(r); ok {
+					h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), adminWhoKey{}, who)))
+					return
+				}
+			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="beam"`)
 			writeError(w, errorf(http.StatusUnauthorized, CodeUnauthorized, "missing or wrong admin token"))
 			return

@@ -302,3 +302,32 @@ func TestAllow(t *testing.T) {
 		}
 	}
 }
+
+func TestVerifyIDToken(t *testing.T) {
+	p := newProvider(t)
+	s := startRP(t, p, "beam")
+	now := time.Now()
+	claims := func(mod func(map[string]any)) map[string]any {
+		c := map[string]any{"iss": p.Issuer, "sub": "u-alice", "aud": []string{"beam"}, "exp": now.Add(5 * time.Minute).Unix(),
+			"iat": now.Unix(), "email": "alice@example.com", "email_verified": true, "groups": []string{"admins"}}
+		if mod != nil {
+			mod(c)
+		}
+		return c
+	}
+	id, err := s.rp.VerifyIDToken(t.Context(), p.Sign(claims(nil)))
+	if err != nil || id.Email != "alice@example.com" || !id.EmailVerified || len(id.Groups) != 1 {
+		t.Fatalf("a good token: %+v, %v", id, err)
+	}
+	for name, tok := range map[string]string{
+		"forged":         p.SignForged(claims(nil)),
+		"expired":        p.Sign(claims(func(c map[string]any) { c["exp"] = now.Add(-time.Minute).Unix() })),
+		"wrong audience": p.Sign(claims(func(c map[string]any) { c["aud"] = []string{"other"} })),
+		"wrong issuer":   p.Sign(claims(func(c map[string]any) { c["iss"] = "http://127.0.0.1:1" })),
+		"garbage":        "a.b.c",
+	} {
+		if id, err := s.rp.VerifyIDToken(t.Context(), tok); err == nil || !errors.Is(err, oidcauth.ErrSignIn) {
+			t.Errorf("%s token: %+v, %v; want refused", name, id, err)
+		}
+	}
+}

@@ -285,3 +285,41 @@ func TestOIDCRouteInBrowser(t *testing.T) {
 		t.Errorf("the browser ended at %s, want %s/hello", loc, u)
 	}
 }
+
+// TestOIDCAdminAPI: beam admin works with an admin's ID token from the
+// provider in place of the admin token, and the audit log names them;
+// another person's token, or a forged or expired one, is refused.
+func TestOIDCAdminAPI(t *testing.T) {
+	c, p := oidcCluster(t, "--oidc-admins", "alice@example.com")
+	now := time.Now()
+	token := func(email string, exp time.Time, forge bool) string {
+		claims := map[string]any{"iss": p.Issuer, "sub": "u-" + email, "aud": []string{"beam"}, "exp": exp.Unix(),
+			"iat": now.Unix(), "email": email, "email_verified": true}
+		if forge {
+			return p.SignForged(claims)
+		}
+		return p.Sign(claims)
+	}
+	asAdmin := func(tok string, args ...string) (string, string, error) {
+		return c.beam([]string{"BEAM_ADMIN_TOKEN=" + tok}, append([]string{"admin", "--coordinator", c.url}, args...)...)
+	}
+	if out, errOut, err := asAdmin(token("alice@example.com", now.Add(5*time.Minute), false), "users", "create", "carol"); err != nil {
+		t.Fatalf("beam admin with alice's ID token: %v\n%s%s", err, out, errOut)
+	}
+	for name, tok := range map[string]string{
+		"not an admin": token("bob@example.com", now.Add(5*time.Minute), false),
+		"forged":       token("alice@example.com", now.Add(5*time.Minute), true),
+		"expired":      token("alice@example.com", now.Add(-time.Minute), false),
+	} {
+		if _, _, err := asAdmin(tok, "users", "create", "mallory-"+strings.Fields(name)[0]); err == nil {
+			t.Errorf("%s token: beam admin succeeded", name)
+		}
+	}
+	audit := c.mustBeam("admin", "--coordinator", c.url, "audit")
+	if !regexp.MustCompile(`(?m)admin:alice@example\.com\s+user\.create\s+carol`).MatchString(audit) {
+		t.Errorf("audit log lacks alice's user.create:\n%s", audit)
+	}
+	if strings.Contains(audit, "mallory") {
+		t.Errorf("a refused token created a user:\n%s", audit)
+	}
+}

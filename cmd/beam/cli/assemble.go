@@ -126,6 +126,7 @@ func assembleCoordinator(ctx context.Context, spec coordinatorSpec) (_ *coordina
 	}
 	if oidc != nil {
 		copts.Approver = oidc // approval URLs lead to the sign-in
+		copts.AdminAuth = oidc.adminAuth
 	}
 	if r.coord, err = coordinator.New(copts); err != nil {
 		return nil, err

@@ -79,10 +79,11 @@ func edgeSignIn(o *configs.OIDCProvider, logger *slog.Logger) (edge.SignIn, erro
 // oidcSetup is OIDC sign-in built from the flags: an Approver to give
 // the coordinator before it exists, then attach.
 type oidcSetup struct {
-	o     *configs.OIDC
-	rp    *oidcauth.RP
-	allow *oidcauth.Allow
-	login *oidclogin.Login
+	o      *configs.OIDC
+	rp     *oidcauth.RP
+	allow  *oidcauth.Allow
+	admins *oidcauth.Allow
+	login  *oidclogin.Login
 }
 
 // ServeApproval implements coordinator.Approver once attach has run.
@@ -139,7 +140,36 @@ func newOIDC(ctx context.Context, o *configs.OIDC, addr string, logger *slog.Log
 	if err != nil {
 		return nil, err
 	}
-	return &oidcSetup{o: o, rp: rp, allow: allow}, nil
+	var adminRules []string
+	for _, a := range o.Admins {
+		if strings.HasPrefix(a, "group:") || strings.HasPrefix(a, "email:") {
+			adminRules = append(adminRules, a)
+		} else {
+			adminRules = append(adminRules, "email:"+a)
+		}
+	}
+	admins, err := oidcauth.ParseAllow(adminRules)
+	if err != nil {
+		return nil, fmt.Errorf("--oidc-admins: %w", err)
+	}
+	return &oidcSetup{o: o, rp: rp, allow: allow, admins: admins}, nil
+}
+
+// adminAuth admits an admin API request (coordinator.Options.AdminAuth)
+// whose bearer token is an ID token of one of --oidc-admins.
+func (s *oidcSetup) adminAuth(r *http.Request) (string, bool) {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || s.admins.Empty() || strings.Count(tok, ".") != 2 {
+		return "", false
+	}
+	id, err := s.rp.VerifyIDToken(r.Context(), tok)
+	if err != nil || !s.admins.Permits(id) {
+		return "", false
+	}
+	if id.Email == "" || !id.EmailVerified {
+		return "sub:" + id.Subject, true
+	}
+	return id.Email, true
 }
 
 // adminURL is where the console's sign-in page links for a sign-in at
@@ -162,18 +192,8 @@ func (s *oidcSetup) attach(coord *coordinator.Server, con *console.Console, mux 
 		}
 		groupMap[from] = to
 	}
-	var adminRules []string
-	for _, a := range s.o.Admins {
-		if strings.HasPrefix(a, "group:") || strings.HasPrefix(a, "email:") {
-			adminRules = append(adminRules, a)
-		} else {
-			adminRules = append(adminRules, "email:"+a)
-		}
-	}
-	admins, err := oidcauth.ParseAllow(adminRules)
-	if err != nil {
-		return fmt.Errorf("--oidc-admins: %w", err)
-	}
+	admins := s.admins
+	var err error
 	var lifetime time.Duration
 	if s.o.KeyLifetime != "" {
 		lifetime, err = parseExpiryArg(s.o.KeyLifetime)
