@@ -183,7 +183,11 @@ func (s *SignIn) Authenticate(w http.ResponseWriter, r *http.Request, rules []st
 			return edge.Identity{}, false
 		}
 		stripCookies(r)
-		return edge.Identity{User: who(&ss.id), Email: ss.id.Email}, true
+		id := edge.Identity{User: who(&ss.id)}
+		if ss.id.EmailVerified {
+			id.Email = ss.id.Email // the app may trust X-Beam-Email: never an unverified one
+		}
+		return id, true
 	}
 	if (r.Method != http.MethodGet && r.Method != http.MethodHead) || !strings.Contains(r.Header.Get("Accept"), "text/html") {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="`+r.Host+`"`)

@@ -18,6 +18,8 @@ import (
 var (
 	alice = oidctest.User{Subject: "u-alice", Email: "alice@example.com", Name: "Alice", Password: "pw-a", Groups: []string{"eng"}}
 	eve   = oidctest.User{Subject: "u-eve", Email: "eve@evil.test", Name: "Eve", Password: "pw-e"}
+	// dave's provider did not verify his address, but he is in group eng.
+	dave = oidctest.User{Subject: "u-dave", Email: "dave@example.com", Name: "Dave", Password: "pw-d", Groups: []string{"eng"}, Unverified: true}
 )
 
 // route serves what a device behind a route would see: the identity and
@@ -41,7 +43,7 @@ func route(t *testing.T, s *edgeoidc.SignIn, rules []string) string {
 }
 
 func newSignIn(t *testing.T) *edgeoidc.SignIn {
-	p := oidctest.Start(t, []oidctest.User{alice, eve}, []oidctest.Client{{ID: "edge", Secret: "s", RedirectURIs: []string{"http://*" + edgeoidc.CallbackPath}}})
+	p := oidctest.Start(t, []oidctest.User{alice, eve, dave}, []oidctest.Client{{ID: "edge", Secret: "s", RedirectURIs: []string{"http://*" + edgeoidc.CallbackPath}}})
 	s, err := edgeoidc.New(edgeoidc.Options{Issuer: p.Issuer, ClientID: "edge", ClientSecret: "s", Scopes: []string{"email", "profile", "groups"}})
 	if err != nil {
 		t.Fatal(err)
@@ -154,4 +156,17 @@ func mustURL(t *testing.T, s string) *url.URL {
 		t.Fatal(err)
 	}
 	return u
+}
+
+func TestUnverifiedEmailNotPassedOn(t *testing.T) {
+	s := newSignIn(t)
+	base := route(t, s, []string{"email:*@example.com", "group:eng"})
+	resp, body, err := oidctest.Login(t.Context(), browser(), base+"/", dave.Email, dave.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Admitted by group:eng, not by the unverified email; named by subject.
+	if want := `app: user=u-dave email= path=/ cookie=""`; resp.StatusCode != 200 || body != want {
+		t.Fatalf("got %d %q, want 200 %q", resp.StatusCode, body, want)
+	}
 }
