@@ -1,9 +1,16 @@
 // Package configs holds Beam's configuration files and their typed,
-// strictly decoded forms: the relay map a coordinator hands to nodes
+// strictly decoded forms: the settings of each role (Server, Coordinator,
+// DERP, Edge, Zone, Daemon; Server is the union beam server runs) that its
+// flags and its HuJSON --config file fill, with their defaults
+// (DefaultServer, ...) and the Validate every command runs before it
+// starts; a beam expose tunnels file (Tunnels); example files for each
+// (server.hujson, coordinator.hujson, derp.hujson, edge.hujson,
+// daemon.hujson, beam.hujson); the relay map a coordinator hands to nodes
 // (derpmap.example.json), the default access policy (policy.hujson) and
-// systemd units for the daemon and the coordinator (systemd/); and the
-// settings of each role (Server, Coordinator, Edge, DERP, Node) with the
-// Validate every command runs before it starts.
+// systemd units (systemd/).
+//
+// LoadFile decodes strictly: an unknown key, a value of the wrong type or
+// a key given twice is a *FileError naming the key and its line.
 //
 // Only package cmd/beam/cli imports configs.
 package configs

@@ -291,3 +291,81 @@ func TestServerConfigReload(t *testing.T) {
 		t.Errorf("policy after reload:\n%s\nwant the file's *:22", got)
 	}
 }
+
+// TestDaemonConfigReload runs beam daemon --config as a process (the
+// proxies serve before it joins a network): its
+// SOCKS5 proxy moves to the address a reloaded file gives, and a file
+// with a bad value is refused with the proxy left where it is.
+func TestDaemonConfigReload(t *testing.T) {
+	c := newCluster(t)
+	d := c.device("alpha")
+	cfg := filepath.Join(c.dir, "daemon.hujson")
+	portA, portB := freePort(t), freePort(t)
+	write := func(body string) {
+		if err := os.WriteFile(cfg, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(fmt.Sprintf(`{"socks5": "127.0.0.1:%d", "hostname": "alpha", "log_level": "info"}`, portA))
+	logPath := filepath.Join(c.dir, "daemon.log")
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(c.bin, d.args("daemon", "--config", cfg)...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logf.Close()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(15 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("daemon log:\n%s", b)
+		}
+	})
+	waitFor(t, 15*time.Second, "daemon started", func() bool {
+		b, _ := os.ReadFile(logPath)
+		return strings.Contains(string(b), "daemon started")
+	})
+	listens := func(port int) bool {
+		conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second)
+		if err != nil {
+			return false
+		}
+		conn.Close()
+		return true
+	}
+	waitFor(t, 15*time.Second, "SOCKS5 proxy on the file's address", func() bool { return listens(portA) })
+	logHas := func(what string, n int) {
+		t.Helper()
+		waitFor(t, 15*time.Second, fmt.Sprintf("%d× %q in the daemon log", n, what), func() bool {
+			b, _ := os.ReadFile(logPath)
+			return strings.Count(string(b), what) >= n
+		})
+	}
+
+	write(`{"socks5": "0.0.0.0:1080"}`)
+	cmd.Process.Signal(syscall.SIGHUP)
+	logHas("config reload refused", 1)
+	if !listens(portA) {
+		t.Fatal("after a refused reload, the proxy left its address")
+	}
+
+	write(fmt.Sprintf(`{"socks5": "127.0.0.1:%d", "hostname": "alpha", "log_level": "info"}`, portB))
+	cmd.Process.Signal(syscall.SIGHUP)
+	logHas("config reloaded", 1)
+	waitFor(t, 15*time.Second, "SOCKS5 proxy on the reloaded address, not the old one", func() bool { return listens(portB) && !listens(portA) })
+	if st := d.status(); st.State == "" {
+		t.Errorf("after the reload the daemon does not answer its status: %+v", st)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -32,8 +33,10 @@ type DaemonOptions struct {
 	configs.Daemon
 	// ConfigFile is --config.
 	ConfigFile string
-	Socket     string
-	StateDir   string
+	// cmdline holds the config keys the command line set.
+	cmdline  []string
+	Socket   string
+	StateDir string
 	// Prefs holds the settings given as flags or in the config file
 	// (only those given): they replace the stored ones.
 	Prefs apitype.PrefsPatch
@@ -98,6 +101,7 @@ daemon stops or leaves the mesh, and after a crash at its next start.`,
 					return err
 				}
 			}
+			o.cmdline = cmdlineKeys(cmd.Flags())
 			o.Socket, o.StateDir = in.socketPath(f), in.stateDir(f)
 			o.Prefs = prefsFromFlags(given, o)
 			if runF != nil {
@@ -130,10 +134,12 @@ func parseLevel(s string) (slog.Level, error) {
 }
 
 func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
-	level, err := parseLevel(o.LogLevel)
-	if err != nil {
+	level := new(slog.LevelVar)
+	if err := reloadLevel(level, o.LogLevel); err != nil {
 		return err
 	}
+	hup := reloadSignal(o.ConfigFile != "")
+	defer stopSignal(hup)
 	logger := f.Logger(level)
 	if err := checkTelemetry(&o.Telemetry); err != nil {
 		return err
@@ -230,6 +236,16 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 	}
 	defer os.Remove(pidFile)
 	logger.Info("daemon started", "socket", o.Socket, "state", o.StateDir, "pid", os.Getpid())
+	if hup != nil {
+		start := o.Daemon
+		defer watchReload(ctx, reloadSpec[configs.Daemon]{
+			ConfigFile: o.ConfigFile, Defaults: configs.DefaultDaemon, Start: &start, Cmdline: o.cmdline,
+			Validate: validateOnly[configs.Daemon], Logger: logger, HUP: hup,
+			Apply: func(cur, next *configs.Daemon) ([]string, error) {
+				return reloadDaemon(ctx, n, level, cur, next)
+			},
+		})()
+	}
 	select {
 	case <-ctx.Done():
 		logger.Info("daemon stopping")
@@ -267,6 +283,27 @@ func dnsUpstreams(flags []string, stateDir string) ([]netip.AddrPort, error) {
 		}
 	}
 	return out, nil
+}
+
+// reloadDaemon applies what a daemon reloads: its log level and the
+// settings beam set changes while it runs (the proxies, the DNS listener
+// and upstreams, the operator), as beam set does. The WireGuard port
+// needs a restart.
+func reloadDaemon(ctx context.Context, n *node.Node, level *slog.LevelVar, cur, next *configs.Daemon) ([]string, error) {
+	l, err := parseLevel(next.LogLevel)
+	if err != nil {
+		return nil, err
+	}
+	changed := configs.ChangedKeys(cur, next)
+	p := prefsFromFlags(func(flag string) bool { return slices.Contains(changed, configs.FlagKey(flag)) }, &DaemonOptions{Daemon: *next})
+	p.Port = nil
+	if !p.IsZero() {
+		if _, err := n.SetPrefs(ctx, p); err != nil {
+			return nil, err
+		}
+	}
+	level.Set(l)
+	return []string{"log_level", "socks5", "http_proxy", "dns_listen", "dns_upstream", "operator"}, nil
 }
 
 // prefsFromFlags returns the settings among o's daemon flags that were
