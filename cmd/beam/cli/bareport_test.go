@@ -2,6 +2,8 @@ package cli
 
 import (
 	"bytes"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -33,5 +35,20 @@ func TestBarePortArgs(t *testing.T) {
 		case !strings.Contains(out.String(), tt.wantOut):
 			t.Errorf("beam %v printed %q, want %q in it", tt.args, out.String(), tt.wantOut)
 		}
+	}
+}
+
+// TestSavedCoordinator: beam PORT joins the coordinator an earlier beam
+// up left in the state directory, and nothing when there is none.
+func TestSavedCoordinator(t *testing.T) {
+	dir := t.TempDir()
+	if got := savedCoordinator(dir); got != "" {
+		t.Errorf("no state: got %q, want none", got)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "state.json"), []byte(`{"private_key":"x","coordinator":"http://127.0.0.1:1"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := savedCoordinator(dir), "http://127.0.0.1:1"; got != want {
+		t.Errorf("got %q, want %q", got, want)
 	}
 }
