@@ -182,6 +182,20 @@ func TestReloadUnchangedFile(t *testing.T) {
 		check("derp", nil, err)
 	}
 
+	var dm *DaemonOptions
+	dmc := NewCmdDaemon(f, &instanceFlags{state: t.TempDir()}, func(o *DaemonOptions) error { dm = o; return nil })
+	quiet(dmc, args("daemon.hujson"))
+	if err := dmc.Execute(); err != nil {
+		t.Fatal(err)
+	}
+	dmspec := reloadSpec[configs.Daemon]{ConfigFile: dm.ConfigFile, Defaults: configs.DefaultDaemon, Start: &dm.Daemon, Cmdline: dm.cmdline,
+		Validate: validateOnly[configs.Daemon], Logger: logger, Apply: func(_, _ *configs.Daemon) ([]string, error) { return none() }}
+	if dn, err := dmspec.reload(&dm.Daemon); err == nil {
+		check("daemon", configs.ChangedKeys(&dm.Daemon, dn), nil)
+	} else {
+		check("daemon", nil, err)
+	}
+
 	var e *EdgeOptions
 	ec := NewCmdEdge(f, &instanceFlags{}, func(o *EdgeOptions) error { e = o; return nil })
 	quiet(ec, args("edge.hujson"))
