@@ -347,6 +347,11 @@ func (d *DERP) Validate() error {
 // (Port, SOCKS5, HTTPProxy, DNSListen, DNSUpstreams, Operator) replace the
 // stored ones when a flag or the file gives them.
 type Daemon struct {
+	// StateDir and Socket are the state directory and the local API
+	// socket (the --state and --socket flags of beam, and BEAM_STATE and
+	// BEAM_SOCKET, win over them); empty: as without a file.
+	StateDir     string   `json:"state"`
+	Socket       string   `json:"socket"`
 	Port         uint16   `json:"port"`
 	SOCKS5       string   `json:"socks5"`
 	HTTPProxy    string   `json:"http_proxy"`

@@ -208,3 +208,36 @@ func TestLoadTunnels(t *testing.T) {
 		}
 	}
 }
+
+// TestDaemonConfigStateSocket: a daemon file's state and socket apply
+// unless beam's --state/--socket (or BEAM_STATE/BEAM_SOCKET) name them.
+func TestDaemonConfigStateSocket(t *testing.T) {
+	env := map[string]string{}
+	f := &Factory{In: strings.NewReader(""), Out: io.Discard, ErrOut: io.Discard, Getenv: func(k string) string { return env[k] }}
+	dir := t.TempDir()
+	path := writeConfig(t, fmt.Sprintf(`{"state": %q, "socket": %q}`, filepath.Join(dir, "st"), filepath.Join(dir, "d.sock")))
+	for _, tc := range []struct {
+		name              string
+		in                instanceFlags
+		env               map[string]string
+		wantState, wantSo string
+	}{
+		{"file", instanceFlags{}, nil, filepath.Join(dir, "st"), filepath.Join(dir, "d.sock")},
+		{"flags win", instanceFlags{state: "/flag/st", socket: "/flag/s.sock"}, nil, "/flag/st", "/flag/s.sock"},
+		{"env wins", instanceFlags{}, map[string]string{"BEAM_STATE": "/env/st", "BEAM_SOCKET": "/env/s.sock"}, "/env/st", "/env/s.sock"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			env = tc.env
+			var got *DaemonOptions
+			in := tc.in
+			cmd := NewCmdDaemon(f, &in, func(o *DaemonOptions) error { got = o; return nil })
+			quiet(cmd, []string{"--config", path})
+			if err := cmd.Execute(); err != nil {
+				t.Fatal(err)
+			}
+			if got.StateDir != tc.wantState || got.Socket != tc.wantSo {
+				t.Errorf("state %q socket %q, want %q %q", got.StateDir, got.Socket, tc.wantState, tc.wantSo)
+			}
+		})
+	}
+}

@@ -102,6 +102,14 @@ daemon stops or leaves the mesh, and after a crash at its next start.`,
 				}
 			}
 			o.cmdline = cmdlineKeys(cmd.Flags())
+			// The file's state and socket, unless beam's flags or the
+			// environment name them.
+			if in.state == "" && f.getenv("BEAM_STATE") == "" {
+				in.state = o.Daemon.StateDir
+			}
+			if in.socket == "" && f.getenv("BEAM_SOCKET") == "" {
+				in.socket = o.Daemon.Socket
+			}
 			o.Socket, o.StateDir = in.socketPath(f), in.stateDir(f)
 			o.Prefs = prefsFromFlags(given, o)
 			if runF != nil {
