@@ -183,21 +183,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	}
 	defer ln.Close()
 	addr := ln.Addr().(*net.TCPAddr)
-	publicURL := o.PublicURL
-	if publicURL == "" {
-		host := o.Domain
-		if o.Dev || addr.IP.IsLoopback() {
-			host = addr.IP.String()
-		}
-		publicURL = "http://" + net.JoinHostPort(host, strconv.Itoa(addr.Port))
-	}
-	// The in-process edge joins through the listener itself: loopback
-	// when it listens on every address, else the address it is bound to.
-	localHost := "127.0.0.1"
-	if !addr.IP.IsUnspecified() {
-		localHost = addr.IP.String()
-	}
-	localURL := "http://" + net.JoinHostPort(localHost, strconv.Itoa(addr.Port))
+	publicURL, localURL := serverURLs(o, addr)
 
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithCancel(ctx)
@@ -286,24 +272,12 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	}
 
 	// The edge: a mesh node of its own, registered in-process.
-	edgeKey, err := serverEdgeAuthKey(ctx, coord)
-	if err != nil {
-		return err
-	}
 	routes := newRouteFeed()
-	en, err := node.New(node.Options{
-		StateDir: filepath.Join(o.DataDir, "edge-node"),
-		Logger:   logger.With("component", "edge-node"),
-		Hostname: "edge",
-		OnNetMap: routes.onNetMap,
-	})
+	en, err := joinServerEdge(ctx, coord, o.DataDir, localURL, routes, logger)
 	if err != nil {
 		return err
 	}
 	defer en.Close()
-	if _, err := en.Up(ctx, apitype.UpRequest{Coordinator: localURL, AuthKey: edgeKey, Hostname: "edge"}); err != nil {
-		return fmt.Errorf("edge joins the mesh: %w", err)
-	}
 	elim := connLimits(o.EdgeMaxConns, shareServerEdge, nofile, edgeConnsPerSource)
 	logLimits(logger, "edge", nofile, elim)
 	var txt edge.TXTSetter
@@ -340,24 +314,74 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		go func() { defer wg.Done(); startupCheck(ctx, o, logger) }()
 	}
 	if hup != nil {
-		defer watchReload(ctx, reloadSpec[configs.Server]{
-			ConfigFile: o.ConfigFile, Defaults: configs.DefaultServer, Start: &start, Cmdline: o.cmdline,
-			Validate: settleServer, Logger: logger,
-			HUP: hup,
-			Apply: func(_, next *configs.Server) ([]string, error) {
-				applied, err := reloadCoordinator(ctx, coord, level, next.PolicyFile, next.LogLevel)
-				if err != nil {
-					return nil, err
-				}
-				er.setLimits(connLimits(next.EdgeMaxConns, shareServerEdge, nofile, edgeConnsPerSource), time.Duration(next.BodyTimeout))
-				return append(applied, "edge_max_conns", "body_timeout"), nil
-			},
-		})()
+		defer watchReload(ctx, serverReload(ctx, o, &start, hup, coord, er, level, nofile, logger))()
 	}
 	if o.ready != nil {
 		o.ready(addr.String(), httpAddr)
 	}
 	return routes.follow(ctx, esrv, logger)
+}
+
+// serverURLs returns the URL devices reach the coordinator and relay
+// listener at addr by (--public-url, or one made of the domain or the
+// address), and the one the in-process edge joins through: loopback when
+// the listener is on every address, else the address it is bound to.
+func serverURLs(o *ServerOptions, addr *net.TCPAddr) (publicURL, localURL string) {
+	publicURL = o.PublicURL
+	if publicURL == "" {
+		host := o.Domain
+		if o.Dev || addr.IP.IsLoopback() {
+			host = addr.IP.String()
+		}
+		publicURL = "http://" + net.JoinHostPort(host, strconv.Itoa(addr.Port))
+	}
+	localHost := "127.0.0.1"
+	if !addr.IP.IsUnspecified() {
+		localHost = addr.IP.String()
+	}
+	return publicURL, "http://" + net.JoinHostPort(localHost, strconv.Itoa(addr.Port))
+}
+
+// joinServerEdge makes the node of beam server's edge (DATA/edge-node)
+// and joins it to coord at localURL with an edge auth key, feeding its
+// route tables to routes. The caller closes the node.
+func joinServerEdge(ctx context.Context, coord *coordinator.Server, dataDir, localURL string, routes routeFeed, logger *slog.Logger) (*node.Node, error) {
+	edgeKey, err := serverEdgeAuthKey(ctx, coord)
+	if err != nil {
+		return nil, err
+	}
+	en, err := node.New(node.Options{
+		StateDir: filepath.Join(dataDir, "edge-node"),
+		Logger:   logger.With("component", "edge-node"),
+		Hostname: "edge",
+		OnNetMap: routes.onNetMap,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := en.Up(ctx, apitype.UpRequest{Coordinator: localURL, AuthKey: edgeKey, Hostname: "edge"}); err != nil {
+		en.Close()
+		return nil, fmt.Errorf("edge joins the mesh: %w", err)
+	}
+	return en, nil
+}
+
+// serverReload is how beam server reloads on SIGHUP: the coordinator's
+// policy file and log level, and the edge's limits.
+func serverReload(ctx context.Context, o *ServerOptions, start *configs.Server, hup chan os.Signal, coord *coordinator.Server, er *edgeRole,
+	level *slog.LevelVar, nofile uint64, logger *slog.Logger) reloadSpec[configs.Server] {
+	return reloadSpec[configs.Server]{
+		ConfigFile: o.ConfigFile, Defaults: configs.DefaultServer, Start: start, Cmdline: o.cmdline,
+		Validate: settleServer, Logger: logger, HUP: hup,
+		Apply: func(_, next *configs.Server) ([]string, error) {
+			applied, err := reloadCoordinator(ctx, coord, level, next.PolicyFile, next.LogLevel)
+			if err != nil {
+				return nil, err
+			}
+			er.setLimits(connLimits(next.EdgeMaxConns, shareServerEdge, nofile, edgeConnsPerSource), time.Duration(next.BodyTimeout))
+			return append(applied, "edge_max_conns", "body_timeout"), nil
+		},
+	}
 }
 
 // settleServer completes and checks settings reloaded from a config file
