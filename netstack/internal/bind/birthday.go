@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"beam.dev/beam/netstack/internal/disco"
@@ -397,7 +396,7 @@ func (b *Bind) readExtra(s *extraSock) {
 		}
 		src = unmap(src)
 		pkt := buf[:n]
-		if flags&syscall.MSG_TRUNC != 0 || b.opts.RelayOnly {
+		if flags&msgTrunc != 0 || b.opts.RelayOnly {
 			continue
 		}
 		if f := b.testFilter.Load(); f != nil && !(*f)(src) {
