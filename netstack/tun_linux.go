@@ -5,12 +5,14 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os/exec"
 	"strconv"
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/tun"
 )
 
@@ -26,6 +28,70 @@ type linuxHostNet struct {
 	mu     sync.Mutex // guards the following fields
 	addrs  map[netip.Addr]bool
 	routes map[netip.Prefix]netip.Addr // prefix -> preferred source
+
+	rawMu      sync.Mutex // guards the following fields
+	raw4, raw6 int        // raw IP sockets bound to the device for send; -1 until first used
+	rawClosed  bool
+}
+
+// closingDevice closes the raw sockets of send with the device.
+type closingDevice struct {
+	tun.Device
+	h *linuxHostNet
+}
+
+func (d closingDevice) Close() error {
+	d.h.rawMu.Lock()
+	d.h.rawClosed = true
+	for _, fd := range []int{d.h.raw4, d.h.raw6} {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+	}
+	d.h.raw4, d.h.raw6 = -1, -1
+	d.h.rawMu.Unlock()
+	return d.Device.Close()
+}
+
+// send writes pkt, a whole IP packet, to a raw socket bound to the
+// device: the kernel routes it out of the device, where wireguard-go
+// reads it and sends it to the peer of its destination. It never blocks.
+func (h *linuxHostNet) send(pkt []byte) error {
+	if len(pkt) < 1 {
+		return fmt.Errorf("netstack: send to TUN: empty packet")
+	}
+	h.rawMu.Lock()
+	defer h.rawMu.Unlock()
+	if h.rawClosed {
+		return fmt.Errorf("netstack: send to TUN: %w", net.ErrClosed)
+	}
+	fd, family := &h.raw4, unix.AF_INET
+	var to unix.Sockaddr
+	switch {
+	case pkt[0]>>4 == 4 && len(pkt) >= 20:
+		to = &unix.SockaddrInet4{Addr: [4]byte(pkt[16:20])}
+	case pkt[0]>>4 == 6 && len(pkt) >= 40:
+		fd, family = &h.raw6, unix.AF_INET6
+		to = &unix.SockaddrInet6{Addr: [16]byte(pkt[24:40])}
+	default:
+		return fmt.Errorf("netstack: send to TUN: not an IP packet")
+	}
+	if *fd < 0 {
+		// IPPROTO_RAW: the packet carries its own IP header (IPv4 and IPv6).
+		s, err := unix.Socket(family, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+		if err != nil {
+			return fmt.Errorf("netstack: send to TUN: raw socket: %w", err)
+		}
+		if err := unix.SetsockoptString(s, unix.SOL_SOCKET, unix.SO_BINDTODEVICE, h.name); err != nil {
+			unix.Close(s)
+			return fmt.Errorf("netstack: send to TUN: bind raw socket to %s: %w", h.name, err)
+		}
+		*fd = s
+	}
+	if err := unix.Sendto(*fd, pkt, unix.MSG_DONTWAIT, to); err != nil {
+		return fmt.Errorf("netstack: send to TUN: %w", err)
+	}
+	return nil
 }
 
 // ipTimeout bounds one ip command.
@@ -44,7 +110,8 @@ func newHostNet(name string, mtu int, log *slog.Logger) (hostNet, error) {
 		dev.Close()
 		return nil, fmt.Errorf("netstack: TUN device name: %w", err)
 	}
-	h := &linuxHostNet{dev: dev, name: real, log: log, addrs: map[netip.Addr]bool{}, routes: map[netip.Prefix]netip.Addr{}}
+	h := &linuxHostNet{name: real, log: log, addrs: map[netip.Addr]bool{}, routes: map[netip.Prefix]netip.Addr{}, raw4: -1, raw6: -1}
+	h.dev = closingDevice{Device: dev, h: h}
 	if err := h.ip("link", "set", "dev", real, "up"); err != nil {
 		dev.Close()
 		return nil, err

@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -36,6 +37,9 @@ type tunFilter struct {
 	ownPorts atomic.Pointer[ownPortSet]
 	// onOwn is called for each new inbound flow refused by ownPorts.
 	onOwn func(proto string, src, dst netip.AddrPort)
+	// reply, if set, sends a packet the filter answers with (a TCP
+	// reset) back to the peer; nil drops refused packets silently.
+	reply func(pkt []byte)
 }
 
 // ownPortSet is an immutable set of the destinations of Config.OwnListeners,
@@ -59,8 +63,9 @@ func (t *tunFilter) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 }
 
 // Write hands the host the packets from peers that the filter accepts.
-// Refused packets are dropped; bufs is compacted in place (wireguard-go
-// rebuilds the slice for every call).
+// Refused packets are dropped, and a refused TCP SYN is answered with a
+// reset, as the userspace stack does, so a denied port fails fast; bufs
+// is compacted in place (wireguard-go rebuilds the slice for every call).
 func (t *tunFilter) Write(bufs [][]byte, offset int) (int, error) {
 	own := t.ownPorts.Load()
 	if own == nil && t.pf.pol.Load().open {
@@ -70,6 +75,11 @@ func (t *tunFilter) Write(bufs [][]byte, offset int) (int, error) {
 	for _, b := range bufs {
 		pkt := b[offset:]
 		if !t.pf.inbound(pkt) || (own != nil && t.refusedOwn(own, pkt)) {
+			if t.reply != nil {
+				if rst := tcpResetFor(pkt); rst != nil {
+					t.reply(rst)
+				}
+			}
 			continue
 		}
 		kept = append(kept, b)
@@ -113,6 +123,115 @@ func (t *tunFilter) refusedOwn(own *ownPortSet, pkt []byte) bool {
 	return true
 }
 
+// tcpResetFor returns the RST|ACK that refuses pkt if pkt is a TCP SYN
+// (without ACK) in an unfragmented IPv4 packet or an IPv6 packet without
+// extension headers, else nil. The reset goes from pkt's destination to
+// its source and acknowledges the SYN and any data it carries (RFC 9293
+// 3.10.7.1).
+func tcpResetFor(pkt []byte) []byte {
+	var l4 []byte
+	var src, dst netip.Addr
+	if len(pkt) < 1 {
+		return nil
+	}
+	switch pkt[0] >> 4 {
+	case 4:
+		if len(pkt) < 20 || pkt[9] != protoTCP {
+			return nil
+		}
+		ihl := int(pkt[0]&0x0f) * 4
+		total := int(binary.BigEndian.Uint16(pkt[2:4]))
+		if ihl < 20 || total < ihl || total > len(pkt) || binary.BigEndian.Uint16(pkt[6:8])&0x3fff != 0 {
+			return nil // malformed, or a fragment
+		}
+		src, dst = netip.AddrFrom4([4]byte(pkt[12:16])), netip.AddrFrom4([4]byte(pkt[16:20]))
+		l4 = pkt[ihl:total]
+	case 6:
+		if len(pkt) < 40 || pkt[6] != protoTCP {
+			return nil
+		}
+		end := 40 + int(binary.BigEndian.Uint16(pkt[4:6]))
+		if end > len(pkt) {
+			return nil
+		}
+		src, dst = netip.AddrFrom16([16]byte(pkt[8:24])), netip.AddrFrom16([16]byte(pkt[24:40]))
+		l4 = pkt[40:end]
+	default:
+		return nil
+	}
+	if len(l4) < 20 {
+		return nil
+	}
+	doff := int(l4[12]>>4) * 4
+	if doff < 20 || doff > len(l4) || l4[13]&(tcpFlagSYN|tcpFlagACK|tcpFlagRST) != tcpFlagSYN {
+		return nil
+	}
+	ack := binary.BigEndian.Uint32(l4[4:8]) + 1 + uint32(len(l4)-doff)
+
+	var rst []byte
+	var tcp []byte
+	if src.Is4() {
+		rst = make([]byte, 20+20)
+		rst[0] = 0x45
+		binary.BigEndian.PutUint16(rst[2:4], uint16(len(rst)))
+		rst[8] = 64
+		rst[9] = protoTCP
+		d, s := dst.As4(), src.As4()
+		copy(rst[12:16], d[:])
+		copy(rst[16:20], s[:])
+		binary.BigEndian.PutUint16(rst[10:12], ^checksum(0, rst[:20]))
+		tcp = rst[20:]
+	} else {
+		rst = make([]byte, 40+20)
+		rst[0] = 0x60
+		binary.BigEndian.PutUint16(rst[4:6], 20)
+		rst[6] = protoTCP
+		rst[7] = 64
+		d, s := dst.As16(), src.As16()
+		copy(rst[8:24], d[:])
+		copy(rst[24:40], s[:])
+		tcp = rst[40:]
+	}
+	copy(tcp[0:2], l4[2:4]) // source port: the refused destination port
+	copy(tcp[2:4], l4[0:2])
+	binary.BigEndian.PutUint32(tcp[8:12], ack)
+	tcp[12] = 5 << 4
+	tcp[13] = tcpFlagRST | tcpFlagACK
+	// Pseudo-header: addresses, protocol, TCP length.
+	var sum uint32
+	if src.Is4() {
+		sum = uint32(checksum(0, rst[12:20]))
+	} else {
+		sum = uint32(checksum(0, rst[8:40]))
+	}
+	sum += protoTCP + uint32(len(tcp))
+	binary.BigEndian.PutUint16(tcp[16:18], ^checksum(sum, tcp))
+	return rst
+}
+
+// TCP header flags used by tcpResetFor.
+const (
+	tcpFlagSYN = 0x02
+	tcpFlagRST = 0x04
+	tcpFlagACK = 0x10
+)
+
+// checksum adds b to the one's-complement sum sum and folds it to 16 bits
+// (the Internet checksum before the final complement).
+func checksum(sum uint32, b []byte) uint16 {
+	for len(b) >= 2 {
+		sum += uint32(binary.BigEndian.Uint16(b))
+		b = b[2:]
+	}
+	if len(b) == 1 {
+		sum += uint32(b[0]) << 8
+	}
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	return uint16(sum)
+}
+
 // newOwnPortSet returns what inbound packets from peers must not reach in
 // TUN mode, or nil if nothing: the service addresses, and the own
 // listeners on an unspecified address or on one of the overlay addresses
@@ -147,6 +266,9 @@ type hostNet interface {
 	// routes (each with a preferred source address of its family from
 	// src, if any), changing only what differs from the last call.
 	setAddrs(addrs []netip.Addr, routes []netip.Prefix, src []netip.Addr) error
+	// send sends an IP packet out of the device, as if the host had sent
+	// it: it reaches the peer its destination belongs to.
+	send(pkt []byte) error
 }
 
 // ErrTUNUnsupported is returned by New for Options.TUN on platforms
@@ -205,6 +327,10 @@ func (e *Engine) newTUNDevice(name string, mtu int) (*tunFilter, hostNet, error)
 	}
 	tf := &tunFilter{Device: hn.device(), pf: &e.pf, onOwn: func(proto string, src, dst netip.AddrPort) {
 		e.refuseOwn(proto, src, dst)
+	}, reply: func(pkt []byte) {
+		if err := hn.send(pkt); err != nil {
+			e.log.Debug("TUN filter: send a reset to the peer", "err", err)
+		}
 	}}
 	return tf, hn, nil
 }

@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"slices"
 	"testing"
@@ -140,4 +141,107 @@ func TestDropDeviceAddrs(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("dropDeviceAddrs = %v, want %v", got, want)
 	}
+}
+
+// TestTCPResetFor checks the reset the TUN filter answers a refused SYN
+// with: addressed back to the peer, acknowledging the SYN, with valid
+// checksums.
+func TestTCPResetFor(t *testing.T) {
+	self := netip.MustParseAddr("100.64.0.1")
+	peer := netip.MustParseAddr("100.64.0.2")
+	self6 := netip.MustParseAddr("fd7a:bea0:b0de::6440:1")
+	peer6 := netip.MustParseAddr("fd7a:bea0:b0de::6440:2")
+	withSeq := func(p []byte, l4off int, seq uint32, payload int) []byte {
+		binary.BigEndian.PutUint32(p[l4off+4:], seq)
+		p = append(p, make([]byte, payload)...)
+		if p[0]>>4 == 4 {
+			binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
+		} else {
+			binary.BigEndian.PutUint16(p[4:], uint16(len(p)-40))
+		}
+		return p
+	}
+	fragment := ipv4Packet(protoTCP, peer, self, 4000, 22, tcpSYN)
+	fragment[6] = 0x20 // more fragments
+	tests := []struct {
+		name     string
+		pkt      []byte
+		l4off    int
+		wantAck  uint32 // 0: no reset
+		src, dst netip.Addr
+	}{
+		{"SYN v4", withSeq(ipv4Packet(protoTCP, peer, self, 4000, 22, tcpSYN), 20, 1000, 0), 20, 1001, self, peer},
+		{"SYN v4 with data", withSeq(ipv4Packet(protoTCP, peer, self, 4000, 22, tcpSYN), 20, 0xffffffff, 5), 20, 5, self, peer},
+		{"SYN v6", withSeq(ipv6Packet(protoTCP, peer6, self6, 4000, 22, tcpSYN), 40, 7, 0), 40, 8, self6, peer6},
+		{"SYN-ACK", ipv4Packet(protoTCP, peer, self, 4000, 22, tcpSYN|tcpACK), 20, 0, self, peer},
+		{"ACK", ipv4Packet(protoTCP, peer, self, 4000, 22, tcpACK), 20, 0, self, peer},
+		{"UDP", ipv4Packet(protoUDP, peer, self, 4000, 53, 0), 20, 0, self, peer},
+		{"fragment", fragment, 20, 0, self, peer},
+		{"truncated", ipv4Packet(protoTCP, peer, self, 4000, 22, tcpSYN)[:30], 20, 0, self, peer},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rst := tcpResetFor(tt.pkt)
+			if tt.wantAck == 0 {
+				if rst != nil {
+					t.Fatalf("tcpResetFor = %x, want nil", rst)
+				}
+				return
+			}
+			pi, ok := parsePacket(rst)
+			if !ok {
+				t.Fatalf("reset %x does not parse", rst)
+			}
+			if pi.proto != protoTCP || pi.src != tt.src || pi.dst != tt.dst || pi.sport != 22 || pi.dport != 4000 {
+				t.Errorf("reset = %+v, want TCP %v:22 -> %v:4000", pi, tt.src, tt.dst)
+			}
+			tcp := rst[len(rst)-20:]
+			if got := tcp[13]; got != tcpFlagRST|tcpFlagACK {
+				t.Errorf("flags = %#x, want RST|ACK", got)
+			}
+			if got := binary.BigEndian.Uint32(tcp[8:12]); got != tt.wantAck {
+				t.Errorf("ack = %d, want %d", got, tt.wantAck)
+			}
+			var sum uint32
+			if tt.src.Is4() {
+				if c := checksum(0, rst[:20]); c != 0xffff {
+					t.Errorf("IPv4 header checksum does not verify: sum %#x", c)
+				}
+				sum = uint32(checksum(0, rst[12:20]))
+			} else {
+				sum = uint32(checksum(0, rst[8:40]))
+			}
+			if c := checksum(sum+protoTCP+20, tcp); c != 0xffff {
+				t.Errorf("TCP checksum does not verify: sum %#x", c)
+			}
+		})
+	}
+
+	t.Run("the filter answers a denied SYN, not a denied datagram", func(t *testing.T) {
+		rt := &recordingTUN{}
+		pf := &packetFilter{now: func() int64 { return 1000 }}
+		pf.pol.Store(newPolicy(&Config{Filter: &Filter{Rules: []FilterRule{{
+			SrcIPs:   []netip.Prefix{netip.PrefixFrom(peer, 32)},
+			DstPorts: []PortRange{{First: 80, Last: 80}},
+		}}}}))
+		var replies [][]byte
+		tf := &tunFilter{Device: rt, pf: pf, reply: func(p []byte) { replies = append(replies, p) }}
+		const offset = 16
+		for _, p := range [][]byte{
+			ipv4Packet(protoTCP, peer, self, 4000, 22, tcpSYN), // denied: reset
+			ipv4Packet(protoUDP, peer, self, 4000, 53, 0),      // denied: nothing
+			ipv4Packet(protoTCP, peer, self, 4001, 80, tcpSYN), // allowed: passes
+		} {
+			tf.Write([][]byte{append(make([]byte, offset), p...)}, offset)
+		}
+		if len(rt.written) != 1 {
+			t.Errorf("%d packets reached the host, want 1 (the allowed SYN)", len(rt.written))
+		}
+		if len(replies) != 1 {
+			t.Fatalf("%d replies, want 1 (a reset for the denied SYN)", len(replies))
+		}
+		if pi, _ := parsePacket(replies[0]); pi.dst != peer || pi.sport != 22 {
+			t.Errorf("reply = %+v, want a reset from port 22 to %v", pi, peer)
+		}
+	})
 }

@@ -288,14 +288,22 @@ func TestTUNModeByName(t *testing.T) {
 	t.Logf("alpha -> beta 32 MiB: %s", bytes.TrimSpace(out))
 
 	// The policy holds in TUN mode: beta serves tunDeniedPort on all its
-	// addresses, but alpha's SYNs are dropped by beta's filter.
+	// addresses, but beta's filter refuses alpha's SYN with a reset, as
+	// the userspace stack does, so the connection fails fast instead of
+	// timing out. The 20 s limit is far beyond a reset's round trip and
+	// far below curl's connect timeout.
 	if got, err := beta.curl(ctx, "http://127.0.0.1:"+strconv.Itoa(tunDeniedPort)+"/", 10*time.Second); err != nil || !strings.HasPrefix(got, "hello from beta") {
 		t.Fatalf("beta's own denied-port server: %q, %v", got, err)
 	}
-	if got, err := alpha.curl(ctx, "http://beta:"+strconv.Itoa(tunDeniedPort)+"/", 3*time.Second); err == nil {
+	refuseStart := time.Now()
+	if got, err := alpha.curl(ctx, "http://beta:"+strconv.Itoa(tunDeniedPort)+"/", 60*time.Second); err == nil {
 		t.Fatalf("alpha reached beta's denied port %d: %q", tunDeniedPort, got)
-	} else if !strings.Contains(err.Error(), "exit status 28") {
-		t.Fatalf("alpha -> beta:%d failed with %v, want a connect timeout (exit 28): the SYN must be dropped", tunDeniedPort, err)
+	} else if !strings.Contains(err.Error(), "exit status 7") {
+		t.Fatalf("alpha -> beta:%d failed with %v, want connection refused (exit 7): the SYN must be answered with a reset", tunDeniedPort, err)
+	} else if d := time.Since(refuseStart); d > 20*time.Second {
+		t.Fatalf("alpha -> beta:%d was refused after %v, want a fast refusal", tunDeniedPort, d)
+	} else {
+		t.Logf("alpha -> beta:%d refused in %v", tunDeniedPort, d)
 	}
 
 	// beam down takes everything away.
