@@ -126,10 +126,10 @@ func (a *Admin) policyRequest(ctx context.Context, method, path string, src []by
 		return b, nil
 	}
 	var pb struct {
-		Code     string          `json:"code"`
+		Code     wire.ErrorCode  `json:"code"`
 		Problems []PolicyProblem `json:"problems"`
 	}
-	if resp.StatusCode == http.StatusBadRequest && json.Unmarshal(b, &pb) == nil && pb.Code == "bad_policy" && len(pb.Problems) > 0 {
+	if resp.StatusCode == http.StatusBadRequest && json.Unmarshal(b, &pb) == nil && pb.Code == wire.CodeBadPolicy && len(pb.Problems) > 0 {
 		return nil, &PolicyError{Problems: pb.Problems}
 	}
 	return nil, errorFromBody(resp.StatusCode, b)

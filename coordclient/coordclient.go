@@ -32,9 +32,6 @@ import (
 	"beam.dev/beam/wire"
 )
 
-// MaxFrameSize is the largest sealed map frame the client accepts.
-const MaxFrameSize = 4 << 20
-
 // maxResponseSize bounds a non-stream response body.
 const maxResponseSize = 4 << 20
 
@@ -150,12 +147,6 @@ func (c *Client) machineKey(ctx context.Context) (key.MachinePublic, error) {
 	return k, nil
 }
 
-// envelope is the outer JSON of a control request.
-type envelope struct {
-	NodeKey key.NodePublic `json:"node_key"`
-	Sealed  []byte         `json:"sealed"`
-}
-
 // post seals the request that build returns and POSTs it to path. On a
 // bad_seal answer (the coordinator's key changed) it refetches the key and
 // tries once more. A non-200 answer becomes an *Error.
@@ -169,7 +160,7 @@ func (c *Client) post(ctx context.Context, path string, build func(now time.Time
 		if err != nil {
 			return nil, mk, fmt.Errorf("coordclient: encode request: %w", err)
 		}
-		body, _ := json.Marshal(envelope{NodeKey: c.pub, Sealed: c.priv.SealTo(mk, clear)})
+		body, _ := json.Marshal(wire.Envelope{NodeKey: c.pub, Sealed: c.priv.SealTo(mk, clear)})
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url(path), bytes.NewReader(body))
 		if err != nil {
 			return nil, mk, fmt.Errorf("coordclient: %s: %w", path, err)
@@ -185,7 +176,7 @@ func (c *Client) post(ctx context.Context, path string, build func(now time.Time
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
 		e := errorFromBody(resp.StatusCode, b)
-		if e.Code == codeBadSeal && attempt == 0 {
+		if wire.ErrorCode(e.Code) == wire.CodeBadSeal && attempt == 0 {
 			c.mu.Lock()
 			c.serverKey = key.MachinePublic{}
 			c.mu.Unlock()

@@ -45,7 +45,7 @@ func (fc *fakeCoord) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.NotFound(w, r)
 		return
 	}
-	var env envelope
+	var env wire.Envelope
 	if err := json.NewDecoder(r.Body).Decode(&env); err != nil {
 		http.Error(w, `{"error":"bad","code":"bad_request"}`, 400)
 		return

@@ -32,18 +32,6 @@ var (
 	ErrNotFound = errors.New("not found")
 )
 
-// Error codes the coordinator sends (see coordinator.ErrorCode and
-// wire.ErrorCode).
-const (
-	codeBadSeal           = string(wire.CodeBadSeal)
-	codeAuthKeyInvalid    = string(wire.CodeAuthKeyInvalid)
-	codeNodeNotRegistered = string(wire.CodeNodeNotRegistered)
-	codeNodeExpired       = string(wire.CodeNodeExpired)
-	codeNodeRemoved       = string(wire.CodeNodeRemoved)
-	codeUnauthorized      = string(wire.CodeUnauthorized)
-	codeNotFound          = "not_found"
-)
-
 // userSentinel is a sentinel error that also says, for a user, what
 // failed and what to do next.
 type userSentinel struct{ msg, user string }
@@ -87,21 +75,21 @@ func (e *Error) UserMessage() string {
 
 // Is reports whether target is the sentinel for e's code.
 func (e *Error) Is(target error) bool {
-	if s, ok := edgeCodes[e.Code]; ok {
+	if s, ok := edgeCodes[wire.ErrorCode(e.Code)]; ok {
 		return target == s
 	}
-	switch e.Code {
-	case codeAuthKeyInvalid:
+	switch wire.ErrorCode(e.Code) {
+	case wire.CodeAuthKeyInvalid:
 		return target == ErrAuthKeyInvalid
-	case codeNodeNotRegistered:
+	case wire.CodeNodeNotRegistered:
 		return target == ErrNodeNotRegistered
-	case codeNodeExpired:
+	case wire.CodeNodeExpired:
 		return target == ErrNodeExpired
-	case codeNodeRemoved:
+	case wire.CodeNodeRemoved:
 		return target == ErrNodeRemoved
-	case codeUnauthorized:
+	case wire.CodeUnauthorized:
 		return target == ErrUnauthorized
-	case codeNotFound:
+	case wire.CodeNotFound:
 		return target == ErrNotFound
 	}
 	return false
@@ -109,13 +97,10 @@ func (e *Error) Is(target error) bool {
 
 // errorFromBody builds an *Error from a JSON error body.
 func errorFromBody(status int, body []byte) *Error {
-	var eb struct {
-		Error string `json:"error"`
-		Code  string `json:"code"`
-	}
+	var eb wire.ErrorBody
 	e := &Error{Status: status}
 	if json.Unmarshal(body, &eb) == nil {
-		e.Code, e.Message = eb.Code, eb.Error
+		e.Code, e.Message = string(eb.Code), eb.Error
 	} else {
 		e.Message = strings.TrimSpace(string(body))
 		if len(e.Message) > 200 {
@@ -126,7 +111,7 @@ func errorFromBody(status int, body []byte) *Error {
 		}
 	}
 	if e.Code == "" && status == http.StatusUnauthorized {
-		e.Code = codeUnauthorized
+		e.Code = string(wire.CodeUnauthorized)
 	}
 	return e
 }

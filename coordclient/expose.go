@@ -40,17 +40,17 @@ var (
 )
 
 // edgeCodes maps the coordinator's edge error codes to sentinels.
-var edgeCodes = map[string]error{
-	"name_taken":            ErrNameTaken,
-	"name_invalid":          ErrNameInvalid,
-	"name_reserved":         ErrNameReserved,
-	"domain_not_verified":   ErrDomainNotVerified,
-	"ports_exhausted":       ErrPortsExhausted,
-	"edge_disabled":         ErrEdgeDisabled,
-	"edge_proto_not_served": ErrEdgeDisabled,
-	"no_zone":               ErrEdgeDisabled,
-	"route_not_found":       ErrRouteNotFound,
-	"forbidden":             ErrForbidden,
+var edgeCodes = map[wire.ErrorCode]error{
+	wire.CodeNameTaken:           ErrNameTaken,
+	wire.CodeNameInvalid:         ErrNameInvalid,
+	wire.CodeNameReserved:        ErrNameReserved,
+	wire.CodeDomainNotVerified:   ErrDomainNotVerified,
+	wire.CodePortsExhausted:      ErrPortsExhausted,
+	wire.CodeEdgeDisabled:        ErrEdgeDisabled,
+	wire.CodeEdgeProtoNotAllowed: ErrEdgeDisabled,
+	wire.CodeNoZone:              ErrEdgeDisabled,
+	wire.CodeRouteNotFound:       ErrRouteNotFound,
+	wire.CodeForbidden:           ErrForbidden,
 }
 
 // Expose asks the coordinator to publish (or, with req.Remove, withdraw)

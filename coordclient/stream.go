@@ -26,11 +26,6 @@ const (
 	coalesceDelay = 50 * time.Millisecond
 )
 
-const (
-	headerKeepAlive = "Beam-Keepalive-Ms"
-	trailerError    = "Beam-Error"
-)
-
 // backoff is capped exponential backoff with jitter.
 type backoff struct{ n int }
 
@@ -117,7 +112,7 @@ func (c *Client) streamOnce(ctx context.Context, onNetMap func(*wire.NetMap)) (b
 	defer resp.Body.Close()
 
 	ka := defaultKeepAlive
-	if ms, err := strconv.ParseInt(resp.Header.Get(headerKeepAlive), 10, 64); err == nil && ms > 0 {
+	if ms, err := strconv.ParseInt(resp.Header.Get(wire.HeaderKeepAlive), 10, 64); err == nil && ms > 0 {
 		ka = time.Duration(ms) * time.Millisecond
 	}
 	dead := 2 * ka
@@ -143,7 +138,7 @@ func (c *Client) streamOnce(ctx context.Context, onNetMap func(*wire.NetMap)) (b
 			case wasSilent:
 				return got, fmt.Errorf("coordclient: map stream silent for %v", dead)
 			case errors.Is(err, io.EOF):
-				if t := resp.Trailer.Get(trailerError); t != "" {
+				if t := resp.Trailer.Get(wire.TrailerError); t != "" {
 					return got, fmt.Errorf("coordclient: map stream: %w", errorFromTrailer(t))
 				}
 				return got, fmt.Errorf("coordclient: map stream ended: %w", err)
@@ -186,7 +181,7 @@ func readFrame(r io.Reader, priv key.NodePrivate, mk key.MachinePublic) (*wire.M
 		return nil, err
 	}
 	n := binary.BigEndian.Uint32(hdr[:])
-	if n == 0 || n > MaxFrameSize {
+	if n == 0 || n > wire.MaxFrameSize {
 		return nil, fmt.Errorf("%w: frame size %d out of range", ErrBadResponse, n)
 	}
 	buf := make([]byte, n)

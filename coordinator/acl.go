@@ -30,14 +30,6 @@ import (
 // policySetting is the settings name of the stored policy text.
 const policySetting = "policy_hujson"
 
-// CodeBadPolicy is the error code of a policy that does not parse, names
-// unknown users, or fails its tests.
-const CodeBadPolicy ErrorCode = "bad_policy"
-
-// CodeConflict is the error code of an admin request that conflicts with
-// existing state (a taken user name, a user that still owns nodes).
-const CodeConflict ErrorCode = "conflict"
-
 // accessControl is the Server's state for users, policy, interactive
 // approval and the audit log. Its fields say which lock guards them.
 type accessControl struct {
@@ -198,10 +190,10 @@ type PolicyProblem struct {
 }
 
 // PolicyErrorBody is the JSON body of a refused policy (status 400, code
-// CodeBadPolicy). Error holds every problem, one per line.
+// wire.CodeBadPolicy). Error holds every problem, one per line.
 type PolicyErrorBody struct {
 	Error    string          `json:"error"`
-	Code     ErrorCode       `json:"code"`
+	Code     wire.ErrorCode  `json:"code"`
 	Problems []PolicyProblem `json:"problems"`
 }
 
@@ -234,7 +226,7 @@ func (s *Server) writePolicyError(w http.ResponseWriter, op string, err error) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(http.StatusBadRequest)
-	json.NewEncoder(w).Encode(PolicyErrorBody{Error: err.Error(), Code: CodeBadPolicy, Problems: probs})
+	json.NewEncoder(w).Encode(PolicyErrorBody{Error: err.Error(), Code: wire.CodeBadPolicy, Problems: probs})
 }
 
 // maxPolicySize bounds a policy upload.
@@ -243,7 +235,7 @@ const maxPolicySize = 1 << 20
 func readPolicyBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxPolicySize))
 	if err != nil {
-		writeError(w, errorf(http.StatusRequestEntityTooLarge, CodeBadRequest, "policy too large or cut short"))
+		writeError(w, errorf(http.StatusRequestEntityTooLarge, wire.CodeBadRequest, "policy too large or cut short"))
 		return nil, false
 	}
 	return b, true
@@ -286,7 +278,7 @@ func decodeJSONBody(w http.ResponseWriter, r *http.Request, v any) bool {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestSize))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "malformed request body"))
+		writeError(w, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed request body"))
 		return false
 	}
 	return true

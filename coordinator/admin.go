@@ -203,14 +203,14 @@ func (s *Server) adminError(w http.ResponseWriter, op string, err error) {
 	switch {
 	case errors.As(err, &aerr):
 	case errors.Is(err, ErrInvalid):
-		aerr = errorf(http.StatusBadRequest, CodeBadRequest, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
+		aerr = errorf(http.StatusBadRequest, wire.CodeBadRequest, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
 	case errors.Is(err, ErrNotFound):
-		aerr = errorf(http.StatusNotFound, CodeNotFound, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
+		aerr = errorf(http.StatusNotFound, wire.CodeNotFound, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
 	case errors.Is(err, ErrConflict):
-		aerr = errorf(http.StatusConflict, CodeConflict, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
+		aerr = errorf(http.StatusConflict, wire.CodeConflict, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
 	default:
 		s.logger.Error(op, "err", err)
-		aerr = errorf(http.StatusInternalServerError, CodeInternal, "%s failed", op)
+		aerr = errorf(http.StatusInternalServerError, wire.CodeInternal, "%s failed", op)
 	}
 	writeError(w, aerr)
 }
@@ -220,7 +220,7 @@ func (s *Server) handleCreateAuthKey(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestSize))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "malformed request body"))
+		writeError(w, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed request body"))
 		return
 	}
 	resp, err := s.CreateAuthKeyAs(r.Context(), actorAdmin, req)

@@ -30,10 +30,6 @@ import (
 //	GET  /api/v1/registrations                 -> []PendingRegistration
 //	POST /api/v1/registrations/{code}/approve  Approval -> 204
 
-// CodeApprovalExpired is the error code of a followup whose approval code
-// is unknown or expired; the node must start over.
-const CodeApprovalExpired ErrorCode = "approval_expired"
-
 const (
 	// approvalTTL is how long an approval code stays valid.
 	approvalTTL = 10 * time.Minute
@@ -281,7 +277,7 @@ func (s *Server) addPending(req *wire.RegisterRequest, source netip.Addr) (*pend
 		}
 		old := pr.oldestWaitingLocked(from)
 		if old == nil {
-			return nil, errorf(http.StatusServiceUnavailable, CodeUnavailable, "too many registrations are waiting for approval")
+			return nil, errorf(http.StatusServiceUnavailable, wire.CodeUnavailable, "too many registrations are waiting for approval")
 		}
 		pr.dropLocked(old)
 		s.logger.Info("registration dropped to make room", "code", old.Code, "source", old.source, "hostname", old.Hostname)
@@ -448,11 +444,11 @@ func (s *Server) followup(w http.ResponseWriter, r *http.Request, nk key.NodePub
 			s.finishApproved(w, r, nk, req, "")
 			return
 		}
-		writeError(w, errorf(http.StatusForbidden, CodeApprovalExpired, "approval code is unknown or expired; register again"))
+		writeError(w, errorf(http.StatusForbidden, wire.CodeApprovalExpired, "approval code is unknown or expired; register again"))
 		return
 	}
 	if p.NodeKey != nk {
-		writeError(w, errorf(http.StatusForbidden, CodeForbidden, "approval code belongs to another node key"))
+		writeError(w, errorf(http.StatusForbidden, wire.CodeForbidden, "approval code belongs to another node key"))
 		return
 	}
 	t := time.NewTimer(followupWait)
@@ -465,7 +461,7 @@ func (s *Server) followup(w http.ResponseWriter, r *http.Request, nk key.NodePub
 	case <-r.Context().Done():
 		return
 	case <-s.ctx.Done():
-		writeError(w, errorf(http.StatusServiceUnavailable, CodeUnavailable, "coordinator is shutting down"))
+		writeError(w, errorf(http.StatusServiceUnavailable, wire.CodeUnavailable, "coordinator is shutting down"))
 		return
 	}
 	if s.finishApproved(w, r, nk, req, p.authKey) {

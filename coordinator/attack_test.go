@@ -130,12 +130,12 @@ func TestAttackForgedAndReplayedRegistration(t *testing.T) {
 	clear, _ := json.Marshal(wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(), AuthKey: ak, Hostname: "victim", Timestamp: time.Now()})
 	sealed := victim.SealTo(mk, clear)
 	lifted, _ := json.Marshal(map[string]any{"node_key": attacker.Public(), "sealed": base64.StdEncoding.EncodeToString(sealed)})
-	if st, eb, _ := rawPost(t, c.URL, "/machine/register", lifted); st != http.StatusUnauthorized || eb.Code != coordinator.CodeBadSeal {
+	if st, eb, _ := rawPost(t, c.URL, "/machine/register", lifted); st != http.StatusUnauthorized || eb.Code != wire.CodeBadSeal {
 		t.Fatalf("victim's box under the attacker's key: %d %q, want 401 bad_seal", st, eb.Code)
 	}
 	// The attacker seals a request naming the victim's key with its own key.
 	forged := sealEnvelope(t, victim.Public(), attacker, mk, wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(), AuthKey: ak, Timestamp: time.Now()})
-	if st, eb, _ := rawPost(t, c.URL, "/machine/register", forged); st != http.StatusUnauthorized || eb.Code != coordinator.CodeBadSeal {
+	if st, eb, _ := rawPost(t, c.URL, "/machine/register", forged); st != http.StatusUnauthorized || eb.Code != wire.CodeBadSeal {
 		t.Fatalf("forged seal: %d %q, want 401 bad_seal", st, eb.Code)
 	}
 	// The genuine request works once; its replay is refused.
@@ -143,7 +143,7 @@ func TestAttackForgedAndReplayedRegistration(t *testing.T) {
 	if st, eb, _ := rawPost(t, c.URL, "/machine/register", good); st != http.StatusOK {
 		t.Fatalf("genuine register: %d %+v", st, eb)
 	}
-	if st, eb, _ := rawPost(t, c.URL, "/machine/register", good); st != http.StatusUnauthorized || eb.Code != coordinator.CodeReplay {
+	if st, eb, _ := rawPost(t, c.URL, "/machine/register", good); st != http.StatusUnauthorized || eb.Code != wire.CodeReplay {
 		t.Fatalf("replay: %d %q, want 401 replay", st, eb.Code)
 	}
 	// The auth key was one-off: the attacker cannot reuse it either.
@@ -159,7 +159,7 @@ func TestAttackForgedAndReplayedRegistration(t *testing.T) {
 	go waiter.Register(ctx, coordclient.RegisterParams{Hostname: "waiter", OnAuthURL: func(_, code string) { codes <- code }})
 	code := <-codes
 	steal := sealEnvelope(t, attacker.Public(), attacker, mk, wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: attacker.Public(), Followup: code, Timestamp: time.Now()})
-	if st, eb, _ := rawPost(t, c.URL, "/machine/register", steal); st != http.StatusForbidden || eb.Code != coordinator.CodeForbidden {
+	if st, eb, _ := rawPost(t, c.URL, "/machine/register", steal); st != http.StatusForbidden || eb.Code != wire.CodeForbidden {
 		t.Fatalf("followup with another node's code: %d %q, want 403 forbidden", st, eb.Code)
 	}
 	if err := c.Server.ApproveRegistration(context.Background(), code, coordinator.Approval{}); err != nil {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"beam.dev/beam/wire"
 )
 
 // Admin API for the audit log (bearer token):
@@ -156,7 +158,7 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	if v := r.URL.Query().Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 {
-			writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "limit must be a positive number"))
+			writeError(w, errorf(http.StatusBadRequest, wire.CodeBadRequest, "limit must be a positive number"))
 			return
 		}
 		limit = min(n, 10000)

@@ -91,7 +91,7 @@ func (s *Server) claimHost(self *NodeRecord, nk key.NodePublic, host string, cus
 		policyName, _, _ = strings.Cut(host, ".")
 	}
 	if node := self.Node; !s.mayExpose(&node, policyName) {
-		return claim{}, errorf(http.StatusForbidden, CodeForbidden, "the access policy does not let this node publish %q", policyName)
+		return claim{}, errorf(http.StatusForbidden, wire.CodeForbidden, "the access policy does not let this node publish %q", policyName)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -103,7 +103,7 @@ func (s *Server) claimHost(self *NodeRecord, nk key.NodePublic, host string, cus
 		}
 		switch {
 		case r.NetworkID != self.NetworkID:
-			return claim{}, errorf(http.StatusConflict, CodeNameTaken, "name %s is taken by another network", host)
+			return claim{}, errorf(http.StatusConflict, wire.CodeNameTaken, "name %s is taken by another network", host)
 		case r.node != nk:
 			others = append(others, r)
 		case r.Proto != req.Proto:
@@ -113,7 +113,7 @@ func (s *Server) claimHost(self *NodeRecord, nk key.NodePublic, host string, cus
 			if !custom {
 				label, _, _ = strings.Cut(host, ".")
 			}
-			return claim{}, errorf(http.StatusConflict, CodeNameTaken,
+			return claim{}, errorf(http.StatusConflict, wire.CodeNameTaken,
 				"this device already publishes %s (%s) for its port %d; stop that route first (beam expose stop %s) or choose another name", host, r.Proto, r.Port, label)
 		default:
 			c.same = r
@@ -124,7 +124,7 @@ func (s *Server) claimHost(self *NodeRecord, nk key.NodePublic, host string, cus
 	forwards := func(proto string) bool { return proto == "http" || proto == "tcp" }
 	for _, r := range s.edge.byNode[nk] {
 		if r.Port == req.Port && forwards(r.Proto) && forwards(req.Proto) && r.Upstream != req.Upstream && r != c.same {
-			return claim{}, errorf(http.StatusConflict, CodeNameTaken,
+			return claim{}, errorf(http.StatusConflict, wire.CodeNameTaken,
 				"port %d of this device already forwards %s to %s; stop that route first or use another port", r.Port, r.Host, upstreamOrLocal(r.Upstream, r.Port))
 		}
 	}
@@ -133,16 +133,16 @@ func (s *Server) claimHost(self *NodeRecord, nk key.NodePublic, host string, cus
 		owner, ownerNode := s.describeNodeLocked(o.node)
 		switch {
 		case !req.Pool:
-			return claim{}, errorf(http.StatusConflict, CodeNameTaken,
+			return claim{}, errorf(http.StatusConflict, wire.CodeNameTaken,
 				"name %s is published by %s; a name belongs to the node that claimed it (devices of one user or tag can share it when each publishes it with --pool)", host, owner)
 		case !o.Pool:
-			return claim{}, errorf(http.StatusConflict, CodeNameTaken,
+			return claim{}, errorf(http.StatusConflict, wire.CodeNameTaken,
 				"name %s is published by %s, which did not ask for a pool (--pool)", host, owner)
 		case o.Proto != req.Proto:
-			return claim{}, errorf(http.StatusConflict, CodeNameTaken,
+			return claim{}, errorf(http.StatusConflict, wire.CodeNameTaken,
 				"name %s is published by %s as %s, not %s", host, owner, o.Proto, req.Proto)
 		case ownerNode == nil || !mayShare(s.currentPolicy(), &self.Node, ownerNode):
-			return claim{}, errorf(http.StatusConflict, CodeNameTaken,
+			return claim{}, errorf(http.StatusConflict, wire.CodeNameTaken,
 				"name %s is published by %s; pools are only for devices of one user or one tag", host, owner)
 		}
 		c.pool = o

@@ -198,7 +198,7 @@ func (s *Server) handleGetDNSConfig(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handlePutDNSConfig(w http.ResponseWriter, r *http.Request) {
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequestSize))
 	if err != nil {
-		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "request body too large"))
+		writeError(w, errorf(http.StatusBadRequest, wire.CodeBadRequest, "request body too large"))
 		return
 	}
 	d, err := ParseDNSSettings(b)
@@ -243,11 +243,11 @@ const (
 
 func checkTXTValues(values []string) *apiError {
 	if len(values) > maxTXTValues {
-		return errorf(http.StatusBadRequest, CodeBadRequest, "at most %d TXT values", maxTXTValues)
+		return errorf(http.StatusBadRequest, wire.CodeBadRequest, "at most %d TXT values", maxTXTValues)
 	}
 	for _, v := range values {
 		if len(v) > maxTXTValueLen {
-			return errorf(http.StatusBadRequest, CodeBadRequest, "TXT value longer than %d bytes", maxTXTValueLen)
+			return errorf(http.StatusBadRequest, wire.CodeBadRequest, "TXT value longer than %d bytes", maxTXTValueLen)
 		}
 	}
 	return nil
@@ -262,7 +262,7 @@ func (s *Server) SetTXT(ctx context.Context, name string, values []string) error
 func (s *Server) setTXT(ctx context.Context, actor, name string, values []string) error {
 	z := s.edge.cfg.zone
 	if z == nil {
-		return errorf(http.StatusNotImplemented, CodeNoZone, "no public DNS zone is configured")
+		return errorf(http.StatusNotImplemented, wire.CodeNoZone, "no public DNS zone is configured")
 	}
 	if aerr := checkTXTValues(values); aerr != nil {
 		return aerr
@@ -275,7 +275,7 @@ func (s *Server) setTXT(ctx context.Context, actor, name string, values []string
 		err = z.SetTXT(name, values)
 	}
 	if err != nil {
-		return errorf(http.StatusBadRequest, CodeBadRequest, "%s: %v", name, err)
+		return errorf(http.StatusBadRequest, wire.CodeBadRequest, "%s: %v", name, err)
 	}
 	action := "dns.txt.set"
 	if len(values) == 0 {
@@ -348,13 +348,13 @@ func (s *Server) handleTXT(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	switch {
 	case e == nil:
-		aerr = errorf(http.StatusForbidden, CodeNodeNotRegistered, "node not registered")
+		aerr = errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
 	case expired:
-		aerr = errorf(http.StatusForbidden, CodeNodeExpired, "node key expired")
+		aerr = errorf(http.StatusForbidden, wire.CodeNodeExpired, "node key expired")
 	case !isEdge && !allowed:
-		aerr = errorf(http.StatusForbidden, CodeForbidden, "only edge nodes may set TXT records; other nodes only _acme-challenge.HOST of their own tls routes, not %q", name)
+		aerr = errorf(http.StatusForbidden, wire.CodeForbidden, "only edge nodes may set TXT records; other nodes only _acme-challenge.HOST of their own tls routes, not %q", name)
 	case !allowed:
-		aerr = errorf(http.StatusForbidden, CodeForbidden, "edges may set only _acme-challenge names of the edge domain or a verified custom domain, not %q", name)
+		aerr = errorf(http.StatusForbidden, wire.CodeForbidden, "edges may set only _acme-challenge names of the edge domain or a verified custom domain, not %q", name)
 	}
 	if aerr == nil {
 		if err := s.setTXT(r.Context(), actorNode(nodeName), name, req.Values); err != nil {
@@ -373,11 +373,11 @@ func (s *Server) handlePutTXT(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestSize))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&body); err != nil {
-		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "malformed request body"))
+		writeError(w, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed request body"))
 		return
 	}
 	if len(body.Values) == 0 {
-		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "no values; use DELETE to remove a TXT record"))
+		writeError(w, errorf(http.StatusBadRequest, wire.CodeBadRequest, "no values; use DELETE to remove a TXT record"))
 		return
 	}
 	if err := s.SetTXT(r.Context(), r.PathValue("name"), body.Values); err != nil {
@@ -401,5 +401,5 @@ func asAPIError(err error) *apiError {
 	if errors.As(err, &aerr) {
 		return aerr
 	}
-	return errorf(http.StatusInternalServerError, CodeInternal, "internal error")
+	return errorf(http.StatusInternalServerError, wire.CodeInternal, "internal error")
 }

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"beam.dev/beam/wire"
 )
 
 // ChallengePrefix is the label under a custom domain whose TXT record
@@ -186,20 +188,20 @@ func (s *Server) requireVerified(ctx context.Context, networkID int64, domain st
 	dom, err := s.domainClaimLocked(ctx, networkID, domain)
 	if err != nil {
 		s.logger.Error("domain claim", "domain", domain, "err", err)
-		return errorf(http.StatusInternalServerError, CodeInternal, "store error")
+		return errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 	}
 	if !dom.VerifiedAt.IsZero() {
 		return nil
 	}
 	problem := s.checkProof(ctx, networkID, dom)
 	if problem != "" {
-		return errorf(http.StatusForbidden, CodeDomainNotVerified, "custom domain %s is not verified: %s; then run beam admin domains verify %s", domain, problem, domain)
+		return errorf(http.StatusForbidden, wire.CodeDomainNotVerified, "custom domain %s is not verified: %s; then run beam admin domains verify %s", domain, problem, domain)
 	}
 	v := *dom
 	v.VerifiedAt = s.now()
 	if err := s.edge.domainStore.PutDomain(ctx, &v); err != nil {
 		s.logger.Error("store domain", "domain", domain, "err", err)
-		return errorf(http.StatusInternalServerError, CodeInternal, "store error")
+		return errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 	}
 	s.mu.Lock()
 	s.edge.domains[domainKey{networkID, domain}] = &v
@@ -244,13 +246,13 @@ func (s *Server) handleVerifyDomain(w http.ResponseWriter, r *http.Request) {
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestSize))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&req); err != nil {
-			writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "malformed request body"))
+			writeError(w, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed request body"))
 			return
 		}
 	}
 	st, err := s.VerifyDomain(r.Context(), req.Network, r.PathValue("domain"))
 	if err == errEdgeDisabled {
-		writeError(w, errorf(http.StatusNotImplemented, CodeEdgeDisabled, "this coordinator has no public edge (no edge domain configured)"))
+		writeError(w, errorf(http.StatusNotImplemented, wire.CodeEdgeDisabled, "this coordinator has no public edge (no edge domain configured)"))
 		return
 	}
 	if err != nil {

@@ -16,19 +16,6 @@ import (
 	"beam.dev/beam/wire"
 )
 
-// Error codes of the public edge endpoints.
-const (
-	CodeNameInvalid         ErrorCode = "name_invalid"          // 400: bad name, proto, port or option
-	CodeNameReserved        ErrorCode = "name_reserved"         // 400: a reserved name (www, edge, api, _*, the apex)
-	CodeNameTaken           ErrorCode = "name_taken"            // 409: the name belongs to another node or network
-	CodeDomainNotVerified   ErrorCode = "domain_not_verified"   // 403: custom domain without proof of control
-	CodePortsExhausted      ErrorCode = "ports_exhausted"       // 503: no free edge port for a tcp/udp route
-	CodeEdgeDisabled        ErrorCode = "edge_disabled"         // 501: the coordinator has no edge domain
-	CodeNoZone              ErrorCode = "no_zone"               // 501: the coordinator has no public DNS zone
-	CodeRouteNotFound       ErrorCode = "route_not_found"       // 404: Remove of a route that does not exist
-	CodeEdgeProtoNotAllowed ErrorCode = "edge_proto_not_served" // 501: tcp/udp without an edge port range
-)
-
 // Reserved labels under the edge domain, besides the apex and names
 // starting with "_".
 var reservedLabels = map[string]bool{"www": true, "edge": true, "api": true}
@@ -72,20 +59,20 @@ func (s *Server) publicHost(name string) (string, *apiError) {
 	d := s.edge.cfg.domain
 	n := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(name), "."))
 	if n == d || n == "" {
-		return "", errorf(http.StatusBadRequest, CodeNameReserved, "the apex %s is reserved", d)
+		return "", errorf(http.StatusBadRequest, wire.CodeNameReserved, "the apex %s is reserved", d)
 	}
 	if label, ok := strings.CutSuffix(n, "."+d); ok {
 		n = label
 	}
 	switch {
 	case strings.Contains(n, "*"):
-		return "", errorf(http.StatusBadRequest, CodeNameInvalid, "wildcard names are not allowed: %q", name)
+		return "", errorf(http.StatusBadRequest, wire.CodeNameInvalid, "wildcard names are not allowed: %q", name)
 	case strings.HasPrefix(n, "_") || reservedLabels[n]:
-		return "", errorf(http.StatusBadRequest, CodeNameReserved, "name %q is reserved", n)
+		return "", errorf(http.StatusBadRequest, wire.CodeNameReserved, "name %q is reserved", n)
 	case strings.Contains(n, "."):
-		return "", errorf(http.StatusBadRequest, CodeNameInvalid, "name %q must be one DNS label (or a custom domain)", name)
+		return "", errorf(http.StatusBadRequest, wire.CodeNameInvalid, "name %q must be one DNS label (or a custom domain)", name)
 	case !isLabel(n):
-		return "", errorf(http.StatusBadRequest, CodeNameInvalid, "name %q is not a DNS label (a-z, 0-9 and inner '-', at most 63)", name)
+		return "", errorf(http.StatusBadRequest, wire.CodeNameInvalid, "name %q is not a DNS label (a-z, 0-9 and inner '-', at most 63)", name)
 	}
 	return n + "." + d, nil
 }
@@ -96,15 +83,15 @@ func (s *Server) customHost(domain string) (string, *apiError) {
 	edge := s.edge.cfg.domain
 	switch {
 	case strings.Contains(d, "*"):
-		return "", errorf(http.StatusBadRequest, CodeNameInvalid, "wildcard domains are not allowed: %q", domain)
+		return "", errorf(http.StatusBadRequest, wire.CodeNameInvalid, "wildcard domains are not allowed: %q", domain)
 	case strings.HasPrefix(d, "_") || strings.Contains(d, "._"):
-		return "", errorf(http.StatusBadRequest, CodeNameReserved, "domain %q is reserved", d)
+		return "", errorf(http.StatusBadRequest, wire.CodeNameReserved, "domain %q is reserved", d)
 	case !isDomainName(d):
-		return "", errorf(http.StatusBadRequest, CodeNameInvalid, "custom domain %q is not a domain name", domain)
+		return "", errorf(http.StatusBadRequest, wire.CodeNameInvalid, "custom domain %q is not a domain name", domain)
 	case d == edge || strings.HasSuffix(d, "."+edge):
-		return "", errorf(http.StatusBadRequest, CodeNameInvalid, "%s is under the edge domain; pass its first label as the name instead", d)
+		return "", errorf(http.StatusBadRequest, wire.CodeNameInvalid, "%s is under the edge domain; pass its first label as the name instead", d)
 	case d == s.baseDomain || strings.HasSuffix(d, "."+s.baseDomain):
-		return "", errorf(http.StatusBadRequest, CodeNameInvalid, "%s is under the overlay domain", d)
+		return "", errorf(http.StatusBadRequest, wire.CodeNameInvalid, "%s is under the overlay domain", d)
 	}
 	return d, nil
 }
@@ -116,21 +103,21 @@ func checkExpose(req *wire.ExposeRequest) *apiError {
 		case "", "http", "tls", "tcp", "udp":
 			return nil
 		}
-		return errorf(http.StatusBadRequest, CodeNameInvalid, "proto %q: want http, tls, tcp or udp", req.Proto)
+		return errorf(http.StatusBadRequest, wire.CodeNameInvalid, "proto %q: want http, tls, tcp or udp", req.Proto)
 	}
 	switch req.Proto {
 	case "http", "tls", "tcp", "udp":
 	default:
-		return errorf(http.StatusBadRequest, CodeNameInvalid, "proto %q: want http, tls, tcp or udp", req.Proto)
+		return errorf(http.StatusBadRequest, wire.CodeNameInvalid, "proto %q: want http, tls, tcp or udp", req.Proto)
 	}
 	if req.Port == 0 {
-		return errorf(http.StatusBadRequest, CodeNameInvalid, "port must be 1-65535")
+		return errorf(http.StatusBadRequest, wire.CodeNameInvalid, "port must be 1-65535")
 	}
 	if aerr := checkUpstream(req); aerr != nil {
 		return aerr
 	}
 	if err := req.Options.Validate(req.Proto); err != nil {
-		return errorf(http.StatusBadRequest, CodeNameInvalid, "route options: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
+		return errorf(http.StatusBadRequest, wire.CodeNameInvalid, "route options: %s", strings.ReplaceAll(err.Error(), "\n", "; "))
 	}
 	return nil
 }
@@ -148,19 +135,19 @@ func checkUpstream(req *wire.ExposeRequest) *apiError {
 	}
 	switch {
 	case req.Proto != "http" && req.Proto != "tcp":
-		return errorf(http.StatusBadRequest, CodeNameInvalid, "only http and tcp routes forward to an upstream other than the device's own port")
+		return errorf(http.StatusBadRequest, wire.CodeNameInvalid, "only http and tcp routes forward to an upstream other than the device's own port")
 	case req.Proto == "tcp" && strings.HasPrefix(req.Upstream, "https://"):
-		return errorf(http.StatusBadRequest, CodeNameInvalid, "a tcp route copies bytes as they are: its upstream is host:port, not %s", req.Upstream)
+		return errorf(http.StatusBadRequest, wire.CodeNameInvalid, "a tcp route copies bytes as they are: its upstream is host:port, not %s", req.Upstream)
 	}
 	hp := strings.TrimPrefix(req.Upstream, "https://")
 	host, port, err := net.SplitHostPort(hp)
 	switch {
 	case len(req.Upstream) > maxUpstreamLen:
-		return errorf(http.StatusBadRequest, CodeNameInvalid, "upstream longer than %d bytes", maxUpstreamLen)
+		return errorf(http.StatusBadRequest, wire.CodeNameInvalid, "upstream longer than %d bytes", maxUpstreamLen)
 	case err != nil || host == "" || strings.ContainsAny(host, " /?#@\\\x00\r\n\t"):
-		return errorf(http.StatusBadRequest, CodeNameInvalid, "upstream %q: want host:port or https://host:port", req.Upstream)
+		return errorf(http.StatusBadRequest, wire.CodeNameInvalid, "upstream %q: want host:port or https://host:port", req.Upstream)
 	case port != strconv.Itoa(int(req.Port)):
-		return errorf(http.StatusBadRequest, CodeNameInvalid, "upstream %q: its port must be the route's port %d", req.Upstream, req.Port)
+		return errorf(http.StatusBadRequest, wire.CodeNameInvalid, "upstream %q: its port must be the route's port %d", req.Upstream, req.Port)
 	}
 	return nil
 }
@@ -193,7 +180,7 @@ func (s *Server) handleExpose(w http.ResponseWriter, r *http.Request) {
 	}
 	resp, aerr := s.expose(context.WithoutCancel(r.Context()), nk, &req)
 	if aerr != nil {
-		if aerr.status >= 500 && aerr.code == CodeInternal {
+		if aerr.status >= 500 && aerr.code == wire.CodeInternal {
 			s.logger.Warn("expose failed", "node", nk.ShortString(), "err", aerr)
 		}
 		writeError(w, aerr)
@@ -220,7 +207,7 @@ func (s *Server) handleExpose(w http.ResponseWriter, r *http.Request) {
 func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.ExposeRequest) (*wire.ExposeResponse, *apiError) {
 	es := s.edge
 	if es.cfg.domain == "" {
-		return nil, errorf(http.StatusNotImplemented, CodeEdgeDisabled, "this coordinator has no public edge (no edge domain configured)")
+		return nil, errorf(http.StatusNotImplemented, wire.CodeEdgeDisabled, "this coordinator has no public edge (no edge domain configured)")
 	}
 	if aerr := checkExpose(req); aerr != nil {
 		return nil, aerr
@@ -238,11 +225,11 @@ func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.Expose
 	s.mu.Unlock()
 	switch {
 	case e == nil:
-		return nil, errorf(http.StatusForbidden, CodeNodeNotRegistered, "node not registered")
+		return nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
 	case self.Node.Expired(now):
-		return nil, errorf(http.StatusForbidden, CodeNodeExpired, "node key expired")
+		return nil, errorf(http.StatusForbidden, wire.CodeNodeExpired, "node key expired")
 	case self.Node.Edge:
-		return nil, errorf(http.StatusForbidden, CodeForbidden, "edge nodes cannot expose ports")
+		return nil, errorf(http.StatusForbidden, wire.CodeForbidden, "edge nodes cannot expose ports")
 	}
 
 	custom := req.CustomDomain != ""
@@ -296,7 +283,7 @@ func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.Expose
 		}
 		switch {
 		case rng.IsZero():
-			return nil, errorf(http.StatusNotImplemented, CodeEdgeProtoNotAllowed, "this edge serves no %s routes (no %s port range configured)", req.Proto, req.Proto)
+			return nil, errorf(http.StatusNotImplemented, wire.CodeEdgeProtoNotAllowed, "this edge serves no %s routes (no %s port range configured)", req.Proto, req.Proto)
 		case c.same != nil:
 			rt.PublicPort = c.same.PublicPort // a re-expose keeps its port
 		case c.pool != nil:
@@ -317,20 +304,20 @@ func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.Expose
 				}
 			}
 			if rt.PublicPort == 0 {
-				return nil, errorf(http.StatusServiceUnavailable, CodePortsExhausted, "all %d edge %s ports (%s) are in use", int(rng.Last)-int(rng.First)+1, req.Proto, rng)
+				return nil, errorf(http.StatusServiceUnavailable, wire.CodePortsExhausted, "all %d edge %s ports (%s) are in use", int(rng.Last)-int(rng.First)+1, req.Proto, rng)
 			}
 		}
 	}
 	if err := es.routeStore.PutRoute(ctx, &rt.Route); err != nil {
 		s.logger.Error("store route", "host", host, "err", err)
-		return nil, errorf(http.StatusInternalServerError, CodeInternal, "store error")
+		return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 	}
 	s.mu.Lock()
 	if cur := s.nodes[nk]; cur != e || cur.rec.Node.Expired(now) {
 		// The node went away while we wrote; its routes go too.
 		s.mu.Unlock()
 		es.routeStore.DeleteRoutes(ctx, []int64{rt.ID})
-		return nil, errorf(http.StatusForbidden, CodeNodeNotRegistered, "node not registered")
+		return nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
 	}
 	es.addLocked(rt)
 	s.routesChangedLocked(nk)
@@ -363,7 +350,7 @@ func (s *Server) unexposeLocked(ctx context.Context, e *nodeEntry, host, proto s
 		if proto != "" {
 			what += " (" + proto + ")"
 		}
-		return nil, errorf(http.StatusNotFound, CodeRouteNotFound, "this node does not serve %s", what)
+		return nil, errorf(http.StatusNotFound, wire.CodeRouteNotFound, "this node does not serve %s", what)
 	}
 	if aerr := s.deleteRoutesLocked(ctx, gone); aerr != nil {
 		return nil, aerr
@@ -382,7 +369,7 @@ func (s *Server) deleteRoutesLocked(ctx context.Context, rs []*memRoute) *apiErr
 	}
 	if err := es.routeStore.DeleteRoutes(ctx, ids); err != nil {
 		s.logger.Error("delete routes", "err", err)
-		return errorf(http.StatusInternalServerError, CodeInternal, "store error")
+		return errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 	}
 	s.mu.Lock()
 	var nodes []key.NodePublic

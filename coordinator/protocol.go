@@ -15,41 +15,8 @@ import (
 	"beam.dev/beam/wire"
 )
 
-// Control protocol, as spoken with beam.dev/beam/coordclient:
-//
-//	GET  /key               -> text/plain key.MachinePublic ("mkey:<64 hex>")
-//	POST /machine/register  <- envelope sealing a wire.RegisterRequest
-//	                        -> 200, body = sealed JSON wire.RegisterResponse
-//	POST /machine/map       <- envelope sealing a wire.MapRequest
-//	                        -> Stream=false: 200, body = sealed JSON wire.MapResponse
-//	                        -> Stream=true:  200, body = frames (below), until
-//	                           the stream ends; a "Beam-Error" trailer then says
-//	                           why ("node_removed: ...", "node_expired: ...")
-//	POST /machine/expose    <- envelope sealing a wire.ExposeRequest
-//	                        -> 200, body = sealed JSON wire.ExposeResponse
-//	POST /machine/txt       <- envelope sealing a TXTRequest (edge nodes only)
-//	                        -> 200, body = sealed JSON TXTResponse
-//	GET  /server/setup      -> JSON wire.ServerSetup, unsealed (public), or
-//	                           404 without Options.ServerSetup
-//
-// The envelope is JSON:
-//
-//	{"node_key": "nodekey:<64 hex>", "sealed": "<base64>"}
-//
-// where sealed = NodePrivate.SealTo(coordinator machine public, JSON request)
-// (24B nonce | NaCl box). Opening it with the envelope's node key proves the
-// sender holds that key. Responses are sealed with
-// MachinePrivate.SealTo(node key).
-//
-// A map stream is a sequence of frames:
-//
-//	4B big-endian length N (1 <= N <= MaxFrameSize) | N bytes sealed JSON wire.MapResponse
-//
-// Errors are plain JSON {"error": "human text", "code": "<code>"} with the
-// HTTP status below; codes are the ErrorCode constants.
-
-// MaxFrameSize is the largest sealed map frame either side accepts.
-const MaxFrameSize = 4 << 20
+// The control protocol (wire.Envelope, frames, headers, error codes) is
+// defined in beam.dev/beam/wire.
 
 // maxRequestSize bounds a request body.
 const maxRequestSize = 1 << 20
@@ -59,43 +26,6 @@ const maxRequestSize = 1 << 20
 // remembered and refused a second time.
 const MaxClockSkew = 5 * time.Minute
 
-// Response headers of a map stream.
-const (
-	// HeaderKeepAlive carries the stream's keepalive interval in
-	// milliseconds, so the node can tell a dead stream from a quiet one.
-	HeaderKeepAlive = "Beam-Keepalive-Ms"
-	// TrailerError is the trailer that says why a stream ended.
-	TrailerError = "Beam-Error"
-)
-
-// ErrorCode is the machine-readable code of an error response; the codes
-// a user can act on are declared in wire, with their user messages.
-type ErrorCode = wire.ErrorCode
-
-// Error codes of the control and admin APIs.
-const (
-	CodeBadRequest        ErrorCode = "bad_request"              // 400: malformed envelope, box or JSON
-	CodeBadSeal                     = wire.CodeBadSeal           // 401: the box does not open with the envelope's key and the coordinator's
-	CodeKeyMismatch       ErrorCode = "key_mismatch"             // 401: sealed node key differs from the envelope's
-	CodeReplay            ErrorCode = "replay"                   // 401: sealed request seen before
-	CodeClockSkew                   = wire.CodeClockSkew         // 401: timestamp outside MaxClockSkew
-	CodeAuthKeyInvalid              = wire.CodeAuthKeyInvalid    // 401: unknown, used or expired auth key
-	CodeUnauthorized                = wire.CodeUnauthorized      // 401: admin API without a valid token
-	CodeNodeNotRegistered           = wire.CodeNodeNotRegistered // 403: the node key is unknown (or was removed)
-	CodeNodeExpired                 = wire.CodeNodeExpired       // 403: the node key expired
-	CodeNodeRemoved                 = wire.CodeNodeRemoved       // stream trailer: the node was removed
-	CodeForbidden         ErrorCode = "forbidden"                // 403: otherwise refused
-	CodeNotFound          ErrorCode = "not_found"                // 404: admin API object missing
-	CodeUnavailable                 = wire.CodeUnavailable       // 503: coordinator shutting down
-	CodeInternal          ErrorCode = "internal"                 // 500
-)
-
-// ErrorBody is the JSON body of every error response.
-type ErrorBody struct {
-	Error string    `json:"error"`
-	Code  ErrorCode `json:"code"`
-}
-
 func jsonMarshal(v any) ([]byte, error)   { return json.Marshal(v) }
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 func jsonEncode(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) }
@@ -103,13 +33,13 @@ func jsonEncode(w io.Writer, v any) error { return json.NewEncoder(w).Encode(v) 
 // apiError is an error with a status and code that handlers return.
 type apiError struct {
 	status int
-	code   ErrorCode
+	code   wire.ErrorCode
 	msg    string
 }
 
 func (e *apiError) Error() string { return string(e.code) + ": " + e.msg }
 
-func errorf(status int, code ErrorCode, format string, args ...any) *apiError {
+func errorf(status int, code wire.ErrorCode, format string, args ...any) *apiError {
 	return &apiError{status: status, code: code, msg: fmt.Sprintf(format, args...)}
 }
 
@@ -117,18 +47,12 @@ func writeError(w http.ResponseWriter, e *apiError) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(e.status)
-	json.NewEncoder(w).Encode(ErrorBody{Error: e.msg, Code: e.code})
-}
-
-// envelope is the outer, unsealed JSON of a control request.
-type envelope struct {
-	NodeKey key.NodePublic `json:"node_key"`
-	Sealed  []byte         `json:"sealed"`
+	json.NewEncoder(w).Encode(wire.ErrorBody{Error: e.msg, Code: e.code})
 }
 
 // decodeEnvelope parses the outer JSON of a control request.
-func decodeEnvelope(b []byte) (envelope, error) {
-	var env envelope
+func decodeEnvelope(b []byte) (wire.Envelope, error) {
+	var env wire.Envelope
 	if err := json.Unmarshal(b, &env); err != nil {
 		return env, fmt.Errorf("decode envelope: %w", err)
 	}
@@ -142,7 +66,7 @@ func decodeEnvelope(b []byte) (envelope, error) {
 }
 
 // openEnvelope opens env.Sealed with priv and decodes the JSON inside into v.
-func openEnvelope(priv key.MachinePrivate, env envelope, v any) error {
+func openEnvelope(priv key.MachinePrivate, env wire.Envelope, v any) error {
 	clear, ok := priv.OpenFrom(env.NodeKey, env.Sealed)
 	if !ok {
 		return errors.New("open sealed request: box does not open with the envelope's node key")
@@ -155,7 +79,7 @@ func openEnvelope(priv key.MachinePrivate, env envelope, v any) error {
 
 // writeFrame writes one stream frame holding sealed.
 func writeFrame(w io.Writer, sealed []byte) error {
-	if len(sealed) == 0 || len(sealed) > MaxFrameSize {
+	if len(sealed) == 0 || len(sealed) > wire.MaxFrameSize {
 		return fmt.Errorf("write frame: size %d out of range", len(sealed))
 	}
 	var hdr [4]byte

@@ -22,7 +22,7 @@ import (
 )
 
 // rawPost sends body to path and returns the status and decoded error body.
-func rawPost(t *testing.T, url, path string, body []byte) (int, coordinator.ErrorBody, []byte) {
+func rawPost(t *testing.T, url, path string, body []byte) (int, wire.ErrorBody, []byte) {
 	t.Helper()
 	resp, err := http.Post(url+path, "application/json", bytes.NewReader(body))
 	if err != nil {
@@ -30,7 +30,7 @@ func rawPost(t *testing.T, url, path string, body []byte) (int, coordinator.Erro
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
-	var eb coordinator.ErrorBody
+	var eb wire.ErrorBody
 	json.Unmarshal(b, &eb)
 	return resp.StatusCode, eb, b
 }
@@ -68,39 +68,39 @@ func TestControlProtocolRefusals(t *testing.T) {
 		path       string
 		body       []byte
 		wantStatus int
-		wantCode   coordinator.ErrorCode
+		wantCode   wire.ErrorCode
 	}{
-		{"replayed register", "/machine/register", good, 401, coordinator.CodeReplay},
-		{"not json", "/machine/register", []byte("hello"), 400, coordinator.CodeBadRequest},
-		{"empty", "/machine/map", nil, 400, coordinator.CodeBadRequest},
-		{"missing key", "/machine/map", []byte(`{"sealed":"` + base64.StdEncoding.EncodeToString(make([]byte, 64)) + `"}`), 400, coordinator.CodeBadRequest},
-		{"bad key text", "/machine/map", []byte(`{"node_key":"nodekey:zz","sealed":"AAAA"}`), 400, coordinator.CodeBadRequest},
-		{"short box", "/machine/map", []byte(`{"node_key":"` + victim.Public().String() + `","sealed":"` + shortBox + `"}`), 400, coordinator.CodeBadRequest},
+		{"replayed register", "/machine/register", good, 401, wire.CodeReplay},
+		{"not json", "/machine/register", []byte("hello"), 400, wire.CodeBadRequest},
+		{"empty", "/machine/map", nil, 400, wire.CodeBadRequest},
+		{"missing key", "/machine/map", []byte(`{"sealed":"` + base64.StdEncoding.EncodeToString(make([]byte, 64)) + `"}`), 400, wire.CodeBadRequest},
+		{"bad key text", "/machine/map", []byte(`{"node_key":"nodekey:zz","sealed":"AAAA"}`), 400, wire.CodeBadRequest},
+		{"short box", "/machine/map", []byte(`{"node_key":"` + victim.Public().String() + `","sealed":"` + shortBox + `"}`), 400, wire.CodeBadRequest},
 		{"box by another key", "/machine/map",
 			sealEnvelope(t, victim.Public(), attacker, mk, wire.MapRequest{Version: 1, NodeKey: victim.Public(), Endpoints: nil, Timestamp: time.Now()}),
-			401, coordinator.CodeBadSeal},
+			401, wire.CodeBadSeal},
 		{"box to another coordinator", "/machine/map",
 			sealEnvelope(t, victim.Public(), victim, key.NewMachine().Public(), wire.MapRequest{Version: 1, NodeKey: victim.Public(), Timestamp: time.Now()}),
-			401, coordinator.CodeBadSeal},
+			401, wire.CodeBadSeal},
 		{"sealed key differs from envelope", "/machine/map",
 			sealEnvelope(t, attacker.Public(), attacker, mk, wire.MapRequest{Version: 1, NodeKey: victim.Public(), Timestamp: time.Now()}),
-			401, coordinator.CodeKeyMismatch},
+			401, wire.CodeKeyMismatch},
 		{"register as victim", "/machine/register",
 			sealEnvelope(t, attacker.Public(), attacker, mk, wire.RegisterRequest{Version: 1, NodeKey: victim.Public(), AuthKey: ak, Timestamp: time.Now()}),
-			401, coordinator.CodeKeyMismatch},
-		{"garbage inside box", "/machine/map", sealEnvelope(t, victim.Public(), victim, mk, "not a request"), 400, coordinator.CodeBadRequest},
+			401, wire.CodeKeyMismatch},
+		{"garbage inside box", "/machine/map", sealEnvelope(t, victim.Public(), victim, mk, "not a request"), 400, wire.CodeBadRequest},
 		{"timestamp in the past", "/machine/map",
 			sealEnvelope(t, victim.Public(), victim, mk, wire.MapRequest{Version: 1, NodeKey: victim.Public(), Timestamp: time.Now().Add(-10 * time.Minute)}),
-			401, coordinator.CodeClockSkew},
+			401, wire.CodeClockSkew},
 		{"timestamp in the future", "/machine/map",
 			sealEnvelope(t, victim.Public(), victim, mk, wire.MapRequest{Version: 1, NodeKey: victim.Public(), Timestamp: time.Now().Add(10 * time.Minute)}),
-			401, coordinator.CodeClockSkew},
+			401, wire.CodeClockSkew},
 		{"unknown node map", "/machine/map",
 			sealEnvelope(t, attacker.Public(), attacker, mk, wire.MapRequest{Version: 1, NodeKey: attacker.Public(), Timestamp: time.Now()}),
-			403, coordinator.CodeNodeNotRegistered},
+			403, wire.CodeNodeNotRegistered},
 		{"unknown approval code", "/machine/register",
 			sealEnvelope(t, attacker.Public(), attacker, mk, wire.RegisterRequest{Version: 1, NodeKey: attacker.Public(), Followup: "NOPE2345", Timestamp: time.Now()}),
-			403, coordinator.CodeApprovalExpired},
+			403, wire.CodeApprovalExpired},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -279,8 +279,8 @@ func TestRawStreamFramesAndKeepAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != 200 || resp.Header.Get(coordinator.HeaderKeepAlive) != "50" {
-		t.Fatalf("status %d, keepalive header %q", resp.StatusCode, resp.Header.Get(coordinator.HeaderKeepAlive))
+	if resp.StatusCode != 200 || resp.Header.Get(wire.HeaderKeepAlive) != "50" {
+		t.Fatalf("status %d, keepalive header %q", resp.StatusCode, resp.Header.Get(wire.HeaderKeepAlive))
 	}
 	read := func() *wire.MapResponse {
 		t.Helper()
@@ -289,7 +289,7 @@ func TestRawStreamFramesAndKeepAlive(t *testing.T) {
 			t.Fatal(err)
 		}
 		size := binary.BigEndian.Uint32(hdr[:])
-		if size == 0 || size > coordinator.MaxFrameSize {
+		if size == 0 || size > wire.MaxFrameSize {
 			t.Fatalf("frame size %d", size)
 		}
 		buf := make([]byte, size)

@@ -122,17 +122,17 @@ func hashSecret(secret string) []byte {
 func (s *Server) lookupAuthKey(ctx context.Context, secret string) (*AuthKey, *apiError) {
 	ak, err := s.store.AuthKeyByHash(ctx, hashSecret(secret))
 	if errors.Is(err, ErrNotFound) {
-		return nil, errorf(http.StatusUnauthorized, CodeAuthKeyInvalid, "auth key is not valid")
+		return nil, errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key is not valid")
 	}
 	if err != nil {
 		s.logger.Error("look up auth key", "err", err)
-		return nil, errorf(http.StatusInternalServerError, CodeInternal, "store error")
+		return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 	}
 	if !ak.Expiry.IsZero() && !s.now().Before(ak.Expiry) {
-		return nil, errorf(http.StatusUnauthorized, CodeAuthKeyInvalid, "auth key %s expired", ak.Prefix)
+		return nil, errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key %s expired", ak.Prefix)
 	}
 	if !ak.Reusable && ak.UseCount > 0 {
-		return nil, errorf(http.StatusUnauthorized, CodeAuthKeyInvalid, "auth key %s was already used", ak.Prefix)
+		return nil, errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key %s was already used", ak.Prefix)
 	}
 	return ak, nil
 }
@@ -153,10 +153,10 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 
 	if req.Logout {
 		if existing == nil {
-			return nil, errorf(http.StatusForbidden, CodeNodeNotRegistered, "node not registered")
+			return nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
 		}
-		if err := s.removeNode(ctx, req.NodeKey, CodeNodeRemoved, "node logged out"); err != nil {
-			return nil, errorf(http.StatusInternalServerError, CodeInternal, "store error")
+		if err := s.removeNode(ctx, req.NodeKey, wire.CodeNodeRemoved, "node logged out"); err != nil {
+			return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 		}
 		s.logger.Info("node logged out", "node", req.NodeKey.ShortString(), "name", existing.Node.Name)
 		s.audit(ctx, actorNode(existing.Node.Name), "node.logout", existing.Node.Name, "")
@@ -207,17 +207,17 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 				return nil, aerr
 			}
 			if ak.NetworkID != existing.NetworkID {
-				return nil, errorf(http.StatusUnauthorized, CodeAuthKeyInvalid, "auth key belongs to another network")
+				return nil, errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key belongs to another network")
 			}
 			if ak.User != "" && existing.Node.User != "" && ak.User != existing.Node.User {
-				return nil, errorf(http.StatusForbidden, CodeForbidden, "this node belongs to %s; authenticate it again as %s", existing.Node.User, existing.Node.User)
+				return nil, errorf(http.StatusForbidden, wire.CodeForbidden, "this node belongs to %s; authenticate it again as %s", existing.Node.User, existing.Node.User)
 			}
 			if err := s.store.ConsumeAuthKey(ctx, ak.ID, now); err != nil {
 				return nil, s.consumeError(err, ak)
 			}
 		case s.devMode && loopback:
 		default:
-			return nil, errorf(http.StatusForbidden, CodeNodeExpired, "node key expired; register again with an auth key")
+			return nil, errorf(http.StatusForbidden, wire.CodeNodeExpired, "node key expired; register again with an auth key")
 		}
 		n, aerr := s.updateSelf(ctx, req.NodeKey, func(n *NodeRecord) {
 			n.Node.KeyExpiry = keyExpiryFor(ak, &n.Node, now, s.nodeKeyExpiry)
@@ -261,11 +261,11 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 		network = s.networks[ak.NetworkID]
 		s.mu.Unlock()
 		if network == nil {
-			return nil, errorf(http.StatusUnauthorized, CodeAuthKeyInvalid, "auth key's network is gone")
+			return nil, errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key's network is gone")
 		}
 	case s.devMode && loopback:
 	default:
-		return nil, errorf(http.StatusForbidden, CodeNodeNotRegistered, "node not registered; joining needs an auth key")
+		return nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered; joining needs an auth key")
 	}
 
 	base := SanitizeLabel(req.Hostname)
@@ -274,7 +274,7 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 	v4, err := s.allocIPv4Locked()
 	s.mu.Unlock()
 	if err != nil {
-		return nil, errorf(http.StatusServiceUnavailable, CodeUnavailable, "%v", err)
+		return nil, errorf(http.StatusServiceUnavailable, wire.CodeUnavailable, "%v", err)
 	}
 	rec := &NodeRecord{
 		Node: wire.Node{
@@ -303,7 +303,7 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 			return nil, s.consumeError(err, ak)
 		}
 		s.logger.Error("insert node", "node", req.NodeKey.ShortString(), "err", err)
-		return nil, errorf(http.StatusInternalServerError, CodeInternal, "store error")
+		return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 	}
 	s.mu.Lock()
 	s.nodes[req.NodeKey] = &nodeEntry{rec: *rec, offlineSince: now}
@@ -328,10 +328,10 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 
 func (s *Server) consumeError(err error, ak *AuthKey) *apiError {
 	if errors.Is(err, ErrAuthKeySpent) {
-		return errorf(http.StatusUnauthorized, CodeAuthKeyInvalid, "auth key %s was already used or expired", ak.Prefix)
+		return errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key %s was already used or expired", ak.Prefix)
 	}
 	s.logger.Error("consume auth key", "auth_key", ak.Prefix, "err", err)
-	return errorf(http.StatusInternalServerError, CodeInternal, "store error")
+	return errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 }
 
 // updateSelf applies mut to the node nk, persists it, tells peers if the
@@ -341,7 +341,7 @@ func (s *Server) updateSelf(ctx context.Context, nk key.NodePublic, mut func(*No
 	e := s.nodes[nk]
 	if e == nil {
 		s.mu.Unlock()
-		return nil, errorf(http.StatusForbidden, CodeNodeNotRegistered, "node not registered")
+		return nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
 	}
 	before := s.viewLocked(e)
 	mut(&e.rec)
@@ -354,7 +354,7 @@ func (s *Server) updateSelf(ctx context.Context, nk key.NodePublic, mut func(*No
 	if changed {
 		if err := s.persist(ctx, nk); err != nil && !errors.Is(err, ErrNotFound) {
 			s.logger.Error("persist node", "node", nk.ShortString(), "err", err)
-			return nil, errorf(http.StatusInternalServerError, CodeInternal, "store error")
+			return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 		}
 	}
 	return after, nil
@@ -397,7 +397,7 @@ func nodeEqual(a, b *wire.Node) bool {
 
 // removeNode deletes nk from the store and memory, ends its stream with
 // code and msg, and tells its peers.
-func (s *Server) removeNode(ctx context.Context, nk key.NodePublic, code ErrorCode, msg string) error {
+func (s *Server) removeNode(ctx context.Context, nk key.NodePublic, code wire.ErrorCode, msg string) error {
 	s.persistMu.Lock()
 	defer s.persistMu.Unlock()
 	s.mu.Lock()
@@ -429,7 +429,7 @@ func (s *Server) removeNode(ctx context.Context, nk key.NodePublic, code ErrorCo
 // expireLocked ends e's stream and drops it from its peers' maps. s.mu held.
 func (s *Server) expireLocked(e *nodeEntry) {
 	if ss := s.sessions[e.rec.Node.Key]; ss != nil {
-		ss.end(CodeNodeExpired, "node key expired")
+		ss.end(wire.CodeNodeExpired, "node key expired")
 	}
 	s.notifyLocked(e.rec.NetworkID, e.rec.Node.Key)
 	s.dropRoutesLocked(e, true)
@@ -518,7 +518,7 @@ func (s *Server) RemoveNode(ctx context.Context, ref string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.removeNode(ctx, e.rec.Node.Key, CodeNodeRemoved, "node was removed by an admin"); err != nil {
+	if err := s.removeNode(ctx, e.rec.Node.Key, wire.CodeNodeRemoved, "node was removed by an admin"); err != nil {
 		return err
 	}
 	s.logger.Info("node removed", "node", e.rec.Node.Key.ShortString(), "name", e.rec.Node.Name)

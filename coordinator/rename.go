@@ -66,7 +66,7 @@ func (s *Server) renameNodeRegLocked(ctx context.Context, actor, ref, newName st
 	}
 	renamer, ok := s.store.(NodeRenamer)
 	if !ok {
-		return nil, errorf(http.StatusNotImplemented, CodeInternal, "the coordinator's store cannot rename nodes")
+		return nil, errorf(http.StatusNotImplemented, wire.CodeInternal, "the coordinator's store cannot rename nodes")
 	}
 
 	// persistMu: the store write and the in-memory change happen in the
@@ -127,7 +127,7 @@ func (s *Server) handleRenameNode(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestSize))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
-		writeError(w, errorf(http.StatusBadRequest, CodeBadRequest, "malformed request body: want {\"name\": \"NEW\"}"))
+		writeError(w, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed request body: want {\"name\": \"NEW\"}"))
 		return
 	}
 	n, err := s.renameNode(context.WithoutCancel(r.Context()), actorAdmin, r.PathValue("name"), req.Name)

@@ -351,7 +351,7 @@ func (s *Server) enter() bool {
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if !s.enter() {
-		writeError(w, errorf(http.StatusServiceUnavailable, CodeUnavailable, "coordinator is shutting down"))
+		writeError(w, errorf(http.StatusServiceUnavailable, wire.CodeUnavailable, "coordinator is shutting down"))
 		return
 	}
 	defer s.wg.Done()
@@ -362,7 +362,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				panic(p)
 			}
 			s.logger.Error("handler panic", "path", r.URL.Path, "panic", fmt.Sprint(p))
-			writeError(w, errorf(http.StatusInternalServerError, CodeInternal, "internal error"))
+			writeError(w, errorf(http.StatusInternalServerError, wire.CodeInternal, "internal error"))
 		}
 	}()
 	s.mux.ServeHTTP(w, r)
@@ -391,7 +391,7 @@ func (s *Server) routes() *http.ServeMux {
 
 func (s *Server) handleServerSetup(w http.ResponseWriter, r *http.Request) {
 	if s.serverSetup == nil {
-		writeError(w, errorf(http.StatusNotFound, CodeNotFound, "this coordinator has no public server setup (it is not run by beam server with a domain)"))
+		writeError(w, errorf(http.StatusNotFound, wire.CodeNotFound, "this coordinator has no public server setup (it is not run by beam server with a domain)"))
 		return
 	}
 	writeJSON(w, http.StatusOK, s.serverSetup())
@@ -408,29 +408,29 @@ func (s *Server) handleKey(w http.ResponseWriter, r *http.Request) {
 func (s *Server) readRequest(w http.ResponseWriter, r *http.Request, v any, hdr func() (key.NodePublic, time.Time)) (key.NodePublic, *apiError) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequestSize))
 	if err != nil {
-		return key.NodePublic{}, errorf(http.StatusBadRequest, CodeBadRequest, "read request: too large or cut short")
+		return key.NodePublic{}, errorf(http.StatusBadRequest, wire.CodeBadRequest, "read request: too large or cut short")
 	}
 	env, err := decodeEnvelope(body)
 	if err != nil {
-		return key.NodePublic{}, errorf(http.StatusBadRequest, CodeBadRequest, "malformed envelope")
+		return key.NodePublic{}, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed envelope")
 	}
 	clear, ok := s.priv.OpenFrom(env.NodeKey, env.Sealed)
 	if !ok {
-		return key.NodePublic{}, errorf(http.StatusUnauthorized, CodeBadSeal, "sealed request does not open with node_key and this coordinator's key")
+		return key.NodePublic{}, errorf(http.StatusUnauthorized, wire.CodeBadSeal, "sealed request does not open with node_key and this coordinator's key")
 	}
 	if err := jsonUnmarshal(clear, v); err != nil {
-		return key.NodePublic{}, errorf(http.StatusBadRequest, CodeBadRequest, "malformed sealed request")
+		return key.NodePublic{}, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed sealed request")
 	}
 	nk, ts := hdr()
 	if nk != env.NodeKey {
-		return key.NodePublic{}, errorf(http.StatusUnauthorized, CodeKeyMismatch, "sealed node key differs from the envelope's")
+		return key.NodePublic{}, errorf(http.StatusUnauthorized, wire.CodeKeyMismatch, "sealed node key differs from the envelope's")
 	}
 	now := s.now()
 	if d := now.Sub(ts); d > MaxClockSkew || d < -MaxClockSkew {
-		return key.NodePublic{}, errorf(http.StatusUnauthorized, CodeClockSkew, "request timestamp is %s away from the coordinator's clock", d.Round(time.Second))
+		return key.NodePublic{}, errorf(http.StatusUnauthorized, wire.CodeClockSkew, "request timestamp is %s away from the coordinator's clock", d.Round(time.Second))
 	}
 	if !s.replay.add(env.Sealed, now) {
-		return key.NodePublic{}, errorf(http.StatusUnauthorized, CodeReplay, "request was already seen")
+		return key.NodePublic{}, errorf(http.StatusUnauthorized, wire.CodeReplay, "request was already seen")
 	}
 	return env.NodeKey, nil
 }
@@ -439,7 +439,7 @@ func (s *Server) readRequest(w http.ResponseWriter, r *http.Request, v any, hdr 
 func (s *Server) writeSealed(w http.ResponseWriter, nk key.NodePublic, v any) {
 	b, err := jsonMarshal(v)
 	if err != nil {
-		writeError(w, errorf(http.StatusInternalServerError, CodeInternal, "encode response"))
+		writeError(w, errorf(http.StatusInternalServerError, wire.CodeInternal, "encode response"))
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -471,7 +471,7 @@ func (s *Server) handleDERPVerify(w http.ResponseWriter, r *http.Request) {
 	}
 	if !bearerIs(r, s.relayHash) && !bearerIs(r, s.adminHash) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="beam"`)
-		writeError(w, errorf(http.StatusUnauthorized, CodeUnauthorized, "missing or wrong relay token"))
+		writeError(w, errorf(http.StatusUnauthorized, wire.CodeUnauthorized, "missing or wrong relay token"))
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
@@ -519,7 +519,7 @@ func (s *Server) requireAdmin(h http.Handler) http.Handler {
 				}
 			}
 			w.Header().Set("WWW-Authenticate", `Bearer realm="beam"`)
-			writeError(w, errorf(http.StatusUnauthorized, CodeUnauthorized, "missing or wrong admin token"))
+			writeError(w, errorf(http.StatusUnauthorized, wire.CodeUnauthorized, "missing or wrong admin token"))
 			return
 		}
 		h.ServeHTTP(w, r)
@@ -557,7 +557,7 @@ func (s *Server) janitorLoop() {
 		}
 		s.mu.Unlock()
 		for _, k := range drop {
-			if err := s.removeNode(s.ctx, k, CodeNodeRemoved, "ephemeral node went offline"); err != nil && !errors.Is(err, ErrNotFound) {
+			if err := s.removeNode(s.ctx, k, wire.CodeNodeRemoved, "ephemeral node went offline"); err != nil && !errors.Is(err, ErrNotFound) {
 				s.logger.Warn("delete ephemeral node", "node", k.ShortString(), "err", err)
 			} else if err == nil {
 				s.logger.Info("deleted offline ephemeral node", "node", k.ShortString())

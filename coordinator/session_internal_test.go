@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
 )
 
 // TestSessionDelivery checks the bookkeeping an expose uses to answer
@@ -47,7 +48,7 @@ func TestSessionDelivery(t *testing.T) {
 	go func() { done <- ss.waitDelivered(t.Context(), gen2) }()
 	ss.delivered(gen)
 	time.Sleep(10 * time.Millisecond) // let the waiter block, so end must wake it
-	ss.end(CodeForbidden, "replaced")
+	ss.end(wire.CodeForbidden, "replaced")
 	select {
 	case ok := <-done:
 		if ok {

@@ -32,7 +32,7 @@ type session struct {
 	full    bool // recompute everything (policy in use)
 	derp    bool // send the DERP map
 	ended   bool
-	endCode ErrorCode
+	endCode wire.ErrorCode
 	endMsg  string
 	marks   uint64        // counts mark and markDERP calls
 	sent    uint64        // marks covered by what the stream has written
@@ -73,7 +73,7 @@ func (ss *session) markDERP() {
 }
 
 // end asks the stream to end, telling the node code and msg.
-func (ss *session) end(code ErrorCode, msg string) {
+func (ss *session) end(code wire.ErrorCode, msg string) {
 	ss.mu.Lock()
 	if !ss.ended {
 		ss.ended, ss.endCode, ss.endMsg = true, code, msg
@@ -92,7 +92,7 @@ func (ss *session) isEnded() bool {
 
 // take returns and clears what changed since the last call; gen is the
 // mark count it covers, for delivered.
-func (ss *session) take() (pending map[key.NodePublic]struct{}, full, derp, ended bool, code ErrorCode, msg string, gen uint64) {
+func (ss *session) take() (pending map[key.NodePublic]struct{}, full, derp, ended bool, code wire.ErrorCode, msg string, gen uint64) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
 	pending, ss.pending = ss.pending, make(map[key.NodePublic]struct{})
@@ -223,11 +223,11 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Unlock()
 	if e == nil {
-		writeError(w, errorf(http.StatusForbidden, CodeNodeNotRegistered, "node not registered"))
+		writeError(w, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered"))
 		return
 	}
 	if expired {
-		writeError(w, errorf(http.StatusForbidden, CodeNodeExpired, "node key expired"))
+		writeError(w, errorf(http.StatusForbidden, wire.CodeNodeExpired, "node key expired"))
 		return
 	}
 	if _, aerr := s.updateSelf(context.WithoutCancel(r.Context()), nk, func(n *NodeRecord) {
@@ -262,7 +262,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 	e := s.nodes[nk]
 	if e == nil {
 		s.mu.Unlock()
-		writeError(w, errorf(http.StatusForbidden, CodeNodeNotRegistered, "node not registered"))
+		writeError(w, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered"))
 		return
 	}
 	ss := newSession(nk, e.rec.NetworkID)
@@ -270,7 +270,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 	s.sessions[nk] = ss
 	e.offlineSince = time.Time{}
 	if old != nil {
-		old.end(CodeForbidden, "replaced by a newer stream of the same node")
+		old.end(wire.CodeForbidden, "replaced by a newer stream of the same node")
 	} else {
 		s.notifyLocked(e.rec.NetworkID, nk) // online
 	}
@@ -301,8 +301,8 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set(HeaderKeepAlive, strconv.FormatInt(s.keepAlive.Milliseconds(), 10))
-	w.Header().Set("Trailer", TrailerError)
+	w.Header().Set(wire.HeaderKeepAlive, strconv.FormatInt(s.keepAlive.Milliseconds(), 10))
+	w.Header().Set("Trailer", wire.TrailerError)
 	w.WriteHeader(http.StatusOK)
 	bw := bufio.NewWriterSize(w, 32<<10)
 
@@ -313,7 +313,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 			return err
 		}
 		sealed := s.priv.SealTo(nk, b)
-		if len(sealed) > MaxFrameSize {
+		if len(sealed) > wire.MaxFrameSize {
 			return errors.New("map frame too large")
 		}
 		rc.SetWriteDeadline(time.Now().Add(max(2*s.keepAlive, 10*time.Second)))
@@ -369,7 +369,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 	for {
 		select {
 		case <-s.ctx.Done():
-			w.Header().Set(TrailerError, string(CodeUnavailable)+": coordinator is shutting down")
+			w.Header().Set(wire.TrailerError, string(wire.CodeUnavailable)+": coordinator is shutting down")
 			return
 		case <-r.Context().Done():
 			return
@@ -395,7 +395,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 		pending, full, derp, ended, code, msg, gen := ss.take()
 		marked := ss.takeFirstMark()
 		if ended {
-			w.Header().Set(TrailerError, string(code)+": "+msg)
+			w.Header().Set(wire.TrailerError, string(code)+": "+msg)
 			log.Info("ending map stream", "reason", code)
 			return
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
 )
 
 // DeleteUserAndNodes deletes the user called name together with
@@ -40,7 +41,7 @@ func (s *Server) DeleteUserAndNodes(ctx context.Context, actor, name string) ([]
 	s.mu.Unlock()
 	var removed []string
 	for _, n := range nodes {
-		if err := s.removeNode(ctx, n.k, CodeNodeRemoved, "node's user was removed"); err != nil && !errors.Is(err, ErrNotFound) {
+		if err := s.removeNode(ctx, n.k, wire.CodeNodeRemoved, "node's user was removed"); err != nil && !errors.Is(err, ErrNotFound) {
 			return removed, fmt.Errorf("coordinator: remove node %s of user %q: %w", n.name, name, err)
 		}
 		s.audit(ctx, actor, "node.remove", n.name, "user "+name+" removed")

@@ -1,24 +1,61 @@
 package wire
 
 // ErrorCode is the machine-readable code of a coordinator error: the
-// "code" of a JSON error answer ({"error": MESSAGE, "code": CODE}) or the
-// CODE of a stream trailer ("CODE: MESSAGE"). coordinator.ErrorCode is
-// this type; the codes declared here are those a user can act on, each
-// with what to tell them, and both sides use these definitions.
+// "code" of a JSON error answer (ErrorBody) or the CODE of a stream
+// trailer ("CODE: MESSAGE", see TrailerError). The coordinator sends
+// these codes and coordclient matches them; neither declares its own.
 type ErrorCode string
 
-// Codes with a user message.
+// Error codes of the control and admin APIs, with the HTTP status they
+// come with.
 const (
-	CodeBadSeal           ErrorCode = "bad_seal"
-	CodeClockSkew         ErrorCode = "clock_skew"
-	CodeAuthKeyInvalid    ErrorCode = "auth_key_invalid"
-	CodeUnauthorized      ErrorCode = "unauthorized"
-	CodeNodeNotRegistered ErrorCode = "node_not_registered"
-	CodeNodeExpired       ErrorCode = "node_expired"
-	CodeNodeRemoved       ErrorCode = "node_removed"
-	CodeUnavailable       ErrorCode = "unavailable"
-	CodeEdgeDisabled      ErrorCode = "edge_disabled"
+	CodeBadRequest        ErrorCode = "bad_request"         // 400: malformed envelope, box or JSON
+	CodeBadSeal           ErrorCode = "bad_seal"            // 401: the box does not open with the envelope's key and the coordinator's
+	CodeKeyMismatch       ErrorCode = "key_mismatch"        // 401: sealed node key differs from the envelope's
+	CodeReplay            ErrorCode = "replay"              // 401: sealed request seen before
+	CodeClockSkew         ErrorCode = "clock_skew"          // 401: timestamp outside the coordinator's clock-skew window
+	CodeAuthKeyInvalid    ErrorCode = "auth_key_invalid"    // 401: unknown, used or expired auth key
+	CodeUnauthorized      ErrorCode = "unauthorized"        // 401: admin API without a valid token
+	CodeNodeNotRegistered ErrorCode = "node_not_registered" // 403: the node key is unknown (or was removed)
+	CodeNodeExpired       ErrorCode = "node_expired"        // 403: the node key expired
+	CodeNodeRemoved       ErrorCode = "node_removed"        // stream trailer: the node was removed
+	CodeForbidden         ErrorCode = "forbidden"           // 403: otherwise refused
+	CodeNotFound          ErrorCode = "not_found"           // 404: admin API object missing
+	CodeUnavailable       ErrorCode = "unavailable"         // 503: coordinator shutting down
+	CodeInternal          ErrorCode = "internal"            // 500
+
+	// CodeBadPolicy: 400, a policy that does not parse, names unknown
+	// users, or fails its tests; the body is a PolicyErrorBody.
+	CodeBadPolicy ErrorCode = "bad_policy"
+	// CodeConflict: 409, an admin request that conflicts with existing
+	// state (a taken user name, a user that still owns nodes).
+	CodeConflict ErrorCode = "conflict"
+	// CodeApprovalExpired: 403, the approval code of an interactive
+	// registration's followup is unknown or expired; the node must
+	// start over.
+	CodeApprovalExpired ErrorCode = "approval_expired"
 )
+
+// Error codes of the public edge endpoints.
+const (
+	CodeNameInvalid         ErrorCode = "name_invalid"          // 400: bad name, proto, port or option
+	CodeNameReserved        ErrorCode = "name_reserved"         // 400: a reserved name (www, edge, api, _*, the apex)
+	CodeNameTaken           ErrorCode = "name_taken"            // 409: the name belongs to another node or network
+	CodeDomainNotVerified   ErrorCode = "domain_not_verified"   // 403: custom domain without proof of control
+	CodePortsExhausted      ErrorCode = "ports_exhausted"       // 503: no free edge port for a tcp/udp route
+	CodeEdgeDisabled        ErrorCode = "edge_disabled"         // 501: the coordinator has no edge domain
+	CodeNoZone              ErrorCode = "no_zone"               // 501: the coordinator has no public DNS zone
+	CodeRouteNotFound       ErrorCode = "route_not_found"       // 404: Remove of a route that does not exist
+	CodeEdgeProtoNotAllowed ErrorCode = "edge_proto_not_served" // 501: tcp/udp without an edge port range
+)
+
+// ErrorBody is the JSON body of every error answer:
+//
+//	{"error": "human text", "code": "<code>"}
+type ErrorBody struct {
+	Error string    `json:"error"`
+	Code  ErrorCode `json:"code"`
+}
 
 // userMessages say, for a user, what failed and what to do next.
 var userMessages = map[ErrorCode]string{

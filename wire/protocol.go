@@ -1,0 +1,57 @@
+package wire
+
+import "beam.dev/beam/types/key"
+
+// Control protocol, as spoken between the coordinator and coordclient:
+//
+//	GET  /key               -> text/plain key.MachinePublic ("mkey:<64 hex>")
+//	POST /machine/register  <- Envelope sealing a RegisterRequest
+//	                        -> 200, body = sealed JSON RegisterResponse
+//	POST /machine/map       <- Envelope sealing a MapRequest
+//	                        -> Stream=false: 200, body = sealed JSON MapResponse
+//	                        -> Stream=true:  200, body = frames (below), until
+//	                           the stream ends; a TrailerError trailer then
+//	                           says why ("node_removed: ...", "node_expired: ...")
+//	POST /machine/expose    <- Envelope sealing an ExposeRequest
+//	                        -> 200, body = sealed JSON ExposeResponse
+//	POST /machine/txt       <- Envelope sealing a TXT request (edge nodes only)
+//	                        -> 200, body = sealed JSON TXT response
+//	GET  /server/setup      -> JSON ServerSetup, unsealed (public), or 404
+//
+// The Envelope is JSON:
+//
+//	{"node_key": "nodekey:<64 hex>", "sealed": "<base64>"}
+//
+// where sealed = NodePrivate.SealTo(coordinator machine public, JSON request)
+// (24B nonce | NaCl box). Opening it with the envelope's node key proves the
+// sender holds that key. Responses are sealed with
+// MachinePrivate.SealTo(node key).
+//
+// A map stream is a sequence of frames:
+//
+//	4B big-endian length N (1 <= N <= MaxFrameSize) | N bytes sealed JSON MapResponse
+//
+// Errors are JSON ErrorBody values with the HTTP status noted at each
+// ErrorCode.
+
+// Envelope is the outer, unsealed JSON of a control request.
+type Envelope struct {
+	// NodeKey is the sender's node key; Sealed opens only with it.
+	NodeKey key.NodePublic `json:"node_key"`
+	// Sealed is the JSON request sealed from NodeKey to the
+	// coordinator's machine key (24B nonce | NaCl box).
+	Sealed []byte `json:"sealed"`
+}
+
+// MaxFrameSize is the largest sealed map frame either side accepts.
+const MaxFrameSize = 4 << 20
+
+// Response headers of a map stream.
+const (
+	// HeaderKeepAlive carries the stream's keepalive interval in
+	// milliseconds, so the node can tell a dead stream from a quiet one.
+	HeaderKeepAlive = "Beam-Keepalive-Ms"
+	// TrailerError is the trailer that says why a stream ended, as
+	// "CODE: MESSAGE" with an ErrorCode.
+	TrailerError = "Beam-Error"
+)
