@@ -53,7 +53,15 @@ func buildBeam(t testing.TB) string {
 }
 
 func TestMain(m *testing.M) {
+	// Every daemon a test starts forwards names outside the overlay to
+	// this loopback stub, never to the host's resolvers.
+	stop, err := startUpstreamStub()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "upstream stub:", err)
+		os.Exit(1)
+	}
 	code := m.Run()
+	stop()
 	if beamBin != "" {
 		os.RemoveAll(filepath.Dir(beamBin))
 	}

@@ -170,7 +170,8 @@ func TestREADME(t *testing.T) {
 		}
 		env = append(env, kv)
 	}
-	env = append(env, "HOME="+home, "XDG_RUNTIME_DIR="+filepath.Join(dir, ".run"), "GOFLAGS=-buildvcs=false")
+	env = append(env, "HOME="+home, "XDG_RUNTIME_DIR="+filepath.Join(dir, ".run"), "GOFLAGS=-buildvcs=false",
+		"BEAM_DNS_UPSTREAM="+os.Getenv("BEAM_DNS_UPSTREAM")) // the README's daemons forward to the test's stub, not the host's resolvers
 	// The go command keeps its caches and settings, which HOME would move.
 	for _, k := range []string{"GOCACHE", "GOMODCACHE", "GOPATH", "GOENV"} {
 		v, err := exec.Command("go", "env", k).Output()

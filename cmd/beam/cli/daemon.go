@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -48,7 +49,7 @@ func daemonFlags(cmd *cobra.Command, o *DaemonOptions) {
 	cmd.Flags().StringVar(&o.SOCKS5, "socks5", "", "serve a SOCKS5 proxy into the mesh on this loopback address (e.g. 127.0.0.1:1080; kept in the state, \"\" stops it)")
 	cmd.Flags().StringVar(&o.HTTPProxy, "http-proxy", "", "serve an HTTP proxy into the mesh on this loopback address (kept in the state, \"\" stops it)")
 	cmd.Flags().StringVar(&o.DNSListen, "dns-listen", "", "also serve MagicDNS on this loopback address, UDP and TCP (kept in the state, \"\" stops it)")
-	cmd.Flags().StringSliceVar(&o.DNSUpstreams, "dns-upstream", nil, "upstream resolvers for other names (default: /etc/resolv.conf; kept in the state)")
+	cmd.Flags().StringSliceVar(&o.DNSUpstreams, "dns-upstream", nil, "upstream resolvers for other names (default: env BEAM_DNS_UPSTREAM, else /etc/resolv.conf; kept in the state)")
 	cmd.Flags().StringVar(&o.Operator, "operator", "", "local user who may use the daemon's socket besides its own user and root (Linux; kept in the state, \"\" removes it)")
 	cmd.Flags().StringVar(&o.LogLevel, "log-level", configs.DefaultDaemon().LogLevel, "debug, info, warn or error")
 	cmd.Flags().StringVar(&o.ACMECA, "acme-ca", "", "ACME directory URL: terminate TLS of this device's --tls-passthrough routes with its own certificate, obtained by DNS-01 through the coordinator (default: the app terminates TLS)")
@@ -152,7 +153,7 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 	if err := checkTelemetry(&o.Telemetry); err != nil {
 		return err
 	}
-	hostUpstreams, err := dnsUpstreams(nil, o.StateDir)
+	hostUpstreams, err := defaultUpstreams(f, o.StateDir)
 	if err != nil {
 		return err
 	}
@@ -261,6 +262,20 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 	case err := <-errc:
 		return err
 	}
+}
+
+// defaultUpstreams is where MagicDNS forwards other names when no
+// --dns-upstream is set: BEAM_DNS_UPSTREAM (comma-separated IP or IP:PORT)
+// if given, else the host's resolvers.
+func defaultUpstreams(f *Factory, stateDir string) ([]netip.AddrPort, error) {
+	if env := f.getenv("BEAM_DNS_UPSTREAM"); env != "" {
+		ups, err := dnsUpstreams(strings.FieldsFunc(env, func(r rune) bool { return r == ',' || r == ' ' }), stateDir)
+		if err != nil {
+			return nil, fmt.Errorf("BEAM_DNS_UPSTREAM: %w", err)
+		}
+		return ups, nil
+	}
+	return dnsUpstreams(nil, stateDir)
 }
 
 // dnsUpstreams parses --dns-upstream values, or reads /etc/resolv.conf as

@@ -60,7 +60,7 @@ name is free. Without flags, beam set prints the settings.`,
 	fl.StringVar(&o.Daemon.SOCKS5, "socks5", "", "serve a SOCKS5 proxy into the mesh on this loopback address (\"\" stops it)")
 	fl.StringVar(&o.Daemon.HTTPProxy, "http-proxy", "", "serve an HTTP proxy into the mesh on this loopback address (\"\" stops it)")
 	fl.StringVar(&o.Daemon.DNSListen, "dns-listen", "", "serve MagicDNS on this loopback address, UDP and TCP (\"\" stops it)")
-	fl.StringSliceVar(&o.Daemon.DNSUpstreams, "dns-upstream", nil, "upstream resolvers for other names (\"\" resets to /etc/resolv.conf)")
+	fl.StringSliceVar(&o.Daemon.DNSUpstreams, "dns-upstream", nil, "upstream resolvers for other names (\"\" resets to the default: env BEAM_DNS_UPSTREAM of the daemon, else /etc/resolv.conf)")
 	fl.StringVar(&o.Hostname, "hostname", "", "the node's hostname; renames a registered node when the name is free")
 	fl.BoolVar(&o.ShieldsUp, "shields-up", false, "refuse all inbound connections from peers")
 	fl.StringVar(&o.Operator, "operator", "", "local user who may use the daemon's socket besides its own user and root (\"\" removes it)")
