@@ -50,26 +50,6 @@ type AuthKeyRequest struct {
 	KeyExpiry time.Duration
 }
 
-// AuthKey describes a stored auth key (never its secret).
-type AuthKey struct {
-	Prefix    string    `json:"prefix"`
-	Network   string    `json:"network"`
-	Reusable  bool      `json:"reusable"`
-	Ephemeral bool      `json:"ephemeral"`
-	Expiry    time.Time `json:"expiry,omitzero"`
-	Tags      []string  `json:"tags,omitempty"`
-	User      string    `json:"user,omitempty"`
-	UseCount  int       `json:"use_count"`
-	CreatedAt time.Time `json:"created_at"`
-	// Valid reports whether the key can still register a node.
-	Valid bool `json:"valid"`
-	// Edge reports whether the key registers public edge nodes.
-	Edge bool `json:"edge,omitempty"`
-	// KeyExpiry is the node key expiry of the key's nodes: a Go duration,
-	// "never", or empty for the default.
-	KeyExpiry string `json:"key_expiry,omitempty"`
-}
-
 // do sends one admin request; out, if not nil, receives the JSON answer.
 func (a *Admin) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
@@ -110,17 +90,8 @@ func (a *Admin) do(ctx context.Context, method, path string, in, out any) error 
 
 // CreateAuthKey creates an auth key and returns its secret (shown only
 // once) and its description.
-func (a *Admin) CreateAuthKey(ctx context.Context, r AuthKeyRequest) (string, *AuthKey, error) {
-	in := struct {
-		Network   string   `json:"network,omitempty"`
-		Reusable  bool     `json:"reusable,omitempty"`
-		Ephemeral bool     `json:"ephemeral,omitempty"`
-		Expiry    string   `json:"expiry,omitempty"`
-		Tags      []string `json:"tags,omitempty"`
-		User      string   `json:"user,omitempty"`
-		Edge      bool     `json:"edge,omitempty"`
-		KeyExpiry string   `json:"key_expiry,omitempty"`
-	}{Network: r.Network, Reusable: r.Reusable, Ephemeral: r.Ephemeral, Tags: r.Tags, User: r.User, Edge: r.Edge}
+func (a *Admin) CreateAuthKey(ctx context.Context, r AuthKeyRequest) (string, *wire.AuthKeyInfo, error) {
+	in := wire.CreateAuthKeyRequest{Network: r.Network, Reusable: r.Reusable, Ephemeral: r.Ephemeral, Tags: r.Tags, User: r.User, Edge: r.Edge}
 	switch {
 	case r.KeyExpiry < 0:
 		in.KeyExpiry = "never"
@@ -130,10 +101,7 @@ func (a *Admin) CreateAuthKey(ctx context.Context, r AuthKeyRequest) (string, *A
 	if r.Expiry > 0 {
 		in.Expiry = r.Expiry.String()
 	}
-	var out struct {
-		Key  string  `json:"key"`
-		Info AuthKey `json:"info"`
-	}
+	var out wire.CreateAuthKeyResponse
 	if err := a.do(ctx, http.MethodPost, "/api/v1/authkeys", in, &out); err != nil {
 		return "", nil, err
 	}
@@ -141,8 +109,8 @@ func (a *Admin) CreateAuthKey(ctx context.Context, r AuthKeyRequest) (string, *A
 }
 
 // ListAuthKeys lists all auth keys.
-func (a *Admin) ListAuthKeys(ctx context.Context) ([]*AuthKey, error) {
-	var out []*AuthKey
+func (a *Admin) ListAuthKeys(ctx context.Context) ([]*wire.AuthKeyInfo, error) {
+	var out []*wire.AuthKeyInfo
 	return out, a.do(ctx, http.MethodGet, "/api/v1/authkeys", nil, &out)
 }
 

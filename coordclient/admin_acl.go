@@ -14,25 +14,18 @@ import (
 	"beam.dev/beam/wire"
 )
 
-// User is a user of the coordinator.
-type User struct {
-	ID        int64     `json:"id"`
-	Name      string    `json:"name"`
-	CreatedAt time.Time `json:"created_at"`
-}
-
 // CreateUser adds a user.
-func (a *Admin) CreateUser(ctx context.Context, name string) (*User, error) {
-	var u User
-	if err := a.do(ctx, http.MethodPost, "/api/v1/users", map[string]string{"name": name}, &u); err != nil {
+func (a *Admin) CreateUser(ctx context.Context, name string) (*wire.User, error) {
+	var u wire.User
+	if err := a.do(ctx, http.MethodPost, "/api/v1/users", wire.CreateUserRequest{Name: name}, &u); err != nil {
 		return nil, err
 	}
 	return &u, nil
 }
 
 // ListUsers lists users sorted by name.
-func (a *Admin) ListUsers(ctx context.Context) ([]*User, error) {
-	var out []*User
+func (a *Admin) ListUsers(ctx context.Context) ([]*wire.User, error) {
+	var out []*wire.User
 	return out, a.do(ctx, http.MethodGet, "/api/v1/users", nil, &out)
 }
 
@@ -48,28 +41,9 @@ func (a *Admin) DeleteUserAndNodes(ctx context.Context, name string) error {
 	return a.do(ctx, http.MethodDelete, "/api/v1/users/"+url.PathEscape(name)+"?nodes=delete", nil, nil)
 }
 
-// PolicyProblem is one problem the coordinator found in a policy.
-type PolicyProblem struct {
-	// Line and Column locate it (1-based); zero when unknown.
-	Line   int `json:"line,omitempty"`
-	Column int `json:"column,omitempty"`
-	// Message says what is wrong.
-	Message string `json:"message"`
-	// TestFailed is set when an entry of the policy's tests did not hold.
-	TestFailed bool `json:"test_failed,omitempty"`
-}
-
-// String formats p as "line:column: message".
-func (p PolicyProblem) String() string {
-	if p.Line == 0 {
-		return p.Message
-	}
-	return fmt.Sprintf("%d:%d: %s", p.Line, p.Column, p.Message)
-}
-
 // PolicyError is the coordinator's refusal of a policy.
 type PolicyError struct {
-	Problems []PolicyProblem
+	Problems []wire.PolicyProblem
 }
 
 func (e *PolicyError) Error() string {
@@ -125,10 +99,7 @@ func (a *Admin) policyRequest(ctx context.Context, method, path string, src []by
 	if resp.StatusCode/100 == 2 {
 		return b, nil
 	}
-	var pb struct {
-		Code     wire.ErrorCode  `json:"code"`
-		Problems []PolicyProblem `json:"problems"`
-	}
+	var pb wire.PolicyErrorBody
 	if resp.StatusCode == http.StatusBadRequest && json.Unmarshal(b, &pb) == nil && pb.Code == wire.CodeBadPolicy && len(pb.Problems) > 0 {
 		return nil, &PolicyError{Problems: pb.Problems}
 	}
@@ -149,19 +120,9 @@ func (a *Admin) SetNodeExpiry(ctx context.Context, name string, d time.Duration)
 	return &n, nil
 }
 
-// PendingRegistration is a node waiting for interactive approval.
-type PendingRegistration struct {
-	Code     string    `json:"code"`
-	NodeKey  string    `json:"node_key"`
-	Hostname string    `json:"hostname"`
-	OS       string    `json:"os,omitempty"`
-	Created  time.Time `json:"created"`
-	Expires  time.Time `json:"expires"`
-}
-
 // ListPending lists the nodes waiting for approval.
-func (a *Admin) ListPending(ctx context.Context) ([]*PendingRegistration, error) {
-	var out []*PendingRegistration
+func (a *Admin) ListPending(ctx context.Context) ([]*wire.PendingRegistration, error) {
+	var out []*wire.PendingRegistration
 	return out, a.do(ctx, http.MethodGet, "/api/v1/registrations", nil, &out)
 }
 
@@ -175,23 +136,13 @@ func (a *Admin) Approve(ctx context.Context, code, user string, tags []string) e
 	return a.do(ctx, http.MethodPost, "/api/v1/registrations/"+url.PathEscape(code)+"/approve", in, nil)
 }
 
-// AuditEntry is one record of the coordinator's audit log.
-type AuditEntry struct {
-	ID     int64     `json:"id"`
-	Time   time.Time `json:"time"`
-	Actor  string    `json:"actor"`
-	Action string    `json:"action"`
-	Target string    `json:"target,omitempty"`
-	Detail string    `json:"detail,omitempty"`
-}
-
 // Audit returns the newest limit audit entries, newest first (limit <= 0
 // means the coordinator's default of 100).
-func (a *Admin) Audit(ctx context.Context, limit int) ([]*AuditEntry, error) {
+func (a *Admin) Audit(ctx context.Context, limit int) ([]*wire.AuditEntry, error) {
 	path := "/api/v1/audit"
 	if limit > 0 {
 		path += fmt.Sprintf("?limit=%d", limit)
 	}
-	var out []*AuditEntry
+	var out []*wire.AuditEntry
 	return out, a.do(ctx, http.MethodGet, path, nil, &out)
 }

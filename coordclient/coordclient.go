@@ -205,7 +205,7 @@ func (c *Client) readSealed(resp *http.Response, mk key.MachinePublic, v any) er
 
 // RegisterParams are the arguments of Register.
 type RegisterParams struct {
-	// AuthKey is a pre-auth key; empty rejoins an already registered node
+	// wire.AuthKeyInfo is a pre-auth key; empty rejoins an already registered node
 	// key (or joins a dev-mode coordinator from loopback).
 	AuthKey string
 	// Hostname is the node's host name; the coordinator derives its DNS
@@ -216,7 +216,7 @@ type RegisterParams struct {
 	// Logout deregisters the node instead.
 	Logout bool
 	// Reauth authenticates an already registered node key again: with
-	// AuthKey, or interactively (OnAuthURL) without.
+	// wire.AuthKeyInfo, or interactively (OnAuthURL) without.
 	Reauth bool
 	// OnAuthURL, if set, makes a registration without an auth key
 	// interactive: when the coordinator answers with an approval code,

@@ -110,37 +110,6 @@ func (c *Client) SetTXT(ctx context.Context, name string, values []string) error
 	return nil
 }
 
-// Route is a published route as the admin API lists it.
-type Route struct {
-	wire.EdgeRoute
-	// Network and NodeName name the serving node.
-	Network  string `json:"network"`
-	NodeName string `json:"node_name"`
-	// Port is the node's port.
-	Port      uint16    `json:"port"`
-	URL       string    `json:"url"`
-	CreatedAt time.Time `json:"created_at"`
-}
-
-// DomainStatus is a network's claim on a custom domain.
-type DomainStatus struct {
-	Domain  string `json:"domain"`
-	Network string `json:"network"`
-	// TXTName and Token say what to publish: a TXT record TXTName with
-	// the value Token (or a CNAME of Domain to a name the network exposes).
-	TXTName string `json:"txt_name"`
-	Token   string `json:"token"`
-	// ACMEChallenge CNAME ACMEChallengeCNAME delegates the domain's ACME
-	// DNS-01 challenge to the edge domain's zone, so that a device can
-	// get its own certificate for a --tls-passthrough route.
-	ACMEChallenge      string    `json:"acme_challenge,omitempty"`
-	ACMEChallengeCNAME string    `json:"acme_challenge_cname,omitempty"`
-	Verified           bool      `json:"verified"`
-	VerifiedAt         time.Time `json:"verified_at,omitzero"`
-	// Problem says why the last check failed.
-	Problem string `json:"problem,omitempty"`
-}
-
 // DNSConfig is the coordinator's DNS settings, handed to every node.
 type DNSConfig struct {
 	Nameservers  []netip.AddrPort            `json:"nameservers,omitempty"`
@@ -149,8 +118,8 @@ type DNSConfig struct {
 }
 
 // ListRoutes lists every published route.
-func (a *Admin) ListRoutes(ctx context.Context) ([]*Route, error) {
-	var out []*Route
+func (a *Admin) ListRoutes(ctx context.Context) ([]*wire.RouteInfo, error) {
+	var out []*wire.RouteInfo
 	return out, a.do(ctx, http.MethodGet, "/api/v1/routes", nil, &out)
 }
 
@@ -162,11 +131,11 @@ func (a *Admin) RemoveRoutes(ctx context.Context, host string) error {
 // VerifyDomain starts or checks network's proof of control of domain
 // (empty network means "default") and returns the claim: the token to
 // publish and whether the proof was found.
-func (a *Admin) VerifyDomain(ctx context.Context, domain, network string) (*DomainStatus, error) {
+func (a *Admin) VerifyDomain(ctx context.Context, domain, network string) (*wire.DomainStatus, error) {
 	in := struct {
 		Network string `json:"network,omitempty"`
 	}{network}
-	var out DomainStatus
+	var out wire.DomainStatus
 	if err := a.do(ctx, http.MethodPost, "/api/v1/domains/"+url.PathEscape(domain)+"/verify", in, &out); err != nil {
 		return nil, err
 	}
@@ -174,8 +143,8 @@ func (a *Admin) VerifyDomain(ctx context.Context, domain, network string) (*Doma
 }
 
 // ListDomains lists every custom domain claim.
-func (a *Admin) ListDomains(ctx context.Context) ([]*DomainStatus, error) {
-	var out []*DomainStatus
+func (a *Admin) ListDomains(ctx context.Context) ([]*wire.DomainStatus, error) {
+	var out []*wire.DomainStatus
 	return out, a.do(ctx, http.MethodGet, "/api/v1/domains", nil, &out)
 }
 

@@ -24,8 +24,8 @@ import (
 // Admin API for the policy (bearer token):
 //
 //	GET  /api/v1/policy          -> 200 text/plain HuJSON of the policy in force
-//	PUT  /api/v1/policy          <- HuJSON; 204 once applied, 400 PolicyErrorBody if refused
-//	POST /api/v1/policy/check    <- HuJSON; 204 if PUT would accept it, 400 PolicyErrorBody if not
+//	PUT  /api/v1/policy          <- HuJSON; 204 once applied, 400 wire.PolicyErrorBody if refused
+//	POST /api/v1/policy/check    <- HuJSON; 204 if PUT would accept it, 400 wire.PolicyErrorBody if not
 
 // policySetting is the settings name of the stored policy text.
 const policySetting = "policy_hujson"
@@ -178,32 +178,13 @@ func (s *Server) mayExpose(n *wire.Node, name string) bool {
 	return s.currentPolicy().MayExpose(n, name)
 }
 
-// PolicyProblem is one problem the coordinator found in a policy.
-type PolicyProblem struct {
-	// Line and Column locate it (1-based); zero when unknown.
-	Line   int `json:"line,omitempty"`
-	Column int `json:"column,omitempty"`
-	// Message says what is wrong.
-	Message string `json:"message"`
-	// TestFailed is set when an entry of the policy's tests did not hold.
-	TestFailed bool `json:"test_failed,omitempty"`
-}
-
-// PolicyErrorBody is the JSON body of a refused policy (status 400, code
-// wire.CodeBadPolicy). Error holds every problem, one per line.
-type PolicyErrorBody struct {
-	Error    string          `json:"error"`
-	Code     wire.ErrorCode  `json:"code"`
-	Problems []PolicyProblem `json:"problems"`
-}
-
 // policyProblems flattens the *policy.Error values in err.
-func policyProblems(err error) []PolicyProblem {
-	var out []PolicyProblem
+func policyProblems(err error) []wire.PolicyProblem {
+	var out []wire.PolicyProblem
 	var walk func(error)
 	walk = func(err error) {
 		if pe, ok := err.(*policy.Error); ok {
-			out = append(out, PolicyProblem{Line: pe.Line, Column: pe.Column, Message: pe.Msg, TestFailed: errors.Is(pe, policy.ErrTestFailed)})
+			out = append(out, wire.PolicyProblem{Line: pe.Line, Column: pe.Column, Message: pe.Msg, TestFailed: errors.Is(pe, policy.ErrTestFailed)})
 			return
 		}
 		if j, ok := err.(interface{ Unwrap() []error }); ok {
@@ -226,7 +207,7 @@ func (s *Server) writePolicyError(w http.ResponseWriter, op string, err error) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(http.StatusBadRequest)
-	json.NewEncoder(w).Encode(PolicyErrorBody{Error: err.Error(), Code: wire.CodeBadPolicy, Problems: probs})
+	json.NewEncoder(w).Encode(wire.PolicyErrorBody{Error: err.Error(), Code: wire.CodeBadPolicy, Problems: probs})
 }
 
 // maxPolicySize bounds a policy upload.

@@ -17,8 +17,8 @@ import (
 
 // Admin API (bearer token), JSON in and out:
 //
-//	POST   /api/v1/authkeys              CreateAuthKeyRequest -> CreateAuthKeyResponse
-//	GET    /api/v1/authkeys              -> []AuthKeyInfo
+//	POST   /api/v1/authkeys              wire.CreateAuthKeyRequest -> wire.CreateAuthKeyResponse
+//	GET    /api/v1/authkeys              -> []wire.AuthKeyInfo
 //	DELETE /api/v1/authkeys/{prefix}     -> 204
 //	GET    /api/v1/nodes                 -> []wire.Node
 //	DELETE /api/v1/nodes/{name}          -> 204  (name, network/name or nodekey:...)
@@ -39,7 +39,7 @@ type AuthKeyOptions struct {
 	Ephemeral bool
 	// Expiry is how long the key stays valid; zero means forever.
 	Expiry time.Duration
-	// Tags and User are given to nodes registered with the key. User
+	// Tags and User are given to nodes registered with the key. wire.User
 	// must exist and every tag must be listed in the policy's tagOwners.
 	Tags []string
 	User string
@@ -50,46 +50,6 @@ type AuthKeyOptions struct {
 	// stay valid: zero means the default (Options.NodeKeyExpiry for
 	// untagged nodes, none for tagged and edge nodes), negative means never.
 	NodeKeyExpiry time.Duration
-}
-
-// CreateAuthKeyRequest is the JSON body of POST /api/v1/authkeys.
-type CreateAuthKeyRequest struct {
-	Network   string   `json:"network,omitempty"`
-	Reusable  bool     `json:"reusable,omitempty"`
-	Ephemeral bool     `json:"ephemeral,omitempty"`
-	Expiry    string   `json:"expiry,omitempty"` // Go duration ("1h"); empty means never
-	Tags      []string `json:"tags,omitempty"`
-	User      string   `json:"user,omitempty"`
-	Edge      bool     `json:"edge,omitempty"`
-	// KeyExpiry is the node key expiry of nodes registered with the key:
-	// a Go duration, "never" (or "0"), or empty for the default.
-	KeyExpiry string `json:"key_expiry,omitempty"`
-}
-
-// CreateAuthKeyResponse answers POST /api/v1/authkeys. Key is shown only here.
-type CreateAuthKeyResponse struct {
-	Key  string      `json:"key"`
-	Info AuthKeyInfo `json:"info"`
-}
-
-// AuthKeyInfo describes a stored auth key without its secret.
-type AuthKeyInfo struct {
-	Prefix    string    `json:"prefix"`
-	Network   string    `json:"network"`
-	Reusable  bool      `json:"reusable"`
-	Ephemeral bool      `json:"ephemeral"`
-	Expiry    time.Time `json:"expiry,omitzero"`
-	Tags      []string  `json:"tags,omitempty"`
-	User      string    `json:"user,omitempty"`
-	UseCount  int       `json:"use_count"`
-	CreatedAt time.Time `json:"created_at"`
-	// Valid reports whether the key can still register a node.
-	Valid bool `json:"valid"`
-	// Edge reports whether the key registers public edge nodes.
-	Edge bool `json:"edge,omitempty"`
-	// KeyExpiry is the node key expiry of its nodes: a Go duration,
-	// "never", or empty for the default.
-	KeyExpiry string `json:"key_expiry,omitempty"`
 }
 
 // CreateAuthKey creates an auth key and returns its secret, which is not
@@ -177,7 +137,7 @@ func (s *Server) ensureNetwork(ctx context.Context, name string) (*Network, erro
 	return n, nil
 }
 
-func (s *Server) keyInfo(ak *AuthKey) AuthKeyInfo {
+func (s *Server) keyInfo(ak *AuthKey) wire.AuthKeyInfo {
 	s.mu.Lock()
 	netName := ""
 	if n := s.networks[ak.NetworkID]; n != nil {
@@ -185,7 +145,7 @@ func (s *Server) keyInfo(ak *AuthKey) AuthKeyInfo {
 	}
 	s.mu.Unlock()
 	valid := (ak.Expiry.IsZero() || s.now().Before(ak.Expiry)) && (ak.Reusable || ak.UseCount == 0)
-	return AuthKeyInfo{
+	return wire.AuthKeyInfo{
 		Prefix: ak.Prefix, Network: netName, Reusable: ak.Reusable, Ephemeral: ak.Ephemeral,
 		Expiry: ak.Expiry, Tags: ak.Tags, User: ak.User, UseCount: ak.UseCount, CreatedAt: ak.CreatedAt, Valid: valid, Edge: ak.Edge,
 		KeyExpiry: formatKeyExpiry(ak.NodeKeyExpiry),
@@ -216,7 +176,7 @@ func (s *Server) adminError(w http.ResponseWriter, op string, err error) {
 }
 
 func (s *Server) handleCreateAuthKey(w http.ResponseWriter, r *http.Request) {
-	var req CreateAuthKeyRequest
+	var req wire.CreateAuthKeyRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestSize))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {

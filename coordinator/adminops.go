@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
 )
 
 // Admin operations for front ends other than the admin API (the web
@@ -37,12 +38,12 @@ func (s *Server) AdminTokenValid(token string) bool {
 }
 
 // AuthKeys lists the stored auth keys, without their secrets.
-func (s *Server) AuthKeys(ctx context.Context) ([]AuthKeyInfo, error) {
+func (s *Server) AuthKeys(ctx context.Context) ([]wire.AuthKeyInfo, error) {
 	keys, err := s.store.AuthKeys(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: list auth keys: %w", err)
 	}
-	out := make([]AuthKeyInfo, 0, len(keys))
+	out := make([]wire.AuthKeyInfo, 0, len(keys))
 	for _, k := range keys {
 		out = append(out, s.keyInfo(k))
 	}
@@ -53,7 +54,7 @@ func (s *Server) AuthKeys(ctx context.Context) ([]AuthKeyInfo, error) {
 // /api/v1/authkeys does, and records it in the audit log as done by actor.
 // A malformed expiry fails with ErrInvalid. The response holds the
 // secret, which is not stored and cannot be shown again.
-func (s *Server) CreateAuthKeyAs(ctx context.Context, actor string, req CreateAuthKeyRequest) (*CreateAuthKeyResponse, error) {
+func (s *Server) CreateAuthKeyAs(ctx context.Context, actor string, req wire.CreateAuthKeyRequest) (*wire.CreateAuthKeyResponse, error) {
 	var expiry time.Duration
 	if req.Expiry != "" {
 		d, err := time.ParseDuration(req.Expiry)
@@ -78,7 +79,7 @@ func (s *Server) CreateAuthKeyAs(ctx context.Context, actor string, req CreateAu
 		return nil, err
 	}
 	s.audit(ctx, actor, "authkey.create", ak.Prefix, authKeyDetail(ak))
-	return &CreateAuthKeyResponse{Key: secret, Info: s.keyInfo(ak)}, nil
+	return &wire.CreateAuthKeyResponse{Key: secret, Info: s.keyInfo(ak)}, nil
 }
 
 // DeleteAuthKeyAs deletes (revokes) the auth key with prefix, as DELETE

@@ -27,7 +27,7 @@ import (
 //
 // Admin API (bearer token):
 //
-//	GET  /api/v1/registrations                 -> []PendingRegistration
+//	GET  /api/v1/registrations                 -> []wire.PendingRegistration
 //	POST /api/v1/registrations/{code}/approve  Approval -> 204
 
 const (
@@ -47,16 +47,6 @@ const (
 	codeAlphabet = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
 	codeLen      = 8
 )
-
-// PendingRegistration is a new node waiting for a person to approve it.
-type PendingRegistration struct {
-	Code     string         `json:"code"`
-	NodeKey  key.NodePublic `json:"node_key"`
-	Hostname string         `json:"hostname"`
-	OS       string         `json:"os,omitempty"`
-	Created  time.Time      `json:"created"`
-	Expires  time.Time      `json:"expires"`
-}
 
 // Approval says how to admit a pending node: as a node of User, or
 // carrying Tags (which the policy's tagOwners must list), or neither.
@@ -79,13 +69,13 @@ type Approval struct {
 // authenticate the visitor and call Server.ApproveRegistration with the
 // visitor's user.
 type Approver interface {
-	ServeApproval(w http.ResponseWriter, r *http.Request, p PendingRegistration)
+	ServeApproval(w http.ResponseWriter, r *http.Request, p wire.PendingRegistration)
 }
 
 // adminApprover is the default Approver: a page saying how to approve.
 type adminApprover struct{}
 
-func (adminApprover) ServeApproval(w http.ResponseWriter, r *http.Request, p PendingRegistration) {
+func (adminApprover) ServeApproval(w http.ResponseWriter, r *http.Request, p wire.PendingRegistration) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Cache-Control", "no-store")
@@ -99,7 +89,7 @@ func (adminApprover) ServeApproval(w http.ResponseWriter, r *http.Request, p Pen
 
 // pendingReg is one registration waiting for approval.
 type pendingReg struct {
-	PendingRegistration
+	wire.PendingRegistration
 	source netip.Addr    // the registering client's address (sourceKey)
 	done   chan struct{} // closed once approved
 
@@ -287,7 +277,7 @@ func (s *Server) addPending(req *wire.RegisterRequest, source netip.Addr) (*pend
 		code = newApprovalCode()
 	}
 	p := &pendingReg{
-		PendingRegistration: PendingRegistration{
+		PendingRegistration: wire.PendingRegistration{
 			Code: code, NodeKey: req.NodeKey, Hostname: req.Hostname, OS: req.OS, Created: now, Expires: now.Add(approvalTTL),
 		},
 		source: source,
@@ -301,12 +291,12 @@ func (s *Server) addPending(req *wire.RegisterRequest, source netip.Addr) (*pend
 }
 
 // PendingRegistrations lists the registrations waiting for approval.
-func (s *Server) PendingRegistrations() []PendingRegistration {
+func (s *Server) PendingRegistrations() []wire.PendingRegistration {
 	pr := &s.ac.pending
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	pr.pruneLocked(s.now())
-	out := make([]PendingRegistration, 0, len(pr.byCode))
+	out := make([]wire.PendingRegistration, 0, len(pr.byCode))
 	for _, p := range pr.byCode {
 		select {
 		case <-p.done:
@@ -315,7 +305,7 @@ func (s *Server) PendingRegistrations() []PendingRegistration {
 		}
 		out = append(out, p.PendingRegistration)
 	}
-	slices.SortFunc(out, func(a, b PendingRegistration) int { return a.Created.Compare(b.Created) })
+	slices.SortFunc(out, func(a, b wire.PendingRegistration) int { return a.Created.Compare(b.Created) })
 	return out
 }
 

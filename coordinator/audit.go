@@ -14,7 +14,7 @@ import (
 
 // Admin API for the audit log (bearer token):
 //
-//	GET /api/v1/audit?limit=N   -> []AuditEntry, newest first (N defaults to 100, at most 10000)
+//	GET /api/v1/audit?limit=N   -> []wire.AuditEntry, newest first (N defaults to 100, at most 10000)
 //
 // Actions recorded (Action, with Target):
 //
@@ -35,27 +35,12 @@ import (
 // The web console (coordinator/console) records the same actions as the
 // admin API for what it does, with the actor "console:NAME".
 
-// AuditEntry is one record of the audit log.
-type AuditEntry struct {
-	ID   int64     `json:"id"`
-	Time time.Time `json:"time"`
-	// Actor is who acted: "admin" (the admin API), "console:NAME" (the
-	// web console), "node:NAME" or "coordinator".
-	Actor string `json:"actor"`
-	// Action is what happened, such as "node.register".
-	Action string `json:"action"`
-	// Target is what it happened to: a node or user name, a key prefix.
-	Target string `json:"target,omitempty"`
-	// Detail is free text; it never holds a secret.
-	Detail string `json:"detail,omitempty"`
-}
-
 // AuditStore keeps the audit log.
 type AuditStore interface {
 	// AppendAudit stores entries in order; their IDs are assigned by the store.
-	AppendAudit(ctx context.Context, entries []AuditEntry) error
+	AppendAudit(ctx context.Context, entries []wire.AuditEntry) error
 	// Audit returns the newest limit entries, newest first.
-	Audit(ctx context.Context, limit int) ([]AuditEntry, error)
+	Audit(ctx context.Context, limit int) ([]wire.AuditEntry, error)
 }
 
 // Actors of audit entries.
@@ -75,7 +60,7 @@ type auditLog struct {
 	wake chan struct{} // cap 1
 
 	mu      sync.Mutex // guards the following fields
-	queue   []AuditEntry
+	queue   []wire.AuditEntry
 	dropped int
 
 	writeMu sync.Mutex // serializes flushes so entries are stored in order
@@ -95,7 +80,7 @@ func (s *Server) audit(ctx context.Context, actor, action, target, detail string
 	if len(a.queue) >= maxAuditQueue {
 		a.dropped++
 	} else {
-		a.queue = append(a.queue, AuditEntry{Time: s.now(), Actor: actor, Action: action, Target: target, Detail: detail})
+		a.queue = append(a.queue, wire.AuditEntry{Time: s.now(), Actor: actor, Action: action, Target: target, Detail: detail})
 	}
 	a.mu.Unlock()
 	select {
@@ -146,7 +131,7 @@ func (s *Server) auditLoop() {
 }
 
 // Audit returns the newest limit audit entries, newest first.
-func (s *Server) Audit(ctx context.Context, limit int) ([]AuditEntry, error) {
+func (s *Server) Audit(ctx context.Context, limit int) ([]wire.AuditEntry, error) {
 	if err := s.flushAudit(ctx); err != nil {
 		return nil, err
 	}
@@ -169,7 +154,7 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if out == nil {
-		out = []AuditEntry{}
+		out = []wire.AuditEntry{}
 	}
 	writeJSON(w, http.StatusOK, out)
 }

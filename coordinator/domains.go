@@ -41,35 +41,12 @@ func ACMEChallengeCNAME(host, edgeDomain string) string {
 // dnsCheckTimeout bounds the DNS lookups of one proof check.
 const dnsCheckTimeout = 5 * time.Second
 
-// DomainStatus is a network's claim on a custom domain.
-type DomainStatus struct {
-	Domain  string `json:"domain"`
-	Network string `json:"network"`
-	// TXTName and Token say what to publish: a TXT record TXTName with
-	// the value Token. A CNAME of Domain to a name of the network under
-	// the edge domain proves control too.
-	TXTName string `json:"txt_name"`
-	Token   string `json:"token"`
-	// ACMEChallenge and ACMEChallengeCNAME are the CNAME record that
-	// delegates the domain's ACME DNS-01 challenge to Beam's zone:
-	// "_acme-challenge.DOMAIN" CNAME "DOMAIN._acme-challenge.EDGE". With it
-	// a device exposing the domain with --tls-passthrough gets its own
-	// certificate. Empty if the name would be too long.
-	ACMEChallenge      string `json:"acme_challenge,omitempty"`
-	ACMEChallengeCNAME string `json:"acme_challenge_cname,omitempty"`
-	// Verified reports whether control was proved, and VerifiedAt when.
-	Verified   bool      `json:"verified"`
-	VerifiedAt time.Time `json:"verified_at,omitzero"`
-	// Problem says why the last check failed.
-	Problem string `json:"problem,omitempty"`
-}
-
 // VerifyDomain gives network (empty means DefaultNetwork) a token for
 // domain if it has none, and checks the proof of control in DNS: a TXT
 // record "_beam-challenge.DOMAIN" holding the token, or a CNAME of DOMAIN
 // to a name under the edge domain that the network publishes. Once
 // verified, nodes of the network may expose the domain.
-func (s *Server) VerifyDomain(ctx context.Context, network, domain string) (*DomainStatus, error) {
+func (s *Server) VerifyDomain(ctx context.Context, network, domain string) (*wire.DomainStatus, error) {
 	es := s.edge
 	if es.cfg.domain == "" || es.domainStore == nil {
 		return nil, errEdgeDisabled
@@ -93,8 +70,8 @@ func (s *Server) VerifyDomain(ctx context.Context, network, domain string) (*Dom
 	if err != nil {
 		return nil, err
 	}
-	st := &DomainStatus{Domain: d, Network: n.Name, TXTName: ChallengePrefix + d, Token: dom.Token}
-	st.setACMEChallenge(es.cfg.domain)
+	st := &wire.DomainStatus{Domain: d, Network: n.Name, TXTName: ChallengePrefix + d, Token: dom.Token}
+	setACMEChallenge(st, es.cfg.domain)
 	if dom.VerifiedAt.IsZero() {
 		st.Problem = s.checkProof(ctx, n.ID, dom)
 		if st.Problem == "" {
@@ -116,7 +93,7 @@ func (s *Server) VerifyDomain(ctx context.Context, network, domain string) (*Dom
 }
 
 // setACMEChallenge fills in the ACME challenge delegation of st.Domain.
-func (st *DomainStatus) setACMEChallenge(edgeDomain string) {
+func setACMEChallenge(st *wire.DomainStatus, edgeDomain string) {
 	if t := ACMEChallengeCNAME(st.Domain, edgeDomain); t != "" {
 		st.ACMEChallenge, st.ACMEChallengeCNAME = "_acme-challenge."+st.Domain, t
 	}
@@ -211,20 +188,20 @@ func (s *Server) requireVerified(ctx context.Context, networkID int64, domain st
 }
 
 // Domains lists every custom domain claim.
-func (s *Server) Domains(ctx context.Context) []DomainStatus {
+func (s *Server) Domains(ctx context.Context) []wire.DomainStatus {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]DomainStatus, 0, len(s.edge.domains))
+	out := make([]wire.DomainStatus, 0, len(s.edge.domains))
 	for _, d := range s.edge.domains {
-		st := DomainStatus{Domain: d.Domain, TXTName: ChallengePrefix + d.Domain, Token: d.Token,
+		st := wire.DomainStatus{Domain: d.Domain, TXTName: ChallengePrefix + d.Domain, Token: d.Token,
 			Verified: !d.VerifiedAt.IsZero(), VerifiedAt: d.VerifiedAt}
 		if n := s.networks[d.NetworkID]; n != nil {
 			st.Network = n.Name
 		}
-		st.setACMEChallenge(s.edge.cfg.domain)
+		setACMEChallenge(&st, s.edge.cfg.domain)
 		out = append(out, st)
 	}
-	slices.SortFunc(out, func(a, b DomainStatus) int {
+	slices.SortFunc(out, func(a, b wire.DomainStatus) int {
 		if c := strings.Compare(a.Domain, b.Domain); c != 0 {
 			return c
 		}

@@ -389,29 +389,17 @@ func (s *Server) deleteRoutesLocked(ctx context.Context, rs []*memRoute) *apiErr
 	return nil
 }
 
-// RouteInfo describes a published route for the admin API.
-type RouteInfo struct {
-	wire.EdgeRoute
-	// Network and NodeName name the serving node.
-	Network  string `json:"network"`
-	NodeName string `json:"node_name"`
-	// Port is the node's port.
-	Port      uint16    `json:"port"`
-	URL       string    `json:"url"`
-	CreatedAt time.Time `json:"created_at"`
-}
-
 // Routes lists every published route, sorted by host, proto and node.
-func (s *Server) Routes(ctx context.Context) []RouteInfo {
+func (s *Server) Routes(ctx context.Context) []wire.RouteInfo {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]RouteInfo, 0, len(s.edge.routes))
+	out := make([]wire.RouteInfo, 0, len(s.edge.routes))
 	for _, r := range s.edge.routes {
 		wr, ok := s.wireRouteLocked(r)
 		if !ok {
 			continue
 		}
-		ri := RouteInfo{EdgeRoute: wr, Port: r.Port, URL: s.routeURL(r), CreatedAt: r.CreatedAt}
+		ri := wire.RouteInfo{EdgeRoute: wr, Port: r.Port, URL: s.routeURL(r), CreatedAt: r.CreatedAt}
 		if n := s.networks[r.NetworkID]; n != nil {
 			ri.Network = n.Name
 		}
@@ -420,7 +408,7 @@ func (s *Server) Routes(ctx context.Context) []RouteInfo {
 		}
 		out = append(out, ri)
 	}
-	slices.SortFunc(out, func(a, b RouteInfo) int {
+	slices.SortFunc(out, func(a, b wire.RouteInfo) int {
 		if c := strings.Compare(a.Host, b.Host); c != 0 {
 			return c
 		}
@@ -473,10 +461,10 @@ func (s *Server) handleRemoveRoutes(w http.ResponseWriter, r *http.Request) {
 // edgeRoutes registers the public edge endpoints on the control mux and
 // the admin mux. Admin API (bearer token), JSON in and out:
 //
-//	GET    /api/v1/routes                  -> []RouteInfo
+//	GET    /api/v1/routes                  -> []wire.RouteInfo
 //	DELETE /api/v1/routes/{host}           -> 204  (every route of host)
-//	POST   /api/v1/domains/{domain}/verify VerifyDomainRequest (optional) -> DomainStatus
-//	GET    /api/v1/domains                 -> []DomainStatus
+//	POST   /api/v1/domains/{domain}/verify VerifyDomainRequest (optional) -> wire.DomainStatus
+//	GET    /api/v1/domains                 -> []wire.DomainStatus
 //	PUT    /api/v1/dns/txt/{name}          TXTBody -> 204  (501 no_zone without a Zone)
 //	DELETE /api/v1/dns/txt/{name}          -> 204
 //	GET    /api/v1/dns/config              -> DNSSettings

@@ -6,37 +6,25 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"time"
+
+	"beam.dev/beam/wire"
 )
 
 // Admin API for users (bearer token), JSON in and out:
 //
-//	POST   /api/v1/users          CreateUserRequest -> 201 User
-//	GET    /api/v1/users          -> []User
+//	POST   /api/v1/users          wire.CreateUserRequest -> 201 wire.User
+//	GET    /api/v1/users          -> []wire.User
 //	DELETE /api/v1/users/{name}   -> 204 (409 while nodes or auth keys name the user;
 //	                                 ?nodes=delete removes them with the user)
-
-// User is a person who owns nodes. Auth keys created for a user give
-// their nodes that user; the policy refers to users by Name.
-type User struct {
-	ID        int64     `json:"id"`
-	Name      string    `json:"name"`
-	CreatedAt time.Time `json:"created_at"`
-}
 
 // UserStore keeps users.
 type UserStore interface {
 	// CreateUser inserts u and sets u.ID; a taken name fails with ErrConflict.
-	CreateUser(ctx context.Context, u *User) error
+	CreateUser(ctx context.Context, u *wire.User) error
 	// Users lists all users sorted by name.
-	Users(ctx context.Context) ([]*User, error)
+	Users(ctx context.Context) ([]*wire.User, error)
 	// DeleteUser deletes the user called name, or returns ErrNotFound.
 	DeleteUser(ctx context.Context, name string) error
-}
-
-// CreateUserRequest is the JSON body of POST /api/v1/users.
-type CreateUserRequest struct {
-	Name string `json:"name"`
 }
 
 // checkUserName reports whether name can be a user name: 1 to 64 bytes of
@@ -57,11 +45,11 @@ func checkUserName(name string) error {
 }
 
 // CreateUser adds a user called name.
-func (s *Server) CreateUser(ctx context.Context, name string) (*User, error) {
+func (s *Server) CreateUser(ctx context.Context, name string) (*wire.User, error) {
 	if err := checkUserName(name); err != nil {
 		return nil, err
 	}
-	u := &User{Name: name, CreatedAt: s.now()}
+	u := &wire.User{Name: name, CreatedAt: s.now()}
 	if err := s.store.CreateUser(ctx, u); err != nil {
 		if errors.Is(err, ErrConflict) {
 			return nil, fmt.Errorf("%w: user %q exists", ErrConflict, name)
@@ -73,7 +61,7 @@ func (s *Server) CreateUser(ctx context.Context, name string) (*User, error) {
 }
 
 // Users lists all users sorted by name.
-func (s *Server) Users(ctx context.Context) ([]*User, error) {
+func (s *Server) Users(ctx context.Context) ([]*wire.User, error) {
 	us, err := s.store.Users(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("coordinator: list users: %w", err)
@@ -132,7 +120,7 @@ func (s *Server) DeleteUser(ctx context.Context, name string) error {
 }
 
 func (s *Server) handleCreateUser(w http.ResponseWriter, r *http.Request) {
-	var req CreateUserRequest
+	var req wire.CreateUserRequest
 	if !decodeJSONBody(w, r, &req) {
 		return
 	}
@@ -152,7 +140,7 @@ func (s *Server) handleListUsers(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if us == nil {
-		us = []*User{}
+		us = []*wire.User{}
 	}
 	writeJSON(w, http.StatusOK, us)
 }

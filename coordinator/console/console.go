@@ -36,6 +36,7 @@ import (
 	"time"
 
 	"beam.dev/beam/coordinator"
+	"beam.dev/beam/wire"
 )
 
 // Path is where the console is served; the caller routes it there
@@ -145,7 +146,7 @@ type Approver struct{}
 var _ coordinator.Approver = Approver{}
 
 // ServeApproval implements coordinator.Approver.
-func (Approver) ServeApproval(w http.ResponseWriter, r *http.Request, p coordinator.PendingRegistration) {
+func (Approver) ServeApproval(w http.ResponseWriter, r *http.Request, p wire.PendingRegistration) {
 	w.Header().Set("Cache-Control", "no-store")
 	http.Redirect(w, r, Path+"approve/"+url.PathEscape(p.Code), http.StatusSeeOther)
 }

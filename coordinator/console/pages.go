@@ -129,7 +129,7 @@ type nodeRow struct {
 
 type nodesData struct {
 	Nodes   []nodeRow
-	Pending []coordinator.PendingRegistration
+	Pending []wire.PendingRegistration
 }
 
 // networkOf returns the network label of a node's DNS name
@@ -158,8 +158,8 @@ func (c *Console) handleNodes(w http.ResponseWriter, r *http.Request, ss *sessio
 // --- approvals ---
 
 type pendingData struct {
-	Pending []coordinator.PendingRegistration
-	Users   []*coordinator.User
+	Pending []wire.PendingRegistration
+	Users   []*wire.User
 }
 
 func (c *Console) handlePending(w http.ResponseWriter, r *http.Request, ss *session) {
@@ -169,9 +169,9 @@ func (c *Console) handlePending(w http.ResponseWriter, r *http.Request, ss *sess
 
 type approveData struct {
 	Code string
-	Reg  *coordinator.PendingRegistration
+	Reg  *wire.PendingRegistration
 	// Users are the users the node may be given.
-	Users []*coordinator.User
+	Users []*wire.User
 }
 
 func (c *Console) handleApproveForm(w http.ResponseWriter, r *http.Request, ss *session) {
@@ -218,7 +218,7 @@ func (c *Console) handleApprove(w http.ResponseWriter, r *http.Request, ss *sess
 // --- routes ---
 
 type routeRow struct {
-	coordinator.RouteInfo
+	wire.RouteInfo
 	// Owner is the serving node's user or tags.
 	Owner string
 }
@@ -246,7 +246,7 @@ func (c *Console) handleRoutes(w http.ResponseWriter, r *http.Request, ss *sessi
 // --- users ---
 
 type userRow struct {
-	*coordinator.User
+	*wire.User
 	Nodes int
 }
 
@@ -292,8 +292,8 @@ func (c *Console) handleDeleteUser(w http.ResponseWriter, r *http.Request, ss *s
 // --- auth keys ---
 
 type keysData struct {
-	Keys  []coordinator.AuthKeyInfo
-	Users []*coordinator.User
+	Keys  []wire.AuthKeyInfo
+	Users []*wire.User
 	// NewKey is the secret of the key just created, shown once.
 	NewKey string
 }
@@ -303,7 +303,7 @@ func (c *Console) keysPage(w http.ResponseWriter, r *http.Request, ss *session, 
 	if err != nil && errMsg == "" {
 		errMsg = c.userText("list auth keys", err)
 	}
-	slices.SortFunc(keys, func(a, b coordinator.AuthKeyInfo) int { return b.CreatedAt.Compare(a.CreatedAt) })
+	slices.SortFunc(keys, func(a, b wire.AuthKeyInfo) int { return b.CreatedAt.Compare(a.CreatedAt) })
 	users, _ := c.coord.Users(r.Context())
 	c.render(w, r, status, "keys", ss, pageData{Title: "Auth keys", Nav: "keys", Error: errMsg, Data: keysData{Keys: keys, Users: users, NewKey: newKey}})
 }
@@ -314,7 +314,7 @@ func (c *Console) handleKeys(w http.ResponseWriter, r *http.Request, ss *session
 
 func (c *Console) handleCreateKey(w http.ResponseWriter, r *http.Request, ss *session) {
 	f := r.PostForm
-	req := coordinator.CreateAuthKeyRequest{
+	req := wire.CreateAuthKeyRequest{
 		Network:   strings.TrimSpace(f.Get("network")),
 		Reusable:  f.Get("reusable") != "",
 		Ephemeral: f.Get("ephemeral") != "",

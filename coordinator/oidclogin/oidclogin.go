@@ -25,6 +25,7 @@ import (
 
 	"beam.dev/beam/coordinator"
 	"beam.dev/beam/oidcauth"
+	"beam.dev/beam/wire"
 )
 
 // Paths the Login serves, all under Prefix.
@@ -108,7 +109,7 @@ code{background:#f2f2f2;padding:0 .3em}a.button{display:inline-block;padding:.5e
 type pageData struct {
 	Title          string
 	Lines, After   []string
-	Device         *coordinator.PendingRegistration
+	Device         *wire.PendingRegistration
 	Link, LinkText string
 }
 
@@ -124,7 +125,7 @@ func render(w http.ResponseWriter, status int, d pageData) {
 // ServeApproval implements coordinator.Approver: it shows the waiting
 // device and a link to sign in, so nobody adds a device they did not
 // mean to by following a link.
-func (l *Login) ServeApproval(w http.ResponseWriter, r *http.Request, p coordinator.PendingRegistration) {
+func (l *Login) ServeApproval(w http.ResponseWriter, r *http.Request, p wire.PendingRegistration) {
 	render(w, http.StatusOK, pageData{
 		Title:    "Add a device",
 		Lines:    []string{"A device is waiting to join this Beam network. Sign in to add it as yours. Only continue if you just started it (beam up)."},
@@ -151,7 +152,7 @@ func (l *Login) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // pending returns the registration waiting with code, or nil.
-func (l *Login) pending(code string) *coordinator.PendingRegistration {
+func (l *Login) pending(code string) *wire.PendingRegistration {
 	for _, p := range l.coord.PendingRegistrations() {
 		if strings.EqualFold(p.Code, code) {
 			return &p

@@ -55,7 +55,7 @@ func newEnv(t *testing.T, expiry time.Duration) *env {
 	allow, _ := oidcauth.ParseAllow([]string{"email:*@example.com"})
 	var login *oidclogin.Login
 	coord, err := coordinator.New(coordinator.Options{Store: st, PrivateKey: key.NewMachine(), AdminToken: "tok",
-		Approver: approverFunc(func(w http.ResponseWriter, r *http.Request, pr coordinator.PendingRegistration) {
+		Approver: approverFunc(func(w http.ResponseWriter, r *http.Request, pr wire.PendingRegistration) {
 			login.ServeApproval(w, r, pr)
 		})})
 	if err != nil {
@@ -80,9 +80,9 @@ func newEnv(t *testing.T, expiry time.Duration) *env {
 	return &env{base: base, coord: coord}
 }
 
-type approverFunc func(http.ResponseWriter, *http.Request, coordinator.PendingRegistration)
+type approverFunc func(http.ResponseWriter, *http.Request, wire.PendingRegistration)
 
-func (f approverFunc) ServeApproval(w http.ResponseWriter, r *http.Request, p coordinator.PendingRegistration) {
+func (f approverFunc) ServeApproval(w http.ResponseWriter, r *http.Request, p wire.PendingRegistration) {
 	f(w, r, p)
 }
 

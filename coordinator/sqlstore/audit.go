@@ -5,10 +5,11 @@ import (
 	"fmt"
 
 	"beam.dev/beam/coordinator"
+	"beam.dev/beam/wire"
 )
 
 // AppendAudit implements coordinator.AuditStore.
-func (s *Store) AppendAudit(ctx context.Context, entries []coordinator.AuditEntry) (err error) {
+func (s *Store) AppendAudit(ctx context.Context, entries []wire.AuditEntry) (err error) {
 	if len(entries) == 0 {
 		return nil
 	}
@@ -31,7 +32,7 @@ func (s *Store) AppendAudit(ctx context.Context, entries []coordinator.AuditEntr
 }
 
 // Audit implements coordinator.AuditStore.
-func (s *Store) Audit(ctx context.Context, limit int) ([]coordinator.AuditEntry, error) {
+func (s *Store) Audit(ctx context.Context, limit int) ([]wire.AuditEntry, error) {
 	if limit <= 0 {
 		return nil, fmt.Errorf("sqlstore: audit: limit %d: %w", limit, coordinator.ErrInvalid)
 	}
@@ -40,9 +41,9 @@ func (s *Store) Audit(ctx context.Context, limit int) ([]coordinator.AuditEntry,
 		return nil, s.wrap("audit", err)
 	}
 	defer rows.Close()
-	var out []coordinator.AuditEntry
+	var out []wire.AuditEntry
 	for rows.Next() {
-		var e coordinator.AuditEntry
+		var e wire.AuditEntry
 		var at int64
 		if err := rows.Scan(&e.ID, &at, &e.Actor, &e.Action, &e.Target, &e.Detail); err != nil {
 			return nil, s.wrap("audit", err)

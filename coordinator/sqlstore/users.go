@@ -4,10 +4,11 @@ import (
 	"context"
 
 	"beam.dev/beam/coordinator"
+	"beam.dev/beam/wire"
 )
 
 // CreateUser implements coordinator.UserStore.
-func (s *Store) CreateUser(ctx context.Context, u *coordinator.User) error {
+func (s *Store) CreateUser(ctx context.Context, u *wire.User) error {
 	res, err := s.db.ExecContext(ctx, s.d.rebind(`INSERT INTO users (name, created_at) VALUES (?, ?)`), u.Name, unixNano(u.CreatedAt))
 	if err != nil {
 		return s.wrap("create user", err)
@@ -17,15 +18,15 @@ func (s *Store) CreateUser(ctx context.Context, u *coordinator.User) error {
 }
 
 // Users implements coordinator.UserStore.
-func (s *Store) Users(ctx context.Context) ([]*coordinator.User, error) {
+func (s *Store) Users(ctx context.Context) ([]*wire.User, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT id, name, created_at FROM users ORDER BY name`)
 	if err != nil {
 		return nil, s.wrap("list users", err)
 	}
 	defer rows.Close()
-	var out []*coordinator.User
+	var out []*wire.User
 	for rows.Next() {
-		u := &coordinator.User{}
+		u := &wire.User{}
 		var created int64
 		if err := rows.Scan(&u.ID, &u.Name, &created); err != nil {
 			return nil, s.wrap("list users", err)

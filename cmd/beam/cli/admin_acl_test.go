@@ -12,6 +12,7 @@ import (
 
 	"beam.dev/beam/coordclient"
 	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
 )
 
 // runAdminErr runs beam admin like runAdmin and also returns stderr.
@@ -128,7 +129,7 @@ func TestAdminAccessControlCommands(t *testing.T) {
 		t.Fatalf("approved Register = %v", err)
 	}
 
-	var entries []coordclient.AuditEntry
+	var entries []wire.AuditEntry
 	if err := json.Unmarshal([]byte(must("audit", "--json")), &entries); err != nil || len(entries) == 0 {
 		t.Fatalf("audit --json: %v", err)
 	}

@@ -50,7 +50,7 @@ func TestAdminRoutesAndDNSCommands(t *testing.T) {
 	}
 
 	out, err = runAdmin(t, env, "routes", "list", "--json")
-	var routes []coordclient.Route
+	var routes []wire.RouteInfo
 	if err != nil || json.Unmarshal([]byte(out), &routes) != nil || len(routes) != 1 || routes[0].Host != "db.example.test" ||
 		routes[0].NodeName != "laptop" || routes[0].PublicPort != 20000 {
 		t.Fatalf("routes list --json = %s, %v", out, err)

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"beam.dev/beam/coordclient"
+	"beam.dev/beam/wire"
 )
 
 // newCmdAdminRoutes returns beam admin routes: list and remove public routes.
@@ -31,7 +32,7 @@ func newCmdAdminRoutes(f *Factory, a *adminFlags) *cobra.Command {
 			}
 			if asJSON {
 				if routes == nil {
-					routes = []*coordclient.Route{}
+					routes = []*wire.RouteInfo{}
 				}
 				return printJSON(f, routes)
 			}
@@ -125,7 +126,7 @@ domain with beam expose --domain.`,
 			}
 			if asJSON {
 				if ds == nil {
-					ds = []*coordclient.DomainStatus{}
+					ds = []*wire.DomainStatus{}
 				}
 				return printJSON(f, ds)
 			}

@@ -20,6 +20,7 @@ import (
 	"beam.dev/beam/edge"
 	"beam.dev/beam/edge/edgeoidc"
 	"beam.dev/beam/oidcauth"
+	"beam.dev/beam/wire"
 )
 
 // registerOIDCProvider registers the --oidc-* flags naming the provider
@@ -87,7 +88,7 @@ type oidcSetup struct {
 }
 
 // ServeApproval implements coordinator.Approver once attach has run.
-func (s *oidcSetup) ServeApproval(w http.ResponseWriter, r *http.Request, p coordinator.PendingRegistration) {
+func (s *oidcSetup) ServeApproval(w http.ResponseWriter, r *http.Request, p wire.PendingRegistration) {
 	s.login.ServeApproval(w, r, p)
 }
 
