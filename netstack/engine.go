@@ -135,15 +135,18 @@ type Options struct {
 
 // Engine is a running data plane. Its methods are safe for concurrent use.
 type Engine struct {
-	log    *slog.Logger
-	opts   Options
-	bind   *bind.Bind
-	stack  *gv.Stack // nil in TUN mode
-	dev    *device.Device
-	tun    *tunFilter // TUN mode only (Options.TUN); else nil
-	host   hostNet    // TUN mode only
-	relays *relays
-	pf     packetFilter
+	log   *slog.Logger
+	opts  Options
+	bind  *bind.Bind
+	stack *gv.Stack // nil in TUN mode
+	dev   *device.Device
+	tun   *tunFilter // TUN mode only (Options.TUN); else nil
+	host  hostNet    // TUN mode only
+
+	steerMu sync.Mutex                // guards steered
+	steered map[netip.AddrPort]uint16 // TUN mode: listener address peers dial -> bound port (see listenSteered)
+	relays  *relays
+	pf      packetFilter
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc

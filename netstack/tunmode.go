@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 	"sync/atomic"
 
 	"golang.zx2c4.com/wireguard/tun"
@@ -37,6 +38,10 @@ type tunFilter struct {
 	ownPorts atomic.Pointer[ownPortSet]
 	// onOwn is called for each new inbound flow refused by ownPorts.
 	onOwn func(proto string, src, dst netip.AddrPort)
+	// steer, if not nil, maps the engine's TUN-mode listeners (see
+	// Engine.tunListen) between the port peers dial and the port they
+	// are bound to.
+	steer atomic.Pointer[steerMap]
 	// reply, if set, sends a packet the filter answers with (a TCP
 	// reset) back to the peer; nil drops refused packets silently.
 	reply func(pkt []byte)
@@ -54,6 +59,11 @@ type ownPortSet struct {
 // flows they open (see packetFilter.outbound).
 func (t *tunFilter) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	n, err := t.Device.Read(bufs, sizes, offset)
+	if s := t.steer.Load(); s != nil {
+		for i := range n {
+			s.rewrite(bufs[i][offset:offset+sizes[i]], false)
+		}
+	}
 	if n > 0 && !t.pf.pol.Load().open {
 		for i := range n {
 			t.pf.outbound(bufs[i][offset : offset+sizes[i]])
@@ -67,8 +77,8 @@ func (t *tunFilter) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 // reset, as the userspace stack does, so a denied port fails fast; bufs
 // is compacted in place (wireguard-go rebuilds the slice for every call).
 func (t *tunFilter) Write(bufs [][]byte, offset int) (int, error) {
-	own := t.ownPorts.Load()
-	if own == nil && t.pf.pol.Load().open {
+	own, steer := t.ownPorts.Load(), t.steer.Load()
+	if own == nil && steer == nil && t.pf.pol.Load().open {
 		return t.Device.Write(bufs, offset)
 	}
 	kept := bufs[:0]
@@ -81,6 +91,9 @@ func (t *tunFilter) Write(bufs [][]byte, offset int) (int, error) {
 				}
 			}
 			continue
+		}
+		if steer != nil {
+			steer.rewrite(pkt, true)
 		}
 		kept = append(kept, b)
 	}
@@ -121,6 +134,123 @@ func (t *tunFilter) refusedOwn(own *ownPortSet, pkt []byte) bool {
 		t.onOwn(proto, netip.AddrPortFrom(pi.src, pi.sport), dst)
 	}
 	return true
+}
+
+// steerMap is an immutable set of the engine's TUN-mode TCP listeners on
+// an overlay address: peers dial addr:port, the listener is bound to
+// addr:bound, a port the kernel chose, so the host's own server on
+// 0.0.0.0:port does not keep the engine's listener from binding (and the
+// engine's listener takes precedence for peers, as in userspace mode).
+type steerMap struct {
+	in  map[netip.AddrPort]uint16 // addr:port -> bound
+	out map[netip.AddrPort]uint16 // addr:bound -> port
+}
+
+// rewrite changes the port of a TCP segment steered by s: the destination
+// port of a segment from a peer (in), or the source port of one the host
+// sends (out), with the checksum updated to match.
+func (s *steerMap) rewrite(pkt []byte, in bool) {
+	var addr netip.Addr
+	var l4 []byte
+	switch {
+	case len(pkt) >= 20 && pkt[0]>>4 == 4 && pkt[9] == protoTCP && binary.BigEndian.Uint16(pkt[6:8])&0x1fff == 0:
+		ihl := int(pkt[0]&0x0f) * 4
+		if ihl < 20 || len(pkt) < ihl+20 {
+			return
+		}
+		l4 = pkt[ihl:]
+		if in {
+			addr = netip.AddrFrom4([4]byte(pkt[16:20]))
+		} else {
+			addr = netip.AddrFrom4([4]byte(pkt[12:16]))
+		}
+	case len(pkt) >= 60 && pkt[0]>>4 == 6 && pkt[6] == protoTCP:
+		l4 = pkt[40:]
+		if in {
+			addr = netip.AddrFrom16([16]byte(pkt[24:40]))
+		} else {
+			addr = netip.AddrFrom16([16]byte(pkt[8:24]))
+		}
+	default:
+		return
+	}
+	field, m := l4[2:4], s.in // destination port
+	if !in {
+		field, m = l4[0:2], s.out // source port
+	}
+	old := binary.BigEndian.Uint16(field)
+	port, ok := m[netip.AddrPortFrom(addr, old)]
+	if !ok {
+		return
+	}
+	binary.BigEndian.PutUint16(field, port)
+	// RFC 1624: HC' = ~(~HC + ~m + m').
+	sum := uint32(^binary.BigEndian.Uint16(l4[16:18])) + uint32(^old) + uint32(port)
+	for sum > 0xffff {
+		sum = sum>>16 + sum&0xffff
+	}
+	binary.BigEndian.PutUint16(l4[16:18], ^uint16(sum))
+}
+
+// steeredListener is a TUN-mode listener bound to another port than the
+// one peers dial; Close ends the steering.
+type steeredListener struct {
+	net.Listener
+	addr   net.Addr // the address peers dial
+	remove func()
+}
+
+func (l *steeredListener) Addr() net.Addr { return l.addr }
+
+func (l *steeredListener) Close() error {
+	l.remove()
+	return l.Listener.Close()
+}
+
+// listenSteered listens for peers' TCP connections to ap, an overlay
+// address and port, on a port of ap's address that the kernel chooses,
+// and has the TUN filter steer ap's segments there.
+func (e *Engine) listenSteered(ap netip.AddrPort) (net.Listener, error) {
+	ln, err := net.Listen("tcp", netip.AddrPortFrom(ap.Addr(), 0).String())
+	if err != nil {
+		return nil, err
+	}
+	bound := netip.AddrPortFrom(ap.Addr(), uint16(ln.Addr().(*net.TCPAddr).Port))
+	e.steerMu.Lock()
+	defer e.steerMu.Unlock()
+	if _, dup := e.steered[ap]; dup {
+		ln.Close()
+		return nil, fmt.Errorf("netstack: listen tcp %s: the engine already listens there", ap)
+	}
+	if e.steered == nil {
+		e.steered = map[netip.AddrPort]uint16{}
+	}
+	e.steered[ap] = bound.Port()
+	e.publishSteerLocked()
+	var once sync.Once
+	return &steeredListener{Listener: ln, addr: net.TCPAddrFromAddrPort(ap), remove: func() {
+		once.Do(func() {
+			e.steerMu.Lock()
+			defer e.steerMu.Unlock()
+			delete(e.steered, ap)
+			e.publishSteerLocked()
+		})
+	}}, nil
+}
+
+// publishSteerLocked hands the TUN filter the current steered listeners.
+// e.steerMu held.
+func (e *Engine) publishSteerLocked() {
+	if len(e.steered) == 0 {
+		e.tun.steer.Store(nil)
+		return
+	}
+	s := &steerMap{in: map[netip.AddrPort]uint16{}, out: map[netip.AddrPort]uint16{}}
+	for ap, bound := range e.steered {
+		s.in[ap] = bound
+		s.out[netip.AddrPortFrom(ap.Addr(), bound)] = ap.Port()
+	}
+	e.tun.steer.Store(s)
 }
 
 // tcpResetFor returns the RST|ACK that refuses pkt if pkt is a TCP SYN
@@ -285,9 +415,18 @@ func tunDial(ctx context.Context, proto string, ap netip.AddrPort) (net.Conn, er
 // tunListen listens on the host (TUN mode). An unspecified address is
 // replaced by the node's overlay addresses of both families: the
 // engine's listeners are the overlay's, never the host's other networks.
+// A TCP listener on an overlay address is steered (listenSteered): it
+// binds a port the kernel chooses and the TUN filter maps peers'
+// segments to and from it, so it binds beside a host server on
+// 0.0.0.0:port and, as in userspace mode, takes precedence over that
+// server for peers (the host's own connections to the overlay address
+// still reach the host server).
 func (e *Engine) tunListen(proto string, ap netip.AddrPort) (any, error) {
 	if ap.Addr().IsValid() && !ap.Addr().IsUnspecified() {
 		if proto == "tcp" {
+			if ap.Port() != 0 && e.isOverlay(ap.Addr()) {
+				return e.listenSteered(netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
+			}
 			return net.Listen("tcp", ap.String())
 		}
 		return net.ListenPacket("udp", ap.String())
@@ -313,6 +452,9 @@ func (e *Engine) tunListen(proto string, ap netip.AddrPort) (any, error) {
 	}
 	bound := netip.AddrPortFrom(a, ap.Port())
 	if proto == "tcp" {
+		if ap.Port() != 0 {
+			return e.listenSteered(bound)
+		}
 		return net.Listen("tcp", bound.String())
 	}
 	return net.ListenPacket("udp", bound.String())

@@ -245,3 +245,67 @@ func TestTCPResetFor(t *testing.T) {
 		}
 	})
 }
+
+// TestSteer checks the port rewriting of the engine's TUN-mode listeners:
+// a peer's segments to addr:port reach the bound port, the host's replies
+// leave from port again, and checksums stay valid.
+func TestSteer(t *testing.T) {
+	self := netip.MustParseAddr("100.64.0.1")
+	peer := netip.MustParseAddr("100.64.0.2")
+	self6 := netip.MustParseAddr("fd7a:bea0:b0de::6440:1")
+	peer6 := netip.MustParseAddr("fd7a:bea0:b0de::6440:2")
+	s := &steerMap{
+		in:  map[netip.AddrPort]uint16{netip.AddrPortFrom(self, 80): 40000, netip.AddrPortFrom(self6, 80): 40001},
+		out: map[netip.AddrPort]uint16{netip.AddrPortFrom(self, 40000): 80, netip.AddrPortFrom(self6, 40001): 80},
+	}
+	withSum := func(p []byte) []byte {
+		p = append(p, "some payload"...)
+		var sum uint32
+		var tcp []byte
+		if p[0]>>4 == 4 {
+			binary.BigEndian.PutUint16(p[2:], uint16(len(p)))
+			sum, tcp = uint32(checksum(0, p[12:20])), p[20:]
+		} else {
+			binary.BigEndian.PutUint16(p[4:], uint16(len(p)-40))
+			sum, tcp = uint32(checksum(0, p[8:40])), p[40:]
+		}
+		binary.BigEndian.PutUint16(tcp[16:], ^checksum(sum+protoTCP+uint32(len(tcp)), tcp))
+		return p
+	}
+	valid := func(p []byte) bool {
+		var sum uint32
+		var tcp []byte
+		if p[0]>>4 == 4 {
+			sum, tcp = uint32(checksum(0, p[12:20])), p[20:]
+		} else {
+			sum, tcp = uint32(checksum(0, p[8:40])), p[40:]
+		}
+		return checksum(sum+protoTCP+uint32(len(tcp)), tcp) == 0xffff
+	}
+	tests := []struct {
+		name           string
+		pkt            []byte
+		in             bool
+		sport, dport   uint16
+		wantS, wantDst uint16
+	}{
+		{"peer to a steered port", withSum(ipv4Packet(protoTCP, peer, self, 5000, 80, tcpSYN)), true, 5000, 80, 5000, 40000},
+		{"peer to a steered port v6", withSum(ipv6Packet(protoTCP, peer6, self6, 5000, 80, tcpACK)), true, 5000, 80, 5000, 40001},
+		{"reply from the bound port", withSum(ipv4Packet(protoTCP, self, peer, 40000, 5000, tcpSYN|tcpACK)), false, 40000, 5000, 80, 5000},
+		{"reply from the bound port v6", withSum(ipv6Packet(protoTCP, self6, peer6, 40001, 5000, tcpACK)), false, 40001, 5000, 80, 5000},
+		{"another port", withSum(ipv4Packet(protoTCP, peer, self, 5000, 81, tcpSYN)), true, 5000, 81, 5000, 81},
+		{"the host dialing out from port 80 is left alone", withSum(ipv4Packet(protoTCP, self, peer, 80, 5000, tcpSYN)), false, 80, 5000, 80, 5000},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s.rewrite(tt.pkt, tt.in)
+			pi, _ := parsePacket(tt.pkt)
+			if pi.sport != tt.wantS || pi.dport != tt.wantDst {
+				t.Errorf("ports = %d -> %d, want %d -> %d", pi.sport, pi.dport, tt.wantS, tt.wantDst)
+			}
+			if !valid(tt.pkt) {
+				t.Errorf("TCP checksum does not verify after the rewrite")
+			}
+		})
+	}
+}

@@ -65,6 +65,9 @@ type relay struct {
 
 // worldConfig selects the servers of a world.
 type worldConfig struct {
+	// edgeDomain, if set, is the coordinator's --edge-domain (for tests
+	// that run beam edge).
+	edgeDomain string
 	// meshed runs two relays on two servers, meshed with each other and
 	// listed as the two nodes of one region; otherwise one relay runs on
 	// the coordinator's server.
@@ -124,6 +127,9 @@ func newWorld(t *testing.T, cfg worldConfig) *world {
 			t.Fatal(err)
 		}
 		coordArgs = append(coordArgs, "--derp-map", mapFile)
+	}
+	if cfg.edgeDomain != "" {
+		coordArgs = append(coordArgs, "--edge-domain", cfg.edgeDomain)
 	}
 	w.coord = w.srv.Start(ctx, w.bin, coordArgs...)
 	w.coordURL = "http://" + hostPort(w.srv.Addr(), coordPort)
