@@ -8,15 +8,63 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	cdpbrowser "github.com/chromedp/cdproto/browser"
+	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/chromedp"
 )
 
 // chromiumPath is Debian's Chromium, which the browser tests drive.
 const chromiumPath = "/usr/bin/chromium"
+
+// browserLocalOnly are the switches that keep a test's Chromium off the
+// network beyond loopback: no background, component, sync, safe browsing,
+// translation, optimization or metrics traffic, no QUIC, no prefetch, and
+// every name but localhost, *.localhost and 127.0.0.1 fails to resolve
+// inside the browser instead of going to the host's resolver.
+var browserLocalOnly = map[string]string{
+	"disable-quic":                           "",
+	"disable-background-networking":          "",
+	"disable-component-update":               "",
+	"disable-sync":                           "",
+	"disable-default-apps":                   "",
+	"disable-extensions":                     "",
+	"disable-domain-reliability":             "",
+	"disable-client-side-phishing-detection": "",
+	"safebrowsing-disable-auto-update":       "",
+	"no-pings":                               "",
+	"no-first-run":                           "",
+	"no-default-browser-check":               "",
+	"no-proxy-server":                        "",
+	"dns-prefetch-disable":                   "",
+	"metrics-recording-only":                 "",
+	"disable-features":                       "Translate,OptimizationHints,OptimizationGuideModelDownloading,MediaRouter,DialMediaRouteProvider,AutofillServerCommunication,CertificateTransparencyComponentUpdater,InterestFeedContentSuggestions,NetworkTimeServiceQuerying",
+	"host-resolver-rules":                    "MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE *.localhost, EXCLUDE 127.0.0.1",
+}
+
+// browserOptions are the allocator options of every browser test: headless
+// Chromium with a fresh profile and the browserLocalOnly switches.
+func browserOptions(profile string) []chromedp.ExecAllocatorOption {
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromiumPath),
+		chromedp.Headless,
+		chromedp.NoSandbox,
+		chromedp.DisableGPU,
+		chromedp.UserDataDir(profile),
+	)
+	for k, v := range browserLocalOnly {
+		if v == "" {
+			opts = append(opts, chromedp.Flag(k, true))
+		} else {
+			opts = append(opts, chromedp.Flag(k, v))
+		}
+	}
+	return opts
+}
 
 // consoleBrowser starts headless Chromium for t and returns a context
 // that drives one tab. It fails the test if Chromium is missing. The
@@ -27,20 +75,7 @@ func consoleBrowser(t *testing.T) context.Context {
 		t.Fatalf("the browser tests need Chromium at %s (Debian: apt-get install chromium): %v", chromiumPath, err)
 	}
 	profile := t.TempDir() // removed after the browser exits (cleanups run last-in first-out)
-	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(chromiumPath),
-		chromedp.Headless,
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.UserDataDir(profile),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("no-proxy-server", true),
-	)
+	actx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), browserOptions(profile)...)
 	ctx, cancel := chromedp.NewContext(actx)
 	t.Cleanup(func() { cancel(); cancelAlloc() })
 	// The first run starts the browser, which lives as long as ctx: no
@@ -185,5 +220,53 @@ func TestConsoleInBrowser(t *testing.T) {
 	}
 	if out := c.mustBeam("admin", "audit", "--coordinator", c.url); !strings.Contains(out, "console:admin") || !strings.Contains(out, "node.approve") {
 		t.Errorf("audit log lacks the console's approval:\n%s", out)
+	}
+}
+
+// TestBrowserStaysLocal checks that the browser of the browser tests runs
+// with every browserLocalOnly switch, that it still loads pages on
+// 127.0.0.1 and *.localhost, and that any other name fails inside the
+// browser (the resolver rules) rather than being looked up.
+func TestBrowserStaysLocal(t *testing.T) {
+	ctx := consoleBrowser(t)
+	cl, err := chromedp.CallBrowser(ctx, cdpbrowser.GetBrowserCommandLine, cdp.Empty{})
+	if err != nil {
+		t.Fatalf("browser command line: %v", err)
+	}
+	args := cl.Arguments
+	for k, v := range browserLocalOnly {
+		want := "--" + k
+		if v != "" {
+			want += "=" + v
+		}
+		if !slices.Contains(args, want) {
+			t.Errorf("Chromium runs without %s; its command line: %q", want, args)
+		}
+	}
+	if t.Failed() {
+		t.FailNow() // no stray lookup below without the rules
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "page of "+r.Host) })}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	port := ln.Addr().(*net.TCPAddr).Port
+	for _, host := range []string{"127.0.0.1", "localhost", "app.localhost"} {
+		u := fmt.Sprintf("http://%s:%d/", host, port)
+		browse(t, ctx, "open "+u, chromedp.Navigate(u))
+		body := read(t, ctx, "page", chromedp.Text("body"))
+		if want := fmt.Sprintf("page of %s:%d", host, port); strings.TrimSpace(body) != want {
+			t.Errorf("%s shows %q, want %q", u, body, want)
+		}
+	}
+	sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	stray := fmt.Sprintf("http://stray.beam.test:%d/", port)
+	if err := chromedp.Do(sctx, chromedp.Navigate(stray)); err == nil || !strings.Contains(err.Error(), "ERR_NAME_NOT_RESOLVED") {
+		t.Fatalf("navigate to %s: %v, want net::ERR_NAME_NOT_RESOLVED from the browser's resolver rules", stray, err)
 	}
 }

@@ -7,8 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
@@ -17,42 +15,6 @@ import (
 
 	"github.com/chromedp/chromedp"
 )
-
-// inspectorChromium starts a headless Chromium for one test and returns a
-// browser context; the test fails (not skips) without Chromium.
-func inspectorChromium(t *testing.T) context.Context {
-	t.Helper()
-	path, err := exec.LookPath("chromium")
-	if err != nil {
-		path = "/usr/bin/chromium"
-		if _, err := os.Stat(path); err != nil {
-			t.Fatalf("Chromium is needed for the browser tests (Debian: apt-get install chromium): %v", err)
-		}
-	}
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(path),
-		chromedp.Flag("headless", true),
-		chromedp.NoSandbox,
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("no-proxy-server", true),
-		chromedp.UserDataDir(t.TempDir()),
-	)
-	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
-	bctx, cancelB := chromedp.NewContext(actx)
-	t.Cleanup(func() {
-		cancelB()
-		cancelA()
-	})
-	if err := chromedp.Do(bctx); err != nil {
-		t.Fatalf("start Chromium: %v", err)
-	}
-	return bctx
-}
 
 // into runs a and stores its value in dst, as a step of chromedp.Do.
 func into[T any](dst *T, a chromedp.Action[T]) chromedp.Action[chromedp.Void] {
@@ -144,7 +106,7 @@ func TestInspectorInBrowser(t *testing.T) {
 	publicURL := strings.TrimSpace(out)
 	host := strings.TrimPrefix(publicURL, "http://")
 
-	bctx := inspectorChromium(t)
+	bctx := consoleBrowser(t)
 	ctx, cancel := context.WithTimeout(bctx, 60*time.Second)
 	defer cancel()
 	start := time.Now()
