@@ -109,9 +109,9 @@ func (a *Admin) policyRequest(ctx context.Context, method, path string, src []by
 // SetNodeExpiry sets when node name's key expires: d from now, or never
 // for d <= 0.
 func (a *Admin) SetNodeExpiry(ctx context.Context, name string, d time.Duration) (*wire.Node, error) {
-	in := map[string]string{"expiry": "never"}
+	in := wire.SetExpiryRequest{Expiry: "never"}
 	if d > 0 {
-		in["expiry"] = d.String()
+		in.Expiry = d.String()
 	}
 	var n wire.Node
 	if err := a.do(ctx, http.MethodPut, "/api/v1/nodes/"+url.PathEscape(name)+"/expiry", in, &n); err != nil {

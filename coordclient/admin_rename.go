@@ -14,9 +14,7 @@ import (
 // missing node matches ErrNotFound; a taken name is an *Error with Status
 // 409, a name that is not a DNS label one with Status 400.
 func (a *Admin) RenameNode(ctx context.Context, name, newName string) (*wire.Node, error) {
-	in := struct {
-		Name string `json:"name"`
-	}{Name: newName}
+	in := wire.RenameNodeRequest{Name: newName}
 	var n wire.Node
 	if err := a.do(ctx, http.MethodPost, "/api/v1/nodes/"+url.PathEscape(name)+"/rename", in, &n); err != nil {
 		return nil, err

@@ -10,7 +10,6 @@ import (
 	"net/url"
 	"time"
 
-	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
 )
 
@@ -78,29 +77,18 @@ func (c *Client) Expose(ctx context.Context, req wire.ExposeRequest) (*wire.Expo
 	return &er, nil
 }
 
-// txtRequest is the sealed body of POST /machine/txt (see coordinator.TXTRequest).
-type txtRequest struct {
-	Version   int            `json:"version"`
-	NodeKey   key.NodePublic `json:"node_key"`
-	Timestamp time.Time      `json:"timestamp"`
-	Name      string         `json:"name"`
-	Values    []string       `json:"values,omitempty"`
-}
-
 // SetTXT sets the TXT records of name ("_acme-challenge.app.example.test")
 // in the coordinator's public zone to values; no values deletes them.
 // Only edge nodes may, and only for _acme-challenge names of the edge
 // domain or of verified custom domains (ErrForbidden otherwise).
 func (c *Client) SetTXT(ctx context.Context, name string, values []string) error {
 	resp, mk, err := c.post(ctx, "/machine/txt", func(now time.Time) any {
-		return &txtRequest{Version: wire.CapabilityVersion, NodeKey: c.pub, Timestamp: now, Name: name, Values: values}
+		return &wire.TXTRequest{Version: wire.CapabilityVersion, NodeKey: c.pub, Timestamp: now, Name: name, Values: values}
 	})
 	if err != nil {
 		return fmt.Errorf("coordclient: set TXT %s: %w", name, err)
 	}
-	var tr struct {
-		Error string `json:"error,omitempty"`
-	}
+	var tr wire.TXTResponse
 	if err := c.readSealed(resp, mk, &tr); err != nil {
 		return fmt.Errorf("coordclient: set TXT %s: %w", name, err)
 	}
@@ -132,9 +120,7 @@ func (a *Admin) RemoveRoutes(ctx context.Context, host string) error {
 // (empty network means "default") and returns the claim: the token to
 // publish and whether the proof was found.
 func (a *Admin) VerifyDomain(ctx context.Context, domain, network string) (*wire.DomainStatus, error) {
-	in := struct {
-		Network string `json:"network,omitempty"`
-	}{network}
+	in := wire.VerifyDomainRequest{Network: network}
 	var out wire.DomainStatus
 	if err := a.do(ctx, http.MethodPost, "/api/v1/domains/"+url.PathEscape(domain)+"/verify", in, &out); err != nil {
 		return nil, err
@@ -150,9 +136,7 @@ func (a *Admin) ListDomains(ctx context.Context) ([]*wire.DomainStatus, error) {
 
 // SetTXT sets the TXT records of name in the coordinator's public zone.
 func (a *Admin) SetTXT(ctx context.Context, name string, values []string) error {
-	in := struct {
-		Values []string `json:"values"`
-	}{values}
+	in := wire.TXTBody{Values: values}
 	return a.do(ctx, http.MethodPut, "/api/v1/dns/txt/"+url.PathEscape(name), in, nil)
 }
 

@@ -23,7 +23,7 @@ import (
 //	GET    /api/v1/nodes                 -> []wire.Node
 //	DELETE /api/v1/nodes/{name}          -> 204  (name, network/name or nodekey:...)
 //	POST   /api/v1/nodes/{name}/expire   -> 204
-//	POST   /api/v1/nodes/{name}/rename   RenameNodeRequest -> wire.Node (rename.go)
+//	POST   /api/v1/nodes/{name}/rename   wire.RenameNodeRequest -> wire.Node (rename.go)
 
 // authKeyPrefix starts every auth key; the stored prefix adds 12 hex digits.
 const authKeyPrefix = "beamkey-"

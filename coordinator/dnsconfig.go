@@ -212,30 +212,6 @@ func (s *Server) handlePutDNSConfig(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.DNSSettings())
 }
 
-// TXTRequest is the sealed body of POST /machine/txt: an edge node sets
-// (or, with no Values, deletes) the TXT records of Name in the public zone.
-//
-// TODO(wire): this belongs in package wire next to ExposeRequest.
-type TXTRequest struct {
-	Version   int            `json:"version"`
-	NodeKey   key.NodePublic `json:"node_key"`
-	Timestamp time.Time      `json:"timestamp"`
-	// Name is absolute ("_acme-challenge.app.example.test").
-	Name   string   `json:"name"`
-	Values []string `json:"values,omitempty"`
-}
-
-// TXTResponse answers a TXTRequest.
-type TXTResponse struct {
-	// Error is a human-readable reason the request was refused.
-	Error string `json:"error,omitempty"`
-}
-
-// TXTBody is the JSON body of PUT /api/v1/dns/txt/{name}.
-type TXTBody struct {
-	Values []string `json:"values"`
-}
-
 const (
 	maxTXTValues   = 8
 	maxTXTValueLen = 255
@@ -325,7 +301,7 @@ func (s *Server) txtNameAllowedLocked(name string) bool {
 }
 
 func (s *Server) handleTXT(w http.ResponseWriter, r *http.Request) {
-	var req TXTRequest
+	var req wire.TXTRequest
 	nk, aerr := s.readRequest(w, r, &req, func() (key.NodePublic, time.Time) { return req.NodeKey, req.Timestamp })
 	if aerr != nil {
 		writeError(w, aerr)
@@ -365,11 +341,11 @@ func (s *Server) handleTXT(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
-	s.writeSealed(w, nk, &TXTResponse{})
+	s.writeSealed(w, nk, &wire.TXTResponse{})
 }
 
 func (s *Server) handlePutTXT(w http.ResponseWriter, r *http.Request) {
-	var body TXTBody
+	var body wire.TXTBody
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestSize))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&body); err != nil {

@@ -210,15 +210,8 @@ func (s *Server) Domains(ctx context.Context) []wire.DomainStatus {
 	return out
 }
 
-// VerifyDomainRequest is the optional JSON body of
-// POST /api/v1/domains/{domain}/verify.
-type VerifyDomainRequest struct {
-	// Network is the claiming network; empty means DefaultNetwork.
-	Network string `json:"network,omitempty"`
-}
-
 func (s *Server) handleVerifyDomain(w http.ResponseWriter, r *http.Request) {
-	var req VerifyDomainRequest
+	var req wire.VerifyDomainRequest
 	if r.ContentLength != 0 {
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestSize))
 		dec.DisallowUnknownFields()

@@ -11,7 +11,7 @@ import (
 
 // Admin API for node key expiry (bearer token):
 //
-//	PUT /api/v1/nodes/{name}/expiry   SetExpiryRequest -> 200 wire.Node
+//	PUT /api/v1/nodes/{name}/expiry   wire.SetExpiryRequest -> 200 wire.Node
 
 // DefaultNodeKeyExpiry is how long the key of an untagged node stays valid
 // when its auth key does not say otherwise and Options.NodeKeyExpiry is
@@ -37,12 +37,6 @@ func keyExpiryFor(ak *AuthKey, n *wire.Node, now time.Time, def time.Duration) t
 		return time.Time{}
 	}
 	return now.Add(d)
-}
-
-// SetExpiryRequest is the JSON body of PUT /api/v1/nodes/{name}/expiry.
-type SetExpiryRequest struct {
-	// Expiry is a Go duration from now ("720h") or "never".
-	Expiry string `json:"expiry"`
 }
 
 // parseKeyExpiry parses a key expiry setting: a positive Go duration, or
@@ -90,7 +84,7 @@ func (s *Server) SetNodeExpiry(ctx context.Context, ref string, expiry time.Time
 }
 
 func (s *Server) handleSetNodeExpiry(w http.ResponseWriter, r *http.Request) {
-	var req SetExpiryRequest
+	var req wire.SetExpiryRequest
 	if !decodeJSONBody(w, r, &req) {
 		return
 	}

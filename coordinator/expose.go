@@ -463,9 +463,9 @@ func (s *Server) handleRemoveRoutes(w http.ResponseWriter, r *http.Request) {
 //
 //	GET    /api/v1/routes                  -> []wire.RouteInfo
 //	DELETE /api/v1/routes/{host}           -> 204  (every route of host)
-//	POST   /api/v1/domains/{domain}/verify VerifyDomainRequest (optional) -> wire.DomainStatus
+//	POST   /api/v1/domains/{domain}/verify wire.VerifyDomainRequest (optional) -> wire.DomainStatus
 //	GET    /api/v1/domains                 -> []wire.DomainStatus
-//	PUT    /api/v1/dns/txt/{name}          TXTBody -> 204  (501 no_zone without a Zone)
+//	PUT    /api/v1/dns/txt/{name}          wire.TXTBody -> 204  (501 no_zone without a Zone)
 //	DELETE /api/v1/dns/txt/{name}          -> 204
 //	GET    /api/v1/dns/config              -> DNSSettings
 //	PUT    /api/v1/dns/config              DNSSettings (strict) -> DNSSettings

@@ -68,7 +68,7 @@ func FuzzExposeRequest(f *testing.F) {
 	f.Add(false, req(wire.ExposeRequest{CustomDomain: "shop.example.com", Proto: "http", Port: 1}))
 	f.Add(false, req(wire.ExposeRequest{Proto: "http", Port: 1, Options: wire.RouteOptions{CORS: []string{"*", "x"}}}))
 	f.Add(false, req(wire.ExposeRequest{Proto: "tcp", Port: 1, Options: wire.RouteOptions{RateLimit: wire.Rate{Count: 1, Per: 7}}}))
-	f.Add(true, seal(coordinator.TXTRequest{Version: 2, NodeKey: node.Public(), Timestamp: fixed, Name: "_acme-challenge.example.test", Values: []string{"v"}}))
+	f.Add(true, seal(wire.TXTRequest{Version: 2, NodeKey: node.Public(), Timestamp: fixed, Name: "_acme-challenge.example.test", Values: []string{"v"}}))
 	f.Add(false, seal([]int{1}))
 	f.Add(true, []byte(`{"node_key":"nodekey:00","sealed":""}`))
 	f.Add(false, []byte{0xff})

@@ -13,7 +13,7 @@ import (
 
 // Admin API for renaming nodes (bearer token):
 //
-//	POST /api/v1/nodes/{name}/rename   RenameNodeRequest -> wire.Node (the renamed node)
+//	POST /api/v1/nodes/{name}/rename   wire.RenameNodeRequest -> wire.Node (the renamed node)
 //
 // 400 for a name that is not a DNS label, 404 for no such node, 409 for a
 // name taken in the node's network, 501 when the Store cannot rename.
@@ -25,13 +25,6 @@ type NodeRenamer interface {
 	// by another node of the same network fails with ErrConflict, a node
 	// that does not exist with ErrNotFound.
 	RenameNode(ctx context.Context, id wire.NodeID, name string) error
-}
-
-// RenameNodeRequest is the JSON body of POST /api/v1/nodes/{name}/rename.
-type RenameNodeRequest struct {
-	// Name is the new name: a DNS label (a-z, 0-9, '-'; upper case is
-	// folded to lower case), unique within the node's network.
-	Name string `json:"name"`
 }
 
 // RenameNode gives node ref ("name", "network/name" or "nodekey:...") the
@@ -123,7 +116,7 @@ func (s *Server) renameNodeRegLocked(ctx context.Context, actor, ref, newName st
 }
 
 func (s *Server) handleRenameNode(w http.ResponseWriter, r *http.Request) {
-	var req RenameNodeRequest
+	var req wire.RenameNodeRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestSize))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {

@@ -142,6 +142,32 @@ type RouteInfo struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
+// TXTBody is the JSON body of PUT /api/v1/dns/txt/{name}.
+type TXTBody struct {
+	Values []string `json:"values"`
+}
+
+// VerifyDomainRequest is the optional JSON body of
+// POST /api/v1/domains/{domain}/verify.
+type VerifyDomainRequest struct {
+	// Network is the claiming network; empty means the coordinator's
+	// default network ("default").
+	Network string `json:"network,omitempty"`
+}
+
+// SetExpiryRequest is the JSON body of PUT /api/v1/nodes/{name}/expiry.
+type SetExpiryRequest struct {
+	// Expiry is a Go duration from now ("720h") or "never".
+	Expiry string `json:"expiry"`
+}
+
+// RenameNodeRequest is the JSON body of POST /api/v1/nodes/{name}/rename.
+type RenameNodeRequest struct {
+	// Name is the new name: a DNS label (a-z, 0-9, '-'; upper case is
+	// folded to lower case), unique within the node's network.
+	Name string `json:"name"`
+}
+
 // String formats p as "line:column: message", or the message alone
 // when the line is unknown.
 func (p PolicyProblem) String() string {

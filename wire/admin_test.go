@@ -51,6 +51,12 @@ func TestAdminJSON(t *testing.T) {
 		{"route info", RouteInfo{EdgeRoute: EdgeRoute{Host: "app.edge.example", Proto: "http", Node: nk, Target: netip.MustParseAddrPort("100.64.0.1:3000")},
 			Network: "default", NodeName: "laptop", Port: 3000, URL: "https://app.edge.example", CreatedAt: at},
 			`{"host":"app.edge.example","proto":"http","node":"` + nkText + `","target":"100.64.0.1:3000","network":"default","node_name":"laptop","port":3000,"url":"https://app.edge.example","created_at":"2026-01-02T03:04:05Z"}`},
+		{"verify domain", VerifyDomainRequest{Network: "lab"}, `{"network":"lab"}`},
+		{"verify domain, default network", VerifyDomainRequest{}, `{}`},
+		{"set expiry", SetExpiryRequest{Expiry: "never"}, `{"expiry":"never"}`},
+		{"rename node", RenameNodeRequest{Name: "db"}, `{"name":"db"}`},
+		{"txt body", TXTBody{Values: []string{"a", "b"}}, `{"values":["a","b"]}`},
+		{"txt body, delete", TXTBody{}, `{"values":null}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

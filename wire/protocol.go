@@ -1,6 +1,10 @@
 package wire
 
-import "beam.dev/beam/types/key"
+import (
+	"time"
+
+	"beam.dev/beam/types/key"
+)
 
 // Control protocol, as spoken between the coordinator and coordclient:
 //
@@ -14,8 +18,8 @@ import "beam.dev/beam/types/key"
 //	                           says why ("node_removed: ...", "node_expired: ...")
 //	POST /machine/expose    <- Envelope sealing an ExposeRequest
 //	                        -> 200, body = sealed JSON ExposeResponse
-//	POST /machine/txt       <- Envelope sealing a TXT request (edge nodes only)
-//	                        -> 200, body = sealed JSON TXT response
+//	POST /machine/txt       <- Envelope sealing a TXTRequest (edge nodes only)
+//	                        -> 200, body = sealed JSON TXTResponse
 //	GET  /server/setup      -> JSON ServerSetup, unsealed (public), or 404
 //
 // The Envelope is JSON:
@@ -55,3 +59,20 @@ const (
 	// "CODE: MESSAGE" with an ErrorCode.
 	TrailerError = "Beam-Error"
 )
+
+// TXTRequest is the sealed body of POST /machine/txt: an edge node sets
+// (or, with no Values, deletes) the TXT records of Name in the public zone.
+type TXTRequest struct {
+	Version   int            `json:"version"`
+	NodeKey   key.NodePublic `json:"node_key"`
+	Timestamp time.Time      `json:"timestamp"`
+	// Name is absolute ("_acme-challenge.app.example.test").
+	Name   string   `json:"name"`
+	Values []string `json:"values,omitempty"`
+}
+
+// TXTResponse answers a TXTRequest.
+type TXTResponse struct {
+	// Error is a human-readable reason the request was refused.
+	Error string `json:"error,omitempty"`
+}

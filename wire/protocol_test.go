@@ -3,6 +3,7 @@ package wire
 import (
 	"encoding/json"
 	"testing"
+	"time"
 
 	"beam.dev/beam/types/key"
 )
@@ -24,6 +25,11 @@ func TestProtocolJSON(t *testing.T) {
 			`{"error":"node key expired","code":"node_expired"}`},
 		{"error body without code", ErrorBody{Error: "boom"},
 			`{"error":"boom","code":""}`},
+		{"txt request", TXTRequest{Version: 2, NodeKey: key.NodePublicFromRaw32(raw), Timestamp: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
+			Name: "_acme-challenge.app.example.test", Values: []string{"v"}},
+			`{"version":2,"node_key":"nodekey:01000000000000000000000000000000000000000000000000000000000000ff","timestamp":"2026-01-02T03:04:05Z","name":"_acme-challenge.app.example.test","values":["v"]}`},
+		{"txt response", TXTResponse{}, `{}`},
+		{"txt response, refused", TXTResponse{Error: "not an edge node"}, `{"error":"not an edge node"}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
