@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"net"
 	"net/netip"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"beam.dev/beam/localapi/apitype"
 	"github.com/miekg/dns"
 )
 
@@ -75,7 +77,8 @@ func hostNameservers() []string {
 // TestDaemonUpstreamIsStub checks that a daemon started by the test
 // harness forwards names outside the overlay to the loopback stub, not to
 // the host's resolvers: beam dns status names the stub alone, and a
-// lookup of an outside name gets the stub's answer.
+// lookup of an outside name gets the stub's answer. Its port mapping is
+// off, so it asks no gateway either.
 func TestDaemonUpstreamIsStub(t *testing.T) {
 	c := newCluster(t)
 	key := strings.TrimSpace(c.mustBeam("admin", "authkey", "create", "--coordinator", c.url, "--expiry", "1h"))
@@ -107,5 +110,14 @@ func TestDaemonUpstreamIsStub(t *testing.T) {
 	}
 	if n := stubQueries.Load() - before; n == 0 {
 		t.Fatalf("the stub was asked nothing for %s", stubName)
+	}
+
+	// Nor does it ask the host's gateway for a port mapping.
+	var r apitype.NetcheckReport
+	if err := json.Unmarshal([]byte(c.mustBeam(alpha.args("netcheck", "--json")...)), &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.PortMapping != nil {
+		t.Fatalf("netcheck port mapping = %+v, want none (port mapping off)", r.PortMapping)
 	}
 }
