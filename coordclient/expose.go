@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"time"
 
@@ -98,13 +97,6 @@ func (c *Client) SetTXT(ctx context.Context, name string, values []string) error
 	return nil
 }
 
-// DNSConfig is the coordinator's DNS settings, handed to every node.
-type DNSConfig struct {
-	Nameservers  []netip.AddrPort            `json:"nameservers,omitempty"`
-	Routes       map[string][]netip.AddrPort `json:"routes,omitempty"`
-	ExtraRecords []wire.DNSRecord            `json:"extra_records,omitempty"`
-}
-
 // ListRoutes lists every published route.
 func (a *Admin) ListRoutes(ctx context.Context) ([]*wire.RouteInfo, error) {
 	var out []*wire.RouteInfo
@@ -146,8 +138,8 @@ func (a *Admin) DeleteTXT(ctx context.Context, name string) error {
 }
 
 // DNSConfig returns the coordinator's DNS settings.
-func (a *Admin) DNSConfig(ctx context.Context) (*DNSConfig, error) {
-	var out DNSConfig
+func (a *Admin) DNSConfig(ctx context.Context) (*wire.DNSSettings, error) {
+	var out wire.DNSSettings
 	if err := a.do(ctx, http.MethodGet, "/api/v1/dns/config", nil, &out); err != nil {
 		return nil, err
 	}
@@ -155,10 +147,10 @@ func (a *Admin) DNSConfig(ctx context.Context) (*DNSConfig, error) {
 }
 
 // SetDNSConfig replaces the coordinator's DNS settings with the JSON
-// document raw (see DNSConfig; unknown fields are refused) and returns
+// document raw (see wire.DNSSettings; unknown fields are refused) and returns
 // them as stored.
-func (a *Admin) SetDNSConfig(ctx context.Context, raw json.RawMessage) (*DNSConfig, error) {
-	var out DNSConfig
+func (a *Admin) SetDNSConfig(ctx context.Context, raw json.RawMessage) (*wire.DNSSettings, error) {
+	var out wire.DNSSettings
 	if err := a.do(ctx, http.MethodPut, "/api/v1/dns/config", raw, &out); err != nil {
 		return nil, err
 	}

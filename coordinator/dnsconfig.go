@@ -21,43 +21,28 @@ import (
 // dnsSetting is the SettingStore name of the DNS settings (JSON).
 const dnsSetting = "dns_config"
 
-// DNSSettings is the operator's DNS configuration (MagicDNS). Every node
-// gets it in its map, next to its network's domain. The JSON form is the
-// file of beam coordinator --dns-config:
-//
-//	{"nameservers": ["192.0.2.53:53"],
-//	 "routes": {"corp.example": ["100.64.0.9:53"]},
-//	 "extra_records": [{"name": "db.default.beam.internal", "type": "A", "value": "100.64.0.9"}]}
-type DNSSettings struct {
-	// Nameservers are the upstream resolvers; empty means the host's.
-	Nameservers []netip.AddrPort `json:"nameservers,omitempty"`
-	// Routes sends queries under a suffix to the given resolvers (split DNS).
-	Routes map[string][]netip.AddrPort `json:"routes,omitempty"`
-	// ExtraRecords are static records (A, AAAA or TXT).
-	ExtraRecords []wire.DNSRecord `json:"extra_records,omitempty"`
-}
-
 // ParseDNSSettings decodes b strictly (unknown fields are errors) and
 // validates the result.
-func ParseDNSSettings(b []byte) (*DNSSettings, error) {
+func ParseDNSSettings(b []byte) (*wire.DNSSettings, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	var d DNSSettings
+	var d wire.DNSSettings
 	if err := dec.Decode(&d); err != nil {
 		return nil, fmt.Errorf("%w: DNS settings: %w", ErrInvalid, err)
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, fmt.Errorf("%w: DNS settings: trailing data after the JSON object", ErrInvalid)
 	}
-	if err := d.Validate(); err != nil {
+	if err := validateDNSSettings(&d); err != nil {
 		return nil, err
 	}
-	d.normalize()
+	normalizeDNSSettings(&d)
 	return &d, nil
 }
 
-// Validate reports every problem of d, joined; each wraps ErrInvalid.
-func (d *DNSSettings) Validate() error {
+// validateDNSSettings reports every problem of d, joined; each wraps
+// ErrInvalid.
+func validateDNSSettings(d *wire.DNSSettings) error {
 	var errs []error
 	bad := func(format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%w: DNS settings: %s", ErrInvalid, fmt.Sprintf(format, args...)))
@@ -108,8 +93,8 @@ func (d *DNSSettings) Validate() error {
 	return errors.Join(errs...)
 }
 
-// normalize lower-cases names and drops trailing dots.
-func (d *DNSSettings) normalize() {
+// normalizeDNSSettings lower-cases d's names and drops trailing dots.
+func normalizeDNSSettings(d *wire.DNSSettings) {
 	if len(d.Routes) > 0 {
 		rs := make(map[string][]netip.AddrPort, len(d.Routes))
 		for k, v := range d.Routes {
@@ -125,8 +110,9 @@ func (d *DNSSettings) normalize() {
 	}
 }
 
-func (d *DNSSettings) clone() *DNSSettings {
-	c := &DNSSettings{
+// cloneDNSSettings returns a deep copy of d.
+func cloneDNSSettings(d *wire.DNSSettings) *wire.DNSSettings {
+	c := &wire.DNSSettings{
 		Nameservers:  slices.Clone(d.Nameservers),
 		ExtraRecords: slices.Clone(d.ExtraRecords),
 	}
@@ -140,18 +126,18 @@ func (d *DNSSettings) clone() *DNSSettings {
 }
 
 // DNSSettings returns the current DNS settings.
-func (s *Server) DNSSettings() *DNSSettings { return s.edge.dns.Load().clone() }
+func (s *Server) DNSSettings() *wire.DNSSettings { return cloneDNSSettings(s.edge.dns.Load()) }
 
 // SetDNSSettings validates d, stores it and sends it to every node.
-func (s *Server) SetDNSSettings(ctx context.Context, d *DNSSettings) error {
+func (s *Server) SetDNSSettings(ctx context.Context, d *wire.DNSSettings) error {
 	if d == nil {
-		d = &DNSSettings{}
+		d = &wire.DNSSettings{}
 	}
-	if err := d.Validate(); err != nil {
+	if err := validateDNSSettings(d); err != nil {
 		return err
 	}
-	d = d.clone()
-	d.normalize()
+	d = cloneDNSSettings(d)
+	normalizeDNSSettings(d)
 	s.edge.changeMu.Lock()
 	defer s.edge.changeMu.Unlock()
 	if err := s.storeDNSSettings(ctx, d); err != nil {
@@ -169,7 +155,7 @@ func (s *Server) SetDNSSettings(ctx context.Context, d *DNSSettings) error {
 	return nil
 }
 
-func (s *Server) storeDNSSettings(ctx context.Context, d *DNSSettings) error {
+func (s *Server) storeDNSSettings(ctx context.Context, d *wire.DNSSettings) error {
 	b, err := json.Marshal(d)
 	if err != nil {
 		return fmt.Errorf("coordinator: encode DNS settings: %w", err)

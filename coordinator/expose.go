@@ -467,8 +467,8 @@ func (s *Server) handleRemoveRoutes(w http.ResponseWriter, r *http.Request) {
 //	GET    /api/v1/domains                 -> []wire.DomainStatus
 //	PUT    /api/v1/dns/txt/{name}          wire.TXTBody -> 204  (501 no_zone without a Zone)
 //	DELETE /api/v1/dns/txt/{name}          -> 204
-//	GET    /api/v1/dns/config              -> DNSSettings
-//	PUT    /api/v1/dns/config              DNSSettings (strict) -> DNSSettings
+//	GET    /api/v1/dns/config              -> wire.DNSSettings
+//	PUT    /api/v1/dns/config              wire.DNSSettings (strict) -> wire.DNSSettings
 func (s *Server) edgeRoutes(mux, admin *http.ServeMux) {
 	mux.HandleFunc("POST /machine/expose", s.handleExpose)
 	mux.HandleFunc("POST /machine/txt", s.handleTXT)

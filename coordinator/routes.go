@@ -147,7 +147,7 @@ type edgeState struct {
 	// port allocation and their store writes.
 	changeMu sync.Mutex
 
-	dns atomic.Pointer[DNSSettings] // never nil after New
+	dns atomic.Pointer[wire.DNSSettings] // never nil after New
 
 	// The following fields are guarded by Server.mu.
 	routes  map[int64]*memRoute
@@ -212,9 +212,9 @@ func newEdgeState(opts Options) (*edgeState, error) {
 			return nil, errors.New("coordinator: the Store keeps no edge routes (RouteStore, DomainStore); cannot enable the edge")
 		}
 	}
-	dns := &DNSSettings{}
+	dns := &wire.DNSSettings{}
 	if opts.DNS != nil {
-		dns = opts.DNS.clone()
+		dns = cloneDNSSettings(opts.DNS)
 	}
 	es.dns.Store(dns)
 	return es, nil

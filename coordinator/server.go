@@ -116,7 +116,7 @@ type Options struct {
 	LookupCNAME func(ctx context.Context, name string) (string, error)
 	// DNS, if not nil, replaces the stored DNS settings at start; nil
 	// keeps them (see SetDNSSettings).
-	DNS *DNSSettings
+	DNS *wire.DNSSettings
 	// AdminAuth, if set, is asked about an admin API request whose bearer
 	// token is not the admin token (an OIDC ID token of an admin): ok
 	// admits it, and the audit log names who ("admin:WHO").

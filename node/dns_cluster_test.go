@@ -14,7 +14,6 @@ import (
 	"github.com/miekg/dns"
 
 	"beam.dev/beam/beamtest/harness"
-	"beam.dev/beam/coordinator"
 	"beam.dev/beam/wire"
 )
 
@@ -272,7 +271,7 @@ func TestMagicDNSSettings(t *testing.T) {
 	// to beta's port reaches it there.
 	corp := startTestDNSServer(t, "corp.example", "198.51.100.10")
 	up := startTestDNSServer(t, ".", "192.0.2.80")
-	settings := &coordinator.DNSSettings{
+	settings := &wire.DNSSettings{
 		Nameservers: []netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(up.Port))},
 		Routes: map[string][]netip.AddrPort{
 			"corp.example": {netip.AddrPortFrom(betaIP, uint16(corp.Port))},

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"fmt"
+	"net/netip"
 	"time"
 
 	"beam.dev/beam/types/key"
@@ -166,6 +167,23 @@ type RenameNodeRequest struct {
 	// Name is the new name: a DNS label (a-z, 0-9, '-'; upper case is
 	// folded to lower case), unique within the node's network.
 	Name string `json:"name"`
+}
+
+// DNSSettings is the operator's DNS configuration (MagicDNS), the body of
+// GET and PUT /api/v1/dns/config. Every node gets it in its map, next to
+// its network's domain. The JSON form is also the file of beam
+// coordinator --dns-config:
+//
+//	{"nameservers": ["192.0.2.53:53"],
+//	 "routes": {"corp.example": ["100.64.0.9:53"]},
+//	 "extra_records": [{"name": "db.default.beam.internal", "type": "A", "value": "100.64.0.9"}]}
+type DNSSettings struct {
+	// Nameservers are the upstream resolvers; empty means the host's.
+	Nameservers []netip.AddrPort `json:"nameservers,omitempty"`
+	// Routes sends queries under a suffix to the given resolvers (split DNS).
+	Routes map[string][]netip.AddrPort `json:"routes,omitempty"`
+	// ExtraRecords are static records (A, AAAA or TXT).
+	ExtraRecords []DNSRecord `json:"extra_records,omitempty"`
 }
 
 // String formats p as "line:column: message", or the message alone

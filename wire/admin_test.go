@@ -57,6 +57,11 @@ func TestAdminJSON(t *testing.T) {
 		{"rename node", RenameNodeRequest{Name: "db"}, `{"name":"db"}`},
 		{"txt body", TXTBody{Values: []string{"a", "b"}}, `{"values":["a","b"]}`},
 		{"txt body, delete", TXTBody{}, `{"values":null}`},
+		{"dns settings", DNSSettings{Nameservers: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.53:53")},
+			Routes:       map[string][]netip.AddrPort{"corp.example": {netip.MustParseAddrPort("100.64.0.9:53")}},
+			ExtraRecords: []DNSRecord{{Name: "db.default.beam.internal", Type: "A", Value: "100.64.0.9"}}},
+			`{"nameservers":["192.0.2.53:53"],"routes":{"corp.example":["100.64.0.9:53"]},"extra_records":[{"name":"db.default.beam.internal","type":"A","value":"100.64.0.9"}]}`},
+		{"dns settings, empty", DNSSettings{}, `{}`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"beam.dev/beam/coordclient"
+	"beam.dev/beam/wire"
 )
 
 // newCmdAdminDNS returns beam admin dns: the DNS settings every node gets
@@ -121,7 +122,7 @@ func readDNSConfigFile(path string, stdin io.Reader) (json.RawMessage, error) {
 	}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	var c coordclient.DNSConfig
+	var c wire.DNSSettings
 	if err := dec.Decode(&c); err != nil {
 		return nil, fmt.Errorf("parse DNS config %s: %w", path, err)
 	}
