@@ -129,10 +129,7 @@ func (a *Admin) ListPending(ctx context.Context) ([]*wire.PendingRegistration, e
 // Approve admits the node waiting with code, owned by user or carrying
 // tags (or neither).
 func (a *Admin) Approve(ctx context.Context, code, user string, tags []string) error {
-	in := struct {
-		User string   `json:"user,omitempty"`
-		Tags []string `json:"tags,omitempty"`
-	}{user, tags}
+	in := wire.ApproveRequest{User: user, Tags: tags}
 	return a.do(ctx, http.MethodPost, "/api/v1/registrations/"+url.PathEscape(code)+"/approve", in, nil)
 }
 

@@ -28,7 +28,7 @@ import (
 // Admin API (bearer token):
 //
 //	GET  /api/v1/registrations                 -> []wire.PendingRegistration
-//	POST /api/v1/registrations/{code}/approve  Approval -> 204
+//	POST /api/v1/registrations/{code}/approve  wire.ApproveRequest -> 204
 
 const (
 	// approvalTTL is how long an approval code stays valid.
@@ -51,14 +51,14 @@ const (
 // Approval says how to admit a pending node: as a node of User, or
 // carrying Tags (which the policy's tagOwners must list), or neither.
 type Approval struct {
-	User string   `json:"user,omitempty"`
-	Tags []string `json:"tags,omitempty"`
+	User string
+	Tags []string
 	// Actor names who approved, for the audit log; empty means "admin".
-	Actor string `json:"-"`
+	Actor string
 	// NodeKeyExpiry is how long the node's key stays valid, as
 	// AuthKeyOptions.NodeKeyExpiry (a login's lifetime); zero means the
 	// default.
-	NodeKeyExpiry time.Duration `json:"-"`
+	NodeKeyExpiry time.Duration
 }
 
 // Approver shows a person how to approve a pending node. A node's AuthURL
@@ -494,11 +494,11 @@ func (s *Server) handleListPending(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleApprove(w http.ResponseWriter, r *http.Request) {
-	var a Approval
-	if !decodeJSONBody(w, r, &a) {
+	var req wire.ApproveRequest
+	if !decodeJSONBody(w, r, &req) {
 		return
 	}
-	a.Actor = actorAdmin
+	a := Approval{User: req.User, Tags: req.Tags, Actor: actorAdmin}
 	if err := s.ApproveRegistration(r.Context(), r.PathValue("code"), a); err != nil {
 		s.adminError(w, "approve registration", err)
 		return

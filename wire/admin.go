@@ -49,6 +49,15 @@ type PendingRegistration struct {
 	Expires  time.Time      `json:"expires"`
 }
 
+// ApproveRequest is the JSON body of POST
+// /api/v1/registrations/{code}/approve: admit the pending node as a node
+// of User, or carrying Tags (which the policy's tagOwners must list), or
+// neither.
+type ApproveRequest struct {
+	User string   `json:"user,omitempty"`
+	Tags []string `json:"tags,omitempty"`
+}
+
 // PolicyProblem is one problem the coordinator found in a policy.
 type PolicyProblem struct {
 	// Line and Column locate it (1-based); zero when unknown.
