@@ -16,7 +16,7 @@ import (
 // minute) until the node is registered or ctx ends.
 func (c *Client) awaitApproval(ctx context.Context, p RegisterParams, first *wire.RegisterResponse) (*wire.RegisterResponse, error) {
 	if p.OnAuthURL == nil {
-		return nil, fmt.Errorf("coordclient: register: %w", &Error{Status: http.StatusOK, Code: string(wire.CodeNodeNotRegistered),
+		return nil, fmt.Errorf("coordclient: register: %w", &Error{Status: http.StatusOK, Code: wire.CodeNodeNotRegistered,
 			Message: "node not registered; it needs an auth key, or approval at " + first.AuthURL})
 	}
 	p.OnAuthURL(first.AuthURL, first.AuthCode)

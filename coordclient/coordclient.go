@@ -176,7 +176,7 @@ func (c *Client) post(ctx context.Context, path string, build func(now time.Time
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
 		e := errorFromBody(resp.StatusCode, b)
-		if wire.ErrorCode(e.Code) == wire.CodeBadSeal && attempt == 0 {
+		if e.Code == wire.CodeBadSeal && attempt == 0 {
 			c.mu.Lock()
 			c.serverKey = key.MachinePublic{}
 			c.mu.Unlock()

@@ -47,7 +47,7 @@ type Error struct {
 	// Status is the HTTP status (200 for in-band errors and stream trailers).
 	Status int
 	// Code is the coordinator's machine-readable code, empty if none.
-	Code string
+	Code wire.ErrorCode
 	// Message is the coordinator's human-readable text.
 	Message string
 }
@@ -63,7 +63,7 @@ func (e *Error) Error() string {
 // UserMessage returns what a user should read: the sentence for e's
 // code (what failed and the next step), else the coordinator's message.
 func (e *Error) UserMessage() string {
-	if m := wire.ErrorCode(e.Code).UserMessage(); m != "" {
+	if m := e.Code.UserMessage(); m != "" {
 		return m
 	}
 	msg := e.Message
@@ -75,10 +75,10 @@ func (e *Error) UserMessage() string {
 
 // Is reports whether target is the sentinel for e's code.
 func (e *Error) Is(target error) bool {
-	if s, ok := edgeCodes[wire.ErrorCode(e.Code)]; ok {
+	if s, ok := edgeCodes[e.Code]; ok {
 		return target == s
 	}
-	switch wire.ErrorCode(e.Code) {
+	switch e.Code {
 	case wire.CodeAuthKeyInvalid:
 		return target == ErrAuthKeyInvalid
 	case wire.CodeNodeNotRegistered:
@@ -100,7 +100,7 @@ func errorFromBody(status int, body []byte) *Error {
 	var eb wire.ErrorBody
 	e := &Error{Status: status}
 	if json.Unmarshal(body, &eb) == nil {
-		e.Code, e.Message = string(eb.Code), eb.Error
+		e.Code, e.Message = eb.Code, eb.Error
 	} else {
 		e.Message = strings.TrimSpace(string(body))
 		if len(e.Message) > 200 {
@@ -111,7 +111,7 @@ func errorFromBody(status int, body []byte) *Error {
 		}
 	}
 	if e.Code == "" && status == http.StatusUnauthorized {
-		e.Code = string(wire.CodeUnauthorized)
+		e.Code = wire.CodeUnauthorized
 	}
 	return e
 }
@@ -122,5 +122,5 @@ func errorFromTrailer(v string) *Error {
 	if !ok {
 		return &Error{Status: http.StatusOK, Message: v}
 	}
-	return &Error{Status: http.StatusOK, Code: code, Message: msg}
+	return &Error{Status: http.StatusOK, Code: wire.ErrorCode(code), Message: msg}
 }

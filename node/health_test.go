@@ -13,7 +13,7 @@ import (
 // sentence for a user, not as a chain of package names, and any other
 // error as it is.
 func TestHealthText(t *testing.T) {
-	refused := fmt.Errorf("register: %w", &coordclient.Error{Status: 401, Code: string(wire.CodeUnauthorized), Message: "auth key is not valid"})
+	refused := fmt.Errorf("register: %w", &coordclient.Error{Status: 401, Code: wire.CodeUnauthorized, Message: "auth key is not valid"})
 	tests := []struct {
 		name string
 		err  error

@@ -197,7 +197,7 @@ func runEdge(ctx context.Context, f *Factory, o *EdgeOptions) error {
 func checkEdgeDomain(ctx context.Context, n *node.Node, coord string) error {
 	_, err := n.Expose(ctx, apitype.ExposeRequest{Port: 1, Proto: "http"})
 	var ce *coordclient.Error
-	if errors.As(err, &ce) && ce.Code == string(wire.CodeEdgeDisabled) {
+	if errors.As(err, &ce) && ce.Code == wire.CodeEdgeDisabled {
 		return fmt.Errorf("the coordinator at %s has no edge domain, so this edge would serve nothing and beam expose would fail: start the coordinator with --edge-domain DOMAIN (the --domain of this edge), or run beam server, which is coordinator and edge in one", coord)
 	}
 	return nil
