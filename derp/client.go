@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/coder/websocket"
@@ -194,12 +195,33 @@ func (c *Client) handshake(priv key.NodePrivate, meshKey string, pinned key.Mach
 // BBR: the overlay's TCP rides inside the relay connection, so on a lossy
 // link this connection's congestion control sets the pace (see
 // internal/tcpcc).
+//
+// It also bounds how long sent data may go unacknowledged (relayUserTimeout,
+// where the platform has TCP_USER_TIMEOUT): when a NAT on the way forgets
+// the connection, the kernel would otherwise retransmit with backoff for
+// many seconds (0.2+0.4+...+6.4 = 12.6 s before the sixth retry) before the
+// client learns the connection is dead and dials again.
 func dialContext(opts ClientOptions) func(ctx context.Context, network, addr string) (net.Conn, error) {
 	if opts.DialContext != nil {
 		return opts.DialContext
 	}
-	return tcpcc.Dialer().DialContext
+	d := tcpcc.Dialer()
+	cc := d.Control
+	d.Control = func(network, address string, c syscall.RawConn) error {
+		if err := cc(network, address, c); err != nil {
+			return err
+		}
+		setUserTimeout(c, relayUserTimeout)
+		return nil
+	}
+	return d.DialContext
 }
+
+// relayUserTimeout is how long data sent on a relay connection may stay
+// unacknowledged before the kernel gives the connection up. The relay
+// server acknowledges at once, so seconds without an acknowledgement mean
+// the path is gone, not slow.
+const relayUserTimeout = 5 * time.Second
 
 func dialUpgrade(ctx context.Context, u *url.URL, opts ClientOptions) (net.Conn, *bufio.Reader, error) {
 	addr := hostPort(u)

@@ -3,9 +3,12 @@ package derp
 import (
 	"context"
 	"net"
+	"syscall"
 	"testing"
+	"time"
 
 	"beam.dev/beam/internal/tcpcc"
+	"golang.org/x/sys/unix"
 )
 
 // TestDialAsksForBBR checks that the default dialer of relay connections
@@ -37,6 +40,18 @@ func TestDialAsksForBBR(t *testing.T) {
 	defer c.Close()
 	if got, err := tcpcc.Of(c); err != nil || got != want {
 		t.Errorf("relay connection congestion control = %q, %v; want %q", got, err, want)
+	}
+	// A relay connection whose path died (a NAT that forgot it) ends after
+	// relayUserTimeout of unacknowledged data, not the kernel's minutes.
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ms int
+	var gerr error
+	rc.Control(func(fd uintptr) { ms, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT) })
+	if gerr != nil || time.Duration(ms)*time.Millisecond != relayUserTimeout {
+		t.Errorf("relay connection TCP_USER_TIMEOUT = %d ms, %v; want %v", ms, gerr, relayUserTimeout)
 	}
 
 	called := false
