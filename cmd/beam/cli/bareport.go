@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"beam.dev/beam/configs"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/node"
 )
@@ -96,34 +94,9 @@ func runBarePortDev(ctx context.Context, f *Factory, port uint16) error {
 	defer os.RemoveAll(dir)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	// The server leaves no discovery copy for beam admin in the user's
-	// directories: it is gone when this command ends.
-	quiet := &Factory{In: f.In, Out: io.Discard, ErrOut: io.Discard, Getenv: func(k string) string {
-		switch k {
-		case "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "APPDATA", "HOME":
-			return ""
-		}
-		return f.getenv(k)
-	}}
-	type readyInfo struct{ addr, http string }
-	ready := make(chan readyInfo, 1)
-	srvDone := make(chan error, 1)
-	so := &ServerOptions{
-		Server: configs.Server{
-			DataDir: filepath.Join(dir, "server"), Dev: true, Domain: "localhost",
-			Addr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0", STUNAddr: "127.0.0.1:0",
-			TCPPorts: "20000-20999", UDPPorts: "21000-21999", LogLevel: "error",
-		},
-		ready: func(addr, httpAddr string) { ready <- readyInfo{addr, httpAddr} },
-	}
-	go func() { srvDone <- runServer(ctx, quiet, so) }()
-	var ri readyInfo
-	select {
-	case ri = <-ready:
-	case err := <-srvDone:
-		return fmt.Errorf("local dev server: %w", err)
-	case <-ctx.Done():
-		return ctx.Err()
+	srv, err := startLocalDevServer(ctx, f, filepath.Join(dir, "server"), "127.0.0.1:0")
+	if err != nil {
+		return err
 	}
 	hostname, _ := os.Hostname()
 	n, err := node.New(node.Options{StateDir: filepath.Join(dir, "device"), Hostname: hostname})
@@ -131,7 +104,7 @@ func runBarePortDev(ctx context.Context, f *Factory, port uint16) error {
 		return err
 	}
 	defer n.Close()
-	if _, err := n.Up(ctx, apitype.UpRequest{Coordinator: "http://" + ri.addr}); err != nil {
+	if _, err := n.Up(ctx, apitype.UpRequest{Coordinator: srv.URL}); err != nil {
 		return fmt.Errorf("join the local dev server: %w", err)
 	}
 	ex, err := n.Expose(ctx, apitype.ExposeRequest{Port: port, Proto: "http"})
@@ -158,7 +131,7 @@ forwarding %s -> 127.0.0.1:%d; Ctrl-C to stop
 	select {
 	case <-ctx.Done():
 		return nil
-	case err := <-srvDone:
+	case err := <-srv.Done:
 		if err == nil {
 			err = errors.New("stopped")
 		}

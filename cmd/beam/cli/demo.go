@@ -15,7 +15,6 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"beam.dev/beam/configs"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/node"
 )
@@ -61,37 +60,12 @@ func runDemo(ctx context.Context, f *Factory, o *DemoOptions) error {
 	say := func(format string, args ...any) { fmt.Fprintf(f.Out, format+"\n", args...) }
 
 	// 1. The server: coordinator, relay, STUN and edge, in dev mode.
-	// The demo's server is gone when it ends: it leaves no discovery copy
-	// for beam admin in the user's directories.
-	quiet := &Factory{In: f.In, Out: io.Discard, ErrOut: io.Discard, Getenv: func(k string) string {
-		switch k {
-		case "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME", "APPDATA", "HOME":
-			return ""
-		}
-		return f.getenv(k)
-	}}
-	type readyInfo struct{ addr, http string }
-	ready := make(chan readyInfo, 1)
-	srvDone := make(chan error, 1)
-	so := &ServerOptions{
-		Server: configs.Server{
-			DataDir: filepath.Join(dir, "server"), Dev: true, Domain: "localhost",
-			Addr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:" + strconv.Itoa(o.Port), STUNAddr: "127.0.0.1:0",
-			TCPPorts: "20000-20999", UDPPorts: "21000-21999", LogLevel: "error",
-		},
-		ready: func(addr, httpAddr string) { ready <- readyInfo{addr, httpAddr} },
+	srv, err := startLocalDevServer(ctx, f, filepath.Join(dir, "server"), "127.0.0.1:"+strconv.Itoa(o.Port))
+	if err != nil {
+		return err
 	}
-	go func() { srvDone <- runServer(ctx, quiet, so) }()
-	var ri readyInfo
-	select {
-	case ri = <-ready:
-	case err := <-srvDone:
-		return fmt.Errorf("server: %w", err)
-	case <-time.After(30 * time.Second):
-		return errors.New("server did not start")
-	}
-	coordURL := "http://" + ri.addr
-	say("server    coordinator+relay %s, edge http://%s (dev mode)", coordURL, ri.http)
+	coordURL := srv.URL
+	say("server    coordinator+relay %s, edge http://%s (dev mode)", coordURL, srv.EdgeAddr)
 
 	// 2. Two devices join; in dev mode loopback devices need no auth key.
 	devices := map[string]*node.Node{}
@@ -157,7 +131,7 @@ func runDemo(ctx context.Context, f *Factory, o *DemoOptions) error {
 	edgeClient := &http.Client{Timeout: 15 * time.Second}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		body, err = fetch(ctx, edgeClient, "http://"+ri.http+"/public", ex.Host)
+		body, err = fetch(ctx, edgeClient, "http://"+srv.EdgeAddr+"/public", ex.Host)
 		if err == nil || time.Now().After(deadline) {
 			break
 		}
@@ -178,7 +152,7 @@ func runDemo(ctx context.Context, f *Factory, o *DemoOptions) error {
 	say("running; open %s (Ctrl-C to stop)", ex.URL)
 	select {
 	case <-ctx.Done():
-	case err := <-srvDone:
+	case err := <-srv.Done:
 		return err
 	}
 	return nil
