@@ -71,7 +71,47 @@ type Exchange struct {
 	Response *Message `json:"response,omitempty"`
 
 	seq  uint64
+	mem  int                                     // memSize when the store took it
 	dial func(context.Context) (net.Conn, error) // reaches the app, for replays
+
+	// raw, until parsed, is the capture that Request and Response are
+	// parsed from on first use (see parsed): the relay only copies the
+	// bytes, and an exchange nobody opens is never parsed.
+	parse sync.Once
+	raw   *rawCapture
+}
+
+// rawCapture is a finished capture's bytes, waiting to be parsed.
+type rawCapture struct {
+	req, resp           []byte
+	reqTotal, respTotal int64
+	reqHead, respHead   int
+	limit               int
+	by                  Answerer
+}
+
+// parsed parses x's capture into Request and Response, once, and
+// returns x. The store's readers (get, since) call it before anyone reads
+// those fields.
+func (x *Exchange) parsed() *Exchange {
+	x.parse.Do(func() {
+		c := x.raw
+		if c == nil {
+			return
+		}
+		x.raw = nil
+		req, m := parseRequest(c.req, c.reqHead, c.reqTotal, c.limit)
+		x.Request = m
+		if len(c.resp) > 0 {
+			limit := c.limit
+			if c.by == ByBeam {
+				limit = max(limit, len(c.resp)) // the device's own page, whole
+			}
+			x.Response = parseResponse(c.resp, c.respHead, c.respTotal, limit, req)
+			x.Size = x.Response.BodySize
+		}
+	})
+	return x
 }
 
 // Message is the captured head and body of a request or response.
@@ -195,10 +235,11 @@ func (s *store) add(x *Exchange) {
 	s.seq++
 	x.seq = s.seq
 	x.ID = "req_" + strconv.FormatUint(s.seq, 10)
+	x.mem = x.memSize()
 	s.list = append(s.list, x)
-	s.bytes += x.memSize()
+	s.bytes += x.mem
 	for len(s.list) > maxExchanges || s.bytes > maxStoredBytes && len(s.list) > 1 {
-		s.bytes -= s.list[0].memSize()
+		s.bytes -= s.list[0].mem
 		s.list[0] = nil
 		s.list = s.list[1:]
 	}
@@ -208,6 +249,9 @@ func (s *store) add(x *Exchange) {
 
 func (x *Exchange) memSize() int {
 	n := 512
+	if c := x.raw; c != nil {
+		n += len(c.req) + len(c.resp)
+	}
 	for _, m := range []*Message{x.Request, x.Response} {
 		if m != nil {
 			n += len(m.Body)
@@ -231,7 +275,8 @@ func (s *store) replace(id string, x *Exchange) bool {
 		if old.ID == id {
 			s.seq++
 			x.ID, x.seq = id, s.seq
-			s.bytes += x.memSize() - old.memSize()
+			x.mem = x.memSize()
+			s.bytes += x.mem - old.mem
 			s.list[k] = x
 			close(s.changed)
 			s.changed = make(chan struct{})
@@ -241,30 +286,41 @@ func (s *store) replace(id string, x *Exchange) bool {
 	return false
 }
 
-// get returns the exchange with id, or nil.
+// get returns the exchange with id, parsed, or nil.
 func (s *store) get(id string) *Exchange {
 	s.mu.Lock()
-	defer s.mu.Unlock()
+	var found *Exchange
 	for _, x := range s.list {
 		if x.ID == id {
-			return x
+			found = x
+			break
 		}
 	}
-	return nil
+	s.mu.Unlock()
+	if found == nil {
+		return nil
+	}
+	return found.parsed()
 }
 
-// since returns the exchanges after seq, oldest first, and a channel
-// closed at the next add.
+// since returns the exchanges after seq, oldest first and parsed, and a
+// channel closed at the next add.
 func (s *store) since(seq uint64) ([]*Exchange, <-chan struct{}) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	var out []*Exchange
 	for _, x := range s.list {
 		if x.seq > seq {
 			out = append(out, x)
 		}
 	}
-	return out, s.changed
+	changed := s.changed
+	s.mu.Unlock()
+	// Parsing happens here, in the reader's goroutine, outside the lock
+	// the relay takes to add an exchange.
+	for _, x := range out {
+		x.parsed()
+	}
+	return out, changed
 }
 
 // clear forgets every exchange.
@@ -281,7 +337,9 @@ func (s *store) clear() {
 var errNotReplayable = errors.New("expose: this exchange cannot be replayed")
 
 // exchange builds the inspector's record of a finished exchange from
-// its log line and its capture.
+// its log line and its capture. It only copies the captured bytes: the
+// heads and bodies are parsed when the inspector first shows the
+// exchange (Exchange.parsed).
 func (c *capture) exchange(l apitype.RequestLog, dial func(context.Context) (net.Conn, error)) *Exchange {
 	x := &Exchange{
 		Kind: "http", Start: l.Time, Duration: l.Duration, Method: l.Method, Host: l.Host, Path: l.Path,
@@ -290,17 +348,13 @@ func (c *capture) exchange(l apitype.RequestLog, dial func(context.Context) (net
 	if !c.respAt.IsZero() {
 		x.FirstByte = c.respAt.Sub(l.Time)
 	}
-	reqRaw, reqTotal := c.req.snapshot()
-	req, m := parseRequest(reqRaw, c.reqHead, reqTotal, c.limit)
-	x.Request = m
-	respRaw, respTotal := c.resp.snapshot()
-	if len(respRaw) > 0 {
-		limit := c.limit
-		if c.by == ByBeam {
-			limit = max(limit, len(respRaw)) // the device's own page, whole
-		}
-		x.Response = parseResponse(respRaw, c.respHead, respTotal, limit, req)
-		x.Size = x.Response.BodySize
+	raw := &rawCapture{reqHead: c.reqHead, respHead: c.respHead, limit: c.limit, by: c.by}
+	raw.req, raw.reqTotal = c.req.snapshot()
+	raw.resp, raw.respTotal = c.resp.snapshot()
+	if len(raw.resp) > 0 {
+		// As parseResponse counts a body: all that followed the heads.
+		x.Size = max(0, raw.respTotal-int64(raw.respHead))
 	}
+	x.raw = raw
 	return x
 }
