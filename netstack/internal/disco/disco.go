@@ -32,12 +32,28 @@
 //	                  ports the sender asks the addressee to probe (see
 //	                  CallMeMaybe.HardNAT). Version 0 receivers skip it.
 //
+//	Allocate    0x04  32B the other peer's disco key: the sender asks
+//	                  the addressee, a peer relay server, for a session
+//	                  between itself and that peer
+//	Allocation  0x05  4B session ID | 32B disco key A | 32B disco key B |
+//	                  N × (16B IP | 2B port): a peer relay server's answer
+//	                  to Allocate, sent to both peers; the addresses are
+//	                  where they bind (N at most MaxAllocationAddrs)
+//	BindRelay   0x06  4B session ID: a peer asks the relay server to bind
+//	                  the source address of this packet to the session
+//	Challenge   0x07  4B session ID | 32B challenge: the server's answer,
+//	                  sent to that source address
+//	Answer      0x08  4B session ID | 32B challenge: the peer repeats the
+//	                  challenge from the same address, which binds it
+//
 // Ping and Pong bodies may carry further bytes that newer versions define;
 // they are ignored. A CallMeMaybe body must be a whole number of entries.
 //
 // Version history:
 //
 //	0 (2026-07): first version: Ping, Pong, CallMeMaybe.
+//	0 (2026-12): Allocate, Allocation, BindRelay, Challenge and Answer
+//	             (UDP peer relays); older receivers drop them as unknown.
 //	0 (2026-12): CallMeMaybe entries with port 0 name hard-NAT IPs; the
 //	             version stays 0 because older receivers already ignore
 //	             such entries (a port-0 address is never pinged).
@@ -58,6 +74,11 @@ const (
 	TypePing        = 0x01
 	TypePong        = 0x02
 	TypeCallMeMaybe = 0x03
+	TypeAllocate    = 0x04
+	TypeAllocation  = 0x05
+	TypeBindRelay   = 0x06
+	TypeChallenge   = 0x07
+	TypeAnswer      = 0x08
 )
 
 const (
@@ -72,6 +93,11 @@ const (
 	payloadHeader           = 2 // type + version
 	pingLen                 = txIDLen + keyLen
 	pongLen                 = txIDLen + epLen
+	vniLen                  = 4
+	challengeLen            = 32
+	// MaxAllocationAddrs bounds the addresses of an Allocation.
+	MaxAllocationAddrs = 8
+	allocationLen      = vniLen + 2*keyLen
 )
 
 // ErrMalformed is returned for payloads that are not a message this
@@ -121,9 +147,96 @@ type CallMeMaybe struct {
 	HardNAT []netip.Addr
 }
 
+// Allocate asks a peer relay server for a session between the sender and
+// Peer (see package udprelay).
+type Allocate struct {
+	// Peer is the other peer's disco key.
+	Peer key.DiscoPublic
+}
+
+// Allocation is a peer relay server's session for two peers, sent to both.
+type Allocation struct {
+	// VNI is the session ID the relay's packet header carries.
+	VNI uint32
+	// Peers are the two peers' disco keys.
+	Peers [2]key.DiscoPublic
+	// Addrs are the server's addresses the peers bind to.
+	Addrs []netip.AddrPort
+}
+
+// BindRelay asks a peer relay server to bind the packet's source address
+// to the sender's side of session VNI; the server answers with a
+// Challenge to that address.
+type BindRelay struct {
+	VNI uint32
+}
+
+// Challenge is a peer relay server's answer to BindRelay.
+type Challenge struct {
+	VNI       uint32
+	Challenge [32]byte
+}
+
+// Answer repeats a Challenge from the address it went to, which binds
+// that address.
+type Answer struct {
+	VNI       uint32
+	Challenge [32]byte
+}
+
 func (*Ping) isMessage()        {}
 func (*Pong) isMessage()        {}
 func (*CallMeMaybe) isMessage() {}
+func (*Allocate) isMessage()    {}
+func (*Allocation) isMessage()  {}
+func (*BindRelay) isMessage()   {}
+func (*Challenge) isMessage()   {}
+func (*Answer) isMessage()      {}
+
+// AppendMarshal implements Message.
+func (m *Allocate) AppendMarshal(b []byte) []byte {
+	b = append(b, TypeAllocate, 0)
+	raw := m.Peer.Raw32()
+	return append(b, raw[:]...)
+}
+
+// AppendMarshal implements Message. Addresses beyond MaxAllocationAddrs
+// are left out.
+func (m *Allocation) AppendMarshal(b []byte) []byte {
+	b = append(b, TypeAllocation, 0)
+	b = binary.BigEndian.AppendUint32(b, m.VNI)
+	for _, k := range m.Peers {
+		raw := k.Raw32()
+		b = append(b, raw[:]...)
+	}
+	for i, ap := range m.Addrs {
+		if i == MaxAllocationAddrs {
+			break
+		}
+		b = appendAddrPort(b, ap)
+	}
+	return b
+}
+
+// AppendMarshal implements Message.
+func (m *BindRelay) AppendMarshal(b []byte) []byte {
+	b = append(b, TypeBindRelay, 0)
+	return binary.BigEndian.AppendUint32(b, m.VNI)
+}
+
+// AppendMarshal implements Message.
+func (m *Challenge) AppendMarshal(b []byte) []byte {
+	b = append(b, TypeChallenge, 0)
+	b = binary.BigEndian.AppendUint32(b, m.VNI)
+	return append(b, m.Challenge[:]...)
+}
+
+// AppendMarshal implements Message.
+func (m *Answer) AppendMarshal(b []byte) []byte {
+	b = append(b, TypeAnswer, 0)
+	b = binary.BigEndian.AppendUint32(b, m.VNI)
+	return append(b, m.Challenge[:]...)
+}
 
 // AppendMarshal implements Message.
 func (m *Ping) AppendMarshal(b []byte) []byte {
@@ -222,6 +335,38 @@ func Parse(p []byte) (Message, error) {
 			}
 		}
 		return m, nil
+	case TypeAllocate:
+		if len(body) < keyLen {
+			return nil, fmt.Errorf("%w: short allocate", ErrMalformed)
+		}
+		return &Allocate{Peer: key.DiscoPublicFromRaw32([32]byte(body[:keyLen]))}, nil
+	case TypeAllocation:
+		if len(body) < allocationLen || (len(body)-allocationLen)%epLen != 0 || (len(body)-allocationLen)/epLen > MaxAllocationAddrs {
+			return nil, fmt.Errorf("%w: allocation of %d bytes", ErrMalformed, len(body))
+		}
+		m := &Allocation{VNI: binary.BigEndian.Uint32(body)}
+		m.Peers[0] = key.DiscoPublicFromRaw32([32]byte(body[vniLen : vniLen+keyLen]))
+		m.Peers[1] = key.DiscoPublicFromRaw32([32]byte(body[vniLen+keyLen : allocationLen]))
+		for body = body[allocationLen:]; len(body) > 0; body = body[epLen:] {
+			if ap := parseAddrPort(body); ap.IsValid() && ap.Port() != 0 {
+				m.Addrs = append(m.Addrs, ap)
+			}
+		}
+		return m, nil
+	case TypeBindRelay:
+		if len(body) < vniLen {
+			return nil, fmt.Errorf("%w: short bind", ErrMalformed)
+		}
+		return &BindRelay{VNI: binary.BigEndian.Uint32(body)}, nil
+	case TypeChallenge, TypeAnswer:
+		if len(body) < vniLen+challengeLen {
+			return nil, fmt.Errorf("%w: short challenge", ErrMalformed)
+		}
+		vni, ch := binary.BigEndian.Uint32(body), [32]byte(body[vniLen:vniLen+challengeLen])
+		if t == TypeChallenge {
+			return &Challenge{VNI: vni, Challenge: ch}, nil
+		}
+		return &Answer{VNI: vni, Challenge: ch}, nil
 	}
 	return nil, fmt.Errorf("%w: unknown type %#x", ErrMalformed, t)
 }

@@ -35,6 +35,14 @@ func TestRoundTrip(t *testing.T) {
 			Endpoints: []netip.AddrPort{netip.MustParseAddrPort("203.0.113.9:40000")},
 			HardNAT:   []netip.Addr{netip.MustParseAddr("203.0.113.9")},
 		}},
+		{"allocate", &Allocate{Peer: b.Public()}},
+		{"allocation", &Allocation{VNI: 0xdeadbeef, Peers: [2]key.DiscoPublic{a.Public(), b.Public()}, Addrs: []netip.AddrPort{
+			netip.MustParseAddrPort("203.0.113.1:7000"), netip.MustParseAddrPort("[2001:db8::3]:7000"),
+		}}},
+		{"allocation-no-addrs", &Allocation{VNI: 1, Peers: [2]key.DiscoPublic{a.Public(), b.Public()}}},
+		{"bind", &BindRelay{VNI: 7}},
+		{"challenge", &Challenge{VNI: 7, Challenge: [32]byte{1, 2, 3, 31: 9}}},
+		{"answer", &Answer{VNI: 7, Challenge: [32]byte{4, 31: 5}}},
 	}
 	for _, tc := range msgs {
 		t.Run(tc.name, func(t *testing.T) {
@@ -50,7 +58,7 @@ func TestRoundTrip(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Open: %v", err)
 			}
-			if diff := cmp.Diff(tc.m, got, cmpAddrs, cmp.Comparer(func(x, y key.NodePublic) bool { return x == y })); diff != "" {
+			if diff := cmp.Diff(tc.m, got, cmpAddrs, cmp.Comparer(func(x, y key.NodePublic) bool { return x == y }), cmp.Comparer(func(x, y key.DiscoPublic) bool { return x == y })); diff != "" {
 				t.Errorf("round trip (-want +got):\n%s", diff)
 			}
 			// A third key cannot open it, nor can the sender's own
@@ -116,6 +124,9 @@ func FuzzParse(f *testing.F) {
 	f.Add((&Pong{TxID: [12]byte{2}, Src: netip.MustParseAddrPort("192.0.2.1:7")}).AppendMarshal(nil))
 	f.Add((&CallMeMaybe{Endpoints: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:7"), netip.MustParseAddrPort("[2001:db8::1]:9")}}).AppendMarshal(nil))
 	f.Add([]byte{TypePing, 0, 1, 2, 3})
+	// An allocation with one address, a challenge.
+	f.Add((&Allocation{VNI: 9, Addrs: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:7")}}).AppendMarshal(nil))
+	f.Add((&Challenge{VNI: 9, Challenge: [32]byte{1}}).AppendMarshal(nil))
 	f.Add([]byte{0x09, 0})
 	f.Add(append((&Pong{TxID: [12]byte{3}}).AppendMarshal(nil)[:1], append([]byte{1}, make([]byte, pongLen+4)...)...))
 	f.Fuzz(func(t *testing.T, p []byte) {
@@ -127,7 +138,7 @@ func FuzzParse(f *testing.F) {
 		if err != nil {
 			t.Fatalf("re-parse of %#v: %v", m, err)
 		}
-		if diff := cmp.Diff(m, m2, cmpAddrs, cmp.Comparer(func(x, y key.NodePublic) bool { return x == y })); diff != "" {
+		if diff := cmp.Diff(m, m2, cmpAddrs, cmp.Comparer(func(x, y key.NodePublic) bool { return x == y }), cmp.Comparer(func(x, y key.DiscoPublic) bool { return x == y })); diff != "" {
 			t.Fatalf("re-parse differs (-first +second):\n%s", diff)
 		}
 	})

@@ -1,0 +1,465 @@
+// Package udprelay is the server side of Beam's UDP peer relays: a node
+// (one the policy lets both peers see, started with --relay-server)
+// forwards UDP between two peers that cannot reach each other directly,
+// a middle tier between a direct path and the TCP relay (DERP).
+//
+// A session is set up in three steps, all of them disco messages (package
+// disco) sealed between a peer's disco key and the server's:
+//
+//  1. Allocate: peer A asks the server, over whatever path it has to the
+//     server's node, for a session with peer B. The server's node serves
+//     only pairs of its own peers (the caller checks that, see the bind);
+//     the server answers both A and B with an Allocation: the session ID
+//     (VNI) and the addresses of the relay socket.
+//  2. Bind: each peer sends BindRelay to the relay socket, the server
+//     answers with a random Challenge to the address the request came
+//     from, and the peer repeats it in an Answer from that address. Only
+//     then is the address bound: spoofing a source address, or replaying
+//     another peer's messages, binds nothing.
+//  3. Forward: once both sides are bound, datagrams with the session's
+//     header (see header.go) from one bound address go unchanged to the
+//     other. They are the peers' WireGuard packets (end to end: the server
+//     has no key to read them) and their disco pings through the relay.
+//
+// Bounds: MaxSessions in all and MaxSessionsPerPeer per peer, a packet
+// and a byte rate per session, and sessions idle for IdleTimeout (or
+// not bound by both peers within BindTimeout) expire.
+package udprelay
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"beam.dev/beam/netstack/internal/disco"
+	"beam.dev/beam/types/key"
+	"golang.org/x/time/rate"
+)
+
+// Defaults of Options.
+const (
+	DefaultMaxSessions        = 1024
+	DefaultMaxSessionsPerPeer = 32
+	DefaultPacketsPerSecond   = 100_000
+	DefaultBytesPerSecond     = 128 << 20
+	DefaultIdleTimeout        = 2 * time.Minute
+	DefaultBindTimeout        = 30 * time.Second
+	// challengeTimeout is how long a Challenge may wait for its Answer.
+	challengeTimeout = 10 * time.Second
+	// controlRate bounds the control packets per second the server opens
+	// (each Open of a new peer costs an X25519 operation).
+	controlRate = 500
+)
+
+// ErrRefused is returned by Allocate when a bound would be exceeded.
+var ErrRefused = errors.New("udprelay: session refused")
+
+// Options configures a Server.
+type Options struct {
+	// DiscoKey is the server node's disco key; required.
+	DiscoKey key.DiscoPrivate
+	// Addrs returns the addresses of the relay socket peers should bind
+	// to (the node's public IPs with the relay port); required.
+	Addrs func() []netip.AddrPort
+	// MaxSessions bounds sessions in all. Zero means DefaultMaxSessions.
+	MaxSessions int
+	// MaxSessionsPerPeer bounds the sessions one peer takes part in.
+	// Zero means DefaultMaxSessionsPerPeer.
+	MaxSessionsPerPeer int
+	// PacketsPerSecond and BytesPerSecond bound what one session
+	// forwards (both directions together, with a burst of a tenth of a
+	// second); packets above them are dropped. Zero means
+	// DefaultPacketsPerSecond and DefaultBytesPerSecond.
+	PacketsPerSecond, BytesPerSecond int
+	// IdleTimeout expires a session that forwarded nothing for this
+	// long. Zero means DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// BindTimeout expires a session both peers have not bound within
+	// this long after it was allocated. Zero means DefaultBindTimeout.
+	BindTimeout time.Duration
+	// Logger receives the server's logs. Nil discards them.
+	Logger *slog.Logger
+	// Now is the clock. Nil means time.Now.
+	Now func() time.Time
+}
+
+// Stats are a server's counters.
+type Stats struct {
+	// Sessions is the number of live sessions; Bound of them have both
+	// sides bound.
+	Sessions, Bound int
+	// Allocated counts sessions created, Refused allocations refused by
+	// a bound, Expired sessions that timed out.
+	Allocated, Refused, Expired uint64
+	// Binds counts addresses bound (a peer that moves binds again).
+	Binds uint64
+	// Packets and Bytes count what was forwarded.
+	Packets, Bytes uint64
+	// DroppedRate counts packets over a session's rate; DroppedOther
+	// packets for no session, from an address not bound to it, before
+	// the other side bound, or not understood.
+	DroppedRate, DroppedOther uint64
+}
+
+// Server is a peer relay server. Create it with New, feed it a socket
+// with Serve and sessions with Allocate.
+type Server struct {
+	opts    Options
+	log     *slog.Logger
+	control *rate.Limiter
+
+	allocated, refused, expired, binds atomic.Uint64
+	packets, bytes                     atomic.Uint64
+	droppedRate, droppedOther          atomic.Uint64
+
+	mu        sync.Mutex // guards the following
+	sessions  map[uint32]*session
+	byPair    map[[2]key.DiscoPublic]*session
+	perPeer   map[key.DiscoPublic]int
+	conn      *net.UDPConn
+	lastSweep time.Time
+}
+
+// session is one pair's relay session, guarded by Server.mu.
+type session struct {
+	vni        uint32
+	peers      [2]key.DiscoPublic
+	shared     [2]key.DiscoShared
+	bound      [2]netip.AddrPort
+	challenge  [2][32]byte
+	chAddr     [2]netip.AddrPort
+	chAt       [2]time.Time
+	created    time.Time
+	lastActive time.Time
+	pps, bps   *rate.Limiter
+}
+
+func (s *session) isBound() bool { return s.bound[0].IsValid() && s.bound[1].IsValid() }
+
+// New returns a server with no sessions.
+func New(opts Options) (*Server, error) {
+	if opts.DiscoKey.IsZero() {
+		return nil, errors.New("udprelay: DiscoKey is required")
+	}
+	if opts.Addrs == nil {
+		return nil, errors.New("udprelay: Addrs is required")
+	}
+	if opts.MaxSessions <= 0 {
+		opts.MaxSessions = DefaultMaxSessions
+	}
+	if opts.MaxSessionsPerPeer <= 0 {
+		opts.MaxSessionsPerPeer = DefaultMaxSessionsPerPeer
+	}
+	if opts.PacketsPerSecond <= 0 {
+		opts.PacketsPerSecond = DefaultPacketsPerSecond
+	}
+	if opts.BytesPerSecond <= 0 {
+		opts.BytesPerSecond = DefaultBytesPerSecond
+	}
+	if opts.IdleTimeout <= 0 {
+		opts.IdleTimeout = DefaultIdleTimeout
+	}
+	if opts.BindTimeout <= 0 {
+		opts.BindTimeout = DefaultBindTimeout
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{
+		opts:     opts,
+		log:      log.With("component", "udprelay"),
+		control:  rate.NewLimiter(controlRate, controlRate),
+		sessions: make(map[uint32]*session),
+		byPair:   make(map[[2]key.DiscoPublic]*session),
+		perPeer:  make(map[key.DiscoPublic]int),
+	}, nil
+}
+
+// DiscoPublic returns the server's disco public key.
+func (s *Server) DiscoPublic() key.DiscoPublic { return s.opts.DiscoKey.Public() }
+
+func pairOf(a, b key.DiscoPublic) [2]key.DiscoPublic {
+	ra, rb := a.Raw32(), b.Raw32()
+	if bytes.Compare(ra[:], rb[:]) > 0 {
+		a, b = b, a
+	}
+	return [2]key.DiscoPublic{a, b}
+}
+
+// Allocate returns the session between the peers with disco keys a (the
+// one asking) and b, creating it if there is none. The caller has checked
+// that both are peers the server's node may relay for.
+func (s *Server) Allocate(a, b key.DiscoPublic) (*disco.Allocation, error) {
+	if a == b || a.IsZero() || b.IsZero() {
+		return nil, fmt.Errorf("%w: not a pair of peers", ErrRefused)
+	}
+	now := s.opts.Now()
+	pair := pairOf(a, b)
+	s.mu.Lock()
+	s.sweepLocked(now)
+	se := s.byPair[pair]
+	if se == nil {
+		switch {
+		case len(s.sessions) >= s.opts.MaxSessions:
+			s.mu.Unlock()
+			s.refused.Add(1)
+			return nil, fmt.Errorf("%w: %d sessions", ErrRefused, s.opts.MaxSessions)
+		case s.perPeer[a] >= s.opts.MaxSessionsPerPeer || s.perPeer[b] >= s.opts.MaxSessionsPerPeer:
+			s.mu.Unlock()
+			s.refused.Add(1)
+			return nil, fmt.Errorf("%w: %d sessions per peer", ErrRefused, s.opts.MaxSessionsPerPeer)
+		}
+		se = &session{
+			vni:     s.newVNILocked(),
+			peers:   pair,
+			shared:  [2]key.DiscoShared{s.opts.DiscoKey.Shared(pair[0]), s.opts.DiscoKey.Shared(pair[1])},
+			created: now,
+			pps:     rate.NewLimiter(rate.Limit(s.opts.PacketsPerSecond), max(s.opts.PacketsPerSecond/10, 64)),
+			bps:     rate.NewLimiter(rate.Limit(s.opts.BytesPerSecond), max(s.opts.BytesPerSecond/10, 1<<16)),
+		}
+		s.sessions[se.vni] = se
+		s.byPair[pair] = se
+		s.perPeer[pair[0]]++
+		s.perPeer[pair[1]]++
+		s.allocated.Add(1)
+		s.log.Info("peer relay session allocated", "vni", se.vni, "peer_a", pair[0].ShortString(), "peer_b", pair[1].ShortString())
+	}
+	se.lastActive = now
+	vni := se.vni
+	s.mu.Unlock()
+	return &disco.Allocation{VNI: vni, Peers: pair, Addrs: s.opts.Addrs()}, nil
+}
+
+// newVNILocked returns an unused non-zero session ID.
+func (s *Server) newVNILocked() uint32 {
+	var b [4]byte
+	for {
+		rand.Read(b[:])
+		if v := binary.BigEndian.Uint32(b[:]); v != 0 && s.sessions[v] == nil {
+			return v
+		}
+	}
+}
+
+// sweepLocked expires idle sessions, at most once a second.
+func (s *Server) sweepLocked(now time.Time) {
+	if now.Sub(s.lastSweep) < time.Second && !s.lastSweep.IsZero() {
+		return
+	}
+	s.lastSweep = now
+	for _, se := range s.sessions {
+		if s.expiredLocked(se, now) {
+			s.dropLocked(se)
+		}
+	}
+}
+
+func (s *Server) expiredLocked(se *session, now time.Time) bool {
+	if !se.isBound() && now.Sub(se.created) > s.opts.BindTimeout {
+		return true
+	}
+	return now.Sub(se.lastActive) > s.opts.IdleTimeout
+}
+
+func (s *Server) dropLocked(se *session) {
+	delete(s.sessions, se.vni)
+	delete(s.byPair, se.peers)
+	for _, k := range se.peers {
+		if s.perPeer[k]--; s.perPeer[k] <= 0 {
+			delete(s.perPeer, k)
+		}
+	}
+	s.expired.Add(1)
+	s.log.Info("peer relay session expired", "vni", se.vni)
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	s.lastSweep = time.Time{}
+	s.sweepLocked(s.opts.Now())
+	st := Stats{Sessions: len(s.sessions)}
+	for _, se := range s.sessions {
+		if se.isBound() {
+			st.Bound++
+		}
+	}
+	s.mu.Unlock()
+	st.Allocated, st.Refused, st.Expired = s.allocated.Load(), s.refused.Load(), s.expired.Load()
+	st.Binds, st.Packets, st.Bytes = s.binds.Load(), s.packets.Load(), s.bytes.Load()
+	st.DroppedRate, st.DroppedOther = s.droppedRate.Load(), s.droppedOther.Load()
+	return st
+}
+
+// maxPacket is the largest datagram read.
+const maxPacket = 64 << 10
+
+// Serve reads and forwards datagrams on conn until conn is closed (then it
+// returns nil). The caller owns conn; one Serve at a time.
+func (s *Server) Serve(conn *net.UDPConn) error {
+	s.mu.Lock()
+	s.conn = conn
+	s.mu.Unlock()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() { s.sweepLoop(done) })
+	defer func() {
+		close(done)
+		wg.Wait()
+	}()
+	buf := make([]byte, maxPacket)
+	for {
+		n, src, err := conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			// ICMP errors surface as read errors on some systems.
+			s.log.Debug("read", "err", err)
+			continue
+		}
+		s.handle(conn, buf[:n], netip.AddrPortFrom(src.Addr().Unmap(), src.Port()))
+	}
+}
+
+// sweepLoop expires idle sessions while nothing arrives.
+func (s *Server) sweepLoop(done <-chan struct{}) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			s.mu.Lock()
+			s.sweepLocked(s.opts.Now())
+			s.mu.Unlock()
+		}
+	}
+}
+
+// handle processes one datagram from src.
+func (s *Server) handle(conn *net.UDPConn, pkt []byte, src netip.AddrPort) {
+	typ, vni, ok := ParseHeader(pkt)
+	if !ok {
+		s.droppedOther.Add(1)
+		return
+	}
+	if typ == TypeControl {
+		s.handleControl(conn, vni, pkt[HeaderLen:], src)
+		return
+	}
+	now := s.opts.Now()
+	s.mu.Lock()
+	se := s.sessions[vni]
+	if se == nil || s.expiredLocked(se, now) {
+		s.mu.Unlock()
+		s.droppedOther.Add(1)
+		return
+	}
+	var dst netip.AddrPort
+	switch src {
+	case se.bound[0]:
+		dst = se.bound[1]
+	case se.bound[1]:
+		dst = se.bound[0]
+	}
+	if !dst.IsValid() || !src.IsValid() {
+		s.mu.Unlock()
+		s.droppedOther.Add(1)
+		return
+	}
+	if !se.pps.AllowN(now, 1) || !se.bps.AllowN(now, len(pkt)) {
+		s.mu.Unlock()
+		s.droppedRate.Add(1)
+		return
+	}
+	se.lastActive = now
+	s.mu.Unlock()
+	if _, err := conn.WriteToUDPAddrPort(pkt, dst); err == nil {
+		s.packets.Add(1)
+		s.bytes.Add(uint64(len(pkt)))
+	}
+}
+
+// handleControl processes a disco packet to the server for session vni.
+func (s *Server) handleControl(conn *net.UDPConn, vni uint32, pkt []byte, src netip.AddrPort) {
+	sender, sealed, ok := disco.Sender(pkt)
+	if !ok || !s.control.Allow() {
+		s.droppedOther.Add(1)
+		return
+	}
+	now := s.opts.Now()
+	s.mu.Lock()
+	se := s.sessions[vni]
+	i := -1
+	if se != nil && !s.expiredLocked(se, now) {
+		for j, k := range se.peers {
+			if k == sender {
+				i = j
+			}
+		}
+	}
+	if i < 0 {
+		s.mu.Unlock()
+		s.droppedOther.Add(1)
+		return
+	}
+	shared := se.shared[i]
+	s.mu.Unlock()
+	m, err := disco.Open(shared, sealed)
+	if err != nil {
+		s.droppedOther.Add(1)
+		return
+	}
+	switch m := m.(type) {
+	case *disco.BindRelay:
+		if m.VNI != vni {
+			s.droppedOther.Add(1)
+			return
+		}
+		var c [32]byte
+		rand.Read(c[:])
+		s.mu.Lock()
+		se.challenge[i], se.chAddr[i], se.chAt[i] = c, src, now
+		s.mu.Unlock()
+		out := AppendHeader(make([]byte, 0, 128), TypeControl, vni)
+		out = disco.AppendPacket(out, s.opts.DiscoKey.Public(), shared, &disco.Challenge{VNI: vni, Challenge: c})
+		conn.WriteToUDPAddrPort(out, src)
+	case *disco.Answer:
+		s.mu.Lock()
+		okAnswer := m.VNI == vni && se.chAddr[i] == src && now.Sub(se.chAt[i]) <= challengeTimeout &&
+			subtle.ConstantTimeCompare(m.Challenge[:], se.challenge[i][:]) == 1
+		if okAnswer {
+			se.bound[i] = src
+			se.chAddr[i] = netip.AddrPort{}
+			se.lastActive = now
+		}
+		s.mu.Unlock()
+		if !okAnswer {
+			s.droppedOther.Add(1)
+			return
+		}
+		s.binds.Add(1)
+		s.log.Info("peer relay address bound", "vni", vni, "peer", sender.ShortString(), "addr", src.String())
+	default:
+		s.droppedOther.Add(1)
+	}
+}

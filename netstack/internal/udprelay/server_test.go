@@ -1,0 +1,438 @@
+package udprelay
+
+import (
+	"bytes"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"beam.dev/beam/netstack/internal/disco"
+	"beam.dev/beam/types/key"
+)
+
+// clock is a settable clock for Options.Now.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+type testServer struct {
+	*Server
+	addr  netip.AddrPort
+	clock *clock
+}
+
+func startServer(t *testing.T, opts Options) *testServer {
+	t.Helper()
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	clk := &clock{t: time.Unix(1_800_000_000, 0)}
+	opts.DiscoKey = key.NewDisco()
+	opts.Addrs = func() []netip.AddrPort { return []netip.AddrPort{addr} }
+	opts.Now = clk.Now
+	s, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(conn) }()
+	t.Cleanup(func() {
+		conn.Close()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	return &testServer{Server: s, addr: addr, clock: clk}
+}
+
+// client is one peer of a session, on its own loopback socket.
+type client struct {
+	t      *testing.T
+	key    key.DiscoPrivate
+	conn   *net.UDPConn
+	srv    netip.AddrPort
+	shared key.DiscoShared
+}
+
+func newClient(t *testing.T, s *testServer) *client {
+	t.Helper()
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	k := key.NewDisco()
+	return &client{t: t, key: k, conn: conn, srv: s.addr, shared: k.Shared(s.DiscoPublic())}
+}
+
+func (c *client) pub() key.DiscoPublic { return c.key.Public() }
+
+func (c *client) send(pkt []byte) {
+	c.t.Helper()
+	if _, err := c.conn.WriteToUDPAddrPort(pkt, c.srv); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// control sends m to the server for session vni, sealed by c.
+func (c *client) control(vni uint32, m disco.Message) []byte {
+	pkt := AppendHeader(nil, TypeControl, vni)
+	pkt = disco.AppendPacket(pkt, c.pub(), c.shared, m)
+	c.send(pkt)
+	return pkt
+}
+
+func (c *client) data(vni uint32, payload string) {
+	c.send(append(AppendHeader(nil, TypeData, vni), payload...))
+}
+
+// read returns the next datagram, failing after 5 s.
+func (c *client) read() []byte {
+	c.t.Helper()
+	c.conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 2048)
+	n, err := c.conn.Read(buf)
+	if err != nil {
+		c.t.Fatalf("read: %v", err)
+	}
+	return buf[:n]
+}
+
+// challenge sends BindRelay and returns the server's challenge.
+func (c *client) challenge(vni uint32) [32]byte {
+	c.t.Helper()
+	c.control(vni, &disco.BindRelay{VNI: vni})
+	pkt := c.read()
+	typ, gotVNI, ok := ParseHeader(pkt)
+	if !ok || typ != TypeControl || gotVNI != vni {
+		c.t.Fatalf("answer to BindRelay: header %v %d %v, want control %d", typ, gotVNI, ok, vni)
+	}
+	_, sealed, ok := disco.Sender(pkt[HeaderLen:])
+	if !ok {
+		c.t.Fatal("answer to BindRelay is not disco")
+	}
+	m, err := disco.Open(c.shared, sealed)
+	if err != nil {
+		c.t.Fatalf("open challenge: %v", err)
+	}
+	ch, ok := m.(*disco.Challenge)
+	if !ok || ch.VNI != vni {
+		c.t.Fatalf("got %#v, want a Challenge for %d", m, vni)
+	}
+	return ch.Challenge
+}
+
+// bind runs the whole handshake.
+func (c *client) bind(vni uint32) {
+	c.t.Helper()
+	c.control(vni, &disco.Answer{VNI: vni, Challenge: c.challenge(vni)})
+}
+
+// expectData reads one datagram and checks it is payload for vni.
+func (c *client) expectData(vni uint32, payload string) {
+	c.t.Helper()
+	pkt := c.read()
+	want := append(AppendHeader(nil, TypeData, vni), payload...)
+	if !bytes.Equal(pkt, want) {
+		c.t.Fatalf("got %q, want %q", pkt, want)
+	}
+}
+
+// pair allocates a session for two new clients and binds both.
+func pair(t *testing.T, s *testServer) (a, b *client, vni uint32) {
+	t.Helper()
+	a, b = newClient(t, s), newClient(t, s)
+	al, err := s.Allocate(a.pub(), b.pub())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.bind(al.VNI)
+	b.bind(al.VNI)
+	return a, b, al.VNI
+}
+
+func TestForward(t *testing.T) {
+	s := startServer(t, Options{})
+	a, b, vni := pair(t, s)
+	a.data(vni, "hello b")
+	b.expectData(vni, "hello b")
+	b.data(vni, "hello a")
+	a.expectData(vni, "hello a")
+	st := s.Stats()
+	if st.Sessions != 1 || st.Bound != 1 || st.Binds != 2 || st.Packets != 2 {
+		t.Errorf("stats = %+v, want 1 bound session, 2 binds, 2 packets", st)
+	}
+	// The allocation names both peers and the server's address, and a
+	// second Allocate of the pair (from either side) is the same session.
+	al, err := s.Allocate(b.pub(), a.pub())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if al.VNI != vni || len(al.Addrs) != 1 || al.Addrs[0] != s.addr {
+		t.Errorf("second allocation = %+v, want VNI %d at %v", al, vni, s.addr)
+	}
+}
+
+// TestRebind: a peer whose address changed (NAT rebinding) binds again
+// and traffic follows it.
+func TestRebind(t *testing.T) {
+	s := startServer(t, Options{})
+	a, b, vni := pair(t, s)
+	moved := newClient(t, s)
+	moved.key, moved.shared = a.key, a.shared
+	moved.bind(vni)
+	b.data(vni, "to the new address")
+	moved.expectData(vni, "to the new address")
+}
+
+func TestForgedBinding(t *testing.T) {
+	s := startServer(t, Options{})
+	a, b, vni := pair(t, s)
+	mallory := newClient(t, s)
+
+	// Data from an address that is not bound goes nowhere.
+	mallory.data(vni, "from mallory")
+	// A BindRelay sealed by a key that is not one of the session's
+	// peers is not answered.
+	mallory.control(vni, &disco.BindRelay{VNI: vni})
+	// A's Answer replayed from another address binds nothing: the
+	// challenge went to A's address. Get a fresh challenge for A first.
+	ch := a.challenge(vni)
+	replay := AppendHeader(nil, TypeControl, vni)
+	replay = disco.AppendPacket(replay, a.pub(), a.shared, &disco.Answer{VNI: vni, Challenge: ch})
+	mallory.send(replay)
+	// A guessed challenge from A's own key (if mallory had it) at
+	// mallory's address: no challenge went there.
+	mallory.key, mallory.shared = a.key, a.shared
+	mallory.control(vni, &disco.Answer{VNI: vni, Challenge: [32]byte{1}})
+	// B's data still goes to A's bound address, not to mallory.
+	b.data(vni, "for a only")
+	a.expectData(vni, "for a only")
+	mallory.conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	var ne net.Error
+	if n, err := mallory.conn.Read(make([]byte, 2048)); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("mallory received %d bytes (err %v); want nothing", n, err)
+	}
+	if st := s.Stats(); st.Binds != 2 || st.DroppedOther != 4 {
+		t.Errorf("stats = %+v, want 2 binds and 4 dropped", st)
+	}
+}
+
+func TestWrongSession(t *testing.T) {
+	s := startServer(t, Options{})
+	a, b, vni := pair(t, s)
+	// Data and binds naming another session are dropped.
+	a.data(vni+1, "wrong vni")
+	a.control(vni+1, &disco.BindRelay{VNI: vni + 1})
+	// A BindRelay whose sealed VNI differs from the header's is refused.
+	a.control(vni, &disco.BindRelay{VNI: vni + 1})
+	// Not a peer relay packet at all.
+	a.send([]byte("garbage"))
+	a.data(vni, "right vni")
+	b.expectData(vni, "right vni")
+	if st := s.Stats(); st.DroppedOther != 4 || st.Packets != 1 {
+		t.Errorf("stats = %+v, want 4 dropped and 1 forwarded", st)
+	}
+}
+
+func TestUnboundPeer(t *testing.T) {
+	s := startServer(t, Options{})
+	a, b := newClient(t, s), newClient(t, s)
+	al, err := s.Allocate(a.pub(), b.pub())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.bind(al.VNI)
+	a.data(al.VNI, "b is not bound yet")
+	b.bind(al.VNI)
+	a.data(al.VNI, "now it is")
+	b.expectData(al.VNI, "now it is")
+}
+
+func TestRateBound(t *testing.T) {
+	const pps = 1000 // burst: 100 packets
+	s := startServer(t, Options{PacketsPerSecond: pps})
+	a, b, vni := pair(t, s)
+	const sent = 300
+	for range sent {
+		a.data(vni, "x")
+	}
+	// The clock stands still, so only the burst passes; then (once the
+	// server has handled all, which the answer to a BindRelay shows) it
+	// moves on and the marker passes too.
+	a.challenge(vni)
+	s.clock.Advance(time.Second)
+	a.data(vni, "marker")
+	got := 0
+	for {
+		pkt := b.read()
+		if bytes.HasSuffix(pkt, []byte("marker")) {
+			break
+		}
+		got++
+	}
+	if want := pps / 10; got != want {
+		t.Errorf("forwarded %d of %d packets at a standing clock, want the burst, %d", got, sent, want)
+	}
+	if st := s.Stats(); st.DroppedRate != sent-pps/10 {
+		t.Errorf("DroppedRate = %d, want %d", st.DroppedRate, sent-pps/10)
+	}
+}
+
+func TestByteRateBound(t *testing.T) {
+	s := startServer(t, Options{BytesPerSecond: 100 << 10}) // burst: 64 KiB
+	a, b, vni := pair(t, s)
+	big := string(bytes.Repeat([]byte("y"), 1000))
+	// 70 packets: more than the burst, few enough for the server's
+	// socket buffer.
+	for range 70 {
+		a.data(vni, big)
+	}
+	a.challenge(vni)
+	s.clock.Advance(time.Second)
+	a.data(vni, "marker")
+	got := 0
+	for {
+		if pkt := b.read(); bytes.HasSuffix(pkt, []byte("marker")) {
+			break
+		}
+		got++
+	}
+	// 64 KiB of 1,008-byte packets.
+	if want := (64 << 10) / (1000 + HeaderLen); got != want {
+		t.Errorf("forwarded %d packets of 1 KB, want %d", got, want)
+	}
+}
+
+func TestExpiry(t *testing.T) {
+	s := startServer(t, Options{IdleTimeout: time.Minute, BindTimeout: 10 * time.Second})
+	a, b, vni := pair(t, s)
+	a.data(vni, "before")
+	b.expectData(vni, "before")
+
+	s.clock.Advance(time.Minute + time.Second)
+	a.data(vni, "after expiry")
+	if st := s.Stats(); st.Sessions != 0 || st.Expired != 1 {
+		t.Fatalf("stats after idle timeout = %+v, want no sessions, 1 expired", st)
+	}
+	// A new session works, and nothing of the old one came through.
+	al, err := s.Allocate(a.pub(), b.pub())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if al.VNI == vni {
+		t.Fatalf("new session reuses expired VNI %d", vni)
+	}
+	a.bind(al.VNI)
+	b.bind(al.VNI)
+	a.data(al.VNI, "new session")
+	b.expectData(al.VNI, "new session")
+
+	// A session only one side binds goes after BindTimeout.
+	c, d := newClient(t, s), newClient(t, s)
+	al2, err := s.Allocate(c.pub(), d.pub())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.bind(al2.VNI)
+	s.clock.Advance(11 * time.Second)
+	if st := s.Stats(); st.Sessions != 1 || st.Expired != 2 {
+		t.Errorf("stats after bind timeout = %+v, want 1 session, 2 expired", st)
+	}
+}
+
+func TestCountBound(t *testing.T) {
+	s := startServer(t, Options{MaxSessions: 2, MaxSessionsPerPeer: 1})
+	k := make([]key.DiscoPublic, 6)
+	for i := range k {
+		k[i] = key.NewDisco().Public()
+	}
+	tests := []struct {
+		name string
+		a, b int
+		ok   bool
+	}{
+		{"first", 0, 1, true},
+		{"same pair again", 1, 0, true},
+		{"per-peer bound", 0, 2, false},
+		{"per-peer bound, other side", 3, 1, false},
+		{"second", 2, 3, true},
+		{"total bound", 4, 5, false},
+		{"self", 4, 4, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := s.Allocate(k[tc.a], k[tc.b])
+			if got := err == nil; got != tc.ok {
+				t.Fatalf("Allocate: err = %v, want ok %v", err, tc.ok)
+			}
+			if err != nil && !errors.Is(err, ErrRefused) {
+				t.Errorf("err = %v, want ErrRefused", err)
+			}
+		})
+	}
+	if st := s.Stats(); st.Sessions != 2 || st.Refused != 3 {
+		t.Errorf("stats = %+v, want 2 sessions and 3 refused", st)
+	}
+}
+
+func TestHeader(t *testing.T) {
+	tests := []struct {
+		name string
+		pkt  []byte
+		ok   bool
+	}{
+		{"data", AppendHeader(nil, TypeData, 5), true},
+		{"control", AppendHeader(nil, TypeControl, 5), true},
+		{"short", AppendHeader(nil, TypeData, 5)[:7], false},
+		{"unknown type", []byte{magic, 2, 0, 0, 0, 0, 0, 5}, false},
+		{"reserved set", []byte{magic, 0, 1, 0, 0, 0, 0, 5}, false},
+		{"wireguard", []byte{4, 0, 0, 0, 1, 2, 3, 4}, false},
+		{"disco", []byte("BEAM💡xxxxxx"), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, vni, ok := ParseHeader(tc.pkt)
+			if ok != tc.ok || ok && vni != 5 {
+				t.Errorf("ParseHeader = %d, %v; want 5, %v", vni, ok, tc.ok)
+			}
+		})
+	}
+}
+
+func FuzzHandle(f *testing.F) {
+	f.Add(AppendHeader([]byte{}, TypeData, 1))
+	f.Add(append(AppendHeader(nil, TypeControl, 1), "BEAM💡"...))
+	f.Add([]byte("garbage"))
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer conn.Close()
+	s, err := New(Options{DiscoKey: key.NewDisco(), Addrs: func() []netip.AddrPort { return nil }})
+	if err != nil {
+		f.Fatal(err)
+	}
+	src := netip.MustParseAddrPort("127.0.0.1:9")
+	f.Fuzz(func(t *testing.T, pkt []byte) {
+		s.handle(conn, pkt, src)
+	})
+}
