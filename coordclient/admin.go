@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -102,7 +101,7 @@ func (a *Admin) CreateAuthKey(ctx context.Context, r AuthKeyRequest) (string, *w
 		in.Expiry = r.Expiry.String()
 	}
 	var out wire.CreateAuthKeyResponse
-	if err := a.do(ctx, http.MethodPost, "/api/v1/authkeys", in, &out); err != nil {
+	if err := a.do(ctx, http.MethodPost, wire.PathAuthKeys, in, &out); err != nil {
 		return "", nil, err
 	}
 	return out.Key, &out.Info, nil
@@ -111,26 +110,26 @@ func (a *Admin) CreateAuthKey(ctx context.Context, r AuthKeyRequest) (string, *w
 // ListAuthKeys lists all auth keys.
 func (a *Admin) ListAuthKeys(ctx context.Context) ([]*wire.AuthKeyInfo, error) {
 	var out []*wire.AuthKeyInfo
-	return out, a.do(ctx, http.MethodGet, "/api/v1/authkeys", nil, &out)
+	return out, a.do(ctx, http.MethodGet, wire.PathAuthKeys, nil, &out)
 }
 
 // DeleteAuthKey deletes the auth key with the given prefix.
 func (a *Admin) DeleteAuthKey(ctx context.Context, prefix string) error {
-	return a.do(ctx, http.MethodDelete, "/api/v1/authkeys/"+url.PathEscape(prefix), nil, nil)
+	return a.do(ctx, http.MethodDelete, wire.AuthKeyPath(prefix), nil, nil)
 }
 
 // ListNodes lists every node of every network.
 func (a *Admin) ListNodes(ctx context.Context) ([]*wire.Node, error) {
 	var out []*wire.Node
-	return out, a.do(ctx, http.MethodGet, "/api/v1/nodes", nil, &out)
+	return out, a.do(ctx, http.MethodGet, wire.PathNodes, nil, &out)
 }
 
 // RemoveNode removes the node name ("name", "network/name" or "nodekey:...").
 func (a *Admin) RemoveNode(ctx context.Context, name string) error {
-	return a.do(ctx, http.MethodDelete, "/api/v1/nodes/"+url.PathEscape(name), nil, nil)
+	return a.do(ctx, http.MethodDelete, wire.NodePath(name), nil, nil)
 }
 
 // ExpireNode expires the key of node name now.
 func (a *Admin) ExpireNode(ctx context.Context, name string) error {
-	return a.do(ctx, http.MethodPost, "/api/v1/nodes/"+url.PathEscape(name)+"/expire", nil, nil)
+	return a.do(ctx, http.MethodPost, wire.NodeExpirePath(name), nil, nil)
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"strings"
 	"time"
 
@@ -17,7 +16,7 @@ import (
 // CreateUser adds a user.
 func (a *Admin) CreateUser(ctx context.Context, name string) (*wire.User, error) {
 	var u wire.User
-	if err := a.do(ctx, http.MethodPost, "/api/v1/users", wire.CreateUserRequest{Name: name}, &u); err != nil {
+	if err := a.do(ctx, http.MethodPost, wire.PathUsers, wire.CreateUserRequest{Name: name}, &u); err != nil {
 		return nil, err
 	}
 	return &u, nil
@@ -26,19 +25,19 @@ func (a *Admin) CreateUser(ctx context.Context, name string) (*wire.User, error)
 // ListUsers lists users sorted by name.
 func (a *Admin) ListUsers(ctx context.Context) ([]*wire.User, error) {
 	var out []*wire.User
-	return out, a.do(ctx, http.MethodGet, "/api/v1/users", nil, &out)
+	return out, a.do(ctx, http.MethodGet, wire.PathUsers, nil, &out)
 }
 
 // DeleteUser deletes a user; it fails while nodes, auth keys or the policy
 // name the user.
 func (a *Admin) DeleteUser(ctx context.Context, name string) error {
-	return a.do(ctx, http.MethodDelete, "/api/v1/users/"+url.PathEscape(name), nil, nil)
+	return a.do(ctx, http.MethodDelete, wire.UserPath(name), nil, nil)
 }
 
 // DeleteUserAndNodes deletes a user with their nodes and auth keys; it
 // fails while the policy names the user.
 func (a *Admin) DeleteUserAndNodes(ctx context.Context, name string) error {
-	return a.do(ctx, http.MethodDelete, "/api/v1/users/"+url.PathEscape(name)+"?nodes=delete", nil, nil)
+	return a.do(ctx, http.MethodDelete, wire.UserPath(name)+"?nodes=delete", nil, nil)
 }
 
 // PolicyError is the coordinator's refusal of a policy.
@@ -56,20 +55,20 @@ func (e *PolicyError) Error() string {
 
 // GetPolicy returns the text of the policy in force.
 func (a *Admin) GetPolicy(ctx context.Context) ([]byte, error) {
-	return a.policyRequest(ctx, http.MethodGet, "/api/v1/policy", nil)
+	return a.policyRequest(ctx, http.MethodGet, wire.PathPolicy, nil)
 }
 
 // SetPolicy replaces the policy. A policy that does not parse, names
 // unknown users or fails its tests is refused with a *PolicyError.
 func (a *Admin) SetPolicy(ctx context.Context, src []byte) error {
-	_, err := a.policyRequest(ctx, http.MethodPut, "/api/v1/policy", src)
+	_, err := a.policyRequest(ctx, http.MethodPut, wire.PathPolicy, src)
 	return err
 }
 
 // CheckPolicy reports what SetPolicy would say about src, without
 // applying it: nil or a *PolicyError.
 func (a *Admin) CheckPolicy(ctx context.Context, src []byte) error {
-	_, err := a.policyRequest(ctx, http.MethodPost, "/api/v1/policy/check", src)
+	_, err := a.policyRequest(ctx, http.MethodPost, wire.PathPolicyCheck, src)
 	return err
 }
 
@@ -114,7 +113,7 @@ func (a *Admin) SetNodeExpiry(ctx context.Context, name string, d time.Duration)
 		in.Expiry = d.String()
 	}
 	var n wire.Node
-	if err := a.do(ctx, http.MethodPut, "/api/v1/nodes/"+url.PathEscape(name)+"/expiry", in, &n); err != nil {
+	if err := a.do(ctx, http.MethodPut, wire.NodeExpiryPath(name), in, &n); err != nil {
 		return nil, err
 	}
 	return &n, nil
@@ -123,20 +122,20 @@ func (a *Admin) SetNodeExpiry(ctx context.Context, name string, d time.Duration)
 // ListPending lists the nodes waiting for approval.
 func (a *Admin) ListPending(ctx context.Context) ([]*wire.PendingRegistration, error) {
 	var out []*wire.PendingRegistration
-	return out, a.do(ctx, http.MethodGet, "/api/v1/registrations", nil, &out)
+	return out, a.do(ctx, http.MethodGet, wire.PathRegistrations, nil, &out)
 }
 
 // Approve admits the node waiting with code, owned by user or carrying
 // tags (or neither).
 func (a *Admin) Approve(ctx context.Context, code, user string, tags []string) error {
 	in := wire.ApproveRequest{User: user, Tags: tags}
-	return a.do(ctx, http.MethodPost, "/api/v1/registrations/"+url.PathEscape(code)+"/approve", in, nil)
+	return a.do(ctx, http.MethodPost, wire.RegistrationApprovePath(code), in, nil)
 }
 
 // Audit returns the newest limit audit entries, newest first (limit <= 0
 // means the coordinator's default of 100).
 func (a *Admin) Audit(ctx context.Context, limit int) ([]*wire.AuditEntry, error) {
-	path := "/api/v1/audit"
+	path := wire.PathAudit
 	if limit > 0 {
 		path += fmt.Sprintf("?limit=%d", limit)
 	}

@@ -3,7 +3,6 @@ package coordclient
 import (
 	"context"
 	"net/http"
-	"net/url"
 
 	"beam.dev/beam/wire"
 )
@@ -16,7 +15,7 @@ import (
 func (a *Admin) RenameNode(ctx context.Context, name, newName string) (*wire.Node, error) {
 	in := wire.RenameNodeRequest{Name: newName}
 	var n wire.Node
-	if err := a.do(ctx, http.MethodPost, "/api/v1/nodes/"+url.PathEscape(name)+"/rename", in, &n); err != nil {
+	if err := a.do(ctx, http.MethodPost, wire.NodeRenamePath(name), in, &n); err != nil {
 		return nil, err
 	}
 	return &n, nil

@@ -22,7 +22,7 @@ func (c *Client) awaitApproval(ctx context.Context, p RegisterParams, first *wir
 	p.OnAuthURL(first.AuthURL, first.AuthCode)
 	code := first.AuthCode
 	for {
-		resp, mk, err := c.post(ctx, "/machine/register", func(now time.Time) any {
+		resp, mk, err := c.post(ctx, wire.PathRegister, func(now time.Time) any {
 			return &wire.RegisterRequest{
 				Version:   wire.CapabilityVersion,
 				NodeKey:   c.pub,

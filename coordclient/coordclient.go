@@ -121,7 +121,7 @@ func (c *Client) machineKey(ctx context.Context) (key.MachinePublic, error) {
 	if !k.IsZero() {
 		return k, nil
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url("/key"), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(wire.PathKey), nil)
 	if err != nil {
 		return k, fmt.Errorf("coordclient: fetch server key: %w", err)
 	}
@@ -230,7 +230,7 @@ type RegisterParams struct {
 // ErrAuthKeyInvalid, ErrNodeNotRegistered, ErrNodeExpired or
 // ErrUnreachable with errors.Is, and carry the coordinator's message.
 func (c *Client) Register(ctx context.Context, p RegisterParams) (*wire.RegisterResponse, error) {
-	resp, mk, err := c.post(ctx, "/machine/register", func(now time.Time) any {
+	resp, mk, err := c.post(ctx, wire.PathRegister, func(now time.Time) any {
 		return &wire.RegisterRequest{
 			Version:   wire.CapabilityVersion,
 			NodeKey:   c.pub,
@@ -299,7 +299,7 @@ func (c *Client) mapRequest(now time.Time, stream bool) (*wire.MapRequest, uint6
 // and returns the endpoint generation it carried.
 func (c *Client) sendUpdate(ctx context.Context) (uint64, error) {
 	var gen uint64
-	resp, mk, err := c.post(ctx, "/machine/map", func(now time.Time) any {
+	resp, mk, err := c.post(ctx, wire.PathMap, func(now time.Time) any {
 		var req *wire.MapRequest
 		req, gen = c.mapRequest(now, false)
 		return req

@@ -37,10 +37,10 @@ type fakeCoord struct {
 
 func (fc *fakeCoord) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
-	case "/key":
+	case wire.PathKey:
 		io.WriteString(w, fc.priv.Public().String())
 		return
-	case "/machine/map":
+	case wire.PathMap:
 	default:
 		http.NotFound(w, r)
 		return

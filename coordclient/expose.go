@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"time"
 
 	"beam.dev/beam/wire"
@@ -58,7 +57,7 @@ var edgeCodes = map[wire.ErrorCode]error{
 // ErrEdgeDisabled, ErrRouteNotFound, ErrNodeNotRegistered or
 // ErrUnreachable, and carry the coordinator's message.
 func (c *Client) Expose(ctx context.Context, req wire.ExposeRequest) (*wire.ExposeResponse, error) {
-	resp, mk, err := c.post(ctx, "/machine/expose", func(now time.Time) any {
+	resp, mk, err := c.post(ctx, wire.PathExpose, func(now time.Time) any {
 		r := req
 		r.Version, r.NodeKey, r.Timestamp = wire.CapabilityVersion, c.pub, now
 		return &r
@@ -81,7 +80,7 @@ func (c *Client) Expose(ctx context.Context, req wire.ExposeRequest) (*wire.Expo
 // Only edge nodes may, and only for _acme-challenge names of the edge
 // domain or of verified custom domains (ErrForbidden otherwise).
 func (c *Client) SetTXT(ctx context.Context, name string, values []string) error {
-	resp, mk, err := c.post(ctx, "/machine/txt", func(now time.Time) any {
+	resp, mk, err := c.post(ctx, wire.PathTXT, func(now time.Time) any {
 		return &wire.TXTRequest{Version: wire.CapabilityVersion, NodeKey: c.pub, Timestamp: now, Name: name, Values: values}
 	})
 	if err != nil {
@@ -100,12 +99,12 @@ func (c *Client) SetTXT(ctx context.Context, name string, values []string) error
 // ListRoutes lists every published route.
 func (a *Admin) ListRoutes(ctx context.Context) ([]*wire.RouteInfo, error) {
 	var out []*wire.RouteInfo
-	return out, a.do(ctx, http.MethodGet, "/api/v1/routes", nil, &out)
+	return out, a.do(ctx, http.MethodGet, wire.PathRoutes, nil, &out)
 }
 
 // RemoveRoutes withdraws every route of host (any node, any protocol).
 func (a *Admin) RemoveRoutes(ctx context.Context, host string) error {
-	return a.do(ctx, http.MethodDelete, "/api/v1/routes/"+url.PathEscape(host), nil, nil)
+	return a.do(ctx, http.MethodDelete, wire.RoutePath(host), nil, nil)
 }
 
 // VerifyDomain starts or checks network's proof of control of domain
@@ -114,7 +113,7 @@ func (a *Admin) RemoveRoutes(ctx context.Context, host string) error {
 func (a *Admin) VerifyDomain(ctx context.Context, domain, network string) (*wire.DomainStatus, error) {
 	in := wire.VerifyDomainRequest{Network: network}
 	var out wire.DomainStatus
-	if err := a.do(ctx, http.MethodPost, "/api/v1/domains/"+url.PathEscape(domain)+"/verify", in, &out); err != nil {
+	if err := a.do(ctx, http.MethodPost, wire.DomainVerifyPath(domain), in, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -123,24 +122,24 @@ func (a *Admin) VerifyDomain(ctx context.Context, domain, network string) (*wire
 // ListDomains lists every custom domain claim.
 func (a *Admin) ListDomains(ctx context.Context) ([]*wire.DomainStatus, error) {
 	var out []*wire.DomainStatus
-	return out, a.do(ctx, http.MethodGet, "/api/v1/domains", nil, &out)
+	return out, a.do(ctx, http.MethodGet, wire.PathDomains, nil, &out)
 }
 
 // SetTXT sets the TXT records of name in the coordinator's public zone.
 func (a *Admin) SetTXT(ctx context.Context, name string, values []string) error {
 	in := wire.TXTBody{Values: values}
-	return a.do(ctx, http.MethodPut, "/api/v1/dns/txt/"+url.PathEscape(name), in, nil)
+	return a.do(ctx, http.MethodPut, wire.DNSTXTPath(name), in, nil)
 }
 
 // DeleteTXT removes the TXT records of name from the public zone.
 func (a *Admin) DeleteTXT(ctx context.Context, name string) error {
-	return a.do(ctx, http.MethodDelete, "/api/v1/dns/txt/"+url.PathEscape(name), nil, nil)
+	return a.do(ctx, http.MethodDelete, wire.DNSTXTPath(name), nil, nil)
 }
 
 // DNSConfig returns the coordinator's DNS settings.
 func (a *Admin) DNSConfig(ctx context.Context) (*wire.DNSSettings, error) {
 	var out wire.DNSSettings
-	if err := a.do(ctx, http.MethodGet, "/api/v1/dns/config", nil, &out); err != nil {
+	if err := a.do(ctx, http.MethodGet, wire.PathDNSConfig, nil, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -151,7 +150,7 @@ func (a *Admin) DNSConfig(ctx context.Context) (*wire.DNSSettings, error) {
 // them as stored.
 func (a *Admin) SetDNSConfig(ctx context.Context, raw json.RawMessage) (*wire.DNSSettings, error) {
 	var out wire.DNSSettings
-	if err := a.do(ctx, http.MethodPut, "/api/v1/dns/config", raw, &out); err != nil {
+	if err := a.do(ctx, http.MethodPut, wire.PathDNSConfig, raw, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil

@@ -13,14 +13,14 @@ import (
 )
 
 // ServerSetup asks the coordinator at serverURL for its public server's
-// setup (GET wire.ServerSetupPath; no key or token needed). A nil hc
+// setup (GET wire.PathServerSetup; no key or token needed). A nil hc
 // means a client with a 30 second timeout. A coordinator without one
 // answers an *Error with Status 404.
 func ServerSetup(ctx context.Context, serverURL string, hc *http.Client) (*wire.ServerSetup, error) {
 	if hc == nil {
 		hc = &http.Client{Timeout: 30 * time.Second}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(serverURL, "/")+wire.ServerSetupPath, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(serverURL, "/")+wire.PathServerSetup, nil)
 	if err != nil {
 		return nil, fmt.Errorf("coordclient: server setup: %w", err)
 	}

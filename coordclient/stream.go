@@ -102,7 +102,7 @@ func (c *Client) Run(ctx context.Context, onNetMap func(*wire.NetMap)) error {
 func (c *Client) streamOnce(ctx context.Context, onNetMap func(*wire.NetMap)) (bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	resp, mk, err := c.post(ctx, "/machine/map", func(now time.Time) any {
+	resp, mk, err := c.post(ctx, wire.PathMap, func(now time.Time) any {
 		req, _ := c.mapRequest(now, true)
 		return req
 	})

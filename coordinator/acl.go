@@ -89,17 +89,17 @@ func (s *Server) startAccessControl() {
 
 // accessRoutes adds the routes of users, policy, approval and audit.
 func (s *Server) accessRoutes(mux, admin *http.ServeMux) {
-	mux.HandleFunc("GET /register/{code}", s.handleApprovalPage)
-	admin.HandleFunc("POST /api/v1/users", s.handleCreateUser)
-	admin.HandleFunc("GET /api/v1/users", s.handleListUsers)
-	admin.HandleFunc("DELETE /api/v1/users/{name}", s.handleDeleteUser)
-	admin.HandleFunc("GET /api/v1/policy", s.handleGetPolicy)
-	admin.HandleFunc("PUT /api/v1/policy", s.handleSetPolicy)
-	admin.HandleFunc("POST /api/v1/policy/check", s.handleCheckPolicy)
-	admin.HandleFunc("PUT /api/v1/nodes/{name}/expiry", s.handleSetNodeExpiry)
-	admin.HandleFunc("GET /api/v1/registrations", s.handleListPending)
-	admin.HandleFunc("POST /api/v1/registrations/{code}/approve", s.handleApprove)
-	admin.HandleFunc("GET /api/v1/audit", s.handleAudit)
+	mux.HandleFunc("GET "+wire.PathApprovalPage, s.handleApprovalPage)
+	admin.HandleFunc("POST "+wire.PathUsers, s.handleCreateUser)
+	admin.HandleFunc("GET "+wire.PathUsers, s.handleListUsers)
+	admin.HandleFunc("DELETE "+wire.PathUser, s.handleDeleteUser)
+	admin.HandleFunc("GET "+wire.PathPolicy, s.handleGetPolicy)
+	admin.HandleFunc("PUT "+wire.PathPolicy, s.handleSetPolicy)
+	admin.HandleFunc("POST "+wire.PathPolicyCheck, s.handleCheckPolicy)
+	admin.HandleFunc("PUT "+wire.PathNodeExpiry, s.handleSetNodeExpiry)
+	admin.HandleFunc("GET "+wire.PathRegistrations, s.handleListPending)
+	admin.HandleFunc("POST "+wire.PathRegistrationApprove, s.handleApprove)
+	admin.HandleFunc("GET "+wire.PathAudit, s.handleAudit)
 }
 
 // currentPolicy returns the policy in force.

@@ -391,7 +391,7 @@ func authURL(r *http.Request, code string) string {
 	if r.TLS != nil || r.Header.Get("X-Forwarded-Proto") == "https" {
 		scheme = "https"
 	}
-	return scheme + "://" + r.Host + "/register/" + code
+	return scheme + "://" + r.Host + wire.ApprovalPagePath(code)
 }
 
 // interactiveRegister handles the registrations that need approval: a

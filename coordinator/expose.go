@@ -470,16 +470,16 @@ func (s *Server) handleRemoveRoutes(w http.ResponseWriter, r *http.Request) {
 //	GET    /api/v1/dns/config              -> wire.DNSSettings
 //	PUT    /api/v1/dns/config              wire.DNSSettings (strict) -> wire.DNSSettings
 func (s *Server) edgeRoutes(mux, admin *http.ServeMux) {
-	mux.HandleFunc("POST /machine/expose", s.handleExpose)
-	mux.HandleFunc("POST /machine/txt", s.handleTXT)
-	admin.HandleFunc("GET /api/v1/routes", s.handleListRoutes)
-	admin.HandleFunc("DELETE /api/v1/routes/{host}", s.handleRemoveRoutes)
-	admin.HandleFunc("POST /api/v1/domains/{domain}/verify", s.handleVerifyDomain)
-	admin.HandleFunc("GET /api/v1/domains", s.handleListDomains)
-	admin.HandleFunc("PUT /api/v1/dns/txt/{name}", s.handlePutTXT)
-	admin.HandleFunc("DELETE /api/v1/dns/txt/{name}", s.handleDeleteTXT)
-	admin.HandleFunc("GET /api/v1/dns/config", s.handleGetDNSConfig)
-	admin.HandleFunc("PUT /api/v1/dns/config", s.handlePutDNSConfig)
+	mux.HandleFunc("POST "+wire.PathExpose, s.handleExpose)
+	mux.HandleFunc("POST "+wire.PathTXT, s.handleTXT)
+	admin.HandleFunc("GET "+wire.PathRoutes, s.handleListRoutes)
+	admin.HandleFunc("DELETE "+wire.PathRoute, s.handleRemoveRoutes)
+	admin.HandleFunc("POST "+wire.PathDomainVerify, s.handleVerifyDomain)
+	admin.HandleFunc("GET "+wire.PathDomains, s.handleListDomains)
+	admin.HandleFunc("PUT "+wire.PathDNSTXT, s.handlePutTXT)
+	admin.HandleFunc("DELETE "+wire.PathDNSTXT, s.handleDeleteTXT)
+	admin.HandleFunc("GET "+wire.PathDNSConfig, s.handleGetDNSConfig)
+	admin.HandleFunc("PUT "+wire.PathDNSConfig, s.handlePutDNSConfig)
 }
 
 var errEdgeDisabled = errors.New("coordinator: no public edge configured")

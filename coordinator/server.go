@@ -59,7 +59,7 @@ type Options struct {
 	// with none stored, the admin API refuses every request.
 	AdminToken string
 	// RelayToken, if set, is the bearer token relays present to ask
-	// GET /api/v1/derp/verify whether a node key may use them (the admin
+	// GET wire.PathDERPVerify whether a node key may use them (the admin
 	// token may ask too). Nobody else may: the answer tells whether a
 	// key is registered. Only its hash is kept, in memory.
 	RelayToken string
@@ -121,14 +121,14 @@ type Options struct {
 	// token is not the admin token (an OIDC ID token of an admin): ok
 	// admits it, and the audit log names who ("admin:WHO").
 	AdminAuth func(r *http.Request) (who string, ok bool)
-	// ServerSetup, if not nil, is answered to GET wire.ServerSetupPath
+	// ServerSetup, if not nil, is answered to GET wire.PathServerSetup
 	// (public: see wire.ServerSetup); nil answers 404.
 	ServerSetup func() *wire.ServerSetup
 }
 
 // Server is the coordinator. It is an http.Handler serving the control
-// protocol (/key, /machine/...), the relay client check
-// (/api/v1/derp/verify) and the admin API (/api/v1/...).
+// protocol (wire.PathKey, wire.PathRegister, ...), the relay client check
+// (wire.PathDERPVerify) and the admin API (under wire.PathAdminPrefix).
 //
 // Locks, in order: regMu, persistMu, mu, then a session's mu. Handlers of
 // map streams run on net/http's goroutines; ServeHTTP counts them in wg so
@@ -261,7 +261,7 @@ func New(opts Options) (*Server, error) {
 	if err := s.initAccessControl(ctx, opts); err != nil {
 		return nil, err
 	}
-	s.mux = s.routes()
+	s.mux, _ = s.routes()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if s.devMode {
 		s.logger.Warn("DEV MODE: nodes connecting from loopback may register WITHOUT an auth key; never use this on a shared machine")
@@ -368,25 +368,28 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(w, r)
 }
 
-func (s *Server) routes() *http.ServeMux {
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /key", s.handleKey)
-	mux.HandleFunc("POST /machine/register", s.handleRegister)
-	mux.HandleFunc("POST /machine/map", s.handleMap)
-	mux.HandleFunc("GET /api/v1/derp/verify", s.handleDERPVerify)
-	mux.HandleFunc("GET "+wire.ServerSetupPath, s.handleServerSetup)
-	admin := http.NewServeMux()
-	admin.HandleFunc("POST /api/v1/authkeys", s.handleCreateAuthKey)
-	admin.HandleFunc("GET /api/v1/authkeys", s.handleListAuthKeys)
-	admin.HandleFunc("DELETE /api/v1/authkeys/{prefix}", s.handleDeleteAuthKey)
-	admin.HandleFunc("GET /api/v1/nodes", s.handleListNodes)
-	admin.HandleFunc("DELETE /api/v1/nodes/{name}", s.handleRemoveNode)
-	admin.HandleFunc("POST /api/v1/nodes/{name}/expire", s.handleExpireNode)
-	admin.HandleFunc("POST /api/v1/nodes/{name}/rename", s.handleRenameNode)
+// routes returns the Server's mux and, nested in it under
+// wire.PathAdminPrefix behind requireAdmin, the admin API's mux. Every
+// pattern is a method and a wire.Path constant (TestRoutesAreWirePaths).
+func (s *Server) routes() (mux, admin *http.ServeMux) {
+	mux = http.NewServeMux()
+	mux.HandleFunc("GET "+wire.PathKey, s.handleKey)
+	mux.HandleFunc("POST "+wire.PathRegister, s.handleRegister)
+	mux.HandleFunc("POST "+wire.PathMap, s.handleMap)
+	mux.HandleFunc("GET "+wire.PathDERPVerify, s.handleDERPVerify)
+	mux.HandleFunc("GET "+wire.PathServerSetup, s.handleServerSetup)
+	admin = http.NewServeMux()
+	admin.HandleFunc("POST "+wire.PathAuthKeys, s.handleCreateAuthKey)
+	admin.HandleFunc("GET "+wire.PathAuthKeys, s.handleListAuthKeys)
+	admin.HandleFunc("DELETE "+wire.PathAuthKey, s.handleDeleteAuthKey)
+	admin.HandleFunc("GET "+wire.PathNodes, s.handleListNodes)
+	admin.HandleFunc("DELETE "+wire.PathNode, s.handleRemoveNode)
+	admin.HandleFunc("POST "+wire.PathNodeExpire, s.handleExpireNode)
+	admin.HandleFunc("POST "+wire.PathNodeRename, s.handleRenameNode)
 	s.edgeRoutes(mux, admin)
 	s.accessRoutes(mux, admin)
-	mux.Handle("/api/v1/", s.requireAdmin(admin))
-	return mux
+	mux.Handle(wire.PathAdminPrefix, s.requireAdmin(admin))
+	return mux, admin
 }
 
 func (s *Server) handleServerSetup(w http.ResponseWriter, r *http.Request) {

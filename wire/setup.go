@@ -5,13 +5,6 @@ import (
 	"time"
 )
 
-// ServerSetupPath is where a coordinator run by beam server answers
-// GET with its ServerSetup as JSON, to anyone: everything in it is what
-// the world can see of the server by DNS and by connecting to its ports,
-// and the state of its certificate's ACME orders. Coordinators without a
-// public setup answer 404.
-const ServerSetupPath = "/server/setup"
-
 // ServerSetup is a public server's setup as a setup check needs it: the
 // domain, the public addresses, the ports that must answer there, and
 // where the wildcard certificate stands.

@@ -1,6 +1,10 @@
 // Package wire defines the messages between a node and the coordinator:
 // registration, the streamed map (netmap), and the pieces it carries
-// (peers, relay map, DNS config, packet filter, edge routes).
+// (peers, relay map, DNS config, packet filter, edge routes); and the
+// rest of the coordinator's contract, used by both sides: its endpoint
+// paths (PathRegister, PathMap, ..., the admin API's under
+// PathAdminPrefix), the envelope, frame limits, error codes and admin
+// types.
 //
 // Messages are JSON. On the wire each message is sealed with NaCl box
 // between the node key and the coordinator's machine key (see
@@ -41,7 +45,7 @@ import (
 //   - 9 (2026-12-06): ExposeResponse.ACMEChallengeCNAME: a tls route on a
 //     custom domain gets its DNS-01 challenge through a CNAME into the
 //     edge domain's zone.
-//   - 10 (2026-12-06): GET ServerSetupPath: a public server's domain,
+//   - 10 (2026-12-06): GET PathServerSetup: a public server's domain,
 //     addresses, ports and certificate status, for beam netcheck --server.
 //   - 11 (2026-12-06): RouteOptions.OIDC: an http route behind a sign-in at
 //     the edge. Edges of older versions do not get such routes (they would

@@ -21,6 +21,7 @@ import (
 	"beam.dev/beam/derp"
 	"beam.dev/beam/derp/derpserver"
 	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
 )
 
 func TestMain(m *testing.M) {
@@ -299,7 +300,7 @@ func TestVerifyClient(t *testing.T) {
 	var mu sync.Mutex
 	var asked []key.NodePublic
 	coord := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/api/v1/derp/verify" {
+		if r.URL.Path != wire.PathDERPVerify {
 			http.NotFound(w, r)
 			return
 		}
@@ -324,7 +325,7 @@ func TestVerifyClient(t *testing.T) {
 	}))
 	defer coord.Close()
 
-	_, url := newServer(t, derpserver.Options{VerifyClient: derpserver.VerifyWithCoordinator(coord.URL, "relay-secret", coord.Client())})
+	_, url := newServer(t, derpserver.Options{VerifyClient: derpserver.VerifyWithCoordinator(coord.URL+wire.PathDERPVerify, "relay-secret", coord.Client())})
 	dial(t, url, allowed, false)
 	_, err := derp.Dial(t.Context(), url, denied, derp.ClientOptions{})
 	if !errors.Is(err, derp.ErrRefused) {
@@ -337,14 +338,14 @@ func TestVerifyClient(t *testing.T) {
 		t.Errorf("coordinator was asked %v, want [allowed denied]", got)
 	}
 
-	verify := derpserver.VerifyWithCoordinator(coord.URL+"/", "relay-secret", nil)
+	verify := derpserver.VerifyWithCoordinator(coord.URL+wire.PathDERPVerify, "relay-secret", nil)
 	if err := verify(t.Context(), denied.Public()); !errors.Is(err, derpserver.ErrNotAdmitted) {
 		t.Errorf("verify(denied) = %v, want ErrNotAdmitted", err)
 	}
 	if err := verify(t.Context(), allowed.Public()); err != nil {
 		t.Errorf("verify(allowed) = %v, want nil", err)
 	}
-	noToken := derpserver.VerifyWithCoordinator(coord.URL, "", nil)
+	noToken := derpserver.VerifyWithCoordinator(coord.URL+wire.PathDERPVerify, "", nil)
 	if err := noToken(t.Context(), allowed.Public()); !errors.Is(err, derpserver.ErrNotAdmitted) {
 		t.Errorf("verify(allowed) without the relay token = %v, want ErrNotAdmitted", err)
 	}

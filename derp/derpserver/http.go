@@ -98,19 +98,19 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 var ErrNotAdmitted = errors.New("derpserver: node key not admitted")
 
 // VerifyWithCoordinator returns an Options.VerifyClient func that asks the
-// coordinator at baseURL with GET <baseURL>/api/v1/derp/verify?key=nodekey:…,
-// presenting token (the coordinator's relay token) as a bearer token,
+// coordinator with GET <verifyURL>?key=nodekey:…, verifyURL being the
+// coordinator's URL joined with its verify path (wire.PathDERPVerify;
+// the caller joins them, as derpserver does not import wire), presenting token (the coordinator's relay token) as a bearer token,
 // and admits the key on HTTP 200 (unless the JSON body says
 // {"allow":false}). Any other status, or an unreachable coordinator,
 // refuses the key. hc is the HTTP client to use; a client with a 10s
 // timeout if nil.
-func VerifyWithCoordinator(baseURL, token string, hc *http.Client) func(ctx context.Context, k key.NodePublic) error {
+func VerifyWithCoordinator(verifyURL, token string, hc *http.Client) func(ctx context.Context, k key.NodePublic) error {
 	if hc == nil {
 		hc = &http.Client{Timeout: 10 * time.Second}
 	}
-	base := strings.TrimSuffix(baseURL, "/")
 	return func(ctx context.Context, k key.NodePublic) error {
-		u := base + "/api/v1/derp/verify?key=" + url.QueryEscape(k.String())
+		u := verifyURL + "?key=" + url.QueryEscape(k.String())
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 		if err != nil {
 			return fmt.Errorf("derpserver: verify %s: %w", k.ShortString(), err)

@@ -24,6 +24,7 @@ import (
 	"beam.dev/beam/derp/derpserver"
 	"beam.dev/beam/internal/tcpcc"
 	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
 )
 
 // DERPOptions are the settings of beam derp: its flags and config file
@@ -168,7 +169,7 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 		if len(tok) < 16 {
 			return fmt.Errorf("relay token in %s is too short (want at least 16 characters)", opts.VerifyTokenFile)
 		}
-		verify = derpserver.VerifyWithCoordinator(opts.VerifyClients, tok, nil)
+		verify = derpserver.VerifyWithCoordinator(strings.TrimSuffix(opts.VerifyClients, "/")+wire.PathDERPVerify, tok, nil)
 	}
 
 	// Relay connections ask for BBR (see internal/tcpcc).

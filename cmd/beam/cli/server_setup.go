@@ -162,7 +162,7 @@ func printPublicSetup(w io.Writer, o *ServerOptions, publicURL string) {
 }
 
 // publicSetup is what a public server answers to GET
-// wire.ServerSetupPath. runServer fills in the ports as its listeners
+// wire.PathServerSetup. runServer fills in the ports as its listeners
 // start, before the coordinator serves; the edge's ports and the
 // certificate's status come last, through setEdge.
 type publicSetup struct {
