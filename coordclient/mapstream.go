@@ -1,0 +1,113 @@
+package coordclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"sync"
+	"time"
+
+	"beam.dev/beam/wire"
+)
+
+// RunResponses is Run for programs that hold many streams at once (load
+// generators such as coordinator/scalebench): it hands onResponse (never
+// concurrently) each decoded MapResponse as it arrives, keepalives
+// included, instead of building a netmap per message, so a caller can keep
+// only what it needs. first is true for the full map that starts every
+// stream. Reconnects (capped exponential backoff with jitter), the dead
+// stream timeout, endpoint updates (SetEndpoints), OnConnState and the
+// errors returned are those of Run.
+func (c *Client) RunResponses(ctx context.Context, onResponse func(resp *wire.MapResponse, first bool)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	wg.Go(func() { c.endpointLoop(ctx) })
+
+	var bo backoff
+	for {
+		got, err := c.responsesOnce(ctx, onResponse)
+		if c.onConn != nil {
+			c.onConn(false)
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		if isTerminal(err) {
+			c.logger.Info("map stream ended for good", "err", err)
+			return err
+		}
+		if got {
+			bo.reset()
+		}
+		d := bo.next()
+		c.logger.Info("map stream lost; reconnecting", "err", err, "in", d.Round(time.Millisecond))
+		if !wait(ctx, d) {
+			return nil
+		}
+	}
+}
+
+// responsesOnce runs one map stream for RunResponses. It reports whether
+// it received a full map.
+func (c *Client) responsesOnce(ctx context.Context, onResponse func(*wire.MapResponse, bool)) (bool, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	resp, mk, err := c.post(ctx, "/machine/map", func(now time.Time) any {
+		req, _ := c.mapRequest(now, true)
+		return req
+	})
+	if err != nil {
+		return false, fmt.Errorf("coordclient: open map stream: %w", err)
+	}
+	defer resp.Body.Close()
+
+	ka := defaultKeepAlive
+	if ms, err := strconv.ParseInt(resp.Header.Get(wire.HeaderKeepAlive), 10, 64); err == nil && ms > 0 {
+		ka = time.Duration(ms) * time.Millisecond
+	}
+	dead := 2 * ka
+	var silentMu sync.Mutex
+	silent := false
+	timer := time.AfterFunc(dead, func() {
+		silentMu.Lock()
+		silent = true
+		silentMu.Unlock()
+		cancel()
+	})
+	defer timer.Stop()
+
+	got := false
+	for {
+		mr, err := readFrame(resp.Body, c.priv, mk)
+		if err != nil {
+			silentMu.Lock()
+			wasSilent := silent
+			silentMu.Unlock()
+			switch {
+			case wasSilent:
+				return got, fmt.Errorf("coordclient: map stream silent for %v", dead)
+			case errors.Is(err, io.EOF):
+				if t := resp.Trailer.Get(wire.TrailerError); t != "" {
+					return got, fmt.Errorf("coordclient: map stream: %w", errorFromTrailer(t))
+				}
+				return got, fmt.Errorf("coordclient: map stream ended: %w", err)
+			case errors.Is(err, ErrBadResponse):
+				return got, fmt.Errorf("coordclient: map stream: %w", err)
+			}
+			return got, fmt.Errorf("%w: map stream: %w", ErrUnreachable, err)
+		}
+		timer.Reset(dead)
+		first := !got
+		if first {
+			got = true
+			if c.onConn != nil {
+				c.onConn(true)
+			}
+		}
+		onResponse(mr, first)
+	}
+}

@@ -1,0 +1,404 @@
+package scalebench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"beam.dev/beam/coordclient"
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// progressEvery is how often the waits log their progress.
+const progressEvery = 5 * time.Second
+
+// FleetOptions configures a Fleet.
+type FleetOptions struct {
+	// URL is the coordinator's base URL. Required.
+	URL string
+	// N is the number of nodes, at least 2. Required.
+	N int
+	// Sources is how many loopback source addresses (127.0.0.1, .2, ...)
+	// the nodes connect from, so that no one address reaches the
+	// coordinator's per-client connection cap (a quarter of its
+	// connection limit). Zero means one per 1,000 nodes.
+	Sources int
+	// Logger receives the progress of waits every few seconds; nil
+	// discards it.
+	Logger *slog.Logger
+}
+
+// Fleet is N fake nodes of one network. Node 0 is the one whose changes
+// Change measures.
+//
+// Each node's map stream runs on its own goroutine, which alone touches
+// that node's state; the fleet-wide counters they move are atomic, and
+// every move pokes the fleet so that the wait methods recheck them.
+type Fleet struct {
+	n       int
+	nodes   []*fakeNode
+	index   map[key.NodePublic]int // read-only after NewFleet
+	changer key.NodePublic
+	poked   chan struct{} // cap 1: a counter moved
+	logger  *slog.Logger
+
+	cur      atomic.Pointer[epoch]
+	mark     atomic.Int64 // the endpoint port of the change in flight; 0 for none
+	markSeen atomic.Int64 // nodes that have seen the change in flight
+	badFulls atomic.Int64 // full maps without every other node as a peer
+	badFull  atomic.Pointer[string]
+	runErr   atomic.Pointer[error] // the first error that ended a node's stream for good
+
+	cancel context.CancelFunc // ends the streams; set by Stream
+	wg     sync.WaitGroup     // the streams
+}
+
+// epoch is one generation of streams: the first ones, then the ones after
+// each restart of the coordinator.
+type epoch struct {
+	full    atomic.Int64 // nodes whose stream has delivered a full map in this epoch
+	settled atomic.Int64 // of those, nodes that see all N-1 peers online
+}
+
+// fakeNode is one node. Apart from the client and its byte counter, its
+// fields belong to the goroutine that runs its stream.
+type fakeNode struct {
+	f      *Fleet
+	i      int
+	name   string
+	client *coordclient.Client
+	hc     *http.Client
+	read   atomic.Int64 // bytes read from the coordinator, on every connection
+
+	fullIn    *epoch // the epoch of the last full map
+	settledIn *epoch // the epoch this node is counted settled in, or nil
+	online    []uint64
+	nOnline   int
+	lastMark  int64
+}
+
+// NewFleet makes the nodes' keys and clients. It does no I/O.
+func NewFleet(opts FleetOptions) (*Fleet, error) {
+	if opts.URL == "" || opts.N < 2 {
+		return nil, errors.New("scalebench: FleetOptions.URL and N >= 2 are required")
+	}
+	sources := opts.Sources
+	if sources <= 0 {
+		sources = (opts.N + 999) / 1000
+	}
+	sources = min(sources, 250)
+	f := &Fleet{
+		n:      opts.N,
+		nodes:  make([]*fakeNode, opts.N),
+		index:  make(map[key.NodePublic]int, opts.N),
+		poked:  make(chan struct{}, 1),
+		logger: opts.Logger,
+	}
+	if f.logger == nil {
+		f.logger = slog.New(slog.DiscardHandler)
+	}
+	f.cur.Store(&epoch{})
+	for i := range f.nodes {
+		nd := &fakeNode{f: f, i: i, name: fmt.Sprintf("n%d", i), online: make([]uint64, (opts.N+63)/64)}
+		src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i%sources))}
+		dialer := &net.Dialer{LocalAddr: src}
+		nd.hc = &http.Client{Transport: &http.Transport{
+			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				c, err := dialer.DialContext(ctx, network, addr)
+				if err != nil {
+					return nil, err
+				}
+				return &countingConn{Conn: c, n: &nd.read}, nil
+			},
+			MaxIdleConnsPerHost: 2,
+			DisableCompression:  true,
+		}}
+		priv := key.NewNode()
+		c, err := coordclient.New(coordclient.Options{
+			ServerURL:   opts.URL,
+			PrivateKey:  priv,
+			DiscoKey:    key.NewDisco().Public(),
+			HTTPClient:  nd.hc,
+			OnConnState: nd.onConnState,
+		})
+		if err != nil {
+			return nil, err
+		}
+		nd.client = c
+		f.nodes[i] = nd
+		f.index[c.NodeKey()] = i
+	}
+	f.changer = f.nodes[0].client.NodeKey()
+	return f, nil
+}
+
+// N is the number of nodes.
+func (f *Fleet) N() int { return f.n }
+
+// Register registers every node with authKey, parallel at a time, and
+// returns how long it took.
+func (f *Fleet) Register(ctx context.Context, authKey string, parallel int) (time.Duration, error) {
+	start := time.Now()
+	work := make(chan *fakeNode)
+	errc := make(chan error, 1)
+	var wg sync.WaitGroup
+	for range max(parallel, 1) {
+		wg.Go(func() {
+			for nd := range work {
+				if _, err := nd.client.Register(ctx, coordclient.RegisterParams{AuthKey: authKey, Hostname: nd.name, OS: "linux"}); err != nil {
+					select {
+					case errc <- fmt.Errorf("scalebench: register %s: %w", nd.name, err):
+					default:
+					}
+				}
+			}
+		})
+	}
+	func() {
+		defer close(work)
+		for _, nd := range f.nodes {
+			select {
+			case work <- nd:
+			case err := <-errc:
+				errc <- err
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return 0, err
+	default:
+	}
+	if ctx.Err() != nil {
+		return 0, fmt.Errorf("scalebench: register: %w", ctx.Err())
+	}
+	return time.Since(start), nil
+}
+
+// Stream opens every node's map stream at once; each reconnects as a
+// real node does (coordclient's backoff) until Close.
+func (f *Fleet) Stream() {
+	ctx, cancel := context.WithCancel(context.Background())
+	f.cancel = cancel
+	for _, nd := range f.nodes {
+		f.wg.Go(func() {
+			err := nd.client.RunResponses(ctx, nd.onResponse)
+			if err != nil && ctx.Err() == nil {
+				err = fmt.Errorf("scalebench: %s: %w", nd.name, err)
+				f.runErr.CompareAndSwap(nil, &err)
+				f.poke()
+			}
+		})
+	}
+}
+
+// Close ends the streams and waits for them.
+func (f *Fleet) Close() {
+	if f.cancel != nil {
+		f.cancel()
+	}
+	f.wg.Wait()
+	for _, nd := range f.nodes {
+		nd.hc.CloseIdleConnections()
+	}
+}
+
+// NextEpoch starts counting full maps and settled nodes afresh, for the
+// streams that follow a restart of the coordinator.
+func (f *Fleet) NextEpoch() {
+	f.cur.Store(&epoch{})
+	f.poke()
+}
+
+// WaitFullMaps waits until every node's stream has delivered a full map
+// in the current epoch, each with every other node as a peer.
+func (f *Fleet) WaitFullMaps(ctx context.Context) error {
+	ep := f.cur.Load()
+	if err := f.waitFor(ctx, "full maps", func() int64 { return ep.full.Load() }, int64(f.n)); err != nil {
+		return err
+	}
+	if n := f.badFulls.Load(); n > 0 {
+		return fmt.Errorf("scalebench: %d full maps lacked peers, such as %s", n, *f.badFull.Load())
+	}
+	return nil
+}
+
+// WaitSettled waits until every node has a full map of the current epoch
+// and sees all its peers online.
+func (f *Fleet) WaitSettled(ctx context.Context) error {
+	ep := f.cur.Load()
+	return f.waitFor(ctx, "nodes that see every peer online", func() int64 { return ep.settled.Load() }, int64(f.n))
+}
+
+// Change gives node 0 a new endpoint (port) and waits until every other
+// node's stream has delivered it. It returns the time from the change
+// (SetEndpoints, which sends it after coordclient's short coalescing
+// delay) until the last node had it, and the bytes each other node read
+// from the coordinator in that time, on average. port must differ from
+// the last change's.
+func (f *Fleet) Change(ctx context.Context, port uint16) (time.Duration, float64, error) {
+	before := f.otherBytes()
+	f.markSeen.Store(0)
+	f.mark.Store(int64(port))
+	start := time.Now()
+	f.nodes[0].client.SetEndpoints([]netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("198.51.100.7"), port)}, 0)
+	err := f.waitFor(ctx, "nodes that saw the change", func() int64 { return f.markSeen.Load() }, int64(f.n-1))
+	took := time.Since(start)
+	f.mark.Store(0)
+	if err != nil {
+		return 0, 0, err
+	}
+	return took, float64(f.otherBytes()-before) / float64(f.n-1), nil
+}
+
+// otherBytes is what every node but node 0 has read so far.
+func (f *Fleet) otherBytes() int64 {
+	var sum int64
+	for _, nd := range f.nodes[1:] {
+		sum += nd.read.Load()
+	}
+	return sum
+}
+
+func (f *Fleet) poke() {
+	select {
+	case f.poked <- struct{}{}:
+	default:
+	}
+}
+
+// waitFor waits until count() reaches want, a node's stream fails for
+// good, or ctx is done.
+func (f *Fleet) waitFor(ctx context.Context, what string, count func() int64, want int64) error {
+	progress := time.NewTicker(progressEvery)
+	defer progress.Stop()
+	start := time.Now()
+	for {
+		if p := f.runErr.Load(); p != nil {
+			return *p
+		}
+		got := count()
+		if got >= want {
+			return nil
+		}
+		select {
+		case <-f.poked:
+		case <-progress.C:
+			f.logger.Info("waiting", "for", what, "have", got, "want", want, "since", time.Since(start).Round(time.Millisecond))
+		case <-ctx.Done():
+			return fmt.Errorf("scalebench: %s: %d of %d: %w", what, count(), want, ctx.Err())
+		}
+	}
+}
+
+// onConnState runs on the node's stream goroutine.
+func (nd *fakeNode) onConnState(connected bool) {
+	if !connected {
+		nd.resettle(false)
+	}
+}
+
+// onResponse takes one decoded frame of the node's stream.
+func (nd *fakeNode) onResponse(resp *wire.MapResponse, first bool) {
+	f := nd.f
+	if resp.Peers != nil || first {
+		clear(nd.online)
+		nd.nOnline = 0
+		for _, p := range resp.Peers {
+			nd.setPeer(p.Key, p.Online)
+		}
+	}
+	if first {
+		ep := f.cur.Load()
+		if len(resp.Peers) != f.n-1 {
+			msg := fmt.Sprintf("%s: %d peers, want %d", nd.name, len(resp.Peers), f.n-1)
+			f.badFull.CompareAndSwap(nil, &msg)
+			f.badFulls.Add(1)
+		}
+		if nd.fullIn != ep {
+			nd.fullIn = ep
+			ep.full.Add(1)
+			f.poke()
+		}
+	}
+	mark := f.mark.Load()
+	for _, p := range resp.PeersChanged {
+		nd.setPeer(p.Key, p.Online)
+		if mark != 0 && p.Key == f.changer && nd.lastMark != mark {
+			for _, ep := range p.Endpoints {
+				if int64(ep.Port()) == mark {
+					nd.lastMark = mark
+					f.markSeen.Add(1)
+					f.poke()
+					break
+				}
+			}
+		}
+	}
+	for _, k := range resp.PeersRemoved {
+		nd.setPeer(k, false)
+	}
+	for k, on := range resp.PeersOnline {
+		nd.setPeer(k, on)
+	}
+	nd.resettle(true)
+}
+
+// setPeer records peer k's online state.
+func (nd *fakeNode) setPeer(k key.NodePublic, on bool) {
+	i, ok := nd.f.index[k]
+	if !ok {
+		return
+	}
+	w, bit := i/64, uint64(1)<<(i%64)
+	was := nd.online[w]&bit != 0
+	switch {
+	case on && !was:
+		nd.online[w] |= bit
+		nd.nOnline++
+	case !on && was:
+		nd.online[w] &^= bit
+		nd.nOnline--
+	}
+}
+
+// resettle moves the node in or out of its epoch's settled count;
+// streaming false means its stream just ended.
+func (nd *fakeNode) resettle(streaming bool) {
+	f := nd.f
+	settled := streaming && nd.fullIn == f.cur.Load() && nd.nOnline == f.n-1
+	if nd.settledIn != nil && (!settled || nd.settledIn != nd.fullIn) {
+		nd.settledIn.settled.Add(-1)
+		nd.settledIn = nil
+		f.poke()
+	}
+	if settled && nd.settledIn == nil {
+		nd.settledIn = nd.fullIn
+		nd.settledIn.settled.Add(1)
+		f.poke()
+	}
+}
+
+// countingConn counts the bytes read from it.
+type countingConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	c.n.Add(int64(n))
+	return n, err
+}

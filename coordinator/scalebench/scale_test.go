@@ -1,0 +1,155 @@
+package scalebench
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	buildOnce sync.Once
+	beamBin   string
+	buildErr  error
+)
+
+// beam builds the beam binary once per test process.
+func beam(tb testing.TB) string {
+	tb.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "beam-scalebench-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		beamBin, buildErr = BuildBeam(context.Background(), dir)
+	})
+	if buildErr != nil {
+		tb.Fatal(buildErr)
+	}
+	return beamBin
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if beamBin != "" {
+		os.RemoveAll(strings.TrimSuffix(beamBin, "/beam"))
+	}
+	os.Exit(code)
+}
+
+// TestScaleSmoke runs the benchmark's scenario with 200 nodes: the
+// coordinator process, registration, every stream's full map, one
+// endpoint change reaching all 199 others, and a restart that every node
+// settles on again.
+func TestScaleSmoke(t *testing.T) {
+	const n = 200
+	res, err := Scenario{Bin: beam(t), Dir: t.TempDir(), N: n, Changes: 1, Restart: true,
+		PhaseTimeout: 60 * time.Second, Logger: testLogger(t)}.Run(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Changes) != 1 || res.Changes[0] <= 0 {
+		t.Errorf("changes = %v, want one positive duration", res.Changes)
+	}
+	// A change is one peer's record, sealed and framed: far more than
+	// nothing and far less than a full map of 199 peers (about 300 bytes
+	// each).
+	if b := res.BytesPerNodePerChange; b < 100 || b > 20000 {
+		t.Errorf("bytes per node per change = %.0f, want 100..20000", b)
+	}
+	if res.RSS == 0 || res.CPU <= 0 {
+		t.Errorf("coordinator usage = %v CPU, %d RSS; want both positive", res.CPU, res.RSS)
+	}
+	if res.RestartSettled <= 0 {
+		t.Errorf("restart settled in %v, want a positive duration", res.RestartSettled)
+	}
+	t.Logf("n=%d register %v (%.0f/s), full maps %v, settled %v, change %v, %.0f B/node/change, cpu %v, rss %d MiB, restart %v",
+		n, res.Register, res.RegisterRate(), res.FullMaps, res.Settled, res.Changes, res.BytesPerNodePerChange, res.CPU, res.RSS>>20, res.RestartSettled)
+}
+
+// BenchmarkCoordinatorScale measures the coordinator, running as the real
+// beam coordinator process on SQLite, with N fake nodes streaming from it
+// over loopback HTTP (see the package doc). Per size it reports:
+//
+//	reg-nodes/s        registrations per second (16 at a time)
+//	fullmap-s          from opening all N streams at once until every one
+//	                   has delivered its full map
+//	settle-s           until, in addition, every node sees all peers online
+//	change-s           median time for one node's endpoint change to reach
+//	                   all N-1 others (3 changes)
+//	bytes/node/change  bytes each other node read for one change
+//	cpu-s              coordinator CPU seconds from start through the changes
+//	rss-MB, peak-rss-MB  coordinator VmRSS then, and VmHWM
+//	restart-settle-s   from killing the coordinator and starting it again on
+//	                   the same data until every node has a new full map
+//	                   and sees all peers online (nodes reconnect with
+//	                   coordclient's jittered backoff)
+//
+// The sizes come from BEAM_SCALE_NODES (comma-separated; default 1000,
+// which takes about a minute). The growth series:
+//
+//	BEAM_SCALE_NODES=1000,5000,10000 go test -run '^$' -bench CoordinatorScale -benchtime 1x -timeout 3h ./coordinator/scalebench/
+//
+// The coordinator is killed, failing the run, if its RSS passes
+// BEAM_SCALE_MAX_RSS_MB (default 6144). BEAM_SCALE_COORD_ARGS adds flags
+// to beam coordinator (space-separated), for example
+// "--debug-addr 127.0.0.1:6061" to take pprof profiles during a run.
+func BenchmarkCoordinatorScale(b *testing.B) {
+	sizes := []int{1000}
+	if s := os.Getenv("BEAM_SCALE_NODES"); s != "" {
+		sizes = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 2 {
+				b.Fatalf("BEAM_SCALE_NODES=%q: want comma-separated node counts >= 2", s)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	var maxRSS uint64
+	if s := os.Getenv("BEAM_SCALE_MAX_RSS_MB"); s != "" {
+		mb, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			b.Fatalf("BEAM_SCALE_MAX_RSS_MB=%q: %v", s, err)
+		}
+		maxRSS = mb << 20
+	}
+	args := strings.Fields(os.Getenv("BEAM_SCALE_COORD_ARGS"))
+	bin := beam(b)
+	for _, n := range sizes {
+		b.Run("nodes="+strconv.Itoa(n), func(b *testing.B) {
+			for b.Loop() {
+				res, err := Scenario{Bin: bin, Dir: b.TempDir(), N: n, Args: args, Restart: true, MaxRSS: maxRSS, Logger: testLogger(b)}.Run(b.Context())
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(res.RegisterRate(), "reg-nodes/s")
+				b.ReportMetric(res.FullMaps.Seconds(), "fullmap-s")
+				b.ReportMetric(res.Settled.Seconds(), "settle-s")
+				b.ReportMetric(res.MedianChange().Seconds(), "change-s")
+				b.ReportMetric(res.BytesPerNodePerChange, "bytes/node/change")
+				b.ReportMetric(res.CPU.Seconds(), "cpu-s")
+				b.ReportMetric(float64(res.RSS)/(1<<20), "rss-MB")
+				b.ReportMetric(float64(res.PeakRSS)/(1<<20), "peak-rss-MB")
+				b.ReportMetric(res.RestartSettled.Seconds(), "restart-settle-s")
+			}
+		})
+	}
+}
+
+// testLogger logs progress through tb.
+func testLogger(tb testing.TB) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tbWriter{tb}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type tbWriter struct{ tb testing.TB }
+
+func (w tbWriter) Write(p []byte) (int, error) {
+	w.tb.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}

@@ -1,0 +1,202 @@
+package scalebench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+)
+
+// Scenario is one measured run: a coordinator process with N streaming
+// nodes, from registration to a restart.
+type Scenario struct {
+	// Bin is the beam binary (BuildBeam). Required.
+	Bin string
+	// Dir is an empty temporary directory for the coordinator's data and
+	// log. Required.
+	Dir string
+	// N is the number of nodes, at least 2.
+	N int
+	// Args are extra flags of beam coordinator, such as --debug-addr
+	// to profile it.
+	Args []string
+	// Changes is how many endpoint changes of one node to time; zero
+	// means 3.
+	Changes int
+	// Restart, if set, ends the run by killing the coordinator and
+	// timing how long the nodes take to settle on a new one started on
+	// the same data.
+	Restart bool
+	// MaxRSS kills the coordinator, failing the run, if its RSS passes
+	// this many bytes; zero means 6 GiB.
+	MaxRSS uint64
+	// PhaseTimeout bounds each phase (registration, full maps, settling,
+	// one change, the restart); zero means 2 minutes plus 60 ms a node.
+	PhaseTimeout time.Duration
+	// Logger receives progress lines; nil discards them.
+	Logger *slog.Logger
+}
+
+// Result is what a Scenario measured.
+type Result struct {
+	// N is the number of nodes.
+	N int
+	// Register is how long registering all N took (16 at a time).
+	Register time.Duration
+	// FullMaps is the time from opening all N streams at once until
+	// every stream had delivered its full map; Settled until, in
+	// addition, every node saw all its peers online (the online deltas
+	// of that burst delivered).
+	FullMaps, Settled time.Duration
+	// Changes are the times for one node's endpoint change to reach the
+	// other N-1, one per change.
+	Changes []time.Duration
+	// BytesPerNodePerChange is what each other node read from the
+	// coordinator for one change, averaged over nodes and changes.
+	BytesPerNodePerChange float64
+	// CPU is the coordinator's CPU time from its start through the
+	// changes; RSS its resident set then and PeakRSS its high-water mark.
+	CPU          time.Duration
+	RSS, PeakRSS uint64
+	// RestartSettled is the time from killing the coordinator (and
+	// starting it again at once) until every node had a full map from
+	// the new process and saw all its peers online; zero if not
+	// Scenario.Restart.
+	RestartSettled time.Duration
+}
+
+// RegisterRate is registrations per second.
+func (r *Result) RegisterRate() float64 { return float64(r.N) / r.Register.Seconds() }
+
+// MedianChange is the median of Changes.
+func (r *Result) MedianChange() time.Duration {
+	if len(r.Changes) == 0 {
+		return 0
+	}
+	c := slices.Clone(r.Changes)
+	slices.Sort(c)
+	return c[len(c)/2]
+}
+
+// Run runs the scenario. It raises the process's open files limit, and
+// always stops what it started.
+func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
+	if sc.Bin == "" || sc.Dir == "" || sc.N < 2 {
+		return nil, errors.New("scalebench: Scenario.Bin, Dir and N >= 2 are required")
+	}
+	if sc.Changes <= 0 {
+		sc.Changes = 3
+	}
+	if sc.MaxRSS == 0 {
+		sc.MaxRSS = 6 << 30
+	}
+	if sc.PhaseTimeout <= 0 {
+		sc.PhaseTimeout = 2*time.Minute + time.Duration(sc.N)*60*time.Millisecond
+	}
+	log := sc.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if _, err := RaiseFileLimit(); err != nil {
+		return nil, err
+	}
+	coord, err := NewCoordinator(CoordinatorOptions{Bin: sc.Bin, Dir: sc.Dir, Args: sc.Args})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var overRSS uint64
+	stopWatch := coord.Watch(sc.MaxRSS, 250*time.Millisecond, func(rss uint64) {
+		overRSS = rss
+		cancel()
+	})
+	defer func() {
+		stopWatch()
+		if overRSS != 0 {
+			err = fmt.Errorf("scalebench: coordinator RSS %d MiB passed the limit of %d MiB; killed it", overRSS>>20, sc.MaxRSS>>20)
+		}
+		if err != nil {
+			err = fmt.Errorf("%w\ncoordinator log tail:\n%s", err, coord.LogTail(3000))
+		}
+	}()
+	defer coord.Stop()
+	phase := func(f func(ctx context.Context) error) error {
+		pctx, pcancel := context.WithTimeout(ctx, sc.PhaseTimeout)
+		defer pcancel()
+		return f(pctx)
+	}
+
+	res = &Result{N: sc.N}
+	if err := phase(coord.Start); err != nil {
+		return nil, err
+	}
+	ak, err := coord.AuthKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	fleet, err := NewFleet(FleetOptions{URL: coord.URL, N: sc.N, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	defer fleet.Close()
+
+	if err := phase(func(ctx context.Context) (err error) {
+		res.Register, err = fleet.Register(ctx, ak, 16)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	log.Info("registered", "nodes", sc.N, "took", res.Register, "per_s", res.RegisterRate())
+
+	start := time.Now()
+	fleet.Stream()
+	if err := phase(fleet.WaitFullMaps); err != nil {
+		return nil, err
+	}
+	res.FullMaps = time.Since(start)
+	log.Info("full maps", "took", res.FullMaps)
+	if err := phase(fleet.WaitSettled); err != nil {
+		return nil, err
+	}
+	res.Settled = time.Since(start)
+	log.Info("settled", "took", res.Settled)
+
+	var bytes float64
+	for i := range sc.Changes {
+		if err := phase(func(ctx context.Context) error {
+			took, b, err := fleet.Change(ctx, uint16(1001+i))
+			res.Changes = append(res.Changes, took)
+			bytes += b
+			return err
+		}); err != nil {
+			return nil, err
+		}
+	}
+	res.BytesPerNodePerChange = bytes / float64(sc.Changes)
+	log.Info("changes", "took", res.Changes, "bytes_per_node", res.BytesPerNodePerChange)
+
+	u, err := coord.Usage()
+	if err != nil {
+		return nil, err
+	}
+	res.CPU, res.RSS, res.PeakRSS = u.CPU, u.RSS, u.PeakRSS
+	log.Info("usage", "cpu", res.CPU, "rss_mib", res.RSS>>20, "peak_rss_mib", res.PeakRSS>>20)
+
+	if sc.Restart {
+		fleet.NextEpoch()
+		start := time.Now()
+		coord.Kill()
+		if err := phase(coord.Start); err != nil {
+			return nil, err
+		}
+		if err := phase(fleet.WaitSettled); err != nil {
+			return nil, err
+		}
+		res.RestartSettled = time.Since(start)
+		log.Info("restart settled", "took", res.RestartSettled)
+	}
+	return res, nil
+}
