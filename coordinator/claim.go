@@ -37,24 +37,24 @@ const maxDefaultNames = 9
 
 // claim finds the host for req from node self (key nk) and checks that
 // the node may publish there. es.changeMu held.
-func (s *Server) claim(self *NodeRecord, nk key.NodePublic, req *wire.ExposeRequest) (claim, *apiError) {
+func (es *edgeRoutes) claim(self *NodeRecord, nk key.NodePublic, req *wire.ExposeRequest) (claim, *apiError) {
 	custom := req.CustomDomain != ""
 	var hosts []string
 	switch {
 	case custom:
-		h, aerr := s.customHost(req.CustomDomain)
+		h, aerr := es.customHost(req.CustomDomain)
 		if aerr != nil {
 			return claim{}, aerr
 		}
 		hosts = []string{h}
 	case req.Name != "":
-		h, aerr := s.publicHost(req.Name)
+		h, aerr := es.publicHost(req.Name)
 		if aerr != nil {
 			return claim{}, aerr
 		}
 		hosts = []string{h}
 	default:
-		h, aerr := s.publicHost(self.Node.Name)
+		h, aerr := es.publicHost(self.Node.Name)
 		if aerr != nil {
 			return claim{}, aerr
 		}
@@ -62,13 +62,13 @@ func (s *Server) claim(self *NodeRecord, nk key.NodePublic, req *wire.ExposeRequ
 		label, _, _ := strings.Cut(h, ".")
 		for i := 2; i <= maxDefaultNames; i++ {
 			if l := fmt.Sprintf("%s-%d", label, i); len(l) <= 63 {
-				hosts = append(hosts, l+"."+s.edge.cfg.domain)
+				hosts = append(hosts, l+"."+es.cfg.domain)
 			}
 		}
 	}
 	var first *apiError
 	for _, host := range hosts {
-		c, aerr := s.claimHost(self, nk, host, custom, req)
+		c, aerr := es.claimHost(self, nk, host, custom, req)
 		if aerr == nil {
 			return c, nil
 		}
@@ -84,7 +84,8 @@ func (s *Server) claim(self *NodeRecord, nk key.NodePublic, req *wire.ExposeRequ
 }
 
 // claimHost checks that node self (key nk) may publish req under host.
-func (s *Server) claimHost(self *NodeRecord, nk key.NodePublic, host string, custom bool, req *wire.ExposeRequest) (claim, *apiError) {
+func (es *edgeRoutes) claimHost(self *NodeRecord, nk key.NodePublic, host string, custom bool, req *wire.ExposeRequest) (claim, *apiError) {
+	s := es.core
 	// The policy's expose section says who may publish which names.
 	policyName := host
 	if !custom {
@@ -95,9 +96,11 @@ func (s *Server) claimHost(self *NodeRecord, nk key.NodePublic, host string, cus
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	es.mu.Lock() // nothing below takes a lock
+	defer es.mu.Unlock()
 	c := claim{host: host}
 	var others []*memRoute
-	for _, r := range s.edge.routes {
+	for _, r := range es.routes {
 		if r.Host != host {
 			continue
 		}
@@ -122,7 +125,7 @@ func (s *Server) claimHost(self *NodeRecord, nk key.NodePublic, host string, cus
 	// The device tells its http and tcp routes apart by port: one port,
 	// one upstream.
 	forwards := func(proto string) bool { return proto == "http" || proto == "tcp" }
-	for _, r := range s.edge.byNode[nk] {
+	for _, r := range es.byNode[nk] {
 		if r.Port == req.Port && forwards(r.Proto) && forwards(req.Proto) && r.Upstream != req.Upstream && r != c.same {
 			return claim{}, errorf(http.StatusConflict, wire.CodeNameTaken,
 				"port %d of this device already forwards %s to %s; stop that route first or use another port", r.Port, r.Host, upstreamOrLocal(r.Upstream, r.Port))
@@ -130,7 +133,7 @@ func (s *Server) claimHost(self *NodeRecord, nk key.NodePublic, host string, cus
 	}
 	slices.SortFunc(others, func(a, b *memRoute) int { return int(a.ID - b.ID) })
 	for _, o := range others {
-		owner, ownerNode := s.describeNodeLocked(o.node)
+		owner, ownerNode := es.describeNodeLocked(o.node)
 		switch {
 		case !req.Pool:
 			return claim{}, errorf(http.StatusConflict, wire.CodeNameTaken,
@@ -160,8 +163,8 @@ func upstreamOrLocal(upstream string, port uint16) string {
 
 // describeNodeLocked names node k for an error message: "node web (user
 // alice)", "node db (tag:db)". Server.mu held.
-func (s *Server) describeNodeLocked(k key.NodePublic) (string, *wire.Node) {
-	e := s.nodes[k]
+func (es *edgeRoutes) describeNodeLocked(k key.NodePublic) (string, *wire.Node) {
+	e := es.core.nodes[k]
 	if e == nil {
 		return "another node", nil
 	}

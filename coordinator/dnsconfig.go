@@ -130,6 +130,12 @@ func (s *Server) DNSSettings() *wire.DNSSettings { return cloneDNSSettings(s.edg
 
 // SetDNSSettings validates d, stores it and sends it to every node.
 func (s *Server) SetDNSSettings(ctx context.Context, d *wire.DNSSettings) error {
+	return s.edge.setDNSSettings(ctx, d)
+}
+
+// setDNSSettings is Server.SetDNSSettings.
+func (es *edgeRoutes) setDNSSettings(ctx context.Context, d *wire.DNSSettings) error {
+	s := es.core
 	if d == nil {
 		d = &wire.DNSSettings{}
 	}
@@ -138,14 +144,16 @@ func (s *Server) SetDNSSettings(ctx context.Context, d *wire.DNSSettings) error 
 	}
 	d = cloneDNSSettings(d)
 	normalizeDNSSettings(d)
-	s.edge.changeMu.Lock()
-	defer s.edge.changeMu.Unlock()
-	if err := s.storeDNSSettings(ctx, d); err != nil {
+	es.changeMu.Lock()
+	defer es.changeMu.Unlock()
+	if err := es.storeDNSSettings(ctx, d); err != nil {
 		return err
 	}
-	s.edge.dns.Store(d)
+	es.dns.Store(d)
+	es.mu.Lock()
+	es.dnsGen++
+	es.mu.Unlock()
 	s.mu.Lock()
-	s.edge.dnsGen++
 	for _, ss := range s.sessions {
 		ss.poke()
 	}
@@ -155,20 +163,20 @@ func (s *Server) SetDNSSettings(ctx context.Context, d *wire.DNSSettings) error 
 	return nil
 }
 
-func (s *Server) storeDNSSettings(ctx context.Context, d *wire.DNSSettings) error {
+func (es *edgeRoutes) storeDNSSettings(ctx context.Context, d *wire.DNSSettings) error {
 	b, err := json.Marshal(d)
 	if err != nil {
 		return fmt.Errorf("coordinator: encode DNS settings: %w", err)
 	}
-	if err := s.store.SetSetting(ctx, dnsSetting, b); err != nil {
+	if err := es.core.store.SetSetting(ctx, dnsSetting, b); err != nil {
 		return fmt.Errorf("coordinator: store DNS settings: %w", err)
 	}
 	return nil
 }
 
 // withDNSSettings adds the operator's DNS settings to a network's config.
-func (s *Server) withDNSSettings(c *wire.DNSConfig) *wire.DNSConfig {
-	d := s.edge.dns.Load()
+func (es *edgeRoutes) withDNSSettings(c *wire.DNSConfig) *wire.DNSConfig {
+	d := es.dns.Load()
 	c.Nameservers = slices.Clone(d.Nameservers)
 	c.ExtraRecords = slices.Clone(d.ExtraRecords)
 	if len(d.Routes) > 0 {
@@ -218,18 +226,19 @@ func checkTXTValues(values []string) *apiError {
 // SetTXT sets (or, with no values, deletes) the TXT records of name in the
 // public zone. It fails if the Server has no Zone.
 func (s *Server) SetTXT(ctx context.Context, name string, values []string) error {
-	return s.setTXT(ctx, actorAdmin, name, values)
+	return s.edge.setTXT(ctx, actorAdmin, name, values)
 }
 
-func (s *Server) setTXT(ctx context.Context, actor, name string, values []string) error {
-	z := s.edge.cfg.zone
+func (es *edgeRoutes) setTXT(ctx context.Context, actor, name string, values []string) error {
+	s := es.core
+	z := es.cfg.zone
 	if z == nil {
 		return errorf(http.StatusNotImplemented, wire.CodeNoZone, "no public DNS zone is configured")
 	}
 	if aerr := checkTXTValues(values); aerr != nil {
 		return aerr
 	}
-	name = s.zoneTXTName(strings.ToLower(strings.TrimSuffix(name, ".")))
+	name = es.zoneTXTName(strings.ToLower(strings.TrimSuffix(name, ".")))
 	var err error
 	if len(values) == 0 {
 		err = z.DeleteTXT(name)
@@ -253,8 +262,8 @@ func (s *Server) setTXT(ctx context.Context, actor, name string, values []string
 // the edge domain (a custom domain, which the zone cannot serve) is stored
 // at ACMEChallengeCNAME(HOST), where the custom domain's owner points it
 // by a CNAME. Callers have checked that the actor may set name.
-func (s *Server) zoneTXTName(name string) string {
-	d := s.edge.cfg.domain
+func (es *edgeRoutes) zoneTXTName(name string) string {
+	d := es.cfg.domain
 	host, ok := strings.CutPrefix(name, "_acme-challenge.")
 	if !ok || d == "" || host == d || strings.HasSuffix(host, "."+d) {
 		return name
@@ -267,18 +276,20 @@ func (s *Server) zoneTXTName(name string) string {
 
 // txtNameAllowedLocked reports whether an edge may set TXT name: an
 // _acme-challenge name of the edge domain, a name under it, or a
-// verified custom domain. Server.mu held.
-func (s *Server) txtNameAllowedLocked(name string) bool {
+// verified custom domain.
+func (es *edgeRoutes) txtNameAllowed(name string) bool {
 	rest, ok := strings.CutPrefix(name, "_acme-challenge.")
 	if !ok {
 		return false
 	}
-	d := s.edge.cfg.domain
+	d := es.cfg.domain
 	if d != "" && (rest == d || strings.HasSuffix(rest, "."+d)) {
 		label := strings.TrimSuffix(strings.TrimSuffix(rest, d), ".")
 		return label == "" || isLabel(label)
 	}
-	for _, dom := range s.edge.domains {
+	es.mu.Lock()
+	defer es.mu.Unlock()
+	for _, dom := range es.domains {
 		if dom.Domain == rest && !dom.VerifiedAt.IsZero() {
 			return true
 		}
@@ -286,7 +297,8 @@ func (s *Server) txtNameAllowedLocked(name string) bool {
 	return false
 }
 
-func (s *Server) handleTXT(w http.ResponseWriter, r *http.Request) {
+func (es *edgeRoutes) handleTXT(w http.ResponseWriter, r *http.Request) {
+	s := es.core
 	var req wire.TXTRequest
 	nk, aerr := s.readRequest(w, r, &req, func() (key.NodePublic, time.Time) { return req.NodeKey, req.Timestamp })
 	if aerr != nil {
@@ -297,17 +309,20 @@ func (s *Server) handleTXT(w http.ResponseWriter, r *http.Request) {
 	now := s.now()
 	s.mu.Lock()
 	e := s.nodes[nk]
-	var isEdge, expired, allowed bool
+	var isEdge, expired bool
 	var nodeName string
 	if e != nil {
 		isEdge, expired, nodeName = e.rec.Node.Edge, e.rec.Node.Expired(now), e.rec.Node.Name
-		if isEdge {
-			allowed = s.txtNameAllowedLocked(name)
-		} else {
-			allowed = s.nodeTXTAllowedLocked(nk, name)
-		}
 	}
 	s.mu.Unlock()
+	var allowed bool
+	if e != nil {
+		if isEdge {
+			allowed = es.txtNameAllowed(name)
+		} else {
+			allowed = es.nodeTXTAllowed(nk, name)
+		}
+	}
 	switch {
 	case e == nil:
 		aerr = errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
@@ -319,7 +334,7 @@ func (s *Server) handleTXT(w http.ResponseWriter, r *http.Request) {
 		aerr = errorf(http.StatusForbidden, wire.CodeForbidden, "edges may set only _acme-challenge names of the edge domain or a verified custom domain, not %q", name)
 	}
 	if aerr == nil {
-		if err := s.setTXT(r.Context(), actorNode(nodeName), name, req.Values); err != nil {
+		if err := es.setTXT(r.Context(), actorNode(nodeName), name, req.Values); err != nil {
 			aerr = asAPIError(err)
 		}
 	}

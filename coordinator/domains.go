@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -47,14 +48,19 @@ const dnsCheckTimeout = 5 * time.Second
 // to a name under the edge domain that the network publishes. Once
 // verified, nodes of the network may expose the domain.
 func (s *Server) VerifyDomain(ctx context.Context, network, domain string) (*wire.DomainStatus, error) {
-	es := s.edge
+	return s.edge.verifyDomain(ctx, network, domain)
+}
+
+// verifyDomain is Server.VerifyDomain.
+func (es *edgeRoutes) verifyDomain(ctx context.Context, network, domain string) (*wire.DomainStatus, error) {
+	s := es.core
 	if es.cfg.domain == "" || es.domainStore == nil {
 		return nil, errEdgeDisabled
 	}
 	if network == "" {
 		network = DefaultNetwork
 	}
-	d, aerr := s.customHost(domain)
+	d, aerr := es.customHost(domain)
 	if aerr != nil {
 		return nil, fmt.Errorf("%w: %s", ErrInvalid, aerr.msg)
 	}
@@ -66,23 +72,23 @@ func (s *Server) VerifyDomain(ctx context.Context, network, domain string) (*wir
 	}
 	es.changeMu.Lock()
 	defer es.changeMu.Unlock()
-	dom, err := s.domainClaimLocked(ctx, n.ID, d)
+	dom, err := es.domainClaimLocked(ctx, n.ID, d)
 	if err != nil {
 		return nil, err
 	}
 	st := &wire.DomainStatus{Domain: d, Network: n.Name, TXTName: ChallengePrefix + d, Token: dom.Token}
 	setACMEChallenge(st, es.cfg.domain)
 	if dom.VerifiedAt.IsZero() {
-		st.Problem = s.checkProof(ctx, n.ID, dom)
+		st.Problem = es.checkProof(ctx, n.ID, dom)
 		if st.Problem == "" {
 			v := *dom
 			v.VerifiedAt = s.now()
 			if err := es.domainStore.PutDomain(ctx, &v); err != nil {
 				return nil, fmt.Errorf("coordinator: store domain: %w", err)
 			}
-			s.mu.Lock()
+			es.mu.Lock()
 			es.domains[domainKey{n.ID, d}] = &v
-			s.mu.Unlock()
+			es.mu.Unlock()
 			dom = &v
 			s.audit(ctx, actorAdmin, "domain.verify", d, "network "+n.Name)
 			s.logger.Info("custom domain verified", "domain", d, "network", n.Name)
@@ -101,31 +107,30 @@ func setACMEChallenge(st *wire.DomainStatus, edgeDomain string) {
 
 // domainClaimLocked returns network's claim on domain, creating it with
 // a new token. es.changeMu held.
-func (s *Server) domainClaimLocked(ctx context.Context, networkID int64, domain string) (*Domain, error) {
-	es := s.edge
+func (es *edgeRoutes) domainClaimLocked(ctx context.Context, networkID int64, domain string) (*Domain, error) {
 	k := domainKey{networkID, domain}
-	s.mu.Lock()
+	es.mu.Lock()
 	dom := es.domains[k]
-	s.mu.Unlock()
+	es.mu.Unlock()
 	if dom != nil {
 		return dom, nil
 	}
 	var tok [16]byte
 	rand.Read(tok[:])
-	dom = &Domain{NetworkID: networkID, Domain: domain, Token: "beam-verify-" + hex.EncodeToString(tok[:]), CreatedAt: s.now()}
+	dom = &Domain{NetworkID: networkID, Domain: domain, Token: "beam-verify-" + hex.EncodeToString(tok[:]), CreatedAt: es.core.now()}
 	if err := es.domainStore.PutDomain(ctx, dom); err != nil {
 		return nil, fmt.Errorf("coordinator: store domain: %w", err)
 	}
-	s.mu.Lock()
+	es.mu.Lock()
 	es.domains[k] = dom
-	s.mu.Unlock()
+	es.mu.Unlock()
 	return dom, nil
 }
 
 // checkProof looks for dom's proof in DNS and returns "" if it holds, or
 // what is missing.
-func (s *Server) checkProof(ctx context.Context, networkID int64, dom *Domain) string {
-	c := s.edge.cfg
+func (es *edgeRoutes) checkProof(ctx context.Context, networkID int64, dom *Domain) string {
+	c := es.cfg
 	ctx, cancel := context.WithTimeout(ctx, dnsCheckTimeout)
 	defer cancel()
 	txts, txtErr := c.lookupTXT(ctx, ChallengePrefix+dom.Domain)
@@ -137,15 +142,15 @@ func (s *Server) checkProof(ctx context.Context, networkID int64, dom *Domain) s
 	target, cnameErr := c.lookupCNAME(ctx, dom.Domain)
 	target = strings.ToLower(strings.TrimSuffix(target, "."))
 	if cnameErr == nil && strings.HasSuffix(target, "."+c.domain) {
-		s.mu.Lock()
+		es.mu.Lock()
 		owned := false
-		for _, r := range s.edge.routes {
+		for _, r := range es.routes {
 			if r.Host == target && r.NetworkID == networkID {
 				owned = true
 				break
 			}
 		}
-		s.mu.Unlock()
+		es.mu.Unlock()
 		if owned {
 			return ""
 		}
@@ -161,8 +166,9 @@ func (s *Server) checkProof(ctx context.Context, networkID int64, dom *Domain) s
 
 // requireVerified fails unless network proved control of domain; a
 // pending claim is checked again first. es.changeMu held.
-func (s *Server) requireVerified(ctx context.Context, networkID int64, domain string) *apiError {
-	dom, err := s.domainClaimLocked(ctx, networkID, domain)
+func (es *edgeRoutes) requireVerified(ctx context.Context, networkID int64, domain string) *apiError {
+	s := es.core
+	dom, err := es.domainClaimLocked(ctx, networkID, domain)
 	if err != nil {
 		s.logger.Error("domain claim", "domain", domain, "err", err)
 		return errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
@@ -170,35 +176,42 @@ func (s *Server) requireVerified(ctx context.Context, networkID int64, domain st
 	if !dom.VerifiedAt.IsZero() {
 		return nil
 	}
-	problem := s.checkProof(ctx, networkID, dom)
+	problem := es.checkProof(ctx, networkID, dom)
 	if problem != "" {
 		return errorf(http.StatusForbidden, wire.CodeDomainNotVerified, "custom domain %s is not verified: %s; then run beam admin domains verify %s", domain, problem, domain)
 	}
 	v := *dom
 	v.VerifiedAt = s.now()
-	if err := s.edge.domainStore.PutDomain(ctx, &v); err != nil {
+	if err := es.domainStore.PutDomain(ctx, &v); err != nil {
 		s.logger.Error("store domain", "domain", domain, "err", err)
 		return errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 	}
-	s.mu.Lock()
-	s.edge.domains[domainKey{networkID, domain}] = &v
-	s.mu.Unlock()
+	es.mu.Lock()
+	es.domains[domainKey{networkID, domain}] = &v
+	es.mu.Unlock()
 	s.audit(ctx, actorCoordinator, "domain.verify", domain, "checked on expose")
 	return nil
 }
 
 // Domains lists every custom domain claim.
-func (s *Server) Domains(ctx context.Context) []wire.DomainStatus {
+func (s *Server) Domains(ctx context.Context) []wire.DomainStatus { return s.edge.listDomains() }
+
+// listDomains is Server.Domains.
+func (es *edgeRoutes) listDomains() []wire.DomainStatus {
+	s := es.core
+	es.mu.Lock()
+	ds := slices.Collect(maps.Values(es.domains))
+	es.mu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]wire.DomainStatus, 0, len(s.edge.domains))
-	for _, d := range s.edge.domains {
+	out := make([]wire.DomainStatus, 0, len(ds))
+	for _, d := range ds {
 		st := wire.DomainStatus{Domain: d.Domain, TXTName: ChallengePrefix + d.Domain, Token: d.Token,
 			Verified: !d.VerifiedAt.IsZero(), VerifiedAt: d.VerifiedAt}
 		if n := s.networks[d.NetworkID]; n != nil {
 			st.Network = n.Name
 		}
-		setACMEChallenge(&st, s.edge.cfg.domain)
+		setACMEChallenge(&st, es.cfg.domain)
 		out = append(out, st)
 	}
 	slices.SortFunc(out, func(a, b wire.DomainStatus) int {

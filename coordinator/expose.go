@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -55,8 +56,8 @@ func isDomainName(d string) bool {
 
 // publicHost returns the public host for the label name (or a full name
 // under the edge domain), lower case: "app" -> "app.example.test".
-func (s *Server) publicHost(name string) (string, *apiError) {
-	d := s.edge.cfg.domain
+func (es *edgeRoutes) publicHost(name string) (string, *apiError) {
+	d := es.cfg.domain
 	n := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(name), "."))
 	if n == d || n == "" {
 		return "", errorf(http.StatusBadRequest, wire.CodeNameReserved, "the apex %s is reserved", d)
@@ -78,9 +79,10 @@ func (s *Server) publicHost(name string) (string, *apiError) {
 }
 
 // customHost checks a custom domain's form.
-func (s *Server) customHost(domain string) (string, *apiError) {
+func (es *edgeRoutes) customHost(domain string) (string, *apiError) {
 	d := strings.ToLower(strings.TrimSuffix(strings.TrimSpace(domain), "."))
-	edge := s.edge.cfg.domain
+	edge := es.cfg.domain
+	base := es.core.baseDomain
 	switch {
 	case strings.Contains(d, "*"):
 		return "", errorf(http.StatusBadRequest, wire.CodeNameInvalid, "wildcard domains are not allowed: %q", domain)
@@ -90,7 +92,7 @@ func (s *Server) customHost(domain string) (string, *apiError) {
 		return "", errorf(http.StatusBadRequest, wire.CodeNameInvalid, "custom domain %q is not a domain name", domain)
 	case d == edge || strings.HasSuffix(d, "."+edge):
 		return "", errorf(http.StatusBadRequest, wire.CodeNameInvalid, "%s is under the edge domain; pass its first label as the name instead", d)
-	case d == s.baseDomain || strings.HasSuffix(d, "."+s.baseDomain):
+	case d == base || strings.HasSuffix(d, "."+base):
 		return "", errorf(http.StatusBadRequest, wire.CodeNameInvalid, "%s is under the overlay domain", d)
 	}
 	return d, nil
@@ -153,8 +155,8 @@ func checkUpstream(req *wire.ExposeRequest) *apiError {
 }
 
 // routeURL is what users open for r.
-func (s *Server) routeURL(r *memRoute) string {
-	c := s.edge.cfg
+func (es *edgeRoutes) routeURL(r *memRoute) string {
+	c := es.cfg
 	switch r.Proto {
 	case "http":
 		if c.httpURL != "" {
@@ -171,14 +173,15 @@ func (s *Server) routeURL(r *memRoute) string {
 	return r.Proto + "://" + h + ":" + strconv.Itoa(int(r.PublicPort))
 }
 
-func (s *Server) handleExpose(w http.ResponseWriter, r *http.Request) {
+func (es *edgeRoutes) handleExpose(w http.ResponseWriter, r *http.Request) {
+	s := es.core
 	var req wire.ExposeRequest
 	nk, aerr := s.readRequest(w, r, &req, func() (key.NodePublic, time.Time) { return req.NodeKey, req.Timestamp })
 	if aerr != nil {
 		writeError(w, aerr)
 		return
 	}
-	resp, aerr := s.expose(context.WithoutCancel(r.Context()), nk, &req)
+	resp, aerr := es.expose(context.WithoutCancel(r.Context()), nk, &req)
 	if aerr != nil {
 		if aerr.status >= 500 && aerr.code == wire.CodeInternal {
 			s.logger.Warn("expose failed", "node", nk.ShortString(), "err", aerr)
@@ -192,7 +195,7 @@ func (s *Server) handleExpose(w http.ResponseWriter, r *http.Request) {
 		// under the edge's change lock, and bounded: a stuck edge stream
 		// must hold up neither this device nor other changes.
 		s.mu.Lock()
-		edges := s.edgeSessionsLocked()
+		edges := es.edgeSessionsLocked()
 		s.mu.Unlock()
 		ctx, cancel := context.WithTimeout(r.Context(), edgeDeliveryWait)
 		for _, e := range edges {
@@ -204,8 +207,8 @@ func (s *Server) handleExpose(w http.ResponseWriter, r *http.Request) {
 }
 
 // expose publishes or withdraws a route of node nk.
-func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.ExposeRequest) (*wire.ExposeResponse, *apiError) {
-	es := s.edge
+func (es *edgeRoutes) expose(ctx context.Context, nk key.NodePublic, req *wire.ExposeRequest) (*wire.ExposeResponse, *apiError) {
+	s := es.core
 	if es.cfg.domain == "" {
 		return nil, errorf(http.StatusNotImplemented, wire.CodeEdgeDisabled, "this coordinator has no public edge (no edge domain configured)")
 	}
@@ -237,26 +240,26 @@ func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.Expose
 		var host string
 		var aerr *apiError
 		if custom {
-			host, aerr = s.customHost(req.CustomDomain)
+			host, aerr = es.customHost(req.CustomDomain)
 		} else {
 			name := req.Name
 			if name == "" {
 				name = self.Node.Name
 			}
-			host, aerr = s.publicHost(name)
+			host, aerr = es.publicHost(name)
 		}
 		if aerr != nil {
 			return nil, aerr
 		}
-		return s.unexposeLocked(ctx, e, host, req.Proto)
+		return es.unexposeLocked(ctx, e, host, req.Proto)
 	}
-	c, aerr := s.claim(&self, nk, req)
+	c, aerr := es.claim(&self, nk, req)
 	if aerr != nil {
 		return nil, aerr
 	}
 	host := c.host
 	if custom {
-		if aerr := s.requireVerified(ctx, self.NetworkID, host); aerr != nil {
+		if aerr := es.requireVerified(ctx, self.NetworkID, host); aerr != nil {
 			return nil, aerr
 		}
 	}
@@ -289,14 +292,14 @@ func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.Expose
 		case c.pool != nil:
 			rt.PublicPort = c.pool.PublicPort // pool members share the port
 		default:
-			s.mu.Lock()
+			es.mu.Lock()
 			used := map[uint16]bool{}
 			for _, r := range es.routes {
 				if r.Proto == req.Proto && r.PublicPort != 0 {
 					used[r.PublicPort] = true
 				}
 			}
-			s.mu.Unlock()
+			es.mu.Unlock()
 			for p := int(rng.First); p <= int(rng.Last); p++ {
 				if !used[uint16(p)] {
 					rt.PublicPort = uint16(p)
@@ -319,14 +322,16 @@ func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.Expose
 		es.routeStore.DeleteRoutes(ctx, []int64{rt.ID})
 		return nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
 	}
+	es.mu.Lock()
 	es.addLocked(rt)
-	s.routesChangedLocked(nk)
-	s.notifyEdgesLocked(self.NetworkID, nk)
-	wr, _ := s.wireRouteLocked(rt)
+	es.mu.Unlock()
+	es.routesChangedLocked(nk)
+	es.notifyEdgesLocked(self.NetworkID, nk)
+	wr, _ := es.wireRouteLocked(rt)
 	s.mu.Unlock()
 	s.audit(ctx, actorNode(self.Node.Name), "route.claim", host, fmt.Sprintf("%s port %d public port %d", req.Proto, req.Port, rt.PublicPort))
 	s.logger.Info("edge route published", "node", nk.ShortString(), "name", self.Node.Name, "host", host, "proto", req.Proto, "port", req.Port, "public_port", rt.PublicPort)
-	resp := &wire.ExposeResponse{Route: &wr, URL: s.routeURL(rt)}
+	resp := &wire.ExposeResponse{Route: &wr, URL: es.routeURL(rt)}
 	if rt.Proto == "tls" && wr.CustomDomain {
 		resp.ACMEChallengeCNAME = ACMEChallengeCNAME(host, es.cfg.domain)
 	}
@@ -335,16 +340,14 @@ func (s *Server) expose(ctx context.Context, nk key.NodePublic, req *wire.Expose
 
 // unexposeLocked withdraws node e's routes for host (and proto, if not
 // empty). es.changeMu held.
-func (s *Server) unexposeLocked(ctx context.Context, e *nodeEntry, host, proto string) (*wire.ExposeResponse, *apiError) {
-	es := s.edge
-	s.mu.Lock()
+func (es *edgeRoutes) unexposeLocked(ctx context.Context, e *nodeEntry, host, proto string) (*wire.ExposeResponse, *apiError) {
+	s := es.core
 	var gone []*memRoute
-	for _, r := range es.byNode[e.rec.Node.Key] {
+	for _, r := range es.nodeRoutes(e.rec.Node.Key) {
 		if r.Host == host && (proto == "" || r.Proto == proto) {
 			gone = append(gone, r)
 		}
 	}
-	s.mu.Unlock()
 	if len(gone) == 0 {
 		what := host
 		if proto != "" {
@@ -352,7 +355,7 @@ func (s *Server) unexposeLocked(ctx context.Context, e *nodeEntry, host, proto s
 		}
 		return nil, errorf(http.StatusNotFound, wire.CodeRouteNotFound, "this node does not serve %s", what)
 	}
-	if aerr := s.deleteRoutesLocked(ctx, gone); aerr != nil {
+	if aerr := es.deleteRoutesLocked(ctx, gone); aerr != nil {
 		return nil, aerr
 	}
 	s.audit(ctx, actorNode(e.rec.Node.Name), "route.release", host, proto)
@@ -361,8 +364,8 @@ func (s *Server) unexposeLocked(ctx context.Context, e *nodeEntry, host, proto s
 }
 
 // deleteRoutesLocked deletes rs from the store and memory. es.changeMu held.
-func (s *Server) deleteRoutesLocked(ctx context.Context, rs []*memRoute) *apiError {
-	es := s.edge
+func (es *edgeRoutes) deleteRoutesLocked(ctx context.Context, rs []*memRoute) *apiError {
+	s := es.core
 	ids := make([]int64, len(rs))
 	for i, r := range rs {
 		ids[i] = r.ID
@@ -373,16 +376,18 @@ func (s *Server) deleteRoutesLocked(ctx context.Context, rs []*memRoute) *apiErr
 	}
 	s.mu.Lock()
 	var nodes []key.NodePublic
+	es.mu.Lock()
 	for _, r := range rs {
 		if es.routes[r.ID] == r {
 			es.removeLocked(r)
 			nodes = append(nodes, r.node)
 		}
 	}
-	s.routesChangedLocked(nodes...)
+	es.mu.Unlock()
+	es.routesChangedLocked(nodes...)
 	for _, k := range nodes {
 		if e := s.nodes[k]; e != nil {
-			s.notifyEdgesLocked(e.rec.NetworkID, k)
+			es.notifyEdgesLocked(e.rec.NetworkID, k)
 		}
 	}
 	s.mu.Unlock()
@@ -390,16 +395,23 @@ func (s *Server) deleteRoutesLocked(ctx context.Context, rs []*memRoute) *apiErr
 }
 
 // Routes lists every published route, sorted by host, proto and node.
-func (s *Server) Routes(ctx context.Context) []wire.RouteInfo {
+func (s *Server) Routes(ctx context.Context) []wire.RouteInfo { return s.edge.list() }
+
+// list lists every published route, sorted by host, proto and node.
+func (es *edgeRoutes) list() []wire.RouteInfo {
+	s := es.core
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]wire.RouteInfo, 0, len(s.edge.routes))
-	for _, r := range s.edge.routes {
-		wr, ok := s.wireRouteLocked(r)
+	es.mu.Lock()
+	rs := slices.Collect(maps.Values(es.routes))
+	es.mu.Unlock()
+	out := make([]wire.RouteInfo, 0, len(rs))
+	for _, r := range rs {
+		wr, ok := es.wireRouteLocked(r)
 		if !ok {
 			continue
 		}
-		ri := wire.RouteInfo{EdgeRoute: wr, Port: r.Port, URL: s.routeURL(r), CreatedAt: r.CreatedAt}
+		ri := wire.RouteInfo{EdgeRoute: wr, Port: r.Port, URL: es.routeURL(r), CreatedAt: r.CreatedAt}
 		if n := s.networks[r.NetworkID]; n != nil {
 			ri.Network = n.Name
 		}
@@ -423,22 +435,27 @@ func (s *Server) Routes(ctx context.Context) []wire.RouteInfo {
 // RemoveRoutes withdraws every route of host (any node, any proto). It
 // returns an error wrapping ErrNotFound if there is none.
 func (s *Server) RemoveRoutes(ctx context.Context, host string) error {
+	return s.edge.remove(ctx, host)
+}
+
+// remove withdraws every route of host (any node, any proto).
+func (es *edgeRoutes) remove(ctx context.Context, host string) error {
+	s := es.core
 	host = strings.ToLower(strings.TrimSuffix(strings.TrimSpace(host), "."))
-	es := s.edge
 	es.changeMu.Lock()
 	defer es.changeMu.Unlock()
-	s.mu.Lock()
+	es.mu.Lock()
 	var gone []*memRoute
 	for _, r := range es.routes {
 		if r.Host == host {
 			gone = append(gone, r)
 		}
 	}
-	s.mu.Unlock()
+	es.mu.Unlock()
 	if len(gone) == 0 {
 		return fmt.Errorf("%w: no route for %s", ErrNotFound, host)
 	}
-	if aerr := s.deleteRoutesLocked(ctx, gone); aerr != nil {
+	if aerr := es.deleteRoutesLocked(ctx, gone); aerr != nil {
 		return aerr
 	}
 	s.audit(ctx, actorAdmin, "route.release", host, fmt.Sprintf("%d routes", len(gone)))
@@ -470,8 +487,8 @@ func (s *Server) handleRemoveRoutes(w http.ResponseWriter, r *http.Request) {
 //	GET    /api/v1/dns/config              -> wire.DNSSettings
 //	PUT    /api/v1/dns/config              wire.DNSSettings (strict) -> wire.DNSSettings
 func (s *Server) edgeRoutes(mux, admin *http.ServeMux) {
-	mux.HandleFunc("POST "+wire.PathExpose, s.handleExpose)
-	mux.HandleFunc("POST "+wire.PathTXT, s.handleTXT)
+	mux.HandleFunc("POST "+wire.PathExpose, s.edge.handleExpose)
+	mux.HandleFunc("POST "+wire.PathTXT, s.edge.handleTXT)
 	admin.HandleFunc("GET "+wire.PathRoutes, s.handleListRoutes)
 	admin.HandleFunc("DELETE "+wire.PathRoute, s.handleRemoveRoutes)
 	admin.HandleFunc("POST "+wire.PathDomainVerify, s.handleVerifyDomain)

@@ -418,7 +418,7 @@ func (s *Server) removeNode(ctx context.Context, nk key.NodePublic, code wire.Er
 	for _, p := range e.rec.Node.Addresses {
 		delete(s.usedIPv4, p.Addr())
 	}
-	s.dropRoutesLocked(e, false) // the store deleted them with the node
+	s.edge.dropRoutesLocked(e, false) // the store deleted them with the node
 	if ss := s.sessions[nk]; ss != nil {
 		ss.end(code, msg)
 	}
@@ -432,7 +432,7 @@ func (s *Server) expireLocked(e *nodeEntry) {
 		ss.end(wire.CodeNodeExpired, "node key expired")
 	}
 	s.notifyLocked(e.rec.NetworkID, e.rec.Node.Key)
-	s.dropRoutesLocked(e, true)
+	s.edge.dropRoutesLocked(e, true)
 	s.logger.Info("node key expired", "node", e.rec.Node.Key.ShortString(), "name", e.rec.Node.Name)
 	s.audit(s.ctx, actorCoordinator, "node.expired", e.rec.Node.Name, "")
 }

@@ -133,11 +133,17 @@ type memRoute struct {
 	node key.NodePublic
 }
 
-// edgeState is the Server's public-edge state.
+// edgeRoutes is the coordinator's public-edge job: the routes nodes
+// publish (expose.go, claim.go), custom domains (domains.go), the
+// operator's DNS settings and the public zone's TXT records
+// (dnsconfig.go, txt_node.go). It owns its state; nodes, networks and map
+// streams belong to the core (Server), which it reads under Server.mu.
 //
-// Lock order: changeMu, then Server.persistMu, then Server.mu.
-type edgeState struct {
-	cfg edgeConfig
+// Lock order: changeMu, then Server.persistMu, then Server.mu, then mu.
+// mu is a leaf: nothing else is locked while it is held.
+type edgeRoutes struct {
+	core *Server
+	cfg  edgeConfig
 	// routeStore and domainStore are nil when the Store keeps no routes;
 	// then the edge is disabled.
 	routeStore  RouteStore
@@ -149,7 +155,7 @@ type edgeState struct {
 
 	dns atomic.Pointer[wire.DNSSettings] // never nil after New
 
-	// The following fields are guarded by Server.mu.
+	mu      sync.Mutex // guards the following fields
 	routes  map[int64]*memRoute
 	byNode  map[key.NodePublic][]*memRoute
 	domains map[domainKey]*Domain
@@ -164,8 +170,8 @@ type domainKey struct {
 	domain  string
 }
 
-// newEdgeState checks the edge options and finds the route stores.
-func newEdgeState(opts Options) (*edgeState, error) {
+// newEdgeRoutes checks the edge options and finds the route stores.
+func newEdgeRoutes(core *Server, opts Options) (*edgeRoutes, error) {
 	c := edgeConfig{
 		domain:      strings.ToLower(strings.Trim(opts.EdgeDomain, ".")),
 		host:        strings.TrimSuffix(opts.EdgeHost, "."),
@@ -198,7 +204,8 @@ func newEdgeState(opts Options) (*edgeState, error) {
 	if c.lookupCNAME == nil {
 		c.lookupCNAME = net.DefaultResolver.LookupCNAME
 	}
-	es := &edgeState{
+	es := &edgeRoutes{
+		core:    core,
 		cfg:     c,
 		routes:  make(map[int64]*memRoute),
 		byNode:  make(map[key.NodePublic][]*memRoute),
@@ -220,12 +227,13 @@ func newEdgeState(opts Options) (*edgeState, error) {
 	return es, nil
 }
 
-// loadEdge reads routes, domains and DNS settings from the store. Routes
-// of nodes that are gone or expired are deleted.
-func (s *Server) loadEdge(ctx context.Context, dnsFromOptions bool) error {
-	es := s.edge
+// load reads routes, domains and DNS settings from the store. Routes of
+// nodes that are gone or expired are deleted. Called from New, after the
+// core loaded the nodes.
+func (es *edgeRoutes) load(ctx context.Context, dnsFromOptions bool) error {
+	s := es.core
 	if dnsFromOptions {
-		if err := s.storeDNSSettings(ctx, es.dns.Load()); err != nil {
+		if err := es.storeDNSSettings(ctx, es.dns.Load()); err != nil {
 			return err
 		}
 	} else if b, err := s.store.Setting(ctx, dnsSetting); err == nil {
@@ -249,18 +257,22 @@ func (s *Server) loadEdge(ctx context.Context, dnsFromOptions bool) error {
 		return fmt.Errorf("coordinator: load domains: %w", err)
 	}
 	now := s.now()
-	byID := make(map[wire.NodeID]*nodeEntry, len(s.nodes))
+	s.mu.Lock()
+	byID := make(map[wire.NodeID]NodeRecord, len(s.nodes))
 	for _, e := range s.nodes {
-		byID[e.rec.Node.ID] = e
+		byID[e.rec.Node.ID] = e.rec
 	}
+	s.mu.Unlock()
+	es.mu.Lock()
+	defer es.mu.Unlock()
 	var stale []int64
 	for _, r := range routes {
-		e := byID[r.NodeID]
-		if e == nil || e.rec.Node.Expired(now) {
+		rec, ok := byID[r.NodeID]
+		if !ok || rec.Node.Expired(now) {
 			stale = append(stale, r.ID)
 			continue
 		}
-		es.addLocked(&memRoute{Route: *r, node: e.rec.Node.Key})
+		es.addLocked(&memRoute{Route: *r, node: rec.Node.Key})
 	}
 	if len(stale) > 0 {
 		if err := es.routeStore.DeleteRoutes(ctx, stale); err != nil {
@@ -273,8 +285,8 @@ func (s *Server) loadEdge(ctx context.Context, dnsFromOptions bool) error {
 	return nil
 }
 
-// addLocked indexes r, replacing a route with the same ID. Server.mu held.
-func (es *edgeState) addLocked(r *memRoute) {
+// addLocked indexes r, replacing a route with the same ID. es.mu held.
+func (es *edgeRoutes) addLocked(r *memRoute) {
 	if old := es.routes[r.ID]; old != nil {
 		es.removeLocked(old)
 	}
@@ -283,8 +295,8 @@ func (es *edgeState) addLocked(r *memRoute) {
 	es.gen++
 }
 
-// removeLocked drops r from the index. Server.mu held.
-func (es *edgeState) removeLocked(r *memRoute) {
+// removeLocked drops r from the index. es.mu held.
+func (es *edgeRoutes) removeLocked(r *memRoute) {
 	delete(es.routes, r.ID)
 	rs := slices.DeleteFunc(es.byNode[r.node], func(x *memRoute) bool { return x.ID == r.ID })
 	if len(rs) == 0 {
@@ -298,18 +310,20 @@ func (es *edgeState) removeLocked(r *memRoute) {
 // dropRoutesLocked removes every route of node e from memory and tells
 // edges. With persist it also deletes them from the store, in the
 // background (a removed node's routes go with its row). Server.mu held.
-func (s *Server) dropRoutesLocked(e *nodeEntry, persist bool) {
-	es := s.edge
+func (es *edgeRoutes) dropRoutesLocked(e *nodeEntry, persist bool) {
+	s := es.core
+	es.mu.Lock()
 	rs := slices.Clone(es.byNode[e.rec.Node.Key])
-	if len(rs) == 0 {
-		return
-	}
 	ids := make([]int64, len(rs))
 	for i, r := range rs {
 		ids[i] = r.ID
 		es.removeLocked(r)
 	}
-	s.routesChangedLocked(e.rec.Node.Key)
+	es.mu.Unlock()
+	if len(rs) == 0 {
+		return
+	}
+	es.routesChangedLocked(e.rec.Node.Key)
 	s.audit(context.Background(), actorCoordinator, "route.release", e.rec.Node.Name, fmt.Sprintf("%d routes with their node", len(ids)))
 	s.logger.Info("edge routes withdrawn with their node", "node", e.rec.Node.Key.ShortString(), "name", e.rec.Node.Name, "routes", len(ids))
 	if !persist || s.closed {
@@ -329,7 +343,8 @@ func (s *Server) dropRoutesLocked(e *nodeEntry, persist bool) {
 // routesChangedLocked wakes the streams that must see a route change:
 // every edge (all routes, peers) and the nodes in changed (their routes,
 // peers and filter). Server.mu held.
-func (s *Server) routesChangedLocked(changed ...key.NodePublic) {
+func (es *edgeRoutes) routesChangedLocked(changed ...key.NodePublic) {
+	s := es.core
 	for k, ss := range s.sessions {
 		e := s.nodes[k]
 		if (e != nil && e.rec.Node.Edge) || slices.Contains(changed, k) {
@@ -342,11 +357,12 @@ func (s *Server) routesChangedLocked(changed ...key.NodePublic) {
 // of self recompute everything: edges and nodes that serve routes see
 // peers of other networks, and an edge in self's network must stay
 // hidden from it. Server.mu held.
-func (s *Server) needsFullLocked(self, k key.NodePublic) bool {
+func (es *edgeRoutes) needsFullLocked(self, k key.NodePublic) bool {
+	s := es.core
 	if e := s.nodes[self]; e != nil && e.rec.Node.Edge {
 		return true
 	}
-	if len(s.edge.byNode[self]) > 0 {
+	if es.serves(self) {
 		return true
 	}
 	e := s.nodes[k]
@@ -356,13 +372,16 @@ func (s *Server) needsFullLocked(self, k key.NodePublic) bool {
 // notifyEdgesLocked tells the streams outside networkID that see node k
 // across networks: edges when k serves routes, serving nodes when k is an
 // edge (and both when k is gone). Server.mu held.
-func (s *Server) notifyEdgesLocked(networkID int64, k key.NodePublic) {
+func (es *edgeRoutes) notifyEdgesLocked(networkID int64, k key.NodePublic) {
+	s := es.core
 	e := s.nodes[k]
 	isEdge := e == nil || e.rec.Node.Edge
-	serves := e == nil || len(s.edge.byNode[k]) > 0
+	serves := e == nil || es.serves(k)
 	if !isEdge && !serves {
 		return
 	}
+	var mark []*session
+	es.mu.Lock()
 	for sk, ss := range s.sessions {
 		if ss.networkID == networkID || sk == k {
 			continue // notifyLocked marked it
@@ -371,11 +390,52 @@ func (s *Server) notifyEdgesLocked(networkID int64, k key.NodePublic) {
 		if se == nil {
 			continue
 		}
-		if (serves && se.rec.Node.Edge) || (isEdge && len(s.edge.byNode[sk]) > 0) {
-			ss.mark(k, true)
+		if (serves && se.rec.Node.Edge) || (isEdge && len(es.byNode[sk]) > 0) {
+			mark = append(mark, ss)
 		}
 	}
+	es.mu.Unlock()
+	for _, ss := range mark {
+		ss.mark(k, true)
+	}
 }
+
+// serves reports whether node k serves any route.
+func (es *edgeRoutes) serves(k key.NodePublic) bool {
+	es.mu.Lock()
+	defer es.mu.Unlock()
+	return len(es.byNode[k]) > 0
+}
+
+// nodeRoutes returns the routes node k serves.
+func (es *edgeRoutes) nodeRoutes(k key.NodePublic) []*memRoute {
+	es.mu.Lock()
+	defer es.mu.Unlock()
+	return slices.Clone(es.byNode[k])
+}
+
+// The map stream (stream.go) asks the edge job through these.
+
+// needsFullLocked is edgeRoutes.needsFullLocked. Server.mu held.
+func (s *Server) needsFullLocked(self, k key.NodePublic) bool { return s.edge.needsFullLocked(self, k) }
+
+// notifyEdgesLocked is edgeRoutes.notifyEdgesLocked. Server.mu held.
+func (s *Server) notifyEdgesLocked(networkID int64, k key.NodePublic) {
+	s.edge.notifyEdgesLocked(networkID, k)
+}
+
+// addEdgePeers is edgeRoutes.addEdgePeers. Server.mu held.
+func (s *Server) addEdgePeers(self *wire.Node, filter []wire.FilterRule, visible []*wire.Node, now time.Time) ([]wire.FilterRule, []*wire.Node) {
+	return s.edge.addEdgePeers(self, filter, visible, now)
+}
+
+// fillExtras is edgeRoutes.fillExtras.
+func (s *Server) fillExtras(ss *session, st *streamExtras, resp *wire.MapResponse) {
+	s.edge.fillExtras(ss, st, resp)
+}
+
+// withDNSSettings is edgeRoutes.withDNSSettings.
+func (s *Server) withDNSSettings(c *wire.DNSConfig) *wire.DNSConfig { return s.edge.withDNSSettings(c) }
 
 // edgeDeliveryWait bounds how long an expose waits for the edges' map
 // streams to carry the new route.
@@ -388,8 +448,9 @@ type edgeWait struct {
 }
 
 // edgeSessionsLocked returns the map streams of edge nodes with their
-// current mark counts. s.mu held.
-func (s *Server) edgeSessionsLocked() []edgeWait {
+// current mark counts. Server.mu held.
+func (es *edgeRoutes) edgeSessionsLocked() []edgeWait {
+	s := es.core
 	var out []edgeWait
 	for sk, ss := range s.sessions {
 		if e := s.nodes[sk]; e != nil && e.rec.Node.Edge {
@@ -409,19 +470,27 @@ func (s *Server) edgeSessionsLocked() []edgeWait {
 //     to the addresses of self's other peers.
 //
 // It does not modify filter or visible. Server.mu held.
-func (s *Server) addEdgePeers(self *wire.Node, filter []wire.FilterRule, visible []*wire.Node, now time.Time) ([]wire.FilterRule, []*wire.Node) {
-	es := s.edge
+func (es *edgeRoutes) addEdgePeers(self *wire.Node, filter []wire.FilterRule, visible []*wire.Node, now time.Time) ([]wire.FilterRule, []*wire.Node) {
+	s := es.core
 	if self.Edge {
-		var out []*wire.Node
+		es.mu.Lock()
+		serving := make([]key.NodePublic, 0, len(es.byNode))
 		for k, rs := range es.byNode {
-			if e := s.nodes[k]; len(rs) > 0 && e != nil && !e.rec.Node.Expired(now) {
+			if len(rs) > 0 {
+				serving = append(serving, k)
+			}
+		}
+		es.mu.Unlock()
+		var out []*wire.Node
+		for _, k := range serving {
+			if e := s.nodes[k]; e != nil && !e.rec.Node.Expired(now) {
 				out = append(out, s.viewLocked(e))
 			}
 		}
 		return []wire.FilterRule{}, out
 	}
 	visible = slices.DeleteFunc(slices.Clone(visible), func(n *wire.Node) bool { return n != nil && n.Edge })
-	routes := es.byNode[self.Key]
+	routes := es.nodeRoutes(self.Key)
 	if len(routes) == 0 {
 		return filter, visible
 	}
@@ -523,14 +592,26 @@ type streamExtras struct {
 // fillExtras adds to resp the node's edge routes (every route for an
 // edge, its own for other nodes) and DNS config if they changed since
 // st was last updated, and updates st.
-func (s *Server) fillExtras(ss *session, st *streamExtras, resp *wire.MapResponse) {
+func (es *edgeRoutes) fillExtras(ss *session, st *streamExtras, resp *wire.MapResponse) {
+	s := es.core
 	s.mu.Lock()
-	es := s.edge
+	es.mu.Lock()
 	dnsGen, gen := es.dnsGen, es.gen
+	var rs []*memRoute
+	e := s.nodes[ss.key]
+	isEdge := e != nil && e.rec.Node.Edge
+	if !st.init || gen != st.gen {
+		if isEdge {
+			rs = slices.Collect(maps.Values(es.routes))
+		} else {
+			rs = slices.Clone(es.byNode[ss.key])
+		}
+	}
+	es.mu.Unlock()
 	var routes []wire.EdgeRoute
 	if !st.init || gen != st.gen {
-		if e := s.nodes[ss.key]; e != nil && e.rec.Node.Edge {
-			routes = s.edgeRoutesLocked(slices.Collect(maps.Values(es.routes)))
+		routes = es.wireRoutesLocked(rs)
+		if isEdge {
 			for i := range routes {
 				routes[i].Upstream = "" // the serving node's business
 			}
@@ -538,8 +619,6 @@ func (s *Server) fillExtras(ss *session, st *streamExtras, resp *wire.MapRespons
 				// It would not know the sign-in and serve the route open.
 				routes = slices.DeleteFunc(routes, func(r wire.EdgeRoute) bool { return len(r.Options.OIDC) > 0 })
 			}
-		} else {
-			routes = s.edgeRoutesLocked(es.byNode[ss.key])
 		}
 	}
 	s.mu.Unlock()
@@ -561,11 +640,11 @@ func edgeRouteEqual(a, b wire.EdgeRoute) bool {
 		a.Target == b.Target && a.CustomDomain == b.CustomDomain && a.Pool == b.Pool && a.Upstream == b.Upstream && a.Options.Equal(b.Options)
 }
 
-// edgeRoutesLocked returns rs as wire routes, sorted. Server.mu held.
-func (s *Server) edgeRoutesLocked(rs []*memRoute) []wire.EdgeRoute {
+// wireRoutesLocked returns rs as wire routes, sorted. Server.mu held.
+func (es *edgeRoutes) wireRoutesLocked(rs []*memRoute) []wire.EdgeRoute {
 	out := make([]wire.EdgeRoute, 0, len(rs))
 	for _, r := range rs {
-		if wr, ok := s.wireRouteLocked(r); ok {
+		if wr, ok := es.wireRouteLocked(r); ok {
 			out = append(out, wr)
 		}
 	}
@@ -576,8 +655,8 @@ func (s *Server) edgeRoutesLocked(rs []*memRoute) []wire.EdgeRoute {
 }
 
 // wireRouteLocked returns r as the edge sees it; false if its node is gone. Server.mu held.
-func (s *Server) wireRouteLocked(r *memRoute) (wire.EdgeRoute, bool) {
-	e := s.nodes[r.node]
+func (es *edgeRoutes) wireRouteLocked(r *memRoute) (wire.EdgeRoute, bool) {
+	e := es.core.nodes[r.node]
 	if e == nil {
 		return wire.EdgeRoute{}, false
 	}

@@ -130,9 +130,14 @@ type Options struct {
 // protocol (wire.PathKey, wire.PathRegister, ...), the relay client check
 // (wire.PathDERPVerify) and the admin API (under wire.PathAdminPrefix).
 //
-// Locks, in order: regMu, persistMu, mu, then a session's mu. Handlers of
-// map streams run on net/http's goroutines; ServeHTTP counts them in wg so
-// Close can wait for them, and the janitor goroutine is counted there too.
+// Server is the core its jobs share (nodes, networks, map streams, the
+// store) and the composition of those jobs, each on its own type with its
+// own state: edge routes and domains (edgeRoutes, routes.go).
+//
+// Locks, in order: regMu or edge.changeMu (never both), persistMu, mu,
+// then edge.mu (a leaf) or a session's mu. Handlers of map streams run on
+// net/http's goroutines; ServeHTTP counts them in wg so Close can wait for
+// them, and the janitor goroutine is counted there too.
 type Server struct {
 	store      Store
 	priv       key.MachinePrivate
@@ -170,7 +175,7 @@ type Server struct {
 	nextIPv4 netip.Addr
 	sessions map[key.NodePublic]*session
 
-	edge *edgeState // public edge routes, domains and DNS settings
+	edge *edgeRoutes // public edge routes, domains and DNS settings (routes.go)
 
 	ac accessControl // users, policy, interactive approval, audit log (acl.go)
 
@@ -240,7 +245,7 @@ func New(opts Options) (*Server, error) {
 		s.now = time.Now
 	}
 	s.derpMap.Store(opts.DERPMap)
-	es, err := newEdgeState(opts)
+	es, err := newEdgeRoutes(s, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -255,7 +260,7 @@ func New(opts Options) (*Server, error) {
 	if err := s.load(ctx, opts.AdminToken); err != nil {
 		return nil, err
 	}
-	if err := s.loadEdge(ctx, opts.DNS != nil); err != nil {
+	if err := s.edge.load(ctx, opts.DNS != nil); err != nil {
 		return nil, err
 	}
 	if err := s.initAccessControl(ctx, opts); err != nil {

@@ -12,14 +12,15 @@ import (
 // that terminates TLS for its passthrough route proves control of HOST to
 // an ACME CA by DNS-01 this way; it can touch no other name, not even the
 // challenge names of its own http routes (the edge holds those
-// certificates). name is lower case without the trailing dot. Server.mu
-// held.
-func (s *Server) nodeTXTAllowedLocked(nk key.NodePublic, name string) bool {
+// certificates). name is lower case without the trailing dot.
+func (es *edgeRoutes) nodeTXTAllowed(nk key.NodePublic, name string) bool {
 	host, ok := strings.CutPrefix(name, "_acme-challenge.")
 	if !ok || host == "" {
 		return false
 	}
-	for _, r := range s.edge.byNode[nk] {
+	es.mu.Lock()
+	defer es.mu.Unlock()
+	for _, r := range es.byNode[nk] {
 		if r.Proto == "tls" && r.Host == host {
 			return true
 		}
