@@ -10,11 +10,17 @@ import (
 // TestStoreErrors checks what StoreErrors counts: a failed database
 // operation, not a row that is not there.
 func TestStoreErrors(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, dsn string) {
+		s, err := Open(t.Context(), dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testStoreErrors(t, s)
+	})
+}
+
+func testStoreErrors(t *testing.T, s *Store) {
 	ctx := t.Context()
-	s, err := Open(ctx, ":memory:")
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := s.AuthKeyByHash(ctx, []byte("nosuch")); !errors.Is(err, coordinator.ErrNotFound) {
 		t.Fatalf("AuthKeyByHash(nosuch) = %v, want ErrNotFound", err)
 	}

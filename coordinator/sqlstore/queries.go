@@ -58,15 +58,11 @@ func (s *Store) CreateAuthKey(ctx context.Context, k *coordinator.AuthKey) error
 	if err != nil {
 		return err
 	}
-	res, err := s.db.ExecContext(ctx, s.d.rebind(`INSERT INTO auth_keys
+	err = s.db.QueryRowContext(ctx, s.d.rebind(`INSERT INTO auth_keys
 		(network_id, prefix, hash, reusable, ephemeral, expires_at, tags, user_name, use_count, created_at, node_key_expiry, edge)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
 		k.NetworkID, k.Prefix, k.Hash, boolInt(k.Reusable), boolInt(k.Ephemeral), unixNano(k.Expiry),
-		string(tags), k.User, k.UseCount, unixNano(k.CreatedAt), int64(k.NodeKeyExpiry), boolInt(k.Edge))
-	if err != nil {
-		return s.wrap("create auth key", err)
-	}
-	k.ID, err = res.LastInsertId()
+		string(tags), k.User, k.UseCount, unixNano(k.CreatedAt), int64(k.NodeKeyExpiry), boolInt(k.Edge)).Scan(&k.ID)
 	return s.wrap("create auth key", err)
 }
 
@@ -131,6 +127,11 @@ type execer interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 }
 
+// consume spends one use of auth key id. It is one conditional UPDATE:
+// the row lock it takes makes a concurrent consume of the same key wait,
+// and re-check the condition once this one commits (PostgreSQL's READ
+// COMMITTED re-evaluates the WHERE on the updated row; SQLite has one
+// writer), so a one-off key is spent exactly once.
 func (s *Store) consume(ctx context.Context, db execer, id int64, now time.Time) error {
 	res, err := db.ExecContext(ctx, s.d.rebind(`UPDATE auth_keys SET use_count = use_count + 1
 		WHERE id = ? AND (reusable = 1 OR use_count = 0) AND (expires_at = 0 OR expires_at > ?)`), id, now.UnixNano())
@@ -177,7 +178,7 @@ func nodeAddrs(n *wire.Node) (v4, v6 string, err error) {
 func nullID(id int64) sql.NullInt64 { return sql.NullInt64{Int64: id, Valid: id != 0} }
 
 // InsertNode implements coordinator.NodeStore.
-func (s *Store) InsertNode(ctx context.Context, n *coordinator.NodeRecord, now time.Time) (err error) {
+func (s *Store) InsertNode(ctx context.Context, n *coordinator.NodeRecord, now time.Time) error {
 	v4, v6, err := nodeAddrs(&n.Node)
 	if err != nil {
 		return fmt.Errorf("sqlstore: insert node: %w", err)
@@ -188,35 +189,26 @@ func (s *Store) InsertNode(ctx context.Context, n *coordinator.NodeRecord, now t
 	if !n.Node.DiscoKey.IsZero() {
 		disco = n.Node.DiscoKey.String()
 	}
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return s.wrap("insert node", err)
-	}
-	defer func() {
-		if err != nil {
-			tx.Rollback()
+	var id int64
+	err = s.inTx(ctx, "insert node", func(tx *sql.Tx) error {
+		if n.AuthKeyID != 0 {
+			if err := s.consume(ctx, tx, n.AuthKeyID, now); err != nil {
+				return err
+			}
 		}
-	}()
-	if n.AuthKeyID != 0 {
-		if err := s.consume(ctx, tx, n.AuthKeyID, now); err != nil {
-			return err
-		}
-	}
-	res, err := tx.ExecContext(ctx, s.d.rebind(`INSERT INTO nodes
-		(network_id, node_key, disco_key, name, hostname, os, ipv4, ipv6, endpoints, home_derp, last_seen, key_expiry, user_name, tags, ephemeral, auth_key_id, created_at, edge)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
-		n.NetworkID, n.Node.Key.String(), disco, n.Node.Name, n.Node.Hostname, n.Node.OS, v4, v6, string(eps), n.Node.HomeDERP,
-		unixNano(n.Node.LastSeen), unixNano(n.Node.KeyExpiry), n.Node.User, string(tags), boolInt(n.Node.Ephemeral),
-		nullID(n.AuthKeyID), unixNano(n.CreatedAt), boolInt(n.Node.Edge))
+		// The unique node key, (network, name), IPv4 and IPv6 columns
+		// decide a race between two coordinators: the second insert
+		// waits for the first and then fails, and its transaction,
+		// with its use of the auth key, rolls back.
+		return tx.QueryRowContext(ctx, s.d.rebind(`INSERT INTO nodes
+			(network_id, node_key, disco_key, name, hostname, os, ipv4, ipv6, endpoints, home_derp, last_seen, key_expiry, user_name, tags, ephemeral, auth_key_id, created_at, edge)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
+			n.NetworkID, n.Node.Key.String(), disco, n.Node.Name, n.Node.Hostname, n.Node.OS, v4, v6, string(eps), n.Node.HomeDERP,
+			unixNano(n.Node.LastSeen), unixNano(n.Node.KeyExpiry), n.Node.User, string(tags), boolInt(n.Node.Ephemeral),
+			nullID(n.AuthKeyID), unixNano(n.CreatedAt), boolInt(n.Node.Edge)).Scan(&id)
+	})
 	if err != nil {
-		return s.wrap("insert node", err)
-	}
-	id, err := res.LastInsertId()
-	if err != nil {
-		return s.wrap("insert node", err)
-	}
-	if err := tx.Commit(); err != nil {
-		return s.wrap("insert node", err)
+		return err
 	}
 	n.Node.ID = wire.NodeID(id)
 	return nil

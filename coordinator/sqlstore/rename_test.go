@@ -7,13 +7,10 @@ import (
 	"beam.dev/beam/coordinator"
 )
 
-func TestRenameNode(t *testing.T) {
+func TestRenameNode(t *testing.T) { forEachStore(t, testRenameNode) }
+
+func testRenameNode(t *testing.T, s *Store) {
 	ctx := t.Context()
-	s, err := Open(ctx, ":memory:")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
 	n1, _ := s.EnsureNetwork(ctx, "one", "one.beam.internal")
 	n2, _ := s.EnsureNetwork(ctx, "two", "two.beam.internal")
 	a, b, c := testNode(n1.ID, "alpha", 1), testNode(n1.ID, "beta", 2), testNode(n2.ID, "gamma", 3)

@@ -2,6 +2,7 @@ package sqlstore
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"strings"
@@ -15,7 +16,14 @@ var (
 	_ coordinator.DomainStore = (*Store)(nil)
 )
 
-// PutRoute implements coordinator.RouteStore.
+// PutRoute implements coordinator.RouteStore. It is also where two
+// coordinators sharing the database cannot both hand out one public name
+// or edge port: it fails with coordinator.ErrConflict, storing nothing,
+// when another node's route holds r.Host and the two are not both pool
+// routes of one network, or when another host holds r's tcp or udp
+// public port. Route writes run one at a time (a transaction lock on
+// PostgreSQL, the single writer on SQLite), so the check and the write
+// see the same routes.
 func (s *Store) PutRoute(ctx context.Context, r *coordinator.Route) error {
 	opts := "{}"
 	if !r.Options.IsZero() {
@@ -26,20 +34,57 @@ func (s *Store) PutRoute(ctx context.Context, r *coordinator.Route) error {
 		opts = string(b)
 	}
 	var id int64
-	err := s.db.QueryRowContext(ctx, s.d.rebind(`INSERT INTO routes
-		(node_id, network_id, host, proto, public_port, port, custom_domain, pool, upstream, options, created_at)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (node_id, host, proto) DO UPDATE SET
-			public_port = excluded.public_port, port = excluded.port,
-			custom_domain = excluded.custom_domain, pool = excluded.pool, upstream = excluded.upstream,
-			options = excluded.options
-		RETURNING id`),
-		int64(r.NodeID), r.NetworkID, r.Host, r.Proto, int(r.PublicPort), int(r.Port), boolInt(r.CustomDomain), boolInt(r.Pool), r.Upstream, opts,
-		unixNano(r.CreatedAt)).Scan(&id)
+	err := s.inTx(ctx, "put route", func(tx *sql.Tx) error {
+		if s.d.lockTx != nil {
+			if err := s.d.lockTx(ctx, tx, lockRoutes); err != nil {
+				return err
+			}
+		}
+		if err := s.checkRouteClaim(ctx, tx, r); err != nil {
+			return err
+		}
+		return tx.QueryRowContext(ctx, s.d.rebind(`INSERT INTO routes
+			(node_id, network_id, host, proto, public_port, port, custom_domain, pool, upstream, options, created_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (node_id, host, proto) DO UPDATE SET
+				public_port = excluded.public_port, port = excluded.port,
+				custom_domain = excluded.custom_domain, pool = excluded.pool, upstream = excluded.upstream,
+				options = excluded.options
+			RETURNING id`),
+			int64(r.NodeID), r.NetworkID, r.Host, r.Proto, int(r.PublicPort), int(r.Port), boolInt(r.CustomDomain), boolInt(r.Pool), r.Upstream, opts,
+			unixNano(r.CreatedAt)).Scan(&id)
+	})
 	if err != nil {
-		return s.wrap("put route", err)
+		return err
 	}
 	r.ID = id
+	return nil
+}
+
+// checkRouteClaim returns ErrConflict if r's host or public port belongs
+// to another node's route (see PutRoute).
+func (s *Store) checkRouteClaim(ctx context.Context, tx *sql.Tx, r *coordinator.Route) error {
+	var n int
+	err := tx.QueryRowContext(ctx, s.d.rebind(`SELECT COUNT(*) FROM routes
+		WHERE host = ? AND node_id <> ? AND (network_id <> ? OR pool = 0 OR ? = 0)`),
+		r.Host, int64(r.NodeID), r.NetworkID, boolInt(r.Pool)).Scan(&n)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		return fmt.Errorf("sqlstore: put route: %w: %s is published by another node", coordinator.ErrConflict, r.Host)
+	}
+	if r.PublicPort == 0 {
+		return nil
+	}
+	err = tx.QueryRowContext(ctx, s.d.rebind(`SELECT COUNT(*) FROM routes WHERE proto = ? AND public_port = ? AND host <> ?`),
+		r.Proto, int(r.PublicPort), r.Host).Scan(&n)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		return fmt.Errorf("sqlstore: put route: %w: %s port %d is published under another name", coordinator.ErrConflict, r.Proto, r.PublicPort)
+	}
 	return nil
 }
 

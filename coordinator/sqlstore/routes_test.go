@@ -14,13 +14,10 @@ import (
 // TestRouteOptionsStored checks that typed route options, the pool flag
 // and the upstream survive the store, and that a route stored with the
 // string map of options of earlier versions reads back typed.
-func TestRouteOptionsStored(t *testing.T) {
+func TestRouteOptionsStored(t *testing.T) { forEachStore(t, testRouteOptionsStored) }
+
+func testRouteOptionsStored(t *testing.T, s *Store) {
 	ctx := t.Context()
-	s, err := Open(ctx, ":memory:")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
 	n, _ := s.EnsureNetwork(ctx, "default", "default.beam.internal")
 	rec := testNode(n.ID, "one", 1)
 	if err := s.InsertNode(ctx, rec, time.Now()); err != nil {
@@ -39,8 +36,8 @@ func TestRouteOptionsStored(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A row written by an earlier version.
-	if _, err := s.db.ExecContext(ctx, `INSERT INTO routes (node_id, network_id, host, proto, port, options, created_at)
-		VALUES (?, ?, 'old.example.test', 'http', 4000, '{"basic_auth":"u:p","allow_ip":"198.51.100.7","rate_limit":"600/m"}', 0)`,
+	if _, err := s.db.ExecContext(ctx, s.d.rebind(`INSERT INTO routes (node_id, network_id, host, proto, port, options, created_at)
+		VALUES (?, ?, 'old.example.test', 'http', 4000, '{"basic_auth":"u:p","allow_ip":"198.51.100.7","rate_limit":"600/m"}', 0)`),
 		int64(rec.Node.ID), n.ID); err != nil {
 		t.Fatal(err)
 	}

@@ -1,9 +1,20 @@
-// Package sqlstore is the coordinator's database/sql store. SQLite
-// (modernc.org/sqlite, pure Go) is the default; the schema and queries are
-// kept per dialect so PostgreSQL can be added next to it.
+// Package sqlstore is the coordinator's database/sql store, on SQLite
+// (modernc.org/sqlite, pure Go; the embedded default) or PostgreSQL
+// (github.com/jackc/pgx/v5; for several coordinators on one database).
+// The schema and the queries that differ are kept per dialect.
 //
 // Migrations are numbered, embedded .sql files under migrations/<dialect>/,
-// applied in order inside transactions and recorded in schema_migrations.
+// applied in order inside transactions and recorded in schema_migrations;
+// on PostgreSQL a session advisory lock keeps two coordinators starting at
+// once from applying the same migration twice.
+//
+// What two coordinators on one PostgreSQL database could race for is
+// decided by the database, never by a coordinator's memory: node keys,
+// names and overlay addresses are unique columns (the loser of a race gets
+// coordinator.ErrConflict), a one-off auth key is spent by a conditional
+// UPDATE in the transaction that inserts the node (exactly one insert
+// wins), and a public name or edge port is claimed under a transaction
+// lock that serializes route writes (see PutRoute).
 package sqlstore
 
 import (
@@ -36,7 +47,23 @@ type dialect struct {
 	rebind func(string) string
 	// isUnique reports whether err is a unique-constraint violation.
 	isUnique func(error) bool
+	// isRetryable reports whether err means the transaction lost a race
+	// to another one (serialization failure, deadlock) and may be retried.
+	isRetryable func(error) bool
+	// lockTx, if set, takes a lock named by the lock* constants for the
+	// rest of the transaction tx; nil where a write transaction already
+	// excludes every other writer (SQLite's BEGIN IMMEDIATE).
+	lockTx func(ctx context.Context, tx *sql.Tx, lock int64) error
+	// lockSession and unlockSession, if set, take and release a lock for
+	// as long as conn holds it (migrations).
+	lockSession, unlockSession func(ctx context.Context, conn *sql.Conn, lock int64) error
 }
+
+// Locks that serialize writers across coordinators sharing a database.
+const (
+	lockMigrate = 0x6265616d0001 // "beam" 1: applying migrations
+	lockRoutes  = 0x6265616d0002 // "beam" 2: claiming public names and edge ports
+)
 
 var sqliteDialect = dialect{
 	name:   "sqlite",
@@ -49,6 +76,7 @@ var sqliteDialect = dialect{
 		}
 		return false
 	},
+	isRetryable: func(error) bool { return false },
 }
 
 // Store implements coordinator.Store on a database/sql database.
@@ -60,15 +88,23 @@ type Store struct {
 
 var _ coordinator.Store = (*Store)(nil)
 
+// IsPostgres reports whether dsn names a PostgreSQL database (a
+// postgres:// or postgresql:// URL) rather than a SQLite file.
+func IsPostgres(dsn string) bool {
+	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
+}
+
 // Open opens the store at dsn and brings its schema up to date. dsn is a
-// SQLite file path (created if missing) or ":memory:"; query parameters
-// after "?" are passed to the driver. PostgreSQL URLs are not supported yet.
+// PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=...;
+// the database must exist), or else a SQLite file path (created if
+// missing) or ":memory:", where query parameters after "?" are passed to
+// the driver. Errors never contain the URL's password.
 func Open(ctx context.Context, dsn string) (*Store, error) {
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		return nil, errors.New("sqlstore: PostgreSQL is not supported yet")
-	}
 	if dsn == "" {
 		return nil, errors.New("sqlstore: empty DSN")
+	}
+	if IsPostgres(dsn) {
+		return openPostgres(ctx, dsn)
 	}
 	sep := "?"
 	if strings.Contains(dsn, "?") {
@@ -93,6 +129,9 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	return s, nil
 }
 
+// Dialect returns the database the store is on: "sqlite" or "postgres".
+func (s *Store) Dialect() string { return s.d.name }
+
 // StoreErrors returns how many database operations failed (not found
 // and unique conflicts excepted), for the coordinator's metrics.
 func (s *Store) StoreErrors() uint64 { return s.errs.Load() }
@@ -100,46 +139,42 @@ func (s *Store) StoreErrors() uint64 { return s.errs.Load() }
 // Close closes the database.
 func (s *Store) Close() error { return s.db.Close() }
 
-func (s *Store) migrate(ctx context.Context) error {
-	if _, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
+func (s *Store) migrate(ctx context.Context) (err error) {
+	conn, err := s.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("sqlstore: connect: %w", err)
+	}
+	defer conn.Close()
+	if s.d.lockSession != nil {
+		if err := s.d.lockSession(ctx, conn, lockMigrate); err != nil {
+			return fmt.Errorf("sqlstore: lock for migrations: %w", err)
+		}
+		defer func() {
+			if uerr := s.d.unlockSession(context.WithoutCancel(ctx), conn, lockMigrate); uerr != nil && err == nil {
+				err = fmt.Errorf("sqlstore: unlock after migrations: %w", uerr)
+			}
+		}()
+	}
+	if _, err := conn.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at BIGINT NOT NULL)`); err != nil {
 		return fmt.Errorf("sqlstore: create schema_migrations: %w", err)
 	}
-	dir := path.Join("migrations", s.d.name)
-	entries, err := fs.ReadDir(migrationFS, dir)
+	migs, err := migrations(s.d.name)
 	if err != nil {
-		return fmt.Errorf("sqlstore: read migrations: %w", err)
+		return err
 	}
-	type mig struct {
-		version int
-		name    string
-	}
-	var migs []mig
-	for _, e := range entries {
-		num, _, ok := strings.Cut(e.Name(), "_")
-		v, err := strconv.Atoi(num)
-		if !ok || err != nil || !strings.HasSuffix(e.Name(), ".sql") {
-			return fmt.Errorf("sqlstore: bad migration file name %q", e.Name())
-		}
-		migs = append(migs, mig{v, e.Name()})
-	}
-	slices.SortFunc(migs, func(a, b mig) int { return a.version - b.version })
 	for _, m := range migs {
 		var n int
-		if err := s.db.QueryRowContext(ctx, s.d.rebind(`SELECT COUNT(*) FROM schema_migrations WHERE version = ?`), m.version).Scan(&n); err != nil {
+		if err := conn.QueryRowContext(ctx, s.d.rebind(`SELECT COUNT(*) FROM schema_migrations WHERE version = ?`), m.version).Scan(&n); err != nil {
 			return fmt.Errorf("sqlstore: check migration %d: %w", m.version, err)
 		}
 		if n > 0 {
 			continue
 		}
-		body, err := fs.ReadFile(migrationFS, path.Join(dir, m.name))
-		if err != nil {
-			return fmt.Errorf("sqlstore: read migration %s: %w", m.name, err)
-		}
-		tx, err := s.db.BeginTx(ctx, nil)
+		tx, err := conn.BeginTx(ctx, nil)
 		if err != nil {
 			return fmt.Errorf("sqlstore: begin migration %d: %w", m.version, err)
 		}
-		if _, err := tx.ExecContext(ctx, string(body)); err != nil {
+		if _, err := tx.ExecContext(ctx, m.body); err != nil {
 			tx.Rollback()
 			return fmt.Errorf("sqlstore: apply migration %s: %w", m.name, err)
 		}
@@ -152,6 +187,62 @@ func (s *Store) migrate(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// migration is one embedded migration file.
+type migration struct {
+	version int
+	name    string
+	body    string
+}
+
+// migrations returns the migrations of a dialect in order.
+func migrations(dialect string) ([]migration, error) {
+	dir := path.Join("migrations", dialect)
+	entries, err := fs.ReadDir(migrationFS, dir)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: read migrations: %w", err)
+	}
+	var migs []migration
+	for _, e := range entries {
+		num, _, ok := strings.Cut(e.Name(), "_")
+		v, err := strconv.Atoi(num)
+		if !ok || err != nil || !strings.HasSuffix(e.Name(), ".sql") {
+			return nil, fmt.Errorf("sqlstore: bad migration file name %q", e.Name())
+		}
+		body, err := fs.ReadFile(migrationFS, path.Join(dir, e.Name()))
+		if err != nil {
+			return nil, fmt.Errorf("sqlstore: read migration %s: %w", e.Name(), err)
+		}
+		migs = append(migs, migration{v, e.Name(), string(body)})
+	}
+	slices.SortFunc(migs, func(a, b migration) int { return a.version - b.version })
+	return migs, nil
+}
+
+// inTx runs fn in a transaction and commits it. Where the dialect says a
+// failure lost a race to another transaction, it runs fn again in a new
+// one, a few times.
+func (s *Store) inTx(ctx context.Context, op string, fn func(tx *sql.Tx) error) error {
+	const attempts = 5
+	for i := 1; ; i++ {
+		err := s.tryTx(ctx, fn)
+		if err == nil || i == attempts || !s.d.isRetryable(err) {
+			return s.wrap(op, err)
+		}
+	}
+}
+
+func (s *Store) tryTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
 }
 
 // unixNano stores a time; the zero time is 0.
@@ -177,11 +268,19 @@ func boolInt(b bool) int {
 	return 0
 }
 
-// wrap turns driver errors into the coordinator's sentinels.
+// wrap turns driver errors into the coordinator's sentinels. Errors that
+// already carry one (an operation's own ErrNotFound or ErrAuthKeySpent)
+// pass through.
 func (s *Store) wrap(op string, err error) error {
 	switch {
 	case err == nil:
 		return nil
+	case errors.Is(err, coordinator.ErrNotFound), errors.Is(err, coordinator.ErrConflict),
+		errors.Is(err, coordinator.ErrAuthKeySpent), errors.Is(err, coordinator.ErrInvalid):
+		if strings.HasPrefix(err.Error(), "sqlstore: ") {
+			return err
+		}
+		return fmt.Errorf("sqlstore: %s: %w", op, err)
 	case errors.Is(err, sql.ErrNoRows):
 		return fmt.Errorf("sqlstore: %s: %w", op, coordinator.ErrNotFound)
 	case s.d.isUnique(err):

@@ -2,8 +2,11 @@ package sqlstore
 
 import (
 	"errors"
+	"fmt"
+	"net"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -50,36 +53,69 @@ func TestSQLiteFile(t *testing.T) {
 	})
 }
 
-func TestReopenKeepsData(t *testing.T) {
-	ctx := t.Context()
-	path := filepath.Join(t.TempDir(), "c.db")
-	s, err := Open(ctx, path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, _ := s.EnsureNetwork(ctx, "default", "default.beam.internal")
-	rec := testNode(n.ID, "one", 1)
-	if err := s.InsertNode(ctx, rec, time.Now()); err != nil {
-		t.Fatal(err)
-	}
-	s.Close()
-	s, err = Open(ctx, path) // migrations run again and must be no-ops
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	nodes, err := s.Nodes(ctx)
-	if err != nil || len(nodes) != 1 {
-		t.Fatalf("Nodes after reopen = %v, %v", nodes, err)
-	}
-	if diff := cmp.Diff(rec, nodes[0], cmpOpts); diff != "" {
-		t.Errorf("node after reopen (-want +got):\n%s", diff)
-	}
+func TestPostgres(t *testing.T) {
+	runStoreSuite(t, func(t *testing.T) *Store { return openStore(t, pg.NewDatabase(t)) })
 }
 
-func TestOpenRejectsPostgresForNow(t *testing.T) {
-	if _, err := Open(t.Context(), "postgres://localhost/beam"); err == nil {
-		t.Fatal("Open(postgres) = nil error")
+func TestReopenKeepsData(t *testing.T) {
+	forEachDialect(t, func(t *testing.T, dsn string) {
+		ctx := t.Context()
+		s, err := Open(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, _ := s.EnsureNetwork(ctx, "default", "default.beam.internal")
+		rec := testNode(n.ID, "one", 1)
+		if err := s.InsertNode(ctx, rec, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		s = openStore(t, dsn) // migrations run again and must be no-ops
+		nodes, err := s.Nodes(ctx)
+		if err != nil || len(nodes) != 1 {
+			t.Fatalf("Nodes after reopen = %v, %v", nodes, err)
+		}
+		if diff := cmp.Diff(rec, nodes[0], cmpOpts); diff != "" {
+			t.Errorf("node after reopen (-want +got):\n%s", diff)
+		}
+	})
+}
+
+// TestOpenPostgresErrors checks that a PostgreSQL URL that does not
+// parse, or names no reachable server or database, fails Open with an
+// error that says so and does not contain the password.
+func TestOpenPostgresErrors(t *testing.T) {
+	const pw = "s3cret-Pw"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedPort := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	srv := pg.Server(t)
+	for _, tc := range []struct {
+		name, dsn, want string
+	}{
+		{"malformed", "postgres://beam:" + pw + "@[::1/db", "parse PostgreSQL URL"},
+		{"bad port", "postgres://beam:" + pw + "@127.0.0.1:99999/db", "parse PostgreSQL URL"},
+		{"bad option", "postgresql://beam:" + pw + "@127.0.0.1/db?sslmode=sometimes", "parse PostgreSQL URL"},
+		{"refused", fmt.Sprintf("postgres://beam:%s@127.0.0.1:%d/db?sslmode=disable", pw, closedPort), "connect to PostgreSQL at 127.0.0.1:"},
+		{"no server on socket", "postgres://beam:" + pw + "@/db?host=" + t.TempDir(), "connect to PostgreSQL at /"},
+		{"no database", strings.Replace(srv.DSN("nosuch"), "beam@", "beam:"+pw+"@", 1), `database "nosuch" does not exist`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, err := Open(t.Context(), tc.dsn)
+			if err == nil {
+				s.Close()
+				t.Fatalf("Open(%s) succeeded", tc.name)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not contain %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), pw) {
+				t.Errorf("error %q contains the password", err)
+			}
+		})
 	}
 }
 

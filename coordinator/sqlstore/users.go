@@ -9,11 +9,7 @@ import (
 
 // CreateUser implements coordinator.UserStore.
 func (s *Store) CreateUser(ctx context.Context, u *wire.User) error {
-	res, err := s.db.ExecContext(ctx, s.d.rebind(`INSERT INTO users (name, created_at) VALUES (?, ?)`), u.Name, unixNano(u.CreatedAt))
-	if err != nil {
-		return s.wrap("create user", err)
-	}
-	u.ID, err = res.LastInsertId()
+	err := s.db.QueryRowContext(ctx, s.d.rebind(`INSERT INTO users (name, created_at) VALUES (?, ?) RETURNING id`), u.Name, unixNano(u.CreatedAt)).Scan(&u.ID)
 	return s.wrap("create user", err)
 }
 

@@ -1,0 +1,340 @@
+// Package pgtest runs a private PostgreSQL server for tests: a new cluster
+// (initdb) in a temporary directory, served by the postgres program on a
+// unix socket in that directory and on no TCP port, so it touches neither
+// the machine's own PostgreSQL nor the network, and is removed on Close.
+//
+// The server programs are found on PATH, then in `pg_config --bindir`,
+// then in /usr/lib/postgresql/*/bin (Debian's postgresql package); when
+// there are none, Start fails and says what to install. PostgreSQL refuses
+// to run as root, so under root the cluster belongs to, and the server
+// runs as, the unprivileged user "nobody". Databases are created per test
+// (NewDatabase) in one server per test package (Shared):
+//
+//	var pg pgtest.Shared
+//
+//	func TestMain(m *testing.M) { os.Exit(pg.Run(m)) }
+//
+//	func TestX(t *testing.T) { dsn := pg.NewDatabase(t); ... }
+package pgtest
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// User is the server's superuser, the user of every DSN; the server trusts
+// whoever connects on its socket.
+const User = "beam"
+
+// startTimeout bounds initdb and the server's start in Shared and New.
+const startTimeout = 2 * time.Minute
+
+// Server is a running private PostgreSQL server.
+type Server struct {
+	dir  string // the cluster's temporary directory: data/ and the socket
+	cmd  *exec.Cmd
+	done chan struct{} // closed when the server process has exited
+	log  *tail
+
+	mu     sync.Mutex // guards the following fields
+	nextDB int
+	closed bool
+}
+
+// BinDir returns the directory of PostgreSQL's server programs (initdb,
+// postgres), or an error that says how to install them.
+func BinDir() (string, error) {
+	if p, err := exec.LookPath("initdb"); err == nil {
+		return filepath.Dir(p), nil
+	}
+	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
+		d := strings.TrimSpace(string(out))
+		if isExec(filepath.Join(d, "initdb")) && isExec(filepath.Join(d, "postgres")) {
+			return d, nil
+		}
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	// The newest major version first.
+	slices.SortFunc(dirs, func(a, b string) int { return majorOf(b) - majorOf(a) })
+	for _, d := range dirs {
+		if isExec(filepath.Join(d, "initdb")) && isExec(filepath.Join(d, "postgres")) {
+			return d, nil
+		}
+	}
+	return "", errors.New("pgtest: PostgreSQL server programs (initdb, postgres) not found on PATH, in `pg_config --bindir` or in /usr/lib/postgresql/*/bin; install them (Debian: apt-get install postgresql)")
+}
+
+func majorOf(binDir string) int {
+	n, _ := strconv.Atoi(filepath.Base(filepath.Dir(binDir)))
+	return n
+}
+
+func isExec(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode().IsRegular() && fi.Mode()&0o111 != 0
+}
+
+// Start creates a cluster in a new temporary directory and starts its
+// server, returning once it accepts connections. The caller must Close it.
+func Start(ctx context.Context) (_ *Server, err error) {
+	bin, err := BinDir()
+	if err != nil {
+		return nil, err
+	}
+	// The socket path must fit in sun_path (107 bytes): keep it short.
+	dir, err := os.MkdirTemp("", "beam-pg-")
+	if err != nil {
+		return nil, fmt.Errorf("pgtest: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(dir)
+		}
+	}()
+	cred, err := serverCredential(dir)
+	if err != nil {
+		return nil, err
+	}
+	env := append(os.Environ(), "LC_ALL=C", "LANG=C", "HOME="+dir, "TZ=UTC")
+	data := filepath.Join(dir, "data")
+	initdb := exec.CommandContext(ctx, filepath.Join(bin, "initdb"), "-D", data, "-U", User, "--auth=trust",
+		"-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
+	initdb.Dir, initdb.Env = dir, env
+	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	if out, err := initdb.CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("pgtest: initdb: %w\n%s", err, out)
+	}
+	cmd := exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-k", dir,
+		"-c", "listen_addresses=", "-c", "port=5432", "-c", "max_connections=200",
+		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+		"-c", "lc_messages=C", "-c", "log_min_messages=warning", "-c", "log_destination=stderr",
+		"-c", "logging_collector=off")
+	cmd.Dir, cmd.Env = dir, env
+	// Should the test binary die, the server shuts down at once.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGQUIT}
+	stderr, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, fmt.Errorf("pgtest: %w", err)
+	}
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("pgtest: start postgres: %w", err)
+	}
+	s := &Server{dir: dir, cmd: cmd, done: make(chan struct{}), log: &tail{}}
+	ready := make(chan struct{})
+	go s.readLog(stderr, ready)
+	select {
+	case <-ready:
+		return s, nil
+	case <-s.done:
+		s.Close()
+		return nil, fmt.Errorf("pgtest: postgres exited before it was ready:\n%s", s.log)
+	case <-ctx.Done():
+		s.Close()
+		return nil, fmt.Errorf("pgtest: postgres not ready: %w\n%s", ctx.Err(), s.log)
+	}
+}
+
+// serverCredential returns whom initdb and postgres run as: nil (the
+// current user) unless that is root, which PostgreSQL refuses; then
+// "nobody", who is given dir.
+func serverCredential(dir string) (*syscall.Credential, error) {
+	if os.Geteuid() != 0 {
+		return nil, nil
+	}
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		return nil, fmt.Errorf("pgtest: PostgreSQL does not run as root, and there is no user nobody to run it as: %w", err)
+	}
+	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
+	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
+	if err := os.Chown(dir, int(uid), int(gid)); err != nil {
+		return nil, fmt.Errorf("pgtest: %w", err)
+	}
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
+}
+
+// readLog keeps the server's log and closes ready when the server says it
+// accepts connections; it closes s.done when the server has exited.
+func (s *Server) readLog(r io.Reader, ready chan struct{}) {
+	sc := bufio.NewScanner(r)
+	signalled := false
+	for sc.Scan() {
+		line := sc.Text()
+		s.log.add(line)
+		if !signalled && strings.Contains(line, "database system is ready to accept connections") {
+			signalled = true
+			close(ready)
+		}
+	}
+	s.cmd.Wait()
+	close(s.done)
+}
+
+// DSN returns the URL of database db on the server.
+func (s *Server) DSN(db string) string {
+	return "postgres://" + User + "@/" + db + "?host=" + s.dir + "&sslmode=disable"
+}
+
+// CreateDatabase creates a new, empty database and returns its name.
+func (s *Server) CreateDatabase(ctx context.Context) (string, error) {
+	s.mu.Lock()
+	s.nextDB++
+	name := "test" + strconv.Itoa(s.nextDB)
+	s.mu.Unlock()
+	if err := s.admin(ctx, "CREATE DATABASE "+name); err != nil {
+		return "", fmt.Errorf("pgtest: create database: %w", err)
+	}
+	return name, nil
+}
+
+// DropDatabase drops database name, ending its open connections.
+func (s *Server) DropDatabase(ctx context.Context, name string) error {
+	if err := s.admin(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize()+" WITH (FORCE)"); err != nil {
+		return fmt.Errorf("pgtest: drop database: %w", err)
+	}
+	return nil
+}
+
+// NewDatabase creates a database for t, dropped when t ends, and returns
+// its DSN.
+func (s *Server) NewDatabase(t testing.TB) string {
+	t.Helper()
+	name, err := s.CreateDatabase(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := s.DropDatabase(ctx, name); err != nil {
+			t.Errorf("%v", err)
+		}
+	})
+	return s.DSN(name)
+}
+
+func (s *Server) admin(ctx context.Context, stmt string) error {
+	conn, err := pgx.Connect(ctx, s.DSN("postgres"))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	_, err = conn.Exec(ctx, stmt)
+	return err
+}
+
+// Log returns the end of the server's log.
+func (s *Server) Log() string { return s.log.String() }
+
+// Close stops the server (a fast shutdown, ending open connections) and
+// removes its directory. It is idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.cmd.Process.Signal(syscall.SIGINT)
+	select {
+	case <-s.done:
+	case <-time.After(30 * time.Second):
+		s.cmd.Process.Kill()
+		<-s.done
+	}
+	return os.RemoveAll(s.dir)
+}
+
+// New starts a server for t alone, stopped when t ends. It fails t if
+// PostgreSQL is not installed.
+func New(t testing.TB) *Server {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), startTimeout)
+	defer cancel()
+	s, err := Start(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// Shared is one server for a test package, started by the first
+// NewDatabase and stopped by Run. The zero value is ready to use.
+type Shared struct {
+	once sync.Once
+	srv  *Server
+	err  error
+}
+
+// Server returns the shared server, starting it on first use. It fails t
+// if the server cannot start (PostgreSQL not installed, for one).
+func (p *Shared) Server(t testing.TB) *Server {
+	t.Helper()
+	p.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
+		defer cancel()
+		p.srv, p.err = Start(ctx)
+	})
+	if p.err != nil {
+		t.Fatal(p.err)
+	}
+	return p.srv
+}
+
+// NewDatabase creates a database for t on the shared server and returns
+// its DSN; see Server.NewDatabase.
+func (p *Shared) NewDatabase(t testing.TB) string {
+	t.Helper()
+	return p.Server(t).NewDatabase(t)
+}
+
+// Run runs the package's tests and then stops the server if one was
+// started; TestMain passes its result to os.Exit.
+func (p *Shared) Run(m *testing.M) int {
+	code := m.Run()
+	p.once.Do(func() {}) // no server starts after this
+	if p.srv != nil {
+		p.srv.Close()
+	}
+	return code
+}
+
+// tail keeps the last lines of a log.
+type tail struct {
+	mu    sync.Mutex // guards lines
+	lines []string
+}
+
+func (l *tail) add(line string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.lines) == 100 {
+		l.lines = slices.Delete(l.lines, 0, 1)
+	}
+	l.lines = append(l.lines, line)
+}
+
+func (l *tail) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines, "\n")
+}

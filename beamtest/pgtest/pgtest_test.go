@@ -1,0 +1,49 @@
+package pgtest
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TestServer starts a server, uses a database on it as a test would, and
+// checks that Close stops the server and removes its directory.
+func TestServer(t *testing.T) {
+	s := New(t)
+	db, err := s.CreateDatabase(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(t.Context(), s.DSN(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	if err := conn.QueryRow(t.Context(), `SELECT current_database() || ' ' || current_user`).Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	if want := db + " " + User; got != want {
+		t.Errorf("connected to %q, want %q", got, want)
+	}
+	conn.Close(t.Context())
+	if err := s.DropDatabase(t.Context(), db); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.done:
+	default:
+		t.Error("server still running after Close")
+	}
+	if _, err := os.Stat(s.dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("directory after Close: %v, want it gone", err)
+	}
+	if !strings.Contains(s.Log(), "ready to accept connections") {
+		t.Errorf("server log lacks its start:\n%s", s.Log())
+	}
+}
