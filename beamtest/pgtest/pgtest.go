@@ -98,7 +98,13 @@ func Start(ctx context.Context) (_ *Server, err error) {
 		return nil, err
 	}
 	// The socket path must fit in sun_path (107 bytes): keep it short.
-	dir, err := os.MkdirTemp("", "beam-pg-")
+	// Under root the server's user must reach the directory: /tmp, not a
+	// TMPDIR of root's that it may not enter.
+	parent := ""
+	if os.Geteuid() == 0 {
+		parent = "/tmp"
+	}
+	dir, err := os.MkdirTemp(parent, "beam-pg-")
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: %w", err)
 	}

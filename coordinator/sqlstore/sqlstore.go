@@ -163,16 +163,21 @@ func (s *Store) migrate(ctx context.Context) (err error) {
 		return err
 	}
 	for _, m := range migs {
-		var n int
-		if err := conn.QueryRowContext(ctx, s.d.rebind(`SELECT COUNT(*) FROM schema_migrations WHERE version = ?`), m.version).Scan(&n); err != nil {
-			return fmt.Errorf("sqlstore: check migration %d: %w", m.version, err)
-		}
-		if n > 0 {
-			continue
-		}
+		// Checked inside the transaction: on SQLite it holds the write
+		// lock, so another process applying the same migration is done
+		// by then (on PostgreSQL the advisory lock already is).
 		tx, err := conn.BeginTx(ctx, nil)
 		if err != nil {
 			return fmt.Errorf("sqlstore: begin migration %d: %w", m.version, err)
+		}
+		var n int
+		if err := tx.QueryRowContext(ctx, s.d.rebind(`SELECT COUNT(*) FROM schema_migrations WHERE version = ?`), m.version).Scan(&n); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("sqlstore: check migration %d: %w", m.version, err)
+		}
+		if n > 0 {
+			tx.Rollback()
+			continue
 		}
 		if _, err := tx.ExecContext(ctx, m.body); err != nil {
 			tx.Rollback()
