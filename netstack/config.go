@@ -94,6 +94,10 @@ type Peer struct {
 	// HomeDERP is the peer's home relay region, used while no direct
 	// path to the peer is confirmed; 0 means none.
 	HomeDERP int
+	// RelayServer: the peer runs a UDP peer relay server, which may
+	// carry traffic between this node and peers it has no direct path
+	// to (see PeerRelayOptions).
+	RelayServer bool
 }
 
 // Reconfig applies cfg. It may be called any number of times; peers that
@@ -147,7 +151,7 @@ func (e *Engine) Reconfig(cfg Config) error {
 	// endpoints; removed peers go from both.
 	bps := make([]bind.PeerConfig, 0, len(cfg.Peers))
 	for _, p := range cfg.Peers {
-		bps = append(bps, bind.PeerConfig{Key: p.Key, Endpoints: p.Endpoints, HomeRegion: p.HomeDERP, DiscoKey: p.DiscoKey})
+		bps = append(bps, bind.PeerConfig{Key: p.Key, Endpoints: p.Endpoints, HomeRegion: p.HomeDERP, DiscoKey: p.DiscoKey, RelayServer: p.RelayServer})
 	}
 	e.bind.SetPeers(bps)
 	e.setDERPMapLocked(cfg.DERPMap, cfg.HomeDERP)
@@ -244,8 +248,10 @@ type PeerStatus struct {
 	// Endpoint is the UDP address packets to the peer go to; invalid if
 	// none is confirmed.
 	Endpoint netip.AddrPort
-	// Path is "direct", "relay" or "none".
+	// Path is "direct", "peer-relay", "relay" or "none".
 	Path string
+	// Via is the peer relay server's node when Path is "peer-relay".
+	Via key.NodePublic
 	// DERPRegion is the relay region packets go through when Path is
 	// "relay"; 0 otherwise.
 	DERPRegion int
@@ -277,6 +283,7 @@ func (e *Engine) Status() []PeerStatus {
 		st.Endpoint = pp.Endpoint
 		st.Path = pp.Path
 		st.DERPRegion = pp.Region
+		st.Via = pp.Via
 		st.Latency = pp.Latency
 		out = append(out, st)
 	}

@@ -515,8 +515,11 @@ type PingResult struct {
 	Peer key.NodePublic
 	// Latency is the round trip of the disco ping.
 	Latency time.Duration
-	// Path is "direct" or "relay", the path the answer came over.
+	// Path is "direct", "peer-relay" or "relay", the path the answer
+	// came over.
 	Path string
+	// Via is the peer relay server's node for a "peer-relay" path.
+	Via key.NodePublic
 	// Endpoint is the peer's UDP address for a direct path.
 	Endpoint netip.AddrPort
 	// DERPRegion is the relay region for a relayed path.
@@ -549,5 +552,5 @@ func (e *Engine) Ping(ctx context.Context, ip netip.Addr) (PingResult, error) {
 	if err != nil {
 		return PingResult{}, fmt.Errorf("netstack: ping %v: %w", ip, err)
 	}
-	return PingResult{Peer: k, Latency: r.Latency, Path: r.Path, Endpoint: r.Endpoint, DERPRegion: r.Region}, nil
+	return PingResult{Peer: k, Latency: r.Latency, Path: r.Path, Via: r.Via, Endpoint: r.Endpoint, DERPRegion: r.Region}, nil
 }

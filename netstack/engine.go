@@ -131,6 +131,9 @@ type Options struct {
 	// the engine and serves peers only on its own listeners (package
 	// beamnet). Ignored in TUN mode, where nothing is forwarded.
 	NoHostForward bool
+	// PeerRelay, if set, runs a UDP peer relay server on the node (see
+	// PeerRelayOptions). Nil: none.
+	PeerRelay *PeerRelayOptions
 }
 
 // Engine is a running data plane. Its methods are safe for concurrent use.
@@ -162,6 +165,8 @@ type Engine struct {
 	pmap portMapState
 	// loopWG counts discoveryLoop.
 	loopWG sync.WaitGroup
+	// prs is the peer relay server (Options.PeerRelay); nil if none.
+	prs *peerRelayServer
 
 	mu         sync.Mutex // guards the following fields
 	closed     bool
@@ -219,14 +224,30 @@ func New(opts Options) (*Engine, error) {
 	if opts.TUN == "" {
 		inWin, outWin = newWindows()
 	}
+	var relayServer bind.RelayServer
+	if opts.PeerRelay != nil {
+		if opts.PeerRelay.Port != 0 && opts.PeerRelay.Port == opts.ListenPort {
+			cancel()
+			return nil, errPeerRelayPort
+		}
+		prs, err := e.startPeerRelay(opts.PeerRelay)
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("netstack: %w", err)
+		}
+		e.prs, relayServer = prs, prs.srv
+		stop := cancel
+		cancel = func() { stop(); prs.close() }
+	}
 	b, err := bind.New(bind.Options{
-		Inbound:    inWin,
-		Outbound:   outWin,
-		PrivateKey: opts.PrivateKey,
-		Logger:     e.log.With("component", "bind"),
-		Relay:      e.relays,
-		DiscoKey:   opts.DiscoKey,
-		OnSTUN:     e.onSTUN,
+		RelayServer: relayServer,
+		Inbound:     inWin,
+		Outbound:    outWin,
+		PrivateKey:  opts.PrivateKey,
+		Logger:      e.log.With("component", "bind"),
+		Relay:       e.relays,
+		DiscoKey:    opts.DiscoKey,
+		OnSTUN:      e.onSTUN,
 		// A peer still sending on a session of this node's previous
 		// process gets a handshake at once: its connections to that
 		// process then reach this stack, which resets them.
@@ -415,6 +436,7 @@ func (e *Engine) Close() error {
 
 	e.cancel()
 	e.loopWG.Wait()
+	e.prs.close()
 	e.relays.close()
 	for _, c := range active {
 		c.Close()

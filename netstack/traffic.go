@@ -18,11 +18,13 @@ type PeerTraffic struct {
 	// Direct counts datagrams over UDP straight to the peer, Relay those
 	// through a relay region.
 	Direct, Relay PathTraffic
+	// PeerRelay counts datagrams through peer relay servers.
+	PeerRelay PathTraffic
 	// HandshakesInitiated and HandshakesAnswered count the handshake
 	// initiations and responses sent to the peer, retries included.
 	HandshakesInitiated, HandshakesAnswered uint64
 	// PathChanges counts switches of the peer's primary path between
-	// direct and relay.
+	// direct, peer relay and relay.
 	PathChanges uint64
 }
 
@@ -32,6 +34,7 @@ func (e *Engine) PeerTraffic(k key.NodePublic) PeerTraffic {
 	return PeerTraffic{
 		Direct:              PathTraffic(t.Direct),
 		Relay:               PathTraffic(t.Relay),
+		PeerRelay:           PathTraffic(t.PeerRelay),
 		HandshakesInitiated: t.HandshakesInitiated,
 		HandshakesAnswered:  t.HandshakesAnswered,
 		PathChanges:         t.PathChanges,

@@ -68,6 +68,7 @@ import (
 
 	"beam.dev/beam/netstack/internal/disco"
 	"beam.dev/beam/netstack/internal/inflight"
+	"beam.dev/beam/netstack/internal/udprelay"
 	"beam.dev/beam/types/key"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
@@ -153,6 +154,10 @@ type Options struct {
 	// Outbound, if set, is released by the transport data packets sent
 	// (counted when wireguard-go read them from the TUN).
 	Outbound *inflight.Window
+	// RelayServer, if set, is this node's peer relay server: peers'
+	// disco Allocate requests for a session with another of our peers
+	// are served by it (peerrelay.go). Nil: requests are ignored.
+	RelayServer RelayServer
 }
 
 // PeerConfig is one peer the bind may send to.
@@ -166,6 +171,9 @@ type PeerConfig struct {
 	// DiscoKey is the peer's disco key; zero if unknown (then the peer
 	// is never pinged and its disco messages are dropped).
 	DiscoKey key.DiscoPublic
+	// RelayServer: the peer offers a peer relay server, which may relay
+	// between us and peers we have no direct path to.
+	RelayServer bool
 }
 
 // Bind is the magic bind. Create it with New; it is safe for concurrent
@@ -186,6 +194,8 @@ type Bind struct {
 	rs relayState
 	// disco is the path discovery state.
 	disco discoState
+	// pr is the peer relay state (peerrelay.go).
+	pr prState
 	// lastSend is when Send last sent to a peer (unix nanos).
 	lastSend atomic.Int64
 	// oversized counts datagrams dropped because, split from a UDP_GRO
@@ -302,6 +312,12 @@ func New(opts Options) (*Bind, error) {
 	}
 	empty := make(map[netip.AddrPort]*Endpoint)
 	b.addrs.Store(&empty)
+	noSessions := make(map[uint32]*prSession)
+	b.pr.sessions.Store(&noSessions)
+	b.pr.bufs.New = func() any {
+		buf := make([]byte, 0, relayBuf)
+		return &buf
+	}
 	b.disco.pending = make(map[[12]byte]*pendingPing)
 	b.disco.nodeKey = opts.PrivateKey.Public()
 	if !opts.DiscoKey.IsZero() {
@@ -370,6 +386,7 @@ func (b *Bind) SetPeers(peers []PeerConfig) {
 		oldCands := pe.p.candidates.Load()
 		pe.p.candidates.Store(&cands)
 		pe.p.home.Store(int32(pc.HomeRegion))
+		pe.p.relayServer.Store(pc.RelayServer)
 		if old := pe.p.disco.Load(); pc.DiscoKey.IsZero() {
 			pe.p.disco.Store(nil)
 		} else if b.disco.on && (old == nil || old.key != pc.DiscoKey) {
@@ -388,6 +405,7 @@ func (b *Bind) SetPeers(peers []PeerConfig) {
 		}
 	}
 	b.rebuildLocked()
+	b.rebuildSessionsLocked()
 }
 
 // ProbeNew probes the peers SetPeers added (or gave a new disco key):
@@ -468,6 +486,15 @@ func (b *Bind) PeerPath(k key.NodePublic) PeerPath {
 	switch {
 	case direct != nil:
 		return PeerPath{Endpoint: direct.src, Path: "direct", LastRecv: direct.lastRecv.Load(), Latency: time.Duration(direct.latency.Load())}
+	}
+	if s, _ := b.peerRelayFor(p, now); s != nil {
+		pp := PeerPath{Path: "peer-relay", Via: s.server.key, LastRecv: s.ep.lastRecv.Load(), Latency: time.Duration(s.ep.latency.Load())}
+		if ap := s.addr.Load(); ap != nil {
+			pp.Endpoint = *ap
+		}
+		return pp
+	}
+	switch {
 	case region != 0:
 		var last int64
 		if best := p.best.Load(); best != nil && best.isRelay() {
@@ -698,6 +725,15 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 			if b.opts.RelayOnly && !isSTUNResponse(pkt) {
 				continue
 			}
+			if udprelay.IsPacket(pkt) {
+				if e, m := b.handlePeerRelay(src, pkt, now); e != nil {
+					sizes[i], eps[i] = m, e
+					if isData(pkt[:m]) {
+						data++
+					}
+				}
+				continue
+			}
 			if disco.IsPacket(pkt) {
 				b.handleDisco(src, 0, key.NodePublic{}, pkt, nil)
 				continue
@@ -844,6 +880,12 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	// be, and prove nothing about the peer: send them back where the
 	// datagram came from and learn nothing.
 	if p == nil || (len(first) == cookieReplySize && first[0] == msgCookie) {
+		if e.isPeerRelay() && p != nil {
+			if s := p.pr.Load(); s != nil {
+				return b.sendPeerRelay(s, bufs)
+			}
+			return errNoRelay
+		}
 		if e.isRelay() && p != nil {
 			return b.sendRelay(bufs, p, int(e.src.Port()))
 		}
@@ -861,7 +903,7 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	// that is still fresh, nor an IPv4 one a fresh IPv6 path (keepFor;
 	// lastSendEp stays, so the switch happens once best goes stale).
 	now := time.Now().UnixNano()
-	if e.src.IsValid() && p.lastSendEp.Load() != e {
+	if e.src.IsValid() && !e.isPeerRelay() && p.lastSendEp.Load() != e {
 		if best := p.best.Load(); !keepFor(best, e, now) {
 			p.lastSendEp.Store(e)
 			if !e.isRelay() || best == nil || best.isRelay() || !fresh(best, now) {
@@ -882,12 +924,22 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 			p.traffic.sending(first, false, false)
 			if p.disco.Load() != nil {
 				b.maybeProbe(p, now, relayProbeEvery)
+				b.maybeAllocate(p, now)
 			}
 			return b.spray(bufs, p, best, home)
 		}
 	}
 	direct, region := b.route(p, now, idle, true)
-	p.traffic.sending(first, direct != nil, region != 0)
+	// A usable peer relay session carries what the relay region would:
+	// alone, or with a copy through the region while it is quiet.
+	var via *prSession
+	if region != 0 || direct == nil {
+		var withRelay bool
+		if via, withRelay = b.peerRelayFor(p, now); via != nil && !withRelay {
+			region = 0
+		}
+	}
+	p.traffic.sendingVia(first, direct != nil, via != nil, region != 0)
 	if p.disco.Load() != nil {
 		switch {
 		case direct != nil && fresh(direct, now):
@@ -913,6 +965,24 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		default:
 			b.maybeProbe(p, now, relayProbeEvery)
 		}
+		if direct == nil || !fresh(direct, now) {
+			b.maybeAllocate(p, now)
+		}
+		b.maybePingSession(p, now)
+	}
+	if via != nil {
+		err := b.sendPeerRelay(via, bufs)
+		if direct != nil {
+			if derr := b.sendEp(p, bufs, direct); derr == nil {
+				err = nil
+			}
+		}
+		if region != 0 {
+			if rerr := b.sendRelay(bufs, p, region); rerr == nil {
+				err = nil
+			}
+		}
+		return err
 	}
 	switch {
 	case direct != nil && region != 0:
@@ -1039,6 +1109,9 @@ func (b *Bind) spray(bufs [][]byte, p *peer, best *Endpoint, home int) error {
 	}
 	if b.rs.relay != nil && (home != 0 || (best != nil && best.isRelay())) {
 		note(b.sendRelay(bufs, p, relayRegion(best, home)))
+	}
+	if s := p.pr.Load(); s != nil && s.addr.Load() != nil {
+		note(b.sendPeerRelay(s, bufs))
 	}
 	if sent {
 		return nil

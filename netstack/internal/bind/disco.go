@@ -78,6 +78,7 @@ type discoState struct {
 type pendingPing struct {
 	p      *peer
 	sock   *extraSock     // the extra socket it went out of; nil for the bind's own
+	via    *prSession     // the peer relay session it went through; nil if none
 	dst    netip.AddrPort // direct destination; invalid if sent through a relay
 	region int            // relay region when dst is invalid
 	at     int64          // unix nanos sent
@@ -88,8 +89,11 @@ type pendingPing struct {
 type PingResult struct {
 	// Latency is the round-trip time of the ping.
 	Latency time.Duration
-	// Path is "direct" or "relay": the path the pong came back over.
+	// Path is "direct", "peer-relay" or "relay": the path the pong came
+	// back over.
 	Path string
+	// Via is the peer relay server's node for a "peer-relay" path.
+	Via key.NodePublic
 	// Endpoint is the peer's address for a direct path.
 	Endpoint netip.AddrPort
 	// Region is the relay region for a relayed path.
@@ -150,6 +154,7 @@ func (b *Bind) Maintain() {
 			b.resendInit(p, now)
 		}
 		b.watchDirect(p, now)
+		b.maintainPeerRelay(p, now)
 	}
 }
 
@@ -390,7 +395,7 @@ func (b *Bind) handleDisco(src netip.AddrPort, region int, relaySrc key.NodePubl
 	case *disco.Pong:
 		b.disco.mu.Lock()
 		pp := b.disco.pending[m.TxID]
-		if pp != nil && pp.p == p && pp.sock == sock && (pp.dst == src || (region != 0 && !pp.dst.IsValid())) {
+		if pp != nil && pp.p == p && pp.sock == sock && pp.via == nil && (pp.dst == src || (region != 0 && !pp.dst.IsValid())) {
 			delete(b.disco.pending, m.TxID)
 		} else {
 			pp = nil
@@ -431,6 +436,14 @@ func (b *Bind) handleDisco(src netip.AddrPort, region int, relaySrc key.NodePubl
 		if region != 0 && len(m.HardNAT) > 0 {
 			b.maybeSpray(p, m.HardNAT, now)
 		}
+	case *disco.Allocate:
+		b.serveAllocate(p, dp, m, now)
+		return
+	case *disco.Allocation:
+		b.takeAllocation(p, dp, m, now)
+		return
+	case *disco.BindRelay, *disco.Challenge, *disco.Answer:
+		return // only on a relay socket
 	}
 	b.resendInit(p, now)
 }
@@ -598,6 +611,9 @@ func (b *Bind) Ping(ctx context.Context, k key.NodePublic) (PingResult, error) {
 			if r.Path == "direct" {
 				return r, nil
 			}
+			if relayed != nil && relayed.Path == "relay" && r.Path == "peer-relay" {
+				relayed = &r
+			}
 			if relayed == nil {
 				relayed = &r
 				t := time.NewTimer(r.Latency + pingDirectGrace)
@@ -632,6 +648,9 @@ func (b *Bind) pingRound(p *peer, res chan PingResult) error {
 	best := p.best.Load()
 	if best != nil && !best.isRelay() && fresh(best, now) {
 		return b.ping(p, dp, best.src, 0, res)
+	}
+	if s := p.pr.Load(); s != nil && s.addr.Load() != nil {
+		b.pingSession(s, res)
 	}
 	region := b.relayRegionFor(p)
 	addrs := b.directAddrs(p)

@@ -121,6 +121,18 @@ type peer struct {
 	lastStale  atomic.Int64
 	// traffic counts datagrams per path (traffic.go).
 	traffic traffic
+
+	// relayServer: the peer offers a peer relay server
+	// (PeerConfig.RelayServer).
+	relayServer atomic.Bool
+	// pr is the session at a peer relay server that reaches this peer;
+	// nil if none (peerrelay.go). Replaced under Bind.mu.
+	pr atomic.Pointer[prSession]
+	// lastAllocate is when a session was last asked for, allocTurn
+	// rotates among servers, lastServeAllocate rate-limits the peer's
+	// own requests to our server.
+	lastAllocate, lastServeAllocate atomic.Int64
+	allocTurn                       atomic.Uint32
 }
 
 // PeerPath is the bind's view of how a peer is reached.
@@ -128,9 +140,12 @@ type PeerPath struct {
 	// Endpoint is the address packets to the peer go to now; invalid if
 	// none is confirmed.
 	Endpoint netip.AddrPort
-	// Path is "direct" once a UDP address is confirmed, "relay" while
-	// the peer is reached through a relay, else "none".
+	// Path is "direct" once a UDP address is confirmed, "peer-relay"
+	// while the peer is reached through a peer relay server (Via),
+	// "relay" while it is reached through a relay region, else "none".
 	Path string
+	// Via is the peer relay server's node when Path is "peer-relay".
+	Via key.NodePublic
 	// Region is the relay region in use when Path is "relay".
 	Region int
 	// LastRecv is when a packet last arrived over Endpoint; zero if never.

@@ -12,6 +12,9 @@ import (
 const (
 	pathDirect = 0 // UDP straight to the peer
 	pathRelay  = 1 // through a relay region
+	// pathPeerRelay is through a peer relay server (peerrelay.go).
+	pathPeerRelay = 2
+	numPaths      = 3
 )
 
 // traffic counts one peer's WireGuard datagrams per path. Every field is
@@ -20,13 +23,14 @@ const (
 // leaves the bind's table takes its counters with it; one that comes back
 // starts from zero (a counter reset, which Prometheus understands).
 type traffic struct {
-	rxBytes, rxPackets [2]atomic.Uint64
-	txBytes, txPackets [2]atomic.Uint64
+	rxBytes, rxPackets [numPaths]atomic.Uint64
+	txBytes, txPackets [numPaths]atomic.Uint64
 	// initiated and answered count the handshake initiations and
 	// responses wireguard-go sent to the peer (retries included).
 	initiated, answered atomic.Uint64
 	// path is the last primary path packets to the peer took (0 none
-	// yet, 1 direct, 2 relay); pathChanges counts its changes.
+	// yet, 1 direct, 2 relay, 3 peer relay); pathChanges counts its
+	// changes.
 	path        atomic.Uint32
 	pathChanges atomic.Uint64
 }
@@ -54,8 +58,14 @@ func (t *traffic) sentOne(path, n int) {
 }
 
 // sending notes the first datagram of a batch wireguard-go hands to Send
-// and the primary path the batch takes (direct if it goes direct at all).
+// and the primary path the batch takes (direct if it goes direct at all,
+// else the peer relay if it goes there).
 func (t *traffic) sending(first []byte, direct, relay bool) {
+	t.sendingVia(first, direct, false, relay)
+}
+
+// sendingVia is sending with the peer relay path.
+func (t *traffic) sendingVia(first []byte, direct, peerRelay, relay bool) {
 	if len(first) >= 4 {
 		switch binary.LittleEndian.Uint32(first) {
 		case msgInitiation:
@@ -68,6 +78,8 @@ func (t *traffic) sending(first []byte, direct, relay bool) {
 	switch {
 	case direct:
 		cur = 1
+	case peerRelay:
+		cur = 3
 	case relay:
 		cur = 2
 	default:
@@ -97,11 +109,13 @@ type PathTraffic struct {
 // Traffic is a snapshot of the counters of one peer.
 type Traffic struct {
 	Direct, Relay PathTraffic
+	// PeerRelay is through peer relay servers.
+	PeerRelay PathTraffic
 	// HandshakesInitiated and HandshakesAnswered count the handshake
 	// initiations and responses sent to the peer.
 	HandshakesInitiated, HandshakesAnswered uint64
 	// PathChanges counts switches of the peer's primary path between
-	// direct and relay.
+	// direct, peer relay and relay.
 	PathChanges uint64
 }
 
@@ -123,6 +137,7 @@ func (b *Bind) PeerTraffic(k key.NodePublic) Traffic {
 	return Traffic{
 		Direct:              path(pathDirect),
 		Relay:               path(pathRelay),
+		PeerRelay:           path(pathPeerRelay),
 		HandshakesInitiated: t.initiated.Load(),
 		HandshakesAnswered:  t.answered.Load(),
 		PathChanges:         t.pathChanges.Load(),

@@ -28,7 +28,9 @@ package udprelay
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/binary"
 	"errors"
@@ -53,7 +55,8 @@ const (
 	DefaultBytesPerSecond     = 128 << 20
 	DefaultIdleTimeout        = 2 * time.Minute
 	DefaultBindTimeout        = 30 * time.Second
-	// challengeTimeout is how long a Challenge may wait for its Answer.
+	// challengeTimeout is how long a Challenge may wait for its Answer
+	// (between one and two of these).
 	challengeTimeout = 10 * time.Second
 	// controlRate bounds the control packets per second the server opens
 	// (each Open of a new peer costs an X25519 operation).
@@ -116,6 +119,8 @@ type Server struct {
 	opts    Options
 	log     *slog.Logger
 	control *rate.Limiter
+	// secret keys the challenges (see challenge).
+	secret [32]byte
 
 	allocated, refused, expired, binds atomic.Uint64
 	packets, bytes                     atomic.Uint64
@@ -135,9 +140,6 @@ type session struct {
 	peers      [2]key.DiscoPublic
 	shared     [2]key.DiscoShared
 	bound      [2]netip.AddrPort
-	challenge  [2][32]byte
-	chAddr     [2]netip.AddrPort
-	chAt       [2]time.Time
 	created    time.Time
 	lastActive time.Time
 	pps, bps   *rate.Limiter
@@ -178,14 +180,33 @@ func New(opts Options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{
+	s := &Server{
 		opts:     opts,
 		log:      log.With("component", "udprelay"),
 		control:  rate.NewLimiter(controlRate, controlRate),
 		sessions: make(map[uint32]*session),
 		byPair:   make(map[[2]key.DiscoPublic]*session),
 		perPeer:  make(map[key.DiscoPublic]int),
-	}, nil
+	}
+	rand.Read(s.secret[:])
+	return s, nil
+}
+
+// challenge is the challenge for side i of session vni binding src in
+// time slot epoch (of challengeTimeout): a MAC, so the server keeps no
+// state per request, and a peer that sends BindRelay to several of the
+// server's addresses can answer any of them.
+func (s *Server) challenge(vni uint32, i int, src netip.AddrPort, epoch int64) [32]byte {
+	m := hmac.New(sha256.New, s.secret[:])
+	var b [4 + 1 + 8 + 18]byte
+	binary.BigEndian.PutUint32(b[0:], vni)
+	b[4] = byte(i)
+	binary.BigEndian.PutUint64(b[5:], uint64(epoch))
+	ip := src.Addr().As16()
+	copy(b[13:], ip[:])
+	binary.BigEndian.PutUint16(b[29:], src.Port())
+	m.Write(b[:])
+	return [32]byte(m.Sum(nil))
 }
 
 // DiscoPublic returns the server's disco public key.
@@ -435,24 +456,25 @@ func (s *Server) handleControl(conn *net.UDPConn, vni uint32, pkt []byte, src ne
 			s.droppedOther.Add(1)
 			return
 		}
-		var c [32]byte
-		rand.Read(c[:])
-		s.mu.Lock()
-		se.challenge[i], se.chAddr[i], se.chAt[i] = c, src, now
-		s.mu.Unlock()
+		c := s.challenge(vni, i, src, now.UnixNano()/int64(challengeTimeout))
 		out := AppendHeader(make([]byte, 0, 128), TypeControl, vni)
 		out = disco.AppendPacket(out, s.opts.DiscoKey.Public(), shared, &disco.Challenge{VNI: vni, Challenge: c})
 		conn.WriteToUDPAddrPort(out, src)
 	case *disco.Answer:
-		s.mu.Lock()
-		okAnswer := m.VNI == vni && se.chAddr[i] == src && now.Sub(se.chAt[i]) <= challengeTimeout &&
-			subtle.ConstantTimeCompare(m.Challenge[:], se.challenge[i][:]) == 1
+		// The challenge of this slot or the one before.
+		epoch := now.UnixNano() / int64(challengeTimeout)
+		c0, c1 := s.challenge(vni, i, src, epoch), s.challenge(vni, i, src, epoch-1)
+		okAnswer := m.VNI == vni && (subtle.ConstantTimeCompare(m.Challenge[:], c0[:]) == 1 ||
+			subtle.ConstantTimeCompare(m.Challenge[:], c1[:]) == 1)
 		if okAnswer {
-			se.bound[i] = src
-			se.chAddr[i] = netip.AddrPort{}
-			se.lastActive = now
+			s.mu.Lock()
+			okAnswer = s.sessions[vni] == se
+			if okAnswer {
+				se.bound[i] = src
+				se.lastActive = now
+			}
+			s.mu.Unlock()
 		}
-		s.mu.Unlock()
 		if !okAnswer {
 			s.droppedOther.Add(1)
 			return
