@@ -90,16 +90,9 @@ func (s *Server) startAccessControl() {
 // accessRoutes adds the routes of users, policy, approval and audit.
 func (s *Server) accessRoutes(mux, admin *http.ServeMux) {
 	mux.HandleFunc("GET "+wire.PathApprovalPage, s.handleApprovalPage)
-	admin.HandleFunc("POST "+wire.PathUsers, s.handleCreateUser)
-	admin.HandleFunc("GET "+wire.PathUsers, s.handleListUsers)
-	admin.HandleFunc("DELETE "+wire.PathUser, s.handleDeleteUser)
 	admin.HandleFunc("GET "+wire.PathPolicy, s.handleGetPolicy)
 	admin.HandleFunc("PUT "+wire.PathPolicy, s.handleSetPolicy)
 	admin.HandleFunc("POST "+wire.PathPolicyCheck, s.handleCheckPolicy)
-	admin.HandleFunc("PUT "+wire.PathNodeExpiry, s.handleSetNodeExpiry)
-	admin.HandleFunc("GET "+wire.PathRegistrations, s.handleListPending)
-	admin.HandleFunc("POST "+wire.PathRegistrationApprove, s.handleApprove)
-	admin.HandleFunc("GET "+wire.PathAudit, s.handleAudit)
 }
 
 // currentPolicy returns the policy in force.

@@ -15,16 +15,6 @@ import (
 	"beam.dev/beam/wire"
 )
 
-// Admin API (bearer token), JSON in and out:
-//
-//	POST   /api/v1/authkeys              wire.CreateAuthKeyRequest -> wire.CreateAuthKeyResponse
-//	GET    /api/v1/authkeys              -> []wire.AuthKeyInfo
-//	DELETE /api/v1/authkeys/{prefix}     -> 204
-//	GET    /api/v1/nodes                 -> []wire.Node
-//	DELETE /api/v1/nodes/{name}          -> 204  (name, network/name or nodekey:...)
-//	POST   /api/v1/nodes/{name}/expire   -> 204
-//	POST   /api/v1/nodes/{name}/rename   wire.RenameNodeRequest -> wire.Node (rename.go)
-
 // authKeyPrefix starts every auth key; the stored prefix adds 12 hex digits.
 const authKeyPrefix = "beamkey-"
 
@@ -173,67 +163,4 @@ func (s *Server) adminError(w http.ResponseWriter, op string, err error) {
 		aerr = errorf(http.StatusInternalServerError, wire.CodeInternal, "%s failed", op)
 	}
 	writeError(w, aerr)
-}
-
-func (s *Server) handleCreateAuthKey(w http.ResponseWriter, r *http.Request) {
-	var req wire.CreateAuthKeyRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestSize))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed request body"))
-		return
-	}
-	resp, err := s.CreateAuthKeyAs(r.Context(), actorAdmin, req)
-	if err != nil {
-		s.adminError(w, "create auth key", err)
-		return
-	}
-	writeJSON(w, http.StatusCreated, resp)
-}
-
-func (s *Server) handleListAuthKeys(w http.ResponseWriter, r *http.Request) {
-	keys, err := s.AuthKeys(r.Context())
-	if err != nil {
-		s.adminError(w, "list auth keys", err)
-		return
-	}
-	writeJSON(w, http.StatusOK, keys)
-}
-
-func (s *Server) handleDeleteAuthKey(w http.ResponseWriter, r *http.Request) {
-	if err := s.DeleteAuthKeyAs(r.Context(), actorAdmin, r.PathValue("prefix")); err != nil {
-		s.adminError(w, "delete auth key", err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
-}
-
-func (s *Server) handleListNodes(w http.ResponseWriter, r *http.Request) {
-	nodes, err := s.Nodes(r.Context())
-	if err != nil {
-		s.adminError(w, "list nodes", err)
-		return
-	}
-	if nodes == nil {
-		nodes = []*wire.Node{}
-	}
-	writeJSON(w, http.StatusOK, nodes)
-}
-
-func (s *Server) handleRemoveNode(w http.ResponseWriter, r *http.Request) {
-	if err := s.RemoveNode(r.Context(), r.PathValue("name")); err != nil {
-		s.adminError(w, "remove node", err)
-		return
-	}
-	s.audit(r.Context(), actorAdmin, "node.remove", r.PathValue("name"), "")
-	w.WriteHeader(http.StatusNoContent)
-}
-
-func (s *Server) handleExpireNode(w http.ResponseWriter, r *http.Request) {
-	if err := s.ExpireNode(r.Context(), r.PathValue("name")); err != nil {
-		s.adminError(w, "expire node", err)
-		return
-	}
-	s.audit(r.Context(), actorAdmin, "node.expire", r.PathValue("name"), "")
-	w.WriteHeader(http.StatusNoContent)
 }

@@ -2,8 +2,6 @@ package coordinator
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"fmt"
 	"time"
 
@@ -29,13 +27,7 @@ func (s *Server) RecordAudit(ctx context.Context, actor, action, target, detail 
 
 // AdminTokenValid reports whether token is the admin token (never, when
 // none is set). It compares hashes in constant time.
-func (s *Server) AdminTokenValid(token string) bool {
-	if s.adminHash == nil || token == "" {
-		return false
-	}
-	got := sha256.Sum256([]byte(token))
-	return subtle.ConstantTimeCompare(got[:], s.adminHash) == 1
-}
+func (s *Server) AdminTokenValid(token string) bool { return s.admin.tokenIs(token) }
 
 // AuthKeys lists the stored auth keys, without their secrets.
 func (s *Server) AuthKeys(ctx context.Context) ([]wire.AuthKeyInfo, error) {

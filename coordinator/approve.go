@@ -488,20 +488,3 @@ func (s *Server) handleApprovalPage(w http.ResponseWriter, r *http.Request) {
 	}
 	s.ac.approver.ServeApproval(w, r, p.PendingRegistration)
 }
-
-func (s *Server) handleListPending(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.PendingRegistrations())
-}
-
-func (s *Server) handleApprove(w http.ResponseWriter, r *http.Request) {
-	var req wire.ApproveRequest
-	if !decodeJSONBody(w, r, &req) {
-		return
-	}
-	a := Approval{User: req.User, Tags: req.Tags, Actor: actorAdmin}
-	if err := s.ApproveRegistration(r.Context(), r.PathValue("code"), a); err != nil {
-		s.adminError(w, "approve registration", err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
-}

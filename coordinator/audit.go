@@ -3,8 +3,6 @@ package coordinator
 import (
 	"context"
 	"fmt"
-	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -136,27 +134,6 @@ func (s *Server) Audit(ctx context.Context, limit int) ([]wire.AuditEntry, error
 		return nil, err
 	}
 	return s.store.Audit(ctx, limit)
-}
-
-func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
-	limit := 100
-	if v := r.URL.Query().Get("limit"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			writeError(w, errorf(http.StatusBadRequest, wire.CodeBadRequest, "limit must be a positive number"))
-			return
-		}
-		limit = min(n, 10000)
-	}
-	out, err := s.Audit(r.Context(), limit)
-	if err != nil {
-		s.adminError(w, "read audit log", err)
-		return
-	}
-	if out == nil {
-		out = []wire.AuditEntry{}
-	}
-	writeJSON(w, http.StatusOK, out)
 }
 
 // authKeyDetail describes a new auth key for the audit log (never its secret).

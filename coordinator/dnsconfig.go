@@ -185,27 +185,6 @@ func (es *edgeRoutes) withDNSSettings(c *wire.DNSConfig) *wire.DNSConfig {
 	return c
 }
 
-func (s *Server) handleGetDNSConfig(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.DNSSettings())
-}
-
-func (s *Server) handlePutDNSConfig(w http.ResponseWriter, r *http.Request) {
-	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequestSize))
-	if err != nil {
-		writeError(w, errorf(http.StatusBadRequest, wire.CodeBadRequest, "request body too large"))
-		return
-	}
-	d, err := ParseDNSSettings(b)
-	if err == nil {
-		err = s.SetDNSSettings(r.Context(), d)
-	}
-	if err != nil {
-		s.adminError(w, "set DNS settings", err)
-		return
-	}
-	writeJSON(w, http.StatusOK, s.DNSSettings())
-}
-
 const (
 	maxTXTValues   = 8
 	maxTXTValueLen = 255
@@ -343,33 +322,6 @@ func (es *edgeRoutes) handleTXT(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.writeSealed(w, nk, &wire.TXTResponse{})
-}
-
-func (s *Server) handlePutTXT(w http.ResponseWriter, r *http.Request) {
-	var body wire.TXTBody
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestSize))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&body); err != nil {
-		writeError(w, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed request body"))
-		return
-	}
-	if len(body.Values) == 0 {
-		writeError(w, errorf(http.StatusBadRequest, wire.CodeBadRequest, "no values; use DELETE to remove a TXT record"))
-		return
-	}
-	if err := s.SetTXT(r.Context(), r.PathValue("name"), body.Values); err != nil {
-		s.adminError(w, "set TXT", err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
-}
-
-func (s *Server) handleDeleteTXT(w http.ResponseWriter, r *http.Request) {
-	if err := s.SetTXT(r.Context(), r.PathValue("name"), nil); err != nil {
-		s.adminError(w, "delete TXT", err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
 }
 
 // asAPIError returns err as an *apiError, or a 500.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"net/http"
@@ -221,30 +220,4 @@ func (es *edgeRoutes) listDomains() []wire.DomainStatus {
 		return strings.Compare(a.Network, b.Network)
 	})
 	return out
-}
-
-func (s *Server) handleVerifyDomain(w http.ResponseWriter, r *http.Request) {
-	var req wire.VerifyDomainRequest
-	if r.ContentLength != 0 {
-		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestSize))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&req); err != nil {
-			writeError(w, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed request body"))
-			return
-		}
-	}
-	st, err := s.VerifyDomain(r.Context(), req.Network, r.PathValue("domain"))
-	if err == errEdgeDisabled {
-		writeError(w, errorf(http.StatusNotImplemented, wire.CodeEdgeDisabled, "this coordinator has no public edge (no edge domain configured)"))
-		return
-	}
-	if err != nil {
-		s.adminError(w, "verify domain", err)
-		return
-	}
-	writeJSON(w, http.StatusOK, st)
-}
-
-func (s *Server) handleListDomains(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.Domains(r.Context()))
 }

@@ -3,7 +3,6 @@ package coordinator
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"time"
 
 	"beam.dev/beam/wire"
@@ -81,33 +80,6 @@ func (s *Server) SetNodeExpiry(ctx context.Context, ref string, expiry time.Time
 	}
 	s.mu.Unlock()
 	return n, nil
-}
-
-func (s *Server) handleSetNodeExpiry(w http.ResponseWriter, r *http.Request) {
-	var req wire.SetExpiryRequest
-	if !decodeJSONBody(w, r, &req) {
-		return
-	}
-	d, err := parseKeyExpiry(req.Expiry)
-	if err != nil {
-		s.adminError(w, "set node expiry", err)
-		return
-	}
-	var at time.Time
-	if d > 0 {
-		at = s.now().Add(d)
-	}
-	n, err := s.SetNodeExpiry(r.Context(), r.PathValue("name"), at)
-	if err != nil {
-		s.adminError(w, "set node expiry", err)
-		return
-	}
-	detail := "never"
-	if !at.IsZero() {
-		detail = at.UTC().Format(time.RFC3339)
-	}
-	s.audit(r.Context(), actorAdmin, "node.set_expiry", n.Name, detail)
-	writeJSON(w, http.StatusOK, n)
 }
 
 // formatKeyExpiry shows an auth key's NodeKeyExpiry: "" for the default,

@@ -463,40 +463,4 @@ func (es *edgeRoutes) remove(ctx context.Context, host string) error {
 	return nil
 }
 
-func (s *Server) handleListRoutes(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, s.Routes(r.Context()))
-}
-
-func (s *Server) handleRemoveRoutes(w http.ResponseWriter, r *http.Request) {
-	if err := s.RemoveRoutes(r.Context(), r.PathValue("host")); err != nil {
-		s.adminError(w, "remove routes", err)
-		return
-	}
-	w.WriteHeader(http.StatusNoContent)
-}
-
-// edgeRoutes registers the public edge endpoints on the control mux and
-// the admin mux. Admin API (bearer token), JSON in and out:
-//
-//	GET    /api/v1/routes                  -> []wire.RouteInfo
-//	DELETE /api/v1/routes/{host}           -> 204  (every route of host)
-//	POST   /api/v1/domains/{domain}/verify wire.VerifyDomainRequest (optional) -> wire.DomainStatus
-//	GET    /api/v1/domains                 -> []wire.DomainStatus
-//	PUT    /api/v1/dns/txt/{name}          wire.TXTBody -> 204  (501 no_zone without a Zone)
-//	DELETE /api/v1/dns/txt/{name}          -> 204
-//	GET    /api/v1/dns/config              -> wire.DNSSettings
-//	PUT    /api/v1/dns/config              wire.DNSSettings (strict) -> wire.DNSSettings
-func (s *Server) edgeRoutes(mux, admin *http.ServeMux) {
-	mux.HandleFunc("POST "+wire.PathExpose, s.edge.handleExpose)
-	mux.HandleFunc("POST "+wire.PathTXT, s.edge.handleTXT)
-	admin.HandleFunc("GET "+wire.PathRoutes, s.handleListRoutes)
-	admin.HandleFunc("DELETE "+wire.PathRoute, s.handleRemoveRoutes)
-	admin.HandleFunc("POST "+wire.PathDomainVerify, s.handleVerifyDomain)
-	admin.HandleFunc("GET "+wire.PathDomains, s.handleListDomains)
-	admin.HandleFunc("PUT "+wire.PathDNSTXT, s.handlePutTXT)
-	admin.HandleFunc("DELETE "+wire.PathDNSTXT, s.handleDeleteTXT)
-	admin.HandleFunc("GET "+wire.PathDNSConfig, s.handleGetDNSConfig)
-	admin.HandleFunc("PUT "+wire.PathDNSConfig, s.handlePutDNSConfig)
-}
-
 var errEdgeDisabled = errors.New("coordinator: no public edge configured")

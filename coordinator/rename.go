@@ -2,7 +2,6 @@ package coordinator
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -113,20 +112,4 @@ func (s *Server) renameNodeRegLocked(ctx context.Context, actor, ref, newName st
 	s.audit(ctx, actor, "node.rename", oldName, "new name "+name)
 	s.logger.Info("node renamed", "node", nk.ShortString(), "from", oldName, "to", name)
 	return view, nil
-}
-
-func (s *Server) handleRenameNode(w http.ResponseWriter, r *http.Request) {
-	var req wire.RenameNodeRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequestSize))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed request body: want {\"name\": \"NEW\"}"))
-		return
-	}
-	n, err := s.renameNode(context.WithoutCancel(r.Context()), actorAdmin, r.PathValue("name"), req.Name)
-	if err != nil {
-		s.adminError(w, "rename node", err)
-		return
-	}
-	writeJSON(w, http.StatusOK, n)
 }

@@ -95,7 +95,7 @@ type Options struct {
 	Approver Approver
 
 	// EdgeDomain is the public edge's domain ("example.test"): exposed
-	// routes get NAME.EdgeDomain. Empty disables /machine/expose. The
+	// routes get NAME.EdgeDomain. Empty disables wire.PathExpose. The
 	// Store must implement RouteStore and DomainStore.
 	EdgeDomain string
 	// EdgeHost is the edge's host name in tcp:// and udp:// route URLs;
@@ -108,7 +108,7 @@ type Options struct {
 	// the route's host ("http://{host}:18081"); empty means "https://{host}".
 	EdgeHTTPURL string
 	// Zone is the public DNS zone edges set ACME TXT records in; nil
-	// means none (POST /machine/txt and the TXT admin API then fail).
+	// means none (wire.PathTXT and the TXT admin API then fail).
 	Zone Zone
 	// LookupTXT and LookupCNAME check custom-domain proofs; nil means
 	// net.DefaultResolver's.
@@ -151,13 +151,11 @@ type Server struct {
 	nodeKeyExpiry time.Duration
 	now           func() time.Time
 	policy        PolicyFunc
-	adminHash     []byte // SHA-256 of the admin token; nil means admin API disabled
 	relayHash     []byte // SHA-256 of the relay token; nil means none
 	mux           *http.ServeMux
 	replay        replayCache
 	derpMap       atomic.Pointer[wire.DERPMap]
 	serverSetup   func() *wire.ServerSetup // nil: none
-	adminAuth     func(r *http.Request) (string, bool)
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -180,6 +178,8 @@ type Server struct {
 	ac accessControl // users, policy, interactive approval, audit log (acl.go)
 
 	met *metrics // metrics.go
+
+	admin *adminAPI // the admin HTTP API (adminhttp.go)
 }
 
 // nodeEntry is a node in memory. Guarded by Server.mu.
@@ -217,7 +217,6 @@ func New(opts Options) (*Server, error) {
 		now:           opts.Now,
 		policy:        opts.Policy,
 		serverSetup:   opts.ServerSetup,
-		adminAuth:     opts.AdminAuth,
 		networks:      make(map[int64]*Network),
 		netNames:      make(map[string]*Network),
 		nodes:         make(map[key.NodePublic]*nodeEntry),
@@ -245,6 +244,7 @@ func New(opts Options) (*Server, error) {
 		s.now = time.Now
 	}
 	s.derpMap.Store(opts.DERPMap)
+	s.admin = &adminAPI{core: s, auth: opts.AdminAuth}
 	es, err := newEdgeRoutes(s, opts)
 	if err != nil {
 		return nil, err
@@ -284,12 +284,12 @@ func (s *Server) load(ctx context.Context, adminToken string) error {
 		if err := s.store.SetSetting(ctx, adminTokenSetting, h[:]); err != nil {
 			return fmt.Errorf("coordinator: store admin token hash: %w", err)
 		}
-		s.adminHash = h[:]
+		s.admin.tokenHash = h[:]
 	} else {
 		h, err := s.store.Setting(ctx, adminTokenSetting)
 		switch {
 		case err == nil && len(h) == sha256.Size:
-			s.adminHash = h
+			s.admin.tokenHash = h
 		case err == nil || errors.Is(err, ErrNotFound):
 		default:
 			return fmt.Errorf("coordinator: load admin token hash: %w", err)
@@ -383,17 +383,12 @@ func (s *Server) routes() (mux, admin *http.ServeMux) {
 	mux.HandleFunc("POST "+wire.PathMap, s.handleMap)
 	mux.HandleFunc("GET "+wire.PathDERPVerify, s.handleDERPVerify)
 	mux.HandleFunc("GET "+wire.PathServerSetup, s.handleServerSetup)
+	mux.HandleFunc("POST "+wire.PathExpose, s.edge.handleExpose)
+	mux.HandleFunc("POST "+wire.PathTXT, s.edge.handleTXT)
 	admin = http.NewServeMux()
-	admin.HandleFunc("POST "+wire.PathAuthKeys, s.handleCreateAuthKey)
-	admin.HandleFunc("GET "+wire.PathAuthKeys, s.handleListAuthKeys)
-	admin.HandleFunc("DELETE "+wire.PathAuthKey, s.handleDeleteAuthKey)
-	admin.HandleFunc("GET "+wire.PathNodes, s.handleListNodes)
-	admin.HandleFunc("DELETE "+wire.PathNode, s.handleRemoveNode)
-	admin.HandleFunc("POST "+wire.PathNodeExpire, s.handleExpireNode)
-	admin.HandleFunc("POST "+wire.PathNodeRename, s.handleRenameNode)
-	s.edgeRoutes(mux, admin)
+	s.admin.register(admin)
 	s.accessRoutes(mux, admin)
-	mux.Handle(wire.PathAdminPrefix, s.requireAdmin(admin))
+	mux.Handle(wire.PathAdminPrefix, s.admin.require(admin))
 	return mux, admin
 }
 
@@ -477,7 +472,7 @@ func (s *Server) handleDERPVerify(w http.ResponseWriter, r *http.Request) {
 	type verdict struct {
 		Allow bool `json:"allow"`
 	}
-	if !bearerIs(r, s.relayHash) && !bearerIs(r, s.adminHash) {
+	if !bearerIs(r, s.relayHash) && !bearerIs(r, s.admin.tokenHash) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="beam"`)
 		writeError(w, errorf(http.StatusUnauthorized, wire.CodeUnauthorized, "missing or wrong relay token"))
 		return
@@ -510,28 +505,6 @@ func bearerIs(r *http.Request, hash []byte) bool {
 	}
 	got := sha256.Sum256([]byte(auth[len(prefix):]))
 	return subtle.ConstantTimeCompare(got[:], hash) == 1
-}
-
-// adminWhoKey is the context key of the admin Options.AdminAuth admitted.
-type adminWhoKey struct{}
-
-// requireAdmin wraps h so it runs only with the admin bearer token, or
-// what Options.AdminAuth admits.
-func (s *Server) requireAdmin(h http.Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !bearerIs(r, s.adminHash) {
-			if s.adminAuth != nil {
-				if who, ok := s.adminAuth(r); ok {
-					h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), adminWhoKey{}, who)))
-					return
-				}
-			}
-			w.Header().Set("WWW-Authenticate", `Bearer realm="beam"`)
-			writeError(w, errorf(http.StatusUnauthorized, wire.CodeUnauthorized, "missing or wrong admin token"))
-			return
-		}
-		h.ServeHTTP(w, r)
-	})
 }
 
 // janitorLoop deletes ephemeral nodes that stayed offline, ends streams of

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"strings"
 
 	"beam.dev/beam/wire"
@@ -117,50 +116,6 @@ func (s *Server) DeleteUser(ctx context.Context, name string) error {
 	}
 	s.logger.Info("user deleted", "user", name)
 	return nil
-}
-
-func (s *Server) handleCreateUser(w http.ResponseWriter, r *http.Request) {
-	var req wire.CreateUserRequest
-	if !decodeJSONBody(w, r, &req) {
-		return
-	}
-	u, err := s.CreateUser(r.Context(), req.Name)
-	if err != nil {
-		s.adminError(w, "create user", err)
-		return
-	}
-	s.audit(r.Context(), actorAdmin, "user.create", u.Name, "")
-	writeJSON(w, http.StatusCreated, u)
-}
-
-func (s *Server) handleListUsers(w http.ResponseWriter, r *http.Request) {
-	us, err := s.Users(r.Context())
-	if err != nil {
-		s.adminError(w, "list users", err)
-		return
-	}
-	if us == nil {
-		us = []*wire.User{}
-	}
-	writeJSON(w, http.StatusOK, us)
-}
-
-func (s *Server) handleDeleteUser(w http.ResponseWriter, r *http.Request) {
-	name := r.PathValue("name")
-	if r.URL.Query().Get("nodes") == "delete" {
-		if _, err := s.DeleteUserAndNodes(r.Context(), actorAdmin, name); err != nil {
-			s.adminError(w, "delete user", err)
-			return
-		}
-		w.WriteHeader(http.StatusNoContent)
-		return
-	}
-	if err := s.DeleteUser(r.Context(), name); err != nil {
-		s.adminError(w, "delete user", err)
-		return
-	}
-	s.audit(r.Context(), actorAdmin, "user.delete", name, "")
-	w.WriteHeader(http.StatusNoContent)
 }
 
 // checkKeyOwner checks the owner of a new auth key: user, if set, must
