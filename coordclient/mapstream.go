@@ -56,7 +56,7 @@ func (c *Client) RunResponses(ctx context.Context, onResponse func(resp *wire.Ma
 func (c *Client) responsesOnce(ctx context.Context, onResponse func(*wire.MapResponse, bool)) (bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	resp, mk, err := c.post(ctx, "/machine/map", func(now time.Time) any {
+	resp, mk, err := c.post(ctx, wire.PathMap, func(now time.Time) any {
 		req, _ := c.mapRequest(now, true)
 		return req
 	})
