@@ -22,7 +22,7 @@ func (c *Client) awaitApproval(ctx context.Context, p RegisterParams, first *wir
 	p.OnAuthURL(first.AuthURL, first.AuthCode)
 	code := first.AuthCode
 	for {
-		resp, mk, err := c.post(ctx, wire.PathRegister, func(now time.Time) any {
+		resp, box, err := c.post(ctx, wire.PathRegister, func(now time.Time) any {
 			return &wire.RegisterRequest{
 				Version:   wire.CapabilityVersion,
 				NodeKey:   c.pub,
@@ -41,7 +41,7 @@ func (c *Client) awaitApproval(ctx context.Context, p RegisterParams, first *wir
 			return nil, fmt.Errorf("coordclient: waiting for approval: %w", err)
 		}
 		var rr wire.RegisterResponse
-		if err := c.readSealed(resp, mk, &rr); err != nil {
+		if err := c.readSealed(resp, box, &rr); err != nil {
 			return nil, fmt.Errorf("coordclient: waiting for approval: %w", err)
 		}
 		if rr.Error != "" {

@@ -67,8 +67,10 @@ type Client struct {
 	now     func() time.Time
 	onConn  func(bool)
 
-	mu        sync.Mutex // guards the following fields
-	serverKey key.MachinePublic
+	mu sync.Mutex // guards the following fields
+	// serverBox is the box key shared with the coordinator's machine
+	// key; zero until fetched.
+	serverBox key.Shared
 	hostname  string
 	endpoints []netip.AddrPort
 	homeDERP  int
@@ -113,87 +115,90 @@ func (c *Client) NodeKey() key.NodePublic { return c.pub }
 
 func (c *Client) url(path string) string { return c.base.String() + path }
 
-// machineKey returns the coordinator's machine key, fetching it once.
-func (c *Client) machineKey(ctx context.Context) (key.MachinePublic, error) {
+// machineKey returns the box key the node shares with the coordinator's
+// machine key, fetching the machine key once: one X25519 per coordinator
+// key, not per message.
+func (c *Client) machineKey(ctx context.Context) (key.Shared, error) {
 	c.mu.Lock()
-	k := c.serverKey
+	box := c.serverBox
 	c.mu.Unlock()
-	if !k.IsZero() {
-		return k, nil
+	if !box.IsZero() {
+		return box, nil
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(wire.PathKey), nil)
 	if err != nil {
-		return k, fmt.Errorf("coordclient: fetch server key: %w", err)
+		return box, fmt.Errorf("coordclient: fetch server key: %w", err)
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return k, fmt.Errorf("%w: fetch server key: %w", ErrUnreachable, err)
+		return box, fmt.Errorf("%w: fetch server key: %w", ErrUnreachable, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 1024))
 	if err != nil {
-		return k, fmt.Errorf("%w: fetch server key: %w", ErrUnreachable, err)
+		return box, fmt.Errorf("%w: fetch server key: %w", ErrUnreachable, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return k, fmt.Errorf("coordclient: fetch server key: %w", errorFromBody(resp.StatusCode, body))
+		return box, fmt.Errorf("coordclient: fetch server key: %w", errorFromBody(resp.StatusCode, body))
 	}
-	k, err = key.ParseMachinePublic(strings.TrimSpace(string(body)))
+	k, err := key.ParseMachinePublic(strings.TrimSpace(string(body)))
 	if err != nil {
-		return k, fmt.Errorf("coordclient: server key: %w", err)
+		return box, fmt.Errorf("coordclient: server key: %w", err)
 	}
+	box = c.priv.Shared(k)
 	c.mu.Lock()
-	c.serverKey = k
+	c.serverBox = box
 	c.mu.Unlock()
-	return k, nil
+	return box, nil
 }
 
 // post seals the request that build returns and POSTs it to path. On a
 // bad_seal answer (the coordinator's key changed) it refetches the key and
 // tries once more. A non-200 answer becomes an *Error.
-func (c *Client) post(ctx context.Context, path string, build func(now time.Time) any) (*http.Response, key.MachinePublic, error) {
+func (c *Client) post(ctx context.Context, path string, build func(now time.Time) any) (*http.Response, key.Shared, error) {
 	for attempt := 0; ; attempt++ {
-		mk, err := c.machineKey(ctx)
+		box, err := c.machineKey(ctx)
 		if err != nil {
-			return nil, mk, err
+			return nil, box, err
 		}
 		clear, err := json.Marshal(build(c.now()))
 		if err != nil {
-			return nil, mk, fmt.Errorf("coordclient: encode request: %w", err)
+			return nil, box, fmt.Errorf("coordclient: encode request: %w", err)
 		}
-		body, _ := json.Marshal(wire.Envelope{NodeKey: c.pub, Sealed: c.priv.SealTo(mk, clear)})
+		body, _ := json.Marshal(wire.Envelope{NodeKey: c.pub, Sealed: box.Seal(clear)})
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url(path), bytes.NewReader(body))
 		if err != nil {
-			return nil, mk, fmt.Errorf("coordclient: %s: %w", path, err)
+			return nil, box, fmt.Errorf("coordclient: %s: %w", path, err)
 		}
 		req.Header.Set("Content-Type", "application/json")
 		resp, err := c.hc.Do(req)
 		if err != nil {
-			return nil, mk, fmt.Errorf("%w: %s: %w", ErrUnreachable, path, err)
+			return nil, box, fmt.Errorf("%w: %s: %w", ErrUnreachable, path, err)
 		}
 		if resp.StatusCode == http.StatusOK {
-			return resp, mk, nil
+			return resp, box, nil
 		}
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
 		e := errorFromBody(resp.StatusCode, b)
 		if e.Code == wire.CodeBadSeal && attempt == 0 {
 			c.mu.Lock()
-			c.serverKey = key.MachinePublic{}
+			c.serverBox = key.Shared{}
 			c.mu.Unlock()
 			continue
 		}
-		return nil, mk, e
+		return nil, box, e
 	}
 }
 
 // readSealed reads a sealed JSON response body into v.
-func (c *Client) readSealed(resp *http.Response, mk key.MachinePublic, v any) error {
+func (c *Client) readSealed(resp *http.Response, box key.Shared, v any) error {
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseSize))
 	if err != nil {
 		return fmt.Errorf("%w: read response: %w", ErrUnreachable, err)
 	}
-	clear, ok := c.priv.OpenFrom(mk, b)
+	clear, ok := box.Open(b)
 	if !ok {
 		return fmt.Errorf("%w: response does not open with the coordinator's key", ErrBadResponse)
 	}
@@ -230,7 +235,7 @@ type RegisterParams struct {
 // ErrAuthKeyInvalid, ErrNodeNotRegistered, ErrNodeExpired or
 // ErrUnreachable with errors.Is, and carry the coordinator's message.
 func (c *Client) Register(ctx context.Context, p RegisterParams) (*wire.RegisterResponse, error) {
-	resp, mk, err := c.post(ctx, wire.PathRegister, func(now time.Time) any {
+	resp, box, err := c.post(ctx, wire.PathRegister, func(now time.Time) any {
 		return &wire.RegisterRequest{
 			Version:   wire.CapabilityVersion,
 			NodeKey:   c.pub,
@@ -247,7 +252,7 @@ func (c *Client) Register(ctx context.Context, p RegisterParams) (*wire.Register
 		return nil, fmt.Errorf("coordclient: register: %w", err)
 	}
 	var rr wire.RegisterResponse
-	if err := c.readSealed(resp, mk, &rr); err != nil {
+	if err := c.readSealed(resp, box, &rr); err != nil {
 		return nil, fmt.Errorf("coordclient: register: %w", err)
 	}
 	if rr.Error != "" {
@@ -299,7 +304,7 @@ func (c *Client) mapRequest(now time.Time, stream bool) (*wire.MapRequest, uint6
 // and returns the endpoint generation it carried.
 func (c *Client) sendUpdate(ctx context.Context) (uint64, error) {
 	var gen uint64
-	resp, mk, err := c.post(ctx, wire.PathMap, func(now time.Time) any {
+	resp, box, err := c.post(ctx, wire.PathMap, func(now time.Time) any {
 		var req *wire.MapRequest
 		req, gen = c.mapRequest(now, false)
 		return req
@@ -308,7 +313,7 @@ func (c *Client) sendUpdate(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("coordclient: update endpoints: %w", err)
 	}
 	var mr wire.MapResponse
-	if err := c.readSealed(resp, mk, &mr); err != nil {
+	if err := c.readSealed(resp, box, &mr); err != nil {
 		return 0, fmt.Errorf("coordclient: update endpoints: %w", err)
 	}
 	return gen, nil

@@ -301,7 +301,7 @@ func FuzzReadFrame(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r := bytes.NewReader(b)
 		for {
-			mr, err := readFrame(r, node, mk.Public())
+			mr, err := readFrame(r, node.Shared(mk.Public()))
 			if err != nil {
 				return
 			}

@@ -57,7 +57,7 @@ var edgeCodes = map[wire.ErrorCode]error{
 // ErrEdgeDisabled, ErrRouteNotFound, ErrNodeNotRegistered or
 // ErrUnreachable, and carry the coordinator's message.
 func (c *Client) Expose(ctx context.Context, req wire.ExposeRequest) (*wire.ExposeResponse, error) {
-	resp, mk, err := c.post(ctx, wire.PathExpose, func(now time.Time) any {
+	resp, box, err := c.post(ctx, wire.PathExpose, func(now time.Time) any {
 		r := req
 		r.Version, r.NodeKey, r.Timestamp = wire.CapabilityVersion, c.pub, now
 		return &r
@@ -66,7 +66,7 @@ func (c *Client) Expose(ctx context.Context, req wire.ExposeRequest) (*wire.Expo
 		return nil, fmt.Errorf("coordclient: expose: %w", err)
 	}
 	var er wire.ExposeResponse
-	if err := c.readSealed(resp, mk, &er); err != nil {
+	if err := c.readSealed(resp, box, &er); err != nil {
 		return nil, fmt.Errorf("coordclient: expose: %w", err)
 	}
 	if er.Error != "" {
@@ -80,14 +80,14 @@ func (c *Client) Expose(ctx context.Context, req wire.ExposeRequest) (*wire.Expo
 // Only edge nodes may, and only for _acme-challenge names of the edge
 // domain or of verified custom domains (ErrForbidden otherwise).
 func (c *Client) SetTXT(ctx context.Context, name string, values []string) error {
-	resp, mk, err := c.post(ctx, wire.PathTXT, func(now time.Time) any {
+	resp, box, err := c.post(ctx, wire.PathTXT, func(now time.Time) any {
 		return &wire.TXTRequest{Version: wire.CapabilityVersion, NodeKey: c.pub, Timestamp: now, Name: name, Values: values}
 	})
 	if err != nil {
 		return fmt.Errorf("coordclient: set TXT %s: %w", name, err)
 	}
 	var tr wire.TXTResponse
-	if err := c.readSealed(resp, mk, &tr); err != nil {
+	if err := c.readSealed(resp, box, &tr); err != nil {
 		return fmt.Errorf("coordclient: set TXT %s: %w", name, err)
 	}
 	if tr.Error != "" {

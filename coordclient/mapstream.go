@@ -56,7 +56,7 @@ func (c *Client) RunResponses(ctx context.Context, onResponse func(resp *wire.Ma
 func (c *Client) responsesOnce(ctx context.Context, onResponse func(*wire.MapResponse, bool)) (bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	resp, mk, err := c.post(ctx, wire.PathMap, func(now time.Time) any {
+	resp, box, err := c.post(ctx, wire.PathMap, func(now time.Time) any {
 		req, _ := c.mapRequest(now, true)
 		return req
 	})
@@ -82,7 +82,7 @@ func (c *Client) responsesOnce(ctx context.Context, onResponse func(*wire.MapRes
 
 	got := false
 	for {
-		mr, err := readFrame(resp.Body, c.priv, mk)
+		mr, err := readFrame(resp.Body, box)
 		if err != nil {
 			silentMu.Lock()
 			wasSilent := silent

@@ -102,7 +102,7 @@ func (c *Client) Run(ctx context.Context, onNetMap func(*wire.NetMap)) error {
 func (c *Client) streamOnce(ctx context.Context, onNetMap func(*wire.NetMap)) (bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	resp, mk, err := c.post(ctx, wire.PathMap, func(now time.Time) any {
+	resp, box, err := c.post(ctx, wire.PathMap, func(now time.Time) any {
 		req, _ := c.mapRequest(now, true)
 		return req
 	})
@@ -129,7 +129,7 @@ func (c *Client) streamOnce(ctx context.Context, onNetMap func(*wire.NetMap)) (b
 	var nm *wire.NetMap
 	got := false
 	for {
-		mr, err := readFrame(resp.Body, c.priv, mk)
+		mr, err := readFrame(resp.Body, box)
 		if err != nil {
 			silentMu.Lock()
 			wasSilent := silent
@@ -173,9 +173,9 @@ func isKeepAlive(mr *wire.MapResponse) bool {
 }
 
 // readFrame reads one frame: 4B big-endian length N, then N bytes of JSON
-// wire.MapResponse sealed by the coordinator (mk) to the node (priv).
+// wire.MapResponse sealed by the coordinator to the node (box, the key they share).
 // io.EOF means the stream ended cleanly between frames.
-func readFrame(r io.Reader, priv key.NodePrivate, mk key.MachinePublic) (*wire.MapResponse, error) {
+func readFrame(r io.Reader, box key.Shared) (*wire.MapResponse, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
@@ -191,12 +191,12 @@ func readFrame(r io.Reader, priv key.NodePrivate, mk key.MachinePublic) (*wire.M
 		}
 		return nil, err
 	}
-	return openFrame(buf, priv, mk)
+	return openFrame(buf, box)
 }
 
 // openFrame opens and decodes one sealed frame body.
-func openFrame(sealed []byte, priv key.NodePrivate, mk key.MachinePublic) (*wire.MapResponse, error) {
-	clear, ok := priv.OpenFrom(mk, sealed)
+func openFrame(sealed []byte, box key.Shared) (*wire.MapResponse, error) {
+	clear, ok := box.Open(sealed)
 	if !ok {
 		return nil, fmt.Errorf("%w: frame does not open with the coordinator's key", ErrBadResponse)
 	}

@@ -154,6 +154,7 @@ type Server struct {
 	relayHash     []byte // SHA-256 of the relay token; nil means none
 	mux           *http.ServeMux
 	replay        replayCache
+	boxes         sharedKeys // box keys shared with nodes (sharedkeys.go)
 	derpMap       atomic.Pointer[wire.DERPMap]
 	serverSetup   func() *wire.ServerSetup // nil: none
 
@@ -417,7 +418,7 @@ func (s *Server) readRequest(w http.ResponseWriter, r *http.Request, v any, hdr 
 	if err != nil {
 		return key.NodePublic{}, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed envelope")
 	}
-	clear, ok := s.priv.OpenFrom(env.NodeKey, env.Sealed)
+	clear, ok := s.boxes.open(s.priv, env.NodeKey, env.Sealed)
 	if !ok {
 		return key.NodePublic{}, errorf(http.StatusUnauthorized, wire.CodeBadSeal, "sealed request does not open with node_key and this coordinator's key")
 	}
@@ -446,7 +447,7 @@ func (s *Server) writeSealed(w http.ResponseWriter, nk key.NodePublic, v any) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Write(s.priv.SealTo(nk, b))
+	w.Write(s.boxes.seal(s.priv, nk, b))
 }
 
 func remoteIsLoopback(r *http.Request) bool {

@@ -306,13 +306,14 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 	w.WriteHeader(http.StatusOK)
 	bw := bufio.NewWriterSize(w, 32<<10)
 
+	box := s.boxes.get(s.priv, nk) // one X25519 per stream, not per frame
 	send := func(resp *wire.MapResponse) error {
 		resp.ControlTime = s.now()
 		b, err := jsonMarshal(resp)
 		if err != nil {
 			return err
 		}
-		sealed := s.priv.SealTo(nk, b)
+		sealed := box.Seal(b)
 		if len(sealed) > wire.MaxFrameSize {
 			return errors.New("map frame too large")
 		}
