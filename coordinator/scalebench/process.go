@@ -303,11 +303,12 @@ func procUsage(pid int) (Usage, error) {
 	return u, nil
 }
 
-// Watch kills the coordinator if its RSS passes limit bytes, checking every
-// interval, and then calls onLimit with the RSS it saw. It keeps a
-// runaway coordinator from taking the machine down. The returned stop
+// Watch kills the coordinator if its RSS, or that of this process (the
+// fleet's), passes limit bytes, checking every interval, and then calls
+// onLimit with which one it was ("coordinator" or "fleet") and the RSS
+// it saw. It keeps a run from taking the machine down. The returned stop
 // ends the watch and returns once it has ended.
-func (c *Coordinator) Watch(limit uint64, interval time.Duration, onLimit func(rss uint64)) (stop func()) {
+func (c *Coordinator) Watch(limit uint64, interval time.Duration, onLimit func(who string, rss uint64)) (stop func()) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -319,17 +320,19 @@ func (c *Coordinator) Watch(limit uint64, interval time.Duration, onLimit func(r
 				return
 			case <-t.C:
 			}
-			pid := c.PID()
-			if pid == 0 {
-				continue
+			for _, p := range []struct {
+				who string
+				pid int
+			}{{"coordinator", c.PID()}, {"fleet", os.Getpid()}} {
+				if p.pid == 0 {
+					continue
+				}
+				if u, err := procUsage(p.pid); err == nil && u.RSS > limit {
+					c.Kill()
+					onLimit(p.who, u.RSS)
+					return
+				}
 			}
-			u, err := procUsage(pid)
-			if err != nil || u.RSS <= limit {
-				continue
-			}
-			c.Kill()
-			onLimit(u.RSS)
-			return
 		}
 	})
 	var once sync.Once

@@ -85,6 +85,8 @@ func TestScaleSmoke(t *testing.T) {
 //	bytes/node/change  bytes each other node read for one change
 //	cpu-s              coordinator CPU seconds from start through the changes
 //	rss-MB, peak-rss-MB  coordinator VmRSS then, and VmHWM
+//	fleet-cpu-s        the fake nodes' CPU seconds over the same span (they
+//	                   share the machine's cores with the coordinator)
 //	restart-settle-s   from killing the coordinator and starting it again on
 //	                   the same data until every node has a new full map
 //	                   and sees all peers online (nodes reconnect with
@@ -95,8 +97,8 @@ func TestScaleSmoke(t *testing.T) {
 //
 //	BEAM_SCALE_NODES=1000,5000,10000 go test -run '^$' -bench CoordinatorScale -benchtime 1x -timeout 3h ./coordinator/scalebench/
 //
-// The coordinator is killed, failing the run, if its RSS passes
-// BEAM_SCALE_MAX_RSS_MB (default 6144). BEAM_SCALE_COORD_ARGS adds flags
+// The coordinator is killed, failing the run, if its RSS or the benchmark
+// process's passes BEAM_SCALE_MAX_RSS_MB (default 6144). BEAM_SCALE_COORD_ARGS adds flags
 // to beam coordinator (space-separated), for example
 // "--debug-addr 127.0.0.1:6061" to take pprof profiles during a run.
 func BenchmarkCoordinatorScale(b *testing.B) {
@@ -136,6 +138,7 @@ func BenchmarkCoordinatorScale(b *testing.B) {
 				b.ReportMetric(res.CPU.Seconds(), "cpu-s")
 				b.ReportMetric(float64(res.RSS)/(1<<20), "rss-MB")
 				b.ReportMetric(float64(res.PeakRSS)/(1<<20), "peak-rss-MB")
+				b.ReportMetric(res.FleetCPU.Seconds(), "fleet-cpu-s")
 				b.ReportMetric(res.RestartSettled.Seconds(), "restart-settle-s")
 			}
 		})

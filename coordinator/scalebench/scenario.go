@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"time"
 )
@@ -29,11 +30,11 @@ type Scenario struct {
 	// timing how long the nodes take to settle on a new one started on
 	// the same data.
 	Restart bool
-	// MaxRSS kills the coordinator, failing the run, if its RSS passes
-	// this many bytes; zero means 6 GiB.
+	// MaxRSS kills the coordinator, failing the run, if its RSS or this
+	// process's passes this many bytes; zero means 6 GiB.
 	MaxRSS uint64
 	// PhaseTimeout bounds each phase (registration, full maps, settling,
-	// one change, the restart); zero means 2 minutes plus 60 ms a node.
+	// one change, the restart); zero means 5 minutes plus 120 ms a node.
 	PhaseTimeout time.Duration
 	// Logger receives progress lines; nil discards them.
 	Logger *slog.Logger
@@ -60,6 +61,10 @@ type Result struct {
 	// changes; RSS its resident set then and PeakRSS its high-water mark.
 	CPU          time.Duration
 	RSS, PeakRSS uint64
+	// FleetCPU is this process's CPU time over the same span: the fake
+	// nodes share the machine with the coordinator, and a fleet that
+	// needs as much CPU as the coordinator slows it down.
+	FleetCPU time.Duration
 	// RestartSettled is the time from killing the coordinator (and
 	// starting it again at once) until every node had a full map from
 	// the new process and saw all its peers online; zero if not
@@ -93,7 +98,7 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 		sc.MaxRSS = 6 << 30
 	}
 	if sc.PhaseTimeout <= 0 {
-		sc.PhaseTimeout = 2*time.Minute + time.Duration(sc.N)*60*time.Millisecond
+		sc.PhaseTimeout = 5*time.Minute + time.Duration(sc.N)*120*time.Millisecond
 	}
 	log := sc.Logger
 	if log == nil {
@@ -109,14 +114,15 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var overRSS uint64
-	stopWatch := coord.Watch(sc.MaxRSS, 250*time.Millisecond, func(rss uint64) {
-		overRSS = rss
+	var overWho string
+	stopWatch := coord.Watch(sc.MaxRSS, 250*time.Millisecond, func(who string, rss uint64) {
+		overWho, overRSS = who, rss
 		cancel()
 	})
 	defer func() {
 		stopWatch()
 		if overRSS != 0 {
-			err = fmt.Errorf("scalebench: coordinator RSS %d MiB passed the limit of %d MiB; killed it", overRSS>>20, sc.MaxRSS>>20)
+			err = errors.Join(fmt.Errorf("scalebench: %s RSS %d MiB passed the limit of %d MiB; killed the coordinator", overWho, overRSS>>20, sc.MaxRSS>>20), err)
 		}
 		if err != nil {
 			err = fmt.Errorf("%w\ncoordinator log tail:\n%s", err, coord.LogTail(3000))
@@ -130,6 +136,10 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 	}
 
 	res = &Result{N: sc.N}
+	self0, err := procUsage(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
 	if err := phase(coord.Start); err != nil {
 		return nil, err
 	}
@@ -183,7 +193,12 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 		return nil, err
 	}
 	res.CPU, res.RSS, res.PeakRSS = u.CPU, u.RSS, u.PeakRSS
-	log.Info("usage", "cpu", res.CPU, "rss_mib", res.RSS>>20, "peak_rss_mib", res.PeakRSS>>20)
+	self, err := procUsage(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
+	res.FleetCPU = self.CPU - self0.CPU
+	log.Info("usage", "cpu", res.CPU, "rss_mib", res.RSS>>20, "peak_rss_mib", res.PeakRSS>>20, "fleet_cpu", res.FleetCPU)
 
 	if sc.Restart {
 		fleet.NextEpoch()
