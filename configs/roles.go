@@ -366,6 +366,9 @@ type Daemon struct {
 	ACMECARoot string `json:"acme_ca_root"`
 	ACMEEmail  string `json:"acme_email"`
 	Operator   string `json:"operator"`
+	// RelayServer runs a UDP peer relay server: "on", a UDP port, or
+	// "off" (see beam set --relay-server).
+	RelayServer string `json:"relay_server"`
 	// TUN names the kernel TUN device; empty runs the userspace data plane.
 	TUN string `json:"tun"`
 	// PortMapping asks the NAT gateway for a mapping of the WireGuard

@@ -52,6 +52,9 @@ type Options struct {
 	// stream delivers its first (full) map and with false when a stream
 	// ends. It must not block.
 	OnConnState func(connected bool)
+	// PeerRelay is the UDP port of the node's peer relay server, reported
+	// in every MapRequest; 0 for none.
+	PeerRelay uint16
 }
 
 // Client talks to one coordinator as one node. Its methods are safe for
@@ -61,6 +64,7 @@ type Client struct {
 	priv    key.NodePrivate
 	pub     key.NodePublic
 	disco   key.DiscoPublic
+	relay   uint16 // Options.PeerRelay
 	hc      *http.Client
 	logger  *slog.Logger
 	epsWake chan struct{} // cap 1: endpoints changed
@@ -94,6 +98,7 @@ func New(opts Options) (*Client, error) {
 		priv:    opts.PrivateKey,
 		pub:     opts.PrivateKey.Public(),
 		disco:   opts.DiscoKey,
+		relay:   opts.PeerRelay,
 		hc:      opts.HTTPClient,
 		logger:  opts.Logger,
 		epsWake: make(chan struct{}, 1),
@@ -294,6 +299,7 @@ func (c *Client) mapRequest(now time.Time, stream bool) (*wire.MapRequest, uint6
 		DiscoKey:  c.disco,
 		Endpoints: slices.Clone(c.endpoints),
 		HomeDERP:  c.homeDERP,
+		PeerRelay: c.relay,
 		Hostname:  c.hostname,
 		Stream:    stream,
 		Timestamp: now,

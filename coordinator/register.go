@@ -391,7 +391,7 @@ func nodeEqual(a, b *wire.Node) bool {
 	return a.ID == b.ID && a.Key == b.Key && a.DiscoKey == b.DiscoKey && a.Name == b.Name &&
 		a.DNSName == b.DNSName && a.Hostname == b.Hostname && a.OS == b.OS &&
 		slices.Equal(a.Addresses, b.Addresses) && slices.Equal(a.Endpoints, b.Endpoints) &&
-		a.HomeDERP == b.HomeDERP && a.KeyExpiry.Equal(b.KeyExpiry) && a.User == b.User &&
+		a.HomeDERP == b.HomeDERP && a.PeerRelay == b.PeerRelay && a.KeyExpiry.Equal(b.KeyExpiry) && a.User == b.User &&
 		slices.Equal(a.Tags, b.Tags) && a.Ephemeral == b.Ephemeral
 }
 

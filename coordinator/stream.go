@@ -238,6 +238,7 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 			n.Node.Endpoints = slices.Clone(req.Endpoints)
 		}
 		n.Node.HomeDERP = req.HomeDERP
+		n.Node.PeerRelay = req.PeerRelay
 		if req.Hostname != "" {
 			n.Node.Hostname = req.Hostname
 		}

@@ -85,6 +85,9 @@ func engineConfig(nm *wire.NetMap, localNow time.Time, shieldsUp bool, allowInbo
 			AllowedIPs: append([]netip.Prefix(nil), p.Addresses...),
 			Endpoints:  append([]netip.AddrPort(nil), p.Endpoints...),
 			HomeDERP:   p.HomeDERP,
+			// A peer relay server on the peer: the coordinator's policy
+			// gave us the node, so we may relay through it.
+			RelayServer: p.PeerRelay != 0,
 		})
 	}
 	// The coordinator always sends the filter its policy compiles for this

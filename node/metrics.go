@@ -123,7 +123,7 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, pt := range []struct {
 			path string
 			t    netstack.PathTraffic
-		}{{"direct", t.Direct}, {"relay", t.Relay}} {
+		}{{"direct", t.Direct}, {"relay", t.Relay}, {"peer-relay", t.PeerRelay}} {
 			counter(daemonRxBytesDesc, pt.t.RxBytes, name, pt.path)
 			counter(daemonTxBytesDesc, pt.t.TxBytes, name, pt.path)
 			counter(daemonRxPktsDesc, pt.t.RxPackets, name, pt.path)

@@ -75,6 +75,9 @@ func (n *Node) Ping(ctx context.Context, host string) (*apitype.PingResult, erro
 	if r.Path == "relay" {
 		out.Relay = regionName(nm, r.DERPRegion)
 	}
+	if r.Path == "peer-relay" {
+		out.Via = peerName(nm, r.Via)
+	}
 	return out, nil
 }
 

@@ -70,6 +70,10 @@ type Options struct {
 	// WireGuard port and advertise it. Off by default.
 	PortMapping     bool
 	PortMapLifetime time.Duration
+	// PeerRelay bounds the peer relay server the RelayServer setting
+	// (beam set --relay-server) runs; its Port is the setting's. Zero
+	// fields are netstack's defaults.
+	PeerRelay netstack.PeerRelayOptions
 	// NoHostForward keeps peers' connections and flows to ports no
 	// listener in the engine claims from reaching the host's loopback
 	// (see netstack.Options.NoHostForward): for a program that embeds
@@ -474,6 +478,7 @@ func (n *Node) startSessionLocked() error {
 
 			PortMapping:     n.opts.PortMapping,
 			PortMapLifetime: n.opts.PortMapLifetime,
+			PeerRelay:       n.peerRelayLocked(),
 		})
 		if err != nil {
 			return fmt.Errorf("start engine: %w", err)
@@ -492,6 +497,7 @@ func (n *Node) startSessionLocked() error {
 		DiscoKey:   n.discoKey.Public(),
 		HTTPClient: n.opts.HTTPClient,
 		Logger:     n.logger.With("component", "control"),
+		PeerRelay:  peerRelayPort(n.engine),
 		OnConnState: func(up bool) {
 			n.mu.Lock()
 			defer n.mu.Unlock()
@@ -869,6 +875,15 @@ func (n *Node) Status() *apitype.Status {
 	if nm.DNS != nil {
 		st.DNSDomain = nm.DNS.Domain
 	}
+	if eng != nil {
+		if rs, ok := eng.PeerRelay(); ok {
+			st.PeerRelay = &apitype.PeerRelayStatus{
+				Port: rs.Port, Sessions: rs.Sessions, Bound: rs.Bound,
+				Allocated: rs.Allocated, Refused: rs.Refused, Expired: rs.Expired,
+				Packets: rs.Packets, Bytes: rs.Bytes, DroppedRate: rs.DroppedRate, DroppedOther: rs.DroppedOther,
+			}
+		}
+	}
 	now := nm.ControlNow(time.Now())
 	self := nodeStatus(nm.Self, now)
 	self.Online = state == apitype.StateRunning
@@ -895,6 +910,9 @@ func (n *Node) Status() *apitype.Status {
 			if e.Path == "relay" && e.DERPRegion != 0 {
 				ps.Relay = regionName(nm, e.DERPRegion)
 			}
+			if e.Path == "peer-relay" {
+				ps.Via = peerName(nm, e.Via)
+			}
 		}
 		st.Peers = append(st.Peers, ps)
 	}
@@ -913,7 +931,35 @@ func nodeStatus(n *wire.Node, now time.Time) apitype.PeerStatus {
 		Expired:   n.Expired(now),
 		User:      n.User,
 		Tags:      n.Tags,
+		PeerRelay: n.PeerRelay != 0,
 	}
+}
+
+// peerName is the name of peer k in nm, else its short key.
+func peerName(nm *wire.NetMap, k key.NodePublic) string {
+	if p := nm.PeerByKey(k); p != nil && p.Name != "" {
+		return p.Name
+	}
+	return k.ShortString()
+}
+
+// peerRelayLocked is the engine's peer relay server setting.
+func (n *Node) peerRelayLocked() *netstack.PeerRelayOptions {
+	if !n.st.RelayServer {
+		return nil
+	}
+	o := n.opts.PeerRelay
+	o.Port = n.st.RelayServerPort
+	return &o
+}
+
+// peerRelayPort is the port of e's peer relay server; 0 if none.
+func peerRelayPort(e *netstack.Engine) uint16 {
+	if e == nil {
+		return 0
+	}
+	rs, _ := e.PeerRelay()
+	return rs.Port
 }
 
 func prefixAddrs(ps []netip.Prefix) []netip.Addr {

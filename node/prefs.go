@@ -77,6 +77,9 @@ func (n *Node) prefsLocked() apitype.Prefs {
 		DNSUpstreams: slices.Clone(st.DNSUpstreams),
 		Port:         st.Port,
 		Operator:     st.Operator,
+
+		RelayServer:     st.RelayServer,
+		RelayServerPort: st.RelayServerPort,
 	}
 }
 
@@ -157,6 +160,9 @@ func validatePatch(p apitype.PrefsPatch) error {
 			errs = append(errs, fmt.Errorf("%w: %w", ErrBadPrefs, err))
 		}
 	}
+	if p.RelayServerPort != nil && p.Port != nil && *p.RelayServerPort != 0 && *p.RelayServerPort == *p.Port {
+		errs = append(errs, fmt.Errorf("%w: the relay server's port %d is the WireGuard port", ErrBadPrefs, *p.Port))
+	}
 	if p.Hostname != nil && strings.TrimSpace(*p.Hostname) == "" {
 		errs = append(errs, fmt.Errorf("%w: empty hostname", ErrBadPrefs))
 	}
@@ -221,10 +227,20 @@ func (n *Node) applyPrefsLocked(p apitype.PrefsPatch) error {
 	if p.Operator != nil {
 		n.st.Operator = *p.Operator
 	}
-	if p.Port != nil && *p.Port != n.st.Port {
+	relay, relayPort := n.st.RelayServer, n.st.RelayServerPort
+	if p.RelayServer != nil {
+		n.st.RelayServer = *p.RelayServer
+	}
+	if p.RelayServerPort != nil {
+		n.st.RelayServerPort = *p.RelayServerPort
+	}
+	relayChanged := relay != n.st.RelayServer || n.st.RelayServer && relayPort != n.st.RelayServerPort
+	if p.Port != nil && *p.Port != n.st.Port || relayChanged {
 		oldPort := n.listenPortLocked()
-		n.st.Port = *p.Port
-		if n.engine != nil && n.listenPortLocked() != oldPort {
+		if p.Port != nil {
+			n.st.Port = *p.Port
+		}
+		if n.engine != nil && (n.listenPortLocked() != oldPort || relayChanged) {
 			// The engine binds its port when created: make a new one.
 			running := n.sess != nil
 			n.stopSessionLocked()

@@ -36,6 +36,9 @@ type persisted struct {
 	DNSUpstreams []string `json:"dns_upstreams,omitempty"`
 	Port         uint16   `json:"port,omitempty"`
 	Operator     string   `json:"operator,omitempty"`
+	// RelayServer and RelayServerPort: run a UDP peer relay server.
+	RelayServer     bool   `json:"relay_server,omitempty"`
+	RelayServerPort uint16 `json:"relay_server_port,omitempty"`
 	// NetMap is the last netmap, so a daemon restarted while the
 	// coordinator is down still reaches its peers.
 	NetMap *wire.NetMap `json:"netmap,omitempty"`

@@ -51,7 +51,10 @@ import (
 //     the edge. Edges of older versions do not get such routes (they would
 //     serve them open). RegisterRequest.Reauth: a known node key
 //     authenticates again (a sign-in renews its key expiry).
-const CapabilityVersion = 11
+//   - 12 (2026-12-06): MapRequest.PeerRelay and Node.PeerRelay: a node
+//     runs a UDP peer relay server, which its peers may use between each
+//     other when they have no direct path (disco Allocate).
+const CapabilityVersion = 12
 
 // NodeID is the coordinator's stable identifier of a node.
 type NodeID int64
@@ -114,6 +117,9 @@ type MapRequest struct {
 	// HomeDERP is the node's preferred relay region, 0 for none.
 	HomeDERP int    `json:"home_derp,omitempty"`
 	Hostname string `json:"hostname,omitempty"`
+	// PeerRelay is the UDP port of the node's peer relay server; 0 for
+	// none. Since version 12.
+	PeerRelay uint16 `json:"peer_relay,omitempty"`
 	// Stream asks for a long-lived stream of MapResponses. Without it the
 	// request only updates the fields above and returns at once.
 	Stream    bool      `json:"stream,omitempty"`
@@ -168,8 +174,13 @@ type Node struct {
 	Addresses []netip.Prefix   `json:"addresses"`
 	Endpoints []netip.AddrPort `json:"endpoints,omitempty"`
 	HomeDERP  int              `json:"home_derp,omitempty"`
-	Online    bool             `json:"online"`
-	LastSeen  time.Time        `json:"last_seen,omitzero"`
+	// PeerRelay is the UDP port of the node's peer relay server, as it
+	// reported it; 0 for none. Peers that have no direct path between
+	// them may relay through it. Not stored: the node reports it in every
+	// MapRequest. Since version 12.
+	PeerRelay uint16    `json:"peer_relay,omitempty"`
+	Online    bool      `json:"online"`
+	LastSeen  time.Time `json:"last_seen,omitzero"`
 	// KeyExpiry is when the node key stops being valid; zero means never.
 	KeyExpiry time.Time `json:"key_expiry,omitzero"`
 	User      string    `json:"user,omitempty"`

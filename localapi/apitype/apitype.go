@@ -54,6 +54,30 @@ type Status struct {
 	// TUN names the kernel TUN device the daemon runs the overlay on
 	// (beam daemon --tun); empty in userspace mode.
 	TUN string `json:"tun,omitempty"`
+	// PeerRelay is this node's peer relay server (beam set
+	// --relay-server); nil if it runs none.
+	PeerRelay *PeerRelayStatus `json:"peer_relay,omitempty"`
+}
+
+// PeerRelayStatus are the counters of a node's UDP peer relay server.
+type PeerRelayStatus struct {
+	// Port is the relay socket's UDP port.
+	Port uint16 `json:"port"`
+	// Sessions are the live sessions; Bound of them have both peers bound.
+	Sessions int `json:"sessions"`
+	Bound    int `json:"bound"`
+	// Allocated, Refused and Expired count sessions created, refused by
+	// a bound (count per relay or per peer), and timed out.
+	Allocated uint64 `json:"allocated"`
+	Refused   uint64 `json:"refused"`
+	Expired   uint64 `json:"expired"`
+	// Packets and Bytes count what was forwarded; DroppedRate what a
+	// session's rate bound dropped; DroppedOther what was for no bound
+	// session (unknown session, unbound or forged source).
+	Packets      uint64 `json:"packets"`
+	Bytes        uint64 `json:"bytes"`
+	DroppedRate  uint64 `json:"dropped_rate"`
+	DroppedOther uint64 `json:"dropped_other"`
 }
 
 // PeerStatus describes one node: the daemon itself or a peer.
@@ -64,12 +88,18 @@ type PeerStatus struct {
 	Key     string       `json:"key"`
 	OS      string       `json:"os,omitempty"`
 	Online  bool         `json:"online"`
-	// Path is "direct", "relay" or "none".
+	// Path is "direct", "peer-relay", "relay" or "none".
 	Path string `json:"path"`
-	// Endpoint is the UDP address of a direct path, if any.
+	// Endpoint is the UDP address of a direct path, or of the peer relay
+	// server on a peer-relay path, if any.
 	Endpoint string `json:"endpoint,omitempty"`
 	// Relay names the relay region of a relayed path.
-	Relay         string    `json:"relay,omitempty"`
+	Relay string `json:"relay,omitempty"`
+	// Via names the node whose peer relay server carries a peer-relay
+	// path.
+	Via string `json:"via,omitempty"`
+	// PeerRelay marks a node that runs a UDP peer relay server.
+	PeerRelay     bool      `json:"peer_relay,omitempty"`
 	RxBytes       uint64    `json:"rx_bytes"`
 	TxBytes       uint64    `json:"tx_bytes"`
 	LastHandshake time.Time `json:"last_handshake,omitzero"`
@@ -117,6 +147,11 @@ type Prefs struct {
 	// Operator is a local user who may use the daemon's socket besides
 	// the daemon's own user and root.
 	Operator string `json:"operator,omitempty"`
+	// RelayServer runs a UDP peer relay server on RelayServerPort (0: a
+	// free port): peers of this node with no direct path between them
+	// may relay through it.
+	RelayServer     bool   `json:"relay_server,omitempty"`
+	RelayServerPort uint16 `json:"relay_server_port,omitempty"`
 }
 
 // PrefsPatch changes some Prefs: a nil field is left as it is.
@@ -129,6 +164,10 @@ type PrefsPatch struct {
 	DNSUpstreams *[]string `json:"dns_upstreams,omitempty"`
 	Port         *uint16   `json:"port,omitempty"`
 	Operator     *string   `json:"operator,omitempty"`
+	// RelayServer and RelayServerPort change Prefs' fields; either
+	// restarts the engine.
+	RelayServer     *bool   `json:"relay_server,omitempty"`
+	RelayServerPort *uint16 `json:"relay_server_port,omitempty"`
 }
 
 // IsZero reports whether p changes nothing.
@@ -288,10 +327,13 @@ type PingResult struct {
 	IP   netip.Addr `json:"ip"`
 	// Latency is the round trip.
 	Latency time.Duration `json:"latency"`
-	// Path is "direct" or "relay".
+	// Path is "direct", "peer-relay" or "relay".
 	Path string `json:"path"`
-	// Endpoint is the peer's UDP address on a direct path.
+	// Endpoint is the peer's UDP address on a direct path, the peer
+	// relay server's on a peer-relay path.
 	Endpoint string `json:"endpoint,omitempty"`
+	// Via names the node whose peer relay server carried the ping.
+	Via string `json:"via,omitempty"`
 	// Relay names the relay region ("DERP(code)") on a relayed path.
 	Relay string `json:"relay,omitempty"`
 }

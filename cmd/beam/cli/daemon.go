@@ -50,6 +50,8 @@ func daemonFlags(cmd *cobra.Command, o *DaemonOptions) {
 	cmd.Flags().StringVar(&o.HTTPProxy, "http-proxy", "", "serve an HTTP proxy into the mesh on this loopback address (kept in the state, \"\" stops it)")
 	cmd.Flags().StringVar(&o.DNSListen, "dns-listen", "", "also serve MagicDNS on this loopback address, UDP and TCP (kept in the state, \"\" stops it)")
 	cmd.Flags().StringSliceVar(&o.DNSUpstreams, "dns-upstream", nil, "upstream resolvers for other names (default: env BEAM_DNS_UPSTREAM, else /etc/resolv.conf; kept in the state)")
+	cmd.Flags().StringVar(&o.RelayServer, "relay-server", "", relayServerUsage+" (kept in the state)")
+	cmd.Flags().Lookup("relay-server").NoOptDefVal = "on"
 	cmd.Flags().StringVar(&o.Operator, "operator", "", "local user who may use the daemon's socket besides its own user and root (Linux; kept in the state, \"\" removes it)")
 	cmd.Flags().StringVar(&o.LogLevel, "log-level", configs.DefaultDaemon().LogLevel, "debug, info, warn or error")
 	cmd.Flags().StringVar(&o.ACMECA, "acme-ca", "", "ACME directory URL: terminate TLS of this device's --tls-passthrough routes with its own certificate, obtained by DNS-01 through the coordinator (default: the app terminates TLS)")
@@ -99,6 +101,11 @@ daemon stops or leaves the mesh, and after a crash at its next start.`,
 			}
 			if o.ConfigFile != "" {
 				if err := o.Validate(); err != nil {
+					return err
+				}
+			}
+			if given("relay-server") {
+				if _, _, err := parseRelayServer(o.RelayServer); err != nil {
 					return err
 				}
 			}
@@ -350,6 +357,12 @@ func prefsFromFlags(given func(flag string) bool, o *DaemonOptions) apitype.Pref
 	}
 	if given("operator") {
 		p.Operator = &o.Operator
+	}
+	if given("relay-server") {
+		// Validate rejected a bad value already.
+		if on, port, err := parseRelayServer(o.RelayServer); err == nil {
+			p.RelayServer, p.RelayServerPort = &on, port
+		}
 	}
 	return p
 }

@@ -59,8 +59,11 @@ func runPing(ctx context.Context, f *Factory, in *instanceFlags, o *PingOptions)
 		}
 		answered++
 		via := r.Relay
-		if r.Path == "direct" {
+		switch r.Path {
+		case "direct":
 			via = r.Endpoint
+		case "peer-relay":
+			via = "peer-relay " + r.Via
 		}
 		fmt.Fprintf(f.Out, "pong from %s (%s) via %s in %s\n", r.Name, r.IP, via, r.Latency.Round(100*time.Microsecond))
 		if o.UntilDirect && r.Path == "direct" {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -19,6 +20,8 @@ type SetOptions struct {
 	ShieldsUp bool
 	Operator  string
 	JSON      bool
+	// RelayServer is --relay-server: "on", a port, or "off".
+	RelayServer string
 
 	// Prefs holds the settings given on the command line.
 	Prefs apitype.PrefsPatch
@@ -49,6 +52,13 @@ name is free. Without flags, beam set prints the settings.`,
 			if fl.Changed("operator") {
 				o.Prefs.Operator = &o.Operator
 			}
+			if fl.Changed("relay-server") {
+				on, port, err := parseRelayServer(o.RelayServer)
+				if err != nil {
+					return err
+				}
+				o.Prefs.RelayServer, o.Prefs.RelayServerPort = &on, port
+			}
 			if runF != nil {
 				return runF(o)
 			}
@@ -64,8 +74,31 @@ name is free. Without flags, beam set prints the settings.`,
 	fl.StringVar(&o.Hostname, "hostname", "", "the node's hostname; renames a registered node when the name is free")
 	fl.BoolVar(&o.ShieldsUp, "shields-up", false, "refuse all inbound connections from peers")
 	fl.StringVar(&o.Operator, "operator", "", "local user who may use the daemon's socket besides its own user and root (\"\" removes it)")
+	fl.StringVar(&o.RelayServer, "relay-server", "", relayServerUsage)
+	fl.Lookup("relay-server").NoOptDefVal = "on"
 	fl.BoolVar(&o.JSON, "json", false, "print the result as JSON")
 	return cmd
+}
+
+// relayServerUsage is the help of --relay-server.
+const relayServerUsage = "run a UDP peer relay server, on PORT when given (--relay-server=PORT; best a public or mapped port), for peers of this node that cannot reach each other directly; --relay-server=off stops it; the engine restarts"
+
+// parseRelayServer reads --relay-server: "on" (or "true") keeps the port
+// set before (a free port if none), a port number sets it too, "off" (or
+// "false") stops the server.
+func parseRelayServer(s string) (on bool, port *uint16, err error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "on", "true":
+		return true, nil, nil
+	case "off", "false", "":
+		return false, nil, nil
+	}
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil {
+		return false, nil, fmt.Errorf("--relay-server %q: want on, off or a UDP port", s)
+	}
+	p := uint16(n)
+	return true, &p, nil
 }
 
 func runSet(ctx context.Context, f *Factory, in *instanceFlags, o *SetOptions) error {
@@ -123,4 +156,12 @@ func printPrefs(w io.Writer, p *apitype.Prefs) {
 	fmt.Fprintf(w, "dns-upstream  %s\n", or(strings.Join(p.DNSUpstreams, ","), "(the host's resolvers)"))
 	fmt.Fprintf(w, "port          %s\n", port)
 	fmt.Fprintf(w, "operator      %s\n", or(p.Operator, "(none)"))
+	relay := "off"
+	switch {
+	case p.RelayServer && p.RelayServerPort != 0:
+		relay = fmt.Sprintf("on, UDP port %d", p.RelayServerPort)
+	case p.RelayServer:
+		relay = "on, a free UDP port"
+	}
+	fmt.Fprintf(w, "relay-server  %s\n", relay)
 }

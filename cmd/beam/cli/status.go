@@ -63,6 +63,8 @@ func printStatus(f *Factory, st *apitype.Status) {
 			path = "direct " + p.Endpoint
 		case p.Path == "relay" && p.Relay != "":
 			path = "relay " + p.Relay
+		case p.Path == "peer-relay" && p.Via != "":
+			path = "peer-relay via " + p.Via
 		}
 		hs := "-"
 		if !p.LastHandshake.IsZero() {
@@ -73,6 +75,10 @@ func printStatus(f *Factory, st *apitype.Status) {
 	tw.Flush()
 	if st.TUN != "" {
 		fmt.Fprintf(f.Out, "# kernel TUN mode: device %s\n", st.TUN)
+	}
+	if r := st.PeerRelay; r != nil {
+		fmt.Fprintf(f.Out, "# peer relay server on UDP port %d: %d sessions (%d bound), %d packets forwarded, %d dropped over the rate bound\n",
+			r.Port, r.Sessions, r.Bound, r.Packets, r.DroppedRate)
 	}
 	if !st.CoordinatorOnline {
 		fmt.Fprintln(f.Out, "# coordinator unreachable: running on the last netmap")
