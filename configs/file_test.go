@@ -204,3 +204,56 @@ func TestREADMEConfigs(t *testing.T) {
 		}
 	}
 }
+
+// TestValidateDB: --db (key db) is empty or a PostgreSQL URL, and a bad
+// one is refused without its password.
+func TestValidateDB(t *testing.T) {
+	for _, tc := range []struct {
+		db string
+		ok bool
+	}{
+		{"", true},
+		{"postgres://beam:pw@db.example.test:5432/beam?sslmode=require", true},
+		{"postgresql://beam@/beam?host=/run/postgresql", true},
+		{"postgres://beam:s3cret@db.example.test/beam", true},
+		{"/var/lib/beam/coordinator.db", false},
+		{"mysql://beam:s3cret@db.example.test/beam", false},
+		{"postgres://beam:s3cret@db.example.test:99999/beam", false},
+		{"postgres://beam:s3cret@/beam", false},
+		{"postgres://beam:s3cret@[::1/beam", false},
+	} {
+		t.Run(tc.db, func(t *testing.T) {
+			co := DefaultCoordinator()
+			co.DB = tc.db
+			s := Server{Domain: "a.test", Addr: ":1", DB: tc.db}
+			for name, cfg := range map[string]interface{ Validate() error }{"coordinator": &co, "server": &s} {
+				err := cfg.Validate()
+				if (err == nil) != tc.ok {
+					t.Fatalf("%s: err = %v, want ok %v", name, err, tc.ok)
+				}
+				if err == nil {
+					continue
+				}
+				if !strings.Contains(err.Error(), "--db") || !strings.Contains(err.Error(), "config key db") {
+					t.Errorf("%s: err = %q, want it to name --db and key db", name, err)
+				}
+				if strings.Contains(err.Error(), "s3cret") {
+					t.Errorf("%s: err = %q shows the password", name, err)
+				}
+			}
+		})
+	}
+}
+
+func TestRedactDB(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"postgres://beam:s3cret@db.example.test:5432/beam", "postgres://beam:xxxxx@db.example.test:5432/beam"},
+		{"postgres://beam@db.example.test/beam?password=s3cret&sslmode=require", "postgres://beam@db.example.test/beam?password=xxxxx&sslmode=require"},
+		{"postgres://beam:s3cret@[::1/beam", "postgres://beam:xxxxx@[::1/beam"},
+		{"postgres://beam@db.example.test/beam", "postgres://beam@db.example.test/beam"},
+	} {
+		if got := RedactDB(tc.in); got != tc.want {
+			t.Errorf("RedactDB(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}

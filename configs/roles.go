@@ -56,7 +56,9 @@ func (z *Zone) check(c *checker) {
 // Server is beam server's settings: coordinator, relay, STUN, edge and
 // public zone in one process.
 type Server struct {
-	DataDir    string `json:"data"`
+	DataDir string `json:"data"`
+	// DB is as Coordinator.DB.
+	DB         string `json:"db"`
 	Domain     string `json:"domain"`
 	Addr       string `json:"addr"`
 	PublicURL  string `json:"public_url"`
@@ -115,6 +117,7 @@ func (s *Server) Validate() error {
 	var c checker
 	c.domain("--domain", s.Domain, true)
 	c.listen("--addr", s.Addr, true)
+	c.db(s.DB)
 	c.url("--public-url", s.PublicURL, false)
 	c.listen("--http-addr", s.HTTPAddr, false)
 	c.listen("--https-addr", s.HTTPSAddr, false)
@@ -135,6 +138,10 @@ type Coordinator struct {
 	Addr string `json:"addr"`
 	// DataDir holds coordinator.db, coordinator.key and admin.token.
 	DataDir string `json:"data"`
+	// DB is a PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DATABASE)
+	// for the coordinator's database; empty means SQLite, coordinator.db
+	// in DataDir.
+	DB string `json:"db"`
 	// DERPURLs each become a region with one relay.
 	DERPURLs []string `json:"derp"`
 	// STUN overrides the relays' STUN addresses (host:port), one per
@@ -201,6 +208,7 @@ func DefaultCoordinator() Coordinator {
 func (co *Coordinator) Validate() error {
 	var c checker
 	c.listen("--addr", co.Addr, true)
+	c.db(co.DB)
 	c.domain("--base-domain", co.BaseDomain, true)
 	for _, u := range co.DERPURLs {
 		c.url("--derp", u, true)
@@ -524,6 +532,56 @@ func (c *checker) url(flag, v string, required bool) {
 			c.add(flag, v, "the port must be 1-65535")
 		}
 	}
+}
+
+// db checks --db: empty, or a PostgreSQL URL. A problem is reported
+// with the URL's password masked.
+func (c *checker) db(v string) {
+	if v == "" {
+		return
+	}
+	const want = "want postgres://USER:PASSWORD@HOST:PORT/DATABASE (empty: SQLite in the data directory)"
+	u, err := url.Parse(v)
+	if err != nil {
+		c.add("--db", RedactDB(v), want)
+		return
+	}
+	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
+		c.add("--db", RedactDB(v), want)
+		return
+	}
+	if u.Host == "" && u.Query().Get("host") == "" {
+		c.add("--db", RedactDB(v), "no server: "+want)
+		return
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+			c.add("--db", RedactDB(v), "the port must be 1-65535")
+		}
+	}
+}
+
+// RedactDB returns the database URL v with its password (in the user
+// part or a password parameter) masked, for logs and error messages.
+func RedactDB(v string) string {
+	u, err := url.Parse(v)
+	if err == nil {
+		if q := u.Query(); q.Has("password") {
+			q.Set("password", "xxxxx")
+			u.RawQuery = q.Encode()
+		}
+		return u.Redacted()
+	}
+	// Unparsable: mask whatever sits between "user:" and the last "@".
+	scheme, rest, ok := strings.Cut(v, "://")
+	i := strings.LastIndex(rest, "@")
+	if !ok || i < 0 {
+		return scheme + "://(unparsable)"
+	}
+	if user, _, ok := strings.Cut(rest[:i], ":"); ok {
+		return scheme + "://" + user + ":xxxxx" + rest[i:]
+	}
+	return v
 }
 
 func (c *checker) ip(flag, v string) {

@@ -94,20 +94,20 @@ func describeServer(cfg *pgx.ConnConfig) string {
 	return fmt.Sprintf("%s (database %q, user %q)", host, cfg.Database, cfg.User)
 }
 
-// passwordOf returns the password in the URL dsn, "" for none or if dsn
-// does not parse.
+// passwordOf returns the password in the URL dsn (in the user part or a
+// password parameter), "" for none.
 func passwordOf(dsn string) string {
 	u, err := url.Parse(dsn)
-	if err == nil && u.User != nil {
-		pw, _ := u.User.Password()
-		if pw != "" {
+	if err == nil {
+		if pw, _ := u.User.Password(); pw != "" {
 			return pw
 		}
+		return u.Query().Get("password")
 	}
 	// A URL that does not parse may still carry one: user:PASSWORD@.
 	if _, rest, ok := strings.Cut(dsn, "://"); ok {
-		if cred, _, ok := strings.Cut(rest, "@"); ok {
-			if _, pw, ok := strings.Cut(cred, ":"); ok {
+		if i := strings.LastIndex(rest, "@"); i >= 0 {
+			if _, pw, ok := strings.Cut(rest[:i], ":"); ok {
 				return pw
 			}
 		}

@@ -100,6 +100,7 @@ func TestOpenPostgresErrors(t *testing.T) {
 		{"bad port", "postgres://beam:" + pw + "@127.0.0.1:99999/db", "parse PostgreSQL URL"},
 		{"bad option", "postgresql://beam:" + pw + "@127.0.0.1/db?sslmode=sometimes", "parse PostgreSQL URL"},
 		{"refused", fmt.Sprintf("postgres://beam:%s@127.0.0.1:%d/db?sslmode=disable", pw, closedPort), "connect to PostgreSQL at 127.0.0.1:"},
+		{"password parameter", fmt.Sprintf("postgres://beam@127.0.0.1:%d/db?password=%s&sslmode=disable", closedPort, pw), "connect to PostgreSQL at 127.0.0.1:"},
 		{"no server on socket", "postgres://beam:" + pw + "@/db?host=" + t.TempDir(), "connect to PostgreSQL at /"},
 		{"no database", strings.Replace(srv.DSN("nosuch"), "beam@", "beam:"+pw+"@", 1), `database "nosuch" does not exist`},
 	} {

@@ -41,6 +41,9 @@ type coordinatorSpec struct {
 	// DataDir holds coordinator.db, coordinator.key, admin.token and
 	// relay.token, created on first start.
 	DataDir string
+	// DB is the PostgreSQL URL of the database (--db); empty means SQLite,
+	// DataDir/coordinator.db.
+	DB string
 	// NodeKeyExpiry and PolicyFile are as configs.Coordinator's.
 	NodeKeyExpiry, PolicyFile string
 	// Addr is the listener's address, for OIDC's default redirect URL.
@@ -88,15 +91,7 @@ func assembleCoordinator(ctx context.Context, spec coordinatorSpec) (_ *coordina
 	if err != nil {
 		return nil, err
 	}
-	dbPath := filepath.Join(spec.DataDir, "coordinator.db")
-	// Create the database 0600 before SQLite does (it would use 0644);
-	// SQLite gives its -wal and -shm files the same mode.
-	if fh, err := os.OpenFile(dbPath, os.O_RDWR|os.O_CREATE, 0o600); err != nil {
-		return nil, fmt.Errorf("create database: %w", err)
-	} else {
-		fh.Close()
-	}
-	if r.store, err = sqlstore.Open(ctx, dbPath); err != nil {
+	if r.store, err = openCoordinatorStore(ctx, spec.DataDir, spec.DB); err != nil {
 		return nil, err
 	}
 	defer func() {

@@ -50,8 +50,8 @@ func NewCmdCoordinator(f *Factory, runF func(*CoordinatorOptions) error) *cobra.
 		Long: `Run the coordination server: registration, overlay addresses and names,
 and the netmap stream for every node.
 
-On first start it creates the data directory with coordinator.db (SQLite),
-coordinator.key (the machine key), admin.token (the admin API token; only
+On first start it creates the data directory with coordinator.db (SQLite;
+with --db postgres://... the database is PostgreSQL's instead), coordinator.key (the machine key), admin.token (the admin API token; only
 its hash is kept in the database) and relay.token (what relays started with
 --verify-clients present to ask whether a node may use them; give it to
 them with --verify-token-file). Once it listens it writes
@@ -83,6 +83,7 @@ From elsewhere:
 	fl.StringVar(&opts.ConfigFile, "config", "", configUsage)
 	fl.StringVar(&opts.Addr, "addr", def.Addr, "address to serve HTTP on")
 	fl.StringVar(&opts.DataDir, "data", def.DataDir, "data directory (created 0700)")
+	fl.StringVar(&opts.DB, "db", "", dbUsage)
 	fl.StringArrayVar(&opts.DERPURLs, "derp", nil, "relay base URL; repeat for more regions")
 	fl.StringArrayVar(&opts.STUN, "stun", nil, "STUN host:port for the --derp relays (one for all, or one per --derp; several comma-separated, such as the relay's IPv4 and IPv6 addresses); default host:3478")
 	fl.IntVar(&opts.STUNAltPort, "stun-alt-port", 0, "port of the relays' second STUN responder, on the --stun host (0: the --stun port + 1, as beam derp serves by default; -1: none)")
@@ -120,7 +121,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 		return err
 	}
 	role, err := assembleCoordinator(ctx, coordinatorSpec{
-		DataDir: opts.DataDir, NodeKeyExpiry: opts.NodeKeyExpiry, PolicyFile: opts.PolicyFile,
+		DataDir: opts.DataDir, DB: opts.DB, NodeKeyExpiry: opts.NodeKeyExpiry, PolicyFile: opts.PolicyFile,
 		Addr: opts.Addr, OIDC: &opts.OIDC, Logger: logger, Options: base,
 	})
 	if err != nil {
@@ -144,7 +145,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	if role.tokenCreated {
 		logger.Info("wrote a new admin token", "file", role.tokenPath)
 	}
-	logger.Info("coordinator listening", "version", version.String(), "addr", ln.Addr().String(), "data", opts.DataDir, "machine_key", role.machineKey.Public().String())
+	logger.Info("coordinator listening", "version", version.String(), "addr", ln.Addr().String(), "data", opts.DataDir, "db", describeDB(opts.DataDir, opts.DB), "machine_key", role.machineKey.Public().String())
 	forget, err := writeDiscovery(f, opts.DataDir, ln.Addr().(*net.TCPAddr))
 	if err != nil {
 		ln.Close()
@@ -326,7 +327,11 @@ func writeFileExcl(path string, data []byte) error {
 // to run next: how to get an auth key and join a device.
 func printCoordinatorNext(f *Factory, o *CoordinatorOptions, url string, relays bool) {
 	w := f.Out
-	fmt.Fprintf(w, "beam coordinator is running at %s; data in %s\n", url, o.DataDir)
+	fmt.Fprintf(w, "beam coordinator is running at %s; data in %s", url, o.DataDir)
+	if o.DB != "" {
+		fmt.Fprintf(w, ", database %s", describeDB(o.DataDir, o.DB))
+	}
+	fmt.Fprintln(w)
 	printConsoleURL(w, url, o.DataDir)
 	fmt.Fprintf(w, "\nNext:\n")
 	if o.Dev {

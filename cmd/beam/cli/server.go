@@ -97,6 +97,7 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 	def := configs.DefaultServer()
 	fl.StringVar(&o.ConfigFile, "config", "", configUsage)
 	fl.StringVar(&o.DataDir, "data", def.DataDir, "data directory (SQLite database, keys, admin token)")
+	fl.StringVar(&o.DB, "db", "", dbUsage)
 	fl.StringVar(&o.Domain, "domain", "", "public domain: routes are NAME.DOMAIN")
 	fl.StringVar(&o.Addr, "addr", def.Addr, "coordinator and relay HTTP listener")
 	fl.StringVar(&o.PublicURL, "public-url", "", "URL devices use to reach --addr (default http://DOMAIN:PORT)")
@@ -236,7 +237,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		base.ServerSetup = setup.get
 	}
 	cr, err := assembleCoordinator(ctx, coordinatorSpec{
-		DataDir: o.DataDir, NodeKeyExpiry: o.NodeKeyExpiry, PolicyFile: o.PolicyFile,
+		DataDir: o.DataDir, DB: o.DB, NodeKeyExpiry: o.NodeKeyExpiry, PolicyFile: o.PolicyFile,
 		Addr: addr.String(), OIDC: &o.OIDC, Logger: logger, Options: base,
 	})
 	if err != nil {
@@ -449,7 +450,11 @@ func printServerNext(f *Factory, o *ServerOptions, publicURL, httpAddr string) {
 	if httpAddr != "" {
 		fmt.Fprintf(w, ", edge at http://%s", httpAddr)
 	}
-	fmt.Fprintf(w, "; data in %s\n", o.DataDir)
+	fmt.Fprintf(w, "; data in %s", o.DataDir)
+	if o.DB != "" {
+		fmt.Fprintf(w, ", database %s", describeDB(o.DataDir, o.DB))
+	}
+	fmt.Fprintln(w)
 	printConsoleURL(w, publicURL, o.DataDir)
 	if !o.Dev {
 		printPublicSetup(w, o, publicURL)
