@@ -41,9 +41,7 @@ type accessControl struct {
 	nets  map[int64]*netACL
 	views map[key.NodePublic]*wire.Node
 
-	approver Approver
-	pending  pendingRegs
-	audit    auditLog
+	audit auditLog
 }
 
 // initAccessControl loads the stored policy. Called from New.
@@ -51,13 +49,6 @@ func (s *Server) initAccessControl(ctx context.Context, opts Options) error {
 	s.ac.nets = make(map[int64]*netACL)
 	s.ac.views = make(map[key.NodePublic]*wire.Node)
 	s.ac.audit.wake = make(chan struct{}, 1)
-	s.ac.approver = opts.Approver
-	if s.ac.approver == nil {
-		s.ac.approver = adminApprover{}
-	}
-	s.ac.pending.byCode = make(map[string]*pendingReg)
-	s.ac.pending.byKey = make(map[key.NodePublic]*pendingReg)
-	s.ac.pending.bySource = make(map[netip.Addr]int)
 	src, err := s.store.Setting(ctx, policySetting)
 	switch {
 	case errors.Is(err, ErrNotFound):
@@ -89,7 +80,6 @@ func (s *Server) startAccessControl() {
 
 // accessRoutes adds the routes of users, policy, approval and audit.
 func (s *Server) accessRoutes(mux, admin *http.ServeMux) {
-	mux.HandleFunc("GET "+wire.PathApprovalPage, s.handleApprovalPage)
 	admin.HandleFunc("GET "+wire.PathPolicy, s.handleGetPolicy)
 	admin.HandleFunc("PUT "+wire.PathPolicy, s.handleSetPolicy)
 	admin.HandleFunc("POST "+wire.PathPolicyCheck, s.handleCheckPolicy)

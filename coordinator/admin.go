@@ -45,11 +45,12 @@ type AuthKeyOptions struct {
 // CreateAuthKey creates an auth key and returns its secret, which is not
 // stored and cannot be shown again.
 func (s *Server) CreateAuthKey(ctx context.Context, o AuthKeyOptions) (string, error) {
-	secret, _, err := s.createAuthKey(ctx, o)
+	secret, _, err := s.reg.createAuthKey(ctx, o)
 	return secret, err
 }
 
-func (s *Server) createAuthKey(ctx context.Context, o AuthKeyOptions) (string, *AuthKey, error) {
+func (rg *registry) createAuthKey(ctx context.Context, o AuthKeyOptions) (string, *AuthKey, error) {
+	s := rg.core
 	if o.Network == "" {
 		o.Network = DefaultNetwork
 	}
@@ -127,7 +128,8 @@ func (s *Server) ensureNetwork(ctx context.Context, name string) (*Network, erro
 	return n, nil
 }
 
-func (s *Server) keyInfo(ak *AuthKey) wire.AuthKeyInfo {
+func (rg *registry) keyInfo(ak *AuthKey) wire.AuthKeyInfo {
+	s := rg.core
 	s.mu.Lock()
 	netName := ""
 	if n := s.networks[ak.NetworkID]; n != nil {

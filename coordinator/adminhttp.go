@@ -165,7 +165,7 @@ func (a *adminAPI) handleRenameNode(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed request body: want {\"name\": \"NEW\"}"))
 		return
 	}
-	n, err := s.renameNode(context.WithoutCancel(r.Context()), actorAdmin, r.PathValue("name"), req.Name)
+	n, err := s.reg.renameNode(context.WithoutCancel(r.Context()), actorAdmin, r.PathValue("name"), req.Name)
 	if err != nil {
 		s.adminError(w, "rename node", err)
 		return

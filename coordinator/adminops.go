@@ -37,7 +37,7 @@ func (s *Server) AuthKeys(ctx context.Context) ([]wire.AuthKeyInfo, error) {
 	}
 	out := make([]wire.AuthKeyInfo, 0, len(keys))
 	for _, k := range keys {
-		out = append(out, s.keyInfo(k))
+		out = append(out, s.reg.keyInfo(k))
 	}
 	return out, nil
 }
@@ -63,7 +63,7 @@ func (s *Server) CreateAuthKeyAs(ctx context.Context, actor string, req wire.Cre
 		}
 		nodeKeyExpiry = d
 	}
-	secret, ak, err := s.createAuthKey(ctx, AuthKeyOptions{
+	secret, ak, err := s.reg.createAuthKey(ctx, AuthKeyOptions{
 		Network: req.Network, Reusable: req.Reusable, Ephemeral: req.Ephemeral, Expiry: expiry, Tags: req.Tags, User: req.User, Edge: req.Edge,
 		NodeKeyExpiry: nodeKeyExpiry,
 	})
@@ -71,7 +71,7 @@ func (s *Server) CreateAuthKeyAs(ctx context.Context, actor string, req wire.Cre
 		return nil, err
 	}
 	s.audit(ctx, actor, "authkey.create", ak.Prefix, authKeyDetail(ak))
-	return &wire.CreateAuthKeyResponse{Key: secret, Info: s.keyInfo(ak)}, nil
+	return &wire.CreateAuthKeyResponse{Key: secret, Info: s.reg.keyInfo(ak)}, nil
 }
 
 // DeleteAuthKeyAs deletes (revokes) the auth key with prefix, as DELETE

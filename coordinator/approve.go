@@ -150,22 +150,24 @@ func (pr *pendingRegs) pruneLocked(now time.Time) {
 
 // pruneApprovals drops expired registrations and deletes the auth keys
 // made for approved ones that were never collected (janitor).
-func (s *Server) pruneApprovals(ctx context.Context) {
-	pr := &s.ac.pending
+func (rg *registry) pruneApprovals(ctx context.Context) {
+	s := rg.core
+	pr := &rg.pending
 	pr.mu.Lock()
 	pr.pruneLocked(s.now())
 	keys := pr.uncollected
 	pr.uncollected = nil
 	pr.mu.Unlock()
 	for _, prefix := range keys {
-		s.deleteApprovalKey(ctx, prefix, "approved registration expired uncollected")
+		rg.deleteApprovalKey(ctx, prefix, "approved registration expired uncollected")
 	}
 }
 
 // deleteApprovalKey deletes a one-off auth key made for an approval: once
 // used, or once its registration expired, it can admit nobody. The audit
 // log keeps its creation and says why it went.
-func (s *Server) deleteApprovalKey(ctx context.Context, prefix, why string) {
+func (rg *registry) deleteApprovalKey(ctx context.Context, prefix, why string) {
+	s := rg.core
 	if err := s.store.DeleteAuthKey(ctx, prefix); err != nil {
 		if !errors.Is(err, ErrNotFound) {
 			s.logger.Warn("delete approval auth key", "prefix", prefix, "err", err)
@@ -247,10 +249,11 @@ func (p *pendingReg) approved() bool {
 // client at source. To make room it drops the oldest waiting registration
 // of source when source has maxPendingPerSource, or of the source with
 // the most when the queue is full.
-func (s *Server) addPending(req *wire.RegisterRequest, source netip.Addr) (*pendingReg, *apiError) {
+func (rg *registry) addPending(req *wire.RegisterRequest, source netip.Addr) (*pendingReg, *apiError) {
+	s := rg.core
 	now := s.now()
 	source = sourceKey(source)
-	pr := &s.ac.pending
+	pr := &rg.pending
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	pr.pruneLocked(now)
@@ -291,11 +294,14 @@ func (s *Server) addPending(req *wire.RegisterRequest, source netip.Addr) (*pend
 }
 
 // PendingRegistrations lists the registrations waiting for approval.
-func (s *Server) PendingRegistrations() []wire.PendingRegistration {
-	pr := &s.ac.pending
+func (s *Server) PendingRegistrations() []wire.PendingRegistration { return s.reg.pendingList() }
+
+// pendingList is Server.PendingRegistrations.
+func (rg *registry) pendingList() []wire.PendingRegistration {
+	pr := &rg.pending
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
-	pr.pruneLocked(s.now())
+	pr.pruneLocked(rg.core.now())
 	out := make([]wire.PendingRegistration, 0, len(pr.byCode))
 	for _, p := range pr.byCode {
 		select {
@@ -315,7 +321,13 @@ func (s *Server) PendingRegistrations() []wire.PendingRegistration {
 // already; an unknown user or a tag the policy does not list fails with
 // ErrInvalid.
 func (s *Server) ApproveRegistration(ctx context.Context, code string, a Approval) error {
-	p := s.ac.pending.lookup(code, s.now())
+	return s.reg.approve(ctx, code, a)
+}
+
+// approve is Server.ApproveRegistration.
+func (rg *registry) approve(ctx context.Context, code string, a Approval) error {
+	s := rg.core
+	p := rg.pending.lookup(code, s.now())
 	if p == nil {
 		return fmt.Errorf("%w: no node is waiting with code %q (codes expire after %v)", ErrNotFound, normalizeCode(code), approvalTTL)
 	}
@@ -333,11 +345,11 @@ func (s *Server) ApproveRegistration(ctx context.Context, code string, a Approva
 	if owner != "" && a.User != "" && owner != a.User {
 		return fmt.Errorf("%w: this device belongs to %s; only %s can authenticate it again", ErrInvalid, owner, owner)
 	}
-	secret, ak, err := s.createAuthKey(ctx, AuthKeyOptions{User: a.User, Tags: a.Tags, Expiry: approvalTTL, NodeKeyExpiry: a.NodeKeyExpiry})
+	secret, ak, err := rg.createAuthKey(ctx, AuthKeyOptions{User: a.User, Tags: a.Tags, Expiry: approvalTTL, NodeKeyExpiry: a.NodeKeyExpiry})
 	if err != nil {
 		return err
 	}
-	pr := &s.ac.pending
+	pr := &rg.pending
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	select {
@@ -398,12 +410,13 @@ func authURL(r *http.Request, code string) string {
 // new node key without an auth key (outside dev mode on loopback), and
 // every Followup. It reports false, having written nothing, for the
 // requests register handles.
-func (s *Server) interactiveRegister(w http.ResponseWriter, r *http.Request, nk key.NodePublic, req *wire.RegisterRequest) bool {
+func (rg *registry) interactiveRegister(w http.ResponseWriter, r *http.Request, nk key.NodePublic, req *wire.RegisterRequest) bool {
+	s := rg.core
 	if req.Followup != "" {
-		s.followup(w, r, nk, req)
+		rg.followup(w, r, nk, req)
 		return true
 	}
-	if req.AuthKey != "" || req.Logout || (s.devMode && remoteIsLoopback(r)) {
+	if req.AuthKey != "" || req.Logout || (rg.devMode && remoteIsLoopback(r)) {
 		return false
 	}
 	s.mu.Lock()
@@ -412,7 +425,7 @@ func (s *Server) interactiveRegister(w http.ResponseWriter, r *http.Request, nk 
 	if known && !req.Reauth {
 		return false
 	}
-	p, aerr := s.addPending(req, remoteAddr(r))
+	p, aerr := rg.addPending(req, remoteAddr(r))
 	if aerr != nil {
 		writeError(w, aerr)
 		return true
@@ -423,15 +436,16 @@ func (s *Server) interactiveRegister(w http.ResponseWriter, r *http.Request, nk 
 
 // followup holds a Followup request until its registration is approved,
 // followupWait passes, or the node hangs up.
-func (s *Server) followup(w http.ResponseWriter, r *http.Request, nk key.NodePublic, req *wire.RegisterRequest) {
-	p := s.ac.pending.lookup(req.Followup, s.now())
+func (rg *registry) followup(w http.ResponseWriter, r *http.Request, nk key.NodePublic, req *wire.RegisterRequest) {
+	s := rg.core
+	p := rg.pending.lookup(req.Followup, s.now())
 	if p == nil {
 		s.mu.Lock()
 		known := s.nodes[nk] != nil
 		s.mu.Unlock()
 		if known {
 			// Approved and registered by an earlier followup whose answer was lost.
-			s.finishApproved(w, r, nk, req, "")
+			rg.finishApproved(w, r, nk, req, "")
 			return
 		}
 		writeError(w, errorf(http.StatusForbidden, wire.CodeApprovalExpired, "approval code is unknown or expired; register again"))
@@ -454,19 +468,20 @@ func (s *Server) followup(w http.ResponseWriter, r *http.Request, nk key.NodePub
 		writeError(w, errorf(http.StatusServiceUnavailable, wire.CodeUnavailable, "coordinator is shutting down"))
 		return
 	}
-	if s.finishApproved(w, r, nk, req, p.authKey) {
-		s.ac.pending.remove(p)
-		s.deleteApprovalKey(context.WithoutCancel(r.Context()), p.keyPrefix, "approval key used")
+	if rg.finishApproved(w, r, nk, req, p.authKey) {
+		rg.pending.remove(p)
+		rg.deleteApprovalKey(context.WithoutCancel(r.Context()), p.keyPrefix, "approval key used")
 	}
 }
 
 // finishApproved registers an approved node with the auth key made for it
 // (or rejoins it if it is registered already) and answers the followup.
 // It reports whether the node is registered.
-func (s *Server) finishApproved(w http.ResponseWriter, r *http.Request, nk key.NodePublic, req *wire.RegisterRequest, authKey string) bool {
+func (rg *registry) finishApproved(w http.ResponseWriter, r *http.Request, nk key.NodePublic, req *wire.RegisterRequest, authKey string) bool {
+	s := rg.core
 	rr := *req
 	rr.AuthKey, rr.Followup = authKey, ""
-	resp, aerr := s.countRegistration(s.register(context.WithoutCancel(r.Context()), &rr, remoteIsLoopback(r)))
+	resp, aerr := s.countRegistration(rg.register(context.WithoutCancel(r.Context()), &rr, remoteIsLoopback(r)))
 	if aerr != nil {
 		if aerr.status >= 500 {
 			s.logger.Warn("approved registration failed", "node", nk.ShortString(), "err", aerr)
@@ -478,13 +493,14 @@ func (s *Server) finishApproved(w http.ResponseWriter, r *http.Request, nk key.N
 	return true
 }
 
-func (s *Server) handleApprovalPage(w http.ResponseWriter, r *http.Request) {
-	p := s.ac.pending.lookup(r.PathValue("code"), s.now())
+func (rg *registry) handleApprovalPage(w http.ResponseWriter, r *http.Request) {
+	s := rg.core
+	p := rg.pending.lookup(r.PathValue("code"), s.now())
 	if p == nil {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(http.StatusNotFound)
 		fmt.Fprintln(w, "Beam: no node is waiting with this code; it may have expired. Start the node's login again.")
 		return
 	}
-	s.ac.approver.ServeApproval(w, r, p.PendingRegistration)
+	rg.approver.ServeApproval(w, r, p.PendingRegistration)
 }

@@ -18,12 +18,12 @@ func TestPendingPerSource(t *testing.T) {
 	t0 := time.Unix(1_000_000, 0)
 	clock := t0
 	s := &Server{logger: slog.New(slog.DiscardHandler), now: func() time.Time { return clock }}
-	pr := &s.ac.pending
-	pr.byCode, pr.byKey, pr.bySource = map[string]*pendingReg{}, map[key.NodePublic]*pendingReg{}, map[netip.Addr]int{}
+	rg := newRegistry(s, Options{})
+	pr := &rg.pending
 	add := func(src netip.Addr) *pendingReg {
 		t.Helper()
 		clock = clock.Add(time.Millisecond)
-		p, aerr := s.addPending(&wire.RegisterRequest{NodeKey: key.NewNode().Public(), Hostname: "h"}, src)
+		p, aerr := rg.addPending(&wire.RegisterRequest{NodeKey: key.NewNode().Public(), Hostname: "h"}, src)
 		if aerr != nil {
 			t.Fatalf("addPending from %v: %v", src, aerr)
 		}

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"beam.dev/beam/types/key"
@@ -47,17 +48,92 @@ func ipv6For(v4 netip.Addr) netip.Addr {
 	return netip.AddrFrom16(b)
 }
 
-// allocIPv4Locked returns the next free overlay IPv4 address. s.mu held.
-func (s *Server) allocIPv4Locked() (netip.Addr, error) {
-	a := s.nextIPv4
+// registry is the coordinator's registration job: auth keys, admitting
+// node keys (this file), the names (rename.go) and overlay addresses of
+// nodes, and the queue of registrations waiting for interactive approval
+// (approve.go). The queue stays here rather than with access control: a
+// pending registration is a registration that has not finished, and
+// approving it finishes it with an auth key made for it. The nodes
+// themselves belong to the core (Server), which registry changes under
+// Server.mu.
+//
+// Lock order: mu, then Server.persistMu, then Server.mu, then addrs (a
+// leaf). pending has its own lock.
+type registry struct {
+	core     *Server
+	devMode  bool
+	approver Approver // never nil
+	// nodeKeyExpiry is Options.NodeKeyExpiry resolved: > 0, or < 0 for never.
+	nodeKeyExpiry time.Duration
+
+	// mu serializes registrations and renames: name allocation.
+	mu sync.Mutex
+
+	// addrs allocates overlay IPv4 addresses; IPv6 ones follow them.
+	addrs struct {
+		sync.Mutex // guards the following fields
+		used       map[netip.Addr]bool
+		next       netip.Addr
+	}
+
+	pending pendingRegs
+}
+
+// newRegistry returns the registration job of core on opts.
+func newRegistry(core *Server, opts Options) *registry {
+	rg := &registry{core: core, devMode: opts.DevMode, approver: opts.Approver, nodeKeyExpiry: opts.NodeKeyExpiry}
+	if rg.approver == nil {
+		rg.approver = adminApprover{}
+	}
+	if rg.nodeKeyExpiry == 0 {
+		rg.nodeKeyExpiry = DefaultNodeKeyExpiry
+	}
+	rg.addrs.used = make(map[netip.Addr]bool)
+	rg.addrs.next = firstIPv4
+	rg.pending.byCode = make(map[string]*pendingReg)
+	rg.pending.byKey = make(map[key.NodePublic]*pendingReg)
+	rg.pending.bySource = make(map[netip.Addr]int)
+	return rg
+}
+
+// allocIPv4 returns the next free overlay IPv4 address. It stays free
+// until useIPv4 marks it.
+func (rg *registry) allocIPv4() (netip.Addr, error) {
+	rg.addrs.Lock()
+	defer rg.addrs.Unlock()
+	a := rg.addrs.next
 	for range 1 << 22 {
-		if !s.usedIPv4[a] && a != magicDNSAddr {
-			s.nextIPv4 = nextIPv4(a)
+		if !rg.addrs.used[a] && a != magicDNSAddr {
+			rg.addrs.next = nextIPv4(a)
 			return a, nil
 		}
 		a = nextIPv4(a)
 	}
 	return netip.Addr{}, errors.New("coordinator: overlay address space exhausted")
+}
+
+// useIPv4 marks the IPv4 addresses among addrs as taken. With start, it
+// also moves the allocation past them (loading nodes from the store).
+func (rg *registry) useIPv4(addrs []netip.Prefix, start bool) {
+	rg.addrs.Lock()
+	defer rg.addrs.Unlock()
+	for _, p := range addrs {
+		if a := p.Addr(); a.Is4() {
+			rg.addrs.used[a] = true
+			if start && !a.Less(rg.addrs.next) {
+				rg.addrs.next = nextIPv4(a)
+			}
+		}
+	}
+}
+
+// releaseIPv4 frees the addresses of a removed node.
+func (rg *registry) releaseIPv4(addrs []netip.Prefix) {
+	rg.addrs.Lock()
+	defer rg.addrs.Unlock()
+	for _, p := range addrs {
+		delete(rg.addrs.used, p.Addr())
+	}
 }
 
 // SanitizeLabel turns a hostname into a DNS label: the first dot-separated
@@ -90,7 +166,8 @@ func SanitizeLabel(hostname string) string {
 
 // uniqueNameLocked returns base, or base-2, base-3, ... whichever is not
 // taken in the network. s.mu held.
-func (s *Server) uniqueNameLocked(networkID int64, base string) string {
+func (rg *registry) uniqueNameLocked(networkID int64, base string) string {
+	s := rg.core
 	taken := make(map[string]bool)
 	for _, e := range s.nodes {
 		if e.rec.NetworkID == networkID {
@@ -119,7 +196,8 @@ func hashSecret(secret string) []byte {
 }
 
 // lookupAuthKey finds a usable auth key.
-func (s *Server) lookupAuthKey(ctx context.Context, secret string) (*AuthKey, *apiError) {
+func (rg *registry) lookupAuthKey(ctx context.Context, secret string) (*AuthKey, *apiError) {
+	s := rg.core
 	ak, err := s.store.AuthKeyByHash(ctx, hashSecret(secret))
 	if errors.Is(err, ErrNotFound) {
 		return nil, errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key is not valid")
@@ -139,9 +217,10 @@ func (s *Server) lookupAuthKey(ctx context.Context, secret string) (*AuthKey, *a
 
 // register handles a RegisterRequest whose sender proved it holds
 // req.NodeKey. loopback says whether it came from a loopback address.
-func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopback bool) (*wire.RegisterResponse, *apiError) {
-	s.regMu.Lock()
-	defer s.regMu.Unlock()
+func (rg *registry) register(ctx context.Context, req *wire.RegisterRequest, loopback bool) (*wire.RegisterResponse, *apiError) {
+	s := rg.core
+	rg.mu.Lock()
+	defer rg.mu.Unlock()
 	now := s.now()
 	s.mu.Lock()
 	var existing *NodeRecord
@@ -171,7 +250,7 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 			nameTaken := false
 			if req.Hostname != "" && req.Hostname != existing.Node.Hostname {
 				if want := SanitizeLabel(req.Hostname); want != "" && want != existing.Node.Name {
-					_, err := s.renameNodeRegLocked(ctx, actorNode(existing.Node.Name), existing.Node.Key.String(), want)
+					_, err := rg.renameNodeRegLocked(ctx, actorNode(existing.Node.Name), existing.Node.Key.String(), want)
 					switch {
 					case errors.Is(err, ErrConflict):
 						nameTaken = true
@@ -203,7 +282,7 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 		switch {
 		case req.AuthKey != "":
 			var aerr *apiError
-			if ak, aerr = s.lookupAuthKey(ctx, req.AuthKey); aerr != nil {
+			if ak, aerr = rg.lookupAuthKey(ctx, req.AuthKey); aerr != nil {
 				return nil, aerr
 			}
 			if ak.NetworkID != existing.NetworkID {
@@ -213,14 +292,14 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 				return nil, errorf(http.StatusForbidden, wire.CodeForbidden, "this node belongs to %s; authenticate it again as %s", existing.Node.User, existing.Node.User)
 			}
 			if err := s.store.ConsumeAuthKey(ctx, ak.ID, now); err != nil {
-				return nil, s.consumeError(err, ak)
+				return nil, rg.consumeError(err, ak)
 			}
-		case s.devMode && loopback:
+		case rg.devMode && loopback:
 		default:
 			return nil, errorf(http.StatusForbidden, wire.CodeNodeExpired, "node key expired; register again with an auth key")
 		}
 		n, aerr := s.updateSelf(ctx, req.NodeKey, func(n *NodeRecord) {
-			n.Node.KeyExpiry = keyExpiryFor(ak, &n.Node, now, s.nodeKeyExpiry)
+			n.Node.KeyExpiry = keyExpiryFor(ak, &n.Node, now, rg.nodeKeyExpiry)
 			if ak != nil {
 				n.AuthKeyID = ak.ID
 			}
@@ -254,7 +333,7 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 	switch {
 	case req.AuthKey != "":
 		var aerr *apiError
-		if ak, aerr = s.lookupAuthKey(ctx, req.AuthKey); aerr != nil {
+		if ak, aerr = rg.lookupAuthKey(ctx, req.AuthKey); aerr != nil {
 			return nil, aerr
 		}
 		s.mu.Lock()
@@ -263,15 +342,15 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 		if network == nil {
 			return nil, errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key's network is gone")
 		}
-	case s.devMode && loopback:
+	case rg.devMode && loopback:
 	default:
 		return nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered; joining needs an auth key")
 	}
 
 	base := SanitizeLabel(req.Hostname)
 	s.mu.Lock()
-	name := s.uniqueNameLocked(network.ID, base)
-	v4, err := s.allocIPv4Locked()
+	name := rg.uniqueNameLocked(network.ID, base)
+	v4, err := rg.allocIPv4()
 	s.mu.Unlock()
 	if err != nil {
 		return nil, errorf(http.StatusServiceUnavailable, wire.CodeUnavailable, "%v", err)
@@ -297,17 +376,17 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 		rec.Node.Ephemeral = ak.Ephemeral
 		rec.Node.Edge = ak.Edge
 	}
-	rec.Node.KeyExpiry = keyExpiryFor(ak, &rec.Node, now, s.nodeKeyExpiry)
+	rec.Node.KeyExpiry = keyExpiryFor(ak, &rec.Node, now, rg.nodeKeyExpiry)
 	if err := s.store.InsertNode(ctx, rec, now); err != nil {
 		if ak != nil && errors.Is(err, ErrAuthKeySpent) {
-			return nil, s.consumeError(err, ak)
+			return nil, rg.consumeError(err, ak)
 		}
 		s.logger.Error("insert node", "node", req.NodeKey.ShortString(), "err", err)
 		return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 	}
 	s.mu.Lock()
 	s.nodes[req.NodeKey] = &nodeEntry{rec: *rec, offlineSince: now}
-	s.usedIPv4[v4] = true
+	rg.useIPv4(rec.Node.Addresses, false)
 	s.notifyLocked(network.ID, req.NodeKey)
 	view := s.viewLocked(s.nodes[req.NodeKey])
 	s.mu.Unlock()
@@ -326,7 +405,8 @@ func (s *Server) register(ctx context.Context, req *wire.RegisterRequest, loopba
 	return &wire.RegisterResponse{Node: view, NameChanged: name != base}, nil
 }
 
-func (s *Server) consumeError(err error, ak *AuthKey) *apiError {
+func (rg *registry) consumeError(err error, ak *AuthKey) *apiError {
+	s := rg.core
 	if errors.Is(err, ErrAuthKeySpent) {
 		return errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key %s was already used or expired", ak.Prefix)
 	}
@@ -415,9 +495,7 @@ func (s *Server) removeNode(ctx context.Context, nk key.NodePublic, code wire.Er
 		return nil
 	}
 	delete(s.nodes, nk)
-	for _, p := range e.rec.Node.Addresses {
-		delete(s.usedIPv4, p.Addr())
-	}
+	s.reg.releaseIPv4(e.rec.Node.Addresses)
 	s.edge.dropRoutesLocked(e, false) // the store deleted them with the node
 	if ss := s.sessions[nk]; ss != nil {
 		ss.end(code, msg)
@@ -548,7 +626,8 @@ func (s *Server) ExpireNode(ctx context.Context, ref string) error {
 	return nil
 }
 
-func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
+func (rg *registry) handleRegister(w http.ResponseWriter, r *http.Request) {
+	s := rg.core
 	var req wire.RegisterRequest
 	nk, aerr := s.readRequest(w, r, &req, func() (key.NodePublic, time.Time) { return req.NodeKey, req.Timestamp })
 	if aerr != nil {
@@ -556,10 +635,10 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Finish a registration even if the node hangs up, so memory and store agree.
-	if s.interactiveRegister(w, r, nk, &req) {
+	if rg.interactiveRegister(w, r, nk, &req) {
 		return
 	}
-	resp, aerr := s.countRegistration(s.register(context.WithoutCancel(r.Context()), &req, remoteIsLoopback(r)))
+	resp, aerr := s.countRegistration(rg.register(context.WithoutCancel(r.Context()), &req, remoteIsLoopback(r)))
 	if aerr != nil {
 		if aerr.status >= 500 {
 			s.logger.Warn("registration failed", "node", nk.ShortString(), "err", aerr)

@@ -39,19 +39,20 @@ type NodeRenamer interface {
 // (see wire.RegisterRequest.Hostname). Public edge routes it claimed keep
 // their names.
 func (s *Server) RenameNode(ctx context.Context, ref, newName string) (*wire.Node, error) {
-	return s.renameNode(ctx, actorAdmin, ref, newName)
+	return s.reg.renameNode(ctx, actorAdmin, ref, newName)
 }
 
-func (s *Server) renameNode(ctx context.Context, actor, ref, newName string) (*wire.Node, error) {
-	// regMu: registration picks free names.
-	s.regMu.Lock()
-	defer s.regMu.Unlock()
-	return s.renameNodeRegLocked(ctx, actor, ref, newName)
+func (rg *registry) renameNode(ctx context.Context, actor, ref, newName string) (*wire.Node, error) {
+	// rg.mu: registration picks free names.
+	rg.mu.Lock()
+	defer rg.mu.Unlock()
+	return rg.renameNodeRegLocked(ctx, actor, ref, newName)
 }
 
-// renameNodeRegLocked is renameNode with s.regMu held by the caller
+// renameNodeRegLocked is renameNode with rg.mu held by the caller
 // (register, when a rejoining node's hostname changed).
-func (s *Server) renameNodeRegLocked(ctx context.Context, actor, ref, newName string) (*wire.Node, error) {
+func (rg *registry) renameNodeRegLocked(ctx context.Context, actor, ref, newName string) (*wire.Node, error) {
+	s := rg.core
 	name := strings.ToLower(strings.TrimSpace(newName))
 	if !isLabel(name) {
 		return nil, fmt.Errorf("%w: node name %q must be a DNS label: 1 to 63 of a-z, 0-9 and '-', not starting or ending with '-'", ErrInvalid, newName)

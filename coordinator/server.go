@@ -131,38 +131,46 @@ type Options struct {
 // (wire.PathDERPVerify) and the admin API (under wire.PathAdminPrefix).
 //
 // Server is the core its jobs share (nodes, networks, map streams, the
-// store) and the composition of those jobs, each on its own type with its
-// own state: edge routes and domains (edgeRoutes, routes.go).
+// store, the sealed-request codec, the audit log) and the composition of
+// those jobs, each on its own type with its own state and locks:
 //
-// Locks, in order: regMu or edge.changeMu (never both), persistMu, mu,
+//   - registry (register.go, approve.go, rename.go): auth keys,
+//     registration, names and overlay addresses, and the registrations
+//     waiting for approval;
+//   - edgeRoutes (routes.go, expose.go, claim.go, domains.go,
+//     dnsconfig.go, txt_node.go): public edge routes, custom domains, DNS
+//     settings and the public zone's TXT records;
+//   - adminAPI (adminhttp.go): the admin HTTP API and its credentials;
+//   - access control (acl.go) and the map stream (stream.go).
+//
+// The exported methods are the coordinator's Go API (the console and
+// beam server use it); those of a job forward to it.
+//
+// Locks, in order: reg.mu or edge.changeMu (never both), persistMu, mu,
 // then edge.mu (a leaf) or a session's mu. Handlers of map streams run on
 // net/http's goroutines; ServeHTTP counts them in wg so Close can wait for
 // them, and the janitor goroutine is counted there too.
 type Server struct {
-	store      Store
-	priv       key.MachinePrivate
-	pubText    string
-	logger     *slog.Logger
-	baseDomain string
-	devMode    bool
-	keepAlive  time.Duration
-	ephemeral  time.Duration
-	// nodeKeyExpiry is Options.NodeKeyExpiry resolved: > 0, or < 0 for never.
-	nodeKeyExpiry time.Duration
-	now           func() time.Time
-	policy        PolicyFunc
-	relayHash     []byte // SHA-256 of the relay token; nil means none
-	mux           *http.ServeMux
-	replay        replayCache
-	boxes         sharedKeys // box keys shared with nodes (sharedkeys.go)
-	derpMap       atomic.Pointer[wire.DERPMap]
-	serverSetup   func() *wire.ServerSetup // nil: none
+	store       Store
+	priv        key.MachinePrivate
+	pubText     string
+	logger      *slog.Logger
+	baseDomain  string
+	keepAlive   time.Duration
+	ephemeral   time.Duration
+	now         func() time.Time
+	policy      PolicyFunc
+	relayHash   []byte // SHA-256 of the relay token; nil means none
+	mux         *http.ServeMux
+	replay      replayCache
+	boxes       sharedKeys // box keys shared with nodes (sharedkeys.go)
+	derpMap     atomic.Pointer[wire.DERPMap]
+	serverSetup func() *wire.ServerSetup // nil: none
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	regMu     sync.Mutex // serializes registrations: name and address allocation
 	persistMu sync.Mutex // orders write-through of node snapshots
 
 	mu       sync.Mutex // guards the following fields
@@ -170,8 +178,6 @@ type Server struct {
 	networks map[int64]*Network
 	netNames map[string]*Network
 	nodes    map[key.NodePublic]*nodeEntry
-	usedIPv4 map[netip.Addr]bool
-	nextIPv4 netip.Addr
 	sessions map[key.NodePublic]*session
 
 	edge *edgeRoutes // public edge routes, domains and DNS settings (routes.go)
@@ -181,6 +187,7 @@ type Server struct {
 	met *metrics // metrics.go
 
 	admin *adminAPI // the admin HTTP API (adminhttp.go)
+	reg   *registry // registration, auth keys, names, addresses, approval (register.go)
 }
 
 // nodeEntry is a node in memory. Guarded by Server.mu.
@@ -206,24 +213,21 @@ func New(opts Options) (*Server, error) {
 		return nil, errors.New("coordinator: Options.PrivateKey is required")
 	}
 	s := &Server{
-		store:         opts.Store,
-		priv:          opts.PrivateKey,
-		pubText:       opts.PrivateKey.Public().String(),
-		logger:        opts.Logger,
-		baseDomain:    opts.BaseDomain,
-		devMode:       opts.DevMode,
-		keepAlive:     opts.KeepAliveInterval,
-		ephemeral:     opts.EphemeralTimeout,
-		nodeKeyExpiry: opts.NodeKeyExpiry,
-		now:           opts.Now,
-		policy:        opts.Policy,
-		serverSetup:   opts.ServerSetup,
-		networks:      make(map[int64]*Network),
-		netNames:      make(map[string]*Network),
-		nodes:         make(map[key.NodePublic]*nodeEntry),
-		usedIPv4:      make(map[netip.Addr]bool),
-		sessions:      make(map[key.NodePublic]*session),
-		met:           newMetrics(),
+		store:       opts.Store,
+		priv:        opts.PrivateKey,
+		pubText:     opts.PrivateKey.Public().String(),
+		logger:      opts.Logger,
+		baseDomain:  opts.BaseDomain,
+		keepAlive:   opts.KeepAliveInterval,
+		ephemeral:   opts.EphemeralTimeout,
+		now:         opts.Now,
+		policy:      opts.Policy,
+		serverSetup: opts.ServerSetup,
+		networks:    make(map[int64]*Network),
+		netNames:    make(map[string]*Network),
+		nodes:       make(map[key.NodePublic]*nodeEntry),
+		sessions:    make(map[key.NodePublic]*session),
+		met:         newMetrics(),
 	}
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
@@ -238,14 +242,12 @@ func New(opts Options) (*Server, error) {
 	if s.ephemeral <= 0 {
 		s.ephemeral = time.Minute
 	}
-	if s.nodeKeyExpiry == 0 {
-		s.nodeKeyExpiry = DefaultNodeKeyExpiry
-	}
 	if s.now == nil {
 		s.now = time.Now
 	}
 	s.derpMap.Store(opts.DERPMap)
 	s.admin = &adminAPI{core: s, auth: opts.AdminAuth}
+	s.reg = newRegistry(s, opts)
 	es, err := newEdgeRoutes(s, opts)
 	if err != nil {
 		return nil, err
@@ -269,7 +271,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.mux, _ = s.routes()
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	if s.devMode {
+	if opts.DevMode {
 		s.logger.Warn("DEV MODE: nodes connecting from loopback may register WITHOUT an auth key; never use this on a shared machine")
 	}
 	s.wg.Add(1)
@@ -312,18 +314,10 @@ func (s *Server) load(ctx context.Context, adminToken string) error {
 		return fmt.Errorf("coordinator: load nodes: %w", err)
 	}
 	now := s.now()
-	s.nextIPv4 = firstIPv4
 	for _, rec := range nodes {
 		rec.Node.Online = false
 		s.nodes[rec.Node.Key] = &nodeEntry{rec: *rec, offlineSince: now}
-		for _, p := range rec.Node.Addresses {
-			if a := p.Addr(); a.Is4() {
-				s.usedIPv4[a] = true
-				if !a.Less(s.nextIPv4) {
-					s.nextIPv4 = nextIPv4(a)
-				}
-			}
-		}
+		s.reg.useIPv4(rec.Node.Addresses, true)
 	}
 	return nil
 }
@@ -380,7 +374,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) routes() (mux, admin *http.ServeMux) {
 	mux = http.NewServeMux()
 	mux.HandleFunc("GET "+wire.PathKey, s.handleKey)
-	mux.HandleFunc("POST "+wire.PathRegister, s.handleRegister)
+	mux.HandleFunc("POST "+wire.PathRegister, s.reg.handleRegister)
+	mux.HandleFunc("GET "+wire.PathApprovalPage, s.reg.handleApprovalPage)
 	mux.HandleFunc("POST "+wire.PathMap, s.handleMap)
 	mux.HandleFunc("GET "+wire.PathDERPVerify, s.handleDERPVerify)
 	mux.HandleFunc("GET "+wire.PathServerSetup, s.handleServerSetup)
@@ -524,7 +519,7 @@ func (s *Server) janitorLoop() {
 		}
 		now := s.now()
 		s.replay.prune(now)
-		s.pruneApprovals(s.ctx)
+		s.reg.pruneApprovals(s.ctx)
 		var drop []key.NodePublic
 		s.mu.Lock()
 		for k, e := range s.nodes {
