@@ -1300,9 +1300,14 @@ func (e *Endpoint) handleSegmentsLocked() tcpip.Error {
 		e.route.ConfirmReachable()
 	}
 
-	// Send an ACK for all processed packets if needed.
+	// Send an ACK for all processed packets if needed, or let data sent
+	// soon carry it.
 	if e.rcv.RcvNxt != e.snd.MaxSentAck {
-		e.snd.sendAck()
+		if !e.snd.delayAck() {
+			e.snd.sendAck()
+		} else if !e.snd.delAckTimer.enabled() {
+			e.snd.delAckTimer.enable(delayedAckTimeout)
+		}
 	}
 
 	e.resetKeepaliveTimer(true /* receivedData */)

@@ -217,6 +217,14 @@ type sender struct {
 	// startCork start corking the segments.
 	startCork bool
 
+	// delAckTimer sends the ACK of received data that was held back in
+	// the hope that data sent soon carries it (see delayAck).
+	delAckTimer timer `state:"nosave"`
+
+	// unackedSegs counts the segments with data received since the last
+	// segment sent, which carried their ACK.
+	unackedSegs int `state:"nosave"`
+
 	// corkTimer is used to drain the segments which are held when TCP_CORK
 	// option is enabled.
 	corkTimer timer `state:"nosave"`
@@ -334,6 +342,7 @@ func initSender(ep *Endpoint, iss, irs seqnum.Value, sndWnd seqnum.Size, mss uin
 	ep.snd.reorderTimer.init(ep.snd.ep.stack.Clock(), timerHandler(ep.snd.ep, ep.snd.rc.reorderTimerExpired))
 	ep.snd.probeTimer.init(ep.snd.ep.stack.Clock(), timerHandler(ep.snd.ep, ep.snd.probeTimerExpired))
 	ep.snd.corkTimer.init(ep.snd.ep.stack.Clock(), timerHandler(ep.snd.ep, ep.snd.corkTimerExpired))
+	ep.snd.delAckTimer.init(ep.snd.ep.stack.Clock(), timerHandler(ep.snd.ep, ep.snd.delAckTimerExpired))
 
 	ep.snd.updateMaxPayloadSize(int(ep.snd.ep.route.MTU()), 0)
 	// Initialize SACK Scoreboard after updating max payload size as we use
@@ -2053,6 +2062,7 @@ func (s *sender) sendSegmentFromPacketBuffer(pkt *stack.PacketBuffer, flags head
 
 	// Remember the max sent ack.
 	s.MaxSentAck = rcvNxt
+	s.ackSent()
 
 	// We need to clone the packet because sendRaw takes ownership of pkt,
 	// and pkt could be reprocessed later on (i.e retrasmission).
@@ -2074,6 +2084,7 @@ func (s *sender) sendEmptySegment(flags header.TCPFlags, seq seqnum.Value) tcpip
 
 	// Remember the max sent ack.
 	s.MaxSentAck = rcvNxt
+	s.ackSent()
 
 	return s.ep.sendEmptyRaw(flags, seq, rcvNxt, rcvWnd)
 }
@@ -2097,6 +2108,56 @@ func (s *sender) updateWriteNext(seg *segment) {
 		seg.IncRef()
 	}
 	s.writeNext = seg
+}
+
+// delayedAckTimeout bounds how long the ACK of received data waits for
+// data to carry it: Linux's minimum delayed-ACK time, well below the
+// 200 ms a sender allows for a delayed ACK (wcDelayedACKTimeout).
+const delayedAckTimeout = 40 * time.Millisecond
+
+// delayAck reports whether the ACK of the data received so far may wait
+// for data sent soon (a response) to carry it, as RFC 1122 section 4.2.3.2
+// and RFC 5681 section 4.2 allow: only on an established connection with
+// no gap in the received data, and at most one segment of at most two
+// full-sized segments' worth goes unacknowledged, so a bulk sender still
+// gets an ACK for every second segment.
+//
+// +checklocks:s.ep.mu
+func (s *sender) delayAck() bool {
+	if s.delAckTimer.isUninitialized() || s.ep.EndpointState() != StateEstablished ||
+		s.ep.rcv.pendingRcvdSegments.Len() > 0 || s.unackedSegs > 1 {
+		return false
+	}
+	return int(s.MaxSentAck.Size(s.ep.rcv.RcvNxt)) < 2*s.MaxPayloadSize
+}
+
+// ackSent notes that a segment sent carried the ACK of all received data:
+// a delayed ACK is no longer due. The clock timer is stopped rather than
+// left to fire for nothing: on a connection carrying requests and
+// responses nearly every ACK is delayed and then carried by data.
+//
+// +checklocks:s.ep.mu
+func (s *sender) ackSent() {
+	s.unackedSegs = 0
+	if t := &s.delAckTimer; t.state == timerStateEnabled {
+		// A callback already under way finds nothing to send.
+		t.timer.Stop()
+		t.state = timerStateDisabled
+	}
+}
+
+// delAckTimerExpired sends the ACK that delayAck held back, unless a
+// segment sent since carried it.
+//
+// +checklocks:s.ep.mu
+func (s *sender) delAckTimerExpired() tcpip.Error {
+	if s.delAckTimer.isUninitialized() || !s.delAckTimer.checkExpiration() {
+		return nil
+	}
+	if s.ep.EndpointState().connected() && s.ep.rcv.RcvNxt != s.MaxSentAck {
+		s.sendAck()
+	}
+	return nil
 }
 
 // corkTimerExpired drains all the segments when TCP_CORK is enabled.
