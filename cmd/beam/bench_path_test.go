@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -510,6 +511,32 @@ func httpLoad(tb testing.TB, client *http.Client, url string, conns int, d time.
 	return n.Load()
 }
 
+// httpLatencies sends GETs of url one after another on one keep-alive
+// connection of client for d, and appends the time each took to lat.
+func httpLatencies(tb testing.TB, client *http.Client, url string, d time.Duration, lat []time.Duration) []time.Duration {
+	tb.Helper()
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		start := time.Now()
+		resp, err := client.Get(url)
+		if err != nil {
+			tb.Fatalf("GET %s: %v", url, err)
+		}
+		_, err = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 {
+			tb.Fatalf("GET %s: status %d, %v", url, resp.StatusCode, err)
+		}
+		lat = append(lat, time.Since(start))
+	}
+	return lat
+}
+
+// median returns the middle of ds, which it sorts.
+func median(ds []time.Duration) time.Duration {
+	slices.Sort(ds)
+	return ds[len(ds)/2]
+}
+
 // httpClient returns a client with room for conns idle keep-alive
 // connections, which dials addr whatever the URL's host.
 func httpClient(addr string, conns int) *http.Client {
@@ -528,7 +555,9 @@ func httpClient(addr string, conns int) *http.Client {
 // server`'s edge to an app published with `beam expose`, with 50
 // keep-alive clients, against the same clients on the app directly: each
 // iteration is a timed half second through the edge, then an untimed
-// half second direct.
+// half second direct. Then, untimed, it measures the latency of one
+// client's requests on one keep-alive connection (the median, edge and
+// direct taking turns in short rounds) and reports their ratio.
 func BenchmarkExposeHTTP(b *testing.B) {
 	const conns = 50
 	const round = 500 * time.Millisecond
@@ -580,6 +609,16 @@ func BenchmarkExposeHTTP(b *testing.B) {
 		b.StartTimer()
 	}
 	b.StopTimer()
+	edge1, direct1 := httpClient("127.0.0.1:"+strconv.Itoa(httpPort), 1), httpClient(aln.Addr().String(), 1)
+	var elat, dlat []time.Duration
+	for range 5 {
+		elat = httpLatencies(b, edge1, url+"/", round/5, elat)
+		dlat = httpLatencies(b, direct1, "http://"+aln.Addr().String()+"/", round/5, dlat)
+	}
+	e50, d50 := median(elat), median(dlat)
+	b.ReportMetric(float64(e50.Microseconds())/1000, "c1-p50-ms")
+	b.ReportMetric(float64(d50.Microseconds())/1000, "direct-c1-p50-ms")
+	b.ReportMetric(float64(e50)/float64(d50), "c1-p50-ratio")
 	rps, drps := float64(en)/ed.Seconds(), float64(dn)/dd.Seconds()
 	b.ReportMetric(rps, "req/s")
 	b.ReportMetric(drps, "direct-req/s")
