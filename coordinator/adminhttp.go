@@ -5,9 +5,11 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"beam.dev/beam/wire"
@@ -381,4 +383,31 @@ func (a *adminAPI) handlePutDNSConfig(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, s.DNSSettings())
+}
+
+// writeJSON writes v as the JSON answer with status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+// adminError writes err as the answer to an admin request of operation
+// op: an *apiError as it is, the store's sentinel errors as 400, 404 and
+// 409, anything else as a logged 500.
+func (s *Server) adminError(w http.ResponseWriter, op string, err error) {
+	var aerr *apiError
+	switch {
+	case errors.As(err, &aerr):
+	case errors.Is(err, ErrInvalid):
+		aerr = errorf(http.StatusBadRequest, wire.CodeBadRequest, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
+	case errors.Is(err, ErrNotFound):
+		aerr = errorf(http.StatusNotFound, wire.CodeNotFound, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
+	case errors.Is(err, ErrConflict):
+		aerr = errorf(http.StatusConflict, wire.CodeConflict, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
+	default:
+		s.logger.Error(op, "err", err)
+		aerr = errorf(http.StatusInternalServerError, wire.CodeInternal, "%s failed", op)
+	}
+	writeError(w, aerr)
 }

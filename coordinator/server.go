@@ -10,7 +10,17 @@
 //
 // Every control request is sealed with NaCl box between the node key and
 // the coordinator's machine key (see protocol.go), so only the holder of a
-// node key can register or update that node.
+// node key can register or update that node. Its endpoints are the
+// wire.Path constants.
+//
+// The Server is split by job, each a type with its own state and locks
+// around a core of nodes, networks and map streams (see Server): the
+// registry (register.go, approve.go, rename.go, authkeys.go), edge
+// routes and domains (routes.go, expose.go, claim.go, domains.go,
+// dnsconfig.go, txt_node.go), access control (acl.go), the map stream
+// (stream.go) and the admin HTTP API (adminhttp.go). The core's node and
+// network tables are in nodes.go; the store interfaces, one per use, in
+// store.go and next to the job that uses them (RouteStore, DomainStore).
 package coordinator
 
 import (
@@ -134,7 +144,7 @@ type Options struct {
 // store, the sealed-request codec, the audit log) and the composition of
 // those jobs, each on its own type with its own state and locks:
 //
-//   - registry (register.go, approve.go, rename.go): auth keys,
+//   - registry (register.go, approve.go, rename.go, authkeys.go): auth keys,
 //     registration, names and overlay addresses, and the registrations
 //     waiting for approval;
 //   - edgeRoutes (routes.go, expose.go, claim.go, domains.go,
@@ -369,7 +379,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // routes returns the Server's mux and, nested in it under
-// wire.PathAdminPrefix behind requireAdmin, the admin API's mux. Every
+// wire.PathAdminPrefix behind adminAPI.require, the admin API's mux. Every
 // pattern is a method and a wire.Path constant (TestRoutesAreWirePaths).
 func (s *Server) routes() (mux, admin *http.ServeMux) {
 	mux = http.NewServeMux()

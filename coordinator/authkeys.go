@@ -4,12 +4,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"slices"
-	"strings"
 	"time"
 
 	"beam.dev/beam/wire"
@@ -49,6 +46,8 @@ func (s *Server) CreateAuthKey(ctx context.Context, o AuthKeyOptions) (string, e
 	return secret, err
 }
 
+// createAuthKey creates an auth key on o and returns its secret and the
+// stored key.
 func (rg *registry) createAuthKey(ctx context.Context, o AuthKeyOptions) (string, *AuthKey, error) {
 	s := rg.core
 	if o.Network == "" {
@@ -101,33 +100,7 @@ func (rg *registry) createAuthKey(ctx context.Context, o AuthKeyOptions) (string
 	return "", nil, errors.New("coordinator: create auth key: prefix collisions")
 }
 
-// ensureNetwork returns the network called name, creating it (with domain
-// NAME.BaseDomain) if it does not exist yet.
-func (s *Server) ensureNetwork(ctx context.Context, name string) (*Network, error) {
-	s.mu.Lock()
-	network := s.netNames[name]
-	s.mu.Unlock()
-	if network != nil {
-		return network, nil
-	}
-	if SanitizeLabel(name) != name {
-		return nil, fmt.Errorf("%w: network name %q must be a DNS label (a-z, 0-9, -)", ErrInvalid, name)
-	}
-	n, err := s.store.EnsureNetwork(ctx, name, name+"."+s.baseDomain)
-	if err != nil {
-		return nil, fmt.Errorf("coordinator: create network %q: %w", name, err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if cur := s.netNames[name]; cur != nil {
-		return cur, nil
-	}
-	s.networks[n.ID] = n
-	s.netNames[n.Name] = n
-	s.logger.Info("network created", "network", n.Name, "domain", n.Domain)
-	return n, nil
-}
-
+// keyInfo returns ak as the admin API lists it.
 func (rg *registry) keyInfo(ak *AuthKey) wire.AuthKeyInfo {
 	s := rg.core
 	s.mu.Lock()
@@ -142,27 +115,4 @@ func (rg *registry) keyInfo(ak *AuthKey) wire.AuthKeyInfo {
 		Expiry: ak.Expiry, Tags: ak.Tags, User: ak.User, UseCount: ak.UseCount, CreatedAt: ak.CreatedAt, Valid: valid, Edge: ak.Edge,
 		KeyExpiry: formatKeyExpiry(ak.NodeKeyExpiry),
 	}
-}
-
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(v)
-}
-
-func (s *Server) adminError(w http.ResponseWriter, op string, err error) {
-	var aerr *apiError
-	switch {
-	case errors.As(err, &aerr):
-	case errors.Is(err, ErrInvalid):
-		aerr = errorf(http.StatusBadRequest, wire.CodeBadRequest, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
-	case errors.Is(err, ErrNotFound):
-		aerr = errorf(http.StatusNotFound, wire.CodeNotFound, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
-	case errors.Is(err, ErrConflict):
-		aerr = errorf(http.StatusConflict, wire.CodeConflict, "%v", strings.TrimPrefix(err.Error(), "coordinator: "))
-	default:
-		s.logger.Error(op, "err", err)
-		aerr = errorf(http.StatusInternalServerError, wire.CodeInternal, "%s failed", op)
-	}
-	writeError(w, aerr)
 }
