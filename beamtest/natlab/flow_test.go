@@ -37,6 +37,8 @@ func satisfies(path, want string) bool {
 		return path == pathDirect
 	case pathRelay:
 		return path == pathRelay || path == pathDirect
+	case pathPeerRelay:
+		return path == pathPeerRelay
 	}
 	return false
 }

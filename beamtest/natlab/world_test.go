@@ -36,13 +36,15 @@ const (
 const (
 	pathDirect = "direct"
 	pathRelay  = "relay"
-	pathNone   = "none"
+	// pathPeerRelay is a UDP peer relay server on another node.
+	pathPeerRelay = "peer-relay"
+	pathNone      = "none"
 )
 
 // world is one test's lab: a coordinator and one or more relays on servers
 // in the internet namespace, and the devices that join them.
 type world struct {
-	t        *testing.T
+	t        testing.TB
 	lab      *nslab.Lab
 	bin      string // the beam binary
 	dir      string // state directories, sockets, key files
@@ -86,7 +88,7 @@ type worldConfig struct {
 // newWorld builds a lab and starts the coordinator and relays. Call it,
 // and every world method not documented as goroutine-safe, from the test's
 // own goroutine.
-func newWorld(t *testing.T, cfg worldConfig) *world {
+func newWorld(t testing.TB, cfg worldConfig) *world {
 	t.Helper()
 	w := &world{
 		t:   t,
@@ -524,7 +526,7 @@ func (w *world) saveLogs() {
 
 // artefactDir is where a test writes what it measured: BEAM_NATLAB_OUT if
 // set, else a temporary directory of the test.
-func artefactDir(t *testing.T) string {
+func artefactDir(t testing.TB) string {
 	t.Helper()
 	if d := os.Getenv("BEAM_NATLAB_OUT"); d != "" {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -537,7 +539,7 @@ func artefactDir(t *testing.T) string {
 
 // shortTempDir returns a temporary directory with a short path: Unix
 // socket paths must fit in 108 bytes.
-func shortTempDir(t *testing.T) string {
+func shortTempDir(t testing.TB) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "natlab-")
 	if err != nil {
@@ -549,7 +551,7 @@ func shortTempDir(t *testing.T) string {
 
 // writeArtefact writes v as NAME.json and text as NAME.txt in the
 // artefact directory and logs where.
-func writeArtefact(t *testing.T, dir, name string, v any, text string) {
+func writeArtefact(t testing.TB, dir, name string, v any, text string) {
 	t.Helper()
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {

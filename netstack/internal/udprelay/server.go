@@ -130,7 +130,6 @@ type Server struct {
 	sessions  map[uint32]*session
 	byPair    map[[2]key.DiscoPublic]*session
 	perPeer   map[key.DiscoPublic]int
-	conn      *net.UDPConn
 	lastSweep time.Time
 }
 
@@ -329,11 +328,10 @@ func (s *Server) Stats() Stats {
 const maxPacket = 64 << 10
 
 // Serve reads and forwards datagrams on conn until conn is closed (then it
-// returns nil). The caller owns conn; one Serve at a time.
+// returns nil). The caller owns conn; one Serve at a time. On Linux the
+// socket reads with UDP_GRO and forwards runs of datagrams with
+// UDP_SEGMENT: one system call each way for many of a session's packets.
 func (s *Server) Serve(conn *net.UDPConn) error {
-	s.mu.Lock()
-	s.conn = conn
-	s.mu.Unlock()
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Go(func() { s.sweepLoop(done) })
@@ -341,22 +339,27 @@ func (s *Server) Serve(conn *net.UDPConn) error {
 		close(done)
 		wg.Wait()
 	}()
+	gro := enableGRO(conn)
+	w := &writer{conn: conn, gso: supportsGSO(conn), oob: make([]byte, oobSize)}
 	buf := make([]byte, maxPacket)
+	oob := make([]byte, oobSize)
 	for {
-		n, src, err := conn.ReadFromUDPAddrPort(buf)
+		n, oobn, _, src, err := conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			// ICMP errors surface as read errors on some systems.
+			// Timeouts, and ICMP errors surfacing as read errors.
 			s.log.Debug("read", "err", err)
 			continue
 		}
-		s.handle(conn, buf[:n], netip.AddrPortFrom(src.Addr().Unmap(), src.Port()))
+		seg := n
+		if gro {
+			if g := groSegmentSize(oob[:oobn]); g > 0 && g < n {
+				seg = g
+			}
+		}
+		s.handleBatch(w, buf[:n], seg, netip.AddrPortFrom(src.Addr().Unmap(), src.Port()))
 	}
 }
 
@@ -376,48 +379,112 @@ func (s *Server) sweepLoop(done <-chan struct{}) {
 	}
 }
 
+// writer sends forwarded datagrams, runs of them at once where it can.
+type writer struct {
+	conn *net.UDPConn
+	gso  bool
+	oob  []byte
+}
+
+// send writes b, datagrams of seg bytes (the last may be shorter), to dst.
+func (w *writer) send(b []byte, seg int, dst netip.AddrPort) error {
+	if len(b) <= seg || !w.gso {
+		for len(b) > 0 {
+			n := min(seg, len(b))
+			if _, err := w.conn.WriteToUDPAddrPort(b[:n], dst); err != nil {
+				return err
+			}
+			b = b[n:]
+		}
+		return nil
+	}
+	_, _, err := w.conn.WriteMsgUDPAddrPort(b, gsoControl(w.oob, seg), dst)
+	if err != nil && gsoFailed(err) {
+		w.gso = false
+		return w.send(b, seg, dst)
+	}
+	return err
+}
+
 // handle processes one datagram from src.
 func (s *Server) handle(conn *net.UDPConn, pkt []byte, src netip.AddrPort) {
-	typ, vni, ok := ParseHeader(pkt)
-	if !ok {
-		s.droppedOther.Add(1)
-		return
-	}
-	if typ == TypeControl {
-		s.handleControl(conn, vni, pkt[HeaderLen:], src)
+	s.handleBatch(&writer{conn: conn}, pkt, len(pkt), src)
+}
+
+// handleBatch processes the datagrams of buf, each seg bytes (the last may
+// be shorter), all from src: consecutive ones for the same destination go
+// out in one send.
+func (s *Server) handleBatch(w *writer, buf []byte, seg int, src netip.AddrPort) {
+	if seg <= 0 {
 		return
 	}
 	now := s.opts.Now()
-	s.mu.Lock()
-	se := s.sessions[vni]
-	if se == nil || s.expiredLocked(se, now) {
-		s.mu.Unlock()
-		s.droppedOther.Add(1)
-		return
+	var (
+		runStart, runEnd int // buf[runStart:runEnd] goes to runDst
+		runDst           netip.AddrPort
+		runN             int
+	)
+	flush := func() {
+		if runEnd > runStart {
+			// Counted before the send, so a peer that received a packet
+			// sees it counted.
+			s.packets.Add(uint64(runN))
+			s.bytes.Add(uint64(runEnd - runStart))
+			w.send(buf[runStart:runEnd], seg, runDst)
+		}
+		runStart, runEnd, runN = 0, 0, 0
 	}
-	var dst netip.AddrPort
+	for off := 0; off < len(buf); off += seg {
+		pkt := buf[off:min(off+seg, len(buf))]
+		typ, vni, ok := ParseHeader(pkt)
+		if !ok {
+			s.droppedOther.Add(1)
+			continue
+		}
+		if typ == TypeControl {
+			s.handleControl(w.conn, vni, pkt[HeaderLen:], src)
+			continue
+		}
+		dst, ok := s.forward(vni, src, len(pkt), now)
+		if !ok {
+			continue
+		}
+		if runEnd != off || dst != runDst {
+			flush()
+			runStart, runDst = off, dst
+		}
+		runEnd = off + len(pkt)
+		runN++
+	}
+	flush()
+}
+
+// forward decides where a data packet of n bytes from src for session vni
+// goes; ok is false if it is dropped (and counted).
+func (s *Server) forward(vni uint32, src netip.AddrPort, n int, now time.Time) (dst netip.AddrPort, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	se := s.sessions[vni]
+	if se == nil || s.expiredLocked(se, now) || !src.IsValid() {
+		s.droppedOther.Add(1)
+		return dst, false
+	}
 	switch src {
 	case se.bound[0]:
 		dst = se.bound[1]
 	case se.bound[1]:
 		dst = se.bound[0]
 	}
-	if !dst.IsValid() || !src.IsValid() {
-		s.mu.Unlock()
+	if !dst.IsValid() {
 		s.droppedOther.Add(1)
-		return
+		return dst, false
 	}
-	if !se.pps.AllowN(now, 1) || !se.bps.AllowN(now, len(pkt)) {
-		s.mu.Unlock()
+	if !se.pps.AllowN(now, 1) || !se.bps.AllowN(now, n) {
 		s.droppedRate.Add(1)
-		return
+		return dst, false
 	}
 	se.lastActive = now
-	s.mu.Unlock()
-	if _, err := conn.WriteToUDPAddrPort(pkt, dst); err == nil {
-		s.packets.Add(1)
-		s.bytes.Add(uint64(len(pkt)))
-	}
+	return dst, true
 }
 
 // handleControl processes a disco packet to the server for session vni.

@@ -1,0 +1,202 @@
+package natlab
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"beam.dev/beam/beamtest/nslab"
+	"beam.dev/beam/localapi/apitype"
+)
+
+// peerRelayPort is the UDP port of the relay node's peer relay server.
+const peerRelayPort = 41700
+
+// peerRelayFallbackMaxGap bounds the pause of a flow when the peer relay
+// node goes away: a second of quiet before DERP carries a copy, then a
+// round trip (as switchFallbackMaxGap).
+const peerRelayFallbackMaxGap = 3 * time.Second
+
+// newPeerRelayWorld builds a world with a public device "relay" that runs
+// a peer relay server, and alice and bob behind hard NATs (no direct path
+// between them), all joined and seeing each other.
+func newPeerRelayWorld(t testing.TB) (w *world, a, b, r *device, start time.Time) {
+	t.Helper()
+	w = newWorld(t, worldConfig{})
+	r = w.addDeviceWith("relay", nslab.NATNone, nil, fmt.Sprintf("--relay-server=%d", peerRelayPort))
+	a, b = w.addDevice("alice", nslab.NATHard), w.addDevice("bob", nslab.NATHard)
+	ctx := t.Context()
+	if err := r.ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := upPair(ctx, a, b); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []*device{a, b} {
+		if err := d.waitPeer(ctx, r.name, 15*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return w, a, b, r, time.Now()
+}
+
+// status runs `beam status --json` on d.
+func (d *device) status(ctx context.Context) (*apitype.Status, error) {
+	out, err := d.beam(ctx, nil, "status", "--json")
+	if err != nil {
+		return nil, err
+	}
+	var st apitype.Status
+	if err := json.Unmarshal(out, &st); err != nil {
+		return nil, fmt.Errorf("%s: beam status --json: %w: %s", d.name, err, out)
+	}
+	return &st, nil
+}
+
+// TestPeerRelayHardHard: two devices behind hard NATs, with a public node
+// running a peer relay server (beam daemon --relay-server). Their traffic
+// goes through the peer relay, not DERP; beam status and beam ping say so;
+// when the relay node goes away, a steady flow falls back to DERP with
+// only a short pause.
+func TestPeerRelayHardHard(t *testing.T) {
+	w, a, b, r, start := newPeerRelayWorld(t)
+	ctx := t.Context()
+	run := mustReach(t, a, b, pathPeerRelay, start, 30*time.Second)
+	if run.PeerPath != pathPeerRelay {
+		t.Errorf("bob reaches alice over %q, want %s", run.PeerPath, pathPeerRelay)
+	}
+	p, err := a.cliPeer(ctx, b.name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Via != r.name || !strings.HasSuffix(p.Endpoint, fmt.Sprintf(":%d", peerRelayPort)) {
+		t.Errorf("alice's status of bob: via %q at %q, want via %s at port %d", p.Via, p.Endpoint, r.name, peerRelayPort)
+	}
+	text, err := a.beam(ctx, nil, "status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(text), "peer-relay via "+r.name) {
+		t.Errorf("beam status shows no %q:\n%s", "peer-relay via "+r.name, text)
+	}
+	ping, err := a.beam(ctx, nil, "ping", "-c", "1", b.name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(ping), "via peer-relay "+r.name) {
+		t.Errorf("beam ping: %q, want a pong via peer-relay %s", ping, r.name)
+	}
+
+	f, err := startFlow(ctx, a, b.name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch := watchPath(ctx, a, b.name, f.start)
+	if err := f.waitEchoes(ctx, 50, 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	rst, err := r.status(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rst.PeerRelay == nil || rst.PeerRelay.Port != peerRelayPort || rst.PeerRelay.Bound < 1 || rst.PeerRelay.Packets == 0 {
+		t.Errorf("relay's peer relay status %+v, want a bound session on port %d that forwarded packets", rst.PeerRelay, peerRelayPort)
+	}
+
+	// The relay node goes away.
+	gone := time.Now()
+	if err := r.daemon.Stop(); err != nil {
+		t.Errorf("stop the relay node: %v", err)
+	}
+	took, werr := watch.waitFor(ctx, pathRelay, 30*time.Second)
+	if err := f.waitEchoes(ctx, f.received()+100, 15*time.Second); err != nil {
+		t.Error(err)
+	}
+	gap := f.maxGapBetween(gone, time.Now())
+	res := f.close(20 * time.Second)
+	events := watch.close()
+	summary := fmt.Sprintf("hard-hard with a peer relay: %s after %v (peer sees %s), via %s at %s; relay server %+v; relay node stopped: DERP after %v, flow paused %v; flow %d sent, %d echoed; paths %v\n",
+		run.Path, run.ToWant, run.PeerPath, p.Via, p.Endpoint, rst.PeerRelay, took.Round(time.Millisecond), gap.Round(time.Millisecond), res.Sent, res.Received, events)
+	t.Log(summary)
+	writeArtefact(t, w.out, "peer-relay-hard-hard", map[string]any{"reach": run, "peer": p, "relay_server": rst.PeerRelay, "fallback_ms": msDur(took), "fallback_gap_ms": msDur(gap), "flow": res, "paths": events}, summary)
+	if werr != nil {
+		t.Errorf("after the relay node went away: %v", werr)
+	}
+	if gap > peerRelayFallbackMaxGap {
+		t.Errorf("flow paused %v when the relay node went away, want at most %v", gap, peerRelayFallbackMaxGap)
+	}
+	if res.Err != "" {
+		t.Errorf("flow: %s", res.Err)
+	}
+}
+
+// BenchmarkPeerRelayVsRelay measures, in one lab, the throughput between
+// two devices behind hard NATs over a peer relay and over the TCP relay
+// (DERP), interleaved: three transfers of each, the DERP ones while
+// alice's router drops UDP to the relay node. It reports both rates and
+// their ratio (medians).
+func BenchmarkPeerRelayVsRelay(b *testing.B) {
+	const size = 32 << 20
+	w, alice, bob, r, start := newPeerRelayWorld(b)
+	ctx := b.Context()
+	if run := reachPath(ctx, alice, bob, pathPeerRelay, start, 30*time.Second); !run.ok() {
+		b.Fatal(run.Err)
+	}
+	data := testData(size, 17)
+	wait := func(path string) {
+		b.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			// Traffic makes the path move; look after a round trip.
+			alice.roundTrip(ctx, bob.name, 3*time.Second)
+			if p, ok, err := alice.peer(ctx, bob.name); err == nil && ok && p.Path == path {
+				return
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("no %s path after 30 s", path)
+			}
+		}
+	}
+	var pr, derp []float64
+	for range b.N {
+		for range 3 {
+			if err := cutUDP(ctx, alice.host.Router(), r.host.PublicAddr(), false); err != nil {
+				b.Fatal(err)
+			}
+			wait(pathPeerRelay)
+			took, err := alice.transfer(ctx, bob.name, data, 2*time.Minute)
+			if err != nil {
+				b.Fatal(err)
+			}
+			pr = append(pr, float64(size)*8/took.Seconds()/1e6)
+			if err := cutUDP(ctx, alice.host.Router(), r.host.PublicAddr(), true); err != nil {
+				b.Fatal(err)
+			}
+			wait(pathRelay)
+			took, err = alice.transfer(ctx, bob.name, data, 2*time.Minute)
+			if err != nil {
+				b.Fatal(err)
+			}
+			derp = append(derp, float64(size)*8/took.Seconds()/1e6)
+		}
+	}
+	median := func(v []float64) float64 {
+		s := slices.Clone(v)
+		slices.Sort(s)
+		return s[len(s)/2]
+	}
+	mp, md := median(pr), median(derp)
+	b.ReportMetric(mp, "peer-relay-Mbit/s")
+	b.ReportMetric(md, "derp-Mbit/s")
+	b.ReportMetric(mp/md, "ratio")
+	text := fmt.Sprintf("hard-hard, %d MiB transfers: peer relay %.1f Mbit/s %v, DERP %.1f Mbit/s %v, ratio %.2f\n", size>>20, mp, pr, md, derp, mp/md)
+	b.Log(text)
+	writeArtefact(b, w.out, "peer-relay-throughput", map[string]any{"peer_relay_mbit_s": pr, "derp_mbit_s": derp, "ratio": mp / md}, text)
+}
