@@ -25,13 +25,11 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -113,7 +111,7 @@ func Start(ctx context.Context) (_ *Server, err error) {
 			os.RemoveAll(dir)
 		}
 	}()
-	cred, err := serverCredential(dir)
+	initAttr, serverAttr, err := procAttrs(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -122,7 +120,7 @@ func Start(ctx context.Context) (_ *Server, err error) {
 	initdb := exec.CommandContext(ctx, filepath.Join(bin, "initdb"), "-D", data, "-U", User, "--auth=trust",
 		"-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions")
 	initdb.Dir, initdb.Env = dir, env
-	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	initdb.SysProcAttr = initAttr
 	if out, err := initdb.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("pgtest: initdb: %w\n%s", err, out)
 	}
@@ -132,8 +130,7 @@ func Start(ctx context.Context) (_ *Server, err error) {
 		"-c", "lc_messages=C", "-c", "log_min_messages=warning", "-c", "log_destination=stderr",
 		"-c", "logging_collector=off")
 	cmd.Dir, cmd.Env = dir, env
-	// Should the test binary die, the server shuts down at once.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGQUIT}
+	cmd.SysProcAttr = serverAttr
 	stderr, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: %w", err)
@@ -155,25 +152,6 @@ func Start(ctx context.Context) (_ *Server, err error) {
 		s.Close()
 		return nil, fmt.Errorf("pgtest: postgres not ready: %w\n%s", ctx.Err(), s.log)
 	}
-}
-
-// serverCredential returns whom initdb and postgres run as: nil (the
-// current user) unless that is root, which PostgreSQL refuses; then
-// "nobody", who is given dir.
-func serverCredential(dir string) (*syscall.Credential, error) {
-	if os.Geteuid() != 0 {
-		return nil, nil
-	}
-	u, err := user.Lookup("nobody")
-	if err != nil {
-		return nil, fmt.Errorf("pgtest: PostgreSQL does not run as root, and there is no user nobody to run it as: %w", err)
-	}
-	uid, _ := strconv.ParseUint(u.Uid, 10, 32)
-	gid, _ := strconv.ParseUint(u.Gid, 10, 32)
-	if err := os.Chown(dir, int(uid), int(gid)); err != nil {
-		return nil, fmt.Errorf("pgtest: %w", err)
-	}
-	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
 }
 
 // readLog keeps the server's log and closes ready when the server says it
@@ -259,7 +237,10 @@ func (s *Server) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	s.cmd.Process.Signal(syscall.SIGINT)
+	// SIGINT is PostgreSQL's fast shutdown.
+	if err := s.cmd.Process.Signal(os.Interrupt); err != nil {
+		s.cmd.Process.Kill()
+	}
 	select {
 	case <-s.done:
 	case <-time.After(30 * time.Second):
