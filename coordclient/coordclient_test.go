@@ -311,3 +311,65 @@ func FuzzReadFrame(f *testing.F) {
 		}
 	})
 }
+
+// TestSplitMessagesJoined: a message split across frames (More) reaches
+// the callback once, whole: a full map and a delta each in three frames.
+// A message that never ends within wire.MaxMapFrames ends the stream.
+func TestSplitMessagesJoined(t *testing.T) {
+	peer := func(name string) *wire.Node { return &wire.Node{Name: name, Key: key.NewNode().Public()} }
+	endless := make(chan struct{})
+	var mu sync.Mutex
+	n := 0
+	_, cl := newFake(t, func(fc *fakeCoord, w http.ResponseWriter, r *http.Request, nk key.NodePublic) {
+		mu.Lock()
+		n++
+		i := n
+		mu.Unlock()
+		if i > 1 {
+			// A message that never ends.
+			for range wire.MaxMapFrames + 1 {
+				fc.frame(w, nk, &wire.MapResponse{Peers: []*wire.Node{peer("x")}, More: true})
+			}
+			close(endless)
+			<-r.Context().Done()
+			return
+		}
+		fc.frame(w, nk, &wire.MapResponse{Self: &wire.Node{Name: "me"}, Peers: []*wire.Node{peer("a")}, PacketFilterSet: true, More: true})
+		fc.frame(w, nk, &wire.MapResponse{KeepAlive: true}) // a keepalive cannot come between, but must not break the join
+		fc.frame(w, nk, &wire.MapResponse{Peers: []*wire.Node{peer("b"), peer("c")}, More: true})
+		fc.frame(w, nk, &wire.MapResponse{Peers: []*wire.Node{peer("d")}})
+		fc.frame(w, nk, &wire.MapResponse{PeersChanged: []*wire.Node{peer("e")}, More: true})
+		fc.frame(w, nk, &wire.MapResponse{PeersChanged: []*wire.Node{peer("f")}, More: true})
+		fc.frame(w, nk, &wire.MapResponse{PeersChanged: []*wire.Node{peer("g")}})
+		<-r.Context().Done()
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var got [][]string
+	done := make(chan error, 1)
+	go func() {
+		done <- cl.Run(ctx, func(nm *wire.NetMap) {
+			var names []string
+			for _, p := range nm.Peers {
+				names = append(names, p.Name)
+			}
+			got = append(got, names)
+		})
+	}()
+	select {
+	case <-endless:
+	case <-time.After(10 * time.Second):
+		t.Fatal("client never reconnected after the first stream")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run = %v", err)
+	}
+	want := [][]string{{"a", "b", "c", "d"}, {"a", "b", "c", "d", "e", "f", "g"}}
+	if len(got) < 2 || !slices.Equal(got[0], want[0]) || !slices.Equal(got[1], want[1]) {
+		t.Fatalf("netmaps' peers = %v, want %v (and nothing from the endless message)", got, want)
+	}
+	if len(got) != 2 {
+		t.Fatalf("%d netmaps, want 2: the endless message must not be handed over", len(got))
+	}
+}

@@ -128,8 +128,13 @@ func (c *Client) streamOnce(ctx context.Context, onNetMap func(*wire.NetMap)) (b
 
 	var nm *wire.NetMap
 	got := false
+	var joined *wire.MapResponse // a message split across frames, so far
+	joinedFrames := 0
 	for {
 		mr, err := readFrame(resp.Body, box)
+		if err == nil && (joined != nil || mr.More) {
+			mr, err = join(&joined, &joinedFrames, mr)
+		}
 		if err != nil {
 			silentMu.Lock()
 			wasSilent := silent
@@ -148,6 +153,9 @@ func (c *Client) streamOnce(ctx context.Context, onNetMap func(*wire.NetMap)) (b
 			return got, fmt.Errorf("%w: map stream: %w", ErrUnreachable, err)
 		}
 		timer.Reset(dead)
+		if mr == nil {
+			continue // more of the message follows
+		}
 		now := c.now()
 		if !got {
 			// Every stream starts with a full map: rebuild from scratch so
@@ -165,6 +173,30 @@ func (c *Client) streamOnce(ctx context.Context, onNetMap func(*wire.NetMap)) (b
 		}
 		onNetMap(nm)
 	}
+}
+
+// join adds the frame mr to the split message *joined. It returns the
+// whole message once mr is its last frame, else nil; *frames counts the
+// message's frames so far against wire.MaxMapFrames.
+func join(joined **wire.MapResponse, frames *int, mr *wire.MapResponse) (*wire.MapResponse, error) {
+	*frames++
+	if *frames > wire.MaxMapFrames {
+		return nil, fmt.Errorf("%w: map message split across more than %d frames", ErrBadResponse, wire.MaxMapFrames)
+	}
+	switch {
+	case *joined == nil:
+		*joined = mr
+	case isKeepAlive(mr):
+		return nil, nil // not part of the message
+	default:
+		(*joined).Merge(mr)
+	}
+	if (*joined).More {
+		return nil, nil
+	}
+	whole := *joined
+	*joined, *frames = nil, 0
+	return whole, nil
 }
 
 func isKeepAlive(mr *wire.MapResponse) bool {

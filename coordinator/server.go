@@ -188,7 +188,7 @@ type Server struct {
 	networks map[int64]*Network
 	netNames map[string]*Network
 	nodes    map[key.NodePublic]*nodeEntry
-	sessions map[key.NodePublic]*session
+	streams  // map streams, their shared peer views (streamview.go)
 
 	edge *edgeRoutes // public edge routes, domains and DNS settings (routes.go)
 
@@ -236,7 +236,7 @@ func New(opts Options) (*Server, error) {
 		networks:    make(map[int64]*Network),
 		netNames:    make(map[string]*Network),
 		nodes:       make(map[key.NodePublic]*nodeEntry),
-		sessions:    make(map[key.NodePublic]*session),
+		streams:     newStreams(),
 		met:         newMetrics(),
 	}
 	if s.logger == nil {

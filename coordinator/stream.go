@@ -146,6 +146,7 @@ func (ss *session) waitDelivered(ctx context.Context, gen uint64) bool {
 // notifyLocked tells every stream of the network that node k changed
 // (joined, left, or any field). s.mu held.
 func (s *Server) notifyLocked(networkID int64, k key.NodePublic) {
+	s.noteChangeLocked(k)
 	aclFull := s.aclNotifyLocked(networkID, k)
 	for _, ss := range s.sessions {
 		if ss.networkID == networkID {
@@ -155,21 +156,22 @@ func (s *Server) notifyLocked(networkID int64, k key.NodePublic) {
 	s.notifyEdgesLocked(networkID, k)
 }
 
-// networkNodesLocked returns the views of all unexpired nodes of a network. s.mu held.
+// networkNodesLocked returns the shared views of all unexpired nodes of a
+// network. s.mu held.
 func (s *Server) networkNodesLocked(networkID int64, now time.Time) []*wire.Node {
 	var all []*wire.Node
 	for _, e := range s.nodes {
 		if e.rec.NetworkID == networkID && !e.rec.Node.Expired(now) {
-			all = append(all, s.viewLocked(e))
+			all = append(all, s.sharedNodeLocked(e))
 		}
 	}
 	return all
 }
 
-// peersLocked returns what self sees: its visible peers and its filter
-// (from Options.Policy or the access policy, see aclLocked), adjusted for
-// the public edge. s.mu held.
-func (s *Server) peersLocked(self *wire.Node, networkID int64, now time.Time) (map[key.NodePublic]*wire.Node, []wire.FilterRule) {
+// peersLocked returns what self sees: its visible peers (as a list and
+// as a set of slots) and its filter (from Options.Policy or the access
+// policy, see aclLocked), adjusted for the public edge. s.mu held.
+func (s *Server) peersLocked(self *wire.Node, networkID int64, now time.Time) ([]*peerState, peerSet, []wire.FilterRule) {
 	var filter []wire.FilterRule
 	var visible []*wire.Node
 	if s.policy != nil {
@@ -178,13 +180,18 @@ func (s *Server) peersLocked(self *wire.Node, networkID int64, now time.Time) (m
 		filter, visible = s.aclLocked(self, networkID, now)
 	}
 	filter, visible = s.addEdgePeers(self, filter, visible, now)
-	peers := make(map[key.NodePublic]*wire.Node, len(visible))
+	peers := make([]*peerState, 0, len(visible))
+	set := make(peerSet, (len(s.peerSlots)+63)/64)
 	for _, n := range visible {
-		if n != nil && n.Key != self.Key {
-			peers[n.Key] = n
+		if n == nil || n.Key == self.Key {
+			continue
+		}
+		if ps := s.peerLocked(n.Key); ps != nil && ps.view != nil && !set.has(ps.slot) {
+			set.add(ps.slot)
+			peers = append(peers, ps)
 		}
 	}
-	return peers, filter
+	return peers, set, filter
 }
 
 // defaultFilter is the filter without a policy: every overlay source
@@ -250,12 +257,30 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 		s.writeSealed(w, nk, &wire.MapResponse{ControlTime: s.now()})
 		return
 	}
-	s.serveStream(w, r, nk)
+	s.serveStream(w, r, nk, req.Version >= splitFramesVersion)
+}
+
+// splitFramesVersion is the first wire.CapabilityVersion whose nodes
+// reassemble a message split across frames (wire.MapResponse.More).
+const splitFramesVersion = 13
+
+// sentState is what a map stream last sent. Only its handler goroutine
+// uses it.
+type sentState struct {
+	self *wire.Node
+	// peers are the slots of the peers the node has; ver is the change
+	// count they were sent as of: a peer whose view changed after ver
+	// is sent again.
+	peers  peerSet
+	ver    uint64
+	filter []wire.FilterRule
+	extras streamExtras // edge routes and DNS settings
 }
 
 // serveStream runs one map stream until the node goes away, the
-// coordinator closes, or the node is removed or expires.
-func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.NodePublic) {
+// coordinator closes, or the node is removed or expires. split says
+// whether the node reassembles messages split across frames.
+func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.NodePublic, split bool) {
 	log := s.logger.With("node", nk.ShortString())
 	rc := http.NewResponseController(w)
 
@@ -308,19 +333,21 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 	bw := bufio.NewWriterSize(w, 32<<10)
 
 	box := s.boxes.get(s.priv, nk) // one X25519 per stream, not per frame
-	send := func(resp *wire.MapResponse) error {
-		resp.ControlTime = s.now()
-		b, err := jsonMarshal(resp)
+	send := func(f *mapFrame) error {
+		f.resp.ControlTime = s.now()
+		bodies, err := f.encode(split)
 		if err != nil {
 			return err
 		}
-		sealed := box.Seal(b)
-		if len(sealed) > wire.MaxFrameSize {
-			return errors.New("map frame too large")
-		}
-		rc.SetWriteDeadline(time.Now().Add(max(2*s.keepAlive, 10*time.Second)))
-		if err := writeFrame(bw, sealed); err != nil {
-			return err
+		for _, b := range bodies {
+			sealed := box.Seal(b)
+			if len(sealed) > wire.MaxFrameSize {
+				return errFrameTooLarge
+			}
+			rc.SetWriteDeadline(time.Now().Add(max(2*s.keepAlive, 10*time.Second)))
+			if err := writeFrame(bw, sealed); err != nil {
+				return err
+			}
 		}
 		if err := bw.Flush(); err != nil {
 			return err
@@ -328,13 +355,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 		return rc.Flush()
 	}
 
-	// State the handler last sent.
-	var (
-		sentSelf   *wire.Node
-		sentPeers  map[key.NodePublic]*wire.Node
-		sentFilter []wire.FilterRule
-		sentExtra  streamExtras // edge routes and DNS settings
-	)
+	var st sentState
 
 	// The full map.
 	{
@@ -345,25 +366,29 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 			s.mu.Unlock()
 			return
 		}
-		self := s.viewLocked(e)
-		peers, filter := s.peersLocked(self, ss.networkID, now)
+		self := s.sharedNodeLocked(e)
+		peers, set, filter := s.peersLocked(self, ss.networkID, now)
+		views := make([]*peerView, len(peers))
+		for i, ps := range peers {
+			views[i] = ps.view
+		}
+		ver := s.changeVer
 		gen0 := ss.generation() // marks happen under s.mu: this map covers them
 		s.mu.Unlock()
-		resp := &wire.MapResponse{
+		f := &mapFrame{resp: &wire.MapResponse{
 			Self:            self,
-			Peers:           sortedPeers(peers),
 			DERPMap:         s.derpMap.Load(),
 			DNS:             s.dnsConfig(ss.networkID),
 			PacketFilter:    filter,
 			PacketFilterSet: true,
-		}
-		s.fillExtras(ss, &sentExtra, resp)
-		if err := send(resp); err != nil {
+		}, peers: views, full: true}
+		s.fillExtras(ss, &st.extras, f.resp)
+		if err := send(f); err != nil {
 			log.Debug("send full map", "err", err)
 			return
 		}
 		ss.delivered(gen0)
-		sentSelf, sentPeers, sentFilter = self, peers, filter
+		st.self, st.peers, st.ver, st.filter = self, set, ver, filter
 	}
 
 	ka := time.NewTicker(s.keepAlive)
@@ -376,7 +401,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 		case <-r.Context().Done():
 			return
 		case <-ka.C:
-			if err := send(&wire.MapResponse{KeepAlive: true}); err != nil {
+			if err := send(&mapFrame{resp: &wire.MapResponse{KeepAlive: true}}); err != nil {
 				log.Debug("send keepalive", "err", err)
 				return
 			}
@@ -394,6 +419,11 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 			}
 			batch.Stop()
 		}
+		// Every change counted up to ver was marked before the take, so
+		// pending holds it.
+		s.mu.Lock()
+		ver := s.changeVer
+		s.mu.Unlock()
 		pending, full, derp, ended, code, msg, gen := ss.take()
 		marked := ss.takeFirstMark()
 		if ended {
@@ -401,147 +431,106 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 			log.Info("ending map stream", "reason", code)
 			return
 		}
-		resp, newSelf, newPeers, newFilter := s.delta(ss, sentSelf, sentPeers, sentFilter, pending, full)
-		if newSelf == nil {
+		f := s.delta(ss, &st, ver, pending, full)
+		if f == nil {
 			continue // the node is gone; end() follows
 		}
+		resp := f.resp
 		if derp {
 			resp.DERPMap = s.derpMap.Load()
 			if resp.DERPMap == nil {
 				resp.DERPMap = &wire.DERPMap{Regions: map[int]*wire.DERPRegion{}}
 			}
 		}
-		s.fillExtras(ss, &sentExtra, resp)
-		if resp.Self == nil && resp.Peers == nil && len(resp.PeersChanged) == 0 && len(resp.PeersRemoved) == 0 &&
+		s.fillExtras(ss, &st.extras, resp)
+		if resp.Self == nil && len(f.peers) == 0 && len(resp.PeersRemoved) == 0 &&
 			len(resp.PeersOnline) == 0 && resp.DERPMap == nil && !resp.PacketFilterSet && resp.DNS == nil && resp.EdgeRoutes == nil {
 			ss.delivered(gen) // nothing this node sees changed
 			continue
 		}
-		if err := send(resp); err != nil {
+		if err := send(f); err != nil {
 			log.Debug("send map delta", "err", err)
 			return
 		}
 		ss.delivered(gen)
 		s.observeFanout(marked)
 		ka.Reset(s.keepAlive)
-		sentSelf, sentPeers, sentFilter = newSelf, newPeers, newFilter
 	}
 }
 
-// delta computes the MapResponse that brings a node from what it was last
-// sent to now. pending are the keys that changed; full means look at all.
-// It returns nil newSelf if the node itself is gone.
-func (s *Server) delta(ss *session, sentSelf *wire.Node, sentPeers map[key.NodePublic]*wire.Node, sentFilter []wire.FilterRule,
-	pending map[key.NodePublic]struct{}, full bool) (resp *wire.MapResponse, newSelf *wire.Node, newPeers map[key.NodePublic]*wire.Node, newFilter []wire.FilterRule) {
-	resp = &wire.MapResponse{}
+// delta computes the message that brings a node from what it was last
+// sent (st) to now, and updates st to what the message makes it. pending
+// are the keys that changed, including every change counted up to ver;
+// full means look at every peer. It returns nil if the node itself is
+// gone. A stream that fails to send the message ends, so st may run
+// ahead of what was written.
+func (s *Server) delta(ss *session, st *sentState, ver uint64, pending map[key.NodePublic]struct{}, full bool) *mapFrame {
+	f := &mapFrame{resp: &wire.MapResponse{}}
+	resp := f.resp
 	now := s.now()
-	var current map[key.NodePublic]*wire.Node
-	var policyFilter []wire.FilterRule
 
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	e := s.nodes[ss.key]
 	if e == nil || e.rec.Node.Expired(now) {
-		s.mu.Unlock()
-		return resp, nil, nil, nil
+		return nil
 	}
-	self := s.viewLocked(e)
+	self := s.sharedNodeLocked(e)
+	consider := func(ps *peerState, visible bool) {
+		had := st.peers.has(ps.slot)
+		switch {
+		case !visible && had:
+			resp.PeersRemoved = append(resp.PeersRemoved, ps.key)
+			st.peers.remove(ps.slot)
+		case visible && !had:
+			f.peers = append(f.peers, ps.view)
+			st.peers.add(ps.slot)
+		case visible && had:
+			switch pv := ps.view; {
+			case pv.changed > st.ver:
+				f.peers = append(f.peers, pv)
+			case pv.online > st.ver:
+				if resp.PeersOnline == nil {
+					resp.PeersOnline = make(map[key.NodePublic]bool)
+				}
+				resp.PeersOnline[ps.key] = pv.node.Online
+			}
+		}
+	}
 	if full {
-		current, policyFilter = s.peersLocked(self, ss.networkID, now)
+		peers, set, filter := s.peersLocked(self, ss.networkID, now)
+		st.peers.each(func(i int) {
+			if !set.has(i) {
+				consider(s.peerSlots[i], false)
+			}
+		})
+		for _, ps := range peers {
+			consider(ps, true)
+		}
+		if !reflect.DeepEqual(filter, st.filter) {
+			st.filter = filter
+			resp.PacketFilter, resp.PacketFilterSet = filter, true
+		}
 	} else {
-		current = make(map[key.NodePublic]*wire.Node, len(pending))
 		for k := range pending {
 			if k == ss.key {
 				continue
 			}
-			if pe := s.nodes[k]; pe != nil && pe.rec.NetworkID == ss.networkID && !pe.rec.Node.Expired(now) &&
-				s.mayPeerLocked(self, ss.networkID, k, now) {
-				current[k] = s.viewLocked(pe)
+			ps := s.peerLocked(k)
+			if ps == nil {
+				continue // gone before any stream was sent it
 			}
+			pe := s.nodes[k]
+			visible := ps.view != nil && pe != nil && pe.rec.NetworkID == ss.networkID && !pe.rec.Node.Expired(now) &&
+				s.mayPeerLocked(self, ss.networkID, k, now)
+			consider(ps, visible)
 		}
 	}
-	s.mu.Unlock()
-
-	if !nodeEqual(self, sentSelf) {
+	if !nodeEqual(self, st.self) {
 		resp.Self = self
 	}
-	newPeers = sentPeers
-	cloned := false
-	cow := func() {
-		if !cloned {
-			newPeers = make(map[key.NodePublic]*wire.Node, len(sentPeers)+1)
-			for k, v := range sentPeers {
-				newPeers[k] = v
-			}
-			cloned = true
-		}
-	}
-	consider := func(k key.NodePublic) {
-		cur, visible := current[k]
-		old, had := sentPeers[k]
-		switch {
-		case !visible && had:
-			resp.PeersRemoved = append(resp.PeersRemoved, k)
-			cow()
-			delete(newPeers, k)
-		case visible && !had:
-			resp.PeersChanged = append(resp.PeersChanged, cur)
-			cow()
-			newPeers[k] = cur
-		case visible && had:
-			if !nodeEqual(old, cur) {
-				resp.PeersChanged = append(resp.PeersChanged, cur)
-			} else if old.Online != cur.Online {
-				if resp.PeersOnline == nil {
-					resp.PeersOnline = make(map[key.NodePublic]bool)
-				}
-				resp.PeersOnline[k] = cur.Online
-			} else {
-				return
-			}
-			cow()
-			newPeers[k] = cur
-		}
-	}
-	if full {
-		for k := range sentPeers {
-			consider(k)
-		}
-		for k := range current {
-			if _, had := sentPeers[k]; !had {
-				consider(k)
-			}
-		}
-	} else {
-		for k := range pending {
-			if k != ss.key {
-				consider(k)
-			}
-		}
-	}
-	newFilter = sentFilter
-	switch {
-	case full:
-		if !reflect.DeepEqual(policyFilter, sentFilter) {
-			newFilter = policyFilter
-			resp.PacketFilter, resp.PacketFilterSet = policyFilter, true
-		}
-	}
-	return resp, self, newPeers, newFilter
-}
-
-func sortedPeers(m map[key.NodePublic]*wire.Node) []*wire.Node {
-	out := make([]*wire.Node, 0, len(m))
-	for _, n := range m {
-		out = append(out, n)
-	}
-	slices.SortFunc(out, func(a, b *wire.Node) int {
-		if a.Name != b.Name {
-			if a.Name < b.Name {
-				return -1
-			}
-			return 1
-		}
-		return int(a.ID - b.ID)
-	})
-	return out
+	// Views sent now may be newer than ver; a change after ver is marked
+	// again, and at worst sent twice.
+	st.self, st.ver = self, ver
+	return f
 }

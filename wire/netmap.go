@@ -114,6 +114,43 @@ func (nm *NetMap) Apply(resp *MapResponse, localNow time.Time) *NetMap {
 	return next
 }
 
+// Merge adds the frame next to the message m, which had More set: lists
+// are appended, online states added, and the other fields next sets
+// replace m's. m takes next's More.
+func (m *MapResponse) Merge(next *MapResponse) {
+	m.More = next.More
+	m.KeepAlive = m.KeepAlive && next.KeepAlive
+	if next.Self != nil {
+		m.Self = next.Self
+	}
+	if next.Peers != nil {
+		m.Peers = append(m.Peers, next.Peers...)
+	}
+	m.PeersChanged = append(m.PeersChanged, next.PeersChanged...)
+	m.PeersRemoved = append(m.PeersRemoved, next.PeersRemoved...)
+	for k, on := range next.PeersOnline {
+		if m.PeersOnline == nil {
+			m.PeersOnline = make(map[key.NodePublic]bool, len(next.PeersOnline))
+		}
+		m.PeersOnline[k] = on
+	}
+	if next.DERPMap != nil {
+		m.DERPMap = next.DERPMap
+	}
+	if next.DNS != nil {
+		m.DNS = next.DNS
+	}
+	if next.PacketFilterSet || next.PacketFilter != nil {
+		m.PacketFilter, m.PacketFilterSet = next.PacketFilter, next.PacketFilterSet
+	}
+	if next.EdgeRoutes != nil {
+		m.EdgeRoutes = next.EdgeRoutes
+	}
+	if !next.ControlTime.IsZero() {
+		m.ControlTime = next.ControlTime
+	}
+}
+
 // ControlNow estimates the coordinator's current clock from the node's
 // clock now, correcting for the skew seen at the last message.
 func (nm *NetMap) ControlNow(localNow time.Time) time.Time {

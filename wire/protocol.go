@@ -35,6 +35,9 @@ import (
 //
 //	4B big-endian length N (1 <= N <= MaxFrameSize) | N bytes sealed JSON MapResponse
 //
+// A MapResponse with More set continues in the next frame (version 13);
+// one message spans at most MaxMapFrames frames.
+//
 // Errors are JSON ErrorBody values with the HTTP status noted at each
 // ErrorCode.
 
@@ -49,6 +52,10 @@ type Envelope struct {
 
 // MaxFrameSize is the largest sealed map frame either side accepts.
 const MaxFrameSize = 4 << 20
+
+// MaxMapFrames is the most frames one map message may be split across
+// (MapResponse.More): 256 MiB at most.
+const MaxMapFrames = 64
 
 // Response headers of a map stream.
 const (

@@ -54,7 +54,11 @@ import (
 //   - 12 (2026-12-06): MapRequest.PeerRelay and Node.PeerRelay: a node
 //     runs a UDP peer relay server, which its peers may use between each
 //     other when they have no direct path (disco Allocate).
-const CapabilityVersion = 12
+//   - 13 (2026-12-06): MapResponse.More: a map message too large for one
+//     frame (a full map of about 10,000 peers) comes as several, every
+//     one but the last with More set; the node joins them before applying
+//     them. Older nodes get one frame, up to MaxFrameSize.
+const CapabilityVersion = 13
 
 // NodeID is the coordinator's stable identifier of a node.
 type NodeID int64
@@ -129,8 +133,17 @@ type MapRequest struct {
 // MapResponse is one message of the map stream. The first one of a stream
 // is full (Self and Peers set); later ones are deltas (PeersChanged,
 // PeersRemoved, PeersOnline) or keepalives. Nil fields mean "unchanged".
+//
+// A message larger than a frame is sent, to nodes of version 13 or later,
+// as several frames that each carry part of it, all but the last with
+// More set: the first holds every field but part of Peers (or
+// PeersChanged), the following ones only further peers. The node joins
+// them with Merge and applies the result as one message.
 type MapResponse struct {
 	KeepAlive bool `json:"keep_alive,omitempty"`
+
+	// More says the next frame continues this message (since version 13).
+	More bool `json:"more,omitempty"`
 
 	// Self is the receiving node as the coordinator sees it.
 	Self *Node `json:"self,omitempty"`

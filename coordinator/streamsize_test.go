@@ -1,0 +1,263 @@
+package coordinator_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"beam.dev/beam/coordinator"
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// rawStream is a map stream read frame by frame, without coordclient's
+// reassembly, so tests see what the coordinator puts on the wire.
+type rawStream struct {
+	t      testing.TB
+	priv   key.NodePrivate
+	mk     key.MachinePublic
+	body   io.ReadCloser
+	cancel context.CancelFunc
+}
+
+// openRawStream opens the map stream of the registered node priv,
+// announcing protocol version.
+func openRawStream(t testing.TB, c *coord, priv key.NodePrivate, version int) *rawStream {
+	t.Helper()
+	mk := c.priv.Public()
+	clear, err := json.Marshal(&wire.MapRequest{Version: version, NodeKey: priv.Public(), Stream: true, Timestamp: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := json.Marshal(wire.Envelope{NodeKey: priv.Public(), Sealed: priv.SealTo(mk, clear)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.URL+"/machine/map", bytes.NewReader(env))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cancel()
+		t.Fatalf("open map stream: %v", err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		cancel()
+		t.Fatalf("open map stream: status %s", resp.Status)
+	}
+	rs := &rawStream{t: t, priv: priv, mk: mk, body: resp.Body, cancel: cancel}
+	t.Cleanup(rs.close)
+	return rs
+}
+
+func (rs *rawStream) close() {
+	rs.cancel()
+	rs.body.Close()
+}
+
+// next returns the next frame that is not a keepalive, and its size on
+// the wire.
+func (rs *rawStream) next() (*wire.MapResponse, int) {
+	rs.t.Helper()
+	for {
+		var hdr [4]byte
+		if _, err := io.ReadFull(rs.body, hdr[:]); err != nil {
+			rs.t.Fatalf("read frame: %v", err)
+		}
+		n := binary.BigEndian.Uint32(hdr[:])
+		if n == 0 || n > wire.MaxFrameSize {
+			rs.t.Fatalf("frame size %d out of range", n)
+		}
+		buf := make([]byte, n)
+		if _, err := io.ReadFull(rs.body, buf); err != nil {
+			rs.t.Fatalf("read frame: %v", err)
+		}
+		clear, ok := rs.priv.OpenFrom(rs.mk, buf)
+		if !ok {
+			rs.t.Fatal("frame does not open")
+		}
+		var mr wire.MapResponse
+		if err := json.Unmarshal(clear, &mr); err != nil {
+			rs.t.Fatalf("decode frame: %v", err)
+		}
+		if mr.KeepAlive {
+			continue
+		}
+		return &mr, 4 + int(n)
+	}
+}
+
+// registerMany registers n nodes named prefix0, prefix1, ... and returns
+// their keys.
+func registerMany(t testing.TB, c *coord, ak, prefix string, n int) []key.NodePrivate {
+	t.Helper()
+	privs := make([]key.NodePrivate, n)
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 8 {
+		wg.Go(func() {
+			for i := range work {
+				nd := newNode(t, c.URL)
+				nd.register(t, ak, fmt.Sprintf("%s%d", prefix, i))
+				privs[i] = nd.priv
+			}
+		})
+	}
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	return privs
+}
+
+// TestDeltaBytesIndependentOfN checks that what one change costs a
+// streaming node on the wire does not grow with the size of its network:
+// a join, a peer coming online, its endpoints and its going offline cost
+// the same few hundred bytes among 100 nodes and among 2,000.
+func TestDeltaBytesIndependentOfN(t *testing.T) {
+	type costs struct{ join, online, endpoints, offline int }
+	measure := func(t *testing.T, n int) costs {
+		c := startCoord(t, func(o *coordinator.Options) { o.KeepAliveInterval = time.Minute })
+		ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+		registerMany(t, c, ak, "n", n)
+		obs := newNode(t, c.URL)
+		obs.register(t, ak, "observer")
+		rs := openRawStream(t, c, obs.priv, wire.CapabilityVersion)
+		var peers int
+		for {
+			mr, _ := rs.next()
+			peers += len(mr.Peers)
+			if !mr.More {
+				break
+			}
+		}
+		if peers != n {
+			t.Fatalf("full map has %d peers, want %d", peers, n)
+		}
+
+		var got costs
+		newcomer := newNode(t, c.URL)
+		newcomer.register(t, ak, "newcomer")
+		mr, size := rs.next()
+		if len(mr.PeersChanged) != 1 || mr.PeersChanged[0].Name != "newcomer" {
+			t.Fatalf("join delta = %+v, want the newcomer only", mr)
+		}
+		got.join = size
+
+		// The newcomer streams (online), reports endpoints, and stops (offline).
+		ctx, cancel := context.WithCancel(t.Context())
+		runDone := make(chan struct{})
+		go func() {
+			defer close(runDone)
+			newcomer.Run(ctx, func(*wire.NetMap) {})
+		}()
+		defer func() { cancel(); <-runDone }()
+		mr, got.online = rs.next()
+		if !mr.PeersOnline[newcomer.NodeKey()] || len(mr.PeersChanged)+len(mr.PeersRemoved) > 0 {
+			t.Fatalf("online delta = %+v, want the newcomer online only", mr)
+		}
+		eps := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.7:41641")}
+		newcomer.SetEndpoints(eps, 1)
+		mr, got.endpoints = rs.next()
+		if len(mr.PeersChanged) != 1 || len(mr.PeersChanged[0].Endpoints) != 1 {
+			t.Fatalf("endpoints delta = %+v, want the newcomer with its endpoint", mr)
+		}
+		cancel()
+		<-runDone
+		mr, got.offline = rs.next()
+		if on, ok := mr.PeersOnline[newcomer.NodeKey()]; !ok || on {
+			t.Fatalf("offline delta = %+v, want the newcomer offline", mr)
+		}
+		return got
+	}
+	small := measure(t, 100)
+	large := measure(t, 2000)
+	t.Logf("bytes per change at 100 nodes %+v, at 2000 %+v", small, large)
+	// The same messages; only the numbers in them (IDs, addresses) may
+	// be a few digits longer.
+	const slack = 32
+	for _, c := range []struct {
+		what         string
+		small, large int
+	}{{"join", small.join, large.join}, {"endpoints", small.endpoints, large.endpoints}, {"online", small.online, large.online}, {"offline", small.offline, large.offline}} {
+		if c.large > c.small+slack {
+			t.Errorf("%s delta: %d bytes at 2000 nodes, %d at 100; want no growth", c.what, c.large, c.small)
+		}
+	}
+}
+
+// TestFullMapSplitAcrossFrames checks that a full map larger than a frame
+// reaches a node that takes frames in pieces as several frames that join
+// into the whole map, and that coordclient hands the node the whole map;
+// a node of an older protocol version gets it in one frame.
+func TestFullMapSplitAcrossFrames(t *testing.T) {
+	defer coordinator.SetFrameSplitAtForTest(4 << 10)()
+	const n = 40
+	c := startCoord(t, func(o *coordinator.Options) { o.KeepAliveInterval = time.Minute })
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	registerMany(t, c, ak, "peer", n)
+
+	for _, tc := range []struct {
+		name       string
+		version    int
+		wantFrames func(int) bool
+	}{
+		{"current", wire.CapabilityVersion, func(f int) bool { return f > 1 }},
+		{"version 12", 12, func(f int) bool { return f == 1 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			nd := newNode(t, c.URL)
+			nd.register(t, ak, "reader-"+fmt.Sprint(tc.version))
+			rs := openRawStream(t, c, nd.priv, tc.version)
+			var whole *wire.MapResponse
+			frames := 0
+			for {
+				mr, size := rs.next()
+				frames++
+				if size > 4<<10+64 && tc.version >= 13 {
+					t.Errorf("frame %d is %d bytes, want at most the split size and its seal", frames, size)
+				}
+				if whole == nil {
+					whole = mr
+				} else {
+					whole.Merge(mr)
+				}
+				if !mr.More {
+					break
+				}
+			}
+			if !tc.wantFrames(frames) {
+				t.Errorf("full map came in %d frames", frames)
+			}
+			nm := (*wire.NetMap)(nil).Apply(whole, time.Now())
+			if nm.Self == nil || nm.Self.Name != "reader-"+fmt.Sprint(tc.version) || len(nm.Peers) < n || nm.DNS == nil || !whole.PacketFilterSet {
+				t.Fatalf("joined map: self %v, %d peers (want at least %d), dns %v, filter set %v", nm.Self, len(nm.Peers), n, nm.DNS, whole.PacketFilterSet)
+			}
+			for i := range n {
+				if peerNamed(nm, fmt.Sprintf("peer%d", i)) == nil {
+					t.Fatalf("joined map lacks peer%d", i)
+				}
+			}
+		})
+	}
+
+	// coordclient joins the frames before it hands the map over.
+	nd := newNode(t, c.URL)
+	nd.register(t, ak, "client")
+	w := watch(t, nd)
+	nm := w.waitFor("full map", wait, func(nm *wire.NetMap) bool { return nm.Self != nil })
+	if len(nm.Peers) < n {
+		t.Fatalf("coordclient's first netmap has %d peers, want at least %d", len(nm.Peers), n)
+	}
+}

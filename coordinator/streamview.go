@@ -1,0 +1,258 @@
+package coordinator
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// streams is the Server's map-stream job: the open sessions, one shared
+// view of every node, and the change counter each stream computes its
+// deltas against. Server embeds it, so its fields read as s.sessions and
+// so on; they are guarded by Server.mu, because they change with the nodes
+// they describe. A session's own mu guards what was marked for it.
+//
+// Memory is linear in the number of nodes: a node's view (and its JSON)
+// is built once per change and shared by every stream that sends it, and
+// a stream remembers which peers it sent as one bit per node plus the
+// change count it last caught up to (see sentState), not as a copy.
+type streams struct {
+	sessions map[key.NodePublic]*session
+	// changeVer counts node changes (notifyLocked); a peerView records the
+	// count at which its node last changed.
+	changeVer uint64
+	// peerStates holds every node a stream may have been sent, by key;
+	// peerSlots the same by slot. Entries are never dropped (a removed
+	// node keeps its slot, with a nil view), so a slot always means the
+	// same node.
+	peerStates map[key.NodePublic]*peerState
+	peerSlots  []*peerState
+}
+
+func newStreams() streams {
+	return streams{sessions: make(map[key.NodePublic]*session), peerStates: make(map[key.NodePublic]*peerState)}
+}
+
+// peerState is one node as map streams know it. Guarded by Server.mu.
+type peerState struct {
+	key  key.NodePublic
+	slot int
+	// view is the node's current view; nil while it is removed.
+	view *peerView
+}
+
+// peerView is one node's view as of one change. It is never modified
+// once published (enc is filled once, on first use), so streams read it
+// without Server.mu.
+type peerView struct {
+	node *wire.Node
+	// changed is the changeVer of the node's last change of a field
+	// nodeEqual compares; online that of its last Online change.
+	changed, online uint64
+
+	encOnce sync.Once
+	enc     []byte // JSON of node
+	encErr  error
+}
+
+// json returns the view's JSON encoding, computed once.
+func (pv *peerView) json() ([]byte, error) {
+	pv.encOnce.Do(func() { pv.enc, pv.encErr = json.Marshal(pv.node) })
+	return pv.enc, pv.encErr
+}
+
+// noteChangeLocked rebuilds the shared view of node k after a change and
+// advances the change count. Server.mu held.
+func (s *Server) noteChangeLocked(k key.NodePublic) {
+	s.changeVer++
+	ps := s.peerStates[k]
+	e := s.nodes[k]
+	if ps == nil {
+		if e == nil {
+			return // no stream ever sent it
+		}
+		ps = s.newPeerStateLocked(k)
+	}
+	if e == nil {
+		ps.view = nil
+		return
+	}
+	n := s.viewLocked(e)
+	pv := &peerView{node: n, changed: s.changeVer, online: s.changeVer}
+	if old := ps.view; old != nil && nodeEqual(old.node, n) {
+		pv.changed = old.changed
+		if old.node.Online == n.Online {
+			pv.online = old.online
+		}
+	}
+	ps.view = pv
+}
+
+// newPeerStateLocked adds node k, which must exist, with a view as of now.
+// Server.mu held.
+func (s *Server) newPeerStateLocked(k key.NodePublic) *peerState {
+	ps := &peerState{key: k, slot: len(s.peerSlots)}
+	s.peerStates[k] = ps
+	s.peerSlots = append(s.peerSlots, ps)
+	if e := s.nodes[k]; e != nil {
+		ps.view = &peerView{node: s.viewLocked(e), changed: s.changeVer, online: s.changeVer}
+	}
+	return ps
+}
+
+// peerLocked returns the stream state of node k, or nil if k is unknown.
+// Server.mu held.
+func (s *Server) peerLocked(k key.NodePublic) *peerState {
+	if ps := s.peerStates[k]; ps != nil {
+		return ps
+	}
+	if s.nodes[k] == nil {
+		return nil
+	}
+	return s.newPeerStateLocked(k)
+}
+
+// sharedNodeLocked returns e's shared view, which must not be modified.
+// Server.mu held.
+func (s *Server) sharedNodeLocked(e *nodeEntry) *wire.Node {
+	if ps := s.peerLocked(e.rec.Node.Key); ps != nil && ps.view != nil {
+		return ps.view.node
+	}
+	return s.viewLocked(e)
+}
+
+// peerSet is a set of peer slots, one bit each.
+type peerSet []uint64
+
+func (b peerSet) has(i int) bool { return i/64 < len(b) && b[i/64]&(1<<(i%64)) != 0 }
+
+func (b *peerSet) add(i int) {
+	for i/64 >= len(*b) {
+		*b = append(*b, 0)
+	}
+	(*b)[i/64] |= 1 << (i % 64)
+}
+
+func (b peerSet) remove(i int) {
+	if i/64 < len(b) {
+		b[i/64] &^= 1 << (i % 64)
+	}
+}
+
+// each calls f with every slot in b.
+func (b peerSet) each(f func(int)) {
+	for w, bits := range b {
+		for bits != 0 {
+			i := 0
+			for bits&(1<<i) == 0 {
+				i++
+			}
+			f(w*64 + i)
+			bits &^= 1 << i
+		}
+	}
+}
+
+// frameSplitAt is the largest JSON body a frame carries before a full
+// map or a long list of changed peers is split across frames, for nodes
+// that reassemble them (wire.CapabilityVersion 13). It leaves room for
+// the seal. Tests lower it.
+var frameSplitAt = wire.MaxFrameSize - key.SealOverhead
+
+// mapFrame is a MapResponse with its list of peers held as shared views,
+// so each peer's JSON is encoded once for every stream that sends it.
+type mapFrame struct {
+	resp *wire.MapResponse // Peers and PeersChanged unset
+	// peers is the complete peer list if full, else the changed peers.
+	peers []*peerView
+	full  bool
+}
+
+// errFrameTooLarge means a map message does not fit the frame limit and
+// the node cannot take it in pieces.
+var errFrameTooLarge = errors.New("map frame too large")
+
+// encode returns the JSON bodies of f's frames. With split, a message
+// whose body would pass frameSplitAt is cut between peers into several
+// bodies, every one but the last marked More; without, it is one body
+// whatever its size.
+func (f *mapFrame) encode(split bool) ([][]byte, error) {
+	base, err := json.Marshal(f.resp)
+	if err != nil {
+		return nil, fmt.Errorf("encode map response: %w", err)
+	}
+	if len(f.peers) == 0 && !f.full {
+		return [][]byte{base}, nil
+	}
+	field := `"peers_changed":[`
+	if f.full {
+		field = `"peers":[`
+	}
+	encs := make([][]byte, len(f.peers))
+	size := len(base) + len(field) + 2
+	for i, pv := range f.peers {
+		b, err := pv.json()
+		if err != nil {
+			return nil, fmt.Errorf("encode peer: %w", err)
+		}
+		encs[i] = b
+		size += len(b) + 1
+	}
+	if !split || size <= frameSplitAt {
+		return [][]byte{splice(base, field, encs, false)}, nil
+	}
+	// The first body carries everything else; the rest only peers.
+	const moreLen = len(`,"more":true`)
+	var out [][]byte
+	head, limit := base, frameSplitAt-moreLen-len(field)-2
+	for start := 0; start < len(encs) || len(out) == 0; {
+		n, size := 0, len(head)
+		for start+n < len(encs) && (n == 0 || size+len(encs[start+n])+1 <= limit) {
+			size += len(encs[start+n]) + 1
+			n++
+		}
+		if size > limit {
+			return nil, errFrameTooLarge
+		}
+		more := start+n < len(encs)
+		out = append(out, splice(head, field, encs[start:start+n], more))
+		start += n
+		head = []byte(`{}`)
+	}
+	return out, nil
+}
+
+// splice returns the JSON object obj with field (`"name":[`) holding the
+// elements encs added first, and "more":true if more.
+func splice(obj []byte, field string, encs [][]byte, more bool) []byte {
+	var b bytes.Buffer
+	n := len(obj) + len(field) + 16
+	for _, e := range encs {
+		n += len(e) + 1
+	}
+	b.Grow(n)
+	b.WriteByte('{')
+	b.WriteString(field)
+	for i, e := range encs {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.Write(e)
+	}
+	b.WriteByte(']')
+	if more {
+		b.WriteString(`,"more":true`)
+	}
+	if rest := bytes.TrimSpace(obj[1:]); len(rest) > 1 { // more than "}"
+		b.WriteByte(',')
+		b.Write(rest)
+	} else {
+		b.WriteByte('}')
+	}
+	return b.Bytes()
+}
