@@ -65,11 +65,12 @@ type Result struct {
 	// nodes share the machine with the coordinator, and a fleet that
 	// needs as much CPU as the coordinator slows it down.
 	FleetCPU time.Duration
-	// RestartSettled is the time from killing the coordinator (and
-	// starting it again at once) until every node had a full map from
-	// the new process and saw all its peers online; zero if not
-	// Scenario.Restart.
-	RestartSettled time.Duration
+	// RestartOnline is the time from killing the coordinator (and
+	// starting it again at once) until every node's new stream had
+	// delivered its full map (every node back online);
+	// RestartSettled until, in addition, every node saw all its peers
+	// online. Both are zero if not Scenario.Restart.
+	RestartOnline, RestartSettled time.Duration
 }
 
 // RegisterRate is registrations per second.
@@ -207,6 +208,11 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 		if err := phase(coord.Start); err != nil {
 			return nil, err
 		}
+		if err := phase(fleet.WaitFullMaps); err != nil {
+			return nil, err
+		}
+		res.RestartOnline = time.Since(start)
+		log.Info("restart online", "took", res.RestartOnline)
 		if err := phase(fleet.WaitSettled); err != nil {
 			return nil, err
 		}

@@ -1,0 +1,55 @@
+package coordclient
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"testing"
+	"time"
+
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// TestRunResponses checks that RunResponses hands over each frame as
+// sent, the full map that starts every stream marked first, across a
+// reconnect, and ends with the stream's terminal error.
+func TestRunResponses(t *testing.T) {
+	peer := &wire.Node{Name: "peer", Key: key.NewNode().Public()}
+	fc, cl := newFake(t, func(fc *fakeCoord, w http.ResponseWriter, r *http.Request, nk key.NodePublic) {
+		fc.mu.Lock()
+		n := fc.streams
+		fc.mu.Unlock()
+		fc.frame(w, nk, &wire.MapResponse{Self: &wire.Node{Name: "me"}, Peers: []*wire.Node{peer}})
+		fc.frame(w, nk, &wire.MapResponse{PeersOnline: map[key.NodePublic]bool{peer.Key: true}})
+		if n == 2 {
+			w.Header().Set(wire.TrailerError, string(wire.CodeNodeRemoved)+": removed")
+		}
+		// End the stream: the first time the client reconnects, the
+		// second time the trailer ends Run for good.
+	})
+	fc.keepMS = "60000"
+	type got struct {
+		first  bool
+		peers  int
+		online bool
+	}
+	var gots []got
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	err := cl.RunResponses(ctx, func(resp *wire.MapResponse, first bool) {
+		gots = append(gots, got{first, len(resp.Peers), resp.PeersOnline[peer.Key]})
+	})
+	if !errors.Is(err, ErrNodeRemoved) {
+		t.Fatalf("RunResponses = %v, want ErrNodeRemoved", err)
+	}
+	want := []got{{true, 1, false}, {false, 0, true}, {true, 1, false}, {false, 0, true}}
+	if len(gots) != len(want) {
+		t.Fatalf("got %d responses %+v, want %+v", len(gots), gots, want)
+	}
+	for i := range want {
+		if gots[i] != want[i] {
+			t.Errorf("response %d = %+v, want %+v", i, gots[i], want[i])
+		}
+	}
+}
