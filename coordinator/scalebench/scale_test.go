@@ -126,7 +126,10 @@ func BenchmarkCoordinatorScale(b *testing.B) {
 	for _, n := range sizes {
 		b.Run("nodes="+strconv.Itoa(n), func(b *testing.B) {
 			for b.Loop() {
-				res, err := Scenario{Bin: bin, Dir: b.TempDir(), N: n, Args: args, Restart: true, MaxRSS: maxRSS, Logger: testLogger(b)}.Run(b.Context())
+				// Progress goes to stderr as it happens: a benchmark's
+				// log is printed only at its end, and cut short.
+				logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("nodes", n)
+				res, err := Scenario{Bin: bin, Dir: b.TempDir(), N: n, Args: args, Restart: true, MaxRSS: maxRSS, Logger: logger}.Run(b.Context())
 				if err != nil {
 					b.Fatal(err)
 				}
