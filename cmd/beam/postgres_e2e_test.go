@@ -2,11 +2,15 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"maps"
+	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -65,6 +69,48 @@ func TestCoordinatorOnPostgres(t *testing.T) {
 	waitFor(t, 15*time.Second, "alpha sees gamma", func() bool { return hasPeer(a, "gamma", false) })
 	if got := nodeRows(t, dsn); len(got) != 3 || got["alpha"] != want["alpha"] || got["beta"] != want["beta"] {
 		t.Errorf("nodes in PostgreSQL after the restart = %v, want alpha and beta as before and gamma", got)
+	}
+}
+
+// TestServerOnPostgres runs `beam server --dev --db postgres://...`: a
+// device joins and publishes a port, the edge serves it, and the route is
+// a row in PostgreSQL, written through the store's claim check.
+func TestServerOnPostgres(t *testing.T) {
+	srv := pgtest.New(t)
+	dsn := srv.NewDatabase(t)
+	c, httpPort := startDevServerWith(t, 0, "--db", dsn)
+	alpha := c.device("alpha")
+	alpha.mustUp()
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "hello from alpha's app")
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go app.Serve(ln)
+	t.Cleanup(func() { app.Close() })
+	out := strings.TrimSpace(c.mustBeam(alpha.args("expose", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port), "--bg")...))
+	if want := fmt.Sprintf("http://alpha.localhost:%d", httpPort); out != want {
+		t.Fatalf("beam expose printed %q, want %q", out, want)
+	}
+	if body, err := curl(t, out+"/"); err != nil || body != "hello from alpha's app" {
+		t.Fatalf("curl %s: %q, %v", out, body, err)
+	}
+	if _, err := os.Stat(filepath.Join(c.dir, "srv", "coordinator.db")); !os.IsNotExist(err) {
+		t.Errorf("coordinator.db in the data directory: %v; want none with --db", err)
+	}
+	conn, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(t.Context())
+	var host, proto string
+	if err := conn.QueryRow(t.Context(), `SELECT r.host, r.proto FROM routes r JOIN nodes n ON n.id = r.node_id WHERE n.name = 'alpha'`).Scan(&host, &proto); err != nil {
+		t.Fatalf("alpha's route in PostgreSQL: %v", err)
+	}
+	if host != "alpha.localhost" || proto != "http" {
+		t.Errorf("alpha's route in PostgreSQL is %s %s, want alpha.localhost http", host, proto)
 	}
 }
 
