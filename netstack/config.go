@@ -12,7 +12,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"beam.dev/beam/netstack/internal/bind"
 	"beam.dev/beam/types/key"
 )
 
@@ -109,7 +108,7 @@ func (e *Engine) Reconfig(cfg Config) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return errors.New("netstack: engine closed")
+		return errEngineClosed
 	}
 
 	// Addresses first, so the stack accepts traffic as soon as peers
@@ -147,71 +146,24 @@ func (e *Engine) Reconfig(cfg Config) error {
 	e.own = own
 	e.pf.pol.Store(newPolicy(&cfg))
 
-	// The bind must know new peers before wireguard-go parses their
-	// endpoints; removed peers go from both.
-	bps := make([]bind.PeerConfig, 0, len(cfg.Peers))
-	for _, p := range cfg.Peers {
-		bps = append(bps, bind.PeerConfig{Key: p.Key, Endpoints: p.Endpoints, HomeRegion: p.HomeDERP, DiscoKey: p.DiscoKey, RelayServer: p.RelayServer})
-	}
-	e.bind.SetPeers(bps)
 	e.setDERPMapLocked(cfg.DERPMap, cfg.HomeDERP)
-
-	var sb strings.Builder
-	want := make(map[key.NodePublic]Peer, len(cfg.Peers))
-	for _, p := range cfg.Peers {
-		want[p.Key] = p
+	// Peers: only those that changed reach the bind and the device.
+	set, remove := e.diffPeersLocked(cfg.Peers)
+	if err := e.applyPeersLocked(set, remove); err != nil {
+		return err
 	}
-	for k := range e.peersInDev {
-		if _, ok := want[k]; !ok {
-			raw := k.Raw32()
-			fmt.Fprintf(&sb, "public_key=%s\nremove=true\n", hex.EncodeToString(raw[:]))
-		}
+	// Keep the config's order of peers (applyPeersLocked appends new
+	// ones and moves the last into a removed one's place).
+	peers := slices.Clone(cfg.Peers)
+	for i, p := range peers {
+		e.ps.byKey[p.Key].idx = i
 	}
-	for _, p := range cfg.Peers {
-		old, had := e.peersInDev[p.Key]
-		if had && slices.Equal(old.AllowedIPs, p.AllowedIPs) {
-			continue
-		}
-		raw := p.Key.Raw32()
-		fmt.Fprintf(&sb, "public_key=%s\n", hex.EncodeToString(raw[:]))
-		if !had {
-			fmt.Fprintf(&sb, "endpoint=%s\n", p.Key.String())
-		} else {
-			sb.WriteString("update_only=true\n")
-		}
-		sb.WriteString("replace_allowed_ips=true\n")
-		for _, ip := range p.AllowedIPs {
-			fmt.Fprintf(&sb, "allowed_ip=%s\n", ip.Masked())
-		}
-	}
-	if sb.Len() > 0 {
-		if err := e.dev.IpcSet(sb.String()); err != nil {
-			return fmt.Errorf("netstack: configure peers: %w", err)
-		}
-	}
-	e.peersInDev = want
-	// A peer whose disco key changed is a new process of that node (the
-	// key lives as long as the process): the connections we had with
-	// its previous process are gone, whether or not we send on them.
-	old := make(map[key.NodePublic]key.DiscoPublic, len(e.cfg.Peers))
-	for _, p := range e.cfg.Peers {
-		old[p.Key] = p.DiscoKey
-	}
-	for _, p := range cfg.Peers {
-		if d, ok := old[p.Key]; ok && !d.IsZero() && !p.DiscoKey.IsZero() && d != p.DiscoKey {
-			e.wg.Add(1)
-			go func() {
-				defer e.wg.Done()
-				e.peerRestarted(p)
-			}()
-		}
-	}
+	cfg.Peers = peers
 	e.cfg = cfg
-	// Only now that wireguard-go knows the new peers may they learn we
-	// are up (a handshake they answer must not be dropped).
-	e.bind.ProbeNew()
 	return nil
 }
+
+var errEngineClosed = errors.New("netstack: engine closed")
 
 func validate(cfg *Config) error {
 	var errs []error
@@ -265,7 +217,10 @@ type PeerStatus struct {
 	LastHandshake time.Time
 }
 
-// Status returns the state of every configured peer, in config order.
+// Status returns the state of every peer of the config, in the config's
+// order (peers added by UpdatePeers after it), whether or not it is
+// configured in wireguard-go at the moment (see peers.go): the counters
+// of a peer asleep are those of its earlier stays there, zero if none.
 func (e *Engine) Status() []PeerStatus {
 	e.mu.Lock()
 	peers := slices.Clone(e.cfg.Peers)
@@ -275,9 +230,10 @@ func (e *Engine) Status() []PeerStatus {
 		e.log.Warn("read device status", "err", err)
 	}
 	counters := parseUAPIPeers(text)
+	carried := e.carriedCounters()
 	out := make([]PeerStatus, 0, len(peers))
 	for _, p := range peers {
-		st := counters[p.Key]
+		st := carry(carried[p.Key], counters[p.Key])
 		st.Key = p.Key
 		pp := e.bind.PeerPath(p.Key)
 		st.Endpoint = pp.Endpoint

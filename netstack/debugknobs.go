@@ -30,3 +30,9 @@ func debugInflight() (int, bool) {
 	n, err := strconv.Atoi(os.Getenv("BEAM_DEBUG_INFLIGHT"))
 	return n, err == nil && n >= 0
 }
+
+// debugEagerPeers reports whether BEAM_DEBUG_EAGER_PEERS is set to a true
+// value: every peer is then configured in wireguard-go as soon as it is
+// in the config, and stays there, instead of only peers with recent
+// traffic (see peers.go), so the two can be compared.
+func debugEagerPeers() bool { return envBool("BEAM_DEBUG_EAGER_PEERS") }

@@ -17,6 +17,13 @@
 // many ports towards the peer and the peer probes random ports of its
 // public IP (see the bind's birthday.go).
 //
+// wireguard-go is given a peer only while there is traffic to or from it
+// (peers.go): every peer of the config is known to the bind, and the one a
+// packet concerns is added to wireguard-go just before wireguard-go sees
+// that packet, whichever side sends first; a peer idle for five minutes is
+// removed again. Reconfig applies only what changed, and UpdatePeers
+// changes single peers for the cost of those peers.
+//
 // Connections do not outlive a process at either end: when a peer
 // restarts (its disco key changes) the engine probes its TCP connections
 // with the peer, and a restarted engine that receives data of a session it
@@ -30,8 +37,9 @@
 //
 // Goroutines: wireguard-go's (owned by its device), gVisor's (owned by the
 // stack), the engine's forwarding goroutines (counted in Engine.wg),
-// discoveryLoop (STUN refresh and bind housekeeping, counted in
-// Engine.loopWG) and one per relay region in use (counted in relays.wg). Close stops them
+// discoveryLoop (STUN refresh and bind housekeeping) and peerLoop (idle
+// peers leave wireguard-go), both counted in Engine.loopWG, and one per
+// relay region in use (counted in relays.wg). Close stops them
 // all and waits for them.
 package netstack
 
@@ -168,14 +176,16 @@ type Engine struct {
 	// prs is the peer relay server (Options.PeerRelay); nil if none.
 	prs *peerRelayServer
 
-	mu         sync.Mutex // guards the following fields
-	closed     bool
-	cfg        Config                  // last applied config
-	overlay    map[netip.Addr]bool     // overlay addresses (forwarded)
-	own        map[netip.AddrPort]bool // Config.OwnListeners: never forwarded to
-	active     map[closer]struct{}     // forwarded connections, closed on Close
-	wg         sync.WaitGroup          // forwarding goroutines; Add only under mu while !closed
-	peersInDev map[key.NodePublic]Peer // peers configured in the device
+	// ps is the per-peer state: which peers wireguard-go has (peers.go).
+	ps peerTable
+
+	mu      sync.Mutex // guards the following fields
+	closed  bool
+	cfg     Config                  // last applied config, with UpdatePeers' changes
+	overlay map[netip.Addr]bool     // overlay addresses (forwarded)
+	own     map[netip.AddrPort]bool // Config.OwnListeners: never forwarded to
+	active  map[closer]struct{}     // forwarded connections, closed on Close
+	wg      sync.WaitGroup          // forwarding goroutines; Add only under mu while !closed
 }
 
 // closer is a forwarded connection the engine closes on Close.
@@ -202,14 +212,14 @@ func New(opts Options) (*Engine, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	e := &Engine{
-		log:        log.With("component", "netstack"),
-		opts:       opts,
-		ctx:        ctx,
-		cancel:     cancel,
-		overlay:    make(map[netip.Addr]bool),
-		active:     make(map[closer]struct{}),
-		peersInDev: make(map[key.NodePublic]Peer),
+		log:     log.With("component", "netstack"),
+		opts:    opts,
+		ctx:     ctx,
+		cancel:  cancel,
+		overlay: make(map[netip.Addr]bool),
+		active:  make(map[closer]struct{}),
 	}
+	e.ps.init()
 	e.pf.now = func() int64 { return time.Now().Unix() }
 	e.pf.pol.Store(&policy{open: true})
 
@@ -252,6 +262,7 @@ func New(opts Options) (*Engine, error) {
 		// process gets a handshake at once: its connections to that
 		// process then reach this stack, which resets them.
 		OnStaleSession: e.onStaleSession,
+		WakePeer:       e.wakePeer,
 		RelayOnly:      debugAlwaysRelay(),
 	})
 	if err != nil {
@@ -281,7 +292,7 @@ func New(opts Options) (*Engine, error) {
 			HandleTCP:         e.handleTCP,
 			HandleUDP:         e.handleUDP,
 			Inbound:           e.pf.inbound,
-			Outbound:          e.pf.outbound,
+			Outbound:          e.outbound,
 			InboundWindow:     inWin,
 			OutboundWindow:    outWin,
 		})
@@ -312,6 +323,7 @@ func New(opts Options) (*Engine, error) {
 		defer e.loopWG.Done()
 		e.discoveryLoop()
 	}()
+	e.loopWG.Go(e.peerLoop)
 	if opts.PortMapping {
 		e.loopWG.Go(e.portMapLoop)
 	}
@@ -326,6 +338,7 @@ func (e *Engine) onStaleSession(k key.NodePublic) {
 	}
 	go func() {
 		defer e.untrack(nil)
+		e.wakePeer(k)
 		p := e.dev.LookupPeer(device.NoisePublicKey(k.Raw32()))
 		if p == nil {
 			return
@@ -342,11 +355,10 @@ func (e *Engine) onStaleSession(k key.NodePublic) {
 // connection that only receives learns at once that its data will not
 // come.
 func (e *Engine) peerRestarted(p Peer) {
-	wp := e.dev.LookupPeer(device.NoisePublicKey(p.Key.Raw32()))
-	if wp == nil {
-		return
+	// A peer asleep has no session to drop; its probes below wake it.
+	if wp := e.dev.LookupPeer(device.NoisePublicKey(p.Key.Raw32())); wp != nil {
+		wp.ExpireCurrentKeypairs()
 	}
-	wp.ExpireCurrentKeypairs()
 	if e.stack == nil {
 		// TUN mode: the host's TCP learns of the restart from the
 		// peer's new stack, which answers its next segment with a RST.
@@ -376,6 +388,12 @@ func wgLogger(log *slog.Logger) *device.Logger {
 			l.Warn(fmt.Sprintf(format, args...))
 		},
 	}
+}
+
+// outbound sees every packet the stack sends, before wireguard-go does.
+func (e *Engine) outbound(pkt []byte) {
+	e.noteOutbound(pkt)
+	e.pf.outbound(pkt)
 }
 
 // LocalPort returns the UDP port the engine receives WireGuard on.
@@ -436,6 +454,7 @@ func (e *Engine) Close() error {
 
 	e.cancel()
 	e.loopWG.Wait()
+	e.closePeers()
 	e.prs.close()
 	e.relays.close()
 	for _, c := range active {

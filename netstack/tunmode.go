@@ -45,6 +45,9 @@ type tunFilter struct {
 	// reply, if set, sends a packet the filter answers with (a TCP
 	// reset) back to the peer; nil drops refused packets silently.
 	reply func(pkt []byte)
+	// onOutbound, if set, sees each packet the host sends into the
+	// overlay before wireguard-go does (Engine.noteOutbound).
+	onOutbound func(pkt []byte)
 }
 
 // ownPortSet is an immutable set of the destinations of Config.OwnListeners,
@@ -62,6 +65,11 @@ func (t *tunFilter) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	if s := t.steer.Load(); s != nil {
 		for i := range n {
 			s.rewrite(bufs[i][offset:offset+sizes[i]], false)
+		}
+	}
+	if t.onOutbound != nil {
+		for i := range n {
+			t.onOutbound(bufs[i][offset : offset+sizes[i]])
 		}
 	}
 	if n > 0 && !t.pf.pol.Load().open {
@@ -467,7 +475,7 @@ func (e *Engine) newTUNDevice(name string, mtu int) (*tunFilter, hostNet, error)
 	if err != nil {
 		return nil, nil, err
 	}
-	tf := &tunFilter{Device: hn.device(), pf: &e.pf, onOwn: func(proto string, src, dst netip.AddrPort) {
+	tf := &tunFilter{Device: hn.device(), pf: &e.pf, onOutbound: e.noteOutbound, onOwn: func(proto string, src, dst netip.AddrPort) {
 		e.refuseOwn(proto, src, dst)
 	}, reply: func(pkt []byte) {
 		if err := hn.send(pkt); err != nil {

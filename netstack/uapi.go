@@ -6,7 +6,9 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -101,30 +103,84 @@ func (e *Engine) handleUAPI(c net.Conn) {
 	}
 }
 
-// uapiEndpoints rewrites each peer's endpoint line of a UAPI "get" answer
-// to the address of its direct path, dropping it when there is none.
+// uapiEndpoints rewrites a UAPI "get" answer of the device to describe
+// every peer of the config, as Status does: each peer's endpoint line
+// becomes the address of its direct path (dropped when there is none), its
+// counters include those of its earlier stays in the device, and peers
+// not configured in the device at the moment (asleep, see peers.go) are
+// added after the others.
 func (e *Engine) uapiEndpoints(get string) string {
-	paths := map[string]string{}
+	e.mu.Lock()
+	peers := slices.Clone(e.cfg.Peers)
+	e.mu.Unlock()
+	status := map[string]PeerStatus{}
 	for _, ps := range e.Status() {
 		raw := ps.Key.Raw32()
-		if ps.Endpoint.IsValid() {
-			paths[hex.EncodeToString(raw[:])] = ps.Endpoint.String()
-		}
+		status[hex.EncodeToString(raw[:])] = ps
 	}
 	var out strings.Builder
 	peer := ""
+	listed := map[string]bool{}
 	for _, line := range strings.SplitAfter(get, "\n") {
 		k, v, _ := strings.Cut(strings.TrimSuffix(line, "\n"), "=")
+		st, known := status[peer]
 		switch k {
 		case "public_key":
 			peer = v
+			listed[v] = true
 		case "endpoint":
-			if ep, ok := paths[peer]; ok {
-				out.WriteString("endpoint=" + ep + "\n")
+			if known && st.Endpoint.IsValid() {
+				out.WriteString("endpoint=" + st.Endpoint.String() + "\n")
 			}
 			continue
+		case "last_handshake_time_sec", "last_handshake_time_nsec", "tx_bytes", "rx_bytes":
+			if known {
+				writeUAPICounter(&out, k, st)
+				continue
+			}
 		}
 		out.WriteString(line)
 	}
+	for _, p := range peers {
+		raw := p.Key.Raw32()
+		h := hex.EncodeToString(raw[:])
+		if listed[h] {
+			continue
+		}
+		st := status[h]
+		fmt.Fprintf(&out, "public_key=%s\npreshared_key=%s\nprotocol_version=1\n", h, strings.Repeat("0", 64))
+		if st.Endpoint.IsValid() {
+			out.WriteString("endpoint=" + st.Endpoint.String() + "\n")
+		}
+		for _, k := range []string{"last_handshake_time_sec", "last_handshake_time_nsec", "tx_bytes", "rx_bytes"} {
+			writeUAPICounter(&out, k, st)
+		}
+		out.WriteString("persistent_keepalive_interval=0\n")
+		for _, ip := range p.AllowedIPs {
+			fmt.Fprintf(&out, "allowed_ip=%s\n", ip.Masked())
+		}
+	}
 	return out.String()
+}
+
+// writeUAPICounter writes the UAPI line k of a peer with status st.
+func writeUAPICounter(out *strings.Builder, k string, st PeerStatus) {
+	var v int64
+	switch k {
+	case "last_handshake_time_sec":
+		if !st.LastHandshake.IsZero() {
+			v = st.LastHandshake.Unix()
+		}
+	case "last_handshake_time_nsec":
+		if !st.LastHandshake.IsZero() {
+			v = int64(st.LastHandshake.Nanosecond())
+		}
+	case "tx_bytes":
+		fmt.Fprintf(out, "tx_bytes=%d\n", st.TxBytes)
+		return
+	case "rx_bytes":
+		fmt.Fprintf(out, "rx_bytes=%d\n", st.RxBytes)
+		return
+	}
+	fmt.Fprintf(out, "%s=%d\n", k, v)
 }

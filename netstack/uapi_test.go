@@ -18,9 +18,11 @@ import (
 // TestUAPIWithWgctrl serves an engine's UAPI where wgctrl looks for
 // userspace devices and reads its peers and counters with wgctrl, as `wg
 // show` would. It needs root for /var/run/wireguard (CI runs as root).
+// A peer with no traffic (c: asleep, not configured in wireguard-go) is
+// listed too, with zero counters.
 func TestUAPIWithWgctrl(t *testing.T) {
-	nodes := newNodes(t, 2, nil)
-	a, b := nodes[0], nodes[1]
+	nodes := newNodes(t, 3, nil)
+	a, b, c := nodes[0], nodes[1], nodes[2]
 	const dir = "/var/run/wireguard"
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatalf("create %s (the test needs root): %v", dir, err)
@@ -52,16 +54,16 @@ func TestUAPIWithWgctrl(t *testing.T) {
 	tcpEchoServer(t, bl)
 	checkTCPEcho(t, t.Context(), a, netip.AddrPortFrom(b.v4, 7).String())
 
-	c, err := wgctrl.New()
+	wc, err := wgctrl.New()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	defer wc.Close()
 	var dev *wgtypes.Device
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		dev, err = c.Device(name)
-		if err == nil && len(dev.Peers) == 1 && dev.Peers[0].ReceiveBytes > 0 && !dev.Peers[0].LastHandshakeTime.IsZero() {
+		dev, err = wc.Device(name)
+		if err == nil && len(dev.Peers) == 2 && dev.Peers[0].ReceiveBytes > 0 && !dev.Peers[0].LastHandshakeTime.IsZero() {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -79,7 +81,17 @@ func TestUAPIWithWgctrl(t *testing.T) {
 		t.Errorf("peer key %v, want %v", got, want)
 	}
 	st := a.e.Status()
-	if len(st) != 1 || st[0].TxBytes == 0 || dev.Peers[0].TransmitBytes == 0 {
+	if len(st) != 2 || st[0].TxBytes == 0 || dev.Peers[0].TransmitBytes == 0 {
 		t.Errorf("status %+v vs wgctrl peer %+v", st, dev.Peers[0])
+	}
+	if a.e.inDevice(c.key.Public()) {
+		t.Errorf("peer c without traffic is configured in wireguard-go, want asleep")
+	}
+	pc := dev.Peers[1]
+	if got, want := pc.PublicKey, wgtypes.Key(c.key.Public().Raw32()); got != want {
+		t.Errorf("second peer key %v, want %v (the peer asleep)", got, want)
+	}
+	if pc.ReceiveBytes != 0 || pc.TransmitBytes != 0 || !pc.LastHandshakeTime.IsZero() || len(pc.AllowedIPs) != 2 {
+		t.Errorf("peer asleep: %+v, want zero counters and its 2 allowed IPs", pc)
 	}
 }

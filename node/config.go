@@ -10,6 +10,7 @@ import (
 
 	"beam.dev/beam/dnsserver"
 	"beam.dev/beam/netstack"
+	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
 )
 
@@ -60,6 +61,15 @@ func overlayRoutes(self *wire.Node) []netip.Prefix {
 // are left out, and an expired self gets no peers at all: expiry holds even
 // while the coordinator is unreachable.
 func engineConfig(nm *wire.NetMap, localNow time.Time, shieldsUp bool, allowInbound []uint16) netstack.Config {
+	cfg := engineBase(nm, shieldsUp, allowInbound)
+	forEnginePeer(nm, localNow, func(p *wire.Node) {
+		cfg.Peers = append(cfg.Peers, enginePeer(p))
+	})
+	return cfg
+}
+
+// engineBase is engineConfig without the peers.
+func engineBase(nm *wire.NetMap, shieldsUp bool, allowInbound []uint16) netstack.Config {
 	cfg := netstack.Config{ServiceAddrs: []netip.Addr{MagicDNSIPv4}}
 	if nm == nil || nm.Self == nil {
 		return cfg
@@ -71,31 +81,80 @@ func engineConfig(nm *wire.NetMap, localNow time.Time, shieldsUp bool, allowInbo
 	}
 	cfg.ShieldsUp = shieldsUp
 	cfg.AllowInbound = allowInbound
-	now := nm.ControlNow(localNow)
-	if nm.Self.Expired(now) {
-		return cfg
-	}
-	for _, p := range nm.Peers {
-		if p.Expired(now) || len(p.Addresses) == 0 {
-			continue
-		}
-		cfg.Peers = append(cfg.Peers, netstack.Peer{
-			Key:        p.Key,
-			DiscoKey:   p.DiscoKey,
-			AllowedIPs: append([]netip.Prefix(nil), p.Addresses...),
-			Endpoints:  append([]netip.AddrPort(nil), p.Endpoints...),
-			HomeDERP:   p.HomeDERP,
-			// A peer relay server on the peer: the coordinator's policy
-			// gave us the node, so we may relay through it.
-			RelayServer: p.PeerRelay != 0,
-		})
-	}
 	// The coordinator always sends the filter its policy compiles for this
 	// node; an empty one arrives as an absent JSON field (nil here) and
 	// means nothing may open a flow to this node, never "accept all".
 	cfg.Filter = convertFilter(nm.PacketFilter)
 	cfg.DERPMap, cfg.HomeDERP = derpConfig(nm.DERPMap)
 	return cfg
+}
+
+// forEnginePeer calls fn for each peer of nm that the engine gets: none if
+// self has expired, else every unexpired peer with an address.
+func forEnginePeer(nm *wire.NetMap, localNow time.Time, fn func(*wire.Node)) {
+	if nm == nil || nm.Self == nil {
+		return
+	}
+	now := nm.ControlNow(localNow)
+	if nm.Self.Expired(now) {
+		return
+	}
+	for _, p := range nm.Peers {
+		if p.Expired(now) || len(p.Addresses) == 0 {
+			continue
+		}
+		fn(p)
+	}
+}
+
+// enginePeer is the engine's view of peer p.
+func enginePeer(p *wire.Node) netstack.Peer {
+	return netstack.Peer{
+		Key:        p.Key,
+		DiscoKey:   p.DiscoKey,
+		AllowedIPs: append([]netip.Prefix(nil), p.Addresses...),
+		Endpoints:  append([]netip.AddrPort(nil), p.Endpoints...),
+		HomeDERP:   p.HomeDERP,
+		// A peer relay server on the peer: the coordinator's policy
+		// gave us the node, so we may relay through it.
+		RelayServer: p.PeerRelay != 0,
+	}
+}
+
+// isEnginePeer reports whether ep is what enginePeer makes of p.
+func isEnginePeer(ep *netstack.Peer, p *wire.Node) bool {
+	return ep.Key == p.Key && ep.DiscoKey == p.DiscoKey && ep.HomeDERP == p.HomeDERP && ep.RelayServer == (p.PeerRelay != 0) &&
+		slices.Equal(ep.AllowedIPs, p.Addresses) && slices.Equal(ep.Endpoints, p.Endpoints)
+}
+
+// peerChanges compares the peers the engine has (cur) with those nm gives
+// it, as engineConfig would, and returns the new or changed ones and the
+// keys of those that go. It allocates only for what changed, so a netmap
+// that changes one peer of thousands costs a walk of the netmap, not a
+// rebuild of every peer.
+func peerChanges(nm *wire.NetMap, localNow time.Time, cur map[key.NodePublic]netstack.Peer) (set []netstack.Peer, remove []key.NodePublic) {
+	kept := 0
+	forEnginePeer(nm, localNow, func(p *wire.Node) {
+		ep, ok := cur[p.Key]
+		if ok {
+			kept++
+			if isEnginePeer(&ep, p) {
+				return
+			}
+		}
+		set = append(set, enginePeer(p))
+	})
+	if kept == len(cur) {
+		return set, remove
+	}
+	present := make(map[key.NodePublic]bool, kept)
+	forEnginePeer(nm, localNow, func(p *wire.Node) { present[p.Key] = true })
+	for k := range cur {
+		if !present[k] {
+			remove = append(remove, k)
+		}
+	}
+	return set, remove
 }
 
 // derpConfig returns the engine's relay map (per region, the URLs of its

@@ -2,9 +2,12 @@ package node
 
 import (
 	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"beam.dev/beam/netstack"
 	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
 )
@@ -98,5 +101,69 @@ func TestDialBadPort(t *testing.T) {
 		if _, err := n.DialContext(t.Context(), "tcp", addr); err == nil {
 			t.Errorf("DialContext(%q) succeeded, want an error", addr)
 		}
+	}
+}
+
+// TestPeerChanges checks the delta the node hands the engine when a netmap
+// changes: only peers new or changed, and the keys of those gone (removed
+// from the netmap or expired), against what engineConfig would give.
+func TestPeerChanges(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	nm := testNetMap(now)
+	beta, gamma := nm.Peers[0], nm.Peers[1]
+	delta := &wire.Node{Key: key.NewNode().Public(), Name: "delta", Addresses: []netip.Prefix{netip.MustParsePrefix("100.64.0.4/32")}}
+	moved := *beta
+	moved.Endpoints = []netip.AddrPort{netip.MustParseAddrPort("198.51.100.2:41641")}
+	tests := []struct {
+		name      string
+		nm        *wire.NetMap
+		at        time.Time
+		set       []key.NodePublic
+		remove    []key.NodePublic
+		wantCount int // peers of engineConfig for the same netmap
+	}{
+		{"unchanged", nm, now, nil, nil, 2},
+		{"one moved", nm.Apply(&wire.MapResponse{PeersChanged: []*wire.Node{&moved}}, now), now, []key.NodePublic{beta.Key}, nil, 2},
+		{"one added", nm.Apply(&wire.MapResponse{PeersChanged: []*wire.Node{delta}}, now), now, []key.NodePublic{delta.Key}, nil, 3},
+		{"one removed", nm.Apply(&wire.MapResponse{PeersRemoved: []key.NodePublic{gamma.Key}}, now), now, nil, []key.NodePublic{gamma.Key}, 1},
+		{"one expired", nm, now.Add(2 * time.Hour), nil, []key.NodePublic{gamma.Key}, 1},
+		{"added and removed", nm.Apply(&wire.MapResponse{PeersChanged: []*wire.Node{delta}, PeersRemoved: []key.NodePublic{beta.Key}}, now), now, []key.NodePublic{delta.Key}, []key.NodePublic{beta.Key}, 2},
+		{"no netmap", nil, now, nil, []key.NodePublic{beta.Key, gamma.Key}, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cur := map[key.NodePublic]netstack.Peer{}
+			for _, p := range engineConfig(nm, now, false, nil).Peers {
+				cur[p.Key] = p
+			}
+			set, remove := peerChanges(tt.nm, tt.at, cur)
+			var gotSet []key.NodePublic
+			for _, p := range set {
+				gotSet = append(gotSet, p.Key)
+			}
+			sortKeys := func(ks []key.NodePublic) []key.NodePublic {
+				slices.SortFunc(ks, func(a, b key.NodePublic) int { return strings.Compare(a.String(), b.String()) })
+				return ks
+			}
+			if !slices.Equal(sortKeys(gotSet), sortKeys(tt.set)) || !slices.Equal(sortKeys(remove), sortKeys(tt.remove)) {
+				t.Errorf("got set %v remove %v, want set %v remove %v", gotSet, remove, tt.set, tt.remove)
+			}
+			// Applying the delta gives engineConfig's peers.
+			for _, k := range remove {
+				delete(cur, k)
+			}
+			for _, p := range set {
+				cur[p.Key] = p
+			}
+			full := engineConfig(tt.nm, tt.at, false, nil).Peers
+			if len(full) != tt.wantCount || len(cur) != len(full) {
+				t.Fatalf("after the delta %d peers, engineConfig has %d, want %d", len(cur), len(full), tt.wantCount)
+			}
+			for _, p := range full {
+				if c, ok := cur[p.Key]; !ok || !slices.Equal(c.Endpoints, p.Endpoints) || !slices.Equal(c.AllowedIPs, p.AllowedIPs) {
+					t.Errorf("peer %s after the delta %+v, want %+v", p.Key.ShortString(), c, p)
+				}
+			}
+		})
 	}
 }

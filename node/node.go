@@ -127,8 +127,9 @@ type Node struct {
 	engine        *netstack.Engine
 	sess          *session
 	netmap        *wire.NetMap
-	lastEngineCfg *netstack.Config
-	lastRecords   *dnsserver.Records // the last MagicDNS records set (applyLocked runs every second)
+	lastEngineCfg *netstack.Config                 // the last config applied, without its peers
+	enginePeers   map[key.NodePublic]netstack.Peer // the peers the engine has, by key (with lastEngineCfg)
+	lastRecords   *dnsserver.Records               // the last MagicDNS records set (applyLocked runs every second)
 	controlOnline bool
 	lastErr       string
 	hosts         hostServers // SOCKS5, HTTP proxy and MagicDNS on host loopback
@@ -692,7 +693,7 @@ func (n *Node) applyLocked() {
 	if n.engine == nil {
 		return
 	}
-	cfg := engineConfig(n.netmap, now, n.st.ShieldsUp, slices.Concat(n.allowInbound, n.exposedPortsLocked()))
+	cfg := engineBase(n.netmap, n.st.ShieldsUp, slices.Concat(n.allowInbound, n.exposedPortsLocked()))
 	cfg.OwnListeners = n.own.list()
 	if n.netmap != nil && n.netmap.Self != nil && n.netmap.Self.Expired(n.netmap.ControlNow(now)) {
 		n.state = apitype.StateExpired
@@ -700,13 +701,35 @@ func (n *Node) applyLocked() {
 		n.state = apitype.StateRunning
 	}
 	if n.lastEngineCfg != nil && reflect.DeepEqual(*n.lastEngineCfg, cfg) {
+		// Only peers may have changed: the engine gets those alone.
+		set, remove := peerChanges(n.netmap, now, n.enginePeers)
+		if len(set) > 0 || len(remove) > 0 {
+			if err := n.engine.UpdatePeers(set, remove); err != nil {
+				n.logger.Warn("reconfigure engine peers", "err", err)
+				return
+			}
+			for _, k := range remove {
+				delete(n.enginePeers, k)
+			}
+			for _, p := range set {
+				n.enginePeers[p.Key] = p
+			}
+		}
 		n.syncExposeLocked(cfg)
 		n.applyHostDNSLocked()
 		return
 	}
-	if err := n.engine.Reconfig(cfg); err != nil {
+	full := cfg
+	forEnginePeer(n.netmap, now, func(p *wire.Node) {
+		full.Peers = append(full.Peers, enginePeer(p))
+	})
+	if err := n.engine.Reconfig(full); err != nil {
 		n.logger.Warn("reconfigure engine", "err", err)
 		return
+	}
+	n.enginePeers = make(map[key.NodePublic]netstack.Peer, len(full.Peers))
+	for _, p := range full.Peers {
+		n.enginePeers[p.Key] = p
 	}
 	n.lastEngineCfg = &cfg
 	n.ensureDNSLocked(cfg.ServiceAddrs)

@@ -46,6 +46,14 @@
 // NATs with global IPv6 use it. STUN answers are also taken out and
 // handed to Options.OnSTUN.
 //
+// Lazy peers. With Options.WakePeer set, a peer starts asleep: the bind
+// knows it (paths, disco, attribution) but wireguard-go does not, so it
+// costs no X25519 there. The first WireGuard datagram tied to an asleep
+// peer makes the receive goroutine call WakePeer before the datagram goes
+// on, so wireguard-go has the peer when it reads the datagram. SetAwake
+// records what the caller configured; UpdatePeers changes single peers
+// without walking the others.
+//
 // Birthday probing (birthday.go) adds extra UDP sockets, per peer and
 // short-lived, for a node behind a NAT that maps each destination to
 // another port (SetHardNAT); the one a peer's probe reaches becomes that
@@ -58,6 +66,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -97,6 +106,10 @@ const (
 	// peer to Options.OnStaleSession (wireguard-go sends at most one
 	// initiation per RekeyTimeout, 5 s, anyway).
 	staleSessionEvery = 5 * time.Second
+	// refusedFor is how long an initiation from a key that is not a
+	// peer makes SetPeers probe that key once it becomes one (the sender
+	// resends it for a few seconds, see resendInit).
+	refusedFor = 10 * time.Second
 	// maxIndicesPerPeer is how many of our recent handshake sender
 	// indices are remembered per peer.
 	maxIndicesPerPeer = 4
@@ -140,6 +153,16 @@ type Options struct {
 	// (the new stack resets them). It runs on a receive goroutine, must
 	// not block, and is called at most once per staleSessionEvery per peer.
 	OnStaleSession func(peer key.NodePublic)
+	// WakePeer, if set, makes peers lazily configured: each peer starts
+	// asleep (not configured in wireguard-go), and before a WireGuard
+	// datagram of an asleep peer goes to wireguard-go, the receive
+	// goroutine calls WakePeer with its key; WakePeer configures the
+	// peer in wireguard-go and marks it awake (SetAwake) before it
+	// returns, so even the handshake initiation that woke it is
+	// accepted. It must not call into the bind's receive path and must
+	// return promptly once the device is closing. Nil: every peer is
+	// awake.
+	WakePeer func(peer key.NodePublic)
 	// RelayOnly makes the bind reach peers through the relay alone: it
 	// sends them nothing over UDP (no WireGuard, no disco) and ignores
 	// what they send it over UDP, as if a firewall dropped it. STUN still
@@ -212,6 +235,10 @@ type Bind struct {
 	toProbe []*peer // new peers for ProbeNew
 	indices map[uint32]*peer
 	anon    map[netip.AddrPort]*Endpoint
+	// refused maps keys that sent an initiation before they were peers
+	// to when (unix nanos), so SetPeers probes them when they become
+	// peers, asleep or not.
+	refused map[key.NodePublic]int64
 	v4, v6  *udpSocket
 	port    uint16
 	// relayClosed is closed by Close to stop the relay ReceiveFunc of
@@ -293,6 +320,7 @@ func New(opts Options) (*Bind, error) {
 		byDisco: make(map[key.DiscoPublic]*peerEntry),
 		indices: make(map[uint32]*peer),
 		anon:    make(map[netip.AddrPort]*Endpoint),
+		refused: make(map[key.NodePublic]int64),
 	}
 	if opts.Relay != nil {
 		b.rs.relay = opts.Relay
@@ -331,81 +359,229 @@ func New(opts Options) (*Bind, error) {
 // SetPeers makes peers exactly the bind's peer table. Peers that stay keep
 // their endpoints and confirmed address; removed peers stop being
 // reachable and their datagrams are dropped. New peers with a disco key,
-// and peers whose disco key changed, are probed by the next ProbeNew.
+// and peers whose disco key changed, are probed by the next ProbeNew if
+// they are awake (see SetAwake) or recently sent an initiation the bind
+// could not attribute. Its cost grows with the whole table; UpdatePeers
+// changes a few peers for the cost of those.
 func (b *Bind) SetPeers(peers []PeerConfig) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	want := make(map[key.NodePublic]PeerConfig, len(peers))
+	want := make(map[key.NodePublic]bool, len(peers))
 	for _, pc := range peers {
-		want[pc.Key] = pc
+		want[pc.Key] = true
 	}
 	for k, pe := range b.peers {
-		if _, ok := want[k]; !ok {
-			pe.p.removed.Store(true)
-			b.dropPeerSocksLocked(pe.p)
-			for _, idx := range pe.indices {
-				delete(b.indices, idx)
-			}
-			delete(b.peers, k)
+		if !want[k] {
+			b.removePeerLocked(pe)
 		}
 	}
-	for k, pc := range want {
-		pe := b.peers[k]
-		if pe == nil {
-			p := &peer{key: k}
-			p.canonical = newEndpoint(p, netip.AddrPort{})
-			pe = &peerEntry{p: p, eps: make(map[netip.AddrPort]*Endpoint)}
-			b.peers[k] = pe
-		}
-		cands := make([]netip.AddrPort, 0, len(pc.Endpoints))
-		seen := make(map[netip.AddrPort]bool)
-		for _, ap := range pc.Endpoints {
-			ap = unmap(ap)
-			if !ap.IsValid() || seen[ap] {
-				continue
-			}
-			seen[ap] = true
-			cands = append(cands, ap)
-			if pe.eps[ap] == nil {
-				pe.eps[ap] = newEndpoint(pe.p, ap)
-			}
-		}
-		// Forget endpoints that are neither candidates nor learned.
-		learned := make(map[netip.AddrPort]bool, len(pe.learned))
-		for _, ap := range pe.learned {
-			learned[ap] = true
-		}
-		for _, ap := range pe.cmm {
-			learned[ap] = true
-		}
-		for ap, e := range pe.eps {
-			if !seen[ap] && !learned[ap] && !e.isRelay() {
-				delete(pe.eps, ap)
-			}
-		}
-		oldCands := pe.p.candidates.Load()
-		pe.p.candidates.Store(&cands)
-		pe.p.home.Store(int32(pc.HomeRegion))
-		pe.p.relayServer.Store(pc.RelayServer)
-		if old := pe.p.disco.Load(); pc.DiscoKey.IsZero() {
-			pe.p.disco.Store(nil)
-		} else if b.disco.on && (old == nil || old.key != pc.DiscoKey) {
-			pe.p.disco.Store(&discoPeer{key: pc.DiscoKey, shared: b.disco.priv.Shared(pc.DiscoKey)})
-			b.toProbe = append(b.toProbe, pe.p)
-		} else if old != nil && (oldCands == nil || !slices.Equal(*oldCands, cands)) {
-			// New addresses (the peer's STUN mapping arrived, or it
-			// moved): try them now rather than at the next probe.
-			b.toProbe = append(b.toProbe, pe.p)
-		}
-	}
-	clear(b.byDisco)
-	for _, pe := range b.peers {
-		if dp := pe.p.disco.Load(); dp != nil {
-			b.byDisco[dp.key] = pe
-		}
+	for _, pc := range peers {
+		b.setPeerLocked(pc)
 	}
 	b.rebuildLocked()
 	b.rebuildSessionsLocked()
+}
+
+// UpdatePeers changes the named peers and no other: each of set is added
+// or updated as SetPeers would, and each of remove leaves the table (an
+// unknown key is ignored). Its cost is that of the peers named plus one
+// copy of the address table, so one peer's change in a netmap of
+// thousands does not walk the thousands.
+func (b *Bind) UpdatePeers(set []PeerConfig, remove []key.NodePublic) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var ed tableEdit
+	sessions := false // the peer relay session table may have changed
+	for _, k := range remove {
+		if pe := b.peers[k]; pe != nil {
+			ed.drop(pe)
+			b.removePeerLocked(pe)
+			sessions = true
+		}
+	}
+	for _, pc := range set {
+		if pe := b.peers[pc.Key]; pe != nil {
+			ed.drop(pe)
+			sessions = sessions || pe.p.relayServer.Load() != pc.RelayServer
+		}
+		ed.keep(b.setPeerLocked(pc))
+	}
+	b.patchLocked(&ed)
+	if sessions {
+		b.rebuildSessionsLocked()
+	}
+}
+
+// removePeerLocked takes pe out of the peer table (but not the address
+// table: the caller rebuilds or patches it).
+func (b *Bind) removePeerLocked(pe *peerEntry) {
+	pe.p.removed.Store(true)
+	b.dropPeerSocksLocked(pe.p)
+	for _, idx := range pe.indices {
+		delete(b.indices, idx)
+	}
+	if dp := pe.p.disco.Load(); dp != nil && b.byDisco[dp.key] == pe {
+		delete(b.byDisco, dp.key)
+	}
+	delete(b.peers, pe.p.key)
+}
+
+// setPeerLocked adds pc to the peer table or updates its entry, and
+// returns the entry; the caller rebuilds or patches the address table. A
+// new peer starts asleep when Options.WakePeer is set.
+func (b *Bind) setPeerLocked(pc PeerConfig) *peerEntry {
+	k := pc.Key
+	pe := b.peers[k]
+	if pe == nil {
+		p := &peer{key: k}
+		p.canonical = newEndpoint(p, netip.AddrPort{})
+		p.asleep.Store(b.opts.WakePeer != nil)
+		pe = &peerEntry{p: p, eps: make(map[netip.AddrPort]*Endpoint)}
+		b.peers[k] = pe
+	}
+	cands := make([]netip.AddrPort, 0, len(pc.Endpoints))
+	seen := make(map[netip.AddrPort]bool, len(pc.Endpoints))
+	for _, ap := range pc.Endpoints {
+		ap = unmap(ap)
+		if !ap.IsValid() || seen[ap] {
+			continue
+		}
+		seen[ap] = true
+		cands = append(cands, ap)
+		if pe.eps[ap] == nil {
+			pe.eps[ap] = newEndpoint(pe.p, ap)
+		}
+	}
+	// Forget endpoints that are neither candidates nor learned.
+	for ap, e := range pe.eps {
+		if !seen[ap] && !contains(pe.learned, ap) && !contains(pe.cmm, ap) && !e.isRelay() {
+			delete(pe.eps, ap)
+		}
+	}
+	oldCands := pe.p.candidates.Load()
+	pe.p.candidates.Store(&cands)
+	pe.p.home.Store(int32(pc.HomeRegion))
+	pe.p.relayServer.Store(pc.RelayServer)
+	probe := false
+	old := pe.p.disco.Load()
+	switch {
+	case pc.DiscoKey.IsZero():
+		pe.p.disco.Store(nil)
+	case b.disco.on && (old == nil || old.key != pc.DiscoKey):
+		pe.p.disco.Store(b.newDiscoPeer(pc.DiscoKey))
+		probe = true
+	case old != nil && (oldCands == nil || !slices.Equal(*oldCands, cands)):
+		// New addresses (the peer's STUN mapping arrived, or it
+		// moved): try them now rather than at the next probe.
+		probe = true
+	}
+	if old != nil && b.byDisco[old.key] == pe {
+		delete(b.byDisco, old.key)
+	}
+	if dp := pe.p.disco.Load(); dp != nil {
+		b.byDisco[dp.key] = pe
+	}
+	// A peer asleep has nothing to find a path for until traffic wakes
+	// it, unless it tried to reach us before we knew it: then it waits
+	// for a sign that we are up (see resendInit).
+	if probe && (!pe.p.asleep.Load() || b.refusedLocked(k)) {
+		b.toProbe = append(b.toProbe, pe.p)
+	}
+	return pe
+}
+
+// SetAwake marks peer k awake (configured in wireguard-go, which can take
+// its datagrams) or asleep (not configured: its next WireGuard datagram
+// goes to Options.WakePeer first). Unknown keys are ignored.
+func (b *Bind) SetAwake(k key.NodePublic, awake bool) {
+	b.mu.Lock()
+	pe := b.peers[k]
+	b.mu.Unlock()
+	if pe != nil {
+		pe.p.asleep.Store(!awake)
+	}
+}
+
+// LastActive returns when a WireGuard packet last went to or came from
+// peer k (unix nanoseconds), or 0 if never or k is unknown.
+func (b *Bind) LastActive(k key.NodePublic) int64 {
+	b.mu.Lock()
+	pe := b.peers[k]
+	b.mu.Unlock()
+	if pe == nil {
+		return 0
+	}
+	return max(pe.p.lastSend.Load(), pe.p.lastWGRecv.Load())
+}
+
+// wake hands p to Options.WakePeer if it is asleep, before one of its
+// datagrams goes to wireguard-go. It runs on a receive goroutine.
+func (b *Bind) wake(p *peer) {
+	if p.asleep.Load() && !p.removed.Load() && b.opts.WakePeer != nil {
+		b.opts.WakePeer(p.key)
+	}
+}
+
+// refusedLocked reports whether k sent a handshake initiation the bind
+// dropped because k was not a peer, within refusedFor.
+func (b *Bind) refusedLocked(k key.NodePublic) bool {
+	at, ok := b.refused[k]
+	return ok && time.Now().UnixNano()-at <= int64(refusedFor)
+}
+
+// noteRefusedLocked records that k sent an initiation before it was a
+// peer, keeping at most maxAnon such keys.
+func (b *Bind) noteRefusedLocked(k key.NodePublic, now int64) {
+	if len(b.refused) >= maxAnon {
+		for rk, at := range b.refused {
+			if now-at > int64(refusedFor) {
+				delete(b.refused, rk)
+			}
+		}
+		if len(b.refused) >= maxAnon {
+			clear(b.refused)
+		}
+	}
+	b.refused[k] = now
+}
+
+// tableEdit is a change to the address table: endpoints to drop (if the
+// table still maps their address to them) and endpoints to add.
+type tableEdit struct{ del, add []*Endpoint }
+
+// drop schedules pe's direct endpoints for removal.
+func (ed *tableEdit) drop(pe *peerEntry) {
+	for _, e := range pe.eps {
+		if !e.isRelay() {
+			ed.del = append(ed.del, e)
+		}
+	}
+}
+
+// keep schedules pe's direct endpoints for addition.
+func (ed *tableEdit) keep(pe *peerEntry) {
+	for _, e := range pe.eps {
+		if !e.isRelay() {
+			ed.add = append(ed.add, e)
+		}
+	}
+}
+
+// patchLocked publishes a copy of the address table with ed applied.
+func (b *Bind) patchLocked(ed *tableEdit) {
+	if len(ed.del) == 0 && len(ed.add) == 0 {
+		return
+	}
+	m := maps.Clone(*b.addrs.Load())
+	for _, e := range ed.del {
+		if m[e.src] == e {
+			delete(m, e.src)
+		}
+	}
+	for _, e := range ed.add {
+		m[e.src] = e
+	}
+	b.addrs.Store(&m)
 }
 
 // ProbeNew probes the peers SetPeers added (or gave a new disco key):
@@ -443,12 +619,14 @@ func (b *Bind) learnLocked(pe *peerEntry, ap netip.AddrPort) *Endpoint {
 	if e := pe.eps[ap]; e != nil {
 		return e
 	}
+	var ed tableEdit
 	if len(pe.learned) >= maxLearnedPerPeer {
 		old := pe.learned[0]
 		pe.learned = pe.learned[1:]
 		if best := pe.p.best.Load(); best == nil || best.src != old {
-			if !b.isCandidate(pe.p, old) && !contains(pe.cmm, old) {
+			if e := pe.eps[old]; e != nil && !b.isCandidate(pe.p, old) && !contains(pe.cmm, old) {
 				delete(pe.eps, old)
+				ed.del = append(ed.del, e)
 			}
 		}
 	}
@@ -456,7 +634,8 @@ func (b *Bind) learnLocked(pe *peerEntry, ap netip.AddrPort) *Endpoint {
 	e := newEndpoint(pe.p, ap)
 	pe.eps[ap] = e
 	delete(b.anon, ap)
-	b.rebuildLocked()
+	ed.add = append(ed.add, e)
+	b.patchLocked(&ed)
 	return e
 }
 
@@ -750,6 +929,7 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 			}
 			e.lastRecv.Store(now)
 			if p := e.peer; p != nil {
+				b.wake(p)
 				p.lastWGRecv.Store(now)
 				p.traffic.received(pathDirect, n)
 				b.noteTransport(p, pkt, now)
@@ -839,9 +1019,11 @@ func (b *Bind) endpointFor(tbl map[netip.AddrPort]*Endpoint, src netip.AddrPort,
 		}
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		if pe := b.peers[key.NodePublicFromRaw32(static)]; pe != nil {
+		k := key.NodePublicFromRaw32(static)
+		if pe := b.peers[k]; pe != nil {
 			return b.learnLocked(pe, src)
 		}
+		b.noteRefusedLocked(k, time.Now().UnixNano())
 		return nil
 	}
 	return nil

@@ -58,8 +58,17 @@ const (
 
 // discoPeer is a peer's disco key and the box key shared with it.
 type discoPeer struct {
-	key    key.DiscoPublic
-	shared key.DiscoShared
+	key key.DiscoPublic
+	// shared returns the box key, computed on first use: it costs an
+	// X25519 operation, and most peers of a large netmap never exchange
+	// a disco message with this node.
+	shared func() key.DiscoShared
+}
+
+// newDiscoPeer returns the disco state for a peer with disco key k.
+func (b *Bind) newDiscoPeer(k key.DiscoPublic) *discoPeer {
+	priv := b.disco.priv
+	return &discoPeer{key: k, shared: sync.OnceValue(func() key.DiscoShared { return priv.Shared(k) })}
 }
 
 // discoState is the disco part of a Bind.
@@ -189,7 +198,7 @@ func (b *Bind) watchDirect(p *peer, now int64) {
 
 // discoPacket seals m for dp.
 func (b *Bind) discoPacket(dp *discoPeer, m disco.Message) []byte {
-	return disco.AppendPacket(make([]byte, 0, 128), b.disco.pub, dp.shared, m)
+	return disco.AppendPacket(make([]byte, 0, 128), b.disco.pub, dp.shared(), m)
 }
 
 // ping sends a ping to p at dst, or through relay region when dst is
@@ -348,7 +357,7 @@ func (b *Bind) handleDisco(src netip.AddrPort, region int, relaySrc key.NodePubl
 	if region != 0 && relaySrc != p.key || sock != nil && sock.p != p {
 		return
 	}
-	m, err := disco.Open(dp.shared, sealed)
+	m, err := disco.Open(dp.shared(), sealed)
 	if err != nil {
 		return
 	}
@@ -454,6 +463,8 @@ func (b *Bind) setCMMLocked(pe *peerEntry, eps []netip.AddrPort) {
 	if len(eps) > maxProbeAddrs {
 		eps = eps[:maxProbeAddrs]
 	}
+	var ed tableEdit
+	ed.drop(pe)
 	keep := make(map[netip.AddrPort]bool, len(eps))
 	for _, ap := range eps {
 		keep[ap] = true
@@ -471,7 +482,8 @@ func (b *Bind) setCMMLocked(pe *peerEntry, eps []netip.AddrPort) {
 			pe.eps[ap] = newEndpoint(pe.p, ap)
 		}
 	}
-	b.rebuildLocked()
+	ed.keep(pe)
+	b.patchLocked(&ed)
 }
 
 func contains(s []netip.AddrPort, ap netip.AddrPort) bool {

@@ -85,6 +85,9 @@ type peer struct {
 	lastSendEp atomic.Pointer[Endpoint]
 	// removed is set once the peer left the bind's table.
 	removed atomic.Bool
+	// asleep is set while the peer is not configured in wireguard-go
+	// (see Options.WakePeer and SetAwake).
+	asleep atomic.Bool
 	// home is the peer's home relay region; 0 means none.
 	home atomic.Int32
 

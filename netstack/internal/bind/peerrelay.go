@@ -155,7 +155,7 @@ func (b *Bind) sendPeerRelay(s *prSession, bufs [][]byte) error {
 // sendControl sends m to s's server, sealed with its disco key, to dst.
 func (b *Bind) sendControl(s *prSession, dst netip.AddrPort, m disco.Message) error {
 	pkt := udprelay.AppendHeader(make([]byte, 0, 128), udprelay.TypeControl, s.vni)
-	pkt = disco.AppendPacket(pkt, b.disco.pub, s.sdisco.shared, m)
+	pkt = disco.AppendPacket(pkt, b.disco.pub, s.sdisco.shared(), m)
 	return b.sendTo([][]byte{pkt}, dst)
 }
 
@@ -450,7 +450,7 @@ func (b *Bind) handleControl(s *prSession, src netip.AddrPort, pkt []byte, now i
 	if !known {
 		return
 	}
-	m, err := disco.Open(s.sdisco.shared, sealed)
+	m, err := disco.Open(s.sdisco.shared(), sealed)
 	if err != nil {
 		return
 	}
@@ -486,7 +486,7 @@ func (b *Bind) handleSessionDisco(s *prSession, pkt []byte, now int64) {
 	if !ok || dp == nil || sender != dp.key {
 		return
 	}
-	m, err := disco.Open(dp.shared, sealed)
+	m, err := disco.Open(dp.shared(), sealed)
 	if err != nil {
 		return
 	}

@@ -152,6 +152,9 @@ func (b *Bind) makeReceiveDERP(closed <-chan struct{}) conn.ReceiveFunc {
 			return 0, net.ErrClosed
 		}
 		for {
+			if p := r.e.peer; p != nil {
+				b.wake(p)
+			}
 			sizes[n] = copy(bufs[n], (*r.buf)[:r.n])
 			eps[n] = r.e
 			b.rs.put(r.buf)

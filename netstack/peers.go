@@ -1,0 +1,454 @@
+package netstack
+
+import (
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"beam.dev/beam/netstack/internal/bind"
+	"beam.dev/beam/types/key"
+)
+
+// Lazy peers. Every peer of the config is known to the bind (paths,
+// disco, attribution of datagrams), but wireguard-go is given a peer only
+// while there is traffic to or from it: adding a peer costs wireguard-go
+// an X25519 operation (the static-static secret it precomputes), 1.2 s
+// for a netmap of 5,000 peers, most of which a node never talks to.
+// Tailscale's engine does the same ("trimmed" peers, noteRecvActivity).
+//
+// A peer asleep (not in wireguard-go) is woken, synchronously, before
+// wireguard-go sees the packet that concerns it:
+//   - outbound: a packet from the stack (or, in TUN mode, the host) to one
+//     of the peer's addresses, seen as wireguard-go reads it
+//     (Engine.noteOutbound); wireguard-go then finds the peer for it and
+//     starts a handshake.
+//   - inbound: a WireGuard datagram the bind ties to the peer (by its
+//     source address, its receiver index, the relay that authenticated
+//     it, or the initiator key of a handshake initiation), seen by the
+//     receive goroutine before it hands the datagram over
+//     (bind.Options.WakePeer); an initiation from a peer asleep is thus
+//     accepted on the first try.
+//
+// A peer with no traffic for peerIdleAfter goes back to sleep. Peers whose
+// allowed IPs include a prefix wider than one address (routes) are always
+// in wireguard-go, since outbound packets are matched by exact address.
+//
+// One-peer changes. UpdatePeers (and Reconfig, which diffs the whole
+// config first) touches only the peers that changed: one bind update and
+// one device update (a UAPI "set" naming only those peers), so a change to
+// one peer of thousands costs about what a netmap of one peer costs.
+
+const (
+	// peerIdleAfter is how long a peer stays in wireguard-go without
+	// traffic (Tailscale's lazyPeerIdleThreshold). It is longer than
+	// WireGuard's RejectAfterTime (3 minutes), so no session either side
+	// outlives the peer's removal.
+	peerIdleAfter = 5 * time.Minute
+	// peerTrimEvery is how often peerLoop looks for idle peers.
+	peerTrimEvery = 30 * time.Second
+)
+
+// peerTable is the engine's per-peer state (Engine.ps).
+type peerTable struct {
+	// asleep counts the peers not in wireguard-go; while it is zero,
+	// outbound packets are not looked at.
+	asleep atomic.Int64
+	// byIP maps each single address (a /32 or /128 allowed IP) of a
+	// peer that may sleep to its *enginePeer, for noteOutbound.
+	byIP sync.Map
+
+	mu sync.Mutex // guards the following fields; taken after Engine.mu, before the bind's and the device's locks
+	// closing is set by Close before the device closes: from then on,
+	// nothing is added to the device (its Close waits for the goroutines
+	// that wake peers).
+	closing bool
+	// byKey holds every peer of the config. The map and each peer's cfg
+	// and idx are written with Engine.mu held too.
+	byKey map[key.NodePublic]*enginePeer
+	// idleAfter is peerIdleAfter; tests shorten it.
+	idleAfter time.Duration
+	// eager puts every peer in wireguard-go at once (debug knob
+	// BEAM_DEBUG_EAGER_PEERS).
+	eager bool
+}
+
+// enginePeer is one peer of the config.
+type enginePeer struct {
+	key key.NodePublic
+	cfg Peer
+	// idx is the peer's index in Engine.cfg.Peers.
+	idx int
+	// pinned peers stay in wireguard-go (see noteOutbound).
+	pinned bool
+	// inDev is whether the peer is configured in wireguard-go; it
+	// changes with peerTable.mu held.
+	inDev atomic.Bool
+	// wokeAt is when the peer last joined wireguard-go (unix nanos).
+	wokeAt int64
+	// carried are the counters of the peer's earlier stays in
+	// wireguard-go (RxBytes, TxBytes, LastHandshake), which a device
+	// forgets with the peer.
+	carried PeerStatus
+}
+
+func (ps *peerTable) init() {
+	ps.byKey = make(map[key.NodePublic]*enginePeer)
+	ps.idleAfter = peerIdleAfter
+	ps.eager = debugEagerPeers()
+}
+
+// UpdatePeers changes the named peers and leaves every other part of the
+// config as it is: each of set is added, or replaces the peer with its key
+// (a whole record, as in Config.Peers), and each of remove is dropped
+// (unknown keys are ignored). Its cost is that of the peers named, so a
+// netmap change to one peer is applied as one: one bind update and one
+// device update naming that peer. Peers restarted (a new disco key) are
+// handled as by Reconfig.
+func (e *Engine) UpdatePeers(set []Peer, remove []key.NodePublic) error {
+	if err := validatePeers(set); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return errEngineClosed
+	}
+	return e.applyPeersLocked(set, remove)
+}
+
+// validatePeers checks peers as Reconfig does.
+func validatePeers(peers []Peer) error {
+	if err := validate(&Config{Peers: peers}); err != nil {
+		return err
+	}
+	return nil
+}
+
+// samePeer reports whether a and b configure a peer identically.
+func samePeer(a, b *Peer) bool {
+	return a.Key == b.Key && a.DiscoKey == b.DiscoKey && a.HomeDERP == b.HomeDERP && a.RelayServer == b.RelayServer &&
+		slices.Equal(a.AllowedIPs, b.AllowedIPs) && slices.Equal(a.Endpoints, b.Endpoints)
+}
+
+// diffPeersLocked returns the peers of cfg that are new or changed and the
+// keys of current peers cfg leaves out.
+func (e *Engine) diffPeersLocked(peers []Peer) (set []Peer, remove []key.NodePublic) {
+	want := make(map[key.NodePublic]bool, len(peers))
+	for i := range peers {
+		p := &peers[i]
+		want[p.Key] = true
+		if ep := e.ps.byKey[p.Key]; ep == nil || !samePeer(&ep.cfg, p) {
+			set = append(set, *p)
+		}
+	}
+	for k := range e.ps.byKey {
+		if !want[k] {
+			remove = append(remove, k)
+		}
+	}
+	return set, remove
+}
+
+// applyPeersLocked applies a change to the peer list (see UpdatePeers).
+// e.mu is held.
+func (e *Engine) applyPeersLocked(set []Peer, remove []key.NodePublic) error {
+	if len(set) == 0 && len(remove) == 0 {
+		return nil
+	}
+	// The bind must know new peers before wireguard-go parses their
+	// endpoints; removed peers go from both.
+	bps := make([]bind.PeerConfig, 0, len(set))
+	for _, p := range set {
+		bps = append(bps, bind.PeerConfig{Key: p.Key, Endpoints: p.Endpoints, HomeRegion: p.HomeDERP, DiscoKey: p.DiscoKey, RelayServer: p.RelayServer})
+	}
+	e.bind.UpdatePeers(bps, remove)
+
+	ps := &e.ps
+	ps.mu.Lock()
+	var (
+		sb        strings.Builder
+		add       []*enginePeer
+		restarted []Peer
+	)
+	for _, k := range remove {
+		ep := ps.byKey[k]
+		if ep == nil {
+			continue
+		}
+		if ep.inDev.Load() {
+			writeRemovePeer(&sb, k)
+			ep.inDev.Store(false)
+		} else {
+			ps.asleep.Add(-1)
+		}
+		ps.unindex(ep)
+		delete(ps.byKey, k)
+		last := len(e.cfg.Peers) - 1
+		if ep.idx != last {
+			moved := e.cfg.Peers[last]
+			e.cfg.Peers[ep.idx] = moved
+			ps.byKey[moved.Key].idx = ep.idx
+		}
+		e.cfg.Peers = e.cfg.Peers[:last]
+	}
+	for _, p := range set {
+		ep := ps.byKey[p.Key]
+		if ep == nil {
+			ep = &enginePeer{key: p.Key, cfg: p, idx: len(e.cfg.Peers)}
+			e.cfg.Peers = append(e.cfg.Peers, p)
+			ps.byKey[p.Key] = ep
+			ps.asleep.Add(1)
+		} else {
+			old := ep.cfg
+			// A peer whose disco key changed is a new process of that
+			// node (the key lives as long as the process): the
+			// connections we had with its previous process are gone,
+			// whether or not we send on them.
+			if !old.DiscoKey.IsZero() && !p.DiscoKey.IsZero() && old.DiscoKey != p.DiscoKey {
+				restarted = append(restarted, p)
+			}
+			if ep.inDev.Load() && !slices.Equal(old.AllowedIPs, p.AllowedIPs) {
+				writeAllowedIPs(&sb, p, true)
+			}
+			ps.unindex(ep)
+			ep.cfg = p
+			e.cfg.Peers[ep.idx] = p
+		}
+		ep.pinned = ps.eager || !singleAddrs(p.AllowedIPs)
+		if !ep.pinned {
+			ps.index(ep)
+		} else if !ep.inDev.Load() {
+			writeAllowedIPs(&sb, p, false)
+			add = append(add, ep)
+		}
+	}
+	if sb.Len() > 0 {
+		if err := e.dev.IpcSet(sb.String()); err != nil {
+			ps.mu.Unlock()
+			return fmt.Errorf("netstack: configure peers: %w", err)
+		}
+	}
+	now := time.Now().UnixNano()
+	for _, ep := range add {
+		ep.inDev.Store(true)
+		ep.wokeAt = now
+		ps.asleep.Add(-1)
+		e.bind.SetAwake(ep.key, true)
+	}
+	ps.mu.Unlock()
+
+	for _, p := range restarted {
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			e.peerRestarted(p)
+		}()
+	}
+	// Only now that wireguard-go knows the awake peers may they learn we
+	// are up (a handshake they answer must not be dropped).
+	e.bind.ProbeNew()
+	return nil
+}
+
+// singleAddrs reports whether every prefix of ps is a single address.
+func singleAddrs(ps []netip.Prefix) bool {
+	for _, p := range ps {
+		if p.Bits() != p.Addr().BitLen() {
+			return false
+		}
+	}
+	return true
+}
+
+// index makes ep's addresses wake it (ps.mu held).
+func (ps *peerTable) index(ep *enginePeer) {
+	for _, pfx := range ep.cfg.AllowedIPs {
+		if pfx.IsSingleIP() {
+			ps.byIP.Store(pfx.Addr().Unmap(), ep)
+		}
+	}
+}
+
+// unindex undoes index (ps.mu held).
+func (ps *peerTable) unindex(ep *enginePeer) {
+	for _, pfx := range ep.cfg.AllowedIPs {
+		ps.byIP.CompareAndDelete(pfx.Addr().Unmap(), ep)
+	}
+}
+
+// writeAllowedIPs writes the UAPI lines that configure p in the device:
+// a new peer (addressed by its key, see the bind's ParseEndpoint) or, with
+// update, only its allowed IPs.
+func writeAllowedIPs(sb *strings.Builder, p Peer, update bool) {
+	raw := p.Key.Raw32()
+	fmt.Fprintf(sb, "public_key=%s\n", hex.EncodeToString(raw[:]))
+	if update {
+		sb.WriteString("update_only=true\n")
+	} else {
+		fmt.Fprintf(sb, "endpoint=%s\n", p.Key.String())
+	}
+	sb.WriteString("replace_allowed_ips=true\n")
+	for _, ip := range p.AllowedIPs {
+		fmt.Fprintf(sb, "allowed_ip=%s\n", ip.Masked())
+	}
+}
+
+// writeRemovePeer writes the UAPI lines that remove k from the device.
+func writeRemovePeer(sb *strings.Builder, k key.NodePublic) {
+	raw := k.Raw32()
+	fmt.Fprintf(sb, "public_key=%s\nremove=true\n", hex.EncodeToString(raw[:]))
+}
+
+// noteOutbound wakes the peer that pkt, an IP packet about to reach
+// wireguard-go from the stack or the host, is addressed to, if it is
+// asleep, so wireguard-go finds the peer for it.
+func (e *Engine) noteOutbound(pkt []byte) {
+	if e.ps.asleep.Load() == 0 || len(pkt) < 20 {
+		return
+	}
+	var dst netip.Addr
+	switch pkt[0] >> 4 {
+	case 4:
+		dst = netip.AddrFrom4([4]byte(pkt[16:20]))
+	case 6:
+		if len(pkt) < 40 {
+			return
+		}
+		dst = netip.AddrFrom16([16]byte(pkt[24:40]))
+	default:
+		return
+	}
+	v, ok := e.ps.byIP.Load(dst)
+	if !ok {
+		return
+	}
+	if ep := v.(*enginePeer); !ep.inDev.Load() {
+		e.wakePeer(ep.key)
+	}
+}
+
+// wakePeer configures peer k in wireguard-go if it is asleep, and tells
+// the bind it is awake. It runs on the goroutine that is about to hand
+// wireguard-go a packet for or from k (see bind.Options.WakePeer).
+func (e *Engine) wakePeer(k key.NodePublic) {
+	ps := &e.ps
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.closing {
+		return
+	}
+	ep := ps.byKey[k]
+	if ep == nil {
+		return
+	}
+	if !ep.inDev.Load() {
+		var sb strings.Builder
+		writeAllowedIPs(&sb, ep.cfg, false)
+		if err := e.dev.IpcSet(sb.String()); err != nil {
+			e.log.Warn("configure peer", "peer", k.ShortString(), "err", err)
+			return
+		}
+		ep.inDev.Store(true)
+		ps.asleep.Add(-1)
+		e.log.Debug("peer active; configured in WireGuard", "peer", k.ShortString())
+	}
+	ep.wokeAt = time.Now().UnixNano()
+	e.bind.SetAwake(k, true)
+}
+
+// peerLoop puts idle peers to sleep every peerTrimEvery until the engine
+// closes.
+func (e *Engine) peerLoop() {
+	t := time.NewTicker(peerTrimEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.ctx.Done():
+			return
+		case <-t.C:
+			e.trimIdlePeers()
+		}
+	}
+}
+
+// trimIdlePeers removes from wireguard-go the peers that may sleep and
+// had no traffic for ps.idleAfter, keeping their counters for Status.
+func (e *Engine) trimIdlePeers() {
+	ps := &e.ps
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.closing {
+		return
+	}
+	now := time.Now().UnixNano()
+	var idle []*enginePeer
+	for k, ep := range ps.byKey {
+		if ep.pinned || !ep.inDev.Load() {
+			continue
+		}
+		if now-max(ep.wokeAt, e.bind.LastActive(k)) > int64(ps.idleAfter) {
+			idle = append(idle, ep)
+		}
+	}
+	if len(idle) == 0 {
+		return
+	}
+	text, err := e.dev.IpcGet()
+	if err != nil {
+		e.log.Warn("read device status", "err", err)
+	}
+	counters := parseUAPIPeers(text)
+	var sb strings.Builder
+	for _, ep := range idle {
+		// Asleep first: a datagram from the peer from now on waits in
+		// wakePeer (for ps.mu) until the peer is gone, then adds it back.
+		e.bind.SetAwake(ep.key, false)
+		ep.inDev.Store(false)
+		ps.asleep.Add(1)
+		ep.carried = carry(ep.carried, counters[ep.key])
+		writeRemovePeer(&sb, ep.key)
+	}
+	if err := e.dev.IpcSet(sb.String()); err != nil {
+		e.log.Warn("remove idle peers", "err", err)
+		return
+	}
+	e.log.Debug("idle peers removed from WireGuard", "peers", len(idle))
+}
+
+// carry adds the device counters cur of a peer to those of its earlier
+// stays in the device.
+func carry(old, cur PeerStatus) PeerStatus {
+	old.RxBytes += cur.RxBytes
+	old.TxBytes += cur.TxBytes
+	if !cur.LastHandshake.IsZero() {
+		old.LastHandshake = cur.LastHandshake
+	}
+	return old
+}
+
+// closePeers stops peers from joining the device; Close calls it before
+// closing the device.
+func (e *Engine) closePeers() {
+	e.ps.mu.Lock()
+	e.ps.closing = true
+	e.ps.mu.Unlock()
+}
+
+// carriedCounters returns the counters of the earlier device stays of the
+// given peers.
+func (e *Engine) carriedCounters() map[key.NodePublic]PeerStatus {
+	e.ps.mu.Lock()
+	defer e.ps.mu.Unlock()
+	out := make(map[key.NodePublic]PeerStatus)
+	for k, ep := range e.ps.byKey {
+		if ep.carried != (PeerStatus{}) {
+			out[k] = ep.carried
+		}
+	}
+	return out
+}
