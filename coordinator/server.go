@@ -475,9 +475,6 @@ func (s *Server) SetDERPMap(m *wire.DERPMap) {
 }
 
 func (s *Server) handleDERPVerify(w http.ResponseWriter, r *http.Request) {
-	type verdict struct {
-		Allow bool `json:"allow"`
-	}
 	if !bearerIs(r, s.relayHash) && !bearerIs(r, s.admin.tokenHash) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="beam"`)
 		writeError(w, errorf(http.StatusUnauthorized, wire.CodeUnauthorized, "missing or wrong relay token"))
@@ -487,7 +484,7 @@ func (s *Server) handleDERPVerify(w http.ResponseWriter, r *http.Request) {
 	nk, err := key.ParseNodePublic(r.URL.Query().Get("key"))
 	if err != nil {
 		w.WriteHeader(http.StatusBadRequest)
-		jsonEncode(w, verdict{})
+		jsonEncode(w, wire.DERPVerifyResponse{})
 		return
 	}
 	now := s.now()
@@ -498,7 +495,7 @@ func (s *Server) handleDERPVerify(w http.ResponseWriter, r *http.Request) {
 	if !allow {
 		w.WriteHeader(http.StatusForbidden)
 	}
-	jsonEncode(w, verdict{Allow: allow})
+	jsonEncode(w, wire.DERPVerifyResponse{Allow: allow})
 }
 
 // bearerIs reports whether r carries a bearer token whose SHA-256 is

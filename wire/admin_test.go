@@ -26,6 +26,8 @@ func TestAdminJSON(t *testing.T) {
 		{"user", User{ID: 7, Name: "alice", CreatedAt: at},
 			`{"id":7,"name":"alice","created_at":"2026-01-02T03:04:05Z"}`},
 		{"create user", CreateUserRequest{Name: "alice"}, `{"name":"alice"}`},
+		{"derp verify, allowed", DERPVerifyResponse{Allow: true}, `{"allow":true}`},
+		{"derp verify, refused", DERPVerifyResponse{}, `{"allow":false}`},
 		{"approve", ApproveRequest{User: "alice"}, `{"user":"alice"}`},
 		{"approve tagged", ApproveRequest{Tags: []string{"tag:server"}}, `{"tags":["tag:server"]}`},
 		{"approve, neither", ApproveRequest{}, `{}`},

@@ -39,9 +39,10 @@ const (
 	// PathApprovalPage is the page a node waiting for interactive approval
 	// sends its user to (GET; HTML). See ApprovalPagePath.
 	PathApprovalPage = "/register/{code}"
-	// PathDERPVerify answers a relay's GET ?key=NODEKEY with
-	// {"allow":bool}: whether the node key may use the relay. It takes the
-	// relay token (or the admin token) as a bearer token.
+	// PathDERPVerify answers a relay's GET ?key=NODEKEY with a
+	// DERPVerifyResponse: whether the node key may use the relay (also
+	// as the status: 200, or 403 when not). It takes the relay token (or
+	// the admin token) as a bearer token.
 	PathDERPVerify = "/api/v1/derp/verify"
 )
 
@@ -143,3 +144,12 @@ func DomainVerifyPath(domain string) string { return fillPath(PathDomainVerify, 
 
 // DNSTXTPath returns PathDNSTXT for the TXT record's name.
 func DNSTXTPath(name string) string { return fillPath(PathDNSTXT, name) }
+
+// DERPVerifyResponse is the answer to GET PathDERPVerify. Relays
+// (derp/derpserver, which does not import wire) decode it on their own:
+// keep the field's JSON name.
+type DERPVerifyResponse struct {
+	// Allow says whether the node key may use the relay: it is
+	// registered and its key has not expired.
+	Allow bool `json:"allow"`
+}

@@ -316,12 +316,13 @@ func TestVerifyClient(t *testing.T) {
 		mu.Lock()
 		asked = append(asked, k)
 		mu.Unlock()
+		// The coordinator's answer, as wire defines it.
 		if k == allowed.Public() {
-			w.Write([]byte(`{"allow":true}`))
+			json.NewEncoder(w).Encode(wire.DERPVerifyResponse{Allow: true})
 			return
 		}
 		w.WriteHeader(http.StatusForbidden)
-		w.Write([]byte(`{"allow":false}`))
+		json.NewEncoder(w).Encode(wire.DERPVerifyResponse{Allow: false})
 	}))
 	defer coord.Close()
 
