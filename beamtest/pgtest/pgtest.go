@@ -8,7 +8,8 @@
 // there are none, Start fails and says what to install. PostgreSQL refuses
 // to run as root, so under root the cluster belongs to, and the server
 // runs as, the unprivileged user "nobody". Databases are created per test
-// (NewDatabase) in one server per test package (Shared):
+// (NewDatabase, or the cheaper NewSchema) in one server per test package
+// (Shared):
 //
 //	var pg pgtest.Shared
 //
@@ -50,9 +51,10 @@ type Server struct {
 	done chan struct{} // closed when the server process has exited
 	log  *tail
 
-	mu     sync.Mutex // guards the following fields
-	nextDB int
-	closed bool
+	mu       sync.Mutex // guards the following fields
+	nextDB   int
+	schemaDB bool // the database of NewSchema exists (created under mu)
+	closed   bool
 }
 
 // BinDir returns the directory of PostgreSQL's server programs (initdb,
@@ -214,8 +216,47 @@ func (s *Server) NewDatabase(t testing.TB) string {
 	return s.DSN(name)
 }
 
+// schemaDB is the database NewSchema creates schemas in.
+const schemaDB = "schemas"
+
+// NewSchema is a cheaper NewDatabase: it creates a schema for t, dropped
+// when t ends, in a database shared with other tests, and returns a DSN
+// whose connections have only that schema on their search path. Objects
+// a test creates without a schema name land there; database-wide state
+// (advisory locks, roles) is shared.
+func (s *Server) NewSchema(t testing.TB) string {
+	t.Helper()
+	s.mu.Lock()
+	if !s.schemaDB {
+		if err := s.admin(t.Context(), "CREATE DATABASE "+schemaDB); err != nil {
+			s.mu.Unlock()
+			t.Fatalf("pgtest: create database: %v", err)
+		}
+		s.schemaDB = true
+	}
+	s.nextDB++
+	name := "test" + strconv.Itoa(s.nextDB)
+	s.mu.Unlock()
+	if err := s.exec(t.Context(), schemaDB, "CREATE SCHEMA "+name); err != nil {
+		t.Fatalf("pgtest: create schema: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := s.exec(ctx, schemaDB, "DROP SCHEMA "+name+" CASCADE"); err != nil {
+			t.Errorf("pgtest: drop schema: %v", err)
+		}
+	})
+	return s.DSN(schemaDB) + "&search_path=" + name
+}
+
 func (s *Server) admin(ctx context.Context, stmt string) error {
-	conn, err := pgx.Connect(ctx, s.DSN("postgres"))
+	return s.exec(ctx, "postgres", stmt)
+}
+
+// exec runs stmt in database db.
+func (s *Server) exec(ctx context.Context, db, stmt string) error {
+	conn, err := pgx.Connect(ctx, s.DSN(db))
 	if err != nil {
 		return err
 	}
@@ -292,6 +333,13 @@ func (p *Shared) Server(t testing.TB) *Server {
 func (p *Shared) NewDatabase(t testing.TB) string {
 	t.Helper()
 	return p.Server(t).NewDatabase(t)
+}
+
+// NewSchema creates a schema for t on the shared server and returns its
+// DSN; see Server.NewSchema.
+func (p *Shared) NewSchema(t testing.TB) string {
+	t.Helper()
+	return p.Server(t).NewSchema(t)
 }
 
 // Run runs the package's tests and then stops the server if one was

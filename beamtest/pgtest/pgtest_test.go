@@ -47,3 +47,28 @@ func TestServer(t *testing.T) {
 		t.Errorf("server log lacks its start:\n%s", s.Log())
 	}
 }
+
+// TestNewSchema: each schema DSN sees its own tables only.
+func TestNewSchema(t *testing.T) {
+	s := New(t)
+	var vals []string
+	for _, v := range []string{"one", "two"} {
+		dsn := s.NewSchema(t)
+		conn, err := pgx.Connect(t.Context(), dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(t.Context())
+		if _, err := conn.Exec(t.Context(), `CREATE TABLE t (v TEXT); INSERT INTO t VALUES ('`+v+`')`); err != nil {
+			t.Fatal(err)
+		}
+		var got string
+		if err := conn.QueryRow(t.Context(), `SELECT string_agg(v, ',') FROM t`).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		vals = append(vals, got)
+	}
+	if got := strings.Join(vals, " "); got != "one two" {
+		t.Errorf("the schemas' tables hold %q, want %q", got, "one two")
+	}
+}

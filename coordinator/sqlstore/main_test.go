@@ -9,19 +9,19 @@ import (
 )
 
 // pg is this package's private PostgreSQL server, started by the first
-// test that needs it; each test gets a database of its own.
+// test that needs it; each test gets a schema of its own.
 var pg pgtest.Shared
 
 func TestMain(m *testing.M) { os.Exit(pg.Run(m)) }
 
 // dialects are the databases every store test runs on: dsn returns the
-// DSN of a new, empty database for t.
+// DSN of a new, empty database for t (on PostgreSQL, a schema of its own).
 var dialects = []struct {
 	name string
 	dsn  func(t *testing.T) string
 }{
 	{"sqlite", func(t *testing.T) string { return filepath.Join(t.TempDir(), "c.db") }},
-	{"postgres", func(t *testing.T) string { return pg.NewDatabase(t) }},
+	{"postgres", func(t *testing.T) string { return pg.NewSchema(t) }},
 }
 
 // forEachDialect runs f as a subtest per dialect.

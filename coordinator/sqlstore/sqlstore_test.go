@@ -54,7 +54,7 @@ func TestSQLiteFile(t *testing.T) {
 }
 
 func TestPostgres(t *testing.T) {
-	runStoreSuite(t, func(t *testing.T) *Store { return openStore(t, pg.NewDatabase(t)) })
+	runStoreSuite(t, func(t *testing.T) *Store { return openStore(t, pg.NewSchema(t)) })
 }
 
 func TestReopenKeepsData(t *testing.T) {
