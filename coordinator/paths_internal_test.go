@@ -4,6 +4,7 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"slices"
@@ -174,5 +175,38 @@ func TestRoutesAreWirePaths(t *testing.T) {
 	}
 	if !slices.ContainsFunc(regs, func(r registration) bool { return r.constName == "PathAdminPrefix" }) {
 		t.Error("the admin API is not mounted at wire.PathAdminPrefix")
+	}
+}
+
+// TestAdminPathsNeedToken checks that every endpoint under
+// wire.PathAdminPrefix but the relays' check refuses a request without
+// the admin token before any handler runs.
+func TestAdminPathsNeedToken(t *testing.T) {
+	consts := wirePathConsts(t)
+	s := &Server{}
+	s.admin = &adminAPI{core: s, tokenHash: hashSecret("the-admin-token")}
+	mux, _ := s.routes()
+	n := 0
+	for _, r := range registrations(t) {
+		path := consts[r.constName]
+		if !strings.HasPrefix(path, wire.PathAdminPrefix) || path == wire.PathDERPVerify {
+			continue
+		}
+		n++
+		target := strings.NewReplacer("{", "", "}", "").Replace(path)
+		for _, auth := range []string{"", "Bearer wrong-token"} {
+			req := httptest.NewRequest(r.method, target, nil)
+			if auth != "" {
+				req.Header.Set("Authorization", auth)
+			}
+			rec := httptest.NewRecorder()
+			mux.ServeHTTP(rec, req)
+			if rec.Code != http.StatusUnauthorized || rec.Header().Get("WWW-Authenticate") == "" {
+				t.Errorf("%s %s with %q: got %d (WWW-Authenticate %q), want 401 with a challenge", r.method, target, auth, rec.Code, rec.Header().Get("WWW-Authenticate"))
+			}
+		}
+	}
+	if n < 20 {
+		t.Errorf("checked %d admin endpoints, want every one (more than 20)", n)
 	}
 }
