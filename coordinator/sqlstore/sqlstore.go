@@ -88,9 +88,9 @@ type Store struct {
 
 var _ coordinator.Store = (*Store)(nil)
 
-// IsPostgres reports whether dsn names a PostgreSQL database (a
+// isPostgres reports whether dsn names a PostgreSQL database (a
 // postgres:// or postgresql:// URL) rather than a SQLite file.
-func IsPostgres(dsn string) bool {
+func isPostgres(dsn string) bool {
 	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
 }
 
@@ -103,7 +103,7 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	if dsn == "" {
 		return nil, errors.New("sqlstore: empty DSN")
 	}
-	if IsPostgres(dsn) {
+	if isPostgres(dsn) {
 		return openPostgres(ctx, dsn)
 	}
 	sep := "?"
@@ -128,9 +128,6 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 	}
 	return s, nil
 }
-
-// Dialect returns the database the store is on: "sqlite" or "postgres".
-func (s *Store) Dialect() string { return s.d.name }
 
 // StoreErrors returns how many database operations failed (not found
 // and unique conflicts excepted), for the coordinator's metrics.
