@@ -103,8 +103,20 @@ func TestRestartedPeerResets(t *testing.T) {
 // TestRestartedPeerResetsReader: a only reads from b (a download) when b
 // restarts, so a sends nothing that b's new engine could answer. When a
 // learns b's new disco key (from the coordinator), it probes its
-// connections with b, and b's new stack resets them.
+// connections with b, and b's new stack resets them. In "asleep", the
+// connections were idle long enough for b to leave a's wireguard-go
+// (peers.go): the probes wake it.
 func TestRestartedPeerResetsReader(t *testing.T) {
+	for _, asleep := range []bool{false, true} {
+		name := "awake"
+		if asleep {
+			name = "asleep"
+		}
+		t.Run(name, func(t *testing.T) { testRestartedPeerResetsReader(t, asleep) })
+	}
+}
+
+func testRestartedPeerResetsReader(t *testing.T, asleep bool) {
 	nodes := newNodes(t, 2, nil)
 	a, b := nodes[0], nodes[1]
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -148,6 +160,16 @@ func TestRestartedPeerResetsReader(t *testing.T) {
 	defer in.Close()
 	if _, err := io.ReadFull(out, make([]byte, len("first"))); err != nil {
 		t.Fatal(err)
+	}
+	if asleep {
+		// A negative idle time makes b idle whatever its last packet.
+		a.e.ps.mu.Lock()
+		a.e.ps.idleAfter = -time.Hour
+		a.e.ps.mu.Unlock()
+		a.e.trimIdlePeers()
+		if a.e.inDevice(b.key.Public()) {
+			t.Fatal("b still in a's wireguard-go after trimming idle peers")
+		}
 	}
 
 	restart(t, b)
