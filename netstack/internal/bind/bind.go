@@ -66,7 +66,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -207,9 +206,10 @@ type Bind struct {
 	limiter *rate.Limiter
 	opts    Options
 
-	// addrs maps a source address to its endpoint. It is replaced whole
-	// (copy on write) under mu, and read without locks on receive.
-	addrs atomic.Pointer[map[netip.AddrPort]*Endpoint]
+	// addrs maps a source address to its endpoint (addrtable.go). Its
+	// parts are replaced whole (copy on write) under mu, and read
+	// without locks on receive.
+	addrs addrTable
 
 	// sendPool holds *sendBatch values for Send.
 	sendPool sync.Pool
@@ -338,8 +338,6 @@ func New(opts Options) (*Bind, error) {
 		}
 		return sb
 	}
-	empty := make(map[netip.AddrPort]*Endpoint)
-	b.addrs.Store(&empty)
 	noSessions := make(map[uint32]*prSession)
 	b.pr.sessions.Store(&noSessions)
 	b.pr.bufs.New = func() any {
@@ -545,45 +543,6 @@ func (b *Bind) noteRefusedLocked(k key.NodePublic, now int64) {
 	b.refused[k] = now
 }
 
-// tableEdit is a change to the address table: endpoints to drop (if the
-// table still maps their address to them) and endpoints to add.
-type tableEdit struct{ del, add []*Endpoint }
-
-// drop schedules pe's direct endpoints for removal.
-func (ed *tableEdit) drop(pe *peerEntry) {
-	for _, e := range pe.eps {
-		if !e.isRelay() {
-			ed.del = append(ed.del, e)
-		}
-	}
-}
-
-// keep schedules pe's direct endpoints for addition.
-func (ed *tableEdit) keep(pe *peerEntry) {
-	for _, e := range pe.eps {
-		if !e.isRelay() {
-			ed.add = append(ed.add, e)
-		}
-	}
-}
-
-// patchLocked publishes a copy of the address table with ed applied.
-func (b *Bind) patchLocked(ed *tableEdit) {
-	if len(ed.del) == 0 && len(ed.add) == 0 {
-		return
-	}
-	m := maps.Clone(*b.addrs.Load())
-	for _, e := range ed.del {
-		if m[e.src] == e {
-			delete(m, e.src)
-		}
-	}
-	for _, e := range ed.add {
-		m[e.src] = e
-	}
-	b.addrs.Store(&m)
-}
-
 // ProbeNew probes the peers SetPeers added (or gave a new disco key):
 // pings to their addresses and a call-me-maybe through the relay. That
 // finds a direct path early, and tells a peer that sent us a handshake
@@ -598,19 +557,6 @@ func (b *Bind) ProbeNew() {
 	for _, p := range ps {
 		b.probe(p, now)
 	}
-}
-
-// rebuildLocked publishes a new address table from the peer entries.
-func (b *Bind) rebuildLocked() {
-	m := make(map[netip.AddrPort]*Endpoint)
-	for _, pe := range b.peers {
-		for ap, e := range pe.eps {
-			if !e.isRelay() {
-				m[ap] = e
-			}
-		}
-	}
-	b.addrs.Store(&m)
 }
 
 // learnLocked records that datagrams from ap belong to pe's peer and
@@ -888,7 +834,6 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 			b.noteOversized(c, size, len(bufs[0]))
 		}
 		now := time.Now().UnixNano()
-		tbl := *b.addrs.Load()
 		for i := 0; i < got; i++ {
 			sizes[i] = 0
 			eps[i] = nil
@@ -923,7 +868,7 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 				}
 				continue
 			}
-			e := b.endpointFor(tbl, src, pkt)
+			e := b.endpointFor(src, pkt)
 			if e == nil {
 				continue
 			}
@@ -992,12 +937,12 @@ func (b *Bind) OversizedDrops() int64 { return b.oversized.Load() }
 
 // endpointFor ties a received datagram to an endpoint, or returns nil to
 // drop it.
-func (b *Bind) endpointFor(tbl map[netip.AddrPort]*Endpoint, src netip.AddrPort, pkt []byte) *Endpoint {
+func (b *Bind) endpointFor(src netip.AddrPort, pkt []byte) *Endpoint {
 	kind, receiver := classify(pkt)
 	if kind == kindGarbage {
 		return nil
 	}
-	if e := tbl[src]; e != nil {
+	if e := b.addrs.lookup(src); e != nil {
 		return e
 	}
 	// A source we have not seen: find out whom it claims to be.

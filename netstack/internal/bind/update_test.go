@@ -36,7 +36,7 @@ func TestUpdatePeers(t *testing.T) {
 
 	table := func(b *Bind) map[netip.AddrPort]key.NodePublic {
 		out := map[netip.AddrPort]key.NodePublic{}
-		for a, e := range *b.addrs.Load() {
+		for a, e := range b.addrs.all() {
 			out[a] = e.peer.key
 		}
 		return out
