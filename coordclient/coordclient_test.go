@@ -373,3 +373,40 @@ func TestSplitMessagesJoined(t *testing.T) {
 		t.Fatalf("%d netmaps, want 2: the endless message must not be handed over", len(got))
 	}
 }
+
+// TestRunResponsesJoinsSplitMessages: RunResponses hands over a message
+// split across frames once, whole, as the first response.
+func TestRunResponsesJoinsSplitMessages(t *testing.T) {
+	peer := func(name string) *wire.Node { return &wire.Node{Name: name, Key: key.NewNode().Public()} }
+	_, cl := newFake(t, func(fc *fakeCoord, w http.ResponseWriter, r *http.Request, nk key.NodePublic) {
+		fc.frame(w, nk, &wire.MapResponse{Self: &wire.Node{Name: "me"}, Peers: []*wire.Node{peer("a")}, More: true})
+		fc.frame(w, nk, &wire.MapResponse{Peers: []*wire.Node{peer("b")}, More: true})
+		fc.frame(w, nk, &wire.MapResponse{Peers: []*wire.Node{peer("c")}})
+		<-r.Context().Done()
+	})
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	type got struct {
+		self  string
+		peers int
+		first bool
+	}
+	gotc := make(chan got, 4)
+	done := make(chan error, 1)
+	go func() {
+		done <- cl.RunResponses(ctx, func(mr *wire.MapResponse, first bool) {
+			g := got{peers: len(mr.Peers), first: first}
+			if mr.Self != nil {
+				g.self = mr.Self.Name
+			}
+			gotc <- g
+			cancel()
+		})
+	}()
+	if err := <-done; err != nil {
+		t.Fatalf("RunResponses = %v", err)
+	}
+	if g := <-gotc; g != (got{"me", 3, true}) {
+		t.Fatalf("first response = %+v, want self me, 3 peers, first", g)
+	}
+}

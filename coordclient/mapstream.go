@@ -14,8 +14,8 @@ import (
 
 // RunResponses is Run for programs that hold many streams at once (load
 // generators such as coordinator/scalebench): it hands onResponse (never
-// concurrently) each decoded MapResponse as it arrives, keepalives
-// included, instead of building a netmap per message, so a caller can keep
+// concurrently) each decoded MapResponse as it arrives (a message split
+// across frames once, joined), keepalives included, instead of building a netmap per message, so a caller can keep
 // only what it needs. first is true for the full map that starts every
 // stream. Reconnects (capped exponential backoff with jitter), the dead
 // stream timeout, endpoint updates (SetEndpoints), OnConnState and the
@@ -81,8 +81,13 @@ func (c *Client) responsesOnce(ctx context.Context, onResponse func(*wire.MapRes
 	defer timer.Stop()
 
 	got := false
+	var joined *wire.MapResponse // a message split across frames, so far
+	joinedFrames := 0
 	for {
 		mr, err := readFrame(resp.Body, box)
+		if err == nil && (joined != nil || mr.More) {
+			mr, err = join(&joined, &joinedFrames, mr)
+		}
 		if err != nil {
 			silentMu.Lock()
 			wasSilent := silent
@@ -101,6 +106,9 @@ func (c *Client) responsesOnce(ctx context.Context, onResponse func(*wire.MapRes
 			return got, fmt.Errorf("%w: map stream: %w", ErrUnreachable, err)
 		}
 		timer.Reset(dead)
+		if mr == nil {
+			continue // more of the message follows
+		}
 		first := !got
 		if first {
 			got = true

@@ -27,7 +27,10 @@ func TestSessionDelivery(t *testing.T) {
 
 	done := make(chan bool, 1)
 	go func() { done <- ss.waitDelivered(t.Context(), gen) }()
-	_, _, _, _, _, _, took := ss.take()
+	changed, _, _, _, _, _, took := ss.take()
+	if !changed {
+		t.Fatal("take after mark did not report a change")
+	}
 	if took != gen {
 		t.Fatalf("take covers mark %d, want %d", took, gen)
 	}

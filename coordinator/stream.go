@@ -25,12 +25,12 @@ const deltaBatchDelay = 25 * time.Millisecond
 type session struct {
 	key       key.NodePublic
 	networkID int64
-	wake      chan struct{} // cap 1; a value means "look at pending"
+	wake      chan struct{} // cap 1; a value means "look at what was marked"
 
 	mu      sync.Mutex // guards the following fields
-	pending map[key.NodePublic]struct{}
-	full    bool // recompute everything (policy in use)
-	derp    bool // send the DERP map
+	changed bool       // nodes changed: look at the change log (streams.changes)
+	full    bool       // recompute everything (policy in use)
+	derp    bool       // send the DERP map
 	ended   bool
 	endCode wire.ErrorCode
 	endMsg  string
@@ -43,7 +43,7 @@ type session struct {
 }
 
 func newSession(nk key.NodePublic, networkID int64) *session {
-	return &session{key: nk, networkID: networkID, wake: make(chan struct{}, 1), pending: make(map[key.NodePublic]struct{}), sentC: make(chan struct{})}
+	return &session{key: nk, networkID: networkID, wake: make(chan struct{}, 1), sentC: make(chan struct{})}
 }
 
 func (ss *session) poke() {
@@ -53,9 +53,11 @@ func (ss *session) poke() {
 	}
 }
 
+// mark wakes the stream for a change of node k, which the change log
+// records; full asks it to recompute every peer and its filter.
 func (ss *session) mark(k key.NodePublic, full bool) {
 	ss.mu.Lock()
-	ss.pending[k] = struct{}{}
+	ss.changed = true
 	ss.full = ss.full || full
 	ss.marks++
 	ss.noteMarkLocked()
@@ -90,15 +92,14 @@ func (ss *session) isEnded() bool {
 	return ss.ended
 }
 
-// take returns and clears what changed since the last call; gen is the
-// mark count it covers, for delivered.
-func (ss *session) take() (pending map[key.NodePublic]struct{}, full, derp, ended bool, code wire.ErrorCode, msg string, gen uint64) {
+// take returns and clears what was marked since the last call; gen is
+// the mark count it covers, for delivered.
+func (ss *session) take() (changed, full, derp, ended bool, code wire.ErrorCode, msg string, gen uint64) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	pending, ss.pending = ss.pending, make(map[key.NodePublic]struct{})
-	full, derp = ss.full, ss.derp
-	ss.full, ss.derp = false, false
-	return pending, full, derp, ss.ended, ss.endCode, ss.endMsg, ss.marks
+	changed, full, derp = ss.changed, ss.full, ss.derp
+	ss.changed, ss.full, ss.derp = false, false, false
+	return changed, full, derp, ss.ended, ss.endCode, ss.endMsg, ss.marks
 }
 
 // generation returns the current mark count: once delivered reaches it,
@@ -419,19 +420,18 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 			}
 			batch.Stop()
 		}
-		// Every change counted up to ver was marked before the take, so
-		// pending holds it.
+		// Every change counted up to ver was marked before the take.
 		s.mu.Lock()
 		ver := s.changeVer
 		s.mu.Unlock()
-		pending, full, derp, ended, code, msg, gen := ss.take()
+		changed, full, derp, ended, code, msg, gen := ss.take()
 		marked := ss.takeFirstMark()
 		if ended {
 			w.Header().Set(wire.TrailerError, string(code)+": "+msg)
 			log.Info("ending map stream", "reason", code)
 			return
 		}
-		f := s.delta(ss, &st, ver, pending, full)
+		f := s.delta(ss, &st, ver, changed, full)
 		if f == nil {
 			continue // the node is gone; end() follows
 		}
@@ -459,12 +459,12 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 }
 
 // delta computes the message that brings a node from what it was last
-// sent (st) to now, and updates st to what the message makes it. pending
-// are the keys that changed, including every change counted up to ver;
+// sent (st) to now, and updates st to what the message makes it. changed
+// means look at the nodes the change log holds after st.ver up to ver;
 // full means look at every peer. It returns nil if the node itself is
 // gone. A stream that fails to send the message ends, so st may run
 // ahead of what was written.
-func (s *Server) delta(ss *session, st *sentState, ver uint64, pending map[key.NodePublic]struct{}, full bool) *mapFrame {
+func (s *Server) delta(ss *session, st *sentState, ver uint64, changed, full bool) *mapFrame {
 	f := &mapFrame{resp: &wire.MapResponse{}}
 	resp := f.resp
 	now := s.now()
@@ -476,6 +476,9 @@ func (s *Server) delta(ss *session, st *sentState, ver uint64, pending map[key.N
 		return nil
 	}
 	self := s.sharedNodeLocked(e)
+	if changed && st.ver < s.changesBase {
+		full = true // the change log no longer reaches back to st.ver
+	}
 	consider := func(ps *peerState, visible bool) {
 		had := st.peers.has(ps.slot)
 		switch {
@@ -511,8 +514,8 @@ func (s *Server) delta(ss *session, st *sentState, ver uint64, pending map[key.N
 			st.filter = filter
 			resp.PacketFilter, resp.PacketFilterSet = filter, true
 		}
-	} else {
-		for k := range pending {
+	} else if changed {
+		for k := range s.changedSinceLocked(st.ver, ver) {
 			if k == ss.key {
 				continue
 			}

@@ -5,10 +5,13 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,6 +20,8 @@ import (
 	"beam.dev/beam/coordinator"
 	"beam.dev/beam/wire"
 )
+
+var streamHeapProfile = flag.String("streamheap.profile", "", "write BenchmarkStreamHeap's heap profile, taken when it measures the heap, to this file")
 
 // BenchmarkStreamHeap registers N nodes, opens a map stream for each with
 // readers that count frames and keep nothing, and reports the Go heap in
@@ -110,6 +115,14 @@ func benchStreamHeap(b *testing.B, n int) {
 	runtime.GC()
 	runtime.ReadMemStats(&ms)
 	heap := ms.HeapAlloc - base
+	if *streamHeapProfile != "" {
+		f, err := os.Create(fmt.Sprintf("%s.%d", *streamHeapProfile, n))
+		if err != nil {
+			b.Fatal(err)
+		}
+		pprof.WriteHeapProfile(f)
+		f.Close()
+	}
 
 	before := make([]int64, n)
 	for i := range frames {

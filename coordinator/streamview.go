@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"beam.dev/beam/types/key"
@@ -26,6 +27,11 @@ type streams struct {
 	// changeVer counts node changes (notifyLocked); a peerView records the
 	// count at which its node last changed.
 	changeVer uint64
+	// changes is the change log: the node of change changesBase+1+i is
+	// changes[i]. A stream reads the nodes changed since it last caught
+	// up from it; one that fell behind the log's start looks at every peer.
+	changes     []key.NodePublic
+	changesBase uint64
 	// peerStates holds every node a stream may have been sent, by key;
 	// peerSlots the same by slot. Entries are never dropped (a removed
 	// node keeps its slot, with a nil view), so a slot always means the
@@ -70,6 +76,12 @@ func (pv *peerView) json() ([]byte, error) {
 // advances the change count. Server.mu held.
 func (s *Server) noteChangeLocked(k key.NodePublic) {
 	s.changeVer++
+	s.changes = append(s.changes, k)
+	if len(s.changes) > max(minChangeLog, 2*len(s.nodes)) {
+		half := len(s.changes) / 2
+		s.changesBase += uint64(half)
+		s.changes = slices.Clone(s.changes[half:])
+	}
 	ps := s.peerStates[k]
 	e := s.nodes[k]
 	if ps == nil {
@@ -91,6 +103,20 @@ func (s *Server) noteChangeLocked(k key.NodePublic) {
 		}
 	}
 	ps.view = pv
+}
+
+// minChangeLog is the least number of changes the change log keeps.
+const minChangeLog = 1024
+
+// changedSinceLocked returns the nodes changed after change count from,
+// up to to, each once. from must not be before s.changesBase. Server.mu held.
+func (s *Server) changedSinceLocked(from, to uint64) map[key.NodePublic]struct{} {
+	log := s.changes[from-s.changesBase : to-s.changesBase]
+	out := make(map[key.NodePublic]struct{}, len(log))
+	for _, k := range log {
+		out[k] = struct{}{}
+	}
+	return out
 }
 
 // newPeerStateLocked adds node k, which must exist, with a view as of now.
