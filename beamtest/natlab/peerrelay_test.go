@@ -141,11 +141,26 @@ func TestPeerRelayHardHard(t *testing.T) {
 // two devices behind hard NATs over a peer relay and over the TCP relay
 // (DERP), interleaved: three transfers of each, the DERP ones while
 // alice's router drops UDP to the relay node. It reports both rates and
-// their ratio (medians).
+// their ratio (medians), and for reference the rate of alice's direct
+// path to the relay node (what the devices' CPUs allow on this machine).
+// The lossy variant impairs alice's link ("loss 1% delay 10ms"), where
+// the relay's TCP carries TCP.
 func BenchmarkPeerRelayVsRelay(b *testing.B) {
-	const size = 32 << 20
+	for _, v := range []struct{ name, netem string }{{"clean", ""}, {"loss1-delay10ms", "loss 1% delay 10ms"}} {
+		b.Run(v.name, func(b *testing.B) { benchPeerRelay(b, v.name, v.netem) })
+	}
+}
+
+func benchPeerRelay(b *testing.B, name, netem string) {
+	size := 32 << 20
+	if netem != "" {
+		size = 8 << 20
+	}
 	w, alice, bob, r, start := newPeerRelayWorld(b)
 	ctx := b.Context()
+	if netem != "" {
+		alice.host.Router().SetNetem(netem)
+	}
 	if run := reachPath(ctx, alice, bob, pathPeerRelay, start, 30*time.Second); !run.ok() {
 		b.Fatal(run.Err)
 	}
@@ -164,7 +179,7 @@ func BenchmarkPeerRelayVsRelay(b *testing.B) {
 			}
 		}
 	}
-	var pr, derp []float64
+	var pr, derp, direct []float64
 	for range b.N {
 		for range 3 {
 			if err := cutUDP(ctx, alice.host.Router(), r.host.PublicAddr(), false); err != nil {
@@ -186,17 +201,32 @@ func BenchmarkPeerRelayVsRelay(b *testing.B) {
 			}
 			derp = append(derp, float64(size)*8/took.Seconds()/1e6)
 		}
+		if err := cutUDP(ctx, alice.host.Router(), r.host.PublicAddr(), false); err != nil {
+			b.Fatal(err)
+		}
+		if run := reachPath(ctx, alice, r, pathDirect, time.Now(), 30*time.Second); !run.ok() {
+			b.Fatal(run.Err)
+		}
+		for range 3 {
+			took, err := alice.transfer(ctx, r.name, data, 2*time.Minute)
+			if err != nil {
+				b.Fatal(err)
+			}
+			direct = append(direct, float64(size)*8/took.Seconds()/1e6)
+		}
 	}
 	median := func(v []float64) float64 {
 		s := slices.Clone(v)
 		slices.Sort(s)
 		return s[len(s)/2]
 	}
-	mp, md := median(pr), median(derp)
+	mp, md, mdir := median(pr), median(derp), median(direct)
 	b.ReportMetric(mp, "peer-relay-Mbit/s")
 	b.ReportMetric(md, "derp-Mbit/s")
+	b.ReportMetric(mdir, "direct-Mbit/s")
 	b.ReportMetric(mp/md, "ratio")
-	text := fmt.Sprintf("hard-hard, %d MiB transfers: peer relay %.1f Mbit/s %v, DERP %.1f Mbit/s %v, ratio %.2f\n", size>>20, mp, pr, md, derp, mp/md)
+	text := fmt.Sprintf("hard-hard %s, %d MiB transfers: peer relay %.1f Mbit/s %.0f, DERP %.1f Mbit/s %.0f, ratio %.2f; alice to the relay node direct %.1f Mbit/s %.0f\n",
+		name, size>>20, mp, pr, md, derp, mp/md, mdir, direct)
 	b.Log(text)
-	writeArtefact(b, w.out, "peer-relay-throughput", map[string]any{"peer_relay_mbit_s": pr, "derp_mbit_s": derp, "ratio": mp / md}, text)
+	writeArtefact(b, w.out, "peer-relay-throughput-"+name, map[string]any{"netem": netem, "peer_relay_mbit_s": pr, "derp_mbit_s": derp, "direct_mbit_s": direct, "ratio": mp / md}, text)
 }
