@@ -1,0 +1,51 @@
+package cli
+
+import (
+	"io"
+	"strings"
+	"testing"
+)
+
+// TestDBFlagAndKey: beam coordinator and beam server take the database
+// from the config key db or the flag --db, the flag winning, and refuse a
+// URL that is not PostgreSQL's without showing its password.
+func TestDBFlagAndKey(t *testing.T) {
+	f := &Factory{In: strings.NewReader(""), Out: io.Discard, ErrOut: io.Discard}
+	const file = "postgres://beam@db.example.test:5432/file"
+	const flag = "postgres://beam@db.example.test:5432/flag"
+	cpath := writeConfig(t, `{"db": "`+file+`"}`)
+	spath := writeConfig(t, `{"db": "`+file+`", "domain": "a.example"}`)
+	for _, tc := range []struct {
+		name         string
+		cargs, sargs []string
+		want         string
+	}{
+		{"file", []string{"--config", cpath}, []string{"--config", spath}, file},
+		{"flag over file", []string{"--config", cpath, "--db", flag}, []string{"--config", spath, "--db", flag}, flag},
+		{"neither", nil, []string{"--domain", "a.example"}, ""},
+	} {
+		var co *CoordinatorOptions
+		cc := NewCmdCoordinator(f, func(o *CoordinatorOptions) error { co = o; return nil })
+		quiet(cc, tc.cargs)
+		var so *ServerOptions
+		sc := NewCmdServer(f, func(o *ServerOptions) error { so = o; return nil })
+		quiet(sc, tc.sargs)
+		if err := cc.Execute(); err != nil {
+			t.Fatalf("%s: coordinator: %v", tc.name, err)
+		}
+		if err := sc.Execute(); err != nil {
+			t.Fatalf("%s: server: %v", tc.name, err)
+		}
+		if co.DB != tc.want || so.DB != tc.want {
+			t.Errorf("%s: coordinator db %q, server db %q; want %q", tc.name, co.DB, so.DB, tc.want)
+		}
+	}
+	for _, db := range []string{"sqlite:///var/lib/beam/c.db", "postgres://beam:s3cret@/nohost"} {
+		cc := NewCmdCoordinator(f, func(*CoordinatorOptions) error { return nil })
+		quiet(cc, []string{"--db", db})
+		err := cc.Execute()
+		if err == nil || !strings.Contains(err.Error(), "--db") || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("--db %s: %v; want an error naming --db without the password", db, err)
+		}
+	}
+}
