@@ -218,6 +218,29 @@ func convertFilter(rules []wire.FilterRule) *netstack.Filter {
 	return f
 }
 
+// nextExpiry returns when (on the local clock) the first key of nm that
+// is still valid at localNow expires, the node's own or a peer's, or an
+// hour from localNow if that is sooner.
+func nextExpiry(nm *wire.NetMap, localNow time.Time) time.Time {
+	next := localNow.Add(time.Hour)
+	if nm == nil {
+		return next
+	}
+	now := nm.ControlNow(localNow)
+	check := func(n *wire.Node) {
+		if n != nil && !n.KeyExpiry.IsZero() && n.KeyExpiry.After(now) {
+			if t := localNow.Add(n.KeyExpiry.Sub(now)); t.Before(next) {
+				next = t
+			}
+		}
+	}
+	check(nm.Self)
+	for _, p := range nm.Peers {
+		check(p)
+	}
+	return next
+}
+
 // dnsRecords turns a netmap into the MagicDNS records: every visible,
 // unexpired peer and the node itself, by full name, plus the coordinator's
 // extra records and split routes.

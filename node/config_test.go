@@ -167,3 +167,35 @@ func TestPeerChanges(t *testing.T) {
 		})
 	}
 }
+
+// TestNextExpiry checks when applyLocked must rebuild the MagicDNS records
+// at the latest: the first key of the netmap to expire, on the local
+// clock (corrected for the coordinator's skew), or within the hour.
+func TestNextExpiry(t *testing.T) {
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	nm := testNetMap(now) // gamma expires at now+1h
+	soon := nm.Apply(&wire.MapResponse{PeersChanged: []*wire.Node{{Key: key.NewNode().Public(), Name: "delta",
+		Addresses: []netip.Prefix{netip.MustParsePrefix("100.64.0.4/32")}, KeyExpiry: now.Add(10 * time.Minute)}}}, now)
+	// The coordinator's clock 5 minutes ahead: delta expires 5 minutes
+	// earlier on ours.
+	skewed := soon.Apply(&wire.MapResponse{KeepAlive: true, ControlTime: now.Add(5 * time.Minute)}, now)
+	tests := []struct {
+		name string
+		nm   *wire.NetMap
+		at   time.Time
+		want time.Time
+	}{
+		{"no netmap", nil, now, now.Add(time.Hour)},
+		{"first expiry an hour away", nm, now, now.Add(time.Hour)},
+		{"first expiry in 10 minutes", soon, now, now.Add(10 * time.Minute)},
+		{"skew", skewed, now, now.Add(5 * time.Minute)},
+		{"expired keys do not count", soon, now.Add(20 * time.Minute), now.Add(time.Hour)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := nextExpiry(tt.nm, tt.at); !got.Equal(tt.want) {
+				t.Errorf("got %v, want %v", got, tt.want)
+			}
+		})
+	}
+}

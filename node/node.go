@@ -130,6 +130,9 @@ type Node struct {
 	lastEngineCfg *netstack.Config                 // the last config applied, without its peers
 	enginePeers   map[key.NodePublic]netstack.Peer // the peers the engine has, by key (with lastEngineCfg)
 	lastRecords   *dnsserver.Records               // the last MagicDNS records set (applyLocked runs every second)
+	recordsNM     *wire.NetMap                     // the netmap lastRecords were built from by applyLocked
+	recordsUps    []netip.AddrPort                 // and the upstreams
+	recordsUntil  time.Time                        // and when the first key of that netmap expires (local clock)
 	controlOnline bool
 	lastErr       string
 	hosts         hostServers // SOCKS5, HTTP proxy and MagicDNS on host loopback
@@ -686,9 +689,15 @@ func (n *Node) expiryLoop(ctx context.Context) {
 // applyLocked pushes the current netmap into the engine and MagicDNS.
 func (n *Node) applyLocked() {
 	now := time.Now()
-	if rec := dnsRecords(n.netmap, now, n.upstreamsLocked()); !reflect.DeepEqual(rec, n.lastRecords) {
-		n.resolver.SetRecords(rec)
-		n.lastRecords = rec
+	// The records change with the netmap, the upstreams and the clock
+	// (a key expiring); at thousands of peers, building and comparing
+	// them every second is milliseconds, so only those rebuild them.
+	if ups := n.upstreamsLocked(); n.netmap != n.recordsNM || !now.Before(n.recordsUntil) || !slices.Equal(ups, n.recordsUps) {
+		if rec := dnsRecords(n.netmap, now, ups); !reflect.DeepEqual(rec, n.lastRecords) {
+			n.resolver.SetRecords(rec)
+			n.lastRecords = rec
+		}
+		n.recordsNM, n.recordsUps, n.recordsUntil = n.netmap, ups, nextExpiry(n.netmap, now)
 	}
 	if n.engine == nil {
 		return
