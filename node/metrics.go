@@ -52,16 +52,20 @@ var (
 	daemonPeersDesc = prometheus.NewDesc("beam_daemon_peers",
 		"Peers in the netmap.", nil, nil)
 	peerLabels         = []string{"peer", "path"}
-	daemonRxBytesDesc  = prometheus.NewDesc("beam_daemon_peer_rx_bytes_total", "WireGuard bytes received from a peer, by path: direct (UDP) or relay.", peerLabels, nil)
-	daemonTxBytesDesc  = prometheus.NewDesc("beam_daemon_peer_tx_bytes_total", "WireGuard bytes sent to a peer, by path: direct (UDP) or relay.", peerLabels, nil)
+	daemonRxBytesDesc  = prometheus.NewDesc("beam_daemon_peer_rx_bytes_total", "WireGuard bytes received from a peer, by path: direct (UDP), peer-relay or relay.", peerLabels, nil)
+	daemonTxBytesDesc  = prometheus.NewDesc("beam_daemon_peer_tx_bytes_total", "WireGuard bytes sent to a peer, by path: direct (UDP), peer-relay or relay.", peerLabels, nil)
 	daemonRxPktsDesc   = prometheus.NewDesc("beam_daemon_peer_rx_packets_total", "WireGuard datagrams received from a peer, by path.", peerLabels, nil)
 	daemonTxPktsDesc   = prometheus.NewDesc("beam_daemon_peer_tx_packets_total", "WireGuard datagrams sent to a peer, by path.", peerLabels, nil)
-	daemonPathDesc     = prometheus.NewDesc("beam_daemon_peer_path", "1 for the path packets to a peer take now: direct, relay or none.", peerLabels, nil)
+	daemonPathDesc     = prometheus.NewDesc("beam_daemon_peer_path", "1 for the path packets to a peer take now: direct, peer-relay, relay or none.", peerLabels, nil)
 	daemonPathChgDesc  = prometheus.NewDesc("beam_daemon_peer_path_changes_total", "Switches of a peer's path between direct and relay.", []string{"peer"}, nil)
 	daemonHandshkDesc  = prometheus.NewDesc("beam_daemon_peer_handshakes_total", "WireGuard handshake messages sent to a peer, by kind: initiated (initiations, retries included) or answered (responses).", []string{"peer", "kind"}, nil)
 	daemonLastHsDesc   = prometheus.NewDesc("beam_daemon_peer_last_handshake_timestamp_seconds", "Unix time of the last completed handshake with a peer; absent if none.", []string{"peer"}, nil)
 	daemonDNSDesc      = prometheus.NewDesc("beam_daemon_dns_queries_total", "MagicDNS queries answered, by answer: local, cached, forwarded or failed.", []string{"answer"}, nil)
 	daemonProxyConnDsc = prometheus.NewDesc("beam_daemon_proxy_connections_total", "Connections to the daemon's loopback proxies, by proxy: socks5 or http.", []string{"proxy"}, nil)
+	prSessionsDesc     = prometheus.NewDesc("beam_daemon_peer_relay_sessions", "Sessions of the daemon's UDP peer relay server, by state: bound (both peers) or binding.", []string{"state"}, nil)
+	prSessionOpsDesc   = prometheus.NewDesc("beam_daemon_peer_relay_session_events_total", "Sessions of the peer relay server, by event: allocated, refused (a count bound) or expired.", []string{"event"}, nil)
+	prPacketsDesc      = prometheus.NewDesc("beam_daemon_peer_relay_packets_total", "Datagrams at the peer relay server, by result: forwarded, dropped_rate (over a session's rate) or dropped_other.", []string{"result"}, nil)
+	prBytesDesc        = prometheus.NewDesc("beam_daemon_peer_relay_forwarded_bytes_total", "Bytes the peer relay server forwarded.", nil, nil)
 )
 
 type nodeCollector struct{ n *Node }
@@ -69,7 +73,7 @@ type nodeCollector struct{ n *Node }
 func (c nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{daemonUpDesc, daemonCoordDesc, daemonPeersDesc, daemonRxBytesDesc, daemonTxBytesDesc,
 		daemonRxPktsDesc, daemonTxPktsDesc, daemonPathDesc, daemonPathChgDesc, daemonHandshkDesc, daemonLastHsDesc,
-		daemonDNSDesc, daemonProxyConnDsc} {
+		daemonDNSDesc, daemonProxyConnDsc, prSessionsDesc, prSessionOpsDesc, prPacketsDesc, prBytesDesc} {
 		ch <- d
 	}
 }
@@ -102,6 +106,17 @@ func (c nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(daemonPeersDesc, float64(len(nm.Peers)))
 	if eng == nil {
 		return
+	}
+	if rs, ok := eng.PeerRelay(); ok {
+		gauge(prSessionsDesc, float64(rs.Bound), "bound")
+		gauge(prSessionsDesc, float64(rs.Sessions-rs.Bound), "binding")
+		counter(prSessionOpsDesc, rs.Allocated, "allocated")
+		counter(prSessionOpsDesc, rs.Refused, "refused")
+		counter(prSessionOpsDesc, rs.Expired, "expired")
+		counter(prPacketsDesc, rs.Packets, "forwarded")
+		counter(prPacketsDesc, rs.DroppedRate, "dropped_rate")
+		counter(prPacketsDesc, rs.DroppedOther, "dropped_other")
+		counter(prBytesDesc, rs.Bytes)
 	}
 	status := make(map[key.NodePublic]netstack.PeerStatus, len(nm.Peers))
 	for _, st := range eng.Status() {
