@@ -428,6 +428,7 @@ func (b *Bind) handlePeerRelay(src netip.AddrPort, pkt []byte, now int64) (*Endp
 		return nil, 0
 	}
 	p := s.p
+	b.wake(p)
 	s.ep.lastRecv.Store(now)
 	p.lastWGRecv.Store(now)
 	p.traffic.received(pathPeerRelay, len(inner))
