@@ -27,6 +27,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -138,10 +139,23 @@ func Start(ctx context.Context) (_ *Server, err error) {
 		return nil, fmt.Errorf("pgtest: %w", err)
 	}
 	cmd.Stderr = cmd.Stdout
-	if err := cmd.Start(); err != nil {
+	s := &Server{dir: dir, cmd: cmd, done: make(chan struct{}), log: &tail{}}
+	// The parent-death signal comes when the thread that started the
+	// server ends, not the process: a goroutine keeps that thread, locked,
+	// until the server has exited.
+	started := make(chan error)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		err := cmd.Start()
+		started <- err
+		if err == nil {
+			<-s.done
+		}
+	}()
+	if err := <-started; err != nil {
 		return nil, fmt.Errorf("pgtest: start postgres: %w", err)
 	}
-	s := &Server{dir: dir, cmd: cmd, done: make(chan struct{}), log: &tail{}}
 	ready := make(chan struct{})
 	go s.readLog(stderr, ready)
 	select {
