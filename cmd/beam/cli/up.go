@@ -42,12 +42,17 @@ func NewCmdUp(f *Factory, in *instanceFlags, runF func(*UpOptions) error) *cobra
 fails, a daemon this command started is stopped again.
 
 The daemon settings (--socks5, --http-proxy, --dns-listen, --dns-upstream,
---port, --hostname, --shields-up, --operator) apply at once on a running daemon
+--port, --hostname, --shields-up, --operator, --relay-server) apply at once on a running daemon
 and are kept in its state; 'beam set' changes them without joining again.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.shieldsUpSet = cmd.Flags().Changed("shields-up")
 			o.Daemon.Socket, o.Daemon.StateDir = in.socketPath(f), in.stateDir(f)
+			if cmd.Flags().Changed("relay-server") {
+				if _, _, err := parseRelayServer(o.Daemon.RelayServer); err != nil {
+					return err
+				}
+			}
 			o.Daemon.Prefs = prefsFromFlags(cmd.Flags().Changed, &o.Daemon)
 			if o.AuthKey == "" {
 				o.AuthKey = f.getenv("BEAM_AUTHKEY")
