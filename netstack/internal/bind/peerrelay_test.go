@@ -1,0 +1,150 @@
+package bind
+
+import (
+	"net/netip"
+	"sync"
+	"testing"
+
+	"beam.dev/beam/netstack/internal/disco"
+	"beam.dev/beam/types/key"
+)
+
+// fakeServer records Allocate calls.
+type fakeServer struct {
+	mu    sync.Mutex
+	pairs [][2]key.DiscoPublic
+}
+
+func (f *fakeServer) Allocate(a, b key.DiscoPublic) (*disco.Allocation, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.pairs = append(f.pairs, [2]key.DiscoPublic{a, b})
+	return &disco.Allocation{VNI: 7, Peers: [2]key.DiscoPublic{a, b}, Addrs: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.9:41700")}}, nil
+}
+
+func (f *fakeServer) calls() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.pairs)
+}
+
+// testPeer is a peer's keys.
+type testPeer struct {
+	node  key.NodePublic
+	disco key.DiscoPrivate
+}
+
+func newTestPeer() testPeer { return testPeer{key.NewNode().Public(), key.NewDisco()} }
+
+// relayBind returns an open bind with a peer relay server srv (nil: none)
+// and the peers given, all in relay region 1.
+func relayBind(t *testing.T, srv RelayServer, peers []testPeer, relayServers ...key.NodePublic) (*Bind, *fakeRelay) {
+	t.Helper()
+	fr := &fakeRelay{}
+	b, err := New(Options{PrivateKey: key.NewNode(), Relay: fr, DiscoKey: key.NewDisco(), RelayServer: srv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pcs []PeerConfig
+	for _, p := range peers {
+		pc := PeerConfig{Key: p.node, HomeRegion: 1, DiscoKey: p.disco.Public()}
+		for _, k := range relayServers {
+			pc.RelayServer = pc.RelayServer || k == p.node
+		}
+		pcs = append(pcs, pc)
+	}
+	b.SetPeers(pcs)
+	b.SetUDPFilterForTest(func(netip.AddrPort) bool { return false })
+	if _, _, err := b.Open(0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b, fr
+}
+
+// from seals m from p to b and hands it to b as if relayed from p.
+func from(b *Bind, p testPeer, m disco.Message) {
+	b.DeliverRelayed(1, p.node, disco.AppendPacket(nil, p.disco.Public(), p.disco.Shared(b.DiscoPublic()), m))
+}
+
+// TestServeAllocate: a relay node serves a session only between two of
+// its own peers, and sends the allocation to both.
+func TestServeAllocate(t *testing.T) {
+	a, b, stranger := newTestPeer(), newTestPeer(), newTestPeer()
+	tests := []struct {
+		name  string
+		other key.DiscoPublic
+		calls int
+		sends []key.NodePublic
+	}{
+		{"two peers", b.disco.Public(), 1, []key.NodePublic{a.node, b.node}},
+		{"not a peer", stranger.disco.Public(), 0, nil},
+		{"itself", a.disco.Public(), 0, nil},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := &fakeServer{}
+			bd, fr := relayBind(t, srv, []testPeer{a, b})
+			from(bd, a, &disco.Allocate{Peer: tc.other})
+			if got := srv.calls(); got != tc.calls {
+				t.Fatalf("Allocate called %d times, want %d", got, tc.calls)
+			}
+			var got []key.NodePublic
+			for _, s := range fr.take() {
+				got = append(got, s.dst)
+			}
+			if len(got) != len(tc.sends) || len(got) > 0 && (got[0] != tc.sends[0] || got[1] != tc.sends[1]) {
+				t.Errorf("allocation sent to %v, want %v", got, tc.sends)
+			}
+		})
+	}
+	t.Run("no server", func(t *testing.T) {
+		bd, fr := relayBind(t, nil, []testPeer{a, b})
+		from(bd, a, &disco.Allocate{Peer: b.disco.Public()})
+		if s := fr.take(); len(s) != 0 {
+			t.Errorf("a node without a relay server sent %v", s)
+		}
+	})
+}
+
+// TestTakeAllocation: a node takes an allocation only from a peer that
+// offers a relay server, only for itself and one of its own peers.
+func TestTakeAllocation(t *testing.T) {
+	r, b, stranger := newTestPeer(), newTestPeer(), newTestPeer()
+	tests := []struct {
+		name   string
+		server key.NodePublic // the peer flagged as relay server
+		other  key.DiscoPublic
+		us     bool // the allocation names us
+		want   bool
+	}{
+		{"from a relay server, for a peer", r.node, b.disco.Public(), true, true},
+		{"from a peer with no relay server", key.NodePublic{}, b.disco.Public(), true, false},
+		{"for a node that is not our peer", r.node, stranger.disco.Public(), true, false},
+		{"not naming us", r.node, b.disco.Public(), false, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			bd, _ := relayBind(t, nil, []testPeer{r, b}, tc.server)
+			us := bd.DiscoPublic()
+			if !tc.us {
+				us = stranger.disco.Public()
+			}
+			from(bd, r, &disco.Allocation{VNI: 9, Peers: [2]key.DiscoPublic{us, tc.other},
+				Addrs: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.9:41700")}})
+			bd.mu.Lock()
+			s := bd.peers[b.node].p.pr.Load()
+			bd.mu.Unlock()
+			if got := s != nil; got != tc.want {
+				t.Fatalf("session to b: %v, want %v", got, tc.want)
+			}
+			if s != nil && (s.vni != 9 || s.server.key != r.node) {
+				t.Errorf("session %+v, want VNI 9 via r", s)
+			}
+			// An unconfirmed session never carries traffic.
+			if pp := bd.PeerPath(b.node); pp.Path == "peer-relay" {
+				t.Errorf("path %+v before any pong through the session", pp)
+			}
+		})
+	}
+}
