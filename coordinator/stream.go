@@ -331,7 +331,9 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 	w.Header().Set(wire.HeaderKeepAlive, strconv.FormatInt(s.keepAlive.Milliseconds(), 10))
 	w.Header().Set("Trailer", wire.TrailerError)
 	w.WriteHeader(http.StatusOK)
-	bw := bufio.NewWriterSize(w, 32<<10)
+	// Small, as every streaming node has one: a frame larger than the
+	// buffer goes to the connection directly.
+	bw := bufio.NewWriterSize(w, 4<<10)
 
 	box := s.boxes.get(s.priv, nk) // one X25519 per stream, not per frame
 	send := func(f *mapFrame) error {
@@ -342,6 +344,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 		}
 		for _, b := range bodies {
 			sealed := box.Seal(b)
+			putBody(b)
 			if len(sealed) > wire.MaxFrameSize {
 				return errFrameTooLarge
 			}

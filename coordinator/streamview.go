@@ -254,31 +254,65 @@ func (f *mapFrame) encode(split bool) ([][]byte, error) {
 }
 
 // splice returns the JSON object obj with field (`"name":[`) holding the
-// elements encs added first, and "more":true if more.
+// elements encs added first, and "more":true if more. Large results come
+// from bodyPool; give them back with putBody once sealed.
 func splice(obj []byte, field string, encs [][]byte, more bool) []byte {
-	var b bytes.Buffer
 	n := len(obj) + len(field) + 16
 	for _, e := range encs {
 		n += len(e) + 1
 	}
-	b.Grow(n)
-	b.WriteByte('{')
-	b.WriteString(field)
+	b := getBody(n)
+	b = append(b, '{')
+	b = append(b, field...)
 	for i, e := range encs {
 		if i > 0 {
-			b.WriteByte(',')
+			b = append(b, ',')
 		}
-		b.Write(e)
+		b = append(b, e...)
 	}
-	b.WriteByte(']')
+	b = append(b, ']')
 	if more {
-		b.WriteString(`,"more":true`)
+		b = append(b, `,"more":true`...)
 	}
 	if rest := bytes.TrimSpace(obj[1:]); len(rest) > 1 { // more than "}"
-		b.WriteByte(',')
-		b.Write(rest)
+		b = append(b, ',')
+		b = append(b, rest...)
 	} else {
-		b.WriteByte('}')
+		b = append(b, '}')
 	}
-	return b.Bytes()
+	return b
+}
+
+// pooledBody is the least size of a frame body worth reusing: full maps
+// and large deltas, which are sealed (copied) right after encoding, so
+// many streams opening at once do not each allocate and clear megabytes.
+const pooledBody = 64 << 10
+
+// freeBodies holds a few large bodies for reuse; a few, so that a burst of
+// streams does not leave hundreds of megabytes behind (as a sync.Pool
+// would until the next collections).
+var freeBodies = make(chan []byte, 4)
+
+// getBody returns an empty slice with room for n bytes.
+func getBody(n int) []byte {
+	if n >= pooledBody {
+		select {
+		case b := <-freeBodies:
+			if cap(b) >= n {
+				return b[:0]
+			}
+		default:
+		}
+	}
+	return make([]byte, 0, n)
+}
+
+// putBody gives a body back for reuse; b must not be used after.
+func putBody(b []byte) {
+	if cap(b) >= pooledBody && cap(b) <= wire.MaxFrameSize {
+		select {
+		case freeBodies <- b:
+		default:
+		}
+	}
 }
