@@ -3,6 +3,7 @@ package netstack
 import (
 	"fmt"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -41,8 +42,9 @@ const benchPeerCount = 5000
 // benchPeerCount peers: a full map on an engine with none ("ms/full-map"),
 // and a change to one peer's endpoints given as a whole config to
 // Reconfig ("ms/one-peer-reconfig") or as that peer alone to UpdatePeers
-// ("ms/one-peer-update"). The engine's peers are asleep (see peers.go)
-// unless BEAM_DEBUG_EAGER_PEERS is set.
+// ("ms/one-peer-update"), and what a full map costs in heap and
+// goroutines. The engine's peers are asleep (see peers.go) unless
+// BEAM_DEBUG_EAGER_PEERS is set.
 func BenchmarkPeerConfig(b *testing.B) {
 	n := newNodes(b, 1, nil)[0]
 	peers := benchPeers(benchPeerCount)
@@ -51,6 +53,10 @@ func BenchmarkPeerConfig(b *testing.B) {
 	full.Peers = peers
 
 	b.Run("full-map", func(b *testing.B) {
+		if err := n.e.Reconfig(base); err != nil {
+			b.Fatal(err)
+		}
+		heap0, g0 := heapInuse(), runtime.NumGoroutine()
 		var total time.Duration
 		for b.Loop() {
 			if err := n.e.Reconfig(base); err != nil {
@@ -63,6 +69,10 @@ func BenchmarkPeerConfig(b *testing.B) {
 			total += time.Since(start)
 		}
 		b.ReportMetric(float64(total.Microseconds())/1000/float64(b.N), "ms/full-map")
+		// What the peers cost while configured: heap and goroutines
+		// (wireguard-go runs two per peer in its device).
+		b.ReportMetric(float64(int64(heapInuse())-int64(heap0))/(1<<20), "heap-MiB/full-map")
+		b.ReportMetric(float64(runtime.NumGoroutine()-g0), "goroutines/full-map")
 	})
 	b.Run("one-peer-reconfig", func(b *testing.B) {
 		if err := n.e.Reconfig(full); err != nil {
