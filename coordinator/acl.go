@@ -9,12 +9,10 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/netip"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"beam.dev/beam/coordinator/policy"
 	"beam.dev/beam/types/key"
@@ -40,6 +38,8 @@ type accessControl struct {
 	// views (see sharedViewLocked). Guarded by Server.mu.
 	nets  map[int64]*netACL
 	views map[key.NodePublic]*wire.Node
+	// compiles counts netACL builds, a cost measure for tests.
+	compiles int
 
 	audit auditLog
 }
@@ -279,179 +279,4 @@ func aclFingerprint(n *wire.Node) string {
 		b.WriteString("|edge")
 	}
 	return b.String()
-}
-
-// inOverlay reports whether a is an overlay address.
-func inOverlay(a netip.Addr) bool { return CGNATPrefix.Contains(a) || ULAPrefix.Contains(a) }
-
-// netACL is the policy in force compiled for one network's current
-// members. It is rebuilt when the policy or the member set changes (a
-// node joins, leaves, expires, or changes user, tags or addresses).
-// Guarded by Server.mu.
-type netACL struct {
-	pol      *policy.Policy
-	compiled *policy.Compiled
-	// members holds the aclFingerprint of every unexpired node of the
-	// network, edge nodes included.
-	members map[key.NodePublic]string
-	// index numbers the nodes given to Compile (members less edges).
-	index map[key.NodePublic]int
-	// overlayAddrs counts the overlay addresses of all members: a rule
-	// whose sources are that many addresses admits every possible
-	// WireGuard peer of the network.
-	overlayAddrs int
-	per          map[key.NodePublic]*nodeACL
-}
-
-// nodeACL is one node's share of a netACL.
-type nodeACL struct {
-	filter  []wire.FilterRule
-	visible []uint64 // bitset over netACL.index
-}
-
-func (n *nodeACL) sees(i int) bool { return i/64 < len(n.visible) && n.visible[i/64]&(1<<(i%64)) != 0 }
-
-// netACLLocked returns the compiled policy of a network, compiling it if
-// needed. s.mu held.
-func (s *Server) netACLLocked(networkID int64, now time.Time) *netACL {
-	pol := s.currentPolicy()
-	if na := s.ac.nets[networkID]; na != nil && na.pol == pol {
-		return na
-	}
-	type member struct {
-		id wire.NodeID
-		n  *wire.Node
-	}
-	var ms []member
-	na := &netACL{pol: pol, members: make(map[key.NodePublic]string), index: make(map[key.NodePublic]int), per: make(map[key.NodePublic]*nodeACL)}
-	for k, e := range s.nodes {
-		if e.rec.NetworkID != networkID || e.rec.Node.Expired(now) {
-			continue
-		}
-		na.members[k] = aclFingerprint(&e.rec.Node)
-		for _, a := range e.rec.Node.Addresses {
-			if inOverlay(a.Addr()) {
-				na.overlayAddrs++
-			}
-		}
-		if !e.rec.Node.Edge {
-			ms = append(ms, member{e.rec.Node.ID, policyNode(pol, &e.rec.Node)})
-		}
-	}
-	// A stable order keeps filters identical across recompiles.
-	slices.SortFunc(ms, func(a, b member) int { return int(a.id - b.id) })
-	nodes := make([]*wire.Node, len(ms))
-	for i, m := range ms {
-		nodes[i] = m.n
-		na.index[m.n.Key] = i
-	}
-	na.compiled = pol.Compile(nodes)
-	s.ac.nets[networkID] = na
-	return na
-}
-
-// forLocked returns node k's share of na, computing it once. s.mu held.
-func (na *netACL) forLocked(k key.NodePublic) *nodeACL {
-	if r := na.per[k]; r != nil {
-		return r
-	}
-	filter, vis := na.compiled.For(k)
-	r := &nodeACL{filter: compactFilter(filter, na.overlayAddrs), visible: make([]uint64, (len(na.index)+63)/64)}
-	for _, pk := range vis {
-		if i, ok := na.index[pk]; ok {
-			r.visible[i/64] |= 1 << (i % 64)
-		}
-	}
-	na.per[k] = r
-	return r
-}
-
-// overlayPrefixes stands for "every node of the network" in a filter:
-// only the network's nodes are WireGuard peers, so only they can send.
-var overlayPrefixes = []netip.Prefix{CGNATPrefix, ULAPrefix}
-
-// compactFilter replaces source lists that hold every member's addresses
-// by the two overlay prefixes, so "*" rules stay small and the same as
-// nodes come and go. A filter is never shared with Compiled after this.
-func compactFilter(filter []wire.FilterRule, overlayAddrs int) []wire.FilterRule {
-	if filter == nil {
-		return []wire.FilterRule{}
-	}
-	out := make([]wire.FilterRule, len(filter))
-	for i, r := range filter {
-		if overlayAddrs > 0 && len(r.SrcIPs) == overlayAddrs {
-			r.SrcIPs = overlayPrefixes
-		}
-		out[i] = r
-	}
-	return out
-}
-
-// aclLocked returns self's packet filter and the peers self may see
-// under the access policy. The filter and the views are shared with other
-// callers and must not be modified. s.mu held.
-func (s *Server) aclLocked(self *wire.Node, networkID int64, now time.Time) ([]wire.FilterRule, []*wire.Node) {
-	na := s.netACLLocked(networkID, now)
-	r := na.forLocked(self.Key)
-	var visible []*wire.Node
-	for pk, i := range na.index {
-		if pk == self.Key || !r.sees(i) {
-			continue
-		}
-		if e := s.nodes[pk]; e != nil && e.rec.NetworkID == networkID && !e.rec.Node.Expired(now) {
-			visible = append(visible, s.sharedViewLocked(e))
-		}
-	}
-	return r.filter, visible
-}
-
-// sharedViewLocked returns e's view, shared by every stream until e
-// changes (notifyLocked drops it), so a policy change or a join costs
-// each stream map lookups rather than a copy of every peer. Views are
-// never modified. s.mu held.
-func (s *Server) sharedViewLocked(e *nodeEntry) *wire.Node {
-	if v := s.ac.views[e.rec.Node.Key]; v != nil {
-		return v
-	}
-	v := s.viewLocked(e)
-	s.ac.views[e.rec.Node.Key] = v
-	return v
-}
-
-// aclNotifyLocked is notifyLocked's part for the access policy: it drops
-// k's shared view and reports whether k's change needs every stream of
-// the network to recompute its peers and filter. s.mu held.
-func (s *Server) aclNotifyLocked(networkID int64, k key.NodePublic) bool {
-	delete(s.ac.views, k)
-	return s.aclChangedLocked(networkID, k)
-}
-
-// mayPeerLocked reports whether self's netmap may list node k. s.mu held.
-func (s *Server) mayPeerLocked(self *wire.Node, networkID int64, k key.NodePublic, now time.Time) bool {
-	if s.policy != nil {
-		return true // a PolicyFunc recomputes every peer on each change
-	}
-	na := s.netACLLocked(networkID, now)
-	i, ok := na.index[k]
-	return ok && na.forLocked(self.Key).sees(i)
-}
-
-// aclChangedLocked reports whether node k's change (it joined, left,
-// expired, or changed user, tags or addresses) invalidates the network's
-// compiled policy, and drops it if so. s.mu held.
-func (s *Server) aclChangedLocked(networkID int64, k key.NodePublic) bool {
-	na := s.ac.nets[networkID]
-	if na == nil {
-		return true
-	}
-	fp, in := "", false
-	if e := s.nodes[k]; e != nil && e.rec.NetworkID == networkID && !e.rec.Node.Expired(s.now()) {
-		fp, in = aclFingerprint(&e.rec.Node), true
-	}
-	old, had := na.members[k]
-	if in == had && fp == old {
-		return false
-	}
-	delete(s.ac.nets, networkID)
-	return true
 }

@@ -101,7 +101,7 @@ func BenchmarkPolicyChange1000(b *testing.B) {
 			}
 			t := i % 10 // reached from user (t-v) mod 10 on port 1000+r+v, r ≡ t-v (mod 10)
 			r := ((t-v)%10 + 10) % 10
-			for _, f := range nm.PacketFilter {
+			for _, f := range nm.ExpandedFilter() {
 				for _, d := range f.DstPorts {
 					if d.First == uint16(1000+r+v) {
 						return true

@@ -172,11 +172,11 @@ func TestPolicyEndToEnd(t *testing.T) {
 	// The filter the database received.
 	for _, v6 := range []bool{false, true} {
 		src, dst := addrOf(aliceNode, v6), addrOf(nmD.Self, v6)
-		if !filterAllows(nmD.PacketFilter, src, dst, 5432) {
-			t.Errorf("db filter %+v refuses alice %v -> %v:5432", nmD.PacketFilter, src, dst)
+		if !filterAllows(nmD.ExpandedFilter(), src, dst, 5432) {
+			t.Errorf("db filter %+v refuses alice %v -> %v:5432", nmD.ExpandedFilter(), src, dst)
 		}
-		if filterAllows(nmD.PacketFilter, src, dst, 22) {
-			t.Errorf("db filter %+v admits alice on port 22", nmD.PacketFilter)
+		if filterAllows(nmD.ExpandedFilter(), src, dst, 22) {
+			t.Errorf("db filter %+v admits alice on port 22", nmD.ExpandedFilter())
 		}
 	}
 	bobNode, _ := c.Server.Nodes(ctx)
@@ -186,12 +186,12 @@ func TestPolicyEndToEnd(t *testing.T) {
 			bobAddr = addrOf(n, false)
 		}
 	}
-	if filterAllows(nmD.PacketFilter, bobAddr, addrOf(nmD.Self, false), 5432) {
-		t.Errorf("db filter %+v admits bob", nmD.PacketFilter)
+	if filterAllows(nmD.ExpandedFilter(), bobAddr, addrOf(nmD.Self, false), 5432) {
+		t.Errorf("db filter %+v admits bob", nmD.ExpandedFilter())
 	}
 	// Nobody may reach alice: her filter admits nothing.
-	if filterAllows(nmA.PacketFilter, addrOf(dbNode, false), addrOf(nmA.Self, false), 5432) || len(nmA.PacketFilter) != 0 {
-		t.Errorf("alice filter = %+v, want empty", nmA.PacketFilter)
+	if filterAllows(nmA.ExpandedFilter(), addrOf(dbNode, false), addrOf(nmA.Self, false), 5432) || len(nmA.ExpandedFilter()) != 0 {
+		t.Errorf("alice filter = %+v, want empty", nmA.ExpandedFilter())
 	}
 
 	// A new policy reaches every node within 2 seconds: bob joins group:eng.
@@ -202,7 +202,7 @@ func TestPolicyEndToEnd(t *testing.T) {
 	}
 	wb.waitFor("db visible to bob", 2*time.Second, func(nm *wire.NetMap) bool { return peerNamed(nm, "db") != nil })
 	wd.waitFor("db filter admits bob", 2*time.Second, func(nm *wire.NetMap) bool {
-		return filterAllows(nm.PacketFilter, bobAddr, addrOf(nm.Self, false), 5432)
+		return filterAllows(nm.ExpandedFilter(), bobAddr, addrOf(nm.Self, false), 5432)
 	})
 	if d := time.Since(start); d > 2*time.Second {
 		t.Errorf("policy change took %v to reach the nodes", d)
@@ -213,7 +213,7 @@ func TestPolicyEndToEnd(t *testing.T) {
 	}
 	wb.waitFor("db gone for bob", 2*time.Second, func(nm *wire.NetMap) bool { return peerNamed(nm, "db") == nil })
 	wd.waitFor("db filter refuses bob", 2*time.Second, func(nm *wire.NetMap) bool {
-		return !filterAllows(nm.PacketFilter, bobAddr, addrOf(nm.Self, false), 5432)
+		return !filterAllows(nm.ExpandedFilter(), bobAddr, addrOf(nm.Self, false), 5432)
 	})
 
 	// Joins are compiled in too: a second alice node sees the database at once.
@@ -221,7 +221,7 @@ func TestPolicyEndToEnd(t *testing.T) {
 	alice2.register(t, ak(coordinator.AuthKeyOptions{User: "alice"}), "alice-desktop")
 	wd.waitFor("db filter admits alice's new node", wait, func(nm *wire.NetMap) bool {
 		p := peerNamed(nm, "alice-desktop")
-		return p != nil && filterAllows(nm.PacketFilter, addrOf(p, false), addrOf(nm.Self, false), 5432)
+		return p != nil && filterAllows(nm.ExpandedFilter(), addrOf(p, false), addrOf(nm.Self, false), 5432)
 	})
 
 	got, err := admin.GetPolicy(ctx)

@@ -155,8 +155,8 @@ func TestExposeEdgeStream(t *testing.T) {
 	if len(nm.Peers) != 0 || len(nm.EdgeRoutes) != 0 {
 		t.Fatalf("edge sees peers %v routes %v before any route", nm.Peers, nm.EdgeRoutes)
 	}
-	if len(nm.PacketFilter) != 0 {
-		t.Fatalf("edge filter = %+v, want empty", nm.PacketFilter)
+	if len(nm.ExpandedFilter()) != 0 {
+		t.Fatalf("edge filter = %+v, want empty", nm.ExpandedFilter())
 	}
 	nma := wa.waitFor("alpha sees beta", wait, func(nm *wire.NetMap) bool { return peerNamed(nm, "beta") != nil })
 	if peerNamed(nma, "edge1") != nil {
@@ -183,15 +183,15 @@ func TestExposeEdgeStream(t *testing.T) {
 	if peerNamed(nm, "beta") != nil || len(nm.Peers) != 1 {
 		t.Errorf("edge peers = %v, want only alpha", nm.Peers)
 	}
-	if len(nm.PacketFilter) != 0 {
-		t.Errorf("edge filter = %+v, want empty", nm.PacketFilter)
+	if len(nm.ExpandedFilter()) != 0 {
+		t.Errorf("edge filter = %+v, want empty", nm.ExpandedFilter())
 	}
 
 	// The serving node sees the edge and lets it reach only the exposed ports.
 	nma = wa.waitFor("alpha sees the edge", wait, func(nm *wire.NetMap) bool {
 		// Both routes (3000/tcp and 5000/udp) may arrive in separate deltas.
-		return peerNamed(nm, "edge1") != nil && filterAllowsProto(nm.PacketFilter, edgeAddr, alphaAddr, 3000, 6) &&
-			filterAllowsProto(nm.PacketFilter, edgeAddr, alphaAddr, 5000, 17) && len(nm.EdgeRoutes) == 2
+		return peerNamed(nm, "edge1") != nil && filterAllowsProto(nm.ExpandedFilter(), edgeAddr, alphaAddr, 3000, 6) &&
+			filterAllowsProto(nm.ExpandedFilter(), edgeAddr, alphaAddr, 5000, 17) && len(nm.EdgeRoutes) == 2
 	})
 	checks := []struct {
 		src   netip.Addr
@@ -208,8 +208,8 @@ func TestExposeEdgeStream(t *testing.T) {
 		{v4(peerNamed(nma, "beta")), 3000, 6, true},
 	}
 	for _, ch := range checks {
-		if got := filterAllowsProto(nma.PacketFilter, ch.src, alphaAddr, ch.port, ch.proto); got != ch.want {
-			t.Errorf("alpha filter from %v to port %d/%d = %v, want %v (filter %+v)", ch.src, ch.port, ch.proto, got, ch.want, nma.PacketFilter)
+		if got := filterAllowsProto(nma.ExpandedFilter(), ch.src, alphaAddr, ch.port, ch.proto); got != ch.want {
+			t.Errorf("alpha filter from %v to port %d/%d = %v, want %v (filter %+v)", ch.src, ch.port, ch.proto, got, ch.want, nma.ExpandedFilter())
 		}
 	}
 	if len(nma.EdgeRoutes) != 2 {
@@ -233,7 +233,7 @@ func TestExposeEdgeStream(t *testing.T) {
 		t.Errorf("removal took %v to reach the edge", d)
 	}
 	wa.waitFor("udp port closed to the edge", wait, func(nm *wire.NetMap) bool {
-		return !filterAllowsProto(nm.PacketFilter, edgeAddr, alphaAddr, 5000, 17) && filterAllowsProto(nm.PacketFilter, edgeAddr, alphaAddr, 3000, 6)
+		return !filterAllowsProto(nm.ExpandedFilter(), edgeAddr, alphaAddr, 5000, 17) && filterAllowsProto(nm.ExpandedFilter(), edgeAddr, alphaAddr, 3000, 6)
 	})
 
 	// Endpoint changes of the serving node reach the edge across networks.
@@ -948,14 +948,14 @@ func TestEdgeFilterNarrowsWidePolicy(t *testing.T) {
 	wb.waitFor("beta map", wait, func(nm *wire.NetMap) bool { return peerNamed(nm, "alpha") != nil })
 	expose(t, a, wire.ExposeRequest{Proto: "http", Port: 8080})
 	nm := wa.waitFor("edge admitted", wait, func(nm *wire.NetMap) bool {
-		return peerNamed(nm, "edge") != nil && filterAllowsProto(nm.PacketFilter, edgeAddr, v4(nm.Self), 8080, 6)
+		return peerNamed(nm, "edge") != nil && filterAllowsProto(nm.ExpandedFilter(), edgeAddr, v4(nm.Self), 8080, 6)
 	})
 	self := v4(nm.Self)
-	if filterAllowsProto(nm.PacketFilter, edgeAddr, self, 22, 6) || filterAllowsProto(nm.PacketFilter, edgeAddr, self, 8080, 17) {
-		t.Errorf("edge reaches more than tcp/8080: %+v", nm.PacketFilter)
+	if filterAllowsProto(nm.ExpandedFilter(), edgeAddr, self, 22, 6) || filterAllowsProto(nm.ExpandedFilter(), edgeAddr, self, 8080, 17) {
+		t.Errorf("edge reaches more than tcp/8080: %+v", nm.ExpandedFilter())
 	}
-	if !filterAllowsProto(nm.PacketFilter, v4(peerNamed(nm, "beta")), self, 22, 6) {
-		t.Errorf("beta lost access: %+v", nm.PacketFilter)
+	if !filterAllowsProto(nm.ExpandedFilter(), v4(peerNamed(nm, "beta")), self, 22, 6) {
+		t.Errorf("beta lost access: %+v", nm.ExpandedFilter())
 	}
 	if nmb := wb.waitFor("beta map", wait, func(nm *wire.NetMap) bool { return true }); peerNamed(nmb, "edge") != nil {
 		t.Error("beta sees the edge")
@@ -965,6 +965,6 @@ func TestEdgeFilterNarrowsWidePolicy(t *testing.T) {
 	n3.register(t, ak, "gamma")
 	wa.waitFor("gamma admitted", wait, func(nm *wire.NetMap) bool {
 		p := peerNamed(nm, "gamma")
-		return p != nil && filterAllowsProto(nm.PacketFilter, v4(p), self, 22, 6)
+		return p != nil && filterAllowsProto(nm.ExpandedFilter(), v4(p), self, 22, 6)
 	})
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net/http"
 	"net/netip"
-	"reflect"
 	"slices"
 	"strconv"
 	"sync"
@@ -274,7 +273,7 @@ type sentState struct {
 	// is sent again.
 	peers  peerSet
 	ver    uint64
-	filter []wire.FilterRule
+	filter *streamFilter
 	extras streamExtras // edge routes and DNS settings
 }
 
@@ -371,7 +370,9 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 			return
 		}
 		self := s.sharedNodeLocked(e)
-		peers, set, filter := s.peersLocked(self, ss.networkID, now)
+		peers, set, computed := s.peersLocked(self, ss.networkID, now)
+		filter := s.filterLocked(self, ss.networkID, now, computed)
+		filterSets := filter.fullSets()
 		views := make([]*peerView, len(peers))
 		for i, ps := range peers {
 			views[i] = ps.view
@@ -383,8 +384,9 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 			Self:            self,
 			DERPMap:         s.derpMap.Load(),
 			DNS:             s.dnsConfig(ss.networkID),
-			PacketFilter:    filter,
+			PacketFilter:    filter.rules,
 			PacketFilterSet: true,
+			FilterSets:      filterSets,
 		}, peers: views, full: true}
 		s.fillExtras(ss, &st.extras, f.resp)
 		if err := send(f); err != nil {
@@ -447,7 +449,7 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 		}
 		s.fillExtras(ss, &st.extras, resp)
 		if resp.Self == nil && len(f.peers) == 0 && len(resp.PeersRemoved) == 0 &&
-			len(resp.PeersOnline) == 0 && resp.DERPMap == nil && !resp.PacketFilterSet && resp.DNS == nil && resp.EdgeRoutes == nil {
+			len(resp.PeersOnline) == 0 && resp.DERPMap == nil && !resp.PacketFilterSet && len(resp.FilterSetChanges) == 0 && resp.DNS == nil && resp.EdgeRoutes == nil {
 			ss.delivered(gen) // nothing this node sees changed
 			continue
 		}
@@ -503,8 +505,11 @@ func (s *Server) delta(ss *session, st *sentState, ver uint64, changed, full boo
 			}
 		}
 	}
+	var computed []wire.FilterRule
 	if full {
-		peers, set, filter := s.peersLocked(self, ss.networkID, now)
+		var peers []*peerState
+		var set peerSet
+		peers, set, computed = s.peersLocked(self, ss.networkID, now)
 		st.peers.each(func(i int) {
 			if !set.has(i) {
 				consider(s.peerSlots[i], false)
@@ -512,10 +517,6 @@ func (s *Server) delta(ss *session, st *sentState, ver uint64, changed, full boo
 		})
 		for _, ps := range peers {
 			consider(ps, true)
-		}
-		if !reflect.DeepEqual(filter, st.filter) {
-			st.filter = filter
-			resp.PacketFilter, resp.PacketFilterSet = filter, true
 		}
 	} else if changed {
 		for k := range s.changedSinceLocked(st.ver, ver) {
@@ -532,6 +533,7 @@ func (s *Server) delta(ss *session, st *sentState, ver uint64, changed, full boo
 			consider(ps, visible)
 		}
 	}
+	st.filter = s.filterDeltaLocked(self, ss.networkID, now, st.filter, full, computed, resp)
 	if !nodeEqual(self, st.self) {
 		resp.Self = self
 	}

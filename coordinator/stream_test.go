@@ -34,12 +34,12 @@ func TestStreamDeltas(t *testing.T) {
 		t.Fatalf("beta = %+v, want offline with b's key", p)
 	}
 	// The filter admits beta's addresses to all of alpha's ports.
-	if !filterAllows(nm.PacketFilter, peerNamed(nm, "beta").Addresses[0].Addr(), nm.Self.Addresses[0].Addr(), 22) ||
-		!filterAllows(nm.PacketFilter, peerNamed(nm, "beta").Addresses[1].Addr(), nm.Self.Addresses[1].Addr(), 65535) {
-		t.Fatalf("filter = %+v, want beta allowed to every port", nm.PacketFilter)
+	if !filterAllows(nm.ExpandedFilter(), peerNamed(nm, "beta").Addresses[0].Addr(), nm.Self.Addresses[0].Addr(), 22) ||
+		!filterAllows(nm.ExpandedFilter(), peerNamed(nm, "beta").Addresses[1].Addr(), nm.Self.Addresses[1].Addr(), 65535) {
+		t.Fatalf("filter = %+v, want beta allowed to every port", nm.ExpandedFilter())
 	}
-	if filterAllows(nm.PacketFilter, netip.MustParseAddr("192.0.2.1"), nm.Self.Addresses[0].Addr(), 22) {
-		t.Fatalf("filter = %+v admits a non-overlay source", nm.PacketFilter)
+	if filterAllows(nm.ExpandedFilter(), netip.MustParseAddr("192.0.2.1"), nm.Self.Addresses[0].Addr(), 22) {
+		t.Fatalf("filter = %+v admits a non-overlay source", nm.ExpandedFilter())
 	}
 
 	// The peer comes online and changes endpoints.
@@ -196,8 +196,8 @@ func TestPolicyHidesPeers(t *testing.T) {
 	if peerNamed(nm, "bravo") != nil {
 		t.Fatal("policy-hidden peer is visible")
 	}
-	if len(nm.PacketFilter) != 1 || nm.PacketFilter[0].DstPorts[0].First != 22 || len(nm.PacketFilter[0].SrcIPs) != 2 {
-		t.Fatalf("filter = %+v", nm.PacketFilter)
+	if len(nm.ExpandedFilter()) != 1 || nm.ExpandedFilter()[0].DstPorts[0].First != 22 || len(nm.ExpandedFilter()[0].SrcIPs) != 2 {
+		t.Fatalf("filter = %+v", nm.ExpandedFilter())
 	}
 }
 

@@ -35,7 +35,7 @@ func TestDroppedTagNotHeld(t *testing.T) {
 
 	admitsWeb := func(nm *wire.NetMap) bool {
 		p := peerNamed(nm, "web")
-		return p != nil && filterAllows(nm.PacketFilter, addrOf(p, false), addrOf(nm.Self, false), 5432)
+		return p != nil && filterAllows(nm.ExpandedFilter(), addrOf(p, false), addrOf(nm.Self, false), 5432)
 	}
 	wd.waitFor("db admits web", wait, admitsWeb)
 	ww.waitFor("web sees db", wait, func(nm *wire.NetMap) bool { return peerNamed(nm, "db") != nil })

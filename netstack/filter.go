@@ -25,11 +25,14 @@ type Filter struct {
 	Rules []FilterRule
 }
 
-// FilterRule accepts new inbound flows from SrcIPs to DstPorts.
+// FilterRule accepts new inbound flows from SrcIPs or SrcSets to DstPorts.
 type FilterRule struct {
 	// SrcIPs are the peer addresses the rule applies to. Empty matches
-	// nothing.
+	// nothing (unless SrcSets does).
 	SrcIPs []netip.Prefix
+	// SrcSets are more peer addresses, in sets that rules may share.
+	// Nil sets match nothing.
+	SrcSets []*AddrSet
 	// DstPorts are the destinations (local address prefix and port range)
 	// the rule opens. For ICMP only the prefix is checked. Empty matches
 	// nothing.
@@ -37,6 +40,48 @@ type FilterRule struct {
 	// Protos are IP protocol numbers (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6).
 	// Empty means TCP, UDP, ICMP and ICMPv6.
 	Protos []uint8
+}
+
+// AddrSet is an immutable set of source addresses and prefixes, looked
+// up in constant time per address however many it holds.
+type AddrSet struct {
+	hosts    map[netip.Addr]struct{}
+	prefixes []netip.Prefix // those that are not single addresses
+}
+
+// NewAddrSet returns the set of the addresses in ps.
+func NewAddrSet(ps []netip.Prefix) *AddrSet {
+	s := &AddrSet{hosts: make(map[netip.Addr]struct{}, len(ps))}
+	for _, p := range ps {
+		if !p.IsValid() {
+			continue
+		}
+		if p.IsSingleIP() {
+			s.hosts[p.Addr()] = struct{}{}
+		} else {
+			s.prefixes = append(s.prefixes, p.Masked())
+		}
+	}
+	return s
+}
+
+// Len returns the number of addresses and prefixes in s.
+func (s *AddrSet) Len() int { return len(s.hosts) + len(s.prefixes) }
+
+// Contains reports whether a is in s.
+func (s *AddrSet) Contains(a netip.Addr) bool {
+	if s == nil {
+		return false
+	}
+	if _, ok := s.hosts[a]; ok {
+		return true
+	}
+	for _, p := range s.prefixes {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // PortRange is a destination prefix with an inclusive port range.
@@ -265,6 +310,12 @@ func (p *policy) acceptNew(pi *packetInfo) bool {
 	return p.filter.match(pi)
 }
 
+// Allows reports whether f lets a packet of IP protocol proto from src
+// open a new flow to dst and port (ignored for ICMP).
+func (f *Filter) Allows(src, dst netip.Addr, proto uint8, port uint16) bool {
+	return f.match(&packetInfo{proto: proto, src: src, dst: dst, dport: port})
+}
+
 func (f *Filter) match(pi *packetInfo) bool {
 	for i := range f.Rules {
 		if f.Rules[i].match(pi) {
@@ -290,6 +341,12 @@ func (r *FilterRule) match(pi *packetInfo) bool {
 			srcOK = true
 			break
 		}
+	}
+	for _, s := range r.SrcSets {
+		if srcOK {
+			break
+		}
+		srcOK = s.Contains(pi.src)
 	}
 	if !srcOK {
 		return false

@@ -84,7 +84,7 @@ func engineBase(nm *wire.NetMap, shieldsUp bool, allowInbound []uint16) netstack
 	// The coordinator always sends the filter its policy compiles for this
 	// node; an empty one arrives as an absent JSON field (nil here) and
 	// means nothing may open a flow to this node, never "accept all".
-	cfg.Filter = convertFilter(nm.PacketFilter)
+	cfg.Filter = convertFilter(nm.PacketFilter, nm.FilterSets)
 	cfg.DERPMap, cfg.HomeDERP = derpConfig(nm.DERPMap)
 	return cfg
 }
@@ -201,10 +201,23 @@ func derpConfig(dm *wire.DERPMap) (map[int]netstack.DERPRegion, int) {
 	return out, home
 }
 
-func convertFilter(rules []wire.FilterRule) *netstack.Filter {
+// convertFilter turns the coordinator's filter into the engine's. Rules
+// name address sets of sets by SrcSets; each set becomes one
+// netstack.AddrSet that every rule naming it shares, and a set the
+// netmap lacks matches nothing.
+func convertFilter(rules []wire.FilterRule, sets map[string][]netip.Prefix) *netstack.Filter {
 	f := &netstack.Filter{Rules: make([]netstack.FilterRule, 0, len(rules))}
+	built := map[string]*netstack.AddrSet{}
 	for _, r := range rules {
 		fr := netstack.FilterRule{SrcIPs: append([]netip.Prefix(nil), r.SrcIPs...)}
+		for _, name := range r.SrcSets {
+			as, ok := built[name]
+			if !ok {
+				as = netstack.NewAddrSet(sets[name])
+				built[name] = as
+			}
+			fr.SrcSets = append(fr.SrcSets, as)
+		}
 		for _, d := range r.DstPorts {
 			fr.DstPorts = append(fr.DstPorts, netstack.PortRange{Prefix: d.IP, First: d.First, Last: d.Last})
 		}

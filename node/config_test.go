@@ -85,7 +85,7 @@ func TestFilterConversion(t *testing.T) {
 		SrcIPs:   []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10")},
 		DstPorts: []wire.NetPortRange{{IP: netip.MustParsePrefix("100.64.0.1/32"), First: 22, Last: 22}},
 		Protos:   []int{6, 999},
-	}})
+	}}, nil)
 	if len(f.Rules) != 1 || len(f.Rules[0].DstPorts) != 1 || f.Rules[0].DstPorts[0].First != 22 || len(f.Rules[0].Protos) != 1 {
 		t.Fatalf("converted filter = %+v", f)
 	}

@@ -2,6 +2,7 @@ package wire
 
 import (
 	"maps"
+	"net/netip"
 	"slices"
 	"time"
 
@@ -16,7 +17,9 @@ type NetMap struct {
 	DERPMap      *DERPMap     `json:"derp_map,omitempty"`
 	DNS          *DNSConfig   `json:"dns,omitempty"`
 	PacketFilter []FilterRule `json:"packet_filter,omitempty"`
-	EdgeRoutes   []EdgeRoute  `json:"edge_routes,omitempty"`
+	// FilterSets are the address sets PacketFilter's rules name.
+	FilterSets map[string][]netip.Prefix `json:"filter_sets,omitempty"`
+	EdgeRoutes []EdgeRoute               `json:"edge_routes,omitempty"`
 	// ControlTime is the coordinator's clock at the last message and
 	// LocalTime the node's clock when it arrived; their difference is the
 	// skew correction for expiry checks.
@@ -25,7 +28,8 @@ type NetMap struct {
 }
 
 // Clone returns a deep-enough copy of nm: slices and peers are copied, so
-// applying a delta to the copy does not change nm.
+// applying a delta to the copy does not change nm. The address slices of
+// FilterSets are shared: Apply replaces them, never changes them.
 func (nm *NetMap) Clone() *NetMap {
 	if nm == nil {
 		return nil
@@ -41,6 +45,7 @@ func (nm *NetMap) Clone() *NetMap {
 		c.Peers[i] = &pc
 	}
 	c.PacketFilter = slices.Clone(nm.PacketFilter)
+	c.FilterSets = maps.Clone(nm.FilterSets)
 	c.EdgeRoutes = slices.Clone(nm.EdgeRoutes)
 	return &c
 }
@@ -107,6 +112,13 @@ func (nm *NetMap) Apply(resp *MapResponse, localNow time.Time) *NetMap {
 	}
 	if resp.PacketFilterSet || resp.PacketFilter != nil {
 		next.PacketFilter = slices.Clone(resp.PacketFilter)
+		next.FilterSets = maps.Clone(resp.FilterSets)
+	}
+	for _, ch := range resp.FilterSetChanges {
+		if next.FilterSets == nil {
+			next.FilterSets = map[string][]netip.Prefix{}
+		}
+		next.FilterSets[ch.Name] = ch.apply(next.FilterSets[ch.Name])
 	}
 	if resp.EdgeRoutes != nil {
 		next.EdgeRoutes = slices.Clone(resp.EdgeRoutes)
@@ -143,12 +155,59 @@ func (m *MapResponse) Merge(next *MapResponse) {
 	if next.PacketFilterSet || next.PacketFilter != nil {
 		m.PacketFilter, m.PacketFilterSet = next.PacketFilter, next.PacketFilterSet
 	}
+	for name, set := range next.FilterSets {
+		if m.FilterSets == nil {
+			m.FilterSets = make(map[string][]netip.Prefix, len(next.FilterSets))
+		}
+		m.FilterSets[name] = set
+	}
+	m.FilterSetChanges = append(m.FilterSetChanges, next.FilterSetChanges...)
 	if next.EdgeRoutes != nil {
 		m.EdgeRoutes = next.EdgeRoutes
 	}
 	if !next.ControlTime.IsZero() {
 		m.ControlTime = next.ControlTime
 	}
+}
+
+// ExpandedFilter returns PacketFilter with the address sets its rules
+// name (SrcSets) resolved into SrcIPs, as nodes before version 14 get it.
+// A set the netmap lacks adds nothing.
+func (nm *NetMap) ExpandedFilter() []FilterRule {
+	if nm == nil || nm.PacketFilter == nil {
+		return nil
+	}
+	out := make([]FilterRule, len(nm.PacketFilter))
+	for i, r := range nm.PacketFilter {
+		if len(r.SrcSets) > 0 {
+			src := slices.Clone(r.SrcIPs)
+			for _, name := range r.SrcSets {
+				src = append(src, nm.FilterSets[name]...)
+			}
+			r.SrcIPs, r.SrcSets = src, nil
+		}
+		out[i] = r
+	}
+	return out
+}
+
+// apply returns set with the change applied; set is not modified.
+func (ch *FilterSetChange) apply(set []netip.Prefix) []netip.Prefix {
+	if ch.Replace {
+		return slices.Clone(ch.Add)
+	}
+	out := make([]netip.Prefix, 0, len(set)+len(ch.Add))
+	for _, a := range set {
+		if !slices.Contains(ch.Remove, a) {
+			out = append(out, a)
+		}
+	}
+	for _, a := range ch.Add {
+		if !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // ControlNow estimates the coordinator's current clock from the node's

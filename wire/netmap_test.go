@@ -3,6 +3,7 @@ package wire
 import (
 	"encoding/json"
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -76,5 +77,48 @@ func TestEmptyEdgeRoutesRoundTrip(t *testing.T) {
 	}
 	if nm2 := nm.Apply(&resp, time.Now()); len(nm2.EdgeRoutes) != 0 {
 		t.Fatalf("an empty route list (%s) did not clear the routes: %v", b, nm2.EdgeRoutes)
+	}
+}
+
+func TestNetMapApplyFilterSets(t *testing.T) {
+	p := netip.MustParsePrefix
+	now := time.Now()
+	rule := FilterRule{SrcSets: []string{"group:eng"}, DstPorts: []NetPortRange{{IP: p("100.64.0.1/32"), First: 22, Last: 22}}}
+	nm := (*NetMap)(nil).Apply(&MapResponse{
+		Self:            &Node{Name: "db"},
+		PacketFilter:    []FilterRule{rule},
+		PacketFilterSet: true,
+		FilterSets:      map[string][]netip.Prefix{"group:eng": {p("100.64.0.2/32"), p("100.64.0.3/32")}},
+	}, now)
+	tests := []struct {
+		name   string
+		change FilterSetChange
+		want   []netip.Prefix
+	}{
+		{"add", FilterSetChange{Name: "group:eng", Add: []netip.Prefix{p("100.64.0.4/32")}}, []netip.Prefix{p("100.64.0.2/32"), p("100.64.0.3/32"), p("100.64.0.4/32")}},
+		{"add present", FilterSetChange{Name: "group:eng", Add: []netip.Prefix{p("100.64.0.2/32")}}, []netip.Prefix{p("100.64.0.2/32"), p("100.64.0.3/32")}},
+		{"remove", FilterSetChange{Name: "group:eng", Remove: []netip.Prefix{p("100.64.0.2/32")}}, []netip.Prefix{p("100.64.0.3/32")}},
+		{"remove then add", FilterSetChange{Name: "group:eng", Remove: []netip.Prefix{p("100.64.0.3/32")}, Add: []netip.Prefix{p("100.64.0.3/32")}}, []netip.Prefix{p("100.64.0.2/32"), p("100.64.0.3/32")}},
+		{"replace", FilterSetChange{Name: "group:eng", Replace: true, Add: []netip.Prefix{p("100.64.0.9/32")}}, []netip.Prefix{p("100.64.0.9/32")}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			next := nm.Apply(&MapResponse{FilterSetChanges: []FilterSetChange{tt.change}}, now)
+			if got := next.FilterSets["group:eng"]; !slices.Equal(got, tt.want) {
+				t.Errorf("set = %v, want %v", got, tt.want)
+			}
+			if got := nm.FilterSets["group:eng"]; len(got) != 2 {
+				t.Errorf("the change modified the earlier netmap's set: %v", got)
+			}
+			ex := next.ExpandedFilter()
+			if len(ex) != 1 || len(ex[0].SrcSets) != 0 || !slices.Equal(ex[0].SrcIPs, tt.want) {
+				t.Errorf("ExpandedFilter = %+v, want one rule from %v", ex, tt.want)
+			}
+		})
+	}
+	// A new filter replaces the sets.
+	next := nm.Apply(&MapResponse{PacketFilter: []FilterRule{}, PacketFilterSet: true}, now)
+	if next.FilterSets != nil || len(next.PacketFilter) != 0 {
+		t.Errorf("after an empty filter: sets %v, filter %v", next.FilterSets, next.PacketFilter)
 	}
 }

@@ -58,7 +58,12 @@ import (
 //     frame (a full map of about 10,000 peers) comes as several, every
 //     one but the last with More set; the node joins them before applying
 //     them. Older nodes get one frame, up to MaxFrameSize.
-const CapabilityVersion = 13
+//   - 14 (2026-12-06): packet filters over address sets: FilterRule.SrcSets
+//     names sets that MapResponse.FilterSets sends whole with the filter
+//     and FilterSetChanges updates, so one node joining costs each node
+//     whose filter admits it a constant-size change instead of its whole
+//     filter. Nodes of older versions get every set expanded into SrcIPs.
+const CapabilityVersion = 14
 
 // NodeID is the coordinator's stable identifier of a node.
 type NodeID int64
@@ -122,7 +127,7 @@ type MapRequest struct {
 	HomeDERP int    `json:"home_derp,omitempty"`
 	Hostname string `json:"hostname,omitempty"`
 	// PeerRelay is the UDP port of the node's peer relay server; 0 for
-	// none. Since version 12.
+	// none. Since version 14.
 	PeerRelay uint16 `json:"peer_relay,omitempty"`
 	// Stream asks for a long-lived stream of MapResponses. Without it the
 	// request only updates the fields above and returns at once.
@@ -162,6 +167,13 @@ type MapResponse struct {
 	PacketFilter []FilterRule `json:"packet_filter,omitempty"`
 	// PacketFilterSet distinguishes "no change" from "empty filter".
 	PacketFilterSet bool `json:"packet_filter_set,omitempty"`
+	// FilterSets holds, with a new PacketFilter, every address set its
+	// rules name in SrcSets, replacing all earlier sets. Since version 14.
+	FilterSets map[string][]netip.Prefix `json:"filter_sets,omitempty"`
+	// FilterSetChanges update sets of the filter in force, in order,
+	// after FilterSets: a node joining or leaving costs each node whose
+	// filter admits it one small change. Since version 14.
+	FilterSetChanges []FilterSetChange `json:"filter_set_changes,omitempty"`
 	// EdgeRoutes, when non-nil, is the complete list of public routes this
 	// node serves (for edges) or owns (for devices).
 	EdgeRoutes []EdgeRoute `json:"edge_routes,omitzero"`
@@ -190,7 +202,7 @@ type Node struct {
 	// PeerRelay is the UDP port of the node's peer relay server, as it
 	// reported it; 0 for none. Peers that have no direct path between
 	// them may relay through it. Not stored: the node reports it in every
-	// MapRequest. Since version 12.
+	// MapRequest. Since version 14.
 	PeerRelay uint16    `json:"peer_relay,omitempty"`
 	Online    bool      `json:"online"`
 	LastSeen  time.Time `json:"last_seen,omitzero"`
@@ -266,14 +278,29 @@ type DNSRecord struct {
 	Value string `json:"value"`
 }
 
-// FilterRule allows packets from any of SrcIPs to any of DstPorts. A node
-// accepts an inbound flow if some rule matches; everything else is dropped.
+// FilterRule allows packets from any of SrcIPs, or from any address of
+// the sets named in SrcSets, to any of DstPorts. A node accepts an inbound
+// flow if some rule matches; everything else is dropped.
 type FilterRule struct {
-	SrcIPs   []netip.Prefix `json:"src_ips"`
+	SrcIPs []netip.Prefix `json:"src_ips"`
+	// SrcSets names address sets (MapResponse.FilterSets) whose addresses
+	// are sources too; a set the node does not have matches nothing.
+	// Since version 14.
+	SrcSets  []string       `json:"src_sets,omitempty"`
 	DstPorts []NetPortRange `json:"dst_ports"`
 	// Protos lists IP protocol numbers (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6);
 	// empty means TCP, UDP and ICMP.
 	Protos []int `json:"protos,omitempty"`
+}
+
+// FilterSetChange changes one address set of the filter in force: with
+// Replace, the set becomes Add; otherwise Remove's addresses leave it and
+// then Add's join it.
+type FilterSetChange struct {
+	Name    string         `json:"name"`
+	Replace bool           `json:"replace,omitempty"`
+	Add     []netip.Prefix `json:"add,omitempty"`
+	Remove  []netip.Prefix `json:"remove,omitempty"`
 }
 
 // NetPortRange is a destination prefix and port range.
