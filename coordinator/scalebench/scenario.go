@@ -160,7 +160,7 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 	}); err != nil {
 		return nil, err
 	}
-	log.Info("registered", "nodes", sc.N, "took", res.Register, "per_s", res.RegisterRate())
+	log.Info("registered", "n", sc.N, "took", res.Register, "per_s", res.RegisterRate())
 
 	start := time.Now()
 	fleet.Stream()
