@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -34,6 +35,15 @@ type FleetOptions struct {
 	// Logger receives the progress of waits every few seconds; nil
 	// discards it.
 	Logger *slog.Logger
+	// FullMapsInFlight bounds how many streams read their full map at
+	// once: a stream takes a slot before it reads its first byte and
+	// gives it back once its full map is decoded. Every stream request
+	// still reaches the coordinator at once; the others wait, unread,
+	// as nodes on slow links would. Without the bound the fleet's memory
+	// grows with N times the size of a full map whenever it decodes more
+	// slowly than the coordinator sends (5,000 streams took this
+	// process past 9 GB on 2 busy cores). Zero means 128.
+	FullMapsInFlight int
 }
 
 // Fleet is N fake nodes of one network. Node 0 is the one whose changes
@@ -56,6 +66,8 @@ type Fleet struct {
 	badFulls atomic.Int64 // full maps without every other node as a peer
 	badFull  atomic.Pointer[string]
 	runErr   atomic.Pointer[error] // the first error that ended a node's stream for good
+
+	reading chan struct{} // a slot per stream reading its full map (FullMapsInFlight)
 
 	cancel context.CancelFunc // ends the streams; set by Stream
 	wg     sync.WaitGroup     // the streams
@@ -83,6 +95,7 @@ type fakeNode struct {
 	online    []uint64
 	nOnline   int
 	lastMark  int64
+	stream    *gatedBody // the body of the current stream
 }
 
 // NewFleet makes the nodes' keys and clients. It does no I/O.
@@ -102,6 +115,11 @@ func NewFleet(opts FleetOptions) (*Fleet, error) {
 		poked:  make(chan struct{}, 1),
 		logger: opts.Logger,
 	}
+	inFlight := opts.FullMapsInFlight
+	if inFlight <= 0 {
+		inFlight = 128
+	}
+	f.reading = make(chan struct{}, inFlight)
 	if f.logger == nil {
 		f.logger = slog.New(slog.DiscardHandler)
 	}
@@ -110,7 +128,7 @@ func NewFleet(opts FleetOptions) (*Fleet, error) {
 		nd := &fakeNode{f: f, i: i, name: fmt.Sprintf("n%d", i), online: make([]uint64, (opts.N+63)/64)}
 		src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i%sources))}
 		dialer := &net.Dialer{LocalAddr: src}
-		nd.hc = &http.Client{Transport: &http.Transport{
+		nd.hc = &http.Client{Transport: &gatedTransport{nd: nd, base: &http.Transport{
 			DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 				c, err := dialer.DialContext(ctx, network, addr)
 				if err != nil {
@@ -120,7 +138,7 @@ func NewFleet(opts FleetOptions) (*Fleet, error) {
 			},
 			MaxIdleConnsPerHost: 2,
 			DisableCompression:  true,
-		}}
+		}}}
 		priv := key.NewNode()
 		c, err := coordclient.New(coordclient.Options{
 			ServerURL:   opts.URL,
@@ -321,6 +339,9 @@ func (nd *fakeNode) onResponse(resp *wire.MapResponse, first bool) {
 		}
 	}
 	if first {
+		if nd.stream != nil {
+			nd.stream.release()
+		}
 		ep := f.cur.Load()
 		if len(resp.Peers) != f.n-1 {
 			msg := fmt.Sprintf("%s: %d peers, want %d", nd.name, len(resp.Peers), f.n-1)
@@ -389,6 +410,63 @@ func (nd *fakeNode) resettle(streaming bool) {
 		nd.settledIn.settled.Add(1)
 		f.poke()
 	}
+}
+
+// gatedTransport hands a node's map streams (the answers that carry
+// wire.HeaderKeepAlive) to a gatedBody. RoundTrip runs on the goroutine
+// that makes the request: for a stream, the node's stream goroutine.
+type gatedTransport struct {
+	nd   *fakeNode
+	base *http.Transport
+}
+
+func (t *gatedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.base.RoundTrip(req)
+	if err != nil || resp.Header.Get(wire.HeaderKeepAlive) == "" {
+		return resp, err
+	}
+	g := &gatedBody{ReadCloser: resp.Body, f: t.nd.f, ctx: req.Context()}
+	t.nd.stream = g
+	resp.Body = g
+	return resp, nil
+}
+
+func (t *gatedTransport) CloseIdleConnections() { t.base.CloseIdleConnections() }
+
+// gatedBody is a map stream's body: its first Read waits for one of the
+// fleet's reading slots, which release (the full map decoded) or Close
+// gives back. Only the stream's goroutine uses it.
+type gatedBody struct {
+	io.ReadCloser
+	f    *Fleet
+	ctx  context.Context
+	held bool
+	done bool // the slot was taken and given back
+}
+
+func (g *gatedBody) Read(b []byte) (int, error) {
+	if !g.held && !g.done {
+		select {
+		case g.f.reading <- struct{}{}:
+			g.held = true
+		case <-g.ctx.Done():
+			return 0, g.ctx.Err()
+		}
+	}
+	return g.ReadCloser.Read(b)
+}
+
+func (g *gatedBody) release() {
+	if g.held {
+		<-g.f.reading
+		g.held = false
+	}
+	g.done = true
+}
+
+func (g *gatedBody) Close() error {
+	g.release()
+	return g.ReadCloser.Close()
 }
 
 // countingConn counts the bytes read from it.
