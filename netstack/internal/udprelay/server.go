@@ -12,7 +12,8 @@
 //     the server answers both A and B with an Allocation: the session ID
 //     (VNI) and the addresses of the relay socket.
 //  2. Bind: each peer sends BindRelay to the relay socket, the server
-//     answers with a random Challenge to the address the request came
+//     answers with a Challenge (a MAC of the session, the side, that address
+//     and the time, so the server keeps no state per request) to the address the request came
 //     from, and the peer repeats it in an Answer from that address. Only
 //     then is the address bound: spoofing a source address, or replaying
 //     another peer's messages, binds nothing.
@@ -533,10 +534,12 @@ func (s *Server) handleControl(conn *net.UDPConn, vni uint32, pkt []byte, src ne
 		c0, c1 := s.challenge(vni, i, src, epoch), s.challenge(vni, i, src, epoch-1)
 		okAnswer := m.VNI == vni && (subtle.ConstantTimeCompare(m.Challenge[:], c0[:]) == 1 ||
 			subtle.ConstantTimeCompare(m.Challenge[:], c1[:]) == 1)
+		moved := false
 		if okAnswer {
 			s.mu.Lock()
 			okAnswer = s.sessions[vni] == se
 			if okAnswer {
+				moved = se.bound[i] != src
 				se.bound[i] = src
 				se.lastActive = now
 			}
@@ -546,8 +549,12 @@ func (s *Server) handleControl(conn *net.UDPConn, vni uint32, pkt []byte, src ne
 			s.droppedOther.Add(1)
 			return
 		}
-		s.binds.Add(1)
-		s.log.Info("peer relay address bound", "vni", vni, "peer", sender.ShortString(), "addr", src.String())
+		if moved {
+			// A peer binding the same address again (to check the
+			// binding) is not news.
+			s.binds.Add(1)
+			s.log.Info("peer relay address bound", "vni", vni, "peer", sender.ShortString(), "addr", src.String())
+		}
 	default:
 		s.droppedOther.Add(1)
 	}
