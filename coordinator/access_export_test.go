@@ -49,6 +49,10 @@ func (s *Server) NewStreamSimForTest(version int) (*StreamSim, error) {
 	}
 	for _, st := range sim.streams {
 		st.ss.take()
+		select {
+		case <-st.ss.wake:
+		default:
+		}
 	}
 	return sim, nil
 }
@@ -57,14 +61,13 @@ func (s *Server) NewStreamSimForTest(version int) (*StreamSim, error) {
 // returns how many frames they would send and their encoded bytes.
 func (sim *StreamSim) Step() (frames, bytes int, err error) {
 	for _, st := range sim.streams {
-		sim.s.mu.Lock()
-		ver := sim.s.changeVer
-		sim.s.mu.Unlock()
-		changed, full, _, _, _, _, _ := st.ss.take()
-		if !changed && !full {
-			continue
+		select {
+		case <-st.ss.wake:
+		default:
+			continue // nothing was marked for it
 		}
-		f := sim.s.delta(st.ss, &st.st, ver, changed, full)
+		full, _, _, _, _, _ := st.ss.take()
+		f := sim.s.delta(st.ss, &st.st, full)
 		if f == nil {
 			continue
 		}

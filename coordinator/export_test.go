@@ -1,5 +1,7 @@
 package coordinator
 
+import "beam.dev/beam/types/key"
+
 // SetFrameSplitAtForTest makes map messages whose JSON passes n bytes
 // split across frames, for nodes that take them in pieces, and returns
 // a func that restores the limit.
@@ -7,4 +9,12 @@ func SetFrameSplitAtForTest(n int) (restore func()) {
 	old := frameSplitAt
 	frameSplitAt = n
 	return func() { frameSplitAt = old }
+}
+
+// SetStreamHookForTest makes every map stream's handler call f with its
+// node key each time it is about to take the changes marked for it, and
+// returns a func that removes f.
+func SetStreamHookForTest(f func(key.NodePublic)) (restore func()) {
+	testHookBeforeTake.Store(&f)
+	return func() { testHookBeforeTake.Store(nil) }
 }

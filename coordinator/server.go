@@ -188,7 +188,7 @@ type Server struct {
 	networks map[int64]*Network
 	netNames map[string]*Network
 	nodes    map[key.NodePublic]*nodeEntry
-	streams  // map streams, their shared peer views (streamview.go)
+	*streams // the map streams and the views they share (stream.go, streamview.go)
 
 	edge *edgeRoutes // public edge routes, domains and DNS settings (routes.go)
 
@@ -236,7 +236,6 @@ func New(opts Options) (*Server, error) {
 		networks:    make(map[int64]*Network),
 		netNames:    make(map[string]*Network),
 		nodes:       make(map[key.NodePublic]*nodeEntry),
-		streams:     newStreams(),
 		met:         newMetrics(),
 	}
 	if s.logger == nil {
@@ -256,6 +255,7 @@ func New(opts Options) (*Server, error) {
 		s.now = time.Now
 	}
 	s.derpMap.Store(opts.DERPMap)
+	s.streams = newStreams(s)
 	s.admin = &adminAPI{core: s, auth: opts.AdminAuth}
 	s.reg = newRegistry(s, opts)
 	es, err := newEdgeRoutes(s, opts)

@@ -9,11 +9,16 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
 )
+
+// testHookBeforeTake, if set, is called by a stream's handler just
+// before it takes what was marked for it (SetStreamHookForTest).
+var testHookBeforeTake atomic.Pointer[func(key.NodePublic)]
 
 // deltaBatchDelay is how long a stream gathers changes before sending a delta.
 const deltaBatchDelay = 25 * time.Millisecond
@@ -27,7 +32,6 @@ type session struct {
 	wake      chan struct{} // cap 1; a value means "look at what was marked"
 
 	mu      sync.Mutex // guards the following fields
-	changed bool       // nodes changed: look at the change log (streams.changes)
 	full    bool       // recompute everything (policy in use)
 	derp    bool       // send the DERP map
 	ended   bool
@@ -56,7 +60,6 @@ func (ss *session) poke() {
 // records; full asks it to recompute every peer and its filter.
 func (ss *session) mark(k key.NodePublic, full bool) {
 	ss.mu.Lock()
-	ss.changed = true
 	ss.full = ss.full || full
 	ss.marks++
 	ss.noteMarkLocked()
@@ -93,12 +96,12 @@ func (ss *session) isEnded() bool {
 
 // take returns and clears what was marked since the last call; gen is
 // the mark count it covers, for delivered.
-func (ss *session) take() (changed, full, derp, ended bool, code wire.ErrorCode, msg string, gen uint64) {
+func (ss *session) take() (full, derp, ended bool, code wire.ErrorCode, msg string, gen uint64) {
 	ss.mu.Lock()
 	defer ss.mu.Unlock()
-	changed, full, derp = ss.changed, ss.full, ss.derp
-	ss.changed, ss.full, ss.derp = false, false, false
-	return changed, full, derp, ss.ended, ss.endCode, ss.endMsg, ss.marks
+	full, derp = ss.full, ss.derp
+	ss.full, ss.derp = false, false
+	return full, derp, ss.ended, ss.endCode, ss.endMsg, ss.marks
 }
 
 // generation returns the current mark count: once delivered reaches it,
@@ -144,11 +147,12 @@ func (ss *session) waitDelivered(ctx context.Context, gen uint64) bool {
 }
 
 // notifyLocked tells every stream of the network that node k changed
-// (joined, left, or any field). s.mu held.
-func (s *Server) notifyLocked(networkID int64, k key.NodePublic) {
-	s.noteChangeLocked(k)
+// (joined, left, or any field). Server.mu held.
+func (ms *streams) notifyLocked(networkID int64, k key.NodePublic) {
+	s := ms.core
+	ms.noteChangeLocked(k)
 	aclFull := s.aclNotifyLocked(networkID, k)
-	for _, ss := range s.sessions {
+	for _, ss := range ms.sessions {
 		if ss.networkID == networkID {
 			ss.mark(k, s.policy != nil || aclFull || s.needsFullLocked(ss.key, k))
 		}
@@ -157,12 +161,13 @@ func (s *Server) notifyLocked(networkID int64, k key.NodePublic) {
 }
 
 // networkNodesLocked returns the shared views of all unexpired nodes of a
-// network. s.mu held.
-func (s *Server) networkNodesLocked(networkID int64, now time.Time) []*wire.Node {
+// network. Server.mu held.
+func (ms *streams) networkNodesLocked(networkID int64, now time.Time) []*wire.Node {
+	s := ms.core
 	var all []*wire.Node
 	for _, e := range s.nodes {
 		if e.rec.NetworkID == networkID && !e.rec.Node.Expired(now) {
-			all = append(all, s.sharedNodeLocked(e))
+			all = append(all, ms.sharedNodeLocked(e))
 		}
 	}
 	return all
@@ -170,23 +175,24 @@ func (s *Server) networkNodesLocked(networkID int64, now time.Time) []*wire.Node
 
 // peersLocked returns what self sees: its visible peers (as a list and
 // as a set of slots) and its filter (from Options.Policy or the access
-// policy, see aclLocked), adjusted for the public edge. s.mu held.
-func (s *Server) peersLocked(self *wire.Node, networkID int64, now time.Time) ([]*peerState, peerSet, []wire.FilterRule) {
+// policy, see aclLocked), adjusted for the public edge. Server.mu held.
+func (ms *streams) peersLocked(self *wire.Node, networkID int64, now time.Time) ([]*peerState, peerSet, []wire.FilterRule) {
+	s := ms.core
 	var filter []wire.FilterRule
 	var visible []*wire.Node
 	if s.policy != nil {
-		filter, visible = s.policy(self, s.networkNodesLocked(networkID, now))
+		filter, visible = s.policy(self, ms.networkNodesLocked(networkID, now))
 	} else {
 		filter, visible = s.aclLocked(self, networkID, now)
 	}
 	filter, visible = s.addEdgePeers(self, filter, visible, now)
 	peers := make([]*peerState, 0, len(visible))
-	set := make(peerSet, (len(s.peerSlots)+63)/64)
+	set := make(peerSet, (len(ms.peerSlots)+63)/64)
 	for _, n := range visible {
 		if n == nil || n.Key == self.Key {
 			continue
 		}
-		if ps := s.peerLocked(n.Key); ps != nil && ps.view != nil && !set.has(ps.slot) {
+		if ps := ms.peerLocked(n.Key); ps != nil && ps.view != nil && !set.has(ps.slot) {
 			set.add(ps.slot)
 			peers = append(peers, ps)
 		}
@@ -206,14 +212,16 @@ func defaultFilter(self *wire.Node) []wire.FilterRule {
 	return []wire.FilterRule{{SrcIPs: []netip.Prefix{CGNATPrefix, ULAPrefix}, DstPorts: dst}}
 }
 
-func (s *Server) dnsConfig(networkID int64) *wire.DNSConfig {
+func (ms *streams) dnsConfig(networkID int64) *wire.DNSConfig {
+	s := ms.core
 	s.mu.Lock()
 	n := s.networks[networkID]
 	s.mu.Unlock()
 	return s.withDNSSettings(&wire.DNSConfig{Domain: n.Domain, SearchDomains: []string{n.Domain}})
 }
 
-func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
+func (ms *streams) handleMap(w http.ResponseWriter, r *http.Request) {
+	s := ms.core
 	var req wire.MapRequest
 	nk, aerr := s.readRequest(w, r, &req, func() (key.NodePublic, time.Time) { return req.NodeKey, req.Timestamp })
 	if aerr != nil {
@@ -257,7 +265,7 @@ func (s *Server) handleMap(w http.ResponseWriter, r *http.Request) {
 		s.writeSealed(w, nk, &wire.MapResponse{ControlTime: s.now()})
 		return
 	}
-	s.serveStream(w, r, nk, req.Version >= splitFramesVersion)
+	ms.serveStream(w, r, nk, req.Version >= splitFramesVersion)
 }
 
 // splitFramesVersion is the first wire.CapabilityVersion whose nodes
@@ -280,7 +288,8 @@ type sentState struct {
 // serveStream runs one map stream until the node goes away, the
 // coordinator closes, or the node is removed or expires. split says
 // whether the node reassembles messages split across frames.
-func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.NodePublic, split bool) {
+func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.NodePublic, split bool) {
+	s := ms.core
 	log := s.logger.With("node", nk.ShortString())
 	rc := http.NewResponseController(w)
 
@@ -292,13 +301,13 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 		return
 	}
 	ss := newSession(nk, e.rec.NetworkID)
-	old := s.sessions[nk]
-	s.sessions[nk] = ss
+	old := ms.sessions[nk]
+	ms.sessions[nk] = ss
 	e.offlineSince = time.Time{}
 	if old != nil {
 		old.end(wire.CodeForbidden, "replaced by a newer stream of the same node")
 	} else {
-		s.notifyLocked(e.rec.NetworkID, nk) // online
+		ms.notifyLocked(e.rec.NetworkID, nk) // online
 	}
 	s.mu.Unlock()
 	s.met.streamsOpened.Add(1)
@@ -307,13 +316,13 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 	defer func() {
 		now := s.now()
 		s.mu.Lock()
-		mine := s.sessions[nk] == ss
+		mine := ms.sessions[nk] == ss
 		if mine {
-			delete(s.sessions, nk)
+			delete(ms.sessions, nk)
 			if e := s.nodes[nk]; e != nil {
 				e.offlineSince = now
 				e.rec.Node.LastSeen = now
-				s.notifyLocked(e.rec.NetworkID, nk) // offline
+				ms.notifyLocked(e.rec.NetworkID, nk) // offline
 			}
 		}
 		s.mu.Unlock()
@@ -369,21 +378,21 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 			s.mu.Unlock()
 			return
 		}
-		self := s.sharedNodeLocked(e)
-		peers, set, computed := s.peersLocked(self, ss.networkID, now)
+		self := ms.sharedNodeLocked(e)
+		peers, set, computed := ms.peersLocked(self, ss.networkID, now)
 		filter := s.filterLocked(self, ss.networkID, now, computed)
 		filterSets := filter.fullSets()
 		views := make([]*peerView, len(peers))
 		for i, ps := range peers {
 			views[i] = ps.view
 		}
-		ver := s.changeVer
+		ver := ms.changeVer
 		gen0 := ss.generation() // marks happen under s.mu: this map covers them
 		s.mu.Unlock()
 		f := &mapFrame{resp: &wire.MapResponse{
 			Self:            self,
 			DERPMap:         s.derpMap.Load(),
-			DNS:             s.dnsConfig(ss.networkID),
+			DNS:             ms.dnsConfig(ss.networkID),
 			PacketFilter:    filter.rules,
 			PacketFilterSet: true,
 			FilterSets:      filterSets,
@@ -425,18 +434,17 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 			}
 			batch.Stop()
 		}
-		// Every change counted up to ver was marked before the take.
-		s.mu.Lock()
-		ver := s.changeVer
-		s.mu.Unlock()
-		changed, full, derp, ended, code, msg, gen := ss.take()
+		if h := testHookBeforeTake.Load(); h != nil {
+			(*h)(nk)
+		}
+		full, derp, ended, code, msg, gen := ss.take()
 		marked := ss.takeFirstMark()
 		if ended {
 			w.Header().Set(wire.TrailerError, string(code)+": "+msg)
 			log.Info("ending map stream", "reason", code)
 			return
 		}
-		f := s.delta(ss, &st, ver, changed, full)
+		f := ms.delta(ss, &st, full)
 		if f == nil {
 			continue // the node is gone; end() follows
 		}
@@ -464,12 +472,14 @@ func (s *Server) serveStream(w http.ResponseWriter, r *http.Request, nk key.Node
 }
 
 // delta computes the message that brings a node from what it was last
-// sent (st) to now, and updates st to what the message makes it. changed
-// means look at the nodes the change log holds after st.ver up to ver;
-// full means look at every peer. It returns nil if the node itself is
-// gone. A stream that fails to send the message ends, so st may run
-// ahead of what was written.
-func (s *Server) delta(ss *session, st *sentState, ver uint64, changed, full bool) *mapFrame {
+// sent (st) to now, and updates st to what the message makes it: it looks
+// at the nodes the change log holds after st.ver, or with full at every
+// peer. Changes happen under Server.mu, which delta holds, so st.ver
+// becomes the change count it saw all of. It returns nil if the node
+// itself is gone. A stream that fails to send the message ends, so st
+// may run ahead of what was written.
+func (ms *streams) delta(ss *session, st *sentState, full bool) *mapFrame {
+	s := ms.core
 	f := &mapFrame{resp: &wire.MapResponse{}}
 	resp := f.resp
 	now := s.now()
@@ -480,9 +490,15 @@ func (s *Server) delta(ss *session, st *sentState, ver uint64, changed, full boo
 	if e == nil || e.rec.Node.Expired(now) {
 		return nil
 	}
-	self := s.sharedNodeLocked(e)
-	if changed && st.ver < s.changesBase {
+	self := ms.sharedNodeLocked(e)
+	switch {
+	case st.ver < ms.changesBase:
 		full = true // the change log no longer reaches back to st.ver
+	case st.ver < ms.changeVer && (s.policy != nil || s.needsFullLocked(ss.key, ss.key)):
+		// Every change is a full recompute for this stream (a PolicyFunc,
+		// an edge, a node serving routes); one marked after take is
+		// already in the log.
+		full = true
 	}
 	consider := func(ps *peerState, visible bool) {
 		had := st.peers.has(ps.slot)
@@ -509,25 +525,28 @@ func (s *Server) delta(ss *session, st *sentState, ver uint64, changed, full boo
 	if full {
 		var peers []*peerState
 		var set peerSet
-		peers, set, computed = s.peersLocked(self, ss.networkID, now)
+		peers, set, computed = ms.peersLocked(self, ss.networkID, now)
 		st.peers.each(func(i int) {
 			if !set.has(i) {
-				consider(s.peerSlots[i], false)
+				consider(ms.peerSlots[i], false)
 			}
 		})
 		for _, ps := range peers {
 			consider(ps, true)
 		}
-	} else if changed {
-		for k := range s.changedSinceLocked(st.ver, ver) {
+	} else {
+		for k := range ms.changedSinceLocked(st.ver, ms.changeVer) {
 			if k == ss.key {
 				continue
 			}
-			ps := s.peerLocked(k)
+			ps := ms.peerLocked(k)
 			if ps == nil {
 				continue // gone before any stream was sent it
 			}
 			pe := s.nodes[k]
+			if pe != nil && (pe.rec.NetworkID != ss.networkID || pe.rec.Node.Edge) {
+				continue // seen across networks or as an edge: changes of these come with full
+			}
 			visible := ps.view != nil && pe != nil && pe.rec.NetworkID == ss.networkID && !pe.rec.Node.Expired(now) &&
 				s.mayPeerLocked(self, ss.networkID, k, now)
 			consider(ps, visible)
@@ -537,8 +556,6 @@ func (s *Server) delta(ss *session, st *sentState, ver uint64, changed, full boo
 	if !nodeEqual(self, st.self) {
 		resp.Self = self
 	}
-	// Views sent now may be newer than ver; a change after ver is marked
-	// again, and at worst sent twice.
-	st.self, st.ver = self, ver
+	st.self, st.ver = self, ms.changeVer
 	return f
 }

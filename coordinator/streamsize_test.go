@@ -261,3 +261,96 @@ func TestFullMapSplitAcrossFrames(t *testing.T) {
 		t.Fatalf("coordclient's first netmap has %d peers, want at least %d", len(nm.Peers), n)
 	}
 }
+
+// TestStreamsConverge opens many streams at once while every node keeps
+// changing its endpoints, and checks that every node ends with every
+// peer online at its last endpoint: no change is lost to the race
+// between a stream catching up and new changes being marked for it.
+func TestStreamsConverge(t *testing.T) {
+	const n, rounds = 40, 6
+	c := startCoord(t, func(o *coordinator.Options) { o.KeepAliveInterval = time.Minute })
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	nodes := make([]*node, n)
+	for i := range nodes {
+		nodes[i] = newNode(t, c.URL)
+		nodes[i].register(t, ak, fmt.Sprintf("c%d", i))
+	}
+	watchers := make([]*watcher, n)
+	for i, nd := range nodes {
+		watchers[i] = watch(t, nd)
+	}
+	port := func(i, round int) uint16 { return uint16(20000 + 100*i + round) }
+	var wg sync.WaitGroup
+	for i, nd := range nodes {
+		wg.Go(func() {
+			for r := range rounds {
+				nd.SetEndpoints([]netip.AddrPort{netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), port(i, r))}, 1)
+				time.Sleep(time.Duration(10+i%7*5) * time.Millisecond) // changes spread over the streams' batching
+			}
+		})
+	}
+	wg.Wait()
+	for i, w := range watchers {
+		w.waitFor(fmt.Sprintf("c%d sees every peer online at its last endpoint", i), 30*time.Second, func(nm *wire.NetMap) bool {
+			if len(nm.Peers) != n-1 {
+				return false
+			}
+			for _, p := range nm.Peers {
+				var j int
+				fmt.Sscanf(p.Name, "c%d", &j)
+				if !p.Online || len(p.Endpoints) != 1 || p.Endpoints[0].Port() != port(j, rounds-1) {
+					return false
+				}
+			}
+			return true
+		})
+	}
+}
+
+// TestChangeJustBeforeTakeArrives makes a change at the moment a stream
+// is about to take what was marked for it (a mark landing between the
+// stream reading the change count and taking its marks was once lost
+// for good) and checks that the node still gets it. Renames change
+// neither membership nor policy, so the stream takes them as one-peer
+// deltas, not full recomputes.
+func TestChangeJustBeforeTakeArrives(t *testing.T) {
+	c := startCoord(t, func(o *coordinator.Options) { o.KeepAliveInterval = time.Minute })
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	a := newNode(t, c.URL)
+	a.register(t, ak, "alpha")
+	newNode(t, c.URL).register(t, ak, "bravo")
+	newNode(t, c.URL).register(t, ak, "charlie")
+	wa := watch(t, a)
+	wa.waitFor("bravo and charlie", wait, func(nm *wire.NetMap) bool {
+		return peerNamed(nm, "bravo") != nil && peerNamed(nm, "charlie") != nil
+	})
+
+	// A first rename settles the compiled policy, so the next ones are
+	// one-peer changes.
+	if _, err := c.Server.RenameNode(context.Background(), "charlie", "charlie-1"); err != nil {
+		t.Fatal(err)
+	}
+	wa.waitFor("charlie-1", wait, func(nm *wire.NetMap) bool { return peerNamed(nm, "charlie-1") != nil })
+
+	var once sync.Once
+	renamed := make(chan error, 1)
+	defer coordinator.SetStreamHookForTest(func(nk key.NodePublic) {
+		if nk == a.NodeKey() {
+			once.Do(func() {
+				_, err := c.Server.RenameNode(context.Background(), "bravo", "bravo-2")
+				renamed <- err
+			})
+		}
+	})()
+	// Wake alpha's stream with one change; the hook renames bravo just
+	// before the stream takes its marks.
+	if _, err := c.Server.RenameNode(context.Background(), "charlie-1", "charlie-2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-renamed; err != nil {
+		t.Fatalf("rename bravo: %v", err)
+	}
+	wa.waitFor("both renames", wait, func(nm *wire.NetMap) bool {
+		return peerNamed(nm, "charlie-2") != nil && peerNamed(nm, "bravo-2") != nil
+	})
+}

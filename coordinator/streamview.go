@@ -12,17 +12,21 @@ import (
 	"beam.dev/beam/wire"
 )
 
-// streams is the Server's map-stream job: the open sessions, one shared
-// view of every node, and the change counter each stream computes its
-// deltas against. Server embeds it, so its fields read as s.sessions and
-// so on; they are guarded by Server.mu, because they change with the nodes
-// they describe. A session's own mu guards what was marked for it.
+// streams is the coordinator's map-stream job: the open sessions and their
+// handlers (stream.go), the fan-out of node changes to them, one shared
+// view of every node, and the change log each stream computes its deltas
+// from. Server embeds it, so the rest of the coordinator reaches its
+// sessions as s.sessions and tells it of changes with s.notifyLocked. Its
+// fields are guarded by Server.mu, because they change with the nodes
+// they describe; a session's own mu guards what was marked for it.
 //
 // Memory is linear in the number of nodes: a node's view (and its JSON)
 // is built once per change and shared by every stream that sends it, and
 // a stream remembers which peers it sent as one bit per node plus the
 // change count it last caught up to (see sentState), not as a copy.
 type streams struct {
+	core *Server
+
 	sessions map[key.NodePublic]*session
 	// changeVer counts node changes (notifyLocked); a peerView records the
 	// count at which its node last changed.
@@ -40,8 +44,9 @@ type streams struct {
 	peerSlots  []*peerState
 }
 
-func newStreams() streams {
-	return streams{sessions: make(map[key.NodePublic]*session), peerStates: make(map[key.NodePublic]*peerState)}
+// newStreams returns the map-stream job of core.
+func newStreams(core *Server) *streams {
+	return &streams{core: core, sessions: make(map[key.NodePublic]*session), peerStates: make(map[key.NodePublic]*peerState)}
 }
 
 // peerState is one node as map streams know it. Guarded by Server.mu.
@@ -74,28 +79,29 @@ func (pv *peerView) json() ([]byte, error) {
 
 // noteChangeLocked rebuilds the shared view of node k after a change and
 // advances the change count. Server.mu held.
-func (s *Server) noteChangeLocked(k key.NodePublic) {
-	s.changeVer++
-	s.changes = append(s.changes, k)
-	if len(s.changes) > max(minChangeLog, 2*len(s.nodes)) {
-		half := len(s.changes) / 2
-		s.changesBase += uint64(half)
-		s.changes = slices.Clone(s.changes[half:])
+func (ms *streams) noteChangeLocked(k key.NodePublic) {
+	s := ms.core
+	ms.changeVer++
+	ms.changes = append(ms.changes, k)
+	if len(ms.changes) > max(minChangeLog, 2*len(s.nodes)) {
+		half := len(ms.changes) / 2
+		ms.changesBase += uint64(half)
+		ms.changes = slices.Clone(ms.changes[half:])
 	}
-	ps := s.peerStates[k]
+	ps := ms.peerStates[k]
 	e := s.nodes[k]
 	if ps == nil {
 		if e == nil {
 			return // no stream ever sent it
 		}
-		ps = s.newPeerStateLocked(k)
+		ps = ms.newPeerStateLocked(k)
 	}
 	if e == nil {
 		ps.view = nil
 		return
 	}
 	n := s.viewLocked(e)
-	pv := &peerView{node: n, changed: s.changeVer, online: s.changeVer}
+	pv := &peerView{node: n, changed: ms.changeVer, online: ms.changeVer}
 	if old := ps.view; old != nil && nodeEqual(old.node, n) {
 		pv.changed = old.changed
 		if old.node.Online == n.Online {
@@ -109,9 +115,9 @@ func (s *Server) noteChangeLocked(k key.NodePublic) {
 const minChangeLog = 1024
 
 // changedSinceLocked returns the nodes changed after change count from,
-// up to to, each once. from must not be before s.changesBase. Server.mu held.
-func (s *Server) changedSinceLocked(from, to uint64) map[key.NodePublic]struct{} {
-	log := s.changes[from-s.changesBase : to-s.changesBase]
+// up to to, each once. from must not be before ms.changesBase. Server.mu held.
+func (ms *streams) changedSinceLocked(from, to uint64) map[key.NodePublic]struct{} {
+	log := ms.changes[from-ms.changesBase : to-ms.changesBase]
 	out := make(map[key.NodePublic]struct{}, len(log))
 	for _, k := range log {
 		out[k] = struct{}{}
@@ -121,32 +127,35 @@ func (s *Server) changedSinceLocked(from, to uint64) map[key.NodePublic]struct{}
 
 // newPeerStateLocked adds node k, which must exist, with a view as of now.
 // Server.mu held.
-func (s *Server) newPeerStateLocked(k key.NodePublic) *peerState {
-	ps := &peerState{key: k, slot: len(s.peerSlots)}
-	s.peerStates[k] = ps
-	s.peerSlots = append(s.peerSlots, ps)
+func (ms *streams) newPeerStateLocked(k key.NodePublic) *peerState {
+	s := ms.core
+	ps := &peerState{key: k, slot: len(ms.peerSlots)}
+	ms.peerStates[k] = ps
+	ms.peerSlots = append(ms.peerSlots, ps)
 	if e := s.nodes[k]; e != nil {
-		ps.view = &peerView{node: s.viewLocked(e), changed: s.changeVer, online: s.changeVer}
+		ps.view = &peerView{node: s.viewLocked(e), changed: ms.changeVer, online: ms.changeVer}
 	}
 	return ps
 }
 
 // peerLocked returns the stream state of node k, or nil if k is unknown.
 // Server.mu held.
-func (s *Server) peerLocked(k key.NodePublic) *peerState {
-	if ps := s.peerStates[k]; ps != nil {
+func (ms *streams) peerLocked(k key.NodePublic) *peerState {
+	s := ms.core
+	if ps := ms.peerStates[k]; ps != nil {
 		return ps
 	}
 	if s.nodes[k] == nil {
 		return nil
 	}
-	return s.newPeerStateLocked(k)
+	return ms.newPeerStateLocked(k)
 }
 
 // sharedNodeLocked returns e's shared view, which must not be modified.
 // Server.mu held.
-func (s *Server) sharedNodeLocked(e *nodeEntry) *wire.Node {
-	if ps := s.peerLocked(e.rec.Node.Key); ps != nil && ps.view != nil {
+func (ms *streams) sharedNodeLocked(e *nodeEntry) *wire.Node {
+	s := ms.core
+	if ps := ms.peerLocked(e.rec.Node.Key); ps != nil && ps.view != nil {
 		return ps.view.node
 	}
 	return s.viewLocked(e)
