@@ -105,6 +105,14 @@ func TestScaleSmoke(t *testing.T) {
 //
 // The coordinator is killed, failing the run, if its RSS or the benchmark
 // process's passes BEAM_SCALE_MAX_RSS_MB (default 6144).
+//
+// One process decodes every node's full map, which N real nodes would do
+// in parallel: at 5,000 nodes that is 8.75 GB of JSON. So that its memory
+// stays bounded, at most BEAM_SCALE_FULLMAPS_IN_FLIGHT streams (default
+// 128, see FleetOptions.FullMapsInFlight) read their full map at once;
+// the coordinator gets every request at once but writes to the others
+// only as slots free up, so in that burst it holds more unsent frames
+// than it would with real nodes, and its RSS there is an upper bound.
 // BEAM_SCALE_COORD_ARGS adds flags to beam coordinator (space-separated),
 // for example "--debug-addr 127.0.0.1:6061" to take pprof profiles during
 // a run.
@@ -128,6 +136,13 @@ func BenchmarkCoordinatorScale(b *testing.B) {
 		}
 		maxRSS = mb << 20
 	}
+	var inFlight int
+	if s := os.Getenv("BEAM_SCALE_FULLMAPS_IN_FLIGHT"); s != "" {
+		var err error
+		if inFlight, err = strconv.Atoi(s); err != nil || inFlight < 1 {
+			b.Fatalf("BEAM_SCALE_FULLMAPS_IN_FLIGHT=%q: want a count >= 1", s)
+		}
+	}
 	args := strings.Fields(os.Getenv("BEAM_SCALE_COORD_ARGS"))
 	bin := beam(b)
 	for _, n := range sizes {
@@ -136,7 +151,8 @@ func BenchmarkCoordinatorScale(b *testing.B) {
 				// Progress goes to stderr as it happens: a benchmark's
 				// log is printed only at its end, and cut short.
 				logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("nodes", n)
-				res, err := Scenario{Bin: bin, Dir: b.TempDir(), N: n, Args: args, Restart: true, MaxRSS: maxRSS, Logger: logger}.Run(b.Context())
+				res, err := Scenario{Bin: bin, Dir: b.TempDir(), N: n, Args: args, Restart: true, MaxRSS: maxRSS,
+					FullMapsInFlight: inFlight, Logger: logger}.Run(b.Context())
 				if err != nil {
 					b.Fatal(err)
 				}

@@ -30,6 +30,8 @@ type Scenario struct {
 	// timing how long the nodes take to settle on a new one started on
 	// the same data.
 	Restart bool
+	// FullMapsInFlight is FleetOptions.FullMapsInFlight.
+	FullMapsInFlight int
 	// MaxRSS kills the coordinator, failing the run, if its RSS or this
 	// process's passes this many bytes; zero means 6 GiB.
 	MaxRSS uint64
@@ -148,7 +150,7 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 	if err != nil {
 		return nil, err
 	}
-	fleet, err := NewFleet(FleetOptions{URL: coord.URL, N: sc.N, Logger: log})
+	fleet, err := NewFleet(FleetOptions{URL: coord.URL, N: sc.N, Logger: log, FullMapsInFlight: sc.FullMapsInFlight})
 	if err != nil {
 		return nil, err
 	}
