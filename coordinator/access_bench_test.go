@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -91,13 +90,6 @@ func (cs *countingStreams) waitFrames(b *testing.B, n int64) {
 func (cs *countingStreams) close() {
 	cs.cancel()
 	cs.wg.Wait()
-}
-
-// cpuTime returns the process's user and system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkPolicyJoin streams N nodes of group:eng under a policy that
