@@ -422,3 +422,17 @@ func (f *packetFilter) outbound(pkt []byte) {
 	}
 	f.flows.noteOutbound(&pi, f.now())
 }
+
+// SetFilter replaces the filter of the configuration in force (see
+// Config.Filter) and nothing else: a change of the coordinator's filter
+// costs no peer comparison.
+func (e *Engine) SetFilter(f *Filter) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		return errEngineClosed
+	}
+	e.cfg.Filter = f
+	e.pf.pol.Store(newPolicy(&e.cfg))
+	return nil
+}

@@ -61,15 +61,16 @@ func overlayRoutes(self *wire.Node) []netip.Prefix {
 // are left out, and an expired self gets no peers at all: expiry holds even
 // while the coordinator is unreachable.
 func engineConfig(nm *wire.NetMap, localNow time.Time, shieldsUp bool, allowInbound []uint16) netstack.Config {
-	cfg := engineBase(nm, shieldsUp, allowInbound)
+	cfg := engineBase(nm, shieldsUp, allowInbound, nil)
 	forEnginePeer(nm, localNow, func(p *wire.Node) {
 		cfg.Peers = append(cfg.Peers, enginePeer(p))
 	})
 	return cfg
 }
 
-// engineBase is engineConfig without the peers.
-func engineBase(nm *wire.NetMap, shieldsUp bool, allowInbound []uint16) netstack.Config {
+// engineBase is engineConfig without the peers. fc converts the filter,
+// reusing what did not change since its last call; nil converts it anew.
+func engineBase(nm *wire.NetMap, shieldsUp bool, allowInbound []uint16, fc *filterCache) netstack.Config {
 	cfg := netstack.Config{ServiceAddrs: []netip.Addr{MagicDNSIPv4}}
 	if nm == nil || nm.Self == nil {
 		return cfg
@@ -84,7 +85,10 @@ func engineBase(nm *wire.NetMap, shieldsUp bool, allowInbound []uint16) netstack
 	// The coordinator always sends the filter its policy compiles for this
 	// node; an empty one arrives as an absent JSON field (nil here) and
 	// means nothing may open a flow to this node, never "accept all".
-	cfg.Filter = convertFilter(nm.PacketFilter, nm.FilterSets)
+	if fc == nil {
+		fc = &filterCache{}
+	}
+	cfg.Filter = fc.convert(nm.PacketFilter, nm.FilterSets)
 	cfg.DERPMap, cfg.HomeDERP = derpConfig(nm.DERPMap)
 	return cfg
 }
@@ -199,36 +203,6 @@ func derpConfig(dm *wire.DERPMap) (map[int]netstack.DERPRegion, int) {
 		return nil, 0
 	}
 	return out, home
-}
-
-// convertFilter turns the coordinator's filter into the engine's. Rules
-// name address sets of sets by SrcSets; each set becomes one
-// netstack.AddrSet that every rule naming it shares, and a set the
-// netmap lacks matches nothing.
-func convertFilter(rules []wire.FilterRule, sets map[string][]netip.Prefix) *netstack.Filter {
-	f := &netstack.Filter{Rules: make([]netstack.FilterRule, 0, len(rules))}
-	built := map[string]*netstack.AddrSet{}
-	for _, r := range rules {
-		fr := netstack.FilterRule{SrcIPs: append([]netip.Prefix(nil), r.SrcIPs...)}
-		for _, name := range r.SrcSets {
-			as, ok := built[name]
-			if !ok {
-				as = netstack.NewAddrSet(sets[name])
-				built[name] = as
-			}
-			fr.SrcSets = append(fr.SrcSets, as)
-		}
-		for _, d := range r.DstPorts {
-			fr.DstPorts = append(fr.DstPorts, netstack.PortRange{Prefix: d.IP, First: d.First, Last: d.Last})
-		}
-		for _, p := range r.Protos {
-			if p >= 0 && p <= 255 {
-				fr.Protos = append(fr.Protos, uint8(p))
-			}
-		}
-		f.Rules = append(f.Rules, fr)
-	}
-	return f
 }
 
 // nextExpiry returns when (on the local clock) the first key of nm that

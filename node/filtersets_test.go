@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"testing"
+	"time"
 
 	"beam.dev/beam/wire"
 )
@@ -69,5 +70,42 @@ func TestFilterSetsMatchExpanded(t *testing.T) {
 	missing := convertFilter([]wire.FilterRule{{SrcSets: []string{"missing"}, DstPorts: []wire.NetPortRange{{IP: netip.MustParsePrefix("100.64.0.1/32"), Last: 65535}}}}, nil)
 	if missing.Allows(netip.MustParseAddr("100.64.0.2"), netip.MustParseAddr("100.64.0.1"), 6, 22) {
 		t.Error("a rule naming a set the netmap lacks admits a packet")
+	}
+}
+
+// TestFilterCache checks that applyLocked's filter conversion reuses what
+// did not change: the same filter when nothing did, and the engine's set
+// of every set but the one a change touched.
+func TestFilterCache(t *testing.T) {
+	p := netip.MustParsePrefix
+	now := time.Now()
+	dst := []wire.NetPortRange{{IP: p("100.64.0.1/32"), First: 22, Last: 22}}
+	nm := (*wire.NetMap)(nil).Apply(&wire.MapResponse{
+		Self:            &wire.Node{Name: "db"},
+		PacketFilter:    []wire.FilterRule{{SrcSets: []string{"group:eng"}, DstPorts: dst}, {SrcSets: []string{"tag:ci"}, DstPorts: dst}},
+		PacketFilterSet: true,
+		FilterSets:      map[string][]netip.Prefix{"group:eng": {p("100.64.0.2/32")}, "tag:ci": {p("100.64.0.3/32")}},
+	}, now)
+	var fc filterCache
+	f1 := fc.convert(nm.PacketFilter, nm.FilterSets)
+	// A netmap delta that leaves the filter alone (a peer's endpoints).
+	nm = nm.Apply(&wire.MapResponse{PeersChanged: []*wire.Node{{Name: "x"}}}, now)
+	if f2 := fc.convert(nm.PacketFilter, nm.FilterSets); f2 != f1 {
+		t.Fatal("unchanged filter converted to a new value")
+	}
+	// One node joins group:eng.
+	nm = nm.Apply(&wire.MapResponse{FilterSetChanges: []wire.FilterSetChange{{Name: "group:eng", Add: []netip.Prefix{p("100.64.0.4/32")}}}}, now)
+	f3 := fc.convert(nm.PacketFilter, nm.FilterSets)
+	if f3 == f1 {
+		t.Fatal("a set change did not change the filter")
+	}
+	if f3.Rules[1].SrcSets[0] != f1.Rules[1].SrcSets[0] {
+		t.Error("tag:ci's set was rebuilt although only group:eng changed")
+	}
+	if !f3.Allows(netip.MustParseAddr("100.64.0.4"), netip.MustParseAddr("100.64.0.1"), 6, 22) {
+		t.Error("the joined node is not admitted")
+	}
+	if f1.Allows(netip.MustParseAddr("100.64.0.4"), netip.MustParseAddr("100.64.0.1"), 6, 22) {
+		t.Error("the earlier filter changed")
 	}
 }

@@ -59,13 +59,13 @@ func BenchmarkNetMapToEngine(b *testing.B) {
 		}
 	})
 	b.Run("delta", func(b *testing.B) {
-		last := engineBase(nm, false, nil)
+		last := engineBase(nm, false, nil, nil)
 		cur := map[key.NodePublic]netstack.Peer{}
 		for _, p := range engineConfig(nm, now, false, nil).Peers {
 			cur[p.Key] = p
 		}
 		for b.Loop() {
-			cfg := engineBase(next, false, nil)
+			cfg := engineBase(next, false, nil, nil)
 			if !reflect.DeepEqual(last, cfg) {
 				b.Fatal("base configs differ")
 			}

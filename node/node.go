@@ -129,6 +129,7 @@ type Node struct {
 	netmap        *wire.NetMap
 	lastEngineCfg *netstack.Config                 // the last config applied, without its peers
 	enginePeers   map[key.NodePublic]netstack.Peer // the peers the engine has, by key (with lastEngineCfg)
+	filters       filterCache                      // converts the netmap's filter, reusing what did not change
 	lastRecords   *dnsserver.Records               // the last MagicDNS records set (applyLocked runs every second)
 	recordsNM     *wire.NetMap                     // the netmap lastRecords were built from by applyLocked
 	recordsUps    []netip.AddrPort                 // and the upstreams
@@ -702,14 +703,22 @@ func (n *Node) applyLocked() {
 	if n.engine == nil {
 		return
 	}
-	cfg := engineBase(n.netmap, n.st.ShieldsUp, slices.Concat(n.allowInbound, n.exposedPortsLocked()))
+	cfg := engineBase(n.netmap, n.st.ShieldsUp, slices.Concat(n.allowInbound, n.exposedPortsLocked()), &n.filters)
 	cfg.OwnListeners = n.own.list()
 	if n.netmap != nil && n.netmap.Self != nil && n.netmap.Self.Expired(n.netmap.ControlNow(now)) {
 		n.state = apitype.StateExpired
 	} else if n.sess != nil && n.netmap != nil {
 		n.state = apitype.StateRunning
 	}
-	if n.lastEngineCfg != nil && reflect.DeepEqual(*n.lastEngineCfg, cfg) {
+	if n.lastEngineCfg != nil && sameButFilter(n.lastEngineCfg, &cfg) {
+		if cfg.Filter != n.lastEngineCfg.Filter {
+			// A set of the filter gained or lost a node.
+			if err := n.engine.SetFilter(cfg.Filter); err != nil {
+				n.logger.Warn("reconfigure engine filter", "err", err)
+				return
+			}
+			n.lastEngineCfg.Filter = cfg.Filter
+		}
 		// Only peers may have changed: the engine gets those alone.
 		set, remove := peerChanges(n.netmap, now, n.enginePeers)
 		if len(set) > 0 || len(remove) > 0 {
