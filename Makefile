@@ -14,12 +14,13 @@ build:
 # Checks the race detector switches off (it allocates and inflates RSS on
 # its own), run once more without it: the receive path's zero allocations,
 # the idle engines' process RSS, and two real daemons' peak, heap and idle
-# memory around bulk transfers (TestDaemonMemory is built only without
-# -race: the daemons never run with it, but it would slow the transfers'
-# sender and sink in the test process).
+# memory around bulk transfers, direct and relayed (TestDaemonMemory and
+# TestDaemonMemoryRelay are built only without -race: the daemons never
+# run with it, but it would slow the transfers' sender and sink in the
+# test process).
 NORACE_PKGS := ./netstack/ ./netstack/internal/bind/ ./cmd/beam/
-NORACE_RUN := ^(TestReceiveDoesNotAllocate|TestIdleMemory|TestDaemonMemory)$$
-NORACE_TESTS := 3
+NORACE_RUN := ^(TestReceiveDoesNotAllocate|TestIdleMemory|TestDaemonMemory|TestDaemonMemoryRelay)$$
+NORACE_TESTS := 4
 
 # The whole suite: vet, every package's tests with the race detector, then
 # the checks above without it. The last step fails if it ran fewer than

@@ -21,9 +21,12 @@ import (
 )
 
 const (
-	// memTransferBytes is the size of each of TestDaemonMemoryReturns's
+	// memTransferBytes is the size of each of TestDaemonMemory's
 	// transfers.
 	memTransferBytes = 192 << 20
+	// memRelayTransferBytes is the size of each of
+	// TestDaemonMemoryRelay's transfers.
+	memRelayTransferBytes = 96 << 20
 	// memGrowthMiB is how much more a daemon may hold right after the
 	// fifth transfer than right after the second. Measured growth: 1.5-7.7
 	// MiB in four runs (the heap goal and wireguard-go's buffer pool
@@ -31,17 +34,22 @@ const (
 	// buffers would be hundreds.
 	memGrowthMiB = 16
 	// memIdleMiB is how much more than before any traffic a daemon may
-	// hold within memIdleWithin of the last transfer. Issue 13's target
-	// was 30 MiB in all, measured 26.1-26.8 MiB 15 s after six transfers
-	// with 20.4 MiB before any traffic (40-48 MiB and not falling after
-	// 40 s before the daemon released idle memory). Most of a daemon's
-	// resident memory is now its binary's text (22-23 MiB of file pages
-	// of 28-30 MiB idle before any traffic, against 6-7 MiB private), so
-	// the bound is relative: the transfers' memory comes back, whatever
-	// the binary grows to. Measured 1.2-2.6 MiB above before (private
-	// memory back to 6.2 MiB from 5.0); without the release, 20-28 more.
-	memIdleMiB    = 6
-	memIdleWithin = time.Minute
+	// hold within memIdleWithin of the last transfer, and memIdleAnonMiB
+	// the most private (anonymous) memory it may hold by then. Issue 13's
+	// target is 30 MiB in all, which this binary cannot meet even before
+	// any traffic: a daemon that just came up holds 30.0-31.2 MiB, of
+	// which 25.1-26.3 MiB are file pages of its own executable (of a 49
+	// MiB binary, 12 MiB of its 15.8 MiB of text and 13.3 of its 17.5 MiB
+	// of rodata and pclntab are resident: each page fault maps the 64 KiB
+	// around it, and the init functions of every package touch most of
+	// it) against 4.9 MiB private. So the bounds are on what the daemon
+	// controls: its private memory, back to 6.3-7.5 MiB (measured) 15-18
+	// s after the transfers, and the whole within memIdleMiB of before
+	// (measured 2.7-4.5 MiB above). Without the idle release (startMemory-
+	// Release) a daemon stayed 20-28 MiB higher.
+	memIdleMiB     = 6
+	memIdleAnonMiB = 10
+	memIdleWithin  = time.Minute
 	// memPeakMiB is the most a daemon may hold at any moment of the
 	// transfers (VmHWM; the target of issue 13). Measured before
 	// wireguard-go's in-flight packets were bounded: 45-60 MiB, with
@@ -59,18 +67,32 @@ const (
 
 // TestDaemonMemory sends five successive bulk transfers, each on its own
 // connection, through two real daemons (alpha's SOCKS5 proxy to beta's
-// forward to its loopback). It fails if a daemon's resident memory ever
-// exceeded memPeakMiB, if it keeps growing from transfer to transfer, or
-// if it is not back within memIdleMiB of what it held before any traffic
+// forward to its loopback) over the direct path. It fails if a daemon's
+// resident memory ever exceeded memPeakMiB, if it keeps growing from
+// transfer to transfer, or if it is not back under the idle bounds
 // within memIdleWithin of the last. It logs every reading, each daemon's
 // peak and the highest resident memory sampled during the transfers.
 func TestDaemonMemory(t *testing.T) {
-	p := newOverlayPair(t)
+	testDaemonMemory(t, "direct", memTransferBytes)
+}
+
+// TestDaemonMemoryRelay is TestDaemonMemory over the relay of `beam
+// server` (the daemons run with BEAM_DEBUG_ALWAYS_RELAY=1), with smaller
+// transfers: the relay path is slower.
+func TestDaemonMemoryRelay(t *testing.T) {
+	testDaemonMemory(t, "relay", memRelayTransferBytes, "BEAM_DEBUG_ALWAYS_RELAY=1")
+}
+
+// testDaemonMemory runs the checks of TestDaemonMemory on a pair of
+// daemons started with env, whose path must be wantPath, with transfers
+// of size bytes.
+func testDaemonMemory(t *testing.T, wantPath string, size int64, env ...string) {
+	p := newOverlayPair(t, env...)
 	sink := newCountSink(t)
 	names := []string{"alpha", "beta"}
 	rss := make([][]float64, len(p.pids)) // per daemon, after each transfer
 	var log strings.Builder
-	defer func() { t.Logf("daemon RSS:\n%s", log.String()) }()
+	defer func() { t.Logf("daemon RSS (%s path):\n%s", wantPath, log.String()) }()
 	before := make([]float64, len(p.pids))
 	for j, pid := range p.pids {
 		before[j] = procStatusMiB(t, pid, "VmRSS")
@@ -81,9 +103,14 @@ func TestDaemonMemory(t *testing.T) {
 	for i := range 5 {
 		c := p.dialBeta(t, sink.port())
 		s := newBulkStream(c, sink)
-		d := s.sendBytes(t, memTransferBytes)
+		d := s.sendBytes(t, size)
 		c.Close()
-		fmt.Fprintf(&log, "after transfer %d (%.0f Mbit/s):", i+1, float64(memTransferBytes)*8/d.Seconds()/1e6)
+		if i == 0 {
+			if got := p.path(); got != wantPath {
+				t.Fatalf("alpha reaches beta over %q, want %q", got, wantPath)
+			}
+		}
+		fmt.Fprintf(&log, "after transfer %d (%.0f Mbit/s):", i+1, float64(size)*8/d.Seconds()/1e6)
 		for j, pid := range p.pids {
 			v := procStatusMiB(t, pid, "VmRSS")
 			rss[j] = append(rss[j], v)
@@ -120,12 +147,13 @@ func TestDaemonMemory(t *testing.T) {
 	for {
 		var high []string
 		for j, pid := range p.pids {
-			if v := procStatusMiB(t, pid, "VmRSS"); v > before[j]+memIdleMiB {
-				high = append(high, fmt.Sprintf("%s %.1f MiB (%.1f before any traffic)", names[j], v, before[j]))
+			v, anon := procStatusMiB(t, pid, "VmRSS"), procStatusMiB(t, pid, "RssAnon")
+			if v > before[j]+memIdleMiB || anon > memIdleAnonMiB {
+				high = append(high, fmt.Sprintf("%s %.1f MiB, %.1f MiB private (%.1f MiB before any traffic)", names[j], v, anon, before[j]))
 			}
 		}
 		if len(high) == 0 {
-			fmt.Fprintf(&log, "both within %d MiB of before %.1f s after the last transfer:", memIdleMiB, time.Since(start).Seconds())
+			fmt.Fprintf(&log, "both within %d MiB of before and under %d MiB private %.1f s after the last transfer:", memIdleMiB, memIdleAnonMiB, time.Since(start).Seconds())
 			for j, pid := range p.pids {
 				fmt.Fprintf(&log, " %s %.1f MiB (%.1f MiB private)", names[j], procStatusMiB(t, pid, "VmRSS"), procStatusMiB(t, pid, "RssAnon"))
 			}
@@ -133,7 +161,7 @@ func TestDaemonMemory(t *testing.T) {
 			break
 		}
 		if time.Since(start) > memIdleWithin {
-			t.Fatalf("%v after the last transfer: %s resident, want at most %d MiB more than before", memIdleWithin, strings.Join(high, ", "), memIdleMiB)
+			t.Fatalf("%v after the last transfer: %s resident, want at most %d MiB more than before and at most %d MiB private", memIdleWithin, strings.Join(high, ", "), memIdleMiB, memIdleAnonMiB)
 		}
 		<-tick.C
 	}
