@@ -64,7 +64,7 @@ func (s *Server) viewLocked(e *nodeEntry) *wire.Node {
 	n.Addresses = slices.Clone(n.Addresses)
 	n.Endpoints = slices.Clone(n.Endpoints)
 	n.Tags = slices.Clone(n.Tags)
-	n.Online = s.sessions[n.Key] != nil
+	n.Online = s.sessions[n.Key] != nil || e.remoteOnline
 	return &n
 }
 

@@ -214,12 +214,43 @@ func (rg *registry) lookupAuthKey(ctx context.Context, secret string) (*AuthKey,
 	return ak, nil
 }
 
+// registerAttempts bounds how often register tries again after the store
+// refused a new node because another coordinator on the same store took
+// its name, address or key first.
+const registerAttempts = 5
+
+// errRegisterConflict is registerOnce's answer when the store refused the
+// new node with ErrConflict.
+var errRegisterConflict = errorf(http.StatusConflict, wire.CodeUnavailable, "name or address taken by another coordinator; try again")
+
 // register handles a RegisterRequest whose sender proved it holds
 // req.NodeKey. loopback says whether it came from a loopback address.
+//
+// Memory may lag the store when other coordinators share it: if the
+// store refuses the new node as a conflict, register re-reads the nodes
+// from the store and tries again, a few times.
 func (rg *registry) register(ctx context.Context, req *wire.RegisterRequest, loopback bool) (*wire.RegisterResponse, *apiError) {
 	s := rg.core
 	rg.mu.Lock()
 	defer rg.mu.Unlock()
+	for i := 1; ; i++ {
+		resp, aerr := rg.registerOnce(ctx, req, loopback)
+		if aerr != errRegisterConflict {
+			return resp, aerr
+		}
+		if i == registerAttempts {
+			return nil, errorf(http.StatusServiceUnavailable, wire.CodeUnavailable, "registration kept conflicting with other coordinators; try again")
+		}
+		if err := s.syncNodes(ctx); err != nil {
+			s.logger.Error("resync nodes after a registration conflict", "err", err)
+			return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
+		}
+	}
+}
+
+// registerOnce is one attempt of register. rg.mu held.
+func (rg *registry) registerOnce(ctx context.Context, req *wire.RegisterRequest, loopback bool) (*wire.RegisterResponse, *apiError) {
+	s := rg.core
 	now := s.now()
 	s.mu.Lock()
 	var existing *NodeRecord
@@ -379,6 +410,9 @@ func (rg *registry) register(ctx context.Context, req *wire.RegisterRequest, loo
 	if err := s.store.InsertNode(ctx, rec, now); err != nil {
 		if ak != nil && errors.Is(err, ErrAuthKeySpent) {
 			return nil, rg.consumeError(err, ak)
+		}
+		if errors.Is(err, ErrConflict) {
+			return nil, errRegisterConflict
 		}
 		s.logger.Error("insert node", "node", req.NodeKey.ShortString(), "err", err)
 		return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")

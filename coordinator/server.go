@@ -5,8 +5,9 @@
 // A Server is an http.Handler; it never opens listeners. Its state lives in
 // a Store the caller injects (beam.dev/beam/coordinator/sqlstore implements
 // it) and in memory: the coordinator keeps every node in memory and writes
-// through to the store, so it assumes it is the only writer (one
-// coordinator per database).
+// through to the store. Several coordinators may share a store that
+// implements NodeFeed (PostgreSQL): each follows the others' node changes
+// and tells its own streams (fanout.go).
 //
 // Every control request is sealed with NaCl box between the node key and
 // the coordinator's machine key (see protocol.go), so only the holder of a
@@ -198,6 +199,7 @@ type Server struct {
 
 	admin *adminAPI // the admin HTTP API (adminhttp.go)
 	reg   *registry // registration, auth keys, names, addresses, approval (register.go)
+	fan   *fanout   // changes other coordinators on the store make (fanout.go)
 }
 
 // nodeEntry is a node in memory. Guarded by Server.mu.
@@ -211,6 +213,9 @@ type nodeEntry struct {
 	// version is the protocol version of its last map request; 0 if none
 	// since the coordinator started.
 	version int
+	// remoteOnline is set while the node streams from another
+	// coordinator on the same store (fanout.go).
+	remoteOnline bool
 }
 
 // New returns a Server on opts, loading its state from opts.Store and
@@ -258,6 +263,7 @@ func New(opts Options) (*Server, error) {
 	s.streams = newStreams(s)
 	s.admin = &adminAPI{core: s, auth: opts.AdminAuth}
 	s.reg = newRegistry(s, opts)
+	s.fan = newFanout(s, opts.Store)
 	es, err := newEdgeRoutes(s, opts)
 	if err != nil {
 		return nil, err
@@ -287,6 +293,7 @@ func New(opts Options) (*Server, error) {
 	s.wg.Add(1)
 	go s.janitorLoop()
 	s.startAccessControl()
+	s.fan.start()
 	return s, nil
 }
 
@@ -530,7 +537,7 @@ func (s *Server) janitorLoop() {
 		var drop []key.NodePublic
 		s.mu.Lock()
 		for k, e := range s.nodes {
-			if e.rec.Node.Ephemeral && s.sessions[k] == nil && !e.offlineSince.IsZero() && now.Sub(e.offlineSince) >= s.ephemeral {
+			if e.rec.Node.Ephemeral && s.sessions[k] == nil && !e.remoteOnline && !e.offlineSince.IsZero() && now.Sub(e.offlineSince) >= s.ephemeral {
 				drop = append(drop, k)
 				continue
 			}

@@ -309,7 +309,9 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	} else {
 		ms.notifyLocked(e.rec.NetworkID, nk) // online
 	}
+	id := e.rec.Node.ID
 	s.mu.Unlock()
+	s.fan.streamChanged(id, true)
 	s.met.streamsOpened.Add(1)
 	log.Debug("map stream opened")
 
@@ -327,6 +329,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		}
 		s.mu.Unlock()
 		if mine {
+			s.fan.streamChanged(id, false)
 			if err := s.persist(context.WithoutCancel(r.Context()), nk); err != nil && !errors.Is(err, ErrNotFound) {
 				log.Warn("persist last seen", "err", err)
 			}

@@ -69,6 +69,11 @@ func openPostgres(ctx context.Context, dsn string) (_ *Store, err error) {
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = defaultConnectTimeout
 	}
+	origin := newOrigin()
+	if cfg.RuntimeParams == nil {
+		cfg.RuntimeParams = make(map[string]string)
+	}
+	cfg.RuntimeParams[originSetting] = origin
 	db := stdlib.OpenDB(*cfg)
 	db.SetMaxOpenConns(maxPostgresConns)
 	db.SetMaxIdleConns(4)
@@ -77,7 +82,7 @@ func openPostgres(ctx context.Context, dsn string) (_ *Store, err error) {
 		db.Close()
 		return nil, fmt.Errorf("sqlstore: connect to PostgreSQL at %s: %w", describeServer(cfg), err)
 	}
-	s := &Store{db: db, d: postgresDialect}
+	s := &Store{db: db, d: postgresDialect, pgcfg: cfg, origin: origin}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, err

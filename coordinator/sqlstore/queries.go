@@ -236,11 +236,18 @@ func (s *Store) DeleteNode(ctx context.Context, id wire.NodeID) error {
 
 // Nodes implements coordinator.NodeStore.
 func (s *Store) Nodes(ctx context.Context) ([]*coordinator.NodeRecord, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT n.id, n.network_id, n.node_key, n.disco_key, n.name, w.domain, n.hostname, n.os,
+	return s.queryNodes(ctx, "list nodes", "")
+}
+
+// queryNodes returns the nodes that the condition where (" WHERE ...",
+// with args; "" for all) selects, ordered by ID. op names the operation
+// in errors.
+func (s *Store) queryNodes(ctx context.Context, op, where string, args ...any) ([]*coordinator.NodeRecord, error) {
+	rows, err := s.db.QueryContext(ctx, s.d.rebind(`SELECT n.id, n.network_id, n.node_key, n.disco_key, n.name, w.domain, n.hostname, n.os,
 		n.ipv4, n.ipv6, n.endpoints, n.home_derp, n.last_seen, n.key_expiry, n.user_name, n.tags, n.ephemeral, n.auth_key_id, n.created_at, n.edge
-		FROM nodes n JOIN networks w ON w.id = n.network_id ORDER BY n.id`)
+		FROM nodes n JOIN networks w ON w.id = n.network_id`+where+` ORDER BY n.id`), args...)
 	if err != nil {
-		return nil, s.wrap("list nodes", err)
+		return nil, s.wrap(op, err)
 	}
 	defer rows.Close()
 	var out []*coordinator.NodeRecord
@@ -255,17 +262,17 @@ func (s *Store) Nodes(ctx context.Context) ([]*coordinator.NodeRecord, error) {
 		)
 		if err := rows.Scan(&id, &r.NetworkID, &nodeKey, &disco, &r.Node.Name, &domain, &r.Node.Hostname, &r.Node.OS,
 			&v4, &v6, &eps, &r.Node.HomeDERP, &lastSeen, &expiry, &r.Node.User, &tg, &ephemeral, &authKey, &created, &edge); err != nil {
-			return nil, s.wrap("list nodes", err)
+			return nil, s.wrap(op, err)
 		}
 		if err := decodeNode(&r, id, nodeKey, disco, domain, v4, v6, eps, tg); err != nil {
-			return nil, fmt.Errorf("sqlstore: list nodes: node %d: %w", id, err)
+			return nil, fmt.Errorf("sqlstore: %s: node %d: %w", op, id, err)
 		}
 		r.Node.LastSeen, r.Node.KeyExpiry, r.CreatedAt = fromUnixNano(lastSeen), fromUnixNano(expiry), fromUnixNano(created)
 		r.Node.Ephemeral, r.Node.Edge = ephemeral != 0, edge != 0
 		r.AuthKeyID = authKey.Int64
 		out = append(out, &r)
 	}
-	return out, s.wrap("list nodes", rows.Err())
+	return out, s.wrap(op, rows.Err())
 }
 
 func decodeNode(r *coordinator.NodeRecord, id int64, nodeKey, disco, domain, v4, v6, eps, tags string) error {

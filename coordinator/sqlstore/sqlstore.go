@@ -23,6 +23,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"github.com/jackc/pgx/v5"
 	"io/fs"
 	"path"
 	"slices"
@@ -84,6 +85,12 @@ type Store struct {
 	db   *sql.DB
 	d    dialect
 	errs atomic.Uint64 // failed database operations (see wrap)
+
+	// PostgreSQL only (feed.go): the connection settings, for the
+	// listener's own connection, and this store's origin, which every
+	// connection sets as beam.origin.
+	pgcfg  *pgx.ConnConfig
+	origin string
 }
 
 var _ coordinator.Store = (*Store)(nil)

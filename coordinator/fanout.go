@@ -1,0 +1,279 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// Several coordinators on one store. Each coordinator keeps every node in
+// memory (see Server); when others write the same store, memory goes
+// stale. Two things bring it back:
+//
+//   - syncNodes re-reads every node from the store and reconciles memory
+//     with it. Registration runs it when the store refuses a node
+//     because another coordinator took its name, address or key, and the
+//     fan-out runs it after each (re)connection of its listener.
+//   - A store that implements NodeFeed (sqlstore on PostgreSQL, through
+//     LISTEN/NOTIFY) tells the coordinator the ID of every node another
+//     coordinator wrote; applyNodeChange re-reads that node and tells the
+//     coordinator's own streams, as a local change would.
+//
+// Whether a node is online (has a map stream) is kept in the store too,
+// per coordinator: a node streaming on coordinator A is online for B's
+// streams (nodeEntry.remoteOnline).
+
+// NodeFeed is what a store shared by several coordinators adds: the
+// changes other coordinators make to nodes, and which coordinator each
+// node streams from. The coordinator finds it on Options.Store by type
+// assertion; sqlstore's Store implements it, and on PostgreSQL its
+// SharedNodes reports true.
+type NodeFeed interface {
+	// SharedNodes reports whether other coordinators may write the
+	// store's nodes; false leaves the rest of NodeFeed unused.
+	SharedNodes() bool
+	// ListenNodes calls changed with the ID of every node written
+	// (inserted, changed, deleted, gone on- or offline) through another
+	// store, until ctx is done, and returns ctx's error. It calls resync
+	// after each (re)connection of its listener, before the changes made
+	// after it; changes made while it was disconnected are not reported
+	// one by one.
+	ListenNodes(ctx context.Context, resync func(ctx context.Context), changed func(ctx context.Context, id wire.NodeID)) error
+	// NodeByID returns the node with id, and whether it streams from a
+	// coordinator on another store; ErrNotFound if there is no such node.
+	NodeByID(ctx context.Context, id wire.NodeID) (rec *NodeRecord, remoteOnline bool, err error)
+	// RemoteOnline returns the IDs of the nodes that stream from a
+	// coordinator on another store.
+	RemoteOnline(ctx context.Context) (map[wire.NodeID]bool, error)
+	// SetNodeOnline records that the node id streams (online) or no
+	// longer streams from this store's coordinator. Going offline
+	// leaves a node that meanwhile streams elsewhere as it is.
+	SetNodeOnline(ctx context.Context, id wire.NodeID, online bool) error
+}
+
+// fanout follows the changes other coordinators make to nodes. Its zero
+// value (feed nil) does nothing: the Server is the store's only writer.
+type fanout struct {
+	core *Server
+	feed NodeFeed // nil: no other coordinators
+
+	// online is the stream state waiting to be written to the store,
+	// coalesced per node (the last state wins); onlineLoop writes it.
+	mu     sync.Mutex // guards online
+	online map[wire.NodeID]bool
+	wake   chan struct{} // cap 1
+}
+
+// newFanout returns the fan-out of core on store.
+func newFanout(core *Server, store Store) *fanout {
+	f := &fanout{core: core, online: make(map[wire.NodeID]bool), wake: make(chan struct{}, 1)}
+	if feed, ok := store.(NodeFeed); ok && feed.SharedNodes() {
+		f.feed = feed
+	}
+	return f
+}
+
+// start runs the listener and the online writer, counted in core.wg.
+func (f *fanout) start() {
+	if f.feed == nil {
+		return
+	}
+	s := f.core
+	s.wg.Add(2)
+	go func() {
+		defer s.wg.Done()
+		err := f.feed.ListenNodes(s.ctx, f.resync, f.applyNodeChange)
+		if err != nil && !errors.Is(err, context.Canceled) {
+			s.logger.Error("listen for node changes", "err", err)
+		}
+	}()
+	go f.onlineLoop()
+}
+
+// streamChanged records that the node id got (online) or lost its map
+// stream on this coordinator, for the other coordinators.
+func (f *fanout) streamChanged(id wire.NodeID, online bool) {
+	if f.feed == nil {
+		return
+	}
+	f.mu.Lock()
+	f.online[id] = online
+	f.mu.Unlock()
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
+}
+
+// onlineLoop writes the stream states streamChanged records.
+func (f *fanout) onlineLoop() {
+	s := f.core
+	defer s.wg.Done()
+	for {
+		select {
+		case <-s.ctx.Done():
+			// Streams end as the coordinator closes; say so while the
+			// store is still open.
+			f.writeOnline(context.Background())
+			return
+		case <-f.wake:
+		}
+		f.writeOnline(s.ctx)
+	}
+}
+
+func (f *fanout) writeOnline(ctx context.Context) {
+	f.mu.Lock()
+	batch := f.online
+	f.online = make(map[wire.NodeID]bool)
+	f.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	for id, on := range batch {
+		if err := f.feed.SetNodeOnline(ctx, id, on); err != nil && !errors.Is(err, ErrNotFound) {
+			f.core.logger.Warn("record stream state", "node_id", id, "online", on, "err", err)
+		}
+	}
+}
+
+// resync is syncNodes for the listener, which logs its error.
+func (f *fanout) resync(ctx context.Context) {
+	if err := f.core.syncNodes(ctx); err != nil {
+		f.core.logger.Warn("resync nodes from the store", "err", err)
+	}
+}
+
+// applyNodeChange re-reads the node id that another coordinator wrote and
+// applies it to memory.
+func (f *fanout) applyNodeChange(ctx context.Context, id wire.NodeID) {
+	s := f.core
+	rec, remote, err := f.feed.NodeByID(ctx, id)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		s.logger.Warn("read changed node", "node_id", id, "err", err)
+		return
+	}
+	s.persistMu.Lock()
+	defer s.persistMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rec == nil {
+		for _, e := range s.nodes {
+			if e.rec.Node.ID == id {
+				s.dropNodeLocked(e, wire.CodeNodeRemoved, "node was removed")
+				break
+			}
+		}
+		return
+	}
+	s.applyRecordLocked(rec, remote)
+}
+
+// syncNodes re-reads every node from the store and brings memory in line
+// with it: nodes other coordinators registered are added, changed ones
+// updated, removed ones dropped, each change told to the streams.
+func (s *Server) syncNodes(ctx context.Context) error {
+	recs, err := s.store.Nodes(ctx)
+	if err != nil {
+		return fmt.Errorf("coordinator: resync nodes: %w", err)
+	}
+	var remote map[wire.NodeID]bool
+	if s.fan.feed != nil {
+		if remote, err = s.fan.feed.RemoteOnline(ctx); err != nil {
+			return fmt.Errorf("coordinator: resync online nodes: %w", err)
+		}
+	}
+	s.persistMu.Lock()
+	defer s.persistMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	inStore := make(map[key.NodePublic]bool, len(recs))
+	for _, rec := range recs {
+		inStore[rec.Node.Key] = true
+		s.applyRecordLocked(rec, remote[rec.Node.ID])
+	}
+	for k, e := range s.nodes {
+		if !inStore[k] {
+			s.dropNodeLocked(e, wire.CodeNodeRemoved, "node was removed")
+		}
+	}
+	return nil
+}
+
+// applyRecordLocked brings the node of rec, as the store holds it, into
+// memory; remote says whether it streams from another coordinator.
+// persistMu and s.mu held.
+func (s *Server) applyRecordLocked(rec *NodeRecord, remote bool) {
+	now := s.now()
+	nk := rec.Node.Key
+	e := s.nodes[nk]
+	if e != nil && e.rec.Node.ID != rec.Node.ID {
+		// The key was removed and registered again: a new node.
+		s.dropNodeLocked(e, wire.CodeNodeRemoved, "node was removed")
+		e = nil
+	}
+	if e == nil {
+		if s.networks[rec.NetworkID] == nil {
+			return // a network created elsewhere; it comes with a restart
+		}
+		e = &nodeEntry{rec: *rec, remoteOnline: remote}
+		if !remote {
+			e.offlineSince = now
+		}
+		s.nodes[nk] = e
+		s.reg.useIPv4(rec.Node.Addresses, false)
+		s.notifyLocked(rec.NetworkID, nk)
+		return
+	}
+	before := s.viewLocked(e)
+	next := *rec
+	// What the store does not keep stays as this coordinator knows it.
+	next.Node.PeerRelay = e.rec.Node.PeerRelay
+	if s.sessions[nk] != nil {
+		// The node streams here, so what it says about itself is
+		// freshest here; take only what others decide for it.
+		cur := e.rec
+		cur.Node.Name, cur.Node.DNSName = next.Node.Name, next.Node.DNSName
+		cur.Node.KeyExpiry, cur.Node.User, cur.Node.Tags = next.Node.KeyExpiry, next.Node.User, next.Node.Tags
+		next = cur
+	}
+	e.rec = next
+	if e.remoteOnline && !remote && s.sessions[nk] == nil {
+		e.offlineSince = now
+	}
+	e.remoteOnline = remote
+	if remote {
+		e.offlineSince = time.Time{}
+	}
+	after := s.viewLocked(e)
+	if !e.rec.Node.Expired(now) {
+		e.expiryHandled = false
+	}
+	if !nodeEqual(before, after) || before.Online != after.Online {
+		s.notifyLocked(e.rec.NetworkID, nk)
+	}
+	if !e.expiryHandled && e.rec.Node.Expired(now) {
+		e.expiryHandled = true
+		s.expireLocked(e)
+	}
+}
+
+// dropNodeLocked forgets the node e, which another coordinator removed:
+// its stream here ends with code and msg and its peers drop it. s.mu held.
+func (s *Server) dropNodeLocked(e *nodeEntry, code wire.ErrorCode, msg string) {
+	nk := e.rec.Node.Key
+	if s.nodes[nk] != e {
+		return
+	}
+	delete(s.nodes, nk)
+	s.reg.releaseIPv4(e.rec.Node.Addresses)
+	s.edge.dropRoutesLocked(e, false)
+	if ss := s.sessions[nk]; ss != nil {
+		ss.end(code, msg)
+	}
+	s.notifyLocked(e.rec.NetworkID, nk)
+}

@@ -1,0 +1,157 @@
+package coordinator_test
+
+import (
+	"errors"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"beam.dev/beam/beamtest/pgtest"
+	"beam.dev/beam/coordclient"
+	"beam.dev/beam/coordinator"
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// startCoordOn starts a coordinator with machine key priv on the database dsn.
+func startCoordOn(t testing.TB, dsn string, priv key.MachinePrivate) *coord {
+	t.Helper()
+	c := &coord{t: t, dsn: dsn, priv: priv, addr: "127.0.0.1:0"}
+	c.start()
+	t.Cleanup(c.stop)
+	return c
+}
+
+// fanoutWait bounds how long a change takes to reach another
+// coordinator's streams: a notification, a read and a delta, well under
+// a second when measured on a loaded machine.
+const fanoutWait = 15 * time.Second
+
+// TestSeveralCoordinators runs two coordinators on one PostgreSQL
+// database, as replicas behind one name (one machine key).
+func TestSeveralCoordinators(t *testing.T) {
+	pg := pgtest.New(t)
+	priv := key.NewMachine()
+
+	t.Run("RegistrationRace", func(t *testing.T) {
+		dsn := pg.NewDatabase(t)
+		cs := []*coord{startCoordOn(t, dsn, priv), startCoordOn(t, dsn, priv)}
+		ak := cs[0].authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+		const perCoord = 6
+		var (
+			wg    sync.WaitGroup
+			mu    sync.Mutex
+			nodes []*wire.Node
+		)
+		for i := range 2 * perCoord {
+			c := cs[i%2]
+			n := newNode(t, c.URL)
+			wg.Go(func() {
+				resp := n.register(t, ak, "racer")
+				mu.Lock()
+				nodes = append(nodes, resp.Node)
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		if t.Failed() {
+			return
+		}
+		names := make(map[string]bool)
+		addrs := make(map[netip.Prefix]bool)
+		for _, n := range nodes {
+			if names[n.Name] {
+				t.Errorf("name %q given twice", n.Name)
+			}
+			names[n.Name] = true
+			for _, a := range n.Addresses {
+				if addrs[a] {
+					t.Errorf("address %v given twice", a)
+				}
+				addrs[a] = true
+			}
+		}
+		if got, want := len(names), 2*perCoord; got != want {
+			t.Errorf("got %d distinct names, want %d", got, want)
+		}
+		// Both coordinators list every node.
+		for i, c := range cs {
+			all, err := c.Server.Nodes(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(all) < 2*perCoord && !waitNodes(t, c, 2*perCoord) {
+				t.Errorf("coordinator %d lists %d nodes, want %d", i, len(all), 2*perCoord)
+			}
+		}
+	})
+
+	t.Run("FanOut", func(t *testing.T) {
+		dsn := pg.NewDatabase(t)
+		ca, cb := startCoordOn(t, dsn, priv), startCoordOn(t, dsn, priv)
+		ak := ca.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+		a, b := newNode(t, ca.URL), newNode(t, cb.URL)
+		a.register(t, ak, "alpha")
+		b.register(t, ak, "bravo")
+		wa, wb := watch(t, a), watch(t, b)
+		online := func(name string) func(*wire.NetMap) bool {
+			return func(nm *wire.NetMap) bool {
+				p := peerNamed(nm, name)
+				return p != nil && p.Online
+			}
+		}
+		wa.waitFor("alpha sees bravo online (bravo streams on the other coordinator)", fanoutWait, online("bravo"))
+		wb.waitFor("bravo sees alpha online", fanoutWait, online("alpha"))
+
+		if _, err := ca.Server.RenameNode(t.Context(), "alpha", "alpha-renamed"); err != nil {
+			t.Fatal(err)
+		}
+		wb.waitFor("bravo sees the rename made on alpha's coordinator", fanoutWait, func(nm *wire.NetMap) bool {
+			return peerNamed(nm, "alpha-renamed") != nil && peerNamed(nm, "alpha") == nil
+		})
+
+		wb.stop()
+		wa.waitFor("alpha sees bravo offline", fanoutWait, func(nm *wire.NetMap) bool {
+			p := peerNamed(nm, "bravo")
+			return p != nil && !p.Online
+		})
+
+		c := newNode(t, cb.URL)
+		c.register(t, ak, "charlie")
+		wa.waitFor("alpha sees charlie, registered on the other coordinator", fanoutWait, func(nm *wire.NetMap) bool {
+			return peerNamed(nm, "charlie") != nil
+		})
+		if err := cb.Server.RemoveNode(t.Context(), "charlie"); err != nil {
+			t.Fatal(err)
+		}
+		wa.waitFor("alpha sees charlie removed", fanoutWait, func(nm *wire.NetMap) bool {
+			return peerNamed(nm, "charlie") == nil
+		})
+		// A node removed on the other coordinator loses its stream here.
+		if err := cb.Server.RemoveNode(t.Context(), "alpha-renamed"); err != nil {
+			t.Fatal(err)
+		}
+		if err := wa.waitErr(fanoutWait); !errors.Is(err, coordclient.ErrNodeRemoved) {
+			t.Errorf("alpha's Run after removal on the other coordinator = %v, want ErrNodeRemoved", err)
+		}
+	})
+}
+
+// waitNodes waits until c lists n nodes, reporting whether it did.
+func waitNodes(t *testing.T, c *coord, n int) bool {
+	deadline := time.Now().Add(fanoutWait)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for time.Now().Before(deadline) {
+		all, err := c.Server.Nodes(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(all) >= n {
+			return true
+		}
+		<-tick.C
+	}
+	return false
+}

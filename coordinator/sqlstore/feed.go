@@ -1,0 +1,163 @@
+package sqlstore
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"beam.dev/beam/coordinator"
+	"beam.dev/beam/wire"
+)
+
+// The coordinator.NodeFeed of a store on PostgreSQL: triggers (migration
+// 0006) send a notification with the writer's origin and the node's ID
+// for every write to a node or its stream state; ListenNodes listens on
+// a connection of its own.
+
+var _ coordinator.NodeFeed = (*Store)(nil)
+
+// originSetting is the custom setting each connection of a store sets to
+// the store's origin; the triggers put it in their notifications.
+const originSetting = "beam.origin"
+
+// feedChannelPrefix is the notification channel's name before the
+// schema's.
+const feedChannelPrefix = "beam_nodes:"
+
+// feedRetry is how long ListenNodes waits before connecting again.
+const feedRetry = time.Second
+
+var errNoFeed = errors.New("sqlstore: node changes are followed on PostgreSQL only")
+
+// newOrigin returns a random origin for a store.
+func newOrigin() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// SharedNodes implements coordinator.NodeFeed: true on PostgreSQL, where
+// several coordinators may share the database.
+func (s *Store) SharedNodes() bool { return s.pgcfg != nil }
+
+// ListenNodes implements coordinator.NodeFeed.
+func (s *Store) ListenNodes(ctx context.Context, resync func(ctx context.Context), changed func(ctx context.Context, id wire.NodeID)) error {
+	if s.pgcfg == nil {
+		return errNoFeed
+	}
+	for {
+		err := s.listenOnce(ctx, resync, changed)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		_ = err // the connection failed or broke: connect again
+		t := time.NewTimer(feedRetry)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// listenOnce runs one listening connection until it fails or ctx is done.
+func (s *Store) listenOnce(ctx context.Context, resync func(ctx context.Context), changed func(ctx context.Context, id wire.NodeID)) error {
+	conn, err := pgx.ConnectConfig(ctx, s.pgcfg.Copy())
+	if err != nil {
+		return fmt.Errorf("sqlstore: connect listener: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	var schema string
+	if err := conn.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+		return fmt.Errorf("sqlstore: listener schema: %w", err)
+	}
+	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{feedChannelPrefix + schema}.Sanitize()); err != nil {
+		return fmt.Errorf("sqlstore: listen: %w", err)
+	}
+	resync(ctx)
+	for {
+		n, err := conn.WaitForNotification(ctx)
+		if err != nil {
+			return fmt.Errorf("sqlstore: wait for notification: %w", err)
+		}
+		origin, idText, ok := strings.Cut(n.Payload, " ")
+		if !ok || origin == s.origin {
+			continue
+		}
+		id, err := strconv.ParseInt(idText, 10, 64)
+		if err != nil {
+			continue
+		}
+		changed(ctx, wire.NodeID(id))
+	}
+}
+
+// NodeByID implements coordinator.NodeFeed.
+func (s *Store) NodeByID(ctx context.Context, id wire.NodeID) (*coordinator.NodeRecord, bool, error) {
+	if s.pgcfg == nil {
+		return nil, false, errNoFeed
+	}
+	recs, err := s.queryNodes(ctx, "node by id", ` WHERE n.id = ?`, int64(id))
+	if err != nil {
+		return nil, false, err
+	}
+	if len(recs) == 0 {
+		return nil, false, fmt.Errorf("%w: node %d", coordinator.ErrNotFound, id)
+	}
+	var origin string
+	err = s.db.QueryRowContext(ctx, s.d.rebind(`SELECT origin FROM node_online WHERE node_id = ?`), int64(id)).Scan(&origin)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return recs[0], false, nil
+	case err != nil:
+		return nil, false, s.wrap("node online", err)
+	}
+	return recs[0], origin != s.origin, nil
+}
+
+// RemoteOnline implements coordinator.NodeFeed.
+func (s *Store) RemoteOnline(ctx context.Context) (map[wire.NodeID]bool, error) {
+	if s.pgcfg == nil {
+		return nil, errNoFeed
+	}
+	rows, err := s.db.QueryContext(ctx, s.d.rebind(`SELECT node_id FROM node_online WHERE origin <> ?`), s.origin)
+	if err != nil {
+		return nil, s.wrap("online nodes", err)
+	}
+	defer rows.Close()
+	out := make(map[wire.NodeID]bool)
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, s.wrap("online nodes", err)
+		}
+		out[wire.NodeID(id)] = true
+	}
+	return out, s.wrap("online nodes", rows.Err())
+}
+
+// SetNodeOnline implements coordinator.NodeFeed.
+func (s *Store) SetNodeOnline(ctx context.Context, id wire.NodeID, online bool) error {
+	if s.pgcfg == nil {
+		return errNoFeed
+	}
+	if !online {
+		_, err := s.db.ExecContext(ctx, s.d.rebind(`DELETE FROM node_online WHERE node_id = ? AND origin = ?`), int64(id), s.origin)
+		return s.wrap("set node offline", err)
+	}
+	// A node deleted meanwhile has no row to refer to: nothing to do.
+	_, err := s.db.ExecContext(ctx, s.d.rebind(`INSERT INTO node_online (node_id, origin, since)
+		SELECT id, ?, ? FROM nodes WHERE id = ?
+		ON CONFLICT (node_id) DO UPDATE SET origin = EXCLUDED.origin, since = EXCLUDED.since`),
+		s.origin, time.Now().UnixNano(), int64(id))
+	return s.wrap("set node online", err)
+}
