@@ -318,6 +318,7 @@ func FuzzReadFrame(f *testing.F) {
 func TestSplitMessagesJoined(t *testing.T) {
 	peer := func(name string) *wire.Node { return &wire.Node{Name: name, Key: key.NewNode().Public()} }
 	endless := make(chan struct{})
+	var endOnce sync.Once
 	var mu sync.Mutex
 	n := 0
 	_, cl := newFake(t, func(fc *fakeCoord, w http.ResponseWriter, r *http.Request, nk key.NodePublic) {
@@ -330,7 +331,7 @@ func TestSplitMessagesJoined(t *testing.T) {
 			for range wire.MaxMapFrames + 1 {
 				fc.frame(w, nk, &wire.MapResponse{Peers: []*wire.Node{peer("x")}, More: true})
 			}
-			close(endless)
+			endOnce.Do(func() { close(endless) })
 			<-r.Context().Done()
 			return
 		}

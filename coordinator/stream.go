@@ -385,9 +385,12 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		peers, set, computed := ms.peersLocked(self, ss.networkID, now)
 		filter := s.filterLocked(self, ss.networkID, now, computed)
 		filterSets := filter.fullSets()
-		views := make([]*peerView, len(peers))
-		for i, ps := range peers {
-			views[i] = ps.view
+		var views []*peerView
+		if !split {
+			views = make([]*peerView, len(peers))
+			for i, ps := range peers {
+				views[i] = ps.view
+			}
 		}
 		ver := ms.changeVer
 		gen0 := ss.generation() // marks happen under s.mu: this map covers them
@@ -401,7 +404,13 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			FilterSets:      filterSets,
 		}, peers: views, full: true}
 		s.fillExtras(ss, &st.extras, f.resp)
-		if err := send(f); err != nil {
+		var err error
+		if split {
+			err = ms.sendFullMap(send, f, set)
+		} else {
+			err = send(f)
+		}
+		if err != nil {
 			log.Debug("send full map", "err", err)
 			return
 		}
@@ -471,6 +480,42 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		ss.delivered(gen)
 		s.observeFanout(marked)
 		ka.Reset(s.keepAlive)
+	}
+}
+
+// fullMapBatch is how many peers each frame of a full map sent in pieces
+// carries (about 40 KB of JSON).
+const fullMapBatch = 64
+
+// sendFullMap sends the full map f, whose peers are those in set, as
+// frames of fullMapBatch peers joined by More (the first also carries
+// f's other fields). A node that reads slowly, or not yet, so makes its
+// stream hold one frame rather than the whole map, which for thousands of
+// streams opening at once is the difference between megabytes and
+// gigabytes. Views are read as each frame is built, so some may be newer
+// than the map's change count; the deltas after it send them again at
+// worst.
+func (ms *streams) sendFullMap(send func(*mapFrame) error, f *mapFrame, set peerSet) error {
+	s := ms.core
+	batch := make([]*peerView, 0, fullMapBatch)
+	next := set.next(0)
+	for {
+		batch = batch[:0]
+		s.mu.Lock()
+		for ; next >= 0 && len(batch) < fullMapBatch; next = set.next(next + 1) {
+			if pv := ms.peerSlots[next].view; pv != nil {
+				batch = append(batch, pv)
+			}
+		}
+		s.mu.Unlock()
+		f.peers, f.full, f.more = batch, true, next >= 0
+		if err := send(f); err != nil {
+			return err
+		}
+		if next < 0 {
+			return nil
+		}
+		f = &mapFrame{resp: &wire.MapResponse{}}
 	}
 }
 

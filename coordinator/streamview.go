@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/bits"
 	"slices"
 	"sync"
 
@@ -181,16 +182,27 @@ func (b peerSet) remove(i int) {
 
 // each calls f with every slot in b.
 func (b peerSet) each(f func(int)) {
-	for w, bits := range b {
-		for bits != 0 {
-			i := 0
-			for bits&(1<<i) == 0 {
-				i++
-			}
+	for w, word := range b {
+		for word != 0 {
+			i := bits.TrailingZeros64(word)
 			f(w*64 + i)
-			bits &^= 1 << i
+			word &^= 1 << i
 		}
 	}
+}
+
+// next returns the first slot in b at or after i, or -1.
+func (b peerSet) next(i int) int {
+	for w := i / 64; w < len(b); w++ {
+		word := b[w]
+		if w == i/64 {
+			word &= ^uint64(0) << (i % 64)
+		}
+		if word != 0 {
+			return w*64 + bits.TrailingZeros64(word)
+		}
+	}
+	return -1
 }
 
 // frameSplitAt is the largest JSON body a frame carries before a full
@@ -206,6 +218,8 @@ type mapFrame struct {
 	// peers is the complete peer list if full, else the changed peers.
 	peers []*peerView
 	full  bool
+	// more says further frames of the same message follow this one's.
+	more bool
 }
 
 // errFrameTooLarge means a map message does not fit the frame limit and
@@ -239,7 +253,7 @@ func (f *mapFrame) encode(split bool) ([][]byte, error) {
 		size += len(b) + 1
 	}
 	if !split || size <= frameSplitAt {
-		return [][]byte{splice(base, field, encs, false)}, nil
+		return [][]byte{splice(base, field, encs, f.more)}, nil
 	}
 	// The first body carries everything else; the rest only peers.
 	const moreLen = len(`,"more":true`)
@@ -254,7 +268,7 @@ func (f *mapFrame) encode(split bool) ([][]byte, error) {
 		if size > limit {
 			return nil, errFrameTooLarge
 		}
-		more := start+n < len(encs)
+		more := start+n < len(encs) || f.more
 		out = append(out, splice(head, field, encs[start:start+n], more))
 		start += n
 		head = []byte(`{}`)

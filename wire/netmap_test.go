@@ -122,3 +122,24 @@ func TestNetMapApplyFilterSets(t *testing.T) {
 		t.Errorf("after an empty filter: sets %v, filter %v", next.FilterSets, next.PacketFilter)
 	}
 }
+
+// TestMapResponseMerge joins a message split across three frames: lists
+// are appended in order, online states and the other fields of later
+// frames added, and More follows the last frame.
+func TestMapResponseMerge(t *testing.T) {
+	a, b, c, d := key.NewNode().Public(), key.NewNode().Public(), key.NewNode().Public(), key.NewNode().Public()
+	m := &MapResponse{Self: &Node{Name: "self"}, Peers: []*Node{{Key: a}}, PacketFilterSet: true, More: true}
+	m.Merge(&MapResponse{Peers: []*Node{{Key: b}, {Key: c}}, PeersOnline: map[key.NodePublic]bool{a: true}, More: true})
+	m.Merge(&MapResponse{Peers: []*Node{{Key: d}}, PeersRemoved: []key.NodePublic{c}, DNS: &DNSConfig{Domain: "x.test"}})
+	var got []key.NodePublic
+	for _, p := range m.Peers {
+		got = append(got, p.Key)
+	}
+	if want := []key.NodePublic{a, b, c, d}; !slices.Equal(got, want) {
+		t.Errorf("peers = %v, want %v", got, want)
+	}
+	if m.More || m.Self == nil || m.Self.Name != "self" || !m.PacketFilterSet || m.DNS == nil || !m.PeersOnline[a] ||
+		!slices.Equal(m.PeersRemoved, []key.NodePublic{c}) {
+		t.Errorf("merged = %+v", m)
+	}
+}

@@ -54,8 +54,10 @@ type Envelope struct {
 const MaxFrameSize = 4 << 20
 
 // MaxMapFrames is the most frames one map message may be split across
-// (MapResponse.More): 256 MiB at most.
-const MaxMapFrames = 64
+// (MapResponse.More). The coordinator sends a full map in frames of tens
+// of kilobytes (so that a slow node costs it one frame, not its whole
+// map): 4,096 of them carry far more than the largest network's map.
+const MaxMapFrames = 4096
 
 // Response headers of a map stream.
 const (
