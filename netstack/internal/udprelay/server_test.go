@@ -307,15 +307,20 @@ func TestRateBound(t *testing.T) {
 	const pps = 1000 // burst: 100 packets
 	s := startServer(t, Options{PacketsPerSecond: pps})
 	a, b, vni := pair(t, s)
-	// 150: more than the burst, few enough for the server's socket buffer.
-	const sent = 150
-	for range sent {
+	// 150: more than the burst. They go in runs of 50, each followed by
+	// a BindRelay whose answer shows the server has handled the run, so
+	// the server's socket buffer never holds more than a run, however
+	// late the server gets to read on a loaded machine (300 at once
+	// overflowed the default 208 KiB buffer: 832 bytes each).
+	const sent, run = 150, 50
+	for i := range sent {
 		a.data(vni, "x")
+		if (i+1)%run == 0 {
+			a.challenge(vni)
+		}
 	}
-	// The clock stands still, so only the burst passes; then (once the
-	// server has handled all, which the answer to a BindRelay shows) it
-	// moves on and the marker passes too.
-	a.challenge(vni)
+	// The clock stands still, so only the burst passes; then it moves on
+	// and the marker passes too.
 	s.clock.Advance(time.Second)
 	a.data(vni, "marker")
 	got := 0
@@ -338,12 +343,14 @@ func TestByteRateBound(t *testing.T) {
 	s := startServer(t, Options{BytesPerSecond: 100 << 10}) // burst: 64 KiB
 	a, b, vni := pair(t, s)
 	big := string(bytes.Repeat([]byte("y"), 1000))
-	// 70 packets: more than the burst, few enough for the server's
-	// socket buffer.
-	for range 70 {
+	// 70 packets: more than the burst, in runs of 10 that the server has
+	// handled before the next is sent (as in TestRateBound).
+	for i := range 70 {
 		a.data(vni, big)
+		if (i+1)%10 == 0 {
+			a.challenge(vni)
+		}
 	}
-	a.challenge(vni)
 	s.clock.Advance(time.Second)
 	a.data(vni, "marker")
 	got := 0
