@@ -91,15 +91,15 @@ func (na *netACL) star() []netip.Prefix {
 }
 
 // netACLLocked returns the compiled policy of a network, compiling it if
-// needed. s.mu held.
-func (s *Server) netACLLocked(networkID int64, now time.Time) *netACL {
-	pol := s.currentPolicy()
-	if na := s.ac.nets[networkID]; na != nil && na.pol == pol {
+// needed. Server.mu held.
+func (a *access) netACLLocked(networkID int64, now time.Time) *netACL {
+	pol := a.currentPolicy()
+	if na := a.nets[networkID]; na != nil && na.pol == pol {
 		return na
 	}
 	na := &netACL{pol: pol, members: make(map[key.NodePublic]aclMember)}
 	var nodes []*wire.Node
-	for k, e := range s.nodes {
+	for k, e := range a.core.nodes {
 		if e.rec.NetworkID != networkID || e.rec.Node.Expired(now) {
 			continue
 		}
@@ -115,8 +115,8 @@ func (s *Server) netACLLocked(networkID int64, now time.Time) *netACL {
 	// A stable order keeps filters identical across recompiles.
 	slices.SortFunc(nodes, func(a, b *wire.Node) int { return int(a.ID - b.ID) })
 	na.compiled = pol.Compile(nodes)
-	s.ac.nets[networkID] = na
-	s.ac.compiles++
+	a.nets[networkID] = na
+	a.compiles++
 	return na
 }
 
@@ -124,17 +124,17 @@ func (s *Server) netACLLocked(networkID int64, now time.Time) *netACL {
 // for a node that serves public routes (whose filter addEdgePeers
 // narrows), its packet filter with every set expanded; other nodes'
 // filters come from filterLocked. Views are shared with other callers
-// and must not be modified. s.mu held.
-func (s *Server) aclLocked(self *wire.Node, networkID int64, now time.Time) ([]wire.FilterRule, []*wire.Node) {
-	na := s.netACLLocked(networkID, now)
+// and must not be modified. Server.mu held.
+func (a *access) aclLocked(self *wire.Node, networkID int64, now time.Time) ([]wire.FilterRule, []*wire.Node) {
+	na := a.netACLLocked(networkID, now)
 	var visible []*wire.Node
 	for pk := range na.compiled.Visible(self.Key) {
-		if e := s.nodes[pk]; e != nil && e.rec.NetworkID == networkID && !e.rec.Node.Expired(now) {
-			visible = append(visible, s.sharedViewLocked(e))
+		if e := a.core.nodes[pk]; e != nil && e.rec.NetworkID == networkID && !e.rec.Node.Expired(now) {
+			visible = append(visible, a.core.sharedNodeLocked(e))
 		}
 	}
 	filter := []wire.FilterRule{}
-	if len(s.edge.byNode[self.Key]) > 0 {
+	if len(a.core.edge.byNode[self.Key]) > 0 {
 		if f := na.compiled.Filter(self.Key); f != nil {
 			filter = na.compactFilter(f.Expand(na.star()))
 		}
@@ -142,35 +142,20 @@ func (s *Server) aclLocked(self *wire.Node, networkID int64, now time.Time) ([]w
 	return filter, visible
 }
 
-// sharedViewLocked returns e's view, shared by every stream until e
-// changes (notifyLocked drops it), so a policy change or a join costs
-// each stream map lookups rather than a copy of every peer. Views are
-// never modified. s.mu held.
-func (s *Server) sharedViewLocked(e *nodeEntry) *wire.Node {
-	if v := s.ac.views[e.rec.Node.Key]; v != nil {
-		return v
-	}
-	v := s.viewLocked(e)
-	s.ac.views[e.rec.Node.Key] = v
-	return v
-}
-
-// aclNotifyLocked is notifyLocked's part for the access policy: it drops
-// k's shared view and brings the network's compiled policy up to date with
-// k's change. It reports whether every stream of the network must
+// aclNotifyLocked is notifyLocked's part for the access policy: it brings
+// the network's compiled policy up to date with node k's change. It reports whether every stream of the network must
 // recompute its peers and filter, which is only when nothing is compiled
 // yet or an edge node came or went; otherwise k's own stream is marked
-// to recompute and the others look at k alone. s.mu held.
-func (s *Server) aclNotifyLocked(networkID int64, k key.NodePublic) bool {
-	delete(s.ac.views, k)
-	na := s.ac.nets[networkID]
-	if na == nil || na.pol != s.currentPolicy() {
+// to recompute and the others look at k alone. Server.mu held.
+func (a *access) aclNotifyLocked(networkID int64, k key.NodePublic) bool {
+	na := a.nets[networkID]
+	if na == nil || na.pol != a.currentPolicy() {
 		return true
 	}
 	var cur aclMember
 	in := false
-	e := s.nodes[k]
-	if e != nil && e.rec.NetworkID == networkID && !e.rec.Node.Expired(s.now()) {
+	e := a.core.nodes[k]
+	if e != nil && e.rec.NetworkID == networkID && !e.rec.Node.Expired(a.core.now()) {
 		cur, in = newACLMember(&e.rec.Node), true
 	}
 	old, had := na.members[k]
@@ -179,7 +164,7 @@ func (s *Server) aclNotifyLocked(networkID int64, k key.NodePublic) bool {
 	}
 	if old.edge != cur.edge || (cur.edge && had != in) {
 		// An edge came or went: "*" changes meaning for every filter.
-		delete(s.ac.nets, networkID)
+		delete(a.nets, networkID)
 		return true
 	}
 	na.overlayAddrs += cur.overlay - old.overlay
@@ -192,18 +177,18 @@ func (s *Server) aclNotifyLocked(networkID int64, k key.NodePublic) bool {
 		delete(na.members, k)
 		na.compiled.Remove(k)
 	}
-	if ss := s.sessions[k]; ss != nil {
+	if ss := a.core.sessions[k]; ss != nil {
 		ss.mark(k, true) // what k itself sees may have changed entirely
 	}
 	return false
 }
 
-// mayPeerLocked reports whether self's netmap may list node k. s.mu held.
-func (s *Server) mayPeerLocked(self *wire.Node, networkID int64, k key.NodePublic, now time.Time) bool {
-	if s.policy != nil {
+// mayPeerLocked reports whether self's netmap may list node k. Server.mu held.
+func (a *access) mayPeerLocked(self *wire.Node, networkID int64, k key.NodePublic, now time.Time) bool {
+	if a.core.policy != nil {
 		return true // a PolicyFunc recomputes every peer on each change
 	}
-	return s.netACLLocked(networkID, now).compiled.Sees(self.Key, k)
+	return a.netACLLocked(networkID, now).compiled.Sees(self.Key, k)
 }
 
 // streamFilter is a node's packet filter as its stream last sent it.
@@ -224,18 +209,18 @@ type streamFilter struct {
 
 // filterLocked returns self's packet filter as its stream should send it
 // now. computed is the filter peersLocked computed, used for the nodes
-// whose filter is not the compiled policy's alone. s.mu held.
-func (s *Server) filterLocked(self *wire.Node, networkID int64, now time.Time, computed []wire.FilterRule) *streamFilter {
-	if s.policy != nil || self.Edge || len(s.edge.byNode[self.Key]) > 0 {
+// whose filter is not the compiled policy's alone. Server.mu held.
+func (a *access) filterLocked(self *wire.Node, networkID int64, now time.Time, computed []wire.FilterRule) *streamFilter {
+	if a.core.policy != nil || self.Edge || len(a.core.edge.byNode[self.Key]) > 0 {
 		return &streamFilter{rules: computed}
 	}
-	na := s.netACLLocked(networkID, now)
+	na := a.netACLLocked(networkID, now)
 	shape := na.compiled.Filter(self.Key)
 	if shape == nil {
 		shape = &policy.NodeFilter{} // not compiled: admits nothing
 	}
 	f := &streamFilter{na: na, shape: shape}
-	if e := s.nodes[self.Key]; e != nil && e.version >= minSetFilterVersion {
+	if e := a.core.nodes[self.Key]; e != nil && e.version >= minSetFilterVersion {
 		f.useSets = true
 	}
 	star := na.star()
@@ -265,7 +250,7 @@ func (s *Server) filterLocked(self *wire.Node, networkID int64, now time.Time, c
 	return f
 }
 
-// fullSets returns the address sets f's rules name, whole. s.mu held.
+// fullSets returns the address sets f's rules name, whole. Server.mu held.
 func (f *streamFilter) fullSets() map[string][]netip.Prefix {
 	if !f.useSets || len(f.sets) == 0 {
 		return nil
@@ -279,10 +264,10 @@ func (f *streamFilter) fullSets() map[string][]netip.Prefix {
 
 // unchangedLocked reports, cheaply, whether sent is still self's filter:
 // same compiled policy, same rules, and no set it uses changed since.
-// s.mu held.
-func (s *Server) unchangedLocked(self *wire.Node, networkID int64, sent *streamFilter) bool {
-	na := s.ac.nets[networkID]
-	if na == nil || na != sent.na || na.pol != s.currentPolicy() {
+// Server.mu held.
+func (a *access) unchangedLocked(self *wire.Node, networkID int64, sent *streamFilter) bool {
+	na := a.nets[networkID]
+	if na == nil || na != sent.na || na.pol != a.currentPolicy() {
 		return false
 	}
 	if na.compiled.Filter(self.Key) != sent.shape {
@@ -300,12 +285,12 @@ func (s *Server) unchangedLocked(self *wire.Node, networkID int64, sent *streamF
 // filter fields of resp, and returns what the node then has. full means
 // the stream recomputes everything and computed is peersLocked's filter;
 // otherwise only a change of self's own rules or of the sets they use
-// costs more than a few comparisons. s.mu held.
-func (s *Server) filterDeltaLocked(self *wire.Node, networkID int64, now time.Time, sent *streamFilter, full bool, computed []wire.FilterRule, resp *wire.MapResponse) *streamFilter {
-	if !full && (sent.shape == nil || s.unchangedLocked(self, networkID, sent)) {
+// costs more than a few comparisons. Server.mu held.
+func (a *access) filterDeltaLocked(self *wire.Node, networkID int64, now time.Time, sent *streamFilter, full bool, computed []wire.FilterRule, resp *wire.MapResponse) *streamFilter {
+	if !full && (sent.shape == nil || a.unchangedLocked(self, networkID, sent)) {
 		return sent
 	}
-	cur := s.filterLocked(self, networkID, now, computed)
+	cur := a.filterLocked(self, networkID, now, computed)
 	if cur.useSets && sent.useSets && cur.shape == sent.shape && cur.na == sent.na {
 		// Same rules: send what changed in their sets.
 		for i, set := range cur.sets {

@@ -6,10 +6,10 @@ package coordinator
 func (s *Server) AccessCostForTest() (compiles, visibilities int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, na := range s.ac.nets {
+	for _, na := range s.access.nets {
 		visibilities += na.compiled.VisibilityComputed()
 	}
-	return s.ac.compiles, visibilities
+	return s.access.compiles, visibilities
 }
 
 // StreamSim stands in for the map streams of a network's nodes for

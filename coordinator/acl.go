@@ -15,7 +15,6 @@ import (
 	"sync/atomic"
 
 	"beam.dev/beam/coordinator/policy"
-	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
 )
 
@@ -28,31 +27,42 @@ import (
 // policySetting is the settings name of the stored policy text.
 const policySetting = "policy_hujson"
 
-// accessControl is the Server's state for users, policy, interactive
-// approval and the audit log. Its fields say which lock guards them.
-type accessControl struct {
+// access is the coordinator's access job: the policy in force, the policy
+// compiled for each network and kept current node by node (access.go),
+// and from it each node's packet filter and the peers it may see; and the
+// audit log. Server embeds it, so streams ask s.filterLocked and
+// s.mayPeerLocked, and the core tells it of a node's change through
+// s.aclNotifyLocked.
+//
+// The compiled state is guarded by Server.mu, as the streams job's is:
+// it changes with the node records it is computed from (which it reads
+// through core when it compiles), and every reader is a stream already
+// holding that lock; a lock of its own would add an order without taking
+// work from under Server.mu.
+type access struct {
+	core *Server
+
 	policy atomic.Pointer[policy.Policy] // the policy in force; never nil after New
 	setMu  sync.Mutex                    // serializes policy changes
 
-	// nets holds the policy compiled per network, views the shared node
-	// views (see sharedViewLocked). Guarded by Server.mu.
-	nets  map[int64]*netACL
-	views map[key.NodePublic]*wire.Node
-	// compiles counts netACL builds, a cost measure for tests.
+	// nets holds the policy compiled per network. Guarded by Server.mu.
+	nets map[int64]*netACL
+	// compiles counts netACL builds, a cost measure for tests. Guarded
+	// by Server.mu.
 	compiles int
 
 	audit auditLog
 }
 
-// initAccessControl loads the stored policy. Called from New.
+// initAccessControl creates the access job and loads the stored policy.
+// Called from New.
 func (s *Server) initAccessControl(ctx context.Context, opts Options) error {
-	s.ac.nets = make(map[int64]*netACL)
-	s.ac.views = make(map[key.NodePublic]*wire.Node)
-	s.ac.audit.wake = make(chan struct{}, 1)
+	s.access = &access{core: s, nets: make(map[int64]*netACL)}
+	s.access.audit.wake = make(chan struct{}, 1)
 	src, err := s.store.Setting(ctx, policySetting)
 	switch {
 	case errors.Is(err, ErrNotFound):
-		s.ac.policy.Store(policy.Default())
+		s.access.policy.Store(policy.Default())
 	case err != nil:
 		return fmt.Errorf("coordinator: load policy: %w", err)
 	default:
@@ -60,14 +70,14 @@ func (s *Server) initAccessControl(ctx context.Context, opts Options) error {
 		if err != nil {
 			return fmt.Errorf("coordinator: stored policy does not parse: %w", err)
 		}
-		s.ac.policy.Store(p)
+		s.access.policy.Store(p)
 	}
 	groups, err := s.loadUserGroups(ctx)
 	if err != nil {
 		return err
 	}
 	if len(groups) > 0 {
-		s.ac.policy.Store(s.currentPolicy().WithGroupMembers(byGroup(groups)))
+		s.access.policy.Store(s.currentPolicy().WithGroupMembers(byGroup(groups)))
 	}
 	return nil
 }
@@ -86,7 +96,7 @@ func (s *Server) accessRoutes(mux, admin *http.ServeMux) {
 }
 
 // currentPolicy returns the policy in force.
-func (s *Server) currentPolicy() *policy.Policy { return s.ac.policy.Load() }
+func (a *access) currentPolicy() *policy.Policy { return a.policy.Load() }
 
 // Policy returns the text of the policy in force (the default policy's if
 // none was set).
@@ -136,8 +146,8 @@ func (s *Server) CheckPolicy(ctx context.Context, src []byte) (*policy.Policy, e
 // and applies it: every streaming node gets its new packet filter and
 // peer list within moments.
 func (s *Server) SetPolicy(ctx context.Context, src []byte) error {
-	s.ac.setMu.Lock()
-	defer s.ac.setMu.Unlock()
+	s.access.setMu.Lock()
+	defer s.access.setMu.Unlock()
 	p, err := s.CheckPolicy(ctx, src)
 	if err != nil {
 		return err

@@ -73,7 +73,7 @@ func (s *Server) audit(ctx context.Context, actor, action, target, detail string
 	if who, ok := ctx.Value(adminWhoKey{}).(string); ok && actor == actorAdmin {
 		actor = actorAdmin + ":" + who // admitted by Options.AdminAuth
 	}
-	a := &s.ac.audit
+	a := &s.access.audit
 	a.mu.Lock()
 	if len(a.queue) >= maxAuditQueue {
 		a.dropped++
@@ -89,7 +89,7 @@ func (s *Server) audit(ctx context.Context, actor, action, target, detail string
 
 // flushAudit writes every queued entry to the store.
 func (s *Server) flushAudit(ctx context.Context) error {
-	a := &s.ac.audit
+	a := &s.access.audit
 	a.writeMu.Lock()
 	defer a.writeMu.Unlock()
 	a.mu.Lock()
@@ -120,7 +120,7 @@ func (s *Server) auditLoop() {
 			s.flushAudit(ctx)
 			cancel()
 			return
-		case <-s.ac.audit.wake:
+		case <-s.access.audit.wake:
 		}
 		ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
 		s.flushAudit(ctx)

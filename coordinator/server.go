@@ -193,7 +193,7 @@ type Server struct {
 
 	edge *edgeRoutes // public edge routes, domains and DNS settings (routes.go)
 
-	ac accessControl // users, policy, interactive approval, audit log (acl.go)
+	*access // policy, compiled visibility and filters, audit log (acl.go, access.go, audit.go)
 
 	met *metrics // metrics.go
 

@@ -63,8 +63,8 @@ func (s *Server) UserGroups(ctx context.Context, user string) ([]string, error) 
 // applies it to the policy in force: streaming nodes get their new
 // filters and peers within moments.
 func (s *Server) SetUserGroups(ctx context.Context, user string, groups []string) error {
-	s.ac.setMu.Lock()
-	defer s.ac.setMu.Unlock()
+	s.access.setMu.Lock()
+	defer s.access.setMu.Unlock()
 	m, err := s.loadUserGroups(ctx)
 	if err != nil {
 		return err
@@ -93,9 +93,9 @@ func (s *Server) SetUserGroups(ctx context.Context, user string, groups []string
 // applyPolicyLocked puts p in force and recomputes every node's filter
 // and peers. ac.setMu held.
 func (s *Server) applyPolicyLocked(p *policy.Policy) {
-	s.ac.policy.Store(p)
+	s.access.policy.Store(p)
 	s.mu.Lock()
-	clear(s.ac.nets)
+	clear(s.access.nets)
 	for _, ss := range s.sessions {
 		ss.mark(ss.key, true)
 	}
@@ -119,8 +119,8 @@ type LoginIdentity struct {
 // subject (ErrConflict otherwise: the provider gave the email to another
 // account). It updates the display name.
 func (s *Server) BindLogin(ctx context.Context, user string, id LoginIdentity) error {
-	s.ac.setMu.Lock()
-	defer s.ac.setMu.Unlock()
+	s.access.setMu.Lock()
+	defer s.access.setMu.Unlock()
 	m := map[string]LoginIdentity{}
 	b, err := s.store.Setting(ctx, userSubjectsSetting)
 	switch {
@@ -150,8 +150,8 @@ func (s *Server) BindLogin(ctx context.Context, user string, id LoginIdentity) e
 
 // forgetLogin drops user's login binding (the user is being deleted).
 func (s *Server) forgetLogin(ctx context.Context, user string) error {
-	s.ac.setMu.Lock()
-	defer s.ac.setMu.Unlock()
+	s.access.setMu.Lock()
+	defer s.access.setMu.Unlock()
 	b, err := s.store.Setting(ctx, userSubjectsSetting)
 	if errors.Is(err, ErrNotFound) {
 		return nil
