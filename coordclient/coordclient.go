@@ -176,6 +176,11 @@ func (c *Client) post(ctx context.Context, path string, build func(now time.Time
 			return nil, box, fmt.Errorf("coordclient: %s: %w", path, err)
 		}
 		req.Header.Set("Content-Type", "application/json")
+		// Resending is safe: the coordinator's replay cache refuses a sealed
+		// request it already took. So let the transport send it again on a
+		// fresh connection when a pooled one turns out dead before any
+		// answer (the coordinator restarted since it was last used).
+		req.Header["Idempotency-Key"] = nil
 		resp, err := c.hc.Do(req)
 		if err != nil {
 			return nil, box, fmt.Errorf("%w: %s: %w", ErrUnreachable, path, err)

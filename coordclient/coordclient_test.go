@@ -1,12 +1,15 @@
 package coordclient
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
@@ -409,5 +412,82 @@ func TestRunResponsesJoinsSplitMessages(t *testing.T) {
 	}
 	if g := <-gotc; g != (got{"me", 3, true}) {
 		t.Fatalf("first response = %+v, want self me, 3 peers, first", g)
+	}
+}
+
+// firstConnListener hands its first connection to first and the rest to
+// Accept's caller.
+type firstConnListener struct {
+	net.Listener
+	once  sync.Once
+	first func(net.Conn)
+}
+
+func (l *firstConnListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		taken := false
+		l.once.Do(func() { taken = true; go l.first(c) })
+		if !taken {
+			return c, nil
+		}
+	}
+}
+
+// TestPostRetriesStaleConnection: a coordinator that restarted leaves the
+// client a pooled connection that the old process closed; the next sealed
+// POST on it is reset. Every sealed request is guarded by the
+// coordinator's replay cache, so the client sends it again on a fresh
+// connection instead of failing (it failed with "connection reset by
+// peer" after a restart under load).
+func TestPostRetriesStaleConnection(t *testing.T) {
+	fc := &fakeCoord{t: t, priv: key.NewMachine(), keepMS: "50"}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resets := make(chan struct{}, 1)
+	fl := &firstConnListener{Listener: ln, first: func(c net.Conn) {
+		defer c.Close()
+		br := bufio.NewReader(c)
+		// The key, on a connection kept alive for the next request.
+		req, err := http.ReadRequest(br)
+		if err != nil || req.URL.Path != wire.PathKey {
+			t.Errorf("first request on the connection: %v, %v; want GET %s", req, err, wire.PathKey)
+			return
+		}
+		pub := fc.priv.Public().String()
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(pub), pub)
+		// The POST that follows on it meets a process that is gone.
+		if _, err := http.ReadRequest(br); err != nil {
+			t.Errorf("second request on the connection: %v", err)
+			return
+		}
+		c.(*net.TCPConn).SetLinger(0)
+		resets <- struct{}{}
+	}}
+	hs := &http.Server{Handler: fc}
+	go hs.Serve(fl)
+	t.Cleanup(func() { hs.Close() })
+	cl, err := New(Options{ServerURL: "http://" + ln.Addr().String(), PrivateKey: key.NewNode()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.sendUpdate(t.Context()); err != nil {
+		t.Fatalf("update over a connection reset before its answer: %v", err)
+	}
+	select {
+	case <-resets:
+	default:
+		t.Fatal("the update never went over the pooled connection: nothing was tested")
+	}
+	fc.mu.Lock()
+	n := len(fc.updates)
+	fc.mu.Unlock()
+	if n != 1 {
+		t.Errorf("the coordinator saw %d updates, want 1", n)
 	}
 }
