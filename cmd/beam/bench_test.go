@@ -33,8 +33,9 @@ func rssMiB(t testing.TB, pid int) float64 {
 // leaves room for growth and for the allocator's slack.
 const maxDaemonIdleRSSMiB = 40
 
-// daemonIdleRSS starts three real daemons, waits until one of them
-// reaches both others over direct paths (handshakes done), and returns
+// daemonIdleRSS starts three real daemons, has one of them ping both
+// others, waits until it reaches them over direct paths (handshakes
+// done), and returns
 // that daemon's resident memory in MiB.
 func daemonIdleRSS(tb testing.TB) float64 {
 	c := newClusterTB(tb)
@@ -44,6 +45,11 @@ func daemonIdleRSS(tb testing.TB) float64 {
 		d := c.device(name)
 		d.mustUp("--authkey", key)
 		devs = append(devs, d)
+	}
+	// Peers join WireGuard on traffic: ping each once, so the idle daemon
+	// holds two live sessions, then wait for both paths to be direct.
+	for _, d := range devs[1:] {
+		c.mustBeam(devs[0].args("ping", d.name, "-c", "1")...)
 	}
 	waitFor(c.t, 30*time.Second, "alpha on direct paths to two peers", func() bool {
 		st := devs[0].status()
