@@ -82,6 +82,8 @@ type prSession struct {
 	confirmed atomic.Int64
 	// lastBind and lastPing rate-limit BindRelay and pings.
 	lastBind, lastPing atomic.Int64
+	// pingBack is set while a ping answering the peer's is scheduled.
+	pingBack atomic.Bool
 }
 
 func (e *Endpoint) isPeerRelay() bool { return e.src.Addr() == peerRelayAddr }
@@ -358,6 +360,33 @@ func (b *Bind) maybePingSession(p *peer, now int64) {
 	b.pingSession(s, nil)
 }
 
+// pingBackGap is the least time between two pings through a session
+// that answer the peer's pings.
+const pingBackGap = 20 * time.Millisecond
+
+// pingBackSession pings s's peer after a ping from it came through s
+// while s is unconfirmed: at once, or pingBackGap after our last ping.
+// That ping of ours may have reached the server before the peer was
+// bound there, which drops it; without one sent after the peer's, we
+// would wait for Maintain's next ping (a second or two) to confirm the
+// session the peer already uses.
+func (b *Bind) pingBackSession(s *prSession, now int64) {
+	wait := s.lastPing.Load() + int64(pingBackGap) - now
+	if wait <= 0 {
+		b.pingSession(s, nil)
+		return
+	}
+	if !s.pingBack.CompareAndSwap(false, true) {
+		return
+	}
+	time.AfterFunc(time.Duration(wait), func() {
+		s.pingBack.Store(false)
+		if s.confirmed.Load() == 0 && s.p.pr.Load() == s && !s.p.removed.Load() {
+			b.pingSession(s, nil)
+		}
+	})
+}
+
 // maintainPeerRelay keeps p's session going (Maintain calls it): binds
 // again while unbound, pings the peer through it while unconfirmed or
 // quiet and traffic flows, and drops it when it died.
@@ -499,8 +528,8 @@ func (b *Bind) handleSessionDisco(s *prSession, pkt []byte, now int64) {
 		s.ep.lastRecv.Store(now)
 		b.sendPeerRelay(s, [][]byte{b.discoPacket(dp, &disco.Pong{TxID: m.TxID})})
 		// The peer reaches us through it; make sure we reach it too.
-		if s.confirmed.Load() == 0 && now-s.lastPing.Load() >= int64(20*time.Millisecond) {
-			b.pingSession(s, nil)
+		if s.confirmed.Load() == 0 {
+			b.pingBackSession(s, now)
 		}
 	case *disco.Pong:
 		b.disco.mu.Lock()
