@@ -167,11 +167,15 @@ func BenchmarkPolicyJoin(b *testing.B) {
 // without sealing or writing, so the numbers are the coordinator's
 // access and delta work. Every node's filter admits every other node
 // (group:eng reaches group:eng on port 22; one tag:db node is outside
-// the group). It reports the encoded bytes
-// each node would receive per join (B/node/join) and the process CPU time
-// per join (cpu-ms/join: registering the joiner over HTTP plus every
-// stream's delta).
+// the group). It reports the encoded bytes each node would receive per
+// join (B/node/join) and the process CPU time per join (cpu-ms/join:
+// registering the joiner over HTTP plus every stream's delta), first for
+// nodes of version 11, which get every filter expanded as all nodes did
+// before filters over sets, then for current nodes, with their ratios to
+// the version 11 run of the same size (x-bytes, x-cpu).
 func BenchmarkPolicyJoinSim(b *testing.B) {
+	type cost struct{ bytes, cpu float64 }
+	baseline := map[int]cost{}
 	for _, n := range []int{1000, 4000} {
 		for _, version := range []int{11, wire.CapabilityVersion} {
 			b.Run(fmt.Sprintf("nodes=%d/version=%d", n, version), func(b *testing.B) {
@@ -210,8 +214,15 @@ func BenchmarkPolicyJoinSim(b *testing.B) {
 				if frames < b.N*n { // every eng node and the db node
 					b.Fatalf("%d frames for %d joins of %d nodes, want one per node per join", frames, b.N, n)
 				}
-				b.ReportMetric(float64(bytes)/float64(frames), "B/node/join")
-				b.ReportMetric(float64(cpu.Microseconds())/1000/float64(b.N), "cpu-ms/join")
+				got := cost{float64(bytes) / float64(frames), float64(cpu.Microseconds()) / 1000 / float64(b.N)}
+				b.ReportMetric(got.bytes, "B/node/join")
+				b.ReportMetric(got.cpu, "cpu-ms/join")
+				if version == 11 {
+					baseline[n] = got
+				} else if base, ok := baseline[n]; ok {
+					b.ReportMetric(got.bytes/base.bytes, "x-bytes")
+					b.ReportMetric(got.cpu/base.cpu, "x-cpu")
+				}
 			})
 		}
 	}
