@@ -1,11 +1,14 @@
 package bind
 
 import (
+	"net"
 	"net/netip"
 	"sync"
 	"testing"
+	"time"
 
 	"beam.dev/beam/netstack/internal/disco"
+	"beam.dev/beam/netstack/internal/udprelay"
 	"beam.dev/beam/types/key"
 )
 
@@ -146,5 +149,71 @@ func TestTakeAllocation(t *testing.T) {
 				t.Errorf("path %+v before any pong through the session", pp)
 			}
 		})
+	}
+}
+
+// TestSessionPingBack: a node whose session is bound but unconfirmed,
+// and which pinged the peer through it just before (a ping the server
+// may have dropped, the peer not being bound yet), answers the peer's
+// ping through the session with a pong and then a ping of its own, so
+// its side is confirmed a round trip after the peer's rather than at
+// the next maintenance ping.
+func TestSessionPingBack(t *testing.T) {
+	r, p := newTestPeer(), newTestPeer()
+	bd, _ := relayBind(t, nil, []testPeer{r, p}, r.node)
+	bd.SetUDPFilterForTest(nil)
+	// The test plays the relay server's socket.
+	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	srvAddr := srv.LocalAddr().(*net.UDPAddr).AddrPort()
+	const vni = 9
+	from(bd, r, &disco.Allocation{VNI: vni, Peers: [2]key.DiscoPublic{bd.DiscoPublic(), p.disco.Public()}, Addrs: []netip.AddrPort{srvAddr}})
+	bd.mu.Lock()
+	s := bd.peers[p.node].p.pr.Load()
+	bd.mu.Unlock()
+	if s == nil {
+		t.Fatal("no session after the allocation")
+	}
+	// Bound at the server, and it just pinged the peer.
+	s.addr.Store(&srvAddr)
+	now := time.Now().UnixNano()
+	s.lastPing.Store(now)
+
+	tx := [12]byte{1, 2, 3}
+	pkt := disco.AppendPacket(nil, p.disco.Public(), p.disco.Shared(bd.DiscoPublic()), &disco.Ping{TxID: tx, NodeKey: p.node})
+	bd.handleSessionDisco(s, pkt, now)
+
+	// What the node sends through the session: a pong to the peer's
+	// ping, then a ping (the maintenance ping, which would also come,
+	// does not run in this test).
+	var gotPong, gotPing bool
+	buf := make([]byte, 2048)
+	srv.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for !gotPong || !gotPing {
+		n, _, err := srv.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("through the session: pong %v, ping %v; read: %v", gotPong, gotPing, err)
+		}
+		typ, gotVNI, ok := udprelay.ParseHeader(buf[:n])
+		if !ok || typ != udprelay.TypeData || gotVNI != vni {
+			continue
+		}
+		sender, sealed, ok := disco.Sender(buf[udprelay.HeaderLen:n])
+		if !ok || sender != bd.DiscoPublic() {
+			continue
+		}
+		m, err := disco.Open(p.disco.Shared(bd.DiscoPublic()), sealed)
+		if err != nil {
+			t.Fatalf("open: %v", err)
+		}
+		switch m := m.(type) {
+		case *disco.Pong:
+			gotPong = gotPong || m.TxID == tx
+		case *disco.Ping:
+			gotPing = true
+		}
 	}
 }
