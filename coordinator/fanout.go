@@ -117,13 +117,19 @@ func (f *fanout) onlineLoop() {
 	for {
 		select {
 		case <-s.ctx.Done():
-			// Streams end as the coordinator closes; say so while the
-			// store is still open.
-			f.writeOnline(context.Background())
-			return
+			return // Server.Close calls flush once the streams have ended
 		case <-f.wake:
 		}
 		f.writeOnline(s.ctx)
+	}
+}
+
+// flush writes the stream states not yet written, for Server.Close once
+// every stream has ended, while the store is still open: the other
+// coordinators then see this one's nodes go offline.
+func (f *fanout) flush() {
+	if f.feed != nil {
+		f.writeOnline(context.Background())
 	}
 }
 
@@ -157,6 +163,11 @@ func (f *fanout) applyNodeChange(ctx context.Context, id wire.NodeID) {
 		s.logger.Warn("read changed node", "node_id", id, "err", err)
 		return
 	}
+	if rec != nil {
+		if _, err := s.networkByID(ctx, rec.NetworkID); err != nil {
+			s.logger.Warn("read the network of a changed node", "node_id", id, "err", err)
+		}
+	}
 	s.persistMu.Lock()
 	defer s.persistMu.Unlock()
 	s.mu.Lock()
@@ -181,6 +192,11 @@ func (s *Server) syncNodes(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("coordinator: resync nodes: %w", err)
 	}
+	for _, rec := range recs {
+		if _, err := s.networkByID(ctx, rec.NetworkID); err != nil {
+			return err
+		}
+	}
 	var remote map[wire.NodeID]bool
 	if s.fan.feed != nil {
 		if remote, err = s.fan.feed.RemoteOnline(ctx); err != nil {
@@ -204,6 +220,30 @@ func (s *Server) syncNodes(ctx context.Context) error {
 	return nil
 }
 
+// networkByID returns the network id, reading the networks from the store
+// if another coordinator created it; nil if there is no such network.
+func (s *Server) networkByID(ctx context.Context, id int64) (*Network, error) {
+	s.mu.Lock()
+	n := s.networks[id]
+	s.mu.Unlock()
+	if n != nil {
+		return n, nil
+	}
+	nets, err := s.store.Networks(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("coordinator: load networks: %w", err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, n := range nets {
+		if s.networks[n.ID] == nil && s.netNames[n.Name] == nil {
+			s.networks[n.ID] = n
+			s.netNames[n.Name] = n
+		}
+	}
+	return s.networks[id], nil
+}
+
 // applyRecordLocked brings the node of rec, as the store holds it, into
 // memory; remote says whether it streams from another coordinator.
 // persistMu and s.mu held.
@@ -218,7 +258,7 @@ func (s *Server) applyRecordLocked(rec *NodeRecord, remote bool) {
 	}
 	if e == nil {
 		if s.networks[rec.NetworkID] == nil {
-			return // a network created elsewhere; it comes with a restart
+			return // a network created since networkByID looked
 		}
 		e = &nodeEntry{rec: *rec, remoteOnline: remote}
 		if !remote {

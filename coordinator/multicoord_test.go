@@ -136,6 +136,35 @@ func TestSeveralCoordinators(t *testing.T) {
 			t.Errorf("alpha's Run after removal on the other coordinator = %v, want ErrNodeRemoved", err)
 		}
 	})
+
+	t.Run("NetworksAndShutdown", func(t *testing.T) { networksAndShutdown(t, pg, priv) })
+}
+
+// networksAndShutdown: a node registers on one coordinator into a network
+// created on the other, and a coordinator that stops tells the other its
+// nodes went offline.
+func networksAndShutdown(t *testing.T, pg *pgtest.Server, priv key.MachinePrivate) {
+	dsn := pg.NewDatabase(t)
+	ca, cb := startCoordOn(t, dsn, priv), startCoordOn(t, dsn, priv)
+	// The network is created on ca; cb learns of it from the store.
+	ak := ca.authKey(t, coordinator.AuthKeyOptions{Network: "other", Reusable: true})
+	x, y := newNode(t, cb.URL), newNode(t, ca.URL)
+	if got := x.register(t, ak, "xray").Node.DNSName; got != "xray.other.beam.internal." {
+		t.Errorf("xray registered on the other coordinator as %q, want xray.other.beam.internal.", got)
+	}
+	y.register(t, ak, "yankee")
+	watch(t, x)
+	wy := watch(t, y)
+	wy.waitFor("yankee sees xray online", fanoutWait, func(nm *wire.NetMap) bool {
+		p := peerNamed(nm, "xray")
+		return p != nil && p.Online
+	})
+	// A coordinator that shuts down says its nodes went offline.
+	cb.stop()
+	wy.waitFor("yankee sees xray offline once its coordinator stopped", fanoutWait, func(nm *wire.NetMap) bool {
+		p := peerNamed(nm, "xray")
+		return p != nil && !p.Online
+	})
 }
 
 // waitNodes waits until c lists n nodes, reporting whether it did.

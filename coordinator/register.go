@@ -366,9 +366,11 @@ func (rg *registry) registerOnce(ctx context.Context, req *wire.RegisterRequest,
 		if ak, aerr = rg.lookupAuthKey(ctx, req.AuthKey); aerr != nil {
 			return nil, aerr
 		}
-		s.mu.Lock()
-		network = s.networks[ak.NetworkID]
-		s.mu.Unlock()
+		var err error
+		if network, err = s.networkByID(ctx, ak.NetworkID); err != nil {
+			s.logger.Error("look up network", "err", err)
+			return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
+		}
 		if network == nil {
 			return nil, errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key's network is gone")
 		}

@@ -351,6 +351,7 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
+	s.fan.flush()
 	return nil
 }
 
