@@ -149,7 +149,9 @@ func (f *fanout) writeOnline(ctx context.Context) {
 
 // resync is syncNodes for the listener, which logs its error.
 func (f *fanout) resync(ctx context.Context) {
-	if err := f.core.syncNodes(ctx); err != nil {
+	f.core.reg.mu.Lock()
+	defer f.core.reg.mu.Unlock()
+	if err := f.core.syncNodesRegLocked(ctx); err != nil {
 		f.core.logger.Warn("resync nodes from the store", "err", err)
 	}
 }
@@ -158,6 +160,12 @@ func (f *fanout) resync(ctx context.Context) {
 // applies it to memory.
 func (f *fanout) applyNodeChange(ctx context.Context, id wire.NodeID) {
 	s := f.core
+	// As in syncNodes: from the read until memory has the node, no
+	// registration, rename or removal here, nor another read, runs.
+	s.reg.mu.Lock()
+	defer s.reg.mu.Unlock()
+	s.persistMu.Lock()
+	defer s.persistMu.Unlock()
 	rec, remote, err := f.feed.NodeByID(ctx, id)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		s.logger.Warn("read changed node", "node_id", id, "err", err)
@@ -168,8 +176,6 @@ func (f *fanout) applyNodeChange(ctx context.Context, id wire.NodeID) {
 			s.logger.Warn("read the network of a changed node", "node_id", id, "err", err)
 		}
 	}
-	s.persistMu.Lock()
-	defer s.persistMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if rec == nil {
@@ -184,10 +190,16 @@ func (f *fanout) applyNodeChange(ctx context.Context, id wire.NodeID) {
 	s.applyRecordLocked(rec, remote)
 }
 
-// syncNodes re-reads every node from the store and brings memory in line
-// with it: nodes other coordinators registered are added, changed ones
-// updated, removed ones dropped, each change told to the streams.
-func (s *Server) syncNodes(ctx context.Context) error {
+// syncNodesRegLocked re-reads every node from the store and brings memory
+// in line with it: nodes other coordinators registered are added, changed
+// ones updated, removed ones dropped, each change told to the streams.
+//
+// From the read until memory has the nodes it holds reg.mu (the caller
+// does) and persistMu, so no registration, rename, removal or write of a
+// node here falls between them, which the read would undo.
+func (s *Server) syncNodesRegLocked(ctx context.Context) error {
+	s.persistMu.Lock()
+	defer s.persistMu.Unlock()
 	recs, err := s.store.Nodes(ctx)
 	if err != nil {
 		return fmt.Errorf("coordinator: resync nodes: %w", err)
@@ -203,8 +215,6 @@ func (s *Server) syncNodes(ctx context.Context) error {
 			return fmt.Errorf("coordinator: resync online nodes: %w", err)
 		}
 	}
-	s.persistMu.Lock()
-	defer s.persistMu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	inStore := make(map[key.NodePublic]bool, len(recs))

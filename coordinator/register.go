@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"math/rand/v2"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -216,8 +217,10 @@ func (rg *registry) lookupAuthKey(ctx context.Context, secret string) (*AuthKey,
 
 // registerAttempts bounds how often register tries again after the store
 // refused a new node because another coordinator on the same store took
-// its name, address or key first.
-const registerAttempts = 5
+// its name, address or key first. Coordinators registering at once pick
+// the same next name, so one of them loses each round; a random pause
+// before the next attempt lets the others' registrations through.
+const registerAttempts = 16
 
 // errRegisterConflict is registerOnce's answer when the store refused the
 // new node with ErrConflict.
@@ -241,7 +244,14 @@ func (rg *registry) register(ctx context.Context, req *wire.RegisterRequest, loo
 		if i == registerAttempts {
 			return nil, errorf(http.StatusServiceUnavailable, wire.CodeUnavailable, "registration kept conflicting with other coordinators; try again")
 		}
-		if err := s.syncNodes(ctx); err != nil {
+		t := time.NewTimer(rand.N(time.Duration(i) * 5 * time.Millisecond))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, errorf(http.StatusServiceUnavailable, wire.CodeUnavailable, "registration canceled")
+		case <-t.C:
+		}
+		if err := s.syncNodesRegLocked(ctx); err != nil {
 			s.logger.Error("resync nodes after a registration conflict", "err", err)
 			return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 		}
