@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"net/http"
-	"net/netip"
 	"slices"
 	"strconv"
 	"sync"
@@ -198,18 +197,6 @@ func (ms *streams) peersLocked(self *wire.Node, networkID int64, now time.Time) 
 		}
 	}
 	return peers, set, filter
-}
-
-// defaultFilter is the filter without a policy: every overlay source
-// address may reach all of self's ports. Only peers of self's network can
-// deliver packets to it (nothing else is a WireGuard peer), so this is
-// "everyone in the network", and it stays the same as peers come and go.
-func defaultFilter(self *wire.Node) []wire.FilterRule {
-	dst := make([]wire.NetPortRange, 0, len(self.Addresses))
-	for _, a := range self.Addresses {
-		dst = append(dst, wire.NetPortRange{IP: a, First: 0, Last: 65535})
-	}
-	return []wire.FilterRule{{SrcIPs: []netip.Prefix{CGNATPrefix, ULAPrefix}, DstPorts: dst}}
 }
 
 func (ms *streams) dnsConfig(networkID int64) *wire.DNSConfig {
