@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"maps"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -173,3 +174,63 @@ func TestSetChanges(t *testing.T) {
 }
 
 func cmpKey(a, b key.NodePublic) int { return strings.Compare(a.String(), b.String()) }
+
+// FuzzIncremental checks, for every policy that parses, that a Compiled
+// built from part of a node set and brought to the rest by Update and
+// Remove (ops says which node joins, leaves or changes its tags, in turn)
+// gives every node the filter and visibility of a fresh Compile.
+func FuzzIncremental(f *testing.F) {
+	for _, s := range fuzzSeeds {
+		f.Add([]byte(s), []byte{0, 1, 2, 3, 4, 5})
+	}
+	f.Fuzz(func(t *testing.T, b, ops []byte) {
+		p, err := Parse(b)
+		if err != nil {
+			return
+		}
+		all := fuzzNodes(p)
+		if len(all) == 0 {
+			return
+		}
+		half := len(all) / 2
+		live := slices.Clone(all[:half])
+		c := p.Compile(live)
+		for _, n := range live {
+			c.For(n.Key)
+		}
+		tags := slices.Sorted(maps.Keys(p.tagOwners))
+		for _, op := range ops[:min(len(ops), 32)] {
+			n := all[int(op)%len(all)]
+			i := slices.IndexFunc(live, func(m *wire.Node) bool { return m.Key == n.Key })
+			switch {
+			case i < 0:
+				live = append(live, n)
+				c.Update(n)
+			case op&0x80 != 0:
+				c.Remove(n.Key)
+				live = slices.Delete(live, i, i+1)
+			default: // retag
+				m := *n
+				m.Tags = nil
+				if len(tags) > 0 && op&0x40 != 0 {
+					m.Tags = []string{tags[int(op)%len(tags)]}
+				}
+				live[i] = &m
+				c.Update(&m)
+			}
+		}
+		fresh := p.Compile(live)
+		for _, n := range live {
+			gf, gv := c.For(n.Key)
+			wf, wv := fresh.For(n.Key)
+			if !slices.Equal(filterTuples(gf), filterTuples(wf)) {
+				t.Fatalf("%s filter\n got %+v\nwant %+v", n.Name, gf, wf)
+			}
+			slices.SortFunc(gv, cmpKey)
+			slices.SortFunc(wv, cmpKey)
+			if !slices.Equal(gv, wv) {
+				t.Fatalf("%s visible\n got %v\nwant %v", n.Name, gv, wv)
+			}
+		}
+	})
+}
