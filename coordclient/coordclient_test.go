@@ -330,10 +330,14 @@ func TestSplitMessagesJoined(t *testing.T) {
 		i := n
 		mu.Unlock()
 		if i > 1 {
-			// A message that never ends.
-			for range wire.MaxMapFrames + 1 {
-				fc.frame(w, nk, &wire.MapResponse{Peers: []*wire.Node{peer("x")}, More: true})
-			}
+			// A message that never ends, written at once.
+			b, _ := json.Marshal(&wire.MapResponse{Peers: []*wire.Node{peer("x")}, More: true})
+			sealed := fc.priv.SealTo(nk, b)
+			var frame []byte
+			frame = binary.BigEndian.AppendUint32(frame, uint32(len(sealed)))
+			frame = append(frame, sealed...)
+			w.Write(bytes.Repeat(frame, wire.MaxMapFrames+1))
+			w.(http.Flusher).Flush()
 			endOnce.Do(func() { close(endless) })
 			<-r.Context().Done()
 			return
