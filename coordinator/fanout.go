@@ -47,6 +47,8 @@ type NodeFeed interface {
 	// NodeByID returns the node with id, and whether it streams from a
 	// coordinator on another store; ErrNotFound if there is no such node.
 	NodeByID(ctx context.Context, id wire.NodeID) (rec *NodeRecord, remoteOnline bool, err error)
+	// NodeByKey is NodeByID for the node whose key is nk.
+	NodeByKey(ctx context.Context, nk key.NodePublic) (rec *NodeRecord, remoteOnline bool, err error)
 	// RemoteOnline returns the IDs of the nodes that stream from a
 	// coordinator on another store.
 	RemoteOnline(ctx context.Context) (map[wire.NodeID]bool, error)
@@ -188,6 +190,43 @@ func (f *fanout) applyNodeChange(ctx context.Context, id wire.NodeID) {
 		return
 	}
 	s.applyRecordLocked(rec, remote)
+}
+
+// ensureNode reads the node nk from the store if this coordinator does
+// not know it yet: it registered through another coordinator a moment
+// ago (its notification on the way), and asks this one for its map, as
+// it may behind a load balancer. Unknown keys cost one indexed read.
+func (f *fanout) ensureNode(ctx context.Context, nk key.NodePublic) {
+	s := f.core
+	if f.feed == nil {
+		return
+	}
+	s.mu.Lock()
+	known := s.nodes[nk] != nil
+	s.mu.Unlock()
+	if known {
+		return
+	}
+	// persistMu from the read until memory has the node: a removal here
+	// cannot fall between them.
+	s.persistMu.Lock()
+	defer s.persistMu.Unlock()
+	rec, remote, err := f.feed.NodeByKey(ctx, nk)
+	if err != nil {
+		if !errors.Is(err, ErrNotFound) {
+			s.logger.Warn("read node", "node", nk.ShortString(), "err", err)
+		}
+		return
+	}
+	if _, err := s.networkByID(ctx, rec.NetworkID); err != nil {
+		s.logger.Warn("read the network of a node", "node", nk.ShortString(), "err", err)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.nodes[nk] == nil {
+		s.applyRecordLocked(rec, remote)
+	}
 }
 
 // syncNodesRegLocked re-reads every node from the store and brings memory

@@ -2,6 +2,7 @@ package coordinator_test
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
@@ -138,6 +139,29 @@ func TestSeveralCoordinators(t *testing.T) {
 	})
 
 	t.Run("NetworksAndShutdown", func(t *testing.T) { networksAndShutdown(t, pg, priv) })
+
+	// Behind a load balancer a node may register through one coordinator
+	// and ask another for its map at once, before the other has heard of
+	// it: the other reads it from the store.
+	t.Run("MapOnAnother", func(t *testing.T) {
+		dsn := pg.NewDatabase(t)
+		ca, cb := startCoordOn(t, dsn, priv), startCoordOn(t, dsn, priv)
+		ak := ca.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+		for i := range 5 {
+			n := newNode(t, ca.URL)
+			name := fmt.Sprintf("hop%d", i)
+			n.register(t, ak, name)
+			cl, err := coordclient.New(coordclient.Options{ServerURL: cb.URL, PrivateKey: n.priv, DiscoKey: key.NewDisco().Public()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := watch(t, &node{priv: n.priv, Client: cl})
+			w.waitFor(name+"'s map from the other coordinator", fanoutWait, func(nm *wire.NetMap) bool {
+				return nm.Self != nil && nm.Self.Name == name
+			})
+			w.stop()
+		}
+	})
 }
 
 // networksAndShutdown: a node registers on one coordinator into a network

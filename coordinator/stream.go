@@ -215,6 +215,7 @@ func (ms *streams) handleMap(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
+	s.fan.ensureNode(r.Context(), nk) // registered through another coordinator
 	now := s.now()
 	s.mu.Lock()
 	e := s.nodes[nk]

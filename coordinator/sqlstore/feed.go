@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"beam.dev/beam/coordinator"
+	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
 )
 
@@ -113,15 +114,36 @@ func (s *Store) NodeByID(ctx context.Context, id wire.NodeID) (*coordinator.Node
 	if len(recs) == 0 {
 		return nil, false, fmt.Errorf("%w: node %d", coordinator.ErrNotFound, id)
 	}
+	return s.withOnline(ctx, recs[0])
+}
+
+// withOnline returns rec and whether it streams from another store's
+// coordinator.
+func (s *Store) withOnline(ctx context.Context, rec *coordinator.NodeRecord) (*coordinator.NodeRecord, bool, error) {
 	var origin string
-	err = s.db.QueryRowContext(ctx, s.d.rebind(`SELECT origin FROM node_online WHERE node_id = ?`), int64(id)).Scan(&origin)
+	err := s.db.QueryRowContext(ctx, s.d.rebind(`SELECT origin FROM node_online WHERE node_id = ?`), int64(rec.Node.ID)).Scan(&origin)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
-		return recs[0], false, nil
+		return rec, false, nil
 	case err != nil:
 		return nil, false, s.wrap("node online", err)
 	}
-	return recs[0], origin != s.origin, nil
+	return rec, origin != s.origin, nil
+}
+
+// NodeByKey implements coordinator.NodeFeed.
+func (s *Store) NodeByKey(ctx context.Context, nk key.NodePublic) (*coordinator.NodeRecord, bool, error) {
+	if s.pgcfg == nil {
+		return nil, false, errNoFeed
+	}
+	recs, err := s.queryNodes(ctx, "node by key", ` WHERE n.node_key = ?`, nk.String())
+	if err != nil {
+		return nil, false, err
+	}
+	if len(recs) == 0 {
+		return nil, false, fmt.Errorf("%w: node %s", coordinator.ErrNotFound, nk.ShortString())
+	}
+	return s.withOnline(ctx, recs[0])
 }
 
 // RemoteOnline implements coordinator.NodeFeed.
