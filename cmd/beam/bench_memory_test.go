@@ -54,17 +54,15 @@ const (
 	// transfers (VmHWM; the target of issue 13). Measured before
 	// wireguard-go's in-flight packets were bounded: 45-60 MiB, with
 	// 140-180 MB of heap (mostly untouched 64 KiB buffers, which a
-	// collection makes whole when they are reused); with them 44-46 MiB
-	// direct and 50-55 MiB over the relay; with the daemon's soft memory
-	// limit as well, 38.7-46.3 MiB direct and 41.3-42.2 MiB relayed.
+	// collection makes whole when they are reused); with them 38.7-50.5
+	// MiB direct and 41.6-55.3 MiB over the relay (the receiving daemon).
 	memPeakMiB = 64
 	// memHeapMiB is the most heap (HeapSys: all the heap a daemon ever
 	// took) the transfers may leave a daemon with. Pages the collector
 	// frees and the allocator hands out again are zeroed, so a heap this
 	// size can become resident after enough collections even while most
 	// of it is untouched at first. Measured 131 MiB each before the
-	// in-flight windows, 47-51 MiB with them, 31-35 MiB with the soft
-	// memory limit as well.
+	// in-flight windows, 47-51 MiB with them.
 	memHeapMiB = 64
 )
 

@@ -245,7 +245,6 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 	if err := n.Start(); err != nil {
 		return err
 	}
-	setMemoryLimit(daemonMemoryLimit)
 	defer startMemoryRelease(memoryIdleWindow, memoryIdleCPU)()
 	pidFile := filepath.Join(o.StateDir, "daemon.pid")
 	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"os"
 	"runtime/debug"
 	"sync"
 	"time"
@@ -28,26 +27,6 @@ const (
 	// a few milliseconds per window; one moving data, most of a core.
 	memoryIdleCPU = memoryIdleWindow / 100
 )
-
-// daemonMemoryLimit is the daemon's soft memory limit (runtime/debug's,
-// over all the memory the Go runtime holds). Without it a daemon
-// collects rarely under bulk traffic (five collections in 300 MB over
-// the relay), so wireguard-go's buffer pool keeps every 64 KiB buffer
-// the busiest moment needed, and the buffers the collector does free
-// come back zeroed, so resident: the receiving daemon of five relayed
-// transfers peaked at 50-55 MiB (44-46 direct). With the limit it
-// peaked at 41.4 MiB relayed (40-46 direct) at the same throughput; at
-// 24 MiB the collector ran all the time and throughput fell to a fifth.
-const daemonMemoryLimit = 36 << 20
-
-// setMemoryLimit sets the runtime's soft memory limit to limit bytes,
-// unless GOMEMLIMIT in the environment already chose one.
-func setMemoryLimit(limit int64) {
-	if _, ok := os.LookupEnv("GOMEMLIMIT"); ok {
-		return
-	}
-	debug.SetMemoryLimit(limit)
-}
 
 // startMemoryRelease starts the watch described above, checking every
 // window; the returned func stops it and waits for it to end.
