@@ -54,15 +54,16 @@ const (
 	// transfers (VmHWM; the target of issue 13). Measured before
 	// wireguard-go's in-flight packets were bounded: 45-60 MiB, with
 	// 140-180 MB of heap (mostly untouched 64 KiB buffers, which a
-	// collection makes whole when they are reused); with them 38.7-50.5
-	// MiB direct and 41.6-55.3 MiB over the relay (the receiving daemon).
+	// collection makes whole when they are reused); with them 42.1-46.9
+	// MiB direct and 50.1-56.6 MiB over the relay (the receiving daemon;
+	// 39.7-47 the sender).
 	memPeakMiB = 64
 	// memHeapMiB is the most heap (HeapSys: all the heap a daemon ever
 	// took) the transfers may leave a daemon with. Pages the collector
 	// frees and the allocator hands out again are zeroed, so a heap this
 	// size can become resident after enough collections even while most
 	// of it is untouched at first. Measured 131 MiB each before the
-	// in-flight windows, 47-51 MiB with them.
+	// in-flight windows, 39-59 MiB with them.
 	memHeapMiB = 64
 )
 
