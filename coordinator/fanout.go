@@ -56,7 +56,16 @@ type NodeFeed interface {
 	// longer streams from this store's coordinator. Going offline
 	// leaves a node that meanwhile streams elsewhere as it is.
 	SetNodeOnline(ctx context.Context, id wire.NodeID, online bool) error
+	// Heartbeat records that this store's coordinator is alive; the
+	// coordinator calls it every heartbeatInterval. The stream states
+	// of a coordinator that stopped beating are dropped (its nodes go
+	// offline for the others) a while later, by a Heartbeat of another
+	// store, which returns the nodes it dropped so.
+	Heartbeat(ctx context.Context) (dropped []wire.NodeID, err error)
 }
+
+// heartbeatInterval is how often a coordinator sharing its store beats.
+const heartbeatInterval = 3 * time.Second
 
 // fanout follows the changes other coordinators make to nodes. Its zero
 // value (feed nil) does nothing: the Server is the store's only writer.
@@ -112,17 +121,36 @@ func (f *fanout) streamChanged(id wire.NodeID, online bool) {
 	}
 }
 
-// onlineLoop writes the stream states streamChanged records.
+// onlineLoop writes the stream states streamChanged records, and beats.
 func (f *fanout) onlineLoop() {
 	s := f.core
 	defer s.wg.Done()
+	f.beat()
+	t := time.NewTicker(heartbeatInterval)
+	defer t.Stop()
 	for {
 		select {
 		case <-s.ctx.Done():
 			return // Server.Close calls flush once the streams have ended
+		case <-t.C:
+			f.beat()
+			continue
 		case <-f.wake:
 		}
 		f.writeOnline(s.ctx)
+	}
+}
+
+func (f *fanout) beat() {
+	ctx, cancel := context.WithTimeout(f.core.ctx, heartbeatInterval)
+	defer cancel()
+	dropped, err := f.feed.Heartbeat(ctx)
+	if err != nil && f.core.ctx.Err() == nil {
+		f.core.logger.Warn("heartbeat", "err", err)
+	}
+	// The others hear of these; this coordinator skips its own writes.
+	for _, id := range dropped {
+		f.applyNodeChange(ctx, id)
 	}
 }
 

@@ -146,6 +146,51 @@ func (s *Store) NodeByKey(ctx context.Context, nk key.NodePublic) (*coordinator.
 	return s.withOnline(ctx, recs[0])
 }
 
+// beatStale is how long after its last heartbeat a store's coordinator
+// counts as gone: Heartbeat then deletes its stream states.
+var beatStale = 15 * time.Second
+
+// dbNow is the database's clock in Unix nanoseconds, in SQL.
+const dbNow = `(EXTRACT(EPOCH FROM clock_timestamp()) * 1e9)::BIGINT`
+
+// Heartbeat implements coordinator.NodeFeed: it records that this
+// store's coordinator is alive, and deletes the stream states (and
+// heartbeats) of coordinators that have not beaten for beatStale, which
+// tells the others their nodes went offline; it returns those nodes.
+func (s *Store) Heartbeat(ctx context.Context) (dropped []wire.NodeID, err error) {
+	if s.pgcfg == nil {
+		return nil, errNoFeed
+	}
+	err = s.inTx(ctx, "heartbeat", func(tx *sql.Tx) error {
+		dropped = nil
+		if _, err := tx.ExecContext(ctx, s.d.rebind(`INSERT INTO coordinator_beats (origin, beat) VALUES (?, `+dbNow+`)
+			ON CONFLICT (origin) DO UPDATE SET beat = EXCLUDED.beat`), s.origin); err != nil {
+			return err
+		}
+		cutoff := `(` + dbNow + ` - ` + strconv.FormatInt(int64(beatStale), 10) + `)`
+		rows, err := tx.QueryContext(ctx, `DELETE FROM node_online WHERE origin NOT IN
+			(SELECT origin FROM coordinator_beats WHERE beat >= `+cutoff+`) RETURNING node_id`)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var id int64
+			if err := rows.Scan(&id); err != nil {
+				rows.Close()
+				return err
+			}
+			dropped = append(dropped, wire.NodeID(id))
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `DELETE FROM coordinator_beats WHERE beat < `+cutoff)
+		return err
+	})
+	return dropped, err
+}
+
 // RemoteOnline implements coordinator.NodeFeed.
 func (s *Store) RemoteOnline(ctx context.Context) (map[wire.NodeID]bool, error) {
 	if s.pgcfg == nil {

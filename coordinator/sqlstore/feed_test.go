@@ -1,0 +1,52 @@
+package sqlstore
+
+import (
+	"testing"
+	"time"
+)
+
+// TestHeartbeat: a node streaming from one store's coordinator is online
+// for another store; once the first stops beating for beatStale, the
+// other's heartbeat drops that stream state.
+func TestHeartbeat(t *testing.T) {
+	dsn := pg.NewSchema(t)
+	a, b := openStore(t, dsn), openStore(t, dsn)
+	ctx := t.Context()
+	n, err := a.EnsureNetwork(ctx, "default", "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := testNode(n.ID, "alpha", 1)
+	if err := a.InsertNode(ctx, rec, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Heartbeat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetNodeOnline(ctx, rec.Node.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	if dropped, err := b.Heartbeat(ctx); err != nil || len(dropped) != 0 {
+		t.Fatalf("Heartbeat while alpha's coordinator beats dropped %v, %v; want none", dropped, err)
+	}
+	if got, _ := b.RemoteOnline(ctx); !got[rec.Node.ID] {
+		t.Fatalf("RemoteOnline on the other store = %v, want alpha (%d) while its coordinator beats", got, rec.Node.ID)
+	}
+	if _, remote, err := a.NodeByID(ctx, rec.Node.ID); err != nil || remote {
+		t.Errorf("NodeByID on alpha's own store: remote = %v, %v; want false", remote, err)
+	}
+	// a's coordinator stops beating: its last beat is older than beatStale.
+	if _, err := a.db.ExecContext(ctx, `UPDATE coordinator_beats SET beat = beat - $1 WHERE origin = $2`, int64(2*beatStale), a.origin); err != nil {
+		t.Fatal(err)
+	}
+	if dropped, err := b.Heartbeat(ctx); err != nil || len(dropped) != 1 || dropped[0] != rec.Node.ID {
+		t.Errorf("Heartbeat after alpha's coordinator stopped beating dropped %v, %v; want [%d]", dropped, err, rec.Node.ID)
+	}
+	if got, _ := b.RemoteOnline(ctx); got[rec.Node.ID] {
+		t.Errorf("RemoteOnline = %v after alpha's coordinator stopped beating, want alpha gone", got)
+	}
+	var beats int
+	if err := b.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM coordinator_beats`).Scan(&beats); err != nil || beats != 1 {
+		t.Errorf("%d heartbeats kept (%v), want 1 (b's)", beats, err)
+	}
+}
