@@ -251,6 +251,7 @@ func TestRedactDB(t *testing.T) {
 		{"postgres://beam@db.example.test/beam?password=s3cret&sslmode=require", "postgres://beam@db.example.test/beam?password=xxxxx&sslmode=require"},
 		{"postgres://beam:s3cret@[::1/beam", "postgres://beam:xxxxx@[::1/beam"},
 		{"postgres://beam@db.example.test/beam", "postgres://beam@db.example.test/beam"},
+		{"postgres://beam:s3cret@db.example.test/beam?sslpassword=k3y", "postgres://beam:xxxxx@db.example.test/beam?sslpassword=xxxxx"},
 	} {
 		if got := RedactDB(tc.in); got != tc.want {
 			t.Errorf("RedactDB(%q) = %q, want %q", tc.in, got, tc.want)

@@ -566,8 +566,14 @@ func (c *checker) db(v string) {
 func RedactDB(v string) string {
 	u, err := url.Parse(v)
 	if err == nil {
-		if q := u.Query(); q.Has("password") {
-			q.Set("password", "xxxxx")
+		q, masked := u.Query(), false
+		for _, k := range []string{"password", "sslpassword"} {
+			if q.Has(k) {
+				q.Set(k, "xxxxx")
+				masked = true
+			}
+		}
+		if masked {
 			u.RawQuery = q.Encode()
 		}
 		return u.Redacted()

@@ -134,7 +134,7 @@ func (a *access) aclLocked(self *wire.Node, networkID int64, now time.Time) ([]w
 		}
 	}
 	filter := []wire.FilterRule{}
-	if len(a.core.edge.byNode[self.Key]) > 0 {
+	if a.core.edge.serves(self.Key) {
 		if f := na.compiled.Filter(self.Key); f != nil {
 			filter = na.compactFilter(f.Expand(na.star()))
 		}
@@ -211,7 +211,7 @@ type streamFilter struct {
 // now. computed is the filter peersLocked computed, used for the nodes
 // whose filter is not the compiled policy's alone. Server.mu held.
 func (a *access) filterLocked(self *wire.Node, networkID int64, now time.Time, computed []wire.FilterRule) *streamFilter {
-	if a.core.policy != nil || self.Edge || len(a.core.edge.byNode[self.Key]) > 0 {
+	if a.core.policy != nil || self.Edge || a.core.edge.serves(self.Key) {
 		return &streamFilter{rules: computed}
 	}
 	na := a.netACLLocked(networkID, now)

@@ -59,7 +59,7 @@ const maxPostgresConns = 16
 func openPostgres(ctx context.Context, dsn string) (_ *Store, err error) {
 	defer func() {
 		if err != nil {
-			err = redactedError{err, passwordOf(dsn)}
+			err = redactedError{err, passwordsOf(dsn)}
 		}
 	}()
 	cfg, err := pgx.ParseConfig(dsn)
@@ -99,45 +99,51 @@ func describeServer(cfg *pgx.ConnConfig) string {
 	return fmt.Sprintf("%s (database %q, user %q)", host, cfg.Database, cfg.User)
 }
 
-// passwordOf returns the password in the URL dsn (in the user part or a
-// password parameter), "" for none.
-func passwordOf(dsn string) string {
+// passwordsOf returns the secrets in the URL dsn: the password in the
+// user part and the password and sslpassword parameters (the URL may
+// not parse).
+func passwordsOf(dsn string) []string {
+	var out []string
 	u, err := url.Parse(dsn)
 	if err == nil {
 		if pw, _ := u.User.Password(); pw != "" {
-			return pw
+			out = append(out, pw)
 		}
-		return u.Query().Get("password")
+		for _, k := range []string{"password", "sslpassword"} {
+			if pw := u.Query().Get(k); pw != "" {
+				out = append(out, pw)
+			}
+		}
+		return out
 	}
 	// A URL that does not parse may still carry one: user:PASSWORD@.
 	if _, rest, ok := strings.Cut(dsn, "://"); ok {
 		if i := strings.LastIndex(rest, "@"); i >= 0 {
-			if _, pw, ok := strings.Cut(rest[:i], ":"); ok {
-				return pw
+			if _, pw, ok := strings.Cut(rest[:i], ":"); ok && pw != "" {
+				out = append(out, pw)
 			}
 		}
 	}
-	return ""
+	return out
 }
 
-// redactedError is an error whose text has a password masked out, in
+// redactedError is an error whose text has the passwords masked out, in
 // case a driver's message echoes the URL.
 type redactedError struct {
-	err      error
-	password string
+	err       error
+	passwords []string
 }
 
 func (e redactedError) Error() string {
 	msg := e.err.Error()
-	if e.password == "" {
-		return msg
-	}
-	msg = strings.ReplaceAll(msg, e.password, "xxxxx")
-	if esc := url.QueryEscape(e.password); esc != e.password {
-		msg = strings.ReplaceAll(msg, esc, "xxxxx")
-	}
-	if esc := url.PathEscape(e.password); esc != e.password {
-		msg = strings.ReplaceAll(msg, esc, "xxxxx")
+	for _, pw := range e.passwords {
+		msg = strings.ReplaceAll(msg, pw, "xxxxx")
+		if esc := url.QueryEscape(pw); esc != pw {
+			msg = strings.ReplaceAll(msg, esc, "xxxxx")
+		}
+		if esc := url.PathEscape(pw); esc != pw {
+			msg = strings.ReplaceAll(msg, esc, "xxxxx")
+		}
 	}
 	return msg
 }

@@ -85,7 +85,7 @@ func TestReopenKeepsData(t *testing.T) {
 // parse, or names no reachable server or database, fails Open with an
 // error that says so and does not contain the password.
 func TestOpenPostgresErrors(t *testing.T) {
-	const pw = "s3cret-Pw"
+	const pw, sslpw = "s3cret-Pw", "k3y-Pw"
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -100,6 +100,7 @@ func TestOpenPostgresErrors(t *testing.T) {
 		{"bad port", "postgres://beam:" + pw + "@127.0.0.1:99999/db", "parse PostgreSQL URL"},
 		{"bad option", "postgresql://beam:" + pw + "@127.0.0.1/db?sslmode=sometimes", "parse PostgreSQL URL"},
 		{"refused", fmt.Sprintf("postgres://beam:%s@127.0.0.1:%d/db?sslmode=disable", pw, closedPort), "connect to PostgreSQL at 127.0.0.1:"},
+		{"both passwords", "postgresql://beam:" + pw + "@127.0.0.1/db?sslpassword=" + sslpw + "&sslmode=sometimes", "parse PostgreSQL URL"},
 		{"password parameter", fmt.Sprintf("postgres://beam@127.0.0.1:%d/db?password=%s&sslmode=disable", closedPort, pw), "connect to PostgreSQL at 127.0.0.1:"},
 		{"no server on socket", "postgres://beam:" + pw + "@/db?host=" + t.TempDir(), "connect to PostgreSQL at /"},
 		{"no database", strings.Replace(srv.DSN("nosuch"), "beam@", "beam:"+pw+"@", 1), `database "nosuch" does not exist`},
@@ -113,8 +114,8 @@ func TestOpenPostgresErrors(t *testing.T) {
 			if !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %q does not contain %q", err, tc.want)
 			}
-			if strings.Contains(err.Error(), pw) {
-				t.Errorf("error %q contains the password", err)
+			if strings.Contains(err.Error(), pw) || strings.Contains(err.Error(), sslpw) {
+				t.Errorf("error %q contains a password", err)
 			}
 		})
 	}
@@ -338,4 +339,19 @@ func runStoreSuite(t *testing.T, open opener) {
 			t.Fatalf("Setting = %q, %v", v, err)
 		}
 	})
+}
+
+// TestRedactedErrorMasksEveryPassword: a driver error that echoes the
+// URL shows none of its secrets, in either part or parameter.
+func TestRedactedErrorMasksEveryPassword(t *testing.T) {
+	dsn := "postgres://beam:us%2Fer-pw@db.example.test/beam?password=param-pw&sslpassword=ssl-pw"
+	err := redactedError{fmt.Errorf("cannot use %s", dsn), passwordsOf(dsn)}
+	for _, secret := range []string{"us/er-pw", "us%2Fer-pw", "param-pw", "ssl-pw"} {
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("%q shows %q", err, secret)
+		}
+	}
+	if errors.Unwrap(err) == nil {
+		t.Error("the driver's error is not wrapped")
+	}
 }
