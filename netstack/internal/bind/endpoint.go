@@ -136,6 +136,14 @@ type peer struct {
 	// own requests to our server.
 	lastAllocate, lastServeAllocate atomic.Int64
 	allocTurn                       atomic.Uint32
+	// allocServer is the server the last Allocate for a session with
+	// this peer went to; an Allocation from it is taken within
+	// allocateEvery of lastAllocate (once). Nil if none is awaited.
+	allocServer atomic.Pointer[peer]
+	// lastOffered is when this peer, as a relay server, last had an
+	// Allocation nobody here asked for taken (at most one per
+	// allocateEvery).
+	lastOffered atomic.Int64
 }
 
 // PeerPath is the bind's view of how a peer is reached.

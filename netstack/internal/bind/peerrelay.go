@@ -208,6 +208,7 @@ func (b *Bind) maybeAllocate(p *peer, now int64) {
 	sortPeers(servers)
 	srv := servers[int(p.allocTurn.Add(1)-1)%len(servers)]
 	sd := srv.disco.Load()
+	p.allocServer.Store(srv)
 	if err := b.sendDiscoTo(srv, sd, &disco.Allocate{Peer: dp.key}); err != nil {
 		b.log.Debug("ask for a peer relay session", "peer", p.key.ShortString(), "server", srv.key.ShortString(), "err", err)
 		return
@@ -253,8 +254,21 @@ func (b *Bind) serveAllocate(p *peer, dp *discoPeer, m *disco.Allocate, now int6
 	b.sendDiscoTo(ope.p, odp, al)
 }
 
+// maxSessionAddrs bounds the server addresses a session binds to.
+const maxSessionAddrs = 4
+
 // takeAllocation handles an Allocation from srv, a peer that offers a
 // peer relay server: a session to the other peer it names.
+//
+// An Allocation makes this node send BindRelay to the addresses it
+// names, every bindEvery for up to sessionSetup, so a node could use
+// Allocations to steer its peers' UDP at anyone. Hence an Allocation is
+// taken only if this node asked srv for a session with that peer within
+// allocateEvery (once per ask), or else (this node is the other peer of
+// the pair) while it has traffic with that peer, at most one per server
+// per allocateEvery; only addresses on
+// the IPs of srv's own endpoints (from the netmap) are kept; and a
+// confirmed, usable session is never replaced by a new one.
 func (b *Bind) takeAllocation(srv *peer, sdp *discoPeer, m *disco.Allocation, now int64) {
 	if !srv.relayServer.Load() || len(m.Addrs) == 0 {
 		return
@@ -275,16 +289,22 @@ func (b *Bind) takeAllocation(srv *peer, sdp *discoPeer, m *disco.Allocation, no
 		return
 	}
 	p := ope.p
-	if old := p.pr.Load(); old != nil && old.vni == m.VNI && old.server == srv {
-		if ok, _ := old.usable(now); ok || old.confirmed.Load() == 0 && now-old.created < int64(sessionSetup) {
-			return // already binding or in use
+	if old := p.pr.Load(); old != nil {
+		if ok, _ := old.usable(now); ok {
+			return // a working session stays
+		}
+		if old.vni == m.VNI && old.server == srv && old.confirmed.Load() == 0 && now-old.created < int64(sessionSetup) {
+			return // already binding
 		}
 	}
-	addrs := make([]netip.AddrPort, 0, len(m.Addrs))
-	for _, ap := range m.Addrs {
-		if ap = unmap(ap); ap.IsValid() && !ap.Addr().IsUnspecified() {
-			addrs = append(addrs, ap)
-		}
+	addrs := serverAddrs(srv, m.Addrs)
+	if len(addrs) == 0 {
+		b.log.Debug("peer relay: allocation with no address of the server's", "peer", p.key.ShortString(), "server", srv.key.ShortString())
+		return
+	}
+	if !b.allocationWanted(p, srv, now) {
+		b.log.Debug("peer relay: allocation not asked for", "peer", p.key.ShortString(), "server", srv.key.ShortString())
+		return
 	}
 	s := &prSession{
 		vni: m.VNI, p: p, server: srv, sdisco: *sdp, addrs: addrs, created: now,
@@ -300,6 +320,44 @@ func (b *Bind) takeAllocation(srv *peer, sdp *discoPeer, m *disco.Allocation, no
 	b.mu.Unlock()
 	b.log.Info("peer relay session offered", "peer", p.key.ShortString(), "server", srv.key.ShortString(), "vni", m.VNI)
 	b.bindSession(s, now)
+}
+
+// allocationWanted reports whether an Allocation from srv for a session
+// with p may be taken at now, and uses up what allowed it: this node's
+// own Allocate to srv for p within allocateEvery, else (p asked) traffic
+// with p within sessionActive and srv's allowance of one such
+// Allocation per allocateEvery.
+func (b *Bind) allocationWanted(p, srv *peer, now int64) bool {
+	if now-p.lastAllocate.Load() <= int64(allocateEvery) && p.allocServer.CompareAndSwap(srv, nil) {
+		return true
+	}
+	if now-max(p.lastSend.Load(), p.lastWGRecv.Load()) >= int64(sessionActive) {
+		return false
+	}
+	last := srv.lastOffered.Load()
+	return now-last >= int64(allocateEvery) && srv.lastOffered.CompareAndSwap(last, now)
+}
+
+// serverAddrs returns the addresses of as on the IPs of srv's endpoints
+// (at most maxSessionAddrs, without duplicates).
+func serverAddrs(srv *peer, as []netip.AddrPort) []netip.AddrPort {
+	var ips []netip.Addr
+	if c := srv.candidates.Load(); c != nil {
+		for _, ap := range *c {
+			ips = append(ips, ap.Addr())
+		}
+	}
+	var addrs []netip.AddrPort
+	for _, ap := range as {
+		ap = unmap(ap)
+		if !ap.IsValid() || ap.Port() == 0 || ap.Addr().IsUnspecified() || !slices.Contains(ips, ap.Addr()) || slices.Contains(addrs, ap) {
+			continue
+		}
+		if addrs = append(addrs, ap); len(addrs) == maxSessionAddrs {
+			break
+		}
+	}
+	return addrs
 }
 
 // rebuildSessionsLocked publishes the session table from the peers.

@@ -31,13 +31,14 @@ func (f *fakeServer) calls() int {
 	return len(f.pairs)
 }
 
-// testPeer is a peer's keys.
+// testPeer is a peer's keys and endpoints.
 type testPeer struct {
 	node  key.NodePublic
 	disco key.DiscoPrivate
+	eps   []netip.AddrPort
 }
 
-func newTestPeer() testPeer { return testPeer{key.NewNode().Public(), key.NewDisco()} }
+func newTestPeer() testPeer { return testPeer{node: key.NewNode().Public(), disco: key.NewDisco()} }
 
 // relayBind returns an open bind with a peer relay server srv (nil: none)
 // and the peers given, all in relay region 1.
@@ -50,7 +51,7 @@ func relayBind(t *testing.T, srv RelayServer, peers []testPeer, relayServers ...
 	}
 	var pcs []PeerConfig
 	for _, p := range peers {
-		pc := PeerConfig{Key: p.node, HomeRegion: 1, DiscoKey: p.disco.Public()}
+		pc := PeerConfig{Key: p.node, HomeRegion: 1, DiscoKey: p.disco.Public(), Endpoints: p.eps}
 		for _, k := range relayServers {
 			pc.RelayServer = pc.RelayServer || k == p.node
 		}
@@ -114,6 +115,7 @@ func TestServeAllocate(t *testing.T) {
 // offers a relay server, only for itself and one of its own peers.
 func TestTakeAllocation(t *testing.T) {
 	r, b, stranger := newTestPeer(), newTestPeer(), newTestPeer()
+	r.eps = []netip.AddrPort{netip.MustParseAddrPort("192.0.2.9:41641")}
 	tests := []struct {
 		name   string
 		server key.NodePublic // the peer flagged as relay server
@@ -133,6 +135,7 @@ func TestTakeAllocation(t *testing.T) {
 			if !tc.us {
 				us = stranger.disco.Public()
 			}
+			markTraffic(bd, b.node)
 			from(bd, r, &disco.Allocation{VNI: 9, Peers: [2]key.DiscoPublic{us, tc.other},
 				Addrs: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.9:41700")}})
 			bd.mu.Lock()
@@ -160,8 +163,6 @@ func TestTakeAllocation(t *testing.T) {
 // the next maintenance ping.
 func TestSessionPingBack(t *testing.T) {
 	r, p := newTestPeer(), newTestPeer()
-	bd, _ := relayBind(t, nil, []testPeer{r, p}, r.node)
-	bd.SetUDPFilterForTest(nil)
 	// The test plays the relay server's socket.
 	srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
@@ -169,6 +170,10 @@ func TestSessionPingBack(t *testing.T) {
 	}
 	defer srv.Close()
 	srvAddr := srv.LocalAddr().(*net.UDPAddr).AddrPort()
+	r.eps = []netip.AddrPort{srvAddr}
+	bd, _ := relayBind(t, nil, []testPeer{r, p}, r.node)
+	bd.SetUDPFilterForTest(nil)
+	markTraffic(bd, p.node)
 	const vni = 9
 	from(bd, r, &disco.Allocation{VNI: vni, Peers: [2]key.DiscoPublic{bd.DiscoPublic(), p.disco.Public()}, Addrs: []netip.AddrPort{srvAddr}})
 	bd.mu.Lock()
@@ -216,4 +221,163 @@ func TestSessionPingBack(t *testing.T) {
 			gotPing = true
 		}
 	}
+}
+
+// markTraffic records traffic with peer k just now.
+func markTraffic(bd *Bind, k key.NodePublic) {
+	bd.mu.Lock()
+	bd.peers[k].p.lastWGRecv.Store(time.Now().UnixNano())
+	bd.mu.Unlock()
+}
+
+// sessionOf returns bd's peer relay session to k.
+func sessionOf(bd *Bind, k key.NodePublic) *prSession {
+	bd.mu.Lock()
+	defer bd.mu.Unlock()
+	return bd.peers[k].p.pr.Load()
+}
+
+// bindRelays counts the BindRelay packets sent to srv so far: it sends
+// a marker from another socket and reads up to it (loopback keeps the
+// order of what was sent before).
+func bindRelays(t *testing.T, srv *net.UDPConn) int {
+	t.Helper()
+	c, err := net.DialUDP("udp4", nil, srv.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	marker := []byte("marker")
+	if _, err := c.Write(marker); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	buf := make([]byte, 2048)
+	srv.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		m, _, err := srv.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("read up to the marker: %v", err)
+		}
+		if string(buf[:m]) == string(marker) {
+			return n
+		}
+		if typ, _, ok := udprelay.ParseHeader(buf[:m]); ok && typ == udprelay.TypeControl {
+			n++
+		}
+	}
+}
+
+// TestAllocationGuard: Allocations cannot steer a node's UDP. One not
+// asked for, for a peer with no traffic, binds nothing and sends
+// nothing; addresses off the server's endpoints are dropped; a flood
+// sends a bounded number of BindRelays; and a working session stays.
+func TestAllocationGuard(t *testing.T) {
+	setup := func(t *testing.T) (*Bind, *fakeRelay, testPeer, testPeer, *net.UDPConn, netip.AddrPort) {
+		r, p := newTestPeer(), newTestPeer()
+		srv, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { srv.Close() })
+		srvAddr := srv.LocalAddr().(*net.UDPAddr).AddrPort()
+		r.eps = []netip.AddrPort{srvAddr}
+		bd, fr := relayBind(t, nil, []testPeer{r, p}, r.node)
+		bd.SetUDPFilterForTest(nil)
+		fr.take()
+		return bd, fr, r, p, srv, srvAddr
+	}
+	alloc := func(bd *Bind, p testPeer, vni uint32, addrs ...netip.AddrPort) *disco.Allocation {
+		return &disco.Allocation{VNI: vni, Peers: [2]key.DiscoPublic{bd.DiscoPublic(), p.disco.Public()}, Addrs: addrs}
+	}
+
+	t.Run("not asked for", func(t *testing.T) {
+		bd, fr, r, p, srv, srvAddr := setup(t)
+		from(bd, r, alloc(bd, p, 9, srvAddr))
+		if s := sessionOf(bd, p.node); s != nil {
+			t.Errorf("session %d bound from an Allocation nobody asked for", s.vni)
+		}
+		if n := bindRelays(t, srv); n != 0 {
+			t.Errorf("%d BindRelays sent, want 0", n)
+		}
+		if s := fr.take(); len(s) != 0 {
+			t.Errorf("sent through the relay: %v, want nothing", s)
+		}
+	})
+
+	t.Run("addresses off the server's endpoints", func(t *testing.T) {
+		bd, _, r, p, _, srvAddr := setup(t)
+		victim := netip.MustParseAddrPort("192.0.2.77:53")
+		bd.mu.Lock()
+		pp := bd.peers[p.node].p
+		bd.mu.Unlock()
+		bd.maybeAllocate(pp, time.Now().UnixNano()) // asks r
+		from(bd, r, alloc(bd, p, 9, victim, srvAddr, victim))
+		s := sessionOf(bd, p.node)
+		if s == nil {
+			t.Fatal("no session after an Allocation asked for")
+		}
+		if len(s.addrs) != 1 || s.addrs[0] != srvAddr {
+			t.Errorf("session addresses %v, want [%v]", s.addrs, srvAddr)
+		}
+
+		// Only addresses off them: nothing to bind.
+		bd2, _, r2, p2, srv2, _ := setup(t)
+		markTraffic(bd2, p2.node)
+		from(bd2, r2, alloc(bd2, p2, 9, victim))
+		if s := sessionOf(bd2, p2.node); s != nil {
+			t.Errorf("session to %v, want none", s.addrs)
+		}
+		if n := bindRelays(t, srv2); n != 0 {
+			t.Errorf("%d BindRelays sent, want 0", n)
+		}
+	})
+
+	t.Run("flood", func(t *testing.T) {
+		bd, _, r, p, srv, srvAddr := setup(t)
+		markTraffic(bd, p.node)
+		addrs := make([]netip.AddrPort, 8)
+		for i := range addrs {
+			addrs[i] = srvAddr
+		}
+		const flood = 200
+		for i := range flood {
+			from(bd, r, alloc(bd, p, uint32(100+i), addrs...))
+		}
+		// One Allocation per server per allocateEvery, one address.
+		if n := bindRelays(t, srv); n != 1 {
+			t.Errorf("%d Allocations sent %d BindRelays, want 1", flood, n)
+		}
+	})
+
+	t.Run("working session stays", func(t *testing.T) {
+		bd, _, r, p, srv, srvAddr := setup(t)
+		markTraffic(bd, p.node)
+		from(bd, r, alloc(bd, p, 9, srvAddr))
+		s := sessionOf(bd, p.node)
+		if s == nil {
+			t.Fatal("no session")
+		}
+		now := time.Now().UnixNano()
+		s.addr.Store(&srvAddr)
+		s.confirmed.Store(now)
+		s.ep.lastRecv.Store(now)
+		bindRelays(t, srv)
+		bd.mu.Lock()
+		pp := bd.peers[p.node].p
+		bd.mu.Unlock()
+		// Both what would let an Allocation in: an ask and the allowance.
+		bd.mu.Lock()
+		bd.peers[r.node].p.lastOffered.Store(0)
+		bd.mu.Unlock()
+		pp.lastAllocate.Store(now)
+		pp.allocServer.Store(bd.peers[r.node].p)
+		from(bd, r, alloc(bd, p, 10, srvAddr))
+		if got := sessionOf(bd, p.node); got != s {
+			t.Errorf("session %d replaced by %d", s.vni, got.vni)
+		}
+		if n := bindRelays(t, srv); n != 0 {
+			t.Errorf("%d BindRelays sent, want 0", n)
+		}
+	})
 }
