@@ -60,8 +60,11 @@ type NodeFeed interface {
 	// coordinator calls it every heartbeatInterval. The stream states
 	// of a coordinator that stopped beating are dropped (its nodes go
 	// offline for the others) a while later, by a Heartbeat of another
-	// store, which returns the nodes it dropped so.
-	Heartbeat(ctx context.Context) (dropped []wire.NodeID, err error)
+	// store, which returns the nodes it dropped so. missing reports that
+	// this store had no beat on record: its first, or after a stall
+	// that had its stream states dropped, which the coordinator then
+	// writes again.
+	Heartbeat(ctx context.Context) (dropped []wire.NodeID, missing bool, err error)
 }
 
 // heartbeatInterval is how often a coordinator sharing its store beats.
@@ -78,6 +81,8 @@ type fanout struct {
 	mu     sync.Mutex // guards online
 	online map[wire.NodeID]bool
 	wake   chan struct{} // cap 1
+
+	beaten bool // a heartbeat succeeded; onlineLoop's alone
 }
 
 // newFanout returns the fan-out of core on store.
@@ -144,10 +149,18 @@ func (f *fanout) onlineLoop() {
 func (f *fanout) beat() {
 	ctx, cancel := context.WithTimeout(f.core.ctx, heartbeatInterval)
 	defer cancel()
-	dropped, err := f.feed.Heartbeat(ctx)
-	if err != nil && f.core.ctx.Err() == nil {
-		f.core.logger.Warn("heartbeat", "err", err)
+	dropped, missing, err := f.feed.Heartbeat(ctx)
+	if err != nil {
+		if f.core.ctx.Err() == nil {
+			f.core.logger.Warn("heartbeat", "err", err)
+		}
+		return
 	}
+	if missing && f.beaten {
+		f.core.logger.Warn("heartbeat was missing (a stall?): recording this coordinator's streams again")
+		f.rewriteOnline()
+	}
+	f.beaten = true
 	// The others hear of these; this coordinator skips its own writes.
 	for _, id := range dropped {
 		f.applyNodeChange(ctx, id)
@@ -175,6 +188,23 @@ func (f *fanout) writeOnline(ctx context.Context) {
 			f.core.logger.Warn("record stream state", "node_id", id, "online", on, "err", err)
 		}
 	}
+}
+
+// rewriteOnline records every stream of this coordinator as online again.
+func (f *fanout) rewriteOnline() {
+	s := f.core
+	s.mu.Lock()
+	f.mu.Lock()
+	for k := range s.sessions {
+		if e := s.nodes[k]; e != nil {
+			if _, pending := f.online[e.rec.Node.ID]; !pending {
+				f.online[e.rec.Node.ID] = true
+			}
+		}
+	}
+	f.mu.Unlock()
+	s.mu.Unlock()
+	f.writeOnline(s.ctx)
 }
 
 // resync is syncNodes for the listener, which logs its error.

@@ -1,12 +1,15 @@
 package coordinator_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"beam.dev/beam/beamtest/pgtest"
 	"beam.dev/beam/coordclient"
@@ -183,6 +186,39 @@ func networksAndShutdown(t *testing.T, pg *pgtest.Server, priv key.MachinePrivat
 		p := peerNamed(nm, "xray")
 		return p != nil && p.Online
 	})
+	// Both coordinators stall for longer than a heartbeat may lapse:
+	// whichever beats first renews its own beat and drops the other's
+	// stream states, and the other, finding its beat gone, records its
+	// stream again (without that, one state would stay missing).
+	conn, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	aged := time.Now().UnixNano()
+	if _, err := conn.Exec(t.Context(), `UPDATE coordinator_beats SET beat = beat - 3600000000000`); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(fanoutWait)
+	for {
+		var n, fresh int
+		if err := conn.QueryRow(t.Context(), `SELECT COUNT(*), COUNT(*) FILTER (WHERE since > $1) FROM node_online`, aged).Scan(&n, &fresh); err != nil {
+			t.Fatal(err)
+		}
+		if n == 2 && fresh == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after a stall: %d stream states, %d written since, want 2 and 1 (the dropped one written again)", n, fresh)
+		}
+		tick := time.NewTimer(100 * time.Millisecond)
+		<-tick.C
+	}
+	wy.waitFor("yankee sees xray online after the stall", fanoutWait, func(nm *wire.NetMap) bool {
+		p := peerNamed(nm, "xray")
+		return p != nil && p.Online
+	})
+
 	// A coordinator that shuts down says its nodes went offline.
 	cb.stop()
 	wy.waitFor("yankee sees xray offline once its coordinator stopped", fanoutWait, func(nm *wire.NetMap) bool {

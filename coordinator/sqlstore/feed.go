@@ -156,15 +156,18 @@ const dbNow = `(EXTRACT(EPOCH FROM clock_timestamp()) * 1e9)::BIGINT`
 // Heartbeat implements coordinator.NodeFeed: it records that this
 // store's coordinator is alive, and deletes the stream states (and
 // heartbeats) of coordinators that have not beaten for beatStale, which
-// tells the others their nodes went offline; it returns those nodes.
-func (s *Store) Heartbeat(ctx context.Context) (dropped []wire.NodeID, err error) {
+// tells the others their nodes went offline; it returns those nodes, and
+// whether this store had no beat on record (its first, or after another
+// store dropped it as stale).
+func (s *Store) Heartbeat(ctx context.Context) (dropped []wire.NodeID, missing bool, err error) {
 	if s.pgcfg == nil {
-		return nil, errNoFeed
+		return nil, false, errNoFeed
 	}
 	err = s.inTx(ctx, "heartbeat", func(tx *sql.Tx) error {
 		dropped = nil
-		if _, err := tx.ExecContext(ctx, s.d.rebind(`INSERT INTO coordinator_beats (origin, beat) VALUES (?, `+dbNow+`)
-			ON CONFLICT (origin) DO UPDATE SET beat = EXCLUDED.beat`), s.origin); err != nil {
+		// xmax is 0 in a row the statement inserted, not updated.
+		if err := tx.QueryRowContext(ctx, s.d.rebind(`INSERT INTO coordinator_beats (origin, beat) VALUES (?, `+dbNow+`)
+			ON CONFLICT (origin) DO UPDATE SET beat = EXCLUDED.beat RETURNING xmax = 0`), s.origin).Scan(&missing); err != nil {
 			return err
 		}
 		cutoff := `(` + dbNow + ` - ` + strconv.FormatInt(int64(beatStale), 10) + `)`
@@ -188,7 +191,7 @@ func (s *Store) Heartbeat(ctx context.Context) (dropped []wire.NodeID, err error
 		_, err = tx.ExecContext(ctx, `DELETE FROM coordinator_beats WHERE beat < `+cutoff)
 		return err
 	})
-	return dropped, err
+	return dropped, missing, err
 }
 
 // RemoteOnline implements coordinator.NodeFeed.

@@ -20,13 +20,16 @@ func TestHeartbeat(t *testing.T) {
 	if err := a.InsertNode(ctx, rec, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.Heartbeat(ctx); err != nil {
-		t.Fatal(err)
+	if _, missing, err := a.Heartbeat(ctx); err != nil || !missing {
+		t.Fatalf("first Heartbeat: missing = %v, %v; want true", missing, err)
+	}
+	if _, missing, err := a.Heartbeat(ctx); err != nil || missing {
+		t.Fatalf("second Heartbeat: missing = %v, %v; want false", missing, err)
 	}
 	if err := a.SetNodeOnline(ctx, rec.Node.ID, true); err != nil {
 		t.Fatal(err)
 	}
-	if dropped, err := b.Heartbeat(ctx); err != nil || len(dropped) != 0 {
+	if dropped, _, err := b.Heartbeat(ctx); err != nil || len(dropped) != 0 {
 		t.Fatalf("Heartbeat while alpha's coordinator beats dropped %v, %v; want none", dropped, err)
 	}
 	if got, _ := b.RemoteOnline(ctx); !got[rec.Node.ID] {
@@ -39,14 +42,18 @@ func TestHeartbeat(t *testing.T) {
 	if _, err := a.db.ExecContext(ctx, `UPDATE coordinator_beats SET beat = beat - $1 WHERE origin = $2`, int64(2*beatStale), a.origin); err != nil {
 		t.Fatal(err)
 	}
-	if dropped, err := b.Heartbeat(ctx); err != nil || len(dropped) != 1 || dropped[0] != rec.Node.ID {
+	if dropped, _, err := b.Heartbeat(ctx); err != nil || len(dropped) != 1 || dropped[0] != rec.Node.ID {
 		t.Errorf("Heartbeat after alpha's coordinator stopped beating dropped %v, %v; want [%d]", dropped, err, rec.Node.ID)
 	}
 	if got, _ := b.RemoteOnline(ctx); got[rec.Node.ID] {
 		t.Errorf("RemoteOnline = %v after alpha's coordinator stopped beating, want alpha gone", got)
 	}
+	// a's coordinator comes back from its stall: its beat is missing.
+	if _, missing, err := a.Heartbeat(ctx); err != nil || !missing {
+		t.Errorf("Heartbeat after the stall: missing = %v, %v; want true", missing, err)
+	}
 	var beats int
-	if err := b.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM coordinator_beats`).Scan(&beats); err != nil || beats != 1 {
-		t.Errorf("%d heartbeats kept (%v), want 1 (b's)", beats, err)
+	if err := b.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM coordinator_beats`).Scan(&beats); err != nil || beats != 2 {
+		t.Errorf("%d heartbeats kept (%v), want 2", beats, err)
 	}
 }
