@@ -59,9 +59,14 @@ const (
 	// challengeTimeout is how long a Challenge may wait for its Answer
 	// (between one and two of these).
 	challengeTimeout = 10 * time.Second
-	// controlRate bounds the control packets per second the server opens
-	// (each Open of a new peer costs an X25519 operation).
-	controlRate = 500
+	// controlRate and controlBurst bound the control packets per second
+	// the server opens for one side of one session (a peer sends about
+	// one BindRelay and one Answer per second per address). Packets for
+	// no session, or sealed by a key that is not one of its peers, are
+	// dropped before any limiter, so junk from elsewhere cannot use up a
+	// session's allowance, let alone every session's.
+	controlRate  = 10
+	controlBurst = 20
 )
 
 // ErrRefused is returned by Allocate when a bound would be exceeded.
@@ -117,9 +122,8 @@ type Stats struct {
 // Server is a peer relay server. Create it with New, feed it a socket
 // with Serve and sessions with Allocate.
 type Server struct {
-	opts    Options
-	log     *slog.Logger
-	control *rate.Limiter
+	opts Options
+	log  *slog.Logger
 	// secret keys the challenges (see challenge).
 	secret [32]byte
 
@@ -143,6 +147,9 @@ type session struct {
 	created    time.Time
 	lastActive time.Time
 	pps, bps   *rate.Limiter
+	// control bounds the control packets opened per side (see
+	// controlRate).
+	control [2]*rate.Limiter
 }
 
 func (s *session) isBound() bool { return s.bound[0].IsValid() && s.bound[1].IsValid() }
@@ -183,7 +190,6 @@ func New(opts Options) (*Server, error) {
 	s := &Server{
 		opts:     opts,
 		log:      log.With("component", "udprelay"),
-		control:  rate.NewLimiter(controlRate, controlRate),
 		sessions: make(map[uint32]*session),
 		byPair:   make(map[[2]key.DiscoPublic]*session),
 		perPeer:  make(map[key.DiscoPublic]int),
@@ -250,6 +256,7 @@ func (s *Server) Allocate(a, b key.DiscoPublic) (*disco.Allocation, error) {
 			created: now,
 			pps:     rate.NewLimiter(rate.Limit(s.opts.PacketsPerSecond), max(s.opts.PacketsPerSecond/10, 64)),
 			bps:     rate.NewLimiter(rate.Limit(s.opts.BytesPerSecond), max(s.opts.BytesPerSecond/10, 1<<16)),
+			control: [2]*rate.Limiter{rate.NewLimiter(controlRate, controlBurst), rate.NewLimiter(controlRate, controlBurst)},
 		}
 		s.sessions[se.vni] = se
 		s.byPair[pair] = se
@@ -491,7 +498,7 @@ func (s *Server) forward(vni uint32, src netip.AddrPort, n int, now time.Time) (
 // handleControl processes a disco packet to the server for session vni.
 func (s *Server) handleControl(conn *net.UDPConn, vni uint32, pkt []byte, src netip.AddrPort) {
 	sender, sealed, ok := disco.Sender(pkt)
-	if !ok || !s.control.Allow() {
+	if !ok {
 		s.droppedOther.Add(1)
 		return
 	}
@@ -506,7 +513,7 @@ func (s *Server) handleControl(conn *net.UDPConn, vni uint32, pkt []byte, src ne
 			}
 		}
 	}
-	if i < 0 {
+	if i < 0 || !se.control[i].AllowN(now, 1) {
 		s.mu.Unlock()
 		s.droppedOther.Add(1)
 		return

@@ -480,3 +480,57 @@ func FuzzHandle(f *testing.F) {
 		s.handle(conn, pkt, src)
 	})
 }
+
+// TestControlJunk: control packets for no session, or sealed by a key
+// that is not the session's, at a high rate, do not keep a session's
+// peers from binding: they are dropped before any rate limit.
+func TestControlJunk(t *testing.T) {
+	s := startServer(t, Options{})
+	a, b := newClient(t, s), newClient(t, s)
+	al, err := s.Allocate(a.pub(), b.pub())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mallory := newClient(t, s)
+	// The clock stands still: no limiter refills while this runs.
+	const junk = 2000
+	for i := range junk {
+		if i%2 == 0 {
+			mallory.control(al.VNI, &disco.BindRelay{VNI: al.VNI})
+		} else {
+			mallory.control(al.VNI+1+uint32(i), &disco.BindRelay{VNI: al.VNI + 1 + uint32(i)})
+		}
+	}
+	a.bind(al.VNI)
+	b.bind(al.VNI)
+	a.data(al.VNI, "after the junk")
+	b.expectData(al.VNI, "after the junk")
+	if st := s.Stats(); st.Binds != 2 {
+		t.Errorf("stats = %+v, want 2 binds", st)
+	}
+}
+
+// TestControlRate: one side of a session gets at most controlBurst
+// control packets opened at once; the other side is not affected.
+func TestControlRate(t *testing.T) {
+	s := startServer(t, Options{})
+	a, b := newClient(t, s), newClient(t, s)
+	al, err := s.Allocate(a.pub(), b.pub())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range controlBurst {
+		a.challenge(al.VNI)
+	}
+	a.control(al.VNI, &disco.BindRelay{VNI: al.VNI})
+	b.bind(al.VNI) // b's side has its own allowance
+	a.conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	var ne net.Error
+	if n, err := a.conn.Read(make([]byte, 2048)); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("BindRelay beyond the burst answered (%d bytes, err %v); want nothing", n, err)
+	}
+	s.clock.Advance(time.Second)
+	a.bind(al.VNI)
+	a.data(al.VNI, "bound")
+	b.expectData(al.VNI, "bound")
+}
