@@ -39,8 +39,12 @@
 //	                  N × (16B IP | 2B port): a peer relay server's answer
 //	                  to Allocate, sent to both peers; the addresses are
 //	                  where they bind (N at most MaxAllocationAddrs)
-//	BindRelay   0x06  4B session ID: a peer asks the relay server to bind
-//	                  the source address of this packet to the session
+//	BindRelay   0x06  4B session ID | 32B zeros: a peer asks the relay
+//	                  server to bind the source address of this packet to
+//	                  the session. The padding makes the request as long
+//	                  as the Challenge it draws (servers drop shorter
+//	                  ones), so a forged source gets no more bytes than
+//	                  the forger sent (as QUIC pads Initial packets)
 //	Challenge   0x07  4B session ID | 32B challenge: the server's answer,
 //	                  sent to that source address
 //	Answer      0x08  4B session ID | 32B challenge: the peer repeats the
@@ -57,6 +61,8 @@
 //	0 (2026-12): CallMeMaybe entries with port 0 name hard-NAT IPs; the
 //	             version stays 0 because older receivers already ignore
 //	             such entries (a port-0 address is never pinged).
+//	0 (2026-12): BindRelay carries 32B of padding; servers drop unpadded
+//	             ones (only the first builds of peer relays sent them).
 package disco
 
 import (
@@ -95,6 +101,9 @@ const (
 	pongLen                 = txIDLen + epLen
 	vniLen                  = 4
 	challengeLen            = 32
+	// BindRelayPadding is the zero padding after a BindRelay's session
+	// ID: its body is as long as a Challenge's.
+	BindRelayPadding = challengeLen
 	// MaxAllocationAddrs bounds the addresses of an Allocation.
 	MaxAllocationAddrs = 8
 	allocationLen      = vniLen + 2*keyLen
@@ -221,7 +230,8 @@ func (m *Allocation) AppendMarshal(b []byte) []byte {
 // AppendMarshal implements Message.
 func (m *BindRelay) AppendMarshal(b []byte) []byte {
 	b = append(b, TypeBindRelay, 0)
-	return binary.BigEndian.AppendUint32(b, m.VNI)
+	b = binary.BigEndian.AppendUint32(b, m.VNI)
+	return append(b, make([]byte, BindRelayPadding)...)
 }
 
 // AppendMarshal implements Message.

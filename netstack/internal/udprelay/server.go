@@ -124,6 +124,8 @@ type Stats struct {
 type Server struct {
 	opts Options
 	log  *slog.Logger
+	// unpaddedLogged is set once an unpadded BindRelay was logged.
+	unpaddedLogged atomic.Bool
 	// secret keys the challenges (see challenge).
 	secret [32]byte
 
@@ -534,6 +536,15 @@ func (s *Server) handleControl(conn *net.UDPConn, vni uint32, pkt []byte, src ne
 		c := s.challenge(vni, i, src, now.UnixNano()/int64(challengeTimeout))
 		out := AppendHeader(make([]byte, 0, 128), TypeControl, vni)
 		out = disco.AppendPacket(out, s.opts.DiscoKey.Public(), shared, &disco.Challenge{VNI: vni, Challenge: c})
+		// The Challenge goes to whatever source the request claims:
+		// it must be no larger than the request (BindRelay is padded).
+		if HeaderLen+len(pkt) < len(out) {
+			s.droppedOther.Add(1)
+			if s.unpaddedLogged.CompareAndSwap(false, true) {
+				s.log.Info("peer relay: unpadded BindRelay refused (the peer runs an earlier build; it must be updated)", "vni", vni, "peer", sender.ShortString())
+			}
+			return
+		}
 		conn.WriteToUDPAddrPort(out, src)
 	case *disco.Answer:
 		// The challenge of this slot or the one before.

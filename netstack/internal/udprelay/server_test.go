@@ -2,6 +2,7 @@ package udprelay
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"net"
 	"net/netip"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"beam.dev/beam/derp"
 	"beam.dev/beam/netstack/internal/disco"
 	"beam.dev/beam/types/key"
 )
@@ -533,4 +535,35 @@ func TestControlRate(t *testing.T) {
 	a.bind(al.VNI)
 	a.data(al.VNI, "bound")
 	b.expectData(al.VNI, "bound")
+}
+
+// TestUnpaddedBindRelay: a BindRelay shorter than the Challenge it would
+// draw (an unpadded one) gets no Challenge, and binds nothing.
+func TestUnpaddedBindRelay(t *testing.T) {
+	s := startServer(t, Options{})
+	a, b := newClient(t, s), newClient(t, s)
+	al, err := s.Allocate(a.pub(), b.pub())
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := binary.BigEndian.AppendUint32([]byte{disco.TypeBindRelay, 0}, al.VNI)
+	raw := a.pub().Raw32()
+	pkt := AppendHeader(nil, TypeControl, al.VNI)
+	pkt = append(pkt, derp.DiscoMagic...)
+	pkt = append(pkt, raw[:]...)
+	pkt = append(pkt, a.shared.Seal(body)...)
+	a.send(pkt)
+	a.conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	var ne net.Error
+	if n, err := a.conn.Read(make([]byte, 2048)); !errors.As(err, &ne) || !ne.Timeout() {
+		t.Fatalf("unpadded BindRelay answered (%d bytes, err %v); want nothing", n, err)
+	}
+	// A padded one is answered with a Challenge no longer than itself.
+	req := a.control(al.VNI, &disco.BindRelay{VNI: al.VNI})
+	if got := a.read(); len(got) > len(req) {
+		t.Errorf("Challenge of %d bytes for a BindRelay of %d", len(got), len(req))
+	}
+	if st := s.Stats(); st.DroppedOther != 1 {
+		t.Errorf("stats = %+v, want 1 dropped", st)
+	}
 }
