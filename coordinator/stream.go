@@ -241,7 +241,12 @@ func (ms *streams) handleMap(w http.ResponseWriter, r *http.Request) {
 			n.Node.Endpoints = slices.Clone(req.Endpoints)
 		}
 		n.Node.HomeDERP = req.HomeDERP
-		n.Node.PeerRelay = req.PeerRelay
+		// Only a node the policy designates relays for its peers (a
+		// relay sees who talks to whom); others' offers are dropped.
+		n.Node.PeerRelay = 0
+		if req.PeerRelay != 0 && s.currentPolicy().MayPeerRelay(&n.Node) {
+			n.Node.PeerRelay = req.PeerRelay
+		}
 		if req.Hostname != "" {
 			n.Node.Hostname = req.Hostname
 		}

@@ -39,9 +39,9 @@ func Parse(b []byte) (*Policy, error) {
 		m := &obj.Members[i]
 		name := d.str(&m.Name)
 		switch name {
-		case "groups", "tagOwners", "hosts", "acls", "tests", "expose":
+		case "groups", "tagOwners", "hosts", "acls", "tests", "expose", "peerRelays":
 		default:
-			d.errorf(&m.Name, "unknown field %q (want groups, tagOwners, hosts, acls, tests or expose)", name)
+			d.errorf(&m.Name, "unknown field %q (want groups, tagOwners, hosts, acls, tests, expose or peerRelays)", name)
 			continue
 		}
 		if fields[name] != nil {
@@ -67,6 +67,9 @@ func Parse(b []byte) (*Policy, error) {
 	}
 	if v := fields["expose"]; v != nil {
 		d.expose(p, v)
+	}
+	if v := fields["peerRelays"]; v != nil {
+		d.peerRelays(p, v)
 	}
 	if err := d.err(); err != nil {
 		return nil, err
@@ -218,6 +221,21 @@ func (d *decoder) proto(v *hujson.Value) ([]int, bool) {
 // noteUser records a reference to a user name for CheckUsers.
 func (d *decoder) noteUser(p *Policy, user string, v *hujson.Value) {
 	p.userRefs = append(p.userRefs, userRef{user: user, pos: d.pos(v)})
+}
+
+// peerRelays decodes "peerRelays": the selectors of the nodes that may
+// offer a peer relay server to their peers.
+func (d *decoder) peerRelays(p *Policy, v *hujson.Value) {
+	list, _ := d.nonEmptyStrings(v, "peerRelays")
+	for _, s := range list {
+		sel, err := p.parseSelector(s.s, ctxSrc)
+		if err != nil {
+			d.errorf(s.v, "%v", err)
+			continue
+		}
+		d.noteSelector(p, sel, s.v)
+		p.peerRelays = append(p.peerRelays, sel)
+	}
 }
 
 // noteSelector records sel if it names a user.

@@ -66,6 +66,8 @@ type Policy struct {
 	acls   []rule
 	tests  []test
 	expose []exposeRule
+	// peerRelays select the nodes that may offer a peer relay server.
+	peerRelays []selector
 	// userRefs are the places that name a user, for CheckUsers.
 	userRefs []userRef
 	// base is the policy as parsed when groups hold members added by
@@ -240,6 +242,14 @@ func (p *Policy) MayExpose(n *wire.Node, name string) bool {
 		}
 	}
 	return false
+}
+
+// MayPeerRelay reports whether node n may offer a peer relay server to
+// its peers (the policy's "peerRelays" selects it). A node relaying for
+// others sees which of its peers talk to each other, so only the nodes
+// the policy names may; none if it names none.
+func (p *Policy) MayPeerRelay(n *wire.Node) bool {
+	return n != nil && p.anyMatch(p.peerRelays, n)
 }
 
 // nameMatch matches a lower-case name against an expose pattern.

@@ -608,6 +608,9 @@ func TestDefault(t *testing.T) {
 	if !p.MayExpose(a, "anything") || !p.MayExpose(b, "web") {
 		t.Error("default forbids exposing")
 	}
+	if !p.MayPeerRelay(a) || !p.MayPeerRelay(b) {
+		t.Error("default forbids peer relays")
+	}
 	if p.MayOwnTag("alice", true, "tag:x") {
 		t.Error("default lists tags it has no tagOwners for")
 	}
@@ -740,5 +743,49 @@ func TestCheckUsers(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("CheckUsers errors:\n got %q\nwant %q", got, want)
+	}
+}
+
+// TestMayPeerRelay: only the nodes "peerRelays" selects may offer a peer
+// relay server; a policy without the field designates none.
+func TestMayPeerRelay(t *testing.T) {
+	p := mustParse(t, `{
+		"groups": {"group:ops": ["carol"]},
+		"tagOwners": {"tag:relay": [], "tag:web": []},
+		"peerRelays": ["tag:relay", "group:ops"],
+	}`)
+	none := mustParse(t, `{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}`)
+	relay := mkNode(1, "relay", "", []string{"tag:relay"}, "100.64.0.1")
+	web := mkNode(2, "web", "", []string{"tag:web"}, "100.64.0.2")
+	carol := mkNode(3, "carol", "carol", nil, "100.64.0.3")
+	bob := mkNode(4, "bob", "bob", nil, "100.64.0.4")
+	tests := []struct {
+		n          *wire.Node
+		want, none bool
+	}{
+		{relay, true, false},
+		{web, false, false},
+		{carol, true, false},
+		{bob, false, false},
+		{nil, false, false},
+	}
+	for _, tt := range tests {
+		name := "nil"
+		if tt.n != nil {
+			name = tt.n.Name
+		}
+		t.Run(name, func(t *testing.T) {
+			if got := p.MayPeerRelay(tt.n); got != tt.want {
+				t.Errorf("MayPeerRelay = %v, want %v", got, tt.want)
+			}
+			if got := none.MayPeerRelay(tt.n); got != tt.none {
+				t.Errorf("without peerRelays: MayPeerRelay = %v, want %v", got, tt.none)
+			}
+		})
+	}
+	for _, bad := range []string{`{"peerRelays": []}`, `{"peerRelays": ["tag:nope"]}`, `{"peerRelays": ["autogroup:self"]}`} {
+		if _, err := Parse([]byte(bad)); err == nil {
+			t.Errorf("Parse(%s) succeeded, want an error", bad)
+		}
 	}
 }
