@@ -38,6 +38,17 @@ import (
 // allowed IPs include a prefix wider than one address (routes) are always
 // in wireguard-go, since outbound packets are matched by exact address.
 //
+// Removing a peer from wireguard-go waits for its goroutines (peer.Stop),
+// and its receive goroutine may be waiting for the TUN reader (a reply the
+// stack sends inline, into a full outbound queue). So ps.mu is never held
+// across a removal: the peers are marked leaving under ps.mu, removed with
+// it released (ps.removing set), and the table is settled under ps.mu
+// again. Meanwhile the TUN reader never waits: a packet for a peer asleep
+// marks the peer wanted, and the removal adds it back when it is done
+// (that packet itself is dropped by wireguard-go, as any sent to a peer
+// not yet configured). Other wakes (inbound) wait for the removal, then
+// add the peer before their datagram is delivered.
+//
 // One-peer changes. UpdatePeers (and Reconfig, which diffs the whole
 // config first) touches only the peers that changed: one bind update and
 // one device update (a UAPI "set" naming only those peers), so a change to
@@ -67,6 +78,17 @@ type peerTable struct {
 	// nothing is added to the device (its Close waits for the goroutines
 	// that wake peers).
 	closing bool
+	// removing is set while a removal runs without mu (see
+	// removeLocked); removed is signalled when it ends. Nothing is
+	// added to or read from the device while it is set.
+	removing bool
+	removed  sync.Cond
+	// wanted are the peers an outbound packet met asleep while removing
+	// was set; removeLocked adds them back.
+	wanted []*enginePeer
+	// testHookRemoving, if set, runs after a removal released mu and
+	// before it calls into the device.
+	testHookRemoving func()
 	// byKey holds every peer of the config. The map and each peer's cfg
 	// and idx are written with Engine.mu held too.
 	byKey map[key.NodePublic]*enginePeer
@@ -90,6 +112,12 @@ type enginePeer struct {
 	inDev atomic.Bool
 	// wokeAt is when the peer last joined wireguard-go (unix nanos).
 	wokeAt int64
+	// lastOut is when noteOutbound last saw a packet to the peer (unix
+	// nanos), so that trimIdlePeers keeps a peer whose packet raced
+	// with its decision.
+	lastOut atomic.Int64
+	// wanted is whether the peer is in peerTable.wanted.
+	wanted bool
 	// carried are the counters of the peer's earlier stays in
 	// wireguard-go (RxBytes, TxBytes, LastHandshake), which a device
 	// forgets with the peer.
@@ -98,6 +126,7 @@ type enginePeer struct {
 
 func (ps *peerTable) init() {
 	ps.byKey = make(map[key.NodePublic]*enginePeer)
+	ps.removed.L = &ps.mu
 	ps.idleAfter = peerIdleAfter
 	ps.eager = debugEagerPeers()
 }
@@ -170,7 +199,9 @@ func (e *Engine) applyPeersLocked(set []Peer, remove []key.NodePublic) error {
 
 	ps := &e.ps
 	ps.mu.Lock()
+	ps.waitRemovedLocked()
 	var (
+		rm        strings.Builder
 		sb        strings.Builder
 		add       []*enginePeer
 		restarted []Peer
@@ -181,7 +212,7 @@ func (e *Engine) applyPeersLocked(set []Peer, remove []key.NodePublic) error {
 			continue
 		}
 		if ep.inDev.Load() {
-			writeRemovePeer(&sb, k)
+			writeRemovePeer(&rm, k)
 			ep.inDev.Store(false)
 		} else {
 			ps.asleep.Add(-1)
@@ -225,6 +256,14 @@ func (e *Engine) applyPeersLocked(set []Peer, remove []key.NodePublic) error {
 		} else if !ep.inDev.Load() {
 			writeAllowedIPs(&sb, p, false)
 			add = append(add, ep)
+		}
+	}
+	if rm.Len() > 0 {
+		// Removed peers are out of the table already: a wake meanwhile
+		// finds none of them.
+		if err := e.removeLocked(rm.String()); err != nil {
+			ps.mu.Unlock()
+			return fmt.Errorf("netstack: remove peers: %w", err)
 		}
 	}
 	if sb.Len() > 0 {
@@ -327,9 +366,66 @@ func (e *Engine) noteOutbound(pkt []byte) {
 	if !ok {
 		return
 	}
-	if ep := v.(*enginePeer); !ep.inDev.Load() {
-		e.wakePeer(ep.key)
+	ep := v.(*enginePeer)
+	// lastOut before inDev, as trimIdlePeers stores inDev before it
+	// reads lastOut: either trim keeps the peer, or this sees it gone.
+	ep.lastOut.Store(time.Now().UnixNano())
+	if !ep.inDev.Load() {
+		e.wakeOutbound(ep)
 	}
+}
+
+// wakeOutbound wakes ep for a packet the TUN reader is about to hand
+// wireguard-go. It never waits for a removal (which may wait for the TUN
+// reader): while one runs, ep is marked wanted and added after it.
+func (e *Engine) wakeOutbound(ep *enginePeer) {
+	ps := &e.ps
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.closing || ps.byKey[ep.key] != ep {
+		return
+	}
+	if ps.removing {
+		if !ep.inDev.Load() && !ep.wanted {
+			ep.wanted = true
+			ps.wanted = append(ps.wanted, ep)
+		}
+		return
+	}
+	e.wakeLocked(ep)
+}
+
+// waitRemovedLocked waits, with ps.mu held, until no removal runs.
+func (ps *peerTable) waitRemovedLocked() {
+	for ps.removing {
+		ps.removed.Wait()
+	}
+}
+
+// removeLocked runs the UAPI text rm, which removes peers from the
+// device, without holding ps.mu (see the package comment on lazy peers),
+// then adds back the peers an outbound packet wanted meanwhile. ps.mu is
+// held on entry and on return, and no other removal runs.
+func (e *Engine) removeLocked(rm string) error {
+	ps := &e.ps
+	ps.removing = true
+	ps.mu.Unlock()
+	if h := ps.testHookRemoving; h != nil {
+		h()
+	}
+	err := e.dev.IpcSet(rm)
+	ps.mu.Lock()
+	ps.removing = false
+	ps.removed.Broadcast()
+	wanted := ps.wanted
+	ps.wanted = nil
+	for _, ep := range wanted {
+		ep.wanted = false
+		if !ps.closing && ps.byKey[ep.key] == ep && !ep.inDev.Load() {
+			e.wakeLocked(ep)
+		}
+	}
+	return err
 }
 
 // wakePeer configures peer k in wireguard-go if it is asleep, and tells
@@ -339,13 +435,22 @@ func (e *Engine) wakePeer(k key.NodePublic) {
 	ps := &e.ps
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
+	// The receive goroutine may wait for a removal: it does not hold
+	// what the removal waits for.
+	ps.waitRemovedLocked()
 	if ps.closing {
 		return
 	}
-	ep := ps.byKey[k]
-	if ep == nil {
-		return
+	if ep := ps.byKey[k]; ep != nil {
+		e.wakeLocked(ep)
 	}
+}
+
+// wakeLocked configures ep in wireguard-go if it is asleep and tells the
+// bind it is awake. ps.mu is held and no removal runs.
+func (e *Engine) wakeLocked(ep *enginePeer) {
+	ps := &e.ps
+	k := ep.key
 	if !ep.inDev.Load() {
 		var sb strings.Builder
 		writeAllowedIPs(&sb, ep.cfg, false)
@@ -382,19 +487,38 @@ func (e *Engine) trimIdlePeers() {
 	ps := &e.ps
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
+	ps.waitRemovedLocked()
 	if ps.closing {
 		return
 	}
 	now := time.Now().UnixNano()
+	isIdle := func(ep *enginePeer) bool {
+		return now-max(ep.wokeAt, ep.lastOut.Load(), e.bind.LastActive(ep.key)) > int64(ps.idleAfter)
+	}
 	var idle []*enginePeer
-	for k, ep := range ps.byKey {
-		if ep.pinned || !ep.inDev.Load() {
-			continue
-		}
-		if now-max(ep.wokeAt, e.bind.LastActive(k)) > int64(ps.idleAfter) {
+	for _, ep := range ps.byKey {
+		if !ep.pinned && ep.inDev.Load() && isIdle(ep) {
 			idle = append(idle, ep)
 		}
 	}
+	// Asleep first: a datagram from the peer from now on waits in
+	// wakePeer until the peer is gone, then adds it back; a packet to it
+	// marks it wanted. A packet noteOutbound saw before (its lastOut
+	// stored before it read inDev) keeps the peer.
+	for _, ep := range idle {
+		e.bind.SetAwake(ep.key, false)
+		ep.inDev.Store(false)
+		ps.asleep.Add(1)
+	}
+	idle = slices.DeleteFunc(idle, func(ep *enginePeer) bool {
+		if isIdle(ep) {
+			return false
+		}
+		ep.inDev.Store(true)
+		ps.asleep.Add(-1)
+		e.bind.SetAwake(ep.key, true)
+		return true
+	})
 	if len(idle) == 0 {
 		return
 	}
@@ -405,15 +529,10 @@ func (e *Engine) trimIdlePeers() {
 	counters := parseUAPIPeers(text)
 	var sb strings.Builder
 	for _, ep := range idle {
-		// Asleep first: a datagram from the peer from now on waits in
-		// wakePeer (for ps.mu) until the peer is gone, then adds it back.
-		e.bind.SetAwake(ep.key, false)
-		ep.inDev.Store(false)
-		ps.asleep.Add(1)
 		ep.carried = carry(ep.carried, counters[ep.key])
 		writeRemovePeer(&sb, ep.key)
 	}
-	if err := e.dev.IpcSet(sb.String()); err != nil {
+	if err := e.removeLocked(sb.String()); err != nil {
 		e.log.Warn("remove idle peers", "err", err)
 		return
 	}

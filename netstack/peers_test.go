@@ -197,3 +197,103 @@ func TestDebugEagerPeers(t *testing.T) {
 		t.Errorf("%d peers in wireguard-go, want all %d", got, len(cfg.Peers))
 	}
 }
+
+// TestLazyPeerTrimRacesWake checks that trimIdlePeers does not hold the
+// peer table while wireguard-go removes peers (which waits for the peers'
+// receive goroutines, which may wait for the TUN reader): a packet the TUN
+// reader meets for the peer being removed is noted without waiting, and
+// the peer is back in wireguard-go once the removal is done; a wake from
+// the receive goroutine meanwhile waits for the removal and adds the peer
+// too. Before, the TUN reader waited for the removal: a deadlock.
+func TestLazyPeerTrimRacesWake(t *testing.T) {
+	nodes := newNodes(t, 2, nil)
+	a, b := nodes[0], nodes[1]
+	bk := b.key.Public()
+	a.e.wakePeer(bk)
+	if !a.e.inDevice(bk) {
+		t.Fatal("b not in a's device after wakePeer")
+	}
+	// An IPv4 header addressed to b, as the TUN reader would see it.
+	pkt := make([]byte, 20)
+	pkt[0] = 0x45
+	copy(pkt[16:20], b.v4.AsSlice())
+
+	const limit = 10 * time.Second // a deadlock, not a slow machine
+	var outboundReturned, inboundStarted bool
+	inboundDone := make(chan struct{})
+	a.e.ps.mu.Lock()
+	a.e.ps.idleAfter = -time.Hour
+	a.e.ps.testHookRemoving = func() {
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			a.e.noteOutbound(pkt)
+		}()
+		select {
+		case <-done:
+			outboundReturned = true
+		case <-time.After(limit):
+			t.Errorf("noteOutbound still waiting after %v while a removal runs", limit)
+			return
+		}
+		inboundStarted = true
+		go func() {
+			defer close(inboundDone)
+			a.e.wakePeer(bk)
+		}()
+	}
+	a.e.ps.mu.Unlock()
+
+	trimmed := make(chan struct{})
+	go func() {
+		defer close(trimmed)
+		a.e.trimIdlePeers()
+	}()
+	select {
+	case <-trimmed:
+	case <-time.After(2 * limit):
+		t.Fatalf("trimIdlePeers still running after %v", 2*limit)
+	}
+	if !outboundReturned {
+		t.Fatal("noteOutbound did not return during the removal")
+	}
+	if !a.e.inDevice(bk) {
+		t.Errorf("b not in a's device after a packet to it met its removal, want it added back")
+	}
+	if inboundStarted {
+		select {
+		case <-inboundDone:
+		case <-time.After(limit):
+			t.Fatalf("wakePeer still waiting %v after the removal ended", limit)
+		}
+	}
+	if !a.e.inDevice(bk) {
+		t.Errorf("b not in a's device after wakePeer")
+	}
+	if got := a.e.ps.asleep.Load(); got != 0 {
+		t.Errorf("asleep = %d, want 0 (b is a's only peer)", got)
+	}
+
+	// Traffic flows to the peer added back.
+	pc, err := b.e.ListenPacket("udp", ":7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	udpEchoServer(t, pc)
+	c, err := a.e.DialContext(t.Context(), "udp", netip.AddrPortFrom(b.v4, 7).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 16)
+	for range 50 {
+		if _, err := c.Write([]byte("hi")); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if n, err := c.Read(buf); err == nil && string(buf[:n]) == "hi" {
+			return
+		}
+	}
+	t.Fatal("no echo from b after it was added back")
+}
