@@ -3,6 +3,7 @@ package netstack
 import (
 	"net/netip"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -296,4 +297,43 @@ func TestLazyPeerTrimRacesWake(t *testing.T) {
 		}
 	}
 	t.Fatal("no echo from b after it was added back")
+}
+
+// TestLazyPeerTrimStress races trims with wakes from both sides and checks
+// after each round that the table agrees with wireguard-go: a peer the
+// table calls awake is in the device, one it calls asleep is not, and the
+// asleep count matches. A wake that ran after a trim began leaves the
+// peer awake.
+func TestLazyPeerTrimStress(t *testing.T) {
+	nodes := newNodes(t, 2, nil)
+	a, b := nodes[0], nodes[1]
+	bk := b.key.Public()
+	pkt := make([]byte, 20)
+	pkt[0] = 0x45
+	copy(pkt[16:20], b.v4.AsSlice())
+	a.e.ps.mu.Lock()
+	a.e.ps.idleAfter = -time.Hour
+	a.e.ps.mu.Unlock()
+	ep := a.e.ps.byKey[bk]
+	for i := range 100 {
+		var wg sync.WaitGroup
+		wg.Go(a.e.trimIdlePeers)
+		wg.Go(func() { a.e.noteOutbound(pkt) })
+		wg.Go(func() { a.e.wakePeer(bk) })
+		wg.Wait()
+		a.e.ps.mu.Lock()
+		inDev, asleep := ep.inDev.Load(), a.e.ps.asleep.Load()
+		a.e.ps.mu.Unlock()
+		if got := a.e.inDevice(bk); got != inDev {
+			t.Fatalf("round %d: b in device %v, table says %v", i, got, inDev)
+		}
+		if want := map[bool]int64{true: 0, false: 1}[inDev]; asleep != want {
+			t.Fatalf("round %d: asleep = %d with b in device %v, want %d", i, asleep, inDev, want)
+		}
+		// A wake after the trim has finished always leaves b awake.
+		a.e.noteOutbound(pkt)
+		if !a.e.inDevice(bk) {
+			t.Fatalf("round %d: b not in device after a packet to it", i)
+		}
+	}
 }
