@@ -42,8 +42,9 @@ type NodeFeed interface {
 	// store, until ctx is done, and returns ctx's error. It calls resync
 	// after each (re)connection of its listener, before the changes made
 	// after it; changes made while it was disconnected are not reported
-	// one by one.
-	ListenNodes(ctx context.Context, resync func(ctx context.Context), changed func(ctx context.Context, id wire.NodeID)) error
+	// one by one. It calls failed with each reason its listener could not
+	// connect or broke, before it connects again.
+	ListenNodes(ctx context.Context, resync func(ctx context.Context), changed func(ctx context.Context, id wire.NodeID), failed func(error)) error
 	// NodeByID returns the node with id, and whether it streams from a
 	// coordinator on another store; ErrNotFound if there is no such node.
 	NodeByID(ctx context.Context, id wire.NodeID) (rec *NodeRecord, remoteOnline bool, err error)
@@ -103,7 +104,17 @@ func (f *fanout) start() {
 	s.wg.Add(2)
 	go func() {
 		defer s.wg.Done()
-		err := f.feed.ListenNodes(s.ctx, f.resync, f.applyNodeChange)
+		// A listener that keeps failing (no LISTEN privilege, a schema
+		// problem) leaves this coordinator blind to the others: say so, at
+		// most once a minute.
+		var warned time.Time
+		failed := func(err error) {
+			if now := time.Now(); now.Sub(warned) >= time.Minute {
+				warned = now
+				s.logger.Warn("listen for other coordinators' node changes; retrying", "err", err)
+			}
+		}
+		err := f.feed.ListenNodes(s.ctx, f.resync, f.applyNodeChange, failed)
 		if err != nil && !errors.Is(err, context.Canceled) {
 			s.logger.Error("listen for node changes", "err", err)
 		}

@@ -50,7 +50,7 @@ func newOrigin() string {
 func (s *Store) SharedNodes() bool { return s.pgcfg != nil }
 
 // ListenNodes implements coordinator.NodeFeed.
-func (s *Store) ListenNodes(ctx context.Context, resync func(ctx context.Context), changed func(ctx context.Context, id wire.NodeID)) error {
+func (s *Store) ListenNodes(ctx context.Context, resync func(ctx context.Context), changed func(ctx context.Context, id wire.NodeID), failed func(error)) error {
 	if s.pgcfg == nil {
 		return errNoFeed
 	}
@@ -59,7 +59,9 @@ func (s *Store) ListenNodes(ctx context.Context, resync func(ctx context.Context
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		_ = err // the connection failed or broke: connect again
+		if failed != nil && err != nil {
+			failed(err) // the connection failed or broke: connect again
+		}
 		t := time.NewTimer(feedRetry)
 		select {
 		case <-ctx.Done():

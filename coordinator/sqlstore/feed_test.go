@@ -1,8 +1,14 @@
 package sqlstore
 
 import (
+	"context"
+	"errors"
+	"net"
+	"strings"
 	"testing"
 	"time"
+
+	"beam.dev/beam/wire"
 )
 
 // TestHeartbeat: a node streaming from one store's coordinator is online
@@ -55,5 +61,48 @@ func TestHeartbeat(t *testing.T) {
 	var beats int
 	if err := b.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM coordinator_beats`).Scan(&beats); err != nil || beats != 2 {
 		t.Errorf("%d heartbeats kept (%v), want 2", beats, err)
+	}
+}
+
+// TestListenNodesReportsFailures: a listener that cannot connect says why
+// each time before it tries again, instead of retrying in silence.
+func TestListenNodesReportsFailures(t *testing.T) {
+	s := openStore(t, pg.NewSchema(t))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	cfg := s.pgcfg.Copy()
+	cfg.Host, cfg.Port, cfg.Fallbacks = "127.0.0.1", uint16(port), nil
+	orig := s.pgcfg
+	s.pgcfg = cfg // the listener's own connection only
+	t.Cleanup(func() { s.pgcfg = orig })
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	errs := make(chan error, 10)
+	done := make(chan error, 1)
+	go func() {
+		done <- s.ListenNodes(ctx, func(context.Context) {}, func(context.Context, wire.NodeID) {}, func(err error) {
+			select {
+			case errs <- err:
+			default:
+			}
+		})
+	}()
+	for i := range 2 {
+		select {
+		case err := <-errs:
+			if !strings.Contains(err.Error(), "connect listener") {
+				t.Errorf("failure %d = %v, want the listener's connect error", i, err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("failure %d never reported", i)
+		}
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("ListenNodes = %v, want context.Canceled", err)
 	}
 }
