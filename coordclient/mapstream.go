@@ -12,11 +12,12 @@ import (
 	"beam.dev/beam/wire"
 )
 
-// RunResponses is Run for programs that hold many streams at once (load
-// generators such as coordinator/scalebench): it hands onResponse (never
-// concurrently) each decoded MapResponse as it arrives (a message split
-// across frames once, joined), keepalives included, instead of building a netmap per message, so a caller can keep
-// only what it needs. first is true for the full map that starts every
+// RunResponses is the stream under Run, for programs that hold many
+// streams at once (load generators such as coordinator/scalebench): it
+// hands onResponse (never concurrently) each decoded MapResponse as it
+// arrives (a message split across frames once, joined), keepalives
+// included, instead of building a netmap per message, so a caller can
+// keep only what it needs. first is true for the full map that starts every
 // stream. Reconnects (capped exponential backoff with jitter), the dead
 // stream timeout, endpoint updates (SetEndpoints), OnConnState and the
 // errors returned are those of Run.

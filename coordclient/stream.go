@@ -8,8 +8,6 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"strconv"
-	"sync"
 	"time"
 
 	"beam.dev/beam/types/key"
@@ -58,8 +56,9 @@ func isTerminal(err error) bool {
 }
 
 // Run streams the node's netmap: it calls onNetMap (never concurrently)
-// with each new netmap, which the callback may keep but must not modify, built from the full map that starts every stream
-// and the deltas after it. While the coordinator is unreachable it
+// with each new netmap, which the callback may keep but must not modify,
+// built from the full map that starts every stream and the deltas after
+// it. While the coordinator is unreachable it
 // reconnects with capped exponential backoff and jitter; the caller keeps
 // using the last netmap meanwhile. A stream that sends nothing for twice
 // the coordinator's keepalive interval is considered dead. Run also sends
@@ -68,111 +67,21 @@ func isTerminal(err error) bool {
 // Run returns nil when ctx is done, or an error matching ErrNodeRemoved,
 // ErrNodeExpired or ErrNodeNotRegistered when the node cannot stream.
 func (c *Client) Run(ctx context.Context, onNetMap func(*wire.NetMap)) error {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	defer cancel()
-	wg.Go(func() { c.endpointLoop(ctx) })
-
-	var bo backoff
-	for {
-		got, err := c.streamOnce(ctx, onNetMap)
-		if c.onConn != nil {
-			c.onConn(false)
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		if isTerminal(err) {
-			c.logger.Info("map stream ended for good", "err", err)
-			return err
-		}
-		if got {
-			bo.reset()
-		}
-		d := bo.next()
-		c.logger.Info("map stream lost; reconnecting", "err", err, "in", d.Round(time.Millisecond))
-		if !wait(ctx, d) {
-			return nil
-		}
-	}
-}
-
-// streamOnce runs one map stream. It reports whether it received a full map.
-func (c *Client) streamOnce(ctx context.Context, onNetMap func(*wire.NetMap)) (bool, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	resp, box, err := c.post(ctx, wire.PathMap, func(now time.Time) any {
-		req, _ := c.mapRequest(now, true)
-		return req
-	})
-	if err != nil {
-		return false, fmt.Errorf("coordclient: open map stream: %w", err)
-	}
-	defer resp.Body.Close()
-
-	ka := defaultKeepAlive
-	if ms, err := strconv.ParseInt(resp.Header.Get(wire.HeaderKeepAlive), 10, 64); err == nil && ms > 0 {
-		ka = time.Duration(ms) * time.Millisecond
-	}
-	dead := 2 * ka
-	var silent bool
-	var silentMu sync.Mutex
-	timer := time.AfterFunc(dead, func() {
-		silentMu.Lock()
-		silent = true
-		silentMu.Unlock()
-		cancel()
-	})
-	defer timer.Stop()
-
 	var nm *wire.NetMap
-	got := false
-	var joined *wire.MapResponse // a message split across frames, so far
-	joinedFrames := 0
-	for {
-		mr, err := readFrame(resp.Body, box)
-		if err == nil && (joined != nil || mr.More) {
-			mr, err = join(&joined, &joinedFrames, mr)
-		}
-		if err != nil {
-			silentMu.Lock()
-			wasSilent := silent
-			silentMu.Unlock()
-			switch {
-			case wasSilent:
-				return got, fmt.Errorf("coordclient: map stream silent for %v", dead)
-			case errors.Is(err, io.EOF):
-				if t := resp.Trailer.Get(wire.TrailerError); t != "" {
-					return got, fmt.Errorf("coordclient: map stream: %w", errorFromTrailer(t))
-				}
-				return got, fmt.Errorf("coordclient: map stream ended: %w", err)
-			case errors.Is(err, ErrBadResponse):
-				return got, fmt.Errorf("coordclient: map stream: %w", err)
-			}
-			return got, fmt.Errorf("%w: map stream: %w", ErrUnreachable, err)
-		}
-		timer.Reset(dead)
-		if mr == nil {
-			continue // more of the message follows
-		}
+	return c.RunResponses(ctx, func(mr *wire.MapResponse, first bool) {
 		now := c.now()
-		if !got {
+		if first {
 			// Every stream starts with a full map: rebuild from scratch so
 			// nothing of an earlier stream lingers.
 			nm = (*wire.NetMap)(nil).Apply(mr, now)
-			got = true
-			if c.onConn != nil {
-				c.onConn(true)
-			}
 		} else {
 			nm = nm.Apply(mr, now)
 			if isKeepAlive(mr) {
-				continue
+				return
 			}
 		}
 		onNetMap(nm)
-	}
+	})
 }
 
 // join adds the frame mr to the split message *joined. It returns the
