@@ -76,6 +76,7 @@ import (
 
 	"beam.dev/beam/netstack/internal/disco"
 	"beam.dev/beam/netstack/internal/inflight"
+	"beam.dev/beam/netstack/internal/udpoffload"
 	"beam.dev/beam/netstack/internal/udprelay"
 	"beam.dev/beam/types/key"
 	"golang.org/x/net/ipv4"
@@ -285,8 +286,8 @@ type udpSocket struct {
 
 func newUDPSocket(c *net.UDPConn, pc batchConn) *udpSocket {
 	s := &udpSocket{conn: c, pc: pc}
-	s.gso.Store(supportsGSO(c))
-	s.gro = enableGRO(c)
+	s.gso.Store(udpoffload.SupportsGSO(c))
+	s.gro = udpoffload.EnableGRO(c)
 	return s
 }
 
@@ -334,7 +335,7 @@ func New(opts Options) (*Bind, error) {
 		sb := &sendBatch{msgs: make([]ipv6.Message, batchSize)}
 		for i := range sb.msgs {
 			sb.msgs[i].Buffers = make(net.Buffers, 0, maxGSOSegments)
-			sb.msgs[i].OOB = make([]byte, 0, gsoControlSize)
+			sb.msgs[i].OOB = make([]byte, 0, udpoffload.GSOControlSize)
 		}
 		return sb
 	}
@@ -1351,7 +1352,7 @@ func (b *Bind) writeUDP(bufs [][]byte, dst netip.AddrPort) error {
 	sb.ua.Port = int(dst.Port())
 	gso := s.gso.Load() && len(bufs) > 1
 	err := b.writeBatch(s, sb, bufs, gso)
-	if err != nil && gso && gsoFailed(err) {
+	if err != nil && gso && udpoffload.GSOFailed(err) {
 		s.gso.Store(false)
 		b.log.Info("UDP segmentation offload unavailable; sending datagrams one by one", "err", err)
 		err = b.writeBatch(s, sb, bufs, false)
@@ -1394,7 +1395,7 @@ func (b *Bind) writeBatch(s *udpSocket, sb *sendBatch, bufs [][]byte, gso bool) 
 			}
 		}
 		if len(msg.Buffers) > 1 {
-			msg.OOB = putGSOSize(msg.OOB[:cap(msg.OOB)], uint16(size))
+			msg.OOB = udpoffload.PutGSOSize(msg.OOB[:cap(msg.OOB)], uint16(size))
 		}
 	}
 	msgs := sb.msgs[:m]

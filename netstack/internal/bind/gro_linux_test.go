@@ -2,7 +2,6 @@ package bind
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"log/slog"
 	"net"
@@ -14,77 +13,10 @@ import (
 	"time"
 
 	"beam.dev/beam/netstack/internal/disco"
+	"beam.dev/beam/netstack/internal/udpoffload"
 	"beam.dev/beam/types/key"
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 )
-
-// cmsg builds one control message as the kernel lays it out, padded to
-// its aligned space.
-func cmsg(level, typ int32, data []byte) []byte {
-	b := make([]byte, unix.CmsgSpace(len(data)))
-	h := (*unix.Cmsghdr)(unsafePointer(&b[0]))
-	h.Level, h.Type = level, typ
-	h.SetLen(unix.CmsgLen(len(data)))
-	copy(b[unix.CmsgLen(0):], data)
-	return b
-}
-
-func int32Bytes(v int32) []byte {
-	return binary.NativeEndian.AppendUint32(nil, uint32(v))
-}
-
-func TestGROSegmentSize(t *testing.T) {
-	gro := func(data []byte) []byte { return cmsg(unix.SOL_UDP, unix.UDP_GRO, data) }
-	badLen := func(l int) []byte {
-		b := gro(int32Bytes(1312))
-		(*unix.Cmsghdr)(unsafePointer(&b[0])).SetLen(l)
-		return b
-	}
-	for _, tc := range []struct {
-		name string
-		oob  []byte
-		want int
-	}{
-		{"none", nil, 0},
-		{"int, as the kernel writes it", gro(int32Bytes(1312)), 1312},
-		{"two bytes", gro(binary.NativeEndian.AppendUint16(nil, 1312)), 1312},
-		{"one byte", gro([]byte{7}), 0},
-		{"no data", gro(nil), 0},
-		{"negative", gro(int32Bytes(-1)), 0},
-		{"after another message", append(cmsg(unix.SOL_IP, unix.IP_TOS, []byte{0x10}), gro(int32Bytes(1200))...), 1200},
-		{"other message only", cmsg(unix.SOL_IP, unix.IP_TOS, []byte{0x10}), 0},
-		{"UDP_SEGMENT is not UDP_GRO", cmsg(unix.SOL_UDP, unix.UDP_SEGMENT, int32Bytes(1312)), 0},
-		{"GRO type at another level", cmsg(unix.SOL_IP, unix.UDP_GRO, int32Bytes(1312)), 0},
-		{"header cut short", gro(int32Bytes(1312))[:unix.SizeofCmsghdr-1], 0},
-		{"data cut off", gro(int32Bytes(1312))[:unix.SizeofCmsghdr+2], 0},
-		{"length below header", badLen(3), 0},
-		{"length zero", badLen(0), 0},
-		{"length past buffer", badLen(1 << 20), 0},
-		{"length huge", badLen(-1), 0}, // all ones
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			if got := groSegmentSize(tc.oob); got != tc.want {
-				t.Errorf("groSegmentSize = %d, want %d", got, tc.want)
-			}
-		})
-	}
-}
-
-// FuzzGROSegmentSize checks that control data from the kernel, however
-// mangled, never panics the parser or yields a negative size.
-func FuzzGROSegmentSize(f *testing.F) {
-	f.Add([]byte{})                                                   // no control data
-	f.Add(cmsg(unix.SOL_UDP, unix.UDP_GRO, int32Bytes(1312)))         // well formed
-	f.Add(cmsg(unix.SOL_UDP, unix.UDP_GRO, []byte{1}))                // short data
-	f.Add(append(cmsg(unix.SOL_IP, unix.IP_TOS, []byte{1}), 1, 2, 3)) // trailing junk
-	f.Add(cmsg(unix.SOL_UDP, unix.UDP_GRO, int32Bytes(1312))[:10])    // cut header
-	f.Fuzz(func(t *testing.T, oob []byte) {
-		if got := groSegmentSize(oob); got < 0 {
-			t.Fatalf("negative segment size %d", got)
-		}
-	})
-}
 
 // sendGSO sends segs from c to dst in one UDP_SEGMENT message: all but
 // the last must have the same size.
@@ -94,7 +26,7 @@ func sendGSO(t *testing.T, c *net.UDPConn, dst netip.AddrPort, segs ...[]byte) {
 	for _, s := range segs {
 		msg = append(msg, s...)
 	}
-	oob := putGSOSize(make([]byte, gsoControlSize), uint16(len(segs[0])))
+	oob := udpoffload.PutGSOSize(make([]byte, udpoffload.GSOControlSize), uint16(len(segs[0])))
 	if _, _, err := c.WriteMsgUDPAddrPort(msg, oob, dst); err != nil {
 		t.Fatalf("send with UDP_SEGMENT: %v", err)
 	}
@@ -133,7 +65,7 @@ func TestBatchReceiverGRO(t *testing.T) {
 			rc := listenLoopback(t)
 			s := &udpSocket{conn: rc}
 			if gro {
-				if s.gro = enableGRO(rc); !s.gro {
+				if s.gro = udpoffload.EnableGRO(rc); !s.gro {
 					t.Fatal("kernel refused UDP_GRO on a loopback socket")
 				}
 			}
@@ -187,7 +119,7 @@ func TestBatchReceiverGRO(t *testing.T) {
 // before Close are not handed out after it.
 func TestBatchReceiverGROClose(t *testing.T) {
 	rc := listenLoopback(t)
-	s := &udpSocket{conn: rc, gro: enableGRO(rc)}
+	s := &udpSocket{conn: rc, gro: udpoffload.EnableGRO(rc)}
 	if !s.gro {
 		t.Fatal("kernel refused UDP_GRO on a loopback socket")
 	}

@@ -8,6 +8,7 @@ import (
 	"syscall"
 	"unsafe"
 
+	"beam.dev/beam/netstack/internal/udpoffload"
 	"golang.org/x/sys/unix"
 )
 
@@ -45,7 +46,7 @@ type batchReceiver struct {
 
 	// UDP_GRO state; gro is false when the kernel refused it.
 	gro   bool
-	oob   []byte // groControlSize bytes per message
+	oob   []byte // udpoffload.GROControlSize bytes per message
 	split groSplitter
 	// tooBig counts the datagrams of the last read that did not fit the
 	// caller's buffer after splitting, tooBigLen the size of the last.
@@ -78,7 +79,7 @@ func newBatchReceiver(s *udpSocket, size int) (*batchReceiver, error) {
 		gro:    s.gro,
 	}
 	if r.gro {
-		r.oob = make([]byte, msgs*groControlSize)
+		r.oob = make([]byte, msgs*udpoffload.GROControlSize)
 		r.split.bufs = make([][]byte, msgs)
 		for i := range r.split.bufs {
 			r.split.bufs[i] = make([]byte, groStageSize)
@@ -139,17 +140,17 @@ func (r *batchReceiver) read(bufs [][]byte) (int, error) {
 		return got, err
 	}
 	if !r.split.pending() {
-		got, err := r.recv(r.split.bufs, groControlSize)
+		got, err := r.recv(r.split.bufs, udpoffload.GROControlSize)
 		if err != nil {
 			return 0, err
 		}
 		r.split.reset(got)
 		for i := 0; i < got; i++ {
 			h := &r.hdrs[i]
-			oob := r.oob[i*groControlSize:][:min(int(h.hdr.Controllen), groControlSize)]
+			oob := r.oob[i*udpoffload.GROControlSize:][:min(int(h.hdr.Controllen), udpoffload.GROControlSize)]
 			r.split.msgs[i] = groMsg{
 				n:   int(h.n),
-				seg: groSegmentSize(oob),
+				seg: udpoffload.GROSegmentSize(oob),
 				src: sockaddrToAddrPort(&r.names[i]),
 			}
 		}

@@ -44,6 +44,7 @@ import (
 	"time"
 
 	"beam.dev/beam/netstack/internal/disco"
+	"beam.dev/beam/netstack/internal/udpoffload"
 	"beam.dev/beam/types/key"
 	"golang.org/x/time/rate"
 )
@@ -349,10 +350,10 @@ func (s *Server) Serve(conn *net.UDPConn) error {
 		close(done)
 		wg.Wait()
 	}()
-	gro := enableGRO(conn)
-	w := &writer{conn: conn, gso: supportsGSO(conn), oob: make([]byte, oobSize)}
+	gro := udpoffload.EnableGRO(conn)
+	w := &writer{conn: conn, gso: udpoffload.SupportsGSO(conn), oob: make([]byte, udpoffload.GROControlSize)}
 	buf := make([]byte, maxPacket)
-	oob := make([]byte, oobSize)
+	oob := make([]byte, udpoffload.GROControlSize)
 	for {
 		n, oobn, _, src, err := conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
@@ -365,7 +366,7 @@ func (s *Server) Serve(conn *net.UDPConn) error {
 		}
 		seg := n
 		if gro {
-			if g := groSegmentSize(oob[:oobn]); g > 0 && g < n {
+			if g := udpoffload.GROSegmentSize(oob[:oobn]); g > 0 && g < n {
 				seg = g
 			}
 		}
@@ -408,8 +409,8 @@ func (w *writer) send(b []byte, seg int, dst netip.AddrPort) error {
 		}
 		return nil
 	}
-	_, _, err := w.conn.WriteMsgUDPAddrPort(b, gsoControl(w.oob, seg), dst)
-	if err != nil && gsoFailed(err) {
+	_, _, err := w.conn.WriteMsgUDPAddrPort(b, udpoffload.PutGSOSize(w.oob[:cap(w.oob)], uint16(seg)), dst)
+	if err != nil && udpoffload.GSOFailed(err) {
 		w.gso = false
 		return w.send(b, seg, dst)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"beam.dev/beam/derp"
 	"beam.dev/beam/netstack/internal/disco"
+	"beam.dev/beam/netstack/internal/udpoffload"
 	"beam.dev/beam/types/key"
 )
 
@@ -211,7 +212,7 @@ func TestForwardBatch(t *testing.T) {
 		pkt = append(pkt, bytes.Repeat([]byte{byte(i)}, size-HeaderLen)...)
 		batch = append(batch, pkt...)
 	}
-	w := &writer{conn: a.conn, gso: supportsGSO(a.conn), oob: make([]byte, oobSize)}
+	w := &writer{conn: a.conn, gso: udpoffload.SupportsGSO(a.conn), oob: make([]byte, udpoffload.GROControlSize)}
 	if err := w.send(batch, size, s.addr); err != nil {
 		t.Fatal(err)
 	}
