@@ -34,9 +34,8 @@ func rssMiB(t testing.TB, pid int) float64 {
 const maxDaemonIdleRSSMiB = 40
 
 // daemonIdleRSS starts three real daemons, has one of them ping both
-// others, waits until it reaches them over direct paths (handshakes
-// done), and returns
-// that daemon's resident memory in MiB.
+// others until it reaches them over direct paths (handshakes done), and
+// returns that daemon's resident memory in MiB.
 func daemonIdleRSS(tb testing.TB) float64 {
 	c := newClusterTB(tb)
 	key := strings.TrimSpace(c.mustBeam("admin", "authkey", "create", "--coordinator", c.url, "--reusable"))
@@ -46,18 +45,19 @@ func daemonIdleRSS(tb testing.TB) float64 {
 		d.mustUp("--authkey", key)
 		devs = append(devs, d)
 	}
-	// Peers join WireGuard on traffic: ping each once, so the idle daemon
-	// holds two live sessions, then wait for both paths to be direct.
-	for _, d := range devs[1:] {
-		c.mustBeam(devs[0].args("ping", d.name, "-c", "1")...)
-	}
+	// Peers join WireGuard on traffic: ping each peer alpha lists and has
+	// no direct path to yet, so the idle daemon holds two live sessions,
+	// until both paths are direct. A peer that joined a moment ago may
+	// not be listed at first, and a ping may time out on a path still
+	// forming; the next round pings again.
 	waitFor(c.t, 30*time.Second, "alpha on direct paths to two peers", func() bool {
-		st := devs[0].status()
 		direct := 0
-		for _, p := range st.Peers {
+		for _, p := range devs[0].status().Peers {
 			if p.Path == "direct" {
 				direct++
+				continue
 			}
+			c.beam(nil, devs[0].args("ping", p.Name, "-c", "1")...)
 		}
 		return direct == 2
 	})
