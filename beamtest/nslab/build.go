@@ -3,10 +3,13 @@ package nslab
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -29,8 +32,9 @@ type buildEntry struct {
 // with "go build" and returns the path of the executable. Each package is
 // built once per test process; later calls, also from parallel tests, return
 // the same path. The executables live in one temporary directory per test
-// process, which is not removed (the operating system's temporary-file
-// cleanup takes care of it).
+// process, named for its PID: a test process cannot remove it as it exits
+// (nothing runs then), so each test process that builds removes the
+// directories of test processes that have ended.
 func BuildBinary(t testing.TB, pkg string) string {
 	t.Helper()
 	builds.Lock()
@@ -50,10 +54,30 @@ func BuildBinary(t testing.TB, pkg string) string {
 	return e.path
 }
 
+// buildDirPrefix starts the name of each test process's build directory,
+// followed by its PID and a dash.
+const buildDirPrefix = "nslab-bin-"
+
+// removeEndedBuilds removes the build directories of test processes that
+// have ended. Each built a few binaries of tens of MiB, and ten thousand
+// test runs would otherwise fill the temporary directory.
+func removeEndedBuilds() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), buildDirPrefix+"*-*"))
+	for _, d := range dirs {
+		pidStr, _, ok := strings.Cut(strings.TrimPrefix(filepath.Base(d), buildDirPrefix), "-")
+		pid, err := strconv.Atoi(pidStr)
+		if !ok || err != nil || pid == os.Getpid() || processRuns(pid) {
+			continue
+		}
+		os.RemoveAll(d)
+	}
+}
+
 func build(pkg string) (string, string) {
 	builds.Lock()
 	if builds.dir == "" {
-		dir, err := os.MkdirTemp("", "nslab-bin-")
+		removeEndedBuilds()
+		dir, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", buildDirPrefix, os.Getpid()))
 		if err != nil {
 			builds.Unlock()
 			return "", err.Error()

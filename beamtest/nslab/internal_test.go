@@ -1,7 +1,11 @@
 package nslab
 
 import (
+	"fmt"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -122,5 +126,36 @@ func TestAddressPlan6(t *testing.T) {
 	}
 	if got := publicAddr6(netip.MustParseAddr("203.0.113.254")); got.String() != "2001:db8::254" {
 		t.Errorf("publicAddr6(203.0.113.254) = %v, want 2001:db8::254", got)
+	}
+}
+
+// TestRemoveEndedBuilds: the build directory of a test process that ended
+// is removed; those of running processes (this one, PID 1) stay.
+func TestRemoveEndedBuilds(t *testing.T) {
+	cmd := exec.Command("true")
+	if err := cmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	ended := cmd.ProcessState.Pid()
+	mk := func(pid int) string {
+		d, err := os.MkdirTemp("", fmt.Sprintf("%s%d-", buildDirPrefix, pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(d) })
+		if err := os.WriteFile(filepath.Join(d, "beam"), []byte("binary"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	gone, mine, initd := mk(ended), mk(os.Getpid()), mk(1)
+	removeEndedBuilds()
+	if _, err := os.Stat(gone); !os.IsNotExist(err) {
+		t.Errorf("build directory of ended process %d: %v, want removed", ended, err)
+	}
+	for _, d := range []string{mine, initd} {
+		if _, err := os.Stat(filepath.Join(d, "beam")); err != nil {
+			t.Errorf("build directory of a running process: %v, want kept", err)
+		}
 	}
 }
