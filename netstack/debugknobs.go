@@ -31,8 +31,10 @@ func debugInflight() (int, bool) {
 	return n, err == nil && n >= 0
 }
 
-// debugEagerPeers reports whether BEAM_DEBUG_EAGER_PEERS is set to a true
-// value: every peer is then configured in wireguard-go as soon as it is
-// in the config, and stays there, instead of only peers with recent
-// traffic (see peers.go), so the two can be compared.
-func debugEagerPeers() bool { return envBool("BEAM_DEBUG_EAGER_PEERS") }
+// debugLazyPeers reports whether BEAM_DEBUG_LAZY_PEERS is set to a true
+// value: only peers with recent traffic are then configured in
+// wireguard-go (see peers.go), instead of every peer as soon as it is in
+// the config. Lazy peers are off by default: a first handshake from a
+// source address the bind cannot tie to an asleep peer is dropped, and a
+// first connection then waits for retries (seen in loaded test runs).
+func debugLazyPeers() bool { return envBool("BEAM_DEBUG_LAZY_PEERS") }

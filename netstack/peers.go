@@ -94,8 +94,8 @@ type peerTable struct {
 	byKey map[key.NodePublic]*enginePeer
 	// idleAfter is peerIdleAfter; tests shorten it.
 	idleAfter time.Duration
-	// eager puts every peer in wireguard-go at once (debug knob
-	// BEAM_DEBUG_EAGER_PEERS).
+	// eager puts every peer in wireguard-go at once: the default, unless
+	// the debug knob BEAM_DEBUG_LAZY_PEERS turns lazy peers on.
 	eager bool
 }
 
@@ -128,7 +128,7 @@ func (ps *peerTable) init() {
 	ps.byKey = make(map[key.NodePublic]*enginePeer)
 	ps.removed.L = &ps.mu
 	ps.idleAfter = peerIdleAfter
-	ps.eager = debugEagerPeers()
+	ps.eager = !debugLazyPeers()
 }
 
 // UpdatePeers changes the named peers and leaves every other part of the

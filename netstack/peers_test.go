@@ -32,6 +32,7 @@ func (e *Engine) devicePeers(tb testing.TB) int {
 // initiation a sends, accepted the first time), and the other peers stay
 // out.
 func TestLazyPeers(t *testing.T) {
+	t.Setenv("BEAM_DEBUG_LAZY_PEERS", "1")
 	nodes := newNodes(t, 2, nil)
 	a, b := nodes[0], nodes[1]
 	// Many more peers a never talks to.
@@ -79,6 +80,7 @@ func TestLazyPeers(t *testing.T) {
 // the next packet of a flow opened before. The flow is UDP, so nothing
 // flows between the exchanges (TCP may still send an ACK).
 func TestLazyPeerIdle(t *testing.T) {
+	t.Setenv("BEAM_DEBUG_LAZY_PEERS", "1")
 	nodes := newNodes(t, 2, nil)
 	a, b := nodes[0], nodes[1]
 	pc, err := b.e.ListenPacket("udp", ":7")
@@ -184,10 +186,10 @@ func TestUpdatePeers(t *testing.T) {
 	checkTCPEcho(t, t.Context(), a, netip.AddrPortFrom(b.v4, 7).String())
 }
 
-// TestDebugEagerPeers checks BEAM_DEBUG_EAGER_PEERS: every peer is in
-// wireguard-go as soon as it is in the config.
-func TestDebugEagerPeers(t *testing.T) {
-	t.Setenv("BEAM_DEBUG_EAGER_PEERS", "1")
+// TestEagerPeersByDefault: without BEAM_DEBUG_LAZY_PEERS every peer is
+// in wireguard-go as soon as it is in the config.
+func TestEagerPeersByDefault(t *testing.T) {
+	t.Setenv("BEAM_DEBUG_LAZY_PEERS", "")
 	n := newNodes(t, 1, nil)[0]
 	cfg := n.cfg
 	cfg.Peers = benchPeers(20)
@@ -207,6 +209,7 @@ func TestDebugEagerPeers(t *testing.T) {
 // the receive goroutine meanwhile waits for the removal and adds the peer
 // too. Before, the TUN reader waited for the removal: a deadlock.
 func TestLazyPeerTrimRacesWake(t *testing.T) {
+	t.Setenv("BEAM_DEBUG_LAZY_PEERS", "1")
 	nodes := newNodes(t, 2, nil)
 	a, b := nodes[0], nodes[1]
 	bk := b.key.Public()
@@ -282,6 +285,7 @@ func TestLazyPeerTrimRacesWake(t *testing.T) {
 // asleep count matches. A wake that ran after a trim began leaves the
 // peer awake.
 func TestLazyPeerTrimStress(t *testing.T) {
+	t.Setenv("BEAM_DEBUG_LAZY_PEERS", "1")
 	nodes := newNodes(t, 2, nil)
 	a, b := nodes[0], nodes[1]
 	bk := b.key.Public()

@@ -107,6 +107,7 @@ func TestRestartedPeerResets(t *testing.T) {
 // connections were idle long enough for b to leave a's wireguard-go
 // (peers.go): the probes wake it.
 func TestRestartedPeerResetsReader(t *testing.T) {
+	t.Setenv("BEAM_DEBUG_LAZY_PEERS", "1") // "asleep" needs lazy peers
 	for _, asleep := range []bool{false, true} {
 		name := "awake"
 		if asleep {

@@ -21,6 +21,7 @@ import (
 // A peer with no traffic (c: asleep, not configured in wireguard-go) is
 // listed too, with zero counters.
 func TestUAPIWithWgctrl(t *testing.T) {
+	t.Setenv("BEAM_DEBUG_LAZY_PEERS", "1") // lists an asleep peer too
 	nodes := newNodes(t, 3, nil)
 	a, b, c := nodes[0], nodes[1], nodes[2]
 	const dir = "/var/run/wireguard"
