@@ -402,14 +402,9 @@ func (b *Bind) handleDisco(src netip.AddrPort, region int, relaySrc key.NodePubl
 			}
 		}
 	case *disco.Pong:
-		b.disco.mu.Lock()
-		pp := b.disco.pending[m.TxID]
-		if pp != nil && pp.p == p && pp.sock == sock && pp.via == nil && (pp.dst == src || (region != 0 && !pp.dst.IsValid())) {
-			delete(b.disco.pending, m.TxID)
-		} else {
-			pp = nil
-		}
-		b.disco.mu.Unlock()
+		pp := b.takePending(m.TxID, func(pp *pendingPing) bool {
+			return pp.p == p && pp.sock == sock && pp.via == nil && (pp.dst == src || (region != 0 && !pp.dst.IsValid()))
+		})
 		if pp == nil {
 			return
 		}
@@ -679,4 +674,18 @@ func (b *Bind) pingRound(p *peer, res chan PingResult) error {
 		b.ping(p, dp, netip.AddrPort{}, region, res)
 	}
 	return nil
+}
+
+// takePending removes and returns the ping a pong with tx answers, if
+// there is one and match accepts it (the pong came the way the ping
+// went); else it returns nil and leaves the ping waiting.
+func (b *Bind) takePending(tx [12]byte, match func(*pendingPing) bool) *pendingPing {
+	b.disco.mu.Lock()
+	defer b.disco.mu.Unlock()
+	pp := b.disco.pending[tx]
+	if pp == nil || !match(pp) {
+		return nil
+	}
+	delete(b.disco.pending, tx)
+	return pp
 }

@@ -590,14 +590,7 @@ func (b *Bind) handleSessionDisco(s *prSession, pkt []byte, now int64) {
 			b.pingBackSession(s, now)
 		}
 	case *disco.Pong:
-		b.disco.mu.Lock()
-		pp := b.disco.pending[m.TxID]
-		if pp != nil && pp.via == s {
-			delete(b.disco.pending, m.TxID)
-		} else {
-			pp = nil
-		}
-		b.disco.mu.Unlock()
+		pp := b.takePending(m.TxID, func(pp *pendingPing) bool { return pp.via == s })
 		if pp == nil {
 			return
 		}
