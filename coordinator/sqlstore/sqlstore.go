@@ -143,8 +143,41 @@ func (s *Store) StoreErrors() uint64 { return s.errs.Load() }
 // Close closes the database.
 func (s *Store) Close() error { return s.db.Close() }
 
+// connect returns the connection migrations run on. A SQLite file that
+// another process is creating or switching to WAL at the same moment
+// answers the connection's own pragmas with SQLITE_BUSY without waiting
+// on the busy timeout, so that answer is retried for up to connectWait.
+func (s *Store) connect(ctx context.Context) (*sql.Conn, error) {
+	deadline := time.Now().Add(connectWait)
+	delay := 5 * time.Millisecond
+	for {
+		conn, err := s.db.Conn(ctx)
+		if err == nil || s.d.name != "sqlite" || !isSQLiteBusy(err) || time.Now().After(deadline) {
+			return conn, err
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 200*time.Millisecond)
+	}
+}
+
+// connectWait bounds how long Open waits for a busy SQLite file.
+const connectWait = 10 * time.Second
+
+func isSQLiteBusy(err error) bool {
+	var se *sqlite.Error
+	if errors.As(err, &se) {
+		c := se.Code() & 0xff // the primary code of an extended one
+		return c == sqlite3.SQLITE_BUSY || c == sqlite3.SQLITE_LOCKED
+	}
+	return false
+}
+
 func (s *Store) migrate(ctx context.Context) (err error) {
-	conn, err := s.db.Conn(ctx)
+	conn, err := s.connect(ctx)
 	if err != nil {
 		return fmt.Errorf("sqlstore: connect: %w", err)
 	}
