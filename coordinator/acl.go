@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -45,6 +46,11 @@ type access struct {
 	policy atomic.Pointer[policy.Policy] // the policy in force; never nil after New
 	setMu  sync.Mutex                    // serializes policy changes
 
+	// groups is the user groups JSON the policy in force was built with
+	// (nil for none stored), so a reload from the store can tell whether
+	// anything changed. Guarded by setMu.
+	groups []byte
+
 	// nets holds the policy compiled per network. Guarded by Server.mu.
 	nets map[int64]*netACL
 	// compiles counts netACL builds, a cost measure for tests. Guarded
@@ -59,26 +65,56 @@ type access struct {
 func (s *Server) initAccessControl(ctx context.Context, opts Options) error {
 	s.access = &access{core: s, nets: make(map[int64]*netACL)}
 	s.access.audit.wake = make(chan struct{}, 1)
-	src, err := s.store.Setting(ctx, policySetting)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		s.access.policy.Store(policy.Default())
-	case err != nil:
-		return fmt.Errorf("coordinator: load policy: %w", err)
-	default:
-		p, err := policy.Parse(src)
-		if err != nil {
-			return fmt.Errorf("coordinator: stored policy does not parse: %w", err)
-		}
-		s.access.policy.Store(p)
-	}
-	groups, err := s.loadUserGroups(ctx)
+	p, groups, err := s.loadPolicy(ctx)
 	if err != nil {
 		return err
 	}
-	if len(groups) > 0 {
-		s.access.policy.Store(s.currentPolicy().WithGroupMembers(byGroup(groups)))
+	s.access.policy.Store(p)
+	s.access.groups = groups
+	return nil
+}
+
+// loadPolicy reads the stored policy and user groups and returns the
+// policy they make, and the groups' stored JSON.
+func (s *Server) loadPolicy(ctx context.Context) (*policy.Policy, []byte, error) {
+	p := policy.Default()
+	src, err := s.store.Setting(ctx, policySetting)
+	switch {
+	case errors.Is(err, ErrNotFound):
+	case err != nil:
+		return nil, nil, fmt.Errorf("coordinator: load policy: %w", err)
+	default:
+		if p, err = policy.Parse(src); err != nil {
+			return nil, nil, fmt.Errorf("coordinator: stored policy does not parse: %w", err)
+		}
 	}
+	groups, gj, err := s.loadUserGroupsJSON(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(groups) > 0 {
+		p = p.WithGroupMembers(byGroup(groups))
+	}
+	return p, gj, nil
+}
+
+// reloadPolicy puts in force the policy and user groups as the store
+// holds them, when another coordinator changed them; nothing happens if
+// they are the ones in force.
+func (s *Server) reloadPolicy(ctx context.Context) error {
+	s.access.setMu.Lock()
+	defer s.access.setMu.Unlock()
+	p, groups, err := s.loadPolicy(ctx)
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(p.Source(), s.currentPolicy().Source()) && bytes.Equal(groups, s.access.groups) {
+		return nil
+	}
+	s.access.groups = groups
+	s.applyPolicyLocked(p)
+	sum := sha256.Sum256(p.Source())
+	s.logger.Info("policy changed on another coordinator", "sha256", hex.EncodeToString(sum[:8]))
 	return nil
 }
 
@@ -155,10 +191,11 @@ func (s *Server) SetPolicy(ctx context.Context, src []byte) error {
 	if err := s.store.SetSetting(ctx, policySetting, src); err != nil {
 		return fmt.Errorf("coordinator: store policy: %w", err)
 	}
-	groups, err := s.loadUserGroups(ctx)
+	groups, gj, err := s.loadUserGroupsJSON(ctx)
 	if err != nil {
 		return err
 	}
+	s.access.groups = gj
 	s.applyPolicyLocked(p.WithGroupMembers(byGroup(groups)))
 	sum := sha256.Sum256(src)
 	s.logger.Info("policy changed", "sha256", hex.EncodeToString(sum[:8]))

@@ -149,6 +149,16 @@ func (es *edgeRoutes) setDNSSettings(ctx context.Context, d *wire.DNSSettings) e
 	if err := es.storeDNSSettings(ctx, d); err != nil {
 		return err
 	}
+	es.applyDNSLocked(d)
+	s.audit(ctx, actorAdmin, "dns.set", "dns", fmt.Sprintf("%d nameservers, %d routes, %d extra records", len(d.Nameservers), len(d.Routes), len(d.ExtraRecords)))
+	s.logger.Info("DNS settings changed", "nameservers", len(d.Nameservers), "routes", len(d.Routes), "extra_records", len(d.ExtraRecords))
+	return nil
+}
+
+// applyDNSLocked puts d in force and wakes every stream to send it.
+// es.changeMu held.
+func (es *edgeRoutes) applyDNSLocked(d *wire.DNSSettings) {
+	s := es.core
 	es.dns.Store(d)
 	es.mu.Lock()
 	es.dnsGen++
@@ -158,9 +168,38 @@ func (es *edgeRoutes) setDNSSettings(ctx context.Context, d *wire.DNSSettings) e
 		ss.poke()
 	}
 	s.mu.Unlock()
-	s.audit(ctx, actorAdmin, "dns.set", "dns", fmt.Sprintf("%d nameservers, %d routes, %d extra records", len(d.Nameservers), len(d.Routes), len(d.ExtraRecords)))
-	s.logger.Info("DNS settings changed", "nameservers", len(d.Nameservers), "routes", len(d.Routes), "extra_records", len(d.ExtraRecords))
+}
+
+// reloadDNS puts in force the DNS settings as the store holds them, when
+// another coordinator changed them; nothing happens if they are the ones
+// in force.
+func (es *edgeRoutes) reloadDNS(ctx context.Context) error {
+	es.changeMu.Lock()
+	defer es.changeMu.Unlock()
+	d := &wire.DNSSettings{}
+	b, err := es.core.store.Setting(ctx, dnsSetting)
+	switch {
+	case errors.Is(err, ErrNotFound):
+	case err != nil:
+		return fmt.Errorf("coordinator: load DNS settings: %w", err)
+	default:
+		if d, err = ParseDNSSettings(b); err != nil {
+			return fmt.Errorf("coordinator: stored DNS settings: %w", err)
+		}
+	}
+	if dnsSettingsEqual(d, es.dns.Load()) {
+		return nil
+	}
+	es.applyDNSLocked(d)
+	es.core.logger.Info("DNS settings changed on another coordinator", "nameservers", len(d.Nameservers), "routes", len(d.Routes), "extra_records", len(d.ExtraRecords))
 	return nil
+}
+
+// dnsSettingsEqual reports whether a and b say the same, an empty list
+// being the same as none.
+func dnsSettingsEqual(a, b *wire.DNSSettings) bool {
+	return slices.Equal(a.Nameservers, b.Nameservers) && slices.Equal(a.ExtraRecords, b.ExtraRecords) &&
+		maps.EqualFunc(a.Routes, b.Routes, slices.Equal)
 }
 
 func (es *edgeRoutes) storeDNSSettings(ctx context.Context, d *wire.DNSSettings) error {

@@ -221,3 +221,29 @@ func (es *edgeRoutes) listDomains() []wire.DomainStatus {
 	})
 	return out
 }
+
+// reloadDomains re-reads the custom domain claims, which another
+// coordinator changed.
+func (es *edgeRoutes) reloadDomains(ctx context.Context) error {
+	if es.domainStore == nil {
+		return nil
+	}
+	es.changeMu.Lock()
+	defer es.changeMu.Unlock()
+	ds, err := es.domainStore.Domains(ctx)
+	if err != nil {
+		return fmt.Errorf("coordinator: reload domains: %w", err)
+	}
+	es.setDomains(ds)
+	return nil
+}
+
+// setDomains replaces the claims in memory by ds. es.changeMu held.
+func (es *edgeRoutes) setDomains(ds []*Domain) {
+	es.mu.Lock()
+	defer es.mu.Unlock()
+	clear(es.domains)
+	for _, d := range ds {
+		es.domains[domainKey{d.NetworkID, d.Domain}] = d
+	}
+}

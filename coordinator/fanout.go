@@ -37,14 +37,15 @@ type NodeFeed interface {
 	// SharedNodes reports whether other coordinators may write the
 	// store's nodes; false leaves the rest of NodeFeed unused.
 	SharedNodes() bool
-	// ListenNodes calls changed with the ID of every node written
-	// (inserted, changed, deleted, gone on- or offline) through another
-	// store, until ctx is done, and returns ctx's error. It calls resync
-	// after each (re)connection of its listener, before the changes made
-	// after it; changes made while it was disconnected are not reported
-	// one by one. It calls failed with each reason its listener could not
-	// connect or broke, before it connects again.
-	ListenNodes(ctx context.Context, resync func(ctx context.Context), changed func(ctx context.Context, id wire.NodeID), failed func(error)) error
+	// ListenNodes calls changed with every write another store made:
+	// a node inserted, changed, deleted, gone on- or offline, and the
+	// other shared state Change names, until ctx is done, and returns
+	// ctx's error. It calls resync after each (re)connection of its
+	// listener, before the changes made after it; changes made while it
+	// was disconnected are not reported one by one. It calls failed with
+	// each reason its listener could not connect or broke, before it
+	// connects again.
+	ListenNodes(ctx context.Context, resync func(ctx context.Context), changed func(ctx context.Context, ch Change), failed func(error)) error
 	// NodeByID returns the node with id, and whether it streams from a
 	// coordinator on another store; ErrNotFound if there is no such node.
 	NodeByID(ctx context.Context, id wire.NodeID) (rec *NodeRecord, remoteOnline bool, err error)
@@ -66,6 +67,31 @@ type NodeFeed interface {
 	// that had its stream states dropped, which the coordinator then
 	// writes again.
 	Heartbeat(ctx context.Context) (dropped []wire.NodeID, missing bool, err error)
+}
+
+// ChangeKind is what a Change names.
+type ChangeKind int
+
+const (
+	// ChangeNode is a write to a node or its stream state; Change.ID is
+	// the node's ID.
+	ChangeNode ChangeKind = iota
+	// ChangeSetting is a write to a SettingStore value (the policy, user
+	// groups, DNS settings); Change.Name is the setting's name.
+	ChangeSetting
+	// ChangeRoute is a write to an edge route; Change.ID is its ID.
+	ChangeRoute
+	// ChangeDomain is a write to a custom domain claim; Change.Name is
+	// the domain.
+	ChangeDomain
+)
+
+// Change is one write another coordinator made to the shared store, as
+// little as names it: the listener re-reads what it names.
+type Change struct {
+	Kind ChangeKind
+	ID   int64
+	Name string
 }
 
 // heartbeatInterval is how often a coordinator sharing its store beats.
@@ -114,7 +140,7 @@ func (f *fanout) start() {
 				s.logger.Warn("listen for other coordinators' node changes; retrying", "err", err)
 			}
 		}
-		err := f.feed.ListenNodes(s.ctx, f.resync, f.applyNodeChange, failed)
+		err := f.feed.ListenNodes(s.ctx, f.resync, f.apply, failed)
 		if err != nil && !errors.Is(err, context.Canceled) {
 			s.logger.Error("listen for node changes", "err", err)
 		}
@@ -218,12 +244,51 @@ func (f *fanout) rewriteOnline() {
 	f.writeOnline(s.ctx)
 }
 
-// resync is syncNodes for the listener, which logs its error.
+// resync brings everything other coordinators share through the store
+// in line with it, after the listener (re)connected: nodes, the policy,
+// DNS settings, routes and domains. It logs its errors.
 func (f *fanout) resync(ctx context.Context) {
-	f.core.reg.mu.Lock()
-	defer f.core.reg.mu.Unlock()
-	if err := f.core.syncNodesRegLocked(ctx); err != nil {
-		f.core.logger.Warn("resync nodes from the store", "err", err)
+	s := f.core
+	s.reg.mu.Lock()
+	err := s.syncNodesRegLocked(ctx)
+	s.reg.mu.Unlock()
+	if err != nil {
+		s.logger.Warn("resync nodes from the store", "err", err)
+	}
+	if err := s.reloadPolicy(ctx); err != nil {
+		s.logger.Warn("resync the policy from the store", "err", err)
+	}
+	if err := s.edge.reloadDNS(ctx); err != nil {
+		s.logger.Warn("resync DNS settings from the store", "err", err)
+	}
+	if err := s.edge.reloadRoutes(ctx); err != nil {
+		s.logger.Warn("resync routes from the store", "err", err)
+	}
+}
+
+// apply re-reads what another coordinator changed, as ch names it, and
+// applies it to memory and the streams. It logs its errors.
+func (f *fanout) apply(ctx context.Context, ch Change) {
+	s := f.core
+	var err error
+	what := "node"
+	switch ch.Kind {
+	case ChangeNode:
+		f.applyNodeChange(ctx, wire.NodeID(ch.ID))
+	case ChangeSetting:
+		switch ch.Name {
+		case policySetting, userGroupsSetting:
+			what, err = "policy", s.reloadPolicy(ctx)
+		case dnsSetting:
+			what, err = "DNS settings", s.edge.reloadDNS(ctx)
+		}
+	case ChangeRoute:
+		what, err = "route", s.edge.reloadRoute(ctx, ch.ID)
+	case ChangeDomain:
+		what, err = "domains", s.edge.reloadDomains(ctx)
+	}
+	if err != nil && s.ctx.Err() == nil {
+		s.logger.Warn("apply another coordinator's change", "what", what, "err", err)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -243,4 +244,120 @@ func waitNodes(t *testing.T, c *coord, n int) bool {
 		<-tick.C
 	}
 	return false
+}
+
+// startCoordWith is startCoordOn with options adjusted by mod.
+func startCoordWith(t testing.TB, dsn string, priv key.MachinePrivate, mod func(*coordinator.Options)) *coord {
+	t.Helper()
+	c := &coord{t: t, dsn: dsn, priv: priv, mod: mod, addr: "127.0.0.1:0"}
+	c.start()
+	t.Cleanup(c.stop)
+	return c
+}
+
+// TestSharedState: what one coordinator changes besides nodes (the
+// policy, DNS settings, edge routes and custom domains) reaches the
+// streams and the memory of another on the same database.
+func TestSharedState(t *testing.T) {
+	pg := pgtest.New(t)
+	dsn := pg.NewDatabase(t)
+	priv := key.NewMachine()
+	mod := func(o *coordinator.Options) {
+		edgeOpts("20000-20009", "")(o)
+		o.LookupTXT = func(ctx context.Context, name string) ([]string, error) {
+			if name == coordinator.ChallengePrefix+"shop.customer.test" {
+				return []string{"any"}, nil // refused: not the token
+			}
+			return nil, errors.New("no such name")
+		}
+	}
+	ca, cb := startCoordWith(t, dsn, priv, mod), startCoordWith(t, dsn, priv, mod)
+	ak := ca.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	a, b := newNode(t, ca.URL), newNode(t, cb.URL)
+	a.register(t, ak, "alpha")
+	b.register(t, ak, "bravo")
+	edge := newNode(t, ca.URL)
+	edge.register(t, ca.authKey(t, coordinator.AuthKeyOptions{Edge: true}), "edge")
+	wb, we := watch(t, b), watch(t, edge)
+	wb.waitFor("bravo sees alpha", fanoutWait, func(nm *wire.NetMap) bool { return peerNamed(nm, "alpha") != nil })
+
+	t.Run("Policy", func(t *testing.T) {
+		start := time.Now()
+		if err := ca.Server.SetPolicy(t.Context(), []byte(`{"acls": []}`)); err != nil {
+			t.Fatal(err)
+		}
+		wb.waitFor("bravo, on the other coordinator, loses alpha under a policy that admits nothing", fanoutWait, func(nm *wire.NetMap) bool {
+			return peerNamed(nm, "alpha") == nil
+		})
+		t.Logf("policy reached the other coordinator's stream in %v", time.Since(start).Round(time.Millisecond))
+		if got, want := string(cb.Server.Policy()), `{"acls": []}`; got != want {
+			t.Errorf("policy on the other coordinator = %q, want %q", got, want)
+		}
+		allow := `{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}], "expose": [{"src": ["*"], "names": ["*"]}]}`
+		if err := ca.Server.SetPolicy(t.Context(), []byte(allow)); err != nil {
+			t.Fatal(err)
+		}
+		wb.waitFor("bravo sees alpha again", fanoutWait, func(nm *wire.NetMap) bool { return peerNamed(nm, "alpha") != nil })
+	})
+
+	t.Run("DNS", func(t *testing.T) {
+		ns := netip.MustParseAddrPort("192.0.2.53:53")
+		if err := ca.Server.SetDNSSettings(t.Context(), &wire.DNSSettings{Nameservers: []netip.AddrPort{ns}}); err != nil {
+			t.Fatal(err)
+		}
+		wb.waitFor("bravo gets the nameserver set on the other coordinator", fanoutWait, func(nm *wire.NetMap) bool {
+			return nm.DNS != nil && len(nm.DNS.Nameservers) == 1 && nm.DNS.Nameservers[0] == ns
+		})
+		if got := cb.Server.DNSSettings().Nameservers; len(got) != 1 || got[0] != ns {
+			t.Errorf("DNS nameservers on the other coordinator = %v, want [%v]", got, ns)
+		}
+	})
+
+	t.Run("Routes", func(t *testing.T) {
+		// bravo exposes through cb; the edge streams from ca.
+		resp := expose(t, b, wire.ExposeRequest{Proto: "tcp", Port: 5432})
+		host := resp.Route.Host
+		we.waitFor("the edge on the other coordinator gets bravo's route", fanoutWait, func(nm *wire.NetMap) bool {
+			return slices.ContainsFunc(nm.EdgeRoutes, func(r wire.EdgeRoute) bool { return r.Host == host && r.Proto == "tcp" })
+		})
+		if rs := ca.Server.Routes(t.Context()); len(rs) != 1 || rs[0].Host != host || rs[0].PublicPort != resp.Route.PublicPort {
+			t.Errorf("routes on the other coordinator = %+v, want %s port %d", rs, host, resp.Route.PublicPort)
+		}
+		// alpha, on ca, is given the next free edge port, not bravo's.
+		ra := expose(t, a, wire.ExposeRequest{Proto: "tcp", Port: 5432})
+		if ra.Route.PublicPort == resp.Route.PublicPort {
+			t.Errorf("alpha got bravo's edge port %d", ra.Route.PublicPort)
+		}
+		if err := ca.Server.RemoveRoutes(t.Context(), host); err != nil {
+			t.Fatal(err)
+		}
+		we.waitFor("the edge loses bravo's route, removed on its own coordinator", fanoutWait, func(nm *wire.NetMap) bool {
+			return !slices.ContainsFunc(nm.EdgeRoutes, func(r wire.EdgeRoute) bool { return r.Host == host })
+		})
+		wb.waitFor("bravo's own routes, removed on the other coordinator, are gone", fanoutWait, func(nm *wire.NetMap) bool {
+			return !slices.ContainsFunc(nm.EdgeRoutes, func(r wire.EdgeRoute) bool { return r.Host == host })
+		})
+		if rs := cb.Server.Routes(t.Context()); len(rs) != 1 || rs[0].Host != ra.Route.Host {
+			t.Errorf("routes on bravo's coordinator = %+v, want alpha's %s only", rs, ra.Route.Host)
+		}
+	})
+
+	t.Run("Domains", func(t *testing.T) {
+		st, err := ca.Server.VerifyDomain(t.Context(), "", "shop.customer.test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(fanoutWait)
+		for {
+			ds := cb.Server.Domains(t.Context())
+			if len(ds) == 1 && ds[0].Token == st.Token {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("domains on the other coordinator = %+v, want the claim on shop.customer.test with token %s", ds, st.Token)
+			}
+			tick := time.NewTimer(20 * time.Millisecond)
+			<-tick.C
+		}
+	})
 }

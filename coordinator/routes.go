@@ -679,3 +679,141 @@ func (es *edgeRoutes) wireRouteLocked(r *memRoute) (wire.EdgeRoute, bool) {
 		Options:      r.Options.Clone(),
 	}, true
 }
+
+// RouteFeed is what a store shared by several coordinators adds for
+// routes: reading one route another coordinator wrote (see Change).
+// sqlstore's Store implements it.
+type RouteFeed interface {
+	// RouteByID returns the route with id, or ErrNotFound.
+	RouteByID(ctx context.Context, id int64) (*Route, error)
+}
+
+// reloadRoute re-reads the route id, which another coordinator wrote,
+// and brings memory and the streams in line with it.
+func (es *edgeRoutes) reloadRoute(ctx context.Context, id int64) error {
+	rf, ok := es.routeStore.(RouteFeed)
+	if !ok {
+		return es.reloadRoutes(ctx)
+	}
+	es.changeMu.Lock()
+	defer es.changeMu.Unlock()
+	r, err := rf.RouteByID(ctx, id)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("coordinator: read changed route: %w", err)
+	}
+	s := es.core
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var nr *memRoute
+	if r != nil {
+		nr = es.memRouteLocked(r, nil)
+	}
+	es.applyRouteLocked(id, nr)
+	return nil
+}
+
+// reloadRoutes re-reads every route and brings memory and the streams in
+// line with them, after the listener for other coordinators' changes
+// (re)connected.
+func (es *edgeRoutes) reloadRoutes(ctx context.Context) error {
+	if es.routeStore == nil {
+		return nil
+	}
+	es.changeMu.Lock()
+	defer es.changeMu.Unlock()
+	routes, err := es.routeStore.Routes(ctx)
+	if err != nil {
+		return fmt.Errorf("coordinator: reload routes: %w", err)
+	}
+	domains, err := es.domainStore.Domains(ctx)
+	if err != nil {
+		return fmt.Errorf("coordinator: reload domains: %w", err)
+	}
+	s := es.core
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	byID := make(map[wire.NodeID]key.NodePublic, len(s.nodes))
+	for k, e := range s.nodes {
+		byID[e.rec.Node.ID] = k
+	}
+	inStore := make(map[int64]bool, len(routes))
+	for _, r := range routes {
+		inStore[r.ID] = true
+		es.applyRouteLocked(r.ID, es.memRouteLocked(r, byID))
+	}
+	es.mu.Lock()
+	var gone []int64
+	for id := range es.routes {
+		if !inStore[id] {
+			gone = append(gone, id)
+		}
+	}
+	es.mu.Unlock()
+	for _, id := range gone {
+		es.applyRouteLocked(id, nil)
+	}
+	es.setDomains(domains)
+	return nil
+}
+
+// memRouteLocked returns r with its node's key, or nil if this
+// coordinator does not know the node or its key expired. byID, if not
+// nil, maps node IDs to keys. Server.mu held.
+func (es *edgeRoutes) memRouteLocked(r *Route, byID map[wire.NodeID]key.NodePublic) *memRoute {
+	s := es.core
+	var e *nodeEntry
+	if byID != nil {
+		e = s.nodes[byID[r.NodeID]]
+	} else {
+		for _, x := range s.nodes {
+			if x.rec.Node.ID == r.NodeID {
+				e = x
+				break
+			}
+		}
+	}
+	if e == nil || e.rec.Node.ID != r.NodeID || e.rec.Node.Expired(s.now()) {
+		return nil
+	}
+	return &memRoute{Route: *r, node: e.rec.Node.Key}
+}
+
+// applyRouteLocked makes r the route id in memory (nil: there is none)
+// and wakes the streams that see the change. Server.mu held.
+func (es *edgeRoutes) applyRouteLocked(id int64, r *memRoute) {
+	s := es.core
+	var changed []key.NodePublic
+	es.mu.Lock()
+	old := es.routes[id]
+	switch {
+	case r != nil && old != nil && memRouteEqual(r, old):
+	case r != nil:
+		es.addLocked(r)
+		changed = append(changed, r.node)
+		if old != nil && old.node != r.node {
+			changed = append(changed, old.node)
+		}
+	case old != nil:
+		es.removeLocked(old)
+		changed = append(changed, old.node)
+	}
+	es.mu.Unlock()
+	if len(changed) == 0 {
+		return
+	}
+	es.routesChangedLocked(changed...)
+	for _, k := range changed {
+		if e := s.nodes[k]; e != nil {
+			es.notifyEdgesLocked(e.rec.NetworkID, k)
+		}
+	}
+}
+
+// memRouteEqual reports whether a and b are the same route.
+func memRouteEqual(a, b *memRoute) bool {
+	x, y := a.Route, b.Route
+	return a.node == b.node && x.ID == y.ID && x.NetworkID == y.NetworkID && x.NodeID == y.NodeID &&
+		x.Host == y.Host && x.Proto == y.Proto && x.PublicPort == y.PublicPort && x.Port == y.Port &&
+		x.CustomDomain == y.CustomDomain && x.Pool == y.Pool && x.Upstream == y.Upstream &&
+		x.Options.Equal(y.Options) && x.CreatedAt.Equal(y.CreatedAt)
+}

@@ -22,20 +22,27 @@ import (
 // JSON object user -> ["group:x", ...].
 const userGroupsSetting = "user_groups_json"
 
-// loadUserGroups reads the stored memberships. Called from New.
+// loadUserGroups reads the stored memberships.
 func (s *Server) loadUserGroups(ctx context.Context) (map[string][]string, error) {
+	m, _, err := s.loadUserGroupsJSON(ctx)
+	return m, err
+}
+
+// loadUserGroupsJSON reads the stored memberships, and returns them with
+// their stored JSON (nil if none is stored).
+func (s *Server) loadUserGroupsJSON(ctx context.Context) (map[string][]string, []byte, error) {
 	b, err := s.store.Setting(ctx, userGroupsSetting)
 	if errors.Is(err, ErrNotFound) {
-		return map[string][]string{}, nil
+		return map[string][]string{}, nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("coordinator: load user groups: %w", err)
+		return nil, nil, fmt.Errorf("coordinator: load user groups: %w", err)
 	}
 	m := map[string][]string{}
 	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("coordinator: stored user groups: %w", err)
+		return nil, nil, fmt.Errorf("coordinator: stored user groups: %w", err)
 	}
-	return m, nil
+	return m, b, nil
 }
 
 // byGroup turns user -> groups into group -> users.
@@ -85,6 +92,7 @@ func (s *Server) SetUserGroups(ctx context.Context, user string, groups []string
 	if err := s.store.SetSetting(ctx, userGroupsSetting, b); err != nil {
 		return fmt.Errorf("coordinator: store user groups: %w", err)
 	}
+	s.access.groups = b
 	s.applyPolicyLocked(s.currentPolicy().WithGroupMembers(byGroup(m)))
 	s.logger.Info("user groups changed", "user", user, "groups", groups)
 	return nil

@@ -18,10 +18,11 @@ import (
 	"beam.dev/beam/wire"
 )
 
-// The coordinator.NodeFeed of a store on PostgreSQL: triggers (migration
-// 0006) send a notification with the writer's origin and the node's ID
-// for every write to a node or its stream state; ListenNodes listens on
-// a connection of its own.
+// The coordinator.NodeFeed of a store on PostgreSQL: triggers send a
+// notification with the writer's origin and the node's ID for every
+// write to a node or its stream state (migration 0006), and with a kind
+// and a key for every write to a setting, route or domain (0008);
+// ListenNodes listens on a connection of its own.
 
 var _ coordinator.NodeFeed = (*Store)(nil)
 
@@ -50,7 +51,7 @@ func newOrigin() string {
 func (s *Store) SharedNodes() bool { return s.pgcfg != nil }
 
 // ListenNodes implements coordinator.NodeFeed.
-func (s *Store) ListenNodes(ctx context.Context, resync func(ctx context.Context), changed func(ctx context.Context, id wire.NodeID), failed func(error)) error {
+func (s *Store) ListenNodes(ctx context.Context, resync func(ctx context.Context), changed func(ctx context.Context, ch coordinator.Change), failed func(error)) error {
 	if s.pgcfg == nil {
 		return errNoFeed
 	}
@@ -73,7 +74,7 @@ func (s *Store) ListenNodes(ctx context.Context, resync func(ctx context.Context
 }
 
 // listenOnce runs one listening connection until it fails or ctx is done.
-func (s *Store) listenOnce(ctx context.Context, resync func(ctx context.Context), changed func(ctx context.Context, id wire.NodeID)) error {
+func (s *Store) listenOnce(ctx context.Context, resync func(ctx context.Context), changed func(ctx context.Context, ch coordinator.Change)) error {
 	conn, err := pgx.ConnectConfig(ctx, s.pgcfg.Copy())
 	if err != nil {
 		return fmt.Errorf("sqlstore: connect listener: %w", err)
@@ -92,16 +93,43 @@ func (s *Store) listenOnce(ctx context.Context, resync func(ctx context.Context)
 		if err != nil {
 			return fmt.Errorf("sqlstore: wait for notification: %w", err)
 		}
-		origin, idText, ok := strings.Cut(n.Payload, " ")
+		origin, ch, ok := parseChange(n.Payload)
 		if !ok || origin == s.origin {
 			continue
 		}
-		id, err := strconv.ParseInt(idText, 10, 64)
-		if err != nil {
-			continue
-		}
-		changed(ctx, wire.NodeID(id))
+		changed(ctx, ch)
 	}
+}
+
+// changeKinds maps a notification's kind to the coordinator's.
+var changeKinds = map[string]coordinator.ChangeKind{
+	"setting": coordinator.ChangeSetting,
+	"route":   coordinator.ChangeRoute,
+	"domain":  coordinator.ChangeDomain,
+}
+
+// parseChange reads a notification's payload: "ORIGIN NODE_ID" for a
+// node (migration 0006), "ORIGIN KIND KEY" for the rest (0008).
+func parseChange(payload string) (origin string, ch coordinator.Change, ok bool) {
+	origin, rest, ok := strings.Cut(payload, " ")
+	if !ok {
+		return "", ch, false
+	}
+	kind, k, ok := strings.Cut(rest, " ")
+	if !ok {
+		id, err := strconv.ParseInt(rest, 10, 64)
+		return origin, coordinator.Change{Kind: coordinator.ChangeNode, ID: id}, err == nil
+	}
+	ch.Kind, ok = changeKinds[kind]
+	if !ok {
+		return "", ch, false
+	}
+	if ch.Kind == coordinator.ChangeRoute {
+		id, err := strconv.ParseInt(k, 10, 64)
+		return origin, coordinator.Change{Kind: ch.Kind, ID: id}, err == nil
+	}
+	ch.Name = k
+	return origin, ch, true
 }
 
 // NodeByID implements coordinator.NodeFeed.

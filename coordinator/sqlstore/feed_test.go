@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"beam.dev/beam/wire"
+	"beam.dev/beam/coordinator"
 )
 
 // TestHeartbeat: a node streaming from one store's coordinator is online
@@ -84,7 +84,7 @@ func TestListenNodesReportsFailures(t *testing.T) {
 	errs := make(chan error, 10)
 	done := make(chan error, 1)
 	go func() {
-		done <- s.ListenNodes(ctx, func(context.Context) {}, func(context.Context, wire.NodeID) {}, func(err error) {
+		done <- s.ListenNodes(ctx, func(context.Context) {}, func(context.Context, coordinator.Change) {}, func(err error) {
 			select {
 			case errs <- err:
 			default:
@@ -104,5 +104,104 @@ func TestListenNodesReportsFailures(t *testing.T) {
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Errorf("ListenNodes = %v, want context.Canceled", err)
+	}
+}
+
+// TestListenChanges: a store hears another store's writes to nodes,
+// settings, routes and domains, in order, each named by its kind and key,
+// and not its own.
+func TestListenChanges(t *testing.T) {
+	dsn := pg.NewSchema(t)
+	a, b := openStore(t, dsn), openStore(t, dsn)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	got := make(chan coordinator.Change, 100)
+	ready := make(chan struct{}, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- b.ListenNodes(ctx, func(context.Context) { ready <- struct{}{} }, func(_ context.Context, ch coordinator.Change) { got <- ch }, nil)
+	}()
+	select {
+	case <-ready:
+	case <-time.After(30 * time.Second):
+		t.Fatal("listener did not connect")
+	}
+	n, err := a.EnsureNetwork(ctx, "default", "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := testNode(n.ID, "alpha", 1)
+	if err := a.InsertNode(ctx, rec, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetSetting(ctx, "own", []byte("x")); err != nil { // b's own: not reported
+		t.Fatal(err)
+	}
+	if err := a.SetSetting(ctx, "policy_hujson", []byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+	r := &coordinator.Route{NetworkID: n.ID, NodeID: rec.Node.ID, Host: "alpha.example.test", Proto: "http", Port: 80, CreatedAt: time.Now()}
+	if err := a.PutRoute(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.PutDomain(ctx, &coordinator.Domain{NetworkID: n.ID, Domain: "shop.example.com", Token: "t", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.DeleteRoutes(ctx, []int64{r.ID}); err != nil {
+		t.Fatal(err)
+	}
+	want := []coordinator.Change{
+		{Kind: coordinator.ChangeNode, ID: int64(rec.Node.ID)},
+		{Kind: coordinator.ChangeSetting, Name: "policy_hujson"},
+		{Kind: coordinator.ChangeRoute, ID: r.ID},
+		{Kind: coordinator.ChangeDomain, Name: "shop.example.com"},
+		{Kind: coordinator.ChangeRoute, ID: r.ID},
+	}
+	for i, w := range want {
+		select {
+		case ch := <-got:
+			if ch != w {
+				t.Errorf("change %d = %+v, want %+v", i, ch, w)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("change %d: none, want %+v", i, w)
+		}
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("ListenNodes = %v, want context.Canceled", err)
+	}
+	select {
+	case ch := <-got:
+		t.Errorf("extra change %+v", ch)
+	default:
+	}
+}
+
+// TestParseChange: notification payloads of every kind, and malformed ones.
+func TestParseChange(t *testing.T) {
+	tests := []struct {
+		payload string
+		origin  string
+		want    coordinator.Change
+		ok      bool
+	}{
+		{"o1 42", "o1", coordinator.Change{Kind: coordinator.ChangeNode, ID: 42}, true},
+		{" 42", "", coordinator.Change{Kind: coordinator.ChangeNode, ID: 42}, true},
+		{"o1 setting dns_config", "o1", coordinator.Change{Kind: coordinator.ChangeSetting, Name: "dns_config"}, true},
+		{"o1 route 7", "o1", coordinator.Change{Kind: coordinator.ChangeRoute, ID: 7}, true},
+		{"o1 domain shop.example.com", "o1", coordinator.Change{Kind: coordinator.ChangeDomain, Name: "shop.example.com"}, true},
+		{"o1 route x", "", coordinator.Change{}, false},
+		{"o1 bogus 7", "", coordinator.Change{}, false},
+		{"o1 x", "", coordinator.Change{}, false},
+		{"o1", "", coordinator.Change{}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.payload, func(t *testing.T) {
+			origin, ch, ok := parseChange(tt.payload)
+			if ok != tt.ok || (ok && (origin != tt.origin || ch != tt.want)) {
+				t.Errorf("parseChange(%q) = %q, %+v, %v; want %q, %+v, %v", tt.payload, origin, ch, ok, tt.origin, tt.want, tt.ok)
+			}
+		})
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 var (
 	_ coordinator.RouteStore  = (*Store)(nil)
+	_ coordinator.RouteFeed   = (*Store)(nil)
 	_ coordinator.DomainStore = (*Store)(nil)
 )
 
@@ -104,10 +105,29 @@ func (s *Store) DeleteRoutes(ctx context.Context, ids []int64) error {
 
 // Routes implements coordinator.RouteStore.
 func (s *Store) Routes(ctx context.Context) ([]*coordinator.Route, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, node_id, network_id, host, proto, public_port, port, custom_domain, pool, upstream, options, created_at
-		FROM routes ORDER BY id`)
+	return s.queryRoutes(ctx, "list routes", "")
+}
+
+// RouteByID implements coordinator.RouteFeed.
+func (s *Store) RouteByID(ctx context.Context, id int64) (*coordinator.Route, error) {
+	rs, err := s.queryRoutes(ctx, "route by id", ` WHERE id = ?`, id)
 	if err != nil {
-		return nil, s.wrap("list routes", err)
+		return nil, err
+	}
+	if len(rs) == 0 {
+		return nil, fmt.Errorf("sqlstore: route by id: %w: route %d", coordinator.ErrNotFound, id)
+	}
+	return rs[0], nil
+}
+
+// queryRoutes returns the routes the condition where (" WHERE ...", with
+// args; "" for all) selects, ordered by ID. op names the operation in
+// errors.
+func (s *Store) queryRoutes(ctx context.Context, op, where string, args ...any) ([]*coordinator.Route, error) {
+	rows, err := s.db.QueryContext(ctx, s.d.rebind(`SELECT id, node_id, network_id, host, proto, public_port, port, custom_domain, pool, upstream, options, created_at
+		FROM routes`+where+` ORDER BY id`), args...)
+	if err != nil {
+		return nil, s.wrap(op, err)
 	}
 	defer rows.Close()
 	var out []*coordinator.Route
@@ -121,19 +141,19 @@ func (s *Store) Routes(ctx context.Context) ([]*coordinator.Route, error) {
 			created                  int64
 		)
 		if err := rows.Scan(&r.ID, &nodeID, &r.NetworkID, &r.Host, &r.Proto, &publicPort, &port, &custom, &pool, &r.Upstream, &opts, &created); err != nil {
-			return nil, s.wrap("list routes", err)
+			return nil, s.wrap(op, err)
 		}
 		r.NodeID = wire.NodeID(nodeID)
 		r.PublicPort, r.Port, r.CustomDomain, r.Pool = uint16(publicPort), uint16(port), custom != 0, pool != 0
 		r.CreatedAt = fromUnixNano(created)
 		o, err := decodeRouteOptions(opts)
 		if err != nil {
-			return nil, fmt.Errorf("sqlstore: list routes: route %d options: %w", r.ID, err)
+			return nil, fmt.Errorf("sqlstore: %s: route %d options: %w", op, r.ID, err)
 		}
 		r.Options = o
 		out = append(out, &r)
 	}
-	return out, s.wrap("list routes", rows.Err())
+	return out, s.wrap(op, rows.Err())
 }
 
 // decodeRouteOptions reads a route's stored options: wire.RouteOptions as

@@ -1,6 +1,7 @@
 package sqlstore
 
 import (
+	"errors"
 	"net/netip"
 	"testing"
 	"time"
@@ -55,5 +56,19 @@ func testRouteOptionsStored(t *testing.T, s *Store) {
 	}
 	if !routes[1].Options.Equal(want) {
 		t.Errorf("legacy route options = %+v, want %+v", routes[1].Options, want)
+	}
+	// RouteByID reads the one route, as Routes does.
+	got, err := s.RouteByID(ctx, typed.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(typed, got, cmpOpts); diff != "" {
+		t.Errorf("RouteByID (-want +got):\n%s", diff)
+	}
+	if err := s.DeleteRoutes(ctx, []int64{typed.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RouteByID(ctx, typed.ID); !errors.Is(err, coordinator.ErrNotFound) {
+		t.Errorf("RouteByID of a deleted route = %v, want ErrNotFound", err)
 	}
 }
