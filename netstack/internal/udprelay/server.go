@@ -516,15 +516,26 @@ func (s *Server) handleControl(conn *net.UDPConn, vni uint32, pkt []byte, src ne
 			}
 		}
 	}
-	if i < 0 || !se.control[i].AllowN(now, 1) {
+	if i < 0 {
 		s.mu.Unlock()
 		s.droppedOther.Add(1)
 		return
 	}
 	shared := se.shared[i]
 	s.mu.Unlock()
+	// Opened before the side's control limiter is charged: the sender
+	// key and the VNI travel in clear, so a limiter charged by packets
+	// that do not open would let anyone who saw one packet starve the
+	// real peer of its Challenge. Opening is a cheap symmetric check.
 	m, err := disco.Open(shared, sealed)
 	if err != nil {
+		s.droppedOther.Add(1)
+		return
+	}
+	s.mu.Lock()
+	allowed := s.sessions[vni] == se && se.control[i].AllowN(now, 1)
+	s.mu.Unlock()
+	if !allowed {
 		s.droppedOther.Add(1)
 		return
 	}

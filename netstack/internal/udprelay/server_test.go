@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -536,6 +537,36 @@ func TestControlRate(t *testing.T) {
 	a.bind(al.VNI)
 	a.data(al.VNI, "bound")
 	b.expectData(al.VNI, "bound")
+}
+
+// TestForgedSenderDoesNotStarveBind: packets that claim to come from a
+// session's peer (its disco key and the VNI travel in clear) but do not
+// open with its key do not use up that peer's control allowance.
+func TestForgedSenderDoesNotStarveBind(t *testing.T) {
+	s := startServer(t, Options{})
+	a, b := newClient(t, s), newClient(t, s)
+	al, err := s.Allocate(a.pub(), b.pub())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mallory := newClient(t, s)
+	junk := key.NewDisco().Shared(key.NewDisco().Public())
+	const forged = 3 * controlBurst
+	for range forged {
+		pkt := AppendHeader(nil, TypeControl, al.VNI)
+		mallory.send(disco.AppendPacket(pkt, a.pub(), junk, &disco.BindRelay{VNI: al.VNI}))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Stats().DroppedOther < forged {
+		if time.Now().After(deadline) {
+			t.Fatalf("forged packets dropped: %d, want %d", s.Stats().DroppedOther, forged)
+		}
+		runtime.Gosched()
+	}
+	a.bind(al.VNI) // fails if the Challenge does not come
+	b.bind(al.VNI)
+	a.data(al.VNI, "bound despite the forgeries")
+	b.expectData(al.VNI, "bound despite the forgeries")
 }
 
 // TestUnpaddedBindRelay: a BindRelay shorter than the Challenge it would
