@@ -16,8 +16,10 @@ const maxSharedKeys = 1 << 16
 // was 37-41% of the coordinator's CPU with thousands of streams. It keeps
 // two generations of at most maxSharedKeys/2 keys each and drops the
 // older when the newer fills, so the keys in use stay and the rest age
-// out. A key is added only once a box opened with it or for an
-// authenticated node, so a flood of made-up node keys cannot fill it.
+// out. A key is added only when the coordinator seals to a node it
+// answers (a registered or registering node, a stream), never for a box
+// that merely opens, so a flood of made-up node keys that seal valid
+// requests cannot evict the real nodes' keys.
 // The zero value is ready; it is safe for concurrent use.
 type sharedKeys struct {
 	mu       sync.Mutex // guards the following fields
@@ -70,16 +72,13 @@ func (c *sharedKeys) seal(priv key.MachinePrivate, nk key.NodePublic, cleartext 
 	return c.get(priv, nk).Seal(cleartext)
 }
 
-// open opens a box that nk sealed to priv; nk's key is kept only if it
-// opens.
+// open opens a box that nk sealed to priv. A key not cached yet is not
+// added here: anyone can make a node key and seal to the coordinator's
+// public key, so only answering a known node (seal, get) adds one.
 func (c *sharedKeys) open(priv key.MachinePrivate, nk key.NodePublic, sealed []byte) ([]byte, bool) {
 	s, cached := c.lookup(nk)
 	if !cached {
 		s = priv.Shared(nk)
 	}
-	clear, ok := s.Open(sealed)
-	if ok && !cached {
-		c.add(nk, s)
-	}
-	return clear, ok
+	return s.Open(sealed)
 }

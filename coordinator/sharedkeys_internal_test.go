@@ -27,7 +27,8 @@ func TestSharedKeysBoxes(t *testing.T) {
 }
 
 // TestSharedKeysOpenFailsUncached checks that a box that does not open
-// (another node's, or made up) fails and leaves no key behind.
+// (another node's, or made up) fails and leaves no key behind, and that
+// one that opens is kept only once the coordinator answers its node.
 func TestSharedKeysOpenFailsUncached(t *testing.T) {
 	var c sharedKeys
 	machine, node, other := key.NewMachine(), key.NewNode(), key.NewNode()
@@ -41,8 +42,13 @@ func TestSharedKeysOpenFailsUncached(t *testing.T) {
 	if _, ok := c.open(machine, other.Public(), sealed); !ok {
 		t.Fatal("open of other's box as other failed")
 	}
+	// Anyone can seal a box that opens: only answering the node adds it.
+	if _, ok := c.lookup(other.Public()); ok {
+		t.Error("a box that merely opened left its key cached")
+	}
+	c.seal(machine, other.Public(), []byte("answer"))
 	if _, ok := c.lookup(other.Public()); !ok {
-		t.Error("a box that opened left no key cached")
+		t.Error("answering the node left no key cached")
 	}
 }
 
