@@ -80,3 +80,49 @@ func TestParsePortRange(t *testing.T) {
 		}
 	}
 }
+
+func TestParseByteRate(t *testing.T) {
+	for _, tc := range []struct {
+		in      string
+		want    int64
+		wantErr string
+	}{
+		{"", 0, ""},
+		{"0", 0, ""},
+		{"100Mbit", 12_500_000, ""},
+		{"100mbit/s", 12_500_000, ""},
+		{"2.5Gbit", 312_500_000, ""},
+		{"64kbit", 8_000, ""},
+		{"12MiB", 12 << 20, ""},
+		{"500kB", 500_000, ""},
+		{"1 GB", 1_000_000_000, ""},
+		{"100Gbit", 12_500_000_000, ""},
+		{"100", 0, "unit"},
+		{"fast", 0, "unknown unit"},
+		{"Mbit", 0, "not a number"},
+		{"-5Mbit", 0, "not a number"},
+		{"10parsecs", 0, "unknown unit"},
+		{"63kbit", 0, "64kbit to 100Gbit"},
+		{"101Gbit", 0, "64kbit to 100Gbit"},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParseByteRate(tc.in)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("ParseByteRate(%q) = %d, %v; want an error saying %q", tc.in, got, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("ParseByteRate(%q) = %d, %v; want %d", tc.in, got, err, tc.want)
+			}
+			if got == 0 {
+				return
+			}
+			// FormatByteRate writes what ParseByteRate reads back.
+			if back, err := ParseByteRate(FormatByteRate(got)); err != nil || back != got {
+				t.Errorf("ParseByteRate(FormatByteRate(%d) = %q) = %d, %v", got, FormatByteRate(got), back, err)
+			}
+		})
+	}
+}

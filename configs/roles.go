@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"net"
 	"net/netip"
 	"net/url"
@@ -12,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/types/key"
 )
 
@@ -377,6 +379,15 @@ type Daemon struct {
 	// RelayServer runs a UDP peer relay server: "on", a UDP port, or
 	// "off" (see beam set --relay-server).
 	RelayServer string `json:"relay_server"`
+	// RelayServerMaxSessions and RelayServerMaxSessionsPerPeer bound the
+	// peer relay server's sessions in all and per peer; 0 means the
+	// defaults (1024 and 32).
+	RelayServerMaxSessions        int `json:"relay_server_max_sessions"`
+	RelayServerMaxSessionsPerPeer int `json:"relay_server_max_sessions_per_peer"`
+	// RelayServerSessionRate bounds one relay session's traffic, both
+	// directions together: a rate such as "100Mbit" or "12MiB" (per
+	// second; see ParseByteRate); "" or "0" means the default, 128 MiB/s.
+	RelayServerSessionRate string `json:"relay_server_session_rate"`
 	// TUN names the kernel TUN device; empty runs the userspace data plane.
 	TUN string `json:"tun"`
 	// PortMapping asks the NAT gateway for a mapping of the WireGuard
@@ -395,7 +406,97 @@ func DefaultDaemon() Daemon { return Daemon{LogLevel: "info"} }
 // Validate checks d.
 func (d *Daemon) Validate() error {
 	n := Node{SOCKS5: d.SOCKS5, HTTPProxy: d.HTTPProxy, DNSListen: d.DNSListen, DNSUpstreams: d.DNSUpstreams, ACMECA: d.ACMECA, LogLevel: d.LogLevel}
-	return n.Validate()
+	return errors.Join(n.Validate(), d.ValidateRelayLimits())
+}
+
+// ValidateRelayLimits checks the peer relay server's limits.
+func (d *Daemon) ValidateRelayLimits() error {
+	var c checker
+	for _, f := range []struct {
+		flag string
+		v    int
+	}{{"--relay-server-max-sessions", d.RelayServerMaxSessions}, {"--relay-server-max-sessions-per-peer", d.RelayServerMaxSessionsPerPeer}} {
+		if f.v < 0 || f.v > apitype.MaxRelayServerSessions {
+			c.add(f.flag, strconv.Itoa(f.v), fmt.Sprintf("want 0 (the default) or 1 to %d", apitype.MaxRelayServerSessions))
+		}
+	}
+	if m, p := d.RelayServerMaxSessions, d.RelayServerMaxSessionsPerPeer; m > 0 && p > m {
+		c.add("--relay-server-max-sessions-per-peer", strconv.Itoa(p), fmt.Sprintf("more than --relay-server-max-sessions (%d)", m))
+	}
+	if _, err := ParseByteRate(d.RelayServerSessionRate); err != nil {
+		c.add("--relay-server-session-rate", d.RelayServerSessionRate, err.Error())
+	}
+	return c.err()
+}
+
+// Byte rate units of ParseByteRate, in bytes per second.
+var byteRateUnits = []struct {
+	name string
+	per  float64
+}{
+	{"kbit", 1e3 / 8}, {"mbit", 1e6 / 8}, {"gbit", 1e9 / 8}, {"bit", 1.0 / 8},
+	{"kib", 1 << 10}, {"mib", 1 << 20}, {"gib", 1 << 30},
+	{"kb", 1e3}, {"mb", 1e6}, {"gb", 1e9}, {"b", 1},
+}
+
+// ParseByteRate reads a rate per second such as "100Mbit", "2.5Gbit",
+// "12MiB" or "500kB" (a number and a unit, optionally "/s": bit, kbit,
+// Mbit, Gbit; B, kB, MB, GB; KiB, MiB, GiB; any case) and returns it in
+// bytes per second. "" and "0" are 0 (the default). A rate below 64
+// kbit/s or above 100 Gbit/s is refused.
+func ParseByteRate(s string) (int64, error) {
+	t := strings.ToLower(strings.TrimSpace(s))
+	if t == "" || t == "0" {
+		return 0, nil
+	}
+	t = strings.TrimSuffix(t, "/s")
+	num := strings.TrimRightFunc(t, func(r rune) bool { return r >= 'a' && r <= 'z' })
+	unit := strings.TrimSpace(t[len(num):])
+	num = strings.TrimSpace(num)
+	if unit == "" {
+		return 0, errors.New("want a number and a unit, e.g. 100Mbit or 12MiB (per second)")
+	}
+	per := 0.0
+	for _, u := range byteRateUnits {
+		if u.name == unit {
+			per = u.per
+		}
+	}
+	if per == 0 {
+		return 0, fmt.Errorf("unknown unit %q: want bit, kbit, Mbit, Gbit, B, kB, MB, GB, KiB, MiB or GiB", unit)
+	}
+	v, err := strconv.ParseFloat(num, 64)
+	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
+		return 0, fmt.Errorf("%q is not a number", num)
+	}
+	r := math.Round(v * per)
+	if r < apitype.MinRelayServerSessionRate || r > apitype.MaxRelayServerSessionRate {
+		return 0, errors.New("want 64kbit to 100Gbit (per second), or 0 for the default")
+	}
+	return int64(r), nil
+}
+
+// FormatByteRate writes bytes per second as ParseByteRate reads it: in
+// Mbit (or kbit, Gbit) when whole, else in bytes.
+func FormatByteRate(r int64) string {
+	bits := r * 8
+	for _, u := range []struct {
+		name string
+		n    int64
+	}{{"Gbit", 1e9}, {"Mbit", 1e6}, {"kbit", 1e3}} {
+		if bits >= u.n && bits%u.n == 0 {
+			return strconv.FormatInt(bits/u.n, 10) + u.name
+		}
+	}
+	for _, u := range []struct {
+		name string
+		n    int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if r >= u.n && r%u.n == 0 {
+			return strconv.FormatInt(r/u.n, 10) + u.name
+		}
+	}
+	return strconv.FormatInt(r, 10) + "B"
 }
 
 // ParseMeshPeer splits a --mesh-with entry, "URL" or "URL#KEY", into the

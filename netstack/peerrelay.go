@@ -47,6 +47,10 @@ type PeerRelayStats struct {
 	// bound session.
 	Packets, Bytes            uint64
 	DroppedRate, DroppedOther uint64
+	// MaxSessions, MaxSessionsPerPeer, PacketsPerSecond and
+	// BytesPerSecond are the bounds in force (defaults filled in).
+	MaxSessions, MaxSessionsPerPeer  int
+	PacketsPerSecond, BytesPerSecond int
 }
 
 // peerRelayServer is a running peer relay server.
@@ -133,12 +137,31 @@ func (e *Engine) PeerRelay() (st PeerRelayStats, ok bool) {
 	if e.prs == nil {
 		return PeerRelayStats{}, false
 	}
-	s := e.prs.srv.Stats()
+	s, l := e.prs.srv.Stats(), e.prs.srv.Limits()
 	return PeerRelayStats{
 		Port: e.prs.port, Sessions: s.Sessions, Bound: s.Bound,
 		Allocated: s.Allocated, Refused: s.Refused, Expired: s.Expired,
 		Packets: s.Packets, Bytes: s.Bytes, DroppedRate: s.DroppedRate, DroppedOther: s.DroppedOther,
+		MaxSessions: l.MaxSessions, MaxSessionsPerPeer: l.MaxSessionsPerPeer,
+		PacketsPerSecond: l.PacketsPerSecond, BytesPerSecond: l.BytesPerSecond,
 	}, true
+}
+
+// SetPeerRelayLimits changes the peer relay server's bounds at once:
+// o's MaxSessions, MaxSessionsPerPeer, PacketsPerSecond and
+// BytesPerSecond (zero: the defaults; its other fields are ignored). Live
+// sessions take the new rates; sessions beyond new count bounds stay
+// until they expire. It reports false if the engine runs no peer relay
+// server.
+func (e *Engine) SetPeerRelayLimits(o PeerRelayOptions) bool {
+	if e.prs == nil {
+		return false
+	}
+	e.prs.srv.SetLimits(udprelay.Limits{
+		MaxSessions: o.MaxSessions, MaxSessionsPerPeer: o.MaxSessionsPerPeer,
+		PacketsPerSecond: o.PacketsPerSecond, BytesPerSecond: o.BytesPerSecond,
+	})
+	return true
 }
 
 var errPeerRelayPort = errors.New("netstack: peer relay port is the WireGuard port")

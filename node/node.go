@@ -922,6 +922,8 @@ func (n *Node) Status() *apitype.Status {
 				Port: rs.Port, Sessions: rs.Sessions, Bound: rs.Bound,
 				Allocated: rs.Allocated, Refused: rs.Refused, Expired: rs.Expired,
 				Packets: rs.Packets, Bytes: rs.Bytes, DroppedRate: rs.DroppedRate, DroppedOther: rs.DroppedOther,
+				MaxSessions: rs.MaxSessions, MaxSessionsPerPeer: rs.MaxSessionsPerPeer,
+				PacketsPerSecond: rs.PacketsPerSecond, BytesPerSecond: rs.BytesPerSecond,
 			}
 		}
 	}
@@ -991,6 +993,15 @@ func (n *Node) peerRelayLocked() *netstack.PeerRelayOptions {
 	}
 	o := n.opts.PeerRelay
 	o.Port = n.st.RelayServerPort
+	if v := n.st.RelayServerMaxSessions; v != 0 {
+		o.MaxSessions = v
+	}
+	if v := n.st.RelayServerMaxSessionsPerPeer; v != 0 {
+		o.MaxSessionsPerPeer = v
+	}
+	if v := n.st.RelayServerSessionRate; v != 0 {
+		o.BytesPerSecond = int(v)
+	}
 	return &o
 }
 

@@ -80,6 +80,10 @@ func (n *Node) prefsLocked() apitype.Prefs {
 
 		RelayServer:     st.RelayServer,
 		RelayServerPort: st.RelayServerPort,
+
+		RelayServerMaxSessions:        st.RelayServerMaxSessions,
+		RelayServerMaxSessionsPerPeer: st.RelayServerMaxSessionsPerPeer,
+		RelayServerSessionRate:        st.RelayServerSessionRate,
 	}
 }
 
@@ -163,6 +167,7 @@ func validatePatch(p apitype.PrefsPatch) error {
 	if p.RelayServerPort != nil && p.Port != nil && *p.RelayServerPort != 0 && *p.RelayServerPort == *p.Port {
 		errs = append(errs, fmt.Errorf("%w: the relay server's port %d is the WireGuard port", ErrBadPrefs, *p.Port))
 	}
+	errs = append(errs, validateRelayLimits(p)...)
 	if p.Hostname != nil && strings.TrimSpace(*p.Hostname) == "" {
 		errs = append(errs, fmt.Errorf("%w: empty hostname", ErrBadPrefs))
 	}
@@ -172,6 +177,25 @@ func validatePatch(p apitype.PrefsPatch) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// validateRelayLimits checks the peer relay limits p sets.
+func validateRelayLimits(p apitype.PrefsPatch) []error {
+	var errs []error
+	count := func(name string, v *int) {
+		if v != nil && (*v < 0 || *v > apitype.MaxRelayServerSessions) {
+			errs = append(errs, fmt.Errorf("%w: %s %d: want 0 (the default) or 1 to %d", ErrBadPrefs, name, *v, apitype.MaxRelayServerSessions))
+		}
+	}
+	count("relay server max sessions", p.RelayServerMaxSessions)
+	count("relay server max sessions per peer", p.RelayServerMaxSessionsPerPeer)
+	if m, pp := p.RelayServerMaxSessions, p.RelayServerMaxSessionsPerPeer; m != nil && pp != nil && *m > 0 && *pp > *m {
+		errs = append(errs, fmt.Errorf("%w: relay server max sessions per peer %d is more than max sessions %d", ErrBadPrefs, *pp, *m))
+	}
+	if r := p.RelayServerSessionRate; r != nil && *r != 0 && (*r < apitype.MinRelayServerSessionRate || *r > apitype.MaxRelayServerSessionRate) {
+		errs = append(errs, fmt.Errorf("%w: relay server session rate %d bytes/s: want 0 (the default) or %d (64 kbit/s) to %d (100 Gbit/s)", ErrBadPrefs, *r, apitype.MinRelayServerSessionRate, int64(apitype.MaxRelayServerSessionRate)))
+	}
+	return errs
 }
 
 // SetPrefs changes the daemon's settings, applies them at once and saves
@@ -235,6 +259,24 @@ func (n *Node) applyPrefsLocked(p apitype.PrefsPatch) error {
 		n.st.RelayServerPort = *p.RelayServerPort
 	}
 	relayChanged := relay != n.st.RelayServer || n.st.RelayServer && relayPort != n.st.RelayServerPort
+	limitsChanged := false
+	for _, f := range []struct {
+		p  *int
+		st *int
+	}{{p.RelayServerMaxSessions, &n.st.RelayServerMaxSessions}, {p.RelayServerMaxSessionsPerPeer, &n.st.RelayServerMaxSessionsPerPeer}} {
+		if f.p != nil && *f.p != *f.st {
+			*f.st, limitsChanged = *f.p, true
+		}
+	}
+	if r := p.RelayServerSessionRate; r != nil && *r != n.st.RelayServerSessionRate {
+		n.st.RelayServerSessionRate, limitsChanged = *r, true
+	}
+	if limitsChanged && !relayChanged && n.engine != nil {
+		// A running server takes new limits without a restart.
+		if o := n.peerRelayLocked(); o != nil {
+			n.engine.SetPeerRelayLimits(*o)
+		}
+	}
 	if p.Port != nil && *p.Port != n.st.Port || relayChanged {
 		oldPort := n.listenPortLocked()
 		if p.Port != nil {

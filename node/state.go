@@ -39,6 +39,11 @@ type persisted struct {
 	// RelayServer and RelayServerPort: run a UDP peer relay server.
 	RelayServer     bool   `json:"relay_server,omitempty"`
 	RelayServerPort uint16 `json:"relay_server_port,omitempty"`
+	// RelayServerMaxSessions, RelayServerMaxSessionsPerPeer and
+	// RelayServerSessionRate (bytes per second) bound it; 0: defaults.
+	RelayServerMaxSessions        int   `json:"relay_server_max_sessions,omitempty"`
+	RelayServerMaxSessionsPerPeer int   `json:"relay_server_max_sessions_per_peer,omitempty"`
+	RelayServerSessionRate        int64 `json:"relay_server_session_rate,omitempty"`
 	// NetMap is the last netmap, so a daemon restarted while the
 	// coordinator is down still reaches its peers.
 	NetMap *wire.NetMap `json:"netmap,omitempty"`

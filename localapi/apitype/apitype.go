@@ -78,6 +78,12 @@ type PeerRelayStatus struct {
 	Bytes        uint64 `json:"bytes"`
 	DroppedRate  uint64 `json:"dropped_rate"`
 	DroppedOther uint64 `json:"dropped_other"`
+	// MaxSessions, MaxSessionsPerPeer, PacketsPerSecond and
+	// BytesPerSecond are the bounds in force (per session for the rates).
+	MaxSessions        int `json:"max_sessions"`
+	MaxSessionsPerPeer int `json:"max_sessions_per_peer"`
+	PacketsPerSecond   int `json:"packets_per_second"`
+	BytesPerSecond     int `json:"bytes_per_second"`
 }
 
 // PeerStatus describes one node: the daemon itself or a peer.
@@ -152,7 +158,27 @@ type Prefs struct {
 	// may relay through it.
 	RelayServer     bool   `json:"relay_server,omitempty"`
 	RelayServerPort uint16 `json:"relay_server_port,omitempty"`
+	// RelayServerMaxSessions and RelayServerMaxSessionsPerPeer bound the
+	// relay server's sessions in all and per peer, and
+	// RelayServerSessionRate one session's traffic in bytes per second;
+	// zero means the defaults (1024, 32, 128 MiB/s).
+	RelayServerMaxSessions        int   `json:"relay_server_max_sessions,omitempty"`
+	RelayServerMaxSessionsPerPeer int   `json:"relay_server_max_sessions_per_peer,omitempty"`
+	RelayServerSessionRate        int64 `json:"relay_server_session_rate,omitempty"`
 }
+
+// Bounds of Prefs' peer relay limits.
+const (
+	// MaxRelayServerSessions is the most RelayServerMaxSessions and
+	// RelayServerMaxSessionsPerPeer may be.
+	MaxRelayServerSessions = 1 << 20
+	// MinRelayServerSessionRate and MaxRelayServerSessionRate bound
+	// RelayServerSessionRate, in bytes per second: 64 kbit/s (less would
+	// not reliably carry a busy session's handshakes and keepalives) to
+	// 100 Gbit/s.
+	MinRelayServerSessionRate = 8_000
+	MaxRelayServerSessionRate = 12_500_000_000
+)
 
 // PrefsPatch changes some Prefs: a nil field is left as it is.
 type PrefsPatch struct {
@@ -168,6 +194,12 @@ type PrefsPatch struct {
 	// restarts the engine.
 	RelayServer     *bool   `json:"relay_server,omitempty"`
 	RelayServerPort *uint16 `json:"relay_server_port,omitempty"`
+	// RelayServerMaxSessions, RelayServerMaxSessionsPerPeer and
+	// RelayServerSessionRate change Prefs' fields; a running relay
+	// server takes them at once.
+	RelayServerMaxSessions        *int   `json:"relay_server_max_sessions,omitempty"`
+	RelayServerMaxSessionsPerPeer *int   `json:"relay_server_max_sessions_per_peer,omitempty"`
+	RelayServerSessionRate        *int64 `json:"relay_server_session_rate,omitempty"`
 }
 
 // IsZero reports whether p changes nothing.

@@ -52,6 +52,7 @@ func daemonFlags(cmd *cobra.Command, o *DaemonOptions) {
 	cmd.Flags().StringSliceVar(&o.DNSUpstreams, "dns-upstream", nil, "upstream resolvers for other names (default: env BEAM_DNS_UPSTREAM, else /etc/resolv.conf; kept in the state)")
 	cmd.Flags().StringVar(&o.RelayServer, "relay-server", "", relayServerUsage+" (kept in the state)")
 	cmd.Flags().Lookup("relay-server").NoOptDefVal = "on"
+	relayLimitFlags(cmd.Flags(), o, " (kept in the state)")
 	cmd.Flags().StringVar(&o.Operator, "operator", "", "local user who may use the daemon's socket besides its own user and root (Linux; kept in the state, \"\" removes it)")
 	cmd.Flags().StringVar(&o.LogLevel, "log-level", configs.DefaultDaemon().LogLevel, "debug, info, warn or error")
 	cmd.Flags().StringVar(&o.ACMECA, "acme-ca", "", "ACME directory URL: terminate TLS of this device's --tls-passthrough routes with its own certificate, obtained by DNS-01 through the coordinator (default: the app terminates TLS)")
@@ -104,10 +105,8 @@ daemon stops or leaves the mesh, and after a crash at its next start.`,
 					return err
 				}
 			}
-			if given("relay-server") {
-				if _, _, err := parseRelayServer(o.RelayServer); err != nil {
-					return err
-				}
+			if err := checkRelayFlags(given, o); err != nil {
+				return err
 			}
 			o.cmdline = cmdlineKeys(cmd.Flags())
 			// The file's state and socket, unless beam's flags or the
@@ -333,7 +332,8 @@ func reloadDaemon(ctx context.Context, n *node.Node, level *slog.LevelVar, cur, 
 		}
 	}
 	level.Set(l)
-	return []string{"log_level", "socks5", "http_proxy", "dns_listen", "dns_upstream", "operator"}, nil
+	return []string{"log_level", "socks5", "http_proxy", "dns_listen", "dns_upstream", "operator",
+		"relay_server_max_sessions", "relay_server_max_sessions_per_peer", "relay_server_session_rate"}, nil
 }
 
 // prefsFromFlags returns the settings among o's daemon flags that were
@@ -362,6 +362,18 @@ func prefsFromFlags(given func(flag string) bool, o *DaemonOptions) apitype.Pref
 		// Validate rejected a bad value already.
 		if on, port, err := parseRelayServer(o.RelayServer); err == nil {
 			p.RelayServer, p.RelayServerPort = &on, port
+		}
+	}
+	if given("relay-server-max-sessions") {
+		p.RelayServerMaxSessions = &o.RelayServerMaxSessions
+	}
+	if given("relay-server-max-sessions-per-peer") {
+		p.RelayServerMaxSessionsPerPeer = &o.RelayServerMaxSessionsPerPeer
+	}
+	if given("relay-server-session-rate") {
+		// checkRelayFlags rejected a bad value already.
+		if r, err := configs.ParseByteRate(o.RelayServerSessionRate); err == nil {
+			p.RelayServerSessionRate = &r
 		}
 	}
 	return p

@@ -9,7 +9,9 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
+	"beam.dev/beam/configs"
 	"beam.dev/beam/localapi/apitype"
 )
 
@@ -59,6 +61,9 @@ name is free. Without flags, beam set prints the settings.`,
 				}
 				o.Prefs.RelayServer, o.Prefs.RelayServerPort = &on, port
 			}
+			if err := checkRelayFlags(fl.Changed, &o.Daemon); err != nil {
+				return err
+			}
 			if runF != nil {
 				return runF(o)
 			}
@@ -76,12 +81,43 @@ name is free. Without flags, beam set prints the settings.`,
 	fl.StringVar(&o.Operator, "operator", "", "local user who may use the daemon's socket besides its own user and root (\"\" removes it)")
 	fl.StringVar(&o.RelayServer, "relay-server", "", relayServerUsage)
 	fl.Lookup("relay-server").NoOptDefVal = "on"
+	relayLimitFlags(fl, &o.Daemon, "")
 	fl.BoolVar(&o.JSON, "json", false, "print the result as JSON")
 	return cmd
 }
 
 // relayServerUsage is the help of --relay-server.
 const relayServerUsage = "run a UDP peer relay server, on PORT when given (--relay-server=PORT; best a public or mapped port), for peers of this node that cannot reach each other directly; --relay-server=off stops it; the engine restarts"
+
+// relayLimitFlags registers the peer relay server's limits on fl; note
+// ends each help text.
+func relayLimitFlags(fl *pflag.FlagSet, o *DaemonOptions, note string) {
+	fl.IntVar(&o.RelayServerMaxSessions, "relay-server-max-sessions", 0, "most sessions the peer relay server holds at once (0: 1024)"+note)
+	fl.IntVar(&o.RelayServerMaxSessionsPerPeer, "relay-server-max-sessions-per-peer", 0, "most peer relay sessions one peer takes part in (0: 32)"+note)
+	fl.StringVar(&o.RelayServerSessionRate, "relay-server-session-rate", "", "most one peer relay session forwards per second, both ways together, e.g. 100Mbit or 12MiB (0: 128MiB)"+note)
+}
+
+// checkRelayFlags checks the --relay-server flags given (on the command
+// line or in the config file).
+func checkRelayFlags(given func(flag string) bool, o *DaemonOptions) error {
+	if given("relay-server") {
+		if _, _, err := parseRelayServer(o.RelayServer); err != nil {
+			return err
+		}
+	}
+	// Only the limits given: one from the state is checked by the daemon.
+	d := configs.Daemon{}
+	if given("relay-server-max-sessions") {
+		d.RelayServerMaxSessions = o.RelayServerMaxSessions
+	}
+	if given("relay-server-max-sessions-per-peer") {
+		d.RelayServerMaxSessionsPerPeer = o.RelayServerMaxSessionsPerPeer
+	}
+	if given("relay-server-session-rate") {
+		d.RelayServerSessionRate = o.RelayServerSessionRate
+	}
+	return d.ValidateRelayLimits()
+}
 
 // parseRelayServer reads --relay-server: "on" (or "true") keeps the port
 // set before (a free port if none), a port number sets it too, "off" (or
@@ -164,4 +200,15 @@ func printPrefs(w io.Writer, p *apitype.Prefs) {
 		relay = "on, a free UDP port"
 	}
 	fmt.Fprintf(w, "relay-server  %s\n", relay)
+	limits := []string{"max sessions 1024 (default)", "per peer 32 (default)", "session rate 128MiB/s (default)"}
+	if v := p.RelayServerMaxSessions; v != 0 {
+		limits[0] = fmt.Sprintf("max sessions %d", v)
+	}
+	if v := p.RelayServerMaxSessionsPerPeer; v != 0 {
+		limits[1] = fmt.Sprintf("per peer %d", v)
+	}
+	if v := p.RelayServerSessionRate; v != 0 {
+		limits[2] = "session rate " + configs.FormatByteRate(v) + "/s"
+	}
+	fmt.Fprintf(w, "  limits      %s\n", strings.Join(limits, ", "))
 }

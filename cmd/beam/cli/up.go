@@ -48,10 +48,8 @@ and are kept in its state; 'beam set' changes them without joining again.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			o.shieldsUpSet = cmd.Flags().Changed("shields-up")
 			o.Daemon.Socket, o.Daemon.StateDir = in.socketPath(f), in.stateDir(f)
-			if cmd.Flags().Changed("relay-server") {
-				if _, _, err := parseRelayServer(o.Daemon.RelayServer); err != nil {
-					return err
-				}
+			if err := checkRelayFlags(cmd.Flags().Changed, &o.Daemon); err != nil {
+				return err
 			}
 			o.Daemon.Prefs = prefsFromFlags(cmd.Flags().Changed, &o.Daemon)
 			if o.AuthKey == "" {

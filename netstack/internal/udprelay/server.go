@@ -157,6 +157,40 @@ type session struct {
 
 func (s *session) isBound() bool { return s.bound[0].IsValid() && s.bound[1].IsValid() }
 
+// Limits are a server's bounds on sessions and their traffic (see
+// Options, whose fields of the same names they are). Zero fields mean
+// the defaults.
+type Limits struct {
+	MaxSessions, MaxSessionsPerPeer  int
+	PacketsPerSecond, BytesPerSecond int
+}
+
+// withDefaults returns l with its zero (or negative) fields set to the
+// defaults.
+func (l Limits) withDefaults() Limits {
+	if l.MaxSessions <= 0 {
+		l.MaxSessions = DefaultMaxSessions
+	}
+	if l.MaxSessionsPerPeer <= 0 {
+		l.MaxSessionsPerPeer = DefaultMaxSessionsPerPeer
+	}
+	if l.PacketsPerSecond <= 0 {
+		l.PacketsPerSecond = DefaultPacketsPerSecond
+	}
+	if l.BytesPerSecond <= 0 {
+		l.BytesPerSecond = DefaultBytesPerSecond
+	}
+	return l
+}
+
+func (o *Options) limits() Limits {
+	return Limits{MaxSessions: o.MaxSessions, MaxSessionsPerPeer: o.MaxSessionsPerPeer, PacketsPerSecond: o.PacketsPerSecond, BytesPerSecond: o.BytesPerSecond}
+}
+
+func (o *Options) setLimits(l Limits) {
+	o.MaxSessions, o.MaxSessionsPerPeer, o.PacketsPerSecond, o.BytesPerSecond = l.MaxSessions, l.MaxSessionsPerPeer, l.PacketsPerSecond, l.BytesPerSecond
+}
+
 // New returns a server with no sessions.
 func New(opts Options) (*Server, error) {
 	if opts.DiscoKey.IsZero() {
@@ -165,18 +199,7 @@ func New(opts Options) (*Server, error) {
 	if opts.Addrs == nil {
 		return nil, errors.New("udprelay: Addrs is required")
 	}
-	if opts.MaxSessions <= 0 {
-		opts.MaxSessions = DefaultMaxSessions
-	}
-	if opts.MaxSessionsPerPeer <= 0 {
-		opts.MaxSessionsPerPeer = DefaultMaxSessionsPerPeer
-	}
-	if opts.PacketsPerSecond <= 0 {
-		opts.PacketsPerSecond = DefaultPacketsPerSecond
-	}
-	if opts.BytesPerSecond <= 0 {
-		opts.BytesPerSecond = DefaultBytesPerSecond
-	}
+	opts.setLimits(opts.limits().withDefaults())
 	if opts.IdleTimeout <= 0 {
 		opts.IdleTimeout = DefaultIdleTimeout
 	}
@@ -218,6 +241,35 @@ func (s *Server) challenge(vni uint32, i int, src netip.AddrPort, epoch int64) [
 	return [32]byte(m.Sum(nil))
 }
 
+// Limits returns the bounds in force (defaults filled in).
+func (s *Server) Limits() Limits {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.opts.limits()
+}
+
+// SetLimits changes the bounds at once (zero fields: the defaults). Live
+// sessions take the new rates; sessions beyond new count bounds stay
+// until they expire, and new ones are refused until there is room.
+func (s *Server) SetLimits(l Limits) {
+	l = l.withDefaults()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.opts.setLimits(l)
+	now := s.opts.Now()
+	for _, se := range s.sessions {
+		se.pps.SetLimitAt(now, rate.Limit(l.PacketsPerSecond))
+		se.pps.SetBurstAt(now, packetBurst(l.PacketsPerSecond))
+		se.bps.SetLimitAt(now, rate.Limit(l.BytesPerSecond))
+		se.bps.SetBurstAt(now, byteBurst(l.BytesPerSecond))
+	}
+}
+
+// packetBurst and byteBurst are a session's bursts: a tenth of a
+// second's worth, at least 64 packets and 64 KiB.
+func packetBurst(pps int) int { return max(pps/10, 64) }
+func byteBurst(bps int) int   { return max(bps/10, 1<<16) }
+
 // DiscoPublic returns the server's disco public key.
 func (s *Server) DiscoPublic() key.DiscoPublic { return s.opts.DiscoKey.Public() }
 
@@ -257,8 +309,8 @@ func (s *Server) Allocate(a, b key.DiscoPublic) (*disco.Allocation, error) {
 			peers:   pair,
 			shared:  [2]key.DiscoShared{s.opts.DiscoKey.Shared(pair[0]), s.opts.DiscoKey.Shared(pair[1])},
 			created: now,
-			pps:     rate.NewLimiter(rate.Limit(s.opts.PacketsPerSecond), max(s.opts.PacketsPerSecond/10, 64)),
-			bps:     rate.NewLimiter(rate.Limit(s.opts.BytesPerSecond), max(s.opts.BytesPerSecond/10, 1<<16)),
+			pps:     rate.NewLimiter(rate.Limit(s.opts.PacketsPerSecond), packetBurst(s.opts.PacketsPerSecond)),
+			bps:     rate.NewLimiter(rate.Limit(s.opts.BytesPerSecond), byteBurst(s.opts.BytesPerSecond)),
 			control: [2]*rate.Limiter{rate.NewLimiter(controlRate, controlBurst), rate.NewLimiter(controlRate, controlBurst)},
 		}
 		s.sessions[se.vni] = se

@@ -442,6 +442,48 @@ func TestCountBound(t *testing.T) {
 	}
 }
 
+// TestSetLimits: new bounds apply at once: to allocations, and to the
+// rate of a live session.
+func TestSetLimits(t *testing.T) {
+	s := startServer(t, Options{})
+	if got, want := s.Limits(), (Limits{DefaultMaxSessions, DefaultMaxSessionsPerPeer, DefaultPacketsPerSecond, DefaultBytesPerSecond}); got != want {
+		t.Fatalf("Limits() = %+v, want the defaults %+v", got, want)
+	}
+	a, b, vni := pair(t, s)
+	s.SetLimits(Limits{MaxSessions: 1, PacketsPerSecond: 640})
+	if got, want := s.Limits(), (Limits{1, DefaultMaxSessionsPerPeer, 640, DefaultBytesPerSecond}); got != want {
+		t.Errorf("Limits() = %+v, want %+v", got, want)
+	}
+	if _, err := s.Allocate(key.NewDisco().Public(), key.NewDisco().Public()); !errors.Is(err, ErrRefused) {
+		t.Errorf("second session with MaxSessions 1: err = %v, want ErrRefused", err)
+	}
+	// The live session's burst is now 64 packets (a tenth of a second at
+	// 640/s, at least 64), at a standing clock.
+	for i := range 100 {
+		a.data(vni, "x")
+		if (i+1)%50 == 0 {
+			a.challenge(vni)
+		}
+	}
+	s.clock.Advance(time.Second)
+	a.data(vni, "marker")
+	got := 0
+	for {
+		if pkt := b.read(); bytes.HasSuffix(pkt, []byte("marker")) {
+			break
+		}
+		got++
+	}
+	if got != 64 {
+		t.Errorf("forwarded %d of 100 packets after SetLimits(640 packets/s), want the new burst, 64", got)
+	}
+	// Zero goes back to the defaults.
+	s.SetLimits(Limits{})
+	if _, err := s.Allocate(key.NewDisco().Public(), key.NewDisco().Public()); err != nil {
+		t.Errorf("after SetLimits(Limits{}): %v, want the default bounds", err)
+	}
+}
+
 func TestHeader(t *testing.T) {
 	tests := []struct {
 		name string
