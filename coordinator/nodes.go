@@ -26,15 +26,17 @@ func (s *Server) updateSelf(ctx context.Context, nk key.NodePublic, mut func(*No
 		return nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
 	}
 	before := s.viewLocked(e)
+	authBefore := e.rec.AuthKeyID
 	mut(&e.rec)
 	after := s.viewLocked(e)
 	changed := !nodeEqual(before, after)
+	expiry := !before.KeyExpiry.Equal(after.KeyExpiry) || e.rec.AuthKeyID != authBefore
 	if changed {
 		s.notifyLocked(e.rec.NetworkID, nk)
 	}
 	s.mu.Unlock()
-	if changed {
-		if err := s.persist(ctx, nk); err != nil && !errors.Is(err, ErrNotFound) {
+	if changed || expiry {
+		if err := s.persist(ctx, nk, expiry); err != nil && !errors.Is(err, ErrNotFound) {
 			s.logger.Error("persist node", "node", nk.ShortString(), "err", err)
 			return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 		}
@@ -42,8 +44,11 @@ func (s *Server) updateSelf(ctx context.Context, nk key.NodePublic, mut func(*No
 	return after, nil
 }
 
-// persist writes the current in-memory record of nk to the store.
-func (s *Server) persist(ctx context.Context, nk key.NodePublic) error {
+// persist writes the current in-memory record of nk to the store: the
+// fields the node reports, and its key expiry and auth key if expiry.
+// The two are written apart so that a node's own update never puts back
+// an expiry that another coordinator sharing the store has changed.
+func (s *Server) persist(ctx context.Context, nk key.NodePublic, expiry bool) error {
 	s.persistMu.Lock()
 	defer s.persistMu.Unlock()
 	s.mu.Lock()
@@ -55,7 +60,13 @@ func (s *Server) persist(ctx context.Context, nk key.NodePublic) error {
 	rec := e.rec
 	rec.Node.Endpoints = slices.Clone(rec.Node.Endpoints)
 	s.mu.Unlock()
-	return s.store.UpdateNode(ctx, &rec)
+	if err := s.store.UpdateNode(ctx, &rec); err != nil {
+		return err
+	}
+	if expiry {
+		return s.store.UpdateNodeExpiry(ctx, &rec)
+	}
+	return nil
 }
 
 // viewLocked returns the node as peers and itself see it. s.mu held.

@@ -113,11 +113,17 @@ type NodeStore interface {
 	// and nothing is inserted. A taken node key, name or address fails
 	// with ErrConflict.
 	InsertNode(ctx context.Context, n *NodeRecord, now time.Time) error
-	// UpdateNode rewrites the mutable fields of the node with n.Node.ID
-	// (disco key, hostname, OS, endpoints, home relay, last seen, key
-	// expiry, auth key; an auth key that no longer exists is stored as
-	// none). It returns ErrNotFound if the node is gone.
+	// UpdateNode rewrites the fields the node itself reports, of the
+	// node with n.Node.ID: disco key, hostname, OS, endpoints, home
+	// relay and last seen. It returns ErrNotFound if the node is gone.
+	// It never writes the key expiry or auth key: another coordinator
+	// may have just changed those, and a node's endpoint update must not
+	// put back the value this one still holds.
 	UpdateNode(ctx context.Context, n *NodeRecord) error
+	// UpdateNodeExpiry writes the key expiry and auth key of the node
+	// with n.Node.ID (an auth key that no longer exists is stored as
+	// none), or returns ErrNotFound.
+	UpdateNodeExpiry(ctx context.Context, n *NodeRecord) error
 	// DeleteNode deletes the node with the given ID, or returns ErrNotFound.
 	DeleteNode(ctx context.Context, id wire.NodeID) error
 	// Nodes lists all nodes of all networks.

@@ -323,7 +323,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		s.mu.Unlock()
 		if mine {
 			s.fan.streamChanged(id, false)
-			if err := s.persist(context.WithoutCancel(r.Context()), nk); err != nil && !errors.Is(err, ErrNotFound) {
+			if err := s.persist(context.WithoutCancel(r.Context()), nk, false); err != nil && !errors.Is(err, ErrNotFound) {
 				log.Warn("persist last seen", "err", err)
 			}
 		}

@@ -222,10 +222,17 @@ func (s *Store) UpdateNode(ctx context.Context, n *coordinator.NodeRecord) error
 		disco = n.Node.DiscoKey.String()
 	}
 	res, err := s.db.ExecContext(ctx, s.d.rebind(`UPDATE nodes SET disco_key = ?, hostname = ?, os = ?, endpoints = ?,
-		home_derp = ?, last_seen = ?, key_expiry = ?, auth_key_id = (SELECT id FROM auth_keys WHERE id = ?) WHERE id = ?`),
-		disco, n.Node.Hostname, n.Node.OS, string(eps), n.Node.HomeDERP, unixNano(n.Node.LastSeen),
-		unixNano(n.Node.KeyExpiry), nullID(n.AuthKeyID), int64(n.Node.ID))
+		home_derp = ?, last_seen = ? WHERE id = ?`),
+		disco, n.Node.Hostname, n.Node.OS, string(eps), n.Node.HomeDERP, unixNano(n.Node.LastSeen), int64(n.Node.ID))
 	return s.affected("update node", res, err, coordinator.ErrNotFound)
+}
+
+// UpdateNodeExpiry implements coordinator.NodeStore.
+func (s *Store) UpdateNodeExpiry(ctx context.Context, n *coordinator.NodeRecord) error {
+	res, err := s.db.ExecContext(ctx, s.d.rebind(`UPDATE nodes SET key_expiry = ?,
+		auth_key_id = (SELECT id FROM auth_keys WHERE id = ?) WHERE id = ?`),
+		unixNano(n.Node.KeyExpiry), nullID(n.AuthKeyID), int64(n.Node.ID))
+	return s.affected("update node expiry", res, err, coordinator.ErrNotFound)
 }
 
 // DeleteNode implements coordinator.NodeStore.

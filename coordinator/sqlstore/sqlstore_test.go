@@ -303,6 +303,13 @@ func runStoreSuite(t *testing.T, open opener) {
 		if err := s.UpdateNode(ctx, a); err != nil {
 			t.Fatal(err)
 		}
+		// UpdateNode leaves the expiry alone: it is UpdateNodeExpiry's.
+		if nodes, _ := s.Nodes(ctx); len(nodes) == 0 || nodes[0].Node.KeyExpiry.Equal(a.Node.KeyExpiry) {
+			t.Errorf("UpdateNode wrote the key expiry")
+		}
+		if err := s.UpdateNodeExpiry(ctx, a); err != nil {
+			t.Fatal(err)
+		}
 		nodes, err := s.Nodes(ctx)
 		if err != nil || len(nodes) != 2 {
 			t.Fatalf("Nodes = %v, %v", nodes, err)
@@ -325,6 +332,9 @@ func runStoreSuite(t *testing.T, open opener) {
 		}
 		if err := s.UpdateNode(ctx, a); !errors.Is(err, coordinator.ErrNotFound) {
 			t.Errorf("update of deleted node: %v", err)
+		}
+		if err := s.UpdateNodeExpiry(ctx, a); !errors.Is(err, coordinator.ErrNotFound) {
+			t.Errorf("expiry update of deleted node: %v", err)
 		}
 	})
 
