@@ -454,8 +454,6 @@ func (s *Server) applyRecordLocked(rec *NodeRecord, remote bool) {
 	}
 	before := s.viewLocked(e)
 	next := *rec
-	// What the store does not keep stays as this coordinator knows it.
-	next.Node.PeerRelay = e.rec.Node.PeerRelay
 	if s.sessions[nk] != nil {
 		// The node streams here, so what it says about itself is
 		// freshest here; take only what others decide for it.

@@ -293,7 +293,7 @@ func TestSharedState(t *testing.T) {
 		if got, want := string(cb.Server.Policy()), `{"acls": []}`; got != want {
 			t.Errorf("policy on the other coordinator = %q, want %q", got, want)
 		}
-		allow := `{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}], "expose": [{"src": ["*"], "names": ["*"]}]}`
+		allow := `{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}], "expose": [{"src": ["*"], "names": ["*"]}], "peerRelays": ["*"]}`
 		if err := ca.Server.SetPolicy(t.Context(), []byte(allow)); err != nil {
 			t.Fatal(err)
 		}
@@ -340,6 +340,25 @@ func TestSharedState(t *testing.T) {
 		if rs := cb.Server.Routes(t.Context()); len(rs) != 1 || rs[0].Host != ra.Route.Host {
 			t.Errorf("routes on bravo's coordinator = %+v, want alpha's %s only", rs, ra.Route.Host)
 		}
+	})
+
+	t.Run("PeerRelay", func(t *testing.T) {
+		// A node offering a peer relay streams from cb; alpha, on ca,
+		// gets the offer in its peer.
+		priv := key.NewNode()
+		cl, err := coordclient.New(coordclient.Options{ServerURL: cb.URL, PrivateKey: priv, DiscoKey: key.NewDisco().Public(), PeerRelay: 41700})
+		if err != nil {
+			t.Fatal(err)
+		}
+		relay := &node{priv: priv, Client: cl}
+		relay.register(t, ak, "relay")
+		watch(t, relay)
+		wa := watch(t, a)
+		wa.waitFor("alpha sees the relay offer of a node streaming from the other coordinator", fanoutWait, func(nm *wire.NetMap) bool {
+			p := peerNamed(nm, "relay")
+			return p != nil && p.Online && p.PeerRelay == 41700
+		})
+		wa.stop()
 	})
 
 	t.Run("Domains", func(t *testing.T) {

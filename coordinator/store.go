@@ -115,10 +115,10 @@ type NodeStore interface {
 	InsertNode(ctx context.Context, n *NodeRecord, now time.Time) error
 	// UpdateNode rewrites the fields the node itself reports, of the
 	// node with n.Node.ID: disco key, hostname, OS, endpoints, home
-	// relay and last seen. It returns ErrNotFound if the node is gone.
-	// It never writes the key expiry or auth key: another coordinator
-	// may have just changed those, and a node's endpoint update must not
-	// put back the value this one still holds.
+	// relay, peer relay port and last seen. It returns ErrNotFound if the
+	// node is gone. It never writes the key expiry or auth key: another
+	// coordinator may have just changed those, and a node's endpoint
+	// update must not put back the value this one still holds.
 	UpdateNode(ctx context.Context, n *NodeRecord) error
 	// UpdateNodeExpiry writes the key expiry and auth key of the node
 	// with n.Node.ID (an auth key that no longer exists is stored as

@@ -135,6 +135,7 @@ func testNode(networkID int64, name string, i byte) *coordinator.NodeRecord {
 			Addresses: []netip.Prefix{netip.PrefixFrom(v4, 32), netip.PrefixFrom(v6, 128)},
 			Endpoints: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.1:41641")},
 			HomeDERP:  1,
+			PeerRelay: 41642,
 			LastSeen:  time.Unix(1700000000, 123).UTC(),
 			User:      "ann",
 			Tags:      []string{"tag:a"},
@@ -296,6 +297,7 @@ func runStoreSuite(t *testing.T, open opener) {
 		}
 		a.Node.Endpoints = []netip.AddrPort{netip.MustParseAddrPort("198.51.100.7:1"), netip.MustParseAddrPort("[2001:db8::2]:2")}
 		a.Node.HomeDERP = 9
+		a.Node.PeerRelay = 40001
 		a.Node.KeyExpiry = time.Unix(1900000000, 0).UTC()
 		a.Node.LastSeen = time.Unix(1700000100, 0).UTC()
 		a.Node.DiscoKey = key.NewDisco().Public()
