@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"slices"
 	"sync"
@@ -359,6 +360,23 @@ func TestSharedState(t *testing.T) {
 			return p != nil && p.Online && p.PeerRelay == 41700
 		})
 		wa.stop()
+	})
+
+	t.Run("Replay", func(t *testing.T) {
+		// alpha's endpoint update, sent to ca, is refused when replayed
+		// to cb, and to ca again.
+		req := sealEnvelope(t, a.priv.Public(), a.priv, priv.Public(), wire.MapRequest{
+			Version: wire.CapabilityVersion, NodeKey: a.priv.Public(), DiscoKey: key.NewDisco().Public(),
+			Endpoints: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.7:41641")}, Timestamp: time.Now(),
+		})
+		if st, eb, _ := rawPost(t, ca.URL, wire.PathMap, req); st != http.StatusOK {
+			t.Fatalf("genuine map request: %d %+v", st, eb)
+		}
+		for _, c := range []*coord{cb, ca} {
+			if st, eb, _ := rawPost(t, c.URL, wire.PathMap, req); st != http.StatusUnauthorized || eb.Code != wire.CodeReplay {
+				t.Errorf("replay to %s: %d %q, want 401 %s", c.URL, st, eb.Code, wire.CodeReplay)
+			}
+		}
 	})
 
 	t.Run("Domains", func(t *testing.T) {

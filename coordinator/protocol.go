@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -98,9 +97,9 @@ type replayCache struct {
 	seen map[[32]byte]time.Time
 }
 
-// add records sealed, seen at now, and reports whether it was new.
-func (c *replayCache) add(sealed []byte, now time.Time) bool {
-	h := sha256.Sum256(sealed)
+// add records the sealed request whose SHA-256 is h, seen at now, and
+// reports whether it was new.
+func (c *replayCache) add(h [32]byte, now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.seen == nil {

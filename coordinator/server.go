@@ -162,21 +162,22 @@ type Options struct {
 // net/http's goroutines; ServeHTTP counts them in wg so Close can wait for
 // them, and the janitor goroutine is counted there too.
 type Server struct {
-	store       Store
-	priv        key.MachinePrivate
-	pubText     string
-	logger      *slog.Logger
-	baseDomain  string
-	keepAlive   time.Duration
-	ephemeral   time.Duration
-	now         func() time.Time
-	policy      PolicyFunc
-	relayHash   []byte // SHA-256 of the relay token; nil means none
-	mux         *http.ServeMux
-	replay      replayCache
-	boxes       sharedKeys // box keys shared with nodes (sharedkeys.go)
-	derpMap     atomic.Pointer[wire.DERPMap]
-	serverSetup func() *wire.ServerSetup // nil: none
+	store        Store
+	priv         key.MachinePrivate
+	pubText      string
+	logger       *slog.Logger
+	baseDomain   string
+	keepAlive    time.Duration
+	ephemeral    time.Duration
+	now          func() time.Time
+	policy       PolicyFunc
+	relayHash    []byte // SHA-256 of the relay token; nil means none
+	mux          *http.ServeMux
+	replay       replayCache
+	sharedReplay *sharedReplay // replay.go
+	boxes        sharedKeys    // box keys shared with nodes (sharedkeys.go)
+	derpMap      atomic.Pointer[wire.DERPMap]
+	serverSetup  func() *wire.ServerSetup // nil: none
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -264,6 +265,7 @@ func New(opts Options) (*Server, error) {
 	s.admin = &adminAPI{core: s, auth: opts.AdminAuth}
 	s.reg = newRegistry(s, opts)
 	s.fan = newFanout(s, opts.Store)
+	s.sharedReplay = newSharedReplay(s, opts.Store)
 	es, err := newEdgeRoutes(s, opts)
 	if err != nil {
 		return nil, err
@@ -446,7 +448,8 @@ func (s *Server) readRequest(w http.ResponseWriter, r *http.Request, v any, hdr 
 	if d := now.Sub(ts); d > MaxClockSkew || d < -MaxClockSkew {
 		return key.NodePublic{}, errorf(http.StatusUnauthorized, wire.CodeClockSkew, "request timestamp is %s away from the coordinator's clock", d.Round(time.Second))
 	}
-	if !s.replay.add(env.Sealed, now) {
+	h := sha256.Sum256(env.Sealed)
+	if !s.replay.add(h, now) || !s.sharedReplay.add(r.Context(), h, now) {
 		return key.NodePublic{}, errorf(http.StatusUnauthorized, wire.CodeReplay, "request was already seen")
 	}
 	return env.NodeKey, nil
@@ -534,6 +537,7 @@ func (s *Server) janitorLoop() {
 		}
 		now := s.now()
 		s.replay.prune(now)
+		s.sharedReplay.prune(s.ctx, now)
 		s.reg.pruneApprovals(s.ctx)
 		var drop []key.NodePublic
 		s.mu.Lock()
