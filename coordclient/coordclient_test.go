@@ -72,7 +72,8 @@ func (fc *fakeCoord) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fc.streams++
 	fc.mu.Unlock()
 	w.Header().Set("Beam-Keepalive-Ms", fc.keepMS)
-	w.Header().Set("Trailer", "Beam-Error")
+	w.Header().Add("Trailer", wire.TrailerError)
+	w.Header().Add("Trailer", wire.TrailerRetryAfter)
 	w.WriteHeader(200)
 	fc.onStream(w, r, env.NodeKey)
 }
@@ -264,8 +265,29 @@ func TestErrorMapping(t *testing.T) {
 			t.Errorf("errorFromBody(%d, %s) = %v, want it to match %v", tc.status, tc.body, e, tc.want)
 		}
 	}
-	if e := errorFromTrailer("node_removed: bye"); !errors.Is(e, ErrNodeRemoved) || e.Message != "bye" {
-		t.Errorf("trailer error = %+v", e)
+	for _, tc := range []struct {
+		name, trailer, retryAfter string
+		code                      wire.ErrorCode
+		msg                       string
+		wait                      time.Duration
+	}{
+		{"removed", "node_removed: bye", "", wire.CodeNodeRemoved, "bye", 0},
+		{"shutdown", "unavailable: coordinator is shutting down", "1500", wire.CodeUnavailable, "coordinator is shutting down", 1500 * time.Millisecond},
+		{"wait capped", "unavailable: x", "86400000", wire.CodeUnavailable, "x", maxRetryAfter},
+		{"bad wait", "unavailable: x", "soon", wire.CodeUnavailable, "x", 0},
+		{"negative wait", "unavailable: x", "-5", wire.CodeUnavailable, "x", 0},
+		{"no code", "gone", "", "", "gone", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := errorFromTrailer(tc.trailer, tc.retryAfter)
+			if e.Code != tc.code || e.Message != tc.msg || e.RetryAfter != tc.wait {
+				t.Errorf("errorFromTrailer(%q, %q) = code %q, message %q, retry after %v; want %q, %q, %v",
+					tc.trailer, tc.retryAfter, e.Code, e.Message, e.RetryAfter, tc.code, tc.msg, tc.wait)
+			}
+		})
+	}
+	if e := errorFromTrailer("node_removed: bye", ""); !errors.Is(e, ErrNodeRemoved) {
+		t.Errorf("trailer error %+v does not match ErrNodeRemoved", e)
 	}
 }
 

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strconv"
 	"strings"
+	"time"
 
 	"beam.dev/beam/wire"
 )
@@ -50,6 +52,10 @@ type Error struct {
 	Code wire.ErrorCode
 	// Message is the coordinator's human-readable text.
 	Message string
+	// RetryAfter is how long the coordinator asked the node to wait
+	// before it comes back (a stream ended by its shutdown); zero if it
+	// did not say.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -116,11 +122,18 @@ func errorFromBody(status int, body []byte) *Error {
 	return e
 }
 
-// errorFromTrailer parses a stream's "code: message" trailer.
-func errorFromTrailer(v string) *Error {
-	code, msg, ok := strings.Cut(v, ": ")
-	if !ok {
-		return &Error{Status: http.StatusOK, Message: v}
+// maxRetryAfter bounds the wait a coordinator may ask for.
+const maxRetryAfter = time.Minute
+
+// errorFromTrailer parses a stream's "code: message" trailer and its
+// retry-after trailer (milliseconds; empty for none).
+func errorFromTrailer(v, retryAfter string) *Error {
+	e := &Error{Status: http.StatusOK, Message: v}
+	if code, msg, ok := strings.Cut(v, ": "); ok {
+		e.Code, e.Message = wire.ErrorCode(code), msg
 	}
-	return &Error{Status: http.StatusOK, Code: wire.ErrorCode(code), Message: msg}
+	if ms, err := strconv.ParseInt(retryAfter, 10, 64); err == nil && ms > 0 {
+		e.RetryAfter = min(time.Duration(ms)*time.Millisecond, maxRetryAfter)
+	}
+	return e
 }

@@ -18,7 +18,8 @@ import (
 // arrives (a message split across frames once, joined), keepalives
 // included, instead of building a netmap per message, so a caller can
 // keep only what it needs. first is true for the full map that starts every
-// stream. Reconnects (capped exponential backoff with jitter), the dead
+// stream. Reconnects (capped exponential backoff with jitter, or the wait
+// a coordinator that shuts down asks for), the dead
 // stream timeout, endpoint updates (SetEndpoints), OnConnState and the
 // errors returned are those of Run.
 func (c *Client) RunResponses(ctx context.Context, onResponse func(resp *wire.MapResponse, first bool)) error {
@@ -45,6 +46,12 @@ func (c *Client) RunResponses(ctx context.Context, onResponse func(resp *wire.Ma
 			bo.reset()
 		}
 		d := bo.next()
+		if e, ok := errors.AsType[*Error](err); ok && e.RetryAfter > 0 {
+			// The coordinator is going away and said when to come back
+			// (spread over its nodes): then reconnect promptly.
+			d = e.RetryAfter
+			bo.reset()
+		}
 		c.logger.Info("map stream lost; reconnecting", "err", err, "in", d.Round(time.Millisecond))
 		if !wait(ctx, d) {
 			return nil
@@ -98,7 +105,7 @@ func (c *Client) responsesOnce(ctx context.Context, onResponse func(*wire.MapRes
 				return got, fmt.Errorf("coordclient: map stream silent for %v", dead)
 			case errors.Is(err, io.EOF):
 				if t := resp.Trailer.Get(wire.TrailerError); t != "" {
-					return got, fmt.Errorf("coordclient: map stream: %w", errorFromTrailer(t))
+					return got, fmt.Errorf("coordclient: map stream: %w", errorFromTrailer(t, resp.Trailer.Get(wire.TrailerRetryAfter)))
 				}
 				return got, fmt.Errorf("coordclient: map stream ended: %w", err)
 			case errors.Is(err, ErrBadResponse):

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/http"
+	"strconv"
 	"testing"
 	"time"
 
@@ -51,5 +52,51 @@ func TestRunResponses(t *testing.T) {
 		if gots[i] != want[i] {
 			t.Errorf("response %d = %+v, want %+v", i, gots[i], want[i])
 		}
+	}
+}
+
+// TestRunResponsesHonorsRetryAfter checks that a stream ended by a
+// coordinator's shutdown with a retry-after trailer is opened again
+// after that wait, not after the short backoff that follows a stream
+// that had its full map.
+func TestRunResponsesHonorsRetryAfter(t *testing.T) {
+	const retryAfter = 1200 * time.Millisecond
+	ended := make(chan time.Time, 1)
+	_, cl := newFake(t, func(fc *fakeCoord, w http.ResponseWriter, r *http.Request, nk key.NodePublic) {
+		fc.mu.Lock()
+		n := fc.streams
+		fc.mu.Unlock()
+		fc.frame(w, nk, &wire.MapResponse{Self: &wire.Node{Name: "me"}})
+		if n == 1 {
+			w.Header().Set(wire.TrailerError, string(wire.CodeUnavailable)+": coordinator is shutting down")
+			w.Header().Set(wire.TrailerRetryAfter, strconv.FormatInt(retryAfter.Milliseconds(), 10))
+			ended <- time.Now()
+			return
+		}
+		<-r.Context().Done()
+	})
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	reopened := make(chan time.Time, 1)
+	firsts := 0
+	err := cl.RunResponses(ctx, func(resp *wire.MapResponse, first bool) {
+		if first {
+			firsts++
+			if firsts == 2 {
+				reopened <- time.Now()
+				cancel()
+			}
+		}
+	})
+	if err != nil {
+		t.Fatalf("RunResponses = %v, want nil once canceled", err)
+	}
+	select {
+	case t1 := <-reopened:
+		if gap := t1.Sub(<-ended); gap < retryAfter {
+			t.Errorf("stream reopened %v after the shutdown, want at least the %v asked for", gap, retryAfter)
+		}
+	default:
+		t.Fatal("stream not reopened")
 	}
 }

@@ -1,6 +1,10 @@
 package coordinator
 
-import "beam.dev/beam/types/key"
+import (
+	"time"
+
+	"beam.dev/beam/types/key"
+)
 
 // SetFrameSplitAtForTest makes map messages whose JSON passes n bytes
 // split across frames, for nodes that take them in pieces, and returns
@@ -17,4 +21,10 @@ func SetFrameSplitAtForTest(n int) (restore func()) {
 func SetStreamHookForTest(f func(key.NodePublic)) (restore func()) {
 	testHookBeforeTake.Store(&f)
 	return func() { testHookBeforeTake.Store(nil) }
+}
+
+// RestartWaitsForTest are the least and most a stream ending on shutdown
+// tells its node to wait, with n streams open.
+func RestartWaitsForTest(n int) (least, most time.Duration) {
+	return restartGrace, restartGrace + min(max(time.Duration(n)*time.Millisecond, minRestartSpread), maxRestartSpread)
 }

@@ -78,8 +78,14 @@ func (c *coord) stop() {
 	if c.hs == nil {
 		return
 	}
+	// As beam coordinator does: end the streams, then let net/http finish
+	// their responses (trailers included) before closing connections.
 	c.Server.Close()
-	c.hs.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	if c.hs.Shutdown(ctx) != nil {
+		c.hs.Close()
+	}
+	cancel()
 	<-c.done
 	c.Store.Close()
 	c.hs = nil

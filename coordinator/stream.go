@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"math/rand/v2"
 	"net/http"
 	"slices"
 	"strconv"
@@ -261,6 +262,28 @@ func (ms *streams) handleMap(w http.ResponseWriter, r *http.Request) {
 	ms.serveStream(w, r, nk, req.Version >= splitFramesVersion)
 }
 
+// Shutdown tells each node when to come back (wire.TrailerRetryAfter):
+// after restartGrace, about what a restarting coordinator takes to
+// listen again, plus a random share of a spread of a millisecond per
+// open stream, bounded by minRestartSpread and maxRestartSpread, so that
+// nodes return at about a thousand a second rather than all at once.
+const (
+	restartGrace     = 500 * time.Millisecond
+	minRestartSpread = time.Second
+	maxRestartSpread = 10 * time.Second
+)
+
+// shutdownRetryAfter returns the wait a stream ending on shutdown tells
+// its node.
+func (ms *streams) shutdownRetryAfter() time.Duration {
+	s := ms.core
+	s.mu.Lock()
+	n := len(ms.sessions)
+	s.mu.Unlock()
+	spread := min(max(time.Duration(n)*time.Millisecond, minRestartSpread), maxRestartSpread)
+	return restartGrace + rand.N(spread)
+}
+
 // splitFramesVersion is the first wire.CapabilityVersion whose nodes
 // reassemble a message split across frames (wire.MapResponse.More).
 const splitFramesVersion = 13
@@ -333,7 +356,8 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set(wire.HeaderKeepAlive, strconv.FormatInt(s.keepAlive.Milliseconds(), 10))
-	w.Header().Set("Trailer", wire.TrailerError)
+	w.Header().Add("Trailer", wire.TrailerError)
+	w.Header().Add("Trailer", wire.TrailerRetryAfter)
 	w.WriteHeader(http.StatusOK)
 	// Small, as every streaming node has one: a frame larger than the
 	// buffer goes to the connection directly.
@@ -417,6 +441,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		select {
 		case <-s.ctx.Done():
 			w.Header().Set(wire.TrailerError, string(wire.CodeUnavailable)+": coordinator is shutting down")
+			w.Header().Set(wire.TrailerRetryAfter, strconv.FormatInt(ms.shutdownRetryAfter().Milliseconds(), 10))
 			return
 		case <-r.Context().Done():
 			return

@@ -16,6 +16,7 @@ import (
 //	                        -> Stream=true:  200, body = frames (below), until
 //	                           the stream ends; a TrailerError trailer then
 //	                           says why ("node_removed: ...", "node_expired: ...")
+//	                           and, on shutdown, TrailerRetryAfter when to come back
 //	POST /machine/expose    <- Envelope sealing an ExposeRequest
 //	                        -> 200, body = sealed JSON ExposeResponse
 //	POST /machine/txt       <- Envelope sealing a TXTRequest (edge nodes only)
@@ -67,6 +68,12 @@ const (
 	// TrailerError is the trailer that says why a stream ended, as
 	// "CODE: MESSAGE" with an ErrorCode.
 	TrailerError = "Beam-Error"
+	// TrailerRetryAfter comes with TrailerError when the coordinator
+	// shuts down (CodeUnavailable): the milliseconds the node should wait
+	// before it opens its stream again. Each stream is given its own
+	// wait, spread over a few seconds, so that a restart brings its
+	// nodes back promptly but not all in the same instant.
+	TrailerRetryAfter = "Beam-Retry-After-Ms"
 )
 
 // TXTRequest is the sealed body of POST /machine/txt: an edge node sets

@@ -87,9 +87,10 @@ func TestScaleSmoke(t *testing.T) {
 //	rss-MB, peak-rss-MB  coordinator VmRSS then, and VmHWM
 //	fleet-cpu-s        the fake nodes' CPU seconds over the same span (they
 //	                   share the machine's cores with the coordinator)
-//	restart-online-s   from killing the coordinator and starting it again on
-//	                   the same data until every node has a new full map
-//	                   (nodes reconnect with coordclient's jittered backoff)
+//	restart-online-s   from stopping the coordinator (SIGTERM) and starting
+//	                   it again on the same data until every node has a new
+//	                   full map (each node comes back after the wait its
+//	                   stream's end asked for, spread over up to 10 s)
 //	restart-settle-s   until, in addition, every node sees all peers online
 //
 // The targets (issue #18), for N = 10,000 on 2 cores: rss-MB under 2,000,

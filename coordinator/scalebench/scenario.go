@@ -26,9 +26,9 @@ type Scenario struct {
 	// Changes is how many endpoint changes of one node to time; zero
 	// means 3.
 	Changes int
-	// Restart, if set, ends the run by killing the coordinator and
-	// timing how long the nodes take to settle on a new one started on
-	// the same data.
+	// Restart, if set, ends the run by restarting the coordinator (SIGTERM,
+	// as a service manager does, then a new process on the same data) and
+	// timing how long the nodes take to settle on the new one.
 	Restart bool
 	// FullMapsInFlight is FleetOptions.FullMapsInFlight.
 	FullMapsInFlight int
@@ -67,8 +67,8 @@ type Result struct {
 	// nodes share the machine with the coordinator, and a fleet that
 	// needs as much CPU as the coordinator slows it down.
 	FleetCPU time.Duration
-	// RestartOnline is the time from killing the coordinator (and
-	// starting it again at once) until every node's new stream had
+	// RestartOnline is the time from stopping the coordinator (and
+	// starting it again once it has exited) until every node's new stream had
 	// delivered its full map (every node back online);
 	// RestartSettled until, in addition, every node saw all its peers
 	// online. Both are zero if not Scenario.Restart.
@@ -206,7 +206,7 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 	if sc.Restart {
 		fleet.NextEpoch()
 		start := time.Now()
-		coord.Kill()
+		coord.Stop()
 		if err := phase(coord.Start); err != nil {
 			return nil, err
 		}
