@@ -35,14 +35,18 @@ type FleetOptions struct {
 	// Logger receives the progress of waits every few seconds; nil
 	// discards it.
 	Logger *slog.Logger
-	// FullMapsInFlight bounds how many streams read their full map at
-	// once: a stream takes a slot before it reads its first byte and
-	// gives it back once its full map is decoded. Every stream request
-	// still reaches the coordinator at once; the others wait, unread,
-	// as nodes on slow links would. Without the bound the fleet's memory
-	// grows with N times the size of a full map whenever it decodes more
-	// slowly than the coordinator sends (5,000 streams took this
-	// process past 9 GB on 2 busy cores). Zero means 128.
+	// FullMapsInFlight bounds how many streams are between opening and
+	// having decoded their full map: a node takes a slot before it sends
+	// its stream request and gives it back once its full map is decoded,
+	// so the others open their streams as slots free up. Without the
+	// bound the fleet's memory grows with N times the size of a full map
+	// whenever it decodes more slowly than the coordinator sends (5,000
+	// streams took this process past 9 GB on 2 busy cores). The slot is
+	// taken before the request, not before the first read: a stream left
+	// unread for twice the coordinator's keepalive (60 s) is dead to
+	// coordclient, which drops it and opens another, so from about 4,000
+	// nodes on the waiting streams were reopened over and over and the
+	// run never finished. Zero means 128.
 	FullMapsInFlight int
 }
 
@@ -67,7 +71,7 @@ type Fleet struct {
 	badFull  atomic.Pointer[string]
 	runErr   atomic.Pointer[error] // the first error that ended a node's stream for good
 
-	reading chan struct{} // a slot per stream reading its full map (FullMapsInFlight)
+	reading chan struct{} // a slot per stream opening or reading its full map (FullMapsInFlight)
 
 	cancel context.CancelFunc // ends the streams; set by Stream
 	wg     sync.WaitGroup     // the streams
@@ -412,8 +416,11 @@ func (nd *fakeNode) resettle(streaming bool) {
 	}
 }
 
-// gatedTransport hands a node's map streams (the answers that carry
-// wire.HeaderKeepAlive) to a gatedBody. RoundTrip runs on the goroutine
+// gatedTransport makes a node's map requests (wire.PathMap) wait for one
+// of the fleet's reading slots before they are sent, and hands the map
+// streams among the answers (those that carry wire.HeaderKeepAlive) to a
+// gatedBody, which gives the slot back once the full map is decoded;
+// other answers give it back at once. RoundTrip runs on the goroutine
 // that makes the request: for a stream, the node's stream goroutine.
 type gatedTransport struct {
 	nd   *fakeNode
@@ -421,11 +428,21 @@ type gatedTransport struct {
 }
 
 func (t *gatedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if req.URL.Path != wire.PathMap {
+		return t.base.RoundTrip(req)
+	}
+	f := t.nd.f
+	select {
+	case f.reading <- struct{}{}:
+	case <-req.Context().Done():
+		return nil, req.Context().Err()
+	}
 	resp, err := t.base.RoundTrip(req)
 	if err != nil || resp.Header.Get(wire.HeaderKeepAlive) == "" {
+		<-f.reading
 		return resp, err
 	}
-	g := &gatedBody{ReadCloser: resp.Body, f: t.nd.f, ctx: req.Context()}
+	g := &gatedBody{ReadCloser: resp.Body, f: f, held: true}
 	t.nd.stream = g
 	resp.Body = g
 	return resp, nil
@@ -433,27 +450,13 @@ func (t *gatedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 
 func (t *gatedTransport) CloseIdleConnections() { t.base.CloseIdleConnections() }
 
-// gatedBody is a map stream's body: its first Read waits for one of the
-// fleet's reading slots, which release (the full map decoded) or Close
-// gives back. Only the stream's goroutine uses it.
+// gatedBody is a map stream's body, holding a reading slot until release
+// (the full map decoded) or Close gives it back. Only the stream's
+// goroutine uses it.
 type gatedBody struct {
 	io.ReadCloser
 	f    *Fleet
-	ctx  context.Context
 	held bool
-	done bool // the slot was taken and given back
-}
-
-func (g *gatedBody) Read(b []byte) (int, error) {
-	if !g.held && !g.done {
-		select {
-		case g.f.reading <- struct{}{}:
-			g.held = true
-		case <-g.ctx.Done():
-			return 0, g.ctx.Err()
-		}
-	}
-	return g.ReadCloser.Read(b)
 }
 
 func (g *gatedBody) release() {
@@ -461,7 +464,6 @@ func (g *gatedBody) release() {
 		<-g.f.reading
 		g.held = false
 	}
-	g.done = true
 }
 
 func (g *gatedBody) Close() error {

@@ -108,12 +108,13 @@ func TestScaleSmoke(t *testing.T) {
 // process's passes BEAM_SCALE_MAX_RSS_MB (default 6144).
 //
 // One process decodes every node's full map, which N real nodes would do
-// in parallel: at 5,000 nodes that is 8.75 GB of JSON. So that its memory
+// in parallel: at 5,000 nodes that is 11 GB of JSON. So that its memory
 // stays bounded, at most BEAM_SCALE_FULLMAPS_IN_FLIGHT streams (default
-// 128, see FleetOptions.FullMapsInFlight) read their full map at once;
-// the coordinator gets every request at once but writes to the others
-// only as slots free up, so in that burst it holds more unsent frames
-// than it would with real nodes, and its RSS there is an upper bound.
+// 128, see FleetOptions.FullMapsInFlight) are between sending their
+// stream request and having decoded their full map; the others open
+// their streams as slots free up. fullmap-s therefore measures the
+// fleet's decoding as much as the coordinator once N passes a few
+// thousand (see fleet-cpu-s against cpu-s).
 // BEAM_SCALE_COORD_ARGS adds flags to beam coordinator (space-separated),
 // for example "--debug-addr 127.0.0.1:6061" to take pprof profiles during
 // a run.
