@@ -1,6 +1,11 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -9,6 +14,8 @@ import (
 	"time"
 
 	"beam.dev/beam/beamtest/pgtest"
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
 )
 
 // TestTwoCoordinatorsOnPostgres runs two `beam coordinator --db
@@ -19,15 +26,7 @@ import (
 // that joins through the second see each other online and ping each
 // other; a rename made on the first reaches the device on the second.
 func TestTwoCoordinatorsOnPostgres(t *testing.T) {
-	srv := pgtest.New(t)
-	dsn := srv.NewDatabase(t)
-	c1 := newClusterTB(t, "--db", dsn)
-	c2 := &cluster{t: t, bin: c1.bin, dir: t.TempDir(), token: c1.token, coordArgs: c1.coordArgs}
-	c2.addr = "127.0.0.1:" + strconv.Itoa(freePort(t))
-	c2.url = "http://" + c2.addr
-	copyCoordinatorKeys(t, filepath.Join(c1.dir, "coord"), filepath.Join(c2.dir, "coord"))
-	c2.startCoordinator()
-
+	c1, c2 := twoCoordinators(t)
 	key := strings.TrimSpace(c1.mustBeam("admin", "authkey", "create", "--coordinator", c1.url, "--reusable"))
 	a, b := c1.device("alpha"), c2.device("beta")
 	a.mustUp("--authkey", key)
@@ -52,6 +51,107 @@ func TestTwoCoordinatorsOnPostgres(t *testing.T) {
 	if hasPeer(b, "alpha", false) {
 		t.Errorf("beta still lists alpha under its old name")
 	}
+}
+
+// twoCoordinators starts two `beam coordinator --db postgres://...`
+// processes on a new database of a private PostgreSQL server, the second
+// on a copy of the first's keys.
+func twoCoordinators(t *testing.T) (c1, c2 *cluster) {
+	srv := pgtest.New(t)
+	dsn := srv.NewDatabase(t)
+	c1 = newClusterTB(t, "--db", dsn)
+	c2 = &cluster{t: t, bin: c1.bin, dir: t.TempDir(), token: c1.token, coordArgs: c1.coordArgs}
+	c2.addr = "127.0.0.1:" + strconv.Itoa(freePort(t))
+	c2.url = "http://" + c2.addr
+	copyCoordinatorKeys(t, filepath.Join(c1.dir, "coord"), filepath.Join(c2.dir, "coord"))
+	c2.startCoordinator()
+	return c1, c2
+}
+
+// TestPolicyAcrossCoordinators: a policy set with beam admin on one
+// coordinator governs traffic between devices that both stream from the
+// other, within moments; and a sealed request the first coordinator
+// accepted is refused when replayed to the second.
+func TestPolicyAcrossCoordinators(t *testing.T) {
+	c1, c2 := twoCoordinators(t)
+	authKey := strings.TrimSpace(c1.mustBeam("admin", "authkey", "create", "--coordinator", c1.url, "--reusable"))
+	a, b := c2.device("alpha"), c2.device("beta")
+	a.mustUp("--authkey", authKey)
+	b.mustUp("--authkey", authKey)
+	waitFor(t, 15*time.Second, "alpha sees beta online", func() bool { return hasPeer(a, "beta", true) })
+	port := echoServer(t)
+	if ok, why := ncEcho(a, "beta", port, 10*time.Second); !ok {
+		t.Fatalf("alpha -> beta:%d under the default policy: %s", port, why)
+	}
+
+	// Denied: a policy that admits nothing, set on coordinator 1.
+	deny := writeFile(t, c1.dir, "deny.hujson", `{"acls": []}`)
+	start := time.Now()
+	c1.mustBeam("admin", "--coordinator", c1.url, "policy", "set", deny)
+	waitFor(t, 10*time.Second, "alpha loses beta under the deny-all policy set on the other coordinator", func() bool { return !hasPeer(a, "beta", false) })
+	denied := time.Since(start)
+	mustNotReach(t, 2*time.Second, blocked{a, "beta", port}, blocked{b, "alpha", port})
+
+	// Permitted again: beta's port only.
+	allow := writeFile(t, c1.dir, "allow.hujson", fmt.Sprintf(`{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:%d"]}]}`, port))
+	start = time.Now()
+	c1.mustBeam("admin", "--coordinator", c1.url, "policy", "set", allow)
+	waitFor(t, 10*time.Second, "alpha sees beta again", func() bool { return hasPeer(a, "beta", false) })
+	if ok, why := ncEcho(a, "beta", port, 10*time.Second); !ok {
+		t.Fatalf("alpha -> beta:%d once permitted on the other coordinator: %s", port, why)
+	}
+	permitted := time.Since(start)
+	t.Logf("policy set on coordinator 1, devices on coordinator 2: denied (peer gone) after %v, permitted (first echo) after %v", denied, permitted)
+	// The target is a second; measured well under it. The bound leaves
+	// room for a loaded machine and is still far below a restart.
+	if denied > 5*time.Second || permitted > 5*time.Second {
+		t.Errorf("policy change took %v (deny) and %v (permit) to reach devices on the other coordinator, want under 5s", denied, permitted)
+	}
+
+	// A sealed registration accepted by coordinator 1, replayed to 2.
+	req := sealedRegistration(t, c1.url, authKey)
+	for i, u := range []string{c1.url, c2.url} {
+		resp, err := http.Post(u+wire.PathRegister, "application/json", bytes.NewReader(req))
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var eb wire.ErrorBody
+		json.Unmarshal(body, &eb)
+		switch {
+		case i == 0 && resp.StatusCode != http.StatusOK:
+			t.Fatalf("sealed registration on coordinator 1: %d %s", resp.StatusCode, body)
+		case i == 1 && (resp.StatusCode != http.StatusUnauthorized || eb.Code != wire.CodeReplay):
+			t.Errorf("the same request replayed to coordinator 2: %d %s, want 401 %s", resp.StatusCode, body, wire.CodeReplay)
+		}
+	}
+}
+
+// sealedRegistration returns a registration envelope with authKey for a
+// new node key, sealed to the machine key of the coordinator at url.
+func sealedRegistration(t *testing.T, url, authKey string) []byte {
+	t.Helper()
+	resp, err := http.Get(url + wire.PathKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var mk key.MachinePublic
+	if err := mk.UnmarshalText(bytes.TrimSpace(b)); err != nil {
+		t.Fatalf("machine key %q: %v", b, err)
+	}
+	nk := key.NewNode()
+	clear, err := json.Marshal(wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: nk.Public(), AuthKey: authKey, Hostname: "replayed", Timestamp: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := json.Marshal(map[string]any{"node_key": nk.Public(), "sealed": nk.SealTo(mk, clear)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env
 }
 
 // copyCoordinatorKeys copies the machine key and the tokens of the
