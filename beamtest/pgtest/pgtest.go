@@ -47,12 +47,16 @@ const startTimeout = 2 * time.Minute
 
 // Server is a running private PostgreSQL server.
 type Server struct {
-	dir  string // the cluster's temporary directory: data/ and the socket
-	cmd  *exec.Cmd
-	done chan struct{} // closed when the server process has exited
-	log  *tail
+	dir string   // the cluster's temporary directory: data/ and the socket
+	bin string   // the directory of the server programs
+	env []string // the server's environment
+	log *tail
 
-	mu       sync.Mutex // guards the following fields
+	mu sync.Mutex // guards the following fields
+	// cmd is the server process, done closed when it has exited; Stop
+	// and Start replace them.
+	cmd      *exec.Cmd
+	done     chan struct{}
 	nextDB   int
 	schemaDB bool // the database of NewSchema exists (created under mu)
 	closed   bool
@@ -114,7 +118,7 @@ func Start(ctx context.Context) (_ *Server, err error) {
 			os.RemoveAll(dir)
 		}
 	}()
-	initAttr, serverAttr, err := procAttrs(dir)
+	initAttr, _, err := procAttrs(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -127,19 +131,33 @@ func Start(ctx context.Context) (_ *Server, err error) {
 	if out, err := initdb.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("pgtest: initdb: %w\n%s", err, out)
 	}
-	cmd := exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-k", dir,
+	s := &Server{dir: dir, bin: bin, env: env, log: &tail{}}
+	if err := s.startServer(ctx); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// startServer starts the server process on the cluster and waits until it
+// accepts connections; on failure no process is left running.
+func (s *Server) startServer(ctx context.Context) error {
+	_, serverAttr, err := procAttrs(s.dir)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(filepath.Join(s.bin, "postgres"), "-D", filepath.Join(s.dir, "data"), "-k", s.dir,
 		"-c", "listen_addresses=", "-c", "port=5432", "-c", "max_connections=200",
 		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
 		"-c", "lc_messages=C", "-c", "log_min_messages=warning", "-c", "log_destination=stderr",
 		"-c", "logging_collector=off")
-	cmd.Dir, cmd.Env = dir, env
+	cmd.Dir, cmd.Env = s.dir, s.env
 	cmd.SysProcAttr = serverAttr
 	stderr, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, fmt.Errorf("pgtest: %w", err)
+		return fmt.Errorf("pgtest: %w", err)
 	}
 	cmd.Stderr = cmd.Stdout
-	s := &Server{dir: dir, cmd: cmd, done: make(chan struct{}), log: &tail{}}
+	done := make(chan struct{})
 	// The parent-death signal comes when the thread that started the
 	// server ends, not the process: a goroutine keeps that thread, locked,
 	// until the server has exited.
@@ -150,29 +168,90 @@ func Start(ctx context.Context) (_ *Server, err error) {
 		err := cmd.Start()
 		started <- err
 		if err == nil {
-			<-s.done
+			<-done
 		}
 	}()
 	if err := <-started; err != nil {
-		return nil, fmt.Errorf("pgtest: start postgres: %w", err)
+		return fmt.Errorf("pgtest: start postgres: %w", err)
 	}
+	s.mu.Lock()
+	s.cmd, s.done = cmd, done
+	s.mu.Unlock()
 	ready := make(chan struct{})
-	go s.readLog(stderr, ready)
+	go s.readLog(cmd, stderr, ready, done)
 	select {
 	case <-ready:
-		return s, nil
-	case <-s.done:
-		s.Close()
-		return nil, fmt.Errorf("pgtest: postgres exited before it was ready:\n%s", s.log)
+		return nil
+	case <-done:
+		return fmt.Errorf("pgtest: postgres exited before it was ready:\n%s", s.log)
 	case <-ctx.Done():
-		s.Close()
-		return nil, fmt.Errorf("pgtest: postgres not ready: %w\n%s", ctx.Err(), s.log)
+		s.stopServer()
+		return fmt.Errorf("pgtest: postgres not ready: %w\n%s", ctx.Err(), s.log)
 	}
 }
 
-// readLog keeps the server's log and closes ready when the server says it
-// accepts connections; it closes s.done when the server has exited.
-func (s *Server) readLog(r io.Reader, ready chan struct{}) {
+// stopServer stops the server process, if running, with a fast shutdown
+// (open connections end) and waits for it to exit.
+func (s *Server) stopServer() {
+	s.mu.Lock()
+	cmd, done := s.cmd, s.done
+	s.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	// SIGINT is PostgreSQL's fast shutdown.
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		cmd.Process.Kill()
+	}
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		<-done
+	}
+}
+
+// Stop stops the server as an administrator restarting it would (a fast
+// shutdown: open connections end at once, clients get errors) and keeps
+// its cluster, for Start. It returns once the server has exited.
+func (s *Server) Stop() error {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		return errors.New("pgtest: Stop after Close")
+	}
+	s.stopServer()
+	return nil
+}
+
+// Start starts a server stopped by Stop again, on the same socket and
+// data, and returns once it accepts connections.
+func (s *Server) Start(ctx context.Context) error {
+	s.mu.Lock()
+	closed, running := s.closed, s.cmd != nil && !isDone(s.done)
+	s.mu.Unlock()
+	switch {
+	case closed:
+		return errors.New("pgtest: Start after Close")
+	case running:
+		return errors.New("pgtest: the server is running")
+	}
+	return s.startServer(ctx)
+}
+
+func isDone(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
+}
+
+// readLog keeps the server's log and closes ready when the server cmd
+// says it accepts connections; it closes done when cmd has exited.
+func (s *Server) readLog(cmd *exec.Cmd, r io.Reader, ready, done chan struct{}) {
 	sc := bufio.NewScanner(r)
 	signalled := false
 	for sc.Scan() {
@@ -183,8 +262,8 @@ func (s *Server) readLog(r io.Reader, ready chan struct{}) {
 			close(ready)
 		}
 	}
-	s.cmd.Wait()
-	close(s.done)
+	cmd.Wait()
+	close(done)
 }
 
 // DSN returns the URL of database db on the server.
@@ -292,16 +371,7 @@ func (s *Server) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	// SIGINT is PostgreSQL's fast shutdown.
-	if err := s.cmd.Process.Signal(os.Interrupt); err != nil {
-		s.cmd.Process.Kill()
-	}
-	select {
-	case <-s.done:
-	case <-time.After(30 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.done
-	}
+	s.stopServer()
 	return os.RemoveAll(s.dir)
 }
 

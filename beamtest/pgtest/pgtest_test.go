@@ -72,3 +72,43 @@ func TestNewSchema(t *testing.T) {
 		t.Errorf("the schemas' tables hold %q, want %q", got, "one two")
 	}
 }
+
+// TestStopStart: a server stopped by Stop refuses connections and keeps
+// its data; Start serves it again on the same DSN.
+func TestStopStart(t *testing.T) {
+	s := New(t)
+	dsn := s.NewDatabase(t)
+	conn, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(t.Context(), `CREATE TABLE kept (v TEXT); INSERT INTO kept VALUES ('before')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(t.Context(), `SELECT 1`); err == nil {
+		t.Error("a connection opened before Stop still works after it")
+	}
+	conn.Close(t.Context())
+	if c, err := pgx.Connect(t.Context(), dsn); err == nil {
+		c.Close(t.Context())
+		t.Fatal("connected to a stopped server")
+	}
+	if err := s.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(t.Context()); err == nil {
+		t.Error("Start of a running server succeeded")
+	}
+	conn, err = pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatalf("connect after Start: %v", err)
+	}
+	defer conn.Close(t.Context())
+	var got string
+	if err := conn.QueryRow(t.Context(), `SELECT v FROM kept`).Scan(&got); err != nil || got != "before" {
+		t.Errorf("after the restart the row is %q (%v), want %q", got, err, "before")
+	}
+}
