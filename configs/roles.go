@@ -515,6 +515,7 @@ func ParseMeshPeer(s string) (u string, k key.MachinePublic, err error) {
 
 // Node is the settings of beam daemon and beam up.
 type Node struct {
+	// Coordinator is a coordinator URL, or several comma-separated.
 	Coordinator                  string
 	SOCKS5, HTTPProxy, DNSListen string
 	DNSUpstreams                 []string
@@ -526,7 +527,9 @@ type Node struct {
 // anywhere else they would open the mesh to the host's network.
 func (n *Node) Validate() error {
 	var c checker
-	c.url("--coordinator", n.Coordinator, false)
+	for u := range strings.SplitSeq(n.Coordinator, ",") {
+		c.url("--coordinator", strings.TrimSpace(u), false)
+	}
 	for _, l := range []struct{ flag, v string }{{"--socks5", n.SOCKS5}, {"--http-proxy", n.HTTPProxy}, {"--dns-listen", n.DNSListen}} {
 		if l.v == "" {
 			continue

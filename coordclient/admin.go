@@ -15,18 +15,53 @@ import (
 
 // Admin is a client of the coordinator's admin API (bearer token).
 type Admin struct {
-	base  string
+	bases []string // the coordinator URLs; requests go to the first that answers
 	token string
 	hc    *http.Client
 }
 
-// NewAdmin returns an Admin for the coordinator at serverURL using the
-// admin token. A nil hc means a client with a 30 second timeout.
+// NewAdmin returns an Admin for the coordinator at serverURL (or the
+// coordinators sharing one database, comma-separated: each request goes
+// to the first that can be reached) using the admin token. A nil hc
+// means a client with a 30 second timeout.
 func NewAdmin(serverURL, token string, hc *http.Client) *Admin {
 	if hc == nil {
 		hc = &http.Client{Timeout: 30 * time.Second}
 	}
-	return &Admin{base: strings.TrimRight(serverURL, "/"), token: token, hc: hc}
+	bases, err := SplitServerURLs(serverURL)
+	if err != nil {
+		bases = []string{strings.TrimRight(serverURL, "/")} // its requests fail with the URL's problem
+	}
+	return &Admin{bases: bases, token: token, hc: hc}
+}
+
+// send sends one admin request with body (nil for none) of content type
+// ctype, trying the coordinators in turn while they cannot be reached.
+func (a *Admin) send(ctx context.Context, method, path string, body []byte, ctype string) (*http.Response, error) {
+	var err error
+	for _, base := range a.bases {
+		var rd io.Reader
+		if body != nil {
+			rd = bytes.NewReader(body)
+		}
+		req, rerr := http.NewRequestWithContext(ctx, method, base+path, rd)
+		if rerr != nil {
+			return nil, fmt.Errorf("coordclient: %s %s: %w", method, path, rerr)
+		}
+		req.Header.Set("Authorization", "Bearer "+a.token)
+		if body != nil {
+			req.Header.Set("Content-Type", ctype)
+		}
+		resp, derr := a.hc.Do(req)
+		if derr == nil {
+			return resp, nil
+		}
+		err = fmt.Errorf("%w: %w", ErrUnreachable, derr)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, err
 }
 
 // AuthKeyRequest describes a new auth key.
@@ -51,25 +86,17 @@ type AuthKeyRequest struct {
 
 // do sends one admin request; out, if not nil, receives the JSON answer.
 func (a *Admin) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
+	var body []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return err
 		}
-		body = bytes.NewReader(b)
+		body = b
 	}
-	req, err := http.NewRequestWithContext(ctx, method, a.base+path, body)
+	resp, err := a.send(ctx, method, path, body, "application/json")
 	if err != nil {
-		return fmt.Errorf("coordclient: %s %s: %w", method, path, err)
-	}
-	req.Header.Set("Authorization", "Bearer "+a.token)
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := a.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrUnreachable, err)
+		return err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseSize))

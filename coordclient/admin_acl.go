@@ -1,7 +1,6 @@
 package coordclient
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -74,21 +73,9 @@ func (a *Admin) CheckPolicy(ctx context.Context, src []byte) error {
 
 // policyRequest sends a policy text and returns the answer's body.
 func (a *Admin) policyRequest(ctx context.Context, method, path string, src []byte) ([]byte, error) {
-	var body io.Reader
-	if src != nil {
-		body = bytes.NewReader(src)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, a.base+path, body)
+	resp, err := a.send(ctx, method, path, src, "application/hujson")
 	if err != nil {
-		return nil, fmt.Errorf("coordclient: %s %s: %w", method, path, err)
-	}
-	req.Header.Set("Authorization", "Bearer "+a.token)
-	if src != nil {
-		req.Header.Set("Content-Type", "application/hujson")
-	}
-	resp, err := a.hc.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrUnreachable, err)
+		return nil, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseSize))

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"net/url"
@@ -37,7 +38,11 @@ const maxResponseSize = 4 << 20
 
 // Options configures a Client.
 type Options struct {
-	// ServerURL is the coordinator's base URL ("http://127.0.0.1:8080"). Required.
+	// ServerURL is the coordinator's base URL ("http://127.0.0.1:8080"),
+	// or the URLs of several coordinators sharing one database, separated
+	// by commas ("https://c1.example,https://c2.example"). Required. A
+	// host name that resolves to several addresses counts as one
+	// coordinator per address (see RunResponses).
 	ServerURL string
 	// PrivateKey is the node key. Required.
 	PrivateKey key.NodePrivate
@@ -55,12 +60,17 @@ type Options struct {
 	// PeerRelay is the UDP port of the node's peer relay server, reported
 	// in every MapRequest; 0 for none.
 	PeerRelay uint16
+	// LookupNetIP resolves the host names of ServerURL (network "ip");
+	// nil means net.DefaultResolver.LookupNetIP.
+	LookupNetIP func(ctx context.Context, network, host string) ([]netip.Addr, error)
 }
 
-// Client talks to one coordinator as one node. Its methods are safe for
-// concurrent use; Run must not be called twice at once.
+// Client talks to a coordinator (one of several, when ServerURL names
+// more) as one node. Its methods are safe for concurrent use; Run must
+// not be called twice at once.
 type Client struct {
-	base    *url.URL
+	bases   []*url.URL // the URLs of Options.ServerURL, in order
+	lookup  func(ctx context.Context, network, host string) ([]netip.Addr, error)
 	priv    key.NodePrivate
 	pub     key.NodePublic
 	disco   key.DiscoPublic
@@ -79,6 +89,17 @@ type Client struct {
 	endpoints []netip.AddrPort
 	homeDERP  int
 	epsGen    uint64 // bumped by SetEndpoints
+	// targets are the coordinators to talk to (targets.go): one per URL,
+	// or per address of a URL's host name once resolved; cur indexes the
+	// one in use.
+	targets []*target
+	cur     int
+
+	// baseTransport is the transport of Options.HTTPClient when it can be
+	// cloned, for the per-target clients; nil if it cannot.
+	baseTransport *http.Transport
+	hcMu          sync.Mutex              // guards hcs
+	hcs           map[string]*http.Client // per-target clients by host and address
 }
 
 // New returns a Client for opts. It does no I/O.
@@ -86,15 +107,15 @@ func New(opts Options) (*Client, error) {
 	if opts.ServerURL == "" {
 		return nil, errors.New("coordclient: Options.ServerURL is required")
 	}
-	u, err := url.Parse(strings.TrimRight(opts.ServerURL, "/"))
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("coordclient: bad server URL %q: want http(s)://host[:port]", opts.ServerURL)
+	urls, err := SplitServerURLs(opts.ServerURL)
+	if err != nil {
+		return nil, err
 	}
 	if opts.PrivateKey.IsZero() {
 		return nil, errors.New("coordclient: Options.PrivateKey is required")
 	}
 	c := &Client{
-		base:    u,
+		lookup:  opts.LookupNetIP,
 		priv:    opts.PrivateKey,
 		pub:     opts.PrivateKey.Public(),
 		disco:   opts.DiscoKey,
@@ -108,6 +129,19 @@ func New(opts Options) (*Client, error) {
 	if c.hc == nil {
 		c.hc = &http.Client{}
 	}
+	for _, s := range urls {
+		u, _ := url.Parse(s) // checked by SplitServerURLs
+		c.bases = append(c.bases, u)
+	}
+	if c.lookup == nil {
+		c.lookup = net.DefaultResolver.LookupNetIP
+	}
+	switch tr := c.hc.Transport.(type) {
+	case nil:
+		c.baseTransport, _ = http.DefaultTransport.(*http.Transport)
+	case *http.Transport:
+		c.baseTransport = tr
+	}
 	if c.logger == nil {
 		c.logger = slog.New(slog.DiscardHandler)
 	}
@@ -118,23 +152,23 @@ func New(opts Options) (*Client, error) {
 // NodeKey returns the client's node public key.
 func (c *Client) NodeKey() key.NodePublic { return c.pub }
 
-func (c *Client) url(path string) string { return c.base.String() + path }
-
 // machineKey returns the box key the node shares with the coordinator's
-// machine key, fetching the machine key once: one X25519 per coordinator
-// key, not per message.
-func (c *Client) machineKey(ctx context.Context) (key.Shared, error) {
+// machine key, fetching the machine key (from t) once: one X25519 per
+// coordinator key, not per message. Replicas of one coordinator share
+// their machine key; one that does not answers bad_seal, and post fetches
+// its key.
+func (c *Client) machineKey(ctx context.Context, t *target) (key.Shared, error) {
 	c.mu.Lock()
 	box := c.serverBox
 	c.mu.Unlock()
 	if !box.IsZero() {
 		return box, nil
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url(wire.PathKey), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.url(wire.PathKey), nil)
 	if err != nil {
 		return box, fmt.Errorf("coordclient: fetch server key: %w", err)
 	}
-	resp, err := c.hc.Do(req)
+	resp, err := t.hc.Do(req)
 	if err != nil {
 		return box, fmt.Errorf("%w: fetch server key: %w", ErrUnreachable, err)
 	}
@@ -157,12 +191,36 @@ func (c *Client) machineKey(ctx context.Context) (key.Shared, error) {
 	return box, nil
 }
 
-// post seals the request that build returns and POSTs it to path. On a
-// bad_seal answer (the coordinator's key changed) it refetches the key and
-// tries once more. A non-200 answer becomes an *Error.
+// post seals the request that build returns and POSTs it to path on the
+// current target; when that cannot be reached, the client moves to the
+// next target and tries there, until each was tried once. See postTo.
 func (c *Client) post(ctx context.Context, path string, build func(now time.Time) any) (*http.Response, key.Shared, error) {
+	resp, box, _, err := c.postAny(ctx, path, build)
+	return resp, box, err
+}
+
+// postAny is post, also returning the target that answered (or the last
+// one tried).
+func (c *Client) postAny(ctx context.Context, path string, build func(now time.Time) any) (*http.Response, key.Shared, *target, error) {
+	for tried := 1; ; tried++ {
+		t := c.current()
+		resp, box, err := c.postTo(ctx, t, path, build)
+		if err == nil || !errors.Is(err, ErrUnreachable) || ctx.Err() != nil {
+			return resp, box, t, err
+		}
+		if n := c.advance(t); tried >= n {
+			return nil, box, t, err
+		}
+		c.logger.Debug("coordinator unreachable; trying the next", "server", t.String(), "err", err)
+	}
+}
+
+// postTo seals the request that build returns and POSTs it to path on t.
+// On a bad_seal answer (the coordinator's key changed) it refetches the
+// key and tries once more. A non-200 answer becomes an *Error.
+func (c *Client) postTo(ctx context.Context, t *target, path string, build func(now time.Time) any) (*http.Response, key.Shared, error) {
 	for attempt := 0; ; attempt++ {
-		box, err := c.machineKey(ctx)
+		box, err := c.machineKey(ctx, t)
 		if err != nil {
 			return nil, box, err
 		}
@@ -171,7 +229,7 @@ func (c *Client) post(ctx context.Context, path string, build func(now time.Time
 			return nil, box, fmt.Errorf("coordclient: encode request: %w", err)
 		}
 		body, _ := json.Marshal(wire.Envelope{NodeKey: c.pub, Sealed: box.Seal(clear)})
-		req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.url(path), bytes.NewReader(body))
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.url(path), bytes.NewReader(body))
 		if err != nil {
 			return nil, box, fmt.Errorf("coordclient: %s: %w", path, err)
 		}
@@ -181,7 +239,7 @@ func (c *Client) post(ctx context.Context, path string, build func(now time.Time
 		// fresh connection when a pooled one turns out dead before any
 		// answer (the coordinator restarted since it was last used).
 		req.Header["Idempotency-Key"] = nil
-		resp, err := c.hc.Do(req)
+		resp, err := t.hc.Do(req)
 		if err != nil {
 			return nil, box, fmt.Errorf("%w: %s: %w", ErrUnreachable, path, err)
 		}

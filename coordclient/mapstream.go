@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
+	"net/http"
 	"strconv"
 	"sync"
 	"time"
 
+	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
 )
 
@@ -18,10 +21,11 @@ import (
 // arrives (a message split across frames once, joined), keepalives
 // included, instead of building a netmap per message, so a caller can
 // keep only what it needs. first is true for the full map that starts every
-// stream. Reconnects (capped exponential backoff with jitter, or the wait
-// a coordinator that shuts down asks for), the dead
-// stream timeout, endpoint updates (SetEndpoints), OnConnState and the
-// errors returned are those of Run.
+// stream. Reconnects (to the next coordinator when there are several;
+// else with capped exponential backoff and jitter, or after the wait a
+// coordinator that shuts down asks for), the dead stream timeout,
+// endpoint updates (SetEndpoints), OnConnState and the errors returned
+// are those of Run.
 func (c *Client) RunResponses(ctx context.Context, onResponse func(resp *wire.MapResponse, first bool)) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -30,8 +34,12 @@ func (c *Client) RunResponses(ctx context.Context, onResponse func(resp *wire.Ma
 	wg.Go(func() { c.endpointLoop(ctx) })
 
 	var bo backoff
+	c.resolve(ctx)
+	// misses counts the targets that failed since a stream last got its
+	// map; once every one has, the client backs off.
+	misses := 0
 	for {
-		got, err := c.responsesOnce(ctx, onResponse)
+		got, t, err := c.responsesOnce(ctx, onResponse)
 		if c.onConn != nil {
 			c.onConn(false)
 		}
@@ -44,33 +52,73 @@ func (c *Client) RunResponses(ctx context.Context, onResponse func(resp *wire.Ma
 		}
 		if got {
 			bo.reset()
+			misses = 0
 		}
+		n := c.advance(t)
+		if n == 1 {
+			d := bo.next()
+			if e, ok := errors.AsType[*Error](err); ok && e.RetryAfter > 0 {
+				// The coordinator is going away and said when to come back
+				// (spread over its nodes): then reconnect promptly.
+				d = e.RetryAfter
+				bo.reset()
+			}
+			c.logger.Info("map stream lost; reconnecting", "err", err, "in", d.Round(time.Millisecond))
+			if !wait(ctx, d) {
+				return nil
+			}
+			continue
+		}
+		switch {
+		case got:
+			misses = 1
+		case errors.Is(err, ErrUnreachable):
+			misses = n // post tried every target
+		default:
+			misses++
+		}
+		if misses < n {
+			// Another coordinator is likely up: go there at once, with a
+			// little jitter so that the nodes of a coordinator that died
+			// do not all arrive in the same instant.
+			d := rand.N(failoverJitter)
+			c.logger.Info("map stream lost; moving to the next coordinator", "from", t.String(), "to", c.ServerURL(), "err", err, "in", d.Round(time.Millisecond))
+			if !wait(ctx, d) {
+				return nil
+			}
+			continue
+		}
+		misses = 0
 		d := bo.next()
-		if e, ok := errors.AsType[*Error](err); ok && e.RetryAfter > 0 {
-			// The coordinator is going away and said when to come back
-			// (spread over its nodes): then reconnect promptly.
-			d = e.RetryAfter
-			bo.reset()
-		}
-		c.logger.Info("map stream lost; reconnecting", "err", err, "in", d.Round(time.Millisecond))
+		c.logger.Info("no coordinator reachable; trying them again", "err", err, "in", d.Round(time.Millisecond))
 		if !wait(ctx, d) {
 			return nil
 		}
+		c.resolve(ctx)
 	}
 }
 
+// failoverJitter bounds the wait before moving to the next coordinator.
+const failoverJitter = 300 * time.Millisecond
+
 // responsesOnce runs one map stream for RunResponses. It reports whether
-// it received a full map.
-func (c *Client) responsesOnce(ctx context.Context, onResponse func(*wire.MapResponse, bool)) (bool, error) {
+// it received a full map, and the target it tried last.
+func (c *Client) responsesOnce(ctx context.Context, onResponse func(*wire.MapResponse, bool)) (bool, *target, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	resp, box, err := c.post(ctx, wire.PathMap, func(now time.Time) any {
+	resp, box, t, err := c.postAny(ctx, wire.PathMap, func(now time.Time) any {
 		req, _ := c.mapRequest(now, true)
 		return req
 	})
 	if err != nil {
-		return false, fmt.Errorf("coordclient: open map stream: %w", err)
+		return false, t, fmt.Errorf("coordclient: open map stream: %w", err)
 	}
+	got, err := c.readStream(cancel, resp, box, onResponse)
+	return got, t, err
+}
+
+// readStream reads the map stream resp until it ends; cancel ends it.
+func (c *Client) readStream(cancel context.CancelFunc, resp *http.Response, box key.Shared, onResponse func(*wire.MapResponse, bool)) (bool, error) {
 	defer resp.Body.Close()
 
 	ka := defaultKeepAlive

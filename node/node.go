@@ -300,14 +300,23 @@ func (n *Node) Up(ctx context.Context, req apitype.UpRequest) (*apitype.UpRespon
 		}
 	}
 	if req.Coordinator != "" {
-		if n.st.Coordinator != "" && n.st.Coordinator != req.Coordinator && n.st.Registered && req.AuthKey == "" {
+		urls, err := coordclient.SplitServerURLs(req.Coordinator)
+		if err != nil {
 			n.mu.Unlock()
-			return nil, fmt.Errorf("node is registered with %s; pass --authkey to join %s", n.st.Coordinator, req.Coordinator)
+			return nil, err
 		}
-		if n.st.Coordinator != req.Coordinator {
+		want := strings.Join(urls, ",")
+		// A list that shares a coordinator with the stored one (replicas
+		// added or removed) names the same network: the registration holds.
+		same := coordclient.SameServers(n.st.Coordinator, want)
+		if n.st.Coordinator != "" && !same && n.st.Registered && req.AuthKey == "" {
+			n.mu.Unlock()
+			return nil, fmt.Errorf("node is registered with %s; pass --authkey to join %s", n.st.Coordinator, want)
+		}
+		if !same {
 			n.st.Registered = false
 		}
-		n.st.Coordinator = req.Coordinator
+		n.st.Coordinator = want
 	}
 	if n.st.Coordinator == "" {
 		n.mu.Unlock()
@@ -901,6 +910,9 @@ func (n *Node) Status() *apitype.Status {
 		CoordinatorOnline: n.controlOnline && n.sess != nil,
 		Peers:             []apitype.PeerStatus{},
 		TUN:               n.opts.TUN,
+	}
+	if c := n.curClient.Load(); c != nil && st.CoordinatorOnline && strings.Contains(n.st.Coordinator, ",") {
+		st.CoordinatorStream = c.ServerURL()
 	}
 	if n.lastErr != "" {
 		st.Health = append(st.Health, n.lastErr)

@@ -36,9 +36,15 @@ const (
 // Status is the answer of GET /localapi/v0/status.
 type Status struct {
 	// Version is the daemon's build (internal/version.String).
-	Version     string `json:"version,omitempty"`
-	State       State  `json:"state"`
+	Version string `json:"version,omitempty"`
+	State   State  `json:"state"`
+	// Coordinator is the coordinator URL, or the URLs of several sharing
+	// one database, comma-separated.
 	Coordinator string `json:"coordinator,omitempty"`
+	// CoordinatorStream is the URL the map stream is connected to when
+	// Coordinator names several (with the address dialed when the URL's
+	// name has several); empty otherwise.
+	CoordinatorStream string `json:"coordinator_stream,omitempty"`
 	// CoordinatorOnline reports whether the map stream is connected.
 	CoordinatorOnline bool         `json:"coordinator_online"`
 	Self              *PeerStatus  `json:"self,omitempty"`
@@ -117,7 +123,10 @@ type PeerStatus struct {
 
 // UpRequest is the body of POST /localapi/v0/up.
 type UpRequest struct {
-	// Coordinator is the coordinator URL; empty reuses the stored one.
+	// Coordinator is the coordinator URL, or the URLs of several
+	// coordinators sharing one database, comma-separated (the node
+	// streams from one and moves to another when it dies); empty reuses
+	// the stored one.
 	Coordinator string `json:"coordinator,omitempty"`
 	// AuthKey is a pre-auth key; empty rejoins with the stored node key.
 	AuthKey  string `json:"auth_key,omitempty"`

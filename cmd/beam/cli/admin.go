@@ -50,8 +50,10 @@ func (a *adminFlags) client(f *Factory) (*coordclient.Admin, error) {
 	if server == "" {
 		return nil, errors.New("no coordinator found: pass --coordinator URL or set BEAM_COORDINATOR (on the coordinator's host, beam admin finds one that runs as this user, or pass --data DIR)")
 	}
-	if u, err := url.Parse(server); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("bad coordinator URL %q: want http(s)://host:port", server)
+	for u := range strings.SplitSeq(server, ",") {
+		if u, err := url.Parse(strings.TrimSpace(u)); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, fmt.Errorf("bad coordinator URL %q: want http(s)://host:port (several: comma-separated)", server)
+		}
 	}
 	token := ""
 	switch {

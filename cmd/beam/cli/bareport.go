@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"beam.dev/beam/coordclient"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/node"
 )
@@ -45,7 +46,7 @@ func runBarePort(ctx context.Context, f *Factory, in *instanceFlags, port uint16
 	}
 	expose := &ExposeOptions{Port: port, Inspect: true}
 	st, err := in.client(f).Status(ctx)
-	if err == nil && st.State == apitype.StateRunning && (server == "" || server == st.Coordinator) {
+	if err == nil && st.State == apitype.StateRunning && (server == "" || coordclient.SameServers(server, st.Coordinator)) {
 		return runExpose(ctx, f, in, expose)
 	}
 	if server == "" && err == nil && st.Coordinator != "" {

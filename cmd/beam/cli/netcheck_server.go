@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"beam.dev/beam/coordclient"
@@ -32,7 +33,12 @@ func runNetcheckServer(ctx context.Context, f *Factory, in *instanceFlags, o *ne
 	if st.Coordinator == "" {
 		return errors.New("this device has not joined a server: run beam up --coordinator URL first")
 	}
-	setup, err := coordclient.ServerSetup(ctx, st.Coordinator, &http.Client{Timeout: o.Timeout})
+	// With several coordinators (replicas), the one streaming answers.
+	coordURL, _, _ := strings.Cut(st.Coordinator, ",")
+	if st.CoordinatorStream != "" {
+		coordURL, _, _ = strings.Cut(st.CoordinatorStream, " ")
+	}
+	setup, err := coordclient.ServerSetup(ctx, coordURL, &http.Client{Timeout: o.Timeout})
 	if ce, ok := errors.AsType[*coordclient.Error](err); ok && ce.Status == http.StatusNotFound {
 		return fmt.Errorf("the coordinator at %s has no public setup to check: beam netcheck --server checks a public server (beam server --domain, not --dev)", st.Coordinator)
 	}

@@ -1,6 +1,8 @@
 package cli
 
 import (
+	"strings"
+
 	"github.com/spf13/cobra"
 
 	"beam.dev/beam/configs"
@@ -16,8 +18,9 @@ func checkNodeFlags(cmd *cobra.Command) *cobra.Command {
 			return v
 		}
 		ups, _ := fl.GetStringSlice("dns-upstream")
+		coords, _ := fl.GetStringSlice("coordinator") // beam up's; nil for beam daemon
 		cfg := configs.Node{
-			Coordinator: str("coordinator"), SOCKS5: str("socks5"), HTTPProxy: str("http-proxy"), DNSListen: str("dns-listen"),
+			Coordinator: strings.Join(coords, ","), SOCKS5: str("socks5"), HTTPProxy: str("http-proxy"), DNSListen: str("dns-listen"),
 			DNSUpstreams: ups, ACMECA: str("acme-ca"), LogLevel: str("log-level"),
 		}
 		return cfg.Validate()

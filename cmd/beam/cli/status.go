@@ -82,6 +82,8 @@ func printStatus(f *Factory, st *apitype.Status) {
 	}
 	if !st.CoordinatorOnline {
 		fmt.Fprintln(f.Out, "# coordinator unreachable: running on the last netmap")
+	} else if st.CoordinatorStream != "" {
+		fmt.Fprintf(f.Out, "# coordinator: %s\n", st.CoordinatorStream)
 	}
 	for _, h := range st.Health {
 		fmt.Fprintf(f.Out, "# health: %s\n", h)

@@ -20,6 +20,7 @@ import (
 
 // UpOptions are the flags of beam up.
 type UpOptions struct {
+	// Coordinator is the coordinator URL, or several comma-separated.
 	Coordinator string
 	AuthKey     string
 	Hostname    string
@@ -30,6 +31,7 @@ type UpOptions struct {
 	Daemon      DaemonOptions
 
 	shieldsUpSet bool
+	coordinators []string // the --coordinator flags
 }
 
 // NewCmdUp returns the beam up command.
@@ -55,6 +57,7 @@ and are kept in its state; 'beam set' changes them without joining again.`,
 			if o.AuthKey == "" {
 				o.AuthKey = f.getenv("BEAM_AUTHKEY")
 			}
+			o.Coordinator = strings.Join(o.coordinators, ",")
 			if o.Coordinator == "" {
 				o.Coordinator = f.getenv("BEAM_COORDINATOR")
 			}
@@ -67,7 +70,7 @@ and are kept in its state; 'beam set' changes them without joining again.`,
 			return runUp(cmd.Context(), f, in, o)
 		},
 	}
-	cmd.Flags().StringVar(&o.Coordinator, "coordinator", "", "coordinator URL (env BEAM_COORDINATOR; default: the stored one)")
+	cmd.Flags().StringSliceVar(&o.coordinators, "coordinator", nil, "coordinator URL; several coordinators sharing one database: comma-separated or repeated, the node streams from one and moves to the next when it dies (env BEAM_COORDINATOR; default: the stored ones)")
 	cmd.Flags().StringVar(&o.AuthKey, "authkey", "", "auth key to register with (env BEAM_AUTHKEY)")
 	cmd.Flags().StringVar(&o.Hostname, "hostname", "", "name to register (default: the host's name)")
 	cmd.Flags().BoolVar(&o.ShieldsUp, "shields-up", false, "refuse all inbound connections from peers")
