@@ -94,9 +94,7 @@ type pendingReg struct {
 	done   chan struct{} // closed once approved
 
 	// Set before done is closed, never changed after.
-	approval  Approval
-	authKey   string // one-off auth key the followup registers with
-	keyPrefix string // its stored prefix, to delete it once used or expired
+	approval Approval
 }
 
 // pendingRegs holds the registrations waiting for approval.
@@ -106,9 +104,6 @@ type pendingRegs struct {
 	byKey  map[key.NodePublic]*pendingReg
 	// bySource counts the registrations of each source address.
 	bySource map[netip.Addr]int
-	// uncollected are the prefixes of auth keys made for approved
-	// registrations that expired unused; the janitor deletes them.
-	uncollected []string
 }
 
 // normalizeCode upper-cases a typed code and drops spaces and dashes.
@@ -135,37 +130,31 @@ func newApprovalCode() string {
 	return string(b)
 }
 
-// pruneLocked drops expired registrations, noting the auth keys made for
-// those that were approved but never collected. pendingRegs.mu held.
+// pruneLocked drops expired registrations. pendingRegs.mu held.
 func (pr *pendingRegs) pruneLocked(now time.Time) {
 	for _, p := range pr.byCode {
 		if !now.Before(p.Expires) {
 			pr.dropLocked(p)
-			if p.keyPrefix != "" {
-				pr.uncollected = append(pr.uncollected, p.keyPrefix)
-			}
 		}
 	}
 }
 
-// pruneApprovals drops expired registrations and deletes the auth keys
-// made for approved ones that were never collected (janitor).
+// pruneApprovals drops expired registrations (janitor), and from a shared
+// store every sharedPendingSweep.
 func (rg *registry) pruneApprovals(ctx context.Context) {
 	s := rg.core
+	now := s.now()
 	pr := &rg.pending
 	pr.mu.Lock()
-	pr.pruneLocked(s.now())
-	keys := pr.uncollected
-	pr.uncollected = nil
+	pr.pruneLocked(now)
 	pr.mu.Unlock()
-	for _, prefix := range keys {
-		rg.deleteApprovalKey(ctx, prefix, "approved registration expired uncollected")
-	}
+	rg.sweepSharedPending(ctx, now)
 }
 
-// deleteApprovalKey deletes a one-off auth key made for an approval: once
-// used, or once its registration expired, it can admit nobody. The audit
-// log keeps its creation and says why it went.
+// deleteApprovalKey deletes a one-off auth key made for an approved
+// registration once its followup registered with it (or failed to): it
+// can admit nobody else. The audit log keeps its creation and says why
+// it went.
 func (rg *registry) deleteApprovalKey(ctx context.Context, prefix, why string) {
 	s := rg.core
 	if err := s.store.DeleteAuthKey(ctx, prefix); err != nil {
@@ -248,8 +237,19 @@ func (p *pendingReg) approved() bool {
 // addPending returns the registration waiting for nk, creating it for a
 // client at source. To make room it drops the oldest waiting registration
 // of source when source has maxPendingPerSource, or of the source with
-// the most when the queue is full.
-func (rg *registry) addPending(req *wire.RegisterRequest, source netip.Addr) (*pendingReg, *apiError) {
+// the most when the queue is full. On a shared store it records the
+// registration there, where the other coordinators find it.
+func (rg *registry) addPending(ctx context.Context, req *wire.RegisterRequest, source netip.Addr) (*pendingReg, *apiError) {
+	p, made, dropped, aerr := rg.addPendingMem(req, source)
+	if aerr != nil || rg.shared == nil {
+		return p, aerr
+	}
+	return rg.sharePending(ctx, p, made, dropped)
+}
+
+// addPendingMem is addPending in memory: it also reports whether it made
+// the registration, and those it dropped to make room.
+func (rg *registry) addPendingMem(req *wire.RegisterRequest, source netip.Addr) (_ *pendingReg, made bool, dropped []*pendingReg, _ *apiError) {
 	s := rg.core
 	now := s.now()
 	source = sourceKey(source)
@@ -258,7 +258,7 @@ func (rg *registry) addPending(req *wire.RegisterRequest, source netip.Addr) (*p
 	defer pr.mu.Unlock()
 	pr.pruneLocked(now)
 	if p := pr.byKey[req.NodeKey]; p != nil {
-		return p, nil
+		return p, false, nil, nil
 	}
 	for _, from := range []netip.Addr{source, {}} {
 		full := len(pr.byCode) >= maxPending
@@ -270,9 +270,10 @@ func (rg *registry) addPending(req *wire.RegisterRequest, source netip.Addr) (*p
 		}
 		old := pr.oldestWaitingLocked(from)
 		if old == nil {
-			return nil, errorf(http.StatusServiceUnavailable, wire.CodeUnavailable, "too many registrations are waiting for approval")
+			return nil, false, dropped, errorf(http.StatusServiceUnavailable, wire.CodeUnavailable, "too many registrations are waiting for approval")
 		}
 		pr.dropLocked(old)
+		dropped = append(dropped, old)
 		s.logger.Info("registration dropped to make room", "code", old.Code, "source", old.source, "hostname", old.Hostname)
 	}
 	code := newApprovalCode()
@@ -290,7 +291,7 @@ func (rg *registry) addPending(req *wire.RegisterRequest, source netip.Addr) (*p
 	pr.byKey[req.NodeKey] = p
 	pr.bySource[source]++
 	s.logger.Info("registration waiting for approval", "node", req.NodeKey.ShortString(), "hostname", req.Hostname, "code", code)
-	return p, nil
+	return p, true, dropped, nil
 }
 
 // PendingRegistrations lists the registrations waiting for approval.
@@ -324,17 +325,18 @@ func (s *Server) ApproveRegistration(ctx context.Context, code string, a Approva
 	return s.reg.approve(ctx, code, a)
 }
 
-// approve is Server.ApproveRegistration.
+// approve is Server.ApproveRegistration. It records the approval and
+// releases the node's followup, on this coordinator or, through a shared
+// store, on the one holding it; that coordinator makes the one-off auth
+// key the node registers with.
 func (rg *registry) approve(ctx context.Context, code string, a Approval) error {
 	s := rg.core
-	p := rg.pending.lookup(code, s.now())
+	p := rg.lookupShared(ctx, code)
 	if p == nil {
 		return fmt.Errorf("%w: no node is waiting with code %q (codes expire after %v)", ErrNotFound, normalizeCode(code), approvalTTL)
 	}
-	select {
-	case <-p.done:
+	if p.approved() {
 		return fmt.Errorf("%w: code %s was approved already", ErrConflict, p.Code)
-	default:
 	}
 	s.mu.Lock()
 	owner := ""
@@ -345,25 +347,26 @@ func (rg *registry) approve(ctx context.Context, code string, a Approval) error 
 	if owner != "" && a.User != "" && owner != a.User {
 		return fmt.Errorf("%w: this device belongs to %s; only %s can authenticate it again", ErrInvalid, owner, owner)
 	}
-	secret, ak, err := rg.createAuthKey(ctx, AuthKeyOptions{User: a.User, Tags: a.Tags, Expiry: approvalTTL, NodeKeyExpiry: a.NodeKeyExpiry})
-	if err != nil {
+	if err := s.checkKeyOwner(ctx, a.User, a.Tags); err != nil {
+		return err
+	}
+	if err := rg.shareApproval(ctx, p, a); err != nil {
 		return err
 	}
 	pr := &rg.pending
 	pr.mu.Lock()
-	defer pr.mu.Unlock()
-	select {
-	case <-p.done:
+	if p.approved() {
+		pr.mu.Unlock()
 		return fmt.Errorf("%w: code %s was approved already", ErrConflict, p.Code)
-	default:
 	}
 	if pr.byCode[p.Code] != p {
+		pr.mu.Unlock()
 		// Dropped meanwhile (expired, or to make room): its node starts over.
-		pr.uncollected = append(pr.uncollected, ak.Prefix)
 		return fmt.Errorf("%w: no node is waiting with code %q any more", ErrNotFound, p.Code)
 	}
-	p.approval, p.authKey, p.keyPrefix = a, secret, ak.Prefix
+	p.approval = a
 	close(p.done)
+	pr.mu.Unlock()
 	actor := a.Actor
 	if actor == "" {
 		actor = actorAdmin
@@ -372,7 +375,7 @@ func (rg *registry) approve(ctx context.Context, code string, a Approval) error 
 	if len(a.Tags) > 0 {
 		detail += " tags=" + strings.Join(a.Tags, ",")
 	}
-	s.audit(ctx, actor, "node.approve", p.Code, detail+" auth_key="+ak.Prefix+" hostname="+p.Hostname)
+	s.audit(ctx, actor, "node.approve", p.Code, detail+" hostname="+p.Hostname)
 	s.logger.Info("registration approved", "code", p.Code, "node", p.NodeKey.ShortString(), "user", a.User, "tags", a.Tags)
 	return nil
 }
@@ -425,7 +428,7 @@ func (rg *registry) interactiveRegister(w http.ResponseWriter, r *http.Request, 
 	if known && !req.Reauth {
 		return false
 	}
-	p, aerr := rg.addPending(req, remoteAddr(r))
+	p, aerr := rg.addPending(r.Context(), req, remoteAddr(r))
 	if aerr != nil {
 		writeError(w, aerr)
 		return true
@@ -438,7 +441,7 @@ func (rg *registry) interactiveRegister(w http.ResponseWriter, r *http.Request, 
 // followupWait passes, or the node hangs up.
 func (rg *registry) followup(w http.ResponseWriter, r *http.Request, nk key.NodePublic, req *wire.RegisterRequest) {
 	s := rg.core
-	p := rg.pending.lookup(req.Followup, s.now())
+	p := rg.lookupShared(r.Context(), req.Followup)
 	if p == nil {
 		s.mu.Lock()
 		known := s.nodes[nk] != nil
@@ -468,9 +471,19 @@ func (rg *registry) followup(w http.ResponseWriter, r *http.Request, nk key.Node
 		writeError(w, errorf(http.StatusServiceUnavailable, wire.CodeUnavailable, "coordinator is shutting down"))
 		return
 	}
-	if rg.finishApproved(w, r, nk, req, p.authKey) {
+	ctx := context.WithoutCancel(r.Context())
+	a := p.approval
+	secret, ak, err := rg.createAuthKey(ctx, AuthKeyOptions{User: a.User, Tags: a.Tags, Expiry: approvalTTL, NodeKeyExpiry: a.NodeKeyExpiry})
+	if err != nil {
+		s.logger.Warn("auth key for an approved registration", "code", p.Code, "err", err)
+		writeError(w, asAPIError(err))
+		return
+	}
+	ok := rg.finishApproved(w, r, nk, req, secret)
+	rg.deleteApprovalKey(ctx, ak.Prefix, "approval key used")
+	if ok {
 		rg.pending.remove(p)
-		rg.deleteApprovalKey(context.WithoutCancel(r.Context()), p.keyPrefix, "approval key used")
+		rg.unsharePending(ctx, p)
 	}
 }
 

@@ -23,7 +23,7 @@ func TestPendingPerSource(t *testing.T) {
 	add := func(src netip.Addr) *pendingReg {
 		t.Helper()
 		clock = clock.Add(time.Millisecond)
-		p, aerr := rg.addPending(&wire.RegisterRequest{NodeKey: key.NewNode().Public(), Hostname: "h"}, src)
+		p, aerr := rg.addPending(t.Context(), &wire.RegisterRequest{NodeKey: key.NewNode().Public(), Hostname: "h"}, src)
 		if aerr != nil {
 			t.Fatalf("addPending from %v: %v", src, aerr)
 		}

@@ -84,6 +84,9 @@ const (
 	// ChangeDomain is a write to a custom domain claim; Change.Name is
 	// the domain.
 	ChangeDomain
+	// ChangePending is a write to a registration waiting for approval
+	// (ApprovalStore); Change.Name is its code.
+	ChangePending
 )
 
 // Change is one write another coordinator made to the shared store, as
@@ -246,7 +249,8 @@ func (f *fanout) rewriteOnline() {
 
 // resync brings everything other coordinators share through the store
 // in line with it, after the listener (re)connected: nodes, the policy,
-// DNS settings, routes and domains. It logs its errors.
+// DNS settings, routes and domains, pending registrations. It logs its
+// errors.
 func (f *fanout) resync(ctx context.Context) {
 	s := f.core
 	s.reg.mu.Lock()
@@ -263,6 +267,9 @@ func (f *fanout) resync(ctx context.Context) {
 	}
 	if err := s.edge.reloadRoutes(ctx); err != nil {
 		s.logger.Warn("resync routes from the store", "err", err)
+	}
+	if err := s.reg.reloadPendings(ctx); err != nil {
+		s.logger.Warn("resync pending registrations from the store", "err", err)
 	}
 }
 
@@ -286,6 +293,8 @@ func (f *fanout) apply(ctx context.Context, ch Change) {
 		what, err = "route", s.edge.reloadRoute(ctx, ch.ID)
 	case ChangeDomain:
 		what, err = "domains", s.edge.reloadDomains(ctx)
+	case ChangePending:
+		what, err = "pending registration", s.reg.reloadPending(ctx, ch.Name)
 	}
 	if err != nil && s.ctx.Err() == nil {
 		s.logger.Warn("apply another coordinator's change", "what", what, "err", err)

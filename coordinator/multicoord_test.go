@@ -379,6 +379,53 @@ func TestSharedState(t *testing.T) {
 		}
 	})
 
+	t.Run("Approval", func(t *testing.T) {
+		// A node without an auth key waits on cb; an admin of ca lists
+		// its code and approves it; the node is registered.
+		codes := make(chan string, 1)
+		done := make(chan error, 1)
+		waiter := newNode(t, cb.URL)
+		go func() {
+			_, err := waiter.Register(t.Context(), coordclient.RegisterParams{Hostname: "waiter", OnAuthURL: func(_, code string) { codes <- code }})
+			done <- err
+		}()
+		var code string
+		select {
+		case code = <-codes:
+		case err := <-done:
+			t.Fatalf("register returned %v before an auth code", err)
+		case <-time.After(fanoutWait):
+			t.Fatal("no auth code")
+		}
+		deadline := time.Now().Add(fanoutWait)
+		for !slices.ContainsFunc(ca.Server.PendingRegistrations(), func(p wire.PendingRegistration) bool { return p.Code == code }) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the other coordinator lists %+v, want code %s", ca.Server.PendingRegistrations(), code)
+			}
+			tick := time.NewTimer(20 * time.Millisecond)
+			<-tick.C
+		}
+		start := time.Now()
+		if err := ca.Server.ApproveRegistration(t.Context(), code, coordinator.Approval{}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("register after approval on the other coordinator: %v", err)
+			}
+			t.Logf("approval on one coordinator released the node waiting on the other in %v", time.Since(start).Round(time.Millisecond))
+		case <-time.After(fanoutWait):
+			t.Fatal("the node waiting on the other coordinator was not released by the approval")
+		}
+		if err := ca.Server.ApproveRegistration(t.Context(), code, coordinator.Approval{}); !errors.Is(err, coordinator.ErrNotFound) && !errors.Is(err, coordinator.ErrConflict) {
+			t.Errorf("second approval = %v, want ErrNotFound or ErrConflict", err)
+		}
+		if !waitNodes(t, ca, 5) { // alpha, bravo, edge, relay, waiter
+			t.Errorf("the other coordinator does not list the approved node")
+		}
+	})
+
 	t.Run("Domains", func(t *testing.T) {
 		st, err := ca.Server.VerifyDomain(t.Context(), "", "shop.customer.test")
 		if err != nil {
@@ -395,6 +442,44 @@ func TestSharedState(t *testing.T) {
 			}
 			tick := time.NewTimer(20 * time.Millisecond)
 			<-tick.C
+		}
+	})
+
+	// Changes the listeners never hear of (written with triggers off)
+	// are picked up when the listeners reconnect: each resyncs the
+	// policy, DNS settings, routes and pending registrations.
+	t.Run("Resync", func(t *testing.T) {
+		conn, err := pgx.Connect(t.Context(), dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		exec := func(sql string, args ...any) {
+			t.Helper()
+			if _, err := conn.Exec(t.Context(), sql, args...); err != nil {
+				t.Fatalf("%s: %v", sql, err)
+			}
+		}
+		exec(`SET session_replication_role = replica`) // no triggers: no notifications
+		exec(`UPDATE settings SET value = $1 WHERE name = 'policy_hujson'`, []byte(`{"acls": []}`))
+		exec(`UPDATE settings SET value = $1 WHERE name = 'dns_config'`, []byte(`{}`))
+		exec(`DELETE FROM routes`)
+		now := time.Now()
+		exec(`INSERT INTO pending_registrations (code, node_key, created_at, expires_at) VALUES ('RESYNC23', $1, $2, $3)`,
+			key.NewNode().Public().String(), now.UnixNano(), now.Add(time.Minute).UnixNano())
+		exec(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND query LIKE 'LISTEN %'`)
+		wb.waitFor("bravo loses alpha under the policy written while unheard", fanoutWait, func(nm *wire.NetMap) bool { return peerNamed(nm, "alpha") == nil })
+		wb.waitFor("bravo's nameservers go", fanoutWait, func(nm *wire.NetMap) bool { return nm.DNS != nil && len(nm.DNS.Nameservers) == 0 })
+		we.waitFor("the edge's routes go", fanoutWait, func(nm *wire.NetMap) bool { return len(nm.EdgeRoutes) == 0 })
+		for _, c := range []*coord{ca, cb} {
+			deadline := time.Now().Add(fanoutWait)
+			for !slices.ContainsFunc(c.Server.PendingRegistrations(), func(p wire.PendingRegistration) bool { return p.Code == "RESYNC23" }) {
+				if time.Now().After(deadline) {
+					t.Fatalf("coordinator at %s lists %+v after its resync, want RESYNC23", c.URL, c.Server.PendingRegistrations())
+				}
+				tick := time.NewTimer(20 * time.Millisecond)
+				<-tick.C
+			}
 		}
 	})
 }

@@ -77,6 +77,13 @@ type registry struct {
 	}
 
 	pending pendingRegs
+	// shared keeps the pending registrations where the other
+	// coordinators on the store find them (approveshare.go); nil when
+	// this coordinator is the store's only user.
+	shared ApprovalStore
+	// lastSweep is when expired registrations were last deleted from
+	// shared. Guarded by pending.mu.
+	lastSweep time.Time
 }
 
 // newRegistry returns the registration job of core on opts.
@@ -93,6 +100,11 @@ func newRegistry(core *Server, opts Options) *registry {
 	rg.pending.byCode = make(map[string]*pendingReg)
 	rg.pending.byKey = make(map[key.NodePublic]*pendingReg)
 	rg.pending.bySource = make(map[netip.Addr]int)
+	if as, ok := opts.Store.(ApprovalStore); ok {
+		if nf, ok := opts.Store.(NodeFeed); ok && nf.SharedNodes() {
+			rg.shared = as
+		}
+	}
 	return rg
 }
 

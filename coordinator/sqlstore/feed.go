@@ -106,6 +106,7 @@ var changeKinds = map[string]coordinator.ChangeKind{
 	"setting": coordinator.ChangeSetting,
 	"route":   coordinator.ChangeRoute,
 	"domain":  coordinator.ChangeDomain,
+	"pending": coordinator.ChangePending,
 }
 
 // parseChange reads a notification's payload: "ORIGIN NODE_ID" for a

@@ -191,6 +191,7 @@ func TestParseChange(t *testing.T) {
 		{"o1 setting dns_config", "o1", coordinator.Change{Kind: coordinator.ChangeSetting, Name: "dns_config"}, true},
 		{"o1 route 7", "o1", coordinator.Change{Kind: coordinator.ChangeRoute, ID: 7}, true},
 		{"o1 domain shop.example.com", "o1", coordinator.Change{Kind: coordinator.ChangeDomain, Name: "shop.example.com"}, true},
+		{"o1 pending ABCD2345", "o1", coordinator.Change{Kind: coordinator.ChangePending, Name: "ABCD2345"}, true},
 		{"o1 route x", "", coordinator.Change{}, false},
 		{"o1 bogus 7", "", coordinator.Change{}, false},
 		{"o1 x", "", coordinator.Change{}, false},
