@@ -217,6 +217,10 @@ type nodeEntry struct {
 	// remoteOnline is set while the node streams from another
 	// coordinator on the same store (fanout.go).
 	remoteOnline bool
+	// peerRelayAsked is the peer relay port of the node's last map
+	// request here (0: none), which rec.Node.PeerRelay shows while the
+	// policy designates the node (see redesignatePeerRelaysLocked).
+	peerRelayAsked uint16
 }
 
 // New returns a Server on opts, loading its state from opts.Store and

@@ -224,6 +224,7 @@ func (ms *streams) handleMap(w http.ResponseWriter, r *http.Request) {
 	if e != nil {
 		expired = e.rec.Node.Expired(now)
 		e.version = req.Version
+		e.peerRelayAsked = req.PeerRelay
 	}
 	s.mu.Unlock()
 	if e == nil {

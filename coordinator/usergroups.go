@@ -104,10 +104,12 @@ func (s *Server) applyPolicyLocked(p *policy.Policy) {
 	s.access.policy.Store(p)
 	s.mu.Lock()
 	clear(s.access.nets)
+	relays := s.redesignatePeerRelaysLocked(p)
 	for _, ss := range s.sessions {
 		ss.mark(ss.key, true)
 	}
 	s.mu.Unlock()
+	s.persistPeerRelays(relays)
 }
 
 // userSubjectsSetting is the settings name of the login identities users

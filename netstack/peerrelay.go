@@ -165,3 +165,9 @@ func (e *Engine) SetPeerRelayLimits(o PeerRelayOptions) bool {
 }
 
 var errPeerRelayPort = errors.New("netstack: peer relay port is the WireGuard port")
+
+// SetPeerRelayOffered says whether the node's peer relay server is offered
+// to its peers (the coordinator's policy designates the node, as its
+// netmap says): while it is not, the server refuses new sessions. On
+// until set; nothing if the engine runs no server.
+func (e *Engine) SetPeerRelayOffered(on bool) { e.bind.SetRelayOffered(on) }

@@ -712,6 +712,11 @@ func (n *Node) applyLocked() {
 	if n.engine == nil {
 		return
 	}
+	if n.netmap != nil && n.netmap.Self != nil {
+		// The coordinator shows the node its own peer relay port only
+		// while the policy designates it.
+		n.engine.SetPeerRelayOffered(n.netmap.Self.PeerRelay != 0)
+	}
 	cfg := engineBase(n.netmap, n.st.ShieldsUp, slices.Concat(n.allowInbound, n.exposedPortsLocked()), &n.filters)
 	cfg.OwnListeners = n.own.list()
 	if n.netmap != nil && n.netmap.Self != nil && n.netmap.Self.Expired(n.netmap.ControlNow(now)) {
@@ -936,6 +941,7 @@ func (n *Node) Status() *apitype.Status {
 				Packets: rs.Packets, Bytes: rs.Bytes, DroppedRate: rs.DroppedRate, DroppedOther: rs.DroppedOther,
 				MaxSessions: rs.MaxSessions, MaxSessionsPerPeer: rs.MaxSessionsPerPeer,
 				PacketsPerSecond: rs.PacketsPerSecond, BytesPerSecond: rs.BytesPerSecond,
+				Offered: nm.Self.PeerRelay != 0,
 			}
 		}
 	}

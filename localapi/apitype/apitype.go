@@ -90,6 +90,10 @@ type PeerRelayStatus struct {
 	MaxSessionsPerPeer int `json:"max_sessions_per_peer"`
 	PacketsPerSecond   int `json:"packets_per_second"`
 	BytesPerSecond     int `json:"bytes_per_second"`
+	// Offered is set while the coordinator offers the server to the
+	// node's peers (the policy's "peerRelays" names the node); while it
+	// does not, the server refuses new sessions.
+	Offered bool `json:"offered"`
 }
 
 // PeerStatus describes one node: the daemon itself or a peer.

@@ -94,6 +94,25 @@ type prState struct {
 	// Bind.mu, read without locks on receive.
 	sessions atomic.Pointer[map[uint32]*prSession]
 	bufs     sync.Pool // of *[]byte, for packets with the header
+	// withheld is set while this node's relay server is not offered to
+	// its peers (the policy does not designate it): Allocates are
+	// refused. See SetRelayOffered.
+	withheld atomic.Bool
+}
+
+// SetRelayOffered says whether this node's peer relay server
+// (Options.RelayServer) is offered to its peers, as its netmap says (the
+// policy designates it): while it is not, Allocate requests are refused,
+// so a peer acting on an older netmap gets no session. On until set.
+func (b *Bind) SetRelayOffered(on bool) {
+	if b.pr.withheld.Swap(!on) == !on || b.opts.RelayServer == nil {
+		return
+	}
+	if on {
+		b.log.Info("peer relay server offered to peers (the policy designates this node)")
+	} else {
+		b.log.Info("peer relay server not offered: the policy's peerRelays does not name this node; allocations refused")
+	}
 }
 
 // usable reports how s may carry traffic at now: alone (silent for less
@@ -227,7 +246,7 @@ func sortPeers(ps []*peer) {
 // relay server: it serves only a pair of its own peers, and sends the
 // allocation to both.
 func (b *Bind) serveAllocate(p *peer, dp *discoPeer, m *disco.Allocate, now int64) {
-	if b.opts.RelayServer == nil {
+	if b.opts.RelayServer == nil || b.pr.withheld.Load() {
 		return
 	}
 	last := p.lastServeAllocate.Load()

@@ -102,6 +102,22 @@ func TestServeAllocate(t *testing.T) {
 			}
 		})
 	}
+	t.Run("not offered", func(t *testing.T) {
+		// The policy does not designate this node (its netmap says so):
+		// nothing is served until it does again.
+		srv := &fakeServer{}
+		bd, fr := relayBind(t, srv, []testPeer{a, b})
+		bd.SetRelayOffered(false)
+		from(bd, a, &disco.Allocate{Peer: b.disco.Public()})
+		if got, s := srv.calls(), fr.take(); got != 0 || len(s) != 0 {
+			t.Errorf("not offered: Allocate called %d times, sent %v; want nothing", got, s)
+		}
+		bd.SetRelayOffered(true)
+		from(bd, a, &disco.Allocate{Peer: b.disco.Public()})
+		if got := srv.calls(); got != 1 {
+			t.Errorf("offered again: Allocate called %d times, want 1", got)
+		}
+	})
 	t.Run("no server", func(t *testing.T) {
 		bd, fr := relayBind(t, nil, []testPeer{a, b})
 		from(bd, a, &disco.Allocate{Peer: b.disco.Public()})
