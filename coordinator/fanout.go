@@ -24,6 +24,16 @@ import (
 //     coordinator wrote; applyNodeChange re-reads that node and tells the
 //     coordinator's own streams, as a local change would.
 //
+// The rest of what coordinators share goes the same way (a Change names
+// its kind and key, apply re-reads it): the policy and user groups
+// (reloadPolicy), DNS settings (reloadDNS), edge routes and custom
+// domains (reloadRoute, reloadDomains) and registrations waiting for
+// approval (approveshare.go). After a reconnection resync re-reads them
+// all. A coordinator's own writes come back to it as notifications too,
+// and the store drops them (their origin is its own), so nothing is
+// applied twice. Sealed requests are checked against the store as well
+// (replay.go).
+//
 // Whether a node is online (has a map stream) is kept in the store too,
 // per coordinator: a node streaming on coordinator A is online for B's
 // streams (nodeEntry.remoteOnline).

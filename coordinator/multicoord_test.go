@@ -445,6 +445,34 @@ func TestSharedState(t *testing.T) {
 		}
 	})
 
+	t.Run("UserGroups", func(t *testing.T) {
+		// ann's node streams from ca; a policy admits group:eng, of
+		// which ann becomes a member by a sign-in on ca: bravo, on cb,
+		// then sees her node.
+		if _, err := ca.Server.CreateUser(t.Context(), "ann"); err != nil {
+			t.Fatal(err)
+		}
+		an := newNode(t, ca.URL)
+		an.register(t, ca.authKey(t, coordinator.AuthKeyOptions{User: "ann"}), "anna")
+		watch(t, an)
+		if err := ca.Server.SetPolicy(t.Context(), []byte(`{"groups": {"group:eng": []}, "acls": [{"action": "accept", "src": ["group:eng"], "dst": ["*:*"]}]}`)); err != nil {
+			t.Fatal(err)
+		}
+		wb.waitFor("bravo does not see anna, in no group yet", fanoutWait, func(nm *wire.NetMap) bool {
+			return peerNamed(nm, "anna") == nil && peerNamed(nm, "alpha") == nil
+		})
+		if err := ca.Server.SetUserGroups(t.Context(), "ann", []string{"group:eng"}); err != nil {
+			t.Fatal(err)
+		}
+		wb.waitFor("bravo sees anna once her group, set on the other coordinator, admits her", fanoutWait, func(nm *wire.NetMap) bool {
+			return peerNamed(nm, "anna") != nil
+		})
+		if err := ca.Server.SetPolicy(t.Context(), []byte(`{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}`)); err != nil {
+			t.Fatal(err)
+		}
+		wb.waitFor("bravo sees alpha again", fanoutWait, func(nm *wire.NetMap) bool { return peerNamed(nm, "alpha") != nil })
+	})
+
 	// Changes the listeners never hear of (written with triggers off)
 	// are picked up when the listeners reconnect: each resyncs the
 	// policy, DNS settings, routes and pending registrations.

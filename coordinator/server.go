@@ -6,7 +6,8 @@
 // a Store the caller injects (beam.dev/beam/coordinator/sqlstore implements
 // it) and in memory: the coordinator keeps every node in memory and writes
 // through to the store. Several coordinators may share a store that
-// implements NodeFeed (PostgreSQL): each follows the others' node changes
+// implements NodeFeed (PostgreSQL): each follows the others' changes to
+// nodes, the policy, DNS settings, routes, domains and pending approvals,
 // and tells its own streams (fanout.go).
 //
 // Every control request is sealed with NaCl box between the node key and
