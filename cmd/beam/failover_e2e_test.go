@@ -2,10 +2,13 @@ package main
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -13,6 +16,7 @@ import (
 	"time"
 
 	"beam.dev/beam/beamtest/pgtest"
+	"beam.dev/beam/wire"
 )
 
 // Failover between coordinators, with real processes: replicas of one
@@ -245,5 +249,168 @@ func TestCoordinatorKilled(t *testing.T) {
 		if gap > 3*time.Second {
 			t.Errorf("%s: %v without an echo, want the exchange never to stall", name, gap.Round(time.Millisecond))
 		}
+	}
+}
+
+// adminNodes returns the nodes coordinator c lists: name to addresses.
+func adminNodes(c *cluster) (map[string]string, error) {
+	out, errOut, err := c.beam(nil, "admin", "nodes", "list", "--json", "--coordinator", c.url)
+	if err != nil {
+		return nil, fmt.Errorf("%v: %s", err, errOut)
+	}
+	var nodes []wire.Node
+	if err := json.Unmarshal([]byte(out), &nodes); err != nil {
+		return nil, err
+	}
+	got := map[string]string{}
+	for _, n := range nodes {
+		var addrs []string
+		for _, p := range n.Addresses {
+			addrs = append(addrs, p.Addr().String())
+		}
+		got[n.Name] = "[" + strings.Join(addrs, " ") + "]" // as nodeRows has them
+	}
+	return got, nil
+}
+
+// peerNames returns the names d's status lists (itself included), and
+// whether every peer is online.
+func peerNames(d *device) ([]string, bool) {
+	st := d.status()
+	var names []string
+	if st.Self != nil {
+		names = append(names, st.Self.Name)
+	}
+	online := true
+	for _, p := range st.Peers {
+		names = append(names, p.Name)
+		online = online && p.Online
+	}
+	slices.Sort(names)
+	return names, online
+}
+
+// TestPostgresRestart restarts the PostgreSQL server under two
+// coordinator replicas while a node is renamed over and over through
+// both and a new device joins, then renames and joins more after: every
+// rename that succeeded is kept (the last one wins everywhere), no node
+// is stored twice, and every device and both coordinators converge on
+// the same nodes, names and addresses.
+func TestPostgresRestart(t *testing.T) {
+	pg := pgtest.New(t)
+	dsn := pg.NewDatabase(t)
+	c1 := newClusterTB(t, "--db", dsn)
+	c2 := replicaOf(t, c1)
+	coords := []*cluster{c1, c2}
+	urls := c1.url + "," + c2.url
+	key := strings.TrimSpace(c1.mustBeam("admin", "authkey", "create", "--coordinator", c1.url, "--reusable"))
+	a, b := c1.device("a"), c2.device("b")
+	a.upOn([]string{c1.url, c2.url}, key)
+	b.upOn([]string{c2.url, c1.url}, key)
+	bKey := b.status().Self.Key
+
+	// The load: rename b through one coordinator, then the other, each
+	// rename retried (by node key, so a retry of one that was applied is
+	// a no-op) until it succeeds.
+	var (
+		mu        sync.Mutex
+		renamed   string // b's name after the last rename that succeeded
+		successes int
+	)
+	stop := make(chan struct{})
+	loopDone := make(chan struct{})
+	go func() {
+		defer close(loopDone)
+		for i := 1; ; i++ {
+			name := "b-" + strconv.Itoa(i)
+			c := coords[i%2]
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, _, err := c.beam(nil, "admin", "nodes", "rename", "nodekey:"+strings.TrimPrefix(bKey, "nodekey:"), name, "--coordinator", c.url); err == nil {
+					break
+				}
+				// A failed attempt (the database is down): again soon.
+				select {
+				case <-stop:
+					return
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+			mu.Lock()
+			renamed, successes = name, successes+1
+			mu.Unlock()
+		}
+	}()
+	waitFor(t, 30*time.Second, "renames before the restart", func() bool { mu.Lock(); defer mu.Unlock(); return successes >= 3 })
+
+	if err := pg.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	// A device joins while the database is down; beam up fails until it
+	// is back, and is tried again.
+	cdev := c1.device("c")
+	joined := make(chan error, 1)
+	go func() {
+		deadline := time.Now().Add(45 * time.Second)
+		for {
+			_, errOut, err := cdev.c.beam(nil, cdev.args("up", "--coordinator", urls, "--hostname", "c", "--authkey", key, "--timeout", "20s")...)
+			if err == nil || time.Now().After(deadline) {
+				if err != nil {
+					err = fmt.Errorf("%v: %s", err, errOut)
+				}
+				joined <- err
+				return
+			}
+			<-time.After(200 * time.Millisecond) // beam up failed while the database is down: again
+		}
+	}()
+	waitFor(t, 10*time.Second, "3 s of the database down", func() bool { return time.Since(stopped) > 3*time.Second })
+	if err := pg.Start(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	atRestart := successes
+	mu.Unlock()
+	waitFor(t, 30*time.Second, "renames after the restart", func() bool { mu.Lock(); defer mu.Unlock(); return successes >= atRestart+3 })
+	if err := <-joined; err != nil {
+		t.Fatalf("c did not join across the restart: %v", err)
+	}
+	d := c2.device("d")
+	d.upOn([]string{c2.url, c1.url}, key)
+	close(stop)
+	<-loopDone
+	mu.Lock()
+	final := renamed
+	mu.Unlock()
+	t.Logf("%d renames, the last %s", successes, final)
+
+	want := []string{"a", final, "c", "d"}
+	slices.Sort(want)
+	rows := nodeRows(t, dsn)
+	if got := slices.Sorted(maps.Keys(rows)); !slices.Equal(got, want) {
+		t.Fatalf("the database holds nodes %v, want %v", got, want)
+	}
+	for _, c := range coords {
+		var got map[string]string
+		var err error
+		waitFor(t, 15*time.Second, "coordinator "+c.url+" lists the database's nodes", func() bool {
+			got, err = adminNodes(c)
+			if !maps.Equal(got, rows) {
+				t.Logf("%s lists %v (%v), the database holds %v", c.url, got, err, rows)
+				return false
+			}
+			return true
+		})
+	}
+	for _, dev := range []*device{a, b, cdev, d} {
+		waitFor(t, 20*time.Second, dev.name+" sees every node under its last name, online", func() bool {
+			names, online := peerNames(dev)
+			return online && slices.Equal(names, want)
+		})
 	}
 }
