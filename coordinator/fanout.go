@@ -36,7 +36,25 @@ import (
 //
 // Whether a node is online (has a map stream) is kept in the store too,
 // per coordinator: a node streaming on coordinator A is online for B's
-// streams (nodeEntry.remoteOnline).
+// streams (nodeEntry.remote). When A stops beating, its nodes are unknown
+// for the others (they may be up, they may be down) until they stream
+// from another coordinator, or for unknownTimeout, after which they are
+// offline.
+
+// Presence is whether a node streams from another coordinator sharing
+// the store.
+type Presence uint8
+
+const (
+	// PresenceNone: the node streams from no other coordinator.
+	PresenceNone Presence = iota
+	// PresenceOnline: the node streams from another coordinator, which
+	// beats.
+	PresenceOnline
+	// PresenceUnknown: the node streamed from a coordinator that stopped
+	// beating; whether it is still up is not known.
+	PresenceUnknown
+)
 
 // NodeFeed is what a store shared by several coordinators adds: the
 // changes other coordinators make to nodes, and which coordinator each
@@ -58,25 +76,28 @@ type NodeFeed interface {
 	ListenNodes(ctx context.Context, resync func(ctx context.Context), changed func(ctx context.Context, ch Change), failed func(error)) error
 	// NodeByID returns the node with id, and whether it streams from a
 	// coordinator on another store; ErrNotFound if there is no such node.
-	NodeByID(ctx context.Context, id wire.NodeID) (rec *NodeRecord, remoteOnline bool, err error)
+	NodeByID(ctx context.Context, id wire.NodeID) (rec *NodeRecord, remote Presence, err error)
 	// NodeByKey is NodeByID for the node whose key is nk.
-	NodeByKey(ctx context.Context, nk key.NodePublic) (rec *NodeRecord, remoteOnline bool, err error)
-	// RemoteOnline returns the IDs of the nodes that stream from a
-	// coordinator on another store.
-	RemoteOnline(ctx context.Context) (map[wire.NodeID]bool, error)
+	NodeByKey(ctx context.Context, nk key.NodePublic) (rec *NodeRecord, remote Presence, err error)
+	// RemoteOnline returns the Presence of the nodes that stream from a
+	// coordinator on another store (or did, from one that stopped
+	// beating); the others are absent.
+	RemoteOnline(ctx context.Context) (map[wire.NodeID]Presence, error)
 	// SetNodeOnline records that the node id streams (online) or no
 	// longer streams from this store's coordinator. Going offline
 	// leaves a node that meanwhile streams elsewhere as it is.
 	SetNodeOnline(ctx context.Context, id wire.NodeID, online bool) error
 	// Heartbeat records that this store's coordinator is alive; the
-	// coordinator calls it every heartbeatInterval. The stream states
-	// of a coordinator that stopped beating are dropped (its nodes go
-	// offline for the others) a while later, by a Heartbeat of another
-	// store, which returns the nodes it dropped so. missing reports that
-	// this store had no beat on record: its first, or after a stall
-	// that had its stream states dropped, which the coordinator then
-	// writes again.
-	Heartbeat(ctx context.Context) (dropped []wire.NodeID, missing bool, err error)
+	// coordinator calls it every heartbeatInterval. The nodes of a
+	// coordinator that stopped beating become PresenceUnknown a while
+	// later, and their stream states are dropped (they go offline) after
+	// the unknown timeout; Heartbeat returns the nodes whose Presence
+	// changed so since its last call, for its own coordinator to re-read
+	// (the others hear of drops through ListenNodes). missing reports that
+	// this store had no beat on record: its first, or after a stall that
+	// had its stream states dropped, which the coordinator then writes
+	// again.
+	Heartbeat(ctx context.Context) (changed []wire.NodeID, missing bool, err error)
 }
 
 // ChangeKind is what a Change names.
@@ -199,7 +220,7 @@ func (f *fanout) onlineLoop() {
 func (f *fanout) beat() {
 	ctx, cancel := context.WithTimeout(f.core.ctx, heartbeatInterval)
 	defer cancel()
-	dropped, missing, err := f.feed.Heartbeat(ctx)
+	changed, missing, err := f.feed.Heartbeat(ctx)
 	if err != nil {
 		if f.core.ctx.Err() == nil {
 			f.core.logger.Warn("heartbeat", "err", err)
@@ -211,8 +232,8 @@ func (f *fanout) beat() {
 		f.rewriteOnline()
 	}
 	f.beaten = true
-	// The others hear of these; this coordinator skips its own writes.
-	for _, id := range dropped {
+	// The others hear of drops; this coordinator skips its own writes.
+	for _, id := range changed {
 		f.applyNodeChange(ctx, id)
 	}
 }
@@ -401,7 +422,7 @@ func (s *Server) syncNodesRegLocked(ctx context.Context) error {
 			return err
 		}
 	}
-	var remote map[wire.NodeID]bool
+	var remote map[wire.NodeID]Presence
 	if s.fan.feed != nil {
 		if remote, err = s.fan.feed.RemoteOnline(ctx); err != nil {
 			return fmt.Errorf("coordinator: resync online nodes: %w", err)
@@ -449,7 +470,7 @@ func (s *Server) networkByID(ctx context.Context, id int64) (*Network, error) {
 // applyRecordLocked brings the node of rec, as the store holds it, into
 // memory; remote says whether it streams from another coordinator.
 // persistMu and s.mu held.
-func (s *Server) applyRecordLocked(rec *NodeRecord, remote bool) {
+func (s *Server) applyRecordLocked(rec *NodeRecord, remote Presence) {
 	now := s.now()
 	nk := rec.Node.Key
 	e := s.nodes[nk]
@@ -462,8 +483,8 @@ func (s *Server) applyRecordLocked(rec *NodeRecord, remote bool) {
 		if s.networks[rec.NetworkID] == nil {
 			return // a network created since networkByID looked
 		}
-		e = &nodeEntry{rec: *rec, remoteOnline: remote}
-		if !remote {
+		e = &nodeEntry{rec: *rec, remote: remote}
+		if remote == PresenceNone {
 			e.offlineSince = now
 		}
 		s.nodes[nk] = e
@@ -482,11 +503,11 @@ func (s *Server) applyRecordLocked(rec *NodeRecord, remote bool) {
 		next = cur
 	}
 	e.rec = next
-	if e.remoteOnline && !remote && s.sessions[nk] == nil {
+	if e.remote != PresenceNone && remote == PresenceNone && s.sessions[nk] == nil {
 		e.offlineSince = now
 	}
-	e.remoteOnline = remote
-	if remote {
+	e.remote = remote
+	if remote != PresenceNone {
 		e.offlineSince = time.Time{}
 	}
 	after := s.viewLocked(e)

@@ -75,17 +75,21 @@ func (s *Server) viewLocked(e *nodeEntry) *wire.Node {
 	n.Addresses = slices.Clone(n.Addresses)
 	n.Endpoints = slices.Clone(n.Endpoints)
 	n.Tags = slices.Clone(n.Tags)
-	n.Online = s.sessions[n.Key] != nil || e.remoteOnline
+	local := s.sessions[n.Key] != nil
+	n.Online = local || e.remote == PresenceOnline
+	n.Unknown = !local && e.remote == PresenceUnknown
 	return &n
 }
 
-// nodeEqual reports whether a and b are equal apart from Online and LastSeen.
+// nodeEqual reports whether a and b are equal apart from Online and
+// LastSeen. Unknown counts: peers get the whole node when it changes,
+// which older nodes that know only Online take as it is (offline).
 func nodeEqual(a, b *wire.Node) bool {
 	return a.ID == b.ID && a.Key == b.Key && a.DiscoKey == b.DiscoKey && a.Name == b.Name &&
 		a.DNSName == b.DNSName && a.Hostname == b.Hostname && a.OS == b.OS &&
 		slices.Equal(a.Addresses, b.Addresses) && slices.Equal(a.Endpoints, b.Endpoints) &&
 		a.HomeDERP == b.HomeDERP && a.PeerRelay == b.PeerRelay && a.KeyExpiry.Equal(b.KeyExpiry) && a.User == b.User &&
-		slices.Equal(a.Tags, b.Tags) && a.Ephemeral == b.Ephemeral
+		slices.Equal(a.Tags, b.Tags) && a.Ephemeral == b.Ephemeral && a.Unknown == b.Unknown
 }
 
 // removeNode deletes nk from the store and memory, ends its stream with

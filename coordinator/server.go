@@ -215,9 +215,9 @@ type nodeEntry struct {
 	// version is the protocol version of its last map request; 0 if none
 	// since the coordinator started.
 	version int
-	// remoteOnline is set while the node streams from another
-	// coordinator on the same store (fanout.go).
-	remoteOnline bool
+	// remote is whether the node streams from another coordinator on the
+	// same store, or did from one that stopped beating (fanout.go).
+	remote Presence
 	// peerRelayAsked is the peer relay port of the node's last map
 	// request here (0: none), which rec.Node.PeerRelay shows while the
 	// policy designates the node (see redesignatePeerRelaysLocked).
@@ -547,7 +547,7 @@ func (s *Server) janitorLoop() {
 		var drop []key.NodePublic
 		s.mu.Lock()
 		for k, e := range s.nodes {
-			if e.rec.Node.Ephemeral && s.sessions[k] == nil && !e.remoteOnline && !e.offlineSince.IsZero() && now.Sub(e.offlineSince) >= s.ephemeral {
+			if e.rec.Node.Ephemeral && s.sessions[k] == nil && e.remote == PresenceNone && !e.offlineSince.IsZero() && now.Sub(e.offlineSince) >= s.ephemeral {
 				drop = append(drop, k)
 				continue
 			}

@@ -988,6 +988,7 @@ func nodeStatus(n *wire.Node, now time.Time) apitype.PeerStatus {
 		Key:       n.Key.String(),
 		OS:        n.OS,
 		Online:    n.Online,
+		Unknown:   n.Unknown,
 		KeyExpiry: n.KeyExpiry,
 		Expired:   n.Expired(now),
 		User:      n.User,

@@ -95,7 +95,7 @@ func (nm *NetMap) Apply(resp *MapResponse, localNow time.Time) *NetMap {
 	}
 	for k, online := range resp.PeersOnline {
 		if p, ok := byKey[k]; ok {
-			p.Online = online
+			p.Online, p.Unknown = online, false
 		}
 	}
 	next.Peers = slices.SortedFunc(maps.Values(byKey), func(a, b *Node) int {

@@ -203,9 +203,15 @@ type Node struct {
 	// reported it; 0 for none. Peers that have no direct path between
 	// them may relay through it. Not stored: the node reports it in every
 	// MapRequest. Since version 14.
-	PeerRelay uint16    `json:"peer_relay,omitempty"`
-	Online    bool      `json:"online"`
-	LastSeen  time.Time `json:"last_seen,omitzero"`
+	PeerRelay uint16 `json:"peer_relay,omitempty"`
+	Online    bool   `json:"online"`
+	// Unknown means the node streamed from a coordinator (one of several
+	// on one database) that stopped answering its peers: whether it is
+	// still up is not known until it streams from another coordinator, or
+	// a timeout passes and it is offline. Online is false meanwhile, which
+	// is what nodes that do not know this field show.
+	Unknown  bool      `json:"unknown,omitempty"`
+	LastSeen time.Time `json:"last_seen,omitzero"`
 	// KeyExpiry is when the node key stops being valid; zero means never.
 	KeyExpiry time.Time `json:"key_expiry,omitzero"`
 	User      string    `json:"user,omitempty"`

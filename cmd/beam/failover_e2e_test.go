@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -170,7 +171,10 @@ func (l *echoLoop) stop() (time.Duration, int, error) {
 // SIGKILL: its device is streaming from another within 10 s, sees the
 // others online again, and a TCP exchange between devices, one line every
 // 100 ms over one connection, never stalls meanwhile (the data plane does
-// not depend on a coordinator).
+// not depend on a coordinator). A fourth device, given the killed
+// coordinator's URL alone, cannot move: once the dead coordinator's
+// heartbeat is stale its peers and the admin API show it as unknown, not
+// offline.
 func TestCoordinatorKilled(t *testing.T) {
 	pg := pgtest.New(t)
 	dsn := pg.NewDatabase(t)
@@ -185,6 +189,8 @@ func TestCoordinatorKilled(t *testing.T) {
 		d.upOn(append(append([]string{}, urls[i:]...), urls[:i]...), key)
 		devs = append(devs, d)
 	}
+	lone := c1.device("lone")
+	lone.upOn([]string{c1.url}, key)
 	for i, d := range devs {
 		if got := d.streamingFrom(); got != urls[i] {
 			t.Errorf("%s streams from %q, want its first URL %s", d.name, got, urls[i])
@@ -229,13 +235,22 @@ func TestCoordinatorKilled(t *testing.T) {
 		waitFor(t, 15*time.Second, d.name+" sees three's new name", func() bool { return hasPeer(d, "three-b", true) })
 	}
 	waitFor(t, 15*time.Second, "two sees one online again", func() bool { return hasPeer(devs[1], "one", true) })
-	// Past the heartbeat timeout (15 s) of the dead coordinator, one is
-	// still online for its peers: it streams elsewhere.
-	waitFor(t, 30*time.Second, "20 s after the kill", func() bool { return time.Since(killed) > 20*time.Second })
+	// Past the heartbeat timeout (15 s) of the dead coordinator, lone is
+	// unknown and one still online for their peers: one streams
+	// elsewhere.
+	waitFor(t, 35*time.Second, "two shows lone as unknown", func() bool { return peerState(devs[1], "lone") == "unknown" })
+	t.Logf("lone unknown for its peers %v after the kill", time.Since(killed).Round(time.Millisecond))
 	for _, d := range devs[1:] {
-		if !hasPeer(d, "one", true) {
-			t.Errorf("%s shows one offline 20 s after its coordinator died, though one streams from another", d.name)
+		if got := peerState(d, "one"); got != "online" {
+			t.Errorf("%s shows one %s after its coordinator died, though one streams from another", d.name, got)
 		}
+		if got := peerState(d, "lone"); got != "unknown" {
+			t.Errorf("%s shows lone %s, want unknown", d.name, got)
+		}
+	}
+	out := c3.mustBeam("admin", "nodes", "list", "--coordinator", c3.url)
+	if !regexp.MustCompile(`(?m)^lone\s.*\sunknown\s`).MatchString(out) {
+		t.Errorf("beam admin nodes list does not show lone as unknown:\n%s", out)
 	}
 
 	for name, l := range map[string]*echoLoop{"one -> two": fromOne, "three -> one": toOne} {
@@ -250,6 +265,26 @@ func TestCoordinatorKilled(t *testing.T) {
 			t.Errorf("%s: %v without an echo, want the exchange never to stall", name, gap.Round(time.Millisecond))
 		}
 	}
+}
+
+// peerState returns how d's status shows peer name: online, offline,
+// unknown, or "" when it does not list it.
+func peerState(d *device, name string) string {
+	for _, p := range d.status().Peers {
+		if p.Name != name {
+			continue
+		}
+		switch {
+		case p.Online && p.Unknown:
+			return "online and unknown"
+		case p.Online:
+			return "online"
+		case p.Unknown:
+			return "unknown"
+		}
+		return "offline"
+	}
+	return ""
 }
 
 // adminNodes returns the nodes coordinator c lists: name to addresses.

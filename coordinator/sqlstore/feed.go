@@ -7,8 +7,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -134,114 +136,174 @@ func parseChange(payload string) (origin string, ch coordinator.Change, ok bool)
 }
 
 // NodeByID implements coordinator.NodeFeed.
-func (s *Store) NodeByID(ctx context.Context, id wire.NodeID) (*coordinator.NodeRecord, bool, error) {
+func (s *Store) NodeByID(ctx context.Context, id wire.NodeID) (*coordinator.NodeRecord, coordinator.Presence, error) {
 	if s.pgcfg == nil {
-		return nil, false, errNoFeed
+		return nil, 0, errNoFeed
 	}
 	recs, err := s.queryNodes(ctx, "node by id", ` WHERE n.id = ?`, int64(id))
 	if err != nil {
-		return nil, false, err
+		return nil, 0, err
 	}
 	if len(recs) == 0 {
-		return nil, false, fmt.Errorf("%w: node %d", coordinator.ErrNotFound, id)
+		return nil, 0, fmt.Errorf("%w: node %d", coordinator.ErrNotFound, id)
 	}
 	return s.withOnline(ctx, recs[0])
 }
 
+// presenceSQL returns the coordinator.Presence of a node_online row o
+// joined with its origin's beat b (NULL if none), in SQL: 1 online, 2
+// unknown (the origin has not beaten for beatStale).
+func presenceSQL() string {
+	return `CASE WHEN b.beat IS NULL OR b.beat < (` + dbNow + ` - ` + strconv.FormatInt(int64(beatStale), 10) + `) THEN 2 ELSE 1 END`
+}
+
 // withOnline returns rec and whether it streams from another store's
 // coordinator.
-func (s *Store) withOnline(ctx context.Context, rec *coordinator.NodeRecord) (*coordinator.NodeRecord, bool, error) {
+func (s *Store) withOnline(ctx context.Context, rec *coordinator.NodeRecord) (*coordinator.NodeRecord, coordinator.Presence, error) {
 	var origin string
-	err := s.db.QueryRowContext(ctx, s.d.rebind(`SELECT origin FROM node_online WHERE node_id = ?`), int64(rec.Node.ID)).Scan(&origin)
+	var p int
+	err := s.db.QueryRowContext(ctx, s.d.rebind(`SELECT o.origin, `+presenceSQL()+` FROM node_online o
+		LEFT JOIN coordinator_beats b ON b.origin = o.origin WHERE o.node_id = ?`), int64(rec.Node.ID)).Scan(&origin, &p)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
-		return rec, false, nil
+		return rec, coordinator.PresenceNone, nil
 	case err != nil:
-		return nil, false, s.wrap("node online", err)
+		return nil, 0, s.wrap("node online", err)
+	case origin == s.origin:
+		return rec, coordinator.PresenceNone, nil
 	}
-	return rec, origin != s.origin, nil
+	return rec, coordinator.Presence(p), nil
 }
 
 // NodeByKey implements coordinator.NodeFeed.
-func (s *Store) NodeByKey(ctx context.Context, nk key.NodePublic) (*coordinator.NodeRecord, bool, error) {
+func (s *Store) NodeByKey(ctx context.Context, nk key.NodePublic) (*coordinator.NodeRecord, coordinator.Presence, error) {
 	if s.pgcfg == nil {
-		return nil, false, errNoFeed
+		return nil, 0, errNoFeed
 	}
 	recs, err := s.queryNodes(ctx, "node by key", ` WHERE n.node_key = ?`, nk.String())
 	if err != nil {
-		return nil, false, err
+		return nil, 0, err
 	}
 	if len(recs) == 0 {
-		return nil, false, fmt.Errorf("%w: node %s", coordinator.ErrNotFound, nk.ShortString())
+		return nil, 0, fmt.Errorf("%w: node %s", coordinator.ErrNotFound, nk.ShortString())
 	}
 	return s.withOnline(ctx, recs[0])
 }
 
 // beatStale is how long after its last heartbeat a store's coordinator
-// counts as gone: Heartbeat then deletes its stream states.
+// counts as gone: its nodes are then unknown (coordinator.PresenceUnknown)
+// for the others.
 var beatStale = 15 * time.Second
+
+// unknownTimeout is how long the nodes of a gone coordinator stay
+// unknown, unless they stream from another one: Heartbeat then deletes
+// their stream states (they are offline).
+var unknownTimeout = 2 * time.Minute
 
 // dbNow is the database's clock in Unix nanoseconds, in SQL.
 const dbNow = `(EXTRACT(EPOCH FROM clock_timestamp()) * 1e9)::BIGINT`
 
+// beatState is what Heartbeat keeps between calls.
+type beatState struct {
+	mu      sync.Mutex           // guards unknown
+	unknown map[wire.NodeID]bool // the unknown nodes at the last Heartbeat
+}
+
 // Heartbeat implements coordinator.NodeFeed: it records that this
-// store's coordinator is alive, and deletes the stream states (and
-// heartbeats) of coordinators that have not beaten for beatStale, which
-// tells the others their nodes went offline; it returns those nodes, and
-// whether this store had no beat on record (its first, or after another
-// store dropped it as stale).
-func (s *Store) Heartbeat(ctx context.Context) (dropped []wire.NodeID, missing bool, err error) {
+// store's coordinator is alive; finds the nodes of coordinators that have
+// not beaten for beatStale (unknown) and returns those that became or
+// stopped being unknown since its last call; and deletes the stream
+// states (and heartbeats) of coordinators that have not beaten for
+// beatStale + unknownTimeout, which tells the others their nodes went
+// offline, returning those nodes too. missing reports whether this store
+// had no beat on record (its first, or after another store dropped it as
+// gone).
+func (s *Store) Heartbeat(ctx context.Context) (changed []wire.NodeID, missing bool, err error) {
 	if s.pgcfg == nil {
 		return nil, false, errNoFeed
 	}
+	var unknown map[wire.NodeID]bool
 	err = s.inTx(ctx, "heartbeat", func(tx *sql.Tx) error {
-		dropped = nil
+		changed, unknown = nil, make(map[wire.NodeID]bool)
 		// xmax is 0 in a row the statement inserted, not updated.
 		if err := tx.QueryRowContext(ctx, s.d.rebind(`INSERT INTO coordinator_beats (origin, beat) VALUES (?, `+dbNow+`)
 			ON CONFLICT (origin) DO UPDATE SET beat = EXCLUDED.beat RETURNING xmax = 0`), s.origin).Scan(&missing); err != nil {
 			return err
 		}
-		cutoff := `(` + dbNow + ` - ` + strconv.FormatInt(int64(beatStale), 10) + `)`
-		rows, err := tx.QueryContext(ctx, `DELETE FROM node_online WHERE origin NOT IN
-			(SELECT origin FROM coordinator_beats WHERE beat >= `+cutoff+`) RETURNING node_id`)
+		gone := `(` + dbNow + ` - ` + strconv.FormatInt(int64(beatStale+unknownTimeout), 10) + `)`
+		ids, err := queryIDs(ctx, tx, `DELETE FROM node_online WHERE origin NOT IN
+			(SELECT origin FROM coordinator_beats WHERE beat >= `+gone+`) RETURNING node_id`)
 		if err != nil {
 			return err
 		}
-		for rows.Next() {
-			var id int64
-			if err := rows.Scan(&id); err != nil {
-				rows.Close()
-				return err
-			}
-			dropped = append(dropped, wire.NodeID(id))
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
+		changed = ids
+		if _, err := tx.ExecContext(ctx, `DELETE FROM coordinator_beats WHERE beat < `+gone); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `DELETE FROM coordinator_beats WHERE beat < `+cutoff)
+		ids, err = queryIDs(ctx, tx, `SELECT o.node_id FROM node_online o
+			LEFT JOIN coordinator_beats b ON b.origin = o.origin WHERE `+presenceSQL()+` = 2`)
+		for _, id := range ids {
+			unknown[id] = true
+		}
 		return err
 	})
-	return dropped, missing, err
+	if err != nil {
+		return nil, false, err
+	}
+	s.beats.mu.Lock()
+	defer s.beats.mu.Unlock()
+	for id := range unknown {
+		if !s.beats.unknown[id] {
+			changed = append(changed, id)
+		}
+	}
+	for id := range s.beats.unknown {
+		if !unknown[id] {
+			changed = append(changed, id)
+		}
+	}
+	s.beats.unknown = unknown
+	slices.Sort(changed)
+	return slices.Compact(changed), missing, nil
+}
+
+// queryIDs runs q, which returns node IDs, in tx.
+func queryIDs(ctx context.Context, tx *sql.Tx, q string) ([]wire.NodeID, error) {
+	rows, err := tx.QueryContext(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var ids []wire.NodeID
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		ids = append(ids, wire.NodeID(id))
+	}
+	return ids, rows.Err()
 }
 
 // RemoteOnline implements coordinator.NodeFeed.
-func (s *Store) RemoteOnline(ctx context.Context) (map[wire.NodeID]bool, error) {
+func (s *Store) RemoteOnline(ctx context.Context) (map[wire.NodeID]coordinator.Presence, error) {
 	if s.pgcfg == nil {
 		return nil, errNoFeed
 	}
-	rows, err := s.db.QueryContext(ctx, s.d.rebind(`SELECT node_id FROM node_online WHERE origin <> ?`), s.origin)
+	rows, err := s.db.QueryContext(ctx, s.d.rebind(`SELECT o.node_id, `+presenceSQL()+` FROM node_online o
+		LEFT JOIN coordinator_beats b ON b.origin = o.origin WHERE o.origin <> ?`), s.origin)
 	if err != nil {
 		return nil, s.wrap("online nodes", err)
 	}
 	defer rows.Close()
-	out := make(map[wire.NodeID]bool)
+	out := make(map[wire.NodeID]coordinator.Presence)
 	for rows.Next() {
 		var id int64
-		if err := rows.Scan(&id); err != nil {
+		var p int
+		if err := rows.Scan(&id, &p); err != nil {
 			return nil, s.wrap("online nodes", err)
 		}
-		out[wire.NodeID(id)] = true
+		out[wire.NodeID(id)] = coordinator.Presence(p)
 	}
 	return out, s.wrap("online nodes", rows.Err())
 }

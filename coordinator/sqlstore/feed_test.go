@@ -4,27 +4,34 @@ import (
 	"context"
 	"errors"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"beam.dev/beam/coordinator"
+	"beam.dev/beam/wire"
 )
 
 // TestHeartbeat: a node streaming from one store's coordinator is online
-// for another store; once the first stops beating for beatStale, the
-// other's heartbeat drops that stream state.
+// for another store; once the first stops beating for beatStale, it is
+// unknown for the others until it streams from another coordinator, or
+// until unknownTimeout passes, when the other's heartbeat drops its
+// stream state (offline). Each Heartbeat returns the nodes whose state
+// changed since its last call.
 func TestHeartbeat(t *testing.T) {
 	dsn := pg.NewSchema(t)
-	a, b := openStore(t, dsn), openStore(t, dsn)
+	a, b, c := openStore(t, dsn), openStore(t, dsn), openStore(t, dsn)
 	ctx := t.Context()
 	n, err := a.EnsureNetwork(ctx, "default", "d")
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := testNode(n.ID, "alpha", 1)
-	if err := a.InsertNode(ctx, rec, time.Now()); err != nil {
-		t.Fatal(err)
+	alpha, beta := testNode(n.ID, "alpha", 1), testNode(n.ID, "beta", 2)
+	for _, rec := range []*coordinator.NodeRecord{alpha, beta} {
+		if err := a.InsertNode(ctx, rec, time.Now()); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if _, missing, err := a.Heartbeat(ctx); err != nil || !missing {
 		t.Fatalf("first Heartbeat: missing = %v, %v; want true", missing, err)
@@ -32,35 +39,95 @@ func TestHeartbeat(t *testing.T) {
 	if _, missing, err := a.Heartbeat(ctx); err != nil || missing {
 		t.Fatalf("second Heartbeat: missing = %v, %v; want false", missing, err)
 	}
-	if err := a.SetNodeOnline(ctx, rec.Node.ID, true); err != nil {
+	for _, rec := range []*coordinator.NodeRecord{alpha, beta} {
+		if err := a.SetNodeOnline(ctx, rec.Node.ID, true); err != nil {
+			t.Fatal(err)
+		}
+	}
+	presence := func(s *Store, rec *coordinator.NodeRecord) coordinator.Presence {
+		t.Helper()
+		_, p, err := s.NodeByID(ctx, rec.Node.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all, err := s.RemoteOnline(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if all[rec.Node.ID] != p {
+			t.Errorf("RemoteOnline has %s as %d, NodeByID as %d", rec.Node.Name, all[rec.Node.ID], p)
+		}
+		return p
+	}
+	beat := func(s *Store, want ...*coordinator.NodeRecord) {
+		t.Helper()
+		changed, _, err := s.Heartbeat(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wantIDs []wire.NodeID
+		for _, rec := range want {
+			wantIDs = append(wantIDs, rec.Node.ID)
+		}
+		if !slices.Equal(changed, wantIDs) {
+			t.Errorf("Heartbeat changed %v, want %v", changed, wantIDs)
+		}
+	}
+	// stall moves the last beat of s's coordinator d into the past.
+	stall := func(s *Store, d time.Duration) {
+		t.Helper()
+		if _, err := s.db.ExecContext(ctx, `UPDATE coordinator_beats SET beat = beat - $1 WHERE origin = $2`, int64(d), s.origin); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	beat(b)
+	if got := presence(b, alpha); got != coordinator.PresenceOnline {
+		t.Fatalf("alpha on the other store: %d, want online while its coordinator beats", got)
+	}
+	if got := presence(a, alpha); got != coordinator.PresenceNone {
+		t.Errorf("alpha on its own store: %d, want none", got)
+	}
+	// a's coordinator stops beating: alpha and beta are unknown.
+	stall(a, 2*beatStale)
+	beat(b, alpha, beta)
+	beat(b)
+	if got := presence(b, alpha); got != coordinator.PresenceUnknown {
+		t.Errorf("alpha after its coordinator stopped beating: %d, want unknown", got)
+	}
+	// beta streams from c's coordinator now: online again for b.
+	if err := c.SetNodeOnline(ctx, beta.Node.ID, true); err != nil {
 		t.Fatal(err)
 	}
-	if dropped, _, err := b.Heartbeat(ctx); err != nil || len(dropped) != 0 {
-		t.Fatalf("Heartbeat while alpha's coordinator beats dropped %v, %v; want none", dropped, err)
+	beat(c, alpha) // c's first beat: alpha is unknown to it too; beta is its own
+	if got := presence(b, beta); got != coordinator.PresenceOnline {
+		t.Errorf("beta streaming from c: %d, want online", got)
 	}
-	if got, _ := b.RemoteOnline(ctx); !got[rec.Node.ID] {
-		t.Fatalf("RemoteOnline on the other store = %v, want alpha (%d) while its coordinator beats", got, rec.Node.ID)
+	beat(b, beta)
+	// a's coordinator comes back from its stall: alpha is online again.
+	if _, missing, err := a.Heartbeat(ctx); err != nil || missing {
+		t.Errorf("Heartbeat after a short stall: missing = %v, %v; want false", missing, err)
 	}
-	if _, remote, err := a.NodeByID(ctx, rec.Node.ID); err != nil || remote {
-		t.Errorf("NodeByID on alpha's own store: remote = %v, %v; want false", remote, err)
+	beat(b, alpha)
+	if got := presence(b, alpha); got != coordinator.PresenceOnline {
+		t.Errorf("alpha after its coordinator beat again: %d, want online", got)
 	}
-	// a's coordinator stops beating: its last beat is older than beatStale.
-	if _, err := a.db.ExecContext(ctx, `UPDATE coordinator_beats SET beat = beat - $1 WHERE origin = $2`, int64(2*beatStale), a.origin); err != nil {
-		t.Fatal(err)
+	// a's coordinator stops for longer than the unknown timeout: alpha
+	// is dropped (offline), and a's beat with it.
+	stall(a, beatStale+unknownTimeout+time.Second)
+	beat(b, alpha)
+	if got := presence(b, alpha); got != coordinator.PresenceNone {
+		t.Errorf("alpha after the unknown timeout: %d, want none (offline)", got)
 	}
-	if dropped, _, err := b.Heartbeat(ctx); err != nil || len(dropped) != 1 || dropped[0] != rec.Node.ID {
-		t.Errorf("Heartbeat after alpha's coordinator stopped beating dropped %v, %v; want [%d]", dropped, err, rec.Node.ID)
+	if got := presence(b, beta); got != coordinator.PresenceOnline {
+		t.Errorf("beta, streaming from c: %d, want online", got)
 	}
-	if got, _ := b.RemoteOnline(ctx); got[rec.Node.ID] {
-		t.Errorf("RemoteOnline = %v after alpha's coordinator stopped beating, want alpha gone", got)
-	}
-	// a's coordinator comes back from its stall: its beat is missing.
 	if _, missing, err := a.Heartbeat(ctx); err != nil || !missing {
-		t.Errorf("Heartbeat after the stall: missing = %v, %v; want true", missing, err)
+		t.Errorf("Heartbeat after the long stall: missing = %v, %v; want true", missing, err)
 	}
 	var beats int
-	if err := b.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM coordinator_beats`).Scan(&beats); err != nil || beats != 2 {
-		t.Errorf("%d heartbeats kept (%v), want 2", beats, err)
+	if err := b.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM coordinator_beats`).Scan(&beats); err != nil || beats != 3 {
+		t.Errorf("%d heartbeats kept (%v), want 3", beats, err)
 	}
 }
 

@@ -91,6 +91,7 @@ type Store struct {
 	// connection sets as beam.origin.
 	pgcfg  *pgx.ConnConfig
 	origin string
+	beats  beatState // Heartbeat's
 }
 
 var _ coordinator.Store = (*Store)(nil)

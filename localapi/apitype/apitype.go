@@ -104,6 +104,10 @@ type PeerStatus struct {
 	Key     string       `json:"key"`
 	OS      string       `json:"os,omitempty"`
 	Online  bool         `json:"online"`
+	// Unknown means the peer streamed from a coordinator (one of several
+	// on one database) that stopped answering: it may be up or not, until
+	// it streams from another coordinator or a timeout passes.
+	Unknown bool `json:"unknown,omitempty"`
 	// Path is "direct", "peer-relay", "relay" or "none".
 	Path string `json:"path"`
 	// Endpoint is the UDP address of a direct path, or of the peer relay

@@ -255,7 +255,11 @@ func newCmdAdminNodes(f *Factory, a *adminFlags) *cobra.Command {
 				for i, p := range n.Addresses {
 					addrs[i] = p.Addr().String()
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\t%s\t%s\t%s\n", n.Name, n.DNSName, strings.Join(addrs, ","), n.Online,
+				online := fmt.Sprint(n.Online)
+				if n.Unknown {
+					online = "unknown" // its coordinator stopped answering
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.DNSName, strings.Join(addrs, ","), online,
 					fmtTime(n.LastSeen), fmtTime(n.KeyExpiry), n.OS, nodeOwner(n))
 				ungranted = ungranted || len(n.UngrantedTags) > 0
 			}

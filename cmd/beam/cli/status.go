@@ -51,8 +51,11 @@ func printStatus(f *Factory, st *apitype.Status) {
 	now := time.Now()
 	for _, p := range st.Peers {
 		online := "offline"
-		if p.Online {
+		switch {
+		case p.Online:
 			online = "online"
+		case p.Unknown:
+			online = "unknown"
 		}
 		if p.Expired {
 			online = "expired"
