@@ -476,6 +476,10 @@ func (rg *registry) followup(w http.ResponseWriter, r *http.Request, nk key.Node
 	secret, ak, err := rg.createAuthKey(ctx, AuthKeyOptions{User: a.User, Tags: a.Tags, Expiry: approvalTTL, NodeKeyExpiry: a.NodeKeyExpiry})
 	if err != nil {
 		s.logger.Warn("auth key for an approved registration", "code", p.Code, "err", err)
+		if errors.Is(err, ErrInvalid) { // its user was deleted, or a tag's owner changed, since
+			writeError(w, errorf(http.StatusForbidden, wire.CodeForbidden, "the approval no longer holds: %v", err))
+			return
+		}
 		writeError(w, asAPIError(err))
 		return
 	}
