@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -56,10 +58,10 @@ func TestTwoCoordinatorsOnPostgres(t *testing.T) {
 // twoCoordinators starts two `beam coordinator --db postgres://...`
 // processes on a new database of a private PostgreSQL server, the second
 // on a copy of the first's keys.
-func twoCoordinators(t *testing.T) (c1, c2 *cluster) {
+func twoCoordinators(t *testing.T, coordArgs ...string) (c1, c2 *cluster) {
 	srv := pgtest.New(t)
 	dsn := srv.NewDatabase(t)
-	c1 = newClusterTB(t, "--db", dsn)
+	c1 = newClusterTB(t, append([]string{"--db", dsn}, coordArgs...)...)
 	c2 = &cluster{t: t, bin: c1.bin, dir: t.TempDir(), token: c1.token, coordArgs: c1.coordArgs}
 	c2.addr = "127.0.0.1:" + strconv.Itoa(freePort(t))
 	c2.url = "http://" + c2.addr
@@ -126,6 +128,75 @@ func TestPolicyAcrossCoordinators(t *testing.T) {
 			t.Errorf("the same request replayed to coordinator 2: %d %s, want 401 %s", resp.StatusCode, body, wire.CodeReplay)
 		}
 	}
+}
+
+// TestRoutesAcrossCoordinators: a `beam edge` streams from coordinator
+// 1; a device streaming from coordinator 2 publishes a port with beam
+// expose, and the edge serves it, then stops serving it once withdrawn.
+func TestRoutesAcrossCoordinators(t *testing.T) {
+	c1, c2 := twoCoordinators(t, "--edge-domain", "example.test")
+	edgeKey := strings.TrimSpace(c1.mustBeam("admin", "authkey", "create", "--coordinator", c1.url, "--edge"))
+	httpAddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	dir := t.TempDir()
+	logf, err := os.Create(filepath.Join(dir, "edge.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	edge := exec.Command(c1.bin, "--state", filepath.Join(dir, "edge"), "--socket", filepath.Join(dir, "edge.sock"), "edge",
+		"--coordinator", c1.url, "--authkey", edgeKey, "--domain", "example.test", "--http-addr", httpAddr, "--https-addr", "")
+	edge.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+dir)
+	edge.Stdout, edge.Stderr = logf, logf
+	if err := edge.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logf.Close()
+	t.Cleanup(func() {
+		edge.Process.Kill()
+		edge.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, "edge.log"))
+			t.Logf("edge log:\n%s", b)
+		}
+	})
+	get := func(host string) (int, string) {
+		req, _ := http.NewRequest("GET", "http://"+httpAddr+"/", nil)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	waitFor(t, 20*time.Second, "edge answers", func() bool { code, _ := get("nosuch.example.test"); return code == http.StatusNotFound })
+
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello from alpha's app") })}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go app.Serve(ln)
+	t.Cleanup(func() { app.Close() })
+	a := c2.device("alpha")
+	a.mustUp("--authkey", strings.TrimSpace(c1.mustBeam("admin", "authkey", "create", "--coordinator", c1.url)))
+	start := time.Now()
+	c2.mustBeam(a.args("expose", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port), "--bg")...)
+	var body string
+	waitFor(t, 15*time.Second, "the edge on coordinator 1 serves alpha's route, published through coordinator 2", func() bool {
+		var code int
+		code, body = get("alpha.example.test")
+		return code == http.StatusOK
+	})
+	t.Logf("route published on coordinator 2 served by the edge on coordinator 1 after %v", time.Since(start).Round(time.Millisecond))
+	if body != "hello from alpha's app" {
+		t.Errorf("edge answered %q, want alpha's app", body)
+	}
+	c2.mustBeam(a.args("expose", "stop", "alpha")...)
+	waitFor(t, 15*time.Second, "the edge drops the route withdrawn through the other coordinator", func() bool {
+		code, _ := get("alpha.example.test")
+		return code == http.StatusNotFound
+	})
 }
 
 // sealedRegistration returns a registration envelope with authKey for a
