@@ -388,7 +388,6 @@ func (b *Bind) SetPeers(peers []PeerConfig) {
 // thousands does not walk the thousands.
 func (b *Bind) UpdatePeers(set []PeerConfig, remove []key.NodePublic) {
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	var ed tableEdit
 	sessions := false // the peer relay session table may have changed
 	for _, k := range remove {
@@ -398,16 +397,31 @@ func (b *Bind) UpdatePeers(set []PeerConfig, remove []key.NodePublic) {
 			sessions = true
 		}
 	}
+	var homed []*peer // peers whose relay region just became known
 	for _, pc := range set {
+		home := int32(0)
 		if pe := b.peers[pc.Key]; pe != nil {
 			ed.drop(pe)
 			sessions = sessions || pe.p.relayServer.Load() != pc.RelayServer
+			home = pe.p.home.Load()
 		}
-		ed.keep(b.setPeerLocked(pc))
+		pe := b.setPeerLocked(pc)
+		ed.keep(pe)
+		if home == 0 && pc.HomeRegion != 0 {
+			homed = append(homed, pe.p)
+		}
 	}
 	b.patchLocked(&ed)
 	if sessions {
 		b.rebuildSessionsLocked()
+	}
+	b.mu.Unlock()
+	// An initiation sent while the peer's region was unknown reached it
+	// only if a direct address did (behind a hard NAT, none does): send
+	// it through the region now rather than after WireGuard's retry.
+	now := time.Now().UnixNano()
+	for _, p := range homed {
+		b.resendInit(p, now)
 	}
 }
 

@@ -448,3 +448,41 @@ func TestFamilies(t *testing.T) {
 		})
 	}
 }
+
+// TestInitResentWhenRegionKnown: a handshake initiation sent while the
+// peer's relay region was unknown (its netmap entry came before its
+// region did) goes out through the region as soon as an update names it,
+// instead of waiting for WireGuard's retry.
+func TestInitResentWhenRegionKnown(t *testing.T) {
+	fr := &fakeRelay{}
+	b, err := New(Options{PrivateKey: key.NewNode(), Relay: fr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peerKey := key.NewNode().Public()
+	b.SetPeers([]PeerConfig{{Key: peerKey}})
+	if _, _, err := b.Open(0); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	init := make([]byte, initiationSize)
+	binary.LittleEndian.PutUint32(init, msgInitiation)
+	ep, err := b.ParseEndpoint(peerKey.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Send([][]byte{init}, ep) // no path at all: an error, and nothing sent
+	if s := fr.take(); len(s) != 0 {
+		t.Fatalf("sent through the relay with no region known: %v", s)
+	}
+	b.UpdatePeers([]PeerConfig{{Key: peerKey, HomeRegion: 2}}, nil)
+	s := fr.take()
+	if len(s) != 1 || s[0].region != 2 || s[0].dst != peerKey || s[0].n != initiationSize {
+		t.Errorf("after the region became known: relay sends %+v, want the initiation to region 2", s)
+	}
+	// Another update naming the same region sends nothing more.
+	b.UpdatePeers([]PeerConfig{{Key: peerKey, HomeRegion: 2}}, nil)
+	if s := fr.take(); len(s) != 0 {
+		t.Errorf("a second update resent %v", s)
+	}
+}

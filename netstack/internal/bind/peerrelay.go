@@ -226,13 +226,65 @@ func (b *Bind) maybeAllocate(p *peer, now int64) {
 	// turn, so the choice is stable and both peers of a pair agree.
 	sortPeers(servers)
 	srv := servers[int(p.allocTurn.Add(1)-1)%len(servers)]
-	sd := srv.disco.Load()
 	p.allocServer.Store(srv)
-	if err := b.sendDiscoTo(srv, sd, &disco.Allocate{Peer: dp.key}); err != nil {
-		b.log.Debug("ask for a peer relay session", "peer", p.key.ShortString(), "server", srv.key.ShortString(), "err", err)
+	b.sendAllocate(p, srv, now, 0)
+}
+
+// allocateRetries are the waits before asking a server again when its
+// Allocation has not come (the ask or the answer was lost: the server's
+// node, just joined, may have had no path to us or to the other peer
+// yet, or not know the other peer yet); then allocateEvery applies.
+// Bounded: at most len(allocateRetries) quick retries per ask.
+var allocateRetries = [...]time.Duration{250 * time.Millisecond, 500 * time.Millisecond, time.Second}
+
+// sendAllocate sends srv an Allocate for a session with p, ask number
+// try+1 of the one made at asked (p.lastAllocate), and schedules the next
+// quick retry.
+func (b *Bind) sendAllocate(p, srv *peer, asked int64, try int) {
+	dp, sd := p.disco.Load(), srv.disco.Load()
+	if dp == nil || sd == nil {
 		return
 	}
-	b.log.Debug("asked for a peer relay session", "peer", p.key.ShortString(), "server", srv.key.ShortString())
+	if err := b.sendDiscoTo(srv, sd, &disco.Allocate{Peer: dp.key}); err != nil {
+		b.log.Debug("ask for a peer relay session", "peer", p.key.ShortString(), "server", srv.key.ShortString(), "try", try+1, "err", err)
+	} else {
+		b.log.Debug("asked for a peer relay session", "peer", p.key.ShortString(), "server", srv.key.ShortString(), "try", try+1)
+	}
+	if try >= len(allocateRetries) {
+		return
+	}
+	time.AfterFunc(allocateRetries[try], func() {
+		// Still waiting: no Allocation from srv taken (allocServer
+		// is cleared when one is), no newer ask, no session.
+		if p.removed.Load() || srv.removed.Load() || p.allocServer.Load() != srv || p.pr.Load() != nil || p.lastAllocate.Load() != asked {
+			return
+		}
+		b.sendAllocate(p, srv, asked, try+1)
+	})
+}
+
+// allocationRetries are the waits before sending an Allocation again to
+// a peer there was no path to (this node, or the peer, just joined and
+// neither a direct path nor the peer's relay region is known yet).
+var allocationRetries = [...]time.Duration{100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond}
+
+// sendAllocation sends al to p (attempt try+1), and again after
+// allocationRetries while there is no path to p.
+func (b *Bind) sendAllocation(p *peer, dp *discoPeer, al *disco.Allocation, try int) {
+	err := b.sendDiscoTo(p, dp, al)
+	if err == nil {
+		return
+	}
+	b.log.Debug("peer relay: send allocation", "peer", p.key.ShortString(), "vni", al.VNI, "try", try+1, "err", err)
+	if try >= len(allocationRetries) {
+		return
+	}
+	time.AfterFunc(allocationRetries[try], func() {
+		if cur := p.disco.Load(); p.removed.Load() || cur == nil || cur.key != dp.key {
+			return
+		}
+		b.sendAllocation(p, dp, al, try+1)
+	})
 }
 
 func sortPeers(ps []*peer) {
@@ -269,8 +321,8 @@ func (b *Bind) serveAllocate(p *peer, dp *discoPeer, m *disco.Allocate, now int6
 		b.log.Info("peer relay: session refused", "peer", p.key.ShortString(), "other", ope.p.key.ShortString(), "err", err)
 		return
 	}
-	b.sendDiscoTo(p, dp, al)
-	b.sendDiscoTo(ope.p, odp, al)
+	b.sendAllocation(p, dp, al, 0)
+	b.sendAllocation(ope.p, odp, al, 0)
 }
 
 // maxSessionAddrs bounds the server addresses a session binds to.

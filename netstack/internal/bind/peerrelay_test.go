@@ -397,3 +397,88 @@ func TestAllocationGuard(t *testing.T) {
 		}
 	})
 }
+
+// sendsTo counts fr's sends to k since the last take, keeping the rest
+// (all sends are taken).
+func sendsTo(fr *fakeRelay, k key.NodePublic) int {
+	n := 0
+	for _, s := range fr.take() {
+		if s.dst == k {
+			n++
+		}
+	}
+	return n
+}
+
+// TestAllocateRetry: an Allocate that gets no Allocation is sent again
+// after allocateRetries (a first ask to a relay node that just joined may
+// be lost), a bounded number of times; one that is answered is not.
+func TestAllocateRetry(t *testing.T) {
+	r, b := newTestPeer(), newTestPeer()
+	peerOf := func(bd *Bind, k key.NodePublic) *peer {
+		bd.mu.Lock()
+		defer bd.mu.Unlock()
+		return bd.peers[k].p
+	}
+	// count waits until the sends to r reach want (or 10 s pass), then
+	// a second more, and returns how many there were.
+	count := func(fr *fakeRelay, want int) int {
+		n := 0
+		deadline := time.Now().Add(10 * time.Second)
+		for n < want && time.Now().Before(deadline) {
+			n += sendsTo(fr, r.node)
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(time.Second)
+		return n + sendsTo(fr, r.node)
+	}
+	t.Run("unanswered", func(t *testing.T) {
+		bd, fr := relayBind(t, nil, []testPeer{r, b}, r.node)
+		start := time.Now()
+		bd.maybeAllocate(peerOf(bd, b.node), start.UnixNano())
+		want := 1 + len(allocateRetries)
+		if got := count(fr, want); got != want {
+			t.Errorf("Allocates sent = %d, want %d (the ask and %d quick retries)", got, want, len(allocateRetries))
+		}
+		t.Logf("%d Allocates in %v", want, time.Since(start).Round(time.Millisecond))
+	})
+	t.Run("answered", func(t *testing.T) {
+		r := r
+		r.eps = []netip.AddrPort{netip.MustParseAddrPort("192.0.2.9:41641")}
+		bd, fr := relayBind(t, nil, []testPeer{r, b}, r.node)
+		bd.maybeAllocate(peerOf(bd, b.node), time.Now().UnixNano())
+		from(bd, r, &disco.Allocation{VNI: 9, Peers: [2]key.DiscoPublic{bd.DiscoPublic(), b.disco.Public()},
+			Addrs: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.9:41700")}})
+		if sessionOf(bd, b.node) == nil {
+			t.Fatal("the allocation made no session")
+		}
+		// Nothing more is asked (the wait covers two retries).
+		time.Sleep(allocateRetries[0] + allocateRetries[1])
+		if got := sendsTo(fr, r.node); got != 1 {
+			t.Errorf("Allocates sent = %d, want 1 (answered: no retry)", got)
+		}
+	})
+}
+
+// TestAllocationResend: an Allocation for a peer the relay node has no
+// path to yet (no home region known, no direct path) goes out once a
+// path is known, within allocationRetries.
+func TestAllocationResend(t *testing.T) {
+	a, b := newTestPeer(), newTestPeer()
+	srv := &fakeServer{}
+	bd, fr := relayBind(t, srv, []testPeer{a, b})
+	// b's home region is not known yet.
+	bd.UpdatePeers([]PeerConfig{{Key: b.node, DiscoKey: b.disco.Public()}}, nil)
+	from(bd, a, &disco.Allocate{Peer: b.disco.Public()})
+	if got := sendsTo(fr, a.node); got != 1 {
+		t.Fatalf("allocations sent to the asker: %d, want 1", got)
+	}
+	bd.UpdatePeers([]PeerConfig{{Key: b.node, DiscoKey: b.disco.Public(), HomeRegion: 1}}, nil)
+	deadline := time.Now().Add(5 * time.Second)
+	for sendsTo(fr, b.node) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the allocation never reached the other peer once its region was known")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
