@@ -51,6 +51,10 @@ type PeerRelayStats struct {
 	// BytesPerSecond are the bounds in force (defaults filled in).
 	MaxSessions, MaxSessionsPerPeer  int
 	PacketsPerSecond, BytesPerSecond int
+	// Mapped is the public address the NAT gateway maps to Port
+	// (Options.PortMapping), by MappingProtocol; invalid and "" if none.
+	Mapped          netip.AddrPort
+	MappingProtocol string
 }
 
 // peerRelayServer is a running peer relay server.
@@ -59,6 +63,9 @@ type peerRelayServer struct {
 	conn *net.UDPConn
 	port uint16
 	wg   sync.WaitGroup
+	// pmap is the mapping of port at the NAT gateway
+	// (Options.PortMapping; see portMapLoop).
+	pmap portMapState
 }
 
 // startPeerRelay opens the relay socket and starts the server; the bind
@@ -71,9 +78,10 @@ func (e *Engine) startPeerRelay(o *PeerRelayOptions) (*peerRelayServer, error) {
 	conn.SetReadBuffer(7 << 20)
 	conn.SetWriteBuffer(7 << 20)
 	port := uint16(conn.LocalAddr().(*net.UDPAddr).Port)
+	pr := &peerRelayServer{conn: conn, port: port}
 	srv, err := udprelay.New(udprelay.Options{
 		DiscoKey:           e.opts.DiscoKey,
-		Addrs:              func() []netip.AddrPort { return e.peerRelayAddrs(port) },
+		Addrs:              func() []netip.AddrPort { return e.peerRelayAddrs(pr) },
 		MaxSessions:        o.MaxSessions,
 		MaxSessionsPerPeer: o.MaxSessionsPerPeer,
 		PacketsPerSecond:   o.PacketsPerSecond,
@@ -85,7 +93,7 @@ func (e *Engine) startPeerRelay(o *PeerRelayOptions) (*peerRelayServer, error) {
 		conn.Close()
 		return nil, fmt.Errorf("peer relay: %w", err)
 	}
-	pr := &peerRelayServer{srv: srv, conn: conn, port: port}
+	pr.srv = srv
 	pr.wg.Go(func() {
 		if err := srv.Serve(conn); err != nil {
 			e.log.Warn("peer relay server stopped", "err", err)
@@ -103,10 +111,13 @@ func (pr *peerRelayServer) close() {
 	pr.wg.Wait()
 }
 
-// peerRelayAddrs are the relay socket's addresses peers bind to: each IP
-// of the node's endpoints (interface and STUN-mapped addresses) with the
-// relay port; public ones first, loopback last.
-func (e *Engine) peerRelayAddrs(port uint16) []netip.AddrPort {
+// peerRelayAddrs are the relay socket's addresses peers bind to: the
+// address the NAT gateway maps to the relay port, if any (port mapping),
+// then each IP of the node's endpoints (interface and STUN-mapped
+// addresses) with the relay port; public ones first, loopback last.
+func (e *Engine) peerRelayAddrs(pr *peerRelayServer) []netip.AddrPort {
+	port := pr.port
+	mapped, _ := pr.pmap.current()
 	var ips []netip.Addr
 	for _, ap := range e.Endpoints() {
 		ip := ap.Addr().Unmap()
@@ -124,9 +135,14 @@ func (e *Engine) peerRelayAddrs(port uint16) []netip.AddrPort {
 		return 0
 	}
 	slices.SortStableFunc(ips, func(a, b netip.Addr) int { return rank(a) - rank(b) })
-	out := make([]netip.AddrPort, 0, len(ips))
+	out := make([]netip.AddrPort, 0, len(ips)+1)
+	if mapped.IsValid() {
+		out = append(out, mapped)
+	}
 	for _, ip := range ips {
-		out = append(out, netip.AddrPortFrom(ip, port))
+		if ap := netip.AddrPortFrom(ip, port); ap != mapped {
+			out = append(out, ap)
+		}
 	}
 	return out
 }
@@ -138,7 +154,9 @@ func (e *Engine) PeerRelay() (st PeerRelayStats, ok bool) {
 		return PeerRelayStats{}, false
 	}
 	s, l := e.prs.srv.Stats(), e.prs.srv.Limits()
+	mapped, proto := e.prs.pmap.current()
 	return PeerRelayStats{
+		Mapped: mapped, MappingProtocol: proto,
 		Port: e.prs.port, Sessions: s.Sessions, Bound: s.Bound,
 		Allocated: s.Allocated, Refused: s.Refused, Expired: s.Expired,
 		Packets: s.Packets, Bytes: s.Bytes, DroppedRate: s.DroppedRate, DroppedOther: s.DroppedOther,

@@ -25,22 +25,30 @@ const (
 	portMapDeleteTimeout = time.Second
 )
 
-// portMapState is the engine's port mapping (Options.PortMapping).
+// portMapState is one port's mapping (Options.PortMapping): the
+// WireGuard port's (Engine.pmap) or the peer relay server's.
 type portMapState struct {
 	mu      sync.Mutex // guards the following fields
 	mapping portmap.Mapping
 	gateway netip.Addr
 }
 
+// current returns the public address the gateway maps to the port and
+// the protocol; invalid and "" if there is none (or it expired).
+func (st *portMapState) current() (netip.AddrPort, string) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.mapping.Protocol == "" || time.Now().After(st.mapping.Granted.Add(st.mapping.Lifetime)) {
+		return netip.AddrPort{}, ""
+	}
+	return st.mapping.External, st.mapping.Protocol
+}
+
 // portMapEndpoint returns the public address the gateway maps to the
 // WireGuard port; invalid if there is none.
 func (e *Engine) portMapEndpoint() netip.AddrPort {
-	e.pmap.mu.Lock()
-	defer e.pmap.mu.Unlock()
-	if e.pmap.mapping.Protocol == "" || time.Now().After(e.pmap.mapping.Granted.Add(e.pmap.mapping.Lifetime)) {
-		return netip.AddrPort{}
-	}
-	return e.pmap.mapping.External
+	ap, _ := e.pmap.current()
+	return ap
 }
 
 // portMapGateway finds the gateway to ask: Options.PortMapGateway, else
@@ -52,28 +60,57 @@ func (e *Engine) portMapGateway() (netip.Addr, error) {
 	return portmap.DefaultGateway()
 }
 
-// portMapLoop keeps a mapping of the WireGuard port while the engine
-// runs (Options.PortMapping): it asks the gateway by PCP, NAT-PMP or UPnP,
-// renews halfway through the lifetime (the shorter of the one asked and
-// the one granted), asks a new gateway at once when the default route
-// changes, and deletes the mapping when the engine closes. A new or lost
-// mapping triggers an endpoint refresh.
+// portMapTarget is a local UDP port portMapLoop keeps mapped.
+type portMapTarget struct {
+	// what names the port in logs ("WireGuard", "peer relay").
+	what string
+	port func() uint16
+	st   *portMapState
+	// changed, if not nil, is called when the mapping is new or lost.
+	changed func()
+}
+
+// portMapLoop keeps a mapping of the WireGuard port, and of the peer
+// relay server's port when the engine runs one, while the engine runs
+// (Options.PortMapping). See mapPortLoop.
 func (e *Engine) portMapLoop() {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if pr := e.prs; pr != nil {
+		// Peers bind at the mapped address: Allocations name it first
+		// (peerRelayAddrs) from the next one on.
+		wg.Go(func() {
+			e.mapPortLoop(portMapTarget{what: "peer relay", port: func() uint16 { return pr.port }, st: &pr.pmap})
+		})
+	}
+	e.mapPortLoop(portMapTarget{what: "WireGuard", port: e.LocalPort, st: &e.pmap, changed: func() {
+		select {
+		case e.disc.wake <- struct{}{}:
+		default:
+		}
+	}})
+}
+
+// mapPortLoop keeps a mapping of t's port while the engine runs: it asks
+// the gateway by PCP, NAT-PMP or UPnP, renews halfway through the
+// lifetime (the shorter of the one asked and the one granted), asks a new
+// gateway at once when the default route changes, and deletes the
+// mapping when the engine closes. A new or lost mapping calls t.changed
+// (for the WireGuard port: an endpoint refresh).
+func (e *Engine) mapPortLoop(t portMapTarget) {
 	var (
 		m      portmap.Mapping
 		client *portmap.Client
 	)
+	log := e.log.With("port_of", t.what)
 	setMapping := func(nm portmap.Mapping) {
 		changed := nm.External != m.External || nm.Protocol != m.Protocol
 		m = nm
-		e.pmap.mu.Lock()
-		e.pmap.mapping = nm
-		e.pmap.mu.Unlock()
-		if changed {
-			select {
-			case e.disc.wake <- struct{}{}:
-			default:
-			}
+		t.st.mu.Lock()
+		t.st.mapping = nm
+		t.st.mu.Unlock()
+		if changed && t.changed != nil {
+			t.changed()
 		}
 	}
 	defer func() {
@@ -83,21 +120,21 @@ func (e *Engine) portMapLoop() {
 		ctx, cancel := context.WithTimeout(context.Background(), portMapDeleteTimeout)
 		defer cancel()
 		if err := client.Delete(ctx, m); err != nil {
-			e.log.Info("port mapping: delete", "protocol", m.Protocol, "external", m.External, "err", err)
+			log.Info("port mapping: delete", "protocol", m.Protocol, "external", m.External, "err", err)
 			return
 		}
-		e.log.Info("port mapping deleted", "protocol", m.Protocol, "external", m.External)
+		log.Info("port mapping deleted", "protocol", m.Protocol, "external", m.External)
 	}()
 	next := time.Now() // when to ask the gateway next
 	for {
 		// Look at the routing table (a local read) more often than the
 		// gateway is asked, to follow the host to another network.
-		t := time.NewTimer(min(max(time.Until(next), 0), portMapGatewayCheck))
+		tm := time.NewTimer(min(max(time.Until(next), 0), portMapGatewayCheck))
 		select {
 		case <-e.ctx.Done():
-			t.Stop()
+			tm.Stop()
 			return
-		case <-t.C:
+		case <-tm.C:
 		}
 		gw, err := e.portMapGateway()
 		if err != nil {
@@ -105,7 +142,7 @@ func (e *Engine) portMapLoop() {
 				setMapping(portmap.Mapping{})
 			}
 			if client != nil {
-				e.log.Info("port mapping: no gateway", "err", err)
+				log.Info("port mapping: no gateway", "err", err)
 			}
 			client = nil
 			continue
@@ -115,33 +152,33 @@ func (e *Engine) portMapLoop() {
 				setMapping(portmap.Mapping{}) // another network: the old one is gone
 			}
 			client = &portmap.Client{Gateway: gw, Lifetime: e.opts.PortMapLifetime}
-			e.pmap.mu.Lock()
-			e.pmap.gateway = gw
-			e.pmap.mu.Unlock()
+			t.st.mu.Lock()
+			t.st.gateway = gw
+			t.st.mu.Unlock()
 			next = time.Now()
 		}
 		if time.Now().Before(next) {
 			continue
 		}
-		nm, err := client.Map(e.ctx, e.LocalPort(), m)
+		nm, err := client.Map(e.ctx, t.port(), m)
 		if err != nil {
 			if e.ctx.Err() != nil {
 				return
 			}
 			if m.Protocol != "" {
-				e.log.Info("port mapping: renewal failed", "protocol", m.Protocol, "external", m.External, "err", err)
+				log.Info("port mapping: renewal failed", "protocol", m.Protocol, "external", m.External, "err", err)
 				setMapping(portmap.Mapping{})
 				next = time.Now().Add(portMapRetryFailed)
 				continue
 			}
-			e.log.Debug("port mapping: the gateway offers none", "gateway", gw, "err", err)
+			log.Debug("port mapping: the gateway offers none", "gateway", gw, "err", err)
 			next = time.Now().Add(portMapRetry)
 			continue
 		}
 		if nm.External != m.External || nm.Protocol != m.Protocol {
-			e.log.Info("port mapping", "protocol", nm.Protocol, "external", nm.External, "lifetime", nm.Lifetime, "gateway", gw)
+			log.Info("port mapping", "protocol", nm.Protocol, "external", nm.External, "lifetime", nm.Lifetime, "gateway", gw)
 		} else {
-			e.log.Debug("port mapping renewed", "protocol", nm.Protocol, "external", nm.External, "lifetime", nm.Lifetime)
+			log.Debug("port mapping renewed", "protocol", nm.Protocol, "external", nm.External, "lifetime", nm.Lifetime)
 		}
 		setMapping(nm)
 		life := nm.Lifetime
@@ -176,9 +213,7 @@ func (e *Engine) PortMapProbe(ctx context.Context) (PortMapReport, error) {
 	if !rep.Enabled {
 		return rep, nil
 	}
-	e.pmap.mu.Lock()
-	rep.MappingProtocol, rep.Mapped = e.pmap.mapping.Protocol, e.pmap.mapping.External
-	e.pmap.mu.Unlock()
+	rep.Mapped, rep.MappingProtocol = e.pmap.current()
 	gw, err := e.portMapGateway()
 	if err != nil {
 		if errors.Is(err, portmap.ErrNoGateway) {

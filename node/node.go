@@ -941,7 +941,10 @@ func (n *Node) Status() *apitype.Status {
 				Packets: rs.Packets, Bytes: rs.Bytes, DroppedRate: rs.DroppedRate, DroppedOther: rs.DroppedOther,
 				MaxSessions: rs.MaxSessions, MaxSessionsPerPeer: rs.MaxSessionsPerPeer,
 				PacketsPerSecond: rs.PacketsPerSecond, BytesPerSecond: rs.BytesPerSecond,
-				Offered: nm.Self.PeerRelay != 0,
+				Offered: nm.Self.PeerRelay != 0, MappingProtocol: rs.MappingProtocol,
+			}
+			if rs.Mapped.IsValid() {
+				st.PeerRelay.Mapped = rs.Mapped.String()
 			}
 		}
 	}

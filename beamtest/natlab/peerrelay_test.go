@@ -1,9 +1,11 @@
 package natlab
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -237,4 +239,145 @@ func benchPeerRelay(b *testing.B, name, netem string) {
 		name, size>>20, mp, pr, md, derp, mp/md, mdir, direct)
 	b.Log(text)
 	writeArtefact(b, w.out, "peer-relay-throughput-"+name, map[string]any{"netem": netem, "peer_relay_mbit_s": pr, "derp_mbit_s": derp, "direct_mbit_s": direct, "ratio": mp / md}, text)
+}
+
+// TestPeerRelayPortMapped: the relay node sits behind a hard NAT whose
+// router runs miniupnpd (PCP, NAT-PMP, UPnP). With --port-mapping it maps
+// its WireGuard port and its peer relay port, and two devices behind hard
+// NATs relay through it at the relay port's mapped address (without the
+// mapping, the hard NAT would let no BindRelay in). The mappings are
+// renewed before they expire; --relay-server=off deletes the relay port's
+// mapping (the WireGuard one stays); stopping the daemon deletes the rest.
+func TestPeerRelayPortMapped(t *testing.T) {
+	w := newWorld(t, worldConfig{})
+	ctx := t.Context()
+	var (
+		router *nslab.Router
+		upnpd  *nslab.Proc
+	)
+	r := w.addDeviceWith("relay", nslab.NATHard, func(h *nslab.Host) {
+		router = h.Router()
+		upnpd = router.StartMiniUPnPd(nslab.MiniUPnPdOptions{STUN: netip.AddrPortFrom(w.srv.Addr(), stunPort)})
+	}, "--port-mapping", "--port-mapping-lifetime", portMapLifetime.String(), fmt.Sprintf("--relay-server=%d", peerRelayPort))
+	a, b := w.addDevice("alice", nslab.NATHard), w.addDevice("bob", nslab.NATHard)
+	if err := r.ready(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.up(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := upPair(ctx, a, b); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []*device{a, b} {
+		if err := d.waitPeer(ctx, r.name, 15*time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// waitMapped waits until the relay's status shows the relay port
+	// mapped (the first mapping may come a moment after the daemon is up).
+	var rst *apitype.Status
+	deadline := time.Now().Add(portMapWithin)
+	for {
+		var err error
+		if rst, err = r.status(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if rst.PeerRelay != nil && rst.PeerRelay.Mapped != "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("relay's peer relay port not mapped within %v: %+v", portMapWithin, rst.PeerRelay)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	mapped := rst.PeerRelay.Mapped
+	if !strings.HasPrefix(mapped, router.Addr().String()+":") || rst.PeerRelay.MappingProtocol != "PCP" {
+		t.Errorf("relay port mapped to %s by %q, want an address of the router %v by PCP", mapped, rst.PeerRelay.MappingProtocol, router.Addr())
+	}
+	relayRule := func(rules []string) bool {
+		for _, rule := range rules {
+			if strings.HasSuffix(rule, fmt.Sprintf(":%d", peerRelayPort)) {
+				return true
+			}
+		}
+		return false
+	}
+	if m := router.PortMappings(); len(m) != 2 || !relayRule(m) {
+		t.Errorf("router holds %q, want 2 mappings: the WireGuard port and the peer relay port %d", m, peerRelayPort)
+	}
+
+	start := time.Now()
+	run := mustReach(t, a, b, pathPeerRelay, start, 30*time.Second)
+	p, err := a.cliPeer(ctx, b.name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Via != r.name || p.Endpoint != mapped {
+		t.Errorf("alice's status of bob: via %q at %q, want via %s at the mapped address %s", p.Via, p.Endpoint, r.name, mapped)
+	}
+	if err := a.roundTrip(ctx, b.name, 5*time.Second); err != nil {
+		t.Errorf("round trip through the mapped peer relay: %v", err)
+	}
+
+	// Renewals of both ports: miniupnpd logs each PCP map request
+	// ("60bytes"), and each port is asked every half lifetime.
+	renewStart := time.Now()
+	for {
+		n := bytes.Count(upnpd.Stderr(), []byte("60bytes"))
+		if n >= 2*portMapRenewals {
+			t.Logf("%d map requests seen %v after the path check (lifetime asked %v, two ports)", n, time.Since(renewStart).Round(time.Millisecond), portMapLifetime)
+			break
+		}
+		if time.Since(renewStart) > portMapRenewWithin {
+			t.Fatalf("router saw %d map requests in %v, want %d (two ports, renewals every %v)", n, portMapRenewWithin, 2*portMapRenewals, portMapLifetime/2)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	if err := a.roundTrip(ctx, b.name, 5*time.Second); err != nil {
+		t.Errorf("round trip after renewals: %v", err)
+	}
+	t.Logf("hard-hard through a port-mapped peer relay: %s after %v (peer sees %s), via %s at %s; mappings %q",
+		run.Path, run.ToWant, run.PeerPath, p.Via, p.Endpoint, router.PortMappings())
+
+	// --relay-server=off: the relay port's mapping goes; the WireGuard
+	// port is mapped again by the restarted engine.
+	if _, err := r.beam(ctx, nil, "set", "--relay-server=off"); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(portMapWithin)
+	for {
+		m := router.PortMappings()
+		if len(m) == 1 && !relayRule(m) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after --relay-server=off the router holds %q, want only the WireGuard port's mapping", m)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal(ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	// Stopping the daemon deletes the rest.
+	if err := r.daemon.Stop(); err != nil {
+		t.Errorf("stop the relay node: %v", err)
+	}
+	if m := router.PortMappings(); len(m) != 0 {
+		t.Errorf("after the daemon stopped the router still holds %q", m)
+	}
+	select {
+	case <-upnpd.Done():
+		t.Errorf("miniupnpd exited: %s", upnpd.Stderr())
+	default:
+	}
 }

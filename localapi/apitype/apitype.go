@@ -94,6 +94,11 @@ type PeerRelayStatus struct {
 	// node's peers (the policy's "peerRelays" names the node); while it
 	// does not, the server refuses new sessions.
 	Offered bool `json:"offered"`
+	// Mapped is the public address the NAT gateway maps to Port
+	// (--port-mapping), which peers bind to, and MappingProtocol the
+	// protocol ("PCP", "NAT-PMP", "UPnP"); empty if none.
+	Mapped          string `json:"mapped,omitempty"`
+	MappingProtocol string `json:"mapping_protocol,omitempty"`
 }
 
 // PeerStatus describes one node: the daemon itself or a peer.

@@ -82,6 +82,9 @@ func printStatus(f *Factory, st *apitype.Status) {
 	if r := st.PeerRelay; r != nil {
 		fmt.Fprintf(f.Out, "# peer relay server on UDP port %d: %d sessions (%d bound), %d packets forwarded, %d dropped over the rate bound\n",
 			r.Port, r.Sessions, r.Bound, r.Packets, r.DroppedRate)
+		if r.Mapped != "" {
+			fmt.Fprintf(f.Out, "# peer relay port mapped to %s by %s\n", r.Mapped, r.MappingProtocol)
+		}
 		if !r.Offered {
 			fmt.Fprintln(f.Out, "# peer relay server not offered to peers: the policy's peerRelays does not name this node")
 		}
