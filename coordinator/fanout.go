@@ -98,6 +98,9 @@ type NodeFeed interface {
 	// had its stream states dropped, which the coordinator then writes
 	// again.
 	Heartbeat(ctx context.Context) (changed []wire.NodeID, missing bool, err error)
+	// LiveCoordinators returns how many coordinators on other stores
+	// beat (within the time after which their nodes turn unknown).
+	LiveCoordinators(ctx context.Context) (int, error)
 }
 
 // ChangeKind is what a Change names.

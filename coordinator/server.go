@@ -283,6 +283,9 @@ func New(opts Options) (*Server, error) {
 		h := sha256.Sum256([]byte(opts.RelayToken))
 		s.relayHash = h[:]
 	}
+	if err := s.fan.checkReplica(ctx, opts); err != nil {
+		return nil, err
+	}
 	if err := s.load(ctx, opts.AdminToken); err != nil {
 		return nil, err
 	}

@@ -285,6 +285,29 @@ func queryIDs(ctx context.Context, tx *sql.Tx, q string) ([]wire.NodeID, error) 
 	return ids, rows.Err()
 }
 
+// forgetBeat deletes this store's heartbeat, as its coordinator stops:
+// the others need not wait for it to go stale before a coordinator with
+// new secrets may start (see LiveCoordinators). Best effort.
+func (s *Store) forgetBeat() {
+	if s.pgcfg == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	s.db.ExecContext(ctx, `DELETE FROM coordinator_beats WHERE origin = $1`, s.origin)
+}
+
+// LiveCoordinators implements coordinator.NodeFeed.
+func (s *Store) LiveCoordinators(ctx context.Context) (int, error) {
+	if s.pgcfg == nil {
+		return 0, errNoFeed
+	}
+	var n int
+	err := s.db.QueryRowContext(ctx, s.d.rebind(`SELECT COUNT(*) FROM coordinator_beats
+		WHERE origin <> ? AND beat >= (`+dbNow+` - `+strconv.FormatInt(int64(beatStale), 10)+`)`), s.origin).Scan(&n)
+	return n, s.wrap("live coordinators", err)
+}
+
 // RemoteOnline implements coordinator.NodeFeed.
 func (s *Store) RemoteOnline(ctx context.Context) (map[wire.NodeID]coordinator.Presence, error) {
 	if s.pgcfg == nil {

@@ -142,7 +142,10 @@ func Open(ctx context.Context, dsn string) (*Store, error) {
 func (s *Store) StoreErrors() uint64 { return s.errs.Load() }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	s.forgetBeat()
+	return s.db.Close()
+}
 
 // connect returns the connection migrations run on. A SQLite file that
 // another process is creating or switching to WAL at the same moment

@@ -1,0 +1,102 @@
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Replicas: coordinators sharing a store serve one network as one
+// coordinator, so they hold the same secrets: the machine key (nodes seal
+// every request to it, and move between replicas), the admin token (its
+// hash is shared) and the relay token (relays verify nodes with whichever
+// replica answers). The secrets stay in each coordinator's options (beam
+// coordinator's data directory); they are never written to the store, so
+// that a leaked database backup gives away neither the admin API nor the
+// coordinator's identity. The store keeps the machine key's public half and
+// the tokens' hashes; a coordinator that starts while another one with
+// different secrets beats refuses to start, naming what differs. With no
+// other coordinator running, the starting one's secrets replace the
+// stored ones (a rotation).
+
+// Settings of the replicas' shared secrets (public half, hashes).
+const (
+	machineKeySetting = "machine_key"
+	relayTokenSetting = "relay_token_sha256"
+)
+
+// ReplicaMismatchError is returned by New when another coordinator on the
+// shared store runs with other secrets.
+type ReplicaMismatchError struct {
+	// Differ names what differs: "machine key", "admin token", "relay token".
+	Differ []string
+	// MachineKey is the running coordinators' machine public key.
+	MachineKey string
+}
+
+func (e *ReplicaMismatchError) Error() string {
+	return fmt.Sprintf("coordinator: another coordinator runs on this database with a different %s (its machine key is %s): "+
+		"replicas must share their secrets: copy coordinator.key, admin.token and relay.token from a running coordinator's data directory into this one's, then start it again",
+		strings.Join(e.Differ, ", "), e.MachineKey)
+}
+
+// checkReplica compares opts' secrets with those of the coordinators that
+// beat on the shared store, then records them. A no-op without a shared
+// store.
+func (f *fanout) checkReplica(ctx context.Context, opts Options) error {
+	if f.feed == nil {
+		return nil
+	}
+	store := f.core.store
+	live, err := f.feed.LiveCoordinators(ctx)
+	if err != nil {
+		return fmt.Errorf("coordinator: look for other coordinators: %w", err)
+	}
+	type secret struct {
+		name, setting string
+		mine          []byte // nil: this coordinator was given none
+	}
+	mk, _ := opts.PrivateKey.Public().MarshalText()
+	secrets := []secret{{"machine key", machineKeySetting, mk}}
+	if opts.AdminToken != "" {
+		h := sha256.Sum256([]byte(opts.AdminToken))
+		secrets = append(secrets, secret{"admin token", adminTokenSetting, h[:]})
+	}
+	if opts.RelayToken != "" {
+		h := sha256.Sum256([]byte(opts.RelayToken))
+		secrets = append(secrets, secret{"relay token", relayTokenSetting, h[:]})
+	}
+	if live > 0 {
+		mismatch := &ReplicaMismatchError{}
+		for _, s := range secrets {
+			stored, err := store.Setting(ctx, s.setting)
+			switch {
+			case errors.Is(err, ErrNotFound):
+				continue
+			case err != nil:
+				return fmt.Errorf("coordinator: read the stored %s: %w", s.name, err)
+			}
+			if s.setting == machineKeySetting {
+				mismatch.MachineKey = string(stored)
+			}
+			if !bytes.Equal(stored, s.mine) {
+				mismatch.Differ = append(mismatch.Differ, s.name)
+			}
+		}
+		if len(mismatch.Differ) > 0 {
+			return mismatch
+		}
+	}
+	for _, s := range secrets {
+		if s.setting == adminTokenSetting {
+			continue // load writes it
+		}
+		if err := store.SetSetting(ctx, s.setting, s.mine); err != nil {
+			return fmt.Errorf("coordinator: store the %s: %w", s.name, err)
+		}
+	}
+	return nil
+}
