@@ -240,6 +240,8 @@ func (co *Coordinator) Validate() error {
 
 // Edge is beam edge's settings.
 type Edge struct {
+	// Coordinator is the coordinator URL, or several comma-separated
+	// (replicas on one database).
 	Coordinator string `json:"coordinator"`
 	AuthKey     string `json:"authkey"`
 	Domain      string `json:"domain"`
@@ -278,7 +280,7 @@ func DefaultEdge() Edge {
 // Validate checks e.
 func (e *Edge) Validate() error {
 	var c checker
-	c.url("--coordinator", e.Coordinator, false)
+	c.urlList("--coordinator", e.Coordinator)
 	c.domain("--domain", e.Domain, true)
 	c.listen("--http-addr", e.HTTPAddr, false)
 	c.listen("--https-addr", e.HTTPSAddr, false)
@@ -527,9 +529,7 @@ type Node struct {
 // anywhere else they would open the mesh to the host's network.
 func (n *Node) Validate() error {
 	var c checker
-	for u := range strings.SplitSeq(n.Coordinator, ",") {
-		c.url("--coordinator", strings.TrimSpace(u), false)
-	}
+	c.urlList("--coordinator", n.Coordinator)
 	for _, l := range []struct{ flag, v string }{{"--socks5", n.SOCKS5}, {"--http-proxy", n.HTTPProxy}, {"--dns-listen", n.DNSListen}} {
 		if l.v == "" {
 			continue
@@ -635,6 +635,14 @@ func (c *checker) url(flag, v string, required bool) {
 		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
 			c.add(flag, v, "the port must be 1-65535")
 		}
+	}
+}
+
+// urlList checks a comma-separated list of http(s) URLs, each as url
+// does; empty is allowed.
+func (c *checker) urlList(flag, v string) {
+	for u := range strings.SplitSeq(v, ",") {
+		c.url(flag, strings.TrimSpace(u), false)
 	}
 }
 

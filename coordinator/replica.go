@@ -38,9 +38,13 @@ type ReplicaMismatchError struct {
 }
 
 func (e *ReplicaMismatchError) Error() string {
-	return fmt.Sprintf("coordinator: another coordinator runs on this database with a different %s (its machine key is %s): "+
+	theirs := ""
+	if e.MachineKey != "" {
+		theirs = " (its machine key is " + e.MachineKey + ")"
+	}
+	return fmt.Sprintf("coordinator: another coordinator runs on this database with a different %s%s: "+
 		"replicas must share their secrets: copy coordinator.key, admin.token and relay.token from a running coordinator's data directory into this one's, then start it again",
-		strings.Join(e.Differ, ", "), e.MachineKey)
+		strings.Join(e.Differ, ", "), theirs)
 }
 
 // checkReplica compares opts' secrets with those of the coordinators that

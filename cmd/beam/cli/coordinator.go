@@ -57,6 +57,12 @@ its hash is kept in the database) and relay.token (what relays started with
 them with --verify-token-file). Once it listens it writes
 DATA/coordinator.json (its URL and admin token file) and a copy for beam
 admin on this host, which then needs neither --coordinator nor a token.
+
+Several coordinators may share one --db database as replicas: start each on a
+copy of the first one's coordinator.key, admin.token and relay.token (a
+coordinator with other secrets is refused while another runs), and give nodes
+every URL: beam up --coordinator URL1,URL2.
+
 From elsewhere:
 
   export BEAM_COORDINATOR=http://HOST:PORT BEAM_ADMIN_TOKEN=$(cat DATA/admin.token)`,

@@ -78,7 +78,7 @@ func NewCmdEdge(f *Factory, in *instanceFlags, runF func(*EdgeOptions) error) *c
 	fl := cmd.Flags()
 	def := configs.DefaultEdge()
 	fl.StringVar(&o.ConfigFile, "config", "", configUsage)
-	fl.StringVar(&o.Coordinator, "coordinator", "", "coordinator URL")
+	fl.StringVar(&o.Coordinator, "coordinator", "", "coordinator URL (several replicas on one database: comma-separated)")
 	fl.StringVar(&o.AuthKey, "authkey", "", "an edge auth key (beam admin authkey create --edge) (env BEAM_AUTHKEY)")
 	fl.StringVar(&o.Domain, "domain", "", "the public domain routes live under (NAME.DOMAIN)")
 	fl.StringVar(&o.HTTPAddr, "http-addr", def.HTTPAddr, "plain HTTP listener (\"\" disables)")
