@@ -1,7 +1,6 @@
 package coordinator
 
 import (
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -74,20 +73,6 @@ func openEnvelope(priv key.MachinePrivate, env wire.Envelope, v any) error {
 		return fmt.Errorf("decode sealed request: %w", err)
 	}
 	return nil
-}
-
-// writeFrame writes one stream frame holding sealed.
-func writeFrame(w io.Writer, sealed []byte) error {
-	if len(sealed) == 0 || len(sealed) > wire.MaxFrameSize {
-		return fmt.Errorf("write frame: size %d out of range", len(sealed))
-	}
-	var hdr [4]byte
-	binary.BigEndian.PutUint32(hdr[:], uint32(len(sealed)))
-	if _, err := w.Write(hdr[:]); err != nil {
-		return err
-	}
-	_, err := w.Write(sealed)
-	return err
 }
 
 // replayCache remembers the hashes of sealed requests seen within the

@@ -8,6 +8,7 @@ import (
 	"math/bits"
 	"slices"
 	"sync"
+	"time"
 
 	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
@@ -43,11 +44,44 @@ type streams struct {
 	// same node.
 	peerStates map[key.NodePublic]*peerState
 	peerSlots  []*peerState
+	// wakes holds, per network, what its streams wait on for the next
+	// change (netWakeLocked); fullVer the count of the network's last
+	// change after which every stream of it recomputes everything.
+	wakes   map[int64]*netWake
+	fullVer map[int64]uint64
+}
+
+// netWake is closed at a network's next node change.
+type netWake struct {
+	c  chan struct{}
+	at time.Time // when c was closed; read only after c is
+}
+
+// netWakeLocked returns what the streams of a network wait on for its
+// next change. Server.mu held.
+func (ms *streams) netWakeLocked(networkID int64) *netWake {
+	w := ms.wakes[networkID]
+	if w == nil {
+		w = &netWake{c: make(chan struct{})}
+		ms.wakes[networkID] = w
+	}
+	return w
+}
+
+// wakeNetworkLocked wakes every stream of a network; the next to wait
+// gets a new netWake. Server.mu held.
+func (ms *streams) wakeNetworkLocked(networkID int64) {
+	if w := ms.wakes[networkID]; w != nil {
+		w.at = time.Now()
+		close(w.c)
+		delete(ms.wakes, networkID)
+	}
 }
 
 // newStreams returns the map-stream job of core.
 func newStreams(core *Server) *streams {
-	return &streams{core: core, sessions: make(map[key.NodePublic]*session), peerStates: make(map[key.NodePublic]*peerState)}
+	return &streams{core: core, sessions: make(map[key.NodePublic]*session), peerStates: make(map[key.NodePublic]*peerState),
+		wakes: make(map[int64]*netWake), fullVer: make(map[int64]uint64)}
 }
 
 // peerState is one node as map streams know it. Guarded by Server.mu.
@@ -306,15 +340,17 @@ func splice(obj []byte, field string, encs [][]byte, more bool) []byte {
 	return b
 }
 
-// pooledBody is the least size of a frame body worth reusing: full maps
-// and large deltas, which are sealed (copied) right after encoding, so
-// many streams opening at once do not each allocate and clear megabytes.
-const pooledBody = 64 << 10
+// pooledBody is the least size of a buffer worth reusing: the bodies of
+// full-map frames (about 30 KB for fullMapBatch peers) and large deltas,
+// and the sealed frames made of them, each used only until the frame is
+// sealed or written, so many streams opening at once do not each
+// allocate and clear megabytes.
+const pooledBody = 16 << 10
 
-// freeBodies holds a few large bodies for reuse; a few, so that a burst of
-// streams does not leave hundreds of megabytes behind (as a sync.Pool
+// freeBodies holds a few large buffers for reuse; a few, so that a burst
+// of streams does not leave hundreds of megabytes behind (as a sync.Pool
 // would until the next collections).
-var freeBodies = make(chan []byte, 4)
+var freeBodies = make(chan []byte, 8)
 
 // getBody returns an empty slice with room for n bytes.
 func getBody(n int) []byte {

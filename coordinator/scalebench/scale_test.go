@@ -84,6 +84,7 @@ func TestScaleSmoke(t *testing.T) {
 //	                   all N-1 others (3 changes)
 //	bytes/node/change  bytes each other node read for one change
 //	cpu-s              coordinator CPU seconds from start through the changes
+//	fullmap-cpu-s      of those, the coordinator's over fullmap-s
 //	rss-MB, peak-rss-MB  coordinator VmRSS then, and VmHWM
 //	fleet-cpu-s        the fake nodes' CPU seconds over the same span (they
 //	                   share the machine's cores with the coordinator)
@@ -164,6 +165,7 @@ func BenchmarkCoordinatorScale(b *testing.B) {
 				b.ReportMetric(res.MedianChange().Seconds(), "change-s")
 				b.ReportMetric(res.BytesPerNodePerChange, "bytes/node/change")
 				b.ReportMetric(res.CPU.Seconds(), "cpu-s")
+				b.ReportMetric(res.FullMapsCPU.Seconds(), "fullmap-cpu-s")
 				b.ReportMetric(float64(res.RSS)/(1<<20), "rss-MB")
 				b.ReportMetric(float64(res.PeakRSS)/(1<<20), "peak-rss-MB")
 				b.ReportMetric(res.FleetCPU.Seconds(), "fleet-cpu-s")

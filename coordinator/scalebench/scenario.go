@@ -63,6 +63,8 @@ type Result struct {
 	// changes; RSS its resident set then and PeakRSS its high-water mark.
 	CPU          time.Duration
 	RSS, PeakRSS uint64
+	// FullMapsCPU is the coordinator's CPU time over FullMaps.
+	FullMapsCPU time.Duration
 	// FleetCPU is this process's CPU time over the same span: the fake
 	// nodes share the machine with the coordinator, and a fleet that
 	// needs as much CPU as the coordinator slows it down.
@@ -164,13 +166,20 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 	}
 	log.Info("registered", "n", sc.N, "took", res.Register, "per_s", res.RegisterRate())
 
+	before, err := coord.Usage()
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
 	fleet.Stream()
 	if err := phase(fleet.WaitFullMaps); err != nil {
 		return nil, err
 	}
 	res.FullMaps = time.Since(start)
-	log.Info("full maps", "took", res.FullMaps)
+	if after, err := coord.Usage(); err == nil {
+		res.FullMapsCPU = after.CPU - before.CPU
+	}
+	log.Info("full maps", "took", res.FullMaps, "coordinator_cpu", res.FullMapsCPU)
 	if err := phase(fleet.WaitSettled); err != nil {
 		return nil, err
 	}

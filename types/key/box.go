@@ -31,13 +31,17 @@ func precompute(priv, peer [32]byte) [32]byte {
 }
 
 func sealShared(shared *[32]byte, cleartext []byte) []byte {
+	return sealAppend(shared, make([]byte, 0, nonceLen+box.Overhead+len(cleartext)), cleartext)
+}
+
+// sealAppend appends the box of cleartext, nonce first, to dst.
+func sealAppend(shared *[32]byte, dst, cleartext []byte) []byte {
 	var nonce [nonceLen]byte
 	if _, err := rand.Read(nonce[:]); err != nil {
 		panic("key: crypto/rand failed: " + err.Error())
 	}
-	out := make([]byte, nonceLen, nonceLen+box.Overhead+len(cleartext))
-	copy(out, nonce[:])
-	return box.SealAfterPrecomputation(out, cleartext, &nonce, shared)
+	dst = append(dst, nonce[:]...)
+	return box.SealAfterPrecomputation(dst, cleartext, &nonce, shared)
 }
 
 func openShared(shared *[32]byte, sealed []byte) ([]byte, bool) {

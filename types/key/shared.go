@@ -29,6 +29,10 @@ func (s Shared) IsZero() bool { return isZero(s.k) }
 // nonce: the same box as SealTo.
 func (s Shared) Seal(cleartext []byte) []byte { return sealShared(&s.k, cleartext) }
 
+// SealAppend is Seal appending the box to dst, which must not overlap
+// cleartext: a caller sealing many messages can reuse one buffer.
+func (s Shared) SealAppend(dst, cleartext []byte) []byte { return sealAppend(&s.k, dst, cleartext) }
+
 // Open opens a box sealed with s (or with SealTo by the other side). It
 // reports false if the box was sealed with any other key or altered.
 func (s Shared) Open(sealed []byte) ([]byte, bool) { return openShared(&s.k, sealed) }

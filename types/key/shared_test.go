@@ -30,6 +30,13 @@ func TestSharedInterop(t *testing.T) {
 		{"machine Shared to node OpenFrom", ms.Seal, func(b []byte) ([]byte, bool) { return node.OpenFrom(machine.Public(), b) }},
 		{"node SealTo to machine Shared", func(b []byte) []byte { return node.SealTo(machine.Public(), b) }, ms.Open},
 		{"node Shared to machine OpenFrom", ns.Seal, func(b []byte) ([]byte, bool) { return machine.OpenFrom(node.Public(), b) }},
+		{"machine SealAppend after a header to node Shared", func(b []byte) []byte {
+			out := ms.SealAppend([]byte("hdr:"), b)
+			if string(out[:4]) != "hdr:" {
+				t.Errorf("SealAppend lost dst: %q", out[:4])
+			}
+			return out[4:]
+		}, ns.Open},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
