@@ -22,6 +22,13 @@
 // Datagrams that are not WireGuard messages, or that no peer can be tied
 // to, are dropped silently.
 //
+// Copies. A peer sends each handshake initiation over every path it may
+// take, and again when we show we are up; of the copies that arrive,
+// wireguard-go gets only the first, since two handled at once by its
+// parallel handshake workers can both be answered, the second answer
+// silently invalidating the first (initcopy.go). A copy of an initiation
+// already answered gets the answer again.
+//
 // Lifecycle. wireguard-go calls Close then Open on every Up; after Close
 // every ReceiveFunc returned by the previous Open returns net.ErrClosed.
 //
@@ -889,6 +896,9 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 			}
 			e.lastRecv.Store(now)
 			if p := e.peer; p != nil {
+				if !b.admitHandshake(p, e, pkt, now) {
+					continue
+				}
 				b.wake(p)
 				p.lastWGRecv.Store(now)
 				p.traffic.received(pathDirect, n)
@@ -1022,23 +1032,12 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	// be, and prove nothing about the peer: send them back where the
 	// datagram came from and learn nothing.
 	if p == nil || (len(first) == cookieReplySize && first[0] == msgCookie) {
-		if e.isPeerRelay() && p != nil {
-			if s := p.pr.Load(); s != nil {
-				return b.sendPeerRelay(s, bufs)
-			}
-			return errNoRelay
-		}
-		if e.isRelay() && p != nil {
-			return b.sendRelay(bufs, p, int(e.src.Port()))
-		}
-		if !e.src.IsValid() {
-			return errors.New("bind: endpoint without address")
-		}
-		return b.sendTo(bufs, e.src)
+		return b.sendBack(p, e, bufs)
 	}
 	if p.removed.Load() {
 		return net.ErrClosed
 	}
+	p.noteResponse(first)
 	// wireguard-go switched this peer to an endpoint with a new source:
 	// it authenticated a packet from there, so that path is now best,
 	// except that a relayed packet does not displace a direct address
@@ -1143,6 +1142,29 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		return fmt.Errorf("bind: no path to peer %s", p.key.ShortString())
 	}
 	return b.sendDirect(p, bufs, cands[0])
+}
+
+// sendBack sends bufs back the way a datagram that arrived over e came: to
+// e's address (from e's extra socket, if it has one), through e's relay
+// region, or through p's peer relay session. p is e's peer, nil for a
+// source no peer is tied to.
+func (b *Bind) sendBack(p *peer, e *Endpoint, bufs [][]byte) error {
+	if e.isPeerRelay() && p != nil {
+		if s := p.pr.Load(); s != nil {
+			return b.sendPeerRelay(s, bufs)
+		}
+		return errNoRelay
+	}
+	if e.isRelay() && p != nil {
+		return b.sendRelay(bufs, p, int(e.src.Port()))
+	}
+	if !e.src.IsValid() {
+		return errors.New("bind: endpoint without address")
+	}
+	if e.sock != nil {
+		return b.sendExtra(e.sock, bufs, e.src)
+	}
+	return b.sendTo(bufs, e.src)
 }
 
 // route decides where packets to p go now: to a direct endpoint, through

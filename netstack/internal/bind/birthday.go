@@ -418,6 +418,9 @@ func (b *Bind) readExtra(s *extraSock) {
 		}
 		now := time.Now().UnixNano()
 		p := s.p
+		if !b.admitHandshake(p, e, pkt, now) {
+			continue
+		}
 		e.lastRecv.Store(now)
 		p.lastWGRecv.Store(now)
 		p.traffic.received(pathDirect, n)

@@ -124,6 +124,9 @@ type peer struct {
 	lastStale  atomic.Int64
 	// traffic counts datagrams per path (traffic.go).
 	traffic traffic
+	// initCopies keeps copies of one handshake message from reaching
+	// wireguard-go twice (initcopy.go).
+	initCopies initCopies
 
 	// relayServer: the peer offers a peer relay server
 	// (PeerConfig.RelayServer).

@@ -586,6 +586,9 @@ func (b *Bind) handlePeerRelay(src netip.AddrPort, pkt []byte, now int64) (*Endp
 		return nil, 0
 	}
 	p := s.p
+	if !b.admitHandshake(p, s.ep, inner, now) {
+		return nil, 0
+	}
 	b.wake(p)
 	s.ep.lastRecv.Store(now)
 	p.lastWGRecv.Store(now)

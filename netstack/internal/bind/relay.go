@@ -119,6 +119,9 @@ func (b *Bind) DeliverRelayed(region int, src key.NodePublic, pkt []byte) {
 		return
 	}
 	now := time.Now().UnixNano()
+	if !b.admitHandshake(pe.p, e, pkt, now) {
+		return
+	}
 	pe.p.lastWGRecv.Store(now)
 	b.noteTransport(pe.p, pkt, now)
 	buf := b.rs.copyPacket(pkt)

@@ -1,0 +1,144 @@
+package bind
+
+import (
+	"bytes"
+	"encoding/binary"
+	"sync"
+	"time"
+)
+
+// Copies of a handshake initiation. A peer's bind sends each initiation
+// over every path it may take (spray: every candidate address, the relay,
+// a peer relay) and again when the peer shows it is up (resendInit), so
+// several copies of one initiation usually arrive here within a
+// millisecond, over both UDP sockets and the relay. wireguard-go must see
+// only one of them: its handshake workers run in parallel, and its replay
+// check (ConsumeMessageInitiation reads the last timestamp under a read
+// lock and records the new one later under the write lock) lets two
+// copies handled at once both through. Each is then answered, and the
+// second answer's session replaces the first's (BeginSymmetricSession
+// deletes the pending keypair). If the first answer reaches the initiator
+// first, as it usually does, every packet the initiator sends names a
+// session this node has already deleted and is dropped without a word,
+// until the initiator's timer starts a new handshake after 15 s of
+// silence (KeepaliveTimeout + RekeyTimeout): a stalled first exchange on
+// a path that works.
+//
+// So the bind hands wireguard-go the first copy of an initiation and
+// drops the others. A copy that arrives after wireguard-go answered the
+// initiation means the initiator did not get the answer (it resends only
+// unanswered initiations): the bind sends the answer again, back the way
+// the copy came, which wireguard-go itself would not do (it rejects the
+// copy as a replay), and which saves the initiator its 5 s retry. A copy
+// that arrives initCopyHold after the first with no answer sent goes to
+// wireguard-go again, in case the first was refused for a reason a retry
+// gets past (a peer configured only since, a full queue).
+
+const (
+	// initCopyHold is how long copies of an unanswered initiation are
+	// dropped. wireguard-go answers within milliseconds unless the
+	// machine is starved; the initiator resends after a second at the
+	// earliest once the peer has not answered (see Maintain).
+	initCopyHold = initRetryAfter
+	// respResendEvery is the least time between two resends of one
+	// answer (the initiator resends at most every resendInitEvery).
+	respResendEvery = resendInitEvery
+	// initIDSize is the part of an initiation that identifies it: its
+	// sender index and ephemeral key (bytes 4 to 40), random per
+	// initiation.
+	initIDSize = 36
+	// respIDSize is the part of a response that identifies it: sender
+	// and receiver indices and ephemeral key (bytes 4 to 44).
+	respIDSize = 40
+)
+
+// initCopies is the last handshake initiation of a peer that the bind
+// handed wireguard-go, and the response wireguard-go sent to it.
+type initCopies struct {
+	mu sync.Mutex // guards the following fields
+	id [initIDSize]byte
+	// at is when the initiation was last handed over (unix nanos); 0
+	// if none was.
+	at int64
+	// resp is wireguard-go's response to the initiation; empty until it
+	// sent one. respAt is when the bind last resent it.
+	resp   []byte
+	respAt int64
+	// rxResp identifies the last handshake response from the peer handed
+	// over: its sender and receiver indices and ephemeral key.
+	rxResp [respIDSize]byte
+}
+
+// admitHandshake reports whether pkt, a WireGuard datagram tied to p that
+// arrived over e, goes to wireguard-go: anything but a copy of an
+// initiation already handed over does. For a copy of an answered one it
+// sends the answer back over e instead (see initCopies).
+func (b *Bind) admitHandshake(p *peer, e *Endpoint, pkt []byte, now int64) bool {
+	if len(pkt) == responseSize && binary.LittleEndian.Uint32(pkt) == msgResponse {
+		return p.initCopies.firstResponse(pkt)
+	}
+	if !isInitiation(pkt) {
+		return true
+	}
+	c := &p.initCopies
+	id := pkt[4 : 4+initIDSize]
+	c.mu.Lock()
+	if c.at == 0 || !bytes.Equal(c.id[:], id) {
+		copy(c.id[:], id)
+		c.at = now
+		c.resp = c.resp[:0]
+		c.respAt = 0
+		c.mu.Unlock()
+		return true
+	}
+	var resend []byte
+	switch {
+	case len(c.resp) > 0:
+		if now-c.respAt >= int64(respResendEvery) {
+			c.respAt = now
+			resend = bytes.Clone(c.resp)
+		}
+	case now-c.at >= int64(initCopyHold):
+		c.at = now
+		c.mu.Unlock()
+		return true
+	}
+	c.mu.Unlock()
+	if resend != nil {
+		b.log.Debug("peer resent an answered handshake initiation; resending the response", "peer", p.key.ShortString())
+		b.sendBack(p, e, [][]byte{resend})
+	}
+	return false
+}
+
+// noteResponse remembers pkt, a handshake response wireguard-go sends to
+// p, if it answers the last initiation handed over for p.
+func (p *peer) noteResponse(pkt []byte) {
+	if len(pkt) != responseSize || binary.LittleEndian.Uint32(pkt) != msgResponse {
+		return
+	}
+	c := &p.initCopies
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	// The response's receiver is the initiation's sender index.
+	if c.at != 0 && bytes.Equal(c.id[:4], pkt[8:12]) {
+		c.resp = append(c.resp[:0], pkt...)
+		c.respAt = time.Now().UnixNano()
+	}
+}
+
+// firstResponse reports whether pkt, a handshake response from the peer,
+// is not a copy of the last one handed over. Copies (the peer answered
+// over two paths at once, or resent its answer) are dropped: wireguard-go
+// takes a response once, and two copies handled at once by its parallel
+// handshake workers can both get past its state check.
+func (c *initCopies) firstResponse(pkt []byte) bool {
+	id := pkt[4 : 4+respIDSize]
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if bytes.Equal(c.rxResp[:], id) {
+		return false
+	}
+	copy(c.rxResp[:], id)
+	return true
+}

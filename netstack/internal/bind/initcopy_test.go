@@ -1,0 +1,212 @@
+package bind
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"beam.dev/beam/types/key"
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// handshakeMsg returns a handshake message of type typ and the size
+// classify wants, with sender index sender, receiver index receiver (for
+// a response) and a random ephemeral key.
+func handshakeMsg(typ, sender, receiver uint32) []byte {
+	var p []byte
+	switch typ {
+	case msgInitiation:
+		p = make([]byte, initiationSize)
+		rand.Read(p[8:40])
+	case msgResponse:
+		p = make([]byte, responseSize)
+		binary.LittleEndian.PutUint32(p[8:], receiver)
+		rand.Read(p[12:44])
+	}
+	binary.LittleEndian.PutUint32(p, typ)
+	binary.LittleEndian.PutUint32(p[4:], sender)
+	return p
+}
+
+// TestInitiationCopies: of the copies of one handshake initiation a peer
+// sprays over its paths (two UDP sockets of ours, the relay) and resends,
+// wireguard-go gets one. Its parallel handshake workers answer two copies
+// handled at once twice, the second answer's session replacing the first,
+// and the initiator's packets on the first were then dropped until its
+// 15 s timer started a new handshake. A copy arriving once the
+// initiation is answered gets the answer again, back the way it came; a
+// copy of an unanswered initiation goes over again after initCopyHold;
+// copies of a response are dropped too.
+func TestInitiationCopies(t *testing.T) {
+	fr := &fakeRelay{}
+	b, err := New(Options{PrivateKey: key.NewNode(), Relay: fr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fns, port, err := b.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if len(fns) != 3 {
+		t.Fatalf("got %d receive funcs, want 3 (IPv4, IPv6, relay)", len(fns))
+	}
+	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	peerKey := key.NewNode().Public()
+	const region = 7
+	b.SetPeers([]PeerConfig{{Key: peerKey, HomeRegion: region, Endpoints: []netip.AddrPort{pc.LocalAddr().(*net.UDPAddr).AddrPort()}}})
+	p := b.peers[peerKey].p
+	dst := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(port)}
+
+	// overUDP sends pkt from the peer's address and returns the
+	// endpoint wireguard-go gets it with, or nil if the bind dropped it.
+	overUDP := func(pkt []byte) conn.Endpoint {
+		t.Helper()
+		if _, err := pc.WriteToUDP(pkt, dst); err != nil {
+			t.Fatal(err)
+		}
+		bufs := [][]byte{make([]byte, 2048)}
+		sizes, eps := []int{0}, []conn.Endpoint{nil}
+		if n, err := fns[0](bufs, sizes, eps); err != nil || n != 1 {
+			t.Fatalf("receive: n=%d err=%v", n, err)
+		}
+		if sizes[0] == 0 {
+			return nil
+		}
+		if !bytes.Equal(bufs[0][:sizes[0]], pkt) {
+			t.Fatalf("handed over %d bytes that are not the datagram", sizes[0])
+		}
+		return eps[0]
+	}
+	// overRelay delivers pkt through the relay and reports whether it
+	// reached the relay ReceiveFunc.
+	overRelay := func(pkt []byte) bool {
+		t.Helper()
+		b.DeliverRelayed(region, peerKey, pkt)
+		select {
+		case r := <-b.rs.queue:
+			b.rs.put(r.buf)
+			return true
+		default:
+			return false
+		}
+	}
+	// answered reads what the peer's address got within wait: the
+	// datagram, or nil.
+	answered := func(wait time.Duration) []byte {
+		t.Helper()
+		pc.SetReadDeadline(time.Now().Add(wait))
+		buf := make([]byte, 2048)
+		n, _, err := pc.ReadFromUDP(buf)
+		if err != nil {
+			return nil
+		}
+		return buf[:n]
+	}
+
+	init := handshakeMsg(msgInitiation, 0x11, 0)
+	ep := overUDP(init)
+	if ep == nil {
+		t.Fatal("first copy of an initiation: dropped, want it handed to wireguard-go")
+	}
+	if ep := overUDP(init); ep != nil {
+		t.Error("second copy over UDP: handed over, want dropped")
+	}
+	if overRelay(init) {
+		t.Error("copy through the relay: handed over, want dropped")
+	}
+	if got := answered(100 * time.Millisecond); got != nil {
+		t.Fatalf("unanswered initiation: the peer got %d bytes from a copy, want nothing", len(got))
+	}
+
+	// wireguard-go answers; a copy soon after (sprayed, in flight)
+	// gets nothing more.
+	resp := handshakeMsg(msgResponse, 0x22, 0x11)
+	if err := b.Send([][]byte{resp}, ep); err != nil {
+		t.Fatal(err)
+	}
+	if got := answered(5 * time.Second); !bytes.Equal(got, resp) {
+		t.Fatalf("the peer got %x, want the response", got)
+	}
+	if ep := overUDP(init); ep != nil {
+		t.Error("copy right after the response: handed over, want dropped")
+	}
+	if got := answered(100 * time.Millisecond); got != nil {
+		t.Errorf("copy right after the response: the peer got %d bytes, want nothing yet", len(got))
+	}
+
+	// A resend respResendEvery later: the answer was lost; it goes
+	// again, over UDP and through the relay, each the way the copy came.
+	p.initCopies.mu.Lock()
+	p.initCopies.respAt -= int64(respResendEvery)
+	p.initCopies.mu.Unlock()
+	if ep := overUDP(init); ep != nil {
+		t.Error("resent initiation: handed over, want dropped")
+	}
+	if got := answered(5 * time.Second); !bytes.Equal(got, resp) {
+		t.Errorf("resent initiation over UDP: the peer got %x, want the response again", got)
+	}
+	p.initCopies.mu.Lock()
+	p.initCopies.respAt -= int64(respResendEvery)
+	p.initCopies.mu.Unlock()
+	fr.take()
+	if overRelay(init) {
+		t.Error("resent initiation through the relay: handed over, want dropped")
+	}
+	if sent := fr.take(); len(sent) != 1 || sent[0].region != region || sent[0].dst != peerKey || sent[0].n != responseSize {
+		t.Errorf("resent initiation through the relay: relay sent %+v, want the response to the peer in region %d", sent, region)
+	}
+
+	// A new initiation goes over; copies of it, unanswered, go over
+	// again after initCopyHold.
+	init2 := handshakeMsg(msgInitiation, 0x33, 0)
+	if ep := overUDP(init2); ep == nil {
+		t.Fatal("new initiation: dropped, want it handed over")
+	}
+	if ep := overUDP(init2); ep != nil {
+		t.Error("copy of the new initiation: handed over, want dropped")
+	}
+	p.initCopies.mu.Lock()
+	p.initCopies.at -= int64(initCopyHold)
+	p.initCopies.mu.Unlock()
+	if ep := overUDP(init2); ep == nil {
+		t.Error("copy of an initiation unanswered for initCopyHold: dropped, want it handed over")
+	}
+	if ep := overUDP(init2); ep != nil {
+		t.Error("next copy: handed over, want dropped")
+	}
+	// The response to the first initiation, sent again by the bind
+	// above, is not an answer to this one.
+	if got := answered(100 * time.Millisecond); got != nil {
+		t.Errorf("unanswered new initiation: the peer got %d bytes, want nothing", len(got))
+	}
+
+	// Responses from the peer: each is handed over once.
+	presp := handshakeMsg(msgResponse, 0x44, 0x55)
+	if ep := overUDP(presp); ep == nil {
+		t.Fatal("response: dropped, want it handed over")
+	}
+	if overRelay(presp) {
+		t.Error("copy of the response through the relay: handed over, want dropped")
+	}
+	if ep := overUDP(presp); ep != nil {
+		t.Error("copy of the response over UDP: handed over, want dropped")
+	}
+	if ep := overUDP(handshakeMsg(msgResponse, 0x46, 0x55)); ep == nil {
+		t.Error("another response: dropped, want it handed over")
+	}
+	// Transport data is never held back.
+	for i := range 2 {
+		if ep := overUDP(transport(0x22, 64)); ep == nil {
+			t.Errorf("transport data %d: dropped, want it handed over", i)
+		}
+	}
+}
