@@ -172,7 +172,7 @@ func (s *Store) withOnline(ctx context.Context, rec *coordinator.NodeRecord) (*c
 	case origin == s.origin:
 		return rec, coordinator.PresenceNone, nil
 	}
-	return rec, coordinator.Presence(p), nil
+	return rec, s.beats.presence(rec.Node.ID, p), nil
 }
 
 // NodeByKey implements coordinator.NodeFeed.
@@ -203,10 +203,43 @@ var unknownTimeout = 2 * time.Minute
 // dbNow is the database's clock in Unix nanoseconds, in SQL.
 const dbNow = `(EXTRACT(EPOCH FROM clock_timestamp()) * 1e9)::BIGINT`
 
+// judgeAfter is how long a store whose own beats had stopped (the
+// database was down or out of reach, or the coordinator stalled) waits,
+// once it beats again, before it takes other coordinators' stale beats
+// for dead ones: they could not beat either, and need a moment to do so.
+// Meanwhile a node keeps the presence the last Heartbeat found.
+var judgeAfter = beatStale / 2
+
 // beatState is what Heartbeat keeps between calls.
 type beatState struct {
-	mu      sync.Mutex           // guards unknown
-	unknown map[wire.NodeID]bool // the unknown nodes at the last Heartbeat
+	mu sync.Mutex // guards the following fields
+	// unknown holds the unknown nodes at the last Heartbeat.
+	unknown map[wire.NodeID]bool
+	// beaten is set once a Heartbeat succeeded; freshSince is when this
+	// store's beats became fresh again after they had stopped.
+	beaten     bool
+	freshSince time.Time
+}
+
+// judging reports whether stale beats of others count (see judgeAfter).
+// bs.mu held.
+func (bs *beatState) judgingLocked() bool {
+	return time.Since(bs.freshSince) >= judgeAfter
+}
+
+// presence is the coordinator.Presence of node id whose row has presence
+// p in SQL (1 online, 2 its coordinator's beat is stale): while stale
+// beats do not count yet, the node is unknown only if it already was.
+func (bs *beatState) presence(id wire.NodeID, p int) coordinator.Presence {
+	if p != 2 {
+		return coordinator.PresenceOnline
+	}
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	if !bs.judgingLocked() && !bs.unknown[id] {
+		return coordinator.PresenceOnline
+	}
+	return coordinator.PresenceUnknown
 }
 
 // Heartbeat implements coordinator.NodeFeed: it records that this
@@ -217,17 +250,39 @@ type beatState struct {
 // beatStale + unknownTimeout, which tells the others their nodes went
 // offline, returning those nodes too. missing reports whether this store
 // had no beat on record (its first, or after another store dropped it as
-// gone).
+// gone). After this store's own beats had stopped, it judges no one
+// before judgeAfter has passed.
 func (s *Store) Heartbeat(ctx context.Context) (changed []wire.NodeID, missing bool, err error) {
 	if s.pgcfg == nil {
 		return nil, false, errNoFeed
 	}
+	s.beats.mu.Lock()
+	beaten := s.beats.beaten
+	judging := s.beats.judgingLocked()
+	s.beats.mu.Unlock()
 	var unknown map[wire.NodeID]bool
+	var wasFresh bool
 	err = s.inTx(ctx, "heartbeat", func(tx *sql.Tx) error {
 		changed, unknown = nil, make(map[wire.NodeID]bool)
+		err := tx.QueryRowContext(ctx, s.d.rebind(`SELECT beat >= (`+dbNow+` - `+strconv.FormatInt(int64(beatStale), 10)+`)
+			FROM coordinator_beats WHERE origin = ?`), s.origin).Scan(&wasFresh)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
 		// xmax is 0 in a row the statement inserted, not updated.
 		if err := tx.QueryRowContext(ctx, s.d.rebind(`INSERT INTO coordinator_beats (origin, beat) VALUES (?, `+dbNow+`)
 			ON CONFLICT (origin) DO UPDATE SET beat = EXCLUDED.beat RETURNING xmax = 0`), s.origin).Scan(&missing); err != nil {
+			return err
+		}
+		// A first beat judges at once; one after this store's beats had
+		// stopped waits (judgeAfter).
+		wasFresh = wasFresh || !beaten
+		if !wasFresh || !judging {
+			ids, err := queryIDs(ctx, tx, `SELECT o.node_id FROM node_online o
+				LEFT JOIN coordinator_beats b ON b.origin = o.origin WHERE `+presenceSQL()+` = 2`)
+			for _, id := range ids {
+				unknown[id] = true
+			}
 			return err
 		}
 		gone := `(` + dbNow + ` - ` + strconv.FormatInt(int64(beatStale+unknownTimeout), 10) + `)`
@@ -252,6 +307,18 @@ func (s *Store) Heartbeat(ctx context.Context) (changed []wire.NodeID, missing b
 	}
 	s.beats.mu.Lock()
 	defer s.beats.mu.Unlock()
+	s.beats.beaten = true
+	if !wasFresh {
+		s.beats.freshSince = time.Now()
+	}
+	if !s.beats.judgingLocked() {
+		// Stale beats do not count yet: a node is unknown only if it was.
+		for id := range unknown {
+			if !s.beats.unknown[id] {
+				delete(unknown, id)
+			}
+		}
+	}
 	for id := range unknown {
 		if !s.beats.unknown[id] {
 			changed = append(changed, id)
@@ -326,7 +393,7 @@ func (s *Store) RemoteOnline(ctx context.Context) (map[wire.NodeID]coordinator.P
 		if err := rows.Scan(&id, &p); err != nil {
 			return nil, s.wrap("online nodes", err)
 		}
-		out[wire.NodeID(id)] = coordinator.Presence(p)
+		out[wire.NodeID(id)] = s.beats.presence(wire.NodeID(id), p)
 	}
 	return out, s.wrap("online nodes", rows.Err())
 }

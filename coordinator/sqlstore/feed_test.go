@@ -273,3 +273,61 @@ func TestParseChange(t *testing.T) {
 		})
 	}
 }
+
+// TestHeartbeatAfterOutage: when the database was unreachable for longer
+// than beatStale, every coordinator's beat is stale at once; the first to
+// beat again takes no one for dead until the others had judgeAfter to
+// beat too, so their nodes do not flap to unknown (or offline, past the
+// unknown timeout).
+func TestHeartbeatAfterOutage(t *testing.T) {
+	defer func(d time.Duration) { judgeAfter = d }(judgeAfter)
+	judgeAfter = time.Hour // the others never get to beat in this test
+	dsn := pg.NewSchema(t)
+	a, b := openStore(t, dsn), openStore(t, dsn)
+	ctx := t.Context()
+	n, err := a.EnsureNetwork(ctx, "default", "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	alpha := testNode(n.ID, "alpha", 1)
+	if err := a.InsertNode(ctx, alpha, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*Store{a, b} {
+		if _, _, err := s.Heartbeat(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.SetNodeOnline(ctx, alpha.Node.ID, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, outage := range []time.Duration{2 * beatStale, beatStale + unknownTimeout + time.Second} {
+		// Nobody could beat for outage.
+		if _, err := a.db.ExecContext(ctx, `UPDATE coordinator_beats SET beat = beat - $1`, int64(outage)); err != nil {
+			t.Fatal(err)
+		}
+		for range 2 {
+			changed, _, err := b.Heartbeat(ctx)
+			if err != nil || len(changed) != 0 {
+				t.Errorf("after an outage of %v: b's Heartbeat changed %v, %v; want none while a has had no chance to beat", outage, changed, err)
+			}
+		}
+		if _, p, err := b.NodeByID(ctx, alpha.Node.ID); err != nil || p != coordinator.PresenceOnline {
+			t.Errorf("after an outage of %v: alpha on b is %d, %v; want online", outage, p, err)
+		}
+		if all, err := b.RemoteOnline(ctx); err != nil || all[alpha.Node.ID] != coordinator.PresenceOnline {
+			t.Errorf("after an outage of %v: RemoteOnline on b = %v, %v; want alpha online", outage, all, err)
+		}
+		if _, missing, err := a.Heartbeat(ctx); err != nil || missing {
+			t.Errorf("a's Heartbeat after an outage of %v: missing = %v, %v; want false (its beat kept)", outage, missing, err)
+		}
+	}
+	// Once b judges again, a's coordinator stopping makes alpha unknown.
+	judgeAfter = 0
+	if _, err := a.db.ExecContext(ctx, `UPDATE coordinator_beats SET beat = beat - $1 WHERE origin = $2`, int64(2*beatStale), a.origin); err != nil {
+		t.Fatal(err)
+	}
+	if changed, _, err := b.Heartbeat(ctx); err != nil || !slices.Equal(changed, []wire.NodeID{alpha.Node.ID}) {
+		t.Errorf("b's Heartbeat once a stopped = %v, %v; want [%d]", changed, err, alpha.Node.ID)
+	}
+}
