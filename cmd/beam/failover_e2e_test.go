@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"beam.dev/beam/beamtest/pgtest"
+	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/wire"
 )
 
@@ -326,11 +327,14 @@ func peerNames(d *device) ([]string, bool) {
 }
 
 // TestPostgresRestart restarts the PostgreSQL server under two
-// coordinator replicas while a node is renamed over and over through
-// both and a new device joins, then renames and joins more after: every
-// rename that succeeded is kept (the last one wins everywhere), no node
-// is stored twice, and every device and both coordinators converge on
-// the same nodes, names and addresses.
+// coordinator replicas, down for longer than a coordinator's heartbeat
+// may lapse, while a node is renamed over and over through both and a new
+// device joins, then renames and joins more after: every rename that
+// succeeded is kept (the last one wins everywhere), no node is stored
+// twice, and every device and both coordinators converge on the same
+// nodes, names and addresses. A node streaming throughout is shown online
+// to its peer all along (never unknown or offline: every heartbeat was
+// stale at once, which is not a coordinator dying).
 func TestPostgresRestart(t *testing.T) {
 	pg := pgtest.New(t)
 	dsn := pg.NewDatabase(t)
@@ -382,6 +386,33 @@ func TestPostgresRestart(t *testing.T) {
 	}()
 	waitFor(t, 30*time.Second, "renames before the restart", func() bool { mu.Lock(); defer mu.Unlock(); return successes >= 3 })
 
+	// a's view of b, every half second from the stop on.
+	watchDone := make(chan struct{})
+	var seen []string
+	go func() {
+		defer close(watchDone)
+		tick := time.NewTicker(500 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+			}
+			out, _, err := a.c.beam(nil, a.args("status", "--json")...)
+			var st apitype.Status
+			if err != nil || json.Unmarshal([]byte(out), &st) != nil {
+				continue
+			}
+			for _, p := range st.Peers {
+				if p.Key == bKey && !p.Online {
+					mu.Lock()
+					seen = append(seen, fmt.Sprintf("%s online=%v unknown=%v", p.Name, p.Online, p.Unknown))
+					mu.Unlock()
+				}
+			}
+		}
+	}()
 	if err := pg.Stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -404,7 +435,9 @@ func TestPostgresRestart(t *testing.T) {
 			<-time.After(200 * time.Millisecond) // beam up failed while the database is down: again
 		}
 	}()
-	waitFor(t, 10*time.Second, "3 s of the database down", func() bool { return time.Since(stopped) > 3*time.Second })
+	// Longer than a heartbeat may lapse (15 s).
+	const outage = 17 * time.Second
+	waitFor(t, outage+10*time.Second, "the database down for a while", func() bool { return time.Since(stopped) > outage })
 	if err := pg.Start(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -419,6 +452,10 @@ func TestPostgresRestart(t *testing.T) {
 	d.upOn([]string{c2.url, c1.url}, key)
 	close(stop)
 	<-loopDone
+	<-watchDone
+	if len(seen) > 0 {
+		t.Errorf("a showed b not online across the restart: %q", seen)
+	}
 	mu.Lock()
 	final := renamed
 	mu.Unlock()
