@@ -98,6 +98,10 @@ func (c *Client) RunResponses(ctx context.Context, onResponse func(resp *wire.Ma
 	}
 }
 
+// silentMargin is how late past its keepalive interval a stream may be,
+// with other coordinators to move to, before it counts as dead.
+const silentMargin = 5 * time.Second
+
 // failoverJitter bounds the wait before moving to the next coordinator.
 const failoverJitter = 300 * time.Millisecond
 
@@ -126,6 +130,11 @@ func (c *Client) readStream(cancel context.CancelFunc, resp *http.Response, box 
 		ka = time.Duration(ms) * time.Millisecond
 	}
 	dead := 2 * ka
+	if c.multi() {
+		// Another coordinator can take over: give up on a silent one
+		// sooner, a margin after the keepalive it owed.
+		dead = ka + min(ka, silentMargin)
+	}
 	var silentMu sync.Mutex
 	silent := false
 	timer := time.AfterFunc(dead, func() {

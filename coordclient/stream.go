@@ -60,9 +60,12 @@ func isTerminal(err error) bool {
 // built from the full map that starts every stream and the deltas after
 // it. While the coordinator is unreachable it
 // reconnects with capped exponential backoff and jitter; the caller keeps
-// using the last netmap meanwhile. A stream that sends nothing for twice
-// the coordinator's keepalive interval is considered dead. Run also sends
-// the endpoints given to SetEndpoints.
+// using the last netmap meanwhile. With several coordinators
+// (Options.ServerURL), it moves to the next one at once when its
+// coordinator fails, and backs off only once every one has. A stream that
+// sends nothing for twice the coordinator's keepalive interval is
+// considered dead (with several coordinators, for the interval plus 5 s).
+// Run also sends the endpoints given to SetEndpoints.
 //
 // Run returns nil when ctx is done, or an error matching ErrNodeRemoved,
 // ErrNodeExpired or ErrNodeNotRegistered when the node cannot stream.
