@@ -97,8 +97,12 @@ func freePort(t testing.TB) int {
 // starts at once (the edge binds a route's port when it is published).
 func freePortRange(t testing.TB, network string, n int) string {
 	t.Helper()
+	// Below the kernel's ephemeral ports: a range that is free now but
+	// among them is soon some other test's outgoing connection, and the
+	// edge then cannot listen on the port it hands out.
+	lo, hi := nonEphemeral()
 	for range 100 {
-		first := 30000 + mathrand.IntN(30000-n)
+		first := lo + mathrand.IntN(hi-lo-n)
 		free := true
 		for p := first; p < first+n && free; p++ {
 			addr := "127.0.0.1:" + strconv.Itoa(p)
@@ -121,6 +125,31 @@ func freePortRange(t testing.TB, network string, n int) string {
 	}
 	t.Fatalf("no %d free %s ports in a row", n, network)
 	return ""
+}
+
+// nonEphemeral returns a window [lo, hi) of ports that the kernel does
+// not give outgoing connections (net.ipv4.ip_local_port_range): below
+// its range or above it, whichever is larger, at most 20000 ports.
+func nonEphemeral() (lo, hi int) {
+	first, last := 32768, 60999
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			a, err1 := strconv.Atoi(f[0])
+			z, err2 := strconv.Atoi(f[1])
+			if err1 == nil && err2 == nil && a <= z {
+				first, last = a, z
+			}
+		}
+	}
+	below := [2]int{max(1024, first-20000), first}
+	above := [2]int{last + 1, min(65536, last+1+20000)}
+	if above[1]-above[0] > below[1]-below[0] {
+		below = above
+	}
+	if below[1]-below[0] < 1000 { // nothing sensible: the whole range
+		return 20000, 60000
+	}
+	return below[0], below[1]
 }
 
 func newCluster(t *testing.T) *cluster { return newClusterTB(t) }
