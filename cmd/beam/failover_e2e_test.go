@@ -175,7 +175,8 @@ func (l *echoLoop) stop() (time.Duration, int, error) {
 // not depend on a coordinator). A fourth device, given the killed
 // coordinator's URL alone, cannot move: once the dead coordinator's
 // heartbeat is stale its peers and the admin API show it as unknown, not
-// offline.
+// offline; given every URL, it rejoins without an auth key and is online
+// again.
 func TestCoordinatorKilled(t *testing.T) {
 	pg := pgtest.New(t)
 	dsn := pg.NewDatabase(t)
@@ -253,6 +254,13 @@ func TestCoordinatorKilled(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^lone\s.*\sunknown\s`).MatchString(out) {
 		t.Errorf("beam admin nodes list does not show lone as unknown:\n%s", out)
 	}
+	// Given the other replicas' URLs too, lone joins them without an
+	// auth key (the lists share a coordinator: the same network) and is
+	// online again.
+	if out, errOut, err := c2.beam(nil, lone.args("up", "--coordinator", strings.Join(urls, ","))...); err != nil {
+		t.Fatalf("beam up lone with every URL: %v\n%s%s", err, out, errOut)
+	}
+	waitFor(t, 15*time.Second, "two sees lone online again", func() bool { return peerState(devs[1], "lone") == "online" })
 
 	for name, l := range map[string]*echoLoop{"one -> two": fromOne, "three -> one": toOne} {
 		gap, n, err := l.stop()
