@@ -315,3 +315,34 @@ func TestSplitServerURLs(t *testing.T) {
 		t.Errorf("SameServers wrong")
 	}
 }
+
+// TestAdminTriesEachURL: the admin client with several URLs sends each
+// request to the first coordinator it can reach, with its token.
+func TestAdminTriesEachURL(t *testing.T) {
+	dead := httptest.NewServer(http.NotFoundHandler())
+	dead.Close()
+	var gotAuth string
+	live := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != wire.PathNodes {
+			http.NotFound(w, r)
+			return
+		}
+		gotAuth = r.Header.Get("Authorization")
+		w.Write([]byte(`[{"name":"alpha"}]`))
+	}))
+	t.Cleanup(live.Close)
+	ad := NewAdmin(dead.URL+","+live.URL, "tok-0123456789abcdef", nil)
+	nodes, err := ad.ListNodes(t.Context())
+	if err != nil {
+		t.Fatalf("ListNodes = %v, want the live coordinator's answer", err)
+	}
+	if len(nodes) != 1 || nodes[0].Name != "alpha" {
+		t.Errorf("nodes = %+v, want alpha", nodes)
+	}
+	if gotAuth != "Bearer tok-0123456789abcdef" {
+		t.Errorf("Authorization = %q", gotAuth)
+	}
+	if _, err := NewAdmin(dead.URL, "tok-0123456789abcdef", nil).ListNodes(t.Context()); !errors.Is(err, ErrUnreachable) {
+		t.Errorf("ListNodes with only a dead URL = %v, want ErrUnreachable", err)
+	}
+}
