@@ -340,7 +340,8 @@ func peerNames(d *device) ([]string, bool) {
 // device joins, then renames and joins more after: every rename that
 // succeeded is kept (the last one wins everywhere), no node is stored
 // twice, and every device and both coordinators converge on the same
-// nodes, names and addresses. A node streaming throughout is shown online
+// nodes, names and addresses, and a policy set afterwards on one
+// coordinator reaches every device. A node streaming throughout is shown online
 // to its peer all along (never unknown or offline: every heartbeat was
 // stale at once, which is not a coordinator dying).
 func TestPostgresRestart(t *testing.T) {
@@ -491,6 +492,16 @@ func TestPostgresRestart(t *testing.T) {
 		waitFor(t, 20*time.Second, dev.name+" sees every node under its last name, online", func() bool {
 			names, online := peerNames(dev)
 			return online && slices.Equal(names, want)
+		})
+	}
+	// The listeners are back too: a policy set on one coordinator after
+	// the restart reaches the devices of both (deny all: no peers left).
+	deny := writeFile(t, c1.dir, "deny.hujson", `{"acls": []}`)
+	c1.mustBeam("admin", "--coordinator", c1.url, "policy", "set", deny)
+	for _, dev := range []*device{a, b, cdev, d} {
+		waitFor(t, 15*time.Second, dev.name+" sees no peer under a deny-all policy", func() bool {
+			names, _ := peerNames(dev)
+			return len(names) == 1
 		})
 	}
 }
