@@ -94,6 +94,8 @@ type Client struct {
 	// one in use.
 	targets []*target
 	cur     int
+	// streaming is the target the map stream is on; nil while none is.
+	streaming *target
 
 	// baseTransport is the transport of Options.HTTPClient when it can be
 	// cloned, for the per-target clients; nil if it cannot.

@@ -117,6 +117,8 @@ func (c *Client) responsesOnce(ctx context.Context, onResponse func(*wire.MapRes
 	if err != nil {
 		return false, t, fmt.Errorf("coordclient: open map stream: %w", err)
 	}
+	c.setStreaming(t)
+	defer c.setStreaming(nil)
 	got, err := c.readStream(cancel, resp, box, onResponse)
 	return got, t, err
 }

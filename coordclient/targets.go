@@ -213,6 +213,22 @@ func (c *Client) clientFor(host string, addr netip.Addr) *http.Client {
 	return &hc
 }
 
-// ServerURL returns the URL of the coordinator the client talks to now
-// (with the address dialed, when its name has several).
-func (c *Client) ServerURL() string { return c.current().String() }
+// ServerURL returns the URL of the coordinator the client's map stream is
+// on, else of the one it talks to next (with the address dialed, when its
+// name has several).
+func (c *Client) ServerURL() string {
+	c.mu.Lock()
+	t := c.streaming
+	c.mu.Unlock()
+	if t == nil {
+		t = c.current()
+	}
+	return t.String()
+}
+
+// setStreaming records the target the map stream is on (nil: none).
+func (c *Client) setStreaming(t *target) {
+	c.mu.Lock()
+	c.streaming = t
+	c.mu.Unlock()
+}
