@@ -1,0 +1,38 @@
+package cli
+
+import (
+	"bytes"
+	"regexp"
+	"strings"
+	"testing"
+
+	"beam.dev/beam/localapi/apitype"
+)
+
+// TestPrintStatusPeerStates: beam status names each peer's state, unknown
+// included (its coordinator stopped answering), and the coordinator the
+// stream is on when the node has several.
+func TestPrintStatusPeerStates(t *testing.T) {
+	var out bytes.Buffer
+	f := &Factory{Out: &out}
+	printStatus(f, &apitype.Status{
+		State:             apitype.StateRunning,
+		CoordinatorOnline: true,
+		CoordinatorStream: "http://c2.example:9080",
+		Self:              &apitype.PeerStatus{Name: "me"},
+		Peers: []apitype.PeerStatus{
+			{Name: "up", Online: true, Path: "direct"},
+			{Name: "gone", Path: "none"},
+			{Name: "lost", Unknown: true, Path: "none"},
+			{Name: "old", Expired: true, Path: "none"},
+		},
+	})
+	for name, want := range map[string]string{"up": "online", "gone": "offline", "lost": "unknown", "old": "expired"} {
+		if !regexp.MustCompile(`(?m)^` + name + `\s+\S*\s*` + want + `\s`).MatchString(out.String()) {
+			t.Errorf("peer %s not shown %s:\n%s", name, want, out.String())
+		}
+	}
+	if !strings.Contains(out.String(), "# coordinator: http://c2.example:9080\n") {
+		t.Errorf("the coordinator streaming is not shown:\n%s", out.String())
+	}
+}
