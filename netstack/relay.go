@@ -276,8 +276,13 @@ func (r *relays) read(region int, client *derp.Client) {
 		if err != nil {
 			return
 		}
-		if p, ok := m.(derp.ReceivedPacket); ok {
-			r.e.bind.DeliverRelayed(region, p.Source, p.Data)
+		switch m := m.(type) {
+		case derp.ReceivedPacket:
+			r.e.bind.DeliverRelayed(region, m.Source, m.Data)
+		case derp.PeerGoneMessage:
+			if m.Reason == derp.PeerGoneNotHere {
+				r.e.bind.PeerNotHere(m.Peer)
+			}
 		}
 	}
 }
