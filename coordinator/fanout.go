@@ -70,10 +70,14 @@ type NodeFeed interface {
 	// other shared state Change names, until ctx is done, and returns
 	// ctx's error. It calls resync after each (re)connection of its
 	// listener, before the changes made after it; changes made while it
-	// was disconnected are not reported one by one. It calls failed with
-	// each reason its listener could not connect or broke, before it
-	// connects again.
-	ListenNodes(ctx context.Context, resync func(ctx context.Context), changed func(ctx context.Context, ch Change), failed func(error)) error
+	// was disconnected are not reported one by one, so when resync fails
+	// the listener connects again (after a pause that grows with each
+	// failure) and calls it again. A listener that stops hearing from
+	// the database (a connection left half open) checks it and connects
+	// again within seconds. It calls failed with each reason its listener
+	// could not connect, broke or could not resync, before it connects
+	// again.
+	ListenNodes(ctx context.Context, resync func(ctx context.Context) error, changed func(ctx context.Context, ch Change), failed func(error)) error
 	// NodeByID returns the node with id, and whether it streams from a
 	// coordinator on another store; ErrNotFound if there is no such node.
 	NodeByID(ctx context.Context, id wire.NodeID) (rec *NodeRecord, remote Presence, err error)
@@ -84,9 +88,13 @@ type NodeFeed interface {
 	// beating); the others are absent.
 	RemoteOnline(ctx context.Context) (map[wire.NodeID]Presence, error)
 	// SetNodeOnline records that the node id streams (online) or no
-	// longer streams from this store's coordinator. Going offline
-	// leaves a node that meanwhile streams elsewhere as it is.
-	SetNodeOnline(ctx context.Context, id wire.NodeID, online bool) error
+	// longer streams from this store's coordinator since at (this
+	// process's clock; the store takes its age, not its time, so clocks
+	// of coordinators need not agree). Going offline leaves a node that
+	// meanwhile streams elsewhere as it is, and going online does not
+	// take a node from a coordinator it began streaming from after at:
+	// a write that was delayed undoes no newer one.
+	SetNodeOnline(ctx context.Context, id wire.NodeID, online bool, at time.Time) error
 	// Heartbeat records that this store's coordinator is alive; the
 	// coordinator calls it every heartbeatInterval. The nodes of a
 	// coordinator that stopped beating become PresenceUnknown a while
@@ -141,17 +149,35 @@ type fanout struct {
 	feed NodeFeed // nil: no other coordinators
 
 	// online is the stream state waiting to be written to the store,
-	// coalesced per node (the last state wins); onlineLoop writes it.
-	mu     sync.Mutex // guards online
-	online map[wire.NodeID]bool
-	wake   chan struct{} // cap 1
+	// coalesced per node (the last state wins); onlineLoop writes it,
+	// and puts back a write that failed unless a newer one is waiting.
+	// started holds when each node streaming here began to.
+	mu      sync.Mutex // guards online and started
+	online  map[wire.NodeID]streamState
+	started map[wire.NodeID]time.Time
+	wake    chan struct{} // cap 1
 
 	beaten bool // a heartbeat succeeded; onlineLoop's alone
 }
 
+// streamState is a node's stream state on this coordinator, to write.
+type streamState struct {
+	online bool
+	at     time.Time // when the stream began or ended
+}
+
+// onlineRetry is how long onlineLoop waits to write stream states again
+// after a write failed.
+const onlineRetry = time.Second
+
 // newFanout returns the fan-out of core on store.
 func newFanout(core *Server, store Store) *fanout {
-	f := &fanout{core: core, online: make(map[wire.NodeID]bool), wake: make(chan struct{}, 1)}
+	f := &fanout{
+		core:    core,
+		online:  make(map[wire.NodeID]streamState),
+		started: make(map[wire.NodeID]time.Time),
+		wake:    make(chan struct{}, 1),
+	}
 	if feed, ok := store.(NodeFeed); ok && feed.SharedNodes() {
 		f.feed = feed
 	}
@@ -174,7 +200,7 @@ func (f *fanout) start() {
 		failed := func(err error) {
 			if now := time.Now(); now.Sub(warned) >= time.Minute {
 				warned = now
-				s.logger.Warn("listen for other coordinators' node changes; retrying", "err", err)
+				s.logger.Warn("listen for other coordinators' changes; connecting again", "err", err)
 			}
 		}
 		err := f.feed.ListenNodes(s.ctx, f.resync, f.apply, failed)
@@ -191,8 +217,14 @@ func (f *fanout) streamChanged(id wire.NodeID, online bool) {
 	if f.feed == nil {
 		return
 	}
+	now := time.Now()
 	f.mu.Lock()
-	f.online[id] = online
+	f.online[id] = streamState{online: online, at: now}
+	if online {
+		f.started[id] = now
+	} else {
+		delete(f.started, id)
+	}
 	f.mu.Unlock()
 	select {
 	case f.wake <- struct{}{}:
@@ -207,6 +239,7 @@ func (f *fanout) onlineLoop() {
 	f.beat()
 	t := time.NewTicker(heartbeatInterval)
 	defer t.Stop()
+	var retry <-chan time.Time // set while failed writes wait
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -215,8 +248,12 @@ func (f *fanout) onlineLoop() {
 			f.beat()
 			continue
 		case <-f.wake:
+		case <-retry:
+			retry = nil
 		}
-		f.writeOnline(s.ctx)
+		if !f.writeOnline(s.ctx) && retry == nil {
+			retry = time.After(onlineRetry)
+		}
 	}
 }
 
@@ -230,8 +267,14 @@ func (f *fanout) beat() {
 		}
 		return
 	}
-	if missing && f.beaten {
-		f.core.logger.Warn("heartbeat was missing (a stall?): recording this coordinator's streams again")
+	if missing {
+		// The first beat, or one after a stall: the stream states
+		// written without a beat on record may have been dropped by
+		// another coordinator as a dead one's (this one's first beat
+		// may have failed, or a stall went on too long).
+		if f.beaten {
+			f.core.logger.Warn("heartbeat was missing (a stall?): recording this coordinator's streams again")
+		}
 		f.rewriteOnline()
 	}
 	f.beaten = true
@@ -250,18 +293,33 @@ func (f *fanout) flush() {
 	}
 }
 
-func (f *fanout) writeOnline(ctx context.Context) {
+// writeOnline writes the stream states waiting, and reports whether
+// every write succeeded; those that failed wait again, unless a newer
+// state of their node came meanwhile.
+func (f *fanout) writeOnline(ctx context.Context) bool {
 	f.mu.Lock()
 	batch := f.online
-	f.online = make(map[wire.NodeID]bool)
+	f.online = make(map[wire.NodeID]streamState)
 	f.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	for id, on := range batch {
-		if err := f.feed.SetNodeOnline(ctx, id, on); err != nil && !errors.Is(err, ErrNotFound) {
-			f.core.logger.Warn("record stream state", "node_id", id, "online", on, "err", err)
+	ok := true
+	for id, st := range batch {
+		err := f.feed.SetNodeOnline(ctx, id, st.online, st.at)
+		if err == nil || errors.Is(err, ErrNotFound) {
+			continue
 		}
+		ok = false
+		if f.core.ctx.Err() == nil {
+			f.core.logger.Warn("record stream state; retrying", "node_id", id, "online", st.online, "err", err)
+		}
+		f.mu.Lock()
+		if _, newer := f.online[id]; !newer {
+			f.online[id] = st
+		}
+		f.mu.Unlock()
 	}
+	return ok
 }
 
 // rewriteOnline records every stream of this coordinator as online again.
@@ -271,8 +329,13 @@ func (f *fanout) rewriteOnline() {
 	f.mu.Lock()
 	for k := range s.sessions {
 		if e := s.nodes[k]; e != nil {
-			if _, pending := f.online[e.rec.Node.ID]; !pending {
-				f.online[e.rec.Node.ID] = true
+			id := e.rec.Node.ID
+			if _, pending := f.online[id]; !pending {
+				at, ok := f.started[id]
+				if !ok {
+					at = time.Now()
+				}
+				f.online[id] = streamState{online: true, at: at}
 			}
 		}
 	}
@@ -281,30 +344,37 @@ func (f *fanout) rewriteOnline() {
 	f.writeOnline(s.ctx)
 }
 
+// resyncTimeout bounds a resync: a read stuck on a connection that went
+// half open fails, and the listener connects and resyncs again.
+const resyncTimeout = time.Minute
+
 // resync brings everything other coordinators share through the store
 // in line with it, after the listener (re)connected: nodes, the policy,
-// DNS settings, routes and domains, pending registrations. It logs its
-// errors.
-func (f *fanout) resync(ctx context.Context) {
+// DNS settings, routes and domains, pending registrations. It does them
+// all and returns what failed, for the listener to connect and resync
+// again: the changes made while it was disconnected are known only
+// through a resync.
+func (f *fanout) resync(ctx context.Context) error {
 	s := f.core
+	ctx, cancel := context.WithTimeout(ctx, resyncTimeout)
+	defer cancel()
 	s.reg.mu.Lock()
 	err := s.syncNodesRegLocked(ctx)
 	s.reg.mu.Unlock()
-	if err != nil {
-		s.logger.Warn("resync nodes from the store", "err", err)
-	}
+	errs := []error{err}
 	if err := s.reloadPolicy(ctx); err != nil {
-		s.logger.Warn("resync the policy from the store", "err", err)
+		errs = append(errs, fmt.Errorf("coordinator: resync the policy: %w", err))
 	}
 	if err := s.edge.reloadDNS(ctx); err != nil {
-		s.logger.Warn("resync DNS settings from the store", "err", err)
+		errs = append(errs, fmt.Errorf("coordinator: resync DNS settings: %w", err))
 	}
 	if err := s.edge.reloadRoutes(ctx); err != nil {
-		s.logger.Warn("resync routes from the store", "err", err)
+		errs = append(errs, fmt.Errorf("coordinator: resync routes: %w", err))
 	}
 	if err := s.reg.reloadPendings(ctx); err != nil {
-		s.logger.Warn("resync pending registrations from the store", "err", err)
+		errs = append(errs, fmt.Errorf("coordinator: resync pending registrations: %w", err))
 	}
+	return errors.Join(errs...)
 }
 
 // apply re-reads what another coordinator changed, as ch names it, and

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"beam.dev/beam/coordinator"
 	"beam.dev/beam/types/key"
@@ -36,8 +37,29 @@ const originSetting = "beam.origin"
 // schema's.
 const feedChannelPrefix = "beam_nodes:"
 
-// feedRetry is how long ListenNodes waits before connecting again.
-const feedRetry = time.Second
+// feedRetry is how long ListenNodes waits before connecting again after
+// a first failure; each failure in a row doubles it, up to feedRetryMax.
+const (
+	feedRetry    = time.Second
+	feedRetryMax = 10 * time.Second
+)
+
+// listenIdle is how long the listener waits for a notification before
+// it checks its connection with a query, which must answer within
+// listenCheckTimeout: a connection left half open (the database failed
+// over, a NAT forgot it) otherwise blocks until TCP gives up, minutes
+// later, and every change made meanwhile is missed. Variables for tests.
+var (
+	listenIdle         = 10 * time.Second
+	listenCheckTimeout = 5 * time.Second
+)
+
+// listenConnectTimeout bounds the listener's connection and LISTEN.
+const listenConnectTimeout = 30 * time.Second
+
+// listenerName is the application_name of the listener's connection,
+// which names it in pg_stat_activity.
+const listenerName = "beam listener"
 
 var errNoFeed = errors.New("sqlstore: node changes are followed on PostgreSQL only")
 
@@ -53,19 +75,24 @@ func newOrigin() string {
 func (s *Store) SharedNodes() bool { return s.pgcfg != nil }
 
 // ListenNodes implements coordinator.NodeFeed.
-func (s *Store) ListenNodes(ctx context.Context, resync func(ctx context.Context), changed func(ctx context.Context, ch coordinator.Change), failed func(error)) error {
+func (s *Store) ListenNodes(ctx context.Context, resync func(ctx context.Context) error, changed func(ctx context.Context, ch coordinator.Change), failed func(error)) error {
 	if s.pgcfg == nil {
 		return errNoFeed
 	}
+	wait := feedRetry
 	for {
-		err := s.listenOnce(ctx, resync, changed)
+		synced, err := s.listenOnce(ctx, resync, changed)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if failed != nil && err != nil {
 			failed(err) // the connection failed or broke: connect again
 		}
-		t := time.NewTimer(feedRetry)
+		if synced {
+			wait = feedRetry // it worked for a while: not a failure in a row
+		}
+		t := time.NewTimer(wait)
+		wait = min(2*wait, feedRetryMax)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -75,31 +102,74 @@ func (s *Store) ListenNodes(ctx context.Context, resync func(ctx context.Context
 	}
 }
 
-// listenOnce runs one listening connection until it fails or ctx is done.
-func (s *Store) listenOnce(ctx context.Context, resync func(ctx context.Context), changed func(ctx context.Context, ch coordinator.Change)) error {
-	conn, err := pgx.ConnectConfig(ctx, s.pgcfg.Copy())
+// listenOnce runs one listening connection until it fails or ctx is
+// done; synced reports whether it got as far as a successful resync.
+func (s *Store) listenOnce(ctx context.Context, resync func(ctx context.Context) error, changed func(ctx context.Context, ch coordinator.Change)) (synced bool, err error) {
+	cfg := s.pgcfg.Copy()
+	if cfg.RuntimeParams["application_name"] == "" {
+		cfg.RuntimeParams["application_name"] = listenerName
+	}
+	cctx, cancel := context.WithTimeout(ctx, listenConnectTimeout)
+	defer cancel()
+	conn, err := pgx.ConnectConfig(cctx, cfg)
 	if err != nil {
-		return fmt.Errorf("sqlstore: connect listener: %w", err)
+		return false, fmt.Errorf("sqlstore: connect listener: %w", err)
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
+	defer func() {
+		// Closing says goodbye to the server, which may not answer.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), listenCheckTimeout)
+		defer cancel()
+		conn.Close(ctx)
+	}()
 	var schema string
-	if err := conn.QueryRow(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
-		return fmt.Errorf("sqlstore: listener schema: %w", err)
+	if err := conn.QueryRow(cctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+		return false, fmt.Errorf("sqlstore: listener schema: %w", err)
 	}
-	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{feedChannelPrefix + schema}.Sanitize()); err != nil {
-		return fmt.Errorf("sqlstore: listen: %w", err)
+	if _, err := conn.Exec(cctx, "LISTEN "+pgx.Identifier{feedChannelPrefix + schema}.Sanitize()); err != nil {
+		return false, fmt.Errorf("sqlstore: listen: %w", err)
 	}
-	resync(ctx)
+	if err := resync(ctx); err != nil {
+		return false, fmt.Errorf("sqlstore: resync after listening: %w", err)
+	}
 	for {
-		n, err := conn.WaitForNotification(ctx)
+		n, err := waitNotification(ctx, conn)
 		if err != nil {
-			return fmt.Errorf("sqlstore: wait for notification: %w", err)
+			return true, err
 		}
 		origin, ch, ok := parseChange(n.Payload)
 		if !ok || origin == s.origin {
 			continue
 		}
 		changed(ctx, ch)
+	}
+}
+
+// waitNotification waits for conn's next notification, checking the
+// connection with a query each listenIdle it is quiet.
+func waitNotification(ctx context.Context, conn *pgx.Conn) (*pgconn.Notification, error) {
+	for {
+		wctx, cancel := context.WithTimeout(ctx, listenIdle)
+		n, err := conn.WaitForNotification(wctx)
+		cancel()
+		switch {
+		case err == nil:
+			return n, nil
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		case wctx.Err() == nil || conn.IsClosed():
+			return nil, fmt.Errorf("sqlstore: wait for notification: %w", err)
+		}
+		// Quiet for listenIdle: is anyone still there? Notifications
+		// that come with the answer wait in conn for the next call.
+		qctx, cancel := context.WithTimeout(ctx, listenCheckTimeout)
+		_, err = conn.Exec(qctx, `SELECT 1`)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("sqlstore: check the listener's connection: %w", err)
+		}
 	}
 }
 
@@ -398,8 +468,9 @@ func (s *Store) RemoteOnline(ctx context.Context) (map[wire.NodeID]coordinator.P
 	return out, s.wrap("online nodes", rows.Err())
 }
 
-// SetNodeOnline implements coordinator.NodeFeed.
-func (s *Store) SetNodeOnline(ctx context.Context, id wire.NodeID, online bool) error {
+// SetNodeOnline implements coordinator.NodeFeed. A row's since is the
+// database's clock: at's age is taken from the database's now.
+func (s *Store) SetNodeOnline(ctx context.Context, id wire.NodeID, online bool, at time.Time) error {
 	if s.pgcfg == nil {
 		return errNoFeed
 	}
@@ -407,10 +478,14 @@ func (s *Store) SetNodeOnline(ctx context.Context, id wire.NodeID, online bool) 
 		_, err := s.db.ExecContext(ctx, s.d.rebind(`DELETE FROM node_online WHERE node_id = ? AND origin = ?`), int64(id), s.origin)
 		return s.wrap("set node offline", err)
 	}
-	// A node deleted meanwhile has no row to refer to: nothing to do.
+	// A node deleted meanwhile has no row to refer to: nothing to do. A
+	// row of another coordinator is taken only if its stream began
+	// before this one's.
+	age := max(time.Since(at), 0)
 	_, err := s.db.ExecContext(ctx, s.d.rebind(`INSERT INTO node_online (node_id, origin, since)
-		SELECT id, ?, ? FROM nodes WHERE id = ?
-		ON CONFLICT (node_id) DO UPDATE SET origin = EXCLUDED.origin, since = EXCLUDED.since`),
-		s.origin, time.Now().UnixNano(), int64(id))
+		SELECT id, ?, `+dbNow+` - ? FROM nodes WHERE id = ?
+		ON CONFLICT (node_id) DO UPDATE SET origin = EXCLUDED.origin, since = EXCLUDED.since
+		WHERE node_online.origin = EXCLUDED.origin OR node_online.since <= EXCLUDED.since`),
+		s.origin, int64(age), int64(id))
 	return s.wrap("set node online", err)
 }

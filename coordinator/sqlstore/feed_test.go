@@ -2,10 +2,15 @@ package sqlstore
 
 import (
 	"context"
+	"database/sql"
 	"errors"
+	"fmt"
 	"net"
+	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,7 +45,7 @@ func TestHeartbeat(t *testing.T) {
 		t.Fatalf("second Heartbeat: missing = %v, %v; want false", missing, err)
 	}
 	for _, rec := range []*coordinator.NodeRecord{alpha, beta} {
-		if err := a.SetNodeOnline(ctx, rec.Node.ID, true); err != nil {
+		if err := a.SetNodeOnline(ctx, rec.Node.ID, true, time.Now()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -96,7 +101,7 @@ func TestHeartbeat(t *testing.T) {
 		t.Errorf("alpha after its coordinator stopped beating: %d, want unknown", got)
 	}
 	// beta streams from c's coordinator now: online again for b.
-	if err := c.SetNodeOnline(ctx, beta.Node.ID, true); err != nil {
+	if err := c.SetNodeOnline(ctx, beta.Node.ID, true, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	beat(c, alpha) // c's first beat: alpha is unknown to it too; beta is its own
@@ -151,7 +156,7 @@ func TestListenNodesReportsFailures(t *testing.T) {
 	errs := make(chan error, 10)
 	done := make(chan error, 1)
 	go func() {
-		done <- s.ListenNodes(ctx, func(context.Context) {}, func(context.Context, coordinator.Change) {}, func(err error) {
+		done <- s.ListenNodes(ctx, func(context.Context) error { return nil }, func(context.Context, coordinator.Change) {}, func(err error) {
 			select {
 			case errs <- err:
 			default:
@@ -186,7 +191,7 @@ func TestListenChanges(t *testing.T) {
 	ready := make(chan struct{}, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- b.ListenNodes(ctx, func(context.Context) { ready <- struct{}{} }, func(_ context.Context, ch coordinator.Change) { got <- ch }, nil)
+		done <- b.ListenNodes(ctx, func(context.Context) error { ready <- struct{}{}; return nil }, func(_ context.Context, ch coordinator.Change) { got <- ch }, nil)
 	}()
 	select {
 	case <-ready:
@@ -298,7 +303,7 @@ func TestHeartbeatAfterOutage(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := a.SetNodeOnline(ctx, alpha.Node.ID, true); err != nil {
+	if err := a.SetNodeOnline(ctx, alpha.Node.ID, true, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	for _, outage := range []time.Duration{2 * beatStale, beatStale + unknownTimeout + time.Second} {
@@ -329,5 +334,290 @@ func TestHeartbeatAfterOutage(t *testing.T) {
 	}
 	if changed, _, err := b.Heartbeat(ctx); err != nil || !slices.Equal(changed, []wire.NodeID{alpha.Node.ID}) {
 		t.Errorf("b's Heartbeat once a stopped = %v, %v; want [%d]", changed, err, alpha.Node.ID)
+	}
+}
+
+// freezer is a TCP proxy to a PostgreSQL server's unix socket whose
+// connections can be frozen: they stay open, but nothing passes either
+// way, as on a connection left half open by a failover or a NAT that
+// forgot it. Connections made after a freeze pass.
+type freezer struct {
+	ln     net.Listener
+	socket string
+
+	mu     sync.Mutex
+	conns  []*frozenPair
+	closed chan struct{}
+}
+
+type frozenPair struct {
+	frozen atomic.Bool
+	a, b   net.Conn
+}
+
+// newFreezer proxies to the server of cfg, until t ends.
+func newFreezer(t *testing.T, host string, port uint16) *freezer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &freezer{ln: ln, socket: filepath.Join(host, fmt.Sprintf(".s.PGSQL.%d", port)), closed: make(chan struct{})}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		close(f.closed)
+		ln.Close()
+		f.mu.Lock()
+		for _, p := range f.conns {
+			p.a.Close()
+			p.b.Close()
+		}
+		f.mu.Unlock()
+		wg.Wait()
+	})
+	wg.Go(func() {
+		for {
+			a, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("unix", f.socket)
+			if err != nil {
+				a.Close()
+				continue
+			}
+			p := &frozenPair{a: a, b: b}
+			f.mu.Lock()
+			f.conns = append(f.conns, p)
+			f.mu.Unlock()
+			wg.Go(func() { f.pipe(p, a, b) })
+			wg.Go(func() { f.pipe(p, b, a) })
+		}
+	})
+	return f
+}
+
+// pipe copies from src to dst until either closes; once p is frozen, what
+// it reads goes nowhere and it waits for the end of the test.
+func (f *freezer) pipe(p *frozenPair, dst, src net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if p.frozen.Load() {
+			<-f.closed
+			return
+		}
+		if n > 0 {
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			dst.Close()
+			return
+		}
+	}
+}
+
+// freeze freezes every connection open now.
+func (f *freezer) freeze() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, p := range f.conns {
+		p.frozen.Store(true)
+	}
+}
+
+// TestListenHalfOpen: a listener whose connection goes half open (the
+// proxy between it and the server stops passing anything, and TCP sees
+// nothing wrong) notices within seconds, connects again and resyncs, so
+// the changes made meanwhile are not lost; until then, a quiet healthy
+// connection is left alone.
+func TestListenHalfOpen(t *testing.T) {
+	oldIdle, oldCheck := listenIdle, listenCheckTimeout
+	listenIdle, listenCheckTimeout = 200*time.Millisecond, 500*time.Millisecond
+	t.Cleanup(func() { listenIdle, listenCheckTimeout = oldIdle, oldCheck })
+
+	dsn := pg.NewSchema(t)
+	a, b := openStore(t, dsn), openStore(t, dsn)
+	px := newFreezer(t, b.pgcfg.Host, b.pgcfg.Port)
+	cfg := b.pgcfg.Copy()
+	tcp := px.ln.Addr().(*net.TCPAddr)
+	cfg.Host, cfg.Port, cfg.Fallbacks = tcp.IP.String(), uint16(tcp.Port), nil
+	orig := b.pgcfg
+	b.pgcfg = cfg // the listener's own connection only
+	t.Cleanup(func() { b.pgcfg = orig })
+
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	resyncs := make(chan time.Time, 10)
+	got := make(chan coordinator.Change, 100)
+	failures := make(chan error, 10)
+	done := make(chan error, 1)
+	go func() {
+		done <- b.ListenNodes(ctx, func(context.Context) error { resyncs <- time.Now(); return nil },
+			func(_ context.Context, ch coordinator.Change) { got <- ch },
+			func(err error) { failures <- err })
+	}()
+	waitResync := func(what string) time.Time {
+		t.Helper()
+		select {
+		case at := <-resyncs:
+			return at
+		case <-time.After(30 * time.Second):
+			t.Fatalf("no resync %s", what)
+			return time.Time{}
+		}
+	}
+	waitChange := func(want coordinator.Change) {
+		t.Helper()
+		select {
+		case ch := <-got:
+			if ch != want {
+				t.Errorf("change %+v, want %+v", ch, want)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("change %+v never reported", want)
+		}
+	}
+	waitResync("after connecting")
+	// Quiet for several idle checks: the connection stays.
+	quiet := time.After(5 * listenIdle)
+	select {
+	case err := <-failures:
+		t.Fatalf("a quiet healthy listener failed: %v", err)
+	case <-quiet:
+	}
+	if err := a.SetSetting(ctx, "before", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	waitChange(coordinator.Change{Kind: coordinator.ChangeSetting, Name: "before"})
+
+	px.freeze()
+	frozen := time.Now()
+	if err := a.SetSetting(ctx, "meanwhile", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-failures:
+		if !strings.Contains(err.Error(), "check the listener's connection") {
+			t.Errorf("failure %v, want the connection check's", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the half-open connection went unnoticed")
+	}
+	at := waitResync("after the connection went half open")
+	t.Logf("resynced %v after the connection froze", at.Sub(frozen).Round(time.Millisecond))
+	if err := a.SetSetting(ctx, "after", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	waitChange(coordinator.Change{Kind: coordinator.ChangeSetting, Name: "after"})
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("ListenNodes = %v, want context.Canceled", err)
+	}
+}
+
+// TestListenResyncFails: a resync that fails makes the listener connect
+// again and resync again, after a pause that grows with each failure in
+// a row, reporting each failure.
+func TestListenResyncFails(t *testing.T) {
+	s := openStore(t, pg.NewSchema(t))
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	resyncs := make(chan time.Time, 10)
+	failures := make(chan error, 10)
+	done := make(chan error, 1)
+	n := 0
+	go func() {
+		done <- s.ListenNodes(ctx, func(context.Context) error {
+			resyncs <- time.Now()
+			if n++; n <= 2 {
+				return errors.New("injected")
+			}
+			return nil
+		}, func(context.Context, coordinator.Change) {}, func(err error) { failures <- err })
+	}()
+	var at []time.Time
+	for i := range 3 {
+		select {
+		case r := <-resyncs:
+			at = append(at, r)
+		case <-time.After(30 * time.Second):
+			t.Fatalf("resync %d never came", i)
+		}
+	}
+	for i := range 2 {
+		err := <-failures
+		if !strings.Contains(err.Error(), "resync") || !strings.Contains(err.Error(), "injected") {
+			t.Errorf("failure %d = %v, want the resync's", i, err)
+		}
+	}
+	if d1, d2 := at[1].Sub(at[0]), at[2].Sub(at[1]); d1 < feedRetry || d2 < 2*feedRetry {
+		t.Errorf("resyncs %v and %v apart, want at least %v and %v", d1, d2, feedRetry, 2*feedRetry)
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("ListenNodes = %v, want context.Canceled", err)
+	}
+}
+
+// TestSetNodeOnlineOrder: a delayed write of a node going online on one
+// coordinator does not take the node from another it began streaming
+// from later, and so the first's later offline write leaves it online
+// there; a newer stream takes it.
+func TestSetNodeOnlineOrder(t *testing.T) {
+	dsn := pg.NewSchema(t)
+	a, b := openStore(t, dsn), openStore(t, dsn)
+	ctx := t.Context()
+	n, err := a.EnsureNetwork(ctx, "default", "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	alpha := testNode(n.ID, "alpha", 1)
+	if err := a.InsertNode(ctx, alpha, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	origin := func() string {
+		t.Helper()
+		var o string
+		err := a.db.QueryRowContext(ctx, `SELECT origin FROM node_online WHERE node_id = $1`, int64(alpha.Node.ID)).Scan(&o)
+		if errors.Is(err, sql.ErrNoRows) {
+			return "none"
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		switch o {
+		case a.origin:
+			return "a"
+		case b.origin:
+			return "b"
+		}
+		return o
+	}
+	onA := time.Now().Add(-time.Second) // alpha streamed from a, then moved to b
+	steps := []struct {
+		what   string
+		s      *Store
+		online bool
+		at     time.Time
+		want   string
+	}{
+		{"b: online now", b, true, time.Now(), "b"},
+		{"a: online a second ago, written late", a, true, onA, "b"},
+		{"a: offline", a, false, time.Now(), "b"},
+		{"b: online again (its own row)", b, true, onA, "b"},
+		{"a: online after b's", a, true, time.Now().Add(time.Millisecond), "a"},
+		{"b: offline", b, false, time.Now(), "a"},
+		{"a: offline", a, false, time.Now(), "none"},
+	}
+	for _, st := range steps {
+		if err := st.s.SetNodeOnline(ctx, alpha.Node.ID, st.online, st.at); err != nil {
+			t.Fatalf("%s: %v", st.what, err)
+		}
+		if got := origin(); got != st.want {
+			t.Errorf("%s: stream state is %s's, want %s's", st.what, got, st.want)
+		}
 	}
 }

@@ -1,0 +1,274 @@
+package coordinator_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"beam.dev/beam/beamtest/pgtest"
+	"beam.dev/beam/coordinator"
+	"beam.dev/beam/coordinator/sqlstore"
+	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
+)
+
+// faultyStore is a store on PostgreSQL whose feed fails where a test
+// says, as a database that drops a connection or times out would.
+type faultyStore struct {
+	*sqlstore.Store
+
+	mu sync.Mutex
+	// listenFailed, if set, is called (and cleared) when the listener
+	// next breaks, before it connects again.
+	listenFailed func()
+	// resyncFails is how many resyncs from now on fail.
+	resyncFails int
+	// offlineFails is how many writes of a node going offline fail.
+	offlineFails int
+	// beatsFail makes every heartbeat fail while set.
+	beatsFail bool
+	// wroteOnline, if set, gets the ID of each node written online.
+	wroteOnline chan wire.NodeID
+}
+
+var errInjected = errors.New("injected failure")
+
+func (f *faultyStore) ListenNodes(ctx context.Context, resync func(context.Context) error, changed func(context.Context, coordinator.Change), failed func(error)) error {
+	return f.Store.ListenNodes(ctx, func(ctx context.Context) error {
+		f.mu.Lock()
+		fail := f.resyncFails > 0
+		if fail {
+			f.resyncFails--
+		}
+		f.mu.Unlock()
+		if fail {
+			return errInjected
+		}
+		return resync(ctx)
+	}, changed, func(err error) {
+		f.mu.Lock()
+		hook := f.listenFailed
+		f.listenFailed = nil
+		f.mu.Unlock()
+		if hook != nil {
+			hook()
+		}
+		failed(err)
+	})
+}
+
+func (f *faultyStore) SetNodeOnline(ctx context.Context, id wire.NodeID, online bool, at time.Time) error {
+	f.mu.Lock()
+	fail := !online && f.offlineFails > 0
+	if fail {
+		f.offlineFails--
+	}
+	f.mu.Unlock()
+	if fail {
+		return errInjected
+	}
+	err := f.Store.SetNodeOnline(ctx, id, online, at)
+	f.mu.Lock()
+	ch := f.wroteOnline
+	f.mu.Unlock()
+	if err == nil && online && ch != nil {
+		select {
+		case ch <- id:
+		default:
+		}
+	}
+	return err
+}
+
+func (f *faultyStore) Heartbeat(ctx context.Context) ([]wire.NodeID, bool, error) {
+	f.mu.Lock()
+	fail := f.beatsFail
+	f.mu.Unlock()
+	if fail {
+		return nil, false, errInjected
+	}
+	return f.Store.Heartbeat(ctx)
+}
+
+func (f *faultyStore) set(mod func(f *faultyStore)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	mod(f)
+}
+
+// startFaulty starts a coordinator on dsn whose store is a faultyStore,
+// set up by init before the coordinator starts.
+func startFaulty(t *testing.T, dsn string, priv key.MachinePrivate, init func(*faultyStore)) (*coord, *faultyStore) {
+	t.Helper()
+	var fs *faultyStore
+	c := startCoordWith(t, dsn, priv, func(o *coordinator.Options) {
+		fs = &faultyStore{Store: o.Store.(*sqlstore.Store)}
+		if init != nil {
+			init(fs)
+		}
+		o.Store = fs
+	})
+	return c, fs
+}
+
+// onlineNamed reports whether nm has a peer name that is online.
+func onlineNamed(name string, online bool) func(*wire.NetMap) bool {
+	return func(nm *wire.NetMap) bool {
+		p := peerNamed(nm, name)
+		return p != nil && p.Online == online
+	}
+}
+
+// TestFeedFaults: the fan-out between coordinators on one PostgreSQL
+// survives the store failing where a database can: a listener that
+// breaks and whose resync fails, a stream state write that fails, and
+// heartbeats that fail.
+func TestFeedFaults(t *testing.T) {
+	pg := pgtest.New(t)
+	priv := key.NewMachine()
+	t.Run("ResyncFails", func(t *testing.T) { resyncFails(t, pg.NewDatabase(t), priv) })
+	t.Run("OfflineWriteFails", func(t *testing.T) { offlineWriteFails(t, pg.NewDatabase(t), priv) })
+	t.Run("FirstBeatsFail", func(t *testing.T) { firstBeatsFail(t, pg.NewDatabase(t), priv) })
+}
+
+// resyncFails: a change made while a coordinator's listener
+// was disconnected reaches it even when its first resync after the
+// reconnection fails: the listener connects and resyncs again.
+func resyncFails(t *testing.T, dsn string, priv key.MachinePrivate) {
+	ca := startCoordOn(t, dsn, priv)
+	cb, fb := startFaulty(t, dsn, priv, nil)
+	ak := ca.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	a, b := newNode(t, ca.URL), newNode(t, cb.URL)
+	a.register(t, ak, "alpha")
+	b.register(t, ak, "bravo")
+	wb := watch(t, b)
+	wb.waitFor("bravo sees alpha", fanoutWait, func(nm *wire.NetMap) bool { return peerNamed(nm, "alpha") != nil })
+
+	renamed := make(chan error, 1)
+	fb.set(func(f *faultyStore) {
+		// While cb's listener is down (before it connects again), alpha
+		// is renamed on ca; cb hears of it only by a resync, whose
+		// first try fails.
+		f.listenFailed = func() {
+			_, err := ca.Server.RenameNode(context.Background(), "alpha", "alpha-renamed")
+			renamed <- err
+		}
+		f.resyncFails = 1
+	})
+	terminateListeners(t, dsn)
+	select {
+	case err := <-renamed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(fanoutWait):
+		t.Fatal("the listener did not break after its backend was terminated")
+	}
+	wb.waitFor("bravo sees the rename made while its coordinator's listener was down", fanoutWait, func(nm *wire.NetMap) bool {
+		return peerNamed(nm, "alpha-renamed") != nil && peerNamed(nm, "alpha") == nil
+	})
+	fb.mu.Lock()
+	left := fb.resyncFails
+	fb.mu.Unlock()
+	if left != 0 {
+		t.Errorf("%d injected resync failures left, want 0", left)
+	}
+}
+
+// terminateListeners ends the connections of every coordinator's
+// listener on dsn's database, as a restart or failover would.
+func terminateListeners(t *testing.T, dsn string) {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var n int
+	if err := conn.QueryRow(t.Context(), `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND application_name = 'beam listener'`).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n == 0 {
+		t.Fatal("no listener connection to terminate")
+	}
+}
+
+// offlineWriteFails: a node whose "offline" write failed once is
+// shown offline by the other coordinators all the same, as the write is
+// retried.
+func offlineWriteFails(t *testing.T, dsn string, priv key.MachinePrivate) {
+	ca, _ := startFaulty(t, dsn, priv, func(f *faultyStore) { f.offlineFails = 1 })
+	cb := startCoordOn(t, dsn, priv)
+	ak := ca.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	a, b := newNode(t, ca.URL), newNode(t, cb.URL)
+	a.register(t, ak, "alpha")
+	b.register(t, ak, "bravo")
+	wa, wb := watch(t, a), watch(t, b)
+	wb.waitFor("bravo sees alpha online", fanoutWait, onlineNamed("alpha", true))
+	wa.stop()
+	wb.waitFor("bravo sees alpha offline, its first offline write failed", fanoutWait, onlineNamed("alpha", false))
+}
+
+// firstBeatsFail: a coordinator whose first heartbeats failed has its
+// nodes' stream states dropped by another coordinator (with no beat on
+// record, it is a dead coordinator for the other); once it beats, it
+// writes them again and its nodes are online again for the other.
+func firstBeatsFail(t *testing.T, dsn string, priv key.MachinePrivate) {
+	wrote := make(chan wire.NodeID, 10)
+	ca, fa := startFaulty(t, dsn, priv, func(f *faultyStore) {
+		f.beatsFail = true
+		f.wroteOnline = wrote
+	})
+	cb := startCoordOn(t, dsn, priv)
+	ak := ca.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	a, b := newNode(t, ca.URL), newNode(t, cb.URL)
+	alpha := a.register(t, ak, "alpha").Node.ID
+	b.register(t, ak, "bravo")
+	watch(t, a)
+	wb := watch(t, b)
+	select {
+	case id := <-wrote:
+		if id != alpha {
+			t.Fatalf("online write for node %d, want alpha's (%d)", id, alpha)
+		}
+	case <-time.After(fanoutWait):
+		t.Fatal("alpha's coordinator did not record its stream")
+	}
+	waitOnlineRow(t, dsn, alpha, false)
+	wb.waitFor("bravo sees alpha offline: its coordinator never beat", fanoutWait, onlineNamed("alpha", false))
+	fa.set(func(f *faultyStore) { f.beatsFail = false })
+	wb.waitFor("bravo sees alpha online once its coordinator beats", fanoutWait, onlineNamed("alpha", true))
+}
+
+// waitOnlineRow waits until the node id has a stream state (want) or
+// none in dsn's database.
+func waitOnlineRow(t *testing.T, dsn string, id wire.NodeID, want bool) {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(fanoutWait)
+	for {
+		var has bool
+		if err := conn.QueryRow(t.Context(), `SELECT EXISTS (SELECT 1 FROM node_online WHERE node_id = $1)`, int64(id)).Scan(&has); err != nil {
+			t.Fatal(err)
+		}
+		if has == want {
+			return
+		}
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("node %d's stream state: present %v after %v, want %v", id, has, fanoutWait, want)
+		}
+	}
+}
