@@ -41,7 +41,7 @@ const feedChannelPrefix = "beam_nodes:"
 // a first failure; each failure in a row doubles it, up to feedRetryMax.
 const (
 	feedRetry    = time.Second
-	feedRetryMax = 10 * time.Second
+	feedRetryMax = 5 * time.Second
 )
 
 // listenIdle is how long the listener waits for a notification before
