@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 )
@@ -40,7 +41,7 @@ func SplitServerURLs(s string) ([]string, error) {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return nil, fmt.Errorf("coordclient: bad server URL %q: want http(s)://host[:port]", part)
 		}
-		if !contains(out, part) {
+		if !slices.Contains(out, part) {
 			out = append(out, part)
 		}
 	}
@@ -48,15 +49,6 @@ func SplitServerURLs(s string) ([]string, error) {
 		return nil, errors.New("coordclient: no server URL")
 	}
 	return out, nil
-}
-
-func contains(ss []string, s string) bool {
-	for _, x := range ss {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 // SameServers reports whether the URL lists a and b (as SplitServerURLs
@@ -72,7 +64,7 @@ func SameServers(a, b string) bool {
 		return a == b
 	}
 	for _, u := range as {
-		if contains(bs, u) {
+		if slices.Contains(bs, u) {
 			return true
 		}
 	}
@@ -139,8 +131,8 @@ func (c *Client) advance(t *target) int {
 }
 
 // resolve expands the URLs again: a host name with several addresses
-// becomes one target per address, in random order so that nodes spread
-// over them. It is called before each round over the targets after all
+// becomes one target per address, in random order (IPv4 first) so that
+// nodes spread over them. It is called before each round over the targets after all
 // failed, so a changed DNS answer is taken. The client keeps the first
 // target of the new list. Lookup errors leave a name unresolved (dialed
 // by name).
@@ -162,7 +154,19 @@ func (c *Client) resolve(ctx context.Context) {
 			ts = append(ts, &target{base: u, hc: c.clientFor(u.Host, netip.Addr{})})
 			continue
 		}
+		// Random order, IPv4 first: each address is dialed alone, without
+		// the fallback between families a dial by name has, and a broken
+		// IPv6 path costs a whole dial timeout.
 		rand.Shuffle(len(addrs), func(i, j int) { addrs[i], addrs[j] = addrs[j], addrs[i] })
+		slices.SortStableFunc(addrs, func(a, b netip.Addr) int {
+			switch a4, b4 := a.Unmap().Is4(), b.Unmap().Is4(); {
+			case a4 == b4:
+				return 0
+			case a4:
+				return -1
+			}
+			return 1
+		})
 		for _, a := range addrs {
 			ts = append(ts, &target{base: u, addr: a.Unmap(), hc: c.clientFor(u.Host, a.Unmap())})
 		}
