@@ -58,3 +58,52 @@ func TestSessionDelivery(t *testing.T) {
 		t.Fatal("waitDelivered did not return when the stream ended")
 	}
 }
+
+// TestMergeHeld checks that online flips held back join the next delta
+// only where they are not stale: a newer flip, a peer sent whole (its
+// view carries its state) or removed wins over them.
+func TestMergeHeld(t *testing.T) {
+	a, b, c, d, e := key.NewNode().Public(), key.NewNode().Public(), key.NewNode().Public(), key.NewNode().Public(), key.NewNode().Public()
+	tests := []struct {
+		name string
+		f    *mapFrame
+		held map[key.NodePublic]bool
+		want map[key.NodePublic]bool
+	}{
+		{
+			name: "only held",
+			f:    &mapFrame{resp: &wire.MapResponse{}},
+			held: map[key.NodePublic]bool{a: true, b: false},
+			want: map[key.NodePublic]bool{a: true, b: false},
+		},
+		{
+			name: "newer flip, whole peer and removal win",
+			f: &mapFrame{
+				resp:  &wire.MapResponse{PeersOnline: map[key.NodePublic]bool{a: false}, PeersRemoved: []key.NodePublic{c}},
+				peers: []*peerView{{node: &wire.Node{Key: b, Online: false}}},
+			},
+			held: map[key.NodePublic]bool{a: true, b: true, c: true, d: true},
+			want: map[key.NodePublic]bool{a: false, d: true},
+		},
+		{
+			name: "nothing held",
+			f:    &mapFrame{resp: &wire.MapResponse{PeersOnline: map[key.NodePublic]bool{e: true}}},
+			held: map[key.NodePublic]bool{},
+			want: map[key.NodePublic]bool{e: true},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			mergeHeld(tt.f, tt.held)
+			got := tt.f.resp.PeersOnline
+			if len(got) != len(tt.want) {
+				t.Fatalf("PeersOnline = %v, want %v", got, tt.want)
+			}
+			for k, on := range tt.want {
+				if g, ok := got[k]; !ok || g != on {
+					t.Errorf("PeersOnline[%s] = %v, %v; want %v", k.ShortString(), g, ok, on)
+				}
+			}
+		})
+	}
+}

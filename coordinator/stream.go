@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -34,6 +35,48 @@ const (
 	deltaBatchPerStream = 50 * time.Microsecond
 	maxDeltaBatch       = 500 * time.Millisecond
 )
+
+// A delta that only says which peers came online or went offline waits
+// until onlineDelay has passed since the stream's last delta: 25 ms, or
+// 1 ms per open stream if more, up to 5 s. Peers coming and going are a
+// change for every other node, so when thousands of nodes (re)connect
+// within seconds these deltas alone would be thousands of frames a
+// second per thousand streams; held back, they cost the coordinator
+// about a thousand frames a second however many nodes stream, and an
+// online state is late by that delay at most. Changes of the network
+// made meanwhile wait with them (so in such a burst a peer's new
+// endpoints may be late by as much); those marked for the stream itself
+// (routes, a new policy or relay map) do not.
+const (
+	onlinePerStream = time.Millisecond
+	maxOnlineDelay  = 5 * time.Second
+)
+
+// onlineDelay returns the least time between a stream's last delta and
+// one that only flips peers online or offline, while n streams are open.
+func onlineDelay(n int) time.Duration {
+	return min(max(minDeltaBatch, time.Duration(n)*onlinePerStream), maxOnlineDelay)
+}
+
+// mergeHeld adds to f the online flips held back, oldest first: those of
+// peers f removes or sends whole are already stale.
+func mergeHeld(f *mapFrame, held map[key.NodePublic]bool) {
+	resp := f.resp
+	if resp.PeersOnline == nil {
+		resp.PeersOnline = make(map[key.NodePublic]bool, len(held))
+	}
+	for _, pv := range f.peers {
+		delete(held, pv.node.Key)
+	}
+	for _, k := range resp.PeersRemoved {
+		delete(held, k)
+	}
+	for k, on := range held {
+		if _, newer := resp.PeersOnline[k]; !newer {
+			resp.PeersOnline[k] = on
+		}
+	}
+}
 
 // batchDelay returns the least time between two deltas of a stream while
 // n streams are open.
@@ -200,6 +243,30 @@ func (ms *streams) networkNodesLocked(networkID int64, now time.Time) []*wire.No
 // policy, see aclLocked), adjusted for the public edge. Server.mu held.
 func (ms *streams) peersLocked(self *wire.Node, networkID int64, now time.Time) ([]*peerState, peerSet, []wire.FilterRule) {
 	s := ms.core
+	if s.policy == nil && !self.Edge && !s.edge.serves(self.Key) {
+		// The common case, once per full map and so once per peer per
+		// node: what aclLocked and addEdgePeers would give (the access
+		// policy's peers but edges, no filter: filterLocked makes it)
+		// without building the list of views in between.
+		na := s.netACLLocked(networkID, now)
+		peers := make([]*peerState, 0, len(na.members))
+		set := make(peerSet, (len(ms.peerSlots)+63)/64)
+		for pk := range na.compiled.Visible(self.Key) {
+			e := s.nodes[pk]
+			if pk == self.Key || e == nil || e.rec.NetworkID != networkID || e.rec.Node.Edge || e.rec.Node.Expired(now) {
+				continue
+			}
+			ps := ms.peerStates[pk]
+			if ps == nil {
+				ps = ms.newPeerStateLocked(pk)
+			}
+			if ps.view != nil && !set.has(ps.slot) {
+				set.add(ps.slot)
+				peers = append(peers, ps)
+			}
+		}
+		return peers, set, []wire.FilterRule{}
+	}
 	var filter []wire.FilterRule
 	var visible []*wire.Node
 	if s.policy != nil {
@@ -324,8 +391,10 @@ type sentState struct {
 	extras streamExtras // edge routes and DNS settings
 	// wake is closed at the network's first change after ver.
 	wake *netWake
-	// batch is the least time between two deltas (batchDelay).
+	// batch is the least time between two deltas (batchDelay); open
+	// the number of streams open when it was set.
 	batch time.Duration
+	open  int
 }
 
 // serveStream runs one map stream until the node goes away, the
@@ -457,7 +526,8 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			}
 		}
 		ver := ms.changeVer
-		st.wake, st.batch = ms.netWakeLocked(ss.networkID), batchDelay(len(ms.sessions))
+		st.wake, st.open = ms.netWakeLocked(ss.networkID), len(ms.sessions)
+		st.batch = batchDelay(st.open)
 		gen0 := ss.generation() // marks happen under s.mu: this map covers them
 		s.mu.Unlock()
 		f := &mapFrame{resp: &wire.MapResponse{
@@ -487,7 +557,25 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	defer ka.Stop()
 	var netChanged time.Time // when the change that woke the stream was made
 	lastDelta := time.Now()  // the full map counts as one
+	// Online flips held back (onlineDelay), when the first of them was
+	// made, and the timer that sends them.
+	var held map[key.NodePublic]bool
+	var heldMarked time.Time
+	var heldTimer *time.Timer
+	var heldC <-chan time.Time
+	defer func() {
+		if heldTimer != nil {
+			heldTimer.Stop()
+		}
+	}()
 	for {
+		// While online flips are held, the network's changes wait for
+		// them (heldC): a burst of joins then costs each stream one delta
+		// per onlineDelay, not one per batchDelay.
+		netC := st.wake.c
+		if heldC != nil {
+			netC = nil
+		}
 		select {
 		case <-s.ctx.Done():
 			w.Header().Set(wire.TrailerError, string(wire.CodeUnavailable)+": coordinator is shutting down")
@@ -502,8 +590,10 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			}
 			continue
 		case <-ss.wake:
-		case <-st.wake.c:
+		case <-netC:
 			netChanged = st.wake.at
+		case <-heldC:
+			heldC = nil
 		}
 		// Gather a burst of changes (a restart brings every node back at
 		// once) into one frame, unless the stream is ending.
@@ -542,8 +632,41 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			}
 		}
 		s.fillExtras(ss, &st.extras, resp)
-		if resp.Self == nil && len(f.peers) == 0 && len(resp.PeersRemoved) == 0 &&
-			len(resp.PeersOnline) == 0 && resp.DERPMap == nil && !resp.PacketFilterSet && len(resp.FilterSetChanges) == 0 && resp.DNS == nil && resp.EdgeRoutes == nil {
+		onlineOnly := resp.Self == nil && len(f.peers) == 0 && len(resp.PeersRemoved) == 0 &&
+			resp.DERPMap == nil && !resp.PacketFilterSet && len(resp.FilterSetChanges) == 0 && resp.DNS == nil && resp.EdgeRoutes == nil
+		if onlineOnly && len(resp.PeersOnline) > 0 {
+			if due := lastDelta.Add(onlineDelay(st.open)); time.Now().Before(due) {
+				// Only peers coming and going: hold them until due.
+				if held == nil {
+					held = make(map[key.NodePublic]bool)
+				}
+				maps.Copy(held, resp.PeersOnline)
+				if heldMarked.IsZero() || (!marked.IsZero() && marked.Before(heldMarked)) {
+					heldMarked = marked
+				}
+				if heldC == nil {
+					if heldTimer == nil {
+						heldTimer = time.NewTimer(time.Until(due))
+					} else {
+						heldTimer.Reset(time.Until(due))
+					}
+					heldC = heldTimer.C
+				}
+				continue
+			}
+		}
+		if len(held) > 0 {
+			mergeHeld(f, held)
+			if !heldMarked.IsZero() && (marked.IsZero() || heldMarked.Before(marked)) {
+				marked = heldMarked
+			}
+			held, heldMarked = nil, time.Time{}
+			if heldC != nil {
+				heldTimer.Stop()
+				heldC = nil
+			}
+		}
+		if onlineOnly && len(resp.PeersOnline) == 0 {
 			ss.delivered(gen) // nothing this node sees changed
 			continue
 		}
@@ -682,6 +805,7 @@ func (ms *streams) delta(ss *session, st *sentState, full bool) *mapFrame {
 		resp.Self = self
 	}
 	st.self, st.ver = self, ms.changeVer
-	st.wake, st.batch = ms.netWakeLocked(ss.networkID), batchDelay(len(ms.sessions))
+	st.wake, st.open = ms.netWakeLocked(ss.networkID), len(ms.sessions)
+	st.batch = batchDelay(st.open)
 	return f
 }
