@@ -31,10 +31,12 @@ func debugInflight() (int, bool) {
 	return n, err == nil && n >= 0
 }
 
-// debugLazyPeers reports whether BEAM_DEBUG_LAZY_PEERS is set to a true
-// value: only peers with recent traffic are then configured in
-// wireguard-go (see peers.go), instead of every peer as soon as it is in
-// the config. Lazy peers are off by default: a first handshake from a
-// source address the bind cannot tie to an asleep peer is dropped, and a
-// first connection then waits for retries (seen in loaded test runs).
-func debugLazyPeers() bool { return envBool("BEAM_DEBUG_LAZY_PEERS") }
+// debugLazyPeers reports whether lazy peers are on: only peers with
+// recent traffic are then configured in wireguard-go (see peers.go),
+// instead of every peer as soon as it is in the config. They are, unless
+// BEAM_DEBUG_LAZY_PEERS is set to a false value (0, false), which
+// configures every peer at once, so the two can be compared.
+func debugLazyPeers() bool {
+	v, err := strconv.ParseBool(os.Getenv("BEAM_DEBUG_LAZY_PEERS"))
+	return err != nil || v
+}

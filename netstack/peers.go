@@ -94,8 +94,8 @@ type peerTable struct {
 	byKey map[key.NodePublic]*enginePeer
 	// idleAfter is peerIdleAfter; tests shorten it.
 	idleAfter time.Duration
-	// eager puts every peer in wireguard-go at once: the default, unless
-	// the debug knob BEAM_DEBUG_LAZY_PEERS turns lazy peers on.
+	// eager puts every peer in wireguard-go at once (the debug knob
+	// BEAM_DEBUG_LAZY_PEERS=0); by default peers are lazy.
 	eager bool
 }
 

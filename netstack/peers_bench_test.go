@@ -43,8 +43,8 @@ const benchPeerCount = 5000
 // and a change to one peer's endpoints given as a whole config to
 // Reconfig ("ms/one-peer-reconfig") or as that peer alone to UpdatePeers
 // ("ms/one-peer-update"), and what a full map costs in heap and
-// goroutines. The engine's peers are configured at once unless
-// BEAM_DEBUG_LAZY_PEERS is set (then they are asleep, see peers.go).
+// goroutines. The engine's peers are asleep (see peers.go) unless
+// BEAM_DEBUG_LAZY_PEERS=0 (then they are configured at once).
 func BenchmarkPeerConfig(b *testing.B) {
 	n := newNodes(b, 1, nil)[0]
 	peers := benchPeers(benchPeerCount)

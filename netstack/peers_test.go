@@ -186,18 +186,31 @@ func TestUpdatePeers(t *testing.T) {
 	checkTCPEcho(t, t.Context(), a, netip.AddrPortFrom(b.v4, 7).String())
 }
 
-// TestEagerPeersByDefault: without BEAM_DEBUG_LAZY_PEERS every peer is
-// in wireguard-go as soon as it is in the config.
-func TestEagerPeersByDefault(t *testing.T) {
-	t.Setenv("BEAM_DEBUG_LAZY_PEERS", "")
-	n := newNodes(t, 1, nil)[0]
-	cfg := n.cfg
-	cfg.Peers = benchPeers(20)
-	if err := n.e.Reconfig(cfg); err != nil {
-		t.Fatal(err)
-	}
-	if got := n.e.devicePeers(t); got != len(cfg.Peers) {
-		t.Errorf("%d peers in wireguard-go, want all %d", got, len(cfg.Peers))
+// TestLazyPeersByDefault: without BEAM_DEBUG_LAZY_PEERS no peer is in
+// wireguard-go before traffic; with BEAM_DEBUG_LAZY_PEERS=0 every peer is,
+// as soon as it is in the config.
+func TestLazyPeersByDefault(t *testing.T) {
+	for _, tt := range []struct {
+		env  string
+		want int
+	}{
+		{"", 0},
+		{"1", 0},
+		{"0", 20},
+		{"false", 20},
+	} {
+		t.Run("BEAM_DEBUG_LAZY_PEERS="+tt.env, func(t *testing.T) {
+			t.Setenv("BEAM_DEBUG_LAZY_PEERS", tt.env)
+			n := newNodes(t, 1, nil)[0]
+			cfg := n.cfg
+			cfg.Peers = benchPeers(20)
+			if err := n.e.Reconfig(cfg); err != nil {
+				t.Fatal(err)
+			}
+			if got := n.e.devicePeers(t); got != tt.want {
+				t.Errorf("%d of %d peers in wireguard-go, want %d", got, len(cfg.Peers), tt.want)
+			}
+		})
 	}
 }
 
