@@ -39,9 +39,11 @@ type PeerRelayStats struct {
 	// Sessions is the number of live sessions; Bound of them have both
 	// peers bound.
 	Sessions, Bound int
-	// Allocated, Refused and Expired count sessions created, refused
-	// by a bound, and timed out.
-	Allocated, Refused, Expired uint64
+	// Allocated, Refused, Expired and Released count sessions created,
+	// refused by a bound, timed out, and ended because a peer left the
+	// netmap (or the policy), took a new disco key, or the node stopped
+	// offering the relay.
+	Allocated, Refused, Expired, Released uint64
 	// Packets and Bytes count what was forwarded; DroppedRate what a
 	// session's rate bound dropped, DroppedOther what was not for a
 	// bound session.
@@ -158,7 +160,7 @@ func (e *Engine) PeerRelay() (st PeerRelayStats, ok bool) {
 	return PeerRelayStats{
 		Mapped: mapped, MappingProtocol: proto,
 		Port: e.prs.port, Sessions: s.Sessions, Bound: s.Bound,
-		Allocated: s.Allocated, Refused: s.Refused, Expired: s.Expired,
+		Allocated: s.Allocated, Refused: s.Refused, Expired: s.Expired, Released: s.Released,
 		Packets: s.Packets, Bytes: s.Bytes, DroppedRate: s.DroppedRate, DroppedOther: s.DroppedOther,
 		MaxSessions: l.MaxSessions, MaxSessionsPerPeer: l.MaxSessionsPerPeer,
 		PacketsPerSecond: l.PacketsPerSecond, BytesPerSecond: l.BytesPerSecond,

@@ -60,9 +60,12 @@ var peerRelayAddr = netip.AddrFrom4([4]byte{127, 3, 3, 41})
 // RelayServer is the peer relay server of this node, if it offers one
 // (package udprelay implements it).
 type RelayServer interface {
-	// Allocate returns the session between the peers with disco keys a
-	// (the one asking) and b.
-	Allocate(a, b key.DiscoPublic) (*disco.Allocation, error)
+	// Allocate returns the session between peers a (the one asking) and
+	// b, node and disco keys as the peer table has them.
+	Allocate(a, b udprelay.Party) (*disco.Allocation, error)
+	// Retain ends at once the sessions with a peer for which keep
+	// reports false.
+	Retain(keep func(udprelay.Party) bool) int
 }
 
 // prSession is a session at a peer relay server to reach one peer.
@@ -104,14 +107,45 @@ type prState struct {
 // (Options.RelayServer) is offered to its peers, as its netmap says (the
 // policy designates it): while it is not, Allocate requests are refused,
 // so a peer acting on an older netmap gets no session. On until set.
+// Withdrawing it ends the server's sessions at once.
 func (b *Bind) SetRelayOffered(on bool) {
-	if b.pr.withheld.Swap(!on) == !on || b.opts.RelayServer == nil {
+	if b.opts.RelayServer == nil {
+		b.pr.withheld.Store(!on)
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.pr.withheld.Swap(!on) == !on {
 		return
 	}
 	if on {
 		b.log.Info("peer relay server offered to peers (the policy designates this node)")
-	} else {
-		b.log.Info("peer relay server not offered: the policy's peerRelays does not name this node; allocations refused")
+		return
+	}
+	n := b.opts.RelayServer.Retain(func(udprelay.Party) bool { return false })
+	b.log.Info("peer relay server not offered: the policy's peerRelays does not name this node; allocations refused", "sessions_ended", n)
+}
+
+// retainServedLocked ends the relay server's sessions (Options.RelayServer)
+// with a node that is no longer a peer with that disco key: removed from
+// the netmap (or no longer visible under the policy), or restarted with a
+// new disco key. SetPeers and UpdatePeers call it; b.mu is held, as it is
+// around serveAllocate's Allocate, so no session for a peer that just
+// left can be made after it.
+func (b *Bind) retainServedLocked() {
+	if b.opts.RelayServer == nil {
+		return
+	}
+	n := b.opts.RelayServer.Retain(func(p udprelay.Party) bool {
+		pe := b.peers[p.Node]
+		if pe == nil {
+			return false
+		}
+		dp := pe.p.disco.Load()
+		return dp != nil && dp.key == p.Disco
+	})
+	if n > 0 {
+		b.log.Info("peer relay: ended sessions with peers that left or changed disco key", "sessions", n)
 	}
 }
 
@@ -305,18 +339,22 @@ func (b *Bind) serveAllocate(p *peer, dp *discoPeer, m *disco.Allocate, now int6
 	if now-last < int64(serveAllocateEvery) || !p.lastServeAllocate.CompareAndSwap(last, now) {
 		return
 	}
+	// Allocated under b.mu, so the peer table cannot change between the
+	// check and the session (see retainServedLocked).
 	b.mu.Lock()
 	ope := b.byDisco[m.Peer]
-	b.mu.Unlock()
-	if ope == nil || ope.p == p || ope.p.removed.Load() {
+	if ope == nil || ope.p == p || ope.p.removed.Load() || p.removed.Load() || p.disco.Load() == nil || p.disco.Load().key != dp.key || b.pr.withheld.Load() {
+		b.mu.Unlock()
 		b.log.Debug("peer relay: refused a session with a node that is not our peer", "peer", p.key.ShortString())
 		return
 	}
 	odp := ope.p.disco.Load()
 	if odp == nil {
+		b.mu.Unlock()
 		return
 	}
-	al, err := b.opts.RelayServer.Allocate(dp.key, odp.key)
+	al, err := b.opts.RelayServer.Allocate(udprelay.Party{Node: p.key, Disco: dp.key}, udprelay.Party{Node: ope.p.key, Disco: odp.key})
+	b.mu.Unlock()
 	if err != nil {
 		b.log.Info("peer relay: session refused", "peer", p.key.ShortString(), "other", ope.p.key.ShortString(), "err", err)
 		return

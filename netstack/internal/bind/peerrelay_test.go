@@ -15,15 +15,17 @@ import (
 // fakeServer records Allocate calls.
 type fakeServer struct {
 	mu    sync.Mutex
-	pairs [][2]key.DiscoPublic
+	pairs [][2]udprelay.Party
 }
 
-func (f *fakeServer) Allocate(a, b key.DiscoPublic) (*disco.Allocation, error) {
+func (f *fakeServer) Allocate(a, b udprelay.Party) (*disco.Allocation, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.pairs = append(f.pairs, [2]key.DiscoPublic{a, b})
-	return &disco.Allocation{VNI: 7, Peers: [2]key.DiscoPublic{a, b}, Addrs: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.9:41700")}}, nil
+	f.pairs = append(f.pairs, [2]udprelay.Party{a, b})
+	return &disco.Allocation{VNI: 7, Peers: [2]key.DiscoPublic{a.Disco, b.Disco}, Addrs: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.9:41700")}}, nil
 }
+
+func (f *fakeServer) Retain(func(udprelay.Party) bool) int { return 0 }
 
 func (f *fakeServer) calls() int {
 	f.mu.Lock()
@@ -481,4 +483,74 @@ func TestAllocationResend(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// TestServedSessionsFollowPeers: the relay server's sessions end when the
+// peer table no longer has one of their peers with that disco key: the
+// peer removed (from the netmap, or out of the policy), its disco key
+// changed, or this node no longer offers the relay. Allocate is given
+// both peers' node keys.
+func TestServedSessionsFollowPeers(t *testing.T) {
+	a, b, c := newTestPeer(), newTestPeer(), newTestPeer()
+	newServer := func(t *testing.T) *udprelay.Server {
+		srv, err := udprelay.New(udprelay.Options{
+			DiscoKey: key.NewDisco(),
+			Addrs:    func() []netip.AddrPort { return []netip.AddrPort{netip.MustParseAddrPort("192.0.2.9:41700")} },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return srv
+	}
+	pc := func(p testPeer) PeerConfig {
+		return PeerConfig{Key: p.node, HomeRegion: 1, DiscoKey: p.disco.Public()}
+	}
+	// serve has a ask for sessions with b and c, and checks both exist.
+	serve := func(t *testing.T, bd *Bind, srv *udprelay.Server) {
+		t.Helper()
+		from(bd, a, &disco.Allocate{Peer: b.disco.Public()})
+		bd.mu.Lock()
+		bd.peers[a.node].p.lastServeAllocate.Store(0) // serveAllocateEvery
+		bd.mu.Unlock()
+		from(bd, a, &disco.Allocate{Peer: c.disco.Public()})
+		if st := srv.Stats(); st.Sessions != 2 {
+			t.Fatalf("sessions %d after a asked for b and c, want 2", st.Sessions)
+		}
+	}
+	tests := []struct {
+		name   string
+		change func(bd *Bind)
+		want   int // sessions left
+	}{
+		{"peer removed", func(bd *Bind) { bd.UpdatePeers(nil, []key.NodePublic{b.node}) }, 1},
+		{"peer left the full table", func(bd *Bind) { bd.SetPeers([]PeerConfig{pc(a), pc(c)}) }, 1},
+		{"new disco key", func(bd *Bind) {
+			b2 := b
+			b2.disco = key.NewDisco()
+			bd.UpdatePeers([]PeerConfig{pc(b2)}, nil)
+		}, 1},
+		{"asker removed", func(bd *Bind) { bd.UpdatePeers(nil, []key.NodePublic{a.node}) }, 0},
+		{"not offered", func(bd *Bind) { bd.SetRelayOffered(false) }, 0},
+		{"unrelated change", func(bd *Bind) { bd.UpdatePeers([]PeerConfig{pc(c)}, nil) }, 2},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newServer(t)
+			bd, _ := relayBind(t, srv, []testPeer{a, b, c})
+			serve(t, bd, srv)
+			tc.change(bd)
+			if st := srv.Stats(); st.Sessions != tc.want || st.Released != uint64(2-tc.want) {
+				t.Errorf("after the change: %d sessions, %d released; want %d and %d", st.Sessions, st.Released, tc.want, 2-tc.want)
+			}
+		})
+	}
+	t.Run("node keys", func(t *testing.T) {
+		srv := &fakeServer{}
+		bd, _ := relayBind(t, srv, []testPeer{a, b})
+		from(bd, a, &disco.Allocate{Peer: b.disco.Public()})
+		want := [2]udprelay.Party{{Node: a.node, Disco: a.disco.Public()}, {Node: b.node, Disco: b.disco.Public()}}
+		if srv.calls() != 1 || srv.pairs[0] != want {
+			t.Errorf("Allocate got %v, want %v", srv.pairs, want)
+		}
+	})
 }

@@ -10,7 +10,10 @@
 //     server's node, for a session with peer B. The server's node serves
 //     only pairs of its own peers (the caller checks that, see the bind);
 //     the server answers both A and B with an Allocation: the session ID
-//     (VNI) and the addresses of the relay socket.
+//     (VNI) and the addresses of the relay socket. There is one session
+//     per pair of nodes (node keys): a peer's new disco key (a new
+//     process, or any map request that sets one) replaces the pair's
+//     session rather than adding one.
 //  2. Bind: each peer sends BindRelay to the relay socket, the server
 //     answers with a Challenge (a MAC of the session, the side, that address
 //     and the time, so the server keeps no state per request) to the address the request came
@@ -22,9 +25,13 @@
 //     other. They are the peers' WireGuard packets (end to end: the server
 //     has no key to read them) and their disco pings through the relay.
 //
-// Bounds: MaxSessions in all and MaxSessionsPerPeer per peer, a packet
-// and a byte rate per session, and sessions idle for IdleTimeout (or
-// not bound by both peers within BindTimeout) expire.
+// Bounds: MaxSessions in all and MaxSessionsPerPeer per peer (per node
+// key, whatever disco keys it takes), a packet and a byte rate per
+// session, and sessions idle for IdleTimeout (or not bound by both peers
+// within BindTimeout) expire. Retain ends at once the sessions of peers
+// the server's node no longer has (removed from its netmap, out of the
+// policy, or with another disco key): their packets are dropped from then
+// on.
 package udprelay
 
 import (
@@ -82,8 +89,8 @@ type Options struct {
 	Addrs func() []netip.AddrPort
 	// MaxSessions bounds sessions in all. Zero means DefaultMaxSessions.
 	MaxSessions int
-	// MaxSessionsPerPeer bounds the sessions one peer takes part in.
-	// Zero means DefaultMaxSessionsPerPeer.
+	// MaxSessionsPerPeer bounds the sessions one peer (node key) takes
+	// part in. Zero means DefaultMaxSessionsPerPeer.
 	MaxSessionsPerPeer int
 	// PacketsPerSecond and BytesPerSecond bound what one session
 	// forwards (both directions together, with a burst of a tenth of a
@@ -108,8 +115,9 @@ type Stats struct {
 	// sides bound.
 	Sessions, Bound int
 	// Allocated counts sessions created, Refused allocations refused by
-	// a bound, Expired sessions that timed out.
-	Allocated, Refused, Expired uint64
+	// a bound, Expired sessions that timed out, Released sessions ended
+	// because a peer left or took a new disco key (Retain, Allocate).
+	Allocated, Refused, Expired, Released uint64
 	// Binds counts addresses bound (a peer that moves binds again).
 	Binds uint64
 	// Packets and Bytes count what was forwarded.
@@ -130,20 +138,23 @@ type Server struct {
 	// secret keys the challenges (see challenge).
 	secret [32]byte
 
-	allocated, refused, expired, binds atomic.Uint64
-	packets, bytes                     atomic.Uint64
-	droppedRate, droppedOther          atomic.Uint64
+	allocated, refused, expired, released, binds atomic.Uint64
+	packets, bytes                               atomic.Uint64
+	droppedRate, droppedOther                    atomic.Uint64
 
 	mu        sync.Mutex // guards the following
 	sessions  map[uint32]*session
-	byPair    map[[2]key.DiscoPublic]*session
-	perPeer   map[key.DiscoPublic]int
+	byPair    map[[2]key.NodePublic]*session
+	perPeer   map[key.NodePublic]int
 	lastSweep time.Time
 }
 
 // session is one pair's relay session, guarded by Server.mu.
 type session struct {
-	vni        uint32
+	vni uint32
+	// nodes are the pair's node keys (in pairOf's order) and peers their
+	// disco keys, side by side.
+	nodes      [2]key.NodePublic
 	peers      [2]key.DiscoPublic
 	shared     [2]key.DiscoShared
 	bound      [2]netip.AddrPort
@@ -217,8 +228,8 @@ func New(opts Options) (*Server, error) {
 		opts:     opts,
 		log:      log.With("component", "udprelay"),
 		sessions: make(map[uint32]*session),
-		byPair:   make(map[[2]key.DiscoPublic]*session),
-		perPeer:  make(map[key.DiscoPublic]int),
+		byPair:   make(map[[2]key.NodePublic]*session),
+		perPeer:  make(map[key.NodePublic]int),
 	}
 	rand.Read(s.secret[:])
 	return s, nil
@@ -273,57 +284,96 @@ func byteBurst(bps int) int   { return max(bps/10, 1<<16) }
 // DiscoPublic returns the server's disco public key.
 func (s *Server) DiscoPublic() key.DiscoPublic { return s.opts.DiscoKey.Public() }
 
-func pairOf(a, b key.DiscoPublic) [2]key.DiscoPublic {
-	ra, rb := a.Raw32(), b.Raw32()
+// Party is one peer of a session: its node key and its current disco key
+// (as the server's node's netmap has them).
+type Party struct {
+	Node  key.NodePublic
+	Disco key.DiscoPublic
+}
+
+func (p Party) String() string { return p.Node.ShortString() + "/" + p.Disco.ShortString() }
+
+// pairOf returns a and b ordered by node key.
+func pairOf(a, b Party) [2]Party {
+	ra, rb := a.Node.Raw32(), b.Node.Raw32()
 	if bytes.Compare(ra[:], rb[:]) > 0 {
 		a, b = b, a
 	}
-	return [2]key.DiscoPublic{a, b}
+	return [2]Party{a, b}
 }
 
-// Allocate returns the session between the peers with disco keys a (the
-// one asking) and b, creating it if there is none. The caller has checked
-// that both are peers the server's node may relay for.
-func (s *Server) Allocate(a, b key.DiscoPublic) (*disco.Allocation, error) {
-	if a == b || a.IsZero() || b.IsZero() {
+// Allocate returns the session between peers a (the one asking) and b,
+// creating it if there is none. The caller has checked that both are
+// peers the server's node may relay for, with those disco keys. A session
+// of the same two nodes with other disco keys is released first: it was
+// a previous process's, and a node cannot add sessions by taking new
+// disco keys.
+func (s *Server) Allocate(a, b Party) (*disco.Allocation, error) {
+	if a.Node == b.Node || a.Disco == b.Disco || a.Node.IsZero() || b.Node.IsZero() || a.Disco.IsZero() || b.Disco.IsZero() {
 		return nil, fmt.Errorf("%w: not a pair of peers", ErrRefused)
 	}
 	now := s.opts.Now()
 	pair := pairOf(a, b)
+	nodes := [2]key.NodePublic{pair[0].Node, pair[1].Node}
+	discos := [2]key.DiscoPublic{pair[0].Disco, pair[1].Disco}
 	s.mu.Lock()
 	s.sweepLocked(now)
-	se := s.byPair[pair]
+	se := s.byPair[nodes]
+	if se != nil && se.peers != discos {
+		s.releaseLocked(se, "a peer's disco key changed")
+		se = nil
+	}
 	if se == nil {
 		switch {
 		case len(s.sessions) >= s.opts.MaxSessions:
 			s.mu.Unlock()
 			s.refused.Add(1)
 			return nil, fmt.Errorf("%w: %d sessions", ErrRefused, s.opts.MaxSessions)
-		case s.perPeer[a] >= s.opts.MaxSessionsPerPeer || s.perPeer[b] >= s.opts.MaxSessionsPerPeer:
+		case s.perPeer[a.Node] >= s.opts.MaxSessionsPerPeer || s.perPeer[b.Node] >= s.opts.MaxSessionsPerPeer:
 			s.mu.Unlock()
 			s.refused.Add(1)
 			return nil, fmt.Errorf("%w: %d sessions per peer", ErrRefused, s.opts.MaxSessionsPerPeer)
 		}
 		se = &session{
 			vni:     s.newVNILocked(),
-			peers:   pair,
-			shared:  [2]key.DiscoShared{s.opts.DiscoKey.Shared(pair[0]), s.opts.DiscoKey.Shared(pair[1])},
+			nodes:   nodes,
+			peers:   discos,
+			shared:  [2]key.DiscoShared{s.opts.DiscoKey.Shared(discos[0]), s.opts.DiscoKey.Shared(discos[1])},
 			created: now,
 			pps:     rate.NewLimiter(rate.Limit(s.opts.PacketsPerSecond), packetBurst(s.opts.PacketsPerSecond)),
 			bps:     rate.NewLimiter(rate.Limit(s.opts.BytesPerSecond), byteBurst(s.opts.BytesPerSecond)),
 			control: [2]*rate.Limiter{rate.NewLimiter(controlRate, controlBurst), rate.NewLimiter(controlRate, controlBurst)},
 		}
 		s.sessions[se.vni] = se
-		s.byPair[pair] = se
-		s.perPeer[pair[0]]++
-		s.perPeer[pair[1]]++
+		s.byPair[nodes] = se
+		s.perPeer[nodes[0]]++
+		s.perPeer[nodes[1]]++
 		s.allocated.Add(1)
-		s.log.Info("peer relay session allocated", "vni", se.vni, "peer_a", pair[0].ShortString(), "peer_b", pair[1].ShortString())
+		s.log.Info("peer relay session allocated", "vni", se.vni, "peer_a", pair[0].String(), "peer_b", pair[1].String())
 	}
 	se.lastActive = now
 	vni := se.vni
 	s.mu.Unlock()
-	return &disco.Allocation{VNI: vni, Peers: pair, Addrs: s.opts.Addrs()}, nil
+	return &disco.Allocation{VNI: vni, Peers: discos, Addrs: s.opts.Addrs()}, nil
+}
+
+// Retain releases at once every session with a peer for which keep
+// reports false: the server's node no longer has that node as a peer
+// with that disco key (it left the netmap, the policy no longer lets
+// the node see it, or it took a new disco key), or no longer offers the
+// relay at all. Their packets are dropped from then on. It returns the
+// number of sessions released.
+func (s *Server) Retain(keep func(Party) bool) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, se := range s.sessions {
+		if !keep(Party{se.nodes[0], se.peers[0]}) || !keep(Party{se.nodes[1], se.peers[1]}) {
+			s.releaseLocked(se, "a peer is no longer served")
+			n++
+		}
+	}
+	return n
 }
 
 // newVNILocked returns an unused non-zero session ID.
@@ -346,6 +396,8 @@ func (s *Server) sweepLocked(now time.Time) {
 	for _, se := range s.sessions {
 		if s.expiredLocked(se, now) {
 			s.dropLocked(se)
+			s.expired.Add(1)
+			s.log.Info("peer relay session expired", "vni", se.vni)
 		}
 	}
 }
@@ -357,16 +409,23 @@ func (s *Server) expiredLocked(se *session, now time.Time) bool {
 	return now.Sub(se.lastActive) > s.opts.IdleTimeout
 }
 
+// dropLocked forgets se.
 func (s *Server) dropLocked(se *session) {
 	delete(s.sessions, se.vni)
-	delete(s.byPair, se.peers)
-	for _, k := range se.peers {
+	delete(s.byPair, se.nodes)
+	for _, k := range se.nodes {
 		if s.perPeer[k]--; s.perPeer[k] <= 0 {
 			delete(s.perPeer, k)
 		}
 	}
-	s.expired.Add(1)
-	s.log.Info("peer relay session expired", "vni", se.vni)
+}
+
+// releaseLocked ends se before its time, for why.
+func (s *Server) releaseLocked(se *session, why string) {
+	s.dropLocked(se)
+	s.released.Add(1)
+	s.log.Info("peer relay session released", "vni", se.vni, "why", why,
+		"peer_a", Party{se.nodes[0], se.peers[0]}.String(), "peer_b", Party{se.nodes[1], se.peers[1]}.String())
 }
 
 // Stats returns the server's counters.
@@ -381,7 +440,7 @@ func (s *Server) Stats() Stats {
 		}
 	}
 	s.mu.Unlock()
-	st.Allocated, st.Refused, st.Expired = s.allocated.Load(), s.refused.Load(), s.expired.Load()
+	st.Allocated, st.Refused, st.Expired, st.Released = s.allocated.Load(), s.refused.Load(), s.expired.Load(), s.released.Load()
 	st.Binds, st.Packets, st.Bytes = s.binds.Load(), s.packets.Load(), s.bytes.Load()
 	st.DroppedRate, st.DroppedOther = s.droppedRate.Load(), s.droppedOther.Load()
 	return st

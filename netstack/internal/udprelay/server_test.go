@@ -70,6 +70,7 @@ func startServer(t *testing.T, opts Options) *testServer {
 // client is one peer of a session, on its own loopback socket.
 type client struct {
 	t      *testing.T
+	node   key.NodePublic
 	key    key.DiscoPrivate
 	conn   *net.UDPConn
 	srv    netip.AddrPort
@@ -84,10 +85,16 @@ func newClient(t *testing.T, s *testServer) *client {
 	}
 	t.Cleanup(func() { conn.Close() })
 	k := key.NewDisco()
-	return &client{t: t, key: k, conn: conn, srv: s.addr, shared: k.Shared(s.DiscoPublic())}
+	return &client{t: t, node: key.NewNode().Public(), key: k, conn: conn, srv: s.addr, shared: k.Shared(s.DiscoPublic())}
 }
 
 func (c *client) pub() key.DiscoPublic { return c.key.Public() }
+
+// party is c as a session's peer.
+func (c *client) party() Party { return Party{Node: c.node, Disco: c.pub()} }
+
+// newParty returns a peer with new keys.
+func newParty() Party { return Party{Node: key.NewNode().Public(), Disco: key.NewDisco().Public()} }
 
 func (c *client) send(pkt []byte) {
 	c.t.Helper()
@@ -164,7 +171,7 @@ func (c *client) expectData(vni uint32, payload string) {
 func pair(t *testing.T, s *testServer) (a, b *client, vni uint32) {
 	t.Helper()
 	a, b = newClient(t, s), newClient(t, s)
-	al, err := s.Allocate(a.pub(), b.pub())
+	al, err := s.Allocate(a.party(), b.party())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -186,7 +193,7 @@ func TestForward(t *testing.T) {
 	}
 	// The allocation names both peers and the server's address, and a
 	// second Allocate of the pair (from either side) is the same session.
-	al, err := s.Allocate(b.pub(), a.pub())
+	al, err := s.Allocate(b.party(), a.party())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -296,7 +303,7 @@ func TestWrongSession(t *testing.T) {
 func TestUnboundPeer(t *testing.T) {
 	s := startServer(t, Options{})
 	a, b := newClient(t, s), newClient(t, s)
-	al, err := s.Allocate(a.pub(), b.pub())
+	al, err := s.Allocate(a.party(), b.party())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +389,7 @@ func TestExpiry(t *testing.T) {
 		t.Fatalf("stats after idle timeout = %+v, want no sessions, 1 expired", st)
 	}
 	// A new session works, and nothing of the old one came through.
-	al, err := s.Allocate(a.pub(), b.pub())
+	al, err := s.Allocate(a.party(), b.party())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -396,7 +403,7 @@ func TestExpiry(t *testing.T) {
 
 	// A session only one side binds goes after BindTimeout.
 	c, d := newClient(t, s), newClient(t, s)
-	al2, err := s.Allocate(c.pub(), d.pub())
+	al2, err := s.Allocate(c.party(), d.party())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -409,9 +416,9 @@ func TestExpiry(t *testing.T) {
 
 func TestCountBound(t *testing.T) {
 	s := startServer(t, Options{MaxSessions: 2, MaxSessionsPerPeer: 1})
-	k := make([]key.DiscoPublic, 6)
+	k := make([]Party, 6)
 	for i := range k {
-		k[i] = key.NewDisco().Public()
+		k[i] = newParty()
 	}
 	tests := []struct {
 		name string
@@ -454,7 +461,7 @@ func TestSetLimits(t *testing.T) {
 	if got, want := s.Limits(), (Limits{1, DefaultMaxSessionsPerPeer, 640, DefaultBytesPerSecond}); got != want {
 		t.Errorf("Limits() = %+v, want %+v", got, want)
 	}
-	if _, err := s.Allocate(key.NewDisco().Public(), key.NewDisco().Public()); !errors.Is(err, ErrRefused) {
+	if _, err := s.Allocate(newParty(), newParty()); !errors.Is(err, ErrRefused) {
 		t.Errorf("second session with MaxSessions 1: err = %v, want ErrRefused", err)
 	}
 	// The live session's burst is now 64 packets (a tenth of a second at
@@ -479,7 +486,7 @@ func TestSetLimits(t *testing.T) {
 	}
 	// Zero goes back to the defaults.
 	s.SetLimits(Limits{})
-	if _, err := s.Allocate(key.NewDisco().Public(), key.NewDisco().Public()); err != nil {
+	if _, err := s.Allocate(newParty(), newParty()); err != nil {
 		t.Errorf("after SetLimits(Limits{}): %v, want the default bounds", err)
 	}
 }
@@ -533,7 +540,7 @@ func FuzzHandle(f *testing.F) {
 func TestControlJunk(t *testing.T) {
 	s := startServer(t, Options{})
 	a, b := newClient(t, s), newClient(t, s)
-	al, err := s.Allocate(a.pub(), b.pub())
+	al, err := s.Allocate(a.party(), b.party())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -561,7 +568,7 @@ func TestControlJunk(t *testing.T) {
 func TestControlRate(t *testing.T) {
 	s := startServer(t, Options{})
 	a, b := newClient(t, s), newClient(t, s)
-	al, err := s.Allocate(a.pub(), b.pub())
+	al, err := s.Allocate(a.party(), b.party())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -587,7 +594,7 @@ func TestControlRate(t *testing.T) {
 func TestForgedSenderDoesNotStarveBind(t *testing.T) {
 	s := startServer(t, Options{})
 	a, b := newClient(t, s), newClient(t, s)
-	al, err := s.Allocate(a.pub(), b.pub())
+	al, err := s.Allocate(a.party(), b.party())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -616,7 +623,7 @@ func TestForgedSenderDoesNotStarveBind(t *testing.T) {
 func TestUnpaddedBindRelay(t *testing.T) {
 	s := startServer(t, Options{})
 	a, b := newClient(t, s), newClient(t, s)
-	al, err := s.Allocate(a.pub(), b.pub())
+	al, err := s.Allocate(a.party(), b.party())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -639,5 +646,118 @@ func TestUnpaddedBindRelay(t *testing.T) {
 	}
 	if st := s.Stats(); st.DroppedOther != 1 {
 		t.Errorf("stats = %+v, want 1 dropped", st)
+	}
+}
+
+// TestDiscoRotation: a node that takes a new disco key for every
+// Allocate (any map request can set one) replaces its session with a
+// peer instead of adding one, so two colluding nodes hold one session
+// and cannot fill the server; and one node's sessions are bounded per
+// node key whatever its disco key.
+func TestDiscoRotation(t *testing.T) {
+	s := startServer(t, Options{MaxSessions: 4, MaxSessionsPerPeer: 2})
+	a, b := newParty(), newParty()
+	var last uint32
+	for i := range 10 {
+		a.Disco, b.Disco = key.NewDisco().Public(), key.NewDisco().Public()
+		al, err := s.Allocate(a, b)
+		if err != nil {
+			t.Fatalf("rotation %d: %v, want the pair's session replaced", i, err)
+		}
+		if al.VNI == last {
+			t.Fatalf("rotation %d: same session %d for new disco keys", i, al.VNI)
+		}
+		last = al.VNI
+	}
+	if st := s.Stats(); st.Sessions != 1 || st.Released != 9 {
+		t.Errorf("after 10 rotations: %+v, want 1 session, 9 released", st)
+	}
+	// Other partners: the per-node bound holds across a's disco keys.
+	for i := range 3 {
+		a.Disco = key.NewDisco().Public()
+		_, err := s.Allocate(a, newParty())
+		if ok := i == 0; (err == nil) != ok {
+			t.Fatalf("a's session %d with a new partner (a has 1 already): err = %v, want ok %v (2 per peer)", i+2, err, ok)
+		}
+	}
+	// The server still has room for the others.
+	if _, err := s.Allocate(newParty(), newParty()); err != nil {
+		t.Errorf("an honest pair after the rotations: %v, want a session", err)
+	}
+}
+
+// TestDiscoRotationEndsOldSession: the session of a node's previous disco
+// key forwards nothing once the pair's new session exists.
+func TestDiscoRotationEndsOldSession(t *testing.T) {
+	s := startServer(t, Options{})
+	a, b, vni := pair(t, s)
+	a.data(vni, "before")
+	b.expectData(vni, "before")
+
+	a2 := newClient(t, s)
+	a2.node = a.node // a's node, a new process
+	al, err := s.Allocate(a2.party(), b.party())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.data(vni, "old key")
+	a2.bind(al.VNI)
+	b.bind(al.VNI)
+	a2.data(al.VNI, "new key")
+	b.expectData(al.VNI, "new key")
+	expectNothing(t, b)
+}
+
+// expectNothing checks that c has no datagram waiting. Sends on loopback
+// are delivered before they return, so a datagram the server forwarded
+// before it handled a later one is already there.
+func expectNothing(t *testing.T, c *client) {
+	t.Helper()
+	c.conn.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	buf := make([]byte, 2048)
+	if n, err := c.conn.Read(buf); err == nil {
+		t.Errorf("got %q, want nothing", buf[:n])
+	}
+}
+
+// TestRetain: Retain ends the sessions of peers the server's node no
+// longer serves, and their packets are dropped from then on; other
+// sessions go on.
+func TestRetain(t *testing.T) {
+	s := startServer(t, Options{})
+	a, b, vni := pair(t, s)
+	c, d, vni2 := pair(t, s)
+	a.data(vni, "before")
+	b.expectData(vni, "before")
+
+	gone := b.party()
+	if n := s.Retain(func(p Party) bool { return p != gone }); n != 1 {
+		t.Errorf("Retain released %d sessions, want 1", n)
+	}
+	before := s.Stats()
+	a.data(vni, "after a's peer left")
+	b.data(vni, "from the peer that left")
+	// The server reads one socket in order: once d has c's packet, a's
+	// and b's were handled.
+	c.data(vni2, "marker")
+	d.expectData(vni2, "marker")
+	expectNothing(t, b)
+	expectNothing(t, a)
+	st := s.Stats()
+	if st.Sessions != 1 || st.Released != 1 || st.Packets != before.Packets+1 || st.DroppedOther != before.DroppedOther+2 {
+		t.Errorf("stats after Retain %+v, before %+v; want 1 session, 1 released, 1 more packet forwarded and 2 more dropped", st, before)
+	}
+	// Its peers cannot bind the session again.
+	a.control(vni, &disco.BindRelay{VNI: vni})
+	c.data(vni2, "marker 2")
+	d.expectData(vni2, "marker 2")
+	expectNothing(t, a)
+
+	// A peer with another disco key than the one kept is not served.
+	cur := c.party()
+	cur.Disco = key.NewDisco().Public()
+	s.Retain(func(p Party) bool { return p.Node != cur.Node || p.Disco == cur.Disco })
+	if st := s.Stats(); st.Sessions != 0 || st.Released != 2 {
+		t.Errorf("stats after c's disco key changed %+v, want no session, 2 released", st)
 	}
 }
