@@ -181,7 +181,7 @@ func (es *edgeRoutes) handleExpose(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
-	resp, aerr := es.expose(context.WithoutCancel(r.Context()), nk, &req)
+	resp, stored, aerr := es.expose(context.WithoutCancel(r.Context()), nk, &req)
 	if aerr != nil {
 		if aerr.status >= 500 && aerr.code == wire.CodeInternal {
 			s.logger.Warn("expose failed", "node", nk.ShortString(), "err", aerr)
@@ -201,19 +201,25 @@ func (es *edgeRoutes) handleExpose(w http.ResponseWriter, r *http.Request) {
 		for _, e := range edges {
 			e.ss.waitDelivered(ctx, e.gen)
 		}
+		// Edges streaming from other coordinators: each records those
+		// of its edges it sent the route (ackRemoteRouteLocked).
+		if stored != nil {
+			es.waitRemoteEdges(ctx, stored)
+		}
 		cancel()
 	}
 	s.writeSealed(w, nk, resp)
 }
 
-// expose publishes or withdraws a route of node nk.
-func (es *edgeRoutes) expose(ctx context.Context, nk key.NodePublic, req *wire.ExposeRequest) (*wire.ExposeResponse, *apiError) {
+// expose publishes or withdraws a route of node nk; stored is the route
+// published, as stored.
+func (es *edgeRoutes) expose(ctx context.Context, nk key.NodePublic, req *wire.ExposeRequest) (resp *wire.ExposeResponse, stored *Route, aerr *apiError) {
 	s := es.core
 	if es.cfg.domain == "" {
-		return nil, errorf(http.StatusNotImplemented, wire.CodeEdgeDisabled, "this coordinator has no public edge (no edge domain configured)")
+		return nil, nil, errorf(http.StatusNotImplemented, wire.CodeEdgeDisabled, "this coordinator has no public edge (no edge domain configured)")
 	}
 	if aerr := checkExpose(req); aerr != nil {
-		return nil, aerr
+		return nil, nil, aerr
 	}
 	es.changeMu.Lock()
 	defer es.changeMu.Unlock()
@@ -228,11 +234,11 @@ func (es *edgeRoutes) expose(ctx context.Context, nk key.NodePublic, req *wire.E
 	s.mu.Unlock()
 	switch {
 	case e == nil:
-		return nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
+		return nil, nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
 	case self.Node.Expired(now):
-		return nil, errorf(http.StatusForbidden, wire.CodeNodeExpired, "node key expired")
+		return nil, nil, errorf(http.StatusForbidden, wire.CodeNodeExpired, "node key expired")
 	case self.Node.Edge:
-		return nil, errorf(http.StatusForbidden, wire.CodeForbidden, "edge nodes cannot expose ports")
+		return nil, nil, errorf(http.StatusForbidden, wire.CodeForbidden, "edge nodes cannot expose ports")
 	}
 
 	custom := req.CustomDomain != ""
@@ -249,18 +255,19 @@ func (es *edgeRoutes) expose(ctx context.Context, nk key.NodePublic, req *wire.E
 			host, aerr = es.publicHost(name)
 		}
 		if aerr != nil {
-			return nil, aerr
+			return nil, nil, aerr
 		}
-		return es.unexposeLocked(ctx, e, host, req.Proto)
+		resp, aerr = es.unexposeLocked(ctx, e, host, req.Proto)
+		return resp, nil, aerr
 	}
 	c, aerr := es.claim(&self, nk, req)
 	if aerr != nil {
-		return nil, aerr
+		return nil, nil, aerr
 	}
 	host := c.host
 	if custom {
 		if aerr := es.requireVerified(ctx, self.NetworkID, host); aerr != nil {
-			return nil, aerr
+			return nil, nil, aerr
 		}
 	}
 
@@ -286,7 +293,7 @@ func (es *edgeRoutes) expose(ctx context.Context, nk key.NodePublic, req *wire.E
 		}
 		switch {
 		case rng.IsZero():
-			return nil, errorf(http.StatusNotImplemented, wire.CodeEdgeProtoNotAllowed, "this edge serves no %s routes (no %s port range configured)", req.Proto, req.Proto)
+			return nil, nil, errorf(http.StatusNotImplemented, wire.CodeEdgeProtoNotAllowed, "this edge serves no %s routes (no %s port range configured)", req.Proto, req.Proto)
 		case c.same != nil:
 			rt.PublicPort = c.same.PublicPort // a re-expose keeps its port
 		case c.pool != nil:
@@ -307,20 +314,21 @@ func (es *edgeRoutes) expose(ctx context.Context, nk key.NodePublic, req *wire.E
 				}
 			}
 			if rt.PublicPort == 0 {
-				return nil, errorf(http.StatusServiceUnavailable, wire.CodePortsExhausted, "all %d edge %s ports (%s) are in use", int(rng.Last)-int(rng.First)+1, req.Proto, rng)
+				return nil, nil, errorf(http.StatusServiceUnavailable, wire.CodePortsExhausted, "all %d edge %s ports (%s) are in use", int(rng.Last)-int(rng.First)+1, req.Proto, rng)
 			}
 		}
 	}
 	if err := es.routeStore.PutRoute(ctx, &rt.Route); err != nil {
 		s.logger.Error("store route", "host", host, "err", err)
-		return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
+		return nil, nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 	}
+	put := rt.Route
 	s.mu.Lock()
 	if cur := s.nodes[nk]; cur != e || cur.rec.Node.Expired(now) {
 		// The node went away while we wrote; its routes go too.
 		s.mu.Unlock()
 		es.routeStore.DeleteRoutes(ctx, []int64{rt.ID})
-		return nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
+		return nil, nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
 	}
 	es.mu.Lock()
 	es.addLocked(rt)
@@ -331,11 +339,11 @@ func (es *edgeRoutes) expose(ctx context.Context, nk key.NodePublic, req *wire.E
 	s.mu.Unlock()
 	s.audit(ctx, actorNode(self.Node.Name), "route.claim", host, fmt.Sprintf("%s port %d public port %d", req.Proto, req.Port, rt.PublicPort))
 	s.logger.Info("edge route published", "node", nk.ShortString(), "name", self.Node.Name, "host", host, "proto", req.Proto, "port", req.Port, "public_port", rt.PublicPort)
-	resp := &wire.ExposeResponse{Route: &wr, URL: es.routeURL(rt)}
+	resp = &wire.ExposeResponse{Route: &wr, URL: es.routeURL(rt)}
 	if rt.Proto == "tls" && wr.CustomDomain {
 		resp.ACMEChallengeCNAME = ACMEChallengeCNAME(host, es.cfg.domain)
 	}
-	return resp, nil
+	return resp, &put, nil
 }
 
 // unexposeLocked withdraws node e's routes for host (and proto, if not

@@ -41,6 +41,9 @@ type Route struct {
 	// Upstream is where the node forwards the route (see
 	// wire.ExposeRequest.Upstream); empty for its own port.
 	Upstream string
+	// Version names the stored route's last write (set by a store shared
+	// by several coordinators; see EdgeAcks), "" if the store has none.
+	Version string
 	// Options is the route's policy, valid for Proto.
 	Options   wire.RouteOptions
 	CreatedAt time.Time
@@ -688,6 +691,103 @@ type RouteFeed interface {
 	RouteByID(ctx context.Context, id int64) (*Route, error)
 }
 
+// EdgeAcks is what a store shared by several coordinators adds so that
+// an expose on one coordinator waits for edges streaming from the others
+// too: each coordinator records which of its edges were sent a route at
+// which Version, and the one that wrote it reads those records.
+// sqlstore's Store implements it on PostgreSQL.
+type EdgeAcks interface {
+	// AckRoute records that the edges were sent the route id at version.
+	AckRoute(ctx context.Context, id int64, version string, edges []wire.NodeID) error
+	// RouteAcks returns the edges recorded as sent the route id at
+	// version.
+	RouteAcks(ctx context.Context, id int64, version string) ([]wire.NodeID, error)
+}
+
+// ackRemoteRoute records, for the coordinator that wrote r, that the
+// edges streaming here were sent it, once their streams have (bounded by
+// edgeDeliveryWait). Server.mu held.
+func (es *edgeRoutes) ackRemoteRouteLocked(r *Route) {
+	s := es.core
+	acks, ok := es.routeStore.(EdgeAcks)
+	if !ok || r.Version == "" {
+		return
+	}
+	edges := es.edgeSessionsLocked()
+	if len(edges) == 0 {
+		return
+	}
+	ids := make([]wire.NodeID, len(edges))
+	for i, e := range edges {
+		ids[i] = s.nodes[e.ss.key].rec.Node.ID
+	}
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ctx, cancel := context.WithTimeout(s.ctx, edgeDeliveryWait)
+		defer cancel()
+		var sent []wire.NodeID
+		for i, e := range edges {
+			if e.ss.waitDelivered(ctx, e.gen) {
+				sent = append(sent, ids[i])
+			}
+		}
+		if len(sent) == 0 {
+			return
+		}
+		if err := acks.AckRoute(ctx, r.ID, r.Version, sent); err != nil && s.ctx.Err() == nil {
+			s.logger.Warn("record edges sent a route", "route", r.ID, "err", err)
+		}
+	}()
+}
+
+// waitRemoteEdges waits until every edge that streams from another
+// coordinator was sent the route r as written, or ctx is done.
+func (es *edgeRoutes) waitRemoteEdges(ctx context.Context, r *Route) {
+	s := es.core
+	acks, ok := es.routeStore.(EdgeAcks)
+	if !ok || r.Version == "" {
+		return
+	}
+	want := make(map[wire.NodeID]bool)
+	s.mu.Lock()
+	for _, e := range s.nodes {
+		if e.rec.Node.Edge && e.remote == PresenceOnline {
+			want[e.rec.Node.ID] = true
+		}
+	}
+	s.mu.Unlock()
+	if len(want) == 0 {
+		return
+	}
+	tick := time.NewTicker(edgeAckPoll)
+	defer tick.Stop()
+	for {
+		got, err := acks.RouteAcks(ctx, r.ID, r.Version)
+		if err != nil {
+			return // ctx done, or the store failed: the route is out anyway
+		}
+		n := 0
+		for _, id := range got {
+			if want[id] {
+				n++
+			}
+		}
+		if n == len(want) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// edgeAckPoll is how often an expose looks for other coordinators'
+// records of their edges sent its route.
+const edgeAckPoll = 20 * time.Millisecond
+
 // reloadRoute re-reads the route id, which another coordinator wrote,
 // and brings memory and the streams in line with it.
 func (es *edgeRoutes) reloadRoute(ctx context.Context, id int64) error {
@@ -709,6 +809,9 @@ func (es *edgeRoutes) reloadRoute(ctx context.Context, id int64) error {
 		nr = es.memRouteLocked(r, nil)
 	}
 	es.applyRouteLocked(id, nr)
+	if nr != nil {
+		es.ackRemoteRouteLocked(r)
+	}
 	return nil
 }
 

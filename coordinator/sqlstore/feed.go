@@ -27,7 +27,10 @@ import (
 // and a key for every write to a setting, route or domain (0008);
 // ListenNodes listens on a connection of its own.
 
-var _ coordinator.NodeFeed = (*Store)(nil)
+var (
+	_ coordinator.NodeFeed = (*Store)(nil)
+	_ coordinator.EdgeAcks = (*Store)(nil)
+)
 
 // originSetting is the custom setting each connection of a store sets to
 // the store's origin; the triggers put it in their notifications.

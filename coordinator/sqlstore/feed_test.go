@@ -621,3 +621,58 @@ func TestSetNodeOnlineOrder(t *testing.T) {
 		}
 	}
 }
+
+// TestEdgeAcks: a route's Version changes with each write; an edge
+// recorded as sent one version is not for the next.
+func TestEdgeAcks(t *testing.T) {
+	s := openStore(t, pg.NewSchema(t))
+	ctx := t.Context()
+	n, err := s.EnsureNetwork(ctx, "default", "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	alpha, edge := testNode(n.ID, "alpha", 1), testNode(n.ID, "edge", 2)
+	for _, rec := range []*coordinator.NodeRecord{alpha, edge} {
+		if err := s.InsertNode(ctx, rec, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := &coordinator.Route{NetworkID: n.ID, NodeID: alpha.Node.ID, Host: "alpha.example.test", Proto: "tcp", Port: 22, PublicPort: 20000, CreatedAt: time.Now()}
+	if err := s.PutRoute(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	v1 := r.Version
+	if got, err := s.RouteByID(ctx, r.ID); err != nil || got.Version != v1 || v1 == "" {
+		t.Fatalf("RouteByID: version %q (%v), want %q as PutRoute said, not empty", got.Version, err, v1)
+	}
+	acks := func(v string) []wire.NodeID {
+		t.Helper()
+		got, err := s.RouteAcks(ctx, r.ID, v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	if err := s.AckRoute(ctx, r.ID, v1, []wire.NodeID{edge.Node.ID, 999}); err != nil {
+		t.Fatal(err)
+	}
+	if got := acks(v1); !slices.Equal(got, []wire.NodeID{edge.Node.ID}) {
+		t.Errorf("acks of version 1 = %v, want [%d] (no such node as 999)", got, edge.Node.ID)
+	}
+	r.Port = 2222
+	if err := s.PutRoute(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Version == v1 {
+		t.Fatalf("version %q unchanged by a write", v1)
+	}
+	if got := acks(r.Version); len(got) != 0 {
+		t.Errorf("acks of version 2 = %v, want none yet", got)
+	}
+	if err := s.DeleteRoutes(ctx, []int64{r.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if got := acks(v1); len(got) != 0 {
+		t.Errorf("acks of a deleted route = %v, want none", got)
+	}
+}

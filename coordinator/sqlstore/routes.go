@@ -35,6 +35,7 @@ func (s *Store) PutRoute(ctx context.Context, r *coordinator.Route) error {
 		opts = string(b)
 	}
 	var id int64
+	var version string
 	err := s.inTx(ctx, "put route", func(tx *sql.Tx) error {
 		if s.d.lockTx != nil {
 			if err := s.d.lockTx(ctx, tx, lockRoutes); err != nil {
@@ -51,14 +52,14 @@ func (s *Store) PutRoute(ctx context.Context, r *coordinator.Route) error {
 				public_port = excluded.public_port, port = excluded.port,
 				custom_domain = excluded.custom_domain, pool = excluded.pool, upstream = excluded.upstream,
 				options = excluded.options
-			RETURNING id`),
+			RETURNING id, `+s.routeVersion()),
 			int64(r.NodeID), r.NetworkID, r.Host, r.Proto, int(r.PublicPort), int(r.Port), boolInt(r.CustomDomain), boolInt(r.Pool), r.Upstream, opts,
-			unixNano(r.CreatedAt)).Scan(&id)
+			unixNano(r.CreatedAt)).Scan(&id, &version)
 	})
 	if err != nil {
 		return err
 	}
-	r.ID = id
+	r.ID, r.Version = id, version
 	return nil
 }
 
@@ -124,7 +125,7 @@ func (s *Store) RouteByID(ctx context.Context, id int64) (*coordinator.Route, er
 // args; "" for all) selects, ordered by ID. op names the operation in
 // errors.
 func (s *Store) queryRoutes(ctx context.Context, op, where string, args ...any) ([]*coordinator.Route, error) {
-	rows, err := s.db.QueryContext(ctx, s.d.rebind(`SELECT id, node_id, network_id, host, proto, public_port, port, custom_domain, pool, upstream, options, created_at
+	rows, err := s.db.QueryContext(ctx, s.d.rebind(`SELECT id, node_id, network_id, host, proto, public_port, port, custom_domain, pool, upstream, options, created_at, `+s.routeVersion()+`
 		FROM routes`+where+` ORDER BY id`), args...)
 	if err != nil {
 		return nil, s.wrap(op, err)
@@ -140,7 +141,7 @@ func (s *Store) queryRoutes(ctx context.Context, op, where string, args ...any) 
 			opts                     string
 			created                  int64
 		)
-		if err := rows.Scan(&r.ID, &nodeID, &r.NetworkID, &r.Host, &r.Proto, &publicPort, &port, &custom, &pool, &r.Upstream, &opts, &created); err != nil {
+		if err := rows.Scan(&r.ID, &nodeID, &r.NetworkID, &r.Host, &r.Proto, &publicPort, &port, &custom, &pool, &r.Upstream, &opts, &created, &r.Version); err != nil {
 			return nil, s.wrap(op, err)
 		}
 		r.NodeID = wire.NodeID(nodeID)
@@ -154,6 +155,52 @@ func (s *Store) queryRoutes(ctx context.Context, op, where string, args ...any) 
 		out = append(out, &r)
 	}
 	return out, s.wrap(op, rows.Err())
+}
+
+// routeVersion is the SQL of a routes row's coordinator.Route.Version:
+// its xmin on PostgreSQL (a new one with each write), empty on SQLite.
+func (s *Store) routeVersion() string {
+	if s.pgcfg == nil {
+		return `''`
+	}
+	return `xmin::text`
+}
+
+// AckRoute implements coordinator.EdgeAcks.
+func (s *Store) AckRoute(ctx context.Context, id int64, version string, edges []wire.NodeID) error {
+	if s.pgcfg == nil {
+		return errNoFeed
+	}
+	ids := make([]int64, len(edges))
+	for i, e := range edges {
+		ids[i] = int64(e)
+	}
+	// A route or edge deleted meanwhile has nothing to acknowledge.
+	_, err := s.db.ExecContext(ctx, `INSERT INTO edge_acks (route_id, edge_id, version)
+		SELECT r.id, n.id, $2 FROM routes r, nodes n WHERE r.id = $1 AND n.id = ANY($3)
+		ON CONFLICT (route_id, edge_id) DO UPDATE SET version = EXCLUDED.version`, id, version, ids)
+	return s.wrap("acknowledge route", err)
+}
+
+// RouteAcks implements coordinator.EdgeAcks.
+func (s *Store) RouteAcks(ctx context.Context, id int64, version string) ([]wire.NodeID, error) {
+	if s.pgcfg == nil {
+		return nil, errNoFeed
+	}
+	rows, err := s.db.QueryContext(ctx, `SELECT edge_id FROM edge_acks WHERE route_id = $1 AND version = $2`, id, version)
+	if err != nil {
+		return nil, s.wrap("route acknowledgements", err)
+	}
+	defer rows.Close()
+	var out []wire.NodeID
+	for rows.Next() {
+		var e int64
+		if err := rows.Scan(&e); err != nil {
+			return nil, s.wrap("route acknowledgements", err)
+		}
+		out = append(out, wire.NodeID(e))
+	}
+	return out, s.wrap("route acknowledgements", rows.Err())
 }
 
 // decodeRouteOptions reads a route's stored options: wire.RouteOptions as
