@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -103,6 +104,50 @@ func TestMergeHeld(t *testing.T) {
 				if g, ok := got[k]; !ok || g != on {
 					t.Errorf("PeersOnline[%s] = %v, %v; want %v", k.ShortString(), g, ok, on)
 				}
+			}
+		})
+	}
+}
+
+// TestEncodeOnline checks that a frame's PeersOnline, written by hand
+// rather than by encoding/json, decodes to the same map beside the
+// message's other fields, whole or split across frames.
+func TestEncodeOnline(t *testing.T) {
+	a, b := key.NewNode().Public(), key.NewNode().Public()
+	peer := &peerView{node: &wire.Node{ID: 7, Key: key.NewNode().Public(), Name: "p"}}
+	tests := []struct {
+		name  string
+		f     *mapFrame
+		peers int
+	}{
+		{"alone", &mapFrame{resp: &wire.MapResponse{}}, 0},
+		{"with other fields", &mapFrame{resp: &wire.MapResponse{KeepAlive: true, PeersRemoved: []key.NodePublic{b}}}, 0},
+		{"with changed peers", &mapFrame{resp: &wire.MapResponse{}, peers: []*peerView{peer}}, 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			online := map[key.NodePublic]bool{a: true, b: false}
+			tt.f.resp.PeersOnline = online
+			want := *tt.f.resp
+			bodies, err := tt.f.encode(true)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(bodies) != 1 {
+				t.Fatalf("%d bodies, want 1", len(bodies))
+			}
+			var got wire.MapResponse
+			if err := json.Unmarshal(bodies[0], &got); err != nil {
+				t.Fatalf("decode %s: %v", bodies[0], err)
+			}
+			if len(got.PeersOnline) != 2 || !got.PeersOnline[a] || got.PeersOnline[b] {
+				t.Errorf("PeersOnline = %v, want %v", got.PeersOnline, online)
+			}
+			if got.KeepAlive != want.KeepAlive || len(got.PeersRemoved) != len(want.PeersRemoved) || len(got.PeersChanged) != tt.peers {
+				t.Errorf("decoded %s: other fields lost", bodies[0])
+			}
+			if len(tt.f.resp.PeersOnline) != 2 {
+				t.Error("encode dropped the frame's PeersOnline")
 			}
 		})
 	}

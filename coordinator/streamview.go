@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/bits"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -265,9 +266,15 @@ var errFrameTooLarge = errors.New("map frame too large")
 // bodies, every one but the last marked More; without, it is one body
 // whatever its size.
 func (f *mapFrame) encode(split bool) ([][]byte, error) {
+	online := f.resp.PeersOnline
+	f.resp.PeersOnline = nil
 	base, err := json.Marshal(f.resp)
+	f.resp.PeersOnline = online
 	if err != nil {
 		return nil, fmt.Errorf("encode map response: %w", err)
+	}
+	if len(online) > 0 {
+		base = withOnline(base, online)
 	}
 	if len(f.peers) == 0 && !f.full {
 		return [][]byte{base}, nil
@@ -308,6 +315,33 @@ func (f *mapFrame) encode(split bool) ([][]byte, error) {
 		head = []byte(`{}`)
 	}
 	return out, nil
+}
+
+// withOnline returns the JSON object obj with a "peers_online" field
+// holding online (wire.MapResponse.PeersOnline). It writes the object
+// itself, unsorted: after a burst of joins it holds thousands of peers
+// for every stream, which encoding/json would sort and encode through
+// reflection, stream by stream.
+func withOnline(obj []byte, online map[key.NodePublic]bool) []byte {
+	b := make([]byte, 0, len(obj)+len(`"peers_online":{},`)+len(online)*(len(`"nodekey:":false,`)+64))
+	b = append(b, `{"peers_online":{`...)
+	first := true
+	for k, on := range online {
+		if !first {
+			b = append(b, ',')
+		}
+		first = false
+		b = append(b, '"')
+		b, _ = k.AppendText(b) // hex: nothing to escape
+		b = append(b, '"', ':')
+		b = strconv.AppendBool(b, on)
+	}
+	b = append(b, '}')
+	if rest := bytes.TrimSpace(obj[1:]); len(rest) > 1 { // more than "}"
+		b = append(b, ',')
+		return append(b, rest...)
+	}
+	return append(b, '}')
 }
 
 // splice returns the JSON object obj with field (`"name":[`) holding the

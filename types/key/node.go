@@ -106,6 +106,11 @@ func (k NodePublic) MarshalText() ([]byte, error) {
 	return appendText(nil, nodePublicHexPrefix, k.k), nil
 }
 
+// AppendText implements encoding.TextAppender: MarshalText appended to b.
+func (k NodePublic) AppendText(b []byte) ([]byte, error) {
+	return appendText(b, nodePublicHexPrefix, k.k), nil
+}
+
 // UnmarshalText implements encoding.TextUnmarshaler.
 func (k *NodePublic) UnmarshalText(b []byte) error {
 	raw, err := parseText(b, nodePublicHexPrefix)
