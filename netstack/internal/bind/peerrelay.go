@@ -122,21 +122,26 @@ func (b *Bind) SetRelayOffered(on bool) {
 		b.log.Info("peer relay server offered to peers (the policy designates this node)")
 		return
 	}
-	n := b.opts.RelayServer.Retain(func(udprelay.Party) bool { return false })
-	b.log.Info("peer relay server not offered: the policy's peerRelays does not name this node; allocations refused", "sessions_ended", n)
+	b.log.Info("peer relay server not offered: the policy's peerRelays does not name this node; allocations refused, sessions ended")
+	b.retainServedLocked()
 }
 
 // retainServedLocked ends the relay server's sessions (Options.RelayServer)
 // with a node that is no longer a peer with that disco key: removed from
 // the netmap (or no longer visible under the policy), or restarted with a
-// new disco key. SetPeers and UpdatePeers call it; b.mu is held, as it is
-// around serveAllocate's Allocate, so no session for a peer that just
-// left can be made after it.
+// new disco key; all of them while the relay is not offered
+// (SetRelayOffered). SetPeers, UpdatePeers and SetRelayOffered call it,
+// and serveAllocate when the table changed during its Allocate; b.mu is
+// held.
 func (b *Bind) retainServedLocked() {
 	if b.opts.RelayServer == nil {
 		return
 	}
+	withheld := b.pr.withheld.Load()
 	n := b.opts.RelayServer.Retain(func(p udprelay.Party) bool {
+		if withheld {
+			return false
+		}
 		pe := b.peers[p.Node]
 		if pe == nil {
 			return false
@@ -145,7 +150,7 @@ func (b *Bind) retainServedLocked() {
 		return dp != nil && dp.key == p.Disco
 	})
 	if n > 0 {
-		b.log.Info("peer relay: ended sessions with peers that left or changed disco key", "sessions", n)
+		b.log.Info("peer relay: ended sessions with peers no longer served (left the netmap, new disco key, or relay not offered)", "sessions", n)
 	}
 }
 
@@ -339,24 +344,43 @@ func (b *Bind) serveAllocate(p *peer, dp *discoPeer, m *disco.Allocate, now int6
 	if now-last < int64(serveAllocateEvery) || !p.lastServeAllocate.CompareAndSwap(last, now) {
 		return
 	}
-	// Allocated under b.mu, so the peer table cannot change between the
-	// check and the session (see retainServedLocked).
+	// current reports whether both are still peers with those disco
+	// keys and the relay is offered; b.mu is held.
+	var ope *peerEntry
+	var odp *discoPeer
+	current := func() bool {
+		ope = b.byDisco[m.Peer]
+		if ope == nil || ope.p == p || ope.p.removed.Load() || p.removed.Load() || b.pr.withheld.Load() {
+			return false
+		}
+		cur := p.disco.Load()
+		odp = ope.p.disco.Load()
+		return cur != nil && cur.key == dp.key && odp != nil
+	}
 	b.mu.Lock()
-	ope := b.byDisco[m.Peer]
-	if ope == nil || ope.p == p || ope.p.removed.Load() || p.removed.Load() || p.disco.Load() == nil || p.disco.Load().key != dp.key || b.pr.withheld.Load() {
-		b.mu.Unlock()
+	ok := current()
+	b.mu.Unlock()
+	if !ok {
 		b.log.Debug("peer relay: refused a session with a node that is not our peer", "peer", p.key.ShortString())
 		return
 	}
-	odp := ope.p.disco.Load()
-	if odp == nil {
-		b.mu.Unlock()
-		return
-	}
-	al, err := b.opts.RelayServer.Allocate(udprelay.Party{Node: p.key, Disco: dp.key}, udprelay.Party{Node: ope.p.key, Disco: odp.key})
-	b.mu.Unlock()
+	a, o := udprelay.Party{Node: p.key, Disco: dp.key}, udprelay.Party{Node: ope.p.key, Disco: odp.key}
+	al, err := b.opts.RelayServer.Allocate(a, o)
 	if err != nil {
 		b.log.Info("peer relay: session refused", "peer", p.key.ShortString(), "other", ope.p.key.ShortString(), "err", err)
+		return
+	}
+	// The peer table may have changed while the server allocated (not
+	// under b.mu: the server's Addrs may take other locks). A change
+	// after this check releases the session itself (retainServedLocked,
+	// under b.mu); one before it is caught here.
+	b.mu.Lock()
+	ok = current() && odp.key == o.Disco && ope.p.key == o.Node
+	if !ok {
+		b.retainServedLocked()
+	}
+	b.mu.Unlock()
+	if !ok {
 		return
 	}
 	b.sendAllocation(p, dp, al, 0)

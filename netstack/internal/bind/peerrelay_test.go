@@ -544,6 +544,21 @@ func TestServedSessionsFollowPeers(t *testing.T) {
 			}
 		})
 	}
+	t.Run("peer removed during Allocate", func(t *testing.T) {
+		// The peer table changes after serveAllocate checked it and
+		// before the server made the session: the session is released
+		// and no Allocation goes out.
+		srv := &hookServer{Server: newServer(t)}
+		bd, fr := relayBind(t, srv, []testPeer{a, b})
+		srv.before = func() { bd.UpdatePeers(nil, []key.NodePublic{b.node}) }
+		from(bd, a, &disco.Allocate{Peer: b.disco.Public()})
+		if st := srv.Stats(); st.Allocated != 1 || st.Sessions != 0 || st.Released != 1 {
+			t.Errorf("stats %+v, want 1 session allocated and released", st)
+		}
+		if s := fr.take(); len(s) != 0 {
+			t.Errorf("sent %v, want no Allocation", s)
+		}
+	})
 	t.Run("node keys", func(t *testing.T) {
 		srv := &fakeServer{}
 		bd, _ := relayBind(t, srv, []testPeer{a, b})
@@ -553,4 +568,18 @@ func TestServedSessionsFollowPeers(t *testing.T) {
 			t.Errorf("Allocate got %v, want %v", srv.pairs, want)
 		}
 	})
+}
+
+// hookServer is a relay server that runs before (if set) at the start of
+// each Allocate.
+type hookServer struct {
+	*udprelay.Server
+	before func()
+}
+
+func (h *hookServer) Allocate(a, b udprelay.Party) (*disco.Allocation, error) {
+	if h.before != nil {
+		h.before()
+	}
+	return h.Server.Allocate(a, b)
 }
