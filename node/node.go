@@ -937,7 +937,7 @@ func (n *Node) Status() *apitype.Status {
 		if rs, ok := eng.PeerRelay(); ok {
 			st.PeerRelay = &apitype.PeerRelayStatus{
 				Port: rs.Port, Sessions: rs.Sessions, Bound: rs.Bound,
-				Allocated: rs.Allocated, Refused: rs.Refused, Expired: rs.Expired,
+				Allocated: rs.Allocated, Refused: rs.Refused, Expired: rs.Expired, Released: rs.Released,
 				Packets: rs.Packets, Bytes: rs.Bytes, DroppedRate: rs.DroppedRate, DroppedOther: rs.DroppedOther,
 				MaxSessions: rs.MaxSessions, MaxSessionsPerPeer: rs.MaxSessionsPerPeer,
 				PacketsPerSecond: rs.PacketsPerSecond, BytesPerSecond: rs.BytesPerSecond,

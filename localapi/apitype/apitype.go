@@ -72,11 +72,14 @@ type PeerRelayStatus struct {
 	// Sessions are the live sessions; Bound of them have both peers bound.
 	Sessions int `json:"sessions"`
 	Bound    int `json:"bound"`
-	// Allocated, Refused and Expired count sessions created, refused by
-	// a bound (count per relay or per peer), and timed out.
+	// Allocated, Refused, Expired and Released count sessions created,
+	// refused by a bound (count per relay or per peer), timed out, and
+	// ended because a peer left the netmap (or the policy), took a new
+	// disco key, or the node stopped offering the relay.
 	Allocated uint64 `json:"allocated"`
 	Refused   uint64 `json:"refused"`
 	Expired   uint64 `json:"expired"`
+	Released  uint64 `json:"released"`
 	// Packets and Bytes count what was forwarded; DroppedRate what a
 	// session's rate bound dropped; DroppedOther what was for no bound
 	// session (unknown session, unbound or forged source).
