@@ -322,7 +322,8 @@ func (f *fanout) writeOnline(ctx context.Context) bool {
 	return ok
 }
 
-// rewriteOnline records every stream of this coordinator as online again.
+// rewriteOnline records every stream of this coordinator as online
+// again: it queues them for onlineLoop, which retries what fails.
 func (f *fanout) rewriteOnline() {
 	s := f.core
 	s.mu.Lock()
@@ -341,7 +342,10 @@ func (f *fanout) rewriteOnline() {
 	}
 	f.mu.Unlock()
 	s.mu.Unlock()
-	f.writeOnline(s.ctx)
+	select {
+	case f.wake <- struct{}{}:
+	default:
+	}
 }
 
 // resyncTimeout bounds a resync: a read stuck on a connection that went
