@@ -23,17 +23,18 @@ import (
 var testHookBeforeTake atomic.Pointer[func(key.NodePublic)]
 
 // A stream gathers changes for minDeltaBatch before it sends a delta,
-// and sends deltas no more often than every batchDelay: 25 ms, or 50 µs
-// per open stream if more, up to 500 ms (at 10,000 streams). A change
+// and sends deltas no more often than every batchDelay: 25 ms, or 25 µs
+// per open stream if more, up to 250 ms (at 10,000 streams). A change
 // after a quiet spell so reaches every node within about 25 ms plus the
-// time to write to all of them, while a burst of changes (a restart
-// brings every node back within seconds, each coming online a change for
-// all the others) costs the coordinator at most about 20,000 delta
-// frames a second however many nodes stream.
+// time to write to all of them, and one soon after another within
+// 250 ms plus that, while a burst of changes costs the coordinator at
+// most about 40,000 delta frames a second however many nodes stream.
+// (Peers coming online or going offline, the burst a restart brings,
+// are paced further: onlineDelay.)
 const (
 	minDeltaBatch       = 25 * time.Millisecond
-	deltaBatchPerStream = 50 * time.Microsecond
-	maxDeltaBatch       = 500 * time.Millisecond
+	deltaBatchPerStream = 25 * time.Microsecond
+	maxDeltaBatch       = 250 * time.Millisecond
 )
 
 // A delta that only says which peers came online or went offline waits
