@@ -28,7 +28,8 @@
 // Bounds: MaxSessions in all and MaxSessionsPerPeer per peer (per node
 // key, whatever disco keys it takes), a packet and a byte rate per
 // session, and sessions idle for IdleTimeout (or not bound by both peers
-// within BindTimeout) expire. Retain ends at once the sessions of peers
+// within BindTimeout, or with one side silent for 30 s however much the
+// other sends) expire. Retain ends at once the sessions of peers
 // the server's node no longer has (removed from its netmap, out of the
 // policy, or with another disco key): their packets are dropped from then
 // on.
@@ -75,6 +76,15 @@ const (
 	// session's allowance, let alone every session's.
 	controlRate  = 10
 	controlBurst = 20
+	// sideTimeout ends a bound session one of whose peers has sent
+	// nothing on it for this long (or IdleTimeout, if shorter), however
+	// much the other sends. A peer that no longer has the other as a
+	// peer (the policy or its netmap removed it) drops its session at
+	// once; without this the other could keep forwarding to its address
+	// for as long as it liked. A peer in a session sends at least every
+	// 10 s while it receives (WireGuard's keepalive, the bind's pings
+	// when a session is quiet), and drops a session silent for 30 s.
+	sideTimeout = 30 * time.Second
 )
 
 // ErrRefused is returned by Allocate when a bound would be exceeded.
@@ -160,7 +170,10 @@ type session struct {
 	bound      [2]netip.AddrPort
 	created    time.Time
 	lastActive time.Time
-	pps, bps   *rate.Limiter
+	// lastFrom is when each side was last heard on its bound address
+	// (see sideTimeout).
+	lastFrom [2]time.Time
+	pps, bps *rate.Limiter
 	// control bounds the control packets opened per side (see
 	// controlRate).
 	control [2]*rate.Limiter
@@ -403,10 +416,11 @@ func (s *Server) sweepLocked(now time.Time) {
 }
 
 func (s *Server) expiredLocked(se *session, now time.Time) bool {
-	if !se.isBound() && now.Sub(se.created) > s.opts.BindTimeout {
-		return true
+	if !se.isBound() {
+		return now.Sub(se.created) > s.opts.BindTimeout || now.Sub(se.lastActive) > s.opts.IdleTimeout
 	}
-	return now.Sub(se.lastActive) > s.opts.IdleTimeout
+	side := min(sideTimeout, s.opts.IdleTimeout)
+	return now.Sub(se.lastActive) > s.opts.IdleTimeout || now.Sub(se.lastFrom[0]) > side || now.Sub(se.lastFrom[1]) > side
 }
 
 // dropLocked forgets se.
@@ -594,8 +608,10 @@ func (s *Server) forward(vni uint32, src netip.AddrPort, n int, now time.Time) (
 	switch src {
 	case se.bound[0]:
 		dst = se.bound[1]
+		se.lastFrom[0] = now
 	case se.bound[1]:
 		dst = se.bound[0]
+		se.lastFrom[1] = now
 	}
 	if !dst.IsValid() {
 		s.droppedOther.Add(1)
@@ -683,6 +699,7 @@ func (s *Server) handleControl(conn *net.UDPConn, vni uint32, pkt []byte, src ne
 				moved = se.bound[i] != src
 				se.bound[i] = src
 				se.lastActive = now
+				se.lastFrom[i] = now
 			}
 			s.mu.Unlock()
 		}

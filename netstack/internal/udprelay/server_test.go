@@ -761,3 +761,33 @@ func TestRetain(t *testing.T) {
 		t.Errorf("stats after c's disco key changed %+v, want no session, 2 released", st)
 	}
 }
+
+// TestOneSidedSession: a session one of whose peers sends nothing on it
+// for sideTimeout ends, however much the other sends (the silent peer
+// dropped it: the other is no longer its peer); a session with traffic
+// both ways, a packet every 10 s each, goes on.
+func TestOneSidedSession(t *testing.T) {
+	s := startServer(t, Options{})
+	a, b, vni := pair(t, s)
+	c, d, vni2 := pair(t, s)
+	for i := 1; i <= 4; i++ {
+		s.clock.Advance(10 * time.Second)
+		c.data(vni2, "to d")
+		d.expectData(vni2, "to d")
+		d.data(vni2, "to c")
+		c.expectData(vni2, "to c")
+		a.data(vni, "to b")
+		if i <= 3 {
+			b.expectData(vni, "to b")
+			continue
+		}
+		// b silent for 40 s: dropped. Once d has the marker, a's
+		// packet was handled.
+		c.data(vni2, "marker")
+		d.expectData(vni2, "marker")
+		expectNothing(t, b)
+	}
+	if st := s.Stats(); st.Sessions != 1 || st.Expired != 1 {
+		t.Errorf("stats %+v, want the two-way session only, 1 expired", st)
+	}
+}
