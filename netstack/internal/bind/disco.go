@@ -1,8 +1,10 @@
 package bind
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -117,6 +119,9 @@ type initState struct {
 	at       int64
 	resent   int   // times pkt was sent again
 	resentAt int64 // when it last was
+	// answered is set once a handshake response or cookie reply naming
+	// pkt's sender index arrived (see noteAnswer).
+	answered bool
 }
 
 // DiscoPublic returns the bind's disco public key; zero when disco is off.
@@ -535,15 +540,18 @@ func (b *Bind) confirmDirect(pe *peerEntry, ap netip.AddrPort, sock *extraSock, 
 // recent and went unanswered: the peer just showed it is up (it sent disco),
 // so it probably dropped the first copy while it did not know us yet, and
 // wireguard-go would wait REKEY_TIMEOUT (5 s) before retrying. A copy the
-// peer already processed is rejected by its replay check, so this is
-// harmless. A disco message can also be old (sent before the peer forgot
-// and re-learned us), so an initiation is resent up to maxInitResends
-// times, resendInitEvery apart.
+// peer already answered makes its bind send the answer again (initcopy.go):
+// ours was lost. A disco message can also be old (sent before the peer
+// forgot and re-learned us), so an initiation is resent up to
+// maxInitResends times, resendInitEvery apart. Only an answer to it counts
+// as one: other WireGuard traffic from the peer (data of a session this
+// node's previous process had, which is what makes a restarted node
+// start a handshake) does not.
 func (b *Bind) resendInit(p *peer, now int64) {
 	p.init.mu.Lock()
 	pkt := p.init.pkt
 	ok := pkt != nil && p.init.resent < maxInitResends && now-p.init.resentAt >= int64(resendInitEvery) &&
-		now-p.init.at < int64(staleAfter) && p.lastWGRecv.Load() < p.init.at
+		now-p.init.at < int64(staleAfter) && !p.init.answered
 	if ok {
 		p.init.resent++
 		p.init.resentAt = now
@@ -562,7 +570,34 @@ func (p *peer) noteInitiation(pkt []byte, now int64) {
 	p.init.at = now
 	p.init.resent = 0
 	p.init.resentAt = 0
+	p.init.answered = false
 	p.init.mu.Unlock()
+}
+
+// noteAnswer marks p's last initiation answered if pkt, a WireGuard
+// datagram from p, is a handshake response or cookie reply to it.
+func (p *peer) noteAnswer(pkt []byte) {
+	var receiver []byte
+	switch {
+	case len(pkt) == responseSize && binary.LittleEndian.Uint32(pkt) == msgResponse:
+		receiver = pkt[8:12]
+	case len(pkt) == cookieReplySize && binary.LittleEndian.Uint32(pkt) == msgCookie:
+		receiver = pkt[4:8]
+	default:
+		return
+	}
+	p.init.mu.Lock()
+	if len(p.init.pkt) == initiationSize && bytes.Equal(p.init.pkt[4:8], receiver) {
+		p.init.answered = true
+	}
+	p.init.mu.Unlock()
+}
+
+// initWaiting reports whether p's last initiation went unanswered.
+func (p *peer) initWaiting() bool {
+	p.init.mu.Lock()
+	defer p.init.mu.Unlock()
+	return p.init.pkt != nil && !p.init.answered
 }
 
 // Timing of Bind.Ping.

@@ -75,7 +75,15 @@ type initCopies struct {
 // sends the answer back over e instead (see initCopies).
 func (b *Bind) admitHandshake(p *peer, e *Endpoint, pkt []byte, now int64) bool {
 	if len(pkt) == responseSize && binary.LittleEndian.Uint32(pkt) == msgResponse {
-		return p.initCopies.firstResponse(pkt)
+		if !p.initCopies.firstResponse(pkt) {
+			return false
+		}
+		p.noteAnswer(pkt)
+		return true
+	}
+	if len(pkt) == cookieReplySize && binary.LittleEndian.Uint32(pkt) == msgCookie {
+		p.noteAnswer(pkt)
+		return true
 	}
 	if !isInitiation(pkt) {
 		return true

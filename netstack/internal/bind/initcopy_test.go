@@ -210,3 +210,77 @@ func TestInitiationCopies(t *testing.T) {
 		}
 	}
 }
+
+// TestInitResentUntilAnswered: an initiation is resent (Maintain, after
+// initRetryAfter) until the peer answers it, however much other WireGuard
+// traffic the peer sends meanwhile: a peer still sending on a session of
+// this node's previous process is what makes a restarted node start a
+// handshake, and before, that traffic stopped the resends, so a lost
+// initiation or answer waited for WireGuard's own retry after 5 s.
+func TestInitResentUntilAnswered(t *testing.T) {
+	b, err := New(Options{PrivateKey: key.NewNode()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fns, port, err := b.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	peerKey := key.NewNode().Public()
+	b.SetPeers([]PeerConfig{{Key: peerKey, Endpoints: []netip.AddrPort{pc.LocalAddr().(*net.UDPAddr).AddrPort()}}})
+	dst := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(port)}
+	fromPeer := func(pkt []byte) {
+		t.Helper()
+		if _, err := pc.WriteToUDP(pkt, dst); err != nil {
+			t.Fatal(err)
+		}
+		bufs := [][]byte{make([]byte, 2048)}
+		if n, err := fns[0](bufs, []int{0}, []conn.Endpoint{nil}); err != nil || n != 1 {
+			t.Fatalf("receive: n=%d err=%v", n, err)
+		}
+	}
+	// toPeer reads what the peer got within wait; nil if nothing.
+	toPeer := func(wait time.Duration) []byte {
+		t.Helper()
+		pc.SetReadDeadline(time.Now().Add(wait))
+		buf := make([]byte, 2048)
+		n, _, err := pc.ReadFromUDP(buf)
+		if err != nil {
+			return nil
+		}
+		return buf[:n]
+	}
+	ep, err := b.ParseEndpoint(peerKey.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	init := handshakeMsg(msgInitiation, 0x61, 0)
+	if err := b.Send([][]byte{init}, ep); err != nil {
+		t.Fatal(err)
+	}
+	if got := toPeer(5 * time.Second); !bytes.Equal(got, init) {
+		t.Fatalf("the peer got %x, want the initiation", got)
+	}
+	// Data of a session we do not have, and a response to another
+	// initiation: no answer.
+	fromPeer(transport(0x99, 64))
+	fromPeer(handshakeMsg(msgResponse, 0x71, 0x62))
+	b.AgeForTest(peerKey, initRetryAfter)
+	b.Maintain()
+	if got := toPeer(5 * time.Second); !bytes.Equal(got, init) {
+		t.Fatalf("unanswered after %v, with other traffic from the peer: the peer got %x, want the initiation again", initRetryAfter, got)
+	}
+	// The answer.
+	fromPeer(handshakeMsg(msgResponse, 0x72, 0x61))
+	b.AgeForTest(peerKey, initRetryAfter)
+	b.Maintain()
+	if got := toPeer(200 * time.Millisecond); got != nil {
+		t.Errorf("answered: the peer got %d bytes, want nothing", len(got))
+	}
+}

@@ -27,10 +27,7 @@ func (b *Bind) PeerNotHere(k key.NodePublic) {
 		return
 	}
 	p := pe.p
-	p.init.mu.Lock()
-	waiting := p.init.pkt != nil && p.lastWGRecv.Load() < p.init.at
-	p.init.mu.Unlock()
-	if !waiting {
+	if !p.initWaiting() {
 		return
 	}
 	time.AfterFunc(notHereRetry, func() {
