@@ -386,7 +386,7 @@ func (b *Bind) SetPeers(peers []PeerConfig) {
 	}
 	b.rebuildLocked()
 	b.rebuildSessionsLocked()
-	b.retainServedLocked()
+	b.peerRelayPeersChangedLocked()
 }
 
 // UpdatePeers changes the named peers and no other: each of set is added
@@ -423,7 +423,7 @@ func (b *Bind) UpdatePeers(set []PeerConfig, remove []key.NodePublic) {
 	if sessions {
 		b.rebuildSessionsLocked()
 	}
-	b.retainServedLocked()
+	b.peerRelayPeersChangedLocked()
 	b.mu.Unlock()
 	// An initiation sent while the peer's region was unknown reached it
 	// only if a direct address did (behind a hard NAT, none does): send

@@ -74,6 +74,7 @@ type prSession struct {
 	p      *peer // the peer reached through it
 	server *peer // the relay server's node
 	sdisco discoPeer
+	pdisco key.DiscoPublic  // p's disco key when the session was made
 	addrs  []netip.AddrPort // the server's addresses to bind to
 	// ep is the endpoint wireguard-go sees packets through the session
 	// from; its lastRecv and latency are the session's.
@@ -126,11 +127,39 @@ func (b *Bind) SetRelayOffered(on bool) {
 	b.retainServedLocked()
 }
 
+// peerRelayPeersChangedLocked follows a change of the peer table
+// (SetPeers, UpdatePeers): the relay server's sessions with peers no
+// longer served end (retainServedLocked), and so do this node's sessions
+// with a peer, or through a server, whose disco key changed: the process
+// at that end is gone (and the server released the session), so the
+// traffic goes through DERP now rather than once the session stops
+// answering. b.mu is held.
+func (b *Bind) peerRelayPeersChangedLocked() {
+	b.retainServedLocked()
+	tbl := b.pr.sessions.Load()
+	if tbl == nil {
+		return
+	}
+	stale := false
+	for _, s := range *tbl {
+		dp, sd := s.p.disco.Load(), s.server.disco.Load()
+		if dp == nil || dp.key != s.pdisco || sd == nil || sd.key != s.sdisco.key {
+			if s.p.pr.CompareAndSwap(s, nil) {
+				stale = true
+				b.log.Info("peer relay session dropped: a disco key changed", "peer", s.p.key.ShortString(), "server", s.server.key.ShortString(), "vni", s.vni)
+			}
+		}
+	}
+	if stale {
+		b.rebuildSessionsLocked()
+	}
+}
+
 // retainServedLocked ends the relay server's sessions (Options.RelayServer)
 // with a node that is no longer a peer with that disco key: removed from
 // the netmap (or no longer visible under the policy), or restarted with a
 // new disco key; all of them while the relay is not offered
-// (SetRelayOffered). SetPeers, UpdatePeers and SetRelayOffered call it,
+// (SetRelayOffered). peerRelayPeersChangedLocked and SetRelayOffered call it,
 // and serveAllocate when the table changed during its Allocate; b.mu is
 // held.
 func (b *Bind) retainServedLocked() {
@@ -440,7 +469,7 @@ func (b *Bind) takeAllocation(srv *peer, sdp *discoPeer, m *disco.Allocation, no
 		return
 	}
 	s := &prSession{
-		vni: m.VNI, p: p, server: srv, sdisco: *sdp, addrs: addrs, created: now,
+		vni: m.VNI, p: p, server: srv, sdisco: *sdp, pdisco: other, addrs: addrs, created: now,
 		ep: newEndpoint(p, netip.AddrPortFrom(peerRelayAddr, uint16(m.VNI))),
 	}
 	b.mu.Lock()

@@ -583,3 +583,46 @@ func (h *hookServer) Allocate(a, b udprelay.Party) (*disco.Allocation, error) {
 	}
 	return h.Server.Allocate(a, b)
 }
+
+// TestSessionDiscoChange: this node's session with a peer through a relay
+// server ends when the peer's or the server's disco key changes (a new
+// process: the session at the server is gone); another change keeps it.
+func TestSessionDiscoChange(t *testing.T) {
+	r, b := newTestPeer(), newTestPeer()
+	r.eps = []netip.AddrPort{netip.MustParseAddrPort("192.0.2.9:41641")}
+	tests := []struct {
+		name    string
+		changed func() testPeer
+		keep    bool
+	}{
+		{"peer's disco key", func() testPeer { b2 := b; b2.disco = key.NewDisco(); return b2 }, false},
+		{"server's disco key", func() testPeer { r2 := r; r2.disco = key.NewDisco(); return r2 }, false},
+		{"peer's endpoints", func() testPeer {
+			b2 := b
+			b2.eps = []netip.AddrPort{netip.MustParseAddrPort("198.51.100.7:41641")}
+			return b2
+		}, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			bd, _ := relayBind(t, nil, []testPeer{r, b}, r.node)
+			markTraffic(bd, b.node)
+			from(bd, r, &disco.Allocation{VNI: 9, Peers: [2]key.DiscoPublic{bd.DiscoPublic(), b.disco.Public()},
+				Addrs: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.9:41700")}})
+			session := func() (*prSession, bool) {
+				bd.mu.Lock()
+				defer bd.mu.Unlock()
+				_, inTable := (*bd.pr.sessions.Load())[9]
+				return bd.peers[b.node].p.pr.Load(), inTable
+			}
+			if s, in := session(); s == nil || !in {
+				t.Fatalf("no session after the allocation (%v, in table %v)", s, in)
+			}
+			p := tc.changed()
+			bd.UpdatePeers([]PeerConfig{{Key: p.node, HomeRegion: 1, DiscoKey: p.disco.Public(), Endpoints: p.eps, RelayServer: p.node == r.node}}, nil)
+			if s, in := session(); (s != nil) != tc.keep || in != tc.keep {
+				t.Errorf("session after the change: %v (in table %v), want kept %v", s, in, tc.keep)
+			}
+		})
+	}
+}
