@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"beam.dev/beam/types/key"
@@ -325,6 +326,10 @@ func (s *Server) ApproveRegistration(ctx context.Context, code string, a Approva
 	return s.reg.approve(ctx, code, a)
 }
 
+// testHookAfterShareApproval, if set, is called by approve with the code
+// once the store took the approval, before the followup is released here.
+var testHookAfterShareApproval atomic.Pointer[func(code string)]
+
 // approve is Server.ApproveRegistration. It records the approval and
 // releases the node's followup, on this coordinator or, through a shared
 // store, on the one holding it; that coordinator makes the one-off auth
@@ -353,19 +358,28 @@ func (rg *registry) approve(ctx context.Context, code string, a Approval) error 
 	if err := rg.shareApproval(ctx, p, a); err != nil {
 		return err
 	}
+	if h := testHookAfterShareApproval.Load(); h != nil {
+		(*h)(p.Code)
+	}
 	pr := &rg.pending
 	pr.mu.Lock()
-	if p.approved() {
+	switch {
+	case rg.shared != nil && (p.approved() || pr.byCode[p.Code] != p):
+		// The store took this approval (it refuses a second one), so
+		// it stands: the coordinator holding the followup released it
+		// and may have registered the node and dropped the code here
+		// already, before this one got the lock.
+	case p.approved():
 		pr.mu.Unlock()
 		return fmt.Errorf("%w: code %s was approved already", ErrConflict, p.Code)
-	}
-	if pr.byCode[p.Code] != p {
+	case pr.byCode[p.Code] != p:
 		pr.mu.Unlock()
 		// Dropped meanwhile (expired, or to make room): its node starts over.
 		return fmt.Errorf("%w: no node is waiting with code %q any more", ErrNotFound, p.Code)
+	default:
+		p.approval = a
+		close(p.done)
 	}
-	p.approval = a
-	close(p.done)
 	pr.mu.Unlock()
 	actor := a.Actor
 	if actor == "" {

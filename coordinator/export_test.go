@@ -28,3 +28,11 @@ func SetStreamHookForTest(f func(key.NodePublic)) (restore func()) {
 func RestartWaitsForTest(n int) (least, most time.Duration) {
 	return restartGrace, restartGrace + min(max(time.Duration(n)*time.Millisecond, minRestartSpread), maxRestartSpread)
 }
+
+// SetApprovalHookForTest makes ApproveRegistration call f with the code
+// once a shared store took the approval, and returns a func that
+// removes f.
+func SetApprovalHookForTest(f func(code string)) (restore func()) {
+	testHookAfterShareApproval.Store(&f)
+	return func() { testHookAfterShareApproval.Store(nil) }
+}

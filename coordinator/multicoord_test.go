@@ -430,6 +430,59 @@ func TestSharedState(t *testing.T) {
 		}
 	})
 
+	t.Run("ApprovalReleasedFirst", func(t *testing.T) {
+		// The coordinator holding the followup releases it, registers
+		// the node and drops the code everywhere before the approving
+		// one gets back to its own copy: the approval still succeeded.
+		codes := make(chan string, 1)
+		done := make(chan error, 1)
+		waiter := newNode(t, cb.URL)
+		go func() {
+			_, err := waiter.Register(t.Context(), coordclient.RegisterParams{Hostname: "waiter2", OnAuthURL: func(_, code string) { codes <- code }})
+			done <- err
+		}()
+		var code string
+		select {
+		case code = <-codes:
+		case err := <-done:
+			t.Fatalf("register returned %v before an auth code", err)
+		case <-time.After(fanoutWait):
+			t.Fatal("no auth code")
+		}
+		listed := func() bool {
+			return slices.ContainsFunc(ca.Server.PendingRegistrations(), func(p wire.PendingRegistration) bool { return p.Code == code })
+		}
+		deadline := time.Now().Add(fanoutWait)
+		for !listed() {
+			if time.Now().After(deadline) {
+				t.Fatalf("the other coordinator never lists code %s", code)
+			}
+			tick := time.NewTimer(20 * time.Millisecond)
+			<-tick.C
+		}
+		defer coordinator.SetApprovalHookForTest(func(string) {
+			deadline := time.Now().Add(fanoutWait)
+			for listed() && time.Now().Before(deadline) {
+				tick := time.NewTimer(20 * time.Millisecond)
+				<-tick.C
+			}
+		})()
+		if err := ca.Server.ApproveRegistration(t.Context(), code, coordinator.Approval{}); err != nil {
+			t.Fatalf("approval whose node the other coordinator released first: %v", err)
+		}
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("register after approval: %v", err)
+			}
+		case <-time.After(fanoutWait):
+			t.Fatal("the node waiting on the other coordinator was not released")
+		}
+		if listed() {
+			t.Error("the code is still listed after its node registered")
+		}
+	})
+
 	t.Run("Domains", func(t *testing.T) {
 		st, err := ca.Server.VerifyDomain(t.Context(), "", "shop.customer.test")
 		if err != nil {
