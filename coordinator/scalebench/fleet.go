@@ -23,8 +23,12 @@ const progressEvery = 5 * time.Second
 
 // FleetOptions configures a Fleet.
 type FleetOptions struct {
-	// URL is the coordinator's base URL. Required.
+	// URL is the coordinator's base URL. Required unless URLs is set.
 	URL string
+	// URLs, if set, are several coordinators' base URLs (replicas on one
+	// database): node i streams from URLs[i%len(URLs)] alone, so node 0
+	// streams from URLs[0]. URL is then ignored.
+	URLs []string
 	// N is the number of nodes, at least 2. Required.
 	N int
 	// Sources is how many loopback source addresses (127.0.0.1, .2, ...)
@@ -75,6 +79,9 @@ type Fleet struct {
 
 	cancel context.CancelFunc // ends the streams; set by Stream
 	wg     sync.WaitGroup     // the streams
+
+	// markSeenVia counts markSeen per coordinator (FleetOptions.URLs).
+	markSeenVia []atomic.Int64
 }
 
 // epoch is one generation of streams: the first ones, then the ones after
@@ -90,6 +97,7 @@ type fakeNode struct {
 	f      *Fleet
 	i      int
 	name   string
+	via    int // the index of the node's coordinator in FleetOptions.URLs
 	client *coordclient.Client
 	hc     *http.Client
 	read   atomic.Int64 // bytes read from the coordinator, on every connection
@@ -104,7 +112,11 @@ type fakeNode struct {
 
 // NewFleet makes the nodes' keys and clients. It does no I/O.
 func NewFleet(opts FleetOptions) (*Fleet, error) {
-	if opts.URL == "" || opts.N < 2 {
+	urls := opts.URLs
+	if len(urls) == 0 {
+		urls = []string{opts.URL}
+	}
+	if urls[0] == "" || opts.N < 2 {
 		return nil, errors.New("scalebench: FleetOptions.URL and N >= 2 are required")
 	}
 	sources := opts.Sources
@@ -118,6 +130,8 @@ func NewFleet(opts FleetOptions) (*Fleet, error) {
 		index:  make(map[key.NodePublic]int, opts.N),
 		poked:  make(chan struct{}, 1),
 		logger: opts.Logger,
+
+		markSeenVia: make([]atomic.Int64, len(urls)),
 	}
 	inFlight := opts.FullMapsInFlight
 	if inFlight <= 0 {
@@ -129,7 +143,7 @@ func NewFleet(opts FleetOptions) (*Fleet, error) {
 	}
 	f.cur.Store(&epoch{})
 	for i := range f.nodes {
-		nd := &fakeNode{f: f, i: i, name: fmt.Sprintf("n%d", i), online: make([]uint64, (opts.N+63)/64)}
+		nd := &fakeNode{f: f, i: i, name: fmt.Sprintf("n%d", i), via: i % len(urls), online: make([]uint64, (opts.N+63)/64)}
 		src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i%sources))}
 		dialer := &net.Dialer{LocalAddr: src}
 		nd.hc = &http.Client{Transport: &gatedTransport{nd: nd, base: &http.Transport{
@@ -145,7 +159,7 @@ func NewFleet(opts FleetOptions) (*Fleet, error) {
 		}}}
 		priv := key.NewNode()
 		c, err := coordclient.New(coordclient.Options{
-			ServerURL:   opts.URL,
+			ServerURL:   urls[nd.via],
 			PrivateKey:  priv,
 			DiscoKey:    key.NewDisco().Public(),
 			HTTPClient:  nd.hc,
@@ -366,6 +380,7 @@ func (nd *fakeNode) onResponse(resp *wire.MapResponse, first bool) {
 				if int64(ep.Port()) == mark {
 					nd.lastMark = mark
 					f.markSeen.Add(1)
+					f.markSeenVia[nd.via].Add(1)
 					f.poke()
 					break
 				}

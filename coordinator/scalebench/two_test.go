@@ -1,0 +1,128 @@
+package scalebench
+
+import (
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"beam.dev/beam/beamtest/pgtest"
+)
+
+// TestScaleTwoSmoke runs the two-coordinator scenario with 100 nodes on a
+// private PostgreSQL: every node, on either coordinator, gets a full map
+// with all 99 others and sees them online, and node 0's endpoint change,
+// sent to coordinator A, reaches every node streaming from B.
+func TestScaleTwoSmoke(t *testing.T) {
+	const n = 100
+	pg := pgtest.New(t)
+	res, err := TwoScenario{Bin: beam(t), Dir: t.TempDir(), DB: pg.NewDatabase(t), N: n, Changes: 1,
+		PhaseTimeout: 60 * time.Second, Logger: testLogger(t)}.Run(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.FullMaps <= 0 || res.Settled < res.FullMaps {
+		t.Errorf("full maps in %v, settled in %v; want positive durations, settled no sooner", res.FullMaps, res.Settled)
+	}
+	if len(res.Changes) != 1 || res.Changes[0] <= 0 || len(res.CrossChanges) != 1 || res.CrossChanges[0] <= 0 {
+		t.Errorf("changes = %v on A, %v on B; want one positive duration each", res.Changes, res.CrossChanges)
+	}
+	for i, name := range []string{"A", "B"} {
+		if res.RSS[i] == 0 || res.CPU[i] <= 0 {
+			t.Errorf("coordinator %s usage = %v CPU, %d RSS; want both positive", name, res.CPU[i], res.RSS[i])
+		}
+	}
+	t.Logf("n=%d register %v (%.0f/s), full maps %v (%d short), settled %v, change on A %v, on B %v, %.0f B/node/change, cpu %v, rss %d+%d MiB",
+		n, res.Register, res.RegisterRate(), res.FullMaps, res.ShortFullMaps, res.Settled, res.Changes, res.CrossChanges,
+		res.BytesPerNodePerChange, res.CPU, res.RSS[0]>>20, res.RSS[1]>>20)
+}
+
+// BenchmarkCoordinatorScaleTwo is BenchmarkCoordinatorScale with two
+// beam coordinator processes sharing one PostgreSQL database (a private
+// cluster the benchmark starts), half the nodes streaming from each. Per
+// size it reports:
+//
+//	reg-nodes/s        registrations per second (16 at a time, alternating
+//	                   between the coordinators)
+//	fullmap-s          from opening all N streams at once until every one
+//	                   has delivered its full map
+//	settle-s           until, in addition, every node sees all peers online
+//	short-fullmaps     full maps that lacked peers registered on the other
+//	                   coordinator a moment before (they came as peers
+//	                   added before settle-s)
+//	change-s           median time for one node's endpoint change, sent to
+//	                   coordinator A, to reach every other node on A
+//	cross-change-s     median time for the same change to reach every node
+//	                   streaming from B (through the database)
+//	bytes/node/change  bytes each other node read for one change
+//	cpu-s, cpu-b-s     coordinator A's and B's CPU seconds from start through
+//	                   the changes (cpu-sum-s both)
+//	fullmap-cpu-s      both coordinators' CPU over fullmap-s
+//	rss-MB, rss-b-MB   A's and B's VmRSS then (peak-rss-MB the larger VmHWM)
+//	fleet-cpu-s        the fake nodes' CPU seconds over the same span
+//
+// There is no restart figure: the fake nodes know one coordinator each.
+// The sizes come from BEAM_SCALE_NODES (default 1000), and the other
+// variables of BenchmarkCoordinatorScale apply:
+//
+//	BEAM_SCALE_NODES=1000,3000 go test -run '^$' -bench CoordinatorScaleTwo -benchtime 1x -timeout 1h ./coordinator/scalebench/
+func BenchmarkCoordinatorScaleTwo(b *testing.B) {
+	sizes := []int{1000}
+	if s := os.Getenv("BEAM_SCALE_NODES"); s != "" {
+		sizes = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 4 {
+				b.Fatalf("BEAM_SCALE_NODES=%q: want comma-separated node counts >= 4", s)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	var maxRSS uint64
+	if s := os.Getenv("BEAM_SCALE_MAX_RSS_MB"); s != "" {
+		mb, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			b.Fatalf("BEAM_SCALE_MAX_RSS_MB=%q: %v", s, err)
+		}
+		maxRSS = mb << 20
+	}
+	var inFlight int
+	if s := os.Getenv("BEAM_SCALE_FULLMAPS_IN_FLIGHT"); s != "" {
+		var err error
+		if inFlight, err = strconv.Atoi(s); err != nil || inFlight < 1 {
+			b.Fatalf("BEAM_SCALE_FULLMAPS_IN_FLIGHT=%q: want a count >= 1", s)
+		}
+	}
+	args := strings.Fields(os.Getenv("BEAM_SCALE_COORD_ARGS"))
+	bin := beam(b)
+	pg := pgtest.New(b)
+	for _, n := range sizes {
+		b.Run("nodes="+strconv.Itoa(n), func(b *testing.B) {
+			for b.Loop() {
+				logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("nodes", n, "coordinators", 2)
+				res, err := TwoScenario{Bin: bin, Dir: b.TempDir(), DB: pg.NewDatabase(b), N: n, Args: args, MaxRSS: maxRSS,
+					FullMapsInFlight: inFlight, Logger: logger}.Run(b.Context())
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.ReportMetric(res.RegisterRate(), "reg-nodes/s")
+				b.ReportMetric(res.FullMaps.Seconds(), "fullmap-s")
+				b.ReportMetric(res.Settled.Seconds(), "settle-s")
+				b.ReportMetric(float64(res.ShortFullMaps), "short-fullmaps")
+				b.ReportMetric(res.MedianChange().Seconds(), "change-s")
+				b.ReportMetric(res.MedianCrossChange().Seconds(), "cross-change-s")
+				b.ReportMetric(res.BytesPerNodePerChange, "bytes/node/change")
+				b.ReportMetric(res.CPU[0].Seconds(), "cpu-s")
+				b.ReportMetric(res.CPU[1].Seconds(), "cpu-b-s")
+				b.ReportMetric(res.SumCPU().Seconds(), "cpu-sum-s")
+				b.ReportMetric((res.FullMapsCPU[0] + res.FullMapsCPU[1]).Seconds(), "fullmap-cpu-s")
+				b.ReportMetric(float64(res.RSS[0])/(1<<20), "rss-MB")
+				b.ReportMetric(float64(res.RSS[1])/(1<<20), "rss-b-MB")
+				b.ReportMetric(float64(max(res.PeakRSS[0], res.PeakRSS[1]))/(1<<20), "peak-rss-MB")
+				b.ReportMetric(res.FleetCPU.Seconds(), "fleet-cpu-s")
+			}
+		})
+	}
+}
