@@ -307,14 +307,24 @@ func (es *edgeRoutes) expose(ctx context.Context, nk key.NodePublic, req *wire.E
 				}
 			}
 			es.mu.Unlock()
+			held := 0 // by another program on the edge's host
 			for p := int(rng.First); p <= int(rng.Last); p++ {
-				if !used[uint16(p)] {
-					rt.PublicPort = uint16(p)
-					break
+				if used[uint16(p)] {
+					continue
 				}
+				if es.cfg.portFree != nil && !es.cfg.portFree(req.Proto, uint16(p)) {
+					held++
+					continue
+				}
+				rt.PublicPort = uint16(p)
+				break
 			}
 			if rt.PublicPort == 0 {
-				return nil, nil, errorf(http.StatusServiceUnavailable, wire.CodePortsExhausted, "all %d edge %s ports (%s) are in use", int(rng.Last)-int(rng.First)+1, req.Proto, rng)
+				msg := fmt.Sprintf("all %d edge %s ports (%s) are in use", int(rng.Last)-int(rng.First)+1, req.Proto, rng)
+				if held > 0 {
+					msg += fmt.Sprintf(" (%d of them by other programs on the edge's host)", held)
+				}
+				return nil, nil, errorf(http.StatusServiceUnavailable, wire.CodePortsExhausted, "%s", msg)
 			}
 		}
 	}

@@ -3,6 +3,7 @@ package coordinator_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -475,6 +476,43 @@ func TestExposeDisabled(t *testing.T) {
 	a.register(t, c.authKey(t, coordinator.AuthKeyOptions{}), "alpha")
 	if _, err := a.Expose(context.Background(), wire.ExposeRequest{Proto: "http", Port: 80}); !errors.Is(err, coordclient.ErrEdgeDisabled) {
 		t.Errorf("expose without edge domain = %v, want ErrEdgeDisabled", err)
+	}
+}
+
+// TestExposeSkipsHeldPorts: a port the edge's host reports held by
+// another program (Options.EdgePortFree) is not handed out; when every
+// free one is held, the error says so.
+func TestExposeSkipsHeldPorts(t *testing.T) {
+	var (
+		mu    sync.Mutex
+		asked []string
+	)
+	c := startCoord(t, func(o *coordinator.Options) {
+		edgeOpts("20000-20002", "20000-20000")(o)
+		o.EdgePortFree = func(proto string, port uint16) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			asked = append(asked, fmt.Sprintf("%s/%d", proto, port))
+			return port != 20000 // held by another program
+		}
+	})
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	a := newNode(t, c.URL)
+	a.register(t, ak, "alpha")
+	if p := expose(t, a, wire.ExposeRequest{Name: "one", Proto: "tcp", Port: 22}).Route.PublicPort; p != 20001 {
+		t.Errorf("first tcp port = %d, want 20001 (20000 is held)", p)
+	}
+	if p := expose(t, a, wire.ExposeRequest{Name: "two", Proto: "tcp", Port: 22}).Route.PublicPort; p != 20002 {
+		t.Errorf("second tcp port = %d, want 20002", p)
+	}
+	_, err := a.Expose(context.Background(), wire.ExposeRequest{Name: "dns", Proto: "udp", Port: 53})
+	if !errors.Is(err, coordclient.ErrPortsExhausted) || !strings.Contains(err.Error(), "other programs") {
+		t.Fatalf("udp route on a held port = %v, want ErrPortsExhausted naming other programs", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if want := "udp/20000"; !slices.Contains(asked, want) {
+		t.Errorf("probed %v, want %s among them", asked, want)
 	}
 }
 

@@ -125,6 +125,7 @@ func (r PortRange) IsZero() bool { return r.First == 0 && r.Last == 0 }
 type edgeConfig struct {
 	domain, host, httpURL string
 	tcpPorts, udpPorts    PortRange
+	portFree              func(proto string, port uint16) bool
 	zone                  Zone
 	lookupTXT             func(ctx context.Context, name string) ([]string, error)
 	lookupCNAME           func(ctx context.Context, name string) (string, error)
@@ -181,6 +182,7 @@ func newEdgeRoutes(core *Server, opts Options) (*edgeRoutes, error) {
 		httpURL:     opts.EdgeHTTPURL,
 		tcpPorts:    opts.EdgeTCPPorts,
 		udpPorts:    opts.EdgeUDPPorts,
+		portFree:    opts.EdgePortFree,
 		zone:        opts.Zone,
 		lookupTXT:   opts.LookupTXT,
 		lookupCNAME: opts.LookupCNAME,

@@ -116,6 +116,12 @@ type Options struct {
 	// EdgeTCPPorts and EdgeUDPPorts are the edge ports given to tcp and
 	// udp routes; the zero range refuses such routes.
 	EdgeTCPPorts, EdgeUDPPorts PortRange
+	// EdgePortFree, if set, reports whether the edge can listen on a
+	// public port (proto "tcp" or "udp"): a new route is given only a
+	// port it can, so one that another program on the edge's host holds
+	// is skipped instead of handed out dead. beam server, whose edge
+	// runs on the coordinator's host, sets it.
+	EdgePortFree func(proto string, port uint16) bool
 	// EdgeHTTPURL is the URL template of http routes, {host} replaced by
 	// the route's host ("http://{host}:18081"); empty means "https://{host}".
 	EdgeHTTPURL string

@@ -277,3 +277,39 @@ func TestDemo(t *testing.T) {
 		}
 	}
 }
+
+// TestExposeTCPSkipsHeldPort: beam server does not hand a tcp route a
+// public port another program on its host listens on (the edge could not
+// serve it); the route gets the next port of the range, and works.
+func TestExposeTCPSkipsHeldPort(t *testing.T) {
+	rng := freePortRange(t, "tcp", 3)
+	first, _, _ := strings.Cut(rng, "-")
+	held, err := net.Listen("tcp", ":"+first) // every address, as the edge listens
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	c, _ := startDevServerWith(t, 0, "--tcp-ports", rng)
+	alpha := c.device("alpha")
+	alpha.mustUp()
+	echo := echoServer(t)
+	out := strings.TrimSpace(c.mustBeam(alpha.args("expose", "--tcp", strconv.Itoa(echo), "--bg")...))
+	m := regexp.MustCompile(`^tcp://[^:]+:(\d+)$`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("tcp expose printed %q", out)
+	}
+	if m[1] == first {
+		t.Fatalf("route got public port %s, which another program holds", first)
+	}
+	var conn net.Conn
+	waitFor(t, 5*time.Second, "edge tcp port open", func() bool {
+		conn, err = net.Dial("tcp", "127.0.0.1:"+m[1])
+		return err == nil
+	})
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	fmt.Fprint(conn, "ping\n")
+	if line, err := bufio.NewReader(conn).ReadString('\n'); err != nil || line != "ping\n" {
+		t.Fatalf("tcp route echo = %q, %v", line, err)
+	}
+}

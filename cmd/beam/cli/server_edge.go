@@ -28,6 +28,9 @@ func serverEdgeOptions(c *coordinator.Options, o *ServerOptions, zone *dnsserver
 	if zone != nil {
 		c.Zone = zone
 	}
+	// The edge runs in this process: hand out only public ports it can
+	// listen on (it listens on every address, as probed here).
+	c.EdgePortFree = portFree
 	if o.Dev {
 		c.EdgeHost = "127.0.0.1"
 		if _, port, err := net.SplitHostPort(o.HTTPAddr); err == nil {
@@ -51,4 +54,24 @@ func serverEdgeOptions(c *coordinator.Options, o *ServerOptions, zone *dnsserver
 // serverEdgeAuthKey creates the auth key the in-process edge joins with.
 func serverEdgeAuthKey(ctx context.Context, coord *coordinator.Server) (string, error) {
 	return coord.CreateAuthKey(ctx, coordinator.AuthKeyOptions{Reusable: true, Edge: true})
+}
+
+// portFree reports whether this host lets a program listen on port for
+// proto ("tcp" or "udp") on every address, by listening and closing.
+func portFree(proto string, port uint16) bool {
+	addr := ":" + strconv.Itoa(int(port))
+	if proto == "udp" {
+		c, err := net.ListenPacket("udp", addr)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return false
+	}
+	ln.Close()
+	return true
 }
