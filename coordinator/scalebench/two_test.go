@@ -64,6 +64,18 @@ func TestScaleTwoSmoke(t *testing.T) {
 //	fleet-cpu-s        the fake nodes' CPU seconds over the same span
 //
 // There is no restart figure: the fake nodes know one coordinator each.
+// Measured on 2 shared cores (the fleet's decoding takes most of them, see
+// fleet-cpu-s), against BenchmarkCoordinatorScale on SQLite in the same
+// hour:
+//
+//	            fullmap-s  change-s  cross-change-s  cpu-s A+B   rss-MB A, B  B/node/change
+//	1,000 two       8.0      0.106       0.108       2.6+2.6      75, 75        531
+//	1,000 one       8.8      0.122         -         3.5          108           528
+//	3,000 two      91.4      0.233       0.185      20.6+20.3    152, 160       530
+//	3,000 one      71.6      0.218         -        26.2          268           528
+//
+// A change reaches the nodes on B as soon as those on A (each time
+// includes coordclient's 50 ms coalescing of endpoint updates).
 // The sizes come from BEAM_SCALE_NODES (default 1000), and the other
 // variables of BenchmarkCoordinatorScale apply:
 //
