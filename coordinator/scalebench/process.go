@@ -8,7 +8,8 @@
 // ten thousand of them fit in one process.
 //
 // BenchmarkCoordinatorScale (scale_test.go) is the benchmark built on it;
-// its doc comment gives the commands.
+// its doc comment gives the commands. BenchmarkCoordinatorScaleTwo
+// (two_test.go) runs two coordinators on one PostgreSQL database.
 package scalebench
 
 import (
