@@ -229,15 +229,22 @@ func TestAllCoordinatorsDownBacksOff(t *testing.T) {
 // dies, the client moves to the other address.
 func TestNameWithSeveralAddresses(t *testing.T) {
 	priv := key.NewMachine()
-	ln1, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := ln1.Addr().(*net.TCPAddr).Port
-	ln2, err := net.Listen("tcp", net.JoinHostPort("127.0.0.2", strconv.Itoa(port)))
-	if err != nil {
-		ln1.Close()
-		t.Fatalf("listen on 127.0.0.2 with 127.0.0.1's port: %v", err)
+	// One port on both addresses: a port free on 127.0.0.1 may be some
+	// other socket's on 127.0.0.2, so a few are tried.
+	var ln1, ln2 net.Listener
+	var port int
+	for try := 0; ln2 == nil; try++ {
+		var err error
+		if ln1, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		port = ln1.Addr().(*net.TCPAddr).Port
+		if ln2, err = net.Listen("tcp", net.JoinHostPort("127.0.0.2", strconv.Itoa(port))); err != nil {
+			ln1.Close()
+			if try == 20 {
+				t.Fatalf("listen on 127.0.0.2 with 127.0.0.1's port: %v", err)
+			}
+		}
 	}
 	r1 := startReplica(t, "one", priv, ln1)
 	r2 := startReplica(t, "two", priv, ln2)
