@@ -43,13 +43,19 @@ const (
 	// respResendEvery is the least time between two resends of one
 	// answer (the initiator resends at most every resendInitEvery).
 	respResendEvery = resendInitEvery
-	// initIDSize is the part of an initiation that identifies it: its
-	// sender index and ephemeral key (bytes 4 to 40), random per
-	// initiation.
-	initIDSize = 36
-	// respIDSize is the part of a response that identifies it: sender
-	// and receiver indices and ephemeral key (bytes 4 to 44).
-	respIDSize = 40
+	// initIDSize is the part of an initiation that identifies it:
+	// everything after the type up to the end of mac1 (bytes 4 to 132).
+	// Copies the initiator sends are identical there (mac2 follows);
+	// anyone can make a copy that differs only in an encrypted field
+	// and recompute mac1 (its key is our public key), and such a
+	// forgery, which wireguard-go refuses, must not count as a copy of
+	// the genuine initiation and keep that one from wireguard-go.
+	initIDSize = 128
+	// respIDSize is likewise the part of a response that identifies it
+	// (bytes 4 to 76: indices, ephemeral key, empty box and mac1).
+	respIDSize = 72
+	// maxRespResends bounds how often one answer is sent again.
+	maxRespResends = 5
 )
 
 // initCopies is the last handshake initiation of a peer that the bind
@@ -60,10 +66,14 @@ type initCopies struct {
 	// at is when the initiation was last handed over (unix nanos); 0
 	// if none was.
 	at int64
+	// from is the endpoint the handed-over copy came over.
+	from *Endpoint
 	// resp is wireguard-go's response to the initiation; empty until it
-	// sent one. respAt is when the bind last resent it.
-	resp   []byte
-	respAt int64
+	// sent one. respAt is when the bind last resent it, resends how
+	// often.
+	resp    []byte
+	respAt  int64
+	resends int
 	// rxResp identifies the last handshake response from the peer handed
 	// over: its sender and receiver indices and ephemeral key.
 	rxResp [respIDSize]byte
@@ -94,20 +104,29 @@ func (b *Bind) admitHandshake(p *peer, e *Endpoint, pkt []byte, now int64) bool 
 	if c.at == 0 || !bytes.Equal(c.id[:], id) {
 		copy(c.id[:], id)
 		c.at = now
+		c.from = e
 		c.resp = c.resp[:0]
 		c.respAt = 0
+		c.resends = 0
 		c.mu.Unlock()
 		return true
 	}
 	var resend []byte
 	switch {
 	case len(c.resp) > 0:
-		if now-c.respAt >= int64(respResendEvery) {
+		// A copy is not authenticated (a captured initiation replayed
+		// from a forged source opens just the same), so the answer goes
+		// again only over a path this node trusts for the peer, and a
+		// bounded number of times: never to an address the copy alone
+		// vouches for.
+		if now-c.respAt >= int64(respResendEvery) && c.resends < maxRespResends && b.answerPath(p, e, c.from) {
 			c.respAt = now
+			c.resends++
 			resend = bytes.Clone(c.resp)
 		}
 	case now-c.at >= int64(initCopyHold):
 		c.at = now
+		c.from = e
 		c.mu.Unlock()
 		return true
 	}
@@ -117,6 +136,24 @@ func (b *Bind) admitHandshake(p *peer, e *Endpoint, pkt []byte, now int64) bool 
 		b.sendBack(p, e, [][]byte{resend})
 	}
 	return false
+}
+
+// answerPath reports whether e is a path to p that a resent answer may
+// take: the relay (it vouches for the sender's key), p's peer relay
+// session (bound through disco), the path wireguard-go's answer took
+// (from, where the initiation it answered came from), p's confirmed
+// direct path, or an address the coordinator gave for p.
+func (b *Bind) answerPath(p *peer, e, from *Endpoint) bool {
+	switch {
+	case e.isRelay(), e.isPeerRelay(), e == from:
+		return true
+	case e.sock != nil || !e.src.IsValid():
+		return e == p.best.Load()
+	}
+	if best := p.best.Load(); best != nil && best.sock == nil && best.src == e.src {
+		return true
+	}
+	return b.isCandidate(p, e.src)
 }
 
 // noteResponse remembers pkt, a handshake response wireguard-go sends to

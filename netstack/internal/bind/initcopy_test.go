@@ -284,3 +284,101 @@ func TestInitResentUntilAnswered(t *testing.T) {
 		t.Errorf("answered: the peer got %d bytes, want nothing", len(got))
 	}
 }
+
+// TestForgedCopiesDoNotHold: a copy of an initiation or a response that
+// differs from the genuine one in an encrypted field (anyone can make
+// one: the sender index and ephemeral key travel in clear, and mac1's
+// key is the responder's public key) is no copy of it. wireguard-go
+// refuses the forgery; the genuine message that follows must still reach
+// it, not be dropped as a copy.
+func TestForgedCopiesDoNotHold(t *testing.T) {
+	b, err := New(Options{PrivateKey: key.NewNode()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	peerKey := key.NewNode().Public()
+	b.SetPeers([]PeerConfig{{Key: peerKey, Endpoints: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.7:41641")}}})
+	p := b.peers[peerKey].p
+	e := newEndpoint(p, netip.MustParseAddrPort("192.0.2.7:41641"))
+	now := time.Now().UnixNano()
+	for _, tc := range []struct {
+		name    string
+		genuine []byte
+		at      int // a byte of an encrypted field
+	}{
+		{"initiation", handshakeMsg(msgInitiation, 0x11, 0), 100},
+		{"response", handshakeMsg(msgResponse, 0x22, 0x33), 50},
+	} {
+		forged := bytes.Clone(tc.genuine)
+		forged[tc.at] ^= 1
+		if !b.admitHandshake(p, e, forged, now) {
+			t.Fatalf("%s: the forgery was dropped; it goes to wireguard-go, which refuses it", tc.name)
+		}
+		if !b.admitHandshake(p, e, tc.genuine, now) {
+			t.Errorf("%s: the genuine message after a forged copy was dropped, want it handed over", tc.name)
+		}
+		if b.admitHandshake(p, e, tc.genuine, now) {
+			t.Errorf("%s: a true copy of the genuine message was handed over, want dropped", tc.name)
+		}
+	}
+}
+
+// TestResentAnswerOnlyOverTrustedPaths: a copy of an answered initiation
+// from an address the bind learned from such a copy (a captured
+// initiation replayed from a forged source) draws no answer: the node
+// must not reflect answers at addresses an attacker names. From the
+// peer's known address it does, at most maxRespResends times.
+func TestResentAnswerOnlyOverTrustedPaths(t *testing.T) {
+	b, err := New(Options{PrivateKey: key.NewNode()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.Open(0); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	listen := func() *net.UDPConn {
+		pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		return pc
+	}
+	known, victim := listen(), listen()
+	knownAddr := known.LocalAddr().(*net.UDPAddr).AddrPort()
+	peerKey := key.NewNode().Public()
+	b.SetPeers([]PeerConfig{{Key: peerKey, Endpoints: []netip.AddrPort{knownAddr}}})
+	p := b.peers[peerKey].p
+	fromKnown := newEndpoint(p, knownAddr)
+	fromVictim := newEndpoint(p, victim.LocalAddr().(*net.UDPAddr).AddrPort())
+	got := func(pc *net.UDPConn) bool {
+		pc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		n, _, err := pc.ReadFromUDP(make([]byte, 2048))
+		return err == nil && n == responseSize
+	}
+
+	init := handshakeMsg(msgInitiation, 0x11, 0)
+	now := time.Now().UnixNano()
+	if !b.admitHandshake(p, fromKnown, init, now) {
+		t.Fatal("first copy dropped")
+	}
+	p.noteResponse(handshakeMsg(msgResponse, 0x22, 0x11)) // wireguard-go answered
+	resends := 0
+	for i := range maxRespResends + 3 {
+		now += int64(respResendEvery)
+		b.admitHandshake(p, fromVictim, init, now)
+		if got(victim) {
+			t.Fatalf("replay %d from an address only the copy vouches for drew the answer", i)
+		}
+		now += int64(respResendEvery)
+		b.admitHandshake(p, fromKnown, init, now)
+		if got(known) {
+			resends++
+		}
+	}
+	if resends != maxRespResends {
+		t.Errorf("the peer's known address got the answer %d times, want %d", resends, maxRespResends)
+	}
+}
