@@ -83,7 +83,11 @@ func (rg *registry) sharePending(ctx context.Context, p *pendingReg, made bool, 
 		return p, nil
 	}
 	rg.pending.remove(p)
-	return rg.pending.apply(kept, s.now()), nil
+	if q := rg.pending.apply(kept, s.now()); q != nil {
+		return q, nil
+	}
+	// The one kept expired a moment ago: the node asks again.
+	return nil, errorf(http.StatusServiceUnavailable, wire.CodeUnavailable, "a registration of this node expired just now; try again")
 }
 
 // shareApproval records a's approval of p in the store, if shared.

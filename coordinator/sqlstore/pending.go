@@ -16,7 +16,8 @@ var _ coordinator.ApprovalStore = (*Store)(nil)
 
 var errNoPending = errors.New("sqlstore: pending registrations are kept on PostgreSQL only")
 
-// AddPending implements coordinator.ApprovalStore.
+// AddPending implements coordinator.ApprovalStore. An expired
+// registration of the same node (not swept yet) is replaced.
 func (s *Store) AddPending(ctx context.Context, p *coordinator.PendingRecord) (*coordinator.PendingRecord, error) {
 	if s.pgcfg == nil {
 		return nil, errNoPending
@@ -26,7 +27,10 @@ func (s *Store) AddPending(ctx context.Context, p *coordinator.PendingRecord) (*
 		src = p.Source.String()
 	}
 	_, err := s.db.ExecContext(ctx, `INSERT INTO pending_registrations (code, node_key, hostname, os, source, created_at, expires_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (node_key) DO NOTHING`,
+		VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (node_key) DO UPDATE
+		SET code = EXCLUDED.code, hostname = EXCLUDED.hostname, os = EXCLUDED.os, source = EXCLUDED.source,
+			created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at, approval = ''
+		WHERE pending_registrations.expires_at <= EXCLUDED.created_at`,
 		p.Code, p.NodeKey.String(), p.Hostname, p.OS, src, unixNano(p.Created), unixNano(p.Expires))
 	if err != nil {
 		return nil, s.wrap("add pending registration", err)
@@ -78,8 +82,10 @@ func (s *Store) ApprovePending(ctx context.Context, code string, a coordinator.A
 	if err != nil {
 		return s.wrap("approve", err)
 	}
-	// Only one approval wins: the update takes a row still waiting.
-	res, err := s.db.ExecContext(ctx, `UPDATE pending_registrations SET approval = $1 WHERE code = $2 AND approval = ''`, string(b), code)
+	// Only one approval wins: the update takes a row still waiting, and
+	// not expired (the sweep deletes expired rows only now and then).
+	res, err := s.db.ExecContext(ctx, `UPDATE pending_registrations SET approval = $1 WHERE code = $2 AND approval = '' AND expires_at > $3`,
+		string(b), code, time.Now().UnixNano())
 	return s.affected("approve", res, err, coordinator.ErrConflict)
 }
 

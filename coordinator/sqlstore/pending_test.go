@@ -42,6 +42,25 @@ func TestPendingStore(t *testing.T) {
 	if _, err := b.PendingByCode(ctx, dup.Code); !errors.Is(err, coordinator.ErrNotFound) {
 		t.Errorf("PendingByCode of the refused duplicate = %v, want ErrNotFound", err)
 	}
+	// An expired registration of a node (not swept yet) is replaced by
+	// the node's next one, and cannot be approved.
+	stale := *p
+	stale.Code, stale.NodeKey = "STALE234", key.NewNode().Public()
+	stale.Created, stale.Expires = time.Now().Add(-time.Hour), time.Now().Add(-time.Minute)
+	if _, err := a.AddPending(ctx, &stale); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.ApprovePending(ctx, stale.Code, coordinator.Approval{}); !errors.Is(err, coordinator.ErrConflict) {
+		t.Errorf("approval of an expired registration = %v, want ErrConflict", err)
+	}
+	fresh := stale
+	fresh.Code, fresh.Created, fresh.Expires = "FRESH234", time.Now(), time.Now().Add(10*time.Minute)
+	if got, err := b.AddPending(ctx, &fresh); err != nil || got.Code != fresh.Code || got.Approval != nil {
+		t.Errorf("AddPending over an expired registration = %+v, %v; want code %s", got, err, fresh.Code)
+	}
+	if err := b.DeletePendings(ctx, []string{fresh.Code}, time.Time{}); err != nil {
+		t.Fatal(err)
+	}
 	ap := coordinator.Approval{User: "alice", Tags: []string{"tag:x"}, Actor: "admin", NodeKeyExpiry: time.Hour}
 	if err := b.ApprovePending(ctx, p.Code, ap); err != nil {
 		t.Fatal(err)
