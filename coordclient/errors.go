@@ -122,8 +122,13 @@ func errorFromBody(status int, body []byte) *Error {
 	return e
 }
 
-// maxRetryAfter bounds the wait a coordinator may ask for.
-const maxRetryAfter = time.Minute
+// minRetryAfter and maxRetryAfter bound the wait a coordinator may ask
+// for: one that asks for none between streams (buggy, or hostile) gets
+// no more than two streams a second.
+const (
+	minRetryAfter = 500 * time.Millisecond
+	maxRetryAfter = time.Minute
+)
 
 // errorFromTrailer parses a stream's "code: message" trailer and its
 // retry-after trailer (milliseconds; empty for none).
@@ -133,7 +138,7 @@ func errorFromTrailer(v, retryAfter string) *Error {
 		e.Code, e.Message = wire.ErrorCode(code), msg
 	}
 	if ms, err := strconv.ParseInt(retryAfter, 10, 64); err == nil && ms > 0 {
-		e.RetryAfter = min(time.Duration(ms)*time.Millisecond, maxRetryAfter)
+		e.RetryAfter = min(max(time.Duration(ms)*time.Millisecond, minRetryAfter), maxRetryAfter)
 	}
 	return e
 }

@@ -39,7 +39,12 @@ func (c *Client) RunResponses(ctx context.Context, onResponse func(resp *wire.Ma
 	// map; once every one has, the client backs off.
 	misses := 0
 	for {
+		start := time.Now()
 		got, t, err := c.responsesOnce(ctx, onResponse)
+		// A stream that got its map but ended at once (a coordinator
+		// that fails right after, or closes every stream) does not
+		// count as a success: it resets no backoff.
+		got = got && time.Since(start) >= stableStream
 		if c.onConn != nil {
 			c.onConn(false)
 		}
@@ -97,6 +102,10 @@ func (c *Client) RunResponses(ctx context.Context, onResponse func(resp *wire.Ma
 		c.resolve(ctx)
 	}
 }
+
+// stableStream is how long a stream must have lasted, its map received,
+// for the client to count the coordinator as working again.
+const stableStream = 5 * time.Second
 
 // silentMargin is how late past its keepalive interval a stream may be,
 // with other coordinators to move to, before it counts as dead.

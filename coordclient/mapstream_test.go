@@ -100,3 +100,29 @@ func TestRunResponsesHonorsRetryAfter(t *testing.T) {
 		t.Fatal("stream not reopened")
 	}
 }
+
+// TestRunResponsesBacksOffQuickEnds: a coordinator that sends a map and
+// ends every stream at once, asking the node to come back in 1 ms, does
+// not get a reconnect loop: the wait asked for has a floor, and streams
+// that end at once reset no backoff.
+func TestRunResponsesBacksOffQuickEnds(t *testing.T) {
+	_, cl := newFake(t, func(fc *fakeCoord, w http.ResponseWriter, r *http.Request, nk key.NodePublic) {
+		fc.frame(w, nk, &wire.MapResponse{Self: &wire.Node{Name: "me"}})
+		w.Header().Set(wire.TrailerError, string(wire.CodeUnavailable)+": going away")
+		w.Header().Set(wire.TrailerRetryAfter, "1")
+	})
+	const run = 3 * time.Second
+	ctx, cancel := context.WithTimeout(t.Context(), run)
+	defer cancel()
+	streams := 0
+	if err := cl.RunResponses(ctx, func(_ *wire.MapResponse, first bool) {
+		if first {
+			streams++
+		}
+	}); err != nil {
+		t.Fatalf("RunResponses = %v, want nil once canceled", err)
+	}
+	if most := 8; streams > most || streams < 2 { // 500 ms apart at least, over 3 s
+		t.Errorf("%d streams in %v, want 2 to %d", streams, run, most)
+	}
+}
