@@ -353,3 +353,37 @@ func TestAdminTriesEachURL(t *testing.T) {
 		t.Errorf("ListNodes with only a dead URL = %v, want ErrUnreachable", err)
 	}
 }
+
+// TestResolveBounded: a coordinator name whose answer changes at every
+// lookup, with many addresses, gives the client at most maxAddrsPerName
+// targets and keeps no HTTP client for addresses it no longer tries.
+func TestResolveBounded(t *testing.T) {
+	next := 0
+	cl, err := New(Options{
+		ServerURL:  "http://coord.beam.test:4242",
+		PrivateKey: key.NewNode(),
+		LookupNetIP: func(ctx context.Context, network, name string) ([]netip.Addr, error) {
+			var out []netip.Addr
+			for range 20 {
+				next++
+				out = append(out, netip.AddrFrom4([4]byte{198, 51, byte(next >> 8), byte(next)}))
+			}
+			return out, nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 10 {
+		cl.resolve(t.Context())
+	}
+	cl.mu.Lock()
+	targets := len(cl.targets)
+	cl.mu.Unlock()
+	cl.hcMu.Lock()
+	clients := len(cl.hcs)
+	cl.hcMu.Unlock()
+	if targets != maxAddrsPerName || clients > maxAddrsPerName {
+		t.Errorf("after 10 lookups of 20 new addresses: %d targets, %d HTTP clients; want %d and at most %d", targets, clients, maxAddrsPerName, maxAddrsPerName)
+	}
+}

@@ -167,13 +167,36 @@ func (c *Client) resolve(ctx context.Context) {
 			}
 			return 1
 		})
-		for _, a := range addrs {
+		for _, a := range addrs[:min(len(addrs), maxAddrsPerName)] {
 			ts = append(ts, &target{base: u, addr: a.Unmap(), hc: c.clientFor(u.Host, a.Unmap())})
 		}
 	}
+	c.dropClientsBut(ts)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.targets, c.cur = ts, 0
+}
+
+// maxAddrsPerName bounds the addresses of one coordinator name the client
+// tries: a name whose answer changes each time (or a hostile resolver)
+// would otherwise grow its clients and a round over them without bound.
+const maxAddrsPerName = 8
+
+// dropClientsBut forgets the cached HTTP clients of targets not in ts,
+// closing their idle connections (a stream still on one keeps going).
+func (c *Client) dropClientsBut(ts []*target) {
+	keep := make(map[*http.Client]bool, len(ts))
+	for _, t := range ts {
+		keep[t.hc] = true
+	}
+	c.hcMu.Lock()
+	defer c.hcMu.Unlock()
+	for k, hc := range c.hcs {
+		if !keep[hc] {
+			delete(c.hcs, k)
+			hc.CloseIdleConnections()
+		}
+	}
 }
 
 // clientFor returns the HTTP client for host (host[:port] of a URL),
