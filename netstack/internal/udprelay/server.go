@@ -697,9 +697,14 @@ func (s *Server) handleControl(conn *net.UDPConn, vni uint32, pkt []byte, src ne
 			okAnswer = s.sessions[vni] == se
 			if okAnswer {
 				moved = se.bound[i] != src
+				wasBound := se.isBound()
 				se.bound[i] = src
 				se.lastActive = now
 				se.lastFrom[i] = now
+				if !wasBound && se.isBound() {
+					// The other side could send nothing until now.
+					se.lastFrom[1-i] = now
+				}
 			}
 			s.mu.Unlock()
 		}

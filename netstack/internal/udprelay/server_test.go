@@ -791,3 +791,33 @@ func TestOneSidedSession(t *testing.T) {
 		t.Errorf("stats %+v, want the two-way session only, 1 expired", st)
 	}
 }
+
+// TestLateSecondBind: a side that bound early and could send nothing
+// until the other side bound is not taken for silent: the side timeout
+// counts from when the session became two-way.
+func TestLateSecondBind(t *testing.T) {
+	s := startServer(t, Options{})
+	a, b := newClient(t, s), newClient(t, s)
+	al, err := s.Allocate(a.party(), b.party())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bound := func(n uint64) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for s.Stats().Binds < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("binds: %d, want %d", s.Stats().Binds, n)
+			}
+			runtime.Gosched()
+		}
+	}
+	a.bind(al.VNI)
+	bound(1)
+	s.clock.Advance(25 * time.Second)
+	b.bind(al.VNI)
+	bound(2)
+	s.clock.Advance(10 * time.Second) // 35 s after a bound, 10 s after b did
+	a.data(al.VNI, "first words")
+	b.expectData(al.VNI, "first words")
+}
