@@ -172,6 +172,11 @@ type Coordinator struct {
 	// MaxConns caps the coordinator's connections; 0 derives it from the
 	// open files limit, negative means none.
 	MaxConns int `json:"max_conns"`
+	// KeepAlive is how often an idle map stream gets a keepalive (0: the
+	// coordinator's default, 30 s). A node with other coordinators to
+	// move to counts a stream silent 5 s longer as dead, so it bounds
+	// how long nodes stay on a coordinator whose machine vanished.
+	KeepAlive Duration `json:"keepalive"`
 	CoordinatorEdge
 	Telemetry
 	OIDC
@@ -233,6 +238,9 @@ func (co *Coordinator) Validate() error {
 	c.portRange("--edge-udp-ports", co.UDPPorts)
 	if co.HTTPURL != "" {
 		c.url("--edge-http-url", strings.ReplaceAll(co.HTTPURL, "{host}", "host.example"), true)
+	}
+	if d := time.Duration(co.KeepAlive); d != 0 && (d < time.Second || d > 5*time.Minute) {
+		c.add("--keepalive", d.String(), "want 1s to 5m, or 0 for the default (30s)")
 	}
 	c.logLevel(co.LogLevel)
 	return c.err()

@@ -100,6 +100,7 @@ From elsewhere:
 	fl.StringVar(&opts.PolicyFile, "policy-file", "", policyFileUsage)
 	fl.StringVar(&opts.LogLevel, "log-level", def.LogLevel, "log level: debug, info, warn, error")
 	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none)")
+	fl.DurationVar((*time.Duration)(&opts.KeepAlive), "keepalive", 0, "how often an idle map stream gets a keepalive (0: 30s); nodes with other coordinators to move to leave one silent 5s longer")
 	bindCoordinatorEdgeFlags(cmd, &opts.CoordinatorEdge, def.CoordinatorEdge)
 	registerTelemetry(fl, &opts.Telemetry)
 	registerOIDC(fl, &opts.OIDC)
@@ -122,7 +123,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	if err != nil {
 		return err
 	}
-	base := coordinator.Options{BaseDomain: opts.BaseDomain, DERPMap: derpMap, DevMode: opts.Dev}
+	base := coordinator.Options{BaseDomain: opts.BaseDomain, DERPMap: derpMap, DevMode: opts.Dev, KeepAliveInterval: time.Duration(opts.KeepAlive)}
 	if err := applyCoordinatorEdge(&opts.CoordinatorEdge, &base); err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestDBFlagAndKey: beam coordinator and beam server take the database
@@ -46,6 +47,39 @@ func TestDBFlagAndKey(t *testing.T) {
 		err := cc.Execute()
 		if err == nil || !strings.Contains(err.Error(), "--db") || strings.Contains(err.Error(), "s3cret") {
 			t.Errorf("--db %s: %v; want an error naming --db without the password", db, err)
+		}
+	}
+}
+
+// TestKeepAliveFlagAndKey: beam coordinator takes the map streams'
+// keepalive from --keepalive or the config key keepalive, and refuses one
+// outside 1s-5m naming both.
+func TestKeepAliveFlagAndKey(t *testing.T) {
+	f := &Factory{In: strings.NewReader(""), Out: io.Discard, ErrOut: io.Discard}
+	path := writeConfig(t, `{"keepalive": "2s"}`)
+	for _, tc := range []struct {
+		args []string
+		want time.Duration
+	}{
+		{nil, 0},
+		{[]string{"--config", path}, 2 * time.Second},
+		{[]string{"--config", path, "--keepalive", "10s"}, 10 * time.Second},
+	} {
+		var co *CoordinatorOptions
+		cc := NewCmdCoordinator(f, func(o *CoordinatorOptions) error { co = o; return nil })
+		quiet(cc, tc.args)
+		if err := cc.Execute(); err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if got := time.Duration(co.KeepAlive); got != tc.want {
+			t.Errorf("%v: keepalive %v, want %v", tc.args, got, tc.want)
+		}
+	}
+	for _, bad := range []string{"500ms", "10m", "-1s"} {
+		cc := NewCmdCoordinator(f, func(*CoordinatorOptions) error { return nil })
+		quiet(cc, []string{"--keepalive", bad})
+		if err := cc.Execute(); err == nil || !strings.Contains(err.Error(), "--keepalive") || !strings.Contains(err.Error(), "config key keepalive") {
+			t.Errorf("--keepalive %s: %v; want an error naming the flag and the key", bad, err)
 		}
 	}
 }
