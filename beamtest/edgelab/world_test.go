@@ -92,7 +92,10 @@ type worldConfig struct {
 // methods not marked goroutine-safe, from the test's goroutine.
 func newWorld(t *testing.T, cfg worldConfig) *world {
 	t.Helper()
-	w := &world{t: t, lab: nslab.New(t), bin: nslab.BuildBinary(t, "beam.dev/beam/cmd/beam"), dir: shortTempDir(t), systemResolver: cfg.systemResolver}
+	// The directory first: cleanups run last-in first-out, so it is
+	// removed after the lab has stopped the processes that write in it.
+	dir := shortTempDir(t)
+	w := &world{t: t, lab: nslab.New(t), bin: nslab.BuildBinary(t, "beam.dev/beam/cmd/beam"), dir: dir, systemResolver: cfg.systemResolver}
 	t.Cleanup(w.saveLogs)
 	w.srv = w.lab.AddServer("srv")
 	for i := range max(cfg.clients, 1) {

@@ -90,11 +90,15 @@ type worldConfig struct {
 // own goroutine.
 func newWorld(t testing.TB, cfg worldConfig) *world {
 	t.Helper()
+	// The directory first: cleanups run last-in first-out, so it is
+	// removed after the lab has stopped the daemons that write in it
+	// (they save their state on the way out).
+	dir := shortTempDir(t)
 	w := &world{
 		t:   t,
 		lab: nslab.New(t),
 		bin: nslab.BuildBinary(t, "beam.dev/beam/cmd/beam"),
-		dir: shortTempDir(t),
+		dir: dir,
 		out: artefactDir(t),
 	}
 	t.Cleanup(w.saveLogs)
