@@ -318,6 +318,11 @@ func (f *Fleet) poke() {
 // waitFor waits until count() reaches want, a node's stream fails for
 // good, or ctx is done.
 func (f *Fleet) waitFor(ctx context.Context, what string, count func() int64, want int64) error {
+	return f.wait(ctx, what, count, want, nil)
+}
+
+// wait is waitFor that also checks whenever tick fires (nil: never).
+func (f *Fleet) wait(ctx context.Context, what string, count func() int64, want int64, tick <-chan time.Time) error {
 	progress := time.NewTicker(progressEvery)
 	defer progress.Stop()
 	start := time.Now()
@@ -331,6 +336,7 @@ func (f *Fleet) waitFor(ctx context.Context, what string, count func() int64, wa
 		}
 		select {
 		case <-f.poked:
+		case <-tick:
 		case <-progress.C:
 			f.logger.Info("waiting", "for", what, "have", got, "want", want, "since", time.Since(start).Round(time.Millisecond))
 		case <-ctx.Done():

@@ -90,26 +90,33 @@ func (r *Result) MedianChange() time.Duration {
 	return c[len(c)/2]
 }
 
+// runDefaults fills a scenario's zero settings for n nodes, returns its
+// logger, and raises the process's open files limit.
+func runDefaults(n int, changes *int, maxRSS *uint64, phase *time.Duration, logger *slog.Logger) (*slog.Logger, error) {
+	if *changes <= 0 {
+		*changes = 3
+	}
+	if *maxRSS == 0 {
+		*maxRSS = 6 << 30
+	}
+	if *phase <= 0 {
+		*phase = 5*time.Minute + time.Duration(n)*120*time.Millisecond
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	_, err := RaiseFileLimit()
+	return logger, err
+}
+
 // Run runs the scenario. It raises the process's open files limit, and
 // always stops what it started.
 func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 	if sc.Bin == "" || sc.Dir == "" || sc.N < 2 {
 		return nil, errors.New("scalebench: Scenario.Bin, Dir and N >= 2 are required")
 	}
-	if sc.Changes <= 0 {
-		sc.Changes = 3
-	}
-	if sc.MaxRSS == 0 {
-		sc.MaxRSS = 6 << 30
-	}
-	if sc.PhaseTimeout <= 0 {
-		sc.PhaseTimeout = 5*time.Minute + time.Duration(sc.N)*120*time.Millisecond
-	}
-	log := sc.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	if _, err := RaiseFileLimit(); err != nil {
+	log, err := runDefaults(sc.N, &sc.Changes, &sc.MaxRSS, &sc.PhaseTimeout, sc.Logger)
+	if err != nil {
 		return nil, err
 	}
 	coord, err := NewCoordinator(CoordinatorOptions{Bin: sc.Bin, Dir: sc.Dir, Args: sc.Args})

@@ -126,20 +126,8 @@ func (sc TwoScenario) Run(ctx context.Context) (res *TwoResult, err error) {
 	if sc.Bin == "" || sc.Dir == "" || sc.DB == "" || sc.N < 4 {
 		return nil, errors.New("scalebench: TwoScenario.Bin, Dir, DB and N >= 4 are required")
 	}
-	if sc.Changes <= 0 {
-		sc.Changes = 3
-	}
-	if sc.MaxRSS == 0 {
-		sc.MaxRSS = 6 << 30
-	}
-	if sc.PhaseTimeout <= 0 {
-		sc.PhaseTimeout = 5*time.Minute + time.Duration(sc.N)*120*time.Millisecond
-	}
-	log := sc.Logger
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
-	}
-	if _, err := RaiseFileLimit(); err != nil {
+	log, err := runDefaults(sc.N, &sc.Changes, &sc.MaxRSS, &sc.PhaseTimeout, sc.Logger)
+	if err != nil {
 		return nil, err
 	}
 	args := append([]string{"--db", sc.DB}, sc.Args...)
@@ -328,23 +316,5 @@ func (f *Fleet) changeTwo(ctx context.Context, port uint16) (same, cross time.Du
 func (f *Fleet) waitVia(ctx context.Context, what string, count func() int64, want int64) error {
 	tick := time.NewTicker(time.Millisecond)
 	defer tick.Stop()
-	progress := time.NewTicker(progressEvery)
-	defer progress.Stop()
-	start := time.Now()
-	for {
-		if p := f.runErr.Load(); p != nil {
-			return *p
-		}
-		got := count()
-		if got >= want {
-			return nil
-		}
-		select {
-		case <-tick.C:
-		case <-progress.C:
-			f.logger.Info("waiting", "for", what, "have", got, "want", want, "since", time.Since(start).Round(time.Millisecond))
-		case <-ctx.Done():
-			return fmt.Errorf("scalebench: %s: %d of %d: %w", what, count(), want, ctx.Err())
-		}
-	}
+	return f.wait(ctx, what, count, want, tick.C)
 }
