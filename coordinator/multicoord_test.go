@@ -386,29 +386,7 @@ func TestSharedState(t *testing.T) {
 	t.Run("Approval", func(t *testing.T) {
 		// A node without an auth key waits on cb; an admin of ca lists
 		// its code and approves it; the node is registered.
-		codes := make(chan string, 1)
-		done := make(chan error, 1)
-		waiter := newNode(t, cb.URL)
-		go func() {
-			_, err := waiter.Register(t.Context(), coordclient.RegisterParams{Hostname: "waiter", OnAuthURL: func(_, code string) { codes <- code }})
-			done <- err
-		}()
-		var code string
-		select {
-		case code = <-codes:
-		case err := <-done:
-			t.Fatalf("register returned %v before an auth code", err)
-		case <-time.After(fanoutWait):
-			t.Fatal("no auth code")
-		}
-		deadline := time.Now().Add(fanoutWait)
-		for !slices.ContainsFunc(ca.Server.PendingRegistrations(), func(p wire.PendingRegistration) bool { return p.Code == code }) {
-			if time.Now().After(deadline) {
-				t.Fatalf("the other coordinator lists %+v, want code %s", ca.Server.PendingRegistrations(), code)
-			}
-			tick := time.NewTimer(20 * time.Millisecond)
-			<-tick.C
-		}
+		code, done := waitForApproval(t, cb, ca, "waiter")
 		start := time.Now()
 		if err := ca.Server.ApproveRegistration(t.Context(), code, coordinator.Approval{}); err != nil {
 			t.Fatal(err)
@@ -434,32 +412,8 @@ func TestSharedState(t *testing.T) {
 		// The coordinator holding the followup releases it, registers
 		// the node and drops the code everywhere before the approving
 		// one gets back to its own copy: the approval still succeeded.
-		codes := make(chan string, 1)
-		done := make(chan error, 1)
-		waiter := newNode(t, cb.URL)
-		go func() {
-			_, err := waiter.Register(t.Context(), coordclient.RegisterParams{Hostname: "waiter2", OnAuthURL: func(_, code string) { codes <- code }})
-			done <- err
-		}()
-		var code string
-		select {
-		case code = <-codes:
-		case err := <-done:
-			t.Fatalf("register returned %v before an auth code", err)
-		case <-time.After(fanoutWait):
-			t.Fatal("no auth code")
-		}
-		listed := func() bool {
-			return slices.ContainsFunc(ca.Server.PendingRegistrations(), func(p wire.PendingRegistration) bool { return p.Code == code })
-		}
-		deadline := time.Now().Add(fanoutWait)
-		for !listed() {
-			if time.Now().After(deadline) {
-				t.Fatalf("the other coordinator never lists code %s", code)
-			}
-			tick := time.NewTimer(20 * time.Millisecond)
-			<-tick.C
-		}
+		code, done := waitForApproval(t, cb, ca, "waiter2")
+		listed := func() bool { return pendingListed(ca, code) }
 		defer coordinator.SetApprovalHookForTest(func(string) {
 			deadline := time.Now().Add(fanoutWait)
 			for listed() && time.Now().Before(deadline) {
@@ -567,4 +521,40 @@ func TestSharedState(t *testing.T) {
 			}
 		}
 	})
+}
+
+// waitForApproval registers a node named hostname on on without an auth
+// key, and returns its approval code, once lister lists it, and a channel
+// that gets the registration's result.
+func waitForApproval(t *testing.T, on, lister *coord, hostname string) (string, <-chan error) {
+	t.Helper()
+	codes := make(chan string, 1)
+	done := make(chan error, 1)
+	waiter := newNode(t, on.URL)
+	go func() {
+		_, err := waiter.Register(t.Context(), coordclient.RegisterParams{Hostname: hostname, OnAuthURL: func(_, code string) { codes <- code }})
+		done <- err
+	}()
+	var code string
+	select {
+	case code = <-codes:
+	case err := <-done:
+		t.Fatalf("register returned %v before an auth code", err)
+	case <-time.After(fanoutWait):
+		t.Fatal("no auth code")
+	}
+	deadline := time.Now().Add(fanoutWait)
+	for !pendingListed(lister, code) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the other coordinator lists %+v, want code %s", lister.Server.PendingRegistrations(), code)
+		}
+		tick := time.NewTimer(20 * time.Millisecond)
+		<-tick.C
+	}
+	return code, done
+}
+
+// pendingListed reports whether c lists a registration waiting with code.
+func pendingListed(c *coord, code string) bool {
+	return slices.ContainsFunc(c.Server.PendingRegistrations(), func(p wire.PendingRegistration) bool { return p.Code == code })
 }
