@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"runtime"
@@ -65,6 +66,19 @@ func startServer(t *testing.T, opts Options) *testServer {
 		}
 	})
 	return &testServer{Server: s, addr: addr, clock: clk}
+}
+
+// waitStats waits until cond holds for the server's stats (the server
+// handles datagrams on its own goroutine), failing after 5 s.
+func (s *testServer) waitStats(t *testing.T, what string, cond func(Stats) bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond(s.Stats()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("waiting for %s: stats %+v", what, s.Stats())
+		}
+		runtime.Gosched()
+	}
 }
 
 // client is one peer of a session, on its own loopback socket.
@@ -605,13 +619,7 @@ func TestForgedSenderDoesNotStarveBind(t *testing.T) {
 		pkt := AppendHeader(nil, TypeControl, al.VNI)
 		mallory.send(disco.AppendPacket(pkt, a.pub(), junk, &disco.BindRelay{VNI: al.VNI}))
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for s.Stats().DroppedOther < forged {
-		if time.Now().After(deadline) {
-			t.Fatalf("forged packets dropped: %d, want %d", s.Stats().DroppedOther, forged)
-		}
-		runtime.Gosched()
-	}
+	s.waitStats(t, "the forged packets dropped", func(st Stats) bool { return st.DroppedOther >= forged })
 	a.bind(al.VNI) // fails if the Challenge does not come
 	b.bind(al.VNI)
 	a.data(al.VNI, "bound despite the forgeries")
@@ -804,13 +812,7 @@ func TestLateSecondBind(t *testing.T) {
 	}
 	bound := func(n uint64) {
 		t.Helper()
-		deadline := time.Now().Add(5 * time.Second)
-		for s.Stats().Binds < n {
-			if time.Now().After(deadline) {
-				t.Fatalf("binds: %d, want %d", s.Stats().Binds, n)
-			}
-			runtime.Gosched()
-		}
+		s.waitStats(t, fmt.Sprintf("%d binds", n), func(st Stats) bool { return st.Binds >= n })
 	}
 	a.bind(al.VNI)
 	bound(1)
