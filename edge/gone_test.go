@@ -67,3 +67,42 @@ func TestRequestToRemovedTargetFails(t *testing.T) {
 		t.Fatal("request still hanging 5 s after its route was withdrawn")
 	}
 }
+
+// TestSetRoutesKeepsIdleConns checks that a change to other routes keeps
+// the idle connections to the targets it leaves alone: the next request
+// to them reuses its connection instead of dialing the device again.
+func TestSetRoutesKeepsIdleConns(t *testing.T) {
+	ov := newOverlay()
+	a, _ := origin(t, ov, nameHandler("a"))
+	b, _ := origin(t, ov, nameHandler("b"))
+	c, _ := origin(t, ov, nameHandler("c"))
+	e := newTestEdge(t, ov, Options{})
+	client := clientTo(serveHTTP(t, e))
+	limited := httpRoute("beta", b)
+	limited.Policy.DenyCIDRs = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	for _, tc := range []struct {
+		name   string
+		before []Route
+		after  []Route
+	}{
+		{"route added", []Route{httpRoute("alpha", a)}, []Route{httpRoute("alpha", a), httpRoute("beta", b)}},
+		{"route removed", []Route{httpRoute("alpha", a), httpRoute("beta", b)}, []Route{httpRoute("alpha", a)}},
+		{"other route's policy changed", []Route{httpRoute("alpha", a), httpRoute("beta", b)}, []Route{httpRoute("alpha", a), limited}},
+		{"other route's target changed", []Route{httpRoute("alpha", a), httpRoute("beta", b)}, []Route{httpRoute("alpha", a), httpRoute("beta", c)}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			setRoutes(t, e, tc.before...)
+			if code, _, _ := get(t, client, "http://alpha."+testDomain+"/"); code != http.StatusOK {
+				t.Fatalf("GET alpha: status %d, want 200", code)
+			}
+			dials := ov.dials.Load()
+			setRoutes(t, e, tc.after...)
+			if code, _, _ := get(t, client, "http://alpha."+testDomain+"/"); code != http.StatusOK {
+				t.Fatalf("GET alpha after SetRoutes: status %d, want 200", code)
+			}
+			if got := ov.dials.Load() - dials; got != 0 {
+				t.Errorf("dials to the devices after a change to other routes: got %d, want 0 (the idle connection to alpha's target was dropped)", got)
+			}
+		})
+	}
+}

@@ -206,11 +206,12 @@ func (e *Edge) SetRoutes(routes []Route) error {
 	}
 	e.routes.Store(t)
 	// Connections to targets no route has any more would otherwise hang
-	// on a device that may be gone for good.
+	// on a device that may be gone for good. They are the only ones
+	// closed: the idle connections to every other target stay for the
+	// next requests (the transport drops a closed one from its pool).
 	for _, tg := range gone {
 		tg.remove()
 	}
-	e.h1.CloseIdleConnections()
 	return nil
 }
 
