@@ -106,9 +106,15 @@ type NodeFeed interface {
 	// had its stream states dropped, which the coordinator then writes
 	// again.
 	Heartbeat(ctx context.Context) (changed []wire.NodeID, missing bool, err error)
-	// LiveCoordinators returns how many coordinators on other stores
-	// beat (within the time after which their nodes turn unknown).
-	LiveCoordinators(ctx context.Context) (int, error)
+	// ClaimSecrets compares secrets (setting name to value) with the
+	// stored settings when coordinators on other stores beat (within the
+	// time after which their nodes turn unknown), returning those found
+	// (stored) and ok false, having written nothing, if any differs; else
+	// (ok) it writes secrets and records this store's beat, so that a
+	// coordinator claiming next finds this one running. Claims are
+	// atomic: of two coordinators with different secrets claiming at
+	// once, one is refused.
+	ClaimSecrets(ctx context.Context, secrets map[string][]byte) (stored map[string][]byte, ok bool, err error)
 }
 
 // ChangeKind is what a Change names.

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"strings"
 )
@@ -48,20 +47,16 @@ func (e *ReplicaMismatchError) Error() string {
 }
 
 // checkReplica compares opts' secrets with those of the coordinators that
-// beat on the shared store, then records them. A no-op without a shared
-// store.
+// beat on the shared store, and records them unless they differ, in one
+// claim: of two coordinators with different secrets starting at once, one
+// is refused. A no-op without a shared store.
 func (f *fanout) checkReplica(ctx context.Context, opts Options) error {
 	if f.feed == nil {
 		return nil
 	}
-	store := f.core.store
-	live, err := f.feed.LiveCoordinators(ctx)
-	if err != nil {
-		return fmt.Errorf("coordinator: look for other coordinators: %w", err)
-	}
 	type secret struct {
 		name, setting string
-		mine          []byte // nil: this coordinator was given none
+		mine          []byte
 	}
 	mk, _ := opts.PrivateKey.Public().MarshalText()
 	secrets := []secret{{"machine key", machineKeySetting, mk}}
@@ -73,34 +68,22 @@ func (f *fanout) checkReplica(ctx context.Context, opts Options) error {
 		h := sha256.Sum256([]byte(opts.RelayToken))
 		secrets = append(secrets, secret{"relay token", relayTokenSetting, h[:]})
 	}
-	if live > 0 {
-		mismatch := &ReplicaMismatchError{}
-		for _, s := range secrets {
-			stored, err := store.Setting(ctx, s.setting)
-			switch {
-			case errors.Is(err, ErrNotFound):
-				continue
-			case err != nil:
-				return fmt.Errorf("coordinator: read the stored %s: %w", s.name, err)
-			}
-			if s.setting == machineKeySetting {
-				mismatch.MachineKey = string(stored)
-			}
-			if !bytes.Equal(stored, s.mine) {
-				mismatch.Differ = append(mismatch.Differ, s.name)
-			}
-		}
-		if len(mismatch.Differ) > 0 {
-			return mismatch
-		}
-	}
+	mine := make(map[string][]byte, len(secrets))
 	for _, s := range secrets {
-		if s.setting == adminTokenSetting {
-			continue // load writes it
-		}
-		if err := store.SetSetting(ctx, s.setting, s.mine); err != nil {
-			return fmt.Errorf("coordinator: store the %s: %w", s.name, err)
+		mine[s.setting] = s.mine
+	}
+	stored, ok, err := f.feed.ClaimSecrets(ctx, mine)
+	if err != nil {
+		return fmt.Errorf("coordinator: claim the replicas' secrets: %w", err)
+	}
+	if ok {
+		return nil
+	}
+	mismatch := &ReplicaMismatchError{MachineKey: string(stored[machineKeySetting])}
+	for _, s := range secrets {
+		if v, found := stored[s.setting]; found && !bytes.Equal(v, s.mine) {
+			mismatch.Differ = append(mismatch.Differ, s.name)
 		}
 	}
-	return nil
+	return mismatch
 }

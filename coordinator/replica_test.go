@@ -3,6 +3,8 @@ package coordinator_test
 import (
 	"errors"
 	"slices"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -98,5 +100,67 @@ func TestReplicaSecrets(t *testing.T) {
 	first.stop()
 	if err := newOn(key.NewMachine(), "rotated-admin-token-0123456789", ""); err != nil {
 		t.Errorf("New with new secrets, no other coordinator running = %v, want it to start", err)
+	}
+}
+
+// TestReplicaSecretsSimultaneous: two coordinators with different
+// secrets that start in the same instant on an empty database do not
+// both start: one claims the database, the other is refused naming what
+// differs, every time.
+func TestReplicaSecretsSimultaneous(t *testing.T) {
+	pg := pgtest.New(t)
+	const rounds = 12
+	for i := range rounds {
+		t.Run(strconv.Itoa(i), func(t *testing.T) {
+			dsn := pg.NewSchema(t)
+			var stores [2]*sqlstore.Store
+			for j := range stores {
+				st, err := sqlstore.Open(t.Context(), dsn)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(func() { st.Close() })
+				stores[j] = st
+			}
+			// Both wait for go, then build their coordinators at once.
+			var (
+				wg   sync.WaitGroup
+				errs [2]error
+			)
+			start := make(chan struct{})
+			for j, st := range stores {
+				wg.Go(func() {
+					<-start
+					srv, err := coordinator.New(coordinator.Options{
+						Store: st, PrivateKey: key.NewMachine(),
+						AdminToken: "admin-token-of-coordinator-" + strconv.Itoa(j),
+						RelayToken: "relay-token-of-coordinator-" + strconv.Itoa(j),
+					})
+					if err == nil {
+						t.Cleanup(func() { srv.Close() })
+					}
+					errs[j] = err
+				})
+			}
+			close(start)
+			wg.Wait()
+			started := 0
+			for _, err := range errs {
+				if err == nil {
+					started++
+					continue
+				}
+				me, ok := errors.AsType[*coordinator.ReplicaMismatchError](err)
+				if !ok {
+					t.Fatalf("New = %v, want a ReplicaMismatchError or a start", err)
+				}
+				if want := []string{"machine key", "admin token", "relay token"}; !slices.Equal(me.Differ, want) {
+					t.Errorf("differ = %q, want %q", me.Differ, want)
+				}
+			}
+			if started != 1 {
+				t.Fatalf("%d of 2 coordinators with different secrets started at once (errors %v), want 1", started, errs)
+			}
+		})
 	}
 }

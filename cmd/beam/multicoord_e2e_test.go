@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -239,6 +240,96 @@ func copyCoordinatorKeys(t *testing.T, from, to string) {
 		}
 		if err := os.WriteFile(filepath.Join(to, name), b, 0o600); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// TestReplicasWithOtherSecretsAtOnce: two `beam coordinator` processes
+// with data directories of their own (other machine keys and tokens),
+// started in the same instant on one new database: one runs, the other
+// exits saying which files to copy.
+func TestReplicasWithOtherSecretsAtOnce(t *testing.T) {
+	pg := pgtest.New(t)
+	bin := buildBeam(t)
+	for round := range 3 {
+		dsn := pg.NewDatabase(t)
+		type proc struct {
+			url, log string
+			cmd      *exec.Cmd
+			done     chan struct{}
+		}
+		var procs [2]*proc
+		for i := range procs {
+			dir := t.TempDir()
+			addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+			p := &proc{url: "http://" + addr, log: filepath.Join(dir, "coord.log"), done: make(chan struct{})}
+			logf, err := os.Create(p.log)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p.cmd = exec.Command(bin, "coordinator", "--addr", addr, "--data", filepath.Join(dir, "coord"), "--db", dsn)
+			p.cmd.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+dir)
+			p.cmd.Stdout, p.cmd.Stderr = logf, logf
+			procs[i] = p
+			defer logf.Close()
+		}
+		for _, p := range procs {
+			if err := p.cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			go func() { p.cmd.Wait(); close(p.done) }()
+			t.Cleanup(func() {
+				p.cmd.Process.Signal(syscall.SIGTERM)
+				select {
+				case <-p.done:
+				case <-time.After(10 * time.Second):
+					p.cmd.Process.Kill()
+					<-p.done
+				}
+			})
+		}
+		exited := func(p *proc) bool {
+			select {
+			case <-p.done:
+				return true
+			default:
+				return false
+			}
+		}
+		answers := func(p *proc) bool {
+			resp, err := http.Get(p.url + wire.PathKey)
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusOK
+		}
+		var running, refused *proc
+		waitFor(t, 30*time.Second, "one coordinator running and the other refused", func() bool {
+			for i, p := range procs {
+				q := procs[1-i]
+				if exited(p) && answers(q) {
+					refused, running = p, q
+					return true
+				}
+			}
+			return exited(procs[0]) && exited(procs[1])
+		})
+		if running == nil {
+			a, _ := os.ReadFile(procs[0].log)
+			b, _ := os.ReadFile(procs[1].log)
+			t.Fatalf("round %d: both coordinators exited:\n%s\n%s", round, a, b)
+		}
+		// The one running stays up: it was not refused a moment later.
+		if exited(running) || !answers(running) {
+			t.Fatalf("round %d: the coordinator that claimed the database stopped", round)
+		}
+		msg, _ := os.ReadFile(refused.log)
+		if want := "copy coordinator.key, admin.token and relay.token from a running coordinator's data directory"; !strings.Contains(string(msg), want) {
+			t.Errorf("round %d: the refused coordinator said:\n%s\nwant %q", round, msg, want)
+		}
+		if code := refused.cmd.ProcessState.ExitCode(); code == 0 {
+			t.Errorf("round %d: the refused coordinator exited with 0", round)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package sqlstore
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"database/sql"
@@ -437,15 +438,69 @@ func (s *Store) forgetBeat() {
 	s.db.ExecContext(ctx, `DELETE FROM coordinator_beats WHERE origin = $1`, s.origin)
 }
 
-// LiveCoordinators implements coordinator.NodeFeed.
+// liveSQL counts the coordinators of other stores that beat (within
+// beatStale), in SQL with the store's origin as its one parameter.
+func liveSQL() string {
+	return `SELECT COUNT(*) FROM coordinator_beats
+		WHERE origin <> ? AND beat >= (` + dbNow + ` - ` + strconv.FormatInt(int64(beatStale), 10) + `)`
+}
+
+// LiveCoordinators returns how many coordinators on other stores beat
+// (within the time after which their nodes turn unknown).
 func (s *Store) LiveCoordinators(ctx context.Context) (int, error) {
 	if s.pgcfg == nil {
 		return 0, errNoFeed
 	}
 	var n int
-	err := s.db.QueryRowContext(ctx, s.d.rebind(`SELECT COUNT(*) FROM coordinator_beats
-		WHERE origin <> ? AND beat >= (`+dbNow+` - `+strconv.FormatInt(int64(beatStale), 10)+`)`), s.origin).Scan(&n)
+	err := s.db.QueryRowContext(ctx, s.d.rebind(liveSQL()), s.origin).Scan(&n)
 	return n, s.wrap("live coordinators", err)
+}
+
+// ClaimSecrets implements coordinator.NodeFeed. Claims take a lock of
+// the database: two coordinators starting at once claim one after the
+// other, and the second finds the first's beat, which the claim records.
+func (s *Store) ClaimSecrets(ctx context.Context, secrets map[string][]byte) (stored map[string][]byte, ok bool, err error) {
+	if s.pgcfg == nil {
+		return nil, false, errNoFeed
+	}
+	err = s.inTx(ctx, "claim secrets", func(tx *sql.Tx) error {
+		stored, ok = nil, true
+		if err := s.d.lockTx(ctx, tx, lockReplicas); err != nil {
+			return err
+		}
+		var live int
+		if err := tx.QueryRowContext(ctx, s.d.rebind(liveSQL()), s.origin).Scan(&live); err != nil {
+			return err
+		}
+		if live > 0 {
+			stored = make(map[string][]byte)
+			for name, mine := range secrets {
+				var v []byte
+				err := tx.QueryRowContext(ctx, `SELECT value FROM settings WHERE name = $1`, name).Scan(&v)
+				switch {
+				case errors.Is(err, sql.ErrNoRows):
+					continue
+				case err != nil:
+					return err
+				}
+				stored[name] = v
+				ok = ok && bytes.Equal(v, mine)
+			}
+			if !ok {
+				return nil
+			}
+		}
+		for name, v := range secrets {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO settings (name, value) VALUES ($1, $2)
+				ON CONFLICT (name) DO UPDATE SET value = excluded.value`, name, v); err != nil {
+				return err
+			}
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO coordinator_beats (origin, beat) VALUES ($1, `+dbNow+`)
+			ON CONFLICT (origin) DO UPDATE SET beat = EXCLUDED.beat`, s.origin)
+		return err
+	})
+	return stored, ok, err
 }
 
 // RemoteOnline implements coordinator.NodeFeed.

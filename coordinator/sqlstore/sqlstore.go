@@ -62,8 +62,9 @@ type dialect struct {
 
 // Locks that serialize writers across coordinators sharing a database.
 const (
-	lockMigrate = 0x6265616d0001 // "beam" 1: applying migrations
-	lockRoutes  = 0x6265616d0002 // "beam" 2: claiming public names and edge ports
+	lockMigrate  = 0x6265616d0001 // "beam" 1: applying migrations
+	lockRoutes   = 0x6265616d0002 // "beam" 2: claiming public names and edge ports
+	lockReplicas = 0x6265616d0003 // "beam" 3: claiming the replicas' secrets (ClaimSecrets)
 )
 
 var sqliteDialect = dialect{
