@@ -177,6 +177,13 @@ type Coordinator struct {
 	// move to counts a stream silent 5 s longer as dead, so it bounds
 	// how long nodes stay on a coordinator whose machine vanished.
 	KeepAlive Duration `json:"keepalive"`
+	// StaleAfter is how long a coordinator sharing the --db database may
+	// miss heartbeats (it beats every 3 s) before the others show its
+	// nodes as unknown (0: 15 s). UnknownTimeout is how long they stay
+	// unknown, unless they stream from another coordinator, before they
+	// are offline (0: 2 minutes). Give every replica the same.
+	StaleAfter     Duration `json:"stale_after"`
+	UnknownTimeout Duration `json:"unknown_timeout"`
 	CoordinatorEdge
 	Telemetry
 	OIDC
@@ -241,6 +248,12 @@ func (co *Coordinator) Validate() error {
 	}
 	if d := time.Duration(co.KeepAlive); d != 0 && (d < time.Second || d > 5*time.Minute) {
 		c.add("--keepalive", d.String(), "want 1s to 5m, or 0 for the default (30s)")
+	}
+	if d := time.Duration(co.StaleAfter); d != 0 && (d < 6*time.Second || d > 10*time.Minute) {
+		c.add("--stale-after", d.String(), "want 6s (two heartbeats) to 10m, or 0 for the default (15s)")
+	}
+	if d := time.Duration(co.UnknownTimeout); d != 0 && (d < 5*time.Second || d > 24*time.Hour) {
+		c.add("--unknown-timeout", d.String(), "want 5s to 24h, or 0 for the default (2m)")
 	}
 	c.logLevel(co.LogLevel)
 	return c.err()

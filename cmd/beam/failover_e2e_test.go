@@ -505,3 +505,36 @@ func TestPostgresRestart(t *testing.T) {
 		})
 	}
 }
+
+// TestReplicaTimesShort: with --stale-after 6s --unknown-timeout 5s on
+// both replicas, a device streaming only from a coordinator that was
+// killed shows as unknown to its peer on the other once 6 s of beats are
+// missed, and as offline 5 s later: with the defaults (15 s, 2 minutes)
+// it would still be unknown 2 minutes on.
+func TestReplicaTimesShort(t *testing.T) {
+	pg := pgtest.New(t)
+	dsn := pg.NewDatabase(t)
+	c1 := newClusterTB(t, "--db", dsn, "--stale-after", "6s", "--unknown-timeout", "5s")
+	c2 := replicaOf(t, c1)
+	key := strings.TrimSpace(c1.mustBeam("admin", "authkey", "create", "--coordinator", c1.url, "--reusable"))
+	lone, two := c1.device("lone"), c2.device("two")
+	lone.upOn([]string{c1.url}, key)
+	two.upOn([]string{c2.url}, key)
+	waitFor(t, 15*time.Second, "two sees lone online", func() bool { return peerState(two, "lone") == "online" })
+
+	c1.crashCoordinator()
+	killed := time.Now()
+	// Stale after 6 s, found at a heartbeat of c2 (every 3 s).
+	waitFor(t, 20*time.Second, "two shows lone as unknown", func() bool { return peerState(two, "lone") == "unknown" })
+	unknownAt := time.Since(killed)
+	waitFor(t, 30*time.Second, "two shows lone as offline", func() bool { return peerState(two, "lone") == "offline" })
+	offlineAt := time.Since(killed)
+	t.Logf("lone unknown %v and offline %v after its coordinator was killed", unknownAt.Round(time.Millisecond), offlineAt.Round(time.Millisecond))
+	// The last beat came up to a heartbeat (3 s) before the kill.
+	if unknownAt < 3*time.Second {
+		t.Errorf("lone unknown %v after the kill, before the 6s stale time less a heartbeat", unknownAt)
+	}
+	if offlineAt < 8*time.Second {
+		t.Errorf("lone offline %v after the kill, before 6s + 5s less a heartbeat", offlineAt)
+	}
+}

@@ -226,9 +226,14 @@ func (s *Store) NodeByID(ctx context.Context, id wire.NodeID) (*coordinator.Node
 
 // presenceSQL returns the coordinator.Presence of a node_online row o
 // joined with its origin's beat b (NULL if none), in SQL: 1 online, 2
-// unknown (the origin has not beaten for beatStale).
-func presenceSQL() string {
-	return `CASE WHEN b.beat IS NULL OR b.beat < (` + dbNow + ` - ` + strconv.FormatInt(int64(beatStale), 10) + `) THEN 2 ELSE 1 END`
+// unknown (the origin has not beaten for the stale time).
+func (s *Store) presenceSQL() string {
+	return `CASE WHEN b.beat IS NULL OR b.beat < ` + s.staleSQL() + ` THEN 2 ELSE 1 END`
+}
+
+// staleSQL is the time before which a beat is stale, in SQL.
+func (s *Store) staleSQL() string {
+	return `(` + dbNow + ` - ` + strconv.FormatInt(int64(s.beats.stale), 10) + `)`
 }
 
 // withOnline returns rec and whether it streams from another store's
@@ -236,7 +241,7 @@ func presenceSQL() string {
 func (s *Store) withOnline(ctx context.Context, rec *coordinator.NodeRecord) (*coordinator.NodeRecord, coordinator.Presence, error) {
 	var origin string
 	var p int
-	err := s.db.QueryRowContext(ctx, s.d.rebind(`SELECT o.origin, `+presenceSQL()+` FROM node_online o
+	err := s.db.QueryRowContext(ctx, s.d.rebind(`SELECT o.origin, `+s.presenceSQL()+` FROM node_online o
 		LEFT JOIN coordinator_beats b ON b.origin = o.origin WHERE o.node_id = ?`), int64(rec.Node.ID)).Scan(&origin, &p)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
@@ -264,28 +269,31 @@ func (s *Store) NodeByKey(ctx context.Context, nk key.NodePublic) (*coordinator.
 	return s.withOnline(ctx, recs[0])
 }
 
-// beatStale is how long after its last heartbeat a store's coordinator
-// counts as gone: its nodes are then unknown (coordinator.PresenceUnknown)
-// for the others.
-var beatStale = 15 * time.Second
+// DefaultStaleAfter is how long after its last heartbeat a store's
+// coordinator counts as gone by default (Options.StaleAfter): its nodes
+// are then unknown (coordinator.PresenceUnknown) for the others.
+const DefaultStaleAfter = 15 * time.Second
 
-// unknownTimeout is how long the nodes of a gone coordinator stay
-// unknown, unless they stream from another one: Heartbeat then deletes
-// their stream states (they are offline).
-var unknownTimeout = 2 * time.Minute
+// DefaultUnknownTimeout is how long the nodes of a gone coordinator stay
+// unknown by default (Options.UnknownTimeout), unless they stream from
+// another one: Heartbeat then deletes their stream states (they are
+// offline).
+const DefaultUnknownTimeout = 2 * time.Minute
 
 // dbNow is the database's clock in Unix nanoseconds, in SQL.
 const dbNow = `(EXTRACT(EPOCH FROM clock_timestamp()) * 1e9)::BIGINT`
 
-// judgeAfter is how long a store whose own beats had stopped (the
-// database was down or out of reach, or the coordinator stalled) waits,
-// once it beats again, before it takes other coordinators' stale beats
-// for dead ones: they could not beat either, and need a moment to do so.
-// Meanwhile a node keeps the presence the last Heartbeat found.
-var judgeAfter = beatStale / 2
-
-// beatState is what Heartbeat keeps between calls.
+// beatState is what Heartbeat keeps between calls, and its times.
 type beatState struct {
+	// stale and unknownTimeout are Options.StaleAfter and
+	// UnknownTimeout. judgeAfter is how long a store whose own beats had
+	// stopped (the database was down or out of reach, or the coordinator
+	// stalled) waits, once it beats again, before it takes other
+	// coordinators' stale beats for dead ones: they could not beat
+	// either, and need a moment to do so; meanwhile a node keeps the
+	// presence the last Heartbeat found. Set when the store opens.
+	stale, unknownTimeout, judgeAfter time.Duration
+
 	mu sync.Mutex // guards the following fields
 	// unknown holds the unknown nodes at the last Heartbeat.
 	unknown map[wire.NodeID]bool
@@ -298,7 +306,7 @@ type beatState struct {
 // judging reports whether stale beats of others count (see judgeAfter).
 // bs.mu held.
 func (bs *beatState) judgingLocked() bool {
-	return time.Since(bs.freshSince) >= judgeAfter
+	return time.Since(bs.freshSince) >= bs.judgeAfter
 }
 
 // presence is the coordinator.Presence of node id whose row has presence
@@ -318,10 +326,10 @@ func (bs *beatState) presence(id wire.NodeID, p int) coordinator.Presence {
 
 // Heartbeat implements coordinator.NodeFeed: it records that this
 // store's coordinator is alive; finds the nodes of coordinators that have
-// not beaten for beatStale (unknown) and returns those that became or
+// not beaten for the stale time (unknown) and returns those that became or
 // stopped being unknown since its last call; and deletes the stream
 // states (and heartbeats) of coordinators that have not beaten for
-// beatStale + unknownTimeout, which tells the others their nodes went
+// the stale time + the unknown timeout, which tells the others their nodes went
 // offline, returning those nodes too. missing reports whether this store
 // had no beat on record (its first, or after another store dropped it as
 // gone). After this store's own beats had stopped, it judges no one
@@ -338,7 +346,7 @@ func (s *Store) Heartbeat(ctx context.Context) (changed []wire.NodeID, missing b
 	var wasFresh bool
 	err = s.inTx(ctx, "heartbeat", func(tx *sql.Tx) error {
 		changed, unknown = nil, make(map[wire.NodeID]bool)
-		err := tx.QueryRowContext(ctx, s.d.rebind(`SELECT beat >= (`+dbNow+` - `+strconv.FormatInt(int64(beatStale), 10)+`)
+		err := tx.QueryRowContext(ctx, s.d.rebind(`SELECT beat >= `+s.staleSQL()+`
 			FROM coordinator_beats WHERE origin = ?`), s.origin).Scan(&wasFresh)
 		if err != nil && !errors.Is(err, sql.ErrNoRows) {
 			return err
@@ -353,13 +361,13 @@ func (s *Store) Heartbeat(ctx context.Context) (changed []wire.NodeID, missing b
 		wasFresh = wasFresh || !beaten
 		if !wasFresh || !judging {
 			ids, err := queryIDs(ctx, tx, `SELECT o.node_id FROM node_online o
-				LEFT JOIN coordinator_beats b ON b.origin = o.origin WHERE `+presenceSQL()+` = 2`)
+				LEFT JOIN coordinator_beats b ON b.origin = o.origin WHERE `+s.presenceSQL()+` = 2`)
 			for _, id := range ids {
 				unknown[id] = true
 			}
 			return err
 		}
-		gone := `(` + dbNow + ` - ` + strconv.FormatInt(int64(beatStale+unknownTimeout), 10) + `)`
+		gone := `(` + dbNow + ` - ` + strconv.FormatInt(int64(s.beats.stale+s.beats.unknownTimeout), 10) + `)`
 		ids, err := queryIDs(ctx, tx, `DELETE FROM node_online WHERE origin NOT IN
 			(SELECT origin FROM coordinator_beats WHERE beat >= `+gone+`) RETURNING node_id`)
 		if err != nil {
@@ -370,7 +378,7 @@ func (s *Store) Heartbeat(ctx context.Context) (changed []wire.NodeID, missing b
 			return err
 		}
 		ids, err = queryIDs(ctx, tx, `SELECT o.node_id FROM node_online o
-			LEFT JOIN coordinator_beats b ON b.origin = o.origin WHERE `+presenceSQL()+` = 2`)
+			LEFT JOIN coordinator_beats b ON b.origin = o.origin WHERE `+s.presenceSQL()+` = 2`)
 		for _, id := range ids {
 			unknown[id] = true
 		}
@@ -439,10 +447,9 @@ func (s *Store) forgetBeat() {
 }
 
 // liveSQL counts the coordinators of other stores that beat (within
-// beatStale), in SQL with the store's origin as its one parameter.
-func liveSQL() string {
-	return `SELECT COUNT(*) FROM coordinator_beats
-		WHERE origin <> ? AND beat >= (` + dbNow + ` - ` + strconv.FormatInt(int64(beatStale), 10) + `)`
+// the stale time), in SQL with the store's origin as its one parameter.
+func (s *Store) liveSQL() string {
+	return `SELECT COUNT(*) FROM coordinator_beats WHERE origin <> ? AND beat >= ` + s.staleSQL()
 }
 
 // LiveCoordinators returns how many coordinators on other stores beat
@@ -452,7 +459,7 @@ func (s *Store) LiveCoordinators(ctx context.Context) (int, error) {
 		return 0, errNoFeed
 	}
 	var n int
-	err := s.db.QueryRowContext(ctx, s.d.rebind(liveSQL()), s.origin).Scan(&n)
+	err := s.db.QueryRowContext(ctx, s.d.rebind(s.liveSQL()), s.origin).Scan(&n)
 	return n, s.wrap("live coordinators", err)
 }
 
@@ -469,7 +476,7 @@ func (s *Store) ClaimSecrets(ctx context.Context, secrets map[string][]byte) (st
 			return err
 		}
 		var live int
-		if err := tx.QueryRowContext(ctx, s.d.rebind(liveSQL()), s.origin).Scan(&live); err != nil {
+		if err := tx.QueryRowContext(ctx, s.d.rebind(s.liveSQL()), s.origin).Scan(&live); err != nil {
 			return err
 		}
 		if live > 0 {
@@ -508,7 +515,7 @@ func (s *Store) RemoteOnline(ctx context.Context) (map[wire.NodeID]coordinator.P
 	if s.pgcfg == nil {
 		return nil, errNoFeed
 	}
-	rows, err := s.db.QueryContext(ctx, s.d.rebind(`SELECT o.node_id, `+presenceSQL()+` FROM node_online o
+	rows, err := s.db.QueryContext(ctx, s.d.rebind(`SELECT o.node_id, `+s.presenceSQL()+` FROM node_online o
 		LEFT JOIN coordinator_beats b ON b.origin = o.origin WHERE o.origin <> ?`), s.origin)
 	if err != nil {
 		return nil, s.wrap("online nodes", err)

@@ -19,9 +19,9 @@ import (
 )
 
 // TestHeartbeat: a node streaming from one store's coordinator is online
-// for another store; once the first stops beating for beatStale, it is
+// for another store; once the first stops beating for the stale time, it is
 // unknown for the others until it streams from another coordinator, or
-// until unknownTimeout passes, when the other's heartbeat drops its
+// until the unknown timeout passes, when the other's heartbeat drops its
 // stream state (offline). Each Heartbeat returns the nodes whose state
 // changed since its last call.
 func TestHeartbeat(t *testing.T) {
@@ -94,7 +94,7 @@ func TestHeartbeat(t *testing.T) {
 		t.Errorf("alpha on its own store: %d, want none", got)
 	}
 	// a's coordinator stops beating: alpha and beta are unknown.
-	stall(a, 2*beatStale)
+	stall(a, 2*a.beats.stale)
 	beat(b, alpha, beta)
 	beat(b)
 	if got := presence(b, alpha); got != coordinator.PresenceUnknown {
@@ -119,7 +119,7 @@ func TestHeartbeat(t *testing.T) {
 	}
 	// a's coordinator stops for longer than the unknown timeout: alpha
 	// is dropped (offline), and a's beat with it.
-	stall(a, beatStale+unknownTimeout+time.Second)
+	stall(a, b.beats.stale+b.beats.unknownTimeout+time.Second)
 	beat(b, alpha)
 	if got := presence(b, alpha); got != coordinator.PresenceNone {
 		t.Errorf("alpha after the unknown timeout: %d, want none (offline)", got)
@@ -285,10 +285,12 @@ func TestParseChange(t *testing.T) {
 // beat too, so their nodes do not flap to unknown (or offline, past the
 // unknown timeout).
 func TestHeartbeatAfterOutage(t *testing.T) {
-	defer func(d time.Duration) { judgeAfter = d }(judgeAfter)
-	judgeAfter = time.Hour // the others never get to beat in this test
 	dsn := pg.NewSchema(t)
 	a, b := openStore(t, dsn), openStore(t, dsn)
+	for _, s := range []*Store{a, b} {
+		s.beats.judgeAfter = time.Hour // the others never get to beat in this test
+	}
+	beatStale, unknownTimeout := b.beats.stale, b.beats.unknownTimeout
 	ctx := t.Context()
 	n, err := a.EnsureNetwork(ctx, "default", "d")
 	if err != nil {
@@ -328,7 +330,9 @@ func TestHeartbeatAfterOutage(t *testing.T) {
 		}
 	}
 	// Once b judges again, a's coordinator stopping makes alpha unknown.
-	judgeAfter = 0
+	b.beats.mu.Lock()
+	b.beats.judgeAfter = 0
+	b.beats.mu.Unlock()
 	if _, err := a.db.ExecContext(ctx, `UPDATE coordinator_beats SET beat = beat - $1 WHERE origin = $2`, int64(2*beatStale), a.origin); err != nil {
 		t.Fatal(err)
 	}

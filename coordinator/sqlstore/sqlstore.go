@@ -18,6 +18,7 @@
 package sqlstore
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"embed"
@@ -103,17 +104,46 @@ func isPostgres(dsn string) bool {
 	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
 }
 
-// Open opens the store at dsn and brings its schema up to date. dsn is a
+// Options are a store's settings besides its DSN; the zero value means
+// the defaults.
+type Options struct {
+	// StaleAfter is how long after its last heartbeat a coordinator on
+	// another store sharing the PostgreSQL database counts as gone, its
+	// nodes unknown; 0 means DefaultStaleAfter. It should be a few of the
+	// coordinators' heartbeat intervals (3 s).
+	StaleAfter time.Duration
+	// UnknownTimeout is how long the nodes of a gone coordinator stay
+	// unknown before they count as offline; 0 means
+	// DefaultUnknownTimeout.
+	UnknownTimeout time.Duration
+}
+
+// Open opens the store at dsn with the default Options.
+func Open(ctx context.Context, dsn string) (*Store, error) {
+	return OpenWith(ctx, dsn, Options{})
+}
+
+// OpenWith opens the store at dsn and brings its schema up to date. dsn is a
 // PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=...;
 // the database must exist), or else a SQLite file path (created if
 // missing) or ":memory:", where query parameters after "?" are passed to
 // the driver. Errors never contain the URL's password.
-func Open(ctx context.Context, dsn string) (*Store, error) {
+func OpenWith(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if dsn == "" {
 		return nil, errors.New("sqlstore: empty DSN")
 	}
+	if opts.StaleAfter < 0 || opts.UnknownTimeout < 0 {
+		return nil, errors.New("sqlstore: negative Options.StaleAfter or UnknownTimeout")
+	}
 	if isPostgres(dsn) {
-		return openPostgres(ctx, dsn)
+		s, err := openPostgres(ctx, dsn)
+		if err != nil {
+			return nil, err
+		}
+		s.beats.stale = cmp.Or(opts.StaleAfter, DefaultStaleAfter)
+		s.beats.unknownTimeout = cmp.Or(opts.UnknownTimeout, DefaultUnknownTimeout)
+		s.beats.judgeAfter = s.beats.stale / 2
+		return s, nil
 	}
 	sep := "?"
 	if strings.Contains(dsn, "?") {

@@ -44,6 +44,8 @@ type coordinatorSpec struct {
 	// DB is the PostgreSQL URL of the database (--db); empty means SQLite,
 	// DataDir/coordinator.db.
 	DB string
+	// Store holds the database's settings besides DB.
+	Store sqlstore.Options
 	// NodeKeyExpiry and PolicyFile are as configs.Coordinator's.
 	NodeKeyExpiry, PolicyFile string
 	// Addr is the listener's address, for OIDC's default redirect URL.
@@ -91,7 +93,7 @@ func assembleCoordinator(ctx context.Context, spec coordinatorSpec) (_ *coordina
 	if err != nil {
 		return nil, err
 	}
-	if r.store, err = openCoordinatorStore(ctx, spec.DataDir, spec.DB); err != nil {
+	if r.store, err = openCoordinatorStore(ctx, spec.DataDir, spec.DB, spec.Store); err != nil {
 		return nil, err
 	}
 	defer func() {

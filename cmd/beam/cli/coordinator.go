@@ -23,6 +23,7 @@ import (
 	"beam.dev/beam/configs"
 	"beam.dev/beam/coordinator"
 	"beam.dev/beam/coordinator/console"
+	"beam.dev/beam/coordinator/sqlstore"
 	"beam.dev/beam/internal/version"
 	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
@@ -101,6 +102,8 @@ From elsewhere:
 	fl.StringVar(&opts.LogLevel, "log-level", def.LogLevel, "log level: debug, info, warn, error")
 	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none)")
 	fl.DurationVar((*time.Duration)(&opts.KeepAlive), "keepalive", 0, "how often an idle map stream gets a keepalive (0: 30s); nodes with other coordinators to move to leave one silent 5s longer")
+	fl.DurationVar((*time.Duration)(&opts.StaleAfter), "stale-after", 0, "with other coordinators on the --db database: how long one may miss heartbeats (every 3s) before its nodes show as unknown (0: 15s); give every replica the same")
+	fl.DurationVar((*time.Duration)(&opts.UnknownTimeout), "unknown-timeout", 0, "how long the nodes of a coordinator gone from the --db database stay unknown, unless they stream from another, before they are offline (0: 2m)")
 	bindCoordinatorEdgeFlags(cmd, &opts.CoordinatorEdge, def.CoordinatorEdge)
 	registerTelemetry(fl, &opts.Telemetry)
 	registerOIDC(fl, &opts.OIDC)
@@ -130,6 +133,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	role, err := assembleCoordinator(ctx, coordinatorSpec{
 		DataDir: opts.DataDir, DB: opts.DB, NodeKeyExpiry: opts.NodeKeyExpiry, PolicyFile: opts.PolicyFile,
 		Addr: opts.Addr, OIDC: &opts.OIDC, Logger: logger, Options: base,
+		Store: sqlstore.Options{StaleAfter: time.Duration(opts.StaleAfter), UnknownTimeout: time.Duration(opts.UnknownTimeout)},
 	})
 	if err != nil {
 		return err

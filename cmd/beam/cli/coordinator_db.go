@@ -13,11 +13,11 @@ import (
 // dbUsage describes --db of beam coordinator and beam server.
 const dbUsage = `PostgreSQL URL of the coordinator's database, postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=... (the database must exist; the password may instead come from PGPASSWORD or ~/.pgpass); empty: SQLite, coordinator.db in the data directory`
 
-// openCoordinatorStore opens the coordinator's database: PostgreSQL at
-// db, or SQLite in dataDir when db is empty.
-func openCoordinatorStore(ctx context.Context, dataDir, db string) (*sqlstore.Store, error) {
+// openCoordinatorStore opens the coordinator's database with opts:
+// PostgreSQL at db, or SQLite in dataDir when db is empty.
+func openCoordinatorStore(ctx context.Context, dataDir, db string, opts sqlstore.Options) (*sqlstore.Store, error) {
 	if db != "" {
-		s, err := sqlstore.Open(ctx, db)
+		s, err := sqlstore.OpenWith(ctx, db, opts)
 		if err != nil {
 			return nil, fmt.Errorf("open database --db %s: %w", configs.RedactDB(db), err)
 		}

@@ -83,3 +83,46 @@ func TestKeepAliveFlagAndKey(t *testing.T) {
 		}
 	}
 }
+
+// TestReplicaTimesFlagsAndKeys: beam coordinator takes the stale time of
+// replicas' heartbeats and the unknown timeout from --stale-after and
+// --unknown-timeout or the config keys stale_after and unknown_timeout,
+// the flag winning, and refuses values out of bounds naming the flag and
+// the key.
+func TestReplicaTimesFlagsAndKeys(t *testing.T) {
+	f := &Factory{In: strings.NewReader(""), Out: io.Discard, ErrOut: io.Discard}
+	path := writeConfig(t, `{"stale_after": "20s", "unknown_timeout": "30s"}`)
+	for _, tc := range []struct {
+		args             []string
+		stale, unknownTO time.Duration
+	}{
+		{nil, 0, 0},
+		{[]string{"--config", path}, 20 * time.Second, 30 * time.Second},
+		{[]string{"--config", path, "--stale-after", "6s"}, 6 * time.Second, 30 * time.Second},
+		{[]string{"--unknown-timeout", "24h"}, 0, 24 * time.Hour},
+	} {
+		var co *CoordinatorOptions
+		cc := NewCmdCoordinator(f, func(o *CoordinatorOptions) error { co = o; return nil })
+		quiet(cc, tc.args)
+		if err := cc.Execute(); err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if got := time.Duration(co.StaleAfter); got != tc.stale {
+			t.Errorf("%v: stale after %v, want %v", tc.args, got, tc.stale)
+		}
+		if got := time.Duration(co.UnknownTimeout); got != tc.unknownTO {
+			t.Errorf("%v: unknown timeout %v, want %v", tc.args, got, tc.unknownTO)
+		}
+	}
+	for _, bad := range []struct{ flag, v string }{
+		{"--stale-after", "5s"}, {"--stale-after", "11m"}, {"--stale-after", "-1s"},
+		{"--unknown-timeout", "4s"}, {"--unknown-timeout", "25h"}, {"--unknown-timeout", "-5s"},
+	} {
+		cc := NewCmdCoordinator(f, func(*CoordinatorOptions) error { return nil })
+		quiet(cc, []string{bad.flag, bad.v})
+		key := "config key " + strings.ReplaceAll(strings.TrimPrefix(bad.flag, "--"), "-", "_")
+		if err := cc.Execute(); err == nil || !strings.Contains(err.Error(), bad.flag) || !strings.Contains(err.Error(), key) {
+			t.Errorf("%s %s: %v; want an error naming the flag and %s", bad.flag, bad.v, err, key)
+		}
+	}
+}
