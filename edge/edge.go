@@ -298,9 +298,16 @@ func (e *Edge) Close() error {
 	e.closeOnce.Do(func() {
 		e.mu.Lock()
 		e.closed = true
+		targets := make([]*target, 0, len(e.targets))
+		for _, t := range e.targets {
+			targets = append(targets, t)
+		}
 		e.mu.Unlock()
 		e.cancel()
 		e.loops.Wait()
+		for _, t := range targets {
+			t.pruneIdle(time.Now().Add(idleConnTimeout)) // every one
+		}
 		e.h1.CloseIdleConnections()
 		e.h2c.CloseIdleConnections()
 	})

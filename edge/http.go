@@ -225,13 +225,7 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request, st *reqState, h
 			return
 		}
 		st.target, st.retry = t, false
-		t.active.Add(1)
-		if rr := r.WithContext(context.WithValue(r.Context(), stateKey, st)); isWebSocketH2(r) {
-			e.proxyWebSocketH2(w, rr)
-		} else {
-			e.proxy.ServeHTTP(w, rr)
-		}
-		t.active.Add(-1)
+		e.proxyTo(w, r, st)
 		if !st.retry {
 			return
 		}
@@ -239,6 +233,23 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request, st *reqState, h
 			skip = map[*target]bool{}
 		}
 		skip[t] = true
+	}
+}
+
+// proxyTo proxies r to st.target, counting it among the target's
+// active requests while it is under way (also when the proxy aborts the
+// response with a panic).
+func (e *Edge) proxyTo(w http.ResponseWriter, r *http.Request, st *reqState) {
+	t := st.target
+	t.active.Add(1)
+	defer t.active.Add(-1)
+	switch {
+	case isWebSocketH2(r):
+		e.proxyWebSocketH2(w, r.WithContext(context.WithValue(r.Context(), stateKey, st)))
+	case plainRequest(r, st):
+		e.proxyPlain(w, r, st)
+	default:
+		e.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), stateKey, st)))
 	}
 }
 
@@ -315,7 +326,12 @@ func (e *Edge) modifyResponse(resp *http.Response) error {
 
 // proxyError handles a failed round trip to the device.
 func (e *Edge) proxyError(w http.ResponseWriter, r *http.Request, err error) {
-	st := r.Context().Value(stateKey).(*reqState)
+	e.proxyFailed(w, r, r.Context().Value(stateKey).(*reqState), err)
+}
+
+// proxyFailed answers a request whose round trip to st.target failed
+// with err, or marks it for a retry on another member of its pool.
+func (e *Edge) proxyFailed(w http.ResponseWriter, r *http.Request, st *reqState, err error) {
 	var de *dialError
 	if errors.As(err, &de) {
 		if st.canRetry && st.in.Context().Err() == nil {

@@ -18,8 +18,9 @@ type target struct {
 	active    atomic.Int64 // requests and connections under way
 	removed   atomic.Bool  // no route has the target any more
 
-	mu    sync.Mutex // guards conns
+	mu    sync.Mutex // guards conns and idle
 	conns map[*targetConn]struct{}
+	idle  []*upstream // kept-alive HTTP/1.1 connections (plain.go), the most recent last
 }
 
 // targetConn is a connection to a target, closed by closeConns when the
@@ -27,11 +28,13 @@ type target struct {
 // way then fail at once instead of hanging on a peer that is gone.
 type targetConn struct {
 	net.Conn
-	t    *target
-	once sync.Once
+	t      *target
+	once   sync.Once
+	closed atomic.Bool
 }
 
 func (c *targetConn) Close() error {
+	c.closed.Store(true)
 	c.once.Do(func() {
 		c.t.mu.Lock()
 		delete(c.t.conns, c)
@@ -74,6 +77,8 @@ func (t *target) closeConns() {
 	for c := range t.conns {
 		conns = append(conns, c)
 	}
+	clear(t.idle)
+	t.idle = t.idle[:0]
 	t.mu.Unlock()
 	for _, c := range conns {
 		c.Close()
@@ -189,7 +194,8 @@ func (e *Edge) checkPools() {
 	wg.Wait()
 }
 
-// janitorLoop drops idle per-client rate limiters.
+// janitorLoop drops idle per-client rate limiters and the connections
+// to targets idle for longer than idleConnTimeout.
 func (e *Edge) janitorLoop() {
 	tick := time.NewTicker(time.Minute)
 	defer tick.Stop()
@@ -202,7 +208,14 @@ func (e *Edge) janitorLoop() {
 			for _, l := range e.limiters {
 				l.prune(now)
 			}
+			targets := make([]*target, 0, len(e.targets))
+			for _, t := range e.targets {
+				targets = append(targets, t)
+			}
 			e.mu.Unlock()
+			for _, t := range targets {
+				t.pruneIdle(now.Add(-idleConnTimeout))
+			}
 		}
 	}
 }

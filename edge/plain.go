@@ -1,0 +1,406 @@
+package edge
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"math"
+	"mime"
+	"net"
+	"net/http"
+	"net/textproto"
+	"strings"
+	"time"
+
+	"beam.dev/beam/internal/copybuf"
+)
+
+// This file is the edge's lean HTTP/1.1 path for the plain request: a
+// GET or HEAD without a body, on a route whose policy edits no header,
+// that asks for no protocol switch. It writes the request head straight
+// to a kept-alive connection of the target and reads the response on the
+// handler's own goroutine, instead of going through httputil.ReverseProxy
+// and http.Transport, which clone the request and its header and hand
+// every exchange to a writer and a reader goroutine of the connection and
+// back (three goroutine switches a request, and the allocations that go
+// with them). What reaches the device and the client is what the reverse
+// proxy sends: the same header, minus the hop-by-hop fields, plus
+// X-Forwarded-For, -Host, -Proto and X-Real-Ip. Everything else (request
+// bodies, upgrades, gRPC, header rules, CORS, sign-in) takes the reverse
+// proxy.
+
+const (
+	// maxIdlePerTarget caps the idle connections kept to one target,
+	// like the transport's MaxIdleConnsPerHost.
+	maxIdlePerTarget = 512
+	// idleConnTimeout drops a connection idle for longer, like the
+	// transport's IdleConnTimeout.
+	idleConnTimeout = 90 * time.Second
+	// maxResponseHead caps a response head from a device, like the
+	// transport's MaxResponseHeaderBytes.
+	maxResponseHead = 1 << 20
+	// max1xx caps the informational responses before the final one, as
+	// the transport does.
+	max1xx = 5
+)
+
+// upstream is a kept-alive HTTP/1.1 connection to a target.
+type upstream struct {
+	c         *targetConn
+	lr        io.LimitedReader // under br: caps the response head
+	br        *bufio.Reader
+	bw        *bufio.Writer
+	idleSince time.Time
+}
+
+// plainRequest reports whether r can take the lean path (see above).
+func plainRequest(r *http.Request, st *reqState) bool {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		return false
+	}
+	if r.ContentLength != 0 || len(r.TransferEncoding) > 0 || r.URL.Opaque != "" {
+		return false
+	}
+	p := st.rt.policy
+	if st.who != nil || len(p.users) > 0 || len(p.CORSOrigins) > 0 ||
+		len(p.RequestHeaderAdd) > 0 || len(p.RequestHeaderRemove) > 0 ||
+		len(p.ResponseHeaderAdd) > 0 || len(p.ResponseHeaderRemove) > 0 {
+		return false
+	}
+	h := r.Header
+	return h["Upgrade"] == nil && h["Expect"] == nil && !strings.HasPrefix(h.Get("Content-Type"), "application/grpc")
+}
+
+// getUpstream returns an idle connection to t, or dials one.
+func (e *Edge) getUpstream(ctx context.Context, t *target) (u *upstream, reused bool, err error) {
+	now := time.Now()
+	t.mu.Lock()
+	for len(t.idle) > 0 {
+		u = t.idle[len(t.idle)-1]
+		t.idle[len(t.idle)-1] = nil
+		t.idle = t.idle[:len(t.idle)-1]
+		if !u.c.closed.Load() && now.Sub(u.idleSince) < idleConnTimeout {
+			t.mu.Unlock()
+			return u, true, nil
+		}
+		t.mu.Unlock()
+		u.c.Close()
+		t.mu.Lock()
+	}
+	t.mu.Unlock()
+	c, err := e.dialTarget(ctx, "tcp", t)
+	if err != nil {
+		return nil, false, err
+	}
+	u = &upstream{c: c.(*targetConn)}
+	u.lr.R = u.c
+	u.br = bufio.NewReader(&u.lr)
+	u.bw = bufio.NewWriter(u.c)
+	return u, false, nil
+}
+
+// putUpstream keeps u as an idle connection of t, or closes it.
+func (t *target) putUpstream(u *upstream) {
+	u.idleSince = time.Now()
+	t.mu.Lock()
+	if t.removed.Load() || len(t.idle) >= maxIdlePerTarget || u.c.closed.Load() {
+		t.mu.Unlock()
+		u.c.Close()
+		return
+	}
+	t.idle = append(t.idle, u)
+	t.mu.Unlock()
+}
+
+// pruneIdle closes the connections of t idle since before cutoff.
+func (t *target) pruneIdle(cutoff time.Time) {
+	t.mu.Lock()
+	var old []*upstream
+	keep := t.idle[:0]
+	for _, u := range t.idle {
+		if u.idleSince.Before(cutoff) {
+			old = append(old, u)
+		} else {
+			keep = append(keep, u)
+		}
+	}
+	clear(t.idle[len(keep):])
+	t.idle = keep
+	t.mu.Unlock()
+	for _, u := range old {
+		u.c.Close()
+	}
+}
+
+// errPlainRetry is an exchange on a reused connection that failed before
+// any byte of a response came: the device closed the connection while it
+// was idle, and the request may go again on a new one.
+var errPlainRetry = errors.New("edge: kept-alive connection closed by the device")
+
+// proxyPlain proxies r, a plain request (plainRequest), to st.target.
+func (e *Edge) proxyPlain(w http.ResponseWriter, r *http.Request, st *reqState) {
+	for {
+		u, reused, err := e.getUpstream(r.Context(), st.target)
+		if err != nil {
+			e.proxyFailed(w, r, st, err)
+			return
+		}
+		err = e.exchangePlain(w, r, st, u, reused)
+		if err == nil {
+			return
+		}
+		u.c.Close()
+		if err != errPlainRetry {
+			e.proxyFailed(w, r, st, err)
+			return
+		}
+	}
+}
+
+// exchangePlain sends r on u and writes the response to w. It returns
+// errPlainRetry, or an error only while nothing has been written to w. It
+// keeps u for the next request when the exchange leaves it clean, and
+// closes it otherwise, except on an error (the caller closes it then).
+func (e *Edge) exchangePlain(w http.ResponseWriter, r *http.Request, st *reqState, u *upstream, reused bool) error {
+	// A client that goes away ends the exchange at once.
+	stop := context.AfterFunc(r.Context(), func() { u.c.Close() })
+	defer stop()
+	writeRequestHead(u.bw, r, st)
+	if err := u.bw.Flush(); err != nil {
+		if reused {
+			return errPlainRetry
+		}
+		return err
+	}
+	u.lr.N = maxResponseHead
+	var resp *http.Response
+	for n := 0; ; n++ {
+		var err error
+		resp, err = http.ReadResponse(u.br, r)
+		if err != nil {
+			if reused && n == 0 && u.lr.N == maxResponseHead && r.Context().Err() == nil {
+				return errPlainRetry // not a byte came back
+			}
+			return err
+		}
+		code := resp.StatusCode
+		if code >= 200 || code == http.StatusSwitchingProtocols {
+			break
+		}
+		if n == max1xx {
+			return errors.New("edge: too many 1xx informational responses")
+		}
+		if code == http.StatusContinue {
+			continue // nobody asked for it
+		}
+		// Other informational responses (103 Early Hints) go to the
+		// client as the reverse proxy sends them.
+		h := w.Header()
+		for k, vv := range resp.Header {
+			h[k] = vv
+		}
+		w.WriteHeader(code)
+		clear(h)
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols {
+		return errors.New("edge: 101 Switching Protocols to a request that asked for no switch")
+	}
+	u.lr.N = math.MaxInt64
+	removeHopHeaders(resp.Header)
+	h := w.Header()
+	for k, vv := range resp.Header {
+		if h[k] == nil {
+			h[k] = vv
+		} else {
+			h[k] = append(h[k], vv...)
+		}
+	}
+	announced := len(resp.Trailer)
+	if announced > 0 {
+		keys := make([]string, 0, announced)
+		for k := range resp.Trailer {
+			keys = append(keys, k)
+		}
+		h.Add("Trailer", strings.Join(keys, ", "))
+	}
+	w.WriteHeader(resp.StatusCode)
+	if err := copyBody(w, resp.Body, streamed(resp)); err != nil {
+		u.c.Close()
+		if r.Context().Err() == nil {
+			e.log.Debug("response body", "host", r.Host, "target", st.target.addr, "err", err)
+		}
+		// As the reverse proxy does: the client must see the response
+		// cut short, not a complete one.
+		panic(http.ErrAbortHandler)
+	}
+	if len(resp.Trailer) > 0 {
+		if announced == 0 {
+			for k, vv := range resp.Trailer {
+				h[http.TrailerPrefix+k] = vv
+			}
+		} else {
+			for k, vv := range resp.Trailer {
+				h[k] = vv
+			}
+		}
+	}
+	// A response without a length ended with the connection (Close);
+	// bytes after the response are not a response to anything.
+	if !stop() || resp.Close || u.br.Buffered() > 0 {
+		u.c.Close()
+		return nil
+	}
+	st.target.putUpstream(u)
+	return nil
+}
+
+// streamed reports whether the reverse proxy would flush every write of
+// resp's body: server-sent events, and bodies of unknown length.
+func streamed(resp *http.Response) bool {
+	if resp.ContentLength == -1 {
+		return true
+	}
+	const sse = "text/event-stream"
+	ct := resp.Header.Get("Content-Type")
+	if len(ct) < len(sse) || !strings.EqualFold(ct[:len(sse)], sse) {
+		return false // spares ParseMediaType's allocations
+	}
+	ct, _, _ = mime.ParseMediaType(ct)
+	return ct == sse
+}
+
+// copyBody copies a response body to w, flushing after each write if
+// flush (a body of unknown length: server-sent events and other streams).
+func copyBody(w http.ResponseWriter, body io.Reader, flush bool) error {
+	buf := copybuf.Pool.Get()
+	defer copybuf.Pool.Put(buf)
+	var rc *http.ResponseController
+	if flush {
+		rc = http.NewResponseController(w)
+	}
+	for {
+		n, rerr := body.Read(buf)
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				return err
+			}
+			if rc != nil {
+				rc.Flush()
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// hopHeaders are the hop-by-hop header fields (RFC 9110 section 7.6.1)
+// that a proxy does not forward, as httputil.ReverseProxy lists them.
+var hopHeaders = map[string]bool{
+	"Connection":          true,
+	"Proxy-Connection":    true,
+	"Keep-Alive":          true,
+	"Proxy-Authenticate":  true,
+	"Proxy-Authorization": true,
+	"Te":                  true,
+	"Trailer":             true,
+	"Transfer-Encoding":   true,
+	"Upgrade":             true,
+}
+
+// removeHopHeaders removes the hop-by-hop fields from h, and those the
+// Connection field names.
+func removeHopHeaders(h http.Header) {
+	for _, f := range h["Connection"] {
+		for sf := range strings.SplitSeq(f, ",") {
+			if sf = textproto.TrimString(sf); sf != "" {
+				delete(h, http.CanonicalHeaderKey(sf))
+			}
+		}
+	}
+	for k := range hopHeaders {
+		delete(h, k)
+	}
+}
+
+// edgeSetHeaders are request fields the edge sets itself (or strips): a
+// client's own are never forwarded.
+var edgeSetHeaders = map[string]bool{
+	"Forwarded":         true,
+	"X-Forwarded-For":   true,
+	"X-Forwarded-Host":  true,
+	"X-Forwarded-Proto": true,
+	"X-Real-Ip":         true,
+	SignInUserHeader:    true,
+	SignInEmailHeader:   true,
+	"Content-Length":    true,
+	"Host":              true,
+}
+
+// writeRequestHead writes the head of r as the reverse proxy (rewrite)
+// would send it to the device: the client's fields minus the hop-by-hop
+// ones, the forwarding fields the edge sets, no body.
+func writeRequestHead(bw *bufio.Writer, r *http.Request, st *reqState) {
+	bw.WriteString(r.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(r.URL.RequestURI())
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(r.Host)
+	bw.WriteString("\r\n")
+	var dropped map[string]bool // the fields Connection names
+	for _, f := range r.Header["Connection"] {
+		for sf := range strings.SplitSeq(f, ",") {
+			if sf = textproto.TrimString(sf); sf != "" {
+				if dropped == nil {
+					dropped = map[string]bool{}
+				}
+				dropped[http.CanonicalHeaderKey(sf)] = true
+			}
+		}
+	}
+	for k, vv := range r.Header {
+		if hopHeaders[k] || edgeSetHeaders[k] || dropped[k] {
+			if k == "Te" && teTrailers(vv) {
+				bw.WriteString("Te: trailers\r\n")
+			}
+			continue
+		}
+		for _, v := range vv {
+			bw.WriteString(k)
+			bw.WriteString(": ")
+			bw.WriteString(v)
+			bw.WriteString("\r\n")
+		}
+	}
+	if host, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		bw.WriteString("X-Forwarded-For: ")
+		bw.WriteString(host)
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("X-Forwarded-Host: ")
+	bw.WriteString(r.Host)
+	if r.TLS == nil {
+		bw.WriteString("\r\nX-Forwarded-Proto: http\r\nX-Real-Ip: ")
+	} else {
+		bw.WriteString("\r\nX-Forwarded-Proto: https\r\nX-Real-Ip: ")
+	}
+	bw.WriteString(st.client.String())
+	bw.WriteString("\r\n\r\n")
+}
+
+// teTrailers reports whether a TE field asks for trailers, which the
+// reverse proxy forwards (gRPC needs them).
+func teTrailers(vv []string) bool {
+	for _, v := range vv {
+		for sf := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(textproto.TrimString(sf), "trailers") {
+				return true
+			}
+		}
+	}
+	return false
+}
