@@ -3,7 +3,6 @@ package coordclient
 import (
 	"context"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -116,8 +115,8 @@ func isKeepAlive(mr *wire.MapResponse) bool {
 		len(mr.PeersOnline) == 0 && mr.DERPMap == nil && mr.DNS == nil && !mr.PacketFilterSet && mr.PacketFilter == nil && len(mr.FilterSetChanges) == 0 && mr.EdgeRoutes == nil
 }
 
-// readFrame reads one frame: 4B big-endian length N, then N bytes of JSON
-// wire.MapResponse sealed by the coordinator to the node (box, the key they share).
+// readFrame reads one frame: 4B big-endian length N, then N bytes of a
+// wire.MapResponse (JSON or a binary map frame, wire.DecodeMapFrame) sealed by the coordinator to the node (box, the key they share).
 // io.EOF means the stream ended cleanly between frames.
 func readFrame(r io.Reader, box key.Shared) (*wire.MapResponse, error) {
 	var hdr [4]byte
@@ -144,11 +143,11 @@ func openFrame(sealed []byte, box key.Shared) (*wire.MapResponse, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: frame does not open with the coordinator's key", ErrBadResponse)
 	}
-	var mr wire.MapResponse
-	if err := json.Unmarshal(clear, &mr); err != nil {
+	mr, err := wire.DecodeMapFrame(clear)
+	if err != nil {
 		return nil, fmt.Errorf("%w: decode frame: %w", ErrBadResponse, err)
 	}
-	return &mr, nil
+	return mr, nil
 }
 
 // endpointLoop sends endpoint updates from SetEndpoints until ctx is done.

@@ -2,7 +2,7 @@ package coordinator
 
 import (
 	"context"
-	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -125,30 +125,35 @@ func TestEncodeOnline(t *testing.T) {
 		{"with changed peers", &mapFrame{resp: &wire.MapResponse{}, peers: []*peerView{peer}}, 1},
 	}
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			online := map[key.NodePublic]bool{a: true, b: false}
-			tt.f.resp.PeersOnline = online
-			want := *tt.f.resp
-			bodies, err := tt.f.encode(true)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(bodies) != 1 {
-				t.Fatalf("%d bodies, want 1", len(bodies))
-			}
-			var got wire.MapResponse
-			if err := json.Unmarshal(bodies[0], &got); err != nil {
-				t.Fatalf("decode %s: %v", bodies[0], err)
-			}
-			if len(got.PeersOnline) != 2 || !got.PeersOnline[a] || got.PeersOnline[b] {
-				t.Errorf("PeersOnline = %v, want %v", got.PeersOnline, online)
-			}
-			if got.KeepAlive != want.KeepAlive || len(got.PeersRemoved) != len(want.PeersRemoved) || len(got.PeersChanged) != tt.peers {
-				t.Errorf("decoded %s: other fields lost", bodies[0])
-			}
-			if len(tt.f.resp.PeersOnline) != 2 {
-				t.Error("encode dropped the frame's PeersOnline")
-			}
-		})
+		for _, bin := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/binary=%v", tt.name, bin), func(t *testing.T) {
+				online := map[key.NodePublic]bool{a: true, b: false}
+				tt.f.resp.PeersOnline = online
+				want := *tt.f.resp
+				bodies, err := tt.f.encode(true, bin)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(bodies) != 1 {
+					t.Fatalf("%d bodies, want 1", len(bodies))
+				}
+				if isBin := bodies[0][0] == wire.BinaryMapFrame; isBin != (bin && tt.peers > 0) {
+					t.Errorf("binary frame %v, want %v", isBin, bin && tt.peers > 0)
+				}
+				got, err := wire.DecodeMapFrame(bodies[0])
+				if err != nil {
+					t.Fatalf("decode %q: %v", bodies[0], err)
+				}
+				if len(got.PeersOnline) != 2 || !got.PeersOnline[a] || got.PeersOnline[b] {
+					t.Errorf("PeersOnline = %v, want %v", got.PeersOnline, online)
+				}
+				if got.KeepAlive != want.KeepAlive || len(got.PeersRemoved) != len(want.PeersRemoved) || len(got.PeersChanged) != tt.peers {
+					t.Errorf("decoded %q: other fields lost", bodies[0])
+				}
+				if len(tt.f.resp.PeersOnline) != 2 {
+					t.Error("encode dropped the frame's PeersOnline")
+				}
+			})
+		}
 	}
 }

@@ -350,7 +350,7 @@ func (ms *streams) handleMap(w http.ResponseWriter, r *http.Request) {
 		s.writeSealed(w, nk, &wire.MapResponse{ControlTime: s.now()})
 		return
 	}
-	ms.serveStream(w, r, nk, req.Version >= splitFramesVersion)
+	ms.serveStream(w, r, nk, req.Version >= splitFramesVersion, req.Version >= wire.BinaryFramesVersion)
 }
 
 // Shutdown tells each node when to come back (wire.TrailerRetryAfter):
@@ -400,8 +400,9 @@ type sentState struct {
 
 // serveStream runs one map stream until the node goes away, the
 // coordinator closes, or the node is removed or expires. split says
-// whether the node reassembles messages split across frames.
-func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.NodePublic, split bool) {
+// whether the node reassembles messages split across frames, bin
+// whether it takes binary map frames (wire.BinaryMapFrame).
+func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.NodePublic, split, bin bool) {
 	s := ms.core
 	log := s.logger.With("node", nk.ShortString())
 	rc := http.NewResponseController(w)
@@ -467,7 +468,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	var deadline time.Time
 	send := func(f *mapFrame) error {
 		f.resp.ControlTime = s.now()
-		bodies, err := f.encode(split)
+		bodies, err := f.encode(split, bin)
 		if err != nil {
 			return err
 		}
@@ -542,7 +543,11 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		s.fillExtras(ss, &st.extras, f.resp)
 		var err error
 		if split {
-			err = ms.sendFullMap(send, f, set)
+			batch := fullMapBatch
+			if bin {
+				batch = fullMapBatchBinary
+			}
+			err = ms.sendFullMap(send, f, set, batch)
 		} else {
 			err = send(f)
 		}
@@ -683,25 +688,30 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 }
 
 // fullMapBatch is how many peers each frame of a full map sent in pieces
-// carries (about 40 KB of JSON).
-const fullMapBatch = 64
+// carries (about 40 KB of JSON); fullMapBatchBinary the same in binary
+// map frames (about 35 KB of peer records), so that a frame's fixed costs
+// (its seal, the write) are spread over as many bytes.
+const (
+	fullMapBatch       = 64
+	fullMapBatchBinary = 192
+)
 
 // sendFullMap sends the full map f, whose peers are those in set, as
-// frames of fullMapBatch peers joined by More (the first also carries
+// frames of batchSize peers joined by More (the first also carries
 // f's other fields). A node that reads slowly, or not yet, so makes its
 // stream hold one frame rather than the whole map, which for thousands of
 // streams opening at once is the difference between megabytes and
 // gigabytes. Views are read as each frame is built, so some may be newer
 // than the map's change count; the deltas after it send them again at
 // worst.
-func (ms *streams) sendFullMap(send func(*mapFrame) error, f *mapFrame, set peerSet) error {
+func (ms *streams) sendFullMap(send func(*mapFrame) error, f *mapFrame, set peerSet, batchSize int) error {
 	s := ms.core
-	batch := make([]*peerView, 0, fullMapBatch)
+	batch := make([]*peerView, 0, batchSize)
 	next := set.next(0)
 	for {
 		batch = batch[:0]
 		s.mu.Lock()
-		for ; next >= 0 && len(batch) < fullMapBatch; next = set.next(next + 1) {
+		for ; next >= 0 && len(batch) < batchSize; next = set.next(next + 1) {
 			if pv := ms.peerSlots[next].view; pv != nil {
 				batch = append(batch, pv)
 			}

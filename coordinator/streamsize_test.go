@@ -9,9 +9,13 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"beam.dev/beam/coordinator"
 	"beam.dev/beam/types/key"
@@ -26,6 +30,9 @@ type rawStream struct {
 	mk     key.MachinePublic
 	body   io.ReadCloser
 	cancel context.CancelFunc
+	// binary counts the frames read that were binary map frames
+	// (wire.BinaryMapFrame), frames all frames but keepalives.
+	binary, frames int
 }
 
 // openRawStream opens the map stream of the registered node priv,
@@ -101,14 +108,18 @@ func (rs *rawStream) nextFrame() (*wire.MapResponse, int) {
 		if !ok {
 			rs.t.Fatal("frame does not open")
 		}
-		var mr wire.MapResponse
-		if err := json.Unmarshal(clear, &mr); err != nil {
+		mr, err := wire.DecodeMapFrame(clear)
+		if err != nil {
 			rs.t.Fatalf("decode frame: %v", err)
 		}
 		if mr.KeepAlive {
 			continue
 		}
-		return &mr, 4 + int(n)
+		rs.frames++
+		if clear[0] == wire.BinaryMapFrame {
+			rs.binary++
+		}
+		return mr, 4 + int(n)
 	}
 }
 
@@ -368,4 +379,121 @@ func TestChangeJustBeforeTakeArrives(t *testing.T) {
 	wa.waitFor("both renames", wait, func(nm *wire.NetMap) bool {
 		return peerNamed(nm, "charlie-2") != nil && peerNamed(nm, "bravo-2") != nil
 	})
+}
+
+// TestBinaryAndJSONStreams checks that a node of the current version
+// (binary map frames) and one of version 15 (JSON) get the same full map,
+// split across frames, and the same deltas: a peer joining, coming
+// online and changing its endpoints.
+func TestBinaryAndJSONStreams(t *testing.T) {
+	defer coordinator.SetFrameSplitAtForTest(4 << 10)()
+	const n = 60
+	c := startCoord(t, func(o *coordinator.Options) { o.KeepAliveInterval = time.Minute })
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	registerMany(t, c, ak, "peer", n)
+	type reader struct {
+		name    string
+		version int
+		binary  bool
+		rs      *rawStream
+	}
+	readers := []*reader{{name: "binary", version: wire.CapabilityVersion, binary: true}, {name: "json", version: 15}}
+	privs := make([]key.NodePrivate, len(readers))
+	for i, r := range readers {
+		nd := newNode(t, c.URL)
+		nd.register(t, ak, "reader-"+r.name)
+		privs[i] = nd.priv
+	}
+	for i, r := range readers {
+		r.rs = openRawStream(t, c, privs[i], r.version)
+	}
+	// peersJSON returns nodes as JSON, ordered by name, to compare every
+	// field as a node would see it.
+	peersJSON := func(t *testing.T, nodes []*wire.Node) string {
+		t.Helper()
+		nodes = slices.Clone(nodes)
+		slices.SortFunc(nodes, func(a, b *wire.Node) int { return strings.Compare(a.Name, b.Name) })
+		b, err := json.MarshalIndent(nodes, "", " ")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	// Full maps: the same peers, several frames, binary only for the
+	// current version.
+	var fulls []string
+	for _, r := range readers {
+		mr, _ := r.rs.next()
+		// Every peer and the other reader.
+		if len(mr.Peers) != n+1 {
+			t.Fatalf("%s: full map has %d peers, want %d", r.name, len(mr.Peers), n+1)
+		}
+		mr.Peers = slices.DeleteFunc(mr.Peers, func(p *wire.Node) bool { return strings.HasPrefix(p.Name, "reader-") })
+		if mr.Self == nil || mr.Self.Name != "reader-"+r.name || mr.DNS == nil || !mr.PacketFilterSet {
+			t.Errorf("%s: full map lacks self, DNS or filter: %+v", r.name, mr)
+		}
+		if r.rs.frames < 3 {
+			t.Errorf("%s: full map came in %d frames, want it split", r.name, r.rs.frames)
+		}
+		if want := map[bool]int{true: r.rs.frames, false: 0}[r.binary]; r.rs.binary != want {
+			t.Errorf("%s: %d of %d frames binary, want %d", r.name, r.rs.binary, r.rs.frames, want)
+		}
+		fulls = append(fulls, peersJSON(t, mr.Peers))
+	}
+	if diff := cmp.Diff(fulls[1], fulls[0]); diff != "" {
+		t.Errorf("full maps differ (-json +binary):\n%s", diff)
+	}
+
+	// A join, then the newcomer online and its endpoints.
+	newcomer := newNode(t, c.URL)
+	newcomer.register(t, ak, "newcomer")
+	for _, r := range readers {
+		mr, _ := r.rs.next()
+		for len(mr.PeersChanged) == 0 && len(mr.PeersOnline) > 0 {
+			mr, _ = r.rs.next() // the other reader coming online
+		}
+		if len(mr.PeersChanged) != 1 || mr.PeersChanged[0].Name != "newcomer" {
+			t.Fatalf("%s: join delta = %+v, want the newcomer", r.name, mr)
+		}
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	runDone := make(chan struct{})
+	go func() {
+		defer close(runDone)
+		newcomer.Run(ctx, func(*wire.NetMap) {})
+	}()
+	defer func() { cancel(); <-runDone }()
+	eps := []netip.AddrPort{netip.MustParseAddrPort("192.0.2.7:41641"), netip.MustParseAddrPort("[2001:db8::7]:41641")}
+	newcomer.SetEndpoints(eps, 1)
+	var deltas []string
+	for _, r := range readers {
+		// Changes arrive as the stream batches them: read until the
+		// newcomer is online with its endpoints.
+		binary0 := r.rs.binary
+		var got *wire.Node
+		online := false
+		for got == nil || !online || len(got.Endpoints) != len(eps) {
+			mr, _ := r.rs.next()
+			if mr.Peers != nil {
+				t.Fatalf("%s: a delta with a full peer list", r.name)
+			}
+			for _, p := range mr.PeersChanged {
+				if p.Name != "newcomer" {
+					t.Fatalf("%s: delta changes %s, want only the newcomer", r.name, p.Name)
+				}
+				got, online = p, p.Online
+			}
+			if on, ok := mr.PeersOnline[newcomer.NodeKey()]; ok {
+				online = on
+			}
+		}
+		if r.binary && r.rs.binary == binary0 {
+			t.Errorf("%s: the endpoints delta was not a binary frame", r.name)
+		}
+		got.Online = online
+		deltas = append(deltas, peersJSON(t, []*wire.Node{got}))
+	}
+	if diff := cmp.Diff(deltas[1], deltas[0]); diff != "" {
+		t.Errorf("deltas differ (-json +binary):\n%s", diff)
+	}
 }

@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,8 +24,9 @@ import (
 // fields are guarded by Server.mu, because they change with the nodes
 // they describe; a session's own mu guards what was marked for it.
 //
-// Memory is linear in the number of nodes: a node's view (and its JSON)
-// is built once per change and shared by every stream that sends it, and
+// Memory is linear in the number of nodes: a node's view (and its JSON
+// or binary record, see mapFrame.encode) is built once per change and
+// shared by every stream that sends it, and
 // a stream remembers which peers it sent as one bit per node plus the
 // change count it last caught up to (see sentState), not as a copy.
 type streams struct {
@@ -105,12 +107,21 @@ type peerView struct {
 	encOnce sync.Once
 	enc     []byte // JSON of node
 	encErr  error
+
+	binOnce sync.Once
+	bin     []byte // binary peer record of node (wire.AppendPeerRecord)
 }
 
 // json returns the view's JSON encoding, computed once.
 func (pv *peerView) json() ([]byte, error) {
 	pv.encOnce.Do(func() { pv.enc, pv.encErr = json.Marshal(pv.node) })
 	return pv.enc, pv.encErr
+}
+
+// binary returns the view's binary peer record, computed once.
+func (pv *peerView) binary() []byte {
+	pv.binOnce.Do(func() { pv.bin = wire.AppendPeerRecord(make([]byte, 0, 256), pv.node) })
+	return pv.bin
 }
 
 // noteChangeLocked rebuilds the shared view of node k after a change and
@@ -261,11 +272,13 @@ type mapFrame struct {
 // the node cannot take it in pieces.
 var errFrameTooLarge = errors.New("map frame too large")
 
-// encode returns the JSON bodies of f's frames. With split, a message
-// whose body would pass frameSplitAt is cut between peers into several
-// bodies, every one but the last marked More; without, it is one body
-// whatever its size.
-func (f *mapFrame) encode(split bool) ([][]byte, error) {
+// encode returns the bodies of f's frames: JSON, or with bin, binary
+// map frames (wire.BinaryMapFrame) when f carries peers. With split, a
+// message whose body would pass frameSplitAt is cut between peers into
+// several bodies, every one but the last marked More; without, it is one
+// body whatever its size. Either way each peer's encoding is its view's,
+// made once for every stream that sends it.
+func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 	online := f.resp.PeersOnline
 	f.resp.PeersOnline = nil
 	base, err := json.Marshal(f.resp)
@@ -279,42 +292,77 @@ func (f *mapFrame) encode(split bool) ([][]byte, error) {
 	if len(f.peers) == 0 && !f.full {
 		return [][]byte{base}, nil
 	}
-	field := `"peers_changed":[`
+	// A body is base (as head), a fixed overhead, and each peer's
+	// encoding plus sep.
+	field, list := `"peers_changed":[`, wire.ListPeersChanged
 	if f.full {
-		field = `"peers":[`
+		field, list = `"peers":[`, wire.ListPeers
+	}
+	sep, fixed := 1, len(field)+2
+	if bin {
+		// Type byte, head length, list byte, record count.
+		sep, fixed = 0, 1+binary.MaxVarintLen32+1+binary.MaxVarintLen32
+	}
+	body := func(head []byte, encs [][]byte, more bool) []byte {
+		if bin {
+			return spliceBinary(head, list, encs, more)
+		}
+		return splice(head, field, encs, more)
 	}
 	encs := make([][]byte, len(f.peers))
-	size := len(base) + len(field) + 2
+	size := len(base) + fixed
 	for i, pv := range f.peers {
-		b, err := pv.json()
-		if err != nil {
+		if bin {
+			encs[i] = pv.binary()
+		} else if encs[i], err = pv.json(); err != nil {
 			return nil, fmt.Errorf("encode peer: %w", err)
 		}
-		encs[i] = b
-		size += len(b) + 1
+		size += len(encs[i]) + sep
 	}
 	if !split || size <= frameSplitAt {
-		return [][]byte{splice(base, field, encs, f.more)}, nil
+		return [][]byte{body(base, encs, f.more)}, nil
 	}
 	// The first body carries everything else; the rest only peers.
 	const moreLen = len(`,"more":true`)
 	var out [][]byte
-	head, limit := base, frameSplitAt-moreLen-len(field)-2
+	head, limit := base, frameSplitAt-moreLen-fixed
 	for start := 0; start < len(encs) || len(out) == 0; {
 		n, size := 0, len(head)
-		for start+n < len(encs) && (n == 0 || size+len(encs[start+n])+1 <= limit) {
-			size += len(encs[start+n]) + 1
+		for start+n < len(encs) && (n == 0 || size+len(encs[start+n])+sep <= limit) {
+			size += len(encs[start+n]) + sep
 			n++
 		}
 		if size > limit {
 			return nil, errFrameTooLarge
 		}
 		more := start+n < len(encs) || f.more
-		out = append(out, splice(head, field, encs[start:start+n], more))
+		out = append(out, body(head, encs[start:start+n], more))
 		start += n
 		head = []byte(`{}`)
 	}
 	return out, nil
+}
+
+// spliceBinary returns a binary map frame (wire.AppendBinaryMapFrame)
+// of the JSON object head, with "more":true if more, and the peer
+// records encs. Large results come from bodyPool, as splice's.
+func spliceBinary(head []byte, list wire.PeerList, encs [][]byte, more bool) []byte {
+	if more {
+		h := make([]byte, 0, len(head)+len(`"more":true,`))
+		h = append(h, `{"more":true`...)
+		if rest := bytes.TrimSpace(head[1:]); len(rest) > 1 { // more than "}"
+			h = append(h, ',')
+			h = append(h, rest...)
+		} else {
+			h = append(h, '}')
+		}
+		head = h
+	}
+	n := 1 + binary.MaxVarintLen32 + len(head) + 1 + binary.MaxVarintLen32
+	for _, e := range encs {
+		n += len(e)
+	}
+	return wire.AppendBinaryMapFrame(getBody(n), head, list, encs)
 }
 
 // withOnline returns the JSON object obj with a "peers_online" field

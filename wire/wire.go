@@ -63,7 +63,11 @@ import (
 //     and FilterSetChanges updates, so one node joining costs each node
 //     whose filter admits it a constant-size change instead of its whole
 //     filter. Nodes of older versions get every set expanded into SrcIPs.
-const CapabilityVersion = 14
+//   - 16 (2026-12-06): binary map frames: the peers of a map frame
+//     (MapResponse.Peers, PeersChanged) come as compact binary records
+//     after a JSON head (BinaryMapFrame, AppendPeerRecord), which the
+//     coordinator encodes once per peer change. Older nodes get JSON.
+const CapabilityVersion = 16
 
 // NodeID is the coordinator's stable identifier of a node.
 type NodeID int64
