@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"beam.dev/beam/wire"
@@ -23,13 +24,22 @@ import (
 // (wire.PathPolicy, wire.PathPolicyCheck) are registered by the access
 // job (acl.go).
 //
-// Its fields are set in New and not changed after.
+// Its fields are set in New and not changed after, but for the token's
+// hash, which SetAdminToken swaps.
 type adminAPI struct {
 	core *Server
-	// tokenHash is the SHA-256 of the admin token; nil means none, and
-	// then only auth admits anyone.
-	tokenHash []byte
+	// tokenHash holds the SHA-256 of the admin token; nil or empty
+	// means none, and then only auth admits anyone.
+	tokenHash atomic.Pointer[[]byte]
 	auth      func(r *http.Request) (who string, ok bool) // Options.AdminAuth; nil: none
+}
+
+// hash returns the admin token's hash, nil if none.
+func (a *adminAPI) hash() []byte {
+	if h := a.tokenHash.Load(); h != nil && len(*h) > 0 {
+		return *h
+	}
+	return nil
 }
 
 // adminWhoKey is the context key of the admin Options.AdminAuth admitted.
@@ -63,18 +73,19 @@ func (a *adminAPI) register(mux *http.ServeMux) {
 
 // tokenIs reports whether token is the admin token (never, with none).
 func (a *adminAPI) tokenIs(token string) bool {
-	if a.tokenHash == nil || token == "" {
+	h := a.hash()
+	if h == nil || token == "" {
 		return false
 	}
 	got := sha256.Sum256([]byte(token))
-	return subtle.ConstantTimeCompare(got[:], a.tokenHash) == 1
+	return subtle.ConstantTimeCompare(got[:], h) == 1
 }
 
 // require wraps h so it runs only with the admin bearer token, or what
 // Options.AdminAuth admits.
 func (a *adminAPI) require(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !bearerIs(r, a.tokenHash) {
+		if !bearerIs(r, a.hash()) {
 			if a.auth != nil {
 				if who, ok := a.auth(r); ok {
 					h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), adminWhoKey{}, who)))

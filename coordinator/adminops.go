@@ -2,6 +2,8 @@ package coordinator
 
 import (
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
 	"time"
 
@@ -28,6 +30,27 @@ func (s *Server) RecordAudit(ctx context.Context, actor, action, target, detail 
 // AdminTokenValid reports whether token is the admin token (never, when
 // none is set). It compares hashes in constant time.
 func (s *Server) AdminTokenValid(token string) bool { return s.admin.tokenIs(token) }
+
+// SetAdminToken replaces the admin token, as when it was rotated: the old
+// one is refused from then on. The token's hash is stored too, which is
+// what replicas starting on a shared store compare theirs with; the other
+// replicas running keep theirs until they are given the new one. It does
+// nothing when token is already the admin token.
+func (s *Server) SetAdminToken(ctx context.Context, token string) error {
+	if token == "" {
+		return errors.New("coordinator: empty admin token")
+	}
+	if s.admin.tokenIs(token) {
+		return nil
+	}
+	h := sha256.Sum256([]byte(token))
+	hash := h[:]
+	if err := s.store.SetSetting(ctx, adminTokenSetting, hash); err != nil {
+		return fmt.Errorf("coordinator: store admin token hash: %w", err)
+	}
+	s.admin.tokenHash.Store(&hash)
+	return nil
+}
 
 // AuthKeys lists the stored auth keys, without their secrets.
 func (s *Server) AuthKeys(ctx context.Context) ([]wire.AuthKeyInfo, error) {

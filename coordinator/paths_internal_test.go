@@ -184,7 +184,9 @@ func TestRoutesAreWirePaths(t *testing.T) {
 func TestAdminPathsNeedToken(t *testing.T) {
 	consts := wirePathConsts(t)
 	s := &Server{}
-	s.admin = &adminAPI{core: s, tokenHash: hashSecret("the-admin-token")}
+	s.admin = &adminAPI{core: s}
+	h := hashSecret("the-admin-token")
+	s.admin.tokenHash.Store(&h)
 	mux, _ := s.routes()
 	n := 0
 	for _, r := range registrations(t) {

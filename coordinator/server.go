@@ -317,15 +317,16 @@ func New(opts Options) (*Server, error) {
 func (s *Server) load(ctx context.Context, adminToken string) error {
 	if adminToken != "" {
 		h := sha256.Sum256([]byte(adminToken))
-		if err := s.store.SetSetting(ctx, adminTokenSetting, h[:]); err != nil {
+		h2 := h[:]
+		if err := s.store.SetSetting(ctx, adminTokenSetting, h2); err != nil {
 			return fmt.Errorf("coordinator: store admin token hash: %w", err)
 		}
-		s.admin.tokenHash = h[:]
+		s.admin.tokenHash.Store(&h2)
 	} else {
 		h, err := s.store.Setting(ctx, adminTokenSetting)
 		switch {
 		case err == nil && len(h) == sha256.Size:
-			s.admin.tokenHash = h
+			s.admin.tokenHash.Store(&h)
 		case err == nil || errors.Is(err, ErrNotFound):
 		default:
 			return fmt.Errorf("coordinator: load admin token hash: %w", err)
@@ -500,7 +501,7 @@ func (s *Server) SetDERPMap(m *wire.DERPMap) {
 }
 
 func (s *Server) handleDERPVerify(w http.ResponseWriter, r *http.Request) {
-	if !bearerIs(r, s.relayHash) && !bearerIs(r, s.admin.tokenHash) {
+	if !bearerIs(r, s.relayHash) && !bearerIs(r, s.admin.hash()) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="beam"`)
 		writeError(w, errorf(http.StatusUnauthorized, wire.CodeUnauthorized, "missing or wrong relay token"))
 		return

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -331,5 +332,45 @@ func TestReplicasWithOtherSecretsAtOnce(t *testing.T) {
 		if code := refused.cmd.ProcessState.ExitCode(); code == 0 {
 			t.Errorf("round %d: the refused coordinator exited with 0", round)
 		}
+	}
+}
+
+// TestAdminTokenRotation: an admin token rotated by copying a new
+// admin.token into every replica's data directory is taken on SIGHUP:
+// until then each replica takes the old one; after, the new one only.
+func TestAdminTokenRotation(t *testing.T) {
+	c1, c2 := twoCoordinators(t)
+	old := c1.token
+	rotated := "rotated-admin-token-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	admits := func(c *cluster, token string) bool {
+		_, _, err := c.beam([]string{"BEAM_ADMIN_TOKEN=" + token}, "admin", "nodes", "list", "--coordinator", c.url)
+		return err == nil
+	}
+	for _, c := range []*cluster{c1, c2} {
+		if err := os.WriteFile(filepath.Join(c.dir, "coord", "admin.token"), []byte(rotated+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Read at start and on SIGHUP only.
+	if !admits(c1, old) || admits(c1, rotated) {
+		t.Fatalf("before SIGHUP: the old token admitted %v, the new one %v; want the old one only", admits(c1, old), admits(c1, rotated))
+	}
+	for _, c := range []*cluster{c1, c2} {
+		if err := c.coord.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []*cluster{c1, c2} {
+		waitFor(t, 15*time.Second, c.url+" takes the rotated admin token", func() bool { return admits(c, rotated) })
+		if admits(c, old) {
+			t.Errorf("%s still takes the old admin token after SIGHUP", c.url)
+		}
+		if c.coord.ProcessState != nil {
+			t.Errorf("%s exited on SIGHUP", c.url)
+		}
+	}
+	logb, _ := os.ReadFile(filepath.Join(c1.dir, "coord.log"))
+	if !regexp.MustCompile(`config reloaded.*reloaded=.*admin_token`).Match(logb) {
+		t.Errorf("the coordinator's log does not say it reloaded the admin token:\n%s", logb)
 	}
 }

@@ -64,6 +64,10 @@ copy of the first one's coordinator.key, admin.token and relay.token (a
 coordinator with other secrets is refused while another runs), and give nodes
 every URL: beam up --coordinator URL1,URL2.
 
+On SIGHUP it reads admin.token again (and --config and --policy-file): to
+rotate the admin token, write the new one into every replica's admin.token
+and send each SIGHUP.
+
 From elsewhere:
 
   export BEAM_COORDINATOR=http://HOST:PORT BEAM_ADMIN_TOKEN=$(cat DATA/admin.token)`,
@@ -118,7 +122,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	if err := reloadLevel(level, opts.LogLevel); err != nil {
 		return err
 	}
-	hup := reloadSignal(opts.ConfigFile != "" || opts.PolicyFile != "")
+	hup := reloadSignal(true) // the admin token is read again, at least
 	defer stopSignal(hup)
 	logger := f.Logger(level)
 	nofile := raiseFileLimit()
@@ -167,17 +171,15 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	if opts.ready != nil {
 		opts.ready(ln.Addr().String())
 	}
-	if hup != nil {
-		start := opts.Coordinator
-		defer watchReload(ctx, reloadSpec[configs.Coordinator]{
-			ConfigFile: opts.ConfigFile, Defaults: configs.DefaultCoordinator, Start: &start, Cmdline: opts.cmdline,
-			Validate: validateOnly[configs.Coordinator], Logger: logger,
-			HUP: hup,
-			Apply: func(_, next *configs.Coordinator) ([]string, error) {
-				return reloadCoordinator(ctx, srv, level, next.PolicyFile, next.LogLevel)
-			},
-		})()
-	}
+	start := opts.Coordinator
+	defer watchReload(ctx, reloadSpec[configs.Coordinator]{
+		ConfigFile: opts.ConfigFile, Defaults: configs.DefaultCoordinator, Start: &start, Cmdline: opts.cmdline,
+		Validate: validateOnly[configs.Coordinator], Logger: logger,
+		HUP: hup,
+		Apply: func(_, next *configs.Coordinator) ([]string, error) {
+			return reloadCoordinator(ctx, srv, level, next.PolicyFile, next.LogLevel, role.tokenPath)
+		},
+	})()
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	select {
@@ -300,20 +302,16 @@ func loadOrCreateMachineKey(path string) (key.MachinePrivate, error) {
 // loadOrCreateToken reads the admin token at path, or writes a new random
 // one 0600. It reports whether it created the token.
 func loadOrCreateToken(path string) (string, bool, error) {
-	b, err := os.ReadFile(path)
+	tok, err := readAdminToken(path)
 	switch {
 	case err == nil:
-		tok := strings.TrimSpace(string(b))
-		if len(tok) < 16 {
-			return "", false, fmt.Errorf("admin token in %s is too short (want at least 16 characters)", path)
-		}
 		return tok, false, nil
 	case !errors.Is(err, fs.ErrNotExist):
-		return "", false, fmt.Errorf("read admin token: %w", err)
+		return "", false, err
 	}
 	var raw [32]byte
 	rand.Read(raw[:])
-	tok := hex.EncodeToString(raw[:])
+	tok = hex.EncodeToString(raw[:])
 	if err := writeFileExcl(path, []byte(tok+"\n")); err != nil {
 		return "", false, fmt.Errorf("write admin token: %w", err)
 	}
@@ -389,9 +387,15 @@ func applyPolicyFile(ctx context.Context, coord *coordinator.Server, path string
 }
 
 // reloadCoordinator applies what a coordinator reloads: its policy file
-// (read again, refused whole if invalid) and log level.
-func reloadCoordinator(ctx context.Context, coord *coordinator.Server, level *slog.LevelVar, policyFile, logLevel string) ([]string, error) {
+// (read again, refused whole if invalid), log level and admin token (the
+// file at tokenPath, read again: "admin_token" is among the applied keys
+// when it changed).
+func reloadCoordinator(ctx context.Context, coord *coordinator.Server, level *slog.LevelVar, policyFile, logLevel, tokenPath string) ([]string, error) {
 	l, err := parseLevel(logLevel)
+	if err != nil {
+		return nil, err
+	}
+	token, err := readAdminToken(tokenPath)
 	if err != nil {
 		return nil, err
 	}
@@ -402,8 +406,27 @@ func reloadCoordinator(ctx context.Context, coord *coordinator.Server, level *sl
 		}
 		applied = append(applied, "policy_file")
 	}
+	if !coord.AdminTokenValid(token) {
+		if err := coord.SetAdminToken(ctx, token); err != nil {
+			return nil, err
+		}
+		applied = append(applied, "admin_token")
+	}
 	level.Set(l)
 	return applied, nil
+}
+
+// readAdminToken reads the admin token file at path.
+func readAdminToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read admin token: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < 16 {
+		return "", fmt.Errorf("admin token in %s is too short (want at least 16 characters)", path)
+	}
+	return tok, nil
 }
 
 // policyFileUsage is the help of --policy-file.

@@ -163,7 +163,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	if err := reloadLevel(level, o.LogLevel); err != nil {
 		return err
 	}
-	hup := reloadSignal(o.ConfigFile != "" || o.PolicyFile != "")
+	hup := reloadSignal(true) // the admin token is read again, at least
 	defer stopSignal(hup)
 	start := o.Server // as configured: runServer settles some of o (a port 0 picked)
 	logger := f.Logger(level)
@@ -314,9 +314,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		wg.Add(1)
 		go func() { defer wg.Done(); startupCheck(ctx, o, logger) }()
 	}
-	if hup != nil {
-		defer watchReload(ctx, serverReload(ctx, o, &start, hup, coord, er, level, nofile, logger))()
-	}
+	defer watchReload(ctx, serverReload(ctx, o, &start, hup, coord, er, level, nofile, logger))()
 	if o.ready != nil {
 		o.ready(addr.String(), httpAddr)
 	}
@@ -375,7 +373,7 @@ func serverReload(ctx context.Context, o *ServerOptions, start *configs.Server, 
 		ConfigFile: o.ConfigFile, Defaults: configs.DefaultServer, Start: start, Cmdline: o.cmdline,
 		Validate: settleServer, Logger: logger, HUP: hup,
 		Apply: func(_, next *configs.Server) ([]string, error) {
-			applied, err := reloadCoordinator(ctx, coord, level, next.PolicyFile, next.LogLevel)
+			applied, err := reloadCoordinator(ctx, coord, level, next.PolicyFile, next.LogLevel, filepath.Join(o.DataDir, "admin.token"))
 			if err != nil {
 				return nil, err
 			}
