@@ -93,8 +93,21 @@ type Config struct {
 	// Routes are the device's own routes.
 	Routes []Route
 	// Edges are the overlay addresses of the edge nodes: only their
-	// PROXY protocol headers and refusal reports are believed.
+	// PROXY protocol headers and refusal reports are believed, and only
+	// their connections go through an http route's proxy.
 	Edges []netip.Addr
+	// PeerReachesHost reports whether the engine forwards a peer's
+	// connection to the device's own port (shields down, host
+	// forwarding on, not one of the daemon's own listeners). A peer that
+	// is not an edge and connects to an http route's port is then
+	// spliced to 127.0.0.1:PORT, which is what it would reach had the
+	// port not been published; otherwise, or when the route's app is
+	// elsewhere (an upstream, the program's own listener), it is
+	// refused. Nil refuses every such peer. The proxy is the edge's:
+	// a peer going through it would skip the edge's checks (basic auth,
+	// allowed addresses, sign-in) and could send the X-Beam-* headers
+	// the edge vouches for.
+	PeerReachesHost func(port uint16) bool
 }
 
 // Server is the device side of all of the device's routes.

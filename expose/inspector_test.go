@@ -67,6 +67,7 @@ func newInspectLab(t *testing.T, limit int, app http.Handler) *inspectLab {
 		t.Fatal(err)
 	}
 	lab.addr = ln.Addr().String()
+	fromLoopbackEdge(p)
 	p.serve(ln)
 	t.Cleanup(p.close)
 	return lab

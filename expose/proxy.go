@@ -16,6 +16,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -131,21 +132,31 @@ func (s *Server) syncProxiesLocked(cfg Config) {
 			delete(s.proxies, port)
 		}
 	}
+	edges := slices.Clone(cfg.Edges)
+	admit := func(p *exposeProxy, port uint16) {
+		p.relay.edges.Store(&edges)
+		p.peerToHost.Store(cfg.PeerReachesHost != nil && p.upstream.local(port) && cfg.PeerReachesHost(port))
+	}
+	for port, p := range s.proxies {
+		admit(p, port)
+	}
 	for port, up := range want {
 		if _, ok := s.proxies[port]; ok {
 			continue
 		}
-		p, err := s.startProxy(cfg.Net, cfg.Addrs, port, up)
+		p, err := s.startProxy(cfg.Net, cfg.Addrs, port, up, admit)
 		if err != nil {
 			s.logger.Warn("expose proxy", "port", port, "err", err)
 			continue
 		}
 		s.proxies[port] = p
 	}
-	edges := slices.Clone(cfg.Edges)
-	for _, p := range s.proxies {
-		p.relay.edges.Store(&edges)
-	}
+}
+
+// local reports whether u is the device's own 127.0.0.1:port, which the
+// engine's host forwarding reaches too.
+func (u Upstream) local(port uint16) bool {
+	return u.app == nil && !u.tls && !u.raw && u.addr == "127.0.0.1:"+strconv.Itoa(int(port))
 }
 
 // exposeProxy is the device side of one exposed HTTP port: it accepts
@@ -164,13 +175,19 @@ type exposeProxy struct {
 	cancel   context.CancelFunc
 	lns      []net.Listener
 	wg       sync.WaitGroup
+	// peerToHost: a connection from a peer that is not an edge is
+	// spliced to the app as the engine's host forwarding would; false
+	// refuses it (Config.PeerReachesHost).
+	peerToHost atomic.Bool
 
 	mu     sync.Mutex // guards the following fields
 	conns  map[*relayConn]struct{}
 	closed bool
 }
 
-func (s *Server) startProxy(e Network, addrs []netip.Prefix, port uint16, up Upstream) (*exposeProxy, error) {
+// startProxy starts the proxy of port, with admit setting whom it admits
+// before it accepts anyone.
+func (s *Server) startProxy(e Network, addrs []netip.Prefix, port uint16, up Upstream, admit func(*exposeProxy, uint16)) (*exposeProxy, error) {
 	var lns []net.Listener
 	for _, a := range addrs {
 		ln, err := e.Listen("tcp", netip.AddrPortFrom(a.Addr(), port).String())
@@ -195,6 +212,7 @@ func (s *Server) startProxy(e Network, addrs []netip.Prefix, port uint16, up Ups
 		Logger:   s.logger,
 	})
 	p.net, p.upstream = e, up
+	admit(p, port)
 	for _, ln := range lns {
 		p.serve(ln)
 	}
@@ -357,6 +375,12 @@ func (p *exposeProxy) serve(ln net.Listener) {
 				return
 			}
 			rc := newRelayConn(p.relay, c)
+			peer := !rc.fromEdge()
+			if peer && !p.peerToHost.Load() {
+				p.relay.logger.Debug("expose proxy: refused a peer that is not an edge", "port", p.relay.port, "client", c.RemoteAddr())
+				c.Close()
+				continue
+			}
 			p.mu.Lock()
 			if p.closed {
 				p.mu.Unlock()
@@ -365,7 +389,7 @@ func (p *exposeProxy) serve(ln net.Listener) {
 			}
 			p.conns[rc] = struct{}{}
 			p.wg.Go(func() {
-				if p.upstream.raw {
+				if p.upstream.raw || peer {
 					rc.spliceRaw(p.ctx)
 				} else {
 					rc.run(p.ctx)

@@ -399,8 +399,9 @@ func (rc *relayConn) serveHTTP2(ctx context.Context, br *bufio.Reader) {
 }
 
 // spliceRaw copies bytes both ways between the client and the app, for a
-// tcp route whose upstream is not the device's own port. It ends both
-// connections once the app is done sending.
+// tcp route whose upstream is not the device's own port, and for a peer
+// that is not an edge (exposeProxy.peerToHost). It ends both connections
+// once the app is done sending.
 func (rc *relayConn) spliceRaw(ctx context.Context) {
 	start := time.Now()
 	var in, out int64

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"runtime"
 	"strconv"
 	"strings"
@@ -108,6 +109,7 @@ func (lab *relayLab) startRelay(t *testing.T) {
 	}
 	lab.addr = ln.Addr().String()
 	lab.proxy = p
+	fromLoopbackEdge(p)
 	p.serve(ln)
 	t.Cleanup(p.close)
 }
@@ -482,6 +484,7 @@ func TestRelayBadResponses(t *testing.T) {
 		}
 	})
 	p := newExposeProxy(exposeProxyOptions{Port: 1, Target: ln.Addr().String()})
+	fromLoopbackEdge(p)
 	rln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -575,6 +578,7 @@ func TestRelayClose(t *testing.T) {
 	defer func() { close(block); app.Close(); <-appDone }()
 
 	p := newExposeProxy(exposeProxyOptions{Port: 1, Target: appLn.Addr().String()})
+	fromLoopbackEdge(p)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -788,4 +792,46 @@ func TestRelayAppClosesKeepAlive(t *testing.T) {
 			}
 		}
 	})
+}
+
+// fromLoopbackEdge makes 127.0.0.1, where the tests connect from, the
+// proxy's one edge.
+func fromLoopbackEdge(p *exposeProxy) {
+	edges := []netip.Addr{netip.MustParseAddr("127.0.0.1")}
+	p.relay.edges.Store(&edges)
+}
+
+// TestRelayPeersNotEdges connects to the proxy from an address that is
+// not an edge's: it is refused, or with peerToHost spliced to the app
+// byte for byte (a head the relay would refuse reaches the app as sent).
+func TestRelayPeersNotEdges(t *testing.T) {
+	lab := newRawRelayLab(t, func(c net.Conn) {
+		b := make([]byte, 64)
+		n, _ := c.Read(b)
+		c.Write([]byte("app got " + string(b[:n])))
+	})
+	const bad = "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n" // two Hosts: the relay answers 400
+	send := func(src string) string {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+		c, err := d.Dial("tcp", lab.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		c.Write([]byte(bad))
+		out, _ := io.ReadAll(c)
+		return string(out)
+	}
+	if out := send("127.0.0.1"); !strings.HasPrefix(out, "HTTP/1.1 400") {
+		t.Fatalf("from the edge: %q, want the relay's 400", out)
+	}
+	if out := send("127.0.0.2"); out != "" {
+		t.Fatalf("from a peer, without peerToHost: %q, want the connection closed", out)
+	}
+	lab.proxy.peerToHost.Store(true)
+	if out := send("127.0.0.2"); out != "app got "+bad {
+		t.Fatalf("from a peer, with peerToHost: %q, want the app's answer to the bytes sent", out)
+	}
 }

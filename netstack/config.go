@@ -32,9 +32,15 @@ type Config struct {
 	// ShieldsUp refuses every inbound connection or flow from peers,
 	// except to the ports in AllowInbound.
 	ShieldsUp bool
-	// AllowInbound are the ports still open with ShieldsUp (used by
-	// `beam expose`). Ignored when ShieldsUp is false.
+	// AllowInbound are the ports still open to every peer with
+	// ShieldsUp. Ignored when ShieldsUp is false.
 	AllowInbound []uint16
+	// EdgeInbound are the ports still open with ShieldsUp to the
+	// addresses in Edges alone: the ports `beam expose` publishes, which
+	// only the edge nodes forward to. Ignored when ShieldsUp is false.
+	EdgeInbound []uint16
+	// Edges are the overlay addresses of the edge nodes (see EdgeInbound).
+	Edges []netip.Addr
 	// Filter, if non-nil, is enforced statefully on inbound packets:
 	// new flows must match a rule, replies to flows this node opened
 	// always pass. Nil accepts every inbound flow.

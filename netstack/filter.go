@@ -281,13 +281,17 @@ type policy struct {
 	open      bool // no filter, shields down: accept everything
 	shieldsUp bool
 	allow     []uint16 // with shieldsUp, ports still open
-	filter    *Filter  // nil: no rule check
+	edgeOnly  []uint16 // with shieldsUp, ports still open to edges
+	edges     []netip.Addr
+	filter    *Filter // nil: no rule check
 }
 
 func newPolicy(cfg *Config) *policy {
 	p := &policy{shieldsUp: cfg.ShieldsUp, filter: cfg.Filter}
 	if cfg.ShieldsUp {
 		p.allow = slices.Clone(cfg.AllowInbound)
+		p.edgeOnly = slices.Clone(cfg.EdgeInbound)
+		p.edges = slices.Clone(cfg.Edges)
 	}
 	p.open = !p.shieldsUp && p.filter == nil
 	return p
@@ -300,7 +304,8 @@ func (p *policy) acceptNew(pi *packetInfo) bool {
 		if pi.proto != protoTCP && pi.proto != protoUDP {
 			return false
 		}
-		if !slices.Contains(p.allow, pi.dport) {
+		if !slices.Contains(p.allow, pi.dport) &&
+			!(slices.Contains(p.edgeOnly, pi.dport) && slices.Contains(p.edges, pi.src)) {
 			return false
 		}
 	}

@@ -102,6 +102,10 @@ func TestPacketFilter(t *testing.T) {
 		{"shields up allow", Config{ShieldsUp: true, AllowInbound: []uint16{80}}, ipv4Packet(protoTCP, peerA, me, 1000, 80, tcpSYN), true},
 		{"shields up allow udp", Config{ShieldsUp: true, AllowInbound: []uint16{80}}, ipv4Packet(protoUDP, peerA, me, 1000, 80, 0), true},
 		{"shields up ping", Config{ShieldsUp: true, AllowInbound: []uint16{80}}, ipv4Packet(protoICMP, peerA, me, 8, 1, 0), false},
+		{"shields up, edge port from the edge", Config{ShieldsUp: true, EdgeInbound: []uint16{80}, Edges: []netip.Addr{peerA}}, ipv4Packet(protoTCP, peerA, me, 1000, 80, tcpSYN), true},
+		{"shields up, edge port from a peer", Config{ShieldsUp: true, EdgeInbound: []uint16{80}, Edges: []netip.Addr{peerA}}, ipv4Packet(protoTCP, peerC, me, 1000, 80, tcpSYN), false},
+		{"shields up, other port from the edge", Config{ShieldsUp: true, EdgeInbound: []uint16{80}, Edges: []netip.Addr{peerA}}, ipv4Packet(protoTCP, peerA, me, 1000, 81, tcpSYN), false},
+		{"shields up, edge port from the edge over ipv6", Config{ShieldsUp: true, EdgeInbound: []uint16{80}, Edges: []netip.Addr{peerA6}}, ipv6Packet(protoTCP, peerA6, me6, 1000, 80, tcpSYN), true},
 		{"shields up and filter", Config{ShieldsUp: true, AllowInbound: []uint16{22}, Filter: rule}, ipv4Packet(protoTCP, peerA, me, 1000, 22, tcpSYN), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -270,6 +270,12 @@ func (n *Node) WatchRequests(ctx context.Context) <-chan apitype.RequestLog {
 // expose, which listens for them inside the engine. n.mu held.
 func (n *Node) syncExposeLocked(cfg netstack.Config) {
 	ec := expose.Config{Addrs: cfg.Addresses, Edges: n.edgeAddrsLocked()}
+	if !cfg.ShieldsUp && !n.opts.NoHostForward {
+		own := cfg.OwnListeners
+		ec.PeerReachesHost = func(port uint16) bool {
+			return !slices.ContainsFunc(own, func(a netip.AddrPort) bool { return a.Port() == port })
+		}
+	}
 	if n.engine != nil {
 		ec.Net = n.engine
 	}

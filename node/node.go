@@ -717,7 +717,15 @@ func (n *Node) applyLocked() {
 		// while the policy designates it.
 		n.engine.SetPeerRelayOffered(n.netmap.Self.PeerRelay != 0)
 	}
-	cfg := engineBase(n.netmap, n.st.ShieldsUp, slices.Concat(n.allowInbound, n.exposedPortsLocked()), &n.filters)
+	cfg := engineBase(n.netmap, n.st.ShieldsUp, n.allowInbound, &n.filters)
+	if cfg.ShieldsUp {
+		// Published ports stay open to the edges alone: a peer that
+		// reached the device-side proxy would skip the edge's checks
+		// (basic auth, allowed addresses, sign-in) and its headers.
+		if cfg.EdgeInbound = n.exposedPortsLocked(); len(cfg.EdgeInbound) > 0 {
+			cfg.Edges = n.edgeAddrsLocked()
+		}
+	}
 	cfg.OwnListeners = n.own.list()
 	if n.netmap != nil && n.netmap.Self != nil && n.netmap.Self.Expired(n.netmap.ControlNow(now)) {
 		n.state = apitype.StateExpired
