@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -15,6 +16,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"beam.dev/beam/beamtest/pgtest"
 	"beam.dev/beam/localapi/apitype"
@@ -343,11 +346,14 @@ func peerNames(d *device) ([]string, bool) {
 // nodes, names and addresses, and a policy set afterwards on one
 // coordinator reaches every device. A node streaming throughout is shown online
 // to its peer all along (never unknown or offline: every heartbeat was
-// stale at once, which is not a coordinator dying).
+// stale at once, which is not a coordinator dying). A public route a
+// device publishes with beam expose while the database is down (retried
+// until it succeeds) is stored once and served by the edges of both
+// coordinators.
 func TestPostgresRestart(t *testing.T) {
 	pg := pgtest.New(t)
 	dsn := pg.NewDatabase(t)
-	c1 := newClusterTB(t, "--db", dsn)
+	c1 := newClusterTB(t, "--db", dsn, "--edge-domain", "example.test")
 	c2 := replicaOf(t, c1)
 	coords := []*cluster{c1, c2}
 	urls := c1.url + "," + c2.url
@@ -356,6 +362,8 @@ func TestPostgresRestart(t *testing.T) {
 	a.upOn([]string{c1.url, c2.url}, key)
 	b.upOn([]string{c2.url, c1.url}, key)
 	bKey := b.status().Self.Key
+	edges := []func(host string) (int, string){startEdgeOn(t, c1, "example.test"), startEdgeOn(t, c2, "example.test")}
+	app := startApp(t, "a's app")
 
 	// The load: rename b through one coordinator, then the other, each
 	// rename retried (by node key, so a retry of one that was applied is
@@ -444,6 +452,25 @@ func TestPostgresRestart(t *testing.T) {
 			<-time.After(200 * time.Millisecond) // beam up failed while the database is down: again
 		}
 	}()
+	// a publishes its app while the database is down; beam expose fails
+	// until it is back, and is tried again.
+	exposed := make(chan error, 1)
+	exposeFailures := 0
+	go func() {
+		deadline := time.Now().Add(45 * time.Second)
+		for {
+			_, errOut, err := a.c.beam(nil, a.args("expose", strconv.Itoa(app.port), "--bg")...)
+			if err == nil || time.Now().After(deadline) {
+				if err != nil {
+					err = fmt.Errorf("%v: %s", err, errOut)
+				}
+				exposed <- err
+				return
+			}
+			exposeFailures++
+			<-time.After(200 * time.Millisecond) // beam expose failed while the database is down: again
+		}
+	}()
 	// Longer than a heartbeat may lapse (15 s).
 	const outage = 17 * time.Second
 	waitFor(t, outage+10*time.Second, "the database down for a while", func() bool { return time.Since(stopped) > outage })
@@ -456,6 +483,19 @@ func TestPostgresRestart(t *testing.T) {
 	waitFor(t, 30*time.Second, "renames after the restart", func() bool { mu.Lock(); defer mu.Unlock(); return successes >= atRestart+3 })
 	if err := <-joined; err != nil {
 		t.Fatalf("c did not join across the restart: %v", err)
+	}
+	if err := <-exposed; err != nil {
+		t.Fatalf("a's beam expose did not succeed across the restart: %v", err)
+	}
+	t.Logf("a's beam expose succeeded %v after the database stopped, after %d failed attempts", time.Since(stopped).Round(time.Millisecond), exposeFailures)
+	for i, get := range edges {
+		waitFor(t, 15*time.Second, fmt.Sprintf("the edge on coordinator %d serves a's route", i+1), func() bool {
+			code, body := get("a.example.test")
+			return code == http.StatusOK && body == "a's app"
+		})
+	}
+	if got := routeRows(t, dsn); !slices.Equal(got, []string{"a a.example.test http"}) {
+		t.Errorf("the database holds routes %q, want a's one http route", got)
 	}
 	d := c2.device("d")
 	d.upOn([]string{c2.url, c1.url}, key)
@@ -473,7 +513,7 @@ func TestPostgresRestart(t *testing.T) {
 	want := []string{"a", final, "c", "d"}
 	slices.Sort(want)
 	rows := nodeRows(t, dsn)
-	if got := slices.Sorted(maps.Keys(rows)); !slices.Equal(got, want) {
+	if got, want := slices.Sorted(maps.Keys(rows)), slices.Sorted(slices.Values(append([]string{"edge", "edge-2"}, want...))); !slices.Equal(got, want) {
 		t.Fatalf("the database holds nodes %v, want %v", got, want)
 	}
 	for _, c := range coords {
@@ -491,7 +531,7 @@ func TestPostgresRestart(t *testing.T) {
 	for _, dev := range []*device{a, b, cdev, d} {
 		waitFor(t, 20*time.Second, dev.name+" sees every node under its last name, online", func() bool {
 			names, online := peerNames(dev)
-			return online && slices.Equal(names, want)
+			return online && slices.Equal(withoutEdges(names), want)
 		})
 	}
 	// The listeners are back too: a policy set on one coordinator after
@@ -501,7 +541,7 @@ func TestPostgresRestart(t *testing.T) {
 	for _, dev := range []*device{a, b, cdev, d} {
 		waitFor(t, 15*time.Second, dev.name+" sees no peer under a deny-all policy", func() bool {
 			names, _ := peerNames(dev)
-			return len(names) == 1
+			return len(withoutEdges(names)) == 1
 		})
 	}
 }
@@ -537,4 +577,38 @@ func TestReplicaTimesShort(t *testing.T) {
 	if offlineAt < 8*time.Second {
 		t.Errorf("lone offline %v after the kill, before 6s + 5s less a heartbeat", offlineAt)
 	}
+}
+
+// routeRows returns the public routes stored in the database at dsn, as
+// "NODE HOST PROTO", sorted.
+func routeRows(t *testing.T, dsn string) []string {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(t.Context())
+	rows, err := conn.Query(t.Context(), `SELECT n.name, r.host, r.proto FROM routes r JOIN nodes n ON n.id = r.node_id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for rows.Next() {
+		var name, host, proto string
+		if err := rows.Scan(&name, &host, &proto); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, name+" "+host+" "+proto)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	return got
+}
+
+// withoutEdges returns names without those of the edges' nodes (edge,
+// edge-2, ...).
+func withoutEdges(names []string) []string {
+	return slices.DeleteFunc(slices.Clone(names), func(n string) bool { return strings.HasPrefix(n, "edge") })
 }

@@ -137,41 +137,7 @@ func TestPolicyAcrossCoordinators(t *testing.T) {
 // expose, and the edge serves it, then stops serving it once withdrawn.
 func TestRoutesAcrossCoordinators(t *testing.T) {
 	c1, c2 := twoCoordinators(t, "--edge-domain", "example.test")
-	edgeKey := strings.TrimSpace(c1.mustBeam("admin", "authkey", "create", "--coordinator", c1.url, "--edge"))
-	httpAddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
-	dir := t.TempDir()
-	logf, err := os.Create(filepath.Join(dir, "edge.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	edge := exec.Command(c1.bin, "--state", filepath.Join(dir, "edge"), "--socket", filepath.Join(dir, "edge.sock"), "edge",
-		"--coordinator", c1.url, "--authkey", edgeKey, "--domain", "example.test", "--http-addr", httpAddr, "--https-addr", "")
-	edge.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+dir)
-	edge.Stdout, edge.Stderr = logf, logf
-	if err := edge.Start(); err != nil {
-		t.Fatal(err)
-	}
-	logf.Close()
-	t.Cleanup(func() {
-		edge.Process.Kill()
-		edge.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "edge.log"))
-			t.Logf("edge log:\n%s", b)
-		}
-	})
-	get := func(host string) (int, string) {
-		req, _ := http.NewRequest("GET", "http://"+httpAddr+"/", nil)
-		req.Host = host
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return 0, err.Error()
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, string(b)
-	}
-	waitFor(t, 20*time.Second, "edge answers", func() bool { code, _ := get("nosuch.example.test"); return code == http.StatusNotFound })
+	get := startEdgeOn(t, c1, "example.test")
 
 	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "hello from alpha's app") })}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -199,6 +165,50 @@ func TestRoutesAcrossCoordinators(t *testing.T) {
 		code, _ := get("alpha.example.test")
 		return code == http.StatusNotFound
 	})
+}
+
+// startEdgeOn starts a `beam edge` for domain that streams from c's
+// coordinator, serving HTTP on a loopback port, and returns a GET of its
+// / for a host name: the status and body, or 0 and why it failed. It
+// returns once the edge answers.
+func startEdgeOn(t *testing.T, c *cluster, domain string) (get func(host string) (int, string)) {
+	t.Helper()
+	edgeKey := strings.TrimSpace(c.mustBeam("admin", "authkey", "create", "--coordinator", c.url, "--edge"))
+	httpAddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	dir := t.TempDir()
+	logf, err := os.Create(filepath.Join(dir, "edge.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	edge := exec.Command(c.bin, "--state", filepath.Join(dir, "edge"), "--socket", filepath.Join(dir, "edge.sock"), "edge",
+		"--coordinator", c.url, "--authkey", edgeKey, "--domain", domain, "--http-addr", httpAddr, "--https-addr", "")
+	edge.Env = append(os.Environ(), "XDG_RUNTIME_DIR="+dir)
+	edge.Stdout, edge.Stderr = logf, logf
+	if err := edge.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logf.Close()
+	t.Cleanup(func() {
+		edge.Process.Kill()
+		edge.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, "edge.log"))
+			t.Logf("log of the edge on %s:\n%s", c.url, b)
+		}
+	})
+	get = func(host string) (int, string) {
+		req, _ := http.NewRequest("GET", "http://"+httpAddr+"/", nil)
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	waitFor(t, 20*time.Second, "the edge on "+c.url+" answers", func() bool { code, _ := get("nosuch." + domain); return code == http.StatusNotFound })
+	return get
 }
 
 // sealedRegistration returns a registration envelope with authKey for a
