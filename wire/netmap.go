@@ -25,6 +25,10 @@ type NetMap struct {
 	// skew correction for expiry checks.
 	ControlTime time.Time `json:"control_time,omitzero"`
 	LocalTime   time.Time `json:"local_time,omitzero"`
+
+	// idx indexes Peers by key (see Apply); nil for a netmap Apply did
+	// not make.
+	idx *peerIndex
 }
 
 // Clone returns a deep-enough copy of nm: slices and peers are copied, so
@@ -44,6 +48,7 @@ func (nm *NetMap) Clone() *NetMap {
 		pc := *p
 		c.Peers[i] = &pc
 	}
+	c.idx = nil
 	c.PacketFilter = slices.Clone(nm.PacketFilter)
 	c.FilterSets = maps.Clone(nm.FilterSets)
 	c.EdgeRoutes = slices.Clone(nm.EdgeRoutes)
@@ -52,10 +57,18 @@ func (nm *NetMap) Clone() *NetMap {
 
 // Apply returns the netmap that results from applying resp to nm. nm is
 // not modified. A nil nm is treated as empty. localNow is the node's clock.
+//
+// The result shares with nm whatever resp leaves as it was: the Self,
+// DERPMap, DNS, filter and route values and every peer resp does not
+// change (the same *Node); callers must not modify a netmap's values. A
+// delta costs O(k log n) for k changed peers of n, plus one copy of the
+// Peers pointers when the list changes: peers are also held in an index
+// (a persistent hash trie, see peerIndex) that Apply updates in place of
+// rebuilding and sorting the list, and that PeerChanges compares.
 func (nm *NetMap) Apply(resp *MapResponse, localNow time.Time) *NetMap {
-	next := nm.Clone()
-	if next == nil {
-		next = &NetMap{}
+	next := &NetMap{}
+	if nm != nil {
+		*next = *nm
 	}
 	if !resp.ControlTime.IsZero() {
 		next.ControlTime = resp.ControlTime
@@ -69,41 +82,7 @@ func (nm *NetMap) Apply(resp *MapResponse, localNow time.Time) *NetMap {
 		s := *resp.Self
 		next.Self = &s
 	}
-	byKey := make(map[key.NodePublic]*Node, len(next.Peers))
-	if resp.Peers != nil {
-		for _, p := range resp.Peers {
-			if p == nil {
-				continue
-			}
-			pc := *p
-			byKey[p.Key] = &pc
-		}
-	} else {
-		for _, p := range next.Peers {
-			byKey[p.Key] = p
-		}
-	}
-	for _, p := range resp.PeersChanged {
-		if p == nil {
-			continue
-		}
-		pc := *p
-		byKey[p.Key] = &pc
-	}
-	for _, k := range resp.PeersRemoved {
-		delete(byKey, k)
-	}
-	for k, online := range resp.PeersOnline {
-		if p, ok := byKey[k]; ok {
-			p.Online, p.Unknown = online, false
-		}
-	}
-	next.Peers = slices.SortedFunc(maps.Values(byKey), func(a, b *Node) int {
-		if c := compareStrings(a.Name, b.Name); c != 0 {
-			return c
-		}
-		return int(a.ID - b.ID)
-	})
+	next.applyPeers(resp)
 	if resp.DERPMap != nil {
 		next.DERPMap = resp.DERPMap
 	}
@@ -114,16 +93,132 @@ func (nm *NetMap) Apply(resp *MapResponse, localNow time.Time) *NetMap {
 		next.PacketFilter = slices.Clone(resp.PacketFilter)
 		next.FilterSets = maps.Clone(resp.FilterSets)
 	}
-	for _, ch := range resp.FilterSetChanges {
-		if next.FilterSets == nil {
-			next.FilterSets = map[string][]netip.Prefix{}
+	if len(resp.FilterSetChanges) > 0 {
+		sets := maps.Clone(next.FilterSets) // nm's map is nm's
+		if sets == nil {
+			sets = map[string][]netip.Prefix{}
 		}
-		next.FilterSets[ch.Name] = ch.apply(next.FilterSets[ch.Name])
+		for _, ch := range resp.FilterSetChanges {
+			sets[ch.Name] = ch.apply(sets[ch.Name])
+		}
+		next.FilterSets = sets
 	}
 	if resp.EdgeRoutes != nil {
 		next.EdgeRoutes = slices.Clone(resp.EdgeRoutes)
 	}
 	return next
+}
+
+// applyPeers applies resp's peer fields to next, a shallow copy of the
+// netmap resp applies to: Peers and idx are replaced, never modified.
+func (next *NetMap) applyPeers(resp *MapResponse) {
+	if resp.Peers == nil && len(resp.PeersChanged) == 0 && len(resp.PeersRemoved) == 0 && len(resp.PeersOnline) == 0 {
+		return
+	}
+	var (
+		ix          peerIndex
+		incremental bool // ix indexes next.Peers, which is sorted
+	)
+	switch {
+	case resp.Peers != nil:
+		for _, p := range resp.Peers {
+			if p != nil {
+				pc := *p
+				ix.set(&pc)
+			}
+		}
+	case next.idx.valid(next.Peers):
+		ix, incremental = *next.idx, true
+	default:
+		// A netmap made otherwise (decoded from JSON, or by hand).
+		ix, incremental = newPeerIndex(next.Peers)
+	}
+	// before holds, for each key the message touches, its peer in
+	// next.Peers (nil if none).
+	base := ix
+	var before map[key.NodePublic]*Node
+	touch := func(k key.NodePublic) {
+		if !incremental {
+			return
+		}
+		if before == nil {
+			before = make(map[key.NodePublic]*Node, len(resp.PeersChanged)+len(resp.PeersRemoved)+len(resp.PeersOnline))
+		}
+		if _, ok := before[k]; !ok {
+			before[k] = base.get(k)
+		}
+	}
+	for _, p := range resp.PeersChanged {
+		if p == nil {
+			continue
+		}
+		touch(p.Key)
+		pc := *p
+		ix.set(&pc)
+	}
+	for _, k := range resp.PeersRemoved {
+		touch(k)
+		ix.del(k)
+	}
+	for k, online := range resp.PeersOnline {
+		p := ix.get(k)
+		if p == nil || (p.Online == online && !p.Unknown) {
+			continue
+		}
+		touch(k)
+		pc := *p
+		pc.Online, pc.Unknown = online, false
+		ix.set(&pc)
+	}
+	if incremental {
+		var gone, come []*Node
+		for k, was := range before {
+			now := ix.get(k)
+			if now == was {
+				continue
+			}
+			if was != nil {
+				gone = append(gone, was)
+			}
+			if now != nil {
+				come = append(come, now)
+			}
+		}
+		if peers, ok := splice(next.Peers, gone, come); ok {
+			ix.peers, next.Peers, next.idx = peers, peers, &ix
+			return
+		}
+	}
+	next.Peers = ix.sortedPeers()
+	ix.peers = next.Peers
+	next.idx = &ix
+}
+
+// PeerChanges calls fn for each key whose peer differs between old and
+// nm: was is old's peer (nil if nm added it), now nm's (nil if nm removed
+// it). A peer both hold as the same *Node is unchanged; one that Apply
+// copied (a delta naming it) is reported even if its fields are equal.
+// A nil netmap has no peers. When nm was made from old by Apply, directly
+// or through other netmaps, the cost is that of the changes (the two
+// share the rest of their index); otherwise it is that of all their peers.
+func (nm *NetMap) PeerChanges(old *NetMap, fn func(was, now *Node)) {
+	diffTrie(old.peerTrie(), nm.peerTrie(), fn)
+}
+
+// peerTrie returns the root of nm's peer index, indexing the peers anew
+// if nm has no valid index.
+func (nm *NetMap) peerTrie() *trieNode {
+	if nm == nil {
+		return nil
+	}
+	if nm.idx.valid(nm.Peers) {
+		return nm.idx.root
+	}
+	var ix peerIndex
+	for _, p := range nm.Peers {
+		ix.set(p)
+	}
+	return ix.root
 }
 
 // Merge adds the frame next to the message m, which had More set: lists
@@ -223,6 +318,9 @@ func (nm *NetMap) ControlNow(localNow time.Time) time.Time {
 func (nm *NetMap) PeerByKey(k key.NodePublic) *Node {
 	if nm == nil {
 		return nil
+	}
+	if nm.idx.valid(nm.Peers) {
+		return nm.idx.get(k)
 	}
 	for _, p := range nm.Peers {
 		if p.Key == k {
