@@ -214,18 +214,89 @@ func nextExpiry(nm *wire.NetMap, localNow time.Time) time.Time {
 		return next
 	}
 	now := nm.ControlNow(localNow)
-	check := func(n *wire.Node) {
-		if n != nil && !n.KeyExpiry.IsZero() && n.KeyExpiry.After(now) {
-			if t := localNow.Add(n.KeyExpiry.Sub(now)); t.Before(next) {
-				next = t
-			}
-		}
-	}
-	check(nm.Self)
+	next = expiryBefore(next, nm.Self, now, localNow)
 	for _, p := range nm.Peers {
-		check(p)
+		next = expiryBefore(next, p, now, localNow)
 	}
 	return next
+}
+
+// expiryBefore returns when n's key expires on the local clock, if it is
+// valid at now (the coordinator's clock at localNow) and expires before
+// next; else next.
+func expiryBefore(next time.Time, n *wire.Node, now, localNow time.Time) time.Time {
+	if n != nil && !n.KeyExpiry.IsZero() && n.KeyExpiry.After(now) {
+		if t := localNow.Add(n.KeyExpiry.Sub(now)); t.Before(next) {
+			return t
+		}
+	}
+	return next
+}
+
+// deltaApplies reports whether what was derived from the netmap old at
+// some time (the engine's peers, the MagicDNS records) may be brought up
+// to date with nm by looking only at the peers nm.PeerChanges(old)
+// reports: both have a self with the same key expiry and the same clock
+// skew (within a second), and no key valid then has expired by localNow
+// (until, from nextExpiry, is before it), and self's key has not expired.
+// The caller checks what else it depends on.
+func deltaApplies(old, nm *wire.NetMap, localNow, until time.Time) bool {
+	if old == nil || nm == nil || old.Self == nil || nm.Self == nil || !localNow.Before(until) {
+		return false
+	}
+	if old.Self != nm.Self && !old.Self.KeyExpiry.Equal(nm.Self.KeyExpiry) {
+		return false
+	}
+	skew := old.ControlNow(localNow).Sub(nm.ControlNow(localNow))
+	// An expired self has no peers at all; a walk finds that at once.
+	return skew < time.Second && skew > -time.Second && !nm.Self.Expired(nm.ControlNow(localNow))
+}
+
+// peerDelta is peerChanges for a netmap nm made from old by deltas, when
+// deltaApplies(old, nm, localNow, until) and cur holds the engine's peers
+// for old: it looks at the peers that changed alone. It also returns
+// until lowered to the first expiry among them.
+func peerDelta(old, nm *wire.NetMap, localNow, until time.Time, cur map[key.NodePublic]netstack.Peer) (set []netstack.Peer, remove []key.NodePublic, next time.Time) {
+	now := nm.ControlNow(localNow)
+	nm.PeerChanges(old, func(was, p *wire.Node) {
+		if p != nil {
+			until = expiryBefore(until, p, now, localNow)
+			if !p.Expired(now) && len(p.Addresses) > 0 {
+				if ep, ok := cur[p.Key]; !ok || !isEnginePeer(&ep, p) {
+					set = append(set, enginePeer(p))
+				}
+				return
+			}
+			was = p
+		}
+		if _, ok := cur[was.Key]; ok {
+			remove = append(remove, was.Key)
+		}
+	})
+	return set, remove, until
+}
+
+// sameRecords reports, when deltaApplies(old, nm, localNow, until),
+// whether nm's MagicDNS records are old's: the same DNS settings and self,
+// and no peer added, removed or changed in a way dnsRecords reads (names,
+// addresses, key expiry). Its cost is that of the peers that changed.
+func sameRecords(old, nm *wire.NetMap, localNow, until time.Time) bool {
+	if !deltaApplies(old, nm, localNow, until) || old.DNS != nm.DNS || !sameNamed(old.Self, nm.Self) {
+		return false
+	}
+	same := true
+	nm.PeerChanges(old, func(was, now *wire.Node) {
+		same = same && sameNamed(was, now)
+	})
+	return same
+}
+
+// sameNamed reports whether a and b give the same MagicDNS records.
+func sameNamed(a, b *wire.Node) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Name == b.Name && a.DNSName == b.DNSName && slices.Equal(a.Addresses, b.Addresses) && a.KeyExpiry.Equal(b.KeyExpiry)
 }
 
 // dnsRecords turns a netmap into the MagicDNS records: every visible,

@@ -83,9 +83,9 @@ func (n *Node) Expose(ctx context.Context, req apitype.ExposeRequest) (*apitype.
 		// Apply the route locally at once rather than waiting for the stream.
 		n.mu.Lock()
 		if n.netmap != nil && !slices.ContainsFunc(n.netmap.EdgeRoutes, func(r wire.EdgeRoute) bool { return sameRoute(r, *resp.Route) }) {
-			nm := n.netmap.Clone()
-			nm.EdgeRoutes = append(nm.EdgeRoutes, *resp.Route)
-			n.netmap = nm
+			nm := *n.netmap // values are never modified: share them
+			nm.EdgeRoutes = append(slices.Clip(nm.EdgeRoutes), *resp.Route)
+			n.netmap = &nm
 			n.applyLocked()
 		}
 		n.mu.Unlock()
@@ -167,11 +167,11 @@ func (n *Node) Unexpose(ctx context.Context, name, proto string) error {
 	}
 	n.mu.Lock()
 	if n.netmap != nil {
-		nm := n.netmap.Clone()
-		nm.EdgeRoutes = slices.DeleteFunc(nm.EdgeRoutes, func(r wire.EdgeRoute) bool {
+		nm := *n.netmap // values are never modified: share them
+		nm.EdgeRoutes = slices.DeleteFunc(slices.Clone(nm.EdgeRoutes), func(r wire.EdgeRoute) bool {
 			return slices.ContainsFunc(match, func(m wire.EdgeRoute) bool { return sameRoute(r, m) })
 		})
-		n.netmap = nm
+		n.netmap = &nm
 		n.applyLocked()
 	}
 	n.mu.Unlock()
@@ -288,11 +288,31 @@ func (n *Node) syncExposeLocked(cfg netstack.Config) {
 // edgeAddrsLocked returns the overlay addresses of the edge nodes of the
 // current netmap.
 func (n *Node) edgeAddrsLocked() []netip.Addr {
-	var out []netip.Addr
 	if n.netmap == nil {
 		return nil
 	}
-	for _, p := range n.netmap.Peers {
+	if n.netmap == n.edgeNM {
+		return n.edgeAddrs
+	}
+	// A netmap made from the last by deltas that change no edge node
+	// has the same edges: look at the peers that changed alone.
+	again := n.edgeNM == nil
+	if !again {
+		n.netmap.PeerChanges(n.edgeNM, func(was, now *wire.Node) {
+			again = again || (was != nil && was.Edge) || (now != nil && now.Edge)
+		})
+	}
+	if again {
+		n.edgeAddrs = edgeAddrs(n.netmap)
+	}
+	n.edgeNM = n.netmap
+	return n.edgeAddrs
+}
+
+// edgeAddrs returns the overlay addresses of nm's edge nodes.
+func edgeAddrs(nm *wire.NetMap) []netip.Addr {
+	var out []netip.Addr
+	for _, p := range nm.Peers {
 		if p.Edge {
 			for _, pfx := range p.Addresses {
 				out = append(out, pfx.Addr())

@@ -129,6 +129,10 @@ type Node struct {
 	netmap        *wire.NetMap
 	lastEngineCfg *netstack.Config                 // the last config applied, without its peers
 	enginePeers   map[key.NodePublic]netstack.Peer // the peers the engine has, by key (with lastEngineCfg)
+	engineNM      *wire.NetMap                     // the netmap enginePeers were made from
+	engineUntil   time.Time                        // and when its first key expires (local clock)
+	edgeNM        *wire.NetMap                     // the netmap edgeAddrs were taken from
+	edgeAddrs     []netip.Addr                     // the overlay addresses of its edge nodes
 	filters       filterCache                      // converts the netmap's filter, reusing what did not change
 	lastRecords   *dnsserver.Records               // the last MagicDNS records set (applyLocked runs every second)
 	recordsNM     *wire.NetMap                     // the netmap lastRecords were built from by applyLocked
@@ -703,11 +707,17 @@ func (n *Node) applyLocked() {
 	// (a key expiring); at thousands of peers, building and comparing
 	// them every second is milliseconds, so only those rebuild them.
 	if ups := n.upstreamsLocked(); n.netmap != n.recordsNM || !now.Before(n.recordsUntil) || !slices.Equal(ups, n.recordsUps) {
-		if rec := dnsRecords(n.netmap, now, ups); !reflect.DeepEqual(rec, n.lastRecords) {
-			n.resolver.SetRecords(rec)
-			n.lastRecords = rec
+		if slices.Equal(ups, n.recordsUps) && sameRecords(n.recordsNM, n.netmap, now, n.recordsUntil) {
+			// A netmap whose changes leave every name as it was (an
+			// endpoint, an online state): nothing to rebuild.
+			n.recordsNM = n.netmap
+		} else {
+			if rec := dnsRecords(n.netmap, now, ups); !reflect.DeepEqual(rec, n.lastRecords) {
+				n.resolver.SetRecords(rec)
+				n.lastRecords = rec
+			}
+			n.recordsNM, n.recordsUps, n.recordsUntil = n.netmap, ups, nextExpiry(n.netmap, now)
 		}
-		n.recordsNM, n.recordsUps, n.recordsUntil = n.netmap, ups, nextExpiry(n.netmap, now)
 	}
 	if n.engine == nil {
 		return
@@ -741,8 +751,20 @@ func (n *Node) applyLocked() {
 			}
 			n.lastEngineCfg.Filter = cfg.Filter
 		}
-		// Only peers may have changed: the engine gets those alone.
-		set, remove := peerChanges(n.netmap, now, n.enginePeers)
+		// Only peers may have changed: the engine gets those alone,
+		// found among the peers the netmap changed when it was made from
+		// the last one by deltas, else by a walk of the netmap.
+		var (
+			set    []netstack.Peer
+			remove []key.NodePublic
+			until  time.Time
+		)
+		if deltaApplies(n.engineNM, n.netmap, now, n.engineUntil) {
+			set, remove, until = peerDelta(n.engineNM, n.netmap, now, n.engineUntil, n.enginePeers)
+		} else {
+			set, remove = peerChanges(n.netmap, now, n.enginePeers)
+			until = nextExpiry(n.netmap, now)
+		}
 		if len(set) > 0 || len(remove) > 0 {
 			if err := n.engine.UpdatePeers(set, remove); err != nil {
 				n.logger.Warn("reconfigure engine peers", "err", err)
@@ -755,6 +777,7 @@ func (n *Node) applyLocked() {
 				n.enginePeers[p.Key] = p
 			}
 		}
+		n.engineNM, n.engineUntil = n.netmap, until
 		n.syncExposeLocked(cfg)
 		n.applyHostDNSLocked()
 		return
@@ -771,6 +794,7 @@ func (n *Node) applyLocked() {
 	for _, p := range full.Peers {
 		n.enginePeers[p.Key] = p
 	}
+	n.engineNM, n.engineUntil = n.netmap, nextExpiry(n.netmap, now)
 	n.lastEngineCfg = &cfg
 	n.ensureDNSLocked(cfg.ServiceAddrs)
 	n.applyHostDNSLocked()
