@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/textproto"
+	"net/url"
 	"strings"
 	"time"
 
@@ -347,7 +348,13 @@ var edgeSetHeaders = map[string]bool{
 func writeRequestHead(bw *bufio.Writer, r *http.Request, st *reqState) {
 	bw.WriteString(r.Method)
 	bw.WriteByte(' ')
-	bw.WriteString(r.URL.RequestURI())
+	if q := cleanQuery(r.URL.RawQuery); q != r.URL.RawQuery {
+		u := *r.URL
+		u.RawQuery = q
+		bw.WriteString(u.RequestURI())
+	} else {
+		bw.WriteString(r.URL.RequestURI())
+	}
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	bw.WriteString(r.Host)
 	bw.WriteString("\r\n")
@@ -403,4 +410,30 @@ func teTrailers(vv []string) bool {
 		}
 	}
 	return false
+}
+
+// cleanQuery drops the query parameters that url.ParseQuery cannot parse
+// (a semicolon, a bad escape), as the reverse proxy does: the device
+// never sees a query that the edge and it could split differently.
+func cleanQuery(q string) string {
+	for i := 0; i < len(q); {
+		switch q[i] {
+		case ';':
+			v, _ := url.ParseQuery(q)
+			return v.Encode()
+		case '%':
+			if i+2 >= len(q) || !ishex(q[i+1]) || !ishex(q[i+2]) {
+				v, _ := url.ParseQuery(q)
+				return v.Encode()
+			}
+			i += 3
+		default:
+			i++
+		}
+	}
+	return q
+}
+
+func ishex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
 }

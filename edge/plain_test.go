@@ -171,3 +171,31 @@ func TestPlainClientGoneClosesDeviceConn(t *testing.T) {
 		t.Fatal("the device's connection still open 10 s after the client went away")
 	}
 }
+
+// TestPlainQuery checks that the device gets the query as the reverse
+// proxy sends it: as it came, except for parameters url.ParseQuery cannot
+// parse, which are dropped.
+func TestPlainQuery(t *testing.T) {
+	ov := newOverlay()
+	e := newTestEdge(t, ov, Options{})
+	got := make(chan string, 1)
+	a, _ := origin(t, ov, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.RequestURI
+	}))
+	setRoutes(t, e, httpRoute("q", a))
+	c := clientTo(serveHTTP(t, e))
+	for _, tc := range []struct{ uri, want string }{
+		{"/p?b=2&a=1", "/p?b=2&a=1"},
+		{"/p%20q/?x=%41", "/p%20q/?x=%41"},
+		{"/p?a=1;b=2&c=3", "/p?c=3"},
+		{"/p?a=%zz&c=3", "/p?c=3"},
+		{"/p?", "/p?"},
+	} {
+		if code, _, _ := get(t, c, "http://q."+testDomain+tc.uri); code != http.StatusOK {
+			t.Fatalf("GET %s: status %d", tc.uri, code)
+		}
+		if uri := <-got; uri != tc.want {
+			t.Errorf("GET %s: device saw %q, want %q", tc.uri, uri, tc.want)
+		}
+	}
+}
