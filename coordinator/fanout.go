@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -72,12 +73,14 @@ type NodeFeed interface {
 	// listener, before the changes made after it; changes made while it
 	// was disconnected are not reported one by one, so when resync fails
 	// the listener connects again (after a pause that grows with each
-	// failure) and calls it again. A listener that stops hearing from
+	// failure) and calls it again. When changed fails (a read of what
+	// changed failed), the change would be lost: the listener connects
+	// again and resyncs, as after a break. A listener that stops hearing from
 	// the database (a connection left half open) checks it and connects
 	// again within seconds. It calls failed with each reason its listener
 	// could not connect, broke or could not resync, before it connects
 	// again.
-	ListenNodes(ctx context.Context, resync func(ctx context.Context) error, changed func(ctx context.Context, ch Change), failed func(error)) error
+	ListenNodes(ctx context.Context, resync func(ctx context.Context) error, changed func(ctx context.Context, ch Change) error, failed func(error)) error
 	// NodeByID returns the node with id, and whether it streams from a
 	// coordinator on another store; ErrNotFound if there is no such node.
 	NodeByID(ctx context.Context, id wire.NodeID) (rec *NodeRecord, remote Presence, err error)
@@ -164,6 +167,9 @@ type fanout struct {
 	wake    chan struct{} // cap 1
 
 	beaten bool // a heartbeat succeeded; onlineLoop's alone
+	// unapplied are dropped nodes a heartbeat reported whose read failed,
+	// for the next beat; onlineLoop's alone.
+	unapplied []wire.NodeID
 }
 
 // streamState is a node's stream state on this coordinator, to write.
@@ -285,8 +291,14 @@ func (f *fanout) beat() {
 	}
 	f.beaten = true
 	// The others hear of drops; this coordinator skips its own writes.
+	// A drop whose read fails is read again at the next beat.
+	changed = append(f.unapplied, changed...)
+	f.unapplied = nil
 	for _, id := range changed {
-		f.applyNodeChange(ctx, id)
+		if err := f.applyNodeChange(ctx, id); err != nil && !slices.Contains(f.unapplied, id) {
+			f.core.logger.Warn("apply a dropped node; retrying at the next heartbeat", "node_id", id, "err", err)
+			f.unapplied = append(f.unapplied, id)
+		}
 	}
 }
 
@@ -387,15 +399,26 @@ func (f *fanout) resync(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// applyTimeout bounds the reads of one change another coordinator
+// made: a database that stops answering fails them, and the listener
+// resyncs once it answers again, instead of holding the locks the reads
+// hold (registrations wait on them) until TCP gives up.
+const applyTimeout = 15 * time.Second
+
 // apply re-reads what another coordinator changed, as ch names it, and
-// applies it to memory and the streams. It logs its errors.
-func (f *fanout) apply(ctx context.Context, ch Change) {
+// applies it to memory and the streams. An error means the change may
+// not be applied: the listener then connects again and resyncs, as a
+// change lost is lost for good otherwise (a removed node would stay,
+// a policy would not be enforced).
+func (f *fanout) apply(ctx context.Context, ch Change) error {
+	ctx, cancel := context.WithTimeout(ctx, applyTimeout)
+	defer cancel()
 	s := f.core
 	var err error
 	what := "node"
 	switch ch.Kind {
 	case ChangeNode:
-		f.applyNodeChange(ctx, wire.NodeID(ch.ID))
+		err = f.applyNodeChange(ctx, wire.NodeID(ch.ID))
 	case ChangeSetting:
 		switch ch.Name {
 		case policySetting, userGroupsSetting:
@@ -410,14 +433,15 @@ func (f *fanout) apply(ctx context.Context, ch Change) {
 	case ChangePending:
 		what, err = "pending registration", s.reg.reloadPending(ctx, ch.Name)
 	}
-	if err != nil && s.ctx.Err() == nil {
-		s.logger.Warn("apply another coordinator's change", "what", what, "err", err)
+	if err != nil {
+		return fmt.Errorf("coordinator: apply another coordinator's change of the %s: %w", what, err)
 	}
+	return nil
 }
 
 // applyNodeChange re-reads the node id that another coordinator wrote and
-// applies it to memory.
-func (f *fanout) applyNodeChange(ctx context.Context, id wire.NodeID) {
+// applies it to memory. An error means it is not applied.
+func (f *fanout) applyNodeChange(ctx context.Context, id wire.NodeID) error {
 	s := f.core
 	// As in syncNodes: from the read until memory has the node, no
 	// registration, rename or removal here, nor another read, runs.
@@ -427,12 +451,11 @@ func (f *fanout) applyNodeChange(ctx context.Context, id wire.NodeID) {
 	defer s.persistMu.Unlock()
 	rec, remote, err := f.feed.NodeByID(ctx, id)
 	if err != nil && !errors.Is(err, ErrNotFound) {
-		s.logger.Warn("read changed node", "node_id", id, "err", err)
-		return
+		return fmt.Errorf("read changed node %d: %w", id, err)
 	}
 	if rec != nil {
 		if _, err := s.networkByID(ctx, rec.NetworkID); err != nil {
-			s.logger.Warn("read the network of a changed node", "node_id", id, "err", err)
+			return fmt.Errorf("read the network of changed node %d: %w", id, err)
 		}
 	}
 	s.mu.Lock()
@@ -444,9 +467,10 @@ func (f *fanout) applyNodeChange(ctx context.Context, id wire.NodeID) {
 				break
 			}
 		}
-		return
+		return nil
 	}
 	s.applyRecordLocked(rec, remote)
+	return nil
 }
 
 // ensureNode reads the node nk from the store if this coordinator does

@@ -26,7 +26,9 @@ type coord struct {
 	dsn    string
 	priv   key.MachinePrivate
 	mod    func(*coordinator.Options)
-	addr   string
+	// storeOpts are the options its store opens with.
+	storeOpts sqlstore.Options
+	addr      string
 	URL    string
 	Store  *sqlstore.Store
 	Server *coordinator.Server
@@ -46,7 +48,7 @@ func startCoord(t testing.TB, mod func(*coordinator.Options)) *coord {
 func (c *coord) start() {
 	c.t.Helper()
 	ctx := context.Background()
-	st, err := sqlstore.Open(ctx, c.dsn)
+	st, err := sqlstore.OpenWith(ctx, c.dsn, c.storeOpts)
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package coordinator_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -33,11 +34,39 @@ type faultyStore struct {
 	beatsFail bool
 	// wroteOnline, if set, gets the ID of each node written online.
 	wroteOnline chan wire.NodeID
+	// nodeReadsFail and policyReadsFail are how many reads of a node by
+	// ID, and of the policy setting, from now on fail.
+	nodeReadsFail, policyReadsFail int
+}
+
+func (f *faultyStore) NodeByID(ctx context.Context, id wire.NodeID) (*coordinator.NodeRecord, coordinator.Presence, error) {
+	if f.take(&f.nodeReadsFail) {
+		return nil, 0, errInjected
+	}
+	return f.Store.NodeByID(ctx, id)
+}
+
+func (f *faultyStore) Setting(ctx context.Context, name string) ([]byte, error) {
+	if name == "policy_hujson" && f.take(&f.policyReadsFail) {
+		return nil, errInjected
+	}
+	return f.Store.Setting(ctx, name)
+}
+
+// take reports whether a failure is left in *n, and takes it.
+func (f *faultyStore) take(n *int) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if *n > 0 {
+		*n--
+		return true
+	}
+	return false
 }
 
 var errInjected = errors.New("injected failure")
 
-func (f *faultyStore) ListenNodes(ctx context.Context, resync func(context.Context) error, changed func(context.Context, coordinator.Change), failed func(error)) error {
+func (f *faultyStore) ListenNodes(ctx context.Context, resync func(context.Context) error, changed func(context.Context, coordinator.Change) error, failed func(error)) error {
 	return f.Store.ListenNodes(ctx, func(ctx context.Context) error {
 		f.mu.Lock()
 		fail := f.resyncFails > 0
@@ -133,6 +162,46 @@ func TestFeedFaults(t *testing.T) {
 	t.Run("ResyncFails", func(t *testing.T) { resyncFails(t, pg.NewDatabase(t), priv) })
 	t.Run("OfflineWriteFails", func(t *testing.T) { offlineWriteFails(t, pg.NewDatabase(t), priv) })
 	t.Run("FirstBeatsFail", func(t *testing.T) { firstBeatsFail(t, pg.NewDatabase(t), priv) })
+	t.Run("ApplyReadsFail", func(t *testing.T) { applyReadsFail(t, pg.NewDatabase(t), priv) })
+}
+
+// applyReadsFail: a change another coordinator made reaches a
+// coordinator whose first read of it fails (a query error on a pool
+// connection while its listener stays up): before, a removed node stayed
+// in its members and maps for good, and a policy was never enforced.
+func applyReadsFail(t *testing.T, dsn string, priv key.MachinePrivate) {
+	ca := startCoordOn(t, dsn, priv)
+	cb, fb := startFaulty(t, dsn, priv, nil)
+	ak := ca.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	a, b := newNode(t, ca.URL), newNode(t, cb.URL)
+	a.register(t, ak, "alpha")
+	b.register(t, ak, "bravo")
+	wb := watch(t, b)
+	wb.waitFor("bravo sees alpha", fanoutWait, func(nm *wire.NetMap) bool { return peerNamed(nm, "alpha") != nil })
+
+	fb.set(func(f *faultyStore) { f.policyReadsFail = 1 })
+	if err := ca.Server.SetPolicy(t.Context(), []byte(`{"acls":[]}`)); err != nil {
+		t.Fatal(err)
+	}
+	wb.waitFor("bravo loses alpha to a policy whose first read failed", fanoutWait, func(nm *wire.NetMap) bool { return peerNamed(nm, "alpha") == nil })
+	if err := ca.Server.SetPolicy(t.Context(), []byte(`{"acls":[{"action":"accept","src":["*"],"dst":["*:*"]}]}`)); err != nil {
+		t.Fatal(err)
+	}
+	wb.waitFor("bravo sees alpha again", fanoutWait, func(nm *wire.NetMap) bool { return peerNamed(nm, "alpha") != nil })
+
+	fb.set(func(f *faultyStore) { f.nodeReadsFail = 1 })
+	if err := ca.Server.RemoveNode(t.Context(), "alpha"); err != nil {
+		t.Fatal(err)
+	}
+	wb.waitFor("bravo loses alpha, removed, whose first read failed", fanoutWait, func(nm *wire.NetMap) bool { return peerNamed(nm, "alpha") == nil })
+	if got, err := cb.Server.Nodes(t.Context()); err != nil || slices.ContainsFunc(got, func(n *wire.Node) bool { return n.Name == "alpha" }) {
+		t.Errorf("the other coordinator still lists the removed alpha (%v)", err)
+	}
+	for _, n := range []*int{&fb.nodeReadsFail, &fb.policyReadsFail} {
+		if fb.take(n) {
+			t.Errorf("an injected read failure was never taken")
+		}
+	}
 }
 
 // resyncFails: a change made while a coordinator's listener
@@ -218,13 +287,21 @@ func offlineWriteFails(t *testing.T, dsn string, priv key.MachinePrivate) {
 // nodes' stream states dropped by another coordinator (with no beat on
 // record, it is a dead coordinator for the other); once it beats, it
 // writes them again and its nodes are online again for the other.
+//
+// Its start recorded one beat when it claimed the replicas' secrets: its
+// nodes are then unknown to the others once that beat is stale, and
+// offline after the unknown timeout; the other coordinator's times are
+// short here.
 func firstBeatsFail(t *testing.T, dsn string, priv key.MachinePrivate) {
 	wrote := make(chan wire.NodeID, 10)
 	ca, fa := startFaulty(t, dsn, priv, func(f *faultyStore) {
 		f.beatsFail = true
 		f.wroteOnline = wrote
 	})
-	cb := startCoordOn(t, dsn, priv)
+	cb := &coord{t: t, dsn: dsn, priv: priv, addr: "127.0.0.1:0",
+		storeOpts: sqlstore.Options{StaleAfter: 6 * time.Second, UnknownTimeout: 5 * time.Second}}
+	cb.start()
+	t.Cleanup(cb.stop)
 	ak := ca.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
 	a, b := newNode(t, ca.URL), newNode(t, cb.URL)
 	alpha := a.register(t, ak, "alpha").Node.ID
@@ -240,7 +317,7 @@ func firstBeatsFail(t *testing.T, dsn string, priv key.MachinePrivate) {
 		t.Fatal("alpha's coordinator did not record its stream")
 	}
 	waitOnlineRow(t, dsn, alpha, false)
-	wb.waitFor("bravo sees alpha offline: its coordinator never beat", fanoutWait, onlineNamed("alpha", false))
+	wb.waitFor("bravo sees alpha offline: its coordinator beat only at its start", fanoutWait, onlineNamed("alpha", false))
 	fa.set(func(f *faultyStore) { f.beatsFail = false })
 	wb.waitFor("bravo sees alpha online once its coordinator beats", fanoutWait, onlineNamed("alpha", true))
 }

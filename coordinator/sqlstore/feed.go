@@ -79,7 +79,7 @@ func newOrigin() string {
 func (s *Store) SharedNodes() bool { return s.pgcfg != nil }
 
 // ListenNodes implements coordinator.NodeFeed.
-func (s *Store) ListenNodes(ctx context.Context, resync func(ctx context.Context) error, changed func(ctx context.Context, ch coordinator.Change), failed func(error)) error {
+func (s *Store) ListenNodes(ctx context.Context, resync func(ctx context.Context) error, changed func(ctx context.Context, ch coordinator.Change) error, failed func(error)) error {
 	if s.pgcfg == nil {
 		return errNoFeed
 	}
@@ -108,7 +108,7 @@ func (s *Store) ListenNodes(ctx context.Context, resync func(ctx context.Context
 
 // listenOnce runs one listening connection until it fails or ctx is
 // done; synced reports whether it got as far as a successful resync.
-func (s *Store) listenOnce(ctx context.Context, resync func(ctx context.Context) error, changed func(ctx context.Context, ch coordinator.Change)) (synced bool, err error) {
+func (s *Store) listenOnce(ctx context.Context, resync func(ctx context.Context) error, changed func(ctx context.Context, ch coordinator.Change) error) (synced bool, err error) {
 	cfg := s.pgcfg.Copy()
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = listenerName
@@ -144,7 +144,11 @@ func (s *Store) listenOnce(ctx context.Context, resync func(ctx context.Context)
 		if !ok || origin == s.origin {
 			continue
 		}
-		changed(ctx, ch)
+		if err := changed(ctx, ch); err != nil {
+			// The change is not applied: connect again and resync, as
+			// after a break, rather than lose it.
+			return true, fmt.Errorf("sqlstore: %w", err)
+		}
 	}
 }
 

@@ -156,7 +156,7 @@ func TestListenNodesReportsFailures(t *testing.T) {
 	errs := make(chan error, 10)
 	done := make(chan error, 1)
 	go func() {
-		done <- s.ListenNodes(ctx, func(context.Context) error { return nil }, func(context.Context, coordinator.Change) {}, func(err error) {
+		done <- s.ListenNodes(ctx, func(context.Context) error { return nil }, func(context.Context, coordinator.Change) error { return nil }, func(err error) {
 			select {
 			case errs <- err:
 			default:
@@ -191,7 +191,7 @@ func TestListenChanges(t *testing.T) {
 	ready := make(chan struct{}, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- b.ListenNodes(ctx, func(context.Context) error { ready <- struct{}{}; return nil }, func(_ context.Context, ch coordinator.Change) { got <- ch }, nil)
+		done <- b.ListenNodes(ctx, func(context.Context) error { ready <- struct{}{}; return nil }, func(_ context.Context, ch coordinator.Change) error { got <- ch; return nil }, nil)
 	}()
 	select {
 	case <-ready:
@@ -460,7 +460,7 @@ func TestListenHalfOpen(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- b.ListenNodes(ctx, func(context.Context) error { resyncs <- time.Now(); return nil },
-			func(_ context.Context, ch coordinator.Change) { got <- ch },
+			func(_ context.Context, ch coordinator.Change) error { got <- ch; return nil },
 			func(err error) { failures <- err })
 	}()
 	waitResync := func(what string) time.Time {
@@ -540,7 +540,7 @@ func TestListenResyncFails(t *testing.T) {
 				return errors.New("injected")
 			}
 			return nil
-		}, func(context.Context, coordinator.Change) {}, func(err error) { failures <- err })
+		}, func(context.Context, coordinator.Change) error { return nil }, func(err error) { failures <- err })
 	}()
 	var at []time.Time
 	for i := range 3 {
