@@ -22,18 +22,18 @@ const testToken = "test-admin-token-0123456789"
 // coord is a coordinator on a real loopback listener, restartable on the
 // same address and database.
 type coord struct {
-	t      testing.TB
-	dsn    string
-	priv   key.MachinePrivate
-	mod    func(*coordinator.Options)
+	t    testing.TB
+	dsn  string
+	priv key.MachinePrivate
+	mod  func(*coordinator.Options)
 	// storeOpts are the options its store opens with.
 	storeOpts sqlstore.Options
 	addr      string
-	URL    string
-	Store  *sqlstore.Store
-	Server *coordinator.Server
-	hs     *http.Server
-	done   chan struct{}
+	URL       string
+	Store     *sqlstore.Store
+	Server    *coordinator.Server
+	hs        *http.Server
+	done      chan struct{}
 }
 
 // startCoord starts a coordinator on a temp SQLite file. mod may adjust its options.
