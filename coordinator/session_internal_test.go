@@ -110,8 +110,8 @@ func TestMergeHeld(t *testing.T) {
 }
 
 // TestEncodeOnline checks that a frame's PeersOnline, written by hand
-// rather than by encoding/json, decodes to the same map beside the
-// message's other fields, whole or split across frames.
+// rather than by encoding/json (or in a binary map frame), decodes to the
+// same map beside the message's other fields.
 func TestEncodeOnline(t *testing.T) {
 	a, b := key.NewNode().Public(), key.NewNode().Public()
 	peer := &peerView{node: &wire.Node{ID: 7, Key: key.NewNode().Public(), Name: "p"}}
@@ -137,8 +137,9 @@ func TestEncodeOnline(t *testing.T) {
 				if len(bodies) != 1 {
 					t.Fatalf("%d bodies, want 1", len(bodies))
 				}
-				if isBin := bodies[0][0] == wire.BinaryMapFrame; isBin != (bin && tt.peers > 0) {
-					t.Errorf("binary frame %v, want %v", isBin, bin && tt.peers > 0)
+				// Online states alone make a binary frame too.
+				if isBin := bodies[0][0] == wire.BinaryMapFrame; isBin != bin {
+					t.Errorf("binary frame %v, want %v", isBin, bin)
 				}
 				got, err := wire.DecodeMapFrame(bodies[0])
 				if err != nil {
@@ -155,5 +156,63 @@ func TestEncodeOnline(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestEncodeSplitBinary checks that a delta of many changed peers and
+// online states, split across binary frames, joins into the message as
+// JSON frames carry it: every peer once, in order, and every online state.
+func TestEncodeSplitBinary(t *testing.T) {
+	defer func(old int) { frameSplitAt = old }(frameSplitAt)
+	frameSplitAt = 2 << 10
+	var peers []*peerView
+	for i := range 100 {
+		peers = append(peers, &peerView{node: &wire.Node{ID: wire.NodeID(i + 1), Key: key.NewNode().Public(), Name: fmt.Sprintf("p%d", i),
+			DNSName: fmt.Sprintf("p%d.default.beam.internal.", i)}})
+	}
+	online := map[key.NodePublic]bool{}
+	for range 8 {
+		online[key.NewNode().Public()] = true
+	}
+	for _, bin := range []bool{false, true} {
+		t.Run(fmt.Sprintf("binary=%v", bin), func(t *testing.T) {
+			f := &mapFrame{resp: &wire.MapResponse{PeersOnline: online, DNS: &wire.DNSConfig{Domain: "d"}}, peers: peers}
+			bodies, err := f.encode(true, bin)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(bodies) < 3 {
+				t.Fatalf("%d bodies, want the delta split", len(bodies))
+			}
+			var whole *wire.MapResponse
+			for i, b := range bodies {
+				if len(b) > frameSplitAt {
+					t.Errorf("body %d is %d bytes, over %d", i, len(b), frameSplitAt)
+				}
+				if isBin := b[0] == wire.BinaryMapFrame; isBin != bin {
+					t.Errorf("body %d binary %v, want %v", i, isBin, bin)
+				}
+				mr, err := wire.DecodeMapFrame(b)
+				if err != nil {
+					t.Fatalf("body %d: %v", i, err)
+				}
+				if mr.More != (i < len(bodies)-1) {
+					t.Errorf("body %d: More = %v", i, mr.More)
+				}
+				if whole == nil {
+					whole = mr
+				} else {
+					whole.Merge(mr)
+				}
+			}
+			if len(whole.PeersChanged) != len(peers) || len(whole.PeersOnline) != len(online) || whole.DNS == nil {
+				t.Fatalf("joined: %d peers, %d online, DNS %v; want %d, %d, set", len(whole.PeersChanged), len(whole.PeersOnline), whole.DNS, len(peers), len(online))
+			}
+			for i, p := range whole.PeersChanged {
+				if p.Key != peers[i].node.Key || p.Name != peers[i].node.Name {
+					t.Errorf("peer %d = %s, want %s", i, p.Name, peers[i].node.Name)
+				}
+			}
+		})
 	}
 }

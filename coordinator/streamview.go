@@ -273,11 +273,11 @@ type mapFrame struct {
 var errFrameTooLarge = errors.New("map frame too large")
 
 // encode returns the bodies of f's frames: JSON, or with bin, binary
-// map frames (wire.BinaryMapFrame) when f carries peers. With split, a
-// message whose body would pass frameSplitAt is cut between peers into
-// several bodies, every one but the last marked More; without, it is one
-// body whatever its size. Either way each peer's encoding is its view's,
-// made once for every stream that sends it.
+// map frames (wire.BinaryMapFrame) when f carries peers or online
+// states. With split, a message whose body would pass frameSplitAt is cut
+// between peers into several bodies, every one but the last marked More;
+// without, it is one body whatever its size. Either way each peer's
+// encoding is its view's, made once for every stream that sends it.
 func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 	online := f.resp.PeersOnline
 	f.resp.PeersOnline = nil
@@ -286,14 +286,22 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("encode map response: %w", err)
 	}
-	if len(online) > 0 {
+	bin = bin && (len(f.peers) > 0 || f.full || len(online) > 0)
+	// onlineSize is what online adds to the first body.
+	onlineSize := 0
+	if bin {
+		onlineSize = binary.MaxVarintLen32 + len(online)*wire.BinaryOnlineSize
+	} else if len(online) > 0 {
 		base = withOnline(base, online)
 	}
 	if len(f.peers) == 0 && !f.full {
+		if bin {
+			return [][]byte{spliceBinary(base, wire.ListNone, nil, online, false)}, nil
+		}
 		return [][]byte{base}, nil
 	}
-	// A body is base (as head), a fixed overhead, and each peer's
-	// encoding plus sep.
+	// A body is its head, a fixed overhead, and each peer's encoding
+	// plus sep.
 	field, list := `"peers_changed":[`, wire.ListPeersChanged
 	if f.full {
 		field, list = `"peers":[`, wire.ListPeers
@@ -303,14 +311,14 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 		// Type byte, head length, list byte, record count.
 		sep, fixed = 0, 1+binary.MaxVarintLen32+1+binary.MaxVarintLen32
 	}
-	body := func(head []byte, encs [][]byte, more bool) []byte {
+	body := func(head []byte, encs [][]byte, online map[key.NodePublic]bool, more bool) []byte {
 		if bin {
-			return spliceBinary(head, list, encs, more)
+			return spliceBinary(head, list, encs, online, more)
 		}
 		return splice(head, field, encs, more)
 	}
 	encs := make([][]byte, len(f.peers))
-	size := len(base) + fixed
+	size := len(base) + onlineSize + fixed
 	for i, pv := range f.peers {
 		if bin {
 			encs[i] = pv.binary()
@@ -320,7 +328,7 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 		size += len(encs[i]) + sep
 	}
 	if !split || size <= frameSplitAt {
-		return [][]byte{body(base, encs, f.more)}, nil
+		return [][]byte{body(base, encs, online, f.more)}, nil
 	}
 	// The first body carries everything else; the rest only peers.
 	const moreLen = len(`,"more":true`)
@@ -328,6 +336,10 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 	head, limit := base, frameSplitAt-moreLen-fixed
 	for start := 0; start < len(encs) || len(out) == 0; {
 		n, size := 0, len(head)
+		first := len(out) == 0
+		if first {
+			size += onlineSize
+		}
 		for start+n < len(encs) && (n == 0 || size+len(encs[start+n])+sep <= limit) {
 			size += len(encs[start+n]) + sep
 			n++
@@ -336,7 +348,11 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 			return nil, errFrameTooLarge
 		}
 		more := start+n < len(encs) || f.more
-		out = append(out, body(head, encs[start:start+n], more))
+		if first {
+			out = append(out, body(head, encs[start:start+n], online, more))
+		} else {
+			out = append(out, body(head, encs[start:start+n], nil, more))
+		}
 		start += n
 		head = []byte(`{}`)
 	}
@@ -344,9 +360,9 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 }
 
 // spliceBinary returns a binary map frame (wire.AppendBinaryMapFrame)
-// of the JSON object head, with "more":true if more, and the peer
-// records encs. Large results come from bodyPool, as splice's.
-func spliceBinary(head []byte, list wire.PeerList, encs [][]byte, more bool) []byte {
+// of the JSON object head, with "more":true if more, the peer records
+// encs and online. Large results come from bodyPool, as splice's.
+func spliceBinary(head []byte, list wire.PeerList, encs [][]byte, online map[key.NodePublic]bool, more bool) []byte {
 	if more {
 		h := make([]byte, 0, len(head)+len(`"more":true,`))
 		h = append(h, `{"more":true`...)
@@ -358,11 +374,11 @@ func spliceBinary(head []byte, list wire.PeerList, encs [][]byte, more bool) []b
 		}
 		head = h
 	}
-	n := 1 + binary.MaxVarintLen32 + len(head) + 1 + binary.MaxVarintLen32
+	n := 1 + binary.MaxVarintLen32 + len(head) + 1 + 2*binary.MaxVarintLen32 + len(online)*wire.BinaryOnlineSize
 	for _, e := range encs {
 		n += len(e)
 	}
-	return wire.AppendBinaryMapFrame(getBody(n), head, list, encs)
+	return wire.AppendBinaryMapFrame(getBody(n), head, list, encs, online)
 }
 
 // withOnline returns the JSON object obj with a "peers_online" field

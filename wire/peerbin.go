@@ -16,18 +16,21 @@ import (
 // records for each of N nodes; as JSON each record is about 455 bytes
 // that the coordinator seals and every node parses through reflection.
 // Nodes of version 16 or later get the peers of a map frame
-// (MapResponse.Peers or PeersChanged) as compact binary records instead:
+// (MapResponse.Peers or PeersChanged) as compact binary records instead,
+// and its PeersOnline as raw keys:
 // the coordinator encodes a node's record once per change and builds each
 // frame by concatenating records, and a node parses a record with no
 // reflection and a few allocations. Everything else of the message stays
-// JSON.
+// JSON. PeersOnline is binary too: after a burst of joins each stream
+// gets thousands of online flips, as JSON about 75 bytes each.
 //
 // The sealed payload of a binary map frame is:
 //
 //	1B  BinaryMapFrame (0x01; a JSON frame starts with '{')
-//	uvarint H | H bytes JSON MapResponse without Peers and PeersChanged
+//	uvarint H | H bytes JSON MapResponse without Peers, PeersChanged and PeersOnline
 //	1B  list: ListNone (0), ListPeers (1) or ListPeersChanged (2)
 //	uvarint C | C peer records (only if list is not ListNone)
+//	uvarint O | O times (32B node key | 1B online: 0 or 1)   PeersOnline
 //
 // A peer record (AppendPeerRecord) is uvarint L | L bytes:
 //
@@ -251,22 +254,36 @@ func appendPrefix(b []byte, p netip.Prefix) []byte {
 }
 
 // AppendBinaryMapFrame appends a binary map frame payload to b: head is
-// the JSON of the message without Peers and PeersChanged, records the
-// peer records (AppendPeerRecord) of list.
-func AppendBinaryMapFrame(b, head []byte, list PeerList, records [][]byte) []byte {
+// the JSON of the message without Peers, PeersChanged and PeersOnline,
+// records the peer records (AppendPeerRecord) of list, online the
+// message's PeersOnline.
+func AppendBinaryMapFrame(b, head []byte, list PeerList, records [][]byte, online map[key.NodePublic]bool) []byte {
 	b = append(b, BinaryMapFrame)
 	b = binary.AppendUvarint(b, uint64(len(head)))
 	b = append(b, head...)
 	b = append(b, byte(list))
-	if list == ListNone {
-		return b
+	if list != ListNone {
+		b = binary.AppendUvarint(b, uint64(len(records)))
+		for _, r := range records {
+			b = append(b, r...)
+		}
 	}
-	b = binary.AppendUvarint(b, uint64(len(records)))
-	for _, r := range records {
-		b = append(b, r...)
+	b = binary.AppendUvarint(b, uint64(len(online)))
+	for k, on := range online {
+		raw := k.Raw32()
+		b = append(b, raw[:]...)
+		if on {
+			b = append(b, 1)
+		} else {
+			b = append(b, 0)
+		}
 	}
 	return b
 }
+
+// BinaryOnlineSize is what each entry of PeersOnline takes in a binary
+// map frame.
+const BinaryOnlineSize = 33
 
 // ErrBadPeerRecord is the error (wrapped) of a malformed binary map frame
 // or peer record.
@@ -291,7 +308,7 @@ func DecodeMapFrame(p []byte) (*MapResponse, error) {
 	if err := json.Unmarshal(head, &mr); err != nil {
 		return nil, fmt.Errorf("decode frame head: %w", err)
 	}
-	if mr.Peers != nil || mr.PeersChanged != nil {
+	if mr.Peers != nil || mr.PeersChanged != nil || mr.PeersOnline != nil {
 		return nil, fmt.Errorf("%w: frame head carries peers", ErrBadPeerRecord)
 	}
 	if len(rest) == 0 {
@@ -300,38 +317,51 @@ func DecodeMapFrame(p []byte) (*MapResponse, error) {
 	list := PeerList(rest[0])
 	rest = rest[1:]
 	switch list {
-	case ListNone:
-		if len(rest) != 0 {
-			return nil, fmt.Errorf("%w: %d bytes after the frame", ErrBadPeerRecord, len(rest))
-		}
-		return &mr, nil
-	case ListPeers, ListPeersChanged:
+	case ListNone, ListPeers, ListPeersChanged:
 	default:
 		return nil, fmt.Errorf("%w: unknown peer list %d", ErrBadPeerRecord, list)
 	}
-	// One string holds every string of the frame's peers.
-	d := peerDecoder{s: string(rest)}
-	count, err := d.uvarint()
-	if err != nil {
-		return nil, err
-	}
-	// Each record takes at least 34 bytes (length, flags, key).
-	if count > uint64(len(d.s)-d.i)/34 {
-		return nil, fmt.Errorf("%w: %d records in %d bytes", ErrBadPeerRecord, count, len(d.s)-d.i)
-	}
-	nodes := make([]*Node, count)
-	for i := range nodes {
-		if nodes[i], err = d.record(); err != nil {
-			return nil, fmt.Errorf("peer record %d: %w", i, err)
+	var d peerDecoder
+	if list != ListNone {
+		// One string holds every string of the frame's peers.
+		d.s = string(rest)
+		count, err := d.uvarint()
+		if err != nil {
+			return nil, err
 		}
+		// Each record takes at least 34 bytes (length, flags, key).
+		if count > uint64(len(d.s)-d.i)/34 {
+			return nil, fmt.Errorf("%w: %d records in %d bytes", ErrBadPeerRecord, count, len(d.s)-d.i)
+		}
+		nodes := make([]*Node, count)
+		for i := range nodes {
+			if nodes[i], err = d.record(); err != nil {
+				return nil, fmt.Errorf("peer record %d: %w", i, err)
+			}
+		}
+		if list == ListPeers {
+			mr.Peers = nodes
+		} else {
+			mr.PeersChanged = nodes
+		}
+		rest = rest[d.i:]
 	}
-	if d.i != len(d.s) {
-		return nil, fmt.Errorf("%w: %d bytes after the last record", ErrBadPeerRecord, len(d.s)-d.i)
+	online, n := binary.Uvarint(rest)
+	if n <= 0 {
+		return nil, fmt.Errorf("%w: frame without its online count", ErrBadPeerRecord)
 	}
-	if list == ListPeers {
-		mr.Peers = nodes
-	} else {
-		mr.PeersChanged = nodes
+	rest = rest[n:]
+	if online != uint64(len(rest))/BinaryOnlineSize || len(rest)%BinaryOnlineSize != 0 {
+		return nil, fmt.Errorf("%w: %d online states in %d bytes", ErrBadPeerRecord, online, len(rest))
+	}
+	if online > 0 {
+		mr.PeersOnline = make(map[key.NodePublic]bool, online)
+		for ; len(rest) > 0; rest = rest[BinaryOnlineSize:] {
+			if rest[32] > 1 {
+				return nil, fmt.Errorf("%w: online state %d", ErrBadPeerRecord, rest[32])
+			}
+			mr.PeersOnline[key.NodePublicFromRaw32([32]byte(rest[:32]))] = rest[32] == 1
+		}
 	}
 	return &mr, nil
 }

@@ -163,41 +163,50 @@ func TestDecodeMapFrame(t *testing.T) {
 	recs := [][]byte{AppendPeerRecord(nil, a), AppendPeerRecord(nil, b)}
 	head := []byte(`{"more":true,"peers_removed":["` + b.Key.String() + `"]}`)
 	tests := []struct {
-		name  string
-		list  PeerList
-		recs  [][]byte
-		check func(t *testing.T, mr *MapResponse)
+		name   string
+		list   PeerList
+		recs   [][]byte
+		online map[key.NodePublic]bool
+		check  func(t *testing.T, mr *MapResponse)
 	}{
-		{"peers", ListPeers, recs, func(t *testing.T, mr *MapResponse) {
+		{"peers", ListPeers, recs, nil, func(t *testing.T, mr *MapResponse) {
 			if diff := cmp.Diff([]*Node{a, b}, mr.Peers, cmpNode); diff != "" {
 				t.Errorf("Peers (-want +got):\n%s", diff)
 			}
-			if mr.PeersChanged != nil {
-				t.Errorf("PeersChanged = %v, want nil", mr.PeersChanged)
+			if mr.PeersChanged != nil || mr.PeersOnline != nil {
+				t.Errorf("PeersChanged, PeersOnline = %v, %v; want nil", mr.PeersChanged, mr.PeersOnline)
 			}
 		}},
-		{"empty full map", ListPeers, nil, func(t *testing.T, mr *MapResponse) {
+		{"empty full map", ListPeers, nil, nil, func(t *testing.T, mr *MapResponse) {
 			if mr.Peers == nil || len(mr.Peers) != 0 {
 				t.Errorf("Peers = %#v, want empty and non-nil", mr.Peers)
 			}
 		}},
-		{"changed", ListPeersChanged, recs[1:], func(t *testing.T, mr *MapResponse) {
+		{"changed and online", ListPeersChanged, recs[1:], map[key.NodePublic]bool{a.Key: true, b.Key: false}, func(t *testing.T, mr *MapResponse) {
 			if diff := cmp.Diff([]*Node{b}, mr.PeersChanged, cmpNode); diff != "" {
 				t.Errorf("PeersChanged (-want +got):\n%s", diff)
 			}
 			if mr.Peers != nil {
 				t.Errorf("Peers = %v, want nil", mr.Peers)
 			}
+			if len(mr.PeersOnline) != 2 || !mr.PeersOnline[a.Key] || mr.PeersOnline[b.Key] {
+				t.Errorf("PeersOnline = %v, want %v online and %v offline", mr.PeersOnline, a.Key, b.Key)
+			}
 		}},
-		{"none", ListNone, nil, func(t *testing.T, mr *MapResponse) {
-			if mr.Peers != nil || mr.PeersChanged != nil {
-				t.Errorf("Peers, PeersChanged = %v, %v; want nil", mr.Peers, mr.PeersChanged)
+		{"online only", ListNone, nil, map[key.NodePublic]bool{a.Key: false}, func(t *testing.T, mr *MapResponse) {
+			if on, ok := mr.PeersOnline[a.Key]; len(mr.PeersOnline) != 1 || !ok || on {
+				t.Errorf("PeersOnline = %v, want %v offline", mr.PeersOnline, a.Key)
+			}
+		}},
+		{"none", ListNone, nil, nil, func(t *testing.T, mr *MapResponse) {
+			if mr.Peers != nil || mr.PeersChanged != nil || mr.PeersOnline != nil {
+				t.Errorf("Peers, PeersChanged, PeersOnline = %v, %v, %v; want nil", mr.Peers, mr.PeersChanged, mr.PeersOnline)
 			}
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			mr, err := DecodeMapFrame(AppendBinaryMapFrame(nil, head, tt.list, tt.recs))
+			mr, err := DecodeMapFrame(AppendBinaryMapFrame(nil, head, tt.list, tt.recs, tt.online))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -217,7 +226,8 @@ func TestDecodeMapFrame(t *testing.T) {
 
 func TestDecodeMapFrameMalformed(t *testing.T) {
 	rec := AppendPeerRecord(nil, fullNode())
-	good := AppendBinaryMapFrame(nil, []byte(`{}`), ListPeers, [][]byte{rec})
+	good := AppendBinaryMapFrame(nil, []byte(`{}`), ListPeers, [][]byte{rec}, map[key.NodePublic]bool{key.NewNode().Public(): true})
+	online := AppendBinaryMapFrame(nil, []byte(`{}`), ListNone, nil, map[key.NodePublic]bool{key.NewNode().Public(): true})
 	tests := []struct {
 		name string
 		b    []byte
@@ -228,7 +238,12 @@ func TestDecodeMapFrameMalformed(t *testing.T) {
 		{"head with peers", append(append([]byte{BinaryMapFrame, 12}, `{"peers":[]}`...), byte(ListNone))},
 		{"no list byte", []byte{BinaryMapFrame, 2, '{', '}'}},
 		{"unknown list", []byte{BinaryMapFrame, 2, '{', '}', 3, 0}},
-		{"bytes after a frame without peers", []byte{BinaryMapFrame, 2, '{', '}', 0, 0}},
+		{"bytes after a frame without peers", []byte{BinaryMapFrame, 2, '{', '}', 0, 0, 0}},
+		{"no online count", []byte{BinaryMapFrame, 2, '{', '}', 0}},
+		{"head with online", append(append([]byte{BinaryMapFrame, 19}, `{"peers_online":{}}`...), 0, 0)},
+		{"online state 2", append(bytes.Clone(online[:len(online)-1]), 2)},
+		{"online count past the end", append(bytes.Clone(online[:len(online)-34]), 2)},
+		{"online entry cut short", online[:len(online)-1]},
 		{"more records than bytes", []byte{BinaryMapFrame, 2, '{', '}', 1, 200, 1}},
 		{"truncated", good[:len(good)-1]},
 		{"trailing byte", append(bytes.Clone(good), 0)},
@@ -276,7 +291,7 @@ func TestDecodeMapFrameMalformed(t *testing.T) {
 func frameWith(body func([]byte) []byte) []byte {
 	b := body(nil)
 	rec := append(appendUvarintForTest(nil, uint64(len(b))), b...)
-	return AppendBinaryMapFrame(nil, []byte(`{}`), ListPeersChanged, [][]byte{rec})
+	return AppendBinaryMapFrame(nil, []byte(`{}`), ListPeersChanged, [][]byte{rec}, nil)
 }
 
 func appendUvarintForTest(b []byte, v uint64) []byte {
@@ -292,9 +307,10 @@ func appendUvarintForTest(b []byte, v uint64) []byte {
 func FuzzDecodeMapFrame(f *testing.F) {
 	// Seeds: a full map frame of two peers, a delta of one, a frame
 	// without peers, and a JSON frame.
-	f.Add(AppendBinaryMapFrame(nil, []byte(`{"more":true}`), ListPeers, [][]byte{AppendPeerRecord(nil, fullNode()), AppendPeerRecord(nil, &Node{ID: 1})}))
-	f.Add(AppendBinaryMapFrame(nil, []byte(`{"peers_removed":[]}`), ListPeersChanged, [][]byte{AppendPeerRecord(nil, &Node{Name: "a", Tags: []string{"x"}})}))
-	f.Add(AppendBinaryMapFrame(nil, []byte(`{"keep_alive":true}`), ListNone, nil))
+	f.Add(AppendBinaryMapFrame(nil, []byte(`{"more":true}`), ListPeers, [][]byte{AppendPeerRecord(nil, fullNode()), AppendPeerRecord(nil, &Node{ID: 1})}, nil))
+	f.Add(AppendBinaryMapFrame(nil, []byte(`{"peers_removed":[]}`), ListPeersChanged, [][]byte{AppendPeerRecord(nil, &Node{Name: "a", Tags: []string{"x"}})},
+		map[key.NodePublic]bool{key.NewNode().Public(): true}))
+	f.Add(AppendBinaryMapFrame(nil, []byte(`{"keep_alive":true}`), ListNone, nil, map[key.NodePublic]bool{{}: false}))
 	f.Add([]byte(`{"peers":[{"id":1}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		mr, err := DecodeMapFrame(b)
@@ -313,17 +329,20 @@ func FuzzDecodeMapFrame(f *testing.F) {
 			recs[i] = AppendPeerRecord(nil, n)
 		}
 		head := *mr
-		head.Peers, head.PeersChanged = nil, nil
+		head.Peers, head.PeersChanged, head.PeersOnline = nil, nil, nil
 		hj, err := json.Marshal(&head)
 		if err != nil {
 			return // a head JSON decodes but does not encode (out-of-range time)
 		}
-		again, err := DecodeMapFrame(AppendBinaryMapFrame(nil, hj, list, recs))
+		again, err := DecodeMapFrame(AppendBinaryMapFrame(nil, hj, list, recs, mr.PeersOnline))
 		if err != nil {
 			t.Fatalf("re-encoded frame does not decode: %v", err)
 		}
 		if diff := cmp.Diff(nodes, append(again.Peers, again.PeersChanged...), cmpNode); diff != "" {
 			t.Errorf("peers differ after re-encoding (-first +second):\n%s", diff)
+		}
+		if diff := cmp.Diff(mr.PeersOnline, again.PeersOnline, cmpNode); diff != "" {
+			t.Errorf("online states differ after re-encoding (-first +second):\n%s", diff)
 		}
 	})
 }
@@ -336,7 +355,7 @@ func BenchmarkPeerRecord(b *testing.B) {
 	for i := range recs {
 		recs[i] = AppendPeerRecord(nil, n)
 	}
-	frame := AppendBinaryMapFrame(nil, []byte(`{}`), ListPeers, recs)
+	frame := AppendBinaryMapFrame(nil, []byte(`{}`), ListPeers, recs, nil)
 	nodes := make([]*Node, peers)
 	for i := range nodes {
 		nodes[i] = n
