@@ -306,6 +306,13 @@ func TestSplitServerURLs(t *testing.T) {
 		{"", nil, true},
 		{"http://a:1,ftp://b", nil, true},
 		{"a:1", nil, true},
+		{"http://a:1/", []string{"http://a:1"}, false},
+		{"http://a:1/path", nil, true},
+		{"http://a:1/beam/", nil, true},
+		{"http://a:1?x=1", nil, true},
+		{"http://a:1/#frag", nil, true},
+		{"http://user:pw@a:1", nil, true},
+		{"http://a:1,http://b:2/path", nil, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.in, func(t *testing.T) {

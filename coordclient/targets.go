@@ -29,7 +29,9 @@ const dialTimeout = 5 * time.Second
 
 // SplitServerURLs splits s, one coordinator URL or several separated by
 // commas, into its URLs, each checked to be http(s)://host[:port] and
-// without a trailing slash. Duplicates are dropped.
+// without a trailing slash. A path (other than "/"), query or fragment
+// is refused: the coordinator serves its API at the root, and a URL with
+// a path would only fail later with a 404. Duplicates are dropped.
 func SplitServerURLs(s string) ([]string, error) {
 	var out []string
 	for part := range strings.SplitSeq(s, ",") {
@@ -40,6 +42,9 @@ func SplitServerURLs(s string) ([]string, error) {
 		u, err := url.Parse(part)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return nil, fmt.Errorf("coordclient: bad server URL %q: want http(s)://host[:port]", part)
+		}
+		if u.Path != "" || u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.User != nil {
+			return nil, fmt.Errorf("coordclient: bad server URL %q: a coordinator URL has no path, query or user; want http(s)://host[:port]", part)
 		}
 		if !slices.Contains(out, part) {
 			out = append(out, part)

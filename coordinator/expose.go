@@ -36,6 +36,14 @@ func isLabel(l string) bool {
 	return true
 }
 
+// isACELabel reports whether the label l has "--" as its third and
+// fourth characters: "xn--" (punycode, an internationalized name that a
+// browser shows in another script, so "xn--80ak6aa92e" reads as a Latin
+// word spelled in Cyrillic) and the other forms RFC 5891 (section 4.2.3.1)
+// reserves. Such a name under the operator's edge domain could pass for
+// another, so public route names may not be one.
+func isACELabel(l string) bool { return len(l) >= 4 && l[2:4] == "--" }
+
 // isDomainName reports whether d (lower case, no trailing dot) is a
 // domain of at least two labels, each allowed by isLabel.
 func isDomainName(d string) bool {
@@ -74,6 +82,8 @@ func (es *edgeRoutes) publicHost(name string) (string, *apiError) {
 		return "", errorf(http.StatusBadRequest, wire.CodeNameInvalid, "name %q must be one DNS label (or a custom domain)", name)
 	case !isLabel(n):
 		return "", errorf(http.StatusBadRequest, wire.CodeNameInvalid, "name %q is not a DNS label (a-z, 0-9 and inner '-', at most 63)", name)
+	case isACELabel(n):
+		return "", errorf(http.StatusBadRequest, wire.CodeNameReserved, "name %q is reserved: labels with \"--\" as their third and fourth characters (xn-- punycode and other reserved forms) could pass for another name under %s", n, d)
 	}
 	return n + "." + d, nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"beam.dev/beam/coordclient"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/localclient"
 )
@@ -60,6 +61,11 @@ and are kept in its state; 'beam set' changes them without joining again.`,
 			o.Coordinator = strings.Join(o.coordinators, ",")
 			if o.Coordinator == "" {
 				o.Coordinator = f.getenv("BEAM_COORDINATOR")
+			}
+			if o.Coordinator != "" {
+				if _, err := coordclient.SplitServerURLs(o.Coordinator); err != nil {
+					return fmt.Errorf("--coordinator: %w", err)
+				}
 			}
 			if err := checkTelemetry(&o.Daemon.Telemetry); err != nil {
 				return err
