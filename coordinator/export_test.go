@@ -36,3 +36,11 @@ func SetApprovalHookForTest(f func(code string)) (restore func()) {
 	testHookAfterShareApproval.Store(&f)
 	return func() { testHookAfterShareApproval.Store(nil) }
 }
+
+// PeerSlotsForTest returns how many slots the map streams' table of
+// nodes has, and how many of them are free.
+func (s *Server) PeerSlotsForTest() (slots, free int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.peerSlots), len(s.freeSlots)
+}

@@ -383,9 +383,11 @@ const splitFramesVersion = 13
 // uses it.
 type sentState struct {
 	self *wire.Node
-	// peers are the slots of the peers the node has; ver is the change
-	// count they were sent as of: a peer whose view changed after ver
-	// is sent again.
+	// peers are the slots of the peers the node has, each counted in
+	// its peerState.refs (holdLocked; delta keeps the count) so that
+	// no other node takes the slot meanwhile; ver is the change count
+	// they were sent as of: a peer whose view changed after ver is
+	// sent again.
 	peers  peerSet
 	ver    uint64
 	filter *streamFilter
@@ -506,6 +508,11 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	}
 
 	var st sentState
+	defer func() {
+		s.mu.Lock()
+		ms.releaseLocked(st.peers)
+		s.mu.Unlock()
+	}()
 
 	// The full map.
 	{
@@ -518,6 +525,8 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		}
 		self := ms.sharedNodeLocked(e)
 		peers, set, computed := ms.peersLocked(self, ss.networkID, now)
+		ms.holdLocked(set)
+		st.peers = set // held from now on, sent or not
 		filter := s.filterLocked(self, ss.networkID, now, computed)
 		filterSets := filter.fullSets()
 		var views []*peerView
@@ -765,9 +774,12 @@ func (ms *streams) delta(ss *session, st *sentState, full bool) *mapFrame {
 		case !visible && had:
 			resp.PeersRemoved = append(resp.PeersRemoved, ps.key)
 			st.peers.remove(ps.slot)
+			ps.refs--
+			ms.dropLocked(ps)
 		case visible && !had:
 			f.peers = append(f.peers, ps.view)
 			st.peers.add(ps.slot)
+			ps.refs++
 		case visible && had:
 			switch pv := ps.view; {
 			case pv.changed > st.ver:

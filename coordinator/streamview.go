@@ -42,11 +42,14 @@ type streams struct {
 	changes     []key.NodePublic
 	changesBase uint64
 	// peerStates holds every node a stream may have been sent, by key;
-	// peerSlots the same by slot. Entries are never dropped (a removed
-	// node keeps its slot, with a nil view), so a slot always means the
-	// same node.
+	// peerSlots the same by slot (nil: free), freeSlots the free slots.
+	// A removed node keeps its slot, with a nil view, until no stream's
+	// sent set holds it (peerState.refs), so a slot means the same node
+	// for every stream that has it; then its slot is freed for the next
+	// node (dropLocked).
 	peerStates map[key.NodePublic]*peerState
 	peerSlots  []*peerState
+	freeSlots  []int
 	// wakes holds, per network, what its streams wait on for the next
 	// change (netWakeLocked); fullVer the count of the network's last
 	// change after which every stream of it recomputes everything.
@@ -93,6 +96,40 @@ type peerState struct {
 	slot int
 	// view is the node's current view; nil while it is removed.
 	view *peerView
+	// refs counts the streams whose sent set (sentState.peers) holds
+	// slot, from the moment they compute it under Server.mu (holdLocked,
+	// or delta adding the peer) until they drop it (delta removing the
+	// peer, or releaseLocked as the stream ends).
+	refs int
+}
+
+// holdLocked counts set, a stream's new sent set, in its slots' refs.
+// Server.mu held.
+func (ms *streams) holdLocked(set peerSet) {
+	set.each(func(i int) { ms.peerSlots[i].refs++ })
+}
+
+// releaseLocked uncounts set, the sent set of a stream that ends, and
+// frees the slots of removed nodes no stream holds any longer. Server.mu
+// held.
+func (ms *streams) releaseLocked(set peerSet) {
+	set.each(func(i int) {
+		ps := ms.peerSlots[i]
+		ps.refs--
+		ms.dropLocked(ps)
+	})
+}
+
+// dropLocked frees the slot of ps if its node is removed and no stream
+// holds it: no sent set has the slot, so the next node may take it.
+// Server.mu held.
+func (ms *streams) dropLocked(ps *peerState) {
+	if ps.view != nil || ps.refs > 0 {
+		return
+	}
+	delete(ms.peerStates, ps.key)
+	ms.peerSlots[ps.slot] = nil
+	ms.freeSlots = append(ms.freeSlots, ps.slot)
 }
 
 // peerView is one node's view as of one change. It is never modified
@@ -145,6 +182,7 @@ func (ms *streams) noteChangeLocked(k key.NodePublic) {
 	}
 	if e == nil {
 		ps.view = nil
+		ms.dropLocked(ps)
 		return
 	}
 	n := s.viewLocked(e)
@@ -172,13 +210,19 @@ func (ms *streams) changedSinceLocked(from, to uint64) map[key.NodePublic]struct
 	return out
 }
 
-// newPeerStateLocked adds node k, which must exist, with a view as of now.
-// Server.mu held.
+// newPeerStateLocked adds node k, which must exist, with a view as of now,
+// in a free slot or a new one. Server.mu held.
 func (ms *streams) newPeerStateLocked(k key.NodePublic) *peerState {
 	s := ms.core
 	ps := &peerState{key: k, slot: len(ms.peerSlots)}
+	if n := len(ms.freeSlots); n > 0 {
+		ps.slot = ms.freeSlots[n-1]
+		ms.freeSlots = ms.freeSlots[:n-1]
+		ms.peerSlots[ps.slot] = ps
+	} else {
+		ms.peerSlots = append(ms.peerSlots, ps)
+	}
 	ms.peerStates[k] = ps
-	ms.peerSlots = append(ms.peerSlots, ps)
 	if e := s.nodes[k]; e != nil {
 		ps.view = &peerView{node: s.viewLocked(e), changed: ms.changeVer, online: ms.changeVer}
 	}
