@@ -299,6 +299,11 @@ func (f *Fleet) Change(ctx context.Context, port uint16) (time.Duration, float64
 	return took, float64(f.otherBytes()-before) / float64(f.n-1), nil
 }
 
+// Bytes is what every node has read from the coordinator so far.
+func (f *Fleet) Bytes() int64 {
+	return f.nodes[0].read.Load() + f.otherBytes()
+}
+
 // otherBytes is what every node but node 0 has read so far.
 func (f *Fleet) otherBytes() int64 {
 	var sum int64

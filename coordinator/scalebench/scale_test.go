@@ -93,6 +93,9 @@ func TestScaleSmoke(t *testing.T) {
 //	                   full map (each node comes back after the wait its
 //	                   stream's end asked for, spread over up to 10 s)
 //	restart-settle-s   until, in addition, every node sees all peers online
+//	restart-bytes/node what each node read from the coordinator over
+//	                   restart-settle-s
+//	restart-cpu-s      the restarted coordinator's CPU seconds until settled
 //
 // The targets (issue #18), for N = 10,000 on 2 cores: rss-MB under 2,000,
 // fullmap-s under 30, change-s under 1, bytes/node/change the same as at
@@ -171,6 +174,8 @@ func BenchmarkCoordinatorScale(b *testing.B) {
 				b.ReportMetric(res.FleetCPU.Seconds(), "fleet-cpu-s")
 				b.ReportMetric(res.RestartOnline.Seconds(), "restart-online-s")
 				b.ReportMetric(res.RestartSettled.Seconds(), "restart-settle-s")
+				b.ReportMetric(res.RestartBytesPerNode, "restart-bytes/node")
+				b.ReportMetric(res.RestartCPU.Seconds(), "restart-cpu-s")
 			}
 		})
 	}

@@ -75,6 +75,11 @@ type Result struct {
 	// RestartSettled until, in addition, every node saw all its peers
 	// online. Both are zero if not Scenario.Restart.
 	RestartOnline, RestartSettled time.Duration
+	// RestartBytesPerNode is what each node read from the coordinator
+	// over RestartSettled, on average; RestartCPU the restarted
+	// coordinator's CPU time from its start until settled.
+	RestartBytesPerNode float64
+	RestartCPU          time.Duration
 }
 
 // RegisterRate is registrations per second.
@@ -222,6 +227,7 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 	if sc.Restart {
 		fleet.NextEpoch()
 		start := time.Now()
+		read0 := fleet.Bytes()
 		coord.Stop()
 		if err := phase(coord.Start); err != nil {
 			return nil, err
@@ -235,7 +241,11 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 			return nil, err
 		}
 		res.RestartSettled = time.Since(start)
-		log.Info("restart settled", "took", res.RestartSettled)
+		res.RestartBytesPerNode = float64(fleet.Bytes()-read0) / float64(sc.N)
+		if u, err := coord.Usage(); err == nil {
+			res.RestartCPU = u.CPU
+		}
+		log.Info("restart settled", "took", res.RestartSettled, "bytes_per_node", res.RestartBytesPerNode, "coordinator_cpu", res.RestartCPU)
 	}
 	return res, nil
 }
