@@ -21,7 +21,12 @@ import (
 // arrives (a message split across frames once, joined), keepalives
 // included, instead of building a netmap per message, so a caller can
 // keep only what it needs. first is true for the full map that starts every
-// stream. Reconnects (to the next coordinator when there are several;
+// stream: Peers holds every peer, also when the stream resumed the
+// peers the client held (wire.MapResponse.PeersKept; the client keeps
+// the peers of every message it passes on, so that a new stream, after
+// a coordinator restart, need not send them all again). The peers in
+// Peers and PeersChanged may be held by the client: onResponse must not
+// modify them. Reconnects (to the next coordinator when there are several;
 // else with capped exponential backoff and jitter, or after the wait a
 // coordinator that shuts down asks for), the dead stream timeout,
 // endpoint updates (SetEndpoints), OnConnState and the errors returned
@@ -34,13 +39,14 @@ func (c *Client) RunResponses(ctx context.Context, onResponse func(resp *wire.Ma
 	wg.Go(func() { c.endpointLoop(ctx) })
 
 	var bo backoff
+	held := &heldPeers{intern: c.intern}
 	c.resolve(ctx)
 	// misses counts the targets that failed since a stream last got its
 	// map; once every one has, the client backs off.
 	misses := 0
 	for {
 		start := time.Now()
-		got, t, err := c.responsesOnce(ctx, onResponse)
+		got, t, err := c.responsesOnce(ctx, held, onResponse)
 		// A stream that got its map but ended at once (a coordinator
 		// that fails right after, or closes every stream) does not
 		// count as a success: it resets no backoff.
@@ -114,13 +120,15 @@ const silentMargin = 5 * time.Second
 // failoverJitter bounds the wait before moving to the next coordinator.
 const failoverJitter = 300 * time.Millisecond
 
-// responsesOnce runs one map stream for RunResponses. It reports whether
-// it received a full map, and the target it tried last.
-func (c *Client) responsesOnce(ctx context.Context, onResponse func(*wire.MapResponse, bool)) (bool, *target, error) {
+// responsesOnce runs one map stream for RunResponses, offering the
+// peers held to resume. It reports whether it received a full map, and
+// the target it tried last.
+func (c *Client) responsesOnce(ctx context.Context, held *heldPeers, onResponse func(*wire.MapResponse, bool)) (bool, *target, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	resp, box, t, err := c.postAny(ctx, wire.PathMap, func(now time.Time) any {
 		req, _ := c.mapRequest(now, true)
+		req.Peers = held.request()
 		return req
 	})
 	if err != nil {
@@ -128,12 +136,15 @@ func (c *Client) responsesOnce(ctx context.Context, onResponse func(*wire.MapRes
 	}
 	c.setStreaming(t)
 	defer c.setStreaming(nil)
-	got, err := c.readStream(cancel, resp, box, onResponse)
+	got, err := c.readStream(cancel, resp, box, held, onResponse)
+	if errors.Is(err, ErrBadResponse) {
+		held.invalidate() // whatever came, the next stream starts afresh
+	}
 	return got, t, err
 }
 
 // readStream reads the map stream resp until it ends; cancel ends it.
-func (c *Client) readStream(cancel context.CancelFunc, resp *http.Response, box key.Shared, onResponse func(*wire.MapResponse, bool)) (bool, error) {
+func (c *Client) readStream(cancel context.CancelFunc, resp *http.Response, box key.Shared, held *heldPeers, onResponse func(*wire.MapResponse, bool)) (bool, error) {
 	defer resp.Body.Close()
 
 	ka := defaultKeepAlive
@@ -186,6 +197,9 @@ func (c *Client) readStream(cancel context.CancelFunc, resp *http.Response, box 
 			continue // more of the message follows
 		}
 		first := !got
+		if err := held.apply(mr, first); err != nil {
+			return got, fmt.Errorf("coordclient: map stream: %w", err)
+		}
 		if first {
 			got = true
 			if c.onConn != nil {

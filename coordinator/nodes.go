@@ -2,6 +2,8 @@ package coordinator
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net/http"
@@ -81,6 +83,56 @@ func (s *Server) viewLocked(e *nodeEntry) *wire.Node {
 	return &n
 }
 
+// nodeRev returns the wire.Node.Rev of n: the first 8 bytes of the
+// SHA-256 of a canonical encoding of the fields nodeEqual compares, and
+// Edge, so that it is the same for the same fields on every coordinator
+// and across restarts. Times count to the microsecond, what the
+// PostgreSQL store keeps.
+func nodeRev(n *wire.Node) uint64 {
+	b := make([]byte, 0, 512)
+	str := func(s string) []byte {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		return append(b, s...)
+	}
+	b = binary.AppendVarint(b, int64(n.ID))
+	k, d := n.Key.Raw32(), n.DiscoKey.Raw32()
+	b = append(b, k[:]...)
+	b = append(b, d[:]...)
+	b = str(n.Name)
+	b = str(n.DNSName)
+	b = str(n.Hostname)
+	b = str(n.OS)
+	b = binary.AppendUvarint(b, uint64(len(n.Addresses)))
+	for _, a := range n.Addresses {
+		b = str(a.String())
+	}
+	b = binary.AppendUvarint(b, uint64(len(n.Endpoints)))
+	for _, ep := range n.Endpoints {
+		b = str(ep.String())
+	}
+	b = binary.AppendVarint(b, int64(n.HomeDERP))
+	b = binary.AppendUvarint(b, uint64(n.PeerRelay))
+	var exp int64
+	if !n.KeyExpiry.IsZero() {
+		exp = n.KeyExpiry.UnixMicro()
+	}
+	b = binary.AppendVarint(b, exp)
+	b = str(n.User)
+	b = binary.AppendUvarint(b, uint64(len(n.Tags)))
+	for _, t := range n.Tags {
+		b = str(t)
+	}
+	flag := func(v bool) byte {
+		if v {
+			return 1
+		}
+		return 0
+	}
+	b = append(b, flag(n.Ephemeral), flag(n.Unknown), flag(n.Edge))
+	sum := sha256.Sum256(b)
+	return binary.BigEndian.Uint64(sum[:8])
+}
+
 // nodeEqual reports whether a and b are equal apart from Online and
 // LastSeen. Unknown counts: peers get the whole node when it changes,
 // which older nodes that know only Online take as it is (offline).
@@ -89,7 +141,7 @@ func nodeEqual(a, b *wire.Node) bool {
 		a.DNSName == b.DNSName && a.Hostname == b.Hostname && a.OS == b.OS &&
 		slices.Equal(a.Addresses, b.Addresses) && slices.Equal(a.Endpoints, b.Endpoints) &&
 		a.HomeDERP == b.HomeDERP && a.PeerRelay == b.PeerRelay && a.KeyExpiry.Equal(b.KeyExpiry) && a.User == b.User &&
-		slices.Equal(a.Tags, b.Tags) && a.Ephemeral == b.Ephemeral && a.Unknown == b.Unknown
+		slices.Equal(a.Tags, b.Tags) && a.Ephemeral == b.Ephemeral && a.Unknown == b.Unknown && a.Edge == b.Edge
 }
 
 // removeNode deletes nk from the store and memory, ends its stream with

@@ -350,7 +350,11 @@ func (ms *streams) handleMap(w http.ResponseWriter, r *http.Request) {
 		s.writeSealed(w, nk, &wire.MapResponse{ControlTime: s.now()})
 		return
 	}
-	ms.serveStream(w, r, nk, req.Version >= splitFramesVersion, req.Version >= wire.BinaryFramesVersion)
+	var resume *wire.PeersDigest
+	if req.Version >= resumeVersion {
+		resume = req.Peers
+	}
+	ms.serveStream(w, r, nk, req.Version >= splitFramesVersion, req.Version >= wire.BinaryFramesVersion, resume)
 }
 
 // Shutdown tells each node when to come back (wire.TrailerRetryAfter):
@@ -379,6 +383,10 @@ func (ms *streams) shutdownRetryAfter() time.Duration {
 // reassemble a message split across frames (wire.MapResponse.More).
 const splitFramesVersion = 13
 
+// resumeVersion is the first wire.CapabilityVersion whose nodes resume
+// their peers (wire.MapRequest.Peers, wire.MapResponse.PeersKept).
+const resumeVersion = 15
+
 // sentState is what a map stream last sent. Only its handler goroutine
 // uses it.
 type sentState struct {
@@ -403,8 +411,11 @@ type sentState struct {
 // serveStream runs one map stream until the node goes away, the
 // coordinator closes, or the node is removed or expires. split says
 // whether the node reassembles messages split across frames, bin
-// whether it takes binary map frames (wire.BinaryMapFrame).
-func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.NodePublic, split, bin bool) {
+// whether it takes binary map frames (wire.BinaryMapFrame); resume, if
+// not nil, is the digest of the peers the node holds: when it is that
+// of the peers the node would get, the first message keeps them
+// (wire.MapResponse.PeersKept) instead of sending them.
+func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.NodePublic, split, bin bool, resume *wire.PeersDigest) {
 	s := ms.core
 	log := s.logger.With("node", nk.ShortString())
 	rc := http.NewResponseController(w)
@@ -529,8 +540,17 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		st.peers = set // held from now on, sent or not
 		filter := s.filterLocked(self, ss.networkID, now, computed)
 		filterSets := filter.fullSets()
+		kept := resume != nil && peersDigest(peers) == *resume
+		var offline []key.NodePublic
+		if kept {
+			for _, ps := range peers {
+				if !ps.view.node.Online {
+					offline = append(offline, ps.key)
+				}
+			}
+		}
 		var views []*peerView
-		if !split {
+		if !split && !kept {
 			views = make([]*peerView, len(peers))
 			for i, ps := range peers {
 				views[i] = ps.view
@@ -549,9 +569,12 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			PacketFilterSet: true,
 			FilterSets:      filterSets,
 		}, peers: views, full: true}
+		if kept {
+			f.resp.PeersKept, f.resp.PeersOffline, f.full = true, offline, false
+		}
 		s.fillExtras(ss, &st.extras, f.resp)
 		var err error
-		if split {
+		if split && !kept {
 			batch := fullMapBatch
 			if bin {
 				batch = fullMapBatchBinary
@@ -694,6 +717,16 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		ka.Reset(s.keepAlive)
 		lastDelta = time.Now()
 	}
+}
+
+// peersDigest returns the digest of peers (wire.PeersDigest) from the
+// hashes their views hold.
+func peersDigest(peers []*peerState) wire.PeersDigest {
+	d := wire.PeersDigest{Count: len(peers)}
+	for _, ps := range peers {
+		d.Sum += ps.view.hash
+	}
+	return d
 }
 
 // fullMapBatch is how many peers each frame of a full map sent in pieces

@@ -136,7 +136,9 @@ func (ms *streams) dropLocked(ps *peerState) {
 // once published (enc is filled once, on first use), so streams read it
 // without Server.mu.
 type peerView struct {
-	node *wire.Node
+	node *wire.Node // its Rev set (nodeRev)
+	// hash is what the node adds to a digest of peers (wire.PeerHash).
+	hash uint64
 	// changed is the changeVer of the node's last change of a field
 	// nodeEqual compares; online that of its last Online change.
 	changed, online uint64
@@ -192,8 +194,17 @@ func (ms *streams) noteChangeLocked(k key.NodePublic) {
 		if old.node.Online == n.Online {
 			pv.online = old.online
 		}
+		n.Rev, pv.hash = old.node.Rev, old.hash
+	} else {
+		pv.setRev()
 	}
 	ps.view = pv
+}
+
+// setRev sets the view's node's Rev and its hash.
+func (pv *peerView) setRev() {
+	pv.node.Rev = nodeRev(pv.node)
+	pv.hash = wire.PeerHash(pv.node.Key, pv.node.Rev)
 }
 
 // minChangeLog is the least number of changes the change log keeps.
@@ -225,6 +236,7 @@ func (ms *streams) newPeerStateLocked(k key.NodePublic) *peerState {
 	ms.peerStates[k] = ps
 	if e := s.nodes[k]; e != nil {
 		ps.view = &peerView{node: s.viewLocked(e), changed: ms.changeVer, online: ms.changeVer}
+		ps.view.setRev()
 	}
 	return ps
 }

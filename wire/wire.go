@@ -63,6 +63,13 @@ import (
 //     and FilterSetChanges updates, so one node joining costs each node
 //     whose filter admits it a constant-size change instead of its whole
 //     filter. Nodes of older versions get every set expanded into SrcIPs.
+//   - 15 (2026-12-06): map resume: Node.Rev is a revision of what peers
+//     see of a node; MapRequest.Peers is a digest (PeersDigest) of the
+//     peers the node holds, and when it matches the peers the
+//     coordinator would send, the first MapResponse of the stream has
+//     PeersKept (the node keeps its peers) and PeersOffline instead of
+//     Peers, so a node reconnecting after a coordinator restart does not
+//     get every peer again.
 //   - 16 (2026-12-06): binary map frames: the peers of a map frame
 //     (MapResponse.Peers, PeersChanged) come as compact binary records
 //     after a JSON head (BinaryMapFrame, AppendPeerRecord), which the
@@ -135,8 +142,12 @@ type MapRequest struct {
 	PeerRelay uint16 `json:"peer_relay,omitempty"`
 	// Stream asks for a long-lived stream of MapResponses. Without it the
 	// request only updates the fields above and returns at once.
-	Stream    bool      `json:"stream,omitempty"`
-	Timestamp time.Time `json:"timestamp"`
+	Stream bool `json:"stream,omitempty"`
+	// Peers is the digest of the peers the node holds from its last
+	// stream, with which the coordinator may resume it (MapResponse.PeersKept);
+	// nil asks for a full map. Since version 15.
+	Peers     *PeersDigest `json:"peers,omitempty"`
+	Timestamp time.Time    `json:"timestamp"`
 }
 
 // MapResponse is one message of the map stream. The first one of a stream
@@ -165,6 +176,14 @@ type MapResponse struct {
 	PeersRemoved []key.NodePublic `json:"peers_removed,omitempty"`
 	// PeersOnline updates only the online state of peers.
 	PeersOnline map[key.NodePublic]bool `json:"peers_online,omitempty"`
+	// PeersKept, in the first message of a stream, stands for Peers: the
+	// node keeps the peers it holds, whose digest (MapRequest.Peers)
+	// matched what the coordinator would send; they are online but for
+	// PeersOffline. Every other field is as in a full map. Since
+	// version 15.
+	PeersKept bool `json:"peers_kept,omitempty"`
+	// PeersOffline, with PeersKept, are the kept peers that are not online.
+	PeersOffline []key.NodePublic `json:"peers_offline,omitempty"`
 
 	DERPMap      *DERPMap     `json:"derp_map,omitempty"`
 	DNS          *DNSConfig   `json:"dns,omitempty"`
@@ -209,6 +228,12 @@ type Node struct {
 	// MapRequest. Since version 14.
 	PeerRelay uint16 `json:"peer_relay,omitempty"`
 	Online    bool   `json:"online"`
+	// Rev is a revision of the node's fields as peers see them, but for
+	// Online and LastSeen: the coordinator sets it on peers (since
+	// version 15), the same for the same fields on every coordinator and
+	// after restarts, and a node's digest of its peers (PeersDigest) is
+	// made of them. Zero means none.
+	Rev uint64 `json:"rev,omitempty"`
 	// Unknown means the node streamed from a coordinator (one of several
 	// on one database) that stopped answering its peers: whether it is
 	// still up is not known until it streams from another coordinator, or

@@ -82,6 +82,28 @@ type Fleet struct {
 
 	// markSeenVia counts markSeen per coordinator (FleetOptions.URLs).
 	markSeenVia []atomic.Int64
+
+	// peers holds one *wire.Node per key and revision, which every
+	// node's client holds to resume its stream (coordclient's
+	// Options.InternPeer): N nodes holding N peers each would otherwise
+	// keep N² nodes, gigabytes from a few thousand on.
+	peers sync.Map // peerRev -> *wire.Node
+}
+
+// peerRev names a peer at one revision.
+type peerRev struct {
+	k   key.NodePublic
+	rev uint64
+}
+
+// intern returns the fleet's node of p's key and revision.
+func (f *Fleet) intern(p *wire.Node) *wire.Node {
+	id := peerRev{p.Key, p.Rev}
+	if n, ok := f.peers.Load(id); ok {
+		return n.(*wire.Node)
+	}
+	n, _ := f.peers.LoadOrStore(id, p)
+	return n.(*wire.Node)
 }
 
 // epoch is one generation of streams: the first ones, then the ones after
@@ -164,6 +186,7 @@ func NewFleet(opts FleetOptions) (*Fleet, error) {
 			DiscoKey:    key.NewDisco().Public(),
 			HTTPClient:  nd.hc,
 			OnConnState: nd.onConnState,
+			InternPeer:  f.intern,
 		})
 		if err != nil {
 			return nil, err
