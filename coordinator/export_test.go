@@ -44,3 +44,12 @@ func (s *Server) PeerSlotsForTest() (slots, free int) {
 	defer s.mu.Unlock()
 	return len(s.peerSlots), len(s.freeSlots)
 }
+
+// SetOnlineGraceForTest sets how long nodes streaming at a shutdown stay
+// online after the next start without streaming, and returns a func that
+// restores it.
+func SetOnlineGraceForTest(d time.Duration) (restore func()) {
+	old := onlineGrace
+	onlineGrace = d
+	return func() { onlineGrace = old }
+}

@@ -78,7 +78,7 @@ func (s *Server) viewLocked(e *nodeEntry) *wire.Node {
 	n.Endpoints = slices.Clone(n.Endpoints)
 	n.Tags = slices.Clone(n.Tags)
 	local := s.sessions[n.Key] != nil
-	n.Online = local || e.remote == PresenceOnline
+	n.Online = local || e.remote == PresenceOnline || e.grace
 	n.Unknown = !local && e.remote == PresenceUnknown
 	return &n
 }

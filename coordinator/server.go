@@ -185,6 +185,10 @@ type Server struct {
 	boxes        sharedKeys    // box keys shared with nodes (sharedkeys.go)
 	derpMap      atomic.Pointer[wire.DERPMap]
 	serverSetup  func() *wire.ServerSetup // nil: none
+	// graceUntil is when the online grace of the nodes streaming at the
+	// last shutdown ends (grace.go); zero if none. Set before the Server
+	// runs.
+	graceUntil time.Time
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
@@ -224,6 +228,9 @@ type nodeEntry struct {
 	// remote is whether the node streams from another coordinator on the
 	// same store, or did from one that stopped beating (fanout.go).
 	remote Presence
+	// grace is set while the node, streaming when the coordinator last
+	// shut down, counts as online without a stream (grace.go).
+	grace bool
 	// peerRelayAsked is the peer relay port of the node's last map
 	// request here (0: none), which rec.Node.PeerRelay shows while the
 	// policy designates the node (see redesignatePeerRelaysLocked).
@@ -308,6 +315,10 @@ func New(opts Options) (*Server, error) {
 	}
 	s.wg.Add(1)
 	go s.janitorLoop()
+	if !s.graceUntil.IsZero() {
+		s.wg.Add(1)
+		go s.graceLoop(s.graceUntil)
+	}
 	s.startAccessControl()
 	s.fan.start()
 	return s, nil
@@ -353,6 +364,9 @@ func (s *Server) load(ctx context.Context, adminToken string) error {
 		s.nodes[rec.Node.Key] = &nodeEntry{rec: *rec, offlineSince: now}
 		s.reg.useIPv4(rec.Node.Addresses, true)
 	}
+	if s.graceUntil, err = s.loadOnline(ctx, now); err != nil {
+		return fmt.Errorf("coordinator: load nodes streaming at shutdown: %w", err)
+	}
 	return nil
 }
 
@@ -366,6 +380,9 @@ func (s *Server) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	s.recordOnline(rctx)
+	rcancel()
 	s.cancel()
 	s.wg.Wait()
 	s.fan.flush()

@@ -431,9 +431,14 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	old := ms.sessions[nk]
 	ms.sessions[nk] = ss
 	e.offlineSince = time.Time{}
-	if old != nil {
+	graced := e.grace
+	e.grace = false
+	switch {
+	case old != nil:
 		old.end(wire.CodeForbidden, "replaced by a newer stream of the same node")
-	} else {
+	case graced:
+		// Online already for its peers (grace.go): no change for them.
+	default:
 		ms.notifyLocked(e.rec.NetworkID, nk) // online
 	}
 	id := e.rec.Node.ID

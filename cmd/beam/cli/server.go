@@ -279,6 +279,11 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		return err
 	}
 	defer en.Close()
+	// The coordinator ends its map streams first, while the listener
+	// still serves, so that each node (the edge's too) hears when to
+	// come back and the coordinator records who was streaming for its
+	// next start; cr.close then finds it closed.
+	defer coord.Close()
 	elim := connLimits(o.EdgeMaxConns, shareServerEdge, nofile, edgeConnsPerSource)
 	logLimits(logger, "edge", nofile, elim)
 	var txt edge.TXTSetter

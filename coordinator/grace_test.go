@@ -1,0 +1,125 @@
+package coordinator_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"beam.dev/beam/coordinator"
+	"beam.dev/beam/wire"
+)
+
+// onlineLog runs a node's map stream and records, for every netmap after
+// the first, whether peer name was online in it.
+type onlineLog struct {
+	mu     sync.Mutex
+	cond   *sync.Cond
+	states map[string][]bool // by peer name, one per netmap
+	maps   int
+}
+
+func logOnline(t *testing.T, n *node) *onlineLog {
+	l := &onlineLog{states: make(map[string][]bool)}
+	l.cond = sync.NewCond(&l.mu)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		n.Run(ctx, func(nm *wire.NetMap) {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			l.maps++
+			for _, p := range nm.Peers {
+				l.states[p.Name] = append(l.states[p.Name], p.Online)
+			}
+			l.cond.Broadcast()
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	return l
+}
+
+// wait waits until the last netmap shows peer name online (or not).
+func (l *onlineLog) wait(t *testing.T, name string, online bool, d time.Duration) {
+	t.Helper()
+	timer := time.AfterFunc(d, func() { l.mu.Lock(); l.cond.Broadcast(); l.mu.Unlock() })
+	defer timer.Stop()
+	deadline := time.Now().Add(d)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for {
+		if s := l.states[name]; len(s) > 0 && s[len(s)-1] == online {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not online=%v within %v", name, online, d)
+		}
+		l.cond.Wait()
+	}
+}
+
+// offlineSince returns in how many of the netmaps from index from on
+// peer name was offline.
+func (l *onlineLog) offlineSince(name string, from int) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, on := range l.states[name][min(from, len(l.states[name])):] {
+		if !on {
+			n++
+		}
+	}
+	return n
+}
+
+func (l *onlineLog) count(name string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.states[name])
+}
+
+// TestOnlineGraceAcrossRestart checks that nodes streaming when the
+// coordinator shuts down stay online for their peers across its restart:
+// one that comes back never shows offline, one that does not goes offline
+// once the grace is over, not before.
+func TestOnlineGraceAcrossRestart(t *testing.T) {
+	const grace = 4 * time.Second // the nodes come back within 1.5 s
+	defer coordinator.SetOnlineGraceForTest(grace)()
+	c := startCoord(t, nil)
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	a, b, gone := newNode(t, c.URL), newNode(t, c.URL), newNode(t, c.URL)
+	a.register(t, ak, "a")
+	b.register(t, ak, "b")
+	gone.register(t, ak, "gone")
+	la := logOnline(t, a)
+	logOnline(t, b)
+	goneCtx, goneCancel := context.WithCancel(t.Context())
+	goneDone := make(chan struct{})
+	go func() {
+		defer close(goneDone)
+		gone.Run(goneCtx, func(*wire.NetMap) {})
+	}()
+	defer func() { goneCancel(); <-goneDone }()
+	la.wait(t, "b", true, 30*time.Second)
+	la.wait(t, "gone", true, 30*time.Second)
+
+	from := la.count("b")
+	c.stop()
+	goneCancel() // does not come back
+	<-goneDone
+	start := time.Now()
+	c.start()
+	// a is back when its netmaps show b again (a new stream's map).
+	la.wait(t, "gone", false, 30*time.Second)
+	took := time.Since(start)
+	if took < grace {
+		t.Errorf("gone went offline %v after the start, before the grace of %v ended", took, grace)
+	}
+	if n := la.offlineSince("b", from); n > 0 {
+		t.Errorf("b, which came back, showed offline in %d of a's netmaps after the restart", n)
+	}
+	if la.count("b") == from {
+		t.Error("a had no netmap after the restart")
+	}
+}
