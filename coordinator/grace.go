@@ -60,10 +60,10 @@ func (s *Server) recordOnline(ctx context.Context) {
 }
 
 // loadOnline reads the record of the nodes streaming at the last
-// shutdown and puts them in grace (nodeEntry.grace), then clears the
-// record, so that a crash later does not find it. It returns when the
-// grace ends; zero if no node is in grace. Called by load, before the
-// Server runs.
+// shutdown and puts them in grace (nodeEntry.grace). It returns when the
+// grace ends; zero if there was no record. Called by load, before the
+// Server runs; graceLoop then clears the record, so that a crash later
+// does not find it.
 func (s *Server) loadOnline(ctx context.Context, now time.Time) (time.Time, error) {
 	if s.fan.feed != nil {
 		return time.Time{}, nil
@@ -73,9 +73,6 @@ func (s *Server) loadOnline(ctx context.Context, now time.Time) (time.Time, erro
 		return time.Time{}, nil
 	}
 	if err != nil {
-		return time.Time{}, err
-	}
-	if err := s.store.SetSetting(ctx, onlineSetting, []byte{}); err != nil {
 		return time.Time{}, err
 	}
 	at := time.Unix(0, int64(binary.BigEndian.Uint64(b)))
@@ -93,17 +90,22 @@ func (s *Server) loadOnline(ctx context.Context, now time.Time) (time.Time, erro
 			n++
 		}
 	}
-	if n == 0 {
-		return time.Time{}, nil
-	}
 	s.logger.Info("nodes streaming at shutdown stay online while they come back", "nodes", n, "grace", onlineGrace)
 	return now.Add(onlineGrace), nil
 }
 
-// graceLoop ends the online grace at until: the nodes still in it go
+// graceLoop clears the record of the nodes streaming at the last
+// shutdown, and ends the online grace at until: the nodes still in it go
 // offline.
 func (s *Server) graceLoop(until time.Time) {
 	defer s.wg.Done()
+	// Cleared here rather than in New: a start that writes to the store
+	// before it serves keeps the nodes it asked to come back waiting.
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+	if err := s.store.SetSetting(ctx, onlineSetting, []byte{}); err != nil && s.ctx.Err() == nil {
+		s.logger.Warn("clear the record of streaming nodes", "err", err)
+	}
+	cancel()
 	t := time.NewTimer(until.Sub(s.now()))
 	defer t.Stop()
 	select {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -135,12 +136,17 @@ func TestResumeAcrossRestart(t *testing.T) {
 			cl.Run(ctx, func(*wire.NetMap) {})
 		}()
 		defer func() { cancel(); <-done }()
+		// The node sees the endpoints (in its full map, or a delta after).
 		rs := openResumeStream(t, c, self, wire.CapabilityVersion, nil)
+		stop := time.AfterFunc(30*time.Second, rs.close)
 		for mr, _ := rs.next(); ; mr, _ = rs.next() {
-			if len(mr.PeersChanged) == 1 && mr.PeersChanged[0].Key == peer.Public() && len(mr.PeersChanged[0].Endpoints) == 1 {
+			if slices.ContainsFunc(append(mr.Peers, mr.PeersChanged...), func(p *wire.Node) bool {
+				return p.Key == peer.Public() && len(p.Endpoints) == 1
+			}) {
 				break
 			}
 		}
+		stop.Stop()
 		rs.close()
 		c.restart()
 		rs = openResumeStream(t, c, self, wire.CapabilityVersion, digest)
