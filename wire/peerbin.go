@@ -46,6 +46,7 @@ import (
 //	time LastSeen, KeyExpiry      each if its bit is set
 //	str  User                     if peerHasUser
 //	list Tags, UngrantedTags      each if its bit is set: uvarint count, then strs
+//	8B   Rev (big-endian)         if peerHasRev
 //
 // Online, Unknown, Ephemeral and Edge are flag bits alone. A str is
 // uvarint length | bytes. A time is varint Unix seconds (zigzag) |
@@ -91,6 +92,7 @@ const (
 	peerHasUngrantedTags
 	peerEphemeral
 	peerEdge
+	peerHasRev
 
 	peerKnownFlags = 1<<iota - 1
 )
@@ -123,6 +125,7 @@ func AppendPeerRecord(b []byte, n *Node) []byte {
 	set(peerHasUngrantedTags, len(n.UngrantedTags) > 0)
 	set(peerEphemeral, n.Ephemeral)
 	set(peerEdge, n.Edge)
+	set(peerHasRev, n.Rev != 0)
 
 	// The body goes after room for a 2-byte length, which holds records
 	// up to 16 KB; a longer one is moved up.
@@ -179,6 +182,9 @@ func AppendPeerRecord(b []byte, n *Node) []byte {
 	}
 	if flags&peerHasUngrantedTags != 0 {
 		b = appendStrs(b, n.UngrantedTags)
+	}
+	if flags&peerHasRev != 0 {
+		b = binary.BigEndian.AppendUint64(b, n.Rev)
 	}
 
 	body := len(b) - start - 2
@@ -704,6 +710,13 @@ func (d *peerDecoder) body() (*Node, error) {
 		if n.UngrantedTags, err = d.strList(); err != nil {
 			return nil, err
 		}
+	}
+	if flags&peerHasRev != 0 {
+		r, err := d.take(8)
+		if err != nil {
+			return nil, err
+		}
+		n.Rev = binary.BigEndian.Uint64([]byte(r))
 	}
 	return n, nil
 }

@@ -32,6 +32,7 @@ func fullNode() *Node {
 		HomeDERP:      3,
 		PeerRelay:     40000,
 		Online:        true,
+		Rev:           0x0123456789abcdef,
 		Unknown:       true,
 		LastSeen:      time.Date(2026, 12, 6, 22, 1, 2, 345678901, time.UTC),
 		KeyExpiry:     time.Date(2027, 6, 1, 0, 0, 0, 0, time.UTC),
@@ -48,7 +49,7 @@ func fullNode() *Node {
 // add it to the codec (a new flag bit), to this list and to fullNode.
 var nodeFields = []string{
 	"ID", "Key", "DiscoKey", "Name", "DNSName", "Hostname", "OS", "Addresses", "Endpoints", "HomeDERP",
-	"PeerRelay", "Online", "Unknown", "LastSeen", "KeyExpiry", "User", "Tags", "UngrantedTags", "Ephemeral", "Edge",
+	"PeerRelay", "Online", "Rev", "Unknown", "LastSeen", "KeyExpiry", "User", "Tags", "UngrantedTags", "Ephemeral", "Edge",
 }
 
 var cmpNode = cmp.Options{cmpopts.EquateEmpty(), cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),

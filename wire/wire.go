@@ -74,6 +74,7 @@ import (
 //     (MapResponse.Peers, PeersChanged) come as compact binary records
 //     after a JSON head (BinaryMapFrame, AppendPeerRecord), which the
 //     coordinator encodes once per peer change. Older nodes get JSON.
+//     A record carries Node.Rev (version 15) like the JSON.
 const CapabilityVersion = 16
 
 // NodeID is the coordinator's stable identifier of a node.
