@@ -91,8 +91,15 @@ func TestScaleSmoke(t *testing.T) {
 //	restart-online-s   from stopping the coordinator (SIGTERM) and starting
 //	                   it again on the same data until every node has a new
 //	                   full map (each node comes back after the wait its
-//	                   stream's end asked for, spread over up to 10 s)
+//	                   stream's end asked for, spread over up to 10 s; a
+//	                   map that resumes the peers the node held, checked
+//	                   by their digest, counts, as coordclient hands it
+//	                   on as a full map)
 //	restart-settle-s   until, in addition, every node sees all peers online
+//	                   (the restarted coordinator shows the nodes that
+//	                   streamed at its shutdown online for a grace while
+//	                   they come back, so this is also when the last node
+//	                   is back)
 //	restart-bytes/node what each node read from the coordinator over
 //	                   restart-settle-s
 //	restart-cpu-s      the restarted coordinator's CPU seconds until settled
