@@ -526,8 +526,8 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	var st sentState
 	defer func() {
 		s.mu.Lock()
+		defer s.mu.Unlock()
 		ms.releaseLocked(st.peers)
-		s.mu.Unlock()
 	}()
 
 	// The full map.
