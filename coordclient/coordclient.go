@@ -266,6 +266,20 @@ func (c *Client) postTo(ctx context.Context, t *target, path string, build func(
 			c.mu.Unlock()
 			continue
 		}
+		if e.Code == wire.CodeRateLimited && attempt < maxRateLimitedRetries {
+			// Too many requests from this address (many nodes behind one
+			// NAT coming back at once): wait as asked, then send it again
+			// with a fresh timestamp.
+			e.RetryAfter = retryAfterHeader(resp.Header.Get("Retry-After"))
+			t := time.NewTimer(e.RetryAfter)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil, box, e
+			case <-t.C:
+			}
+			continue
+		}
 		return nil, box, e
 	}
 }

@@ -517,3 +517,44 @@ func TestPostRetriesStaleConnection(t *testing.T) {
 		t.Errorf("the coordinator saw %d updates, want 1", n)
 	}
 }
+
+// TestRateLimitedRequestRetried: a request the coordinator refuses with
+// 429 rate_limited is sent again, fresh, after the Retry-After it asked
+// for.
+func TestRateLimitedRequestRetried(t *testing.T) {
+	fc := &fakeCoord{t: t, priv: key.NewMachine()}
+	var mu sync.Mutex
+	var seen [][]byte
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == wire.PathMap {
+			b, _ := io.ReadAll(r.Body)
+			mu.Lock()
+			seen = append(seen, b)
+			first := len(seen) == 1
+			mu.Unlock()
+			if first {
+				w.Header().Set("Retry-After", "1")
+				w.WriteHeader(http.StatusTooManyRequests)
+				io.WriteString(w, `{"error":"too many requests from this address","code":"rate_limited"}`)
+				return
+			}
+			r.Body = io.NopCloser(bytes.NewReader(b))
+		}
+		fc.ServeHTTP(w, r)
+	}))
+	t.Cleanup(hs.Close)
+	cl, err := New(Options{ServerURL: hs.URL, PrivateKey: key.NewNode()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	if _, err := cl.sendUpdate(t.Context()); err != nil {
+		t.Fatalf("update after one 429: %v", err)
+	}
+	if d := time.Since(t0); d < time.Second {
+		t.Errorf("retried after %v, want the Retry-After of 1s", d)
+	}
+	if len(seen) != 2 || bytes.Equal(seen[0], seen[1]) {
+		t.Errorf("%d requests (same body: %v), want 2 different ones", len(seen), len(seen) == 2 && bytes.Equal(seen[0], seen[1]))
+	}
+}

@@ -130,6 +130,20 @@ const (
 	maxRetryAfter = time.Minute
 )
 
+// maxRateLimitedRetries bounds how often one request is sent again after
+// the coordinator answered wire.CodeRateLimited.
+const maxRateLimitedRetries = 5
+
+// retryAfterHeader parses a Retry-After header in seconds, bounded by
+// minRetryAfter and maxRetryAfter (minRetryAfter if absent or bad).
+func retryAfterHeader(v string) time.Duration {
+	secs, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || secs <= 0 {
+		return minRetryAfter
+	}
+	return min(max(time.Duration(secs)*time.Second, minRetryAfter), maxRetryAfter)
+}
+
 // errorFromTrailer parses a stream's "code: message" trailer and its
 // retry-after trailer (milliseconds; empty for none).
 func errorFromTrailer(v, retryAfter string) *Error {

@@ -275,7 +275,7 @@ func (rg *registry) addPendingMem(req *wire.RegisterRequest, source netip.Addr) 
 		}
 		pr.dropLocked(old)
 		dropped = append(dropped, old)
-		s.logger.Info("registration dropped to make room", "code", old.Code, "source", old.source, "hostname", old.Hostname)
+		rg.droppedLog.log(s.logger, now, "code", old.Code, "source", old.source, "hostname", old.Hostname)
 	}
 	code := newApprovalCode()
 	for pr.byCode[code] != nil {
@@ -291,7 +291,7 @@ func (rg *registry) addPendingMem(req *wire.RegisterRequest, source netip.Addr) 
 	pr.byCode[code] = p
 	pr.byKey[req.NodeKey] = p
 	pr.bySource[source]++
-	s.logger.Info("registration waiting for approval", "node", req.NodeKey.ShortString(), "hostname", req.Hostname, "code", code)
+	rg.waitingLog.log(s.logger, now, "node", req.NodeKey.ShortString(), "hostname", req.Hostname, "code", code)
 	return p, true, dropped, nil
 }
 
@@ -427,10 +427,17 @@ func authURL(r *http.Request, code string) string {
 // new node key without an auth key (outside dev mode on loopback), and
 // every Followup. It reports false, having written nothing, for the
 // requests register handles.
-func (rg *registry) interactiveRegister(w http.ResponseWriter, r *http.Request, nk key.NodePublic, req *wire.RegisterRequest) bool {
+//
+// A new node key's request is not recorded against replays: its replay
+// finds the registration it made waiting (or makes another one, bounded
+// like any other by maxPending), which anyone can do with a key of their
+// own, and the code is sealed to the node. A registered node's request
+// (Reauth) is recorded.
+func (rg *registry) interactiveRegister(w http.ResponseWriter, r *http.Request, q *sealedRequest, req *wire.RegisterRequest) bool {
 	s := rg.core
+	nk := q.nk
 	if req.Followup != "" {
-		rg.followup(w, r, nk, req)
+		rg.followup(w, r, q, req)
 		return true
 	}
 	if req.AuthKey != "" || req.Logout || (rg.devMode && remoteIsLoopback(r)) {
@@ -442,6 +449,12 @@ func (rg *registry) interactiveRegister(w http.ResponseWriter, r *http.Request, 
 	if known && !req.Reauth {
 		return false
 	}
+	if known {
+		if aerr := s.seeRequest(r.Context(), q); aerr != nil {
+			writeError(w, aerr)
+			return true
+		}
+	}
 	p, aerr := rg.addPending(r.Context(), req, remoteAddr(r))
 	if aerr != nil {
 		writeError(w, aerr)
@@ -452,9 +465,11 @@ func (rg *registry) interactiveRegister(w http.ResponseWriter, r *http.Request, 
 }
 
 // followup holds a Followup request until its registration is approved,
-// followupWait passes, or the node hangs up.
-func (rg *registry) followup(w http.ResponseWriter, r *http.Request, nk key.NodePublic, req *wire.RegisterRequest) {
+// followupWait passes, or the node hangs up. A followup with its node's
+// code is recorded against replays before it is held.
+func (rg *registry) followup(w http.ResponseWriter, r *http.Request, q *sealedRequest, req *wire.RegisterRequest) {
 	s := rg.core
+	nk := q.nk
 	p := rg.lookupShared(r.Context(), req.Followup)
 	if p == nil {
 		s.mu.Lock()
@@ -462,7 +477,7 @@ func (rg *registry) followup(w http.ResponseWriter, r *http.Request, nk key.Node
 		s.mu.Unlock()
 		if known {
 			// Approved and registered by an earlier followup whose answer was lost.
-			rg.finishApproved(w, r, nk, req, "")
+			rg.finishApproved(w, r, q, req, "")
 			return
 		}
 		writeError(w, errorf(http.StatusForbidden, wire.CodeApprovalExpired, "approval code is unknown or expired; register again"))
@@ -470,6 +485,10 @@ func (rg *registry) followup(w http.ResponseWriter, r *http.Request, nk key.Node
 	}
 	if p.NodeKey != nk {
 		writeError(w, errorf(http.StatusForbidden, wire.CodeForbidden, "approval code belongs to another node key"))
+		return
+	}
+	if aerr := s.seeRequest(r.Context(), q); aerr != nil {
+		writeError(w, aerr)
 		return
 	}
 	t := time.NewTimer(followupWait)
@@ -497,7 +516,7 @@ func (rg *registry) followup(w http.ResponseWriter, r *http.Request, nk key.Node
 		writeError(w, asAPIError(err))
 		return
 	}
-	ok := rg.finishApproved(w, r, nk, req, secret)
+	ok := rg.finishApproved(w, r, q, req, secret)
 	rg.deleteApprovalKey(ctx, ak.Prefix, "approval key used")
 	if ok {
 		rg.pending.remove(p)
@@ -508,11 +527,12 @@ func (rg *registry) followup(w http.ResponseWriter, r *http.Request, nk key.Node
 // finishApproved registers an approved node with the auth key made for it
 // (or rejoins it if it is registered already) and answers the followup.
 // It reports whether the node is registered.
-func (rg *registry) finishApproved(w http.ResponseWriter, r *http.Request, nk key.NodePublic, req *wire.RegisterRequest, authKey string) bool {
+func (rg *registry) finishApproved(w http.ResponseWriter, r *http.Request, q *sealedRequest, req *wire.RegisterRequest, authKey string) bool {
 	s := rg.core
+	nk := q.nk
 	rr := *req
 	rr.AuthKey, rr.Followup = authKey, ""
-	resp, aerr := s.countRegistration(rg.register(context.WithoutCancel(r.Context()), &rr, remoteIsLoopback(r)))
+	resp, aerr := s.countRegistration(rg.register(context.WithoutCancel(r.Context()), q, &rr, remoteIsLoopback(r)))
 	if aerr != nil {
 		if aerr.status >= 500 {
 			s.logger.Warn("approved registration failed", "node", nk.ShortString(), "err", aerr)

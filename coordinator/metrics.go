@@ -15,6 +15,9 @@ type metrics struct {
 	streamsOpened atomic.Uint64
 	// registrations counts register answers: ok, refused (4xx), error (5xx).
 	regOK, regRefused, regError atomic.Uint64
+	// machineLimited counts sealed requests refused by the per-source
+	// rate limit.
+	machineLimited atomic.Uint64
 	// fanout is the time from the first change marked for a map stream to
 	// the delta that carries it being written.
 	fanout prometheus.Histogram
@@ -93,13 +96,17 @@ var (
 		"Registration requests answered, by result: ok, refused (the node's fault: bad or spent key, not allowed) or error (the coordinator's).", []string{"result"}, nil)
 	coordStoreErrorsDesc = prometheus.NewDesc("beam_coordinator_store_errors_total",
 		"Failed database operations of the store.", nil, nil)
+	coordReplayEntriesDesc = prometheus.NewDesc("beam_coordinator_replay_entries",
+		"Sealed requests remembered against replays (those of registered nodes and valid auth keys, for the clock-skew window).", nil, nil)
+	coordRateLimitedDesc = prometheus.NewDesc("beam_coordinator_rate_limited_total",
+		"Sealed requests refused because their source address sent too many.", nil, nil)
 )
 
 type coordCollector struct{ s *Server }
 
 func (c coordCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{coordNodesDesc, coordNetworksDesc, coordStreamsDesc, coordStreamsOpenedDesc,
-		coordRegistrationsDesc, coordStoreErrorsDesc} {
+		coordRegistrationsDesc, coordStoreErrorsDesc, coordReplayEntriesDesc, coordRateLimitedDesc} {
 		ch <- d
 	}
 	c.s.met.fanout.Describe(ch)
@@ -135,5 +142,7 @@ func (c coordCollector) Collect(ch chan<- prometheus.Metric) {
 		storeErrs = sc.StoreErrors()
 	}
 	counter(coordStoreErrorsDesc, storeErrs)
+	gauge(coordReplayEntriesDesc, s.replay.len())
+	counter(coordRateLimitedDesc, s.met.machineLimited.Load())
 	s.met.fanout.Collect(ch)
 }

@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"container/heap"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -75,27 +76,63 @@ func openEnvelope(priv key.MachinePrivate, env wire.Envelope, v any) error {
 	return nil
 }
 
+// maxReplayEntries bounds the replayCache. Only requests of registered
+// node keys and of valid auth keys are recorded (Server.seeRequest), so
+// it fills only as fast as real nodes send: a quarter million requests
+// in one clock-skew window is over 400 a second for ten minutes. At the
+// bound the cache forgets its oldest requests (by timestamp) and refuses
+// every request no newer than them from then on (replayCache.floor).
+const maxReplayEntries = 1 << 18
+
 // replayCache remembers the hashes of sealed requests seen within the
 // clock-skew window. It is safe for concurrent use.
+//
+// A request whose timestamp is ts is admitted until ts+MaxClockSkew (the
+// freshness check), so it is remembered until then. When full, the cache
+// drops the entry with the oldest timestamp and raises floor to it: a
+// request with a timestamp at or before floor is refused as if seen, so
+// dropping an entry never lets its replay through.
 type replayCache struct {
-	mu   sync.Mutex // guards seen
-	seen map[[32]byte]time.Time
+	// max bounds the entries; zero means maxReplayEntries.
+	max int
+
+	mu    sync.Mutex         // guards the following fields
+	seen  map[[32]byte]int64 // hash -> timestamp (Unix ns)
+	order replayHeap         // the same entries, oldest timestamp first
+	floor int64              // refuse timestamps <= floor (Unix ns); 0 none
 }
 
-// add records the sealed request whose SHA-256 is h, seen at now, and
-// reports whether it was new.
-func (c *replayCache) add(h [32]byte, now time.Time) bool {
+// add records the sealed request whose SHA-256 is h and whose timestamp
+// is ts, seen at now, and reports whether it was new. It drops what can
+// no longer be replayed first.
+func (c *replayCache) add(h [32]byte, ts, now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.seen == nil {
-		c.seen = make(map[[32]byte]time.Time)
-	}
-	if until, ok := c.seen[h]; ok && now.Before(until) {
+	c.pruneLocked(now)
+	t := ts.UnixNano()
+	if t <= c.floor {
 		return false
 	}
-	// A request is valid until its timestamp is MaxClockSkew old, and its
-	// timestamp can be MaxClockSkew ahead of now: remember it 2x the window.
-	c.seen[h] = now.Add(2 * MaxClockSkew)
+	if _, ok := c.seen[h]; ok {
+		return false
+	}
+	if c.seen == nil {
+		c.seen = make(map[[32]byte]int64)
+	}
+	limit := c.max
+	if limit <= 0 {
+		limit = maxReplayEntries
+	}
+	for len(c.seen) >= limit {
+		old := heap.Pop(&c.order).(replayEntry)
+		delete(c.seen, old.hash)
+		c.floor = max(c.floor, old.ts)
+		if t <= c.floor {
+			return false
+		}
+	}
+	c.seen[h] = t
+	heap.Push(&c.order, replayEntry{ts: t, hash: h})
 	return true
 }
 
@@ -103,9 +140,39 @@ func (c *replayCache) add(h [32]byte, now time.Time) bool {
 func (c *replayCache) prune(now time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for h, until := range c.seen {
-		if !now.Before(until) {
-			delete(c.seen, h)
-		}
+	c.pruneLocked(now)
+}
+
+func (c *replayCache) pruneLocked(now time.Time) {
+	stale := now.Add(-MaxClockSkew).UnixNano()
+	for len(c.order) > 0 && c.order[0].ts < stale {
+		old := heap.Pop(&c.order).(replayEntry)
+		delete(c.seen, old.hash)
 	}
+}
+
+// len returns the number of requests remembered.
+func (c *replayCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.seen)
+}
+
+type replayEntry struct {
+	ts   int64
+	hash [32]byte
+}
+
+// replayHeap is a min-heap of replayEntry by ts (container/heap).
+type replayHeap []replayEntry
+
+func (q replayHeap) Len() int           { return len(q) }
+func (q replayHeap) Less(i, j int) bool { return q[i].ts < q[j].ts }
+func (q replayHeap) Swap(i, j int)      { q[i], q[j] = q[j], q[i] }
+func (q *replayHeap) Push(x any)        { *q = append(*q, x.(replayEntry)) }
+func (q *replayHeap) Pop() any {
+	old := *q
+	e := old[len(old)-1]
+	*q = old[:len(old)-1]
+	return e
 }

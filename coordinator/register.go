@@ -84,11 +84,18 @@ type registry struct {
 	// lastSweep is when expired registrations were last deleted from
 	// shared. Guarded by pending.mu.
 	lastSweep time.Time
+	// Log lines that anyone can cause, limited (limits.go): refused
+	// registrations, and registrations waiting for approval or dropped
+	// to make room for others.
+	refusedLog, waitingLog, droppedLog logLimiter
 }
 
 // newRegistry returns the registration job of core on opts.
 func newRegistry(core *Server, opts Options) *registry {
 	rg := &registry{core: core, devMode: opts.DevMode, approver: opts.Approver, nodeKeyExpiry: opts.NodeKeyExpiry}
+	rg.refusedLog = logLimiter{msg: "registration refused", burst: 1}
+	rg.waitingLog = logLimiter{msg: "registration waiting for approval", burst: 5}
+	rg.droppedLog = logLimiter{msg: "registration dropped to make room", burst: 1}
 	if rg.approver == nil {
 		rg.approver = adminApprover{}
 	}
@@ -239,17 +246,24 @@ const registerAttempts = 16
 var errRegisterConflict = errorf(http.StatusConflict, wire.CodeUnavailable, "name or address taken by another coordinator; try again")
 
 // register handles a RegisterRequest whose sender proved it holds
-// req.NodeKey. loopback says whether it came from a loopback address.
+// req.NodeKey; q is the request as opened, which register records
+// against replays (Server.seeRequest) once it knows the request may
+// change something: it comes from a registered node key, carries a valid
+// auth key, or joins in dev mode. A request that is refused before
+// (an unknown key with a wrong auth key, a logout of an unknown key)
+// is not recorded: it changes nothing, so its replay changes nothing
+// either, and anyone can send such requests with keys of their own.
+// loopback says whether it came from a loopback address.
 //
 // Memory may lag the store when other coordinators share it: if the
 // store refuses the new node as a conflict, register re-reads the nodes
 // from the store and tries again, a few times.
-func (rg *registry) register(ctx context.Context, req *wire.RegisterRequest, loopback bool) (*wire.RegisterResponse, *apiError) {
+func (rg *registry) register(ctx context.Context, q *sealedRequest, req *wire.RegisterRequest, loopback bool) (*wire.RegisterResponse, *apiError) {
 	s := rg.core
 	rg.mu.Lock()
 	defer rg.mu.Unlock()
 	for i := 1; ; i++ {
-		resp, aerr := rg.registerOnce(ctx, req, loopback)
+		resp, aerr := rg.registerOnce(ctx, q, req, loopback)
 		if aerr != errRegisterConflict {
 			return resp, aerr
 		}
@@ -271,8 +285,9 @@ func (rg *registry) register(ctx context.Context, req *wire.RegisterRequest, loo
 }
 
 // registerOnce is one attempt of register. rg.mu held.
-func (rg *registry) registerOnce(ctx context.Context, req *wire.RegisterRequest, loopback bool) (*wire.RegisterResponse, *apiError) {
+func (rg *registry) registerOnce(ctx context.Context, q *sealedRequest, req *wire.RegisterRequest, loopback bool) (*wire.RegisterResponse, *apiError) {
 	s := rg.core
+	see := func() *apiError { return s.seeRequest(ctx, q) }
 	now := s.now()
 	s.mu.Lock()
 	var existing *NodeRecord
@@ -286,6 +301,9 @@ func (rg *registry) registerOnce(ctx context.Context, req *wire.RegisterRequest,
 		if existing == nil {
 			return nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
 		}
+		if aerr := see(); aerr != nil {
+			return nil, aerr
+		}
 		if err := s.removeNode(ctx, req.NodeKey, wire.CodeNodeRemoved, "node logged out"); err != nil {
 			return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 		}
@@ -296,6 +314,9 @@ func (rg *registry) registerOnce(ctx context.Context, req *wire.RegisterRequest,
 
 	if existing != nil {
 		if !existing.Node.Expired(now) && !req.Reauth {
+			if aerr := see(); aerr != nil {
+				return nil, aerr
+			}
 			// Rejoin: same name and addresses, unless the node's hostname
 			// changed: then it asks for the name of its new hostname, and
 			// keeps its name if that one is taken.
@@ -343,10 +364,16 @@ func (rg *registry) registerOnce(ctx context.Context, req *wire.RegisterRequest,
 			if ak.User != "" && existing.Node.User != "" && ak.User != existing.Node.User {
 				return nil, errorf(http.StatusForbidden, wire.CodeForbidden, "this node belongs to %s; authenticate it again as %s", existing.Node.User, existing.Node.User)
 			}
+			if aerr := see(); aerr != nil {
+				return nil, aerr
+			}
 			if err := s.store.ConsumeAuthKey(ctx, ak.ID, now); err != nil {
 				return nil, rg.consumeError(err, ak)
 			}
 		case rg.devMode && loopback:
+			if aerr := see(); aerr != nil {
+				return nil, aerr
+			}
 		default:
 			return nil, errorf(http.StatusForbidden, wire.CodeNodeExpired, "node key expired; register again with an auth key")
 		}
@@ -399,6 +426,9 @@ func (rg *registry) registerOnce(ctx context.Context, req *wire.RegisterRequest,
 	case rg.devMode && loopback:
 	default:
 		return nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered; joining needs an auth key")
+	}
+	if aerr := see(); aerr != nil {
+		return nil, aerr
 	}
 
 	base := SanitizeLabel(req.Hostname)
@@ -474,21 +504,23 @@ func (rg *registry) consumeError(err error, ak *AuthKey) *apiError {
 func (rg *registry) handleRegister(w http.ResponseWriter, r *http.Request) {
 	s := rg.core
 	var req wire.RegisterRequest
-	nk, aerr := s.readRequest(w, r, &req, func() (key.NodePublic, time.Time) { return req.NodeKey, req.Timestamp })
+	q, aerr := s.openRequest(w, r, &req, func() (key.NodePublic, time.Time) { return req.NodeKey, req.Timestamp })
 	if aerr != nil {
 		writeError(w, aerr)
 		return
 	}
+	nk := q.nk
+	cleanRegisterRequest(&req)
 	// Finish a registration even if the node hangs up, so memory and store agree.
-	if rg.interactiveRegister(w, r, nk, &req) {
+	if rg.interactiveRegister(w, r, q, &req) {
 		return
 	}
-	resp, aerr := s.countRegistration(rg.register(context.WithoutCancel(r.Context()), &req, remoteIsLoopback(r)))
+	resp, aerr := s.countRegistration(rg.register(context.WithoutCancel(r.Context()), q, &req, remoteIsLoopback(r)))
 	if aerr != nil {
 		if aerr.status >= 500 {
 			s.logger.Warn("registration failed", "node", nk.ShortString(), "err", aerr)
 		} else {
-			s.logger.Info("registration refused", "node", nk.ShortString(), "code", aerr.code)
+			rg.refusedLog.log(s.logger, s.now(), "node", nk.ShortString(), "code", aerr.code)
 		}
 		writeError(w, aerr)
 		return

@@ -142,6 +142,13 @@ type Options struct {
 	// ServerSetup, if not nil, is answered to GET wire.PathServerSetup
 	// (public: see wire.ServerSetup); nil answers 404.
 	ServerSetup func() *wire.ServerSetup
+	// MachineRequestRate and MachineRequestBurst are the token bucket of
+	// each source address (an IPv4 address, an IPv6 /64) on the sealed
+	// endpoints (register, map, expose, TXT): requests per second and
+	// the most at once. Zero means DefaultMachineRequestRate and
+	// DefaultMachineRequestBurst; a negative rate means no limit.
+	MachineRequestRate  float64
+	MachineRequestBurst int
 }
 
 // Server is the coordinator. It is an http.Handler serving the control
@@ -181,8 +188,9 @@ type Server struct {
 	relayHash    []byte // SHA-256 of the relay token; nil means none
 	mux          *http.ServeMux
 	replay       replayCache
-	sharedReplay *sharedReplay // replay.go
-	boxes        sharedKeys    // box keys shared with nodes (sharedkeys.go)
+	machineLimit *sourceLimiter // limits.go
+	sharedReplay *sharedReplay  // replay.go
+	boxes        sharedKeys     // box keys shared with nodes (sharedkeys.go)
 	derpMap      atomic.Pointer[wire.DERPMap]
 	serverSetup  func() *wire.ServerSetup // nil: none
 	// graceUntil is when the online grace of the nodes streaming at the
@@ -284,6 +292,7 @@ func New(opts Options) (*Server, error) {
 	s.reg = newRegistry(s, opts)
 	s.fan = newFanout(s, opts.Store)
 	s.sharedReplay = newSharedReplay(s, opts.Store)
+	s.machineLimit = newSourceLimiter(opts.MachineRequestRate, opts.MachineRequestBurst)
 	es, err := newEdgeRoutes(s, opts)
 	if err != nil {
 		return nil, err
@@ -426,13 +435,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) routes() (mux, admin *http.ServeMux) {
 	mux = http.NewServeMux()
 	mux.HandleFunc("GET "+wire.PathKey, s.handleKey)
-	mux.HandleFunc("POST "+wire.PathRegister, s.reg.handleRegister)
+	mux.HandleFunc("POST "+wire.PathRegister, s.limitMachine(s.reg.handleRegister))
 	mux.HandleFunc("GET "+wire.PathApprovalPage, s.reg.handleApprovalPage)
-	mux.HandleFunc("POST "+wire.PathMap, s.handleMap)
+	mux.HandleFunc("POST "+wire.PathMap, s.limitMachine(s.handleMap))
 	mux.HandleFunc("GET "+wire.PathDERPVerify, s.handleDERPVerify)
 	mux.HandleFunc("GET "+wire.PathServerSetup, s.handleServerSetup)
-	mux.HandleFunc("POST "+wire.PathExpose, s.edge.handleExpose)
-	mux.HandleFunc("POST "+wire.PathTXT, s.edge.handleTXT)
+	mux.HandleFunc("POST "+wire.PathExpose, s.limitMachine(s.edge.handleExpose))
+	mux.HandleFunc("POST "+wire.PathTXT, s.limitMachine(s.edge.handleTXT))
 	admin = http.NewServeMux()
 	s.admin.register(admin)
 	s.accessRoutes(mux, admin)
@@ -453,38 +462,86 @@ func (s *Server) handleKey(w http.ResponseWriter, r *http.Request) {
 	io.WriteString(w, s.pubText)
 }
 
-// readRequest reads and opens a sealed control request into v, then checks
-// that its node key is the envelope's and that it is fresh. hdr returns
-// the sealed request's node key and timestamp after decoding.
-func (s *Server) readRequest(w http.ResponseWriter, r *http.Request, v any, hdr func() (key.NodePublic, time.Time)) (key.NodePublic, *apiError) {
+// sealedRequest is a control request that opened with its node key and
+// passed the freshness check, but is not yet recorded against replays
+// (Server.seeRequest).
+type sealedRequest struct {
+	nk   key.NodePublic
+	hash [32]byte // SHA-256 of the sealed box
+	ts   time.Time
+	now  time.Time // when it was checked
+	seen bool      // recorded by seeRequest
+}
+
+// openRequest reads and opens a sealed control request into v, then
+// checks that its node key is the envelope's and that its timestamp is
+// within MaxClockSkew. It does not record it: anyone can seal a request
+// with a key they just made, so recording happens only once the request
+// proves it can change something (seeRequest). hdr returns the sealed
+// request's node key and timestamp after decoding.
+func (s *Server) openRequest(w http.ResponseWriter, r *http.Request, v any, hdr func() (key.NodePublic, time.Time)) (*sealedRequest, *apiError) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequestSize))
 	if err != nil {
-		return key.NodePublic{}, errorf(http.StatusBadRequest, wire.CodeBadRequest, "read request: too large or cut short")
+		return nil, errorf(http.StatusBadRequest, wire.CodeBadRequest, "read request: too large or cut short")
 	}
 	env, err := decodeEnvelope(body)
 	if err != nil {
-		return key.NodePublic{}, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed envelope")
+		return nil, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed envelope")
 	}
 	clear, ok := s.boxes.open(s.priv, env.NodeKey, env.Sealed)
 	if !ok {
-		return key.NodePublic{}, errorf(http.StatusUnauthorized, wire.CodeBadSeal, "sealed request does not open with node_key and this coordinator's key")
+		return nil, errorf(http.StatusUnauthorized, wire.CodeBadSeal, "sealed request does not open with node_key and this coordinator's key")
 	}
 	if err := jsonUnmarshal(clear, v); err != nil {
-		return key.NodePublic{}, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed sealed request")
+		return nil, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed sealed request")
 	}
 	nk, ts := hdr()
 	if nk != env.NodeKey {
-		return key.NodePublic{}, errorf(http.StatusUnauthorized, wire.CodeKeyMismatch, "sealed node key differs from the envelope's")
+		return nil, errorf(http.StatusUnauthorized, wire.CodeKeyMismatch, "sealed node key differs from the envelope's")
 	}
 	now := s.now()
 	if d := now.Sub(ts); d > MaxClockSkew || d < -MaxClockSkew {
-		return key.NodePublic{}, errorf(http.StatusUnauthorized, wire.CodeClockSkew, "request timestamp is %s away from the coordinator's clock", d.Round(time.Second))
+		return nil, errorf(http.StatusUnauthorized, wire.CodeClockSkew, "request timestamp is %s away from the coordinator's clock", d.Round(time.Second))
 	}
-	h := sha256.Sum256(env.Sealed)
-	if !s.replay.add(h, now) || !s.sharedReplay.add(r.Context(), h, now) {
-		return key.NodePublic{}, errorf(http.StatusUnauthorized, wire.CodeReplay, "request was already seen")
+	return &sealedRequest{nk: nk, hash: sha256.Sum256(env.Sealed), ts: ts, now: now}, nil
+}
+
+// seeRequest records q against replays, in memory and on a shared store,
+// and refuses it if it was seen before. It is called once q is known to
+// come from a registered node key or to carry a valid credential, before
+// anything is changed on its behalf; calling it again for the same q
+// does nothing.
+func (s *Server) seeRequest(ctx context.Context, q *sealedRequest) *apiError {
+	if q.seen {
+		return nil
 	}
-	return env.NodeKey, nil
+	if !s.replay.add(q.hash, q.ts, q.now) || !s.sharedReplay.add(ctx, q.hash, q.now) {
+		return errorf(http.StatusUnauthorized, wire.CodeReplay, "request was already seen")
+	}
+	q.seen = true
+	return nil
+}
+
+// readRequest is openRequest for the endpoints only registered nodes may
+// use (map, expose, TXT): it refuses a node key the coordinator does not
+// know, unrecorded (such a request changes nothing, so its replay is as
+// harmless as the request), and records the others with seeRequest.
+func (s *Server) readRequest(w http.ResponseWriter, r *http.Request, v any, hdr func() (key.NodePublic, time.Time)) (key.NodePublic, *apiError) {
+	q, aerr := s.openRequest(w, r, v, hdr)
+	if aerr != nil {
+		return key.NodePublic{}, aerr
+	}
+	s.fan.ensureNode(r.Context(), q.nk) // registered through another coordinator
+	s.mu.Lock()
+	known := s.nodes[q.nk] != nil
+	s.mu.Unlock()
+	if !known {
+		return key.NodePublic{}, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
+	}
+	if aerr := s.seeRequest(r.Context(), q); aerr != nil {
+		return key.NodePublic{}, aerr
+	}
+	return q.nk, nil
 }
 
 // writeSealed writes v as JSON sealed to nk.
@@ -569,6 +626,10 @@ func (s *Server) janitorLoop() {
 		}
 		now := s.now()
 		s.replay.prune(now)
+		s.machineLimit.sweep(now)
+		for _, l := range []*logLimiter{&s.reg.refusedLog, &s.reg.waitingLog, &s.reg.droppedLog} {
+			l.flush(s.logger, now)
+		}
 		s.sharedReplay.prune(s.ctx, now)
 		s.reg.pruneApprovals(s.ctx)
 		var drop []key.NodePublic

@@ -306,6 +306,7 @@ func (ms *streams) handleMap(w http.ResponseWriter, r *http.Request) {
 		writeError(w, aerr)
 		return
 	}
+	cleanMapRequest(&req)
 	s.fan.ensureNode(r.Context(), nk) // registered through another coordinator
 	now := s.now()
 	s.mu.Lock()

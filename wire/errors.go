@@ -23,6 +23,10 @@ const (
 	CodeNotFound          ErrorCode = "not_found"           // 404: admin API object missing
 	CodeUnavailable       ErrorCode = "unavailable"         // 503: coordinator shutting down
 	CodeInternal          ErrorCode = "internal"            // 500
+	// CodeRateLimited: 429, too many sealed requests from the client's
+	// address; the Retry-After header says in how many seconds to try
+	// again, and coordclient waits that long.
+	CodeRateLimited ErrorCode = "rate_limited"
 
 	// CodeBadPolicy: 400, a policy that does not parse, names unknown
 	// users, or fails its tests; the body is a PolicyErrorBody.
@@ -67,6 +71,7 @@ var userMessages = map[ErrorCode]string{
 	CodeNodeExpired:       "this node's key expired: join again with beam up --authkey KEY",
 	CodeNodeRemoved:       "an admin removed this node from the network: join again with beam up --authkey KEY",
 	CodeUnavailable:       "the coordinator is shutting down or busy: try again in a moment",
+	CodeRateLimited:       "the coordinator is getting too many requests from this address: try again in a moment",
 	CodeEdgeDisabled:      "the coordinator has no public edge: run beam server, or give beam coordinator --edge-domain",
 }
 

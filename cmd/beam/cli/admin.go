@@ -259,8 +259,8 @@ func newCmdAdminNodes(f *Factory, a *adminFlags) *cobra.Command {
 				if n.Unknown {
 					online = "unknown" // its coordinator stopped answering
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", n.Name, n.DNSName, strings.Join(addrs, ","), online,
-					fmtTime(n.LastSeen), fmtTime(n.KeyExpiry), n.OS, nodeOwner(n))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", cell(n.Name), cell(n.DNSName), strings.Join(addrs, ","), online,
+					fmtTime(n.LastSeen), fmtTime(n.KeyExpiry), cell(n.OS), cell(nodeOwner(n)))
 				ungranted = ungranted || len(n.UngrantedTags) > 0
 			}
 			if err := tw.Flush(); err != nil {

@@ -66,7 +66,7 @@ func newCmdAdminPending(f *Factory, a *adminFlags) *cobra.Command {
 			tw := tabwriter.NewWriter(f.Out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "CODE\tHOSTNAME\tOS\tEXPIRES")
 			for _, p := range ps {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Code, p.Hostname, p.OS, fmtTime(p.Expires))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", cell(p.Code), cell(p.Hostname), cell(p.OS), fmtTime(p.Expires))
 			}
 			return tw.Flush()
 		},

@@ -29,7 +29,7 @@ func newCmdAdminAudit(f *Factory, a *adminFlags) *cobra.Command {
 			tw := tabwriter.NewWriter(f.Out, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "TIME\tACTOR\tACTION\tTARGET\tDETAIL")
 			for _, e := range entries {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", fmtTime(e.Time), e.Actor, e.Action, e.Target, e.Detail)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", fmtTime(e.Time), cell(e.Actor), cell(e.Action), cell(e.Target), cell(e.Detail))
 			}
 			return tw.Flush()
 		},

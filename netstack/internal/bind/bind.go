@@ -448,6 +448,13 @@ func (b *Bind) removePeerLocked(pe *peerEntry) {
 	delete(b.peers, pe.p.key)
 }
 
+// maxPeerEndpoints bounds the candidate endpoints kept (and probed) of
+// one peer: the coordinator keeps at most 64 of a node's endpoints
+// (wire.MaxEndpoints), and a peer's candidates are bounded here again so
+// that an old or hostile coordinator cannot make the bind hold and ping
+// thousands.
+const maxPeerEndpoints = 64
+
 // setPeerLocked adds pc to the peer table or updates its entry, and
 // returns the entry; the caller rebuilds or patches the address table. A
 // new peer starts asleep when Options.WakePeer is set.
@@ -461,11 +468,15 @@ func (b *Bind) setPeerLocked(pc PeerConfig) *peerEntry {
 		pe = &peerEntry{p: p, eps: make(map[netip.AddrPort]*Endpoint)}
 		b.peers[k] = pe
 	}
-	cands := make([]netip.AddrPort, 0, len(pc.Endpoints))
-	seen := make(map[netip.AddrPort]bool, len(pc.Endpoints))
+	n := min(len(pc.Endpoints), maxPeerEndpoints)
+	cands := make([]netip.AddrPort, 0, n)
+	seen := make(map[netip.AddrPort]bool, n)
 	for _, ap := range pc.Endpoints {
+		if len(cands) == maxPeerEndpoints {
+			break
+		}
 		ap = unmap(ap)
-		if !ap.IsValid() || seen[ap] {
+		if !ap.IsValid() || ap.Port() == 0 || ap.Addr().IsUnspecified() || ap.Addr().IsMulticast() || seen[ap] {
 			continue
 		}
 		seen[ap] = true
