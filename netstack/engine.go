@@ -186,6 +186,12 @@ type Engine struct {
 	own     map[netip.AddrPort]bool // Config.OwnListeners: never forwarded to
 	active  map[closer]struct{}     // forwarded connections, closed on Close
 	wg      sync.WaitGroup          // forwarding goroutines; Add only under mu while !closed
+
+	// noSessionBudget is how many packets the TUN reader hands
+	// wireguard-go for a peer without a session (see admit), and
+	// noSessionDrops counts the packets it dropped over that.
+	noSessionBudget int
+	noSessionDrops  atomic.Uint64
 }
 
 // closer is a forwarded connection the engine closes on Close.
@@ -228,6 +234,7 @@ func New(opts Options) (*Engine, error) {
 		e.opts.DiscoKey = opts.DiscoKey
 	}
 	e.disc.init()
+	e.noSessionBudget = inflightWindow(runtime.GOMAXPROCS(0))
 	e.relays = newRelays(e, opts.PrivateKey)
 	// The windows are released by the gVisor TUN; a kernel TUN has none.
 	var inWin, outWin *inflight.Window
@@ -390,10 +397,14 @@ func wgLogger(log *slog.Logger) *device.Logger {
 	}
 }
 
-// outbound sees every packet the stack sends, before wireguard-go does.
-func (e *Engine) outbound(pkt []byte) {
-	e.noteOutbound(pkt)
+// outbound sees every packet the stack sends, before wireguard-go does,
+// and reports whether wireguard-go gets it.
+func (e *Engine) outbound(pkt []byte) bool {
+	if !e.noteOutbound(pkt) {
+		return false
+	}
 	e.pf.outbound(pkt)
+	return true
 }
 
 // LocalPort returns the UDP port the engine receives WireGuard on.

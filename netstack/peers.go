@@ -72,6 +72,9 @@ type peerTable struct {
 	// byIP maps each single address (a /32 or /128 allowed IP) of a
 	// peer that may sleep to its *enginePeer, for noteOutbound.
 	byIP sync.Map
+	// gateIP maps each single address of every peer to its
+	// *enginePeer, for admit.
+	gateIP sync.Map
 
 	mu sync.Mutex // guards the following fields; taken after Engine.mu, before the bind's and the device's locks
 	// closing is set by Close before the device closes: from then on,
@@ -118,6 +121,8 @@ type enginePeer struct {
 	lastOut atomic.Int64
 	// wanted is whether the peer is in peerTable.wanted.
 	wanted bool
+	// gate counts the packets handed to wireguard-go without a session.
+	gate noSessionGate
 	// carried are the counters of the peer's earlier stays in
 	// wireguard-go (RxBytes, TxBytes, LastHandshake), which a device
 	// forgets with the peer.
@@ -218,6 +223,7 @@ func (e *Engine) applyPeersLocked(set []Peer, remove []key.NodePublic) error {
 			ps.asleep.Add(-1)
 		}
 		ps.unindex(ep)
+		ps.gateUnindex(ep)
 		delete(ps.byKey, k)
 		last := len(e.cfg.Peers) - 1
 		if ep.idx != last {
@@ -247,9 +253,11 @@ func (e *Engine) applyPeersLocked(set []Peer, remove []key.NodePublic) error {
 				writeAllowedIPs(&sb, p, true)
 			}
 			ps.unindex(ep)
+			ps.gateUnindex(ep)
 			ep.cfg = p
 			e.cfg.Peers[ep.idx] = p
 		}
+		ps.gateIndex(ep)
 		ep.pinned = ps.eager || !singleAddrs(p.AllowedIPs)
 		if !ep.pinned {
 			ps.index(ep)
@@ -320,6 +328,22 @@ func (ps *peerTable) unindex(ep *enginePeer) {
 	}
 }
 
+// gateIndex makes admit find ep by its addresses (ps.mu held).
+func (ps *peerTable) gateIndex(ep *enginePeer) {
+	for _, pfx := range ep.cfg.AllowedIPs {
+		if pfx.IsSingleIP() {
+			ps.gateIP.Store(pfx.Addr().Unmap(), ep)
+		}
+	}
+}
+
+// gateUnindex undoes gateIndex (ps.mu held).
+func (ps *peerTable) gateUnindex(ep *enginePeer) {
+	for _, pfx := range ep.cfg.AllowedIPs {
+		ps.gateIP.CompareAndDelete(pfx.Addr().Unmap(), ep)
+	}
+}
+
 // writeAllowedIPs writes the UAPI lines that configure p in the device:
 // a new peer (addressed by its key, see the bind's ParseEndpoint) or, with
 // update, only its allowed IPs.
@@ -343,12 +367,13 @@ func writeRemovePeer(sb *strings.Builder, k key.NodePublic) {
 	fmt.Fprintf(sb, "public_key=%s\nremove=true\n", hex.EncodeToString(raw[:]))
 }
 
-// noteOutbound wakes the peer that pkt, an IP packet about to reach
-// wireguard-go from the stack or the host, is addressed to, if it is
-// asleep, so wireguard-go finds the peer for it.
-func (e *Engine) noteOutbound(pkt []byte) {
-	if e.ps.asleep.Load() == 0 || len(pkt) < 20 {
-		return
+// noteOutbound sees each IP packet about to reach wireguard-go from the
+// stack or the host. It wakes the peer the packet is addressed to, if it
+// is asleep, so wireguard-go finds the peer for it, and reports whether
+// wireguard-go may have the packet (see admit).
+func (e *Engine) noteOutbound(pkt []byte) bool {
+	if len(pkt) < 20 {
+		return true
 	}
 	var dst netip.Addr
 	switch pkt[0] >> 4 {
@@ -356,23 +381,87 @@ func (e *Engine) noteOutbound(pkt []byte) {
 		dst = netip.AddrFrom4([4]byte(pkt[16:20]))
 	case 6:
 		if len(pkt) < 40 {
-			return
+			return true
 		}
 		dst = netip.AddrFrom16([16]byte(pkt[24:40]))
 	default:
-		return
+		return true
 	}
-	v, ok := e.ps.byIP.Load(dst)
-	if !ok {
-		return
+	if e.ps.asleep.Load() != 0 {
+		if v, ok := e.ps.byIP.Load(dst); ok {
+			ep := v.(*enginePeer)
+			// lastOut before inDev, as trimIdlePeers stores inDev before
+			// it reads lastOut: either trim keeps the peer, or this sees
+			// it gone.
+			ep.lastOut.Store(time.Now().UnixNano())
+			if !ep.inDev.Load() {
+				e.wakeOutbound(ep)
+			}
+		}
 	}
-	ep := v.(*enginePeer)
-	// lastOut before inDev, as trimIdlePeers stores inDev before it
-	// reads lastOut: either trim keeps the peer, or this sees it gone.
-	ep.lastOut.Store(time.Now().UnixNano())
-	if !ep.inDev.Load() {
-		e.wakeOutbound(ep)
+	v, ok := e.ps.gateIP.Load(dst)
+	return !ok || e.admit(v.(*enginePeer))
+}
+
+// Packets for a peer without a session. wireguard-go keeps the packets it
+// is given for a peer it has no session with until a handshake completes
+// or, after 90 s of retries, it gives up: up to 128 batches of up to 32
+// packets, each in a 64 KiB buffer (256 MiB), for each such peer. An
+// application sending to a peer that is gone would pin that much memory.
+// So the TUN reader hands wireguard-go at most Engine.noSessionBudget
+// packets for a peer until wireguard-go has sent it a transport message
+// since the first of them (the bind's LastDataSent: it had a session),
+// and drops the rest, but for one packet every noSessionRetry, which
+// makes wireguard-go try a handshake again once the one before gave up.
+// The budget is the in-flight window's size (see newWindows), so a peer
+// with a session, whose first packets wireguard-go sends within the
+// window, is never held back. A count older than noSessionForget is
+// dropped: wireguard-go gave its packets up by then.
+const (
+	noSessionRetry  = 5 * time.Second // WireGuard's RekeyTimeout
+	noSessionForget = 2 * time.Minute // WireGuard gives up after RekeyAttemptTime (90 s)
+	// noSessionSlack is how long before a count began a transport
+	// message still shows a session. wireguard-go may take packets
+	// faster than it sends them (the in-flight window forgets packets
+	// after 10-20 ms; under load encryption lags): then the count runs
+	// out before a send stamped after it began, and packets to a peer
+	// with a session would be dropped. Once a session ends (no more
+	// sends), at most the packets of this long pass beyond the budget.
+	noSessionSlack = 100 * time.Millisecond
+)
+
+// noSessionGate is a peer's count of packets handed to wireguard-go (see
+// admit). Only the TUN reader uses it.
+type noSessionGate struct {
+	handed atomic.Int64 // packets handed since start
+	start  atomic.Int64 // when the count began (unix nanos)
+	retry  atomic.Int64 // when a packet last went through a closed gate (unix nanos)
+}
+
+// admit reports whether the TUN reader may hand wireguard-go one more
+// packet for ep (see noSessionGate). It runs on the TUN reader.
+func (e *Engine) admit(ep *enginePeer) bool {
+	g := &ep.gate
+	if n := g.handed.Add(1); n <= int64(e.noSessionBudget) {
+		if n == 1 {
+			g.start.Store(time.Now().UnixNano())
+		}
+		return true
 	}
+	now := time.Now().UnixNano()
+	// A send stamped a little before the count began shows the session
+	// too (noSessionSlack).
+	if start := g.start.Load(); e.bind.LastDataSent(ep.key) >= start-int64(noSessionSlack) || now-start > int64(noSessionForget) {
+		g.start.Store(now)
+		g.handed.Store(1)
+		return true
+	}
+	if now-g.retry.Load() >= int64(noSessionRetry) {
+		g.retry.Store(now)
+		return true
+	}
+	e.noSessionDrops.Add(1)
+	return false
 }
 
 // wakeOutbound wakes ep for a packet the TUN reader is about to hand

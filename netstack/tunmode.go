@@ -47,7 +47,7 @@ type tunFilter struct {
 	reply func(pkt []byte)
 	// onOutbound, if set, sees each packet the host sends into the
 	// overlay before wireguard-go does (Engine.noteOutbound).
-	onOutbound func(pkt []byte)
+	onOutbound func(pkt []byte) bool
 }
 
 // ownPortSet is an immutable set of the destinations of Config.OwnListeners,
@@ -69,12 +69,16 @@ func (t *tunFilter) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	}
 	if t.onOutbound != nil {
 		for i := range n {
-			t.onOutbound(bufs[i][offset : offset+sizes[i]])
+			if sizes[i] > 0 && !t.onOutbound(bufs[i][offset:offset+sizes[i]]) {
+				sizes[i] = 0 // wireguard-go skips it
+			}
 		}
 	}
 	if n > 0 && !t.pf.pol.Load().open {
 		for i := range n {
-			t.pf.outbound(bufs[i][offset : offset+sizes[i]])
+			if sizes[i] > 0 {
+				t.pf.outbound(bufs[i][offset : offset+sizes[i]])
+			}
 		}
 	}
 	return n, err

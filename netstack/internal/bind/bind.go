@@ -547,6 +547,19 @@ func (b *Bind) LastActive(k key.NodePublic) int64 {
 	return max(pe.p.lastSend.Load(), pe.p.lastWGRecv.Load())
 }
 
+// LastDataSent returns when wireguard-go last sent peer k a transport
+// data message, which it does only with a session (unix nanoseconds), or
+// 0 if never or k is unknown.
+func (b *Bind) LastDataSent(k key.NodePublic) int64 {
+	b.mu.Lock()
+	pe := b.peers[k]
+	b.mu.Unlock()
+	if pe == nil {
+		return 0
+	}
+	return pe.p.lastData.Load()
+}
+
 // wake hands p to Options.WakePeer if it is asleep, before one of its
 // datagrams goes to wireguard-go. It runs on a receive goroutine.
 func (b *Bind) wake(p *peer) {
@@ -1072,6 +1085,9 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	home := int(p.home.Load())
 	idle := now-p.lastSend.Swap(now) > int64(staleAfter)
 	b.lastSend.Store(now)
+	if len(first) >= minTransportSize && binary.LittleEndian.Uint32(first) == msgTransport {
+		p.lastData.Store(now)
+	}
 	if isInitiation(first) {
 		p.noteInitiation(first, now)
 		if best == nil || best.isRelay() || !fresh(best, now) {

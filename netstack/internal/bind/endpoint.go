@@ -98,6 +98,9 @@ type peer struct {
 	lastWGRecv atomic.Int64
 	// lastSend is when wireguard-go last sent to the peer.
 	lastSend atomic.Int64
+	// lastData is when wireguard-go last sent the peer a transport data
+	// message (unix nanos): it had a session with it then.
+	lastData atomic.Int64
 	// lastProbe, lastHeartbeat and lastReply rate-limit the pings of
 	// probes, heartbeats and answers to pings from new addresses.
 	lastProbe, lastHeartbeat, lastReply atomic.Int64

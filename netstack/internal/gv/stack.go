@@ -94,8 +94,10 @@ type Options struct {
 	// the stack does; returning false drops it. It must not keep pkt.
 	Inbound func(pkt []byte) bool
 	// Outbound, if non-nil, sees every IP packet the stack sends, before it
-	// is handed to the TUN reader. It must not keep pkt.
-	Outbound func(pkt []byte)
+	// is handed to the TUN reader; returning false drops it (the reader
+	// gets it with size 0, which wireguard-go skips). It must not keep
+	// pkt.
+	Outbound func(pkt []byte) bool
 	// OutboundWindow, if set, counts the packets the TUN hands its reader
 	// (wireguard-go), and the TUN waits while it is full; InboundWindow,
 	// if set, is released by the packets written to the TUN. See package

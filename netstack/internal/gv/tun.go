@@ -20,7 +20,7 @@ type TUN struct {
 	ep       *link
 	mtu      int
 	inbound  func([]byte) bool
-	outbound func([]byte)
+	outbound func([]byte) bool
 	events   chan tun.Event
 	ctx      context.Context // canceled by Close; unblocks Read
 	cancel   context.CancelFunc
@@ -41,7 +41,7 @@ type TUN struct {
 
 var _ tun.Device = (*TUN)(nil)
 
-func newTUN(ep *link, mtu int, inbound func([]byte) bool, outbound func([]byte), outWin, inWin *inflight.Window) *TUN {
+func newTUN(ep *link, mtu int, inbound func([]byte) bool, outbound func([]byte) bool, outWin, inWin *inflight.Window) *TUN {
 	ctx, cancel := context.WithCancel(context.Background())
 	t := &TUN{
 		ep:       ep,
@@ -113,12 +113,16 @@ func (t *TUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 		sizes[n] = t.seg.next(bufs[n][offset:])
 		n++
 	}
+	handed := n
 	if t.outbound != nil {
 		for i := range n {
-			t.outbound(bufs[i][offset : offset+sizes[i]])
+			if !t.outbound(bufs[i][offset : offset+sizes[i]]) {
+				sizes[i] = 0 // wireguard-go skips it
+				handed--
+			}
 		}
 	}
-	t.outWin.Add(n)
+	t.outWin.Add(handed)
 	return n, nil
 }
 
