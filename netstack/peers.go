@@ -409,17 +409,20 @@ func (e *Engine) noteOutbound(pkt []byte) bool {
 // packets, each in a 64 KiB buffer (256 MiB), for each such peer. An
 // application sending to a peer that is gone would pin that much memory.
 // So the TUN reader hands wireguard-go at most Engine.noSessionBudget
-// packets for a peer until wireguard-go has sent it a transport message
-// since the first of them (the bind's LastDataSent: it had a session),
-// and drops the rest, but for one packet every noSessionRetry, which
-// makes wireguard-go try a handshake again once the one before gave up.
-// The budget is the in-flight window's size (see newWindows), so a peer
-// with a session, whose first packets wireguard-go sends within the
-// window, is never held back. A count older than noSessionForget is
-// dropped: wireguard-go gave its packets up by then.
+// packets for a peer unless the bind saw a session (Bind.Session): a
+// handshake recent enough that wireguard-go's keys from it are still
+// valid, or a transport message wireguard-go sent since the count began.
+// It drops the rest, but for one packet every noSessionRetry, which makes
+// wireguard-go try a handshake again once the one before gave up. With
+// a session wireguard-go sends what it gets rather than keeping it, so
+// nothing is held back. A count older than noSessionForget is dropped:
+// wireguard-go gave its packets up by then.
 const (
 	noSessionRetry  = 5 * time.Second // WireGuard's RekeyTimeout
 	noSessionForget = 2 * time.Minute // WireGuard gives up after RekeyAttemptTime (90 s)
+	// sessionLifetime is how long after a handshake wireguard-go sends
+	// with its keys (RejectAfterTime, 180 s), less a margin.
+	sessionLifetime = 179 * time.Second
 	// noSessionSlack is how long before a count began a transport
 	// message still shows a session. wireguard-go may take packets
 	// faster than it sends them (the in-flight window forgets packets
@@ -449,9 +452,11 @@ func (e *Engine) admit(ep *enginePeer) bool {
 		return true
 	}
 	now := time.Now().UnixNano()
-	// A send stamped a little before the count began shows the session
-	// too (noSessionSlack).
-	if start := g.start.Load(); e.bind.LastDataSent(ep.key) >= start-int64(noSessionSlack) || now-start > int64(noSessionForget) {
+	// A session: a handshake recent enough that wireguard-go's keys from
+	// it are valid, or a transport message sent since the count began (or
+	// a little before it, noSessionSlack).
+	hs, sent := e.bind.Session(ep.key)
+	if start := g.start.Load(); now-hs < int64(sessionLifetime) || sent >= start-int64(noSessionSlack) || now-start > int64(noSessionForget) {
 		g.start.Store(now)
 		g.handed.Store(1)
 		return true

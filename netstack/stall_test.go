@@ -122,7 +122,7 @@ func TestBulkTransferNoStall(t *testing.T) {
 	d := time.Since(start)
 	as, zs := a.e.stack.Stats(), z.e.stack.Stats()
 	t.Logf("%d MiB in %v (%.0f Mbit/s), longest read gap %v", r.n>>20, d.Round(time.Millisecond), mbits(r.n, d), r.gap)
-	t.Logf("sender %+v; receiver %+v", as, zs)
+	t.Logf("sender %+v; receiver %+v; no-session drops %d", as, zs, a.e.noSessionDrops.Load())
 	if r.err != nil || r.n != size {
 		t.Fatalf("received %d bytes (err %v), want %d", r.n, r.err, size)
 	}

@@ -532,6 +532,11 @@ func (b *Bind) SetAwake(k key.NodePublic, awake bool) {
 	b.mu.Unlock()
 	if pe != nil {
 		pe.p.asleep.Store(!awake)
+		if !awake {
+			// wireguard-go forgot the peer and its session.
+			pe.p.lastHandshake.Store(0)
+			pe.p.lastRespSent.Store(0)
+		}
 	}
 }
 
@@ -547,17 +552,33 @@ func (b *Bind) LastActive(k key.NodePublic) int64 {
 	return max(pe.p.lastSend.Load(), pe.p.lastWGRecv.Load())
 }
 
-// LastDataSent returns when wireguard-go last sent peer k a transport
-// data message, which it does only with a session (unix nanoseconds), or
-// 0 if never or k is unknown.
-func (b *Bind) LastDataSent(k key.NodePublic) int64 {
+// Session returns what the bind saw of wireguard-go's session with peer
+// k (unix nanoseconds, 0 for never or an unknown k): when a handshake
+// last completed (a response from the peer arrived, or a transport
+// message after wireguard-go sent one; forgotten when the peer goes to
+// sleep, see SetAwake), and when wireguard-go last sent the peer a
+// transport message, which it does only with a session.
+func (b *Bind) Session(k key.NodePublic) (handshake, dataSent int64) {
 	b.mu.Lock()
 	pe := b.peers[k]
 	b.mu.Unlock()
 	if pe == nil {
-		return 0
+		return 0, 0
 	}
-	return pe.p.lastData.Load()
+	return pe.p.lastHandshake.Load(), pe.p.lastData.Load()
+}
+
+// noteHandshake records, for a WireGuard datagram pkt that came from p,
+// a handshake that completed (see Session).
+func noteHandshake(p *peer, pkt []byte, now int64) {
+	switch {
+	case len(pkt) == responseSize && binary.LittleEndian.Uint32(pkt) == msgResponse:
+		p.lastHandshake.Store(now)
+	case len(pkt) >= minTransportSize && binary.LittleEndian.Uint32(pkt) == msgTransport:
+		if rs := p.lastRespSent.Load(); rs > p.lastHandshake.Load() {
+			p.lastHandshake.Store(rs)
+		}
+	}
 }
 
 // wake hands p to Options.WakePeer if it is asleep, before one of its
@@ -1085,8 +1106,11 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	home := int(p.home.Load())
 	idle := now-p.lastSend.Swap(now) > int64(staleAfter)
 	b.lastSend.Store(now)
-	if len(first) >= minTransportSize && binary.LittleEndian.Uint32(first) == msgTransport {
+	switch {
+	case len(first) >= minTransportSize && binary.LittleEndian.Uint32(first) == msgTransport:
 		p.lastData.Store(now)
+	case len(first) == responseSize && binary.LittleEndian.Uint32(first) == msgResponse:
+		p.lastRespSent.Store(now)
 	}
 	if isInitiation(first) {
 		p.noteInitiation(first, now)
@@ -1318,6 +1342,7 @@ func (b *Bind) spray(bufs [][]byte, p *peer, best *Endpoint, home int) error {
 // noteTransport reports p to Options.OnStaleSession if pkt is transport
 // data naming a receiver index that is not one of ours for p.
 func (b *Bind) noteTransport(p *peer, pkt []byte, now int64) {
+	noteHandshake(p, pkt, now)
 	if b.opts.OnStaleSession == nil || len(pkt) < minTransportSize || binary.LittleEndian.Uint32(pkt) != msgTransport {
 		return
 	}

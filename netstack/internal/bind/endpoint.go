@@ -101,6 +101,11 @@ type peer struct {
 	// lastData is when wireguard-go last sent the peer a transport data
 	// message (unix nanos): it had a session with it then.
 	lastData atomic.Int64
+	// lastHandshake is when a handshake with the peer last completed,
+	// as the bind sees it (unix nanos; see noteHandshake): a response
+	// from the peer arrived, or a transport message after wireguard-go
+	// sent one (lastRespSent). Zero while the peer sleeps.
+	lastHandshake, lastRespSent atomic.Int64
 	// lastProbe, lastHeartbeat and lastReply rate-limit the pings of
 	// probes, heartbeats and answers to pings from new addresses.
 	lastProbe, lastHeartbeat, lastReply atomic.Int64
