@@ -26,7 +26,10 @@
 //     has no key to read them) and their disco pings through the relay.
 //
 // Bounds: MaxSessions in all and MaxSessionsPerPeer per peer (per node
-// key, whatever disco keys it takes), a packet and a byte rate per
+// key, whatever disco keys it takes; a session counts against the peer
+// that asked for it, and against the other only once that one binds it,
+// so a node cannot use up the sessions of a peer the policy never lets
+// it see, which never binds), a packet and a byte rate per
 // session, and sessions idle for IdleTimeout (or not bound by both peers
 // within BindTimeout, or with one side silent for 30 s however much the
 // other sends) expire. Retain ends at once the sessions of peers
@@ -100,7 +103,10 @@ type Options struct {
 	// MaxSessions bounds sessions in all. Zero means DefaultMaxSessions.
 	MaxSessions int
 	// MaxSessionsPerPeer bounds the sessions one peer (node key) takes
-	// part in. Zero means DefaultMaxSessionsPerPeer.
+	// part in: those it asked for and those it bound. A session another
+	// peer asked for does not count against a peer until that peer binds
+	// it, so peers it never agreed to cannot use up its sessions. Zero
+	// means DefaultMaxSessionsPerPeer.
 	MaxSessionsPerPeer int
 	// PacketsPerSecond and BytesPerSecond bound what one session
 	// forwards (both directions together, with a burst of a tenth of a
@@ -124,8 +130,8 @@ type Stats struct {
 	// Sessions is the number of live sessions; Bound of them have both
 	// sides bound.
 	Sessions, Bound int
-	// Allocated counts sessions created, Refused allocations refused by
-	// a bound, Expired sessions that timed out, Released sessions ended
+	// Allocated counts sessions created, Refused allocations (and binds
+	// of a peer's first address to a session) refused by a bound, Expired sessions that timed out, Released sessions ended
 	// because a peer left or took a new disco key (Retain, Allocate).
 	Allocated, Refused, Expired, Released uint64
 	// Binds counts addresses bound (a peer that moves binds again).
@@ -164,10 +170,14 @@ type session struct {
 	vni uint32
 	// nodes are the pair's node keys (in pairOf's order) and peers their
 	// disco keys, side by side.
-	nodes      [2]key.NodePublic
-	peers      [2]key.DiscoPublic
-	shared     [2]key.DiscoShared
-	bound      [2]netip.AddrPort
+	nodes  [2]key.NodePublic
+	peers  [2]key.DiscoPublic
+	shared [2]key.DiscoShared
+	bound  [2]netip.AddrPort
+	// counted is whether the session counts against each side's
+	// MaxSessionsPerPeer (Server.perPeer): a side counts once it asked
+	// for the session (Allocate) or bound an address to it.
+	counted    [2]bool
 	created    time.Time
 	lastActive time.Time
 	// lastFrom is when each side was last heard on its bound address
@@ -336,17 +346,30 @@ func (s *Server) Allocate(a, b Party) (*disco.Allocation, error) {
 		s.releaseLocked(se, "a peer's disco key changed")
 		se = nil
 	}
+	// The asker's side; the session counts against it from now on.
+	ai := 0
+	if nodes[1] == a.Node {
+		ai = 1
+	}
+	// perPeer counts only the sessions a peer asked for or bound, so
+	// b's count is its own doing: sessions others asked for with b,
+	// which b may never see (the policy lets the server's node see
+	// both, not b see a), do not use up b's sessions.
+	full := s.perPeer[a.Node] >= s.opts.MaxSessionsPerPeer
 	if se == nil {
-		switch {
-		case len(s.sessions) >= s.opts.MaxSessions:
+		full = full || s.perPeer[b.Node] >= s.opts.MaxSessionsPerPeer
+		if len(s.sessions) >= s.opts.MaxSessions {
 			s.mu.Unlock()
 			s.refused.Add(1)
 			return nil, fmt.Errorf("%w: %d sessions", ErrRefused, s.opts.MaxSessions)
-		case s.perPeer[a.Node] >= s.opts.MaxSessionsPerPeer || s.perPeer[b.Node] >= s.opts.MaxSessionsPerPeer:
-			s.mu.Unlock()
-			s.refused.Add(1)
-			return nil, fmt.Errorf("%w: %d sessions per peer", ErrRefused, s.opts.MaxSessionsPerPeer)
 		}
+	}
+	if full && (se == nil || !se.counted[ai]) {
+		s.mu.Unlock()
+		s.refused.Add(1)
+		return nil, fmt.Errorf("%w: %d sessions per peer", ErrRefused, s.opts.MaxSessionsPerPeer)
+	}
+	if se == nil {
 		se = &session{
 			vni:     s.newVNILocked(),
 			nodes:   nodes,
@@ -359,11 +382,10 @@ func (s *Server) Allocate(a, b Party) (*disco.Allocation, error) {
 		}
 		s.sessions[se.vni] = se
 		s.byPair[nodes] = se
-		s.perPeer[nodes[0]]++
-		s.perPeer[nodes[1]]++
 		s.allocated.Add(1)
 		s.log.Info("peer relay session allocated", "vni", se.vni, "peer_a", pair[0].String(), "peer_b", pair[1].String())
 	}
+	s.countLocked(se, ai)
 	se.lastActive = now
 	vni := se.vni
 	s.mu.Unlock()
@@ -423,11 +445,23 @@ func (s *Server) expiredLocked(se *session, now time.Time) bool {
 	return now.Sub(se.lastActive) > s.opts.IdleTimeout || now.Sub(se.lastFrom[0]) > side || now.Sub(se.lastFrom[1]) > side
 }
 
+// countLocked counts se against side i's MaxSessionsPerPeer, if it does
+// not count already.
+func (s *Server) countLocked(se *session, i int) {
+	if !se.counted[i] {
+		se.counted[i] = true
+		s.perPeer[se.nodes[i]]++
+	}
+}
+
 // dropLocked forgets se.
 func (s *Server) dropLocked(se *session) {
 	delete(s.sessions, se.vni)
 	delete(s.byPair, se.nodes)
-	for _, k := range se.nodes {
+	for i, k := range se.nodes {
+		if !se.counted[i] {
+			continue
+		}
 		if s.perPeer[k]--; s.perPeer[k] <= 0 {
 			delete(s.perPeer, k)
 		}
@@ -691,11 +725,16 @@ func (s *Server) handleControl(conn *net.UDPConn, vni uint32, pkt []byte, src ne
 		c0, c1 := s.challenge(vni, i, src, epoch), s.challenge(vni, i, src, epoch-1)
 		okAnswer := m.VNI == vni && (subtle.ConstantTimeCompare(m.Challenge[:], c0[:]) == 1 ||
 			subtle.ConstantTimeCompare(m.Challenge[:], c1[:]) == 1)
-		moved := false
+		moved, full := false, false
 		if okAnswer {
 			s.mu.Lock()
 			okAnswer = s.sessions[vni] == se
+			// A side that did not ask for the session counts from its
+			// first bind, within its bound.
+			full = okAnswer && !se.counted[i] && s.perPeer[se.nodes[i]] >= s.opts.MaxSessionsPerPeer
+			okAnswer = okAnswer && !full
 			if okAnswer {
+				s.countLocked(se, i)
 				moved = se.bound[i] != src
 				wasBound := se.isBound()
 				se.bound[i] = src
@@ -707,6 +746,11 @@ func (s *Server) handleControl(conn *net.UDPConn, vni uint32, pkt []byte, src ne
 				}
 			}
 			s.mu.Unlock()
+		}
+		if full {
+			s.refused.Add(1)
+			s.log.Info("peer relay bind refused: the peer has its sessions", "vni", vni, "peer", sender.ShortString(), "max", s.opts.MaxSessionsPerPeer)
+			return
 		}
 		if !okAnswer {
 			s.droppedOther.Add(1)

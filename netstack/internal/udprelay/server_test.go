@@ -823,3 +823,58 @@ func TestLateSecondBind(t *testing.T) {
 	a.data(al.VNI, "first words")
 	b.expectData(al.VNI, "first words")
 }
+
+// TestUnagreedSessionsDoNotExhaust: sessions other nodes ask for with a
+// peer count against that peer only once it binds them, so nodes the
+// policy does not let it see (it never binds their sessions) cannot use
+// up its sessions; each asker is still bounded, and so is the peer by
+// the sessions it asked for or bound.
+func TestUnagreedSessionsDoNotExhaust(t *testing.T) {
+	s := startServer(t, Options{MaxSessionsPerPeer: 2})
+	v := newClient(t, s)
+	attackers := []Party{newParty(), newParty(), newParty()}
+	unbound := make([]uint32, len(attackers))
+	for i, a := range attackers {
+		al, err := s.Allocate(a, v.party())
+		if err != nil {
+			t.Fatalf("attacker %d's session with v: %v, want one (it counts against the attacker only)", i, err)
+		}
+		unbound[i] = al.VNI
+	}
+	// An asker is still bounded: the first attacker has 1 session.
+	for i := range 2 {
+		_, err := s.Allocate(attackers[0], newParty())
+		if ok := i == 0; (err == nil) != ok {
+			t.Fatalf("attacker's session %d: err = %v, want ok %v (2 per peer)", i+2, err, ok)
+		}
+	}
+
+	// v is not locked out: an honest peer gets a session with it.
+	c := newClient(t, s)
+	al, err := s.Allocate(c.party(), v.party())
+	if err != nil {
+		t.Fatalf("honest session with v after %d unbound ones: %v", len(attackers), err)
+	}
+	c.bind(al.VNI)
+	v.bind(al.VNI)
+	c.data(al.VNI, "to v")
+	v.expectData(al.VNI, "to v")
+
+	// v's bind counted: v asks for one more session, then it is full.
+	if _, err := s.Allocate(v.party(), newParty()); err != nil {
+		t.Fatalf("v's second session: %v", err)
+	}
+	if _, err := s.Allocate(v.party(), newParty()); !errors.Is(err, ErrRefused) {
+		t.Errorf("v's third session: err = %v, want ErrRefused", err)
+	}
+	if _, err := s.Allocate(newParty(), v.party()); !errors.Is(err, ErrRefused) {
+		t.Errorf("a session with v, which has 2: err = %v, want ErrRefused", err)
+	}
+	// Nor can v go past its bound by binding sessions others asked for.
+	before := s.Stats()
+	v.control(unbound[1], &disco.Answer{VNI: unbound[1], Challenge: v.challenge(unbound[1])})
+	s.waitStats(t, "the bind refused", func(st Stats) bool { return st.Refused > before.Refused })
+	if st := s.Stats(); st.Binds != before.Binds {
+		t.Errorf("v bound a third session: %+v, want its bind refused", st)
+	}
+}
