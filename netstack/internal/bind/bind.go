@@ -1084,7 +1084,7 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	if p.removed.Load() {
 		return net.ErrClosed
 	}
-	p.noteResponse(first)
+	p.noteResponse(first, e)
 	// wireguard-go switched this peer to an endpoint with a new source:
 	// it authenticated a packet from there, so that path is now best,
 	// except that a relayed packet does not displace a direct address

@@ -33,6 +33,14 @@ import (
 // that arrives initCopyHold after the first with no answer sent goes to
 // wireguard-go again, in case the first was refused for a reason a retry
 // gets past (a peer configured only since, a full queue).
+//
+// Nothing here can tell a genuine initiation from a forged one (only
+// wireguard-go can), and anyone can send one from any source. So an
+// initiation arriving does not replace the one wireguard-go last
+// answered, and its saved answer: that changes only when wireguard-go
+// answers another. Initiations handed over and not yet answered are
+// kept apart, a few of them, so a forgery arriving just after the
+// genuine initiation does not make its copies go over again either.
 
 const (
 	// initCopyHold is how long copies of an unanswered initiation are
@@ -56,21 +64,38 @@ const (
 	respIDSize = 72
 	// maxRespResends bounds how often one answer is sent again.
 	maxRespResends = 5
+	// maxPendingInits bounds the unanswered initiations of a peer kept
+	// (initCopies.pending).
+	maxPendingInits = 4
 )
 
-// initCopies is the last handshake initiation of a peer that the bind
-// handed wireguard-go, and the response wireguard-go sent to it.
+// pendingInit is an initiation handed to wireguard-go and not answered.
+type pendingInit struct {
+	id [initIDSize]byte
+	// at is when it was last handed over (unix nanos); 0 if the slot is
+	// free.
+	at int64
+}
+
+// initCopies is what the bind knows of a peer's handshake initiations:
+// the ones it handed wireguard-go that are not answered, and the last one
+// wireguard-go answered with its answer.
 type initCopies struct {
 	mu sync.Mutex // guards the following fields
-	id [initIDSize]byte
-	// at is when the initiation was last handed over (unix nanos); 0
-	// if none was.
-	at int64
-	// from is the endpoint the handed-over copy came over.
+	// pending are the unanswered initiations handed over. A new one
+	// takes a free slot or the one handed over longest ago.
+	pending [maxPendingInits]pendingInit
+	// answered identifies the last initiation wireguard-go answered:
+	// every pending one with the sender index the answer names (a
+	// forgery may share the genuine initiation's; resending the answer
+	// to a copy of it is no worse than to a replay of the genuine one).
+	answered [][initIDSize]byte
+	// from is the endpoint wireguard-go's answer went to: where the
+	// initiation it accepted came from.
 	from *Endpoint
-	// resp is wireguard-go's response to the initiation; empty until it
-	// sent one. respAt is when the bind last resent it, resends how
-	// often.
+	// resp is wireguard-go's answer to it; empty until it sent one.
+	// respAt is when the bind last sent it, resends how often it did
+	// again.
 	resp    []byte
 	respAt  int64
 	resends int
@@ -101,34 +126,26 @@ func (b *Bind) admitHandshake(p *peer, e *Endpoint, pkt []byte, now int64) bool 
 	c := &p.initCopies
 	id := pkt[4 : 4+initIDSize]
 	c.mu.Lock()
-	if c.at == 0 || !bytes.Equal(c.id[:], id) {
-		copy(c.id[:], id)
-		c.at = now
-		c.from = e
-		c.resp = c.resp[:0]
-		c.respAt = 0
-		c.resends = 0
+	if !c.isAnswered(id) {
+		pi := c.pendingSlot(id)
+		if pi.at != 0 && now-pi.at < int64(initCopyHold) {
+			c.mu.Unlock()
+			return false
+		}
+		copy(pi.id[:], id)
+		pi.at = now
 		c.mu.Unlock()
 		return true
 	}
+	// A copy is not authenticated (a captured initiation replayed from
+	// a forged source opens just the same), so the answer goes again
+	// only over a path this node trusts for the peer, and a bounded
+	// number of times: never to an address the copy alone vouches for.
 	var resend []byte
-	switch {
-	case len(c.resp) > 0:
-		// A copy is not authenticated (a captured initiation replayed
-		// from a forged source opens just the same), so the answer goes
-		// again only over a path this node trusts for the peer, and a
-		// bounded number of times: never to an address the copy alone
-		// vouches for.
-		if now-c.respAt >= int64(respResendEvery) && c.resends < maxRespResends && b.answerPath(p, e, c.from) {
-			c.respAt = now
-			c.resends++
-			resend = bytes.Clone(c.resp)
-		}
-	case now-c.at >= int64(initCopyHold):
-		c.at = now
-		c.from = e
-		c.mu.Unlock()
-		return true
+	if now-c.respAt >= int64(respResendEvery) && c.resends < maxRespResends && b.answerPath(p, e, c.from) {
+		c.respAt = now
+		c.resends++
+		resend = bytes.Clone(c.resp)
 	}
 	c.mu.Unlock()
 	if resend != nil {
@@ -136,6 +153,38 @@ func (b *Bind) admitHandshake(p *peer, e *Endpoint, pkt []byte, now int64) bool 
 		b.sendBack(p, e, [][]byte{resend})
 	}
 	return false
+}
+
+// isAnswered reports whether id is the initiation wireguard-go last
+// answered. c.mu is held.
+func (c *initCopies) isAnswered(id []byte) bool {
+	if len(c.resp) == 0 {
+		return false
+	}
+	for i := range c.answered {
+		if bytes.Equal(c.answered[i][:], id) {
+			return true
+		}
+	}
+	return false
+}
+
+// pendingSlot returns the pending slot of initiation id, or else the slot
+// a new one takes (free, or handed over longest ago, with at zeroed).
+// c.mu is held.
+func (c *initCopies) pendingSlot(id []byte) *pendingInit {
+	var oldest *pendingInit
+	for i := range c.pending {
+		pi := &c.pending[i]
+		if pi.at != 0 && bytes.Equal(pi.id[:], id) {
+			return pi
+		}
+		if oldest == nil || pi.at < oldest.at {
+			oldest = pi
+		}
+	}
+	oldest.at = 0
+	return oldest
 }
 
 // answerPath reports whether e is a path to p that a resent answer may
@@ -157,8 +206,9 @@ func (b *Bind) answerPath(p *peer, e, from *Endpoint) bool {
 }
 
 // noteResponse remembers pkt, a handshake response wireguard-go sends to
-// p, if it answers the last initiation handed over for p.
-func (p *peer) noteResponse(pkt []byte) {
+// p over e, if it answers an initiation handed over for p: that becomes
+// the answered one.
+func (p *peer) noteResponse(pkt []byte, e *Endpoint) {
 	if len(pkt) != responseSize || binary.LittleEndian.Uint32(pkt) != msgResponse {
 		return
 	}
@@ -166,10 +216,21 @@ func (p *peer) noteResponse(pkt []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// The response's receiver is the initiation's sender index.
-	if c.at != 0 && bytes.Equal(c.id[:4], pkt[8:12]) {
-		c.resp = append(c.resp[:0], pkt...)
-		c.respAt = time.Now().UnixNano()
+	var answered [][initIDSize]byte
+	for i := range c.pending {
+		if pi := &c.pending[i]; pi.at != 0 && bytes.Equal(pi.id[:4], pkt[8:12]) {
+			answered = append(answered, pi.id)
+			pi.at = 0
+		}
 	}
+	if answered == nil {
+		return
+	}
+	c.answered = answered
+	c.from = e
+	c.resp = append(c.resp[:0], pkt...)
+	c.respAt = time.Now().UnixNano()
+	c.resends = 0
 }
 
 // firstResponse reports whether pkt, a handshake response from the peer,

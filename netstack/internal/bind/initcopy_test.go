@@ -175,7 +175,9 @@ func TestInitiationCopies(t *testing.T) {
 		t.Error("copy of the new initiation: handed over, want dropped")
 	}
 	p.initCopies.mu.Lock()
-	p.initCopies.at -= int64(initCopyHold)
+	for i := range p.initCopies.pending {
+		p.initCopies.pending[i].at -= int64(initCopyHold)
+	}
 	p.initCopies.mu.Unlock()
 	if ep := overUDP(init2); ep == nil {
 		t.Error("copy of an initiation unanswered for initCopyHold: dropped, want it handed over")
@@ -364,7 +366,7 @@ func TestResentAnswerOnlyOverTrustedPaths(t *testing.T) {
 	if !b.admitHandshake(p, fromKnown, init, now) {
 		t.Fatal("first copy dropped")
 	}
-	p.noteResponse(handshakeMsg(msgResponse, 0x22, 0x11)) // wireguard-go answered
+	p.noteResponse(handshakeMsg(msgResponse, 0x22, 0x11), fromKnown) // wireguard-go answered
 	resends := 0
 	for i := range maxRespResends + 3 {
 		now += int64(respResendEvery)
@@ -380,5 +382,80 @@ func TestResentAnswerOnlyOverTrustedPaths(t *testing.T) {
 	}
 	if resends != maxRespResends {
 		t.Errorf("the peer's known address got the answer %d times, want %d", resends, maxRespResends)
+	}
+}
+
+// TestForgedInitiationKeepsAnswer: an initiation wireguard-go has not
+// answered (a forgery from a spoofed source: wireguard-go refuses it, and
+// the bind cannot tell) does not replace the answered one: a copy of the
+// genuine initiation resent after it still gets the saved answer, rather
+// than waiting for the initiator's retry after 5 s. A forgery sharing the
+// genuine initiation's sender index, arriving before the answer, does not
+// take the answer either.
+func TestForgedInitiationKeepsAnswer(t *testing.T) {
+	b, err := New(Options{PrivateKey: key.NewNode()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.Open(0); err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	pc, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	knownAddr := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	peerKey := key.NewNode().Public()
+	b.SetPeers([]PeerConfig{{Key: peerKey, Endpoints: []netip.AddrPort{knownAddr}}})
+	p := b.peers[peerKey].p
+	fromKnown := newEndpoint(p, knownAddr)
+	fromSpoofed := newEndpoint(p, netip.MustParseAddrPort("192.0.2.9:41641"))
+	gotAnswer := func(want []byte) bool {
+		pc.SetReadDeadline(time.Now().Add(time.Second))
+		buf := make([]byte, 2048)
+		n, _, err := pc.ReadFromUDP(buf)
+		return err == nil && bytes.Equal(buf[:n], want)
+	}
+
+	now := time.Now().UnixNano()
+	for _, tc := range []struct {
+		name string
+		// forgeBefore: the forgery arrives before wireguard-go answers.
+		forgeBefore bool
+		// sameSender: the forgery copies the genuine sender index.
+		sameSender bool
+	}{
+		{"forgery after the answer", false, false},
+		{"forgery with the sender index after the answer", false, true},
+		{"forgery with the sender index before the answer", true, true},
+	} {
+		sender := uint32(0x100 + len(tc.name))
+		init := handshakeMsg(msgInitiation, sender, 0)
+		forged := handshakeMsg(msgInitiation, sender+1, 0)
+		if tc.sameSender {
+			forged = bytes.Clone(init)
+			forged[100] ^= 1
+		}
+		resp := handshakeMsg(msgResponse, 0x22, sender)
+		now += int64(initCopyHold)
+		if !b.admitHandshake(p, fromKnown, init, now) {
+			t.Fatalf("%s: the genuine initiation was dropped", tc.name)
+		}
+		if tc.forgeBefore && !b.admitHandshake(p, fromSpoofed, forged, now) {
+			t.Fatalf("%s: the forgery was dropped; it goes to wireguard-go, which refuses it", tc.name)
+		}
+		p.noteResponse(resp, fromKnown) // wireguard-go answered the genuine one
+		if !tc.forgeBefore && !b.admitHandshake(p, fromSpoofed, forged, now) {
+			t.Fatalf("%s: the forgery was dropped; it goes to wireguard-go, which refuses it", tc.name)
+		}
+		now += int64(respResendEvery)
+		if b.admitHandshake(p, fromKnown, init, now) {
+			t.Errorf("%s: resent genuine copy handed over, want the saved answer sent instead", tc.name)
+		}
+		if !gotAnswer(resp) {
+			t.Errorf("%s: resent genuine copy drew no answer, want the saved one", tc.name)
+		}
 	}
 }
