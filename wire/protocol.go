@@ -36,6 +36,10 @@ import (
 //
 //	4B big-endian length N (1 <= N <= MaxFrameSize) | N bytes sealed JSON MapResponse
 //
+// or, to nodes of version 16 or later, a sealed binary map frame when the
+// message carries peers or online states (BinaryMapFrame: a JSON head,
+// then binary peer records and online states; DecodeMapFrame reads both).
+//
 // A MapResponse with More set continues in the next frame (version 13);
 // one message spans at most MaxMapFrames frames.
 //

@@ -6,10 +6,12 @@
 // PathAdminPrefix), the envelope, frame limits, error codes and admin
 // types.
 //
-// Messages are JSON. On the wire each message is sealed with NaCl box
-// between the node key and the coordinator's machine key (see
-// coordinator and coordclient), so a plain http:// coordinator URL still
-// carries only encrypted, authenticated control traffic.
+// Messages are JSON, but for the peers and online states of map frames
+// sent to nodes of version 16 or later (BinaryMapFrame, in peerbin.go).
+// On the wire each message is sealed with NaCl box between the node key
+// and the coordinator's machine key (see coordinator and coordclient), so
+// a plain http:// coordinator URL still carries only encrypted,
+// authenticated control traffic.
 package wire
 
 import (
