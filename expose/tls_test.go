@@ -71,9 +71,22 @@ type tlsTermLab struct {
 func newTLSTermLab(t *testing.T) *tlsTermLab {
 	t.Helper()
 	lab := &tlsTermLab{}
-	appLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// The app's port must also be free on 127.0.0.2 (a socket of another
+	// test on 0.0.0.0 or 127.0.0.2 can hold it): try a few.
+	var appLn, ln net.Listener
+	for try := 0; ; try++ {
+		var err error
+		if appLn, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			t.Fatal(err)
+		}
+		port := appLn.Addr().(*net.TCPAddr).Port
+		if ln, err = net.Listen("tcp", net.JoinHostPort("127.0.0.2", strconv.Itoa(port))); err == nil {
+			break
+		}
+		appLn.Close()
+		if try == 20 {
+			t.Fatalf("no port free on both 127.0.0.1 and 127.0.0.2: %v", err)
+		}
 	}
 	port := appLn.Addr().(*net.TCPAddr).Port
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -108,10 +121,6 @@ func newTLSTermLab(t *testing.T) *tlsTermLab {
 	// from another peer.
 	edges := []netip.Addr{netip.MustParseAddr("127.0.0.1")}
 	term.edges.Store(&edges)
-	ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.2", strconv.Itoa(port)))
-	if err != nil {
-		t.Fatal(err)
-	}
 	lab.addr = ln.Addr().String()
 	term.wg.Add(1)
 	go term.acceptLoop(ln, uint16(port))
