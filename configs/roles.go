@@ -92,6 +92,8 @@ type Server struct {
 	// them from the open files limit, negative means none.
 	MaxConns     int `json:"max_conns"`
 	EdgeMaxConns int `json:"edge_max_conns"`
+	// MachineRate is as Coordinator.MachineRate.
+	MachineRate int `json:"machine_rate"`
 	// BodyTimeout bounds request bodies at the edge.
 	BodyTimeout Duration `json:"body_timeout"`
 	// Telemetry: one listener each for all of the server's roles.
@@ -120,6 +122,7 @@ func (s *Server) Validate() error {
 	c.domain("--domain", s.Domain, true)
 	c.listen("--addr", s.Addr, true)
 	c.db(s.DB)
+	checkMachineRate(&c, s.MachineRate)
 	c.url("--public-url", s.PublicURL, false)
 	c.listen("--http-addr", s.HTTPAddr, false)
 	c.listen("--https-addr", s.HTTPSAddr, false)
@@ -172,6 +175,12 @@ type Coordinator struct {
 	// MaxConns caps the coordinator's connections; 0 derives it from the
 	// open files limit, negative means none.
 	MaxConns int `json:"max_conns"`
+	// MachineRate is how many sealed requests (register, map, expose) a
+	// second each client address (an IPv4 address, an IPv6 /64) may
+	// send, in bursts of 10 times as many; 0 means 200, -1 no limit.
+	// Raise it for a coordinator behind a reverse proxy, where every node
+	// comes from the proxy's address.
+	MachineRate int `json:"machine_rate"`
 	// KeepAlive is how often an idle map stream gets a keepalive (0: the
 	// coordinator's default, 30 s). A node with other coordinators to
 	// move to counts a stream silent 5 s longer as dead, so it bounds
@@ -202,6 +211,16 @@ type CoordinatorEdge struct {
 	HTTPURL string `json:"edge_http_url"`
 	// DNSConfigFile is a JSON DNS settings file applied at start.
 	DNSConfigFile string `json:"dns_config"`
+}
+
+// MachineRateUsage is the help of --machine-rate.
+const MachineRateUsage = "sealed requests (register, map, expose) a second each client address may send, in bursts of 10x (0: 200; -1: no limit); raise it behind a reverse proxy, where every node has the proxy's address"
+
+// checkMachineRate checks --machine-rate.
+func checkMachineRate(c *checker, rate int) {
+	if rate < -1 || rate > 1_000_000 {
+		c.add("--machine-rate", strconv.Itoa(rate), "want 1 to 1000000 requests a second, 0 for the default (200) or -1 for no limit")
+	}
 }
 
 // DefaultBaseDomain is the coordinator's default base domain (as
@@ -246,6 +265,7 @@ func (co *Coordinator) Validate() error {
 	if co.HTTPURL != "" {
 		c.url("--edge-http-url", strings.ReplaceAll(co.HTTPURL, "{host}", "host.example"), true)
 	}
+	checkMachineRate(&c, co.MachineRate)
 	if d := time.Duration(co.KeepAlive); d != 0 && (d < time.Second || d > 5*time.Minute) {
 		c.add("--keepalive", d.String(), "want 1s to 5m, or 0 for the default (30s)")
 	}

@@ -348,3 +348,22 @@ func TestControlCharsInAdminTables(t *testing.T) {
 		}
 	}
 }
+
+// TestMachineRateFlag: beam coordinator --machine-rate 5 lets an address
+// send 5 sealed requests a second in bursts of 50; the rest are refused
+// with 429 rate_limited.
+func TestMachineRateFlag(t *testing.T) {
+	c := newClusterTB(t, "--machine-rate", "5")
+	bodies := bogusRegistrations(t, coordKey(t, c.url), 300)
+	t0 := time.Now()
+	got := floodAnswers(t, c.url, wire.PathRegister, source(0), bodies)
+	elapsed := time.Since(t0)
+	t.Logf("300 bogus registrations in %v: %v", elapsed.Round(time.Millisecond), got)
+	invalid := got[fmt.Sprintf("%d %s", http.StatusUnauthorized, wire.CodeAuthKeyInvalid)]
+	if budget := 50 + int(5*elapsed.Seconds()*1.2) + 2; invalid > budget || invalid < 50 {
+		t.Errorf("%d requests reached the registration in %v, want 50 (the burst) to %d", invalid, elapsed, budget)
+	}
+	if limited := got[fmt.Sprintf("%d %s", http.StatusTooManyRequests, wire.CodeRateLimited)]; limited+invalid != len(bodies) {
+		t.Errorf("answers %v, want the rest refused with 429 rate_limited", got)
+	}
+}

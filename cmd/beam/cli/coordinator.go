@@ -105,6 +105,7 @@ From elsewhere:
 	fl.StringVar(&opts.PolicyFile, "policy-file", "", policyFileUsage)
 	fl.StringVar(&opts.LogLevel, "log-level", def.LogLevel, "log level: debug, info, warn, error")
 	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none)")
+	fl.IntVar(&opts.MachineRate, "machine-rate", 0, configs.MachineRateUsage)
 	fl.DurationVar((*time.Duration)(&opts.KeepAlive), "keepalive", 0, "how often an idle map stream gets a keepalive (0: 30s); nodes with other coordinators to move to leave one silent 5s longer")
 	fl.DurationVar((*time.Duration)(&opts.StaleAfter), "stale-after", 0, "with other coordinators on the --db database: how long one may miss heartbeats (every 3s) before its nodes show as unknown (0: 15s); give every replica the same")
 	fl.DurationVar((*time.Duration)(&opts.UnknownTimeout), "unknown-timeout", 0, "how long the nodes of a coordinator gone from the --db database stay unknown, unless they stream from another, before they are offline (0: 2m)")
@@ -131,6 +132,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 		return err
 	}
 	base := coordinator.Options{BaseDomain: opts.BaseDomain, DERPMap: derpMap, DevMode: opts.Dev, KeepAliveInterval: time.Duration(opts.KeepAlive)}
+	base.MachineRequestRate, base.MachineRequestBurst = machineRate(opts.MachineRate)
 	if err := applyCoordinatorEdge(&opts.CoordinatorEdge, &base); err != nil {
 		return err
 	}
@@ -449,4 +451,17 @@ func parseNodeKeyExpiry(s string) (time.Duration, error) {
 		return 0, fmt.Errorf("--node-key-expiry: %w", err)
 	}
 	return d, nil
+}
+
+// machineRate turns --machine-rate into coordinator.Options'
+// MachineRequestRate and MachineRequestBurst: rate a second in bursts of
+// 10x; 0 keeps the defaults, -1 lifts the limit.
+func machineRate(rate int) (float64, int) {
+	switch {
+	case rate == 0:
+		return 0, 0
+	case rate < 0:
+		return -1, 0
+	}
+	return float64(rate), 10 * rate
 }
