@@ -50,13 +50,13 @@ func (r *Resolver) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, 
 	s := r.snap.Load()
 	local := ""
 	switch {
-	case s.names[fq]:
+	case s.names.get(fq) > 0:
 		local = fq
 	case s.inDomain(fq):
 		return nil, fail(ErrNotFound)
 	case dns.CountLabel(fq) == 1:
 		for _, d := range s.search {
-			if s.names[fq+d] {
+			if s.names.get(fq+d) > 0 {
 				local = fq + d
 				break
 			}
@@ -67,7 +67,7 @@ func (r *Resolver) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, 
 	}
 	if local != "" {
 		var v4, v6 []netip.Addr
-		for _, a := range s.hosts[local] {
+		for _, a := range s.hosts.get(local) {
 			if a.Is4() {
 				v4 = append(v4, a)
 			} else {

@@ -61,10 +61,10 @@ type route struct {
 type snapshot struct {
 	domain  string   // lower-case FQDN with trailing dot, or "" for none
 	search  []string // Domain first, then SearchDomains; FQDNs, deduplicated
-	hosts   map[string][]netip.Addr
+	hosts   shardMap[string, []netip.Addr]
 	txt     map[string][]string
-	names   map[string]bool // every name with data, and every ancestor of one under domain
-	ptr     map[netip.Addr][]string
+	names   shardMap[string, int32] // every name with data, and every ancestor of one under domain: how many names with data it covers
+	ptr     shardMap[netip.Addr, []string]
 	revPfx  []netip.Prefix
 	routes  []route // sorted by suffix length, longest first; includes "." for Upstreams
 	soa     *dns.SOA
@@ -83,16 +83,12 @@ func newSnapshot(rec *Records, serial uint32) *snapshot {
 	if rec == nil {
 		rec = &Records{}
 	}
-	s := &snapshot{
-		hosts: make(map[string][]netip.Addr, len(rec.Hosts)),
-		txt:   make(map[string][]string, len(rec.TXT)),
-		names: make(map[string]bool, 2*len(rec.Hosts)),
-		ptr:   make(map[netip.Addr][]string, len(rec.Hosts)),
-	}
+	s := &snapshot{txt: make(map[string][]string, len(rec.TXT))}
+	he, ne, pe := &shardEdit[string, []netip.Addr]{s: &s.hosts}, &shardEdit[string, int32]{s: &s.names}, &shardEdit[netip.Addr, []string]{s: &s.ptr}
 	if d := strings.Trim(rec.Domain, "."); d != "" {
 		s.domain = canonical(d)
 		s.search = append(s.search, s.domain)
-		s.names[s.domain] = true
+		ne.set(s.domain, 1)
 	}
 	for _, d := range rec.SearchDomains {
 		if d = strings.Trim(d, "."); d == "" {
@@ -115,9 +111,9 @@ func newSnapshot(rec *Records, serial uint32) *snapshot {
 				continue
 			}
 			a = a.Unmap().WithZone("")
-			s.hosts[fq] = append(s.hosts[fq], a)
-			if !slices.Contains(s.ptr[a], fq) {
-				s.ptr[a] = append(s.ptr[a], fq)
+			he.set(fq, append(s.hosts.get(fq), a))
+			if ps := s.ptr.get(a); !slices.Contains(ps, fq) {
+				pe.set(a, append(ps, fq))
 			}
 			if a.Is6() {
 				p, _ := a.Prefix(48)
@@ -126,15 +122,17 @@ func newSnapshot(rec *Records, serial uint32) *snapshot {
 				}
 			}
 		}
-		s.addName(fq)
+		s.addName(ne, fq, 1)
 	}
 	for name, vals := range rec.TXT {
 		fq := canonical(name)
 		s.txt[fq] = append(s.txt[fq], vals...)
-		s.addName(fq)
+		s.addName(ne, fq, 1)
 	}
-	for a := range s.ptr {
-		slices.Sort(s.ptr[a])
+	for _, m := range s.ptr.m {
+		for _, hosts := range m {
+			slices.Sort(hosts)
+		}
 	}
 	if len(rec.Upstreams) > 0 {
 		s.routes = append(s.routes, route{suffix: ".", resolvers: slices.Clone(rec.Upstreams)})
@@ -170,10 +168,19 @@ func newSnapshot(rec *Records, serial uint32) *snapshot {
 	return s
 }
 
-// addName records fq and, when it lies under the domain, each of its ancestors
-// down to the domain (empty non-terminals exist: they answer NOERROR, not NXDOMAIN).
-func (s *snapshot) addName(fq string) {
-	s.names[fq] = true
+// addName counts d (1 or -1) names with data for fq and, when it lies
+// under the domain, for each of its ancestors down to the domain (empty
+// non-terminals exist: they answer NOERROR, not NXDOMAIN). A name whose
+// count drops to 0 goes.
+func (s *snapshot) addName(e *shardEdit[string, int32], fq string, d int32) {
+	count := func(name string) {
+		if c := s.names.get(name) + d; c > 0 {
+			e.set(name, c)
+		} else {
+			e.del(name)
+		}
+	}
+	count(fq)
 	if s.domain == "" || !dns.IsSubDomain(s.domain, fq) {
 		return
 	}
@@ -183,8 +190,66 @@ func (s *snapshot) addName(fq string) {
 			break
 		}
 		name = name[i:]
-		s.names[name] = true
+		if name != s.domain {
+			count(name)
+		}
 	}
+}
+
+// withHosts returns s with the addresses of the hosts named in hosts
+// replaced (see Resolver.UpdateHosts). Only the shards of the names and
+// addresses that change are copied.
+func (s *snapshot) withHosts(hosts map[string][]netip.Addr, serial uint32) *snapshot {
+	n := *s
+	he, ne, pe := &shardEdit[string, []netip.Addr]{s: &n.hosts}, &shardEdit[string, int32]{s: &n.names}, &shardEdit[netip.Addr, []string]{s: &n.ptr}
+	for name, addrs := range hosts {
+		fq := canonical(name)
+		old := n.hosts.get(fq)
+		var next []netip.Addr
+		for _, a := range addrs {
+			if a.IsValid() {
+				next = append(next, a.Unmap().WithZone(""))
+			}
+		}
+		for _, a := range old {
+			ps := n.ptr.get(a)
+			if i := slices.Index(ps, fq); i >= 0 {
+				if ps = slices.Delete(slices.Clone(ps), i, i+1); len(ps) == 0 {
+					pe.del(a)
+				} else {
+					pe.set(a, ps)
+				}
+			}
+		}
+		for _, a := range next {
+			if ps := n.ptr.get(a); !slices.Contains(ps, fq) {
+				ps = append(slices.Clone(ps), fq)
+				slices.Sort(ps)
+				pe.set(a, ps)
+			}
+			if a.Is6() {
+				if p, _ := a.Prefix(48); !slices.Contains(n.revPfx, p) {
+					n.revPfx = append(slices.Clip(n.revPfx), p)
+				}
+			}
+		}
+		switch {
+		case len(next) == 0 && len(old) > 0:
+			he.del(fq)
+			n.addName(ne, fq, -1)
+		case len(next) > 0:
+			he.set(fq, next)
+			if len(old) == 0 {
+				n.addName(ne, fq, 1)
+			}
+		}
+	}
+	if s.soa != nil {
+		soa := *s.soa
+		soa.Serial = serial
+		n.soa = &soa
+	}
+	return &n
 }
 
 // inDomain reports whether the canonical name fq is the domain or under it.

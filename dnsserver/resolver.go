@@ -133,6 +133,19 @@ func (r *Resolver) SetRecords(rec *Records) {
 	}
 }
 
+// UpdateHosts replaces the addresses of the hosts named in hosts (names
+// as in Records.Hosts; no addresses removes the name) and keeps every
+// other record: what SetRecords does with the last records so changed,
+// at the cost of the names changed rather than of every name. IPv6
+// addresses extend the locally answered reverse prefixes as SetRecords
+// does; a prefix no host uses any more stays until the next SetRecords.
+func (r *Resolver) UpdateHosts(hosts map[string][]netip.Addr) {
+	r.setMu.Lock()
+	defer r.setMu.Unlock()
+	r.serial++
+	r.snap.Store(r.snap.Load().withHosts(hosts, r.serial))
+}
+
 // ServeDNS answers one query; it implements dns.Handler.
 func (r *Resolver) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 	r.fe.serve(w, req, func(q *request) *dns.Msg {
@@ -272,7 +285,7 @@ func restoreCase(m *dns.Msg, name, qname string) {
 // query is not for a local name and should be routed. qname is the name as asked
 // (used as the owner of answers) and name its canonical form.
 func (s *snapshot) local(qname, name string, qtype uint16) *dns.Msg {
-	if s.names[name] {
+	if s.names.get(name) > 0 {
 		return s.answerName(qname, name, qtype)
 	}
 	if s.inDomain(name) {
@@ -280,13 +293,13 @@ func (s *snapshot) local(qname, name string, qtype uint16) *dns.Msg {
 	}
 	if dns.CountLabel(name) == 1 {
 		for _, d := range s.search {
-			if fq := name + d; s.names[fq] {
+			if fq := name + d; s.names.get(fq) > 0 {
 				return s.answerName(qname, fq, qtype)
 			}
 		}
 	}
 	if a, ok := parseReverse(name); ok {
-		if hosts := s.ptr[a]; len(hosts) > 0 {
+		if hosts := s.ptr.get(a); len(hosts) > 0 {
 			m := &dns.Msg{MsgHdr: dns.MsgHdr{Authoritative: true}}
 			if qtype == dns.TypePTR {
 				for _, h := range hosts {
@@ -324,7 +337,7 @@ func (s *snapshot) answerName(qname, fq string, qtype uint16) *dns.Msg {
 	m := &dns.Msg{MsgHdr: dns.MsgHdr{Authoritative: true}}
 	switch qtype {
 	case dns.TypeA, dns.TypeAAAA:
-		for _, a := range s.hosts[fq] {
+		for _, a := range s.hosts.get(fq) {
 			if a.Is4() && qtype == dns.TypeA {
 				m.Answer = append(m.Answer, &dns.A{Hdr: hdr(qname, dns.TypeA, LocalTTL), A: a.AsSlice()})
 			} else if a.Is6() && qtype == dns.TypeAAAA {

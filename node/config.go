@@ -276,19 +276,57 @@ func peerDelta(old, nm *wire.NetMap, localNow, until time.Time, cur map[key.Node
 	return set, remove, until
 }
 
-// sameRecords reports, when deltaApplies(old, nm, localNow, until),
-// whether nm's MagicDNS records are old's: the same DNS settings and self,
-// and no peer added, removed or changed in a way dnsRecords reads (names,
-// addresses, key expiry). Its cost is that of the peers that changed.
-func sameRecords(old, nm *wire.NetMap, localNow, until time.Time) bool {
-	if !deltaApplies(old, nm, localNow, until) || old.DNS != nm.DNS || !sameNamed(old.Self, nm.Self) {
-		return false
+// recordsDelta returns the MagicDNS host changes (for
+// Resolver.UpdateHosts) that bring rec, the records dnsRecords made of
+// old, up to date with nm, made from old by deltas, and until lowered to
+// the first expiry among the changed peers. It looks at the peers that
+// changed alone. ok is false when the records must be rebuilt instead:
+// deltaApplies does not hold, the DNS settings or self changed, or a
+// changed peer's name is also another host's.
+func recordsDelta(old, nm *wire.NetMap, rec *dnsserver.Records, localNow, until time.Time) (changes map[string][]netip.Addr, next time.Time, ok bool) {
+	if rec == nil || !deltaApplies(old, nm, localNow, until) || old.DNS != nm.DNS || !sameNamed(old.Self, nm.Self) {
+		return nil, until, false
 	}
-	same := true
-	nm.PeerChanges(old, func(was, now *wire.Node) {
-		same = same && sameNamed(was, now)
+	now := nm.ControlNow(localNow)
+	ok = true
+	cur := func(name string) []netip.Addr {
+		if as, seen := changes[name]; seen {
+			return as
+		}
+		return rec.Hosts[name]
+	}
+	nm.PeerChanges(old, func(was, p *wire.Node) {
+		if !ok || sameNamed(was, p) {
+			return
+		}
+		if changes == nil {
+			changes = map[string][]netip.Addr{}
+		}
+		// was's addresses must be its name's alone, and p's name must
+		// have none but p's: a host of one node each.
+		if was != nil && !was.Expired(now) && len(was.Addresses) > 0 {
+			if name := hostName(was, rec.Domain); name != "" {
+				if !slices.Equal(cur(name), prefixAddrs(was.Addresses)) {
+					ok = false
+					return
+				}
+				changes[name] = nil
+			}
+		}
+		if p != nil {
+			until = expiryBefore(until, p, now, localNow)
+			if !p.Expired(now) && len(p.Addresses) > 0 {
+				if name := hostName(p, rec.Domain); name != "" {
+					if len(cur(name)) > 0 {
+						ok = false
+						return
+					}
+					changes[name] = prefixAddrs(p.Addresses)
+				}
+			}
+		}
 	})
-	return same
+	return changes, until, ok
 }
 
 // sameNamed reports whether a and b give the same MagicDNS records.
@@ -297,6 +335,19 @@ func sameNamed(a, b *wire.Node) bool {
 		return a == b
 	}
 	return a.Name == b.Name && a.DNSName == b.DNSName && slices.Equal(a.Addresses, b.Addresses) && a.KeyExpiry.Equal(b.KeyExpiry)
+}
+
+// hostName is n's name in the MagicDNS records of domain: its DNSName, or
+// its Name under domain; "" for none.
+func hostName(n *wire.Node, domain string) string {
+	name := strings.TrimSuffix(strings.ToLower(n.DNSName), ".")
+	if name == "" {
+		if n.Name == "" || domain == "" {
+			return ""
+		}
+		name = n.Name + "." + domain
+	}
+	return name
 }
 
 // dnsRecords turns a netmap into the MagicDNS records: every visible,
@@ -337,12 +388,9 @@ func dnsRecords(nm *wire.NetMap, localNow time.Time, upstreams []netip.AddrPort)
 	}
 	now := nm.ControlNow(localNow)
 	add := func(n *wire.Node) {
-		name := strings.TrimSuffix(strings.ToLower(n.DNSName), ".")
+		name := hostName(n, rec.Domain)
 		if name == "" {
-			if n.Name == "" || rec.Domain == "" {
-				return
-			}
-			name = n.Name + "." + rec.Domain
+			return
 		}
 		for _, p := range n.Addresses {
 			rec.Hosts[name] = append(rec.Hosts[name], p.Addr())

@@ -71,7 +71,7 @@ func testPeerDeltaMatchesWalk(t *testing.T, seed uint64) {
 	}
 	cur, curNM, until := enginePeers(nm, now), nm, nextExpiry(nm, now)
 	recNM, recUntil, rec := nm, nextExpiry(nm, now), dnsRecords(nm, now, nil)
-	deltas := 0
+	deltas, dnsDeltas := 0, 0
 	for step := range 400 {
 		var mr wire.MapResponse
 		switch r := rng.IntN(12); {
@@ -121,7 +121,19 @@ func testPeerDeltaMatchesWalk(t *testing.T, seed uint64) {
 		}
 
 		if nm != recNM || !now.Before(recUntil) {
-			if !sameRecords(recNM, nm, now, recUntil) {
+			if ch, u, ok := recordsDelta(recNM, nm, rec, now, recUntil); ok {
+				for name, as := range ch {
+					if len(as) == 0 {
+						delete(rec.Hosts, name)
+					} else {
+						rec.Hosts[name] = as
+					}
+				}
+				recUntil = u
+				if len(ch) > 0 {
+					dnsDeltas++
+				}
+			} else {
 				rec = dnsRecords(nm, now, nil)
 				recUntil = nextExpiry(nm, now)
 			}
@@ -133,6 +145,9 @@ func testPeerDeltaMatchesWalk(t *testing.T, seed uint64) {
 	}
 	if deltas < 100 {
 		t.Errorf("%d of 400 steps took the changed peers alone; want at least 100", deltas)
+	}
+	if dnsDeltas < 10 {
+		t.Errorf("%d of 400 steps changed MagicDNS names without a rebuild; want at least 10", dnsDeltas)
 	}
 }
 
@@ -160,6 +175,7 @@ func TestApplyLockedDelta(t *testing.T) {
 	moved.Endpoints = []netip.AddrPort{netip.MustParseAddrPort("192.0.2.9:9")}
 	renamed := *nm.Peers[4]
 	renamed.Name = "renamed"
+	gone := []string{nm.Peers[4].Name, nm.Peers[6].Name} // renamed, removed
 	added := &wire.Node{ID: 999, Key: key.NewNode().Public(), Name: "added", Addresses: []netip.Prefix{netip.MustParsePrefix("100.65.9.9/32")}}
 	for i, mr := range []*wire.MapResponse{
 		{PeersChanged: []*wire.Node{&moved}},
@@ -194,5 +210,17 @@ func TestApplyLockedDelta(t *testing.T) {
 			t.Errorf("message %d: MagicDNS records differ from the netmap's", i)
 		}
 		nd.mu.Unlock()
+	}
+	// MagicDNS answers from what the resolver was given.
+	for name, want := range map[string]string{"added": "100.65.9.9", "renamed": renamed.Addresses[0].Addr().String(), nm.Peers[0].Name: nm.Peers[0].Addresses[0].Addr().String()} {
+		got, err := nd.resolver.LookupNetIP(t.Context(), name+".default.beam.internal")
+		if err != nil || !slices.Contains(got, netip.MustParseAddr(want)) {
+			t.Errorf("%s resolves to %v (%v), want %s", name, got, err, want)
+		}
+	}
+	for _, name := range gone {
+		if got, err := nd.resolver.LookupNetIP(t.Context(), name+".default.beam.internal"); err == nil {
+			t.Errorf("%s resolves to %v, want not found", name, got)
+		}
 	}
 }

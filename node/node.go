@@ -707,10 +707,21 @@ func (n *Node) applyLocked() {
 	// (a key expiring); at thousands of peers, building and comparing
 	// them every second is milliseconds, so only those rebuild them.
 	if ups := n.upstreamsLocked(); n.netmap != n.recordsNM || !now.Before(n.recordsUntil) || !slices.Equal(ups, n.recordsUps) {
-		if slices.Equal(ups, n.recordsUps) && sameRecords(n.recordsNM, n.netmap, now, n.recordsUntil) {
-			// A netmap whose changes leave every name as it was (an
-			// endpoint, an online state): nothing to rebuild.
-			n.recordsNM = n.netmap
+		if ch, until, ok := recordsDelta(n.recordsNM, n.netmap, n.lastRecords, now, n.recordsUntil); ok && slices.Equal(ups, n.recordsUps) {
+			// A netmap made from the last by deltas: the names of the
+			// peers that changed alone (none for an endpoint or an
+			// online state).
+			if len(ch) > 0 {
+				n.resolver.UpdateHosts(ch)
+				for name, as := range ch {
+					if len(as) == 0 {
+						delete(n.lastRecords.Hosts, name)
+					} else {
+						n.lastRecords.Hosts[name] = as
+					}
+				}
+			}
+			n.recordsNM, n.recordsUntil = n.netmap, until
 		} else {
 			if rec := dnsRecords(n.netmap, now, ups); !reflect.DeepEqual(rec, n.lastRecords) {
 				n.resolver.SetRecords(rec)
