@@ -19,11 +19,11 @@ import (
 // Anyone can seal a request to the coordinator with a key they just
 // made, so the sealed endpoints (wire.PathRegister, PathMap, PathExpose,
 // PathTXT) cost per request at most: a box to open, a rate-limit bucket
-// per source address (sourceLimiter), and a count in the refused-
-// registration log summary (refusedLog). Requests are recorded against
-// replays only once they come from a registered node key or carry a
-// valid credential (Server.seeRequest), and the text a node sends about
-// itself is cleaned and bounded (cleanText).
+// per source address (sourceLimiter), and a count in a log summary
+// (logLimiter). Requests are recorded against replays only once they
+// come from a registered node key or carry a valid credential
+// (Server.seeRequest), and what a node says about itself is cleaned and
+// bounded (cleanRegisterRequest, cleanMapRequest).
 
 const (
 	// DefaultMachineRequestRate and DefaultMachineRequestBurst are the
