@@ -53,3 +53,14 @@ func SetOnlineGraceForTest(d time.Duration) (restore func()) {
 	onlineGrace = d
 	return func() { onlineGrace = old }
 }
+
+// SetOnlineRecordEveryForTest sets how often a running coordinator
+// records which nodes stream, and returns a func that restores it.
+func SetOnlineRecordEveryForTest(d time.Duration) (restore func()) {
+	old := onlineRecordEvery
+	onlineRecordEvery = d
+	return func() { onlineRecordEvery = old }
+}
+
+// OnlineSettingForTest names the setting that records which nodes stream.
+const OnlineSettingForTest = onlineSetting

@@ -17,8 +17,13 @@ import (
 // node coming back within it is no change for anyone, where it used to
 // be an offline and an online flip for every peer. Once the grace ends,
 // the nodes that did not come back go offline, all at once (one delta
-// per stream). After a crash nothing was recorded, and every node is
-// offline until it streams again, as before.
+// per stream). The record is also written every onlineRecordEvery while
+// the coordinator runs, so that after a crash (kill -9, the machine
+// going down) the nodes streaming up to that much before it get the same
+// grace; they come back on their own backoff rather than at a time the
+// coordinator set, and those not seen again go offline when it ends. A
+// node that began to stream after the last write is offline until it
+// streams again, as every node was after a crash before.
 //
 // Only a coordinator with a store of its own does this: with several on
 // one database (NodeFeed), a node's online state is the one the store
@@ -26,7 +31,7 @@ import (
 // others.
 
 // onlineSetting names the record of the nodes streaming at the last
-// Close: the time (8 bytes, big-endian Unix nanoseconds), then each
+// Close, or the last onlineRecordEvery before a crash: the time (8 bytes, big-endian Unix nanoseconds), then each
 // node's ID (8 bytes, big-endian). Empty after a start has read it.
 const onlineSetting = "online_at_shutdown"
 
@@ -35,13 +40,18 @@ const onlineSetting = "online_at_shutdown"
 // margin for a loaded coordinator. Tests lower it.
 var onlineGrace = restartGrace + maxRestartSpread + 10*time.Second
 
+// onlineRecordEvery is how often a running coordinator records which
+// nodes stream. Tests lower it.
+var onlineRecordEvery = 30 * time.Second
+
 // maxOnlineRecordAge is the oldest shutdown record a start honours:
 // nodes that have not heard from their coordinator for longer are not
 // assumed to be still up.
 const maxOnlineRecordAge = 10 * time.Minute
 
 // recordOnline stores which nodes stream now, for the next start. Close
-// calls it before it ends the streams.
+// calls it before it ends the streams, and onlineLoop every
+// onlineRecordEvery.
 func (s *Server) recordOnline(ctx context.Context) {
 	if s.fan.feed != nil {
 		return
@@ -94,25 +104,45 @@ func (s *Server) loadOnline(ctx context.Context, now time.Time) (time.Time, erro
 	return now.Add(onlineGrace), nil
 }
 
-// graceLoop clears the record of the nodes streaming at the last
-// shutdown, and ends the online grace at until: the nodes still in it go
-// offline.
-func (s *Server) graceLoop(until time.Time) {
+// onlineLoop clears the record of the nodes streaming at the last
+// shutdown (if there was one: a start that writes to the store before it
+// serves would keep the nodes it asked to come back waiting), ends the
+// online grace at until (zero: none), and records the streaming nodes
+// every onlineRecordEvery, until the Server closes.
+func (s *Server) onlineLoop(until time.Time) {
 	defer s.wg.Done()
-	// Cleared here rather than in New: a start that writes to the store
-	// before it serves keeps the nodes it asked to come back waiting.
-	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
-	if err := s.store.SetSetting(ctx, onlineSetting, []byte{}); err != nil && s.ctx.Err() == nil {
-		s.logger.Warn("clear the record of streaming nodes", "err", err)
+	if !until.IsZero() {
+		ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+		if err := s.store.SetSetting(ctx, onlineSetting, []byte{}); err != nil && s.ctx.Err() == nil {
+			s.logger.Warn("clear the record of streaming nodes", "err", err)
+		}
+		cancel()
 	}
-	cancel()
-	t := time.NewTimer(until.Sub(s.now()))
-	defer t.Stop()
-	select {
-	case <-s.ctx.Done():
-		return
-	case <-t.C:
+	var graceC <-chan time.Time
+	if !until.IsZero() {
+		t := time.NewTimer(until.Sub(s.now()))
+		defer t.Stop()
+		graceC = t.C
 	}
+	rec := time.NewTicker(onlineRecordEvery)
+	defer rec.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-graceC:
+			graceC = nil
+			s.endGrace()
+		case <-rec.C:
+			ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
+			s.recordOnline(ctx)
+			cancel()
+		}
+	}
+}
+
+// endGrace ends the online grace: the nodes still in it go offline.
+func (s *Server) endGrace() {
 	now := s.now()
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -123,3 +123,72 @@ func TestOnlineGraceAcrossRestart(t *testing.T) {
 		t.Error("a had no netmap after the restart")
 	}
 }
+
+// crash stops the coordinator as a crash would: its store gets nothing
+// more (closed first), and its connections are cut without trailers.
+func (c *coord) crash() {
+	c.Store.Close()
+	c.hs.Close()
+	<-c.done
+	c.Server.Close()
+	c.hs = nil
+}
+
+// TestOnlineGraceAfterCrash checks that after a crash the nodes the
+// coordinator last recorded as streaming get the grace too: one that
+// comes back (on its own backoff) never shows offline to its peer, one
+// that does not goes offline once the grace is over.
+func TestOnlineGraceAfterCrash(t *testing.T) {
+	const grace = 4 * time.Second
+	defer coordinator.SetOnlineGraceForTest(grace)()
+	defer coordinator.SetOnlineRecordEveryForTest(50 * time.Millisecond)()
+	c := startCoord(t, nil)
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	a, b, gone := newNode(t, c.URL), newNode(t, c.URL), newNode(t, c.URL)
+	a.register(t, ak, "a")
+	b.register(t, ak, "b")
+	gone.register(t, ak, "gone")
+	la := logOnline(t, a)
+	logOnline(t, b)
+	goneCtx, goneCancel := context.WithCancel(t.Context())
+	goneDone := make(chan struct{})
+	go func() {
+		defer close(goneDone)
+		gone.Run(goneCtx, func(*wire.NetMap) {})
+	}()
+	defer func() { goneCancel(); <-goneDone }()
+	la.wait(t, "b", true, 30*time.Second)
+	la.wait(t, "gone", true, 30*time.Second)
+	// The coordinator records the three as streaming.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(30 * time.Second)
+	for {
+		rec, err := c.Store.Setting(t.Context(), coordinator.OnlineSettingForTest)
+		if err == nil && len(rec) == 8+3*8 {
+			break
+		}
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("no record of 3 streaming nodes within 30 s (last %d bytes, %v)", len(rec), err)
+		}
+	}
+
+	from := la.count("b")
+	c.crash()
+	goneCancel() // does not come back
+	<-goneDone
+	start := time.Now()
+	c.start()
+	la.wait(t, "gone", false, 30*time.Second)
+	if took := time.Since(start); took < grace {
+		t.Errorf("gone went offline %v after the start, before the grace of %v ended", took, grace)
+	}
+	if n := la.offlineSince("b", from); n > 0 {
+		t.Errorf("b, which came back, showed offline in %d of a's netmaps after the crash", n)
+	}
+	if la.count("b") == from {
+		t.Error("a had no netmap after the crash")
+	}
+}

@@ -324,9 +324,9 @@ func New(opts Options) (*Server, error) {
 	}
 	s.wg.Add(1)
 	go s.janitorLoop()
-	if !s.graceUntil.IsZero() {
+	if s.fan.feed == nil {
 		s.wg.Add(1)
-		go s.graceLoop(s.graceUntil)
+		go s.onlineLoop(s.graceUntil)
 	}
 	s.startAccessControl()
 	s.fan.start()
