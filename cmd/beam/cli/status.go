@@ -47,7 +47,7 @@ func printStatus(f *Factory, st *apitype.Status) {
 		return
 	}
 	tw := tabwriter.NewWriter(f.Out, 0, 2, 2, ' ', 0)
-	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", st.Self.Name, joinAddrs(st.Self.IPs), "self", string(st.State))
+	fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", cell(st.Self.Name), joinAddrs(st.Self.IPs), "self", string(st.State))
 	now := time.Now()
 	for _, p := range st.Peers {
 		online := "offline"
@@ -73,7 +73,7 @@ func printStatus(f *Factory, st *apitype.Status) {
 		if !p.LastHandshake.IsZero() {
 			hs = "handshake " + now.Sub(p.LastHandshake).Round(time.Second).String() + " ago"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\trx %d tx %d\n", p.Name, joinAddrs(p.IPs), online, path, hs, p.RxBytes, p.TxBytes)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\trx %d tx %d\n", cell(p.Name), joinAddrs(p.IPs), online, cell(path), hs, p.RxBytes, p.TxBytes)
 	}
 	tw.Flush()
 	if st.TUN != "" {

@@ -36,3 +36,22 @@ func TestPrintStatusPeerStates(t *testing.T) {
 		t.Errorf("the coordinator streaming is not shown:\n%s", out.String())
 	}
 }
+
+// TestPrintStatusEscapesNames: peer names come from the coordinator; an
+// old or hostile one's control characters are printed as escapes, not
+// sent to the terminal.
+func TestPrintStatusEscapesNames(t *testing.T) {
+	var out bytes.Buffer
+	f := &Factory{Out: &out}
+	printStatus(f, &apitype.Status{
+		State: apitype.StateRunning,
+		Self:  &apitype.PeerStatus{Name: "me\x1b[2J"},
+		Peers: []apitype.PeerStatus{{Name: "evil\x1b]0;pwned\x07", Path: "relay", Relay: "r\x1b[31m"}},
+	})
+	if strings.ContainsAny(out.String(), "\x1b\x07") {
+		t.Errorf("status printed control characters: %q", out.String())
+	}
+	if !strings.Contains(out.String(), `evil\x1b]0;pwned\x07`) {
+		t.Errorf("status does not show the peer's name escaped: %q", out.String())
+	}
+}
