@@ -6,6 +6,7 @@ import (
 	"errors"
 	"time"
 
+	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
 )
 
@@ -36,9 +37,12 @@ import (
 const onlineSetting = "online_at_shutdown"
 
 // onlineGrace is how long after a start the nodes streaming at the last
-// shutdown stay online without a stream: the longest retry-after plus a
-// margin for a loaded coordinator. Tests lower it.
-var onlineGrace = restartGrace + maxRestartSpread + 10*time.Second
+// shutdown stay online without a stream: the longest retry-after, plus
+// the longest backoff of a node that came back before the coordinator
+// listened again (30 s in coordclient; with 5,000 nodes the old process
+// took seconds to exit and some nodes were in backoff for 20 s), plus a
+// margin. Tests lower it.
+var onlineGrace = restartGrace + maxRestartSpread + 35*time.Second
 
 // onlineRecordEvery is how often a running coordinator records which
 // nodes stream. Tests lower it.
@@ -89,6 +93,7 @@ func (s *Server) loadOnline(ctx context.Context, now time.Time) (time.Time, erro
 	if age := now.Sub(at); age < 0 || age > maxOnlineRecordAge {
 		return time.Time{}, nil
 	}
+	s.graceFrom = at
 	ids := make(map[wire.NodeID]bool, (len(b)-8)/8)
 	for b = b[8:]; len(b) >= 8; b = b[8:] {
 		ids[wire.NodeID(binary.BigEndian.Uint64(b))] = true
@@ -141,12 +146,13 @@ func (s *Server) onlineLoop(until time.Time) {
 	}
 }
 
-// endGrace ends the online grace: the nodes still in it go offline.
+// endGrace ends the online grace: the nodes still in it go offline,
+// last seen when the record was written (their streams' ends at the
+// shutdown wrote nothing).
 func (s *Server) endGrace() {
 	now := s.now()
+	var gone []key.NodePublic
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	n := 0
 	for k, e := range s.nodes {
 		if !e.grace {
 			continue
@@ -154,9 +160,18 @@ func (s *Server) endGrace() {
 		e.grace = false
 		if s.sessions[k] == nil {
 			e.offlineSince = now
+			if e.rec.Node.LastSeen.Before(s.graceFrom) {
+				e.rec.Node.LastSeen = s.graceFrom
+			}
 			s.notifyLocked(e.rec.NetworkID, k) // offline
-			n++
+			gone = append(gone, k)
 		}
 	}
-	s.logger.Info("online grace over", "offline", n)
+	s.mu.Unlock()
+	s.logger.Info("online grace over", "offline", len(gone))
+	for _, k := range gone {
+		if err := s.persist(s.ctx, k, false); err != nil && !errors.Is(err, ErrNotFound) && s.ctx.Err() == nil {
+			s.logger.Warn("persist last seen", "node", k.ShortString(), "err", err)
+		}
+	}
 }

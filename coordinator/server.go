@@ -197,6 +197,8 @@ type Server struct {
 	// last shutdown ends (grace.go); zero if none. Set before the Server
 	// runs.
 	graceUntil time.Time
+	// graceFrom is when the record that put nodes in grace was written.
+	graceFrom time.Time
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc

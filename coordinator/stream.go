@@ -461,8 +461,15 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			}
 		}
 		s.mu.Unlock()
+		// At a shutdown on a store of its own the node is in the record
+		// of streaming nodes (grace.go), and its last seen is written if
+		// it does not come back: thousands of writes would hold up the
+		// exit, and so the nodes' return.
+		shutdown := s.ctx.Err() != nil && s.fan.feed == nil
 		if mine {
 			s.fan.streamChanged(id, false)
+		}
+		if mine && !shutdown {
 			if err := s.persist(context.WithoutCancel(r.Context()), nk, false); err != nil && !errors.Is(err, ErrNotFound) {
 				log.Warn("persist last seen", "err", err)
 			}
