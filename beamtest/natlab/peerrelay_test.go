@@ -96,12 +96,20 @@ func TestPeerRelayHardHard(t *testing.T) {
 	if !strings.Contains(string(text), "peer-relay via "+r.name) {
 		t.Errorf("beam status shows no %q:\n%s", "peer-relay via "+r.name, text)
 	}
-	ping, err := a.beam(ctx, nil, "ping", "-c", "1", b.name)
-	if err != nil {
-		t.Fatal(err)
+	// A ping goes over every relayed path and reports the peer relay's
+	// pong if it comes within a grace after the first; on a loaded
+	// machine the DERP pong can win a round now and then: a few rounds.
+	var ping []byte
+	for range 3 {
+		if ping, err = a.beam(ctx, nil, "ping", "-c", "1", b.name); err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(ping), "via peer-relay "+r.name) {
+			break
+		}
 	}
 	if !strings.Contains(string(ping), "via peer-relay "+r.name) {
-		t.Errorf("beam ping: %q, want a pong via peer-relay %s", ping, r.name)
+		t.Errorf("beam ping, 3 rounds: last %q, want a pong via peer-relay %s", ping, r.name)
 	}
 
 	f, err := startFlow(ctx, a, b.name)
