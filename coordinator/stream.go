@@ -604,6 +604,12 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		st.self, st.peers, st.ver, st.filter = self, set, ver, filter
 	}
 
+	// endShutdown ends the stream as the coordinator shuts down,
+	// telling the node when to come back.
+	endShutdown := func() {
+		w.Header().Set(wire.TrailerError, string(wire.CodeUnavailable)+": coordinator is shutting down")
+		w.Header().Set(wire.TrailerRetryAfter, strconv.FormatInt(ms.shutdownRetryAfter().Milliseconds(), 10))
+	}
 	ka := time.NewTicker(s.keepAlive)
 	defer ka.Stop()
 	var netChanged time.Time // when the change that woke the stream was made
@@ -629,8 +635,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		}
 		select {
 		case <-s.ctx.Done():
-			w.Header().Set(wire.TrailerError, string(wire.CodeUnavailable)+": coordinator is shutting down")
-			w.Header().Set(wire.TrailerRetryAfter, strconv.FormatInt(ms.shutdownRetryAfter().Milliseconds(), 10))
+			endShutdown()
 			return
 		case <-r.Context().Done():
 			return
@@ -656,6 +661,13 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			case <-r.Context().Done():
 			}
 			batch.Stop()
+		}
+		if s.ctx.Err() != nil {
+			// Shutting down: what changed meanwhile is the other nodes'
+			// streams ending, which the node must not take for them
+			// going offline.
+			endShutdown()
+			return
 		}
 		if h := testHookBeforeTake.Load(); h != nil {
 			(*h)(nk)
