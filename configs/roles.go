@@ -94,6 +94,7 @@ type Server struct {
 	EdgeMaxConns int `json:"edge_max_conns"`
 	// MachineRate is as Coordinator.MachineRate.
 	MachineRate int `json:"machine_rate"`
+	ReplicaTimes
 	// BodyTimeout bounds request bodies at the edge.
 	BodyTimeout Duration `json:"body_timeout"`
 	// Telemetry: one listener each for all of the server's roles.
@@ -123,6 +124,7 @@ func (s *Server) Validate() error {
 	c.listen("--addr", s.Addr, true)
 	c.db(s.DB)
 	checkMachineRate(&c, s.MachineRate)
+	s.ReplicaTimes.check(&c)
 	c.url("--public-url", s.PublicURL, false)
 	c.listen("--http-addr", s.HTTPAddr, false)
 	c.listen("--https-addr", s.HTTPSAddr, false)
@@ -181,18 +183,7 @@ type Coordinator struct {
 	// Raise it for a coordinator behind a reverse proxy, where every node
 	// comes from the proxy's address.
 	MachineRate int `json:"machine_rate"`
-	// KeepAlive is how often an idle map stream gets a keepalive (0: the
-	// coordinator's default, 30 s). A node with other coordinators to
-	// move to counts a stream silent 5 s longer as dead, so it bounds
-	// how long nodes stay on a coordinator whose machine vanished.
-	KeepAlive Duration `json:"keepalive"`
-	// StaleAfter is how long a coordinator sharing the --db database may
-	// miss heartbeats (it beats every 3 s) before the others show its
-	// nodes as unknown (0: 15 s). UnknownTimeout is how long they stay
-	// unknown, unless they stream from another coordinator, before they
-	// are offline (0: 2 minutes). Give every replica the same.
-	StaleAfter     Duration `json:"stale_after"`
-	UnknownTimeout Duration `json:"unknown_timeout"`
+	ReplicaTimes
 	CoordinatorEdge
 	Telemetry
 	OIDC
@@ -211,6 +202,36 @@ type CoordinatorEdge struct {
 	HTTPURL string `json:"edge_http_url"`
 	// DNSConfigFile is a JSON DNS settings file applied at start.
 	DNSConfigFile string `json:"dns_config"`
+}
+
+// ReplicaTimes are the map stream and replica timers of beam coordinator
+// and beam server (the same flags, keys and bounds in both).
+type ReplicaTimes struct {
+	// KeepAlive is how often an idle map stream gets a keepalive (0: the
+	// coordinator's default, 30 s). A node with other coordinators to
+	// move to counts a stream silent 5 s longer as dead, so it bounds
+	// how long nodes stay on a coordinator whose machine vanished.
+	KeepAlive Duration `json:"keepalive"`
+	// StaleAfter is how long a coordinator sharing the --db database may
+	// miss heartbeats (it beats every 3 s) before the others show its
+	// nodes as unknown (0: 15 s). UnknownTimeout is how long they stay
+	// unknown, unless they stream from another coordinator, before they
+	// are offline (0: 2 minutes). Give every replica the same.
+	StaleAfter     Duration `json:"stale_after"`
+	UnknownTimeout Duration `json:"unknown_timeout"`
+}
+
+// check checks the timers.
+func (r *ReplicaTimes) check(c *checker) {
+	if d := time.Duration(r.KeepAlive); d != 0 && (d < time.Second || d > 5*time.Minute) {
+		c.add("--keepalive", d.String(), "want 1s to 5m, or 0 for the default (30s)")
+	}
+	if d := time.Duration(r.StaleAfter); d != 0 && (d < 6*time.Second || d > 10*time.Minute) {
+		c.add("--stale-after", d.String(), "want 6s (two heartbeats) to 10m, or 0 for the default (15s)")
+	}
+	if d := time.Duration(r.UnknownTimeout); d != 0 && (d < 5*time.Second || d > 24*time.Hour) {
+		c.add("--unknown-timeout", d.String(), "want 5s to 24h, or 0 for the default (2m)")
+	}
 }
 
 // MachineRateUsage is the help of --machine-rate.
@@ -266,15 +287,7 @@ func (co *Coordinator) Validate() error {
 		c.url("--edge-http-url", strings.ReplaceAll(co.HTTPURL, "{host}", "host.example"), true)
 	}
 	checkMachineRate(&c, co.MachineRate)
-	if d := time.Duration(co.KeepAlive); d != 0 && (d < time.Second || d > 5*time.Minute) {
-		c.add("--keepalive", d.String(), "want 1s to 5m, or 0 for the default (30s)")
-	}
-	if d := time.Duration(co.StaleAfter); d != 0 && (d < 6*time.Second || d > 10*time.Minute) {
-		c.add("--stale-after", d.String(), "want 6s (two heartbeats) to 10m, or 0 for the default (15s)")
-	}
-	if d := time.Duration(co.UnknownTimeout); d != 0 && (d < 5*time.Second || d > 24*time.Hour) {
-		c.add("--unknown-timeout", d.String(), "want 5s to 24h, or 0 for the default (2m)")
-	}
+	co.ReplicaTimes.check(&c)
 	c.logLevel(co.LogLevel)
 	return c.err()
 }

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"beam.dev/beam/configs"
 	"beam.dev/beam/coordinator"
@@ -106,9 +107,7 @@ From elsewhere:
 	fl.StringVar(&opts.LogLevel, "log-level", def.LogLevel, "log level: debug, info, warn, error")
 	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none)")
 	fl.IntVar(&opts.MachineRate, "machine-rate", 0, configs.MachineRateUsage)
-	fl.DurationVar((*time.Duration)(&opts.KeepAlive), "keepalive", 0, "how often an idle map stream gets a keepalive (0: 30s); nodes with other coordinators to move to leave one silent 5s longer")
-	fl.DurationVar((*time.Duration)(&opts.StaleAfter), "stale-after", 0, "with other coordinators on the --db database: how long one may miss heartbeats (every 3s) before its nodes show as unknown (0: 15s); give every replica the same")
-	fl.DurationVar((*time.Duration)(&opts.UnknownTimeout), "unknown-timeout", 0, "how long the nodes of a coordinator gone from the --db database stay unknown, unless they stream from another, before they are offline (0: 2m)")
+	bindReplicaTimes(fl, &opts.ReplicaTimes)
 	bindCoordinatorEdgeFlags(cmd, &opts.CoordinatorEdge, def.CoordinatorEdge)
 	registerTelemetry(fl, &opts.Telemetry)
 	registerOIDC(fl, &opts.OIDC)
@@ -139,7 +138,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	role, err := assembleCoordinator(ctx, coordinatorSpec{
 		DataDir: opts.DataDir, DB: opts.DB, NodeKeyExpiry: opts.NodeKeyExpiry, PolicyFile: opts.PolicyFile,
 		Addr: opts.Addr, OIDC: &opts.OIDC, Logger: logger, Options: base,
-		Store: sqlstore.Options{StaleAfter: time.Duration(opts.StaleAfter), UnknownTimeout: time.Duration(opts.UnknownTimeout)},
+		Store: replicaStore(&opts.ReplicaTimes),
 	})
 	if err != nil {
 		return err
@@ -464,4 +463,17 @@ func machineRate(rate int) (float64, int) {
 		return -1, 0
 	}
 	return float64(rate), 10 * rate
+}
+
+// bindReplicaTimes binds --keepalive, --stale-after and --unknown-timeout
+// (beam coordinator and beam server) to r.
+func bindReplicaTimes(fl *pflag.FlagSet, r *configs.ReplicaTimes) {
+	fl.DurationVar((*time.Duration)(&r.KeepAlive), "keepalive", 0, "how often an idle map stream gets a keepalive (0: 30s); nodes with other coordinators to move to leave one silent 5s longer")
+	fl.DurationVar((*time.Duration)(&r.StaleAfter), "stale-after", 0, "with other coordinators on the --db database: how long one may miss heartbeats (every 3s) before its nodes show as unknown (0: 15s); give every replica the same")
+	fl.DurationVar((*time.Duration)(&r.UnknownTimeout), "unknown-timeout", 0, "how long the nodes of a coordinator gone from the --db database stay unknown, unless they stream from another, before they are offline (0: 2m)")
+}
+
+// replicaStore returns the database options of r.
+func replicaStore(r *configs.ReplicaTimes) sqlstore.Options {
+	return sqlstore.Options{StaleAfter: time.Duration(r.StaleAfter), UnknownTimeout: time.Duration(r.UnknownTimeout)}
 }

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"beam.dev/beam/configs"
 )
 
 // TestDBFlagAndKey: beam coordinator and beam server take the database
@@ -124,5 +126,62 @@ func TestReplicaTimesFlagsAndKeys(t *testing.T) {
 		if err := cc.Execute(); err == nil || !strings.Contains(err.Error(), bad.flag) || !strings.Contains(err.Error(), key) {
 			t.Errorf("%s %s: %v; want an error naming the flag and %s", bad.flag, bad.v, err, key)
 		}
+	}
+}
+
+// TestServerReplicaTimesFlagsAndKeys: beam server takes --keepalive,
+// --stale-after and --unknown-timeout (config keys keepalive, stale_after
+// and unknown_timeout) as beam coordinator does, the flag winning, and
+// refuses the same values out of bounds naming the flag and the key.
+func TestServerReplicaTimesFlagsAndKeys(t *testing.T) {
+	f := &Factory{In: strings.NewReader(""), Out: io.Discard, ErrOut: io.Discard}
+	path := writeConfig(t, `{"domain": "beam.example.com", "keepalive": "2s", "stale_after": "20s", "unknown_timeout": "30s"}`)
+	dom := []string{"--domain", "beam.example.com"}
+	for _, tc := range []struct {
+		args                        []string
+		keepalive, stale, unknownTO time.Duration
+	}{
+		{dom, 0, 0, 0},
+		{[]string{"--config", path}, 2 * time.Second, 20 * time.Second, 30 * time.Second},
+		{[]string{"--config", path, "--keepalive", "10s", "--stale-after", "6s"}, 10 * time.Second, 6 * time.Second, 30 * time.Second},
+		{append([]string{"--unknown-timeout", "24h", "--stale-after", "10m", "--keepalive", "5m"}, dom...), 5 * time.Minute, 10 * time.Minute, 24 * time.Hour},
+	} {
+		var so *ServerOptions
+		sc := NewCmdServer(f, func(o *ServerOptions) error { so = o; return nil })
+		quiet(sc, tc.args)
+		if err := sc.Execute(); err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if got := time.Duration(so.KeepAlive); got != tc.keepalive {
+			t.Errorf("%v: keepalive %v, want %v", tc.args, got, tc.keepalive)
+		}
+		if got := time.Duration(so.StaleAfter); got != tc.stale {
+			t.Errorf("%v: stale after %v, want %v", tc.args, got, tc.stale)
+		}
+		if got := time.Duration(so.UnknownTimeout); got != tc.unknownTO {
+			t.Errorf("%v: unknown timeout %v, want %v", tc.args, got, tc.unknownTO)
+		}
+		if st := replicaStore(&so.ReplicaTimes); st.StaleAfter != tc.stale || st.UnknownTimeout != tc.unknownTO {
+			t.Errorf("%v: store options %+v, want stale after %v, unknown timeout %v", tc.args, st, tc.stale, tc.unknownTO)
+		}
+	}
+	for _, bad := range []struct{ flag, v string }{
+		{"--keepalive", "500ms"}, {"--keepalive", "6m"}, {"--keepalive", "-1s"},
+		{"--stale-after", "5s"}, {"--stale-after", "11m"}, {"--stale-after", "-1s"},
+		{"--unknown-timeout", "4s"}, {"--unknown-timeout", "25h"}, {"--unknown-timeout", "-5s"},
+	} {
+		sc := NewCmdServer(f, func(*ServerOptions) error { return nil })
+		quiet(sc, append([]string{bad.flag, bad.v}, dom...))
+		key := "config key " + configs.FlagKey(bad.flag)
+		if err := sc.Execute(); err == nil || !strings.Contains(err.Error(), bad.flag) || !strings.Contains(err.Error(), key) {
+			t.Errorf("%s %s: %v; want an error naming the flag and %s", bad.flag, bad.v, err, key)
+		}
+	}
+	// A bad value in the file is refused too, naming the flag and key.
+	badFile := writeConfig(t, `{"domain": "beam.example.com", "stale_after": "3s"}`)
+	sc := NewCmdServer(f, func(*ServerOptions) error { return nil })
+	quiet(sc, []string{"--config", badFile})
+	if err := sc.Execute(); err == nil || !strings.Contains(err.Error(), "--stale-after") || !strings.Contains(err.Error(), "config key stale_after") {
+		t.Errorf("stale_after 3s in the file: %v; want an error naming the flag and the key", err)
 	}
 }
