@@ -75,7 +75,7 @@ func watchReload[T any](ctx context.Context, spec reloadSpec[T]) (stop func()) {
 			case <-hup:
 			}
 			if next, err := spec.reload(cur); err != nil {
-				spec.Logger.Error("config reload refused, the running config stays", "file", spec.ConfigFile, "err", err)
+				spec.Logger.Error("config reload refused, the running config stays", append(spec.fileAttr(), "err", err)...)
 			} else {
 				cur = next
 			}
@@ -128,11 +128,20 @@ func (spec *reloadSpec[T]) reload(cur *T) (*T, error) {
 			reloaded = append(reloaded, k)
 		}
 	}
-	spec.Logger.Info("config reloaded", "file", spec.ConfigFile, "reloaded", reloaded, "needs_restart", restart)
+	spec.Logger.Info("config reloaded", append(spec.fileAttr(), "reloaded", reloaded, "needs_restart", restart)...)
 	if len(restart) > 0 {
 		spec.Logger.Warn("config reload: these settings changed but take effect only after a restart", "keys", restart)
 	}
 	return &next, nil
+}
+
+// fileAttr returns the log attribute naming the config file, none
+// without --config (a reload then re-reads only the files the role names).
+func (spec *reloadSpec[T]) fileAttr() []any {
+	if spec.ConfigFile == "" {
+		return nil
+	}
+	return []any{"file", spec.ConfigFile}
 }
 
 // validateOnly is a reloadSpec.Validate for configs that need no

@@ -5,6 +5,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -208,5 +209,42 @@ func TestReloadUnchangedFile(t *testing.T) {
 		check("edge", configs.ChangedKeys(&e.Edge, en), nil)
 	} else {
 		check("edge", nil, err)
+	}
+}
+
+// TestReloadLogWithoutConfig: without --config the reload log names what
+// was read again and no empty file; a refused reload names no file either.
+func TestReloadLogWithoutConfig(t *testing.T) {
+	logs := &syncBuffer{grew: make(chan struct{}, 1)}
+	logger := slog.New(slog.NewTextHandler(logs, nil))
+	start := configs.DefaultCoordinator()
+	var mu sync.Mutex
+	fail := false
+	hup := make(chan os.Signal, 1)
+	stop := watchReload(context.Background(), reloadSpec[configs.Coordinator]{
+		Defaults: configs.DefaultCoordinator, Start: &start,
+		Validate: validateOnly[configs.Coordinator], Logger: logger, HUP: hup,
+		Apply: func(_, _ *configs.Coordinator) ([]string, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if fail {
+				return nil, errors.New("admin token in DATA/admin.token is too short")
+			}
+			return []string{"log_level", "admin_token"}, nil
+		},
+	})
+	defer stop()
+	hup <- syscall.SIGHUP
+	logs.waitFor(t, "config reloaded", 10*time.Second)
+	logs.waitFor(t, "reloaded=[admin_token]", time.Second)
+	mu.Lock()
+	fail = true
+	mu.Unlock()
+	hup <- syscall.SIGHUP
+	logs.waitFor(t, "config reload refused", 10*time.Second)
+	logs.mu.Lock()
+	defer logs.mu.Unlock()
+	if strings.Contains(logs.b.String(), "file=") {
+		t.Errorf("log names a file without --config:\n%s", logs.b.String())
 	}
 }
