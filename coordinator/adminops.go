@@ -3,6 +3,7 @@ package coordinator
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"time"
@@ -49,6 +50,47 @@ func (s *Server) SetAdminToken(ctx context.Context, token string) error {
 		return fmt.Errorf("coordinator: store admin token hash: %w", err)
 	}
 	s.admin.tokenHash.Store(&hash)
+	return nil
+}
+
+// relayTokenHash is the relay token's hash, nil without one.
+func (s *Server) relayTokenHash() []byte {
+	if h := s.relayHash.Load(); h != nil && len(*h) > 0 {
+		return *h
+	}
+	return nil
+}
+
+// RelayTokenValid reports whether token is the relay token (never, with
+// none).
+func (s *Server) RelayTokenValid(token string) bool {
+	h := s.relayTokenHash()
+	if h == nil || token == "" {
+		return false
+	}
+	got := sha256.Sum256([]byte(token))
+	return subtle.ConstantTimeCompare(got[:], h) == 1
+}
+
+// SetRelayToken replaces the relay token relays present to
+// /derp/verify, as when it was rotated: the old one is refused from then
+// on. Its hash is stored, as SetAdminToken stores the admin token's, for
+// replicas starting later; the other replicas running keep theirs until
+// they are given the new one. It does nothing when token is already the
+// relay token.
+func (s *Server) SetRelayToken(ctx context.Context, token string) error {
+	if token == "" {
+		return errors.New("coordinator: empty relay token")
+	}
+	if s.RelayTokenValid(token) {
+		return nil
+	}
+	h := sha256.Sum256([]byte(token))
+	hash := h[:]
+	if err := s.store.SetSetting(ctx, relayTokenSetting, hash); err != nil {
+		return fmt.Errorf("coordinator: store relay token hash: %w", err)
+	}
+	s.relayHash.Store(&hash)
 	return nil
 }
 

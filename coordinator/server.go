@@ -185,7 +185,7 @@ type Server struct {
 	ephemeral    time.Duration
 	now          func() time.Time
 	policy       PolicyFunc
-	relayHash    []byte // SHA-256 of the relay token; nil means none
+	relayHash    atomic.Pointer[[]byte] // SHA-256 of the relay token; nil means none (SetRelayToken replaces it)
 	mux          *http.ServeMux
 	replay       replayCache
 	machineLimit *sourceLimiter // limits.go
@@ -305,7 +305,8 @@ func New(opts Options) (*Server, error) {
 	defer cancel()
 	if opts.RelayToken != "" {
 		h := sha256.Sum256([]byte(opts.RelayToken))
-		s.relayHash = h[:]
+		hash := h[:]
+		s.relayHash.Store(&hash)
 	}
 	if err := s.fan.checkReplica(ctx, opts); err != nil {
 		return nil, err
@@ -577,7 +578,7 @@ func (s *Server) SetDERPMap(m *wire.DERPMap) {
 }
 
 func (s *Server) handleDERPVerify(w http.ResponseWriter, r *http.Request) {
-	if !bearerIs(r, s.relayHash) && !bearerIs(r, s.admin.hash()) {
+	if !bearerIs(r, s.relayTokenHash()) && !bearerIs(r, s.admin.hash()) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="beam"`)
 		writeError(w, errorf(http.StatusUnauthorized, wire.CodeUnauthorized, "missing or wrong relay token"))
 		return

@@ -345,25 +345,54 @@ func TestReplicasWithOtherSecretsAtOnce(t *testing.T) {
 	}
 }
 
-// TestAdminTokenRotation: an admin token rotated by copying a new
-// admin.token into every replica's data directory is taken on SIGHUP:
-// until then each replica takes the old one; after, the new one only.
+// TestAdminTokenRotation: an admin token and a relay token rotated by
+// copying a new admin.token and relay.token into every replica's data
+// directory are taken on SIGHUP: until then each replica takes the old
+// ones; after, the new ones only. A relay.token too short to be a token is
+// refused on SIGHUP, naming the file, and the running one stays.
 func TestAdminTokenRotation(t *testing.T) {
 	c1, c2 := twoCoordinators(t)
 	old := c1.token
+	oldRelay, err := os.ReadFile(filepath.Join(c1.dir, "coord", "relay.token"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	rotated := "rotated-admin-token-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	rotatedRelay := "rotated-relay-token-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	admits := func(c *cluster, token string) bool {
 		_, _, err := c.beam([]string{"BEAM_ADMIN_TOKEN=" + token}, "admin", "nodes", "list", "--coordinator", c.url)
 		return err == nil
 	}
+	// relayAdmits: the relay verify endpoint takes token (a bad key then
+	// gets 400, a wrong token 401).
+	relayAdmits := func(c *cluster, token string) bool {
+		t.Helper()
+		req, err := http.NewRequest("GET", c.url+wire.PathDERPVerify+"?key=bad", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(token))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode != http.StatusUnauthorized
+	}
 	for _, c := range []*cluster{c1, c2} {
 		if err := os.WriteFile(filepath.Join(c.dir, "coord", "admin.token"), []byte(rotated+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(c.dir, "coord", "relay.token"), []byte(rotatedRelay+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// Read at start and on SIGHUP only.
 	if !admits(c1, old) || admits(c1, rotated) {
 		t.Fatalf("before SIGHUP: the old token admitted %v, the new one %v; want the old one only", admits(c1, old), admits(c1, rotated))
+	}
+	if !relayAdmits(c1, string(oldRelay)) || relayAdmits(c1, rotatedRelay) {
+		t.Fatalf("before SIGHUP: the old relay token admitted %v, the new one %v; want the old one only", relayAdmits(c1, string(oldRelay)), relayAdmits(c1, rotatedRelay))
 	}
 	for _, c := range []*cluster{c1, c2} {
 		if err := c.coord.Process.Signal(syscall.SIGHUP); err != nil {
@@ -375,12 +404,31 @@ func TestAdminTokenRotation(t *testing.T) {
 		if admits(c, old) {
 			t.Errorf("%s still takes the old admin token after SIGHUP", c.url)
 		}
+		if !relayAdmits(c, rotatedRelay) || relayAdmits(c, string(oldRelay)) {
+			t.Errorf("%s after SIGHUP: the new relay token admitted %v, the old one %v; want the new one only", c.url, relayAdmits(c, rotatedRelay), relayAdmits(c, string(oldRelay)))
+		}
 		if c.coord.ProcessState != nil {
 			t.Errorf("%s exited on SIGHUP", c.url)
 		}
 	}
 	logb, _ := os.ReadFile(filepath.Join(c1.dir, "coord.log"))
-	if !regexp.MustCompile(`config reloaded.*reloaded=.*admin_token`).Match(logb) {
-		t.Errorf("the coordinator's log does not say it reloaded the admin token:\n%s", logb)
+	if !regexp.MustCompile(`config reloaded.*reloaded=.*admin_token.*relay_token`).Match(logb) {
+		t.Errorf("the coordinator's log does not say it reloaded the admin and relay tokens:\n%s", logb)
+	}
+
+	// A bad relay.token is refused; the running token stays.
+	if err := os.WriteFile(filepath.Join(c1.dir, "coord", "relay.token"), []byte("short\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := c1.coord.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	refused := regexp.MustCompile(`config reload refused.*relay token in \S*relay.token is too short`)
+	waitFor(t, 15*time.Second, "the coordinator refuses the short relay.token", func() bool {
+		logb, _ := os.ReadFile(filepath.Join(c1.dir, "coord.log"))
+		return refused.Match(logb)
+	})
+	if !relayAdmits(c1, rotatedRelay) || relayAdmits(c1, "short") {
+		t.Errorf("after a refused relay.token: the running relay token admitted %v, the file's %v; want the running one only", relayAdmits(c1, rotatedRelay), relayAdmits(c1, "short"))
 	}
 }

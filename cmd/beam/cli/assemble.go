@@ -84,12 +84,12 @@ func assembleCoordinator(ctx context.Context, spec coordinatorSpec) (_ *coordina
 	if r.machineKey, err = loadOrCreateMachineKey(filepath.Join(spec.DataDir, "coordinator.key")); err != nil {
 		return nil, err
 	}
-	token, created, err := loadOrCreateToken(r.tokenPath)
+	token, created, err := loadOrCreateToken(r.tokenPath, "admin token")
 	if err != nil {
 		return nil, err
 	}
 	r.tokenCreated = created
-	relayToken, _, err := loadOrCreateToken(filepath.Join(spec.DataDir, "relay.token"))
+	relayToken, _, err := loadOrCreateToken(filepath.Join(spec.DataDir, "relay.token"), "relay token")
 	if err != nil {
 		return nil, err
 	}

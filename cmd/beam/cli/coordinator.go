@@ -65,9 +65,12 @@ copy of the first one's coordinator.key, admin.token and relay.token (a
 coordinator with other secrets is refused while another runs), and give nodes
 every URL: beam up --coordinator URL1,URL2.
 
-On SIGHUP it reads admin.token again (and --config and --policy-file): to
-rotate the admin token, write the new one into every replica's admin.token
-and send each SIGHUP.
+On SIGHUP it reads admin.token and relay.token again (and --config and
+--policy-file): to rotate the admin token, write the new one into every
+replica's admin.token and send each SIGHUP; the relay token likewise, then
+give the relays (beam derp --verify-token-file) the new one. A token file
+that is missing or too short is refused with an error in the log, and the
+running token stays.
 
 From elsewhere:
 
@@ -178,7 +181,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 		Validate: validateOnly[configs.Coordinator], Logger: logger,
 		HUP: hup,
 		Apply: func(_, next *configs.Coordinator) ([]string, error) {
-			return reloadCoordinator(ctx, srv, level, next.PolicyFile, next.LogLevel, role.tokenPath)
+			return reloadCoordinator(ctx, srv, level, next.PolicyFile, next.LogLevel, opts.DataDir)
 		},
 	})()
 	errc := make(chan error, 1)
@@ -300,10 +303,11 @@ func loadOrCreateMachineKey(path string) (key.MachinePrivate, error) {
 	return k, nil
 }
 
-// loadOrCreateToken reads the admin token at path, or writes a new random
-// one 0600. It reports whether it created the token.
-func loadOrCreateToken(path string) (string, bool, error) {
-	tok, err := readAdminToken(path)
+// loadOrCreateToken reads the token (the admin or relay token: name) at
+// path, or writes a new random one 0600. It reports whether it created
+// the token.
+func loadOrCreateToken(path, name string) (string, bool, error) {
+	tok, err := readToken(path, name)
 	switch {
 	case err == nil:
 		return tok, false, nil
@@ -314,7 +318,7 @@ func loadOrCreateToken(path string) (string, bool, error) {
 	rand.Read(raw[:])
 	tok = hex.EncodeToString(raw[:])
 	if err := writeFileExcl(path, []byte(tok+"\n")); err != nil {
-		return "", false, fmt.Errorf("write admin token: %w", err)
+		return "", false, fmt.Errorf("write %s: %w", name, err)
 	}
 	return tok, true, nil
 }
@@ -388,15 +392,21 @@ func applyPolicyFile(ctx context.Context, coord *coordinator.Server, path string
 }
 
 // reloadCoordinator applies what a coordinator reloads: its policy file
-// (read again, refused whole if invalid), log level and admin token (the
-// file at tokenPath, read again: "admin_token" is among the applied keys
-// when it changed).
-func reloadCoordinator(ctx context.Context, coord *coordinator.Server, level *slog.LevelVar, policyFile, logLevel, tokenPath string) ([]string, error) {
+// (read again, refused whole if invalid), log level, and admin and relay
+// tokens (dataDir's admin.token and relay.token, read again:
+// "admin_token" and "relay_token" are among the applied keys when they
+// changed). A token file that cannot be read or is too short refuses the
+// reload, and the running tokens stay.
+func reloadCoordinator(ctx context.Context, coord *coordinator.Server, level *slog.LevelVar, policyFile, logLevel, dataDir string) ([]string, error) {
 	l, err := parseLevel(logLevel)
 	if err != nil {
 		return nil, err
 	}
-	token, err := readAdminToken(tokenPath)
+	token, err := readToken(filepath.Join(dataDir, "admin.token"), "admin token")
+	if err != nil {
+		return nil, err
+	}
+	relayToken, err := readToken(filepath.Join(dataDir, "relay.token"), "relay token")
 	if err != nil {
 		return nil, err
 	}
@@ -413,19 +423,26 @@ func reloadCoordinator(ctx context.Context, coord *coordinator.Server, level *sl
 		}
 		applied = append(applied, "admin_token")
 	}
+	if !coord.RelayTokenValid(relayToken) {
+		if err := coord.SetRelayToken(ctx, relayToken); err != nil {
+			return nil, err
+		}
+		applied = append(applied, "relay_token")
+	}
 	level.Set(l)
 	return applied, nil
 }
 
-// readAdminToken reads the admin token file at path.
-func readAdminToken(path string) (string, error) {
+// readToken reads the token file at path (the admin or relay token:
+// name).
+func readToken(path, name string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("read admin token: %w", err)
+		return "", fmt.Errorf("read %s: %w", name, err)
 	}
 	tok := strings.TrimSpace(string(b))
 	if len(tok) < 16 {
-		return "", fmt.Errorf("admin token in %s is too short (want at least 16 characters)", path)
+		return "", fmt.Errorf("%s in %s is too short (want at least 16 characters)", name, path)
 	}
 	return tok, nil
 }

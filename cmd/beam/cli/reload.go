@@ -123,8 +123,8 @@ func (spec *reloadSpec[T]) reload(cur *T) (*T, error) {
 	}
 	for _, k := range applied {
 		// Files named by the config are read again even when their
-		// name is the same; the admin token file is no config key.
-		if (k == "policy_file" || k == "admin_token") && !slices.Contains(reloaded, k) {
+		// name is the same; the token files are no config keys.
+		if (k == "policy_file" || k == "admin_token" || k == "relay_token") && !slices.Contains(reloaded, k) {
 			reloaded = append(reloaded, k)
 		}
 	}

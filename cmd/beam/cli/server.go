@@ -382,7 +382,7 @@ func serverReload(ctx context.Context, o *ServerOptions, start *configs.Server, 
 		ConfigFile: o.ConfigFile, Defaults: configs.DefaultServer, Start: start, Cmdline: o.cmdline,
 		Validate: settleServer, Logger: logger, HUP: hup,
 		Apply: func(_, next *configs.Server) ([]string, error) {
-			applied, err := reloadCoordinator(ctx, coord, level, next.PolicyFile, next.LogLevel, filepath.Join(o.DataDir, "admin.token"))
+			applied, err := reloadCoordinator(ctx, coord, level, next.PolicyFile, next.LogLevel, o.DataDir)
 			if err != nil {
 				return nil, err
 			}
