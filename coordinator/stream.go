@@ -457,7 +457,13 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			if e := s.nodes[nk]; e != nil {
 				e.offlineSince = now
 				e.rec.Node.LastSeen = now
-				ms.notifyLocked(e.rec.NetworkID, nk) // offline
+				if s.ctx.Err() == nil {
+					ms.notifyLocked(e.rec.NetworkID, nk) // offline
+				}
+				// At a shutdown every stream is ending: the others'
+				// nodes must not hear of this one as going offline.
+				// (Other coordinators on a shared store learn of it
+				// from streamChanged.)
 			}
 		}
 		s.mu.Unlock()
@@ -661,13 +667,6 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			case <-r.Context().Done():
 			}
 			batch.Stop()
-		}
-		if s.ctx.Err() != nil {
-			// Shutting down: what changed meanwhile is the other nodes'
-			// streams ending, which the node must not take for them
-			// going offline.
-			endShutdown()
-			return
 		}
 		if h := testHookBeforeTake.Load(); h != nil {
 			(*h)(nk)
