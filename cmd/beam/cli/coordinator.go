@@ -68,7 +68,8 @@ every URL: beam up --coordinator URL1,URL2.
 On SIGHUP it reads admin.token and relay.token again (and --config and
 --policy-file): to rotate the admin token, write the new one into every
 replica's admin.token and send each SIGHUP; the relay token likewise, then
-give the relays (beam derp --verify-token-file) the new one. A token file
+write it into the relays' --verify-token-file and send them SIGHUP (beam
+derp reads it again; meanwhile they refuse new clients). A token file
 that is missing or too short is refused with an error in the log, and the
 running token stays.
 

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -88,7 +89,7 @@ whatever key it has, with a warning.`,
 	fl.StringVar(&opts.TLSCert, "tls-cert", "", "TLS certificate PEM file (with --tls-key); plain HTTP if unset")
 	fl.StringVar(&opts.TLSKey, "tls-key", "", "TLS private key PEM file")
 	fl.StringVar(&opts.VerifyClients, "verify-clients", "", "coordinator URL; admit only node keys it knows (needs --verify-token-file)")
-	fl.StringVar(&opts.VerifyTokenFile, "verify-token-file", "", "file holding the coordinator's relay token (the coordinator's DATA/relay.token)")
+	fl.StringVar(&opts.VerifyTokenFile, "verify-token-file", "", "file holding the coordinator's relay token (the coordinator's DATA/relay.token); read again on SIGHUP")
 	fl.StringSliceVar(&opts.MeshWith, "mesh-with", nil, "comma-separated URLs of the region's other relays, each pinned to its key as URL#mkey:... (the machine_key it logs)")
 	fl.StringVar(&opts.MeshKeyFile, "mesh-key-file", "", "file holding the region's mesh key (needed with --mesh-with)")
 	fl.StringVar(&opts.KeyFile, "key-file", "", "machine key file, created 0600 if missing (default STATE/derp.key)")
@@ -109,7 +110,7 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 	if err := reloadLevel(level, opts.LogLevel); err != nil {
 		return err
 	}
-	hup := reloadSignal(opts.ConfigFile != "")
+	hup := reloadSignal(opts.ConfigFile != "" || opts.VerifyClients != "") // the relay token is read again
 	defer stopSignal(hup)
 	logger := f.Logger(level)
 	nofile := raiseFileLimit()
@@ -157,19 +158,18 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 		return err
 	}
 	var verify func(context.Context, key.NodePublic) error
+	var relayToken *verifyToken // nil without --verify-clients
 	if opts.VerifyClients != "" {
 		if opts.VerifyTokenFile == "" {
 			return errors.New("--verify-clients needs --verify-token-file: the coordinator answers relays only (its DATA/relay.token)")
 		}
-		b, err := os.ReadFile(opts.VerifyTokenFile)
+		tok, err := readVerifyToken(opts.VerifyTokenFile)
 		if err != nil {
-			return fmt.Errorf("read --verify-token-file: %w", err)
+			return err
 		}
-		tok := strings.TrimSpace(string(b))
-		if len(tok) < 16 {
-			return fmt.Errorf("relay token in %s is too short (want at least 16 characters)", opts.VerifyTokenFile)
-		}
-		verify = derpserver.VerifyWithCoordinator(strings.TrimSuffix(opts.VerifyClients, "/")+wire.PathDERPVerify, tok, nil)
+		relayToken = &verifyToken{url: strings.TrimSuffix(opts.VerifyClients, "/") + wire.PathDERPVerify, hc: &http.Client{Timeout: 10 * time.Second}}
+		relayToken.set(tok)
+		verify = relayToken.verify
 	}
 
 	// Relay connections ask for BBR (see internal/tcpcc).
@@ -230,7 +230,21 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 			Validate: validateOnly[configs.DERP], Logger: logger,
 			HUP: hup,
 			Apply: func(_, next *configs.DERP) ([]string, error) {
-				return []string{"log_level"}, reloadLevel(level, next.LogLevel)
+				if _, err := parseLevel(next.LogLevel); err != nil {
+					return nil, err
+				}
+				applied := []string{"log_level"}
+				if relayToken != nil {
+					// The running --verify-token-file, read again.
+					tok, err := readVerifyToken(opts.VerifyTokenFile)
+					if err != nil {
+						return nil, err
+					}
+					if relayToken.set(tok) {
+						applied = append(applied, "relay_token")
+					}
+				}
+				return applied, reloadLevel(level, next.LogLevel)
 			},
 		})()
 	}
@@ -305,4 +319,43 @@ func loopbackPage(r *http.Request) bool {
 func isLoopback(remoteAddr string) bool {
 	ap, err := netip.ParseAddrPort(remoteAddr)
 	return err == nil && ap.Addr().Unmap().IsLoopback()
+}
+
+// verifyToken asks the coordinator at url whether a node key may use the
+// relay, presenting the relay token, which a reload may replace.
+type verifyToken struct {
+	url   string
+	hc    *http.Client
+	check atomic.Pointer[func(context.Context, key.NodePublic) error]
+	token atomic.Pointer[string]
+}
+
+// set makes tok the token presented from now on, and reports whether it
+// changed.
+func (v *verifyToken) set(tok string) bool {
+	if old := v.token.Load(); old != nil && *old == tok {
+		return false
+	}
+	check := derpserver.VerifyWithCoordinator(v.url, tok, v.hc)
+	v.check.Store(&check)
+	v.token.Store(&tok)
+	return true
+}
+
+// verify is a derpserver.Options.VerifyClient with the current token.
+func (v *verifyToken) verify(ctx context.Context, k key.NodePublic) error {
+	return (*v.check.Load())(ctx, k)
+}
+
+// readVerifyToken reads --verify-token-file.
+func readVerifyToken(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read --verify-token-file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < 16 {
+		return "", fmt.Errorf("relay token in %s is too short (want at least 16 characters)", path)
+	}
+	return tok, nil
 }
