@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
 )
 
@@ -15,11 +16,12 @@ import (
 // (and anything as old) instead of taking them for new.
 func TestReplayCacheBounded(t *testing.T) {
 	c := replayCache{max: 4}
+	node := key.NewNode().Public()
 	now := time.Unix(1_000_000, 0)
 	h := func(i byte) [32]byte { return [32]byte{i} }
 	ts := func(i int) time.Time { return now.Add(time.Duration(i-10) * time.Second) }
 	for i := range 6 {
-		if !c.add(h(byte(i)), ts(i), now) {
+		if !c.add(node, h(byte(i)), ts(i), now) {
 			t.Fatalf("request %d refused, want taken", i)
 		}
 	}
@@ -27,14 +29,14 @@ func TestReplayCacheBounded(t *testing.T) {
 		t.Errorf("len = %d, want 4", got)
 	}
 	for i := range 6 {
-		if c.add(h(byte(i)), ts(i), now) {
+		if c.add(node, h(byte(i)), ts(i), now) {
 			t.Errorf("replay of request %d taken, want refused (dropped or not)", i)
 		}
 	}
-	if c.add(h(100), ts(1), now) {
+	if c.add(node, h(100), ts(1), now) {
 		t.Errorf("a new request as old as the dropped ones taken, want refused")
 	}
-	if !c.add(h(101), ts(7), now) {
+	if !c.add(node, h(101), ts(7), now) {
 		t.Errorf("a new request newer than the dropped ones refused, want taken")
 	}
 	// Past the clock-skew window, entries go by themselves.
@@ -45,17 +47,43 @@ func TestReplayCacheBounded(t *testing.T) {
 	}
 }
 
+// TestReplayCacheFloorsPerSender: one node filling a full cache with
+// requests stamped minutes ahead (as far as the clock-skew window lets
+// it) raises its own floor alone: before, the shared floor passed the
+// real time and every other node's fresh request was refused as a
+// replay.
+func TestReplayCacheFloorsPerSender(t *testing.T) {
+	c := replayCache{max: 100}
+	now := time.Unix(1_000_000, 0)
+	mallory, alice := key.NewNode().Public(), key.NewNode().Public()
+	ahead := now.Add(MaxClockSkew - time.Second)
+	for i := range 1000 {
+		c.add(mallory, [32]byte{0, byte(i), byte(i >> 8)}, ahead.Add(time.Duration(i)*time.Millisecond), now)
+	}
+	for i := range 100 {
+		at := now.Add(time.Duration(i) * time.Second)
+		if !c.add(alice, [32]byte{1, byte(i)}, at, at) {
+			t.Fatalf("alice's fresh request %d refused after mallory filled the cache with requests stamped ahead", i)
+		}
+	}
+	// Mallory's own dropped requests stay refused.
+	if c.add(mallory, [32]byte{0, 0, 0}, ahead, now) {
+		t.Errorf("a replay of mallory's dropped request taken")
+	}
+}
+
 // TestReplayCacheExpiry: a request is remembered until its timestamp is
 // MaxClockSkew old, whatever the time it arrived.
 func TestReplayCacheExpiry(t *testing.T) {
 	var c replayCache
+	node := key.NewNode().Public()
 	now := time.Unix(1_000_000, 0)
 	ahead := now.Add(4 * time.Minute) // a node whose clock is ahead
-	if !c.add([32]byte{1}, ahead, now) {
+	if !c.add(node, [32]byte{1}, ahead, now) {
 		t.Fatal("request refused")
 	}
 	c.prune(now.Add(8 * time.Minute))
-	if c.add([32]byte{1}, ahead, now.Add(8*time.Minute)) {
+	if c.add(node, [32]byte{1}, ahead, now.Add(8*time.Minute)) {
 		t.Errorf("replay 8 minutes later of a request stamped 4 minutes ahead taken, want refused")
 	}
 	c.prune(now.Add(9*time.Minute + time.Second))

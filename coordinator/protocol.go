@@ -81,7 +81,8 @@ func openEnvelope(priv key.MachinePrivate, env wire.Envelope, v any) error {
 // it fills only as fast as real nodes send: a quarter million requests
 // in one clock-skew window is over 400 a second for ten minutes. At the
 // bound the cache forgets its oldest requests (by timestamp) and refuses
-// every request no newer than them from then on (replayCache.floor).
+// every request of the same sender no newer than them from then on
+// (replayCache.floors).
 const maxReplayEntries = 1 << 18
 
 // replayCache remembers the hashes of sealed requests seen within the
@@ -89,28 +90,33 @@ const maxReplayEntries = 1 << 18
 //
 // A request whose timestamp is ts is admitted until ts+MaxClockSkew (the
 // freshness check), so it is remembered until then. When full, the cache
-// drops the entry with the oldest timestamp and raises floor to it: a
-// request with a timestamp at or before floor is refused as if seen, so
-// dropping an entry never lets its replay through.
+// drops the entry with the oldest timestamp and raises its sender's
+// floor to it: a request of that sender with a timestamp at or before
+// its floor is refused as if seen, so dropping an entry never lets its
+// replay through (a replay has the sender's key: it opens with no
+// other). The floors are the senders' own: one node stamping requests
+// minutes ahead (its clock may be up to MaxClockSkew off) and filling
+// the cache raises its floor alone, never the others'.
 type replayCache struct {
 	// max bounds the entries; zero means maxReplayEntries.
 	max int
 
-	mu    sync.Mutex         // guards the following fields
-	seen  map[[32]byte]int64 // hash -> timestamp (Unix ns)
-	order replayHeap         // the same entries, oldest timestamp first
-	floor int64              // refuse timestamps <= floor (Unix ns); 0 none
+	mu     sync.Mutex               // guards the following fields
+	seen   map[[32]byte]int64       // hash -> timestamp (Unix ns)
+	order  replayHeap               // the same entries, oldest timestamp first
+	floors map[key.NodePublic]int64 // sender -> refuse its timestamps <= this (Unix ns)
+	swept  time.Time                // when floors were last pruned
 }
 
-// add records the sealed request whose SHA-256 is h and whose timestamp
-// is ts, seen at now, and reports whether it was new. It drops what can
-// no longer be replayed first.
-func (c *replayCache) add(h [32]byte, ts, now time.Time) bool {
+// add records the sealed request of sender k whose SHA-256 is h and
+// whose timestamp is ts, seen at now, and reports whether it was new. It
+// drops what can no longer be replayed first.
+func (c *replayCache) add(k key.NodePublic, h [32]byte, ts, now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.pruneLocked(now)
 	t := ts.UnixNano()
-	if t <= c.floor {
+	if t <= c.floors[k] {
 		return false
 	}
 	if _, ok := c.seen[h]; ok {
@@ -126,13 +132,16 @@ func (c *replayCache) add(h [32]byte, ts, now time.Time) bool {
 	for len(c.seen) >= limit {
 		old := heap.Pop(&c.order).(replayEntry)
 		delete(c.seen, old.hash)
-		c.floor = max(c.floor, old.ts)
-		if t <= c.floor {
+		if c.floors == nil {
+			c.floors = make(map[key.NodePublic]int64)
+		}
+		c.floors[old.sender] = max(c.floors[old.sender], old.ts)
+		if old.sender == k && t <= c.floors[k] {
 			return false
 		}
 	}
 	c.seen[h] = t
-	heap.Push(&c.order, replayEntry{ts: t, hash: h})
+	heap.Push(&c.order, replayEntry{ts: t, hash: h, sender: k})
 	return true
 }
 
@@ -149,6 +158,16 @@ func (c *replayCache) pruneLocked(now time.Time) {
 		old := heap.Pop(&c.order).(replayEntry)
 		delete(c.seen, old.hash)
 	}
+	// A floor below the window refuses nothing the freshness check
+	// does not already refuse.
+	if len(c.floors) > 0 && now.Sub(c.swept) >= time.Minute {
+		c.swept = now
+		for k, f := range c.floors {
+			if f < stale {
+				delete(c.floors, k)
+			}
+		}
+	}
 }
 
 // len returns the number of requests remembered.
@@ -159,8 +178,9 @@ func (c *replayCache) len() int {
 }
 
 type replayEntry struct {
-	ts   int64
-	hash [32]byte
+	ts     int64
+	hash   [32]byte
+	sender key.NodePublic
 }
 
 // replayHeap is a min-heap of replayEntry by ts (container/heap).

@@ -518,7 +518,7 @@ func (s *Server) seeRequest(ctx context.Context, q *sealedRequest) *apiError {
 	if q.seen {
 		return nil
 	}
-	if !s.replay.add(q.hash, q.ts, q.now) || !s.sharedReplay.add(ctx, q.hash, q.now) {
+	if !s.replay.add(q.nk, q.hash, q.ts, q.now) || !s.sharedReplay.add(ctx, q.hash, q.now) {
 		return errorf(http.StatusUnauthorized, wire.CodeReplay, "request was already seen")
 	}
 	q.seen = true
