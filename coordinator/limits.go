@@ -124,22 +124,23 @@ func (l *sourceLimiter) sweep(now time.Time) {
 	l.sweepLocked(now)
 }
 
-// limitMachine wraps a handler of a sealed endpoint with the per-source
-// rate limit: over it, the client gets 429 wire.CodeRateLimited with a
+// chargeSource takes one request from the per-source rate limit of r's
+// address. Over it, it returns 429 wire.CodeRateLimited with a
 // Retry-After header, and coordclient waits that long before it tries
-// again.
-func (s *Server) limitMachine(h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		ok, wait := s.machineLimit.allow(remoteAddr(r), s.now())
-		if !ok {
-			s.met.machineLimited.Add(1)
-			secs := max(1, int((wait+time.Second-1)/time.Second))
-			w.Header().Set("Retry-After", strconv.Itoa(secs))
-			writeError(w, errorf(http.StatusTooManyRequests, wire.CodeRateLimited, "too many requests from this address; retry in %ds", secs))
-			return
-		}
-		h(w, r)
+// again. openRequest charges the requests of node keys this coordinator
+// does not know, and those of known keys that do not open: a registered
+// node is never refused for what others sharing its address (a NAT, a
+// /64, the reverse proxy in front of the coordinator) send, and anyone
+// forging envelopes with its public key pays from their own address.
+func (s *Server) chargeSource(w http.ResponseWriter, r *http.Request) *apiError {
+	ok, wait := s.machineLimit.allow(remoteAddr(r), s.now())
+	if ok {
+		return nil
 	}
+	s.met.machineLimited.Add(1)
+	secs := max(1, int((wait+time.Second-1)/time.Second))
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	return errorf(http.StatusTooManyRequests, wire.CodeRateLimited, "too many requests from this address; retry in %ds", secs)
 }
 
 // logLimiter logs one kind of line that anyone can cause (a refused

@@ -438,13 +438,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) routes() (mux, admin *http.ServeMux) {
 	mux = http.NewServeMux()
 	mux.HandleFunc("GET "+wire.PathKey, s.handleKey)
-	mux.HandleFunc("POST "+wire.PathRegister, s.limitMachine(s.reg.handleRegister))
+	mux.HandleFunc("POST "+wire.PathRegister, s.reg.handleRegister)
 	mux.HandleFunc("GET "+wire.PathApprovalPage, s.reg.handleApprovalPage)
-	mux.HandleFunc("POST "+wire.PathMap, s.limitMachine(s.handleMap))
+	mux.HandleFunc("POST "+wire.PathMap, s.handleMap)
 	mux.HandleFunc("GET "+wire.PathDERPVerify, s.handleDERPVerify)
 	mux.HandleFunc("GET "+wire.PathServerSetup, s.handleServerSetup)
-	mux.HandleFunc("POST "+wire.PathExpose, s.limitMachine(s.edge.handleExpose))
-	mux.HandleFunc("POST "+wire.PathTXT, s.limitMachine(s.edge.handleTXT))
+	mux.HandleFunc("POST "+wire.PathExpose, s.edge.handleExpose)
+	mux.HandleFunc("POST "+wire.PathTXT, s.edge.handleTXT)
 	admin = http.NewServeMux()
 	s.admin.register(admin)
 	s.accessRoutes(mux, admin)
@@ -489,10 +489,26 @@ func (s *Server) openRequest(w http.ResponseWriter, r *http.Request, v any, hdr 
 	}
 	env, err := decodeEnvelope(body)
 	if err != nil {
+		if aerr := s.chargeSource(w, r); aerr != nil {
+			return nil, aerr
+		}
 		return nil, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed envelope")
+	}
+	s.mu.Lock()
+	known := s.nodes[env.NodeKey] != nil
+	s.mu.Unlock()
+	if !known {
+		if aerr := s.chargeSource(w, r); aerr != nil {
+			return nil, aerr
+		}
 	}
 	clear, ok := s.boxes.open(s.priv, env.NodeKey, env.Sealed)
 	if !ok {
+		if known {
+			if aerr := s.chargeSource(w, r); aerr != nil {
+				return nil, aerr
+			}
+		}
 		return nil, errorf(http.StatusUnauthorized, wire.CodeBadSeal, "sealed request does not open with node_key and this coordinator's key")
 	}
 	if err := jsonUnmarshal(clear, v); err != nil {

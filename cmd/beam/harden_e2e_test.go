@@ -367,3 +367,77 @@ func TestMachineRateFlag(t *testing.T) {
 		t.Errorf("answers %v, want the rest refused with 429 rate_limited", got)
 	}
 }
+
+// TestNeighboursDoNotLimitANode floods the coordinator with junk from
+// the address a registered device sends from (a shared NAT, a /64, or
+// the reverse proxy in front of the coordinator): the device's own
+// requests are not charged to that address's rate limit, and while the
+// flood lasts it still publishes a port. Envelopes forged with the
+// device's public key that do not open are charged to their sender's
+// address.
+func TestNeighboursDoNotLimitANode(t *testing.T) {
+	c, _ := startDevServer(t)
+	alpha := c.device("alpha")
+	alpha.mustUp()
+	mk := coordKey(t, c.url)
+	shared := net.IPv4(127, 0, 0, 1) // where the daemon's requests come from
+	limited := fmt.Sprintf("%d %s", http.StatusTooManyRequests, wire.CodeRateLimited)
+
+	stop := make(chan struct{})
+	var flooded sync.WaitGroup
+	var mu sync.Mutex
+	total := map[string]int{}
+	bodies := bogusRegistrations(t, mk, 2000)
+	flooded.Go(func() {
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			got := floodAnswers(t, c.url, wire.PathRegister, shared, bodies)
+			mu.Lock()
+			for k, v := range got {
+				total[k] += v
+			}
+			mu.Unlock()
+		}
+	})
+	waitFor(t, 20*time.Second, "the flood is refused with 429", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return total[limited] > 0
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	start := time.Now()
+	_, errOut, err := c.beam(nil, alpha.args("expose", strconv.Itoa(ln.Addr().(*net.TCPAddr).Port), "--tcp", "--bg")...)
+	took := time.Since(start)
+	close(stop)
+	flooded.Wait()
+	t.Logf("flood from the device's address: %v; beam expose took %v", total, took.Round(time.Millisecond))
+	if err != nil {
+		t.Fatalf("beam expose during a flood from the device's address: %v: %s", err, errOut)
+	}
+
+	// Envelopes with alpha's key that do not open: charged, so past the
+	// burst the sender gets 429 instead of the coordinator opening each.
+	var ak key.NodePublic
+	if err := ak.UnmarshalText([]byte(alpha.status().Self.Key)); err != nil {
+		t.Fatal(err)
+	}
+	forged := make([][]byte, coordinator.DefaultMachineRequestBurst+500)
+	for i := range forged {
+		if forged[i], err = json.Marshal(wire.Envelope{NodeKey: ak, Sealed: bytes.Repeat([]byte{byte(i)}, key.SealOverhead+16)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := floodAnswers(t, c.url, wire.PathMap, source(3), forged)
+	t.Logf("forged envelopes with the device's key: %v", got)
+	if got[limited] == 0 {
+		t.Errorf("%d forged envelopes with a registered key from one address: %v, want 429s past the burst", len(forged), got)
+	}
+}
