@@ -36,6 +36,8 @@ type fakeCoord struct {
 	mu      sync.Mutex
 	streams int
 	updates []*wire.MapRequest
+	// offered are the digests the stream requests offered (nil: none).
+	offered []*wire.PeersDigest
 }
 
 func (fc *fakeCoord) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -70,6 +72,7 @@ func (fc *fakeCoord) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	fc.mu.Lock()
 	fc.streams++
+	fc.offered = append(fc.offered, req.Peers)
 	fc.mu.Unlock()
 	w.Header().Set("Beam-Keepalive-Ms", fc.keepMS)
 	w.Header().Add("Trailer", wire.TrailerError)

@@ -126,6 +126,7 @@ const failoverJitter = 300 * time.Millisecond
 func (c *Client) responsesOnce(ctx context.Context, held *heldPeers, onResponse func(*wire.MapResponse, bool)) (bool, *target, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	offered := held.request() != nil
 	resp, box, t, err := c.postAny(ctx, wire.PathMap, func(now time.Time) any {
 		req, _ := c.mapRequest(now, true)
 		req.Peers = held.request()
@@ -137,8 +138,12 @@ func (c *Client) responsesOnce(ctx context.Context, held *heldPeers, onResponse 
 	c.setStreaming(t)
 	defer c.setStreaming(nil)
 	got, err := c.readStream(cancel, resp, box, held, onResponse)
-	if errors.Is(err, ErrBadResponse) {
-		held.invalidate() // whatever came, the next stream starts afresh
+	if errors.Is(err, ErrBadResponse) || offered && !got {
+		// Whatever came, the next stream starts afresh; so too after a
+		// stream that offered the peers held and ended before its first
+		// message: a coordinator that cannot send the resumed message
+		// would fail every stream that offers them.
+		held.invalidate()
 	}
 	return got, t, err
 }

@@ -126,3 +126,46 @@ func TestRunResponsesBacksOffQuickEnds(t *testing.T) {
 		t.Errorf("%d streams in %v, want 2 to %d", streams, run, most)
 	}
 }
+
+// TestRunResponsesDropsHeldAfterFailedResume: a stream that offered the
+// peers held and ended before its first message (a coordinator that
+// cannot send the resumed message) makes the next stream offer none, so
+// that it gets a full map instead of failing the same way for ever.
+func TestRunResponsesDropsHeldAfterFailedResume(t *testing.T) {
+	peer := &wire.Node{Name: "peer", Key: key.NewNode().Public(), Rev: 1}
+	fc, cl := newFake(t, func(fc *fakeCoord, w http.ResponseWriter, r *http.Request, nk key.NodePublic) {
+		fc.mu.Lock()
+		n := fc.streams
+		fc.mu.Unlock()
+		if n == 2 {
+			return // ends before its first message
+		}
+		fc.frame(w, nk, &wire.MapResponse{Self: &wire.Node{Name: "me"}, Peers: []*wire.Node{peer}})
+		if n == 3 {
+			<-r.Context().Done()
+		}
+	})
+	fc.keepMS = "60000"
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	firsts := 0
+	if err := cl.RunResponses(ctx, func(_ *wire.MapResponse, first bool) {
+		if first {
+			if firsts++; firsts == 2 {
+				cancel()
+			}
+		}
+	}); err != nil {
+		t.Fatalf("RunResponses = %v, want nil once canceled", err)
+	}
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if len(fc.offered) != 3 {
+		t.Fatalf("%d streams, want 3", len(fc.offered))
+	}
+	for i, want := range []bool{false, true, false} {
+		if got := fc.offered[i] != nil; got != want {
+			t.Errorf("stream %d offered a digest: %v, want %v", i+1, got, want)
+		}
+	}
+}

@@ -590,6 +590,14 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		}, peers: views, full: true}
 		if kept {
 			f.resp.PeersKept, f.resp.PeersOffline, f.full = true, offline, false
+			f.resp.ControlTime = s.now()
+			if !f.fitsOneFrame(bin) {
+				// The list of peers offline does not fit a frame (tens of
+				// thousands of them), and a resumed message is never
+				// split: a full map is.
+				f.resp.PeersKept, f.resp.PeersOffline, f.full = false, nil, true
+				kept = false
+			}
 		}
 		s.fillExtras(ss, &st.extras, f.resp)
 		var err error

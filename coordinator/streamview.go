@@ -415,6 +415,22 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 	return out, nil
 }
 
+// fitsOneFrame reports whether f, a message without peers, encodes to
+// a body within frameSplitAt (with room for a longer ControlTime), as a
+// resumed first message must: it is never split across frames.
+func (f *mapFrame) fitsOneFrame(bin bool) bool {
+	bodies, err := f.encode(false, bin)
+	if err != nil {
+		return false
+	}
+	n := 0
+	for _, b := range bodies {
+		n += len(b)
+		putBody(b)
+	}
+	return n+len(time.RFC3339Nano) <= frameSplitAt
+}
+
 // spliceBinary returns a binary map frame (wire.AppendBinaryMapFrame)
 // of the JSON object head, with "more":true if more, the peer records
 // encs and online. Large results come from bodyPool, as splice's.
