@@ -75,7 +75,9 @@ func (s *Server) persist(ctx context.Context, nk key.NodePublic, expiry bool) er
 func (s *Server) viewLocked(e *nodeEntry) *wire.Node {
 	n := e.rec.Node
 	n.Addresses = slices.Clone(n.Addresses)
-	n.Endpoints = slices.Clone(n.Endpoints)
+	// Cleaned again: endpoints stored before they were bounded
+	// (wire.MaxEndpoints) would make nodes refuse the peer.
+	n.Endpoints = slices.Clone(wire.CleanEndpoints(n.Endpoints))
 	n.Tags = slices.Clone(n.Tags)
 	local := s.sessions[n.Key] != nil
 	n.Online = local || e.remote == PresenceOnline || e.grace

@@ -131,6 +131,10 @@ func (s *Server) checkKeyOwner(ctx context.Context, user string, tags []string) 
 			return fmt.Errorf("%w: unknown user %q (create it with beam admin users create)", ErrInvalid, user)
 		}
 	}
+	if len(tags) > wire.MaxTags {
+		// Nodes refuse peers with more (wire.MaxTags).
+		return fmt.Errorf("%w: %d tags, at most %d", ErrInvalid, len(tags), wire.MaxTags)
+	}
 	p := s.currentPolicy()
 	for _, t := range tags {
 		if !strings.HasPrefix(t, "tag:") {

@@ -56,7 +56,22 @@ import (
 // for an invalid prefix; none after family 0); an addr port is an
 // address then 2B big-endian port. Absent fields decode as their zero
 // value (an empty list as nil), as they do from JSON.
+//
+// A decoded element takes more memory than its encoding (an address 32
+// bytes), so the decoder refuses lists longer than a coordinator sends
+// (MaxEndpoints, MaxPeerAddresses, MaxTags), the zero address in a list
+// and empty tags: a record then decodes to at most a few times its size.
 const BinaryMapFrame byte = 0x01
+
+// Bounds on a peer's lists that nodes enforce on binary peer records.
+const (
+	// MaxPeerAddresses is the most overlay addresses of one peer (the
+	// coordinator assigns two: IPv4 and IPv6).
+	MaxPeerAddresses = 16
+	// MaxTags is the most tags of one node (an auth key's; the
+	// coordinator refuses keys with more).
+	MaxTags = 256
+)
 
 // PeerList says which list of a MapResponse a binary frame's records fill.
 type PeerList byte
@@ -458,17 +473,29 @@ func (d *peerDecoder) readByte() (byte, error) {
 	return d.s[d.i-1], nil
 }
 
-// count reads a list length, each element taking at least min bytes.
-func (d *peerDecoder) count(min int) (int, error) {
+// count reads a list length of at most most, each element taking at
+// least min bytes.
+func (d *peerDecoder) count(min, most int) (int, error) {
 	n, err := d.uvarint()
 	if err != nil {
 		return 0, err
+	}
+	if n > uint64(most) {
+		return 0, d.errf("list of %d, more than %d", n, most)
 	}
 	if n == 0 || n > uint64(len(d.s)-d.i)/uint64(min) {
 		return 0, d.errf("list of %d in %d bytes", n, len(d.s)-d.i)
 	}
 	return int(n), nil
 }
+
+// Least encoded sizes of list elements: an IPv4 prefix (family, 4 bytes,
+// bits), an IPv4 endpoint (family, 4 bytes, port), a tag (length, a byte).
+const (
+	minPrefixLen   = 1 + 4 + 1
+	minEndpointLen = 1 + 4 + 2
+	minTagLen      = 2
+)
 
 func (d *peerDecoder) key32() ([32]byte, error) {
 	var k [32]byte
@@ -514,10 +541,14 @@ func (d *peerDecoder) addr() (netip.Addr, error) {
 	return netip.Addr{}, d.errf("unknown address family %d", fam)
 }
 
+// prefix reads a prefix of a list: not the zero one.
 func (d *peerDecoder) prefix() (netip.Prefix, error) {
 	a, err := d.addr()
-	if err != nil || !a.IsValid() {
+	if err != nil {
 		return netip.Prefix{}, err
+	}
+	if !a.IsValid() {
+		return netip.Prefix{}, d.errf("empty address in a list")
 	}
 	bits, err := d.readByte()
 	if err != nil {
@@ -544,8 +575,9 @@ func (d *peerDecoder) time() (time.Time, error) {
 	return time.Unix(sec, int64(nsec)).UTC(), nil
 }
 
+// strList reads a list of tags: at most MaxTags, none empty.
 func (d *peerDecoder) strList() ([]string, error) {
-	n, err := d.count(1)
+	n, err := d.count(minTagLen, MaxTags)
 	if err != nil {
 		return nil, err
 	}
@@ -557,6 +589,9 @@ func (d *peerDecoder) strList() ([]string, error) {
 	for i := range out {
 		if out[i], err = d.str(); err != nil {
 			return nil, err
+		}
+		if out[i] == "" {
+			return nil, d.errf("empty tag")
 		}
 	}
 	return out, nil
@@ -629,7 +664,7 @@ func (d *peerDecoder) body() (*Node, error) {
 		}
 	}
 	if flags&peerHasAddresses != 0 {
-		c, err := d.count(1)
+		c, err := d.count(minPrefixLen, MaxPeerAddresses)
 		if err != nil {
 			return nil, err
 		}
@@ -645,7 +680,7 @@ func (d *peerDecoder) body() (*Node, error) {
 		}
 	}
 	if flags&peerHasEndpoints != 0 {
-		c, err := d.count(3)
+		c, err := d.count(minEndpointLen, MaxEndpoints)
 		if err != nil {
 			return nil, err
 		}
@@ -658,6 +693,9 @@ func (d *peerDecoder) body() (*Node, error) {
 			a, err := d.addr()
 			if err != nil {
 				return nil, err
+			}
+			if !a.IsValid() {
+				return nil, d.errf("empty address in a list")
 			}
 			p, err := d.take(2)
 			if err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -105,11 +106,11 @@ func TestPeerRecordRoundTrip(t *testing.T) {
 		{"body of 128 bytes", func() *Node { return &Node{Name: strings.Repeat("n", 128-1-32-1)} }},
 		{"body of 16383 bytes", func() *Node { return &Node{Name: strings.Repeat("n", 16383-1-32-2)} }},
 		{"body of 16384 bytes", func() *Node { return &Node{Name: strings.Repeat("n", 16384-1-32-2)} }},
-		{"unicode and empty tag", func() *Node { return &Node{Name: "ünï", Tags: []string{"", "tag:ä"}} }},
+		{"unicode", func() *Node { return &Node{Name: "ünï", Tags: []string{"tag:ä"}} }},
 		{"odd addresses", func() *Node {
 			return &Node{
-				Addresses: []netip.Prefix{{}, netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0"), netip.MustParsePrefix("::ffff:1.2.3.4/128"), netip.PrefixFrom(netip.MustParseAddr("1.2.3.4"), 33)},
-				Endpoints: []netip.AddrPort{{}, netip.AddrPortFrom(netip.Addr{}, 9), netip.MustParseAddrPort("[::ffff:1.2.3.4]:0"), netip.MustParseAddrPort("1.2.3.4:65535")},
+				Addresses: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0"), netip.MustParsePrefix("::ffff:1.2.3.4/128"), netip.PrefixFrom(netip.MustParseAddr("1.2.3.4"), 33)},
+				Endpoints: []netip.AddrPort{netip.MustParseAddrPort("[::ffff:1.2.3.4]:0"), netip.MustParseAddrPort("1.2.3.4:65535")},
 			}
 		}},
 		{"times", func() *Node {
@@ -274,6 +275,16 @@ func TestDecodeMapFrameMalformed(t *testing.T) {
 		})},
 		{"string past the record", frameWith(func(b []byte) []byte { return append(append([]byte{peerHasName}, make([]byte, 32)...), 5, 'a') })},
 		{"bytes left in the record", frameWith(func(b []byte) []byte { return append(append([]byte{0}, make([]byte, 32)...), 0) })},
+		// Lists bounded as the coordinator bounds them, without empty
+		// elements: each decoded address takes 32 bytes, for 1 encoded.
+		{"zero address in addresses", peerFrame(&Node{Addresses: []netip.Prefix{{}, netip.MustParsePrefix("fd7a:115c:a1e0::7/128")}})},
+		{"zero address in endpoints", peerFrame(&Node{Endpoints: []netip.AddrPort{netip.AddrPortFrom(netip.Addr{}, 9), netip.MustParseAddrPort("[2001:db8::1]:41641")}})},
+		{"empty tag", peerFrame(&Node{Tags: []string{"tag:a", ""}})},
+		{"empty ungranted tag", peerFrame(&Node{UngrantedTags: []string{""}})},
+		{"too many endpoints", peerFrame(&Node{Endpoints: manyEndpoints(MaxEndpoints + 1)})},
+		{"too many addresses", peerFrame(&Node{Addresses: manyPrefixes(MaxPeerAddresses + 1)})},
+		{"too many tags", peerFrame(&Node{Tags: manyTags(MaxTags + 1)})},
+		{"too many ungranted tags", peerFrame(&Node{UngrantedTags: manyTags(MaxTags + 1)})},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -286,6 +297,48 @@ func TestDecodeMapFrameMalformed(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestDecodeMapFrameAtBounds checks that lists as long as the decoder
+// takes (what a coordinator sends at most) decode.
+func TestDecodeMapFrameAtBounds(t *testing.T) {
+	n := &Node{Endpoints: manyEndpoints(MaxEndpoints), Addresses: manyPrefixes(MaxPeerAddresses), Tags: manyTags(MaxTags), UngrantedTags: manyTags(MaxTags)}
+	mr, err := DecodeMapFrame(peerFrame(n))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(n, mr.PeersChanged[0], cmpNode); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+}
+
+// peerFrame returns a frame of n's record alone.
+func peerFrame(n *Node) []byte {
+	return AppendBinaryMapFrame(nil, []byte(`{}`), ListPeersChanged, [][]byte{AppendPeerRecord(nil, n)}, nil)
+}
+
+func manyEndpoints(n int) []netip.AddrPort {
+	out := make([]netip.AddrPort, n)
+	for i := range out {
+		out[i] = netip.AddrPortFrom(netip.AddrFrom4([4]byte{198, 51, 100, byte(i)}), uint16(1000+i))
+	}
+	return out
+}
+
+func manyPrefixes(n int) []netip.Prefix {
+	out := make([]netip.Prefix, n)
+	for i := range out {
+		out[i] = netip.PrefixFrom(netip.AddrFrom4([4]byte{100, 64, 0, byte(i)}), 32)
+	}
+	return out
+}
+
+func manyTags(n int) []string {
+	out := make([]string, n)
+	for i := range out {
+		out[i] = fmt.Sprintf("tag:t%d", i)
+	}
+	return out
 }
 
 // frameWith returns a frame of one record whose body body returns.
