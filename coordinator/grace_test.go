@@ -84,44 +84,8 @@ func (l *onlineLog) count(name string) int {
 // one that comes back never shows offline, one that does not goes offline
 // once the grace is over, not before.
 func TestOnlineGraceAcrossRestart(t *testing.T) {
-	const grace = 4 * time.Second // the nodes come back within 1.5 s
-	defer coordinator.SetOnlineGraceForTest(grace)()
-	c := startCoord(t, nil)
-	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
-	a, b, gone := newNode(t, c.URL), newNode(t, c.URL), newNode(t, c.URL)
-	a.register(t, ak, "a")
-	b.register(t, ak, "b")
-	gone.register(t, ak, "gone")
-	la := logOnline(t, a)
-	logOnline(t, b)
-	goneCtx, goneCancel := context.WithCancel(t.Context())
-	goneDone := make(chan struct{})
-	go func() {
-		defer close(goneDone)
-		gone.Run(goneCtx, func(*wire.NetMap) {})
-	}()
-	defer func() { goneCancel(); <-goneDone }()
-	la.wait(t, "b", true, 30*time.Second)
-	la.wait(t, "gone", true, 30*time.Second)
-
-	from := la.count("b")
-	c.stop()
-	goneCancel() // does not come back
-	<-goneDone
-	start := time.Now()
-	c.start()
-	// a is back when its netmaps show b again (a new stream's map).
-	la.wait(t, "gone", false, 30*time.Second)
-	took := time.Since(start)
-	if took < grace {
-		t.Errorf("gone went offline %v after the start, before the grace of %v ended", took, grace)
-	}
-	if n := la.offlineSince("b", from); n > 0 {
-		t.Errorf("b, which came back, showed offline in %d of a's netmaps after the restart", n)
-	}
-	if la.count("b") == from {
-		t.Error("a had no netmap after the restart")
-	}
+	defer coordinator.SetOnlineGraceForTest(graceForTest)()
+	graceAcross(t, "restart", nil, (*coord).stop)
 }
 
 // crash stops the coordinator as a crash would: its store gets nothing
@@ -139,9 +103,37 @@ func (c *coord) crash() {
 // comes back (on its own backoff) never shows offline to its peer, one
 // that does not goes offline once the grace is over.
 func TestOnlineGraceAfterCrash(t *testing.T) {
-	const grace = 4 * time.Second
-	defer coordinator.SetOnlineGraceForTest(grace)()
+	defer coordinator.SetOnlineGraceForTest(graceForTest)()
 	defer coordinator.SetOnlineRecordEveryForTest(50 * time.Millisecond)()
+	// The coordinator records the three as streaming before it crashes.
+	recorded := func(t *testing.T, c *coord) {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		deadline := time.After(30 * time.Second)
+		for {
+			rec, err := c.Store.Setting(t.Context(), coordinator.OnlineSettingForTest)
+			if err == nil && len(rec) == 8+3*8 {
+				return
+			}
+			select {
+			case <-tick.C:
+			case <-deadline:
+				t.Fatalf("no record of 3 streaming nodes within 30 s (last %d bytes, %v)", len(rec), err)
+			}
+		}
+	}
+	graceAcross(t, "crash", recorded, (*coord).crash)
+}
+
+// graceForTest is the online grace of the grace tests: the nodes that
+// come back do so within 1.5 s.
+const graceForTest = 4 * time.Second
+
+// graceAcross streams nodes a, b and gone from a coordinator, waits for
+// before (nil: nothing), ends it with end, stops gone for good and starts
+// the coordinator again: gone goes offline for a once the grace is over,
+// not before, and b, which comes back, never shows offline to a.
+func graceAcross(t *testing.T, what string, before func(*testing.T, *coord), end func(*coord)) {
 	c := startCoord(t, nil)
 	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
 	a, b, gone := newNode(t, c.URL), newNode(t, c.URL), newNode(t, c.URL)
@@ -159,36 +151,25 @@ func TestOnlineGraceAfterCrash(t *testing.T) {
 	defer func() { goneCancel(); <-goneDone }()
 	la.wait(t, "b", true, 30*time.Second)
 	la.wait(t, "gone", true, 30*time.Second)
-	// The coordinator records the three as streaming.
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	deadline := time.After(30 * time.Second)
-	for {
-		rec, err := c.Store.Setting(t.Context(), coordinator.OnlineSettingForTest)
-		if err == nil && len(rec) == 8+3*8 {
-			break
-		}
-		select {
-		case <-tick.C:
-		case <-deadline:
-			t.Fatalf("no record of 3 streaming nodes within 30 s (last %d bytes, %v)", len(rec), err)
-		}
+	if before != nil {
+		before(t, c)
 	}
 
 	from := la.count("b")
-	c.crash()
+	end(c)
 	goneCancel() // does not come back
 	<-goneDone
 	start := time.Now()
 	c.start()
+	// a is back when its netmaps show b again (a new stream's map).
 	la.wait(t, "gone", false, 30*time.Second)
-	if took := time.Since(start); took < grace {
-		t.Errorf("gone went offline %v after the start, before the grace of %v ended", took, grace)
+	if took := time.Since(start); took < graceForTest {
+		t.Errorf("gone went offline %v after the start, before the grace of %v ended", took, graceForTest)
 	}
 	if n := la.offlineSince("b", from); n > 0 {
-		t.Errorf("b, which came back, showed offline in %d of a's netmaps after the crash", n)
+		t.Errorf("b, which came back, showed offline in %d of a's netmaps after the %s", n, what)
 	}
 	if la.count("b") == from {
-		t.Error("a had no netmap after the crash")
+		t.Errorf("a had no netmap after the %s", what)
 	}
 }

@@ -170,14 +170,7 @@ func TestFeedFaults(t *testing.T) {
 // connection while its listener stays up): before, a removed node stayed
 // in its members and maps for good, and a policy was never enforced.
 func applyReadsFail(t *testing.T, dsn string, priv key.MachinePrivate) {
-	ca := startCoordOn(t, dsn, priv)
-	cb, fb := startFaulty(t, dsn, priv, nil)
-	ak := ca.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
-	a, b := newNode(t, ca.URL), newNode(t, cb.URL)
-	a.register(t, ak, "alpha")
-	b.register(t, ak, "bravo")
-	wb := watch(t, b)
-	wb.waitFor("bravo sees alpha", fanoutWait, func(nm *wire.NetMap) bool { return peerNamed(nm, "alpha") != nil })
+	ca, cb, fb, wb := alphaBravo(t, dsn, priv)
 
 	fb.set(func(f *faultyStore) { f.policyReadsFail = 1 })
 	if err := ca.Server.SetPolicy(t.Context(), []byte(`{"acls":[]}`)); err != nil {
@@ -204,18 +197,26 @@ func applyReadsFail(t *testing.T, dsn string, priv key.MachinePrivate) {
 	}
 }
 
-// resyncFails: a change made while a coordinator's listener
-// was disconnected reaches it even when its first resync after the
-// reconnection fails: the listener connects and resyncs again.
-func resyncFails(t *testing.T, dsn string, priv key.MachinePrivate) {
-	ca := startCoordOn(t, dsn, priv)
-	cb, fb := startFaulty(t, dsn, priv, nil)
+// alphaBravo starts coordinator ca on dsn with node alpha and the
+// faulty coordinator cb with node bravo, whose netmaps wb watches, and
+// waits until bravo sees alpha.
+func alphaBravo(t *testing.T, dsn string, priv key.MachinePrivate) (ca, cb *coord, fb *faultyStore, wb *watcher) {
+	ca = startCoordOn(t, dsn, priv)
+	cb, fb = startFaulty(t, dsn, priv, nil)
 	ak := ca.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
 	a, b := newNode(t, ca.URL), newNode(t, cb.URL)
 	a.register(t, ak, "alpha")
 	b.register(t, ak, "bravo")
-	wb := watch(t, b)
+	wb = watch(t, b)
 	wb.waitFor("bravo sees alpha", fanoutWait, func(nm *wire.NetMap) bool { return peerNamed(nm, "alpha") != nil })
+	return ca, cb, fb, wb
+}
+
+// resyncFails: a change made while a coordinator's listener
+// was disconnected reaches it even when its first resync after the
+// reconnection fails: the listener connects and resyncs again.
+func resyncFails(t *testing.T, dsn string, priv key.MachinePrivate) {
+	ca, _, fb, wb := alphaBravo(t, dsn, priv)
 
 	renamed := make(chan error, 1)
 	fb.set(func(f *faultyStore) {
