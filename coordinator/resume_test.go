@@ -142,7 +142,7 @@ func TestResumeAcrossRestart(t *testing.T) {
 	})
 	t.Run("WrongDigest", func(t *testing.T) {
 		d := *digest
-		d.Sum++
+		d.Sum[0]++
 		rs := openResumeStream(t, c, self, wire.CapabilityVersion, &d)
 		mr, _ := rs.next()
 		if mr.PeersKept || len(mr.Peers) != 39 {

@@ -756,7 +756,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 func peersDigest(peers []*peerState) wire.PeersDigest {
 	d := wire.PeersDigest{Count: len(peers)}
 	for _, ps := range peers {
-		d.Sum += ps.view.hash
+		d.Sum.Add(ps.view.hash)
 	}
 	return d
 }

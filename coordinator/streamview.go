@@ -138,7 +138,7 @@ func (ms *streams) dropLocked(ps *peerState) {
 type peerView struct {
 	node *wire.Node // its Rev set (nodeRev)
 	// hash is what the node adds to a digest of peers (wire.PeerHash).
-	hash uint64
+	hash wire.DigestSum
 	// changed is the changeVer of the node's last change of a field
 	// nodeEqual compares; online that of its last Online change.
 	changed, online uint64
