@@ -536,6 +536,7 @@ func (b *Bind) SetAwake(k key.NodePublic, awake bool) {
 			// wireguard-go forgot the peer and its session.
 			pe.p.lastHandshake.Store(0)
 			pe.p.lastRespSent.Store(0)
+			pe.p.lastRespRecv.Store(0)
 		}
 	}
 }
@@ -569,15 +570,36 @@ func (b *Bind) Session(k key.NodePublic) (handshake, dataSent int64) {
 }
 
 // noteHandshake records, for a WireGuard datagram pkt that came from p,
-// a handshake that completed (see Session).
+// a handshake that completed (see Session): a transport message after
+// wireguard-go sent a response. A response that arrives is only noted
+// (lastRespRecv): anyone can send one from the peer's address, and the
+// bind cannot check it; noteSent takes the handshake as complete once
+// wireguard-go, which did check it, sends a transport message after it.
 func noteHandshake(p *peer, pkt []byte, now int64) {
 	switch {
 	case len(pkt) == responseSize && binary.LittleEndian.Uint32(pkt) == msgResponse:
-		p.lastHandshake.Store(now)
+		p.lastRespRecv.Store(now)
 	case len(pkt) >= minTransportSize && binary.LittleEndian.Uint32(pkt) == msgTransport:
 		if rs := p.lastRespSent.Load(); rs > p.lastHandshake.Load() {
 			p.lastHandshake.Store(rs)
 		}
+	}
+}
+
+// noteSent records what wireguard-go's datagram first to p says of its
+// session with p (see Session): a transport message means a session
+// (lastData), and, after a response from p arrived, that wireguard-go
+// accepted it (an initiator sends its first transport message, data or
+// a keepalive, as soon as the handshake completes).
+func noteSent(p *peer, first []byte, now int64) {
+	switch {
+	case len(first) >= minTransportSize && binary.LittleEndian.Uint32(first) == msgTransport:
+		p.lastData.Store(now)
+		if rr := p.lastRespRecv.Load(); rr > p.lastHandshake.Load() {
+			p.lastHandshake.Store(rr)
+		}
+	case len(first) == responseSize && binary.LittleEndian.Uint32(first) == msgResponse:
+		p.lastRespSent.Store(now)
 	}
 }
 
@@ -1106,12 +1128,7 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	home := int(p.home.Load())
 	idle := now-p.lastSend.Swap(now) > int64(staleAfter)
 	b.lastSend.Store(now)
-	switch {
-	case len(first) >= minTransportSize && binary.LittleEndian.Uint32(first) == msgTransport:
-		p.lastData.Store(now)
-	case len(first) == responseSize && binary.LittleEndian.Uint32(first) == msgResponse:
-		p.lastRespSent.Store(now)
-	}
+	noteSent(p, first, now)
 	if isInitiation(first) {
 		p.noteInitiation(first, now)
 		if best == nil || best.isRelay() || !fresh(best, now) {

@@ -102,10 +102,12 @@ type peer struct {
 	// message (unix nanos): it had a session with it then.
 	lastData atomic.Int64
 	// lastHandshake is when a handshake with the peer last completed,
-	// as the bind sees it (unix nanos; see noteHandshake): a response
-	// from the peer arrived, or a transport message after wireguard-go
-	// sent one (lastRespSent). Zero while the peer sleeps.
-	lastHandshake, lastRespSent atomic.Int64
+	// as the bind sees it (unix nanos; see noteHandshake and noteSent):
+	// a response from the peer arrived (lastRespRecv) and wireguard-go
+	// then sent a transport message, or a transport message arrived after
+	// wireguard-go sent a response (lastRespSent). Zero while the peer
+	// sleeps.
+	lastHandshake, lastRespSent, lastRespRecv atomic.Int64
 	// lastProbe, lastHeartbeat and lastReply rate-limit the pings of
 	// probes, heartbeats and answers to pings from new addresses.
 	lastProbe, lastHeartbeat, lastReply atomic.Int64

@@ -95,3 +95,36 @@ func TestStaleSession(t *testing.T) {
 		t.Error("unknown session after staleSessionEvery: not reported, want reported")
 	}
 }
+
+// TestSessionNeedsWireGuardsWord: a response-shaped datagram from a
+// peer's address is not a session until wireguard-go, which checks it,
+// sends a transport message after it (before, the datagram alone opened
+// the no-session gate for the key lifetime, spoofed or not). A transport
+// message arriving after wireguard-go answered is one.
+func TestSessionNeedsWireGuardsWord(t *testing.T) {
+	resp := make([]byte, responseSize)
+	binary.LittleEndian.PutUint32(resp, msgResponse)
+	transport := make([]byte, minTransportSize)
+	binary.LittleEndian.PutUint32(transport, msgTransport)
+
+	p := &peer{}
+	noteHandshake(p, resp, 100)
+	if hs := p.lastHandshake.Load(); hs != 0 {
+		t.Fatalf("a response arriving alone made a handshake at %d", hs)
+	}
+	noteSent(p, resp, 150) // wireguard-go sends a response: not a session either
+	if hs := p.lastHandshake.Load(); hs != 0 {
+		t.Fatalf("a response sent made a handshake at %d", hs)
+	}
+	noteSent(p, transport, 200)
+	if hs, data := p.lastHandshake.Load(), p.lastData.Load(); hs != 100 || data != 200 {
+		t.Errorf("after wireguard-go's transport message: handshake %d, data %d; want 100, 200", hs, data)
+	}
+
+	q := &peer{}
+	noteSent(q, resp, 300) // we answered q's initiation
+	noteHandshake(q, transport, 310)
+	if hs := q.lastHandshake.Load(); hs != 300 {
+		t.Errorf("transport after our response: handshake %d, want 300", hs)
+	}
+}
