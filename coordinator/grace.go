@@ -90,14 +90,27 @@ func (s *Server) loadOnline(ctx context.Context, now time.Time) (time.Time, erro
 		return time.Time{}, err
 	}
 	at := time.Unix(0, int64(binary.BigEndian.Uint64(b)))
-	if age := now.Sub(at); age < 0 || age > maxOnlineRecordAge {
-		return time.Time{}, nil
-	}
-	s.graceFrom = at
 	ids := make(map[wire.NodeID]bool, (len(b)-8)/8)
 	for b = b[8:]; len(b) >= 8; b = b[8:] {
 		ids[wire.NodeID(binary.BigEndian.Uint64(b))] = true
 	}
+	s.onlineRecord = true
+	if age := now.Sub(at); age < 0 || age > maxOnlineRecordAge {
+		if age < 0 {
+			return time.Time{}, nil // written by a clock that ran ahead
+		}
+		// Too old to assume its nodes are still up; but they were seen
+		// when it was written, and the shutdown wrote no last seen:
+		// onlineLoop persists it.
+		for _, e := range s.nodes {
+			if ids[e.rec.Node.ID] && e.rec.Node.LastSeen.Before(at) {
+				e.rec.Node.LastSeen = at
+				s.seenAtRecord = append(s.seenAtRecord, e.rec.Node.Key)
+			}
+		}
+		return time.Time{}, nil
+	}
+	s.graceFrom = at
 	n := 0
 	for _, e := range s.nodes {
 		if ids[e.rec.Node.ID] && !e.rec.Node.Expired(now) {
@@ -111,16 +124,23 @@ func (s *Server) loadOnline(ctx context.Context, now time.Time) (time.Time, erro
 
 // onlineLoop clears the record of the nodes streaming at the last
 // shutdown (if there was one: a start that writes to the store before it
-// serves would keep the nodes it asked to come back waiting), ends the
+// serves would keep the nodes it asked to come back waiting), persists
+// the last seen of the nodes of a record too old for a grace, ends the
 // online grace at until (zero: none), and records the streaming nodes
 // every onlineRecordEvery, until the Server closes.
 func (s *Server) onlineLoop(until time.Time) {
 	defer s.wg.Done()
-	if !until.IsZero() {
+	if s.onlineRecord {
 		ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
 		if err := s.store.SetSetting(ctx, onlineSetting, []byte{}); err != nil && s.ctx.Err() == nil {
 			s.logger.Warn("clear the record of streaming nodes", "err", err)
 		}
+		for _, k := range s.seenAtRecord {
+			if err := s.persist(ctx, k, false); err != nil && !errors.Is(err, ErrNotFound) && s.ctx.Err() == nil {
+				s.logger.Warn("persist last seen", "node", k.ShortString(), "err", err)
+			}
+		}
+		s.seenAtRecord = nil
 		cancel()
 	}
 	var graceC <-chan time.Time

@@ -3,6 +3,7 @@ package coordinator_test
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -171,5 +172,68 @@ func graceAcross(t *testing.T, what string, before func(*testing.T, *coord), end
 	}
 	if la.count("b") == from {
 		t.Errorf("a had no netmap after the %s", what)
+	}
+}
+
+// TestOldOnlineRecordKeepsLastSeen: a coordinator started more than
+// maxOnlineRecordAge after its shutdown gives no grace, but the nodes that
+// streamed at the shutdown were last seen then (the shutdown writes no
+// last seen): before, they kept the last seen of their stream's start.
+func TestOldOnlineRecordKeepsLastSeen(t *testing.T) {
+	var ahead atomic.Int64
+	c := startCoord(t, func(o *coordinator.Options) {
+		o.Now = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
+	})
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	a, b := newNode(t, c.URL), newNode(t, c.URL)
+	a.register(t, ak, "a")
+	b.register(t, ak, "b")
+	la := logOnline(t, a)
+	logOnline(t, b)
+	la.wait(t, "b", true, 30*time.Second)
+	lastSeen := func() time.Time {
+		t.Helper()
+		nodes, err := c.Server.Nodes(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range nodes {
+			if n.Name == "b" {
+				return n.LastSeen
+			}
+		}
+		t.Fatal("no node b")
+		return time.Time{}
+	}
+	time.Sleep(1500 * time.Millisecond) // the shutdown comes well after the stream's start
+	stopped := time.Now()
+	c.stop()
+	ahead.Store(int64(11 * time.Minute)) // started 11 minutes later
+	c.start()
+	if got := lastSeen(); got.Before(stopped.Add(-time.Second)) {
+		t.Errorf("b's last seen after a start past the record's age: %v, want about the shutdown (%v)", got, stopped)
+	}
+	// And it is written to the store.
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		recs, err := c.Store.Nodes(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got time.Time
+		for _, r := range recs {
+			if r.Node.Name == "b" {
+				got = r.Node.LastSeen
+			}
+		}
+		if !got.Before(stopped.Add(-time.Second)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("b's last seen in the store 10 s after the start: %v, want about the shutdown (%v)", got, stopped)
+		}
+		<-tick.C
 	}
 }

@@ -199,6 +199,12 @@ type Server struct {
 	graceUntil time.Time
 	// graceFrom is when the record that put nodes in grace was written.
 	graceFrom time.Time
+	// onlineRecord: the start found a record of streaming nodes, which
+	// onlineLoop clears; seenAtRecord are the nodes of one too old for a
+	// grace, last seen when it was written, whose last seen onlineLoop
+	// persists.
+	onlineRecord bool
+	seenAtRecord []key.NodePublic
 
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
