@@ -267,7 +267,10 @@ func TestInteractiveApproval(t *testing.T) {
 // reached the app through the mesh and through the edge.
 func TestDemo(t *testing.T) {
 	bin := buildBeam(t)
-	out, err := exec.Command(bin, "demo", "--port", "0").CombinedOutput()
+	tmp := t.TempDir()
+	cmd := exec.Command(bin, "demo", "--port", "0")
+	cmd.Env = append(os.Environ(), "TMPDIR="+tmp)
+	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("beam demo: %v\n%s", err, out)
 	}
@@ -275,6 +278,12 @@ func TestDemo(t *testing.T) {
 		if !strings.Contains(string(out), want) {
 			t.Fatalf("beam demo output lacks %q:\n%s", want, out)
 		}
+	}
+	// Its data goes with it: the server's edge node saved its state
+	// after the directory was removed, which left it behind, before the
+	// demo waited for the server to stop.
+	if left, _ := os.ReadDir(tmp); len(left) > 0 {
+		t.Errorf("beam demo left %d entries in the temporary directory, such as %s", len(left), left[0].Name())
 	}
 }
 

@@ -99,6 +99,9 @@ func runBarePortDev(ctx context.Context, f *Factory, port uint16) error {
 	if err != nil {
 		return err
 	}
+	// The server stops with ctx; its data goes with dir only once it
+	// has (its edge node saves its state on the way out).
+	defer func() { cancel(); srv.wait() }()
 	hostname, _ := os.Hostname()
 	n, err := node.New(node.Options{StateDir: filepath.Join(dir, "device"), Hostname: hostname})
 	if err != nil {

@@ -64,6 +64,9 @@ func runDemo(ctx context.Context, f *Factory, o *DemoOptions) error {
 	if err != nil {
 		return err
 	}
+	// The server stops with ctx; its data goes with dir only once it
+	// has (its edge node saves its state on the way out).
+	defer func() { cancel(); srv.wait() }()
 	coordURL := srv.URL
 	say("server    coordinator+relay %s, edge http://%s (dev mode)", coordURL, srv.EdgeAddr)
 

@@ -17,7 +17,12 @@ type localDevServer struct {
 	URL      string       // the coordinator's, http://127.0.0.1:PORT
 	EdgeAddr string       // the edge's HTTP listener, 127.0.0.1:PORT
 	Done     <-chan error // receives runServer's result when it stops
+	stopped  chan struct{}
 }
+
+// wait waits until the server has stopped (its ctx ended): until then it
+// may still write its data directory (its edge node saves its state).
+func (s *localDevServer) wait() { <-s.stopped }
 
 // startLocalDevServer starts a dev server with its data in dataDir and
 // its edge on httpAddr ("127.0.0.1:0" for any port), and returns once it
@@ -43,10 +48,14 @@ func startLocalDevServer(ctx context.Context, f *Factory, dataDir, httpAddr stri
 		},
 		ready: func(addr, httpAddr string) { ready <- readyInfo{addr, httpAddr} },
 	}
-	go func() { done <- runServer(ctx, quiet, so) }()
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		done <- runServer(ctx, quiet, so)
+	}()
 	select {
 	case ri := <-ready:
-		return &localDevServer{URL: "http://" + ri.addr, EdgeAddr: ri.http, Done: done}, nil
+		return &localDevServer{URL: "http://" + ri.addr, EdgeAddr: ri.http, Done: done, stopped: stopped}, nil
 	case err := <-done:
 		if err == nil {
 			err = errors.New("stopped before it served")
