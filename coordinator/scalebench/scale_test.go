@@ -130,33 +130,7 @@ func TestScaleSmoke(t *testing.T) {
 // for example "--debug-addr 127.0.0.1:6061" to take pprof profiles during
 // a run.
 func BenchmarkCoordinatorScale(b *testing.B) {
-	sizes := []int{1000}
-	if s := os.Getenv("BEAM_SCALE_NODES"); s != "" {
-		sizes = nil
-		for _, f := range strings.Split(s, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n < 2 {
-				b.Fatalf("BEAM_SCALE_NODES=%q: want comma-separated node counts >= 2", s)
-			}
-			sizes = append(sizes, n)
-		}
-	}
-	var maxRSS uint64
-	if s := os.Getenv("BEAM_SCALE_MAX_RSS_MB"); s != "" {
-		mb, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			b.Fatalf("BEAM_SCALE_MAX_RSS_MB=%q: %v", s, err)
-		}
-		maxRSS = mb << 20
-	}
-	var inFlight int
-	if s := os.Getenv("BEAM_SCALE_FULLMAPS_IN_FLIGHT"); s != "" {
-		var err error
-		if inFlight, err = strconv.Atoi(s); err != nil || inFlight < 1 {
-			b.Fatalf("BEAM_SCALE_FULLMAPS_IN_FLIGHT=%q: want a count >= 1", s)
-		}
-	}
-	args := strings.Fields(os.Getenv("BEAM_SCALE_COORD_ARGS"))
+	sizes, maxRSS, inFlight, args := scaleEnv(b, 2)
 	bin := beam(b)
 	for _, n := range sizes {
 		b.Run("nodes="+strconv.Itoa(n), func(b *testing.B) {
@@ -198,4 +172,37 @@ type tbWriter struct{ tb testing.TB }
 func (w tbWriter) Write(p []byte) (int, error) {
 	w.tb.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
+}
+
+// scaleEnv reads the variables the scale benchmarks share: the node
+// counts (BEAM_SCALE_NODES, each at least "least"; default 1,000), the
+// memory guard (BEAM_SCALE_MAX_RSS_MB, bytes; 0 none), the fleet's full
+// maps in flight (BEAM_SCALE_FULLMAPS_IN_FLIGHT; 0 the default) and extra
+// coordinator flags (BEAM_SCALE_COORD_ARGS).
+func scaleEnv(b *testing.B, least int) (sizes []int, maxRSS uint64, inFlight int, args []string) {
+	sizes = []int{1000}
+	if s := os.Getenv("BEAM_SCALE_NODES"); s != "" {
+		sizes = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < least {
+				b.Fatalf("BEAM_SCALE_NODES=%q: want comma-separated node counts >= %d", s, least)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	if s := os.Getenv("BEAM_SCALE_MAX_RSS_MB"); s != "" {
+		mb, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			b.Fatalf("BEAM_SCALE_MAX_RSS_MB=%q: %v", s, err)
+		}
+		maxRSS = mb << 20
+	}
+	if s := os.Getenv("BEAM_SCALE_FULLMAPS_IN_FLIGHT"); s != "" {
+		var err error
+		if inFlight, err = strconv.Atoi(s); err != nil || inFlight < 1 {
+			b.Fatalf("BEAM_SCALE_FULLMAPS_IN_FLIGHT=%q: want a count >= 1", s)
+		}
+	}
+	return sizes, maxRSS, inFlight, strings.Fields(os.Getenv("BEAM_SCALE_COORD_ARGS"))
 }

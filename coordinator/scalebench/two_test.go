@@ -4,7 +4,6 @@ import (
 	"log/slog"
 	"os"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -81,33 +80,7 @@ func TestScaleTwoSmoke(t *testing.T) {
 //
 //	BEAM_SCALE_NODES=1000,3000 go test -run '^$' -bench CoordinatorScaleTwo -benchtime 1x -timeout 1h ./coordinator/scalebench/
 func BenchmarkCoordinatorScaleTwo(b *testing.B) {
-	sizes := []int{1000}
-	if s := os.Getenv("BEAM_SCALE_NODES"); s != "" {
-		sizes = nil
-		for _, f := range strings.Split(s, ",") {
-			n, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || n < 4 {
-				b.Fatalf("BEAM_SCALE_NODES=%q: want comma-separated node counts >= 4", s)
-			}
-			sizes = append(sizes, n)
-		}
-	}
-	var maxRSS uint64
-	if s := os.Getenv("BEAM_SCALE_MAX_RSS_MB"); s != "" {
-		mb, err := strconv.ParseUint(s, 10, 64)
-		if err != nil {
-			b.Fatalf("BEAM_SCALE_MAX_RSS_MB=%q: %v", s, err)
-		}
-		maxRSS = mb << 20
-	}
-	var inFlight int
-	if s := os.Getenv("BEAM_SCALE_FULLMAPS_IN_FLIGHT"); s != "" {
-		var err error
-		if inFlight, err = strconv.Atoi(s); err != nil || inFlight < 1 {
-			b.Fatalf("BEAM_SCALE_FULLMAPS_IN_FLIGHT=%q: want a count >= 1", s)
-		}
-	}
-	args := strings.Fields(os.Getenv("BEAM_SCALE_COORD_ARGS"))
+	sizes, maxRSS, inFlight, args := scaleEnv(b, 4)
 	bin := beam(b)
 	pg := pgtest.New(b)
 	for _, n := range sizes {
