@@ -94,6 +94,42 @@ func (s *Server) SetRelayToken(ctx context.Context, token string) error {
 	return nil
 }
 
+// SetTokens replaces the admin token and the relay token together, as a
+// reload that read both files does: both hashes are stored in one
+// transaction, and only once it committed does either token change in
+// memory. On error both stay as they were. An empty token leaves that one
+// as it is; a token already in force is no change. It reports which
+// changed.
+func (s *Server) SetTokens(ctx context.Context, admin, relay string) (adminChanged, relayChanged bool, err error) {
+	adminChanged = admin != "" && !s.admin.tokenIs(admin)
+	relayChanged = relay != "" && !s.RelayTokenValid(relay)
+	values := make(map[string][]byte, 2)
+	var adminHash, relayHash []byte
+	if adminChanged {
+		h := sha256.Sum256([]byte(admin))
+		adminHash = h[:]
+		values[adminTokenSetting] = adminHash
+	}
+	if relayChanged {
+		h := sha256.Sum256([]byte(relay))
+		relayHash = h[:]
+		values[relayTokenSetting] = relayHash
+	}
+	if len(values) == 0 {
+		return false, false, nil
+	}
+	if err := s.store.SetSettings(ctx, values); err != nil {
+		return false, false, fmt.Errorf("coordinator: store token hashes: %w", err)
+	}
+	if adminChanged {
+		s.admin.tokenHash.Store(&adminHash)
+	}
+	if relayChanged {
+		s.relayHash.Store(&relayHash)
+	}
+	return adminChanged, relayChanged, nil
+}
+
 // AuthKeys lists the stored auth keys, without their secrets.
 func (s *Server) AuthKeys(ctx context.Context) ([]wire.AuthKeyInfo, error) {
 	keys, err := s.store.AuthKeys(ctx)

@@ -136,4 +136,7 @@ type SettingStore interface {
 	Setting(ctx context.Context, name string) ([]byte, error)
 	// SetSetting stores value under name, replacing any earlier value.
 	SetSetting(ctx context.Context, name string, value []byte) error
+	// SetSettings stores each value under its name in one transaction:
+	// either all are replaced or, on error, none.
+	SetSettings(ctx context.Context, values map[string][]byte) error
 }

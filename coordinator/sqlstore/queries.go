@@ -333,3 +333,16 @@ func (s *Store) SetSetting(ctx context.Context, name string, value []byte) error
 		ON CONFLICT (name) DO UPDATE SET value = excluded.value`), name, value)
 	return s.wrap("set setting", err)
 }
+
+// SetSettings implements coordinator.SettingStore.
+func (s *Store) SetSettings(ctx context.Context, values map[string][]byte) error {
+	return s.inTx(ctx, "set settings", func(tx *sql.Tx) error {
+		for name, v := range values {
+			if _, err := tx.ExecContext(ctx, s.d.rebind(`INSERT INTO settings (name, value) VALUES (?, ?)
+				ON CONFLICT (name) DO UPDATE SET value = excluded.value`), name, v); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}

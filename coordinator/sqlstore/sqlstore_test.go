@@ -350,6 +350,25 @@ func runStoreSuite(t *testing.T, open opener) {
 		if v, err := s.Setting(ctx, "x"); err != nil || string(v) != "2" {
 			t.Fatalf("Setting = %q, %v", v, err)
 		}
+		// SetSettings writes all or none: a value the database refuses
+		// (NULL) leaves the others as they were, whichever comes first.
+		if err := s.SetSettings(ctx, map[string][]byte{"x": []byte("3"), "y": []byte("3"), "z": nil}); err == nil {
+			t.Fatal("SetSettings with a NULL value succeeded")
+		}
+		if v, err := s.Setting(ctx, "x"); err != nil || string(v) != "2" {
+			t.Errorf("x after a failed SetSettings = %q, %v; want 2", v, err)
+		}
+		if v, err := s.Setting(ctx, "y"); !errors.Is(err, coordinator.ErrNotFound) {
+			t.Errorf("y after a failed SetSettings = %q, %v; want none", v, err)
+		}
+		if err := s.SetSettings(ctx, map[string][]byte{"x": []byte("4"), "y": []byte("4")}); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{"x", "y"} {
+			if v, err := s.Setting(ctx, name); err != nil || string(v) != "4" {
+				t.Errorf("%s after SetSettings = %q, %v; want 4", name, v, err)
+			}
+		}
 	})
 }
 

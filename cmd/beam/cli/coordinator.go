@@ -396,8 +396,13 @@ func applyPolicyFile(ctx context.Context, coord *coordinator.Server, path string
 // (read again, refused whole if invalid), log level, and admin and relay
 // tokens (dataDir's admin.token and relay.token, read again:
 // "admin_token" and "relay_token" are among the applied keys when they
-// changed). A token file that cannot be read or is too short refuses the
-// reload, and the running tokens stay.
+// changed). Everything is read and checked before anything is applied, and
+// the two tokens are stored together (coordinator.Server.SetTokens): a
+// token file that cannot be read or is too short, a policy that does not
+// check, or a store that fails to take the tokens refuses the reload, and
+// both running tokens stay (and the running policy). The policy is stored
+// after the tokens: a store that fails then refuses the reload with the
+// new tokens in force and the old policy, which the next reload stores.
 func reloadCoordinator(ctx context.Context, coord *coordinator.Server, level *slog.LevelVar, policyFile, logLevel, dataDir string) ([]string, error) {
 	l, err := parseLevel(logLevel)
 	if err != nil {
@@ -411,24 +416,31 @@ func reloadCoordinator(ctx context.Context, coord *coordinator.Server, level *sl
 	if err != nil {
 		return nil, err
 	}
-	applied := []string{"log_level"}
+	var pol []byte
 	if policyFile != "" {
-		if err := applyPolicyFile(ctx, coord, policyFile); err != nil {
-			return nil, err
+		if pol, err = os.ReadFile(policyFile); err != nil {
+			return nil, fmt.Errorf("read --policy-file: %w", err)
 		}
-		applied = append(applied, "policy_file")
+		if _, err := coord.CheckPolicy(ctx, pol); err != nil {
+			return nil, fmt.Errorf("--policy-file %s: %w", policyFile, err)
+		}
 	}
-	if !coord.AdminTokenValid(token) {
-		if err := coord.SetAdminToken(ctx, token); err != nil {
-			return nil, err
-		}
+	adminChanged, relayChanged, err := coord.SetTokens(ctx, token, relayToken)
+	if err != nil {
+		return nil, err
+	}
+	applied := []string{"log_level"}
+	if adminChanged {
 		applied = append(applied, "admin_token")
 	}
-	if !coord.RelayTokenValid(relayToken) {
-		if err := coord.SetRelayToken(ctx, relayToken); err != nil {
-			return nil, err
-		}
+	if relayChanged {
 		applied = append(applied, "relay_token")
+	}
+	if policyFile != "" {
+		if err := coord.SetPolicy(ctx, pol); err != nil {
+			return nil, fmt.Errorf("--policy-file %s: %w", policyFile, err)
+		}
+		applied = append(applied, "policy_file")
 	}
 	level.Set(l)
 	return applied, nil
