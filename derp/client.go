@@ -72,6 +72,7 @@ type Client struct {
 	br         *bufio.Reader // only Recv and Dial read it
 	serverKey  key.MachinePublic
 	serverInfo ServerInfo
+	challenge  []byte // the handshake's challenge
 	logger     *slog.Logger
 
 	wmu sync.Mutex // guards bw and writes to nc
@@ -133,6 +134,14 @@ func Dial(ctx context.Context, serverURL string, priv key.NodePrivate, opts Clie
 		return nil, err
 	}
 	nc.SetDeadline(time.Time{})
+	if opts.MeshKey != "" {
+		// From here on, a mesh connection's bytes travel in sealed
+		// records (meshrecord.go); the reader takes what the handshake
+		// read ahead.
+		rr, rw := MeshRecords(opts.MeshKey, c.challenge, c.serverKey.Raw32(), priv.Public().Raw32(), false, c.br, nc)
+		c.br = bufio.NewReaderSize(rr, clientBufSize)
+		c.bw = bufio.NewWriterSize(rw, clientBufSize)
+	}
 	return c, nil
 }
 
@@ -148,6 +157,7 @@ func (c *Client) handshake(priv key.NodePrivate, meshKey string, pinned key.Mach
 	if err != nil {
 		return err
 	}
+	c.challenge = challenge
 	c.serverKey = key.MachinePublicFromRaw32(raw)
 	if !pinned.IsZero() && c.serverKey != pinned {
 		return fmt.Errorf("%w: got %s, want %s", ErrServerKey, c.serverKey, pinned)
@@ -181,6 +191,10 @@ func (c *Client) handshake(priv key.NodePrivate, meshKey string, pinned key.Mach
 			}
 			if meshKey != "" && !hmac.Equal(c.serverInfo.MeshProof, ServerMeshProof(meshKey, challenge, raw, pub)) {
 				return fmt.Errorf("%w (server key %s, protocol version %d)", ErrMeshUnproven, c.serverKey.ShortString(), c.serverInfo.Version)
+			}
+			if meshKey != "" && c.serverInfo.Version < MinMeshVersion {
+				return fmt.Errorf("%w: relay %s speaks protocol version %d, which does not seal mesh frames after the handshake; meshing needs %d or later: upgrade it",
+					ErrRefused, c.serverKey.ShortString(), c.serverInfo.Version, MinMeshVersion)
 			}
 			return nil
 		case FrameHealth:

@@ -35,6 +35,10 @@
 //	3 (2026-11): the server proves the mesh key back: ServerInfo carries
 //	   a MeshProof of its own for a meshing client, which the client
 //	   requires, so a relay of one region never forwards to an impostor.
+//	4 (2026-12): after the handshake, a mesh connection's bytes travel in
+//	   sealed records both ways (meshrecord.go), so nobody on the path of
+//	   a plain-HTTP mesh link can add, change or replay frames; both
+//	   sides refuse to mesh with a peer older than 4.
 package derp
 
 import (
@@ -49,7 +53,7 @@ import (
 
 // ProtocolVersion is the version of the relay protocol this package speaks.
 // It is sent in ClientInfo and ServerInfo.
-const ProtocolVersion = 3
+const ProtocolVersion = 4
 
 // Magic is the 8-byte prefix of the FrameServerKey payload: "BEAM" followed
 // by the UTF-8 bytes of U+1F511 (key emoji).

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -251,5 +252,31 @@ func TestPinnedServerKey(t *testing.T) {
 				t.Fatalf("server side = %v, want EOF before any client info", serverErr)
 			}
 		})
+	}
+}
+
+// TestMeshClientRefusesOldServer has a relay that proves the mesh key but
+// speaks protocol version 3, which sends mesh frames after the handshake
+// as they are: the meshing client refuses it and says why.
+func TestMeshClientRefusesOldServer(t *testing.T) {
+	const meshKey = "region-secret-mesh-key"
+	srv := key.NewMachine()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	errc := make(chan error, 1)
+	go func() {
+		errc <- serveOneHandshake(ln, srv, func(ci ClientInfo, client [32]byte) ServerInfo {
+			return ServerInfo{Version: 3, MeshProof: ServerMeshProof(meshKey, ci.Challenge, srv.Public().Raw32(), client)}
+		})
+	}()
+	_, err = Dial(t.Context(), "http://"+ln.Addr().String()+"/derp", key.NewNode(), ClientOptions{MeshKey: meshKey})
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "upgrade") {
+		t.Fatalf("Dial = %v, want ErrRefused saying to upgrade", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -34,6 +34,7 @@ import (
 	"crypto/subtle"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -142,6 +143,7 @@ type Server struct {
 	wg     sync.WaitGroup // Accept calls and mesh loops
 
 	closeOnce sync.Once
+	warnLimit *rate.Limiter // warnings a client can cause
 
 	mu       sync.RWMutex // guards the following fields
 	closed   bool
@@ -203,6 +205,7 @@ func New(opts Options) *Server {
 		watchers:   make(map[*sclient]struct{}),
 		remote:     make(map[key.NodePublic]*meshPeer),
 		sentTo:     make(map[key.NodePublic]map[key.NodePublic]bool),
+		warnLimit:  rate.NewLimiter(1, 10),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for _, p := range opts.MeshWith {
@@ -324,12 +327,33 @@ func (s *Server) Accept(ctx context.Context, nc net.Conn, brw *bufio.ReadWriter,
 		return
 	}
 	nc.SetDeadline(time.Time{})
+	if c.isMesh {
+		// From here on, a mesh connection's bytes travel in sealed
+		// records (derp.MeshRecords); the reader takes what the
+		// handshake read ahead.
+		rr, rw := derp.MeshRecords(s.opts.MeshKey, c.meshChallenge, s.publicKey.Raw32(), c.key.Raw32(), true, brw.Reader, nc)
+		c.br = bufio.NewReaderSize(rr, meshBufSize)
+		c.bw = bufio.NewWriterSize(rw, meshBufSize)
+	}
 	s.accepted.Add(1)
 	c.logger.Debug("client connected", "mesh", c.isMesh)
 	err = c.run(ctx)
 	s.unregister(c)
-	c.logger.Debug("client disconnected", "err", err)
+	switch mo, ok := errors.AsType[*meshOnlyError](err); {
+	case ok:
+		if s.warnLimit.Allow() {
+			c.logger.Warn("disconnected a client that sent a mesh-only frame without proving the region's mesh key", "frame", mo.name)
+		}
+	case errors.Is(err, derp.ErrMeshRecord):
+		c.logger.Warn("mesh link carried a record that does not authenticate (injected or altered on the way); disconnected it", "err", err)
+	default:
+		c.logger.Debug("client disconnected", "err", err)
+	}
 }
+
+// meshBufSize is the size of a mesh connection's buffers: it carries
+// the packets of every client whose peers are on the other relay.
+const meshBufSize = 64 << 10
 
 // refuse tells the client why it is refused, best effort.
 func refuse(nc net.Conn, bw *bufio.Writer, reason string) {
@@ -387,6 +411,14 @@ func (s *Server) handshake(ctx context.Context, nc net.Conn, brw *bufio.ReadWrit
 			refuse(nc, brw.Writer, "mesh key mismatch")
 			return nil, nil, fmt.Errorf("client %s: mesh key mismatch", clientKey.ShortString())
 		}
+		if info.Version < derp.MinMeshVersion {
+			// It knows the mesh key, so this is the operator's to fix,
+			// not noise: say so at warn.
+			logger.Warn("refusing mesh peer: its relay protocol version does not seal mesh frames after the handshake; upgrade it",
+				"peer_version", info.Version, "min_version", derp.MinMeshVersion)
+			refuse(nc, brw.Writer, fmt.Sprintf("mesh needs relay protocol version %d or later (frames after the handshake are sealed); the dialing relay speaks %d", derp.MinMeshVersion, info.Version))
+			return nil, nil, fmt.Errorf("client %s: mesh peer speaks protocol version %d", clientKey.ShortString(), info.Version)
+		}
 		isMesh = true
 	} else if s.opts.VerifyClient != nil {
 		if err := s.opts.VerifyClient(ctx, clientKey); err != nil {
@@ -408,7 +440,11 @@ func (s *Server) handshake(ctx context.Context, nc net.Conn, brw *bufio.ReadWrit
 	if err != nil {
 		return nil, nil, fmt.Errorf("marshal server info: %w", err)
 	}
-	return newSClient(s, nc, brw, clientKey, info, isMesh, lim, logger), s.privateKey.SealTo(clientKey, sib), nil
+	c := newSClient(s, nc, brw, clientKey, info, isMesh, lim, logger)
+	if isMesh {
+		c.meshChallenge = challenge[:]
+	}
+	return c, s.privateKey.SealTo(clientKey, sib), nil
 }
 
 // register makes c the connection for its key, evicting an older one.

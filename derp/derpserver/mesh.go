@@ -82,9 +82,12 @@ func (mp *meshPeer) run(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, derp.ErrServerKey) {
+		switch {
+		case errors.Is(err, derp.ErrMeshRecord):
+			mp.logger.Warn("mesh link carried a record that does not authenticate (injected or altered on the way); dropped it and dialing again", "err", err)
+		case errors.Is(err, derp.ErrServerKey):
 			mp.logger.Error("refusing mesh peer: it presents another server key than the pinned one (an impostor, or a relay whose key changed); nothing was sent to it", "err", err)
-		} else {
+		default:
 			mp.logger.Warn("mesh link down", "err", err)
 		}
 		if time.Since(start) > maxBackoff {

@@ -63,6 +63,9 @@ type sclient struct {
 	logger  *slog.Logger
 	limiter *rate.Limiter // nil if unlimited
 	cancel  context.CancelFunc
+	// meshChallenge is the handshake's challenge, kept for a mesh peer
+	// to make its record keys (derp.MeshRecords); nil for others.
+	meshChallenge []byte
 
 	sendQ  *pktQueue    // non-disco packets, drop-oldest
 	discoQ *pktQueue    // disco packets, drop-oldest
@@ -182,6 +185,15 @@ func (c *sclient) recvLoop(ctx context.Context) error {
 	}
 }
 
+// meshOnlyError is handleFrame's error for a frame only mesh peers may
+// send (forward packet, watch conns), from a client that did not prove
+// the region's mesh key in its handshake.
+type meshOnlyError struct{ name string }
+
+func (e *meshOnlyError) Error() string {
+	return e.name + " frame from a client that did not prove the mesh key"
+}
+
 func (c *sclient) handleFrame(ctx context.Context, t derp.FrameType, p []byte) error {
 	switch t {
 	case derp.FrameSendPacket:
@@ -199,7 +211,7 @@ func (c *sclient) handleFrame(ctx context.Context, t derp.FrameType, p []byte) e
 		c.s.route(c, key.NodePublicFromRaw32([32]byte(p[:keyLen])), p[keyLen:])
 	case derp.FrameForwardPacket:
 		if !c.isMesh {
-			return errors.New("forward packet from a non-mesh client")
+			return &meshOnlyError{"forward packet"}
 		}
 		if len(p) < 2*keyLen {
 			return fmt.Errorf("forward packet: %w", derp.ErrShortFrame)
@@ -219,7 +231,7 @@ func (c *sclient) handleFrame(ctx context.Context, t derp.FrameType, p []byte) e
 		c.preferred.Store(p[0] != 0)
 	case derp.FrameWatchConns:
 		if !c.isMesh {
-			return errors.New("watch conns from a non-mesh client")
+			return &meshOnlyError{"watch conns"}
 		}
 		c.s.addWatcher(c)
 	}

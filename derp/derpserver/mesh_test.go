@@ -1,0 +1,318 @@
+package derpserver_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"beam.dev/beam/derp"
+	"beam.dev/beam/derp/derpserver"
+	"beam.dev/beam/types/key"
+)
+
+// meshPair is two relays of one region meshed with each other, each
+// pinned to the other's key. dial1, if not nil, is how relay 1 dials
+// relay 2 (a path an attacker sits on).
+type meshPair struct {
+	s1, s2     *derpserver.Server
+	url1, url2 string
+}
+
+const pairMeshKey = "region-1-secret-mesh-key"
+
+func newMeshPair(t *testing.T, log1, log2 slog.Handler, dial1 func(ctx context.Context, network, addr string) (net.Conn, error)) *meshPair {
+	t.Helper()
+	l1, l2 := listen(t), listen(t)
+	u1, u2 := "http://"+l1.Addr().String(), "http://"+l2.Addr().String()
+	k1, k2 := key.NewMachine(), key.NewMachine()
+	if log1 == nil {
+		log1 = slog.DiscardHandler
+	}
+	if log2 == nil {
+		log2 = slog.DiscardHandler
+	}
+	s1 := derpserver.New(derpserver.Options{PrivateKey: k1, Logger: slog.New(log1), MeshKey: pairMeshKey,
+		MeshWith: []derpserver.MeshPeer{{URL: u2, Key: k2.Public()}}, MeshDialContext: dial1})
+	s2 := derpserver.New(derpserver.Options{PrivateKey: k2, Logger: slog.New(log2), MeshKey: pairMeshKey,
+		MeshWith: []derpserver.MeshPeer{{URL: u1, Key: k1.Public()}}})
+	h1 := &httptest.Server{Listener: l1, Config: &http.Server{Handler: s1}}
+	h2 := &httptest.Server{Listener: l2, Config: &http.Server{Handler: s2}}
+	h1.Start()
+	h2.Start()
+	t.Cleanup(func() {
+		s1.Close()
+		s2.Close()
+		h1.Close()
+		h2.Close()
+	})
+	return &meshPair{s1: s1, s2: s2, url1: h1.URL, url2: h2.URL}
+}
+
+// waitPath sends from a to b's key until b gets a packet through the
+// mesh, and returns the first packet b got.
+func waitPath(t *testing.T, a, b *derp.Client, kb key.NodePublic, payload string) derp.ReceivedPacket {
+	t.Helper()
+	stop := sendUntil(a, kb, []byte(payload))
+	defer stop()
+	return recvPacket(t, b)
+}
+
+// TestMeshFramesFromClientRefused has an ordinary client of a meshed
+// relay (anyone who reaches the relay's port and holds a node key of its
+// own) send the frames only mesh peers may send: a forward packet in
+// another node's name and a watch for every client's presence. The relay
+// disconnects it, says why at warn, and delivers nothing it sent.
+func TestMeshFramesFromClientRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		send func(c *derp.Client, src, dst key.NodePublic) error
+	}{
+		{"forward packet", func(c *derp.Client, src, dst key.NodePublic) error {
+			return c.ForwardPacket(src, dst, []byte("forged in A's name"))
+		}},
+		{"watch conns", func(c *derp.Client, _, _ key.NodePublic) error { return c.WatchConns() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			warned := newLogWatch("mesh-only frame without proving the region's mesh key")
+			p := newMeshPair(t, nil, warned, nil)
+			ka, kb := key.NewNode(), key.NewNode()
+			a := dial(t, p.url1, ka, false)
+			b := dial(t, p.url2, kb, false)
+			waitPath(t, a, b, kb.Public(), "warm up")
+
+			hostile := dial(t, p.url2, key.NewNode(), false)
+			if err := tc.send(hostile, ka.Public(), kb.Public()); err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range recvErr(t, hostile) {
+				if _, ok := m.(derp.PeerPresentMessage); ok {
+					t.Errorf("hostile client got %#v: presence is for mesh peers only", m)
+				}
+			}
+			warned.wait(t)
+
+			// What B gets next is A's, not the forgery: the mesh still
+			// works and carried nothing the hostile client sent.
+			if err := a.Send(kb.Public(), []byte("from A")); err != nil {
+				t.Fatal(err)
+			}
+			for {
+				got := recvPacket(t, b)
+				if string(got.Data) == "warm up" {
+					continue
+				}
+				if got.Source != ka.Public() || string(got.Data) != "from A" {
+					t.Fatalf("B got %q from %v, want only A's own packets", got.Data, got.Source)
+				}
+				break
+			}
+		})
+	}
+}
+
+// TestMeshLinkRefusesInjection puts an attacker on the path of a
+// plain-HTTP mesh link, past the handshake (which it cannot fake, as it
+// does not know the mesh key): it adds one frame to the first connection,
+// right after the handshake. Towards relay 2, a forward packet in A's
+// name for B; towards relay 1, the presence of a node that is on neither
+// relay, which would send relay 1's packets for it into the mesh. Each
+// relay refuses the injected bytes: the link drops with a warning and
+// comes up again, and nothing injected has any effect.
+func TestMeshLinkRefusesInjection(t *testing.T) {
+	ka, kb, ghost := key.NewNode(), key.NewNode(), key.NewNode()
+	kaRaw, kbRaw, ghostRaw := ka.Public().Raw32(), kb.Public().Raw32(), ghost.Public().Raw32()
+	for _, tc := range []struct {
+		name string
+		// toServer: the injected frame goes to relay 2 (the dialed
+		// relay); else to relay 1 (the dialing relay).
+		toServer bool
+		frame    []byte
+		warnOn   int // which relay warns
+		warning  string
+	}{
+		{"forward packet to the dialed relay", true,
+			frameBytes(derp.FrameForwardPacket, kaRaw[:], kbRaw[:], []byte("injected in A's name")),
+			2, "mesh link carried a record that does not authenticate"},
+		{"presence to the dialing relay", false,
+			frameBytes(derp.FramePeerPresent, ghostRaw[:]),
+			1, "mesh link carried a record that does not authenticate"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			warned := newLogWatch(tc.warning)
+			var log1, log2 slog.Handler
+			if tc.warnOn == 1 {
+				log1 = warned
+			} else {
+				log2 = warned
+			}
+			var injected atomic.Bool
+			clientsUp := make(chan struct{}) // inject once A and B are there to be fooled
+			dial1 := func(ctx context.Context, network, addr string) (net.Conn, error) {
+				select {
+				case <-clientsUp:
+				case <-ctx.Done():
+					return nil, ctx.Err()
+				}
+				nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+				if err != nil || injected.Swap(true) {
+					return nc, err // later connections pass untouched
+				}
+				sc := &splicedConn{Conn: nc}
+				if tc.toServer {
+					sc.out = &splicer{frames: 1, inject: tc.frame} // after the client info
+				} else {
+					sc.in = &splicer{frames: 2, inject: tc.frame} // after server key and server info
+				}
+				return sc, nil
+			}
+			p := newMeshPair(t, log1, log2, dial1)
+			a := dial(t, p.url1, ka, false)
+			b := dial(t, p.url2, kb, false)
+			close(clientsUp)
+
+			got := waitPath(t, a, b, kb.Public(), "from A")
+			if got.Source != ka.Public() || string(got.Data) != "from A" {
+				t.Fatalf("B's first packet is %q from %v, want A's own", got.Data, got.Source)
+			}
+			// The ghost is on no relay: relay 1 answers "not here" at
+			// once rather than forwarding into the mesh.
+			if err := a.Send(ghost.Public(), []byte("for the ghost")); err != nil {
+				t.Fatal(err)
+			}
+			for {
+				m := recv(t, a)
+				if g, ok := m.(derp.PeerGoneMessage); ok && g.Peer == ghost.Public() {
+					if g.Reason != derp.PeerGoneNotHere {
+						t.Fatalf("A got %#v, want not here for the ghost", g)
+					}
+					break
+				}
+			}
+			if st := p.s1.Stats(); st.RemoteClients != 1 {
+				t.Errorf("relay 1 Stats = %+v, want one remote client (B)", st)
+			}
+			warned.wait(t)
+		})
+	}
+}
+
+func frameBytes(t derp.FrameType, parts ...[]byte) []byte {
+	var b bytes.Buffer
+	bw := bufio.NewWriter(&b)
+	derp.WriteFrame(bw, t, parts...)
+	bw.Flush()
+	return b.Bytes()
+}
+
+// splicedConn is a conn on which an attacker adds bytes: out to what
+// is written, in to what is read.
+type splicedConn struct {
+	net.Conn
+	out, in *splicer
+	mu      sync.Mutex // guards pending
+	pending []byte     // read from Conn and spliced, not yet returned
+}
+
+func (c *splicedConn) Write(p []byte) (int, error) {
+	if c.out == nil {
+		return c.Conn.Write(p)
+	}
+	if _, err := c.Conn.Write(c.out.feed(p)); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+func (c *splicedConn) Read(p []byte) (int, error) {
+	if c.in == nil {
+		return c.Conn.Read(p)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for len(c.pending) == 0 {
+		buf := make([]byte, 32<<10)
+		n, err := c.Conn.Read(buf)
+		c.pending = c.in.feed(buf[:n])
+		if err != nil && len(c.pending) == 0 {
+			return 0, err
+		}
+	}
+	n := copy(p, c.pending)
+	c.pending = c.pending[n:]
+	return n, nil
+}
+
+// splicer follows one direction of a relay connection (an HTTP head,
+// then frames) and adds inject after the first frames frames.
+type splicer struct {
+	frames int
+	inject []byte
+
+	head   []byte // the HTTP head so far
+	inHead bool   // past the HTTP head
+	hdr    []byte // the current frame's header so far
+	remain int    // payload bytes left of the current frame
+	done   bool
+}
+
+// feed returns p with inject added where it belongs.
+func (s *splicer) feed(p []byte) []byte {
+	var out []byte
+	for i, c := range p {
+		if s.done {
+			return append(out, p[i:]...)
+		}
+		out = append(out, c)
+		switch {
+		case !s.inHead:
+			s.head = append(s.head, c)
+			s.inHead = bytes.HasSuffix(s.head, []byte("\r\n\r\n"))
+			continue
+		case s.remain > 0:
+			s.remain--
+		default:
+			s.hdr = append(s.hdr, c)
+			if len(s.hdr) < derp.FrameHeaderLen {
+				continue
+			}
+			s.remain = int(binary.BigEndian.Uint32(s.hdr[1:]))
+			s.hdr = nil
+		}
+		if s.remain == 0 && s.hdr == nil {
+			s.frames--
+			if s.frames == 0 {
+				out = append(out, s.inject...)
+				s.done = true
+			}
+		}
+	}
+	return out
+}
+
+// TestMeshRefusesOldPeer has a relay that proves the mesh key but speaks
+// protocol version 3 (which sends frames after the handshake as they
+// are) dial a relay: it is refused with a reason, and the relay warns.
+func TestMeshRefusesOldPeer(t *testing.T) {
+	warned := newLogWatch("does not seal mesh frames after the handshake")
+	_, url := newServer(t, derpserver.Options{Logger: slog.New(warned), MeshKey: pairMeshKey})
+	peer := key.NewNode()
+	ft, p, _ := handshakeWith(t, url, peer.Public(), func(server key.MachinePublic, challenge []byte) []byte {
+		info, _ := json.Marshal(derp.ClientInfo{Version: 3, Challenge: challenge,
+			MeshProof: derp.MeshProof(pairMeshKey, challenge, server.Raw32(), peer.Public().Raw32())})
+		return peer.SealTo(server, info)
+	})
+	if ft != derp.FrameHealth || !strings.Contains(string(p), "version 4") {
+		t.Fatalf("protocol 3 mesh peer got frame %#x %q, want health naming version 4", ft, p)
+	}
+	warned.wait(t)
+}
