@@ -5,6 +5,7 @@ package main
 import (
 	"context"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -86,14 +87,20 @@ func startTUNNode(tb testing.TB, bin, dir string, h *nslab.Host) *tunNode {
 	return n
 }
 
-// BenchmarkDaemonTUNDirect is BenchmarkDaemonDirect with both daemons in
-// kernel TUN mode (beam daemon --tun), each in a network namespace of its
-// own with a public address on a lab internet (nslab.NATNone; the NAT
-// routers' forwarding would be charged to the overlay): bulk TCP from a socket in alpha's namespace to
-// beta's overlay address, where a socket of beta's host accepts it (the
-// kernel's TCP at both ends, WireGuard and the filter in the daemons),
-// against raw loopback TCP in the same run. Needs root.
-func BenchmarkDaemonTUNDirect(b *testing.B) {
+// tunPair is a coordinator and relay on a lab server and two TUN-mode
+// daemons, alpha and beta, each in a namespace of its own with a public
+// address on the lab internet (nslab.NATNone: the NAT routers'
+// forwarding would be charged to the overlay).
+type tunPair struct {
+	lab         *nslab.Lab
+	alpha, beta *tunNode
+	betaIP      netip.Addr // beta's overlay IPv4 address
+	coordPID    int
+}
+
+// newTUNPair starts the servers and both TUN-mode daemons, and brings both
+// up. Needs root.
+func newTUNPair(b *testing.B) *tunPair {
 	bin := buildBeam(b)
 	lab := nslab.New(b)
 	dir, err := os.MkdirTemp("", "beam-tun-")
@@ -120,45 +127,61 @@ func BenchmarkDaemonTUNDirect(b *testing.B) {
 		b.Fatalf("auth key: %v", err)
 	}
 	authKey := strings.TrimSpace(string(out))
-	alpha := startTUNNode(b, bin, dir, lab.AddNATHost("alpha", nslab.NATNone))
-	beta := startTUNNode(b, bin, dir, lab.AddNATHost("beta", nslab.NATNone))
-	for _, n := range []*tunNode{alpha, beta} {
+	p := &tunPair{lab: lab, coordPID: coord.PID()}
+	p.alpha = startTUNNode(b, bin, dir, lab.AddNATHost("alpha", nslab.NATNone))
+	p.beta = startTUNNode(b, bin, dir, lab.AddNATHost("beta", nslab.NATNone))
+	for _, n := range []*tunNode{p.alpha, p.beta} {
 		cmd := exec.CommandContext(wctx, bin, "--socket", n.socket, "--state", n.state, "up",
 			"--coordinator", "http://"+srvIP+":8080", "--authkey", authKey, "--hostname", n.host.Name())
 		if out, err := cmd.CombinedOutput(); err != nil {
 			b.Fatalf("beam up %s: %v: %s", n.host.Name(), err, out)
 		}
 	}
-	st, err := beta.lc.Status(wctx)
+	st, err := p.beta.lc.Status(wctx)
 	if err != nil {
 		b.Fatal(err)
 	}
-	betaIP := st.Self.IPs[0]
-	path := func() string {
-		st, err := alpha.lc.Status(ctx)
-		if err != nil {
-			return ""
-		}
-		for _, p := range st.Peers {
-			if p.Name == "beta" && p.Online {
-				return p.Path
-			}
-		}
+	p.betaIP = st.Self.IPs[0]
+	return p
+}
+
+// path returns alpha's path to beta ("direct", "relay"), or "" while beta
+// is not an online peer.
+func (p *tunPair) path(ctx context.Context) string {
+	st, err := p.alpha.lc.Status(ctx)
+	if err != nil {
 		return ""
 	}
+	for _, peer := range st.Peers {
+		if peer.Name == "beta" && peer.Online {
+			return peer.Path
+		}
+	}
+	return ""
+}
 
+// BenchmarkDaemonTUNDirect is BenchmarkDaemonDirect with both daemons in
+// kernel TUN mode (beam daemon --tun; see newTUNPair): bulk TCP from a
+// socket in alpha's namespace to beta's overlay address, where a socket of
+// beta's host accepts it (the kernel's TCP at both ends, WireGuard and the
+// filter in the daemons), against raw loopback TCP in the same run. Needs
+// root.
+func BenchmarkDaemonTUNDirect(b *testing.B) {
+	p := newTUNPair(b)
+	ctx := b.Context()
 	// The sink listens in beta's namespace on every address: peers reach
 	// the host's own sockets.
 	var sinkLn net.Listener
-	inNetns(b, beta.host.Namespace(), func() { sinkLn, err = net.Listen("tcp", ":0") })
+	var err error
+	inNetns(b, p.beta.host.Namespace(), func() { sinkLn, err = net.Listen("tcp", ":0") })
 	if err != nil {
 		b.Fatal(err)
 	}
 	sink := serveCountSink(b, sinkLn)
 	var oc net.Conn
 	waitFor(b, 30*time.Second, "alpha connects to beta's overlay address", func() bool {
-		inNetns(b, alpha.host.Namespace(), func() {
-			oc, err = net.DialTimeout("tcp", net.JoinHostPort(betaIP.String(), strconv.Itoa(sink.port())), 5*time.Second)
+		inNetns(b, p.alpha.host.Namespace(), func() {
+			oc, err = net.DialTimeout("tcp", net.JoinHostPort(p.betaIP.String(), strconv.Itoa(sink.port())), 5*time.Second)
 		})
 		return err == nil
 	})
@@ -171,9 +194,9 @@ func BenchmarkDaemonTUNDirect(b *testing.B) {
 	defer rc.Close()
 	s := newBulkStream(oc, sink)
 	s.sendBytes(b, 1<<20)
-	waitFor(b, 30*time.Second, "a direct path to beta", func() bool { return path() == "direct" })
-	bulkRounds(b, s, newBulkStream(rc, rawSink), []int{alpha.proc.PID(), beta.proc.PID()}, coord.PID())
-	if got := path(); got != "direct" {
+	waitFor(b, 30*time.Second, "a direct path to beta", func() bool { return p.path(ctx) == "direct" })
+	bulkRounds(b, s, newBulkStream(rc, rawSink), []int{p.alpha.proc.PID(), p.beta.proc.PID()}, p.coordPID)
+	if got := p.path(ctx); got != "direct" {
 		b.Fatalf("after the rounds alpha reaches beta over %q, want direct", got)
 	}
 }
