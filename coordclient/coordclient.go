@@ -63,13 +63,6 @@ type Options struct {
 	// LookupNetIP resolves the host names of ServerURL (network "ip");
 	// nil means net.DefaultResolver.LookupNetIP.
 	LookupNetIP func(ctx context.Context, network, host string) ([]netip.Addr, error)
-	// InternPeer, if set, is given each peer the client holds to resume
-	// its map stream with (see RunResponses) and returns the node to
-	// hold instead: the same, or an equal one (same Key and Rev) that it
-	// hands to other clients too. Programs that run thousands of clients
-	// of one network (coordinator/scalebench) so hold each peer once, not
-	// once per client. Nil holds the nodes as decoded.
-	InternPeer func(*wire.Node) *wire.Node
 }
 
 // Client talks to a coordinator (one of several, when ServerURL names
@@ -87,7 +80,6 @@ type Client struct {
 	epsWake chan struct{} // cap 1: endpoints changed
 	now     func() time.Time
 	onConn  func(bool)
-	intern  func(*wire.Node) *wire.Node // Options.InternPeer
 
 	mu sync.Mutex // guards the following fields
 	// serverBox is the box key shared with the coordinator's machine
@@ -135,7 +127,6 @@ func New(opts Options) (*Client, error) {
 		epsWake: make(chan struct{}, 1),
 		now:     time.Now,
 		onConn:  opts.OnConnState,
-		intern:  opts.InternPeer,
 	}
 	if c.hc == nil {
 		c.hc = &http.Client{}

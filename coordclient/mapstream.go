@@ -32,6 +32,12 @@ import (
 // endpoint updates (SetEndpoints), OnConnState and the errors returned
 // are those of Run.
 func (c *Client) RunResponses(ctx context.Context, onResponse func(resp *wire.MapResponse, first bool)) error {
+	return c.runStreams(ctx, &decodedSink{held: &heldPeers{}, onResponse: onResponse})
+}
+
+// runStreams runs map streams until ctx is done or the node cannot
+// stream, handing each stream's frames to sink.
+func (c *Client) runStreams(ctx context.Context, sink streamSink) error {
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -39,14 +45,13 @@ func (c *Client) RunResponses(ctx context.Context, onResponse func(resp *wire.Ma
 	wg.Go(func() { c.endpointLoop(ctx) })
 
 	var bo backoff
-	held := &heldPeers{intern: c.intern}
 	c.resolve(ctx)
 	// misses counts the targets that failed since a stream last got its
 	// map; once every one has, the client backs off.
 	misses := 0
 	for {
 		start := time.Now()
-		got, t, err := c.responsesOnce(ctx, held, onResponse)
+		got, t, err := c.responsesOnce(ctx, sink)
 		// A stream that got its map but ended at once (a coordinator
 		// that fails right after, or closes every stream) does not
 		// count as a success: it resets no backoff.
@@ -120,16 +125,16 @@ const silentMargin = 5 * time.Second
 // failoverJitter bounds the wait before moving to the next coordinator.
 const failoverJitter = 300 * time.Millisecond
 
-// responsesOnce runs one map stream for RunResponses, offering the
+// responsesOnce runs one map stream for runStreams, offering the
 // peers held to resume. It reports whether it received a full map, and
 // the target it tried last.
-func (c *Client) responsesOnce(ctx context.Context, held *heldPeers, onResponse func(*wire.MapResponse, bool)) (bool, *target, error) {
+func (c *Client) responsesOnce(ctx context.Context, sink streamSink) (bool, *target, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	offered := held.request() != nil
+	offered := sink.request() != nil
 	resp, box, t, err := c.postAny(ctx, wire.PathMap, func(now time.Time) any {
 		req, _ := c.mapRequest(now, true)
-		req.Peers = held.request()
+		req.Peers = sink.request()
 		return req
 	})
 	if err != nil {
@@ -137,19 +142,19 @@ func (c *Client) responsesOnce(ctx context.Context, held *heldPeers, onResponse 
 	}
 	c.setStreaming(t)
 	defer c.setStreaming(nil)
-	got, err := c.readStream(cancel, resp, box, held, onResponse)
+	got, err := c.readStream(cancel, resp, box, sink)
 	if errors.Is(err, ErrBadResponse) || offered && !got {
 		// Whatever came, the next stream starts afresh; so too after a
 		// stream that offered the peers held and ended before its first
 		// message: a coordinator that cannot send the resumed message
 		// would fail every stream that offers them.
-		held.invalidate()
+		sink.invalidate()
 	}
 	return got, t, err
 }
 
 // readStream reads the map stream resp until it ends; cancel ends it.
-func (c *Client) readStream(cancel context.CancelFunc, resp *http.Response, box key.Shared, held *heldPeers, onResponse func(*wire.MapResponse, bool)) (bool, error) {
+func (c *Client) readStream(cancel context.CancelFunc, resp *http.Response, box key.Shared, sink streamSink) (bool, error) {
 	defer resp.Body.Close()
 
 	ka := defaultKeepAlive
@@ -172,13 +177,13 @@ func (c *Client) readStream(cancel context.CancelFunc, resp *http.Response, box 
 	})
 	defer timer.Stop()
 
+	sink.begin()
 	got := false
-	var joined *wire.MapResponse // a message split across frames, so far
-	joinedFrames := 0
 	for {
-		mr, err := readFrame(resp.Body, box)
-		if err == nil && (joined != nil || mr.More) {
-			mr, err = join(&joined, &joinedFrames, mr)
+		payload, err := readPayload(resp.Body, box)
+		whole := false
+		if err == nil {
+			whole, err = sink.frame(payload, !got)
 		}
 		if err != nil {
 			silentMu.Lock()
@@ -198,19 +203,73 @@ func (c *Client) readStream(cancel context.CancelFunc, resp *http.Response, box 
 			return got, fmt.Errorf("%w: map stream: %w", ErrUnreachable, err)
 		}
 		timer.Reset(dead)
-		if mr == nil {
+		if !whole {
 			continue // more of the message follows
 		}
 		first := !got
-		if err := held.apply(mr, first); err != nil {
-			return got, fmt.Errorf("coordclient: map stream: %w", err)
-		}
 		if first {
 			got = true
 			if c.onConn != nil {
 				c.onConn(true)
 			}
 		}
-		onResponse(mr, first)
+		sink.deliver(first)
 	}
+}
+
+// streamSink takes the frames of a client's map streams and holds the
+// peers that resume the next one. Only runStreams' goroutine uses it.
+type streamSink interface {
+	// request returns the digest to offer with a stream request, or nil.
+	request() *wire.PeersDigest
+	// invalidate forgets the peers held: the next stream gets a full map.
+	invalidate()
+	// begin starts a stream: a message the last one left unfinished is
+	// dropped.
+	begin()
+	// frame takes one opened frame (wire.DecodeMapFrame's input), of the
+	// stream's first message if first. It reports whether the frame ends
+	// a message, which deliver then passes on; an error (matching
+	// ErrBadResponse) ends the stream.
+	frame(payload []byte, first bool) (whole bool, err error)
+	// deliver passes on the message the last frame ended.
+	deliver(first bool)
+}
+
+// decodedSink is RunResponses' sink: it decodes each frame, joins split
+// messages, keeps the peers held up to date and hands each whole message
+// to onResponse.
+type decodedSink struct {
+	held         *heldPeers
+	onResponse   func(*wire.MapResponse, bool)
+	joined       *wire.MapResponse // a message split across frames, so far
+	joinedFrames int
+	ready        *wire.MapResponse // the whole message deliver passes on
+}
+
+func (s *decodedSink) request() *wire.PeersDigest { return s.held.request() }
+
+func (s *decodedSink) invalidate() { s.held.invalidate() }
+
+func (s *decodedSink) begin() { s.joined, s.joinedFrames, s.ready = nil, 0, nil }
+
+func (s *decodedSink) frame(payload []byte, first bool) (bool, error) {
+	mr, err := decodeFrame(payload)
+	if err == nil && (s.joined != nil || mr.More) {
+		mr, err = join(&s.joined, &s.joinedFrames, mr)
+	}
+	if err != nil || mr == nil {
+		return false, err
+	}
+	if err := s.held.apply(mr, first); err != nil {
+		return false, err
+	}
+	s.ready = mr
+	return true, nil
+}
+
+func (s *decodedSink) deliver(first bool) {
+	mr := s.ready
+	s.ready = nil
+	s.onResponse(mr, first)
 }

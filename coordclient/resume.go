@@ -20,8 +20,6 @@ type heldPeers struct {
 	valid  bool
 	peers  map[key.NodePublic]*wire.Node
 	digest wire.PeersDigest
-	// intern is Options.InternPeer.
-	intern func(*wire.Node) *wire.Node
 }
 
 // request returns the digest to send with a stream request, or nil.
@@ -98,9 +96,6 @@ func (h *heldPeers) put(p *wire.Node) {
 	}
 	if old := h.peers[p.Key]; old != nil {
 		h.digest.Remove(p.Key, old.Rev)
-	}
-	if h.intern != nil {
-		p = h.intern(p)
 	}
 	h.peers[p.Key] = p
 	h.digest.Add(p.Key, p.Rev)

@@ -119,6 +119,16 @@ func isKeepAlive(mr *wire.MapResponse) bool {
 // wire.MapResponse (JSON or a binary map frame, wire.DecodeMapFrame) sealed by the coordinator to the node (box, the key they share).
 // io.EOF means the stream ended cleanly between frames.
 func readFrame(r io.Reader, box key.Shared) (*wire.MapResponse, error) {
+	p, err := readPayload(r, box)
+	if err != nil {
+		return nil, err
+	}
+	return decodeFrame(p)
+}
+
+// readPayload reads one frame as readFrame does and returns its opened
+// payload, undecoded.
+func readPayload(r io.Reader, box key.Shared) ([]byte, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
@@ -134,15 +144,15 @@ func readFrame(r io.Reader, box key.Shared) (*wire.MapResponse, error) {
 		}
 		return nil, err
 	}
-	return openFrame(buf, box)
-}
-
-// openFrame opens and decodes one sealed frame body.
-func openFrame(sealed []byte, box key.Shared) (*wire.MapResponse, error) {
-	clear, ok := box.Open(sealed)
+	clear, ok := box.Open(buf)
 	if !ok {
 		return nil, fmt.Errorf("%w: frame does not open with the coordinator's key", ErrBadResponse)
 	}
+	return clear, nil
+}
+
+// decodeFrame decodes one opened frame.
+func decodeFrame(clear []byte) (*wire.MapResponse, error) {
 	mr, err := wire.DecodeMapFrame(clear)
 	if err != nil {
 		return nil, fmt.Errorf("%w: decode frame: %w", ErrBadResponse, err)

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,11 +42,11 @@ type FleetOptions struct {
 	// discards it.
 	Logger *slog.Logger
 	// FullMapsInFlight bounds how many streams are between opening and
-	// having decoded their full map: a node takes a slot before it sends
-	// its stream request and gives it back once its full map is decoded,
+	// having read their full map: a node takes a slot before it sends
+	// its stream request and gives it back once its full map is read,
 	// so the others open their streams as slots free up. Without the
 	// bound the fleet's memory grows with N times the size of a full map
-	// whenever it decodes more slowly than the coordinator sends (5,000
+	// whenever it reads more slowly than the coordinator sends (5,000
 	// streams took this process past 9 GB on 2 busy cores). The slot is
 	// taken before the request, not before the first read: a stream left
 	// unread for twice the coordinator's keepalive (60 s) is dead to
@@ -83,27 +85,59 @@ type Fleet struct {
 	// markSeenVia counts markSeen per coordinator (FleetOptions.URLs).
 	markSeenVia []atomic.Int64
 
-	// peers holds one *wire.Node per key and revision, which every
-	// node's client holds to resume its stream (coordclient's
-	// Options.InternPeer): N nodes holding N peers each would otherwise
-	// keep N² nodes, gigabytes from a few thousand on.
-	peers sync.Map // peerRev -> *wire.Node
+	// keys are the nodes' keys by index; read-only after NewFleet.
+	keys []key.NodePublic
+	// revs holds, per node index, the revisions of that node that some
+	// node's map gave, each with what it adds to a peers digest
+	// (wire.PeerHash): the nodes hold a peer as its index and the number
+	// of its revision here, two bytes, instead of a *wire.Node, and hash
+	// each revision once for the fleet rather than once per holder. The
+	// lists only grow (copy on write under revMu).
+	revs  []atomic.Pointer[[]revEntry]
+	revMu sync.Mutex
 }
 
-// peerRev names a peer at one revision.
-type peerRev struct {
-	k   key.NodePublic
-	rev uint64
+// revEntry is one revision of a node and its digest hash.
+type revEntry struct {
+	rev  uint64
+	hash wire.DigestSum
 }
 
-// intern returns the fleet's node of p's key and revision.
-func (f *Fleet) intern(p *wire.Node) *wire.Node {
-	id := peerRev{p.Key, p.Rev}
-	if n, ok := f.peers.Load(id); ok {
-		return n.(*wire.Node)
+// revID returns the number (from 1) of node i's revision rev in f.revs,
+// adding it if new.
+func (f *Fleet) revID(i int, rev uint64) (uint16, error) {
+	find := func() (uint16, []revEntry) {
+		p := f.revs[i].Load()
+		if p == nil {
+			return 0, nil
+		}
+		for j, e := range *p {
+			if e.rev == rev {
+				return uint16(j + 1), *p
+			}
+		}
+		return 0, *p
 	}
-	n, _ := f.peers.LoadOrStore(id, p)
-	return n.(*wire.Node)
+	if id, _ := find(); id != 0 {
+		return id, nil
+	}
+	f.revMu.Lock()
+	defer f.revMu.Unlock()
+	id, list := find()
+	if id != 0 {
+		return id, nil
+	}
+	if len(list) >= math.MaxUint16 {
+		return 0, fmt.Errorf("scalebench: node %d has more than %d revisions", i, math.MaxUint16)
+	}
+	list = append(slices.Clip(list), revEntry{rev, wire.PeerHash(f.keys[i], rev)})
+	f.revs[i].Store(&list)
+	return uint16(len(list)), nil
+}
+
+// revHash is what node i at revision number id adds to a digest.
+func (f *Fleet) revHash(i int, id uint16) wire.DigestSum {
+	return (*f.revs[i].Load())[id-1].hash
 }
 
 // epoch is one generation of streams: the first ones, then the ones after
@@ -130,6 +164,15 @@ type fakeNode struct {
 	nOnline   int
 	lastMark  int64
 	stream    *gatedBody // the body of the current stream
+
+	// The peers the node holds to resume its stream, as coordclient's
+	// client would (coordclient.MessageHandler): held[j] is the number
+	// of node j's revision in f.revs, 0 if not held; valid says they
+	// are those of a whole map.
+	held   []uint16
+	nHeld  int
+	digest wire.PeersDigest
+	valid  bool
 }
 
 // NewFleet makes the nodes' keys and clients. It does no I/O.
@@ -154,6 +197,8 @@ func NewFleet(opts FleetOptions) (*Fleet, error) {
 		logger: opts.Logger,
 
 		markSeenVia: make([]atomic.Int64, len(urls)),
+		keys:        make([]key.NodePublic, opts.N),
+		revs:        make([]atomic.Pointer[[]revEntry], opts.N),
 	}
 	inFlight := opts.FullMapsInFlight
 	if inFlight <= 0 {
@@ -165,7 +210,7 @@ func NewFleet(opts FleetOptions) (*Fleet, error) {
 	}
 	f.cur.Store(&epoch{})
 	for i := range f.nodes {
-		nd := &fakeNode{f: f, i: i, name: fmt.Sprintf("n%d", i), via: i % len(urls), online: make([]uint64, (opts.N+63)/64)}
+		nd := &fakeNode{f: f, i: i, name: fmt.Sprintf("n%d", i), via: i % len(urls), online: make([]uint64, (opts.N+63)/64), held: make([]uint16, opts.N)}
 		src := &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+i%sources))}
 		dialer := &net.Dialer{LocalAddr: src}
 		nd.hc = &http.Client{Transport: &gatedTransport{nd: nd, base: &http.Transport{
@@ -186,7 +231,6 @@ func NewFleet(opts FleetOptions) (*Fleet, error) {
 			DiscoKey:    key.NewDisco().Public(),
 			HTTPClient:  nd.hc,
 			OnConnState: nd.onConnState,
-			InternPeer:  f.intern,
 		})
 		if err != nil {
 			return nil, err
@@ -194,6 +238,7 @@ func NewFleet(opts FleetOptions) (*Fleet, error) {
 		nd.client = c
 		f.nodes[i] = nd
 		f.index[c.NodeKey()] = i
+		f.keys[i] = c.NodeKey()
 	}
 	f.changer = f.nodes[0].client.NodeKey()
 	return f, nil
@@ -253,7 +298,7 @@ func (f *Fleet) Stream() {
 	f.cancel = cancel
 	for _, nd := range f.nodes {
 		f.wg.Go(func() {
-			err := nd.client.RunResponses(ctx, nd.onResponse)
+			err := nd.client.RunScanned(ctx, nd)
 			if err != nil && ctx.Err() == nil {
 				err = fmt.Errorf("scalebench: %s: %w", nd.name, err)
 				f.runErr.CompareAndSwap(nil, &err)
@@ -380,14 +425,118 @@ func (nd *fakeNode) onConnState(connected bool) {
 	}
 }
 
-// onResponse takes one decoded frame of the node's stream.
-func (nd *fakeNode) onResponse(resp *wire.MapResponse, first bool) {
+// Digest is the digest of the peers held (coordclient.MessageHandler).
+func (nd *fakeNode) Digest() (wire.PeersDigest, bool) { return nd.digest, nd.valid }
+
+// Forget drops the peers held (coordclient.MessageHandler).
+func (nd *fakeNode) Forget() {
+	clear(nd.held)
+	nd.nHeld, nd.digest, nd.valid = 0, wire.PeersDigest{}, false
+}
+
+// hold holds node j at revision rev, or, with rev 0 and drop, no longer.
+func (nd *fakeNode) hold(j int, rev uint64, drop bool) error {
 	f := nd.f
-	if resp.Peers != nil || first {
+	if old := nd.held[j]; old != 0 {
+		h := f.revHash(j, old)
+		nd.digest.Count--
+		nd.digest.Sum.Sub(h)
+		nd.held[j] = 0
+		nd.nHeld--
+	}
+	if drop {
+		return nil
+	}
+	id, err := f.revID(j, rev)
+	if err != nil {
+		return err
+	}
+	nd.held[j] = id
+	nd.nHeld++
+	nd.digest.Count++
+	nd.digest.Sum.Add(f.revHash(j, id))
+	return nil
+}
+
+// Message takes one whole message of the node's stream
+// (coordclient.MessageHandler). It holds the peers as coordclient's
+// client does for RunResponses (a full map replaces them, PeersChanged
+// and PeersRemoved change them, a resumed map keeps them), scanning each
+// binary peer record for its key, revision and online flag alone, and
+// keeps the online state of every peer. A first message must hold every
+// other node as a peer: badFulls counts those that do not.
+func (nd *fakeNode) Message(frames []*wire.ScannedFrame, first bool) error {
+	f := nd.f
+	head := frames[0].Head
+	hasPeers := false
+	for _, fr := range frames {
+		hasPeers = hasPeers || fr.List == wire.ListPeers
+	}
+	if head.PeersKept {
+		if !first || !nd.valid || hasPeers {
+			nd.Forget()
+			return errors.New("map message keeps peers the node did not offer")
+		}
+		// Every peer held, online but for PeersOffline.
 		clear(nd.online)
 		nd.nOnline = 0
-		for _, p := range resp.Peers {
-			nd.setPeer(p.Key, p.Online)
+		for j, id := range nd.held {
+			if id != 0 {
+				nd.setOnline(j, true)
+			}
+		}
+		for _, k := range head.PeersOffline {
+			nd.setPeer(k, false)
+		}
+	} else if hasPeers || first {
+		nd.Forget()
+		nd.valid = true
+		clear(nd.online)
+		nd.nOnline = 0
+	}
+	unknown := 0
+	// The lists in the order coordclient applies a joined message:
+	// Peers, then PeersChanged, then PeersRemoved, then PeersOnline.
+	for _, list := range []wire.PeerList{wire.ListPeers, wire.ListPeersChanged} {
+		for _, fr := range frames {
+			if fr.List != list {
+				continue
+			}
+			err := fr.Peers(func(p wire.PeerRef) error {
+				j, ok := f.index[p.Key]
+				if !ok || j == nd.i {
+					unknown++
+					return nil
+				}
+				if nd.valid {
+					if err := nd.hold(j, p.Rev, false); err != nil {
+						return err
+					}
+				}
+				nd.setOnline(j, p.Online)
+				if list == wire.ListPeersChanged && p.Key == f.changer {
+					return nd.checkMark(p)
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+		}
+	}
+	for _, fr := range frames {
+		for _, k := range fr.Head.PeersRemoved {
+			if j, ok := f.index[k]; ok {
+				if nd.valid {
+					nd.hold(j, 0, true)
+				}
+				nd.setOnline(j, false)
+			}
+		}
+	}
+	for _, fr := range frames {
+		if err := fr.Online(nd.setPeer); err != nil {
+			return err
 		}
 	}
 	if first {
@@ -395,8 +544,8 @@ func (nd *fakeNode) onResponse(resp *wire.MapResponse, first bool) {
 			nd.stream.release()
 		}
 		ep := f.cur.Load()
-		if len(resp.Peers) != f.n-1 {
-			msg := fmt.Sprintf("%s: %d peers, want %d", nd.name, len(resp.Peers), f.n-1)
+		if nd.nHeld != f.n-1 || unknown > 0 {
+			msg := fmt.Sprintf("%s: %d peers of the fleet, %d others, want %d of the fleet", nd.name, nd.nHeld, unknown, f.n-1)
 			f.badFull.CompareAndSwap(nil, &msg)
 			f.badFulls.Add(1)
 		}
@@ -406,36 +555,46 @@ func (nd *fakeNode) onResponse(resp *wire.MapResponse, first bool) {
 			f.poke()
 		}
 	}
+	nd.resettle(true)
+	return nil
+}
+
+// checkMark counts the change in flight (Fleet.Change) as seen if the
+// changer's record p has its endpoint.
+func (nd *fakeNode) checkMark(p wire.PeerRef) error {
+	f := nd.f
 	mark := f.mark.Load()
-	for _, p := range resp.PeersChanged {
-		nd.setPeer(p.Key, p.Online)
-		if mark != 0 && p.Key == f.changer && nd.lastMark != mark {
-			for _, ep := range p.Endpoints {
-				if int64(ep.Port()) == mark {
-					nd.lastMark = mark
-					f.markSeen.Add(1)
-					f.markSeenVia[nd.via].Add(1)
-					f.poke()
-					break
-				}
-			}
+	if mark == 0 || nd.lastMark == mark {
+		return nil
+	}
+	n := p.Node
+	if n == nil {
+		var err error
+		if n, err = wire.ParsePeerBody(p.Record); err != nil {
+			return err
 		}
 	}
-	for _, k := range resp.PeersRemoved {
-		nd.setPeer(k, false)
+	for _, ep := range n.Endpoints {
+		if int64(ep.Port()) == mark {
+			nd.lastMark = mark
+			f.markSeen.Add(1)
+			f.markSeenVia[nd.via].Add(1)
+			f.poke()
+			break
+		}
 	}
-	for k, on := range resp.PeersOnline {
-		nd.setPeer(k, on)
-	}
-	nd.resettle(true)
+	return nil
 }
 
 // setPeer records peer k's online state.
 func (nd *fakeNode) setPeer(k key.NodePublic, on bool) {
-	i, ok := nd.f.index[k]
-	if !ok {
-		return
+	if i, ok := nd.f.index[k]; ok {
+		nd.setOnline(i, on)
 	}
+}
+
+// setOnline records node i's online state.
+func (nd *fakeNode) setOnline(i int, on bool) {
 	w, bit := i/64, uint64(1)<<(i%64)
 	was := nd.online[w]&bit != 0
 	switch {
@@ -468,7 +627,7 @@ func (nd *fakeNode) resettle(streaming bool) {
 // gatedTransport makes a node's map requests (wire.PathMap) wait for one
 // of the fleet's reading slots before they are sent, and hands the map
 // streams among the answers (those that carry wire.HeaderKeepAlive) to a
-// gatedBody, which gives the slot back once the full map is decoded;
+// gatedBody, which gives the slot back once the full map is read;
 // other answers give it back at once. RoundTrip runs on the goroutine
 // that makes the request: for a stream, the node's stream goroutine.
 type gatedTransport struct {
@@ -500,7 +659,7 @@ func (t *gatedTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 func (t *gatedTransport) CloseIdleConnections() { t.base.CloseIdleConnections() }
 
 // gatedBody is a map stream's body, holding a reading slot until release
-// (the full map decoded) or Close gives it back. Only the stream's
+// (the full map read) or Close gives it back. Only the stream's
 // goroutine uses it.
 type gatedBody struct {
 	io.ReadCloser

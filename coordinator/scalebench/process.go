@@ -2,10 +2,15 @@
 // It runs the real beam coordinator as a process of its own (so its CPU
 // time and RSS are its own, read from /proc) and drives a Fleet of
 // lightweight fake nodes in the calling process: each registers and
-// streams its map with coordclient over loopback HTTP, and really opens
-// and decodes every frame it receives, but runs no WireGuard and keeps
-// only what the measurement needs (the online state of its peers), so
-// ten thousand of them fit in one process.
+// streams its map with coordclient over loopback HTTP (its backoff,
+// reconnects and map resume) and really opens every sealed frame it
+// receives, but runs no WireGuard. It reads each binary peer record for
+// its key, revision and online flag alone (coordclient.RunScanned,
+// wire.ScanMapFrame) and keeps only what the measurement and map resume
+// need: per peer, its online state and the number of its revision, and
+// the digest of the peers held, so that ten thousand of them, holding
+// 10^8 peers between them, fit in one process and leave the cores to
+// the coordinator.
 //
 // BenchmarkCoordinatorScale (scale_test.go) is the benchmark built on it;
 // its doc comment gives the commands. BenchmarkCoordinatorScaleTwo

@@ -118,14 +118,15 @@ func TestScaleSmoke(t *testing.T) {
 // The coordinator is killed, failing the run, if its RSS or the benchmark
 // process's passes BEAM_SCALE_MAX_RSS_MB (default 6144).
 //
-// One process decodes every node's full map, which N real nodes would do
-// in parallel: at 5,000 nodes that is 11 GB of JSON. So that its memory
-// stays bounded, at most BEAM_SCALE_FULLMAPS_IN_FLIGHT streams (default
-// 128, see FleetOptions.FullMapsInFlight) are between sending their
-// stream request and having decoded their full map; the others open
-// their streams as slots free up. fullmap-s therefore measures the
-// fleet's decoding as much as the coordinator once N passes a few
-// thousand (see fleet-cpu-s against cpu-s).
+// One process reads every node's full map, which N real nodes would do
+// in parallel: at 10,000 nodes 10^8 peer records. The fake nodes open
+// every frame but scan the records rather than decode them, and hold no
+// Nodes (see the package doc), so that the fleet takes less CPU than the
+// coordinator (compare fleet-cpu-s with cpu-s). So that its memory stays
+// bounded, at most BEAM_SCALE_FULLMAPS_IN_FLIGHT streams (default 128,
+// see FleetOptions.FullMapsInFlight) are between sending their stream
+// request and having read their full map; the others open their streams
+// as slots free up.
 // BEAM_SCALE_COORD_ARGS adds flags to beam coordinator (space-separated),
 // for example "--debug-addr 127.0.0.1:6061" to take pprof profiles during
 // a run.
