@@ -22,6 +22,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -33,8 +34,24 @@ import (
 // StateTTL is how long a started sign-in may take.
 const StateTTL = 10 * time.Minute
 
-// maxStates bounds the sign-ins in flight; the oldest goes first.
-const maxStates = 4096
+// Bounds of the sign-ins in flight (started, not finished or expired):
+// each holds a few hundred bytes of server-side state for StateTTL, and
+// anyone can start one, so they are capped per source address and in
+// total. Past a cap, new sign-ins are refused (ErrTooManySignIns, 429)
+// rather than older ones dropped, so a flood cannot undo sign-ins
+// already under way.
+const (
+	// DefaultMaxSignIns is the default of Options.MaxSignIns.
+	DefaultMaxSignIns = 4096
+	// DefaultMaxSignInsPerAddress is the default of
+	// Options.MaxSignInsPerAddress: far more than one person starts in
+	// ten minutes, and enough for an office behind one NAT.
+	DefaultMaxSignInsPerAddress = 64
+)
+
+// ErrTooManySignIns is returned by AuthURL when a cap on the sign-ins in
+// flight is reached; Begin answers it with 429 and Retry-After.
+var ErrTooManySignIns = errors.New("oidcauth: too many sign-ins in progress")
 
 // Options configures an RP.
 type Options struct {
@@ -60,6 +77,14 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// MaxSignIns bounds the sign-ins in flight; DefaultMaxSignIns if
+	// zero.
+	MaxSignIns int
+	// MaxSignInsPerAddress bounds the sign-ins in flight started from one
+	// source address (an IPv4 address or an IPv6 /64, from the request's
+	// RemoteAddr: behind a reverse proxy, everyone shares the proxy's);
+	// DefaultMaxSignInsPerAddress if zero, no bound if negative.
+	MaxSignInsPerAddress int
 }
 
 // Identity is who signed in, from the verified ID token.
@@ -86,8 +111,14 @@ type RP struct {
 	logger      *slog.Logger
 	now         func() time.Time
 
-	mu     sync.Mutex // guards the following fields
-	states map[string]*flow
+	maxFlows, maxPerSource int // maxPerSource < 0: none
+
+	mu        sync.Mutex // guards the following fields
+	states    map[string]*flow
+	order     []string             // states by start, oldest first; finished ones stay until swept
+	perSource map[netip.Prefix]int // flows in states per source
+	refused   int                  // refusals not yet logged
+	warned    time.Time            // when refusals were last logged
 }
 
 // flow is one started sign-in.
@@ -95,6 +126,7 @@ type flow struct {
 	verifier, nonce, data string
 	browser               [32]byte // SHA-256 of the browser cookie's value
 	expires               time.Time
+	source                netip.Prefix
 }
 
 type nonceKey struct{}
@@ -114,12 +146,21 @@ func New(ctx context.Context, opts Options) (*RP, error) {
 		hc = &http.Client{Timeout: 30 * time.Second}
 	}
 	r := &RP{
-		groupsClaim: opts.GroupsClaim,
-		cookie:      opts.CookieName,
-		secure:      strings.HasPrefix(opts.RedirectURL, "https://"),
-		logger:      opts.Logger,
-		now:         opts.Now,
-		states:      map[string]*flow{},
+		groupsClaim:  opts.GroupsClaim,
+		cookie:       opts.CookieName,
+		secure:       strings.HasPrefix(opts.RedirectURL, "https://"),
+		logger:       opts.Logger,
+		now:          opts.Now,
+		states:       map[string]*flow{},
+		perSource:    map[netip.Prefix]int{},
+		maxFlows:     opts.MaxSignIns,
+		maxPerSource: opts.MaxSignInsPerAddress,
+	}
+	if r.maxFlows <= 0 {
+		r.maxFlows = DefaultMaxSignIns
+	}
+	if r.maxPerSource == 0 {
+		r.maxPerSource = DefaultMaxSignInsPerAddress
 	}
 	if r.groupsClaim == "" {
 		r.groupsClaim = "groups"
@@ -156,27 +197,35 @@ func random() string {
 	return base64.RawURLEncoding.EncodeToString(b)
 }
 
-// AuthURL starts a sign-in for the browser of w and returns the
-// provider's URL to send it to; data comes back from Finish.
-func (r *RP) AuthURL(w http.ResponseWriter, data string) string {
+// AuthURL starts a sign-in for the browser of w, which sent req, and
+// returns the provider's URL to send it to; data comes back from Finish.
+// It returns ErrTooManySignIns if req's source address, or everyone, has
+// too many sign-ins in flight.
+func (r *RP) AuthURL(w http.ResponseWriter, req *http.Request, data string) (string, error) {
 	state, verifier, nonce, browser := random(), random(), random(), random()
 	now := r.now()
+	src := sourceOf(req)
 	r.mu.Lock()
-	for s, f := range r.states {
-		if !now.Before(f.expires) {
-			delete(r.states, s)
-		}
+	r.sweepLocked(now)
+	var refused string
+	switch {
+	case r.maxPerSource >= 0 && r.perSource[src] >= r.maxPerSource:
+		refused = "from this address"
+	case len(r.states) >= r.maxFlows:
+		refused = "on this server"
 	}
-	if len(r.states) >= maxStates {
-		var oldest string
-		for s, f := range r.states {
-			if oldest == "" || f.expires.Before(r.states[oldest].expires) {
-				oldest = s
-			}
+	if refused != "" {
+		r.refused++
+		if now.Sub(r.warned) >= time.Minute {
+			r.logger.Warn("refused oidc sign-ins: too many in progress", "source", src.String(), "where", refused, "refused", r.refused)
+			r.refused, r.warned = 0, now
 		}
-		delete(r.states, oldest)
+		r.mu.Unlock()
+		return "", fmt.Errorf("%w %s; finish one or try again later (they expire after %v)", ErrTooManySignIns, refused, StateTTL)
 	}
-	r.states[state] = &flow{verifier: verifier, nonce: nonce, data: data, browser: sha256.Sum256([]byte(browser)), expires: now.Add(StateTTL)}
+	r.states[state] = &flow{verifier: verifier, nonce: nonce, data: data, browser: sha256.Sum256([]byte(browser)), expires: now.Add(StateTTL), source: src}
+	r.order = append(r.order, state)
+	r.perSource[src]++
 	r.mu.Unlock()
 	// One cookie per sign-in (named by the state's hash), so sign-ins in
 	// several tabs do not undo each other. SameSite=Lax: the callback is a
@@ -185,13 +234,78 @@ func (r *RP) AuthURL(w http.ResponseWriter, data string) string {
 		Name: r.cookieName(state), Value: browser, Path: "/", MaxAge: int(StateTTL / time.Second),
 		HttpOnly: true, Secure: r.secure, SameSite: http.SameSiteLaxMode,
 	})
-	return rp.AuthURL(state, r.rp, rp.WithCodeChallenge(oidc.NewSHACodeChallenge(verifier)), rp.AuthURLOpt(rp.WithURLParam("nonce", nonce)))
+	return rp.AuthURL(state, r.rp, rp.WithCodeChallenge(oidc.NewSHACodeChallenge(verifier)), rp.AuthURLOpt(rp.WithURLParam("nonce", nonce))), nil
 }
 
-// Begin redirects the browser to the provider (see AuthURL).
+// sourceOf is the source a sign-in is counted against: req's IPv4
+// address, or its IPv6 /64; the zero Prefix if RemoteAddr is not an
+// address.
+func sourceOf(req *http.Request) netip.Prefix {
+	ap, err := netip.ParseAddrPort(req.RemoteAddr)
+	if err != nil {
+		return netip.Prefix{}
+	}
+	a := ap.Addr().Unmap()
+	bits := 32
+	if a.Is6() {
+		bits = 64
+	}
+	p, _ := a.Prefix(bits)
+	return p
+}
+
+// sweepLocked drops the sign-ins expired at now, and the finished ones
+// from order. r.mu held.
+func (r *RP) sweepLocked(now time.Time) {
+	n := 0
+	for _, s := range r.order {
+		f := r.states[s]
+		if f == nil {
+			n++ // finished
+			continue
+		}
+		if now.Before(f.expires) {
+			break // started later, so expires later (the clock only moves on)
+		}
+		r.deleteLocked(s)
+		n++
+	}
+	r.order = r.order[n:]
+	// Finished sign-ins leave holes; compact once they are most of it.
+	if len(r.order) > 2*len(r.states)+64 {
+		live := make([]string, 0, len(r.states))
+		for _, s := range r.order {
+			if r.states[s] != nil {
+				live = append(live, s)
+			}
+		}
+		r.order = live
+	}
+}
+
+// deleteLocked forgets the sign-in state. r.mu held.
+func (r *RP) deleteLocked(state string) *flow {
+	f := r.states[state]
+	if f == nil {
+		return nil
+	}
+	delete(r.states, state)
+	if r.perSource[f.source]--; r.perSource[f.source] <= 0 {
+		delete(r.perSource, f.source)
+	}
+	return f
+}
+
+// Begin redirects the browser to the provider (see AuthURL), or answers
+// 429 with Retry-After when too many sign-ins are in flight.
 func (r *RP) Begin(w http.ResponseWriter, req *http.Request, data string) {
-	u := r.AuthURL(w, data)
 	w.Header().Set("Cache-Control", "no-store")
+	u, err := r.AuthURL(w, req, data)
+	if err != nil {
+		w.Header().Set("Retry-After", "60")
+		http.Error(w, strings.TrimPrefix(err.Error(), "oidcauth: "), http.StatusTooManyRequests)
+		return
+	}
 	http.Redirect(w, req, u, http.StatusFound)
 }
 
@@ -213,8 +327,7 @@ func (r *RP) Finish(w http.ResponseWriter, req *http.Request) (*Identity, string
 		return nil, "", fmt.Errorf("%w: the provider said %s: %s", ErrSignIn, e, q.Get("error_description"))
 	}
 	r.mu.Lock()
-	f := r.states[state]
-	delete(r.states, state) // good once, whatever happens next
+	f := r.deleteLocked(state) // good once, whatever happens next
 	r.mu.Unlock()
 	if state == "" || f == nil || !r.now().Before(f.expires) {
 		return nil, "", fmt.Errorf("%w: this sign-in is unknown, used or expired; start again", ErrSignIn)

@@ -9,6 +9,7 @@ import (
 	"net/http/cookiejar"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,15 +31,25 @@ type rpServer struct {
 
 func startRP(t *testing.T, p *oidctest.Provider, clientID string) *rpServer {
 	t.Helper()
+	return startRPWith(t, p, clientID, nil)
+}
+
+// startRPWith is startRP with options changed by opt (if not nil).
+func startRPWith(t *testing.T, p *oidctest.Provider, clientID string, opt func(*oidcauth.Options)) *rpServer {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := &rpServer{base: "http://" + ln.Addr().String()}
-	s.rp, err = oidcauth.New(t.Context(), oidcauth.Options{
+	opts := oidcauth.Options{
 		Issuer: p.Issuer, ClientID: clientID, ClientSecret: "secret-" + clientID,
 		RedirectURL: s.base + "/callback", Scopes: []string{"email", "profile", "groups"},
-	})
+	}
+	if opt != nil {
+		opt(&opts)
+	}
+	s.rp, err = oidcauth.New(t.Context(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -329,5 +340,95 @@ func TestVerifyIDToken(t *testing.T) {
 		if id, err := s.rp.VerifyIDToken(t.Context(), tok); err == nil || !errors.Is(err, oidcauth.ErrSignIn) {
 			t.Errorf("%s token: %+v, %v; want refused", name, id, err)
 		}
+	}
+}
+
+// browserFrom is browser with its connections from the loopback address
+// ip, so the RP sees several sources.
+func browserFrom(ip string) *http.Client {
+	c := browser()
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	c.Transport = &http.Transport{DialContext: d.DialContext}
+	return c
+}
+
+// fakeClock is a clock tests move by hand.
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// TestSignInsInFlightCapped starts sign-ins that are never finished, as
+// anyone can, from several addresses: each address may have
+// MaxSignInsPerAddress in flight and everyone MaxSignIns, past which
+// new ones get 429 with Retry-After (and the ones under way are kept).
+// Expired and finished sign-ins free their place.
+func TestSignInsInFlightCapped(t *testing.T) {
+	p := newProvider(t)
+	clock := &fakeClock{t: time.Now()}
+	s := startRPWith(t, p, "beam", func(o *oidcauth.Options) {
+		o.MaxSignIns, o.MaxSignInsPerAddress, o.Now = 5, 3, clock.Now
+	})
+	start := func(ip string) (int, string) {
+		t.Helper()
+		c := browserFrom(ip)
+		c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		resp, err := c.Get(s.base + "/start")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode == http.StatusTooManyRequests && resp.Header.Get("Retry-After") == "" {
+			t.Errorf("429 from %s without Retry-After", ip)
+		}
+		return resp.StatusCode, string(b)
+	}
+	for _, tc := range []struct {
+		ip   string
+		code int
+		body string
+	}{
+		{"127.0.0.2", http.StatusFound, ""},
+		{"127.0.0.2", http.StatusFound, ""},
+		{"127.0.0.2", http.StatusFound, ""},
+		{"127.0.0.2", http.StatusTooManyRequests, "too many sign-ins in progress from this address"},
+		{"127.0.0.3", http.StatusFound, ""},
+		{"127.0.0.3", http.StatusFound, ""},
+		{"127.0.0.4", http.StatusTooManyRequests, "too many sign-ins in progress on this server"},
+	} {
+		if code, body := start(tc.ip); code != tc.code || !strings.Contains(body, tc.body) {
+			t.Fatalf("start from %s: got %d %q, want %d %q", tc.ip, code, body, tc.code, tc.body)
+		}
+	}
+
+	clock.Add(oidcauth.StateTTL)
+	// All expired: an address may sign in again, and a finished sign-in
+	// frees its place at once.
+	for i := range 4 {
+		c := browserFrom("127.0.0.2")
+		if code, body := deliver(t, c, callbackURL(t, c, s, alice)); code != http.StatusOK {
+			t.Fatalf("sign-in %d after the others expired: got %d %q", i, code, body)
+		}
+	}
+	for range 3 {
+		if code, body := start("127.0.0.2"); code != http.StatusFound {
+			t.Fatalf("start after finished sign-ins: got %d %q, want 302", code, body)
+		}
+	}
+	if code, _ := start("127.0.0.2"); code != http.StatusTooManyRequests {
+		t.Fatalf("fourth sign-in in flight from one address: got %d, want 429", code)
 	}
 }
