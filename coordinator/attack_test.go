@@ -177,6 +177,71 @@ func TestAttackForgedAndReplayedRegistration(t *testing.T) {
 	}
 }
 
+// TestAttackReplayOfRequestBeforeRegistration: a node key's request
+// sent before the key registered is refused (the key is unknown) without
+// being recorded, as anyone can send such requests with keys of their
+// own. Once the key registers, a captured copy must stay refused: here a
+// logout, whose replay would remove the node. A node whose clock is
+// minutes behind registers and logs out normally, since its requests are
+// compared with its own registration's stamp.
+func TestAttackReplayOfRequestBeforeRegistration(t *testing.T) {
+	c := startCoord(t, nil)
+	mk := c.priv.Public()
+	post := func(msg wire.RegisterRequest, nk key.NodePrivate) []byte {
+		return sealEnvelope(t, nk.Public(), nk, mk, msg)
+	}
+	for _, tc := range []struct {
+		name string
+		skew time.Duration // the node's clock minus the coordinator's
+	}{
+		{"clock right", 0},
+		{"clock three minutes behind", -3 * time.Minute},
+		{"clock three minutes ahead", 3 * time.Minute},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			victim := key.NewNode()
+			stamp := func() time.Time { return time.Now().Add(tc.skew) }
+			early := post(wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(), Logout: true, Timestamp: stamp()}, victim)
+			if st, eb, _ := rawPost(t, c.URL, wire.PathRegister, early); st != http.StatusForbidden || eb.Code != wire.CodeNodeNotRegistered {
+				t.Fatalf("logout before registering: %d %q, want 403 %s", st, eb.Code, wire.CodeNodeNotRegistered)
+			}
+			reg := post(wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(), AuthKey: c.authKey(t, coordinator.AuthKeyOptions{}),
+				Hostname: "victim", Timestamp: stamp()}, victim)
+			if st, eb, _ := rawPost(t, c.URL, wire.PathRegister, reg); st != http.StatusOK {
+				t.Fatalf("register: %d %+v", st, eb)
+			}
+			if st, eb, _ := rawPost(t, c.URL, wire.PathRegister, early); st != http.StatusUnauthorized || eb.Code != wire.CodeReplay {
+				t.Fatalf("replayed logout from before registering: %d %q, want 401 %s", st, eb.Code, wire.CodeReplay)
+			}
+			if !hasNode(t, c, victim.Public()) {
+				t.Fatal("the replayed logout removed the node")
+			}
+			// The node's own logout, stamped after its registration, works.
+			late := post(wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(), Logout: true, Timestamp: stamp()}, victim)
+			if st, eb, _ := rawPost(t, c.URL, wire.PathRegister, late); st != http.StatusOK {
+				t.Fatalf("logout after registering: %d %+v", st, eb)
+			}
+			if hasNode(t, c, victim.Public()) {
+				t.Fatal("the node's logout did not remove it")
+			}
+		})
+	}
+}
+
+func hasNode(t *testing.T, c *coord, k key.NodePublic) bool {
+	t.Helper()
+	nodes, err := c.Server.Nodes(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if n.Key == k {
+			return true
+		}
+	}
+	return false
+}
+
 // syncBuffer is a bytes.Buffer safe for concurrent writers.
 type syncBuffer struct {
 	mu sync.Mutex

@@ -97,6 +97,12 @@ const maxReplayEntries = 1 << 18
 // other). The floors are the senders' own: one node stamping requests
 // minutes ahead (its clock may be up to MaxClockSkew off) and filling
 // the cache raises its floor alone, never the others'.
+//
+// A key's floor is also raised when it registers (raiseFloor, from
+// Server.seeRequest) to just before its registering request's stamp: the
+// requests it sent before were refused without being recorded (anyone
+// can send such requests with keys of their own), and must stay refused
+// once the key is known.
 type replayCache struct {
 	// max bounds the entries; zero means maxReplayEntries.
 	max int
@@ -143,6 +149,20 @@ func (c *replayCache) add(k key.NodePublic, h [32]byte, ts, now time.Time) bool 
 	c.seen[h] = t
 	heap.Push(&c.order, replayEntry{ts: t, hash: h, sender: k})
 	return true
+}
+
+// raiseFloor refuses, from now on, every request of sender k whose
+// timestamp is at or before ts, as if seen: the requests of a key sent
+// before it registered, which were refused without being recorded. The
+// floor lasts while such requests could pass the freshness check.
+func (c *replayCache) raiseFloor(k key.NodePublic, ts, now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.pruneLocked(now)
+	if c.floors == nil {
+		c.floors = make(map[key.NodePublic]int64)
+	}
+	c.floors[k] = max(c.floors[k], ts.UnixNano())
 }
 
 // prune forgets entries that can no longer be replayed.

@@ -544,6 +544,18 @@ func (s *Server) seeRequest(ctx context.Context, q *sealedRequest) *apiError {
 		return errorf(http.StatusUnauthorized, wire.CodeReplay, "request was already seen")
 	}
 	q.seen = true
+	s.mu.Lock()
+	known := s.nodes[q.nk] != nil
+	s.mu.Unlock()
+	if !known {
+		// q may register its key (it carries a credential). The key's
+		// requests from before were refused as unregistered without
+		// being recorded, so once it is registered their replays would
+		// be new: refuse every request of the key stamped before q.
+		// Stamps are the node's own clock, so a node whose clock is off
+		// still has its later requests admitted.
+		s.replay.raiseFloor(q.nk, q.ts.Add(-time.Nanosecond), q.now)
+	}
 	return nil
 }
 
