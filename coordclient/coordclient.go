@@ -257,11 +257,17 @@ func (c *Client) postTo(ctx context.Context, t *target, path string, build func(
 			c.mu.Unlock()
 			continue
 		}
-		if e.Code == wire.CodeRateLimited && attempt < maxRateLimitedRetries {
+		ra := resp.Header.Get("Retry-After")
+		if ra != "" {
+			e.RetryAfter = retryAfterHeader(ra)
+		}
+		if (e.Code == wire.CodeRateLimited && attempt < maxRateLimitedRetries) ||
+			(e.Status == http.StatusServiceUnavailable && ra != "" && attempt < maxUnavailableRetries) {
 			// Too many requests from this address (many nodes behind one
-			// NAT coming back at once): wait as asked, then send it again
-			// with a fresh timestamp.
-			e.RetryAfter = retryAfterHeader(resp.Header.Get("Retry-After"))
+			// NAT coming back at once), or the coordinator cannot serve
+			// the request now (its database did not answer in time): wait
+			// as asked, then send it again with a fresh timestamp.
+			e.RetryAfter = retryAfterHeader(ra)
 			t := time.NewTimer(e.RetryAfter)
 			select {
 			case <-ctx.Done():

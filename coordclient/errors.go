@@ -53,8 +53,9 @@ type Error struct {
 	// Message is the coordinator's human-readable text.
 	Message string
 	// RetryAfter is how long the coordinator asked the node to wait
-	// before it comes back (a stream ended by its shutdown); zero if it
-	// did not say.
+	// before it comes back (a stream ended by its shutdown, a request it
+	// could not serve in time: 503 with Retry-After); zero if it did not
+	// say.
 	RetryAfter time.Duration
 }
 
@@ -133,6 +134,13 @@ const (
 // maxRateLimitedRetries bounds how often one request is sent again after
 // the coordinator answered wire.CodeRateLimited.
 const maxRateLimitedRetries = 5
+
+// maxUnavailableRetries bounds how often one request is sent again after
+// the coordinator answered 503 with a Retry-After (a registration its
+// database did not answer in time): each attempt may take the
+// coordinator's whole deadline, so once is enough before the error
+// reaches the user.
+const maxUnavailableRetries = 1
 
 // retryAfterHeader parses a Retry-After header in seconds, bounded by
 // minRetryAfter and maxRetryAfter (minRetryAfter if absent or bad).

@@ -532,7 +532,7 @@ func (rg *registry) finishApproved(w http.ResponseWriter, r *http.Request, q *se
 	nk := q.nk
 	rr := *req
 	rr.AuthKey, rr.Followup = authKey, ""
-	resp, aerr := s.countRegistration(rg.register(context.WithoutCancel(r.Context()), q, &rr, remoteIsLoopback(r)))
+	resp, aerr := s.countRegistration(rg.registerBounded(r, q, &rr))
 	if aerr != nil {
 		if aerr.status >= 500 {
 			s.logger.Warn("approved registration failed", "node", nk.ShortString(), "err", aerr)

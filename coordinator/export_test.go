@@ -64,3 +64,12 @@ func SetOnlineRecordEveryForTest(d time.Duration) (restore func()) {
 
 // OnlineSettingForTest names the setting that records which nodes stream.
 const OnlineSettingForTest = onlineSetting
+
+// SetRegisterTimeoutForTest sets how long a registration may take (d) and
+// the Retry-After of one that ran out of time (retry), and returns a func
+// that restores them.
+func SetRegisterTimeoutForTest(d, retry time.Duration) (restore func()) {
+	oldD, oldR := registerTimeout, registerRetryAfter
+	registerTimeout, registerRetryAfter = d, retry
+	return func() { registerTimeout, registerRetryAfter = oldD, oldR }
+}

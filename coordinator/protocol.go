@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -34,6 +35,10 @@ type apiError struct {
 	status int
 	code   wire.ErrorCode
 	msg    string
+	// retryAfter, if set, is sent as the Retry-After header (whole
+	// seconds, at least 1): how long the client should wait before it
+	// tries again.
+	retryAfter time.Duration
 }
 
 func (e *apiError) Error() string { return string(e.code) + ": " + e.msg }
@@ -45,6 +50,9 @@ func errorf(status int, code wire.ErrorCode, format string, args ...any) *apiErr
 func writeError(w http.ResponseWriter, e *apiError) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	if e.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int((e.retryAfter+time.Second-1)/time.Second))))
+	}
 	w.WriteHeader(e.status)
 	json.NewEncoder(w).Encode(wire.ErrorBody{Error: e.msg, Code: e.code})
 }

@@ -66,8 +66,10 @@ type registry struct {
 	// nodeKeyExpiry is Options.NodeKeyExpiry resolved: > 0, or < 0 for never.
 	nodeKeyExpiry time.Duration
 
-	// mu serializes registrations and renames: name allocation.
-	mu sync.Mutex
+	// mu serializes registrations and renames: name allocation. A
+	// registration waits for it no longer than its deadline
+	// (registerTimeout).
+	mu ctxMutex
 
 	// addrs allocates overlay IPv4 addresses; IPv6 ones follow them.
 	addrs struct {
@@ -92,7 +94,7 @@ type registry struct {
 
 // newRegistry returns the registration job of core on opts.
 func newRegistry(core *Server, opts Options) *registry {
-	rg := &registry{core: core, devMode: opts.DevMode, approver: opts.Approver, nodeKeyExpiry: opts.NodeKeyExpiry}
+	rg := &registry{core: core, devMode: opts.DevMode, approver: opts.Approver, nodeKeyExpiry: opts.NodeKeyExpiry, mu: make(ctxMutex, 1)}
 	rg.refusedLog = logLimiter{msg: "registration refused", burst: 1}
 	rg.waitingLog = logLimiter{msg: "registration waiting for approval", burst: 5}
 	rg.droppedLog = logLimiter{msg: "registration dropped to make room", burst: 1}
@@ -245,6 +247,60 @@ const registerAttempts = 16
 // new node with ErrConflict.
 var errRegisterConflict = errorf(http.StatusConflict, wire.CodeUnavailable, "name or address taken by another coordinator; try again")
 
+// registerTimeout bounds a registration: its wait for the registrations
+// before it (they run one at a time) and its reads and writes of the
+// store. A database that stops answering then fails it with
+// errRegisterTimeout, instead of holding it, and every registration
+// queued behind it, until TCP gives up on the connection (minutes, or
+// never for a database that still acknowledges). A variable for tests.
+var registerTimeout = 30 * time.Second
+
+// registerRetryAfter is the Retry-After of errRegisterTimeout: how long a
+// node waits before it sends its registration again. A variable for
+// tests.
+var registerRetryAfter = 5 * time.Second
+
+// errRegisterTimeout returns the answer to a registration that ran out of
+// registerTimeout: 503 with Retry-After, which coordclient honours.
+func errRegisterTimeout() *apiError {
+	return &apiError{status: http.StatusServiceUnavailable, code: wire.CodeUnavailable,
+		msg: "the coordinator's database did not answer in time; try again", retryAfter: registerRetryAfter}
+}
+
+// registerBounded runs register for r within registerTimeout, and finishes
+// even if the node hangs up, so that memory and store agree. A
+// registration that ran out of time answers errRegisterTimeout, whatever
+// step (a store error, a canceled wait) it failed at.
+func (rg *registry) registerBounded(r *http.Request, q *sealedRequest, req *wire.RegisterRequest) (*wire.RegisterResponse, *apiError) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), registerTimeout)
+	defer cancel()
+	resp, aerr := rg.register(ctx, q, req, remoteIsLoopback(r))
+	if aerr != nil && ctx.Err() != nil {
+		aerr = errRegisterTimeout()
+	}
+	return resp, aerr
+}
+
+// ctxMutex is a mutex whose holder-to-be may give up waiting when its
+// context ends (LockContext). Make it with make(ctxMutex, 1).
+type ctxMutex chan struct{}
+
+// Lock locks m, waiting as long as it takes.
+func (m ctxMutex) Lock() { m <- struct{}{} }
+
+// LockContext locks m, or returns ctx's error if ctx ends first.
+func (m ctxMutex) LockContext(ctx context.Context) error {
+	select {
+	case m <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Unlock unlocks m, which must be locked.
+func (m ctxMutex) Unlock() { <-m }
+
 // register handles a RegisterRequest whose sender proved it holds
 // req.NodeKey; q is the request as opened, which register records
 // against replays (Server.seeRequest) once it knows the request may
@@ -260,7 +316,9 @@ var errRegisterConflict = errorf(http.StatusConflict, wire.CodeUnavailable, "nam
 // from the store and tries again, a few times.
 func (rg *registry) register(ctx context.Context, q *sealedRequest, req *wire.RegisterRequest, loopback bool) (*wire.RegisterResponse, *apiError) {
 	s := rg.core
-	rg.mu.Lock()
+	if err := rg.mu.LockContext(ctx); err != nil {
+		return nil, errRegisterTimeout()
+	}
 	defer rg.mu.Unlock()
 	for i := 1; ; i++ {
 		resp, aerr := rg.registerOnce(ctx, q, req, loopback)
@@ -274,7 +332,7 @@ func (rg *registry) register(ctx context.Context, q *sealedRequest, req *wire.Re
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return nil, errorf(http.StatusServiceUnavailable, wire.CodeUnavailable, "registration canceled")
+			return nil, errRegisterTimeout()
 		case <-t.C:
 		}
 		if err := s.syncNodesRegLocked(ctx); err != nil {
@@ -511,11 +569,10 @@ func (rg *registry) handleRegister(w http.ResponseWriter, r *http.Request) {
 	}
 	nk := q.nk
 	cleanRegisterRequest(&req)
-	// Finish a registration even if the node hangs up, so memory and store agree.
 	if rg.interactiveRegister(w, r, q, &req) {
 		return
 	}
-	resp, aerr := s.countRegistration(rg.register(context.WithoutCancel(r.Context()), q, &req, remoteIsLoopback(r)))
+	resp, aerr := s.countRegistration(rg.registerBounded(r, q, &req))
 	if aerr != nil {
 		if aerr.status >= 500 {
 			s.logger.Warn("registration failed", "node", nk.ShortString(), "err", aerr)
