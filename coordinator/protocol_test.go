@@ -136,29 +136,52 @@ func TestGetKey(t *testing.T) {
 }
 
 // TestServerSetup checks GET /server/setup: 404 from a coordinator with
-// no public setup, and the setup of the moment, to anyone, from one with
-// it.
+// no public setup; from one with it, the setup of the moment to anyone,
+// but how the certificate's order went (the CA, its error text, which
+// names internal hosts and resolvers) only with the admin token.
 func TestServerSetup(t *testing.T) {
-	_, err := coordclient.ServerSetup(t.Context(), startCoord(t, nil).URL, nil)
+	_, err := coordclient.ServerSetup(t.Context(), startCoord(t, nil).URL, "", nil)
 	if ce, ok := errors.AsType[*coordclient.Error](err); !ok || ce.Status != http.StatusNotFound {
 		t.Errorf("setup of a coordinator without one: %v, want a 404 error", err)
 	}
 	var state atomic.Value
 	state.Store(wire.CertPending)
+	const secretError = "Get \"https://acme.corp.internal:14000/dir\": dial tcp: lookup acme.corp.internal on 10.1.2.3:53: no such host"
 	c := startCoord(t, func(o *coordinator.Options) {
 		o.ServerSetup = func() *wire.ServerSetup {
 			return &wire.ServerSetup{Domain: "example.test", PublicIPs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, HTTPSPort: 443,
-				Certificate: &wire.CertStatus{Name: "*.example.test", State: state.Load().(string)}}
+				Certificate: &wire.CertStatus{Name: "*.example.test", State: state.Load().(string),
+					CA: "https://acme.corp.internal:14000/dir", Orders: 3, Problem: "connection", Error: secretError, Changed: time.Now()}}
 		}
 	})
 	for _, want := range []string{wire.CertPending, wire.CertFailed} {
 		state.Store(want)
-		got, err := coordclient.ServerSetup(t.Context(), c.URL, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got.Domain != "example.test" || len(got.PublicIPs) != 1 || got.HTTPSPort != 443 || got.Certificate == nil || got.Certificate.State != want {
-			t.Errorf("setup = %+v, want example.test at 192.0.2.1 with HTTPS and a %s certificate", got, want)
+		for _, tc := range []struct {
+			name, token string
+			full        bool
+		}{
+			{"anyone", "", false},
+			{"wrong token", testToken + "x", false},
+			{"admin", testToken, true},
+		} {
+			t.Run(want+" "+tc.name, func(t *testing.T) {
+				got, err := coordclient.ServerSetup(t.Context(), c.URL, tc.token, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got.Domain != "example.test" || len(got.PublicIPs) != 1 || got.HTTPSPort != 443 || got.Certificate == nil ||
+					got.Certificate.State != want || got.Certificate.Name != "*.example.test" {
+					t.Fatalf("setup = %+v, want example.test at 192.0.2.1 with HTTPS and a %s certificate", got, want)
+				}
+				cs := *got.Certificate
+				hidden := wire.CertStatus{Name: cs.Name, State: cs.State}
+				if tc.full && (cs.Error != secretError || cs.CA == "" || cs.Orders != 3 || cs.Problem == "" || cs.Changed.IsZero()) {
+					t.Errorf("admin's certificate status = %+v, want the order's details", cs)
+				}
+				if !tc.full && cs != hidden {
+					t.Errorf("certificate status told without the admin token = %+v, want only name and state", cs)
+				}
+			})
 		}
 	}
 }

@@ -139,8 +139,10 @@ type Options struct {
 	// token is not the admin token (an OIDC ID token of an admin): ok
 	// admits it, and the audit log names who ("admin:WHO").
 	AdminAuth func(r *http.Request) (who string, ok bool)
-	// ServerSetup, if not nil, is answered to GET wire.PathServerSetup
-	// (public: see wire.ServerSetup); nil answers 404.
+	// ServerSetup, if not nil, is answered to GET wire.PathServerSetup:
+	// in full to a caller with the admin token, and without the details
+	// of the certificate's order to anyone else (publicSetup); nil
+	// answers 404.
 	ServerSetup func() *wire.ServerSetup
 	// MachineRequestRate and MachineRequestBurst are the token bucket of
 	// each source address (an IPv4 address, an IPv6 /64) on the sealed
@@ -463,7 +465,29 @@ func (s *Server) handleServerSetup(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusNotFound, wire.CodeNotFound, "this coordinator has no public server setup (it is not run by beam server with a domain)"))
 		return
 	}
-	writeJSON(w, http.StatusOK, s.serverSetup())
+	setup := s.serverSetup()
+	if !bearerIs(r, s.admin.hash()) {
+		setup = publicSetup(setup)
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, setup)
+}
+
+// publicSetup is what GET wire.PathServerSetup tells anyone: what a
+// device probes from outside before it joins (the domain, the addresses
+// the zone publishes, the ports of the public listeners, which anyone can
+// find by asking the zone and scanning), and whether the wildcard
+// certificate is issued (as a TLS handshake would tell). Why an ACME
+// order failed, the CA's URL and the order's history are the admin's:
+// the error text names internal resolvers, proxies and CA hosts. The
+// setup check on the server (beam server check) presents the admin token
+// and gets them.
+func publicSetup(full *wire.ServerSetup) *wire.ServerSetup {
+	s := *full
+	if c := full.Certificate; c != nil {
+		s.Certificate = &wire.CertStatus{Name: c.Name, State: c.State}
+	}
+	return &s
 }
 
 func (s *Server) handleKey(w http.ResponseWriter, r *http.Request) {

@@ -7,7 +7,10 @@ import (
 
 // ServerSetup is a public server's setup as a setup check needs it: the
 // domain, the public addresses, the ports that must answer there, and
-// where the wildcard certificate stands.
+// where the wildcard certificate stands. GET PathServerSetup answers it
+// to anyone, since a device checks the server from outside before it
+// joins; but only a caller with the admin token gets CertStatus's fields
+// past Name and State.
 type ServerSetup struct {
 	// Domain is the edge domain, delegated to the server's zone.
 	Domain string `json:"domain"`
@@ -30,7 +33,7 @@ type CertStatus struct {
 	// Name is the certificate's name, "*.DOMAIN".
 	Name string `json:"name"`
 	// CA is the ACME directory URL.
-	CA string `json:"ca"`
+	CA string `json:"ca,omitempty"`
 	// State is "pending" until the first order ends, then "issued" or
 	// "failed" (a failed order is retried with backoff).
 	State string `json:"state"`

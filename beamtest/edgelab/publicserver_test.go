@@ -307,7 +307,7 @@ func TestPublicServerREADME(t *testing.T) {
 	var out6 string
 	var err6 error
 	if err := retry(ctx, 30*time.Second, func() error {
-		if out6, err6 = check(w.clients[0], sub2); !strings.Contains(out6, "failed (") {
+		if out6, err6 = check(srv2, sub2); !strings.Contains(out6, "failed (") {
 			return fmt.Errorf("order not failed yet: %v", err6)
 		}
 		return nil
@@ -317,6 +317,16 @@ func TestPublicServerREADME(t *testing.T) {
 	wantFails(t, "failed order", out6, err6,
 		fmt.Sprintf("FAIL certificate at %s: no certificate for beam-check.broken.test: the ACME order for *.broken.test at %s failed (1 order(s), the last", hostPort(srv2.Addr(), 443), w.pebbleDir()),
 		"fix: the CA could not read the DNS-01 record _acme-challenge.broken.test from this server's zone: create broken.test. NS ns1.broken.test. at the registrar of broken.test with the glue record ns1.broken.test. A "+srv2.Addr().String())
+	// Without the admin token (a device, or a --data the user cannot
+	// read) the coordinator tells only that the order failed: its error
+	// names the CA's host and the resolvers the server used.
+	out7, err := check(w.clients[0], sub2, "--data", filepath.Join(w.dir, "nowhere"))
+	wantFails(t, "failed order without the admin token", out7, err,
+		fmt.Sprintf("FAIL certificate at %s: no certificate for beam-check.broken.test: the server's ACME order for *.broken.test failed", hostPort(srv2.Addr(), 443)),
+		"fix: the server tells why only to its admin: run beam server check on the server with the server's --data")
+	if strings.Contains(out7, w.pebbleDir()) {
+		t.Errorf("the check without the admin token names the CA:\n%s", out7)
+	}
 	// The servers said so in their logs too.
 	if line := waitOut(t, server2, "certificate order failed", 5*time.Second); !strings.Contains(line, "problem=unauthorized") || !strings.Contains(line, "_acme-challenge.broken.test") {
 		t.Errorf("the failed order's log line names no problem or fix: %s", line)

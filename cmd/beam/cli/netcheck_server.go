@@ -38,7 +38,7 @@ func runNetcheckServer(ctx context.Context, f *Factory, in *instanceFlags, o *ne
 	if st.CoordinatorStream != "" {
 		coordURL, _, _ = strings.Cut(st.CoordinatorStream, " ")
 	}
-	setup, err := coordclient.ServerSetup(ctx, coordURL, &http.Client{Timeout: o.Timeout})
+	setup, err := coordclient.ServerSetup(ctx, coordURL, "", &http.Client{Timeout: o.Timeout})
 	if ce, ok := errors.AsType[*coordclient.Error](err); ok && ce.Status == http.StatusNotFound {
 		return fmt.Errorf("the coordinator at %s has no public setup to check: beam netcheck --server checks a public server (beam server --domain, not --dev)", st.Coordinator)
 	}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -301,16 +302,24 @@ func (c *serverCheck) noCertificate(ctx context.Context, name string, herr error
 		return fmt.Sprintf("no certificate for %s: the server gets none by ACME", name),
 			"start beam server with an HTTPS listener (--https-addr, default :443) and an ACME directory (the default Let's Encrypt, --acme-staging or --acme-ca URL)"
 	}
-	switch cs.State {
-	case wire.CertFailed:
+	switch {
+	case cs.State == wire.CertFailed && cs.CA == "":
+		// The public view: why it failed is the admin's to read.
+		return fmt.Sprintf("no certificate for %s: the server's ACME order for %s failed", name, cs.Name),
+			"the server tells why only to its admin: run beam server check on the server with the server's --data (as a user that may read the admin token there), or read beam server's log lines of component acme"
+	case cs.State == wire.CertFailed:
 		what := cs.Error
 		if cs.Problem != "" {
 			what = cs.Problem + ": " + cs.Error
 		}
 		return fmt.Sprintf("no certificate for %s: the ACME order for %s at %s failed (%d order(s), the last %s ago): %s", name, cs.Name, cs.CA, cs.Orders, time.Since(cs.Changed).Round(time.Second), what),
 			c.orderFix(cs)
-	case wire.CertPending:
-		return fmt.Sprintf("no certificate for %s yet: the ACME order for %s at %s is under way", name, cs.Name, cs.CA),
+	case cs.State == wire.CertPending:
+		at := ""
+		if cs.CA != "" {
+			at = " at " + cs.CA
+		}
+		return fmt.Sprintf("no certificate for %s yet: the ACME order for %s%s is under way", name, cs.Name, at),
 			"wait a minute and check again: orders take seconds to a minute; if it stays pending, read beam server's log lines of component acme"
 	}
 	return said + fmt.Sprintf(" (the server says %s is %s)", cs.Name, cs.State), "restart beam server; if that does not help, read its log lines of component acme and edge"
@@ -409,7 +418,12 @@ func newServerCheck(o *ServerOptions, resolver string) (*serverCheck, error) {
 	// certificate's order stands.
 	if c.CoordPort != 0 && len(o.PublicIPs) > 0 {
 		url := "http://" + net.JoinHostPort(o.PublicIPs[0], strconv.Itoa(c.CoordPort))
-		c.Setup = func(ctx context.Context) (*wire.ServerSetup, error) { return coordclient.ServerSetup(ctx, url, nil) }
+		c.Setup = func(ctx context.Context) (*wire.ServerSetup, error) {
+			// With the admin token (when this user may read it), the
+			// coordinator tells how the certificate's order went.
+			tok, _ := readToken(filepath.Join(o.DataDir, "admin.token"), "admin token")
+			return coordclient.ServerSetup(ctx, url, tok, nil)
+		}
 	}
 	if o.ACMECA != "" {
 		c.HTTPSPort = portOf(o.HTTPSAddr)
@@ -479,6 +493,7 @@ ports are open from outside (a firewall may let the host reach itself).`,
 	fl.StringVar(&o.STUNAddr, "stun-addr", ":3478", "the server's --stun-addr")
 	fl.StringVar(&o.STUNAltAddr, "stun-alt-addr", "", "the server's --stun-alt-addr (\"\": --stun-addr's port + 1; \"off\": none)")
 	fl.StringVar(&o.DNSAddr, "dns-addr", ":53", "the server's --dns-addr")
+	fl.StringVar(&o.DataDir, "data", configs.DefaultServer().DataDir, "the server's --data: its admin token gets why a certificate order failed (without it, the coordinator tells only that it did)")
 	fl.StringVar(&o.ACMECA, "acme-ca", "", "the server's --acme-ca")
 	fl.BoolVar(&o.ACMEStaging, "acme-staging", false, "the server's --acme-staging")
 	fl.StringVar(&o.ACMECARoot, "cert-root", "", "PEM root the edge's certificate must chain to (default: the system's roots)")

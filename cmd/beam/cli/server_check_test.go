@@ -160,6 +160,12 @@ func TestServerCheck(t *testing.T) {
 			"rateLimited: too many certificates", "--acme-staging"},
 		{"order under way", failedOrder(t, &wire.CertStatus{State: wire.CertPending}), "certificate at 127.0.0.1:",
 			"no certificate for beam-check.example.test yet: the ACME order for *.example.test at https://ca.test/dir is under way", "wait a minute"},
+		{"failed order, seen without the admin token", func(c *serverCheck) {
+			c.HTTPSPort = tlsPort(t, nil)
+			c.Setup = func(context.Context) (*wire.ServerSetup, error) {
+				return &wire.ServerSetup{Domain: "example.test", Certificate: &wire.CertStatus{Name: "*.example.test", State: wire.CertFailed}}, nil
+			}
+		}, "certificate at 127.0.0.1:", "the server's ACME order for *.example.test failed", "run beam server check on the server"},
 		{"no ACME", failedOrder(t, nil), "certificate at 127.0.0.1:", "the server gets none by ACME", "--https-addr"},
 		{"status unavailable", func(c *serverCheck) {
 			c.HTTPSPort = tlsPort(t, nil)
