@@ -305,6 +305,14 @@ type sendBatch struct {
 	ip   [16]byte
 }
 
+// grow adds a message to sb.
+func (sb *sendBatch) grow() {
+	sb.msgs = append(sb.msgs, ipv6.Message{
+		Buffers: make(net.Buffers, 0, maxGSOSegments),
+		OOB:     make([]byte, 0, udpoffload.GSOControlSize),
+	})
+}
+
 var _ conn.Bind = (*Bind)(nil)
 
 // New returns a closed bind; wireguard-go opens it.
@@ -339,10 +347,9 @@ func New(opts Options) (*Bind, error) {
 		}
 	}
 	b.sendPool.New = func() any {
-		sb := &sendBatch{msgs: make([]ipv6.Message, batchSize)}
-		for i := range sb.msgs {
-			sb.msgs[i].Buffers = make(net.Buffers, 0, maxGSOSegments)
-			sb.msgs[i].OOB = make([]byte, 0, udpoffload.GSOControlSize)
+		sb := &sendBatch{}
+		for range batchSize {
+			sb.grow()
 		}
 		return sb
 	}
@@ -1480,6 +1487,12 @@ const (
 func (b *Bind) writeBatch(s *udpSocket, sb *sendBatch, bufs [][]byte, gso bool) error {
 	m := 0
 	for i := 0; i < len(bufs); m++ {
+		if m == len(sb.msgs) {
+			// wireguard-go sends up to its TUN device's batch at once
+			// (128 on a kernel TUN device with offloads), which may pass
+			// BatchSize.
+			sb.grow()
+		}
 		msg := &sb.msgs[m]
 		msg.Addr = &sb.ua
 		msg.Buffers = append(msg.Buffers[:0], bufs[i])

@@ -486,3 +486,51 @@ func TestInitResentWhenRegionKnown(t *testing.T) {
 		t.Errorf("a second update resent %v", s)
 	}
 }
+
+// TestSendPastBatchSize sends more datagrams in one Send than BatchSize,
+// none of which can share a UDP_SEGMENT message (each is longer than the
+// one before): wireguard-go sends as many as its TUN device reads at
+// once (128 on a kernel TUN device with offloads), whatever the bind's
+// BatchSize.
+func TestSendPastBatchSize(t *testing.T) {
+	a := newBind(t)
+	fns, port, err := a.Open(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	peerKey := key.NewNode().Public()
+	a.SetPeers([]PeerConfig{{Key: peerKey, Endpoints: []netip.AddrPort{peer.LocalAddr().(*net.UDPAddr).AddrPort()}}})
+	// A datagram from the peer's address gives its endpoint.
+	if _, err := peer.WriteToUDP(transport(7, 48), &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: int(port)}); err != nil {
+		t.Fatal(err)
+	}
+	bufs, sizes, eps := [][]byte{make([]byte, 2048)}, []int{0}, []conn.Endpoint{nil}
+	if n, err := fns[0](bufs, sizes, eps); err != nil || n != 1 || sizes[0] == 0 {
+		t.Fatalf("receive: n=%d size=%d err=%v", n, sizes[0], err)
+	}
+	n := 3*a.BatchSize() + 5
+	var out [][]byte
+	for i := range n {
+		out = append(out, transport(1, 48+i))
+	}
+	if err := a.Send(out, eps[0]); err != nil {
+		t.Fatalf("Send of %d datagrams: %v", n, err)
+	}
+	buf := make([]byte, 2048)
+	peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for i := range n {
+		got, _, err := peer.ReadFromUDP(buf)
+		if err != nil {
+			t.Fatalf("datagram %d of %d: %v", i, n, err)
+		}
+		if want := 48 + i; got != want {
+			t.Fatalf("datagram %d: %d bytes, want %d", i, got, want)
+		}
+	}
+}
