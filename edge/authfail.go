@@ -21,10 +21,13 @@ type authThrottle struct {
 	m  map[netip.Addr]*authFails
 }
 
-// authFails counts one client's failures since first.
+// authFails counts one client's failures since first, and its attempts
+// under way.
 type authFails struct {
-	first time.Time
-	n     int
+	key      netip.Addr
+	first    time.Time
+	n        int
+	inflight int // begun and not ended
 }
 
 // maxAuthClients bounds the clients an authThrottle remembers.
@@ -67,16 +70,76 @@ func (a *authThrottle) failed(client netip.Addr, now time.Time) {
 				return
 			}
 		}
-		f = &authFails{first: now}
+		f = &authFails{key: k, first: now}
 		a.m[k] = f
 	}
 	f.n++
 }
 
-// pruneLocked drops the clients whose window has passed. a.mu held.
+// begin counts an attempt of client whose credentials are about to be
+// checked, before they are: the attempts under way count toward max with
+// the failures, so that many guesses sent at once cannot all be checked
+// before the first of them counts as failed. It returns how long client
+// is still refused, and counts nothing then. Otherwise the caller reports
+// the outcome with end(f, ...); f is nil when the client is not tracked
+// (the throttle is off, or remembers too many clients).
+func (a *authThrottle) begin(client netip.Addr, now time.Time) (wait time.Duration, f *authFails) {
+	if a.max <= 0 {
+		return 0, nil
+	}
+	k := clientKey(client)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f = a.m[k]
+	if f != nil && f.n > 0 && now.Sub(f.first) >= a.lockout {
+		f.n = 0 // the window passed: count afresh
+	}
+	if f == nil {
+		if len(a.m) >= a.maxClients {
+			a.pruneLocked(now)
+			if len(a.m) >= a.maxClients {
+				return 0, nil
+			}
+		}
+		f = &authFails{key: k}
+		a.m[k] = f
+	}
+	switch {
+	case f.n >= a.max:
+		return max(f.first.Add(a.lockout).Sub(now), time.Second), nil
+	case f.n+f.inflight >= a.max:
+		// The attempts under way may use up the allowance; ask again
+		// once they have been decided.
+		return time.Second, nil
+	}
+	f.inflight++
+	return 0, f
+}
+
+// end reports the outcome of an attempt begun with begin.
+func (a *authThrottle) end(f *authFails, now time.Time, failed bool) {
+	if f == nil {
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	f.inflight--
+	if failed {
+		if f.n == 0 || now.Sub(f.first) >= a.lockout {
+			f.n, f.first = 0, now
+		}
+		f.n++
+	}
+	if f.n == 0 && f.inflight == 0 && a.m[f.key] == f {
+		delete(a.m, f.key)
+	}
+}
+
+// pruneLocked drops the clients whose window has passed and who have no
+// attempt under way. a.mu held.
 func (a *authThrottle) pruneLocked(now time.Time) {
 	for k, f := range a.m {
-		if now.Sub(f.first) >= a.lockout {
+		if f.inflight == 0 && now.Sub(f.first) >= a.lockout {
 			delete(a.m, k)
 		}
 	}

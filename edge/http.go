@@ -189,19 +189,30 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request, st *reqState, h
 		return
 	}
 	if len(p.users) > 0 {
-		if d := e.authFails.wait(st.client, time.Now()); d > 0 {
+		// An attempt counts before its password is checked: many sent
+		// at once must not all be checked before the first one fails.
+		var d time.Duration
+		var attempt *authFails
+		_, _, creds := r.BasicAuth()
+		if creds {
+			d, attempt = e.authFails.begin(st.client, time.Now())
+		} else {
+			d = e.authFails.wait(st.client, time.Now())
+		}
+		if d > 0 {
 			w.Header().Set("Retry-After", retryAfter(d))
 			e.writeError(w, r, http.StatusTooManyRequests, "Too many attempts", "Too many wrong passwords from your address; try again later.", nil)
 			return
 		}
-	}
-	if !p.authorized(r) {
-		if _, _, ok := r.BasicAuth(); ok {
-			e.authFails.failed(st.client, time.Now())
+		ok := p.authorized(r)
+		if creds {
+			e.authFails.end(attempt, time.Now(), !ok)
 		}
-		w.Header().Set("WWW-Authenticate", `Basic realm="`+host+`", charset="UTF-8"`)
-		e.writeError(w, r, http.StatusUnauthorized, "Unauthorized", "This service needs a user name and password.", nil)
-		return
+		if !ok {
+			w.Header().Set("WWW-Authenticate", `Basic realm="`+host+`", charset="UTF-8"`)
+			e.writeError(w, r, http.StatusUnauthorized, "Unauthorized", "This service needs a user name and password.", nil)
+			return
+		}
 	}
 	if len(p.SignIn) > 0 {
 		if e.opts.SignIn == nil {

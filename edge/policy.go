@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -19,18 +20,26 @@ import (
 	"golang.org/x/time/rate"
 )
 
+// MaxBcryptCost is the highest bcrypt cost a basic-auth secret may have:
+// the edge checks the password of every request that brings one (until
+// it caches a right one), about 0.25 s of CPU at 12, twice that for
+// every step above.
+const MaxBcryptCost = 12
+
 // policy is a validated Policy ready for enforcement.
 type policy struct {
 	Policy
-	users   []*authUser
-	limiter *clientLimiter // nil without a rate limit
-	anyCORS bool
+	users      []*authUser
+	bcryptCost int            // the highest cost of users' bcrypt hashes; 0 without any
+	limiter    *clientLimiter // nil without a rate limit
+	anyCORS    bool
 }
 
 type authUser struct {
 	user   []byte
 	scheme string // "bcrypt", "sha256", "plain"
 	secret []byte // hash, digest or password
+	cost   int    // of a bcrypt hash
 
 	mu sync.Mutex // guards ok
 	ok [][32]byte // SHA-256 of passwords bcrypt accepted, to spare the CPU
@@ -46,10 +55,15 @@ func (e *Edge) compilePolicy(name string, proto Proto, p Policy) (*policy, error
 		case u.User == "" || strings.ContainsAny(u.User, ":\r\n"):
 			errs = append(errs, fmt.Errorf("basic auth user %q is invalid", u.User))
 		case strings.HasPrefix(u.Secret, "$2a$"), strings.HasPrefix(u.Secret, "$2b$"), strings.HasPrefix(u.Secret, "$2y$"):
-			if _, err := bcrypt.Cost([]byte(u.Secret)); err != nil {
+			cost, err := bcrypt.Cost([]byte(u.Secret))
+			switch {
+			case err != nil:
 				errs = append(errs, fmt.Errorf("basic auth user %q: bcrypt hash: %w", u.User, err))
+			case cost > MaxBcryptCost:
+				errs = append(errs, fmt.Errorf("basic auth user %q: bcrypt cost %d is over %d: the edge checks it on every request", u.User, cost, MaxBcryptCost))
 			}
-			au.scheme, au.secret = "bcrypt", []byte(u.Secret)
+			au.scheme, au.secret, au.cost = "bcrypt", []byte(u.Secret), cost
+			cp.bcryptCost = max(cp.bcryptCost, cost)
 		case strings.HasPrefix(u.Secret, "sha256:"):
 			d, err := hex.DecodeString(strings.TrimPrefix(u.Secret, "sha256:"))
 			if err != nil || len(d) != sha256.Size {
@@ -156,7 +170,12 @@ func (p *policy) allowRate(client netip.Addr, now time.Time) time.Duration {
 	return p.limiter.allow(clientKey(client), now)
 }
 
-// authorized checks HTTP basic credentials in constant time per user.
+// authorized checks HTTP basic credentials. It compares the name with
+// every user's in constant time and checks the password only against the
+// users of that name, so a client spends one password check per request
+// however many users the route has. A name that matches nobody costs a
+// bcrypt check too (of a fixed hash at the route's highest cost), so the
+// time taken does not tell which names exist.
 func (p *policy) authorized(r *http.Request) bool {
 	if len(p.users) == 0 {
 		return true
@@ -165,15 +184,49 @@ func (p *policy) authorized(r *http.Request) bool {
 	if !ok {
 		return false
 	}
-	good := false
+	var match []*authUser
 	for _, u := range p.users {
-		// Evaluate every user so timing does not reveal which names exist.
-		nameOK := subtle.ConstantTimeCompare([]byte(user), u.user) == 1
-		if u.check(pass) && nameOK {
+		if subtle.ConstantTimeCompare([]byte(user), u.user) == 1 {
+			match = append(match, u)
+		}
+	}
+	good := false
+	for _, u := range match {
+		if u.check(pass) {
 			good = true
 		}
 	}
+	if len(match) == 0 && p.bcryptCost > 0 {
+		bcryptCompare(dummyHash(p.bcryptCost), []byte(pass))
+	}
 	return good
+}
+
+// bcryptCompare checks a password against a bcrypt hash; tests count
+// its calls.
+var bcryptCompare = bcrypt.CompareHashAndPassword
+
+// dummyHashes are bcrypt hashes of a random password, one per cost,
+// made on first use.
+var dummyHashes = func() (hs [MaxBcryptCost + 1]func() []byte) {
+	for cost := range hs {
+		hs[cost] = sync.OnceValue(func() []byte {
+			var pw [16]byte
+			rand.Read(pw[:])
+			h, err := bcrypt.GenerateFromPassword(pw[:], max(cost, bcrypt.MinCost))
+			if err != nil {
+				panic("edge: bcrypt: " + err.Error()) // only for a cost out of range
+			}
+			return h
+		})
+	}
+	return hs
+}()
+
+// dummyHash returns a bcrypt hash of cost (at most MaxBcryptCost) that no
+// password matches.
+func dummyHash(cost int) []byte {
+	return dummyHashes[min(cost, MaxBcryptCost)]()
 }
 
 func (u *authUser) check(pass string) bool {
@@ -193,7 +246,7 @@ func (u *authUser) check(pass string) bool {
 		if cached {
 			return true
 		}
-		if bcrypt.CompareHashAndPassword(u.secret, []byte(pass)) != nil {
+		if bcryptCompare(u.secret, []byte(pass)) != nil {
 			return false
 		}
 		u.mu.Lock()

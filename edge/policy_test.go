@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -183,5 +184,135 @@ func TestRateLimiterRefills(t *testing.T) {
 	l.prune(now.Add(time.Hour))
 	if len(l.m) != 0 {
 		t.Errorf("prune left %d entries", len(l.m))
+	}
+}
+
+// TestBasicAuthBcryptCost refuses routes whose bcrypt hashes cost more
+// than MaxBcryptCost: the edge would spend that on every request.
+func TestBasicAuthBcryptCost(t *testing.T) {
+	ov := newOverlay()
+	e := newTestEdge(t, ov, Options{})
+	a := ov.add(closedPort(t))
+	const rest = "abcdefghijklmnopqrstuvABCDEFGHIJKLMNOPQRSTUVWXYZ01234" // salt and hash, 53 characters
+	for _, tc := range []struct {
+		secret string
+		want   string // "" for accepted
+	}{
+		{"$2a$12$" + rest, ""},
+		{"$2b$13$" + rest, "bcrypt cost 13 is over 12"},
+		{"$2a$16$" + rest, "bcrypt cost 16 is over 12"},
+		{"$2y$31$" + rest, "bcrypt cost 31 is over 12"},
+	} {
+		r := httpRoute("bc", a)
+		r.Policy = Policy{BasicAuth: []BasicAuthUser{{User: "u", Secret: tc.secret}}}
+		err := e.SetRoutes([]Route{r})
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: SetRoutes = %v, want nil", tc.secret[:7], err)
+		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: SetRoutes = %v, want an error with %q", tc.secret[:7], err, tc.want)
+		}
+	}
+}
+
+// TestBasicAuthOneCheck sends wrong credentials to a route of 64 bcrypt
+// users: each request checks one hash (the user's of that name, or a
+// dummy one when no name matches), not 64.
+func TestBasicAuthOneCheck(t *testing.T) {
+	var checks atomic.Int64
+	real := bcryptCompare
+	bcryptCompare = func(h, p []byte) error { checks.Add(1); return real(h, p) }
+	t.Cleanup(func() { bcryptCompare = real })
+
+	ov := newOverlay()
+	e := newTestEdge(t, ov, Options{MaxAuthFailures: -1})
+	a, _ := origin(t, ov, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }))
+	var users []BasicAuthUser
+	for i := range 64 {
+		h, err := bcrypt.GenerateFromPassword([]byte("pass"+strconv.Itoa(i)), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		users = append(users, BasicAuthUser{User: "user" + strconv.Itoa(i), Secret: string(h)})
+	}
+	r := httpRoute("many", a)
+	r.Policy = Policy{BasicAuth: users}
+	setRoutes(t, e, r)
+	c := clientTo(serveHTTP(t, e))
+	auth := func(u, p string) string {
+		r, _ := http.NewRequest("GET", "/", nil)
+		r.SetBasicAuth(u, p)
+		return r.Header.Get("Authorization")
+	}
+	for _, tc := range []struct {
+		name, user, pass string
+		status           int
+	}{
+		{"wrong password", "user7", "nope", 401},
+		{"unknown name", "mallory", "nope", 401},
+		{"last user", "user63", "pass63", 200},
+		{"another's password", "user1", "pass63", 401},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			before := checks.Load()
+			status, body, _ := get(t, c, "http://many.example.test/", "Authorization", auth(tc.user, tc.pass))
+			if status != tc.status {
+				t.Fatalf("status %d (%q), want %d", status, body, tc.status)
+			}
+			if n := checks.Load() - before; n != 1 {
+				t.Errorf("%d bcrypt checks, want 1", n)
+			}
+		})
+	}
+}
+
+// TestAuthThrottleConcurrent sends 40 wrong passwords at once from one
+// address: the attempts under way count, so at most the allowance (10)
+// are checked and the rest get 429.
+func TestAuthThrottleConcurrent(t *testing.T) {
+	ov := newOverlay()
+	e := newTestEdge(t, ov, Options{})
+	release := make(chan struct{})
+	a, _ := origin(t, ov, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }))
+	// A bcrypt check that waits until every request has arrived: without
+	// in-flight counting all 40 would be checked.
+	var entered atomic.Int64
+	real := bcryptCompare
+	bcryptCompare = func(h, p []byte) error {
+		if entered.Add(1) == 10 {
+			close(release)
+		}
+		<-release
+		return real(h, p)
+	}
+	t.Cleanup(func() { bcryptCompare = real })
+	h, err := bcrypt.GenerateFromPassword([]byte("right"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := httpRoute("guard", a)
+	r.Policy = Policy{BasicAuth: []BasicAuthUser{{User: "u", Secret: string(h)}}}
+	setRoutes(t, e, r)
+	addr := serveHTTP(t, e)
+	req, _ := http.NewRequest("GET", "/", nil)
+	req.SetBasicAuth("u", "wrong")
+	authz := req.Header.Get("Authorization")
+	codes := make(chan int, 40)
+	for range 40 {
+		go func() {
+			c := clientTo(addr)
+			status, _, _ := get(t, c, "http://guard.example.test/", "Authorization", authz)
+			codes <- status
+		}()
+	}
+	got := map[int]int{}
+	for range 40 {
+		got[<-codes]++
+	}
+	if got[401] > 10 || got[401]+got[429] != 40 {
+		t.Errorf("40 wrong passwords at once: %v, want at most 10 checked (401), the rest 429", got)
+	}
+	if n := entered.Load(); n > 10 {
+		t.Errorf("%d passwords checked, want at most 10", n)
 	}
 }

@@ -63,6 +63,15 @@ type Rate struct {
 	Per time.Duration
 }
 
+// The bcrypt costs a BasicAuthUser.Secret may have. The edge checks a
+// password for every request that brings one (until it caches the
+// answer), so the cost bounds the CPU a client can spend there: about
+// 0.25 s at 12, doubling with each step (31 would take days).
+const (
+	MinBcryptCost = 4
+	MaxBcryptCost = 12
+)
+
 // Limits on RouteOptions, so one route cannot make every edge hold a
 // large policy.
 const (
@@ -315,6 +324,9 @@ func checkSecret(s string) error {
 		// $2a$CC$ then 53 characters of salt and hash.
 		if len(s) != 60 || s[6] != '$' || s[4] < '0' || s[4] > '3' || s[5] < '0' || s[5] > '9' {
 			return errors.New("not a bcrypt hash")
+		}
+		if cost := int(s[4]-'0')*10 + int(s[5]-'0'); cost < MinBcryptCost || cost > MaxBcryptCost {
+			return fmt.Errorf("bcrypt cost %d: want %d to %d (every cost step doubles the edge's work for every request)", cost, MinBcryptCost, MaxBcryptCost)
 		}
 		return nil
 	}
