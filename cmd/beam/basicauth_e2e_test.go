@@ -1,10 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -17,7 +21,8 @@ import (
 // real beam server: a bcrypt hash the edge would spend seconds on for
 // every request is refused when the route is published, and 40 wrong
 // passwords sent at once from one address are not all checked: at most
-// the allowance (10 a minute) gets 401, the rest 429.
+// the allowance (10 a minute) gets 401, the rest 429. A password given
+// in clear leaves beam expose only as a bcrypt hash.
 func TestBasicAuthBounds(t *testing.T) {
 	c, httpPort := startDevServer(t)
 	alpha := c.device("alpha")
@@ -80,4 +85,30 @@ func TestBasicAuthBounds(t *testing.T) {
 	if code := try(source(1), "right-password"); code != 200 {
 		t.Errorf("another address with the right password: %d, want 200", code)
 	}
+
+	// A password given in clear is hashed by beam expose: it works, and
+	// neither the coordinator, the daemons nor their logs hold it.
+	const clear = "clear-text-password-4711"
+	c.mustBeam(alpha.args("expose", port, "--name", "plainpw", "--basic-auth", "admin:"+clear, "--bg")...)
+	waitFor(t, 10*time.Second, "the route takes the password", func() bool {
+		req, _ := http.NewRequest("GET", edgeURL, nil)
+		req.Host = "plainpw.localhost"
+		req.SetBasicAuth("admin", clear)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	filepath.WalkDir(c.dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err == nil && bytes.Contains(b, []byte(clear)) {
+			t.Errorf("%s holds the route's password in clear", path)
+		}
+		return nil
+	})
 }

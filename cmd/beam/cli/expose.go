@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/mdp/qrterminal/v3"
 	"github.com/spf13/cobra"
+	"golang.org/x/crypto/bcrypt"
 
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/wire"
@@ -244,10 +247,12 @@ func (o *ExposeOptions) routeOptions(proto string) (wire.RouteOptions, error) {
 			errs = append(errs, fmt.Errorf("--basic-auth %q: want user:pass", ba))
 			continue
 		}
-		if !strings.HasPrefix(p, "$2") && !strings.HasPrefix(p, "sha256:") && !strings.HasPrefix(p, "plain:") {
-			p = "plain:" + p
+		secret, err := basicAuthSecret(p)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("--basic-auth %q: %w", u, err))
+			continue
 		}
-		ro.BasicAuth = append(ro.BasicAuth, wire.BasicAuthUser{User: u, Secret: p})
+		ro.BasicAuth = append(ro.BasicAuth, wire.BasicAuthUser{User: u, Secret: secret})
 	}
 	for _, l := range []struct {
 		flag string
@@ -301,6 +306,37 @@ func (o *ExposeOptions) routeOptions(proto string) (wire.RouteOptions, error) {
 		return ro, fmt.Errorf("route options: %w", err)
 	}
 	return ro, nil
+}
+
+// basicAuthCost is the bcrypt cost of the hashes beam expose makes of
+// --basic-auth passwords: about 50 ms of the edge's CPU for the first
+// request that brings the right password (the edge then remembers it),
+// and for every wrong one.
+const basicAuthCost = 10
+
+// basicAuthSecret turns the password of --basic-auth user:pass into the
+// secret the route stores: a bcrypt hash made here, so the password
+// itself never leaves the device (neither the coordinator nor the edges
+// hold it). A secret given already hashed ($2a$, $2b$, $2y$, sha256:)
+// stays as it is. Bcrypt reads at most 72 bytes: a longer password (a
+// generated token) is stored as its SHA-256 instead.
+func basicAuthSecret(p string) (string, error) {
+	if strings.HasPrefix(p, "$2") || strings.HasPrefix(p, "sha256:") {
+		return p, nil
+	}
+	p = strings.TrimPrefix(p, "plain:")
+	if p == "" {
+		return "", errors.New("empty password")
+	}
+	if len(p) > 72 {
+		sum := sha256.Sum256([]byte(p))
+		return "sha256:" + hex.EncodeToString(sum[:]), nil
+	}
+	h, err := bcrypt.GenerateFromPassword([]byte(p), basicAuthCost)
+	if err != nil {
+		return "", fmt.Errorf("hash the password: %w", err)
+	}
+	return string(h), nil
 }
 
 func runExpose(ctx context.Context, f *Factory, in *instanceFlags, o *ExposeOptions) error {

@@ -1,8 +1,12 @@
 package cli
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"strings"
 	"testing"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 func TestParseTarget(t *testing.T) {
@@ -68,7 +72,7 @@ func TestExposeRequestOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o := req.Options; len(o.BasicAuth) != 1 || o.BasicAuth[0].Secret != "plain:p" || len(o.AllowIP) != 2 || o.RateLimit.String() != "20/s" || o.HeaderAdd["X-A"] != "1" {
+	if o := req.Options; len(o.BasicAuth) != 1 || bcrypt.CompareHashAndPassword([]byte(o.BasicAuth[0].Secret), []byte("p")) != nil || len(o.AllowIP) != 2 || o.RateLimit.String() != "20/s" || o.HeaderAdd["X-A"] != "1" {
 		t.Fatalf("options = %+v", o)
 	}
 	tests := []struct {
@@ -93,6 +97,41 @@ func TestExposeRequestOptions(t *testing.T) {
 			tt.o.Port = 3000
 			if _, err := tt.o.exposeRequest(); err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("exposeRequest = %v, want an error with %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestBasicAuthSecret checks that a --basic-auth password leaves beam
+// expose only as a hash, and that secrets given hashed stay as they are.
+func TestBasicAuthSecret(t *testing.T) {
+	long := strings.Repeat("t", 73)
+	longSum := sha256.Sum256([]byte(long))
+	given := "$2a$10$abcdefghijklmnopqrstuvABCDEFGHIJKLMNOPQRSTUVWXYZ01234"
+	for _, tc := range []struct {
+		name, in string
+		check    func(secret string) bool
+	}{
+		{"password", "hunter2", func(s string) bool {
+			c, err := bcrypt.Cost([]byte(s))
+			return err == nil && c == 10 && bcrypt.CompareHashAndPassword([]byte(s), []byte("hunter2")) == nil
+		}},
+		{"plain: prefix", "plain:hunter2", func(s string) bool {
+			return bcrypt.CompareHashAndPassword([]byte(s), []byte("hunter2")) == nil
+		}},
+		{"bcrypt given", given, func(s string) bool { return s == given }},
+		{"sha256 given", "sha256:" + strings.Repeat("0f", 32), func(s string) bool { return s == "sha256:"+strings.Repeat("0f", 32) }},
+		{"over 72 bytes", long, func(s string) bool { return s == "sha256:"+hex.EncodeToString(longSum[:]) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := ExposeOptions{Port: 3000, BasicAuth: []string{"u:" + tc.in}}
+			req, err := o.exposeRequest()
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := req.Options.BasicAuth[0].Secret
+			if !tc.check(s) || strings.Contains(s, "hunter2") {
+				t.Errorf("secret %q for %q", s, tc.in)
 			}
 		})
 	}
