@@ -291,6 +291,7 @@ func (e *Edge) rewrite(pr *httputil.ProxyRequest) {
 	st := pr.In.Context().Value(stateKey).(*reqState)
 	pr.SetURL(&url.URL{Scheme: "http", Host: st.target.addr.String()})
 	pr.Out.Host = pr.In.Host
+	dropUnderscored(pr.Out.Header)
 	pr.SetXForwarded()
 	pr.Out.Header.Set("X-Real-Ip", st.client.String())
 	// Only the edge says who signed in.
@@ -313,6 +314,18 @@ func (e *Edge) rewrite(pr *httputil.ProxyRequest) {
 	}
 	for k, v := range p.RequestHeaderAdd {
 		pr.Out.Header.Set(k, v)
+	}
+}
+
+// dropUnderscored deletes the fields whose names hold an underscore, as
+// nginx does by default: CGI, WSGI and other stacks that turn names into
+// HTTP_X_BEAM_USER read X_Beam_User as X-Beam-User, so a client could
+// pass off its own value as one the edge sets.
+func dropUnderscored(h http.Header) {
+	for k := range h {
+		if strings.IndexByte(k, '_') >= 0 {
+			delete(h, k)
+		}
 	}
 }
 

@@ -344,7 +344,8 @@ var edgeSetHeaders = map[string]bool{
 
 // writeRequestHead writes the head of r as the reverse proxy (rewrite)
 // would send it to the device: the client's fields minus the hop-by-hop
-// ones, the forwarding fields the edge sets, no body.
+// ones and those with an underscore in the name (dropUnderscored), the
+// forwarding fields the edge sets, no body.
 func writeRequestHead(bw *bufio.Writer, r *http.Request, st *reqState) {
 	bw.WriteString(r.Method)
 	bw.WriteByte(' ')
@@ -370,7 +371,7 @@ func writeRequestHead(bw *bufio.Writer, r *http.Request, st *reqState) {
 		}
 	}
 	for k, vv := range r.Header {
-		if hopHeaders[k] || edgeSetHeaders[k] || dropped[k] {
+		if hopHeaders[k] || edgeSetHeaders[k] || dropped[k] || strings.IndexByte(k, '_') >= 0 {
 			if k == "Te" && teTrailers(vv) {
 				bw.WriteString("Te: trailers\r\n")
 			}

@@ -52,6 +52,12 @@ func (e *Edge) proxyWebSocketH2(w http.ResponseWriter, r *http.Request) {
 	out.Body, out.ContentLength, out.GetBody = nil, 0, nil
 	out.RequestURI = ""
 	out.Header.Del(":protocol")
+	// What httputil.ReverseProxy does before it calls rewrite: the
+	// forwarding fields are the edge's to set, never the client's.
+	removeHopHeaders(out.Header)
+	for _, k := range []string{"Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+		out.Header.Del(k)
+	}
 	e.rewrite(&httputil.ProxyRequest{In: r, Out: out})
 	var k [16]byte
 	rand.Read(k[:])

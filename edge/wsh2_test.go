@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -163,4 +164,98 @@ func TestWebSocketOverHTTP2(t *testing.T) {
 			t.Errorf("extended CONNECT to %s: %d %q, want %d", tc.host, resp.StatusCode, body, tc.want)
 		}
 	}
+}
+
+// TestClientHeadersDropped sends forwarding fields of the client's own
+// and fields whose names hold an underscore (which CGI-style apps read
+// as their dashed twins) on every path to the device: the lean path (a
+// GET), the reverse proxy (a POST) and a WebSocket over HTTP/2. The app
+// sees only the edge's forwarding fields and no underscored name.
+func TestClientHeadersDropped(t *testing.T) {
+	ov := newOverlay()
+	e := newTestEdge(t, ov, Options{})
+	type seenReq struct {
+		xff, fwd, proto string
+		underscored     []string
+	}
+	seen := make(chan seenReq, 4)
+	a, _ := origin(t, ov, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s := seenReq{xff: strings.Join(r.Header.Values("X-Forwarded-For"), ","), fwd: strings.Join(r.Header.Values("Forwarded"), ","), proto: r.Method}
+		for k := range r.Header {
+			if strings.Contains(k, "_") {
+				s.underscored = append(s.underscored, k)
+			}
+		}
+		seen <- s
+		if r.Header.Get("Upgrade") != "" {
+			ws, err := websocket.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			ws.Close(websocket.StatusNormalClosure, "")
+			return
+		}
+		io.Copy(io.Discard, r.Body)
+		w.Write([]byte("ok"))
+	}))
+	setRoutes(t, e, httpRoute("app", a))
+	forged := []string{"X-Forwarded-For", "203.0.113.66", "Forwarded", "for=203.0.113.66", "X_Beam_User", "root", "X_Forwarded_For", "203.0.113.66"}
+	check := func(what string) {
+		t.Helper()
+		select {
+		case s := <-seen:
+			if s.xff != "127.0.0.1" || s.fwd != "" || len(s.underscored) > 0 {
+				t.Errorf("%s: the app saw X-Forwarded-For %q, Forwarded %q, underscored fields %q; want 127.0.0.1 and none", what, s.xff, s.fwd, s.underscored)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the app saw no request", what)
+		}
+	}
+
+	hc := clientTo(serveHTTP(t, e))
+	if status, body, _ := get(t, hc, "http://app."+testDomain+"/", forged...); status != 200 {
+		t.Fatalf("GET: %d %q", status, body)
+	}
+	check("GET (lean path)")
+	req, _ := http.NewRequest("POST", "http://app."+testDomain+"/", strings.NewReader("body"))
+	for i := 0; i < len(forged); i += 2 {
+		req.Header.Add(forged[i], forged[i+1])
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	check("POST (reverse proxy)")
+
+	cert := selfSigned(t, "app."+testDomain)
+	addr := serveTLS(t, e, cert)
+	pool := x509.NewCertPool()
+	pool.AddCert(cert.Leaf)
+	tr := &http2.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool},
+		DialTLSContext: func(ctx context.Context, network, _ string, cfg *tls.Config) (net.Conn, error) {
+			d := tls.Dialer{Config: cfg}
+			return d.DialContext(ctx, network, addr)
+		},
+	}
+	defer tr.CloseIdleConnections()
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	creq, _ := http.NewRequestWithContext(t.Context(), http.MethodConnect, "https://app."+testDomain+"/socket", pr)
+	creq.Header.Set(":protocol", "websocket")
+	creq.Header.Set("Sec-WebSocket-Version", "13")
+	for i := 0; i < len(forged); i += 2 {
+		creq.Header.Add(forged[i], forged[i+1])
+	}
+	cresp, err := tr.RoundTrip(creq)
+	if err != nil {
+		t.Fatalf("extended CONNECT: %v", err)
+	}
+	defer cresp.Body.Close()
+	if cresp.StatusCode != http.StatusOK {
+		t.Fatalf("extended CONNECT: %d, want 200", cresp.StatusCode)
+	}
+	check("WebSocket over HTTP/2")
 }
