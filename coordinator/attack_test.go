@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"beam.dev/beam/beamtest/pgtest"
 	"beam.dev/beam/coordclient"
 	"beam.dev/beam/coordinator"
 	"beam.dev/beam/types/key"
@@ -223,6 +224,52 @@ func TestAttackReplayOfRequestBeforeRegistration(t *testing.T) {
 			}
 			if hasNode(t, c, victim.Public()) {
 				t.Fatal("the node's logout did not remove it")
+			}
+		})
+	}
+}
+
+// TestReplayBeforeRegistrationElsewhere: the request a key sent before
+// it registered stays refused on a coordinator that did not see the
+// registration: the same coordinator after a restart (SQLite), and
+// another coordinator on the same PostgreSQL database.
+func TestReplayBeforeRegistrationElsewhere(t *testing.T) {
+	pg := pgtest.New(t)
+	priv := key.NewMachine()
+	for _, tc := range []struct {
+		name string
+		// start returns where the node registers and where the
+		// attacker replays, started the second after the first is used.
+		start func(t *testing.T) (register *coord, replay func() *coord)
+	}{
+		{"restart", func(t *testing.T) (*coord, func() *coord) {
+			c := startCoord(t, nil)
+			return c, func() *coord { c.restart(); return c }
+		}},
+		{"another coordinator", func(t *testing.T) (*coord, func() *coord) {
+			dsn := pg.NewDatabase(t)
+			return startCoordOn(t, dsn, priv), func() *coord { return startCoordOn(t, dsn, priv) }
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, other := tc.start(t)
+			mk := c.priv.Public()
+			victim := key.NewNode()
+			early := sealEnvelope(t, victim.Public(), victim, mk, wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(), Logout: true, Timestamp: time.Now()})
+			if st, eb, _ := rawPost(t, c.URL, wire.PathRegister, early); st != http.StatusForbidden || eb.Code != wire.CodeNodeNotRegistered {
+				t.Fatalf("logout before registering: %d %q, want 403 %s", st, eb.Code, wire.CodeNodeNotRegistered)
+			}
+			reg := sealEnvelope(t, victim.Public(), victim, mk, wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(),
+				AuthKey: c.authKey(t, coordinator.AuthKeyOptions{}), Hostname: "victim", Timestamp: time.Now()})
+			if st, eb, _ := rawPost(t, c.URL, wire.PathRegister, reg); st != http.StatusOK {
+				t.Fatalf("register: %d %+v", st, eb)
+			}
+			o := other()
+			if st, eb, _ := rawPost(t, o.URL, wire.PathRegister, early); st != http.StatusUnauthorized || eb.Code != wire.CodeReplay {
+				t.Fatalf("logout from before registering, replayed there: %d %q, want 401 %s", st, eb.Code, wire.CodeReplay)
+			}
+			if !hasNode(t, o, victim.Public()) {
+				t.Fatal("the replayed logout removed the node")
 			}
 		})
 	}

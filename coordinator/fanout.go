@@ -595,6 +595,7 @@ func (s *Server) applyRecordLocked(rec *NodeRecord, remote Presence) {
 			e.offlineSince = now
 		}
 		s.nodes[nk] = e
+		s.floorFromRecord(rec, now)
 		s.reg.useIPv4(rec.Node.Addresses, false)
 		s.notifyLocked(rec.NetworkID, nk)
 		return

@@ -510,6 +510,7 @@ func (rg *registry) registerOnce(ctx context.Context, q *sealedRequest, req *wir
 		},
 		NetworkID: network.ID,
 		CreatedAt: now,
+		RegStamp:  q.ts,
 	}
 	if ak != nil {
 		rec.AuthKeyID = ak.ID

@@ -383,6 +383,7 @@ func (s *Server) load(ctx context.Context, adminToken string) error {
 		rec.Node.Online = false
 		s.nodes[rec.Node.Key] = &nodeEntry{rec: *rec, offlineSince: now}
 		s.reg.useIPv4(rec.Node.Addresses, true)
+		s.floorFromRecord(rec, now)
 	}
 	if s.graceUntil, err = s.loadOnline(ctx, now); err != nil {
 		return fmt.Errorf("coordinator: load nodes streaming at shutdown: %w", err)
@@ -581,6 +582,19 @@ func (s *Server) seeRequest(ctx context.Context, q *sealedRequest) *apiError {
 		s.replay.raiseFloor(q.nk, q.ts.Add(-time.Nanosecond), q.now)
 	}
 	return nil
+}
+
+// floorFromRecord refuses the requests of rec's key stamped before the
+// request that registered it, on a coordinator that learns of the node
+// from the store (another registered it, or this one before a restart):
+// seeRequest did so only where the registration happened. Only a
+// registration recent enough that an earlier stamp could still pass the
+// freshness check needs it.
+func (s *Server) floorFromRecord(rec *NodeRecord, now time.Time) {
+	if rec.RegStamp.IsZero() || rec.RegStamp.Before(now.Add(-MaxClockSkew)) {
+		return
+	}
+	s.replay.raiseFloor(rec.Node.Key, rec.RegStamp.Add(-time.Nanosecond), now)
 }
 
 // readRequest is openRequest for the endpoints only registered nodes may

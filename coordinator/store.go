@@ -66,6 +66,10 @@ type NodeRecord struct {
 	// AuthKeyID is the key the node registered with, 0 for none.
 	AuthKeyID int64
 	CreatedAt time.Time
+	// RegStamp is the timestamp (the node's clock) of the sealed request
+	// that registered the node; zero if unknown. The key's requests
+	// stamped before it are refused as replays (replayCache.raiseFloor).
+	RegStamp time.Time
 }
 
 // Store is everything the coordinator keeps across restarts. It is the

@@ -201,11 +201,11 @@ func (s *Store) InsertNode(ctx context.Context, n *coordinator.NodeRecord, now t
 		// waits for the first and then fails, and its transaction,
 		// with its use of the auth key, rolls back.
 		return tx.QueryRowContext(ctx, s.d.rebind(`INSERT INTO nodes
-			(network_id, node_key, disco_key, name, hostname, os, ipv4, ipv6, endpoints, home_derp, last_seen, key_expiry, user_name, tags, ephemeral, auth_key_id, created_at, edge, peer_relay)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
+			(network_id, node_key, disco_key, name, hostname, os, ipv4, ipv6, endpoints, home_derp, last_seen, key_expiry, user_name, tags, ephemeral, auth_key_id, created_at, edge, peer_relay, reg_stamp)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
 			n.NetworkID, n.Node.Key.String(), disco, n.Node.Name, n.Node.Hostname, n.Node.OS, v4, v6, string(eps), n.Node.HomeDERP,
 			unixNano(n.Node.LastSeen), unixNano(n.Node.KeyExpiry), n.Node.User, string(tags), boolInt(n.Node.Ephemeral),
-			nullID(n.AuthKeyID), unixNano(n.CreatedAt), boolInt(n.Node.Edge), int(n.Node.PeerRelay)).Scan(&id)
+			nullID(n.AuthKeyID), unixNano(n.CreatedAt), boolInt(n.Node.Edge), int(n.Node.PeerRelay), unixNano(n.RegStamp)).Scan(&id)
 	})
 	if err != nil {
 		return err
@@ -251,7 +251,7 @@ func (s *Store) Nodes(ctx context.Context) ([]*coordinator.NodeRecord, error) {
 // in errors.
 func (s *Store) queryNodes(ctx context.Context, op, where string, args ...any) ([]*coordinator.NodeRecord, error) {
 	rows, err := s.db.QueryContext(ctx, s.d.rebind(`SELECT n.id, n.network_id, n.node_key, n.disco_key, n.name, w.domain, n.hostname, n.os,
-		n.ipv4, n.ipv6, n.endpoints, n.home_derp, n.last_seen, n.key_expiry, n.user_name, n.tags, n.ephemeral, n.auth_key_id, n.created_at, n.edge, n.peer_relay
+		n.ipv4, n.ipv6, n.endpoints, n.home_derp, n.last_seen, n.key_expiry, n.user_name, n.tags, n.ephemeral, n.auth_key_id, n.created_at, n.edge, n.peer_relay, n.reg_stamp
 		FROM nodes n JOIN networks w ON w.id = n.network_id`+where+` ORDER BY n.id`), args...)
 	if err != nil {
 		return nil, s.wrap(op, err)
@@ -263,18 +263,19 @@ func (s *Store) queryNodes(ctx context.Context, op, where string, args ...any) (
 			r                                       coordinator.NodeRecord
 			id                                      int64
 			nodeKey, disco, domain, v4, v6, eps, tg string
-			lastSeen, expiry, created               int64
+			lastSeen, expiry, created, regStamp     int64
 			ephemeral, edge, peerRelay              int
 			authKey                                 sql.NullInt64
 		)
 		if err := rows.Scan(&id, &r.NetworkID, &nodeKey, &disco, &r.Node.Name, &domain, &r.Node.Hostname, &r.Node.OS,
-			&v4, &v6, &eps, &r.Node.HomeDERP, &lastSeen, &expiry, &r.Node.User, &tg, &ephemeral, &authKey, &created, &edge, &peerRelay); err != nil {
+			&v4, &v6, &eps, &r.Node.HomeDERP, &lastSeen, &expiry, &r.Node.User, &tg, &ephemeral, &authKey, &created, &edge, &peerRelay, &regStamp); err != nil {
 			return nil, s.wrap(op, err)
 		}
 		if err := decodeNode(&r, id, nodeKey, disco, domain, v4, v6, eps, tg); err != nil {
 			return nil, fmt.Errorf("sqlstore: %s: node %d: %w", op, id, err)
 		}
 		r.Node.LastSeen, r.Node.KeyExpiry, r.CreatedAt = fromUnixNano(lastSeen), fromUnixNano(expiry), fromUnixNano(created)
+		r.RegStamp = fromUnixNano(regStamp)
 		r.Node.Ephemeral, r.Node.Edge = ephemeral != 0, edge != 0
 		r.Node.PeerRelay = uint16(peerRelay)
 		r.AuthKeyID = authKey.Int64
