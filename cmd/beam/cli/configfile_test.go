@@ -78,6 +78,59 @@ func TestConfigFlagOverridesFile(t *testing.T) {
 	}
 }
 
+// TestUpConfig: beam up --config fills the join's settings and the
+// daemon settings it passes on from the file, a flag wins over it, and
+// the file's state and socket apply unless beam's flags name them.
+func TestUpConfig(t *testing.T) {
+	f := &Factory{In: strings.NewReader(""), Out: io.Discard, ErrOut: io.Discard, Getenv: func(string) string { return "" }}
+	dir := t.TempDir()
+	path := writeConfig(t, fmt.Sprintf(`{
+		"state": %q,
+		"socket": %q,
+		"coordinator": ["http://127.0.0.1:9001", "http://127.0.0.1:9002"],
+		"authkey": "beamkey-from-file",
+		"hostname": "filehost",
+		"shields_up": true,
+		"timeout": "45s",
+		"socks5": "127.0.0.1:1081",
+		"dns_upstream": ["192.0.2.53"],
+		"relay_server": "off",
+	}`, filepath.Join(dir, "state"), filepath.Join(dir, "beam.sock")))
+	run := func(in *instanceFlags, args ...string) *UpOptions {
+		t.Helper()
+		var got *UpOptions
+		cmd := checkNodeFlags(NewCmdUp(f, in, func(o *UpOptions) error { got = o; return nil }))
+		quiet(cmd, append([]string{"--config", path}, args...))
+		if err := cmd.Execute(); err != nil {
+			t.Fatal(err)
+		}
+		return got
+	}
+	o := run(&instanceFlags{}, "--hostname", "flaghost", "--http-proxy", "127.0.0.1:8118")
+	for _, c := range []struct{ what, got, want string }{
+		{"coordinator (file)", o.Coordinator, "http://127.0.0.1:9001,http://127.0.0.1:9002"},
+		{"authkey (file)", o.AuthKey, "beamkey-from-file"},
+		{"hostname (flag over file)", o.Hostname, "flaghost"},
+		{"timeout (file)", o.Timeout.String(), "45s"},
+		{"state (file)", o.Daemon.StateDir, filepath.Join(dir, "state")},
+		{"socket (file)", o.Daemon.Socket, filepath.Join(dir, "beam.sock")},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: got %q, want %q", c.what, c.got, c.want)
+		}
+	}
+	p := o.Daemon.Prefs
+	if !o.ShieldsUp || !o.shieldsUpSet || p.SOCKS5 == nil || *p.SOCKS5 != "127.0.0.1:1081" || p.HTTPProxy == nil || *p.HTTPProxy != "127.0.0.1:8118" ||
+		p.DNSUpstreams == nil || strings.Join(*p.DNSUpstreams, ",") != "192.0.2.53" || p.RelayServer == nil || *p.RelayServer || p.DNSListen != nil {
+		t.Errorf("shields_up %v (set %v), prefs %+v; want shields up, socks5, dns_upstream and relay_server from the file, http_proxy from the flag, nothing else", o.ShieldsUp, o.shieldsUpSet, p)
+	}
+	// beam's --state and --socket win over the file's.
+	o = run(&instanceFlags{state: filepath.Join(dir, "other")})
+	if o.Daemon.StateDir != filepath.Join(dir, "other") || o.Daemon.Socket != filepath.Join(dir, "beam.sock") {
+		t.Errorf("state %q socket %q; want --state's and the file's socket", o.Daemon.StateDir, o.Daemon.Socket)
+	}
+}
+
 // TestConfigFileRefused: each role's command refuses an unknown key
 // naming it, and a bad value naming its key, before it runs.
 func TestConfigFileRefused(t *testing.T) {
@@ -96,6 +149,11 @@ func TestConfigFileRefused(t *testing.T) {
 		{"edge", `{"coordinator": "http://127.0.0.1:1", "domain": "a.test", "bind_host": "x"}`, []string{"bind_host"}},
 		{"daemon", `{"socks5": "0.0.0.0:1080"}`, []string{"socks5", "loopback"}},
 		{"daemon", `{"sock5": "127.0.0.1:1080"}`, []string{`unknown key "sock5"`}},
+		{"up", `{"socks5": "0.0.0.0:1080"}`, []string{"socks5", "loopback"}},
+		{"up", `{"coordinator": ["ftp://x"]}`, []string{"coordinator"}},
+		{"up", `{"timeout": "soon"}`, []string{"timeout"}},
+		{"up", `{"port_mapping": true}`, []string{`unknown key "port_mapping"`, "known keys"}},
+		{"up", `{"force_reauth": true}`, []string{`unknown key "force_reauth"`}},
 	} {
 		t.Run(tc.cmd+" "+tc.body, func(t *testing.T) {
 			ran = false
@@ -109,6 +167,9 @@ func TestConfigFileRefused(t *testing.T) {
 				},
 				"daemon": func() *cobra.Command {
 					return NewCmdDaemon(f, &instanceFlags{state: t.TempDir()}, func(*DaemonOptions) error { return mark() })
+				},
+				"up": func() *cobra.Command {
+					return NewCmdUp(f, &instanceFlags{state: t.TempDir()}, func(*UpOptions) error { return mark() })
 				},
 			}[tc.cmd]()
 			quiet(cmd, nil)

@@ -13,7 +13,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
+	"beam.dev/beam/configs"
 	"beam.dev/beam/coordclient"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/localclient"
@@ -30,6 +32,8 @@ type UpOptions struct {
 	JSON        bool
 	Timeout     time.Duration
 	Daemon      DaemonOptions
+	// ConfigFile is --config.
+	ConfigFile string
 
 	shieldsUpSet bool
 	coordinators []string // the --coordinator flags
@@ -46,15 +50,25 @@ fails, a daemon this command started is stopped again.
 
 The daemon settings (--socks5, --http-proxy, --dns-listen, --dns-upstream,
 --port, --hostname, --shields-up, --operator, --relay-server) apply at once on a running daemon
-and are kept in its state; 'beam set' changes them without joining again.`,
+and are kept in its state; 'beam set' changes them without joining again.
+
+--config FILE reads the same settings from a HuJSON file: its keys are this
+command's flags with _ for - (coordinator, authkey, hostname, shields_up,
+timeout, socks5, dns_upstream, ...), plus state and socket as in beam daemon's
+file (beam's --state and --socket, and BEAM_STATE and BEAM_SOCKET, win); a
+flag given on the command line wins over the file.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			o.shieldsUpSet = cmd.Flags().Changed("shields-up")
-			o.Daemon.Socket, o.Daemon.StateDir = in.socketPath(f), in.stateDir(f)
-			if err := checkRelayFlags(cmd.Flags().Changed, &o.Daemon); err != nil {
+			given, err := loadUpConfig(cmd.Flags(), f, in, o)
+			if err != nil {
 				return err
 			}
-			o.Daemon.Prefs = prefsFromFlags(cmd.Flags().Changed, &o.Daemon)
+			o.shieldsUpSet = given("shields-up")
+			o.Daemon.Socket, o.Daemon.StateDir = in.socketPath(f), in.stateDir(f)
+			if err := checkRelayFlags(given, &o.Daemon); err != nil {
+				return err
+			}
+			o.Daemon.Prefs = prefsFromFlags(given, &o.Daemon)
 			if o.AuthKey == "" {
 				o.AuthKey = f.getenv("BEAM_AUTHKEY")
 			}
@@ -76,6 +90,7 @@ and are kept in its state; 'beam set' changes them without joining again.`,
 			return runUp(cmd.Context(), f, in, o)
 		},
 	}
+	cmd.Flags().StringVar(&o.ConfigFile, "config", "", configUsage)
 	cmd.Flags().StringSliceVar(&o.coordinators, "coordinator", nil, "coordinator URL; several coordinators sharing one database: comma-separated or repeated, the node streams from one and moves to the next when it dies (env BEAM_COORDINATOR; default: the stored ones)")
 	cmd.Flags().StringVar(&o.AuthKey, "authkey", "", "auth key to register with (env BEAM_AUTHKEY)")
 	cmd.Flags().StringVar(&o.Hostname, "hostname", "", "name to register (default: the host's name)")
@@ -87,6 +102,73 @@ and are kept in its state; 'beam set' changes them without joining again.`,
 	cmd.Flags().StringVar(&o.Daemon.TUN, "tun", "", "if beam up starts the daemon, start it in kernel TUN mode on this device (--tun alone: "+defaultTUNName+"; --tun=NAME; root or CAP_NET_ADMIN)")
 	cmd.Flags().Lookup("tun").NoOptDefVal = defaultTUNName
 	return cmd
+}
+
+// upFile is beam up's config file (--config): the join's own keys and
+// the daemon settings beam up passes on, each named as its flag. Its
+// fields point at what the flags are bound to in UpOptions, so
+// loadConfig fills them and the command line still wins.
+type upFile struct {
+	StateDir     *string           `json:"state"`
+	Socket       *string           `json:"socket"`
+	Coordinator  *[]string         `json:"coordinator"`
+	AuthKey      *string           `json:"authkey"`
+	Hostname     *string           `json:"hostname"`
+	ShieldsUp    *bool             `json:"shields_up"`
+	Timeout      *configs.Duration `json:"timeout"`
+	Port         *uint16           `json:"port"`
+	SOCKS5       *string           `json:"socks5"`
+	HTTPProxy    *string           `json:"http_proxy"`
+	DNSListen    *string           `json:"dns_listen"`
+	DNSUpstreams *[]string         `json:"dns_upstream"`
+	LogLevel     *string           `json:"log_level"`
+	ACMECA       *string           `json:"acme_ca"`
+	ACMECARoot   *string           `json:"acme_ca_root"`
+	ACMEEmail    *string           `json:"acme_email"`
+	Operator     *string           `json:"operator"`
+	RelayServer  *string           `json:"relay_server"`
+	RelayMax     *int              `json:"relay_server_max_sessions"`
+	RelayPerPeer *int              `json:"relay_server_max_sessions_per_peer"`
+	RelayRate    *string           `json:"relay_server_session_rate"`
+	TUN          *string           `json:"tun"`
+	MetricsAddr  *string           `json:"metrics_addr"`
+	DebugAddr    *string           `json:"debug_addr"`
+}
+
+// loadUpConfig reads o.ConfigFile (if any) into o under the command
+// line's flags, applies its state and socket unless beam's flags or the
+// environment name them, and checks the result. given reports whether a
+// flag's setting came from the command line or the file.
+func loadUpConfig(fl *pflag.FlagSet, f *Factory, in *instanceFlags, o *UpOptions) (given func(flag string) bool, err error) {
+	if o.ConfigFile == "" {
+		return fl.Changed, nil
+	}
+	d := &o.Daemon.Daemon
+	var state, socket string
+	given, err = loadConfig(fl, o.ConfigFile, &upFile{
+		StateDir: &state, Socket: &socket,
+		Coordinator: &o.coordinators, AuthKey: &o.AuthKey, Hostname: &o.Hostname, ShieldsUp: &o.ShieldsUp,
+		Timeout: (*configs.Duration)(&o.Timeout), Port: &d.Port, SOCKS5: &d.SOCKS5, HTTPProxy: &d.HTTPProxy,
+		DNSListen: &d.DNSListen, DNSUpstreams: &d.DNSUpstreams, LogLevel: &d.LogLevel,
+		ACMECA: &d.ACMECA, ACMECARoot: &d.ACMECARoot, ACMEEmail: &d.ACMEEmail, Operator: &d.Operator,
+		RelayServer: &d.RelayServer, RelayMax: &d.RelayServerMaxSessions, RelayPerPeer: &d.RelayServerMaxSessionsPerPeer,
+		RelayRate: &d.RelayServerSessionRate, TUN: &d.TUN, MetricsAddr: &d.Telemetry.MetricsAddr, DebugAddr: &d.Telemetry.DebugAddr,
+	})
+	if err != nil {
+		return nil, err
+	}
+	n := configs.Node{Coordinator: strings.Join(o.coordinators, ","), SOCKS5: d.SOCKS5, HTTPProxy: d.HTTPProxy, DNSListen: d.DNSListen,
+		DNSUpstreams: d.DNSUpstreams, ACMECA: d.ACMECA, LogLevel: d.LogLevel}
+	if err := errors.Join(n.Validate(), d.ValidateRelayLimits()); err != nil {
+		return nil, fmt.Errorf("config %s: %w", o.ConfigFile, err)
+	}
+	if in.state == "" && f.getenv("BEAM_STATE") == "" {
+		in.state = state
+	}
+	if in.socket == "" && f.getenv("BEAM_SOCKET") == "" {
+		in.socket = socket
+	}
+	return given, nil
 }
 
 func runUp(ctx context.Context, f *Factory, in *instanceFlags, o *UpOptions) error {
