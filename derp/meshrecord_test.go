@@ -79,3 +79,36 @@ func (w *recordsTo) Write(p []byte) (int, error) {
 	w.recs = append(w.recs, bytes.Clone(p))
 	return len(p), nil
 }
+
+// BenchmarkMeshRecords measures sealing and opening a mesh link's bytes,
+// in writes of one forwarded 1,280-byte packet frame each, against the
+// same frames through the same buffer unsealed.
+func BenchmarkMeshRecords(b *testing.B) {
+	challenge := []byte("0123456789abcdef")
+	frame := frameBytes(FrameForwardPacket, make([]byte, 64+1280))
+	for _, sealed := range []bool{false, true} {
+		name := "plain"
+		if sealed {
+			name = "sealed"
+		}
+		b.Run(name, func(b *testing.B) {
+			var link bytes.Buffer
+			var r io.Reader = &link
+			var w io.Writer = &link
+			if sealed {
+				r, _ = MeshRecords("k", challenge, [32]byte{1}, [32]byte{2}, true, &link, io.Discard)
+				_, w = MeshRecords("k", challenge, [32]byte{1}, [32]byte{2}, false, nil, &link)
+			}
+			buf := make([]byte, len(frame))
+			b.SetBytes(int64(len(frame)))
+			for b.Loop() {
+				if _, err := w.Write(frame); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(r, buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
