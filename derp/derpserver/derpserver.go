@@ -11,7 +11,9 @@
 // the region's mesh key, watches which clients they hold, and forwards
 // packets for those clients one hop. A peer pinned to its machine key
 // (MeshPeer.Key) that presents another is refused before it is sent
-// anything.
+// anything. After the handshake a mesh connection's bytes travel in
+// sealed records (derp.MeshRecords), and only a connection that proved
+// the mesh key may send mesh frames (forward packet, watch conns).
 //
 // Policies:
 //   - A client proves it holds the node key it claims by sealing its client
