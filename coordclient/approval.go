@@ -22,7 +22,7 @@ func (c *Client) awaitApproval(ctx context.Context, p RegisterParams, first *wir
 	p.OnAuthURL(first.AuthURL, first.AuthCode)
 	code := first.AuthCode
 	for {
-		resp, box, err := c.post(ctx, wire.PathRegister, func(now time.Time) any {
+		rp, err := c.post(ctx, wire.PathRegister, func(now time.Time, nonce []byte) any {
 			return &wire.RegisterRequest{
 				Version:   wire.CapabilityVersion,
 				NodeKey:   c.pub,
@@ -31,6 +31,7 @@ func (c *Client) awaitApproval(ctx context.Context, p RegisterParams, first *wir
 				OS:        p.OS,
 				Followup:  code,
 				Reauth:    p.Reauth,
+				Nonce:     nonce,
 				Timestamp: now,
 			}
 		})
@@ -41,7 +42,7 @@ func (c *Client) awaitApproval(ctx context.Context, p RegisterParams, first *wir
 			return nil, fmt.Errorf("coordclient: waiting for approval: %w", err)
 		}
 		var rr wire.RegisterResponse
-		if err := c.readSealed(resp, box, &rr); err != nil {
+		if err := c.readSealed(rp, &rr); err != nil {
 			return nil, fmt.Errorf("coordclient: waiting for approval: %w", err)
 		}
 		if rr.Error != "" {

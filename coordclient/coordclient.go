@@ -96,6 +96,11 @@ type Client struct {
 	cur     int
 	// streaming is the target the map stream is on; nil while none is.
 	streaming *target
+	// binding holds the targets (by String) that bound a reply to its
+	// request (bind.go): unbound replies from them are refused.
+	binding map[string]bool
+	// warnedUnbound holds the targets logged as not binding replies.
+	warnedUnbound map[string]bool
 
 	// baseTransport is the transport of Options.HTTPClient when it can be
 	// cloned, for the per-target clients; nil if it cannot.
@@ -193,25 +198,29 @@ func (c *Client) machineKey(ctx context.Context, t *target) (key.Shared, error) 
 	return box, nil
 }
 
+// buildFunc builds a sealed request stamped now, carrying nonce as its
+// reply nonce (wire.RegisterRequest.Nonce).
+type buildFunc func(now time.Time, nonce []byte) any
+
 // post seals the request that build returns and POSTs it to path on the
 // current target; when that cannot be reached, the client moves to the
 // next target and tries there, until each was tried once. See postTo.
-func (c *Client) post(ctx context.Context, path string, build func(now time.Time) any) (*http.Response, key.Shared, error) {
-	resp, box, _, err := c.postAny(ctx, path, build)
-	return resp, box, err
+func (c *Client) post(ctx context.Context, path string, build buildFunc) (*reply, error) {
+	rp, _, err := c.postAny(ctx, path, build)
+	return rp, err
 }
 
 // postAny is post, also returning the target that answered (or the last
 // one tried).
-func (c *Client) postAny(ctx context.Context, path string, build func(now time.Time) any) (*http.Response, key.Shared, *target, error) {
+func (c *Client) postAny(ctx context.Context, path string, build buildFunc) (*reply, *target, error) {
 	for tried := 1; ; tried++ {
 		t := c.current()
-		resp, box, err := c.postTo(ctx, t, path, build)
+		rp, err := c.postTo(ctx, t, path, build)
 		if err == nil || !errors.Is(err, ErrUnreachable) || ctx.Err() != nil {
-			return resp, box, t, err
+			return rp, t, err
 		}
 		if n := c.advance(t); tried >= n {
-			return nil, box, t, err
+			return nil, t, err
 		}
 		c.logger.Debug("coordinator unreachable; trying the next", "server", t.String(), "err", err)
 	}
@@ -219,21 +228,24 @@ func (c *Client) postAny(ctx context.Context, path string, build func(now time.T
 
 // postTo seals the request that build returns and POSTs it to path on t.
 // On a bad_seal answer (the coordinator's key changed) it refetches the
-// key and tries once more. A non-200 answer becomes an *Error.
-func (c *Client) postTo(ctx context.Context, t *target, path string, build func(now time.Time) any) (*http.Response, key.Shared, error) {
+// key and tries once more. A non-200 answer becomes an *Error. The
+// reply returned opens the answer, which the caller must read or close
+// (reply.resp.Body).
+func (c *Client) postTo(ctx context.Context, t *target, path string, build buildFunc) (*reply, error) {
 	for attempt := 0; ; attempt++ {
 		box, err := c.machineKey(ctx, t)
 		if err != nil {
-			return nil, box, err
+			return nil, err
 		}
-		clear, err := json.Marshal(build(c.now()))
+		nonce := newNonce()
+		clear, err := json.Marshal(build(c.now(), nonce))
 		if err != nil {
-			return nil, box, fmt.Errorf("coordclient: encode request: %w", err)
+			return nil, fmt.Errorf("coordclient: encode request: %w", err)
 		}
 		body, _ := json.Marshal(wire.Envelope{NodeKey: c.pub, Sealed: box.Seal(clear)})
 		req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.url(path), bytes.NewReader(body))
 		if err != nil {
-			return nil, box, fmt.Errorf("coordclient: %s: %w", path, err)
+			return nil, fmt.Errorf("coordclient: %s: %w", path, err)
 		}
 		req.Header.Set("Content-Type", "application/json")
 		// Resending is safe: the coordinator's replay cache refuses a sealed
@@ -243,10 +255,10 @@ func (c *Client) postTo(ctx context.Context, t *target, path string, build func(
 		req.Header["Idempotency-Key"] = nil
 		resp, err := t.hc.Do(req)
 		if err != nil {
-			return nil, box, fmt.Errorf("%w: %s: %w", ErrUnreachable, path, err)
+			return nil, fmt.Errorf("%w: %s: %w", ErrUnreachable, path, err)
 		}
 		if resp.StatusCode == http.StatusOK {
-			return resp, box, nil
+			return &reply{c: c, t: t, resp: resp, plain: box, bound: box.Bind(nonce)}, nil
 		}
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
@@ -272,25 +284,27 @@ func (c *Client) postTo(ctx context.Context, t *target, path string, build func(
 			select {
 			case <-ctx.Done():
 				t.Stop()
-				return nil, box, e
+				return nil, e
 			case <-t.C:
 			}
 			continue
 		}
-		return nil, box, e
+		return nil, e
 	}
 }
 
-// readSealed reads a sealed JSON response body into v.
-func (c *Client) readSealed(resp *http.Response, box key.Shared, v any) error {
-	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseSize))
+// readSealed reads the sealed JSON reply rp into v. A reply not bound
+// to its request is refused (ErrUnboundReply) unless its coordinator
+// may send it so (bind.go).
+func (c *Client) readSealed(rp *reply, v any) error {
+	defer rp.resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(rp.resp.Body, maxResponseSize))
 	if err != nil {
 		return fmt.Errorf("%w: read response: %w", ErrUnreachable, err)
 	}
-	clear, ok := box.Open(b)
-	if !ok {
-		return fmt.Errorf("%w: response does not open with the coordinator's key", ErrBadResponse)
+	clear, err := rp.open(b)
+	if err != nil {
+		return err
 	}
 	if err := json.Unmarshal(clear, v); err != nil {
 		return fmt.Errorf("%w: decode response: %w", ErrBadResponse, err)
@@ -325,7 +339,7 @@ type RegisterParams struct {
 // ErrAuthKeyInvalid, ErrNodeNotRegistered, ErrNodeExpired or
 // ErrUnreachable with errors.Is, and carry the coordinator's message.
 func (c *Client) Register(ctx context.Context, p RegisterParams) (*wire.RegisterResponse, error) {
-	resp, box, err := c.post(ctx, wire.PathRegister, func(now time.Time) any {
+	rp, err := c.post(ctx, wire.PathRegister, func(now time.Time, nonce []byte) any {
 		return &wire.RegisterRequest{
 			Version:   wire.CapabilityVersion,
 			NodeKey:   c.pub,
@@ -335,6 +349,7 @@ func (c *Client) Register(ctx context.Context, p RegisterParams) (*wire.Register
 			OS:        p.OS,
 			Logout:    p.Logout,
 			Reauth:    p.Reauth,
+			Nonce:     nonce,
 			Timestamp: now,
 		}
 	})
@@ -342,7 +357,7 @@ func (c *Client) Register(ctx context.Context, p RegisterParams) (*wire.Register
 		return nil, fmt.Errorf("coordclient: register: %w", err)
 	}
 	var rr wire.RegisterResponse
-	if err := c.readSealed(resp, box, &rr); err != nil {
+	if err := c.readSealed(rp, &rr); err != nil {
 		return nil, fmt.Errorf("coordclient: register: %w", err)
 	}
 	if rr.Error != "" {
@@ -375,7 +390,7 @@ func (c *Client) SetEndpoints(eps []netip.AddrPort, homeDERP int) {
 }
 
 // mapRequest builds a MapRequest from the client's current state.
-func (c *Client) mapRequest(now time.Time, stream bool) (*wire.MapRequest, uint64) {
+func (c *Client) mapRequest(now time.Time, nonce []byte, stream bool) (*wire.MapRequest, uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return &wire.MapRequest{
@@ -387,6 +402,7 @@ func (c *Client) mapRequest(now time.Time, stream bool) (*wire.MapRequest, uint6
 		PeerRelay: c.relay,
 		Hostname:  c.hostname,
 		Stream:    stream,
+		Nonce:     nonce,
 		Timestamp: now,
 	}, c.epsGen
 }
@@ -395,16 +411,16 @@ func (c *Client) mapRequest(now time.Time, stream bool) (*wire.MapRequest, uint6
 // and returns the endpoint generation it carried.
 func (c *Client) sendUpdate(ctx context.Context) (uint64, error) {
 	var gen uint64
-	resp, box, err := c.post(ctx, wire.PathMap, func(now time.Time) any {
+	rp, err := c.post(ctx, wire.PathMap, func(now time.Time, nonce []byte) any {
 		var req *wire.MapRequest
-		req, gen = c.mapRequest(now, false)
+		req, gen = c.mapRequest(now, nonce, false)
 		return req
 	})
 	if err != nil {
 		return 0, fmt.Errorf("coordclient: update endpoints: %w", err)
 	}
 	var mr wire.MapResponse
-	if err := c.readSealed(resp, box, &mr); err != nil {
+	if err := c.readSealed(rp, &mr); err != nil {
 		return 0, fmt.Errorf("coordclient: update endpoints: %w", err)
 	}
 	return gen, nil

@@ -32,12 +32,16 @@ type fakeCoord struct {
 	// the handler goroutine and returns when the stream should end.
 	onStream func(w http.ResponseWriter, r *http.Request, nk key.NodePublic)
 	keepMS   string
+	// version, if set, is sent as wire.HeaderVersion.
+	version string
 
 	mu      sync.Mutex
 	streams int
 	updates []*wire.MapRequest
 	// offered are the digests the stream requests offered (nil: none).
 	offered []*wire.PeersDigest
+	// nonce is the reply nonce of the last stream request.
+	nonce []byte
 }
 
 func (fc *fakeCoord) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -73,7 +77,11 @@ func (fc *fakeCoord) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	fc.mu.Lock()
 	fc.streams++
 	fc.offered = append(fc.offered, req.Peers)
+	fc.nonce = req.Nonce
 	fc.mu.Unlock()
+	if fc.version != "" {
+		w.Header().Set(wire.HeaderVersion, fc.version)
+	}
 	w.Header().Set("Beam-Keepalive-Ms", fc.keepMS)
 	w.Header().Add("Trailer", wire.TrailerError)
 	w.Header().Add("Trailer", wire.TrailerRetryAfter)

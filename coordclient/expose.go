@@ -57,16 +57,16 @@ var edgeCodes = map[wire.ErrorCode]error{
 // ErrEdgeDisabled, ErrRouteNotFound, ErrNodeNotRegistered or
 // ErrUnreachable, and carry the coordinator's message.
 func (c *Client) Expose(ctx context.Context, req wire.ExposeRequest) (*wire.ExposeResponse, error) {
-	resp, box, err := c.post(ctx, wire.PathExpose, func(now time.Time) any {
+	rp, err := c.post(ctx, wire.PathExpose, func(now time.Time, nonce []byte) any {
 		r := req
-		r.Version, r.NodeKey, r.Timestamp = wire.CapabilityVersion, c.pub, now
+		r.Version, r.NodeKey, r.Timestamp, r.Nonce = wire.CapabilityVersion, c.pub, now, nonce
 		return &r
 	})
 	if err != nil {
 		return nil, fmt.Errorf("coordclient: expose: %w", err)
 	}
 	var er wire.ExposeResponse
-	if err := c.readSealed(resp, box, &er); err != nil {
+	if err := c.readSealed(rp, &er); err != nil {
 		return nil, fmt.Errorf("coordclient: expose: %w", err)
 	}
 	if er.Error != "" {
@@ -80,14 +80,14 @@ func (c *Client) Expose(ctx context.Context, req wire.ExposeRequest) (*wire.Expo
 // Only edge nodes may, and only for _acme-challenge names of the edge
 // domain or of verified custom domains (ErrForbidden otherwise).
 func (c *Client) SetTXT(ctx context.Context, name string, values []string) error {
-	resp, box, err := c.post(ctx, wire.PathTXT, func(now time.Time) any {
-		return &wire.TXTRequest{Version: wire.CapabilityVersion, NodeKey: c.pub, Timestamp: now, Name: name, Values: values}
+	rp, err := c.post(ctx, wire.PathTXT, func(now time.Time, nonce []byte) any {
+		return &wire.TXTRequest{Version: wire.CapabilityVersion, NodeKey: c.pub, Timestamp: now, Name: name, Values: values, Nonce: nonce}
 	})
 	if err != nil {
 		return fmt.Errorf("coordclient: set TXT %s: %w", name, err)
 	}
 	var tr wire.TXTResponse
-	if err := c.readSealed(resp, box, &tr); err != nil {
+	if err := c.readSealed(rp, &tr); err != nil {
 		return fmt.Errorf("coordclient: set TXT %s: %w", name, err)
 	}
 	if tr.Error != "" {

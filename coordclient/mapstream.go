@@ -6,12 +6,10 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net/http"
 	"strconv"
 	"sync"
 	"time"
 
-	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
 )
 
@@ -65,6 +63,9 @@ func (c *Client) runStreams(ctx context.Context, sink streamSink) error {
 		if isTerminal(err) {
 			c.logger.Info("map stream ended for good", "err", err)
 			return err
+		}
+		if errors.Is(err, ErrUnboundReply) {
+			c.logger.Warn("map stream refused: its frames were not sealed for this stream's request, in order (replayed by someone on the path?); dropped it", "server", t.String(), "err", err)
 		}
 		if got {
 			bo.reset()
@@ -132,8 +133,8 @@ func (c *Client) responsesOnce(ctx context.Context, sink streamSink) (bool, *tar
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	offered := sink.request() != nil
-	resp, box, t, err := c.postAny(ctx, wire.PathMap, func(now time.Time) any {
-		req, _ := c.mapRequest(now, true)
+	rp, t, err := c.postAny(ctx, wire.PathMap, func(now time.Time, nonce []byte) any {
+		req, _ := c.mapRequest(now, nonce, true)
 		req.Peers = sink.request()
 		return req
 	})
@@ -142,7 +143,7 @@ func (c *Client) responsesOnce(ctx context.Context, sink streamSink) (bool, *tar
 	}
 	c.setStreaming(t)
 	defer c.setStreaming(nil)
-	got, err := c.readStream(cancel, resp, box, sink)
+	got, err := c.readStream(cancel, rp, sink)
 	if errors.Is(err, ErrBadResponse) || offered && !got {
 		// Whatever came, the next stream starts afresh; so too after a
 		// stream that offered the peers held and ended before its first
@@ -154,8 +155,10 @@ func (c *Client) responsesOnce(ctx context.Context, sink streamSink) (bool, *tar
 }
 
 // readStream reads the map stream resp until it ends; cancel ends it.
-func (c *Client) readStream(cancel context.CancelFunc, resp *http.Response, box key.Shared, sink streamSink) (bool, error) {
+func (c *Client) readStream(cancel context.CancelFunc, rp *reply, sink streamSink) (bool, error) {
+	resp := rp.resp
 	defer resp.Body.Close()
+	fo := &frameOpener{rp: rp}
 
 	ka := defaultKeepAlive
 	if ms, err := strconv.ParseInt(resp.Header.Get(wire.HeaderKeepAlive), 10, 64); err == nil && ms > 0 {
@@ -180,7 +183,7 @@ func (c *Client) readStream(cancel context.CancelFunc, resp *http.Response, box 
 	sink.begin()
 	got := false
 	for {
-		payload, err := readPayload(resp.Body, box)
+		payload, err := readPayload(resp.Body, fo.open)
 		whole := false
 		if err == nil {
 			whole, err = sink.frame(payload, !got)

@@ -119,16 +119,22 @@ func isKeepAlive(mr *wire.MapResponse) bool {
 // wire.MapResponse (JSON or a binary map frame, wire.DecodeMapFrame) sealed by the coordinator to the node (box, the key they share).
 // io.EOF means the stream ended cleanly between frames.
 func readFrame(r io.Reader, box key.Shared) (*wire.MapResponse, error) {
-	p, err := readPayload(r, box)
+	p, err := readPayload(r, func(b []byte) ([]byte, error) {
+		clear, ok := box.Open(b)
+		if !ok {
+			return nil, fmt.Errorf("%w: frame does not open with the coordinator's key", ErrBadResponse)
+		}
+		return clear, nil
+	})
 	if err != nil {
 		return nil, err
 	}
 	return decodeFrame(p)
 }
 
-// readPayload reads one frame as readFrame does and returns its opened
-// payload, undecoded.
-func readPayload(r io.Reader, box key.Shared) ([]byte, error) {
+// readPayload reads one frame as readFrame does and returns its payload
+// opened with open, undecoded.
+func readPayload(r io.Reader, open func([]byte) ([]byte, error)) ([]byte, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
@@ -144,11 +150,7 @@ func readPayload(r io.Reader, box key.Shared) ([]byte, error) {
 		}
 		return nil, err
 	}
-	clear, ok := box.Open(buf)
-	if !ok {
-		return nil, fmt.Errorf("%w: frame does not open with the coordinator's key", ErrBadResponse)
-	}
-	return clear, nil
+	return open(buf)
 }
 
 // decodeFrame decodes one opened frame.

@@ -447,13 +447,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) routes() (mux, admin *http.ServeMux) {
 	mux = http.NewServeMux()
 	mux.HandleFunc("GET "+wire.PathKey, s.handleKey)
-	mux.HandleFunc("POST "+wire.PathRegister, s.reg.handleRegister)
+	mux.HandleFunc("POST "+wire.PathRegister, bindReplies(s.reg.handleRegister))
 	mux.HandleFunc("GET "+wire.PathApprovalPage, s.reg.handleApprovalPage)
-	mux.HandleFunc("POST "+wire.PathMap, s.handleMap)
+	mux.HandleFunc("POST "+wire.PathMap, bindReplies(s.handleMap))
 	mux.HandleFunc("GET "+wire.PathDERPVerify, s.handleDERPVerify)
 	mux.HandleFunc("GET "+wire.PathServerSetup, s.handleServerSetup)
-	mux.HandleFunc("POST "+wire.PathExpose, s.edge.handleExpose)
-	mux.HandleFunc("POST "+wire.PathTXT, s.edge.handleTXT)
+	mux.HandleFunc("POST "+wire.PathExpose, bindReplies(s.edge.handleExpose))
+	mux.HandleFunc("POST "+wire.PathTXT, bindReplies(s.edge.handleTXT))
 	admin = http.NewServeMux()
 	s.admin.register(admin)
 	s.accessRoutes(mux, admin)
@@ -492,6 +492,7 @@ func publicSetup(full *wire.ServerSetup) *wire.ServerSetup {
 }
 
 func (s *Server) handleKey(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set(wire.HeaderVersion, versionHeader)
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	io.WriteString(w, s.pubText)
 }
@@ -544,6 +545,9 @@ func (s *Server) openRequest(w http.ResponseWriter, r *http.Request, v any, hdr 
 	}
 	if err := jsonUnmarshal(clear, v); err != nil {
 		return nil, errorf(http.StatusBadRequest, wire.CodeBadRequest, "malformed sealed request")
+	}
+	if aerr := setReplyNonce(w, v); aerr != nil {
+		return nil, aerr
 	}
 	nk, ts := hdr()
 	if nk != env.NodeKey {
@@ -619,15 +623,17 @@ func (s *Server) readRequest(w http.ResponseWriter, r *http.Request, v any, hdr 
 	return q.nk, nil
 }
 
-// writeSealed writes v as JSON sealed to nk.
+// writeSealed writes v as JSON sealed to nk, with the key bound to the
+// request's nonce when it had one (bind.go).
 func (s *Server) writeSealed(w http.ResponseWriter, nk key.NodePublic, v any) {
 	b, err := jsonMarshal(v)
 	if err != nil {
 		writeError(w, errorf(http.StatusInternalServerError, wire.CodeInternal, "encode response"))
 		return
 	}
+	box, _ := s.replyKey(w, nk)
 	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Write(s.boxes.seal(s.priv, nk, b))
+	w.Write(box.Seal(b))
 }
 
 func remoteIsLoopback(r *http.Request) bool {

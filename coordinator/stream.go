@@ -493,7 +493,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	// buffer goes to the connection directly.
 	bw := bufio.NewWriterSize(w, 4<<10)
 
-	box := s.boxes.get(s.priv, nk) // one X25519 per stream, not per frame
+	box := s.frameSealer(w, nk) // bound to the request and numbered (bind.go)
 	// Each write must finish within writeWindow; the deadline is moved
 	// on once less than half of it is left, not at every frame.
 	writeWindow := max(2*s.keepAlive, 10*time.Second)

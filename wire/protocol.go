@@ -29,8 +29,13 @@ import (
 //
 // where sealed = NodePrivate.SealTo(coordinator machine public, JSON request)
 // (24B nonce | NaCl box). Opening it with the envelope's node key proves the
-// sender holds that key. Responses are sealed with
-// MachinePrivate.SealTo(node key).
+// sender holds that key. Responses are sealed with the key the node key
+// and the coordinator's machine key share (key.Shared, the same box as
+// MachinePrivate.SealTo(node key)), bound, since version 17, to the
+// request: a request's Nonce (ReplyNonceLen random bytes, fresh for each
+// request) makes the reply's key Shared.Bind(Nonce), so a recorded reply
+// opens for no other request. Every response to a sealed request carries
+// HeaderVersion.
 //
 // A map stream is a sequence of frames:
 //
@@ -42,6 +47,11 @@ import (
 //
 // A MapResponse with More set continues in the next frame (version 13);
 // one message spans at most MaxMapFrames frames.
+//
+// Since version 17 (a MapRequest with a Nonce) each frame is sealed with
+// the request's bound key and the box's 24B nonce is the frame's
+// position in the stream (from 0, 8B big-endian) then 16 random bytes
+// (key.Shared.SealSeqAppend); the node opens frame i only as frame i.
 //
 // Errors are JSON ErrorBody values with the HTTP status noted at each
 // ErrorCode.
@@ -89,7 +99,12 @@ type TXTRequest struct {
 	// Name is absolute ("_acme-challenge.app.example.test").
 	Name   string   `json:"name"`
 	Values []string `json:"values,omitempty"`
+	// Nonce binds the reply (see RegisterRequest.Nonce).
+	Nonce []byte `json:"nonce,omitempty"`
 }
+
+// ReplyNonce returns r.Nonce.
+func (r *TXTRequest) ReplyNonce() []byte { return r.Nonce }
 
 // TXTResponse answers a TXTRequest.
 type TXTResponse struct {

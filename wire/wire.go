@@ -77,7 +77,29 @@ import (
 //     after a JSON head (BinaryMapFrame, AppendPeerRecord), which the
 //     coordinator encodes once per peer change. Older nodes get JSON.
 //     A record carries Node.Rev (version 15) like the JSON.
-const CapabilityVersion = 16
+//   - 17 (2026-12-07): replies bound to their request: every sealed
+//     request carries a fresh random Nonce (ReplyNonceLen bytes), and the
+//     coordinator seals its reply, or each frame of the map stream it
+//     opens, with the shared key bound to that nonce (key.Shared.Bind);
+//     stream frames carry their position in the box's nonce
+//     (key.Shared.SealSeqAppend), which the node checks. A reply or
+//     stream recorded for one request, or a frame replayed, dropped or
+//     moved within a stream, does not open. Responses carry
+//     HeaderVersion; a node refuses an unbound reply from a coordinator
+//     that says it is of this version, or that bound an earlier reply.
+//     Nodes of older versions send no Nonce and get unbound replies.
+const CapabilityVersion = 17
+
+// BoundRepliesVersion is the first CapabilityVersion whose coordinators
+// bind replies to their request's Nonce.
+const BoundRepliesVersion = 17
+
+// ReplyNonceLen is the length of a sealed request's Nonce.
+const ReplyNonceLen = 32
+
+// HeaderVersion is the response header with which a coordinator says
+// the CapabilityVersion it speaks (since version 17).
+const HeaderVersion = "Beam-Version"
 
 // NodeID is the coordinator's stable identifier of a node.
 type NodeID int64
@@ -109,6 +131,10 @@ type RegisterRequest struct {
 	// would. A node keeps its user: approval as another user is refused.
 	// Since version 11.
 	Reauth bool `json:"reauth,omitempty"`
+	// Nonce is ReplyNonceLen fresh random bytes to which the
+	// coordinator binds its reply (since version 17); empty asks for an
+	// unbound reply, as older nodes get.
+	Nonce []byte `json:"nonce,omitempty"`
 	// Timestamp is the node's clock when sealing; the coordinator refuses
 	// requests too far from its own clock (replay window).
 	Timestamp time.Time `json:"timestamp"`
@@ -149,8 +175,12 @@ type MapRequest struct {
 	// Peers is the digest of the peers the node holds from its last
 	// stream, with which the coordinator may resume it (MapResponse.PeersKept);
 	// nil asks for a full map. Since version 15.
-	Peers     *PeersDigest `json:"peers,omitempty"`
-	Timestamp time.Time    `json:"timestamp"`
+	Peers *PeersDigest `json:"peers,omitempty"`
+	// Nonce is ReplyNonceLen fresh random bytes to which the
+	// coordinator binds its reply (since version 17); empty asks for an
+	// unbound reply, as older nodes get.
+	Nonce     []byte    `json:"nonce,omitempty"`
+	Timestamp time.Time `json:"timestamp"`
 }
 
 // MapResponse is one message of the map stream. The first one of a stream
@@ -352,9 +382,13 @@ type NetPortRange struct {
 // publishing) one of the sending node's ports on the public edge. It is
 // sealed like a MapRequest and sent to /machine/expose.
 type ExposeRequest struct {
-	Version   int            `json:"version"`
-	NodeKey   key.NodePublic `json:"node_key"`
-	Timestamp time.Time      `json:"timestamp"`
+	Version int            `json:"version"`
+	NodeKey key.NodePublic `json:"node_key"`
+	// Nonce is ReplyNonceLen fresh random bytes to which the
+	// coordinator binds its reply (since version 17); empty asks for an
+	// unbound reply, as older nodes get.
+	Nonce     []byte    `json:"nonce,omitempty"`
+	Timestamp time.Time `json:"timestamp"`
 	// Name is the label under the edge domain ("app" for app.example.test);
 	// empty means the node's own name.
 	Name string `json:"name,omitempty"`
@@ -447,3 +481,12 @@ type EdgeRefusal struct {
 	// Client is the client's IP address.
 	Client string `json:"client,omitempty"`
 }
+
+// ReplyNonce returns r.Nonce.
+func (r *RegisterRequest) ReplyNonce() []byte { return r.Nonce }
+
+// ReplyNonce returns r.Nonce.
+func (r *MapRequest) ReplyNonce() []byte { return r.Nonce }
+
+// ReplyNonce returns r.Nonce.
+func (r *ExposeRequest) ReplyNonce() []byte { return r.Nonce }

@@ -134,3 +134,67 @@ func BenchmarkOpen(b *testing.B) {
 		})
 	}
 }
+
+// TestSharedBind checks that both ends derive one key per nonce, and
+// that a box sealed with a bound key opens with no other nonce's key nor
+// with the unbound key (and the reverse).
+func TestSharedBind(t *testing.T) {
+	node, machine := NewNode(), NewMachine()
+	ns, ms := node.Shared(machine.Public()), machine.Shared(node.Public())
+	n1, n2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
+	if ns.Bind(n1).k != ms.Bind(n1).k {
+		t.Fatal("node and machine bound one nonce to different keys")
+	}
+	msg := []byte("reply")
+	tests := []struct {
+		name string
+		seal Shared
+		open Shared
+		want bool
+	}{
+		{"same nonce", ms.Bind(n1), ns.Bind(n1), true},
+		{"other nonce", ms.Bind(n1), ns.Bind(n2), false},
+		{"bound, opened unbound", ms.Bind(n1), ns, false},
+		{"unbound, opened bound", ms, ns.Bind(n1), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, ok := tt.open.Open(tt.seal.Seal(msg)); ok != tt.want {
+				t.Errorf("open = %v, want %v", ok, tt.want)
+			}
+		})
+	}
+}
+
+// TestSharedSeq checks that a message of a sequence opens only at its
+// own position.
+func TestSharedSeq(t *testing.T) {
+	node, machine := NewNode(), NewMachine()
+	ns, ms := node.Shared(machine.Public()), machine.Shared(node.Public())
+	msg := []byte("frame")
+	sealed := ms.SealSeqAppend([]byte("hdr"), 5, msg)[3:]
+	tests := []struct {
+		name string
+		seq  uint64
+		want bool
+	}{
+		{"own position", 5, true},
+		{"earlier", 4, false},
+		{"later", 6, false},
+		{"first", 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := ns.OpenSeq(sealed, tt.seq)
+			if ok != tt.want || ok && !bytes.Equal(got, msg) {
+				t.Errorf("OpenSeq(%d) = %q, %v; want ok %v", tt.seq, got, ok, tt.want)
+			}
+		})
+	}
+	if _, ok := ns.Open(sealed); !ok {
+		t.Error("a sequence box does not open as a plain box")
+	}
+	if a, b := ms.SealSeqAppend(nil, 1, msg), ms.SealSeqAppend(nil, 1, msg); bytes.Equal(a, b) {
+		t.Error("two seals at one position are equal: the nonce has no random part")
+	}
+}
