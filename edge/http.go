@@ -7,14 +7,17 @@ import (
 	"errors"
 	"fmt"
 	"html"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -32,6 +35,25 @@ type reqState struct {
 	who      *Identity // the signed-in person on a route with Policy.SignIn
 	canRetry bool      // a failed dial may be retried on another member
 	retry    bool      // set by the error handler: try another member
+	// bodyErr is the first error reading the client's request body
+	// (clientBody); the transport's writer goroutine sets it.
+	bodyErr atomic.Pointer[error]
+}
+
+// clientBody notes in st the first error reading a client's request body
+// (a malformed chunk, a body too slow), so that a round trip it ends is
+// answered as the client's fault, not the device's.
+type clientBody struct {
+	io.ReadCloser
+	st *reqState
+}
+
+func (b *clientBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.st.bodyErr.CompareAndSwap(nil, &err)
+	}
+	return n, err
 }
 
 type ctxKey int
@@ -98,7 +120,30 @@ func (t overlayTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
 		return t.e.h2c.RoundTrip(r)
 	}
+	if r.Body == nil || r.Body == http.NoBody {
+		r = r.WithContext(httptrace.WithClientTrace(r.Context(), onceOnReused()))
+	}
 	return t.e.h1.RoundTrip(r)
+}
+
+// onceOnReused returns the trace of one request that bounds the
+// transport's retries: http.Transport sends a request without a body
+// again on the next kept-alive connection as long as one fails before
+// any byte of a response, and the device closes without an answer on
+// purpose (its app closed as the request arrived, and may have read it),
+// so one request could reach the app once per idle connection. After
+// the first attempt the trace closes every reused connection the
+// transport picks before anything is written on it, so the request goes
+// at most once more, on a new connection, which the transport does not
+// retry.
+func onceOnReused() *httptrace.ClientTrace {
+	first := true
+	return &httptrace.ClientTrace{GotConn: func(info httptrace.GotConnInfo) {
+		if !first && info.Reused {
+			info.Conn.Close()
+		}
+		first = false
+	}}
 }
 
 // ServeHTTP is the Host-routed reverse proxy for http routes. It can be
@@ -260,6 +305,9 @@ func (e *Edge) proxyTo(w http.ResponseWriter, r *http.Request, st *reqState) {
 	case plainRequest(r, st):
 		e.proxyPlain(w, r, st)
 	default:
+		if r.Body != nil && r.Body != http.NoBody {
+			r.Body = &clientBody{ReadCloser: r.Body, st: st}
+		}
 		e.proxy.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), stateKey, st)))
 	}
 }
@@ -374,6 +422,20 @@ func (e *Edge) proxyFailed(w http.ResponseWriter, r *http.Request, st *reqState,
 	if st.in.Context().Err() != nil {
 		// The client went away; nobody reads this response.
 		w.WriteHeader(499)
+		return
+	}
+	if p := st.bodyErr.Load(); p != nil {
+		err := *p
+		// The client's body broke off or was malformed: the device has
+		// nothing to do with it, and the connection cannot carry
+		// another request.
+		w.Header().Set("Connection", "close")
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			e.writeError(w, r, http.StatusRequestTimeout, "Request timeout", "The request body came too slowly.", err)
+			return
+		}
+		e.writeError(w, r, http.StatusBadRequest, "Bad request", "The request body is malformed.", err)
 		return
 	}
 	e.writeError(w, r, http.StatusBadGateway, "Bad gateway",

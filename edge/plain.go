@@ -73,11 +73,12 @@ func plainRequest(r *http.Request, st *reqState) bool {
 	return h["Upgrade"] == nil && h["Expect"] == nil && !strings.HasPrefix(h.Get("Content-Type"), "application/grpc")
 }
 
-// getUpstream returns an idle connection to t, or dials one.
-func (e *Edge) getUpstream(ctx context.Context, t *target) (u *upstream, reused bool, err error) {
+// getUpstream returns an idle connection to t, or dials one (always
+// with fresh).
+func (e *Edge) getUpstream(ctx context.Context, t *target, fresh bool) (u *upstream, reused bool, err error) {
 	now := time.Now()
 	t.mu.Lock()
-	for len(t.idle) > 0 {
+	for len(t.idle) > 0 && !fresh {
 		u = t.idle[len(t.idle)-1]
 		t.idle[len(t.idle)-1] = nil
 		t.idle = t.idle[:len(t.idle)-1]
@@ -140,9 +141,14 @@ func (t *target) pruneIdle(cutoff time.Time) {
 var errPlainRetry = errors.New("edge: kept-alive connection closed by the device")
 
 // proxyPlain proxies r, a plain request (plainRequest), to st.target.
+// A request that fails on a reused connection before any byte of a
+// response came goes once more, on a new connection, and no more: the
+// device also closes without an answer on purpose, when its app closed
+// as the request arrived (it may have read it), and trying every idle
+// connection in turn would hand the app one request as many times.
 func (e *Edge) proxyPlain(w http.ResponseWriter, r *http.Request, st *reqState) {
-	for {
-		u, reused, err := e.getUpstream(r.Context(), st.target)
+	for fresh := false; ; fresh = true {
+		u, reused, err := e.getUpstream(r.Context(), st.target, fresh)
 		if err != nil {
 			e.proxyFailed(w, r, st, err)
 			return
@@ -152,7 +158,7 @@ func (e *Edge) proxyPlain(w http.ResponseWriter, r *http.Request, st *reqState) 
 			return
 		}
 		u.c.Close()
-		if err != errPlainRetry {
+		if err != errPlainRetry || fresh {
 			e.proxyFailed(w, r, st, err)
 			return
 		}
