@@ -236,11 +236,9 @@ func New(opts Options) (*Engine, error) {
 	e.disc.init()
 	e.noSessionBudget = inflightWindow(runtime.GOMAXPROCS(0))
 	e.relays = newRelays(e, opts.PrivateKey)
-	// The windows are released by the gVisor TUN; a kernel TUN has none.
-	var inWin, outWin *inflight.Window
-	if opts.TUN == "" {
-		inWin, outWin = newWindows()
-	}
+	// The windows are released by the TUN, gVisor's or the kernel's
+	// (tunFilter).
+	inWin, outWin := newWindows()
 	var relayServer bind.RelayServer
 	if opts.PeerRelay != nil {
 		if opts.PeerRelay.Port != 0 && opts.PeerRelay.Port == opts.ListenPort {
@@ -283,7 +281,7 @@ func New(opts Options) (*Engine, error) {
 		if mtu == 0 {
 			mtu = 1280
 		}
-		tf, hn, err := e.newTUNDevice(opts.TUN, mtu)
+		tf, hn, err := e.newTUNDevice(opts.TUN, mtu, outWin, inWin)
 		if err != nil {
 			cancel()
 			return nil, err

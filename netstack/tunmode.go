@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"beam.dev/beam/netstack/internal/inflight"
 	"golang.zx2c4.com/wireguard/tun"
 )
 
@@ -48,6 +49,14 @@ type tunFilter struct {
 	// onOutbound, if set, sees each packet the host sends into the
 	// overlay before wireguard-go does (Engine.noteOutbound).
 	onOutbound func(pkt []byte) bool
+	// outWin counts the packets Read hands wireguard-go until the bind
+	// sent them, and Read waits while it is full; inWin is released by
+	// the packets Write takes (the bind counts them in). Either may be
+	// nil. As in userspace mode (gv.TUN), they bound the packets
+	// wireguard-go holds, each in a 64 KiB buffer, where the host's TCP
+	// windows alone would let thousands wait in its queues.
+	outWin, inWin *inflight.Window
+	readWait      *inflight.Waiter
 }
 
 // ownPortSet is an immutable set of the destinations of Config.OwnListeners,
@@ -61,7 +70,17 @@ type ownPortSet struct {
 // Read reads packets the host sends into the overlay and records the
 // flows they open (see packetFilter.outbound).
 func (t *tunFilter) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	t.readWait.Wait()
 	n, err := t.Device.Read(bufs, sizes, offset)
+	defer func() {
+		handed := 0
+		for i := range n {
+			if sizes[i] > 0 {
+				handed++
+			}
+		}
+		t.outWin.Add(handed)
+	}()
 	if s := t.steer.Load(); s != nil {
 		for i := range n {
 			s.rewrite(bufs[i][offset:offset+sizes[i]], false)
@@ -89,6 +108,7 @@ func (t *tunFilter) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 // reset, as the userspace stack does, so a denied port fails fast; bufs
 // is compacted in place (wireguard-go rebuilds the slice for every call).
 func (t *tunFilter) Write(bufs [][]byte, offset int) (int, error) {
+	t.inWin.Done(len(bufs))
 	own, steer := t.ownPorts.Load(), t.steer.Load()
 	if own == nil && steer == nil && t.pf.pol.Load().open {
 		return t.Device.Write(bufs, offset)
@@ -474,7 +494,7 @@ func (e *Engine) tunListen(proto string, ap netip.AddrPort) (any, error) {
 
 // newTUNDevice creates the kernel device for Options.TUN and wraps it
 // with the engine's filter.
-func (e *Engine) newTUNDevice(name string, mtu int) (*tunFilter, hostNet, error) {
+func (e *Engine) newTUNDevice(name string, mtu int, outWin, inWin *inflight.Window) (*tunFilter, hostNet, error) {
 	hn, err := newHostNet(name, mtu, e.log)
 	if err != nil {
 		return nil, nil, err
@@ -485,7 +505,7 @@ func (e *Engine) newTUNDevice(name string, mtu int) (*tunFilter, hostNet, error)
 		if err := hn.send(pkt); err != nil {
 			e.log.Debug("TUN filter: send a reset to the peer", "err", err)
 		}
-	}}
+	}, outWin: outWin, inWin: inWin, readWait: outWin.NewWaiter()}
 	return tf, hn, nil
 }
 

@@ -5,7 +5,9 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 
+	"beam.dev/beam/netstack/internal/inflight"
 	"golang.zx2c4.com/wireguard/tun"
 )
 
@@ -307,5 +309,45 @@ func TestSteer(t *testing.T) {
 				t.Errorf("TCP checksum does not verify after the rewrite")
 			}
 		})
+	}
+}
+
+// TestTUNFilterWindows checks that TUN mode counts the packets
+// wireguard-go holds, as the userspace TUN does: what Read hands it stays
+// in the outbound window (the bind releases it when sent), and Write
+// releases the inbound window by every packet it is given, refused or
+// not.
+func TestTUNFilterWindows(t *testing.T) {
+	self := netip.MustParseAddr("100.64.0.1")
+	peer := netip.MustParseAddr("100.64.0.2")
+	const offset = 16
+	out, in := inflight.New(100, time.Hour), inflight.New(100, time.Hour)
+	rt := &recordingTUN{}
+	pf := &packetFilter{now: func() int64 { return 1000 }}
+	pf.pol.Store(newPolicy(&Config{Filter: &Filter{}})) // nothing inbound allowed
+	tf := &tunFilter{Device: rt, pf: pf, outWin: out, inWin: in, readWait: out.NewWaiter()}
+
+	rt.toRead = [][]byte{
+		ipv4Packet(protoUDP, self, peer, 4000, 53, 0),
+		ipv4Packet(protoUDP, self, peer, 4001, 53, 0),
+		ipv4Packet(protoUDP, self, peer, 4002, 53, 0),
+	}
+	bufs := [][]byte{make([]byte, 1500), make([]byte, 1500), make([]byte, 1500), make([]byte, 1500)}
+	if n, err := tf.Read(bufs, make([]int, len(bufs)), offset); n != 3 || err != nil {
+		t.Fatalf("Read = %d, %v; want 3 packets", n, err)
+	}
+	if got := out.Len(); got != 3 {
+		t.Errorf("outbound window holds %d after reading 3 packets, want 3", got)
+	}
+
+	in.Add(5) // the bind handed wireguard-go five packets
+	reply := append(make([]byte, offset), ipv4Packet(protoUDP, peer, self, 53, 4000, 0)...)
+	refused := append(make([]byte, offset), ipv4Packet(protoUDP, peer, self, 53, 9999, 0)...)
+	tf.Write([][]byte{reply, refused}, offset)
+	if len(rt.written) != 1 {
+		t.Fatalf("%d packets reached the host, want the reply alone", len(rt.written))
+	}
+	if got := in.Len(); got != 3 {
+		t.Errorf("inbound window holds %d after 2 of 5 packets were written, want 3", got)
 	}
 }

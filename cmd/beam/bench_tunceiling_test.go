@@ -120,6 +120,10 @@ func BenchmarkDaemonTUNIperf3(b *testing.B) {
 		bDelta.add(bAfter.sub(bBefore))
 	}
 	b.StopTimer()
+	var hwm float64
+	for _, pid := range daemons {
+		hwm = max(hwm, procStatusMiB(b, pid, "VmHWM"))
+	}
 	if got := p.path(ctx); got != "direct" {
 		b.Fatalf("after the rounds alpha reaches beta over %q, want direct", got)
 	}
@@ -144,6 +148,7 @@ func BenchmarkDaemonTUNIperf3(b *testing.B) {
 	b.ReportMetric(perGiB(dUser, tun.bytes), "daemon-user-s/GiB")
 	b.ReportMetric(perGiB(dSys, tun.bytes), "daemon-sys-s/GiB")
 	b.ReportMetric(perGiB(softCPU, tun.bytes), "softirqd-s/GiB")
+	b.ReportMetric(hwm, "daemon-peak-RSS-MiB")
 	b.ReportMetric(crypto, "crypto-s/GiB")
 	b.ReportMetric(ceiling, "ceiling-Gbit/s")
 	b.ReportMetric(rawCost/tunTotal, "cpu-ratio")
