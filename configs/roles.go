@@ -219,6 +219,11 @@ type ReplicaTimes struct {
 	// are offline (0: 2 minutes). Give every replica the same.
 	StaleAfter     Duration `json:"stale_after"`
 	UnknownTimeout Duration `json:"unknown_timeout"`
+	// OnlineGrace is how long the nodes streaming when a coordinator
+	// shuts down stay online without a stream, while they come back to
+	// its restart or to another replica (0: 45.5 s); those not back by
+	// then are offline.
+	OnlineGrace Duration `json:"online_grace"`
 }
 
 // check checks the timers.
@@ -231,6 +236,9 @@ func (r *ReplicaTimes) check(c *checker) {
 	}
 	if d := time.Duration(r.UnknownTimeout); d != 0 && (d < 5*time.Second || d > 24*time.Hour) {
 		c.add("--unknown-timeout", d.String(), "want 5s to 24h, or 0 for the default (2m)")
+	}
+	if d := time.Duration(r.OnlineGrace); d != 0 && (d < 12*time.Second || d > 10*time.Minute) {
+		c.add("--online-grace", d.String(), "want 12s (longer than the 10.5s a shutdown may ask nodes to wait) to 10m, or 0 for the default (45.5s)")
 	}
 }
 

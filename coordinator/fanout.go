@@ -40,7 +40,10 @@ import (
 // streams (nodeEntry.remote). When A stops beating, its nodes are unknown
 // for the others (they may be up, they may be down) until they stream
 // from another coordinator, or for unknownTimeout, after which they are
-// offline.
+// offline. When A shuts down cleanly it has told its nodes when to come
+// back: their stream states stay, and count as online for every
+// coordinator (A's next start included) for the online grace (grace.go),
+// after which those not streaming again are offline.
 
 // Presence is whether a node streams from another coordinator sharing
 // the store.
@@ -109,6 +112,13 @@ type NodeFeed interface {
 	// had its stream states dropped, which the coordinator then writes
 	// again.
 	Heartbeat(ctx context.Context) (changed []wire.NodeID, missing bool, err error)
+	// StopBeating records that this store's coordinator stops, having
+	// asked the nodes streaming from it to come back within grace: it
+	// no longer counts as running, but its stream states count as online
+	// (PresenceOnline) for every coordinator until grace has passed,
+	// then those of the nodes not streaming again are dropped (offline)
+	// by the next Heartbeat. Closing the store keeps that record.
+	StopBeating(ctx context.Context, grace time.Duration) error
 	// ClaimSecrets compares secrets (setting name to value) with the
 	// stored settings when coordinators on other stores beat (within the
 	// time after which their nodes turn unknown), returning those found
@@ -231,6 +241,13 @@ func (f *fanout) streamChanged(id wire.NodeID, online bool) {
 	}
 	now := time.Now()
 	f.mu.Lock()
+	if !online && f.core.ctx.Err() != nil {
+		// The stream ended because this coordinator shuts down, which
+		// told the node when to come back: it stays online (Close calls
+		// stopBeating), and its online state, if not yet written, is.
+		f.mu.Unlock()
+		return
+	}
 	f.online[id] = streamState{online: online, at: now}
 	if online {
 		f.started[id] = now
@@ -303,11 +320,19 @@ func (f *fanout) beat() {
 }
 
 // flush writes the stream states not yet written, for Server.Close once
-// every stream has ended, while the store is still open: the other
-// coordinators then see this one's nodes go offline.
+// every stream has ended, while the store is still open, and records that
+// this coordinator stops: the nodes whose streams the shutdown ended stay
+// online for the online grace (StopBeating), those whose streams had
+// ended before are offline.
 func (f *fanout) flush() {
-	if f.feed != nil {
-		f.writeOnline(context.Background())
+	if f.feed == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	f.writeOnline(ctx)
+	if err := f.feed.StopBeating(ctx, f.core.onlineGrace); err != nil {
+		f.core.logger.Warn("record this coordinator's stop; its nodes will show as unknown until they stream again", "err", err)
 	}
 }
 

@@ -26,10 +26,16 @@ import (
 // node that began to stream after the last write is offline until it
 // streams again, as every node was after a crash before.
 //
-// Only a coordinator with a store of its own does this: with several on
-// one database (NodeFeed), a node's online state is the one the store
-// keeps per coordinator, and the nodes of one going away stream from the
-// others.
+// With a store shared by several coordinators (NodeFeed, PostgreSQL) the
+// store keeps each node's stream state per coordinator, and the grace
+// goes through it instead: a coordinator that shuts down leaves the
+// states of the streams its shutdown ended, and records that it stopped
+// (NodeFeed.StopBeating) until onlineGrace from then; every coordinator,
+// its own next start included (loadOnline reads them before it serves),
+// shows those nodes online meanwhile, and the first heartbeat after the
+// grace drops the states of those that did not stream again (offline).
+// A crash leaves no such record: its nodes are unknown (fanout.go), as
+// for any coordinator that stops beating.
 
 // onlineSetting names the record of the nodes streaming at the last
 // Close, or the last onlineRecordEvery before a crash: the time (8 bytes, big-endian Unix nanoseconds), then each
@@ -41,7 +47,7 @@ const onlineSetting = "online_at_shutdown"
 // the longest backoff of a node that came back before the coordinator
 // listened again (30 s in coordclient; with 5,000 nodes the old process
 // took seconds to exit and some nodes were in backoff for 20 s), plus a
-// margin. Tests lower it.
+// margin. Options.OnlineGrace replaces it; tests lower it.
 var onlineGrace = restartGrace + maxRestartSpread + 35*time.Second
 
 // onlineRecordEvery is how often a running coordinator records which
@@ -80,7 +86,7 @@ func (s *Server) recordOnline(ctx context.Context) {
 // does not find it.
 func (s *Server) loadOnline(ctx context.Context, now time.Time) (time.Time, error) {
 	if s.fan.feed != nil {
-		return time.Time{}, nil
+		return time.Time{}, s.loadRemoteOnline(ctx)
 	}
 	b, err := s.store.Setting(ctx, onlineSetting)
 	if errors.Is(err, ErrNotFound) || (err == nil && len(b) < 8) {
@@ -118,8 +124,30 @@ func (s *Server) loadOnline(ctx context.Context, now time.Time) (time.Time, erro
 			n++
 		}
 	}
-	s.logger.Info("nodes streaming at shutdown stay online while they come back", "nodes", n, "grace", onlineGrace)
-	return now.Add(onlineGrace), nil
+	s.logger.Info("nodes streaming at shutdown stay online while they come back", "nodes", n, "grace", s.onlineGrace)
+	return now.Add(s.onlineGrace), nil
+}
+
+// loadRemoteOnline reads which nodes stream from other coordinators on
+// a shared store, or did from one that shut down and whose grace runs,
+// before the Server serves: a node that comes back at once must not get
+// a first map that shows its peers offline until the listener resyncs.
+func (s *Server) loadRemoteOnline(ctx context.Context) error {
+	remote, err := s.fan.feed.RemoteOnline(ctx)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, e := range s.nodes {
+		if p := remote[e.rec.Node.ID]; p != PresenceNone {
+			e.remote, e.offlineSince = p, time.Time{}
+			n++
+		}
+	}
+	if n > 0 {
+		s.logger.Info("nodes streaming from other coordinators, or from one that shut down and asked them back", "nodes", n)
+	}
+	return nil
 }
 
 // onlineLoop clears the record of the nodes streaming at the last

@@ -7,7 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"beam.dev/beam/beamtest/pgtest"
 	"beam.dev/beam/coordinator"
+	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
 )
 
@@ -86,7 +88,17 @@ func (l *onlineLog) count(name string) int {
 // once the grace is over, not before.
 func TestOnlineGraceAcrossRestart(t *testing.T) {
 	defer coordinator.SetOnlineGraceForTest(graceForTest)()
-	graceAcross(t, "restart", nil, (*coord).stop)
+	graceAcross(t, "restart", startCoord(t, nil), nil, (*coord).stop)
+}
+
+// TestOnlineGraceAcrossRestartPostgres is TestOnlineGraceAcrossRestart
+// with the only coordinator on PostgreSQL, where the store keeps the
+// stream states: the shutdown leaves them, and records its stop, for the
+// next start.
+func TestOnlineGraceAcrossRestartPostgres(t *testing.T) {
+	defer coordinator.SetOnlineGraceForTest(graceForTest)()
+	pg := pgtest.New(t)
+	graceAcross(t, "restart", startCoordOn(t, pg.NewDatabase(t), key.NewMachine()), nil, (*coord).stop)
 }
 
 // crash stops the coordinator as a crash would: its store gets nothing
@@ -123,19 +135,19 @@ func TestOnlineGraceAfterCrash(t *testing.T) {
 			}
 		}
 	}
-	graceAcross(t, "crash", recorded, (*coord).crash)
+	graceAcross(t, "crash", startCoord(t, nil), recorded, (*coord).crash)
 }
 
 // graceForTest is the online grace of the grace tests: the nodes that
 // come back do so within 1.5 s.
 const graceForTest = 4 * time.Second
 
-// graceAcross streams nodes a, b and gone from a coordinator, waits for
+// graceAcross streams nodes a, b and gone from coordinator c, waits for
 // before (nil: nothing), ends it with end, stops gone for good and starts
-// the coordinator again: gone goes offline for a once the grace is over,
-// not before, and b, which comes back, never shows offline to a.
-func graceAcross(t *testing.T, what string, before func(*testing.T, *coord), end func(*coord)) {
-	c := startCoord(t, nil)
+// the coordinator again: the admin view shows gone and b online at once,
+// gone goes offline for a once the grace is over, not before, and b,
+// which comes back, never shows offline to a.
+func graceAcross(t *testing.T, what string, c *coord, before func(*testing.T, *coord), end func(*coord)) {
 	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
 	a, b, gone := newNode(t, c.URL), newNode(t, c.URL), newNode(t, c.URL)
 	a.register(t, ak, "a")
@@ -157,15 +169,33 @@ func graceAcross(t *testing.T, what string, before func(*testing.T, *coord), end
 	}
 
 	from := la.count("b")
+	start := time.Now() // the grace may count from the end
 	end(c)
 	goneCancel() // does not come back
 	<-goneDone
-	start := time.Now()
 	c.start()
+	nodes, err := c.Server.Nodes(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if (n.Name == "gone" || n.Name == "b") && (!n.Online || n.Unknown) {
+			t.Errorf("right after the %s the admin view shows %s online=%v unknown=%v, want online", what, n.Name, n.Online, n.Unknown)
+		}
+	}
 	// a is back when its netmaps show b again (a new stream's map).
 	la.wait(t, "gone", false, 30*time.Second)
 	if took := time.Since(start); took < graceForTest {
-		t.Errorf("gone went offline %v after the start, before the grace of %v ended", took, graceForTest)
+		t.Errorf("gone went offline %v after the %s, before the grace of %v ended", took, what, graceForTest)
+	}
+	nodes, err = c.Server.Nodes(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if n.Name == "gone" && (n.Online || n.Unknown) {
+			t.Errorf("after the grace the admin view shows gone online=%v unknown=%v, want offline", n.Online, n.Unknown)
+		}
 	}
 	if n := la.offlineSince("b", from); n > 0 {
 		t.Errorf("b, which came back, showed offline in %d of a's netmaps after the %s", n, what)

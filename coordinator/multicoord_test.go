@@ -170,9 +170,11 @@ func TestSeveralCoordinators(t *testing.T) {
 }
 
 // networksAndShutdown: a node registers on one coordinator into a network
-// created on the other, and a coordinator that stops tells the other its
-// nodes went offline.
+// created on the other, and a coordinator that stops leaves its nodes
+// online for the other for the online grace (it asked them to come back),
+// then offline if they did not.
 func networksAndShutdown(t *testing.T, pg *pgtest.Server, priv key.MachinePrivate) {
+	defer coordinator.SetOnlineGraceForTest(graceForTest)()
 	dsn := pg.NewDatabase(t)
 	ca, cb := startCoordOn(t, dsn, priv), startCoordOn(t, dsn, priv)
 	// The network is created on ca; cb learns of it from the store.
@@ -225,12 +227,20 @@ func networksAndShutdown(t *testing.T, pg *pgtest.Server, priv key.MachinePrivat
 		return p != nil && p.Online
 	})
 
-	// A coordinator that shuts down says its nodes went offline.
+	// A coordinator that shuts down leaves its nodes online for the
+	// grace (xray keeps trying its URL, never another), then offline.
+	stopped := time.Now()
 	cb.stop()
-	wy.waitFor("yankee sees xray offline once its coordinator stopped", fanoutWait, func(nm *wire.NetMap) bool {
+	nm := wy.waitFor("yankee sees xray offline once the grace after its coordinator stopped is over", fanoutWait+graceForTest, func(nm *wire.NetMap) bool {
 		p := peerNamed(nm, "xray")
 		return p != nil && !p.Online
 	})
+	if took := time.Since(stopped); took < graceForTest {
+		t.Errorf("xray offline %v after its coordinator stopped, before the grace of %v", took, graceForTest)
+	}
+	if p := peerNamed(nm, "xray"); p.Unknown {
+		t.Error("xray unknown after the grace, want offline")
+	}
 }
 
 // waitNodes waits until c lists n nodes, reporting whether it did.

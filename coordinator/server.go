@@ -26,6 +26,7 @@
 package coordinator
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -151,6 +152,12 @@ type Options struct {
 	// DefaultMachineRequestBurst; a negative rate means no limit.
 	MachineRequestRate  float64
 	MachineRequestBurst int
+	// OnlineGrace is how long the nodes streaming when the coordinator
+	// shuts down stay online without a stream after it, while they come
+	// back (grace.go); 0 means 45.5 s, the longest wait a shutdown asks
+	// of a node plus the longest backoff of one that came back too early
+	// plus a margin.
+	OnlineGrace time.Duration
 }
 
 // Server is the coordinator. It is an http.Handler serving the control
@@ -201,6 +208,8 @@ type Server struct {
 	graceUntil time.Time
 	// graceFrom is when the record that put nodes in grace was written.
 	graceFrom time.Time
+	// onlineGrace is Options.OnlineGrace or its default.
+	onlineGrace time.Duration
 	// onlineRecord: the start found a record of streaming nodes, which
 	// onlineLoop clears; seenAtRecord are the nodes of one too old for a
 	// grace, last seen when it was written, whose last seen onlineLoop
@@ -275,6 +284,7 @@ func New(opts Options) (*Server, error) {
 		now:         opts.Now,
 		policy:      opts.Policy,
 		serverSetup: opts.ServerSetup,
+		onlineGrace: cmp.Or(opts.OnlineGrace, onlineGrace),
 		networks:    make(map[int64]*Network),
 		netNames:    make(map[string]*Network),
 		nodes:       make(map[key.NodePublic]*nodeEntry),

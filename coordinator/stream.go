@@ -432,6 +432,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	old := ms.sessions[nk]
 	ms.sessions[nk] = ss
 	e.offlineSince = time.Time{}
+	e.remote = PresenceNone // its stream state is this coordinator's now (fanout.go)
 	graced := e.grace
 	e.grace = false
 	switch {

@@ -229,10 +229,11 @@ func (s *Store) NodeByID(ctx context.Context, id wire.NodeID) (*coordinator.Node
 }
 
 // presenceSQL returns the coordinator.Presence of a node_online row o
-// joined with its origin's beat b (NULL if none), in SQL: 1 online, 2
+// joined with its origin's beat b (NULL if none), in SQL: 1 online (the
+// origin beats, or stopped cleanly and its grace runs: StopBeating), 2
 // unknown (the origin has not beaten for the stale time).
 func (s *Store) presenceSQL() string {
-	return `CASE WHEN b.beat IS NULL OR b.beat < ` + s.staleSQL() + ` THEN 2 ELSE 1 END`
+	return `CASE WHEN b.stopped_until >= ` + dbNow + ` THEN 1 WHEN b.beat IS NULL OR b.beat < ` + s.staleSQL() + ` THEN 2 ELSE 1 END`
 }
 
 // staleSQL is the time before which a beat is stale, in SQL.
@@ -371,14 +372,17 @@ func (s *Store) Heartbeat(ctx context.Context) (changed []wire.NodeID, missing b
 			}
 			return err
 		}
+		// Gone: an origin that has not beaten for the stale time and the
+		// unknown timeout, or that stopped cleanly and whose grace is over.
 		gone := `(` + dbNow + ` - ` + strconv.FormatInt(int64(s.beats.stale+s.beats.unknownTimeout), 10) + `)`
+		over := `stopped_until < ` + dbNow
 		ids, err := queryIDs(ctx, tx, `DELETE FROM node_online WHERE origin NOT IN
-			(SELECT origin FROM coordinator_beats WHERE beat >= `+gone+`) RETURNING node_id`)
+			(SELECT origin FROM coordinator_beats WHERE beat >= `+gone+` AND NOT coalesce(`+over+`, false)) RETURNING node_id`)
 		if err != nil {
 			return err
 		}
 		changed = ids
-		if _, err := tx.ExecContext(ctx, `DELETE FROM coordinator_beats WHERE beat < `+gone); err != nil {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM coordinator_beats WHERE beat < `+gone+` OR `+over); err != nil {
 			return err
 		}
 		ids, err = queryIDs(ctx, tx, `SELECT o.node_id FROM node_online o
@@ -440,14 +444,30 @@ func queryIDs(ctx context.Context, tx *sql.Tx, q string) ([]wire.NodeID, error) 
 
 // forgetBeat deletes this store's heartbeat, as its coordinator stops:
 // the others need not wait for it to go stale before a coordinator with
-// new secrets may start (see LiveCoordinators). Best effort.
+// new secrets may start (see LiveCoordinators). A beat StopBeating
+// recorded stays, for the grace of its nodes. Best effort.
 func (s *Store) forgetBeat() {
 	if s.pgcfg == nil {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	s.db.ExecContext(ctx, `DELETE FROM coordinator_beats WHERE origin = $1`, s.origin)
+	s.db.ExecContext(ctx, `DELETE FROM coordinator_beats WHERE origin = $1 AND stopped_until IS NULL`, s.origin)
+}
+
+// StopBeating implements coordinator.NodeFeed: this store's beat is
+// recorded as stale at once (the coordinator no longer counts as
+// running: LiveCoordinators, ClaimSecrets) and as stopped until grace
+// from now, by the database's clock.
+func (s *Store) StopBeating(ctx context.Context, grace time.Duration) error {
+	if s.pgcfg == nil {
+		return errNoFeed
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO coordinator_beats (origin, beat, stopped_until)
+		VALUES ($1, `+s.staleSQL()+` - 1, `+dbNow+` + $2)
+		ON CONFLICT (origin) DO UPDATE SET beat = EXCLUDED.beat, stopped_until = EXCLUDED.stopped_until`,
+		s.origin, int64(max(grace, 0)))
+	return s.wrap("stop beating", err)
 }
 
 // liveSQL counts the coordinators of other stores that beat (within

@@ -680,3 +680,79 @@ func TestEdgeAcks(t *testing.T) {
 		t.Errorf("acks of a deleted route = %v, want none", got)
 	}
 }
+
+// TestStopBeating: the nodes of a coordinator that stopped cleanly
+// (StopBeating) stay online for the others, and for a store opened after
+// it closed, while its grace runs, and the coordinator no longer counts as
+// live; once the grace is over a heartbeat drops their stream states
+// (offline), and the stop's record with them. A node that streams from
+// another coordinator meanwhile is not dropped.
+func TestStopBeating(t *testing.T) {
+	dsn := pg.NewSchema(t)
+	ctx := t.Context()
+	a, b := openStore(t, dsn), openStore(t, dsn)
+	n, err := a.EnsureNetwork(ctx, "default", "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	alpha, beta := testNode(n.ID, "alpha", 1), testNode(n.ID, "beta", 2)
+	for _, rec := range []*coordinator.NodeRecord{alpha, beta} {
+		if err := a.InsertNode(ctx, rec, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.SetNodeOnline(ctx, rec.Node.ID, true, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := a.Heartbeat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	const grace = time.Hour
+	if err := a.StopBeating(ctx, grace); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	next := openStore(t, dsn) // the coordinator's restart
+	if live, err := next.LiveCoordinators(ctx); err != nil || live != 0 {
+		t.Errorf("live coordinators after a clean stop: %d, %v; want 0", live, err)
+	}
+	for _, s := range []*Store{b, next} {
+		if changed, _, err := s.Heartbeat(ctx); err != nil || len(changed) != 0 {
+			t.Errorf("Heartbeat during the grace: changed %v, %v; want none", changed, err)
+		}
+		all, err := s.RemoteOnline(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, rec := range []*coordinator.NodeRecord{alpha, beta} {
+			if all[rec.Node.ID] != coordinator.PresenceOnline {
+				t.Errorf("%s during the grace: %d, want online", rec.Node.Name, all[rec.Node.ID])
+			}
+		}
+	}
+	// beta comes back to the restart; the grace ends.
+	if err := next.SetNodeOnline(ctx, beta.Node.ID, true, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.db.ExecContext(ctx, `UPDATE coordinator_beats SET stopped_until = stopped_until - $1 WHERE stopped_until IS NOT NULL`, int64(grace+time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	changed, _, err := b.Heartbeat(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(changed, []wire.NodeID{alpha.Node.ID}) {
+		t.Errorf("Heartbeat after the grace changed %v, want alpha's %d", changed, alpha.Node.ID)
+	}
+	all, err := b.RemoteOnline(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if all[alpha.Node.ID] != coordinator.PresenceNone || all[beta.Node.ID] != coordinator.PresenceOnline {
+		t.Errorf("after the grace alpha %d and beta %d, want none (offline) and online", all[alpha.Node.ID], all[beta.Node.ID])
+	}
+	var stops int
+	if err := b.db.QueryRowContext(ctx, `SELECT COUNT(*) FROM coordinator_beats WHERE stopped_until IS NOT NULL`).Scan(&stops); err != nil || stops != 0 {
+		t.Errorf("%d records of a stop kept after the grace (%v), want 0", stops, err)
+	}
+}

@@ -134,7 +134,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	if err != nil {
 		return err
 	}
-	base := coordinator.Options{BaseDomain: opts.BaseDomain, DERPMap: derpMap, DevMode: opts.Dev, KeepAliveInterval: time.Duration(opts.KeepAlive)}
+	base := coordinator.Options{BaseDomain: opts.BaseDomain, DERPMap: derpMap, DevMode: opts.Dev, KeepAliveInterval: time.Duration(opts.KeepAlive), OnlineGrace: time.Duration(opts.OnlineGrace)}
 	base.MachineRequestRate, base.MachineRequestBurst = machineRate(opts.MachineRate)
 	if err := applyCoordinatorEdge(&opts.CoordinatorEdge, &base); err != nil {
 		return err
@@ -495,10 +495,11 @@ func machineRate(rate int) (float64, int) {
 	return float64(rate), 10 * rate
 }
 
-// bindReplicaTimes binds --keepalive, --stale-after and --unknown-timeout
+// bindReplicaTimes binds --keepalive, --online-grace, --stale-after and --unknown-timeout
 // (beam coordinator and beam server) to r.
 func bindReplicaTimes(fl *pflag.FlagSet, r *configs.ReplicaTimes) {
 	fl.DurationVar((*time.Duration)(&r.KeepAlive), "keepalive", 0, "how often an idle map stream gets a keepalive (0: 30s); nodes with other coordinators to move to leave one silent 5s longer")
+	fl.DurationVar((*time.Duration)(&r.OnlineGrace), "online-grace", 0, "how long nodes streaming when the coordinator shuts down stay online while they come back to its restart or another replica (0: 45.5s); those not back by then go offline")
 	fl.DurationVar((*time.Duration)(&r.StaleAfter), "stale-after", 0, "with other coordinators on the --db database: how long one may miss heartbeats (every 3s) before its nodes show as unknown (0: 15s); give every replica the same")
 	fl.DurationVar((*time.Duration)(&r.UnknownTimeout), "unknown-timeout", 0, "how long the nodes of a coordinator gone from the --db database stay unknown, unless they stream from another, before they are offline (0: 2m)")
 }

@@ -231,7 +231,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	}
 
 	// The coordinator, with the relay on its listener.
-	base := coordinator.Options{DERPMap: derpMap, DevMode: o.Dev, KeepAliveInterval: time.Duration(o.KeepAlive)}
+	base := coordinator.Options{DERPMap: derpMap, DevMode: o.Dev, KeepAliveInterval: time.Duration(o.KeepAlive), OnlineGrace: time.Duration(o.OnlineGrace)}
 	base.MachineRequestRate, base.MachineRequestBurst = machineRate(o.MachineRate)
 	if err := serverEdgeOptions(&base, o, zone); err != nil {
 		return err
