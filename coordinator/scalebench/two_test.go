@@ -63,18 +63,22 @@ func TestScaleTwoSmoke(t *testing.T) {
 //	fleet-cpu-s        the fake nodes' CPU seconds over the same span
 //
 // There is no restart figure: the fake nodes know one coordinator each.
-// Measured on 2 shared cores (the fleet's decoding takes most of them, see
-// fleet-cpu-s), against BenchmarkCoordinatorScale on SQLite in the same
-// hour:
+// Measured on 2 cores shared with other builds and tests, against
+// BenchmarkCoordinatorScale on SQLite in the same hour:
 //
-//	            fullmap-s  change-s  cross-change-s  cpu-s A+B   rss-MB A, B  B/node/change
-//	1,000 two       8.0      0.106       0.108       2.6+2.6      75, 75        531
-//	1,000 one       8.8      0.122         -         3.5          108           528
-//	3,000 two      91.4      0.233       0.185      20.6+20.3    152, 160       530
-//	3,000 one      71.6      0.218         -        26.2          268           528
+//	             fullmap-s  change-s  cross-change-s  cpu-s A+B     rss-MB A, B  B/node/change  fleet-cpu-s
+//	1,000 two        7.4      0.140       0.162        2.2+2.3        79, 79         264            1.9
+//	1,000 one        0.78     0.109         -          1.9            146            272            1.3
+//	5,000 two      145.6      1.319       0.749       31.1+31.0      376, 372        263           27.0
+//	5,000 one       56.9      0.388         -         35.1            417            264           22.1
+//	10,000 two     935.7      1.376       1.680      152.7+151.0     512, 660        263          115.1
+//	10,000 one     304.4      0.725         -        170.5            824            263           94.3
 //
-// A change reaches the nodes on B as soon as those on A (each time
-// includes coordclient's 50 ms coalescing of endpoint updates).
+// With two coordinators the full maps take far longer than their CPU:
+// over fullmap-s at 10,000 the two used 220 CPU-seconds and the fleet
+// less, in 936 s on 2 cores, with PostgreSQL idle. A change reaches the
+// nodes on B about as soon as those on A (each time includes
+// coordclient's 50 ms coalescing of endpoint updates).
 // The sizes come from BEAM_SCALE_NODES (default 1000), and the other
 // variables of BenchmarkCoordinatorScale apply:
 //
