@@ -107,6 +107,7 @@ type exchange struct {
 	kind     reqKind
 	replay   bool                // the client may send it again: an idempotent method and no body
 	switched chan bool           // with kind.mayUpgrade: whether the response switched protocols
+	answered chan struct{}       // with kind.head: closed once the response went to the client
 	log      *apitype.RequestLog // nil unless someone watches the request log or inspects
 	cap      *capture            // nil unless someone inspects
 }
@@ -181,6 +182,9 @@ func (rc *relayConn) run(ctx context.Context) {
 		if ex.kind.mayUpgrade {
 			ex.switched = make(chan bool, 1)
 		}
+		if ex.kind.head {
+			ex.answered = make(chan struct{})
+		}
 		if limit := rc.x.captureLimit(); limit > 0 {
 			ex.cap = newCapture(limit)
 			ex.cap.reqHead = len(h)
@@ -248,6 +252,16 @@ func (rc *relayConn) run(ctx context.Context) {
 			return
 		}
 		rc.cr.tap = nil
+		if ex.answered != nil {
+			// The connection to the app is not used again after a
+			// HEAD (see respond): the next request waits for its
+			// answer, then goes on a new one.
+			select {
+			case <-ex.answered:
+			case <-rc.done:
+				return
+			}
+		}
 		if ex.kind.mayUpgrade {
 			select {
 			case sw := <-ex.switched:
@@ -571,6 +585,24 @@ func (rc *relayConn) respond() {
 		if ex.switched != nil {
 			ex.switched <- false
 		}
+		// After a response whose end the message does not mark (to a
+		// HEAD, a 204, a 304), an app may still send a body (do_HEAD =
+		// do_GET), which would pass for the response to the next
+		// request: the connection to the app is not used again. With
+		// only this request on it, the next request dials a new one
+		// (as when the app closes between requests); with more already
+		// sent on it (pipelined behind a 204 or 304; the run loop holds
+		// requests behind a HEAD), the client's connection ends after
+		// this response.
+		unmarked := ex.kind.head || rh.status == http.StatusNoContent || rh.status == http.StatusNotModified
+		reopen := false
+		if unmarked {
+			rc.mu.Lock()
+			if rc.outstanding == 1 && !rc.clientEOF && rc.final == nil {
+				rc.appGone, reopen = true, true
+			}
+			rc.mu.Unlock()
+		}
 		err = rc.or.copyBody(rh.framing, rh.length, false)
 		if ferr := rc.or.flush(); err == nil {
 			err = ferr
@@ -587,11 +619,23 @@ func (rc *relayConn) respond() {
 		rc.outstanding--
 		last := rc.outstanding == 0 && (rc.clientEOF || rc.final != nil)
 		final := rc.final
+		o := rc.origin
 		rc.mu.Unlock()
+		if ex.answered != nil {
+			close(ex.answered)
+		}
 		if last {
 			if final != nil {
 				rc.client.Write(final)
 			}
+			return
+		}
+		if unmarked {
+			if !reopen {
+				return // ends the connection (see above)
+			}
+			o.Close()
+			ended = false
 			return
 		}
 	}

@@ -835,3 +835,85 @@ func TestRelayPeersNotEdges(t *testing.T) {
 		t.Fatalf("from a peer, with peerToHost: %q, want the app's answer to the bytes sent", out)
 	}
 }
+
+// TestRelayUnmarkedBodies plays an app that sends a body after a response
+// whose end the message does not mark (a HEAD's, a 204, a 304), once the
+// next request has come on the same connection, the way a do_HEAD =
+// do_GET app does when it is slow: the bytes must not become the answer
+// to the next request. The relay takes a new connection to the app after
+// such a response.
+func TestRelayUnmarkedBodies(t *testing.T) {
+	appLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { appLn.Close(); wg.Wait() })
+	const stolen = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstolen"
+	wg.Go(func() {
+		for {
+			c, err := appLn.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				late := false // the last response left a body to send
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, req.Body)
+					if late {
+						// The late body: bytes that read as a response
+						// (another client's, reflected).
+						io.WriteString(c, stolen)
+						late = false
+						continue
+					}
+					switch req.URL.Path {
+					case "/204":
+						io.WriteString(c, "HTTP/1.1 204 No Content\r\n\r\n")
+					case "/304":
+						io.WriteString(c, "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n")
+					default:
+						if req.Method == http.MethodHead {
+							io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n")
+							late = true
+							continue
+						}
+						io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
+						continue
+					}
+					late = true
+				}
+			})
+		}
+	})
+	lab := &relayLab{logged: make(chan struct{}, 1), appAddr: appLn.Addr().String()}
+	lab.startRelay(t)
+	for _, first := range []string{"HEAD /", "GET /204", "GET /304"} {
+		t.Run(first, func(t *testing.T) {
+			c, br := lab.raw(t)
+			method, path, _ := strings.Cut(first, " ")
+			fmt.Fprintf(c, "%s %s HTTP/1.1\r\nHost: app.example.test\r\n\r\n", method, path)
+			resp, err := http.ReadResponse(br, &http.Request{Method: method})
+			if err != nil {
+				t.Fatalf("%s: %v", first, err)
+			}
+			resp.Body.Close()
+			fmt.Fprintf(c, "GET /next HTTP/1.1\r\nHost: app.example.test\r\n\r\n")
+			resp, err = http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("GET after %s: %v", first, err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(body) != "real" {
+				t.Errorf("GET after %s: %d %q, want the app's answer to it, 200 \"real\"", first, resp.StatusCode, body)
+			}
+		})
+	}
+}

@@ -27,7 +27,9 @@ import (
 //     (the device closes without an answer on purpose, and the edge used
 //     to try every kept connection in turn);
 //   - a malformed chunked body (bare-LF chunk lines, a bad chunk size) is
-//     answered 400, without a WARN line in the server's log for each.
+//     answered 400, without a WARN line in the server's log for each;
+//   - an app that sends a body on HEAD, late, does not answer the next
+//     request with it.
 func TestEdgeOddRequests(t *testing.T) {
 	c, httpPort := startDevServer(t)
 	alpha := c.device("alpha")
@@ -139,6 +141,86 @@ func TestEdgeOddRequests(t *testing.T) {
 			}
 		})
 	}
+
+	// An app that sends a body on HEAD (do_HEAD = do_GET), late: once
+	// the next request came on the same connection. Those bytes must not
+	// become the answer to the next request, another client's perhaps.
+	rawApp, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rawWG sync.WaitGroup
+	var rawMu sync.Mutex
+	var rawConns []net.Conn
+	t.Cleanup(func() {
+		rawApp.Close()
+		rawMu.Lock()
+		for _, c := range rawConns {
+			c.Close()
+		}
+		rawMu.Unlock()
+		rawWG.Wait()
+	})
+	rawWG.Go(func() {
+		for {
+			conn, err := rawApp.Accept()
+			if err != nil {
+				return
+			}
+			rawMu.Lock()
+			rawConns = append(rawConns, conn)
+			rawMu.Unlock()
+			rawWG.Go(func() {
+				defer conn.Close()
+				br := bufio.NewReader(conn)
+				late := false
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					switch {
+					case late:
+						io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nstolen")
+						late = false
+					case req.Method == http.MethodHead:
+						io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 38\r\n\r\n")
+						late = true
+					default:
+						io.WriteString(conn, "HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nreal")
+					}
+				}
+			})
+		}
+	})
+	c.mustBeam(alpha.args("expose", strconv.Itoa(rawApp.Addr().(*net.TCPAddr).Port), "--name", "headbody", "--bg")...)
+	waitFor(t, 15*time.Second, "headbody.localhost answers", func() bool {
+		code, _ := get(hc, "headbody.localhost", "/")
+		return code == 200
+	})
+	t.Run("body on HEAD", func(t *testing.T) {
+		one := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 1}, Timeout: 30 * time.Second}
+		for i := range 5 {
+			req, _ := http.NewRequest("HEAD", edge+"/", nil)
+			req.Host = "headbody.localhost"
+			resp, err := one.Do(req)
+			if err != nil {
+				t.Fatalf("HEAD: %v", err)
+			}
+			resp.Body.Close()
+			req, _ = http.NewRequest("GET", edge+"/next", nil)
+			req.Host = "headbody.localhost"
+			resp, err = one.Do(req)
+			if err != nil {
+				t.Fatalf("GET after HEAD: %v", err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(body) != "real" {
+				t.Fatalf("GET %d after HEAD: %d %q, want the app's answer to it, \"real\"", i, resp.StatusCode, body)
+			}
+		}
+	})
 
 	logPath := filepath.Join(c.dir, "server.log")
 	warns := func() int {
