@@ -73,3 +73,17 @@ func SetRegisterTimeoutForTest(d, retry time.Duration) (restore func()) {
 	registerTimeout, registerRetryAfter = d, retry
 	return func() { registerTimeout, registerRetryAfter = oldD, oldR }
 }
+
+// SharedPeerListsForTest returns how many shared peer lists the map
+// streams keep, over all networks.
+func (s *Server) SharedPeerListsForTest() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, ns := range s.shared {
+		if ns.memberVer == s.memberVer {
+			n += ns.n
+		}
+	}
+	return n
+}

@@ -242,31 +242,24 @@ func (ms *streams) networkNodesLocked(networkID int64, now time.Time) []*wire.No
 // peersLocked returns what self sees: its visible peers (as a list and
 // as a set of slots) and its filter (from Options.Policy or the access
 // policy, see aclLocked), adjusted for the public edge. Server.mu held.
-func (ms *streams) peersLocked(self *wire.Node, networkID int64, now time.Time) ([]*peerState, peerSet, []wire.FilterRule) {
+func (ms *streams) peersLocked(self *wire.Node, networkID int64, now time.Time) (peerList, peerSet, []wire.FilterRule) {
 	s := ms.core
-	if s.policy == nil && !self.Edge && !s.edge.serves(self.Key) {
+	if ms.sharesPeersLocked(self.Key, self.Edge) {
 		// The common case, once per full map and so once per peer per
 		// node: what aclLocked and addEdgePeers would give (the access
-		// policy's peers but edges, no filter: filterLocked makes it)
-		// without building the list of views in between.
-		na := s.netACLLocked(networkID, now)
-		peers := make([]*peerState, 0, len(na.members))
-		set := make(peerSet, (len(ms.peerSlots)+63)/64)
-		for pk := range na.compiled.Visible(self.Key) {
-			e := s.nodes[pk]
-			if pk == self.Key || e == nil || e.rec.NetworkID != networkID || e.rec.Node.Edge || e.rec.Node.Expired(now) {
-				continue
-			}
-			ps := ms.peerStates[pk]
-			if ps == nil {
-				ps = ms.newPeerStateLocked(pk)
-			}
-			if ps.view != nil && !set.has(ps.slot) {
-				set.add(ps.slot)
-				peers = append(peers, ps)
-			}
+		// policy's peers but edges, no filter: filterLocked makes it),
+		// from the list shared by the nodes that see the same.
+		sp := ms.sharedPeersLocked(self.Key, networkID, now)
+		if sp == nil {
+			return peerList{}, nil, []wire.FilterRule{}
 		}
-		return peers, set, []wire.FilterRule{}
+		set := slices.Clone(sp.set)
+		l := peerList{all: sp.peers, shared: sp}
+		if ps := ms.peerStates[self.Key]; ps != nil && set.has(ps.slot) {
+			set.remove(ps.slot)
+			l.skip = ps
+		}
+		return l, set, []wire.FilterRule{}
 	}
 	var filter []wire.FilterRule
 	var visible []*wire.Node
@@ -287,7 +280,7 @@ func (ms *streams) peersLocked(self *wire.Node, networkID int64, now time.Time) 
 			peers = append(peers, ps)
 		}
 	}
-	return peers, set, filter
+	return peerList{all: peers}, set, filter
 }
 
 func (ms *streams) dnsConfig(networkID int64) *wire.DNSConfig {
@@ -401,6 +394,9 @@ type sentState struct {
 	ver    uint64
 	filter *streamFilter
 	extras streamExtras // edge routes and DNS settings
+	// shared is the shared peer list deltas last looked visibility up
+	// in (sharedPeers), if still valid.
+	shared *sharedPeers
 	// wake is closed at the network's first change after ver.
 	wake *netWake
 	// batch is the least time between two deltas (batchDelay); open
@@ -563,18 +559,20 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		kept := resume != nil && peersDigest(peers) == *resume
 		var offline []key.NodePublic
 		if kept {
-			for _, ps := range peers {
+			peers.each(func(ps *peerState) {
 				if !ps.view.node.Online {
 					offline = append(offline, ps.key)
 				}
-			}
+			})
 		}
 		var views []*peerView
+		var chunks []*fullChunk
+		if split && !kept && peers.shared != nil {
+			chunks = peers.shared.chunksLocked(ms)
+		}
 		if !split && !kept {
-			views = make([]*peerView, len(peers))
-			for i, ps := range peers {
-				views[i] = ps.view
-			}
+			views = make([]*peerView, 0, peers.len())
+			peers.each(func(ps *peerState) { views = append(views, ps.view) })
 		}
 		ver := ms.changeVer
 		st.wake, st.open = ms.netWakeLocked(ss.networkID), len(ms.sessions)
@@ -602,7 +600,9 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		}
 		s.fillExtras(ss, &st.extras, f.resp)
 		var err error
-		if split && !kept {
+		if chunks != nil {
+			err = sendChunks(send, f, chunks, nk)
+		} else if split && !kept {
 			batch := fullMapBatch
 			if bin {
 				batch = fullMapBatchBinary
@@ -616,7 +616,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			return
 		}
 		ss.delivered(gen0)
-		st.self, st.peers, st.ver, st.filter = self, set, ver, filter
+		st.self, st.peers, st.ver, st.filter, st.shared = self, set, ver, filter, peers.shared
 	}
 
 	// endShutdown ends the stream as the coordinator shuts down,
@@ -754,11 +754,9 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 
 // peersDigest returns the digest of peers (wire.PeersDigest) from the
 // hashes their views hold.
-func peersDigest(peers []*peerState) wire.PeersDigest {
-	d := wire.PeersDigest{Count: len(peers)}
-	for _, ps := range peers {
-		d.Sum.Add(ps.view.hash)
-	}
+func peersDigest(peers peerList) wire.PeersDigest {
+	d := wire.PeersDigest{Count: peers.len()}
+	peers.each(func(ps *peerState) { d.Sum.Add(ps.view.hash) })
 	return d
 }
 
@@ -860,7 +858,7 @@ func (ms *streams) delta(ss *session, st *sentState, full bool) *mapFrame {
 	}
 	var computed []wire.FilterRule
 	if full {
-		var peers []*peerState
+		var peers peerList
 		var set peerSet
 		peers, set, computed = ms.peersLocked(self, ss.networkID, now)
 		st.peers.each(func(i int) {
@@ -868,26 +866,36 @@ func (ms *streams) delta(ss *session, st *sentState, full bool) *mapFrame {
 				consider(ms.peerSlots[i], false)
 			}
 		})
-		for _, ps := range peers {
-			consider(ps, true)
-		}
+		peers.each(func(ps *peerState) { consider(ps, true) })
 	} else {
-		for k := range ms.changedSinceLocked(st.ver, ms.changeVer) {
-			if k == ss.key {
-				continue
+		// Whether a changed node is visible: one bit of the shared list
+		// if self has one, else asked of the node and the policy.
+		var shared *sharedPeers
+		if ms.sharesPeersLocked(ss.key, self.Edge) {
+			if st.shared == nil || !st.shared.validLocked(ms, ss.networkID, now) {
+				st.shared = ms.sharedPeersLocked(ss.key, ss.networkID, now)
 			}
-			ps := ms.peerLocked(k)
-			if ps == nil {
-				continue // gone before any stream was sent it
-			}
-			pe := s.nodes[k]
-			if pe != nil && (pe.rec.NetworkID != ss.networkID || pe.rec.Node.Edge) {
-				continue // seen across networks or as an edge: changes of these come with full
-			}
-			visible := ps.view != nil && pe != nil && pe.rec.NetworkID == ss.networkID && !pe.rec.Node.Expired(now) &&
-				s.mayPeerLocked(self, ss.networkID, k, now)
-			consider(ps, visible)
+			shared = st.shared
 		}
+		ms.changedSinceLocked(st.ver, func(ps *peerState) {
+			if ps.key == ss.key {
+				return
+			}
+			pv := ps.view
+			if pv != nil && (pv.networkID != ss.networkID || pv.node.Edge) {
+				return // seen across networks or as an edge: changes of these come with full
+			}
+			var visible bool
+			switch {
+			case pv == nil:
+			case shared != nil:
+				visible = shared.set.has(ps.slot)
+			default:
+				pe := s.nodes[ps.key]
+				visible = pe != nil && !pe.rec.Node.Expired(now) && s.mayPeerLocked(self, ss.networkID, ps.key, now)
+			}
+			consider(ps, visible)
+		})
 	}
 	st.filter = s.filterDeltaLocked(self, ss.networkID, now, st.filter, full, computed, resp)
 	if !nodeEqual(self, st.self) {

@@ -39,8 +39,17 @@ type streams struct {
 	// changes is the change log: the node of change changesBase+1+i is
 	// changes[i]. A stream reads the nodes changed since it last caught
 	// up from it; one that fell behind the log's start looks at every peer.
-	changes     []key.NodePublic
+	changes     []changeEntry
 	changesBase uint64
+	// memberVer counts the changes that may change which peers some node
+	// sees (a node added or removed, or its network, user, tags,
+	// addresses, key expiry or edge role changed): the shared peer lists
+	// of every network (shared) hold until it moves.
+	memberVer uint64
+	shared    map[int64]*netShared
+	// blockVer holds, per block of chunkSlots slots, the change count of
+	// the last change of a view in it (touchLocked).
+	blockVer []uint64
 	// peerStates holds every node a stream may have been sent, by key;
 	// peerSlots the same by slot (nil: free), freeSlots the free slots.
 	// A removed node keeps its slot, with a nil view, until no stream's
@@ -87,13 +96,23 @@ func (ms *streams) wakeNetworkLocked(networkID int64) {
 // newStreams returns the map-stream job of core.
 func newStreams(core *Server) *streams {
 	return &streams{core: core, sessions: make(map[key.NodePublic]*session), peerStates: make(map[key.NodePublic]*peerState),
-		wakes: make(map[int64]*netWake), fullVer: make(map[int64]uint64)}
+		wakes: make(map[int64]*netWake), fullVer: make(map[int64]uint64), shared: make(map[int64]*netShared)}
+}
+
+// changeEntry is one change in the change log: its node and, if a stream
+// may have been sent it then, its state.
+type changeEntry struct {
+	key key.NodePublic
+	ps  *peerState
 }
 
 // peerState is one node as map streams know it. Guarded by Server.mu.
 type peerState struct {
 	key  key.NodePublic
 	slot int
+	// logVer is the change count of the node's last change in the change
+	// log, so that a stream reading the log looks at each node once.
+	logVer uint64
 	// view is the node's current view; nil while it is removed.
 	view *peerView
 	// refs counts the streams whose sent set (sentState.peers) holds
@@ -136,7 +155,8 @@ func (ms *streams) dropLocked(ps *peerState) {
 // once published (enc is filled once, on first use), so streams read it
 // without Server.mu.
 type peerView struct {
-	node *wire.Node // its Rev set (nodeRev)
+	node      *wire.Node // its Rev set (nodeRev)
+	networkID int64
 	// hash is what the node adds to a digest of peers (wire.PeerHash).
 	hash wire.DigestSum
 	// changed is the changeVer of the node's last change of a field
@@ -168,27 +188,36 @@ func (pv *peerView) binary() []byte {
 func (ms *streams) noteChangeLocked(k key.NodePublic) {
 	s := ms.core
 	ms.changeVer++
-	ms.changes = append(ms.changes, k)
-	if len(ms.changes) > max(minChangeLog, 2*len(s.nodes)) {
+	if len(ms.changes) >= max(minChangeLog, 2*len(s.nodes)) {
 		half := len(ms.changes) / 2
 		ms.changesBase += uint64(half)
 		ms.changes = slices.Clone(ms.changes[half:])
 	}
 	ps := ms.peerStates[k]
 	e := s.nodes[k]
-	if ps == nil {
-		if e == nil {
-			return // no stream ever sent it
-		}
+	if ps == nil && e != nil {
 		ps = ms.newPeerStateLocked(k)
+		ms.memberVer++ // a node no list held
 	}
+	ms.changes = append(ms.changes, changeEntry{key: k, ps: ps})
+	if ps == nil {
+		return // no stream ever sent it
+	}
+	ps.logVer = ms.changeVer
+	ms.touchLocked(ps.slot)
 	if e == nil {
+		if ps.view != nil {
+			ms.memberVer++
+		}
 		ps.view = nil
 		ms.dropLocked(ps)
 		return
 	}
 	n := s.viewLocked(e)
-	pv := &peerView{node: n, changed: ms.changeVer, online: ms.changeVer}
+	pv := &peerView{node: n, networkID: e.rec.NetworkID, changed: ms.changeVer, online: ms.changeVer}
+	if old := ps.view; old == nil || !sameMembership(old, pv) {
+		ms.memberVer++
+	}
 	if old := ps.view; old != nil && nodeEqual(old.node, n) {
 		pv.changed = old.changed
 		if old.node.Online == n.Online {
@@ -210,15 +239,28 @@ func (pv *peerView) setRev() {
 // minChangeLog is the least number of changes the change log keeps.
 const minChangeLog = 1024
 
-// changedSinceLocked returns the nodes changed after change count from,
-// up to to, each once. from must not be before ms.changesBase. Server.mu held.
-func (ms *streams) changedSinceLocked(from, to uint64) map[key.NodePublic]struct{} {
-	log := ms.changes[from-ms.changesBase : to-ms.changesBase]
-	out := make(map[key.NodePublic]struct{}, len(log))
-	for _, k := range log {
-		out[k] = struct{}{}
+// sameMembership reports whether a node whose view was a and is now b is
+// seen by the same nodes, and sees the same: the same network, user,
+// tags, addresses, key expiry and edge role.
+func sameMembership(a, b *peerView) bool {
+	an, bn := a.node, b.node
+	return a.networkID == b.networkID && an.Edge == bn.Edge && an.KeyExpiry.Equal(bn.KeyExpiry) && an.User == bn.User &&
+		slices.Equal(an.Tags, bn.Tags) && slices.Equal(an.Addresses, bn.Addresses)
+}
+
+// changedSinceLocked calls f with the state of each node changed after
+// change count from, once per node, skipping nodes no stream may have
+// been sent: changes of states whose slot was freed since (dropLocked)
+// are those of nodes that no sent set holds. from must not be before
+// ms.changesBase. Server.mu held.
+func (ms *streams) changedSinceLocked(from uint64, f func(*peerState)) {
+	for i, c := range ms.changes[from-ms.changesBase:] {
+		ps := c.ps
+		if ps == nil || ps.logVer != from+1+uint64(i) || ms.peerSlots[ps.slot] != ps {
+			continue // not its last change, or a state freed since
+		}
+		f(ps)
 	}
-	return out
 }
 
 // newPeerStateLocked adds node k, which must exist, with a view as of now,
@@ -234,8 +276,9 @@ func (ms *streams) newPeerStateLocked(k key.NodePublic) *peerState {
 		ms.peerSlots = append(ms.peerSlots, ps)
 	}
 	ms.peerStates[k] = ps
+	ms.touchLocked(ps.slot)
 	if e := s.nodes[k]; e != nil {
-		ps.view = &peerView{node: s.viewLocked(e), changed: ms.changeVer, online: ms.changeVer}
+		ps.view = &peerView{node: s.viewLocked(e), networkID: e.rec.NetworkID, changed: ms.changeVer, online: ms.changeVer}
 		ps.view.setRev()
 	}
 	return ps
@@ -322,6 +365,10 @@ type mapFrame struct {
 	full  bool
 	// more says further frames of the same message follow this one's.
 	more bool
+	// chunks, if set, are the peers of a full map instead of peers, but
+	// self's (sendChunks).
+	chunks []*fullChunk
+	self   key.NodePublic
 }
 
 // errFrameTooLarge means a map message does not fit the frame limit and
@@ -349,6 +396,13 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 		onlineSize = binary.MaxVarintLen32 + len(online)*wire.BinaryOnlineSize
 	} else if len(online) > 0 {
 		base = withOnline(base, online)
+	}
+	if f.chunks != nil {
+		if out, ok, err := f.encodeChunks(base, bin, online); err != nil || ok {
+			return out, err
+		}
+		// Too large for one frame as one: split as any other.
+		f.peers, f.chunks = f.chunkViews(), nil
 	}
 	if len(f.peers) == 0 && !f.full {
 		if bin {
@@ -415,6 +469,27 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 	return out, nil
 }
 
+// encodeChunks returns the one body of f, a frame of a full map whose
+// peers are f.chunks, made of their shared encodings; ok is false if the
+// body would pass frameSplitAt.
+func (f *mapFrame) encodeChunks(base []byte, bin bool, online map[key.NodePublic]bool) (_ [][]byte, ok bool, _ error) {
+	segs, count, err := f.chunkSegments(bin)
+	if err != nil {
+		return nil, false, fmt.Errorf("encode peer: %w", err)
+	}
+	size := len(base) + len(`,"more":true`) + 2*binary.MaxVarintLen32 + 16 + len(segs) + len(online)*wire.BinaryOnlineSize
+	for _, sg := range segs {
+		size += len(sg)
+	}
+	if size > frameSplitAt {
+		return nil, false, nil
+	}
+	if bin {
+		return [][]byte{spliceBinaryCount(base, wire.ListPeers, count, segs, online, f.more)}, true, nil
+	}
+	return [][]byte{splice(base, `"peers":[`, segs, f.more)}, true, nil
+}
+
 // fitsOneFrame reports whether f, a message without peers, encodes to
 // a body within frameSplitAt (with room for a longer ControlTime), as a
 // resumed first message must: it is never split across frames.
@@ -435,6 +510,12 @@ func (f *mapFrame) fitsOneFrame(bin bool) bool {
 // of the JSON object head, with "more":true if more, the peer records
 // encs and online. Large results come from bodyPool, as splice's.
 func spliceBinary(head []byte, list wire.PeerList, encs [][]byte, online map[key.NodePublic]bool, more bool) []byte {
+	return spliceBinaryCount(head, list, len(encs), encs, online, more)
+}
+
+// spliceBinaryCount is spliceBinary of count records held by segs, one
+// after another.
+func spliceBinaryCount(head []byte, list wire.PeerList, count int, segs [][]byte, online map[key.NodePublic]bool, more bool) []byte {
 	if more {
 		h := make([]byte, 0, len(head)+len(`"more":true,`))
 		h = append(h, `{"more":true`...)
@@ -447,10 +528,10 @@ func spliceBinary(head []byte, list wire.PeerList, encs [][]byte, online map[key
 		head = h
 	}
 	n := 1 + binary.MaxVarintLen32 + len(head) + 1 + 2*binary.MaxVarintLen32 + len(online)*wire.BinaryOnlineSize
-	for _, e := range encs {
+	for _, e := range segs {
 		n += len(e)
 	}
-	return wire.AppendBinaryMapFrame(getBody(n), head, list, encs, online)
+	return wire.AppendBinaryMapFrameSegments(getBody(n), head, list, count, segs, online)
 }
 
 // withOnline returns the JSON object obj with a "peers_online" field

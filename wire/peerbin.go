@@ -279,13 +279,21 @@ func appendPrefix(b []byte, p netip.Prefix) []byte {
 // records the peer records (AppendPeerRecord) of list, online the
 // message's PeersOnline.
 func AppendBinaryMapFrame(b, head []byte, list PeerList, records [][]byte, online map[key.NodePublic]bool) []byte {
+	return AppendBinaryMapFrameSegments(b, head, list, len(records), records, online)
+}
+
+// AppendBinaryMapFrameSegments is AppendBinaryMapFrame of count records
+// held by segs, one after another: a sender that keeps runs of records
+// encoded together (the peers of a full map, shared by every node that
+// sees them) joins them without splitting them up.
+func AppendBinaryMapFrameSegments(b, head []byte, list PeerList, count int, segs [][]byte, online map[key.NodePublic]bool) []byte {
 	b = append(b, BinaryMapFrame)
 	b = binary.AppendUvarint(b, uint64(len(head)))
 	b = append(b, head...)
 	b = append(b, byte(list))
 	if list != ListNone {
-		b = binary.AppendUvarint(b, uint64(len(records)))
-		for _, r := range records {
+		b = binary.AppendUvarint(b, uint64(count))
+		for _, r := range segs {
 			b = append(b, r...)
 		}
 	}

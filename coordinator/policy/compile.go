@@ -520,6 +520,25 @@ func (c *Compiled) Visible(self key.NodePublic) func(yield func(key.NodePublic) 
 	}
 }
 
+// VisibilityWith returns the nodes self may see and self itself, one
+// bit per compiled slot, without trailing zero words; nil if self is not
+// compiled. Two nodes get equal slices exactly when each sees what the
+// other does but for the two of them, as every node does under a policy
+// that lets everyone reach everyone: their peers can then be computed
+// once. The slice is the caller's.
+func (c *Compiled) VisibilityWith(self key.NodePublic) []uint64 {
+	i, ok := c.index[self]
+	if !ok {
+		return nil
+	}
+	v := slices.Clone(c.visibleSlot(i))
+	v.set(i)
+	for len(v) > 0 && v[len(v)-1] == 0 {
+		v = v[:len(v)-1]
+	}
+	return v
+}
+
 // VisibilityComputed returns how many times a node's visibility was
 // computed: once per node asked about plus once per Update or Remove.
 func (c *Compiled) VisibilityComputed() int { return c.visComputed }
