@@ -61,6 +61,37 @@ func (s *Server) relayTokenHash() []byte {
 	return nil
 }
 
+// RelayTokenOverlap is how long the coordinator still takes the relay
+// token a reload replaced (SetRelayToken, SetTokens) from relays at
+// /derp/verify: relays and the other replicas reload at their own
+// moments, and meanwhile nodes at a relay that presents the old token
+// must not be refused. A restart forgets the old token at once.
+const RelayTokenOverlap = 10 * time.Minute
+
+// prevRelayToken is the relay token a reload replaced, taken until until.
+type prevRelayToken struct {
+	hash  []byte
+	until time.Time
+}
+
+// replaceRelayHash makes hash the relay token's hash, keeping the one it
+// replaces for RelayTokenOverlap.
+func (s *Server) replaceRelayHash(hash []byte) {
+	if old := s.relayTokenHash(); old != nil {
+		s.prevRelay.Store(&prevRelayToken{hash: old, until: s.now().Add(RelayTokenOverlap)})
+	}
+	s.relayHash.Store(&hash)
+}
+
+// prevRelayHash is the hash of the relay token a reload replaced while it
+// is still taken, nil otherwise.
+func (s *Server) prevRelayHash() []byte {
+	if p := s.prevRelay.Load(); p != nil && s.now().Before(p.until) {
+		return p.hash
+	}
+	return nil
+}
+
 // RelayTokenValid reports whether token is the relay token (never, with
 // none).
 func (s *Server) RelayTokenValid(token string) bool {
@@ -73,8 +104,8 @@ func (s *Server) RelayTokenValid(token string) bool {
 }
 
 // SetRelayToken replaces the relay token relays present to
-// /derp/verify, as when it was rotated: the old one is refused from then
-// on. Its hash is stored, as SetAdminToken stores the admin token's, for
+// /derp/verify, as when it was rotated: the old one is refused once
+// RelayTokenOverlap has passed. Its hash is stored, as SetAdminToken stores the admin token's, for
 // replicas starting later; the other replicas running keep theirs until
 // they are given the new one. It does nothing when token is already the
 // relay token.
@@ -90,7 +121,7 @@ func (s *Server) SetRelayToken(ctx context.Context, token string) error {
 	if err := s.store.SetSetting(ctx, relayTokenSetting, hash); err != nil {
 		return fmt.Errorf("coordinator: store relay token hash: %w", err)
 	}
-	s.relayHash.Store(&hash)
+	s.replaceRelayHash(hash)
 	return nil
 }
 
@@ -125,7 +156,7 @@ func (s *Server) SetTokens(ctx context.Context, admin, relay string) (adminChang
 		s.admin.tokenHash.Store(&adminHash)
 	}
 	if relayChanged {
-		s.relayHash.Store(&relayHash)
+		s.replaceRelayHash(relayHash)
 	}
 	return adminChanged, relayChanged, nil
 }

@@ -194,7 +194,8 @@ type Server struct {
 	ephemeral    time.Duration
 	now          func() time.Time
 	policy       PolicyFunc
-	relayHash    atomic.Pointer[[]byte] // SHA-256 of the relay token; nil means none (SetRelayToken replaces it)
+	relayHash    atomic.Pointer[[]byte]         // SHA-256 of the relay token; nil means none (SetRelayToken replaces it)
+	prevRelay    atomic.Pointer[prevRelayToken] // the relay token a reload replaced; nil: none
 	mux          *http.ServeMux
 	replay       replayCache
 	machineLimit *sourceLimiter // limits.go
@@ -666,7 +667,7 @@ func (s *Server) SetDERPMap(m *wire.DERPMap) {
 }
 
 func (s *Server) handleDERPVerify(w http.ResponseWriter, r *http.Request) {
-	if !bearerIs(r, s.relayTokenHash()) && !bearerIs(r, s.admin.hash()) {
+	if !bearerIs(r, s.relayTokenHash()) && !bearerIs(r, s.prevRelayHash()) && !bearerIs(r, s.admin.hash()) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="beam"`)
 		writeError(w, errorf(http.StatusUnauthorized, wire.CodeUnauthorized, "missing or wrong relay token"))
 		return

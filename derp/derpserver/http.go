@@ -97,6 +97,11 @@ func (s *Server) serveWebSocket(w http.ResponseWriter, r *http.Request) {
 // the coordinator does not admit a key.
 var ErrNotAdmitted = errors.New("derpserver: node key not admitted")
 
+// ErrTokenRefused is returned, with ErrNotAdmitted, by the func
+// VerifyWithCoordinator builds when the coordinator refuses the relay
+// token itself (401): it says nothing of the key.
+var ErrTokenRefused = errors.New("derpserver: coordinator refused the relay token")
+
 // VerifyWithCoordinator returns an Options.VerifyClient func that asks the
 // coordinator with GET <verifyURL>?key=nodekey:…, verifyURL being the
 // coordinator's URL joined with its verify path (wire.PathDERPVerify;
@@ -124,6 +129,9 @@ func VerifyWithCoordinator(verifyURL, token string, hc *http.Client) func(ctx co
 		}
 		defer resp.Body.Close()
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+		if resp.StatusCode == http.StatusUnauthorized {
+			return fmt.Errorf("%w: %w: coordinator answered %s", ErrNotAdmitted, ErrTokenRefused, resp.Status)
+		}
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Errorf("%w: coordinator answered %s", ErrNotAdmitted, resp.Status)
 		}

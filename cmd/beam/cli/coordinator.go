@@ -67,11 +67,15 @@ every URL: beam up --coordinator URL1,URL2.
 
 On SIGHUP it reads admin.token and relay.token again (and --config and
 --policy-file): to rotate the admin token, write the new one into every
-replica's admin.token and send each SIGHUP; the relay token likewise, then
-write it into the relays' --verify-token-file and send them SIGHUP (beam
-derp reads it again; meanwhile they refuse new clients). A token file
-that is missing or too short is refused with an error in the log, and the
-running token stays.
+replica's admin.token and send each SIGHUP; the relay token likewise, and
+write it into the relays' --verify-token-file and send them SIGHUP, in
+either order within 10 minutes: for 10 minutes after a reload replaced
+it, a coordinator still takes the old relay token, and a relay (beam
+derp) still presents its old one to a coordinator that refuses the new
+one, so no node is refused meanwhile (a restart drops the old token at
+once). A token file that is missing or too short is refused with an error
+in the log, and both running tokens stay; so do they when the new ones
+cannot be stored.
 
 From elsewhere:
 

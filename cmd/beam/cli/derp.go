@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"beam.dev/beam/configs"
+	"beam.dev/beam/coordinator"
 	"beam.dev/beam/derp/derpserver"
 	"beam.dev/beam/internal/tcpcc"
 	"beam.dev/beam/types/key"
@@ -89,7 +90,7 @@ whatever key it has, with a warning.`,
 	fl.StringVar(&opts.TLSCert, "tls-cert", "", "TLS certificate PEM file (with --tls-key); plain HTTP if unset")
 	fl.StringVar(&opts.TLSKey, "tls-key", "", "TLS private key PEM file")
 	fl.StringVar(&opts.VerifyClients, "verify-clients", "", "coordinator URL; admit only node keys it knows (needs --verify-token-file)")
-	fl.StringVar(&opts.VerifyTokenFile, "verify-token-file", "", "file holding the coordinator's relay token (the coordinator's DATA/relay.token); read again on SIGHUP")
+	fl.StringVar(&opts.VerifyTokenFile, "verify-token-file", "", "file holding the coordinator's relay token (the coordinator's DATA/relay.token); read again on SIGHUP, after which the previous token is still presented for 10m to a coordinator that refuses the new one, so coordinators and relays may take a rotated token in either order")
 	fl.StringSliceVar(&opts.MeshWith, "mesh-with", nil, "comma-separated URLs of the region's other relays, each pinned to its key as URL#mkey:... (the machine_key it logs)")
 	fl.StringVar(&opts.MeshKeyFile, "mesh-key-file", "", "file holding the region's mesh key (needed with --mesh-with)")
 	fl.StringVar(&opts.KeyFile, "key-file", "", "machine key file, created 0600 if missing (default STATE/derp.key)")
@@ -322,29 +323,64 @@ func isLoopback(remoteAddr string) bool {
 }
 
 // verifyToken asks the coordinator at url whether a node key may use the
-// relay, presenting the relay token, which a reload may replace.
+// relay, presenting the relay token, which a reload may replace. For
+// tokenOverlap after a reload replaced it, a key the coordinator refuses
+// because it does not take the new token (it has not reloaded yet) is
+// asked again with the previous one: coordinators and relays reload at
+// different moments, and nodes in between must not be refused.
 type verifyToken struct {
 	url   string
 	hc    *http.Client
-	check atomic.Pointer[func(context.Context, key.NodePublic) error]
+	now   func() time.Time // nil: time.Now
+	check atomic.Pointer[verifyChecks]
 	token atomic.Pointer[string]
 }
 
+// verifyChecks are the checks of the current token and, until prevUntil,
+// of the previous one (nil: none).
+type verifyChecks struct {
+	cur, prev func(context.Context, key.NodePublic) error
+	prevUntil time.Time
+}
+
+// tokenOverlap is how long a relay still presents its previous token
+// after a reload replaced it, as long as a coordinator still takes its
+// previous one.
+const tokenOverlap = coordinator.RelayTokenOverlap
+
+func (v *verifyToken) clock() time.Time {
+	if v.now != nil {
+		return v.now()
+	}
+	return time.Now()
+}
+
 // set makes tok the token presented from now on, and reports whether it
-// changed.
+// changed; the one it replaces is still presented to a coordinator that
+// refuses tok, for tokenOverlap.
 func (v *verifyToken) set(tok string) bool {
-	if old := v.token.Load(); old != nil && *old == tok {
+	old := v.token.Load()
+	if old != nil && *old == tok {
 		return false
 	}
-	check := derpserver.VerifyWithCoordinator(v.url, tok, v.hc)
-	v.check.Store(&check)
+	c := &verifyChecks{cur: derpserver.VerifyWithCoordinator(v.url, tok, v.hc)}
+	if cur := v.check.Load(); cur != nil {
+		c.prev, c.prevUntil = cur.cur, v.clock().Add(tokenOverlap)
+	}
+	v.check.Store(c)
 	v.token.Store(&tok)
 	return true
 }
 
-// verify is a derpserver.Options.VerifyClient with the current token.
+// verify is a derpserver.Options.VerifyClient with the current token, or
+// the previous one while it overlaps.
 func (v *verifyToken) verify(ctx context.Context, k key.NodePublic) error {
-	return (*v.check.Load())(ctx, k)
+	c := v.check.Load()
+	err := c.cur(ctx, k)
+	if err != nil && c.prev != nil && errors.Is(err, derpserver.ErrTokenRefused) && v.clock().Before(c.prevUntil) {
+		return c.prev(ctx, k)
+	}
+	return err
 }
 
 // readVerifyToken reads --verify-token-file.
