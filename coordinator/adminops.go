@@ -32,6 +32,19 @@ func (s *Server) RecordAudit(ctx context.Context, actor, action, target, detail 
 // none is set). It compares hashes in constant time.
 func (s *Server) AdminTokenValid(token string) bool { return s.admin.tokenIs(token) }
 
+// AdminTokenFingerprint identifies the admin token in force: it changes
+// whenever the token does (SetAdminToken, SetTokens), and is the zero
+// value while there is none. It is a hash of the token's hash, so it
+// tells nothing that would admit anyone. The console ends the sessions
+// signed in with an earlier admin token by it.
+func (s *Server) AdminTokenFingerprint() [sha256.Size]byte {
+	h := s.admin.hash()
+	if h == nil {
+		return [sha256.Size]byte{}
+	}
+	return sha256.Sum256(append([]byte("beam admin token fingerprint\x00"), h...))
+}
+
 // SetAdminToken replaces the admin token, as when it was rotated: the old
 // one is refused from then on. The token's hash is stored too, which is
 // what replicas starting on a shared store compare theirs with; the other

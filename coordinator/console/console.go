@@ -10,7 +10,9 @@
 // Console.signIn: its callback handler verifies the provider's answer and
 // starts a session for the user's Identity; nothing else changes.
 //
-// Sessions live in memory on the server; the browser holds a random ID in
+// Sessions live in memory on the server (the sign-in form has none: its
+// CSRF token is signed, loginform.go); a session signed in with the admin
+// token ends when the token is rotated. The browser holds a random ID in
 // a cookie that is HttpOnly, SameSite=Strict, Secure (with the __Host-
 // prefix) over TLS, and bounded in lifetime (idle and absolute). Every
 // state-changing request is a POST that must come from the console's own
@@ -82,6 +84,7 @@ type Console struct {
 	logger   *slog.Logger
 	now      func() time.Time
 	sessions *sessionStore
+	forms    *loginForms // the sign-in form's CSRF tokens
 	limiter  *loginLimiter
 	ssoURL   string // Options.SSOURL
 	xorigin  *http.CrossOriginProtection
@@ -127,6 +130,8 @@ func New(opts Options) (*Console, error) {
 		every = 12 * time.Second
 	}
 	c.sessions = newSessionStore(c.now, idle, life, maxSessions)
+	c.sessions.tokenFP = opts.Coordinator.AdminTokenFingerprint
+	c.forms = newLoginForms(c.now, c.sessions.formLifetime)
 	c.limiter = newLoginLimiter(c.now, burst, every, maxLoginSources)
 	c.xorigin = http.NewCrossOriginProtection()
 	pages, err := parsePages(c.funcs())
@@ -281,16 +286,17 @@ func safeNext(next string) string {
 	return next
 }
 
-// signIn starts a session for who, ending the session s (the sign-in
-// form's) so its ID cannot be fixed in advance, and sends the browser to
-// next. It is where any way of signing in ends: the admin-token form
-// today; an OIDC callback would call it with the user's Identity.
-func (c *Console) signIn(w http.ResponseWriter, r *http.Request, old *session, who Identity, next string) {
+// signIn starts a session for who, ending the session old (any the
+// browser had) so that an ID cannot be fixed in advance, and sends the
+// browser to next. token, if not nil, is the fingerprint of the admin
+// token who signed in with: the session ends when it is rotated.
+func (c *Console) signIn(w http.ResponseWriter, r *http.Request, old *session, who Identity, token *[32]byte, next string) {
 	if old != nil {
 		c.sessions.remove(old)
 	}
-	_, value := c.sessions.create(who)
+	_, value := c.sessions.create(who, token)
 	http.SetCookie(w, sessionCookie(r, value, c.sessions.lifetime))
+	setLoginCookie(w, r, "", 0)
 	c.coord.RecordAudit(r.Context(), coordinator.ActorConsole(who.Name), "console.login", who.Name, "via "+who.Method+" from "+remoteAddr(r).String())
 	c.logger.Info("signed in", "who", who.Name, "method", who.Method, "remote", r.RemoteAddr)
 	http.Redirect(w, r, safeNext(next), http.StatusSeeOther)

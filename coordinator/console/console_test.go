@@ -49,6 +49,7 @@ type env struct {
 	coord *coordinator.Server
 	srv   *httptest.Server
 	clock *clock
+	con   *console.Console
 }
 
 func newEnv(t *testing.T, tlsServer bool, mod func(*console.Options)) *env {
@@ -82,7 +83,7 @@ func newEnv(t *testing.T, tlsServer bool, mod func(*console.Options)) *env {
 		srv.Start()
 	}
 	t.Cleanup(srv.Close)
-	return &env{t: t, coord: coord, srv: srv, clock: clk}
+	return &env{t: t, coord: coord, srv: srv, clock: clk, con: con}
 }
 
 // browser is a client with a cookie jar that does not follow redirects,
@@ -175,6 +176,15 @@ func (b *browser) mustLogin() {
 	}
 }
 
+func loginCookieOf(r response) *http.Cookie {
+	for _, c := range r.cookies {
+		if strings.HasSuffix(c.Name, "beam_console_login") {
+			return c
+		}
+	}
+	return nil
+}
+
 func sessionCookieOf(r response) *http.Cookie {
 	for _, c := range r.cookies {
 		if strings.HasSuffix(c.Name, "beam_console") {
@@ -193,9 +203,15 @@ func TestLogin(t *testing.T) {
 		t.Fatalf("nodes signed out: got %d %q, want 303 to the login form", r.status, r.location)
 	}
 	form := b.get(console.Path + "login")
-	formCookie := sessionCookieOf(form)
+	if c := sessionCookieOf(form); c != nil {
+		t.Errorf("login form set a session cookie %+v: a form keeps nothing on the server", c)
+	}
+	formCookie := loginCookieOf(form)
 	if formCookie == nil {
-		t.Fatal("login form set no session cookie")
+		t.Fatal("login form set no pre-login cookie")
+	}
+	if !formCookie.HttpOnly || formCookie.SameSite != http.SameSiteStrictMode || formCookie.Path != "/" {
+		t.Errorf("pre-login cookie %+v, want HttpOnly SameSite=Strict Path=/", formCookie)
 	}
 
 	if r := b.login("wrong-token-" + testToken); r.status != http.StatusUnauthorized || !strings.Contains(r.body, "Wrong admin token") {
@@ -227,10 +243,11 @@ func TestLogin(t *testing.T) {
 			t.Errorf("GET %s signed in: got %d, want 200\n%s", page, r.status, r.body)
 		}
 	}
-	// A stolen form-session cookie does not carry the sign-in.
+	// The pre-login cookie's value does not carry the sign-in, as a
+	// session cookie nor as itself.
 	other := e.browser()
 	u, _ := url.Parse(e.srv.URL)
-	other.jar.SetCookies(u, []*http.Cookie{{Name: formCookie.Name, Value: formCookie.Value}})
+	other.jar.SetCookies(u, []*http.Cookie{{Name: formCookie.Name, Value: formCookie.Value}, {Name: "beam_console", Value: formCookie.Value}})
 	if r := other.get(console.Path + "nodes"); r.status != http.StatusSeeOther {
 		t.Errorf("old form cookie: got %d, want 303 to login", r.status)
 	}

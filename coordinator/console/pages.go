@@ -48,18 +48,26 @@ func (c *Console) handleLoginForm(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, next, http.StatusSeeOther)
 		return
 	}
-	c.loginForm(w, r, ss, http.StatusOK, next, "")
+	c.loginForm(w, r, http.StatusOK, next, "")
 }
 
-// loginForm renders the sign-in form, starting a form session (for its
-// CSRF token) if ss is nil.
-func (c *Console) loginForm(w http.ResponseWriter, r *http.Request, ss *session, status int, next, errMsg string) {
-	if ss == nil {
-		var value string
-		ss, value = c.sessions.create(Identity{})
-		http.SetCookie(w, sessionCookie(r, value, c.sessions.formLifetime))
+// loginForm renders the sign-in form with a CSRF token for the browser's
+// pre-login cookie, setting one if it has none. Nothing is kept on the
+// server (loginform.go).
+func (c *Console) loginForm(w http.ResponseWriter, r *http.Request, status int, next, errMsg string) {
+	c.render(w, r, status, "login", nil, pageData{Title: "Sign in", Error: errMsg, CSRF: c.loginToken(w, r), Data: c.loginData(next)})
+}
+
+// loginToken returns a sign-in form token for r's pre-login cookie,
+// setting a new cookie first if r has none.
+func (c *Console) loginToken(w http.ResponseWriter, r *http.Request) string {
+	v := loginCookie(r)
+	if v == "" {
+		v = randomToken()
 	}
-	c.render(w, r, status, "login", ss, pageData{Title: "Sign in", Error: errMsg, Data: c.loginData(next)})
+	// Set again each time, so that the cookie outlives the form's token.
+	setLoginCookie(w, r, v, c.forms.lifetime)
+	return c.forms.token(v)
 }
 
 func (c *Console) loginData(next string) loginData {
@@ -75,9 +83,9 @@ func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
 		secs := int(wait/time.Second) + 1
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
 		c.logger.Warn("sign-in attempts limited", "remote", r.RemoteAddr)
-		c.render(w, r, http.StatusTooManyRequests, "login", c.sessions.fromRequest(r), pageData{
+		c.render(w, r, http.StatusTooManyRequests, "login", nil, pageData{
 			Title: "Sign in", Error: "Too many sign-in attempts from your address; try again in " + strconv.Itoa(secs) + " seconds.",
-			Data: loginData{Next: safeNext(r.URL.Query().Get("next"))},
+			CSRF: c.loginToken(w, r), Data: loginData{Next: safeNext(r.URL.Query().Get("next"))},
 		})
 		return
 	}
@@ -96,19 +104,21 @@ func (c *Console) handleLogin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	next := safeNext(r.PostForm.Get("next"))
-	ss := c.sessions.fromRequest(r)
-	if ss == nil || !ss.csrfValid(r.PostForm.Get("csrf")) {
+	if !c.forms.valid(loginCookie(r), r.PostForm.Get("csrf")) {
 		// An expired form, or a post from somewhere else: a fresh form.
-		c.loginForm(w, r, nil, http.StatusForbidden, next, "The sign-in form expired or was not this console's; enter the token again.")
+		c.loginForm(w, r, http.StatusForbidden, next, "The sign-in form expired or was not this console's; enter the token again.")
 		return
 	}
+	// The token in force before it is checked: a rotation meanwhile ends
+	// the session at once rather than binding it to the new token.
+	fp := c.coord.AdminTokenFingerprint()
 	if !c.coord.AdminTokenValid(r.PostForm.Get("token")) {
 		c.coord.RecordAudit(r.Context(), coordinator.ActorConsole("?"), "console.login_failed", "admin", "wrong admin token from "+remoteAddr(r).String())
 		c.logger.Warn("sign-in with a wrong admin token", "remote", r.RemoteAddr)
-		c.render(w, r, http.StatusUnauthorized, "login", ss, pageData{Title: "Sign in", Error: "Wrong admin token.", Data: c.loginData(next)})
+		c.render(w, r, http.StatusUnauthorized, "login", nil, pageData{Title: "Sign in", Error: "Wrong admin token.", CSRF: c.loginToken(w, r), Data: c.loginData(next)})
 		return
 	}
-	c.signIn(w, r, ss, Identity{Name: "admin", Method: "admin token"}, next)
+	c.signIn(w, r, c.sessions.fromRequest(r), Identity{Name: "admin", Method: "admin token"}, &fp, next)
 }
 
 func (c *Console) handleLogout(w http.ResponseWriter, r *http.Request, ss *session) {

@@ -32,9 +32,14 @@ type session struct {
 	// csrf is the token every form of the session carries.
 	csrf string
 	// who is the signed-in person; zero for the session of a login form.
-	who      Identity
-	created  time.Time
-	lastUsed time.Time
+	who Identity
+	// tokenBound says the session was signed in with the admin token
+	// whose fingerprint (coordinator.Server.AdminTokenFingerprint) is
+	// token: it ends once another token is in force.
+	tokenBound bool
+	token      [sha256.Size]byte
+	created    time.Time
+	lastUsed   time.Time
 
 	// flash is a message for the next page the session shows, flashErr
 	// whether it reports a failure. Guarded by sessionStore.mu.
@@ -53,6 +58,9 @@ type sessionStore struct {
 	// formLifetime bounds a login-form session.
 	formLifetime time.Duration
 	max          int
+	// tokenFP returns the fingerprint of the admin token in force, which
+	// token-bound sessions must match; nil ends none.
+	tokenFP func() [sha256.Size]byte
 
 	mu   sync.Mutex // guards the following fields
 	byID map[[sha256.Size]byte]*session
@@ -81,10 +89,15 @@ func (st *sessionStore) expiredLocked(ss *session, now time.Time) bool {
 }
 
 // create starts a session for who and returns it with the cookie value.
-func (st *sessionStore) create(who Identity) (*session, string) {
+// If token is not nil, who signed in with the admin token whose
+// fingerprint it is, and the session ends when that token is replaced.
+func (st *sessionStore) create(who Identity, token *[sha256.Size]byte) (*session, string) {
 	value := randomToken()
 	now := st.now()
 	ss := &session{id: sha256.Sum256([]byte(value)), csrf: randomToken(), who: who, created: now, lastUsed: now}
+	if token != nil {
+		ss.tokenBound, ss.token = true, *token
+	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if len(st.byID) >= st.max {
@@ -129,7 +142,8 @@ func (st *sessionStore) lookup(value string) *session {
 	if ss == nil {
 		return nil
 	}
-	if st.expiredLocked(ss, now) {
+	if st.expiredLocked(ss, now) || ss.tokenBound && st.tokenFP != nil && st.tokenFP() != ss.token {
+		// Expired, or signed in with an admin token since rotated.
 		delete(st.byID, id)
 		return nil
 	}

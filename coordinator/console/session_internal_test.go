@@ -15,14 +15,14 @@ func TestSessionStoreBound(t *testing.T) {
 	st := newSessionStore(clock, time.Hour, 12*time.Hour, 8)
 	var admins []string
 	for range 3 {
-		_, v := st.create(Identity{Name: "admin", Method: "admin token"})
+		_, v := st.create(Identity{Name: "admin", Method: "admin token"}, nil)
 		admins = append(admins, v)
 		now = now.Add(time.Second)
 	}
-	_, firstForm := st.create(Identity{})
+	_, firstForm := st.create(Identity{}, nil)
 	for range 100 {
 		now = now.Add(time.Millisecond)
-		st.create(Identity{})
+		st.create(Identity{}, nil)
 	}
 	if n := len(st.byID); n != 8 {
 		t.Errorf("store holds %d sessions, want its bound 8", n)
@@ -38,11 +38,11 @@ func TestSessionStoreBound(t *testing.T) {
 
 	// With only signed-in sessions, the oldest goes.
 	st = newSessionStore(clock, time.Hour, 12*time.Hour, 2)
-	_, a := st.create(Identity{Name: "a"})
+	_, a := st.create(Identity{Name: "a"}, nil)
 	now = now.Add(time.Second)
-	_, b := st.create(Identity{Name: "b"})
+	_, b := st.create(Identity{Name: "b"}, nil)
 	now = now.Add(time.Second)
-	_, c := st.create(Identity{Name: "c"})
+	_, c := st.create(Identity{Name: "c"}, nil)
 	if st.lookup(a) != nil || st.lookup(b) == nil || st.lookup(c) == nil {
 		t.Error("full store of signed-in sessions: want the oldest dropped, the others kept")
 	}
@@ -51,7 +51,7 @@ func TestSessionStoreBound(t *testing.T) {
 func TestSessionFormLifetime(t *testing.T) {
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	st := newSessionStore(func() time.Time { return now }, time.Hour, 12*time.Hour, 8)
-	_, form := st.create(Identity{})
+	_, form := st.create(Identity{}, nil)
 	now = now.Add(st.formLifetime - time.Second)
 	if st.lookup(form) == nil {
 		t.Fatal("form session ended before its lifetime")

@@ -28,7 +28,7 @@ func (c *Console) SignInWith(w http.ResponseWriter, r *http.Request, name, metho
 	if old := c.sessions.fromRequest(r); old != nil {
 		c.sessions.remove(old)
 	}
-	_, value := c.sessions.create(who)
+	_, value := c.sessions.create(who, nil)
 	http.SetCookie(w, sessionCookie(r, value, c.sessions.lifetime))
 	c.coord.RecordAudit(r.Context(), coordinator.ActorConsole(who.Name), "console.login", who.Name, "via "+who.Method+" from "+remoteAddr(r).String())
 	c.logger.Info("signed in", "who", who.Name, "method", who.Method, "remote", r.RemoteAddr)
