@@ -267,6 +267,15 @@ func errRegisterTimeout() *apiError {
 		msg: "the coordinator's database did not answer in time; try again", retryAfter: registerRetryAfter}
 }
 
+// errRegisterStore returns the answer to a registration a store error
+// failed (the database refused or dropped the connection, or its driver
+// gave up connecting): 503 with Retry-After too, as the database is most
+// likely down for a moment, rather than a 500 the node does not retry.
+func errRegisterStore() *apiError {
+	return &apiError{status: http.StatusServiceUnavailable, code: wire.CodeUnavailable,
+		msg: "the coordinator's database failed; try again", retryAfter: registerRetryAfter}
+}
+
 // registerBounded runs register for r within registerTimeout, and finishes
 // even if the node hangs up, so that memory and store agree. A
 // registration that ran out of time answers errRegisterTimeout, whatever
@@ -275,8 +284,12 @@ func (rg *registry) registerBounded(r *http.Request, q *sealedRequest, req *wire
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), registerTimeout)
 	defer cancel()
 	resp, aerr := rg.register(ctx, q, req, remoteIsLoopback(r))
-	if aerr != nil && ctx.Err() != nil {
+	switch {
+	case aerr == nil:
+	case ctx.Err() != nil:
 		aerr = errRegisterTimeout()
+	case aerr.status == http.StatusInternalServerError && aerr.code == wire.CodeInternal:
+		aerr = errRegisterStore() // a store error
 	}
 	return resp, aerr
 }

@@ -21,6 +21,7 @@ import (
 type frozenStore struct {
 	*sqlstore.Store
 	ignoreCtx bool
+	failFast  bool // fail at once instead, as a database that refuses connections
 	release   chan struct{}
 	entered   chan struct{} // if set, gets a value as each lookup hangs
 
@@ -40,6 +41,9 @@ func (f *frozenStore) AuthKeyByHash(ctx context.Context, hash []byte) (*coordina
 		f.entered <- struct{}{}
 	}
 	if frozen {
+		if f.failFast {
+			return nil, errors.New("database refused the connection")
+		}
 		if f.ignoreCtx {
 			<-f.release
 		} else {
@@ -110,6 +114,17 @@ func TestRegisterDeadline(t *testing.T) {
 		t.Errorf("sent again %v after the first, want at least the deadline and the 1 s asked for", gap)
 	}
 	t.Logf("answered 503 after %v (two attempts)", took.Round(time.Millisecond))
+
+	// A database that fails at once (down, refusing connections): 503
+	// with Retry-After too, not a 500 the node would not send again.
+	fs.mu.Lock()
+	fs.failFast, fs.calls = true, nil
+	fs.mu.Unlock()
+	_, err = n.Register(ctx, coordclient.RegisterParams{AuthKey: ak, Hostname: "frozen", OS: "linux"})
+	unavailable(t, "registration against a database that fails", err)
+	if got := len(fs.hung()); got != 2 {
+		t.Errorf("the coordinator was asked %d times by a registration the database failed, want twice", got)
+	}
 
 	fs.setFrozen(false)
 	if r := n.register(t, ak, "frozen"); r.Node == nil || r.Node.Name != "frozen" {
