@@ -388,6 +388,11 @@ func bulkRounds(b *testing.B, s, raw *bulkStream, cpuPIDs []int, serverPID int) 
 	b.ReportMetric(gbit(ob, od)/gbit(rb, rd), "ratio")
 	b.ReportMetric(dcpu.Seconds()/gib, "daemon-cpu-s/GiB")
 	b.ReportMetric(scpu.Seconds()/gib, "server-cpu-s/GiB")
+	var hwm float64
+	for _, pid := range cpuPIDs {
+		hwm = max(hwm, procStatusMiB(b, pid, "VmHWM"))
+	}
+	b.ReportMetric(hwm, "daemon-peak-RSS-MiB")
 }
 
 // benchOverlay measures bulk TCP from a client through alpha's SOCKS5
