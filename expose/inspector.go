@@ -33,6 +33,14 @@ import (
 // from elsewhere), and whatever changes something (replay, clear) needs
 // the session token that the inspector's pages embed and GET
 // /api/session returns to same-origin callers.
+//
+// Other users of the machine reach its loopback too, and captures hold
+// cookies and passwords: every request needs the access token, which
+// only the daemon's owner learns (AccessURL, which the daemon hands out
+// on its private socket, and beam expose prints). A browser opens
+// AccessURL (/?token=T) once; the inspector then sets the token in an
+// HttpOnly, SameSite=Strict cookie and sends it to /. Scripts send the
+// token in the X-Beam-Inspector-Token header instead.
 
 // Inspector serves the inspector's pages and API for a Server.
 type Inspector struct {
@@ -104,11 +112,52 @@ func (i *Inspector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "beam inspector: "+why, status)
 		return
 	}
+	if r.URL.Path == "/" && r.URL.Query().Has("token") && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		i.signIn(w, r)
+		return
+	}
+	if !i.accessOK(r) {
+		http.Error(w, "beam inspector: this needs the inspector's access token; open the address beam expose printed (it ends in ?token=...)", http.StatusUnauthorized)
+		return
+	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead && !i.tokenOK(r) {
 		http.Error(w, "beam inspector: missing or wrong session token", http.StatusForbidden)
 		return
 	}
 	i.mux.ServeHTTP(w, r)
+}
+
+// signIn answers AccessURL: with the right token it sets the access
+// cookie and sends the browser to the list, without the token in the
+// address bar.
+func (i *Inspector) signIn(w http.ResponseWriter, r *http.Request) {
+	if subtle.ConstantTimeCompare([]byte(r.URL.Query().Get("token")), []byte(i.token)) != 1 {
+		http.Error(w, "beam inspector: wrong access token; open the address beam expose printed", http.StatusForbidden)
+		return
+	}
+	http.SetCookie(w, &http.Cookie{
+		Name: i.cookieName(), Value: i.token, Path: "/",
+		HttpOnly: true, SameSite: http.SameSiteStrictMode,
+	})
+	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+// cookieName names the access cookie; cookies are not kept apart by
+// port, and each inspector (each daemon) has its own token.
+func (i *Inspector) cookieName() string {
+	return "beam_inspector_" + strconv.Itoa(int(i.addr.Port()))
+}
+
+// accessOK reports whether r carries the access token, in the cookie or
+// the token header.
+func (i *Inspector) accessOK(r *http.Request) bool {
+	t := r.Header.Get(TokenHeader)
+	if t == "" {
+		if c, err := r.Cookie(i.cookieName()); err == nil {
+			t = c.Value
+		}
+	}
+	return subtle.ConstantTimeCompare([]byte(t), []byte(i.token)) == 1
 }
 
 // refuse returns the status and reason to refuse r with, or 0.
@@ -161,8 +210,16 @@ func (i *Inspector) tokenOK(r *http.Request) bool {
 	return subtle.ConstantTimeCompare([]byte(t), []byte(i.token)) == 1
 }
 
-// URL returns the inspector's address as a URL.
+// URL returns the inspector's address as a URL, without the access
+// token: it opens nothing by itself.
 func (i *Inspector) URL() string { return "http://" + i.addr.String() }
+
+// AccessURL returns the URL that opens the inspector in a browser: URL
+// with the access token. Only the daemon's owner may learn it.
+func (i *Inspector) AccessURL() string { return i.URL() + "/?token=" + url.QueryEscape(i.token) }
+
+// Token returns the access token, which scripts send in TokenHeader.
+func (i *Inspector) Token() string { return i.token }
 
 // filter selects exchanges by path (substring), status ("404", "4xx" or
 // "4") and method.

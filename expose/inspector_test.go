@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -108,11 +109,13 @@ func (lab *inspectLab) waitExchanges(t *testing.T, n int) []*Exchange {
 	}
 }
 
-// inspectorRequest is a request to the inspector from its own page.
-func inspectorRequest(method, target string, body io.Reader) *http.Request {
+// inspectorRequest is a request to insp from its own page, in a browser
+// that opened its AccessURL (it has the access cookie).
+func inspectorRequest(insp *Inspector, method, target string, body io.Reader) *http.Request {
 	r := httptest.NewRequest(method, target, body)
 	r.Host = inspectorAddr.String()
 	r.RemoteAddr = "127.0.0.1:50000"
+	r.AddCookie(&http.Cookie{Name: insp.cookieName(), Value: insp.token})
 	return r
 }
 
@@ -260,7 +263,7 @@ func TestInspectorRefuses(t *testing.T) {
 		{name: "clear with token", method: "DELETE", path: "/api/requests/http", token: true, want: 204},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			r := inspectorRequest(tc.method, tc.path, strings.NewReader(`{"id":"req_9"}`))
+			r := inspectorRequest(insp, tc.method, tc.path, strings.NewReader(`{"id":"req_9"}`))
 			if tc.host != "" {
 				r.Host = tc.host
 			}
@@ -312,7 +315,7 @@ func TestReplay(t *testing.T) {
 
 	replay := func(body string) (*Exchange, int) {
 		t.Helper()
-		r := inspectorRequest("POST", "/api/requests/http", strings.NewReader(body))
+		r := inspectorRequest(lab.insp, "POST", "/api/requests/http", strings.NewReader(body))
 		r.Header.Set(TokenHeader, lab.insp.token)
 		w := httptest.NewRecorder()
 		lab.insp.ServeHTTP(w, r)
@@ -511,6 +514,7 @@ func TestEvents(t *testing.T) {
 		if lastID != "" {
 			req.Header.Set("Last-Event-ID", lastID)
 		}
+		req.Header.Set(TokenHeader, insp.Token())
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -560,5 +564,70 @@ func TestEvents(t *testing.T) {
 	}
 	if sm := stream("", "3")(); sm.ID != "req_2" {
 		t.Fatalf("after Last-Event-ID 3: %+v, want the change of req_2", sm)
+	}
+}
+
+// TestInspectorAccess checks that the inspector shows nothing (captures
+// hold cookies and passwords) to a local client without its access
+// token, which only AccessURL carries: opening AccessURL sets the token
+// in an HttpOnly, SameSite=Strict cookie and redirects to the list.
+func TestInspectorAccess(t *testing.T) {
+	s := New(Options{})
+	insp, err := NewInspector(s, InspectorOptions{Addr: inspectorAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bare := func(method, target string) *http.Request {
+		r := httptest.NewRequest(method, target, nil)
+		r.Host = inspectorAddr.String()
+		r.RemoteAddr = "127.0.0.1:50000"
+		return r
+	}
+	do := func(r *http.Request) *httptest.ResponseRecorder {
+		w := httptest.NewRecorder()
+		insp.ServeHTTP(w, r)
+		return w
+	}
+	for _, path := range []string{"/", "/api/session", "/api/requests/http", "/api/requests/http/req_1", "/requests/req_1", "/api/events"} {
+		if w := do(bare("GET", path)); w.Code != http.StatusUnauthorized || strings.Contains(w.Body.String(), insp.token) {
+			t.Errorf("GET %s without the token: %d %q, want 401", path, w.Code, w.Body)
+		}
+		r := bare("GET", path)
+		r.AddCookie(&http.Cookie{Name: insp.cookieName(), Value: "guess"})
+		if w := do(r); w.Code != http.StatusUnauthorized {
+			t.Errorf("GET %s with a wrong cookie: %d, want 401", path, w.Code)
+		}
+	}
+	if w := do(bare("GET", "/?token=guess")); w.Code != http.StatusForbidden || len(w.Result().Cookies()) != 0 {
+		t.Errorf("a wrong access token: %d, cookies %v; want 403 and none", w.Code, w.Result().Cookies())
+	}
+	u, err := url.Parse(insp.AccessURL())
+	if err != nil || u.Host != inspectorAddr.String() {
+		t.Fatalf("AccessURL %q", insp.AccessURL())
+	}
+	w := do(bare("GET", u.RequestURI()))
+	cs := w.Result().Cookies()
+	if w.Code != http.StatusSeeOther || w.Header().Get("Location") != "/" || len(cs) != 1 {
+		t.Fatalf("AccessURL: %d to %q, cookies %v; want 303 to / with a cookie", w.Code, w.Header().Get("Location"), cs)
+	}
+	if c := cs[0]; c.Value != insp.token || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/" {
+		t.Errorf("cookie %+v, want the token, HttpOnly, SameSite=Strict, Path=/", c)
+	}
+	r := bare("GET", "/")
+	r.AddCookie(cs[0])
+	if w := do(r); w.Code != http.StatusOK {
+		t.Errorf("the list with the cookie: %d, want 200", w.Code)
+	}
+	r = bare("GET", "/api/requests/http")
+	r.Header.Set(TokenHeader, insp.Token())
+	if w := do(r); w.Code != http.StatusOK {
+		t.Errorf("the API with the token header: %d, want 200", w.Code)
+	}
+	// The cookie alone does not change anything: that still takes the
+	// token in a header or form field (CSRF).
+	r = bare("DELETE", "/api/requests/http")
+	r.AddCookie(cs[0])
+	if w := do(r); w.Code != http.StatusForbidden {
+		t.Errorf("clear with the cookie alone: %d, want 403", w.Code)
 	}
 }

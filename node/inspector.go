@@ -79,7 +79,7 @@ func (n *Node) ensureInspector() (string, error) {
 	s := &inspectorServer{
 		insp:    insp,
 		srv:     &http.Server{Handler: insp, ReadHeaderTimeout: 10 * time.Second},
-		url:     insp.URL(),
+		url:     insp.AccessURL(),
 		release: n.ownListener(ln.Addr()),
 		done:    make(chan struct{}),
 	}
@@ -88,7 +88,7 @@ func (n *Node) ensureInspector() (string, error) {
 		s.srv.Serve(refuseOverlay{ln, n})
 	}()
 	n.insp = s
-	n.logger.Info("inspector", "url", s.url)
+	n.logger.Info("inspector", "url", insp.URL()) // not the access URL: logs may be read by others
 	return s.url, nil
 }
 

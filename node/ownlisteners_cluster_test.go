@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
 	"net/netip"
 	"slices"
 	"strings"
@@ -338,7 +339,9 @@ func TestInspectorKeptFromPeers(t *testing.T) {
 	if again, err := alpha.StartInspector(); err != nil || again != u {
 		t.Fatalf("second start: %q, %v; want the same inspector %q", again, err, u)
 	}
-	resp, err := http.Get(u + "/api/requests/http")
+	// The host opens the address it was given (with the access token).
+	jar, _ := cookiejar.New(nil)
+	resp, err := (&http.Client{Jar: jar}).Get(u)
 	if err != nil {
 		t.Fatalf("host GET of the inspector: %v", err)
 	}
@@ -346,7 +349,8 @@ func TestInspectorKeptFromPeers(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("host GET of the inspector: %s", resp.Status)
 	}
-	port := netip.MustParseAddrPort(strings.TrimPrefix(u, "http://")).Port()
+	base, _, _ := strings.Cut(u, "/?")
+	port := netip.MustParseAddrPort(strings.TrimPrefix(base, "http://")).Port()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	conn, err := beta.DialContext(ctx, "tcp", net.JoinHostPort(beta.PeerIP("alpha", false), fmt.Sprint(port)))

@@ -98,11 +98,11 @@ func TestInspectorInBrowser(t *testing.T) {
 	if err != nil {
 		t.Fatalf("beam expose: %v\n%s", err, errOut)
 	}
-	m := regexp.MustCompile(`inspect requests at (http://127\.0\.0\.1:\d+)`).FindStringSubmatch(errOut)
+	m := regexp.MustCompile(`inspect requests at ((http://127\.0\.0\.1:\d+)/\?token=(\S+))`).FindStringSubmatch(errOut)
 	if m == nil {
-		t.Fatalf("beam expose did not print the inspector URL; stderr:\n%s", errOut)
+		t.Fatalf("beam expose did not print the inspector URL with its token; stderr:\n%s", errOut)
 	}
-	insp := m[1]
+	access, insp, tok := m[1], m[2], m[3]
 	publicURL := strings.TrimSpace(out)
 	host := strings.TrimPrefix(publicURL, "http://")
 
@@ -110,7 +110,7 @@ func TestInspectorInBrowser(t *testing.T) {
 	ctx, cancel := context.WithTimeout(bctx, 60*time.Second)
 	defer cancel()
 	start := time.Now()
-	if err := chromedp.Do(ctx, chromedp.Navigate(insp+"/"), chromedp.WaitVisible(chromedp.CSS(`#empty`))); err != nil {
+	if err := chromedp.Do(ctx, chromedp.Navigate(access), chromedp.WaitVisible(chromedp.CSS(`#empty`))); err != nil {
 		t.Fatalf("open the inspector: %v\npage: %s", err, pageState(bctx))
 	}
 
@@ -192,7 +192,7 @@ func TestInspectorInBrowser(t *testing.T) {
 	// cannot make the inspector replay: not by fetch with the token
 	// header (the preflight is refused), not by a simple form post.
 	var token struct{ Token string }
-	if err := inspectorGet(insp+"/api/session", &token); err != nil || token.Token == "" {
+	if err := inspectorGet(insp+"/api/session", tok, &token); err != nil || token.Token == "" {
 		t.Fatalf("session token: %+v, %v", token, err)
 	}
 	evil := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -246,7 +246,7 @@ attack();
 		t.Fatalf("the other origin's form post got %q", refused)
 	}
 	var list struct{ Requests []struct{ Replay bool } }
-	if err := inspectorGet(insp+"/api/requests/http", &list); err != nil {
+	if err := inspectorGet(insp+"/api/requests/http", tok, &list); err != nil {
 		t.Fatal(err)
 	}
 	replays := 0
@@ -266,9 +266,15 @@ attack();
 	t.Logf("browser part took %v", time.Since(start).Round(time.Millisecond))
 }
 
-// inspectorGet GETs an inspector API URL into v.
-func inspectorGet(u string, v any) error {
-	resp, err := http.Get(u)
+// inspectorGet GETs an inspector API URL, with the access token tok,
+// into v.
+func inspectorGet(u, tok string, v any) error {
+	req, err := http.NewRequest("GET", u, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("X-Beam-Inspector-Token", tok)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return err
 	}
@@ -292,12 +298,24 @@ func TestInspectorShowsConnections(t *testing.T) {
 	if err != nil {
 		t.Fatalf("beam expose --tcp: %v\n%s", err, errOut)
 	}
-	m := regexp.MustCompile(`inspect connections at (http://127\.0\.0\.1:\d+)`).FindStringSubmatch(errOut)
+	m := regexp.MustCompile(`inspect connections at (http://127\.0\.0\.1:\d+)/\?token=(\S+)`).FindStringSubmatch(errOut)
 	pm := regexp.MustCompile(`^tcp://[^:]+:(\d+)$`).FindStringSubmatch(strings.TrimSpace(out))
 	if m == nil || pm == nil {
 		t.Fatalf("beam expose --tcp printed %q, stderr:\n%s", out, errOut)
 	}
-	insp := m[1]
+	insp, tok := m[1], m[2]
+	// Another user of the machine, without the printed token, sees
+	// nothing.
+	for _, path := range []string{"/", "/api/session", "/api/requests/http"} {
+		resp, err := http.Get(insp + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Errorf("GET %s without the token: %s, want 401", path, resp.Status)
+		}
+	}
 	type conn struct {
 		Kind, Took string
 		Size       int64
@@ -305,7 +323,7 @@ func TestInspectorShowsConnections(t *testing.T) {
 	}
 	conns := func() []conn {
 		var list struct{ Requests []conn }
-		if err := inspectorGet(insp+"/api/requests/http", &list); err != nil {
+		if err := inspectorGet(insp+"/api/requests/http", tok, &list); err != nil {
 			t.Fatal(err)
 		}
 		return list.Requests
