@@ -185,3 +185,43 @@ func TestServerReplicaTimesFlagsAndKeys(t *testing.T) {
 		t.Errorf("stale_after 3s in the file: %v; want an error naming the flag and the key", err)
 	}
 }
+
+// TestOnlineGraceFlagAndKey: beam coordinator and beam server take the
+// online grace from --online-grace or the config key online_grace, the
+// flag winning, and refuse values out of bounds naming the flag and the
+// key.
+func TestOnlineGraceFlagAndKey(t *testing.T) {
+	f := &Factory{In: strings.NewReader(""), Out: io.Discard, ErrOut: io.Discard}
+	path := writeConfig(t, `{"online_grace": "20s"}`)
+	for _, tc := range []struct {
+		args []string
+		want time.Duration
+	}{
+		{nil, 0},
+		{[]string{"--config", path}, 20 * time.Second},
+		{[]string{"--config", path, "--online-grace", "2m"}, 2 * time.Minute},
+	} {
+		var co *CoordinatorOptions
+		cc := NewCmdCoordinator(f, func(o *CoordinatorOptions) error { co = o; return nil })
+		quiet(cc, tc.args)
+		if err := cc.Execute(); err != nil {
+			t.Fatalf("%v: %v", tc.args, err)
+		}
+		if got := time.Duration(co.OnlineGrace); got != tc.want {
+			t.Errorf("%v: online grace %v, want %v", tc.args, got, tc.want)
+		}
+	}
+	var so *ServerOptions
+	sc := NewCmdServer(f, func(o *ServerOptions) error { so = o; return nil })
+	quiet(sc, []string{"--domain", "beam.example.com", "--online-grace", "30s"})
+	if err := sc.Execute(); err != nil || time.Duration(so.OnlineGrace) != 30*time.Second {
+		t.Errorf("beam server --online-grace 30s: %v; want 30s", err)
+	}
+	for _, v := range []string{"11s", "11m", "-1s"} {
+		cc := NewCmdCoordinator(f, func(*CoordinatorOptions) error { return nil })
+		quiet(cc, []string{"--online-grace", v})
+		if err := cc.Execute(); err == nil || !strings.Contains(err.Error(), "--online-grace") || !strings.Contains(err.Error(), "config key online_grace") {
+			t.Errorf("--online-grace %s: %v; want an error naming the flag and the key", v, err)
+		}
+	}
+}
