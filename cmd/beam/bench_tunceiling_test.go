@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -405,15 +406,39 @@ func startPerfStat(tb testing.TB, perf string, pid int) *perfStat {
 	for _, s := range perfSyscalls {
 		ev = append(ev, "syscalls:sys_enter_"+s)
 	}
+	// perf starts with the events off (-D -1) and turns them on when told
+	// through its control FIFO, then acknowledges: counting has begun.
+	dir := tb.TempDir()
+	ctlPath, ackPath := filepath.Join(dir, "ctl"), filepath.Join(dir, "ack")
+	for _, f := range []string{ctlPath, ackPath} {
+		if err := unix.Mkfifo(f, 0o600); err != nil {
+			tb.Fatalf("perf control: %v", err)
+		}
+	}
+	// Opened for reading and writing, a FIFO opens without waiting for
+	// the other end.
+	ctl, err1 := os.OpenFile(ctlPath, os.O_RDWR, 0)
+	ack, err2 := os.OpenFile(ackPath, os.O_RDWR, 0)
+	if err1 != nil || err2 != nil {
+		tb.Fatalf("perf control: %v %v", err1, err2)
+	}
+	tb.Cleanup(func() { ctl.Close(); ack.Close() })
 	s := &perfStat{}
-	s.cmd = exec.Command(perf, "stat", "-x", ",", "-e", strings.Join(ev, ","), "-p", strconv.Itoa(pid))
+	s.cmd = exec.Command(perf, "stat", "-x", ",", "-D", "-1", "--control", "fifo:"+ctlPath+","+ackPath,
+		"-e", strings.Join(ev, ","), "-p", strconv.Itoa(pid))
 	s.cmd.Stderr = &s.stderr
 	if err := s.cmd.Start(); err != nil {
 		tb.Fatalf("perf stat: %v", err)
 	}
 	tb.Cleanup(func() { s.cmd.Process.Kill(); s.cmd.Wait() })
-	// perf counts from when it has attached; give it that moment.
-	time.Sleep(200 * time.Millisecond)
+	if _, err := ctl.WriteString("enable\n"); err != nil {
+		tb.Fatalf("perf control: %v", err)
+	}
+	ack.SetReadDeadline(time.Now().Add(30 * time.Second))
+	buf := make([]byte, 16)
+	if n, err := ack.Read(buf); err != nil || !strings.HasPrefix(string(buf[:n]), "ack") {
+		tb.Fatalf("perf stat did not acknowledge enable: %q %v (stderr %q)", buf[:n], err, s.stderr.String())
+	}
 	return s
 }
 
