@@ -145,6 +145,9 @@ func (f *Fleet) revHash(i int, id uint16) wire.DigestSum {
 type epoch struct {
 	full    atomic.Int64 // nodes whose stream has delivered a full map in this epoch
 	settled atomic.Int64 // of those, nodes that see all N-1 peers online
+	// resumed counts the nodes whose first full map of the epoch was a
+	// resumed one (wire.MapResponse.PeersKept).
+	resumed atomic.Int64
 }
 
 // fakeNode is one node. Apart from the client and its byte counter, its
@@ -338,6 +341,10 @@ func (f *Fleet) WaitFullMaps(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Resumed is how many nodes' first full map of the current epoch resumed
+// the peers they held (after a restart: their digest matched).
+func (f *Fleet) Resumed() int { return int(f.cur.Load().resumed.Load()) }
 
 // WaitSettled waits until every node has a full map of the current epoch
 // and sees all its peers online.
@@ -552,6 +559,9 @@ func (nd *fakeNode) Message(frames []*wire.ScannedFrame, first bool) error {
 		if nd.fullIn != ep {
 			nd.fullIn = ep
 			ep.full.Add(1)
+			if head.PeersKept {
+				ep.resumed.Add(1)
+			}
 			f.poke()
 		}
 	}

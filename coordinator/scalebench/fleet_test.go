@@ -98,6 +98,9 @@ func TestFakeNodeMessages(t *testing.T) {
 			t.Errorf("%s: digest %+v (valid %v), want %+v", st.name, d, ok, st.digest)
 		}
 	}
+	if got := f.Resumed(); got != 1 {
+		t.Errorf("%d nodes resumed since the restart, want 1 (n1; n2 got a full map)", got)
+	}
 	if msg := f.badFull.Load(); msg == nil || !strings.HasPrefix(*msg, "n2: 2 peers") {
 		t.Errorf("bad full map noted as %v, want n2's with 2 peers", msg)
 	}

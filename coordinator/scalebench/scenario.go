@@ -80,6 +80,9 @@ type Result struct {
 	// coordinator's CPU time from its start until settled.
 	RestartBytesPerNode float64
 	RestartCPU          time.Duration
+	// RestartResumed is how many nodes' first map after the restart
+	// resumed the peers they held rather than getting them all again.
+	RestartResumed int
 }
 
 // RegisterRate is registrations per second.
@@ -236,7 +239,8 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 			return nil, err
 		}
 		res.RestartOnline = time.Since(start)
-		log.Info("restart online", "took", res.RestartOnline)
+		res.RestartResumed = fleet.Resumed()
+		log.Info("restart online", "took", res.RestartOnline, "resumed", res.RestartResumed)
 		if err := phase(fleet.WaitSettled); err != nil {
 			return nil, err
 		}
