@@ -102,12 +102,14 @@ type tunPair struct {
 // up. Needs root.
 func newTUNPair(b *testing.B) *tunPair {
 	bin := buildBeam(b)
-	lab := nslab.New(b)
+	// Removed after the lab stopped the daemons (cleanups run last
+	// first): a daemon saves its state as it stops.
 	dir, err := os.MkdirTemp("", "beam-tun-")
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { os.RemoveAll(dir) })
+	lab := nslab.New(b)
 	srv := lab.AddServer("srv")
 	ctx := b.Context()
 	srvIP := srv.Addr().String()
