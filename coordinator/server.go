@@ -526,7 +526,13 @@ type sealedRequest struct {
 // proves it can change something (seeRequest). hdr returns the sealed
 // request's node key and timestamp after decoding.
 func (s *Server) openRequest(w http.ResponseWriter, r *http.Request, v any, hdr func() (key.NodePublic, time.Time)) (*sealedRequest, *apiError) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequestSize))
+	// The connection's own writer: MaxBytesReader tells it to close the
+	// connection after a body too large.
+	cw := w
+	if rw, ok := w.(*replyWriter); ok {
+		cw = rw.ResponseWriter
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(cw, r.Body, maxRequestSize))
 	if err != nil {
 		return nil, errorf(http.StatusBadRequest, wire.CodeBadRequest, "read request: too large or cut short")
 	}
