@@ -95,6 +95,7 @@ type Server struct {
 	// MachineRate is as Coordinator.MachineRate.
 	MachineRate int `json:"machine_rate"`
 	ReplicaTimes
+	RouteQuota
 	// BodyTimeout bounds request bodies at the edge.
 	BodyTimeout Duration `json:"body_timeout"`
 	// Telemetry: one listener each for all of the server's roles.
@@ -125,6 +126,7 @@ func (s *Server) Validate() error {
 	c.db(s.DB)
 	checkMachineRate(&c, s.MachineRate)
 	s.ReplicaTimes.check(&c)
+	s.RouteQuota.check(&c)
 	c.url("--public-url", s.PublicURL, false)
 	c.listen("--http-addr", s.HTTPAddr, false)
 	c.listen("--https-addr", s.HTTPSAddr, false)
@@ -184,6 +186,7 @@ type Coordinator struct {
 	// comes from the proxy's address.
 	MachineRate int `json:"machine_rate"`
 	ReplicaTimes
+	RouteQuota
 	CoordinatorEdge
 	Telemetry
 	OIDC
@@ -242,6 +245,57 @@ func (r *ReplicaTimes) check(c *checker) {
 	}
 }
 
+// RouteQuota bounds what one device (node), and the devices of one user
+// together, may publish on the public edge (beam coordinator and beam
+// server: the same flags and keys). Zero means the coordinator's default
+// (coordinator.DefaultRouteQuota), -1 no limit.
+type RouteQuota struct {
+	// MaxRoutesPerNode and MaxRoutesPerUser are the most routes
+	// published (0: 32 and 128).
+	MaxRoutesPerNode int `json:"max_routes_per_node"`
+	MaxRoutesPerUser int `json:"max_routes_per_user"`
+	// MaxEdgePortsPerNode and MaxEdgePortsPerUser are the most edge tcp
+	// and udp ports held (0: 4 and 16).
+	MaxEdgePortsPerNode int `json:"max_edge_ports_per_node"`
+	MaxEdgePortsPerUser int `json:"max_edge_ports_per_user"`
+	// MaxRouteOptions is the most bytes of options (headers, basic auth
+	// users, IP lists, ...) one route may have (0: 65536);
+	// MaxRouteOptionsPerNode and MaxRouteOptionsPerUser bound their sum
+	// (0: 262144 and 1048576).
+	MaxRouteOptions        int `json:"max_route_options"`
+	MaxRouteOptionsPerNode int `json:"max_route_options_per_node"`
+	MaxRouteOptionsPerUser int `json:"max_route_options_per_user"`
+}
+
+// check checks the quotas: each -1 or more.
+func (q *RouteQuota) check(c *checker) {
+	for _, f := range q.Fields() {
+		if *f.V < -1 {
+			c.add("--"+f.Flag, strconv.Itoa(*f.V), "want a number, 0 for the default or -1 for no limit")
+		}
+	}
+}
+
+// RouteQuotaField is one setting of RouteQuota: its flag (without
+// "--"), help and value.
+type RouteQuotaField struct {
+	Flag, Usage string
+	V           *int
+}
+
+// Fields lists q's settings, for binding them to flags.
+func (q *RouteQuota) Fields() []RouteQuotaField {
+	return []RouteQuotaField{
+		{"max-routes-per-node", "edge routes one device may publish (0: 32; -1: no limit)", &q.MaxRoutesPerNode},
+		{"max-routes-per-user", "edge routes the devices of one user may publish together (0: 128; -1: no limit)", &q.MaxRoutesPerUser},
+		{"max-edge-ports-per-node", "edge tcp/udp ports one device may hold (0: 4; -1: no limit)", &q.MaxEdgePortsPerNode},
+		{"max-edge-ports-per-user", "edge tcp/udp ports the devices of one user may hold together (0: 16; -1: no limit)", &q.MaxEdgePortsPerUser},
+		{"max-route-options", "bytes of options (headers, basic auth, IP lists...) one route may have (0: 65536; -1: no limit)", &q.MaxRouteOptions},
+		{"max-route-options-per-node", "bytes of route options one device's routes may have together (0: 262144; -1: no limit)", &q.MaxRouteOptionsPerNode},
+		{"max-route-options-per-user", "bytes of route options the routes of one user's devices may have together (0: 1048576; -1: no limit)", &q.MaxRouteOptionsPerUser},
+	}
+}
+
 // MachineRateUsage is the help of --machine-rate.
 const MachineRateUsage = "sealed requests (register, map, expose) a second each client address may send, in bursts of 10x (0: 200; -1: no limit); raise it behind a reverse proxy, where every node has the proxy's address"
 
@@ -295,6 +349,7 @@ func (co *Coordinator) Validate() error {
 		c.url("--edge-http-url", strings.ReplaceAll(co.HTTPURL, "{host}", "host.example"), true)
 	}
 	checkMachineRate(&c, co.MachineRate)
+	co.RouteQuota.check(&c)
 	co.ReplicaTimes.check(&c)
 	c.logLevel(co.LogLevel)
 	return c.err()

@@ -26,6 +26,10 @@ var (
 	ErrDomainNotVerified = errors.New("custom domain not verified")
 	// ErrPortsExhausted means the edge has no free port for a tcp or udp route.
 	ErrPortsExhausted = errors.New("edge ports exhausted")
+	// ErrQuotaExceeded means the route would take the node or its user
+	// past one of the coordinator's route quotas (routes, edge ports,
+	// option bytes); the message says which.
+	ErrQuotaExceeded = errors.New("route quota exceeded")
 	// ErrEdgeDisabled means the coordinator has no public edge, or does
 	// not serve the route's protocol.
 	ErrEdgeDisabled = errors.New("public edge not available")
@@ -43,6 +47,7 @@ var edgeCodes = map[wire.ErrorCode]error{
 	wire.CodeNameReserved:        ErrNameReserved,
 	wire.CodeDomainNotVerified:   ErrDomainNotVerified,
 	wire.CodePortsExhausted:      ErrPortsExhausted,
+	wire.CodeQuotaExceeded:       ErrQuotaExceeded,
 	wire.CodeEdgeDisabled:        ErrEdgeDisabled,
 	wire.CodeEdgeProtoNotAllowed: ErrEdgeDisabled,
 	wire.CodeNoZone:              ErrEdgeDisabled,
@@ -53,7 +58,7 @@ var edgeCodes = map[wire.ErrorCode]error{
 // Expose asks the coordinator to publish (or, with req.Remove, withdraw)
 // one of the node's ports on the public edge. It fills in Version,
 // NodeKey and Timestamp. Errors match ErrNameTaken, ErrNameInvalid,
-// ErrNameReserved, ErrDomainNotVerified, ErrPortsExhausted,
+// ErrNameReserved, ErrDomainNotVerified, ErrPortsExhausted, ErrQuotaExceeded,
 // ErrEdgeDisabled, ErrRouteNotFound, ErrNodeNotRegistered or
 // ErrUnreachable, and carry the coordinator's message.
 func (c *Client) Expose(ctx context.Context, req wire.ExposeRequest) (*wire.ExposeResponse, error) {

@@ -296,6 +296,9 @@ func (es *edgeRoutes) expose(ctx context.Context, nk key.NodePublic, req *wire.E
 	if c.same != nil {
 		rt.ID, rt.CreatedAt = c.same.ID, c.same.CreatedAt
 	}
+	if aerr := es.checkQuota(&self, nk, rt, c.same, c.pool); aerr != nil {
+		return nil, nil, aerr
+	}
 	if req.Proto == "tcp" || req.Proto == "udp" {
 		rng := es.cfg.tcpPorts
 		if req.Proto == "udp" {

@@ -129,6 +129,7 @@ type edgeConfig struct {
 	zone                  Zone
 	lookupTXT             func(ctx context.Context, name string) ([]string, error)
 	lookupCNAME           func(ctx context.Context, name string) (string, error)
+	quota                 RouteQuota // defaults filled in
 }
 
 // memRoute is a route in memory with its node's key.
@@ -186,6 +187,7 @@ func newEdgeRoutes(core *Server, opts Options) (*edgeRoutes, error) {
 		zone:        opts.Zone,
 		lookupTXT:   opts.LookupTXT,
 		lookupCNAME: opts.LookupCNAME,
+		quota:       opts.RouteQuota.withDefaults(),
 	}
 	// "localhost" (one label) is allowed for local development: browsers
 	// and curl resolve every *.localhost name to loopback.

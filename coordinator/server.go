@@ -126,6 +126,9 @@ type Options struct {
 	// EdgeHTTPURL is the URL template of http routes, {host} replaced by
 	// the route's host ("http://{host}:18081"); empty means "https://{host}".
 	EdgeHTTPURL string
+	// RouteQuota bounds the routes, edge ports and route option bytes of
+	// each node and each user; its zero fields mean DefaultRouteQuota's.
+	RouteQuota RouteQuota
 	// Zone is the public DNS zone edges set ACME TXT records in; nil
 	// means none (wire.PathTXT and the TXT admin API then fail).
 	Zone Zone

@@ -495,7 +495,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	// on once less than half of it is left, not at every frame.
 	writeWindow := max(2*s.keepAlive, 10*time.Second)
 	var deadline time.Time
-	send := func(f *mapFrame) error {
+	sendFrame := func(f *mapFrame) error {
 		f.resp.ControlTime = s.now()
 		bodies, err := f.encode(split, bin)
 		if err != nil {
@@ -532,6 +532,15 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			return err
 		}
 		return rc.Flush()
+	}
+	// send sends f, and after it the parts of an edge's routes that
+	// need frames of their own (splitRoutes).
+	send := func(f *mapFrame) error {
+		err := s.edge.sendSplit(nk, f, sendFrame, log)
+		if errors.Is(err, errFrameTooLarge) {
+			log.Error("map message too large for the node's frames: ending its stream", "err", err)
+		}
+		return err
 	}
 
 	var st sentState

@@ -51,6 +51,7 @@ const (
 	CodeNoZone              ErrorCode = "no_zone"               // 501: the coordinator has no public DNS zone
 	CodeRouteNotFound       ErrorCode = "route_not_found"       // 404: Remove of a route that does not exist
 	CodeEdgeProtoNotAllowed ErrorCode = "edge_proto_not_served" // 501: tcp/udp without an edge port range
+	CodeQuotaExceeded       ErrorCode = "quota_exceeded"        // 403: the node or its user would pass a route quota (count, edge ports, option bytes)
 )
 
 // ErrorBody is the JSON body of every error answer:

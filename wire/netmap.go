@@ -258,7 +258,13 @@ func (m *MapResponse) Merge(next *MapResponse) {
 	}
 	m.FilterSetChanges = append(m.FilterSetChanges, next.FilterSetChanges...)
 	if next.EdgeRoutes != nil {
-		m.EdgeRoutes = next.EdgeRoutes
+		// The routes of a split message come in order across its frames
+		// (since version 18); an empty list in the first one clears them.
+		if m.EdgeRoutes == nil {
+			m.EdgeRoutes = next.EdgeRoutes
+		} else {
+			m.EdgeRoutes = append(m.EdgeRoutes, next.EdgeRoutes...)
+		}
 	}
 	if !next.ControlTime.IsZero() {
 		m.ControlTime = next.ControlTime

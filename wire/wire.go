@@ -88,7 +88,12 @@ import (
 //     HeaderVersion; a node refuses an unbound reply from a coordinator
 //     that says it is of this version, or that bound an earlier reply.
 //     Nodes of older versions send no Nonce and get unbound replies.
-const CapabilityVersion = 17
+//   - 18 (2026-12-07): an edge's EdgeRoutes may be cut across the frames
+//     of a split message (MapResponse.More), each frame carrying some;
+//     the node joins them in order (MapResponse.Merge appends). Edges of
+//     older versions get at most what fits one frame, and the coordinator
+//     logs the routes left out.
+const CapabilityVersion = 18
 
 // BoundRepliesVersion is the first CapabilityVersion whose coordinators
 // bind replies to their request's Nonce.
@@ -231,7 +236,9 @@ type MapResponse struct {
 	// filter admits it one small change. Since version 14.
 	FilterSetChanges []FilterSetChange `json:"filter_set_changes,omitempty"`
 	// EdgeRoutes, when non-nil, is the complete list of public routes this
-	// node serves (for edges) or owns (for devices).
+	// node serves (for edges) or owns (for devices). A message split
+	// across frames (More) may carry it in parts, one per frame, to be
+	// joined in order (since version 18).
 	EdgeRoutes []EdgeRoute `json:"edge_routes,omitzero"`
 
 	// ControlTime is the coordinator's clock when sending; nodes use it to

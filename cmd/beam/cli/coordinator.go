@@ -116,6 +116,7 @@ From elsewhere:
 	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none)")
 	fl.IntVar(&opts.MachineRate, "machine-rate", 0, configs.MachineRateUsage)
 	bindReplicaTimes(fl, &opts.ReplicaTimes)
+	bindRouteQuota(fl, &opts.RouteQuota)
 	bindCoordinatorEdgeFlags(cmd, &opts.CoordinatorEdge, def.CoordinatorEdge)
 	registerTelemetry(fl, &opts.Telemetry)
 	registerOIDC(fl, &opts.OIDC)
@@ -140,6 +141,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 	}
 	base := coordinator.Options{BaseDomain: opts.BaseDomain, DERPMap: derpMap, DevMode: opts.Dev, KeepAliveInterval: time.Duration(opts.KeepAlive), OnlineGrace: time.Duration(opts.OnlineGrace)}
 	base.MachineRequestRate, base.MachineRequestBurst = machineRate(opts.MachineRate)
+	base.RouteQuota = routeQuota(&opts.RouteQuota)
 	if err := applyCoordinatorEdge(&opts.CoordinatorEdge, &base); err != nil {
 		return err
 	}
@@ -497,6 +499,23 @@ func machineRate(rate int) (float64, int) {
 		return -1, 0
 	}
 	return float64(rate), 10 * rate
+}
+
+// bindRouteQuota binds the route quota flags (--max-routes-per-node, ...;
+// beam coordinator and beam server) to q.
+func bindRouteQuota(fl *pflag.FlagSet, q *configs.RouteQuota) {
+	for _, f := range q.Fields() {
+		fl.IntVar(f.V, f.Flag, 0, f.Usage)
+	}
+}
+
+// routeQuota turns the route quota settings into the coordinator's.
+func routeQuota(q *configs.RouteQuota) coordinator.RouteQuota {
+	return coordinator.RouteQuota{
+		NodeRoutes: q.MaxRoutesPerNode, UserRoutes: q.MaxRoutesPerUser,
+		NodePorts: q.MaxEdgePortsPerNode, UserPorts: q.MaxEdgePortsPerUser,
+		RouteOptionBytes: q.MaxRouteOptions, NodeOptionBytes: q.MaxRouteOptionsPerNode, UserOptionBytes: q.MaxRouteOptionsPerUser,
+	}
 }
 
 // bindReplicaTimes binds --keepalive, --online-grace, --stale-after and --unknown-timeout

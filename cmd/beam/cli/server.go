@@ -121,6 +121,7 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 	fl.IntVar(&o.MaxConns, "max-conns", 0, "cap on connections to --addr, the coordinator and relay (0: 1/4 of the open files limit; -1: none)")
 	fl.IntVar(&o.MachineRate, "machine-rate", 0, configs.MachineRateUsage)
 	bindReplicaTimes(fl, &o.ReplicaTimes)
+	bindRouteQuota(fl, &o.RouteQuota)
 	fl.DurationVar((*time.Duration)(&o.BodyTimeout), "body-timeout", time.Duration(def.BodyTimeout), "longest wait for a byte of a request body at the edge, and grace before it must arrive at 1 KiB/s or more")
 	fl.StringVar(&o.PolicyFile, "policy-file", "", policyFileUsage)
 	fl.IntVar(&o.EdgeMaxConns, "edge-max-conns", 0, "cap on client connections of the edge's listeners (0: 1/2 of the open files limit; -1: none)")
@@ -233,6 +234,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	// The coordinator, with the relay on its listener.
 	base := coordinator.Options{DERPMap: derpMap, DevMode: o.Dev, KeepAliveInterval: time.Duration(o.KeepAlive), OnlineGrace: time.Duration(o.OnlineGrace)}
 	base.MachineRequestRate, base.MachineRequestBurst = machineRate(o.MachineRate)
+	base.RouteQuota = routeQuota(&o.RouteQuota)
 	if err := serverEdgeOptions(&base, o, zone); err != nil {
 		return err
 	}
