@@ -32,16 +32,31 @@ const (
 	// client is a browser or an app (edge.DefaultMaxConnsPerClient).
 	edgeConnsPerSource = edge.DefaultMaxConnsPerClient
 	// controlConnsPerSource leaves the coordinator and relay listeners
-	// only the quarter-of-the-cap bound: many nodes may share one
-	// address behind a NAT, each with a map stream and a relay
+	// only the share-of-the-cap bound (perSourceShare): many nodes may
+	// share one address behind a NAT, each with a map stream and a relay
 	// connection.
 	controlConnsPerSource = 0
+
+	// perSourceShare is the part of a listener's cap one source address
+	// may hold, at least minPerSource (a node's map stream, relay
+	// connection and a request) but never more than the cap: a few
+	// addresses must not fill it.
+	perSourceShare = 8
+	minPerSource   = 4
 )
+
+// controlIdleTimeout closes the coordinator's and relay's connections
+// that sit idle between requests (a node's pooled connection, or one
+// opened only to hold a slot of the cap). A map stream in progress is a
+// request, and a relay connection is no longer HTTP, so neither is
+// touched. Tests lower it.
+var controlIdleTimeout = 90 * time.Second
 
 // connLimits returns the caps of a listener: maxConns if the user set it
 // (a flag; 0 means derived, negative means none), else share of the
-// descriptor limit nofile. One source address gets at most a quarter of
-// the cap, and at most perSource if that is positive.
+// descriptor limit nofile. One source address gets at most an eighth
+// of the cap (perSourceShare, at least minPerSource), and at most
+// perSource if that is positive.
 func connLimits(maxConns int, share float64, nofile uint64, perSource int) connlimit.Limits {
 	m := maxConns
 	if m == 0 {
@@ -53,7 +68,7 @@ func connLimits(maxConns int, share float64, nofile uint64, perSource int) connl
 	if m < 0 {
 		return connlimit.Limits{}
 	}
-	ps := max(m/4, 1)
+	ps := min(max(m/perSourceShare, minPerSource), m)
 	if perSource > 0 {
 		ps = min(ps, perSource)
 	}
@@ -70,11 +85,13 @@ func logLimits(logger *slog.Logger, what string, nofile uint64, lim connlimit.Li
 var controlBodyLimit = bodyrate.Limit{Timeout: 30 * time.Second, MinRate: 1024}
 
 // limitedServer returns ln capped by lim and an http.Server for h with
-// the header timeout and the body limit every Beam server listener has.
+// the header and idle timeouts and the body limit every Beam server
+// listener has.
 func limitedServer(ln net.Listener, lim connlimit.Limits, h http.Handler, logger *slog.Logger) (net.Listener, *http.Server) {
 	hs := &http.Server{
 		Handler:           bodyrate.Handler(h, controlBodyLimit),
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       controlIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelDebug),
 	}
 	return connlimit.Listener(ln, connlimit.NewCounter(lim)), hs
