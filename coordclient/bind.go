@@ -2,6 +2,7 @@ package coordclient
 
 import (
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -73,8 +74,22 @@ func (rp *reply) openUnbound(b []byte, what string) ([]byte, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: %s does not open with the coordinator's key", ErrBadResponse, what)
 	}
+	if isRequest(clear) {
+		return nil, fmt.Errorf("%w: %w: this %s is a request of this node sent back", ErrBadResponse, ErrUnboundReply, what)
+	}
 	rp.c.warnUnbound(rp.t)
 	return clear, nil
+}
+
+// isRequest reports whether clear, opened with the unbound key, is a
+// sealed request of this node rather than a reply: requests and unbound
+// replies share that key, so one sent back opens as a reply. Every
+// request of version 17 and later carries a Nonce, which no reply has.
+func isRequest(clear []byte) bool {
+	var r struct {
+		Nonce []byte `json:"nonce"`
+	}
+	return json.Unmarshal(clear, &r) == nil && len(r.Nonce) > 0
 }
 
 // frameOpener opens the frames of one map stream in order.
@@ -91,6 +106,10 @@ func (fo *frameOpener) open(b []byte) ([]byte, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: frame does not open with the coordinator's key", ErrBadResponse)
 		}
+		if isRequest(clear) {
+			return nil, fmt.Errorf("%w: %w: frame %d of the map stream is a request of this node sent back", ErrBadResponse, ErrUnboundReply, fo.seq)
+		}
+		fo.seq++
 		return clear, nil
 	}
 	if clear, ok := fo.rp.bound.OpenSeq(b, fo.seq); ok {

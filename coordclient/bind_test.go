@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -163,5 +164,52 @@ func TestUnboundReplyAccepted(t *testing.T) {
 				t.Errorf("error %v does not match ErrBadResponse", err)
 			}
 		})
+	}
+}
+
+// TestReflectedRequestRefused: requests and unbound replies are sealed
+// with the same key, so someone on the path who answers a request with
+// the node's own sealed request (no recording, no key needed) and drops
+// the version header would have it open as an old coordinator's reply.
+// Register must not take it as registered, nor the map stream as a map.
+func TestReflectedRequestRefused(t *testing.T) {
+	coordPub := key.NewMachine().Public() // the coordinator's key; its private half is not needed
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == wire.PathKey {
+			io.WriteString(w, coordPub.String())
+			return
+		}
+		var env wire.Envelope
+		if err := json.NewDecoder(r.Body).Decode(&env); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if r.URL.Path == wire.PathMap {
+			var hdr [4]byte
+			binary.BigEndian.PutUint32(hdr[:], uint32(len(env.Sealed)))
+			w.Write(hdr[:])
+		}
+		w.Write(env.Sealed)
+	}))
+	defer hs.Close()
+	var logs syncBuffer
+	cl, err := New(Options{ServerURL: hs.URL, PrivateKey: key.NewNode(), DiscoKey: key.NewDisco().Public(), Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rr, err := cl.Register(t.Context(), RegisterParams{AuthKey: "k", Hostname: "h", OS: "linux"})
+	if !errors.Is(err, ErrUnboundReply) {
+		t.Fatalf("Register answered with its own request: %+v, %v; want ErrUnboundReply", rr, err)
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+	defer cancel()
+	var maps int
+	cl.RunResponses(ctx, func(*wire.MapResponse, bool) { maps++ })
+	if maps != 0 {
+		t.Errorf("the map stream took %d messages that were its own request sent back", maps)
+	}
+	if !strings.Contains(logs.String(), "sent back") {
+		t.Errorf("no log that the stream was the node's request sent back:\n%s", logs.String())
 	}
 }
