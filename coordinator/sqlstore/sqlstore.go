@@ -275,8 +275,16 @@ type migration struct {
 
 // migrations returns the migrations of a dialect in order.
 func migrations(dialect string) ([]migration, error) {
+	return migrationsIn(migrationFS, dialect)
+}
+
+// migrationsIn returns the migrations of a dialect in fsys, in order. Two
+// files with one number are refused: the second would never run where
+// the first had (its number recorded), as when two changes each added the
+// next number.
+func migrationsIn(fsys fs.FS, dialect string) ([]migration, error) {
 	dir := path.Join("migrations", dialect)
-	entries, err := fs.ReadDir(migrationFS, dir)
+	entries, err := fs.ReadDir(fsys, dir)
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: read migrations: %w", err)
 	}
@@ -287,13 +295,18 @@ func migrations(dialect string) ([]migration, error) {
 		if !ok || err != nil || !strings.HasSuffix(e.Name(), ".sql") {
 			return nil, fmt.Errorf("sqlstore: bad migration file name %q", e.Name())
 		}
-		body, err := fs.ReadFile(migrationFS, path.Join(dir, e.Name()))
+		body, err := fs.ReadFile(fsys, path.Join(dir, e.Name()))
 		if err != nil {
 			return nil, fmt.Errorf("sqlstore: read migration %s: %w", e.Name(), err)
 		}
 		migs = append(migs, migration{v, e.Name(), string(body)})
 	}
 	slices.SortFunc(migs, func(a, b migration) int { return a.version - b.version })
+	for i := 1; i < len(migs); i++ {
+		if migs[i].version == migs[i-1].version {
+			return nil, fmt.Errorf("sqlstore: migrations %s and %s have the same number", migs[i-1].name, migs[i].name)
+		}
+	}
 	return migs, nil
 }
 
