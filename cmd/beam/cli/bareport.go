@@ -33,7 +33,7 @@ func barePort(root *cobra.Command, f *Factory, in *instanceFlags) {
 		}
 		p, err := strconv.ParseUint(args[0], 10, 16)
 		if err != nil || p == 0 {
-			return fmt.Errorf("unknown command %q for \"beam\" (beam PORT publishes a port 1-65535; beam --help lists the commands)", args[0])
+			return fmt.Errorf("unknown command %q for \"beam\"%s (beam PORT publishes a port 1-65535; beam --help lists the commands)", args[0], didYouMean(cmd, args[0]))
 		}
 		return runBarePort(cmd.Context(), f, in, uint16(p))
 	}

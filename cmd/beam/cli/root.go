@@ -118,5 +118,10 @@ func NewCmdRoot(f *Factory) *cobra.Command {
 	)
 	barePort(root, f, in)
 	addCompletions(root, f, in)
+	// cobra adds these as it runs; added now, the walk below covers them.
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	rejectUnknownSubcommands(root)
+	rejectUnknownHelpTopic(root)
 	return root
 }
