@@ -10,15 +10,19 @@ import (
 // whether or not the route has a rate limit: a client (an IPv4 address,
 // an IPv6 /64) whose credentials fail max times within lockout is
 // refused, credentials unchecked, until lockout has passed since its
-// first failure. It remembers at most maxClients clients; past that, new
-// clients are not tracked until old entries expire.
+// first failure. It remembers at most maxClients clients; past that, the
+// clients it does not remember share one count (overflow), so filling
+// the table (one IPv6 /48 holds 65,536 /64s) does not lift the throttle:
+// while it is full, all new clients together get max guesses per lockout.
 type authThrottle struct {
 	max        int // <= 0: no throttle
 	lockout    time.Duration
 	maxClients int
 
-	mu sync.Mutex // guards m
-	m  map[netip.Addr]*authFails
+	mu       sync.Mutex // guards the fields below
+	m        map[netip.Addr]*authFails
+	overflow authFails // the clients not in m while m is full
+	pruneAt  time.Time // when a full m may be walked for expired clients again
 }
 
 // authFails counts one client's failures since first, and its attempts
@@ -60,18 +64,11 @@ func (a *authThrottle) failed(client netip.Addr, now time.Time) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	f := a.m[k]
-	if f != nil && now.Sub(f.first) >= a.lockout {
-		f = nil // the window passed: count afresh
-	}
 	if f == nil {
-		if len(a.m) >= a.maxClients {
-			a.pruneLocked(now)
-			if len(a.m) >= a.maxClients {
-				return
-			}
-		}
-		f = &authFails{key: k, first: now}
-		a.m[k] = f
+		f = a.newLocked(k, now)
+	}
+	if f.n == 0 || now.Sub(f.first) >= a.lockout {
+		f.n, f.first = 0, now
 	}
 	f.n++
 }
@@ -81,8 +78,7 @@ func (a *authThrottle) failed(client netip.Addr, now time.Time) {
 // the failures, so that many guesses sent at once cannot all be checked
 // before the first of them counts as failed. It returns how long client
 // is still refused, and counts nothing then. Otherwise the caller reports
-// the outcome with end(f, ...); f is nil when the client is not tracked
-// (the throttle is off, or remembers too many clients).
+// the outcome with end(f, ...); f is nil when the throttle is off.
 func (a *authThrottle) begin(client netip.Addr, now time.Time) (wait time.Duration, f *authFails) {
 	if a.max <= 0 {
 		return 0, nil
@@ -91,18 +87,11 @@ func (a *authThrottle) begin(client netip.Addr, now time.Time) (wait time.Durati
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	f = a.m[k]
-	if f != nil && f.n > 0 && now.Sub(f.first) >= a.lockout {
-		f.n = 0 // the window passed: count afresh
-	}
 	if f == nil {
-		if len(a.m) >= a.maxClients {
-			a.pruneLocked(now)
-			if len(a.m) >= a.maxClients {
-				return 0, nil
-			}
-		}
-		f = &authFails{key: k}
-		a.m[k] = f
+		f = a.newLocked(k, now)
+	}
+	if f.n > 0 && now.Sub(f.first) >= a.lockout {
+		f.n = 0 // the window passed: count afresh
 	}
 	switch {
 	case f.n >= a.max:
@@ -133,6 +122,23 @@ func (a *authThrottle) end(f *authFails, now time.Time, failed bool) {
 	if f.n == 0 && f.inflight == 0 && a.m[f.key] == f {
 		delete(a.m, f.key)
 	}
+}
+
+// newLocked returns a new count for the client key k, or the shared
+// overflow count when m is full of clients whose window has not passed.
+// A full m is walked for expired clients at most every lockout/8, not
+// for every new client. a.mu held.
+func (a *authThrottle) newLocked(k netip.Addr, now time.Time) *authFails {
+	if len(a.m) >= a.maxClients && !now.Before(a.pruneAt) {
+		a.pruneLocked(now)
+		a.pruneAt = now.Add(max(a.lockout/8, time.Second))
+	}
+	if len(a.m) >= a.maxClients {
+		return &a.overflow
+	}
+	f := &authFails{key: k}
+	a.m[k] = f
+	return f
 }
 
 // pruneLocked drops the clients whose window has passed and who have no
