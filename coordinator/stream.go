@@ -610,7 +610,11 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		s.fillExtras(ss, &st.extras, f.resp)
 		var err error
 		if chunks != nil {
-			err = sendChunks(send, f, chunks, nk)
+			selfSlot := -1
+			if peers.skip != nil {
+				selfSlot = peers.skip.slot
+			}
+			err = sendChunks(send, f, chunks, nk, selfSlot)
 		} else if split && !kept {
 			batch := fullMapBatch
 			if bin {

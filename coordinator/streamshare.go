@@ -174,6 +174,7 @@ const chunkSlots = fullMapBatchBinary
 // encodings are made on first use, outside Server.mu.
 type fullChunk struct {
 	ver   uint64 // streams.blockVer of the block when built
+	block int
 	views []*peerView
 
 	binOnce sync.Once
@@ -266,7 +267,7 @@ func (sp *sharedPeers) chunksLocked(ms *streams) []*fullChunk {
 			ver = ms.blockVer[b]
 		}
 		if c == nil || c.ver < ver {
-			c = &fullChunk{ver: ver, views: make([]*peerView, len(peers))}
+			c = &fullChunk{ver: ver, block: b, views: make([]*peerView, len(peers))}
 			for i, ps := range peers {
 				c.views[i] = ps.view
 			}
@@ -278,16 +279,21 @@ func (sp *sharedPeers) chunksLocked(ms *streams) []*fullChunk {
 }
 
 // sendChunks sends the full map f, which carries no peers yet, with the
-// peers of chunks but self, as frames of about fullMapBatchBinary peers
-// joined by More (the first also carries f's other fields); encode makes
-// each frame's body of the chunks' shared encodings, without self's.
-func sendChunks(send func(*mapFrame) error, f *mapFrame, chunks []*fullChunk, self key.NodePublic) error {
+// peers of chunks but self (in slot selfSlot; -1 if none), as frames of
+// about fullMapBatchBinary peers joined by More (the first also carries
+// f's other fields); encode makes each frame's body of the chunks' shared
+// encodings, without self's.
+func sendChunks(send func(*mapFrame) error, f *mapFrame, chunks []*fullChunk, self key.NodePublic, selfSlot int) error {
+	selfBlock := -1
+	if selfSlot >= 0 {
+		selfBlock = selfSlot / chunkSlots
+	}
 	for i := 0; ; {
 		n, j := 0, i
 		for ; j < len(chunks) && (j == i || n+len(chunks[j].views) <= fullMapBatchBinary); j++ {
 			n += len(chunks[j].views)
 		}
-		f.full, f.chunks, f.self, f.more = true, chunks[i:j], self, j < len(chunks)
+		f.full, f.chunks, f.self, f.selfBlock, f.more = true, chunks[i:j], self, selfBlock, j < len(chunks)
 		if err := send(f); err != nil {
 			return err
 		}
@@ -309,7 +315,10 @@ func (f *mapFrame) chunkSegments(bin bool) ([][]byte, int, error) {
 		if err != nil {
 			return nil, 0, err
 		}
-		at := slices.IndexFunc(c.views, func(pv *peerView) bool { return pv.node.Key == f.self })
+		at := -1
+		if c.block == f.selfBlock {
+			at = slices.IndexFunc(c.views, func(pv *peerView) bool { return pv.node.Key == f.self })
+		}
 		if at < 0 {
 			if len(enc) > 0 {
 				segs = append(segs, enc)

@@ -367,8 +367,9 @@ type mapFrame struct {
 	more bool
 	// chunks, if set, are the peers of a full map instead of peers, but
 	// self's (sendChunks).
-	chunks []*fullChunk
-	self   key.NodePublic
+	chunks    []*fullChunk
+	self      key.NodePublic
+	selfBlock int // the block of self's slot; -1 if none
 }
 
 // errFrameTooLarge means a map message does not fit the frame limit and
