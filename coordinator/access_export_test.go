@@ -1,5 +1,7 @@
 package coordinator
 
+import "beam.dev/beam/wire"
+
 // AccessCostForTest returns how many times the access policy was compiled
 // for a network's members, and how many node visibilities the compiled
 // policies in force have computed.
@@ -46,6 +48,7 @@ func (s *Server) NewStreamSimForTest(version int) (*StreamSim, error) {
 		_, set, computed := s.peersLocked(st.st.self, st.ss.networkID, now)
 		st.st.peers, st.st.ver = set, s.changeVer
 		st.st.filter = s.filterLocked(st.st.self, st.ss.networkID, now, computed)
+		s.edge.fillExtrasLocked(st.ss, &st.st.extras, &wire.MapResponse{})
 	}
 	for _, st := range sim.streams {
 		st.ss.take()

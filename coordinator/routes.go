@@ -602,6 +602,15 @@ type streamExtras struct {
 func (es *edgeRoutes) fillExtras(ss *session, st *streamExtras, resp *wire.MapResponse) {
 	s := es.core
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	es.fillExtrasLocked(ss, st, resp)
+}
+
+// fillExtrasLocked is fillExtras with Server.mu held, as a stream's delta
+// holds it: one lock taken per delta rather than two, which counts when
+// a change wakes thousands of streams at once.
+func (es *edgeRoutes) fillExtrasLocked(ss *session, st *streamExtras, resp *wire.MapResponse) {
+	s := es.core
 	es.mu.Lock()
 	dnsGen, gen := es.dnsGen, es.gen
 	var rs []*memRoute
@@ -628,9 +637,8 @@ func (es *edgeRoutes) fillExtras(ss *session, st *streamExtras, resp *wire.MapRe
 			}
 		}
 	}
-	s.mu.Unlock()
 	if !st.init || dnsGen != st.dnsGen {
-		resp.DNS = s.dnsConfig(ss.networkID)
+		resp.DNS = s.dnsConfigLocked(ss.networkID)
 	}
 	// routes is never nil here when it was computed, so an emptied list is
 	// sent as [] (wire.MapResponse.EdgeRoutes is omitzero) and clears the

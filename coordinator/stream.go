@@ -286,8 +286,14 @@ func (ms *streams) peersLocked(self *wire.Node, networkID int64, now time.Time) 
 func (ms *streams) dnsConfig(networkID int64) *wire.DNSConfig {
 	s := ms.core
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	return ms.dnsConfigLocked(networkID)
+}
+
+// dnsConfigLocked is dnsConfig with Server.mu held.
+func (ms *streams) dnsConfigLocked(networkID int64) *wire.DNSConfig {
+	s := ms.core
 	n := s.networks[networkID]
-	s.mu.Unlock()
 	return s.withDNSSettings(&wire.DNSConfig{Domain: n.Domain, SearchDomains: []string{n.Domain}})
 }
 
@@ -715,7 +721,6 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 				resp.DERPMap = &wire.DERPMap{Regions: map[int]*wire.DERPRegion{}}
 			}
 		}
-		s.fillExtras(ss, &st.extras, resp)
 		onlineOnly := resp.Self == nil && len(f.peers) == 0 && len(resp.PeersRemoved) == 0 &&
 			resp.DERPMap == nil && !resp.PacketFilterSet && len(resp.FilterSetChanges) == 0 && resp.DNS == nil && resp.EdgeRoutes == nil
 		if onlineOnly && len(resp.PeersOnline) > 0 {
@@ -911,6 +916,7 @@ func (ms *streams) delta(ss *session, st *sentState, full bool) *mapFrame {
 		})
 	}
 	st.filter = s.filterDeltaLocked(self, ss.networkID, now, st.filter, full, computed, resp)
+	s.edge.fillExtrasLocked(ss, &st.extras, resp)
 	if !nodeEqual(self, st.self) {
 		resp.Self = self
 	}
