@@ -63,6 +63,17 @@ type Options struct {
 	// LookupNetIP resolves the host names of ServerURL (network "ip");
 	// nil means net.DefaultResolver.LookupNetIP.
 	LookupNetIP func(ctx context.Context, network, host string) ([]netip.Addr, error)
+	// ServerKey is the coordinator's machine key the node registered
+	// with, pinned: the client uses it without asking GET /key, and
+	// refuses (ErrServerKeyChanged) a coordinator that answers with
+	// another. Replicas of one network share their machine key. Zero
+	// means the client fetches the key on first use and trusts it
+	// (OnServerKey tells which).
+	ServerKey key.MachinePublic
+	// OnServerKey, if non-nil, is called with the coordinator's machine
+	// key when the client fetched it without one pinned, so the caller
+	// can pin it. It must not block.
+	OnServerKey func(key.MachinePublic)
 }
 
 // Client talks to a coordinator (one of several, when ServerURL names
@@ -80,8 +91,14 @@ type Client struct {
 	epsWake chan struct{} // cap 1: endpoints changed
 	now     func() time.Time
 	onConn  func(bool)
+	// pinned is Options.ServerKey; onKey is Options.OnServerKey.
+	pinned key.MachinePublic
+	onKey  func(key.MachinePublic)
 
 	mu sync.Mutex // guards the following fields
+	// serverKey is the coordinator's machine key in use; zero until
+	// fetched (or pinned).
+	serverKey key.MachinePublic
 	// serverBox is the box key shared with the coordinator's machine
 	// key; zero until fetched.
 	serverBox key.Shared
@@ -132,6 +149,12 @@ func New(opts Options) (*Client, error) {
 		epsWake: make(chan struct{}, 1),
 		now:     time.Now,
 		onConn:  opts.OnConnState,
+		pinned:  opts.ServerKey,
+		onKey:   opts.OnServerKey,
+	}
+	if !c.pinned.IsZero() {
+		c.serverKey = c.pinned
+		c.serverBox = c.priv.Shared(c.pinned)
 	}
 	if c.hc == nil {
 		c.hc = &http.Client{}
@@ -159,11 +182,19 @@ func New(opts Options) (*Client, error) {
 // NodeKey returns the client's node public key.
 func (c *Client) NodeKey() key.NodePublic { return c.pub }
 
+// ServerKey returns the coordinator's machine key the client uses: the
+// pinned one (Options.ServerKey), else the one it fetched; zero before
+// the first request.
+func (c *Client) ServerKey() key.MachinePublic {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.serverKey
+}
+
 // machineKey returns the box key the node shares with the coordinator's
-// machine key, fetching the machine key (from t) once: one X25519 per
-// coordinator key, not per message. Replicas of one coordinator share
-// their machine key; one that does not answers bad_seal, and post fetches
-// its key.
+// machine key: the pinned key's (Options.ServerKey), else the key it
+// fetches (from t) once: one X25519 per coordinator key, not per
+// message. Replicas of one coordinator share their machine key.
 func (c *Client) machineKey(ctx context.Context, t *target) (key.Shared, error) {
 	c.mu.Lock()
 	box := c.serverBox
@@ -171,31 +202,64 @@ func (c *Client) machineKey(ctx context.Context, t *target) (key.Shared, error) 
 	if !box.IsZero() {
 		return box, nil
 	}
+	k, err := c.fetchKey(ctx, t)
+	if err != nil {
+		return box, err
+	}
+	box = c.priv.Shared(k)
+	c.mu.Lock()
+	c.serverBox, c.serverKey = box, k
+	c.mu.Unlock()
+	if c.onKey != nil {
+		c.onKey(k)
+	}
+	return box, nil
+}
+
+// fetchKey asks t for the coordinator's machine key (GET /key), which
+// nothing authenticates: trust on first use, and https:// protects it.
+func (c *Client) fetchKey(ctx context.Context, t *target) (key.MachinePublic, error) {
+	var k key.MachinePublic
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.url(wire.PathKey), nil)
 	if err != nil {
-		return box, fmt.Errorf("coordclient: fetch server key: %w", err)
+		return k, fmt.Errorf("coordclient: fetch server key: %w", err)
 	}
 	resp, err := t.hc.Do(req)
 	if err != nil {
-		return box, fmt.Errorf("%w: fetch server key: %w", ErrUnreachable, err)
+		return k, fmt.Errorf("%w: fetch server key: %w", ErrUnreachable, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 1024))
 	if err != nil {
-		return box, fmt.Errorf("%w: fetch server key: %w", ErrUnreachable, err)
+		return k, fmt.Errorf("%w: fetch server key: %w", ErrUnreachable, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return box, fmt.Errorf("coordclient: fetch server key: %w", errorFromBody(resp.StatusCode, body))
+		return k, fmt.Errorf("coordclient: fetch server key: %w", errorFromBody(resp.StatusCode, body))
 	}
-	k, err := key.ParseMachinePublic(strings.TrimSpace(string(body)))
+	k, err = key.ParseMachinePublic(strings.TrimSpace(string(body)))
 	if err != nil {
-		return box, fmt.Errorf("coordclient: server key: %w", err)
+		return k, fmt.Errorf("coordclient: server key: %w", err)
 	}
-	box = c.priv.Shared(k)
-	c.mu.Lock()
-	c.serverBox = box
-	c.mu.Unlock()
-	return box, nil
+	return k, nil
+}
+
+// keyChanged handles a bad_seal answer from t: the coordinator could not
+// open a request sealed to the key in use. Without a pinned key it
+// forgets the key, to fetch it again, and reports true (try again).
+// With one, it asks t for its key to say what happened: another key is
+// ErrServerKeyChanged, the same one is bad_seal's error e.
+func (c *Client) keyChanged(ctx context.Context, t *target, e *Error) (retry bool, err error) {
+	if c.pinned.IsZero() {
+		c.mu.Lock()
+		c.serverBox, c.serverKey = key.Shared{}, key.MachinePublic{}
+		c.mu.Unlock()
+		return true, nil
+	}
+	k, err := c.fetchKey(ctx, t)
+	if err != nil || k == c.pinned {
+		return false, e
+	}
+	return false, &KeyChangedError{Server: t.String(), Pinned: c.pinned, Got: k}
 }
 
 // buildFunc builds a sealed request stamped now, carrying nonce as its
@@ -228,7 +292,7 @@ func (c *Client) postAny(ctx context.Context, path string, build buildFunc) (*re
 
 // postTo seals the request that build returns and POSTs it to path on t.
 // On a bad_seal answer (the coordinator's key changed) it refetches the
-// key and tries once more. A non-200 answer becomes an *Error. The
+// key and tries once more, unless the key is pinned (keyChanged). A non-200 answer becomes an *Error. The
 // reply returned opens the answer, which the caller must read or close
 // (reply.resp.Body).
 func (c *Client) postTo(ctx context.Context, t *target, path string, build buildFunc) (*reply, error) {
@@ -264,9 +328,10 @@ func (c *Client) postTo(ctx context.Context, t *target, path string, build build
 		resp.Body.Close()
 		e := errorFromBody(resp.StatusCode, b)
 		if e.Code == wire.CodeBadSeal && attempt == 0 {
-			c.mu.Lock()
-			c.serverBox = key.Shared{}
-			c.mu.Unlock()
+			retry, err := c.keyChanged(ctx, t, e)
+			if !retry {
+				return nil, err
+			}
 			continue
 		}
 		ra := resp.Header.Get("Retry-After")

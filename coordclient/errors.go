@@ -3,11 +3,13 @@ package coordclient
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
+	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
 )
 
@@ -32,7 +34,33 @@ var (
 	ErrUnauthorized = errors.New("unauthorized")
 	// ErrNotFound means the admin API found no such object.
 	ErrNotFound = errors.New("not found")
+	// ErrServerKeyChanged means the coordinator answered with a machine
+	// key other than the one pinned (Options.ServerKey); see
+	// KeyChangedError.
+	ErrServerKeyChanged = errors.New("coordinator's machine key changed")
 )
+
+// KeyChangedError is a coordinator that answers with a machine key other
+// than the pinned one the node registered with. It matches
+// ErrServerKeyChanged.
+type KeyChangedError struct {
+	Server string            // the coordinator's URL
+	Pinned key.MachinePublic // the key the node registered with
+	Got    key.MachinePublic // the key the coordinator gave
+}
+
+func (e *KeyChangedError) Error() string {
+	return fmt.Sprintf("the coordinator at %s now has machine key %s, not %s which this node joined with: "+
+		"refused, as someone on the network path may be posing as the coordinator (use an https:// URL). "+
+		"If the coordinator was really reset or given a new key, run `beam logout` and join again with `beam up --authkey KEY`",
+		e.Server, e.Got, e.Pinned)
+}
+
+// UserMessage returns the sentence for a user.
+func (e *KeyChangedError) UserMessage() string { return e.Error() }
+
+// Is reports whether target is ErrServerKeyChanged.
+func (e *KeyChangedError) Is(target error) bool { return target == ErrServerKeyChanged }
 
 // userSentinel is a sentinel error that also says, for a user, what
 // failed and what to do next.

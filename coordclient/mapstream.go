@@ -64,6 +64,9 @@ func (c *Client) runStreams(ctx context.Context, sink streamSink) error {
 			c.logger.Info("map stream ended for good", "err", err)
 			return err
 		}
+		if errors.Is(err, ErrServerKeyChanged) {
+			c.logger.Warn("coordinator refused: its machine key is not the one this node joined with", "server", t.String(), "err", err)
+		}
 		if errors.Is(err, ErrUnboundReply) {
 			c.logger.Warn("map stream refused: its frames were not sealed for this stream's request, in order (replayed by someone on the path?); dropped it", "server", t.String(), "err", err)
 		}

@@ -319,6 +319,7 @@ func (n *Node) Up(ctx context.Context, req apitype.UpRequest) (*apitype.UpRespon
 		}
 		if !same {
 			n.st.Registered = false
+			n.st.ServerKey = key.MachinePublic{} // another network: trust its key on first use
 		}
 		n.st.Coordinator = want
 	}
@@ -433,11 +434,12 @@ func (n *Node) Up(ctx context.Context, req apitype.UpRequest) (*apitype.UpRespon
 // register runs one registration exchange.
 func (n *Node) register(ctx context.Context, priv key.NodePrivate, authKey string, reauth bool) (*apitype.UpResponse, error) {
 	n.mu.Lock()
-	url, host := n.st.Coordinator, n.st.Hostname
+	url, host, pinned := n.st.Coordinator, n.st.Hostname, n.st.ServerKey
 	n.mu.Unlock()
 	c, err := coordclient.New(coordclient.Options{
 		ServerURL:  url,
 		PrivateKey: priv,
+		ServerKey:  pinned,
 		HTTPClient: n.opts.HTTPClient,
 		Logger:     n.logger.With("component", "control"),
 	})
@@ -469,6 +471,14 @@ func (n *Node) register(ctx context.Context, priv key.NodePrivate, authKey strin
 	}
 	if r.AuthURL != "" && r.Node == nil {
 		return &apitype.UpResponse{AuthURL: r.AuthURL}, fmt.Errorf("approval needed: visit %s", r.AuthURL)
+	}
+	if k := c.ServerKey(); pinned.IsZero() && !k.IsZero() {
+		// Pin the key the node registered with; Up saves the state next.
+		n.mu.Lock()
+		if n.st.Coordinator == url {
+			n.st.ServerKey = k
+		}
+		n.mu.Unlock()
 	}
 	out := &apitype.UpResponse{NameChanged: r.NameChanged}
 	if r.Node != nil {
@@ -512,6 +522,19 @@ func (n *Node) startSessionLocked() error {
 	c, err := coordclient.New(coordclient.Options{
 		ServerURL:  n.st.Coordinator,
 		PrivateKey: n.st.PrivateKey,
+		ServerKey:  n.st.ServerKey,
+		OnServerKey: func(k key.MachinePublic) {
+			// A node registered before keys were pinned pins the key of
+			// the coordinator it streams from.
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			if n.sess == s && n.st.Registered && n.st.ServerKey.IsZero() {
+				n.st.ServerKey = k
+				if err := n.st.save(n.opts.StateDir); err != nil {
+					n.logger.Warn("save state", "err", err)
+				}
+			}
+		},
 		DiscoKey:   n.discoKey.Public(),
 		HTTPClient: n.opts.HTTPClient,
 		Logger:     n.logger.With("component", "control"),
@@ -879,11 +902,15 @@ func (n *Node) Logout(ctx context.Context) error {
 	st := n.st
 	n.mu.Unlock()
 	if st.Registered && st.Coordinator != "" {
-		c, err := coordclient.New(coordclient.Options{ServerURL: st.Coordinator, PrivateKey: st.PrivateKey, HTTPClient: n.opts.HTTPClient})
+		c, err := coordclient.New(coordclient.Options{ServerURL: st.Coordinator, PrivateKey: st.PrivateKey, ServerKey: st.ServerKey, HTTPClient: n.opts.HTTPClient})
 		if err != nil {
 			return err
 		}
-		if _, err := c.Register(ctx, coordclient.RegisterParams{Logout: true, Hostname: st.Hostname}); err != nil && !errors.Is(err, coordclient.ErrNodeNotRegistered) {
+		// A coordinator with another machine key is not the one the node
+		// joined: it is not told, and the node forgets its identity (and
+		// the pinned key) all the same, to join again.
+		if _, err := c.Register(ctx, coordclient.RegisterParams{Logout: true, Hostname: st.Hostname}); err != nil &&
+			!errors.Is(err, coordclient.ErrNodeNotRegistered) && !errors.Is(err, coordclient.ErrServerKeyChanged) {
 			return fmt.Errorf("logout: %w", err)
 		}
 	}

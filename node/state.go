@@ -19,6 +19,10 @@ type persisted struct {
 	PrivateKey  key.NodePrivate `json:"private_key"`
 	Coordinator string          `json:"coordinator,omitempty"`
 	Hostname    string          `json:"hostname,omitempty"`
+	// ServerKey is the coordinator's machine key the node registered
+	// with (shared by the replicas of one network), pinned: a
+	// coordinator with another key is refused until `beam logout`.
+	ServerKey key.MachinePublic `json:"server_key,omitzero"`
 	// Registered means the coordinator accepted PrivateKey's public half.
 	Registered bool `json:"registered,omitempty"`
 	// WantRunning means the user last ran `beam up` (not `beam down`), so
