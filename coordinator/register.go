@@ -423,6 +423,7 @@ func (rg *registry) registerOnce(ctx context.Context, q *sealedRequest, req *wir
 		// In dev mode a node on loopback renews without a key, as it
 		// joined; anywhere else renewing takes an auth key.
 		var ak *AuthKey
+		var renewed *NodeRecord // as stored with ak's use (RenewNode)
 		switch {
 		case req.AuthKey != "":
 			var aerr *apiError
@@ -438,9 +439,25 @@ func (rg *registry) registerOnce(ctx context.Context, q *sealedRequest, req *wir
 			if aerr := see(); aerr != nil {
 				return nil, aerr
 			}
-			if err := s.store.ConsumeAuthKey(ctx, ak.ID, now); err != nil {
-				return nil, rg.consumeError(err, ak)
+			// The key's use and the new expiry are stored in one
+			// transaction before the node in memory changes: a
+			// registration that fails or runs out of time part way
+			// neither spends a one-off key nor renews the node, and the
+			// node's retry may use the key again.
+			rec := *existing
+			rec.Node.KeyExpiry = keyExpiryFor(ak, &rec.Node, now, rg.nodeKeyExpiry)
+			rec.AuthKeyID = ak.ID
+			if err := s.store.RenewNode(ctx, &rec, now); err != nil {
+				switch {
+				case errors.Is(err, ErrAuthKeySpent):
+					return nil, rg.consumeError(err, ak)
+				case errors.Is(err, ErrNotFound):
+					return nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
+				}
+				s.logger.Error("renew node", "node", req.NodeKey.ShortString(), "err", err)
+				return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 			}
+			renewed = &rec
 		case rg.devMode && loopback:
 			if aerr := see(); aerr != nil {
 				return nil, aerr
@@ -449,14 +466,25 @@ func (rg *registry) registerOnce(ctx context.Context, q *sealedRequest, req *wir
 			return nil, errorf(http.StatusForbidden, wire.CodeNodeExpired, "node key expired; register again with an auth key")
 		}
 		n, aerr := s.updateSelf(ctx, req.NodeKey, func(n *NodeRecord) {
-			n.Node.KeyExpiry = keyExpiryFor(ak, &n.Node, now, rg.nodeKeyExpiry)
-			if ak != nil {
-				n.AuthKeyID = ak.ID
+			if renewed != nil {
+				n.Node.KeyExpiry, n.AuthKeyID = renewed.Node.KeyExpiry, renewed.AuthKeyID
+			} else {
+				n.Node.KeyExpiry = keyExpiryFor(ak, &n.Node, now, rg.nodeKeyExpiry)
 			}
 			if !req.DiscoKey.IsZero() {
 				n.Node.DiscoKey = req.DiscoKey
 			}
 		})
+		if aerr != nil && renewed != nil {
+			// The renewal and the key's use are stored: answer it, or the
+			// node's retry would find its one-off key spent. The node's
+			// own fields are written again with its next update.
+			s.mu.Lock()
+			if e := s.nodes[req.NodeKey]; e != nil {
+				n, aerr = s.viewLocked(e), nil
+			}
+			s.mu.Unlock()
+		}
 		if aerr != nil {
 			return nil, aerr
 		}

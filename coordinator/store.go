@@ -128,6 +128,13 @@ type NodeStore interface {
 	// with n.Node.ID (an auth key that no longer exists is stored as
 	// none), or returns ErrNotFound.
 	UpdateNodeExpiry(ctx context.Context, n *NodeRecord) error
+	// RenewNode writes the key expiry and auth key of the node with
+	// n.Node.ID as UpdateNodeExpiry does, and consumes that auth key
+	// (n.AuthKeyID, not 0) in the same transaction: a one-off key that
+	// was already used, or any key expired at now, fails with
+	// ErrAuthKeySpent and nothing is written; a node that is gone fails
+	// with ErrNotFound and spends nothing.
+	RenewNode(ctx context.Context, n *NodeRecord, now time.Time) error
 	// DeleteNode deletes the node with the given ID, or returns ErrNotFound.
 	DeleteNode(ctx context.Context, id wire.NodeID) error
 	// Nodes lists all nodes of all networks.

@@ -235,6 +235,19 @@ func (s *Store) UpdateNodeExpiry(ctx context.Context, n *coordinator.NodeRecord)
 	return s.affected("update node expiry", res, err, coordinator.ErrNotFound)
 }
 
+// RenewNode implements coordinator.NodeStore.
+func (s *Store) RenewNode(ctx context.Context, n *coordinator.NodeRecord, now time.Time) error {
+	return s.inTx(ctx, "renew node", func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, s.d.rebind(`UPDATE nodes SET key_expiry = ?,
+			auth_key_id = (SELECT id FROM auth_keys WHERE id = ?) WHERE id = ?`),
+			unixNano(n.Node.KeyExpiry), nullID(n.AuthKeyID), int64(n.Node.ID))
+		if err := s.affected("renew node", res, err, coordinator.ErrNotFound); err != nil {
+			return err
+		}
+		return s.consume(ctx, tx, n.AuthKeyID, now)
+	})
+}
+
 // DeleteNode implements coordinator.NodeStore.
 func (s *Store) DeleteNode(ctx context.Context, id wire.NodeID) error {
 	res, err := s.db.ExecContext(ctx, s.d.rebind(`DELETE FROM nodes WHERE id = ?`), int64(id))

@@ -340,6 +340,54 @@ func runStoreSuite(t *testing.T, open opener) {
 		}
 	})
 
+	t.Run("RenewNode", func(t *testing.T) {
+		s, ctx := open(t), t.Context()
+		n, _ := s.EnsureNetwork(ctx, "default", "default.beam.internal")
+		a := testNode(n.ID, "alpha", 1)
+		if err := s.InsertNode(ctx, a, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		ak := &coordinator.AuthKey{NetworkID: n.ID, Prefix: "r", Hash: []byte("r")}
+		s.CreateAuthKey(ctx, ak)
+		expiry := func() time.Time {
+			nodes, err := s.Nodes(ctx)
+			if err != nil || len(nodes) != 1 {
+				t.Fatalf("Nodes = %v, %v", nodes, err)
+			}
+			return nodes[0].Node.KeyExpiry
+		}
+		renewed := *a
+		renewed.Node.KeyExpiry = time.Unix(1900000000, 0).UTC()
+		renewed.AuthKeyID = ak.ID
+		if err := s.RenewNode(ctx, &renewed, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		if got := expiry(); !got.Equal(renewed.Node.KeyExpiry) {
+			t.Errorf("expiry after RenewNode = %v, want %v", got, renewed.Node.KeyExpiry)
+		}
+		// The one-off key is spent: a second renewal with it writes nothing.
+		again := renewed
+		again.Node.KeyExpiry = time.Unix(2000000000, 0).UTC()
+		if err := s.RenewNode(ctx, &again, time.Now()); !errors.Is(err, coordinator.ErrAuthKeySpent) {
+			t.Errorf("renewal with a spent key: %v, want ErrAuthKeySpent", err)
+		}
+		if got := expiry(); !got.Equal(renewed.Node.KeyExpiry) {
+			t.Errorf("a renewal with a spent key wrote expiry %v", got)
+		}
+		// A node that is gone spends nothing.
+		fresh := &coordinator.AuthKey{NetworkID: n.ID, Prefix: "f", Hash: []byte("f")}
+		s.CreateAuthKey(ctx, fresh)
+		gone := *a
+		gone.Node.ID = a.Node.ID + 100
+		gone.AuthKeyID = fresh.ID
+		if err := s.RenewNode(ctx, &gone, time.Now()); !errors.Is(err, coordinator.ErrNotFound) {
+			t.Errorf("renewal of a node that is gone: %v, want ErrNotFound", err)
+		}
+		if err := s.ConsumeAuthKey(ctx, fresh.ID, time.Now()); err != nil {
+			t.Errorf("the key of a failed renewal was spent: %v", err)
+		}
+	})
+
 	t.Run("Settings", func(t *testing.T) {
 		s, ctx := open(t), t.Context()
 		if _, err := s.Setting(ctx, "x"); !errors.Is(err, coordinator.ErrNotFound) {
