@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/hmac"
+	"crypto/rand"
 	"crypto/tls"
 	"encoding/binary"
 	"encoding/json"
@@ -73,6 +74,7 @@ type Client struct {
 	serverKey  key.MachinePublic
 	serverInfo ServerInfo
 	challenge  []byte // the handshake's challenge
+	meshNonce  []byte // a meshing client's MeshNonce for this connection
 	logger     *slog.Logger
 
 	wmu sync.Mutex // guards bw and writes to nc
@@ -138,7 +140,7 @@ func Dial(ctx context.Context, serverURL string, priv key.NodePrivate, opts Clie
 		// From here on, a mesh connection's bytes travel in sealed
 		// records (meshrecord.go); the reader takes what the handshake
 		// read ahead.
-		rr, rw := MeshRecords(opts.MeshKey, c.challenge, c.serverKey.Raw32(), priv.Public().Raw32(), false, c.br, nc)
+		rr, rw := MeshRecords(opts.MeshKey, c.challenge, c.meshNonce, c.serverKey.Raw32(), priv.Public().Raw32(), false, c.br, nc)
 		c.br = bufio.NewReaderSize(rr, clientBufSize)
 		c.bw = bufio.NewWriterSize(rw, clientBufSize)
 	}
@@ -165,6 +167,13 @@ func (c *Client) handshake(priv key.NodePrivate, meshKey string, pinned key.Mach
 	ci := ClientInfo{Version: ProtocolVersion, CanAckPings: true, Challenge: challenge}
 	if meshKey != "" {
 		ci.MeshProof = MeshProof(meshKey, challenge, raw, priv.Public().Raw32())
+		// Fresh for every connection: the server's proof and both
+		// directions' record keys cover it, so nothing recorded from
+		// another connection passes on this one, and this side never
+		// seals under a key it used before.
+		c.meshNonce = make([]byte, MeshNonceLen)
+		rand.Read(c.meshNonce)
+		ci.MeshNonce = c.meshNonce
 	}
 	info, err := json.Marshal(ci)
 	if err != nil {
@@ -189,12 +198,14 @@ func (c *Client) handshake(priv key.NodePrivate, meshKey string, pinned key.Mach
 			if err := json.Unmarshal(msg, &c.serverInfo); err != nil {
 				return fmt.Errorf("derp: decode server info: %w", err)
 			}
-			if meshKey != "" && !hmac.Equal(c.serverInfo.MeshProof, ServerMeshProof(meshKey, challenge, raw, pub)) {
-				return fmt.Errorf("%w (server key %s, protocol version %d)", ErrMeshUnproven, c.serverKey.ShortString(), c.serverInfo.Version)
-			}
+			// The version first: an older relay's proof does not
+			// cover the nonce, and the operator should hear why.
 			if meshKey != "" && c.serverInfo.Version < MinMeshVersion {
-				return fmt.Errorf("%w: relay %s speaks protocol version %d, which does not seal mesh frames after the handshake; meshing needs %d or later: upgrade it",
+				return fmt.Errorf("%w: relay %s speaks protocol version %d, whose mesh connections do not take fresh keys from both sides; meshing needs %d or later: upgrade it",
 					ErrRefused, c.serverKey.ShortString(), c.serverInfo.Version, MinMeshVersion)
+			}
+			if meshKey != "" && !hmac.Equal(c.serverInfo.MeshProof, ServerMeshProof(meshKey, challenge, c.meshNonce, raw, pub)) {
+				return fmt.Errorf("%w (server key %s, protocol version %d)", ErrMeshUnproven, c.serverKey.ShortString(), c.serverInfo.Version)
 			}
 			return nil
 		case FrameHealth:

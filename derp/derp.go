@@ -39,6 +39,13 @@
 //	   sealed records both ways (meshrecord.go), so nobody on the path of
 //	   a plain-HTTP mesh link can add, change or replay frames; both
 //	   sides refuse to mesh with a peer older than 4.
+//	5 (2026-12): a meshing client adds a fresh random MeshNonce to its
+//	   ClientInfo, which the server's ServerMeshProof and both
+//	   directions' record keys cover: in 4 the keys came only from what
+//	   the server chose, so a recorded server handshake and its records
+//	   replayed on a new connection still passed, and the dialing
+//	   relay sealed again with the key and nonces it had used before.
+//	   Both sides refuse to mesh with a peer older than 5.
 package derp
 
 import (
@@ -53,7 +60,7 @@ import (
 
 // ProtocolVersion is the version of the relay protocol this package speaks.
 // It is sent in ClientInfo and ServerInfo.
-const ProtocolVersion = 4
+const ProtocolVersion = 5
 
 // Magic is the 8-byte prefix of the FrameServerKey payload: "BEAM" followed
 // by the UTF-8 bytes of U+1F511 (key emoji).
@@ -162,10 +169,20 @@ type ClientInfo struct {
 	CanAckPings bool `json:"can_ack_pings,omitempty"`
 	// Challenge is the challenge of this connection's FrameServerKey.
 	Challenge []byte `json:"challenge,omitempty"`
+	// MeshNonce is a meshing client's fresh random contribution to the
+	// connection (MeshNonceLen bytes, new for every connection): the
+	// server's ServerMeshProof and the record keys (MeshRecordKeys)
+	// cover it, so a server handshake or records recorded from another
+	// connection do not pass on this one, and no two connections share
+	// a record key. Empty for ordinary clients.
+	MeshNonce []byte `json:"mesh_nonce,omitempty"`
 }
 
 // ChallengeLen is the length of the FrameServerKey challenge.
 const ChallengeLen = 16
+
+// MeshNonceLen is the length of ClientInfo.MeshNonce.
+const MeshNonceLen = 32
 
 // MeshProof is HMAC-SHA256 under meshKey of the connection's challenge,
 // the server's machine key and the client's node key. The mesh key never
@@ -173,7 +190,7 @@ const ChallengeLen = 16
 // (over plain HTTP) learns nothing it can reuse, and a proof relayed to
 // another server, or to another connection, does not verify there.
 func MeshProof(meshKey string, challenge []byte, server, client [32]byte) []byte {
-	return meshMAC("beam derp mesh v1", meshKey, challenge, server, client)
+	return meshMAC("beam derp mesh v1", meshKey, challenge, nil, server, client)
 }
 
 // ServerMeshProof is the server's answer to a meshing client's
@@ -182,14 +199,24 @@ func MeshProof(meshKey string, challenge []byte, server, client [32]byte) []byte
 // impostor in the path of a plain-HTTP mesh link (which does not know the
 // mesh key) cannot pose as the region's other relay and swallow the
 // packets forwarded to it.
-func ServerMeshProof(meshKey string, challenge []byte, server, client [32]byte) []byte {
-	return meshMAC("beam derp mesh server v1", meshKey, challenge, server, client)
+//
+// It also covers the client's MeshNonce, fresh for every connection (the
+// challenge alone is the server's choice): a server handshake recorded
+// from one connection and played back to the client on another does not
+// prove anything there.
+func ServerMeshProof(meshKey string, challenge, clientNonce []byte, server, client [32]byte) []byte {
+	return meshMAC("beam derp mesh server v2", meshKey, challenge, clientNonce, server, client)
 }
 
-func meshMAC(label, meshKey string, challenge []byte, server, client [32]byte) []byte {
+// meshMAC is HMAC-SHA256 under meshKey of label, challenge, nonce, server
+// and client. challenge and nonce are of fixed lengths (ChallengeLen,
+// MeshNonceLen, or nonce empty where a label never has one), so the
+// concatenation is unambiguous.
+func meshMAC(label, meshKey string, challenge, nonce []byte, server, client [32]byte) []byte {
 	m := hmac.New(sha256.New, []byte(meshKey))
 	m.Write([]byte(label))
 	m.Write(challenge)
+	m.Write(nonce)
 	m.Write(server[:])
 	m.Write(client[:])
 	return m.Sum(nil)

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -123,10 +124,18 @@ func TestMeshClientRequiresServerProof(t *testing.T) {
 		{"no proof", func(ClientInfo, [32]byte, [32]byte) []byte { return nil }, false},
 		{"reflected proof", func(ci ClientInfo, _, _ [32]byte) []byte { return ci.MeshProof }, false},
 		{"wrong mesh key", func(ci ClientInfo, server, client [32]byte) []byte {
-			return ServerMeshProof("guess", ci.Challenge, server, client)
+			return ServerMeshProof("guess", ci.Challenge, ci.MeshNonce, server, client)
+		}, false},
+		// A proof that does not cover this connection's nonce: what a
+		// server handshake recorded from another connection carries.
+		{"another connection's nonce", func(ci ClientInfo, server, client [32]byte) []byte {
+			return ServerMeshProof(meshKey, ci.Challenge, make([]byte, MeshNonceLen), server, client)
+		}, false},
+		{"version 4 proof (no nonce)", func(ci ClientInfo, server, client [32]byte) []byte {
+			return meshMAC("beam derp mesh server v1", meshKey, ci.Challenge, nil, server, client)
 		}, false},
 		{"right proof", func(ci ClientInfo, server, client [32]byte) []byte {
-			return ServerMeshProof(meshKey, ci.Challenge, server, client)
+			return ServerMeshProof(meshKey, ci.Challenge, ci.MeshNonce, server, client)
 		}, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -231,7 +240,7 @@ func TestPinnedServerKey(t *testing.T) {
 			errc := make(chan error, 1)
 			go func() {
 				errc <- serveOneHandshake(ln, srv, func(ci ClientInfo, client [32]byte) ServerInfo {
-					return ServerInfo{Version: ProtocolVersion, MeshProof: ServerMeshProof(meshKey, ci.Challenge, srv.Public().Raw32(), client)}
+					return ServerInfo{Version: ProtocolVersion, MeshProof: ServerMeshProof(meshKey, ci.Challenge, ci.MeshNonce, srv.Public().Raw32(), client)}
 				})
 			}()
 			c, err := Dial(t.Context(), "http://"+ln.Addr().String()+"/derp", key.NewNode(), ClientOptions{MeshKey: meshKey, ServerKey: tc.pinned})
@@ -255,28 +264,33 @@ func TestPinnedServerKey(t *testing.T) {
 	}
 }
 
-// TestMeshClientRefusesOldServer has a relay that proves the mesh key but
-// speaks protocol version 3, which sends mesh frames after the handshake
-// as they are: the meshing client refuses it and says why.
+// TestMeshClientRefusesOldServer has a relay that proves the mesh key as
+// an older version did but speaks protocol version 3 (which sends mesh
+// frames after the handshake as they are) or 4 (whose record keys only
+// the server makes fresh): the meshing client refuses it and says why.
 func TestMeshClientRefusesOldServer(t *testing.T) {
 	const meshKey = "region-secret-mesh-key"
-	srv := key.NewMachine()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	errc := make(chan error, 1)
-	go func() {
-		errc <- serveOneHandshake(ln, srv, func(ci ClientInfo, client [32]byte) ServerInfo {
-			return ServerInfo{Version: 3, MeshProof: ServerMeshProof(meshKey, ci.Challenge, srv.Public().Raw32(), client)}
+	for _, version := range []int{3, 4} {
+		t.Run(fmt.Sprint("version ", version), func(t *testing.T) {
+			srv := key.NewMachine()
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			errc := make(chan error, 1)
+			go func() {
+				errc <- serveOneHandshake(ln, srv, func(ci ClientInfo, client [32]byte) ServerInfo {
+					return ServerInfo{Version: version, MeshProof: meshMAC("beam derp mesh server v1", meshKey, ci.Challenge, nil, srv.Public().Raw32(), client)}
+				})
+			}()
+			_, err = Dial(t.Context(), "http://"+ln.Addr().String()+"/derp", key.NewNode(), ClientOptions{MeshKey: meshKey})
+			if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "upgrade") || !strings.Contains(err.Error(), fmt.Sprint("version ", version)) {
+				t.Fatalf("Dial = %v, want ErrRefused naming version %d and saying to upgrade", err, version)
+			}
+			if err := <-errc; err != nil {
+				t.Fatal(err)
+			}
 		})
-	}()
-	_, err = Dial(t.Context(), "http://"+ln.Addr().String()+"/derp", key.NewNode(), ClientOptions{MeshKey: meshKey})
-	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "upgrade") {
-		t.Fatalf("Dial = %v, want ErrRefused saying to upgrade", err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatal(err)
 	}
 }

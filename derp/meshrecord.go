@@ -20,8 +20,12 @@ import (
 //	4B big-endian length n of what follows | n bytes: AES-256-GCM ciphertext and 16B tag
 //
 // Each direction has its own key (MeshRecordKeys), made from the mesh
-// key, the connection's challenge and both sides' keys, so no record is
-// good on another connection or in the other direction. The nonce is the
+// key, the connection's challenge (the server's random choice), the
+// client's MeshNonce (the client's random choice, from version 5) and
+// both sides' keys, so no record is good on another connection or in the
+// other direction, and each side's keys are fresh on every connection
+// even if the other side's choice is a replay: a key never seals two
+// records with the same nonce. The nonce is the
 // count of records sent before in that direction (4 zero bytes, then 8B
 // big-endian), so a record injected, changed, replayed, reordered or left
 // out fails to open, and the connection ends (ErrMeshRecord). The
@@ -33,8 +37,10 @@ import (
 var ErrMeshRecord = errors.New("derp: mesh record does not authenticate (injected or altered on the way)")
 
 // MinMeshVersion is the lowest ProtocolVersion a mesh connection may use:
-// the first that seals the frames after the handshake.
-const MinMeshVersion = 4
+// the first whose record keys and server proof cover a fresh nonce of the
+// dialing relay (4 sealed the frames, but with keys only the server's
+// choices made fresh).
+const MinMeshVersion = 5
 
 // maxRecordPlain bounds the plaintext of one mesh record; a writer splits
 // longer writes.
@@ -44,11 +50,12 @@ const recordTagLen = 16
 
 // MeshRecordKeys returns the keys of a mesh connection's records: c2s for
 // what the client (the dialing relay) sends, s2c for what the server
-// sends. Like MeshProof, they are bound to the mesh key, the connection's
-// challenge, the server's machine key and the client's node key.
-func MeshRecordKeys(meshKey string, challenge []byte, server, client [32]byte) (c2s, s2c [32]byte) {
-	c2s = [32]byte(meshMAC("beam derp mesh records client to server v1", meshKey, challenge, server, client))
-	s2c = [32]byte(meshMAC("beam derp mesh records server to client v1", meshKey, challenge, server, client))
+// sends. Like ServerMeshProof, they are bound to the mesh key, the
+// connection's challenge, the client's MeshNonce, the server's machine key
+// and the client's node key.
+func MeshRecordKeys(meshKey string, challenge, clientNonce []byte, server, client [32]byte) (c2s, s2c [32]byte) {
+	c2s = [32]byte(meshMAC("beam derp mesh records client to server v2", meshKey, challenge, clientNonce, server, client))
+	s2c = [32]byte(meshMAC("beam derp mesh records server to client v2", meshKey, challenge, clientNonce, server, client))
 	return c2s, s2c
 }
 
@@ -61,8 +68,8 @@ func MeshRecordKeys(meshKey string, challenge []byte, server, client [32]byte) (
 // The writer seals each Write (in records of at most 64 KiB) and writes
 // each record to w in one call; it must not be used by two goroutines at
 // once.
-func MeshRecords(meshKey string, challenge []byte, server, client [32]byte, asServer bool, r io.Reader, w io.Writer) (io.Reader, io.Writer) {
-	c2s, s2c := MeshRecordKeys(meshKey, challenge, server, client)
+func MeshRecords(meshKey string, challenge, clientNonce []byte, server, client [32]byte, asServer bool, r io.Reader, w io.Writer) (io.Reader, io.Writer) {
+	c2s, s2c := MeshRecordKeys(meshKey, challenge, clientNonce, server, client)
 	in, out := s2c, c2s
 	if asServer {
 		in, out = c2s, s2c

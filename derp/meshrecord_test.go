@@ -14,11 +14,12 @@ import (
 func TestMeshRecords(t *testing.T) {
 	const meshKey = "region-secret-mesh-key"
 	challenge := []byte("0123456789abcdef")
+	nonce := bytes.Repeat([]byte{9}, MeshNonceLen)
 	server, client := [32]byte{1}, [32]byte{2}
 	// sealed returns what the client sends for msgs, record by record.
 	sealed := func(msgs ...[]byte) [][]byte {
 		var w recordsTo
-		_, rw := MeshRecords(meshKey, challenge, server, client, false, nil, &w)
+		_, rw := MeshRecords(meshKey, challenge, nonce, server, client, false, nil, &w)
 		for _, m := range msgs {
 			if _, err := rw.Write(m); err != nil {
 				t.Fatal(err)
@@ -26,9 +27,12 @@ func TestMeshRecords(t *testing.T) {
 		}
 		return w.recs
 	}
-	read := func(asServer bool, key string, recs ...[]byte) ([]byte, error) {
-		rr, _ := MeshRecords(key, challenge, server, client, asServer, bytes.NewReader(bytes.Join(recs, nil)), io.Discard)
+	readNonce := func(asServer bool, key string, nonce []byte, recs ...[]byte) ([]byte, error) {
+		rr, _ := MeshRecords(key, challenge, nonce, server, client, asServer, bytes.NewReader(bytes.Join(recs, nil)), io.Discard)
 		return io.ReadAll(rr)
+	}
+	read := func(asServer bool, key string, recs ...[]byte) ([]byte, error) {
+		return readNonce(asServer, key, nonce, recs...)
 	}
 
 	big := bytes.Repeat([]byte{7}, maxRecordPlain+100)
@@ -45,6 +49,12 @@ func TestMeshRecords(t *testing.T) {
 	}
 	if bytes.Contains(bytes.Join(recs, nil), []byte("frame one")) {
 		t.Error("records carry the plaintext")
+	}
+
+	// Records of a connection with another client nonce (the same
+	// challenge, as a replayed server handshake would give) do not open.
+	if _, err := readNonce(true, meshKey, make([]byte, MeshNonceLen), recs[0]); !errors.Is(err, ErrMeshRecord) {
+		t.Errorf("record read under another client nonce: %v, want ErrMeshRecord", err)
 	}
 
 	flipped := bytes.Clone(recs[1])
@@ -85,6 +95,7 @@ func (w *recordsTo) Write(p []byte) (int, error) {
 // same frames through the same buffer unsealed.
 func BenchmarkMeshRecords(b *testing.B) {
 	challenge := []byte("0123456789abcdef")
+	nonce := make([]byte, MeshNonceLen)
 	frame := frameBytes(FrameForwardPacket, make([]byte, 64+1280))
 	for _, sealed := range []bool{false, true} {
 		name := "plain"
@@ -96,8 +107,8 @@ func BenchmarkMeshRecords(b *testing.B) {
 			var r io.Reader = &link
 			var w io.Writer = &link
 			if sealed {
-				r, _ = MeshRecords("k", challenge, [32]byte{1}, [32]byte{2}, true, &link, io.Discard)
-				_, w = MeshRecords("k", challenge, [32]byte{1}, [32]byte{2}, false, nil, &link)
+				r, _ = MeshRecords("k", challenge, nonce, [32]byte{1}, [32]byte{2}, true, &link, io.Discard)
+				_, w = MeshRecords("k", challenge, nonce, [32]byte{1}, [32]byte{2}, false, nil, &link)
 			}
 			buf := make([]byte, len(frame))
 			b.SetBytes(int64(len(frame)))

@@ -12,8 +12,10 @@
 // packets for those clients one hop. A peer pinned to its machine key
 // (MeshPeer.Key) that presents another is refused before it is sent
 // anything. After the handshake a mesh connection's bytes travel in
-// sealed records (derp.MeshRecords), and only a connection that proved
-// the mesh key may send mesh frames (forward packet, watch conns).
+// sealed records (derp.MeshRecords) under keys fresh from both sides (the
+// server's challenge and the dialing relay's nonce), so nothing recorded
+// from one mesh connection passes on another; only a connection that
+// proved the mesh key may send mesh frames (forward packet, watch conns).
 //
 // Policies:
 //   - A client proves it holds the node key it claims by sealing its client
@@ -333,7 +335,7 @@ func (s *Server) Accept(ctx context.Context, nc net.Conn, brw *bufio.ReadWriter,
 		// From here on, a mesh connection's bytes travel in sealed
 		// records (derp.MeshRecords); the reader takes what the
 		// handshake read ahead.
-		rr, rw := derp.MeshRecords(s.opts.MeshKey, c.meshChallenge, s.publicKey.Raw32(), c.key.Raw32(), true, brw.Reader, nc)
+		rr, rw := derp.MeshRecords(s.opts.MeshKey, c.meshChallenge, c.info.MeshNonce, s.publicKey.Raw32(), c.key.Raw32(), true, brw.Reader, nc)
 		c.br = bufio.NewReaderSize(rr, meshBufSize)
 		c.bw = bufio.NewWriterSize(rw, meshBufSize)
 	}
@@ -416,10 +418,14 @@ func (s *Server) handshake(ctx context.Context, nc net.Conn, brw *bufio.ReadWrit
 		if info.Version < derp.MinMeshVersion {
 			// It knows the mesh key, so this is the operator's to fix,
 			// not noise: say so at warn.
-			logger.Warn("refusing mesh peer: its relay protocol version does not seal mesh frames after the handshake; upgrade it",
+			logger.Warn("refusing mesh peer: its relay protocol version does not take fresh mesh keys from both sides (a recorded mesh session could be replayed to it); upgrade it",
 				"peer_version", info.Version, "min_version", derp.MinMeshVersion)
-			refuse(nc, brw.Writer, fmt.Sprintf("mesh needs relay protocol version %d or later (frames after the handshake are sealed); the dialing relay speaks %d", derp.MinMeshVersion, info.Version))
+			refuse(nc, brw.Writer, fmt.Sprintf("mesh needs relay protocol version %d or later (fresh record keys from both sides); the dialing relay speaks %d", derp.MinMeshVersion, info.Version))
 			return nil, nil, fmt.Errorf("client %s: mesh peer speaks protocol version %d", clientKey.ShortString(), info.Version)
+		}
+		if len(info.MeshNonce) != derp.MeshNonceLen {
+			refuse(nc, brw.Writer, fmt.Sprintf("mesh client info needs a %d-byte mesh nonce", derp.MeshNonceLen))
+			return nil, nil, fmt.Errorf("client %s: mesh nonce of %d bytes, want %d", clientKey.ShortString(), len(info.MeshNonce), derp.MeshNonceLen)
 		}
 		isMesh = true
 	} else if s.opts.VerifyClient != nil {
@@ -430,7 +436,7 @@ func (s *Server) handshake(ctx context.Context, nc net.Conn, brw *bufio.ReadWrit
 	}
 	si := derp.ServerInfo{Version: derp.ProtocolVersion}
 	if isMesh {
-		si.MeshProof = derp.ServerMeshProof(s.opts.MeshKey, challenge[:], pub, raw)
+		si.MeshProof = derp.ServerMeshProof(s.opts.MeshKey, challenge[:], info.MeshNonce, pub, raw)
 	}
 	var lim *rate.Limiter
 	if s.opts.PerClientRateBytes > 0 && !isMesh {

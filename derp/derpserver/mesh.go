@@ -85,6 +85,8 @@ func (mp *meshPeer) run(ctx context.Context) {
 		switch {
 		case errors.Is(err, derp.ErrMeshRecord):
 			mp.logger.Warn("mesh link carried a record that does not authenticate (injected or altered on the way); dropped it and dialing again", "err", err)
+		case errors.Is(err, derp.ErrMeshUnproven):
+			mp.logger.Warn("refusing mesh peer: it did not prove the mesh key for this connection (an impostor without the key, or a mesh handshake recorded earlier and played back); it got nothing but the client info", "err", err)
 		case errors.Is(err, derp.ErrServerKey):
 			mp.logger.Error("refusing mesh peer: it presents another server key than the pinned one (an impostor, or a relay whose key changed); nothing was sent to it", "err", err)
 		default:

@@ -6,6 +6,8 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -14,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"beam.dev/beam/derp"
 	"beam.dev/beam/derp/derpserver"
@@ -301,18 +304,232 @@ func (s *splicer) feed(p []byte) []byte {
 
 // TestMeshRefusesOldPeer has a relay that proves the mesh key but speaks
 // protocol version 3 (which sends frames after the handshake as they
-// are) dial a relay: it is refused with a reason, and the relay warns.
+// are) or 4 (whose record keys only the dialed relay makes fresh) dial a
+// relay: it is refused with a reason, and the relay warns.
 func TestMeshRefusesOldPeer(t *testing.T) {
-	warned := newLogWatch("does not seal mesh frames after the handshake")
-	_, url := newServer(t, derpserver.Options{Logger: slog.New(warned), MeshKey: pairMeshKey})
-	peer := key.NewNode()
-	ft, p, _ := handshakeWith(t, url, peer.Public(), func(server key.MachinePublic, challenge []byte) []byte {
-		info, _ := json.Marshal(derp.ClientInfo{Version: 3, Challenge: challenge,
-			MeshProof: derp.MeshProof(pairMeshKey, challenge, server.Raw32(), peer.Public().Raw32())})
-		return peer.SealTo(server, info)
-	})
-	if ft != derp.FrameHealth || !strings.Contains(string(p), "version 4") {
-		t.Fatalf("protocol 3 mesh peer got frame %#x %q, want health naming version 4", ft, p)
+	for _, version := range []int{3, 4} {
+		t.Run(fmt.Sprint("version ", version), func(t *testing.T) {
+			warned := newLogWatch("does not take fresh mesh keys from both sides")
+			_, url := newServer(t, derpserver.Options{Logger: slog.New(warned), MeshKey: pairMeshKey})
+			peer := key.NewNode()
+			ft, p, _ := handshakeWith(t, url, peer.Public(), func(server key.MachinePublic, challenge []byte) []byte {
+				info, _ := json.Marshal(derp.ClientInfo{Version: version, Challenge: challenge,
+					MeshProof: derp.MeshProof(pairMeshKey, challenge, server.Raw32(), peer.Public().Raw32())})
+				return peer.SealTo(server, info)
+			})
+			if want := fmt.Sprintf("version %d or later", derp.MinMeshVersion); ft != derp.FrameHealth || !strings.Contains(string(p), want) {
+				t.Fatalf("protocol %d mesh peer got frame %#x %q, want health saying %q", version, ft, p, want)
+			}
+			warned.wait(t)
+		})
 	}
-	warned.wait(t)
+}
+
+// TestMeshRefusesMissingNonce has a current mesh peer leave out its mesh
+// nonce (or send a short one): the relay refuses it rather than make
+// record keys without the client's fresh part.
+func TestMeshRefusesMissingNonce(t *testing.T) {
+	for _, nonce := range [][]byte{nil, make([]byte, derp.MeshNonceLen-1)} {
+		t.Run(fmt.Sprint(len(nonce), " bytes"), func(t *testing.T) {
+			_, url := newServer(t, derpserver.Options{MeshKey: pairMeshKey})
+			peer := key.NewNode()
+			ft, p, _ := handshakeWith(t, url, peer.Public(), func(server key.MachinePublic, challenge []byte) []byte {
+				info, _ := json.Marshal(derp.ClientInfo{Version: derp.ProtocolVersion, Challenge: challenge, MeshNonce: nonce,
+					MeshProof: derp.MeshProof(pairMeshKey, challenge, server.Raw32(), peer.Public().Raw32())})
+				return peer.SealTo(server, info)
+			})
+			if ft != derp.FrameHealth || !strings.Contains(string(p), "mesh nonce") {
+				t.Fatalf("mesh peer with a %d-byte nonce got frame %#x %q, want health about the mesh nonce", len(nonce), ft, p)
+			}
+		})
+	}
+}
+
+// TestMeshReplayedSessionRefused puts a recording attacker on the path of
+// a plain-HTTP mesh link. It records relay 2's side of the first
+// connection (its server key, server info and sealed records, among them
+// B's presence), resets the link, and when relay 1 dials again plays the
+// recording back as if it were relay 2. Relay 1 refuses the replayed
+// handshake (the server's proof does not cover its new nonce), sends
+// nothing after its client info (no record under a key it used before),
+// and learns nothing from the stale records: B is not on the mesh for it
+// until the real relay 2 is back. The next real connection's first
+// record, the same watch frame as the first connection's, has other
+// bytes: each connection seals under keys of its own.
+func TestMeshReplayedSessionRefused(t *testing.T) {
+	refused := newLogWatch("did not prove the mesh key for this connection")
+	var mu sync.Mutex
+	var real []*recordingConn // relay 1's real connections to relay 2
+	dials := 0
+	clientsUp := make(chan struct{}) // record once A and B are there
+	release := make(chan struct{})   // lets relay 1 reach relay 2 again
+	replayOut := make(chan []byte, 1)
+	dial1 := func(ctx context.Context, network, addr string) (net.Conn, error) {
+		select {
+		case <-clientsUp:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		mu.Lock()
+		n := dials
+		dials++
+		var first *recordingConn
+		if len(real) > 0 {
+			first = real[0]
+		}
+		mu.Unlock()
+		if n == 1 {
+			// The replay: relay 2's recorded side, played back.
+			recorded := first.inBytes()
+			local, attacker := net.Pipe()
+			go attacker.Write(recorded)
+			go func() {
+				b, _ := io.ReadAll(attacker)
+				replayOut <- b
+			}()
+			return local, nil
+		}
+		if n > 1 {
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		nc, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		rc := &recordingConn{Conn: nc}
+		mu.Lock()
+		real = append(real, rc)
+		mu.Unlock()
+		return rc, nil
+	}
+	p := newMeshPair(t, refused, nil, dial1)
+	ka, kb := key.NewNode(), key.NewNode()
+	a := dial(t, p.url1, ka, false)
+	b := dial(t, p.url2, kb, false)
+	close(clientsUp)
+	waitPath(t, a, b, kb.Public(), "recorded")
+
+	// Reset the link: relay 1 dials again and meets the replay.
+	mu.Lock()
+	real[0].Conn.Close()
+	mu.Unlock()
+	refused.wait(t)
+	var sent []byte
+	select {
+	case sent = <-replayOut:
+	case <-time.After(testTimeout):
+		t.Fatal("the replayed connection did not end")
+	}
+	rest, ok := skipHandshake(sent)
+	if !ok {
+		t.Fatalf("relay 1 sent %d bytes on the replayed connection, want an HTTP head and a client info", len(sent))
+	}
+	if len(rest) != 0 {
+		t.Errorf("relay 1 sent %d bytes after its client info on the replayed connection, want none", len(rest))
+	}
+	if st := p.s1.Stats(); st.RemoteClients != 0 {
+		t.Errorf("relay 1 Stats = %+v after the replay, want no remote clients (B's presence was a stale record)", st)
+	}
+	if err := a.Send(kb.Public(), []byte("while replayed")); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		m := recv(t, a)
+		if g, ok := m.(derp.PeerGoneMessage); ok && g.Peer == kb.Public() {
+			if g.Reason != derp.PeerGoneNotHere {
+				t.Fatalf("A got %#v, want not here for B", g)
+			}
+			break
+		}
+	}
+
+	// The real relay 2 again: the link comes back.
+	close(release)
+	stop := sendUntil(a, kb.Public(), []byte("after"))
+	for string(recvPacket(t, b).Data) != "after" {
+	}
+	stop()
+
+	mu.Lock()
+	out1, out2 := real[0].outBytes(), real[1].outBytes()
+	mu.Unlock()
+	r1, ok1 := firstRecord(out1)
+	r2, ok2 := firstRecord(out2)
+	if !ok1 || !ok2 {
+		t.Fatalf("no sealed record after the handshake (%d, %d bytes sent)", len(out1), len(out2))
+	}
+	if bytes.Equal(r1, r2) {
+		t.Errorf("two connections sealed their first frame into the same %d bytes: the record key was reused", len(r1))
+	}
+}
+
+// skipHandshake returns what a dialing relay sent after its HTTP head and
+// client info frame.
+func skipHandshake(b []byte) ([]byte, bool) {
+	i := bytes.Index(b, []byte("\r\n\r\n"))
+	if i < 0 {
+		return nil, false
+	}
+	b = b[i+4:]
+	if len(b) < derp.FrameHeaderLen || derp.FrameType(b[0]) != derp.FrameClientInfo {
+		return nil, false
+	}
+	n := int(binary.BigEndian.Uint32(b[1:derp.FrameHeaderLen]))
+	if len(b) < derp.FrameHeaderLen+n {
+		return nil, false
+	}
+	return b[derp.FrameHeaderLen+n:], true
+}
+
+// firstRecord returns the first sealed record a dialing relay sent after
+// its handshake.
+func firstRecord(b []byte) ([]byte, bool) {
+	rest, ok := skipHandshake(b)
+	if !ok || len(rest) < 4 {
+		return nil, false
+	}
+	n := int(binary.BigEndian.Uint32(rest))
+	if len(rest) < 4+n {
+		return nil, false
+	}
+	return rest[:4+n], true
+}
+
+// recordingConn keeps a copy of every byte read and written.
+type recordingConn struct {
+	net.Conn
+	mu      sync.Mutex
+	in, out bytes.Buffer
+}
+
+func (c *recordingConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	c.mu.Lock()
+	c.in.Write(p[:n])
+	c.mu.Unlock()
+	return n, err
+}
+
+func (c *recordingConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	c.mu.Lock()
+	c.out.Write(p[:n])
+	c.mu.Unlock()
+	return n, err
+}
+
+func (c *recordingConn) inBytes() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return bytes.Clone(c.in.Bytes())
+}
+
+func (c *recordingConn) outBytes() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return bytes.Clone(c.out.Bytes())
 }
