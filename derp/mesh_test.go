@@ -3,6 +3,7 @@ package derp
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -170,6 +171,12 @@ func TestMeshClientRequiresServerProof(t *testing.T) {
 // serveOneHandshake accepts one relay connection on ln and answers its
 // handshake as server key srv, with the server info info returns.
 func serveOneHandshake(ln net.Listener, srv key.MachinePrivate, info func(ci ClientInfo, client [32]byte) ServerInfo) error {
+	return serveOneHandshakeTo(ln, srv, info, io.Discard)
+}
+
+// serveOneHandshakeTo is serveOneHandshake, copying what the client sends
+// after the handshake to rest.
+func serveOneHandshakeTo(ln net.Listener, srv key.MachinePrivate, info func(ci ClientInfo, client [32]byte) ServerInfo, rest io.Writer) error {
 	nc, err := ln.Accept()
 	if err != nil {
 		return err
@@ -213,8 +220,77 @@ func serveOneHandshake(ln net.Listener, srv key.MachinePrivate, info func(ci Cli
 		return err
 	}
 	// Wait for the client to hang up so it reads the whole answer.
-	io.Copy(io.Discard, br)
+	io.Copy(rest, br)
 	return nil
+}
+
+// TestMeshKeysFreshOnRepeatedChallenge has a relay that knows the mesh
+// key answer two connections of one meshing client (one node key, as a
+// relay keeps for its process life) with the same server key and the
+// same challenge, as a replayed server handshake would. The client's
+// nonce still makes each connection's keys its own: the same frame, the
+// first record on each, seals to other bytes, and each opens only under
+// its own connection's keys.
+func TestMeshKeysFreshOnRepeatedChallenge(t *testing.T) {
+	const meshKey = "region-secret-mesh-key"
+	srv := key.NewMachine()
+	client := key.NewNode()
+	var nonces [][]byte
+	var firsts [][]byte
+	for range 2 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		var rest bytes.Buffer
+		gotCI := make(chan ClientInfo, 1)
+		errc := make(chan error, 1)
+		go func() {
+			errc <- serveOneHandshakeTo(ln, srv, func(ci ClientInfo, client [32]byte) ServerInfo {
+				gotCI <- ci
+				return ServerInfo{Version: ProtocolVersion, MeshProof: ServerMeshProof(meshKey, ci.Challenge, ci.MeshNonce, srv.Public().Raw32(), client)}
+			}, &rest)
+		}()
+		c, err := Dial(t.Context(), "http://"+ln.Addr().String()+"/derp", client, ClientOptions{MeshKey: meshKey})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WatchConns(); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		ci := <-gotCI
+		if len(ci.MeshNonce) != MeshNonceLen {
+			t.Fatalf("client info mesh nonce of %d bytes, want %d", len(ci.MeshNonce), MeshNonceLen)
+		}
+		b := rest.Bytes()
+		if len(b) < 4 || len(b) < 4+int(binary.BigEndian.Uint32(b)) {
+			t.Fatalf("client sent %d bytes after the handshake, want a record", len(b))
+		}
+		first := b[:4+binary.BigEndian.Uint32(b)]
+		// The server of this connection opens it to the watch frame.
+		rr, _ := MeshRecords(meshKey, ci.Challenge, ci.MeshNonce, srv.Public().Raw32(), client.Public().Raw32(), true, bytes.NewReader(first), io.Discard)
+		if got, err := io.ReadAll(rr); err != nil || !bytes.Equal(got, frameBytes(FrameWatchConns, nil)) {
+			t.Fatalf("first record opens to %x, %v; want the watch frame", got, err)
+		}
+		nonces = append(nonces, ci.MeshNonce)
+		firsts = append(firsts, bytes.Clone(first))
+	}
+	if bytes.Equal(nonces[0], nonces[1]) {
+		t.Fatal("two connections sent the same mesh nonce")
+	}
+	if bytes.Equal(firsts[0], firsts[1]) {
+		t.Fatal("the same frame sealed to the same bytes on two connections with the same challenge: key and nonce reused")
+	}
+	// Each connection's record opens only under its own keys.
+	rr, _ := MeshRecords(meshKey, []byte("0123456789abcdef"), nonces[1], srv.Public().Raw32(), client.Public().Raw32(), true, bytes.NewReader(firsts[0]), io.Discard)
+	if _, err := io.ReadAll(rr); !errors.Is(err, ErrMeshRecord) {
+		t.Fatalf("first connection's record under the second's keys: %v, want ErrMeshRecord", err)
+	}
 }
 
 // TestPinnedServerKey dials a server with a pinned key: the right key
