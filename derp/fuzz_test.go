@@ -44,8 +44,10 @@ func FuzzClientInfo(f *testing.F) {
 	info, _ := json.Marshal(ClientInfo{Version: ProtocolVersion, CanAckPings: true})
 	pub := node.Public().Raw32()
 	f.Add(AppendClientInfoPayload(nil, pub, node.SealTo(server.Public(), info))) // valid
-	f.Add(pub[:])                                                                // key, no box
-	f.Add([]byte("short"))                                                       // too short
+	meshInfo, _ := json.Marshal(ClientInfo{Version: ProtocolVersion, Challenge: make([]byte, ChallengeLen), MeshProof: make([]byte, 32), MeshNonce: make([]byte, MeshNonceLen)})
+	f.Add(AppendClientInfoPayload(nil, pub, node.SealTo(server.Public(), meshInfo))) // a meshing relay's
+	f.Add(pub[:])                                                                    // key, no box
+	f.Add([]byte("short"))                                                           // too short
 	f.Fuzz(func(t *testing.T, p []byte) {
 		k, sealed, err := ParseClientInfoPayload(p)
 		if err != nil {
@@ -72,7 +74,7 @@ func FuzzClientInfo(f *testing.F) {
 			}
 			var ci2 ClientInfo
 			err = json.Unmarshal(b, &ci2)
-			same := ci2.Version == ci.Version && bytes.Equal(ci2.MeshProof, ci.MeshProof) && ci2.CanAckPings == ci.CanAckPings && bytes.Equal(ci2.Challenge, ci.Challenge)
+			same := ci2.Version == ci.Version && bytes.Equal(ci2.MeshProof, ci.MeshProof) && ci2.CanAckPings == ci.CanAckPings && bytes.Equal(ci2.Challenge, ci.Challenge) && bytes.Equal(ci2.MeshNonce, ci.MeshNonce)
 			if err != nil || !same {
 				t.Fatalf("client info JSON round trip: %+v -> %+v (%v)", ci, ci2, err)
 			}
