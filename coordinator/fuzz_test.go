@@ -30,7 +30,7 @@ func FuzzControlRequest(f *testing.F) {
 	// The clock stands still, so a per-source bucket would never refill:
 	// with the machine rate on, the fuzzer's requests (all from one
 	// address) would be refused with 429 after the burst.
-	srv, err := coordinator.New(coordinator.Options{Store: st, PrivateKey: mpriv, Now: func() time.Time { return fixed }, DevMode: true, MachineRequestRate: -1})
+	srv, err := coordinator.New(coordinator.Options{Store: st, PrivateKey: mpriv, Now: func() time.Time { return fixed }, DevMode: true, MachineRequestRate: -1, NodeRequestRate: -1})
 	if err != nil {
 		f.Fatal(err)
 	}

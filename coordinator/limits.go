@@ -12,6 +12,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
 )
 
@@ -48,12 +49,16 @@ const (
 
 // sourceLimiter is a token bucket per source address. It is safe for
 // concurrent use.
-type sourceLimiter struct {
+type sourceLimiter = keyLimiter[netip.Addr]
+
+// keyLimiter is a token bucket per key (a source address, a node key).
+// It is safe for concurrent use.
+type keyLimiter[K comparable] struct {
 	rate  float64 // tokens per second; <= 0: no limit
 	burst float64
 
 	mu        sync.Mutex // guards the following fields
-	buckets   map[netip.Addr]*bucket
+	buckets   map[K]*bucket
 	lastSweep time.Time
 }
 
@@ -69,16 +74,28 @@ func newSourceLimiter(rate float64, burst int) *sourceLimiter {
 	if burst <= 0 {
 		burst = DefaultMachineRequestBurst
 	}
-	return &sourceLimiter{rate: rate, burst: float64(burst), buckets: make(map[netip.Addr]*bucket)}
+	return newKeyLimiter[netip.Addr](rate, burst)
+}
+
+func newKeyLimiter[K comparable](rate float64, burst int) *keyLimiter[K] {
+	return &keyLimiter[K]{rate: rate, burst: float64(burst), buckets: make(map[K]*bucket)}
+}
+
+// allowSource takes a token of l's bucket of source (its IPv4 address
+// or IPv6 /64) at now, as allow.
+func allowSource(l *sourceLimiter, source netip.Addr, now time.Time) (bool, time.Duration) {
+	if !source.IsValid() {
+		return true, 0
+	}
+	return l.allow(sourceKey(source), now)
 }
 
 // allow takes a token of source's bucket at now. If there is none it
 // returns false and how long until there is one.
-func (l *sourceLimiter) allow(source netip.Addr, now time.Time) (bool, time.Duration) {
-	if l.rate <= 0 || !source.IsValid() {
+func (l *keyLimiter[K]) allow(source K, now time.Time) (bool, time.Duration) {
+	if l.rate <= 0 {
 		return true, 0
 	}
-	source = sourceKey(source)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	b := l.buckets[source]
@@ -108,7 +125,7 @@ func (l *sourceLimiter) allow(source netip.Addr, now time.Time) (bool, time.Dura
 
 // sweepLocked drops the buckets that are full again at now: a source
 // without a bucket starts full. l.mu held.
-func (l *sourceLimiter) sweepLocked(now time.Time) {
+func (l *keyLimiter[K]) sweepLocked(now time.Time) {
 	l.lastSweep = now
 	for a, b := range l.buckets {
 		if b.tokens+now.Sub(b.last).Seconds()*l.rate >= l.burst {
@@ -118,7 +135,7 @@ func (l *sourceLimiter) sweepLocked(now time.Time) {
 }
 
 // sweep drops full buckets (janitor).
-func (l *sourceLimiter) sweep(now time.Time) {
+func (l *keyLimiter[K]) sweep(now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.sweepLocked(now)
@@ -133,7 +150,7 @@ func (l *sourceLimiter) sweep(now time.Time) {
 // /64, the reverse proxy in front of the coordinator) send, and anyone
 // forging envelopes with its public key pays from their own address.
 func (s *Server) chargeSource(w http.ResponseWriter, r *http.Request) *apiError {
-	ok, wait := s.machineLimit.allow(remoteAddr(r), s.now())
+	ok, wait := allowSource(s.machineLimit, remoteAddr(r), s.now())
 	if ok {
 		return nil
 	}
@@ -141,6 +158,30 @@ func (s *Server) chargeSource(w http.ResponseWriter, r *http.Request) *apiError 
 	secs := max(1, int((wait+time.Second-1)/time.Second))
 	w.Header().Set("Retry-After", strconv.Itoa(secs))
 	return errorf(http.StatusTooManyRequests, wire.CodeRateLimited, "too many requests from this address; retry in %ds", secs)
+}
+
+// DefaultNodeRequestRate and DefaultNodeRequestBurst are the default
+// token bucket of one registered node on the sealed endpoints: a node
+// sends a registration and a map stream when it starts, an endpoint
+// update every few seconds while its paths change, and a route change
+// now and then, so a node past it is broken or hostile, and refusing it
+// keeps it from costing the coordinator a box and a store write at will.
+const (
+	DefaultNodeRequestRate  = 20
+	DefaultNodeRequestBurst = 200
+)
+
+// chargeNode takes one request from the rate limit of the registered
+// node nk. Over it, it returns 429 wire.CodeRateLimited with a
+// Retry-After header, which coordclient waits before it tries again.
+func (s *Server) chargeNode(w http.ResponseWriter, nk key.NodePublic) *apiError {
+	ok, wait := s.nodeLimit.allow(nk, s.now())
+	if ok {
+		return nil
+	}
+	secs := max(1, int((wait+time.Second-1)/time.Second))
+	w.Header().Set("Retry-After", strconv.Itoa(secs))
+	return errorf(http.StatusTooManyRequests, wire.CodeRateLimited, "too many requests from this node; retry in %ds", secs)
 }
 
 // logLimiter logs one kind of line that anyone can cause (a refused

@@ -97,26 +97,26 @@ func TestSourceLimiter(t *testing.T) {
 	now := time.Unix(1_000_000, 0)
 	a, b := netip.MustParseAddr("198.51.100.1"), netip.MustParseAddr("198.51.100.2")
 	for i := range 20 {
-		if ok, _ := l.allow(a, now); !ok {
+		if ok, _ := allowSource(l, a, now); !ok {
 			t.Fatalf("request %d of the burst refused", i)
 		}
 	}
-	ok, wait := l.allow(a, now)
+	ok, wait := allowSource(l, a, now)
 	if ok || wait <= 0 || wait > 100*time.Millisecond {
 		t.Errorf("request past the burst: ok %v wait %v, want refused with a wait up to 100ms", ok, wait)
 	}
-	if ok, _ := l.allow(b, now); !ok {
+	if ok, _ := allowSource(l, b, now); !ok {
 		t.Errorf("another address refused, want its own bucket")
 	}
-	if ok, _ := l.allow(a, now.Add(100*time.Millisecond)); !ok {
+	if ok, _ := allowSource(l, a, now.Add(100*time.Millisecond)); !ok {
 		t.Errorf("request after a refill of one token refused")
 	}
 	// Addresses of one IPv6 /64 share a bucket.
 	six := newSourceLimiter(1, 1)
-	if ok, _ := six.allow(netip.MustParseAddr("2001:db8::1"), now); !ok {
+	if ok, _ := allowSource(six, netip.MustParseAddr("2001:db8::1"), now); !ok {
 		t.Fatal("first IPv6 request refused")
 	}
-	if ok, _ := six.allow(netip.MustParseAddr("2001:db8::2"), now); ok {
+	if ok, _ := allowSource(six, netip.MustParseAddr("2001:db8::2"), now); ok {
 		t.Errorf("second address of the same /64 taken, want it to share the first's bucket")
 	}
 	// Full buckets are swept; a negative rate means no limit.

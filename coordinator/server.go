@@ -155,6 +155,12 @@ type Options struct {
 	// DefaultMachineRequestBurst; a negative rate means no limit.
 	MachineRequestRate  float64
 	MachineRequestBurst int
+	// NodeRequestRate and NodeRequestBurst are the token bucket of each
+	// registered node on the sealed endpoints, whatever its address.
+	// Zero means DefaultNodeRequestRate and DefaultNodeRequestBurst; a
+	// negative rate means no limit.
+	NodeRequestRate  float64
+	NodeRequestBurst int
 	// OnlineGrace is how long the nodes streaming when the coordinator
 	// shuts down stay online without a stream after it, while they come
 	// back (grace.go); 0 means 45.5 s, the longest wait a shutdown asks
@@ -202,8 +208,9 @@ type Server struct {
 	mux          *http.ServeMux
 	replay       replayCache
 	machineLimit *sourceLimiter // limits.go
-	sharedReplay *sharedReplay  // replay.go
-	boxes        sharedKeys     // box keys shared with nodes (sharedkeys.go)
+	nodeLimit    *keyLimiter[key.NodePublic]
+	sharedReplay *sharedReplay // replay.go
+	boxes        sharedKeys    // box keys shared with nodes (sharedkeys.go)
 	derpMap      atomic.Pointer[wire.DERPMap]
 	serverSetup  func() *wire.ServerSetup // nil: none
 	// graceUntil is when the online grace of the nodes streaming at the
@@ -317,6 +324,14 @@ func New(opts Options) (*Server, error) {
 	s.fan = newFanout(s, opts.Store)
 	s.sharedReplay = newSharedReplay(s, opts.Store)
 	s.machineLimit = newSourceLimiter(opts.MachineRequestRate, opts.MachineRequestBurst)
+	nodeRate, nodeBurst := opts.NodeRequestRate, opts.NodeRequestBurst
+	if nodeRate == 0 {
+		nodeRate = DefaultNodeRequestRate
+	}
+	if nodeBurst <= 0 {
+		nodeBurst = DefaultNodeRequestBurst
+	}
+	s.nodeLimit = newKeyLimiter[key.NodePublic](nodeRate, nodeBurst)
 	es, err := newEdgeRoutes(s, opts)
 	if err != nil {
 		return nil, err
@@ -577,6 +592,13 @@ func (s *Server) openRequest(w http.ResponseWriter, r *http.Request, v any, hdr 
 	if d := now.Sub(ts); d > MaxClockSkew || d < -MaxClockSkew {
 		return nil, errorf(http.StatusUnauthorized, wire.CodeClockSkew, "request timestamp is %s away from the coordinator's clock", d.Round(time.Second))
 	}
+	if known {
+		// Its own bucket, whatever its address (chargeSource spares a
+		// registered node what others at its address send).
+		if aerr := s.chargeNode(w, nk); aerr != nil {
+			return nil, aerr
+		}
+	}
 	return &sealedRequest{nk: nk, hash: sha256.Sum256(env.Sealed), ts: ts, now: now}, nil
 }
 
@@ -728,6 +750,7 @@ func (s *Server) janitorLoop() {
 		now := s.now()
 		s.replay.prune(now)
 		s.machineLimit.sweep(now)
+		s.nodeLimit.sweep(now)
 		for _, l := range []*logLimiter{&s.reg.refusedLog, &s.reg.waitingLog, &s.reg.droppedLog} {
 			l.flush(s.logger, now)
 		}
