@@ -29,16 +29,16 @@ const MaxBcryptCost = 12
 // policy is a validated Policy ready for enforcement.
 type policy struct {
 	Policy
-	users      []*authUser
-	bcryptCost int            // the highest cost of users' bcrypt hashes; 0 without any
-	limiter    *clientLimiter // nil without a rate limit
-	anyCORS    bool
+	users   []*authUser
+	costs   []int          // the distinct costs of users' bcrypt hashes, ascending
+	limiter *clientLimiter // nil without a rate limit
+	anyCORS bool
 }
 
 type authUser struct {
 	user   []byte
-	scheme string // "bcrypt", "sha256", "plain"
-	secret []byte // hash, digest or password
+	scheme string // "bcrypt", "bcrypt-sha256", "sha256", "plain"
+	secret []byte // hash, digest or password; bcrypt-sha256: a bcrypt hash of the password's SHA-256 in hex
 	cost   int    // of a bcrypt hash
 
 	mu sync.Mutex // guards ok
@@ -54,16 +54,24 @@ func (e *Edge) compilePolicy(name string, proto Proto, p Policy) (*policy, error
 		switch {
 		case u.User == "" || strings.ContainsAny(u.User, ":\r\n"):
 			errs = append(errs, fmt.Errorf("basic auth user %q is invalid", u.User))
-		case strings.HasPrefix(u.Secret, "$2a$"), strings.HasPrefix(u.Secret, "$2b$"), strings.HasPrefix(u.Secret, "$2y$"):
-			cost, err := bcrypt.Cost([]byte(u.Secret))
+		case strings.HasPrefix(u.Secret, "$2a$"), strings.HasPrefix(u.Secret, "$2b$"), strings.HasPrefix(u.Secret, "$2y$"),
+			strings.HasPrefix(u.Secret, "bcrypt-sha256:"):
+			au.scheme = "bcrypt"
+			h, ok := strings.CutPrefix(u.Secret, "bcrypt-sha256:")
+			if ok {
+				au.scheme = "bcrypt-sha256"
+			}
+			cost, err := bcrypt.Cost([]byte(h))
 			switch {
 			case err != nil:
 				errs = append(errs, fmt.Errorf("basic auth user %q: bcrypt hash: %w", u.User, err))
 			case cost > MaxBcryptCost:
 				errs = append(errs, fmt.Errorf("basic auth user %q: bcrypt cost %d is over %d: the edge checks it on every request", u.User, cost, MaxBcryptCost))
 			}
-			au.scheme, au.secret, au.cost = "bcrypt", []byte(u.Secret), cost
-			cp.bcryptCost = max(cp.bcryptCost, cost)
+			au.secret, au.cost = []byte(h), cost
+			if !slices.Contains(cp.costs, cost) {
+				cp.costs = append(cp.costs, cost)
+			}
 		case strings.HasPrefix(u.Secret, "sha256:"):
 			d, err := hex.DecodeString(strings.TrimPrefix(u.Secret, "sha256:"))
 			if err != nil || len(d) != sha256.Size {
@@ -73,10 +81,11 @@ func (e *Edge) compilePolicy(name string, proto Proto, p Policy) (*policy, error
 		case strings.HasPrefix(u.Secret, "plain:"):
 			au.scheme, au.secret = "plain", []byte(strings.TrimPrefix(u.Secret, "plain:"))
 		default:
-			errs = append(errs, fmt.Errorf("basic auth user %q: secret must start with $2a$/$2b$/$2y$, sha256: or plain:", u.User))
+			errs = append(errs, fmt.Errorf("basic auth user %q: secret must start with $2a$/$2b$/$2y$, bcrypt-sha256:, sha256: or plain:", u.User))
 		}
 		cp.users = append(cp.users, au)
 	}
+	slices.Sort(cp.costs)
 	if len(p.BasicAuth) > 0 && proto != ProtoHTTP {
 		errs = append(errs, errors.New("basic auth needs an http route"))
 	}
@@ -172,10 +181,15 @@ func (p *policy) allowRate(client netip.Addr, now time.Time) time.Duration {
 
 // authorized checks HTTP basic credentials. It compares the name with
 // every user's in constant time and checks the password only against the
-// users of that name, so a client spends one password check per request
-// however many users the route has. A name that matches nobody costs a
-// bcrypt check too (of a fixed hash at the route's highest cost), so the
-// time taken does not tell which names exist.
+// users of that name. So that the time a wrong password takes does not
+// tell which names exist, nor which scheme or cost a user has, every
+// refused request spends the same bcrypt work: one check at each bcrypt
+// cost the route's users have, against the user's own hash where the
+// name's user has that cost and against a fixed hash that nothing
+// matches otherwise. A route whose users all share one cost spends one
+// check; mixed costs add at most as much again. A right password may
+// take less (a remembered one, a sha256 or plain secret): that tells
+// the client nothing it does not know.
 func (p *policy) authorized(r *http.Request) bool {
 	if len(p.users) == 0 {
 		return true
@@ -190,16 +204,22 @@ func (p *policy) authorized(r *http.Request) bool {
 			match = append(match, u)
 		}
 	}
-	good := false
+	var spent []int // the bcrypt costs checked
 	for _, u := range match {
-		if u.check(pass) {
-			good = true
+		ok, cost := u.check(pass)
+		if ok {
+			return true
+		}
+		if cost > 0 {
+			spent = append(spent, cost)
 		}
 	}
-	if len(match) == 0 && p.bcryptCost > 0 {
-		bcryptCompare(dummyHash(p.bcryptCost), []byte(pass))
+	for _, cost := range p.costs {
+		if !slices.Contains(spent, cost) {
+			bcryptCompare(dummyHash(cost), []byte(pass))
+		}
 	}
-	return good
+	return false
 }
 
 // bcryptCompare checks a password against a bcrypt hash; tests count
@@ -229,34 +249,40 @@ func dummyHash(cost int) []byte {
 	return dummyHashes[min(cost, MaxBcryptCost)]()
 }
 
-func (u *authUser) check(pass string) bool {
+// check reports whether pass is u's password, and the cost of the
+// bcrypt check it made (0 for none).
+func (u *authUser) check(pass string) (ok bool, bcryptCost int) {
 	switch u.scheme {
 	case "plain":
 		a := sha256.Sum256([]byte(pass))
 		b := sha256.Sum256(u.secret)
-		return subtle.ConstantTimeCompare(a[:], b[:]) == 1
+		return subtle.ConstantTimeCompare(a[:], b[:]) == 1, 0
 	case "sha256":
 		d := sha256.Sum256([]byte(pass))
-		return subtle.ConstantTimeCompare(d[:], u.secret) == 1
-	case "bcrypt":
+		return subtle.ConstantTimeCompare(d[:], u.secret) == 1, 0
+	case "bcrypt", "bcrypt-sha256":
 		d := sha256.Sum256([]byte(pass))
 		u.mu.Lock()
 		cached := slices.Contains(u.ok, d)
 		u.mu.Unlock()
 		if cached {
-			return true
+			return true, 0
 		}
-		if bcryptCompare(u.secret, []byte(pass)) != nil {
-			return false
+		in := []byte(pass)
+		if u.scheme == "bcrypt-sha256" {
+			in = []byte(hex.EncodeToString(d[:]))
+		}
+		if bcryptCompare(u.secret, in) != nil {
+			return false, u.cost
 		}
 		u.mu.Lock()
 		if len(u.ok) < 8 {
 			u.ok = append(u.ok, d)
 		}
 		u.mu.Unlock()
-		return true
+		return true, u.cost
 	}
-	return false
+	return false, 0
 }
 
 // corsOrigin returns the Access-Control-Allow-Origin value for origin, or ""

@@ -5,8 +5,10 @@ import (
 	"encoding/hex"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -263,6 +265,90 @@ func TestBasicAuthOneCheck(t *testing.T) {
 				t.Errorf("%d bcrypt checks, want 1", n)
 			}
 		})
+	}
+}
+
+// TestBasicAuthSameWork checks that a wrong password costs the same
+// bcrypt work whatever the name: unknown, or a user with a bcrypt hash of
+// any of the route's costs, a bcrypt-sha256 hash, a sha256 digest or a
+// plain password. It counts the checks at each cost, not wall time.
+func TestBasicAuthSameWork(t *testing.T) {
+	var mu sync.Mutex
+	var costs []int
+	real := bcryptCompare
+	bcryptCompare = func(h, p []byte) error {
+		c, err := bcrypt.Cost(h)
+		if err != nil {
+			t.Errorf("bcrypt check of a bad hash: %v", err)
+		}
+		mu.Lock()
+		costs = append(costs, c)
+		mu.Unlock()
+		return real(h, p)
+	}
+	t.Cleanup(func() { bcryptCompare = real })
+
+	long := strings.Repeat("long-token-", 10) // over bcrypt's 72 bytes
+	hash := func(pass string, cost int) string {
+		h, err := bcrypt.GenerateFromPassword([]byte(pass), cost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(h)
+	}
+	longSum := sha256.Sum256([]byte(long))
+	deploySum := sha256.Sum256([]byte("deploy-pass"))
+	users := []BasicAuthUser{
+		{User: "admin", Secret: hash("admin-pass", 6)},
+		{User: "ci", Secret: hash("ci-pass", 4)},
+		{User: "bot", Secret: "bcrypt-sha256:" + hash(hex.EncodeToString(longSum[:]), 5)},
+		{User: "deploy", Secret: "sha256:" + hex.EncodeToString(deploySum[:])},
+		{User: "plain", Secret: "plain:plain-pass"},
+	}
+	ov := newOverlay()
+	e := newTestEdge(t, ov, Options{MaxAuthFailures: -1})
+	a, _ := origin(t, ov, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok")) }))
+	r := httpRoute("mixed", a)
+	r.Policy = Policy{BasicAuth: users}
+	setRoutes(t, e, r)
+	c := clientTo(serveHTTP(t, e))
+	auth := func(u, p string) string {
+		r, _ := http.NewRequest("GET", "/", nil)
+		r.SetBasicAuth(u, p)
+		return r.Header.Get("Authorization")
+	}
+	send := func(user, pass string) (status int, checked []int) {
+		t.Helper()
+		mu.Lock()
+		costs = nil
+		mu.Unlock()
+		status, _, _ = get(t, c, "http://mixed.example.test/", "Authorization", auth(user, pass))
+		mu.Lock()
+		defer mu.Unlock()
+		checked = slices.Clone(costs)
+		slices.Sort(checked)
+		return status, checked
+	}
+	want := []int{4, 5, 6} // one check at each cost of the route
+	for _, user := range []string{"mallory", "admin", "ci", "bot", "deploy", "plain"} {
+		status, checked := send(user, "wrong")
+		if status != 401 {
+			t.Errorf("%s, wrong password: status %d, want 401", user, status)
+		}
+		if !slices.Equal(checked, want) {
+			t.Errorf("%s, wrong password: bcrypt checks at costs %v, want %v", user, checked, want)
+		}
+	}
+	for _, tc := range []struct{ user, pass string }{
+		{"admin", "admin-pass"}, {"ci", "ci-pass"}, {"bot", long}, {"deploy", "deploy-pass"}, {"plain", "plain-pass"},
+	} {
+		if status, _ := send(tc.user, tc.pass); status != 200 {
+			t.Errorf("%s, right password: status %d, want 200", tc.user, status)
+		}
+	}
+	// bcrypt-sha256 takes the whole long password, not its first 72 bytes.
+	if status, _ := send("bot", long[:72]+"x"); status != 401 {
+		t.Errorf("bot, a password sharing the first 72 bytes: status %d, want 401", status)
 	}
 }
 

@@ -117,6 +117,8 @@ type BasicAuthUser struct {
 
 	// Secret verifies the password. Its form names the scheme:
 	//   "$2a$…", "$2b$…", "$2y$…"  a bcrypt hash
+	//   "bcrypt-sha256:$2a$…"      a bcrypt hash of the password's SHA-256
+	//                              in lowercase hex (passwords over 72 bytes)
 	//   "sha256:<64 hex digits>"   the SHA-256 of the password
 	//   "plain:<password>"         the password itself, compared in constant time
 	Secret string

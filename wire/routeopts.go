@@ -51,7 +51,9 @@ type BasicAuthUser struct {
 	User string `json:"user"`
 	// Secret verifies the password; its form names the scheme:
 	// "plain:PASSWORD", "sha256:<64 hex digits>" (the SHA-256 of the
-	// password) or a bcrypt hash ("$2a$", "$2b$", "$2y$").
+	// password), a bcrypt hash ("$2a$", "$2b$", "$2y$"), or
+	// "bcrypt-sha256:" and a bcrypt hash of the password's SHA-256 in
+	// lowercase hex (for passwords over bcrypt's 72 bytes).
 	Secret string `json:"secret"`
 }
 
@@ -320,17 +322,28 @@ func checkSecret(s string) error {
 			return errors.New("want sha256:<64 hex digits>")
 		}
 		return nil
-	case strings.HasPrefix(s, "$2a$"), strings.HasPrefix(s, "$2b$"), strings.HasPrefix(s, "$2y$"):
-		// $2a$CC$ then 53 characters of salt and hash.
-		if len(s) != 60 || s[6] != '$' || s[4] < '0' || s[4] > '3' || s[5] < '0' || s[5] > '9' {
-			return errors.New("not a bcrypt hash")
-		}
-		if cost := int(s[4]-'0')*10 + int(s[5]-'0'); cost < MinBcryptCost || cost > MaxBcryptCost {
-			return fmt.Errorf("bcrypt cost %d: want %d to %d (every cost step doubles the edge's work for every request)", cost, MinBcryptCost, MaxBcryptCost)
+	case strings.HasPrefix(s, "bcrypt-sha256:"):
+		if err := checkBcrypt(s[len("bcrypt-sha256:"):]); err != nil {
+			return fmt.Errorf("bcrypt-sha256: %w", err)
 		}
 		return nil
+	case strings.HasPrefix(s, "$2a$"), strings.HasPrefix(s, "$2b$"), strings.HasPrefix(s, "$2y$"):
+		return checkBcrypt(s)
 	}
-	return errors.New("the secret must start with plain:, sha256: or a bcrypt prefix ($2a$, $2b$, $2y$)")
+	return errors.New("the secret must start with plain:, sha256:, bcrypt-sha256: or a bcrypt prefix ($2a$, $2b$, $2y$)")
+}
+
+// checkBcrypt checks the form of a bcrypt hash and its cost.
+func checkBcrypt(s string) error {
+	// $2a$CC$ then 53 characters of salt and hash.
+	if len(s) != 60 || !strings.HasPrefix(s, "$2a$") && !strings.HasPrefix(s, "$2b$") && !strings.HasPrefix(s, "$2y$") ||
+		s[6] != '$' || s[4] < '0' || s[4] > '3' || s[5] < '0' || s[5] > '9' {
+		return errors.New("not a bcrypt hash")
+	}
+	if cost := int(s[4]-'0')*10 + int(s[5]-'0'); cost < MinBcryptCost || cost > MaxBcryptCost {
+		return fmt.Errorf("bcrypt cost %d: want %d to %d (every cost step doubles the edge's work for every request)", cost, MinBcryptCost, MaxBcryptCost)
+	}
+	return nil
 }
 
 // headerName reports whether k is an RFC 9110 token.

@@ -317,26 +317,29 @@ const basicAuthCost = 10
 // basicAuthSecret turns the password of --basic-auth user:pass into the
 // secret the route stores: a bcrypt hash made here, so the password
 // itself never leaves the device (neither the coordinator nor the edges
-// hold it). A secret given already hashed ($2a$, $2b$, $2y$, sha256:)
-// stays as it is. Bcrypt reads at most 72 bytes: a longer password (a
-// generated token) is stored as its SHA-256 instead.
+// hold it). A secret given already hashed ($2a$, $2b$, $2y$,
+// bcrypt-sha256:, sha256:) stays as it is. Bcrypt reads at most 72 bytes:
+// a longer password (a generated token) is hashed with SHA-256 first and
+// its hex digest hashed with bcrypt ("bcrypt-sha256:"), so that guessing
+// it costs a bcrypt check like any other.
 func basicAuthSecret(p string) (string, error) {
-	if strings.HasPrefix(p, "$2") || strings.HasPrefix(p, "sha256:") {
+	if strings.HasPrefix(p, "$2") || strings.HasPrefix(p, "sha256:") || strings.HasPrefix(p, "bcrypt-sha256:") {
 		return p, nil
 	}
 	p = strings.TrimPrefix(p, "plain:")
 	if p == "" {
 		return "", errors.New("empty password")
 	}
+	prefix := ""
 	if len(p) > 72 {
 		sum := sha256.Sum256([]byte(p))
-		return "sha256:" + hex.EncodeToString(sum[:]), nil
+		p, prefix = hex.EncodeToString(sum[:]), "bcrypt-sha256:"
 	}
 	h, err := bcrypt.GenerateFromPassword([]byte(p), basicAuthCost)
 	if err != nil {
 		return "", fmt.Errorf("hash the password: %w", err)
 	}
-	return string(h), nil
+	return prefix + string(h), nil
 }
 
 func runExpose(ctx context.Context, f *Factory, in *instanceFlags, o *ExposeOptions) error {

@@ -121,7 +121,12 @@ func TestBasicAuthSecret(t *testing.T) {
 		}},
 		{"bcrypt given", given, func(s string) bool { return s == given }},
 		{"sha256 given", "sha256:" + strings.Repeat("0f", 32), func(s string) bool { return s == "sha256:"+strings.Repeat("0f", 32) }},
-		{"over 72 bytes", long, func(s string) bool { return s == "sha256:"+hex.EncodeToString(longSum[:]) }},
+		{"bcrypt-sha256 given", "bcrypt-sha256:" + given, func(s string) bool { return s == "bcrypt-sha256:"+given }},
+		{"over 72 bytes", long, func(s string) bool {
+			h, ok := strings.CutPrefix(s, "bcrypt-sha256:")
+			c, err := bcrypt.Cost([]byte(h))
+			return ok && err == nil && c == 10 && bcrypt.CompareHashAndPassword([]byte(h), []byte(hex.EncodeToString(longSum[:]))) == nil
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := ExposeOptions{Port: 3000, BasicAuth: []string{"u:" + tc.in}}
