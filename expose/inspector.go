@@ -3,7 +3,9 @@ package expose
 import (
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
 	"encoding/json"
@@ -38,18 +40,31 @@ import (
 // cookies and passwords: every request needs the access token, which
 // only the daemon's owner learns (AccessURL, which the daemon hands out
 // on its private socket, and beam expose prints). A browser opens
-// AccessURL (/?token=T) once; the inspector then sets the token in an
-// HttpOnly, SameSite=Strict cookie and sends it to /. Scripts send the
-// token in the X-Beam-Inspector-Token header instead.
+// AccessURL (/?token=T) once; the inspector then sets an HttpOnly,
+// SameSite=Strict cookie and sends it to /. Scripts send the token in
+// the X-Beam-Inspector-Token header instead.
+//
+// Cookies are not kept apart by port: the browser sends the cookie to
+// every server on 127.0.0.1 it visits. So the cookie holds not the token
+// but an HMAC of the inspector's port under it: another server that
+// receives it cannot use it as the token (in the header or AccessURL),
+// nor on another inspector. The session token that pages embed and
+// /api/session returns is derived from the token too (it lets the page
+// change things, with the cookie), so a cookie replayed to the inspector
+// does not lead to the token either.
 
 // Inspector serves the inspector's pages and API for a Server.
 type Inspector struct {
 	s      *Server
 	addr   netip.AddrPort
 	limit  int
-	token  string
-	logger *slog.Logger
-	mux    *http.ServeMux
+	token  string // the access token
+	cookie string // the access cookie's value, derived from token and the port
+	// session is the session token the pages embed, derived from token:
+	// with the cookie (or token), it lets a request change something.
+	session string
+	logger  *slog.Logger
+	mux     *http.ServeMux
 }
 
 // InspectorOptions configures an Inspector.
@@ -81,7 +96,13 @@ func NewInspector(s *Server, o InspectorOptions) (*Inspector, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	i := &Inspector{s: s, addr: o.Addr, limit: o.BodyLimit, token: rand.Text(), logger: logger, mux: http.NewServeMux()}
+	token := rand.Text()
+	i := &Inspector{
+		s: s, addr: o.Addr, limit: o.BodyLimit, logger: logger, mux: http.NewServeMux(),
+		token:   token,
+		cookie:  derive(token, "beam inspector access cookie", strconv.Itoa(int(o.Addr.Port()))),
+		session: derive(token, "beam inspector session token"),
+	}
 	i.mux.HandleFunc("GET /{$}", i.servePage)
 	i.mux.HandleFunc("GET /requests/{id}", i.serveDetail)
 	i.mux.HandleFunc("POST /requests/{id}/replay", i.serveReplayForm)
@@ -136,7 +157,7 @@ func (i *Inspector) signIn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.SetCookie(w, &http.Cookie{
-		Name: i.cookieName(), Value: i.token, Path: "/",
+		Name: i.cookieName(), Value: i.cookie, Path: "/",
 		HttpOnly: true, SameSite: http.SameSiteStrictMode,
 	})
 	http.Redirect(w, r, "/", http.StatusSeeOther)
@@ -148,16 +169,30 @@ func (i *Inspector) cookieName() string {
 	return "beam_inspector_" + strconv.Itoa(int(i.addr.Port()))
 }
 
-// accessOK reports whether r carries the access token, in the cookie or
-// the token header.
+// accessOK reports whether r carries the access token in the token
+// header, or the access cookie.
 func (i *Inspector) accessOK(r *http.Request) bool {
-	t := r.Header.Get(TokenHeader)
-	if t == "" {
-		if c, err := r.Cookie(i.cookieName()); err == nil {
-			t = c.Value
-		}
+	if equal(r.Header.Get(TokenHeader), i.token) {
+		return true
 	}
-	return subtle.ConstantTimeCompare([]byte(t), []byte(i.token)) == 1
+	c, err := r.Cookie(i.cookieName())
+	return err == nil && equal(c.Value, i.cookie)
+}
+
+// derive returns a value derived from token for one use: the HMAC-SHA256
+// of the parts under it, in base64url.
+func derive(token string, parts ...string) string {
+	m := hmac.New(sha256.New, []byte(token))
+	for _, p := range parts {
+		m.Write([]byte(p))
+		m.Write([]byte{0})
+	}
+	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
+}
+
+// equal compares a secret in constant time.
+func equal(got, want string) bool {
+	return subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
 }
 
 // refuse returns the status and reason to refuse r with, or 0.
@@ -202,12 +237,14 @@ func (i *Inspector) ownOrigin(o string) bool {
 	return ok && i.ownHost(rest)
 }
 
+// tokenOK reports whether r carries the session token or the access
+// token, in the token header or a form field, as changes need.
 func (i *Inspector) tokenOK(r *http.Request) bool {
 	t := r.Header.Get(TokenHeader)
 	if t == "" && r.Method == http.MethodPost {
 		t = r.PostFormValue("token")
 	}
-	return subtle.ConstantTimeCompare([]byte(t), []byte(i.token)) == 1
+	return equal(t, i.session) || equal(t, i.token)
 }
 
 // URL returns the inspector's address as a URL, without the access
@@ -329,7 +366,7 @@ func jsonError(w http.ResponseWriter, status int, msg string) {
 }
 
 func (i *Inspector) serveSession(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, map[string]string{"token": i.token, "token_header": TokenHeader})
+	writeJSON(w, http.StatusOK, map[string]string{"token": i.session, "token_header": TokenHeader})
 }
 
 // serveList answers GET /api/requests/http: {"requests": [...]}, newest

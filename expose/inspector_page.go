@@ -180,7 +180,7 @@ func (i *Inspector) serveDetail(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	data := map[string]any{
-		"X": x, "S": summarize(x), "Token": i.token,
+		"X": x, "S": summarize(x), "Token": i.session,
 		"Replayable": x.Kind == "http" && x.dial != nil,
 		"FirstByte":  roundDuration(x.FirstByte),
 		"StatusText": http.StatusText(x.Status),

@@ -115,7 +115,7 @@ func inspectorRequest(insp *Inspector, method, target string, body io.Reader) *h
 	r := httptest.NewRequest(method, target, body)
 	r.Host = inspectorAddr.String()
 	r.RemoteAddr = "127.0.0.1:50000"
-	r.AddCookie(&http.Cookie{Name: insp.cookieName(), Value: insp.token})
+	r.AddCookie(&http.Cookie{Name: insp.cookieName(), Value: insp.cookie})
 	return r
 }
 
@@ -610,8 +610,8 @@ func TestInspectorAccess(t *testing.T) {
 	if w.Code != http.StatusSeeOther || w.Header().Get("Location") != "/" || len(cs) != 1 {
 		t.Fatalf("AccessURL: %d to %q, cookies %v; want 303 to / with a cookie", w.Code, w.Header().Get("Location"), cs)
 	}
-	if c := cs[0]; c.Value != insp.token || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/" {
-		t.Errorf("cookie %+v, want the token, HttpOnly, SameSite=Strict, Path=/", c)
+	if c := cs[0]; c.Value == "" || strings.Contains(c.Value, insp.token) || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/" {
+		t.Errorf("cookie %+v, want a value other than the token, HttpOnly, SameSite=Strict, Path=/", c)
 	}
 	r := bare("GET", "/")
 	r.AddCookie(cs[0])
@@ -629,5 +629,57 @@ func TestInspectorAccess(t *testing.T) {
 	r.AddCookie(cs[0])
 	if w := do(r); w.Code != http.StatusForbidden {
 		t.Errorf("clear with the cookie alone: %d, want 403", w.Code)
+	}
+	// The browser sends the cookie to every server on 127.0.0.1. Such a
+	// server cannot use its value as the token, nor learn the token by
+	// sending the cookie back.
+	cookie := cs[0].Value
+	r = bare("GET", "/api/requests/http")
+	r.Header.Set(TokenHeader, cookie)
+	if w := do(r); w.Code != http.StatusUnauthorized {
+		t.Errorf("the cookie's value as the token header: %d, want 401", w.Code)
+	}
+	if w := do(bare("GET", "/?token="+url.QueryEscape(cookie))); w.Code != http.StatusForbidden {
+		t.Errorf("the cookie's value as the access token: %d, want 403", w.Code)
+	}
+	r = bare("GET", "/api/session")
+	r.AddCookie(cs[0])
+	w = do(r)
+	var sess struct{ Token string }
+	if err := json.Unmarshal(w.Body.Bytes(), &sess); w.Code != http.StatusOK || err != nil || sess.Token == "" {
+		t.Fatalf("session with the cookie: %d %q (%v), want 200 and a token", w.Code, w.Body, err)
+	}
+	if sess.Token == insp.Token() || strings.Contains(w.Body.String(), insp.Token()) {
+		t.Errorf("/api/session with the cookie gave the access token")
+	}
+	r = bare("GET", "/api/requests/http")
+	r.Header.Set(TokenHeader, sess.Token)
+	if w := do(r); w.Code != http.StatusUnauthorized {
+		t.Errorf("the session token without the cookie: %d, want 401", w.Code)
+	}
+	r = bare("DELETE", "/api/requests/http")
+	r.AddCookie(cs[0])
+	r.Header.Set(TokenHeader, sess.Token)
+	if w := do(r); w.Code != http.StatusNoContent {
+		t.Errorf("clear with the cookie and the session token: %d, want 204", w.Code)
+	}
+	// Nor is the cookie good on another port's inspector of the same
+	// daemon token.
+	other, err := NewInspector(s, InspectorOptions{Addr: netip.MustParseAddrPort("127.0.0.1:4041")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.token = insp.token
+	other.cookie = derive(other.token, "beam inspector access cookie", "4041")
+	if other.cookie == cookie {
+		t.Fatalf("the same cookie for ports 4040 and 4041")
+	}
+	r = httptest.NewRequest("GET", "/api/requests/http", nil)
+	r.Host, r.RemoteAddr = "127.0.0.1:4041", "127.0.0.1:50000"
+	r.AddCookie(&http.Cookie{Name: other.cookieName(), Value: cookie})
+	w = httptest.NewRecorder()
+	other.ServeHTTP(w, r)
+	if w.Code != http.StatusUnauthorized {
+		t.Errorf("port 4040's cookie on port 4041: %d, want 401", w.Code)
 	}
 }
