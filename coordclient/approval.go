@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"time"
 
 	"beam.dev/beam/wire"
 )
@@ -22,7 +21,7 @@ func (c *Client) awaitApproval(ctx context.Context, p RegisterParams, first *wir
 	p.OnAuthURL(first.AuthURL, first.AuthCode)
 	code := first.AuthCode
 	for {
-		rp, err := c.post(ctx, wire.PathRegister, func(now time.Time, nonce []byte) any {
+		rp, err := c.post(ctx, wire.PathRegister, func(st stamp) any {
 			return &wire.RegisterRequest{
 				Version:   wire.CapabilityVersion,
 				NodeKey:   c.pub,
@@ -31,8 +30,9 @@ func (c *Client) awaitApproval(ctx context.Context, p RegisterParams, first *wir
 				OS:        p.OS,
 				Followup:  code,
 				Reauth:    p.Reauth,
-				Nonce:     nonce,
-				Timestamp: now,
+				Nonce:     st.nonce,
+				Epoch:     st.epoch,
+				Timestamp: st.now,
 			}
 		})
 		if err != nil {

@@ -15,6 +15,7 @@ package coordclient
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -192,55 +193,84 @@ func (c *Client) ServerKey() key.MachinePublic {
 }
 
 // machineKey returns the box key the node shares with the coordinator's
-// machine key: the pinned key's (Options.ServerKey), else the key it
-// fetches (from t) once: one X25519 per coordinator key, not per
-// message. Replicas of one coordinator share their machine key.
-func (c *Client) machineKey(ctx context.Context, t *target) (key.Shared, error) {
+// machine key, and t's boot epoch (nil from a coordinator older than
+// wire.BootEpochVersion). It asks t (GET wire.PathKey) for both the
+// first time and after forgetKey: the key is the pinned one
+// (Options.ServerKey; t answering another is a *KeyChangedError), else
+// the one t gives. One X25519 per coordinator key, not per message or
+// target: replicas of one coordinator share their machine key, each
+// with an epoch of its own.
+func (c *Client) machineKey(ctx context.Context, t *target) (key.Shared, []byte, error) {
 	c.mu.Lock()
-	box := c.serverBox
+	box, epoch, ok := c.serverBox, t.epoch, t.keyed
 	c.mu.Unlock()
-	if !box.IsZero() {
-		return box, nil
+	if ok && !box.IsZero() {
+		return box, epoch, nil
 	}
-	k, err := c.fetchKey(ctx, t)
+	k, epoch, err := c.fetchKey(ctx, t)
 	if err != nil {
-		return box, err
+		return key.Shared{}, nil, err
 	}
-	box = c.priv.Shared(k)
+	if !c.pinned.IsZero() && k != c.pinned {
+		return key.Shared{}, nil, &KeyChangedError{Server: t.String(), Pinned: c.pinned, Got: k}
+	}
+	c.mu.Lock()
+	box = c.serverBox
+	fresh := c.serverKey != k || box.IsZero()
+	c.mu.Unlock()
+	if fresh {
+		box = c.priv.Shared(k)
+	}
 	c.mu.Lock()
 	c.serverBox, c.serverKey = box, k
+	t.epoch, t.keyed = epoch, true
 	c.mu.Unlock()
-	if c.onKey != nil {
+	if fresh && c.onKey != nil {
 		c.onKey(k)
 	}
-	return box, nil
+	return box, epoch, nil
+}
+
+// forgetKey makes the next request to t ask for its key and epoch again.
+func (c *Client) forgetKey(t *target) {
+	c.mu.Lock()
+	t.keyed = false
+	c.mu.Unlock()
 }
 
 // fetchKey asks t for the coordinator's machine key (GET /key), which
-// nothing authenticates: trust on first use, and https:// protects it.
-func (c *Client) fetchKey(ctx context.Context, t *target) (key.MachinePublic, error) {
+// nothing authenticates: trust on first use, and https:// protects it;
+// and for its boot epoch (wire.HeaderBootEpoch; nil if it has none).
+func (c *Client) fetchKey(ctx context.Context, t *target) (key.MachinePublic, []byte, error) {
 	var k key.MachinePublic
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, t.url(wire.PathKey), nil)
 	if err != nil {
-		return k, fmt.Errorf("coordclient: fetch server key: %w", err)
+		return k, nil, fmt.Errorf("coordclient: fetch server key: %w", err)
 	}
 	resp, err := t.hc.Do(req)
 	if err != nil {
-		return k, fmt.Errorf("%w: fetch server key: %w", ErrUnreachable, err)
+		return k, nil, fmt.Errorf("%w: fetch server key: %w", ErrUnreachable, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 1024))
 	if err != nil {
-		return k, fmt.Errorf("%w: fetch server key: %w", ErrUnreachable, err)
+		return k, nil, fmt.Errorf("%w: fetch server key: %w", ErrUnreachable, err)
 	}
 	if resp.StatusCode != http.StatusOK {
-		return k, fmt.Errorf("coordclient: fetch server key: %w", errorFromBody(resp.StatusCode, body))
+		return k, nil, fmt.Errorf("coordclient: fetch server key: %w", errorFromBody(resp.StatusCode, body))
 	}
 	k, err = key.ParseMachinePublic(strings.TrimSpace(string(body)))
 	if err != nil {
-		return k, fmt.Errorf("coordclient: server key: %w", err)
+		return k, nil, fmt.Errorf("coordclient: server key: %w", err)
 	}
-	return k, nil
+	var epoch []byte
+	if v := resp.Header.Get(wire.HeaderBootEpoch); v != "" {
+		epoch, err = hex.DecodeString(v)
+		if err != nil || len(epoch) != wire.BootEpochLen {
+			return k, nil, fmt.Errorf("%w: boot epoch %q: want %d bytes in hex", ErrBadResponse, v, wire.BootEpochLen)
+		}
+	}
+	return k, epoch, nil
 }
 
 // keyChanged handles a bad_seal answer from t: the coordinator could not
@@ -252,19 +282,29 @@ func (c *Client) keyChanged(ctx context.Context, t *target, e *Error) (retry boo
 	if c.pinned.IsZero() {
 		c.mu.Lock()
 		c.serverBox, c.serverKey = key.Shared{}, key.MachinePublic{}
+		t.keyed = false
 		c.mu.Unlock()
 		return true, nil
 	}
-	k, err := c.fetchKey(ctx, t)
+	k, _, err := c.fetchKey(ctx, t)
 	if err != nil || k == c.pinned {
 		return false, e
 	}
 	return false, &KeyChangedError{Server: t.String(), Pinned: c.pinned, Got: k}
 }
 
-// buildFunc builds a sealed request stamped now, carrying nonce as its
-// reply nonce (wire.RegisterRequest.Nonce).
-type buildFunc func(now time.Time, nonce []byte) any
+// stamp is what a sealed request carries to be fresh and bound: the
+// time it is sealed, its reply nonce (wire.RegisterRequest.Nonce) and
+// the boot epoch of the coordinator it is sealed for
+// (wire.RegisterRequest.Epoch; nil for a coordinator without one).
+type stamp struct {
+	now   time.Time
+	nonce []byte
+	epoch []byte
+}
+
+// buildFunc builds a sealed request stamped with st.
+type buildFunc func(st stamp) any
 
 // post seals the request that build returns and POSTs it to path on the
 // current target; when that cannot be reached, the client moves to the
@@ -292,17 +332,21 @@ func (c *Client) postAny(ctx context.Context, path string, build buildFunc) (*re
 
 // postTo seals the request that build returns and POSTs it to path on t.
 // On a bad_seal answer (the coordinator's key changed) it refetches the
-// key and tries once more, unless the key is pinned (keyChanged). A non-200 answer becomes an *Error. The
+// key and tries once more, unless the key is pinned (keyChanged); on a
+// stale_epoch one (it restarted, or t is another replica than the one
+// whose epoch the client had) it asks t for its epoch again and tries
+// once more. A non-200 answer becomes an *Error. The
 // reply returned opens the answer, which the caller must read or close
 // (reply.resp.Body).
 func (c *Client) postTo(ctx context.Context, t *target, path string, build buildFunc) (*reply, error) {
+	refetched := false
 	for attempt := 0; ; attempt++ {
-		box, err := c.machineKey(ctx, t)
+		box, epoch, err := c.machineKey(ctx, t)
 		if err != nil {
 			return nil, err
 		}
 		nonce := newNonce()
-		clear, err := json.Marshal(build(c.now(), nonce))
+		clear, err := json.Marshal(build(stamp{now: c.now(), nonce: nonce, epoch: epoch}))
 		if err != nil {
 			return nil, fmt.Errorf("coordclient: encode request: %w", err)
 		}
@@ -327,11 +371,17 @@ func (c *Client) postTo(ctx context.Context, t *target, path string, build build
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
 		e := errorFromBody(resp.StatusCode, b)
-		if e.Code == wire.CodeBadSeal && attempt == 0 {
+		if e.Code == wire.CodeBadSeal && !refetched {
+			refetched = true
 			retry, err := c.keyChanged(ctx, t, e)
 			if !retry {
 				return nil, err
 			}
+			continue
+		}
+		if e.Code == wire.CodeStaleEpoch && !refetched {
+			refetched = true
+			c.forgetKey(t)
 			continue
 		}
 		ra := resp.Header.Get("Retry-After")
@@ -404,7 +454,7 @@ type RegisterParams struct {
 // ErrAuthKeyInvalid, ErrNodeNotRegistered, ErrNodeExpired or
 // ErrUnreachable with errors.Is, and carry the coordinator's message.
 func (c *Client) Register(ctx context.Context, p RegisterParams) (*wire.RegisterResponse, error) {
-	rp, err := c.post(ctx, wire.PathRegister, func(now time.Time, nonce []byte) any {
+	rp, err := c.post(ctx, wire.PathRegister, func(st stamp) any {
 		return &wire.RegisterRequest{
 			Version:   wire.CapabilityVersion,
 			NodeKey:   c.pub,
@@ -414,8 +464,9 @@ func (c *Client) Register(ctx context.Context, p RegisterParams) (*wire.Register
 			OS:        p.OS,
 			Logout:    p.Logout,
 			Reauth:    p.Reauth,
-			Nonce:     nonce,
-			Timestamp: now,
+			Nonce:     st.nonce,
+			Epoch:     st.epoch,
+			Timestamp: st.now,
 		}
 	})
 	if err != nil {
@@ -455,7 +506,7 @@ func (c *Client) SetEndpoints(eps []netip.AddrPort, homeDERP int) {
 }
 
 // mapRequest builds a MapRequest from the client's current state.
-func (c *Client) mapRequest(now time.Time, nonce []byte, stream bool) (*wire.MapRequest, uint64) {
+func (c *Client) mapRequest(st stamp, stream bool) (*wire.MapRequest, uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return &wire.MapRequest{
@@ -467,8 +518,9 @@ func (c *Client) mapRequest(now time.Time, nonce []byte, stream bool) (*wire.Map
 		PeerRelay: c.relay,
 		Hostname:  c.hostname,
 		Stream:    stream,
-		Nonce:     nonce,
-		Timestamp: now,
+		Nonce:     st.nonce,
+		Epoch:     st.epoch,
+		Timestamp: st.now,
 	}, c.epsGen
 }
 
@@ -476,9 +528,9 @@ func (c *Client) mapRequest(now time.Time, nonce []byte, stream bool) (*wire.Map
 // and returns the endpoint generation it carried.
 func (c *Client) sendUpdate(ctx context.Context) (uint64, error) {
 	var gen uint64
-	rp, err := c.post(ctx, wire.PathMap, func(now time.Time, nonce []byte) any {
+	rp, err := c.post(ctx, wire.PathMap, func(st stamp) any {
 		var req *wire.MapRequest
-		req, gen = c.mapRequest(now, nonce, false)
+		req, gen = c.mapRequest(st, false)
 		return req
 	})
 	if err != nil {

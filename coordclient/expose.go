@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"time"
 
 	"beam.dev/beam/wire"
 )
@@ -62,9 +61,9 @@ var edgeCodes = map[wire.ErrorCode]error{
 // ErrEdgeDisabled, ErrRouteNotFound, ErrNodeNotRegistered or
 // ErrUnreachable, and carry the coordinator's message.
 func (c *Client) Expose(ctx context.Context, req wire.ExposeRequest) (*wire.ExposeResponse, error) {
-	rp, err := c.post(ctx, wire.PathExpose, func(now time.Time, nonce []byte) any {
+	rp, err := c.post(ctx, wire.PathExpose, func(st stamp) any {
 		r := req
-		r.Version, r.NodeKey, r.Timestamp, r.Nonce = wire.CapabilityVersion, c.pub, now, nonce
+		r.Version, r.NodeKey, r.Timestamp, r.Nonce, r.Epoch = wire.CapabilityVersion, c.pub, st.now, st.nonce, st.epoch
 		return &r
 	})
 	if err != nil {
@@ -85,8 +84,8 @@ func (c *Client) Expose(ctx context.Context, req wire.ExposeRequest) (*wire.Expo
 // Only edge nodes may, and only for _acme-challenge names of the edge
 // domain or of verified custom domains (ErrForbidden otherwise).
 func (c *Client) SetTXT(ctx context.Context, name string, values []string) error {
-	rp, err := c.post(ctx, wire.PathTXT, func(now time.Time, nonce []byte) any {
-		return &wire.TXTRequest{Version: wire.CapabilityVersion, NodeKey: c.pub, Timestamp: now, Name: name, Values: values, Nonce: nonce}
+	rp, err := c.post(ctx, wire.PathTXT, func(st stamp) any {
+		return &wire.TXTRequest{Version: wire.CapabilityVersion, NodeKey: c.pub, Timestamp: st.now, Name: name, Values: values, Nonce: st.nonce, Epoch: st.epoch}
 	})
 	if err != nil {
 		return fmt.Errorf("coordclient: set TXT %s: %w", name, err)

@@ -136,8 +136,8 @@ func (c *Client) responsesOnce(ctx context.Context, sink streamSink) (bool, *tar
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	offered := sink.request() != nil
-	rp, t, err := c.postAny(ctx, wire.PathMap, func(now time.Time, nonce []byte) any {
-		req, _ := c.mapRequest(now, nonce, true)
+	rp, t, err := c.postAny(ctx, wire.PathMap, func(st stamp) any {
+		req, _ := c.mapRequest(st, true)
 		req.Peers = sink.request()
 		return req
 	})

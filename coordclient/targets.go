@@ -84,6 +84,12 @@ type target struct {
 	// addr, if valid, is the address of base's host this target dials.
 	addr netip.Addr
 	hc   *http.Client
+
+	// Guarded by Client.mu: the target's boot epoch (nil if it has
+	// none), and whether it and the key were asked for since the last
+	// forgetKey (Client.machineKey).
+	epoch []byte
+	keyed bool
 }
 
 func (t *target) url(path string) string { return t.base.String() + path }

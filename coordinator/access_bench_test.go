@@ -37,8 +37,9 @@ func openCountingStreams(b *testing.B, c *coord, nodes []*node) *countingStreams
 	mk := c.priv.Public()
 	tr := &http.Transport{MaxIdleConnsPerHost: len(nodes), MaxConnsPerHost: 0}
 	hc := &http.Client{Transport: tr}
+	epoch := c.epoch(b)
 	for _, n := range nodes {
-		clear, _ := json.Marshal(wire.MapRequest{Version: wire.CapabilityVersion, NodeKey: n.priv.Public(), DiscoKey: key.NewDisco().Public(), Stream: true, Timestamp: time.Now()})
+		clear, _ := json.Marshal(wire.MapRequest{Version: wire.CapabilityVersion, NodeKey: n.priv.Public(), DiscoKey: key.NewDisco().Public(), Stream: true, Epoch: epoch, Timestamp: time.Now()})
 		body, _ := json.Marshal(wire.Envelope{NodeKey: n.priv.Public(), Sealed: n.priv.SealTo(mk, clear)})
 		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.URL+"/machine/map", bytes.NewReader(body))
 		resp, err := hc.Do(req)

@@ -128,14 +128,14 @@ func TestAttackForgedAndReplayedRegistration(t *testing.T) {
 
 	// The victim's sealed request, lifted into an envelope naming the
 	// attacker's key: the box does not open with it.
-	clear, _ := json.Marshal(wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(), AuthKey: ak, Hostname: "victim", Timestamp: time.Now()})
+	clear, _ := json.Marshal(wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(), AuthKey: ak, Hostname: "victim", Epoch: c.epoch(t), Timestamp: time.Now()})
 	sealed := victim.SealTo(mk, clear)
 	lifted, _ := json.Marshal(map[string]any{"node_key": attacker.Public(), "sealed": base64.StdEncoding.EncodeToString(sealed)})
 	if st, eb, _ := rawPost(t, c.URL, "/machine/register", lifted); st != http.StatusUnauthorized || eb.Code != wire.CodeBadSeal {
 		t.Fatalf("victim's box under the attacker's key: %d %q, want 401 bad_seal", st, eb.Code)
 	}
 	// The attacker seals a request naming the victim's key with its own key.
-	forged := sealEnvelope(t, victim.Public(), attacker, mk, wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(), AuthKey: ak, Timestamp: time.Now()})
+	forged := sealEnvelope(t, victim.Public(), attacker, mk, wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(), AuthKey: ak, Epoch: c.epoch(t), Timestamp: time.Now()})
 	if st, eb, _ := rawPost(t, c.URL, "/machine/register", forged); st != http.StatusUnauthorized || eb.Code != wire.CodeBadSeal {
 		t.Fatalf("forged seal: %d %q, want 401 bad_seal", st, eb.Code)
 	}
@@ -159,14 +159,14 @@ func TestAttackForgedAndReplayedRegistration(t *testing.T) {
 	defer cancel()
 	go waiter.Register(ctx, coordclient.RegisterParams{Hostname: "waiter", OnAuthURL: func(_, code string) { codes <- code }})
 	code := <-codes
-	steal := sealEnvelope(t, attacker.Public(), attacker, mk, wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: attacker.Public(), Followup: code, Timestamp: time.Now()})
+	steal := sealEnvelope(t, attacker.Public(), attacker, mk, wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: attacker.Public(), Followup: code, Epoch: c.epoch(t), Timestamp: time.Now()})
 	if st, eb, _ := rawPost(t, c.URL, "/machine/register", steal); st != http.StatusForbidden || eb.Code != wire.CodeForbidden {
 		t.Fatalf("followup with another node's code: %d %q, want 403 forbidden", st, eb.Code)
 	}
 	if err := c.Server.ApproveRegistration(context.Background(), code, coordinator.Approval{}); err != nil {
 		t.Fatal(err)
 	}
-	steal = sealEnvelope(t, attacker.Public(), attacker, mk, wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: attacker.Public(), Followup: code, Timestamp: time.Now()})
+	steal = sealEnvelope(t, attacker.Public(), attacker, mk, wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: attacker.Public(), Followup: code, Epoch: c.epoch(t), Timestamp: time.Now()})
 	if st, _, _ := rawPost(t, c.URL, "/machine/register", steal); st == http.StatusOK {
 		t.Fatal("attacker registered with an approved code meant for another node")
 	}
@@ -202,12 +202,12 @@ func TestAttackReplayOfRequestBeforeRegistration(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			victim := key.NewNode()
 			stamp := func() time.Time { return time.Now().Add(tc.skew) }
-			early := post(wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(), Logout: true, Timestamp: stamp()}, victim)
+			early := post(wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(), Logout: true, Epoch: c.epoch(t), Timestamp: stamp()}, victim)
 			if st, eb, _ := rawPost(t, c.URL, wire.PathRegister, early); st != http.StatusForbidden || eb.Code != wire.CodeNodeNotRegistered {
 				t.Fatalf("logout before registering: %d %q, want 403 %s", st, eb.Code, wire.CodeNodeNotRegistered)
 			}
 			reg := post(wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(), AuthKey: c.authKey(t, coordinator.AuthKeyOptions{}),
-				Hostname: "victim", Timestamp: stamp()}, victim)
+				Hostname: "victim", Epoch: c.epoch(t), Timestamp: stamp()}, victim)
 			if st, eb, _ := rawPost(t, c.URL, wire.PathRegister, reg); st != http.StatusOK {
 				t.Fatalf("register: %d %+v", st, eb)
 			}
@@ -218,7 +218,7 @@ func TestAttackReplayOfRequestBeforeRegistration(t *testing.T) {
 				t.Fatal("the replayed logout removed the node")
 			}
 			// The node's own logout, stamped after its registration, works.
-			late := post(wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(), Logout: true, Timestamp: stamp()}, victim)
+			late := post(wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(), Logout: true, Epoch: c.epoch(t), Timestamp: stamp()}, victim)
 			if st, eb, _ := rawPost(t, c.URL, wire.PathRegister, late); st != http.StatusOK {
 				t.Fatalf("logout after registering: %d %+v", st, eb)
 			}
@@ -232,7 +232,11 @@ func TestAttackReplayOfRequestBeforeRegistration(t *testing.T) {
 // TestReplayBeforeRegistrationElsewhere: the request a key sent before
 // it registered stays refused on a coordinator that did not see the
 // registration: the same coordinator after a restart (SQLite), and
-// another coordinator on the same PostgreSQL database.
+// another coordinator on the same PostgreSQL database. The requests are
+// of a node older than wire.BootEpochVersion, which carry no boot epoch
+// and rely on the stamp of the registration; a newer node's are refused
+// there for their epoch (TestBootEpochRestartReplay,
+// TestBootEpochReplicas).
 func TestReplayBeforeRegistrationElsewhere(t *testing.T) {
 	pg := pgtest.New(t)
 	priv := key.NewMachine()
@@ -255,11 +259,12 @@ func TestReplayBeforeRegistrationElsewhere(t *testing.T) {
 			c, other := tc.start(t)
 			mk := c.priv.Public()
 			victim := key.NewNode()
-			early := sealEnvelope(t, victim.Public(), victim, mk, wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(), Logout: true, Timestamp: time.Now()})
+			const legacy = wire.BootEpochVersion - 1
+			early := sealEnvelope(t, victim.Public(), victim, mk, wire.RegisterRequest{Version: legacy, NodeKey: victim.Public(), Logout: true, Timestamp: time.Now()})
 			if st, eb, _ := rawPost(t, c.URL, wire.PathRegister, early); st != http.StatusForbidden || eb.Code != wire.CodeNodeNotRegistered {
 				t.Fatalf("logout before registering: %d %q, want 403 %s", st, eb.Code, wire.CodeNodeNotRegistered)
 			}
-			reg := sealEnvelope(t, victim.Public(), victim, mk, wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: victim.Public(),
+			reg := sealEnvelope(t, victim.Public(), victim, mk, wire.RegisterRequest{Version: legacy, NodeKey: victim.Public(),
 				AuthKey: c.authKey(t, coordinator.AuthKeyOptions{}), Hostname: "victim", Timestamp: time.Now()})
 			if st, eb, _ := rawPost(t, c.URL, wire.PathRegister, reg); st != http.StatusOK {
 				t.Fatalf("register: %d %+v", st, eb)

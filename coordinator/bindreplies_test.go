@@ -278,13 +278,13 @@ func TestRepliesBoundByVersion(t *testing.T) {
 		nonce   []byte
 	}{
 		{"version 16", 16, nil},
-		{"version 17", wire.CapabilityVersion, bytes.Repeat([]byte{7}, wire.ReplyNonceLen)},
+		{"version 17 and later", wire.CapabilityVersion, bytes.Repeat([]byte{7}, wire.ReplyNonceLen)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			n := newNode(t, c.URL)
 			n.register(t, ak, "n")
-			clear, _ := json.Marshal(&wire.MapRequest{Version: tt.version, NodeKey: n.priv.Public(), Stream: true, Nonce: tt.nonce, Timestamp: time.Now()})
+			clear, _ := json.Marshal(&wire.MapRequest{Version: tt.version, NodeKey: n.priv.Public(), Stream: true, Nonce: tt.nonce, Epoch: c.epoch(t), Timestamp: time.Now()})
 			env, _ := json.Marshal(wire.Envelope{NodeKey: n.priv.Public(), Sealed: n.priv.SealTo(c.priv.Public(), clear)})
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()

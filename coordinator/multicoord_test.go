@@ -378,17 +378,33 @@ func TestSharedState(t *testing.T) {
 
 	t.Run("Replay", func(t *testing.T) {
 		// alpha's endpoint update, sent to ca, is refused when replayed
-		// to cb, and to ca again.
-		req := sealEnvelope(t, a.priv.Public(), a.priv, priv.Public(), wire.MapRequest{
-			Version: wire.CapabilityVersion, NodeKey: a.priv.Public(), DiscoKey: key.NewDisco().Public(),
-			Endpoints: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.7:41641")}, Timestamp: time.Now(),
-		})
-		if st, eb, _ := rawPost(t, ca.URL, wire.PathMap, req); st != http.StatusOK {
-			t.Fatalf("genuine map request: %d %+v", st, eb)
-		}
-		for _, c := range []*coord{cb, ca} {
-			if st, eb, _ := rawPost(t, c.URL, wire.PathMap, req); st != http.StatusUnauthorized || eb.Code != wire.CodeReplay {
-				t.Errorf("replay to %s: %d %q, want 401 %s", c.URL, st, eb.Code, wire.CodeReplay)
+		// to cb, and to ca again: a node's of this version for its boot
+		// epoch on cb (and recorded only in ca's memory), an older node's
+		// (no epoch) as seen in the store.
+		for _, tc := range []struct {
+			name     string
+			version  int
+			epoch    []byte
+			wantAtCB wire.ErrorCode
+		}{
+			{"current", wire.CapabilityVersion, ca.epoch(t), wire.CodeStaleEpoch},
+			{"before boot epochs", wire.BootEpochVersion - 1, nil, wire.CodeReplay},
+		} {
+			req := sealEnvelope(t, a.priv.Public(), a.priv, priv.Public(), wire.MapRequest{
+				Version: tc.version, NodeKey: a.priv.Public(), DiscoKey: key.NewDisco().Public(),
+				Endpoints: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.7:41641")}, Epoch: tc.epoch, Timestamp: time.Now(),
+			})
+			if st, eb, _ := rawPost(t, ca.URL, wire.PathMap, req); st != http.StatusOK {
+				t.Fatalf("%s: genuine map request: %d %+v", tc.name, st, eb)
+			}
+			for _, c := range []*coord{cb, ca} {
+				want := wire.CodeReplay
+				if c == cb {
+					want = tc.wantAtCB
+				}
+				if st, eb, _ := rawPost(t, c.URL, wire.PathMap, req); st != http.StatusUnauthorized || eb.Code != want {
+					t.Errorf("%s: replay to %s: %d %q, want 401 %s", tc.name, c.URL, st, eb.Code, want)
+				}
 			}
 		}
 	})

@@ -24,7 +24,7 @@ import (
 func openResumeStream(t testing.TB, c *coord, priv key.NodePrivate, version int, digest *wire.PeersDigest) *rawStream {
 	t.Helper()
 	mk := c.priv.Public()
-	clear, err := json.Marshal(&wire.MapRequest{Version: version, NodeKey: priv.Public(), Stream: true, Peers: digest, Timestamp: time.Now()})
+	clear, err := json.Marshal(&wire.MapRequest{Version: version, NodeKey: priv.Public(), Stream: true, Peers: digest, Epoch: c.epoch(t), Timestamp: time.Now()})
 	if err != nil {
 		t.Fatal(err)
 	}

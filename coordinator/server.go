@@ -210,6 +210,7 @@ type Server struct {
 	machineLimit *sourceLimiter // limits.go
 	nodeLimit    *keyLimiter[key.NodePublic]
 	sharedReplay *sharedReplay // replay.go
+	epoch        bootEpoch     // this start's boot epoch (replay.go)
 	boxes        sharedKeys    // box keys shared with nodes (sharedkeys.go)
 	derpMap      atomic.Pointer[wire.DERPMap]
 	serverSetup  func() *wire.ServerSetup // nil: none
@@ -300,6 +301,7 @@ func New(opts Options) (*Server, error) {
 		netNames:    make(map[string]*Network),
 		nodes:       make(map[key.NodePublic]*nodeEntry),
 		met:         newMetrics(),
+		epoch:       newBootEpoch(),
 	}
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
@@ -522,6 +524,8 @@ func publicSetup(full *wire.ServerSetup) *wire.ServerSetup {
 
 func (s *Server) handleKey(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set(wire.HeaderVersion, versionHeader)
+	w.Header().Set(wire.HeaderBootEpoch, s.epoch.text)
+	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	io.WriteString(w, s.pubText)
 }
@@ -535,11 +539,15 @@ type sealedRequest struct {
 	ts   time.Time
 	now  time.Time // when it was checked
 	seen bool      // recorded by seeRequest
+	// bound is set when the request carries this start's boot epoch:
+	// no other coordinator or start takes it (replay.go).
+	bound bool
 }
 
 // openRequest reads and opens a sealed control request into v, then
 // checks that its node key is the envelope's and that its timestamp is
-// within MaxClockSkew. It does not record it: anyone can seal a request
+// within MaxClockSkew, and that it is sealed for this start's boot epoch
+// (bootEpoch.check). It does not record it: anyone can seal a request
 // with a key they just made, so recording happens only once the request
 // proves it can change something (seeRequest). hdr returns the sealed
 // request's node key and timestamp after decoding.
@@ -592,6 +600,14 @@ func (s *Server) openRequest(w http.ResponseWriter, r *http.Request, v any, hdr 
 	if d := now.Sub(ts); d > MaxClockSkew || d < -MaxClockSkew {
 		return nil, errorf(http.StatusUnauthorized, wire.CodeClockSkew, "request timestamp is %s away from the coordinator's clock", d.Round(time.Second))
 	}
+	// A request sealed for another start (or replica) is refused before
+	// it is charged to the node's own bucket: the node sends it again
+	// at once (coordclient), and someone replaying a node's old
+	// requests does not drain its bucket with them.
+	bound, aerr := s.epoch.check(v)
+	if aerr != nil {
+		return nil, aerr
+	}
 	if known {
 		// Its own bucket, whatever its address (chargeSource spares a
 		// registered node what others at its address send).
@@ -599,11 +615,12 @@ func (s *Server) openRequest(w http.ResponseWriter, r *http.Request, v any, hdr 
 			return nil, aerr
 		}
 	}
-	return &sealedRequest{nk: nk, hash: sha256.Sum256(env.Sealed), ts: ts, now: now}, nil
+	return &sealedRequest{nk: nk, hash: sha256.Sum256(env.Sealed), ts: ts, now: now, bound: bound}, nil
 }
 
-// seeRequest records q against replays, in memory and on a shared store,
-// and refuses it if it was seen before. It is called once q is known to
+// seeRequest records q against replays, in memory and, unless it is
+// bound to this start's boot epoch, on a shared store, and refuses it if
+// it was seen before. It is called once q is known to
 // come from a registered node key or to carry a valid credential, before
 // anything is changed on its behalf; calling it again for the same q
 // does nothing.
@@ -611,7 +628,7 @@ func (s *Server) seeRequest(ctx context.Context, q *sealedRequest) *apiError {
 	if q.seen {
 		return nil
 	}
-	if !s.replay.add(q.nk, q.hash, q.ts, q.now) || !s.sharedReplay.add(ctx, q.hash, q.now) {
+	if !s.replay.add(q.nk, q.hash, q.ts, q.now) || !q.bound && !s.sharedReplay.add(ctx, q.hash, q.now) {
 		return errorf(http.StatusUnauthorized, wire.CodeReplay, "request was already seen")
 	}
 	q.seen = true

@@ -42,7 +42,7 @@ func sortedKeys(privs []key.NodePrivate, skip key.NodePublic) []key.NodePublic {
 // not stream, as a node does when its endpoints change.
 func postEndpoints(t *testing.T, c *coord, priv key.NodePrivate, eps []netip.AddrPort) {
 	t.Helper()
-	clear, err := json.Marshal(&wire.MapRequest{Version: wire.CapabilityVersion, NodeKey: priv.Public(), Endpoints: eps, Timestamp: time.Now()})
+	clear, err := json.Marshal(&wire.MapRequest{Version: wire.CapabilityVersion, NodeKey: priv.Public(), Endpoints: eps, Epoch: c.epoch(t), Timestamp: time.Now()})
 	if err != nil {
 		t.Fatal(err)
 	}

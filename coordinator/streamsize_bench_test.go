@@ -58,10 +58,11 @@ func benchStreamHeap(b *testing.B, n int) {
 	tr := &http.Transport{MaxIdleConnsPerHost: -1}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr}
+	epoch := c.epoch(b)
 	start := time.Now()
 	for i, priv := range privs {
 		wg.Go(func() {
-			clear, _ := json.Marshal(&wire.MapRequest{Version: wire.CapabilityVersion, NodeKey: priv.Public(), Stream: true, Timestamp: time.Now()})
+			clear, _ := json.Marshal(&wire.MapRequest{Version: wire.CapabilityVersion, NodeKey: priv.Public(), Stream: true, Epoch: epoch, Timestamp: time.Now()})
 			env, _ := json.Marshal(wire.Envelope{NodeKey: priv.Public(), Sealed: priv.SealTo(c.priv.Public(), clear)})
 			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.URL+"/machine/map", bytes.NewReader(env))
 			resp, err := hc.Do(req)

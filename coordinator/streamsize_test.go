@@ -40,7 +40,7 @@ type rawStream struct {
 func openRawStream(t testing.TB, c *coord, priv key.NodePrivate, version int) *rawStream {
 	t.Helper()
 	mk := c.priv.Public()
-	clear, err := json.Marshal(&wire.MapRequest{Version: version, NodeKey: priv.Public(), Stream: true, Timestamp: time.Now()})
+	clear, err := json.Marshal(&wire.MapRequest{Version: version, NodeKey: priv.Public(), Stream: true, Epoch: c.epoch(t), Timestamp: time.Now()})
 	if err != nil {
 		t.Fatal(err)
 	}

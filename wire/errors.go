@@ -14,6 +14,7 @@ const (
 	CodeKeyMismatch       ErrorCode = "key_mismatch"        // 401: sealed node key differs from the envelope's
 	CodeReplay            ErrorCode = "replay"              // 401: sealed request seen before
 	CodeClockSkew         ErrorCode = "clock_skew"          // 401: timestamp outside the coordinator's clock-skew window
+	CodeStaleEpoch        ErrorCode = "stale_epoch"         // 401: sealed for another start of the coordinator, or another replica (version 19): fetch GET /key again and resend
 	CodeAuthKeyInvalid    ErrorCode = "auth_key_invalid"    // 401: unknown, used or expired auth key
 	CodeUnauthorized      ErrorCode = "unauthorized"        // 401: admin API without a valid token
 	CodeNodeNotRegistered ErrorCode = "node_not_registered" // 403: the node key is unknown (or was removed)
@@ -66,6 +67,7 @@ type ErrorBody struct {
 var userMessages = map[ErrorCode]string{
 	CodeBadSeal:           "the coordinator could not read this node's request (its key changed?): check the --coordinator URL, or run beam logout and join again",
 	CodeClockSkew:         "the coordinator refused the request: this machine's clock is off; set the time and try again",
+	CodeStaleEpoch:        "the coordinator restarted while this request was on its way: try again",
 	CodeAuthKeyInvalid:    "the auth key is not valid (unknown, used up or expired): create a new one with beam admin authkey create and pass it with --authkey",
 	CodeUnauthorized:      "the coordinator refused the admin token: check BEAM_ADMIN_TOKEN or --token-file",
 	CodeNodeNotRegistered: "the coordinator does not know this node: join with beam up --authkey KEY",

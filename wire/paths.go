@@ -15,7 +15,8 @@ import (
 // sealed JSON, except PathKey and PathServerSetup.
 const (
 	// PathKey answers GET with the coordinator's machine public key, as
-	// text (key.MachinePublic's text form).
+	// text (key.MachinePublic's text form), and its boot epoch in the
+	// HeaderBootEpoch header (since version 19).
 	PathKey = "/key"
 	// PathRegister takes a sealed RegisterRequest (POST) and answers a
 	// sealed RegisterResponse.

@@ -8,7 +8,9 @@ import (
 
 // Control protocol, as spoken between the coordinator and coordclient:
 //
-//	GET  /key               -> text/plain key.MachinePublic ("mkey:<64 hex>")
+//	GET  /key               -> text/plain key.MachinePublic ("mkey:<64 hex>"),
+//	                           and since version 19 the boot epoch in the
+//	                           HeaderBootEpoch header (hex)
 //	POST /machine/register  <- Envelope sealing a RegisterRequest
 //	                        -> 200, body = sealed JSON RegisterResponse
 //	POST /machine/map       <- Envelope sealing a MapRequest
@@ -36,6 +38,17 @@ import (
 // request) makes the reply's key Shared.Bind(Nonce), so a recorded reply
 // opens for no other request. Every response to a sealed request carries
 // HeaderVersion.
+//
+// Since version 19 a sealed request also carries the boot epoch of the
+// coordinator it is sealed for (RegisterRequest.Epoch): a random value
+// each coordinator draws when it starts and gives out with its key. A
+// coordinator remembers the requests it took within the clock-skew
+// window (in memory, and on a database shared by several coordinators),
+// so that none is taken twice; a request of version 19 or later sealed
+// for an earlier start, or for another replica, is refused
+// (CodeStaleEpoch), which keeps a request recorded before a restart
+// from being replayed after it. The node then fetches GET /key again
+// and sends the request anew.
 //
 // A map stream is a sequence of frames:
 //
@@ -101,10 +114,15 @@ type TXTRequest struct {
 	Values []string `json:"values,omitempty"`
 	// Nonce binds the reply (see RegisterRequest.Nonce).
 	Nonce []byte `json:"nonce,omitempty"`
+	// Epoch is the coordinator's boot epoch (see RegisterRequest.Epoch).
+	Epoch []byte `json:"epoch,omitempty"`
 }
 
 // ReplyNonce returns r.Nonce.
 func (r *TXTRequest) ReplyNonce() []byte { return r.Nonce }
+
+// SealedEpoch returns r.Version and r.Epoch.
+func (r *TXTRequest) SealedEpoch() (int, []byte) { return r.Version, r.Epoch }
 
 // TXTResponse answers a TXTRequest.
 type TXTResponse struct {

@@ -93,7 +93,31 @@ import (
 //     the node joins them in order (MapResponse.Merge appends). Edges of
 //     older versions get at most what fits one frame, and the coordinator
 //     logs the routes left out.
-const CapabilityVersion = 18
+//   - 19 (2026-12-07): requests bound to the coordinator's start: every
+//     coordinator draws a random boot epoch (BootEpochLen bytes) when it
+//     starts and gives it out with its key (GET PathKey, header
+//     HeaderBootEpoch); every sealed request carries it (Epoch), and a
+//     request of version 19 or later with another epoch is refused with
+//     CodeStaleEpoch, on which the node fetches the key and epoch again
+//     and sends the request anew. A request recorded before a restart
+//     (whose replay cache lived in memory), or sent to another replica,
+//     cannot be replayed there. Nodes of older versions send no Epoch
+//     and are checked as before.
+const CapabilityVersion = 19
+
+// BootEpochVersion is the first CapabilityVersion whose sealed requests
+// carry the coordinator's boot epoch, and are refused without the
+// current one.
+const BootEpochVersion = 19
+
+// BootEpochLen is the length of a coordinator's boot epoch.
+const BootEpochLen = 16
+
+// HeaderBootEpoch is the header of a GET PathKey answer that carries the
+// coordinator's boot epoch, in hex (since version 19). A coordinator
+// draws it at random each time it starts; replicas on one database have
+// one each.
+const HeaderBootEpoch = "Beam-Boot-Epoch"
 
 // BoundRepliesVersion is the first CapabilityVersion whose coordinators
 // bind replies to their request's Nonce.
@@ -140,6 +164,11 @@ type RegisterRequest struct {
 	// coordinator binds its reply (since version 17); empty asks for an
 	// unbound reply, as older nodes get.
 	Nonce []byte `json:"nonce,omitempty"`
+	// Epoch is the boot epoch of the coordinator the request is sealed
+	// for, as its GET PathKey said (HeaderBootEpoch; since version 19).
+	// A coordinator refuses a request of version 19 or later whose Epoch
+	// is not its own (CodeStaleEpoch).
+	Epoch []byte `json:"epoch,omitempty"`
 	// Timestamp is the node's clock when sealing; the coordinator refuses
 	// requests too far from its own clock (replay window).
 	Timestamp time.Time `json:"timestamp"`
@@ -184,7 +213,9 @@ type MapRequest struct {
 	// Nonce is ReplyNonceLen fresh random bytes to which the
 	// coordinator binds its reply (since version 17); empty asks for an
 	// unbound reply, as older nodes get.
-	Nonce     []byte    `json:"nonce,omitempty"`
+	Nonce []byte `json:"nonce,omitempty"`
+	// Epoch is the coordinator's boot epoch (see RegisterRequest.Epoch).
+	Epoch     []byte    `json:"epoch,omitempty"`
 	Timestamp time.Time `json:"timestamp"`
 }
 
@@ -394,7 +425,9 @@ type ExposeRequest struct {
 	// Nonce is ReplyNonceLen fresh random bytes to which the
 	// coordinator binds its reply (since version 17); empty asks for an
 	// unbound reply, as older nodes get.
-	Nonce     []byte    `json:"nonce,omitempty"`
+	Nonce []byte `json:"nonce,omitempty"`
+	// Epoch is the coordinator's boot epoch (see RegisterRequest.Epoch).
+	Epoch     []byte    `json:"epoch,omitempty"`
 	Timestamp time.Time `json:"timestamp"`
 	// Name is the label under the edge domain ("app" for app.example.test);
 	// empty means the node's own name.
@@ -497,3 +530,13 @@ func (r *MapRequest) ReplyNonce() []byte { return r.Nonce }
 
 // ReplyNonce returns r.Nonce.
 func (r *ExposeRequest) ReplyNonce() []byte { return r.Nonce }
+
+// SealedEpoch returns r.Version and r.Epoch, which the coordinator
+// checks against its boot epoch.
+func (r *RegisterRequest) SealedEpoch() (int, []byte) { return r.Version, r.Epoch }
+
+// SealedEpoch returns r.Version and r.Epoch.
+func (r *MapRequest) SealedEpoch() (int, []byte) { return r.Version, r.Epoch }
+
+// SealedEpoch returns r.Version and r.Epoch.
+func (r *ExposeRequest) SealedEpoch() (int, []byte) { return r.Version, r.Epoch }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -35,6 +36,14 @@ import (
 // coordKey fetches the coordinator's machine key from coordURL.
 func coordKey(t *testing.T, coordURL string) key.MachinePublic {
 	t.Helper()
+	mk, _ := coordKeyEpoch(t, coordURL)
+	return mk
+}
+
+// coordKeyEpoch fetches the coordinator's machine key and boot epoch
+// (wire.HeaderBootEpoch) from coordURL.
+func coordKeyEpoch(t *testing.T, coordURL string) (key.MachinePublic, []byte) {
+	t.Helper()
 	resp, err := http.Get(coordURL + wire.PathKey)
 	if err != nil {
 		t.Fatal(err)
@@ -45,7 +54,11 @@ func coordKey(t *testing.T, coordURL string) key.MachinePublic {
 	if err != nil {
 		t.Fatalf("coordinator key %q: %v", b, err)
 	}
-	return mk
+	epoch, err := hex.DecodeString(resp.Header.Get(wire.HeaderBootEpoch))
+	if err != nil || len(epoch) != wire.BootEpochLen {
+		t.Fatalf("coordinator boot epoch %q: want %d bytes in hex", resp.Header.Get(wire.HeaderBootEpoch), wire.BootEpochLen)
+	}
+	return mk, epoch
 }
 
 // sealedBody returns the envelope of msg sealed by priv to mk.
@@ -63,9 +76,11 @@ func sealedBody(t *testing.T, priv key.NodePrivate, mk key.MachinePublic, msg an
 }
 
 // bogusRegistrations returns n distinct sealed RegisterRequests by 64
-// node keys made up for them, with auth keys that do not exist.
-func bogusRegistrations(t *testing.T, mk key.MachinePublic, n int) [][]byte {
+// node keys made up for them, with auth keys that do not exist, for the
+// coordinator at coordURL.
+func bogusRegistrations(t *testing.T, coordURL string, n int) [][]byte {
 	t.Helper()
+	mk, epoch := coordKeyEpoch(t, coordURL)
 	privs := make([]key.NodePrivate, 64)
 	boxes := make([]key.Shared, len(privs))
 	for i := range privs {
@@ -77,7 +92,7 @@ func bogusRegistrations(t *testing.T, mk key.MachinePublic, n int) [][]byte {
 	for i := range out {
 		priv, box := privs[i%len(privs)], boxes[i%len(privs)]
 		clear, err := json.Marshal(wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: priv.Public(),
-			AuthKey: "beam-auth-bogus" + strconv.Itoa(i), Hostname: "flood", Timestamp: now})
+			AuthKey: "beam-auth-bogus" + strconv.Itoa(i), Hostname: "flood", Epoch: epoch, Timestamp: now})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -135,8 +150,7 @@ func floodAnswers(t *testing.T, coordURL, path string, src net.IP, bodies [][]by
 func TestUnauthenticatedRequestFlood(t *testing.T) {
 	maddr := "127.0.0.1:" + strconv.Itoa(freePort(t))
 	c, _ := startDevServerWith(t, 0, "--metrics-addr", maddr)
-	mk := coordKey(t, c.url)
-	bodies := bogusRegistrations(t, mk, 8000)
+	bodies := bogusRegistrations(t, c.url, 8000)
 	invalid := fmt.Sprintf("%d %s", http.StatusUnauthorized, wire.CodeAuthKeyInvalid)
 	limited := fmt.Sprintf("%d %s", http.StatusTooManyRequests, wire.CodeRateLimited)
 
@@ -187,8 +201,10 @@ func TestUnauthenticatedRequestFlood(t *testing.T) {
 }
 
 // TestUnauthenticatedRequestsOnPostgres sends 300 bogus registrations
-// to a coordinator on PostgreSQL: none becomes a requests_seen row,
-// while a device's real registration does.
+// to a coordinator on PostgreSQL: none becomes a requests_seen row. A
+// device's real requests do not either: they carry the coordinator's
+// boot epoch, which no other coordinator or start takes; a registration
+// of a node older than wire.BootEpochVersion (no epoch) does.
 func TestUnauthenticatedRequestsOnPostgres(t *testing.T) {
 	srv := pgtest.New(t)
 	dsn := srv.NewDatabase(t)
@@ -206,15 +222,24 @@ func TestUnauthenticatedRequestsOnPostgres(t *testing.T) {
 		}
 		return n
 	}
-	got := floodAnswers(t, c.url, wire.PathRegister, source(0), bogusRegistrations(t, coordKey(t, c.url), 300))
+	got := floodAnswers(t, c.url, wire.PathRegister, source(0), bogusRegistrations(t, c.url, 300))
 	t.Logf("300 bogus registrations: %v", got)
 	if n := rows(); n != 0 {
 		t.Errorf("%d rows in requests_seen after 300 refused registrations, want 0", n)
 	}
-	ak := strings.TrimSpace(c.mustBeam("admin", "authkey", "create", "--coordinator", c.url))
+	ak := strings.TrimSpace(c.mustBeam("admin", "authkey", "create", "--reusable", "--coordinator", c.url))
 	c.device("alpha").mustUp("--authkey", ak)
+	if n := rows(); n != 0 {
+		t.Errorf("%d rows in requests_seen after a device registered, want 0: its requests are bound to the coordinator's boot epoch", n)
+	}
+	priv := key.NewNode()
+	legacy := sealedBody(t, priv, coordKey(t, c.url), wire.RegisterRequest{Version: wire.BootEpochVersion - 1, NodeKey: priv.Public(),
+		AuthKey: ak, Hostname: "legacy", Timestamp: time.Now()})
+	if got := floodAnswers(t, c.url, wire.PathRegister, source(1), [][]byte{legacy}); got["200 "] != 1 {
+		t.Fatalf("registration of version %d: %v, want 200", wire.BootEpochVersion-1, got)
+	}
 	if n := rows(); n == 0 {
-		t.Errorf("no row in requests_seen after a device registered; its requests must still be recorded")
+		t.Errorf("no row in requests_seen after a registration without a boot epoch; it must still be recorded")
 	}
 }
 
@@ -227,7 +252,7 @@ func TestSelfReportBounds(t *testing.T) {
 	c, _ := startDevServer(t)
 	beta := c.device("beta")
 	beta.mustUp()
-	mk := coordKey(t, c.url)
+	mk, epoch := coordKeyEpoch(t, c.url)
 
 	priv := key.NewNode()
 	cc, err := coordclient.New(coordclient.Options{ServerURL: c.url, PrivateKey: priv})
@@ -253,7 +278,7 @@ func TestSelfReportBounds(t *testing.T) {
 		}
 	}
 	host := "mallory\x1b]0;pwned\x07\x1b[2J" + strings.Repeat("x", 1000)
-	body := sealedBody(t, priv, mk, wire.MapRequest{Version: wire.CapabilityVersion, NodeKey: priv.Public(), Endpoints: eps, Hostname: host, Timestamp: time.Now()})
+	body := sealedBody(t, priv, mk, wire.MapRequest{Version: wire.CapabilityVersion, NodeKey: priv.Public(), Endpoints: eps, Hostname: host, Epoch: epoch, Timestamp: time.Now()})
 	if got := floodAnswers(t, c.url, wire.PathMap, net.IPv4(127, 0, 0, 1), [][]byte{body}); got["200 "] != 1 {
 		t.Fatalf("map request with 30,000 endpoints: %v, want 200", got)
 	}
@@ -354,7 +379,7 @@ func TestControlCharsInAdminTables(t *testing.T) {
 // with 429 rate_limited.
 func TestMachineRateFlag(t *testing.T) {
 	c := newClusterTB(t, "--machine-rate", "5")
-	bodies := bogusRegistrations(t, coordKey(t, c.url), 300)
+	bodies := bogusRegistrations(t, c.url, 300)
 	t0 := time.Now()
 	got := floodAnswers(t, c.url, wire.PathRegister, source(0), bodies)
 	elapsed := time.Since(t0)
@@ -379,7 +404,6 @@ func TestNeighboursDoNotLimitANode(t *testing.T) {
 	c, _ := startDevServer(t)
 	alpha := c.device("alpha")
 	alpha.mustUp()
-	mk := coordKey(t, c.url)
 	shared := net.IPv4(127, 0, 0, 1) // where the daemon's requests come from
 	limited := fmt.Sprintf("%d %s", http.StatusTooManyRequests, wire.CodeRateLimited)
 
@@ -387,7 +411,7 @@ func TestNeighboursDoNotLimitANode(t *testing.T) {
 	var flooded sync.WaitGroup
 	var mu sync.Mutex
 	total := map[string]int{}
-	bodies := bogusRegistrations(t, mk, 2000)
+	bodies := bogusRegistrations(t, c.url, 2000)
 	flooded.Go(func() {
 		for {
 			select {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -112,22 +113,30 @@ func TestPolicyAcrossCoordinators(t *testing.T) {
 		t.Errorf("policy change took %v (deny) and %v (permit) to reach devices on the other coordinator, want under 5s", denied, permitted)
 	}
 
-	// A sealed registration accepted by coordinator 1, replayed to 2.
-	req := sealedRegistration(t, c1.url, authKey)
-	for i, u := range []string{c1.url, c2.url} {
-		resp, err := http.Post(u+wire.PathRegister, "application/json", bytes.NewReader(req))
-		if err != nil {
-			t.Fatal(err)
+	// A sealed registration accepted by coordinator 1, replayed to 2: a
+	// node's of this version is refused there for coordinator 1's boot
+	// epoch, an older node's (no epoch) as seen in the database.
+	for _, legacy := range []bool{false, true} {
+		want := wire.CodeStaleEpoch
+		if legacy {
+			want = wire.CodeReplay
 		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		var eb wire.ErrorBody
-		json.Unmarshal(body, &eb)
-		switch {
-		case i == 0 && resp.StatusCode != http.StatusOK:
-			t.Fatalf("sealed registration on coordinator 1: %d %s", resp.StatusCode, body)
-		case i == 1 && (resp.StatusCode != http.StatusUnauthorized || eb.Code != wire.CodeReplay):
-			t.Errorf("the same request replayed to coordinator 2: %d %s, want 401 %s", resp.StatusCode, body, wire.CodeReplay)
+		req := sealedRegistration(t, c1.url, authKey, legacy)
+		for i, u := range []string{c1.url, c2.url} {
+			resp, err := http.Post(u+wire.PathRegister, "application/json", bytes.NewReader(req))
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			var eb wire.ErrorBody
+			json.Unmarshal(body, &eb)
+			switch {
+			case i == 0 && resp.StatusCode != http.StatusOK:
+				t.Fatalf("sealed registration (legacy %v) on coordinator 1: %d %s", legacy, resp.StatusCode, body)
+			case i == 1 && (resp.StatusCode != http.StatusUnauthorized || eb.Code != want):
+				t.Errorf("the same request (legacy %v) replayed to coordinator 2: %d %s, want 401 %s", legacy, resp.StatusCode, body, want)
+			}
 		}
 	}
 }
@@ -212,8 +221,10 @@ func startEdgeOn(t *testing.T, c *cluster, domain string) (get func(host string)
 }
 
 // sealedRegistration returns a registration envelope with authKey for a
-// new node key, sealed to the machine key of the coordinator at url.
-func sealedRegistration(t *testing.T, url, authKey string) []byte {
+// new node key, sealed to the machine key of the coordinator at url and
+// bound to its boot epoch; legacy makes it one of a node older than
+// wire.BootEpochVersion, without an epoch.
+func sealedRegistration(t *testing.T, url, authKey string, legacy bool) []byte {
 	t.Helper()
 	resp, err := http.Get(url + wire.PathKey)
 	if err != nil {
@@ -225,8 +236,19 @@ func sealedRegistration(t *testing.T, url, authKey string) []byte {
 	if err := mk.UnmarshalText(bytes.TrimSpace(b)); err != nil {
 		t.Fatalf("machine key %q: %v", b, err)
 	}
+	req := wire.RegisterRequest{Version: wire.CapabilityVersion, AuthKey: authKey, Hostname: "replayed", Timestamp: time.Now()}
+	if legacy {
+		req.Version = wire.BootEpochVersion - 1
+	} else {
+		epoch, err := hex.DecodeString(resp.Header.Get(wire.HeaderBootEpoch))
+		if err != nil || len(epoch) != wire.BootEpochLen {
+			t.Fatalf("boot epoch %q: want %d bytes in hex", resp.Header.Get(wire.HeaderBootEpoch), wire.BootEpochLen)
+		}
+		req.Epoch = epoch
+	}
 	nk := key.NewNode()
-	clear, err := json.Marshal(wire.RegisterRequest{Version: wire.CapabilityVersion, NodeKey: nk.Public(), AuthKey: authKey, Hostname: "replayed", Timestamp: time.Now()})
+	req.NodeKey = nk.Public()
+	clear, err := json.Marshal(req)
 	if err != nil {
 		t.Fatal(err)
 	}
