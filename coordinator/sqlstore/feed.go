@@ -300,8 +300,16 @@ type beatState struct {
 	stale, unknownTimeout, judgeAfter time.Duration
 
 	mu sync.Mutex // guards the following fields
-	// unknown holds the unknown nodes at the last Heartbeat.
+	// unknown holds the unknown nodes at the last Heartbeat, and those a
+	// read (presence) found unknown since: a read between two Heartbeats
+	// may catch another coordinator's beat stale (it beats late, under
+	// load) that both Heartbeats find fresh, and the coordinator keeps
+	// what it read until the next Heartbeat reports the node.
 	unknown map[wire.NodeID]bool
+	// toldOnline holds the nodes of unknown that a read since the last
+	// Heartbeat found online (their coordinator beat again): the next
+	// Heartbeat reports those it finds unknown still.
+	toldOnline map[wire.NodeID]bool
 	// beaten is set once a Heartbeat succeeded; freshSince is when this
 	// store's beats became fresh again after they had stopped.
 	beaten     bool
@@ -317,22 +325,33 @@ func (bs *beatState) judgingLocked() bool {
 // presence is the coordinator.Presence of node id whose row has presence
 // p in SQL (1 online, 2 its coordinator's beat is stale): while stale
 // beats do not count yet, the node is unknown only if it already was.
+// What it returns is recorded, so that the next Heartbeat reports the
+// node if it finds otherwise: what a read told the coordinator stays in
+// its memory until the node is reported (or written again).
 func (bs *beatState) presence(id wire.NodeID, p int) coordinator.Presence {
-	if p != 2 {
-		return coordinator.PresenceOnline
-	}
 	bs.mu.Lock()
 	defer bs.mu.Unlock()
-	if !bs.judgingLocked() && !bs.unknown[id] {
-		return coordinator.PresenceOnline
+	if p == 2 && (bs.judgingLocked() || bs.unknown[id]) {
+		if bs.unknown == nil {
+			bs.unknown = make(map[wire.NodeID]bool)
+		}
+		bs.unknown[id] = true
+		return coordinator.PresenceUnknown
 	}
-	return coordinator.PresenceUnknown
+	if bs.unknown[id] {
+		if bs.toldOnline == nil {
+			bs.toldOnline = make(map[wire.NodeID]bool)
+		}
+		bs.toldOnline[id] = true
+	}
+	return coordinator.PresenceOnline
 }
 
 // Heartbeat implements coordinator.NodeFeed: it records that this
 // store's coordinator is alive; finds the nodes of coordinators that have
 // not beaten for the stale time (unknown) and returns those that became or
-// stopped being unknown since its last call; and deletes the stream
+// stopped being unknown since its last call, or since a read (NodeByID,
+// NodeByKey, RemoteOnline) told otherwise; and deletes the stream
 // states (and heartbeats) of coordinators that have not beaten for
 // the stale time + the unknown timeout, which tells the others their nodes went
 // offline, returning those nodes too. missing reports whether this store
@@ -415,11 +434,11 @@ func (s *Store) Heartbeat(ctx context.Context) (changed []wire.NodeID, missing b
 		}
 	}
 	for id := range s.beats.unknown {
-		if !unknown[id] {
+		if !unknown[id] || s.beats.toldOnline[id] {
 			changed = append(changed, id)
 		}
 	}
-	s.beats.unknown = unknown
+	s.beats.unknown, s.beats.toldOnline = unknown, nil
 	slices.Sort(changed)
 	return slices.Compact(changed), missing, nil
 }

@@ -756,3 +756,70 @@ func TestStopBeating(t *testing.T) {
 		t.Errorf("%d records of a stop kept after the grace (%v), want 0", stops, err)
 	}
 }
+
+// TestHeartbeatAfterStaleRead: a read between two Heartbeats can catch
+// another coordinator's beat stale (it beat late, under load) although
+// both Heartbeats find it fresh; the coordinator keeps what the read
+// said, so the next Heartbeat reports the node, and so the other way
+// round. Before, the node stayed unknown on the reader for good (its
+// peers there never saw it online again), or online while unknown.
+func TestHeartbeatAfterStaleRead(t *testing.T) {
+	dsn := pg.NewSchema(t)
+	a, b := openStore(t, dsn), openStore(t, dsn)
+	ctx := t.Context()
+	n, err := a.EnsureNetwork(ctx, "default", "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	alpha := testNode(n.ID, "alpha", 1)
+	if err := a.InsertNode(ctx, alpha, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*Store{a, b} {
+		if _, _, err := s.Heartbeat(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.SetNodeOnline(ctx, alpha.Node.ID, true, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	// setBeat puts a's last beat ago in the past.
+	setBeat := func(ago time.Duration) {
+		t.Helper()
+		if _, err := a.db.ExecContext(ctx, `UPDATE coordinator_beats SET beat = `+dbNow+` - $1 WHERE origin = $2`, int64(ago), a.origin); err != nil {
+			t.Fatal(err)
+		}
+	}
+	read := func(want coordinator.Presence, when string) {
+		t.Helper()
+		if _, p, err := b.NodeByID(ctx, alpha.Node.ID); err != nil || p != want {
+			t.Fatalf("%s: alpha on b is %d, %v; want %d", when, p, err, want)
+		}
+	}
+	beat := func(want []wire.NodeID, when string) {
+		t.Helper()
+		changed, _, err := b.Heartbeat(ctx)
+		if err != nil || !slices.Equal(changed, want) {
+			t.Fatalf("%s: b's Heartbeat changed %v, %v; want %v", when, changed, err, want)
+		}
+	}
+	beat(nil, "a beats")
+	read(coordinator.PresenceOnline, "a beats")
+	setBeat(2 * b.beats.stale) // a beats late...
+	read(coordinator.PresenceUnknown, "a late")
+	setBeat(0) // ...and beats again before b's next Heartbeat
+	beat([]wire.NodeID{alpha.Node.ID}, "a beat again after a read found it late")
+	read(coordinator.PresenceOnline, "a beat again")
+	beat(nil, "nothing new")
+
+	// The other way: unknown at a Heartbeat, online at a read, unknown
+	// again at the next Heartbeat.
+	setBeat(2 * b.beats.stale)
+	beat([]wire.NodeID{alpha.Node.ID}, "a stopped beating")
+	setBeat(0)
+	read(coordinator.PresenceOnline, "a beats for a moment")
+	setBeat(2 * b.beats.stale)
+	beat([]wire.NodeID{alpha.Node.ID}, "a stopped again after a read found it online")
+	read(coordinator.PresenceUnknown, "a stopped again")
+	beat(nil, "nothing new, a still stopped")
+}
