@@ -176,9 +176,9 @@ type fanout struct {
 	started map[wire.NodeID]time.Time
 	wake    chan struct{} // cap 1
 
-	beaten bool // a heartbeat succeeded; onlineLoop's alone
+	beaten bool // a heartbeat succeeded; beatLoop's alone
 	// unapplied are dropped nodes a heartbeat reported whose read failed,
-	// for the next beat; onlineLoop's alone.
+	// for the next beat; beatLoop's alone.
 	unapplied []wire.NodeID
 }
 
@@ -206,13 +206,14 @@ func newFanout(core *Server, store Store) *fanout {
 	return f
 }
 
-// start runs the listener and the online writer, counted in core.wg.
+// start runs the listener, the online writer and the heartbeat, counted
+// in core.wg.
 func (f *fanout) start() {
 	if f.feed == nil {
 		return
 	}
 	s := f.core
-	s.wg.Add(2)
+	s.wg.Add(3)
 	go func() {
 		defer s.wg.Done()
 		// A listener that keeps failing (no LISTEN privilege, a schema
@@ -231,6 +232,7 @@ func (f *fanout) start() {
 		}
 	}()
 	go f.onlineLoop()
+	go f.beatLoop()
 }
 
 // streamChanged records that the node id got (online) or lost its map
@@ -261,27 +263,42 @@ func (f *fanout) streamChanged(id wire.NodeID, online bool) {
 	}
 }
 
-// onlineLoop writes the stream states streamChanged records, and beats.
+// onlineLoop writes the stream states streamChanged records.
 func (f *fanout) onlineLoop() {
 	s := f.core
 	defer s.wg.Done()
-	f.beat()
-	t := time.NewTicker(heartbeatInterval)
-	defer t.Stop()
 	var retry <-chan time.Time // set while failed writes wait
 	for {
 		select {
 		case <-s.ctx.Done():
 			return // Server.Close calls flush once the streams have ended
-		case <-t.C:
-			f.beat()
-			continue
 		case <-f.wake:
 		case <-retry:
 			retry = nil
 		}
 		if !f.writeOnline(s.ctx) && retry == nil {
 			retry = time.After(onlineRetry)
+		}
+	}
+}
+
+// beatLoop beats every heartbeatInterval. It beats on its own, not
+// between onlineLoop's writes: a batch of thousands of stream states
+// takes seconds on a loaded database, up to the writes' timeout, and a
+// beat waiting for it may come too late, when the other coordinators take
+// this one's nodes for unknown.
+func (f *fanout) beatLoop() {
+	s := f.core
+	defer s.wg.Done()
+	f.beat()
+	t := time.NewTicker(heartbeatInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+			f.beat()
 		}
 	}
 }

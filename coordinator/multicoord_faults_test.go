@@ -37,6 +37,13 @@ type faultyStore struct {
 	// nodeReadsFail and policyReadsFail are how many reads of a node by
 	// ID, and of the policy setting, from now on fail.
 	nodeReadsFail, policyReadsFail int
+	// onlineHang, if set, holds every write of a node going online until
+	// it is closed, as a database too loaded to answer; onlineHung gets
+	// a value as each such write starts.
+	onlineHang chan struct{}
+	onlineHung chan struct{}
+	// beaten, if set, gets a value after each heartbeat that succeeded.
+	beaten chan struct{}
 }
 
 func (f *faultyStore) NodeByID(ctx context.Context, id wire.NodeID) (*coordinator.NodeRecord, coordinator.Presence, error) {
@@ -100,6 +107,16 @@ func (f *faultyStore) SetNodeOnline(ctx context.Context, id wire.NodeID, online 
 	if fail {
 		return errInjected
 	}
+	f.mu.Lock()
+	hang, hung := f.onlineHang, f.onlineHung
+	f.mu.Unlock()
+	if online && hang != nil {
+		select {
+		case hung <- struct{}{}:
+		default:
+		}
+		<-hang
+	}
 	err := f.Store.SetNodeOnline(ctx, id, online, at)
 	f.mu.Lock()
 	ch := f.wroteOnline
@@ -120,7 +137,17 @@ func (f *faultyStore) Heartbeat(ctx context.Context) ([]wire.NodeID, bool, error
 	if fail {
 		return nil, false, errInjected
 	}
-	return f.Store.Heartbeat(ctx)
+	changed, missing, err := f.Store.Heartbeat(ctx)
+	f.mu.Lock()
+	ch := f.beaten
+	f.mu.Unlock()
+	if err == nil && ch != nil {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+	return changed, missing, err
 }
 
 func (f *faultyStore) set(mod func(f *faultyStore)) {
@@ -163,6 +190,46 @@ func TestFeedFaults(t *testing.T) {
 	t.Run("OfflineWriteFails", func(t *testing.T) { offlineWriteFails(t, pg.NewDatabase(t), priv) })
 	t.Run("FirstBeatsFail", func(t *testing.T) { firstBeatsFail(t, pg.NewDatabase(t), priv) })
 	t.Run("ApplyReadsFail", func(t *testing.T) { applyReadsFail(t, pg.NewDatabase(t), priv) })
+	t.Run("OnlineWritesHang", func(t *testing.T) { onlineWritesHang(t, pg.NewDatabase(t), priv) })
+}
+
+// onlineWritesHang: a coordinator whose stream state writes hang (a
+// database too loaded to answer them in time) still beats, so the other
+// coordinators do not take its nodes for unknown. Before, it beat between
+// those writes, which with thousands of nodes on a loaded machine held
+// its beats back beyond the stale time.
+func onlineWritesHang(t *testing.T, dsn string, priv key.MachinePrivate) {
+	hang, hung, beaten := make(chan struct{}), make(chan struct{}, 1), make(chan struct{}, 1)
+	ca, fa := startFaulty(t, dsn, priv, func(f *faultyStore) {
+		f.onlineHang, f.onlineHung = hang, hung
+	})
+	released := false
+	release := func() {
+		if !released {
+			released = true
+			close(hang)
+		}
+	}
+	t.Cleanup(release) // before ca stops (cleanups run last first)
+	ak := ca.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	a := newNode(t, ca.URL)
+	alpha := a.register(t, ak, "alpha").Node.ID
+	watch(t, a)
+	select {
+	case <-hung:
+	case <-time.After(fanoutWait):
+		t.Fatal("alpha's coordinator did not write its stream state")
+	}
+	fa.set(func(f *faultyStore) { f.beaten = beaten })
+	for i := range 2 {
+		select {
+		case <-beaten:
+		case <-time.After(fanoutWait):
+			t.Fatalf("%d heartbeats in %v while a stream state write hangs, want 2", i, fanoutWait)
+		}
+	}
+	release()
+	waitOnlineRow(t, dsn, alpha, true)
 }
 
 // applyReadsFail: a change another coordinator made reaches a
