@@ -199,8 +199,60 @@ func networksAndShutdown(t *testing.T, pg *pgtest.Server, priv key.MachinePrivat
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
+	// First each coordinator beats once after its start: a coordinator's
+	// first heartbeat rightly takes others' hour-old beats for dead ones
+	// (the beat its secrets claim recorded at start is not one).
+	var origins []string
+	var startBeats []int64
+	rows, err := conn.Query(t.Context(), `SELECT origin, beat FROM coordinator_beats`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var origin string
+		var beat int64
+		if err := rows.Scan(&origin, &beat); err != nil {
+			t.Fatal(err)
+		}
+		origins, startBeats = append(origins, origin), append(startBeats, beat)
+	}
+	if rows.Close(); rows.Err() != nil || len(origins) != 2 {
+		t.Fatalf("beats at start: %v, %v; want two", origins, rows.Err())
+	}
+	beatDeadline := time.Now().Add(fanoutWait)
+	for {
+		var again int
+		if err := conn.QueryRow(t.Context(), `SELECT COUNT(*) FROM coordinator_beats WHERE
+			(origin = $1 AND beat > $2) OR (origin = $3 AND beat > $4)`, origins[0], startBeats[0], origins[1], startBeats[1]).Scan(&again); err != nil {
+			t.Fatal(err)
+		}
+		if again == 2 {
+			break
+		}
+		if time.Now().After(beatDeadline) {
+			t.Fatalf("%d of 2 coordinators beat after their start within %v", again, fanoutWait)
+		}
+		tick := time.NewTimer(50 * time.Millisecond)
+		<-tick.C
+	}
+	// The beats age in a transaction that locks their table first: a
+	// heartbeat already under way (it read its own beat as fresh) ends
+	// before they age, and later ones see them aged. Aged under a
+	// heartbeat that had read its beat fresh, the other's beat looked an
+	// hour old to a coordinator that had not stalled, which then rightly
+	// took the other for gone.
 	aged := time.Now().UnixNano()
-	if _, err := conn.Exec(t.Context(), `UPDATE coordinator_beats SET beat = beat - 3600000000000`); err != nil {
+	tx, err := conn.Begin(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(t.Context(), `LOCK TABLE coordinator_beats IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(t.Context(), `UPDATE coordinator_beats SET beat = beat - 3600000000000`); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(fanoutWait)
