@@ -2,6 +2,7 @@ package coordclient
 
 import (
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -146,6 +147,61 @@ func (c *Client) sawBound(t *target) {
 		c.binding = make(map[string]bool)
 	}
 	c.binding[t.String()] = true
+}
+
+// Binds reports whether the coordinator is known to bind its replies:
+// Options.ServerBinds, or one of its targets bound a reply to this
+// client.
+func (c *Client) Binds() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.binds || len(c.binding) > 0
+}
+
+// sealsErrors reports whether an unsealed terminal error from t is
+// refused: t (or the coordinator) is known to bind its replies.
+func (c *Client) sealsErrors(t *target) bool {
+	return c.binds || c.bindsReplies(t)
+}
+
+// verifyError takes the sealed copy of the error body b (the answer to
+// a request whose reply key is bound) when it opens, and marks e
+// Unverified when it says the node cannot go on without being sealed,
+// from a coordinator that binds its replies.
+func (c *Client) verifyError(t *target, e *Error, b []byte, bound key.Shared) {
+	var eb wire.ErrorBody
+	if json.Unmarshal(b, &eb) == nil && len(eb.Sealed) > 0 {
+		if clear, ok := bound.Open(eb.Sealed); ok {
+			var in wire.ErrorBody
+			if json.Unmarshal(clear, &in) == nil {
+				e.Code, e.Message = in.Code, in.Error
+				c.sawBound(t)
+				return
+			}
+		}
+	}
+	if terminalCode(e.Code) && c.sealsErrors(t) {
+		e.Unverified = true
+	}
+}
+
+// streamEnd returns the error of a map stream's end from its trailers:
+// the sealed one (wire.TrailerErrorSealed) when it opens as the frame
+// after the last, else the plain one, marked Unverified when terminal
+// and the stream was bound.
+func (fo *frameOpener) streamEnd(plain, sealed, retryAfter string) *Error {
+	if sealed != "" && !fo.plain {
+		if raw, err := base64.StdEncoding.DecodeString(sealed); err == nil {
+			if clear, ok := fo.rp.bound.OpenSeq(raw, fo.seq); ok {
+				return errorFromTrailer(string(clear), retryAfter)
+			}
+		}
+	}
+	e := errorFromTrailer(plain, retryAfter)
+	if terminalCode(e.Code) && !fo.plain && fo.rp.c.sealsErrors(fo.rp.t) {
+		e.Unverified = true
+	}
+	return e
 }
 
 // warnUnbound logs, once per coordinator, that it does not bind replies.

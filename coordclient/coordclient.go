@@ -75,6 +75,11 @@ type Options struct {
 	// key when the client fetched it without one pinned, so the caller
 	// can pin it. It must not block.
 	OnServerKey func(key.MachinePublic)
+	// ServerBinds says the coordinator is known to bind its replies to
+	// requests (Client.Binds of an earlier client): then, as from a
+	// coordinator that bound a reply to this client, a terminal error
+	// (node removed, expired, not registered) is taken only sealed.
+	ServerBinds bool
 }
 
 // Client talks to a coordinator (one of several, when ServerURL names
@@ -95,6 +100,7 @@ type Client struct {
 	// pinned is Options.ServerKey; onKey is Options.OnServerKey.
 	pinned key.MachinePublic
 	onKey  func(key.MachinePublic)
+	binds  bool // Options.ServerBinds
 
 	mu sync.Mutex // guards the following fields
 	// serverKey is the coordinator's machine key in use; zero until
@@ -151,6 +157,7 @@ func New(opts Options) (*Client, error) {
 		now:     time.Now,
 		onConn:  opts.OnConnState,
 		pinned:  opts.ServerKey,
+		binds:   opts.ServerBinds,
 		onKey:   opts.OnServerKey,
 	}
 	if !c.pinned.IsZero() {
@@ -371,6 +378,7 @@ func (c *Client) postTo(ctx context.Context, t *target, path string, build build
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 		resp.Body.Close()
 		e := errorFromBody(resp.StatusCode, b)
+		c.verifyError(t, e, b, box.Bind(nonce))
 		if e.Code == wire.CodeBadSeal && !refetched {
 			refetched = true
 			retry, err := c.keyChanged(ctx, t, e)

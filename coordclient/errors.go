@@ -85,6 +85,12 @@ type Error struct {
 	// could not serve in time: 503 with Retry-After); zero if it did not
 	// say.
 	RetryAfter time.Duration
+	// Unverified means the error says the node cannot go on (removed,
+	// expired, not registered) but was not sealed for its request by a
+	// coordinator known to bind its replies: someone on the path may
+	// have written it. It then matches none of those sentinels, and the
+	// client retries.
+	Unverified bool
 }
 
 func (e *Error) Error() string {
@@ -92,7 +98,15 @@ func (e *Error) Error() string {
 	if msg == "" {
 		msg = http.StatusText(e.Status)
 	}
+	if e.Unverified {
+		return fmt.Sprintf("unsealed %s answer from a coordinator that binds its replies, not taken (written by someone on the path?): %s", e.Code, msg)
+	}
 	return "coordinator: " + msg
+}
+
+// terminalCode reports whether code says the node cannot stream any more.
+func terminalCode(code wire.ErrorCode) bool {
+	return code == wire.CodeNodeRemoved || code == wire.CodeNodeExpired || code == wire.CodeNodeNotRegistered
 }
 
 // UserMessage returns what a user should read: the sentence for e's
@@ -110,6 +124,9 @@ func (e *Error) UserMessage() string {
 
 // Is reports whether target is the sentinel for e's code.
 func (e *Error) Is(target error) bool {
+	if e.Unverified && terminalCode(e.Code) {
+		return false
+	}
 	if s, ok := edgeCodes[e.Code]; ok {
 		return target == s
 	}

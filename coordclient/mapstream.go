@@ -64,6 +64,9 @@ func (c *Client) runStreams(ctx context.Context, sink streamSink) error {
 			c.logger.Info("map stream ended for good", "err", err)
 			return err
 		}
+		if e, ok := errors.AsType[*Error](err); ok && e.Unverified {
+			c.logger.Warn("map stream: a final error (node removed, expired or not registered) came unsealed from a coordinator that binds its replies; taken as transient", "server", t.String(), "err", err)
+		}
 		if errors.Is(err, ErrServerKeyChanged) {
 			c.logger.Warn("coordinator refused: its machine key is not the one this node joined with", "server", t.String(), "err", err)
 		}
@@ -200,7 +203,7 @@ func (c *Client) readStream(cancel context.CancelFunc, rp *reply, sink streamSin
 				return got, fmt.Errorf("coordclient: map stream silent for %v", dead)
 			case errors.Is(err, io.EOF):
 				if t := resp.Trailer.Get(wire.TrailerError); t != "" {
-					return got, fmt.Errorf("coordclient: map stream: %w", errorFromTrailer(t, resp.Trailer.Get(wire.TrailerRetryAfter)))
+					return got, fmt.Errorf("coordclient: map stream: %w", fo.streamEnd(t, resp.Trailer.Get(wire.TrailerErrorSealed), resp.Trailer.Get(wire.TrailerRetryAfter)))
 				}
 				return got, fmt.Errorf("coordclient: map stream ended: %w", err)
 			case errors.Is(err, ErrBadResponse):

@@ -1,6 +1,8 @@
 package coordinator
 
 import (
+	"encoding/base64"
+	"encoding/json"
 	"net/http"
 	"strconv"
 
@@ -39,6 +41,9 @@ var (
 type replyWriter struct {
 	http.ResponseWriter
 	nonce []byte // nil: unbound replies
+	// box is the key shared with the request's node bound to nonce,
+	// which seals error answers (writeError); zero until setReplyBox.
+	box key.Shared
 }
 
 // Unwrap gives http.ResponseController the connection's writer (flushes
@@ -76,6 +81,39 @@ func setReplyNonce(w http.ResponseWriter, v any) *apiError {
 		rw.nonce = n
 	}
 	return nil
+}
+
+// setReplyBox records on w the key the answer to nk's request is bound
+// with, so that an error answer is sealed too (sealedError).
+func (s *Server) setReplyBox(w http.ResponseWriter, nk key.NodePublic) {
+	if rw, ok := w.(*replyWriter); ok && rw.nonce != nil {
+		rw.box = s.boxes.get(s.priv, nk).Bind(rw.nonce)
+	}
+}
+
+// sealedError returns the error body eb sealed with the key bound to the
+// request on w (wire.ErrorBody.Sealed), or nil when the request had no
+// nonce or was not opened.
+func sealedError(w http.ResponseWriter, eb wire.ErrorBody) []byte {
+	rw, ok := w.(*replyWriter)
+	if !ok || rw.box.IsZero() {
+		return nil
+	}
+	b, err := json.Marshal(eb)
+	if err != nil {
+		return nil
+	}
+	return rw.box.Seal(b)
+}
+
+// sealTrailer sets the stream's sealed error trailer
+// (wire.TrailerErrorSealed) to v sealed as the stream's next frame; an
+// unbound stream (a node before version 17) gets none.
+func (f *frameSealer) sealTrailer(h http.Header, v string) {
+	if !f.bound {
+		return
+	}
+	h.Set(wire.TrailerErrorSealed, base64.StdEncoding.EncodeToString(f.SealAppend(nil, []byte(v))))
 }
 
 // replyKey returns the key the reply to nk's request on w is sealed

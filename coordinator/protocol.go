@@ -54,7 +54,9 @@ func writeError(w http.ResponseWriter, e *apiError) {
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int((e.retryAfter+time.Second-1)/time.Second))))
 	}
 	w.WriteHeader(e.status)
-	json.NewEncoder(w).Encode(wire.ErrorBody{Error: e.msg, Code: e.code})
+	eb := wire.ErrorBody{Error: e.msg, Code: e.code}
+	eb.Sealed = sealedError(w, eb)
+	json.NewEncoder(w).Encode(eb)
 }
 
 // decodeEnvelope parses the outer JSON of a control request.

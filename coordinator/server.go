@@ -596,6 +596,7 @@ func (s *Server) openRequest(w http.ResponseWriter, r *http.Request, v any, hdr 
 	if nk != env.NodeKey {
 		return nil, errorf(http.StatusUnauthorized, wire.CodeKeyMismatch, "sealed node key differs from the envelope's")
 	}
+	s.setReplyBox(w, nk) // errors from here on are sealed (bind.go)
 	now := s.now()
 	if d := now.Sub(ts); d > MaxClockSkew || d < -MaxClockSkew {
 		return nil, errorf(http.StatusUnauthorized, wire.CodeClockSkew, "request timestamp is %s away from the coordinator's clock", d.Round(time.Second))

@@ -491,6 +491,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	w.Header().Set(wire.HeaderKeepAlive, strconv.FormatInt(s.keepAlive.Milliseconds(), 10))
 	w.Header().Add("Trailer", wire.TrailerError)
 	w.Header().Add("Trailer", wire.TrailerRetryAfter)
+	w.Header().Add("Trailer", wire.TrailerErrorSealed)
 	w.WriteHeader(http.StatusOK)
 	// Small, as every streaming node has one: a frame larger than the
 	// buffer goes to the connection directly.
@@ -707,6 +708,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		netChanged = time.Time{}
 		if ended {
 			w.Header().Set(wire.TrailerError, string(code)+": "+msg)
+			box.sealTrailer(w.Header(), string(code)+": "+msg)
 			log.Info("ending map stream", "reason", code)
 			return
 		}

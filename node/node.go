@@ -320,6 +320,7 @@ func (n *Node) Up(ctx context.Context, req apitype.UpRequest) (*apitype.UpRespon
 		if !same {
 			n.st.Registered = false
 			n.st.ServerKey = key.MachinePublic{} // another network: trust its key on first use
+			n.st.ServerBinds = false
 		}
 		n.st.Coordinator = want
 	}
@@ -434,14 +435,15 @@ func (n *Node) Up(ctx context.Context, req apitype.UpRequest) (*apitype.UpRespon
 // register runs one registration exchange.
 func (n *Node) register(ctx context.Context, priv key.NodePrivate, authKey string, reauth bool) (*apitype.UpResponse, error) {
 	n.mu.Lock()
-	url, host, pinned := n.st.Coordinator, n.st.Hostname, n.st.ServerKey
+	url, host, pinned, binds := n.st.Coordinator, n.st.Hostname, n.st.ServerKey, n.st.ServerBinds
 	n.mu.Unlock()
 	c, err := coordclient.New(coordclient.Options{
-		ServerURL:  url,
-		PrivateKey: priv,
-		ServerKey:  pinned,
-		HTTPClient: n.opts.HTTPClient,
-		Logger:     n.logger.With("component", "control"),
+		ServerURL:   url,
+		PrivateKey:  priv,
+		ServerKey:   pinned,
+		ServerBinds: binds,
+		HTTPClient:  n.opts.HTTPClient,
+		Logger:      n.logger.With("component", "control"),
 	})
 	if err != nil {
 		return nil, err
@@ -472,14 +474,16 @@ func (n *Node) register(ctx context.Context, priv key.NodePrivate, authKey strin
 	if r.AuthURL != "" && r.Node == nil {
 		return &apitype.UpResponse{AuthURL: r.AuthURL}, fmt.Errorf("approval needed: visit %s", r.AuthURL)
 	}
-	if k := c.ServerKey(); pinned.IsZero() && !k.IsZero() {
-		// Pin the key the node registered with; Up saves the state next.
-		n.mu.Lock()
-		if n.st.Coordinator == url {
+	// Pin the key the node registered with, and remember that the
+	// coordinator binds its replies; Up saves the state next.
+	n.mu.Lock()
+	if n.st.Coordinator == url {
+		if k := c.ServerKey(); pinned.IsZero() && !k.IsZero() {
 			n.st.ServerKey = k
 		}
-		n.mu.Unlock()
+		n.st.ServerBinds = n.st.ServerBinds || c.Binds()
 	}
+	n.mu.Unlock()
 	out := &apitype.UpResponse{NameChanged: r.NameChanged}
 	if r.Node != nil {
 		out.Name, out.DNSName, out.IPs = r.Node.Name, r.Node.DNSName, prefixAddrs(r.Node.Addresses)
@@ -520,9 +524,10 @@ func (n *Node) startSessionLocked() error {
 	}
 	s := &session{done: make(chan struct{}), firstMap: make(chan struct{})}
 	c, err := coordclient.New(coordclient.Options{
-		ServerURL:  n.st.Coordinator,
-		PrivateKey: n.st.PrivateKey,
-		ServerKey:  n.st.ServerKey,
+		ServerURL:   n.st.Coordinator,
+		PrivateKey:  n.st.PrivateKey,
+		ServerKey:   n.st.ServerKey,
+		ServerBinds: n.st.ServerBinds,
 		OnServerKey: func(k key.MachinePublic) {
 			// A node registered before keys were pinned pins the key of
 			// the coordinator it streams from.

@@ -23,6 +23,10 @@ type persisted struct {
 	// with (shared by the replicas of one network), pinned: a
 	// coordinator with another key is refused until `beam logout`.
 	ServerKey key.MachinePublic `json:"server_key,omitzero"`
+	// ServerBinds means the coordinator bound its replies to the node's
+	// requests (protocol 17 and later): the node then takes "removed",
+	// "expired" and "not registered" from it only sealed.
+	ServerBinds bool `json:"server_binds,omitempty"`
 	// Registered means the coordinator accepted PrivateKey's public half.
 	Registered bool `json:"registered,omitempty"`
 	// WantRunning means the user last ran `beam up` (not `beam down`), so

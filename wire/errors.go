@@ -61,6 +61,11 @@ const (
 type ErrorBody struct {
 	Error string    `json:"error"`
 	Code  ErrorCode `json:"code"`
+	// Sealed is this body (Error and Code) sealed with the key shared
+	// with the node bound to its request's Nonce, as the reply would
+	// have been (since version 20), so that the node can tell the
+	// coordinator's errors from ones someone on the path wrote.
+	Sealed []byte `json:"sealed,omitempty"`
 }
 
 // userMessages say, for a user, what failed and what to do next.

@@ -95,6 +95,11 @@ const (
 	// TrailerError is the trailer that says why a stream ended, as
 	// "CODE: MESSAGE" with an ErrorCode.
 	TrailerError = "Beam-Error"
+	// TrailerErrorSealed carries TrailerError's value sealed (base64)
+	// with the stream's bound key as the frame after the last one
+	// (key.Shared.SealSeqAppend), since version 20: the node takes a
+	// stream's end as the coordinator's only when it opens.
+	TrailerErrorSealed = "Beam-Error-Sealed"
 	// TrailerRetryAfter comes with TrailerError when the coordinator
 	// shuts down (CodeUnavailable): the milliseconds the node should wait
 	// before it opens its stream again. Each stream is given its own

@@ -103,7 +103,16 @@ import (
 //     (whose replay cache lived in memory), or sent to another replica,
 //     cannot be replayed there. Nodes of older versions send no Epoch
 //     and are checked as before.
-const CapabilityVersion = 19
+//   - 20 (2026-12-07): sealed errors: an error answer to a request with a
+//     Nonce carries its body sealed with the bound key too
+//     (ErrorBody.Sealed), and a map stream's end its trailer sealed as
+//     the frame after the last (TrailerErrorSealed). A node takes
+//     node_removed, node_expired and node_not_registered as final only
+//     when they open, from a coordinator it knows binds its replies; an
+//     unsealed one (written by someone on the path) it retries.
+//     Coordinators of versions 17 to 19 do not seal them: a node removed
+//     there keeps retrying instead of stopping.
+const CapabilityVersion = 20
 
 // BootEpochVersion is the first CapabilityVersion whose sealed requests
 // carry the coordinator's boot epoch, and are refused without the
@@ -122,6 +131,11 @@ const HeaderBootEpoch = "Beam-Boot-Epoch"
 // BoundRepliesVersion is the first CapabilityVersion whose coordinators
 // bind replies to their request's Nonce.
 const BoundRepliesVersion = 17
+
+// SealedErrorsVersion is the first CapabilityVersion whose coordinators
+// seal their error answers and stream trailers (ErrorBody.Sealed,
+// TrailerErrorSealed).
+const SealedErrorsVersion = 20
 
 // ReplyNonceLen is the length of a sealed request's Nonce.
 const ReplyNonceLen = 32
