@@ -245,7 +245,14 @@ func (o RouteOptions) Validate(proto string) error {
 	if len(o.BasicAuth) > maxAuthUsers {
 		bad("basic auth: at most %d users", maxAuthUsers)
 	}
+	users := make(map[string]bool, len(o.BasicAuth))
 	for _, u := range o.BasicAuth {
+		// The edge compares names byte for byte: "Ann" and "ann" are two
+		// users, a second "ann" would be a second password for one.
+		if users[u.User] {
+			bad("basic auth user %q given twice", u.User)
+		}
+		users[u.User] = true
 		if u.User == "" || len(u.User) > maxOptionText || strings.ContainsAny(u.User, ":\r\n") || !printable(u.User) {
 			bad("basic auth user %q: want a name without ':' or control characters", u.User)
 		}

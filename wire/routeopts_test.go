@@ -67,6 +67,8 @@ func TestRouteOptionsValidate(t *testing.T) {
 		{"proxy on http", RouteOptions{ProxyProtocol: 1}, "http", "only for tcp and tls"},
 		{"proxy v3", RouteOptions{ProxyProtocol: 3}, "tcp", "want 1 or 2"},
 		{"empty user", RouteOptions{BasicAuth: []BasicAuthUser{{Secret: "plain:p"}}}, "http", "basic auth user"},
+		{"same user twice", RouteOptions{BasicAuth: []BasicAuthUser{{User: "ann", Secret: "plain:p"}, {User: "bob", Secret: "plain:q"}, {User: "ann", Secret: "plain:r"}}}, "http", `basic auth user "ann" given twice`},
+		{"users differing in case", RouteOptions{BasicAuth: []BasicAuthUser{{User: "ann", Secret: "plain:p"}, {User: "Ann", Secret: "plain:q"}}}, "http", ""},
 		{"colon user", RouteOptions{BasicAuth: []BasicAuthUser{{User: "a:b", Secret: "plain:p"}}}, "http", "basic auth user"},
 		{"bare secret", RouteOptions{BasicAuth: []BasicAuthUser{{User: "u", Secret: "hunter2"}}}, "http", "must start with"},
 		{"empty password", RouteOptions{BasicAuth: []BasicAuthUser{{User: "u", Secret: "plain:"}}}, "http", "empty password"},
