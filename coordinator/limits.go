@@ -179,6 +179,7 @@ func (s *Server) chargeNode(w http.ResponseWriter, nk key.NodePublic) *apiError 
 	if ok {
 		return nil
 	}
+	s.met.nodeLimited.Add(1)
 	secs := max(1, int((wait+time.Second-1)/time.Second))
 	w.Header().Set("Retry-After", strconv.Itoa(secs))
 	return errorf(http.StatusTooManyRequests, wire.CodeRateLimited, "too many requests from this node; retry in %ds", secs)

@@ -18,6 +18,9 @@ type metrics struct {
 	// machineLimited counts sealed requests refused by the per-source
 	// rate limit.
 	machineLimited atomic.Uint64
+	// nodeLimited counts registered nodes' sealed requests refused by
+	// their own per-node rate limit.
+	nodeLimited atomic.Uint64
 	// fanout is the time from the first change marked for a map stream to
 	// the delta that carries it being written.
 	fanout prometheus.Histogram
@@ -100,13 +103,15 @@ var (
 		"Sealed requests remembered against replays (those of registered nodes and valid auth keys, for the clock-skew window).", nil, nil)
 	coordRateLimitedDesc = prometheus.NewDesc("beam_coordinator_rate_limited_total",
 		"Sealed requests refused because their source address sent too many.", nil, nil)
+	coordNodeRateLimitedDesc = prometheus.NewDesc("beam_coordinator_node_rate_limited_total",
+		"Registered nodes' sealed requests refused because the node sent too many.", nil, nil)
 )
 
 type coordCollector struct{ s *Server }
 
 func (c coordCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{coordNodesDesc, coordNetworksDesc, coordStreamsDesc, coordStreamsOpenedDesc,
-		coordRegistrationsDesc, coordStoreErrorsDesc, coordReplayEntriesDesc, coordRateLimitedDesc} {
+		coordRegistrationsDesc, coordStoreErrorsDesc, coordReplayEntriesDesc, coordRateLimitedDesc, coordNodeRateLimitedDesc} {
 		ch <- d
 	}
 	c.s.met.fanout.Describe(ch)
@@ -144,5 +149,6 @@ func (c coordCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(coordStoreErrorsDesc, storeErrs)
 	gauge(coordReplayEntriesDesc, s.replay.len())
 	counter(coordRateLimitedDesc, s.met.machineLimited.Load())
+	counter(coordNodeRateLimitedDesc, s.met.nodeLimited.Load())
 	s.met.fanout.Collect(ch)
 }

@@ -9,6 +9,7 @@ import (
 	"beam.dev/beam/coordclient"
 	"beam.dev/beam/coordinator"
 	"beam.dev/beam/wire"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TestNodeRateLimit: a registered node past its own request rate gets
@@ -35,13 +36,37 @@ func TestNodeRateLimit(t *testing.T) {
 	for range 3 {
 		call(a)
 	}
+	if n := nodeRateLimited(t, c.Server); n != 0 {
+		t.Errorf("beam_coordinator_node_rate_limited_total = %v within the burst, want 0", n)
+	}
 	// The fourth within the second: refused, retried after Retry-After (1 s).
 	if d := call(a); d < 900*time.Millisecond {
 		t.Errorf("alpha's request past its burst took %v, want it to wait the Retry-After of 1s", d)
+	}
+	if n := nodeRateLimited(t, c.Server); n < 1 {
+		t.Errorf("beam_coordinator_node_rate_limited_total = %v after a refusal, want at least 1", n)
 	}
 	for i := range 3 {
 		if d := call(b); d >= 900*time.Millisecond {
 			t.Errorf("beta's request %d took %v: held back by alpha's limit", i, d)
 		}
 	}
+}
+
+// nodeRateLimited returns beam_coordinator_node_rate_limited_total of s.
+func nodeRateLimited(t *testing.T, s *coordinator.Server) float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(s.Collector())
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatalf("gather metrics: %v", err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "beam_coordinator_node_rate_limited_total" {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatal("no beam_coordinator_node_rate_limited_total")
+	return 0
 }
