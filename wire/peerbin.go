@@ -398,8 +398,13 @@ func DecodeMapFrame(p []byte) (*MapResponse, error) {
 // ParsePeerRecord parses one peer record (AppendPeerRecord), which must
 // fill b exactly.
 func ParsePeerRecord(b []byte) (*Node, error) {
+	return parseWhole(b, (*peerDecoder).record)
+}
+
+// parseWhole parses b with parse, which must use all of it.
+func parseWhole(b []byte, parse func(*peerDecoder) (*Node, error)) (*Node, error) {
 	d := peerDecoder{s: string(b)}
-	n, err := d.record()
+	n, err := parse(&d)
 	if err != nil {
 		return nil, err
 	}

@@ -196,13 +196,5 @@ func (f *ScannedFrame) Online(fn func(k key.NodePublic, online bool)) error {
 // ParsePeerBody parses a peer record without its length prefix, such as
 // PeerRef.Record.
 func ParsePeerBody(rec []byte) (*Node, error) {
-	d := peerDecoder{s: string(rec)}
-	n, err := d.body()
-	if err != nil {
-		return nil, err
-	}
-	if d.i != len(d.s) {
-		return nil, fmt.Errorf("%w: %d bytes after the record", ErrBadPeerRecord, len(d.s)-d.i)
-	}
-	return n, nil
+	return parseWhole(rec, (*peerDecoder).body)
 }

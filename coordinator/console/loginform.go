@@ -99,17 +99,5 @@ func loginCookie(r *http.Request) string {
 // setLoginCookie sets the pre-login cookie to value for maxAge, or
 // deletes it if value is empty.
 func setLoginCookie(w http.ResponseWriter, r *http.Request, value string, maxAge time.Duration) {
-	c := &http.Cookie{
-		Name:     loginCookieNameFor(r),
-		Value:    value,
-		Path:     "/",
-		HttpOnly: true,
-		Secure:   isTLS(r),
-		SameSite: http.SameSiteStrictMode,
-		MaxAge:   int(maxAge / time.Second),
-	}
-	if value == "" {
-		c.MaxAge = -1
-	}
-	http.SetCookie(w, c)
+	http.SetCookie(w, strictCookie(loginCookieNameFor(r), r, value, maxAge))
 }

@@ -204,8 +204,15 @@ func sessionCookieName(r *http.Request) string {
 // remaining lifetime (maxAge), or one that deletes the cookie if value
 // is empty.
 func sessionCookie(r *http.Request, value string, maxAge time.Duration) *http.Cookie {
+	return strictCookie(sessionCookieName(r), r, value, maxAge)
+}
+
+// strictCookie returns the console's cookie name with value for maxAge:
+// HttpOnly, SameSite=Strict, Secure over TLS; one that deletes it if
+// value is empty.
+func strictCookie(name string, r *http.Request, value string, maxAge time.Duration) *http.Cookie {
 	c := &http.Cookie{
-		Name:     sessionCookieName(r),
+		Name:     name,
 		Value:    value,
 		Path:     "/",
 		HttpOnly: true,
