@@ -79,7 +79,7 @@ func (e *Edge) splice(ctx context.Context, client net.Conn, rt *route) {
 	t.active.Add(1)
 	defer t.active.Add(-1)
 	if v := p.ProxyProtocol; v != 0 {
-		hdr := appendProxyHeader(nil, v, "tcp", src, addrOf(client.LocalAddr()))
+		hdr := AppendProxyHeader(nil, v, "tcp", src, addrOf(client.LocalAddr()))
 		dev.SetWriteDeadline(time.Now().Add(e.opts.DialTimeout))
 		if _, err := dev.Write(hdr); err != nil {
 			log.Info("write PROXY header", "err", err)

@@ -62,6 +62,10 @@ type Route struct {
 	Host     string // the public host name
 	Port     uint16 // the local port the route forwards to
 	Upstream string // wire.EdgeRoute.Upstream; empty for 127.0.0.1:Port
+	// ProxyProtocol, 1 or 2 on a tcp or tls route, is the version of the
+	// PROXY protocol header the edge sends the app first
+	// (wire.RouteOptions.ProxyProtocol).
+	ProxyProtocol int
 	// NoInspect keeps the route's exchanges out of the inspector (beam
 	// expose --inspect=false); it applies to every route of Port.
 	NoInspect bool
@@ -106,7 +110,11 @@ type Config struct {
 	// refused. Nil refuses every such peer. The proxy is the edge's:
 	// a peer going through it would skip the edge's checks (basic auth,
 	// allowed addresses, sign-in) and could send the X-Beam-* headers
-	// the edge vouches for.
+	// the edge vouches for. When a tcp or tls route sends the app on
+	// that port a PROXY protocol header, the spliced peer's bytes come
+	// after a header naming the peer's own overlay address, as the edge's
+	// names its client: a header the peer sends is then data, not a
+	// client address the app believes.
 	PeerReachesHost func(port uint16) bool
 }
 

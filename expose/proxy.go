@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"beam.dev/beam/edge"
 	"beam.dev/beam/internal/copybuf"
 	"beam.dev/beam/localapi/apitype"
 )
@@ -106,8 +107,12 @@ func (u Upstream) dial(ctx context.Context, d *net.Dialer, alpn ...string) (net.
 // TLS terminator (tls.go). Server.mu held.
 func (s *Server) syncProxiesLocked(cfg Config) {
 	want := map[uint16]Upstream{}
+	peerHdr := map[uint16]int{} // the PROXY protocol version the app of a port expects
 	if cfg.Net != nil {
 		for _, r := range cfg.Routes {
+			if r.ProxyProtocol != 0 && r.Upstream == "" && (r.Proto == "tcp" || r.Proto == "tls") {
+				peerHdr[r.Port] = r.ProxyProtocol
+			}
 			switch {
 			case r.Proto == "http":
 				up := AppAddr(r.Port, r.Upstream)
@@ -136,6 +141,7 @@ func (s *Server) syncProxiesLocked(cfg Config) {
 	admit := func(p *exposeProxy, port uint16) {
 		p.relay.edges.Store(&edges)
 		p.peerToHost.Store(cfg.PeerReachesHost != nil && p.upstream.local(port) && cfg.PeerReachesHost(port))
+		p.peerProxy.Store(int32(peerHdr[port]))
 	}
 	for port, p := range s.proxies {
 		admit(p, port)
@@ -179,6 +185,10 @@ type exposeProxy struct {
 	// spliced to the app as the engine's host forwarding would; false
 	// refuses it (Config.PeerReachesHost).
 	peerToHost atomic.Bool
+	// peerProxy, 1 or 2, is the version of the PROXY protocol header a
+	// spliced peer's connection starts with, naming the peer: a tcp or
+	// tls route of the port has the edge send the app one. 0 sends none.
+	peerProxy atomic.Int32
 
 	mu     sync.Mutex // guards the following fields
 	conns  map[*relayConn]struct{}
@@ -389,9 +399,12 @@ func (p *exposeProxy) serve(ln net.Listener) {
 			}
 			p.conns[rc] = struct{}{}
 			p.wg.Go(func() {
-				if p.upstream.raw || peer {
-					rc.spliceRaw(p.ctx)
-				} else {
+				switch {
+				case peer:
+					rc.spliceRaw(p.ctx, peerProxyHeader(int(p.peerProxy.Load()), c))
+				case p.upstream.raw:
+					rc.spliceRaw(p.ctx, nil)
+				default:
 					rc.run(p.ctx)
 				}
 				p.mu.Lock()
@@ -401,6 +414,19 @@ func (p *exposeProxy) serve(ln net.Listener) {
 			p.mu.Unlock()
 		}
 	})
+}
+
+// peerProxyHeader returns the PROXY protocol header of the given
+// version (0: none) that names peer c as the client, the way the edge
+// names its own: the app of a route with the PROXY protocol believes the
+// first header on a connection, so a peer's must be the device's.
+func peerProxyHeader(version int, c net.Conn) []byte {
+	if version == 0 {
+		return nil
+	}
+	src, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+	dst, _ := netip.ParseAddrPort(c.LocalAddr().String())
+	return edge.AppendProxyHeader(nil, version, "tcp", src, dst)
 }
 
 func (p *exposeProxy) close() {

@@ -415,8 +415,9 @@ func (rc *relayConn) serveHTTP2(ctx context.Context, br *bufio.Reader) {
 // spliceRaw copies bytes both ways between the client and the app, for a
 // tcp route whose upstream is not the device's own port, and for a peer
 // that is not an edge (exposeProxy.peerToHost). It ends both connections
-// once the app is done sending.
-func (rc *relayConn) spliceRaw(ctx context.Context) {
+// once the app is done sending. hdr, if not empty, goes to the app
+// before the client's bytes (peerProxyHeader).
+func (rc *relayConn) spliceRaw(ctx context.Context, hdr []byte) {
 	start := time.Now()
 	var in, out int64
 	var dialErr error
@@ -448,6 +449,12 @@ func (rc *relayConn) spliceRaw(ctx context.Context) {
 	}
 	rc.origin = o
 	rc.mu.Unlock()
+	if len(hdr) > 0 {
+		if _, err := o.Write(hdr); err != nil {
+			rc.x.logger.Debug("expose relay: write PROXY header", "port", rc.x.port, "err", err)
+			return
+		}
+	}
 	rc.wg.Go(func() {
 		in, _ = io.Copy(o, rc.client)
 		closeWrite(o)

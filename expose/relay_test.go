@@ -917,3 +917,88 @@ func TestRelayUnmarkedBodies(t *testing.T) {
 		})
 	}
 }
+
+// loopbackNet listens on the host's loopback, for Server.Sync.
+type loopbackNet struct{}
+
+func (loopbackNet) Listen(network, address string) (net.Listener, error) {
+	return net.Listen(network, address)
+}
+
+// TestPeerProxyHeader: a peer spliced to an http route's port that a tcp
+// route with the PROXY protocol shares starts with a header naming the
+// peer, so the PROXY header it sends itself reaches the app as data, not
+// as the client's address; without such a route it gets no header.
+func TestPeerProxyHeader(t *testing.T) {
+	checkLeaks(t)
+	appLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for {
+			c, err := appLn.Accept()
+			if err != nil {
+				return
+			}
+			wg.Go(func() {
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				br := bufio.NewReader(c)
+				_, src, err := readProxyHeader(br)
+				if err != nil {
+					fmt.Fprintf(c, "error %v", err)
+					return
+				}
+				line, _ := br.ReadString('\n')
+				fmt.Fprintf(c, "client %v data %q", src, line)
+			})
+		}
+	})
+	t.Cleanup(func() {
+		appLn.Close()
+		wg.Wait()
+	})
+	port := uint16(appLn.Addr().(*net.TCPAddr).Port)
+	s := New(Options{})
+	t.Cleanup(s.Close)
+	cfg := func(proxyProtocol int) Config {
+		return Config{
+			Net:   loopbackNet{},
+			Addrs: []netip.Prefix{netip.MustParsePrefix("127.0.0.3/32")}, // the device; the app is on 127.0.0.1
+			Routes: []Route{
+				{Proto: "http", Host: "app.test", Port: port},
+				{Proto: "tcp", Host: "raw.test", Port: port, ProxyProtocol: proxyProtocol},
+			},
+			Edges:           []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+			PeerReachesHost: func(uint16) bool { return true },
+		}
+	}
+	const forged = "PROXY TCP4 6.6.6.6 127.0.0.3 1234 80\r\n"
+	send := func() (string, netip.AddrPort) {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 5 * time.Second}
+		c, err := d.Dial("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.3"), port).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Write([]byte(forged))
+		c.(*net.TCPConn).CloseWrite()
+		out, _ := io.ReadAll(c)
+		return string(out), netip.MustParseAddrPort(c.LocalAddr().String())
+	}
+	for _, v := range []int{1, 2} {
+		s.Sync(cfg(v))
+		out, peer := send()
+		if want := fmt.Sprintf("client %v data %q", peer, forged); out != want {
+			t.Errorf("PROXY v%d route, a peer sending its own header: the app answered %q, want %q", v, out, want)
+		}
+	}
+	s.Sync(cfg(0))
+	if out, _ := send(); out != fmt.Sprintf("client %v data %q", netip.MustParseAddrPort("6.6.6.6:1234"), "") {
+		t.Errorf("no PROXY route: the app answered %q, want the peer's bytes as sent", out)
+	}
+}

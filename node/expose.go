@@ -280,7 +280,7 @@ func (n *Node) syncExposeLocked(cfg netstack.Config) {
 		ec.Net = n.engine
 	}
 	for _, r := range n.ownRoutesLocked() {
-		ec.Routes = append(ec.Routes, expose.Route{Proto: r.Proto, Host: r.Host, Port: r.Target.Port(), Upstream: r.Upstream, NoInspect: n.uninspected[r.Target.Port()], App: n.routeApps[r.Target.Port()]})
+		ec.Routes = append(ec.Routes, expose.Route{Proto: r.Proto, Host: r.Host, Port: r.Target.Port(), Upstream: r.Upstream, ProxyProtocol: r.Options.ProxyProtocol, NoInspect: n.uninspected[r.Target.Port()], App: n.routeApps[r.Target.Port()]})
 	}
 	n.exp.Sync(ec)
 }
