@@ -34,7 +34,11 @@ type Upstream struct {
 	addr string // host:port
 	tls  bool
 	raw  bool
-	app  AppDialer // if not nil, the app is in this process (Route.App)
+	// spliced: a tcp route with the PROXY protocol to the device's own
+	// port; every connection is copied as it comes (the edge's header
+	// first), and a peer's gets a header of its own (peerProxyHeader).
+	spliced bool
+	app     AppDialer // if not nil, the app is in this process (Route.App)
 }
 
 // AppAddr returns the upstream of a route of port with wire upstream up
@@ -123,9 +127,18 @@ func (s *Server) syncProxiesLocked(cfg Config) {
 			case r.Proto == "tcp" && r.Upstream != "":
 				// Another host than this device's 127.0.0.1:PORT, which
 				// plain forwarding would reach.
-				if _, ok := want[r.Port]; !ok {
+				if cur, ok := want[r.Port]; !ok || cur.spliced {
 					up := AppAddr(r.Port, r.Upstream)
 					up.raw = true
+					want[r.Port] = up
+				}
+			case r.Proto == "tcp" && r.ProxyProtocol != 0:
+				// The device's own port, which the engine's host
+				// forwarding would reach raw: listen in front of it so
+				// a peer cannot send a PROXY header of its own first.
+				if _, ok := want[r.Port]; !ok {
+					up := AppAddr(r.Port, "")
+					up.spliced = true
 					want[r.Port] = up
 				}
 			}
@@ -402,7 +415,7 @@ func (p *exposeProxy) serve(ln net.Listener) {
 				switch {
 				case peer:
 					rc.spliceRaw(p.ctx, peerProxyHeader(int(p.peerProxy.Load()), c))
-				case p.upstream.raw:
+				case p.upstream.raw || p.upstream.spliced:
 					rc.spliceRaw(p.ctx, nil)
 				default:
 					rc.run(p.ctx)

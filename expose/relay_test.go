@@ -925,10 +925,12 @@ func (loopbackNet) Listen(network, address string) (net.Listener, error) {
 	return net.Listen(network, address)
 }
 
-// TestPeerProxyHeader: a peer spliced to an http route's port that a tcp
-// route with the PROXY protocol shares starts with a header naming the
-// peer, so the PROXY header it sends itself reaches the app as data, not
-// as the client's address; without such a route it gets no header.
+// TestPeerProxyHeader: a peer spliced to a port whose tcp route sends
+// the app a PROXY protocol header (alone or sharing the port with an http
+// route) starts with a header naming the peer, so the PROXY header it
+// sends itself reaches the app as data, not as the client's address; the
+// edge's connection goes through as it comes, its header first; without
+// such a route a peer gets no header.
 func TestPeerProxyHeader(t *testing.T) {
 	checkLeaks(t)
 	appLn, err := net.Listen("tcp", "127.0.0.1:0")
@@ -963,22 +965,23 @@ func TestPeerProxyHeader(t *testing.T) {
 	port := uint16(appLn.Addr().(*net.TCPAddr).Port)
 	s := New(Options{})
 	t.Cleanup(s.Close)
-	cfg := func(proxyProtocol int) Config {
-		return Config{
-			Net:   loopbackNet{},
-			Addrs: []netip.Prefix{netip.MustParsePrefix("127.0.0.3/32")}, // the device; the app is on 127.0.0.1
-			Routes: []Route{
-				{Proto: "http", Host: "app.test", Port: port},
-				{Proto: "tcp", Host: "raw.test", Port: port, ProxyProtocol: proxyProtocol},
-			},
+	cfg := func(withHTTP bool, proxyProtocol int) Config {
+		c := Config{
+			Net:             loopbackNet{},
+			Addrs:           []netip.Prefix{netip.MustParsePrefix("127.0.0.3/32")}, // the device; the app is on 127.0.0.1
+			Routes:          []Route{{Proto: "tcp", Host: "raw.test", Port: port, ProxyProtocol: proxyProtocol}},
 			Edges:           []netip.Addr{netip.MustParseAddr("127.0.0.1")},
 			PeerReachesHost: func(uint16) bool { return true },
 		}
+		if withHTTP {
+			c.Routes = append(c.Routes, Route{Proto: "http", Host: "app.test", Port: port})
+		}
+		return c
 	}
 	const forged = "PROXY TCP4 6.6.6.6 127.0.0.3 1234 80\r\n"
-	send := func() (string, netip.AddrPort) {
+	send := func(from string) (string, netip.AddrPort) {
 		t.Helper()
-		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 5 * time.Second}
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
 		c, err := d.Dial("tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.3"), port).String())
 		if err != nil {
 			t.Fatal(err)
@@ -990,15 +993,23 @@ func TestPeerProxyHeader(t *testing.T) {
 		out, _ := io.ReadAll(c)
 		return string(out), netip.MustParseAddrPort(c.LocalAddr().String())
 	}
-	for _, v := range []int{1, 2} {
-		s.Sync(cfg(v))
-		out, peer := send()
-		if want := fmt.Sprintf("client %v data %q", peer, forged); out != want {
-			t.Errorf("PROXY v%d route, a peer sending its own header: the app answered %q, want %q", v, out, want)
+	believed := fmt.Sprintf("client %v data %q", netip.MustParseAddrPort("6.6.6.6:1234"), "")
+	for _, withHTTP := range []bool{false, true} {
+		for _, v := range []int{1, 2} {
+			s.Sync(cfg(withHTTP, v))
+			out, peer := send("127.0.0.2")
+			if want := fmt.Sprintf("client %v data %q", peer, forged); out != want {
+				t.Errorf("http route %v, PROXY v%d route, a peer sending its own header: the app answered %q, want %q", withHTTP, v, out, want)
+			}
+			if !withHTTP {
+				if out, _ := send("127.0.0.1"); out != believed {
+					t.Errorf("PROXY v%d route, the edge: the app answered %q, want its header believed: %q", v, out, believed)
+				}
+			}
 		}
 	}
-	s.Sync(cfg(0))
-	if out, _ := send(); out != fmt.Sprintf("client %v data %q", netip.MustParseAddrPort("6.6.6.6:1234"), "") {
-		t.Errorf("no PROXY route: the app answered %q, want the peer's bytes as sent", out)
+	s.Sync(cfg(true, 0))
+	if out, _ := send("127.0.0.2"); out != believed {
+		t.Errorf("no PROXY route: the app answered %q, want the peer's bytes as sent: %q", out, believed)
 	}
 }

@@ -105,3 +105,66 @@ func TestPeersDoNotSkipTheEdge(t *testing.T) {
 		}
 	}
 }
+
+// TestPeerProxyHeaderOnTCPRoute exposes a tcp route with the PROXY
+// protocol on a device with shields down, where peers reach its own
+// ports: a peer that sends a PROXY header of its own, not through the
+// edge, must not make the app believe it comes from another address. The
+// app sees the device's header naming the peer's overlay address first.
+func TestPeerProxyHeaderOnTCPRoute(t *testing.T) {
+	c, _ := startDevServer(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer conn.Close()
+				conn.SetDeadline(time.Now().Add(10 * time.Second))
+				b := make([]byte, 256)
+				n, _ := io.ReadAtLeast(conn, b, 1)
+				line, _, _ := strings.Cut(string(b[:n]), "\r\n")
+				fmt.Fprintf(conn, "first line %q\n", line)
+			}()
+		}
+	}()
+	port := ln.Addr().(*net.TCPAddr).Port
+	open, beta := c.device("open"), c.device("beta")
+	open.mustUp()
+	beta.mustUp()
+	out := strings.TrimSpace(c.mustBeam(open.args("expose", strconv.Itoa(port), "--tcp", "--proxy-protocol", "v1", "--bg")...))
+	pub, ok := strings.CutPrefix(out, "tcp://")
+	if !ok {
+		t.Fatalf("beam expose --tcp printed %q, want tcp://HOST:PORT", out)
+	}
+	_, pubPort, _ := net.SplitHostPort(pub)
+	waitFor(t, 15*time.Second, "the route answers through the edge", func() bool {
+		conn, err := net.DialTimeout("tcp", "127.0.0.1:"+pubPort, 2*time.Second)
+		if err != nil {
+			return false
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(3 * time.Second))
+		conn.Write([]byte("hello\r\n"))
+		b, _ := io.ReadAll(conn)
+		return strings.HasPrefix(string(b), `first line "PROXY TCP4 127.0.0.1 `)
+	})
+	waitFor(t, 10*time.Second, "beta sees open", func() bool {
+		return peerByName(beta.status(), "open") != nil
+	})
+	betaIP := beta.status().Self.IPs[0].String()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, c.bin, beta.args("nc", "open", strconv.Itoa(port))...)
+	cmd.Stdin = strings.NewReader("PROXY TCP4 6.6.6.6 127.0.0.1 1234 80\r\n")
+	got, _ := cmd.CombinedOutput()
+	if want := `first line "PROXY TCP4 ` + betaIP + ` `; !strings.HasPrefix(string(got), want) {
+		t.Errorf("beta -> open:%d with a forged PROXY header: the app saw %q, want a header naming beta (%s) first", port, got, betaIP)
+	}
+}
