@@ -8,6 +8,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"beam.dev/beam/internal/proxyproto"
 )
 
 // ServeTCP serves the tcp route whose PublicPort is port on ln until ctx is
@@ -79,7 +81,7 @@ func (e *Edge) splice(ctx context.Context, client net.Conn, rt *route) {
 	t.active.Add(1)
 	defer t.active.Add(-1)
 	if v := p.ProxyProtocol; v != 0 {
-		hdr := AppendProxyHeader(nil, v, "tcp", src, addrOf(client.LocalAddr()))
+		hdr := proxyproto.AppendHeader(nil, v, "tcp", src, addrOf(client.LocalAddr()))
 		dev.SetWriteDeadline(time.Now().Add(e.opts.DialTimeout))
 		if _, err := dev.Write(hdr); err != nil {
 			log.Info("write PROXY header", "err", err)

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"beam.dev/beam/internal/proxyproto"
 )
 
 // parseProxyHeader is a PROXY protocol v1/v2 decoder written from
@@ -180,14 +182,14 @@ func TestProxyHeaderEncoding(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := AppendProxyHeader(nil, tt.v, "tcp", tt.src, tt.dst)
+			got := proxyproto.AppendHeader(nil, tt.v, "tcp", tt.src, tt.dst)
 			if !bytes.Equal(got, []byte(tt.want)) {
 				t.Errorf("got %q, want %q", got, tt.want)
 			}
 		})
 	}
 	// v2 over IPv6 round-trips through the decoder.
-	hdr := AppendProxyHeader(nil, 2, "tcp", v6s, mustAP("[2001:db8::2]:80"))
+	hdr := proxyproto.AppendHeader(nil, 2, "tcp", v6s, mustAP("[2001:db8::2]:80"))
 	v, s, d, err := parseProxyHeader(bufio.NewReader(bytes.NewReader(hdr)))
 	if err != nil || v != 2 || s != v6s || d != mustAP("[2001:db8::2]:80") {
 		t.Errorf("v6 round trip: %d %v %v %v", v, s, d, err)

@@ -22,8 +22,8 @@ import (
 
 	"golang.org/x/net/http2"
 
-	"beam.dev/beam/edge"
 	"beam.dev/beam/internal/copybuf"
+	"beam.dev/beam/internal/proxyproto"
 	"beam.dev/beam/localapi/apitype"
 )
 
@@ -439,7 +439,7 @@ func peerProxyHeader(version int, c net.Conn) []byte {
 	}
 	src, _ := netip.ParseAddrPort(c.RemoteAddr().String())
 	dst, _ := netip.ParseAddrPort(c.LocalAddr().String())
-	return edge.AppendProxyHeader(nil, version, "tcp", src, dst)
+	return proxyproto.AppendHeader(nil, version, "tcp", src, dst)
 }
 
 func (p *exposeProxy) close() {

@@ -1,4 +1,7 @@
-package edge
+// Package proxyproto writes PROXY protocol headers (haproxy's
+// proxy-protocol.txt), which the edge and a device's expose proxy send
+// to apps that ask for them.
+package proxyproto
 
 import (
 	"encoding/binary"
@@ -10,7 +13,7 @@ import (
 // header.
 const proxyV2Sig = "\r\n\r\n\x00\r\nQUIT\n"
 
-// AppendProxyHeader appends a PROXY protocol header of version 1 or 2
+// AppendHeader appends a PROXY protocol header of version 1 or 2
 // (haproxy's proxy-protocol.txt) for a connection from src to dst.
 //
 // Version 1 is one text line:
@@ -26,7 +29,7 @@ const proxyV2Sig = "\r\n\r\n\x00\r\nQUIT\n"
 // bytes per address. When src and dst differ in family, both are sent as
 // IPv6 (IPv4-mapped). Unknown addresses give "PROXY UNKNOWN\r\n" or a v2
 // LOCAL header.
-func AppendProxyHeader(b []byte, version int, network string, src, dst netip.AddrPort) []byte {
+func AppendHeader(b []byte, version int, network string, src, dst netip.AddrPort) []byte {
 	sa, da := src.Addr().Unmap(), dst.Addr().Unmap()
 	valid := src.IsValid() && dst.IsValid()
 	six := sa.Is6() || da.Is6()
