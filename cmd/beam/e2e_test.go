@@ -323,6 +323,12 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 
 // echoServer serves TCP echo on host loopback and returns its port.
 func echoServer(t testing.TB) int {
+	return tcpServer(t, func(c net.Conn) { io.Copy(c, c) })
+}
+
+// tcpServer serves each connection to a host loopback port with handle,
+// which the connection is closed after, and returns the port.
+func tcpServer(t testing.TB, handle func(net.Conn)) int {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -336,7 +342,7 @@ func echoServer(t testing.TB) int {
 			}
 			go func() {
 				defer c.Close()
-				io.Copy(c, c)
+				handle(c)
 			}()
 		}
 	}()

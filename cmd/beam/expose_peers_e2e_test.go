@@ -113,28 +113,13 @@ func TestPeersDoNotSkipTheEdge(t *testing.T) {
 // app sees the device's header naming the peer's overlay address first.
 func TestPeerProxyHeaderOnTCPRoute(t *testing.T) {
 	c, _ := startDevServer(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			conn, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				conn.SetDeadline(time.Now().Add(10 * time.Second))
-				b := make([]byte, 256)
-				n, _ := io.ReadAtLeast(conn, b, 1)
-				line, _, _ := strings.Cut(string(b[:n]), "\r\n")
-				fmt.Fprintf(conn, "first line %q\n", line)
-			}()
-		}
-	}()
-	port := ln.Addr().(*net.TCPAddr).Port
+	port := tcpServer(t, func(conn net.Conn) {
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		b := make([]byte, 256)
+		n, _ := io.ReadAtLeast(conn, b, 1)
+		line, _, _ := strings.Cut(string(b[:n]), "\r\n")
+		fmt.Fprintf(conn, "first line %q\n", line)
+	})
 	open, beta := c.device("open"), c.device("beta")
 	open.mustUp()
 	beta.mustUp()
