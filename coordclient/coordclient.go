@@ -75,6 +75,11 @@ type Options struct {
 	// key when the client fetched it without one pinned, so the caller
 	// can pin it. It must not block.
 	OnServerKey func(key.MachinePublic)
+	// OnKeyRefused, if non-nil, is called by Run each time a map stream
+	// ends because the coordinator answered with a machine key other
+	// than the pinned one (ServerKey): Run goes on retrying, and the
+	// caller can tell its user. It must not block.
+	OnKeyRefused func(*KeyChangedError)
 	// ServerBinds says the coordinator is known to bind its replies to
 	// requests (Client.Binds of an earlier client): then, as from a
 	// coordinator that bound a reply to this client, a terminal error
@@ -100,7 +105,8 @@ type Client struct {
 	// pinned is Options.ServerKey; onKey is Options.OnServerKey.
 	pinned key.MachinePublic
 	onKey  func(key.MachinePublic)
-	binds  bool // Options.ServerBinds
+	binds  bool                   // Options.ServerBinds
+	onRef  func(*KeyChangedError) // Options.OnKeyRefused
 
 	mu sync.Mutex // guards the following fields
 	// serverKey is the coordinator's machine key in use; zero until
@@ -159,6 +165,7 @@ func New(opts Options) (*Client, error) {
 		pinned:  opts.ServerKey,
 		binds:   opts.ServerBinds,
 		onKey:   opts.OnServerKey,
+		onRef:   opts.OnKeyRefused,
 	}
 	if !c.pinned.IsZero() {
 		c.serverKey = c.pinned

@@ -67,8 +67,11 @@ func (c *Client) runStreams(ctx context.Context, sink streamSink) error {
 		if e, ok := errors.AsType[*Error](err); ok && e.Unverified {
 			c.logger.Warn("map stream: a final error (node removed, expired or not registered) came unsealed from a coordinator that binds its replies; taken as transient", "server", t.String(), "err", err)
 		}
-		if errors.Is(err, ErrServerKeyChanged) {
+		if e, ok := errors.AsType[*KeyChangedError](err); ok {
 			c.logger.Warn("coordinator refused: its machine key is not the one this node joined with", "server", t.String(), "err", err)
+			if c.onRef != nil {
+				c.onRef(e)
+			}
 		}
 		if errors.Is(err, ErrUnboundReply) {
 			c.logger.Warn("map stream refused: its frames were not sealed for this stream's request, in order (replayed by someone on the path?); dropped it", "server", t.String(), "err", err)

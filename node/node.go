@@ -151,6 +151,11 @@ type Node struct {
 	streamNM      *wire.NetMap  // the last netmap from the coordinator itself
 	nmChanged     chan struct{} // closed and replaced at each netmap from the coordinator
 
+	// keyRefused is the coordinator's machine key change the node
+	// refused last (map stream or beam up), until a map arrives, a
+	// registration succeeds or the node logs out; nil if none.
+	keyRefused *apitype.KeyChange
+
 	hostDNS *hostdns.Manager // the host's resolver in TUN mode; nil otherwise (hostdns.go)
 
 	own ownListeners // the daemon's loopback listeners, kept from peers (ownlisteners.go)
@@ -389,6 +394,7 @@ func (n *Node) Up(ctx context.Context, req apitype.UpRequest) (*apitype.UpRespon
 	n.st.WantRunning = true
 	n.st.Unknown = false
 	n.lastErr = ""
+	n.keyRefused = nil
 	if err := n.st.save(n.opts.StateDir); err != nil {
 		n.mu.Unlock()
 		return nil, err
@@ -551,6 +557,17 @@ func (n *Node) startSessionLocked() error {
 				n.controlOnline = up
 			}
 		},
+		OnKeyRefused: func(e *coordclient.KeyChangedError) {
+			// The stream goes on retrying (the coordinator may be an
+			// impostor on the path, and the real one come back); status
+			// says why the node is cut off and how to recover if the
+			// coordinator was really reset.
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			if n.sess == s {
+				n.refuseKeyLocked(e)
+			}
+		},
 	})
 	if err != nil {
 		return err
@@ -667,6 +684,7 @@ func (n *Node) onNetMap(s *session, nm *wire.NetMap) {
 	}
 	n.controlOnline = true
 	n.lastErr = ""
+	n.keyRefused = nil
 	n.applyLocked()
 	select {
 	case <-s.firstMap:
@@ -848,6 +866,25 @@ func (n *Node) setState(s apitype.State, err error) {
 	if err != nil {
 		n.lastErr = healthText(err)
 	}
+	if e, ok := errors.AsType[*coordclient.KeyChangedError](err); ok {
+		n.refuseKeyLocked(e)
+	}
+}
+
+// refuseKeyLocked records that the coordinator answered with machine key
+// change e, which the node refused, for status. n.mu must be held.
+func (n *Node) refuseKeyLocked(e *coordclient.KeyChangedError) {
+	n.lastErr = healthText(e)
+	if k := n.keyRefused; k != nil && k.Server == e.Server && k.Pinned == e.Pinned.String() && k.Got == e.Got.String() {
+		return // keep Since
+	}
+	n.keyRefused = &apitype.KeyChange{
+		Server:   e.Server,
+		Pinned:   e.Pinned.String(),
+		Got:      e.Got.String(),
+		Since:    time.Now(),
+		Recovery: "if the coordinator was really reset or given a new key: beam logout, then beam up --authkey KEY (a key from the new coordinator)",
+	}
 }
 
 // healthText returns what status shows for err: the sentence for a user
@@ -929,6 +966,8 @@ func (n *Node) Logout(ctx context.Context) error {
 	}
 	n.netmap = nil
 	n.state = apitype.StateNoState
+	n.lastErr = ""
+	n.keyRefused = nil
 	n.lastRecords = dnsRecords(nil, time.Now(), n.upstreamsLocked())
 	n.resolver.SetRecords(n.lastRecords)
 	return n.st.save(n.opts.StateDir)
@@ -996,6 +1035,10 @@ func (n *Node) Status() *apitype.Status {
 	}
 	if n.lastErr != "" {
 		st.Health = append(st.Health, n.lastErr)
+	}
+	if k := n.keyRefused; k != nil {
+		kc := *k
+		st.CoordinatorKeyChange = &kc
 	}
 	st.AuthURL, st.AuthCode = n.authURL, n.authCode
 	n.mu.Unlock()

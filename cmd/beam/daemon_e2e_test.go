@@ -312,12 +312,42 @@ func TestCoordinatorReset(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.token = strings.TrimSpace(string(tok))
+	resp, err := http.Get(c.url + "/key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	newKey, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+
+	// The daemon, still up, keeps refusing the new coordinator; status
+	// says so, and how to recover, without a beam up to ask.
+	var st *apitype.Status
+	waitFor(t, 60*time.Second, "status reports the refused coordinator key", func() bool {
+		st = d.status()
+		return st.CoordinatorKeyChange != nil
+	})
+	kc := st.CoordinatorKeyChange
+	if kc.Got != strings.TrimSpace(string(newKey)) || kc.Pinned == "" || kc.Pinned == kc.Got || !strings.Contains(kc.Recovery, "beam logout") || !strings.Contains(kc.Recovery, "--authkey") {
+		t.Errorf("status coordinator_key_change = %+v; want the new coordinator's key %s offered, the old one pinned, and the recovery", kc, newKey)
+	}
+	if h := strings.Join(st.Health, "\n"); !strings.Contains(h, "machine key") || !strings.Contains(h, "beam logout") {
+		t.Errorf("status health = %q; want the refused machine key and beam logout", st.Health)
+	}
+	if got := c.mustBeam(d.args("status")...); !strings.Contains(got, "machine key") || !strings.Contains(got, "beam logout") || !strings.Contains(got, "--authkey") {
+		t.Errorf("beam status after the reset = %q; want it to say the machine key changed and how to recover", got)
+	}
 
 	out, errOut, err := c.beam(nil, d.args("up")...)
 	if err == nil || !strings.Contains(errOut, "machine key") || !strings.Contains(errOut, "beam logout") || !strings.Contains(errOut, "--authkey") {
 		t.Fatalf("beam up without a key after the reset: err=%v stdout=%q stderr=%q; want a failure that says the key changed and how to recover", err, out, errOut)
 	}
+	if st := d.status(); st.CoordinatorKeyChange == nil {
+		t.Errorf("status after the refused beam up has no coordinator_key_change; health %q", st.Health)
+	}
 	c.mustBeam(d.args("logout")...)
+	if st := d.status(); st.CoordinatorKeyChange != nil || len(st.Health) != 0 {
+		t.Errorf("status after beam logout: key change %+v health %q; want neither", st.CoordinatorKeyChange, st.Health)
+	}
 
 	key2 := strings.TrimSpace(c.mustBeam("admin", "authkey", "create", "--coordinator", c.url, "--reusable", "--expiry", "1h"))
 	out = d.mustUp("--authkey", key2)

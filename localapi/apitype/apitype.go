@@ -51,6 +51,11 @@ type Status struct {
 	Peers             []PeerStatus `json:"peers"`
 	// Health lists human-readable problems ("coordinator unreachable").
 	Health []string `json:"health,omitempty"`
+	// CoordinatorKeyChange is set while the node refuses its coordinator
+	// because it answers with a machine key other than the one the node
+	// joined with (pinned): the coordinator was reset, or someone on the
+	// path poses as it. nil if not.
+	CoordinatorKeyChange *KeyChange `json:"coordinator_key_change,omitempty"`
 	// DNSDomain is the network's MagicDNS domain.
 	DNSDomain string `json:"dns_domain,omitempty"`
 	// AuthURL and AuthCode are set while the node waits for a person to
@@ -63,6 +68,21 @@ type Status struct {
 	// PeerRelay is this node's peer relay server (beam set
 	// --relay-server); nil if it runs none.
 	PeerRelay *PeerRelayStatus `json:"peer_relay,omitempty"`
+}
+
+// KeyChange is a coordinator machine key the node refused: not the one
+// it joined with.
+type KeyChange struct {
+	// Server is the coordinator's URL (and address dialed, if it has several).
+	Server string `json:"server"`
+	// Pinned is the machine key the node joined with; Got the one the
+	// coordinator answered with.
+	Pinned string `json:"pinned_key"`
+	Got    string `json:"offered_key"`
+	// Since is when the node first refused Got.
+	Since time.Time `json:"since"`
+	// Recovery says what to do if the coordinator was really reset.
+	Recovery string `json:"recovery"`
 }
 
 // PeerRelayStatus are the counters of a node's UDP peer relay server.

@@ -89,9 +89,12 @@ func printStatus(f *Factory, st *apitype.Status) {
 			fmt.Fprintln(f.Out, "# peer relay server not offered to peers: the policy's peerRelays does not name this node")
 		}
 	}
-	if !st.CoordinatorOnline {
+	switch {
+	case st.CoordinatorKeyChange != nil:
+		fmt.Fprintln(f.Out, "# coordinator refused (its machine key changed; see health): running on the last netmap")
+	case !st.CoordinatorOnline:
 		fmt.Fprintln(f.Out, "# coordinator unreachable: running on the last netmap")
-	} else if st.CoordinatorStream != "" {
+	case st.CoordinatorStream != "":
 		fmt.Fprintf(f.Out, "# coordinator: %s\n", st.CoordinatorStream)
 	}
 	for _, h := range st.Health {

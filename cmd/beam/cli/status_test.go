@@ -55,3 +55,20 @@ func TestPrintStatusEscapesNames(t *testing.T) {
 		t.Errorf("status does not show the peer's name escaped: %q", out.String())
 	}
 }
+
+// TestPrintStatusKeyRefused: a node refusing its coordinator's new
+// machine key is not merely cut off from it: status says it refused, and
+// the health line says why and how to recover.
+func TestPrintStatusKeyRefused(t *testing.T) {
+	var out bytes.Buffer
+	f := &Factory{Out: &out}
+	printStatus(f, &apitype.Status{
+		State:                apitype.StateRunning,
+		Self:                 &apitype.PeerStatus{Name: "me"},
+		Health:               []string{"the coordinator at http://c.example now has machine key mkey:b, not mkey:a"},
+		CoordinatorKeyChange: &apitype.KeyChange{Server: "http://c.example", Pinned: "mkey:a", Got: "mkey:b"},
+	})
+	if got := out.String(); !strings.Contains(got, "# coordinator refused (its machine key changed") || strings.Contains(got, "unreachable") {
+		t.Errorf("status of a node refusing its coordinator's key:\n%s\nwant it to say refused, not unreachable", got)
+	}
+}
