@@ -44,14 +44,22 @@ import (
 // SameSite=Strict cookie and sends it to /. Scripts send the token in
 // the X-Beam-Inspector-Token header instead.
 //
-// Cookies are not kept apart by port: the browser sends the cookie to
-// every server on 127.0.0.1 it visits. So the cookie holds not the token
-// but an HMAC of the inspector's port under it: another server that
-// receives it cannot use it as the token (in the header or AccessURL),
-// nor on another inspector. The session token that pages embed and
-// /api/session returns is derived from the token too (it lets the page
-// change things, with the cookie), so a cookie replayed to the inspector
-// does not lead to the token either.
+// Cookies are not kept apart by port: the browser sends a cookie to
+// every server on 127.0.0.1 it visits, which could send it on to the
+// inspector's port. So the cookie is bound to a path with a secret in it
+// instead: the pages a browser opens are served under the base path
+// /s/KEY (KEY derived from the token and the port), the cookie has that
+// Path, so the browser sends it to no other path on any port, and the
+// inspector takes it nowhere else. A server on another port gets it only
+// if the browser asks it for that path, which takes knowing KEY; and the
+// value alone, without KEY, opens nothing. The value is not the token
+// either but an HMAC of the port under it: a server that got it could not
+// use it as the token (in the header or AccessURL), nor on another
+// inspector. The session token that pages embed and /api/session returns
+// is derived from the token too (it lets the page change things, with
+// the cookie), so a cookie replayed to the inspector does not lead to the
+// token either. Scripts, which send the token in the header, use the
+// paths without the base.
 
 // Inspector serves the inspector's pages and API for a Server.
 type Inspector struct {
@@ -60,6 +68,10 @@ type Inspector struct {
 	limit  int
 	token  string // the access token
 	cookie string // the access cookie's value, derived from token and the port
+	// base is the secret path prefix (/s/KEY) the browser's pages are
+	// served under and the access cookie is scoped to, derived from
+	// token and the port.
+	base string
 	// session is the session token the pages embed, derived from token:
 	// with the cookie (or token), it lets a request change something.
 	session string
@@ -101,6 +113,7 @@ func NewInspector(s *Server, o InspectorOptions) (*Inspector, error) {
 		s: s, addr: o.Addr, limit: o.BodyLimit, logger: logger, mux: http.NewServeMux(),
 		token:   token,
 		cookie:  derive(token, "beam inspector access cookie", strconv.Itoa(int(o.Addr.Port()))),
+		base:    "/s/" + derive(token, "beam inspector page path", strconv.Itoa(int(o.Addr.Port())))[:22],
 		session: derive(token, "beam inspector session token"),
 	}
 	i.mux.HandleFunc("GET /{$}", i.servePage)
@@ -128,6 +141,16 @@ func (i *Inspector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("Referrer-Policy", "same-origin") // not no-referrer: Chromium then sends "Origin: null" with the page's own form posts
 	h.Set("Cross-Origin-Resource-Policy", "same-origin")
+	// The browser's pages are under the base path, which the access
+	// cookie is scoped to; the mux serves them without it.
+	inBase := false
+	if rest, ok := strings.CutPrefix(r.URL.Path, i.base+"/"); ok {
+		u := *r.URL
+		u.Path, u.RawPath = "/"+rest, ""
+		r = r.WithContext(context.WithValue(r.Context(), baseKey{}, i.base))
+		r.URL = &u
+		inBase = true
+	}
 	if status, why := i.refuse(r); status != 0 {
 		i.logger.Debug("inspector: refused", "method", r.Method, "path", r.URL.Path, "host", r.Host, "origin", r.Header.Get("Origin"), "why", why)
 		http.Error(w, "beam inspector: "+why, status)
@@ -137,7 +160,7 @@ func (i *Inspector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		i.signIn(w, r)
 		return
 	}
-	if !i.accessOK(r) {
+	if !i.accessOK(r, inBase) {
 		http.Error(w, "beam inspector: this needs the inspector's access token; open the address beam expose printed (it ends in ?token=...)", http.StatusUnauthorized)
 		return
 	}
@@ -157,10 +180,21 @@ func (i *Inspector) signIn(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	http.SetCookie(w, &http.Cookie{
-		Name: i.cookieName(), Value: i.cookie, Path: "/",
+		Name: i.cookieName(), Value: i.cookie, Path: i.base + "/",
 		HttpOnly: true, SameSite: http.SameSiteStrictMode,
 	})
-	http.Redirect(w, r, "/", http.StatusSeeOther)
+	http.Redirect(w, r, i.base+"/", http.StatusSeeOther)
+}
+
+// baseKey is the context key of the base path a request came under:
+// the pages it gets link under it.
+type baseKey struct{}
+
+// pageBase returns the path prefix r's page links under: the base path
+// if r came under it, else "".
+func pageBase(r *http.Request) string {
+	b, _ := r.Context().Value(baseKey{}).(string)
+	return b
 }
 
 // cookieName names the access cookie; cookies are not kept apart by
@@ -170,13 +204,21 @@ func (i *Inspector) cookieName() string {
 }
 
 // accessOK reports whether r carries the access token in the token
-// header, or the access cookie.
-func (i *Inspector) accessOK(r *http.Request) bool {
+// header, or the access cookie under the base path (inBase).
+func (i *Inspector) accessOK(r *http.Request, inBase bool) bool {
 	if equal(r.Header.Get(TokenHeader), i.token) {
 		return true
 	}
-	c, err := r.Cookie(i.cookieName())
-	return err == nil && equal(c.Value, i.cookie)
+	if !inBase {
+		return false
+	}
+	// Another server on 127.0.0.1 may have set a cookie of the same name
+	// for a wider path: the browser sends both.
+	ok := false
+	for _, c := range r.CookiesNamed(i.cookieName()) {
+		ok = equal(c.Value, i.cookie) || ok
+	}
+	return ok
 }
 
 // derive returns a value derived from token for one use: the HMAC-SHA256
@@ -481,7 +523,7 @@ func (i *Inspector) serveReplayForm(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	http.Redirect(w, r, "/requests/"+x.ID, http.StatusSeeOther)
+	http.Redirect(w, r, pageBase(r)+"/requests/"+x.ID, http.StatusSeeOther)
 }
 
 // parseHeaderLines reads "Name: value" lines.

@@ -56,7 +56,7 @@ func (i *Inspector) servePage(w http.ResponseWriter, r *http.Request) {
 	}
 	i.writePage(w, listPage, map[string]any{
 		"Rows": rows, "Path": f.path, "Status": f.status, "Method": f.method, "Query": f.query(), "After": after,
-		"URL": i.URL(),
+		"URL": i.URL(), "Base": pageBase(r),
 	})
 }
 
@@ -180,7 +180,7 @@ func (i *Inspector) serveDetail(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	data := map[string]any{
-		"X": x, "S": summarize(x), "Token": i.session,
+		"X": x, "S": summarize(x), "Token": i.session, "Base": pageBase(r),
 		"Replayable": x.Kind == "http" && x.dial != nil,
 		"FirstByte":  roundDuration(x.FirstByte),
 		"StatusText": http.StatusText(x.Status),
@@ -231,23 +231,24 @@ var listPage = template.Must(template.New("list").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Beam inspector</title>` + pageStyle + `</head>
 <body><header><h1>Beam inspector</h1><span class="muted">{{.URL}}</span></header>
 <main>
-<form class="filter" method="get" action="/">
+<form class="filter" method="get" action="{{.Base}}/">
 <input name="path" placeholder="path contains" value="{{.Path}}">
 <input name="status" placeholder="status: 404, 4xx" value="{{.Status}}" size="10">
 <input name="method" placeholder="method" value="{{.Method}}" size="8">
-<button>Filter</button> <a href="/">all</a>
+<button>Filter</button> <a href="{{.Base}}/">all</a>
 </form>
 <table id="requests"><thead><tr><th>Time</th><th>Method</th><th>Host</th><th>Path</th><th>Status</th><th>Duration</th><th>Size</th><th>Client</th><th>Answered by</th></tr></thead>
 <tbody id="rows">{{range .Rows}}
-<tr data-id="{{.ID}}" data-path="{{.Path}}" class="s{{printf "%.1d" .Status}}{{if .Replay}} replay{{end}}"><td>{{.Time}}</td><td>{{.Method}}{{if ne .Kind "http"}}{{.Kind}}{{end}}</td><td>{{.Host}}</td><td class="path"><a href="/requests/{{.ID}}">{{if ne .Kind "http"}}connection{{else}}{{.Path}}{{end}}</a>{{if .Replay}}<span class="badge replay">replay{{if .Edited}}, edited{{end}}</span>{{end}}</td><td class="st">{{if .Status}}{{.Status}}{{end}}</td><td>{{.Took}}</td><td>{{.Size}}</td><td>{{.Client}}</td><td><span class="badge {{.AnsweredBy}}">{{.AnsweredBy}}</span></td></tr>{{end}}
+<tr data-id="{{.ID}}" data-path="{{.Path}}" class="s{{printf "%.1d" .Status}}{{if .Replay}} replay{{end}}"><td>{{.Time}}</td><td>{{.Method}}{{if ne .Kind "http"}}{{.Kind}}{{end}}</td><td>{{.Host}}</td><td class="path"><a href="{{$.Base}}/requests/{{.ID}}">{{if ne .Kind "http"}}connection{{else}}{{.Path}}{{end}}</a>{{if .Replay}}<span class="badge replay">replay{{if .Edited}}, edited{{end}}</span>{{end}}</td><td class="st">{{if .Status}}{{.Status}}{{end}}</td><td>{{.Took}}</td><td>{{.Size}}</td><td>{{.Client}}</td><td><span class="badge {{.AnsweredBy}}">{{.AnsweredBy}}</span></td></tr>{{end}}
 </tbody></table>
 <p class="muted" id="empty"{{if .Rows}} hidden{{end}}>No requests yet. Requests to this device's published routes appear here as they arrive.</p>
 </main>
 <script nonce="{{.Nonce}}">
 (function () {
   const query = {{.Query}};
+  const base = {{.Base}};
   const rows = document.getElementById('rows');
-  const es = new EventSource('/api/events?after={{.After}}' + (query ? '&' + query : ''));
+  const es = new EventSource(base + '/api/events?after={{.After}}' + (query ? '&' + query : ''));
   function td(tr, text, cls) { const c = document.createElement('td'); c.textContent = text; if (cls) c.className = cls; tr.appendChild(c); return c; }
   es.onmessage = function (ev) {
     const s = JSON.parse(ev.data);
@@ -256,7 +257,7 @@ var listPage = template.Must(template.New("list").Parse(`<!doctype html>
     tr.className = 's' + String(s.status || 0).charAt(0) + (s.replay ? ' replay' : '');
     td(tr, s.time); td(tr, s.kind === 'http' ? s.method : s.kind); td(tr, s.host || '');
     const p = td(tr, '', 'path'); const a = document.createElement('a');
-    a.href = '/requests/' + encodeURIComponent(s.id); a.textContent = s.kind === 'http' ? s.path : 'connection'; p.appendChild(a);
+    a.href = base + '/requests/' + encodeURIComponent(s.id); a.textContent = s.kind === 'http' ? s.path : 'connection'; p.appendChild(a);
     if (s.replay) { const b = document.createElement('span'); b.className = 'badge replay'; b.textContent = s.edited ? 'replay, edited' : 'replay'; p.appendChild(b); }
     td(tr, s.status ? String(s.status) : '', 'st'); td(tr, s.took); td(tr, String(s.size)); td(tr, s.client || '');
     const by = td(tr, ''); const bb = document.createElement('span'); bb.className = 'badge ' + s.answered_by; bb.textContent = s.answered_by; by.appendChild(bb);
@@ -270,9 +271,9 @@ var listPage = template.Must(template.New("list").Parse(`<!doctype html>
 
 var detailPage = template.Must(template.New("detail").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{.X.Method}} {{.X.Path}} - Beam inspector</title>` + pageStyle + `</head>
-<body><header><h1>Beam inspector</h1><a href="/">all requests</a></header>
+<body><header><h1>Beam inspector</h1><a href="{{.Base}}/">all requests</a></header>
 <main>
-<h2 id="title">{{if ne .X.Kind "http"}}{{.X.Kind}} connection{{else}}{{.X.Method}} {{.X.Path}}{{end}}{{if .X.Replay}} <span class="badge replay" id="replay-mark">replay of <a href="/requests/{{.X.ReplayOf}}">{{.X.ReplayOf}}</a>{{if .X.Edited}}, edited{{end}}</span>{{end}}</h2>
+<h2 id="title">{{if ne .X.Kind "http"}}{{.X.Kind}} connection{{else}}{{.X.Method}} {{.X.Path}}{{end}}{{if .X.Replay}} <span class="badge replay" id="replay-mark">replay of <a href="{{.Base}}/requests/{{.X.ReplayOf}}">{{.X.ReplayOf}}</a>{{if .X.Edited}}, edited{{end}}</span>{{end}}</h2>
 <dl>
 <dt>Status</dt><dd id="status">{{if .X.Status}}{{.X.Status}}{{else}}-{{end}}</dd>
 <dt>Host</dt><dd>{{.X.Host}}</dd>
@@ -287,9 +288,9 @@ var detailPage = template.Must(template.New("detail").Parse(`<!doctype html>
 {{if .X.Error}}<dt>Error</dt><dd>{{.X.Error}}</dd>{{end}}
 </dl>
 {{if .Replayable}}
-<form method="post" action="/requests/{{.X.ID}}/replay" id="replay-form"><input type="hidden" name="token" value="{{.Token}}"><button id="replay">Replay</button></form>
+<form method="post" action="{{.Base}}/requests/{{.X.ID}}/replay" id="replay-form"><input type="hidden" name="token" value="{{.Token}}"><button id="replay">Replay</button></form>
 <details id="edit"><summary>Edit and replay</summary>
-<form method="post" action="/requests/{{.X.ID}}/replay" id="edit-form">
+<form method="post" action="{{.Base}}/requests/{{.X.ID}}/replay" id="edit-form">
 <input type="hidden" name="token" value="{{.Token}}"><input type="hidden" name="edit" value="1">
 <div class="row"><label>Method <input name="method" id="edit-method" value="{{.X.Method}}" size="8"></label>
 <label>Path <input name="path" id="edit-path" value="{{.X.Path}}" size="60"></label></div>

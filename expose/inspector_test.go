@@ -110,9 +110,10 @@ func (lab *inspectLab) waitExchanges(t *testing.T, n int) []*Exchange {
 }
 
 // inspectorRequest is a request to insp from its own page, in a browser
-// that opened its AccessURL (it has the access cookie).
+// that opened its AccessURL (it has the access cookie, and the pages are
+// under the base path).
 func inspectorRequest(insp *Inspector, method, target string, body io.Reader) *http.Request {
-	r := httptest.NewRequest(method, target, body)
+	r := httptest.NewRequest(method, insp.base+target, body)
 	r.Host = inspectorAddr.String()
 	r.RemoteAddr = "127.0.0.1:50000"
 	r.AddCookie(&http.Cookie{Name: insp.cookieName(), Value: insp.cookie})
@@ -589,13 +590,15 @@ func TestInspectorAccess(t *testing.T) {
 		return w
 	}
 	for _, path := range []string{"/", "/api/session", "/api/requests/http", "/api/requests/http/req_1", "/requests/req_1", "/api/events"} {
-		if w := do(bare("GET", path)); w.Code != http.StatusUnauthorized || strings.Contains(w.Body.String(), insp.token) {
-			t.Errorf("GET %s without the token: %d %q, want 401", path, w.Code, w.Body)
-		}
-		r := bare("GET", path)
-		r.AddCookie(&http.Cookie{Name: insp.cookieName(), Value: "guess"})
-		if w := do(r); w.Code != http.StatusUnauthorized {
-			t.Errorf("GET %s with a wrong cookie: %d, want 401", path, w.Code)
+		for _, p := range []string{path, insp.base + path} {
+			if w := do(bare("GET", p)); w.Code != http.StatusUnauthorized || strings.Contains(w.Body.String(), insp.token) {
+				t.Errorf("GET %s without the token: %d %q, want 401", p, w.Code, w.Body)
+			}
+			r := bare("GET", p)
+			r.AddCookie(&http.Cookie{Name: insp.cookieName(), Value: "guess"})
+			if w := do(r); w.Code != http.StatusUnauthorized {
+				t.Errorf("GET %s with a wrong cookie: %d, want 401", p, w.Code)
+			}
 		}
 	}
 	if w := do(bare("GET", "/?token=guess")); w.Code != http.StatusForbidden || len(w.Result().Cookies()) != 0 {
@@ -607,16 +610,47 @@ func TestInspectorAccess(t *testing.T) {
 	}
 	w := do(bare("GET", u.RequestURI()))
 	cs := w.Result().Cookies()
-	if w.Code != http.StatusSeeOther || w.Header().Get("Location") != "/" || len(cs) != 1 {
-		t.Fatalf("AccessURL: %d to %q, cookies %v; want 303 to / with a cookie", w.Code, w.Header().Get("Location"), cs)
+	base := w.Header().Get("Location")
+	if w.Code != http.StatusSeeOther || !strings.HasPrefix(base, "/s/") || len(base) < len("/s/")+20 || !strings.HasSuffix(base, "/") || len(cs) != 1 {
+		t.Fatalf("AccessURL: %d to %q, cookies %v; want 303 to a secret base path /s/KEY/ with a cookie", w.Code, base, cs)
 	}
-	if c := cs[0]; c.Value == "" || strings.Contains(c.Value, insp.token) || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != "/" {
-		t.Errorf("cookie %+v, want a value other than the token, HttpOnly, SameSite=Strict, Path=/", c)
+	if strings.Contains(base, insp.token) || strings.Contains(base, cs[0].Value) {
+		t.Errorf("base path %q holds the token or the cookie", base)
 	}
-	r := bare("GET", "/")
+	if c := cs[0]; c.Value == "" || strings.Contains(c.Value, insp.token) || !c.HttpOnly || c.SameSite != http.SameSiteStrictMode || c.Path != base {
+		t.Errorf("cookie %+v, want a value other than the token, HttpOnly, SameSite=Strict, Path=%s", c, base)
+	}
+	r := bare("GET", base)
 	r.AddCookie(cs[0])
-	if w := do(r); w.Code != http.StatusOK {
+	w = do(r)
+	if w.Code != http.StatusOK {
 		t.Errorf("the list with the cookie: %d, want 200", w.Code)
+	}
+	if b := w.Body.String(); !strings.Contains(b, `action="`+base+`"`) || !strings.Contains(b, `href="`+base+`"`) {
+		t.Errorf("the list under the base path does not link under it:\n%s", b)
+	}
+	// Cookies are not kept apart by port: a server on another port of
+	// 127.0.0.1 that got the cookie's value and sends it back (it cannot
+	// know the base path: the browser sends the cookie to no other path)
+	// is refused, whatever path it asks.
+	for _, path := range []string{"/", "/api/session", "/api/requests/http", "/requests/req_1", "/api/events", "/s/" + strings.TrimPrefix(base, "/s/")[:5] + "/"} {
+		r := bare("GET", path)
+		r.AddCookie(&http.Cookie{Name: insp.cookieName(), Value: cs[0].Value})
+		if w := do(r); w.Code != http.StatusUnauthorized {
+			t.Errorf("GET %s with the cookie's value but outside the base path: %d, want 401", path, w.Code)
+		}
+	}
+	// A cookie of the same name that another server set for a wider path
+	// comes along: the real one still opens the pages.
+	r = bare("GET", base+"api/requests/http")
+	r.Header.Add("Cookie", insp.cookieName()+"="+cs[0].Value+"; "+insp.cookieName()+"=tossed")
+	if w := do(r); w.Code != http.StatusOK {
+		t.Errorf("the cookie with a tossed one of the same name: %d, want 200", w.Code)
+	}
+	r = bare("GET", base+"api/requests/http")
+	r.Header.Add("Cookie", insp.cookieName()+"=tossed; "+insp.cookieName()+"="+cs[0].Value)
+	if w := do(r); w.Code != http.StatusOK {
+		t.Errorf("a tossed cookie first, then the real one: %d, want 200", w.Code)
 	}
 	r = bare("GET", "/api/requests/http")
 	r.Header.Set(TokenHeader, insp.Token())
@@ -625,7 +659,7 @@ func TestInspectorAccess(t *testing.T) {
 	}
 	// The cookie alone does not change anything: that still takes the
 	// token in a header or form field (CSRF).
-	r = bare("DELETE", "/api/requests/http")
+	r = bare("DELETE", base+"api/requests/http")
 	r.AddCookie(cs[0])
 	if w := do(r); w.Code != http.StatusForbidden {
 		t.Errorf("clear with the cookie alone: %d, want 403", w.Code)
@@ -642,7 +676,7 @@ func TestInspectorAccess(t *testing.T) {
 	if w := do(bare("GET", "/?token="+url.QueryEscape(cookie))); w.Code != http.StatusForbidden {
 		t.Errorf("the cookie's value as the access token: %d, want 403", w.Code)
 	}
-	r = bare("GET", "/api/session")
+	r = bare("GET", base+"api/session")
 	r.AddCookie(cs[0])
 	w = do(r)
 	var sess struct{ Token string }
@@ -657,7 +691,7 @@ func TestInspectorAccess(t *testing.T) {
 	if w := do(r); w.Code != http.StatusUnauthorized {
 		t.Errorf("the session token without the cookie: %d, want 401", w.Code)
 	}
-	r = bare("DELETE", "/api/requests/http")
+	r = bare("DELETE", base+"api/requests/http")
 	r.AddCookie(cs[0])
 	r.Header.Set(TokenHeader, sess.Token)
 	if w := do(r); w.Code != http.StatusNoContent {
@@ -671,10 +705,11 @@ func TestInspectorAccess(t *testing.T) {
 	}
 	other.token = insp.token
 	other.cookie = derive(other.token, "beam inspector access cookie", "4041")
-	if other.cookie == cookie {
-		t.Fatalf("the same cookie for ports 4040 and 4041")
+	other.base = "/s/" + derive(other.token, "beam inspector page path", "4041")[:22]
+	if other.cookie == cookie || other.base+"/" == base {
+		t.Fatalf("the same cookie or base path for ports 4040 and 4041")
 	}
-	r = httptest.NewRequest("GET", "/api/requests/http", nil)
+	r = httptest.NewRequest("GET", other.base+"/api/requests/http", nil)
 	r.Host, r.RemoteAddr = "127.0.0.1:4041", "127.0.0.1:50000"
 	r.AddCookie(&http.Cookie{Name: other.cookieName(), Value: cookie})
 	w = httptest.NewRecorder()

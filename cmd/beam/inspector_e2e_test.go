@@ -8,11 +8,14 @@ import (
 	"net"
 	"net/http"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/chromedp"
 )
 
@@ -113,6 +116,11 @@ func TestInspectorInBrowser(t *testing.T) {
 	if err := chromedp.Do(ctx, chromedp.Navigate(access), chromedp.WaitVisible(chromedp.CSS(`#empty`))); err != nil {
 		t.Fatalf("open the inspector: %v\npage: %s", err, pageState(bctx))
 	}
+	// The pages are under a base path the access cookie is scoped to.
+	base := waitPage(t, ctx, "the list", `!!document.getElementById('requests')`)
+	if !strings.HasPrefix(base, "/s/") || !strings.HasSuffix(base, "/") {
+		t.Fatalf("the access URL led to %q, want the list under a base path /s/KEY/", base)
+	}
 
 	// A request through the edge (retried until the edge has the route).
 	edgeReq := func() (*http.Response, error) {
@@ -139,7 +147,10 @@ func TestInspectorInBrowser(t *testing.T) {
 		t.Fatalf("see the request live and open it: %v\npage: %s", err, pageState(bctx))
 	}
 	origPath := waitPage(t, ctx, "the request's page", `!!document.getElementById('replay')`)
-	origID := strings.TrimPrefix(origPath, "/requests/")
+	origID, ok := strings.CutPrefix(origPath, base+"requests/")
+	if !ok {
+		t.Fatalf("the request's page is at %q, want it under %s", origPath, base)
+	}
 	reqBody, respHead := pageText(t, ctx, "request-body"), pageText(t, ctx, "response-headers")
 	if !strings.Contains(reqBody, "\"hello\": \"world\",\n") || !strings.Contains(respHead, "200") {
 		t.Fatalf("detail: request body %q (want pretty JSON), response head %q", reqBody, respHead)
@@ -180,7 +191,7 @@ func TestInspectorInBrowser(t *testing.T) {
 		t.Fatalf("edited replay mark %q", mark)
 	}
 	// Both replays are marked in the list too.
-	if err := chromedp.Do(ctx, chromedp.Navigate(insp+"/")); err != nil {
+	if err := chromedp.Do(ctx, chromedp.Navigate(insp+base)); err != nil {
 		t.Fatalf("back to the list: %v", err)
 	}
 	waitPage(t, ctx, "the list", `!!document.getElementById('requests')`)
@@ -195,7 +206,15 @@ func TestInspectorInBrowser(t *testing.T) {
 	if err := inspectorGet(insp+"/api/session", tok, &token); err != nil || token.Token == "" {
 		t.Fatalf("session token: %+v, %v", token, err)
 	}
+	// The other origin is a server on another 127.0.0.1 port; it keeps
+	// the cookies the browser sends it (cookies are not kept apart by
+	// port) to send them on to the inspector.
+	var evilMu sync.Mutex
+	var evilCookies []string
 	evil := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		evilMu.Lock()
+		evilCookies = append(evilCookies, r.Header.Values("Cookie")...)
+		evilMu.Unlock()
 		w.Header().Set("Content-Type", "text/html")
 		fmt.Fprintf(w, `<!doctype html><title>evil</title>
 <form id="f" method="post" action="%[1]s/requests/%[2]s/replay"><input name="token" value="%[3]s"></form>
@@ -262,6 +281,50 @@ attack();
 	}
 	if replays != 2 {
 		t.Fatalf("%d replays in the API list, want 2 (none from the other origin)", replays)
+	}
+
+	// The other port's server got no inspector cookie from the browser,
+	// and what cookies it got do not open the inspector.
+	cookieGet := func(path, cookie string) int {
+		req, _ := http.NewRequest("GET", insp+path, nil)
+		req.Header.Set("Cookie", cookie)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	evilMu.Lock()
+	sent := slices.Clone(evilCookies)
+	evilMu.Unlock()
+	for _, c := range sent {
+		if strings.Contains(c, "beam_inspector") {
+			t.Errorf("the server on another port got the inspector's cookie: %q", c)
+		}
+		if code := cookieGet("/api/requests/http", c); code != http.StatusUnauthorized {
+			t.Errorf("the other port's cookies %q sent on to the inspector: %d, want 401", c, code)
+		}
+	}
+	// Nor does the cookie's value open anything without the base path.
+	cs, err := chromedp.Call(ctx, network.GetCookies, network.GetCookiesParams{URLs: []string{insp + base}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var jar []string
+	for _, c := range cs.Cookies {
+		jar = append(jar, c.Name+"="+c.Value)
+	}
+	if len(jar) != 1 || cs.Cookies[0].Path != base {
+		t.Fatalf("the browser's inspector cookies: %q (path %v), want one scoped to %s", jar, cs.Cookies, base)
+	}
+	if code := cookieGet(base+"api/requests/http", jar[0]); code != http.StatusOK {
+		t.Fatalf("the browser's cookie under the base path: %d, want 200", code)
+	}
+	for _, path := range []string{"/", "/api/requests/http", "/api/session"} {
+		if code := cookieGet(path, jar[0]); code != http.StatusUnauthorized {
+			t.Errorf("the browser's cookie sent to %s, outside the base path: %d, want 401", path, code)
+		}
 	}
 	t.Logf("browser part took %v", time.Since(start).Round(time.Millisecond))
 }
