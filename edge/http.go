@@ -152,8 +152,17 @@ func onceOnReused() *httptrace.ClientTrace {
 func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	bodyrate.Wrap(w, r, bodyrate.Limit{Timeout: time.Duration(e.bodyTimeout.Load()), MinRate: e.opts.BodyMinRate})
-	rec := &recorder{ResponseWriter: w}
-	st := &reqState{in: r, client: addrOf(stringAddr(r.RemoteAddr)).Addr()}
+	// One allocation for both: they live as long as the request.
+	both := &struct {
+		rec recorder
+		st  reqState
+	}{}
+	rec, st := &both.rec, &both.st
+	rec.ResponseWriter = w
+	st.in = r
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		st.client = ap.Addr()
+	}
 	host, _ := normalizeHost(r.Host)
 	e.serveHTTP(rec, r, st, host)
 	e.observeRequest(host, rec.status, time.Since(start))
@@ -506,9 +515,3 @@ func (r *recorder) Flush() {
 }
 
 func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
-
-// stringAddr is a net.Addr from a "host:port" string.
-type stringAddr string
-
-func (s stringAddr) Network() string { return "tcp" }
-func (s stringAddr) String() string  { return string(s) }

@@ -53,6 +53,9 @@ type upstream struct {
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	idleSince time.Time
+	// closeConn closes c; made once, so that watching each request's
+	// context for the client going away does not allocate it again.
+	closeConn func()
 }
 
 // plainRequest reports whether r can take the lean path (see above).
@@ -99,6 +102,7 @@ func (e *Edge) getUpstream(ctx context.Context, t *target, fresh bool) (u *upstr
 	u.lr.R = u.c
 	u.br = bufio.NewReader(&u.lr)
 	u.bw = bufio.NewWriter(u.c)
+	u.closeConn = func() { u.c.Close() }
 	return u, false, nil
 }
 
@@ -171,7 +175,7 @@ func (e *Edge) proxyPlain(w http.ResponseWriter, r *http.Request, st *reqState) 
 // closes it otherwise, except on an error (the caller closes it then).
 func (e *Edge) exchangePlain(w http.ResponseWriter, r *http.Request, st *reqState, u *upstream, reused bool) error {
 	// A client that goes away ends the exchange at once.
-	stop := context.AfterFunc(r.Context(), func() { u.c.Close() })
+	stop := context.AfterFunc(r.Context(), u.closeConn)
 	defer stop()
 	writeRequestHead(u.bw, r, st)
 	if err := u.bw.Flush(); err != nil {
@@ -305,19 +309,29 @@ func copyBody(w http.ResponseWriter, body io.Reader, flush bool) error {
 	}
 }
 
-// hopHeaders are the hop-by-hop header fields (RFC 9110 section 7.6.1)
-// that a proxy does not forward, as httputil.ReverseProxy lists them.
-var hopHeaders = map[string]bool{
-	"Connection":          true,
-	"Proxy-Connection":    true,
-	"Keep-Alive":          true,
-	"Proxy-Authenticate":  true,
-	"Proxy-Authorization": true,
-	"Te":                  true,
-	"Trailer":             true,
-	"Transfer-Encoding":   true,
-	"Upgrade":             true,
-}
+// hopHeaderList are the hop-by-hop header fields (RFC 9110 section
+// 7.6.1) that a proxy does not forward, as httputil.ReverseProxy lists
+// them; hopHeaders is the same as a set.
+var (
+	hopHeaderList = []string{
+		"Connection",
+		"Proxy-Connection",
+		"Keep-Alive",
+		"Proxy-Authenticate",
+		"Proxy-Authorization",
+		"Te",
+		"Trailer",
+		"Transfer-Encoding",
+		"Upgrade",
+	}
+	hopHeaders = func() map[string]bool {
+		m := map[string]bool{}
+		for _, k := range hopHeaderList {
+			m[k] = true
+		}
+		return m
+	}()
+)
 
 // removeHopHeaders removes the hop-by-hop fields from h, and those the
 // Connection field names.
@@ -329,7 +343,7 @@ func removeHopHeaders(h http.Header) {
 			}
 		}
 	}
-	for k := range hopHeaders {
+	for _, k := range hopHeaderList {
 		delete(h, k)
 	}
 }
@@ -402,7 +416,11 @@ func writeRequestHead(bw *bufio.Writer, r *http.Request, st *reqState) {
 	} else {
 		bw.WriteString("\r\nX-Forwarded-Proto: https\r\nX-Real-Ip: ")
 	}
-	bw.WriteString(st.client.String())
+	if st.client.IsValid() {
+		bw.Write(st.client.AppendTo(bw.AvailableBuffer()))
+	} else {
+		bw.WriteString(st.client.String())
+	}
 	bw.WriteString("\r\n\r\n")
 }
 
