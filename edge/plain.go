@@ -53,6 +53,7 @@ type upstream struct {
 	br        *bufio.Reader
 	bw        *bufio.Writer
 	idleSince time.Time
+	body      io.LimitedReader // a response body on the lean path (plainhead.go)
 	// closeConn closes c; made once, so that watching each request's
 	// context for the client going away does not allocate it again.
 	closeConn func()
@@ -185,6 +186,33 @@ func (e *Edge) exchangePlain(w http.ResponseWriter, r *http.Request, st *reqStat
 		return err
 	}
 	u.lr.N = maxResponseHead
+	if _, err := u.br.Peek(1); err != nil {
+		if reused && u.lr.N == maxResponseHead && r.Context().Err() == nil {
+			return errPlainRetry // not a byte came back
+		}
+		return err
+	}
+	if ph, ok := readPlainHead(u.br, w.Header(), r.Method == http.MethodHead); ok {
+		u.lr.N = math.MaxInt64
+		flush := streamedType(w.Header().Get("Content-Type"))
+		w.WriteHeader(ph.status)
+		if ph.length > 0 {
+			u.body = io.LimitedReader{R: u.br, N: ph.length}
+			err := copyBody(w, &u.body, flush)
+			if err == nil && u.body.N > 0 {
+				err = io.ErrUnexpectedEOF
+			}
+			if err != nil {
+				e.abortBody(r, st, u, err)
+			}
+		}
+		if !stop() || ph.close || u.br.Buffered() > 0 {
+			u.c.Close()
+			return nil
+		}
+		st.target.putUpstream(u)
+		return nil
+	}
 	var resp *http.Response
 	for n := 0; ; n++ {
 		var err error
@@ -236,14 +264,8 @@ func (e *Edge) exchangePlain(w http.ResponseWriter, r *http.Request, st *reqStat
 		h.Add("Trailer", strings.Join(keys, ", "))
 	}
 	w.WriteHeader(resp.StatusCode)
-	if err := copyBody(w, resp.Body, streamed(resp)); err != nil {
-		u.c.Close()
-		if r.Context().Err() == nil {
-			e.log.Debug("response body", "host", r.Host, "target", st.target.addr, "err", err)
-		}
-		// As the reverse proxy does: the client must see the response
-		// cut short, not a complete one.
-		panic(http.ErrAbortHandler)
+	if err := copyBody(w, resp.Body, resp.ContentLength == -1 || streamedType(resp.Header.Get("Content-Type"))); err != nil {
+		e.abortBody(r, st, u, err)
 	}
 	if len(resp.Trailer) > 0 {
 		if announced == 0 {
@@ -266,14 +288,21 @@ func (e *Edge) exchangePlain(w http.ResponseWriter, r *http.Request, st *reqStat
 	return nil
 }
 
-// streamed reports whether the reverse proxy would flush every write of
-// resp's body: server-sent events, and bodies of unknown length.
-func streamed(resp *http.Response) bool {
-	if resp.ContentLength == -1 {
-		return true
+// abortBody ends the response whose body from u failed with err: as the
+// reverse proxy does, the client must see it cut short, not complete.
+func (e *Edge) abortBody(r *http.Request, st *reqState, u *upstream, err error) {
+	u.c.Close()
+	if r.Context().Err() == nil {
+		e.log.Debug("response body", "host", r.Host, "target", st.target.addr, "err", err)
 	}
+	panic(http.ErrAbortHandler)
+}
+
+// streamedType reports whether the reverse proxy would flush every write
+// of a body of Content-Type ct (server-sent events; it also flushes
+// bodies of unknown length).
+func streamedType(ct string) bool {
 	const sse = "text/event-stream"
-	ct := resp.Header.Get("Content-Type")
 	if len(ct) < len(sse) || !strings.EqualFold(ct[:len(sse)], sse) {
 		return false // spares ParseMediaType's allocations
 	}
