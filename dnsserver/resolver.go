@@ -50,7 +50,8 @@ type ResolverOptions struct {
 	Burst     int
 
 	// CacheSize is the number of upstream answers kept. Zero means
-	// DefaultCacheSize; negative disables the cache.
+	// DefaultCacheSize; negative disables the cache. Whatever the count, the
+	// cache keeps at most 4 MiB of answers and none larger than 16 KiB.
 	CacheSize int
 
 	// Now is the clock for cache and rate-limit expiry. Nil means time.Now.
@@ -106,7 +107,7 @@ func NewResolver(opts ResolverOptions) *Resolver {
 	if size == 0 {
 		size = DefaultCacheSize
 	}
-	r.cache = newCache(size)
+	r.cache = newCache(size, cacheBytes)
 	r.inflight = make(chan struct{}, maxInflight)
 	r.flights = make(map[cacheKey]*flight)
 	r.fe = newFrontend(r.logger, opts.AllowSource, opts.RateLimit, opts.Burst, r.now)
