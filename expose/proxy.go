@@ -34,9 +34,10 @@ type Upstream struct {
 	addr string // host:port
 	tls  bool
 	raw  bool
-	// spliced: a tcp route with the PROXY protocol to the device's own
-	// port; every connection is copied as it comes (the edge's header
-	// first), and a peer's gets a header of its own (peerProxyHeader).
+	// spliced: a tcp route, or a tls route passed through to the app,
+	// with the PROXY protocol to the device's own port; every connection
+	// is copied as it comes (the edge's header first), and a peer's gets
+	// a header of its own (peerProxyHeader).
 	spliced bool
 	app     AppDialer // if not nil, the app is in this process (Route.App)
 }
@@ -132,10 +133,12 @@ func (s *Server) syncProxiesLocked(cfg Config) {
 					up.raw = true
 					want[r.Port] = up
 				}
-			case r.Proto == "tcp" && r.ProxyProtocol != 0:
+			case (r.Proto == "tcp" || r.Proto == "tls" && s.opts.ACMEDirectoryURL == "") && r.ProxyProtocol != 0:
 				// The device's own port, which the engine's host
 				// forwarding would reach raw: listen in front of it so
 				// a peer cannot send a PROXY header of its own first.
+				// (A tls route whose TLS the device terminates, with
+				// ACME, has the terminator there: tls.go.)
 				if _, ok := want[r.Port]; !ok {
 					up := AppAddr(r.Port, "")
 					up.spliced = true
@@ -437,9 +440,25 @@ func peerProxyHeader(version int, c net.Conn) []byte {
 	if version == 0 {
 		return nil
 	}
-	src, _ := netip.ParseAddrPort(c.RemoteAddr().String())
-	dst, _ := netip.ParseAddrPort(c.LocalAddr().String())
-	return proxyproto.AppendHeader(nil, version, "tcp", src, dst)
+	return proxyproto.AppendHeader(nil, version, "tcp", addrPortOf(c.RemoteAddr()), addrPortOf(c.LocalAddr()))
+}
+
+// addrPortOf returns a's address and port; zero if a is nil, as the
+// netstack's connections' addresses are once they are reset or closed.
+func addrPortOf(a net.Addr) netip.AddrPort {
+	if a == nil {
+		return netip.AddrPort{}
+	}
+	ap, _ := netip.ParseAddrPort(a.String())
+	return ap
+}
+
+// addrString is ap as text, "" if it is zero.
+func addrString(ap netip.AddrPort) string {
+	if !ap.IsValid() {
+		return ""
+	}
+	return ap.String()
 }
 
 func (p *exposeProxy) close() {

@@ -94,6 +94,10 @@ type relayConn struct {
 	ended  sync.Once
 	wg     sync.WaitGroup // the response goroutine
 
+	// remote is the client's address, taken at accept: the netstack's
+	// connections have none once reset or closed (addrPortOf).
+	remote netip.AddrPort
+
 	mu          sync.Mutex // guards the following fields
 	origin      net.Conn   // the connection to the app, once dialed
 	appGone     bool       // the app closed origin between responses; dial again for the next request
@@ -113,7 +117,7 @@ type exchange struct {
 }
 
 func newRelayConn(x *exposeRelay, c net.Conn) *relayConn {
-	return &relayConn{x: x, client: c, done: make(chan struct{})}
+	return &relayConn{x: x, client: c, remote: addrPortOf(c.RemoteAddr()), done: make(chan struct{})}
 }
 
 // end closes both connections, which stops both goroutines. It may be
@@ -425,7 +429,7 @@ func (rc *relayConn) spliceRaw(ctx context.Context, hdr []byte) {
 		rc.end()
 		rc.wg.Wait()
 		if rc.x.captureLimit() > 0 && rc.x.record != nil {
-			x := &Exchange{Kind: "tcp", Start: start, Duration: time.Since(start), Client: rc.client.RemoteAddr().String(),
+			x := &Exchange{Kind: "tcp", Start: start, Duration: time.Since(start), Client: addrString(rc.remote),
 				Port: rc.x.port, AnsweredBy: ByApp, Size: out, BytesIn: in}
 			if dialErr != nil {
 				x.AnsweredBy, x.Error = ByBeam, dialErr.Error()
@@ -464,9 +468,8 @@ func (rc *relayConn) spliceRaw(ctx context.Context, hdr []byte) {
 
 // fromEdge reports whether the client is an edge node.
 func (rc *relayConn) fromEdge() bool {
-	ap, err := netip.ParseAddrPort(rc.client.RemoteAddr().String())
 	edges := rc.x.edges.Load()
-	return err == nil && edges != nil && slices.Contains(*edges, ap.Addr().Unmap())
+	return rc.remote.IsValid() && edges != nil && slices.Contains(*edges, rc.remote.Addr().Unmap())
 }
 
 // readEdgeReports publishes the edge's refused requests (JSON lines of

@@ -965,11 +965,11 @@ func TestPeerProxyHeader(t *testing.T) {
 	port := uint16(appLn.Addr().(*net.TCPAddr).Port)
 	s := New(Options{})
 	t.Cleanup(s.Close)
-	cfg := func(withHTTP bool, proxyProtocol int) Config {
+	cfg := func(proto string, withHTTP bool, proxyProtocol int) Config {
 		c := Config{
 			Net:             loopbackNet{},
 			Addrs:           []netip.Prefix{netip.MustParsePrefix("127.0.0.3/32")}, // the device; the app is on 127.0.0.1
-			Routes:          []Route{{Proto: "tcp", Host: "raw.test", Port: port, ProxyProtocol: proxyProtocol}},
+			Routes:          []Route{{Proto: proto, Host: "raw.test", Port: port, ProxyProtocol: proxyProtocol}},
 			Edges:           []netip.Addr{netip.MustParseAddr("127.0.0.1")},
 			PeerReachesHost: func(uint16) bool { return true },
 		}
@@ -994,21 +994,25 @@ func TestPeerProxyHeader(t *testing.T) {
 		return string(out), netip.MustParseAddrPort(c.LocalAddr().String())
 	}
 	believed := fmt.Sprintf("client %v data %q", netip.MustParseAddrPort("6.6.6.6:1234"), "")
-	for _, withHTTP := range []bool{false, true} {
-		for _, v := range []int{1, 2} {
-			s.Sync(cfg(withHTTP, v))
-			out, peer := send("127.0.0.2")
-			if want := fmt.Sprintf("client %v data %q", peer, forged); out != want {
-				t.Errorf("http route %v, PROXY v%d route, a peer sending its own header: the app answered %q, want %q", withHTTP, v, out, want)
-			}
-			if !withHTTP {
-				if out, _ := send("127.0.0.1"); out != believed {
-					t.Errorf("PROXY v%d route, the edge: the app answered %q, want its header believed: %q", v, out, believed)
+	// A tls route passes the stream through to the app, which
+	// terminates TLS: the device sees it as bytes, as a tcp route's.
+	for _, proto := range []string{"tcp", "tls"} {
+		for _, withHTTP := range []bool{false, true} {
+			for _, v := range []int{1, 2} {
+				s.Sync(cfg(proto, withHTTP, v))
+				out, peer := send("127.0.0.2")
+				if want := fmt.Sprintf("client %v data %q", peer, forged); out != want {
+					t.Errorf("http route %v, PROXY v%d %s route, a peer sending its own header: the app answered %q, want %q", withHTTP, v, proto, out, want)
+				}
+				if !withHTTP {
+					if out, _ := send("127.0.0.1"); out != believed {
+						t.Errorf("PROXY v%d %s route, the edge: the app answered %q, want its header believed: %q", v, proto, out, believed)
+					}
 				}
 			}
 		}
 	}
-	s.Sync(cfg(true, 0))
+	s.Sync(cfg("tcp", true, 0))
 	if out, _ := send("127.0.0.2"); out != believed {
 		t.Errorf("no PROXY route: the app answered %q, want the peer's bytes as sent: %q", out, believed)
 	}

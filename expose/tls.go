@@ -48,9 +48,13 @@ const tlsHandshakeTimeout = 30 * time.Second
 // from edge nodes, and passes it on to the app in front of the plaintext
 // (each connection to the app starts with it, on the HTTP/2 path too);
 // the HTTP/2 path also sets X-Forwarded-For to the client it names.
+// Another peer's plaintext gets a header naming the peer in front, so
+// that a header it sends itself is data to the app.
 //
 // Without ACME the netstack's plain forwarding carries the TLS stream to
-// the app, which terminates TLS itself.
+// the app, which terminates TLS itself; with a PROXY protocol option the
+// device's spliced proxy (proxy.go) listens in front of the port instead,
+// to give a peer's stream a header naming the peer.
 //
 // Goroutines: one per managed host (obtain, then load into the cache),
 // one accept loop per listener and one per connection (plus one copier);
@@ -74,6 +78,10 @@ type tlsTerminator struct {
 	// edges are the overlay addresses of the edge nodes, the only
 	// clients whose PROXY protocol header is read; stored on every sync.
 	edges atomic.Pointer[[]netip.Addr]
+	// peerHdr is the PROXY protocol version (1 or 2) of each port whose
+	// route has the edge send one: a peer's plaintext there starts with
+	// a header naming the peer. Stored on every sync.
+	peerHdr atomic.Pointer[map[uint16]int]
 
 	mu    sync.Mutex // guards the following fields
 	hosts map[string]*tlsHost
@@ -134,10 +142,14 @@ func (s *Server) syncTLSLocked(cfg Config) {
 		return
 	}
 	want := map[uint16][]string{} // local port -> hosts
+	peerHdr := map[uint16]int{}
 	if cfg.Net != nil {
 		for _, r := range cfg.Routes {
 			if r.Proto != "tls" {
 				continue
+			}
+			if r.ProxyProtocol != 0 {
+				peerHdr[r.Port] = r.ProxyProtocol
 			}
 			if s.proxies[r.Port] == nil {
 				want[r.Port] = append(want[r.Port], strings.ToLower(strings.TrimSuffix(r.Host, ".")))
@@ -159,6 +171,7 @@ func (s *Server) syncTLSLocked(cfg Config) {
 	}
 	edges := slices.Clone(cfg.Edges)
 	s.tlsTerm.edges.Store(&edges)
+	s.tlsTerm.peerHdr.Store(&peerHdr)
 	s.tlsTerm.syncLocked(cfg.Net, cfg.Addrs, want)
 }
 
@@ -302,7 +315,7 @@ func (t *tlsTerminator) serveConn(c net.Conn, port uint16) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(tlsHandshakeTimeout))
 	var proxyHdr []byte
-	client, _ := netip.ParseAddrPort(c.RemoteAddr().String())
+	client := addrPortOf(c.RemoteAddr())
 	fromEdge := t.fromEdge(client.Addr())
 	var under net.Conn = c
 	if fromEdge {
@@ -315,6 +328,10 @@ func (t *tlsTerminator) serveConn(c net.Conn, port uint16) {
 		proxyHdr = hdr
 		client = src // the edge's own address says nothing about the client
 		under = &bufferedConn{Conn: c, r: br}
+	} else if m := t.peerHdr.Load(); m != nil {
+		// A peer's plaintext would reach the app where the edge's
+		// header goes: a header it sent there would name any client.
+		proxyHdr = peerProxyHeader((*m)[port], c)
 	}
 	base := &tls.Config{GetCertificate: t.getCertificate, MinVersion: tls.VersionTLS12}
 	base.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {

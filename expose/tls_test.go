@@ -22,6 +22,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"beam.dev/beam/internal/proxyproto"
 )
 
 // tlsRouteHost is the name of the test's tls route.
@@ -63,6 +65,7 @@ func selfSigned(t *testing.T, name string) (tls.Certificate, *x509.CertPool) {
 // what it saw.
 type tlsTermLab struct {
 	addr    string // where the terminator listens
+	term    *tlsTerminator
 	pool    *x509.CertPool
 	wantHdr atomic.Pointer[[]byte]
 	badHdr  atomic.Int32 // app connections that did not start with wantHdr
@@ -121,7 +124,7 @@ func newTLSTermLab(t *testing.T) *tlsTermLab {
 	// from another peer.
 	edges := []netip.Addr{netip.MustParseAddr("127.0.0.1")}
 	term.edges.Store(&edges)
-	lab.addr = ln.Addr().String()
+	lab.addr, lab.term = ln.Addr().String(), term
 	term.wg.Add(1)
 	go term.acceptLoop(ln, uint16(port))
 	t.Cleanup(func() {
@@ -321,3 +324,60 @@ func TestReadProxyHeader(t *testing.T) {
 }
 
 func bufioReader(s string) *bufio.Reader { return bufio.NewReader(strings.NewReader(s)) }
+
+// TestTLSRoutePeerProxyHeader: on a tls route whose app gets a PROXY
+// protocol header, a peer that is not an edge has its plaintext reach the
+// app behind a header naming the peer (on the HTTP/2 path, every
+// connection to the app), so a header it sends itself inside TLS is data
+// to the app, not a client address it believes.
+func TestTLSRoutePeerProxyHeader(t *testing.T) {
+	lab := newTLSTermLab(t)
+	addr := netip.MustParseAddrPort(lab.addr)
+	for _, v := range []int{1, 2} {
+		lab.term.peerHdr.Store(&map[uint16]int{addr.Port(): v})
+		for _, alpn := range [][]string{{"h2", "http/1.1"}, {"http/1.1"}} {
+			t.Run(fmt.Sprintf("v%d %s", v, alpn[0]), func(t *testing.T) {
+				// The peer's source port is its own, so that the header
+				// naming it is known.
+				pl, err := net.Listen("tcp", "127.0.0.3:0")
+				if err != nil {
+					t.Fatal(err)
+				}
+				peer := netip.MustParseAddrPort(pl.Addr().String())
+				pl.Close()
+				hdr := proxyproto.AppendHeader(nil, v, "tcp", peer, addr)
+				lab.wantHdr.Store(&hdr)
+				bad := lab.badHdr.Load()
+				d := &net.Dialer{Timeout: 30 * time.Second, LocalAddr: net.TCPAddrFromAddrPort(peer)}
+				c := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{
+					ForceAttemptHTTP2: true,
+					DialTLSContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+						c, err := d.DialContext(ctx, "tcp", lab.addr)
+						if err != nil {
+							return nil, err
+						}
+						tc := tls.Client(c, &tls.Config{ServerName: tlsRouteHost, RootCAs: lab.pool, NextProtos: alpn})
+						if err := tc.HandshakeContext(ctx); err != nil {
+							c.Close()
+							return nil, err
+						}
+						return tc, nil
+					},
+				}}
+				defer c.CloseIdleConnections()
+				resp, err := c.Get("https://" + tlsRouteHost + "/")
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK || !strings.HasPrefix(string(body), "proto=HTTP/1.1") {
+					t.Errorf("status %d body %q, want the app's answer", resp.StatusCode, body)
+				}
+				if n := lab.badHdr.Load() - bad; n != 0 {
+					t.Errorf("%d app connections did not start with the header naming the peer %q", n, hdr)
+				}
+			})
+		}
+	}
+}

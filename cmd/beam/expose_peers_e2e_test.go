@@ -153,3 +153,50 @@ func TestPeerProxyHeaderOnTCPRoute(t *testing.T) {
 		t.Errorf("beta -> open:%d with a forged PROXY header: the app saw %q, want a header naming beta (%s) first", port, got, betaIP)
 	}
 }
+
+// TestPeerProxyHeaderOnTLSRoute is TestPeerProxyHeaderOnTCPRoute for a
+// tls route passed through to the app (it terminates TLS itself) with the
+// PROXY protocol, on a port without an http route: a peer reaching the
+// port directly, not through the edge, has the device's header naming
+// it come first, so a header it sends itself is data to the app.
+func TestPeerProxyHeaderOnTLSRoute(t *testing.T) {
+	c, _ := startDevServer(t)
+	port := tcpServer(t, func(conn net.Conn) {
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		b := make([]byte, 256)
+		n, _ := io.ReadAtLeast(conn, b, 1)
+		line, _, _ := strings.Cut(string(b[:n]), "\r\n")
+		fmt.Fprintf(conn, "first line %q\n", line)
+	})
+	open, beta := c.device("open"), c.device("beta")
+	open.mustUp()
+	beta.mustUp()
+	if out := strings.TrimSpace(c.mustBeam(open.args("expose", strconv.Itoa(port), "--tls-passthrough", "--proxy-protocol", "v1", "--bg")...)); !strings.HasPrefix(out, "https://") {
+		t.Fatalf("beam expose --tls-passthrough printed %q, want https://HOST", out)
+	}
+	waitFor(t, 10*time.Second, "beta sees open", func() bool {
+		return peerByName(beta.status(), "open") != nil
+	})
+	betaIP := beta.status().Self.IPs[0].String()
+	want := `first line "PROXY TCP4 ` + betaIP + ` `
+	send := func() string {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, c.bin, beta.args("nc", "open", strconv.Itoa(port))...)
+		cmd.Stdin = strings.NewReader("PROXY TCP4 6.6.6.6 127.0.0.1 1234 80\r\n")
+		got, _ := cmd.CombinedOutput()
+		return string(got)
+	}
+	// Until the device has the route, beta reaches the app as it would
+	// any port of a device with shields down.
+	var got string
+	waitFor(t, 15*time.Second, "the app to see a header naming beta before beta's own", func() bool {
+		got = send()
+		return strings.HasPrefix(got, want)
+	})
+	for range 3 {
+		if got := send(); !strings.HasPrefix(got, want) {
+			t.Errorf("beta -> open:%d with a forged PROXY header: the app saw %q, want a header naming beta (%s) first", port, got, betaIP)
+		}
+	}
+}
