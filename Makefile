@@ -5,11 +5,13 @@ PKGS := ./...
 .PHONY: build test bench stress lint fuzz dist release packages npm image
 
 # The version beam reports: git's description of the checkout, if any
-# (else the Go toolchain's VCS stamp, else "devel").
+# (else the Go toolchain's VCS stamp, else "devel"). bin/beam is static,
+# without cgo, as every release ships it (a cgo build maps the C library
+# too: 1.4 MiB more resident in each daemon).
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null)
 
 build:
-	$(GO) build -ldflags "-X beam.dev/beam/internal/version.override=$(VERSION)" -o bin/beam ./cmd/beam
+	CGO_ENABLED=0 $(GO) build -ldflags "-X beam.dev/beam/internal/version.override=$(VERSION)" -o bin/beam ./cmd/beam
 
 # Checks the race detector switches off (it allocates and inflates RSS on
 # its own), run once more without it: the receive path's zero allocations,
