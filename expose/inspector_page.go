@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf8"
 )
 
@@ -54,7 +55,7 @@ func (i *Inspector) servePage(w http.ResponseWriter, r *http.Request) {
 			rows = append(rows, summarize(all[k]))
 		}
 	}
-	i.writePage(w, listPage, map[string]any{
+	i.writePage(w, listPage(), map[string]any{
 		"Rows": rows, "Path": f.path, "Status": f.status, "Method": f.method, "Query": f.query(), "After": after,
 		"URL": i.URL(), "Base": pageBase(r),
 	})
@@ -204,7 +205,7 @@ func (i *Inspector) serveDetail(w http.ResponseWriter, r *http.Request) {
 		data["RespHeaders"] = headerLines(x.Response.Header)
 		data["RespBody"] = prettyBody(x.Response)
 	}
-	i.writePage(w, detailPage, data)
+	i.writePage(w, detailPage(), data)
 }
 
 func itoa(n int) string     { return strconv.Itoa(n) }
@@ -227,7 +228,11 @@ dl{display:grid;grid-template-columns:max-content auto;gap:2px 14px} dt{color:#5
 .muted{color:#8a94a3} textarea{width:100%;min-height:90px} .row{display:flex;gap:8px;margin:6px 0}
 </style>`
 
-var listPage = template.Must(template.New("list").Parse(`<!doctype html>
+// listPage is the inspector's list of exchanges. It is parsed on first
+// use, as detailPage is: a daemon that never serves the inspector does
+// not parse them at start.
+var listPage = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("list").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Beam inspector</title>` + pageStyle + `</head>
 <body><header><h1>Beam inspector</h1><span class="muted">{{.URL}}</span></header>
 <main>
@@ -268,8 +273,10 @@ var listPage = template.Must(template.New("list").Parse(`<!doctype html>
 })();
 </script>
 </body></html>`))
+})
 
-var detailPage = template.Must(template.New("detail").Parse(`<!doctype html>
+var detailPage = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("detail").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{{.X.Method}} {{.X.Path}} - Beam inspector</title>` + pageStyle + `</head>
 <body><header><h1>Beam inspector</h1><a href="{{.Base}}/">all requests</a></header>
 <main>
@@ -313,3 +320,4 @@ var detailPage = template.Must(template.New("detail").Parse(`<!doctype html>
 {{with .RespBody}}{{if .Kind}}<p class="muted">Body ({{.Kind}}){{if .Note}}: {{.Note}}{{end}}</p><pre id="response-body">{{.Text}}</pre>{{end}}{{end}}
 {{end}}
 </main></body></html>`))
+})

@@ -3,6 +3,7 @@ package console
 import (
 	"html/template"
 	"net/http"
+	"sync"
 
 	"beam.dev/beam/coordinator"
 )
@@ -11,9 +12,11 @@ import (
 // navigation: the callback that signs in is the end of a redirect chain
 // that started at the provider's site, and a SameSite=Strict cookie is
 // not sent on a redirect from there.
-var ssoDone = template.Must(template.New("sso").Parse(`<!doctype html>
+var ssoDone = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("sso").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="0;url={{.}}"><title>Beam console</title></head>
 <body><p>Signed in. <a id="continue" href="{{.}}">Continue to the console</a>.</p></body></html>`))
+})
 
 // SignInWith starts a console session for name, who signed in some other
 // way than the admin token (method says how: "oidc"), and sends the
@@ -34,5 +37,5 @@ func (c *Console) SignInWith(w http.ResponseWriter, r *http.Request, name, metho
 	c.logger.Info("signed in", "who", who.Name, "method", who.Method, "remote", r.RemoteAddr)
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
-	ssoDone.Execute(w, safeNext(next))
+	ssoDone().Execute(w, safeNext(next))
 }

@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"beam.dev/beam/coordinator"
@@ -89,7 +90,10 @@ func New(opts Options) (*Login, error) {
 	return l, nil
 }
 
-var page = template.Must(template.New("page").Parse(`<!doctype html>
+// page is parsed on first use: every process of the one beam binary
+// runs this package's init, and only a coordinator serves the page.
+var page = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("page").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Beam: {{.Title}}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;line-height:1.5}
@@ -105,6 +109,7 @@ code{background:#f2f2f2;padding:0 .3em}a.button{display:inline-block;padding:.5e
 {{if .Link}}<p><a id="signin" class="button" href="{{.Link}}">{{.LinkText}}</a></p>{{end}}
 {{range .After}}<p>{{.}}</p>{{end}}
 </body></html>`))
+})
 
 type pageData struct {
 	Title          string
@@ -119,7 +124,7 @@ func render(w http.ResponseWriter, status int, d pageData) {
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")
 	w.WriteHeader(status)
-	page.Execute(w, d)
+	page().Execute(w, d)
 }
 
 // ServeApproval implements coordinator.Approver: it shows the waiting
