@@ -49,6 +49,14 @@ type Records struct {
 	// forwarded. 100.64.0.0/10 and the /48 of every IPv6 host address are always
 	// included.
 	ReversePrefixes []netip.Prefix
+
+	// OverlayPrefixes are the overlay's address ranges beside 100.64.0.0/10,
+	// which is always one (the node passes its network's IPv6 /48). An
+	// answer from a resolver outside them loses every address record that
+	// points into them: a public name must not lead a browser's page (DNS
+	// rebinding) or anything else that trusts names into the mesh. Hosts
+	// and resolvers on the overlay (split DNS) may answer overlay addresses.
+	OverlayPrefixes []netip.Prefix
 }
 
 // route is one split-DNS entry of a snapshot.
@@ -66,7 +74,8 @@ type snapshot struct {
 	names   shardMap[string, int32] // every name with data, and every ancestor of one under domain: how many names with data it covers
 	ptr     shardMap[netip.Addr, []string]
 	revPfx  []netip.Prefix
-	routes  []route // sorted by suffix length, longest first; includes "." for Upstreams
+	overlay []netip.Prefix // 100.64.0.0/10 and Records.OverlayPrefixes
+	routes  []route        // sorted by suffix length, longest first; includes "." for Upstreams
 	soa     *dns.SOA
 	forward bool // some route or upstream exists
 }
@@ -99,6 +108,12 @@ func newSnapshot(rec *Records, serial uint32) *snapshot {
 		}
 	}
 	s.revPfx = append(s.revPfx, cgnatPrefix)
+	s.overlay = append(s.overlay, cgnatPrefix)
+	for _, p := range rec.OverlayPrefixes {
+		if p.IsValid() {
+			s.overlay = append(s.overlay, p.Masked())
+		}
+	}
 	for _, p := range rec.ReversePrefixes {
 		if p.IsValid() {
 			s.revPfx = append(s.revPfx, p.Masked())
@@ -265,6 +280,17 @@ func (s *snapshot) routeFor(fq string) (route, bool) {
 		}
 	}
 	return route{}, false
+}
+
+// isOverlay reports whether a is in one of the overlay's ranges.
+func (s *snapshot) isOverlay(a netip.Addr) bool {
+	a = a.Unmap()
+	for _, p := range s.overlay {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
 }
 
 // isLocalReverse reports whether a is in a range whose PTR names are answered only locally.

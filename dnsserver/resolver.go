@@ -257,6 +257,10 @@ func (r *Resolver) forwardShared(ctx context.Context, key cacheKey, resolvers []
 	}
 	if f.err == nil {
 		f.resp.Extra = stripMeta(f.resp.Extra)
+		if s := r.snap.Load(); !s.isOverlay(f.up.Addr()) && stripOverlay(f.resp, s) {
+			r.fe.logf(slog.LevelWarn, "dnsserver: dropped overlay addresses from an upstream answer (DNS rebinding)",
+				logKeyName, key.name, logKeyUpstream, f.up.String())
+		}
 		r.cache.put(key, f.resp, r.now())
 	}
 	r.flightMu.Lock()
@@ -267,6 +271,62 @@ func (r *Resolver) forwardShared(ctx context.Context, key cacheKey, resolvers []
 		return nil, netip.AddrPort{}, f.err
 	}
 	return f.resp.Copy(), f.up, nil
+}
+
+// stripOverlay removes from m the address records, and the address hints
+// of SVCB and HTTPS records, that point into the overlay, and reports
+// whether it removed any. It is applied to answers of resolvers that are
+// not on the overlay: such a resolver has no business naming an overlay
+// address, and a browser's page could otherwise reach into the mesh
+// through a public name it controls (DNS rebinding).
+func stripOverlay(m *dns.Msg, s *snapshot) bool {
+	stripped := false
+	overlayIP := func(ip net.IP) bool {
+		a, ok := netip.AddrFromSlice(ip)
+		return ok && s.isOverlay(a)
+	}
+	keep := func(rr dns.RR) bool {
+		switch rr := rr.(type) {
+		case *dns.A:
+			return !overlayIP(rr.A)
+		case *dns.AAAA:
+			return !overlayIP(rr.AAAA)
+		case *dns.SVCB:
+			rr.Value = stripHints(rr.Value, overlayIP, &stripped)
+		case *dns.HTTPS:
+			rr.Value = stripHints(rr.Value, overlayIP, &stripped)
+		}
+		return true
+	}
+	for _, sec := range []*[]dns.RR{&m.Answer, &m.Ns, &m.Extra} {
+		n := len(*sec)
+		*sec = slices.DeleteFunc(*sec, func(rr dns.RR) bool { return !keep(rr) })
+		stripped = stripped || len(*sec) != n
+	}
+	return stripped
+}
+
+// stripHints removes the overlay addresses from the ipv4hint and ipv6hint
+// values of an SVCB record, and the hints left empty; it sets *stripped if
+// it removed any.
+func stripHints(kvs []dns.SVCBKeyValue, overlay func(net.IP) bool, stripped *bool) []dns.SVCBKeyValue {
+	return slices.DeleteFunc(kvs, func(kv dns.SVCBKeyValue) bool {
+		var hint *[]net.IP
+		switch kv := kv.(type) {
+		case *dns.SVCBIPv4Hint:
+			hint = &kv.Hint
+		case *dns.SVCBIPv6Hint:
+			hint = &kv.Hint
+		default:
+			return false
+		}
+		n := len(*hint)
+		*hint = slices.DeleteFunc(*hint, overlay)
+		if len(*hint) != n {
+			*stripped = true
+		}
+		return len(*hint) == 0
+	})
 }
 
 // restoreCase gives records owned by the question name the case the client asked

@@ -362,6 +362,13 @@ func dnsRecords(nm *wire.NetMap, localNow time.Time, upstreams []netip.AddrPort)
 	if nm == nil || nm.Self == nil {
 		return rec
 	}
+	for _, p := range nm.Self.Addresses {
+		if p.Addr().Is6() {
+			if pfx, err := p.Addr().Prefix(48); err == nil {
+				rec.OverlayPrefixes = append(rec.OverlayPrefixes, pfx) // as isOverlay
+			}
+		}
+	}
 	if nm.DNS != nil {
 		rec.Domain = strings.TrimSuffix(strings.ToLower(nm.DNS.Domain), ".")
 		rec.SearchDomains = append(rec.SearchDomains, nm.DNS.SearchDomains...)

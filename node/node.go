@@ -1216,6 +1216,16 @@ func (n *Node) lookup(ctx context.Context, host string) ([]netip.Addr, error) {
 	return addrs, nil
 }
 
+// isMeshHost reports whether host, a name or an address, is reached over
+// the overlay. Names that do not resolve are not.
+func (n *Node) isMeshHost(ctx context.Context, host string) bool {
+	addrs, err := n.lookup(ctx, host)
+	if err != nil {
+		return false
+	}
+	return slices.ContainsFunc(addrs, n.isOverlay)
+}
+
 // isOverlay reports whether a belongs on the overlay rather than the host's network.
 func (n *Node) isOverlay(a netip.Addr) bool {
 	a = a.Unmap()

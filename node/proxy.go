@@ -61,7 +61,7 @@ func (n *Node) ServeHTTPProxy(ctx context.Context, ln net.Listener) error {
 	tr := &http.Transport{DialContext: n.DialContext, ForceAttemptHTTP2: false, MaxIdleConnsPerHost: 16}
 	defer tr.CloseIdleConnections()
 	srv := &http.Server{
-		Handler:           &httpProxy{d: n, tr: tr},
+		Handler:           &httpProxy{d: n, tr: tr, isMesh: n.isMeshHost},
 		ReadHeaderTimeout: 30 * time.Second,
 		ConnState:         n.met.httpProxyConnState,
 	}
@@ -255,6 +255,9 @@ func closeWrite(c net.Conn) {
 type httpProxy struct {
 	d  dialer
 	tr *http.Transport
+	// isMesh reports whether host (a name or an address) is in the mesh.
+	// Nil means nothing is.
+	isMesh func(ctx context.Context, host string) bool
 }
 
 func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -266,6 +269,12 @@ func (p *httpProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if !sameSiteOrLoopback(r) {
 		http.Error(w, "beam proxy: refused a request from a web page of another site", http.StatusForbidden)
+		return
+	}
+	if fromOtherSite(r) && p.isMesh != nil && p.isMesh(r.Context(), r.URL.Hostname()) {
+		// A page's request with neither Origin nor Referer (an image or a
+		// navigation under no-referrer) still says where it comes from.
+		http.Error(w, "beam proxy: refused a request into the mesh from a web page of another site", http.StatusForbidden)
 		return
 	}
 	if r.Method == http.MethodConnect {
@@ -318,6 +327,18 @@ func sameSiteOrLoopback(r *http.Request) bool {
 		}
 	}
 	return true
+}
+
+// fromOtherSite reports whether r is a browser's request made by a page of
+// another site than its target, by the Fetch Metadata header browsers send
+// on every request (cross-site or same-site; same-site is another host of
+// the same registrable domain, which the page's origin does not own).
+func fromOtherSite(r *http.Request) bool {
+	switch strings.ToLower(r.Header.Get("Sec-Fetch-Site")) {
+	case "cross-site", "same-site":
+		return true
+	}
+	return false
 }
 
 func (p *httpProxy) connect(w http.ResponseWriter, r *http.Request) {
