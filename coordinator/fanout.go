@@ -22,8 +22,9 @@ import (
 //     fan-out runs it after each (re)connection of its listener.
 //   - A store that implements NodeFeed (sqlstore on PostgreSQL, through
 //     LISTEN/NOTIFY) tells the coordinator the ID of every node another
-//     coordinator wrote; applyNodeChange re-reads that node and tells the
-//     coordinator's own streams, as a local change would.
+//     coordinator wrote; applyNodeChanges re-reads those nodes (all that
+//     came together at once) and tells the coordinator's own streams, as
+//     a local change would.
 //
 // The rest of what coordinators share goes the same way (a Change names
 // its kind and key, apply re-reads it): the policy and user groups
@@ -83,24 +84,35 @@ type NodeFeed interface {
 	// again within seconds. It calls failed with each reason its listener
 	// could not connect, broke or could not resync, before it connects
 	// again.
-	ListenNodes(ctx context.Context, resync func(ctx context.Context) error, changed func(ctx context.Context, ch Change) error, failed func(error)) error
-	// NodeByID returns the node with id, and whether it streams from a
-	// coordinator on another store; ErrNotFound if there is no such node.
-	NodeByID(ctx context.Context, id wire.NodeID) (rec *NodeRecord, remote Presence, err error)
-	// NodeByKey is NodeByID for the node whose key is nk.
+	//
+	// It gives changed the changes in batches, in the order they were
+	// made, each once: those that came while the last batch was being
+	// applied, so that a burst of writes elsewhere costs a read per
+	// batch (NodesByID), not per change.
+	ListenNodes(ctx context.Context, resync func(ctx context.Context) error, changed func(ctx context.Context, chs []Change) error, failed func(error)) error
+	// NodesByID returns those of the nodes ids that exist (the others
+	// were deleted), and the Presence of those among them that stream
+	// from a coordinator on another store (the others are absent).
+	NodesByID(ctx context.Context, ids []wire.NodeID) (recs []*NodeRecord, remote map[wire.NodeID]Presence, err error)
+	// NodeByKey returns the node whose key is nk, and whether it streams
+	// from a coordinator on another store; ErrNotFound if there is no
+	// such node.
 	NodeByKey(ctx context.Context, nk key.NodePublic) (rec *NodeRecord, remote Presence, err error)
 	// RemoteOnline returns the Presence of the nodes that stream from a
 	// coordinator on another store (or did, from one that stopped
 	// beating); the others are absent.
 	RemoteOnline(ctx context.Context) (map[wire.NodeID]Presence, error)
-	// SetNodeOnline records that the node id streams (online) or no
-	// longer streams from this store's coordinator since at (this
-	// process's clock; the store takes its age, not its time, so clocks
-	// of coordinators need not agree). Going offline leaves a node that
-	// meanwhile streams elsewhere as it is, and going online does not
-	// take a node from a coordinator it began streaming from after at:
-	// a write that was delayed undoes no newer one.
-	SetNodeOnline(ctx context.Context, id wire.NodeID, online bool, at time.Time) error
+	// SetStreamStates records, for each of states (a node at most once),
+	// that the node streams (online) or no longer streams from this
+	// store's coordinator since At (this process's clock; the store takes
+	// its age, not its time, so clocks of coordinators need not agree).
+	// Going offline leaves a node that meanwhile streams elsewhere as it
+	// is, and going online does not take a node from a coordinator it
+	// began streaming from after At: a write that was delayed undoes no
+	// newer one. Nodes deleted meanwhile are skipped. It takes a few
+	// statements whatever the number of states; an error means some may
+	// not be recorded.
+	SetStreamStates(ctx context.Context, states []StreamState) error
 	// Heartbeat records that this store's coordinator is alive; the
 	// coordinator calls it every heartbeatInterval. The nodes of a
 	// coordinator that stopped beating become PresenceUnknown a while
@@ -128,6 +140,15 @@ type NodeFeed interface {
 	// atomic: of two coordinators with different secrets claiming at
 	// once, one is refused.
 	ClaimSecrets(ctx context.Context, secrets map[string][]byte) (stored map[string][]byte, ok bool, err error)
+}
+
+// StreamState is a node's stream state on a coordinator, to record
+// (NodeFeed.SetStreamStates): it streams (Online) or no longer streams
+// since At.
+type StreamState struct {
+	ID     wire.NodeID
+	Online bool
+	At     time.Time
 }
 
 // ChangeKind is what a Change names.
@@ -325,14 +346,17 @@ func (f *fanout) beat() {
 	}
 	f.beaten = true
 	// The others hear of drops; this coordinator skips its own writes.
-	// A drop whose read fails is read again at the next beat.
+	// Drops whose read fails are read again at the next beat.
 	changed = append(f.unapplied, changed...)
+	slices.Sort(changed)
+	changed = slices.Compact(changed)
 	f.unapplied = nil
-	for _, id := range changed {
-		if err := f.applyNodeChange(ctx, id); err != nil && !slices.Contains(f.unapplied, id) {
-			f.core.logger.Warn("apply a dropped node; retrying at the next heartbeat", "node_id", id, "err", err)
-			f.unapplied = append(f.unapplied, id)
-		}
+	if len(changed) == 0 {
+		return
+	}
+	if err := f.applyNodeChanges(ctx, changed); err != nil {
+		f.core.logger.Warn("apply dropped nodes; retrying at the next heartbeat", "nodes", len(changed), "err", err)
+		f.unapplied = changed
 	}
 }
 
@@ -354,32 +378,37 @@ func (f *fanout) flush() {
 }
 
 // writeOnline writes the stream states waiting, and reports whether
-// every write succeeded; those that failed wait again, unless a newer
-// state of their node came meanwhile.
+// they were written; if not, they wait again, unless a newer state of
+// their node came meanwhile.
 func (f *fanout) writeOnline(ctx context.Context) bool {
 	f.mu.Lock()
 	batch := f.online
 	f.online = make(map[wire.NodeID]streamState)
 	f.mu.Unlock()
+	if len(batch) == 0 {
+		return true
+	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	ok := true
+	states := make([]StreamState, 0, len(batch))
 	for id, st := range batch {
-		err := f.feed.SetNodeOnline(ctx, id, st.online, st.at)
-		if err == nil || errors.Is(err, ErrNotFound) {
-			continue
-		}
-		ok = false
-		if f.core.ctx.Err() == nil {
-			f.core.logger.Warn("record stream state; retrying", "node_id", id, "online", st.online, "err", err)
-		}
-		f.mu.Lock()
+		states = append(states, StreamState{ID: id, Online: st.online, At: st.at})
+	}
+	err := f.feed.SetStreamStates(ctx, states)
+	if err == nil {
+		return true
+	}
+	if f.core.ctx.Err() == nil {
+		f.core.logger.Warn("record stream states; retrying", "nodes", len(states), "err", err)
+	}
+	f.mu.Lock()
+	for id, st := range batch {
 		if _, newer := f.online[id]; !newer {
 			f.online[id] = st
 		}
-		f.mu.Unlock()
 	}
-	return ok
+	f.mu.Unlock()
+	return false
 }
 
 // rewriteOnline records every stream of this coordinator as online
@@ -447,71 +476,98 @@ func (f *fanout) resync(ctx context.Context) error {
 // hold (registrations wait on them) until TCP gives up.
 const applyTimeout = 15 * time.Second
 
-// apply re-reads what another coordinator changed, as ch names it, and
-// applies it to memory and the streams. An error means the change may
-// not be applied: the listener then connects again and resyncs, as a
-// change lost is lost for good otherwise (a removed node would stay,
+// apply re-reads what another coordinator changed, as chs name it, and
+// applies it to memory and the streams: the nodes first, all at once
+// (applyNodeChanges), then the rest in order. An error means a change
+// may not be applied: the listener then connects again and resyncs, as
+// a change lost is lost for good otherwise (a removed node would stay,
 // a policy would not be enforced).
-func (f *fanout) apply(ctx context.Context, ch Change) error {
+func (f *fanout) apply(ctx context.Context, chs []Change) error {
 	ctx, cancel := context.WithTimeout(ctx, applyTimeout)
 	defer cancel()
 	s := f.core
-	var err error
-	what := "node"
-	switch ch.Kind {
-	case ChangeNode:
-		err = f.applyNodeChange(ctx, wire.NodeID(ch.ID))
-	case ChangeSetting:
-		switch ch.Name {
-		case policySetting, userGroupsSetting:
-			what, err = "policy", s.reloadPolicy(ctx)
-		case dnsSetting:
-			what, err = "DNS settings", s.edge.reloadDNS(ctx)
+	var ids []wire.NodeID
+	for _, ch := range chs {
+		if ch.Kind == ChangeNode {
+			ids = append(ids, wire.NodeID(ch.ID))
 		}
-	case ChangeRoute:
-		what, err = "route", s.edge.reloadRoute(ctx, ch.ID)
-	case ChangeDomain:
-		what, err = "domains", s.edge.reloadDomains(ctx)
-	case ChangePending:
-		what, err = "pending registration", s.reg.reloadPending(ctx, ch.Name)
 	}
-	if err != nil {
-		return fmt.Errorf("coordinator: apply another coordinator's change of the %s: %w", what, err)
+	if len(ids) > 0 {
+		if err := f.applyNodeChanges(ctx, ids); err != nil {
+			return fmt.Errorf("coordinator: apply another coordinator's change of %d nodes: %w", len(ids), err)
+		}
+	}
+	for _, ch := range chs {
+		var err error
+		var what string
+		switch ch.Kind {
+		case ChangeSetting:
+			switch ch.Name {
+			case policySetting, userGroupsSetting:
+				what, err = "policy", s.reloadPolicy(ctx)
+			case dnsSetting:
+				what, err = "DNS settings", s.edge.reloadDNS(ctx)
+			}
+		case ChangeRoute:
+			what, err = "route", s.edge.reloadRoute(ctx, ch.ID)
+		case ChangeDomain:
+			what, err = "domains", s.edge.reloadDomains(ctx)
+		case ChangePending:
+			what, err = "pending registration", s.reg.reloadPending(ctx, ch.Name)
+		}
+		if err != nil {
+			return fmt.Errorf("coordinator: apply another coordinator's change of the %s: %w", what, err)
+		}
 	}
 	return nil
 }
 
-// applyNodeChange re-reads the node id that another coordinator wrote and
-// applies it to memory. An error means it is not applied.
-func (f *fanout) applyNodeChange(ctx context.Context, id wire.NodeID) error {
+// applyNodeChanges re-reads the nodes ids that another coordinator wrote
+// (or whose stream state changed) and applies them to memory: one read
+// and one hold of each lock for all of them. An error means none is
+// applied.
+func (f *fanout) applyNodeChanges(ctx context.Context, ids []wire.NodeID) error {
 	s := f.core
-	// As in syncNodes: from the read until memory has the node, no
+	// As in syncNodes: from the read until memory has the nodes, no
 	// registration, rename or removal here, nor another read, runs.
 	s.reg.mu.Lock()
 	defer s.reg.mu.Unlock()
 	s.persistMu.Lock()
 	defer s.persistMu.Unlock()
-	rec, remote, err := f.feed.NodeByID(ctx, id)
-	if err != nil && !errors.Is(err, ErrNotFound) {
-		return fmt.Errorf("read changed node %d: %w", id, err)
+	recs, remote, err := f.feed.NodesByID(ctx, ids)
+	if err != nil {
+		return fmt.Errorf("read %d changed nodes: %w", len(ids), err)
 	}
-	if rec != nil {
-		if _, err := s.networkByID(ctx, rec.NetworkID); err != nil {
-			return fmt.Errorf("read the network of changed node %d: %w", id, err)
+	var netIDs []int64
+	for _, rec := range recs {
+		if !slices.Contains(netIDs, rec.NetworkID) {
+			netIDs = append(netIDs, rec.NetworkID)
 		}
+	}
+	for _, id := range netIDs {
+		if _, err := s.networkByID(ctx, id); err != nil {
+			return fmt.Errorf("read the network of changed nodes: %w", err)
+		}
+	}
+	gone := make(map[wire.NodeID]bool, len(ids))
+	for _, id := range ids {
+		gone[id] = true
+	}
+	for _, rec := range recs {
+		delete(gone, rec.Node.ID)
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if rec == nil {
+	if len(gone) > 0 {
 		for _, e := range s.nodes {
-			if e.rec.Node.ID == id {
+			if gone[e.rec.Node.ID] {
 				s.dropNodeLocked(e, wire.CodeNodeRemoved, "node was removed")
-				break
 			}
 		}
-		return nil
 	}
-	s.applyRecordLocked(rec, remote)
+	for _, rec := range recs {
+		s.applyRecordLocked(rec, remote[rec.Node.ID])
+	}
 	return nil
 }
 

@@ -28,16 +28,17 @@ type faultyStore struct {
 	listenFailed func()
 	// resyncFails is how many resyncs from now on fail.
 	resyncFails int
-	// offlineFails is how many writes of a node going offline fail.
+	// offlineFails is how many writes of stream states with a node going
+	// offline fail.
 	offlineFails int
 	// beatsFail makes every heartbeat fail while set.
 	beatsFail bool
 	// wroteOnline, if set, gets the ID of each node written online.
 	wroteOnline chan wire.NodeID
-	// nodeReadsFail and policyReadsFail are how many reads of a node by
+	// nodeReadsFail and policyReadsFail are how many reads of nodes by
 	// ID, and of the policy setting, from now on fail.
 	nodeReadsFail, policyReadsFail int
-	// onlineHang, if set, holds every write of a node going online until
+	// onlineHang, if set, holds every write of nodes going online until
 	// it is closed, as a database too loaded to answer; onlineHung gets
 	// a value as each such write starts.
 	onlineHang chan struct{}
@@ -46,11 +47,11 @@ type faultyStore struct {
 	beaten chan struct{}
 }
 
-func (f *faultyStore) NodeByID(ctx context.Context, id wire.NodeID) (*coordinator.NodeRecord, coordinator.Presence, error) {
+func (f *faultyStore) NodesByID(ctx context.Context, ids []wire.NodeID) ([]*coordinator.NodeRecord, map[wire.NodeID]coordinator.Presence, error) {
 	if f.take(&f.nodeReadsFail) {
-		return nil, 0, errInjected
+		return nil, nil, errInjected
 	}
-	return f.Store.NodeByID(ctx, id)
+	return f.Store.NodesByID(ctx, ids)
 }
 
 func (f *faultyStore) Setting(ctx context.Context, name string) ([]byte, error) {
@@ -73,7 +74,7 @@ func (f *faultyStore) take(n *int) bool {
 
 var errInjected = errors.New("injected failure")
 
-func (f *faultyStore) ListenNodes(ctx context.Context, resync func(context.Context) error, changed func(context.Context, coordinator.Change) error, failed func(error)) error {
+func (f *faultyStore) ListenNodes(ctx context.Context, resync func(context.Context) error, changed func(context.Context, []coordinator.Change) error, failed func(error)) error {
 	return f.Store.ListenNodes(ctx, func(ctx context.Context) error {
 		f.mu.Lock()
 		fail := f.resyncFails > 0
@@ -97,9 +98,14 @@ func (f *faultyStore) ListenNodes(ctx context.Context, resync func(context.Conte
 	})
 }
 
-func (f *faultyStore) SetNodeOnline(ctx context.Context, id wire.NodeID, online bool, at time.Time) error {
+func (f *faultyStore) SetStreamStates(ctx context.Context, states []coordinator.StreamState) error {
+	var online, offline bool
+	for _, st := range states {
+		online = online || st.Online
+		offline = offline || !st.Online
+	}
 	f.mu.Lock()
-	fail := !online && f.offlineFails > 0
+	fail := offline && f.offlineFails > 0
 	if fail {
 		f.offlineFails--
 	}
@@ -117,14 +123,18 @@ func (f *faultyStore) SetNodeOnline(ctx context.Context, id wire.NodeID, online 
 		}
 		<-hang
 	}
-	err := f.Store.SetNodeOnline(ctx, id, online, at)
+	err := f.Store.SetStreamStates(ctx, states)
 	f.mu.Lock()
 	ch := f.wroteOnline
 	f.mu.Unlock()
-	if err == nil && online && ch != nil {
-		select {
-		case ch <- id:
-		default:
+	if err == nil && ch != nil {
+		for _, st := range states {
+			if st.Online {
+				select {
+				case ch <- st.ID:
+				default:
+				}
+			}
 		}
 	}
 	return err

@@ -41,6 +41,9 @@ type TwoScenario struct {
 	PhaseTimeout time.Duration
 	// Logger receives progress lines; nil discards them.
 	Logger *slog.Logger
+	// ProfileDir, if set, gives each coordinator a --debug-addr and
+	// keeps in this directory their pprof profiles (profiles.go).
+	ProfileDir string
 }
 
 // TwoResult is what a TwoScenario measured.
@@ -64,6 +67,11 @@ type TwoResult struct {
 	// from the same start until every node streaming from B had it
 	// (through the database), one per change.
 	Changes, CrossChanges []time.Duration
+	// FirstChanges and FirstCrossChanges are the times from the same
+	// start until the first node on A, and on B, had it: the rest of
+	// Changes and CrossChanges is the fan-out to the others (and their
+	// reading it).
+	FirstChanges, FirstCrossChanges []time.Duration
 	// BytesPerNodePerChange is what each other node read from its
 	// coordinator for one change, averaged over nodes and changes.
 	BytesPerNodePerChange float64
@@ -130,13 +138,20 @@ func (sc TwoScenario) Run(ctx context.Context) (res *TwoResult, err error) {
 	if err != nil {
 		return nil, err
 	}
-	args := append([]string{"--db", sc.DB}, sc.Args...)
 	var coords [2]*Coordinator
+	var prof *profiler
+	if sc.ProfileDir != "" {
+		if prof, err = newProfiler(sc.ProfileDir, []string{"a", "b"}, log); err != nil {
+			return nil, err
+		}
+	}
 	for i, name := range []string{"a", "b"} {
 		dir := filepath.Join(sc.Dir, name)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("scalebench: make coordinator directory: %w", err)
 		}
+		args := append([]string{"--db", sc.DB}, sc.Args...)
+		args = append(args, prof.args(i)...)
 		if coords[i], err = NewCoordinator(CoordinatorOptions{Bin: sc.Bin, Dir: dir, Args: args}); err != nil {
 			return nil, err
 		}
@@ -210,6 +225,7 @@ func (sc TwoScenario) Run(ctx context.Context) (res *TwoResult, err error) {
 		}
 	}
 	start := time.Now()
+	stopProf := prof.phase("fullmaps")
 	fleet.Stream()
 	// A full map from B may lack the last few nodes registered on A
 	// (they reach B through the database a moment later, as peers
@@ -223,6 +239,7 @@ func (sc TwoScenario) Run(ctx context.Context) (res *TwoResult, err error) {
 		return nil, err
 	}
 	res.FullMaps = time.Since(start)
+	stopProf()
 	res.ShortFullMaps = int(fleet.badFulls.Load())
 	for i, c := range coords {
 		if after, err := c.Usage(); err == nil {
@@ -237,19 +254,24 @@ func (sc TwoScenario) Run(ctx context.Context) (res *TwoResult, err error) {
 	log.Info("settled", "took", res.Settled)
 
 	var bytes float64
+	stopProf = prof.phase("changes")
 	for i := range sc.Changes {
 		if err := phase(func(ctx context.Context) error {
-			same, cross, b, err := fleet.changeTwo(ctx, uint16(2001+i))
-			res.Changes = append(res.Changes, same)
-			res.CrossChanges = append(res.CrossChanges, cross)
+			t, b, err := fleet.changeTwo(ctx, uint16(2001+i))
+			res.Changes = append(res.Changes, t.same)
+			res.CrossChanges = append(res.CrossChanges, t.cross)
+			res.FirstChanges = append(res.FirstChanges, t.firstSame)
+			res.FirstCrossChanges = append(res.FirstCrossChanges, t.firstCross)
 			bytes += b
 			return err
 		}); err != nil {
 			return nil, err
 		}
 	}
+	stopProf()
 	res.BytesPerNodePerChange = bytes / float64(sc.Changes)
-	log.Info("changes", "same", res.Changes, "cross", res.CrossChanges, "bytes_per_node", res.BytesPerNodePerChange)
+	log.Info("changes", "same", res.Changes, "cross", res.CrossChanges, "first_same", res.FirstChanges,
+		"first_cross", res.FirstCrossChanges, "bytes_per_node", res.BytesPerNodePerChange)
 
 	for i, c := range coords {
 		u, err := c.Usage()
@@ -267,15 +289,21 @@ func (sc TwoScenario) Run(ctx context.Context) (res *TwoResult, err error) {
 	return res, nil
 }
 
+// changeTimes are the times of one change: from the change until the
+// first and the last other node on the first coordinator had it, and on
+// the second.
+type changeTimes struct {
+	firstSame, same, firstCross, cross time.Duration
+}
+
 // changeTwo gives node 0, which streams from the first of two
 // coordinators, a new endpoint (port) and waits until every other node has
-// it. It returns the time from the change until the last other node on
-// the first coordinator had it, the time until the last node on the
-// second one had it, and the bytes each other node read in all, on
-// average. port must differ from the last change's.
-func (f *Fleet) changeTwo(ctx context.Context, port uint16) (same, cross time.Duration, bytes float64, err error) {
+// it. It returns the times the change took to reach the nodes on each
+// coordinator, and the bytes each other node read in all, on average.
+// port must differ from the last change's.
+func (f *Fleet) changeTwo(ctx context.Context, port uint16) (t changeTimes, bytes float64, err error) {
 	if len(f.markSeenVia) != 2 {
-		return 0, 0, 0, errors.New("scalebench: changeTwo needs a fleet on two coordinators")
+		return t, 0, errors.New("scalebench: changeTwo needs a fleet on two coordinators")
 	}
 	onA := int64((f.n+1)/2) - 1 // the even nodes but node 0
 	onB := int64(f.n / 2)
@@ -302,13 +330,16 @@ func (f *Fleet) changeTwo(ctx context.Context, port uint16) (same, cross time.Du
 		}()
 		return ch
 	}
+	a1 := wait("a node on A that saw the change", 0, 1)
+	b1 := wait("a node on B that saw the change", 1, 1)
 	a := wait("nodes on A that saw the change", 0, onA)
 	b := wait("nodes on B that saw the change", 1, onB)
-	da, db := <-a, <-b
-	if err := errors.Join(da.err, db.err); err != nil {
-		return 0, 0, 0, err
+	da1, db1, da, db := <-a1, <-b1, <-a, <-b
+	if err := errors.Join(da1.err, db1.err, da.err, db.err); err != nil {
+		return t, 0, err
 	}
-	return da.took, db.took, float64(f.otherBytes()-before) / float64(f.n-1), nil
+	t = changeTimes{firstSame: da1.took, same: da.took, firstCross: db1.took, cross: db.took}
+	return t, float64(f.otherBytes()-before) / float64(f.n-1), nil
 }
 
 // waitVia is waitFor for two waiters at once: the fleet's poke channel

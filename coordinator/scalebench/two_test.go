@@ -3,6 +3,7 @@ package scalebench
 import (
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"testing"
 	"time"
@@ -55,6 +56,7 @@ func TestScaleTwoSmoke(t *testing.T) {
 //	                   coordinator A, to reach every other node on A
 //	cross-change-s     median time for the same change to reach every node
 //	                   streaming from B (through the database)
+//	cross-first-s      median time for it to reach the first node on B
 //	bytes/node/change  bytes each other node read for one change
 //	cpu-s, cpu-b-s     coordinator A's and B's CPU seconds from start through
 //	                   the changes (cpu-sum-s both)
@@ -80,38 +82,63 @@ func TestScaleTwoSmoke(t *testing.T) {
 // nodes on B about as soon as those on A (each time includes
 // coordclient's 50 ms coalescing of endpoint updates).
 // The sizes come from BEAM_SCALE_NODES (default 1000), and the other
-// variables of BenchmarkCoordinatorScale apply:
+// variables of BenchmarkCoordinatorScale apply. BEAM_SCALE_PROFILE_DIR
+// keeps the coordinators' CPU, mutex and block profiles and goroutine
+// dumps over the full maps and the changes there (profiles.go; mutex and
+// block profiles are empty unless the binary sets their rates), and
+// BEAM_SCALE_OTHER_BIN, another beam binary, makes an A/B run: each size
+// runs with this tree's beam (bin=this), then with that one (bin=other).
 //
 //	BEAM_SCALE_NODES=1000,3000 go test -run '^$' -bench CoordinatorScaleTwo -benchtime 1x -timeout 1h ./coordinator/scalebench/
 func BenchmarkCoordinatorScaleTwo(b *testing.B) {
 	sizes, maxRSS, inFlight, args := scaleEnv(b, 4)
-	bin := beam(b)
+	bins := []struct{ name, path string }{{"", beam(b)}}
+	if other := os.Getenv("BEAM_SCALE_OTHER_BIN"); other != "" {
+		// An A/B run: each size with this tree's beam, then the other.
+		bins = []struct{ name, path string }{{"/bin=this", bins[0].path}, {"/bin=other", other}}
+	}
 	pg := pgtest.New(b)
 	for _, n := range sizes {
-		b.Run("nodes="+strconv.Itoa(n), func(b *testing.B) {
-			for b.Loop() {
-				logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("nodes", n, "coordinators", 2)
-				res, err := TwoScenario{Bin: bin, Dir: b.TempDir(), DB: pg.NewDatabase(b), N: n, Args: args, MaxRSS: maxRSS,
-					FullMapsInFlight: inFlight, Logger: logger}.Run(b.Context())
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.ReportMetric(res.RegisterRate(), "reg-nodes/s")
-				b.ReportMetric(res.FullMaps.Seconds(), "fullmap-s")
-				b.ReportMetric(res.Settled.Seconds(), "settle-s")
-				b.ReportMetric(float64(res.ShortFullMaps), "short-fullmaps")
-				b.ReportMetric(res.MedianChange().Seconds(), "change-s")
-				b.ReportMetric(res.MedianCrossChange().Seconds(), "cross-change-s")
-				b.ReportMetric(res.BytesPerNodePerChange, "bytes/node/change")
-				b.ReportMetric(res.CPU[0].Seconds(), "cpu-s")
-				b.ReportMetric(res.CPU[1].Seconds(), "cpu-b-s")
-				b.ReportMetric(res.SumCPU().Seconds(), "cpu-sum-s")
-				b.ReportMetric((res.FullMapsCPU[0] + res.FullMapsCPU[1]).Seconds(), "fullmap-cpu-s")
-				b.ReportMetric(float64(res.RSS[0])/(1<<20), "rss-MB")
-				b.ReportMetric(float64(res.RSS[1])/(1<<20), "rss-b-MB")
-				b.ReportMetric(float64(max(res.PeakRSS[0], res.PeakRSS[1]))/(1<<20), "peak-rss-MB")
-				b.ReportMetric(res.FleetCPU.Seconds(), "fleet-cpu-s")
-			}
-		})
+		for _, bin := range bins {
+			b.Run("nodes="+strconv.Itoa(n)+bin.name, func(b *testing.B) { benchTwo(b, bin.path, n, maxRSS, inFlight, args, pg) })
+		}
 	}
+}
+
+func benchTwo(b *testing.B, bin string, n int, maxRSS uint64, inFlight int, args []string, pg *pgtest.Server) {
+	for b.Loop() {
+		logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("nodes", n, "coordinators", 2)
+		res, err := TwoScenario{Bin: bin, Dir: b.TempDir(), DB: pg.NewDatabase(b), N: n, Args: args, MaxRSS: maxRSS,
+			FullMapsInFlight: inFlight, Logger: logger, ProfileDir: profileDir(n, bin)}.Run(b.Context())
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(res.RegisterRate(), "reg-nodes/s")
+		b.ReportMetric(res.FullMaps.Seconds(), "fullmap-s")
+		b.ReportMetric(res.Settled.Seconds(), "settle-s")
+		b.ReportMetric(float64(res.ShortFullMaps), "short-fullmaps")
+		b.ReportMetric(res.MedianChange().Seconds(), "change-s")
+		b.ReportMetric(res.MedianCrossChange().Seconds(), "cross-change-s")
+		b.ReportMetric(median(res.FirstCrossChanges).Seconds(), "cross-first-s")
+		b.ReportMetric(res.BytesPerNodePerChange, "bytes/node/change")
+		b.ReportMetric(res.CPU[0].Seconds(), "cpu-s")
+		b.ReportMetric(res.CPU[1].Seconds(), "cpu-b-s")
+		b.ReportMetric(res.SumCPU().Seconds(), "cpu-sum-s")
+		b.ReportMetric((res.FullMapsCPU[0] + res.FullMapsCPU[1]).Seconds(), "fullmap-cpu-s")
+		b.ReportMetric(float64(res.RSS[0])/(1<<20), "rss-MB")
+		b.ReportMetric(float64(res.RSS[1])/(1<<20), "rss-b-MB")
+		b.ReportMetric(float64(max(res.PeakRSS[0], res.PeakRSS[1]))/(1<<20), "peak-rss-MB")
+		b.ReportMetric(res.FleetCPU.Seconds(), "fleet-cpu-s")
+	}
+}
+
+// profileDir is where a run with n nodes of the beam binary bin keeps
+// its coordinators' profiles: BEAM_SCALE_PROFILE_DIR/n-NAME, NAME being
+// the binary's directory's name, or none if that is not set.
+func profileDir(n int, bin string) string {
+	d := os.Getenv("BEAM_SCALE_PROFILE_DIR")
+	if d == "" {
+		return ""
+	}
+	return filepath.Join(d, strconv.Itoa(n)+"-"+filepath.Base(filepath.Dir(bin)))
 }

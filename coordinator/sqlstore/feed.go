@@ -79,7 +79,7 @@ func newOrigin() string {
 func (s *Store) SharedNodes() bool { return s.pgcfg != nil }
 
 // ListenNodes implements coordinator.NodeFeed.
-func (s *Store) ListenNodes(ctx context.Context, resync func(ctx context.Context) error, changed func(ctx context.Context, ch coordinator.Change) error, failed func(error)) error {
+func (s *Store) ListenNodes(ctx context.Context, resync func(ctx context.Context) error, changed func(ctx context.Context, chs []coordinator.Change) error, failed func(error)) error {
 	if s.pgcfg == nil {
 		return errNoFeed
 	}
@@ -108,7 +108,7 @@ func (s *Store) ListenNodes(ctx context.Context, resync func(ctx context.Context
 
 // listenOnce runs one listening connection until it fails or ctx is
 // done; synced reports whether it got as far as a successful resync.
-func (s *Store) listenOnce(ctx context.Context, resync func(ctx context.Context) error, changed func(ctx context.Context, ch coordinator.Change) error) (synced bool, err error) {
+func (s *Store) listenOnce(ctx context.Context, resync func(ctx context.Context) error, changed func(ctx context.Context, chs []coordinator.Change) error) (synced bool, err error) {
 	cfg := s.pgcfg.Copy()
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = listenerName
@@ -135,21 +135,87 @@ func (s *Store) listenOnce(ctx context.Context, resync func(ctx context.Context)
 	if err := resync(ctx); err != nil {
 		return false, fmt.Errorf("sqlstore: resync after listening: %w", err)
 	}
+	var batch changeBatch
 	for {
 		n, err := waitNotification(ctx, conn)
 		if err != nil {
 			return true, err
 		}
-		origin, ch, ok := parseChange(n.Payload)
-		if !ok || origin == s.origin {
+		batch.reset()
+		s.addChange(&batch, n)
+		// Take the notifications that came meanwhile (while the last
+		// batch was applied) with this one: a burst of writes elsewhere
+		// (thousands of nodes connecting) costs a read and a lock per
+		// batch, not per change.
+		for len(batch.chs) < maxChangeBatch {
+			n, err := pollNotification(ctx, conn)
+			if err != nil {
+				return true, err
+			}
+			if n == nil {
+				break
+			}
+			s.addChange(&batch, n)
+		}
+		if len(batch.chs) == 0 {
 			continue
 		}
-		if err := changed(ctx, ch); err != nil {
-			// The change is not applied: connect again and resync, as
-			// after a break, rather than lose it.
+		if err := changed(ctx, batch.chs); err != nil {
+			// The changes are not applied: connect again and resync, as
+			// after a break, rather than lose them.
 			return true, fmt.Errorf("sqlstore: %w", err)
 		}
 	}
+}
+
+// maxChangeBatch bounds how many changes the listener gives at once.
+const maxChangeBatch = 1000
+
+// listenPoll is how long the listener waits for another notification
+// before it applies the batch it has.
+var listenPoll = time.Millisecond
+
+// changeBatch is the changes of other stores, in the order of their
+// first notification, each once.
+type changeBatch struct {
+	chs  []coordinator.Change
+	seen map[coordinator.Change]bool
+}
+
+func (b *changeBatch) reset() {
+	b.chs = b.chs[:0]
+	clear(b.seen)
+}
+
+// addChange adds the change n names to b, unless it is this store's own
+// or already there.
+func (s *Store) addChange(b *changeBatch, n *pgconn.Notification) {
+	origin, ch, ok := parseChange(n.Payload)
+	if !ok || origin == s.origin || b.seen[ch] {
+		return
+	}
+	if b.seen == nil {
+		b.seen = make(map[coordinator.Change]bool)
+	}
+	b.seen[ch] = true
+	b.chs = append(b.chs, ch)
+}
+
+// pollNotification returns conn's next notification if one comes within
+// listenPoll; nil if none does.
+func pollNotification(ctx context.Context, conn *pgx.Conn) (*pgconn.Notification, error) {
+	wctx, cancel := context.WithTimeout(ctx, listenPoll)
+	n, err := conn.WaitForNotification(wctx)
+	cancel()
+	switch {
+	case err == nil:
+		return n, nil
+	case ctx.Err() != nil:
+		return nil, ctx.Err()
+	case wctx.Err() == nil || conn.IsClosed():
+		return nil, fmt.Errorf("sqlstore: wait for notification: %w", err)
+	}
+	return nil, nil
 }
 
 // waitNotification waits for conn's next notification, checking the
@@ -213,7 +279,9 @@ func parseChange(payload string) (origin string, ch coordinator.Change, ok bool)
 	return origin, ch, true
 }
 
-// NodeByID implements coordinator.NodeFeed.
+// NodeByID returns the node with id, and whether it streams from a
+// coordinator on another store; coordinator.ErrNotFound if there is no
+// such node.
 func (s *Store) NodeByID(ctx context.Context, id wire.NodeID) (*coordinator.NodeRecord, coordinator.Presence, error) {
 	if s.pgcfg == nil {
 		return nil, 0, errNoFeed
@@ -226,6 +294,44 @@ func (s *Store) NodeByID(ctx context.Context, id wire.NodeID) (*coordinator.Node
 		return nil, 0, fmt.Errorf("%w: node %d", coordinator.ErrNotFound, id)
 	}
 	return s.withOnline(ctx, recs[0])
+}
+
+// NodesByID implements coordinator.NodeFeed: two reads, whatever the
+// number of nodes.
+func (s *Store) NodesByID(ctx context.Context, ids []wire.NodeID) ([]*coordinator.NodeRecord, map[wire.NodeID]coordinator.Presence, error) {
+	if s.pgcfg == nil {
+		return nil, nil, errNoFeed
+	}
+	arg := make([]int64, len(ids))
+	for i, id := range ids {
+		arg[i] = int64(id)
+	}
+	recs, err := s.queryNodes(ctx, "nodes by id", ` WHERE n.id = ANY(?)`, arg)
+	if err != nil {
+		return nil, nil, err
+	}
+	rows, err := s.db.QueryContext(ctx, s.d.rebind(`SELECT o.node_id, o.origin, `+s.presenceSQL()+` FROM node_online o
+		LEFT JOIN coordinator_beats b ON b.origin = o.origin WHERE o.node_id = ANY(?)`), arg)
+	if err != nil {
+		return nil, nil, s.wrap("nodes online", err)
+	}
+	defer rows.Close()
+	remote := make(map[wire.NodeID]coordinator.Presence)
+	for rows.Next() {
+		var id int64
+		var origin string
+		var p int
+		if err := rows.Scan(&id, &origin, &p); err != nil {
+			return nil, nil, s.wrap("nodes online", err)
+		}
+		if origin != s.origin {
+			remote[wire.NodeID(id)] = s.beats.presence(wire.NodeID(id), p)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, s.wrap("nodes online", err)
+	}
+	return recs, remote, nil
 }
 
 // presenceSQL returns the coordinator.Presence of a node_online row o
@@ -576,8 +682,9 @@ func (s *Store) RemoteOnline(ctx context.Context) (map[wire.NodeID]coordinator.P
 	return out, s.wrap("online nodes", rows.Err())
 }
 
-// SetNodeOnline implements coordinator.NodeFeed. A row's since is the
-// database's clock: at's age is taken from the database's now.
+// SetNodeOnline records one node's stream state as SetStreamStates
+// does. A row's since is the database's clock: at's age is taken from
+// the database's now.
 func (s *Store) SetNodeOnline(ctx context.Context, id wire.NodeID, online bool, at time.Time) error {
 	if s.pgcfg == nil {
 		return errNoFeed
@@ -596,4 +703,46 @@ func (s *Store) SetNodeOnline(ctx context.Context, id wire.NodeID, online bool, 
 		WHERE node_online.origin = EXCLUDED.origin OR node_online.since <= EXCLUDED.since`),
 		s.origin, int64(age), int64(id))
 	return s.wrap("set node online", err)
+}
+
+// streamStatesChunk bounds the nodes one statement of SetStreamStates
+// writes.
+const streamStatesChunk = 1000
+
+// SetStreamStates implements coordinator.NodeFeed: a statement per
+// streamStatesChunk nodes going online, and one per as many going
+// offline, with the conditions of SetNodeOnline.
+func (s *Store) SetStreamStates(ctx context.Context, states []coordinator.StreamState) error {
+	if s.pgcfg == nil {
+		return errNoFeed
+	}
+	var onIDs, onAges, offIDs []int64
+	for _, st := range states {
+		if st.Online {
+			onIDs = append(onIDs, int64(st.ID))
+			onAges = append(onAges, int64(max(time.Since(st.At), 0)))
+		} else {
+			offIDs = append(offIDs, int64(st.ID))
+		}
+	}
+	for len(offIDs) > 0 {
+		n := min(len(offIDs), streamStatesChunk)
+		if _, err := s.db.ExecContext(ctx, `DELETE FROM node_online WHERE node_id = ANY($1) AND origin = $2`, offIDs[:n], s.origin); err != nil {
+			return s.wrap("set nodes offline", err)
+		}
+		offIDs = offIDs[n:]
+	}
+	for len(onIDs) > 0 {
+		n := min(len(onIDs), streamStatesChunk)
+		_, err := s.db.ExecContext(ctx, `INSERT INTO node_online (node_id, origin, since)
+			SELECT n.id, $1, `+dbNow+` - v.age FROM unnest($2::BIGINT[], $3::BIGINT[]) AS v(id, age) JOIN nodes n ON n.id = v.id
+			ON CONFLICT (node_id) DO UPDATE SET origin = EXCLUDED.origin, since = EXCLUDED.since
+			WHERE node_online.origin = EXCLUDED.origin OR node_online.since <= EXCLUDED.since`,
+			s.origin, onIDs[:n], onAges[:n])
+		if err != nil {
+			return s.wrap("set nodes online", err)
+		}
+		onIDs, onAges = onIDs[n:], onAges[n:]
+	}
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"path/filepath"
 	"slices"
@@ -156,7 +157,7 @@ func TestListenNodesReportsFailures(t *testing.T) {
 	errs := make(chan error, 10)
 	done := make(chan error, 1)
 	go func() {
-		done <- s.ListenNodes(ctx, func(context.Context) error { return nil }, func(context.Context, coordinator.Change) error { return nil }, func(err error) {
+		done <- s.ListenNodes(ctx, func(context.Context) error { return nil }, func(context.Context, []coordinator.Change) error { return nil }, func(err error) {
 			select {
 			case errs <- err:
 			default:
@@ -181,17 +182,21 @@ func TestListenNodesReportsFailures(t *testing.T) {
 
 // TestListenChanges: a store hears another store's writes to nodes,
 // settings, routes and domains, in order, each named by its kind and key,
-// and not its own.
+// and not its own. A change written twice may come once, in a batch
+// given after the second write.
 func TestListenChanges(t *testing.T) {
 	dsn := pg.NewSchema(t)
 	a, b := openStore(t, dsn), openStore(t, dsn)
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	got := make(chan coordinator.Change, 100)
+	got := make(chan []coordinator.Change, 100)
 	ready := make(chan struct{}, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- b.ListenNodes(ctx, func(context.Context) error { ready <- struct{}{}; return nil }, func(_ context.Context, ch coordinator.Change) error { got <- ch; return nil }, nil)
+		done <- b.ListenNodes(ctx, func(context.Context) error { ready <- struct{}{}; return nil }, func(_ context.Context, chs []coordinator.Change) error {
+			got <- slices.Clone(chs)
+			return nil
+		}, nil)
 	}()
 	select {
 	case <-ready:
@@ -222,22 +227,45 @@ func TestListenChanges(t *testing.T) {
 	if err := a.DeleteRoutes(ctx, []int64{r.ID}); err != nil {
 		t.Fatal(err)
 	}
+	route := coordinator.Change{Kind: coordinator.ChangeRoute, ID: r.ID}
+	domain := coordinator.Change{Kind: coordinator.ChangeDomain, Name: "shop.example.com"}
 	want := []coordinator.Change{
 		{Kind: coordinator.ChangeNode, ID: int64(rec.Node.ID)},
 		{Kind: coordinator.ChangeSetting, Name: "policy_hujson"},
-		{Kind: coordinator.ChangeRoute, ID: r.ID},
-		{Kind: coordinator.ChangeDomain, Name: "shop.example.com"},
-		{Kind: coordinator.ChangeRoute, ID: r.ID},
+		route,
+		domain,
 	}
-	for i, w := range want {
+	// The route's deletion, written after the domain, comes in a batch
+	// no earlier than the domain's.
+	var first []coordinator.Change
+	domainBatch, routeBatch := -1, -1
+	for i := 0; len(first) < len(want) || routeBatch < domainBatch; i++ {
 		select {
-		case ch := <-got:
-			if ch != w {
-				t.Errorf("change %d = %+v, want %+v", i, ch, w)
+		case chs := <-got:
+			seen := make(map[coordinator.Change]bool)
+			for _, ch := range chs {
+				if seen[ch] {
+					t.Errorf("batch %d has %+v twice: %+v", i, ch, chs)
+				}
+				seen[ch] = true
+				if !slices.Contains(first, ch) {
+					first = append(first, ch)
+				}
+				switch ch {
+				case domain:
+					if domainBatch < 0 {
+						domainBatch = i
+					}
+				case route:
+					routeBatch = i
+				}
 			}
 		case <-time.After(30 * time.Second):
-			t.Fatalf("change %d: none, want %+v", i, w)
+			t.Fatalf("changes so far %+v (domain in batch %d, route last in %d); want %+v, the route again after the domain", first, domainBatch, routeBatch, want)
 		}
+	}
+	if !slices.Equal(first, want) {
+		t.Errorf("changes in order = %+v, want %+v", first, want)
 	}
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
@@ -460,7 +488,12 @@ func TestListenHalfOpen(t *testing.T) {
 	done := make(chan error, 1)
 	go func() {
 		done <- b.ListenNodes(ctx, func(context.Context) error { resyncs <- time.Now(); return nil },
-			func(_ context.Context, ch coordinator.Change) error { got <- ch; return nil },
+			func(_ context.Context, chs []coordinator.Change) error {
+				for _, ch := range chs {
+					got <- ch
+				}
+				return nil
+			},
 			func(err error) { failures <- err })
 	}()
 	waitResync := func(what string) time.Time {
@@ -540,7 +573,7 @@ func TestListenResyncFails(t *testing.T) {
 				return errors.New("injected")
 			}
 			return nil
-		}, func(context.Context, coordinator.Change) error { return nil }, func(err error) { failures <- err })
+		}, func(context.Context, []coordinator.Change) error { return nil }, func(err error) { failures <- err })
 	}()
 	var at []time.Time
 	for i := range 3 {
@@ -569,8 +602,23 @@ func TestListenResyncFails(t *testing.T) {
 // TestSetNodeOnlineOrder: a delayed write of a node going online on one
 // coordinator does not take the node from another it began streaming
 // from later, and so the first's later offline write leaves it online
-// there; a newer stream takes it.
+// there; a newer stream takes it. The same for SetStreamStates.
 func TestSetNodeOnlineOrder(t *testing.T) {
+	writes := []struct {
+		name string
+		set  func(s *Store, ctx context.Context, id wire.NodeID, online bool, at time.Time) error
+	}{
+		{"SetNodeOnline", (*Store).SetNodeOnline},
+		{"SetStreamStates", func(s *Store, ctx context.Context, id wire.NodeID, online bool, at time.Time) error {
+			return s.SetStreamStates(ctx, []coordinator.StreamState{{ID: id, Online: online, At: at}})
+		}},
+	}
+	for _, w := range writes {
+		t.Run(w.name, func(t *testing.T) { setNodeOnlineOrder(t, w.set) })
+	}
+}
+
+func setNodeOnlineOrder(t *testing.T, set func(s *Store, ctx context.Context, id wire.NodeID, online bool, at time.Time) error) {
 	dsn := pg.NewSchema(t)
 	a, b := openStore(t, dsn), openStore(t, dsn)
 	ctx := t.Context()
@@ -617,12 +665,69 @@ func TestSetNodeOnlineOrder(t *testing.T) {
 		{"a: offline", a, false, time.Now(), "none"},
 	}
 	for _, st := range steps {
-		if err := st.s.SetNodeOnline(ctx, alpha.Node.ID, st.online, st.at); err != nil {
+		if err := set(st.s, ctx, alpha.Node.ID, st.online, st.at); err != nil {
 			t.Fatalf("%s: %v", st.what, err)
 		}
 		if got := origin(); got != st.want {
 			t.Errorf("%s: stream state is %s's, want %s's", st.what, got, st.want)
 		}
+	}
+}
+
+// TestStreamStatesBatch: SetStreamStates records many nodes at once,
+// online and offline, skipping a node deleted meanwhile; NodesByID reads
+// them back with their presence for another store (none for the
+// writer's own, nor for a node streaming nowhere) and leaves out the
+// deleted one.
+func TestStreamStatesBatch(t *testing.T) {
+	dsn := pg.NewSchema(t)
+	a, b := openStore(t, dsn), openStore(t, dsn)
+	ctx := t.Context()
+	n, err := a.EnsureNetwork(ctx, "default", "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.Heartbeat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var ids []wire.NodeID
+	for i := range 5 {
+		rec := testNode(n.ID, fmt.Sprintf("n%d", i), byte(i+1))
+		if err := a.InsertNode(ctx, rec, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, rec.Node.ID)
+	}
+	now := time.Now()
+	if err := a.SetStreamStates(ctx, []coordinator.StreamState{{ID: ids[0], Online: true, At: now}, {ID: ids[1], Online: true, At: now},
+		{ID: ids[2], Online: true, At: now}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.DeleteNode(ctx, ids[4]); err != nil {
+		t.Fatal(err)
+	}
+	// ids[4] is gone: skipped. ids[3] goes online, ids[1] offline.
+	if err := a.SetStreamStates(ctx, []coordinator.StreamState{{ID: ids[1], At: now}, {ID: ids[3], Online: true, At: now},
+		{ID: ids[4], Online: true, At: now}}); err != nil {
+		t.Fatal(err)
+	}
+	recs, remote, err := b.NodesByID(ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []wire.NodeID
+	for _, r := range recs {
+		got = append(got, r.Node.ID)
+	}
+	if want := ids[:4]; !slices.Equal(got, want) {
+		t.Errorf("NodesByID read nodes %v, want %v", got, want)
+	}
+	want := map[wire.NodeID]coordinator.Presence{ids[0]: coordinator.PresenceOnline, ids[2]: coordinator.PresenceOnline, ids[3]: coordinator.PresenceOnline}
+	if !maps.Equal(remote, want) {
+		t.Errorf("NodesByID presence for another store = %v, want %v", remote, want)
+	}
+	if _, remote, err := a.NodesByID(ctx, ids); err != nil || len(remote) != 0 {
+		t.Errorf("NodesByID presence for the writer = %v, %v; want none (its own streams)", remote, err)
 	}
 }
 
