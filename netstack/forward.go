@@ -2,7 +2,6 @@ package netstack
 
 import (
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -10,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"beam.dev/beam/internal/streamcopy"
 	"beam.dev/beam/netstack/internal/gv"
 )
 
@@ -190,8 +190,7 @@ type closeWriter interface{ CloseWrite() error }
 // copyHalf copies src to dst, then half-closes dst (or closes both if a
 // half-close is not possible). It returns the bytes copied.
 func copyHalf(dst, src net.Conn) int64 {
-	buf := make([]byte, 64<<10)
-	n, err := io.CopyBuffer(dst, src, buf)
+	n, err := streamcopy.Copy(dst, src)
 	if cw, ok := dst.(closeWriter); ok && err == nil {
 		cw.CloseWrite()
 		return n

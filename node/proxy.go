@@ -16,6 +16,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"beam.dev/beam/internal/streamcopy"
 )
 
 // SOCKS5 (RFC 1928) constants used by the proxy.
@@ -225,17 +227,30 @@ func appendSocksAddr(b []byte, a net.Addr) []byte {
 	return binary.BigEndian.AppendUint16(b, ap.Port())
 }
 
-// pipe copies both ways between a client (with its buffered reader) and
-// out until either side finishes, half-closing where possible.
-func pipe(c net.Conn, cr io.Reader, out net.Conn) {
+// pipe copies both ways between a client (with the reader that buffered
+// its handshake) and out until either side finishes, half-closing where
+// possible.
+func pipe(c net.Conn, cr *bufio.Reader, out net.Conn) {
 	done := make(chan struct{}, 2)
 	go func() {
-		io.Copy(out, cr)
+		// What the client sent after its request is in cr; the rest
+		// comes from c itself, so the copy sees the socket (and two host
+		// sockets splice).
+		if n := cr.Buffered(); n > 0 {
+			b, _ := cr.Peek(n)
+			if _, err := out.Write(b); err != nil {
+				out.Close()
+				done <- struct{}{}
+				return
+			}
+			cr.Discard(n)
+		}
+		streamcopy.Copy(out, c)
 		closeWrite(out)
 		done <- struct{}{}
 	}()
 	go func() {
-		io.Copy(c, out)
+		streamcopy.Copy(c, out)
 		closeWrite(c)
 		done <- struct{}{}
 	}()

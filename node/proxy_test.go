@@ -225,3 +225,87 @@ func TestIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// tcpEchoDialer dials addr, whatever the address asked.
+type tcpEchoDialer struct{ addr string }
+
+func (d tcpEchoDialer) DialContext(ctx context.Context, network, _ string) (net.Conn, error) {
+	var nd net.Dialer
+	return nd.DialContext(ctx, network, d.addr)
+}
+
+// TestSOCKS5Bulk sends a few MiB through the proxy to an echoing target,
+// the first bytes in the same write as the request, and half-closes: every
+// byte comes back in order, and the proxy passes the half-close on.
+func TestSOCKS5Bulk(t *testing.T) {
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	echoed := make(chan struct{})
+	go func() {
+		defer close(echoed)
+		c, err := echo.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	defer func() { <-echoed }()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		server, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		socks5Handle(t.Context(), tcpEchoDialer{echo.Addr().String()}, server)
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	client := c.(*net.TCPConn)
+	defer func() {
+		client.Close()
+		<-done
+	}()
+	client.SetDeadline(time.Now().Add(30 * time.Second))
+	data := make([]byte, 3<<20+5)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	request := []byte{5, 1, 0, 5, 1, 0, 3, 4, 'b', 'e', 't', 'a', 0, 80}
+	werr := make(chan error, 1)
+	go func() {
+		_, err := client.Write(append(request, data[:1000]...))
+		if err == nil {
+			_, err = client.Write(data[1000:])
+		}
+		client.CloseWrite()
+		werr <- err
+	}()
+	got, err := io.ReadAll(client)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	// Method choice, then the reply (IPv4 address: 10 bytes), then the echo.
+	const replyLen = 2 + 10
+	if len(got) < replyLen || !bytes.Equal(got[:3], []byte{5, 0, 5}) || got[3] != socksSucceeded {
+		t.Fatalf("reply: got % x, want 05 00 05 00 ...", got[:min(len(got), replyLen)])
+	}
+	if echo := got[replyLen:]; !bytes.Equal(echo, data) {
+		t.Fatalf("echo: got %d bytes, want the %d sent, in order", len(echo), len(data))
+	}
+}
