@@ -259,10 +259,11 @@ type Bind struct {
 	// bwg counts the goroutines of birthday probing (socket readers,
 	// probe senders); Close waits for them.
 	bwg sync.WaitGroup
-	// bmu guards bopen, bstop and every peer's bday.
-	bmu   sync.Mutex
-	bopen bool          // the bind is open: birthday probing may start
-	bstop chan struct{} // closed by Close to stop probe senders
+	// bmu guards bopen, bstop, sprayedIPs and every peer's bday.
+	bmu        sync.Mutex
+	bopen      bool                 // the bind is open: birthday probing may start
+	bstop      chan struct{}        // closed by Close to stop probe senders
+	sprayedIPs map[netip.Addr]int64 // when each IP was last sprayed, whichever peer named it
 }
 
 // peerEntry is the part of a peer's state guarded by Bind.mu.

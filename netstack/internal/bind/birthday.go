@@ -2,9 +2,11 @@ package bind
 
 import (
 	"errors"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,7 +29,9 @@ import (
 //     (disco.CallMeMaybe.HardNAT): "probe my ports".
 //   - The easy side, on such a call-me-maybe through the relay (the only
 //     way a node asks to be probed: we never spray an address the peer
-//     did not name), pings sprayProbes random ports of that IP, at most
+//     did not name, and only a public one that is the address of one of
+//     the peer's endpoints from the coordinator, each IP at most once per
+//     birthdayEvery), pings sprayProbes random ports of that IP, at most
 //     sprayBatch every sprayEvery, for at most birthdayWindow, and stops
 //     at the first pong. With 256 open ports out of the 64512 a NAT picks
 //     from, n probes find one with probability 1-exp(-256*n/64512): half
@@ -168,7 +172,7 @@ func (b *Bind) birthday(p *peer, dp *discoPeer, now int64, active bool) netip.Ad
 	// network take hundreds of pings.
 	var targets []netip.AddrPort
 	for _, ap := range b.directAddrs(p) {
-		if a := ap.Addr(); a.Is4() && !a.IsLoopback() && !a.IsPrivate() && !a.IsLinkLocalUnicast() && !cgnat.Contains(a) {
+		if publicIPv4(ap.Addr()) {
 			targets = append(targets, ap)
 		}
 	}
@@ -451,18 +455,37 @@ func (b *Bind) sendExtra(s *extraSock, bufs [][]byte, dst netip.AddrPort) error 
 	return nil
 }
 
+// publicIPv4 reports whether a is an IPv4 address that birthday probing
+// may send hundreds of packets to: not loopback, private (a host of our own
+// network), link-local, CGNAT, unspecified, multicast or broadcast.
+func publicIPv4(a netip.Addr) bool {
+	a = a.Unmap()
+	return a.Is4() && !a.IsLoopback() && !a.IsPrivate() && !a.IsLinkLocalUnicast() && !cgnat.Contains(a) &&
+		!a.IsUnspecified() && !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
+}
+
+// maxSprayedIPs bounds Bind.sprayedIPs; entries older than birthdayEvery
+// are dropped first.
+const maxSprayedIPs = 1024
+
 // maybeSpray starts the easy side of birthday probing for p, whose
 // call-me-maybe named ips as public IPs behind a hard NAT: unless we are
 // behind a hard NAT too (probes could not meet), p has a direct path, or
-// p was sprayed within birthdayEvery.
+// p was sprayed within birthdayEvery. Only an IP of one of p's endpoints
+// from the coordinator is sprayed, never one a peer merely names (a peer,
+// or whoever replays its call-me-maybe, must not aim the spray at a host
+// of its choice), and the same IP at most once per birthdayEvery whichever
+// peer asks.
 func (b *Bind) maybeSpray(p *peer, ips []netip.Addr, now int64) {
 	p.bday.peerHard.Store(now)
 	if b.opts.RelayOnly || b.hard().IsValid() || hasDirect(p, now) {
 		return
 	}
 	var ip netip.Addr
+	cands := *p.candidates.Load()
 	for _, a := range ips {
-		if a.Is4() && !a.IsLoopback() && !a.IsUnspecified() && !a.IsMulticast() {
+		a = a.Unmap()
+		if publicIPv4(a) && slices.ContainsFunc(cands, func(ap netip.AddrPort) bool { return ap.Addr() == a }) {
 			ip = a
 			break
 		}
@@ -478,6 +501,19 @@ func (b *Bind) maybeSpray(p *peer, ips []netip.Addr, now int64) {
 	if !b.bopen || st.spraying || now-st.sprayed < int64(birthdayEvery) || sprayingLocked(ps) >= maxBirthdays {
 		return
 	}
+	if last, ok := b.sprayedIPs[ip]; ok && now-last < int64(birthdayEvery) {
+		return
+	}
+	if b.sprayedIPs == nil {
+		b.sprayedIPs = make(map[netip.Addr]int64)
+	}
+	if len(b.sprayedIPs) >= maxSprayedIPs {
+		maps.DeleteFunc(b.sprayedIPs, func(_ netip.Addr, t int64) bool { return now-t >= int64(birthdayEvery) })
+		if len(b.sprayedIPs) >= maxSprayedIPs {
+			return // more IPs sprayed within birthdayEvery than any honest mesh asks for
+		}
+	}
+	b.sprayedIPs[ip] = now
 	st.spraying, st.sprayed = true, now
 	stop := b.bstop
 	b.bwg.Go(func() { b.birthdaySpray(p, dp, ip, now, stop) })

@@ -85,6 +85,8 @@ type peer struct {
 	lastSendEp atomic.Pointer[Endpoint]
 	// removed is set once the peer left the bind's table.
 	removed atomic.Bool
+	// notHereArmed is set while a PeerNotHere retry is pending.
+	notHereArmed atomic.Bool
 	// asleep is set while the peer is not configured in wireguard-go
 	// (see Options.WakePeer and SetAwake).
 	asleep atomic.Bool

@@ -18,7 +18,9 @@ const notHereRetry = 250 * time.Millisecond
 // second or two later) would be the first to get through. An initiation
 // still unanswered notHereRetry later is sent again (at most
 // maxInitResends times in all, see resendInit; each copy the relay drops
-// again reports again, which bounds the retries by that too).
+// again reports again, which bounds the retries by that too). At most one
+// retry per peer is pending: a relay repeating the report cannot pile up
+// timers.
 func (b *Bind) PeerNotHere(k key.NodePublic) {
 	b.mu.Lock()
 	pe := b.peers[k]
@@ -27,10 +29,11 @@ func (b *Bind) PeerNotHere(k key.NodePublic) {
 		return
 	}
 	p := pe.p
-	if !p.initWaiting() {
+	if !p.initWaiting() || !p.notHereArmed.CompareAndSwap(false, true) {
 		return
 	}
 	time.AfterFunc(notHereRetry, func() {
+		p.notHereArmed.Store(false)
 		if !p.removed.Load() {
 			b.resendInit(p, time.Now().UnixNano())
 		}
