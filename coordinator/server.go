@@ -478,6 +478,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) routes() (mux, admin *http.ServeMux) {
 	mux = http.NewServeMux()
 	mux.HandleFunc("GET "+wire.PathKey, s.handleKey)
+	mux.HandleFunc("GET "+wire.PathKeyProof, s.handleKeyProof)
 	mux.HandleFunc("POST "+wire.PathRegister, bindReplies(s.reg.handleRegister))
 	mux.HandleFunc("GET "+wire.PathApprovalPage, s.reg.handleApprovalPage)
 	mux.HandleFunc("POST "+wire.PathMap, bindReplies(s.handleMap))

@@ -18,6 +18,15 @@ const (
 	// text (key.MachinePublic's text form), and its boot epoch in the
 	// HeaderBootEpoch header (since version 19).
 	PathKey = "/key"
+	// PathKeyProof answers GET ?node=NODEKEY&challenge=HEX (16 to 64
+	// random bytes, hex) with the proof that the coordinator holds the
+	// machine key it gives out: key.Shared.Proof of the challenge, with
+	// the key the machine key shares with NODEKEY, as hex text. A client
+	// makes a fresh node key for it, and computes the same proof with that
+	// key's private half. beam admin asks for it before it sends the
+	// admin token to a coordinator it found on its host. Coordinators
+	// before 2026-12-07 answer 404.
+	PathKeyProof = "/key/proof"
 	// PathRegister takes a sealed RegisterRequest (POST) and answers a
 	// sealed RegisterResponse.
 	PathRegister = "/machine/register"

@@ -198,3 +198,27 @@ func TestSharedSeq(t *testing.T) {
 		t.Error("two seals at one position are equal: the nonce has no random part")
 	}
 }
+
+// TestProof: both holders of a shared key compute the same proof of a
+// challenge; another challenge, another key pair, or Bind's key for the
+// same bytes differ.
+func TestProof(t *testing.T) {
+	m, n, other := NewMachine(), NewNode(), NewNode()
+	c := []byte("0123456789abcdef0123456789abcdef")
+	got, want := n.Shared(m.Public()).Proof(c), m.Shared(n.Public()).Proof(c)
+	if got != want {
+		t.Fatalf("node side proof %x, machine side %x: want equal", got, want)
+	}
+	for _, tc := range []struct {
+		name string
+		p    [ProofLen]byte
+	}{
+		{"other challenge", m.Shared(n.Public()).Proof([]byte("another challenge"))},
+		{"other node", m.Shared(other.Public()).Proof(c)},
+		{"Bind key", m.Shared(n.Public()).Bind(c).k},
+	} {
+		if tc.p == want {
+			t.Errorf("%s: proof equals the challenge's proof", tc.name)
+		}
+	}
+}

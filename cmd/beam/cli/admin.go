@@ -75,6 +75,13 @@ func (a *adminFlags) client(f *Factory) (*coordclient.Admin, error) {
 	if token == "" {
 		return nil, errors.New("no admin token: set BEAM_ADMIN_TOKEN or pass --token-file (the coordinator writes DATA/admin.token)")
 	}
+	if d != nil && strings.TrimRight(server, "/") == d.URL {
+		// The URL is only what a file says a coordinator used: check that
+		// the coordinator still answers there before any token goes.
+		if err := checkDiscovered(context.Background(), d, dpath); err != nil {
+			return nil, err
+		}
+	}
 	return coordclient.NewAdmin(server, token, nil), nil
 }
 

@@ -61,7 +61,7 @@ func TestAdminFindsLocalCoordinator(t *testing.T) {
 		t.Errorf("no coordinator: got %v, want a hint naming --coordinator", err)
 	}
 	_, err = runAdmin(t, nil, "--data", t.TempDir(), "nodes", "list")
-	if err == nil || !strings.Contains(err.Error(), "no coordinator has run with --data") {
+	if err == nil || !strings.Contains(err.Error(), "no coordinator runs with --data") {
 		t.Errorf("--data without a coordinator: got %v", err)
 	}
 
@@ -69,7 +69,7 @@ func TestAdminFindsLocalCoordinator(t *testing.T) {
 	if _, err := os.Stat(userCopy); !os.IsNotExist(err) {
 		t.Errorf("user copy after stop: %v, want it removed", err)
 	}
-	if _, err := os.Stat(filepath.Join(data, "coordinator.json")); err != nil {
-		t.Errorf("data dir copy after stop: %v, want it kept", err)
+	if _, err := os.Stat(filepath.Join(data, "coordinator.json")); !os.IsNotExist(err) {
+		t.Errorf("data dir copy after stop: %v, want it removed", err)
 	}
 }

@@ -57,8 +57,11 @@ with --db postgres://... the database is PostgreSQL's instead), coordinator.key 
 its hash is kept in the database) and relay.token (what relays started with
 --verify-clients present to ask whether a node may use them; give it to
 them with --verify-token-file). Once it listens it writes
-DATA/coordinator.json (its URL and admin token file) and a copy for beam
-admin on this host, which then needs neither --coordinator nor a token.
+DATA/coordinator.json (its URL, admin token file, machine public key and
+process ID) and a copy for beam admin on this host, which then needs
+neither --coordinator nor a token; both are removed when it stops. beam
+admin sends the token to that URL only after the server there proves it
+holds the machine key.
 
 Several coordinators may share one --db database as replicas: start each on a
 copy of the first one's coordinator.key, admin.token and relay.token (a
@@ -172,7 +175,7 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 		logger.Info("wrote a new admin token", "file", role.tokenPath)
 	}
 	logger.Info("coordinator listening", "version", version.String(), "addr", ln.Addr().String(), "data", opts.DataDir, "db", describeDB(opts.DataDir, opts.DB), "machine_key", role.machineKey.Public().String())
-	forget, err := writeDiscovery(f, opts.DataDir, ln.Addr().(*net.TCPAddr))
+	forget, err := writeDiscovery(f, opts.DataDir, ln.Addr().(*net.TCPAddr), role.machineKey.Public())
 	if err != nil {
 		ln.Close()
 		return err

@@ -266,7 +266,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		}
 	}()
 	defer hs.Close()
-	forget, err := writeDiscovery(f, o.DataDir, addr)
+	forget, err := writeDiscovery(f, o.DataDir, addr, cr.machineKey.Public())
 	if err != nil {
 		return err
 	}

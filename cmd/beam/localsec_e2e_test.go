@@ -1,0 +1,121 @@
+package main
+
+import (
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// impostor is an HTTP server on a port a coordinator used to listen on:
+// it records the Authorization header of every request, and answers GET
+// /key with the real coordinator's key (anyone can fetch it), the key
+// proof with noise, and anything else with an empty JSON list.
+type impostor struct {
+	mu    sync.Mutex
+	auths []string // guarded by mu
+}
+
+func startImpostor(t *testing.T, addr, keyText string) *impostor {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("impostor listen on the coordinator's old port: %v", err)
+	}
+	im := &impostor{}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		im.mu.Lock()
+		if a := r.Header.Get("Authorization"); a != "" {
+			im.auths = append(im.auths, r.Method+" "+r.URL.Path+": "+a)
+		}
+		im.mu.Unlock()
+		switch r.URL.Path {
+		case "/key":
+			io.WriteString(w, keyText)
+		case "/key/proof":
+			io.WriteString(w, strings.Repeat("ab", 32))
+		default:
+			w.Header().Set("Content-Type", "application/json")
+			io.WriteString(w, "[]")
+		}
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return im
+}
+
+func (im *impostor) tokensSeen() []string {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	return append([]string(nil), im.auths...)
+}
+
+// TestAdminTokenNotSentToImpostor: a coordinator that crashed leaves its
+// discovery files behind; whatever listens on its port next must not get
+// the admin token from beam admin, whether it finds the coordinator with
+// --data or through the user's copy. The coordinator itself passes the
+// check, and a clean stop removes both files.
+func TestAdminTokenNotSentToImpostor(t *testing.T) {
+	c, _ := startDevServer(t)
+	data := filepath.Join(c.dir, "srv")
+	userEnv := "XDG_RUNTIME_DIR=" + c.dir
+	noToken := "BEAM_ADMIN_TOKEN=" // the token comes from the discovery file
+
+	resp, err := http.Get(c.url + "/key")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyText, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+
+	for _, args := range [][]string{{"admin", "--data", data, "nodes", "list"}, {"admin", "nodes", "list"}} {
+		if out, errOut, err := c.beam([]string{noToken, userEnv}, args...); err != nil {
+			t.Fatalf("beam %v with the coordinator running: %v\n%s%s", args, err, out, errOut)
+		}
+	}
+
+	// A crash: the discovery files stay.
+	c.coord.Process.Kill()
+	c.coord.Wait()
+	c.coord = nil
+	for _, p := range []string{filepath.Join(data, "coordinator.json"), filepath.Join(c.dir, "beam", "coordinator.json")} {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("discovery file after a crash: %v, want it left behind (the case under test)", err)
+		}
+	}
+	im := startImpostor(t, c.addr, string(keyText))
+	for _, args := range [][]string{{"admin", "--data", data, "nodes", "list"}, {"admin", "nodes", "list"}} {
+		out, errOut, err := c.beam([]string{noToken, userEnv}, args...)
+		if err == nil {
+			t.Errorf("beam %v against the impostor succeeded:\n%s", args, out)
+		}
+		if !strings.Contains(errOut, "did not prove it holds machine key") {
+			t.Errorf("beam %v: stderr %q, want it to say the server did not prove the coordinator's key", args, errOut)
+		}
+	}
+	if got := im.tokensSeen(); len(got) != 0 {
+		t.Errorf("the impostor on the coordinator's old port got the admin token: %q", got)
+	}
+}
+
+// TestDiscoveryRemovedOnStop: a coordinator that stops cleanly removes
+// its discovery files, the data directory's and the user's copy.
+func TestDiscoveryRemovedOnStop(t *testing.T) {
+	c := newCluster(t)
+	files := []string{filepath.Join(c.dir, "coord", "coordinator.json"), filepath.Join(c.dir, "beam", "coordinator.json")}
+	for _, p := range files {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("discovery file while running: %v", err)
+		}
+	}
+	c.stopCoordinator()
+	for _, p := range files {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s after a clean stop: %v, want it removed", filepath.Base(filepath.Dir(p))+"/"+filepath.Base(p), err)
+		}
+	}
+}
