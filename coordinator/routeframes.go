@@ -17,20 +17,45 @@ const routesSplitVersion = 18
 // whatever else the message's first frame holds. Tests lower it.
 var routeFrameBytes = frameSplitAt / 4
 
+// routeSplit is one map stream's state for cutting its edge's route
+// list (splitRoutes). It belongs to the stream's goroutine.
+type routeSplit struct {
+	log *slog.Logger
+	// leftOut is set once the stream logged that its edge, too old to
+	// take a route list in parts, is left without some routes: it is
+	// logged once a stream, not at every message.
+	leftOut bool
+}
+
 // splitRoutes cuts the edge routes of f, the message the stream of node
 // nk is about to send, when they pass routeFrameBytes: f keeps the first
 // part, and the frames returned carry the rest, to be sent right after
 // f as parts of the same message (wire.MapResponse.More). A node older
 // than routesSplitVersion cannot join them: f keeps what fits one frame
 // (an edge serves those), and the routes left out are logged as an
-// error, rather than the frame failing the stream.
-func (es *edgeRoutes) splitRoutes(nk key.NodePublic, f *mapFrame, log *slog.Logger) []*mapFrame {
+// error (once a stream: rs), rather than the frame failing the stream.
+//
+// The list is measured from its routes' JSON, each encoded once into a
+// byte count, not into memory, which also gives where to cut: the list's
+// own JSON is "[" + the routes' joined by "," + "]".
+func (es *edgeRoutes) splitRoutes(nk key.NodePublic, f *mapFrame, rs *routeSplit) []*mapFrame {
 	routes := f.resp.EdgeRoutes
 	if len(routes) < 2 {
 		return nil
 	}
-	all, err := json.Marshal(routes)
-	if err != nil || len(all) <= routeFrameBytes {
+	sizes := make([]int, len(routes))
+	var n byteCount
+	enc := json.NewEncoder(&n) // as json.Marshal encodes, plus a newline
+	total := 1                 // "[", and "," or "]" after each route
+	for i := range routes {
+		before := n
+		if err := enc.Encode(&routes[i]); err != nil {
+			return nil // the frame's encoding fails, and says why
+		}
+		sizes[i] = int(n-before) - 1
+		total += sizes[i] + 1
+	}
+	if total <= routeFrameBytes {
 		return nil
 	}
 	s := es.core
@@ -41,24 +66,27 @@ func (es *edgeRoutes) splitRoutes(nk key.NodePublic, f *mapFrame, log *slog.Logg
 	}
 	s.mu.Unlock()
 	// parts cuts routes into runs of at most limit bytes of JSON, at
-	// least one route each.
+	// least one route each: a run's JSON is 1 byte ("[") plus each
+	// route's and the "," or "]" after it.
 	parts := func(limit int) [][]wire.EdgeRoute {
 		var out [][]wire.EdgeRoute
-		start, size := 0, 0
-		for i, r := range routes {
-			b, _ := json.Marshal(r)
-			if i > start && size+len(b)+1 > limit {
+		start, size := 0, 1
+		for i, n := range sizes {
+			if i > start && size+n+1 > limit {
 				out = append(out, routes[start:i:i])
-				start, size = i, 0
+				start, size = i, 1
 			}
-			size += len(b) + 1
+			size += n + 1
 		}
 		return append(out, routes[start:])
 	}
 	if version < routesSplitVersion {
 		kept := parts(frameSplitAt / 2)[0]
-		log.Error("edge route list too large for one map frame and the edge is too old to take it in parts: some routes are left out; upgrade the edge",
-			"routes", len(routes), "kept", len(kept), "bytes", len(all), "version", version)
+		if !rs.leftOut {
+			rs.leftOut = true
+			rs.log.Error("edge route list too large for one map frame and the edge is too old to take it in parts: some routes are left out; upgrade the edge (logged once for this stream)",
+				"routes", len(routes), "kept", len(kept), "bytes", total, "version", version)
+		}
 		f.resp.EdgeRoutes = kept
 		return nil
 	}
@@ -71,10 +99,18 @@ func (es *edgeRoutes) splitRoutes(nk key.NodePublic, f *mapFrame, log *slog.Logg
 	return rest
 }
 
+// byteCount is an io.Writer that counts what is written to it.
+type byteCount int
+
+func (c *byteCount) Write(p []byte) (int, error) {
+	*c += byteCount(len(p))
+	return len(p), nil
+}
+
 // sendSplit sends f with sendFrame, followed by the frames of an edge's
-// routes that splitRoutes cuts off it.
-func (es *edgeRoutes) sendSplit(nk key.NodePublic, f *mapFrame, sendFrame func(*mapFrame) error, log *slog.Logger) error {
-	rest := es.splitRoutes(nk, f, log)
+// routes that splitRoutes cuts off it; rs is the stream's.
+func (es *edgeRoutes) sendSplit(nk key.NodePublic, f *mapFrame, sendFrame func(*mapFrame) error, rs *routeSplit) error {
+	rest := es.splitRoutes(nk, f, rs)
 	if len(rest) == 0 {
 		return sendFrame(f)
 	}

@@ -542,8 +542,9 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	}
 	// send sends f, and after it the parts of an edge's routes that
 	// need frames of their own (splitRoutes).
+	rs := &routeSplit{log: log}
 	send := func(f *mapFrame) error {
-		err := s.edge.sendSplit(nk, f, sendFrame, log)
+		err := s.edge.sendSplit(nk, f, sendFrame, rs)
 		if errors.Is(err, errFrameTooLarge) {
 			log.Error("map message too large for the node's frames: ending its stream", "err", err)
 		}
