@@ -85,13 +85,20 @@ type Options struct {
 	// coordinator that bound a reply to this client, a terminal error
 	// (node removed, expired, not registered) is taken only sealed.
 	ServerBinds bool
+	// BlockCache, if set, keeps the blocks of blocked map frames
+	// (wire.BlockedMapFrame) this client checked and opened, for every
+	// client that shares it: a program that runs many clients of one
+	// coordinator in one process (a load generator) then checks and opens
+	// each block once. Nil: each client checks and opens every block.
+	BlockCache *BlockCache
 }
 
 // Client talks to a coordinator (one of several, when ServerURL names
 // more) as one node. Its methods are safe for concurrent use; Run must
 // not be called twice at once.
 type Client struct {
-	bases   []*url.URL // the URLs of Options.ServerURL, in order
+	blocks  *BlockCache // Options.BlockCache
+	bases   []*url.URL  // the URLs of Options.ServerURL, in order
 	lookup  func(ctx context.Context, network, host string) ([]netip.Addr, error)
 	priv    key.NodePrivate
 	pub     key.NodePublic
@@ -166,6 +173,7 @@ func New(opts Options) (*Client, error) {
 		binds:   opts.ServerBinds,
 		onKey:   opts.OnServerKey,
 		onRef:   opts.OnKeyRefused,
+		blocks:  opts.BlockCache,
 	}
 	if !c.pinned.IsZero() {
 		c.serverKey = c.pinned

@@ -193,6 +193,9 @@ func (c *Client) readStream(cancel context.CancelFunc, rp *reply, sink streamSin
 	got := false
 	for {
 		payload, err := readPayload(resp.Body, fo.open)
+		if err == nil && len(payload) > 0 && payload[0] == wire.BlockedMapFrame {
+			payload, err = c.readBlocks(resp.Body, payload, !fo.plain)
+		}
 		whole := false
 		if err == nil {
 			whole, err = sink.frame(payload, !got)

@@ -354,7 +354,7 @@ func (ms *streams) handleMap(w http.ResponseWriter, r *http.Request) {
 	if req.Version >= resumeVersion {
 		resume = req.Peers
 	}
-	ms.serveStream(w, r, nk, req.Version >= splitFramesVersion, req.Version >= wire.BinaryFramesVersion, resume)
+	ms.serveStream(w, r, nk, req.Version >= splitFramesVersion, req.Version >= wire.BinaryFramesVersion, req.Version >= wire.BlockedFramesVersion, resume)
 }
 
 // Shutdown tells each node when to come back (wire.TrailerRetryAfter):
@@ -417,8 +417,11 @@ type sentState struct {
 // whether it takes binary map frames (wire.BinaryMapFrame); resume, if
 // not nil, is the digest of the peers the node holds: when it is that
 // of the peers the node would get, the first message keeps them
-// (wire.MapResponse.PeersKept) instead of sending them.
-func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.NodePublic, split, bin bool, resume *wire.PeersDigest) {
+// (wire.MapResponse.PeersKept) instead of sending them. blocked says
+// whether the node takes blocked map frames (wire.BlockedMapFrame): it
+// gets them if its stream is bound to its request, and its full map
+// comes of a shared peer list.
+func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.NodePublic, split, bin, blocked bool, resume *wire.PeersDigest) {
 	s := ms.core
 	log := s.logger.With("node", nk.ShortString())
 	rc := http.NewResponseController(w)
@@ -498,6 +501,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	bw := bufio.NewWriterSize(w, 4<<10)
 
 	box := s.frameSealer(w, nk) // bound to the request and numbered (bind.go)
+	blocked = blocked && bin && split && box.bound
 	// Each write must finish within writeWindow; the deadline is moved
 	// on once less than half of it is left, not at every frame.
 	writeWindow := max(2*s.keepAlive, 10*time.Second)
@@ -530,6 +534,17 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 				return err
 			}
 		}
+		// The sealed blocks a blocked map frame names follow it, each
+		// a frame of its own, shared by every stream that sends it.
+		for _, b := range f.blocks {
+			if len(b)-4 > wire.MaxFrameSize {
+				return errFrameTooLarge
+			}
+			if _, err := bw.Write(b); err != nil {
+				return err
+			}
+		}
+		f.blocks = nil
 		if f.more {
 			// More of the message follows at once: leave what is
 			// buffered (a frame's tail) to go with it.
@@ -622,7 +637,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			if peers.skip != nil {
 				selfSlot = peers.skip.slot
 			}
-			err = sendChunks(send, f, chunks, nk, selfSlot)
+			err = sendChunks(send, f, chunks, nk, selfSlot, blocked)
 		} else if split && !kept {
 			batch := fullMapBatch
 			if bin {

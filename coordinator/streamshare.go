@@ -1,6 +1,7 @@
 package coordinator
 
 import (
+	"encoding/binary"
 	"slices"
 	"sync"
 	"time"
@@ -185,6 +186,29 @@ type fullChunk struct {
 	json     []byte // the views' JSON, comma-separated
 	jsonEnd  []int  // where each ends in json (before its comma)
 	jsonErr  error
+
+	blockOnce sync.Once
+	sealed    []byte        // the frame of the sealed binary records: 4B length, then the box
+	blockRef  wire.BlockRef // what a blocked map frame says of it
+}
+
+// sealedBlock returns the chunk's binary records sealed once under a key
+// of their own (key.BlockKey), as the frame that follows a blocked map
+// frame (wire.BlockedMapFrame) on a stream, and its reference. Every
+// node given it sees every peer of the chunk: chunks are of one shared
+// list, and a stream whose own record is in the chunk gets that chunk
+// sealed to it instead (blockSegments).
+func (c *fullChunk) sealedBlock() ([]byte, wire.BlockRef) {
+	c.blockOnce.Do(func() {
+		bin, _, _ := c.encoded(true)
+		k := key.NewBlockKey()
+		b := make([]byte, 4, 4+len(bin)+key.BlockOverhead)
+		b = k.SealBlockAppend(b, bin)
+		binary.BigEndian.PutUint32(b, uint32(len(b)-4))
+		c.sealed = b
+		c.blockRef = wire.BlockRef{Key: k.Raw32(), Hash: wire.BlockHash(b[4:]), Size: len(b) - 4}
+	})
+	return c.sealed, c.blockRef
 }
 
 // encoded returns the chunk's records, binary or JSON, and where each ends.
@@ -282,8 +306,9 @@ func (sp *sharedPeers) chunksLocked(ms *streams) []*fullChunk {
 // peers of chunks but self (in slot selfSlot; -1 if none), as frames of
 // about fullMapBatchBinary peers joined by More (the first also carries
 // f's other fields); encode makes each frame's body of the chunks' shared
-// encodings, without self's.
-func sendChunks(send func(*mapFrame) error, f *mapFrame, chunks []*fullChunk, self key.NodePublic, selfSlot int) error {
+// encodings, without self's, or with blocked of their sealed blocks but
+// for self's chunk (wire.BlockedMapFrame).
+func sendChunks(send func(*mapFrame) error, f *mapFrame, chunks []*fullChunk, self key.NodePublic, selfSlot int, blocked bool) error {
 	selfBlock := -1
 	if selfSlot >= 0 {
 		selfBlock = selfSlot / chunkSlots
@@ -293,7 +318,7 @@ func sendChunks(send func(*mapFrame) error, f *mapFrame, chunks []*fullChunk, se
 		for ; j < len(chunks) && (j == i || n+len(chunks[j].views) <= fullMapBatchBinary); j++ {
 			n += len(chunks[j].views)
 		}
-		f.full, f.chunks, f.self, f.selfBlock, f.more = true, chunks[i:j], self, selfBlock, j < len(chunks)
+		f.full, f.chunks, f.self, f.selfBlock, f.more, f.blocked = true, chunks[i:j], self, selfBlock, j < len(chunks), blocked
 		if err := send(f); err != nil {
 			return err
 		}
@@ -306,18 +331,25 @@ func sendChunks(send func(*mapFrame) error, f *mapFrame, chunks []*fullChunk, se
 
 // chunkSegments returns the encodings of f.chunks, binary or JSON, as
 // segments to join (JSON ones with commas), self's record left out, and
-// the number of records they hold.
-func (f *mapFrame) chunkSegments(bin bool) ([][]byte, int, error) {
-	segs := make([][]byte, 0, len(f.chunks)+1)
-	count := 0
+// the number of records they hold. With blocked (binary only), every
+// chunk but the one holding self is instead a sealed block (sealedBlock),
+// in blocks, with its reference in refs; its records count too.
+func (f *mapFrame) chunkSegments(bin, blocked bool) (segs [][]byte, count int, refs []wire.BlockRef, blocks [][]byte, _ error) {
+	segs = make([][]byte, 0, len(f.chunks)+1)
 	for _, c := range f.chunks {
-		enc, ends, err := c.encoded(bin)
-		if err != nil {
-			return nil, 0, err
-		}
 		at := -1
 		if c.block == f.selfBlock {
 			at = slices.IndexFunc(c.views, func(pv *peerView) bool { return pv.node.Key == f.self })
+		}
+		if blocked && at < 0 {
+			b, ref := c.sealedBlock()
+			blocks, refs = append(blocks, b), append(refs, ref)
+			count += len(c.views)
+			continue
+		}
+		enc, ends, err := c.encoded(bin)
+		if err != nil {
+			return nil, 0, nil, nil, err
 		}
 		if at < 0 {
 			if len(enc) > 0 {
@@ -338,7 +370,20 @@ func (f *mapFrame) chunkSegments(bin bool) ([][]byte, int, error) {
 		}
 		count += len(c.views) - 1
 	}
-	return segs, count, nil
+	return segs, count, refs, blocks, nil
+}
+
+// blocksFit reports whether a blocked map frame may name refs
+// (wire.ParseBlockedMapFrame's bounds).
+func blocksFit(refs []wire.BlockRef) bool {
+	if len(refs) > wire.MaxBlocksPerFrame {
+		return false
+	}
+	total := 0
+	for _, r := range refs {
+		total += r.Size
+	}
+	return total <= wire.MaxFrameSize
 }
 
 // chunkViews returns the views of f.chunks but self's.

@@ -370,6 +370,11 @@ type mapFrame struct {
 	chunks    []*fullChunk
 	self      key.NodePublic
 	selfBlock int // the block of self's slot; -1 if none
+	// blocked says the chunks but self's may go as sealed blocks
+	// (wire.BlockedMapFrame); blocks are those encode gave, each a whole
+	// frame to write after the frame's body.
+	blocked bool
+	blocks  [][]byte
 }
 
 // errFrameTooLarge means a map message does not fit the frame limit and
@@ -472,23 +477,47 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 
 // encodeChunks returns the one body of f, a frame of a full map whose
 // peers are f.chunks, made of their shared encodings; ok is false if the
-// body would pass frameSplitAt.
+// body would pass frameSplitAt. With f.blocked and bin, the body is a
+// blocked map frame (wire.BlockedMapFrame) and f.blocks the sealed
+// blocks that follow it.
 func (f *mapFrame) encodeChunks(base []byte, bin bool, online map[key.NodePublic]bool) (_ [][]byte, ok bool, _ error) {
-	segs, count, err := f.chunkSegments(bin)
+	blocked := bin && f.blocked
+	segs, count, refs, blocks, err := f.chunkSegments(bin, blocked)
+	if err == nil && blocked && !blocksFit(refs) {
+		segs, count, refs, blocks, err = f.chunkSegments(bin, false)
+	}
 	if err != nil {
 		return nil, false, fmt.Errorf("encode peer: %w", err)
 	}
-	size := len(base) + len(`,"more":true`) + 2*binary.MaxVarintLen32 + 16 + len(segs) + len(online)*wire.BinaryOnlineSize
+	onlineSize := binary.MaxVarintLen32 + len(online)*wire.BinaryOnlineSize
+	refsSize := len(refs) * (64 + binary.MaxVarintLen32)
+	size := len(base) + len(`,"more":true`) + 2*binary.MaxVarintLen32 + 16 + len(segs) + onlineSize + refsSize
 	for _, sg := range segs {
 		size += len(sg)
 	}
 	if size > frameSplitAt {
 		return nil, false, nil
 	}
-	if bin {
-		return [][]byte{spliceBinaryCount(base, wire.ListPeers, count, segs, online, f.more)}, true, nil
+	if !bin {
+		return [][]byte{splice(base, `"peers":[`, segs, f.more)}, true, nil
 	}
-	return [][]byte{splice(base, `"peers":[`, segs, f.more)}, true, nil
+	body := spliceBinaryCount(base, wire.ListPeers, count, segs, online, f.more)
+	if len(refs) == 0 {
+		return [][]byte{body}, true, nil
+	}
+	// The blocks' records go where the inline ones end, before the
+	// online states.
+	at := len(body) - uvarintLen(len(online)) - len(online)*wire.BinaryOnlineSize
+	out := wire.AppendBlockedMapFrame(getBody(len(body)+2*binary.MaxVarintLen32+refsSize), refs, at, body)
+	putBody(body)
+	f.blocks = blocks
+	return [][]byte{out}, true, nil
+}
+
+// uvarintLen returns the length of n as a uvarint.
+func uvarintLen(n int) int {
+	var b [binary.MaxVarintLen64]byte
+	return binary.PutUvarint(b[:], uint64(n))
 }
 
 // fitsOneFrame reports whether f, a message without peers, encodes to

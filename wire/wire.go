@@ -112,7 +112,12 @@ import (
 //     unsealed one (written by someone on the path) it retries.
 //     Coordinators of versions 17 to 19 do not seal them: a node removed
 //     there keeps retrying instead of stopping.
-const CapabilityVersion = 20
+//   - 21 (2026-12-07): blocked map frames: the peers of a full map that
+//     many nodes share come in blocks sealed once under a random key
+//     each, which the node's own sealed frame names with their SHA-256
+//     (BlockedMapFrame). Nodes of older versions, and streams not bound
+//     to their request, get every frame sealed to them as before.
+const CapabilityVersion = 21
 
 // BootEpochVersion is the first CapabilityVersion whose sealed requests
 // carry the coordinator's boot epoch, and are refused without the

@@ -68,7 +68,10 @@ type Fleet struct {
 	index   map[key.NodePublic]int // read-only after NewFleet
 	changer key.NodePublic
 	poked   chan struct{} // cap 1: a counter moved
-	logger  *slog.Logger
+	// blocks are the blocks of full maps the nodes checked and opened
+	// (coordclient.Options.BlockCache).
+	blocks *coordclient.BlockCache
+	logger *slog.Logger
 
 	cur      atomic.Pointer[epoch]
 	mark     atomic.Int64 // the endpoint port of the change in flight; 0 for none
@@ -198,6 +201,7 @@ func NewFleet(opts FleetOptions) (*Fleet, error) {
 		index:  make(map[key.NodePublic]int, opts.N),
 		poked:  make(chan struct{}, 1),
 		logger: opts.Logger,
+		blocks: &coordclient.BlockCache{},
 
 		markSeenVia: make([]atomic.Int64, len(urls)),
 		keys:        make([]key.NodePublic, opts.N),
@@ -234,6 +238,10 @@ func NewFleet(opts FleetOptions) (*Fleet, error) {
 			DiscoKey:    key.NewDisco().Public(),
 			HTTPClient:  nd.hc,
 			OnConnState: nd.onConnState,
+			// The fleet stands for N nodes on N machines: each checks
+			// and opens the blocks of its full map, which one process
+			// needs to do once per block (see coordclient.BlockCache).
+			BlockCache: f.blocks,
 		})
 		if err != nil {
 			return nil, err
