@@ -80,8 +80,9 @@ func TestMergeHeld(t *testing.T) {
 		{
 			name: "newer flip, whole peer and removal win",
 			f: &mapFrame{
-				resp:  &wire.MapResponse{PeersOnline: map[key.NodePublic]bool{a: false}, PeersRemoved: []key.NodePublic{c}},
-				peers: []*peerView{{node: &wire.Node{Key: b, Online: false}}},
+				resp:   &wire.MapResponse{PeersRemoved: []key.NodePublic{c}},
+				peers:  []*peerView{{node: &wire.Node{Key: b, Online: false}}},
+				online: []*peerView{{node: &wire.Node{Key: a, Online: false}}},
 			},
 			held: map[key.NodePublic]bool{a: true, b: true, c: true, d: true},
 			want: map[key.NodePublic]bool{a: false, d: true},
@@ -96,8 +97,10 @@ func TestMergeHeld(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			mergeHeld(tt.f, tt.held)
-			got := tt.f.resp.PeersOnline
-			if len(got) != len(tt.want) {
+			got := make(map[key.NodePublic]bool)
+			n := 0
+			tt.f.onlineStates().each(func(k key.NodePublic, on bool) { got[k] = on; n++ })
+			if n != len(tt.want) || len(got) != n {
 				t.Fatalf("PeersOnline = %v, want %v", got, tt.want)
 			}
 			for k, on := range tt.want {
@@ -125,10 +128,17 @@ func TestEncodeOnline(t *testing.T) {
 		{"with changed peers", &mapFrame{resp: &wire.MapResponse{}, peers: []*peerView{peer}}, 1},
 	}
 	for _, tt := range tests {
-		for _, bin := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s/binary=%v", tt.name, bin), func(t *testing.T) {
+		for _, c := range []struct{ bin, views bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
+			bin := c.bin
+			// With views, a's state comes as a delta gathers it (the
+			// frame's online views), b's as a held one.
+			t.Run(fmt.Sprintf("%s/binary=%v/views=%v", tt.name, bin, c.views), func(t *testing.T) {
 				online := map[key.NodePublic]bool{a: true, b: false}
-				tt.f.resp.PeersOnline = online
+				tt.f.resp.PeersOnline, tt.f.online = online, nil
+				if c.views {
+					tt.f.resp.PeersOnline = map[key.NodePublic]bool{b: false}
+					tt.f.online = []*peerView{{node: &wire.Node{Key: a, Online: true}}}
+				}
 				want := *tt.f.resp
 				bodies, err := tt.f.encode(true, bin)
 				if err != nil {
@@ -151,8 +161,8 @@ func TestEncodeOnline(t *testing.T) {
 				if got.KeepAlive != want.KeepAlive || len(got.PeersRemoved) != len(want.PeersRemoved) || len(got.PeersChanged) != tt.peers {
 					t.Errorf("decoded %q: other fields lost", bodies[0])
 				}
-				if len(tt.f.resp.PeersOnline) != 2 {
-					t.Error("encode dropped the frame's PeersOnline")
+				if tt.f.onlineStates().len() != 2 {
+					t.Error("encode dropped the frame's online states")
 				}
 			})
 		}

@@ -60,22 +60,33 @@ func onlineDelay(n int) time.Duration {
 }
 
 // mergeHeld adds to f the online flips held back, oldest first: those of
-// peers f removes or sends whole are already stale.
+// peers f removes, sends whole or flips again are already stale.
 func mergeHeld(f *mapFrame, held map[key.NodePublic]bool) {
 	resp := f.resp
-	if resp.PeersOnline == nil {
-		resp.PeersOnline = make(map[key.NodePublic]bool, len(held))
-	}
 	for _, pv := range f.peers {
+		delete(held, pv.node.Key)
+	}
+	for _, pv := range f.online {
 		delete(held, pv.node.Key)
 	}
 	for _, k := range resp.PeersRemoved {
 		delete(held, k)
 	}
+	if resp.PeersOnline == nil {
+		resp.PeersOnline = make(map[key.NodePublic]bool, len(held))
+	}
 	for k, on := range held {
 		if _, newer := resp.PeersOnline[k]; !newer {
 			resp.PeersOnline[k] = on
 		}
+	}
+}
+
+// holdOnline adds the online flips of f to held.
+func holdOnline(held map[key.NodePublic]bool, f *mapFrame) {
+	maps.Copy(held, f.resp.PeersOnline)
+	for _, pv := range f.online {
+		held[pv.node.Key] = pv.node.Online
 	}
 }
 
@@ -741,13 +752,13 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		}
 		onlineOnly := resp.Self == nil && len(f.peers) == 0 && len(resp.PeersRemoved) == 0 &&
 			resp.DERPMap == nil && !resp.PacketFilterSet && len(resp.FilterSetChanges) == 0 && resp.DNS == nil && resp.EdgeRoutes == nil
-		if onlineOnly && len(resp.PeersOnline) > 0 {
+		if onlineOnly && f.onlineStates().len() > 0 {
 			if due := lastDelta.Add(onlineDelay(st.open)); time.Now().Before(due) {
 				// Only peers coming and going: hold them until due.
 				if held == nil {
 					held = make(map[key.NodePublic]bool)
 				}
-				maps.Copy(held, resp.PeersOnline)
+				holdOnline(held, f)
 				if heldMarked.IsZero() || (!marked.IsZero() && marked.Before(heldMarked)) {
 					heldMarked = marked
 				}
@@ -773,7 +784,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 				heldC = nil
 			}
 		}
-		if onlineOnly && len(resp.PeersOnline) == 0 {
+		if onlineOnly && f.onlineStates().len() == 0 {
 			ss.delivered(gen) // nothing this node sees changed
 			continue
 		}
@@ -885,10 +896,7 @@ func (ms *streams) delta(ss *session, st *sentState, full bool) *mapFrame {
 			case pv.changed > st.ver:
 				f.peers = append(f.peers, pv)
 			case pv.online > st.ver:
-				if resp.PeersOnline == nil {
-					resp.PeersOnline = make(map[key.NodePublic]bool)
-				}
-				resp.PeersOnline[ps.key] = pv.node.Online
+				f.online = append(f.online, pv)
 			}
 		}
 	}

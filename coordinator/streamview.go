@@ -375,6 +375,41 @@ type mapFrame struct {
 	// frame to write after the frame's body.
 	blocked bool
 	blocks  [][]byte
+	// online are the peers whose online state the frame carries, as of
+	// their views, besides resp.PeersOnline (none of the same node).
+	online []*peerView
+}
+
+// onlineSet is the online states a frame carries: those of views (a
+// delta's, gathered under Server.mu without building a map for each
+// stream) and those of keys.
+type onlineSet struct {
+	views []*peerView
+	keys  map[key.NodePublic]bool
+}
+
+// onlineStates returns the online states f carries.
+func (f *mapFrame) onlineStates() onlineSet {
+	return onlineSet{views: f.online, keys: f.resp.PeersOnline}
+}
+
+func (o onlineSet) len() int { return len(o.views) + len(o.keys) }
+
+// each calls fn with every state.
+func (o onlineSet) each(fn func(k key.NodePublic, on bool)) {
+	for _, pv := range o.views {
+		fn(pv.node.Key, pv.node.Online)
+	}
+	for k, on := range o.keys {
+		fn(k, on)
+	}
+}
+
+// appendBinary appends the states as a binary map frame's PeersOnline
+// entries.
+func (o onlineSet) appendBinary(b []byte) []byte {
+	o.each(func(k key.NodePublic, on bool) { b = wire.AppendOnline(b, k, on) })
+	return b
 }
 
 // errFrameTooLarge means a map message does not fit the frame limit and
@@ -388,19 +423,19 @@ var errFrameTooLarge = errors.New("map frame too large")
 // without, it is one body whatever its size. Either way each peer's
 // encoding is its view's, made once for every stream that sends it.
 func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
-	online := f.resp.PeersOnline
+	online := f.onlineStates()
 	f.resp.PeersOnline = nil
 	base, err := json.Marshal(f.resp)
-	f.resp.PeersOnline = online
+	f.resp.PeersOnline = online.keys
 	if err != nil {
 		return nil, fmt.Errorf("encode map response: %w", err)
 	}
-	bin = bin && (len(f.peers) > 0 || f.full || len(online) > 0)
+	bin = bin && (len(f.peers) > 0 || f.full || online.len() > 0)
 	// onlineSize is what online adds to the first body.
 	onlineSize := 0
 	if bin {
-		onlineSize = binary.MaxVarintLen32 + len(online)*wire.BinaryOnlineSize
-	} else if len(online) > 0 {
+		onlineSize = binary.MaxVarintLen32 + online.len()*wire.BinaryOnlineSize
+	} else if online.len() > 0 {
 		base = withOnline(base, online)
 	}
 	if f.chunks != nil {
@@ -427,7 +462,7 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 		// Type byte, head length, list byte, record count.
 		sep, fixed = 0, 1+binary.MaxVarintLen32+1+binary.MaxVarintLen32
 	}
-	body := func(head []byte, encs [][]byte, online map[key.NodePublic]bool, more bool) []byte {
+	body := func(head []byte, encs [][]byte, online onlineSet, more bool) []byte {
 		if bin {
 			return spliceBinary(head, list, encs, online, more)
 		}
@@ -467,7 +502,7 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 		if first {
 			out = append(out, body(head, encs[start:start+n], online, more))
 		} else {
-			out = append(out, body(head, encs[start:start+n], nil, more))
+			out = append(out, body(head, encs[start:start+n], onlineSet{}, more))
 		}
 		start += n
 		head = []byte(`{}`)
@@ -480,7 +515,7 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 // body would pass frameSplitAt. With f.blocked and bin, the body is a
 // blocked map frame (wire.BlockedMapFrame) and f.blocks the sealed
 // blocks that follow it.
-func (f *mapFrame) encodeChunks(base []byte, bin bool, online map[key.NodePublic]bool) (_ [][]byte, ok bool, _ error) {
+func (f *mapFrame) encodeChunks(base []byte, bin bool, online onlineSet) (_ [][]byte, ok bool, _ error) {
 	blocked := bin && f.blocked
 	segs, count, refs, blocks, err := f.chunkSegments(bin, blocked)
 	if err == nil && blocked && !blocksFit(refs) {
@@ -489,7 +524,7 @@ func (f *mapFrame) encodeChunks(base []byte, bin bool, online map[key.NodePublic
 	if err != nil {
 		return nil, false, fmt.Errorf("encode peer: %w", err)
 	}
-	onlineSize := binary.MaxVarintLen32 + len(online)*wire.BinaryOnlineSize
+	onlineSize := binary.MaxVarintLen32 + online.len()*wire.BinaryOnlineSize
 	refsSize := len(refs) * (64 + binary.MaxVarintLen32)
 	size := len(base) + len(`,"more":true`) + 2*binary.MaxVarintLen32 + 16 + len(segs) + onlineSize + refsSize
 	for _, sg := range segs {
@@ -507,7 +542,7 @@ func (f *mapFrame) encodeChunks(base []byte, bin bool, online map[key.NodePublic
 	}
 	// The blocks' records go where the inline ones end, before the
 	// online states.
-	at := len(body) - uvarintLen(len(online)) - len(online)*wire.BinaryOnlineSize
+	at := len(body) - uvarintLen(online.len()) - online.len()*wire.BinaryOnlineSize
 	out := wire.AppendBlockedMapFrame(getBody(len(body)+2*binary.MaxVarintLen32+refsSize), refs, at, body)
 	putBody(body)
 	f.blocks = blocks
@@ -539,13 +574,13 @@ func (f *mapFrame) fitsOneFrame(bin bool) bool {
 // spliceBinary returns a binary map frame (wire.AppendBinaryMapFrame)
 // of the JSON object head, with "more":true if more, the peer records
 // encs and online. Large results come from bodyPool, as splice's.
-func spliceBinary(head []byte, list wire.PeerList, encs [][]byte, online map[key.NodePublic]bool, more bool) []byte {
+func spliceBinary(head []byte, list wire.PeerList, encs [][]byte, online onlineSet, more bool) []byte {
 	return spliceBinaryCount(head, list, len(encs), encs, online, more)
 }
 
 // spliceBinaryCount is spliceBinary of count records held by segs, one
 // after another.
-func spliceBinaryCount(head []byte, list wire.PeerList, count int, segs [][]byte, online map[key.NodePublic]bool, more bool) []byte {
+func spliceBinaryCount(head []byte, list wire.PeerList, count int, segs [][]byte, online onlineSet, more bool) []byte {
 	if more {
 		h := make([]byte, 0, len(head)+len(`"more":true,`))
 		h = append(h, `{"more":true`...)
@@ -557,11 +592,11 @@ func spliceBinaryCount(head []byte, list wire.PeerList, count int, segs [][]byte
 		}
 		head = h
 	}
-	n := 1 + binary.MaxVarintLen32 + len(head) + 1 + 2*binary.MaxVarintLen32 + len(online)*wire.BinaryOnlineSize
+	n := 1 + binary.MaxVarintLen32 + len(head) + 1 + 2*binary.MaxVarintLen32 + online.len()*wire.BinaryOnlineSize
 	for _, e := range segs {
 		n += len(e)
 	}
-	return wire.AppendBinaryMapFrameSegments(getBody(n), head, list, count, segs, online)
+	return wire.AppendBinaryMapFrameOnline(getBody(n), head, list, count, segs, online.len(), online.appendBinary)
 }
 
 // withOnline returns the JSON object obj with a "peers_online" field
@@ -569,11 +604,11 @@ func spliceBinaryCount(head []byte, list wire.PeerList, count int, segs [][]byte
 // itself, unsorted: after a burst of joins it holds thousands of peers
 // for every stream, which encoding/json would sort and encode through
 // reflection, stream by stream.
-func withOnline(obj []byte, online map[key.NodePublic]bool) []byte {
-	b := make([]byte, 0, len(obj)+len(`"peers_online":{},`)+len(online)*(len(`"nodekey:":false,`)+64))
+func withOnline(obj []byte, online onlineSet) []byte {
+	b := make([]byte, 0, len(obj)+len(`"peers_online":{},`)+online.len()*(len(`"nodekey:":false,`)+64))
 	b = append(b, `{"peers_online":{`...)
 	first := true
-	for k, on := range online {
+	online.each(func(k key.NodePublic, on bool) {
 		if !first {
 			b = append(b, ',')
 		}
@@ -582,7 +617,7 @@ func withOnline(obj []byte, online map[key.NodePublic]bool) []byte {
 		b, _ = k.AppendText(b) // hex: nothing to escape
 		b = append(b, '"', ':')
 		b = strconv.AppendBool(b, on)
-	}
+	})
 	b = append(b, '}')
 	if rest := bytes.TrimSpace(obj[1:]); len(rest) > 1 { // more than "}"
 		b = append(b, ',')

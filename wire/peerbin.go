@@ -287,6 +287,18 @@ func AppendBinaryMapFrame(b, head []byte, list PeerList, records [][]byte, onlin
 // encoded together (the peers of a full map, shared by every node that
 // sees them) joins them without splitting them up.
 func AppendBinaryMapFrameSegments(b, head []byte, list PeerList, count int, segs [][]byte, online map[key.NodePublic]bool) []byte {
+	return AppendBinaryMapFrameOnline(b, head, list, count, segs, len(online), func(b []byte) []byte {
+		for k, on := range online {
+			b = AppendOnline(b, k, on)
+		}
+		return b
+	})
+}
+
+// AppendBinaryMapFrameOnline is AppendBinaryMapFrameSegments with the
+// message's PeersOnline, n of them, appended by online (AppendOnline),
+// for a sender that holds them other than as a map.
+func AppendBinaryMapFrameOnline(b, head []byte, list PeerList, count int, segs [][]byte, n int, online func([]byte) []byte) []byte {
 	b = append(b, BinaryMapFrame)
 	b = binary.AppendUvarint(b, uint64(len(head)))
 	b = append(b, head...)
@@ -297,17 +309,21 @@ func AppendBinaryMapFrameSegments(b, head []byte, list PeerList, count int, segs
 			b = append(b, r...)
 		}
 	}
-	b = binary.AppendUvarint(b, uint64(len(online)))
-	for k, on := range online {
-		raw := k.Raw32()
-		b = append(b, raw[:]...)
-		if on {
-			b = append(b, 1)
-		} else {
-			b = append(b, 0)
-		}
+	b = binary.AppendUvarint(b, uint64(n))
+	if n > 0 {
+		b = online(b)
 	}
 	return b
+}
+
+// AppendOnline appends one entry of a binary map frame's PeersOnline.
+func AppendOnline(b []byte, k key.NodePublic, online bool) []byte {
+	raw := k.Raw32()
+	b = append(b, raw[:]...)
+	if online {
+		return append(b, 1)
+	}
+	return append(b, 0)
 }
 
 // BinaryOnlineSize is what each entry of PeersOnline takes in a binary
