@@ -133,3 +133,20 @@ func TestBlockedFrameRefusesForeignBlocks(t *testing.T) {
 		})
 	}
 }
+
+// TestStaleStreamEndpointsSentAgain checks that a map stream request
+// carrying endpoints older than the client's makes the client send the
+// newer ones again: the coordinator applies the stream request's, so an
+// update of the newer ones that it applied first was undone.
+func TestStaleStreamEndpointsSentAgain(t *testing.T) {
+	c := &Client{epsWake: make(chan struct{}, 1)}
+	c.epsGen = 5
+	c.streamOpened(5)
+	if c.epsGen != 5 || len(c.epsWake) != 0 {
+		t.Fatalf("stream with the current endpoints: generation %d, wake %d; want 5, 0", c.epsGen, len(c.epsWake))
+	}
+	c.streamOpened(3)
+	if c.epsGen != 6 || len(c.epsWake) != 1 {
+		t.Fatalf("stream with older endpoints: generation %d, wake %d; want 6, 1 (sent again)", c.epsGen, len(c.epsWake))
+	}
+}

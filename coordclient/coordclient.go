@@ -528,6 +528,26 @@ func (c *Client) SetEndpoints(eps []netip.AddrPort, homeDERP int) {
 	}
 }
 
+// streamOpened is told that a map stream request carrying the endpoints
+// of generation gen (SetEndpoints) was answered, and so applied. If the
+// endpoints changed since, an update of the newer ones may have been
+// applied before it and so undone: it asks endpointLoop to send them
+// again.
+func (c *Client) streamOpened(gen uint64) {
+	c.mu.Lock()
+	stale := gen < c.epsGen
+	if stale {
+		c.epsGen++
+	}
+	c.mu.Unlock()
+	if stale {
+		select {
+		case c.epsWake <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // mapRequest builds a MapRequest from the client's current state.
 func (c *Client) mapRequest(st stamp, stream bool) (*wire.MapRequest, uint64) {
 	c.mu.Lock()

@@ -142,14 +142,17 @@ func (c *Client) responsesOnce(ctx context.Context, sink streamSink) (bool, *tar
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	offered := sink.request() != nil
+	var gen uint64 // of the endpoints the stream request carries
 	rp, t, err := c.postAny(ctx, wire.PathMap, func(st stamp) any {
-		req, _ := c.mapRequest(st, true)
+		var req *wire.MapRequest
+		req, gen = c.mapRequest(st, true)
 		req.Peers = sink.request()
 		return req
 	})
 	if err != nil {
 		return false, t, fmt.Errorf("coordclient: open map stream: %w", err)
 	}
+	c.streamOpened(gen)
 	c.setStreaming(t)
 	defer c.setStreaming(nil)
 	got, err := c.readStream(cancel, rp, sink)
