@@ -599,14 +599,12 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		st.peers = set // held from now on, sent or not
 		filter := s.filterLocked(self, ss.networkID, now, computed)
 		filterSets := filter.fullSets()
-		kept := resume != nil && peersDigest(peers) == *resume
+		var kept bool
 		var offline []key.NodePublic
-		if kept {
-			peers.each(func(ps *peerState) {
-				if !ps.view.node.Online {
-					offline = append(offline, ps.key)
-				}
-			})
+		if resume != nil {
+			var d wire.PeersDigest
+			d, offline = ms.resumeLocked(peers)
+			kept = d == *resume
 		}
 		var views []*peerView
 		var chunks []*fullChunk

@@ -54,6 +54,52 @@ type sharedPeers struct {
 	// start in peers.
 	chunks []*fullChunk
 	starts []int
+	// digest is the digest of every peer of the list, and offline those
+	// not online, as of change count resumeVer (resumeLocked); valid
+	// while no view changed.
+	resumeVer uint64
+	digest    wire.PeersDigest
+	offline   []*peerState
+}
+
+// resumeLocked returns the digest of l's peers (wire.PeersDigest) and
+// those of them not online: what resuming a stream needs. A shared list
+// computes them once per change of any view, not once per stream: after
+// a restart every node of a network resumes at once, and walking every
+// peer for each under Server.mu made the restart quadratic. Server.mu
+// held.
+func (ms *streams) resumeLocked(l peerList) (wire.PeersDigest, []key.NodePublic) {
+	sp := l.shared
+	if sp == nil {
+		var offline []key.NodePublic
+		l.each(func(ps *peerState) {
+			if !ps.view.node.Online {
+				offline = append(offline, ps.key)
+			}
+		})
+		return peersDigest(l), offline
+	}
+	if sp.resumeVer != ms.changeVer || sp.digest.Count != len(sp.peers) {
+		sp.resumeVer, sp.digest, sp.offline = ms.changeVer, wire.PeersDigest{Count: len(sp.peers)}, nil
+		for _, ps := range sp.peers {
+			sp.digest.Sum.Add(ps.view.hash)
+			if !ps.view.node.Online {
+				sp.offline = append(sp.offline, ps)
+			}
+		}
+	}
+	d := sp.digest
+	if l.skip != nil {
+		d.Count--
+		d.Sum.Sub(l.skip.view.hash)
+	}
+	offline := make([]key.NodePublic, 0, len(sp.offline))
+	for _, ps := range sp.offline {
+		if ps != l.skip {
+			offline = append(offline, ps.key)
+		}
+	}
+	return d, offline
 }
 
 // validLocked reports whether sp still holds for a node of network
