@@ -40,6 +40,8 @@ type Config struct {
 	// only the edge nodes forward to. Ignored when ShieldsUp is false.
 	EdgeInbound []uint16
 	// Edges are the overlay addresses of the edge nodes (see EdgeInbound).
+	// They also get a larger share of the forwarded inbound UDP flows and
+	// TCP connections (Options.MaxUDPFlows, MaxTCPConns).
 	Edges []netip.Addr
 	// Filter, if non-nil, is enforced statefully on inbound packets:
 	// new flows must match a rule, replies to flows this node opened

@@ -82,9 +82,20 @@ type Options struct {
 	// UDPIdleTimeout is how long a forwarded inbound UDP flow's host
 	// socket lives without traffic. Zero means 2 minutes.
 	UDPIdleTimeout time.Duration
+	// UDPUnrepliedTimeout is how long a forwarded inbound UDP flow whose
+	// host socket never answered lives without traffic. Zero means 10
+	// seconds; it is never longer than UDPIdleTimeout.
+	UDPUnrepliedTimeout time.Duration
 	// MaxUDPFlows caps concurrently forwarded inbound UDP flows. Zero
-	// means 1024.
+	// means 1024. One source overlay address may hold an eighth of them,
+	// an edge's (Config.Edges) half.
 	MaxUDPFlows int
+	// MaxTCPConns caps concurrently forwarded inbound TCP connections,
+	// each of which holds a host socket. Zero means a quarter of the
+	// process's open-file limit, at least 256. One source overlay address
+	// may hold an eighth of them, an edge's half; over that, a SYN gets
+	// a RST.
+	MaxTCPConns int
 	// HostDialTimeout bounds connecting to a host port for an inbound
 	// TCP connection. Zero means 5 seconds.
 	HostDialTimeout time.Duration
@@ -162,7 +173,7 @@ type Engine struct {
 	ctx    context.Context // canceled by Close
 	cancel context.CancelFunc
 
-	udpFlows atomic.Int32
+	udpFlows, tcpConns *fwdBudget // forwarded inbound UDP flows and TCP connections (fwdbudget.go)
 
 	ownRefused atomic.Uint64 // inbound connections and flows refused by Config.OwnListeners
 	ownLogAt   atomic.Int64  // unix nanoseconds of the last such refusal logged
@@ -209,6 +220,13 @@ func New(opts Options) (*Engine, error) {
 	if opts.MaxUDPFlows == 0 {
 		opts.MaxUDPFlows = 1024
 	}
+	if opts.UDPUnrepliedTimeout == 0 {
+		opts.UDPUnrepliedTimeout = 10 * time.Second
+	}
+	opts.UDPUnrepliedTimeout = min(opts.UDPUnrepliedTimeout, opts.UDPIdleTimeout)
+	if opts.MaxTCPConns == 0 {
+		opts.MaxTCPConns = defaultMaxTCPConns()
+	}
 	if opts.HostDialTimeout == 0 {
 		opts.HostDialTimeout = 5 * time.Second
 	}
@@ -224,6 +242,9 @@ func New(opts Options) (*Engine, error) {
 		cancel:  cancel,
 		overlay: make(map[netip.Addr]bool),
 		active:  make(map[closer]struct{}),
+
+		udpFlows: newFwdBudget(opts.MaxUDPFlows),
+		tcpConns: newFwdBudget(opts.MaxTCPConns),
 	}
 	e.ps.init()
 	e.pf.now = func() int64 { return time.Now().Unix() }

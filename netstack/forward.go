@@ -43,6 +43,12 @@ func (e *Engine) handleTCP(r *gv.TCPRequest) {
 		r.Reject()
 		return
 	}
+	src := r.Src.Addr().Unmap()
+	if !e.tcpConns.acquire(src, e.isEdge(src)) {
+		r.Reject()
+		return
+	}
+	defer e.tcpConns.release(src)
 	if !e.track(nil) {
 		r.Drop()
 		return
@@ -211,13 +217,13 @@ func (e *Engine) handleUDP(r *gv.UDPRequest) {
 		e.refuseOwn("udp", r.Src, host)
 		return
 	}
-	if int(e.udpFlows.Add(1)) > e.opts.MaxUDPFlows {
-		e.udpFlows.Add(-1)
+	src := r.Src.Addr().Unmap()
+	if !e.udpFlows.acquire(src, e.isEdge(src)) {
 		return
 	}
 	hc, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(host))
 	if err != nil {
-		e.udpFlows.Add(-1)
+		e.udpFlows.release(src)
 		return
 	}
 	// Nothing was sent yet: registered before the host socket can see a
@@ -228,19 +234,19 @@ func (e *Engine) handleUDP(r *gv.UDPRequest) {
 	if err != nil {
 		hc.Close()
 		removeForwarded(local)
-		e.udpFlows.Add(-1)
+		e.udpFlows.release(src)
 		return
 	}
 	if !e.track(nil) {
 		hc.Close()
 		oc.Close()
 		removeForwarded(local)
-		e.udpFlows.Add(-1)
+		e.udpFlows.release(src)
 		return
 	}
 	go func() {
 		defer e.untrack(nil)
-		defer e.udpFlows.Add(-1)
+		defer e.udpFlows.release(src)
 		defer removeForwarded(local)
 		f := Flow{Proto: "udp", Src: r.Src, Dst: r.Dst, Start: time.Now()}
 		e.flowEvent(f)
@@ -251,7 +257,8 @@ func (e *Engine) handleUDP(r *gv.UDPRequest) {
 }
 
 // proxyUDP relays datagrams between the overlay flow and its host socket
-// until the flow has been idle for UDPIdleTimeout or the engine closes.
+// until the flow has been idle for UDPIdleTimeout (UDPUnrepliedTimeout
+// while the host socket never answered) or the engine closes.
 func (e *Engine) proxyUDP(oc net.Conn, hc *net.UDPConn) (in, out int64) {
 	if !e.addActive(oc) {
 		oc.Close()
@@ -264,18 +271,17 @@ func (e *Engine) proxyUDP(oc net.Conn, hc *net.UDPConn) (in, out int64) {
 		hc.Close()
 		return
 	}
-	idle := e.opts.UDPIdleTimeout
-	var last lastActive
-	last.touch()
+	last := lastActive{idle: e.opts.UDPIdleTimeout, unreplied: e.opts.UDPUnrepliedTimeout}
+	last.touch(false)
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		in = relayUDP(hc, oc, idle, &last)
+		in = relayUDP(hc, oc, &last, false)
 		oc.Close()
 		hc.Close()
 	}()
-	out = relayUDP(oc, hc, idle, &last)
+	out = relayUDP(oc, hc, &last, true)
 	oc.Close()
 	hc.Close()
 	wg.Wait()
@@ -284,41 +290,56 @@ func (e *Engine) proxyUDP(oc net.Conn, hc *net.UDPConn) (in, out int64) {
 	return in, out
 }
 
-// lastActive is the last time a datagram moved in either direction.
+// lastActive is the last time a datagram moved in either direction, and
+// whether the host ever answered.
 type lastActive struct {
-	mu sync.Mutex // guards t
-	t  time.Time
+	idle, unreplied time.Duration // how long the flow may stay idle, once answered and before
+
+	mu      sync.Mutex // guards t and replied
+	t       time.Time
+	replied bool
 }
 
-func (l *lastActive) touch() {
+// touch records a datagram, from the host if reply.
+func (l *lastActive) touch(reply bool) {
 	l.mu.Lock()
 	l.t = time.Now()
+	l.replied = l.replied || reply
 	l.mu.Unlock()
 }
 
-func (l *lastActive) since() time.Duration {
+// left returns how much longer the flow may stay idle; <= 0 when it has
+// been idle too long.
+func (l *lastActive) left() time.Duration {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return time.Since(l.t)
+	limit := l.unreplied
+	if l.replied {
+		limit = l.idle
+	}
+	return limit - time.Since(l.t)
 }
 
-// relayUDP copies datagrams from src to dst until an error, or until no
-// datagram moved either way for idle.
-func relayUDP(dst, src net.Conn, idle time.Duration, last *lastActive) (total int64) {
+// relayUDP copies datagrams from src (the host's socket if reply) to dst
+// until an error, or until the flow has been idle too long (see
+// lastActive.left).
+func relayUDP(dst, src net.Conn, last *lastActive, reply bool) (total int64) {
 	buf := make([]byte, 64<<10)
 	for {
-		src.SetReadDeadline(time.Now().Add(idle))
+		left := last.left()
+		if left <= 0 {
+			return total
+		}
+		src.SetReadDeadline(time.Now().Add(left))
 		n, err := src.Read(buf)
 		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
-				if last.since() < idle {
-					continue
-				}
+				continue // the loop's check decides
 			}
 			return total
 		}
 		total += int64(n)
-		last.touch()
+		last.touch(reply)
 		if _, err := dst.Write(buf[:n]); err != nil && !isTransientUDP(err) {
 			return
 		}

@@ -785,13 +785,14 @@ func (n *Node) applyLocked() {
 		n.engine.SetPeerRelayOffered(n.netmap.Self.PeerRelay != 0)
 	}
 	cfg := engineBase(n.netmap, n.st.ShieldsUp, n.allowInbound, &n.filters)
+	// The edges get a larger share of the forwarded flows and connections:
+	// every public client of an edge route comes from the edge's address.
+	cfg.Edges = n.edgeAddrsLocked()
 	if cfg.ShieldsUp {
 		// Published ports stay open to the edges alone: a peer that
 		// reached the device-side proxy would skip the edge's checks
 		// (basic auth, allowed addresses, sign-in) and its headers.
-		if cfg.EdgeInbound = n.exposedPortsLocked(); len(cfg.EdgeInbound) > 0 {
-			cfg.Edges = n.edgeAddrsLocked()
-		}
+		cfg.EdgeInbound = n.exposedPortsLocked()
 	}
 	cfg.OwnListeners = n.own.list()
 	if n.netmap != nil && n.netmap.Self != nil && n.netmap.Self.Expired(n.netmap.ControlNow(now)) {
