@@ -2,8 +2,10 @@ package edge
 
 import (
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 )
@@ -87,6 +89,7 @@ type h1Conn struct {
 	net.Conn
 	scan    smuggleScanner
 	suspect atomic.Bool
+	gone    goneWatch
 }
 
 // h1TLSConn is an h1Conn over TLS.
@@ -100,7 +103,48 @@ func (c *h1Conn) Read(p []byte) (int, error) {
 	if n > 0 && c.scan.feed(p[:n]) {
 		c.suspect.Store(true)
 	}
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		c.gone.readFailed()
+	}
 	return n, err
+}
+
+// goneWatch closes the device connection that a request of a client
+// connection is under way on (the lean path, plain.go) once a read from
+// the client fails: the client went away. While a handler runs, net/http
+// reads the connection in the background for this, and cancels the
+// request's context when the read fails, but only after it returns;
+// watching the context instead costs every request an AfterFunc (five
+// allocations, an insert into the context's children and a removal).
+// Deadlines do not count: net/http ends its background read with one
+// after each request.
+type goneWatch struct {
+	gone atomic.Bool
+	cur  atomic.Pointer[upstream] // the device connection to close
+}
+
+func (g *goneWatch) readFailed() {
+	g.gone.Store(true)
+	if u := g.cur.Swap(nil); u != nil {
+		u.c.Close()
+	}
+}
+
+// watch closes u when the client goes away, until unwatch. It reports
+// false if the client is gone already.
+func (g *goneWatch) watch(u *upstream) bool {
+	g.cur.Store(u)
+	if g.gone.Load() {
+		g.cur.CompareAndSwap(u, nil)
+		return false
+	}
+	return true
+}
+
+// unwatch stops watching for u and reports whether the client is still
+// there: false if its going closed u.
+func (g *goneWatch) unwatch(u *upstream) bool {
+	return g.cur.CompareAndSwap(u, nil)
 }
 
 // ConnectionState lets net/http set Request.TLS for HTTP/1.1 over TLS.

@@ -38,6 +38,34 @@ type reqState struct {
 	// bodyErr is the first error reading the client's request body
 	// (clientBody); the transport's writer goroutine sets it.
 	bodyErr atomic.Pointer[error]
+	// gone watches the client of an HTTP/1 request for the lean path;
+	// nil for HTTP/2, where stopWatch stops the context's AfterFunc.
+	gone      *goneWatch
+	stopWatch func() bool
+}
+
+// watchClient closes u when the client goes away, until unwatchClient.
+// It reports false if the client is gone already.
+func (st *reqState) watchClient(u *upstream) bool {
+	if st.gone != nil {
+		return st.gone.watch(u)
+	}
+	st.stopWatch = context.AfterFunc(st.in.Context(), u.closeConn)
+	return true
+}
+
+// unwatchClient stops closing u when the client goes away, and reports
+// whether the client is still there: false if its going closed u.
+func (st *reqState) unwatchClient(u *upstream) bool {
+	if st.gone != nil {
+		return st.gone.unwatch(u)
+	}
+	return st.stopWatch()
+}
+
+// clientGone reports whether the client went away.
+func (st *reqState) clientGone() bool {
+	return st.in.Context().Err() != nil || st.gone != nil && st.gone.gone.Load()
 }
 
 // clientBody notes in st the first error reading a client's request body
@@ -163,6 +191,9 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
 		st.client = ap.Addr()
 	}
+	if c := h1ConnOf(r); c != nil {
+		st.gone = &c.gone
+	}
 	host, _ := normalizeHost(r.Host)
 	e.serveHTTP(rec, r, st, host)
 	e.observeRequest(host, rec.status, time.Since(start))
@@ -190,14 +221,7 @@ func (e *Edge) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request, st *reqState, host string) {
 	if r.ProtoMajor == 1 && len(r.TransferEncoding) > 0 {
-		var c *h1Conn
-		switch v := r.Context().Value(connKey).(type) {
-		case *h1Conn:
-			c = v
-		case h1TLSConn:
-			c = v.h1Conn
-		}
-		if c != nil && c.suspect.Load() {
+		if c := h1ConnOf(r); c != nil && c.suspect.Load() {
 			w.Header().Set("Connection", "close")
 			e.writeError(w, r, http.StatusBadRequest, "Bad request",
 				"A request with both Content-Length and Transfer-Encoding is refused.", errors.New("CL+TE request"))
@@ -299,6 +323,21 @@ func (e *Edge) serveHTTP(w http.ResponseWriter, r *http.Request, st *reqState, h
 		}
 		skip[t] = true
 	}
+}
+
+// h1ConnOf returns the client connection of an HTTP/1 request on the
+// edge's own listeners, or nil.
+func h1ConnOf(r *http.Request) *h1Conn {
+	if r.ProtoMajor != 1 {
+		return nil
+	}
+	switch v := r.Context().Value(connKey).(type) {
+	case *h1Conn:
+		return v
+	case h1TLSConn:
+		return v.h1Conn
+	}
+	return nil
 }
 
 // proxyTo proxies r to st.target, counting it among the target's
@@ -428,7 +467,7 @@ func (e *Edge) proxyFailed(w http.ResponseWriter, r *http.Request, st *reqState,
 			"The device behind this name cannot be reached right now. It may be offline.", err)
 		return
 	}
-	if st.in.Context().Err() != nil {
+	if st.clientGone() {
 		// The client went away; nobody reads this response.
 		w.WriteHeader(499)
 		return

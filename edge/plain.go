@@ -145,6 +145,9 @@ func (t *target) pruneIdle(cutoff time.Time) {
 // was idle, and the request may go again on a new one.
 var errPlainRetry = errors.New("edge: kept-alive connection closed by the device")
 
+// errClientGone is an exchange the client went away from.
+var errClientGone = errors.New("edge: the client went away")
+
 // proxyPlain proxies r, a plain request (plainRequest), to st.target.
 // A request that fails on a reused connection before any byte of a
 // response came goes once more, on a new connection, and no more: the
@@ -176,8 +179,10 @@ func (e *Edge) proxyPlain(w http.ResponseWriter, r *http.Request, st *reqState) 
 // closes it otherwise, except on an error (the caller closes it then).
 func (e *Edge) exchangePlain(w http.ResponseWriter, r *http.Request, st *reqState, u *upstream, reused bool) error {
 	// A client that goes away ends the exchange at once.
-	stop := context.AfterFunc(r.Context(), u.closeConn)
-	defer stop()
+	if !st.watchClient(u) {
+		return errClientGone
+	}
+	defer st.unwatchClient(u)
 	writeRequestHead(u.bw, r, st)
 	if err := u.bw.Flush(); err != nil {
 		if reused {
@@ -187,7 +192,7 @@ func (e *Edge) exchangePlain(w http.ResponseWriter, r *http.Request, st *reqStat
 	}
 	u.lr.N = maxResponseHead
 	if _, err := u.br.Peek(1); err != nil {
-		if reused && u.lr.N == maxResponseHead && r.Context().Err() == nil {
+		if reused && u.lr.N == maxResponseHead && !st.clientGone() {
 			return errPlainRetry // not a byte came back
 		}
 		return err
@@ -206,7 +211,7 @@ func (e *Edge) exchangePlain(w http.ResponseWriter, r *http.Request, st *reqStat
 				e.abortBody(r, st, u, err)
 			}
 		}
-		if !stop() || ph.close || u.br.Buffered() > 0 {
+		if !st.unwatchClient(u) || ph.close || u.br.Buffered() > 0 {
 			u.c.Close()
 			return nil
 		}
@@ -218,7 +223,7 @@ func (e *Edge) exchangePlain(w http.ResponseWriter, r *http.Request, st *reqStat
 		var err error
 		resp, err = http.ReadResponse(u.br, r)
 		if err != nil {
-			if reused && n == 0 && u.lr.N == maxResponseHead && r.Context().Err() == nil {
+			if reused && n == 0 && u.lr.N == maxResponseHead && !st.clientGone() {
 				return errPlainRetry // not a byte came back
 			}
 			return err
@@ -280,7 +285,7 @@ func (e *Edge) exchangePlain(w http.ResponseWriter, r *http.Request, st *reqStat
 	}
 	// A response without a length ended with the connection (Close);
 	// bytes after the response are not a response to anything.
-	if !stop() || resp.Close || u.br.Buffered() > 0 {
+	if !st.unwatchClient(u) || resp.Close || u.br.Buffered() > 0 {
 		u.c.Close()
 		return nil
 	}
@@ -292,7 +297,7 @@ func (e *Edge) exchangePlain(w http.ResponseWriter, r *http.Request, st *reqStat
 // reverse proxy does, the client must see it cut short, not complete.
 func (e *Edge) abortBody(r *http.Request, st *reqState, u *upstream, err error) {
 	u.c.Close()
-	if r.Context().Err() == nil {
+	if !st.clientGone() {
 		e.log.Debug("response body", "host", r.Host, "target", st.target.addr, "err", err)
 	}
 	panic(http.ErrAbortHandler)

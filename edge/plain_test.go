@@ -172,6 +172,75 @@ func TestPlainClientGoneClosesDeviceConn(t *testing.T) {
 	}
 }
 
+// TestPlainClientGoneBeforeHead is TestPlainClientGoneClosesDeviceConn
+// while the device has not answered yet, over HTTP/1.1, HTTPS and HTTP/2;
+// and requests on a kept-alive client connection after finished ones are
+// not taken for ones whose client went away.
+func TestPlainClientGoneBeforeHead(t *testing.T) {
+	ov := newOverlay()
+	e := newTestEdge(t, ov, Options{})
+	arrived, gone := make(chan struct{}, 1), make(chan struct{}, 1)
+	a, _ := origin(t, ov, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			arrived <- struct{}{}
+			select {
+			case <-r.Context().Done(): // the edge closed the connection
+				gone <- struct{}{}
+			case <-time.After(20 * time.Second): // the test fails first
+			}
+			return
+		}
+		io.WriteString(w, "ok")
+	}))
+	setRoutes(t, e, httpRoute("app", a))
+	httpAddr, tlsAddr := serveHTTP(t, e), serveTLS(t, e, selfSigned(t, "*."+testDomain))
+	for _, tc := range []struct {
+		name   string
+		c      *http.Client
+		scheme string
+	}{
+		{"http", clientTo(httpAddr), "http"},
+		{"https", tlsClientTo(tlsAddr, "", false), "https"},
+		{"h2", tlsClientTo(tlsAddr, "", true), "https"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			url := tc.scheme + "://app." + testDomain
+			for i := range 3 {
+				if code, body, _ := get(t, tc.c, url+"/"); code != 200 || body != "ok" {
+					t.Fatalf("request %d on the kept-alive connection: %d %q, want 200 ok", i, code, body)
+				}
+			}
+			ctx, cancel := context.WithCancel(t.Context())
+			req, _ := http.NewRequestWithContext(ctx, "GET", url+"/slow", nil)
+			errc := make(chan error, 1)
+			go func() {
+				resp, err := tc.c.Do(req)
+				if err == nil {
+					resp.Body.Close()
+				}
+				errc <- err
+			}()
+			select {
+			case <-arrived:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the request did not reach the device within 10 s")
+			}
+			cancel()
+			if err := <-errc; err == nil {
+				t.Fatal("the canceled request succeeded")
+			}
+			select {
+			case <-gone:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the device's connection still open 10 s after the client went away")
+			}
+			if code, body, _ := get(t, tc.c, url+"/"); code != 200 || body != "ok" {
+				t.Fatalf("request after: %d %q, want 200 ok", code, body)
+			}
+		})
+	}
+}
+
 // TestPlainQuery checks that the device gets the query as the reverse
 // proxy sends it: as it came, except for parameters url.ParseQuery cannot
 // parse, which are dropped.
