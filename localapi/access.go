@@ -15,8 +15,9 @@ import (
 // Who may use the local API: the daemon's own user and root always; the
 // operator (apitype.Prefs.Operator, `beam up --operator USER`) too, where
 // the socket gives the peer's credentials (Linux: SO_PEERCRED). Without an
-// operator the socket is 0600; with one it is 0666 and every request is
-// checked against the peer's uid. Only the daemon's user and root may
+// operator the socket is 0600; with one it is 0666, and every connection
+// is checked against the peer's uid at accept (guard.go) and every
+// request again. Only the daemon's user and root may
 // change the operator.
 
 type peerKey struct{}
@@ -28,8 +29,12 @@ type peer struct {
 }
 
 // ConnContext is the http.Server ConnContext of the local API: it records
-// the peer's uid for the checks in Handler.
+// the peer's uid for the checks in Handler (as Handler.Listener read it at
+// accept, else from c).
 func ConnContext(ctx context.Context, c net.Conn) context.Context {
+	if pc, ok := c.(*peerConn); ok {
+		return context.WithValue(ctx, peerKey{}, pc.p)
+	}
 	uid, err := peerUID(c)
 	return context.WithValue(ctx, peerKey{}, peer{uid: uid, known: err == nil})
 }
@@ -55,7 +60,13 @@ func lookupUID(name string) (int, error) {
 // user, root, nor the operator. Peers of unknown identity passed the
 // socket's file mode, which then admits only the daemon's user.
 func (h *Handler) checkAccess(r *http.Request) error {
-	p := peerOf(r)
+	return h.checkPeer(peerOf(r))
+}
+
+// checkPeer refuses a peer that is neither the daemon's user, root, nor
+// the operator; Handler.Listener asks it at accept, checkAccess again for
+// each request (the operator may have changed since).
+func (h *Handler) checkPeer(p peer) error {
 	if !p.known || isOwner(p.uid) {
 		return nil
 	}

@@ -222,14 +222,12 @@ func runDaemon(ctx context.Context, f *Factory, o *DaemonOptions) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	errc := make(chan error, 1)
-	srv := &http.Server{
-		Handler:     localapi.New(n, localapi.Options{Logger: logger, Shutdown: cancel, Socket: o.Socket, Metrics: prometheus.Gatherers{telemetry.NewProcessRegistry(), metrics}}),
-		ConnContext: localapi.ConnContext,
-	}
+	api := localapi.New(n, localapi.Options{Logger: logger, Shutdown: cancel, Socket: o.Socket, Metrics: prometheus.Gatherers{telemetry.NewProcessRegistry(), metrics}})
+	srv := api.Server()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(api.Listener(ln)); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("local API: %w", err)
 		}
 	}()
