@@ -116,6 +116,11 @@ func TestValidateNamesKey(t *testing.T) {
 		{"server body_timeout", &Server{Domain: "a.test", Addr: ":1", BodyTimeout: -1}, []string{"body_timeout"}},
 		{"coordinator edge_domain", &Coordinator{Addr: ":1", BaseDomain: "b.test", CoordinatorEdge: CoordinatorEdge{Domain: "A..b"}}, []string{"edge_domain"}},
 		{"edge tls", &Edge{Domain: "a.test", TLSCert: "c.pem"}, []string{"tls_cert"}},
+		{"server node_rate", &Server{Domain: "a.test", Addr: ":1", NodeRate: -2}, []string{"--node-rate", "node_rate", "-1 for no limit"}},
+		{"coordinator node_rate", &Coordinator{Addr: ":1", BaseDomain: "b.test", NodeRate: 2_000_000}, []string{"--node-rate", "node_rate"}},
+		{"coordinator oidc_max_sign_ins", &Coordinator{Addr: ":1", BaseDomain: "b.test", OIDC: OIDC{OIDCProvider: OIDCProvider{MaxSignIns: -2}}}, []string{"--oidc-max-sign-ins", "oidc_max_sign_ins"}},
+		{"server per address over total", &Server{Domain: "a.test", Addr: ":1", OIDC: OIDC{OIDCProvider: OIDCProvider{MaxSignIns: 10, MaxSignInsPerAddress: 11}}}, []string{"oidc_max_sign_ins_per_address", "at most --oidc-max-sign-ins (10)"}},
+		{"edge oidc_max_sign_ins_per_address", &Edge{Domain: "a.test", OIDCProvider: OIDCProvider{MaxSignInsPerAddress: -7}}, []string{"--oidc-max-sign-ins-per-address"}},
 		{"derp addr", &DERP{Addr: "x"}, []string{"--addr", "addr"}},
 		{"daemon socks5", &Daemon{SOCKS5: "0.0.0.0:1080"}, []string{"socks5"}},
 		{"tunnels none", &Tunnels{}, []string{"none given"}},
@@ -138,6 +143,8 @@ func TestValidateNamesKey(t *testing.T) {
 	for name, c := range map[string]interface{ Validate() error }{
 		"server": &Server{Domain: "a.test", Addr: ":1"}, "coordinator": ptr(DefaultCoordinator()), "derp": ptr(DefaultDERP()),
 		"daemon": ptr(DefaultDaemon()), "edge": &Edge{Domain: "a.test"},
+		"no limits": &Coordinator{Addr: ":1", BaseDomain: "b.test", NodeRate: -1, MachineRate: -1, OIDC: OIDC{OIDCProvider: OIDCProvider{MaxSignIns: -1, MaxSignInsPerAddress: -1}}},
+		"caps":      &Server{Domain: "a.test", Addr: ":1", NodeRate: 50, OIDC: OIDC{OIDCProvider: OIDCProvider{MaxSignIns: 100, MaxSignInsPerAddress: 100}}},
 	} {
 		if err := c.Validate(); err != nil {
 			t.Errorf("%s: %v", name, err)

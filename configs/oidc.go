@@ -1,5 +1,10 @@
 package configs
 
+import (
+	"fmt"
+	"strconv"
+)
+
 // OIDCProvider names an OpenID Connect provider and the client registered
 // there (beam coordinator, beam server, beam edge: --oidc-issuer ...).
 type OIDCProvider struct {
@@ -13,6 +18,29 @@ type OIDCProvider struct {
 	Scopes []string `json:"oidc_scopes"`
 	// GroupsClaim is the ID token claim listing the user's groups.
 	GroupsClaim string `json:"oidc_groups_claim"`
+	// MaxSignIns and MaxSignInsPerAddress bound the sign-ins in flight
+	// (started and not finished, each kept up to 10 minutes) in all and
+	// from one client address: past one, new sign-ins get 429. 0 means
+	// the default (4096 and 64), -1 no limit.
+	MaxSignIns           int `json:"oidc_max_sign_ins"`
+	MaxSignInsPerAddress int `json:"oidc_max_sign_ins_per_address"`
+}
+
+// check checks the caps on sign-ins in flight.
+func (o *OIDCProvider) check(c *checker) {
+	for _, f := range []struct {
+		flag string
+		v    int
+		def  int
+	}{{"--oidc-max-sign-ins", o.MaxSignIns, 4096}, {"--oidc-max-sign-ins-per-address", o.MaxSignInsPerAddress, 64}} {
+		if f.v < -1 || f.v > 1_000_000 {
+			c.add(f.flag, strconv.Itoa(f.v), fmt.Sprintf("want 1 to 1000000 sign-ins in flight, 0 for the default (%d) or -1 for no limit", f.def))
+		}
+	}
+	if o.MaxSignIns > 0 && o.MaxSignInsPerAddress > o.MaxSignIns {
+		c.add("--oidc-max-sign-ins-per-address", strconv.Itoa(o.MaxSignInsPerAddress),
+			fmt.Sprintf("want at most --oidc-max-sign-ins (%d): one address cannot have more than all of them", o.MaxSignIns))
+	}
 }
 
 // OIDC is sign-in at an OpenID Connect provider for the coordinator:

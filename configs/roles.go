@@ -92,8 +92,9 @@ type Server struct {
 	// them from the open files limit, negative means none.
 	MaxConns     int `json:"max_conns"`
 	EdgeMaxConns int `json:"edge_max_conns"`
-	// MachineRate is as Coordinator.MachineRate.
+	// MachineRate and NodeRate are as Coordinator's.
 	MachineRate int `json:"machine_rate"`
+	NodeRate    int `json:"node_rate"`
 	ReplicaTimes
 	RouteQuota
 	// BodyTimeout bounds request bodies at the edge.
@@ -125,8 +126,10 @@ func (s *Server) Validate() error {
 	c.listen("--addr", s.Addr, true)
 	c.db(s.DB)
 	checkMachineRate(&c, s.MachineRate)
+	checkNodeRate(&c, s.NodeRate)
 	s.ReplicaTimes.check(&c)
 	s.RouteQuota.check(&c)
+	s.OIDCProvider.check(&c)
 	c.url("--public-url", s.PublicURL, false)
 	c.listen("--http-addr", s.HTTPAddr, false)
 	c.listen("--https-addr", s.HTTPSAddr, false)
@@ -185,6 +188,10 @@ type Coordinator struct {
 	// Raise it for a coordinator behind a reverse proxy, where every node
 	// comes from the proxy's address.
 	MachineRate int `json:"machine_rate"`
+	// NodeRate is how many sealed requests a second one registered node
+	// (its key) may send, in bursts of 10 times as many, wherever it
+	// comes from; 0 means 20, -1 no limit.
+	NodeRate int `json:"node_rate"`
 	ReplicaTimes
 	RouteQuota
 	CoordinatorEdge
@@ -306,6 +313,16 @@ func checkMachineRate(c *checker, rate int) {
 	}
 }
 
+// NodeRateUsage is the help of --node-rate.
+const NodeRateUsage = "sealed requests (map, expose, endpoint updates) a second one registered device may send, whatever its address, in bursts of 10x (0: 20; -1: no limit)"
+
+// checkNodeRate checks --node-rate.
+func checkNodeRate(c *checker, rate int) {
+	if rate < -1 || rate > 1_000_000 {
+		c.add("--node-rate", strconv.Itoa(rate), "want 1 to 1000000 requests a second, 0 for the default (20) or -1 for no limit")
+	}
+}
+
 // DefaultBaseDomain is the coordinator's default base domain (as
 // coordinator.DefaultBaseDomain, which configs may not import).
 const DefaultBaseDomain = "beam.internal"
@@ -349,6 +366,8 @@ func (co *Coordinator) Validate() error {
 		c.url("--edge-http-url", strings.ReplaceAll(co.HTTPURL, "{host}", "host.example"), true)
 	}
 	checkMachineRate(&c, co.MachineRate)
+	checkNodeRate(&c, co.NodeRate)
+	co.OIDCProvider.check(&c)
 	co.RouteQuota.check(&c)
 	co.ReplicaTimes.check(&c)
 	c.logLevel(co.LogLevel)
@@ -410,6 +429,7 @@ func (e *Edge) Validate() error {
 	}
 	c.logLevel(e.LogLevel)
 	c.nonNegative("--body-timeout", time.Duration(e.BodyTimeout))
+	e.OIDCProvider.check(&c)
 	return c.err()
 }
 

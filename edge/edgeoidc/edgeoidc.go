@@ -55,6 +55,9 @@ type Options struct {
 	// SessionLifetime is how long a sign-in lasts; zero means
 	// DefaultSessionLifetime.
 	SessionLifetime time.Duration
+	// MaxSignIns and MaxSignInsPerAddress bound the sign-ins in flight
+	// of each route host, as oidcauth.Options'.
+	MaxSignIns, MaxSignInsPerAddress int
 	// HTTPClient reaches the provider; nil means oidcauth's default.
 	HTTPClient *http.Client
 	// Logger receives logs; nil discards them.
@@ -125,6 +128,7 @@ func (s *SignIn) rp(ctx context.Context, r *http.Request) (*oidcauth.RP, error) 
 		Issuer: s.opts.Issuer, ClientID: s.opts.ClientID, ClientSecret: s.opts.ClientSecret,
 		RedirectURL: o + CallbackPath, Scopes: s.opts.Scopes, GroupsClaim: s.opts.GroupsClaim,
 		CookieName: stateCookie, HTTPClient: s.opts.HTTPClient, Logger: s.logger, Now: s.now,
+		MaxSignIns: s.opts.MaxSignIns, MaxSignInsPerAddress: s.opts.MaxSignInsPerAddress,
 	})
 	if err != nil {
 		return nil, err

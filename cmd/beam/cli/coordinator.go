@@ -118,6 +118,7 @@ From elsewhere:
 	fl.StringVar(&opts.LogLevel, "log-level", def.LogLevel, "log level: debug, info, warn, error")
 	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none); one client address may hold 1/8 of it, and connections idle 90s between requests are closed")
 	fl.IntVar(&opts.MachineRate, "machine-rate", 0, configs.MachineRateUsage)
+	fl.IntVar(&opts.NodeRate, "node-rate", 0, configs.NodeRateUsage)
 	bindReplicaTimes(fl, &opts.ReplicaTimes)
 	bindRouteQuota(fl, &opts.RouteQuota)
 	bindCoordinatorEdgeFlags(cmd, &opts.CoordinatorEdge, def.CoordinatorEdge)
@@ -143,7 +144,8 @@ func runCoordinator(ctx context.Context, f *Factory, opts *CoordinatorOptions) e
 		return err
 	}
 	base := coordinator.Options{BaseDomain: opts.BaseDomain, DERPMap: derpMap, DevMode: opts.Dev, KeepAliveInterval: time.Duration(opts.KeepAlive), OnlineGrace: time.Duration(opts.OnlineGrace)}
-	base.MachineRequestRate, base.MachineRequestBurst = machineRate(opts.MachineRate)
+	base.MachineRequestRate, base.MachineRequestBurst = requestRate(opts.MachineRate)
+	base.NodeRequestRate, base.NodeRequestBurst = requestRate(opts.NodeRate)
 	base.RouteQuota = routeQuota(&opts.RouteQuota)
 	if err := applyCoordinatorEdge(&opts.CoordinatorEdge, &base); err != nil {
 		return err
@@ -491,10 +493,11 @@ func parseNodeKeyExpiry(s string) (time.Duration, error) {
 	return d, nil
 }
 
-// machineRate turns --machine-rate into coordinator.Options'
-// MachineRequestRate and MachineRequestBurst: rate a second in bursts of
-// 10x; 0 keeps the defaults, -1 lifts the limit.
-func machineRate(rate int) (float64, int) {
+// requestRate turns --machine-rate or --node-rate into coordinator.Options'
+// MachineRequestRate and MachineRequestBurst, or NodeRequestRate and
+// NodeRequestBurst: rate a second in bursts of 10x; 0 keeps the
+// defaults, -1 lifts the limit.
+func requestRate(rate int) (float64, int) {
 	switch {
 	case rate == 0:
 		return 0, 0

@@ -32,6 +32,8 @@ func registerOIDCProvider(fl *pflag.FlagSet, o *configs.OIDCProvider, what strin
 	def := configs.DefaultOIDCProvider()
 	fl.StringSliceVar(&o.Scopes, "oidc-scopes", def.Scopes, "scopes to request besides openid (add groups if your provider needs it for the groups claim)")
 	fl.StringVar(&o.GroupsClaim, "oidc-groups-claim", def.GroupsClaim, "ID token claim listing the user's groups")
+	fl.IntVar(&o.MaxSignIns, "oidc-max-sign-ins", 0, "sign-ins in flight (started, not finished; kept up to 10 minutes) past which new ones get 429 (0: 4096; -1: no limit)")
+	fl.IntVar(&o.MaxSignInsPerAddress, "oidc-max-sign-ins-per-address", 0, "sign-ins in flight from one client address past which its new ones get 429 (0: 64; -1: no limit)")
 }
 
 // registerOIDC registers the --oidc-* flags of beam coordinator and beam
@@ -70,7 +72,8 @@ func edgeSignIn(o *configs.OIDCProvider, logger *slog.Logger) (edge.SignIn, erro
 		return nil, err
 	}
 	s, err := edgeoidc.New(edgeoidc.Options{Issuer: o.Issuer, ClientID: o.ClientID, ClientSecret: secret,
-		Scopes: o.Scopes, GroupsClaim: o.GroupsClaim, Logger: logger.With("component", "edge-oidc")})
+		Scopes: o.Scopes, GroupsClaim: o.GroupsClaim, Logger: logger.With("component", "edge-oidc"),
+		MaxSignIns: o.MaxSignIns, MaxSignInsPerAddress: o.MaxSignInsPerAddress})
 	if err != nil {
 		return nil, err
 	}
@@ -137,6 +140,7 @@ func newOIDC(ctx context.Context, o *configs.OIDC, addr string, logger *slog.Log
 	rp, err := oidcauth.New(ctx, oidcauth.Options{
 		Issuer: o.Issuer, ClientID: o.ClientID, ClientSecret: secret, RedirectURL: redirect,
 		Scopes: o.Scopes, GroupsClaim: o.GroupsClaim, Logger: logger.With("component", "oidc"),
+		MaxSignIns: o.MaxSignIns, MaxSignInsPerAddress: o.MaxSignInsPerAddress,
 	})
 	if err != nil {
 		return nil, err

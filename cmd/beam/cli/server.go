@@ -120,6 +120,7 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 	fl.StringVar(&o.LogLevel, "log-level", def.LogLevel, "debug, info, warn or error")
 	fl.IntVar(&o.MaxConns, "max-conns", 0, "cap on connections to --addr, the coordinator and relay (0: 1/4 of the open files limit; -1: none); one client address may hold 1/8 of it, and connections idle 90s between requests are closed")
 	fl.IntVar(&o.MachineRate, "machine-rate", 0, configs.MachineRateUsage)
+	fl.IntVar(&o.NodeRate, "node-rate", 0, configs.NodeRateUsage)
 	bindReplicaTimes(fl, &o.ReplicaTimes)
 	bindRouteQuota(fl, &o.RouteQuota)
 	fl.DurationVar((*time.Duration)(&o.BodyTimeout), "body-timeout", time.Duration(def.BodyTimeout), "longest wait for a byte of a request body at the edge, and grace before it must arrive at 1 KiB/s or more")
@@ -233,7 +234,8 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 
 	// The coordinator, with the relay on its listener.
 	base := coordinator.Options{DERPMap: derpMap, DevMode: o.Dev, KeepAliveInterval: time.Duration(o.KeepAlive), OnlineGrace: time.Duration(o.OnlineGrace)}
-	base.MachineRequestRate, base.MachineRequestBurst = machineRate(o.MachineRate)
+	base.MachineRequestRate, base.MachineRequestBurst = requestRate(o.MachineRate)
+	base.NodeRequestRate, base.NodeRequestBurst = requestRate(o.NodeRate)
 	base.RouteQuota = routeQuota(&o.RouteQuota)
 	if err := serverEdgeOptions(&base, o, zone); err != nil {
 		return err
