@@ -29,9 +29,12 @@ const (
 	memRelayTransferBytes = 96 << 20
 	// memGrowthMiB is how much more a daemon may hold right after the
 	// fifth transfer than right after the second. Measured growth: 1.5-7.7
-	// MiB in four runs (the heap goal and wireguard-go's buffer pool
-	// follow the fastest transfer so far); a leak of the transfers'
-	// buffers would be hundreds.
+	// MiB in four runs direct (the heap goal and wireguard-go's buffer
+	// pool follow the fastest transfer so far), 12.7-13.4 MiB for the
+	// relay's receiving daemon in two runs on a machine loaded to 20
+	// runnable threads, whose transfers sped up from 240 to 870 Mbit/s
+	// (it levels off: 58.8 MiB after the fourth and the fifth); a leak of
+	// the transfers' buffers would be hundreds.
 	memGrowthMiB = 16
 	// memIdleMiB is how much more than before any traffic a daemon may
 	// hold within memIdleWithin of the last transfer, and memIdleAnonMiB
@@ -75,8 +78,12 @@ const (
 	// wireguard-go's in-flight packets were bounded: 45-60 MiB, with
 	// 140-180 MB of heap (mostly untouched 64 KiB buffers, which a
 	// collection makes whole when they are reused); with them 42.1-46.9
-	// MiB direct and 50.1-56.6 MiB over the relay (the receiving daemon;
-	// 39.7-47 the sender).
+	// MiB direct and 50.1-58.8 MiB over the relay (the receiving daemon;
+	// 39.7-47 the sender). The relay's receiver follows its heap goal:
+	// with GOGC=50 it peaked at 45.2-45.5 MiB against 51.1-56.3 in the
+	// same run, but the direct path then took about 20% more daemon CPU
+	// per GiB (interleaved, five pairs, noisy), so the daemon keeps Go's
+	// default.
 	memPeakMiB = 64
 	// memHeapMiB is the most heap (HeapSys: all the heap a daemon ever
 	// took) the transfers may leave a daemon with. Pages the collector
