@@ -103,6 +103,10 @@ type packetInfo struct {
 	tcpSYNOnly bool   // TCP SYN without ACK: opens a connection
 	icmpEcho   uint8  // 1 request, 2 reply, 0 other ICMP
 	fragment   bool   // a non-first fragment: no transport header
+	// icmpQuoted is, for an ICMP error (destination unreachable, packet
+	// too big, time exceeded, parameter problem), the start of the packet
+	// it quotes; nil for every other packet.
+	icmpQuoted []byte
 }
 
 // parsePacket decodes the IP and transport headers of pkt. ok is false for
@@ -199,9 +203,58 @@ func parsePacket(pkt []byte) (pi packetInfo, ok bool) {
 			pi.icmpEcho = 1
 		case (pi.proto == protoICMP && t == 0) || (pi.proto == protoICMPv6 && t == 129):
 			pi.icmpEcho = 2
+		case (pi.proto == protoICMP && (t == 3 || t == 11 || t == 12)) || (pi.proto == protoICMPv6 && t >= 1 && t <= 4):
+			pi.icmpQuoted = l4[8:]
 		}
 		id := binary.BigEndian.Uint16(l4[4:6])
 		pi.sport, pi.dport = id, id
+	}
+	return pi, true
+}
+
+// parseQuoted decodes the packet an ICMP error quotes: its IP header and
+// the first 8 bytes of its transport header (the rest may be cut off).
+// ok is false if that much is not there, it is a fragment past the first,
+// or its protocol is not TCP, UDP or an ICMP echo request.
+func parseQuoted(b []byte) (pi packetInfo, ok bool) {
+	if len(b) < 1 {
+		return pi, false
+	}
+	var l4 []byte
+	switch b[0] >> 4 {
+	case 4:
+		ihl := int(b[0]&0x0f) * 4
+		if ihl < 20 || len(b) < ihl+8 || binary.BigEndian.Uint16(b[6:8])&0x1fff != 0 {
+			return pi, false
+		}
+		pi.proto = b[9]
+		pi.src = netip.AddrFrom4([4]byte(b[12:16]))
+		pi.dst = netip.AddrFrom4([4]byte(b[16:20]))
+		l4 = b[ihl:]
+	case 6:
+		if len(b) < 48 {
+			return pi, false
+		}
+		pi.proto = b[6] // extension headers: not a flow this node sends
+		pi.src = netip.AddrFrom16([16]byte(b[8:24]))
+		pi.dst = netip.AddrFrom16([16]byte(b[24:40]))
+		l4 = b[40:]
+	default:
+		return pi, false
+	}
+	switch pi.proto {
+	case protoTCP, protoUDP:
+		pi.sport = binary.BigEndian.Uint16(l4[0:2])
+		pi.dport = binary.BigEndian.Uint16(l4[2:4])
+	case protoICMP, protoICMPv6:
+		if t := l4[0]; !(pi.proto == protoICMP && t == 8) && !(pi.proto == protoICMPv6 && t == 128) {
+			return pi, false
+		}
+		pi.icmpEcho = 1
+		id := binary.BigEndian.Uint16(l4[4:6])
+		pi.sport, pi.dport = id, id
+	default:
+		return pi, false
 	}
 	return pi, true
 }
@@ -273,6 +326,31 @@ func (t *flowTable) isReply(pi *packetInfo, now int64) bool {
 	defer t.mu.Unlock()
 	last, ok := t.flows[k]
 	return ok && now-last <= int64(flowTimeout/time.Second)
+}
+
+// opened reports whether this node sent the outbound packet pi (a UDP
+// datagram or an ICMP echo request) within flowTimeout.
+func (t *flowTable) opened(pi *packetInfo, now int64) bool {
+	k := flowKey{proto: pi.proto, local: netip.AddrPortFrom(pi.src, pi.sport), remote: netip.AddrPortFrom(pi.dst, pi.dport)}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	last, ok := t.flows[k]
+	return ok && now-last <= int64(flowTimeout/time.Second)
+}
+
+// icmpErrorOurs reports whether the ICMP error pi is about a packet this
+// node sent to the error's sender: the quoted packet went from the error's
+// destination to its source, and is TCP (the stack matches it to a
+// connection or ignores it) or a UDP or echo flow this node opened.
+func (f *packetFilter) icmpErrorOurs(pi *packetInfo) bool {
+	q, ok := parseQuoted(pi.icmpQuoted)
+	if !ok || q.dst != pi.src || q.src != pi.dst {
+		return false
+	}
+	if q.proto == protoTCP {
+		return true
+	}
+	return f.flows.opened(&q, f.now())
 }
 
 // policy is the immutable inbound policy in force, swapped whole on
@@ -407,8 +485,10 @@ func (f *packetFilter) inbound(pkt []byte) bool {
 		case 2:
 			return f.flows.isReply(&pi, f.now())
 		case 0:
-			// Errors and other control messages about our own flows.
-			return true
+			// Errors about our own flows to the sender pass; other
+			// control messages (redirects, timestamps, ...) and errors
+			// quoting anything else never do.
+			return pi.icmpQuoted != nil && f.icmpErrorOurs(&pi)
 		}
 	}
 	return pol.acceptNew(&pi)
