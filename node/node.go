@@ -795,6 +795,11 @@ func (n *Node) applyLocked() {
 		cfg.EdgeInbound = n.exposedPortsLocked()
 	}
 	cfg.OwnListeners = n.own.list()
+	var dm *wire.DERPMap
+	if n.netmap != nil {
+		dm = n.netmap.DERPMap
+	}
+	cfg.OwnListeners = append(cfg.OwnListeners, serverListeners(n.st.Coordinator, dm)...)
 	if n.netmap != nil && n.netmap.Self != nil && n.netmap.Self.Expired(n.netmap.ControlNow(now)) {
 		n.state = apitype.StateExpired
 	} else if n.sess != nil && n.netmap != nil {

@@ -4,10 +4,14 @@ import (
 	"cmp"
 	"net"
 	"net/netip"
+	"net/url"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 
 	"beam.dev/beam/netstack"
+	"beam.dev/beam/wire"
 	"golang.org/x/time/rate"
 )
 
@@ -166,4 +170,71 @@ func (n *Node) reapply() {
 	n.mu.Lock()
 	n.applyLocked()
 	n.mu.Unlock()
+}
+
+// serverListeners returns the ports of the servers this node uses that
+// run on this host (a URL or address naming loopback, localhost or an
+// unspecified address): its coordinators and the relays and STUN
+// responders of its relay map. They are the node's own listeners too,
+// on every address (netstack.Config.OwnListeners): a peer forwarded to
+// one would reach it from the host's loopback, which a coordinator in
+// dev mode trusts (registration without an auth key, the console's
+// sign-in over plain HTTP).
+func serverListeners(coordinators string, dm *wire.DERPMap) []netip.AddrPort {
+	var out []netip.AddrPort
+	addHostPort := func(host, port string) {
+		if !localHostName(host) {
+			return
+		}
+		p, err := strconv.ParseUint(port, 10, 16)
+		if err != nil || p == 0 {
+			return
+		}
+		out = append(out, netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(p))) // every address of the port
+	}
+	addURL := func(s string) {
+		u, err := url.Parse(strings.TrimSpace(s))
+		if err != nil || u.Hostname() == "" {
+			return
+		}
+		port := u.Port()
+		if port == "" {
+			port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+		}
+		addHostPort(u.Hostname(), port)
+	}
+	for s := range strings.SplitSeq(coordinators, ",") {
+		addURL(s)
+	}
+	if dm != nil {
+		for _, r := range dm.Regions {
+			if r == nil {
+				continue
+			}
+			for _, dn := range r.Nodes {
+				if dn == nil {
+					continue
+				}
+				addURL(dn.URL)
+				if host, port, err := net.SplitHostPort(dn.STUNAddr); err == nil {
+					addHostPort(host, port)
+					if dn.STUNAltPort != 0 {
+						addHostPort(host, strconv.Itoa(int(dn.STUNAltPort)))
+					}
+				}
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b netip.AddrPort) int { return cmp.Compare(a.Port(), b.Port()) })
+	return slices.Compact(out)
+}
+
+// localHostName reports whether a URL's host names this host's loopback
+// or every address.
+func localHostName(host string) bool {
+	if strings.EqualFold(host, "localhost") || strings.HasSuffix(strings.ToLower(host), ".localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(host)
+	return err == nil && (a.Unmap().IsLoopback() || a.IsUnspecified())
 }

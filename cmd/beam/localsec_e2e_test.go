@@ -1,14 +1,17 @@
 package main
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // impostor is an HTTP server on a port a coordinator used to listen on:
@@ -116,6 +119,40 @@ func TestDiscoveryRemovedOnStop(t *testing.T) {
 	for _, p := range files {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s after a clean stop: %v, want it removed", filepath.Base(filepath.Dir(p))+"/"+filepath.Base(p), err)
+		}
+	}
+}
+
+// TestDevCoordinatorNotReachedThroughNodes: a dev coordinator trusts
+// connections from its host's loopback (joining without an auth key,
+// the console's sign-in), and a node forwards a peer's connections to
+// its host's loopback. A peer must not reach the coordinator that way,
+// neither through a device on the coordinator's host nor through the
+// server's own edge node, while it still reaches an app there.
+func TestDevCoordinatorNotReachedThroughNodes(t *testing.T) {
+	c, _ := startDevServer(t)
+	alpha := c.device("alpha")
+	alpha.mustUp()
+	socks := "127.0.0.1:" + strconv.Itoa(freePort(t))
+	beta := c.device("beta")
+	beta.mustUp("--socks5", socks)
+	app := tcpServer(t, func(cn net.Conn) {
+		io.WriteString(cn, "HTTP/1.0 200 OK\r\nContent-Length: 7\r\n\r\nthe app")
+	})
+	via := func(host string, port int, path string) (string, error) {
+		return curl(t, "--max-time", "10", "--socks5-hostname", socks, fmt.Sprintf("http://%s:%d%s", host, port, path))
+	}
+	waitFor(t, 30*time.Second, "beta reaches an app on alpha's host through alpha", func() bool {
+		out, err := via("alpha", app, "/")
+		return err == nil && strings.Contains(out, "the app")
+	})
+	_, port, _ := net.SplitHostPort(c.addr)
+	cport, _ := strconv.Atoi(port)
+	for _, host := range []string{"alpha", "edge"} {
+		for _, path := range []string{"/key", "/console/"} {
+			if out, err := via(host, cport, path); err == nil || strings.Contains(out, "mkey:") {
+				t.Errorf("a peer reached the dev coordinator through %s at %s: err=%v, answer %.200q", host, path, err, out)
+			}
 		}
 	}
 }

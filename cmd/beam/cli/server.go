@@ -258,7 +258,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	mux.Handle("/generate_204", relay.srv)
 	clim := connLimits(o.MaxConns, shareServerControl, nofile, controlConnsPerSource)
 	logLimits(logger, "coordinator and relay", nofile, clim)
-	cln, hs := limitedServer(ln, clim, mux, logger)
+	cln, hs := limitedServer(refuseForwarded{ln}, clim, mux, logger)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
