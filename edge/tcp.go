@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
 	"time"
 
 	"beam.dev/beam/internal/proxyproto"
+	"beam.dev/beam/internal/streamcopy"
 )
 
 // ServeTCP serves the tcp route whose PublicPort is port on ln until ctx is
@@ -118,7 +118,7 @@ func (e *Edge) splice(ctx context.Context, client net.Conn, rt *route) {
 func pipe(a, b net.Conn) {
 	var wg sync.WaitGroup
 	one := func(dst, src net.Conn) {
-		_, err := io.Copy(dst, src)
+		_, err := streamcopy.Copy(dst, src)
 		if err != nil && !errors.Is(err, net.ErrClosed) {
 			a.Close()
 			b.Close()

@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/net/http2"
 
+	"beam.dev/beam/internal/streamcopy"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/wire"
 )
@@ -460,10 +461,10 @@ func (rc *relayConn) spliceRaw(ctx context.Context, hdr []byte) {
 		}
 	}
 	rc.wg.Go(func() {
-		in, _ = io.Copy(o, rc.client)
+		in, _ = streamcopy.Copy(o, rc.client)
 		closeWrite(o)
 	})
-	out, _ = io.Copy(rc.client, o)
+	out, _ = streamcopy.Copy(rc.client, o)
 }
 
 // fromEdge reports whether the client is an edge node.
