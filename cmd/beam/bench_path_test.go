@@ -354,14 +354,27 @@ func (p *overlayPair) dialBeta(tb testing.TB, port int) net.Conn {
 	return c
 }
 
+// namedStream is a bulk stream of another path that bulkRounds measures
+// s against, besides raw loopback.
+type namedStream struct {
+	name string
+	s    *bulkStream
+	n    int64
+	d    time.Duration
+}
+
 // bulkRounds measures bulk TCP over s against raw loopback TCP: each
 // iteration of b.Loop sends roundBytes over s (timed), then as long again
-// over raw (not timed). cpuPIDs and serverPID are the Beam processes whose
-// CPU is read around each timed round.
-func bulkRounds(b *testing.B, s, raw *bulkStream, cpuPIDs []int, serverPID int) {
+// over each of others and over raw (not timed). cpuPIDs and serverPID are
+// the Beam processes whose CPU is read around each timed round. Besides
+// the ratio to raw it reports one to each of others (NAME-ratio).
+func bulkRounds(b *testing.B, s, raw *bulkStream, cpuPIDs []int, serverPID int, others ...*namedStream) {
 	const roundBytes = 16 << 20
-	// Warm up both: handshakes, windows.
+	// Warm up all: handshakes, windows.
 	raw.sendBytes(b, 8<<20)
+	for _, o := range others {
+		o.s.sendBytes(b, 8<<20)
+	}
 	s.sendBytes(b, 8<<20)
 	b.SetBytes(roundBytes)
 	var od, rd, dcpu, scpu time.Duration
@@ -375,6 +388,11 @@ func bulkRounds(b *testing.B, s, raw *bulkStream, cpuPIDs []int, serverPID int) 
 		od += d
 		ob += roundBytes
 		b.StopTimer()
+		for _, o := range others {
+			n, od := o.s.sendFor(b, d)
+			o.n += n
+			o.d += od
+		}
 		n, d := raw.sendFor(b, d)
 		rb += n
 		rd += d
@@ -386,6 +404,10 @@ func bulkRounds(b *testing.B, s, raw *bulkStream, cpuPIDs []int, serverPID int) 
 	b.ReportMetric(gbit(ob, od), "Gbit/s")
 	b.ReportMetric(gbit(rb, rd), "raw-Gbit/s")
 	b.ReportMetric(gbit(ob, od)/gbit(rb, rd), "ratio")
+	for _, o := range others {
+		b.ReportMetric(gbit(o.n, o.d), o.name+"-Gbit/s")
+		b.ReportMetric(gbit(ob, od)/gbit(o.n, o.d), o.name+"-ratio")
+	}
 	b.ReportMetric(dcpu.Seconds()/gib, "daemon-cpu-s/GiB")
 	b.ReportMetric(scpu.Seconds()/gib, "server-cpu-s/GiB")
 	var hwm float64
@@ -443,18 +465,25 @@ func exposeTCP(tb testing.TB, c *cluster, d *device, port int) int {
 
 // BenchmarkExposeTCP measures bulk TCP through `beam server`'s edge port
 // for `beam expose --tcp` to a sink on the device's loopback, against raw
-// loopback TCP.
+// loopback TCP and against the plain overlay path to the same device in
+// the same rounds: another daemon's SOCKS5 proxy to the device's forward
+// to its loopback (overlay-Gbit/s; overlay-ratio is the edge's share of
+// it).
 func BenchmarkExposeTCP(b *testing.B) {
-	c, _ := startDevServer(b)
-	alpha := c.device("alpha")
-	alpha.mustUp()
-	rawSink, sink := newCountSink(b), newCountSink(b)
-	edge := exposeTCP(b, c, alpha, sink.port())
+	p := newOverlayPair(b)
+	c, beta := p.c, p.beta
+	rawSink, sink, ovSink := newCountSink(b), newCountSink(b), newCountSink(b)
+	edge := exposeTCP(b, c, beta, sink.port())
 	rc, err := net.Dial("tcp", "127.0.0.1:"+strconv.Itoa(rawSink.port()))
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer rc.Close()
+	oc := p.dialBeta(b, ovSink.port())
+	defer oc.Close()
+	ov := newBulkStream(oc, ovSink)
+	ov.sendBytes(b, 1<<20)
+	waitFor(b, 30*time.Second, "a direct path to beta", func() bool { return p.path() == "direct" })
 	// The edge opens the port when it learns the route; a connection it
 	// accepts before it can reach the device ends without delivering.
 	var s *bulkStream
@@ -473,7 +502,8 @@ func BenchmarkExposeTCP(b *testing.B) {
 		return true
 	})
 	defer s.c.Close()
-	bulkRounds(b, s, newBulkStream(rc, rawSink), []int{daemonPID(b, alpha)}, c.coord.Process.Pid)
+	bulkRounds(b, s, newBulkStream(rc, rawSink), []int{daemonPID(b, beta)}, c.coord.Process.Pid,
+		&namedStream{name: "overlay", s: ov})
 }
 
 // httpLoad runs conns keep-alive clients that GET url through a client
