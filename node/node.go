@@ -800,6 +800,7 @@ func (n *Node) applyLocked() {
 		dm = n.netmap.DERPMap
 	}
 	cfg.OwnListeners = append(cfg.OwnListeners, serverListeners(n.st.Coordinator, dm)...)
+	cfg.OwnListeners = append(cfg.OwnListeners, engineSockets(n.engine)...)
 	if n.netmap != nil && n.netmap.Self != nil && n.netmap.Self.Expired(n.netmap.ControlNow(now)) {
 		n.state = apitype.StateExpired
 	} else if n.sess != nil && n.netmap != nil {

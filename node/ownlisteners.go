@@ -238,3 +238,18 @@ func localHostName(host string) bool {
 	a, err := netip.ParseAddr(host)
 	return err == nil && (a.Unmap().IsLoopback() || a.IsUnspecified())
 }
+
+// engineSockets returns the engine's own UDP sockets (the WireGuard
+// bind's port and the peer relay server's) as own listeners on every
+// address: a peer's datagram to 100.64.x.y:PORT would otherwise be
+// forwarded to the node's own socket from the host's loopback.
+func engineSockets(e *netstack.Engine) []netip.AddrPort {
+	var out []netip.AddrPort
+	if p := e.LocalPort(); p != 0 {
+		out = append(out, netip.AddrPortFrom(netip.IPv4Unspecified(), p))
+	}
+	if st, ok := e.PeerRelay(); ok && st.Port != 0 {
+		out = append(out, netip.AddrPortFrom(netip.IPv4Unspecified(), st.Port))
+	}
+	return out
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -12,6 +13,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"beam.dev/beam/beamnet"
 )
 
 // impostor is an HTTP server on a port a coordinator used to listen on:
@@ -154,5 +157,77 @@ func TestDevCoordinatorNotReachedThroughNodes(t *testing.T) {
 				t.Errorf("a peer reached the dev coordinator through %s at %s: err=%v, answer %.200q", host, path, err, out)
 			}
 		}
+	}
+}
+
+// TestPeerUDPNotForwardedToOwnSockets: a peer's datagrams to a node's
+// overlay address on the node's WireGuard port or peer relay port are
+// not forwarded to those sockets from the host's loopback; a datagram to
+// an app's port still is.
+func TestPeerUDPNotForwardedToOwnSockets(t *testing.T) {
+	c, _ := startDevServer(t)
+	wgPort, relayPort := freeUDPPort(t), freeUDPPort(t)
+	alpha := c.device("alpha")
+	alpha.mustUp("--port", strconv.Itoa(wgPort), "--relay-server="+strconv.Itoa(relayPort))
+	alphaIP := alpha.status().Self.IPs[0]
+
+	// The attacker: a peer joined in-process (dev mode, from loopback).
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	m := &beamnet.Server{ControlURL: c.url, Hostname: "mallory", Dir: t.TempDir()}
+	defer m.Close()
+	if _, err := m.Up(ctx); err != nil {
+		t.Fatalf("mallory joins: %v", err)
+	}
+
+	// An app's UDP port is reachable: the path works.
+	app, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	go func() {
+		buf := make([]byte, 1500)
+		for {
+			n, from, err := app.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			app.WriteTo(buf[:n], from)
+		}
+	}()
+	send := func(port int) net.Conn {
+		uc, err := m.Dial(ctx, "udp", net.JoinHostPort(alphaIP.String(), strconv.Itoa(port)))
+		if err != nil {
+			t.Fatalf("mallory dial udp %d: %v", port, err)
+		}
+		t.Cleanup(func() { uc.Close() })
+		io.WriteString(uc, "hello")
+		return uc
+	}
+	waitFor(t, 30*time.Second, "an app's UDP port answers mallory through alpha", func() bool {
+		uc := send(app.LocalAddr().(*net.UDPAddr).Port)
+		uc.SetReadDeadline(time.Now().Add(time.Second))
+		buf := make([]byte, 16)
+		n, err := uc.Read(buf)
+		return err == nil && string(buf[:n]) == "hello"
+	})
+
+	logPath := filepath.Join(alpha.state, "beam.log")
+	for _, tc := range []struct {
+		name string
+		port int
+	}{{"WireGuard", wgPort}, {"peer relay", relayPort}} {
+		host := "host=127.0.0.1:" + strconv.Itoa(tc.port)
+		waitFor(t, 30*time.Second, "alpha refuses mallory's datagram to its "+tc.name+" port", func() bool {
+			send(tc.port)
+			b, _ := os.ReadFile(logPath)
+			for l := range strings.SplitSeq(string(b), "\n") {
+				if strings.Contains(l, "own listeners") && strings.Contains(l, "proto=udp") && strings.Contains(l, host) {
+					return true
+				}
+			}
+			return false
+		})
 	}
 }
