@@ -423,6 +423,7 @@ func TestMetricsStandaloneRoles(t *testing.T) {
 		t.Errorf("relay clients = %v, want 0", v)
 	}
 	fs.must(t, "beam_relay_drops_total", map[string]string{"reason": "queue_full"})
+	fs.must(t, "beam_relay_stun_dropped_total", nil)
 	if _, ok := fs.value("beam_coordinator_nodes", nil); ok {
 		t.Errorf("a relay alone exports coordinator metrics")
 	}

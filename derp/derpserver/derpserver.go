@@ -4,8 +4,8 @@
 // directly. It never opens listeners: it accepts connections handed to
 // Accept, or serves HTTP as an http.Handler (the "/derp" upgrade, its
 // WebSocket variant, and "/derp/probe" and "/generate_204" for latency
-// checks). ServeSTUN answers STUN Binding requests on a PacketConn it is
-// given.
+// checks). ServeSTUN answers STUN Binding requests, rate-limited per
+// source address, on a PacketConn it is given.
 //
 // Relays of one region mesh with each other: each dials the others with
 // the region's mesh key, watches which clients they hold, and forwards
@@ -125,6 +125,9 @@ type Stats struct {
 	DropsUnknownDest int64 `json:"drops_unknown_dest"`
 	DropsToSelf      int64 `json:"drops_to_self"`
 	DropsGone        int64 `json:"drops_gone"`
+	// STUNDropped counts STUN requests Server.ServeSTUN left unanswered
+	// because their source was past its rate limit.
+	STUNDropped int64 `json:"stun_dropped"`
 }
 
 // Server is a relay server. Create it with New; it is safe for concurrent
@@ -162,6 +165,9 @@ type Server struct {
 	packetsForwarded                 atomic.Int64
 	dropsQueueFull, dropsUnknownDest atomic.Int64
 	dropsToSelf, dropsGone           atomic.Int64
+
+	stunLimit   *stunLimiter // shared by ServeSTUN's responders
+	stunDropped atomic.Int64
 }
 
 // New returns a Server that relays with the given options and starts its
@@ -210,6 +216,7 @@ func New(opts Options) *Server {
 		remote:     make(map[key.NodePublic]*meshPeer),
 		sentTo:     make(map[key.NodePublic]map[key.NodePublic]bool),
 		warnLimit:  rate.NewLimiter(1, 10),
+		stunLimit:  newSTUNLimiter(stunRate, stunBurst, stunMaxSources),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for _, p := range opts.MeshWith {
@@ -251,6 +258,7 @@ func (s *Server) Stats() Stats {
 		DropsUnknownDest: s.dropsUnknownDest.Load(),
 		DropsToSelf:      s.dropsToSelf.Load(),
 		DropsGone:        s.dropsGone.Load(),
+		STUNDropped:      s.stunDropped.Load(),
 	}
 	st.PacketsDropped = st.DropsQueueFull + st.DropsUnknownDest + st.DropsToSelf + st.DropsGone
 	s.mu.RLock()

@@ -22,6 +22,8 @@ var (
 		"Packets handed to a meshed relay for a client connected there.", nil, nil)
 	relayDropsDesc = prometheus.NewDesc("beam_relay_drops_total",
 		"Dropped packets, by reason: queue_full, unknown_dest, to_self or gone.", []string{"reason"}, nil)
+	relaySTUNDroppedDesc = prometheus.NewDesc("beam_relay_stun_dropped_total",
+		"STUN requests left unanswered because their source address was past its rate limit.", nil, nil)
 	relayQueueDesc = prometheus.NewDesc("beam_relay_queue_packets",
 		"Packets waiting in the clients' send queues, summed over clients.", nil, nil)
 	relayQueueMaxDesc = prometheus.NewDesc("beam_relay_queue_max_packets",
@@ -34,7 +36,7 @@ type relayCollector struct{ s *Server }
 
 func (c relayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{relayClientsDesc, relayRemoteDesc, relayHandshakesDesc, relayPacketsDesc,
-		relayBytesDesc, relayForwardedDesc, relayDropsDesc, relayQueueDesc, relayQueueMaxDesc, relayQueueBytesDesc} {
+		relayBytesDesc, relayForwardedDesc, relayDropsDesc, relayQueueDesc, relayQueueMaxDesc, relayQueueBytesDesc, relaySTUNDroppedDesc} {
 		ch <- d
 	}
 }
@@ -60,6 +62,7 @@ func (c relayCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(relayDropsDesc, st.DropsUnknownDest, "unknown_dest")
 	counter(relayDropsDesc, st.DropsToSelf, "to_self")
 	counter(relayDropsDesc, st.DropsGone, "gone")
+	counter(relaySTUNDroppedDesc, st.STUNDropped)
 	gauge(relayQueueDesc, float64(pkts))
 	gauge(relayQueueMaxDesc, float64(maxPkts))
 	gauge(relayQueueBytesDesc, float64(bytes))

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"time"
 
 	"github.com/pion/stun/v3"
@@ -16,10 +17,28 @@ import (
 
 // ServeSTUN answers STUN Binding requests arriving on pc with a Binding
 // success response that carries the source address as XOR-MAPPED-ADDRESS.
-// Anything else is ignored. It returns nil once ctx is done (leaving pc's
-// read deadline in the past) and an error if reading from pc fails
+// Anything else is ignored, and so are requests past a per-source rate
+// limit (see stunRate), so that spoofed requests cannot turn the
+// responder into a reflector. It returns nil once ctx is done (leaving
+// pc's read deadline in the past) and an error if reading from pc fails
 // otherwise. It does not close pc. logger may be nil.
+//
+// Each call has its own limiter; Server.ServeSTUN shares the server's
+// between its responders and counts the requests it drops.
 func ServeSTUN(ctx context.Context, pc net.PacketConn, logger *slog.Logger) error {
+	return serveSTUN(ctx, pc, logger, newSTUNLimiter(stunRate, stunBurst, stunMaxSources), nil)
+}
+
+// ServeSTUN is like the function ServeSTUN, with one rate limiter for all
+// of s's responders and the requests it drops counted in
+// Stats.STUNDropped. It logs to the server's logger.
+func (s *Server) ServeSTUN(ctx context.Context, pc net.PacketConn) error {
+	return serveSTUN(ctx, pc, s.opts.Logger, s.stunLimit, &s.stunDropped)
+}
+
+// serveSTUN is ServeSTUN with limiter lim; dropped (if not nil) counts the
+// requests lim refused.
+func serveSTUN(ctx context.Context, pc net.PacketConn, logger *slog.Logger, lim *stunLimiter, dropped *atomic.Int64) error {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -38,8 +57,18 @@ func ServeSTUN(ctx context.Context, pc net.PacketConn, logger *slog.Logger) erro
 			}
 			return fmt.Errorf("stun: read: %w", err)
 		}
-		resp, ok := stunResponse(buf[:n], addr)
+		ap, ok := addrPort(addr)
 		if !ok {
+			continue
+		}
+		resp, ok := stunResponse(buf[:n], ap)
+		if !ok {
+			continue
+		}
+		if !lim.allow(ap.Addr()) {
+			if dropped != nil {
+				dropped.Add(1)
+			}
 			continue
 		}
 		if _, err := pc.WriteTo(resp, addr); err != nil {
@@ -48,8 +77,17 @@ func ServeSTUN(ctx context.Context, pc net.PacketConn, logger *slog.Logger) erro
 	}
 }
 
-// stunResponse returns the answer to a Binding request from addr.
-func stunResponse(p []byte, addr net.Addr) ([]byte, bool) {
+// addrPort returns addr as a netip.AddrPort.
+func addrPort(addr net.Addr) (netip.AddrPort, bool) {
+	if a, ok := addr.(*net.UDPAddr); ok {
+		return a.AddrPort(), true
+	}
+	ap, err := netip.ParseAddrPort(addr.String())
+	return ap, err == nil
+}
+
+// stunResponse returns the answer to a Binding request from ap.
+func stunResponse(p []byte, ap netip.AddrPort) ([]byte, bool) {
 	if !derp.IsSTUN(p) {
 		return nil, false
 	}
@@ -59,16 +97,6 @@ func stunResponse(p []byte, addr net.Addr) ([]byte, bool) {
 	}
 	if m.Contains(stun.AttrFingerprint) && stun.Fingerprint.Check(m) != nil {
 		return nil, false
-	}
-	var ap netip.AddrPort
-	switch a := addr.(type) {
-	case *net.UDPAddr:
-		ap = a.AddrPort()
-	default:
-		var err error
-		if ap, err = netip.ParseAddrPort(addr.String()); err != nil {
-			return nil, false
-		}
 	}
 	return derp.STUNBindingResponse(m.TransactionID, ap), true
 }

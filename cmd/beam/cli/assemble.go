@@ -195,7 +195,7 @@ func (r *relayRole) serveSTUN(ctx context.Context, wg *sync.WaitGroup, logger *s
 			continue
 		}
 		wg.Go(func() {
-			if err := derpserver.ServeSTUN(ctx, s.pc, logger); err != nil && onErr != nil {
+			if err := r.srv.ServeSTUN(ctx, s.pc); err != nil && onErr != nil {
 				onErr(fmt.Errorf("%s: %w", s.what, err))
 			}
 		})

@@ -1,0 +1,12 @@
+package derpserver
+
+import "time"
+
+// SetSTUNLimitForTest replaces s's STUN limiter with one of burst requests
+// per source, maxSources entries and the clock now, refilling one token a
+// second.
+func SetSTUNLimitForTest(s *Server, burst, maxSources int, now func() time.Time) {
+	l := newSTUNLimiter(1, burst, maxSources)
+	l.now = now
+	s.stunLimit = l
+}
