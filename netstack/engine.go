@@ -290,6 +290,9 @@ func New(opts Options) (*Engine, error) {
 		OnStaleSession: e.onStaleSession,
 		WakePeer:       e.wakePeer,
 		RelayOnly:      debugAlwaysRelay(),
+		// Nothing a peer sends through this process's forwarders reaches
+		// the bind (the node also lists its port as its own listener).
+		FromHostForward: isForwarded,
 	})
 	if err != nil {
 		cancel()

@@ -77,3 +77,11 @@ func addrPortOf(a net.Addr) (netip.AddrPort, bool) {
 	}
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()), true
 }
+
+// isForwarded reports whether ap is the host side of a forwarded
+// connection or flow (FromOverlay for an address already unmapped).
+func isForwarded(ap netip.AddrPort) bool {
+	forwarded.mu.Lock()
+	defer forwarded.mu.Unlock()
+	return forwarded.m[ap] > 0
+}

@@ -176,6 +176,12 @@ type Options struct {
 	// works. A debugging and benchmarking aid (netstack's
 	// BEAM_DEBUG_ALWAYS_RELAY); without a Relay, peers are unreachable.
 	RelayOnly bool
+	// FromHostForward, if not nil, reports whether src, a loopback source
+	// address, is the host side of a flow the engine forwards from a peer
+	// to the host's loopback. The bind drops such datagrams: a peer must
+	// not reach the node's own socket through the node's forwarder. Nil
+	// drops none.
+	FromHostForward func(src netip.AddrPort) bool
 	// Inbound, if set, counts the transport data packets the bind hands
 	// wireguard-go (released when they reach the TUN); a receive waits
 	// while it is full, leaving datagrams in the socket's buffer rather
@@ -939,6 +945,9 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 			n := r.size(i)
 			src := unmap(r.addr(i))
 			if n == 0 || !src.IsValid() {
+				continue
+			}
+			if src.Addr().IsLoopback() && b.opts.FromHostForward != nil && b.opts.FromHostForward(src) {
 				continue
 			}
 			pkt := bufs[i][:n]
