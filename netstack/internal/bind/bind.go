@@ -947,7 +947,7 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 			if n == 0 || !src.IsValid() {
 				continue
 			}
-			if src.Addr().IsLoopback() && b.opts.FromHostForward != nil && b.opts.FromHostForward(src) {
+			if b.fromHostForward(src) {
 				continue
 			}
 			pkt := bufs[i][:n]
@@ -1005,6 +1005,13 @@ func (b *Bind) makeReceive(s *udpSocket) conn.ReceiveFunc {
 		b.opts.Inbound.Add(data)
 		return got, nil
 	}
+}
+
+// fromHostForward reports whether a datagram from src must be dropped:
+// src is on loopback and the engine forwards a peer's flow from it
+// (Options.FromHostForward).
+func (b *Bind) fromHostForward(src netip.AddrPort) bool {
+	return src.Addr().IsLoopback() && b.opts.FromHostForward != nil && b.opts.FromHostForward(src)
 }
 
 // isData reports whether pkt is WireGuard transport data carrying a packet

@@ -400,7 +400,7 @@ func (b *Bind) readExtra(s *extraSock) {
 		}
 		src = unmap(src)
 		pkt := buf[:n]
-		if flags&msgTrunc != 0 || b.opts.RelayOnly {
+		if flags&msgTrunc != 0 || b.opts.RelayOnly || b.fromHostForward(src) {
 			continue
 		}
 		if f := b.testFilter.Load(); f != nil && !(*f)(src) {
