@@ -83,6 +83,10 @@ type TwoResult struct {
 	FullMapsCPU [2]time.Duration
 	// FleetCPU is this process's CPU time over the same span.
 	FleetCPU time.Duration
+	// ChangesCPU is each coordinator's CPU time over the changes, and
+	// FleetChangesCPU this process's.
+	ChangesCPU      [2]time.Duration
+	FleetChangesCPU time.Duration
 }
 
 // RegisterRate is registrations per second.
@@ -254,6 +258,15 @@ func (sc TwoScenario) Run(ctx context.Context) (res *TwoResult, err error) {
 	log.Info("settled", "took", res.Settled)
 
 	var bytes float64
+	for i, c := range coords {
+		if before[i], err = c.Usage(); err != nil {
+			return nil, err
+		}
+	}
+	selfBefore, err := procUsage(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
 	stopProf = prof.phase("changes")
 	for i := range sc.Changes {
 		if err := phase(func(ctx context.Context) error {
@@ -269,9 +282,18 @@ func (sc TwoScenario) Run(ctx context.Context) (res *TwoResult, err error) {
 		}
 	}
 	stopProf()
+	for i, c := range coords {
+		if after, err := c.Usage(); err == nil {
+			res.ChangesCPU[i] = after.CPU - before[i].CPU
+		}
+	}
+	if self, err := procUsage(os.Getpid()); err == nil {
+		res.FleetChangesCPU = self.CPU - selfBefore.CPU
+	}
 	res.BytesPerNodePerChange = bytes / float64(sc.Changes)
 	log.Info("changes", "same", res.Changes, "cross", res.CrossChanges, "first_same", res.FirstChanges,
-		"first_cross", res.FirstCrossChanges, "bytes_per_node", res.BytesPerNodePerChange)
+		"first_cross", res.FirstCrossChanges, "bytes_per_node", res.BytesPerNodePerChange,
+		"coordinator_cpu", res.ChangesCPU, "fleet_cpu", res.FleetChangesCPU)
 
 	for i, c := range coords {
 		u, err := c.Usage()

@@ -1,6 +1,7 @@
 package scalebench
 
 import (
+	"context"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -63,6 +64,9 @@ func TestScaleTwoSmoke(t *testing.T) {
 //	fullmap-cpu-s      both coordinators' CPU over fullmap-s
 //	rss-MB, rss-b-MB   A's and B's VmRSS then (peak-rss-MB the larger VmHWM)
 //	fleet-cpu-s        the fake nodes' CPU seconds over the same span
+//	change-cpu-s       both coordinators' CPU seconds per change (all the
+//	                   changes' span, divided by their number)
+//	fleet-change-cpu-s the fake nodes' CPU seconds per change
 //
 // There is no restart figure: the fake nodes know one coordinator each.
 // Measured on 2 cores shared with other builds and tests, against
@@ -88,6 +92,8 @@ func TestScaleTwoSmoke(t *testing.T) {
 // block profiles are empty unless the binary sets their rates), and
 // BEAM_SCALE_OTHER_BIN, another beam binary, makes an A/B run: each size
 // runs with this tree's beam (bin=this), then with that one (bin=other).
+// BEAM_SCALE_RUN_TIMEOUT (a duration) bounds each run, which then fails
+// having stopped what it started.
 //
 //	BEAM_SCALE_NODES=1000,3000 go test -run '^$' -bench CoordinatorScaleTwo -benchtime 1x -timeout 1h ./coordinator/scalebench/
 func BenchmarkCoordinatorScaleTwo(b *testing.B) {
@@ -108,8 +114,14 @@ func BenchmarkCoordinatorScaleTwo(b *testing.B) {
 func benchTwo(b *testing.B, bin string, n int, maxRSS uint64, inFlight int, args []string, pg *pgtest.Server) {
 	for b.Loop() {
 		logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("nodes", n, "coordinators", 2)
+		ctx := b.Context()
+		if d, err := time.ParseDuration(os.Getenv("BEAM_SCALE_RUN_TIMEOUT")); err == nil {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, d)
+			defer cancel()
+		}
 		res, err := TwoScenario{Bin: bin, Dir: b.TempDir(), DB: pg.NewDatabase(b), N: n, Args: args, MaxRSS: maxRSS,
-			FullMapsInFlight: inFlight, Logger: logger, ProfileDir: profileDir(n, bin)}.Run(b.Context())
+			FullMapsInFlight: inFlight, Logger: logger, ProfileDir: profileDir(n, bin)}.Run(ctx)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -129,6 +141,8 @@ func benchTwo(b *testing.B, bin string, n int, maxRSS uint64, inFlight int, args
 		b.ReportMetric(float64(res.RSS[1])/(1<<20), "rss-b-MB")
 		b.ReportMetric(float64(max(res.PeakRSS[0], res.PeakRSS[1]))/(1<<20), "peak-rss-MB")
 		b.ReportMetric(res.FleetCPU.Seconds(), "fleet-cpu-s")
+		b.ReportMetric((res.ChangesCPU[0]+res.ChangesCPU[1]).Seconds()/float64(len(res.Changes)), "change-cpu-s")
+		b.ReportMetric(res.FleetChangesCPU.Seconds()/float64(len(res.Changes)), "fleet-change-cpu-s")
 	}
 }
 

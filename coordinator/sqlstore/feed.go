@@ -135,27 +135,55 @@ func (s *Store) listenOnce(ctx context.Context, resync func(ctx context.Context)
 	if err := resync(ctx); err != nil {
 		return false, fmt.Errorf("sqlstore: resync after listening: %w", err)
 	}
+	// A reader takes the notifications off the connection as they come,
+	// and this loop applies what it has taken at once: those that came
+	// while the last batch was applied (a burst of writes elsewhere,
+	// thousands of nodes connecting, costs a read and a lock per batch,
+	// not per change), and a lone change without delay.
+	rctx, stop := context.WithCancel(ctx)
+	notes := make(chan *pgconn.Notification, maxChangeBatch)
+	readErr := make(chan error, 1)
+	readDone := make(chan struct{})
+	go func() {
+		defer close(readDone)
+		for {
+			n, err := waitNotification(rctx, conn)
+			if err != nil {
+				readErr <- err
+				return
+			}
+			select {
+			case notes <- n:
+			case <-rctx.Done():
+				readErr <- rctx.Err()
+				return
+			}
+		}
+	}()
+	// The connection is closed (deferred above) once the reader is done
+	// with it.
+	defer func() {
+		stop()
+		<-readDone
+	}()
 	var batch changeBatch
 	for {
-		n, err := waitNotification(ctx, conn)
-		if err != nil {
+		var n *pgconn.Notification
+		select {
+		case n = <-notes:
+		case err := <-readErr:
 			return true, err
 		}
 		batch.reset()
 		s.addChange(&batch, n)
-		// Take the notifications that came meanwhile (while the last
-		// batch was applied) with this one: a burst of writes elsewhere
-		// (thousands of nodes connecting) costs a read and a lock per
-		// batch, not per change.
+	more:
 		for len(batch.chs) < maxChangeBatch {
-			n, err := pollNotification(ctx, conn)
-			if err != nil {
-				return true, err
+			select {
+			case n := <-notes:
+				s.addChange(&batch, n)
+			default:
+				break more
 			}
-			if n == nil {
-				break
-			}
-			s.addChange(&batch, n)
 		}
 		if len(batch.chs) == 0 {
 			continue
@@ -168,12 +196,9 @@ func (s *Store) listenOnce(ctx context.Context, resync func(ctx context.Context)
 	}
 }
 
-// maxChangeBatch bounds how many changes the listener gives at once.
+// maxChangeBatch bounds how many changes the listener gives at once,
+// and how many notifications its reader holds.
 const maxChangeBatch = 1000
-
-// listenPoll is how long the listener waits for another notification
-// before it applies the batch it has.
-var listenPoll = time.Millisecond
 
 // changeBatch is the changes of other stores, in the order of their
 // first notification, each once.
@@ -199,23 +224,6 @@ func (s *Store) addChange(b *changeBatch, n *pgconn.Notification) {
 	}
 	b.seen[ch] = true
 	b.chs = append(b.chs, ch)
-}
-
-// pollNotification returns conn's next notification if one comes within
-// listenPoll; nil if none does.
-func pollNotification(ctx context.Context, conn *pgx.Conn) (*pgconn.Notification, error) {
-	wctx, cancel := context.WithTimeout(ctx, listenPoll)
-	n, err := conn.WaitForNotification(wctx)
-	cancel()
-	switch {
-	case err == nil:
-		return n, nil
-	case ctx.Err() != nil:
-		return nil, ctx.Err()
-	case wctx.Err() == nil || conn.IsClosed():
-		return nil, fmt.Errorf("sqlstore: wait for notification: %w", err)
-	}
-	return nil, nil
 }
 
 // waitNotification waits for conn's next notification, checking the
@@ -296,7 +304,7 @@ func (s *Store) NodeByID(ctx context.Context, id wire.NodeID) (*coordinator.Node
 	return s.withOnline(ctx, recs[0])
 }
 
-// NodesByID implements coordinator.NodeFeed: two reads, whatever the
+// NodesByID implements coordinator.NodeFeed: one read, whatever the
 // number of nodes.
 func (s *Store) NodesByID(ctx context.Context, ids []wire.NodeID) ([]*coordinator.NodeRecord, map[wire.NodeID]coordinator.Presence, error) {
 	if s.pgcfg == nil {
@@ -306,30 +314,28 @@ func (s *Store) NodesByID(ctx context.Context, ids []wire.NodeID) ([]*coordinato
 	for i, id := range ids {
 		arg[i] = int64(id)
 	}
-	recs, err := s.queryNodes(ctx, "nodes by id", ` WHERE n.id = ANY(?)`, arg)
+	// Each row comes with its node's stream state, if any: the origin
+	// streaming it and its presence (presenceSQL).
+	type online struct {
+		origin sql.NullString
+		p      sql.NullInt64
+	}
+	var ons []*online
+	recs, err := s.queryNodesWith(ctx, "nodes by id", `, o.origin, `+s.presenceSQL(),
+		` LEFT JOIN node_online o ON o.node_id = n.id LEFT JOIN coordinator_beats b ON b.origin = o.origin`,
+		` WHERE n.id = ANY(?)`, func() []any {
+			on := &online{}
+			ons = append(ons, on)
+			return []any{&on.origin, &on.p}
+		}, arg)
 	if err != nil {
 		return nil, nil, err
 	}
-	rows, err := s.db.QueryContext(ctx, s.d.rebind(`SELECT o.node_id, o.origin, `+s.presenceSQL()+` FROM node_online o
-		LEFT JOIN coordinator_beats b ON b.origin = o.origin WHERE o.node_id = ANY(?)`), arg)
-	if err != nil {
-		return nil, nil, s.wrap("nodes online", err)
-	}
-	defer rows.Close()
 	remote := make(map[wire.NodeID]coordinator.Presence)
-	for rows.Next() {
-		var id int64
-		var origin string
-		var p int
-		if err := rows.Scan(&id, &origin, &p); err != nil {
-			return nil, nil, s.wrap("nodes online", err)
+	for i, rec := range recs {
+		if on := ons[i]; on.origin.Valid && on.origin.String != s.origin {
+			remote[rec.Node.ID] = s.beats.presence(rec.Node.ID, int(on.p.Int64))
 		}
-		if origin != s.origin {
-			remote[wire.NodeID(id)] = s.beats.presence(wire.NodeID(id), p)
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, nil, s.wrap("nodes online", err)
 	}
 	return recs, remote, nil
 }

@@ -263,9 +263,16 @@ func (s *Store) Nodes(ctx context.Context) ([]*coordinator.NodeRecord, error) {
 // with args; "" for all) selects, ordered by ID. op names the operation
 // in errors.
 func (s *Store) queryNodes(ctx context.Context, op, where string, args ...any) ([]*coordinator.NodeRecord, error) {
+	return s.queryNodesWith(ctx, op, "", "", where, nil, args...)
+}
+
+// queryNodesWith is queryNodes with more: cols are more columns (each
+// with a leading comma), joins more tables, and scan returns where to
+// scan each row's extra columns (called once per row, in order).
+func (s *Store) queryNodesWith(ctx context.Context, op, cols, joins, where string, scan func() []any, args ...any) ([]*coordinator.NodeRecord, error) {
 	rows, err := s.db.QueryContext(ctx, s.d.rebind(`SELECT n.id, n.network_id, n.node_key, n.disco_key, n.name, w.domain, n.hostname, n.os,
-		n.ipv4, n.ipv6, n.endpoints, n.home_derp, n.last_seen, n.key_expiry, n.user_name, n.tags, n.ephemeral, n.auth_key_id, n.created_at, n.edge, n.peer_relay, n.reg_stamp
-		FROM nodes n JOIN networks w ON w.id = n.network_id`+where+` ORDER BY n.id`), args...)
+		n.ipv4, n.ipv6, n.endpoints, n.home_derp, n.last_seen, n.key_expiry, n.user_name, n.tags, n.ephemeral, n.auth_key_id, n.created_at, n.edge, n.peer_relay, n.reg_stamp`+cols+`
+		FROM nodes n JOIN networks w ON w.id = n.network_id`+joins+where+` ORDER BY n.id`), args...)
 	if err != nil {
 		return nil, s.wrap(op, err)
 	}
@@ -280,8 +287,12 @@ func (s *Store) queryNodes(ctx context.Context, op, where string, args ...any) (
 			ephemeral, edge, peerRelay              int
 			authKey                                 sql.NullInt64
 		)
-		if err := rows.Scan(&id, &r.NetworkID, &nodeKey, &disco, &r.Node.Name, &domain, &r.Node.Hostname, &r.Node.OS,
-			&v4, &v6, &eps, &r.Node.HomeDERP, &lastSeen, &expiry, &r.Node.User, &tg, &ephemeral, &authKey, &created, &edge, &peerRelay, &regStamp); err != nil {
+		dest := []any{&id, &r.NetworkID, &nodeKey, &disco, &r.Node.Name, &domain, &r.Node.Hostname, &r.Node.OS,
+			&v4, &v6, &eps, &r.Node.HomeDERP, &lastSeen, &expiry, &r.Node.User, &tg, &ephemeral, &authKey, &created, &edge, &peerRelay, &regStamp}
+		if scan != nil {
+			dest = append(dest, scan()...)
+		}
+		if err := rows.Scan(dest...); err != nil {
 			return nil, s.wrap(op, err)
 		}
 		if err := decodeNode(&r, id, nodeKey, disco, domain, v4, v6, eps, tg); err != nil {
