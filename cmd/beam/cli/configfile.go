@@ -1,6 +1,10 @@
 package cli
 
 import (
+	"fmt"
+	"io"
+	"os"
+	"runtime"
 	"slices"
 
 	"github.com/spf13/pflag"
@@ -15,8 +19,10 @@ const configUsage = "HuJSON config file: its keys are this command's flags with 
 // struct the flags of fl are bound to: the file's keys replace the
 // defaults, then the flags given on the command line are set again, so
 // they win. given reports whether a flag's setting came from the command
-// line or the file (not a default). path "" reads nothing.
-func loadConfig(fl *pflag.FlagSet, path string, cfg any) (given func(flag string) bool, err error) {
+// line or the file (not a default). path "" reads nothing. A file that
+// sets a secret (see secretKeys) and that group or others may read gets a
+// warning on errOut.
+func loadConfig(fl *pflag.FlagSet, errOut io.Writer, path string, cfg any) (given func(flag string) bool, err error) {
 	keys := map[string]bool{}
 	given = func(name string) bool { return fl.Changed(name) || keys[configs.FlagKey(name)] }
 	if path == "" {
@@ -40,6 +46,7 @@ func loadConfig(fl *pflag.FlagSet, path string, cfg any) (given func(flag string
 	if err != nil {
 		return nil, err
 	}
+	warnExposedSecrets(errOut, path, keys)
 	for _, s := range cmdline {
 		if sv, ok := s.f.Value.(pflag.SliceValue); ok {
 			err = sv.Replace(s.slice)
@@ -51,4 +58,35 @@ func loadConfig(fl *pflag.FlagSet, path string, cfg any) (given func(flag string
 		}
 	}
 	return given, nil
+}
+
+// secretKeys are the config keys whose value is a secret: an auth key
+// (beam up, beam edge). Secrets held in files of their own (mesh key,
+// OIDC client secret, tokens) are named by path and not listed here.
+var secretKeys = []string{"authkey"}
+
+// warnExposedSecrets warns on w, as ssh does for a private key, when the
+// config file at path sets one of secretKeys (keys holds the keys it
+// sets) and group or others may read it. It warns rather than refuses, as
+// Beam does for the other secret files it reads, so that a machine set up
+// before the check keeps starting; the warning says how to fix it.
+func warnExposedSecrets(w io.Writer, path string, keys map[string]bool) {
+	if w == nil || runtime.GOOS == "windows" {
+		return // nowhere to warn; no Unix mode bits
+	}
+	var set []string
+	for _, k := range secretKeys {
+		if keys[k] {
+			set = append(set, k)
+		}
+	}
+	if len(set) == 0 {
+		return
+	}
+	fi, err := os.Stat(path)
+	if err != nil || fi.Mode().Perm()&0o044 == 0 {
+		return
+	}
+	fmt.Fprintf(w, "warning: config %s holds a secret (%s) and is readable by group or others (mode %04o): anyone who can read it can use the key; run chmod 600 %s\n",
+		path, set[0], fi.Mode().Perm(), path)
 }

@@ -302,3 +302,62 @@ func TestDaemonConfigStateSocket(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigSecretModeWarning: a config file that holds an auth key and
+// that group or others may read gets a warning naming the file and the
+// fix, as ssh warns of a readable private key; the command still runs.
+func TestConfigSecretModeWarning(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		cmd  string // up or edge
+		body string
+		mode os.FileMode
+		warn bool
+	}{
+		{"up authkey 0644", "up", `{"authkey": "beamkey-x"}`, 0o644, true},
+		{"up authkey 0640", "up", `{"authkey": "beamkey-x"}`, 0o640, true},
+		{"up authkey 0604", "up", `{"authkey": "beamkey-x"}`, 0o604, true},
+		{"up authkey 0600", "up", `{"authkey": "beamkey-x"}`, 0o600, false},
+		{"up authkey 0400", "up", `{"authkey": "beamkey-x"}`, 0o400, false},
+		{"up no secret 0644", "up", `{"hostname": "h"}`, 0o644, false},
+		{"edge authkey 0644", "edge", `{"authkey": "beamkey-x", "domain": "example.test"}`, 0o644, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := writeConfig(t, tc.body)
+			if err := os.Chmod(path, tc.mode); err != nil {
+				t.Fatal(err)
+			}
+			var errOut strings.Builder
+			f := &Factory{In: strings.NewReader(""), Out: io.Discard, ErrOut: &errOut, Getenv: func(string) string { return "" }}
+			dir := t.TempDir()
+			in := &instanceFlags{state: filepath.Join(dir, "state"), socket: filepath.Join(dir, "beam.sock")}
+			ran := false
+			var cmd *cobra.Command
+			switch tc.cmd {
+			case "up":
+				cmd = NewCmdUp(f, in, func(*UpOptions) error { ran = true; return nil })
+			case "edge":
+				cmd = NewCmdEdge(f, in, func(*EdgeOptions) error { ran = true; return nil })
+			}
+			quiet(cmd, []string{"--config", path})
+			if err := cmd.Execute(); err != nil {
+				t.Fatal(err)
+			}
+			if !ran {
+				t.Fatal("command did not run")
+			}
+			got := errOut.String()
+			if !tc.warn {
+				if got != "" {
+					t.Fatalf("stderr %q, want nothing", got)
+				}
+				return
+			}
+			for _, want := range []string{"warning: config " + path, "authkey", "readable by group or others", fmt.Sprintf("%04o", tc.mode), "chmod 600 " + path} {
+				if !strings.Contains(got, want) {
+					t.Errorf("stderr %q does not say %q", got, want)
+				}
+			}
+		})
+	}
+}

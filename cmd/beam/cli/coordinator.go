@@ -85,7 +85,7 @@ From elsewhere:
   export BEAM_COORDINATOR=http://HOST:PORT BEAM_ADMIN_TOKEN=$(cat DATA/admin.token)`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if _, err := loadConfig(cmd.Flags(), opts.ConfigFile, &opts.Coordinator); err != nil {
+			if _, err := loadConfig(cmd.Flags(), f.ErrOut, opts.ConfigFile, &opts.Coordinator); err != nil {
 				return err
 			}
 			opts.cmdline = cmdlineKeys(cmd.Flags())

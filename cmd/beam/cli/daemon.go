@@ -96,7 +96,7 @@ daemon stops or leaves the mesh, and after a crash at its next start.`,
 			if len(args) == 1 {
 				o.TUN = args[0]
 			}
-			given, err := loadConfig(cmd.Flags(), o.ConfigFile, &o.Daemon)
+			given, err := loadConfig(cmd.Flags(), f.ErrOut, o.ConfigFile, &o.Daemon)
 			if err != nil {
 				return err
 			}

@@ -65,7 +65,7 @@ key is refused before it is sent anything. An unpinned peer is trusted
 whatever key it has, with a warning.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if _, err := loadConfig(cmd.Flags(), opts.ConfigFile, &opts.DERP); err != nil {
+			if _, err := loadConfig(cmd.Flags(), f.ErrOut, opts.ConfigFile, &opts.DERP); err != nil {
 				return err
 			}
 			opts.cmdline = cmdlineKeys(cmd.Flags())

@@ -48,7 +48,7 @@ func NewCmdEdge(f *Factory, in *instanceFlags, runF func(*EdgeOptions) error) *c
 		Short: "Run a public edge: HTTP(S), TLS passthrough, TCP and UDP routes into the mesh",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			given, err := loadConfig(cmd.Flags(), o.ConfigFile, &o.Edge)
+			given, err := loadConfig(cmd.Flags(), f.ErrOut, o.ConfigFile, &o.Edge)
 			if err != nil {
 				return err
 			}

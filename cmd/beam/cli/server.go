@@ -63,7 +63,7 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			fl := cmd.Flags()
-			given, err := loadConfig(fl, o.ConfigFile, &o.Server)
+			given, err := loadConfig(fl, f.ErrOut, o.ConfigFile, &o.Server)
 			if err != nil {
 				return err
 			}

@@ -145,7 +145,7 @@ func loadUpConfig(fl *pflag.FlagSet, f *Factory, in *instanceFlags, o *UpOptions
 	}
 	d := &o.Daemon.Daemon
 	var state, socket string
-	given, err = loadConfig(fl, o.ConfigFile, &upFile{
+	given, err = loadConfig(fl, f.ErrOut, o.ConfigFile, &upFile{
 		StateDir: &state, Socket: &socket,
 		Coordinator: &o.coordinators, AuthKey: &o.AuthKey, Hostname: &o.Hostname, ShieldsUp: &o.ShieldsUp,
 		Timeout: (*configs.Duration)(&o.Timeout), Port: &d.Port, SOCKS5: &d.SOCKS5, HTTPProxy: &d.HTTPProxy,
