@@ -578,7 +578,7 @@ func (s *Server) openRequest(w http.ResponseWriter, r *http.Request, v any, hdr 
 			return nil, aerr
 		}
 	}
-	clear, ok := s.boxes.open(s.priv, env.NodeKey, env.Sealed)
+	clear, ok := s.boxes.open(s.priv, env.NodeKey, env.Sealed, known)
 	if !ok {
 		if known {
 			if aerr := s.chargeSource(w, r); aerr != nil {

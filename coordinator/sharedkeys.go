@@ -72,13 +72,20 @@ func (c *sharedKeys) seal(priv key.MachinePrivate, nk key.NodePublic, cleartext 
 	return c.get(priv, nk).Seal(cleartext)
 }
 
-// open opens a box that nk sealed to priv. A key not cached yet is not
-// added here: anyone can make a node key and seal to the coordinator's
-// public key, so only answering a known node (seal, get) adds one.
-func (c *sharedKeys) open(priv key.MachinePrivate, nk key.NodePublic, sealed []byte) ([]byte, bool) {
+// open opens a box that nk sealed to priv. A key not cached yet is
+// added only with known (nk is a registered node, which the coordinator
+// answers, as get would add it) and if the box opens: anyone can make a
+// node key and seal to the coordinator's public key, so only a known
+// node's key is kept. Without it, every node's first request after a
+// restart cost two X25519, one here and one to seal the answer.
+func (c *sharedKeys) open(priv key.MachinePrivate, nk key.NodePublic, sealed []byte, known bool) ([]byte, bool) {
 	s, cached := c.lookup(nk)
 	if !cached {
 		s = priv.Shared(nk)
 	}
-	return s.Open(sealed)
+	clear, ok := s.Open(sealed)
+	if ok && !cached && known {
+		c.add(nk, s)
+	}
+	return clear, ok
 }

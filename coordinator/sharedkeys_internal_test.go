@@ -19,7 +19,7 @@ func TestSharedKeysBoxes(t *testing.T) {
 		if !ok || !bytes.Equal(got, msg) {
 			t.Fatalf("node opens the cache's box: %q, %v; want %q, true", got, ok, msg)
 		}
-		got, ok = c.open(machine, node.Public(), node.SealTo(machine.Public(), msg))
+		got, ok = c.open(machine, node.Public(), node.SealTo(machine.Public(), msg), true)
 		if !ok || !bytes.Equal(got, msg) {
 			t.Fatalf("cache opens the node's box: %q, %v; want %q, true", got, ok, msg)
 		}
@@ -33,22 +33,30 @@ func TestSharedKeysOpenFailsUncached(t *testing.T) {
 	var c sharedKeys
 	machine, node, other := key.NewMachine(), key.NewNode(), key.NewNode()
 	sealed := other.SealTo(machine.Public(), []byte("not from node"))
-	if got, ok := c.open(machine, node.Public(), sealed); ok {
+	if got, ok := c.open(machine, node.Public(), sealed, true); ok {
 		t.Fatalf("open of another node's box as node = %q, true; want false", got)
 	}
 	if _, ok := c.lookup(node.Public()); ok {
 		t.Error("a box that did not open left its key cached")
 	}
-	if _, ok := c.open(machine, other.Public(), sealed); !ok {
+	if _, ok := c.open(machine, other.Public(), sealed, false); !ok {
 		t.Fatal("open of other's box as other failed")
 	}
-	// Anyone can seal a box that opens: only answering the node adds it.
+	// Anyone can seal a box that opens: only answering the node, or
+	// opening a box of a node known to be registered, adds it.
 	if _, ok := c.lookup(other.Public()); ok {
 		t.Error("a box that merely opened left its key cached")
 	}
 	c.seal(machine, other.Public(), []byte("answer"))
 	if _, ok := c.lookup(other.Public()); !ok {
 		t.Error("answering the node left no key cached")
+	}
+	known := key.NewNode()
+	if _, ok := c.open(machine, known.Public(), known.SealTo(machine.Public(), []byte("from a known node")), true); !ok {
+		t.Fatal("open of a known node's box failed")
+	}
+	if _, ok := c.lookup(known.Public()); !ok {
+		t.Error("a known node's box that opened left no key cached")
 	}
 }
 
