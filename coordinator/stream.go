@@ -232,6 +232,7 @@ func (ms *streams) notifyLocked(networkID int64, k key.NodePublic) {
 		// Every stream of the network recomputes everything (delta); those
 		// of edges and of nodes that serve routes always do.
 		ms.fullVer[networkID] = ms.changeVer
+		ms.structVer.Store(ms.changeVer)
 	}
 	ms.wakeNetworkLocked(networkID)
 	s.notifyEdgesLocked(networkID, k)
@@ -708,6 +709,26 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		case <-ss.wake:
 		case <-netC:
 			netChanged = st.wake.at
+			if ms.structVer.Load() <= st.ver {
+				// Only peers came online or went offline since the last
+				// delta: in a burst of them, wait for onlineDelay before
+				// computing anything, instead of computing a delta under
+				// the server lock only to hold it (every stream wakes at
+				// each change of the network).
+				if due := lastDelta.Add(onlineDelay(st.open)); time.Now().Before(due) {
+					if heldMarked.IsZero() || netChanged.Before(heldMarked) {
+						heldMarked = netChanged
+					}
+					netChanged = time.Time{}
+					if heldTimer == nil {
+						heldTimer = time.NewTimer(time.Until(due))
+					} else {
+						heldTimer.Reset(time.Until(due))
+					}
+					heldC = heldTimer.C
+					continue
+				}
+			}
 		case <-heldC:
 			heldC = nil
 		}
@@ -771,7 +792,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 				continue
 			}
 		}
-		if len(held) > 0 {
+		if len(held) > 0 || !heldMarked.IsZero() {
 			mergeHeld(f, held)
 			if !heldMarked.IsZero() && (marked.IsZero() || heldMarked.Before(marked)) {
 				marked = heldMarked

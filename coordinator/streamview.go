@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"beam.dev/beam/types/key"
@@ -64,6 +65,12 @@ type streams struct {
 	// change after which every stream of it recomputes everything.
 	wakes   map[int64]*netWake
 	fullVer map[int64]uint64
+	// structVer is the change count of the last change that was not a
+	// node coming online or going offline alone (in any network): a
+	// stream woken by changes while none came after what it last sent
+	// knows without looking that they are online flips, which wait for
+	// onlineDelay. Written under Server.mu; read without it.
+	structVer atomic.Uint64
 }
 
 // netWake is closed at a network's next node change.
@@ -188,6 +195,12 @@ func (pv *peerView) binary() []byte {
 func (ms *streams) noteChangeLocked(k key.NodePublic) {
 	s := ms.core
 	ms.changeVer++
+	structural := true
+	defer func() {
+		if structural {
+			ms.structVer.Store(ms.changeVer)
+		}
+	}()
 	if len(ms.changes) >= max(minChangeLog, 2*len(s.nodes)) {
 		half := len(ms.changes) / 2
 		ms.changesBase += uint64(half)
@@ -219,6 +232,7 @@ func (ms *streams) noteChangeLocked(k key.NodePublic) {
 		ms.memberVer++
 	}
 	if old := ps.view; old != nil && nodeEqual(old.node, n) {
+		structural = !sameMembership(old, pv)
 		pv.changed = old.changed
 		if old.node.Online == n.Online {
 			pv.online = old.online
