@@ -340,8 +340,12 @@ func TestClientResumesAfterDeltas(t *testing.T) {
 	if got := peerKeys(after); !equalKeys(got, want) {
 		t.Fatalf("after the restart %d peers, want the %d before", len(got), len(want))
 	}
-	if read*3 > fullBytes {
-		t.Errorf("read %d bytes over the restart, the full map was %d; want a resumed map (less than a third)", read, fullBytes)
+	// A resumed map carries the DERP map, DNS and filter but no peer: about
+	// a third of the full map of 29 peers; a full map again would be as
+	// large as the first. (The first's count takes in the deltas read
+	// with it, fewer when online flips are batched: half is the bound.)
+	if read*2 > fullBytes {
+		t.Errorf("read %d bytes over the restart, the full map was %d; want a resumed map (less than half)", read, fullBytes)
 	}
 }
 
