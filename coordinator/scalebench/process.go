@@ -4,7 +4,11 @@
 // lightweight fake nodes in the calling process: each registers and
 // streams its map with coordclient over loopback HTTP (its backoff,
 // reconnects and map resume) and really opens every sealed frame it
-// receives, but runs no WireGuard. It reads each binary peer record for
+// receives, but runs no WireGuard. The blocks of peers that a full map
+// shares between nodes (wire.BlockedMapFrame) each node checks against
+// its sealed frame's hash, but the fleet opens each distinct block once
+// (coordclient.BlockCache), as the nodes on their own machines would
+// each open it once. It reads each binary peer record for
 // its key, revision and online flag alone (coordclient.RunScanned,
 // wire.ScanMapFrame) and keeps only what the measurement and map resume
 // need: per peer, its online state and the number of its revision, and
