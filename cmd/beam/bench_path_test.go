@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -596,35 +597,12 @@ func httpClient(addr string, conns int) *http.Client {
 func BenchmarkExposeHTTP(b *testing.B) {
 	const conns = 50
 	const round = 500 * time.Millisecond
-	c, httpPort := startDevServer(b)
-	alpha := c.device("alpha")
-	alpha.mustUp()
-	body := strings.Repeat("b", 64)
-	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, body) })}
-	aln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	go app.Serve(aln)
-	b.Cleanup(func() { app.Close() })
-	appPort := aln.Addr().(*net.TCPAddr).Port
-	url := strings.TrimSpace(c.mustBeam(alpha.args("expose", strconv.Itoa(appPort), "--bg")...))
-	if want := fmt.Sprintf("http://alpha.localhost:%d", httpPort); url != want {
-		b.Fatalf("beam expose printed %q, want %q", url, want)
-	}
+	x := newExposedApp(b)
+	url, httpPort, aln := x.url, x.httpPort, x.app
 	edge := httpClient("127.0.0.1:"+strconv.Itoa(httpPort), conns)
 	direct := httpClient(aln.Addr().String(), conns)
-	waitFor(b, 30*time.Second, "the app through the edge", func() bool {
-		resp, err := edge.Get(url + "/")
-		if err != nil {
-			return false
-		}
-		got, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		return resp.StatusCode == 200 && string(got) == body
-	})
-	pids := []int{daemonPID(b, alpha)}
-	server := c.coord.Process.Pid
+	pids := []int{x.daemonPID}
+	server := x.serverPID
 	httpLoad(b, edge, url+"/", conns, round)
 	httpLoad(b, direct, "http://"+aln.Addr().String()+"/", conns, round)
 	var ed, dd, dcpu, scpu time.Duration
@@ -649,6 +627,160 @@ func BenchmarkExposeHTTP(b *testing.B) {
 	for range 5 {
 		elat = httpLatencies(b, edge1, url+"/", round/5, elat)
 		dlat = httpLatencies(b, direct1, "http://"+aln.Addr().String()+"/", round/5, dlat)
+	}
+	e50, d50 := median(elat), median(dlat)
+	b.ReportMetric(float64(e50.Microseconds())/1000, "c1-p50-ms")
+	b.ReportMetric(float64(d50.Microseconds())/1000, "direct-c1-p50-ms")
+	b.ReportMetric(float64(e50)/float64(d50), "c1-p50-ratio")
+	rps, drps := float64(en)/ed.Seconds(), float64(dn)/dd.Seconds()
+	b.ReportMetric(rps, "req/s")
+	b.ReportMetric(drps, "direct-req/s")
+	b.ReportMetric(rps/drps, "ratio")
+	b.ReportMetric(float64(dcpu.Microseconds())/float64(en), "daemon-cpu-us/req")
+	b.ReportMetric(float64(scpu.Microseconds())/float64(en), "server-cpu-us/req")
+}
+
+// exposedApp is an HTTP app on host loopback that answers every request
+// with 64 bytes, published by `beam expose` on a daemon of `beam server
+// --dev`.
+type exposedApp struct {
+	url       string       // the public URL, http://alpha.localhost:PORT
+	httpPort  int          // the edge's HTTP port on 127.0.0.1
+	app       net.Listener // the app's own
+	body      string
+	daemonPID int
+	serverPID int
+}
+
+// newExposedApp starts the server, the daemon and the app, publishes the
+// app and waits until the edge reaches it.
+func newExposedApp(b *testing.B) *exposedApp {
+	c, httpPort := startDevServer(b)
+	alpha := c.device("alpha")
+	alpha.mustUp()
+	x := &exposedApp{httpPort: httpPort, body: strings.Repeat("b", 64), serverPID: c.coord.Process.Pid}
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, x.body) })}
+	aln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	go app.Serve(aln)
+	b.Cleanup(func() { app.Close() })
+	x.app = aln
+	appPort := aln.Addr().(*net.TCPAddr).Port
+	x.url = strings.TrimSpace(c.mustBeam(alpha.args("expose", strconv.Itoa(appPort), "--bg")...))
+	if want := fmt.Sprintf("http://alpha.localhost:%d", httpPort); x.url != want {
+		b.Fatalf("beam expose printed %q, want %q", x.url, want)
+	}
+	edge := httpClient("127.0.0.1:"+strconv.Itoa(httpPort), 1)
+	waitFor(b, 30*time.Second, "the app through the edge", func() bool {
+		resp, err := edge.Get(x.url + "/")
+		if err != nil {
+			return false
+		}
+		got, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == 200 && string(got) == x.body
+	})
+	x.daemonPID = daemonPID(b, alpha)
+	return x
+}
+
+// wrkResult is what one wrk run reports.
+type wrkResult struct {
+	requests int64
+	rps      float64
+	p50      time.Duration // with --latency only
+}
+
+var (
+	wrkRequests = regexp.MustCompile(`(?m)^\s*(\d+) requests in `)
+	wrkRPS      = regexp.MustCompile(`(?m)^Requests/sec:\s*([0-9.]+)`)
+	wrkP50      = regexp.MustCompile(`(?m)^\s*50%\s+([0-9.]+(?:us|ms|s))`)
+	wrkErrors   = regexp.MustCompile(`(?m)^\s*(Non-2xx or 3xx responses|Socket errors):.*$`)
+)
+
+// duration is how long wrk sent requests, by its own clock.
+func (r wrkResult) duration() time.Duration {
+	return time.Duration(float64(r.requests) / r.rps * float64(time.Second))
+}
+
+// runWrk runs wrk with conns connections (and as many threads, at most
+// 2) for d against url, sending host as the Host header if not empty.
+func runWrk(b *testing.B, url, host string, conns int, d time.Duration, latency bool) wrkResult {
+	b.Helper()
+	args := []string{"-t", strconv.Itoa(min(conns, 2)), "-c", strconv.Itoa(conns), "-d", d.String()}
+	if host != "" {
+		args = append(args, "-H", "Host: "+host)
+	}
+	if latency {
+		args = append(args, "--latency")
+	}
+	out, err := exec.Command("wrk", append(args, url)...).CombinedOutput()
+	if err != nil {
+		b.Fatalf("wrk %v: %v\n%s", args, err, out)
+	}
+	if m := wrkErrors.FindString(string(out)); m != "" {
+		b.Fatalf("wrk %s: %s\n%s", url, strings.TrimSpace(m), out)
+	}
+	var r wrkResult
+	m, m2 := wrkRequests.FindSubmatch(out), wrkRPS.FindSubmatch(out)
+	if m == nil || m2 == nil {
+		b.Fatalf("wrk printed no request count:\n%s", out)
+	}
+	r.requests, _ = strconv.ParseInt(string(m[1]), 10, 64)
+	r.rps, _ = strconv.ParseFloat(string(m2[1]), 64)
+	if latency {
+		m := wrkP50.FindSubmatch(out)
+		if m == nil {
+			b.Fatalf("wrk printed no median latency:\n%s", out)
+		}
+		if r.p50, err = time.ParseDuration(string(m[1])); err != nil {
+			b.Fatalf("wrk median %q: %v", m[1], err)
+		}
+	}
+	return r
+}
+
+// BenchmarkExposeHTTPWrk is BenchmarkExposeHTTP driven by wrk, as the
+// edge is measured against other tunnels: each iteration is a timed
+// second of wrk with 50 connections through the edge, then an untimed
+// second on the app directly. Then, untimed, it takes the median latency
+// of wrk with one connection (c1-p50-ms), edge and direct taking turns in
+// five rounds, and reports the median of the rounds' medians and its
+// ratio to direct. wrk is needed (.ci/run installs it).
+func BenchmarkExposeHTTPWrk(b *testing.B) {
+	if _, err := exec.LookPath("wrk"); err != nil {
+		b.Fatalf("wrk is needed: %v", err)
+	}
+	const round = time.Second
+	x := newExposedApp(b)
+	edgeURL := "http://127.0.0.1:" + strconv.Itoa(x.httpPort) + "/"
+	host := strings.TrimPrefix(x.url, "http://")
+	directURL := "http://" + x.app.Addr().String() + "/"
+	runWrk(b, edgeURL, host, 50, round, false)
+	runWrk(b, directURL, "", 50, round, false)
+	var ed, dd, dcpu, scpu time.Duration
+	var en, dn int64
+	b.ResetTimer()
+	for b.Loop() {
+		d0, s0 := procCPU(b, x.daemonPID), procCPU(b, x.serverPID)
+		r := runWrk(b, edgeURL, host, 50, round, false)
+		dcpu += procCPU(b, x.daemonPID) - d0
+		scpu += procCPU(b, x.serverPID) - s0
+		en += r.requests
+		ed += r.duration()
+		b.StopTimer()
+		r = runWrk(b, directURL, "", 50, round, false)
+		dn += r.requests
+		dd += r.duration()
+		b.StartTimer()
+	}
+	b.StopTimer()
+	var elat, dlat []time.Duration
+	for range 5 {
+		elat = append(elat, runWrk(b, edgeURL, host, 1, round, true).p50)
+		dlat = append(dlat, runWrk(b, directURL, "", 1, round, true).p50)
 	}
 	e50, d50 := median(elat), median(dlat)
 	b.ReportMetric(float64(e50.Microseconds())/1000, "c1-p50-ms")
