@@ -69,22 +69,25 @@ func TestScaleTwoSmoke(t *testing.T) {
 //	fleet-change-cpu-s the fake nodes' CPU seconds per change
 //
 // There is no restart figure: the fake nodes know one coordinator each.
-// Measured on 2 cores shared with other builds and tests, against
-// BenchmarkCoordinatorScale on SQLite in the same hour:
+// Measured on 2 cores shared with other builds and tests (load average
+// 20-30), the "one" rows BenchmarkCoordinatorScale on SQLite earlier:
 //
-//	             fullmap-s  change-s  cross-change-s  cpu-s A+B     rss-MB A, B  B/node/change  fleet-cpu-s
-//	1,000 two        7.4      0.140       0.162        2.2+2.3        79, 79         264            1.9
-//	1,000 one        0.78     0.109         -          1.9            146            272            1.3
-//	5,000 two      145.6      1.319       0.749       31.1+31.0      376, 372        263           27.0
-//	5,000 one       56.9      0.388         -         35.1            417            264           22.1
-//	10,000 two     935.7      1.376       1.680      152.7+151.0     512, 660        263          115.1
-//	10,000 one     304.4      0.725         -        170.5            824            263           94.3
+//	             fullmap-s  change-s  cross-change-s  cross-first-s  cpu-s A+B    rss-MB A, B  B/node/change  fleet-cpu-s
+//	1,000 two       13.3      0.144       0.146          0.088       1.8+1.9        76, 77         264            1.9
+//	1,000 one        0.78     0.109         -              -         1.9            146            272            1.3
+//	5,000 two       94.9      0.531       0.565          0.107      20.7+20.4      236, 234        263           23.9
+//	5,000 one       56.9      0.388         -              -        35.1            417            264           22.1
+//	10,000 two     217.1      1.001       1.101          0.184      70.5+69.0      459, 457        263           77.3
+//	10,000 one     304.4      0.725         -              -       170.5            824            263           94.3
 //
-// With two coordinators the full maps take far longer than their CPU:
-// over fullmap-s at 10,000 the two used 220 CPU-seconds and the fleet
-// less, in 936 s on 2 cores, with PostgreSQL idle. A change reaches the
-// nodes on B about as soon as those on A (each time includes
-// coordclient's 50 ms coalescing of endpoint updates).
+// (Before the listener took changes in batches: 7.4, 145.6 and 935.7
+// fullmap-s, 0.162, 0.749 and 1.680 cross-change-s.) The first node on
+// B has a change 10-110 ms after the first on A (each includes
+// coordclient's 50 ms coalescing of endpoint updates); the rest of
+// cross-change-s is the fan-out on both coordinators and the fake nodes'
+// reading, which at 10,000 cost 0.41 CPU-s of the coordinators and 0.36
+// of the fleet per change: on these loaded cores a change's time is
+// mostly waiting for a CPU.
 // The sizes come from BEAM_SCALE_NODES (default 1000), and the other
 // variables of BenchmarkCoordinatorScale apply. BEAM_SCALE_PROFILE_DIR
 // keeps the coordinators' CPU, mutex and block profiles and goroutine
