@@ -52,7 +52,7 @@ func (r *Resolver) LookupNetIP(ctx context.Context, host string) ([]netip.Addr, 
 	switch {
 	case s.names.get(fq) > 0:
 		local = fq
-	case s.inDomain(fq):
+	case s.inDomain(fq), s.underBase(fq):
 		return nil, fail(ErrNotFound)
 	case dns.CountLabel(fq) == 1:
 		for _, d := range s.search {

@@ -22,7 +22,17 @@ type Records struct {
 	// forwarded. Empty means the Resolver is authoritative for no domain.
 	Domain string
 
+	// BaseDomain is the parent of every network's domain ("beam.internal").
+	// Names under it that are not in Hosts or TXT get NXDOMAIN and are never
+	// forwarded (unless a Route under it covers them): another network's
+	// names, or names of peers this node may not see, must neither leak to
+	// an upstream nor be answered (shadowed) by one. Empty means none.
+	BaseDomain string
+
 	// SearchDomains are tried, after Domain, for single-label queries ("beta.").
+	// A single-label name none of them holds is forwarded like any other
+	// name, as Tailscale's MagicDNS does: it may be a LAN name ("printer")
+	// that only the upstream knows.
 	SearchDomains []string
 
 	// Hosts maps a lower-case FQDN without trailing dot
@@ -68,6 +78,7 @@ type route struct {
 // snapshot is the immutable, lookup-ready form of a Records value.
 type snapshot struct {
 	domain  string   // lower-case FQDN with trailing dot, or "" for none
+	base    string   // BaseDomain: lower-case FQDN with trailing dot, or "" for none
 	search  []string // Domain first, then SearchDomains; FQDNs, deduplicated
 	hosts   shardMap[string, []netip.Addr]
 	txt     map[string][]string
@@ -98,6 +109,9 @@ func newSnapshot(rec *Records, serial uint32) *snapshot {
 		s.domain = canonical(d)
 		s.search = append(s.search, s.domain)
 		ne.set(s.domain, 1)
+	}
+	if d := strings.Trim(rec.BaseDomain, "."); d != "" {
+		s.base = canonical(d)
 	}
 	for _, d := range rec.SearchDomains {
 		if d = strings.Trim(d, "."); d == "" {
@@ -270,6 +284,17 @@ func (s *snapshot) withHosts(hosts map[string][]netip.Addr, serial uint32) *snap
 // inDomain reports whether the canonical name fq is the domain or under it.
 func (s *snapshot) inDomain(fq string) bool {
 	return s.domain != "" && dns.IsSubDomain(s.domain, fq)
+}
+
+// underBase reports whether the canonical name fq is the base domain or
+// under it, and no route under the base domain covers it: a name
+// answered only locally.
+func (s *snapshot) underBase(fq string) bool {
+	if s.base == "" || !dns.IsSubDomain(s.base, fq) {
+		return false
+	}
+	rt, ok := s.routeFor(fq)
+	return !ok || !dns.IsSubDomain(s.base, rt.suffix)
 }
 
 // routeFor returns the longest route whose suffix covers the canonical name fq.

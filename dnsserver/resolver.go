@@ -352,6 +352,12 @@ func (s *snapshot) local(qname, name string, qtype uint16) *dns.Msg {
 	if s.inDomain(name) {
 		return s.nxdomain(s.soa)
 	}
+	if s.underBase(name) {
+		if s.domain != "" && dns.IsSubDomain(name, s.domain) {
+			return &dns.Msg{MsgHdr: dns.MsgHdr{Authoritative: true}} // an ancestor of the domain: NODATA
+		}
+		return s.nxdomain(nil)
+	}
 	if dns.CountLabel(name) == 1 {
 		for _, d := range s.search {
 			if fq := name + d; s.names.get(fq) > 0 {

@@ -390,6 +390,11 @@ func dnsRecords(nm *wire.NetMap, localNow time.Time, upstreams []netip.AddrPort)
 			}
 		}
 	}
+	// A network's domain is NETWORK.BASE (coordinator ensureNetwork):
+	// the rest of BASE, the other networks' names, is answered locally.
+	if _, base, ok := strings.Cut(rec.Domain, "."); ok && base != "" {
+		rec.BaseDomain = base
+	}
 	if rec.Domain != "" && len(rec.SearchDomains) == 0 {
 		rec.SearchDomains = []string{rec.Domain}
 	}
