@@ -3,6 +3,7 @@ package coordinator_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"path/filepath"
@@ -197,7 +198,7 @@ func (w *watcher) waitFor(what string, d time.Duration, cond func(*wire.NetMap) 
 		default:
 		}
 		if time.Now().After(deadline) {
-			w.t.Fatalf("timed out after %v waiting for %s; last netmap: %+v", d, what, w.nm)
+			w.t.Fatalf("timed out after %v waiting for %s; last netmap: %.4000s", d, what, fmt.Sprintf("%+v", w.nm))
 		}
 		w.cond.Wait()
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"beam.dev/beam/coordclient"
 	"beam.dev/beam/coordinator"
@@ -111,6 +112,10 @@ func TestEdgeRoutesPastOneFrame(t *testing.T) {
 	w1.waitFor("edge1 full map", wait, func(nm *wire.NetMap) bool { return nm.Self != nil })
 
 	const nodes, perNode, size = 4, 5, 250 << 10 // 5 MB of routes
+	// Every change sends an edge the whole 5 MB list again; under the
+	// race detector on a loaded 2-core machine one such map took 3.4 s,
+	// so these waits allow more than stream_test.go's wait.
+	const routesWait = 30 * time.Second
 	big := headers(size)
 	for i := range nodes {
 		n := newNode(t, c.URL)
@@ -137,16 +142,16 @@ func TestEdgeRoutesPastOneFrame(t *testing.T) {
 			return true
 		}
 	}
-	w1.waitFor("edge1 gets every route", wait, all(nodes*perNode))
+	w1.waitFor("edge1 gets every route", routesWait, all(nodes*perNode))
 
 	ed2 := newNode(t, c.URL)
 	ed2.register(t, ek, "edge2")
 	w2 := watch(t, ed2)
-	w2.waitFor("edge2 gets every route in its first map", wait, all(nodes*perNode))
+	w2.waitFor("edge2 gets every route in its first map", routesWait, all(nodes*perNode))
 
 	if err := c.Server.RemoveRoutes(context.Background(), "big0-0."+edgeDomain); err != nil {
 		t.Fatal(err)
 	}
-	w1.waitFor("edge1 sees the removal", wait, all(nodes*perNode-1))
-	w2.waitFor("edge2 sees the removal", wait, all(nodes*perNode-1))
+	w1.waitFor("edge1 sees the removal", routesWait, all(nodes*perNode-1))
+	w2.waitFor("edge2 sees the removal", routesWait, all(nodes*perNode-1))
 }
