@@ -3,6 +3,7 @@ package localapi
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -120,6 +121,16 @@ func (c *peerConn) Close() error {
 	err := c.Conn.Close()
 	c.once.Do(c.release)
 	return err
+}
+
+// CloseWrite half-closes the connection, as the unix socket under it
+// does: the dial handler ends a client's download with it, and without
+// it `beam nc` kept waiting after the far side had gone.
+func (c *peerConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("localapi: connection cannot half-close")
 }
 
 // refuse answers the request on c with 403 and why, then closes c, all
