@@ -74,6 +74,22 @@ func peerByName(st *apitype.Status, name string) *apitype.PeerStatus {
 	return nil
 }
 
+// waitPeerIP waits until d sees the peer name with an address, and
+// returns its first address.
+func waitPeerIP(t *testing.T, d *device, name string) string {
+	t.Helper()
+	var ip string
+	waitFor(t, 15*time.Second, d.name+" sees "+name, func() bool {
+		p := peerByName(d.status(), name)
+		if p == nil || len(p.IPs) == 0 {
+			return false
+		}
+		ip = p.IPs[0].String()
+		return true
+	})
+	return ip
+}
+
 // writeFile writes a test file and returns its path.
 func writeFile(t *testing.T, dir, name, body string) string {
 	t.Helper()

@@ -57,15 +57,7 @@ func TestMagicDNSBaseDomain(t *testing.T) {
 	alpha, beta := c.device("alpha"), c.device("beta")
 	alpha.mustUp("--authkey", key, "--dns-upstream", up, "--dns-listen", dnsAddr)
 	beta.mustUp("--authkey", key)
-	var betaIP string
-	waitFor(t, 15*time.Second, "alpha sees beta", func() bool {
-		p := peerByName(alpha.status(), "beta")
-		if p == nil || len(p.IPs) == 0 {
-			return false
-		}
-		betaIP = p.IPs[0].String()
-		return true
-	})
+	betaIP := waitPeerIP(t, alpha, "beta")
 	query := func(name string) *dns.Msg {
 		t.Helper()
 		cl := &dns.Client{Timeout: 10 * time.Second}

@@ -77,15 +77,7 @@ func TestProxyRebinding(t *testing.T) {
 		"--http-proxy", "127.0.0.1:"+strconv.Itoa(proxyPort),
 		"--dns-listen", "127.0.0.1:"+strconv.Itoa(dnsPort))
 	beta.mustUp("--authkey", key)
-	var betaIP string
-	waitFor(t, 15*time.Second, "alpha sees beta", func() bool {
-		p := peerByName(alpha.status(), "beta")
-		if p == nil || len(p.IPs) == 0 {
-			return false
-		}
-		betaIP = p.IPs[0].String()
-		return true
-	})
+	betaIP := waitPeerIP(t, alpha, "beta")
 	target.Store(betaIP)
 	proxyURL := "http://127.0.0.1:" + strconv.Itoa(proxyPort)
 	viaProxy := func(rawURL string, hdr map[string]string) (int, string) {
