@@ -23,19 +23,19 @@ import (
 	"io"
 	"net"
 	"sync"
+
+	"beam.dev/beam/internal/copybuf"
 )
 
-// Buffer sizes: small while reads come up short (idle or interactive
-// connections), large while they fill it (bulk).
+// largeSize is the buffer while reads fill it (bulk); while they come up
+// short (idle or interactive connections) a copy uses copybuf's pooled
+// 32 KiB buffers, the proxies' own.
 const (
-	smallSize = 32 << 10
+	smallSize = copybuf.Size
 	largeSize = 128 << 10
 )
 
-var (
-	small = sync.Pool{New: func() any { return new([smallSize]byte) }}
-	large = sync.Pool{New: func() any { return new([largeSize]byte) }}
-)
+var large = sync.Pool{New: func() any { return new([largeSize]byte) }}
 
 // Copy copies from src to dst until src ends (io.EOF, reported as nil)
 // or either side fails, and returns the bytes written. Unlike io.Copy it
@@ -48,8 +48,8 @@ func Copy(dst io.Writer, src io.Reader) (int64, error) {
 			return io.Copy(dst, src) // host to host: the kernel splices
 		}
 	}
-	sb := small.Get().(*[smallSize]byte)
-	defer small.Put(sb)
+	sb := copybuf.Pool.Get()
+	defer copybuf.Pool.Put(sb)
 	var lb *[largeSize]byte
 	defer func() {
 		if lb != nil {
@@ -58,7 +58,7 @@ func Copy(dst io.Writer, src io.Reader) (int64, error) {
 	}()
 	var total int64
 	for {
-		buf := sb[:]
+		buf := sb
 		if lb != nil {
 			buf = lb[:]
 		}
