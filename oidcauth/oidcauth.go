@@ -399,3 +399,6 @@ func (r *RP) VerifyIDToken(ctx context.Context, token string) (*Identity, error)
 	}
 	return r.identity(claims), nil
 }
+
+// RedirectURL is the callback URL the RP was configured with.
+func (r *RP) RedirectURL() string { return r.rp.OAuthConfig().RedirectURL }

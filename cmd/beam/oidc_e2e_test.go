@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,9 +61,24 @@ func signInAtProvider(t *testing.T, ctx context.Context, u oidctest.User) {
 	)
 }
 
+// confirmDevice presses the button of the page a device sign-in ends on
+// ("Add this device as EMAIL") after checking it names want, and waits
+// for the next page.
+func confirmDevice(t *testing.T, ctx context.Context, want string) {
+	t.Helper()
+	if title := read(t, ctx, "confirmation page", chromedp.Text(chromedp.ID("title"))); title != "Add this device?" {
+		body := read(t, ctx, "page", chromedp.Text("body"))
+		t.Fatalf("after signing in: page %q, want the confirmation\n%s", title, body)
+	}
+	if b := read(t, ctx, "confirm button", chromedp.Text(chromedp.ID("confirm"))); b != "Add this device as "+want {
+		t.Fatalf("confirm button says %q, want %q", b, "Add this device as "+want)
+	}
+	browse(t, ctx, "confirm the device", chromedp.Click(chromedp.ID("confirm")), chromedp.WaitNotPresent(chromedp.ID("confirm")), chromedp.WaitVisible(chromedp.ID("title")))
+}
+
 // TestOIDCDeviceSignIn: beam up without a key prints a URL; a person
-// opens it, sees the device, signs in at the provider, and the device
-// joins as their user, in the policy group their groups claim names,
+// opens it, sees the device, signs in at the provider, confirms, and the
+// device joins as their user, in the policy group their groups claim names,
 // with the login's key lifetime. Someone outside the allowed domain is
 // refused and their device keeps waiting.
 func TestOIDCDeviceSignIn(t *testing.T) {
@@ -87,6 +104,7 @@ func TestOIDCDeviceSignIn(t *testing.T) {
 	}
 	browse(t, ctx, "follow the sign-in link", chromedp.Click(chromedp.ID("signin")))
 	signInAtProvider(t, ctx, oidcAlice)
+	confirmDevice(t, ctx, oidcAlice.Email)
 	if title := read(t, ctx, "result", chromedp.Text(chromedp.ID("title"))); title != "Device added" {
 		body := read(t, ctx, "page", chromedp.Text("body"))
 		t.Fatalf("after signing in: page %q\n%s", title, body)
@@ -135,6 +153,7 @@ func TestOIDCDeviceSignIn(t *testing.T) {
 				go func() { done <- cmd.Wait() }()
 				browse(t, ctx, "sign in again", chromedp.Navigate(c.url+"/oidc/login/"+m[1]))
 				signInAtProvider(t, ctx, u)
+				confirmDevice(t, ctx, u.Email)
 				return read(t, ctx, "result", chromedp.Text("body")), done, out, cmd
 			}
 		}
@@ -221,6 +240,71 @@ func TestOIDCDeviceSignIn(t *testing.T) {
 	}
 	if !strings.Contains(audit, "console.login_failed") || !strings.Contains(audit, "oidc:eve@evil.test") {
 		t.Errorf("audit log lacks the refused console sign-in of eve:\n%s", audit)
+	}
+}
+
+// TestOIDCLinkDoesNotAddDevice: someone runs beam up without a key and
+// sends the sign-in link (/oidc/login/CODE) to a person whose browser
+// signs in at the provider without a question; the device keeps waiting
+// until that person presses the confirmation's button, which a page of
+// another origin cannot press for them.
+func TestOIDCLinkDoesNotAddDevice(t *testing.T) {
+	c, _ := oidcCluster(t)
+	evil := c.device("evil")
+	up, stdout, code := upAwaitingApproval(t, c, evil, "60s")
+	defer up.Process.Kill()
+	waited := make(chan error, 1)
+	go func() { waited <- up.Wait() }()
+
+	jar, _ := cookiejar.New(nil)
+	victim := &http.Client{Jar: jar, Timeout: 30 * time.Second}
+	resp, page, err := oidctest.Login(t.Context(), victim, c.url+"/oidc/login/"+code, oidcAlice.Email, oidcAlice.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || !strings.Contains(page, "Add this device as alice@example.com") || !strings.Contains(page, "evil") {
+		t.Fatalf("the link's sign-in ended with %d, want the confirmation page:\n%s", resp.StatusCode, page)
+	}
+	m := regexp.MustCompile(`name="token" value="([^"]+)"`).FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no confirmation form:\n%s", page)
+	}
+	post := func(origin string) int {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, c.url+"/oidc/confirm", strings.NewReader(url.Values{"token": {m[1]}}.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Origin", origin)
+		resp, err := victim.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := post("http://evil.test"); got != http.StatusForbidden {
+		t.Errorf("cross-origin confirmation: got %d, want 403", got)
+	}
+	select {
+	case err := <-waited:
+		t.Fatalf("beam up finished (%v, printed %q) without a confirmation", err, stdout.String())
+	case <-time.After(2 * time.Second):
+	}
+	if st := evil.status(); st.AuthCode == "" || (st.Self != nil && st.Self.User != "") {
+		t.Fatalf("after the link's sign-in the device is %s as %+v, want it still waiting", st.State, st.Self)
+	}
+	if got := post(c.url); got != http.StatusOK {
+		t.Fatalf("same-origin confirmation: got %d, want 200", got)
+	}
+	select {
+	case err := <-waited:
+		if err != nil {
+			t.Fatalf("beam up after the confirmation: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("beam up did not finish within 30 s of the confirmation")
+	}
+	if st := evil.status(); st.Self == nil || st.Self.User != "alice@example.com" {
+		t.Fatalf("after the confirmation the device is %+v, want alice's", st.Self)
 	}
 }
 

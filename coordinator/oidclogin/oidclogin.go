@@ -3,9 +3,17 @@
 // node that registers without an auth key is sent to /register/CODE,
 // which shows the device and a sign-in link (LoginPath); the provider
 // sends the browser back to CallbackPath, and once the ID token checks
-// out (see oidcauth) and the person is allowed, the pending registration
-// is approved as their user: created on first sign-in, named by their
-// email, with the policy groups their groups claim maps to.
+// out (see oidcauth) and the person is allowed, a page shows the device
+// again with a button "Add this device as EMAIL". Only that button's
+// POST to ConfirmPath (same origin, with the CSRF token of the page and
+// the cookie set with it) approves the pending registration as their
+// user: created then on first sign-in, named by their email, with the
+// policy groups their groups claim maps to.
+//
+// The sign-in alone never approves: a link to LoginPath can be sent to
+// anyone, and a browser with a session at the provider comes back
+// without a click. Without the confirmation, whoever started beam up
+// could have their device joined as the person who followed the link.
 //
 // The caller routes LoginPath and CallbackPath to the Login
 // (mux.Handle(oidclogin.Prefix, l)) and gives it as Options.Approver.
@@ -14,6 +22,10 @@ package oidclogin
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"html/template"
@@ -34,7 +46,19 @@ const (
 	Prefix       = "/oidc/"
 	LoginPath    = "/oidc/login/" // + approval code
 	CallbackPath = "/oidc/callback"
-	AdminPath    = "/oidc/admin" // ?next=/console/...
+	AdminPath    = "/oidc/admin"   // ?next=/console/...
+	ConfirmPath  = "/oidc/confirm" // POST token=...: add the device signed in for
+)
+
+// Bounds of the confirmations waiting for their button (a sign-in done,
+// the device not yet added).
+const (
+	confirmTTL  = 10 * time.Minute
+	maxConfirms = 1024
+	// confirmCookie + "_" + a hash of the token names the cookie that
+	// binds a confirmation to the browser that signed in.
+	confirmCookie = "beam_oidc_confirm"
+	maxFormBytes  = 4096
 )
 
 // Options configures a Login.
@@ -68,9 +92,22 @@ type Options struct {
 
 // Login is the sign-in Approver and the handler of the paths under Prefix.
 type Login struct {
-	opts   Options
-	coord  *coordinator.Server
-	logger *slog.Logger
+	opts    Options
+	coord   *coordinator.Server
+	logger  *slog.Logger
+	xorigin *http.CrossOriginProtection
+
+	mu       sync.Mutex          // guards the following field
+	confirms map[string]*confirm // by token (the page's CSRF token)
+}
+
+// confirm is a device sign-in waiting for its person to press "Add".
+type confirm struct {
+	id      oidcauth.Identity
+	name    string // the Beam user
+	device  wire.PendingRegistration
+	browser [32]byte // SHA-256 of the browser cookie's value
+	expires time.Time
 }
 
 var _ coordinator.Approver = (*Login)(nil)
@@ -83,7 +120,8 @@ func New(opts Options) (*Login, error) {
 	if opts.Allow.Empty() {
 		return nil, errors.New("oidclogin: Options.Allow must let someone join (allowed domains, emails or groups)")
 	}
-	l := &Login{opts: opts, coord: opts.Coordinator, logger: opts.Logger}
+	l := &Login{opts: opts, coord: opts.Coordinator, logger: opts.Logger,
+		xorigin: http.NewCrossOriginProtection(), confirms: map[string]*confirm{}}
 	if l.logger == nil {
 		l.logger = slog.New(slog.DiscardHandler)
 	}
@@ -97,7 +135,7 @@ var page = sync.OnceValue(func() *template.Template {
 <html lang="en"><head><meta charset="utf-8"><title>Beam: {{.Title}}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <style>body{font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;line-height:1.5}
-code{background:#f2f2f2;padding:0 .3em}a.button{display:inline-block;padding:.5em 1em;background:#1d4ed8;color:#fff;text-decoration:none;border-radius:4px}</style>
+code{background:#f2f2f2;padding:0 .3em}a.button,button{display:inline-block;padding:.5em 1em;background:#1d4ed8;color:#fff;text-decoration:none;border:0;border-radius:4px;font:inherit;cursor:pointer}</style>
 </head><body>
 <h1 id="title">{{.Title}}</h1>
 {{range .Lines}}<p>{{.}}</p>{{end}}
@@ -107,6 +145,8 @@ code{background:#f2f2f2;padding:0 .3em}a.button{display:inline-block;padding:.5e
 <tr><th align="left">Code</th><td id="code"><code>{{.Device.Code}}</code></td></tr>
 </table>{{end}}
 {{if .Link}}<p><a id="signin" class="button" href="{{.Link}}">{{.LinkText}}</a></p>{{end}}
+{{if .Confirm}}<form method="post" action="{{.Confirm.Action}}"><input type="hidden" name="token" value="{{.Confirm.Token}}">
+<p><button id="confirm" type="submit">{{.Confirm.Button}}</button></p></form>{{end}}
 {{range .After}}<p>{{.}}</p>{{end}}
 </body></html>`))
 })
@@ -116,13 +156,16 @@ type pageData struct {
 	Lines, After   []string
 	Device         *wire.PendingRegistration
 	Link, LinkText string
+	Confirm        *confirmForm
 }
+
+type confirmForm struct{ Action, Token, Button string }
 
 func render(w http.ResponseWriter, status int, d pageData) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
 	w.WriteHeader(status)
 	page().Execute(w, d)
 }
@@ -143,6 +186,13 @@ func (l *Login) ServeApproval(w http.ResponseWriter, r *http.Request, p wire.Pen
 
 func (l *Login) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
+	case r.URL.Path == ConfirmPath:
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
+		l.confirmDevice(w, r)
 	case r.Method != http.MethodGet && r.Method != http.MethodHead:
 		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 	case strings.HasPrefix(r.URL.Path, LoginPath):
@@ -183,7 +233,7 @@ func (l *Login) callback(w http.ResponseWriter, r *http.Request) {
 	}
 	switch kind, rest, _ := strings.Cut(data, ":"); kind {
 	case "device":
-		l.joinDevice(w, r, id, rest)
+		l.askDevice(w, r, id, rest)
 	case "console":
 		l.signInAdmin(w, r, id, rest)
 	default:
@@ -212,8 +262,10 @@ func (l *Login) policyGroups(groups []string) []string {
 	return out
 }
 
-func (l *Login) joinDevice(w http.ResponseWriter, r *http.Request, id *oidcauth.Identity, code string) {
-	ctx := r.Context()
+// askDevice answers a device sign-in: if the person may join devices,
+// it shows the device and a form that adds it as theirs (confirmDevice);
+// the sign-in itself approves nothing.
+func (l *Login) askDevice(w http.ResponseWriter, r *http.Request, id *oidcauth.Identity, code string) {
 	name, err := UserName(id)
 	if err != nil {
 		render(w, http.StatusForbidden, pageData{Title: "Not allowed", Lines: []string{err.Error() + "."}})
@@ -221,20 +273,125 @@ func (l *Login) joinDevice(w http.ResponseWriter, r *http.Request, id *oidcauth.
 	}
 	if !l.opts.Allow.Permits(id) {
 		l.logger.Info("oidc sign-in not allowed", "email", name, "sub", id.Subject)
-		l.coord.RecordAudit(ctx, "oidc:"+name, "oidc.refused", code, "sub="+id.Subject+" not in the allowed domains, emails or groups")
+		l.coord.RecordAudit(r.Context(), "oidc:"+name, "oidc.refused", code, "sub="+id.Subject+" not in the allowed domains, emails or groups")
 		render(w, http.StatusForbidden, pageData{Title: "Not allowed", Lines: []string{
 			name + " may not join devices to this network: the account is not in its allowed domains or email list.",
 			"Sign in with another account, or ask an admin.",
 		}})
 		return
 	}
-	if err := l.ensureUser(ctx, id, name); err != nil {
+	p := l.pending(code)
+	if p == nil {
+		render(w, http.StatusNotFound, pageData{Title: "No such device", Lines: []string{"No device is waiting with this code; it may have joined or expired. Run beam up on the device again."}})
+		return
+	}
+	token, browser := random(), random()
+	now := time.Now()
+	l.mu.Lock()
+	l.addConfirmLocked(token, &confirm{id: *id, name: name, device: *p, browser: sha256.Sum256([]byte(browser)), expires: now.Add(confirmTTL)}, now)
+	l.mu.Unlock()
+	http.SetCookie(w, &http.Cookie{
+		Name: confirmCookieName(token), Value: browser, Path: ConfirmPath, MaxAge: int(confirmTTL / time.Second),
+		HttpOnly: true, Secure: r.TLS != nil || strings.HasPrefix(l.opts.RP.RedirectURL(), "https://"), SameSite: http.SameSiteLaxMode,
+	})
+	render(w, http.StatusOK, pageData{
+		Title: "Add this device?",
+		Lines: []string{
+			"Signed in as " + name + ".",
+			"Only add this device if you started it yourself (beam up) just now and it printed this code. If someone sent you a link, do not continue: the device would join the network as yours.",
+		},
+		Device:  p,
+		Confirm: &confirmForm{Action: ConfirmPath, Token: token, Button: "Add this device as " + name},
+	})
+}
+
+// addConfirmLocked keeps c under token, dropping expired confirmations
+// and, at maxConfirms, the one that expires first. l.mu held.
+func (l *Login) addConfirmLocked(token string, c *confirm, now time.Time) {
+	if len(l.confirms) >= maxConfirms {
+		var oldest string
+		for k, o := range l.confirms {
+			if !now.Before(o.expires) {
+				delete(l.confirms, k)
+			} else if oldest == "" || o.expires.Before(l.confirms[oldest].expires) {
+				oldest = k
+			}
+		}
+		if len(l.confirms) >= maxConfirms {
+			delete(l.confirms, oldest)
+		}
+	}
+	l.confirms[token] = c
+}
+
+func random() string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func confirmCookieName(token string) string {
+	h := sha256.Sum256([]byte(token))
+	return confirmCookie + "_" + base64.RawURLEncoding.EncodeToString(h[:9])
+}
+
+// confirmDevice handles the POST of askDevice's form: from this origin,
+// with a token that askDevice issued and the cookie it set in the same
+// browser. Then it adds the device as the signed-in person's.
+func (l *Login) confirmDevice(w http.ResponseWriter, r *http.Request) {
+	if err := l.xorigin.Check(r); err != nil {
+		l.logger.Warn("cross-origin device confirmation refused", "remote", r.RemoteAddr, "origin", r.Header.Get("Origin"), "sec_fetch_site", r.Header.Get("Sec-Fetch-Site"))
+		render(w, http.StatusForbidden, pageData{Title: "Refused", Lines: []string{"Cross-origin request refused."}})
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+	if err := r.ParseForm(); err != nil {
+		render(w, http.StatusBadRequest, pageData{Title: "Refused", Lines: []string{"Malformed form."}})
+		return
+	}
+	token := r.PostForm.Get("token")
+	var cookie string
+	if token != "" {
+		if ck, err := r.Cookie(confirmCookieName(token)); err == nil {
+			cookie = ck.Value
+		}
+	}
+	now := time.Now()
+	l.mu.Lock()
+	c := l.confirms[token]
+	ok := c != nil && cookie != "" && now.Before(c.expires) && subtle.ConstantTimeCompare(c.browser[:], hashOf(cookie)) == 1
+	if ok {
+		delete(l.confirms, token) // good once
+	}
+	l.mu.Unlock()
+	if !ok {
+		l.logger.Warn("device confirmation without a valid token and cookie refused", "remote", r.RemoteAddr)
+		render(w, http.StatusForbidden, pageData{Title: "Refused", Lines: []string{"This confirmation is unknown, used, expired or from another browser. Open the device's sign-in URL again."}})
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: confirmCookieName(token), Value: "", Path: ConfirmPath, MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteLaxMode})
+	l.joinDevice(w, r, c)
+}
+
+func hashOf(s string) []byte {
+	h := sha256.Sum256([]byte(s))
+	return h[:]
+}
+
+// joinDevice approves the device of c as c's person.
+func (l *Login) joinDevice(w http.ResponseWriter, r *http.Request, c *confirm) {
+	ctx := r.Context()
+	name, code := c.name, c.device.Code
+	if p := l.pending(code); p == nil || p.NodeKey != c.device.NodeKey {
+		render(w, http.StatusConflict, pageData{Title: "Device not added", Lines: []string{"No device is waiting with this code any more; it may have joined or expired. Run beam up on the device again."}})
+		return
+	}
+	if err := l.ensureUser(ctx, &c.id, name); err != nil {
 		l.logger.Warn("oidc user", "email", name, "err", err)
 		render(w, http.StatusForbidden, pageData{Title: "Not allowed", Lines: []string{err.Error()}})
 		return
 	}
-	p := l.pending(code)
-	err = l.coord.ApproveRegistration(ctx, code, coordinator.Approval{User: name, Actor: "oidc:" + name, NodeKeyExpiry: l.opts.NodeKeyExpiry})
+	err := l.coord.ApproveRegistration(ctx, code, coordinator.Approval{User: name, Actor: "oidc:" + name, NodeKeyExpiry: l.opts.NodeKeyExpiry})
 	if err != nil {
 		status := http.StatusInternalServerError
 		if errors.Is(err, coordinator.ErrNotFound) || errors.Is(err, coordinator.ErrConflict) {
@@ -243,12 +400,8 @@ func (l *Login) joinDevice(w http.ResponseWriter, r *http.Request, id *oidcauth.
 		render(w, status, pageData{Title: "Device not added", Lines: []string{strings.TrimPrefix(err.Error(), "coordinator: ")}})
 		return
 	}
-	host := code
-	if p != nil {
-		host = p.Hostname
-	}
 	render(w, http.StatusOK, pageData{Title: "Device added", Lines: []string{
-		"Signed in as " + name + ". The device " + host + " joins the network as yours.",
+		"Signed in as " + name + ". The device " + c.device.Hostname + " joins the network as yours.",
 		"You can close this tab.",
 	}})
 }

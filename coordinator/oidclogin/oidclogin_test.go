@@ -6,7 +6,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/cookiejar"
+	"net/url"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -114,23 +116,72 @@ func (e *env) startJoin(t *testing.T, host string) (string, chan *wire.RegisterR
 	return "", nil
 }
 
+// browser is an HTTP client with a cookie jar.
+func browser() *http.Client {
+	jar, _ := cookiejar.New(nil)
+	return &http.Client{Jar: jar}
+}
+
+var tokenRE = regexp.MustCompile(`name="token" value="([^"]+)"`)
+
+// confirmToken returns the token of the confirmation form in page.
+func confirmToken(t *testing.T, page string) string {
+	t.Helper()
+	m := tokenRE.FindStringSubmatch(page)
+	if m == nil {
+		t.Fatalf("no confirmation form on the page:\n%s", page)
+	}
+	return m[1]
+}
+
+// post sends the confirmation form with token from c, with extra headers.
+func (e *env) post(t *testing.T, c *http.Client, token string, hdr ...string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, e.base+oidclogin.ConfirmPath, strings.NewReader(url.Values{"token": {token}}.Encode()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// signIn signs in as u in c for the device of code and returns the page
+// the sign-in ends on.
+func (e *env) signIn(t *testing.T, c *http.Client, code string, u oidctest.User) (int, string) {
+	t.Helper()
+	resp, body, err := oidctest.Login(t.Context(), c, e.base+oidclogin.LoginPath+code, u.Email, u.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, body
+}
+
 func TestDeviceJoinsAsSignedInUser(t *testing.T) {
 	e := newEnv(t, 48*time.Hour)
 	authURL, done := e.startJoin(t, "laptop")
-	jar, _ := cookiejar.New(nil)
-	c := &http.Client{Jar: jar}
+	c := browser()
 	resp, err := c.Get(authURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
 	code := authURL[strings.LastIndex(authURL, "/")+1:]
-	resp, body, err := oidctest.Login(t.Context(), c, e.base+oidclogin.LoginPath+code, alice.Email, alice.Password)
-	if err != nil {
-		t.Fatal(err)
+	status, body := e.signIn(t, c, code, alice)
+	if status != 200 || !strings.Contains(body, "Add this device as alice@example.com") || !strings.Contains(body, "laptop") {
+		t.Fatalf("after sign-in: %d\n%s", status, body)
 	}
-	if resp.StatusCode != 200 || !strings.Contains(body, "Signed in as alice@example.com. The device laptop joins") {
-		t.Fatalf("after sign-in: %d\n%s", resp.StatusCode, body)
+	status, body = e.post(t, c, confirmToken(t, body))
+	if status != 200 || !strings.Contains(body, "Signed in as alice@example.com. The device laptop joins") {
+		t.Fatalf("after confirming: %d\n%s", status, body)
 	}
 	var r *wire.RegisterResponse
 	select {
@@ -219,11 +270,13 @@ func TestEmailReusedByAnotherAccountRefused(t *testing.T) {
 	signIn := func(u oidctest.User) (int, string, chan *wire.RegisterResponse) {
 		authURL, done := e.startJoin(t, "dev-"+u.Subject)
 		code := authURL[strings.LastIndex(authURL, "/")+1:]
-		resp, body, err := oidctest.Login(t.Context(), nil, e.base+oidclogin.LoginPath+code, u.Email, u.Password)
-		if err != nil {
-			t.Fatal(err)
+		c := browser()
+		status, body := e.signIn(t, c, code, u)
+		if status != 200 {
+			t.Fatalf("%s: sign-in: %d %s", u.Subject, status, body)
 		}
-		return resp.StatusCode, body, done
+		status, body = e.post(t, c, confirmToken(t, body))
+		return status, body, done
 	}
 	if code, body, _ := signIn(alice); code != 200 {
 		t.Fatalf("alice: %d %s", code, body)
@@ -236,5 +289,79 @@ func TestEmailReusedByAnotherAccountRefused(t *testing.T) {
 	case r := <-done:
 		t.Fatalf("the impostor's device registered: %+v", r)
 	default:
+	}
+}
+
+// TestSignInAloneDoesNotApprove: someone who started beam up sends a
+// person the link to LoginPath; the person's browser signs in (a session
+// at the provider needs no click) and comes back, and the device still
+// waits. Only the confirmation form's POST, from this origin, with its
+// token and the cookie of the browser that signed in, adds it; a forged
+// or replayed POST does not.
+func TestSignInAloneDoesNotApprove(t *testing.T) {
+	e := newEnv(t, 0)
+	authURL, done := e.startJoin(t, "evil")
+	code := authURL[strings.LastIndex(authURL, "/")+1:]
+	victim := browser()
+	status, page := e.signIn(t, victim, code, alice)
+	if status != 200 || !strings.Contains(page, "Add this device as alice@example.com") || !strings.Contains(page, "evil") || !strings.Contains(page, code) {
+		t.Fatalf("after the sign-in: %d, want 200 and a page asking to add evil (%s):\n%s", status, code, page)
+	}
+	stillWaiting := func(when string) {
+		t.Helper()
+		select {
+		case r := <-done:
+			t.Fatalf("%s: the device registered: %+v", when, r)
+		case <-time.After(100 * time.Millisecond):
+		}
+		if n := len(e.coord.PendingRegistrations()); n != 1 {
+			t.Fatalf("%s: %d pending registrations, want the device still waiting", when, n)
+		}
+	}
+	stillWaiting("after the sign-in")
+	token := confirmToken(t, page)
+
+	// The attacker's page cannot post the form: not with the person's
+	// cookie and the token (cross-origin), nor without them.
+	for _, tc := range []struct {
+		name   string
+		c      *http.Client
+		token  string
+		header []string
+	}{
+		{"cross-origin, Sec-Fetch-Site", victim, token, []string{"Sec-Fetch-Site", "cross-site"}},
+		{"cross-origin, Origin", victim, token, []string{"Origin", "http://evil.test"}},
+		{"without the cookie", browser(), token, nil},
+		{"without the token", victim, "", nil},
+		{"with another token", victim, strings.Repeat("A", len(token)), nil},
+	} {
+		if status, body := e.post(t, tc.c, tc.token, tc.header...); status != http.StatusForbidden {
+			t.Errorf("%s: got %d, want 403:\n%s", tc.name, status, body)
+		}
+	}
+	if resp, err := victim.Get(e.base + oidclogin.ConfirmPath + "?token=" + url.QueryEscape(token)); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != http.StatusMethodNotAllowed {
+		t.Errorf("GET of the confirmation: got %d, want 405", resp.StatusCode)
+	}
+	stillWaiting("after forged confirmations")
+	if users, _ := e.coord.Users(t.Context()); len(users) != 0 {
+		t.Errorf("users %v before any confirmation, want none", users)
+	}
+
+	status, body := e.post(t, victim, token, "Origin", e.base, "Sec-Fetch-Site", "same-origin")
+	if status != 200 || !strings.Contains(body, "Device added") {
+		t.Fatalf("the confirmation: %d\n%s", status, body)
+	}
+	select {
+	case r := <-done:
+		if r.Node == nil || r.Node.User != "alice@example.com" {
+			t.Fatalf("registered node: %+v, want user alice@example.com", r)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("node not registered 30s after the confirmation")
+	}
+	if status, body := e.post(t, victim, token); status != http.StatusForbidden {
+		t.Errorf("the confirmation again: got %d, want 403:\n%s", status, body)
 	}
 }
