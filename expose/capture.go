@@ -78,7 +78,10 @@ type Exchange struct {
 	// parsed from on first use (see parsed): the relay only copies the
 	// bytes, and an exchange nobody opens is never parsed.
 	parse sync.Once
-	raw   *rawCapture
+	raw   *rawCapture // &rawLine until parsed
+	// rawLine holds raw, so that recording an exchange allocates it
+	// with the Exchange.
+	rawLine rawCapture
 }
 
 // rawCapture is a finished capture's bytes, waiting to be parsed.
@@ -95,11 +98,11 @@ type rawCapture struct {
 // those fields.
 func (x *Exchange) parsed() *Exchange {
 	x.parse.Do(func() {
-		c := x.raw
-		if c == nil {
+		if x.raw == nil {
 			return
 		}
-		x.raw = nil
+		c := *x.raw
+		x.raw, x.rawLine = nil, rawCapture{}
 		req, m := parseRequest(c.req, c.reqHead, c.reqTotal, c.limit)
 		x.Request = m
 		if len(c.resp) > 0 {
@@ -156,6 +159,18 @@ func (c *capBuf) snapshot() ([]byte, int64) {
 	return bytes.Clone(c.b), c.total
 }
 
+// take is snapshot for the capture's last reader: it hands over the
+// bytes kept instead of copying them, and keeps no more (a request body
+// that is still arriving after its response is only counted, as a copy
+// would not have had it either).
+func (c *capBuf) take() ([]byte, int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := c.b
+	c.b, c.limit = nil, 0
+	return b, c.total
+}
+
 // capture is the raw bytes of one relayed exchange as they went through.
 type capture struct {
 	req, resp capBuf
@@ -166,11 +181,12 @@ type capture struct {
 	limit     int // the body limit
 }
 
-// newCapture returns a capture of bodies up to limit bytes. It keeps a
-// little more of the raw stream, for the framing of chunked bodies.
-func newCapture(limit int) *capture {
+// init makes c a capture of bodies up to limit bytes. It keeps a little
+// more of the raw stream, for the framing of chunked bodies.
+func (c *capture) init(limit int) {
 	raw := limit + limit/16 + 4096
-	return &capture{req: capBuf{limit: raw}, resp: capBuf{limit: raw}, by: ByApp, limit: limit}
+	c.req.limit, c.resp.limit = raw, raw
+	c.by, c.limit = ByApp, limit
 }
 
 // readBody reads at most limit bytes of a body parsed from a capture
@@ -223,10 +239,20 @@ type store struct {
 	seq     uint64
 	list    []*Exchange // oldest first
 	bytes   int
-	changed chan struct{} // closed and replaced at each add
+	changed chan struct{} // closed and replaced at each change that someone may wait for
+	waited  bool          // since handed out changed
 }
 
 func newStore() *store { return &store{changed: make(chan struct{})} }
+
+// changedLocked tells the waiters for changes, if any, about one.
+func (s *store) changedLocked() {
+	if s.waited {
+		close(s.changed)
+		s.changed = make(chan struct{})
+		s.waited = false
+	}
+}
 
 // add assigns x its ID and keeps it.
 func (s *store) add(x *Exchange) {
@@ -243,8 +269,7 @@ func (s *store) add(x *Exchange) {
 		s.list[0] = nil
 		s.list = s.list[1:]
 	}
-	close(s.changed)
-	s.changed = make(chan struct{})
+	s.changedLocked()
 }
 
 func (x *Exchange) memSize() int {
@@ -278,8 +303,7 @@ func (s *store) replace(id string, x *Exchange) bool {
 			x.mem = x.memSize()
 			s.bytes += x.mem - old.mem
 			s.list[k] = x
-			close(s.changed)
-			s.changed = make(chan struct{})
+			s.changedLocked()
 			return true
 		}
 	}
@@ -314,6 +338,7 @@ func (s *store) since(seq uint64) ([]*Exchange, <-chan struct{}) {
 		}
 	}
 	changed := s.changed
+	s.waited = true
 	s.mu.Unlock()
 	// Parsing happens here, in the reader's goroutine, outside the lock
 	// the relay takes to add an exchange.
@@ -328,8 +353,7 @@ func (s *store) clear() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.list, s.bytes = nil, 0
-	close(s.changed)
-	s.changed = make(chan struct{})
+	s.changedLocked()
 }
 
 // errNotReplayable is returned for an exchange the inspector cannot send
@@ -348,9 +372,11 @@ func (c *capture) exchange(l apitype.RequestLog, dial func(context.Context) (net
 	if !c.respAt.IsZero() {
 		x.FirstByte = c.respAt.Sub(l.Time)
 	}
-	raw := &rawCapture{reqHead: c.reqHead, respHead: c.respHead, limit: c.limit, by: c.by}
-	raw.req, raw.reqTotal = c.req.snapshot()
-	raw.resp, raw.respTotal = c.resp.snapshot()
+	raw := &x.rawLine
+	*raw = rawCapture{reqHead: c.reqHead, respHead: c.respHead, limit: c.limit, by: c.by}
+	// The exchange is over: its bytes are handed over, not copied.
+	raw.req, raw.reqTotal = c.req.take()
+	raw.resp, raw.respTotal = c.resp.take()
 	if len(raw.resp) > 0 {
 		// As parseResponse counts a body: all that followed the heads.
 		x.Size = max(0, raw.respTotal-int64(raw.respHead))

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+
+	"beam.dev/beam/localapi/apitype"
 )
 
 // inspectorAddr is the address the tests' inspectors pretend to listen on.
@@ -716,5 +718,51 @@ func TestInspectorAccess(t *testing.T) {
 	other.ServeHTTP(w, r)
 	if w.Code != http.StatusUnauthorized {
 		t.Errorf("port 4040's cookie on port 4041: %d, want 401", w.Code)
+	}
+}
+
+// TestCaptureAllocs bounds what capturing a small exchange for the
+// inspector costs the relay: the exchange with its log line and capture,
+// one string for the log line's fields, the two captured messages, and
+// the recorded Exchange with its ID. The captured bytes are handed to the
+// record, not copied again.
+func TestCaptureAllocs(t *testing.T) {
+	rec := newStore()
+	x := &exposeRelay{
+		port:     3000,
+		capture:  func() int { return DefaultBodyLimit },
+		record:   rec.add,
+		watching: func() bool { return false },
+		publish:  func(apitype.RequestLog) {},
+	}
+	h := []byte("GET /path?q=1 HTTP/1.1\r\nHost: app.example.test\r\nX-Forwarded-For: 192.0.2.7\r\n\r\n")
+	resp := []byte("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+	rh, herr := parseRequestHead(h)
+	if herr != nil {
+		t.Fatal(herr)
+	}
+	exchange := func() {
+		ex := x.newExchange(h, &rh)
+		ex.cap.req.write(h)
+		ex.cap.respHead = len(resp) - 5
+		ex.cap.resp.grow(ex.cap.respHead)
+		ex.cap.resp.write(resp)
+		x.logDone(ex, http.StatusOK)
+	}
+	exchange()
+	got := testing.AllocsPerRun(100, exchange)
+	if got > 6 {
+		t.Errorf("capturing an exchange: %v allocations, want at most 6", got)
+	}
+	xs, _ := rec.since(0)
+	last := xs[len(xs)-1]
+	if last.Method != "GET" || last.Path != "/path?q=1" || last.Host != "app.example.test" || last.Client != "192.0.2.7" {
+		t.Errorf("recorded %q %q %q %q, want GET /path?q=1 app.example.test 192.0.2.7", last.Method, last.Path, last.Host, last.Client)
+	}
+	if got := string(last.Response.Body); got != "hello" {
+		t.Errorf("captured response body %q, want hello", got)
+	}
+	if got := last.Request.Header.Get("X-Forwarded-For"); got != "192.0.2.7" {
+		t.Errorf("captured request header X-Forwarded-For %q, want 192.0.2.7", got)
 	}
 }

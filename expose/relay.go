@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -113,8 +114,54 @@ type exchange struct {
 	replay   bool                // the client may send it again: an idempotent method and no body
 	switched chan bool           // with kind.mayUpgrade: whether the response switched protocols
 	answered chan struct{}       // with kind.head: closed once the response went to the client
-	log      *apitype.RequestLog // nil unless someone watches the request log or inspects
-	cap      *capture            // nil unless someone inspects
+	log      *apitype.RequestLog // nil unless someone watches the request log or inspects; else &logLine
+	cap      *capture            // nil unless someone inspects; else &capLine
+
+	// logLine and capLine hold what log and cap point to, so that an
+	// inspected request costs no allocations of its own for them.
+	logLine apitype.RequestLog
+	capLine capture
+}
+
+// newExchange returns the exchange of a request with head h, parsed as
+// rh, capturing it if someone inspects and making its log line if
+// someone watches the request log or inspects.
+func (x *exposeRelay) newExchange(h []byte, rh *reqHead) *exchange {
+	ex := &exchange{kind: rh.kind(), replay: rh.framing == bodyNone && idempotent(rh.method)}
+	if ex.kind.mayUpgrade {
+		ex.switched = make(chan bool, 1)
+	}
+	if ex.kind.head {
+		ex.answered = make(chan struct{})
+	}
+	if limit := x.captureLimit(); limit > 0 {
+		ex.cap = &ex.capLine
+		ex.cap.init(limit)
+		ex.cap.reqHead = len(h)
+		ex.cap.req.grow(len(h))
+	}
+	if ex.cap != nil || x.watching() {
+		ex.log = &ex.logLine
+		// One string holds the four fields.
+		host, method, path, client := rh.host, rh.method, rh.target, firstAddr(rh.forwarded)
+		var b strings.Builder
+		b.Grow(len(host) + len(method) + len(path) + len(client))
+		b.Write(host)
+		b.Write(method)
+		b.Write(path)
+		b.Write(client)
+		s := b.String()
+		i, j, k := len(host), len(host)+len(method), len(host)+len(method)+len(path)
+		*ex.log = apitype.RequestLog{
+			Time:   time.Now(),
+			Host:   s[:i],
+			Method: s[i:j],
+			Path:   s[j:k],
+			Port:   x.port,
+			Client: s[k:],
+		}
+	}
+	return ex
 }
 
 func newRelayConn(x *exposeRelay, c net.Conn) *relayConn {
@@ -183,28 +230,7 @@ func (rc *relayConn) run(ctx context.Context) {
 			rc.refuse(herr)
 			return
 		}
-		ex := &exchange{kind: rh.kind(), replay: rh.framing == bodyNone && idempotent(rh.method)}
-		if ex.kind.mayUpgrade {
-			ex.switched = make(chan bool, 1)
-		}
-		if ex.kind.head {
-			ex.answered = make(chan struct{})
-		}
-		if limit := rc.x.captureLimit(); limit > 0 {
-			ex.cap = newCapture(limit)
-			ex.cap.reqHead = len(h)
-			ex.cap.req.grow(len(h))
-		}
-		if ex.cap != nil || rc.x.watching() {
-			ex.log = &apitype.RequestLog{
-				Time:   time.Now(),
-				Host:   string(rh.host),
-				Method: string(rh.method),
-				Path:   string(rh.target),
-				Port:   rc.x.port,
-				Client: string(firstAddr(rh.forwarded)),
-			}
-		}
+		ex := rc.x.newExchange(h, &rh)
 		counted := false
 		if rc.cr.w != nil {
 			// Whether the app closed its idle connection is decided
@@ -366,7 +392,7 @@ func (rc *relayConn) dialApp(ctx context.Context, h []byte, rh *reqHead, ex *exc
 		keep = false
 	}
 	ex.localAnswer(resp)
-	rc.logDone(ex, http.StatusBadGateway)
+	rc.x.logDone(ex, http.StatusBadGateway)
 	return false, keep
 }
 
@@ -590,7 +616,7 @@ func (rc *relayConn) respond() {
 			rc.or.tap = nil
 			ex.switched <- true
 			rc.or.copyAll()
-			rc.logDone(ex, rh.status)
+			rc.x.logDone(ex, rh.status)
 			return
 		}
 		if ex.switched != nil {
@@ -619,7 +645,7 @@ func (rc *relayConn) respond() {
 			err = ferr
 		}
 		rc.or.tap = nil
-		rc.logDone(ex, rh.status)
+		rc.x.logDone(ex, rh.status)
 		if err != nil || rh.framing == bodyUntilClose {
 			if err != nil {
 				rc.x.logger.Debug("expose relay: response body", "port", rc.x.port, "err", err)
@@ -700,7 +726,7 @@ func (rc *relayConn) appClosed(err error) (keep bool) {
 		"beam: the device's app "+reason+" as this request arrived, without answering. The request may have reached the app, so it was not sent again.\n", ex.kind.head, true)
 	rc.client.Write(resp)
 	ex.localAnswer(resp)
-	rc.logDone(ex, http.StatusBadGateway)
+	rc.x.logDone(ex, http.StatusBadGateway)
 	return false
 }
 
@@ -715,7 +741,7 @@ func (rc *relayConn) badGateway(ex *exchange, err error) {
 		"beam: the device's app sent a malformed response: "+err.Error()+"\n", ex.kind.head, true)
 	rc.client.Write(resp)
 	ex.localAnswer(resp)
-	rc.logDone(ex, http.StatusBadGateway)
+	rc.x.logDone(ex, http.StatusBadGateway)
 }
 
 // idempotent reports whether method is one RFC 9110 section 9.2.2 lets a
@@ -737,16 +763,16 @@ func appUnreachable(err error) string {
 
 // logDone publishes the request log line of a finished exchange, and
 // hands its capture, if any, to the inspector.
-func (rc *relayConn) logDone(ex *exchange, status int) {
+func (x *exposeRelay) logDone(ex *exchange, status int) {
 	if ex.log == nil {
 		return
 	}
 	l := *ex.log
 	l.Status = status
 	l.Duration = time.Since(l.Time)
-	rc.x.publish(l)
-	if ex.cap != nil && rc.x.record != nil {
-		rc.x.record(ex.cap.exchange(l, rc.x.dial))
+	x.publish(l)
+	if ex.cap != nil && x.record != nil {
+		x.record(ex.cap.exchange(l, x.dial))
 	}
 }
 
