@@ -90,7 +90,17 @@ type h1Conn struct {
 	scan    smuggleScanner
 	suspect atomic.Bool
 	gone    goneWatch
+	// ahead holds what a small read (see Read) took from Conn beyond
+	// what it returned, in the pooled buf; reads return it first.
+	ahead []byte
+	buf   *[readAheadSize]byte
 }
+
+// readAheadSize is the buffer of a small read: room for a request head
+// as clients send them.
+const readAheadSize = 4 << 10
+
+var readAheadBufs = sync.Pool{New: func() any { return new([readAheadSize]byte) }}
 
 // h1TLSConn is an h1Conn over TLS.
 type h1TLSConn struct {
@@ -98,15 +108,56 @@ type h1TLSConn struct {
 	tls *tls.Conn
 }
 
+// Read reads what a small read took ahead first. A small read is how
+// net/http watches the connection while a handler runs: it reads one
+// byte, and when a keep-alive client sends its next request as soon as
+// the response is in (wrk, benchmarks, browsers on a busy page), that
+// byte is the request's first, read in a system call of its own, and the
+// rest in another. Reading the whole head in the first spares the
+// second.
 func (c *h1Conn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
-	if n > 0 && c.scan.feed(p[:n]) {
-		c.suspect.Store(true)
+	var n int
+	var err error
+	switch {
+	case len(c.ahead) > 0:
+		n = copy(p, c.ahead)
+		c.ahead = c.ahead[n:]
+		if len(c.ahead) == 0 {
+			c.releaseAhead()
+		}
+		// The bytes were scanned when they were read.
+		return n, nil
+	case len(p) > 0 && len(p) < 64:
+		if c.buf == nil {
+			c.buf = readAheadBufs.Get().(*[readAheadSize]byte)
+		}
+		var m int
+		m, err = c.Conn.Read(c.buf[:])
+		if m > 0 && c.scan.feed(c.buf[:m]) {
+			c.suspect.Store(true)
+		}
+		n = copy(p, c.buf[:m])
+		if c.ahead = c.buf[n:m]; len(c.ahead) == 0 {
+			c.releaseAhead()
+		}
+	default:
+		n, err = c.Conn.Read(p)
+		if n > 0 && c.scan.feed(p[:n]) {
+			c.suspect.Store(true)
+		}
 	}
 	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
 		c.gone.readFailed()
 	}
 	return n, err
+}
+
+// releaseAhead returns the read-ahead buffer to its pool.
+func (c *h1Conn) releaseAhead() {
+	if c.buf != nil {
+		readAheadBufs.Put(c.buf)
+		c.buf, c.ahead = nil, nil
+	}
 }
 
 // goneWatch closes the device connection that a request of a client
