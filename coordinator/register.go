@@ -3,7 +3,9 @@ package coordinator
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"net/netip"
@@ -78,6 +80,11 @@ type registry struct {
 		next       netip.Addr
 	}
 
+	// clashes reads the nodes a new node clashed with in the store
+	// (learnClashRegLocked); nil when this coordinator is the store's
+	// only user.
+	clashes ClashReader
+
 	pending pendingRegs
 	// shared keeps the pending registrations where the other
 	// coordinators on the store find them (approveshare.go); nil when
@@ -109,9 +116,12 @@ func newRegistry(core *Server, opts Options) *registry {
 	rg.pending.byCode = make(map[string]*pendingReg)
 	rg.pending.byKey = make(map[key.NodePublic]*pendingReg)
 	rg.pending.bySource = make(map[netip.Addr]int)
-	if as, ok := opts.Store.(ApprovalStore); ok {
-		if nf, ok := opts.Store.(NodeFeed); ok && nf.SharedNodes() {
+	if nf, ok := opts.Store.(NodeFeed); ok && nf.SharedNodes() {
+		if as, ok := opts.Store.(ApprovalStore); ok {
 			rg.shared = as
+		}
+		if cr, ok := opts.Store.(ClashReader); ok {
+			rg.clashes = cr
 		}
 	}
 	return rg
@@ -146,6 +156,28 @@ func (rg *registry) useIPv4(addrs []netip.Prefix, start bool) {
 			}
 		}
 	}
+}
+
+// jumpIPv4 moves the allocation to a random address of the range. Two
+// coordinators registering at once on one store pick the same next free
+// address, and one of them loses each round (learning the other's node
+// only then); once one of them allocates elsewhere, they stop racing.
+func (rg *registry) jumpIPv4() {
+	first, last := addrUint32(firstIPv4), addrUint32(lastIPv4)
+	rg.addrs.Lock()
+	defer rg.addrs.Unlock()
+	rg.addrs.next = addrFromUint32(first + rand.Uint32N(last-first+1))
+}
+
+func addrUint32(a netip.Addr) uint32 {
+	b := a.As4()
+	return binary.BigEndian.Uint32(b[:])
+}
+
+func addrFromUint32(v uint32) netip.Addr {
+	var b [4]byte
+	binary.BigEndian.PutUint32(b[:], v)
+	return netip.AddrFrom4(b)
 }
 
 // releaseIPv4 frees the addresses of a removed node.
@@ -234,6 +266,18 @@ func (rg *registry) lookupAuthKey(ctx context.Context, secret string) (*AuthKey,
 		return nil, errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key %s was already used", ak.Prefix)
 	}
 	return ak, nil
+}
+
+// ClashReader is what a store shared by several coordinators adds for
+// registrations it refuses as conflicts. The coordinator finds it on
+// Options.Store by type assertion and uses it when the store is shared
+// (NodeFeed.SharedNodes); sqlstore's Store implements it.
+type ClashReader interface {
+	// NodesClashing returns the nodes that hold rec's node key, its
+	// name in its network, or either of its addresses, and the Presence
+	// of those among them that stream from a coordinator on another
+	// store (the others are absent).
+	NodesClashing(ctx context.Context, rec *NodeRecord) (recs []*NodeRecord, remote map[wire.NodeID]Presence, err error)
 }
 
 // registerAttempts bounds how often register tries again after the store
@@ -334,7 +378,7 @@ func (rg *registry) register(ctx context.Context, q *sealedRequest, req *wire.Re
 	}
 	defer rg.mu.Unlock()
 	for i := 1; ; i++ {
-		resp, aerr := rg.registerOnce(ctx, q, req, loopback)
+		resp, clash, aerr := rg.registerOnce(ctx, q, req, loopback)
 		if aerr != errRegisterConflict {
 			return resp, aerr
 		}
@@ -348,15 +392,72 @@ func (rg *registry) register(ctx context.Context, q *sealedRequest, req *wire.Re
 			return nil, errRegisterTimeout()
 		case <-t.C:
 		}
-		if err := s.syncNodesRegLocked(ctx); err != nil {
+		if err := rg.learnClashRegLocked(ctx, clash); err != nil {
 			s.logger.Error("resync nodes after a registration conflict", "err", err)
 			return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 		}
 	}
 }
 
-// registerOnce is one attempt of register. rg.mu held.
-func (rg *registry) registerOnce(ctx context.Context, q *sealedRequest, req *wire.RegisterRequest, loopback bool) (*wire.RegisterResponse, *apiError) {
+// learnClashRegLocked brings into memory what the store refused the new
+// node rec for: the nodes that hold its key, name or addresses, which
+// other coordinators registered a moment ago (their notifications on the
+// way). When another took the address, the allocation moves elsewhere
+// (jumpIPv4). Without a ClashReader, or when it finds no such node (it
+// was removed meanwhile), every node is read again (syncNodesRegLocked).
+// rg.mu held.
+func (rg *registry) learnClashRegLocked(ctx context.Context, rec *NodeRecord) error {
+	s := rg.core
+	if rg.clashes == nil {
+		return s.syncNodesRegLocked(ctx)
+	}
+	found, err := rg.readClashesRegLocked(ctx, rec)
+	if err != nil {
+		return err
+	}
+	if !found {
+		return s.syncNodesRegLocked(ctx)
+	}
+	return nil
+}
+
+// readClashesRegLocked reads the nodes that clash with rec and applies
+// them to memory, reporting whether there were any. As in syncNodes it
+// holds persistMu from the read until memory has them. rg.mu held.
+func (rg *registry) readClashesRegLocked(ctx context.Context, rec *NodeRecord) (bool, error) {
+	s := rg.core
+	s.persistMu.Lock()
+	defer s.persistMu.Unlock()
+	recs, remote, err := rg.clashes.NodesClashing(ctx, rec)
+	if err != nil {
+		return false, fmt.Errorf("coordinator: read the nodes a registration clashed with: %w", err)
+	}
+	if len(recs) == 0 {
+		return false, nil
+	}
+	for _, r := range recs {
+		if _, err := s.networkByID(ctx, r.NetworkID); err != nil {
+			return false, err
+		}
+	}
+	addrTaken := false
+	s.mu.Lock()
+	for _, r := range recs {
+		s.applyRecordLocked(r, remote[r.Node.ID])
+		for _, p := range r.Node.Addresses {
+			addrTaken = addrTaken || slices.Contains(rec.Node.Addresses, p)
+		}
+	}
+	s.mu.Unlock()
+	if addrTaken {
+		rg.jumpIPv4()
+	}
+	return true, nil
+}
+
+// registerOnce is one attempt of register. With errRegisterConflict it
+// returns the new node the store refused (clash). rg.mu held.
+func (rg *registry) registerOnce(ctx context.Context, q *sealedRequest, req *wire.RegisterRequest, loopback bool) (_ *wire.RegisterResponse, clash *NodeRecord, _ *apiError) {
 	s := rg.core
 	see := func() *apiError { return s.seeRequest(ctx, q) }
 	now := s.now()
@@ -370,23 +471,23 @@ func (rg *registry) registerOnce(ctx context.Context, q *sealedRequest, req *wir
 
 	if req.Logout {
 		if existing == nil {
-			return nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
+			return nil, nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
 		}
 		if aerr := see(); aerr != nil {
-			return nil, aerr
+			return nil, nil, aerr
 		}
 		if err := s.removeNode(ctx, req.NodeKey, wire.CodeNodeRemoved, "node logged out"); err != nil {
-			return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
+			return nil, nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 		}
 		s.logger.Info("node logged out", "node", req.NodeKey.ShortString(), "name", existing.Node.Name)
 		s.audit(ctx, actorNode(existing.Node.Name), "node.logout", existing.Node.Name, "")
-		return &wire.RegisterResponse{}, nil
+		return &wire.RegisterResponse{}, nil, nil
 	}
 
 	if existing != nil {
 		if !existing.Node.Expired(now) && !req.Reauth {
 			if aerr := see(); aerr != nil {
-				return nil, aerr
+				return nil, nil, aerr
 			}
 			// Rejoin: same name and addresses, unless the node's hostname
 			// changed: then it asks for the name of its new hostname, and
@@ -416,9 +517,9 @@ func (rg *registry) registerOnce(ctx context.Context, q *sealedRequest, req *wir
 				}
 			})
 			if aerr != nil {
-				return nil, aerr
+				return nil, nil, aerr
 			}
-			return &wire.RegisterResponse{Node: n, NameChanged: nameTaken}, nil
+			return &wire.RegisterResponse{Node: n, NameChanged: nameTaken}, nil, nil
 		}
 		// In dev mode a node on loopback renews without a key, as it
 		// joined; anywhere else renewing takes an auth key.
@@ -428,16 +529,16 @@ func (rg *registry) registerOnce(ctx context.Context, q *sealedRequest, req *wir
 		case req.AuthKey != "":
 			var aerr *apiError
 			if ak, aerr = rg.lookupAuthKey(ctx, req.AuthKey); aerr != nil {
-				return nil, aerr
+				return nil, nil, aerr
 			}
 			if ak.NetworkID != existing.NetworkID {
-				return nil, errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key belongs to another network")
+				return nil, nil, errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key belongs to another network")
 			}
 			if ak.User != "" && existing.Node.User != "" && ak.User != existing.Node.User {
-				return nil, errorf(http.StatusForbidden, wire.CodeForbidden, "this node belongs to %s; authenticate it again as %s", existing.Node.User, existing.Node.User)
+				return nil, nil, errorf(http.StatusForbidden, wire.CodeForbidden, "this node belongs to %s; authenticate it again as %s", existing.Node.User, existing.Node.User)
 			}
 			if aerr := see(); aerr != nil {
-				return nil, aerr
+				return nil, nil, aerr
 			}
 			// The key's use and the new expiry are stored in one
 			// transaction before the node in memory changes: a
@@ -450,20 +551,20 @@ func (rg *registry) registerOnce(ctx context.Context, q *sealedRequest, req *wir
 			if err := s.store.RenewNode(ctx, &rec, now); err != nil {
 				switch {
 				case errors.Is(err, ErrAuthKeySpent):
-					return nil, rg.consumeError(err, ak)
+					return nil, nil, rg.consumeError(err, ak)
 				case errors.Is(err, ErrNotFound):
-					return nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
+					return nil, nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
 				}
 				s.logger.Error("renew node", "node", req.NodeKey.ShortString(), "err", err)
-				return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
+				return nil, nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 			}
 			renewed = &rec
 		case rg.devMode && loopback:
 			if aerr := see(); aerr != nil {
-				return nil, aerr
+				return nil, nil, aerr
 			}
 		default:
-			return nil, errorf(http.StatusForbidden, wire.CodeNodeExpired, "node key expired; register again with an auth key")
+			return nil, nil, errorf(http.StatusForbidden, wire.CodeNodeExpired, "node key expired; register again with an auth key")
 		}
 		n, aerr := s.updateSelf(ctx, req.NodeKey, func(n *NodeRecord) {
 			if renewed != nil {
@@ -486,7 +587,7 @@ func (rg *registry) registerOnce(ctx context.Context, q *sealedRequest, req *wir
 			s.mu.Unlock()
 		}
 		if aerr != nil {
-			return nil, aerr
+			return nil, nil, aerr
 		}
 		s.mu.Lock()
 		if e := s.nodes[req.NodeKey]; e != nil {
@@ -500,7 +601,7 @@ func (rg *registry) registerOnce(ctx context.Context, q *sealedRequest, req *wir
 		}
 		s.logger.Info("node re-authenticated", "node", req.NodeKey.ShortString(), "name", n.Name, "via", via)
 		s.audit(ctx, actorNode(n.Name), "node.reauth", n.Name, via)
-		return &wire.RegisterResponse{Node: n}, nil
+		return &wire.RegisterResponse{Node: n}, nil, nil
 	}
 
 	// A new node.
@@ -512,22 +613,22 @@ func (rg *registry) registerOnce(ctx context.Context, q *sealedRequest, req *wir
 	case req.AuthKey != "":
 		var aerr *apiError
 		if ak, aerr = rg.lookupAuthKey(ctx, req.AuthKey); aerr != nil {
-			return nil, aerr
+			return nil, nil, aerr
 		}
 		var err error
 		if network, err = s.networkByID(ctx, ak.NetworkID); err != nil {
 			s.logger.Error("look up network", "err", err)
-			return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
+			return nil, nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 		}
 		if network == nil {
-			return nil, errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key's network is gone")
+			return nil, nil, errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key's network is gone")
 		}
 	case rg.devMode && loopback:
 	default:
-		return nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered; joining needs an auth key")
+		return nil, nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered; joining needs an auth key")
 	}
 	if aerr := see(); aerr != nil {
-		return nil, aerr
+		return nil, nil, aerr
 	}
 
 	base := SanitizeLabel(req.Hostname)
@@ -536,7 +637,7 @@ func (rg *registry) registerOnce(ctx context.Context, q *sealedRequest, req *wir
 	v4, err := rg.allocIPv4()
 	s.mu.Unlock()
 	if err != nil {
-		return nil, errorf(http.StatusServiceUnavailable, wire.CodeUnavailable, "%v", err)
+		return nil, nil, errorf(http.StatusServiceUnavailable, wire.CodeUnavailable, "%v", err)
 	}
 	rec := &NodeRecord{
 		Node: wire.Node{
@@ -563,13 +664,13 @@ func (rg *registry) registerOnce(ctx context.Context, q *sealedRequest, req *wir
 	rec.Node.KeyExpiry = keyExpiryFor(ak, &rec.Node, now, rg.nodeKeyExpiry)
 	if err := s.store.InsertNode(ctx, rec, now); err != nil {
 		if ak != nil && errors.Is(err, ErrAuthKeySpent) {
-			return nil, rg.consumeError(err, ak)
+			return nil, nil, rg.consumeError(err, ak)
 		}
 		if errors.Is(err, ErrConflict) {
-			return nil, errRegisterConflict
+			return nil, rec, errRegisterConflict
 		}
 		s.logger.Error("insert node", "node", req.NodeKey.ShortString(), "err", err)
-		return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
+		return nil, nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
 	}
 	s.mu.Lock()
 	s.nodes[req.NodeKey] = &nodeEntry{rec: *rec, offlineSince: now}
@@ -589,7 +690,7 @@ func (rg *registry) registerOnce(ctx context.Context, q *sealedRequest, req *wir
 	} else {
 		s.audit(ctx, actorNode(name), "node.register", name, "network="+network.Name+" dev_mode")
 	}
-	return &wire.RegisterResponse{Node: view, NameChanged: name != base}, nil
+	return &wire.RegisterResponse{Node: view, NameChanged: name != base}, nil, nil
 }
 
 func (rg *registry) consumeError(err error, ak *AuthKey) *apiError {

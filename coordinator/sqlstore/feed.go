@@ -29,8 +29,9 @@ import (
 // ListenNodes listens on a connection of its own.
 
 var (
-	_ coordinator.NodeFeed = (*Store)(nil)
-	_ coordinator.EdgeAcks = (*Store)(nil)
+	_ coordinator.NodeFeed    = (*Store)(nil)
+	_ coordinator.ClashReader = (*Store)(nil)
+	_ coordinator.EdgeAcks    = (*Store)(nil)
 )
 
 // originSetting is the custom setting each connection of a store sets to
@@ -314,6 +315,28 @@ func (s *Store) NodesByID(ctx context.Context, ids []wire.NodeID) ([]*coordinato
 	for i, id := range ids {
 		arg[i] = int64(id)
 	}
+	return s.nodesWithPresence(ctx, "nodes by id", ` WHERE n.id = ANY(?)`, arg)
+}
+
+// NodesClashing implements coordinator.ClashReader: one read, on the
+// indexes of the unique columns.
+func (s *Store) NodesClashing(ctx context.Context, rec *coordinator.NodeRecord) ([]*coordinator.NodeRecord, map[wire.NodeID]coordinator.Presence, error) {
+	if s.pgcfg == nil {
+		return nil, nil, errNoFeed
+	}
+	v4, v6, err := nodeAddrs(&rec.Node)
+	if err != nil {
+		return nil, nil, fmt.Errorf("sqlstore: nodes clashing: %w", err)
+	}
+	return s.nodesWithPresence(ctx, "nodes clashing",
+		` WHERE n.node_key = ? OR (n.network_id = ? AND n.name = ?) OR n.ipv4 = ? OR n.ipv6 = ?`,
+		rec.Node.Key.String(), rec.NetworkID, rec.Node.Name, v4, v6)
+}
+
+// nodesWithPresence returns the nodes the condition where selects, and
+// the Presence of those among them that stream from a coordinator on
+// another store.
+func (s *Store) nodesWithPresence(ctx context.Context, op, where string, args ...any) ([]*coordinator.NodeRecord, map[wire.NodeID]coordinator.Presence, error) {
 	// Each row comes with its node's stream state, if any: the origin
 	// streaming it and its presence (presenceSQL).
 	type online struct {
@@ -321,13 +344,13 @@ func (s *Store) NodesByID(ctx context.Context, ids []wire.NodeID) ([]*coordinato
 		p      sql.NullInt64
 	}
 	var ons []*online
-	recs, err := s.queryNodesWith(ctx, "nodes by id", `, o.origin, `+s.presenceSQL(),
+	recs, err := s.queryNodesWith(ctx, op, `, o.origin, `+s.presenceSQL(),
 		` LEFT JOIN node_online o ON o.node_id = n.id LEFT JOIN coordinator_beats b ON b.origin = o.origin`,
-		` WHERE n.id = ANY(?)`, func() []any {
+		where, func() []any {
 			on := &online{}
 			ons = append(ons, on)
 			return []any{&on.origin, &on.p}
-		}, arg)
+		}, args...)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -728,6 +729,69 @@ func TestStreamStatesBatch(t *testing.T) {
 	}
 	if _, remote, err := a.NodesByID(ctx, ids); err != nil || len(remote) != 0 {
 		t.Errorf("NodesByID presence for the writer = %v, %v; want none (its own streams)", remote, err)
+	}
+}
+
+// TestNodesClashing: NodesClashing reads the nodes that hold a node's
+// key, its name in its network, or either of its addresses (a
+// registration the store refused clashes with those), with their
+// presence for another store, and no other node.
+func TestNodesClashing(t *testing.T) {
+	dsn := pg.NewSchema(t)
+	a, b := openStore(t, dsn), openStore(t, dsn)
+	ctx := t.Context()
+	n, err := a.EnsureNetwork(ctx, "default", "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := a.EnsureNetwork(ctx, "other", "o")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.Heartbeat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The last node has the name of the second, in another network.
+	stored := make(map[string]*coordinator.NodeRecord)
+	for i, name := range []string{"key", "name", "v4", "v6", "bystander", "othernet"} {
+		rec := testNode(n.ID, name, byte(i+1))
+		if name == "othernet" {
+			rec = testNode(other.ID, "name", byte(i+1))
+		}
+		if err := a.InsertNode(ctx, rec, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		stored[name] = rec
+	}
+	if err := a.SetStreamStates(ctx, []coordinator.StreamState{{ID: stored["name"].Node.ID, Online: true, At: time.Now()}}); err != nil {
+		t.Fatal(err)
+	}
+	// A new node with the first's key, the second's name, the third's
+	// IPv4 address and the fourth's IPv6 address.
+	clash := testNode(n.ID, "name", 99)
+	clash.Node.Key = stored["key"].Node.Key
+	clash.Node.Addresses = []netip.Prefix{stored["v4"].Node.Addresses[0], stored["v6"].Node.Addresses[1]}
+	recs, remote, err := b.NodesClashing(ctx, clash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got, want []wire.NodeID
+	for _, r := range recs {
+		got = append(got, r.Node.ID)
+	}
+	for _, name := range []string{"key", "name", "v4", "v6"} {
+		want = append(want, stored[name].Node.ID)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("NodesClashing read %v, want %v", got, want)
+	}
+	wantRemote := map[wire.NodeID]coordinator.Presence{stored["name"].Node.ID: coordinator.PresenceOnline}
+	if !maps.Equal(remote, wantRemote) {
+		t.Errorf("NodesClashing presence for another store = %v, want %v", remote, wantRemote)
+	}
+	recs, _, err = b.NodesClashing(ctx, testNode(n.ID, "newcomer", 100))
+	if err != nil || len(recs) != 0 {
+		t.Errorf("NodesClashing for a node that clashes with none = %d nodes, %v; want none", len(recs), err)
 	}
 }
 

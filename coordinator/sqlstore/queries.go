@@ -177,6 +177,23 @@ func nodeAddrs(n *wire.Node) (v4, v6 string, err error) {
 
 func nullID(id int64) sql.NullInt64 { return sql.NullInt64{Int64: id, Valid: id != 0} }
 
+// nodeInsertCols are the columns InsertNode writes, in the order of its
+// arguments.
+const nodeInsertCols = `network_id, node_key, disco_key, name, hostname, os, ipv4, ipv6, endpoints, home_derp, last_seen, key_expiry,
+	user_name, tags, ephemeral, auth_key_id, created_at, edge, peer_relay, reg_stamp`
+
+// insertNodeSQL inserts a node on PostgreSQL; insertNodeKeyedSQL does so
+// only if it can spend one use of the auth key $21 at the time $22 (the
+// conditions of consume), in the same statement.
+const (
+	insertNodeSQL = `INSERT INTO nodes (` + nodeInsertCols + `)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) RETURNING id`
+	insertNodeKeyedSQL = `WITH k AS (UPDATE auth_keys SET use_count = use_count + 1
+			WHERE id = $21 AND (reusable = 1 OR use_count = 0) AND (expires_at = 0 OR expires_at > $22) RETURNING id)
+		INSERT INTO nodes (` + nodeInsertCols + `)
+		SELECT $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20 FROM k RETURNING id`
+)
+
 // InsertNode implements coordinator.NodeStore.
 func (s *Store) InsertNode(ctx context.Context, n *coordinator.NodeRecord, now time.Time) error {
 	v4, v6, err := nodeAddrs(&n.Node)
@@ -189,23 +206,43 @@ func (s *Store) InsertNode(ctx context.Context, n *coordinator.NodeRecord, now t
 	if !n.Node.DiscoKey.IsZero() {
 		disco = n.Node.DiscoKey.String()
 	}
+	args := []any{n.NetworkID, n.Node.Key.String(), disco, n.Node.Name, n.Node.Hostname, n.Node.OS, v4, v6, string(eps), n.Node.HomeDERP,
+		unixNano(n.Node.LastSeen), unixNano(n.Node.KeyExpiry), n.Node.User, string(tags), boolInt(n.Node.Ephemeral),
+		nullID(n.AuthKeyID), unixNano(n.CreatedAt), boolInt(n.Node.Edge), int(n.Node.PeerRelay), unixNano(n.RegStamp)}
 	var id int64
+	if s.pgcfg != nil {
+		// One statement, so one round trip, and its own transaction.
+		// The unique node key, (network, name), IPv4 and IPv6 columns
+		// decide a race between two coordinators: the second insert waits
+		// for the first and then fails, and with it the key's use in the
+		// same statement. The use comes first: the insert happens only if
+		// the key could be used (no row to insert otherwise), and
+		// concurrent uses of one key wait on its row, as consume's do.
+		q := insertNodeSQL
+		if n.AuthKeyID != 0 {
+			q = insertNodeKeyedSQL
+			args = append(args, n.AuthKeyID, now.UnixNano())
+		}
+		err = s.retry(ctx, "insert node", func() error { return s.db.QueryRowContext(ctx, q, args...).Scan(&id) })
+		if errors.Is(err, coordinator.ErrNotFound) && n.AuthKeyID != 0 {
+			// No row: the key was spent, expired or deleted.
+			return fmt.Errorf("sqlstore: insert node: consume auth key: %w", coordinator.ErrAuthKeySpent)
+		}
+		if err != nil {
+			return err
+		}
+		n.Node.ID = wire.NodeID(id)
+		return nil
+	}
 	err = s.inTx(ctx, "insert node", func(tx *sql.Tx) error {
 		if n.AuthKeyID != 0 {
 			if err := s.consume(ctx, tx, n.AuthKeyID, now); err != nil {
 				return err
 			}
 		}
-		// The unique node key, (network, name), IPv4 and IPv6 columns
-		// decide a race between two coordinators: the second insert
-		// waits for the first and then fails, and its transaction,
-		// with its use of the auth key, rolls back.
-		return tx.QueryRowContext(ctx, s.d.rebind(`INSERT INTO nodes
-			(network_id, node_key, disco_key, name, hostname, os, ipv4, ipv6, endpoints, home_derp, last_seen, key_expiry, user_name, tags, ephemeral, auth_key_id, created_at, edge, peer_relay, reg_stamp)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`),
-			n.NetworkID, n.Node.Key.String(), disco, n.Node.Name, n.Node.Hostname, n.Node.OS, v4, v6, string(eps), n.Node.HomeDERP,
-			unixNano(n.Node.LastSeen), unixNano(n.Node.KeyExpiry), n.Node.User, string(tags), boolInt(n.Node.Ephemeral),
-			nullID(n.AuthKeyID), unixNano(n.CreatedAt), boolInt(n.Node.Edge), int(n.Node.PeerRelay), unixNano(n.RegStamp)).Scan(&id)
+		// SQLite has one writer: the transaction holds the database.
+		return tx.QueryRowContext(ctx, `INSERT INTO nodes (`+nodeInsertCols+`)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`, args...).Scan(&id)
 	})
 	if err != nil {
 		return err

@@ -323,6 +323,18 @@ func (s *Store) inTx(ctx context.Context, op string, fn func(tx *sql.Tx) error) 
 	}
 }
 
+// retry runs fn, one statement outside a transaction, again where the
+// dialect says it lost a race, as inTx does, and wraps its error.
+func (s *Store) retry(ctx context.Context, op string, fn func() error) error {
+	const attempts = 5
+	for i := 1; ; i++ {
+		err := fn()
+		if err == nil || i == attempts || !s.d.isRetryable(err) || ctx.Err() != nil {
+			return s.wrap(op, err)
+		}
+	}
+}
+
 func (s *Store) tryTx(ctx context.Context, fn func(tx *sql.Tx) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
