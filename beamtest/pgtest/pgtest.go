@@ -358,6 +358,19 @@ func (s *Server) exec(ctx context.Context, db, stmt string) error {
 	return err
 }
 
+// CPU returns the CPU time the running server has used since it started:
+// its postmaster's, its backends' and its other processes', those that
+// exited included (Linux only). A restart (Stop, Start) starts it from 0.
+func (s *Server) CPU() (time.Duration, error) {
+	s.mu.Lock()
+	cmd, done := s.cmd, s.done
+	s.mu.Unlock()
+	if cmd == nil || isDone(done) {
+		return 0, errors.New("pgtest: the server is not running")
+	}
+	return treeCPU(cmd.Process.Pid)
+}
+
 // Log returns the end of the server's log.
 func (s *Server) Log() string { return s.log.String() }
 

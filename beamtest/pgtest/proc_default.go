@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"syscall"
+	"time"
 )
 
 // procAttrs returns how initdb and the server run: as the current user,
@@ -16,4 +17,9 @@ func procAttrs(string) (initdb, server *syscall.SysProcAttr, err error) {
 		return nil, nil, errors.New("pgtest: PostgreSQL does not run as root; run the tests as another user")
 	}
 	return nil, nil, nil
+}
+
+// treeCPU is not implemented off Linux.
+func treeCPU(int) (time.Duration, error) {
+	return 0, errors.New("pgtest: the server's CPU time is known on Linux only")
 }

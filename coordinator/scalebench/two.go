@@ -44,6 +44,9 @@ type TwoScenario struct {
 	// ProfileDir, if set, gives each coordinator a --debug-addr and
 	// keeps in this directory their pprof profiles (profiles.go).
 	ProfileDir string
+	// DBCPU, if set, returns the CPU time the database server has used
+	// so far (pgtest.Server.CPU): it runs on the same cores.
+	DBCPU func() (time.Duration, error)
 }
 
 // TwoResult is what a TwoScenario measured.
@@ -79,10 +82,16 @@ type TwoResult struct {
 	// start through the changes, as in Result.
 	CPU          [2]time.Duration
 	RSS, PeakRSS [2]uint64
-	// FullMapsCPU is each coordinator's CPU time over FullMaps.
-	FullMapsCPU [2]time.Duration
+	// FullMapsCPU is each coordinator's CPU time over FullMaps, and
+	// FullMapsFleetCPU this process's (the fake nodes').
+	FullMapsCPU      [2]time.Duration
+	FullMapsFleetCPU time.Duration
 	// FleetCPU is this process's CPU time over the same span.
 	FleetCPU time.Duration
+	// DBCPU is the database server's CPU time from the coordinators'
+	// start through the changes, RegisterDBCPU over Register and
+	// FullMapsDBCPU over FullMaps; zero without TwoScenario.DBCPU.
+	DBCPU, RegisterDBCPU, FullMapsDBCPU time.Duration
 	// ChangesCPU is each coordinator's CPU time over the changes, and
 	// FleetChangesCPU this process's.
 	ChangesCPU      [2]time.Duration
@@ -195,6 +204,18 @@ func (sc TwoScenario) Run(ctx context.Context) (res *TwoResult, err error) {
 	if err != nil {
 		return nil, err
 	}
+	// dbCPU is the database's CPU time so far, 0 if unknown.
+	dbCPU := func() time.Duration {
+		if sc.DBCPU == nil {
+			return 0
+		}
+		d, err := sc.DBCPU()
+		if err != nil {
+			log.Warn("database CPU time", "err", err)
+		}
+		return d
+	}
+	db0 := dbCPU()
 	if err := phase(coords[0].Start); err != nil {
 		return nil, err
 	}
@@ -214,13 +235,16 @@ func (sc TwoScenario) Run(ctx context.Context) (res *TwoResult, err error) {
 	}
 	defer fleet.Close()
 
+	dbReg := dbCPU()
 	if err := phase(func(ctx context.Context) (err error) {
 		res.Register, err = fleet.Register(ctx, ak, 16)
 		return err
 	}); err != nil {
 		return nil, err
 	}
-	log.Info("registered", "n", sc.N, "took", res.Register, "per_s", res.RegisterRate())
+	dbFull := dbCPU()
+	res.RegisterDBCPU = dbFull - dbReg
+	log.Info("registered", "n", sc.N, "took", res.Register, "per_s", res.RegisterRate(), "db_cpu", res.RegisterDBCPU)
 
 	var before [2]Usage
 	for i, c := range coords {
@@ -228,6 +252,11 @@ func (sc TwoScenario) Run(ctx context.Context) (res *TwoResult, err error) {
 			return nil, err
 		}
 	}
+	fleet0, err := procUsage(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
+	dbFull = dbCPU()
 	start := time.Now()
 	stopProf := prof.phase("fullmaps")
 	fleet.Stream()
@@ -250,7 +279,12 @@ func (sc TwoScenario) Run(ctx context.Context) (res *TwoResult, err error) {
 			res.FullMapsCPU[i] = after.CPU - before[i].CPU
 		}
 	}
-	log.Info("full maps", "took", res.FullMaps, "short", res.ShortFullMaps, "coordinator_cpu", res.FullMapsCPU)
+	if self, err := procUsage(os.Getpid()); err == nil {
+		res.FullMapsFleetCPU = self.CPU - fleet0.CPU
+	}
+	res.FullMapsDBCPU = dbCPU() - dbFull
+	log.Info("full maps", "took", res.FullMaps, "short", res.ShortFullMaps, "coordinator_cpu", res.FullMapsCPU,
+		"fleet_cpu", res.FullMapsFleetCPU, "db_cpu", res.FullMapsDBCPU)
 	if err := phase(fleet.WaitSettled); err != nil {
 		return nil, err
 	}
@@ -307,7 +341,8 @@ func (sc TwoScenario) Run(ctx context.Context) (res *TwoResult, err error) {
 		return nil, err
 	}
 	res.FleetCPU = self.CPU - self0.CPU
-	log.Info("usage", "cpu", res.CPU, "rss", res.RSS, "peak_rss", res.PeakRSS, "fleet_cpu", res.FleetCPU)
+	res.DBCPU = dbCPU() - db0
+	log.Info("usage", "cpu", res.CPU, "rss", res.RSS, "peak_rss", res.PeakRSS, "fleet_cpu", res.FleetCPU, "db_cpu", res.DBCPU)
 	return res, nil
 }
 

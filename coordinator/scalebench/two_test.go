@@ -14,13 +14,14 @@ import (
 
 // TestScaleTwoSmoke runs the two-coordinator scenario with 100 nodes on a
 // private PostgreSQL: every node, on either coordinator, gets a full map
-// with all 99 others and sees them online, and node 0's endpoint change,
-// sent to coordinator A, reaches every node streaming from B.
+// with all 99 others and sees them online, node 0's endpoint change,
+// sent to coordinator A, reaches every node streaming from B, and the
+// database's CPU time is measured.
 func TestScaleTwoSmoke(t *testing.T) {
 	const n = 100
 	pg := pgtest.New(t)
 	res, err := TwoScenario{Bin: beam(t), Dir: t.TempDir(), DB: pg.NewDatabase(t), N: n, Changes: 1,
-		PhaseTimeout: 60 * time.Second, Logger: testLogger(t)}.Run(t.Context())
+		PhaseTimeout: 60 * time.Second, Logger: testLogger(t), DBCPU: pg.CPU}.Run(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,6 +30,9 @@ func TestScaleTwoSmoke(t *testing.T) {
 	}
 	if len(res.Changes) != 1 || res.Changes[0] <= 0 || len(res.CrossChanges) != 1 || res.CrossChanges[0] <= 0 {
 		t.Errorf("changes = %v on A, %v on B; want one positive duration each", res.Changes, res.CrossChanges)
+	}
+	if res.DBCPU <= 0 {
+		t.Errorf("database CPU = %v, want it positive", res.DBCPU)
 	}
 	for i, name := range []string{"A", "B"} {
 		if res.RSS[i] == 0 || res.CPU[i] <= 0 {
@@ -62,6 +66,11 @@ func TestScaleTwoSmoke(t *testing.T) {
 //	cpu-s, cpu-b-s     coordinator A's and B's CPU seconds from start through
 //	                   the changes (cpu-sum-s both)
 //	fullmap-cpu-s      both coordinators' CPU over fullmap-s
+//	fullmap-fleet-cpu-s the fake nodes' CPU over fullmap-s
+//	db-cpu-s           PostgreSQL's CPU seconds from the coordinators' start
+//	                   through the changes (it shares the cores too)
+//	reg-db-cpu-s, fullmap-db-cpu-s  PostgreSQL's over registration and
+//	                   fullmap-s
 //	rss-MB, rss-b-MB   A's and B's VmRSS then (peak-rss-MB the larger VmHWM)
 //	fleet-cpu-s        the fake nodes' CPU seconds over the same span
 //	change-cpu-s       both coordinators' CPU seconds per change (all the
@@ -124,7 +133,7 @@ func benchTwo(b *testing.B, bin string, n int, maxRSS uint64, inFlight int, args
 			defer cancel()
 		}
 		res, err := TwoScenario{Bin: bin, Dir: b.TempDir(), DB: pg.NewDatabase(b), N: n, Args: args, MaxRSS: maxRSS,
-			FullMapsInFlight: inFlight, Logger: logger, ProfileDir: profileDir(n, bin)}.Run(ctx)
+			FullMapsInFlight: inFlight, Logger: logger, ProfileDir: profileDir(n, bin), DBCPU: pg.CPU}.Run(ctx)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -140,6 +149,10 @@ func benchTwo(b *testing.B, bin string, n int, maxRSS uint64, inFlight int, args
 		b.ReportMetric(res.CPU[1].Seconds(), "cpu-b-s")
 		b.ReportMetric(res.SumCPU().Seconds(), "cpu-sum-s")
 		b.ReportMetric((res.FullMapsCPU[0] + res.FullMapsCPU[1]).Seconds(), "fullmap-cpu-s")
+		b.ReportMetric(res.FullMapsFleetCPU.Seconds(), "fullmap-fleet-cpu-s")
+		b.ReportMetric(res.FullMapsDBCPU.Seconds(), "fullmap-db-cpu-s")
+		b.ReportMetric(res.DBCPU.Seconds(), "db-cpu-s")
+		b.ReportMetric(res.RegisterDBCPU.Seconds(), "reg-db-cpu-s")
 		b.ReportMetric(float64(res.RSS[0])/(1<<20), "rss-MB")
 		b.ReportMetric(float64(res.RSS[1])/(1<<20), "rss-b-MB")
 		b.ReportMetric(float64(max(res.PeakRSS[0], res.PeakRSS[1]))/(1<<20), "peak-rss-MB")
