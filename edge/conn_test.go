@@ -58,3 +58,26 @@ func TestH1ConnReadAhead(t *testing.T) {
 		t.Errorf("%d reads of the connection and buffer %v, want 2 and none", cc.reads, c.buf != nil)
 	}
 }
+
+// TestReuseUpstreamAllocs checks that taking a kept-alive connection to a
+// device from the pool and putting it back allocates nothing.
+func TestReuseUpstreamAllocs(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	tg := &target{}
+	u := &upstream{c: tg.track(a).(*targetConn)}
+	tg.putUpstream(u)
+	e := &Edge{}
+	ctx := t.Context()
+	got := testing.AllocsPerRun(100, func() {
+		v, reused, err := e.getUpstream(ctx, tg, false)
+		if err != nil || !reused || v != u {
+			t.Fatalf("getUpstream: %p %v %v, want the idle connection %p", v, reused, err, u)
+		}
+		tg.putUpstream(v)
+	})
+	if got != 0 {
+		t.Errorf("reusing a connection: %v allocations, want 0", got)
+	}
+}

@@ -99,12 +99,14 @@ func (e *Edge) getUpstream(ctx context.Context, t *target, fresh bool) (u *upstr
 	if err != nil {
 		return nil, false, err
 	}
-	u = &upstream{c: c.(*targetConn)}
-	u.lr.R = u.c
-	u.br = bufio.NewReader(&u.lr)
-	u.bw = bufio.NewWriter(u.c)
-	u.closeConn = func() { u.c.Close() }
-	return u, false, nil
+	// (A closure over the result u would move it to the heap on every
+	// call, reused connections included.)
+	nu := &upstream{c: c.(*targetConn)}
+	nu.lr.R = nu.c
+	nu.br = bufio.NewReader(&nu.lr)
+	nu.bw = bufio.NewWriter(nu.c)
+	nu.closeConn = func() { nu.c.Close() }
+	return nu, false, nil
 }
 
 // putUpstream keeps u as an idle connection of t, or closes it.
