@@ -326,9 +326,10 @@ func (s *Server) ApproveRegistration(ctx context.Context, code string, a Approva
 	return s.reg.approve(ctx, code, a)
 }
 
-// testHookAfterShareApproval, if set, is called by approve with the code
+// afterShareApprovalForTest, if set, is called by approve with the code
 // once the store took the approval, before the followup is released here.
-var testHookAfterShareApproval atomic.Pointer[func(code string)]
+// Only tests set it, through SetApprovalHookForTest in export_test.go.
+var afterShareApprovalForTest atomic.Pointer[func(code string)]
 
 // approve is Server.ApproveRegistration. It records the approval and
 // releases the node's followup, on this coordinator or, through a shared
@@ -358,7 +359,7 @@ func (rg *registry) approve(ctx context.Context, code string, a Approval) error 
 	if err := rg.shareApproval(ctx, p, a); err != nil {
 		return err
 	}
-	if h := testHookAfterShareApproval.Load(); h != nil {
+	if h := afterShareApprovalForTest.Load(); h != nil {
 		(*h)(p.Code)
 	}
 	pr := &rg.pending

@@ -19,8 +19,8 @@ func SetFrameSplitAtForTest(n int) (restore func()) {
 // node key each time it is about to take the changes marked for it, and
 // returns a func that removes f.
 func SetStreamHookForTest(f func(key.NodePublic)) (restore func()) {
-	testHookBeforeTake.Store(&f)
-	return func() { testHookBeforeTake.Store(nil) }
+	beforeTakeForTest.Store(&f)
+	return func() { beforeTakeForTest.Store(nil) }
 }
 
 // RestartWaitsForTest are the least and most a stream ending on shutdown
@@ -33,8 +33,8 @@ func RestartWaitsForTest(n int) (least, most time.Duration) {
 // once a shared store took the approval, and returns a func that
 // removes f.
 func SetApprovalHookForTest(f func(code string)) (restore func()) {
-	testHookAfterShareApproval.Store(&f)
-	return func() { testHookAfterShareApproval.Store(nil) }
+	afterShareApprovalForTest.Store(&f)
+	return func() { afterShareApprovalForTest.Store(nil) }
 }
 
 // PeerSlotsForTest returns how many slots the map streams' table of

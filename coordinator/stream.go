@@ -18,9 +18,10 @@ import (
 	"beam.dev/beam/wire"
 )
 
-// testHookBeforeTake, if set, is called by a stream's handler just
-// before it takes what was marked for it (SetStreamHookForTest).
-var testHookBeforeTake atomic.Pointer[func(key.NodePublic)]
+// beforeTakeForTest, if set, is called by a stream's handler just
+// before it takes what was marked for it. Only tests set it, through
+// SetStreamHookForTest in export_test.go.
+var beforeTakeForTest atomic.Pointer[func(key.NodePublic)]
 
 // A stream gathers changes for minDeltaBatch before it sends a delta,
 // and sends deltas no more often than every batchDelay: 25 ms, or 25 µs
@@ -743,7 +744,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			}
 			batch.Stop()
 		}
-		if h := testHookBeforeTake.Load(); h != nil {
+		if h := beforeTakeForTest.Load(); h != nil {
 			(*h)(nk)
 		}
 		full, derp, ended, code, msg, gen := ss.take()

@@ -76,7 +76,7 @@ type Resolver struct {
 	flightMu sync.Mutex           // guards flights
 	flights  map[cacheKey]*flight // forwarded queries in progress, shared by identical queries
 
-	testHookJoin func() // if non-nil, called when a query joins another's flight
+	onJoinForTest func() // if non-nil, called when a query joins another's flight; set only by tests
 
 	setMu  sync.Mutex // serialises SetRecords; guards serial
 	serial uint32
@@ -231,8 +231,8 @@ func (r *Resolver) forwardShared(ctx context.Context, key cacheKey, resolvers []
 	r.flightMu.Lock()
 	if f, ok := r.flights[key]; ok {
 		r.flightMu.Unlock()
-		if r.testHookJoin != nil {
-			r.testHookJoin()
+		if r.onJoinForTest != nil {
+			r.onJoinForTest()
 		}
 		select {
 		case <-f.done:

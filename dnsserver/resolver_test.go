@@ -811,7 +811,7 @@ func TestResolverSharesIdenticalForwards(t *testing.T) {
 	r.SetRecords(testRecords(up.addr))
 	const n = 8
 	joined := make(chan struct{}, n)
-	r.testHookJoin = func() { joined <- struct{}{} }
+	r.onJoinForTest = func() { joined <- struct{}{} }
 
 	results := make(chan *QueryResult, n)
 	errc := make(chan error, n)

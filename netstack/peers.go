@@ -89,9 +89,9 @@ type peerTable struct {
 	// wanted are the peers an outbound packet met asleep while removing
 	// was set; removeLocked adds them back.
 	wanted []*enginePeer
-	// testHookRemoving, if set, runs after a removal released mu and
-	// before it calls into the device.
-	testHookRemoving func()
+	// onRemovingForTest, if set (only by tests), runs after a removal
+	// released mu and before it calls into the device.
+	onRemovingForTest func()
 	// byKey holds every peer of the config. The map and each peer's cfg
 	// and idx are written with Engine.mu held too.
 	byKey map[key.NodePublic]*enginePeer
@@ -504,7 +504,7 @@ func (e *Engine) removeLocked(rm string) error {
 	ps := &e.ps
 	ps.removing = true
 	ps.mu.Unlock()
-	if h := ps.testHookRemoving; h != nil {
+	if h := ps.onRemovingForTest; h != nil {
 		h()
 	}
 	err := e.dev.IpcSet(rm)

@@ -240,7 +240,7 @@ func TestLazyPeerTrimRacesWake(t *testing.T) {
 	inboundDone := make(chan struct{})
 	a.e.ps.mu.Lock()
 	a.e.ps.idleAfter = -time.Hour
-	a.e.ps.testHookRemoving = func() {
+	a.e.ps.onRemovingForTest = func() {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)

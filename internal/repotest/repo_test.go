@@ -15,6 +15,10 @@ type pkgInfo struct {
 	Name       string
 	Imports    []string
 	Deps       []string
+
+	Dir            string
+	GoFiles        []string
+	IgnoredGoFiles []string // excluded by build constraints (other platforms)
 }
 
 // listPackages runs go list over the module.

@@ -61,9 +61,9 @@ type link struct {
 	waits atomic.Uint64
 	drops atomic.Uint64
 
-	// testHookWait, if set (by tests, before any traffic), runs each time
-	// a writer starts waiting for room.
-	testHookWait func()
+	// onWaitForTest, if set (only by tests, with mu held or before any
+	// traffic), runs each time a writer starts waiting for room.
+	onWaitForTest func()
 }
 
 var (
@@ -97,8 +97,8 @@ func (l *link) WritePackets(pkts stack.PacketBufferList) (int, tcpip.Error) {
 		size := pkt.Size()
 		if !l.closed && l.n > 0 && l.bytes+size > l.budget {
 			l.waits.Add(1)
-			if l.testHookWait != nil {
-				l.testHookWait()
+			if l.onWaitForTest != nil {
+				l.onWaitForTest()
 			}
 			for !l.closed && l.n > 0 && l.bytes+size > l.budget {
 				l.room.Wait()

@@ -84,7 +84,7 @@ func TestLinkCloseUnblocksWriters(t *testing.T) {
 		t.Fatal(err)
 	}
 	waiting := make(chan struct{}, 1)
-	st.ep.testHookWait = func() {
+	st.ep.onWaitForTest = func() {
 		select {
 		case waiting <- struct{}{}:
 		default:
@@ -162,7 +162,7 @@ func TestCloseWithBlockedTCPSender(t *testing.T) {
 	}
 	waiting := make(chan struct{}, 1)
 	a.ep.mu.Lock()
-	a.ep.testHookWait = func() {
+	a.ep.onWaitForTest = func() {
 		select {
 		case waiting <- struct{}{}:
 		default:
