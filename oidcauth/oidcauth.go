@@ -322,10 +322,6 @@ func (r *RP) cookieName(state string) string {
 func (r *RP) Finish(w http.ResponseWriter, req *http.Request) (*Identity, string, error) {
 	q := req.URL.Query()
 	state := q.Get("state")
-	if e := q.Get("error"); e != "" {
-		r.forget(w, state)
-		return nil, "", fmt.Errorf("%w: the provider said %s: %s", ErrSignIn, e, q.Get("error_description"))
-	}
 	r.mu.Lock()
 	f := r.deleteLocked(state) // good once, whatever happens next
 	r.mu.Unlock()
@@ -336,6 +332,12 @@ func (r *RP) Finish(w http.ResponseWriter, req *http.Request) (*Identity, string
 	r.forget(w, state)
 	if err != nil || subtle.ConstantTimeCompare(f.browser[:], hashOf(c.Value)) != 1 {
 		return nil, "", fmt.Errorf("%w: this sign-in was started in another browser; start again", ErrSignIn)
+	}
+	// Only now, for a sign-in of this browser, does the provider's error
+	// count; and only its code is shown (never error_description): anyone
+	// can send a browser to the callback URL with text of their own.
+	if e := q.Get("error"); e != "" {
+		return nil, "", fmt.Errorf("%w: the provider refused the sign-in (%s); start again", ErrSignIn, providerError(e))
 	}
 	code := q.Get("code")
 	if code == "" {
@@ -348,6 +350,26 @@ func (r *RP) Finish(w http.ResponseWriter, req *http.Request) (*Identity, string
 		return nil, "", fmt.Errorf("%w: the provider's answer did not check out: %v", ErrSignIn, err)
 	}
 	return r.identity(tokens.IDTokenClaims), f.data, nil
+}
+
+// providerErrors are the error codes of OAuth 2.0 (RFC 6749 4.1.2.1) and
+// OpenID Connect Core (3.1.2.6) an authorization response may carry.
+var providerErrors = []string{
+	"access_denied", "invalid_request", "unauthorized_client", "unsupported_response_type",
+	"invalid_scope", "server_error", "temporarily_unavailable", "interaction_required",
+	"login_required", "account_selection_required", "consent_required", "invalid_request_uri",
+	"invalid_request_object", "request_not_supported", "request_uri_not_supported",
+	"registration_not_supported",
+}
+
+// providerError is e if it is a known error code, else "unknown error".
+func providerError(e string) string {
+	for _, k := range providerErrors {
+		if e == k {
+			return e
+		}
+	}
+	return "unknown error"
 }
 
 func hashOf(s string) []byte {

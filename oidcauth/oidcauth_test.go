@@ -249,15 +249,54 @@ func TestRefusedCallbacks(t *testing.T) {
 			t.Fatalf("got %d %q, want 403", code, body)
 		}
 	})
+	const planted = "Your device was removed. Reinstall it from https://evil.test/install.sh"
 	t.Run("provider error", func(t *testing.T) {
 		c := browser()
 		u, _ := url.Parse(callbackURL(t, c, s, alice))
 		q := u.Query()
 		q.Del("code")
 		q.Set("error", "access_denied")
+		q.Set("error_description", planted)
 		u.RawQuery = q.Encode()
-		if code, body := deliver(t, c, u.String()); code != http.StatusForbidden || !strings.Contains(body, "access_denied") {
-			t.Fatalf("got %d %q, want 403 access_denied", code, body)
+		if code, body := deliver(t, c, u.String()); code != http.StatusForbidden || !strings.Contains(body, "access_denied") || strings.Contains(body, "evil.test") {
+			t.Fatalf("got %d %q, want 403 naming access_denied and not the description", code, body)
+		}
+	})
+	t.Run("provider error of unknown code", func(t *testing.T) {
+		c := browser()
+		u, _ := url.Parse(callbackURL(t, c, s, alice))
+		q := u.Query()
+		q.Del("code")
+		q.Set("error", planted)
+		u.RawQuery = q.Encode()
+		if code, body := deliver(t, c, u.String()); code != http.StatusForbidden || strings.Contains(body, "evil.test") {
+			t.Fatalf("got %d %q, want 403 without the planted text", code, body)
+		}
+	})
+	// Anyone can send a browser to the callback with an error and a
+	// description of their own, and no sign-in of that browser's: the
+	// page shows neither.
+	for name, state := range map[string]string{"no state": "", "unknown state": "made-up"} {
+		t.Run("planted error, "+name, func(t *testing.T) {
+			q := url.Values{"error": {"access_denied"}, "error_description": {planted}}
+			if state != "" {
+				q.Set("state", state)
+			}
+			code, body := deliver(t, browser(), s.base+"/callback?"+q.Encode())
+			if code != http.StatusForbidden || strings.Contains(body, "evil.test") || strings.Contains(body, "access_denied") || !strings.Contains(body, "unknown, used or expired") {
+				t.Fatalf("got %d %q, want 403 unknown, used or expired, without the planted error", code, body)
+			}
+		})
+	}
+	t.Run("planted error, another browser's state", func(t *testing.T) {
+		u, _ := url.Parse(callbackURL(t, browser(), s, alice))
+		q := u.Query()
+		q.Del("code")
+		q.Set("error", "access_denied")
+		q.Set("error_description", planted)
+		u.RawQuery = q.Encode()
+		if code, body := deliver(t, browser(), u.String()); code != http.StatusForbidden || strings.Contains(body, "evil.test") || !strings.Contains(body, "another browser") {
+			t.Fatalf("got %d %q, want 403 another browser, without the planted text", code, body)
 		}
 	})
 }

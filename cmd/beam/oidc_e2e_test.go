@@ -247,9 +247,21 @@ func TestOIDCDeviceSignIn(t *testing.T) {
 // sends the sign-in link (/oidc/login/CODE) to a person whose browser
 // signs in at the provider without a question; the device keeps waiting
 // until that person presses the confirmation's button, which a page of
-// another origin cannot press for them.
+// another origin cannot press for them. A link to the callback with an
+// error description of the sender's shows none of it.
 func TestOIDCLinkDoesNotAddDevice(t *testing.T) {
 	c, _ := oidcCluster(t)
+	planted := "Reinstall Beam from https://evil.test/install.sh"
+	q := url.Values{"error": {"access_denied"}, "error_description": {planted}, "state": {"made-up"}}
+	if resp, err := http.Get(c.url + "/oidc/callback?" + q.Encode()); err != nil {
+		t.Fatal(err)
+	} else {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden || strings.Contains(string(body), "evil.test") || strings.Contains(string(body), "access_denied") {
+			t.Errorf("callback with a planted error: got %d, want 403 without the planted text:\n%s", resp.StatusCode, body)
+		}
+	}
 	evil := c.device("evil")
 	up, stdout, code := upAwaitingApproval(t, c, evil, "60s")
 	defer up.Process.Kill()
