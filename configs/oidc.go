@@ -20,8 +20,9 @@ type OIDCProvider struct {
 	GroupsClaim string `json:"oidc_groups_claim"`
 	// MaxSignIns and MaxSignInsPerAddress bound the sign-ins in flight
 	// (started and not finished, each kept up to 10 minutes) in all and
-	// from one client address: past one, new sign-ins get 429. 0 means
-	// the default (4096 and 64), -1 no limit.
+	// from one client address: past one, an older sign-in is dropped
+	// (never a new one refused). 0 means the default (4096 and 64), -1
+	// no limit.
 	MaxSignIns           int `json:"oidc_max_sign_ins"`
 	MaxSignInsPerAddress int `json:"oidc_max_sign_ins_per_address"`
 }

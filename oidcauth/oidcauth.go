@@ -5,7 +5,7 @@
 // audience, expiry, nonce) with github.com/zitadel/oidc/v3's rp package.
 // What it returns is an Identity: subject, email, name and groups.
 //
-// Each sign-in's state lives on the server, is good once and for
+// Each sign-in's state lives on the server (Flows), is good once and for
 // StateTTL, and is bound to the browser that started it by a cookie, so a
 // callback replayed, or completed in another browser, is refused. The
 // coordinator (device sign-in, console admins) and the edge (routes
@@ -37,9 +37,11 @@ const StateTTL = 10 * time.Minute
 // Bounds of the sign-ins in flight (started, not finished or expired):
 // each holds a few hundred bytes of server-side state for StateTTL, and
 // anyone can start one, so they are capped per source address and in
-// total. Past a cap, new sign-ins are refused (ErrTooManySignIns, 429)
-// rather than older ones dropped, so a flood cannot undo sign-ins
-// already under way.
+// total. A new sign-in is never refused: past the cap of its source, the
+// source's own oldest sign-in is dropped; past the total, the oldest of
+// the source with the most (IPv6 sources counted per /48 for this). So a
+// flood from a few addresses, or one IPv6 network, pushes out its own
+// sign-ins, not other people's, and cannot lock anyone out.
 const (
 	// DefaultMaxSignIns is the default of Options.MaxSignIns.
 	DefaultMaxSignIns = 4096
@@ -48,10 +50,6 @@ const (
 	// ten minutes, and enough for an office behind one NAT.
 	DefaultMaxSignInsPerAddress = 64
 )
-
-// ErrTooManySignIns is returned by AuthURL when a cap on the sign-ins in
-// flight is reached; Begin answers it with 429 and Retry-After.
-var ErrTooManySignIns = errors.New("oidcauth: too many sign-ins in progress")
 
 // Options configures an RP.
 type Options struct {
@@ -78,13 +76,18 @@ type Options struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// MaxSignIns bounds the sign-ins in flight; DefaultMaxSignIns if
-	// zero.
+	// zero, no bound if negative. Ignored if Flows is set.
 	MaxSignIns int
 	// MaxSignInsPerAddress bounds the sign-ins in flight started from one
 	// source address (an IPv4 address or an IPv6 /64, from the request's
 	// RemoteAddr: behind a reverse proxy, everyone shares the proxy's);
-	// DefaultMaxSignInsPerAddress if zero, no bound if negative.
+	// DefaultMaxSignInsPerAddress if zero, no bound if negative. Ignored
+	// if Flows is set.
 	MaxSignInsPerAddress int
+	// Flows keeps the sign-ins in flight; nil means the RP's own, bounded
+	// by MaxSignIns and MaxSignInsPerAddress. RPs that share one share
+	// its bounds.
+	Flows *Flows
 }
 
 // Identity is who signed in, from the verified ID token.
@@ -111,22 +114,46 @@ type RP struct {
 	logger      *slog.Logger
 	now         func() time.Time
 
-	maxFlows, maxPerSource int // maxPerSource < 0: none
+	flows *Flows
+}
+
+// Flows holds sign-ins in flight, of one RP or of several that share
+// their bounds (the edge: one RP per route host). It is safe for
+// concurrent use.
+type Flows struct {
+	max, maxPerSource int // < 0: none
 
 	mu        sync.Mutex // guards the following fields
 	states    map[string]*flow
 	order     []string             // states by start, oldest first; finished ones stay until swept
-	perSource map[netip.Prefix]int // flows in states per source
-	refused   int                  // refusals not yet logged
-	warned    time.Time            // when refusals were last logged
+	perSource map[netip.Prefix]int // flows in states per source (IPv4 address, IPv6 /64)
+	perGroup  map[netip.Prefix]int // flows in states per group (IPv4 address, IPv6 /48)
+	dropped   int                  // drops not yet logged
+	warned    time.Time            // when drops were last logged
 }
 
 // flow is one started sign-in.
 type flow struct {
+	rp                    *RP // the RP that started it, the only one that may finish it
 	verifier, nonce, data string
 	browser               [32]byte // SHA-256 of the browser cookie's value
 	expires               time.Time
-	source                netip.Prefix
+	source, group         netip.Prefix
+}
+
+// NewFlows returns an empty Flows that keeps at most max sign-ins in
+// flight, and maxPerAddress from one source address; zero means the
+// default (DefaultMaxSignIns, DefaultMaxSignInsPerAddress), negative no
+// bound.
+func NewFlows(max, maxPerAddress int) *Flows {
+	if max == 0 {
+		max = DefaultMaxSignIns
+	}
+	if maxPerAddress == 0 {
+		maxPerAddress = DefaultMaxSignInsPerAddress
+	}
+	return &Flows{max: max, maxPerSource: maxPerAddress, states: map[string]*flow{},
+		perSource: map[netip.Prefix]int{}, perGroup: map[netip.Prefix]int{}}
 }
 
 type nonceKey struct{}
@@ -146,21 +173,15 @@ func New(ctx context.Context, opts Options) (*RP, error) {
 		hc = &http.Client{Timeout: 30 * time.Second}
 	}
 	r := &RP{
-		groupsClaim:  opts.GroupsClaim,
-		cookie:       opts.CookieName,
-		secure:       strings.HasPrefix(opts.RedirectURL, "https://"),
-		logger:       opts.Logger,
-		now:          opts.Now,
-		states:       map[string]*flow{},
-		perSource:    map[netip.Prefix]int{},
-		maxFlows:     opts.MaxSignIns,
-		maxPerSource: opts.MaxSignInsPerAddress,
+		groupsClaim: opts.GroupsClaim,
+		cookie:      opts.CookieName,
+		secure:      strings.HasPrefix(opts.RedirectURL, "https://"),
+		logger:      opts.Logger,
+		now:         opts.Now,
+		flows:       opts.Flows,
 	}
-	if r.maxFlows <= 0 {
-		r.maxFlows = DefaultMaxSignIns
-	}
-	if r.maxPerSource == 0 {
-		r.maxPerSource = DefaultMaxSignInsPerAddress
+	if r.flows == nil {
+		r.flows = NewFlows(opts.MaxSignIns, opts.MaxSignInsPerAddress)
 	}
 	if r.groupsClaim == "" {
 		r.groupsClaim = "groups"
@@ -199,34 +220,14 @@ func random() string {
 
 // AuthURL starts a sign-in for the browser of w, which sent req, and
 // returns the provider's URL to send it to; data comes back from Finish.
-// It returns ErrTooManySignIns if req's source address, or everyone, has
-// too many sign-ins in flight.
-func (r *RP) AuthURL(w http.ResponseWriter, req *http.Request, data string) (string, error) {
+// If a bound of the sign-ins in flight is reached, an older one is
+// dropped (see DefaultMaxSignIns).
+func (r *RP) AuthURL(w http.ResponseWriter, req *http.Request, data string) string {
 	state, verifier, nonce, browser := random(), random(), random(), random()
 	now := r.now()
 	src := sourceOf(req)
-	r.mu.Lock()
-	r.sweepLocked(now)
-	var refused string
-	switch {
-	case r.maxPerSource >= 0 && r.perSource[src] >= r.maxPerSource:
-		refused = "from this address"
-	case len(r.states) >= r.maxFlows:
-		refused = "on this server"
-	}
-	if refused != "" {
-		r.refused++
-		if now.Sub(r.warned) >= time.Minute {
-			r.logger.Warn("refused oidc sign-ins: too many in progress", "source", src.String(), "where", refused, "refused", r.refused)
-			r.refused, r.warned = 0, now
-		}
-		r.mu.Unlock()
-		return "", fmt.Errorf("%w %s; finish one or try again later (they expire after %v)", ErrTooManySignIns, refused, StateTTL)
-	}
-	r.states[state] = &flow{verifier: verifier, nonce: nonce, data: data, browser: sha256.Sum256([]byte(browser)), expires: now.Add(StateTTL), source: src}
-	r.order = append(r.order, state)
-	r.perSource[src]++
-	r.mu.Unlock()
+	r.flows.add(state, &flow{rp: r, verifier: verifier, nonce: nonce, data: data, browser: sha256.Sum256([]byte(browser)),
+		expires: now.Add(StateTTL), source: src, group: groupOf(src)}, now, r.logger)
 	// One cookie per sign-in (named by the state's hash), so sign-ins in
 	// several tabs do not undo each other. SameSite=Lax: the callback is a
 	// top-level navigation from the provider's site.
@@ -234,7 +235,54 @@ func (r *RP) AuthURL(w http.ResponseWriter, req *http.Request, data string) (str
 		Name: r.cookieName(state), Value: browser, Path: "/", MaxAge: int(StateTTL / time.Second),
 		HttpOnly: true, Secure: r.secure, SameSite: http.SameSiteLaxMode,
 	})
-	return rp.AuthURL(state, r.rp, rp.WithCodeChallenge(oidc.NewSHACodeChallenge(verifier)), rp.AuthURLOpt(rp.WithURLParam("nonce", nonce))), nil
+	return rp.AuthURL(state, r.rp, rp.WithCodeChallenge(oidc.NewSHACodeChallenge(verifier)), rp.AuthURLOpt(rp.WithURLParam("nonce", nonce)))
+}
+
+// add keeps f under state, first dropping expired sign-ins and, at a
+// bound, the oldest sign-in of f's source (at its per-source bound) or
+// of the group with the most (at the total).
+func (fs *Flows) add(state string, f *flow, now time.Time, logger *slog.Logger) {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	fs.sweepLocked(now)
+	dropped := 0
+	if fs.maxPerSource >= 0 && fs.perSource[f.source] >= fs.maxPerSource {
+		if fs.dropOldestLocked(func(o *flow) bool { return o.source == f.source }) {
+			dropped++
+		}
+	}
+	if fs.max >= 0 && len(fs.states) >= fs.max {
+		most := 0
+		for _, n := range fs.perGroup {
+			most = max(most, n)
+		}
+		if fs.dropOldestLocked(func(o *flow) bool { return fs.perGroup[o.group] == most }) {
+			dropped++
+		}
+	}
+	if dropped > 0 {
+		fs.dropped += dropped
+		if now.Sub(fs.warned) >= time.Minute {
+			logger.Warn("dropped oidc sign-ins in progress: too many", "source", f.source.String(), "dropped", fs.dropped)
+			fs.dropped, fs.warned = 0, now
+		}
+	}
+	fs.states[state] = f
+	fs.order = append(fs.order, state)
+	fs.perSource[f.source]++
+	fs.perGroup[f.group]++
+}
+
+// dropOldestLocked forgets the oldest sign-in in flight that match
+// accepts, and reports whether there was one. fs.mu held.
+func (fs *Flows) dropOldestLocked(match func(*flow) bool) bool {
+	for _, s := range fs.order {
+		if f := fs.states[s]; f != nil && match(f) {
+			fs.deleteLocked(s)
+			return true
+		}
+	}
+	return false
 }
 
 // sourceOf is the source a sign-in is counted against: req's IPv4
@@ -254,59 +302,76 @@ func sourceOf(req *http.Request) netip.Prefix {
 	return p
 }
 
+// groupOf is the group whose sign-ins are dropped together at the total
+// bound: the IPv4 address, or the IPv6 /48 (one site's networks), of
+// source.
+func groupOf(source netip.Prefix) netip.Prefix {
+	if !source.Addr().Is6() {
+		return source
+	}
+	p, _ := source.Addr().Prefix(48)
+	return p
+}
+
 // sweepLocked drops the sign-ins expired at now, and the finished ones
-// from order. r.mu held.
-func (r *RP) sweepLocked(now time.Time) {
+// from order. fs.mu held.
+func (fs *Flows) sweepLocked(now time.Time) {
 	n := 0
-	for _, s := range r.order {
-		f := r.states[s]
+	for _, s := range fs.order {
+		f := fs.states[s]
 		if f == nil {
-			n++ // finished
+			n++ // finished or dropped
 			continue
 		}
 		if now.Before(f.expires) {
 			break // started later, so expires later (the clock only moves on)
 		}
-		r.deleteLocked(s)
+		fs.deleteLocked(s)
 		n++
 	}
-	r.order = r.order[n:]
+	fs.order = fs.order[n:]
 	// Finished sign-ins leave holes; compact once they are most of it.
-	if len(r.order) > 2*len(r.states)+64 {
-		live := make([]string, 0, len(r.states))
-		for _, s := range r.order {
-			if r.states[s] != nil {
+	if len(fs.order) > 2*len(fs.states)+64 {
+		live := make([]string, 0, len(fs.states))
+		for _, s := range fs.order {
+			if fs.states[s] != nil {
 				live = append(live, s)
 			}
 		}
-		r.order = live
+		fs.order = live
 	}
 }
 
-// deleteLocked forgets the sign-in state. r.mu held.
-func (r *RP) deleteLocked(state string) *flow {
-	f := r.states[state]
+// deleteLocked forgets the sign-in state. fs.mu held.
+func (fs *Flows) deleteLocked(state string) *flow {
+	f := fs.states[state]
 	if f == nil {
 		return nil
 	}
-	delete(r.states, state)
-	if r.perSource[f.source]--; r.perSource[f.source] <= 0 {
-		delete(r.perSource, f.source)
+	delete(fs.states, state)
+	if fs.perSource[f.source]--; fs.perSource[f.source] <= 0 {
+		delete(fs.perSource, f.source)
+	}
+	if fs.perGroup[f.group]--; fs.perGroup[f.group] <= 0 {
+		delete(fs.perGroup, f.group)
 	}
 	return f
 }
 
-// Begin redirects the browser to the provider (see AuthURL), or answers
-// 429 with Retry-After when too many sign-ins are in flight.
+// take forgets and returns the sign-in state that rp started, or nil.
+func (fs *Flows) take(rp *RP, state string) *flow {
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	if f := fs.states[state]; f == nil || f.rp != rp {
+		return nil
+	}
+	return fs.deleteLocked(state)
+}
+
+// Begin redirects the browser to the provider (see AuthURL).
 func (r *RP) Begin(w http.ResponseWriter, req *http.Request, data string) {
 	w.Header().Set("Cache-Control", "no-store")
-	u, err := r.AuthURL(w, req, data)
-	if err != nil {
-		w.Header().Set("Retry-After", "60")
-		http.Error(w, strings.TrimPrefix(err.Error(), "oidcauth: "), http.StatusTooManyRequests)
-		return
-	}
-	http.Redirect(w, req, u, http.StatusFound)
+	http.Redirect(w, req, r.AuthURL(w, req, data), http.StatusFound)
 }
 
 func (r *RP) cookieName(state string) string {
@@ -322,9 +387,7 @@ func (r *RP) cookieName(state string) string {
 func (r *RP) Finish(w http.ResponseWriter, req *http.Request) (*Identity, string, error) {
 	q := req.URL.Query()
 	state := q.Get("state")
-	r.mu.Lock()
-	f := r.deleteLocked(state) // good once, whatever happens next
-	r.mu.Unlock()
+	f := r.flows.take(r, state) // good once, whatever happens next
 	if state == "" || f == nil || !r.now().Before(f.expires) {
 		return nil, "", fmt.Errorf("%w: this sign-in is unknown, used or expired; start again", ErrSignIn)
 	}

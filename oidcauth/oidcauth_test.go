@@ -409,65 +409,81 @@ func (c *fakeClock) Add(d time.Duration) {
 	c.t = c.t.Add(d)
 }
 
-// TestSignInsInFlightCapped starts sign-ins that are never finished, as
-// anyone can, from several addresses: each address may have
-// MaxSignInsPerAddress in flight and everyone MaxSignIns, past which
-// new ones get 429 with Retry-After (and the ones under way are kept).
-// Expired and finished sign-ins free their place.
-func TestSignInsInFlightCapped(t *testing.T) {
+// TestSignInFloodLocksNobodyOut starts sign-ins that are never finished,
+// as anyone can, from several addresses, past both bounds: no start is
+// refused, each address's flood pushes out its own oldest sign-ins, and
+// at the total the busiest address's; a sign-in started before the flood,
+// and one from a fresh address after it, both finish.
+func TestSignInFloodLocksNobodyOut(t *testing.T) {
 	p := newProvider(t)
 	clock := &fakeClock{t: time.Now()}
 	s := startRPWith(t, p, "beam", func(o *oidcauth.Options) {
 		o.MaxSignIns, o.MaxSignInsPerAddress, o.Now = 5, 3, clock.Now
 	})
-	start := func(ip string) (int, string) {
+	start := func(c *http.Client) (int, string) {
 		t.Helper()
-		c := browserFrom(ip)
+		stop := c.CheckRedirect
 		c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		defer func() { c.CheckRedirect = stop }()
 		resp, err := c.Get(s.base + "/start")
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode == http.StatusTooManyRequests && resp.Header.Get("Retry-After") == "" {
-			t.Errorf("429 from %s without Retry-After", ip)
-		}
-		return resp.StatusCode, string(b)
+		resp.Body.Close()
+		return resp.StatusCode, resp.Header.Get("Location")
 	}
-	for _, tc := range []struct {
-		ip   string
-		code int
-		body string
-	}{
-		{"127.0.0.2", http.StatusFound, ""},
-		{"127.0.0.2", http.StatusFound, ""},
-		{"127.0.0.2", http.StatusFound, ""},
-		{"127.0.0.2", http.StatusTooManyRequests, "too many sign-ins in progress from this address"},
-		{"127.0.0.3", http.StatusFound, ""},
-		{"127.0.0.3", http.StatusFound, ""},
-		{"127.0.0.4", http.StatusTooManyRequests, "too many sign-ins in progress on this server"},
-	} {
-		if code, body := start(tc.ip); code != tc.code || !strings.Contains(body, tc.body) {
-			t.Fatalf("start from %s: got %d %q, want %d %q", tc.ip, code, body, tc.code, tc.body)
+	// finish signs in at the provider from authURL and delivers the callback.
+	finish := func(c *http.Client, authURL string) (int, string) {
+		t.Helper()
+		resp, body, err := oidctest.Login(t.Context(), c, authURL, alice.Email, alice.Password)
+		if err != nil {
+			t.Fatal(err)
 		}
+		loc := resp.Header.Get("Location")
+		if resp.StatusCode != http.StatusFound || !strings.HasPrefix(loc, s.base+"/callback?") {
+			t.Fatalf("sign-in answered %d Location %q: %.300s", resp.StatusCode, loc, body)
+		}
+		return deliver(t, c, loc)
 	}
 
-	clock.Add(oidcauth.StateTTL)
-	// All expired: an address may sign in again, and a finished sign-in
-	// frees its place at once.
-	for i := range 4 {
-		c := browserFrom("127.0.0.2")
-		if code, body := deliver(t, c, callbackURL(t, c, s, alice)); code != http.StatusOK {
-			t.Fatalf("sign-in %d after the others expired: got %d %q", i, code, body)
+	early := browserFrom("127.0.0.9")
+	code, earlyURL := start(early)
+	if code != http.StatusFound {
+		t.Fatalf("start before the flood: got %d, want 302", code)
+	}
+	for _, ip := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"} {
+		for i := range 8 {
+			if code, _ := start(browserFrom(ip)); code != http.StatusFound {
+				t.Fatalf("start %d from %s: got %d, want 302 (a flood is never refused, it pushes out its own)", i, ip, code)
+			}
 		}
 	}
+	if code, body := finish(early, earlyURL); code != http.StatusOK {
+		t.Fatalf("sign-in started before the flood: got %d %q, want 200", code, body)
+	}
+	fresh := browserFrom("127.0.0.5")
+	code, freshURL := start(fresh)
+	if code != http.StatusFound {
+		t.Fatalf("start from a fresh address after the flood: got %d, want 302", code)
+	}
+	if code, body := finish(fresh, freshURL); code != http.StatusOK {
+		t.Fatalf("sign-in from a fresh address after the flood: got %d %q, want 200", code, body)
+	}
+
+	// An address past its bound loses its own oldest sign-in.
+	c := browserFrom("127.0.0.6")
+	_, oldest := start(c)
 	for range 3 {
-		if code, body := start("127.0.0.2"); code != http.StatusFound {
-			t.Fatalf("start after finished sign-ins: got %d %q, want 302", code, body)
-		}
+		start(c)
 	}
-	if code, _ := start("127.0.0.2"); code != http.StatusTooManyRequests {
-		t.Fatalf("fourth sign-in in flight from one address: got %d, want 429", code)
+	if code, body := finish(c, oldest); code != http.StatusForbidden || !strings.Contains(body, "unknown, used or expired") {
+		t.Fatalf("the oldest of 4 sign-ins from one address (bound 3): got %d %q, want 403 unknown", code, body)
+	}
+
+	// Expired sign-ins are gone.
+	_, stale := start(c)
+	clock.Add(oidcauth.StateTTL)
+	if code, body := finish(c, stale); code != http.StatusForbidden || !strings.Contains(body, "unknown, used or expired") {
+		t.Fatalf("an expired sign-in: got %d %q, want 403 unknown", code, body)
 	}
 }

@@ -320,6 +320,50 @@ func TestOIDCLinkDoesNotAddDevice(t *testing.T) {
 	}
 }
 
+// TestOIDCSignInFlood: unauthenticated starts of sign-ins from several
+// addresses, past both bounds on the sign-ins in flight, are never
+// refused and lock nobody out: an admin at a fresh address then signs
+// in to the console.
+func TestOIDCSignInFlood(t *testing.T) {
+	c, _ := oidcCluster(t, "--oidc-admins", "alice@example.com", "--oidc-max-sign-ins", "16", "--oidc-max-sign-ins-per-address", "4")
+	from := func(ip string) *http.Client {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		jar, _ := cookiejar.New(nil)
+		return &http.Client{Jar: jar, Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: d.DialContext}}
+	}
+	for i := range 8 {
+		cl := from(fmt.Sprintf("127.0.2.%d", i+1))
+		cl.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+		for j := range 8 {
+			resp, err := cl.Get(c.url + "/oidc/admin?next=/console/")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusFound {
+				t.Fatalf("start %d from address %d: got %d, want 302 to the provider", j, i, resp.StatusCode)
+			}
+		}
+	}
+	admin := from("127.0.3.9")
+	resp, body, err := oidctest.Login(t.Context(), admin, c.url+"/oidc/admin?next=/console/", oidcAlice.Email, oidcAlice.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK || !strings.Contains(body, "Signed in.") {
+		t.Fatalf("admin sign-in after the flood ended at %s with %d:\n%.600s", resp.Request.URL, resp.StatusCode, body)
+	}
+	resp, err = admin.Get(c.url + "/console/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), "alice@example.com") {
+		t.Fatalf("the console after the admin's sign-in: %d at %s:\n%.600s", resp.StatusCode, resp.Request.URL, b)
+	}
+}
+
 // TestOIDCRouteInBrowser: a route exposed with --oidc sends a browser
 // through the provider's sign-in and back to the page it asked for; the
 // app gets the person in X-Beam-User and X-Beam-Email (a client's own

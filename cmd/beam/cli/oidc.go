@@ -32,8 +32,8 @@ func registerOIDCProvider(fl *pflag.FlagSet, o *configs.OIDCProvider, what strin
 	def := configs.DefaultOIDCProvider()
 	fl.StringSliceVar(&o.Scopes, "oidc-scopes", def.Scopes, "scopes to request besides openid (add groups if your provider needs it for the groups claim)")
 	fl.StringVar(&o.GroupsClaim, "oidc-groups-claim", def.GroupsClaim, "ID token claim listing the user's groups")
-	fl.IntVar(&o.MaxSignIns, "oidc-max-sign-ins", 0, "sign-ins in flight (started, not finished; kept up to 10 minutes) past which new ones get 429 (0: 4096; -1: no limit)")
-	fl.IntVar(&o.MaxSignInsPerAddress, "oidc-max-sign-ins-per-address", 0, "sign-ins in flight from one client address past which its new ones get 429 (0: 64; -1: no limit)")
+	fl.IntVar(&o.MaxSignIns, "oidc-max-sign-ins", 0, "sign-ins in flight kept (started, not finished; up to 10 minutes each), past which the oldest of the busiest address is dropped (0: 4096; -1: no limit)")
+	fl.IntVar(&o.MaxSignInsPerAddress, "oidc-max-sign-ins-per-address", 0, "sign-ins in flight kept from one client address, past which its oldest is dropped (0: 64; -1: no limit)")
 }
 
 // registerOIDC registers the --oidc-* flags of beam coordinator and beam
