@@ -118,8 +118,9 @@ type RP struct {
 }
 
 // Flows holds sign-ins in flight, of one RP or of several that share
-// their bounds (the edge: one RP per route host). It is safe for
-// concurrent use.
+// their bounds (the edge: one RP per route host); a sign-in is finished
+// only by an RP with the redirect URL of the one that started it. It is
+// safe for concurrent use.
 type Flows struct {
 	max, maxPerSource int // < 0: none
 
@@ -134,7 +135,7 @@ type Flows struct {
 
 // flow is one started sign-in.
 type flow struct {
-	rp                    *RP // the RP that started it, the only one that may finish it
+	redirect              string // the redirect URL of the RP that started it, which alone may finish it
 	verifier, nonce, data string
 	browser               [32]byte // SHA-256 of the browser cookie's value
 	expires               time.Time
@@ -226,7 +227,7 @@ func (r *RP) AuthURL(w http.ResponseWriter, req *http.Request, data string) stri
 	state, verifier, nonce, browser := random(), random(), random(), random()
 	now := r.now()
 	src := sourceOf(req)
-	r.flows.add(state, &flow{rp: r, verifier: verifier, nonce: nonce, data: data, browser: sha256.Sum256([]byte(browser)),
+	r.flows.add(state, &flow{redirect: r.RedirectURL(), verifier: verifier, nonce: nonce, data: data, browser: sha256.Sum256([]byte(browser)),
 		expires: now.Add(StateTTL), source: src, group: groupOf(src)}, now, r.logger)
 	// One cookie per sign-in (named by the state's hash), so sign-ins in
 	// several tabs do not undo each other. SameSite=Lax: the callback is a
@@ -358,11 +359,12 @@ func (fs *Flows) deleteLocked(state string) *flow {
 	return f
 }
 
-// take forgets and returns the sign-in state that rp started, or nil.
-func (fs *Flows) take(rp *RP, state string) *flow {
+// take forgets and returns the sign-in state that an RP with the
+// redirect URL started, or nil.
+func (fs *Flows) take(redirect, state string) *flow {
 	fs.mu.Lock()
 	defer fs.mu.Unlock()
-	if f := fs.states[state]; f == nil || f.rp != rp {
+	if f := fs.states[state]; f == nil || f.redirect != redirect {
 		return nil
 	}
 	return fs.deleteLocked(state)
@@ -387,7 +389,7 @@ func (r *RP) cookieName(state string) string {
 func (r *RP) Finish(w http.ResponseWriter, req *http.Request) (*Identity, string, error) {
 	q := req.URL.Query()
 	state := q.Get("state")
-	f := r.flows.take(r, state) // good once, whatever happens next
+	f := r.flows.take(r.RedirectURL(), state) // good once, whatever happens next
 	if state == "" || f == nil || !r.now().Before(f.expires) {
 		return nil, "", fmt.Errorf("%w: this sign-in is unknown, used or expired; start again", ErrSignIn)
 	}

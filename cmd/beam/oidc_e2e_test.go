@@ -397,6 +397,32 @@ func TestOIDCRouteInBrowser(t *testing.T) {
 		t.Fatalf("API client: got %q, %v; want 401", code, err)
 	}
 
+	// The edge routes any spelling of the host; the sign-in knows one
+	// callback per host and refuses a port the edge does not listen on.
+	noRedirect := &http.Client{Timeout: 30 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for _, tc := range []struct {
+		host     string
+		code     int
+		callback string
+	}{
+		{fmt.Sprintf("ALPHA.localhost.:%d", httpPort), http.StatusFound, u + "/.beam/oidc/callback"},
+		{fmt.Sprintf("alpha.localhost:%d", httpPort+1), http.StatusBadRequest, ""},
+	} {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, fmt.Sprintf("http://127.0.0.1:%d/", httpPort), nil)
+		req.Host = tc.host
+		req.Header.Set("Accept", "text/html")
+		resp, err := noRedirect.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.code {
+			t.Errorf("Host %s: got %d, want %d", tc.host, resp.StatusCode, tc.code)
+		} else if loc, _ := url.Parse(resp.Header.Get("Location")); tc.callback != "" && loc.Query().Get("redirect_uri") != tc.callback {
+			t.Errorf("Host %s: callback %q, want %q", tc.host, loc.Query().Get("redirect_uri"), tc.callback)
+		}
+	}
+
 	ctx := consoleBrowser(t)
 	// Every request of the browser carries a forged X-Beam-User.
 	if _, err := chromedp.Call(ctx, network.Enable, network.EnableParams{}); err != nil {

@@ -4,7 +4,13 @@
 // Each route host is its own relying party: the provider sends the
 // browser back to https://HOST/.beam/oidc/callback (CallbackPath), so
 // every cookie stays scoped to that host and no token crosses from one
-// route to another. Register that URL for each route at the provider, or
+// route to another. HOST is the request's host lower-cased without a
+// trailing dot, with its port only if the request names one, which must
+// be the port of the listener it came in on (else 400): the edge routes
+// every spelling of a host alike, and each spelling must not be a new
+// relying party. The sign-ins in flight of all hosts share one set of
+// bounds (oidcauth.Flows), and past maxHosts the least recently used
+// relying party is forgotten (its sign-ins in flight still finish). Register that URL for each route at the provider, or
 // one wildcard URL where the provider allows it. After the callback the
 // browser holds a session cookie for the host (HttpOnly, SameSite=Lax,
 // Secure over HTTPS); the edge keeps the session in memory and strips
@@ -22,7 +28,9 @@ import (
 	"fmt"
 	"html"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -41,8 +49,11 @@ const (
 	cookieName  = "beam_edge_session"
 	stateCookie = "beam_edge_oidc"
 	maxSessions = 100000
-	maxHosts    = 10000
 )
+
+// maxHosts bounds the relying parties (route hosts) and parsed rules
+// kept; a variable for tests.
+var maxHosts = 10000
 
 // Options configures a SignIn.
 type Options struct {
@@ -56,7 +67,7 @@ type Options struct {
 	// DefaultSessionLifetime.
 	SessionLifetime time.Duration
 	// MaxSignIns and MaxSignInsPerAddress bound the sign-ins in flight
-	// of each route host, as oidcauth.Options'.
+	// of all route hosts together, as oidcauth.NewFlows'.
 	MaxSignIns, MaxSignInsPerAddress int
 	// HTTPClient reaches the provider; nil means oidcauth's default.
 	HTTPClient *http.Client
@@ -73,14 +84,22 @@ type SignIn struct {
 	now    func() time.Time
 	life   time.Duration
 
+	flows *oidcauth.Flows // the sign-ins in flight of every route host
+
 	mu       sync.Mutex                 // guards the following fields
-	rps      map[string]*oidcauth.RP    // by scheme://host
+	rps      map[string]*rpEntry        // by origin (see origin)
+	used     uint64                     // ticks at each use of an RP
 	sessions map[string]*session        // by cookie value
 	rules    map[string]*oidcauth.Allow // parsed rules, by their joined text
 }
 
+type rpEntry struct {
+	rp   *oidcauth.RP
+	used uint64 // SignIn.used at its last use
+}
+
 type session struct {
-	host    string
+	host    string // origin
 	id      oidcauth.Identity
 	expires time.Time
 }
@@ -94,7 +113,8 @@ func New(opts Options) (*SignIn, error) {
 		return nil, errors.New("edgeoidc: Options.Issuer and ClientID are required")
 	}
 	s := &SignIn{opts: opts, logger: opts.Logger, now: opts.Now, life: opts.SessionLifetime,
-		rps: map[string]*oidcauth.RP{}, sessions: map[string]*session{}, rules: map[string]*oidcauth.Allow{}}
+		flows: oidcauth.NewFlows(opts.MaxSignIns, opts.MaxSignInsPerAddress),
+		rps:   map[string]*rpEntry{}, sessions: map[string]*session{}, rules: map[string]*oidcauth.Allow{}}
 	if s.logger == nil {
 		s.logger = slog.New(slog.DiscardHandler)
 	}
@@ -107,41 +127,88 @@ func New(opts Options) (*SignIn, error) {
 	return s, nil
 }
 
-func origin(r *http.Request) string {
+// origin is the canonical origin of r's host: the scheme, the host
+// lower-cased without a trailing dot and, if r names a port other than
+// the scheme's default, that port. ok is false if the host does not
+// parse or r names a port other than its listener's.
+func origin(r *http.Request) (o string, ok bool) {
+	scheme, def := "http", "80"
 	if r.TLS != nil {
-		return "https://" + r.Host
+		scheme, def = "https", "443"
 	}
-	return "http://" + r.Host
+	host, port := r.Host, ""
+	if h, p, err := net.SplitHostPort(r.Host); err == nil {
+		host, port = h, p
+	}
+	host = strings.ToLower(strings.TrimSuffix(host, "."))
+	if host == "" || strings.ContainsAny(host, ":[]/@\\\" ") {
+		return "", false
+	}
+	if port != "" {
+		if lp := listenerPort(r); lp != "" && port != lp {
+			return "", false
+		}
+		if port == def {
+			port = ""
+		}
+	}
+	if port != "" {
+		host += ":" + port
+	}
+	return scheme + "://" + host, true
 }
 
-// rp returns the relying party of r's host, discovering the provider for
-// the first request of each.
-func (s *SignIn) rp(ctx context.Context, r *http.Request) (*oidcauth.RP, error) {
-	o := origin(r)
-	s.mu.Lock()
-	rp := s.rps[o]
-	s.mu.Unlock()
-	if rp != nil {
-		return rp, nil
+// listenerPort is the port of the listener r came in on, or "" if unknown.
+func listenerPort(r *http.Request) string {
+	a, _ := r.Context().Value(http.LocalAddrContextKey).(net.Addr)
+	if a == nil {
+		return ""
 	}
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprint(ap.Port())
+}
+
+// rp returns the relying party of origin o, discovering the provider
+// for the first request of each; past maxHosts the least recently used
+// is forgotten.
+func (s *SignIn) rp(ctx context.Context, o string) (*oidcauth.RP, error) {
+	s.mu.Lock()
+	if e := s.rps[o]; e != nil {
+		s.used++
+		e.used = s.used
+		s.mu.Unlock()
+		return e.rp, nil
+	}
+	s.mu.Unlock()
 	rp, err := oidcauth.New(ctx, oidcauth.Options{
 		Issuer: s.opts.Issuer, ClientID: s.opts.ClientID, ClientSecret: s.opts.ClientSecret,
 		RedirectURL: o + CallbackPath, Scopes: s.opts.Scopes, GroupsClaim: s.opts.GroupsClaim,
 		CookieName: stateCookie, HTTPClient: s.opts.HTTPClient, Logger: s.logger, Now: s.now,
-		MaxSignIns: s.opts.MaxSignIns, MaxSignInsPerAddress: s.opts.MaxSignInsPerAddress,
+		Flows: s.flows,
 	})
 	if err != nil {
 		return nil, err
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.used++
+	if e := s.rps[o]; e != nil {
+		e.used = s.used
+		return e.rp, nil
+	}
 	if len(s.rps) >= maxHosts {
-		clear(s.rps)
+		var lru string
+		for k, e := range s.rps {
+			if lru == "" || e.used < s.rps[lru].used {
+				lru = k
+			}
+		}
+		delete(s.rps, lru)
 	}
-	if prev := s.rps[o]; prev != nil {
-		return prev, nil
-	}
-	s.rps[o] = rp
+	s.rps[o] = &rpEntry{rp: rp, used: s.used}
 	return rp, nil
 }
 
@@ -177,11 +244,16 @@ func (s *SignIn) Authenticate(w http.ResponseWriter, r *http.Request, rules []st
 		page(w, http.StatusInternalServerError, "Sign-in misconfigured", "This route's sign-in rules do not parse.")
 		return edge.Identity{}, false
 	}
-	if r.URL.Path == CallbackPath {
-		s.callback(w, r)
+	o, ok := origin(r)
+	if !ok {
+		page(w, http.StatusBadRequest, "Bad request", "This host or port is not one this edge serves.")
 		return edge.Identity{}, false
 	}
-	if ss := s.session(r); ss != nil {
+	if r.URL.Path == CallbackPath {
+		s.callback(w, r, o)
+		return edge.Identity{}, false
+	}
+	if ss := s.session(r, o); ss != nil {
 		if !allow.Permits(&ss.id) {
 			page(w, http.StatusForbidden, "Not allowed", "You are signed in as "+who(&ss.id)+", who may not use this service.")
 			return edge.Identity{}, false
@@ -194,13 +266,13 @@ func (s *SignIn) Authenticate(w http.ResponseWriter, r *http.Request, rules []st
 		return id, true
 	}
 	if (r.Method != http.MethodGet && r.Method != http.MethodHead) || !strings.Contains(r.Header.Get("Accept"), "text/html") {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="`+r.Host+`"`)
+		w.Header().Set("WWW-Authenticate", `Bearer realm="`+strings.TrimPrefix(strings.TrimPrefix(o, "https://"), "http://")+`"`)
 		page(w, http.StatusUnauthorized, "Unauthorized", "This service needs a sign-in: open it in a browser.")
 		return edge.Identity{}, false
 	}
-	rp, err := s.rp(r.Context(), r)
+	rp, err := s.rp(r.Context(), o)
 	if err != nil {
-		s.logger.Warn("oidc provider unreachable", "host", r.Host, "err", err)
+		s.logger.Warn("oidc provider unreachable", "host", o, "err", err)
 		page(w, http.StatusBadGateway, "Sign-in unavailable", "The sign-in provider cannot be reached; try again later.")
 		return edge.Identity{}, false
 	}
@@ -215,8 +287,8 @@ func who(id *oidcauth.Identity) string {
 	return id.Subject
 }
 
-// session returns r's unexpired session for its host, or nil.
-func (s *SignIn) session(r *http.Request) *session {
+// session returns r's unexpired session for its origin o, or nil.
+func (s *SignIn) session(r *http.Request, o string) *session {
 	c, err := r.Cookie(cookieFor(r))
 	if err != nil {
 		return nil
@@ -224,7 +296,7 @@ func (s *SignIn) session(r *http.Request) *session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ss := s.sessions[c.Value]
-	if ss == nil || ss.host != r.Host {
+	if ss == nil || ss.host != o {
 		return nil
 	}
 	if !s.now().Before(ss.expires) {
@@ -234,15 +306,15 @@ func (s *SignIn) session(r *http.Request) *session {
 	return ss
 }
 
-func (s *SignIn) callback(w http.ResponseWriter, r *http.Request) {
-	rp, err := s.rp(r.Context(), r)
+func (s *SignIn) callback(w http.ResponseWriter, r *http.Request, o string) {
+	rp, err := s.rp(r.Context(), o)
 	if err != nil {
 		page(w, http.StatusBadGateway, "Sign-in unavailable", "The sign-in provider cannot be reached; try again later.")
 		return
 	}
 	id, next, err := rp.Finish(w, r)
 	if err != nil {
-		s.logger.Info("edge sign-in refused", "host", r.Host, "err", err)
+		s.logger.Info("edge sign-in refused", "host", o, "err", err)
 		page(w, http.StatusForbidden, "Sign-in failed", strings.TrimPrefix(err.Error(), "oidcauth: "))
 		return
 	}
@@ -258,11 +330,11 @@ func (s *SignIn) callback(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	s.sessions[value] = &session{host: r.Host, id: *id, expires: now.Add(s.life)}
+	s.sessions[value] = &session{host: o, id: *id, expires: now.Add(s.life)}
 	s.mu.Unlock()
 	http.SetCookie(w, &http.Cookie{Name: cookieFor(r), Value: value, Path: "/", MaxAge: int(s.life / time.Second),
 		HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteLaxMode})
-	s.logger.Info("edge sign-in", "host", r.Host, "user", who(id))
+	s.logger.Info("edge sign-in", "host", o, "user", who(id))
 	if !strings.HasPrefix(next, "/") || strings.HasPrefix(next, "//") || strings.HasPrefix(next, "/\\") {
 		next = "/"
 	}

@@ -1,6 +1,7 @@
 package edgeoidc_test
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -168,5 +169,134 @@ func TestUnverifiedEmailNotPassedOn(t *testing.T) {
 	// Admitted by group:eng, not by the unverified email; named by subject.
 	if want := `app: user=u-dave email= path=/ cookie=""`; resp.StatusCode != 200 || body != want {
 		t.Fatalf("got %d %q, want 200 %q", resp.StatusCode, body, want)
+	}
+}
+
+// browserAt is a browser whose connections come from the loopback
+// address src and reach NAME.localhost at the loopback address.
+func browserAt(src string) *http.Client {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	c := browser()
+	c.Transport = &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if h, port, err := net.SplitHostPort(addr); err == nil && strings.HasSuffix(h, ".localhost") {
+			addr = net.JoinHostPort("127.0.0.1", port)
+		}
+		return d.DialContext(ctx, network, addr)
+	}}
+	return c
+}
+
+// start begins a sign-in at host (a Host header for the route at base)
+// in c and returns the status and the provider URL it was sent to.
+func start(t *testing.T, c *http.Client, base, host string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", base+"/", nil)
+	req.Host = host
+	req.Header.Set("Accept", "text/html")
+	stop := c.CheckRedirect
+	c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	defer func() { c.CheckRedirect = stop }()
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode, resp.Header.Get("Location")
+}
+
+// finish signs in as alice from authURL in c and returns where it ended.
+func finish(t *testing.T, c *http.Client, authURL string) (int, string) {
+	t.Helper()
+	resp, body, err := oidctest.Login(t.Context(), c, authURL, alice.Email, alice.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, body
+}
+
+// TestHostSpellings: the edge routes a host however it is spelt (case,
+// trailing dot, any port); the sign-in sends the provider the host's one
+// canonical callback, and refuses a port the edge does not listen on, so
+// spellings cannot mint relying parties.
+func TestHostSpellings(t *testing.T) {
+	s := newSignIn(t)
+	base := route(t, s, []string{"email:*@example.com"})
+	port := mustURL(t, base).Port()
+	other := "1"
+	if port == other {
+		other = "2"
+	}
+	for _, tc := range []struct {
+		host     string
+		code     int
+		callback string
+	}{
+		{"alpha.localhost:" + port, http.StatusFound, "http://alpha.localhost:" + port + edgeoidc.CallbackPath},
+		{"ALPHA.LocalHost.:" + port, http.StatusFound, "http://alpha.localhost:" + port + edgeoidc.CallbackPath},
+		{"alpha.localhost", http.StatusFound, "http://alpha.localhost" + edgeoidc.CallbackPath}, // behind a port mapping
+		{"alpha.localhost:" + other, http.StatusBadRequest, ""},
+		{"alpha.localhost:1" + port, http.StatusBadRequest, ""},
+	} {
+		code, loc := start(t, browser(), base, tc.host)
+		if code != tc.code {
+			t.Errorf("Host %s: got %d, want %d", tc.host, code, tc.code)
+			continue
+		}
+		if tc.callback == "" {
+			continue
+		}
+		if got := mustURL(t, loc).Query().Get("redirect_uri"); got != tc.callback {
+			t.Errorf("Host %s: callback %q, want %q", tc.host, got, tc.callback)
+		}
+	}
+}
+
+// TestSignInBoundsAcrossHosts: the bound on one address's sign-ins in
+// flight holds across route hosts, not per host.
+func TestSignInBoundsAcrossHosts(t *testing.T) {
+	p := oidctest.Start(t, []oidctest.User{alice}, []oidctest.Client{{ID: "edge", Secret: "s", RedirectURIs: []string{"http://*" + edgeoidc.CallbackPath}}})
+	s, err := edgeoidc.New(edgeoidc.Options{Issuer: p.Issuer, ClientID: "edge", ClientSecret: "s", MaxSignInsPerAddress: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := route(t, s, []string{"email:*@example.com"})
+	port := mustURL(t, base).Port()
+	c := browserAt("127.0.0.1")
+	var started []string
+	for _, h := range []string{"a", "b", "c"} {
+		code, loc := start(t, c, base, h+".localhost:"+port)
+		if code != http.StatusFound {
+			t.Fatalf("start at %s: got %d", h, code)
+		}
+		started = append(started, loc)
+	}
+	if code, body := finish(t, c, started[0]); code != http.StatusForbidden || !strings.Contains(body, "unknown, used or expired") {
+		t.Errorf("the first of 3 sign-ins at 3 hosts (bound 2 per address): got %d %q, want 403 unknown", code, body)
+	}
+	if code, body := finish(t, c, started[2]); code != http.StatusOK || !strings.Contains(body, "user=alice@example.com") {
+		t.Errorf("the last of 3 sign-ins: got %d %q, want the app", code, body)
+	}
+}
+
+// TestHostFloodKeepsSignIns: sign-ins started at more route hosts than
+// the edge keeps relying parties for do not undo a sign-in in flight.
+func TestHostFloodKeepsSignIns(t *testing.T) {
+	edgeoidc.SetMaxHostsForTest(t, 4)
+	s := newSignIn(t)
+	base := route(t, s, []string{"email:*@example.com"})
+	port := mustURL(t, base).Port()
+	c := browserAt("127.0.0.1")
+	code, authURL := start(t, c, base, "alpha.localhost:"+port)
+	if code != http.StatusFound {
+		t.Fatalf("start: got %d", code)
+	}
+	flood := browserAt("127.0.0.2")
+	for i := range 12 {
+		if code, _ := start(t, flood, base, fmt.Sprintf("h%d.localhost:%s", i, port)); code != http.StatusFound {
+			t.Fatalf("flood start %d: got %d", i, code)
+		}
+	}
+	if code, body := finish(t, c, authURL); code != http.StatusOK || !strings.Contains(body, "user=alice@example.com") {
+		t.Fatalf("the sign-in started before the flood: got %d %q, want the app", code, body)
 	}
 }
