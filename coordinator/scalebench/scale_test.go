@@ -152,40 +152,54 @@ func TestScaleSmoke(t *testing.T) {
 // see FleetOptions.FullMapsInFlight) are between sending their stream
 // request and having read their full map; the others open their streams
 // as slots free up.
-// BEAM_SCALE_COORD_ARGS adds flags to beam coordinator (space-separated),
-// for example "--debug-addr 127.0.0.1:6061" to take pprof profiles during
-// a run.
+// BEAM_SCALE_COORD_ARGS adds flags to beam coordinator (space-separated).
+// BEAM_SCALE_PROFILE_DIR keeps the coordinator's CPU, mutex and block
+// profiles and goroutine dumps over the full maps and the changes
+// (profiles.go), in a directory per size and binary; the fake nodes'
+// profile is go test's -cpuprofile. BEAM_SCALE_OTHER_BIN, another beam
+// binary, makes an A/B run: each size runs with this tree's beam
+// (bin=this), then with that one (bin=other). fullmap-fleet-cpu-s is the
+// fake nodes' CPU over fullmap-s, to compare with fullmap-cpu-s.
 func BenchmarkCoordinatorScale(b *testing.B) {
 	sizes, maxRSS, inFlight, args := scaleEnv(b, 2)
-	bin := beam(b)
+	bins := []struct{ name, path string }{{"", beam(b)}}
+	if other := os.Getenv("BEAM_SCALE_OTHER_BIN"); other != "" {
+		// An A/B run: each size with this tree's beam, then the other.
+		bins = []struct{ name, path string }{{"/bin=this", bins[0].path}, {"/bin=other", other}}
+	}
 	for _, n := range sizes {
-		b.Run("nodes="+strconv.Itoa(n), func(b *testing.B) {
-			for b.Loop() {
-				// Progress goes to stderr as it happens: a benchmark's
-				// log is printed only at its end, and cut short.
-				logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("nodes", n)
-				res, err := Scenario{Bin: bin, Dir: b.TempDir(), N: n, Args: args, Restart: true, MaxRSS: maxRSS,
-					FullMapsInFlight: inFlight, Logger: logger}.Run(b.Context())
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.ReportMetric(res.RegisterRate(), "reg-nodes/s")
-				b.ReportMetric(res.FullMaps.Seconds(), "fullmap-s")
-				b.ReportMetric(res.Settled.Seconds(), "settle-s")
-				b.ReportMetric(res.MedianChange().Seconds(), "change-s")
-				b.ReportMetric(res.BytesPerNodePerChange, "bytes/node/change")
-				b.ReportMetric(res.CPU.Seconds(), "cpu-s")
-				b.ReportMetric(res.FullMapsCPU.Seconds(), "fullmap-cpu-s")
-				b.ReportMetric(float64(res.RSS)/(1<<20), "rss-MB")
-				b.ReportMetric(float64(res.PeakRSS)/(1<<20), "peak-rss-MB")
-				b.ReportMetric(res.FleetCPU.Seconds(), "fleet-cpu-s")
-				b.ReportMetric(res.RestartOnline.Seconds(), "restart-online-s")
-				b.ReportMetric(res.RestartSettled.Seconds(), "restart-settle-s")
-				b.ReportMetric(res.RestartBytesPerNode, "restart-bytes/node")
-				b.ReportMetric(res.RestartCPU.Seconds(), "restart-cpu-s")
-				b.ReportMetric(float64(res.RestartResumed), "restart-resumed")
-			}
-		})
+		for _, bin := range bins {
+			b.Run("nodes="+strconv.Itoa(n)+bin.name, func(b *testing.B) { benchOne(b, bin.path, n, maxRSS, inFlight, args) })
+		}
+	}
+}
+
+func benchOne(b *testing.B, bin string, n int, maxRSS uint64, inFlight int, args []string) {
+	for b.Loop() {
+		// Progress goes to stderr as it happens: a benchmark's
+		// log is printed only at its end, and cut short.
+		logger := slog.New(slog.NewTextHandler(os.Stderr, nil)).With("nodes", n)
+		res, err := Scenario{Bin: bin, Dir: b.TempDir(), N: n, Args: args, Restart: true, MaxRSS: maxRSS,
+			FullMapsInFlight: inFlight, Logger: logger, ProfileDir: profileDir(n, bin)}.Run(b.Context())
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ReportMetric(res.RegisterRate(), "reg-nodes/s")
+		b.ReportMetric(res.FullMaps.Seconds(), "fullmap-s")
+		b.ReportMetric(res.Settled.Seconds(), "settle-s")
+		b.ReportMetric(res.MedianChange().Seconds(), "change-s")
+		b.ReportMetric(res.BytesPerNodePerChange, "bytes/node/change")
+		b.ReportMetric(res.CPU.Seconds(), "cpu-s")
+		b.ReportMetric(res.FullMapsCPU.Seconds(), "fullmap-cpu-s")
+		b.ReportMetric(res.FullMapsFleetCPU.Seconds(), "fullmap-fleet-cpu-s")
+		b.ReportMetric(float64(res.RSS)/(1<<20), "rss-MB")
+		b.ReportMetric(float64(res.PeakRSS)/(1<<20), "peak-rss-MB")
+		b.ReportMetric(res.FleetCPU.Seconds(), "fleet-cpu-s")
+		b.ReportMetric(res.RestartOnline.Seconds(), "restart-online-s")
+		b.ReportMetric(res.RestartSettled.Seconds(), "restart-settle-s")
+		b.ReportMetric(res.RestartBytesPerNode, "restart-bytes/node")
+		b.ReportMetric(res.RestartCPU.Seconds(), "restart-cpu-s")
+		b.ReportMetric(float64(res.RestartResumed), "restart-resumed")
 	}
 }
 

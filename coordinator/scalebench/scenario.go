@@ -40,6 +40,10 @@ type Scenario struct {
 	PhaseTimeout time.Duration
 	// Logger receives progress lines; nil discards them.
 	Logger *slog.Logger
+	// ProfileDir, if set, gives the coordinator a --debug-addr and keeps
+	// in this directory its pprof profiles over the full maps and the
+	// changes (profiles.go).
+	ProfileDir string
 }
 
 // Result is what a Scenario measured.
@@ -63,8 +67,9 @@ type Result struct {
 	// changes; RSS its resident set then and PeakRSS its high-water mark.
 	CPU          time.Duration
 	RSS, PeakRSS uint64
-	// FullMapsCPU is the coordinator's CPU time over FullMaps.
-	FullMapsCPU time.Duration
+	// FullMapsCPU is the coordinator's CPU time over FullMaps, and
+	// FullMapsFleetCPU this process's (the fake nodes').
+	FullMapsCPU, FullMapsFleetCPU time.Duration
 	// FleetCPU is this process's CPU time over the same span: the fake
 	// nodes share the machine with the coordinator, and a fleet that
 	// needs as much CPU as the coordinator slows it down.
@@ -127,7 +132,14 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 	if err != nil {
 		return nil, err
 	}
-	coord, err := NewCoordinator(CoordinatorOptions{Bin: sc.Bin, Dir: sc.Dir, Args: sc.Args})
+	var prof *profiler
+	if sc.ProfileDir != "" {
+		if prof, err = newProfiler(sc.ProfileDir, []string{"coord"}, log); err != nil {
+			return nil, err
+		}
+	}
+	args := append(slices.Clip(sc.Args), prof.args(0)...)
+	coord, err := NewCoordinator(CoordinatorOptions{Bin: sc.Bin, Dir: sc.Dir, Args: args})
 	if err != nil {
 		return nil, err
 	}
@@ -185,16 +197,26 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 	if err != nil {
 		return nil, err
 	}
+	fleet0, err := procUsage(os.Getpid())
+	if err != nil {
+		return nil, err
+	}
 	start := time.Now()
+	stopProf := prof.phase("fullmaps")
 	fleet.Stream()
 	if err := phase(fleet.WaitFullMaps); err != nil {
+		stopProf()
 		return nil, err
 	}
 	res.FullMaps = time.Since(start)
 	if after, err := coord.Usage(); err == nil {
 		res.FullMapsCPU = after.CPU - before.CPU
 	}
-	log.Info("full maps", "took", res.FullMaps, "coordinator_cpu", res.FullMapsCPU)
+	if after, err := procUsage(os.Getpid()); err == nil {
+		res.FullMapsFleetCPU = after.CPU - fleet0.CPU
+	}
+	stopProf()
+	log.Info("full maps", "took", res.FullMaps, "coordinator_cpu", res.FullMapsCPU, "fleet_cpu", res.FullMapsFleetCPU)
 	if err := phase(fleet.WaitSettled); err != nil {
 		return nil, err
 	}
@@ -202,6 +224,8 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 	log.Info("settled", "took", res.Settled)
 
 	var bytes float64
+	stopProf = prof.phase("changes")
+	defer func() { stopProf() }()
 	for i := range sc.Changes {
 		if err := phase(func(ctx context.Context) error {
 			took, b, err := fleet.Change(ctx, uint16(1001+i))
@@ -213,6 +237,8 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 		}
 	}
 	res.BytesPerNodePerChange = bytes / float64(sc.Changes)
+	stopProf()
+	stopProf = func() {}
 	log.Info("changes", "took", res.Changes, "bytes_per_node", res.BytesPerNodePerChange)
 
 	u, err := coord.Usage()
