@@ -60,6 +60,86 @@ type sharedPeers struct {
 	resumeVer uint64
 	digest    wire.PeersDigest
 	offline   []*peerState
+	// notOnline are the peers of the list not online (unknown ones
+	// too), as of change count notOnlineVer (notOnlineLocked); unknown
+	// says some of them are unknown.
+	notOnlineVer uint64
+	notOnline    []*peerState
+	unknown      bool
+}
+
+// notOnlineLocked returns the peers of sp that are not online, and
+// whether any of them is unknown, computed once per change of any view.
+// Server.mu held.
+func (sp *sharedPeers) notOnlineLocked(ms *streams) ([]*peerState, bool) {
+	if sp.notOnline == nil || sp.notOnlineVer != ms.changeVer {
+		sp.notOnlineVer, sp.notOnline, sp.unknown = ms.changeVer, make([]*peerState, 0), false
+		for _, ps := range sp.peers {
+			if n := ps.view.node; !n.Online || n.Unknown {
+				sp.notOnline = append(sp.notOnline, ps)
+				sp.unknown = sp.unknown || n.Unknown
+			}
+		}
+	}
+	return sp.notOnline, sp.unknown
+}
+
+// minAllOnline is the least number of online flips a message carries
+// for the coordinator to consider sending them as PeersAllOnline.
+const minAllOnline = 64
+
+// compactOnline replaces the online flips of f, a message to the node
+// of ss (flips of them), with wire.MapResponse.PeersAllOnline and the states of the
+// node's peers that are not online, when those are fewer: after a burst
+// of connections every peer is online, and a node that was sent its
+// full map early would otherwise be sent the flip of every node that
+// connected after it. It does so only when the node's peers (st.peers)
+// are those of its shared list, none of them unknown; the states it
+// sends may be newer than the message's change count, which later deltas
+// send again at worst. Only the stream's handler calls it.
+func (ms *streams) compactOnline(ss *session, st *sentState, f *mapFrame, flips int) {
+	s := ms.core
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.nodes[ss.key]
+	if e == nil || !ms.sharesPeersLocked(ss.key, e.rec.Node.Edge) {
+		return
+	}
+	sp := ms.sharedPeersLocked(ss.key, ss.networkID, now)
+	if sp == nil {
+		return
+	}
+	self := -1
+	if ps := ms.peerStates[ss.key]; ps != nil && sp.set.has(ps.slot) {
+		self = ps.slot
+	}
+	for i := range max(len(sp.set), len(st.peers)) {
+		var want, have uint64
+		if i < len(sp.set) {
+			want = sp.set[i]
+		}
+		if self >= 0 && self/64 == i {
+			want &^= 1 << (self % 64)
+		}
+		if i < len(st.peers) {
+			have = st.peers[i]
+		}
+		if want != have {
+			return
+		}
+	}
+	notOnline, unknown := sp.notOnlineLocked(ms)
+	if unknown || len(notOnline) >= flips {
+		return
+	}
+	views := make([]*peerView, 0, len(notOnline))
+	for _, ps := range notOnline {
+		if ps.slot != self {
+			views = append(views, ps.view)
+		}
+	}
+	f.online, f.resp.PeersOnline, f.resp.PeersAllOnline = views, nil, true
 }
 
 // resumeLocked returns the digest of l's peers (wire.PeersDigest) and

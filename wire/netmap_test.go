@@ -143,3 +143,70 @@ func TestMapResponseMerge(t *testing.T) {
 		t.Errorf("merged = %+v", m)
 	}
 }
+
+// TestNetMapApplyAllOnline checks PeersAllOnline: every peer held once
+// the message's changes are applied goes online (unknown ones too), but
+// those PeersOnline names as offline; peers already online stay the same
+// *Node, and the netmap it applied to is left as it was.
+func TestNetMapApplyAllOnline(t *testing.T) {
+	ks := make([]key.NodePublic, 5)
+	for i := range ks {
+		ks[i] = key.NewNode().Public()
+	}
+	now := time.Now()
+	nm := (*NetMap)(nil).Apply(&MapResponse{
+		Self: &Node{Key: ks[0], Name: "self"},
+		Peers: []*Node{
+			{Key: ks[1], Name: "a", Online: true},
+			{Key: ks[2], Name: "b"},
+			{Key: ks[3], Name: "c", Unknown: true},
+		},
+	}, now)
+	before := map[string]*Node{}
+	for _, p := range nm.Peers {
+		before[p.Name] = p
+	}
+	nm2 := nm.Apply(&MapResponse{
+		PeersChanged:   []*Node{{Key: ks[4], Name: "d"}},
+		PeersRemoved:   []key.NodePublic{ks[3]},
+		PeersAllOnline: true,
+		PeersOnline:    map[key.NodePublic]bool{ks[2]: false},
+	}, now)
+	got := map[string]bool{}
+	for _, p := range nm2.Peers {
+		if p.Unknown {
+			t.Errorf("peer %s unknown after PeersAllOnline", p.Name)
+		}
+		got[p.Name] = p.Online
+	}
+	want := map[string]bool{"a": true, "b": false, "d": true}
+	if len(got) != len(want) {
+		t.Fatalf("peers = %v, want %v", got, want)
+	}
+	for name, on := range want {
+		if got[name] != on {
+			t.Errorf("peer %s online = %v, want %v", name, got[name], on)
+		}
+	}
+	for _, p := range nm2.Peers {
+		if p.Name == "a" && p != before["a"] {
+			t.Error("a peer already online was copied")
+		}
+	}
+	if before["b"].Online || !before["c"].Unknown {
+		t.Error("Apply modified the netmap it applied to")
+	}
+	// The index Apply keeps agrees with the list.
+	nm3 := nm2.Apply(&MapResponse{PeersOnline: map[key.NodePublic]bool{ks[1]: false}}, now)
+	for _, p := range nm3.Peers {
+		if p.Name == "a" && p.Online {
+			t.Error("a still online after going offline")
+		}
+	}
+	var m MapResponse
+	m.Merge(&MapResponse{PeersAllOnline: true, More: true})
+	m.Merge(&MapResponse{PeersChanged: []*Node{{Key: ks[1]}}})
+	if !m.PeersAllOnline {
+		t.Error("Merge dropped PeersAllOnline")
+	}
+}
