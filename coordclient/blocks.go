@@ -34,6 +34,7 @@ func (c *Client) readBlocks(r io.Reader, p []byte, bound bool) ([]byte, error) {
 	out := make([]byte, 0, len(inner)+total)
 	out = append(out, inner[:at]...)
 	var buf []byte
+	defer func() { putSealed(buf) }()
 	for i, ref := range refs {
 		var hdr [4]byte
 		if _, err := io.ReadFull(r, hdr[:]); err != nil {
@@ -43,7 +44,8 @@ func (c *Client) readBlocks(r io.Reader, p []byte, bound bool) ([]byte, error) {
 			return nil, fmt.Errorf("%w: block %d of a blocked map frame is %d bytes, want %d", ErrBadResponse, i, n, ref.Size)
 		}
 		if cap(buf) < ref.Size {
-			buf = make([]byte, ref.Size)
+			putSealed(buf)
+			buf = getSealed(ref.Size)
 		}
 		buf = buf[:ref.Size]
 		if _, err := io.ReadFull(r, buf); err != nil {

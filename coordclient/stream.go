@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"beam.dev/beam/types/key"
@@ -133,7 +134,8 @@ func readFrame(r io.Reader, box key.Shared) (*wire.MapResponse, error) {
 }
 
 // readPayload reads one frame as readFrame does and returns its payload
-// opened with open, undecoded.
+// opened with open, undecoded. open must return a copy: the sealed
+// bytes it is given are read into a buffer reused for later frames.
 func readPayload(r io.Reader, open func([]byte) ([]byte, error)) ([]byte, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
@@ -143,7 +145,8 @@ func readPayload(r io.Reader, open func([]byte) ([]byte, error)) ([]byte, error)
 	if n == 0 || n > wire.MaxFrameSize {
 		return nil, fmt.Errorf("%w: frame size %d out of range", ErrBadResponse, n)
 	}
-	buf := make([]byte, n)
+	buf := getSealed(int(n))
+	defer putSealed(buf)
 	if _, err := io.ReadFull(r, buf); err != nil {
 		if errors.Is(err, io.EOF) {
 			err = io.ErrUnexpectedEOF
@@ -151,6 +154,32 @@ func readPayload(r io.Reader, open func([]byte) ([]byte, error)) ([]byte, error)
 		return nil, err
 	}
 	return open(buf)
+}
+
+// sealedBufs holds buffers for sealed frames and blocks as they are read,
+// which opening copies out of: a node reading a full map of thousands
+// of peers (and a process that runs thousands of streams) would
+// otherwise allocate, clear and collect every frame twice.
+var sealedBufs sync.Pool // of *[]byte
+
+// maxPooledSealed is the largest buffer sealedBufs keeps: frames are
+// cut at about 40 KB; the rare larger one is not held on to.
+const maxPooledSealed = 256 << 10
+
+// getSealed returns a buffer of n bytes from sealedBufs; give it back
+// with putSealed once what was read into it is opened.
+func getSealed(n int) []byte {
+	if p, _ := sealedBufs.Get().(*[]byte); p != nil && cap(*p) >= n {
+		return (*p)[:n]
+	}
+	return make([]byte, n)
+}
+
+// putSealed gives b, from getSealed, back; it must not be used after.
+func putSealed(b []byte) {
+	if cap(b) > 0 && cap(b) <= maxPooledSealed {
+		sealedBufs.Put(&b)
+	}
 }
 
 // decodeFrame decodes one opened frame.
