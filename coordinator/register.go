@@ -218,12 +218,18 @@ func SanitizeLabel(hostname string) string {
 }
 
 // uniqueNameLocked returns base, or base-2, base-3, ... whichever is not
-// taken in the network. s.mu held.
+// taken in the network. It looks at the names that could be one of
+// those, which all begin with base's first 40 bytes: building a set of
+// every name in the network cost each registration O(N) allocations under
+// s.mu. s.mu held.
 func (rg *registry) uniqueNameLocked(networkID int64, base string) string {
 	s := rg.core
+	// A candidate keeps at least 63-12 bytes of base (a suffix has at
+	// most 11 digits), less trailing dashes.
+	prefix := strings.TrimRight(base[:min(len(base), 40)], "-")
 	taken := make(map[string]bool)
 	for _, e := range s.nodes {
-		if e.rec.NetworkID == networkID {
+		if e.rec.NetworkID == networkID && strings.HasPrefix(e.rec.Node.Name, prefix) {
 			taken[e.rec.Node.Name] = true
 		}
 	}

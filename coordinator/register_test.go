@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -36,6 +38,25 @@ func TestRegisterHappyPath(t *testing.T) {
 	}
 	if got.Key != n.NodeKey() || got.User != "ann" || len(got.Tags) != 1 || got.Tags[0] != "tag:web" || got.OS != "linux" {
 		t.Errorf("node = %+v", got)
+	}
+}
+
+// TestLongNameCollision: a hostname that fills a DNS label gets a
+// suffix in place of its last bytes, and names that only share a
+// beginning with it do not count as taken.
+func TestLongNameCollision(t *testing.T) {
+	c := startCoord(t, nil)
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	long := strings.Repeat("x", 39) + "-" + strings.Repeat("y", 30) // a label of 63 after sanitizing
+	other := strings.Repeat("x", 39) + "-other"
+	var got []string
+	for _, h := range []string{other, long, long, long, other} {
+		got = append(got, newNode(t, c.URL).register(t, ak, h).Node.Name)
+	}
+	label := long[:63]
+	want := []string{other, label, label[:61] + "-2", label[:61] + "-3", other + "-2"}
+	if !slices.Equal(got, want) {
+		t.Errorf("names %q, want %q", got, want)
 	}
 }
 
