@@ -223,7 +223,9 @@ func (s *Server) CreateAuthKeyAs(ctx context.Context, actor string, req wire.Cre
 // /api/v1/authkeys/{prefix} does, and records it in the audit log as done
 // by actor. An unknown prefix fails with ErrNotFound.
 func (s *Server) DeleteAuthKeyAs(ctx context.Context, actor, prefix string) error {
-	if err := s.store.DeleteAuthKey(ctx, prefix); err != nil {
+	err := s.store.DeleteAuthKey(ctx, prefix)
+	s.reg.forgetKeys()
+	if err != nil {
 		return err
 	}
 	s.logger.Info("auth key deleted", "auth_key", prefix)

@@ -80,6 +80,12 @@ type registry struct {
 		next       netip.Addr
 	}
 
+	// keys are the reusable auth keys lookupAuthKey read lately.
+	keys struct {
+		sync.Mutex // guards the following field
+		byHash     map[[32]byte]knownKey
+	}
+
 	// clashes reads the nodes a new node clashed with in the store
 	// (learnClashRegLocked); nil when this coordinator is the store's
 	// only user.
@@ -254,24 +260,83 @@ func hashSecret(secret string) []byte {
 	return h[:]
 }
 
-// lookupAuthKey finds a usable auth key.
+// lookupAuthKey finds a usable auth key. A reusable key it found is
+// kept for keyCacheTTL (knownKeys), so that a burst of registrations
+// with one key, the usual way to enroll a fleet, reads it once: on a
+// shared store each read is a round trip under rg.mu. What it keeps may
+// outlive the key's deletion by another coordinator by that long, and
+// no more: a node is stored only with a use of its key in the same
+// transaction (NodeStore.InsertNode, RenewNode), which finds no key.
 func (rg *registry) lookupAuthKey(ctx context.Context, secret string) (*AuthKey, *apiError) {
 	s := rg.core
-	ak, err := s.store.AuthKeyByHash(ctx, hashSecret(secret))
-	if errors.Is(err, ErrNotFound) {
-		return nil, errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key is not valid")
+	h := sha256.Sum256([]byte(secret))
+	now := s.now()
+	ak := rg.knownKey(h, now)
+	if ak == nil {
+		var err error
+		ak, err = s.store.AuthKeyByHash(ctx, h[:])
+		if errors.Is(err, ErrNotFound) {
+			return nil, errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key is not valid")
+		}
+		if err != nil {
+			s.logger.Error("look up auth key", "err", err)
+			return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
+		}
+		if ak.Reusable {
+			rg.keepKey(h, ak, now)
+		}
 	}
-	if err != nil {
-		s.logger.Error("look up auth key", "err", err)
-		return nil, errorf(http.StatusInternalServerError, wire.CodeInternal, "store error")
-	}
-	if !ak.Expiry.IsZero() && !s.now().Before(ak.Expiry) {
+	if !ak.Expiry.IsZero() && !now.Before(ak.Expiry) {
 		return nil, errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key %s expired", ak.Prefix)
 	}
 	if !ak.Reusable && ak.UseCount > 0 {
 		return nil, errorf(http.StatusUnauthorized, wire.CodeAuthKeyInvalid, "auth key %s was already used", ak.Prefix)
 	}
 	return ak, nil
+}
+
+// keyCacheTTL is how long lookupAuthKey keeps a reusable key it read;
+// maxKnownKeys bounds how many it keeps.
+const (
+	keyCacheTTL  = 10 * time.Second
+	maxKnownKeys = 64
+)
+
+// knownKey returns the reusable key with the hash h that lookupAuthKey
+// read within keyCacheTTL before now, or nil. The key is shared: callers
+// must not change it.
+func (rg *registry) knownKey(h [32]byte, now time.Time) *AuthKey {
+	rg.keys.Lock()
+	defer rg.keys.Unlock()
+	k, ok := rg.keys.byHash[h]
+	if !ok || now.Sub(k.at) >= keyCacheTTL || now.Before(k.at) {
+		return nil
+	}
+	return k.ak
+}
+
+// keepKey keeps the reusable key ak with the hash h, read at now.
+func (rg *registry) keepKey(h [32]byte, ak *AuthKey, now time.Time) {
+	rg.keys.Lock()
+	defer rg.keys.Unlock()
+	if rg.keys.byHash == nil || len(rg.keys.byHash) >= maxKnownKeys {
+		rg.keys.byHash = make(map[[32]byte]knownKey)
+	}
+	rg.keys.byHash[h] = knownKey{ak: ak, at: now}
+}
+
+// forgetKeys drops the keys lookupAuthKey keeps, when this coordinator
+// deletes one.
+func (rg *registry) forgetKeys() {
+	rg.keys.Lock()
+	defer rg.keys.Unlock()
+	rg.keys.byHash = nil
+}
+
+// knownKey is a reusable key lookupAuthKey read, and when.
+type knownKey struct {
+	ak *AuthKey
+	at time.Time
 }
 
 // ClashReader is what a store shared by several coordinators adds for

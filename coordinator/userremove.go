@@ -55,7 +55,9 @@ func (s *Server) DeleteUserAndNodes(ctx context.Context, actor, name string) ([]
 		if k.User != name {
 			continue
 		}
-		if err := s.store.DeleteAuthKey(ctx, k.Prefix); err != nil && !errors.Is(err, ErrNotFound) {
+		err := s.store.DeleteAuthKey(ctx, k.Prefix)
+		s.reg.forgetKeys()
+		if err != nil && !errors.Is(err, ErrNotFound) {
 			return removed, fmt.Errorf("coordinator: delete auth key %s of user %q: %w", k.Prefix, name, err)
 		}
 		s.audit(ctx, actor, "authkey.delete", k.Prefix, "user "+name+" removed")
