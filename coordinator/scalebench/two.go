@@ -42,7 +42,8 @@ type TwoScenario struct {
 	// Logger receives progress lines; nil discards them.
 	Logger *slog.Logger
 	// ProfileDir, if set, gives each coordinator a --debug-addr and
-	// keeps in this directory their pprof profiles (profiles.go).
+	// keeps in this directory their pprof profiles over registration,
+	// the full maps and the changes (profiles.go).
 	ProfileDir string
 	// DBCPU, if set, returns the CPU time the database server has used
 	// so far (pgtest.Server.CPU): it runs on the same cores.
@@ -236,12 +237,14 @@ func (sc TwoScenario) Run(ctx context.Context) (res *TwoResult, err error) {
 	defer fleet.Close()
 
 	dbReg := dbCPU()
+	stopProf := prof.phase("register")
 	if err := phase(func(ctx context.Context) (err error) {
 		res.Register, err = fleet.Register(ctx, ak, 16)
 		return err
 	}); err != nil {
 		return nil, err
 	}
+	stopProf()
 	dbFull := dbCPU()
 	res.RegisterDBCPU = dbFull - dbReg
 	log.Info("registered", "n", sc.N, "took", res.Register, "per_s", res.RegisterRate(), "db_cpu", res.RegisterDBCPU)
@@ -258,7 +261,7 @@ func (sc TwoScenario) Run(ctx context.Context) (res *TwoResult, err error) {
 	}
 	dbFull = dbCPU()
 	start := time.Now()
-	stopProf := prof.phase("fullmaps")
+	stopProf = prof.phase("fullmaps")
 	fleet.Stream()
 	// A full map from B may lack the last few nodes registered on A
 	// (they reach B through the database a moment later, as peers
