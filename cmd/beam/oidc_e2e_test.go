@@ -487,7 +487,20 @@ func TestOIDCAdminAPI(t *testing.T) {
 			t.Errorf("%s token: beam admin succeeded", name)
 		}
 	}
+	// beam admin console takes alice's ID token too: its link signs her in.
+	out, errOut, err := asAdmin(token("alice@example.com", now.Add(5*time.Minute), false), "console")
+	if link := strings.TrimSpace(out); err != nil || !signInLinkRE(c.url).MatchString(link) {
+		t.Errorf("beam admin console with alice's ID token: %v, printed %q\n%s", err, out, errOut)
+	} else if status, session := openWithoutCookies(t, link); status != http.StatusOK || !session {
+		t.Errorf("alice's sign-in link: status %d, session %v; want 200 and a session", status, session)
+	}
+	if out, _, err := asAdmin(token("bob@example.com", now.Add(5*time.Minute), false), "console"); err == nil || strings.TrimSpace(out) != "" {
+		t.Errorf("beam admin console with bob's ID token: %v, printed %q; want refused", err, out)
+	}
 	audit := c.mustBeam("admin", "--coordinator", c.url, "audit")
+	if !regexp.MustCompile(`(?m)admin:alice@example\.com\s+console\.link\s+alice@example\.com`).MatchString(audit) {
+		t.Errorf("audit log lacks alice's console.link:\n%s", audit)
+	}
 	if !regexp.MustCompile(`(?m)admin:alice@example\.com\s+user\.create\s+carol`).MatchString(audit) {
 		t.Errorf("audit log lacks alice's user.create:\n%s", audit)
 	}

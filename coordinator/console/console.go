@@ -5,8 +5,9 @@
 // action in the audit log as the admin API does, with the actor
 // "console:NAME".
 //
-// Signing in: a person signs in with the admin token (a login form). A
-// sign-in through an identity provider (OIDC) plugs in at
+// Signing in: a person signs in with a one-time link that beam admin
+// console prints (signinlink.go), or with the admin token (a login form).
+// A sign-in through an identity provider (OIDC) plugs in at
 // Console.signIn: its callback handler verifies the provider's answer and
 // starts a session for the user's Identity; nothing else changes.
 //
@@ -18,9 +19,10 @@
 // state-changing request is a POST that must come from the console's own
 // origin (Sec-Fetch-Site, Origin) and carry the session's CSRF token.
 // Sign-in attempts are rate-limited per source address, and over plain
-// HTTP they are accepted only from loopback (an SSH tunnel). No secret ever
-// appears in a URL: the token goes in a form body, and a new auth key is
-// shown once in the response to the form that created it.
+// HTTP they are accepted only from loopback (an SSH tunnel). No lasting
+// secret ever appears in a URL: the token goes in a form body, a new auth
+// key is shown once in the response to the form that created it, and the
+// code in a sign-in link works once, for a minute by default.
 package console
 
 import (
@@ -74,6 +76,12 @@ type Options struct {
 	// identity provider" link goes (with ?next=); its callback ends in
 	// SignInWith. Empty shows the admin-token form only.
 	SSOURL string
+	// AdminAuth, if set, admits a request for a sign-in link
+	// (SignInLinkPath) whose bearer token is not the admin token, as
+	// coordinator.Options.AdminAuth does for the admin API (an admin's
+	// OIDC ID token); the link then signs in who. Nil admits the admin
+	// token only.
+	AdminAuth func(r *http.Request) (who string, ok bool)
 }
 
 // Console is the web console, an http.Handler for the paths under Path.
@@ -86,7 +94,9 @@ type Console struct {
 	sessions *sessionStore
 	forms    *loginForms // the sign-in form's CSRF tokens
 	limiter  *loginLimiter
-	ssoURL   string // Options.SSOURL
+	links    *signInLinks                                // one-time sign-in links (signinlink.go)
+	ssoURL   string                                      // Options.SSOURL
+	auth     func(r *http.Request) (who string, ok bool) // Options.AdminAuth; nil: none
 	xorigin  *http.CrossOriginProtection
 	mux      *http.ServeMux
 	pages    map[string]*template.Template
@@ -107,7 +117,7 @@ func New(opts Options) (*Console, error) {
 	if opts.Coordinator == nil {
 		return nil, errors.New("console: Options.Coordinator is required")
 	}
-	c := &Console{coord: opts.Coordinator, logger: opts.Logger, now: opts.Now, ssoURL: opts.SSOURL}
+	c := &Console{coord: opts.Coordinator, logger: opts.Logger, now: opts.Now, ssoURL: opts.SSOURL, auth: opts.AdminAuth}
 	if c.logger == nil {
 		c.logger = slog.New(slog.DiscardHandler)
 	}
@@ -133,6 +143,7 @@ func New(opts Options) (*Console, error) {
 	c.sessions.tokenFP = opts.Coordinator.AdminTokenFingerprint
 	c.forms = newLoginForms(c.now, c.sessions.formLifetime)
 	c.limiter = newLoginLimiter(c.now, burst, every, maxLoginSources)
+	c.links = newSignInLinks(c.now)
 	c.xorigin = http.NewCrossOriginProtection()
 	pages, err := parsePages(c.funcs())
 	if err != nil {
@@ -162,6 +173,8 @@ func (c *Console) routes() *http.ServeMux {
 	mux.HandleFunc("GET "+Path+"login", c.handleLoginForm)
 	mux.HandleFunc("POST "+Path+"login", c.handleLogin)
 	mux.HandleFunc("POST "+Path+"logout", c.post(c.handleLogout))
+	mux.HandleFunc("POST "+SignInLinkPath, c.handleSignInLink)
+	mux.HandleFunc("GET "+Path+"signin/{code}", c.handleSignInWithLink)
 	mux.HandleFunc("GET "+Path+"{$}", c.get(func(w http.ResponseWriter, r *http.Request, ss *session) {
 		http.Redirect(w, r, Path+"nodes", http.StatusSeeOther)
 	}))
@@ -276,7 +289,7 @@ func remoteAddr(r *http.Request) netip.Addr {
 // sign-in, else the nodes page: never another site, never a path that
 // a browser reads as one (//host, /\host).
 func safeNext(next string) string {
-	if !strings.HasPrefix(next, Path) || strings.ContainsAny(next, "\\?#") || strings.Contains(next, "//") || strings.HasPrefix(next, Path+"log") {
+	if !strings.HasPrefix(next, Path) || strings.ContainsAny(next, "\\?#") || strings.Contains(next, "//") || strings.HasPrefix(next, Path+"log") || strings.HasPrefix(next, Path+"signin") {
 		return Path + "nodes"
 	}
 	u, err := url.Parse(next)

@@ -430,6 +430,7 @@ func TestNextStaysOnConsole(t *testing.T) {
 		{console.Path + "/evil.example", console.Path + "nodes"},
 		{"/\\evil.example", console.Path + "nodes"},
 		{console.Path + "logout", console.Path + "nodes"},
+		{console.Path + "signin/CODE", console.Path + "nodes"},
 		{"", console.Path + "nodes"},
 	}
 	for _, tt := range tests {

@@ -36,31 +36,40 @@ type adminFlags struct {
 //     discovery file names, used only when the URL is the discovered one
 //     (a token is never sent to a coordinator it does not belong to).
 func (a *adminFlags) client(f *Factory) (*coordclient.Admin, error) {
-	server := a.coordinator
+	server, token, err := a.target(f)
+	if err != nil {
+		return nil, err
+	}
+	return coordclient.NewAdmin(server, token, nil), nil
+}
+
+// target returns the coordinator URL (several, comma-separated) and the
+// admin token for client, found and checked as client says.
+func (a *adminFlags) target(f *Factory) (server, token string, err error) {
+	server = a.coordinator
 	if server == "" {
 		server = f.getenv("BEAM_COORDINATOR")
 	}
 	d, dpath, err := discover(f, a.dataDir)
 	if err != nil {
-		return nil, err
+		return "", "", err
 	}
 	if server == "" && d != nil {
 		server = d.URL
 	}
 	if server == "" {
-		return nil, errors.New("no coordinator found: pass --coordinator URL or set BEAM_COORDINATOR (on the coordinator's host, beam admin finds one that runs as this user, or pass --data DIR)")
+		return "", "", errors.New("no coordinator found: pass --coordinator URL or set BEAM_COORDINATOR (on the coordinator's host, beam admin finds one that runs as this user, or pass --data DIR)")
 	}
 	for u := range strings.SplitSeq(server, ",") {
 		if u, err := url.Parse(strings.TrimSpace(u)); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, fmt.Errorf("bad coordinator URL %q: want http(s)://host:port (several: comma-separated)", server)
+			return "", "", fmt.Errorf("bad coordinator URL %q: want http(s)://host:port (several: comma-separated)", server)
 		}
 	}
-	token := ""
 	switch {
 	case a.tokenFile != "":
 		b, err := os.ReadFile(a.tokenFile)
 		if err != nil {
-			return nil, fmt.Errorf("read --token-file: %w", err)
+			return "", "", fmt.Errorf("read --token-file: %w", err)
 		}
 		token = strings.TrimSpace(string(b))
 	case f.getenv("BEAM_ADMIN_TOKEN") != "":
@@ -68,21 +77,21 @@ func (a *adminFlags) client(f *Factory) (*coordclient.Admin, error) {
 	case d != nil && strings.TrimRight(server, "/") == d.URL:
 		b, err := os.ReadFile(d.TokenFile)
 		if err != nil {
-			return nil, fmt.Errorf("read the admin token named in %s: %w (run beam admin as the coordinator's user, or set BEAM_ADMIN_TOKEN)", dpath, err)
+			return "", "", fmt.Errorf("read the admin token named in %s: %w (run beam admin as the coordinator's user, or set BEAM_ADMIN_TOKEN)", dpath, err)
 		}
 		token = strings.TrimSpace(string(b))
 	}
 	if token == "" {
-		return nil, errors.New("no admin token: set BEAM_ADMIN_TOKEN or pass --token-file (the coordinator writes DATA/admin.token)")
+		return "", "", errors.New("no admin token: set BEAM_ADMIN_TOKEN or pass --token-file (the coordinator writes DATA/admin.token)")
 	}
 	if d != nil && strings.TrimRight(server, "/") == d.URL {
 		// The URL is only what a file says a coordinator used: check that
 		// the coordinator still answers there before any token goes.
 		if err := checkDiscovered(context.Background(), d, dpath); err != nil {
-			return nil, err
+			return "", "", err
 		}
 	}
-	return coordclient.NewAdmin(server, token, nil), nil
+	return server, token, nil
 }
 
 // adminErr makes an admin API error one readable line.
@@ -134,6 +143,7 @@ DIR reads DIR/coordinator.json instead.`,
 	cmd.AddCommand(newCmdAdminAuthKey(f, a), newCmdAdminNodes(f, a))
 	cmd.AddCommand(newCmdAdminRoutes(f, a), newCmdAdminDomains(f, a), newCmdAdminDNS(f, a))
 	cmd.AddCommand(newCmdAdminUsers(f, a), newCmdAdminPolicy(f, a), newCmdAdminAudit(f, a))
+	cmd.AddCommand(newCmdAdminConsole(f, a))
 	return cmd
 }
 

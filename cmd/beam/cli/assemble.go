@@ -131,7 +131,7 @@ func assembleCoordinator(ctx context.Context, spec coordinatorSpec) (_ *coordina
 	if err := applyPolicyFile(ctx, r.coord, spec.PolicyFile); err != nil {
 		return nil, err
 	}
-	con, err := console.New(console.Options{Coordinator: r.coord, Logger: spec.Logger, SSOURL: oidc.adminURL()})
+	con, err := console.New(console.Options{Coordinator: r.coord, Logger: spec.Logger, SSOURL: oidc.adminURL(), AdminAuth: copts.AdminAuth})
 	if err != nil {
 		return nil, err
 	}

@@ -10,7 +10,7 @@ func TestPrintConsoleURL(t *testing.T) {
 		base, want string
 		tunnel     bool
 	}{
-		{"http://127.0.0.1:9080", "web console at http://127.0.0.1:9080/console/ (sign in with the admin token in data/admin.token)\n", false},
+		{"http://127.0.0.1:9080", "web console at http://127.0.0.1:9080/console/ (sign in with a one-time link: beam admin console; or with the admin token in data/admin.token)\n", false},
 		{"http://localhost:9080/", "web console at http://localhost:9080/console/", false},
 		{"https://coord.example.com", "web console at https://coord.example.com/console/", false},
 		{"http://example.com:8080", "web console at http://example.com:8080/console/", true},

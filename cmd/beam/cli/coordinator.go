@@ -370,9 +370,13 @@ func printCoordinatorNext(f *Factory, o *CoordinatorOptions, url string, relays 
 	}
 }
 
-// printConsoleURL says where the web console is and how to sign in.
+// printConsoleURL says where the web console is and how to sign in: with
+// the one-time link beam admin console prints, which it gives only once
+// the server proved it holds the coordinator's key (a browser opening
+// this URL later gets whatever listens on the port then), or with the
+// admin token.
 func printConsoleURL(w io.Writer, base, dataDir string) {
-	fmt.Fprintf(w, "web console at %s%s (sign in with the admin token in %s)\n", strings.TrimRight(base, "/"), console.Path, filepath.Join(dataDir, "admin.token"))
+	fmt.Fprintf(w, "web console at %s%s (sign in with a one-time link: beam admin console; or with the admin token in %s)\n", strings.TrimRight(base, "/"), console.Path, filepath.Join(dataDir, "admin.token"))
 	u, err := url.Parse(base)
 	if err != nil || u.Scheme != "http" {
 		return
