@@ -23,6 +23,11 @@ const (
 	portMapGatewayCheck = 30 * time.Second
 	// portMapDeleteTimeout bounds deleting the mapping on Close.
 	portMapDeleteTimeout = time.Second
+	// portMapProbeTimeout bounds each of a probe's exchanges (beam
+	// netcheck): as long as the STUN round it runs beside, so a gateway
+	// that is merely slow (a busy router, a loaded host) is not reported
+	// as offering nothing.
+	portMapProbeTimeout = stunTimeout
 )
 
 // portMapState is one port's mapping (Options.PortMapping): the
@@ -207,7 +212,7 @@ type PortMapReport struct {
 
 // PortMapProbe asks the gateway which port mapping protocols it speaks
 // (nothing is sent unless Options.PortMapping is on), each exchange
-// bounded by portmap.DefaultTimeout.
+// bounded by portMapProbeTimeout.
 func (e *Engine) PortMapProbe(ctx context.Context) (PortMapReport, error) {
 	rep := PortMapReport{Enabled: e.opts.PortMapping}
 	if !rep.Enabled {
@@ -222,9 +227,19 @@ func (e *Engine) PortMapProbe(ctx context.Context) (PortMapReport, error) {
 		return rep, err
 	}
 	rep.Gateway = gw
-	o, err := (&portmap.Client{Gateway: gw}).Probe(ctx)
+	o, err := (&portmap.Client{Gateway: gw, Timeout: portMapProbeTimeout}).Probe(ctx)
 	if err != nil {
 		return rep, err
+	}
+	// The protocol that granted the mapping held now is offered, even
+	// if the gateway did not answer this probe in time.
+	switch rep.MappingProtocol {
+	case portmap.ProtoPCP:
+		o.PCP = true
+	case portmap.ProtoNATPMP:
+		o.NATPMP = true
+	case portmap.ProtoUPnP:
+		o.UPnP = true
 	}
 	rep.Protocols = o.Protocols()
 	return rep, nil

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +25,10 @@ const (
 	// the router must see, and portMapRenewWithin how soon.
 	portMapRenewals    = 3
 	portMapRenewWithin = 20 * time.Second
+	// portMapSlowGateway is how long the gateway is held while netcheck
+	// probes it: past one LAN exchange's old 500 ms bound, within the
+	// probe's.
+	portMapSlowGateway = 800 * time.Millisecond
 )
 
 var mappedRE = regexp.MustCompile(`external=(\S+)`)
@@ -113,10 +118,15 @@ func testPortMapHardHard(t *testing.T, opts nslab.MiniUPnPdOptions, proto, offer
 		}
 	}
 
-	// beam netcheck names what the gateway offers.
+	// beam netcheck names what the gateway offers, even when the gateway
+	// is slower than a LAN round trip: miniupnpd is held for
+	// portMapSlowGateway while the probe waits (a busy router, or a host
+	// as loaded as CI's).
 	nctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
+	resumed := holdProc(t, upnpd, portMapSlowGateway)
 	out, err := a.beam(nctx, nil, "netcheck", "--json")
+	<-resumed
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,4 +165,22 @@ func testPortMapHardHard(t *testing.T, opts nslab.MiniUPnPdOptions, proto, offer
 		t.Errorf("miniupnpd exited: %s", upnpd.Stderr())
 	default:
 	}
+}
+
+// holdProc stops p (SIGSTOP) and lets it go on (SIGCONT) after d; the
+// returned channel closes once it has. The test's end resumes it too.
+func holdProc(t *testing.T, p *nslab.Proc, d time.Duration) <-chan struct{} {
+	t.Helper()
+	if err := syscall.Kill(p.PID(), syscall.SIGSTOP); err != nil {
+		t.Fatalf("stop pid %d: %v", p.PID(), err)
+	}
+	resume := func() { syscall.Kill(p.PID(), syscall.SIGCONT) }
+	t.Cleanup(resume)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		<-time.After(d)
+		resume()
+	}()
+	return done
 }
