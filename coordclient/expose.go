@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/url"
 
 	"beam.dev/beam/wire"
 )
@@ -127,6 +128,16 @@ func (a *Admin) VerifyDomain(ctx context.Context, domain, network string) (*wire
 func (a *Admin) ListDomains(ctx context.Context) ([]*wire.DomainStatus, error) {
 	var out []*wire.DomainStatus
 	return out, a.do(ctx, http.MethodGet, wire.PathDomains, nil, &out)
+}
+
+// RemoveDomain removes the claims on domain, network's or (network
+// empty) every network's, and withdraws their routes on it.
+func (a *Admin) RemoveDomain(ctx context.Context, domain, network string) error {
+	p := wire.DomainPath(domain)
+	if network != "" {
+		p += "?" + url.Values{"network": {network}}.Encode()
+	}
+	return a.do(ctx, http.MethodDelete, p, nil, nil)
 }
 
 // SetTXT sets the TXT records of name in the coordinator's public zone.

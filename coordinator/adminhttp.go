@@ -65,6 +65,7 @@ func (a *adminAPI) register(mux *http.ServeMux) {
 	mux.HandleFunc("DELETE "+wire.PathRoute, a.handleRemoveRoutes)
 	mux.HandleFunc("POST "+wire.PathDomainVerify, a.handleVerifyDomain)
 	mux.HandleFunc("GET "+wire.PathDomains, a.handleListDomains)
+	mux.HandleFunc("DELETE "+wire.PathDomain, a.handleRemoveDomain)
 	mux.HandleFunc("PUT "+wire.PathDNSTXT, a.handlePutTXT)
 	mux.HandleFunc("DELETE "+wire.PathDNSTXT, a.handleDeleteTXT)
 	mux.HandleFunc("GET "+wire.PathDNSConfig, a.handleGetDNSConfig)
@@ -342,6 +343,20 @@ func (a *adminAPI) handleVerifyDomain(w http.ResponseWriter, r *http.Request) {
 func (a *adminAPI) handleListDomains(w http.ResponseWriter, r *http.Request) {
 	s := a.core
 	writeJSON(w, http.StatusOK, s.Domains(r.Context()))
+}
+
+func (a *adminAPI) handleRemoveDomain(w http.ResponseWriter, r *http.Request) {
+	s := a.core
+	err := s.RemoveDomain(r.Context(), r.URL.Query().Get("network"), r.PathValue("domain"))
+	if err == errEdgeDisabled {
+		writeError(w, errorf(http.StatusNotImplemented, wire.CodeEdgeDisabled, "this coordinator has no public edge (no edge domain configured)"))
+		return
+	}
+	if err != nil {
+		s.adminError(w, "remove domain", err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 func (a *adminAPI) handlePutTXT(w http.ResponseWriter, r *http.Request) {

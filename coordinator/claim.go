@@ -36,7 +36,8 @@ type claim struct {
 const maxDefaultNames = 9
 
 // claim finds the host for req from node self (key nk) and checks that
-// the node may publish there. es.changeMu held.
+// the node may publish there. es.changeMu held, or (expose, before
+// looking up a custom domain's proof) a check that is made again under it.
 func (es *edgeRoutes) claim(self *NodeRecord, nk key.NodePublic, req *wire.ExposeRequest) (claim, *apiError) {
 	custom := req.CustomDomain != ""
 	var hosts []string

@@ -231,6 +231,35 @@ func (es *edgeRoutes) expose(ctx context.Context, nk key.NodePublic, req *wire.E
 	if aerr := checkExpose(req); aerr != nil {
 		return nil, nil, aerr
 	}
+	var proof *proofCheck
+	if req.CustomDomain != "" && !req.Remove {
+		// The proof of control is looked up in DNS before changeMu: a
+		// resolver that never answers must hold up no other change. What
+		// needs no DNS is checked first, and everything again under
+		// changeMu.
+		s.mu.Lock()
+		e := s.nodes[nk]
+		var self NodeRecord
+		if e != nil {
+			self = e.rec
+		}
+		s.mu.Unlock()
+		switch {
+		case e == nil:
+			return nil, nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
+		case self.Node.Expired(s.now()):
+			return nil, nil, errorf(http.StatusForbidden, wire.CodeNodeExpired, "node key expired")
+		case self.Node.Edge:
+			return nil, nil, errorf(http.StatusForbidden, wire.CodeForbidden, "edge nodes cannot expose ports")
+		}
+		c, aerr := es.claim(&self, nk, req)
+		if aerr != nil {
+			return nil, nil, aerr
+		}
+		if proof, aerr = es.checkDomain(ctx, nk, self.NetworkID, c.host); aerr != nil {
+			return nil, nil, aerr
+		}
+	}
 	es.changeMu.Lock()
 	defer es.changeMu.Unlock()
 
@@ -276,7 +305,10 @@ func (es *edgeRoutes) expose(ctx context.Context, nk key.NodePublic, req *wire.E
 	}
 	host := c.host
 	if custom {
-		if aerr := es.requireVerified(ctx, self.NetworkID, host); aerr != nil {
+		if proof.networkID != self.NetworkID || proof.domain != host {
+			return nil, nil, notVerified(host, "the node changed networks during the check")
+		}
+		if aerr := es.requireVerifiedLocked(ctx, proof); aerr != nil {
 			return nil, nil, aerr
 		}
 	}

@@ -80,6 +80,9 @@ type DomainStore interface {
 	PutDomain(ctx context.Context, d *Domain) error
 	// Domains lists all claims.
 	Domains(ctx context.Context) ([]*Domain, error)
+	// DeleteDomain deletes the claim of networkID on domain; a missing
+	// one is ignored.
+	DeleteDomain(ctx context.Context, networkID int64, domain string) error
 }
 
 // Zone is the public DNS zone of the edge domain, where TXT records for
@@ -155,8 +158,13 @@ type edgeRoutes struct {
 	domainStore DomainStore
 
 	// changeMu serializes route and domain changes: ownership checks,
-	// port allocation and their store writes.
+	// port allocation and their store writes. Nothing waits on the
+	// network under it: custom domains' DNS lookups run before it is
+	// taken (checkDomain, verifyDomain).
 	changeMu sync.Mutex
+
+	// proofFails limits nodes' proof checks of custom domains.
+	proofFails proofFails
 
 	dns atomic.Pointer[wire.DNSSettings] // never nil after New
 

@@ -106,6 +106,10 @@ const (
 	// PathDomainVerify: POST VerifyDomainRequest (optional) ->
 	// DomainStatus. See DomainVerifyPath.
 	PathDomainVerify = "/api/v1/domains/{domain}/verify"
+	// PathDomain: DELETE (?network=NAME) -> 204: removes the claims on
+	// the domain (the network's, or every network's) and withdraws their
+	// routes on it. See DomainPath.
+	PathDomain = "/api/v1/domains/{domain}"
 	// PathDNSTXT: PUT TXTBody -> 204; DELETE -> 204. See DNSTXTPath.
 	PathDNSTXT = "/api/v1/dns/txt/{name}"
 	// PathDNSConfig: GET -> DNSSettings; PUT DNSSettings (strict) ->
@@ -151,6 +155,9 @@ func RoutePath(host string) string { return fillPath(PathRoute, host) }
 
 // DomainVerifyPath returns PathDomainVerify for the custom domain.
 func DomainVerifyPath(domain string) string { return fillPath(PathDomainVerify, domain) }
+
+// DomainPath returns PathDomain for the custom domain.
+func DomainPath(domain string) string { return fillPath(PathDomain, domain) }
 
 // DNSTXTPath returns PathDNSTXT for the TXT record's name.
 func DNSTXTPath(name string) string { return fillPath(PathDNSTXT, name) }

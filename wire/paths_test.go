@@ -28,6 +28,7 @@ func TestPathHelpers(t *testing.T) {
 		{"RegistrationApprovePath", wire.PathRegistrationApprove, "code", wire.RegistrationApprovePath},
 		{"RoutePath", wire.PathRoute, "host", wire.RoutePath},
 		{"DomainVerifyPath", wire.PathDomainVerify, "domain", wire.DomainVerifyPath},
+		{"DomainPath", wire.PathDomain, "domain", wire.DomainPath},
 		{"DNSTXTPath", wire.PathDNSTXT, "name", wire.DNSTXTPath},
 	}
 	values := []string{"laptop", "_acme-challenge.app.example.test", "a/b", "x y?z#w", "100%", "nodekey:0123abcd", "ü"}

@@ -228,6 +228,12 @@ func (s *Store) PutDomain(ctx context.Context, d *coordinator.Domain) error {
 	return s.wrap("put domain", err)
 }
 
+// DeleteDomain implements coordinator.DomainStore.
+func (s *Store) DeleteDomain(ctx context.Context, networkID int64, domain string) error {
+	_, err := s.db.ExecContext(ctx, s.d.rebind(`DELETE FROM domains WHERE network_id = ? AND domain = ?`), networkID, domain)
+	return s.wrap("delete domain", err)
+}
+
 // Domains implements coordinator.DomainStore.
 func (s *Store) Domains(ctx context.Context) ([]*coordinator.Domain, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT network_id, domain, token, verified_at, created_at FROM domains ORDER BY domain, network_id`)

@@ -70,7 +70,7 @@ func newCmdAdminRoutes(f *Factory, a *adminFlags) *cobra.Command {
 
 // newCmdAdminDomains returns beam admin domains: custom domain proofs.
 func newCmdAdminDomains(f *Factory, a *adminFlags) *cobra.Command {
-	cmd := &cobra.Command{Use: "domains", Aliases: []string{"domain"}, Short: "Verify and list custom domains"}
+	cmd := &cobra.Command{Use: "domains", Aliases: []string{"domain"}, Short: "Verify, list and remove custom domains"}
 
 	var network string
 	verify := &cobra.Command{
@@ -139,6 +139,36 @@ domain with beam expose --domain.`,
 		},
 	}
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	cmd.AddCommand(verify, list)
+
+	var removeNetwork string
+	remove := &cobra.Command{
+		Use:   "remove DOMAIN",
+		Short: "Remove custom domain claims and the routes on them",
+		Long: `Remove custom domain claims and the routes on them.
+
+Removes every network's claim on DOMAIN (only one network's with
+--network) and withdraws those networks' routes on the domain. A network
+that wants it back runs beam admin domains verify again and gets a new
+token.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ad, err := a.client(f)
+			if err != nil {
+				return err
+			}
+			if err := ad.RemoveDomain(ctxOf(cmd), args[0], removeNetwork); err != nil {
+				if errors.Is(err, coordclient.ErrNotFound) {
+					if removeNetwork != "" {
+						return fmt.Errorf("no claim of network %q on %q", removeNetwork, args[0])
+					}
+					return fmt.Errorf("no claim on %q", args[0])
+				}
+				return adminErr(err)
+			}
+			return nil
+		},
+	}
+	remove.Flags().StringVar(&removeNetwork, "network", "", "remove only this network's claim")
+	cmd.AddCommand(verify, list, remove)
 	return cmd
 }
