@@ -157,12 +157,17 @@ func detect(path string) Mode {
 }
 
 // Set points the host's resolver at cfg; an empty cfg.Nameservers
-// restores it. Unchanged configs cost nothing.
+// restores it. Unchanged configs cost nothing. A config with a domain
+// that fails CheckDomain is refused (an error wrapping ErrBadDomain) and
+// nothing changes.
 func (m *Manager) Set(cfg Config) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(cfg.Nameservers) == 0 {
 		return m.restoreLocked()
+	}
+	if err := cfg.check(); err != nil {
+		return err
 	}
 	if m.last != nil && equalConfig(*m.last, cfg) {
 		return nil

@@ -1,6 +1,8 @@
 package node
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
@@ -9,6 +11,7 @@ import (
 	"time"
 
 	"beam.dev/beam/dnsserver"
+	"beam.dev/beam/hostdns"
 	"beam.dev/beam/netstack"
 	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
@@ -370,8 +373,17 @@ func dnsRecords(nm *wire.NetMap, localNow time.Time, upstreams []netip.AddrPort)
 		}
 	}
 	if nm.DNS != nil {
-		rec.Domain = strings.TrimSuffix(strings.ToLower(nm.DNS.Domain), ".")
-		rec.SearchDomains = append(rec.SearchDomains, nm.DNS.SearchDomains...)
+		// Names that are not DNS names (checkDNSNames says why; the node
+		// logs it) are dropped: they would reach the host's resolver
+		// configuration in kernel TUN mode.
+		if hostdns.CheckDomain(nm.DNS.Domain) == nil {
+			rec.Domain = strings.TrimSuffix(strings.ToLower(nm.DNS.Domain), ".")
+		}
+		for _, d := range nm.DNS.SearchDomains {
+			if hostdns.CheckDomain(d) == nil {
+				rec.SearchDomains = append(rec.SearchDomains, d)
+			}
+		}
 		if len(nm.DNS.Nameservers) > 0 {
 			rec.Upstreams = nm.DNS.Nameservers
 		}
@@ -417,4 +429,49 @@ func dnsRecords(nm *wire.NetMap, localNow time.Time, upstreams []netip.AddrPort)
 		}
 	}
 	return rec
+}
+
+// checkDNSNames returns why names of d are dropped: the domain, search
+// domains and split-DNS route domains that hostdns.CheckDomain refuses.
+// An empty domain is no problem (MagicDNS is off).
+func checkDNSNames(d *wire.DNSConfig) []error {
+	if d == nil {
+		return nil
+	}
+	var errs []error
+	if d.Domain != "" {
+		if err := hostdns.CheckDomain(d.Domain); err != nil {
+			errs = append(errs, fmt.Errorf("domain dropped: %w", err))
+		}
+	}
+	for _, s := range d.SearchDomains {
+		if err := hostdns.CheckDomain(s); err != nil {
+			errs = append(errs, fmt.Errorf("search domain dropped: %w", err))
+		}
+	}
+	for r := range d.Routes {
+		if err := hostdns.CheckDomain(r); err != nil {
+			errs = append(errs, fmt.Errorf("split-DNS route left out of the host's resolver: %w", err))
+		}
+	}
+	return errs
+}
+
+// checkNetMapLocked logs what of the netmap the node refuses (names that
+// are not DNS names), once per change. n.mu held.
+func (n *Node) checkNetMapLocked() {
+	var errs []error
+	if nm := n.netmap; nm != nil {
+		errs = append(errs, checkDNSNames(nm.DNS)...)
+	}
+	msg := ""
+	if err := errors.Join(errs...); err != nil {
+		msg = err.Error()
+	}
+	if msg != n.netmapProblem {
+		n.netmapProblem = msg
+		if msg != "" {
+			n.logger.Error("netmap from the coordinator refused in part", "err", errors.Join(errs...))
+		}
+	}
 }

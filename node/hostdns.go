@@ -15,6 +15,8 @@ func hostDNSConfig(rec *dnsserver.Records) hostdns.Config {
 	if rec == nil || rec.Domain == "" {
 		return hostdns.Config{}
 	}
+	// dnsRecords dropped a domain or search domain that is not a DNS
+	// name; split-DNS routes are checked here (checkDNSNames logs them).
 	cfg := hostdns.Config{
 		Nameservers:   []netip.Addr{MagicDNSIPv4},
 		SearchDomains: slices.Clone(rec.SearchDomains),
@@ -25,7 +27,9 @@ func hostDNSConfig(rec *dnsserver.Records) hostdns.Config {
 	}
 	var routes []string
 	for d := range rec.Routes {
-		routes = append(routes, d)
+		if hostdns.CheckDomain(d) == nil {
+			routes = append(routes, d)
+		}
 	}
 	slices.Sort(routes)
 	cfg.MatchDomains = append(cfg.MatchDomains, routes...)

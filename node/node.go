@@ -157,6 +157,8 @@ type Node struct {
 	keyRefused *apitype.KeyChange
 
 	hostDNS *hostdns.Manager // the host's resolver in TUN mode; nil otherwise (hostdns.go)
+	// netmapProblem is what checkNetMapLocked last logged.
+	netmapProblem string
 
 	own ownListeners // the daemon's loopback listeners, kept from peers (ownlisteners.go)
 	met nodeMetrics  // metrics.go
@@ -784,6 +786,7 @@ func (n *Node) applyLocked() {
 		// while the policy designates it.
 		n.engine.SetPeerRelayOffered(n.netmap.Self.PeerRelay != 0)
 	}
+	n.checkNetMapLocked()
 	cfg := engineBase(n.netmap, n.st.ShieldsUp, n.allowInbound, &n.filters)
 	// The edges get a larger share of the forwarded flows and connections:
 	// every public client of an edge route comes from the edge's address.
