@@ -3,11 +3,13 @@ package netstack
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os/exec"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -134,7 +136,39 @@ func (h *linuxHostNet) ip(args ...string) error {
 	return nil
 }
 
+// hostRanges are the only ranges setAddrs puts onto the host: Beam's
+// overlay, 100.64.0.0/10 and the IPv6 ULA /48 its coordinators assign
+// from (coordinator.ULAPrefix; netstack imports no Beam package above it).
+var hostRanges = []netip.Prefix{netip.MustParsePrefix("100.64.0.0/10"), netip.MustParsePrefix("fd7a:bea0:b0de::/48")}
+
+// errHostRange means setAddrs was asked for an address or route outside
+// hostRanges.
+var errHostRange = errors.New("netstack: address or route outside the overlay (100.64.0.0/10, fd7a:bea0:b0de::/48) refused for the host's TUN device")
+
+// checkHostRanges returns an error wrapping errHostRange unless every
+// address and route lies inside hostRanges: a netmap naming 8.8.8.8 as
+// the node's address must not take the host's traffic to it.
+func checkHostRanges(addrs []netip.Addr, routes []netip.Prefix) error {
+	for _, a := range addrs {
+		if !slices.ContainsFunc(hostRanges, func(r netip.Prefix) bool { return r.Contains(a.Unmap()) }) {
+			return fmt.Errorf("%w: address %s", errHostRange, a)
+		}
+	}
+	for _, p := range routes {
+		p = p.Masked()
+		if !slices.ContainsFunc(hostRanges, func(r netip.Prefix) bool { return r.Bits() <= p.Bits() && r.Contains(p.Addr()) }) {
+			return fmt.Errorf("%w: route %s", errHostRange, p)
+		}
+	}
+	return nil
+}
+
+// setAddrs makes addrs the device's addresses and routes its routes. It
+// changes nothing if one of them lies outside hostRanges.
 func (h *linuxHostNet) setAddrs(addrs []netip.Addr, routes []netip.Prefix, src []netip.Addr) error {
+	if err := checkHostRanges(addrs, routes); err != nil {
+		return err
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	var firstErr error

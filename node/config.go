@@ -21,10 +21,43 @@ import (
 // own netstack, as in other overlay networks.
 var MagicDNSIPv4 = netip.MustParseAddr("100.100.100.100")
 
+// overlayULA is the overlay's IPv6 range, where the coordinator gives
+// every node an address (coordinator.ULAPrefix; node does not import
+// coordinator).
+var overlayULA = netip.MustParsePrefix("fd7a:bea0:b0de::/48")
+
+// errSelfAddress means the netmap gave the node an address outside the
+// overlay's ranges.
+var errSelfAddress = errors.New("node: the coordinator assigned an address outside the overlay (100.64.0.0/10, fd7a:bea0:b0de::/48)")
+
+// checkSelfAddresses returns an error wrapping errSelfAddress unless
+// every address of self is a single address in 100.64.0.0/10 or
+// overlayULA. In kernel TUN mode the addresses (and the ranges routed
+// with them) go onto the host's interface, where 8.8.8.8 would take the
+// host's traffic to that address into the overlay.
+func checkSelfAddresses(self *wire.Node) error {
+	for _, p := range self.Addresses {
+		a := p.Addr()
+		if !a.IsValid() || p.Bits() != a.BitLen() || !(cgnat.Contains(a) || overlayULA.Contains(a)) {
+			return fmt.Errorf("%w: %s; the netmap's addresses are refused", errSelfAddress, p)
+		}
+	}
+	return nil
+}
+
+// selfAddresses returns self's addresses if checkSelfAddresses accepts
+// them all, else none.
+func selfAddresses(self *wire.Node) []netip.Prefix {
+	if self == nil || checkSelfAddresses(self) != nil {
+		return nil
+	}
+	return self.Addresses
+}
+
 // magicDNSIPv6 returns the IPv6 MagicDNS address for a node: ::53 in the
 // /48 of the node's overlay IPv6 address, or an invalid Addr if it has none.
 func magicDNSIPv6(self *wire.Node) netip.Addr {
-	for _, p := range self.Addresses {
+	for _, p := range selfAddresses(self) {
 		if p.Addr().Is6() {
 			pfx, err := p.Addr().Prefix(48)
 			if err != nil {
@@ -40,19 +73,20 @@ func magicDNSIPv6(self *wire.Node) netip.Addr {
 
 // overlayRoutes returns the overlay's ranges as seen from self, for the
 // engine's routes in kernel TUN mode: 100.64.0.0/10 if self has an IPv4
-// address in it, and the /48 of self's IPv6 (ULA) address.
+// address in it, and the overlay's /48 if self has an IPv6 address in it;
+// none if checkSelfAddresses refuses self's addresses.
 func overlayRoutes(self *wire.Node) []netip.Prefix {
 	var out []netip.Prefix
-	for _, p := range self.Addresses {
+	for _, p := range selfAddresses(self) {
 		a := p.Addr().Unmap()
 		switch {
 		case a.Is4() && cgnat.Contains(a):
 			if !slices.Contains(out, cgnat) {
 				out = append(out, cgnat)
 			}
-		case a.Is6():
-			if pfx, err := a.Prefix(48); err == nil && !slices.Contains(out, pfx) {
-				out = append(out, pfx)
+		case a.Is6() && overlayULA.Contains(a):
+			if !slices.Contains(out, overlayULA) {
+				out = append(out, overlayULA)
 			}
 		}
 	}
@@ -78,7 +112,7 @@ func engineBase(nm *wire.NetMap, shieldsUp bool, allowInbound []uint16, fc *filt
 	if nm == nil || nm.Self == nil {
 		return cfg
 	}
-	cfg.Addresses = append(cfg.Addresses, nm.Self.Addresses...)
+	cfg.Addresses = append(cfg.Addresses, selfAddresses(nm.Self)...)
 	cfg.Routes = overlayRoutes(nm.Self)
 	if a := magicDNSIPv6(nm.Self); a.IsValid() {
 		cfg.ServiceAddrs = append(cfg.ServiceAddrs, a)
@@ -365,7 +399,7 @@ func dnsRecords(nm *wire.NetMap, localNow time.Time, upstreams []netip.AddrPort)
 	if nm == nil || nm.Self == nil {
 		return rec
 	}
-	for _, p := range nm.Self.Addresses {
+	for _, p := range selfAddresses(nm.Self) {
 		if p.Addr().Is6() {
 			if pfx, err := p.Addr().Prefix(48); err == nil {
 				rec.OverlayPrefixes = append(rec.OverlayPrefixes, pfx) // as isOverlay
@@ -457,11 +491,17 @@ func checkDNSNames(d *wire.DNSConfig) []error {
 	return errs
 }
 
-// checkNetMapLocked logs what of the netmap the node refuses (names that
-// are not DNS names), once per change. n.mu held.
+// checkNetMapLocked logs what of the netmap the node refuses (self
+// addresses outside the overlay, names that are not DNS names), once per
+// change. n.mu held.
 func (n *Node) checkNetMapLocked() {
 	var errs []error
 	if nm := n.netmap; nm != nil {
+		if nm.Self != nil {
+			if err := checkSelfAddresses(nm.Self); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		errs = append(errs, checkDNSNames(nm.DNS)...)
 	}
 	msg := ""

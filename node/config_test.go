@@ -14,7 +14,7 @@ import (
 
 func testNetMap(now time.Time) *wire.NetMap {
 	self := &wire.Node{Key: key.NewNode().Public(), Name: "alpha", DNSName: "alpha.default.beam.internal.",
-		Addresses: []netip.Prefix{netip.MustParsePrefix("100.64.0.1/32"), netip.MustParsePrefix("fd7a:115c:a1e0::1/128")}}
+		Addresses: []netip.Prefix{netip.MustParsePrefix("100.64.0.1/32"), netip.MustParsePrefix("fd7a:bea0:b0de::1/128")}}
 	beta := &wire.Node{Key: key.NewNode().Public(), Name: "beta", DNSName: "beta.default.beam.internal.",
 		Addresses: []netip.Prefix{netip.MustParsePrefix("100.64.0.2/32")},
 		Endpoints: []netip.AddrPort{netip.MustParseAddrPort("192.0.2.2:41641")}}
@@ -36,7 +36,7 @@ func TestEngineConfig(t *testing.T) {
 	if len(cfg.Peers) != 2 {
 		t.Fatalf("got %d peers, want 2", len(cfg.Peers))
 	}
-	if got, want := cfg.ServiceAddrs, []netip.Addr{MagicDNSIPv4, netip.MustParseAddr("fd7a:115c:a1e0::53")}; len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+	if got, want := cfg.ServiceAddrs, []netip.Addr{MagicDNSIPv4, netip.MustParseAddr("fd7a:bea0:b0de::53")}; len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
 		t.Fatalf("service addrs = %v, want %v", got, want)
 	}
 	// Two hours later (local clock), gamma's key has expired: it is dropped
