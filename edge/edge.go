@@ -148,7 +148,9 @@ type Options struct {
 	DownFor time.Duration
 
 	// UDPIdleTimeout expires a UDP client flow after that long without a
-	// datagram in either direction. If zero, DefaultUDPIdleTimeout (60 s).
+	// datagram from the client; what the device sends does not keep a flow
+	// alive, so a client that streams from a device must send keepalives
+	// within it. If zero, DefaultUDPIdleTimeout (60 s).
 	UDPIdleTimeout time.Duration
 
 	// MaxUDPFlows caps the concurrent client flows of one ServeUDP. If zero,

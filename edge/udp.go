@@ -12,23 +12,80 @@ import (
 	"time"
 )
 
+// The reply budget of a UDP flow. Only a datagram from the client proves
+// (weakly: its source may be forged) that the client wants traffic, so
+// each one lets the device send back udpReplyFactor times its size, and
+// what the device sends past that is dropped: one forged datagram buys a
+// bounded reply, never a stream. Sizes count udpHeaderBytes per datagram
+// (IPv4 + UDP headers), so empty datagrams are not free. Unspent credit
+// adds up to udpMaxReplyCredit, so a burst of questions can be answered
+// together and a reply may come late.
+//
+// The factor leaves room for the uses a UDP route carries: a DNS answer
+// to a question (a 40-byte question grants 4 KB), a QUIC server's first
+// flight (the client pads its first datagram to 1200 bytes), game state
+// after input, and downloads under QUIC or WireGuard, whose receivers
+// acknowledge about every second datagram (about 25 to 45 bytes back per
+// acknowledgment byte). A device that streams to a client which never
+// answers gets 64 times the keepalives' size and no more.
+const (
+	udpReplyFactor    = 64
+	udpHeaderBytes    = 28
+	udpMaxReplyCredit = 1 << 20
+)
+
 // udpFlow is one client address's association with a device target.
 type udpFlow struct {
 	client     net.Addr
 	key        netip.AddrPort
 	conn       net.Conn // connected overlay UDP socket
 	target     *target
-	lastActive atomic.Int64 // unix nanoseconds of the last datagram either way
+	lastClient atomic.Int64 // unix nanoseconds of the last datagram from the client
+	credit     atomic.Int64 // bytes the device may still send back; see udpReplyFactor
+	capped     bool         // a reply was dropped (logged once); only udpReturnLoop uses it
 }
 
-func (f *udpFlow) touch(now time.Time) { f.lastActive.Store(now.UnixNano()) }
+// fromClient records a datagram of n bytes from the client at now: it
+// keeps the flow alive and grants the device reply credit.
+func (f *udpFlow) fromClient(now time.Time, n int) {
+	f.lastClient.Store(now.UnixNano())
+	grant := int64(udpReplyFactor * (n + udpHeaderBytes))
+	for {
+		c := f.credit.Load()
+		if f.credit.CompareAndSwap(c, min(c+grant, udpMaxReplyCredit)) {
+			return
+		}
+	}
+}
+
+// spend takes the credit for a reply of n bytes, reporting false (and
+// taking nothing) when there is not enough.
+func (f *udpFlow) spend(n int) bool {
+	cost := int64(n + udpHeaderBytes)
+	for {
+		c := f.credit.Load()
+		if c < cost {
+			return false
+		}
+		if f.credit.CompareAndSwap(c, c-cost) {
+			return true
+		}
+	}
+}
+
+// expiry is when the flow ends unless the client sends again.
+func (f *udpFlow) expiry(idle time.Duration) time.Time {
+	return time.Unix(0, f.lastClient.Load()).Add(idle)
+}
 
 // ServeUDP relays datagrams for the udp route whose PublicPort is port
 // between clients on pc and the route's target, until ctx is canceled or
 // the Edge is closed; it then closes pc and every flow and returns. Each
 // client address gets its own overlay socket (Options.Dial "udp"), so
 // replies go back to the client that caused them; a flow expires after
-// Options.UDPIdleTimeout without traffic. Datagram boundaries are kept.
+// Options.UDPIdleTimeout after the client's last datagram, and the device
+// may send back only a bounded multiple of what the client sent (see
+// udpReplyFactor). Datagram boundaries are kept.
 // The route's CIDR policy applies to every datagram and its rate limit to
 // new flows; flows count toward MaxConnsPerClient. pc is owned by the call.
 func (e *Edge) ServeUDP(ctx context.Context, port uint16, pc net.PacketConn) error {
@@ -106,7 +163,7 @@ func (e *Edge) ServeUDP(ctx context.Context, port uint16, pc net.PacketConn) err
 				remove(f)
 			})
 		}
-		f.touch(now)
+		f.fromClient(now, n)
 		if _, err := f.conn.Write(buf[:n]); err != nil {
 			e.log.Debug("udp write to device", "target", f.target.addr, "err", err)
 		}
@@ -132,27 +189,37 @@ func (e *Edge) newUDPFlow(ctx context.Context, rt *route, addr net.Addr, src net
 			continue
 		}
 		f := &udpFlow{client: addr, key: src, conn: c, target: t}
-		f.touch(time.Now())
+		f.lastClient.Store(time.Now().UnixNano())
 		return f
 	}
 }
 
-// udpReturnLoop copies datagrams from the device back to the flow's client
-// until the flow idles out or its socket fails.
+// udpReturnLoop copies datagrams from the device back to the flow's client,
+// within the flow's reply credit, until the client has been silent for
+// the idle timeout or the flow's socket fails. Traffic from the device
+// does not keep a flow alive.
 func (e *Edge) udpReturnLoop(pc net.PacketConn, f *udpFlow) {
 	buf := make([]byte, 64<<10)
 	idle := e.opts.UDPIdleTimeout
 	for {
-		f.conn.SetReadDeadline(time.Unix(0, f.lastActive.Load()).Add(idle))
+		f.conn.SetReadDeadline(f.expiry(idle))
 		n, err := f.conn.Read(buf)
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) &&
-				time.Since(time.Unix(0, f.lastActive.Load())) < idle {
-				continue // traffic toward the device kept it alive
+			if errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(f.expiry(idle)) {
+				continue // the client sent again meanwhile
 			}
 			return
 		}
-		f.touch(time.Now())
+		if time.Now().After(f.expiry(idle)) {
+			return
+		}
+		if !f.spend(n) {
+			if !f.capped {
+				f.capped = true
+				e.log.Debug("udp reply over the client's credit dropped", "client", f.client, "target", f.target.addr)
+			}
+			continue
+		}
 		if _, err := pc.WriteTo(buf[:n], f.client); err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return

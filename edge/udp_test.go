@@ -1,0 +1,161 @@
+package edge
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+)
+
+// startUDPEdge serves a udp route to the device address dev on a fresh
+// loopback socket and returns the edge's address; the edge stops with the
+// test.
+func startUDPEdge(t *testing.T, e *Edge, ov *overlay, dev string) net.Addr {
+	t.Helper()
+	target := ov.add(dev)
+	setRoutes(t, e, Route{Proto: ProtoUDP, PublicPort: 7000, Targets: []netip.AddrPort{target}})
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- e.ServeUDP(ctx, 7000, pc) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("ServeUDP = %v", err)
+		}
+	})
+	return pc.LocalAddr()
+}
+
+// streamingDevice listens on loopback and, once a datagram arrives from an
+// address, sends size-byte datagrams to it every interval until the test
+// ends, whether or not anyone answers.
+func streamingDevice(t *testing.T, size int, interval time.Duration) string {
+	t.Helper()
+	dpc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); dpc.Close(); wg.Wait() })
+	wg.Go(func() {
+		seen := map[string]bool{}
+		buf := make([]byte, 64<<10)
+		for {
+			_, from, err := dpc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if seen[from.String()] {
+				continue
+			}
+			seen[from.String()] = true
+			wg.Go(func() {
+				msg := make([]byte, size)
+				tick := time.NewTicker(interval)
+				defer tick.Stop()
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-tick.C:
+						dpc.WriteTo(msg, from) // errors once the edge closed the flow
+					}
+				}
+			})
+		}
+	})
+	return dpc.LocalAddr().String()
+}
+
+// received is what a client got: datagram sizes and arrival times.
+type received struct {
+	sizes []int
+	times []time.Time
+}
+
+// receiveFor collects what c receives during d.
+func receiveFor(c net.PacketConn, d time.Duration) received {
+	var r received
+	end := time.Now().Add(d)
+	buf := make([]byte, 64<<10)
+	for {
+		c.SetReadDeadline(end)
+		n, _, err := c.ReadFrom(buf)
+		if err != nil {
+			return r
+		}
+		r.sizes = append(r.sizes, n)
+		r.times = append(r.times, time.Now())
+	}
+}
+
+// TestUDPReplyNeedsClient checks that a flow a client opened with one
+// datagram does not let the device stream to the client's address: the
+// client gets at most udpReplyFactor times what it sent, and nothing once
+// it has been silent for UDPIdleTimeout, however much the device sends.
+func TestUDPReplyNeedsClient(t *testing.T) {
+	const idle = 500 * time.Millisecond
+	flows := func(e *Edge) int {
+		e.clients.mu.Lock()
+		defer e.clients.mu.Unlock()
+		return e.clients.n[netip.MustParseAddr("127.0.0.1")]
+	}
+	t.Run("cap", func(t *testing.T) {
+		ov := newOverlay()
+		e := newTestEdge(t, ov, Options{UDPIdleTimeout: idle})
+		edgeAddr := startUDPEdge(t, e, ov, streamingDevice(t, 1000, time.Millisecond))
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		const sent = 10
+		if _, err := c.WriteTo(make([]byte, sent), edgeAddr); err != nil {
+			t.Fatal(err)
+		}
+		r := receiveFor(c, 3*idle)
+		wire := 0
+		for _, n := range r.sizes {
+			wire += n + udpHeaderBytes
+		}
+		if max := udpReplyFactor * (sent + udpHeaderBytes); wire > max || len(r.sizes) == 0 {
+			t.Errorf("client that sent one %d-byte datagram got %d datagrams (%d bytes with headers); want 1 to %d bytes",
+				sent, len(r.sizes), wire, max)
+		}
+	})
+	t.Run("expiry", func(t *testing.T) {
+		ov := newOverlay()
+		e := newTestEdge(t, ov, Options{UDPIdleTimeout: idle})
+		// 100-byte datagrams every 2 ms: the credit of one 8 KB datagram
+		// (about 520 KB) outlasts the idle timeout several times over.
+		edgeAddr := startUDPEdge(t, e, ov, streamingDevice(t, 100, 2*time.Millisecond))
+		c, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		sentAt := time.Now()
+		if _, err := c.WriteTo(make([]byte, 8<<10), edgeAddr); err != nil {
+			t.Fatal(err)
+		}
+		r := receiveFor(c, 4*idle)
+		if len(r.times) == 0 {
+			t.Fatal("client got nothing")
+		}
+		const slack = 300 * time.Millisecond
+		if last := r.times[len(r.times)-1].Sub(sentAt); last > idle+slack {
+			t.Errorf("client received datagrams %v after its only one; want none after %v (+%v slack)", last.Round(time.Millisecond), idle, slack)
+		}
+		if n := flows(e); n != 0 {
+			t.Errorf("%d flows %v after the client's only datagram, want 0", n, 4*idle)
+		}
+	})
+}
