@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -40,9 +41,11 @@ type udpFlow struct {
 	key        netip.AddrPort
 	conn       net.Conn // connected overlay UDP socket
 	target     *target
-	lastClient atomic.Int64 // unix nanoseconds of the last datagram from the client
-	credit     atomic.Int64 // bytes the device may still send back; see udpReplyFactor
-	capped     bool         // a reply was dropped (logged once); only udpReturnLoop uses it
+	lastClient atomic.Int64  // unix nanoseconds of the last datagram from the client
+	credit     atomic.Int64  // bytes the device may still send back; see udpReplyFactor
+	replied    atomic.Bool   // the device has sent something; set by udpTable.replied
+	capped     bool          // a reply was dropped (logged once); only udpReturnLoop uses it
+	elem       *list.Element // in udpTable.unreplied or .replied; guarded by udpTable.mu
 }
 
 // fromClient records a datagram of n bytes from the client at now: it
@@ -82,41 +85,35 @@ func (f *udpFlow) expiry(idle time.Duration) time.Time {
 // between clients on pc and the route's target, until ctx is canceled or
 // the Edge is closed; it then closes pc and every flow and returns. Each
 // client address gets its own overlay socket (Options.Dial "udp"), so
-// replies go back to the client that caused them; a flow expires after
-// Options.UDPIdleTimeout after the client's last datagram, and the device
-// may send back only a bounded multiple of what the client sent (see
-// udpReplyFactor). Datagram boundaries are kept.
-// The route's CIDR policy applies to every datagram and its rate limit to
-// new flows; flows count toward MaxConnsPerClient. pc is owned by the call.
+// replies go back to the client that caused them; a flow expires
+// Options.UDPIdleTimeout after the client's last datagram (after
+// udpUnrepliedTimeout if the device never answered it), and the device may
+// send back only a bounded multiple of what the client sent (see
+// udpReplyFactor). Datagram boundaries are kept. The route's CIDR policy
+// applies to every datagram and its rate limit to new flows; flows count
+// toward MaxConnsPerClient. A new flow is never refused for want of room:
+// it pushes out an older one (see udpTable). pc is owned by the call.
 func (e *Edge) ServeUDP(ctx context.Context, port uint16, pc net.PacketConn) error {
 	ctx, cancel := e.serveContext(ctx)
 	defer cancel()
 	stop := context.AfterFunc(ctx, func() { pc.Close() })
 	defer stop()
 
-	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex // guards flows
-		flows = map[netip.AddrPort]*udpFlow{}
-	)
+	var wg sync.WaitGroup
+	tab := newUDPTable(e.opts.MaxUDPFlows, udpMaxFlowsPerClient)
+	drop := func(f *udpFlow) {
+		e.clients.release(f.key.Addr())
+		f.conn.Close()
+	}
 	remove := func(f *udpFlow) {
-		mu.Lock()
-		if flows[f.key] == f {
-			delete(flows, f.key)
+		if tab.remove(f) {
 			e.clients.release(f.key.Addr())
 		}
-		mu.Unlock()
 		f.conn.Close()
 	}
 	defer func() {
-		mu.Lock()
-		all := make([]*udpFlow, 0, len(flows))
-		for _, f := range flows {
-			all = append(all, f)
-		}
-		mu.Unlock()
-		for _, f := range all {
-			remove(f)
+		for _, f := range tab.removeAll() {
+			drop(f)
 		}
 		wg.Wait()
 	}()
@@ -137,10 +134,7 @@ func (e *Edge) ServeUDP(ctx context.Context, port uint16, pc net.PacketConn) err
 		}
 		now := time.Now()
 		src := addrOf(addr)
-		mu.Lock()
-		f := flows[src]
-		nflows := len(flows)
-		mu.Unlock()
+		f := tab.get(src)
 		rt := e.routes.Load().udp[port]
 		if rt == nil || !rt.policy.admitted(src.Addr()) {
 			if f != nil {
@@ -149,17 +143,18 @@ func (e *Edge) ServeUDP(ctx context.Context, port uint16, pc net.PacketConn) err
 			continue
 		}
 		if f == nil {
-			if nflows >= e.opts.MaxUDPFlows || rt.policy.allowRate(src.Addr(), now) > 0 {
+			if rt.policy.allowRate(src.Addr(), now) > 0 {
 				continue
+			}
+			for _, old := range tab.makeRoom(src) {
+				drop(old)
 			}
 			if f = e.newUDPFlow(ctx, rt, addr, src); f == nil {
 				continue
 			}
-			mu.Lock()
-			flows[src] = f
-			mu.Unlock()
+			tab.add(f)
 			wg.Go(func() {
-				e.udpReturnLoop(pc, f)
+				e.udpReturnLoop(pc, tab, f)
 				remove(f)
 			})
 		}
@@ -198,10 +193,13 @@ func (e *Edge) newUDPFlow(ctx context.Context, rt *route, addr net.Addr, src net
 // within the flow's reply credit, until the client has been silent for
 // the idle timeout or the flow's socket fails. Traffic from the device
 // does not keep a flow alive.
-func (e *Edge) udpReturnLoop(pc net.PacketConn, f *udpFlow) {
+func (e *Edge) udpReturnLoop(pc net.PacketConn, tab *udpTable, f *udpFlow) {
 	buf := make([]byte, 64<<10)
-	idle := e.opts.UDPIdleTimeout
 	for {
+		idle := e.opts.UDPIdleTimeout
+		if !f.replied.Load() {
+			idle = min(idle, udpUnrepliedTimeout)
+		}
 		f.conn.SetReadDeadline(f.expiry(idle))
 		n, err := f.conn.Read(buf)
 		if err != nil {
@@ -212,6 +210,9 @@ func (e *Edge) udpReturnLoop(pc net.PacketConn, f *udpFlow) {
 		}
 		if time.Now().After(f.expiry(idle)) {
 			return
+		}
+		if !f.replied.Load() {
+			tab.replied(f)
 		}
 		if !f.spend(n) {
 			if !f.capped {

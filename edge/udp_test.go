@@ -159,3 +159,147 @@ func TestUDPReplyNeedsClient(t *testing.T) {
 		}
 	})
 }
+
+// TestUDPFlowTableFull checks that clients from a few addresses that open
+// flows the device never answers cannot lock others out of a udp route: a
+// new client still gets its answer, and a client the device answered keeps
+// its flow.
+func TestUDPFlowTableFull(t *testing.T) {
+	const maxFlows = 128
+	ov := newOverlay()
+	e := newTestEdge(t, ov, Options{MaxUDPFlows: maxFlows})
+	// The device answers "hello" with its sender's address and ignores
+	// anything else.
+	dpc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dpc.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := dpc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if string(buf[:n]) == "hello" {
+				dpc.WriteTo([]byte(from.String()), from)
+			}
+		}
+	}()
+	edgeAddr := startUDPEdge(t, e, ov, dpc.LocalAddr().String())
+
+	listen := func(ip string) net.PacketConn {
+		t.Helper()
+		c, err := net.ListenPacket("udp", ip+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// hello sends "hello" from c and returns the overlay-side address the
+	// device saw, or "" if no answer came.
+	hello := func(c net.PacketConn) string {
+		t.Helper()
+		buf := make([]byte, 2048)
+		for range 3 {
+			if _, err := c.WriteTo([]byte("hello"), edgeAddr); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			if n, _, err := c.ReadFrom(buf); err == nil {
+				return string(buf[:n])
+			}
+		}
+		return ""
+	}
+	early := listen("127.0.0.1")
+	before := hello(early)
+	if before == "" {
+		t.Fatal("no answer before the flood")
+	}
+
+	// Fill: every source port of three addresses opens an unanswered flow,
+	// more than the table and more than a client key's share of it.
+	var sent int
+	for _, ip := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.4"} {
+		for range maxFlows {
+			c := listen(ip)
+			if _, err := c.WriteTo([]byte("junk"), edgeAddr); err != nil {
+				t.Fatal(err)
+			}
+			sent++
+		}
+	}
+	// The edge reads datagrams in order, so this hello comes after the junk.
+	if got := hello(listen("127.0.0.5")); got == "" {
+		t.Errorf("a new client got no answer after %d unanswered flows", sent)
+	}
+	e.clients.mu.Lock()
+	held := e.clients.n[netip.MustParseAddr("127.0.0.2")]
+	e.clients.mu.Unlock()
+	if held > udpMaxFlowsPerClient {
+		t.Errorf("one address holds %d flows, want at most %d", held, udpMaxFlowsPerClient)
+	}
+	if after := hello(early); after != before {
+		t.Errorf("answered client's flow changed from %s to %s after the flood; want it kept", before, after)
+	}
+}
+
+// TestUDPUnansweredExpiry checks that a flow the device never answered
+// expires udpUnrepliedTimeout after its client's last datagram, well
+// before UDPIdleTimeout, while an answered flow stays.
+func TestUDPUnansweredExpiry(t *testing.T) {
+	ov := newOverlay()
+	e := newTestEdge(t, ov, Options{UDPIdleTimeout: time.Minute})
+	// The device answers "hello" and ignores anything else.
+	dpc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dpc.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := dpc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if string(buf[:n]) == "hello" {
+				dpc.WriteTo([]byte("hi"), from)
+			}
+		}
+	}()
+	edgeAddr := startUDPEdge(t, e, ov, dpc.LocalAddr().String())
+	flows := func(ip string) int {
+		e.clients.mu.Lock()
+		defer e.clients.mu.Unlock()
+		return e.clients.n[netip.MustParseAddr(ip)]
+	}
+	answered, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer answered.Close()
+	unanswered, err := net.ListenPacket("udp", "127.0.0.2:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unanswered.Close()
+	answered.WriteTo([]byte("hello"), edgeAddr)
+	answered.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, _, err := answered.ReadFrom(make([]byte, 64)); err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	start := time.Now()
+	unanswered.WriteTo([]byte("junk"), edgeAddr)
+	waitFor(t, 5*time.Second, "the unanswered flow", func() bool { return flows("127.0.0.2") == 1 })
+	waitFor(t, udpUnrepliedTimeout+5*time.Second, "the unanswered flow to expire", func() bool { return flows("127.0.0.2") == 0 })
+	if took := time.Since(start); took < udpUnrepliedTimeout-time.Second {
+		t.Errorf("unanswered flow expired after %v, want about %v", took.Round(time.Millisecond), udpUnrepliedTimeout)
+	}
+	if n := flows("127.0.0.1"); n != 1 {
+		t.Errorf("answered client has %d flows, want its 1 kept", n)
+	}
+}
