@@ -94,7 +94,10 @@ func (f *frontend) serve(w dns.ResponseWriter, req *dns.Msg, answer func(*reques
 	if !f.limiter.allow(src) {
 		f.logf(slog.LevelInfo, "dnsserver: source over rate limit", logKeySource, src)
 		if tcp {
+			// Refuse, and close the connection: a source over its rate
+			// must not keep holding one of the few TCP slots.
 			writeReply(w, req, replyRcode(dns.RcodeRefused), tcp)
+			w.Close()
 		}
 		return // over UDP, drop: an answer would feed a reflection attack
 	}

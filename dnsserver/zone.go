@@ -56,7 +56,7 @@ type ZoneOptions struct {
 
 	// RateLimit is the per-source query rate and Burst its bucket size; zero means
 	// DefaultRateLimit and DefaultBurst, rate.Inf no limit. Over UDP, queries over
-	// the limit are dropped.
+	// the limit are dropped; over TCP, refused and the connection closed.
 	RateLimit rate.Limit
 	Burst     int
 
@@ -226,7 +226,7 @@ func (z *Zone) ServePacket(ctx context.Context, pc net.PacketConn) error {
 // ServeStream answers queries over TCP connections from ln until ctx is done or
 // ln is closed; see Resolver.ServeStream.
 func (z *Zone) ServeStream(ctx context.Context, ln net.Listener) error {
-	return serve(ctx, &dns.Server{Listener: newLimitListener(ln, maxStreamConns), Handler: z})
+	return serve(ctx, &dns.Server{Listener: newLimitListener(ln, maxStreamConns, zoneStreamConnsPerSource), Handler: z})
 }
 
 // answer returns the reply body for (qname, qtype); name is qname canonical.
