@@ -350,6 +350,8 @@ func (es *edgeRoutes) handleTXT(w http.ResponseWriter, r *http.Request) {
 		aerr = errorf(http.StatusForbidden, wire.CodeForbidden, "only edge nodes may set TXT records; other nodes only _acme-challenge.HOST of their own tls routes, not %q", name)
 	case !allowed:
 		aerr = errorf(http.StatusForbidden, wire.CodeForbidden, "edges may set only _acme-challenge names of the edge domain or a verified custom domain, not %q", name)
+	case !isEdge:
+		aerr = checkNodeTXTValues(req.Values)
 	}
 	if aerr == nil {
 		if err := es.setTXT(r.Context(), actorNode(nodeName), name, req.Values); err != nil {

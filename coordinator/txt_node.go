@@ -1,9 +1,11 @@
 package coordinator
 
 import (
+	"net/http"
 	"strings"
 
 	"beam.dev/beam/types/key"
+	"beam.dev/beam/wire"
 )
 
 // nodeTXTAllowedLocked reports whether the non-edge node nk may set (or
@@ -26,4 +28,46 @@ func (es *edgeRoutes) nodeTXTAllowed(nk key.NodePublic, name string) bool {
 		}
 	}
 	return false
+}
+
+// maxNodeTXTValues is the most values a non-edge node may set on its
+// challenge name: a device's order for HOST has one DNS-01 challenge,
+// and a renewal may start before the last one's record is cleaned up.
+const maxNodeTXTValues = 2
+
+// keyAuthDigestLen is the length of a DNS-01 TXT value: the unpadded
+// base64url SHA-256 of the key authorization (RFC 8555, section 8.4).
+const keyAuthDigestLen = 43
+
+// checkNodeTXTValues refuses the values a non-edge node asks for unless
+// they are what its DNS-01 challenges publish: at most maxNodeTXTValues,
+// each a key authorization digest. The zone answers anyone, from any
+// claimed source address: eight values of 255 bytes, which the general
+// limits allow, made a 65-byte query return over 1100 bytes.
+func checkNodeTXTValues(values []string) *apiError {
+	if len(values) > maxNodeTXTValues {
+		return errorf(http.StatusBadRequest, wire.CodeBadRequest,
+			"a device may set at most %d TXT values on its challenge name, got %d", maxNodeTXTValues, len(values))
+	}
+	for _, v := range values {
+		if !isKeyAuthDigest(v) {
+			return errorf(http.StatusBadRequest, wire.CodeBadRequest,
+				"a device's TXT value must be an ACME DNS-01 key authorization digest (%d characters of A-Z, a-z, 0-9, '-' and '_'), got %d bytes", keyAuthDigestLen, len(v))
+		}
+	}
+	return nil
+}
+
+// isKeyAuthDigest reports whether v matches ^[A-Za-z0-9_-]{43}$.
+func isKeyAuthDigest(v string) bool {
+	if len(v) != keyAuthDigestLen {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if !(c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }

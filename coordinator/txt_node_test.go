@@ -2,8 +2,11 @@ package coordinator_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 
 	"beam.dev/beam/coordclient"
@@ -26,6 +29,7 @@ func TestNodeTXTForTLSRoutes(t *testing.T) {
 	ctx := context.Background()
 
 	const secure = "_acme-challenge.secure.example.test"
+	tok1, tok2, tok3 := keyAuth("1"), keyAuth("2"), keyAuth("3")
 	// Before the route exists nobody may set its challenge.
 	if err := a.SetTXT(ctx, secure, []string{"early"}); !errors.Is(err, coordclient.ErrForbidden) {
 		t.Fatalf("SetTXT before the route exists = %v, want ErrForbidden", err)
@@ -35,17 +39,17 @@ func TestNodeTXTForTLSRoutes(t *testing.T) {
 	expose(t, a, wire.ExposeRequest{Name: "db", Proto: "tcp", Port: 5432})
 	expose(t, b, wire.ExposeRequest{Name: "other", Proto: "tls", Port: 8443})
 
-	if err := a.SetTXT(ctx, secure, []string{"token-1", "token-2"}); err != nil {
+	if err := a.SetTXT(ctx, secure, []string{tok1, tok2}); err != nil {
 		t.Fatalf("owner SetTXT %s: %v", secure, err)
 	}
-	if got, want := query(secure), []string{"token-1", "token-2"}; !slices.Equal(got, want) {
+	if got, want := query(secure), []string{tok1, tok2}; !slices.Equal(got, want) {
 		t.Fatalf("zone TXT %s = %v, want %v", secure, got, want)
 	}
 	// Any spelling of the name is the same name.
-	if err := a.SetTXT(ctx, "_ACME-Challenge.Secure.Example.Test.", []string{"token-3"}); err != nil {
+	if err := a.SetTXT(ctx, "_ACME-Challenge.Secure.Example.Test.", []string{tok3}); err != nil {
 		t.Fatalf("owner SetTXT in upper case with a dot: %v", err)
 	}
-	if got, want := query(secure), []string{"token-3"}; !slices.Equal(got, want) {
+	if got, want := query(secure), []string{tok3}; !slices.Equal(got, want) {
 		t.Fatalf("zone TXT %s = %v, want %v", secure, got, want)
 	}
 
@@ -70,7 +74,7 @@ func TestNodeTXTForTLSRoutes(t *testing.T) {
 			t.Errorf("delete TXT %q = %v, want ErrForbidden", tt.name, err)
 		}
 	}
-	if got, want := query(secure), []string{"token-3"}; !slices.Equal(got, want) {
+	if got, want := query(secure), []string{tok3}; !slices.Equal(got, want) {
 		t.Fatalf("zone TXT %s after refused requests = %v, want %v", secure, got, want)
 	}
 
@@ -113,6 +117,7 @@ func TestNodeTXTForCustomDomain(t *testing.T) {
 	b.register(t, ak, "beta")
 	ctx := context.Background()
 
+	tok1 := keyAuth("1")
 	const (
 		host      = "app.customer.test"
 		challenge = "_acme-challenge." + host
@@ -143,10 +148,10 @@ func TestNodeTXTForCustomDomain(t *testing.T) {
 		t.Errorf("tls expose under the edge domain: ACMEChallengeCNAME = %q, want none", r.ACMEChallengeCNAME)
 	}
 
-	if err := a.SetTXT(ctx, challenge, []string{"token-1"}); err != nil {
+	if err := a.SetTXT(ctx, challenge, []string{tok1}); err != nil {
 		t.Fatalf("owner SetTXT %s: %v", challenge, err)
 	}
-	if got, want := query(delegated), []string{"token-1"}; !slices.Equal(got, want) {
+	if got, want := query(delegated), []string{tok1}; !slices.Equal(got, want) {
 		t.Fatalf("zone TXT %s = %v, want %v", delegated, got, want)
 	}
 	for _, tt := range []struct {
@@ -162,7 +167,7 @@ func TestNodeTXTForCustomDomain(t *testing.T) {
 			t.Errorf("SetTXT %q = %v, want ErrForbidden", tt.name, err)
 		}
 	}
-	if got, want := query(delegated), []string{"token-1"}; !slices.Equal(got, want) {
+	if got, want := query(delegated), []string{tok1}; !slices.Equal(got, want) {
 		t.Fatalf("zone TXT %s after refused requests = %v, want %v", delegated, got, want)
 	}
 	if err := a.SetTXT(ctx, challenge, nil); err != nil {
@@ -170,5 +175,70 @@ func TestNodeTXTForCustomDomain(t *testing.T) {
 	}
 	if got := query(delegated); len(got) != 0 {
 		t.Fatalf("zone TXT %s after delete = %v", delegated, got)
+	}
+
+}
+
+// keyAuth returns a DNS-01 TXT value as ACME has devices publish it: the
+// base64url SHA-256 of a key authorization, 43 characters.
+func keyAuth(s string) string {
+	h := sha256.Sum256([]byte(s))
+	return base64.RawURLEncoding.EncodeToString(h[:])
+}
+
+// TestNodeTXTValues: a device's challenge record holds at most two
+// values, each a DNS-01 key authorization digest (43 characters of
+// base64url); anything else is refused with an error saying so, and the
+// record stays as it was. Eight values of 255 bytes used to pass: a
+// 65-byte query got over 1100 bytes back, to any address it claimed.
+// Edges keep the general limits.
+func TestNodeTXTValues(t *testing.T) {
+	z, query := startZone(t)
+	c := startCoord(t, func(o *coordinator.Options) {
+		edgeOpts("", "")(o)
+		o.Zone = z
+	})
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	a := newNode(t, c.URL)
+	a.register(t, ak, "alpha")
+	ctx := context.Background()
+	expose(t, a, wire.ExposeRequest{Name: "amp", Proto: "tls", Port: 8443})
+	const name = "_acme-challenge.amp.example.test"
+	good := []string{keyAuth("1"), keyAuth("2")}
+	if err := a.SetTXT(ctx, name, good); err != nil {
+		t.Fatalf("SetTXT of two key authorizations: %v", err)
+	}
+	for _, tt := range []struct {
+		name   string
+		values []string
+		want   string
+	}{
+		{"three values", []string{keyAuth("1"), keyAuth("2"), keyAuth("3")}, "at most 2"},
+		{"eight long values", slices.Repeat([]string{strings.Repeat("a", 255)}, 8), "at most 2"},
+		{"255 bytes", []string{strings.Repeat("a", 255)}, "43 characters"},
+		{"44 characters", []string{keyAuth("1") + "A"}, "43 characters"},
+		{"42 characters", []string{keyAuth("1")[:42]}, "43 characters"},
+		{"not base64url", []string{strings.Repeat("a", 42) + "="}, "43 characters"},
+		{"a word", []string{"token-1"}, "43 characters"},
+		{"one good, one bad", []string{keyAuth("1"), "v=spf1 -all"}, "43 characters"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			err := a.SetTXT(ctx, name, tt.values)
+			var ce *coordclient.Error
+			if !errors.As(err, &ce) || ce.Code != wire.CodeBadRequest || !strings.Contains(ce.Message, tt.want) {
+				t.Fatalf("SetTXT = %v, want a bad request saying %q", err, tt.want)
+			}
+			if got := query(name); !slices.Equal(got, good) {
+				t.Fatalf("zone TXT %s = %v after a refused request, want %v", name, got, good)
+			}
+		})
+	}
+
+	ek := c.authKey(t, coordinator.AuthKeyOptions{Network: "edges", Edge: true})
+	ed := newNode(t, c.URL)
+	ed.register(t, ek, "edge1")
+	long := []string{strings.Repeat("e", 200), keyAuth("1"), keyAuth("2")}
+	if err := ed.SetTXT(ctx, "_acme-challenge.example.test", long); err != nil {
+		t.Fatalf("edge SetTXT of three values: %v", err)
 	}
 }
