@@ -446,7 +446,9 @@ func (es *edgeRoutes) deleteRoutesLocked(ctx context.Context, rs []*memRoute) *a
 			nodes = append(nodes, r.node)
 		}
 	}
+	challenges := es.challengesGoneLocked(rs)
 	es.mu.Unlock()
+	es.deleteChallenges(challenges)
 	es.routesChangedLocked(nodes...)
 	for _, k := range nodes {
 		if e := s.nodes[k]; e != nil {

@@ -87,6 +87,8 @@ type DomainStore interface {
 
 // Zone is the public DNS zone of the edge domain, where TXT records for
 // ACME DNS-01 challenges go. beam.dev/beam/dnsserver.Zone implements it.
+// Its methods may be called with the Server's locks held: they must not
+// call back into it.
 type Zone interface {
 	// SetTXT sets the TXT records of the absolute name to values.
 	SetTXT(name string, values []string) error
@@ -334,10 +336,12 @@ func (es *edgeRoutes) dropRoutesLocked(e *nodeEntry, persist bool) {
 		ids[i] = r.ID
 		es.removeLocked(r)
 	}
+	challenges := es.challengesGoneLocked(rs)
 	es.mu.Unlock()
 	if len(rs) == 0 {
 		return
 	}
+	es.deleteChallenges(challenges)
 	es.routesChangedLocked(e.rec.Node.Key)
 	s.audit(context.Background(), actorCoordinator, "route.release", e.rec.Node.Name, fmt.Sprintf("%d routes with their node", len(ids)))
 	s.logger.Info("edge routes withdrawn with their node", "node", e.rec.Node.Key.ShortString(), "name", e.rec.Node.Name, "routes", len(ids))
@@ -906,6 +910,7 @@ func (es *edgeRoutes) memRouteLocked(r *Route, byID map[wire.NodeID]key.NodePubl
 func (es *edgeRoutes) applyRouteLocked(id int64, r *memRoute) {
 	s := es.core
 	var changed []key.NodePublic
+	var challenges []string
 	es.mu.Lock()
 	old := es.routes[id]
 	switch {
@@ -919,8 +924,10 @@ func (es *edgeRoutes) applyRouteLocked(id int64, r *memRoute) {
 	case old != nil:
 		es.removeLocked(old)
 		changed = append(changed, old.node)
+		challenges = es.challengesGoneLocked([]*memRoute{old})
 	}
 	es.mu.Unlock()
+	es.deleteChallenges(challenges)
 	if len(changed) == 0 {
 		return
 	}

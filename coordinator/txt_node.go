@@ -71,3 +71,47 @@ func isKeyAuthDigest(v string) bool {
 	}
 	return true
 }
+
+// challengesGoneLocked returns the zone names of the DNS-01 challenges
+// that go with the routes in gone, just dropped from memory: for each tls
+// route whose host no live tls route serves any more, the name its
+// devices set (zoneTXTName of "_acme-challenge.HOST"). Once the route is
+// gone nobody may touch that record (nodeTXTAllowed), so it would be
+// served on and pass to the host's next owner; deleteChallenges deletes
+// it. es.mu held.
+func (es *edgeRoutes) challengesGoneLocked(gone []*memRoute) []string {
+	var hosts map[string]bool
+	for _, r := range gone {
+		if r.Proto == "tls" {
+			if hosts == nil {
+				hosts = map[string]bool{}
+			}
+			hosts[r.Host] = true
+		}
+	}
+	if hosts == nil || es.cfg.zone == nil {
+		return nil
+	}
+	for _, r := range es.routes {
+		if r.Proto == "tls" {
+			delete(hosts, r.Host)
+		}
+	}
+	names := make([]string, 0, len(hosts))
+	for h := range hosts {
+		names = append(names, es.zoneTXTName("_acme-challenge."+h))
+	}
+	return names
+}
+
+// deleteChallenges deletes the zone's TXT records of names
+// (challengesGoneLocked). es.mu not held.
+func (es *edgeRoutes) deleteChallenges(names []string) {
+	for _, name := range names {
+		if err := es.cfg.zone.DeleteTXT(name); err != nil {
+			es.core.logger.Warn("delete the challenge record of a withdrawn route", "name", name, "err", err)
+			continue
+		}
+		es.core.logger.Debug("challenge record deleted with its route", "name", name)
+	}
+}

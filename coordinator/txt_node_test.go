@@ -5,12 +5,16 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	"beam.dev/beam/beamtest/pgtest"
 	"beam.dev/beam/coordclient"
 	"beam.dev/beam/coordinator"
+	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
 )
 
@@ -177,6 +181,16 @@ func TestNodeTXTForCustomDomain(t *testing.T) {
 		t.Fatalf("zone TXT %s after delete = %v", delegated, got)
 	}
 
+	// Withdrawing the route deletes the delegated record with it.
+	if err := a.SetTXT(ctx, challenge, []string{tok1}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Expose(ctx, wire.ExposeRequest{CustomDomain: host, Proto: "tls", Remove: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := query(delegated); len(got) != 0 {
+		t.Fatalf("zone TXT %s after its route was withdrawn = %v, want none", delegated, got)
+	}
 }
 
 // keyAuth returns a DNS-01 TXT value as ACME has devices publish it: the
@@ -241,4 +255,184 @@ func TestNodeTXTValues(t *testing.T) {
 	if err := ed.SetTXT(ctx, "_acme-challenge.example.test", long); err != nil {
 		t.Fatalf("edge SetTXT of three values: %v", err)
 	}
+}
+
+// TestNodeTXTGoesWithRoute: a device's challenge record goes with the
+// last tls route of its host, whether the device withdraws it, an admin
+// does, or the device is removed; a pool member's leaving keeps it for
+// the others. It used to stay: served on, out of reach of the device that
+// set it, and inherited by the name's next owner.
+func TestNodeTXTGoesWithRoute(t *testing.T) {
+	z, query := startZone(t)
+	c := startCoord(t, func(o *coordinator.Options) {
+		edgeOpts("", "")(o)
+		o.Zone = z
+	})
+	ctx := context.Background()
+	if _, err := c.Server.CreateUser(ctx, "ann@example.test"); err != nil {
+		t.Fatal(err)
+	}
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true, User: "ann@example.test"})
+	n := 0
+	device := func() *node {
+		n++
+		d := newNode(t, c.URL)
+		d.register(t, ak, fmt.Sprintf("dev%d", n))
+		return d
+	}
+	tok := []string{keyAuth("1")}
+	set := func(t *testing.T, d *node, name string) {
+		t.Helper()
+		if err := d.SetTXT(ctx, name, tok); err != nil {
+			t.Fatalf("SetTXT %s: %v", name, err)
+		}
+		if got := query(name); !slices.Equal(got, tok) {
+			t.Fatalf("zone TXT %s = %v, want %v", name, got, tok)
+		}
+	}
+	gone := func(t *testing.T, name, when string) {
+		t.Helper()
+		if got := query(name); len(got) != 0 {
+			t.Fatalf("zone TXT %s %s = %v, want none", name, when, got)
+		}
+	}
+
+	t.Run("withdrawn", func(t *testing.T) {
+		a, b := device(), device()
+		expose(t, a, wire.ExposeRequest{Name: "w", Proto: "tls", Port: 8443})
+		expose(t, a, wire.ExposeRequest{Name: "w", Proto: "http", Port: 3000})
+		const name = "_acme-challenge.w.example.test"
+		set(t, a, name)
+		if _, err := a.Expose(ctx, wire.ExposeRequest{Name: "w", Proto: "tls", Remove: true}); err != nil {
+			t.Fatal(err)
+		}
+		gone(t, name, "after its tls route was withdrawn")
+		// The name's next owner starts with no record.
+		if _, err := a.Expose(ctx, wire.ExposeRequest{Name: "w", Proto: "http", Remove: true}); err != nil {
+			t.Fatal(err)
+		}
+		expose(t, b, wire.ExposeRequest{Name: "w", Proto: "tls", Port: 8443})
+		gone(t, name, "for the name's next owner")
+	})
+	t.Run("removed by an admin", func(t *testing.T) {
+		a := device()
+		expose(t, a, wire.ExposeRequest{Name: "adm", Proto: "tls", Port: 8443})
+		const name = "_acme-challenge.adm.example.test"
+		set(t, a, name)
+		if err := c.Server.RemoveRoutes(ctx, "adm.example.test"); err != nil {
+			t.Fatal(err)
+		}
+		gone(t, name, "after an admin removed its route")
+	})
+	t.Run("node removed", func(t *testing.T) {
+		a := device()
+		expose(t, a, wire.ExposeRequest{Name: "rm", Proto: "tls", Port: 8443})
+		const name = "_acme-challenge.rm.example.test"
+		set(t, a, name)
+		if err := c.Server.RemoveNode(ctx, a.priv.Public().String()); err != nil {
+			t.Fatal(err)
+		}
+		gone(t, name, "after its node was removed")
+	})
+	t.Run("pool", func(t *testing.T) {
+		a, b := device(), device()
+		expose(t, a, wire.ExposeRequest{Name: "pool", Proto: "tls", Port: 8443, Pool: true})
+		expose(t, b, wire.ExposeRequest{Name: "pool", Proto: "tls", Port: 8443, Pool: true})
+		const name = "_acme-challenge.pool.example.test"
+		set(t, a, name)
+		if _, err := b.Expose(ctx, wire.ExposeRequest{Name: "pool", Proto: "tls", Remove: true}); err != nil {
+			t.Fatal(err)
+		}
+		if got := query(name); !slices.Equal(got, tok) {
+			t.Fatalf("zone TXT %s = %v after another pool member left, want %v", name, got, tok)
+		}
+		if _, err := a.Expose(ctx, wire.ExposeRequest{Name: "pool", Proto: "tls", Remove: true}); err != nil {
+			t.Fatal(err)
+		}
+		gone(t, name, "after the pool's last route was withdrawn")
+	})
+}
+
+// TestNodeTXTGoesWithRouteOnOtherCoordinator: zone records live in each
+// coordinator's memory, where the device set them; when its route is
+// withdrawn through another coordinator on the same PostgreSQL, or its
+// node removed there, the record goes from the first one's zone too.
+func TestNodeTXTGoesWithRouteOnOtherCoordinator(t *testing.T) {
+	pg := pgtest.New(t)
+	dsn := pg.NewDatabase(t)
+	priv := key.NewMachine()
+	za, queryA := startZone(t)
+	zb, _ := startZone(t)
+	ca := startCoordWith(t, dsn, priv, func(o *coordinator.Options) {
+		edgeOpts("", "")(o)
+		o.Zone = za
+	})
+	cb := startCoordWith(t, dsn, priv, func(o *coordinator.Options) {
+		edgeOpts("", "")(o)
+		o.Zone = zb
+	})
+	ctx := t.Context()
+	ak := ca.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	tok := []string{keyAuth("1")}
+	// publish exposes the tls route hostname of a new device on ca and
+	// sets its challenge there; it returns the challenge name and the
+	// device's client on cb, once cb knows the route.
+	publish := func(t *testing.T, hostname string) (string, *node) {
+		t.Helper()
+		a := newNode(t, ca.URL)
+		a.register(t, ak, hostname)
+		expose(t, a, wire.ExposeRequest{Name: hostname, Proto: "tls", Port: 8443})
+		name := "_acme-challenge." + hostname + ".example.test"
+		if err := a.SetTXT(ctx, name, tok); err != nil {
+			t.Fatal(err)
+		}
+		if got := queryA(name); !slices.Equal(got, tok) {
+			t.Fatalf("zone TXT %s on ca = %v, want %v", name, got, tok)
+		}
+		onB, err := coordclient.New(coordclient.Options{ServerURL: cb.URL, PrivateKey: a.priv, DiscoKey: key.NewDisco().Public()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !within(fanoutWait, func() bool {
+			return slices.ContainsFunc(cb.Server.Routes(ctx), func(r wire.RouteInfo) bool { return r.NodeName == hostname })
+		}) {
+			t.Fatalf("cb does not know the route of %s", hostname)
+		}
+		return name, &node{priv: a.priv, Client: onB}
+	}
+	goneOnA := func(t *testing.T, name, when string) {
+		t.Helper()
+		if !within(fanoutWait, func() bool { return len(queryA(name)) == 0 }) {
+			t.Fatalf("zone TXT %s on ca %s = %v, want none", name, when, queryA(name))
+		}
+	}
+	t.Run("withdrawn", func(t *testing.T) {
+		name, onB := publish(t, "alpha")
+		if _, err := onB.Expose(ctx, wire.ExposeRequest{Name: "alpha", Proto: "tls", Remove: true}); err != nil {
+			t.Fatal(err)
+		}
+		goneOnA(t, name, "after the route was withdrawn through cb")
+	})
+	t.Run("node removed", func(t *testing.T) {
+		name, onB := publish(t, "bravo")
+		if err := cb.Server.RemoveNode(ctx, onB.priv.Public().String()); err != nil {
+			t.Fatal(err)
+		}
+		goneOnA(t, name, "after cb removed the node")
+	})
+}
+
+// within reports whether cond holds within d, asking every 20 ms.
+func within(d time.Duration, cond func() bool) bool {
+	deadline := time.After(d)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !cond() {
+		select {
+		case <-deadline:
+			return cond()
+		case <-tick.C:
+		}
+	}
+	return true
 }
