@@ -252,8 +252,9 @@ func (r *ReplicaTimes) check(c *checker) {
 	}
 }
 
-// RouteQuota bounds what one device (node), and the devices of one user
-// together, may publish on the public edge (beam coordinator and beam
+// RouteQuota bounds what one device (node), the devices of one user
+// (or, for devices of no user, of one auth key) together, and those of
+// one network, may publish on the public edge (beam coordinator and beam
 // server: the same flags and keys). Zero means the coordinator's default
 // (coordinator.DefaultRouteQuota), -1 no limit.
 type RouteQuota struct {
@@ -265,6 +266,9 @@ type RouteQuota struct {
 	// and udp ports held (0: 4 and 16).
 	MaxEdgePortsPerNode int `json:"max_edge_ports_per_node"`
 	MaxEdgePortsPerUser int `json:"max_edge_ports_per_user"`
+	// MaxEdgePortsPerNetwork is the most edge ports of each of tcp and
+	// udp the devices of one network may hold (0: half of each range).
+	MaxEdgePortsPerNetwork int `json:"max_edge_ports_per_network"`
 	// MaxRouteOptions is the most bytes of options (headers, basic auth
 	// users, IP lists, ...) one route may have (0: 65536);
 	// MaxRouteOptionsPerNode and MaxRouteOptionsPerUser bound their sum
@@ -294,12 +298,13 @@ type RouteQuotaField struct {
 func (q *RouteQuota) Fields() []RouteQuotaField {
 	return []RouteQuotaField{
 		{"max-routes-per-node", "edge routes one device may publish (0: 32; -1: no limit)", &q.MaxRoutesPerNode},
-		{"max-routes-per-user", "edge routes the devices of one user may publish together (0: 128; -1: no limit)", &q.MaxRoutesPerUser},
+		{"max-routes-per-user", "edge routes the devices of one user (without one: of one auth key) may publish together (0: 128; -1: no limit)", &q.MaxRoutesPerUser},
 		{"max-edge-ports-per-node", "edge tcp/udp ports one device may hold (0: 4; -1: no limit)", &q.MaxEdgePortsPerNode},
-		{"max-edge-ports-per-user", "edge tcp/udp ports the devices of one user may hold together (0: 16; -1: no limit)", &q.MaxEdgePortsPerUser},
+		{"max-edge-ports-per-user", "edge tcp/udp ports the devices of one user (without one: of one auth key) may hold together (0: 16; -1: no limit)", &q.MaxEdgePortsPerUser},
+		{"max-edge-ports-per-network", "edge ports of each of tcp and udp the devices of one network may hold together (0: half of each range; -1: no limit)", &q.MaxEdgePortsPerNetwork},
 		{"max-route-options", "bytes of options (headers, basic auth, IP lists...) one route may have (0: 65536; -1: no limit)", &q.MaxRouteOptions},
 		{"max-route-options-per-node", "bytes of route options one device's routes may have together (0: 262144; -1: no limit)", &q.MaxRouteOptionsPerNode},
-		{"max-route-options-per-user", "bytes of route options the routes of one user's devices may have together (0: 1048576; -1: no limit)", &q.MaxRouteOptionsPerUser},
+		{"max-route-options-per-user", "bytes of route options the routes of one user's (or auth key's) devices may have together (0: 1048576; -1: no limit)", &q.MaxRouteOptionsPerUser},
 	}
 }
 

@@ -517,7 +517,10 @@ func TestExposeSkipsHeldPorts(t *testing.T) {
 }
 
 func TestExposePorts(t *testing.T) {
-	c := startCoord(t, edgeOpts("20000-20001", "20000-20000"))
+	c := startCoord(t, func(o *coordinator.Options) {
+		edgeOpts("20000-20001", "20000-20000")(o)
+		o.RouteQuota.NetworkPorts = -1 // one network may take every port
+	})
 	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
 	a, b := newNode(t, c.URL), newNode(t, c.URL)
 	a.register(t, ak, "alpha")

@@ -43,7 +43,8 @@ func TestRouteQuota(t *testing.T) {
 	uk := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true, User: "ann@example.test"})
 	a, b := newNode(t, c.URL), newNode(t, c.URL)
 	a.register(t, ak, "alpha")
-	b.register(t, ak, "beta")
+	// beta on a key of its own: nodes of one key are charged together.
+	b.register(t, c.authKey(t, coordinator.AuthKeyOptions{}), "beta")
 	u1, u2 := newNode(t, c.URL), newNode(t, c.URL)
 	u1.register(t, uk, "ann1")
 	u2.register(t, uk, "ann2")
@@ -94,6 +95,70 @@ func TestRouteQuota(t *testing.T) {
 	})
 }
 
+// TestRouteQuotaAuthKeyAndNetwork: nodes without a user are charged
+// together per auth key, with the user limits, and the nodes of one
+// network together hold at most half of each edge port range (the
+// default), so one reusable key cannot take a shared edge's ports. Only
+// the per-node limit applied to them: three nodes of one key took every
+// port of a 10-port range.
+func TestRouteQuotaAuthKeyAndNetwork(t *testing.T) {
+	c := startCoord(t, func(o *coordinator.Options) {
+		edgeOpts("20000-20009", "21000-21009")(o)
+		o.RouteQuota = coordinator.RouteQuota{NodeRoutes: 3, UserRoutes: 5, NodePorts: 3, UserPorts: 4}
+	})
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	reg := func(key, name string) *node {
+		n := newNode(t, c.URL)
+		n.register(t, key, name)
+		return n
+	}
+	k1, k2, k3 := reg(ak, "k1"), reg(ak, "k2"), reg(ak, "k3")
+	refused := func(t *testing.T, n *node, req wire.ExposeRequest, want string) {
+		t.Helper()
+		_, err := n.Expose(context.Background(), req)
+		if !errors.Is(err, coordclient.ErrQuotaExceeded) || !strings.Contains(err.Error(), want) {
+			t.Fatalf("expose %s/%s = %v, want ErrQuotaExceeded saying %q", req.Name, req.Proto, err, want)
+		}
+	}
+
+	t.Run("routes of one key", func(t *testing.T) {
+		expose(t, k1, wire.ExposeRequest{Name: "h1", Proto: "http", Port: 3000})
+		expose(t, k2, wire.ExposeRequest{Name: "h2", Proto: "http", Port: 3000})
+		expose(t, k2, wire.ExposeRequest{Name: "h3", Proto: "http", Port: 3000})
+		expose(t, k3, wire.ExposeRequest{Name: "h4", Proto: "http", Port: 3000})
+		expose(t, k3, wire.ExposeRequest{Name: "h5", Proto: "http", Port: 3000})
+		refused(t, k1, wire.ExposeRequest{Name: "h6", Proto: "http", Port: 3000}, "this device's auth key has 5 routes published")
+		for _, h := range []string{"h1", "h2", "h3", "h4", "h5"} {
+			if err := c.Server.RemoveRoutes(context.Background(), h+"."+edgeDomain); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	t.Run("ports of one key", func(t *testing.T) {
+		expose(t, k1, wire.ExposeRequest{Name: "t1", Proto: "tcp", Port: 22})
+		expose(t, k1, wire.ExposeRequest{Name: "t2", Proto: "tcp", Port: 22})
+		expose(t, k2, wire.ExposeRequest{Name: "t3", Proto: "tcp", Port: 22})
+		expose(t, k3, wire.ExposeRequest{Name: "u1", Proto: "udp", Port: 53})
+		refused(t, k3, wire.ExposeRequest{Name: "t4", Proto: "tcp", Port: 22}, "this device's auth key holds 4 edge tcp/udp ports")
+		refused(t, k2, wire.ExposeRequest{Name: "u2", Proto: "udp", Port: 53}, "this device's auth key holds 4 edge tcp/udp ports")
+	})
+	t.Run("ports of one network", func(t *testing.T) {
+		// Another key of the network: its own key quota, but the
+		// network holds 3 of the 5 tcp ports (half of 10) it may.
+		bk := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+		b1, b2 := reg(bk, "b1"), reg(bk, "b2")
+		expose(t, b1, wire.ExposeRequest{Name: "bt1", Proto: "tcp", Port: 22})
+		expose(t, b1, wire.ExposeRequest{Name: "bt2", Proto: "tcp", Port: 22})
+		refused(t, b2, wire.ExposeRequest{Name: "bt3", Proto: "tcp", Port: 22}, "network default holds 5 edge tcp ports, the most one network may (5)")
+		// udp is counted apart, and other networks are not held back.
+		expose(t, b2, wire.ExposeRequest{Name: "bu1", Proto: "udp", Port: 53})
+		o := reg(c.authKey(t, coordinator.AuthKeyOptions{Network: "other"}), "o1")
+		if r := expose(t, o, wire.ExposeRequest{Name: "ot1", Proto: "tcp", Port: 22}); r.Route.PublicPort == 0 {
+			t.Error("another network got no port")
+		}
+	})
+}
+
 // TestEdgeRoutesPastOneFrame: routes of many nodes, within their quotas
 // but together more than one map frame holds (wire.MaxFrameSize), reach
 // an edge that streams while they are published and one that opens its
@@ -102,7 +167,7 @@ func TestRouteQuota(t *testing.T) {
 func TestEdgeRoutesPastOneFrame(t *testing.T) {
 	c := startCoord(t, func(o *coordinator.Options) {
 		edgeOpts("", "")(o)
-		o.RouteQuota = coordinator.RouteQuota{RouteOptionBytes: 300 << 10, NodeOptionBytes: -1}
+		o.RouteQuota = coordinator.RouteQuota{RouteOptionBytes: 300 << 10, NodeOptionBytes: -1, UserOptionBytes: -1}
 	})
 	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
 	ek := c.authKey(t, coordinator.AuthKeyOptions{Network: "edges", Edge: true, Reusable: true})

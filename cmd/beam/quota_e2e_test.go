@@ -133,6 +133,51 @@ func TestExposeQuotaAndBigRouteList(t *testing.T) {
 	}
 }
 
+// TestExposeQuotaPerKeyAndNetwork: devices that joined with one plain
+// --reusable key (no user) share the per-user port quota, and the devices
+// of one network hold at most half of each edge port range by default,
+// through the real CLI. Only the per-device limit applied to them: three
+// devices of one key took every port of a 10-port range, and another
+// device's beam expose --udp then found none.
+func TestExposeQuotaPerKeyAndNetwork(t *testing.T) {
+	c, _ := startDevServerWith(t, 0, "--max-edge-ports-per-user", "2", "--max-edge-ports-per-node", "6")
+	key := strings.TrimSpace(c.mustBeam("admin", "authkey", "create", "--coordinator", c.url, "--reusable"))
+	k1, k2, d3 := c.device("k1"), c.device("k2"), c.device("d3")
+	k1.mustUp("--authkey", key)
+	k2.mustUp("--authkey", key)
+	d3.mustUp() // dev mode: no key, no user
+	expose := func(d *device, args ...string) (string, error) {
+		out, errOut, err := c.beam(nil, d.args(append([]string{"expose"}, args...)...)...)
+		if err != nil {
+			return errOut, err
+		}
+		return strings.TrimSpace(out), nil
+	}
+	ok := func(d *device, args ...string) {
+		t.Helper()
+		if out, err := expose(d, args...); err != nil {
+			t.Fatalf("expose %v: %v: %s", args, err, out)
+		}
+	}
+	refused := func(d *device, want string, args ...string) {
+		t.Helper()
+		if out, err := expose(d, args...); err == nil || !strings.Contains(out, "route quota") || !strings.Contains(out, want) {
+			t.Fatalf("expose %v: err %v, stderr %q; want a route quota error saying %q", args, err, out, want)
+		}
+	}
+	ok(k1, "--tcp", "22", "--bg", "--name", "k1t")
+	ok(k2, "--udp", "53", "--bg", "--name", "k2u")
+	refused(k2, "auth key holds 2 edge tcp/udp ports", "--tcp", "22", "--bg", "--name", "k2t")
+	refused(k1, "auth key holds 2 edge tcp/udp ports", "--udp", "53", "--bg", "--name", "k1u")
+	// Half of the 10-port tcp range: the network holds one, d3 takes
+	// four more, and then no more.
+	for i := range 4 {
+		ok(d3, "--tcp", "22", "--bg", "--name", fmt.Sprintf("d3t%d", i))
+	}
+	refused(d3, "network default holds 5 edge tcp ports, the most one network may (5)", "--tcp", "22", "--bg", "--name", "d3t4")
+	ok(d3, "--udp", "53", "--bg", "--name", "d3u")
+}
+
 // grepLines returns up to n lines of s that contain sub.
 func grepLines(s, sub string, n int) string {
 	var out []string

@@ -523,7 +523,7 @@ func bindRouteQuota(fl *pflag.FlagSet, q *configs.RouteQuota) {
 func routeQuota(q *configs.RouteQuota) coordinator.RouteQuota {
 	return coordinator.RouteQuota{
 		NodeRoutes: q.MaxRoutesPerNode, UserRoutes: q.MaxRoutesPerUser,
-		NodePorts: q.MaxEdgePortsPerNode, UserPorts: q.MaxEdgePortsPerUser,
+		NodePorts: q.MaxEdgePortsPerNode, UserPorts: q.MaxEdgePortsPerUser, NetworkPorts: q.MaxEdgePortsPerNetwork,
 		RouteOptionBytes: q.MaxRouteOptions, NodeOptionBytes: q.MaxRouteOptionsPerNode, UserOptionBytes: q.MaxRouteOptionsPerUser,
 	}
 }
