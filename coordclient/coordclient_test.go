@@ -357,7 +357,7 @@ func TestSplitMessagesJoined(t *testing.T) {
 	var endOnce sync.Once
 	var mu sync.Mutex
 	n := 0
-	_, cl := newFake(t, func(fc *fakeCoord, w http.ResponseWriter, r *http.Request, nk key.NodePublic) {
+	fc, cl := newFake(t, func(fc *fakeCoord, w http.ResponseWriter, r *http.Request, nk key.NodePublic) {
 		mu.Lock()
 		n++
 		i := n
@@ -382,8 +382,13 @@ func TestSplitMessagesJoined(t *testing.T) {
 		fc.frame(w, nk, &wire.MapResponse{PeersChanged: []*wire.Node{peer("e")}, More: true})
 		fc.frame(w, nk, &wire.MapResponse{PeersChanged: []*wire.Node{peer("f")}, More: true})
 		fc.frame(w, nk, &wire.MapResponse{PeersChanged: []*wire.Node{peer("g")}})
-		<-r.Context().Done()
+		// The first stream ends here, so that the client opens the
+		// endless one.
 	})
+	// No stream may end for silence: at the fake's usual 50 ms keepalive
+	// a loaded machine's scheduling gap between two frames of a message
+	// ended the first stream before the message was whole.
+	fc.keepMS = "60000"
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	var got [][]string
