@@ -221,6 +221,28 @@ func (es *edgeRoutes) handleExpose(w http.ResponseWriter, r *http.Request) {
 	s.writeSealed(w, nk, resp)
 }
 
+// exposer returns node nk's entry and a copy of its record if it may
+// publish routes at now: registered, unexpired and not an edge.
+func (es *edgeRoutes) exposer(nk key.NodePublic, now time.Time) (*nodeEntry, NodeRecord, *apiError) {
+	s := es.core
+	s.mu.Lock()
+	e := s.nodes[nk]
+	var self NodeRecord
+	if e != nil {
+		self = e.rec
+	}
+	s.mu.Unlock()
+	switch {
+	case e == nil:
+		return nil, self, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
+	case self.Node.Expired(now):
+		return nil, self, errorf(http.StatusForbidden, wire.CodeNodeExpired, "node key expired")
+	case self.Node.Edge:
+		return nil, self, errorf(http.StatusForbidden, wire.CodeForbidden, "edge nodes cannot expose ports")
+	}
+	return e, self, nil
+}
+
 // expose publishes or withdraws a route of node nk; stored is the route
 // published, as stored.
 func (es *edgeRoutes) expose(ctx context.Context, nk key.NodePublic, req *wire.ExposeRequest) (resp *wire.ExposeResponse, stored *Route, aerr *apiError) {
@@ -237,20 +259,9 @@ func (es *edgeRoutes) expose(ctx context.Context, nk key.NodePublic, req *wire.E
 		// resolver that never answers must hold up no other change. What
 		// needs no DNS is checked first, and everything again under
 		// changeMu.
-		s.mu.Lock()
-		e := s.nodes[nk]
-		var self NodeRecord
-		if e != nil {
-			self = e.rec
-		}
-		s.mu.Unlock()
-		switch {
-		case e == nil:
-			return nil, nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
-		case self.Node.Expired(s.now()):
-			return nil, nil, errorf(http.StatusForbidden, wire.CodeNodeExpired, "node key expired")
-		case self.Node.Edge:
-			return nil, nil, errorf(http.StatusForbidden, wire.CodeForbidden, "edge nodes cannot expose ports")
+		_, self, aerr := es.exposer(nk, s.now())
+		if aerr != nil {
+			return nil, nil, aerr
 		}
 		c, aerr := es.claim(&self, nk, req)
 		if aerr != nil {
@@ -264,20 +275,9 @@ func (es *edgeRoutes) expose(ctx context.Context, nk key.NodePublic, req *wire.E
 	defer es.changeMu.Unlock()
 
 	now := s.now()
-	s.mu.Lock()
-	e := s.nodes[nk]
-	var self NodeRecord
-	if e != nil {
-		self = e.rec
-	}
-	s.mu.Unlock()
-	switch {
-	case e == nil:
-		return nil, nil, errorf(http.StatusForbidden, wire.CodeNodeNotRegistered, "node not registered")
-	case self.Node.Expired(now):
-		return nil, nil, errorf(http.StatusForbidden, wire.CodeNodeExpired, "node key expired")
-	case self.Node.Edge:
-		return nil, nil, errorf(http.StatusForbidden, wire.CodeForbidden, "edge nodes cannot expose ports")
+	e, self, aerr := es.exposer(nk, now)
+	if aerr != nil {
+		return nil, nil, aerr
 	}
 
 	custom := req.CustomDomain != ""
