@@ -45,8 +45,10 @@ const (
 // within seconds these deltas alone would be thousands of frames a
 // second per thousand streams; held back, they cost the coordinator
 // about a thousand frames a second however many nodes stream, and an
-// online state is late by that delay at most (but see maxFlipHold).
-// Other changes made meanwhile do not wait: they go with the flips held.
+// online state is late by that delay at most. Changes of the network
+// made meanwhile wait with them (so in such a burst a peer's new
+// endpoints may be late by as much); those marked for the stream itself
+// (routes, a new policy or relay map) do not.
 const (
 	onlinePerStream = time.Millisecond
 	maxOnlineDelay  = 5 * time.Second
@@ -56,57 +58,6 @@ const (
 // one that only flips peers online or offline, while n streams are open.
 func onlineDelay(n int) time.Duration {
 	return min(max(minDeltaBatch, time.Duration(n)*onlinePerStream), maxOnlineDelay)
-}
-
-// While at least burstFullMaps streams are sending their full maps
-// (streams.fullMaps), online flips wait longer than onlineDelay: until
-// the burst is over (streams.burstOver), up to maxFlipHold after the
-// first of them was made. (A few full maps, such as a node that reads
-// slowly, do not make a burst: they must not hold every node's flips.)
-// Full maps go first: a node without one has no peers at all, while a
-// peer's online state is only shown (a node configures its peers whether
-// online or not). When thousands of nodes connect at once, every stream
-// is sent the online flip of every node that connects after it, about
-// N*N/2 flips; sent while full maps were still going out they took a
-// good share of the coordinator's CPU over that burst, and slowed every
-// full map with it. Held until the burst is over, they go to each node
-// as one message that says every peer is online
-// (wire.MapResponse.PeersAllOnline, see compactOnline), so a burst of N
-// connections costs each node a message of constant size rather than N.
-// maxFlipHold bounds how stale an online state may be shown while bursts
-// go on (a minute, so that 10,000 nodes connecting at once fit in one).
-const (
-	burstFullMaps = 8
-	maxFlipHold   = time.Minute
-)
-
-// flipsDue returns when online flips held since the change at since may
-// be sent by a stream whose last delta was at last, while open streams
-// are open: onlineDelay after last, or while a burst of full maps is
-// going out, maxFlipHold after since, burst then being closed when the
-// burst is over (and it is time to look again).
-func (ms *streams) flipsDue(last, since, now time.Time, open int) (due time.Time, burst <-chan struct{}) {
-	due = last.Add(onlineDelay(open))
-	if due.After(now) {
-		return due, nil
-	}
-	c := *ms.burstOver.Load() // before the count: a burst ending after closes it
-	if ms.fullMaps.Load() < burstFullMaps {
-		return due, nil
-	}
-	if limit := since.Add(maxFlipHold); now.Before(limit) {
-		return limit, c
-	}
-	return due, nil
-}
-
-// fullMapSent records that a stream's full map is out (fullMaps), and
-// closes burstOver when that ends a burst.
-func (ms *streams) fullMapSent() {
-	if ms.fullMaps.Add(-1) == burstFullMaps-1 {
-		c := make(chan struct{})
-		close(*ms.burstOver.Swap(&c))
-	}
 }
 
 // mergeHeld adds to f the online flips held back, oldest first: those of
@@ -282,7 +233,7 @@ func (ms *streams) notifyLocked(networkID int64, k key.NodePublic) {
 		// Every stream of the network recomputes everything (delta); those
 		// of edges and of nodes that serve routes always do.
 		ms.fullVer[networkID] = ms.changeVer
-		ms.structChangedLocked()
+		ms.structVer.Store(ms.changeVer)
 	}
 	ms.wakeNetworkLocked(networkID)
 	s.notifyEdgesLocked(networkID, k)
@@ -416,7 +367,7 @@ func (ms *streams) handleMap(w http.ResponseWriter, r *http.Request) {
 	if req.Version >= resumeVersion {
 		resume = req.Peers
 	}
-	ms.serveStream(w, r, nk, req.Version, resume)
+	ms.serveStream(w, r, nk, req.Version >= splitFramesVersion, req.Version >= wire.BinaryFramesVersion, req.Version >= wire.BlockedFramesVersion, resume)
 }
 
 // Shutdown tells each node when to come back (wire.TrailerRetryAfter):
@@ -471,23 +422,19 @@ type sentState struct {
 	// the number of streams open when it was set.
 	batch time.Duration
 	open  int
-	// allOnline says the node takes wire.MapResponse.PeersAllOnline.
-	allOnline bool
 }
 
 // serveStream runs one map stream until the node goes away, the
-// coordinator closes, or the node is removed or expires. version is the
-// node's wire.CapabilityVersion: it says whether the node reassembles
-// messages split across frames (split), takes binary map frames
-// (wire.BinaryMapFrame), blocked map frames (wire.BlockedMapFrame: it
+// coordinator closes, or the node is removed or expires. split says
+// whether the node reassembles messages split across frames, bin
+// whether it takes binary map frames (wire.BinaryMapFrame); resume, if
+// not nil, is the digest of the peers the node holds: when it is that
+// of the peers the node would get, the first message keeps them
+// (wire.MapResponse.PeersKept) instead of sending them. blocked says
+// whether the node takes blocked map frames (wire.BlockedMapFrame): it
 // gets them if its stream is bound to its request, and its full map
-// comes of a shared peer list) and wire.MapResponse.PeersAllOnline.
-// resume, if not nil, is the digest of the peers the node holds: when it
-// is that of the peers the node would get, the first message keeps them
-// (wire.MapResponse.PeersKept) instead of sending them.
-func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.NodePublic, version int, resume *wire.PeersDigest) {
-	split, bin := version >= splitFramesVersion, version >= wire.BinaryFramesVersion
-	blocked := version >= wire.BlockedFramesVersion
+// comes of a shared peer list.
+func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.NodePublic, split, bin, blocked bool, resume *wire.PeersDigest) {
 	s := ms.core
 	log := s.logger.With("node", nk.ShortString())
 	rc := http.NewResponseController(w)
@@ -632,16 +579,14 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		return err
 	}
 
-	st := sentState{allOnline: version >= wire.AllOnlineVersion}
+	var st sentState
 	defer func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		ms.releaseLocked(st.peers)
 	}()
 
-	// The full map. Until it is sent, other streams hold their online
-	// flips (flipsDue).
-	fullSent := sync.OnceFunc(ms.fullMapSent)
+	// The full map.
 	{
 		now := s.now()
 		s.mu.Lock()
@@ -650,8 +595,6 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			s.mu.Unlock()
 			return
 		}
-		ms.fullMaps.Add(1)
-		defer fullSent()
 		self := ms.sharedNodeLocked(e)
 		peers, set, computed := ms.peersLocked(self, ss.networkID, now)
 		ms.holdLocked(set)
@@ -719,7 +662,6 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			log.Debug("send full map", "err", err)
 			return
 		}
-		fullSent()
 		ss.delivered(gen0)
 		st.self, st.peers, st.ver, st.filter, st.shared = self, set, ver, filter, peers.shared
 	}
@@ -740,38 +682,18 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	var heldMarked time.Time
 	var heldTimer *time.Timer
 	var heldC <-chan time.Time
-	// burstC, while flips are held for a burst of full maps, is closed
-	// when it is over.
-	var burstC <-chan struct{}
-	// holdOn looks again at whether the flips held may go, when heldC or
-	// burstC fired: if not, it sets them again and reports true.
-	holdOn := func() bool {
-		now := time.Now()
-		due, burst := ms.flipsDue(lastDelta, heldMarked, now, st.open)
-		if !due.After(now) {
-			heldTimer.Stop()
-			heldC, burstC = nil, nil
-			return false
-		}
-		heldTimer.Reset(due.Sub(now))
-		heldC, burstC = heldTimer.C, burst
-		return true
-	}
 	defer func() {
 		if heldTimer != nil {
 			heldTimer.Stop()
 		}
 	}()
 	for {
-		// While online flips are held, the network's changes that are
-		// only online flips wait for them (heldC): a burst of connections
-		// then costs each stream one delta per onlineDelay, not one per
-		// batchDelay. Other changes (structC) are sent with them at once.
+		// While online flips are held, the network's changes wait for
+		// them (heldC): a burst of joins then costs each stream one delta
+		// per onlineDelay, not one per batchDelay.
 		netC := st.wake.c
-		var structC <-chan struct{}
 		if heldC != nil {
-			// Changes that are not online flips still go at once.
-			netC, structC = nil, *ms.structWake.Load()
+			netC = nil
 		}
 		select {
 		case <-s.ctx.Done():
@@ -794,13 +716,11 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 				// computing anything, instead of computing a delta under
 				// the server lock only to hold it (every stream wakes at
 				// each change of the network).
-				since := heldMarked
-				if since.IsZero() || netChanged.Before(since) {
-					since = netChanged
-				}
-				now := time.Now()
-				if due, burst := ms.flipsDue(lastDelta, since, now, st.open); due.After(now) {
-					heldMarked, netChanged, burstC = since, time.Time{}, burst
+				if due := lastDelta.Add(onlineDelay(st.open)); time.Now().Before(due) {
+					if heldMarked.IsZero() || netChanged.Before(heldMarked) {
+						heldMarked = netChanged
+					}
+					netChanged = time.Time{}
 					if heldTimer == nil {
 						heldTimer = time.NewTimer(time.Until(due))
 					} else {
@@ -810,20 +730,8 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 					continue
 				}
 			}
-		case <-structC:
-			if ms.structVer.Load() <= st.ver {
-				continue // not one this stream has to send
-			}
-			netChanged = time.Now()
 		case <-heldC:
-			if holdOn() {
-				continue
-			}
-		case <-burstC:
-			// A burst of full maps is over, or was: look again.
-			if holdOn() {
-				continue
-			}
+			heldC = nil
 		}
 		// Gather a burst of changes (a restart brings every node back at
 		// once) into one frame, unless the stream is ending.
@@ -865,19 +773,15 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		onlineOnly := resp.Self == nil && len(f.peers) == 0 && len(resp.PeersRemoved) == 0 &&
 			resp.DERPMap == nil && !resp.PacketFilterSet && len(resp.FilterSetChanges) == 0 && resp.DNS == nil && resp.EdgeRoutes == nil
 		if onlineOnly && f.onlineStates().len() > 0 {
-			since := heldMarked
-			if since.IsZero() || (!marked.IsZero() && marked.Before(since)) {
-				since = marked
-			}
-			now := time.Now()
-			if due, burst := ms.flipsDue(lastDelta, since, now, st.open); due.After(now) {
+			if due := lastDelta.Add(onlineDelay(st.open)); time.Now().Before(due) {
 				// Only peers coming and going: hold them until due.
-				burstC = burst
 				if held == nil {
 					held = make(map[key.NodePublic]bool)
 				}
 				holdOnline(held, f)
-				heldMarked = since
+				if heldMarked.IsZero() || (!marked.IsZero() && marked.Before(heldMarked)) {
+					heldMarked = marked
+				}
 				if heldC == nil {
 					if heldTimer == nil {
 						heldTimer = time.NewTimer(time.Until(due))
@@ -897,14 +801,10 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			held, heldMarked = nil, time.Time{}
 			if heldC != nil {
 				heldTimer.Stop()
-				heldC, burstC = nil, nil
+				heldC = nil
 			}
 		}
-		if n := f.onlineStates().len(); st.allOnline && n >= minAllOnline {
-			// Many flips, held and new: they may go as PeersAllOnline.
-			ms.compactOnline(ss, &st, f, n)
-		}
-		if onlineOnly && f.onlineStates().len() == 0 && !resp.PeersAllOnline {
+		if onlineOnly && f.onlineStates().len() == 0 {
 			ss.delivered(gen) // nothing this node sees changed
 			continue
 		}

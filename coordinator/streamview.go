@@ -71,17 +71,6 @@ type streams struct {
 	// knows without looking that they are online flips, which wait for
 	// onlineDelay. Written under Server.mu; read without it.
 	structVer atomic.Uint64
-	// structWake is closed, and replaced, when structVer moves: streams
-	// holding online flips wait on it rather than on every change of
-	// their network. Written under Server.mu; read without it.
-	structWake atomic.Pointer[chan struct{}]
-	// fullMaps counts the streams sending their full map, in any network
-	// (streams hold online flips meanwhile: flipsDue). Read without
-	// Server.mu.
-	fullMaps atomic.Int64
-	// burstOver is closed, and replaced, when fullMaps falls below
-	// burstFullMaps (fullMapSent).
-	burstOver atomic.Pointer[chan struct{}]
 }
 
 // netWake is closed at a network's next node change.
@@ -113,21 +102,8 @@ func (ms *streams) wakeNetworkLocked(networkID int64) {
 
 // newStreams returns the map-stream job of core.
 func newStreams(core *Server) *streams {
-	ms := &streams{core: core, sessions: make(map[key.NodePublic]*session), peerStates: make(map[key.NodePublic]*peerState),
+	return &streams{core: core, sessions: make(map[key.NodePublic]*session), peerStates: make(map[key.NodePublic]*peerState),
 		wakes: make(map[int64]*netWake), fullVer: make(map[int64]uint64), shared: make(map[int64]*netShared)}
-	c, b := make(chan struct{}), make(chan struct{})
-	ms.structWake.Store(&c)
-	ms.burstOver.Store(&b)
-	return ms
-}
-
-// structChangedLocked records that the change counted last is not a node
-// coming online or going offline alone (structVer), and wakes the
-// streams that wait for such a change. Server.mu held.
-func (ms *streams) structChangedLocked() {
-	ms.structVer.Store(ms.changeVer)
-	c := make(chan struct{})
-	close(*ms.structWake.Swap(&c))
 }
 
 // changeEntry is one change in the change log: its node and, if a stream
@@ -222,7 +198,7 @@ func (ms *streams) noteChangeLocked(k key.NodePublic) {
 	structural := true
 	defer func() {
 		if structural {
-			ms.structChangedLocked()
+			ms.structVer.Store(ms.changeVer)
 		}
 	}()
 	if len(ms.changes) >= max(minChangeLog, 2*len(s.nodes)) {

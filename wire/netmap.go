@@ -75,7 +75,7 @@ func (nm *NetMap) Apply(resp *MapResponse, localNow time.Time) *NetMap {
 		next.LocalTime = localNow
 	}
 	if resp.KeepAlive && resp.Self == nil && resp.Peers == nil && len(resp.PeersChanged) == 0 &&
-		len(resp.PeersRemoved) == 0 && len(resp.PeersOnline) == 0 && !resp.PeersAllOnline {
+		len(resp.PeersRemoved) == 0 && len(resp.PeersOnline) == 0 {
 		return next
 	}
 	if resp.Self != nil {
@@ -112,7 +112,7 @@ func (nm *NetMap) Apply(resp *MapResponse, localNow time.Time) *NetMap {
 // applyPeers applies resp's peer fields to next, a shallow copy of the
 // netmap resp applies to: Peers and idx are replaced, never modified.
 func (next *NetMap) applyPeers(resp *MapResponse) {
-	if resp.Peers == nil && len(resp.PeersChanged) == 0 && len(resp.PeersRemoved) == 0 && len(resp.PeersOnline) == 0 && !resp.PeersAllOnline {
+	if resp.Peers == nil && len(resp.PeersChanged) == 0 && len(resp.PeersRemoved) == 0 && len(resp.PeersOnline) == 0 {
 		return
 	}
 	var (
@@ -160,22 +160,15 @@ func (next *NetMap) applyPeers(resp *MapResponse) {
 		touch(k)
 		ix.del(k)
 	}
-	setOnline := func(p *Node, online bool) {
+	for k, online := range resp.PeersOnline {
+		p := ix.get(k)
 		if p == nil || (p.Online == online && !p.Unknown) {
-			return
+			continue
 		}
-		touch(p.Key)
+		touch(k)
 		pc := *p
 		pc.Online, pc.Unknown = online, false
 		ix.set(&pc)
-	}
-	if resp.PeersAllOnline {
-		for _, p := range ix.root.all(nil) {
-			setOnline(p, true)
-		}
-	}
-	for k, online := range resp.PeersOnline {
-		setOnline(ix.get(k), online)
 	}
 	if incremental {
 		var gone, come []*Node
@@ -242,7 +235,6 @@ func (m *MapResponse) Merge(next *MapResponse) {
 	}
 	m.PeersChanged = append(m.PeersChanged, next.PeersChanged...)
 	m.PeersRemoved = append(m.PeersRemoved, next.PeersRemoved...)
-	m.PeersAllOnline = m.PeersAllOnline || next.PeersAllOnline
 	for k, on := range next.PeersOnline {
 		if m.PeersOnline == nil {
 			m.PeersOnline = make(map[key.NodePublic]bool, len(next.PeersOnline))

@@ -117,17 +117,7 @@ import (
 //     each, which the node's own sealed frame names with their SHA-256
 //     (BlockedMapFrame). Nodes of older versions, and streams not bound
 //     to their request, get every frame sealed to them as before.
-//   - 22 (2026-12-07): MapResponse.PeersAllOnline: a delta may say that
-//     every peer the node holds is online but those its PeersOnline
-//     names, instead of naming each peer that came online: after
-//     thousands of nodes connect at once, each node is sent one such
-//     message rather than the online state of every node that connected
-//     after it. Nodes of older versions get PeersOnline as before.
-const CapabilityVersion = 22
-
-// AllOnlineVersion is the first CapabilityVersion whose nodes take
-// MapResponse.PeersAllOnline.
-const AllOnlineVersion = 22
+const CapabilityVersion = 21
 
 // BootEpochVersion is the first CapabilityVersion whose sealed requests
 // carry the coordinator's boot epoch, and are refused without the
@@ -274,11 +264,6 @@ type MapResponse struct {
 	PeersRemoved []key.NodePublic `json:"peers_removed,omitempty"`
 	// PeersOnline updates only the online state of peers.
 	PeersOnline map[key.NodePublic]bool `json:"peers_online,omitempty"`
-	// PeersAllOnline, in a message that is not a full map, says that
-	// every peer the node holds once Peers, PeersChanged and PeersRemoved
-	// are applied is online, before PeersOnline applies (which then names
-	// the peers that are not). Since version 22.
-	PeersAllOnline bool `json:"peers_all_online,omitempty"`
 	// PeersKept, in the first message of a stream, stands for Peers: the
 	// node keeps the peers it holds, whose digest (MapRequest.Peers)
 	// matched what the coordinator would send; they are online but for

@@ -511,8 +511,7 @@ func (nd *fakeNode) Message(frames []*wire.ScannedFrame, first bool) error {
 	}
 	unknown := 0
 	// The lists in the order coordclient applies a joined message:
-	// Peers, then PeersChanged, then PeersRemoved, then PeersAllOnline, then
-	// PeersOnline.
+	// Peers, then PeersChanged, then PeersRemoved, then PeersOnline.
 	for _, list := range []wire.PeerList{wire.ListPeers, wire.ListPeersChanged} {
 		for _, fr := range frames {
 			if fr.List != list {
@@ -548,18 +547,6 @@ func (nd *fakeNode) Message(frames []*wire.ScannedFrame, first bool) error {
 				}
 				nd.setOnline(j, false)
 			}
-		}
-	}
-	for _, fr := range frames {
-		if fr.Head.PeersAllOnline && nd.valid {
-			// Every peer held is online, before the states PeersOnline
-			// gives.
-			for j, id := range nd.held {
-				if id != 0 {
-					nd.setOnline(j, true)
-				}
-			}
-			break
 		}
 	}
 	for _, fr := range frames {
