@@ -23,10 +23,10 @@ import (
 // address is ULAPrefix with the node's IPv4 address in the low 32 bits, so
 // both are unique and stable together.
 var (
-	// CGNATPrefix is the overlay IPv4 range.
-	CGNATPrefix = netip.MustParsePrefix("100.64.0.0/10")
-	// ULAPrefix is the overlay IPv6 range.
-	ULAPrefix = netip.MustParsePrefix("fd7a:bea0:b0de::/48")
+	// CGNATPrefix is the overlay IPv4 range (wire.OverlayIPv4).
+	CGNATPrefix = wire.OverlayIPv4
+	// ULAPrefix is the overlay IPv6 range (wire.OverlayIPv6).
+	ULAPrefix = wire.OverlayIPv6
 
 	firstIPv4 = netip.MustParseAddr("100.64.0.1")
 	lastIPv4  = netip.MustParseAddr("100.127.255.254")

@@ -22,9 +22,8 @@ import (
 var MagicDNSIPv4 = netip.MustParseAddr("100.100.100.100")
 
 // overlayULA is the overlay's IPv6 range, where the coordinator gives
-// every node an address (coordinator.ULAPrefix; node does not import
-// coordinator).
-var overlayULA = netip.MustParsePrefix("fd7a:bea0:b0de::/48")
+// every node an address.
+var overlayULA = wire.OverlayIPv6
 
 // errSelfAddress means the netmap gave the node an address outside the
 // overlay's ranges.

@@ -269,7 +269,7 @@ func allowDNSSource(a netip.Addr) bool {
 	return a.IsLoopback() || cgnat.Contains(a) || (a.Is6() && a.IsPrivate())
 }
 
-var cgnat = netip.MustParsePrefix("100.64.0.0/10")
+var cgnat = wire.OverlayIPv4
 
 // Start serves the host servers the settings name (SOCKS5, HTTP proxy,
 // MagicDNS on loopback) and rejoins the mesh if the node was up when it

@@ -12,12 +12,10 @@ import (
 
 // The overlay ranges. IP and CIDR literals and host aliases must lie inside
 // them, and compiled filters only ever carry node addresses inside them.
-// They must equal coordinator.CGNATPrefix and coordinator.ULAPrefix, from
-// which the coordinator allocates node addresses (this package cannot
-// import coordinator, which imports it).
+// They are the ranges the coordinator allocates node addresses from.
 var (
-	overlayIPv4 = netip.MustParsePrefix("100.64.0.0/10")
-	overlayIPv6 = netip.MustParsePrefix("fd7a:bea0:b0de::/48")
+	overlayIPv4 = wire.OverlayIPv4
+	overlayIPv6 = wire.OverlayIPv6
 )
 
 // inOverlay reports whether every address of p is inside the overlay.
