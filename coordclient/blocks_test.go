@@ -42,10 +42,15 @@ func blockPeer(name string) *wire.Node {
 // blockedFrame returns a blocked map frame naming refs, with one inline
 // peer record besides theirs, and how many records its message holds.
 func blockedFrame(inline *wire.Node, refs []wire.BlockRef, records int) []byte {
+	return blockedFrameHead(`{}`, inline, refs, records)
+}
+
+// blockedFrameHead is blockedFrame with the message's head.
+func blockedFrameHead(head string, inline *wire.Node, refs []wire.BlockRef, records int) []byte {
 	// The frame as the coordinator builds it: head, list byte, count,
 	// inline records, then the online count (0), before which the
 	// blocks' records go.
-	inner := wire.AppendBinaryMapFrameSegments(nil, []byte(`{}`), wire.ListPeers, records, [][]byte{wire.AppendPeerRecord(nil, inline)}, nil)
+	inner := wire.AppendBinaryMapFrameSegments(nil, []byte(head), wire.ListPeers, records, [][]byte{wire.AppendPeerRecord(nil, inline)}, nil)
 	return wire.AppendBlockedMapFrame(nil, refs, len(inner)-1, inner)
 }
 
@@ -93,7 +98,7 @@ func TestBlockedFrameRefusesForeignBlocks(t *testing.T) {
 			name = "cache"
 			// The genuine blocks are in the cache already.
 			c := &Client{blocks: cache}
-			if _, err := c.readBlocks(bytes.NewReader(cat(b1.frame, b2.frame)), p, true); err != nil {
+			if _, err := c.readBlocks(bytes.NewReader(cat(b1.frame, b2.frame)), p, true, nil); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -101,7 +106,7 @@ func TestBlockedFrameRefusesForeignBlocks(t *testing.T) {
 			for _, tt := range tests {
 				t.Run(tt.name, func(t *testing.T) {
 					c := &Client{blocks: cache}
-					out, err := c.readBlocks(bytes.NewReader(tt.stream), p, tt.bound)
+					out, err := c.readBlocks(bytes.NewReader(tt.stream), p, tt.bound, nil)
 					if tt.name == "cut short" {
 						if err == nil || errors.Is(err, ErrBadResponse) {
 							t.Fatalf("err = %v, want a read error (the stream ended)", err)
@@ -148,5 +153,36 @@ func TestStaleStreamEndpointsSentAgain(t *testing.T) {
 	c.streamOpened(3)
 	if c.epsGen != 6 || len(c.epsWake) != 1 {
 		t.Fatalf("stream with older endpoints: generation %d, wake %d; want 6, 1 (sent again)", c.epsGen, len(c.epsWake))
+	}
+}
+
+// TestScannedSinkLendsFrames checks that RunScanned's sink joins blocked
+// map frames in buffers it lends, hands the handler the message read from
+// them, and takes the buffers back once the handler has the message, but
+// not before: the first frame of a message split across two keeps its
+// buffer until the second.
+func TestScannedSinkLendsFrames(t *testing.T) {
+	b1 := sealTestBlock(key.NewBlockKey(), blockPeer("a"), blockPeer("b"))
+	h := &testHandler{onMsg: func(bool) {}}
+	s := &scannedSink{h: h}
+	c := &Client{blocks: &BlockCache{}}
+	for i, head := range []string{`{"more":true}`, `{}`} {
+		out, err := c.readBlocks(bytes.NewReader(b1.frame), blockedFrameHead(head, blockPeer("inline"), []wire.BlockRef{b1.ref}, 3), true, lenderOf(s))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(s.lent) != i+1 || &s.lent[i][:1][0] != &out[0] {
+			t.Fatalf("frame %d was not joined in the buffer lent (%d lent)", i, len(s.lent))
+		}
+		whole, err := s.frame(out, true)
+		if err != nil || whole != (i == 1) {
+			t.Fatalf("frame %d: whole %v, err %v; want %v, nil", i, whole, err, i == 1)
+		}
+	}
+	if len(h.msgs) != 1 || h.msgs[0] != (scannedMsg{true, 2, 6}) {
+		t.Fatalf("messages %+v, want one of 2 frames and 6 peers", h.msgs)
+	}
+	if len(s.lent) != 0 {
+		t.Errorf("%d buffers still lent after the message was taken, want 0", len(s.lent))
 	}
 }

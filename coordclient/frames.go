@@ -29,8 +29,8 @@ type MessageHandler interface {
 	// before its first message.
 	Forget()
 	// Message takes one whole message: the frames it came in, in order
-	// (one unless it was split, wire.MapResponse.More), which the handler
-	// may keep. first says it is the stream's first message: a full map,
+	// (one unless it was split, wire.MapResponse.More), valid only during
+	// the call: the client reuses their bytes. first says it is the stream's first message: a full map,
 	// or a resumed one. An error ends the stream as a malformed one
 	// (ErrBadResponse).
 	Message(frames []*wire.ScannedFrame, first bool) error
@@ -51,6 +51,7 @@ type scannedSink struct {
 	h      MessageHandler
 	frames []*wire.ScannedFrame // of the message so far
 	n      int                  // frames of the message so far, keepalives too
+	lent   [][]byte             // buffers of the message so far (lendFrame)
 }
 
 func (s *scannedSink) request() *wire.PeersDigest {
@@ -63,7 +64,27 @@ func (s *scannedSink) request() *wire.PeersDigest {
 
 func (s *scannedSink) invalidate() { s.h.Forget() }
 
-func (s *scannedSink) begin() { s.frames, s.n = nil, 0 }
+func (s *scannedSink) begin() {
+	s.frames, s.n = nil, 0
+	s.giveBack()
+}
+
+// lendFrame lends a buffer for a frame of the message so far, until the
+// handler has taken the message (frameLender).
+func (s *scannedSink) lendFrame(n int) []byte {
+	b := getFrameBuf(n)
+	s.lent = append(s.lent, b)
+	return b
+}
+
+// giveBack gives back the buffers lent for the message so far.
+func (s *scannedSink) giveBack() {
+	for _, b := range s.lent {
+		putFrameBuf(b)
+	}
+	clear(s.lent)
+	s.lent = s.lent[:0]
+}
 
 func (s *scannedSink) frame(payload []byte, first bool) (bool, error) {
 	f, err := wire.ScanMapFrame(payload)
@@ -83,7 +104,9 @@ func (s *scannedSink) frame(payload []byte, first bool) (bool, error) {
 	}
 	frames := s.frames
 	s.frames, s.n = nil, 0
-	if err := s.h.Message(frames, first); err != nil {
+	err = s.h.Message(frames, first)
+	s.giveBack()
+	if err != nil {
 		return false, fmt.Errorf("%w: %w", ErrBadResponse, err)
 	}
 	return true, nil

@@ -197,7 +197,7 @@ func (c *Client) readStream(cancel context.CancelFunc, rp *reply, sink streamSin
 	for {
 		payload, err := readPayload(resp.Body, fo.open)
 		if err == nil && len(payload) > 0 && payload[0] == wire.BlockedMapFrame {
-			payload, err = c.readBlocks(resp.Body, payload, !fo.plain)
+			payload, err = c.readBlocks(resp.Body, payload, !fo.plain, lenderOf(sink))
 		}
 		whole := false
 		if err == nil {
