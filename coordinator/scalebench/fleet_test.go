@@ -139,3 +139,30 @@ func BenchmarkFakeNodeFullMap(b *testing.B) {
 		b.Fatalf("bad full maps: %s", *f.badFull.Load())
 	}
 }
+
+// TestKeyIndex checks that the fleet's key index finds every node's key
+// at its index, including keys whose probes start in the same slot, and
+// finds no key that is not the fleet's.
+func TestKeyIndex(t *testing.T) {
+	keys := make([]key.NodePublic, 3000)
+	for i := range keys {
+		keys[i] = key.NewNode().Public()
+	}
+	// Two keys that differ past their first eight bytes start their
+	// probes in the same slot.
+	raw := keys[0].Raw32()
+	raw[31] ^= 1
+	keys[1] = key.NodePublicFromRaw32(raw)
+	x := newKeyIndex(keys)
+	for i, k := range keys {
+		if j, ok := x.find(k); !ok || j != i {
+			t.Fatalf("find(key %d) = %d, %v", i, j, ok)
+		}
+	}
+	raw[31] ^= 2
+	for _, k := range []key.NodePublic{key.NewNode().Public(), key.NodePublicFromRaw32(raw), {}} {
+		if j, ok := x.find(k); ok {
+			t.Errorf("find(%v) = %d, want none: not a key of the fleet", k, j)
+		}
+	}
+}
