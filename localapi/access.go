@@ -6,10 +6,13 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/user"
 	"path/filepath"
 	"strconv"
+
+	"beam.dev/beam/localapi/apitype"
 )
 
 // Who may use the local API: the daemon's own user and root always; the
@@ -17,8 +20,9 @@ import (
 // the socket gives the peer's credentials (Linux: SO_PEERCRED). Without an
 // operator the socket is 0600; with one it is 0666, and every connection
 // is checked against the peer's uid at accept (guard.go) and every
-// request again. Only the daemon's user and root may
-// change the operator.
+// request again. Only the daemon's user and root may change the operator,
+// the DNS upstreams, or put a port below 1024 in a setting
+// (checkPrefsPatch): the daemon may run as root.
 
 type peerKey struct{}
 
@@ -93,6 +97,52 @@ func (h *Handler) checkOperatorChange(r *http.Request, op *string) error {
 	}
 	if *op != "" && !peerCredSupported {
 		return errors.New("an operator needs peer credentials on the local socket, which only Linux gives")
+	}
+	return nil
+}
+
+// privilegedPorts are the ports below which only root may bind. An
+// operator must not make a daemon running as root take one for it.
+const privilegedPorts = 1024
+
+// checkPrefsPatch refuses, from a peer that is neither root nor the
+// daemon's own user (the operator), the settings that would lend it the
+// daemon's privileges: changing the operator (checkOperatorChange), the
+// DNS upstreams MagicDNS forwards to (in TUN mode the host's resolver),
+// and a privileged port for the WireGuard socket, the peer relay server
+// or a loopback listener (SOCKS5, HTTP proxy, MagicDNS).
+func (h *Handler) checkPrefsPatch(r *http.Request, p *apitype.PrefsPatch) error {
+	if p == nil {
+		return nil
+	}
+	if err := h.checkOperatorChange(r, p.Operator); err != nil {
+		return err
+	}
+	if pr := peerOf(r); !pr.known || isOwner(pr.uid) {
+		return nil
+	}
+	if p.DNSUpstreams != nil {
+		return errors.New("only root or the daemon's own user may change the DNS upstreams")
+	}
+	for _, f := range []struct {
+		name string
+		port *uint16
+	}{{"port", p.Port}, {"relay server port", p.RelayServerPort}} {
+		if f.port != nil && *f.port != 0 && *f.port < privilegedPorts {
+			return fmt.Errorf("only root or the daemon's own user may set the %s below %d (asked for %d)", f.name, privilegedPorts, *f.port)
+		}
+	}
+	for _, f := range []struct {
+		name string
+		addr *string
+	}{{"socks5", p.SOCKS5}, {"http proxy", p.HTTPProxy}, {"dns listen", p.DNSListen}} {
+		if f.addr == nil || *f.addr == "" {
+			continue
+		}
+		// A malformed address is refused later with its reason.
+		if ap, err := netip.ParseAddrPort(*f.addr); err == nil && ap.Port() != 0 && ap.Port() < privilegedPorts {
+			return fmt.Errorf("only root or the daemon's own user may serve the %s on a port below %d (asked for %s)", f.name, privilegedPorts, *f.addr)
+		}
 	}
 	return nil
 }

@@ -149,11 +149,9 @@ func (h *Handler) up(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
 		return
 	}
-	if req.Prefs != nil {
-		if err := h.checkOperatorChange(r, req.Prefs.Operator); err != nil {
-			writeError(w, http.StatusForbidden, err)
-			return
-		}
+	if err := h.checkPrefsPatch(r, req.Prefs); err != nil {
+		writeError(w, http.StatusForbidden, err)
+		return
 	}
 	resp, err := h.n.Up(r.Context(), req)
 	if req.Prefs != nil && req.Prefs.Operator != nil {
@@ -172,7 +170,7 @@ func (h *Handler) setPrefs(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, fmt.Errorf("decode request: %w", err))
 		return
 	}
-	if err := h.checkOperatorChange(r, p.Operator); err != nil {
+	if err := h.checkPrefsPatch(r, &p); err != nil {
 		writeError(w, http.StatusForbidden, err)
 		return
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -59,6 +60,36 @@ func TestOperator(t *testing.T) {
 	}
 	if out, err := as(stranger, "status"); err == nil || !strings.Contains(out, "65533") || !strings.Contains(out, "may not use") {
 		t.Fatalf("another user with an operator set: err=%v out=%q; want a refusal naming uid 65533", err, out)
+	}
+
+	// The operator may not lend itself the daemon's privileges: a port
+	// below 1024 (the daemon may run as root) or the DNS upstreams
+	// MagicDNS forwards to. Each refusal leaves the setting as it was.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"set", "--port", "999"}, "below 1024"},
+		{[]string{"set", "--relay-server=998"}, "below 1024"},
+		{[]string{"set", "--dns-listen", "127.0.0.1:997"}, "below 1024"},
+		{[]string{"set", "--socks5", "127.0.0.1:996"}, "below 1024"},
+		{[]string{"set", "--dns-upstream", "127.0.0.1:53"}, "DNS upstreams"},
+		{[]string{"up", "--port", "995"}, "below 1024"},
+	} {
+		if out, err := as(nobody, tc.args...); err == nil || !strings.Contains(out, tc.want) {
+			t.Errorf("the operator's beam %s: err=%v out=%q; want a refusal saying %q", strings.Join(tc.args, " "), err, out, tc.want)
+		}
+	}
+	out = c.mustBeam(d.args("set")...)
+	for _, refused := range []string{"999", "998", "127.0.0.1:997", "127.0.0.1:996", "127.0.0.1:53", "995"} {
+		if strings.Contains(" "+strings.Join(strings.Fields(out), " ")+" ", " "+refused+" ") {
+			t.Errorf("settings after the operator's refused changes hold %s:\n%s", refused, out)
+		}
+	}
+	// An unprivileged loopback port is the operator's to choose.
+	socks := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	if out, err := as(nobody, "set", "--socks5", socks); err != nil {
+		t.Errorf("the operator's beam set --socks5 %s: %v\n%s", socks, err, out)
 	}
 
 	// beam up by that user does not start a daemon of its own in its place.
