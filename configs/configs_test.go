@@ -126,3 +126,45 @@ func TestParseByteRate(t *testing.T) {
 		})
 	}
 }
+
+// TestRelayLimits: the relay limits' defaults, "off", and what Validate
+// refuses, naming the flag.
+func TestRelayLimits(t *testing.T) {
+	for _, tc := range []struct {
+		rate, burst         string
+		wantRate, wantBurst int64
+	}{
+		{"", "", DefaultRelayRate, DefaultRelayBurst},
+		{"0", "0", DefaultRelayRate, DefaultRelayBurst},
+		{"100Mbit", "1MiB", 12_500_000, 1 << 20},
+		{"off", "", 0, DefaultRelayBurst},
+		{"OFF", "64KiB", 0, 64 << 10},
+	} {
+		l := RelayLimits{RelayRate: tc.rate, RelayBurst: tc.burst}
+		d := DefaultDERP()
+		d.RelayLimits = l
+		if err := d.Validate(); err != nil {
+			t.Errorf("rate %q burst %q: %v", tc.rate, tc.burst, err)
+			continue
+		}
+		if r, b := l.Bytes(); r != tc.wantRate || b != tc.wantBurst {
+			t.Errorf("rate %q burst %q: got %d B/s, %d B; want %d, %d", tc.rate, tc.burst, r, b, tc.wantRate, tc.wantBurst)
+		}
+	}
+	if DefaultRelayRate == 0 {
+		t.Error("the relay rate has no default limit")
+	}
+	for _, tc := range []struct{ rate, burst, flag string }{
+		{"fast", "", "--relay-rate"},
+		{"10", "", "--relay-rate"},
+		{"1kbit", "", "--relay-rate"},
+		{"", "1kB", "--relay-burst"},
+		{"", "2GiB", "--relay-burst"},
+		{"", "off", "--relay-burst"},
+	} {
+		s := Server{Domain: "a.test", Addr: ":1", RelayLimits: RelayLimits{RelayRate: tc.rate, RelayBurst: tc.burst}}
+		if err := s.Validate(); err == nil || !strings.Contains(err.Error(), tc.flag) {
+			t.Errorf("rate %q burst %q: err %v, want it to name %s", tc.rate, tc.burst, err, tc.flag)
+		}
+	}
+}

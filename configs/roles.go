@@ -97,6 +97,7 @@ type Server struct {
 	NodeRate    int `json:"node_rate"`
 	ReplicaTimes
 	RouteQuota
+	RelayLimits
 	// BodyTimeout bounds request bodies at the edge.
 	BodyTimeout Duration `json:"body_timeout"`
 	// Telemetry: one listener each for all of the server's roles.
@@ -129,6 +130,7 @@ func (s *Server) Validate() error {
 	checkNodeRate(&c, s.NodeRate)
 	s.ReplicaTimes.check(&c)
 	s.RouteQuota.check(&c)
+	s.RelayLimits.check(&c)
 	s.OIDCProvider.check(&c)
 	c.url("--public-url", s.PublicURL, false)
 	c.listen("--http-addr", s.HTTPAddr, false)
@@ -467,6 +469,7 @@ type DERP struct {
 	// MaxConns caps the relay's connections; 0 derives it from the open
 	// files limit, negative means none.
 	MaxConns int `json:"max_conns"`
+	RelayLimits
 	Telemetry
 }
 
@@ -494,7 +497,75 @@ func (d *DERP) Validate() error {
 		c.add("--tls-cert", d.TLSCert, "--tls-cert and --tls-key go together")
 	}
 	c.logLevel(d.LogLevel)
+	d.RelayLimits.check(&c)
 	return c.err()
+}
+
+// RelayLimits bound what each client of a relay (beam derp, beam server)
+// may send through it, so that one client cannot take a relay's bandwidth
+// from the others. Mesh peers (other relays of the region) are not
+// limited.
+type RelayLimits struct {
+	// RelayRate is each client's sustained send rate, such as "50Mbit"
+	// or "6MiB" (per second; see ParseByteRate); "" or "0" means
+	// DefaultRelayRate, "off" no limit.
+	RelayRate string `json:"relay_rate"`
+	// RelayBurst is how much a client may send at once before RelayRate
+	// holds it back, such as "4MiB" (ParseByteRate's units, read as
+	// bytes); "" or "0" means DefaultRelayBurst.
+	RelayBurst string `json:"relay_burst"`
+}
+
+// Defaults of RelayLimits. A relay carries the traffic of devices that
+// have no direct path, for as long as they have none: calls, remote
+// desktops and file copies between a user's own machines. 50 Mbit/s per
+// client carries those at the speed of a typical home uplink, and the
+// burst (about two thirds of a second at that rate) lets a short
+// exchange, such as loading a page, go at full speed; a relay of 10
+// Gbit/s still serves 200 clients sending all they can at once.
+const (
+	DefaultRelayRate  = 50_000_000 / 8 // bytes per second
+	DefaultRelayBurst = 4 << 20        // bytes
+)
+
+// RelayRateUsage and RelayBurstUsage are the help of --relay-rate and
+// --relay-burst.
+const (
+	RelayRateUsage  = `most each relay client may send per second, e.g. 50Mbit or 6MiB (0: 50Mbit; "off": no limit)`
+	RelayBurstUsage = "most a relay client may send at once before --relay-rate holds it back, e.g. 4MiB (0: 4MiB)"
+)
+
+// Bytes returns the limits in bytes per second and bytes, the defaults
+// filled in; rate 0 means no limit. r must have passed Validate.
+func (r *RelayLimits) Bytes() (rate, burst int64) {
+	burst, _ = ParseByteRate(r.RelayBurst)
+	if burst == 0 {
+		burst = DefaultRelayBurst
+	}
+	if strings.EqualFold(strings.TrimSpace(r.RelayRate), "off") {
+		return 0, burst
+	}
+	rate, _ = ParseByteRate(r.RelayRate)
+	if rate == 0 {
+		rate = DefaultRelayRate
+	}
+	return rate, burst
+}
+
+// check checks the limits.
+func (r *RelayLimits) check(c *checker) {
+	if !strings.EqualFold(strings.TrimSpace(r.RelayRate), "off") {
+		if _, err := ParseByteRate(r.RelayRate); err != nil {
+			c.add("--relay-rate", r.RelayRate, err.Error()+`, or "off" for no limit`)
+		}
+	}
+	b, err := ParseByteRate(r.RelayBurst)
+	switch {
+	case err != nil:
+		c.add("--relay-burst", r.RelayBurst, strings.Replace(err.Error(), " (per second)", "", 1))
+	case b != 0 && (b < 64<<10 || b > 1<<30):
+		c.add("--relay-burst", r.RelayBurst, "want 64KiB to 1GiB, or 0 for the default")
+	}
 }
 
 // Daemon is beam daemon's settings. Those the daemon keeps in its state

@@ -729,15 +729,23 @@ func (s *Server) handleDERPVerify(w http.ResponseWriter, r *http.Request) {
 		jsonEncode(w, wire.DERPVerifyResponse{})
 		return
 	}
-	now := s.now()
-	s.mu.Lock()
-	e := s.nodes[nk]
-	allow := e != nil && !e.rec.Node.Expired(now)
-	s.mu.Unlock()
+	allow := s.AdmitsToRelay(nk)
 	if !allow {
 		w.WriteHeader(http.StatusForbidden)
 	}
 	jsonEncode(w, wire.DERPVerifyResponse{Allow: allow})
+}
+
+// AdmitsToRelay reports whether the node key k may use the region's
+// relays: it is the key of a node this coordinator knows whose key has not
+// expired. It is the check wire.PathDERPVerify answers, for a relay that
+// runs in the coordinator's process (beam server).
+func (s *Server) AdmitsToRelay(k key.NodePublic) bool {
+	now := s.now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.nodes[k]
+	return e != nil && !e.rec.Node.Expired(now)
 }
 
 // bearerIs reports whether r carries a bearer token whose SHA-256 is

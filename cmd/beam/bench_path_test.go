@@ -310,9 +310,17 @@ type overlayPair struct {
 }
 
 // newOverlayPair starts the server and both daemons, with env added to
-// the daemons' environment.
+// the daemons' environment. The server's relay does not limit its
+// clients' rate (--relay-rate off): the pair measures the daemons' data
+// path, relay included, not the relay's per-client limit.
 func newOverlayPair(tb testing.TB, env ...string) *overlayPair {
-	c, _ := startDevServer(tb)
+	c, _ := startDevServerWith(tb, 0, "--relay-rate", "off")
+	return overlayPairOn(tb, c, env...)
+}
+
+// overlayPairOn starts both daemons on the server of c, with env added
+// to their environment.
+func overlayPairOn(tb testing.TB, c *cluster, env ...string) *overlayPair {
 	p := &overlayPair{c: c, serverPID: c.coord.Process.Pid}
 	p.socks = "127.0.0.1:" + strconv.Itoa(freePort(tb))
 	p.alpha, p.beta = c.device("alpha"), c.device("beta")

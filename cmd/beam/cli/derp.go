@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"beam.dev/beam/configs"
 	"beam.dev/beam/coordinator"
@@ -97,6 +98,7 @@ whatever key it has, with a warning.`,
 	fl.StringVar(&opts.StateDir, "state", def.StateDir, "state directory (created 0700)")
 	fl.StringVar(&opts.LogLevel, "log-level", def.LogLevel, "log level: debug, info, warn, error")
 	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none); one client address may hold 1/8 of it, and connections idle 90s between requests are closed")
+	bindRelayLimits(fl, &opts.RelayLimits)
 	registerTelemetry(fl, &opts.Telemetry)
 	return cmd
 }
@@ -178,13 +180,16 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	relay, err := assembleRelay(derpserver.Options{
+	if verify == nil {
+		logger.Warn("relay admits any node key (no --verify-clients): anyone who can reach it may relay through it, within --relay-rate each; give it the coordinator's URL and relay token to admit only its nodes")
+	}
+	relay, err := assembleRelay(withRelayLimits(derpserver.Options{
 		PrivateKey:   priv,
 		Logger:       logger,
 		VerifyClient: verify,
 		MeshKey:      meshKey,
 		MeshWith:     meshWith,
-	}, opts.STUNAddr, opts.STUNAltAddr, logger)
+	}, &opts.RelayLimits), opts.STUNAddr, opts.STUNAltAddr, logger)
 	if err != nil {
 		ln.Close()
 		return err
@@ -218,8 +223,10 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 	if altPC != nil {
 		stunAlt = altPC.LocalAddr().String()
 	}
+	rate, burst := opts.RelayLimits.Bytes()
 	logger.Info("relay listening", "addr", ln.Addr().String(), "stun", stunAddr, "stun_alt", stunAlt, "tls", opts.TLSCert != "",
-		"machine_key", priv.Public().String(), "mesh_with", len(opts.MeshWith), "verify_clients", opts.VerifyClients != "")
+		"machine_key", priv.Public().String(), "mesh_with", len(opts.MeshWith), "verify_clients", opts.VerifyClients != "",
+		"relay_rate", relayRateText(rate), "relay_burst", configs.FormatByteRate(burst))
 	if opts.ready != nil {
 		opts.ready(ln.Addr().String(), stunAddr)
 	}
@@ -285,6 +292,30 @@ func runDERP(ctx context.Context, f *Factory, opts *DERPOptions) error {
 	stopSTUN()
 	wg.Wait()
 	return runErr
+}
+
+// bindRelayLimits binds --relay-rate and --relay-burst (beam derp, beam
+// server).
+func bindRelayLimits(fl *pflag.FlagSet, l *configs.RelayLimits) {
+	fl.StringVar(&l.RelayRate, "relay-rate", "", configs.RelayRateUsage)
+	fl.StringVar(&l.RelayBurst, "relay-burst", "", configs.RelayBurstUsage)
+}
+
+// withRelayLimits returns opts with each client's send rate and burst
+// set from l.
+func withRelayLimits(opts derpserver.Options, l *configs.RelayLimits) derpserver.Options {
+	rate, burst := l.Bytes()
+	opts.PerClientRateBytes = float64(rate)
+	opts.PerClientBurstBytes = int(burst)
+	return opts
+}
+
+// relayRateText is a relay rate for the log: "off" for none.
+func relayRateText(rate int64) string {
+	if rate == 0 {
+		return "off"
+	}
+	return configs.FormatByteRate(rate)
 }
 
 // loopbackPage reports whether r names the server by an IP address or

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -26,6 +27,7 @@ import (
 	"beam.dev/beam/internal/version"
 	"beam.dev/beam/localapi/apitype"
 	"beam.dev/beam/node"
+	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
 )
 
@@ -123,6 +125,7 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 	fl.IntVar(&o.NodeRate, "node-rate", 0, configs.NodeRateUsage)
 	bindReplicaTimes(fl, &o.ReplicaTimes)
 	bindRouteQuota(fl, &o.RouteQuota)
+	bindRelayLimits(fl, &o.RelayLimits)
 	fl.DurationVar((*time.Duration)(&o.BodyTimeout), "body-timeout", time.Duration(def.BodyTimeout), "longest wait for a byte of a request body at the edge, and grace before it must arrive at 1 KiB/s or more")
 	fl.StringVar(&o.PolicyFile, "policy-file", "", policyFileUsage)
 	fl.IntVar(&o.EdgeMaxConns, "edge-max-conns", 0, "cap on client connections of the edge's listeners (0: 1/2 of the open files limit; -1: none)")
@@ -202,8 +205,11 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		}
 	}
 
-	// The relay and STUN: one region, at the public URL.
-	relay, err := assembleRelay(derpserver.Options{PrivateKey: derpKey, Logger: logger}, o.STUNAddr, o.STUNAltAddr, logger)
+	// The relay and STUN: one region, at the public URL. The relay
+	// admits the coordinator's nodes only, once the coordinator is up.
+	admit := &relayAdmission{}
+	relay, err := assembleRelay(withRelayLimits(derpserver.Options{PrivateKey: derpKey, Logger: logger, VerifyClient: admit.verify}, &o.RelayLimits),
+		o.STUNAddr, o.STUNAltAddr, logger)
 	if err != nil {
 		return err
 	}
@@ -253,6 +259,7 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 	}
 	defer cr.close()
 	coord, mux := cr.coord, cr.mux
+	admit.coord.Store(coord)
 	mux.Handle("/derp", relay.srv)
 	mux.Handle("/derp/", relay.srv)
 	mux.Handle("/generate_204", relay.srv)
@@ -332,6 +339,22 @@ func runServer(ctx context.Context, f *Factory, o *ServerOptions) error {
 		o.ready(addr.String(), httpAddr)
 	}
 	return routes.follow(ctx, esrv, logger)
+}
+
+// relayAdmission is beam server's relay client check: a node key may use
+// the relay while the coordinator of the same process admits it (the
+// check its wire.PathDERPVerify answers to relays elsewhere). Until the
+// coordinator is set, no key is admitted.
+type relayAdmission struct {
+	coord atomic.Pointer[coordinator.Server]
+}
+
+// verify is a derpserver.Options.VerifyClient.
+func (a *relayAdmission) verify(_ context.Context, k key.NodePublic) error {
+	if c := a.coord.Load(); c != nil && c.AdmitsToRelay(k) {
+		return nil
+	}
+	return derpserver.ErrNotAdmitted
 }
 
 // serverURLs returns the URL devices reach the coordinator and relay
