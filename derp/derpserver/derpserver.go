@@ -26,6 +26,10 @@
 //   - A packet addressed to its own sender is dropped.
 //   - Each client has bounded send queues, one for disco packets and one for
 //     everything else; a full queue drops its oldest packet.
+//   - A mesh link's forward queue, shared by every client whose packets
+//     cross it, serves the sources in turn by bytes and, when full, drops
+//     the packets of the source holding the most, so that one client's
+//     flood does not cost the others their packets.
 //   - When a client disconnects, every client that sent to it gets a peer
 //     gone frame.
 package derpserver

@@ -31,11 +31,12 @@ type meshPeer struct {
 	s      *Server
 	peer   MeshPeer
 	logger *slog.Logger
-	q      *pktQueue // packets to forward (pkt.dst set); drop-oldest when full
+	q      *fairQueue // packets to forward (pkt.dst set), a fair share per source
 }
 
 // Bounds of a mesh link's forward queue, shared by every client whose
 // packets cross it: deeper than a client's queue, for the same bursts.
+// Past them the queue drops packets of the sources holding the most.
 const (
 	meshQueueDepth = 8192
 	meshQueueBytes = 8 << 20
@@ -50,7 +51,7 @@ func newMeshPeer(s *Server, p MeshPeer) *meshPeer {
 		s:      s,
 		peer:   p,
 		logger: l,
-		q:      newPktQueue(meshQueueDepth, meshQueueBytes),
+		q:      newFairQueue(meshQueueDepth, meshQueueBytes),
 	}
 }
 
