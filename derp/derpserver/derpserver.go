@@ -20,7 +20,8 @@
 // Policies:
 //   - A client proves it holds the node key it claims by sealing its client
 //     info with it; with Options.VerifyClient set, the key must also be
-//     admitted by it.
+//     admitted by it, at the handshake and again every
+//     Options.ReverifyInterval while it stays connected.
 //   - Duplicate connections for one node key: the newest wins. The older
 //     connection gets a health frame saying it was replaced and is closed.
 //   - A packet addressed to its own sender is dropped.
@@ -67,6 +68,14 @@ type Options struct {
 	// VerifyClient decides whether a node key may connect; nil admits
 	// every key that proves itself. Mesh peers bypass it.
 	VerifyClient func(ctx context.Context, k key.NodePublic) error
+	// ReverifyInterval is how often the keys of connected clients are
+	// checked again with VerifyClient, so that a node removed from the
+	// coordinator loses the relay too. A client whose key VerifyClient
+	// now refuses with an error that wraps ErrNotAdmitted (and not
+	// ErrTokenRefused, which says nothing of the key) is told so and
+	// disconnected; other errors (the check could not be made) leave it
+	// connected. 60s if zero; unused without VerifyClient.
+	ReverifyInterval time.Duration
 	// MeshKey is the secret shared by the relays of a region; empty means
 	// this server neither accepts nor makes mesh connections.
 	MeshKey string
@@ -206,6 +215,9 @@ func New(opts Options) *Server {
 	if opts.HandshakeTimeout <= 0 {
 		opts.HandshakeTimeout = 10 * time.Second
 	}
+	if opts.ReverifyInterval <= 0 {
+		opts.ReverifyInterval = 60 * time.Second
+	}
 	if opts.PerClientBurstBytes < derp.MaxFrameSize {
 		opts.PerClientBurstBytes = derp.MaxFrameSize
 	}
@@ -230,7 +242,49 @@ func New(opts Options) *Server {
 		}
 		s.wg.Go(func() { mp.run(s.ctx) })
 	}
+	if opts.VerifyClient != nil {
+		s.wg.Go(s.reverifyLoop)
+	}
 	return s
+}
+
+// reverifyLoop checks the keys of the connected clients with VerifyClient
+// every ReverifyInterval, one at a time, and disconnects those it now
+// refuses (see Options.ReverifyInterval).
+func (s *Server) reverifyLoop() {
+	t := time.NewTicker(s.opts.ReverifyInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		s.mu.RLock()
+		cs := make([]*sclient, 0, len(s.clients))
+		for _, c := range s.clients {
+			if !c.isMesh {
+				cs = append(cs, c)
+			}
+		}
+		s.mu.RUnlock()
+		for _, c := range cs {
+			if s.ctx.Err() != nil {
+				return
+			}
+			ctx, cancel := context.WithTimeout(s.ctx, s.opts.HandshakeTimeout)
+			err := s.opts.VerifyClient(ctx, c.key)
+			cancel()
+			if err == nil || !errors.Is(err, ErrNotAdmitted) || errors.Is(err, ErrTokenRefused) {
+				continue
+			}
+			if s.warnLimit.Allow() {
+				c.logger.Info("node key no longer admitted; disconnected it", "err", err)
+			}
+			c.unadmitted.Store(true)
+			c.cancel()
+		}
+	}
 }
 
 // PublicKey returns the server's machine public key.

@@ -13,6 +13,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -781,6 +782,87 @@ func TestHTTPEndpoints(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != tc.want {
 			t.Errorf("GET %s = %d, want %d", tc.path, resp.StatusCode, tc.want)
+		}
+	}
+}
+
+// TestReverifyDropsRefusedKey: a relay checks its connected clients' keys
+// again every ReverifyInterval. While the check cannot be made (an error
+// that is not ErrNotAdmitted: the coordinator is down) the client stays
+// and relays; once VerifyClient refuses its key, the client is told why
+// and disconnected within an interval or two, and cannot connect again.
+// Before, the check ran only at the handshake: a node removed from the
+// coordinator kept relaying for as long as its connection lasted.
+func TestReverifyDropsRefusedKey(t *testing.T) {
+	const interval = 50 * time.Millisecond
+	peer, removed := key.NewNode(), key.NewNode()
+	var answer atomic.Pointer[error] // VerifyClient's answer for removed; nil admits
+	var checks atomic.Int32
+	verify := func(_ context.Context, k key.NodePublic) error {
+		if k != removed.Public() {
+			return nil
+		}
+		checks.Add(1)
+		if err := answer.Load(); err != nil {
+			return *err
+		}
+		return nil
+	}
+	s, url := newServer(t, derpserver.Options{VerifyClient: verify, ReverifyInterval: interval})
+	p := dial(t, url, peer, false)
+	c := dial(t, url, removed, false)
+
+	// The coordinator cannot answer for a few intervals: c stays.
+	unreachable := fmt.Errorf("verify: coordinator unreachable")
+	answer.Store(&unreachable)
+	start := checks.Load()
+	waitUntil(t, "three checks that could not be made", func() bool { return checks.Load() >= start+3 })
+	if err := c.Send(peer.Public(), []byte("still here")); err != nil {
+		t.Fatal(err)
+	}
+	if got := recvPacket(t, p); string(got.Data) != "still here" {
+		t.Fatalf("peer got %q", got.Data)
+	}
+
+	// Now the key is refused: c is told and dropped.
+	refusedAt := time.Now()
+	refused := fmt.Errorf("%w: coordinator answered 403 Forbidden", derpserver.ErrNotAdmitted)
+	answer.Store(&refused)
+	msgs := recvErr(t, c)
+	took := time.Since(refusedAt)
+	var health string
+	for _, m := range msgs {
+		if h, ok := m.(derp.HealthMessage); ok {
+			health = h.Problem
+		}
+	}
+	t.Logf("dropped %v after the key was refused (interval %v), health %q", took, interval, health)
+	if !strings.Contains(health, "no longer admitted") {
+		t.Errorf("health before the drop = %q, want it to say the key is no longer admitted", health)
+	}
+	if took > 2*interval+time.Second {
+		t.Errorf("dropped %v after the key was refused, want within about one interval (%v)", took, interval)
+	}
+	if _, err := derp.Dial(t.Context(), url, removed, derp.ClientOptions{}); !errors.Is(err, derp.ErrRefused) {
+		t.Errorf("the refused key connects again: %v, want refused", err)
+	}
+	// The peer is unaffected.
+	if n := s.Stats().Clients; n != 1 {
+		t.Errorf("%d clients connected after the drop, want 1 (the admitted peer)", n)
+	}
+}
+
+// waitUntil polls cond until it holds or testTimeout passes.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(testTimeout)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-deadline:
+			t.Fatalf("timed out waiting for %s", what)
 		}
 	}
 }

@@ -108,7 +108,10 @@ var ErrTokenRefused = errors.New("derpserver: coordinator refused the relay toke
 // the caller joins them, as derpserver does not import wire), presenting token (the coordinator's relay token) as a bearer token,
 // and admits the key on HTTP 200 (unless the JSON body says
 // {"allow":false}). Any other status, or an unreachable coordinator,
-// refuses the key. hc is the HTTP client to use; a client with a 10s
+// refuses the key; the error wraps ErrNotAdmitted when the coordinator
+// answered that the key is not admitted (403, 404, allow=false) or refused
+// the token (401, with ErrTokenRefused), and not when it could not answer
+// (unreachable, 5xx, 429). hc is the HTTP client to use; a client with a 10s
 // timeout if nil.
 func VerifyWithCoordinator(verifyURL, token string, hc *http.Client) func(ctx context.Context, k key.NodePublic) error {
 	if hc == nil {
@@ -131,6 +134,11 @@ func VerifyWithCoordinator(verifyURL, token string, hc *http.Client) func(ctx co
 		body, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
 		if resp.StatusCode == http.StatusUnauthorized {
 			return fmt.Errorf("%w: %w: coordinator answered %s", ErrNotAdmitted, ErrTokenRefused, resp.Status)
+		}
+		if resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests {
+			// The coordinator could not answer: that says nothing of
+			// the key either (a connected client keeps the relay).
+			return fmt.Errorf("derpserver: verify %s: coordinator answered %s", k.ShortString(), resp.Status)
 		}
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Errorf("%w: coordinator answered %s", ErrNotAdmitted, resp.Status)

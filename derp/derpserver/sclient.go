@@ -71,8 +71,9 @@ type sclient struct {
 	discoQ *pktQueue    // disco packets, drop-oldest
 	ctrlQ  chan ctrlMsg // peer gone and pong frames, drop-newest
 
-	evicted   atomic.Bool // replaced by a newer connection for key
-	preferred atomic.Bool
+	evicted    atomic.Bool // replaced by a newer connection for key
+	unadmitted atomic.Bool // VerifyClient no longer admits key
+	preferred  atomic.Bool
 
 	sentTo map[key.NodePublic]bool // recvLoop only: dsts noted in Server.sentTo
 
@@ -289,6 +290,8 @@ func (c *sclient) sendGoodbye() {
 		derp.WriteFrame(c.bw, derp.FrameRestarting, b[:])
 	case c.evicted.Load():
 		derp.WriteFrame(c.bw, derp.FrameHealth, []byte("replaced by a newer connection with the same node key"))
+	case c.unadmitted.Load():
+		derp.WriteFrame(c.bw, derp.FrameHealth, []byte("node key no longer admitted"))
 	}
 	c.bw.Flush()
 }
