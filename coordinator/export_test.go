@@ -87,3 +87,11 @@ func (s *Server) SharedPeerListsForTest() int {
 	}
 	return n
 }
+
+// AddOpenStreamsForTest makes the map streams count n more open streams
+// than there are (n may be negative) when they pace their deltas, and
+// returns a func that takes them away again.
+func (s *Server) AddOpenStreamsForTest(n int) (restore func()) {
+	s.open.Add(int64(n))
+	return func() { s.open.Add(-int64(n)) }
+}

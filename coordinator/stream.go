@@ -453,6 +453,9 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	e.remote = PresenceNone // its stream state is this coordinator's now (fanout.go)
 	graced := e.grace
 	e.grace = false
+	if old == nil {
+		ms.open.Add(1)
+	}
 	switch {
 	case old != nil:
 		old.end(wire.CodeForbidden, "replaced by a newer stream of the same node")
@@ -473,6 +476,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		mine := ms.sessions[nk] == ss
 		if mine {
 			delete(ms.sessions, nk)
+			ms.open.Add(-1)
 			if e := s.nodes[nk]; e != nil {
 				e.offlineSince = now
 				e.rec.Node.LastSeen = now
@@ -618,7 +622,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			peers.each(func(ps *peerState) { views = append(views, ps.view) })
 		}
 		ver := ms.changeVer
-		st.wake, st.open = ms.netWakeLocked(ss.networkID), len(ms.sessions)
+		st.wake, st.open = ms.netWakeLocked(ss.networkID), int(ms.open.Load())
 		st.batch = batchDelay(st.open)
 		gen0 := ss.generation() // marks happen under s.mu: this map covers them
 		s.mu.Unlock()
@@ -682,6 +686,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	var heldMarked time.Time
 	var heldTimer *time.Timer
 	var heldC <-chan time.Time
+	var heldDue bool // the timer went off: the next delta goes at once
 	defer func() {
 		if heldTimer != nil {
 			heldTimer.Stop()
@@ -716,7 +721,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 				// computing anything, instead of computing a delta under
 				// the server lock only to hold it (every stream wakes at
 				// each change of the network).
-				if due := lastDelta.Add(onlineDelay(st.open)); time.Now().Before(due) {
+				if due := lastDelta.Add(onlineDelay(int(ms.open.Load()))); time.Now().Before(due) {
 					if heldMarked.IsZero() || netChanged.Before(heldMarked) {
 						heldMarked = netChanged
 					}
@@ -732,6 +737,18 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			}
 		case <-heldC:
 			heldC = nil
+			if ms.structVer.Load() <= st.ver {
+				// Still only online flips. Streams opened since the
+				// timer was set lengthen onlineDelay: in a connect burst
+				// wait on without computing anything, rather than
+				// compute a delta only to hold it.
+				if due := lastDelta.Add(onlineDelay(int(ms.open.Load()))); time.Now().Before(due) {
+					heldTimer.Reset(time.Until(due))
+					heldC = heldTimer.C
+					continue
+				}
+			}
+			heldDue = true
 		}
 		// Gather a burst of changes (a restart brings every node back at
 		// once) into one frame, unless the stream is ending.
@@ -760,6 +777,8 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			return
 		}
 		f := ms.delta(ss, &st, full)
+		sendNow := heldDue
+		heldDue = false
 		if f == nil {
 			continue // the node is gone; end() follows
 		}
@@ -772,7 +791,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		}
 		onlineOnly := resp.Self == nil && len(f.peers) == 0 && len(resp.PeersRemoved) == 0 &&
 			resp.DERPMap == nil && !resp.PacketFilterSet && len(resp.FilterSetChanges) == 0 && resp.DNS == nil && resp.EdgeRoutes == nil
-		if onlineOnly && f.onlineStates().len() > 0 {
+		if onlineOnly && f.onlineStates().len() > 0 && !sendNow {
 			if due := lastDelta.Add(onlineDelay(st.open)); time.Now().Before(due) {
 				// Only peers coming and going: hold them until due.
 				if held == nil {
@@ -967,7 +986,7 @@ func (ms *streams) delta(ss *session, st *sentState, full bool) *mapFrame {
 		resp.Self = self
 	}
 	st.self, st.ver = self, ms.changeVer
-	st.wake, st.open = ms.netWakeLocked(ss.networkID), len(ms.sessions)
+	st.wake, st.open = ms.netWakeLocked(ss.networkID), int(ms.open.Load())
 	st.batch = batchDelay(st.open)
 	return f
 }

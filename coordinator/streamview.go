@@ -71,6 +71,9 @@ type streams struct {
 	// knows without looking that they are online flips, which wait for
 	// onlineDelay. Written under Server.mu; read without it.
 	structVer atomic.Uint64
+	// open counts the open streams (sessions), for streams to read
+	// without Server.mu.
+	open atomic.Int64
 }
 
 // netWake is closed at a network's next node change.
