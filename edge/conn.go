@@ -25,44 +25,28 @@ func addrOf(a net.Addr) netip.AddrPort {
 	return ap
 }
 
-// trackedConn releases its per-client slot once, on Close.
-type trackedConn struct {
-	net.Conn
-	once    sync.Once
-	release func()
-}
-
-func (c *trackedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(c.release)
-	return err
-}
-
-// admitConn applies the connection caps (MaxConns, MaxConnsPerClient) to
-// a freshly accepted connection. It returns nil (having closed c) when
-// either is reached; otherwise a conn that frees its slots when closed.
+// admitConn applies the connection caps (MaxConnsPerClient, then
+// MaxConns, which may push out a connection of the biggest holder to
+// make room) to a freshly accepted connection. It returns nil (having
+// closed c) when they refuse it; otherwise a conn that frees its slots
+// when closed or pushed out. Every connection is counted, even without
+// caps, so caps set later (SetLimits) count those already open.
 func (e *Edge) admitConn(c net.Conn) net.Conn {
-	if max := e.maxConns.Load(); e.conns.Add(1) > max && max > 0 {
-		e.conns.Add(-1)
+	ip := addrOf(c.RemoteAddr()).Addr()
+	if !e.clients.acquire(ip) {
 		e.met.connRefused()
 		c.Close()
 		return nil
 	}
-	ip := addrOf(c.RemoteAddr()).Addr()
-	if !e.clients.acquire(ip) {
-		e.releaseConn()
+	nc := e.conns.Admit(c, func() { e.met.connClosed(); e.clients.release(ip) })
+	if nc == nil {
+		e.clients.release(ip)
 		e.met.connRefused()
-		c.Close()
 		return nil
 	}
 	e.met.connOpened()
-	return &trackedConn{Conn: c, release: func() { e.met.connClosed(); e.clients.release(ip); e.releaseConn() }}
+	return nc
 }
-
-// releaseConn frees a slot admitConn took against MaxConns. Every
-// connection is counted, so a cap set later (SetLimits) counts those
-// already open.
-func (e *Edge) releaseConn() { e.conns.Add(-1) }
 
 // prefixConn replays already-read bytes before reading from Conn.
 type prefixConn struct {

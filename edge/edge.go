@@ -36,6 +36,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"beam.dev/beam/internal/connlimit"
 )
 
 // Defaults for the zero values of Options fields.
@@ -104,9 +106,12 @@ type Options struct {
 
 	// MaxConns caps the concurrent client TCP connections of all
 	// listeners together, so that clients from many addresses cannot take
-	// every file descriptor of the process. Connections over it are
-	// closed as soon as they are accepted. If zero, DefaultMaxConns
-	// (10000); negative means no cap.
+	// every file descriptor of the process. Once it is reached, a new
+	// connection pushes out the oldest one of the client (IPv4 address,
+	// IPv6 /48) holding the most, unless its own client would then hold
+	// as many, when it is closed as soon as it is accepted: clients that
+	// fill the cap push out their own connections, not other people's.
+	// If zero, DefaultMaxConns (10000); negative means no cap.
 	MaxConns int
 
 	// BodyTimeout and BodyMinRate bound how slowly a client may send a
@@ -196,10 +201,11 @@ type Edge struct {
 	h1      *http.Transport
 	h2c     *http.Transport
 	clients *connLimiter
-	conns   atomic.Int64 // client TCP connections open, against maxConns
-	// maxConns and bodyTimeout are Options.MaxConns and BodyTimeout as
-	// SetLimits last set them (limits.go).
-	maxConns    atomic.Int64
+	// conns counts the client TCP connections open against MaxConns,
+	// and pushes out those of the biggest holder to make room.
+	conns *connlimit.Counter
+	// bodyTimeout is Options.BodyTimeout as SetLimits last set it
+	// (limits.go).
 	bodyTimeout atomic.Int64
 	authFails   *authThrottle
 	reqCount    atomic.Uint64
@@ -285,7 +291,7 @@ func New(opts Options) (*Edge, error) {
 		limiters:  make(map[string]*clientLimiter),
 		met:       newEdgeMetrics(),
 	}
-	e.maxConns.Store(int64(opts.MaxConns))
+	e.conns = connlimit.NewCounter(connlimit.Limits{Max: opts.MaxConns})
 	e.bodyTimeout.Store(int64(opts.BodyTimeout))
 	e.routes.Store(&table{hosts: map[string]*route{}, tcp: map[uint16]*route{}, udp: map[uint16]*route{}, targets: map[netip.AddrPort]*target{}})
 	e.initProxy()

@@ -101,8 +101,8 @@ func (e *Edge) splice(ctx context.Context, client net.Conn, rt *route) {
 		}
 		raw = pc.Conn
 	}
-	if tc, ok := raw.(*trackedConn); ok {
-		raw = tc.Conn
+	if ac, ok := raw.(interface{ NetConn() net.Conn }); ok {
+		raw = ac.NetConn() // the conn admitConn returned
 	}
 	stop := context.AfterFunc(ctx, func() {
 		client.Close()
@@ -148,9 +148,6 @@ func closeWrite(c net.Conn) bool {
 		}
 	}
 }
-
-// NetConn returns the wrapped conn.
-func (c *trackedConn) NetConn() net.Conn { return c.Conn }
 
 // NetConn returns the wrapped conn.
 func (c *prefixConn) NetConn() net.Conn { return c.Conn }

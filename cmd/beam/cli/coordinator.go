@@ -116,7 +116,7 @@ From elsewhere:
 	fl.StringVar(&opts.NodeKeyExpiry, "node-key-expiry", def.NodeKeyExpiry, nodeKeyExpiryUsage)
 	fl.StringVar(&opts.PolicyFile, "policy-file", "", policyFileUsage)
 	fl.StringVar(&opts.LogLevel, "log-level", def.LogLevel, "log level: debug, info, warn, error")
-	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none); one client address may hold 1/8 of it, and connections idle 90s between requests are closed")
+	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none); when it is full, a new connection pushes out one of the address holding the most, and connections idle 90s between requests are closed")
 	fl.IntVar(&opts.MachineRate, "machine-rate", 0, configs.MachineRateUsage)
 	fl.IntVar(&opts.NodeRate, "node-rate", 0, configs.NodeRateUsage)
 	bindReplicaTimes(fl, &opts.ReplicaTimes)

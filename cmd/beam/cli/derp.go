@@ -97,7 +97,7 @@ whatever key it has, with a warning.`,
 	fl.StringVar(&opts.KeyFile, "key-file", "", "machine key file, created 0600 if missing (default STATE/derp.key)")
 	fl.StringVar(&opts.StateDir, "state", def.StateDir, "state directory (created 0700)")
 	fl.StringVar(&opts.LogLevel, "log-level", def.LogLevel, "log level: debug, info, warn, error")
-	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none); one client address may hold 1/8 of it, and connections idle 90s between requests are closed")
+	fl.IntVar(&opts.MaxConns, "max-conns", 0, "cap on connections (0: 3/4 of the open files limit; -1: none); when it is full, a new connection pushes out one of the address holding the most, and connections idle 90s between requests are closed")
 	bindRelayLimits(fl, &opts.RelayLimits)
 	registerTelemetry(fl, &opts.Telemetry)
 	return cmd

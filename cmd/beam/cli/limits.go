@@ -31,18 +31,10 @@ const (
 	// edgeConnsPerSource caps one source address at the edge, where a
 	// client is a browser or an app (edge.DefaultMaxConnsPerClient).
 	edgeConnsPerSource = edge.DefaultMaxConnsPerClient
-	// controlConnsPerSource leaves the coordinator and relay listeners
-	// only the share-of-the-cap bound (perSourceShare): many nodes may
-	// share one address behind a NAT, each with a map stream and a relay
-	// connection.
+	// controlConnsPerSource leaves one source address of the coordinator
+	// and relay listeners uncapped: many nodes may share one address
+	// behind a NAT, each with a map stream and a relay connection.
 	controlConnsPerSource = 0
-
-	// perSourceShare is the part of a listener's cap one source address
-	// may hold, at least minPerSource (a node's map stream, relay
-	// connection and a request) but never more than the cap: a few
-	// addresses must not fill it.
-	perSourceShare = 8
-	minPerSource   = 4
 )
 
 // controlIdleTimeout closes the coordinator's and relay's connections
@@ -54,9 +46,11 @@ var controlIdleTimeout = 90 * time.Second
 
 // connLimits returns the caps of a listener: maxConns if the user set it
 // (a flag; 0 means derived, negative means none), else share of the
-// descriptor limit nofile. One source address gets at most an eighth
-// of the cap (perSourceShare, at least minPerSource), and at most
-// perSource if that is positive.
+// descriptor limit nofile; and perSource for one source address if that
+// is positive. The cap needs no share per address for a few addresses
+// not to fill it: once it is full, a newcomer pushes out a connection of
+// the address holding the most, unless its own would then hold as many
+// (connlimit.Limits.Max).
 func connLimits(maxConns int, share float64, nofile uint64, perSource int) connlimit.Limits {
 	m := maxConns
 	if m == 0 {
@@ -68,11 +62,7 @@ func connLimits(maxConns int, share float64, nofile uint64, perSource int) connl
 	if m < 0 {
 		return connlimit.Limits{}
 	}
-	ps := min(max(m/perSourceShare, minPerSource), m)
-	if perSource > 0 {
-		ps = min(ps, perSource)
-	}
-	return connlimit.Limits{Max: m, PerSource: ps}
+	return connlimit.Limits{Max: m, PerSource: max(perSource, 0)}
 }
 
 // logLimits says which caps are in force.

@@ -21,15 +21,15 @@ func TestConnLimits(t *testing.T) {
 		perSource int
 		want      connlimit.Limits
 	}{
-		{"edge of beam server, 2048 files", 0, shareServerEdge, 2048, edgeConnsPerSource, connlimit.Limits{Max: 1024, PerSource: 128}},
+		{"edge of beam server, 2048 files", 0, shareServerEdge, 2048, edgeConnsPerSource, connlimit.Limits{Max: 1024, PerSource: 512}},
 		{"edge alone, 1M files", 0, shareAlone, 1 << 20, edgeConnsPerSource, connlimit.Limits{Max: 786432, PerSource: 512}},
-		{"relay alone, 1M files", 0, shareAlone, 1 << 20, controlConnsPerSource, connlimit.Limits{Max: 786432, PerSource: 98304}},
-		{"coordinator of beam server, 2048 files", 0, shareServerControl, 2048, controlConnsPerSource, connlimit.Limits{Max: 512, PerSource: 64}},
-		{"tiny limit", 0, shareServerControl, 100, controlConnsPerSource, connlimit.Limits{Max: minMaxConns, PerSource: minMaxConns / 8}},
+		{"relay alone, 1M files", 0, shareAlone, 1 << 20, controlConnsPerSource, connlimit.Limits{Max: 786432}},
+		{"coordinator of beam server, 2048 files", 0, shareServerControl, 2048, controlConnsPerSource, connlimit.Limits{Max: 512}},
+		{"tiny limit", 0, shareServerControl, 100, controlConnsPerSource, connlimit.Limits{Max: minMaxConns}},
 		{"unknown limit", 0, shareAlone, 0, edgeConnsPerSource, connlimit.Limits{Max: fallbackMaxConns, PerSource: 512}},
-		{"set by flag", 40, shareAlone, 1 << 20, edgeConnsPerSource, connlimit.Limits{Max: 40, PerSource: 5}},
-		{"coordinator, --max-conns 20", 20, shareAlone, 1 << 20, controlConnsPerSource, connlimit.Limits{Max: 20, PerSource: 4}},
-		{"coordinator, --max-conns 2", 2, shareAlone, 1 << 20, controlConnsPerSource, connlimit.Limits{Max: 2, PerSource: 2}},
+		{"set by flag", 40, shareAlone, 1 << 20, edgeConnsPerSource, connlimit.Limits{Max: 40, PerSource: 512}},
+		{"coordinator, --max-conns 20", 20, shareAlone, 1 << 20, controlConnsPerSource, connlimit.Limits{Max: 20}},
+		{"coordinator, --max-conns 2", 2, shareAlone, 1 << 20, controlConnsPerSource, connlimit.Limits{Max: 2}},
 		{"no cap", -1, shareAlone, 1 << 20, edgeConnsPerSource, connlimit.Limits{}},
 	} {
 		if got := connLimits(tc.flag, tc.share, tc.nofile, tc.perSource); got != tc.want {

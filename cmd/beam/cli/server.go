@@ -120,7 +120,7 @@ func NewCmdServer(f *Factory, runF func(*ServerOptions) error) *cobra.Command {
 	fl.BoolVar(&o.Dev, "dev", false, "local development: loopback listeners, *.localhost URLs, join without an auth key from this machine")
 	fl.StringVar(&o.NodeKeyExpiry, "node-key-expiry", def.NodeKeyExpiry, nodeKeyExpiryUsage)
 	fl.StringVar(&o.LogLevel, "log-level", def.LogLevel, "debug, info, warn or error")
-	fl.IntVar(&o.MaxConns, "max-conns", 0, "cap on connections to --addr, the coordinator and relay (0: 1/4 of the open files limit; -1: none); one client address may hold 1/8 of it, and connections idle 90s between requests are closed")
+	fl.IntVar(&o.MaxConns, "max-conns", 0, "cap on connections to --addr, the coordinator and relay (0: 1/4 of the open files limit; -1: none); when it is full, a new connection pushes out one of the address holding the most, and connections idle 90s between requests are closed")
 	fl.IntVar(&o.MachineRate, "machine-rate", 0, configs.MachineRateUsage)
 	fl.IntVar(&o.NodeRate, "node-rate", 0, configs.NodeRateUsage)
 	bindReplicaTimes(fl, &o.ReplicaTimes)
