@@ -545,7 +545,7 @@ func (c *recordingConn) outBytes() []byte {
 func TestMeshFairUnderFlood(t *testing.T) {
 	const (
 		flooders = 4
-		paced    = 2000 // packets, 1 ms apart
+		paced    = 1000 // packets, 1 ms apart
 		pacedLen = 1200
 	)
 	p := newMeshPair(t, nil, nil, nil)
