@@ -26,7 +26,8 @@
 //     connection gets a health frame saying it was replaced and is closed.
 //   - A packet addressed to its own sender is dropped.
 //   - Each client has bounded send queues, one for disco packets and one for
-//     everything else; a full queue drops its oldest packet.
+//     everything else; a full queue drops its oldest packet. The queues of
+//     all clients together are bounded too (Options.MaxQueueBytes).
 //   - A mesh link's forward queue, shared by every client whose packets
 //     cross it, serves the sources in turn by bytes and, when full, drops
 //     the packets of the source holding the most, so that one client's
@@ -100,6 +101,11 @@ type Options struct {
 	// packets are dropped. Queue memory is taken only while packets wait.
 	SendQueueDepth int
 	SendQueueBytes int
+	// MaxQueueBytes bounds the bytes queued for all clients together;
+	// 256 MiB if zero (128 clients' full queues). While over it, a
+	// packet queued for a client drops that client's oldest packets
+	// first, down to itself.
+	MaxQueueBytes int
 	// DiscoQueueDepth is the number of disco packets queued per client; 16
 	// if zero.
 	DiscoQueueDepth int
@@ -179,6 +185,8 @@ type Server struct {
 	dropsQueueFull, dropsUnknownDest atomic.Int64
 	dropsToSelf, dropsGone           atomic.Int64
 
+	queueBudget *queueBudget // shared by the clients' send queues
+
 	stunLimit   *stunLimiter // shared by ServeSTUN's responders
 	stunDropped atomic.Int64
 }
@@ -202,6 +210,9 @@ func New(opts Options) *Server {
 	}
 	if opts.SendQueueBytes <= 0 {
 		opts.SendQueueBytes = 2 << 20
+	}
+	if opts.MaxQueueBytes <= 0 {
+		opts.MaxQueueBytes = 256 << 20
 	}
 	if opts.DiscoQueueDepth <= 0 {
 		opts.DiscoQueueDepth = 16
@@ -234,6 +245,7 @@ func New(opts Options) *Server {
 		warnLimit:  rate.NewLimiter(1, 10),
 		stunLimit:  newSTUNLimiter(stunRate, stunBurst, stunMaxSources),
 	}
+	s.queueBudget = &queueBudget{max: int64(opts.MaxQueueBytes)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	for _, p := range opts.MeshWith {
 		mp := newMeshPeer(s, p)
@@ -392,6 +404,7 @@ func (s *Server) Accept(ctx context.Context, nc net.Conn, brw *bufio.ReadWriter,
 	}
 	if err != nil {
 		s.unregister(c)
+		c.releaseQueues()
 		s.refused.Add(1)
 		logger.Debug("send server info", "err", err)
 		return
@@ -409,6 +422,7 @@ func (s *Server) Accept(ctx context.Context, nc net.Conn, brw *bufio.ReadWriter,
 	c.logger.Debug("client connected", "mesh", c.isMesh)
 	err = c.run(ctx)
 	s.unregister(c)
+	c.releaseQueues()
 	switch mo, ok := errors.AsType[*meshOnlyError](err); {
 	case ok:
 		if s.warnLimit.Allow() {

@@ -866,3 +866,50 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 		}
 	}
 }
+
+// TestQueueBudgetSlowReceivers: one client sends 60 KB packets to eight
+// clients that never read, through a relay whose queues may hold 1 MiB
+// in all (each client's 2 MiB). Once the receivers' sockets are full and
+// packets are being dropped, the relay holds at most the budget plus one
+// packet per queue. Before, it held each receiver's full queue: 16 MiB
+// here, and 1.9 GB for one sender and 404 slow receivers on a real relay.
+func TestQueueBudgetSlowReceivers(t *testing.T) {
+	const (
+		receivers = 8
+		budget    = 1 << 20
+	)
+	s, url := newServer(t, derpserver.Options{MaxQueueBytes: budget, WriteTimeout: time.Minute})
+	src := dial(t, url, key.NewNode(), false)
+	var dsts []key.NodePublic
+	for range receivers {
+		k := key.NewNode()
+		dial(t, url, k, false) // never reads
+		dsts = append(dsts, k.Public())
+	}
+	// Send until the relay's writers to the receivers have stalled (their
+	// sockets are full) for a while, noting the most the relay queued.
+	big := make([]byte, 60_000)
+	deadline := time.Now().Add(testTimeout)
+	peak, lastRelayed, stalled := 0, int64(-1), time.Now()
+	for time.Since(stalled) < 300*time.Millisecond {
+		if time.Now().After(deadline) {
+			t.Fatalf("the relay's writers did not stall in %v: %+v", testTimeout, s.Stats())
+		}
+		for _, d := range dsts {
+			if err := src.Send(d, big); err != nil {
+				t.Fatal(err)
+			}
+		}
+		peak = max(peak, derpserver.QueuedBytesForTest(s))
+		if n := s.Stats().PacketsRelayed; n != lastRelayed {
+			lastRelayed, stalled = n, time.Now()
+		}
+	}
+	t.Logf("at most %d bytes queued for %d receivers that do not read (budget %d); %+v", peak, receivers, budget, s.Stats())
+	if s.Stats().DropsQueueFull == 0 {
+		t.Fatal("no packet was dropped: the queues never filled")
+	}
+	if max := budget + receivers*len(big); peak > max {
+		t.Errorf("the relay held %d bytes for clients that do not read, want at most %d (the budget plus a packet each)", peak, max)
+	}
+}

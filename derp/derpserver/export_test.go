@@ -10,3 +10,9 @@ func SetSTUNLimitForTest(s *Server, burst, maxSources int, now func() time.Time)
 	l.now = now
 	s.stunLimit = l
 }
+
+// QueuedBytesForTest returns the bytes waiting in s's client send queues.
+func QueuedBytesForTest(s *Server) int {
+	_, _, bytes := s.queueDepth()
+	return bytes
+}

@@ -1,6 +1,9 @@
 package derpserver
 
-import "sync"
+import (
+	"sync"
+	"sync/atomic"
+)
 
 // pktQueue is a client's FIFO of packets waiting to be written to it. It
 // is bounded both in packets and in bytes; a push that goes over either
@@ -15,22 +18,43 @@ import "sync"
 // writer is scheduled. A queue of a few dozen packets turned each such
 // release into a burst of drops that the tunnelled connections then had
 // to recover from.
+//
+// The queues of a server's clients share a queueBudget: while the bytes
+// queued for all clients together are over it, a push drops the oldest
+// packets of its own queue first (down to the new one), so that many
+// slow receivers cannot make the relay hold each one's full bound.
 type pktQueue struct {
 	maxPkts  int
 	maxBytes int
+	budget   *queueBudget  // nil: none
 	ready    chan struct{} // 1-buffered: the queue may be non-empty
 
-	mu    sync.Mutex // guards the fields below
-	items []pkt      // items[head:] are queued, oldest first
-	head  int
-	bytes int // sum of len(data) over items[head:]
+	mu     sync.Mutex // guards the fields below
+	items  []pkt      // items[head:] are queued, oldest first
+	head   int
+	bytes  int  // sum of len(data) over items[head:]
+	closed bool // its client is gone: pushes are dropped
 }
+
+// queueBudget bounds the bytes queued in a set of pktQueues together.
+type queueBudget struct {
+	max  int64
+	used atomic.Int64
+}
+
+func (b *queueBudget) add(n int) {
+	if b != nil {
+		b.used.Add(int64(n))
+	}
+}
+
+func (b *queueBudget) over() bool { return b != nil && b.used.Load() > b.max }
 
 // releaseCap is the capacity above which a drained queue frees its slice.
 const releaseCap = 64
 
-func newPktQueue(maxPkts, maxBytes int) *pktQueue {
-	return &pktQueue{maxPkts: maxPkts, maxBytes: maxBytes, ready: make(chan struct{}, 1)}
+func newPktQueue(maxPkts, maxBytes int, budget *queueBudget) *pktQueue {
+	return &pktQueue{maxPkts: maxPkts, maxBytes: maxBytes, budget: budget, ready: make(chan struct{}, 1)}
 }
 
 // push appends p, dropping the oldest packets while the queue is over a
@@ -38,10 +62,16 @@ func newPktQueue(maxPkts, maxBytes int) *pktQueue {
 // on its own is still queued (alone). It never blocks.
 func (q *pktQueue) push(p pkt) (dropped int) {
 	q.mu.Lock()
+	if q.closed {
+		q.mu.Unlock()
+		return 1
+	}
 	q.items = append(q.items, p)
 	q.bytes += len(p.data)
-	for n := len(q.items) - q.head; n > 1 && (n > q.maxPkts || q.bytes > q.maxBytes); n-- {
+	q.budget.add(len(p.data))
+	for n := len(q.items) - q.head; n > 1 && (n > q.maxPkts || q.bytes > q.maxBytes || q.budget.over()); n-- {
 		q.bytes -= len(q.items[q.head].data)
+		q.budget.add(-len(q.items[q.head].data))
 		q.items[q.head] = pkt{}
 		q.head++
 		dropped++
@@ -79,6 +109,7 @@ func (q *pktQueue) pop() (p pkt, ok bool) {
 	q.items[q.head] = pkt{}
 	q.head++
 	q.bytes -= len(p.data)
+	q.budget.add(-len(p.data))
 	if q.head == len(q.items) {
 		if cap(q.items) > releaseCap {
 			q.items = nil
@@ -95,4 +126,14 @@ func (q *pktQueue) len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return len(q.items) - q.head
+}
+
+// close drops every queued packet and every later push, giving their
+// bytes back to the budget: the client is gone.
+func (q *pktQueue) close() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.closed = true
+	q.budget.add(-q.bytes)
+	q.items, q.head, q.bytes = nil, 0, 0
 }

@@ -14,7 +14,7 @@ func qpkt(i, size int) pkt {
 func qid(p pkt) int { return int(p.data[0])<<8 | int(p.data[1]) }
 
 func TestPktQueueFIFOAndBounds(t *testing.T) {
-	q := newPktQueue(4, 1<<20)
+	q := newPktQueue(4, 1<<20, nil)
 	for i := range 3 {
 		if d := q.push(qpkt(i, 100)); d != 0 {
 			t.Fatalf("push %d dropped %d under the bound", i, d)
@@ -42,7 +42,7 @@ func TestPktQueueFIFOAndBounds(t *testing.T) {
 	}
 
 	// The byte bound: 3 packets of 400 bytes do not fit in 1000.
-	q = newPktQueue(100, 1000)
+	q = newPktQueue(100, 1000, nil)
 	q.push(qpkt(1, 400))
 	q.push(qpkt(2, 400))
 	if d := q.push(qpkt(3, 400)); d != 1 {
@@ -64,7 +64,7 @@ func TestPktQueueFIFOAndBounds(t *testing.T) {
 // than the old fixed 32 slots, gives its memory back once drained, and
 // keeps its storage bounded when it never drains completely.
 func TestPktQueueBurstThenIdle(t *testing.T) {
-	q := newPktQueue(4096, 2<<20)
+	q := newPktQueue(4096, 2<<20, nil)
 	for i := range 1500 {
 		if d := q.push(qpkt(i, 1300)); d != 0 {
 			t.Fatalf("burst packet %d dropped %d", i, d)
@@ -94,7 +94,7 @@ func TestPktQueueBurstThenIdle(t *testing.T) {
 }
 
 func TestPktQueueReady(t *testing.T) {
-	q := newPktQueue(8, 1<<20)
+	q := newPktQueue(8, 1<<20, nil)
 	select {
 	case <-q.ready:
 		t.Fatal("empty queue signalled ready")
@@ -106,5 +106,46 @@ func TestPktQueueReady(t *testing.T) {
 	case <-q.ready:
 	default:
 		t.Fatal("push did not signal ready")
+	}
+}
+
+// TestQueueBudget: queues sharing a budget hold at most about the budget
+// together. While over it, a push drops its own queue's oldest packets,
+// down to the new one; a closed queue gives its bytes back and drops what
+// is pushed to it.
+func TestQueueBudget(t *testing.T) {
+	b := &queueBudget{max: 10_000}
+	q1, q2 := newPktQueue(100, 1<<20, b), newPktQueue(100, 1<<20, b)
+	for i := range 8 {
+		if d := q1.push(qpkt(i, 1000)); d != 0 {
+			t.Fatalf("push %d to q1 dropped %d under the budget", i, d)
+		}
+	}
+	dropped := 0
+	for i := range 5 {
+		dropped += q2.push(qpkt(i, 1000))
+	}
+	if used := b.used.Load(); used != 10_000 || dropped != 3 || q2.len() != 2 {
+		t.Fatalf("after q2's pushes: budget used %d, q2 dropped %d and holds %d; want 10000, 3, 2", used, dropped, q2.len())
+	}
+	// q1, which holds the most, pays when it is pushed to over the budget.
+	if d := q1.push(qpkt(8, 4000)); d != 4 || q1.len() != 5 {
+		t.Fatalf("a 4000-byte push to q1 over the budget dropped %d, left %d; want 4 dropped, 5 left", d, q1.len())
+	}
+	if p, _ := q1.pop(); qid(p) != 4 {
+		t.Errorf("q1's oldest after the drop: %d, want 4", qid(p))
+	}
+	q1.close()
+	if used := b.used.Load(); used != int64(q2.bytes) {
+		t.Errorf("closed q1: budget used %d, want q2's %d bytes", used, q2.bytes)
+	}
+	if d := q1.push(qpkt(9, 100)); d != 1 || q1.len() != 0 {
+		t.Errorf("push to a closed queue: dropped %d, holds %d; want dropped", d, q1.len())
+	}
+	for q2.len() > 0 {
+		q2.pop()
+	}
+	if used := b.used.Load(); used != 0 {
+		t.Errorf("budget used %d with every queue empty or closed, want 0", used)
 	}
 }

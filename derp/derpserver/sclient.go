@@ -93,8 +93,8 @@ func newSClient(s *Server, nc net.Conn, brw *bufio.ReadWriter, k key.NodePublic,
 		isMesh:    isMesh,
 		logger:    logger.With("peer", k.ShortString()),
 		limiter:   lim,
-		sendQ:     newPktQueue(s.opts.SendQueueDepth, s.opts.SendQueueBytes),
-		discoQ:    newPktQueue(s.opts.DiscoQueueDepth, s.opts.DiscoQueueDepth*derp.MaxPacketSize),
+		sendQ:     newPktQueue(s.opts.SendQueueDepth, s.opts.SendQueueBytes, s.queueBudget),
+		discoQ:    newPktQueue(s.opts.DiscoQueueDepth, s.opts.DiscoQueueDepth*derp.MaxPacketSize, s.queueBudget),
 		ctrlQ:     make(chan ctrlMsg, 16),
 		sentTo:    make(map[key.NodePublic]bool),
 		peerReady: make(chan struct{}, 1),
@@ -123,6 +123,13 @@ func (c *sclient) enqueuePacket(src key.NodePublic, data []byte) {
 	if n := q.push(pkt{src: src, data: data}); n > 0 {
 		c.s.dropsQueueFull.Add(int64(n))
 	}
+}
+
+// releaseQueues drops what waits for the client, which is gone, and
+// whatever is queued for it later.
+func (c *sclient) releaseQueues() {
+	c.sendQ.close()
+	c.discoQ.close()
 }
 
 // queueCtrl queues a control frame, dropping it if the queue is full.
