@@ -514,8 +514,16 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	w.Header().Add("Trailer", wire.TrailerErrorSealed)
 	w.WriteHeader(http.StatusOK)
 	// Small, as every streaming node has one: a frame larger than the
-	// buffer goes to the connection directly.
+	// buffer goes to the connection directly. A message of several
+	// frames (a full map) goes instead through a big buffer (big), lent
+	// by bigWriters for that message alone, if one is free.
 	bw := bufio.NewWriterSize(w, 4<<10)
+	var big *bufio.Writer
+	defer func() {
+		if big != nil {
+			bigWriters.put(big)
+		}
+	}()
 
 	box := s.frameSealer(w, nk) // bound to the request and numbered (bind.go)
 	blocked = blocked && bin && split && box.bound
@@ -533,6 +541,13 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			deadline = now.Add(writeWindow)
 			rc.SetWriteDeadline(deadline)
 		}
+		if big == nil && (f.more || len(bodies)+len(f.blocks) > 1) && bw.Buffered() == 0 {
+			big = bigWriters.get(w)
+		}
+		out := bw
+		if big != nil {
+			out = big
+		}
 		for _, b := range bodies {
 			// The frame: its length, then the sealed body, built in one
 			// reusable buffer and written at once.
@@ -545,7 +560,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 				return errFrameTooLarge
 			}
 			binary.BigEndian.PutUint32(fr, uint32(n))
-			_, err := bw.Write(fr)
+			_, err := out.Write(fr)
 			putBody(fr)
 			if err != nil {
 				return err
@@ -557,7 +572,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			if len(b)-4 > wire.MaxFrameSize {
 				return errFrameTooLarge
 			}
-			if _, err := bw.Write(b); err != nil {
+			if _, err := out.Write(b); err != nil {
 				return err
 			}
 		}
@@ -567,7 +582,12 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			// buffered (a frame's tail) to go with it.
 			return nil
 		}
-		if err := bw.Flush(); err != nil {
+		err = out.Flush()
+		if big != nil {
+			bigWriters.put(big)
+			big = nil
+		}
+		if err != nil {
 			return err
 		}
 		return rc.Flush()
