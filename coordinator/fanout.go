@@ -88,7 +88,9 @@ type NodeFeed interface {
 	// It gives changed the changes in batches, in the order they were
 	// made, each once: those that came while the last batch was being
 	// applied, so that a burst of writes elsewhere costs a read per
-	// batch (NodesByID), not per change.
+	// batch (NodesByID), not per change. A node's stream state comes as
+	// a ChangePresence, at most one per node in a batch (its latest),
+	// or as a ChangeNode.
 	ListenNodes(ctx context.Context, resync func(ctx context.Context) error, changed func(ctx context.Context, chs []Change) error, failed func(error)) error
 	// NodesByID returns those of the nodes ids that exist (the others
 	// were deleted), and the Presence of those among them that stream
@@ -169,14 +171,19 @@ const (
 	// ChangePending is a write to a registration waiting for approval
 	// (ApprovalStore); Change.Name is its code.
 	ChangePending
+	// ChangePresence is a write to a node's stream state alone (it began
+	// or stopped streaming from a coordinator): Change.ID is the node's
+	// ID and Change.Presence what it is now, so nothing is re-read.
+	ChangePresence
 )
 
 // Change is one write another coordinator made to the shared store, as
 // little as names it: the listener re-reads what it names.
 type Change struct {
-	Kind ChangeKind
-	ID   int64
-	Name string
+	Kind     ChangeKind
+	ID       int64
+	Name     string
+	Presence Presence // for ChangePresence
 }
 
 // heartbeatInterval is how often a coordinator sharing its store beats.
@@ -197,6 +204,12 @@ type fanout struct {
 	started map[wire.NodeID]time.Time
 	wake    chan struct{} // cap 1
 
+	// keys maps node IDs to keys for ChangePresence, which names nodes
+	// by ID; an entry is checked against Server.nodes before use, and
+	// the map is built again from them when one is missing or stale.
+	// Guarded by Server.mu.
+	keys map[wire.NodeID]key.NodePublic
+
 	beaten bool // a heartbeat succeeded; beatLoop's alone
 	// unapplied are dropped nodes a heartbeat reported whose read failed,
 	// for the next beat; beatLoop's alone.
@@ -212,6 +225,12 @@ type streamState struct {
 // onlineRetry is how long onlineLoop waits to write stream states again
 // after a write failed.
 const onlineRetry = time.Second
+
+// onlineGather is the least time between two writes of stream states:
+// when thousands of nodes (re)connect, those of a moment go in one
+// statement, not in one each, and the other coordinators get them in one
+// batch of notifications. A lone change waits for nothing.
+const onlineGather = 100 * time.Millisecond
 
 // newFanout returns the fan-out of core on store.
 func newFanout(core *Server, store Store) *fanout {
@@ -289,6 +308,7 @@ func (f *fanout) onlineLoop() {
 	s := f.core
 	defer s.wg.Done()
 	var retry <-chan time.Time // set while failed writes wait
+	var last time.Time         // when the last write began
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -297,6 +317,16 @@ func (f *fanout) onlineLoop() {
 		case <-retry:
 			retry = nil
 		}
+		if wait := time.Until(last.Add(onlineGather)); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-s.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+		last = time.Now()
 		if !f.writeOnline(s.ctx) && retry == nil {
 			retry = time.After(onlineRetry)
 		}
@@ -477,20 +507,28 @@ func (f *fanout) resync(ctx context.Context) error {
 const applyTimeout = 15 * time.Second
 
 // apply re-reads what another coordinator changed, as chs name it, and
-// applies it to memory and the streams: the nodes first, all at once
-// (applyNodeChanges), then the rest in order. An error means a change
-// may not be applied: the listener then connects again and resyncs, as
-// a change lost is lost for good otherwise (a removed node would stay,
-// a policy would not be enforced).
+// applies it to memory and the streams: the nodes' stream states first
+// (applyPresence), then the nodes, all at once (applyNodeChanges), then
+// the rest in order. An error means a change may not be applied: the
+// listener then connects again and resyncs, as a change lost is lost
+// for good otherwise (a removed node would stay, a policy would not be
+// enforced).
 func (f *fanout) apply(ctx context.Context, chs []Change) error {
 	ctx, cancel := context.WithTimeout(ctx, applyTimeout)
 	defer cancel()
 	s := f.core
 	var ids []wire.NodeID
+	var presence []Change
 	for _, ch := range chs {
-		if ch.Kind == ChangeNode {
+		switch ch.Kind {
+		case ChangeNode:
 			ids = append(ids, wire.NodeID(ch.ID))
+		case ChangePresence:
+			presence = append(presence, ch)
 		}
+	}
+	if len(presence) > 0 {
+		ids = f.applyPresence(presence, ids)
 	}
 	if len(ids) > 0 {
 		if err := f.applyNodeChanges(ctx, ids); err != nil {
@@ -567,6 +605,64 @@ func (f *fanout) applyNodeChanges(ctx context.Context, ids []wire.NodeID) error 
 	}
 	for _, rec := range recs {
 		s.applyRecordLocked(rec, remote[rec.Node.ID])
+	}
+	return nil
+}
+
+// applyPresence applies the stream states chs carry to the nodes they
+// name, without reading them: a node whose stream state changed alone
+// costs no read of its row. It leaves out the nodes of read, which are
+// read anyway (applyNodeChanges reads their stream state with them), and
+// returns read with the nodes it does not know added (registered
+// elsewhere a moment ago, or their notification's apply failed), to be
+// read.
+func (f *fanout) applyPresence(chs []Change, read []wire.NodeID) []wire.NodeID {
+	s := f.core
+	reading := make(map[wire.NodeID]bool, len(read))
+	for _, id := range read {
+		reading[id] = true
+	}
+	// persistMu, as applyNodeChanges holds it from its read until memory
+	// has the nodes: a heartbeat's read of older stream states cannot
+	// be applied after these.
+	s.persistMu.Lock()
+	defer s.persistMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := s.now()
+	rebuilt := false
+	for _, ch := range chs {
+		id := wire.NodeID(ch.ID)
+		if reading[id] {
+			continue
+		}
+		e := f.entryLocked(id)
+		if e == nil && !rebuilt {
+			f.keys, rebuilt = make(map[wire.NodeID]key.NodePublic, len(s.nodes)), true
+			for k, e := range s.nodes {
+				f.keys[e.rec.Node.ID] = k
+			}
+			e = f.entryLocked(id)
+		}
+		if e == nil {
+			reading[id] = true
+			read = append(read, id)
+			continue
+		}
+		s.setPresenceLocked(e, ch.Presence, now)
+	}
+	return read
+}
+
+// entryLocked returns the node whose ID is id, as keys finds it; nil if
+// keys does not have it right. Server.mu held.
+func (f *fanout) entryLocked(id wire.NodeID) *nodeEntry {
+	k, ok := f.keys[id]
+	if !ok {
+		return nil
+	}
+	if e := f.core.nodes[k]; e != nil && e.rec.Node.ID == id {
+		return e
 	}
 	return nil
 }
@@ -709,13 +805,7 @@ func (s *Server) applyRecordLocked(rec *NodeRecord, remote Presence) {
 		next = cur
 	}
 	e.rec = next
-	if e.remote != PresenceNone && remote == PresenceNone && s.sessions[nk] == nil {
-		e.offlineSince = now
-	}
-	e.remote = remote
-	if remote != PresenceNone {
-		e.offlineSince = time.Time{}
-	}
+	s.setRemoteLocked(e, remote, now)
 	after := s.viewLocked(e)
 	if !e.rec.Node.Expired(now) {
 		e.expiryHandled = false
@@ -726,6 +816,33 @@ func (s *Server) applyRecordLocked(rec *NodeRecord, remote Presence) {
 	if !e.expiryHandled && e.rec.Node.Expired(now) {
 		e.expiryHandled = true
 		s.expireLocked(e)
+	}
+}
+
+// setRemoteLocked records that the node e streams from another
+// coordinator (remote), or no longer does, as of now. Server.mu held.
+func (s *Server) setRemoteLocked(e *nodeEntry, remote Presence, now time.Time) {
+	if e.remote != PresenceNone && remote == PresenceNone && s.sessions[e.rec.Node.Key] == nil {
+		e.offlineSince = now
+	}
+	e.remote = remote
+	if remote != PresenceNone {
+		e.offlineSince = time.Time{}
+	}
+}
+
+// setPresenceLocked is setRemoteLocked for a change of the stream state
+// alone, telling the streams if it changes how the node shows (online,
+// unknown). Server.mu held.
+func (s *Server) setPresenceLocked(e *nodeEntry, remote Presence, now time.Time) {
+	shows := func() (online, unknown bool) {
+		local := s.sessions[e.rec.Node.Key] != nil
+		return local || e.remote == PresenceOnline || e.grace, !local && e.remote == PresenceUnknown
+	}
+	online, unknown := shows()
+	s.setRemoteLocked(e, remote, now)
+	if o, u := shows(); o != online || u != unknown {
+		s.notifyLocked(e.rec.NetworkID, e.rec.Node.Key)
 	}
 }
 

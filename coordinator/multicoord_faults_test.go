@@ -45,13 +45,30 @@ type faultyStore struct {
 	onlineHung chan struct{}
 	// beaten, if set, gets a value after each heartbeat that succeeded.
 	beaten chan struct{}
+	// readByID counts the reads of each node by ID (NodesByID).
+	readByID map[wire.NodeID]int
 }
 
 func (f *faultyStore) NodesByID(ctx context.Context, ids []wire.NodeID) ([]*coordinator.NodeRecord, map[wire.NodeID]coordinator.Presence, error) {
+	f.mu.Lock()
+	if f.readByID == nil {
+		f.readByID = make(map[wire.NodeID]int)
+	}
+	for _, id := range ids {
+		f.readByID[id]++
+	}
+	f.mu.Unlock()
 	if f.take(&f.nodeReadsFail) {
 		return nil, nil, errInjected
 	}
 	return f.Store.NodesByID(ctx, ids)
+}
+
+// reads returns how many times node id was read by ID.
+func (f *faultyStore) reads(id wire.NodeID) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.readByID[id]
 }
 
 func (f *faultyStore) Setting(ctx context.Context, name string) ([]byte, error) {
@@ -426,4 +443,43 @@ func waitOnlineRow(t *testing.T, dsn string, id wire.NodeID, want bool) {
 			t.Fatalf("node %d's stream state: present %v after %v, want %v", id, has, fanoutWait, want)
 		}
 	}
+}
+
+// TestStreamStateNotReread: a node that starts streaming from one
+// coordinator shows online on another, which takes that from the
+// notification and reads nothing; before, each stream starting cost a
+// read of the node's row (and the database a query) on every other
+// coordinator. Its stream ending writes its last seen time, which the
+// other reads with the node, offline.
+func TestStreamStateNotReread(t *testing.T) {
+	pg := pgtest.New(t)
+	dsn := pg.NewDatabase(t)
+	priv := key.NewMachine()
+	ca := startCoordOn(t, dsn, priv)
+	cb, fb := startFaulty(t, dsn, priv, nil)
+	ak := ca.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	a, b := newNode(t, ca.URL), newNode(t, cb.URL)
+	alpha := a.register(t, ak, "alpha").Node.ID
+	b.register(t, ak, "bravo")
+	wb := watch(t, b)
+	alphaIs := func(online bool) func(*wire.NetMap) bool {
+		return func(nm *wire.NetMap) bool {
+			p := peerNamed(nm, "alpha")
+			return p != nil && p.Online == online
+		}
+	}
+	wb.waitFor("bravo sees alpha offline", fanoutWait, alphaIs(false))
+	// Charlie, registered after alpha, reaches bravo's coordinator
+	// through a notification after alpha's, if it got one (it may have
+	// read alpha as bravo's registration clashed with it).
+	newNode(t, ca.URL).register(t, ak, "charlie")
+	wb.waitFor("bravo sees charlie", fanoutWait, func(nm *wire.NetMap) bool { return peerNamed(nm, "charlie") != nil })
+	before := fb.reads(alpha)
+	wa := watch(t, a)
+	wb.waitFor("bravo sees alpha online", fanoutWait, alphaIs(true))
+	if n := fb.reads(alpha) - before; n != 0 {
+		t.Errorf("bravo's coordinator read alpha %d times for its stream starting, want 0", n)
+	}
+	wa.stop()
+	wb.waitFor("bravo sees alpha offline again", fanoutWait, alphaIs(false))
 }

@@ -24,9 +24,10 @@ import (
 
 // The coordinator.NodeFeed of a store on PostgreSQL: triggers send a
 // notification with the writer's origin and the node's ID for every
-// write to a node or its stream state (migration 0006), and with a kind
-// and a key for every write to a setting, route or domain (0008);
-// ListenNodes listens on a connection of its own.
+// write to a node (migration 0006), with the node's ID and its new stream
+// state for every write to that (0015), and with a kind and a key for
+// every write to a setting, route or domain (0008); ListenNodes listens
+// on a connection of its own.
 
 var (
 	_ coordinator.NodeFeed    = (*Store)(nil)
@@ -202,10 +203,13 @@ func (s *Store) listenOnce(ctx context.Context, resync func(ctx context.Context)
 const maxChangeBatch = 1000
 
 // changeBatch is the changes of other stores, in the order of their
-// first notification, each once.
+// first notification, each once; a node's stream state
+// (coordinator.ChangePresence) once per node, the latest.
 type changeBatch struct {
-	chs  []coordinator.Change
-	seen map[coordinator.Change]bool
+	chs []coordinator.Change
+	// seen holds the changes in chs, by their index; those of stream
+	// states without their Presence.
+	seen map[coordinator.Change]int
 }
 
 func (b *changeBatch) reset() {
@@ -216,14 +220,32 @@ func (b *changeBatch) reset() {
 // addChange adds the change n names to b, unless it is this store's own
 // or already there.
 func (s *Store) addChange(b *changeBatch, n *pgconn.Notification) {
-	origin, ch, ok := parseChange(n.Payload)
-	if !ok || origin == s.origin || b.seen[ch] {
+	origin, ch, streaming, ok := parseChange(n.Payload)
+	if !ok || origin == s.origin {
+		return
+	}
+	seen := ch
+	if ch.Kind == coordinator.ChangePresence {
+		// Streaming from this store's coordinator is no presence
+		// elsewhere, as nodesWithPresence has it; an online one is
+		// recorded as such (beatState.presence), and the next Heartbeat
+		// reports it if its coordinator's beat is stale.
+		switch {
+		case streaming == "" || streaming == s.origin:
+			ch.Presence = coordinator.PresenceNone
+		default:
+			ch.Presence = s.beats.presence(wire.NodeID(ch.ID), 1)
+		}
+		seen.Presence = 0
+	}
+	if i, dup := b.seen[seen]; dup {
+		b.chs[i] = ch // the latest stream state
 		return
 	}
 	if b.seen == nil {
-		b.seen = make(map[coordinator.Change]bool)
+		b.seen = make(map[coordinator.Change]int)
 	}
-	b.seen[ch] = true
+	b.seen[seen] = len(b.chs)
 	b.chs = append(b.chs, ch)
 }
 
@@ -265,27 +287,44 @@ var changeKinds = map[string]coordinator.ChangeKind{
 }
 
 // parseChange reads a notification's payload: "ORIGIN NODE_ID" for a
-// node (migration 0006), "ORIGIN KIND KEY" for the rest (0008).
-func parseChange(payload string) (origin string, ch coordinator.Change, ok bool) {
+// node (migration 0006), "ORIGIN online NODE_ID STREAMING" and "ORIGIN
+// offline NODE_ID" for its stream state (0015), "ORIGIN KIND KEY" for
+// the rest (0008). A stream state comes as a coordinator.ChangePresence
+// whose Presence is left to the caller, with the origin the node streams
+// from (streaming; "" if none).
+func parseChange(payload string) (origin string, ch coordinator.Change, streaming string, ok bool) {
 	origin, rest, ok := strings.Cut(payload, " ")
 	if !ok {
-		return "", ch, false
+		return "", ch, "", false
 	}
 	kind, k, ok := strings.Cut(rest, " ")
 	if !ok {
 		id, err := strconv.ParseInt(rest, 10, 64)
-		return origin, coordinator.Change{Kind: coordinator.ChangeNode, ID: id}, err == nil
+		return origin, coordinator.Change{Kind: coordinator.ChangeNode, ID: id}, "", err == nil
+	}
+	switch kind {
+	case "online", "offline":
+		if kind == "online" {
+			if k, streaming, ok = strings.Cut(k, " "); !ok || streaming == "" {
+				return "", ch, "", false
+			}
+		}
+		id, err := strconv.ParseInt(k, 10, 64)
+		if err != nil {
+			return "", ch, "", false
+		}
+		return origin, coordinator.Change{Kind: coordinator.ChangePresence, ID: id}, streaming, true
 	}
 	ch.Kind, ok = changeKinds[kind]
 	if !ok {
-		return "", ch, false
+		return "", ch, "", false
 	}
 	if ch.Kind == coordinator.ChangeRoute {
 		id, err := strconv.ParseInt(k, 10, 64)
-		return origin, coordinator.Change{Kind: ch.Kind, ID: id}, err == nil
+		return origin, coordinator.Change{Kind: ch.Kind, ID: id}, "", err == nil
 	}
 	ch.Name = k
-	return origin, ch, true
+	return origin, ch, "", true
 }
 
 // NodeByID returns the node with id, and whether it streams from a

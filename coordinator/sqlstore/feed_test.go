@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"beam.dev/beam/coordinator"
 	"beam.dev/beam/wire"
 )
@@ -281,28 +283,40 @@ func TestListenChanges(t *testing.T) {
 
 // TestParseChange: notification payloads of every kind, and malformed ones.
 func TestParseChange(t *testing.T) {
+	presence := func(id int64) coordinator.Change {
+		return coordinator.Change{Kind: coordinator.ChangePresence, ID: id}
+	}
 	tests := []struct {
-		payload string
-		origin  string
-		want    coordinator.Change
-		ok      bool
+		payload   string
+		origin    string
+		want      coordinator.Change
+		streaming string
+		ok        bool
 	}{
-		{"o1 42", "o1", coordinator.Change{Kind: coordinator.ChangeNode, ID: 42}, true},
-		{" 42", "", coordinator.Change{Kind: coordinator.ChangeNode, ID: 42}, true},
-		{"o1 setting dns_config", "o1", coordinator.Change{Kind: coordinator.ChangeSetting, Name: "dns_config"}, true},
-		{"o1 route 7", "o1", coordinator.Change{Kind: coordinator.ChangeRoute, ID: 7}, true},
-		{"o1 domain shop.example.com", "o1", coordinator.Change{Kind: coordinator.ChangeDomain, Name: "shop.example.com"}, true},
-		{"o1 pending ABCD2345", "o1", coordinator.Change{Kind: coordinator.ChangePending, Name: "ABCD2345"}, true},
-		{"o1 route x", "", coordinator.Change{}, false},
-		{"o1 bogus 7", "", coordinator.Change{}, false},
-		{"o1 x", "", coordinator.Change{}, false},
-		{"o1", "", coordinator.Change{}, false},
+		{"o1 42", "o1", coordinator.Change{Kind: coordinator.ChangeNode, ID: 42}, "", true},
+		{" 42", "", coordinator.Change{Kind: coordinator.ChangeNode, ID: 42}, "", true},
+		{"o1 setting dns_config", "o1", coordinator.Change{Kind: coordinator.ChangeSetting, Name: "dns_config"}, "", true},
+		{"o1 route 7", "o1", coordinator.Change{Kind: coordinator.ChangeRoute, ID: 7}, "", true},
+		{"o1 domain shop.example.com", "o1", coordinator.Change{Kind: coordinator.ChangeDomain, Name: "shop.example.com"}, "", true},
+		{"o1 pending ABCD2345", "o1", coordinator.Change{Kind: coordinator.ChangePending, Name: "ABCD2345"}, "", true},
+		{"o1 online 42 o2", "o1", presence(42), "o2", true},
+		{"o1 online 42 o1", "o1", presence(42), "o1", true},
+		{"o1 offline 42", "o1", presence(42), "", true},
+		{"o1 online 42", "", coordinator.Change{}, "", false},
+		{"o1 online 42 ", "", coordinator.Change{}, "", false},
+		{"o1 online x o2", "", coordinator.Change{}, "", false},
+		{"o1 offline x", "", coordinator.Change{}, "", false},
+		{"o1 route x", "", coordinator.Change{}, "", false},
+		{"o1 bogus 7", "", coordinator.Change{}, "", false},
+		{"o1 x", "", coordinator.Change{}, "", false},
+		{"o1", "", coordinator.Change{}, "", false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.payload, func(t *testing.T) {
-			origin, ch, ok := parseChange(tt.payload)
-			if ok != tt.ok || (ok && (origin != tt.origin || ch != tt.want)) {
-				t.Errorf("parseChange(%q) = %q, %+v, %v; want %q, %+v, %v", tt.payload, origin, ch, ok, tt.origin, tt.want, tt.ok)
+			origin, ch, streaming, ok := parseChange(tt.payload)
+			if ok != tt.ok || (ok && (origin != tt.origin || ch != tt.want || streaming != tt.streaming)) {
+				t.Errorf("parseChange(%q) = %q, %+v, %q, %v; want %q, %+v, %q, %v", tt.payload, origin, ch, streaming, ok,
+					tt.origin, tt.want, tt.streaming, tt.ok)
 			}
 		})
 	}
@@ -991,4 +1005,39 @@ func TestHeartbeatAfterStaleRead(t *testing.T) {
 	beat([]wire.NodeID{alpha.Node.ID}, "a stopped again after a read found it online")
 	read(coordinator.PresenceUnknown, "a stopped again")
 	beat(nil, "nothing new, a still stopped")
+}
+
+// TestChangeBatchPresence: a batch holds one stream state per node, its
+// latest, where the node's first came; online from another store is
+// PresenceOnline, from this one no presence; this store's own writes are
+// left out.
+func TestChangeBatchPresence(t *testing.T) {
+	s := openStore(t, pg.NewSchema(t))
+	var b changeBatch
+	for _, p := range []string{
+		"o2 online 5 o2",
+		"o2 7",
+		"o2 offline 5",
+		"o3 online 6 o3",
+		"o2 online 5 o2",
+		s.origin + " online 8 " + s.origin,
+		"o2 online 9 " + s.origin,
+		"o2 offline 6",
+	} {
+		s.addChange(&b, &pgconn.Notification{Payload: p})
+	}
+	want := []coordinator.Change{
+		{Kind: coordinator.ChangePresence, ID: 5, Presence: coordinator.PresenceOnline},
+		{Kind: coordinator.ChangeNode, ID: 7},
+		{Kind: coordinator.ChangePresence, ID: 6, Presence: coordinator.PresenceNone},
+		{Kind: coordinator.ChangePresence, ID: 9, Presence: coordinator.PresenceNone},
+	}
+	if !slices.Equal(b.chs, want) {
+		t.Errorf("batch = %+v, want %+v", b.chs, want)
+	}
+	b.reset()
+	s.addChange(&b, &pgconn.Notification{Payload: "o2 offline 5"})
+	if want := []coordinator.Change{{Kind: coordinator.ChangePresence, ID: 5}}; !slices.Equal(b.chs, want) {
+		t.Errorf("batch after reset = %+v, want %+v", b.chs, want)
+	}
 }
