@@ -19,6 +19,30 @@ func ageBoth(a, b *node, d time.Duration) {
 	b.e.bind.AgeForTest(a.key.Public(), d)
 }
 
+// ageIdle is ageBoth once no ping to the direct path is in flight either
+// way. A ping in flight would be aged with the rest, and read as
+// unanswered for d: the path would look dead, not idle. A ping that went
+// out just before the ageing makes it wait for the pong and age again.
+func ageIdle(t *testing.T, a, b *node, d time.Duration) {
+	t.Helper()
+	out := func() bool {
+		return a.e.bind.DirectPingOutForTest(b.key.Public()) || b.e.bind.DirectPingOutForTest(a.key.Public())
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		for out() {
+			if time.Now().After(deadline) {
+				t.Fatal("a ping to the direct path still unanswered after 10 s")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		ageBoth(a, b, d)
+		if !out() {
+			return
+		}
+	}
+}
+
 // pathOf returns n's status for its only peer.
 func pathOf(t *testing.T, n *node) PeerStatus {
 	t.Helper()
@@ -46,7 +70,7 @@ func TestIdleDirectPath(t *testing.T) {
 	want := waitPath(t, a, "direct", 5*time.Second).Endpoint
 	waitPath(t, b, "direct", 5*time.Second)
 
-	ageBoth(a, b, idleAge)
+	ageIdle(t, a, b, idleAge)
 	for _, n := range []*node{a, b} {
 		if st := pathOf(t, n); st.Path != "direct" || !st.Endpoint.IsValid() {
 			t.Errorf("idle for %v: status %+v, want the direct path", idleAge, st)
@@ -65,15 +89,19 @@ func TestIdleDirectPath(t *testing.T) {
 		t.Errorf("after the ping: status %+v, want direct", st)
 	}
 	// Traffic after the idle time goes direct again.
-	ageBoth(a, b, idleAge)
+	ageIdle(t, a, b, idleAge)
 	checkUDPEcho(t, t.Context(), a, fmt.Sprintf("%v:7", b.v4))
 	if st := pathOf(t, a); st.Path != "direct" {
 		t.Errorf("after traffic resumed: status %+v, want direct", st)
 	}
 
-	// The direct path dies while idle: the ping finds out.
+	// The direct path dies while idle: the ping finds out. It gets its
+	// own 5 s: the first ping's context started before the echo and the
+	// ageing above, which can take seconds of it on a loaded machine.
 	blockDirect(a, b)
 	ageBoth(a, b, idleAge)
+	ctx, cancel = context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
 	r, err = a.e.Ping(ctx, b.v4)
 	if err != nil {
 		t.Fatalf("Ping with the direct path dead: %v", err)

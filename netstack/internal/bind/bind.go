@@ -1562,6 +1562,19 @@ func unmap(ap netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
+// DirectPingOutForTest reports whether a ping to peer k's direct path is
+// unanswered. Only tests call it.
+func (b *Bind) DirectPingOutForTest(k key.NodePublic) bool {
+	b.mu.Lock()
+	pe := b.peers[k]
+	b.mu.Unlock()
+	if pe == nil {
+		return false
+	}
+	best := pe.p.best.Load()
+	return best != nil && !best.isRelay() && pe.p.lastDirectPing.Load() > best.lastRecv.Load()
+}
+
 // AgeForTest moves every time the bind keeps about peer k (packets sent
 // and received, pings, probes) d into the past, as if d had passed with
 // nothing sent to or heard from k. Only tests call it.
