@@ -359,12 +359,17 @@ func TestAllocationGuard(t *testing.T) {
 			addrs[i] = srvAddr
 		}
 		const flood = 200
+		start := time.Now()
 		for i := range flood {
 			from(bd, r, alloc(bd, p, uint32(100+i), addrs...))
 		}
-		// One Allocation per server per allocateEvery, one address.
-		if n := bindRelays(t, srv); n != 1 {
-			t.Errorf("%d Allocations sent %d BindRelays, want 1", flood, n)
+		// One Allocation per server per allocateEvery, one address: one
+		// BindRelay, and at most one more for each allocateEvery the
+		// flood took (under -race on a loaded machine it took up to 9 s,
+		// and a second was taken).
+		took := time.Since(start)
+		if n, most := bindRelays(t, srv), 1+int(took/allocateEvery); n < 1 || n > most {
+			t.Errorf("%d Allocations in %v sent %d BindRelays, want 1 to %d", flood, took, n, most)
 		}
 	})
 
