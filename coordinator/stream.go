@@ -980,24 +980,40 @@ func (ms *streams) delta(ss *session, st *sentState, full bool) *mapFrame {
 			}
 			shared = st.shared
 		}
-		ms.changedSinceLocked(st.ver, func(ps *peerState) {
-			if ps.key == ss.key {
+		selfSlot := -1
+		if ps := ms.peerStates[ss.key]; ps != nil {
+			selfSlot = ps.slot
+		}
+		ms.changedSinceLocked(st.ver, func(slot int, sv *slotView) {
+			if slot == selfSlot {
 				return
 			}
-			pv := ps.view
-			if pv != nil && (pv.networkID != ss.networkID || pv.node.Edge) {
+			pv := sv.view
+			if pv != nil && (sv.networkID != ss.networkID || sv.edge) {
 				return // seen across networks or as an edge: changes of these come with full
 			}
 			var visible bool
 			switch {
 			case pv == nil:
 			case shared != nil:
-				visible = shared.set.has(ps.slot)
+				visible = shared.set.has(slot)
+				if visible && st.peers.has(slot) {
+					// The common case, a change of a peer the node
+					// has, taken from the slot's view alone.
+					switch {
+					case sv.changed > st.ver:
+						f.peers = append(f.peers, pv)
+					case sv.online > st.ver:
+						f.online = append(f.online, pv)
+					}
+					return
+				}
 			default:
-				pe := s.nodes[ps.key]
-				visible = pe != nil && !pe.rec.Node.Expired(now) && s.mayPeerLocked(self, ss.networkID, ps.key, now)
+				k := ms.peerSlots[slot].key
+				pe := s.nodes[k]
+				visible = pe != nil && !pe.rec.Node.Expired(now) && s.mayPeerLocked(self, ss.networkID, k, now)
 			}
-			consider(ps, visible)
+			consider(ms.peerSlots[slot], visible)
 		})
 	}
 	st.filter = s.filterDeltaLocked(self, ss.networkID, now, st.filter, full, computed, resp)

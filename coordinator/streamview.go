@@ -37,10 +37,12 @@ type streams struct {
 	// changeVer counts node changes (notifyLocked); a peerView records the
 	// count at which its node last changed.
 	changeVer uint64
-	// changes is the change log: the node of change changesBase+1+i is
-	// changes[i]. A stream reads the nodes changed since it last caught
-	// up from it; one that fell behind the log's start looks at every peer.
-	changes     []changeEntry
+	// changes is the change log: change changesBase+1+i was of the node
+	// in slot changes[i], or of a node no stream may have been sent then
+	// if it is -1. A stream reads the nodes changed since it last caught
+	// up from it; one that fell behind the log's start looks at every
+	// peer.
+	changes     []int32
 	changesBase uint64
 	// memberVer counts the changes that may change which peers some node
 	// sees (a node added or removed, or its network, user, tags,
@@ -60,6 +62,10 @@ type streams struct {
 	peerStates map[key.NodePublic]*peerState
 	peerSlots  []*peerState
 	freeSlots  []int
+	// slotViews holds, by slot, what a stream reading the change log
+	// looks at for each change (slotView), so that it follows no pointer
+	// for the peers whose change it only passes on or skips.
+	slotViews []slotView
 	// wakes holds, per network, what its streams wait on for the next
 	// change (netWakeLocked); fullVer the count of the network's last
 	// change after which every stream of it recomputes everything.
@@ -109,21 +115,24 @@ func newStreams(core *Server) *streams {
 		wakes: make(map[int64]*netWake), fullVer: make(map[int64]uint64), shared: make(map[int64]*netShared)}
 }
 
-// changeEntry is one change in the change log: its node and, if a stream
-// may have been sent it then, its state.
-type changeEntry struct {
-	key key.NodePublic
-	ps  *peerState
+// slotView is the node in a slot as the change log's readers see it:
+// its current view and what they compare of it, and the change count of
+// its last change in the log, so that a reader looks at each node once.
+// A free slot's is zero.
+type slotView struct {
+	view            *peerView // nil while the node is removed
+	logVer          uint64
+	changed, online uint64 // the view's
+	networkID       int64  // the view's
+	edge            bool   // the view's node's
 }
 
 // peerState is one node as map streams know it. Guarded by Server.mu.
 type peerState struct {
 	key  key.NodePublic
 	slot int
-	// logVer is the change count of the node's last change in the change
-	// log, so that a stream reading the log looks at each node once.
-	logVer uint64
-	// view is the node's current view; nil while it is removed.
+	// view is the node's current view; nil while it is removed. Set it
+	// with setViewLocked.
 	view *peerView
 	// refs counts the streams whose sent set (sentState.peers) holds
 	// slot, from the moment they compute it under Server.mu (holdLocked,
@@ -158,6 +167,7 @@ func (ms *streams) dropLocked(ps *peerState) {
 	}
 	delete(ms.peerStates, ps.key)
 	ms.peerSlots[ps.slot] = nil
+	ms.slotViews[ps.slot] = slotView{}
 	ms.freeSlots = append(ms.freeSlots, ps.slot)
 }
 
@@ -215,17 +225,18 @@ func (ms *streams) noteChangeLocked(k key.NodePublic) {
 		ps = ms.newPeerStateLocked(k)
 		ms.memberVer++ // a node no list held
 	}
-	ms.changes = append(ms.changes, changeEntry{key: k, ps: ps})
 	if ps == nil {
+		ms.changes = append(ms.changes, -1)
 		return // no stream ever sent it
 	}
-	ps.logVer = ms.changeVer
+	ms.changes = append(ms.changes, int32(ps.slot))
+	ms.slotViews[ps.slot].logVer = ms.changeVer
 	ms.touchLocked(ps.slot)
 	if e == nil {
 		if ps.view != nil {
 			ms.memberVer++
 		}
-		ps.view = nil
+		ms.setViewLocked(ps, nil)
 		ms.dropLocked(ps)
 		return
 	}
@@ -244,7 +255,17 @@ func (ms *streams) noteChangeLocked(k key.NodePublic) {
 	} else {
 		pv.setRev()
 	}
+	ms.setViewLocked(ps, pv)
+}
+
+// setViewLocked makes pv (nil: none) the view of ps. Server.mu held.
+func (ms *streams) setViewLocked(ps *peerState, pv *peerView) {
 	ps.view = pv
+	sv := &ms.slotViews[ps.slot]
+	sv.view = pv
+	if pv != nil {
+		sv.changed, sv.online, sv.networkID, sv.edge = pv.changed, pv.online, pv.networkID, pv.node.Edge
+	}
 }
 
 // setRev sets the view's node's Rev and its hash.
@@ -265,18 +286,23 @@ func sameMembership(a, b *peerView) bool {
 		slices.Equal(an.Tags, bn.Tags) && slices.Equal(an.Addresses, bn.Addresses)
 }
 
-// changedSinceLocked calls f with the state of each node changed after
-// change count from, once per node, skipping nodes no stream may have
-// been sent: changes of states whose slot was freed since (dropLocked)
-// are those of nodes that no sent set holds. from must not be before
-// ms.changesBase. Server.mu held.
-func (ms *streams) changedSinceLocked(from uint64, f func(*peerState)) {
-	for i, c := range ms.changes[from-ms.changesBase:] {
-		ps := c.ps
-		if ps == nil || ps.logVer != from+1+uint64(i) || ms.peerSlots[ps.slot] != ps {
-			continue // not its last change, or a state freed since
+// changedSinceLocked calls f with the slot of each node changed after
+// change count from, once per node, and what the slot holds, skipping
+// nodes no stream may have been sent: changes of slots freed since
+// (dropLocked) are those of nodes that no sent set holds. from must not
+// be before ms.changesBase. Server.mu held.
+func (ms *streams) changedSinceLocked(from uint64, f func(slot int, sv *slotView)) {
+	for i, slot := range ms.changes[from-ms.changesBase:] {
+		if slot < 0 {
+			continue
 		}
-		f(ps)
+		// A slot freed since is zero, one taken again holds a later
+		// change or none.
+		sv := &ms.slotViews[slot]
+		if sv.logVer != from+1+uint64(i) {
+			continue // not its last change, or a slot freed since
+		}
+		f(int(slot), sv)
 	}
 }
 
@@ -291,12 +317,14 @@ func (ms *streams) newPeerStateLocked(k key.NodePublic) *peerState {
 		ms.peerSlots[ps.slot] = ps
 	} else {
 		ms.peerSlots = append(ms.peerSlots, ps)
+		ms.slotViews = append(ms.slotViews, slotView{})
 	}
 	ms.peerStates[k] = ps
 	ms.touchLocked(ps.slot)
 	if e := s.nodes[k]; e != nil {
-		ps.view = &peerView{node: s.viewLocked(e), networkID: e.rec.NetworkID, changed: ms.changeVer, online: ms.changeVer}
-		ps.view.setRev()
+		pv := &peerView{node: s.viewLocked(e), networkID: e.rec.NetworkID, changed: ms.changeVer, online: ms.changeVer}
+		pv.setRev()
+		ms.setViewLocked(ps, pv)
 	}
 	return ps
 }
