@@ -192,14 +192,34 @@ func (c *cluster) startCoordinator() {
 	logf.Close()
 	c.coord = cmd
 	t.Cleanup(func() { c.stopCoordinator() })
-	waitFor(t, 15*time.Second, "coordinator answers /key", func() bool {
-		resp, err := http.Get(c.url + "/key")
-		if err != nil {
-			return false
+	deadline := time.Now().Add(15 * time.Second)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if resp, err := http.Get(c.url + "/key"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
 		}
-		resp.Body.Close()
-		return resp.StatusCode == 200
-	})
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after 15s waiting for the coordinator on %s to answer /key; its log ends:\n%s", c.addr, logTail(filepath.Join(c.dir, "coord.log")))
+		}
+		<-tick.C
+	}
+}
+
+// logTail returns the last few KB of the log file at path, for a failure
+// message.
+func logTail(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	if len(b) > 4000 {
+		b = b[len(b)-4000:]
+	}
+	return string(b)
 }
 
 func (c *cluster) stopCoordinator() {
