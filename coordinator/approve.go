@@ -441,7 +441,7 @@ func (rg *registry) interactiveRegister(w http.ResponseWriter, r *http.Request, 
 		rg.followup(w, r, q, req)
 		return true
 	}
-	if req.AuthKey != "" || req.Logout || (rg.devMode && remoteIsLoopback(r)) {
+	if req.AuthKey != "" || req.Logout || (rg.devMode && localRequest(r)) {
 		return false
 	}
 	s.mu.Lock()

@@ -398,7 +398,7 @@ func errRegisterStore() *apiError {
 func (rg *registry) registerBounded(r *http.Request, q *sealedRequest, req *wire.RegisterRequest) (*wire.RegisterResponse, *apiError) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), registerTimeout)
 	defer cancel()
-	resp, aerr := rg.register(ctx, q, req, remoteIsLoopback(r))
+	resp, aerr := rg.register(ctx, q, req, localRequest(r))
 	switch {
 	case aerr == nil:
 	case ctx.Err() != nil:
@@ -437,7 +437,7 @@ func (m ctxMutex) Unlock() { <-m }
 // (an unknown key with a wrong auth key, a logout of an unknown key)
 // is not recorded: it changes nothing, so its replay changes nothing
 // either, and anyone can send such requests with keys of their own.
-// loopback says whether it came from a loopback address.
+// loopback says whether it came from this host (localRequest).
 //
 // Memory may lag the store when other coordinators share it: if the
 // store refuses the new node as a conflict, register re-reads the nodes

@@ -37,6 +37,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -81,8 +83,9 @@ type Options struct {
 	BaseDomain string
 	// DERPMap is the relay map handed to nodes; nil means none.
 	DERPMap *wire.DERPMap
-	// DevMode lets nodes connecting from a loopback address register
-	// without an auth key, into the default network.
+	// DevMode lets nodes on this host register without an auth key, into
+	// the default network: requests that come over loopback and are
+	// addressed to loopback (localRequest). Others need a key as usual.
 	DevMode bool
 	// KeepAliveInterval is how often an idle map stream gets a keepalive;
 	// zero means 30 seconds.
@@ -695,6 +698,54 @@ func (s *Server) writeSealed(w http.ResponseWriter, nk key.NodePublic, v any) {
 	box, _ := s.replyKey(w, nk)
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Write(box.Seal(b))
+}
+
+// localRequest reports whether r comes from this host in the sense dev
+// mode trusts: over a loopback connection, addressed to a loopback name
+// (127.0.0.0/8, ::1, localhost, *.localhost; any port), and not sent by a
+// browser on behalf of another site's page.
+//
+// The peer address alone is not enough. A web page the user visits can
+// have the browser send requests to 127.0.0.1 under a name of the page's
+// own that it re-points there (DNS rebinding); such requests come over
+// loopback but carry that name in Host, and Origin or Sec-Fetch-Site tell
+// of the other site. A reverse proxy on this host relays other hosts'
+// requests over loopback too, under the public name. Neither is local:
+// it needs an auth key, or approval, like a request from anywhere else.
+//
+// A peer's connection that a node would forward to this host's loopback
+// is stopped by the node, which counts its coordinators' ports among its
+// own listeners and forwards nothing to them.
+func localRequest(r *http.Request) bool {
+	if !remoteIsLoopback(r) || !loopbackHost(r.Host) {
+		return false
+	}
+	if o := r.Header.Get("Origin"); o != "" {
+		u, err := url.Parse(o)
+		if err != nil || u.Host == "" || !strings.EqualFold(u.Host, r.Host) {
+			return false
+		}
+	}
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "cross-site", "same-site":
+		return false
+	}
+	return true
+}
+
+// loopbackHost reports whether a Host header's host names this host's
+// loopback: a loopback address, localhost, or a name under localhost.
+func loopbackHost(hostport string) bool {
+	host := hostport
+	if h, _, err := net.SplitHostPort(hostport); err == nil {
+		host = h
+	}
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	a, err := netip.ParseAddr(strings.TrimSuffix(strings.TrimPrefix(host, "["), "]"))
+	return err == nil && a.Zone() == "" && a.Unmap().IsLoopback()
 }
 
 func remoteIsLoopback(r *http.Request) bool {

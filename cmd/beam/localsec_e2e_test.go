@@ -6,6 +6,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -229,5 +232,47 @@ func TestPeerUDPNotForwardedToOwnSockets(t *testing.T) {
 			}
 			return false
 		})
+	}
+}
+
+// TestDevCoordinatorRefusesRebinding: a web page that re-points a name of
+// its own to 127.0.0.1 (DNS rebinding) has the browser send the dev
+// coordinator requests over loopback, but under that name in Host and
+// with the page's Origin. A node registering that way, without an auth
+// key, must not join; a node on the host, under 127.0.0.1, still does.
+func TestDevCoordinatorRefusesRebinding(t *testing.T) {
+	c, _ := startDevServer(t)
+	_, port, _ := net.SplitHostPort(c.addr)
+	rebound := "rebind.attacker.example:" + port
+	target, err := url.Parse(c.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httptest.NewServer(&httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(target)
+			pr.Out.Host = rebound
+			pr.Out.Header.Set("Origin", "http://"+rebound)
+		},
+		FlushInterval: -1,
+	})
+	t.Cleanup(proxy.Close)
+	if out, err := curl(t, "-H", "Host: "+rebound, "-H", "Origin: http://"+rebound, c.url+"/key"); err != nil || !strings.Contains(out, "mkey:") {
+		t.Fatalf("the coordinator's key under a rebound name: %q, %v; the public key stays public", out, err)
+	}
+
+	mallory := c.device("mallory")
+	if out, errOut, err := c.beam(nil, mallory.args("up", "--coordinator", proxy.URL, "--hostname", "mallory", "--timeout", "5s")...); err == nil {
+		t.Fatalf("beam up through a rebound name joined without an auth key: %s %s", out, errOut)
+	}
+	alpha := c.device("alpha")
+	alpha.mustUp()
+	if p := peerByName(alpha.status(), "mallory"); p != nil {
+		t.Fatalf("mallory, registered through a rebound name, is alpha's peer: %+v", p)
+	}
+	// The dev server's own node list holds alpha and no mallory.
+	nodes := c.mustBeam("admin", "nodes", "list", "--coordinator", c.url)
+	if strings.Contains(nodes, "mallory") || !strings.Contains(nodes, "alpha") {
+		t.Fatalf("admin nodes = %q, want alpha and no mallory", nodes)
 	}
 }
