@@ -464,13 +464,15 @@ func serverDERPMap(publicURL string, relay *relayRole, publicIPs []string) *wire
 }
 
 // serverEdge returns the settings of beam server's edge, taken from the
-// server's: its domain, listeners, certificates, limits and sign-in.
+// server's: its domain, listeners, certificates, limits and sign-in, and
+// in dev mode route ports on loopback only (serverBindHost).
 func serverEdge(o *ServerOptions, onCertStatus func(edge.CertStatus)) *EdgeOptions {
 	return &EdgeOptions{
 		Edge: configs.Edge{
 			Domain: o.Domain, HTTPAddr: o.HTTPAddr, HTTPSAddr: o.HTTPSAddr, NoRedirect: o.NoRedirect, RedirectPort: o.RedirectPort,
 			ACMECA: o.ACMECA, ACMECARoot: o.ACMECARoot, ACMEEmail: o.ACMEEmail, StateDir: o.DataDir,
 			MaxConns: o.EdgeMaxConns, BodyTimeout: o.BodyTimeout, OIDCProvider: o.OIDCProvider,
+			BindHost: serverBindHost(o),
 		},
 		onCertStatus: onCertStatus,
 	}

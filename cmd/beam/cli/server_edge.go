@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"net"
+	"net/netip"
 	"strconv"
 
 	"beam.dev/beam/coordinator"
@@ -29,10 +30,11 @@ func serverEdgeOptions(c *coordinator.Options, o *ServerOptions, zone *dnsserver
 		c.Zone = zone
 	}
 	// The edge runs in this process: hand out only public ports it can
-	// listen on (it listens on every address, as probed here).
-	c.EdgePortFree = portFree
+	// listen on, on the address its route ports listen on (serverEdge).
+	bindHost := serverBindHost(o)
+	c.EdgePortFree = func(proto string, port uint16) bool { return portFree(bindHost, proto, port) }
 	if o.Dev {
-		c.EdgeHost = "127.0.0.1"
+		c.EdgeHost = bindHost
 		if _, port, err := net.SplitHostPort(o.HTTPAddr); err == nil {
 			c.EdgeHTTPURL = "http://{host}:" + port
 		}
@@ -56,10 +58,27 @@ func serverEdgeAuthKey(ctx context.Context, coord *coordinator.Server) (string, 
 	return coord.CreateAuthKey(ctx, coordinator.AuthKeyOptions{Reusable: true, Edge: true})
 }
 
+// serverBindHost is the address beam server's edge listens on for tcp and
+// udp route ports: in dev mode the loopback address of --http-addr (or
+// 127.0.0.1), the host of the URLs it prints, so that routes published
+// on a development machine stay on it; otherwise every address ("").
+func serverBindHost(o *ServerOptions) string {
+	if !o.Dev {
+		return ""
+	}
+	if h, _, err := net.SplitHostPort(o.HTTPAddr); err == nil {
+		if a, err := netip.ParseAddr(h); err == nil && a.Is4() && a.IsLoopback() {
+			return a.String()
+		}
+	}
+	return "127.0.0.1"
+}
+
 // portFree reports whether this host lets a program listen on port for
-// proto ("tcp" or "udp") on every address, by listening and closing.
-func portFree(proto string, port uint16) bool {
-	addr := ":" + strconv.Itoa(int(port))
+// proto ("tcp" or "udp") on host ("" for every address), by listening and
+// closing.
+func portFree(host, proto string, port uint16) bool {
+	addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
 	if proto == "udp" {
 		c, err := net.ListenPacket("udp", addr)
 		if err != nil {
