@@ -88,6 +88,8 @@ func TestScaleSmoke(t *testing.T) {
 //	change-s           median time for one node's endpoint change to reach
 //	                   all N-1 others (3 changes)
 //	bytes/node/change  bytes each other node read for one change
+//	fullmap-bytes/node bytes each node read over fullmap-s on average
+//	settle-bytes/node  and over settle-s (the online states too)
 //	cpu-s              coordinator CPU seconds from start through the changes
 //	fullmap-cpu-s      of those, the coordinator's over fullmap-s
 //	rss-MB, peak-rss-MB  coordinator VmRSS then, and VmHWM
@@ -203,6 +205,8 @@ func benchOne(b *testing.B, bin string, n int, maxRSS uint64, inFlight int, args
 		b.ReportMetric(res.Settled.Seconds(), "settle-s")
 		b.ReportMetric(res.MedianChange().Seconds(), "change-s")
 		b.ReportMetric(res.BytesPerNodePerChange, "bytes/node/change")
+		b.ReportMetric(res.FullMapBytesPerNode, "fullmap-bytes/node")
+		b.ReportMetric(res.SettleBytesPerNode, "settle-bytes/node")
 		b.ReportMetric(res.CPU.Seconds(), "cpu-s")
 		b.ReportMetric(res.FullMapsCPU.Seconds(), "fullmap-cpu-s")
 		b.ReportMetric(res.FullMapsFleetCPU.Seconds(), "fullmap-fleet-cpu-s")

@@ -63,6 +63,10 @@ type Result struct {
 	// BytesPerNodePerChange is what each other node read from the
 	// coordinator for one change, averaged over nodes and changes.
 	BytesPerNodePerChange float64
+	// FullMapBytesPerNode is what each node read on average from opening
+	// the streams until every full map arrived, and SettleBytesPerNode
+	// until every node saw every peer online.
+	FullMapBytesPerNode, SettleBytesPerNode float64
 	// CPU is the coordinator's CPU time from its start through the
 	// changes; RSS its resident set then and PeakRSS its high-water mark.
 	CPU          time.Duration
@@ -201,6 +205,7 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 	if err != nil {
 		return nil, err
 	}
+	bytes0 := fleet.Bytes()
 	start := time.Now()
 	stopProf := prof.phase("fullmaps")
 	fleet.Stream()
@@ -209,6 +214,7 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 		return nil, err
 	}
 	res.FullMaps = time.Since(start)
+	res.FullMapBytesPerNode = float64(fleet.Bytes()-bytes0) / float64(sc.N)
 	if after, err := coord.Usage(); err == nil {
 		res.FullMapsCPU = after.CPU - before.CPU
 	}
@@ -221,6 +227,7 @@ func (sc Scenario) Run(ctx context.Context) (res *Result, err error) {
 		return nil, err
 	}
 	res.Settled = time.Since(start)
+	res.SettleBytesPerNode = float64(fleet.Bytes()-bytes0) / float64(sc.N)
 	log.Info("settled", "took", res.Settled)
 
 	var bytes float64
