@@ -20,6 +20,9 @@ type heldPeers struct {
 	valid  bool
 	peers  map[key.NodePublic]*wire.Node
 	digest wire.PeersDigest
+	// byID holds the key of each peer held by its ID (Node.ID), for the
+	// online states that name peers by ID (wire.CompactFramesVersion).
+	byID map[wire.NodeID]key.NodePublic
 }
 
 // request returns the digest to send with a stream request, or nil.
@@ -34,7 +37,7 @@ func (h *heldPeers) request() *wire.PeersDigest {
 // invalidate forgets the peers held, so that the next stream gets a
 // full map.
 func (h *heldPeers) invalidate() {
-	h.valid, h.peers, h.digest = false, nil, wire.PeersDigest{}
+	h.valid, h.peers, h.digest, h.byID = false, nil, wire.PeersDigest{}, nil
 }
 
 // apply brings the peers held up to date with mr, a whole message, and,
@@ -43,7 +46,11 @@ func (h *heldPeers) invalidate() {
 // see a full map. first says mr starts its stream. A message that keeps
 // peers the client has not offered (not first, or none held) is an
 // error: the client then holds nothing, and its next stream asks for a
-// full map.
+// full map. Online states by peer ID (mr.PeersOnlineByID) become
+// PeersOnline of the peers held once mr's changes are applied; one of
+// an ID held by no peer is dropped, as PeersOnline of a key held by no
+// peer changes nothing (the coordinator sends states only of peers it
+// sent).
 func (h *heldPeers) apply(mr *wire.MapResponse, first bool) error {
 	if mr.PeersKept {
 		if !first || !h.valid || mr.Peers != nil {
@@ -68,6 +75,7 @@ func (h *heldPeers) apply(mr *wire.MapResponse, first bool) error {
 		// A full map (the first message of a stream always is; one
 		// without peers has an empty Peers, which JSON leaves out).
 		h.peers = make(map[key.NodePublic]*wire.Node, len(mr.Peers))
+		h.byID = make(map[wire.NodeID]key.NodePublic, len(mr.Peers))
 		h.digest = wire.PeersDigest{}
 		h.valid = true
 		for _, p := range mr.Peers {
@@ -75,6 +83,7 @@ func (h *heldPeers) apply(mr *wire.MapResponse, first bool) error {
 		}
 	}
 	if !h.valid {
+		mr.PeersOnlineByID = nil
 		return nil
 	}
 	for _, p := range mr.PeersChanged {
@@ -84,8 +93,24 @@ func (h *heldPeers) apply(mr *wire.MapResponse, first bool) error {
 		if old := h.peers[k]; old != nil {
 			h.digest.Remove(k, old.Rev)
 			delete(h.peers, k)
+			if h.byID[old.ID] == k {
+				delete(h.byID, old.ID)
+			}
 		}
 	}
+	for id, on := range mr.PeersOnlineByID {
+		k, ok := h.byID[id]
+		if !ok {
+			continue
+		}
+		if mr.PeersOnline == nil {
+			mr.PeersOnline = make(map[key.NodePublic]bool, len(mr.PeersOnlineByID))
+		}
+		if _, keyed := mr.PeersOnline[k]; !keyed {
+			mr.PeersOnline[k] = on
+		}
+	}
+	mr.PeersOnlineByID = nil
 	return nil
 }
 
@@ -96,7 +121,13 @@ func (h *heldPeers) put(p *wire.Node) {
 	}
 	if old := h.peers[p.Key]; old != nil {
 		h.digest.Remove(p.Key, old.Rev)
+		if h.byID[old.ID] == p.Key {
+			delete(h.byID, old.ID)
+		}
 	}
 	h.peers[p.Key] = p
 	h.digest.Add(p.Key, p.Rev)
+	if p.ID != 0 {
+		h.byID[p.ID] = p.Key
+	}
 }

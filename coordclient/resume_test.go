@@ -119,3 +119,50 @@ func TestHeldPeersEmptyFullMap(t *testing.T) {
 		t.Fatalf("digest %+v, want that of no peers", d)
 	}
 }
+
+// TestHeldPeersOnlineByID checks that online states by peer ID become
+// PeersOnline of the peers held: of a peer of the full map, of one a
+// delta added, after the message's changes (a peer removed in the same
+// message is not held, and its state is dropped); a state by an ID no
+// peer held has is dropped, and a keyed one of the same peer wins.
+func TestHeldPeersOnlineByID(t *testing.T) {
+	a, b, c, d := testPeer(1), testPeer(2), testPeer(3), testPeer(4)
+	a.ID, b.ID, c.ID, d.ID = 1, 2, 3, 4
+	var h heldPeers
+	if err := h.apply(&wire.MapResponse{Peers: []*wire.Node{a, b, c}}, true); err != nil {
+		t.Fatal(err)
+	}
+	mr := &wire.MapResponse{
+		PeersChanged:    []*wire.Node{d},
+		PeersRemoved:    []key.NodePublic{c.Key},
+		PeersOnline:     map[key.NodePublic]bool{b.Key: true},
+		PeersOnlineByID: map[wire.NodeID]bool{1: false, 2: false, 3: false, 4: false, 99: true},
+	}
+	if err := h.apply(mr, false); err != nil {
+		t.Fatal(err)
+	}
+	want := map[key.NodePublic]bool{a.Key: false, b.Key: true, d.Key: false}
+	if len(mr.PeersOnline) != len(want) {
+		t.Errorf("PeersOnline = %v, want %v", mr.PeersOnline, want)
+	}
+	for k, on := range want {
+		if got, ok := mr.PeersOnline[k]; !ok || got != on {
+			t.Errorf("PeersOnline[%v] = %v, %v; want %v", k.ShortString(), got, ok, on)
+		}
+	}
+	if mr.PeersOnlineByID != nil {
+		t.Errorf("PeersOnlineByID = %v, want it resolved", mr.PeersOnlineByID)
+	}
+	// Resumed (the peers kept), the IDs still resolve.
+	kept := &wire.MapResponse{PeersKept: true}
+	if err := h.apply(kept, true); err != nil {
+		t.Fatal(err)
+	}
+	next := &wire.MapResponse{PeersOnlineByID: map[wire.NodeID]bool{4: true}}
+	if err := h.apply(next, false); err != nil {
+		t.Fatal(err)
+	}
+	if !next.PeersOnline[d.Key] || len(next.PeersOnline) != 1 {
+		t.Errorf("after a resume: PeersOnline = %v, want %v online", next.PeersOnline, d.Key.ShortString())
+	}
+}

@@ -113,7 +113,7 @@ func join(joined **wire.MapResponse, frames *int, mr *wire.MapResponse) (*wire.M
 
 func isKeepAlive(mr *wire.MapResponse) bool {
 	return mr.KeepAlive && mr.Self == nil && mr.Peers == nil && len(mr.PeersChanged) == 0 && len(mr.PeersRemoved) == 0 &&
-		len(mr.PeersOnline) == 0 && mr.DERPMap == nil && mr.DNS == nil && !mr.PacketFilterSet && mr.PacketFilter == nil && len(mr.FilterSetChanges) == 0 && mr.EdgeRoutes == nil
+		len(mr.PeersOnline) == 0 && len(mr.PeersOnlineByID) == 0 && mr.DERPMap == nil && mr.DNS == nil && !mr.PacketFilterSet && mr.PacketFilter == nil && len(mr.FilterSetChanges) == 0 && mr.EdgeRoutes == nil
 }
 
 // readFrame reads one frame: 4B big-endian length N, then N bytes of a

@@ -79,7 +79,7 @@ func (sim *StreamSim) Step() (frames, bytes int, err error) {
 			!resp.PacketFilterSet && len(resp.FilterSetChanges) == 0 {
 			continue
 		}
-		bodies, err := f.encode(false, false)
+		bodies, err := f.encode(false, formJSON)
 		if err != nil {
 			return 0, 0, err
 		}

@@ -20,8 +20,18 @@ import (
 // of version would, with a reply nonce if bound, and reads its full map
 // frame by frame: it returns the peers' names and how many frames were
 // blocked map frames (wire.BlockedMapFrame), whose blocks it checks
-// against their hashes and opens as a node does.
+// against their hashes and opens as a node does. Every binary frame's
+// records must be encoded as nodes of version take them
+// (rawStream.checkEncoding).
 func readFullMap(t *testing.T, c *coord, priv key.NodePrivate, version int, bound bool) (names map[string]bool, blocked int) {
+	t.Helper()
+	names, blocked, _ = readFullMapBlocks(t, c, priv, version, bound)
+	return names, blocked
+}
+
+// readFullMapBlocks is readFullMap that also returns the hashes of the
+// blocks the full map named.
+func readFullMapBlocks(t *testing.T, c *coord, priv key.NodePrivate, version int, bound bool) (names map[string]bool, blocked int, hashes map[[32]byte]bool) {
 	t.Helper()
 	var nonce []byte
 	if bound {
@@ -52,7 +62,8 @@ func readFullMap(t *testing.T, c *coord, priv key.NodePrivate, version int, boun
 		}
 		return b
 	}
-	names = make(map[string]bool)
+	names, hashes = make(map[string]bool), make(map[[32]byte]bool)
+	check := &rawStream{t: t, version: version}
 	for seq := uint64(0); ; seq++ {
 		b := readFrame()
 		var p []byte
@@ -77,6 +88,7 @@ func readFullMap(t *testing.T, c *coord, priv key.NodePrivate, version int, boun
 				if len(sealed) != ref.Size || wire.BlockHash(sealed) != ref.Hash {
 					t.Fatalf("block %d of frame %d does not match its reference", i, seq)
 				}
+				hashes[ref.Hash] = true
 				if recs, ok = key.BlockKeyFromRaw32(ref.Key).OpenBlockAppend(recs, sealed); !ok {
 					t.Fatalf("block %d of frame %d does not open", i, seq)
 				}
@@ -87,6 +99,9 @@ func readFullMap(t *testing.T, c *coord, priv key.NodePrivate, version int, boun
 		if err != nil {
 			t.Fatalf("frame %d: %v", seq, err)
 		}
+		if p[0] == wire.BinaryMapFrame {
+			check.checkEncoding(p)
+		}
 		for _, n := range mr.Peers {
 			if names[n.Name] {
 				t.Errorf("peer %s sent twice", n.Name)
@@ -94,7 +109,7 @@ func readFullMap(t *testing.T, c *coord, priv key.NodePrivate, version int, boun
 			names[n.Name] = true
 		}
 		if !mr.More {
-			return names, blocked
+			return names, blocked, hashes
 		}
 	}
 }
@@ -141,5 +156,47 @@ func TestBlockedMapFramesByVersion(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestBlocksSharedPerVersion checks that the sealed blocks of full maps
+// are shared by every stream of the same encoding: two nodes of the
+// current version get the same blocks of the peers they both see, as do
+// two of version 21, whose blocks hold the records of version 21
+// (readFullMap checks them) and so are others.
+func TestBlocksSharedPerVersion(t *testing.T) {
+	const n = 400
+	c := startCoord(t, func(o *coordinator.Options) { o.KeepAliveInterval = time.Minute })
+	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
+	privs := registerMany(t, c, ak, "peer", n)
+
+	blocks := func(version int, i int) map[[32]byte]bool {
+		_, blocked, hashes := readFullMapBlocks(t, c, privs[i], version, true)
+		if blocked == 0 {
+			t.Fatalf("version %d, peer%d: no blocked frames", version, i)
+		}
+		return hashes
+	}
+	shared := func(a, b map[[32]byte]bool) int {
+		k := 0
+		for h := range a {
+			if b[h] {
+				k++
+			}
+		}
+		return k
+	}
+	// Nodes 0 and n-1 hold their own records in different blocks: each
+	// gets the other blocks shared.
+	cur0, cur1 := blocks(wire.CapabilityVersion, 0), blocks(wire.CapabilityVersion, n-1)
+	old0, old1 := blocks(wire.CompactFramesVersion-1, 0), blocks(wire.CompactFramesVersion-1, n-1)
+	if shared(cur0, cur1) == 0 {
+		t.Errorf("two streams of version %d share no block", wire.CapabilityVersion)
+	}
+	if shared(old0, old1) == 0 {
+		t.Errorf("two streams of version %d share no block", wire.CompactFramesVersion-1)
+	}
+	if k := shared(cur0, old0) + shared(cur1, old1); k != 0 {
+		t.Errorf("%d blocks shared across versions, want none", k)
 	}
 }

@@ -46,7 +46,7 @@ func openResumeStream(t testing.TB, c *coord, priv key.NodePrivate, version int,
 		cancel()
 		t.Fatalf("open map stream: status %s", resp.Status)
 	}
-	rs := &rawStream{t: t, priv: priv, mk: mk, body: resp.Body, cancel: cancel}
+	rs := &rawStream{t: t, priv: priv, mk: mk, body: resp.Body, cancel: cancel, version: version}
 	t.Cleanup(rs.close)
 	return rs
 }

@@ -1,10 +1,15 @@
 package coordinator
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"testing"
 	"time"
+
+	"github.com/google/go-cmp/cmp"
 
 	"beam.dev/beam/types/key"
 	"beam.dev/beam/wire"
@@ -65,16 +70,23 @@ func TestSessionDelivery(t *testing.T) {
 // view carries its state) or removed wins over them.
 func TestMergeHeld(t *testing.T) {
 	a, b, c, d, e := key.NewNode().Public(), key.NewNode().Public(), key.NewNode().Public(), key.NewNode().Public(), key.NewNode().Public()
+	held := func(states map[key.NodePublic]bool) map[key.NodePublic]*peerView {
+		m := make(map[key.NodePublic]*peerView)
+		for k, on := range states {
+			m[k] = &peerView{node: &wire.Node{Key: k, Online: on}}
+		}
+		return m
+	}
 	tests := []struct {
 		name string
 		f    *mapFrame
-		held map[key.NodePublic]bool
+		held map[key.NodePublic]*peerView
 		want map[key.NodePublic]bool
 	}{
 		{
 			name: "only held",
 			f:    &mapFrame{resp: &wire.MapResponse{}},
-			held: map[key.NodePublic]bool{a: true, b: false},
+			held: held(map[key.NodePublic]bool{a: true, b: false}),
 			want: map[key.NodePublic]bool{a: true, b: false},
 		},
 		{
@@ -84,13 +96,13 @@ func TestMergeHeld(t *testing.T) {
 				peers:  []*peerView{{node: &wire.Node{Key: b, Online: false}}},
 				online: []*peerView{{node: &wire.Node{Key: a, Online: false}}},
 			},
-			held: map[key.NodePublic]bool{a: true, b: true, c: true, d: true},
+			held: held(map[key.NodePublic]bool{a: true, b: true, c: true, d: true}),
 			want: map[key.NodePublic]bool{a: false, d: true},
 		},
 		{
-			name: "nothing held",
+			name: "newer keyed flip wins",
 			f:    &mapFrame{resp: &wire.MapResponse{PeersOnline: map[key.NodePublic]bool{e: true}}},
-			held: map[key.NodePublic]bool{},
+			held: held(map[key.NodePublic]bool{e: false}),
 			want: map[key.NodePublic]bool{e: true},
 		},
 	}
@@ -128,11 +140,15 @@ func TestEncodeOnline(t *testing.T) {
 		{"with changed peers", &mapFrame{resp: &wire.MapResponse{}, peers: []*peerView{peer}}, 1},
 	}
 	for _, tt := range tests {
-		for _, c := range []struct{ bin, views bool }{{false, false}, {true, false}, {false, true}, {true, true}} {
-			bin := c.bin
+		for _, c := range []struct {
+			form  wireForm
+			views bool
+		}{{formJSON, false}, {formBinary, false}, {formCompact, false}, {formJSON, true}, {formBinary, true}, {formCompact, true}} {
+			bin := c.form.binary()
 			// With views, a's state comes as a delta gathers it (the
-			// frame's online views), b's as a held one.
-			t.Run(fmt.Sprintf("%s/binary=%v/views=%v", tt.name, bin, c.views), func(t *testing.T) {
+			// frame's online views), b's as a held one. Neither has an
+			// ID: compact frames carry them by key too.
+			t.Run(fmt.Sprintf("%s/form=%d/views=%v", tt.name, c.form, c.views), func(t *testing.T) {
 				online := map[key.NodePublic]bool{a: true, b: false}
 				tt.f.resp.PeersOnline, tt.f.online = online, nil
 				if c.views {
@@ -140,7 +156,7 @@ func TestEncodeOnline(t *testing.T) {
 					tt.f.online = []*peerView{{node: &wire.Node{Key: a, Online: true}}}
 				}
 				want := *tt.f.resp
-				bodies, err := tt.f.encode(true, bin)
+				bodies, err := tt.f.encode(true, c.form)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -184,10 +200,11 @@ func TestEncodeSplitBinary(t *testing.T) {
 	for range 8 {
 		online[key.NewNode().Public()] = true
 	}
-	for _, bin := range []bool{false, true} {
-		t.Run(fmt.Sprintf("binary=%v", bin), func(t *testing.T) {
+	for _, form := range []wireForm{formJSON, formBinary, formCompact} {
+		bin := form.binary()
+		t.Run(fmt.Sprintf("form=%d", form), func(t *testing.T) {
 			f := &mapFrame{resp: &wire.MapResponse{PeersOnline: online, DNS: &wire.DNSConfig{Domain: "d"}}, peers: peers}
-			bodies, err := f.encode(true, bin)
+			bodies, err := f.encode(true, form)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -222,6 +239,103 @@ func TestEncodeSplitBinary(t *testing.T) {
 				if p.Key != peers[i].node.Key || p.Name != peers[i].node.Name {
 					t.Errorf("peer %d = %s, want %s", i, p.Name, peers[i].node.Name)
 				}
+			}
+		})
+	}
+}
+
+// TestEncodeCompactSuffixes checks compact frames of peers of several
+// DNS suffixes (networks) and none: every peer decodes as it is, as a
+// delta, as a full map of chunks, and split across frames (each frame
+// names its suffix), and the peers of the frame's suffix go compact.
+func TestEncodeCompactSuffixes(t *testing.T) {
+	defer func(old int) { frameSplitAt = old }(frameSplitAt)
+	var views []*peerView
+	for i := range 60 {
+		n := &wire.Node{ID: wire.NodeID(i + 1), Key: key.NewNode().Public(), Name: fmt.Sprintf("p%d", i), Hostname: fmt.Sprintf("p%d", i)}
+		switch i % 3 {
+		case 0:
+			n.DNSName = n.Name + ".a.beam.internal."
+		case 1:
+			n.DNSName = n.Name + ".b.beam.internal."
+		}
+		views = append(views, &peerView{node: n})
+	}
+	for _, tt := range []struct {
+		name    string
+		splitAt int
+		frame   func() *mapFrame
+	}{
+		{"delta", 4 << 20, func() *mapFrame { return &mapFrame{resp: &wire.MapResponse{}, peers: views} }},
+		{"delta split", 1 << 10, func() *mapFrame { return &mapFrame{resp: &wire.MapResponse{}, peers: views} }},
+		{"chunks", 4 << 20, func() *mapFrame {
+			// One chunk of suffix a and none (compact), one mixed and
+			// one of suffix b (formBinary).
+			var a, b []*peerView
+			for _, pv := range views[30:] {
+				if sfx := wire.PeerDNSSuffix(pv.node); sfx == "" || sfx[0] == 'a' {
+					a = append(a, pv)
+				} else {
+					b = append(b, pv)
+				}
+			}
+			return &mapFrame{resp: &wire.MapResponse{}, full: true, selfBlock: -1,
+				chunks: []*fullChunk{{views: a}, {block: 1, views: views[:30]}, {block: 2, views: b}}}
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			frameSplitAt = tt.splitAt
+			f := tt.frame()
+			want := f.peers
+			if f.chunks != nil {
+				want = f.chunkViews()
+			}
+			bodies, err := f.encode(true, formCompact)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.splitAt < 4<<20 && len(bodies) < 2 {
+				t.Fatalf("%d bodies, want several", len(bodies))
+			}
+			var got []*wire.Node
+			compact := 0
+			for _, b := range bodies {
+				f, err := wire.ScanMapFrame(b)
+				if err != nil {
+					t.Fatal(err)
+				}
+				sfx := f.Head.PeerDNSSuffix
+				if err := f.Peers(func(ref wire.PeerRef) error {
+					n, err := ref.Parse()
+					if err != nil {
+						return err
+					}
+					rec := binary.AppendUvarint(nil, uint64(len(ref.Record)))
+					rec = append(rec, ref.Record...)
+					if bytes.Equal(rec, wire.AppendPeerRecordCompact(nil, n, sfx)) && !bytes.Equal(rec, wire.AppendPeerRecord(nil, n)) {
+						compact++
+					}
+					return nil
+				}); err != nil {
+					t.Fatal(err)
+				}
+				mr, err := wire.DecodeMapFrame(b)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(append(got, mr.Peers...), mr.PeersChanged...)
+			}
+			var wantNodes []*wire.Node
+			for _, pv := range want {
+				wantNodes = append(wantNodes, pv.node)
+			}
+			wj, _ := json.MarshalIndent(wantNodes, "", " ")
+			gj, _ := json.MarshalIndent(got, "", " ")
+			if diff := cmp.Diff(string(wj), string(gj)); diff != "" {
+				t.Errorf("decoded peers (-want +got):\n%s", diff)
+			}
+			if compact < len(views)/3 {
+				t.Errorf("%d compact records, want %d at least", compact, len(views)/3)
 			}
 		})
 	}

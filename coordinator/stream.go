@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"maps"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -61,8 +60,10 @@ func onlineDelay(n int) time.Duration {
 }
 
 // mergeHeld adds to f the online flips held back, oldest first: those of
-// peers f removes, sends whole or flips again are already stale.
-func mergeHeld(f *mapFrame, held map[key.NodePublic]bool) {
+// peers f removes, sends whole or flips again are already stale. They
+// are held as the views they came with, so that they go as f.online
+// (by node ID to nodes that take it, wire.CompactFramesVersion).
+func mergeHeld(f *mapFrame, held map[key.NodePublic]*peerView) {
 	if len(held) == 0 {
 		return
 	}
@@ -76,21 +77,18 @@ func mergeHeld(f *mapFrame, held map[key.NodePublic]bool) {
 	for _, k := range resp.PeersRemoved {
 		delete(held, k)
 	}
-	if resp.PeersOnline == nil {
-		resp.PeersOnline = make(map[key.NodePublic]bool, len(held))
+	for k := range resp.PeersOnline {
+		delete(held, k)
 	}
-	for k, on := range held {
-		if _, newer := resp.PeersOnline[k]; !newer {
-			resp.PeersOnline[k] = on
-		}
+	for _, pv := range held {
+		f.online = append(f.online, pv)
 	}
 }
 
 // holdOnline adds the online flips of f to held.
-func holdOnline(held map[key.NodePublic]bool, f *mapFrame) {
-	maps.Copy(held, f.resp.PeersOnline)
+func holdOnline(held map[key.NodePublic]*peerView, f *mapFrame) {
 	for _, pv := range f.online {
-		held[pv.node.Key] = pv.node.Online
+		held[pv.node.Key] = pv
 	}
 }
 
@@ -370,7 +368,7 @@ func (ms *streams) handleMap(w http.ResponseWriter, r *http.Request) {
 	if req.Version >= resumeVersion {
 		resume = req.Peers
 	}
-	ms.serveStream(w, r, nk, req.Version >= splitFramesVersion, req.Version >= wire.BinaryFramesVersion, req.Version >= wire.BlockedFramesVersion, resume)
+	ms.serveStream(w, r, nk, req.Version >= splitFramesVersion, formFor(req.Version), req.Version >= wire.BlockedFramesVersion, resume)
 }
 
 // Shutdown tells each node when to come back (wire.TrailerRetryAfter):
@@ -429,15 +427,16 @@ type sentState struct {
 
 // serveStream runs one map stream until the node goes away, the
 // coordinator closes, or the node is removed or expires. split says
-// whether the node reassembles messages split across frames, bin
-// whether it takes binary map frames (wire.BinaryMapFrame); resume, if
+// whether the node reassembles messages split across frames, form
+// how it takes map frames (JSON, binary or compact); resume, if
 // not nil, is the digest of the peers the node holds: when it is that
 // of the peers the node would get, the first message keeps them
 // (wire.MapResponse.PeersKept) instead of sending them. blocked says
 // whether the node takes blocked map frames (wire.BlockedMapFrame): it
 // gets them if its stream is bound to its request, and its full map
 // comes of a shared peer list.
-func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.NodePublic, split, bin, blocked bool, resume *wire.PeersDigest) {
+func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.NodePublic, split bool, form wireForm, blocked bool, resume *wire.PeersDigest) {
+	bin := form.binary()
 	s := ms.core
 	log := s.logger.With("node", nk.ShortString())
 	rc := http.NewResponseController(w)
@@ -536,7 +535,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	var deadline time.Time
 	sendFrame := func(f *mapFrame) error {
 		f.resp.ControlTime = s.now()
-		bodies, err := f.encode(split, bin)
+		bodies, err := f.encode(split, form)
 		if err != nil {
 			return err
 		}
@@ -660,7 +659,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 		if kept {
 			f.resp.PeersKept, f.resp.PeersOffline, f.full = true, offline, false
 			f.resp.ControlTime = s.now()
-			if !f.fitsOneFrame(bin) {
+			if !f.fitsOneFrame(form) {
 				// The list of peers offline does not fit a frame (tens of
 				// thousands of them), and a resumed message is never
 				// split: a full map is.
@@ -705,7 +704,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 	lastDelta := time.Now()  // the full map counts as one
 	// Online flips held back (onlineDelay), when the first of them was
 	// made, and the timer that sends them.
-	var held map[key.NodePublic]bool
+	var held map[key.NodePublic]*peerView
 	var heldMarked time.Time
 	var heldTimer *time.Timer
 	var heldC <-chan time.Time
@@ -818,7 +817,7 @@ func (ms *streams) serveStream(w http.ResponseWriter, r *http.Request, nk key.No
 			if due := lastDelta.Add(onlineDelay(st.open)); time.Now().Before(due) {
 				// Only peers coming and going: hold them until due.
 				if held == nil {
-					held = make(map[key.NodePublic]bool)
+					held = make(map[key.NodePublic]*peerView)
 				}
 				holdOnline(held, f)
 				putOnline(f)

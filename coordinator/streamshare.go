@@ -224,54 +224,98 @@ type fullChunk struct {
 	block int
 	views []*peerView
 
-	binOnce sync.Once
-	bin     []byte // the views' binary peer records, one after another
-	binEnd  []int  // where each record ends in bin
+	// bins are the views' binary peer records, per binary form
+	// (wireForm.index), each made on first use.
+	bins [2]chunkBinary
 
 	jsonOnce sync.Once
 	json     []byte // the views' JSON, comma-separated
 	jsonEnd  []int  // where each ends in json (before its comma)
 	jsonErr  error
 
+	suffixOnce sync.Once
+	suffix     string // the views' DNS suffix (wire.PeerDNSSuffix), if any
+	mixed      bool   // the views have several
+}
+
+// dnsSuffix returns the DNS suffix (wire.PeerDNSSuffix) of the chunk's
+// views that have one, or mixed if they have several (views of several
+// networks).
+func (c *fullChunk) dnsSuffix() (suffix string, mixed bool) {
+	c.suffixOnce.Do(func() {
+		for _, pv := range c.views {
+			sfx := wire.PeerDNSSuffix(pv.node)
+			switch {
+			case sfx == "" || sfx == c.suffix:
+			case c.suffix == "":
+				c.suffix = sfx
+			default:
+				c.mixed = true
+			}
+		}
+	})
+	return c.suffix, c.mixed
+}
+
+// formIn returns the form of the chunk's records in a body of form whose
+// DNS suffix is suffix: formBinary in place of formCompact if some of
+// its views' DNS names have another suffix (wire.AppendPeerRecordCompact).
+func (c *fullChunk) formIn(form wireForm, suffix string) wireForm {
+	if form == formCompact {
+		if sfx, mixed := c.dnsSuffix(); mixed || sfx != "" && sfx != suffix {
+			return formBinary
+		}
+	}
+	return form
+}
+
+// chunkBinary is a chunk's binary peer records of one form.
+type chunkBinary struct {
+	once sync.Once
+	bin  []byte // the records, one after another
+	end  []int  // where each record ends in bin
+
 	blockOnce sync.Once
-	sealed    []byte        // the frame of the sealed binary records: 4B length, then the box
+	sealed    []byte        // the frame of the sealed records: 4B length, then the box
 	blockRef  wire.BlockRef // what a blocked map frame says of it
 }
 
-// sealedBlock returns the chunk's binary records sealed once under a key
-// of their own (key.BlockKey), as the frame that follows a blocked map
-// frame (wire.BlockedMapFrame) on a stream, and its reference. Every
-// node given it sees every peer of the chunk: chunks are of one shared
-// list, and a stream whose own record is in the chunk gets that chunk
-// sealed to it instead (blockSegments).
-func (c *fullChunk) sealedBlock() ([]byte, wire.BlockRef) {
-	c.blockOnce.Do(func() {
-		bin, _, _ := c.encoded(true)
+// sealedBlock returns the chunk's binary records of form sealed once
+// under a key of their own (key.BlockKey), as the frame that follows a
+// blocked map frame (wire.BlockedMapFrame) on a stream, and its
+// reference. Every node given it sees every peer of the chunk: chunks
+// are of one shared list, and a stream whose own record is in the chunk
+// gets that chunk sealed to it instead (blockSegments).
+func (c *fullChunk) sealedBlock(form wireForm) ([]byte, wire.BlockRef) {
+	cb := &c.bins[form.index()]
+	cb.blockOnce.Do(func() {
+		bin, _, _ := c.encoded(form)
 		k := key.NewBlockKey()
 		b := make([]byte, 4, 4+len(bin)+key.BlockOverhead)
 		b = k.SealBlockAppend(b, bin)
 		binary.BigEndian.PutUint32(b, uint32(len(b)-4))
-		c.sealed = b
-		c.blockRef = wire.BlockRef{Key: k.Raw32(), Hash: wire.BlockHash(b[4:]), Size: len(b) - 4}
+		cb.sealed = b
+		cb.blockRef = wire.BlockRef{Key: k.Raw32(), Hash: wire.BlockHash(b[4:]), Size: len(b) - 4}
 	})
-	return c.sealed, c.blockRef
+	return cb.sealed, cb.blockRef
 }
 
-// encoded returns the chunk's records, binary or JSON, and where each ends.
-func (c *fullChunk) encoded(bin bool) ([]byte, []int, error) {
-	if bin {
-		c.binOnce.Do(func() {
+// encoded returns the chunk's records of form, and where each ends.
+func (c *fullChunk) encoded(form wireForm) ([]byte, []int, error) {
+	if form.binary() {
+		cb := &c.bins[form.index()]
+		cb.once.Do(func() {
 			n := 0
 			for _, pv := range c.views {
-				n += len(pv.binary())
+				n += len(pv.binary(form))
 			}
-			c.bin, c.binEnd = make([]byte, 0, n), make([]int, len(c.views))
+			cb.bin, cb.end = make([]byte, 0, n), make([]int, len(c.views))
 			for i, pv := range c.views {
-				c.bin = append(c.bin, pv.binary()...)
-				c.binEnd[i] = len(c.bin)
+				cb.bin = append(cb.bin, pv.binary(form)...)
+				cb.end[i] = len(cb.bin)
 			}
 		})
-		return c.bin, c.binEnd, nil
+		return cb.bin, cb.end, nil
 	}
 	c.jsonOnce.Do(func() {
 		n := 0
@@ -375,12 +419,14 @@ func sendChunks(send func(*mapFrame) error, f *mapFrame, chunks []*fullChunk, se
 	}
 }
 
-// chunkSegments returns the encodings of f.chunks, binary or JSON, as
-// segments to join (JSON ones with commas), self's record left out, and
-// the number of records they hold. With blocked (binary only), every
-// chunk but the one holding self is instead a sealed block (sealedBlock),
-// in blocks, with its reference in refs; its records count too.
-func (f *mapFrame) chunkSegments(bin, blocked bool) (segs [][]byte, count int, refs []wire.BlockRef, blocks [][]byte, _ error) {
+// chunkSegments returns the encodings of f.chunks in form, in a body of
+// DNS suffix suffix (chunk.formIn), as segments to join (JSON ones with
+// commas), self's record left out, and the number of records they hold.
+// With blocked (binary only), every chunk but the one holding self is
+// instead a sealed block (sealedBlock), in blocks, with its reference
+// in refs; its records count too.
+func (f *mapFrame) chunkSegments(form wireForm, suffix string, blocked bool) (segs [][]byte, count int, refs []wire.BlockRef, blocks [][]byte, _ error) {
+	bin := form.binary()
 	segs = make([][]byte, 0, len(f.chunks)+1)
 	for _, c := range f.chunks {
 		at := -1
@@ -388,12 +434,12 @@ func (f *mapFrame) chunkSegments(bin, blocked bool) (segs [][]byte, count int, r
 			at = slices.IndexFunc(c.views, func(pv *peerView) bool { return pv.node.Key == f.self })
 		}
 		if blocked && at < 0 {
-			b, ref := c.sealedBlock()
+			b, ref := c.sealedBlock(c.formIn(form, suffix))
 			blocks, refs = append(blocks, b), append(refs, ref)
 			count += len(c.views)
 			continue
 		}
-		enc, ends, err := c.encoded(bin)
+		enc, ends, err := c.encoded(c.formIn(form, suffix))
 		if err != nil {
 			return nil, 0, nil, nil, err
 		}

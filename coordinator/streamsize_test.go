@@ -33,6 +33,11 @@ type rawStream struct {
 	// binary counts the frames read that were binary map frames
 	// (wire.BinaryMapFrame), frames all frames but keepalives.
 	binary, frames int
+	// version is the protocol version the stream announced; ids the keys
+	// of the peers it was sent, by ID, to resolve online states by ID
+	// (wire.MapResponse.PeersOnlineByID) as coordclient does.
+	version int
+	ids     map[wire.NodeID]key.NodePublic
 }
 
 // openRawStream opens the map stream of the registered node priv,
@@ -62,7 +67,7 @@ func openRawStream(t testing.TB, c *coord, priv key.NodePrivate, version int) *r
 		cancel()
 		t.Fatalf("open map stream: status %s", resp.Status)
 	}
-	rs := &rawStream{t: t, priv: priv, mk: mk, body: resp.Body, cancel: cancel}
+	rs := &rawStream{t: t, priv: priv, mk: mk, body: resp.Body, cancel: cancel, version: version}
 	t.Cleanup(rs.close)
 	return rs
 }
@@ -74,7 +79,8 @@ func (rs *rawStream) close() {
 
 // next returns the next message that is not a keepalive, its frames
 // joined if it was split (wire.MapResponse.More), and its size on the
-// wire.
+// wire. Its online states by ID are resolved into PeersOnline with the
+// peers the stream was sent.
 func (rs *rawStream) next() (*wire.MapResponse, int) {
 	rs.t.Helper()
 	mr, size := rs.nextFrame()
@@ -84,7 +90,60 @@ func (rs *rawStream) next() (*wire.MapResponse, int) {
 		mr.Merge(part)
 		size += n
 	}
+	if rs.ids == nil {
+		rs.ids = make(map[wire.NodeID]key.NodePublic)
+	}
+	for _, p := range append(mr.Peers, mr.PeersChanged...) {
+		rs.ids[p.ID] = p.Key
+	}
+	for id, on := range mr.PeersOnlineByID {
+		k, ok := rs.ids[id]
+		if !ok {
+			rs.t.Fatalf("online state of ID %d, a peer not sent", id)
+		}
+		if mr.PeersOnline == nil {
+			mr.PeersOnline = make(map[key.NodePublic]bool)
+		}
+		mr.PeersOnline[k] = on
+	}
+	mr.PeersOnlineByID = nil
 	return mr, size
+}
+
+// checkEncoding checks that the binary map frame p is encoded as nodes
+// of rs.version take it: no online states by ID, and every record as
+// wire.AppendPeerRecord makes it, before wire.CompactFramesVersion; the
+// compact records after (but for peers of another DNS suffix than the
+// frame's).
+func (rs *rawStream) checkEncoding(p []byte) {
+	rs.t.Helper()
+	f, err := wire.ScanMapFrame(p)
+	if err != nil {
+		rs.t.Fatalf("scan frame: %v", err)
+	}
+	compact := rs.version >= wire.CompactFramesVersion
+	if !compact {
+		f.OnlineByID(func(id wire.NodeID, _ bool) {
+			rs.t.Errorf("version %d stream: online state by ID %d", rs.version, id)
+		})
+	}
+	err = f.Peers(func(ref wire.PeerRef) error {
+		n, err := ref.Parse()
+		if err != nil {
+			return err
+		}
+		want := wire.AppendPeerRecord(nil, n)
+		if sfx := wire.PeerDNSSuffix(n); compact && (sfx == "" || sfx == f.Head.PeerDNSSuffix) {
+			want = wire.AppendPeerRecordCompact(nil, n, sfx)
+		}
+		if got := binary.AppendUvarint(nil, uint64(len(ref.Record))); !bytes.Equal(append(got, ref.Record...), want) {
+			rs.t.Errorf("version %d stream: record of %s is\n%x\nwant\n%x", rs.version, n.Name, append(got, ref.Record...), want)
+		}
+		return nil
+	})
+	if err != nil {
+		rs.t.Fatalf("scan peers: %v", err)
+	}
 }
 
 // nextFrame returns the next frame that is not a keepalive, and its size
@@ -118,6 +177,7 @@ func (rs *rawStream) nextFrame() (*wire.MapResponse, int) {
 		rs.frames++
 		if clear[0] == wire.BinaryMapFrame {
 			rs.binary++
+			rs.checkEncoding(clear)
 		}
 		return mr, 4 + int(n)
 	}
@@ -382,11 +442,13 @@ func TestChangeJustBeforeTakeArrives(t *testing.T) {
 }
 
 // TestBinaryAndJSONStreams checks that a node of the current version
-// (binary map frames) and one of version 15 (JSON) get the same full map,
-// split across frames, and the same deltas: a peer joining, coming
-// online and changing its endpoints.
+// (compact binary map frames), one of version 21 (binary map frames as
+// they were before compact ones, byte for byte: rawStream.checkEncoding)
+// and one of version 15 (JSON) get the same full map, split across
+// frames, and the same deltas: a peer joining, coming online and
+// changing its endpoints.
 func TestBinaryAndJSONStreams(t *testing.T) {
-	defer coordinator.SetFrameSplitAtForTest(4 << 10)()
+	defer coordinator.SetFrameSplitAtForTest(2 << 10)() // a full map in several frames of compact records too
 	const n = 60
 	c := startCoord(t, func(o *coordinator.Options) { o.KeepAliveInterval = time.Minute })
 	ak := c.authKey(t, coordinator.AuthKeyOptions{Reusable: true})
@@ -397,7 +459,8 @@ func TestBinaryAndJSONStreams(t *testing.T) {
 		binary  bool
 		rs      *rawStream
 	}
-	readers := []*reader{{name: "binary", version: wire.CapabilityVersion, binary: true}, {name: "json", version: 15}}
+	readers := []*reader{{name: "binary", version: wire.CapabilityVersion, binary: true}, {name: "json", version: 15},
+		{name: "binary21", version: wire.CompactFramesVersion - 1, binary: true}}
 	privs := make([]key.NodePrivate, len(readers))
 	for i, r := range readers {
 		nd := newNode(t, c.URL)
@@ -424,9 +487,9 @@ func TestBinaryAndJSONStreams(t *testing.T) {
 	var fulls []string
 	for _, r := range readers {
 		mr, _ := r.rs.next()
-		// Every peer and the other reader.
-		if len(mr.Peers) != n+1 {
-			t.Fatalf("%s: full map has %d peers, want %d", r.name, len(mr.Peers), n+1)
+		// Every peer and the other readers.
+		if len(mr.Peers) != n+len(readers)-1 {
+			t.Fatalf("%s: full map has %d peers, want %d", r.name, len(mr.Peers), n+len(readers)-1)
 		}
 		mr.Peers = slices.DeleteFunc(mr.Peers, func(p *wire.Node) bool { return strings.HasPrefix(p.Name, "reader-") })
 		if mr.Self == nil || mr.Self.Name != "reader-"+r.name || mr.DNS == nil || !mr.PacketFilterSet {
@@ -440,8 +503,10 @@ func TestBinaryAndJSONStreams(t *testing.T) {
 		}
 		fulls = append(fulls, peersJSON(t, mr.Peers))
 	}
-	if diff := cmp.Diff(fulls[1], fulls[0]); diff != "" {
-		t.Errorf("full maps differ (-json +binary):\n%s", diff)
+	for i := range fulls {
+		if diff := cmp.Diff(fulls[1], fulls[i]); diff != "" {
+			t.Errorf("full maps differ (-json +%s):\n%s", readers[i].name, diff)
+		}
 	}
 
 	// A join, then the newcomer online and its endpoints.
@@ -450,7 +515,7 @@ func TestBinaryAndJSONStreams(t *testing.T) {
 	for _, r := range readers {
 		mr, _ := r.rs.next()
 		for len(mr.PeersChanged) == 0 && len(mr.PeersOnline) > 0 {
-			mr, _ = r.rs.next() // the other reader coming online
+			mr, _ = r.rs.next() // the other readers coming online
 		}
 		if len(mr.PeersChanged) != 1 || mr.PeersChanged[0].Name != "newcomer" {
 			t.Fatalf("%s: join delta = %+v, want the newcomer", r.name, mr)
@@ -493,7 +558,9 @@ func TestBinaryAndJSONStreams(t *testing.T) {
 		got.Online = online
 		deltas = append(deltas, peersJSON(t, []*wire.Node{got}))
 	}
-	if diff := cmp.Diff(deltas[1], deltas[0]); diff != "" {
-		t.Errorf("deltas differ (-json +binary):\n%s", diff)
+	for i := range deltas {
+		if diff := cmp.Diff(deltas[1], deltas[i]); diff != "" {
+			t.Errorf("deltas differ (-json +%s):\n%s", readers[i].name, diff)
+		}
 	}
 }

@@ -187,9 +187,43 @@ type peerView struct {
 	enc     []byte // JSON of node
 	encErr  error
 
-	binOnce sync.Once
-	bin     []byte // binary peer record of node (wire.AppendPeerRecord)
+	// bins are the binary peer records of node, per binary form
+	// (wireForm.index), each made on first use: a network whose nodes
+	// are all of one version keeps one.
+	bins [2]struct {
+		once sync.Once
+		b    []byte
+	}
 }
+
+// wireForm is how a stream's node takes its map frames: as JSON, as
+// binary map frames (wire.BinaryFramesVersion), or as binary map frames
+// with compact records and online states by ID
+// (wire.CompactFramesVersion).
+type wireForm uint8
+
+const (
+	formJSON wireForm = iota
+	formBinary
+	formCompact
+)
+
+// formFor returns the form a node of CapabilityVersion version takes.
+func formFor(version int) wireForm {
+	switch {
+	case version >= wire.CompactFramesVersion:
+		return formCompact
+	case version >= wire.BinaryFramesVersion:
+		return formBinary
+	}
+	return formJSON
+}
+
+// binary reports whether the form is binary map frames.
+func (w wireForm) binary() bool { return w != formJSON }
+
+// index is where a binary form's encodings are kept (peerView.bins).
+func (w wireForm) index() int { return int(w - formBinary) }
 
 // json returns the view's JSON encoding, computed once.
 func (pv *peerView) json() ([]byte, error) {
@@ -197,10 +231,18 @@ func (pv *peerView) json() ([]byte, error) {
 	return pv.enc, pv.encErr
 }
 
-// binary returns the view's binary peer record, computed once.
-func (pv *peerView) binary() []byte {
-	pv.binOnce.Do(func() { pv.bin = wire.AppendPeerRecord(make([]byte, 0, 256), pv.node) })
-	return pv.bin
+// binary returns the view's binary peer record of form (binary),
+// computed once.
+func (pv *peerView) binary(form wireForm) []byte {
+	e := &pv.bins[form.index()]
+	e.once.Do(func() {
+		if form == formCompact {
+			e.b = wire.AppendPeerRecordCompact(make([]byte, 0, 256), pv.node, wire.PeerDNSSuffix(pv.node))
+		} else {
+			e.b = wire.AppendPeerRecord(make([]byte, 0, 256), pv.node)
+		}
+	})
+	return e.b
 }
 
 // noteChangeLocked rebuilds the shared view of node k after a change and
@@ -450,10 +492,38 @@ func (o onlineSet) each(fn func(k key.NodePublic, on bool)) {
 	}
 }
 
-// appendBinary appends the states as a binary map frame's PeersOnline
-// entries.
-func (o onlineSet) appendBinary(b []byte) []byte {
-	o.each(func(k key.NodePublic, on bool) { b = wire.AppendOnline(b, k, on) })
+// appendBinary appends the states as a binary map frame's online
+// states (wire.AppendBinaryMapFrameStates): with formCompact, those of
+// views of nodes with an ID by their ID, the rest by key.
+func (o onlineSet) appendBinary(b []byte, form wireForm) []byte {
+	if form != formCompact {
+		b = binary.AppendUvarint(b, uint64(o.len()))
+		o.each(func(k key.NodePublic, on bool) { b = wire.AppendOnline(b, k, on) })
+		return b
+	}
+	byID := 0
+	for _, pv := range o.views {
+		if pv.node.ID > 0 {
+			byID++
+		}
+	}
+	b = binary.AppendUvarint(b, uint64(o.len()-byID))
+	for _, pv := range o.views {
+		if pv.node.ID <= 0 {
+			b = wire.AppendOnline(b, pv.node.Key, pv.node.Online)
+		}
+	}
+	for k, on := range o.keys {
+		b = wire.AppendOnline(b, k, on)
+	}
+	if byID > 0 {
+		b = binary.AppendUvarint(b, uint64(byID))
+		for _, pv := range o.views {
+			if pv.node.ID > 0 {
+				b = wire.AppendOnlineID(b, pv.node.ID, pv.node.Online)
+			}
+		}
+	}
 	return b
 }
 
@@ -461,21 +531,32 @@ func (o onlineSet) appendBinary(b []byte) []byte {
 // the node cannot take it in pieces.
 var errFrameTooLarge = errors.New("map frame too large")
 
-// encode returns the bodies of f's frames: JSON, or with bin, binary
-// map frames (wire.BinaryMapFrame) when f carries peers or online
-// states. With split, a message whose body would pass frameSplitAt is cut
+// encode returns the bodies of f's frames in form: JSON, or binary map
+// frames (wire.BinaryMapFrame) when f carries peers or online states.
+// With split, a message whose body would pass frameSplitAt is cut
 // between peers into several bodies, every one but the last marked More;
 // without, it is one body whatever its size. Either way each peer's
 // encoding is its view's, made once for every stream that sends it.
-func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
+//
+// With formCompact, each body names the DNS suffix of the first of its
+// peers that has one (wire.MapResponse.PeerDNSSuffix), and peers of that
+// suffix or none go as compact records, the others (of another network)
+// as formBinary ones, which such nodes decode too.
+func (f *mapFrame) encode(split bool, form wireForm) ([][]byte, error) {
 	online := f.onlineStates()
 	f.resp.PeersOnline = nil
+	f.resp.PeerDNSSuffix = ""
+	if form == formCompact {
+		f.resp.PeerDNSSuffix = f.dnsSuffix()
+	}
+	suffix := f.resp.PeerDNSSuffix
 	base, err := json.Marshal(f.resp)
 	f.resp.PeersOnline = online.keys
+	f.resp.PeerDNSSuffix = ""
 	if err != nil {
 		return nil, fmt.Errorf("encode map response: %w", err)
 	}
-	bin = bin && (len(f.peers) > 0 || f.full || online.len() > 0)
+	bin := form.binary() && (len(f.peers) > 0 || f.full || online.len() > 0)
 	// onlineSize is what online adds to the first body.
 	onlineSize := 0
 	if bin {
@@ -484,7 +565,7 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 		base = withOnline(base, online)
 	}
 	if f.chunks != nil {
-		if out, ok, err := f.encodeChunks(base, bin, online); err != nil || ok {
+		if out, ok, err := f.encodeChunks(base, bin, form, suffix, online); err != nil || ok {
 			return out, err
 		}
 		// Too large for one frame as one: split as any other.
@@ -492,7 +573,7 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 	}
 	if len(f.peers) == 0 && !f.full {
 		if bin {
-			return [][]byte{spliceBinary(base, wire.ListNone, nil, online, false)}, nil
+			return [][]byte{spliceBinary(base, wire.ListNone, nil, online, form, false)}, nil
 		}
 		return [][]byte{base}, nil
 	}
@@ -509,7 +590,7 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 	}
 	body := func(head []byte, encs [][]byte, online onlineSet, more bool) []byte {
 		if bin {
-			return spliceBinary(head, list, encs, online, more)
+			return spliceBinary(head, list, encs, online, form, more)
 		}
 		return splice(head, field, encs, more)
 	}
@@ -517,7 +598,7 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 	size := len(base) + onlineSize + fixed
 	for i, pv := range f.peers {
 		if bin {
-			encs[i] = pv.binary()
+			encs[i] = pv.binary(pv.formIn(form, suffix))
 		} else if encs[i], err = pv.json(); err != nil {
 			return nil, fmt.Errorf("encode peer: %w", err)
 		}
@@ -530,6 +611,13 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 	const moreLen = len(`,"more":true`)
 	var out [][]byte
 	head, limit := base, frameSplitAt-moreLen-fixed
+	rest := []byte(`{}`) // the head of the bodies after the first
+	if suffix != "" {
+		rest, err = json.Marshal(&wire.MapResponse{PeerDNSSuffix: suffix})
+		if err != nil {
+			return nil, fmt.Errorf("encode map response: %w", err)
+		}
+	}
 	for start := 0; start < len(encs) || len(out) == 0; {
 		n, size := 0, len(head)
 		first := len(out) == 0
@@ -550,21 +638,53 @@ func (f *mapFrame) encode(split, bin bool) ([][]byte, error) {
 			out = append(out, body(head, encs[start:start+n], onlineSet{}, more))
 		}
 		start += n
-		head = []byte(`{}`)
+		head = rest
 	}
 	return out, nil
 }
 
+// dnsSuffix returns the DNS suffix (wire.PeerDNSSuffix) of the first of
+// f's peers that has one, or of its first chunk whose peers have one
+// alone; "" if none.
+func (f *mapFrame) dnsSuffix() string {
+	for _, c := range f.chunks {
+		if sfx, mixed := c.dnsSuffix(); !mixed && sfx != "" {
+			return sfx
+		}
+	}
+	for _, pv := range f.peers {
+		if sfx := wire.PeerDNSSuffix(pv.node); sfx != "" {
+			return sfx
+		}
+	}
+	return ""
+}
+
+// formIn returns the form of the view's record in a body of form whose
+// DNS suffix is suffix: formBinary in place of formCompact if the node's
+// DNS name has another suffix (wire.AppendPeerRecordCompact).
+func (pv *peerView) formIn(form wireForm, suffix string) wireForm {
+	if form == formCompact {
+		if sfx := wire.PeerDNSSuffix(pv.node); sfx != "" && sfx != suffix {
+			return formBinary
+		}
+	}
+	return form
+}
+
 // encodeChunks returns the one body of f, a frame of a full map whose
-// peers are f.chunks, made of their shared encodings; ok is false if the
-// body would pass frameSplitAt. With f.blocked and bin, the body is a
-// blocked map frame (wire.BlockedMapFrame) and f.blocks the sealed
-// blocks that follow it.
-func (f *mapFrame) encodeChunks(base []byte, bin bool, online onlineSet) (_ [][]byte, ok bool, _ error) {
+// peers are f.chunks, made of their shared encodings of form (JSON
+// unless bin); ok is false if the body would pass frameSplitAt. With
+// f.blocked and bin, the body is a blocked map frame
+// (wire.BlockedMapFrame) and f.blocks the sealed blocks that follow it.
+func (f *mapFrame) encodeChunks(base []byte, bin bool, form wireForm, suffix string, online onlineSet) (_ [][]byte, ok bool, _ error) {
+	if !bin {
+		form = formJSON
+	}
 	blocked := bin && f.blocked
-	segs, count, refs, blocks, err := f.chunkSegments(bin, blocked)
+	segs, count, refs, blocks, err := f.chunkSegments(form, suffix, blocked)
 	if err == nil && blocked && !blocksFit(refs) {
-		segs, count, refs, blocks, err = f.chunkSegments(bin, false)
+		segs, count, refs, blocks, err = f.chunkSegments(form, suffix, false)
 	}
 	if err != nil {
 		return nil, false, fmt.Errorf("encode peer: %w", err)
@@ -581,30 +701,23 @@ func (f *mapFrame) encodeChunks(base []byte, bin bool, online onlineSet) (_ [][]
 	if !bin {
 		return [][]byte{splice(base, `"peers":[`, segs, f.more)}, true, nil
 	}
-	body := spliceBinaryCount(base, wire.ListPeers, count, segs, online, f.more)
+	body, at := spliceBinaryCount(base, wire.ListPeers, count, segs, online, form, f.more)
 	if len(refs) == 0 {
 		return [][]byte{body}, true, nil
 	}
-	// The blocks' records go where the inline ones end, before the
+	// The blocks' records go where the inline ones end (at), before the
 	// online states.
-	at := len(body) - uvarintLen(online.len()) - online.len()*wire.BinaryOnlineSize
 	out := wire.AppendBlockedMapFrame(getBody(len(body)+2*binary.MaxVarintLen32+refsSize), refs, at, body)
 	putBody(body)
 	f.blocks = blocks
 	return [][]byte{out}, true, nil
 }
 
-// uvarintLen returns the length of n as a uvarint.
-func uvarintLen(n int) int {
-	var b [binary.MaxVarintLen64]byte
-	return binary.PutUvarint(b[:], uint64(n))
-}
-
 // fitsOneFrame reports whether f, a message without peers, encodes to
 // a body within frameSplitAt (with room for a longer ControlTime), as a
 // resumed first message must: it is never split across frames.
-func (f *mapFrame) fitsOneFrame(bin bool) bool {
-	bodies, err := f.encode(false, bin)
+func (f *mapFrame) fitsOneFrame(form wireForm) bool {
+	bodies, err := f.encode(false, form)
 	if err != nil {
 		return false
 	}
@@ -618,14 +731,16 @@ func (f *mapFrame) fitsOneFrame(bin bool) bool {
 
 // spliceBinary returns a binary map frame (wire.AppendBinaryMapFrame)
 // of the JSON object head, with "more":true if more, the peer records
-// encs and online. Large results come from bodyPool, as splice's.
-func spliceBinary(head []byte, list wire.PeerList, encs [][]byte, online onlineSet, more bool) []byte {
-	return spliceBinaryCount(head, list, len(encs), encs, online, more)
+// encs (of form) and online. Large results come from bodyPool, as
+// splice's.
+func spliceBinary(head []byte, list wire.PeerList, encs [][]byte, online onlineSet, form wireForm, more bool) []byte {
+	b, _ := spliceBinaryCount(head, list, len(encs), encs, online, form, more)
+	return b
 }
 
 // spliceBinaryCount is spliceBinary of count records held by segs, one
-// after another.
-func spliceBinaryCount(head []byte, list wire.PeerList, count int, segs [][]byte, online onlineSet, more bool) []byte {
+// after another; at is where the online states start in the result.
+func spliceBinaryCount(head []byte, list wire.PeerList, count int, segs [][]byte, online onlineSet, form wireForm, more bool) (_ []byte, at int) {
 	if more {
 		h := make([]byte, 0, len(head)+len(`"more":true,`))
 		h = append(h, `{"more":true`...)
@@ -637,11 +752,15 @@ func spliceBinaryCount(head []byte, list wire.PeerList, count int, segs [][]byte
 		}
 		head = h
 	}
-	n := 1 + binary.MaxVarintLen32 + len(head) + 1 + 2*binary.MaxVarintLen32 + online.len()*wire.BinaryOnlineSize
+	n := 1 + binary.MaxVarintLen32 + len(head) + 1 + 3*binary.MaxVarintLen32 + online.len()*wire.BinaryOnlineSize
 	for _, e := range segs {
 		n += len(e)
 	}
-	return wire.AppendBinaryMapFrameOnline(getBody(n), head, list, count, segs, online.len(), online.appendBinary)
+	b := wire.AppendBinaryMapFrameStates(getBody(n), head, list, count, segs, func(b []byte) []byte {
+		at = len(b)
+		return online.appendBinary(b, form)
+	})
+	return b, at
 }
 
 // withOnline returns the JSON object obj with a "peers_online" field

@@ -241,6 +241,12 @@ func (m *MapResponse) Merge(next *MapResponse) {
 		}
 		m.PeersOnline[k] = on
 	}
+	for id, on := range next.PeersOnlineByID {
+		if m.PeersOnlineByID == nil {
+			m.PeersOnlineByID = make(map[NodeID]bool, len(next.PeersOnlineByID))
+		}
+		m.PeersOnlineByID[id] = on
+	}
 	if next.DERPMap != nil {
 		m.DERPMap = next.DERPMap
 	}

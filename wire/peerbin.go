@@ -31,6 +31,13 @@ import (
 //	1B  list: ListNone (0), ListPeers (1) or ListPeersChanged (2)
 //	uvarint C | C peer records (only if list is not ListNone)
 //	uvarint O | O times (32B node key | 1B online: 0 or 1)   PeersOnline
+//	uvarint I | I times uvarint(ID<<1 | online)              PeersOnlineByID
+//
+// The last line, PeersOnline by node ID (Node.ID, at least 1), comes
+// only to nodes of version 22 or later (CompactFramesVersion), and only
+// when I is not zero: a frame that ends after the keyed states has none.
+// A state by ID takes one to four bytes (IDs below 2^27) where a keyed
+// one takes 33, and after a burst of joins every stream gets thousands.
 //
 // A peer record (AppendPeerRecord) is uvarint L | L bytes:
 //
@@ -40,6 +47,7 @@ import (
 //	varint ID                     if peerHasID (zigzag)
 //	str  Name, DNSName, Hostname, OS   each if its bit is set
 //	list Addresses                if peerHasAddresses: uvarint count, then prefixes
+//	4B   overlay IPv4             if peerOverlayAddrs (not with peerHasAddresses)
 //	list Endpoints                if peerHasEndpoints: uvarint count, then addr ports
 //	varint HomeDERP               if peerHasHomeDERP (zigzag)
 //	uvarint PeerRelay             if peerHasPeerRelay (at most 65535)
@@ -48,7 +56,17 @@ import (
 //	list Tags, UngrantedTags      each if its bit is set: uvarint count, then strs
 //	8B   Rev (big-endian)         if peerHasRev
 //
-// Online, Unknown, Ephemeral and Edge are flag bits alone. A str is
+// Online, Unknown, Ephemeral and Edge are flag bits alone. Nodes of
+// version 22 or later (AppendPeerRecordCompact) may get three more:
+// peerOverlayAddrs, the Addresses the coordinator assigns, an IPv4 /32
+// and the /128 of OverlayIPv6For it, as the IPv4 address alone;
+// peerHostnameIsName, a Hostname equal to Name, which the record then
+// leaves out (not with peerHasHostname); and peerDNSNameInFrame, a
+// DNSName that is Name + "." + the frame's MapResponse.PeerDNSSuffix
+// (its network's domain and a dot), which the record leaves out too
+// (not with peerHasDNSName; the frame must have a suffix). Together
+// they save about a third of a typical record; a node decodes the same
+// Node from either encoding, so Rev and digests are unchanged. A str is
 // uvarint length | bytes. A time is varint Unix seconds (zigzag) |
 // uvarint nanoseconds (< 1e9), decoded in UTC. An address is a family
 // byte: 0 (the zero Addr), 4 (4 bytes), 6 (16 bytes) or 7 (16 bytes,
@@ -108,13 +126,65 @@ const (
 	peerEphemeral
 	peerEdge
 	peerHasRev
+	peerOverlayAddrs   // since version 22
+	peerHostnameIsName // since version 22
+	peerDNSNameInFrame // since version 22
 
 	peerKnownFlags = 1<<iota - 1
 )
 
+// CompactFramesVersion is the first CapabilityVersion whose nodes take
+// compact peer records (AppendPeerRecordCompact) and online states by
+// node ID (AppendOnlineID).
+const CompactFramesVersion = 22
+
+// OverlayIPv6For returns the overlay IPv6 address the coordinator
+// assigns with the overlay IPv4 address v4: OverlayIPv6 with v4 in its
+// low 32 bits.
+func OverlayIPv6For(v4 netip.Addr) netip.Addr {
+	b := OverlayIPv6.Addr().As16()
+	v := v4.As4()
+	copy(b[12:], v[:])
+	return netip.AddrFrom16(b)
+}
+
+// overlayAddrs reports whether addrs are an IPv4 /32 and the IPv6 /128
+// of OverlayIPv6For it, and returns the IPv4 address.
+func overlayAddrs(addrs []netip.Prefix) (netip.Addr, bool) {
+	if len(addrs) != 2 {
+		return netip.Addr{}, false
+	}
+	v4, v6 := addrs[0], addrs[1]
+	ok := v4.Addr().Is4() && v4.Bits() == 32 && v6 == netip.PrefixFrom(OverlayIPv6For(v4.Addr()), 128)
+	return v4.Addr(), ok
+}
+
 // AppendPeerRecord appends n's binary peer record, with its length
 // prefix, to b and returns the result.
 func AppendPeerRecord(b []byte, n *Node) []byte {
+	return appendPeerRecord(b, n, false, "")
+}
+
+// AppendPeerRecordCompact is AppendPeerRecord for nodes of
+// CompactFramesVersion or later: the coordinator's overlay addresses, a
+// Hostname equal to Name, and, if dnsSuffix is not empty, a DNSName of
+// Name + "." + dnsSuffix take flag bits of their own. The record must go
+// in a frame whose MapResponse.PeerDNSSuffix is dnsSuffix.
+func AppendPeerRecordCompact(b []byte, n *Node, dnsSuffix string) []byte {
+	return appendPeerRecord(b, n, true, dnsSuffix)
+}
+
+// PeerDNSSuffix returns what follows n's Name and a dot in its DNSName,
+// or "" if its DNSName is not of that form: the dnsSuffix with which
+// AppendPeerRecordCompact leaves n's DNSName out.
+func PeerDNSSuffix(n *Node) string {
+	if n.Name == "" || len(n.DNSName) <= len(n.Name)+1 || n.DNSName[:len(n.Name)] != n.Name || n.DNSName[len(n.Name)] != '.' {
+		return ""
+	}
+	return n.DNSName[len(n.Name)+1:]
+}
+
+func appendPeerRecord(b []byte, n *Node, compact bool, dnsSuffix string) []byte {
 	var flags uint64
 	set := func(bit uint64, on bool) {
 		if on {
@@ -141,6 +211,19 @@ func AppendPeerRecord(b []byte, n *Node) []byte {
 	set(peerEphemeral, n.Ephemeral)
 	set(peerEdge, n.Edge)
 	set(peerHasRev, n.Rev != 0)
+	var v4 netip.Addr
+	if compact && dnsSuffix != "" && PeerDNSSuffix(n) == dnsSuffix {
+		flags = flags&^peerHasDNSName | peerDNSNameInFrame
+	}
+	if compact {
+		var ok bool
+		if v4, ok = overlayAddrs(n.Addresses); ok {
+			flags = flags&^peerHasAddresses | peerOverlayAddrs
+		}
+		if n.Hostname != "" && n.Hostname == n.Name {
+			flags = flags&^peerHasHostname | peerHostnameIsName
+		}
+	}
 
 	// The body goes after room for a 2-byte length, which holds records
 	// up to 16 KB; a longer one is moved up.
@@ -169,6 +252,10 @@ func AppendPeerRecord(b []byte, n *Node) []byte {
 		for _, p := range n.Addresses {
 			b = appendPrefix(b, p)
 		}
+	}
+	if flags&peerOverlayAddrs != 0 {
+		v := v4.As4()
+		b = append(b, v[:]...)
 	}
 	if flags&peerHasEndpoints != 0 {
 		b = binary.AppendUvarint(b, uint64(len(n.Endpoints)))
@@ -299,6 +386,20 @@ func AppendBinaryMapFrameSegments(b, head []byte, list PeerList, count int, segs
 // message's PeersOnline, n of them, appended by online (AppendOnline),
 // for a sender that holds them other than as a map.
 func AppendBinaryMapFrameOnline(b, head []byte, list PeerList, count int, segs [][]byte, n int, online func([]byte) []byte) []byte {
+	return AppendBinaryMapFrameStates(b, head, list, count, segs, func(b []byte) []byte {
+		b = binary.AppendUvarint(b, uint64(n))
+		if n > 0 {
+			b = online(b)
+		}
+		return b
+	})
+}
+
+// AppendBinaryMapFrameStates is AppendBinaryMapFrameSegments with the
+// frame's online states appended by states: the count of keyed ones and
+// each (AppendOnline), then for a node of CompactFramesVersion or later
+// the count of those by ID and each (AppendOnlineID), if any.
+func AppendBinaryMapFrameStates(b, head []byte, list PeerList, count int, segs [][]byte, states func([]byte) []byte) []byte {
 	b = append(b, BinaryMapFrame)
 	b = binary.AppendUvarint(b, uint64(len(head)))
 	b = append(b, head...)
@@ -309,11 +410,7 @@ func AppendBinaryMapFrameOnline(b, head []byte, list PeerList, count int, segs [
 			b = append(b, r...)
 		}
 	}
-	b = binary.AppendUvarint(b, uint64(n))
-	if n > 0 {
-		b = online(b)
-	}
-	return b
+	return states(b)
 }
 
 // AppendOnline appends one entry of a binary map frame's PeersOnline.
@@ -326,9 +423,68 @@ func AppendOnline(b []byte, k key.NodePublic, online bool) []byte {
 	return append(b, 0)
 }
 
+// AppendOnlineID appends one entry of a binary map frame's
+// PeersOnlineByID: the online state of the peer of ID id, which must be
+// at least 1.
+func AppendOnlineID(b []byte, id NodeID, online bool) []byte {
+	v := uint64(id) << 1
+	if online {
+		v |= 1
+	}
+	return binary.AppendUvarint(b, v)
+}
+
 // BinaryOnlineSize is what each entry of PeersOnline takes in a binary
-// map frame.
+// map frame, and the most an entry of PeersOnlineByID takes.
 const BinaryOnlineSize = 33
+
+// splitOnline splits the online states of a binary map frame, rest, into
+// the keyed ones (BinaryOnlineSize bytes each) and those by ID, checking
+// their counts and that each entry by ID is one whole uvarint.
+func splitOnline(rest []byte) (keyed []byte, byID []byte, nByID int, err error) {
+	online, n := binary.Uvarint(rest)
+	if n <= 0 {
+		return nil, nil, 0, fmt.Errorf("%w: frame without its online count", ErrBadPeerRecord)
+	}
+	rest = rest[n:]
+	if online > uint64(len(rest))/BinaryOnlineSize {
+		return nil, nil, 0, fmt.Errorf("%w: %d online states in %d bytes", ErrBadPeerRecord, online, len(rest))
+	}
+	keyed, rest = rest[:online*BinaryOnlineSize], rest[online*BinaryOnlineSize:]
+	for i := 0; i < len(keyed); i += BinaryOnlineSize {
+		if keyed[i+32] > 1 {
+			return nil, nil, 0, fmt.Errorf("%w: online state %d", ErrBadPeerRecord, keyed[i+32])
+		}
+	}
+	if len(rest) == 0 {
+		return keyed, nil, 0, nil
+	}
+	ids, n := binary.Uvarint(rest)
+	if n <= 0 || ids == 0 || ids > uint64(len(rest)-n) {
+		return nil, nil, 0, fmt.Errorf("%w: %d online states by ID in %d bytes", ErrBadPeerRecord, ids, len(rest)-max(n, 0))
+	}
+	byID = rest[n:]
+	for i, p := uint64(0), byID; i < ids; i++ {
+		v, n := binary.Uvarint(p)
+		if n <= 0 || v>>1 == 0 {
+			return nil, nil, 0, fmt.Errorf("%w: online state by ID %d", ErrBadPeerRecord, i)
+		}
+		p = p[n:]
+		if i == ids-1 && len(p) > 0 {
+			return nil, nil, 0, fmt.Errorf("%w: %d bytes after the online states", ErrBadPeerRecord, len(p))
+		}
+	}
+	return keyed, byID, int(ids), nil
+}
+
+// eachOnlineID calls fn with each state of byID (splitOnline checked).
+func eachOnlineID(byID []byte, fn func(id NodeID, online bool)) {
+	for len(byID) > 0 {
+		v, n := binary.Uvarint(byID)
+		byID = byID[n:]
+		fn(NodeID(v>>1), v&1 == 1)
+	}
+}
 
 // ErrBadPeerRecord is the error (wrapped) of a malformed binary map frame
 // or peer record.
@@ -342,6 +498,7 @@ func DecodeMapFrame(p []byte) (*MapResponse, error) {
 		if err := json.Unmarshal(p, &mr); err != nil {
 			return nil, err
 		}
+		mr.PeerDNSSuffix = ""
 		return &mr, nil
 	}
 	hl, n := binary.Uvarint(p[1:])
@@ -366,7 +523,9 @@ func DecodeMapFrame(p []byte) (*MapResponse, error) {
 	default:
 		return nil, fmt.Errorf("%w: unknown peer list %d", ErrBadPeerRecord, list)
 	}
-	var d peerDecoder
+	// Records may name their DNSName by the frame's suffix.
+	d := peerDecoder{dnsSuffix: mr.PeerDNSSuffix}
+	mr.PeerDNSSuffix = ""
 	if list != ListNone {
 		// One string holds every string of the frame's peers.
 		d.s = string(rest)
@@ -391,22 +550,19 @@ func DecodeMapFrame(p []byte) (*MapResponse, error) {
 		}
 		rest = rest[d.i:]
 	}
-	online, n := binary.Uvarint(rest)
-	if n <= 0 {
-		return nil, fmt.Errorf("%w: frame without its online count", ErrBadPeerRecord)
+	keyed, byID, nByID, err := splitOnline(rest)
+	if err != nil {
+		return nil, err
 	}
-	rest = rest[n:]
-	if online != uint64(len(rest))/BinaryOnlineSize || len(rest)%BinaryOnlineSize != 0 {
-		return nil, fmt.Errorf("%w: %d online states in %d bytes", ErrBadPeerRecord, online, len(rest))
-	}
-	if online > 0 {
-		mr.PeersOnline = make(map[key.NodePublic]bool, online)
-		for ; len(rest) > 0; rest = rest[BinaryOnlineSize:] {
-			if rest[32] > 1 {
-				return nil, fmt.Errorf("%w: online state %d", ErrBadPeerRecord, rest[32])
-			}
-			mr.PeersOnline[key.NodePublicFromRaw32([32]byte(rest[:32]))] = rest[32] == 1
+	if len(keyed) > 0 {
+		mr.PeersOnline = make(map[key.NodePublic]bool, len(keyed)/BinaryOnlineSize)
+		for ; len(keyed) > 0; keyed = keyed[BinaryOnlineSize:] {
+			mr.PeersOnline[key.NodePublicFromRaw32([32]byte(keyed[:32]))] = keyed[32] == 1
 		}
+	}
+	if nByID > 0 {
+		mr.PeersOnlineByID = make(map[NodeID]bool, nByID)
+		eachOnlineID(byID, func(id NodeID, on bool) { mr.PeersOnlineByID[id] = on })
 	}
 	return &mr, nil
 }
@@ -414,12 +570,19 @@ func DecodeMapFrame(p []byte) (*MapResponse, error) {
 // ParsePeerRecord parses one peer record (AppendPeerRecord), which must
 // fill b exactly.
 func ParsePeerRecord(b []byte) (*Node, error) {
-	return parseWhole(b, (*peerDecoder).record)
+	return parseWhole(b, (*peerDecoder).record, "")
 }
 
-// parseWhole parses b with parse, which must use all of it.
-func parseWhole(b []byte, parse func(*peerDecoder) (*Node, error)) (*Node, error) {
-	d := peerDecoder{s: string(b)}
+// ParsePeerRecordIn is ParsePeerRecord of a record of a frame whose
+// MapResponse.PeerDNSSuffix is dnsSuffix.
+func ParsePeerRecordIn(b []byte, dnsSuffix string) (*Node, error) {
+	return parseWhole(b, (*peerDecoder).record, dnsSuffix)
+}
+
+// parseWhole parses b with parse, which must use all of it, in a frame
+// of dnsSuffix (MapResponse.PeerDNSSuffix).
+func parseWhole(b []byte, parse func(*peerDecoder) (*Node, error), dnsSuffix string) (*Node, error) {
+	d := peerDecoder{s: string(b), dnsSuffix: dnsSuffix}
 	n, err := parse(&d)
 	if err != nil {
 		return nil, err
@@ -437,6 +600,9 @@ func parseWhole(b []byte, parse func(*peerDecoder) (*Node, error)) (*Node, error
 type peerDecoder struct {
 	s string
 	i int // next byte
+	// dnsSuffix is the frame's MapResponse.PeerDNSSuffix: the DNSName of
+	// a record with peerDNSNameInFrame is its Name, a dot and this.
+	dnsSuffix string
 
 	prefixes []netip.Prefix
 	ports    []netip.AddrPort
@@ -658,6 +824,16 @@ func (d *peerDecoder) body() (*Node, error) {
 	if flags&^peerKnownFlags != 0 {
 		return nil, d.errf("unknown flags %#x", flags&^peerKnownFlags)
 	}
+	if flags&(peerHasAddresses|peerOverlayAddrs) == peerHasAddresses|peerOverlayAddrs ||
+		flags&(peerHasHostname|peerHostnameIsName) == peerHasHostname|peerHostnameIsName {
+		return nil, d.errf("a field twice (flags %#x)", flags)
+	}
+	if flags&(peerHostnameIsName|peerDNSNameInFrame) != 0 && flags&peerHasName == 0 {
+		return nil, d.errf("host or DNS name of no name")
+	}
+	if flags&peerDNSNameInFrame != 0 && (flags&peerHasDNSName != 0 || d.dnsSuffix == "") {
+		return nil, d.errf("DNS name twice, or of a frame without a suffix")
+	}
 	n := &Node{
 		Online:    flags&peerOnline != 0,
 		Unknown:   flags&peerUnknown != 0,
@@ -692,6 +868,12 @@ func (d *peerDecoder) body() (*Node, error) {
 			}
 		}
 	}
+	if flags&peerHostnameIsName != 0 {
+		n.Hostname = n.Name
+	}
+	if flags&peerDNSNameInFrame != 0 {
+		n.DNSName = n.Name + "." + d.dnsSuffix
+	}
 	if flags&peerHasAddresses != 0 {
 		c, err := d.count(minPrefixLen, MaxPeerAddresses)
 		if err != nil {
@@ -707,6 +889,19 @@ func (d *peerDecoder) body() (*Node, error) {
 				return nil, err
 			}
 		}
+	}
+	if flags&peerOverlayAddrs != 0 {
+		s, err := d.take(4)
+		if err != nil {
+			return nil, err
+		}
+		if len(d.prefixes) < 2 {
+			d.prefixes = make([]netip.Prefix, decodeChunk)
+		}
+		n.Addresses = d.prefixes[:2:2]
+		d.prefixes = d.prefixes[2:]
+		v4 := netip.AddrFrom4([4]byte{s[0], s[1], s[2], s[3]})
+		n.Addresses[0], n.Addresses[1] = netip.PrefixFrom(v4, 32), netip.PrefixFrom(OverlayIPv6For(v4), 128)
 	}
 	if flags&peerHasEndpoints != 0 {
 		c, err := d.count(minEndpointLen, MaxEndpoints)

@@ -66,27 +66,32 @@ func TestPeerRecordCoversNode(t *testing.T) {
 	if diff := cmp.Diff(nodeFields, got); diff != "" {
 		t.Fatalf("Node's fields differ from those the peer record encodes (-encoded +Node):\n%s", diff)
 	}
-	// Each field alone round-trips and changes the record: none is
-	// listed but left out of the codec.
+	// Each field alone round-trips and changes the record, compact or
+	// not: none is listed but left out of the codec.
 	full := reflect.ValueOf(fullNode()).Elem()
-	zero := AppendPeerRecord(nil, &Node{})
-	for i := range typ.NumField() {
-		name := typ.Field(i).Name
-		t.Run(name, func(t *testing.T) {
-			var n Node
-			reflect.ValueOf(&n).Elem().Field(i).Set(full.Field(i))
-			rec := AppendPeerRecord(nil, &n)
-			if bytes.Equal(rec, zero) {
-				t.Fatalf("record of a node with only %s set equals the zero node's", name)
-			}
-			got, err := ParsePeerRecord(rec)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if diff := cmp.Diff(&n, got, cmpNode); diff != "" {
-				t.Errorf("round trip (-want +got):\n%s", diff)
-			}
-		})
+	for _, enc := range []struct {
+		name   string
+		append func([]byte, *Node) []byte
+	}{{"record", AppendPeerRecord}, {"compact", func(b []byte, n *Node) []byte { return AppendPeerRecordCompact(b, n, PeerDNSSuffix(n)) }}} {
+		zero := enc.append(nil, &Node{})
+		for i := range typ.NumField() {
+			name := typ.Field(i).Name
+			t.Run(enc.name+"/"+name, func(t *testing.T) {
+				var n Node
+				reflect.ValueOf(&n).Elem().Field(i).Set(full.Field(i))
+				rec := enc.append(nil, &n)
+				if bytes.Equal(rec, zero) {
+					t.Fatalf("record of a node with only %s set equals the zero node's", name)
+				}
+				got, err := ParsePeerRecord(rec)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if diff := cmp.Diff(&n, got, cmpNode); diff != "" {
+					t.Errorf("round trip (-want +got):\n%s", diff)
+				}
+			})
+		}
 	}
 }
 
@@ -366,10 +371,51 @@ func FuzzDecodeMapFrame(f *testing.F) {
 		map[key.NodePublic]bool{key.NewNode().Public(): true}))
 	f.Add(AppendBinaryMapFrame(nil, []byte(`{"keep_alive":true}`), ListNone, nil, map[key.NodePublic]bool{{}: false}))
 	f.Add([]byte(`{"peers":[{"id":1}]}`))
+	// Compact records and online states by ID (version 22).
+	f.Add(AppendBinaryMapFrameStates(nil, []byte(`{"peer_dns_suffix":"default.beam.internal."}`), ListPeersChanged, 2,
+		[][]byte{AppendPeerRecordCompact(nil, assignedNode(), "default.beam.internal."), AppendPeerRecordCompact(nil, &Node{Name: "n", Hostname: "n"}, "x.")},
+		func(b []byte) []byte {
+			b = AppendOnline(append(b, 1), key.NewNode().Public(), true)
+			return AppendOnlineID(AppendOnlineID(append(b, 2), 7, true), 300, false)
+		}))
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// Scanning never panics either.
+		sf, serr := ScanMapFrame(b)
+		if serr == nil {
+			sf.Peers(func(ref PeerRef) error {
+				_, err := ref.Parse()
+				return err
+			})
+			sf.Online(func(key.NodePublic, bool) {})
+			sf.OnlineByID(func(NodeID, bool) {})
+		}
 		mr, err := DecodeMapFrame(b)
 		if err != nil || len(b) == 0 || b[0] != BinaryMapFrame {
 			return
+		}
+		// What decodes scans the same: each peer's key, ID and node, and
+		// the online states by ID.
+		if serr != nil {
+			t.Fatalf("frame decodes but does not scan: %v", serr)
+		}
+		var scanned []*Node
+		if err := sf.Peers(func(ref PeerRef) error {
+			n, err := ref.Parse()
+			if err == nil && (ref.Key != n.Key || ref.ID != n.ID || ref.Rev != n.Rev) {
+				t.Errorf("scanned key, ID, rev %v %d %d; parsed %v %d %d", ref.Key, ref.ID, ref.Rev, n.Key, n.ID, n.Rev)
+			}
+			scanned = append(scanned, n)
+			return err
+		}); err != nil {
+			t.Fatalf("frame decodes but its peers do not scan: %v", err)
+		}
+		if diff := cmp.Diff(append(mr.Peers, mr.PeersChanged...), scanned, cmpNode); diff != "" {
+			t.Errorf("scanned peers differ (-decoded +scanned):\n%s", diff)
+		}
+		byID := map[NodeID]bool{}
+		sf.OnlineByID(func(id NodeID, on bool) { byID[id] = on })
+		if diff := cmp.Diff(mr.PeersOnlineByID, byID, cmpopts.EquateEmpty()); diff != "" {
+			t.Errorf("scanned online states by ID differ (-decoded +scanned):\n%s", diff)
 		}
 		list, nodes := ListNone, []*Node(nil)
 		switch {
@@ -378,25 +424,68 @@ func FuzzDecodeMapFrame(f *testing.F) {
 		case mr.PeersChanged != nil:
 			list, nodes = ListPeersChanged, mr.PeersChanged
 		}
-		recs := make([][]byte, len(nodes))
-		for i, n := range nodes {
-			recs[i] = AppendPeerRecord(nil, n)
-		}
 		head := *mr
-		head.Peers, head.PeersChanged, head.PeersOnline = nil, nil, nil
+		head.Peers, head.PeersChanged, head.PeersOnline, head.PeersOnlineByID = nil, nil, nil, nil
 		hj, err := json.Marshal(&head)
 		if err != nil {
 			return // a head JSON decodes but does not encode (out-of-range time)
 		}
-		again, err := DecodeMapFrame(AppendBinaryMapFrame(nil, hj, list, recs, mr.PeersOnline))
+		// The compact frame names a suffix, the peers' DNS names' where
+		// they have one.
+		suffix := "s."
+		for _, n := range nodes {
+			if sf := PeerDNSSuffix(n); sf != "" {
+				suffix = sf
+				break
+			}
+		}
+		head.PeerDNSSuffix = suffix
+		hjCompact, err := json.Marshal(&head)
 		if err != nil {
-			t.Fatalf("re-encoded frame does not decode: %v", err)
+			return
 		}
-		if diff := cmp.Diff(nodes, append(again.Peers, again.PeersChanged...), cmpNode); diff != "" {
-			t.Errorf("peers differ after re-encoding (-first +second):\n%s", diff)
-		}
-		if diff := cmp.Diff(mr.PeersOnline, again.PeersOnline, cmpNode); diff != "" {
-			t.Errorf("online states differ after re-encoding (-first +second):\n%s", diff)
+		// Re-encoded as the older versions' frame (without the states by
+		// ID) and as a compact one, it decodes the same.
+		for _, compact := range []bool{false, true} {
+			recs := make([][]byte, len(nodes))
+			for i, n := range nodes {
+				if compact {
+					recs[i] = AppendPeerRecordCompact(nil, n, suffix)
+				} else {
+					recs[i] = AppendPeerRecord(nil, n)
+				}
+			}
+			h := hj
+			if compact {
+				h = hjCompact
+			}
+			again, err := DecodeMapFrame(AppendBinaryMapFrameStates(nil, h, list, len(recs), recs, func(b []byte) []byte {
+				b = appendUvarintForTest(b, uint64(len(mr.PeersOnline)))
+				for k, on := range mr.PeersOnline {
+					b = AppendOnline(b, k, on)
+				}
+				if compact && len(mr.PeersOnlineByID) > 0 {
+					b = appendUvarintForTest(b, uint64(len(mr.PeersOnlineByID)))
+					for id, on := range mr.PeersOnlineByID {
+						b = AppendOnlineID(b, id, on)
+					}
+				}
+				return b
+			}))
+			if err != nil {
+				t.Fatalf("re-encoded frame (compact %v) does not decode: %v", compact, err)
+			}
+			if diff := cmp.Diff(nodes, append(again.Peers, again.PeersChanged...), cmpNode); diff != "" {
+				t.Errorf("peers differ after re-encoding, compact %v (-first +second):\n%s", compact, diff)
+			}
+			if diff := cmp.Diff(mr.PeersOnline, again.PeersOnline, cmpNode); diff != "" {
+				t.Errorf("online states differ after re-encoding, compact %v (-first +second):\n%s", compact, diff)
+			}
+			if compact {
+				if diff := cmp.Diff(mr.PeersOnlineByID, again.PeersOnlineByID, cmpopts.EquateEmpty()); diff != "" {
+					t.Errorf("online states by ID differ after re-encoding (-first +second):\n%s", diff)
+				}
+			}
 		}
 	})
 }

@@ -27,11 +27,14 @@ type ScannedFrame struct {
 	count   int
 	records []byte // count records, each with its length prefix
 	online  []byte // BinaryOnlineSize bytes a state
+	byID    []byte // nByID states by ID (AppendOnlineID)
+	nByID   int
 }
 
 // PeerRef is what ScannedFrame.Peers reads of one peer.
 type PeerRef struct {
 	Key     key.NodePublic
+	ID      NodeID
 	Rev     uint64
 	Online  bool
 	Unknown bool
@@ -41,6 +44,16 @@ type PeerRef struct {
 	Record []byte
 	// Node is the decoded peer of a JSON frame; nil for a binary one.
 	Node *Node
+
+	dnsSuffix string // the frame's MapResponse.PeerDNSSuffix
+}
+
+// Parse returns the peer as a Node: Node, or Record parsed.
+func (r PeerRef) Parse() (*Node, error) {
+	if r.Node != nil {
+		return r.Node, nil
+	}
+	return parseWhole(r.Record, (*peerDecoder).body, r.dnsSuffix)
 }
 
 // ScanMapFrame splits the opened payload p of a map frame (JSON, or
@@ -103,27 +116,23 @@ func ScanMapFrame(p []byte) (*ScannedFrame, error) {
 	default:
 		return nil, fmt.Errorf("%w: unknown peer list %d", ErrBadPeerRecord, f.List)
 	}
-	online, n := binary.Uvarint(rest)
-	if n <= 0 {
-		return nil, fmt.Errorf("%w: frame without its online count", ErrBadPeerRecord)
+	var err error
+	if f.online, f.byID, f.nByID, err = splitOnline(rest); err != nil {
+		return nil, err
 	}
-	rest = rest[n:]
-	if online != uint64(len(rest))/BinaryOnlineSize || len(rest)%BinaryOnlineSize != 0 {
-		return nil, fmt.Errorf("%w: %d online states in %d bytes", ErrBadPeerRecord, online, len(rest))
-	}
-	f.online = rest
 	return f, nil
 }
 
 // Count is the number of peers in List.
 func (f *ScannedFrame) Count() int { return f.count }
 
-// OnlineCount is the number of online states (PeersOnline).
+// OnlineCount is the number of online states (PeersOnline and
+// PeersOnlineByID).
 func (f *ScannedFrame) OnlineCount() int {
 	if !f.binary {
 		return len(f.Head.PeersOnline)
 	}
-	return len(f.online) / BinaryOnlineSize
+	return len(f.online)/BinaryOnlineSize + f.nByID
 }
 
 // Peers calls fn with each peer of List in order, reading a binary
@@ -160,6 +169,26 @@ func (f *ScannedFrame) Peers(fn func(ref PeerRef) error) error {
 			Online:  flags&peerOnline != 0,
 			Unknown: flags&peerUnknown != 0,
 			Record:  rec,
+
+			dnsSuffix: f.Head.PeerDNSSuffix,
+		}
+		if flags&peerHasID != 0 {
+			// ID follows the key, and the disco key if any.
+			at := n + 32
+			if flags&peerHasDisco != 0 {
+				at += 32
+			}
+			var v int64
+			m := 0
+			if at < len(rec) {
+				var u uint64
+				u, m = binary.Uvarint(rec[at:])
+				v = int64(u>>1) ^ -int64(u&1) // zigzag
+			}
+			if m <= 0 {
+				return fmt.Errorf("%w: peer record %d: ID", ErrBadPeerRecord, i)
+			}
+			ref.ID = NodeID(v)
 		}
 		if flags&peerHasRev != 0 {
 			// Rev is a record's last field.
@@ -175,26 +204,30 @@ func (f *ScannedFrame) Peers(fn func(ref PeerRef) error) error {
 	return nil
 }
 
-// Online calls fn with each online state of the frame (PeersOnline). It
-// returns the first malformed state's error.
-func (f *ScannedFrame) Online(fn func(k key.NodePublic, online bool)) error {
+// Online calls fn with each online state of the frame given by key
+// (PeersOnline); OnlineByID gives the others.
+func (f *ScannedFrame) Online(fn func(k key.NodePublic, online bool)) {
 	if !f.binary {
 		for k, on := range f.Head.PeersOnline {
 			fn(k, on)
 		}
-		return nil
+		return
 	}
 	for rest := f.online; len(rest) > 0; rest = rest[BinaryOnlineSize:] {
-		if rest[32] > 1 {
-			return fmt.Errorf("%w: online state %d", ErrBadPeerRecord, rest[32])
-		}
 		fn(key.NodePublicFromRaw32([32]byte(rest[:32])), rest[32] == 1)
 	}
-	return nil
+}
+
+// OnlineByID calls fn with each online state of the frame given by the
+// peer's ID (PeersOnlineByID, since CompactFramesVersion): the ID of a
+// peer the node holds (PeerRef.ID).
+func (f *ScannedFrame) OnlineByID(fn func(id NodeID, online bool)) {
+	eachOnlineID(f.byID, fn)
 }
 
 // ParsePeerBody parses a peer record without its length prefix, such as
-// PeerRef.Record.
+// PeerRef.Record, of a frame without a PeerDNSSuffix (else see
+// PeerRef.Parse).
 func ParsePeerBody(rec []byte) (*Node, error) {
-	return parseWhole(rec, (*peerDecoder).body)
+	return parseWhole(rec, (*peerDecoder).body, "")
 }

@@ -117,7 +117,15 @@ import (
 //     each, which the node's own sealed frame names with their SHA-256
 //     (BlockedMapFrame). Nodes of older versions, and streams not bound
 //     to their request, get every frame sealed to them as before.
-const CapabilityVersion = 21
+//   - 22 (2026-12-07): compact binary map frames: online states come by
+//     node ID (MapResponse.PeersOnlineByID on the wire, AppendOnlineID;
+//     1 to 4 bytes instead of 33), and peer records carry of the
+//     overlay addresses the coordinator assigns the IPv4 one alone, no
+//     Hostname equal to Name, and no DNSName that is Name and the
+//     frame's MapResponse.PeerDNSSuffix (AppendPeerRecordCompact). The
+//     node maps IDs back to the peers it holds. Older nodes get version
+//     21's frames.
+const CapabilityVersion = 22
 
 // BootEpochVersion is the first CapabilityVersion whose sealed requests
 // carry the coordinator's boot epoch, and are refused without the
@@ -264,6 +272,17 @@ type MapResponse struct {
 	PeersRemoved []key.NodePublic `json:"peers_removed,omitempty"`
 	// PeersOnline updates only the online state of peers.
 	PeersOnline map[key.NodePublic]bool `json:"peers_online,omitempty"`
+	// PeersOnlineByID updates the online state of peers named by their
+	// ID (Node.ID), as binary map frames carry them to nodes of version
+	// 22 or later (AppendOnlineID); never JSON. coordclient resolves them
+	// into PeersOnline with the peers the node holds, so the messages it
+	// hands on never have them.
+	PeersOnlineByID map[NodeID]bool `json:"-"`
+	// PeerDNSSuffix, in the head of a binary map frame (since version
+	// 22), completes the DNSName of the frame's peer records that leave
+	// it out (AppendPeerRecordCompact): their Name, a dot, then this (a
+	// network's domain and a dot). DecodeMapFrame clears it.
+	PeerDNSSuffix string `json:"peer_dns_suffix,omitempty"`
 	// PeersKept, in the first message of a stream, stands for Peers: the
 	// node keeps the peers it holds, whose digest (MapRequest.Peers)
 	// matched what the coordinator would send; they are online but for

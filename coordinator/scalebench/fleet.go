@@ -99,6 +99,48 @@ type Fleet struct {
 	// lists only grow (under revMu).
 	revs  []revList
 	revMu sync.Mutex
+
+	// ids holds, by node ID (wire.Node.ID), the node's index plus one,
+	// learned from the peer records the nodes read, for the online
+	// states that name peers by ID (wire.ScannedFrame.OnlineByID). It
+	// only grows (copy on write under idMu; entries stored under idMu).
+	ids  atomic.Pointer[[]atomic.Int32]
+	idMu sync.Mutex
+}
+
+// maxLearnedID bounds the node IDs the fleet maps back to nodes.
+const maxLearnedID = 1 << 24
+
+// learnID records that node ID id is node i.
+func (f *Fleet) learnID(id wire.NodeID, i int) {
+	if id <= 0 || id > maxLearnedID {
+		return
+	}
+	if p := f.ids.Load(); p != nil && int(id) < len(*p) && (*p)[id].Load() == int32(i+1) {
+		return
+	}
+	f.idMu.Lock()
+	defer f.idMu.Unlock()
+	p := f.ids.Load()
+	if p == nil || int(id) >= len(*p) {
+		grown := make([]atomic.Int32, max(2*int(id), 2*f.n, 1024))
+		if p != nil {
+			for j := range *p {
+				grown[j].Store((*p)[j].Load())
+			}
+		}
+		p = &grown
+		f.ids.Store(p)
+	}
+	(*p)[id].Store(int32(i + 1))
+}
+
+// byID returns the index of the node of ID id, or -1 if none is known.
+func (f *Fleet) byID(id wire.NodeID) int {
+	if p := f.ids.Load(); p != nil && id > 0 && int64(id) < int64(len(*p)) {
+		return int((*p)[id].Load()) - 1
+	}
+	return -1
 }
 
 // keyIndex finds a node's index by its key: a table of indexes, open
@@ -615,6 +657,7 @@ func (nd *fakeNode) Message(frames []*wire.ScannedFrame, first bool) error {
 					unknown++
 					return nil
 				}
+				f.learnID(p.ID, j)
 				if nd.valid {
 					if err := nd.hold(j, p.Rev, false); err != nil {
 						return err
@@ -642,9 +685,12 @@ func (nd *fakeNode) Message(frames []*wire.ScannedFrame, first bool) error {
 		}
 	}
 	for _, fr := range frames {
-		if err := fr.Online(nd.setPeer); err != nil {
-			return err
-		}
+		fr.Online(nd.setPeer)
+		fr.OnlineByID(func(id wire.NodeID, on bool) {
+			if j := f.byID(id); j >= 0 && j != nd.i {
+				nd.setOnline(j, on)
+			}
+		})
 	}
 	if first {
 		if nd.stream != nil {
@@ -677,12 +723,9 @@ func (nd *fakeNode) checkMark(p wire.PeerRef) error {
 	if mark == 0 || nd.lastMark == mark {
 		return nil
 	}
-	n := p.Node
-	if n == nil {
-		var err error
-		if n, err = wire.ParsePeerBody(p.Record); err != nil {
-			return err
-		}
+	n, err := p.Parse()
+	if err != nil {
+		return err
 	}
 	for _, ep := range n.Endpoints {
 		if int64(ep.Port()) == mark {
