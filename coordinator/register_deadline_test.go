@@ -110,8 +110,13 @@ func TestRegisterDeadline(t *testing.T) {
 	if len(calls) != 2 {
 		t.Fatalf("the coordinator was asked %d times, want twice (once more after Retry-After)", len(calls))
 	}
-	if gap := calls[1].Sub(calls[0]); gap < registerTimeoutForTest+time.Second {
-		t.Errorf("sent again %v after the first, want at least the deadline and the 1 s asked for", gap)
+	// The deadline runs from the request's arrival, a moment before its
+	// first query, so the queries may be that moment less than the
+	// deadline and the wait apart (1.9987 s was seen under load); without
+	// the wait they would be only the deadline apart.
+	const early = 100 * time.Millisecond
+	if gap := calls[1].Sub(calls[0]); gap < registerTimeoutForTest+time.Second-early {
+		t.Errorf("sent again %v after the first, want at least the deadline and the 1 s asked for (less %v)", gap, early)
 	}
 	t.Logf("answered 503 after %v (two attempts)", took.Round(time.Millisecond))
 
