@@ -136,19 +136,31 @@ func TestScaleSmoke(t *testing.T) {
 // load average 12 to 30, the coordinator's CPU over fullmap-s went from
 // 6.8-12.0 s to 4.8-6.5 s and fullmap-s from 18-133 s to 12-29 s.
 //
-// Protocol 22 holds online flips while a burst of full maps goes out,
-// then sends each node one message that every peer is online
-// (wire.MapResponse.PeersAllOnline), and coordclient reads sealed frames
-// into pooled buffers. In runs interleaved with the code before them, at
-// load average 30 to 40: at 1,000 and 2,000 nodes the holding took the
-// median fullmap-s from 6.5 and 18.7 s to 4.1 and 13.2 s, and the
-// coordinator's CPU over it from 0.74 and 2.22 s to 0.68 and 2.09 s. At
-// 3,000 nodes two pairs at a lower load went from 31.5 and 18.8 s to
-// 24.0 and 16.9 s (coordinator CPU 4.7 and 4.3 s to 4.5 and 3.9 s), but
-// three earlier pairs, whose bursts the load stretched past a minute,
-// were longer (medians 85 s against 57 s, coordinator CPU 5.4 s against
-// 5.1 s): why is not known. The pooled buffers took
-// fullmap-fleet-cpu-s at 2,000 nodes from 2.54-2.87 to 1.87-2.19 s.
+// A holding of online flips until a burst of full maps had gone out was
+// tried as a protocol 22 and reverted: on a quiet machine at 10,000
+// nodes it was slower. coordclient reads sealed frames into pooled
+// buffers, which took fullmap-fleet-cpu-s at 2,000 nodes from 2.54-2.87
+// to 1.87-2.19 s.
+//
+// Then: a stream whose flip delay grew while streams kept opening waits
+// on without computing a delta; the change log holds slots and the delta
+// walk reads one table; a message of several frames goes out in writes
+// of up to 256 KB; the fake nodes reuse their frame buffers and find
+// peers without hashing keys; and control protocol 22 sends online
+// states by node ID and leaves out of a peer record what the node can
+// rebuild (its IPv6 address, a hostname equal to its name, a DNS name
+// under the frame's suffix), about 107 bytes a record instead of 177. On
+// a quiet 2-core machine, one run each at 1,000 and 5,000 and two at
+// 10,000:
+//
+//	nodes   reg-nodes/s  fullmap-s  fullmap-cpu-s  fullmap-fleet-cpu-s  change-s  rss-MB  bytes/node/change  fullmap-bytes/node  restart-settle-s
+//	1,000       1,337       0.38        0.36             0.39            0.114     121         255.9            105,911            1.5
+//	5,000       1,095       4.1         3.22             4.88            0.303     409         255.9            530,117            5.5
+//	10,000      1,204      14.6        11.44            17.26            0.509     804         254.9          1,070,026           10.6
+//	10,000      1,221      13.7        10.75            16.26            0.379     783         255.9          1,069,512           10.9
+//
+// The same 10,000 nodes took 31.0 s to their full maps before (26.5
+// coordinator and 34.5 fleet CPU-seconds), in the same hour.
 //
 // The sizes come from BEAM_SCALE_NODES (comma-separated; default 1000,
 // which takes one to two minutes). The growth series, with
