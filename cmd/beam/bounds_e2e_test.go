@@ -614,38 +614,7 @@ func TestRelayIdleFlood(t *testing.T) {
 	}
 	a, _ := dialRelay()
 	b, bKey := dialRelay()
-	got := make(chan string, 16)
-	go func() {
-		for {
-			m, err := b.Recv()
-			if err != nil {
-				return
-			}
-			if p, ok := m.(derp.ReceivedPacket); ok {
-				got <- string(p.Data)
-			}
-		}
-	}()
-	relays := func(what string) {
-		t.Helper()
-		tick := time.NewTicker(200 * time.Millisecond)
-		defer tick.Stop()
-		deadline := time.After(10 * time.Second)
-		for {
-			if err := a.Send(bKey.Public(), []byte(what)); err != nil {
-				t.Fatalf("%s: send: %v", what, err)
-			}
-			select {
-			case s := <-got:
-				if s == what {
-					return
-				}
-			case <-tick.C:
-			case <-deadline:
-				t.Fatalf("%s: no packet relayed in 10s", what)
-			}
-		}
-	}
+	relays := relayProbe(t, a, b, bKey)
 	relays("before the flood")
 
 	var flood idleFlood
@@ -672,4 +641,42 @@ func TestRelayIdleFlood(t *testing.T) {
 		dc.Close()
 		return true
 	})
+}
+
+// relayProbe starts reading b's packets and returns a check that a
+// packet from a reaches b (bKey) through the relay within 10 s: it sends
+// what every 200 ms until b receives it.
+func relayProbe(t *testing.T, a, b *derp.Client, bKey key.NodePrivate) func(what string) {
+	got := make(chan string, 16)
+	go func() {
+		for {
+			m, err := b.Recv()
+			if err != nil {
+				return
+			}
+			if p, ok := m.(derp.ReceivedPacket); ok {
+				got <- string(p.Data)
+			}
+		}
+	}()
+	return func(what string) {
+		t.Helper()
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		deadline := time.After(10 * time.Second)
+		for {
+			if err := a.Send(bKey.Public(), []byte(what)); err != nil {
+				t.Fatalf("%s: send: %v", what, err)
+			}
+			select {
+			case s := <-got:
+				if s == what {
+					return
+				}
+			case <-tick.C:
+			case <-deadline:
+				t.Fatalf("%s: no packet relayed in 10s", what)
+			}
+		}
+	}
 }

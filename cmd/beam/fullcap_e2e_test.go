@@ -282,38 +282,7 @@ func TestRelayFullConnCapFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	got := make(chan string, 16)
-	go func() {
-		for {
-			m, err := b.Recv()
-			if err != nil {
-				return
-			}
-			if p, ok := m.(derp.ReceivedPacket); ok {
-				got <- string(p.Data)
-			}
-		}
-	}()
-	relays := func(what string) {
-		t.Helper()
-		tick := time.NewTicker(200 * time.Millisecond)
-		defer tick.Stop()
-		deadline := time.After(10 * time.Second)
-		for {
-			if err := a.Send(bKey.Public(), []byte(what)); err != nil {
-				t.Fatalf("%s: send: %v", what, err)
-			}
-			select {
-			case s := <-got:
-				if s == what {
-					return
-				}
-			case <-tick.C:
-			case <-deadline:
-				t.Fatalf("%s: no packet relayed in 10s", what)
-			}
-		}
-	}
+	relays := relayProbe(t, a, b, bKey)
 	relays("before the flood")
 
 	// The flood: relay clients that read until their connection ends.
