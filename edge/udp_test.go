@@ -170,24 +170,7 @@ func TestUDPFlowTableFull(t *testing.T) {
 	e := newTestEdge(t, ov, Options{MaxUDPFlows: maxFlows})
 	// The device answers "hello" with its sender's address and ignores
 	// anything else.
-	dpc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dpc.Close()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := dpc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if string(buf[:n]) == "hello" {
-				dpc.WriteTo([]byte(from.String()), from)
-			}
-		}
-	}()
-	edgeAddr := startUDPEdge(t, e, ov, dpc.LocalAddr().String())
+	edgeAddr := startUDPEdge(t, e, ov, helloDevice(t, func(from net.Addr) []byte { return []byte(from.String()) }))
 
 	listen := func(ip string) net.PacketConn {
 		t.Helper()
@@ -254,24 +237,7 @@ func TestUDPUnansweredExpiry(t *testing.T) {
 	ov := newOverlay()
 	e := newTestEdge(t, ov, Options{UDPIdleTimeout: time.Minute})
 	// The device answers "hello" and ignores anything else.
-	dpc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dpc.Close()
-	go func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := dpc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			if string(buf[:n]) == "hello" {
-				dpc.WriteTo([]byte("hi"), from)
-			}
-		}
-	}()
-	edgeAddr := startUDPEdge(t, e, ov, dpc.LocalAddr().String())
+	edgeAddr := startUDPEdge(t, e, ov, helloDevice(t, func(net.Addr) []byte { return []byte("hi") }))
 	flows := func(ip string) int {
 		e.clients.mu.Lock()
 		defer e.clients.mu.Unlock()
@@ -302,4 +268,28 @@ func TestUDPUnansweredExpiry(t *testing.T) {
 	if n := flows("127.0.0.1"); n != 1 {
 		t.Errorf("answered client has %d flows, want its 1 kept", n)
 	}
+}
+
+// helloDevice serves a device's UDP port on loopback that answers each
+// "hello" with reply(sender) and ignores anything else, until the test
+// ends, and returns its address.
+func helloDevice(t *testing.T, reply func(from net.Addr) []byte) string {
+	dpc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dpc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := dpc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if string(buf[:n]) == "hello" {
+				dpc.WriteTo(reply(from), from)
+			}
+		}
+	}()
+	return dpc.LocalAddr().String()
 }

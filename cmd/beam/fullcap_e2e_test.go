@@ -7,9 +7,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -229,35 +226,7 @@ func TestFullConnCapFlood(t *testing.T) {
 // connections (a connection taken over from HTTP, which must really be
 // closed); and the flood's reconnects push out only its own.
 func TestRelayFullConnCapFlood(t *testing.T) {
-	bin, dir := buildBeam(t), t.TempDir()
-	addr := "127.0.0.1:" + strconv.Itoa(freePort(t))
-	logf, err := os.Create(filepath.Join(dir, "derp.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "derp", "--addr", addr, "--stun-addr", "", "--state", filepath.Join(dir, "derp"), "--max-conns", strconv.Itoa(fullCapMax))
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	logf.Close()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			b, _ := os.ReadFile(filepath.Join(dir, "derp.log"))
-			t.Logf("relay log:\n%s", b)
-		}
-	})
-	relayURL := "http://" + addr
-	waitFor(t, 10*time.Second, "relay answers", func() bool {
-		resp, err := http.Get(relayURL + "/generate_204")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return true
-	})
+	relayURL := "http://" + startDerp(t, buildBeam(t), t.TempDir(), "derp", "--max-conns", strconv.Itoa(fullCapMax)).addr
 
 	// dial connects a relay client from src (nil: the kernel's choice)
 	// with a new key.

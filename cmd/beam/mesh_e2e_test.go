@@ -13,16 +13,16 @@ import (
 	"time"
 )
 
-// meshRelay is one beam derp process of TestRelayMeshPinnedKey.
-type meshRelay struct {
+// derpProc is one beam derp process, logging to its own file.
+type derpProc struct {
 	addr, log string
 }
 
-// startMeshRelay runs beam derp on loopback with the given extra flags
+// startDerp runs beam derp on loopback with the given extra flags
 // and waits until it answers.
-func startMeshRelay(t *testing.T, bin, dir, name string, extra ...string) *meshRelay {
+func startDerp(t *testing.T, bin, dir, name string, extra ...string) *derpProc {
 	t.Helper()
-	r := &meshRelay{addr: "127.0.0.1:" + strconv.Itoa(freePort(t)), log: filepath.Join(dir, name+".log")}
+	r := &derpProc{addr: "127.0.0.1:" + strconv.Itoa(freePort(t)), log: filepath.Join(dir, name+".log")}
 	logf, err := os.Create(r.log)
 	if err != nil {
 		t.Fatal(err)
@@ -53,7 +53,7 @@ func startMeshRelay(t *testing.T, bin, dir, name string, extra ...string) *meshR
 	return r
 }
 
-func (r *meshRelay) logText(t *testing.T) string {
+func (r *derpProc) logText(t *testing.T) string {
 	t.Helper()
 	b, err := os.ReadFile(r.log)
 	if err != nil {
@@ -63,7 +63,7 @@ func (r *meshRelay) logText(t *testing.T) string {
 }
 
 // key returns the machine key the relay logged at start.
-func (r *meshRelay) key(t *testing.T) string {
+func (r *derpProc) key(t *testing.T) string {
 	t.Helper()
 	m := regexp.MustCompile(`machine_key=(mkey:[0-9a-f]{64})`).FindStringSubmatch(r.logText(t))
 	if m == nil {
@@ -72,19 +72,19 @@ func (r *meshRelay) key(t *testing.T) string {
 	return m[1]
 }
 
-type meshRelayStats struct {
+type derpProcStats struct {
 	Accepted    int64 `json:"accepted"`
 	MeshClients int   `json:"mesh_clients"`
 }
 
-func (r *meshRelay) stats(t *testing.T) meshRelayStats {
+func (r *derpProc) stats(t *testing.T) derpProcStats {
 	t.Helper()
 	resp, err := http.Get("http://" + r.addr + "/derp/stats")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var s meshRelayStats
+	var s derpProcStats
 	if err := json.NewDecoder(resp.Body).Decode(&s); err != nil {
 		t.Fatal(err)
 	}
@@ -105,14 +105,14 @@ func TestRelayMeshPinnedKey(t *testing.T) {
 	if err := os.WriteFile(meshKey, []byte("e2e-region-mesh-key-0123456789\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a := startMeshRelay(t, bin, dir, "relay-a", "--mesh-key-file", meshKey)
-	imp := startMeshRelay(t, bin, dir, "impostor", "--mesh-key-file", meshKey)
+	a := startDerp(t, bin, dir, "relay-a", "--mesh-key-file", meshKey)
+	imp := startDerp(t, bin, dir, "impostor", "--mesh-key-file", meshKey)
 	keyA := a.key(t)
 	if imp.key(t) == keyA {
 		t.Fatal("impostor has relay A's key")
 	}
 
-	b := startMeshRelay(t, bin, dir, "relay-b", "--mesh-key-file", meshKey,
+	b := startDerp(t, bin, dir, "relay-b", "--mesh-key-file", meshKey,
 		"--mesh-with", "http://"+a.addr+"#"+keyA+",http://"+imp.addr+"#"+keyA)
 	waitFor(t, 20*time.Second, "relay B refuses the impostor", func() bool {
 		return strings.Contains(b.logText(t), "refusing mesh peer")
@@ -133,7 +133,7 @@ func TestRelayMeshPinnedKey(t *testing.T) {
 	}
 
 	// Unpinned, the impostor is trusted, with a warning.
-	c := startMeshRelay(t, bin, dir, "relay-c", "--mesh-key-file", meshKey, "--mesh-with", "http://"+imp.addr)
+	c := startDerp(t, bin, dir, "relay-c", "--mesh-key-file", meshKey, "--mesh-with", "http://"+imp.addr)
 	waitFor(t, 20*time.Second, "relay C meshes with the impostor", func() bool {
 		return imp.stats(t).MeshClients == 1
 	})
