@@ -81,9 +81,11 @@ type NodeFeed interface {
 	// changed failed), the change would be lost: the listener connects
 	// again and resyncs, as after a break. A listener that stops hearing from
 	// the database (a connection left half open) checks it and connects
-	// again within seconds. It calls failed with each reason its listener
-	// could not connect, broke or could not resync, before it connects
-	// again.
+	// again within seconds. A notification it cannot read (of a
+	// coordinator of another version) is a change it would lose: it
+	// connects again and resyncs too. It calls failed with each reason its
+	// listener could not connect, broke, could not resync or read a
+	// notification, before it connects again.
 	//
 	// It gives changed the changes in batches, in the order they were
 	// made, each once: those that came while the last batch was being

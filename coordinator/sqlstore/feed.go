@@ -179,7 +179,7 @@ func (s *Store) listenOnce(ctx context.Context, resync func(ctx context.Context)
 		batch.reset()
 		s.addChange(&batch, n)
 	more:
-		for len(batch.chs) < maxChangeBatch {
+		for len(batch.chs) < maxChangeBatch && batch.unreadable == "" {
 			select {
 			case n := <-notes:
 				s.addChange(&batch, n)
@@ -187,13 +187,17 @@ func (s *Store) listenOnce(ctx context.Context, resync func(ctx context.Context)
 				break more
 			}
 		}
-		if len(batch.chs) == 0 {
-			continue
+		if len(batch.chs) > 0 {
+			if err := changed(ctx, batch.chs); err != nil {
+				// The changes are not applied: connect again and resync,
+				// as after a break, rather than lose them.
+				return true, fmt.Errorf("sqlstore: %w", err)
+			}
 		}
-		if err := changed(ctx, batch.chs); err != nil {
-			// The changes are not applied: connect again and resync, as
-			// after a break, rather than lose them.
-			return true, fmt.Errorf("sqlstore: %w", err)
+		if batch.unreadable != "" {
+			// A change this store cannot read is still a change: resync
+			// rather than lose it.
+			return true, fmt.Errorf("sqlstore: unreadable change notification %q (a coordinator of another version on this database?); resyncing", batch.unreadable)
 		}
 	}
 }
@@ -210,18 +214,26 @@ type changeBatch struct {
 	// seen holds the changes in chs, by their index; those of stream
 	// states without their Presence.
 	seen map[coordinator.Change]int
+	// unreadable is the payload of a notification parseChange refused,
+	// if any: the batch ends there.
+	unreadable string
 }
 
 func (b *changeBatch) reset() {
 	b.chs = b.chs[:0]
 	clear(b.seen)
+	b.unreadable = ""
 }
 
 // addChange adds the change n names to b, unless it is this store's own
 // or already there.
 func (s *Store) addChange(b *changeBatch, n *pgconn.Notification) {
 	origin, ch, streaming, ok := parseChange(n.Payload)
-	if !ok || origin == s.origin {
+	if !ok {
+		b.unreadable = n.Payload
+		return
+	}
+	if origin == s.origin {
 		return
 	}
 	seen := ch

@@ -183,6 +183,53 @@ func TestListenNodesReportsFailures(t *testing.T) {
 	}
 }
 
+// TestListenUnreadableResyncs: a notification the listener cannot read
+// (a coordinator of another version writing a form it does not know) is
+// a change it would lose: it says so through failed, connects again and
+// resyncs, rather than drop it silently.
+func TestListenUnreadableResyncs(t *testing.T) {
+	s := openStore(t, pg.NewSchema(t))
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	resyncs := make(chan struct{}, 10)
+	errs := make(chan error, 10)
+	done := make(chan error, 1)
+	go func() {
+		done <- s.ListenNodes(ctx, func(context.Context) error { resyncs <- struct{}{}; return nil },
+			func(context.Context, []coordinator.Change) error { return nil },
+			func(err error) { errs <- err })
+	}()
+	select {
+	case <-resyncs:
+	case <-time.After(30 * time.Second):
+		t.Fatal("listener did not connect")
+	}
+	var schema string
+	if err := s.db.QueryRowContext(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.db.ExecContext(ctx, `SELECT pg_notify($1, $2)`, feedChannelPrefix+schema, "other-origin someday 42 a new form"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errs:
+		if !strings.Contains(err.Error(), "unreadable change notification") {
+			t.Errorf("failure = %v, want the unreadable notification named", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("an unreadable notification was dropped silently: no failure reported")
+	}
+	select {
+	case <-resyncs:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no resync after an unreadable notification")
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("ListenNodes = %v, want context.Canceled", err)
+	}
+}
+
 // TestListenChanges: a store hears another store's writes to nodes,
 // settings, routes and domains, in order, each named by its kind and key,
 // and not its own. A change written twice may come once, in a batch
