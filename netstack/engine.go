@@ -377,14 +377,17 @@ func (e *Engine) onStaleSession(k key.NodePublic) {
 	}()
 }
 
-// peerRestarted ends our connections with a peer's previous process once
-// the WireGuard session with it is dropped (applyPeersLocked does that,
-// since the new process cannot decrypt it): it probes every TCP
-// connection with the peer. The probes wait for the new handshake, and
-// the peer's new stack answers each with a RST, so even a connection
-// that only receives learns at once that its data will not come. A peer
-// asleep is woken by its probes.
+// peerRestarted ends our connections with a peer's previous process: it
+// drops the WireGuard session (the new process cannot decrypt it), and
+// probes every TCP connection with the peer. The probes wait for the new
+// handshake, and the peer's new stack answers each with a RST, so even a
+// connection that only receives learns at once that its data will not
+// come.
 func (e *Engine) peerRestarted(p Peer) {
+	// A peer asleep has no session to drop; its probes below wake it.
+	if wp := e.dev.LookupPeer(device.NoisePublicKey(p.Key.Raw32())); wp != nil {
+		wp.ExpireCurrentKeypairs()
+	}
 	if e.stack == nil {
 		// TUN mode: the host's TCP learns of the restart from the
 		// peer's new stack, which answers its next segment with a RST.

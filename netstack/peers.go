@@ -12,7 +12,6 @@ import (
 
 	"beam.dev/beam/netstack/internal/bind"
 	"beam.dev/beam/types/key"
-	"golang.zx2c4.com/wireguard/device"
 )
 
 // Lazy peers. Every peer of the config is known to the bind (paths,
@@ -211,10 +210,6 @@ func (e *Engine) applyPeersLocked(set []Peer, remove []key.NodePublic) error {
 		sb        strings.Builder
 		add       []*enginePeer
 		restarted []Peer
-		// expire are the restarted peers with a session in
-		// wireguard-go, a session with their previous process, which
-		// is dropped.
-		expire []key.NodePublic
 	)
 	for _, k := range remove {
 		ep := ps.byKey[k]
@@ -253,9 +248,6 @@ func (e *Engine) applyPeersLocked(set []Peer, remove []key.NodePublic) error {
 			// whether or not we send on them.
 			if !old.DiscoKey.IsZero() && !p.DiscoKey.IsZero() && old.DiscoKey != p.DiscoKey {
 				restarted = append(restarted, p)
-				if hs, _ := e.bind.Session(p.Key); ep.inDev.Load() && hs != 0 {
-					expire = append(expire, p.Key)
-				}
 			}
 			if ep.inDev.Load() && !slices.Equal(old.AllowedIPs, p.AllowedIPs) {
 				writeAllowedIPs(&sb, p, true)
@@ -286,19 +278,6 @@ func (e *Engine) applyPeersLocked(set []Peer, remove []key.NodePublic) error {
 		if err := e.dev.IpcSet(sb.String()); err != nil {
 			ps.mu.Unlock()
 			return fmt.Errorf("netstack: configure peers: %w", err)
-		}
-	}
-	// Now, under ps.mu, rather than in peerRestarted, and only for a
-	// peer with a session: a peer asleep has none, and one woken since
-	// (by the probes below, or by a packet just before this) has only a
-	// handshake in flight, with the new process. Dropping that one too,
-	// as peerRestarted did, made wireguard-go send a second initiation
-	// at once, often with the same timestamp as the first (they have a
-	// granularity of 16 ms), which the peer refused as a replay after
-	// answering the first: 5 s without a session.
-	for _, k := range expire {
-		if wp := e.dev.LookupPeer(device.NoisePublicKey(k.Raw32())); wp != nil {
-			wp.ExpireCurrentKeypairs()
 		}
 	}
 	now := time.Now().UnixNano()

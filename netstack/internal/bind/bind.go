@@ -1154,12 +1154,7 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 	b.lastSend.Store(now)
 	noteSent(p, first, now)
 	if isInitiation(first) {
-		held := p.initCopies.answering(now) // crossing.go
-		p.noteInitiation(first, now, held)
-		if held {
-			b.log.Debug("holding our handshake initiation back: wireguard-go is answering the peer's", "peer", p.key.ShortString())
-			return nil
-		}
+		p.noteInitiation(first, now)
 		if best == nil || best.isRelay() || !fresh(best, now) {
 			p.traffic.sending(first, false, false)
 			if p.disco.Load() != nil {

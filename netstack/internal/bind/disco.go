@@ -120,14 +120,8 @@ type initState struct {
 	resent   int   // times pkt was sent again
 	resentAt int64 // when it last was
 	// answered is set once a handshake response or cookie reply naming
-	// pkt's sender index arrived (see noteAnswer), or once wireguard-go
-	// answered an initiation of the peer's, which replaced the handshake
-	// state pkt belonged to (see noteResponse): either way, pkt waits
-	// for no answer.
+	// pkt's sender index arrived (see noteAnswer).
 	answered bool
-	// held is set while pkt was held back and not sent yet
-	// (crossing.go).
-	held bool
 }
 
 // DiscoPublic returns the bind's disco public key; zero when disco is off.
@@ -554,16 +548,13 @@ func (b *Bind) confirmDirect(pe *peerEntry, ap netip.AddrPort, sock *extraSock, 
 // node's previous process had, which is what makes a restarted node
 // start a handshake) does not.
 func (b *Bind) resendInit(p *peer, now int64) {
-	answering := p.initCopies.answering(now)
 	p.init.mu.Lock()
 	pkt := p.init.pkt
 	ok := pkt != nil && p.init.resent < maxInitResends && now-p.init.resentAt >= int64(resendInitEvery) &&
-		now-p.init.at < int64(staleAfter) && !p.init.answered &&
-		!(answering && now-p.init.at < int64(initRetryAfter)) // held (crossing.go)
+		now-p.init.at < int64(staleAfter) && !p.init.answered
 	if ok {
 		p.init.resent++
 		p.init.resentAt = now
-		p.init.held = false
 	}
 	p.init.mu.Unlock()
 	if ok {
@@ -572,19 +563,14 @@ func (b *Bind) resendInit(p *peer, now int64) {
 	}
 }
 
-// noteInitiation remembers an initiation wireguard-go sends to p, held
-// back rather than sent if held (crossing.go).
-func (p *peer) noteInitiation(pkt []byte, now int64, held bool) {
-	// A new slice, not the old one's array: resendInit sends the
-	// initiation it read outside p.init.mu.
-	pkt = bytes.Clone(pkt)
+// noteInitiation remembers an initiation wireguard-go sends to p.
+func (p *peer) noteInitiation(pkt []byte, now int64) {
 	p.init.mu.Lock()
-	p.init.pkt = pkt
+	p.init.pkt = append(p.init.pkt[:0], pkt...)
 	p.init.at = now
 	p.init.resent = 0
 	p.init.resentAt = 0
 	p.init.answered = false
-	p.init.held = held
 	p.init.mu.Unlock()
 }
 

@@ -102,9 +102,6 @@ type initCopies struct {
 	// rxResp identifies the last handshake response from the peer handed
 	// over: its sender and receiver indices and ephemeral key.
 	rxResp [respIDSize]byte
-	// crossed is the last initiation dropped because it crossed ours
-	// (crossing.go).
-	crossed crossedInit
 }
 
 // admitHandshake reports whether pkt, a WireGuard datagram tied to p that
@@ -126,12 +123,8 @@ func (b *Bind) admitHandshake(p *peer, e *Endpoint, pkt []byte, now int64) bool 
 	if !isInitiation(pkt) {
 		return true
 	}
-	id := pkt[4 : 4+initIDSize]
-	if b.dropCrossed(p, id, now) {
-		b.log.Debug("dropping a handshake initiation that crossed ours", "peer", p.key.ShortString())
-		return false
-	}
 	c := &p.initCopies
+	id := pkt[4 : 4+initIDSize]
 	c.mu.Lock()
 	if !c.isAnswered(id) {
 		pi := c.pendingSlot(id)
@@ -214,17 +207,11 @@ func (b *Bind) answerPath(p *peer, e, from *Endpoint) bool {
 
 // noteResponse remembers pkt, a handshake response wireguard-go sends to
 // p over e, if it answers an initiation handed over for p: that becomes
-// the answered one. Our own last initiation to p no longer waits for an
-// answer.
+// the answered one.
 func (p *peer) noteResponse(pkt []byte, e *Endpoint) {
 	if len(pkt) != responseSize || binary.LittleEndian.Uint32(pkt) != msgResponse {
 		return
 	}
-	// Answering replaced wireguard-go's handshake state with p: our own
-	// last initiation to p can no longer complete (crossing.go).
-	p.init.mu.Lock()
-	p.init.answered = true
-	p.init.mu.Unlock()
 	c := &p.initCopies
 	c.mu.Lock()
 	defer c.mu.Unlock()
